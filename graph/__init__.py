@@ -1,0 +1,1 @@
+"""shopgraph.graph"""

@@ -1,0 +1,136 @@
+"""The ``shopgraph`` command.
+
+Each subcommand's arguments are declared here; its work is done by one function of the owning
+module, imported lazily so that ``shopgraph --help`` stays fast. The function takes the parsed
+``argparse.Namespace`` and returns the process exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+# subcommand -> "module:function"
+_COMMANDS: dict[str, str] = {
+    "generate": "shopgraph.graph.synthetic:cli_generate",
+    "validate": "shopgraph.graph.load:cli_validate",
+    "build": "shopgraph.graph.pipeline:cli_build",
+    "inspect": "shopgraph.graph.pipeline:cli_inspect",
+    "train": "shopgraph.graph.train:cli_train",
+    "evaluate": "shopgraph.graph.evaluate:cli_evaluate",
+    "index": "shopgraph.retrieval.index:cli_index",
+    "serve": "shopgraph.retrieval.api:cli_serve",
+    "rings": "shopgraph.graph.rings:cli_rings",
+    "demo": "shopgraph.ui.demo:cli_demo",
+}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (got {text!r})")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shopgraph", description="Graph-based recommendation and fraud engine for online shops."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("generate", help="write the embedded synthetic shop (tables + item images)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created; must be empty or absent)")
+    p.add_argument("--users", type=_positive_int, default=5000, help="number of users (default 5000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--label-noise", type=float, default=0.0, help="share of fraud labels flipped (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
+
+    p = sub.add_parser("validate", help="check a tables folder; report repairs; exit 1 on fatal problems")
+    p.add_argument("data", type=Path, help="folder with users/items/events[/devices/labels] .csv or .parquet")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = sub.add_parser("build", help="validate, encode and build the graph into a run folder")
+    p.add_argument("--data", type=Path, required=True, help="tables folder")
+    p.add_argument("--out", type=Path, required=True, help="run folder to write")
+    p.add_argument("--target", default="purchase", help="event type to recommend (default purchase)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-text", action="store_true", help="skip the text encoder")
+    p.add_argument("--no-image", action="store_true", help="skip the image encoder")
+    p.add_argument("--text-model", default=None, help="local folder of a BERT-family checkpoint")
+    p.add_argument("--image-model", default=None, help="local folder of a Hugging Face vision checkpoint")
+    p.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/shopgraph)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+
+    p = sub.add_parser("inspect", help="summarise a run folder")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("train", help="train the GNN of a run folder")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--epochs", type=_positive_int, default=None)
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--conv", default=None, choices=["sage", "gatv2", "hgt"])
+    p.add_argument("--mini-batch", action="store_true", help="neighbour-sampled mini-batches")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+
+    p = sub.add_parser("evaluate", help="metrics and report against baselines")
+    p.add_argument("--run", type=Path, required=True)
+
+    p = sub.add_parser("index", help="build FAISS indexes for a trained run")
+    p.add_argument("--run", type=Path, required=True)
+
+    p = sub.add_parser("serve", help="serve the HTTP API (and the Gradio app at /demo)")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=_positive_int, default=1)
+
+    p = sub.add_parser("rings", help="find, score and export fraud rings")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--top", type=_positive_int, default=20)
+    p.add_argument("--export", type=Path, default=None, help="write case files to this folder")
+
+    p = sub.add_parser("demo", help="generate, build, train, evaluate, index and serve the demo")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--workdir", type=Path, default=Path("demo_data"))
+    p.add_argument("--users", type=_positive_int, default=5000)
+    p.add_argument("--no-serve", action="store_true", help="prepare everything, then exit")
+    return parser
+
+
+def _resolve(spec: str) -> Callable[[argparse.Namespace], int]:
+    module_name, func_name = spec.split(":")
+    module = importlib.import_module(module_name)
+    func: Callable[[argparse.Namespace], int] = getattr(module, func_name)
+    return func
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        func = _resolve(_COMMANDS[args.command])
+    except (ImportError, AttributeError) as exc:
+        print(f"shopgraph {args.command}: not available in this build ({exc})", file=sys.stderr)
+        return 2
+    try:
+        return func(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+        # Input problems end with one clear line, not a traceback.
+        print(f"shopgraph {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
