@@ -1,0 +1,193 @@
+"""The run folder: every artifact a server needs, written atomically and checksummed.
+
+Every file goes through :meth:`RunDir.write_with` (temp file in the same folder, fsync, rename)
+and is recorded with its sha256 in ``manifest.json``. Readers call :meth:`RunDir.path_of`, which
+checks the recorded checksum before handing out the path, so a torn or tampered file is an error
+naming the file, never a silent wrong answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch_geometric.data import HeteroData
+
+MANIFEST = "manifest.json"
+GRAPH_FILE = "graph.pt"
+_PACKAGES = ("shopgraph", "torch", "torch-geometric", "transformers", "faiss-cpu", "faiss-gpu", "numpy",
+             "pandas", "gradio")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def atomic_write(path: Path, writer: Callable[[Path], object]) -> None:
+    """Call ``writer(tmp)`` on a temp path beside ``path``, fsync it, then rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        writer(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class RunDir:
+    """A run folder and its manifest.
+
+    Args:
+        path: the folder. It must exist (and hold a manifest) unless ``create=True``.
+        create: start a new run folder here; fails on a non-empty folder unless ``overwrite``.
+        overwrite: with ``create``, remove whatever the folder holds first.
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = False, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        if create:
+            if self.path.exists() and any(self.path.iterdir()):
+                if not overwrite:
+                    raise FileExistsError(
+                        f"run folder {self.path} exists and is not empty; pass --overwrite to replace it"
+                    )
+                shutil.rmtree(self.path)
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._write_manifest({
+                "shopgraph_version": package_versions().get("shopgraph", "unknown"),
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "versions": package_versions(),
+                "config": {},
+                "data_fingerprint": None,
+                "files": {},
+            })
+        elif not (self.path / MANIFEST).is_file():
+            raise FileNotFoundError(
+                f"run folder {self.path}: no {MANIFEST} (run `shopgraph build --data DIR --out {self.path}` first)"
+            )
+
+    # -- manifest -------------------------------------------------------------------------------
+    @property
+    def manifest(self) -> dict[str, Any]:
+        with open(self.path / MANIFEST, encoding="utf-8") as f:
+            result: dict[str, Any] = json.load(f)
+        return result
+
+    def _write_manifest(self, manifest: Mapping[str, Any]) -> None:
+        text = json.dumps(manifest, indent=2, sort_keys=True)
+        atomic_write(self.path / MANIFEST, lambda p: p.write_text(text, encoding="utf-8"))
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        """Read-modify-write the manifest under an exclusive lock (stages may run concurrently)."""
+        with open(self.path / ".manifest.lock", "a+") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                manifest = self.manifest
+                yield manifest
+                self._write_manifest(manifest)
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def update(self, **fields: Any) -> None:
+        """Merge top-level fields (``config`` is merged key by key) into the manifest."""
+        with self._locked() as manifest:
+            for key, value in fields.items():
+                if key == "config" and isinstance(value, Mapping):
+                    manifest.setdefault("config", {}).update(value)
+                else:
+                    manifest[key] = value
+
+    # -- writing --------------------------------------------------------------------------------
+    def write_with(self, rel: str, writer: Callable[[Path], object]) -> Path:
+        """Write ``rel`` atomically through ``writer(tmp_path)`` and record its checksum."""
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ValueError(f"rel: expected a path inside the run folder (got {rel!r})")
+        target = self.path / rel
+        atomic_write(target, writer)
+        digest = sha256_file(target)
+        with self._locked() as manifest:
+            manifest["files"][rel] = digest
+        return target
+
+    def write_bytes(self, rel: str, payload: bytes) -> Path:
+        return self.write_with(rel, lambda p: p.write_bytes(payload))
+
+    def write_text(self, rel: str, text: str) -> Path:
+        return self.write_with(rel, lambda p: p.write_text(text, encoding="utf-8"))
+
+    def write_json(self, rel: str, obj: Any) -> Path:
+        return self.write_text(rel, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+    def save_graph(self, data: HeteroData, rel: str = GRAPH_FILE) -> Path:
+        buffer = io.BytesIO()
+        torch.save(data, buffer)
+        return self.write_bytes(rel, buffer.getvalue())
+
+    # -- reading --------------------------------------------------------------------------------
+    def has(self, rel: str) -> bool:
+        return rel in self.manifest["files"] and (self.path / rel).is_file()
+
+    def path_of(self, rel: str, *, verify: bool = True) -> Path:
+        """Path of a recorded file, after checking its checksum."""
+        files = self.manifest["files"]
+        if rel not in files:
+            raise FileNotFoundError(f"run folder {self.path}: no {rel!r} recorded in {MANIFEST}")
+        target = self.path / rel
+        if not target.is_file():
+            raise FileNotFoundError(f"run folder {self.path}: {rel!r} is recorded but missing")
+        if verify and sha256_file(target) != files[rel]:
+            raise ValueError(f"run folder {self.path}: {rel!r} does not match its checksum in {MANIFEST}")
+        return target
+
+    def read_json(self, rel: str) -> Any:
+        with open(self.path_of(rel), encoding="utf-8") as f:
+            return json.load(f)
+
+    def load_graph(self, rel: str = GRAPH_FILE) -> HeteroData:
+        # weights_only=False is safe here: the file is ours and its checksum was just verified.
+        data: HeteroData = torch.load(self.path_of(rel), weights_only=False)
+        return data
+
+    def verify(self) -> None:
+        """Check every recorded file; raise ``ValueError`` naming the first bad one."""
+        for rel in sorted(self.manifest["files"]):
+            self.path_of(rel)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
