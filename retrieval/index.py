@@ -192,9 +192,9 @@ class ItemIndex:
         if self.removed_.size:
             sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(self.removed_))
         if "nprobe" in params:
-            p: Any = faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
+            p: Any = faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))  # type: ignore[call-arg]
         elif "efSearch" in params:
-            p = faiss.SearchParametersHNSW(efSearch=int(params["efSearch"]))
+            p = faiss.SearchParametersHNSW(efSearch=int(params["efSearch"]))  # type: ignore[attr-defined]
         elif sel is not None:
             p = faiss.SearchParameters()
         else:
@@ -394,7 +394,7 @@ class ItemIndex:
         if missing.size:
             raise ValueError(f"ids: {missing.size:,} ids are not in the index (first: {int(missing[0])})")
         try:
-            removed = int(self.index_.remove_ids(gone))
+            removed = int(self.index_.remove_ids(gone))  # type: ignore[arg-type]  # SWIG stubs miss the array form
         except RuntimeError:
             # Index types without deletion (HNSW): mask the ids at search time instead.
             self.removed_ = np.union1d(self.removed_, gone).astype(np.int64)
