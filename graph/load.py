@@ -1,0 +1,726 @@
+"""Reading a shop's tables folder, validating it, and repairing what can be repaired.
+
+A folder holds ``users``, ``items`` and ``events`` (required) and ``devices`` and ``labels``
+(optional), each as ``<name>.csv`` or ``<name>.parquet``. :func:`load_tables` returns the
+normalised :class:`~shopgraph.graph.schema.ShopTables` (dtypes as in ``docs/ARCHITECTURE.md``)
+together with a :class:`ValidationReport`; :func:`validate_tables` only builds the report and
+never raises for data problems. Every check, what is fatal and how each repair is made are
+documented for users in ``docs/input_tables.md``.
+
+Conventions used in every message:
+
+* ``row`` is the 1-based data row number of the file as read (the header is not counted; row 1
+  is the first line under the header, i.e. spreadsheet row 2; for Parquet, row 1 is the first
+  record), always of the original file, whatever was dropped before.
+* ``total`` (the "of N") is the number of rows read from that table's file.
+* Each dropped row is counted once, by the first check it fails, in the documented order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import posixpath
+import warnings
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from shopgraph.graph.schema import (
+    OPTIONAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    REQUIRED_TABLES,
+    TABLE_NAMES,
+    ShopTables,
+)
+
+logger = logging.getLogger(__name__)
+
+Severity = Literal["fatal", "repaired", "warning", "info"]
+SEVERITIES: tuple[Severity, ...] = ("fatal", "repaired", "warning", "info")
+
+# Columns read as text from CSV (ids stay "007"; numbers and times are parsed here so that
+# every unparsable value can be counted and named). Other columns are left to pandas' inference.
+_TEXT_COLUMNS: dict[str, tuple[str, ...]] = {
+    name: REQUIRED_COLUMNS[name] + OPTIONAL_COLUMNS[name] for name in TABLE_NAMES
+}
+_ID_COLUMN: dict[str, str] = {"users": "user_id", "items": "item_id", "devices": "device_id"}
+_TEXT_ITEM_COLUMNS: tuple[str, ...] = ("title", "description", "category")
+# Epoch values above this are far in the future as seconds (year 5138): likely milliseconds.
+_EPOCH_MS_HINT: float = 1e11
+
+
+@dataclass(frozen=True)
+class ValidationIssue:
+    """One finding of the validation: a fatal problem, a repair made, a warning or an info note.
+
+    Attributes:
+        table: table name (``"users"``, ``"items"``, ``"devices"``, ``"events"``, ``"labels"``).
+        column: the column concerned, or ``None`` for table-level findings.
+        kind: machine-readable kind (``"missing_table"``, ``"unknown_id"``, ``"unparsable"``, ...).
+        count: number of rows (or values) concerned.
+        total: rows read from the table's file (0 when it could not be read).
+        first_row: 1-based data row number (header excluded) of the first offending row, or ``None``.
+        first_value: the first offending value as text, or ``None`` (blank values, table-level).
+        fatal: true when the tables cannot be loaded.
+        action: what was done (``"dropped rows"``, ``"set to NaN"``, ``"none"`` for fatal ones, ...).
+        message: one human-readable line naming table, column, count and first row.
+        severity: ``"fatal"``, ``"repaired"``, ``"warning"`` or ``"info"`` (``fatal`` iff ``"fatal"``).
+    """
+
+    table: str
+    column: str | None
+    kind: str
+    count: int
+    total: int
+    first_row: int | None
+    first_value: str | None
+    fatal: bool
+    action: str
+    message: str
+    severity: Severity = "repaired"
+
+    def __post_init__(self) -> None:
+        if self.fatal != (self.severity == "fatal"):
+            raise ValueError(
+                f"severity: fatal={self.fatal} contradicts severity {self.severity!r} (got {self.message!r})"
+            )
+
+
+@dataclass
+class ValidationReport:
+    """Everything found while reading a tables folder.
+
+    Attributes:
+        root: the folder that was read.
+        issues: findings, in the order the checks ran.
+        counts: rows per table after loading and repairs (absent tables are missing from the dict).
+        files: the file each table was read from, relative to ``root``.
+    """
+
+    root: Path
+    issues: list[ValidationIssue] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def has_fatal(self) -> bool:
+        """True when at least one issue is fatal (the tables cannot be loaded)."""
+        return any(issue.fatal for issue in self.issues)
+
+    @property
+    def fatal(self) -> list[ValidationIssue]:
+        """The fatal issues only."""
+        return [issue for issue in self.issues if issue.fatal]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable form: root, files, counts, has_fatal, per-severity totals, issues."""
+        return {
+            "root": str(self.root),
+            "files": dict(self.files),
+            "counts": dict(self.counts),
+            "has_fatal": self.has_fatal,
+            "summary": {sev: sum(i.severity == sev for i in self.issues) for sev in SEVERITIES},
+            "issues": [asdict(issue) for issue in self.issues],
+        }
+
+    def format(self) -> str:
+        """Human-readable report: a header, one line per issue, and a summary line."""
+        lines = [f"tables folder: {self.root}"]
+        for issue in self.issues:
+            lines.append(f"  {issue.severity.upper():<8}  {issue.message}")
+        rows = ", ".join(f"{name} {self.counts[name]:,}" for name in TABLE_NAMES if name in self.counts)
+        n = {sev: sum(i.severity == sev for i in self.issues) for sev in SEVERITIES}
+        if not self.issues:
+            verdict = "no problems found"
+        else:
+            verdict = (
+                f"{n['fatal']} fatal, {n['repaired']} repaired, {n['warning']} warning(s), {n['info']} info"
+            )
+        outcome = "NOT loadable: fix the fatal problems above" if self.has_fatal else "loadable"
+        lines.append(f"summary: {verdict}; rows after loading: {rows or 'none'}; {outcome}")
+        return "\n".join(lines)
+
+
+class LoadResult(NamedTuple):
+    """What :func:`load_tables` returns."""
+
+    tables: ShopTables
+    report: ValidationReport
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+class _Collector:
+    """Accumulates issues; builds the house-style messages."""
+
+    def __init__(self) -> None:
+        self.issues: list[ValidationIssue] = []
+
+    def add(
+        self,
+        severity: Severity,
+        table: str,
+        column: str | None,
+        kind: str,
+        message: str,
+        *,
+        count: int = 0,
+        total: int = 0,
+        first_row: int | None = None,
+        first_value: Any = None,
+        action: str = "none",
+    ) -> None:
+        value = None if first_value is None else str(first_value)
+        issue = ValidationIssue(
+            table=table, column=column, kind=kind, count=int(count), total=int(total),
+            first_row=first_row, first_value=value, fatal=severity == "fatal", action=action,
+            message=message, severity=severity,
+        )
+        self.issues.append(issue)
+        # DEBUG only: the report carries every issue, the CLI prints it, and load_tables warns
+        # about each repair; logging each again would print everything twice.
+        logger.debug("%s: %s", severity, message)
+
+    def rows(
+        self,
+        severity: Severity,
+        table: str,
+        column: str,
+        kind: str,
+        bad: pd.Series,
+        values: pd.Series | None,
+        total: int,
+        what: str,
+        action: str,
+    ) -> None:
+        """Add an issue about the rows where ``bad`` (aligned boolean mask) is true, if any.
+
+        The message reads ``"<table>.<column>: <count> of <total> <what> (first: <value>, row <r>); <action>"``.
+        """
+        mask = bad.to_numpy(dtype=bool)
+        count = int(mask.sum())
+        if not count:
+            return
+        pos = int(np.argmax(mask))
+        first_row = int(bad.index[pos]) + 1
+        first_value = None if values is None else values.iloc[pos]
+        if first_value is not None and not (isinstance(first_value, float) and np.isnan(first_value)):
+            where = f"first: {str(first_value)!r}, row {first_row}"
+        else:
+            first_value = None
+            where = f"first: row {first_row}"
+        self.add(
+            severity, table, column, kind,
+            f"{table}.{column}: {count:,} of {total:,} {what} ({where}); {action.format(n=count)}",
+            count=count, total=total, first_row=first_row, first_value=first_value,
+            action=action.format(n=count),
+        )
+
+
+def _as_text(series: pd.Series) -> pd.Series:
+    """Any column -> ``str`` dtype with NaN for missing; integral floats print without ``.0``."""
+    if pd.api.types.is_bool_dtype(series):
+        return series.astype("str")
+    if pd.api.types.is_float_dtype(series):
+        vals = series.to_numpy(dtype=np.float64)
+        finite = np.isfinite(vals)
+        if np.array_equal(finite & (vals == np.floor(np.where(finite, vals, 0))), finite):
+            out = series.astype("Int64").astype("str")
+            return out.where(series.notna())
+    if pd.api.types.is_string_dtype(series) and not pd.api.types.is_object_dtype(series):
+        return series
+    out = series.astype("str")
+    return out.where(series.notna())
+
+
+def _blank(text: pd.Series) -> pd.Series:
+    """True where a text value is missing or only whitespace."""
+    return text.isna() | (text.str.strip() == "")
+
+
+def _found(columns: Iterable[str], limit: int = 12) -> str:
+    cols = list(columns)
+    shown = ", ".join(cols[:limit])
+    return (shown + ", ...") if len(cols) > limit else (shown or "no columns")
+
+
+def _parse_times(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Parse ISO-8601 strings or epoch seconds -> (float64 epoch seconds, NaN where unparsable).
+
+    Returns:
+        The parsed seconds (float64) and a boolean mask of values present but unparsable.
+        Naive ISO times are taken as UTC; zoned ones are converted to UTC.
+    """
+    present = raw.notna()
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        dt = raw if getattr(raw.dt, "tz", None) is not None else raw.dt.tz_localize("UTC")
+        secs = (dt - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+        return np.floor(secs.astype(np.float64)), pd.Series(False, index=raw.index)
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        secs = raw.astype(np.float64)
+    else:
+        text = _as_text(raw).str.strip()
+        present = present & (text != "")
+        secs = pd.to_numeric(text, errors="coerce").astype(np.float64)
+        rest = present & secs.isna()
+        if rest.any():
+            dt = pd.to_datetime(text[rest], format="ISO8601", utc=True, errors="coerce")
+            secs.loc[rest] = ((dt - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).astype(np.float64)
+    secs = secs.where(np.isfinite(secs))
+    return np.floor(secs), present & secs.isna()
+
+
+def _parse_nonneg(
+    df: pd.DataFrame, table: str, column: str, total: int, out: _Collector, what: str
+) -> None:
+    """``df[column]`` -> float64; non-numbers (and infinities) and negatives become NaN, counted."""
+    raw = df[column]
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        vals = raw.astype(np.float64)
+        present = raw.notna()
+    else:
+        text = _as_text(raw).str.strip()
+        present = text.notna() & (text != "")
+        vals = pd.to_numeric(text, errors="coerce").astype(np.float64)
+    not_number = present & ~np.isfinite(vals)
+    out.rows("repaired", table, column, "not_numeric", not_number, raw, total,
+             f"{what} are not numbers", "set those {n} to NaN")
+    negative = vals < 0
+    out.rows("repaired", table, column, "negative", negative, raw, total,
+             f"{what} are negative", "set those {n} to NaN")
+    df[column] = vals.where(~negative & ~not_number).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def _locate(root: Path, name: str, out: _Collector) -> Path | None:
+    csv, parquet = root / f"{name}.csv", root / f"{name}.parquet"
+    has_csv, has_parquet = csv.is_file(), parquet.is_file()
+    if has_csv and has_parquet:
+        out.add("fatal", name, None, "both_formats",
+                f"{name}: both {csv.name} and {parquet.name} are present in {root}; keep only one")
+        return None
+    if not (has_csv or has_parquet):
+        if name in REQUIRED_TABLES:
+            out.add("fatal", name, None, "missing_table",
+                    f"{name}: missing required table (expected {csv.name} or {parquet.name} in {root})")
+        return None
+    return csv if has_csv else parquet
+
+
+def _read(file: Path, name: str, out: _Collector) -> pd.DataFrame | None:
+    """Read one table file; on failure record a fatal issue and return ``None``."""
+    try:
+        if file.suffix == ".csv":
+            if file.stat().st_size == 0:
+                out.add("fatal", name, None, "empty_file",
+                        f"{name}: {file.name} is empty (no header and no rows)")
+                return None
+            dtypes = {col: "str" for col in _TEXT_COLUMNS[name]}
+            df = pd.read_csv(file, dtype=dtypes, engine="pyarrow")
+        else:
+            df = pd.read_parquet(file)
+    except Exception as exc:  # any parser/IO error means the same thing to the user
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        out.add("fatal", name, None, "unreadable",
+                f"{name}: could not read {file.name} ({type(exc).__name__}: {detail[:200]})")
+        return None
+    df.columns = [str(col).strip() for col in df.columns]
+    # Parquet may carry an index; row numbers are always positions in the file.
+    return df.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-column and per-table checks
+
+
+def _clean_ids(
+    df: pd.DataFrame, table: str, column: str, total: int, out: _Collector, unit: str,
+    *, drop_missing: bool = True,
+) -> pd.DataFrame:
+    """Normalise an id column to stripped text; drop (and count) rows where it is blank."""
+    text = _as_text(df[column])
+    stripped = text.str.strip()
+    missing = stripped.isna() | (stripped == "")
+    out.rows("repaired", table, column, "whitespace", ~missing & (stripped != text), text, total,
+             "values had leading/trailing spaces", "stripped them")
+    if drop_missing:
+        out.rows("repaired", table, column, "missing_id", missing, None, total,
+                 "values are missing", "dropped those {n} " + unit)
+        df = df.loc[~missing].copy()
+        df[column] = stripped[~missing]
+    else:
+        df[column] = stripped.fillna("").astype("str")
+    return df
+
+
+def _check_unique(df: pd.DataFrame, table: str, column: str, total: int, out: _Collector) -> None:
+    dup = df[column].duplicated(keep="first")
+    if not dup.any():
+        return
+    count = int(dup.sum())
+    pos = int(np.argmax(dup.to_numpy()))
+    value = df[column].iloc[pos]
+    first_seen = int(df.index[int(np.argmax((df[column] == value).to_numpy()))]) + 1
+    row = int(df.index[pos]) + 1
+    out.add("fatal", table, column, "duplicate_id",
+            f"{table}.{column}: {count:,} of {total:,} rows repeat an id (first: {value!r}, row {row}, "
+            f"already at row {first_seen}); ids must be unique",
+            count=count, total=total, first_row=row, first_value=value)
+
+
+def _check_not_empty(df: pd.DataFrame, table: str, total: int, out: _Collector) -> bool:
+    if len(df):
+        return True
+    if total == 0:
+        out.add("fatal", table, None, "empty_table", f"{table}: table has no rows")
+    else:
+        out.add("fatal", table, None, "empty_after_repairs",
+                f"{table}: no rows left after repairs (all {total:,} rows dropped; see the issues above)",
+                count=total, total=total)
+    return False
+
+
+def _check_images(items: pd.DataFrame, root: Path, total: int, out: _Collector) -> None:
+    """Clear (set to "") image paths that escape the folder, are missing, or are not images."""
+    paths = items["image"]
+    given = paths != ""
+    if not given.any():
+        return
+    norm = paths[given].map(lambda p: posixpath.normpath(p.replace("\\", "/")))
+    escapes = norm.map(
+        lambda p: p.startswith("/") or p == ".." or p.startswith("../") or (len(p) > 1 and p[1] == ":")
+    ).astype(bool)
+    escapes_full = pd.Series(False, index=items.index)
+    escapes_full[escapes.index] = escapes
+    out.rows("repaired", "items", "image", "image_outside_folder", escapes_full, paths, total,
+             "image paths point outside the tables folder", 'set those {n} to ""')
+
+    # Each distinct file is checked once; the PIL check reads the header and verify()s it,
+    # which costs well under a millisecond for a small image.
+    candidates = norm[~escapes]
+    status: dict[str, str] = {}
+    for rel in pd.unique(candidates.to_numpy()):
+        full = os.path.join(root, rel)
+        if not os.path.isfile(full):
+            status[rel] = "missing"
+            continue
+        try:
+            with Image.open(full) as img:
+                img.verify()
+            status[rel] = "ok"
+        except Exception:  # PIL raises many types (UnidentifiedImageError, SyntaxError, OSError, ...)
+            status[rel] = "not_image"
+    state = pd.Series("ok", index=items.index)
+    state[candidates.index] = candidates.map(status)
+    out.rows("repaired", "items", "image", "image_missing", state == "missing", paths, total,
+             "image files do not exist", 'set those {n} to ""')
+    out.rows("repaired", "items", "image", "image_unreadable", state == "not_image", paths, total,
+             "image files are not readable images", 'set those {n} to ""')
+    bad = escapes_full | (state != "ok")
+    items.loc[bad, "image"] = ""
+
+
+def _users(df: pd.DataFrame, total: int, out: _Collector) -> pd.DataFrame:
+    df = _clean_ids(df, "users", "user_id", total, out, "users")
+    _check_unique(df, "users", "user_id", total, out)
+    if "created_at" in df.columns:
+        secs, bad = _parse_times(df["created_at"])
+        out.rows("repaired", "users", "created_at", "unparsable", bad, df["created_at"], total,
+                 "values could not be parsed as ISO-8601 or epoch seconds", "set those {n} to NaN")
+        df["created_at"] = secs.astype(np.float64)
+    else:
+        df["created_at"] = np.nan
+    return df
+
+
+def _items(df: pd.DataFrame, root: Path, total: int, out: _Collector) -> pd.DataFrame:
+    df = _clean_ids(df, "items", "item_id", total, out, "items")
+    _check_unique(df, "items", "item_id", total, out)
+    for col in _TEXT_ITEM_COLUMNS:
+        df[col] = _as_text(df[col]).fillna("").astype("str") if col in df.columns else ""
+    if "price" in df.columns:
+        _parse_nonneg(df, "items", "price", total, out, "prices")
+    else:
+        df["price"] = np.nan
+    if "image" in df.columns:
+        df["image"] = _as_text(df["image"]).str.strip().fillna("").astype("str")
+        _check_images(df, root, total, out)
+    else:
+        df["image"] = ""
+    for col in (*_TEXT_ITEM_COLUMNS, "image"):
+        df[col] = df[col].astype("str")
+    return df
+
+
+def _devices(df: pd.DataFrame, total: int, out: _Collector) -> pd.DataFrame:
+    df = _clean_ids(df, "devices", "device_id", total, out, "devices")
+    _check_unique(df, "devices", "device_id", total, out)
+    return df
+
+
+def _labels(df: pd.DataFrame, total: int, out: _Collector) -> pd.DataFrame:
+    df = _clean_ids(df, "labels", "user_id", total, out, "labels")
+    raw = df["is_fraud"]
+    if pd.api.types.is_bool_dtype(raw):
+        vals = raw.astype(np.float64)
+    else:
+        vals = pd.to_numeric(_as_text(raw).str.strip(), errors="coerce").astype(np.float64)
+    bad = ~vals.isin([0.0, 1.0])
+    out.rows("fatal", "labels", "is_fraud", "not_binary", bad, raw, total,
+             "values are not 0/1", "labels must be 0 or 1")
+    df["is_fraud"] = vals.where(~bad, 0).astype(np.int64)
+    if "ring_id" in df.columns:
+        df["ring_id"] = _as_text(df["ring_id"]).str.strip().fillna("").astype("str")
+    else:
+        df["ring_id"] = ""
+    if not bad.any():
+        dup = df["user_id"].duplicated(keep="first")
+        conflict = dup & (df.groupby("user_id")["is_fraud"].transform("nunique") > 1)
+        out.rows("fatal", "labels", "user_id", "conflicting_labels", conflict, df["user_id"], total,
+                 "labels contradict an earlier label of the same user", "labels must agree")
+        repeat = dup & ~conflict
+        out.rows("repaired", "labels", "user_id", "duplicate_label", repeat, df["user_id"], total,
+                 "labels repeat an earlier label of the same user", "dropped those {n} repeats")
+        df = df.loc[~repeat]
+    return df
+
+
+def _events(
+    df: pd.DataFrame,
+    users: pd.DataFrame | None,
+    items: pd.DataFrame | None,
+    total: int,
+    out: _Collector,
+) -> pd.DataFrame:
+    """Events checks, in order: missing ids, blank event_type, unknown users/items, timestamps."""
+    df = _clean_ids(df, "events", "user_id", total, out, "events")
+    df = _clean_ids(df, "events", "item_id", total, out, "events")
+    # event_type keeps its case (a shop's "Purchase" and "purchase" stay distinct edge types);
+    # only surrounding whitespace is removed.
+    etype = _as_text(df["event_type"])
+    stripped = etype.str.strip()
+    blank = stripped.isna() | (stripped == "")
+    out.rows("repaired", "events", "event_type", "missing_value", blank, None, total,
+             "values are blank", "dropped those {n} events")
+    df = df.loc[~blank].copy()
+    df["event_type"] = stripped[~blank].astype("str")
+
+    for col, ref, unit in (("user_id", users, "users"), ("item_id", items, "items")):
+        if ref is None:
+            continue
+        key = _ID_COLUMN[unit]
+        unknown = ~df[col].isin(ref[key])
+        out.rows("repaired", "events", col, "unknown_id", unknown, df[col], total,
+                 f"events reference unknown {unit}", "dropped those {n} events")
+        df = df.loc[~unknown]
+
+    if "timestamp" in df.columns:
+        raw = df["timestamp"]
+        if _blank(_as_text(raw)).all():
+            out.add("warning", "events", "timestamp", "empty_column",
+                    "events.timestamp: the column is empty; treated as absent (no timestamps: "
+                    "random split instead of temporal)", total=total, action="column ignored")
+            df = df.drop(columns="timestamp")
+        else:
+            secs, bad = _parse_times(raw)
+            missing = secs.isna() & ~bad
+            out.rows("repaired", "events", "timestamp", "missing_value", missing, None, total,
+                     "values are missing", "dropped those {n} events")
+            out.rows("repaired", "events", "timestamp", "unparsable", bad, raw, total,
+                     "values could not be parsed as ISO-8601 or epoch seconds", "dropped those {n} events")
+            keep = secs.notna()
+            df = df.loc[keep].copy()
+            secs = secs[keep]
+            out.rows("warning", "events", "timestamp", "epoch_milliseconds", secs > _EPOCH_MS_HINT,
+                     raw[keep], total, "values lie after year 5000 as epoch seconds (milliseconds?)", "kept as given")
+            df["timestamp"] = secs.astype(np.int64)
+
+    if "device_id" in df.columns:
+        df = _clean_ids(df, "events", "device_id", total, out, "events", drop_missing=False)
+    else:
+        df["device_id"] = ""
+    if "amount" in df.columns:
+        _parse_nonneg(df, "events", "amount", total, out, "amounts")
+    else:
+        df["amount"] = np.nan
+    return df
+
+
+def _add_event_devices(
+    devices: pd.DataFrame | None, events: pd.DataFrame, total: int, out: _Collector
+) -> pd.DataFrame:
+    """Add (info) devices that appear only in ``events.device_id``."""
+    if devices is None:
+        devices = pd.DataFrame({"device_id": pd.Series([], dtype="str")})
+    used = events["device_id"]
+    new = (used != "") & ~used.isin(devices["device_id"])
+    first_new = ~used.duplicated() & new
+    if first_new.any():
+        count = int(first_new.sum())
+        pos = int(np.argmax(first_new.to_numpy()))
+        value, row = str(used.iloc[pos]), int(used.index[pos]) + 1
+        out.add("info", "events", "device_id", "added_devices",
+                f"events.device_id: {count:,} device ids appear only in events (first: {value!r}, "
+                f"row {row}); added those {count:,} to devices",
+                count=count, total=total, first_row=row, first_value=value,
+                action=f"added those {count:,} to devices")
+        added = pd.DataFrame({"device_id": used[first_new].astype("str").to_numpy()})
+        devices = pd.concat([devices, added], ignore_index=True)
+    return devices
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def _run(path: str | Path) -> tuple[ShopTables | None, ValidationReport]:
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"data: tables folder not found (got '{root}')")
+    if not root.is_dir():
+        raise ValueError(f"data: expected a folder of tables (got a file: '{root}')")
+    out = _Collector()
+    report = ValidationReport(root=root)
+    raw: dict[str, pd.DataFrame] = {}
+    totals: dict[str, int] = {}
+    for name in TABLE_NAMES:
+        file = _locate(root, name, out)
+        if file is None:
+            continue
+        report.files[name] = file.name
+        df = _read(file, name, out)
+        if df is None:
+            continue
+        totals[name] = len(df)
+        missing = [col for col in REQUIRED_COLUMNS[name] if col not in df.columns]
+        for col in missing:
+            out.add("fatal", name, col, "missing_column",
+                    f"{name}: missing required column {col!r} (found: {_found(df.columns)})",
+                    total=len(df))
+        if missing:
+            continue
+        if len(df) == 0 and name in REQUIRED_TABLES:
+            _check_not_empty(df, name, 0, out)
+            continue
+        raw[name] = df
+
+    frames: dict[str, pd.DataFrame] = {}
+    if "users" in raw:
+        frames["users"] = _users(raw["users"], totals["users"], out)
+        _check_not_empty(frames["users"], "users", totals["users"], out)
+    if "items" in raw:
+        frames["items"] = _items(raw["items"], root, totals["items"], out)
+        _check_not_empty(frames["items"], "items", totals["items"], out)
+    if "devices" in raw:
+        frames["devices"] = _devices(raw["devices"], totals["devices"], out)
+    if "labels" in raw:
+        labels = _labels(raw["labels"], totals["labels"], out)
+        if "users" in frames:
+            unknown = ~labels["user_id"].isin(frames["users"]["user_id"])
+            out.rows("repaired", "labels", "user_id", "unknown_id", unknown, labels["user_id"],
+                     totals["labels"], "labels name unknown users", "dropped those {n} labels")
+            labels = labels.loc[~unknown]
+        frames["labels"] = labels
+    if "events" in raw:
+        events = _events(raw["events"], frames.get("users"), frames.get("items"), totals["events"], out)
+        frames["events"] = events
+        if _check_not_empty(events, "events", totals["events"], out):
+            frames["devices"] = _add_event_devices(frames.get("devices"), events, totals["events"], out)
+
+    for name, df in frames.items():
+        frames[name] = df.reset_index(drop=True)
+        report.counts[name] = len(df)
+    report.issues = out.issues
+    if report.has_fatal:
+        return None, report
+    tables = ShopTables(
+        users=frames["users"], items=frames["items"],
+        devices=frames.get("devices", pd.DataFrame({"device_id": pd.Series([], dtype="str")})),
+        events=frames["events"], labels=frames.get("labels"), root=root,
+    )
+    report.counts.setdefault("devices", len(tables.devices))
+    return tables, report
+
+
+def validate_tables(path: str | Path) -> ValidationReport:
+    """Check a tables folder and collect every problem, without raising for data problems.
+
+    Args:
+        path: folder holding ``users``, ``items``, ``events`` (and optionally ``devices``,
+            ``labels``) as ``.csv`` or ``.parquet``.
+
+    Returns:
+        The report: every fatal problem, repair, warning and info note, and rows per table.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        ValueError: the path is a file, not a folder.
+    """
+    return _run(path)[1]
+
+
+def load_tables(path: str | Path) -> LoadResult:
+    """Read, validate and normalise a shop's tables folder.
+
+    Repairs are made as documented in ``docs/input_tables.md`` and each one is counted in the
+    report and warned about once (``warnings.warn``). The frames have the dtypes listed in
+    ``docs/ARCHITECTURE.md`` (ids ``str``, ``events.timestamp`` int64 epoch seconds, ...).
+
+    Args:
+        path: folder holding ``users``, ``items``, ``events`` (and optionally ``devices``,
+            ``labels``) as ``.csv`` or ``.parquet``.
+
+    Returns:
+        ``LoadResult(tables, report)``.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        ValueError: the path is not a folder, or the data has fatal problems; the message lists
+            every fatal problem, one per line.
+    """
+    tables, report = _run(path)
+    if tables is None:
+        problems = report.fatal
+        lines = "\n".join(f"  - {issue.message}" for issue in problems)
+        raise ValueError(
+            f"tables in '{report.root}' cannot be loaded: {len(problems)} fatal problem(s)\n{lines}"
+        )
+    for issue in report.issues:
+        if issue.severity in ("repaired", "warning"):
+            warnings.warn(issue.message, stacklevel=2)
+    logger.info(
+        "loaded %s: %s; %d issue(s) repaired or noted",
+        report.root, ", ".join(f"{name} {count:,}" for name, count in report.counts.items()),
+        len(report.issues),
+    )
+    return LoadResult(tables=tables, report=report)
+
+
+def cli_validate(args: argparse.Namespace) -> int:
+    """``shopgraph validate DATA [--json]``: print the report; exit 1 on fatal problems, else 0.
+
+    Args:
+        args: ``args.data`` (Path, the tables folder) and ``args.json`` (bool, print JSON).
+
+    Returns:
+        The exit code: 1 when the report has a fatal problem, 0 otherwise.
+    """
+    report = validate_tables(args.data)
+    if getattr(args, "json", False):
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.format())
+    return 1 if report.has_fatal else 0

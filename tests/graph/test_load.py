@@ -1,0 +1,579 @@
+"""Tests for graph/load.py: every validation path, on tiny tables written to tmp_path."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from shopgraph.graph.load import (
+    LoadResult,
+    ValidationIssue,
+    ValidationReport,
+    load_tables,
+    validate_tables,
+)
+from shopgraph.ui.cli import main
+
+
+def _frames() -> dict[str, pd.DataFrame]:
+    """A clean little shop: 4 users, 3 items, 2 devices, 8 events, 4 labels."""
+    users = pd.DataFrame({
+        "user_id": ["007", "u1", "u2", "u3"],
+        "created_at": ["2024-01-01T00:00:00Z", "1700000000", "", "2023-06-01"],
+        "age": [31, 45, 22, 60],
+    })
+    items = pd.DataFrame({
+        "item_id": ["0001", "i1", "i2"],
+        "title": ["red shoe", "blue book", None],
+        "category": ["shoes", "books", "electronics"],
+        "price": [10.5, 3.0, None],
+    })
+    devices = pd.DataFrame({"device_id": ["d0", "d1"], "os": ["ios", "android"]})
+    events = pd.DataFrame({
+        "user_id": ["007", "u1", "u1", "u2", "u2", "u3", "u3", "007"],
+        "item_id": ["0001", "i1", "i2", "0001", "i1", "i2", "i1", "i2"],
+        "event_type": ["view", "purchase", "view", "purchase", "view", "purchase", "view", "purchase"],
+        "timestamp": [1_700_000_000 + 60 * k for k in range(8)],
+        "device_id": ["d0", "d1", "d1", "", "d0", "d1", "d0", "d0"],
+        "amount": [None, 3.0, None, 10.5, None, 7.0, None, 7.0],
+    })
+    labels = pd.DataFrame({
+        "user_id": ["007", "u1", "u2", "u3"],
+        "is_fraud": [1, 0, 0, 1],
+        "ring_id": ["r1", "", "", "r1"],
+    })
+    return {"users": users, "items": items, "devices": devices, "events": events, "labels": labels}
+
+
+def _write(root: Path, frames: dict[str, pd.DataFrame], fmt: str = "csv") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, df in frames.items():
+        if fmt == "csv":
+            df.to_csv(root / f"{name}.csv", index=False)
+        else:
+            df.to_parquet(root / f"{name}.parquet", index=False)
+    return root
+
+
+def _issue(report: ValidationReport, kind: str, column: str | None = None) -> ValidationIssue:
+    found = [i for i in report.issues if i.kind == kind and (column is None or i.column == column)]
+    assert len(found) == 1, f"expected one {kind} issue, got {report.issues}"
+    return found[0]
+
+
+def _load_quiet(root: Path) -> LoadResult:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_tables(root)
+
+
+# --------------------------------------------------------------------------------------- clean
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_clean_folder_has_no_issues_and_normalised_dtypes(tmp_path: Path, fmt: str) -> None:
+    root = _write(tmp_path / "shop", _frames(), fmt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean folder warns about nothing
+        tables, report = load_tables(root)
+    assert report.issues == []
+    assert not report.has_fatal
+    assert report.counts == {"users": 4, "items": 3, "devices": 2, "events": 8, "labels": 4}
+    assert tables.root == root
+    # ids stay text ("007", "0001")
+    assert tables.users["user_id"].tolist() == ["007", "u1", "u2", "u3"]
+    assert tables.items["item_id"].tolist()[0] == "0001"
+    for df, col in [(tables.users, "user_id"), (tables.items, "item_id"), (tables.devices, "device_id"),
+                    (tables.events, "user_id"), (tables.events, "item_id"), (tables.events, "event_type"),
+                    (tables.events, "device_id"), (tables.items, "title"), (tables.items, "image"),
+                    (tables.labels, "user_id"), (tables.labels, "ring_id")]:
+        assert pd.api.types.is_string_dtype(df[col]), col
+        assert not df[col].isna().any(), col
+    assert tables.users["created_at"].dtype == np.float64
+    assert tables.users["created_at"].iloc[0] == 1_704_067_200.0
+    assert np.isnan(tables.users["created_at"].iloc[2])
+    assert tables.users["age"].tolist() == [31, 45, 22, 60]  # extra columns kept
+    assert tables.items["title"].tolist() == ["red shoe", "blue book", ""]
+    assert tables.items["description"].tolist() == ["", "", ""]
+    assert tables.items["image"].tolist() == ["", "", ""]
+    assert tables.items["price"].dtype == np.float64 and np.isnan(tables.items["price"].iloc[2])
+    assert tables.events["timestamp"].dtype == np.int64
+    assert tables.events["timestamp"].tolist() == [1_700_000_000 + 60 * k for k in range(8)]
+    assert tables.events["device_id"].tolist()[3] == ""
+    assert tables.events["amount"].dtype == np.float64
+    assert tables.has_timestamps
+    assert tables.labels is not None
+    assert tables.labels["is_fraud"].dtype == np.int64
+    assert tables.labels["ring_id"].tolist() == ["r1", "", "", "r1"]
+    assert tables.devices["os"].tolist() == ["ios", "android"]
+    assert "no problems found" in report.format()
+    json.dumps(report.to_dict())
+
+
+def test_csv_and_parquet_load_identically(tmp_path: Path) -> None:
+    a = _load_quiet(_write(tmp_path / "a", _frames(), "csv")).tables
+    b = _load_quiet(_write(tmp_path / "b", _frames(), "parquet")).tables
+    for name in ("users", "items", "devices", "events", "labels"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_dtype=False)
+        for col in getattr(a, name).columns:
+            assert getattr(a, name)[col].dtype.kind == getattr(b, name)[col].dtype.kind, (name, col)
+
+
+def test_integer_ids_in_parquet_become_text(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["users"]["user_id"] = [7, 1, 2, 3]
+    frames["events"]["user_id"] = [7, 1, 1, 2, 2, 3, 3, 7]
+    frames["labels"]["user_id"] = [7.0, 1.0, 2.0, 3.0]  # floats that are whole numbers
+    tables, report = _load_quiet(_write(tmp_path / "shop", frames, "parquet"))
+    assert report.issues == []
+    assert tables.users["user_id"].tolist() == ["7", "1", "2", "3"]
+    assert tables.labels is not None and tables.labels["user_id"].tolist() == ["7", "1", "2", "3"]
+
+
+def test_missing_optional_tables(tmp_path: Path) -> None:
+    frames = _frames()
+    del frames["devices"], frames["labels"]
+    tables, report = _load_quiet(_write(tmp_path / "shop", frames))
+    assert tables.labels is None
+    # devices come from events.device_id, reported as info only
+    assert sorted(tables.devices["device_id"]) == ["d0", "d1"]
+    info = _issue(report, "added_devices")
+    assert info.severity == "info" and not info.fatal
+    assert info.message == "events.device_id: 2 device ids appear only in events (first: 'd0', row 1); " \
+                           "added those 2 to devices"
+    assert [i.severity for i in report.issues] == ["info"]
+
+
+def test_devices_only_in_events_are_added(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["events"].loc[6, "device_id"] = "d9"
+    tables, report = _load_quiet(_write(tmp_path / "shop", frames))
+    assert tables.devices["device_id"].tolist() == ["d0", "d1", "d9"]
+    assert report.counts["devices"] == 3
+    assert _issue(report, "added_devices").first_row == 7
+
+
+def test_no_timestamp_column(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["events"] = frames["events"].drop(columns="timestamp")
+    tables, report = _load_quiet(_write(tmp_path / "shop", frames))
+    assert report.issues == []
+    assert not tables.has_timestamps
+
+
+# --------------------------------------------------------------------------------------- fatal
+
+
+def _fatal(root: Path, pattern: str) -> ValidationReport:
+    """load_tables raises listing the pattern; validate_tables reports it without raising."""
+    with pytest.raises(ValueError, match=pattern):
+        load_tables(root)
+    report = validate_tables(root)
+    assert report.has_fatal
+    return report
+
+
+def test_missing_folder_raises(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="tables folder not found"):
+        validate_tables(tmp_path / "nope")
+    (tmp_path / "f.csv").write_text("x\n")
+    with pytest.raises(ValueError, match="expected a folder of tables"):
+        load_tables(tmp_path / "f.csv")
+
+
+def test_missing_required_table(tmp_path: Path) -> None:
+    frames = _frames()
+    del frames["items"]
+    report = _fatal(_write(tmp_path / "shop", frames), r"items: missing required table \(expected items\.csv "
+                                                       r"or items\.parquet")
+    issue = _issue(report, "missing_table")
+    assert issue.table == "items" and issue.fatal
+
+
+def test_both_formats_is_fatal(tmp_path: Path) -> None:
+    root = _write(tmp_path / "shop", _frames())
+    _frames()["items"].to_parquet(root / "items.parquet")
+    _fatal(root, r"items: both items\.csv and items\.parquet are present")
+
+
+def test_missing_required_column_is_fatal(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["items"] = frames["items"].drop(columns="item_id")
+    report = _fatal(_write(tmp_path / "shop", frames),
+                    r"items: missing required column 'item_id' \(found: title, category, price\)")
+    assert _issue(report, "missing_column").column == "item_id"
+
+
+def test_every_fatal_problem_is_listed_in_one_error(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["items"] = frames["items"].drop(columns="item_id")
+    frames["users"].loc[2, "user_id"] = "007"
+    frames["labels"].loc[1, "is_fraud"] = 2
+    root = _write(tmp_path / "shop", frames)
+    with pytest.raises(ValueError, match=r"3 fatal problem") as err:
+        load_tables(root)
+    text = str(err.value)
+    assert "'item_id'" in text and "users.user_id" in text and "labels.is_fraud" in text
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_duplicate_ids_are_fatal(tmp_path: Path, fmt: str) -> None:
+    frames = _frames()
+    frames["users"].loc[3, "user_id"] = "u1"
+    report = _fatal(_write(tmp_path / "shop", frames, fmt),
+                    r"users\.user_id: 1 of 4 rows repeat an id \(first: 'u1', row 4, already at row 2\)")
+    issue = _issue(report, "duplicate_id")
+    assert (issue.count, issue.total, issue.first_row, issue.first_value) == (1, 4, 4, "u1")
+
+
+@pytest.mark.parametrize("table,column", [("items", "item_id"), ("devices", "device_id")])
+def test_duplicate_item_and_device_ids_are_fatal(tmp_path: Path, table: str, column: str) -> None:
+    frames = _frames()
+    frames[table] = pd.concat([frames[table], frames[table].iloc[[0]]], ignore_index=True)
+    n = len(frames[table])
+    _fatal(_write(tmp_path / "shop", frames), rf"{table}\.{column}: 1 of {n} rows repeat an id .*row {n}, "
+                                              r"already at row 1\)")
+
+
+def test_corrupt_file_is_fatal(tmp_path: Path) -> None:
+    root = _write(tmp_path / "shop", _frames(), "parquet")
+    (root / "events.parquet").write_bytes(b"this is not parquet")
+    report = _fatal(root, r"events: could not read events\.parquet \(")
+    assert _issue(report, "unreadable").table == "events"
+
+
+def test_ragged_csv_is_fatal(tmp_path: Path) -> None:
+    root = _write(tmp_path / "shop", _frames())
+    (root / "users.csv").write_text("user_id,created_at\nu1,1\nu2,2,3,4\n")
+    _fatal(root, r"users: could not read users\.csv")
+
+
+def test_empty_file_and_empty_table_are_fatal(tmp_path: Path) -> None:
+    root = _write(tmp_path / "shop", _frames())
+    (root / "users.csv").write_text("")
+    _fatal(root, r"users: users\.csv is empty \(no header and no rows\)")
+    (root / "users.csv").write_text("user_id,created_at\n")
+    _fatal(root, r"users: table has no rows")
+
+
+def test_labels_not_binary_is_fatal(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["labels"]["is_fraud"] = ["0", "1", "yes", ""]
+    report = _fatal(_write(tmp_path / "shop", frames),
+                    r"labels\.is_fraud: 2 of 4 values are not 0/1 \(first: 'yes', row 3\)")
+    assert _issue(report, "not_binary").count == 2
+
+
+def test_conflicting_labels_fatal_and_repeated_labels_dropped(tmp_path: Path) -> None:
+    frames = _frames()
+    extra = pd.DataFrame({"user_id": ["u1", "u3"], "is_fraud": [1, 1], "ring_id": ["", "r1"]})
+    frames["labels"] = pd.concat([frames["labels"], extra], ignore_index=True)
+    report = _fatal(_write(tmp_path / "shop", frames),
+                    r"labels\.user_id: 1 of 6 labels contradict an earlier label of the same user "
+                    r"\(first: 'u1', row 5\)")
+    assert _issue(report, "duplicate_label").first_value == "u3"
+
+
+def test_events_empty_after_repairs_is_fatal(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["events"]["user_id"] = "ghost"
+    report = _fatal(_write(tmp_path / "shop", frames),
+                    r"events: no rows left after repairs \(all 8 rows dropped")
+    assert _issue(report, "unknown_id", "user_id").count == 8
+
+
+# --------------------------------------------------------------------------------------- repairs
+
+
+def _repaired(root: Path) -> LoadResult:
+    """load_tables succeeds, warns about each repair, and every repair is non-fatal."""
+    with pytest.warns(UserWarning):
+        result = load_tables(root)
+    assert not result.report.has_fatal
+    return result
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_unknown_users_and_items_in_events_are_dropped(tmp_path: Path, fmt: str) -> None:
+    frames = _frames()
+    frames["events"].loc[2, "user_id"] = "ghost"
+    frames["events"].loc[5, "user_id"] = "ghost2"
+    frames["events"].loc[6, "item_id"] = "nope"
+    tables, report = _repaired(_write(tmp_path / "shop", frames, fmt))
+    u = _issue(report, "unknown_id", "user_id")
+    assert u.message == "events.user_id: 2 of 8 events reference unknown users (first: 'ghost', row 3); " \
+                        "dropped those 2 events"
+    i = _issue(report, "unknown_id", "item_id")
+    assert (i.count, i.first_row, i.first_value, i.action) == (1, 7, "nope", "dropped those 1 events")
+    assert len(tables.events) == 5 and report.counts["events"] == 5
+    assert tables.events.index.tolist() == list(range(5))
+    # file order kept
+    assert tables.events["timestamp"].is_monotonic_increasing
+
+
+def test_missing_ids_are_dropped_in_every_table(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["users"].loc[4] = [None, "", 1]  # a user row without id
+    frames["items"].loc[3] = ["  ", "x", "y", 1.0]
+    frames["devices"].loc[2] = [None, "ios"]
+    frames["events"].loc[1, "item_id"] = None
+    frames["labels"].loc[4] = [None, 0, ""]
+    tables, report = _repaired(_write(tmp_path / "shop", frames))
+    msgs = {(i.table, i.column): i.message for i in report.issues if i.kind == "missing_id"}
+    assert msgs[("users", "user_id")] == "users.user_id: 1 of 5 values are missing (first: row 5); " \
+                                         "dropped those 1 users"
+    assert msgs[("items", "item_id")].startswith("items.item_id: 1 of 4 values are missing (first: row 4)")
+    assert msgs[("devices", "device_id")].startswith("devices.device_id: 1 of 3 values are missing (first: row 3)")
+    assert msgs[("events", "item_id")] == "events.item_id: 1 of 8 values are missing (first: row 2); " \
+                                          "dropped those 1 events"
+    assert msgs[("labels", "user_id")].endswith("dropped those 1 labels")
+    assert report.counts == {"users": 4, "items": 3, "devices": 2, "events": 7, "labels": 4}
+
+
+def test_ids_are_stripped_and_reported(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["events"].loc[0, "user_id"] = " 007 "
+    tables, report = _repaired(_write(tmp_path / "shop", frames))
+    issue = _issue(report, "whitespace", "user_id")
+    assert issue.message.startswith("events.user_id: 1 of 8 values had leading/trailing spaces "
+                                    "(first: ' 007 ', row 1)")
+    assert tables.events["user_id"].iloc[0] == "007"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_iso_and_epoch_timestamps(tmp_path: Path, fmt: str) -> None:
+    frames = _frames()
+    frames["events"]["timestamp"] = [
+        "2024-01-01T00:00:00Z", "1704067260", "2024-01-01T01:02:00+01:00", "2024-01-01 00:03:00",
+        "2024-01-01", "1704067500.9", "1704067560", "2024-01-01T00:07:00.250Z",
+    ]
+    tables, report = _load_quiet(_write(tmp_path / "shop", frames, fmt))
+    assert report.issues == []
+    assert tables.events["timestamp"].tolist() == [
+        1704067200, 1704067260, 1704067320, 1704067380, 1704067200, 1704067500, 1704067560, 1704067620,
+    ]
+
+
+def test_datetime_typed_parquet_timestamps(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["events"]["timestamp"] = pd.to_datetime(frames["events"]["timestamp"], unit="s")
+    tables, report = _load_quiet(_write(tmp_path / "shop", frames, "parquet"))
+    assert report.issues == []
+    assert tables.events["timestamp"].tolist() == [1_700_000_000 + 60 * k for k in range(8)]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_unparsable_and_missing_timestamps_drop_events(tmp_path: Path, fmt: str) -> None:
+    frames = _frames()
+    ts = frames["events"]["timestamp"].astype(str).tolist()
+    ts[3], ts[5], ts[6] = "yesterday", "", "2024-13-45"
+    frames["events"]["timestamp"] = ts
+    tables, report = _repaired(_write(tmp_path / "shop", frames, fmt))
+    bad = _issue(report, "unparsable", "timestamp")
+    assert bad.message == "events.timestamp: 2 of 8 values could not be parsed as ISO-8601 or epoch " \
+                          "seconds (first: 'yesterday', row 4); dropped those 2 events"
+    missing = _issue(report, "missing_value", "timestamp")
+    assert (missing.count, missing.first_row) == (1, 6)
+    assert len(tables.events) == 5 and tables.events["timestamp"].dtype == np.int64
+
+
+def test_entirely_empty_timestamp_column_is_absent(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["events"]["timestamp"] = ""
+    tables, report = _repaired(_write(tmp_path / "shop", frames))
+    issue = _issue(report, "empty_column", "timestamp")
+    assert issue.severity == "warning"
+    assert "events.timestamp: the column is empty; treated as absent" in issue.message
+    assert not tables.has_timestamps and len(tables.events) == 8
+
+
+def test_millisecond_epochs_are_flagged(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["events"]["timestamp"] = frames["events"]["timestamp"] * 1000
+    _, report = _repaired(_write(tmp_path / "shop", frames))
+    assert _issue(report, "epoch_milliseconds").count == 8
+
+
+def test_unparsable_created_at_set_to_nan(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["users"].loc[1, "created_at"] = "last spring"
+    tables, report = _repaired(_write(tmp_path / "shop", frames))
+    assert _issue(report, "unparsable", "created_at").message == (
+        "users.created_at: 1 of 4 values could not be parsed as ISO-8601 or epoch seconds "
+        "(first: 'last spring', row 2); set those 1 to NaN")
+    assert np.isnan(tables.users["created_at"].iloc[1])
+    assert len(tables.users) == 4
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_bad_prices_and_amounts_set_to_nan(tmp_path: Path, fmt: str) -> None:
+    frames = _frames()
+    frames["items"]["price"] = ["10.5", "-3", "abc"]
+    frames["events"]["amount"] = ["", "3", "x", "-1", "", "7", "", "-2"]
+    tables, report = _repaired(_write(tmp_path / "shop", frames, fmt))
+    assert _issue(report, "not_numeric", "price").message == \
+        "items.price: 1 of 3 prices are not numbers (first: 'abc', row 3); set those 1 to NaN"
+    assert _issue(report, "negative", "price").message == \
+        "items.price: 1 of 3 prices are negative (first: '-3', row 2); set those 1 to NaN"
+    neg = _issue(report, "negative", "amount")
+    assert (neg.count, neg.first_row, neg.first_value) == (2, 4, "-1")
+    assert _issue(report, "not_numeric", "amount").first_row == 3
+    assert tables.items["price"].tolist()[0] == 10.5 and tables.items["price"].isna().sum() == 2
+    assert tables.events["amount"].dtype == np.float64
+    assert tables.events["amount"].notna().sum() == 2
+
+
+def test_blank_event_type_dropped_and_case_kept(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["events"]["event_type"] = [" View ", "purchase", "  ", "Purchase", "view", None, "view", "purchase"]
+    tables, report = _repaired(_write(tmp_path / "shop", frames))
+    issue = _issue(report, "missing_value", "event_type")
+    assert issue.message == "events.event_type: 2 of 8 values are blank (first: row 3); dropped those 2 events"
+    assert tables.events["event_type"].tolist() == ["View", "purchase", "Purchase", "view", "view", "purchase"]
+
+
+def test_labels_for_unknown_users_dropped(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["labels"].loc[2, "user_id"] = "stranger"
+    tables, report = _repaired(_write(tmp_path / "shop", frames))
+    assert _issue(report, "unknown_id", "user_id").message == (
+        "labels.user_id: 1 of 4 labels name unknown users (first: 'stranger', row 3); dropped those 1 labels")
+    assert tables.labels is not None and len(tables.labels) == 3
+
+
+# --------------------------------------------------------------------------------------- images
+
+
+def _png(path: Path, seed: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(path)
+
+
+def test_images_checked_and_bad_ones_cleared(tmp_path: Path) -> None:
+    root = tmp_path / "shop"
+    frames = _frames()
+    items = pd.DataFrame({
+        "item_id": [f"i{k}" for k in range(6)],
+        "image": ["img/ok.png", "img/gone.png", "img/fake.png", "../outside.png", "/etc/hosts", ""],
+    })
+    frames["items"] = items
+    frames["events"]["item_id"] = [f"i{k % 6}" for k in range(8)]
+    _write(root, frames)
+    _png(root / "img" / "ok.png")
+    (root / "img" / "fake.png").write_text("not an image")
+    _png(tmp_path / "outside.png")  # exists, but outside the folder
+    tables, report = _repaired(root)
+    assert _issue(report, "image_outside_folder").message == (
+        "items.image: 2 of 6 image paths point outside the tables folder (first: '../outside.png', row 4); "
+        'set those 2 to ""')
+    assert _issue(report, "image_missing").message == (
+        "items.image: 1 of 6 image files do not exist (first: 'img/gone.png', row 2); set those 1 to \"\"")
+    assert _issue(report, "image_unreadable").message == (
+        "items.image: 1 of 6 image files are not readable images (first: 'img/fake.png', row 3); "
+        'set those 1 to ""')
+    assert tables.items["image"].tolist() == ["img/ok.png", "", "", "", "", ""]
+    assert tables.image_path("img/ok.png") == root / "img" / "ok.png"
+
+
+def test_truncated_png_is_not_readable(tmp_path: Path) -> None:
+    root = tmp_path / "shop"
+    frames = _frames()
+    frames["items"]["image"] = ["a.png", "b.png", ""]
+    _write(root, frames)
+    _png(root / "a.png")
+    _png(root / "b.png")
+    data = (root / "b.png").read_bytes()
+    (root / "b.png").write_bytes(data[: len(data) // 2])
+    _, report = _repaired(root)
+    assert _issue(report, "image_unreadable").first_value == "b.png"
+
+
+@pytest.mark.slow
+def test_image_check_is_fast(tmp_path: Path) -> None:
+    root = tmp_path / "shop"
+    n = 5000
+    (root / "img").mkdir(parents=True)
+    _png(root / "img" / "0.png")
+    data = (root / "img" / "0.png").read_bytes()
+    for k in range(n):
+        (root / "img" / f"{k}.png").write_bytes(data)
+    frames = _frames()
+    frames["items"] = pd.DataFrame({"item_id": [f"i{k}" for k in range(n)],
+                                    "image": [f"img/{k}.png" for k in range(n)]})
+    frames["events"]["item_id"] = [f"i{k}" for k in range(8)]
+    _write(root, frames)
+    start = time.perf_counter()
+    _, report = _load_quiet(root)
+    elapsed = time.perf_counter() - start
+    assert report.issues == []
+    assert elapsed < 5.0, f"{n} images took {elapsed:.1f} s"
+
+
+# --------------------------------------------------------------------------------------- report
+
+
+def test_report_format_and_json(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["events"].loc[2, "user_id"] = "ghost"
+    report = validate_tables(_write(tmp_path / "shop", frames))
+    text = report.format()
+    lines = text.splitlines()
+    assert lines[0] == f"tables folder: {tmp_path / 'shop'}"
+    assert lines[1].split()[0] == "REPAIRED" and "events.user_id" in lines[1]
+    assert lines[-1].startswith("summary: 0 fatal, 1 repaired, 0 warning(s), 0 info; rows after loading: "
+                                "users 4, items 3, devices 2, events 7, labels 4; loadable")
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["has_fatal"] is False and data["counts"]["events"] == 7
+    assert data["issues"][0]["first_row"] == 3 and data["issues"][0]["first_value"] == "ghost"
+    assert data["files"]["events"] == "events.csv"
+
+
+def test_issue_rejects_inconsistent_severity() -> None:
+    with pytest.raises(ValueError, match="severity"):
+        ValidationIssue("users", None, "x", 0, 0, None, None, True, "none", "m", "repaired")
+
+
+# --------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_validate_fatal_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    frames = _frames()
+    frames["items"] = frames["items"].drop(columns="item_id")
+    root = _write(tmp_path / "shop", frames)
+    assert main(["validate", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "FATAL" in out and "items: missing required column 'item_id'" in out
+    assert "NOT loadable" in out
+
+
+def test_cli_validate_repairs_exit_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    frames = _frames()
+    frames["events"].loc[[1, 4], "user_id"] = "ghost"
+    ts = frames["events"]["timestamp"].astype(str).tolist()
+    ts[6] = "yesterday"
+    frames["events"]["timestamp"] = ts
+    root = _write(tmp_path / "shop", frames)
+    assert main(["validate", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "events.user_id: 2 of 8 events reference unknown users (first: 'ghost', row 2); " \
+           "dropped those 2 events" in out
+    assert "events.timestamp: 1 of 8 values could not be parsed as ISO-8601 or epoch seconds " \
+           "(first: 'yesterday', row 7); dropped those 1 events" in out
+    assert "events 5" in out and "; loadable" in out
+
+    assert main(["validate", str(root), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["summary"]["repaired"] == 2 and data["counts"]["events"] == 5
+
+
+def test_cli_validate_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(tmp_path / "nope")]) == 1
+    assert "tables folder not found" in capsys.readouterr().err
