@@ -337,6 +337,14 @@ def _read(file: Path, name: str, out: _Collector) -> pd.DataFrame | None:
         out.add("fatal", name, None, "unreadable",
                 f"{name}: could not read {file.name} ({type(exc).__name__}: {detail[:200]})")
         return None
+    if file.suffix == ".csv":
+        # pyarrow turns non-UTF-8 cells of inferred columns into bytes instead of failing.
+        for col in df.columns[[pd.api.types.is_object_dtype(t) for t in df.dtypes]]:
+            if df[col].map(lambda v: isinstance(v, bytes)).any():
+                out.add("fatal", name, str(col).strip(), "unreadable",
+                        f"{name}: could not read {file.name} (column {str(col).strip()!r} is not valid "
+                        "UTF-8 text; save the file as UTF-8)")
+                return None
     df.columns = [str(col).strip() for col in df.columns]
     # Parquet may carry an index; row numbers are always positions in the file.
     return df.reset_index(drop=True)
