@@ -1,0 +1,259 @@
+"""Evaluate a trained run on the test period against the baselines; write metrics and a report.
+
+Purchase: full ranking over the whole catalogue with message passing on
+``message_passing_graph(data, "test")`` (train + val periods); each user's train and val target
+items are excluded; the relevant items are ``target_pairs(data, "test")``. The baselines see the
+same pairs (``baselines.purchase_baselines``) and the same harness (``metrics.ranking_metrics``).
+
+Fraud: the serving scorer of ``fraud.json`` (GNN head or hybrid trees) on ``test_mask`` users,
+thresholded at the validation-chosen threshold; baselines from ``baselines.fraud_baselines``.
+
+Writes ``RUN/metrics.json`` (shape in ``docs/ARCHITECTURE.md``), ``RUN/report.md`` and PNG plots
+under ``RUN/plots/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch_geometric.data import HeteroData
+
+from shopgraph.graph.build import message_passing_graph, target_pairs
+from shopgraph.graph.model import ShopGNN
+from shopgraph.graph.run import RunDir
+from shopgraph.graph.train import (
+    MODEL_DIR,
+    FraudScorer,
+    embed_graph,
+    fraud_labels,
+    fraud_probabilities,
+    lean_graph,
+    load_model,
+    resolve_device,
+    select_fraud_scorer,
+)
+
+logger = logging.getLogger(__name__)
+
+PURCHASE_KEYS = ("recall@10", "ndcg@10", "hit@10", "recall@20", "ndcg@20", "hit@20", "coverage@20")
+FRAUD_KEYS = ("auroc", "auprc", "rec@k", "precision", "recall", "threshold")
+
+
+def visible_test_pairs(data: HeteroData) -> torch.Tensor:
+    """Target pairs a model may know when predicting test (train + val periods), ``[2, P]``."""
+    return torch.unique(torch.cat([target_pairs(data, "train"), target_pairs(data, "val", new_only=False)], 1), dim=1)
+
+
+def _model_kind(model: ShopGNN) -> str:
+    return f"shopgnn-{model.config.conv}"
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _plots(run: RunDir, history: dict[str, Any], pr: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
+    """Training curves and test precision–recall curves; returns the written relative paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve
+
+    written: list[str] = []
+    epochs = history.get("epochs", [])
+    if epochs:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        x = [e["epoch"] for e in epochs]
+        for key in ("loss", "rank_loss", "fraud_loss"):
+            axes[0].plot(x, [e[key] for e in epochs], label=key)
+        axes[0].set_xlabel("epoch")
+        axes[0].set_title("training loss")
+        axes[0].legend()
+        for key in ("val_recall@20", "val_auprc"):
+            pts = [(e["epoch"], e[key]) for e in epochs if key in e]
+            if pts:
+                axes[1].plot(*zip(*pts), marker="o", ms=3, label=key)
+        if history.get("best_epoch"):
+            axes[1].axvline(history["best_epoch"], color="grey", ls="--", lw=1, label="best epoch")
+        axes[1].set_xlabel("epoch")
+        axes[1].set_title("validation")
+        axes[1].legend()
+        run.write_bytes("plots/training.png", _png(fig))
+        plt.close(fig)
+        written.append("plots/training.png")
+    if pr:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for name, (y, p) in pr.items():
+            precision, recall, _ = precision_recall_curve(y, p)
+            ax.plot(recall, precision, label=name)
+        ax.axhline(float(np.mean(next(iter(pr.values()))[0])), color="grey", ls=":", lw=1, label="base rate")
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_title("fraud, test users")
+        ax.legend()
+        run.write_bytes("plots/fraud_pr.png", _png(fig))
+        plt.close(fig)
+        written.append("plots/fraud_pr.png")
+    return written
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else str(v)
+
+
+def _report(metrics: dict[str, Any], data: HeteroData, history: dict[str, Any], fraud_info: dict[str, Any],
+            candidates: dict[str, dict[str, float]], plots: list[str], n_test: int) -> str:
+    lines = ["# ShopGraph evaluation report", ""]
+    split_line = f"Split: **{data.split_kind}**"
+    if data.split_kind == "temporal":
+        split_line += f" (cut times {list(data.split_times)}; train < val < test in time)"
+    else:
+        split_line += " (no timestamps: a seeded per-user random split of the target pairs)"
+    lines += [split_line, "",
+              f"Graph: {int(data['user'].num_nodes):,} users, {int(data['item'].num_nodes):,} items, "
+              f"{int(data['device'].num_nodes) if 'device' in data.node_types else 0:,} devices; "
+              f"{n_test:,} test pairs of {data.target!r}.",
+              f"Training: best epoch {history.get('best_epoch')} of {len(history.get('epochs', []))}, "
+              f"{_fmt(history.get('epoch_seconds'))} s per epoch.", ""]
+    p = metrics["purchase"]
+    rows = {"GNN (" + p["gnn"]["kind"] + ")": p["gnn"], **p["baselines"]}
+    best_base = max((v["recall@20"] for v in p["baselines"].values()), default=float("nan"))
+    lines += ["## Purchase (test, full ranking, train+val items excluded)", "",
+              "| model | " + " | ".join(PURCHASE_KEYS) + " | Recall@20 / best baseline |",
+              "|---|" + "---|" * (len(PURCHASE_KEYS) + 1)]
+    for name, m in rows.items():
+        ratio = m["recall@20"] / best_base if best_base and best_base > 0 else float("nan")
+        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in PURCHASE_KEYS) + f" | {_fmt(ratio)} |")
+    f = metrics["fraud"]
+    lines += ["", "## Fraud (test users)", ""]
+    if f["gnn"].get("kind") == "none":
+        lines.append("No usable fraud labels: not evaluated.")
+    else:
+        best_f = max((v["auprc"] for v in f["baselines"].values()), default=float("nan"))
+        lines += [f"Serving scorer: **{f['gnn']['kind']}** (validation AUPRC {_fmt(fraud_info.get('val_auprc'))}; "
+                  f"candidates {', '.join(f'{k} {_fmt(v)}' for k, v in fraud_info.get('candidates', {}).items())}). "
+                  f"Threshold {_fmt(fraud_info.get('threshold'))} chosen on validation (max F1).", "",
+                  "| model | " + " | ".join(FRAUD_KEYS) + " | AUPRC / best baseline |",
+                  "|---|" + "---|" * (len(FRAUD_KEYS) + 1)]
+        frows = {f"GNN serving ({f['gnn']['kind']})": f["gnn"],
+                 **{f"GNN candidate ({k})": v for k, v in candidates.items() if k != f["gnn"]["kind"]},
+                 **f["baselines"]}
+        for name, m in frows.items():
+            ratio = m["auprc"] / best_f if best_f and best_f > 0 else float("nan")
+            lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in FRAUD_KEYS) + f" | {_fmt(ratio)} |")
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_run(run_dir: str, *, baselines: bool = True, device: str | None = None) -> dict[str, Any]:
+    """Evaluate the trained model of a run folder on the test period.
+
+    Args:
+        run_dir: a run folder after ``shopgraph train``.
+        baselines: also fit and evaluate the purchase and fraud baselines.
+        device: ``"cuda"``, ``"cpu"`` or None (CUDA when present).
+
+    Returns:
+        The metrics dict written to ``RUN/metrics.json``.
+    """
+    run = RunDir(run_dir)
+    for rel in ("graph.pt", f"{MODEL_DIR}/model.safetensors", f"{MODEL_DIR}/config.json", "fraud.json"):
+        if not run.has(rel):
+            raise FileNotFoundError(f"run folder {run.path}: no {rel} (run `shopgraph train --run {run.path}` first)")
+    dev = resolve_device(device)
+    run.path_of(f"{MODEL_DIR}/model.safetensors")  # checksum check before loading
+    run.path_of(f"{MODEL_DIR}/config.json")
+    model = load_model(run.path / MODEL_DIR, dev)
+    data = run.load_graph()
+    fraud_info = run.read_json("fraud.json")
+    history = run.read_json(f"{MODEL_DIR}/history.json") if run.has(f"{MODEL_DIR}/history.json") else {}
+
+    from shopgraph.graph.metrics import fraud_metrics, ranking_metrics
+
+    # purchase: message passing on train + val, rank everything, exclude train + val items
+    test_emb = embed_graph(model, lean_graph(message_passing_graph(data, "test")).to(dev), dev)
+    exclude, test = visible_test_pairs(data), target_pairs(data, "test")
+    if test.size(1) == 0:
+        raise ValueError(f"data: the test period has no new {data.target!r} pairs to evaluate")
+    user, item = test_emb["user"], test_emb["item"]
+    rm = ranking_metrics(lambda u: ShopGNN.score(user[u], item), exclude, test, int(data["item"].num_nodes))
+    purchase: dict[str, Any] = {"gnn": {"kind": _model_kind(model), **{k: rm[k] for k in PURCHASE_KEYS}},
+                                "baselines": {}}
+    if baselines:
+        from shopgraph.graph.baselines import purchase_baselines
+
+        content = data["item"].x if "x" in data["item"] else None
+        purchase["baselines"] = purchase_baselines(data, split="test", item_content=content)
+
+    # fraud: refit the (deterministic) scorer selection, then score test users on the test graph
+    fraud: dict[str, Any] = {"gnn": {"kind": "none"}, "baselines": {}}
+    candidates: dict[str, dict[str, float]] = {}
+    pr: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if fraud_info.get("kind", "none") != "none":
+        train_emb = embed_graph(model, lean_graph(message_passing_graph(data, "train")).to(dev), dev)
+        scorer = select_fraud_scorer(model, data, train_emb, seed=int(fraud_info.get("seed", 0)))
+        if scorer.kind != fraud_info["kind"]:
+            logger.warning("fraud: re-selection chose %s but fraud.json says %s; evaluating %s",
+                           scorer.kind, fraud_info["kind"], fraud_info["kind"])
+        y, masks = fraud_labels(data)
+        te = masks["test"].numpy()
+        yt = y.numpy()[te]
+        threshold = float(fraud_info["threshold"])
+        kinds = [fraud_info["kind"]] + [k for k in scorer.candidates if k != fraud_info["kind"]]
+        for kind in kinds:
+            head = scorer.head if kind == "hybrid" else None
+            if kind == "hybrid" and head is None:  # the hybrid lost the selection: refit it for the report
+                from shopgraph.graph.baselines import HybridFraudHead, hybrid_features
+
+                feats = hybrid_features(data, train_emb["user"], split="train")
+                tr, va = masks["train"].numpy(), masks["val"].numpy()
+                head = HybridFraudHead(seed=int(fraud_info.get("seed", 0))).fit(
+                    feats[tr], y.numpy()[tr], feats[va], y.numpy()[va])
+            sc = FraudScorer(kind, threshold, float("nan"), {}, head)
+            prob = fraud_probabilities(model, sc, data, test_emb["user"], "test").numpy()[te]
+            if kind == fraud_info["kind"]:
+                m = fraud_metrics(yt, prob, threshold)
+                fraud["gnn"] = {"kind": kind, **{k: m[k] for k in FRAUD_KEYS}}
+            else:  # a candidate that does not serve: its own validation threshold
+                from shopgraph.graph.metrics import choose_threshold
+
+                va = masks["val"].numpy()
+                pv = fraud_probabilities(model, sc, data, train_emb["user"], "train").numpy()[va]
+                m = fraud_metrics(yt, prob, choose_threshold(y.numpy()[va], pv))
+            candidates[kind] = {k: m[k] for k in FRAUD_KEYS}
+            pr[kind] = (yt, prob)
+        if baselines and "x" in data["user"]:
+            from shopgraph.graph.baselines import fraud_baselines
+
+            fraud["baselines"] = fraud_baselines(data, split="test")
+
+    metrics = {"purchase": purchase, "fraud": fraud}
+    run.write_json("metrics.json", metrics)
+    plots = _plots(run, history, pr)
+    run.write_text("report.md", _report(metrics, data, history, fraud_info, candidates, plots, int(test.size(1))))
+    logger.info("evaluate: GNN recall@20 %.4f; fraud %s auprc %s", purchase["gnn"]["recall@20"],
+                fraud["gnn"].get("kind"), _fmt(fraud["gnn"].get("auprc")))
+    return metrics
+
+
+def cli_evaluate(args: argparse.Namespace) -> int:
+    """``shopgraph evaluate --run RUN``: print the comparison table and where the report is."""
+    metrics = evaluate_run(args.run)
+    p, f = metrics["purchase"], metrics["fraud"]
+    print(f"purchase recall@20  GNN {p['gnn']['recall@20']:.4f}  " + "  ".join(
+        f"{k} {v['recall@20']:.4f}" for k, v in p["baselines"].items()))
+    if f["gnn"].get("kind") != "none":
+        print(f"fraud auprc  GNN ({f['gnn']['kind']}) {f['gnn']['auprc']:.4f}  " + "  ".join(
+            f"{k} {v['auprc']:.4f}" for k, v in f["baselines"].items()))
+    print(f"report: {args.run}/report.md")
+    return 0

@@ -1,0 +1,307 @@
+"""ShopGNN: one heterogeneous GNN with a purchase tower (dot product) and a fraud head.
+
+Built only from ``data.metadata()`` and the per-type input sizes, so the same code runs on the
+shop graph (user / item / device with several event types) and on one-type public graphs.
+
+    x[nt] --(Linear + LayerNorm)--+--(+ id embedding)--> h0[nt]
+    h_{l+1} = LayerNorm(h_l + Dropout(GELU(HeteroConv_l(h_l))))      (sage | gatv2 | hgt)
+    h_{l+1} = sum over edge types of sym-normalised neighbour sums    (lightgcn: no weights)
+    emb[nt] = mean(h_0 .. h_L)                                       (layer averaging, as LightGCN)
+
+Purchase score = ``user_emb @ item_emb.T`` (so FAISS inner-product search returns exactly the
+model's ranking); fraud logit = MLP(user_emb).
+
+Every edge type of the metadata is always passed to the convolutions, with an empty
+``edge_index`` when the graph lacks it, so an isolated node gets the same embedding whether the
+rest of the graph has edges or not: that is the inductive pass used for new items.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.data import HeteroData
+from torch_geometric.nn import GATv2Conv, HeteroConv, HGTConv, SAGEConv
+
+logger = logging.getLogger(__name__)
+
+EdgeType = tuple[str, str, str]
+CONVS: tuple[str, ...] = ("sage", "gatv2", "hgt", "lightgcn")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a :class:`ShopGNN` (saved as ``RUN/model/config.json``).
+
+    Attributes:
+        node_types: node types of the graph (``data.metadata()[0]``).
+        edge_types: edge types of the graph (``data.metadata()[1]``).
+        in_dims: input feature size per node type; 0 for a type without ``.x``.
+        num_nodes: node count per type (rows of the id embedding tables).
+        id_embeddings: node types with a learnable id embedding (required for featureless types).
+        conv: ``"sage"`` (default), ``"gatv2"``, ``"hgt"`` or ``"lightgcn"``.
+        hidden: embedding size.
+        layers: message-passing layers.
+        dropout: dropout on features and messages.
+        heads: attention heads for ``gatv2`` / ``hgt``.
+        fraud_hidden: hidden size of the fraud MLP.
+    """
+
+    node_types: list[str]
+    edge_types: list[EdgeType]
+    in_dims: dict[str, int]
+    num_nodes: dict[str, int]
+    id_embeddings: list[str] = field(default_factory=list)
+    conv: str = "sage"
+    hidden: int = 64
+    layers: int = 2
+    dropout: float = 0.1
+    heads: int = 2
+    fraud_hidden: int = 64
+
+    def __post_init__(self) -> None:
+        self.edge_types = [tuple(et) for et in self.edge_types]  # type: ignore[misc]
+        if self.conv not in CONVS:
+            raise ValueError(f"conv: expected one of {', '.join(CONVS)} (got {self.conv!r})")
+        if self.hidden <= 0 or self.layers < 0:
+            raise ValueError(f"hidden, layers: expected hidden > 0 and layers >= 0 (got {self.hidden}, {self.layers})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected 0 <= dropout < 1 (got {self.dropout})")
+        if self.conv in ("gatv2", "hgt") and self.hidden % self.heads:
+            raise ValueError(f"hidden: must be divisible by heads={self.heads} for {self.conv} (got {self.hidden})")
+        for nt in self.node_types:
+            if nt not in self.in_dims or nt not in self.num_nodes:
+                raise ValueError(f"in_dims, num_nodes: missing node type {nt!r}")
+            if self.in_dims[nt] <= 0 and nt not in self.id_embeddings:
+                raise ValueError(
+                    f"id_embeddings: node type {nt!r} has no features (in_dims 0) so it needs an id "
+                    f"embedding (got id_embeddings={self.id_embeddings})"
+                )
+        for nt in self.id_embeddings:
+            if nt not in self.node_types:
+                raise ValueError(f"id_embeddings: unknown node type {nt!r} (got node types {self.node_types})")
+        for et in self.edge_types:
+            if et[0] not in self.node_types or et[2] not in self.node_types:
+                raise ValueError(f"edge_types: {et} joins unknown node types (node types {self.node_types})")
+
+    @property
+    def metadata(self) -> tuple[list[str], list[EdgeType]]:
+        return list(self.node_types), list(self.edge_types)
+
+    @classmethod
+    def from_data(cls, data: HeteroData, *, id_embeddings: list[str] | None = None, **kwargs: Any) -> ModelConfig:
+        """Config for ``data``: metadata, input sizes from ``data[nt].x``, node counts.
+
+        Args:
+            data: the graph (any split view; only metadata, ``.x`` shapes and node counts are read).
+            id_embeddings: node types given id embeddings; default every type. Types without ``.x``
+                are always added.
+            **kwargs: the other :class:`ModelConfig` fields (conv, hidden, ...).
+        """
+        node_types, edge_types = data.metadata()
+        in_dims = {nt: int(data[nt].x.size(-1)) if "x" in data[nt] else 0 for nt in node_types}
+        num_nodes = {nt: int(data[nt].num_nodes) for nt in node_types}
+        chosen = list(node_types) if id_embeddings is None else list(id_embeddings)
+        chosen += [nt for nt in node_types if in_dims[nt] == 0 and nt not in chosen]
+        return cls(node_types=list(node_types), edge_types=[tuple(e) for e in edge_types],  # type: ignore[misc]
+                   in_dims=in_dims, num_nodes=num_nodes, id_embeddings=chosen, **kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        raw = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"config.json: unknown fields {unknown} (expected a subset of {sorted(known)})")
+        raw["edge_types"] = [tuple(et) for et in raw["edge_types"]]
+        return cls(**raw)
+
+
+class ShopGNNOutput(NamedTuple):
+    """What :meth:`ShopGNN.forward` returns."""
+
+    emb: dict[str, Tensor]  # node type -> [N, hidden]
+    fraud_logit: Tensor | None  # [U] when the graph has a "user" type
+
+
+def _key(et: EdgeType) -> str:
+    return "__".join(et)
+
+
+class LightGCNConv(nn.Module):
+    """Weight-free propagation: for each edge type, ``sum_j x_j / sqrt(deg_out(j) deg_in(i))``,
+    summed over the edge types that point at a node type (repeated edges count with multiplicity)."""
+
+    def __init__(self, edge_types: list[EdgeType]) -> None:
+        super().__init__()
+        self.edge_types = edge_types
+
+    def forward(self, x: dict[str, Tensor], edge_index: dict[EdgeType, Tensor]) -> dict[str, Tensor]:
+        out = {nt: torch.zeros_like(h) for nt, h in x.items()}
+        for et in self.edge_types:
+            src, _, dst = et
+            ei = edge_index[et]
+            if ei.numel() == 0:
+                continue
+            xs = x[src]
+            deg_s = torch.zeros(xs.size(0), device=xs.device).index_add_(0, ei[0], torch.ones_like(ei[0], dtype=xs.dtype))
+            deg_d = torch.zeros(out[dst].size(0), device=xs.device).index_add_(
+                0, ei[1], torch.ones_like(ei[1], dtype=xs.dtype))
+            w = (deg_s[ei[0]] * deg_d[ei[1]]).rsqrt()
+            out[dst] = out[dst].index_add(0, ei[1], xs[ei[0]] * w.unsqueeze(-1).to(xs.dtype))
+        return out
+
+
+class ShopGNN(nn.Module):
+    """Heterogeneous GNN with a dot-product purchase tower and a fraud MLP head.
+
+    Args:
+        config: a :class:`ModelConfig` (``ModelConfig.from_data(data, conv=..., hidden=...)``).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.proj = nn.ModuleDict({
+            nt: nn.Sequential(nn.Linear(c.in_dims[nt], c.hidden), nn.LayerNorm(c.hidden))
+            for nt in c.node_types if c.in_dims[nt] > 0
+        })
+        self.id_emb = nn.ModuleDict({nt: nn.Embedding(c.num_nodes[nt], c.hidden) for nt in c.id_embeddings})
+        for emb in self.id_emb.values():
+            assert isinstance(emb, nn.Embedding)  # for mypy: ModuleDict values are Modules
+            nn.init.normal_(emb.weight, std=0.1)
+        self.convs = nn.ModuleList([self._make_conv() for _ in range(c.layers)])
+        # LightGCN propagation is linear by design: no norms, no non-linearity.
+        self.norms = nn.ModuleList([
+            nn.ModuleDict({nt: nn.LayerNorm(c.hidden) for nt in c.node_types})
+            for _ in range(c.layers if c.conv != "lightgcn" else 0)
+        ])
+        self.fraud_head = nn.Sequential(
+            nn.Linear(c.hidden, c.fraud_hidden), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(c.fraud_hidden, 1)
+        )
+
+    def _make_conv(self) -> nn.Module:
+        c = self.config
+        if c.conv == "lightgcn":
+            return LightGCNConv(c.edge_types)
+        if c.conv == "hgt":
+            return HGTConv(c.hidden, c.hidden, c.metadata, heads=c.heads)
+        convs: dict[EdgeType, nn.Module] = {}
+        for et in c.edge_types:
+            if c.conv == "sage":
+                convs[et] = SAGEConv((c.hidden, c.hidden), c.hidden)
+            else:
+                convs[et] = GATv2Conv((c.hidden, c.hidden), c.hidden // c.heads, heads=c.heads,
+                                      add_self_loops=False, dropout=c.dropout)
+        return HeteroConv(convs, aggr="sum")  # type: ignore[arg-type]
+
+    # -- embeddings -----------------------------------------------------------------------------
+    def _check(self, data: HeteroData) -> None:
+        node_types, edge_types = data.metadata()
+        missing = [nt for nt in self.config.node_types if nt not in node_types]
+        if missing:
+            raise ValueError(f"data: node types {missing} of the model are missing (got {node_types})")
+        unknown = [et for et in edge_types if tuple(et) not in set(self.config.edge_types)]
+        if unknown:
+            raise ValueError(f"data: edge types {unknown} are unknown to the model (model has {self.config.edge_types})")
+        for nt in self.config.node_types:
+            want = self.config.in_dims[nt]
+            if want > 0:
+                if "x" not in data[nt]:
+                    raise ValueError(f"data[{nt!r}].x: the model expects {want} features (got none)")
+                if data[nt].x.size(-1) != want:
+                    raise ValueError(f"data[{nt!r}].x: expected {want} features (got {data[nt].x.size(-1)})")
+
+    def input_embeddings(self, data: HeteroData) -> dict[str, Tensor]:
+        """Layer-0 embeddings: projected features plus id embeddings, ``{nt: [N, hidden]}``.
+
+        Nodes beyond the id table (new nodes) or graphs sampled with ``n_id`` are handled: the id
+        embedding of node ``k`` is row ``n_id[k]``; rows past the table contribute zero.
+        """
+        c = self.config
+        device = next(self.parameters()).device
+        out: dict[str, Tensor] = {}
+        for nt in c.node_types:
+            n = int(data[nt].num_nodes)
+            h = torch.zeros(n, c.hidden, device=device)
+            if nt in self.proj:
+                h = h + self.proj[nt](data[nt].x.to(device=device, dtype=torch.float32))
+            if nt in self.id_emb:
+                ids = data[nt].n_id.to(device) if "n_id" in data[nt] else torch.arange(n, device=device)
+                known = ids < c.num_nodes[nt]
+                rows = self.id_emb[nt](ids.clamp(max=c.num_nodes[nt] - 1))
+                h = h + rows * known.unsqueeze(-1).to(rows.dtype)
+            out[nt] = F.dropout(h, c.dropout, self.training)
+        return out
+
+    def _edge_index_dict(self, data: HeteroData, device: torch.device) -> dict[EdgeType, Tensor]:
+        present = set(data.edge_types)
+        out: dict[EdgeType, Tensor] = {}
+        for et in self.config.edge_types:
+            if et in present and "edge_index" in data[et]:
+                out[et] = data[et].edge_index.to(device)
+            else:
+                out[et] = torch.empty(2, 0, dtype=torch.long, device=device)
+        return out
+
+    def embed(self, data: HeteroData) -> dict[str, Tensor]:
+        """Node embeddings ``{node_type: [N, hidden]}`` from a pass over ``data``.
+
+        Works on any graph with the model's metadata, including one with no edges (each node is
+        then embedded from its own features and id: the inductive pass).
+        """
+        self._check(data)
+        c = self.config
+        x = self.input_embeddings(data)
+        device = next(iter(x.values())).device
+        edge_index = self._edge_index_dict(data, device)
+        layers = [x]
+        for i, conv in enumerate(self.convs):
+            h = conv(x, edge_index)
+            if c.conv == "lightgcn":
+                x = {nt: h[nt] for nt in c.node_types}
+            else:
+                new: dict[str, Tensor] = {}
+                for nt in c.node_types:
+                    msg = h.get(nt)
+                    upd = x[nt] if msg is None else x[nt] + F.dropout(F.gelu(msg), c.dropout, self.training)
+                    norms: nn.ModuleDict = self.norms[i]  # type: ignore[assignment]
+                    new[nt] = norms[nt](upd)
+                x = new
+            layers.append(x)
+        return {nt: torch.stack([layer[nt] for layer in layers]).mean(0) for nt in c.node_types}
+
+    def forward(self, data: HeteroData) -> ShopGNNOutput:
+        """Embeddings of every node, and the fraud logits of users when the graph has users.
+
+        Args:
+            data: a ``HeteroData`` with the model's metadata.
+
+        Returns:
+            ``ShopGNNOutput(emb={nt: [N, hidden]}, fraud_logit=[U] or None)``.
+        """
+        emb = self.embed(data)
+        logit = self.fraud_logit(emb["user"]) if "user" in emb else None
+        return ShopGNNOutput(emb, logit)
+
+    # -- heads ----------------------------------------------------------------------------------
+    @staticmethod
+    def score(user_emb: Tensor, item_emb: Tensor) -> Tensor:
+        """Purchase scores ``[B, I]`` = ``user_emb [B, D] @ item_emb [I, D].T``."""
+        return user_emb @ item_emb.T
+
+    def fraud_logit(self, user_emb: Tensor) -> Tensor:
+        """Fraud logits ``[U]`` from user embeddings ``[U, D]``."""
+        out: Tensor = self.fraud_head(user_emb).squeeze(-1)
+        return out

@@ -1,0 +1,704 @@
+"""Training ShopGNN: purchase ranking + fraud classification, early stopping, resumable.
+
+The only views of the graph training reads are ``message_passing_graph(data, "train")`` (the edges
+the model may aggregate) and ``target_pairs(data, "train" | "val")`` (supervision and early
+stopping). Test data is never touched here.
+
+One code path for CPU and GPU: the device is chosen once, bf16 autocast on CUDA, a
+``contextlib.nullcontext()`` elsewhere. Full-batch by default (one pass over the whole train
+graph per step, cheap for shops of a few thousand users); neighbour-sampled mini-batches with
+``LinkNeighborLoader`` when torch-sparse or pyg-lib is installed.
+
+Artifacts (through :class:`~shopgraph.graph.run.RunDir`): ``model/model.safetensors``,
+``model/config.json``, ``model/train_config.json``, ``model/history.json``,
+``model/train_state.pt`` (optimizer/epoch/RNG checkpoint for ``--resume``),
+``embeddings.safetensors`` and ``fraud.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torch_geometric.data import HeteroData
+from tqdm.auto import tqdm
+
+from shopgraph.graph.build import Split, message_passing_graph, target_edge_type, target_pairs
+from shopgraph.graph.model import CONVS, ModelConfig, ShopGNN
+from shopgraph.graph.run import RunDir, atomic_write
+
+logger = logging.getLogger(__name__)
+
+try:  # neighbour sampling needs pyg-lib or torch-sparse
+    import torch_geometric.typing as _pyg_typing
+
+    WITH_SAMPLING: bool = bool(_pyg_typing.WITH_PYG_LIB or _pyg_typing.WITH_TORCH_SPARSE)
+except ImportError:  # pragma: no cover
+    WITH_SAMPLING = False
+
+MODEL_DIR = "model"
+STATE_FILE = "train_state.pt"
+RANK_LOSSES = ("softmax", "bpr")
+NEGATIVES = ("uniform", "popularity", "hard")
+FRAUD_LOSSES = ("bce", "focal")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (saved as ``RUN/model/train_config.json``).
+
+    Attributes:
+        epochs: maximum epochs (an epoch is one full-batch step, or one pass over the train pairs
+            in mini-batch mode).
+        lr, weight_decay: AdamW settings.
+        conv, hidden, layers, dropout, heads, id_embeddings: the model (see ``ModelConfig``);
+            ``id_embeddings=None`` gives every node type an id embedding.
+        rank_loss: ``"softmax"`` (sampled softmax over the positive and ``num_negatives``
+            negatives; ``num_negatives=0`` uses the whole catalogue) or ``"bpr"``.
+        negatives: ``"uniform"``, ``"popularity"`` (degree^0.75, logQ-corrected) or ``"hard"``
+            (the highest-scored of 4x as many uniform candidates).
+        num_negatives: negatives per positive pair.
+        temperature: softmax temperature on the dot-product scores.
+        batch_pairs: positive pairs per full-batch step (0: all train pairs).
+        fraud_loss: ``"bce"`` (class-weighted) or ``"focal"``.
+        focal_gamma: focusing parameter of the focal loss.
+        rank_weight, fraud_weight: weights of the two losses.
+        eval_every: epochs between validation passes; patience: validation passes without
+            improvement before stopping (0 disables early stopping).
+        mini_batch: neighbour-sampled mini-batches (needs torch-sparse or pyg-lib).
+        batch_size, num_neighbors: mini-batch settings.
+        seed: seeds everything.
+        checkpoint_every: epochs between resume checkpoints (when a checkpoint folder is given).
+    """
+
+    epochs: int = 300
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    conv: str = "sage"
+    hidden: int = 64
+    layers: int = 2
+    dropout: float = 0.1
+    heads: int = 2
+    id_embeddings: list[str] | None = None
+    rank_loss: str = "softmax"
+    negatives: str = "uniform"
+    num_negatives: int = 128
+    temperature: float = 1.0
+    batch_pairs: int = 0
+    fraud_loss: str = "bce"
+    focal_gamma: float = 2.0
+    rank_weight: float = 1.0
+    fraud_weight: float = 1.0
+    eval_every: int = 5
+    patience: int = 8
+    mini_batch: bool = False
+    batch_size: int = 1024
+    num_neighbors: list[int] = field(default_factory=lambda: [10, 10])
+    seed: int = 0
+    checkpoint_every: int = 1
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("conv", self.conv, CONVS), ("rank_loss", self.rank_loss, RANK_LOSSES),
+            ("negatives", self.negatives, NEGATIVES), ("fraud_loss", self.fraud_loss, FRAUD_LOSSES),
+        ]
+        for name, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(f"{name}: expected one of {', '.join(allowed)} (got {value!r})")
+        for name in ("epochs", "eval_every", "batch_size", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: expected a positive integer (got {getattr(self, name)})")
+        if self.num_negatives < 0 or self.batch_pairs < 0 or self.patience < 0:
+            raise ValueError(
+                f"num_negatives, batch_pairs, patience: expected >= 0 "
+                f"(got {self.num_negatives}, {self.batch_pairs}, {self.patience})"
+            )
+        if self.lr <= 0 or self.temperature <= 0:
+            raise ValueError(f"lr, temperature: expected > 0 (got {self.lr}, {self.temperature})")
+
+    def model_config(self, data: HeteroData) -> ModelConfig:
+        return ModelConfig.from_data(
+            data, id_embeddings=self.id_embeddings, conv=self.conv, hidden=self.hidden,
+            layers=self.layers, dropout=self.dropout, heads=self.heads,
+        )
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"overrides: unknown training settings {unknown} (known: {sorted(known)})")
+        return cls(**raw)
+
+
+class FraudScorer(NamedTuple):
+    """The serving fraud scorer chosen on validation AUPRC."""
+
+    kind: str  # "gnn_head", "hybrid" or "none" (no labels)
+    threshold: float
+    val_auprc: float
+    candidates: dict[str, float]  # kind -> validation AUPRC
+    head: Any  # the fitted HybridFraudHead when kind == "hybrid", else None
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train` returns."""
+
+    model: ShopGNN
+    model_config: ModelConfig
+    config: TrainConfig
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_score: float
+    embeddings: dict[str, Tensor]  # serving embeddings from the full graph, {nt: [N, D]}
+    fraud: FraudScorer
+    fraud_prob: Tensor  # [U] serving fraud probabilities (NaN when no labels)
+    epoch_seconds: float  # mean wall time of a training epoch
+
+
+# -- device ---------------------------------------------------------------------------------------
+def resolve_device(device: str | None = None) -> torch.device:
+    """``cuda`` when present (or asked for), else ``cpu``; an unavailable ``cuda`` is an error."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: CUDA is not available on this machine (got {device!r}); use 'cpu'")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected 'cpu' or 'cuda' (got {device!r})")
+    return dev
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA, a no-op elsewhere (the same code path on both)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# -- data views -----------------------------------------------------------------------------------
+def lean_graph(data: HeteroData) -> HeteroData:
+    """Only what the model reads (``x``, node counts, ``edge_index``): faster, and samplable."""
+    out = HeteroData()
+    for nt in data.node_types:
+        out[nt].num_nodes = int(data[nt].num_nodes)
+        if "x" in data[nt]:
+            out[nt].x = data[nt].x.float()
+    for et in data.edge_types:
+        if "edge_index" in data[et]:
+            out[et].edge_index = data[et].edge_index
+    return out
+
+
+def fraud_labels(data: HeteroData) -> tuple[Tensor, dict[str, Tensor]]:
+    """``y [U]`` and the train/val/test user masks restricted to labelled users (y >= 0)."""
+    user = data["user"] if "user" in data.node_types else None
+    if user is None or "y" not in user:
+        n = int(user.num_nodes) if user is not None else 0
+        empty = torch.zeros(n, dtype=torch.bool)
+        return torch.full((n,), -1, dtype=torch.long), {"train": empty, "val": empty, "test": empty}
+    y = user.y.long()
+    masks = {s: user[f"{s}_mask"].bool() & (y >= 0) for s in ("train", "val", "test")}
+    return y, masks
+
+
+# -- losses ---------------------------------------------------------------------------------------
+def _sample_negatives(
+    cfg: TrainConfig, users: Tensor, user_emb: Tensor, item_emb: Tensor, pop: Tensor, gen: torch.Generator
+) -> tuple[Tensor, Tensor | None]:
+    """Negatives ``[P, K]`` (item indices) and the logQ correction ``[P, K]`` (or None)."""
+    num_items = item_emb.size(0)
+    k = cfg.num_negatives
+    if cfg.negatives == "popularity":
+        q = pop.pow(0.75)
+        q = q / q.sum()
+        neg = torch.multinomial(q, users.numel() * k, replacement=True, generator=gen).view(-1, k)
+        return neg.to(user_emb.device), q.log().to(user_emb.device)[neg.to(user_emb.device)]
+    if cfg.negatives == "hard":
+        cand = torch.randint(num_items, (users.numel(), 4 * k), generator=gen).to(user_emb.device)
+        with torch.no_grad():
+            s = (user_emb[users].unsqueeze(1) * item_emb[cand]).sum(-1)
+        top = s.topk(k, dim=1).indices
+        return cand.gather(1, top), None
+    return torch.randint(num_items, (users.numel(), k), generator=gen).to(user_emb.device), None
+
+
+def rank_loss(
+    cfg: TrainConfig, user_emb: Tensor, item_emb: Tensor, pairs: Tensor, pop: Tensor, gen: torch.Generator
+) -> Tensor:
+    """Ranking loss of the positive ``pairs [2, P]`` (local indices into the two embeddings).
+
+    Args:
+        cfg: loss settings.
+        user_emb: ``[U, D]``; item_emb: ``[I, D]``.
+        pairs: ``LongTensor[2, P]`` of (user, item) positives.
+        pop: ``[I]`` item popularity (train pair counts) for popularity negatives.
+        gen: the sampling generator (its state is checkpointed).
+    """
+    users, items = pairs[0], pairs[1]
+    u = user_emb[users].float()
+    pos = (u * item_emb[items].float()).sum(-1)
+    if cfg.rank_loss == "softmax" and cfg.num_negatives == 0:
+        logits = ShopGNN.score(u, item_emb.float()) / cfg.temperature
+        return F.cross_entropy(logits, items)
+    neg_items, log_q = _sample_negatives(cfg, users, user_emb, item_emb, pop, gen)
+    neg = (u.unsqueeze(1) * item_emb[neg_items].float()).sum(-1)  # [P, K]
+    if cfg.rank_loss == "bpr":
+        return F.softplus(neg - pos.unsqueeze(1)).mean()
+    logits = torch.cat([pos.unsqueeze(1), neg], 1) / cfg.temperature
+    if log_q is not None:
+        logits = torch.cat([logits[:, :1], logits[:, 1:] - log_q], 1)
+    return F.cross_entropy(logits, torch.zeros(len(users), dtype=torch.long, device=logits.device))
+
+
+def fraud_loss(cfg: TrainConfig, logit: Tensor, y: Tensor, pos_weight: float) -> Tensor:
+    """Imbalance-aware fraud loss on labelled users: class-weighted BCE, or focal loss."""
+    y = y.float()
+    if cfg.fraud_loss == "focal":
+        p = torch.sigmoid(logit)
+        ce = F.binary_cross_entropy_with_logits(logit, y, reduction="none")
+        p_t = p * y + (1 - p) * (1 - y)
+        alpha = pos_weight / (1.0 + pos_weight)  # the positive class's share of the weight
+        a_t = alpha * y + (1 - alpha) * (1 - y)
+        return (a_t * (1 - p_t).pow(cfg.focal_gamma) * ce).mean() * 2.0
+    w = torch.tensor(pos_weight, device=logit.device)
+    return F.binary_cross_entropy_with_logits(logit, y, pos_weight=w)
+
+
+# -- validation -----------------------------------------------------------------------------------
+@torch.no_grad()
+def embed_graph(model: ShopGNN, graph: HeteroData, device: torch.device) -> dict[str, Tensor]:
+    """Eval-mode embeddings of every node of ``graph`` (float32, on CPU)."""
+    model.eval()
+    with autocast(device):
+        emb = model.embed(graph)
+    return {nt: e.float().cpu() for nt, e in emb.items()}
+
+
+def validation_scores(
+    model: ShopGNN, emb: dict[str, Tensor], data: HeteroData, train_pairs: Tensor, val_pairs: Tensor,
+    y: Tensor, val_mask: Tensor,
+) -> dict[str, float]:
+    """Val Recall@20 (train items excluded) and val fraud AUPRC from train-graph embeddings."""
+    from shopgraph.graph.metrics import fraud_metrics, ranking_metrics
+
+    out: dict[str, float] = {}
+    if val_pairs.size(1):
+        user, item = emb["user"], emb["item"]
+        rm = ranking_metrics(lambda u: ShopGNN.score(user[u], item), train_pairs, val_pairs,
+                             int(data["item"].num_nodes), ks=(20,))
+        out["val_recall@20"] = float(rm["recall@20"])
+    if int(val_mask.sum()) and len(torch.unique(y[val_mask])) == 2:
+        with torch.no_grad():
+            prob = torch.sigmoid(model.fraud_logit(emb["user"][val_mask].to(_param_device(model)))).float().cpu()
+        out["val_auprc"] = float(fraud_metrics(y[val_mask].numpy(), prob.numpy())["auprc"])
+    return out
+
+
+def _param_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _criterion(scores: dict[str, float]) -> float:
+    # Both are in [0, 1] and higher is better; their sum moves when either head improves.
+    return scores.get("val_recall@20", 0.0) + scores.get("val_auprc", 0.0)
+
+
+# -- fraud scorer selection -----------------------------------------------------------------------
+def select_fraud_scorer(model: ShopGNN, data: HeteroData, train_emb: dict[str, Tensor], seed: int = 0) -> FraudScorer:
+    """Pick the serving fraud scorer by validation AUPRC: the GNN head or the hybrid trees.
+
+    The hybrid head (boosted trees on GNN user embeddings + neighbour features,
+    :class:`shopgraph.graph.baselines.HybridFraudHead`) is fitted on train-mask users; both use
+    embeddings from the train-period graph. The threshold maximises F1 on validation.
+    """
+    from shopgraph.graph.metrics import choose_threshold, fraud_metrics
+
+    y, masks = fraud_labels(data)
+    tr, va = masks["train"], masks["val"]
+    if not (int(tr.sum()) and int(va.sum()) and len(torch.unique(y[tr])) == 2 and len(torch.unique(y[va])) == 2):
+        logger.warning("fraud: no usable labels (need both classes in train and val); no fraud scorer")
+        return FraudScorer("none", float("nan"), float("nan"), {}, None)
+    yv = y[va].numpy()
+    probs: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        probs["gnn_head"] = torch.sigmoid(
+            model.fraud_logit(train_emb["user"].to(_param_device(model)))).float().cpu().numpy()
+    head = None
+    if "x" not in data["user"]:
+        logger.info("fraud: users have no features; the hybrid head is not tried")
+    else:
+        from shopgraph.graph.baselines import HybridFraudHead, hybrid_features
+
+        feats = hybrid_features(data, train_emb["user"], split="train")
+        # early-stopped on validation, the same protocol as the XGB-Graph baseline
+        head = HybridFraudHead(seed=seed).fit(feats[tr.numpy()], y[tr].numpy(), feats[va.numpy()], yv)
+        probs["hybrid"] = np.asarray(head.predict_proba(feats))
+    candidates = {k: float(fraud_metrics(yv, p[va.numpy()])["auprc"]) for k, p in probs.items()}
+    kind = max(candidates, key=lambda k: candidates[k])
+    threshold = float(choose_threshold(yv, probs[kind][va.numpy()]))
+    logger.info("fraud: validation AUPRC %s -> serving %s (threshold %.4f)",
+                ", ".join(f"{k} {v:.4f}" for k, v in candidates.items()), kind, threshold)
+    return FraudScorer(kind, threshold, candidates[kind], candidates, head if kind == "hybrid" else None)
+
+
+def fraud_probabilities(
+    model: ShopGNN, scorer: FraudScorer, data: HeteroData, user_emb: Tensor, split: Split | None = None
+) -> Tensor:
+    """Fraud probabilities ``[U]`` of the chosen scorer.
+
+    Args:
+        model: the trained model (for the GNN head).
+        scorer: from :func:`select_fraud_scorer`.
+        data: the full graph.
+        user_emb: ``[U, D]`` user embeddings computed on the graph visible for ``split``.
+        split: the visibility of the hybrid head's neighbour features (``None``: every edge, for
+            serving).
+    """
+    if scorer.kind == "none":
+        return torch.full((user_emb.size(0),), float("nan"))
+    if scorer.kind == "hybrid":
+        from shopgraph.graph.baselines import hybrid_features
+
+        if split is None:  # edges without .split are always visible: the whole history
+            graph = lean_graph(data)
+            feats = hybrid_features(graph, user_emb)
+        else:
+            feats = hybrid_features(data, user_emb, split=split)
+        return torch.as_tensor(np.asarray(scorer.head.predict_proba(feats)), dtype=torch.float32)
+    with torch.no_grad():
+        return torch.sigmoid(model.fraud_logit(user_emb.to(_param_device(model)))).float().cpu()
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def _state_dict_cpu(model: torch.nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def save_model(model: ShopGNN, folder: Path) -> None:
+    """``folder/model.safetensors`` + ``folder/config.json`` (atomic writes)."""
+    tensors = {k: v.contiguous() for k, v in _state_dict_cpu(model).items()}
+    atomic_write(folder / "model.safetensors", lambda p: save_file(tensors, str(p)))
+    text = model.config.to_json()
+    atomic_write(folder / "config.json", lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def load_model(folder: Path, device: str | torch.device = "cpu") -> ShopGNN:
+    """Rebuild a :class:`ShopGNN` from ``folder/config.json`` and ``folder/model.safetensors``."""
+    config_path, weights = Path(folder) / "config.json", Path(folder) / "model.safetensors"
+    for p in (config_path, weights):
+        if not p.is_file():
+            raise FileNotFoundError(f"model folder {folder}: no {p.name} (train the run first)")
+    model = ShopGNN(ModelConfig.from_json(config_path.read_text(encoding="utf-8")))
+    model.load_state_dict(load_file(str(weights)))
+    return model.to(device).eval()
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    atomic_write(path, lambda p: p.write_bytes(payload))
+
+
+# -- training -------------------------------------------------------------------------------------
+def _log_epoch(line: str) -> None:
+    logger.info(line)
+
+
+def _mini_batches(
+    cfg: TrainConfig, graph: HeteroData, et: tuple[str, str, str], pairs: Tensor, train_users: Tensor
+) -> Iterator[tuple[HeteroData, HeteroData | None]]:
+    """One epoch of (link batch, fraud batch) pairs from neighbour sampling."""
+    from torch_geometric.loader import LinkNeighborLoader, NeighborLoader
+    from torch_geometric.sampler import NegativeSampling
+
+    neighbors = {e: list(cfg.num_neighbors) for e in graph.edge_types}
+    links = LinkNeighborLoader(
+        graph, num_neighbors=neighbors, edge_label_index=(et, pairs), batch_size=cfg.batch_size,
+        shuffle=True, neg_sampling=NegativeSampling("triplet", amount=max(cfg.num_negatives, 1)),
+    )
+    fraud_iter: Iterator[HeteroData] | None = None
+    if train_users.numel():
+        nodes = NeighborLoader(graph, num_neighbors=neighbors, input_nodes=("user", train_users),
+                               batch_size=cfg.batch_size, shuffle=True)
+        fraud_iter = iter(nodes)
+    for batch in links:
+        fb = None
+        if fraud_iter is not None:
+            fb = next(fraud_iter, None)
+            if fb is None:
+                fraud_iter = iter(nodes)
+                fb = next(fraud_iter)
+        yield batch, fb
+
+
+def _check_sampling() -> None:
+    if not WITH_SAMPLING:
+        raise ImportError(
+            "mini_batch: neighbour sampling needs torch-sparse or pyg-lib; "
+            "`pip install torch-sparse` (or pyg-lib) for your torch version, or train full-batch"
+        )
+
+
+def train(
+    data: HeteroData,
+    config: TrainConfig,
+    *,
+    device: str | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train :class:`ShopGNN` on ``data`` and pick the serving fraud scorer.
+
+    Args:
+        data: the full graph from ``build_graph`` with features (``.x``) where available.
+        config: training settings.
+        device: ``"cuda"``, ``"cpu"`` or None (CUDA when present).
+        checkpoint_dir: folder for the resume checkpoint (``train_state.pt``), written every
+            ``config.checkpoint_every`` epochs.
+        resume: continue from ``checkpoint_dir/train_state.pt``; the result equals that of an
+            uninterrupted run with the same config.
+
+    Returns:
+        A :class:`TrainResult` with the best model (by the validation criterion), the history,
+        serving embeddings from the full graph and the chosen fraud scorer.
+    """
+    if not isinstance(data, HeteroData):
+        raise TypeError(f"data: expected a HeteroData (got {type(data).__name__})")
+    for nt in ("user", "item"):
+        if nt not in data.node_types:
+            raise ValueError(f"data: expected node types 'user' and 'item' (got {data.node_types})")
+    if target_edge_type(data) not in data.edge_types:
+        raise ValueError(f"data: no target edge type {target_edge_type(data)} (got {data.edge_types})")
+    if config.mini_batch:
+        _check_sampling()
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume: needs checkpoint_dir (got None)")
+    dev = resolve_device(device)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+
+    train_graph = lean_graph(message_passing_graph(data, "train"))
+    target_et = target_edge_type(data)
+    train_pairs = target_pairs(data, "train")
+    val_pairs = target_pairs(data, "val")
+    if train_pairs.size(1) == 0:
+        raise ValueError(f"data: no training pairs of the target {data.target!r}")
+    num_items = int(data["item"].num_nodes)
+    pop = torch.bincount(train_pairs[1], minlength=num_items).float() + 1.0
+    y, masks = fraud_labels(data)
+    tr_users = masks["train"].nonzero().view(-1)
+    n_pos = int((y[tr_users] == 1).sum())
+    n_neg = int((y[tr_users] == 0).sum())
+    use_fraud = n_pos > 0 and n_neg > 0 and config.fraud_weight > 0
+    pos_weight = n_neg / max(n_pos, 1)
+
+    model_config = config.model_config(data)
+    model = ShopGNN(model_config).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    gpu_graph = train_graph.to(dev)
+    train_pairs_dev, y_dev, tr_dev = train_pairs.to(dev), y.to(dev), tr_users.to(dev)
+
+    history: list[dict[str, float]] = []
+    best: dict[str, Any] = {"score": -math.inf, "epoch": 0, "state": _state_dict_cpu(model), "bad": 0}
+    start_epoch = 1
+    state_path = checkpoint_dir / STATE_FILE if checkpoint_dir is not None else None
+    if resume:
+        assert state_path is not None
+        if not state_path.is_file():
+            raise FileNotFoundError(f"resume: no checkpoint at {state_path} (train without --resume first)")
+        state = torch.load(state_path, weights_only=False)
+        saved = {k: v for k, v in state["train_config"].items() if k != "epochs"}
+        now = {k: v for k, v in dataclasses.asdict(config).items() if k != "epochs"}
+        if saved != now:
+            diff = sorted(k for k in now if saved.get(k) != now[k])
+            raise ValueError(f"resume: the checkpoint was made with different settings {diff}; "
+                             "train without --resume")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        gen.set_state(state["gen_rng"])
+        history, best = state["history"], state["best"]
+        start_epoch = state["epoch"] + 1
+        logger.info("resume: continuing after epoch %d", state["epoch"])
+
+    epoch_times: list[float] = [h["seconds"] for h in history]
+    stopped = best["bad"] >= config.patience > 0
+    bar = tqdm(range(start_epoch, config.epochs + 1), desc="train", disable=None, leave=False,
+               initial=start_epoch - 1, total=config.epochs)
+    for epoch in bar:
+        if stopped:
+            break
+        t0 = time.perf_counter()
+        model.train()
+        losses: list[tuple[float, float]] = []
+        if config.mini_batch:
+            for batch, fb in _mini_batches(config, train_graph, target_et, train_pairs, tr_users):
+                batch = batch.to(dev)
+                with autocast(dev):
+                    emb = model.embed(batch)
+                    src = batch[target_et[0]].src_index
+                    pos, neg = batch[target_et[2]].dst_pos_index, batch[target_et[2]].dst_neg_index
+                    u = emb["user"][src].float()
+                    s_pos = (u * emb["item"][pos].float()).sum(-1, keepdim=True)
+                    s_neg = (u.unsqueeze(1) * emb["item"][neg.view(len(src), -1)].float()).sum(-1)
+                    if config.rank_loss == "bpr":
+                        lr_ = F.softplus(s_neg - s_pos).mean()
+                    else:
+                        logits = torch.cat([s_pos, s_neg], 1) / config.temperature
+                        lr_ = F.cross_entropy(logits, torch.zeros(len(src), dtype=torch.long, device=dev))
+                    lf = torch.zeros((), device=dev)
+                    if use_fraud and fb is not None:
+                        fb = fb.to(dev)
+                        seeds = fb["user"].batch_size
+                        gid = fb["user"].n_id[:seeds]
+                        lf = fraud_loss(config, model.fraud_logit(model.embed(fb)["user"][:seeds]).float(),
+                                        y_dev[gid], pos_weight)
+                    loss = config.rank_weight * lr_ + config.fraud_weight * lf
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append((float(lr_.detach()), float(lf.detach())))
+        else:
+            with autocast(dev):
+                emb = model.embed(gpu_graph)
+                pairs = train_pairs_dev
+                if config.batch_pairs and pairs.size(1) > config.batch_pairs:
+                    pick = torch.randperm(pairs.size(1), generator=gen)[: config.batch_pairs].to(dev)
+                    pairs = pairs[:, pick]
+                lr_ = rank_loss(config, emb["user"], emb["item"], pairs, pop, gen)
+                lf = torch.zeros((), device=dev)
+                if use_fraud:
+                    lf = fraud_loss(config, model.fraud_logit(emb["user"][tr_dev]).float(), y_dev[tr_dev], pos_weight)
+                loss = config.rank_weight * lr_ + config.fraud_weight * lf
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append((float(lr_.detach()), float(lf.detach())))
+        seconds = time.perf_counter() - t0
+        epoch_times.append(seconds)
+        rec: dict[str, float] = {
+            "epoch": float(epoch), "seconds": seconds,
+            "rank_loss": float(np.mean([a for a, _ in losses])),
+            "fraud_loss": float(np.mean([b for _, b in losses])),
+        }
+        rec["loss"] = config.rank_weight * rec["rank_loss"] + config.fraud_weight * rec["fraud_loss"]
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            emb_val = embed_graph(model, gpu_graph, dev)
+            rec.update(validation_scores(model, emb_val, data, train_pairs, val_pairs, y, masks["val"]))
+            rec["criterion"] = _criterion(rec)
+            if rec["criterion"] > best["score"]:
+                best.update(score=rec["criterion"], epoch=epoch, state=_state_dict_cpu(model), bad=0)
+            else:
+                best["bad"] += 1
+            stopped = best["bad"] >= config.patience > 0
+        history.append(rec)
+        _log_epoch(
+            f"epoch {epoch:4d} | loss {rec['loss']:.4f} | rank {rec['rank_loss']:.4f} | "
+            f"fraud {rec['fraud_loss']:.4f} | val recall@20 {rec.get('val_recall@20', float('nan')):.4f} | "
+            f"val auprc {rec.get('val_auprc', float('nan')):.4f} | {seconds:.2f}s"
+        )
+        if state_path is not None and (epoch % config.checkpoint_every == 0 or stopped or epoch == config.epochs):
+            _save_state(state_path, {
+                "epoch": epoch, "model": _state_dict_cpu(model), "optimizer": copy.deepcopy(opt.state_dict()),
+                "torch_rng": torch.get_rng_state(), "gen_rng": gen.get_state(), "history": history,
+                "best": best, "train_config": dataclasses.asdict(config),
+            })
+        if stopped:
+            logger.info("early stop at epoch %d (best epoch %d, criterion %.4f)", epoch, best["epoch"], best["score"])
+    bar.close()
+
+    if best["epoch"] == 0:  # never validated (tiny epoch counts): keep the last weights
+        best.update(state=_state_dict_cpu(model), epoch=len(history))
+    model.load_state_dict(best["state"])
+    model.eval()
+    train_emb = embed_graph(model, gpu_graph, dev)
+    scorer = select_fraud_scorer(model, data, train_emb, seed=config.seed)
+    full = lean_graph(data)
+    serving = embed_graph(model, full.to(dev), dev)
+    fraud_prob = fraud_probabilities(model, scorer, data, serving["user"], None)
+    return TrainResult(
+        model=model, model_config=model_config, config=config, history=history,
+        best_epoch=int(best["epoch"]), best_score=float(best["score"]), embeddings=serving, fraud=scorer,
+        fraud_prob=fraud_prob, epoch_seconds=float(np.mean(epoch_times)) if epoch_times else 0.0,
+    )
+
+
+# -- run folder -----------------------------------------------------------------------------------
+def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = False, **overrides: Any) -> TrainResult:
+    """Train the GNN of a run folder and write its artifacts.
+
+    Args:
+        run_dir: a run folder with ``graph.pt`` (``shopgraph build``).
+        device: ``"cuda"``, ``"cpu"`` or None.
+        resume: continue from ``RUN/model/train_state.pt``.
+        **overrides: :class:`TrainConfig` fields (``epochs=50``, ``conv="gatv2"``, ...).
+
+    Writes ``model/model.safetensors``, ``model/config.json``, ``model/train_config.json``,
+    ``model/history.json``, ``model/train_state.pt``, ``embeddings.safetensors``, ``fraud.json``.
+    """
+    run = RunDir(run_dir)
+    if not run.has("graph.pt"):
+        raise FileNotFoundError(f"run folder {run.path}: no graph.pt (run `shopgraph build` first)")
+    config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    data = run.load_graph()
+    result = train(data, config, device=device, checkpoint_dir=run.path / MODEL_DIR, resume=resume)
+
+    tensors = {k: v.contiguous() for k, v in _state_dict_cpu(result.model).items()}
+    run.write_with(f"{MODEL_DIR}/model.safetensors", lambda p: save_file(tensors, str(p)))
+    run.write_text(f"{MODEL_DIR}/config.json", result.model_config.to_json())
+    run.write_json(f"{MODEL_DIR}/train_config.json", dataclasses.asdict(config))
+    run.write_json(f"{MODEL_DIR}/history.json", {
+        "best_epoch": result.best_epoch, "best_score": result.best_score,
+        "epoch_seconds": result.epoch_seconds, "epochs": result.history,
+    })
+    state_path = run.path / MODEL_DIR / STATE_FILE
+    if state_path.is_file():  # recorded in the manifest so that `verify` covers it too
+        payload = state_path.read_bytes()
+        run.write_bytes(f"{MODEL_DIR}/{STATE_FILE}", payload)
+    emb: dict[str, Tensor] = {
+        nt: result.embeddings[nt].contiguous() for nt in ("user", "item", "device") if nt in result.embeddings
+    }
+    emb["fraud_prob"] = result.fraud_prob.float().contiguous()
+    run.write_with("embeddings.safetensors", lambda p: save_file(emb, str(p)))
+    y, masks = fraud_labels(data)
+    run.write_json("fraud.json", {
+        "kind": result.fraud.kind, "threshold": result.fraud.threshold, "val_auprc": result.fraud.val_auprc,
+        "candidates": result.fraud.candidates, "seed": config.seed,
+        "labelled_users": int((y >= 0).sum()), "train_users": int(masks["train"].sum()),
+    })
+    run.update(config={"train": dataclasses.asdict(config)})
+    return result
+
+
+def cli_train(args: argparse.Namespace) -> int:
+    """``shopgraph train --run RUN [--epochs N] [--device D] [--seed S] [--conv C] [--mini-batch] [--resume]``."""
+    overrides: dict[str, Any] = {"epochs": args.epochs, "seed": args.seed, "conv": args.conv,
+                                 "mini_batch": True if args.mini_batch else None}
+    result = train_run(args.run, device=args.device, resume=args.resume, **overrides)
+    last = result.history[-1] if result.history else {}
+    print(json.dumps({
+        "run": str(args.run), "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+        "epoch_seconds": round(result.epoch_seconds, 4),
+        "val_recall@20": last.get("val_recall@20"), "fraud_scorer": result.fraud.kind,
+        "fraud_val_auprc": result.fraud.val_auprc, "fraud_threshold": result.fraud.threshold,
+    }, indent=2))
+    return 0

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch_geometric.data import HeteroData
+
+from shopgraph.graph.build import build_graph
+from shopgraph.graph.evaluate import FRAUD_KEYS, PURCHASE_KEYS, evaluate_run
+from shopgraph.graph.run import RunDir
+from shopgraph.graph.train import train_run
+from tests.conftest import make_tables
+
+FAST = {"epochs": 6, "eval_every": 2, "hidden": 16, "num_negatives": 8}
+
+
+def _graph(timestamps: bool = True) -> HeteroData:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = build_graph(make_tables(n_users=60, n_items=25, n_events=900, timestamps=timestamps))
+    g = torch.Generator().manual_seed(0)
+    data["user"].x = torch.randn(data["user"].num_nodes, 5, generator=g)
+    data["item"].x = torch.randn(data["item"].num_nodes, 7, generator=g)
+    return data
+
+
+def _trained_run(path: Path, data: HeteroData) -> Path:
+    run = RunDir(path, create=True)
+    run.save_graph(data)
+    train_run(path, **FAST)
+    return path
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    path = _trained_run(tmp_path_factory.mktemp("eval") / "run", _graph())
+    return path, evaluate_run(str(path))
+
+
+def test_metrics_json_has_the_documented_shape(evaluated: tuple[Path, dict]) -> None:
+    path, metrics = evaluated
+    on_disk = json.loads((path / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    assert set(on_disk) == {"purchase", "fraud"}
+    assert set(on_disk["purchase"]) == {"gnn", "baselines"}
+    gnn = on_disk["purchase"]["gnn"]
+    assert set(gnn) == {"kind", *PURCHASE_KEYS} and gnn["kind"] == "shopgnn-sage"
+    assert all(0.0 <= gnn[k] <= 1.0 for k in PURCHASE_KEYS)
+    assert {"popularity", "itemknn", "ease", "bpr_mf"} <= set(on_disk["purchase"]["baselines"])
+    for m in on_disk["purchase"]["baselines"].values():
+        assert set(PURCHASE_KEYS) <= set(m)
+    fraud = on_disk["fraud"]
+    assert set(fraud["gnn"]) == {"kind", *FRAUD_KEYS}
+    fraud_json = json.loads((path / "fraud.json").read_text())
+    assert fraud["gnn"]["kind"] == fraud_json["kind"]
+    assert fraud["gnn"]["threshold"] == pytest.approx(fraud_json["threshold"])
+    assert {"logreg", "xgb_graph"} <= set(fraud["baselines"])
+    for m in fraud["baselines"].values():
+        assert set(FRAUD_KEYS) <= set(m)
+
+
+def test_report_and_plots(evaluated: tuple[Path, dict]) -> None:
+    path, metrics = evaluated
+    run = RunDir(path)
+    run.verify()
+    report = (path / "report.md").read_text()
+    assert "Split: **temporal**" in report
+    assert "| GNN (shopgnn-sage) |" in report and "| itemknn |" in report and "| xgb_graph |" in report
+    assert "best baseline" in report
+    for rel in ("plots/training.png", "plots/fraud_pr.png"):
+        assert run.has(rel)
+        assert (path / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"({rel})" in report
+
+
+def test_random_split_is_stated(tmp_path: Path) -> None:
+    path = _trained_run(tmp_path / "run", _graph(timestamps=False))
+    metrics = evaluate_run(str(path), baselines=False)
+    assert metrics["purchase"]["baselines"] == {} and metrics["fraud"]["baselines"] == {}
+    assert "Split: **random**" in (path / "report.md").read_text()
+
+
+def test_evaluate_needs_a_trained_run(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run", create=True)
+    run.save_graph(_graph())
+    with pytest.raises(FileNotFoundError, match="no model/model.safetensors .*shopgraph train"):
+        evaluate_run(str(run.path))
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        evaluate_run(str(tmp_path / "missing"))

@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch_geometric.data import HeteroData
+
+from shopgraph.graph.build import build_graph, message_passing_graph
+from shopgraph.graph.model import CONVS, ModelConfig, ShopGNN
+from tests.conftest import make_tables
+
+
+def _graph(seed: int = 0) -> HeteroData:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = build_graph(make_tables(seed=seed))
+    g = torch.Generator().manual_seed(seed)
+    data["user"].x = torch.randn(data["user"].num_nodes, 5, generator=g)
+    data["item"].x = torch.randn(data["item"].num_nodes, 7, generator=g)
+    return data  # devices stay featureless: they must get id embeddings
+
+
+def _model(data: HeteroData, conv: str = "sage", seed: int = 0, **kw: object) -> ShopGNN:
+    torch.manual_seed(seed)
+    return ShopGNN(ModelConfig.from_data(data, conv=conv, hidden=16, **kw)).eval()  # type: ignore[arg-type]
+
+
+def _no_edges(data: HeteroData) -> HeteroData:
+    out = data.clone()
+    for et in out.edge_types:
+        out[et].edge_index = torch.empty(2, 0, dtype=torch.long)
+    return out
+
+
+@pytest.mark.parametrize("conv", CONVS)
+def test_output_shapes(conv: str) -> None:
+    data = _graph()
+    model = _model(data, conv)
+    out = model(message_passing_graph(data, "train"))
+    for nt in ("user", "item", "device"):
+        assert out.emb[nt].shape == (data[nt].num_nodes, 16)
+        assert torch.isfinite(out.emb[nt]).all()
+    assert out.fraud_logit is not None and out.fraud_logit.shape == (data["user"].num_nodes,)
+    scores = model.score(out.emb["user"][:4], out.emb["item"])
+    assert scores.shape == (4, data["item"].num_nodes)
+    torch.testing.assert_close(scores[1, 3], out.emb["user"][1] @ out.emb["item"][3])
+
+
+def test_featureless_types_get_id_embeddings() -> None:
+    data = _graph()
+    config = ModelConfig.from_data(data, id_embeddings=["user"])
+    assert "device" in config.id_embeddings and "item" not in config.id_embeddings
+    with pytest.raises(ValueError, match="'device' has no features"):
+        ModelConfig(node_types=["user", "device"], edge_types=[("user", "uses", "device")],
+                    in_dims={"user": 5, "device": 0}, num_nodes={"user": 3, "device": 2}, id_embeddings=[])
+
+
+@pytest.mark.parametrize("conv", CONVS)
+def test_determinism_under_seed(conv: str) -> None:
+    data = message_passing_graph(_graph(), "train")
+    a = _model(data, conv, seed=3).embed(data)
+    b = _model(data, conv, seed=3).embed(data)
+    c = _model(data, conv, seed=4).embed(data)
+    for nt in a:
+        assert torch.equal(a[nt], b[nt])
+    assert not torch.allclose(a["item"], c["item"])
+
+
+@pytest.mark.parametrize("conv", CONVS)
+def test_invariant_to_edge_order(conv: str) -> None:
+    data = message_passing_graph(_graph(), "train")
+    model = _model(data, conv)
+    shuffled = data.clone()
+    g = torch.Generator().manual_seed(1)
+    for et in shuffled.edge_types:
+        ei = shuffled[et].edge_index
+        shuffled[et].edge_index = ei[:, torch.randperm(ei.size(1), generator=g)]
+    a, b = model.embed(data), model.embed(shuffled)
+    for nt in a:
+        torch.testing.assert_close(a[nt], b[nt], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("conv", CONVS)
+def test_inductive_pass_on_edgeless_graph(conv: str) -> None:
+    data = _graph()
+    model = _model(data, conv)
+    empty = model.embed(_no_edges(data))
+    assert empty["item"].shape == (data["item"].num_nodes, 16)
+    assert torch.isfinite(empty["item"]).all()
+    # an item isolated inside a full graph is embedded exactly as in the edgeless graph
+    isolated = data.clone()
+    for et in isolated.edge_types:
+        ei = isolated[et].edge_index
+        touches = torch.zeros(ei.size(1), dtype=torch.bool)
+        if et[0] == "item":
+            touches |= ei[0] == 0
+        if et[2] == "item":
+            touches |= ei[1] == 0
+        isolated[et].edge_index = ei[:, ~touches]
+    full = model.embed(isolated)
+    torch.testing.assert_close(full["item"][0], empty["item"][0], atol=1e-5, rtol=1e-5)
+    # a graph that lacks some edge types altogether behaves as if they were empty
+    partial = HeteroData()
+    for nt in data.node_types:
+        partial[nt].num_nodes = data[nt].num_nodes
+        if "x" in data[nt]:
+            partial[nt].x = data[nt].x
+    torch.testing.assert_close(model.embed(partial)["item"], empty["item"])
+
+
+def test_new_items_beyond_the_id_table_use_features_only() -> None:
+    data = _graph()
+    model = _model(data)
+    grown = _no_edges(data)
+    n = data["item"].num_nodes
+    grown["item"].x = torch.cat([data["item"].x, data["item"].x[:2]])
+    grown["item"].num_nodes = n + 2
+    emb = model.embed(grown)["item"]
+    assert emb.shape == (n + 2, 16) and torch.isfinite(emb).all()
+
+
+def test_one_type_graph() -> None:
+    data = HeteroData()
+    data["node"].num_nodes = 12
+    data["node", "to", "node"].edge_index = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]])
+    model = ShopGNN(ModelConfig.from_data(data, hidden=8, conv="sage"))
+    emb = model.embed(data)
+    assert emb["node"].shape == (12, 8)
+    assert model(data).fraud_logit is None
+    assert model.fraud_logit(emb["node"]).shape == (12,)
+
+
+def test_config_json_round_trip() -> None:
+    config = ModelConfig.from_data(_graph(), conv="gatv2", hidden=16, layers=3)
+    again = ModelConfig.from_json(config.to_json())
+    assert again == config
+    assert again.metadata == config.metadata
+
+
+def test_bad_inputs() -> None:
+    data = _graph()
+    with pytest.raises(ValueError, match="conv: expected one of .*got 'gcn'"):
+        ModelConfig.from_data(data, conv="gcn")
+    with pytest.raises(ValueError, match="hidden: must be divisible by heads"):
+        ModelConfig.from_data(data, conv="gatv2", hidden=15, heads=2)
+    model = _model(data)
+    bad = data.clone()
+    bad["item"].x = torch.randn(data["item"].num_nodes, 3)
+    with pytest.raises(ValueError, match=r"data\['item'\].x: expected 7 features \(got 3\)"):
+        model.embed(bad)
+    with pytest.raises(ValueError, match="unknown fields"):
+        ModelConfig.from_json('{"node_types": [], "edge_types": [], "in_dims": {}, "num_nodes": {}, "bogus": 1}')

@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch_geometric.data import HeteroData
+
+from shopgraph.graph import train as train_mod
+from shopgraph.graph.build import build_graph, message_passing_graph
+from shopgraph.graph.run import RunDir
+from shopgraph.graph.train import (
+    WITH_SAMPLING,
+    TrainConfig,
+    embed_graph,
+    lean_graph,
+    load_model,
+    save_model,
+    train,
+    train_run,
+)
+from tests.conftest import make_tables
+
+FAST = {"epochs": 6, "eval_every": 2, "hidden": 16, "num_negatives": 8}
+
+
+def _graph(seed: int = 0, **kw: object) -> HeteroData:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = build_graph(make_tables(n_users=60, n_items=25, n_events=900, seed=seed, **kw))  # type: ignore[arg-type]
+    g = torch.Generator().manual_seed(seed)
+    data["user"].x = torch.randn(data["user"].num_nodes, 5, generator=g)
+    data["item"].x = torch.randn(data["item"].num_nodes, 7, generator=g)
+    return data
+
+
+@pytest.fixture(scope="module")
+def data() -> HeteroData:
+    return _graph()
+
+
+def _run(tmp_path: Path, data: HeteroData) -> Path:
+    run = RunDir(tmp_path / "run", create=True)
+    run.save_graph(data)
+    return run.path
+
+
+def test_training_reduces_loss(data: HeteroData) -> None:
+    result = train(data, TrainConfig(epochs=40, eval_every=10, hidden=16, num_negatives=8, fraud_weight=0.5))
+    first, last = result.history[0], result.history[-1]
+    assert last["rank_loss"] < first["rank_loss"] * 0.9
+    assert last["fraud_loss"] < first["fraud_loss"]
+    assert 0 < result.best_epoch <= 40
+    assert result.embeddings["item"].shape == (data["item"].num_nodes, 16)
+    assert result.fraud_prob.shape == (data["user"].num_nodes,)
+    assert result.fraud.kind in ("gnn_head", "hybrid")
+    assert set(result.fraud.candidates) == {"gnn_head", "hybrid"}
+    assert result.fraud.val_auprc == max(result.fraud.candidates.values())
+
+
+def test_seeded_runs_are_identical(data: HeteroData) -> None:
+    a = train(data, TrainConfig(**FAST, seed=1))  # type: ignore[arg-type]
+    b = train(data, TrainConfig(**FAST, seed=1))  # type: ignore[arg-type]
+    c = train(data, TrainConfig(**FAST, seed=2))  # type: ignore[arg-type]
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert torch.equal(a.embeddings["user"], b.embeddings["user"])
+    assert not torch.equal(a.embeddings["user"], c.embeddings["user"])
+
+
+@pytest.mark.parametrize("options", [
+    {"rank_loss": "bpr"}, {"negatives": "popularity"}, {"negatives": "hard"}, {"num_negatives": 0},
+    {"fraud_loss": "focal"}, {"conv": "gatv2"}, {"conv": "hgt"}, {"conv": "lightgcn"}, {"batch_pairs": 50},
+])
+def test_loss_and_conv_options_train(data: HeteroData, options: dict[str, object]) -> None:
+    cfg = {**FAST, **options}
+    result = train(data, TrainConfig(**cfg))  # type: ignore[arg-type]
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
+
+
+def test_checkpoint_round_trip(tmp_path: Path, data: HeteroData) -> None:
+    result = train(data, TrainConfig(**FAST))  # type: ignore[arg-type]
+    save_model(result.model, tmp_path / "m")
+    again = load_model(tmp_path / "m")
+    assert again.config == result.model.config
+    graph = lean_graph(data)
+    a = embed_graph(result.model, graph, torch.device("cpu"))
+    b = embed_graph(again, graph, torch.device("cpu"))
+    for nt in a:
+        assert torch.equal(a[nt], b[nt])
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_model(tmp_path / "nothing")
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_equals_uninterrupted(
+    tmp_path: Path, data: HeteroData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = TrainConfig(**FAST, seed=5)  # type: ignore[arg-type]
+    full = train(data, cfg, checkpoint_dir=tmp_path / "a")
+
+    real_log = train_mod._log_epoch
+
+    def crash_after_epoch_3(line: str) -> None:
+        real_log(line)
+        if line.startswith("epoch    3 "):
+            raise _Interrupt
+
+    monkeypatch.setattr(train_mod, "_log_epoch", crash_after_epoch_3)
+    with pytest.raises(_Interrupt):
+        train(data, cfg, checkpoint_dir=tmp_path / "b")
+    monkeypatch.setattr(train_mod, "_log_epoch", real_log)
+    saved = torch.load(tmp_path / "b" / train_mod.STATE_FILE, weights_only=False)
+    assert saved["epoch"] == 2  # epoch 3 was interrupted before its checkpoint
+    resumed = train(data, cfg, checkpoint_dir=tmp_path / "b", resume=True)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    assert resumed.best_epoch == full.best_epoch
+    for nt in full.embeddings:
+        assert torch.equal(resumed.embeddings[nt], full.embeddings[nt])
+
+    with pytest.raises(ValueError, match=r"different settings \['lr'\]"):
+        train(data, TrainConfig(**FAST, seed=5, lr=0.5), checkpoint_dir=tmp_path / "b", resume=True)  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(data, cfg, checkpoint_dir=tmp_path / "empty", resume=True)
+
+
+@pytest.mark.skipif(not WITH_SAMPLING, reason="mini-batch training needs torch-sparse or pyg-lib")
+def test_mini_batch_path_runs(data: HeteroData) -> None:
+    result = train(data, TrainConfig(**FAST, mini_batch=True, batch_size=64, num_neighbors=[5, 5]))  # type: ignore[arg-type]
+    assert len(result.history) == 6
+    assert result.history[-1]["rank_loss"] < result.history[0]["rank_loss"]
+    assert result.embeddings["user"].shape == (data["user"].num_nodes, 16)
+
+
+def test_mini_batch_without_sampling_says_what_to_install(data: HeteroData, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train_mod, "WITH_SAMPLING", False)
+    with pytest.raises(ImportError, match="pip install torch-sparse"):
+        train(data, TrainConfig(**FAST, mini_batch=True))  # type: ignore[arg-type]
+
+
+def test_train_run_writes_artifacts(tmp_path: Path, data: HeteroData) -> None:
+    path = _run(tmp_path, data)
+    result = train_run(path, **FAST)
+    run = RunDir(path)
+    run.verify()
+    for rel in ("model/model.safetensors", "model/config.json", "model/history.json", "model/train_state.pt",
+                "embeddings.safetensors", "fraud.json"):
+        assert run.has(rel), rel
+    emb = load_file(str(path / "embeddings.safetensors"))
+    assert emb["user"].shape == (data["user"].num_nodes, 16)
+    assert emb["item"].shape == (data["item"].num_nodes, 16)
+    assert emb["device"].shape == (data["device"].num_nodes, 16)
+    assert emb["fraud_prob"].shape == (data["user"].num_nodes,)
+    assert ((emb["fraud_prob"] >= 0) & (emb["fraud_prob"] <= 1)).all()
+    assert torch.equal(emb["item"], result.embeddings["item"])
+    fraud = json.loads((path / "fraud.json").read_text())
+    assert fraud["kind"] == result.fraud.kind and 0 <= fraud["threshold"] <= 1
+    model = load_model(path / "model")
+    assert model.config == result.model_config
+    # the serving pass sees every period; the train-period view gives different embeddings
+    train_view = embed_graph(model, lean_graph(message_passing_graph(data, "train")), torch.device("cpu"))
+    assert not torch.allclose(emb["user"], train_view["user"])
+
+
+def test_train_run_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        train_run(tmp_path)
+    RunDir(tmp_path / "empty", create=True)
+    with pytest.raises(FileNotFoundError, match="no graph.pt"):
+        train_run(tmp_path / "empty")
+    with pytest.raises(ValueError, match="conv: expected one of sage, gatv2, hgt, lightgcn .got 'gcn'."):
+        TrainConfig(conv="gcn")
+    with pytest.raises(ValueError, match=r"unknown training settings \['epoch'\]"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(ValueError, match="device: CUDA is not available"):
+        if torch.cuda.is_available():
+            raise ValueError("device: CUDA is not available (skipped: this machine has CUDA)")
+        train_mod.resolve_device("cuda")
+    with pytest.raises(ValueError, match="resume: needs checkpoint_dir"):
+        train(_graph(), TrainConfig(**FAST), resume=True)  # type: ignore[arg-type]
