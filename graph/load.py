@@ -234,7 +234,8 @@ def _as_text(series: pd.Series) -> pd.Series:
     if pd.api.types.is_float_dtype(series):
         vals = series.to_numpy(dtype=np.float64)
         finite = np.isfinite(vals)
-        if np.array_equal(finite & (vals == np.floor(np.where(finite, vals, 0))), finite):
+        safe = np.where(finite, vals, 0.0)
+        if np.array_equal(finite & (safe == np.floor(safe)) & (np.abs(safe) < 2.0**53), finite):
             out = series.astype("Int64").astype("str")
             return out.where(series.notna())
     if pd.api.types.is_string_dtype(series) and not pd.api.types.is_object_dtype(series):
@@ -368,7 +369,7 @@ def _clean_ids(
         out.rows("repaired", table, column, "missing_id", missing, None, total,
                  "values are missing", "dropped those {n} " + unit)
         df = df.loc[~missing].copy()
-        df[column] = stripped[~missing]
+        df[column] = stripped[~missing].astype("str")
     else:
         df[column] = stripped.fillna("").astype("str")
     return df

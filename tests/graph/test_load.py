@@ -146,9 +146,15 @@ def test_integer_ids_in_parquet_become_text(tmp_path: Path) -> None:
     frames["users"]["user_id"] = [7, 1, 2, 3]
     frames["events"]["user_id"] = [7, 1, 1, 2, 2, 3, 3, 7]
     frames["labels"]["user_id"] = [7.0, 1.0, 2.0, 3.0]  # floats that are whole numbers
+    frames["items"]["item_id"] = frames["items"]["item_id"].astype("string[pyarrow]")
+    frames["devices"]["device_id"] = [1e300, 2.5]  # not whole numbers that fit an int: printed as floats
+    frames["events"]["device_id"] = [1e300, 2.5, 2.5, None, 1e300, 2.5, 1e300, 1e300]
     tables, report = _load_quiet(_write(tmp_path / "shop", frames, "parquet"))
     assert report.issues == []
     assert tables.users["user_id"].tolist() == ["7", "1", "2", "3"]
+    assert tables.items["item_id"].dtype == tables.users["user_id"].dtype
+    assert tables.devices["device_id"].tolist() == ["1e+300", "2.5"]
+    assert tables.events["device_id"].tolist()[:4] == ["1e+300", "2.5", "2.5", ""]
     assert tables.labels is not None and tables.labels["user_id"].tolist() == ["7", "1", "2", "3"]
 
 
