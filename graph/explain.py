@@ -1,0 +1,405 @@
+"""Why is this account (or ring) flagged? Attributions for the GNN fraud score and ring timelines.
+
+Explainer choice. PyG 2.8.1's ``torch_geometric.explain`` offers, for heterogeneous graphs,
+``CaptumExplainer`` (needs the ``captum`` package, which is not a dependency here), and
+``GNNExplainer`` / ``PGExplainer`` (learned soft masks: an optimisation per explanation,
+stochastic, and their edge masks reach only models whose convolutions are ``MessagePassing``
+modules inside a ``ModuleDict`` keyed by edge type). We use two model-agnostic methods that need
+only ``model.embed(data)`` and ``model.fraud_logit(user_emb)`` and are exact in the sense that
+matters to an investigator:
+
+* features: **integrated gradients** (Sundararajan et al., 2017) of the user's fraud logit with
+  respect to the user's own feature vector, from the baseline "average user" (the mean feature
+  vector) in ``steps`` midpoint steps; attributions sum to ``logit(x) - logit(baseline)``
+  (completeness, up to the Riemann error).
+* neighbours: **occlusion** of each direct neighbour (device, item, any other linked node): the
+  change of the fraud logit when every edge between the user and that neighbour (both
+  directions) is removed. A positive value means the neighbour pushes the score towards fraud.
+
+Without a model (``model=None``) the method is ``"behaviour_zscore"``: feature attributions are
+the user's z-scores against all users, and neighbours are the user's shared identifiers with the
+number of other accounts on each.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from shopgraph.graph.schema import ShopTables
+
+if TYPE_CHECKING:
+    from shopgraph.graph.rings import Ring
+    from shopgraph.graph.run import RunDir
+
+logger = logging.getLogger(__name__)
+
+_NOT_IDENTIFIERS = frozenset({"user", "item"})
+
+
+class FraudModel(Protocol):
+    """What an explained model provides (``ShopGNN`` does)."""
+
+    def embed(self, data: HeteroData) -> dict[str, Tensor]: ...
+
+    def fraud_logit(self, user_emb: Tensor) -> Tensor: ...
+
+
+class FeatureAttribution(NamedTuple):
+    name: str
+    value: float  # the user's feature value
+    attribution: float
+
+
+class NeighbourAttribution(NamedTuple):
+    node_type: str
+    node_id: str
+    attribution: float
+
+
+class Explanation(NamedTuple):
+    """Why a user scores as they do.
+
+    Attributes:
+        user_id: the explained user.
+        score: the model's fraud probability (``None`` without a model).
+        method: ``"integrated_gradients+occlusion"`` or ``"behaviour_zscore"``.
+        features: top features by absolute attribution.
+        neighbours: top neighbours by absolute attribution.
+    """
+
+    user_id: str
+    score: float | None
+    method: str
+    features: list[FeatureAttribution]
+    neighbours: list[NeighbourAttribution]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id, "score": self.score, "method": self.method,
+            "features": [f._asdict() for f in self.features],
+            "neighbours": [n._asdict() for n in self.neighbours],
+        }
+
+
+def _check_user(data: HeteroData, user_index: int) -> int:
+    if not isinstance(data, HeteroData):
+        raise TypeError(f"data: expected a torch_geometric HeteroData (got {type(data).__name__})")
+    if "user" not in data.node_types:
+        raise ValueError(f"data: no 'user' node type (got {data.node_types})")
+    n = int(data["user"].num_nodes)
+    if isinstance(user_index, bool) or not isinstance(user_index, (int, np.integer)):
+        raise TypeError(f"user_index: expected an int (got {type(user_index).__name__})")
+    if not 0 <= int(user_index) < n:
+        raise ValueError(f"user_index: expected 0 <= user_index < {n} (got {user_index})")
+    return int(user_index)
+
+
+def _node_ids(data: HeteroData, node_type: str) -> list[str]:
+    store = data[node_type]
+    return [str(v) for v in store.ids] if "ids" in store else [str(k) for k in range(int(store.num_nodes))]
+
+
+def direct_neighbours(data: HeteroData, user_index: int) -> list[tuple[str, int, int]]:
+    """Direct neighbours of a user: ``(node_type, node_index, edge count)``, sorted.
+
+    Identifier neighbours (non-item, non-user types) come first, then the rest by edge count.
+    """
+    counts: dict[tuple[str, int], int] = {}
+    for src, rel, dst in data.edge_types:
+        ei = data[(src, rel, dst)].edge_index
+        if src == "user":
+            nbr = ei[1][ei[0] == user_index]
+            nt = dst
+        elif dst == "user":
+            continue  # reverses carry the same pairs; counting one direction avoids doubles
+        else:
+            continue
+        if nt == "user":
+            nbr = nbr[nbr != user_index]
+        for v in nbr.tolist():
+            counts[(nt, v)] = counts.get((nt, v), 0) + 1
+    # graphs with only (X, rel, user) edges
+    if not counts:
+        for src, _rel, dst in data.edge_types:
+            if dst == "user" and src != "user":
+                ei = data[(src, _rel, dst)].edge_index
+                for v in ei[0][ei[1] == user_index].tolist():
+                    counts[(src, v)] = counts.get((src, v), 0) + 1
+    return sorted(((nt, v, c) for (nt, v), c in counts.items()),
+                  key=lambda t: (t[0] in _NOT_IDENTIFIERS, -t[2], t[0], t[1]))
+
+
+def _without_pair(data: HeteroData, user_index: int, node_type: str, node_index: int) -> HeteroData:
+    """A shallow copy of ``data`` without any edge between the user and one neighbour."""
+    out = copy.copy(data)
+    for et in data.edge_types:
+        src, _, dst = et
+        if {src, dst} != {"user", node_type}:
+            continue
+        store = data[et]
+        ei = store.edge_index
+        drop = torch.zeros(ei.size(1), dtype=torch.bool)
+        if src == "user" and dst == node_type:
+            drop |= (ei[0] == user_index) & (ei[1] == node_index)
+        if dst == "user" and src == node_type:
+            drop |= (ei[1] == user_index) & (ei[0] == node_index)
+        if not bool(drop.any()):
+            continue
+        keep = ~drop
+        new = out[et]
+        n_edges = ei.size(1)
+        for key, value in store.items():
+            if key == "edge_index":
+                new[key] = value[:, keep]
+            elif isinstance(value, Tensor) and value.dim() > 0 and value.size(0) == n_edges:
+                new[key] = value[keep]
+    return out
+
+
+def _with_user_row(data: HeteroData, user_index: int, row: Tensor) -> HeteroData:
+    out = copy.copy(data)
+    x = data["user"].x
+    out["user"].x = torch.cat([x[:user_index], row.unsqueeze(0).to(x.dtype), x[user_index + 1:]])
+    return out
+
+
+def _logit(model: FraudModel, data: HeteroData, user_index: int) -> Tensor:
+    emb = model.embed(data)["user"]
+    return model.fraud_logit(emb[user_index: user_index + 1]).reshape(-1)[0]
+
+
+def integrated_gradients(
+    model: FraudModel, data: HeteroData, user_index: int, *, steps: int = 16, baseline: Tensor | None = None,
+) -> Tensor:
+    """Integrated gradients of the user's fraud logit w.r.t. the user's own features.
+
+    Args:
+        model: provides ``embed`` and ``fraud_logit``.
+        data: the graph with ``data["user"].x`` ``[U, F]``.
+        user_index: the user's node index.
+        steps: midpoint Riemann steps.
+        baseline: ``[F]``; default the mean user feature vector.
+
+    Returns:
+        ``[F]`` attributions; they sum to about ``logit(x) - logit(baseline)``.
+    """
+    user_index = _check_user(data, user_index)
+    if "x" not in data["user"]:
+        raise ValueError("data['user'].x: missing; integrated gradients need user features")
+    if steps < 1:
+        raise ValueError(f"steps: expected a positive integer (got {steps})")
+    x = data["user"].x.float()
+    base = x.mean(0) if baseline is None else baseline.float()
+    if base.shape != x[user_index].shape:
+        raise ValueError(f"baseline: expected shape [{x.size(1)}] (got {list(base.shape)})")
+    diff = x[user_index] - base
+    total = torch.zeros_like(diff)
+    for k in range(steps):
+        alpha = (k + 0.5) / steps
+        row = (base + alpha * diff).detach().requires_grad_(True)
+        logit = _logit(model, _with_user_row(data, user_index, row), user_index)
+        (grad,) = torch.autograd.grad(logit, row)
+        total += grad
+    return (diff * total / steps).detach()
+
+
+def explain_user(
+    model: FraudModel | None, data: HeteroData, user_index: int, feature_names: Sequence[str] | None = None,
+    *, top_k: int = 5, steps: int = 16, max_neighbours: int = 32, fraud_prob: np.ndarray | None = None,
+) -> Explanation:
+    """Explain one user's fraud score.
+
+    Args:
+        model: the trained GNN (``embed`` + ``fraud_logit``), or ``None`` for the behaviour fallback.
+        data: the graph with user features ``data["user"].x`` ``[U, F]``.
+        user_index: the user's node index.
+        feature_names: names of the ``F`` user features (default ``data["user"].feature_names``).
+        top_k: how many features and neighbours to return.
+        steps: integrated-gradient steps.
+        max_neighbours: at most this many direct neighbours are occluded (identifiers first, then the
+            most frequent items).
+        fraud_prob: ``[U]`` scores reported as ``score`` when there is no model.
+
+    Returns:
+        :class:`Explanation`.
+    """
+    user_index = _check_user(data, user_index)
+    if top_k < 1:
+        raise ValueError(f"top_k: expected a positive integer (got {top_k})")
+    user_id = _node_ids(data, "user")[user_index]
+    has_x = "x" in data["user"]
+    names = list(feature_names) if feature_names is not None else list(getattr(data["user"], "feature_names", []) or [])
+    if has_x:
+        n_feat = int(data["user"].x.size(1))
+        if not names:
+            names = [f"f{k}" for k in range(n_feat)]
+        if len(names) != n_feat:
+            raise ValueError(f"feature_names: expected {n_feat} names (got {len(names)})")
+    nbrs = direct_neighbours(data, user_index)
+    if model is None:
+        return _zscore_explanation(data, user_index, user_id, names, nbrs, top_k, fraud_prob)
+
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()  # type: ignore[attr-defined]
+    try:
+        features: list[FeatureAttribution] = []
+        if has_x:
+            attr = integrated_gradients(model, data, user_index, steps=steps)
+            xu = data["user"].x[user_index].float()
+            order = torch.argsort(attr.abs(), descending=True, stable=True)[:top_k].tolist()
+            features = [FeatureAttribution(names[k], float(xu[k]), float(attr[k])) for k in order]
+        with torch.no_grad():
+            full = float(_logit(model, data, user_index))
+            scored: list[NeighbourAttribution] = []
+            for nt, v, _ in nbrs[:max_neighbours]:
+                delta = full - float(_logit(model, _without_pair(data, user_index, nt, v), user_index))
+                scored.append(NeighbourAttribution(nt, _node_ids(data, nt)[v], delta))
+        scored.sort(key=lambda a: (-abs(a.attribution), a.node_type, a.node_id))
+    finally:
+        if was_training and hasattr(model, "train"):
+            model.train()  # type: ignore[attr-defined]
+    return Explanation(user_id, 1.0 / (1.0 + math.exp(-full)), "integrated_gradients+occlusion",
+                       features, scored[:top_k])
+
+
+def _zscore_explanation(
+    data: HeteroData, user_index: int, user_id: str, names: list[str], nbrs: list[tuple[str, int, int]],
+    top_k: int, fraud_prob: np.ndarray | None,
+) -> Explanation:
+    features: list[FeatureAttribution] = []
+    if "x" in data["user"]:
+        x = data["user"].x.float()
+        mu, sd = x.mean(0), x.std(0, unbiased=False)
+        z = torch.where(sd > 0, (x[user_index] - mu) / sd.clamp_min(1e-12), torch.zeros_like(mu))
+        order = torch.argsort(z.abs(), descending=True, stable=True)[:top_k].tolist()
+        features = [FeatureAttribution(names[k], float(x[user_index, k]), float(z[k])) for k in order]
+    neighbours: list[NeighbourAttribution] = []
+    for nt, v, _ in nbrs:
+        if nt in _NOT_IDENTIFIERS:
+            continue
+        others = 0
+        for src, _rel, dst in data.edge_types:
+            if src == "user" and dst == nt:
+                ei = data[(src, _rel, dst)].edge_index
+                others = max(others, int(torch.unique(ei[0][ei[1] == v]).numel()) - 1)
+        neighbours.append(NeighbourAttribution(nt, _node_ids(data, nt)[v], float(others)))
+    neighbours.sort(key=lambda a: (-a.attribution, a.node_type, a.node_id))
+    score = float(fraud_prob[user_index]) if fraud_prob is not None else None
+    return Explanation(user_id, score, "behaviour_zscore", features, neighbours[:top_k])
+
+
+def explain_ring_members(
+    ring: Ring, data: HeteroData, model: FraudModel | None, *, k: int = 3, fraud_prob: np.ndarray | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Explanations (as dicts) of the ``k`` highest-scored members of a ring."""
+    index = {u: n for n, u in enumerate(_node_ids(data, "user"))}
+    chosen = list(ring.member_scores)[:k] if ring.member_scores else ring.members[:k]
+    return {u: explain_user(model, data, index[u], fraud_prob=fraud_prob).to_dict() for u in chosen if u in index}
+
+
+def ring_timeline(ring: Ring, tables: ShopTables) -> pd.DataFrame:
+    """The ring members' events in time order, with item titles, categories, amounts and devices.
+
+    Args:
+        ring: the ring.
+        tables: the normalised tables.
+
+    Returns:
+        Frame with columns ``timestamp`` (int epoch seconds, or ``None`` without timestamps),
+        ``time`` (ISO-8601 UTC, "" without timestamps), ``user_id``, ``event_type``, ``item_id``,
+        ``title``, ``category``, ``amount`` (float, NaN when unknown), ``device_id`` and
+        ``shared_device`` (bool: the device is one of the ring's shared devices). Sorted by time,
+        ties and untimed data in file order.
+    """
+    ev = tables.events
+    mine = ev[ev["user_id"].isin(set(ring.members))]
+    items = tables.items.set_index("item_id")
+    out = pd.DataFrame({
+        "timestamp": mine["timestamp"].astype("int64") if tables.has_timestamps else None,
+        "user_id": mine["user_id"].astype(str), "event_type": mine["event_type"].astype(str),
+        "item_id": mine["item_id"].astype(str),
+    })
+    for col in ("title", "category"):
+        out[col] = (items[col].reindex(out["item_id"]).fillna("").astype(str).to_numpy()
+                    if col in items.columns else "")
+    out["amount"] = (mine["amount"].astype(float).to_numpy() if "amount" in mine.columns
+                     else np.full(len(mine), np.nan))
+    out["device_id"] = mine["device_id"].astype(str).to_numpy() if "device_id" in mine.columns else ""
+    out["shared_device"] = out["device_id"].isin(set(ring.shared_devices)) & (out["device_id"] != "")
+    if tables.has_timestamps:
+        out = out.sort_values("timestamp", kind="stable")
+        out.insert(1, "time", pd.to_datetime(out["timestamp"], unit="s", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    else:
+        out["timestamp"] = None
+        out.insert(1, "time", "")
+    return out.reset_index(drop=True)
+
+
+def evidence_edges(ring: Ring, data: HeteroData) -> pd.DataFrame:
+    """The ring's user–identifier edges (user–device in the shop schema).
+
+    Returns:
+        Frame with columns ``user_id``, ``node_type``, ``node_id``, ``first_seen`` (epoch seconds of
+        first use, or ``None``) and ``shared`` (the identifier is used by at least two members),
+        sorted by node type, node id and user.
+    """
+    index = {u: n for n, u in enumerate(_node_ids(data, "user"))}
+    members = torch.tensor([index[u] for u in ring.members if u in index], dtype=torch.long)
+    rows: list[dict[str, Any]] = []
+    for src, rel, dst in data.edge_types:
+        if src != "user" or dst in _NOT_IDENTIFIERS:
+            continue
+        store = data[(src, rel, dst)]
+        ei = store.edge_index
+        sel = torch.isin(ei[0], members)
+        ids = _node_ids(data, dst)
+        times = store.time[sel].tolist() if "time" in store else [None] * int(sel.sum())
+        users = _node_ids(data, "user")
+        for u, v, t in zip(ei[0][sel].tolist(), ei[1][sel].tolist(), times):
+            rows.append({"user_id": users[u], "node_type": dst, "node_id": ids[v],
+                         "first_seen": None if t is None else int(t)})
+    frame = pd.DataFrame(rows, columns=["user_id", "node_type", "node_id", "first_seen"])
+    if len(frame):
+        frame = frame.groupby(["user_id", "node_type", "node_id"], as_index=False, sort=False).agg(
+            first_seen=("first_seen", lambda s: None if s.isna().all() else int(s.min())))
+        n_users = frame.groupby(["node_type", "node_id"])["user_id"].transform("nunique")
+        frame["shared"] = n_users >= 2
+        frame = frame.sort_values(["node_type", "node_id", "user_id"]).reset_index(drop=True)
+    else:
+        frame["shared"] = pd.Series(dtype=bool)
+    frame["first_seen"] = frame["first_seen"].astype(object)
+    return frame
+
+
+def load_model(run: RunDir) -> FraudModel | None:
+    """The trained ``ShopGNN`` of a run (``RUN/model/config.json`` + ``model.safetensors``), or ``None``.
+
+    Returns ``None`` (and logs why) when the run has no model or ``shopgraph.graph.model`` is not
+    available; explanations then fall back to behaviour z-scores.
+    """
+    if not (run.has("model/config.json") and run.has("model/model.safetensors")):
+        logger.info("run %s has no model/; explanations use behaviour z-scores", run.path)
+        return None
+    try:
+        from safetensors.torch import load_file
+
+        from shopgraph.graph.model import ModelConfig, ShopGNN
+    except ImportError as exc:
+        logger.warning("cannot import the model (%s); explanations use behaviour z-scores", exc)
+        return None
+    config = ModelConfig.from_json(run.path_of("model/config.json").read_text(encoding="utf-8"))
+    model = ShopGNN(config)
+    model.load_state_dict(load_file(str(run.path_of("model/model.safetensors"))))
+    model.eval()
+    return model

@@ -1,0 +1,736 @@
+"""Fraud rings: accounts tied by shared devices (or any other shared identifier), found, scored,
+ranked and exported as case files.
+
+Detection (:class:`RingDetector`)::
+
+    identifier nodes = every node type other than ``user`` and ``item`` linked to users
+                       (``device`` in the shop schema; ``card``, ``ip``, ... when the data has them)
+    hubs             = identifiers shared by more than ``hub_threshold`` users (a shop's office
+                       Wi-Fi, a kiosk): left out of the linking and reported in ``hub_devices_``
+    user graph       = users joined when they share a non-hub identifier, weight = shared count
+    candidates       = connected components with at least ``min_size`` users; a component larger
+                       than ``max_component`` is split by Louvain (networkx, seeded)
+
+Scoring: every candidate gets terms in [0, 1] and the score is their weighted mean over the
+terms that are available (a missing term is dropped and the weights renormalised)::
+
+    gnn       = mean of the members' GNN fraud probabilities                       (weight 0.50)
+    young     = 1 - ECDF_users(median member account age at first activity)       (weight 0.10)
+    velocity  = ECDF_users(median member purchases per active day)                (weight 0.10)
+    high_risk = ECDF_users(median member high-risk share of purchase amount)      (weight 0.10)
+    size      = 1 - exp(-(n - 2) / 4)          n = members                         (weight 0.10)
+    density   = 1 - exp(-(n / s - 1) / 3)      s = shared identifiers              (weight 0.10)
+
+``ECDF_users(v)`` is the mid-rank share of all users whose own value is below ``v``, so the
+behaviour terms are scale-free (a shop of cheap books and one of laptops score alike). Without
+``fraud_prob`` the ``gnn`` term is absent; with ``use_behaviour=False`` too, the score is
+structure only (``size`` and ``density``): that is the baseline. Households (2-4 people on one
+device, old accounts, ordinary baskets) get low behaviour and GNN terms and rank low.
+
+See ``docs/fraud_rings.md`` for the case-file schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+import torch
+from torch_geometric.data import HeteroData
+
+from shopgraph.graph.run import RunDir
+from shopgraph.graph.schema import HIGH_RISK_CATEGORIES, REV_PREFIX, ShopTables
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1.0"
+RINGS_FILE = "rings/rings.json"
+DAY = 86_400.0
+# Weights of the score terms (see the module docstring); renormalised over the available terms.
+WEIGHTS: dict[str, float] = {
+    "gnn": 0.5, "young": 0.1, "velocity": 0.1, "high_risk": 0.1, "size": 0.1, "density": 0.1,
+}
+BEHAVIOUR_TERMS: tuple[str, ...] = ("young", "velocity", "high_risk")
+STRUCTURE_TERMS: tuple[str, ...] = ("size", "density")
+_NOT_IDENTIFIERS = frozenset({"user", "item"})
+
+
+class Hub(NamedTuple):
+    """An identifier left out of ring linking because too many users share it."""
+
+    node_type: str
+    node_id: str
+    n_users: int
+
+
+@dataclass
+class Ring:
+    """One candidate fraud ring.
+
+    Attributes:
+        ring_id: ``"R0001"`` for the top-ranked ring, ``"R0002"`` next, ... (stable for one fit).
+        members: user ids, sorted.
+        score: ring score in [0, 1] (module docstring).
+        shared_devices: device ids used by at least two members, sorted.
+        member_scores: user id -> member score (GNN fraud probability when available; otherwise
+            the mean of the member's behaviour terms; structure only: the share of the ring's shared
+            identifiers the member uses).
+        evidence: the numbers behind the score (``docs/fraud_rings.md`` lists every key).
+    """
+
+    ring_id: str
+    members: list[str]
+    score: float
+    shared_devices: list[str]
+    member_scores: dict[str, float] = field(default_factory=dict)
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Ring:
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` naming a missing key."""
+        missing = [k for k in ("ring_id", "members", "score", "shared_devices") if k not in raw]
+        if missing:
+            raise ValueError(f"ring: missing keys {missing} (got keys {sorted(raw)})")
+        return cls(
+            ring_id=str(raw["ring_id"]), members=[str(m) for m in raw["members"]], score=float(raw["score"]),
+            shared_devices=[str(d) for d in raw["shared_devices"]],
+            member_scores={str(k): float(v) for k, v in raw.get("member_scores", {}).items()},
+            evidence=dict(raw.get("evidence", {})),
+        )
+
+
+# -- per-user behaviour ---------------------------------------------------------------------------
+class UserBehaviour(NamedTuple):
+    """Per-user behaviour statistics, arrays aligned with ``data["user"].ids`` (NaN = unknown)."""
+
+    age_days: np.ndarray  # [U] account age at the user's first event, days
+    velocity: np.ndarray  # [U] target events per active day (span floored at one day)
+    high_risk: np.ndarray  # [U] share of purchase amount in HIGH_RISK_CATEGORIES
+    n_purchases: np.ndarray  # [U] target events
+    amount: np.ndarray  # [U] total purchase amount
+
+
+def user_behaviour(tables: ShopTables, user_ids: Sequence[str], target: str = "purchase") -> UserBehaviour:
+    """Behaviour statistics of every user from the tables (all periods: rings are served on all history).
+
+    Args:
+        tables: normalised tables.
+        user_ids: the users, in node order (``data["user"].ids``), length U.
+        target: the purchase event type.
+
+    Returns:
+        :class:`UserBehaviour` with arrays of shape ``[U]``.
+    """
+    index = pd.Index(list(user_ids))
+    n = len(index)
+    events = tables.events
+    age = np.full(n, np.nan)
+    velocity = np.full(n, np.nan)
+    high_risk = np.full(n, np.nan)
+    n_purchases = np.zeros(n)
+    amount = np.zeros(n)
+    if len(events) == 0:
+        return UserBehaviour(age, velocity, high_risk, n_purchases, amount)
+    urow = index.get_indexer(events["user_id"])
+    known = urow >= 0
+    has_time = tables.has_timestamps
+    if has_time and "created_at" in tables.users.columns:
+        first = pd.Series(events["timestamp"].to_numpy(dtype=np.float64)[known]).groupby(urow[known]).min()
+        created = pd.Series(tables.users["created_at"].to_numpy(dtype=np.float64),
+                            index=tables.users["user_id"]).reindex(index).to_numpy()
+        age[first.index.to_numpy()] = (first.to_numpy() - created[first.index.to_numpy()]) / DAY
+    buys = (events["event_type"].to_numpy() == target) & known
+    if buys.any():
+        rows = urow[buys]
+        items = tables.items.set_index("item_id")
+        item_id = events["item_id"].to_numpy()[buys]
+        cat = items["category"].reindex(item_id).fillna("").astype(str).str.lower().to_numpy() \
+            if "category" in items.columns else np.full(rows.size, "")
+        amt = events["amount"].to_numpy(dtype=np.float64)[buys] if "amount" in events.columns \
+            else np.full(rows.size, np.nan)
+        if "price" in items.columns:
+            price = items["price"].reindex(item_id).to_numpy(dtype=np.float64)
+            amt = np.where(np.isfinite(amt), amt, price)
+        weight = np.where(np.isfinite(amt), amt, 1.0)
+        risky = np.isin(cat, list(HIGH_RISK_CATEGORIES))
+        frame = pd.DataFrame({"u": rows, "w": weight, "r": weight * risky, "one": 1.0,
+                              "a": np.where(np.isfinite(amt), amt, 0.0)})
+        if has_time:
+            frame["t"] = events["timestamp"].to_numpy(dtype=np.float64)[buys]
+        agg = frame.groupby("u").agg(w=("w", "sum"), r=("r", "sum"), k=("one", "sum"), a=("a", "sum"),
+                                     **({"t0": ("t", "min"), "t1": ("t", "max")} if has_time else {}))
+        u = agg.index.to_numpy()
+        n_purchases[u] = agg["k"].to_numpy()
+        amount[u] = agg["a"].to_numpy()
+        high_risk[u] = np.where(agg["w"] > 0, agg["r"] / agg["w"].where(agg["w"] > 0, 1.0), 0.0)
+        if has_time:
+            span = np.maximum((agg["t1"] - agg["t0"]).to_numpy() / DAY, 1.0)
+            velocity[:] = 0.0
+            velocity[u] = agg["k"].to_numpy() / span
+    elif has_time:
+        velocity[:] = 0.0
+    # users with no purchase: share undefined, but "no high-risk purchase" is the honest reading
+    high_risk[np.isnan(high_risk)] = 0.0
+    return UserBehaviour(age, velocity, high_risk, n_purchases, amount)
+
+
+def _ecdf(population: np.ndarray, value: float) -> float:
+    """Mid-rank share of ``population`` (finite values only) below ``value``; NaN if undefined."""
+    pop = np.sort(population[np.isfinite(population)])
+    if pop.size == 0 or not math.isfinite(value):
+        return float("nan")
+    lo = np.searchsorted(pop, value, side="left")
+    hi = np.searchsorted(pop, value, side="right")
+    return float((lo + hi) / 2.0 / pop.size)
+
+
+def _median(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(np.median(finite)) if finite.size else float("nan")
+
+
+def _none_if_nan(x: float) -> float | None:
+    return None if not math.isfinite(x) else float(x)
+
+
+# -- linking --------------------------------------------------------------------------------------
+def identifier_links(data: HeteroData) -> pd.DataFrame:
+    """Distinct (user, identifier) pairs of every relation joining users to a non-item node type.
+
+    Identifier types are found from ``data.edge_types``: any ``(user, rel, X)`` or ``(X, rel, user)``
+    with ``X`` not ``user``/``item`` and ``rel`` not a reverse (``rev_...``) relation, so a shop with
+    cards or IP addresses as node types links through them too.
+
+    Returns:
+        Frame with columns ``user`` (node index), ``node_type``, ``node`` (node index).
+    """
+    parts: list[pd.DataFrame] = []
+    for src, rel, dst in data.edge_types:
+        if rel.startswith(REV_PREFIX) and (dst, rel[len(REV_PREFIX):], src) in data.edge_types:
+            continue
+        ei = data[(src, rel, dst)].edge_index
+        if src == "user" and dst not in _NOT_IDENTIFIERS:
+            nt, u, v = dst, ei[0], ei[1]
+        elif dst == "user" and src not in _NOT_IDENTIFIERS:
+            nt, u, v = src, ei[1], ei[0]
+        else:
+            continue
+        parts.append(pd.DataFrame({"user": u.numpy(), "node_type": nt, "node": v.numpy()}))
+    if not parts:
+        return pd.DataFrame({"user": np.zeros(0, np.int64), "node_type": np.zeros(0, str), "node": np.zeros(0, np.int64)})
+    return pd.concat(parts, ignore_index=True).drop_duplicates().reset_index(drop=True)
+
+
+def _check_inputs(data: HeteroData, fraud_prob: np.ndarray | None) -> np.ndarray | None:
+    if not isinstance(data, HeteroData):
+        raise TypeError(f"data: expected a torch_geometric HeteroData (got {type(data).__name__})")
+    if "user" not in data.node_types or "ids" not in data["user"]:
+        raise ValueError(f"data: expected a 'user' node type with .ids (got node types {data.node_types})")
+    n_users = len(data["user"].ids)
+    if fraud_prob is None:
+        return None
+    if isinstance(fraud_prob, torch.Tensor):
+        fraud_prob = fraud_prob.detach().cpu().numpy()
+    prob = np.asarray(fraud_prob, dtype=np.float64).reshape(-1)
+    if prob.size != n_users:
+        raise ValueError(f"fraud_prob: expected one probability per user, shape [{n_users}] (got {prob.size})")
+    bad = np.flatnonzero(~np.isfinite(prob) | (prob < 0) | (prob > 1))
+    if bad.size:
+        raise ValueError(
+            f"fraud_prob: {bad.size} of {prob.size} values are not probabilities in [0, 1] "
+            f"(first: {float(prob[bad[0]])!r}, user index {int(bad[0])})"
+        )
+    return prob
+
+
+class RingDetector:
+    """Find fraud rings through shared identifiers and rank them (sklearn-style).
+
+    Args:
+        hub_threshold: an identifier shared by more users than this is a hub: left out, reported.
+        min_size: smallest ring reported (users).
+        max_component: components larger than this are split by Louvain.
+        seed: seeds Louvain.
+        use_behaviour: include the behaviour terms (``young``, ``velocity``, ``high_risk``); with
+            ``fraud_prob=None`` and ``use_behaviour=False`` the score is structure only (the baseline).
+        resolution: Louvain resolution (higher gives smaller communities).
+    """
+
+    def __init__(
+        self, hub_threshold: int = 50, min_size: int = 3, max_component: int = 40, seed: int = 0,
+        *, use_behaviour: bool = True, resolution: float = 1.0,
+    ) -> None:
+        self.hub_threshold = hub_threshold
+        self.min_size = min_size
+        self.max_component = max_component
+        self.seed = seed
+        self.use_behaviour = use_behaviour
+        self.resolution = resolution
+
+    def _validate_params(self) -> None:
+        for name in ("hub_threshold", "min_size", "max_component"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 2:
+                raise ValueError(f"{name}: expected an integer >= 2 (got {value!r})")
+        if self.max_component < self.min_size:
+            raise ValueError(
+                f"max_component: expected >= min_size={self.min_size} (got {self.max_component})"
+            )
+
+    # -- fitting --------------------------------------------------------------------------------
+    def fit(self, data: HeteroData, fraud_prob: np.ndarray | None, tables: ShopTables | None) -> RingDetector:
+        """Detect, score and rank rings.
+
+        Args:
+            data: the shop graph (``build_graph`` output; features not needed).
+            fraud_prob: GNN fraud probability per user, ``[U]`` in node order, or ``None``.
+            tables: the normalised tables (behaviour terms); ``None`` drops the behaviour terms.
+
+        Returns:
+            ``self``, with ``rings_`` (ranked), ``hub_devices_``, ``mode_`` and ``n_candidates_``.
+        """
+        self._validate_params()
+        prob = _check_inputs(data, fraud_prob)
+        user_ids: list[str] = [str(u) for u in data["user"].ids]
+        links = identifier_links(data)
+        id_names = {nt: [str(v) for v in data[nt].ids] if "ids" in data[nt] else
+                    [str(k) for k in range(int(data[nt].num_nodes))] for nt in set(links["node_type"])}
+
+        # hubs: identifiers with more users than the threshold
+        counts = links.groupby(["node_type", "node"]).size().rename("n").reset_index()
+        hub_rows = counts[counts["n"] > self.hub_threshold].sort_values(["n", "node_type", "node"],
+                                                                        ascending=[False, True, True])
+        self.hub_devices_: list[Hub] = [
+            Hub(str(r.node_type), id_names[str(r.node_type)][int(r.node)], int(r.n)) for r in hub_rows.itertuples()
+        ]
+        if self.hub_devices_:
+            logger.info("rings: %d hub identifiers left out (largest: %s %s with %d users)",
+                        len(self.hub_devices_), *self.hub_devices_[0])
+        shared = counts[(counts["n"] >= 2) & (counts["n"] <= self.hub_threshold)]
+        links = links.merge(shared[["node_type", "node"]], on=["node_type", "node"])
+
+        graph = nx.Graph()
+        for (_, _), group in links.sort_values(["node_type", "node", "user"]).groupby(["node_type", "node"], sort=True):
+            members = group["user"].to_numpy()
+            for a in range(members.size):
+                for b in range(a + 1, members.size):
+                    u, v = int(members[a]), int(members[b])
+                    w = graph.get_edge_data(u, v, {"weight": 0})["weight"]
+                    graph.add_edge(u, v, weight=w + 1)
+
+        groups: list[list[int]] = []
+        for comp in sorted((sorted(c) for c in nx.connected_components(graph)), key=lambda c: c[0]):
+            if len(comp) > self.max_component:
+                sub = graph.subgraph(comp)
+                parts = nx.community.louvain_communities(sub, weight="weight", seed=self.seed,
+                                                         resolution=self.resolution)
+                groups.extend(sorted((sorted(p) for p in parts), key=lambda c: c[0]))
+            else:
+                groups.append(comp)
+        groups = [g for g in groups if len(g) >= self.min_size]
+        self.n_candidates_ = len(groups)
+
+        behaviour = user_behaviour(tables, user_ids, str(getattr(data, "target", "purchase"))) \
+            if tables is not None and self.use_behaviour else None
+        self.mode_ = "+".join(
+            (["gnn"] if prob is not None else []) + (["behaviour"] if behaviour is not None else []) + ["structure"]
+        )
+        link_sets = links.groupby("user")
+        user_links: dict[int, list[tuple[str, int]]] = {
+            int(u): list(zip(g["node_type"].tolist(), g["node"].tolist())) for u, g in link_sets
+        }
+        scored = [self._score(g, user_ids, id_names, user_links, prob, behaviour) for g in groups]
+        scored.sort(key=lambda r: (-r.score, -len(r.members), r.members[0]))
+        for rank, ring in enumerate(scored, start=1):
+            ring.ring_id = f"R{rank:04d}"
+        self.rings_: list[Ring] = scored
+        logger.info("rings: %d candidates (mode %s)", len(scored), self.mode_)
+        return self
+
+    def _score(
+        self, group: list[int], user_ids: list[str], id_names: dict[str, list[str]],
+        user_links: dict[int, list[tuple[str, int]]], prob: np.ndarray | None, behaviour: UserBehaviour | None,
+    ) -> Ring:
+        members = np.asarray(group, dtype=np.int64)
+        n = members.size
+        # identifiers used by at least two members
+        use: dict[tuple[str, int], int] = {}
+        for u in group:
+            for key in user_links.get(u, []):
+                use[key] = use.get(key, 0) + 1
+        shared = sorted(k for k, c in use.items() if c >= 2)
+        shared_ids: dict[str, list[str]] = {}
+        for nt, v in shared:
+            shared_ids.setdefault(nt, []).append(id_names[nt][v])
+        shared_ids = {nt: sorted(v) for nt, v in sorted(shared_ids.items())}
+        s = max(len(shared), 1)
+        terms: dict[str, float] = {
+            "size": 1.0 - math.exp(-(n - 2) / 4.0),
+            "density": 1.0 - math.exp(-max(n / s - 1.0, 0.0) / 3.0),
+        }
+        evidence: dict[str, Any] = {
+            "size": int(n), "shared_device_count": len(shared_ids.get("device", [])),
+            "shared_identifier_count": len(shared), "shared_identifiers": shared_ids,
+            "accounts_per_identifier": n / s,
+            "median_account_age_days": None, "purchase_velocity": None, "high_risk_share": None,
+            "n_purchases": None, "purchase_amount": None,
+            "gnn_mean": None, "gnn_max": None,
+        }
+        member_scores: dict[str, float]
+        shared_set = set(shared)
+        if prob is not None:
+            p = prob[members]
+            terms["gnn"] = float(p.mean())
+            evidence["gnn_mean"], evidence["gnn_max"] = float(p.mean()), float(p.max())
+            member_scores = {user_ids[u]: float(prob[u]) for u in group}
+        else:
+            member_scores = {
+                user_ids[u]: sum(1 for k in user_links.get(u, []) if k in shared_set) / s for u in group
+            }
+        if behaviour is not None:
+            age, vel, risk = (_median(a[members]) for a in (behaviour.age_days, behaviour.velocity, behaviour.high_risk))
+            evidence.update(
+                median_account_age_days=_none_if_nan(age), purchase_velocity=_none_if_nan(vel),
+                high_risk_share=_none_if_nan(risk), n_purchases=int(behaviour.n_purchases[members].sum()),
+                purchase_amount=float(behaviour.amount[members].sum()),
+            )
+            young = 1.0 - _ecdf(behaviour.age_days, age) if math.isfinite(age) else float("nan")
+            for name, value in (("young", young), ("velocity", _ecdf(behaviour.velocity, vel)),
+                                ("high_risk", _ecdf(behaviour.high_risk, risk))):
+                if math.isfinite(value):
+                    terms[name] = value
+            if prob is None:
+                per_member: dict[str, float] = {}
+                for u in group:
+                    vals = [1.0 - _ecdf(behaviour.age_days, float(behaviour.age_days[u])),
+                            _ecdf(behaviour.velocity, float(behaviour.velocity[u])),
+                            _ecdf(behaviour.high_risk, float(behaviour.high_risk[u]))]
+                    finite = [v for v in vals if math.isfinite(v)]
+                    per_member[user_ids[u]] = float(np.mean(finite)) if finite else 0.0
+                member_scores = per_member
+        total = sum(WEIGHTS[k] for k in terms)
+        score = sum(WEIGHTS[k] * v for k, v in terms.items()) / total
+        evidence["score_terms"] = {k: float(terms[k]) for k in WEIGHTS if k in terms}
+        evidence["mode"] = "+".join(
+            (["gnn"] if prob is not None else []) + (["behaviour"] if behaviour is not None else []) + ["structure"]
+        )
+        return Ring(
+            ring_id="", members=[user_ids[u] for u in group], score=float(score),
+            shared_devices=shared_ids.get("device", []),
+            member_scores=dict(sorted(member_scores.items(), key=lambda kv: (-kv[1], kv[0]))),
+            evidence=evidence,
+        )
+
+    def _require_fitted(self) -> None:
+        if not hasattr(self, "rings_"):
+            raise RuntimeError("RingDetector: not fitted yet; call fit(data, fraud_prob, tables) first")
+
+    def top(self, k: int) -> list[Ring]:
+        """The ``k`` highest-ranked rings."""
+        self._require_fitted()
+        if k < 1:
+            raise ValueError(f"k: expected a positive integer (got {k})")
+        return self.rings_[:k]
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+def evaluate_rings(rings: Sequence[Ring], data: HeteroData, *, top: int | None = None) -> dict[str, Any]:
+    """Compare reported rings with the planted ones (``data["user"].ring_id``, ``data.ring_names``).
+
+    A planted ring P is *found* by a reported ring R when ``|R ∩ P| >= |P| / 2`` and
+    ``|R ∩ P| >= |R| / 2``. ``ring_recall`` = found planted rings / planted rings (any reported
+    ring may find one); ``precision`` = share of the ``top`` highest-ranked reported rings that find
+    a planted ring (``top`` defaults to the number of planted rings). ``ari`` is sklearn's adjusted
+    Rand index between planted and reported ring memberships over the users in any planted ring or
+    any of the ``top`` reported rings (users outside a ring are singletons on that side);
+    ``ari_all`` is the same over all reported rings.
+
+    Args:
+        rings: ranked reported rings.
+        data: the graph with ground-truth ``ring_id`` (evaluation only).
+        top: how many reported rings count for precision and ``ari``.
+
+    Returns:
+        ``{"planted", "reported", "top", "found", "ring_recall", "precision", "ari", "ari_all",
+        "matches": {planted name: ring_id}}``.
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    if "ring_id" not in data["user"]:
+        raise ValueError("data['user'].ring_id: missing; the graph has no ground-truth rings")
+    ids = [str(u) for u in data["user"].ids]
+    truth = data["user"].ring_id.numpy()
+    names = list(getattr(data, "ring_names", []) or [])
+    planted: dict[str, set[str]] = {}
+    for k in np.unique(truth[truth >= 0]):
+        name = names[int(k)] if int(k) < len(names) else str(int(k))
+        planted[name] = {ids[u] for u in np.flatnonzero(truth == k)}
+    k_top = len(planted) if top is None else int(top)
+    if k_top < 0:
+        raise ValueError(f"top: expected a non-negative integer (got {top})")
+
+    def matches(r: Ring, p: set[str]) -> bool:
+        inter = len(p.intersection(r.members))
+        return inter > 0 and 2 * inter >= len(p) and 2 * inter >= len(r.members)
+
+    found: dict[str, str] = {}
+    for name, members in planted.items():
+        for r in rings:
+            if matches(r, members):
+                found[name] = r.ring_id
+                break
+    top_rings = list(rings[:k_top])
+    hits = sum(1 for r in top_rings if any(matches(r, p) for p in planted.values()))
+
+    def ari(chosen: Sequence[Ring]) -> float:
+        users = sorted(set().union(*planted.values(), *(set(r.members) for r in chosen)))
+        if len(users) < 2:
+            return float("nan")
+        true_of = {u: f"P:{n}" for n, ms in planted.items() for u in ms}
+        pred_of = {u: f"R:{r.ring_id}" for r in chosen for u in r.members}
+        return float(adjusted_rand_score([true_of.get(u, f"S:{u}") for u in users],
+                                         [pred_of.get(u, f"S:{u}") for u in users]))
+
+    return {
+        "planted": len(planted), "reported": len(rings), "top": k_top, "found": len(found),
+        "ring_recall": len(found) / len(planted) if planted else float("nan"),
+        "precision": hits / len(top_rings) if top_rings else float("nan"),
+        "ari": ari(top_rings), "ari_all": ari(list(rings)), "matches": found,
+    }
+
+
+# -- run folder, export and CLI -------------------------------------------------------------------
+def load_fraud_prob(run: RunDir) -> np.ndarray | None:
+    """``fraud_prob`` [U] from ``RUN/embeddings.safetensors``, or ``None`` when the run has none."""
+    rel = "embeddings.safetensors"
+    if not run.has(rel):
+        return None
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(run.path_of(rel)))
+    if "fraud_prob" not in tensors:
+        logger.warning("%s has no fraud_prob tensor; ranking rings without GNN scores", rel)
+        return None
+    return tensors["fraud_prob"].float().numpy().astype(np.float64)
+
+
+def _hubs_json(hubs: Sequence[Hub]) -> list[dict[str, Any]]:
+    return [h._asdict() for h in hubs]
+
+
+def rings_payload(rings: Sequence[Ring], hubs: Sequence[Hub], mode: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The ``rings.json`` document (``docs/fraud_rings.md``)."""
+    return {
+        "schema_version": SCHEMA_VERSION, "mode": mode, "params": params,
+        "hub_devices": _hubs_json(hubs), "rings": [r.to_dict() for r in rings],
+    }
+
+
+def load_rings(run_dir: str | Path) -> list[Ring]:
+    """The ranked rings stored by :func:`rings_run` in ``RUN/rings/rings.json``."""
+    raw = RunDir(run_dir).read_json(RINGS_FILE)
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(
+            f"{RINGS_FILE}: schema_version {SCHEMA_VERSION!r} expected (got {raw.get('schema_version')!r}); "
+            "rerun `shopgraph rings`"
+        )
+    return [Ring.from_dict(r) for r in raw["rings"]]
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return _jsonable(float(obj))
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def _dump(path: Path, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(_jsonable(obj), f, indent=2, sort_keys=True, allow_nan=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def case_file(
+    ring: Ring, data: HeteroData, tables: ShopTables, explanations: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The JSON case document and the CSV timeline of one ring (``docs/fraud_rings.md``)."""
+    from shopgraph.graph.explain import evidence_edges, ring_timeline
+
+    timeline = ring_timeline(ring, tables)
+    edges = evidence_edges(ring, data)
+    behaviour = user_behaviour(tables, ring.members, str(getattr(data, "target", "purchase")))
+    created = tables.users.set_index("user_id")["created_at"] if "created_at" in tables.users.columns else None
+    members = []
+    for k, user in enumerate(ring.members):
+        members.append({
+            "user_id": user, "score": ring.member_scores.get(user),
+            "created_at": _none_if_nan(float(created.get(user, np.nan))) if created is not None else None,
+            "account_age_days": _none_if_nan(float(behaviour.age_days[k])),
+            "n_purchases": int(behaviour.n_purchases[k]), "purchase_amount": float(behaviour.amount[k]),
+            "purchase_velocity": _none_if_nan(float(behaviour.velocity[k])),
+            "high_risk_share": _none_if_nan(float(behaviour.high_risk[k])),
+        })
+    members.sort(key=lambda m: (-ring.member_scores.get(str(m["user_id"]), -1.0), str(m["user_id"])))
+    doc = {
+        "schema_version": SCHEMA_VERSION, "ring_id": ring.ring_id, "score": ring.score,
+        "members": members, "shared_devices": list(ring.shared_devices),
+        "shared_identifiers": ring.evidence.get("shared_identifiers", {"device": list(ring.shared_devices)}),
+        "evidence": ring.evidence,
+        "evidence_edges": edges.to_dict(orient="records"),
+        "timeline": timeline.to_dict(orient="records"),
+        "explanations": explanations or {},
+    }
+    return doc, timeline
+
+
+def export_cases(
+    rings: Sequence[Ring], data: HeteroData, tables: ShopTables, out: str | Path, *,
+    hubs: Sequence[Hub] = (), mode: str = "", params: dict[str, Any] | None = None,
+    explanations: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    """Write ``out/rings.json`` and ``out/cases/<ring_id>.{json,csv}`` atomically.
+
+    Everything is written into a temporary sibling folder which is renamed to ``out`` only when
+    complete; a failure removes it and leaves any previous export untouched. An existing ``out``
+    is replaced only when it is a previous export (it holds ``rings.json`` with a
+    ``schema_version``); any other non-empty folder raises ``FileExistsError``.
+
+    Args:
+        rings: the rings to export, ranked.
+        data, tables: the shop graph and tables (timelines, evidence edges).
+        out: the export folder.
+        hubs, mode, params: recorded in ``rings.json``.
+        explanations: ``{ring_id: {user_id: explanation dict}}`` written into each case.
+
+    Returns:
+        ``out``.
+    """
+    out = Path(out)
+    if out.exists():
+        previous = out / "rings.json"
+        ours = False
+        if out.is_dir() and previous.is_file():
+            try:
+                ours = "schema_version" in json.loads(previous.read_text(encoding="utf-8"))
+            except (ValueError, OSError):
+                ours = False
+        if not ours and (not out.is_dir() or any(out.iterdir())):
+            raise FileExistsError(f"export: {out} exists and is not a previous rings export; choose another folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".exporting", dir=out.parent))
+    try:
+        (tmp / "cases").mkdir()
+        _dump(tmp / "rings.json", rings_payload(rings, hubs, mode, params or {}))
+        for ring in rings:
+            doc, timeline = case_file(ring, data, tables, (explanations or {}).get(ring.ring_id))
+            _dump(tmp / "cases" / f"{ring.ring_id}.json", doc)
+            csv = timeline.copy()
+            csv.insert(0, "ring_id", ring.ring_id)
+            csv.insert(csv.columns.get_loc("user_id") + 1, "member_score",
+                       csv["user_id"].map(ring.member_scores).astype(float))
+            csv.to_csv(tmp / "cases" / f"{ring.ring_id}.csv", index=False)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            old.rmdir()
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def rings_run(
+    run_dir: str | Path, top: int = 20, export: Path | None = None, *, detector: RingDetector | None = None,
+    explain_members: int = 3,
+) -> list[Ring]:
+    """Detect and rank rings for a run folder; store them and optionally export case files.
+
+    Stores every ranked ring in ``RUN/rings/rings.json``; with ``export`` writes the top ``top``
+    rings as case files (:func:`export_cases`) including explanations of each ring's
+    ``explain_members`` highest-scored members (GNN attributions when ``RUN/model/`` loads,
+    behaviour z-scores otherwise).
+
+    Args:
+        run_dir: the run folder.
+        top: how many rings to return and export.
+        export: case export folder, or ``None``.
+        detector: a configured, unfitted :class:`RingDetector` (default parameters otherwise).
+        explain_members: members explained per exported ring.
+
+    Returns:
+        The ``top`` highest-ranked rings.
+    """
+    if top < 1:
+        raise ValueError(f"top: expected a positive integer (got {top})")
+    from shopgraph.graph.pipeline import load_run_tables
+
+    run = RunDir(run_dir)
+    data = run.load_graph()
+    tables = load_run_tables(run)
+    prob = load_fraud_prob(run)
+    det = detector or RingDetector()
+    det.fit(data, prob, tables)
+    params = {k: getattr(det, k) for k in ("hub_threshold", "min_size", "max_component", "seed",
+                                           "use_behaviour", "resolution")}
+    run.write_json(RINGS_FILE, _jsonable(rings_payload(det.rings_, det.hub_devices_, det.mode_, params)))
+    chosen = det.rings_[:top]
+    if export is not None:
+        from shopgraph.graph.explain import explain_ring_members, load_model
+
+        model = load_model(run)
+        explanations = {
+            r.ring_id: explain_ring_members(r, data, model, k=explain_members, fraud_prob=prob) for r in chosen
+        }
+        export_cases(chosen, data, tables, export, hubs=det.hub_devices_, mode=det.mode_, params=params,
+                     explanations=explanations)
+    return chosen
+
+
+def cli_rings(args: argparse.Namespace) -> int:
+    """``shopgraph rings --run RUN [--top N] [--export DIR]``."""
+    rings = rings_run(args.run, top=args.top, export=args.export)
+    print(f"{'ring':6} {'score':>6} {'size':>4} {'devices':>7} {'gnn':>5} {'age_d':>7} {'vel/d':>6} {'risk':>5}  members")
+    for r in rings:
+        ev = r.evidence
+
+        def fmt(key: str, spec: str, ev: dict[str, Any] = ev) -> str:
+            value = ev.get(key)
+            return format(value, spec) if value is not None else "-"
+
+        head = ", ".join(r.members[:4]) + (f", +{len(r.members) - 4}" if len(r.members) > 4 else "")
+        print(f"{r.ring_id:6} {r.score:6.3f} {len(r.members):4d} {len(r.shared_devices):7d} {fmt('gnn_mean', '.2f'):>5} "
+              f"{fmt('median_account_age_days', '.1f'):>7} {fmt('purchase_velocity', '.2f'):>6} "
+              f"{fmt('high_risk_share', '.2f'):>5}  {head}")
+    if args.export is not None:
+        print(f"exported {len(rings)} case files to {args.export}")
+    return 0

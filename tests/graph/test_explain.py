@@ -1,0 +1,196 @@
+"""Explanations: faithfulness on a model whose answer is known, deletion test, fallback, timelines."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import HeteroData
+
+from shopgraph.graph.build import build_graph, id_index
+from shopgraph.graph.explain import (
+    Explanation,
+    direct_neighbours,
+    evidence_edges,
+    explain_user,
+    integrated_gradients,
+    ring_timeline,
+)
+from shopgraph.graph.rings import RingDetector
+from tests.graph.test_rings import planted_prob, ring_tables
+
+K = 3  # the one feature the planted model reads
+
+
+class PlantedModel(nn.Module):
+    """fraud logit(u) = 2 * tanh(x_u[K]) + 1.5 * sum over u's devices of device.x[:, 0].
+
+    Only feature K of the user matters, and only devices with a non-zero first feature.
+    """
+
+    def embed(self, data: HeteroData) -> dict[str, Tensor]:
+        x = data["user"].x
+        ei = data["user", "uses", "device"].edge_index
+        dev = torch.zeros(x.size(0), dtype=x.dtype).index_add(0, ei[0], data["device"].x[ei[1], 0])
+        return {"user": torch.stack([torch.tanh(x[:, K]), dev], 1)}
+
+    def fraud_logit(self, user_emb: Tensor) -> Tensor:
+        return user_emb @ torch.tensor([2.0, 1.5])
+
+
+@pytest.fixture(scope="module")
+def graph() -> HeteroData:
+    tables = ring_tables()
+    data = build_graph(tables)
+    gen = torch.Generator().manual_seed(0)
+    for nt in data.node_types:
+        data[nt].x = torch.randn(int(data[nt].num_nodes), 8, generator=gen)
+    data["user"].feature_names = [f"f{k}" for k in range(8)]
+    # exactly one device carries signal: the ring's dA1
+    data["device"].x[:, 0] = 0.0
+    data["device"].x[id_index(data, "device")["dA1"], 0] = 2.0
+    return data
+
+
+def test_planted_feature_and_neighbour_rank_first(graph: HeteroData) -> None:
+    u = id_index(graph, "user")["ra0"]
+    ex = explain_user(PlantedModel(), graph, u, top_k=4)
+    assert isinstance(ex, Explanation) and ex.method == "integrated_gradients+occlusion"
+    assert ex.user_id == "ra0"
+    assert ex.features[0].name == f"f{K}"
+    assert abs(ex.features[0].attribution) > 0 and all(f.attribution == 0 for f in ex.features[1:])
+    assert (ex.neighbours[0].node_type, ex.neighbours[0].node_id) == ("device", "dA1")
+    # removing dA1 removes 1.5 * 2.0 from the logit
+    assert ex.neighbours[0].attribution == pytest.approx(3.0, abs=1e-5)
+    assert all(n.attribution == 0 for n in ex.neighbours[1:])
+    logit = 2 * np.tanh(float(graph["user"].x[u, K])) + 3.0
+    assert ex.score == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-6)
+
+
+def test_integrated_gradients_completeness(graph: HeteroData) -> None:
+    u = id_index(graph, "user")["u007"]
+    model = PlantedModel()
+    attr = integrated_gradients(model, graph, u, steps=64)
+    x = graph["user"].x
+    base = x.mean(0)
+    expected = 2 * (np.tanh(float(x[u, K])) - np.tanh(float(base[K])))
+    assert float(attr.sum()) == pytest.approx(expected, abs=1e-3)
+
+
+def test_deletion_top_feature_matters_more_than_others() -> None:
+    """On a random nonlinear GNN-like model: resetting the top-attributed feature to the baseline
+    moves the logit more than resetting any other feature, on average over users."""
+    torch.manual_seed(0)
+    data = build_graph(ring_tables(1))
+    data["user"].x = torch.randn(int(data["user"].num_nodes), 6) * torch.tensor([3.0, 0.2, 1.0, 0.5, 2.0, 0.1])
+    data["device"].x = torch.randn(int(data["device"].num_nodes), 6)
+    data["item"].x = torch.randn(int(data["item"].num_nodes), 6)
+
+    class Mlp(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.f = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 1))
+
+        def embed(self, d: HeteroData) -> dict[str, Tensor]:
+            ei = d["user", "uses", "device"].edge_index
+            agg = torch.zeros(d["user"].x.size(0), 6).index_add(0, ei[0], d["device"].x[ei[1]])
+            return {"user": torch.cat([d["user"].x, agg], 1)}
+
+        def fraud_logit(self, e: Tensor) -> Tensor:
+            return self.f(e).squeeze(-1)
+
+    model = Mlp()
+    base = data["user"].x.mean(0)
+    wins = 0
+    users = list(range(0, 90, 9))
+    for u in users:
+        ex = explain_user(model, data, u, top_k=6)
+        order = [int(f.name[1:]) for f in ex.features]
+
+        def change(k: int, u: int = u) -> float:
+            d = copy.copy(data)
+            x = data["user"].x.clone()
+            x[u, k] = base[k]
+            d["user"].x = x
+            with torch.no_grad():
+                return abs(float(model.fraud_logit(model.embed(d)["user"])[u] -
+                                 model.fraud_logit(model.embed(data)["user"])[u]))
+
+        top, rest = change(order[0]), [change(k) for k in order[1:]]
+        wins += top >= max(rest)
+    assert wins >= len(users) - 1, wins
+
+
+def test_shopgnn_explanation_runs() -> None:
+    model_mod = pytest.importorskip("shopgraph.graph.model", reason="graph/model.py not available")
+    torch.manual_seed(0)
+    data = build_graph(ring_tables())
+    for nt in data.node_types:
+        data[nt].x = torch.randn(int(data[nt].num_nodes), 5)
+    config = model_mod.ModelConfig.from_data(data, hidden=16, layers=2)
+    model = model_mod.ShopGNN(config)
+    u = id_index(data, "user")["ra1"]
+    ex = explain_user(model, data, u, top_k=3, steps=4, max_neighbours=4)
+    assert ex.method == "integrated_gradients+occlusion" and len(ex.features) == 3
+    assert 0 < len(ex.neighbours) <= 3 and ex.score is not None and 0 < ex.score < 1
+    # explained in eval mode (dropout off: deterministic), then the caller's mode is restored
+    assert explain_user(model, data, u, top_k=3, steps=4, max_neighbours=4) == ex
+    assert model.training is True
+
+
+def test_zscore_fallback_without_model(graph: HeteroData) -> None:
+    u = id_index(graph, "user")["ra3"]
+    prob = planted_prob(graph)
+    ex = explain_user(None, graph, u, top_k=3, fraud_prob=prob)
+    assert ex.method == "behaviour_zscore" and ex.score == pytest.approx(prob[u])
+    x = graph["user"].x
+    z = (x[u] - x.mean(0)) / x.std(0, unbiased=False)
+    assert ex.features[0].name == f"f{int(z.abs().argmax())}"
+    assert ex.features[0].attribution == pytest.approx(float(z[z.abs().argmax()]), rel=1e-5)
+    # ra3 uses dA1 (shared with 4 others) and dA2 (shared with 4 others); never its items
+    assert {(n.node_type, n.node_id, n.attribution) for n in ex.neighbours} == {("device", "dA1", 4.0),
+                                                                                ("device", "dA2", 4.0)}
+
+
+def test_explain_errors(graph: HeteroData) -> None:
+    with pytest.raises(ValueError, match=r"user_index: expected 0 <= user_index < 95 \(got 95\)"):
+        explain_user(None, graph, 95)
+    with pytest.raises(TypeError, match=r"user_index: expected an int \(got str\)"):
+        explain_user(None, graph, "ra0")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"feature_names: expected 8 names \(got 2\)"):
+        explain_user(None, graph, 0, ["a", "b"])
+
+
+def test_direct_neighbours_lists_devices_first(graph: HeteroData) -> None:
+    u = id_index(graph, "user")["h1"]
+    nbrs = direct_neighbours(graph, u)
+    devices = [graph["device"].ids[v] for nt, v, _ in nbrs if nt == "device"]
+    assert sorted(devices) == ["dH1", "d_h1"] and nbrs[0][0] == "device" and nbrs[1][0] == "device"
+
+
+def test_ring_timeline_and_evidence_edges() -> None:
+    tables = ring_tables()
+    data = build_graph(tables)
+    det = RingDetector(hub_threshold=10).fit(data, planted_prob(data), tables)
+    ring = next(r for r in det.rings_ if "rb0" in r.members)
+    tl = ring_timeline(ring, tables)
+    assert list(tl.columns) == ["timestamp", "time", "user_id", "event_type", "item_id", "title", "category",
+                                "amount", "device_id", "shared_device"]
+    assert len(tl) == 48 and set(tl["user_id"]) == set(ring.members)
+    assert tl["timestamp"].is_monotonic_increasing and tl["shared_device"].all()
+    assert set(tl["category"]) == {"gift cards"}
+    assert tl["time"].iloc[0].endswith("Z")
+    edges = evidence_edges(ring, data)
+    assert list(edges.columns) == ["user_id", "node_type", "node_id", "first_seen", "shared"]
+    assert set(edges["node_id"]) == {"dB1"} and edges["shared"].all() and len(edges) == 4
+    first = tables.events[tables.events["user_id"] == "rb0"]["timestamp"].min()
+    assert edges.loc[edges["user_id"] == "rb0", "first_seen"].item() == first
+    untimed = tables.events.drop(columns="timestamp")
+    tables_nt = type(tables)(tables.users, tables.items, tables.devices, untimed, tables.labels, tables.root)
+    tl2 = ring_timeline(ring, tables_nt)
+    assert len(tl2) == 48 and tl2["timestamp"].isna().all() and (tl2["time"] == "").all()
+    assert isinstance(tl2, pd.DataFrame)

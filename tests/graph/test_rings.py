@@ -1,0 +1,401 @@
+"""Ring detection, scoring, evaluation and case export on handcrafted shops."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch_geometric.data import HeteroData
+
+from shopgraph.graph import rings as rings_mod
+from shopgraph.graph.build import build_graph
+from shopgraph.graph.pipeline import save_tables
+from shopgraph.graph.rings import (
+    SCHEMA_VERSION,
+    Hub,
+    Ring,
+    RingDetector,
+    evaluate_rings,
+    export_cases,
+    identifier_links,
+    load_rings,
+    rings_run,
+)
+from shopgraph.graph.run import RunDir
+from shopgraph.graph.schema import ShopTables
+
+T0 = 1_700_000_000
+DAY = 86_400
+
+
+def ring_tables(seed: int = 0, *, hub_users: int = 12) -> ShopTables:
+    """A shop with two planted rings, a household, a hub device and ordinary users.
+
+    * ring_a: 8 young accounts on devices dA1 (ra0-ra4) and dA2 (ra3-ra7), bursts of electronics;
+    * ring_b: 4 young accounts on dB1, bursts of gift cards;
+    * household: 3 old accounts h0-h2 on dH1 (plus their own devices), ordinary baskets;
+    * ``hub_users`` ordinary accounts also use the shop's Wi-Fi kiosk ``d_wifi``.
+    """
+    rng = np.random.default_rng(seed)
+    normal = [f"u{k:03d}" for k in range(80)]
+    ring_a = [f"ra{k}" for k in range(8)]
+    ring_b = [f"rb{k}" for k in range(4)]
+    house = [f"h{k}" for k in range(3)]
+    users = normal + ring_a + ring_b + house
+    created = {u: float(rng.integers(T0 - 900 * DAY, T0 - 200 * DAY)) for u in normal + house}
+    created.update({u: float(T0 + 40 * DAY - int(rng.integers(1, 4)) * DAY) for u in ring_a + ring_b})
+    cats = ["books", "shoes", "kitchen", "electronics", "gift cards"]
+    items = pd.DataFrame({
+        "item_id": [f"i{k:03d}" for k in range(50)],
+        "title": [f"item {k}" for k in range(50)],
+        "description": [""] * 50,
+        "category": [cats[k % 5] for k in range(50)],
+        "price": rng.uniform(5, 500, 50),
+        "image": [""] * 50,
+    })
+    by_cat = {c: items.loc[items["category"] == c, "item_id"].tolist() for c in cats}
+    rows: list[dict[str, Any]] = []
+
+    def add(user: str, device: str, n: int, t_lo: int, t_hi: int, pool: list[str], buy_share: float) -> None:
+        for _ in range(n):
+            rows.append({
+                "user_id": user, "item_id": str(rng.choice(pool)),
+                "event_type": "purchase" if rng.random() < buy_share else "view",
+                "timestamp": int(rng.integers(t_lo, t_hi)), "device_id": device,
+                "amount": float(rng.uniform(5, 80)),
+            })
+
+    everyday = by_cat["books"] + by_cat["shoes"] + by_cat["kitchen"] + by_cat["electronics"][:2]
+    for k, u in enumerate(normal):
+        add(u, f"d_{u}", 12, T0, T0 + 90 * DAY, everyday, 0.3)
+        if k < hub_users:
+            add(u, "d_wifi", 2, T0, T0 + 90 * DAY, everyday, 0.3)
+    for u in house:
+        add(u, f"d_{u}", 8, T0, T0 + 90 * DAY, everyday, 0.3)
+        add(u, "dH1", 4, T0, T0 + 90 * DAY, everyday, 0.3)
+    for k, u in enumerate(ring_a):
+        dev = "dA1" if k < 3 else ("dA2" if k > 4 else ["dA1", "dA2"][k % 2])
+        add(u, dev, 15, T0 + 40 * DAY, T0 + 41 * DAY, by_cat["electronics"], 0.9)
+        if k in (3, 4):  # the bridge accounts use both ring devices
+            add(u, "dA1" if dev == "dA2" else "dA2", 3, T0 + 40 * DAY, T0 + 41 * DAY, by_cat["electronics"], 0.9)
+    for u in ring_b:
+        add(u, "dB1", 12, T0 + 60 * DAY, T0 + 61 * DAY, by_cat["gift cards"], 0.9)
+    events = pd.DataFrame(rows).sort_values("timestamp", kind="stable").reset_index(drop=True)
+    events = events[["user_id", "item_id", "event_type", "timestamp", "device_id", "amount"]]
+    devices = pd.DataFrame({"device_id": sorted(events["device_id"].unique())})
+    ring_col = ["ring_a" if u in ring_a else "ring_b" if u in ring_b else "" for u in users]
+    labels = pd.DataFrame({"user_id": users, "is_fraud": [int(r != "") for r in ring_col], "ring_id": ring_col})
+    return ShopTables(
+        users=pd.DataFrame({"user_id": users, "created_at": [created[u] for u in users]}),
+        items=items, devices=devices, events=events, labels=labels, root=Path("."),
+    )
+
+
+def planted_prob(data: HeteroData, seed: int = 0) -> np.ndarray:
+    """A stand-in GNN: ring members high, everyone else low."""
+    rng = np.random.default_rng(seed)
+    ring = data["user"].ring_id.numpy() >= 0
+    return np.where(ring, rng.uniform(0.8, 0.95, ring.size), rng.uniform(0.01, 0.1, ring.size))
+
+
+@pytest.fixture(scope="module")
+def shop() -> tuple[ShopTables, HeteroData]:
+    tables = ring_tables()
+    return tables, build_graph(tables)
+
+
+def _members(rings: list[Ring]) -> list[set[str]]:
+    return [set(r.members) for r in rings]
+
+
+def test_detector_finds_rings_household_and_reports_hub(shop: tuple[ShopTables, HeteroData]) -> None:
+    tables, data = shop
+    det = RingDetector(hub_threshold=10).fit(data, planted_prob(data), tables)
+    found = _members(det.rings_)
+    assert {f"ra{k}" for k in range(8)} in found
+    assert {f"rb{k}" for k in range(4)} in found
+    assert {"h0", "h1", "h2"} in found
+    # the Wi-Fi kiosk joins 12 ordinary users: a hub, reported and not used for linking
+    assert det.hub_devices_ == [Hub("device", "d_wifi", 12)]
+    assert len(det.rings_) == 3
+    assert [r.ring_id for r in det.rings_] == ["R0001", "R0002", "R0003"]
+    ring_a = next(r for r in det.rings_ if "ra0" in r.members)
+    assert ring_a.shared_devices == ["dA1", "dA2"]
+    assert ring_a.evidence["size"] == 8 and ring_a.evidence["shared_device_count"] == 2
+    assert ring_a.evidence["gnn_max"] >= ring_a.evidence["gnn_mean"] > 0.8
+    assert ring_a.evidence["median_account_age_days"] < 5
+    assert ring_a.evidence["high_risk_share"] == 1.0
+    assert set(ring_a.member_scores) == set(ring_a.members)
+
+
+def test_hub_below_threshold_links_everyone(shop: tuple[ShopTables, HeteroData]) -> None:
+    tables, data = shop
+    det = RingDetector(hub_threshold=50).fit(data, planted_prob(data), tables)
+    assert det.hub_devices_ == []
+    assert any(len(r.members) == 12 and "u000" in r.members for r in det.rings_)
+
+
+@pytest.mark.parametrize("with_prob", [True, False])
+def test_fraud_rings_rank_above_household(shop: tuple[ShopTables, HeteroData], with_prob: bool) -> None:
+    tables, data = shop
+    det = RingDetector(hub_threshold=10).fit(data, planted_prob(data) if with_prob else None, tables)
+    order = [r.members[0] for r in det.rings_]
+    assert order.index("h0") == 2, order
+    house = det.rings_[2]
+    assert house.score < 0.5 < min(r.score for r in det.rings_[:2])
+    assert det.mode_ == ("gnn+behaviour+structure" if with_prob else "behaviour+structure")
+
+
+def test_structure_only_baseline_cannot_separate_small_ring(shop: tuple[ShopTables, HeteroData]) -> None:
+    tables, data = shop
+    det = RingDetector(hub_threshold=10, use_behaviour=False).fit(data, None, tables)
+    assert det.mode_ == "structure"
+    by_first = {r.members[0]: r for r in det.rings_}
+    # 3 accounts on one device vs 4 on one device: structure alone only sees size and density
+    assert by_first["h0"].score < by_first["rb0"].score
+    assert set(by_first["ra0"].evidence["score_terms"]) == {"size", "density"}
+
+
+def _two_cliques() -> HeteroData:
+    """50 users: two groups of 25, each on its own device pair, joined by one shared device."""
+    data = HeteroData()
+    data["user"].ids = [f"u{k:02d}" for k in range(50)]
+    data["user"].num_nodes = 50
+    data["item"].ids = ["i0"]
+    data["item"].num_nodes = 1
+    data["device"].ids = ["dL1", "dL2", "dR1", "dR2", "bridge"]
+    data["device"].num_nodes = 5
+    src, dst = [], []
+    for u in range(50):
+        left = u < 25
+        src += [u, u]
+        dst += [0, 1] if left else [2, 3]
+    src += [24, 25]
+    dst += [4, 4]
+    ei = torch.tensor([src, dst])
+    data["user", "uses", "device"].edge_index = ei
+    data["device", "rev_uses", "user"].edge_index = ei.flip(0)
+    data["user", "purchase", "item"].edge_index = torch.tensor([[0], [0]])
+    data["item", "rev_purchase", "user"].edge_index = torch.tensor([[0], [0]])
+    data["user"].ring_id = torch.tensor([0] * 25 + [1] * 25)
+    data.ring_names = ["left", "right"]
+    data.target = "purchase"
+    return data
+
+
+def test_louvain_splits_large_component_deterministically() -> None:
+    data = _two_cliques()
+    a = RingDetector(max_component=40, seed=3).fit(data, None, None)
+    b = RingDetector(max_component=40, seed=3).fit(data, None, None)
+    assert [r.members for r in a.rings_] == [r.members for r in b.rings_]
+    assert sorted(len(r.members) for r in a.rings_) == [25, 25]
+    assert {frozenset(r.members) for r in a.rings_} == {
+        frozenset(f"u{k:02d}" for k in range(25)), frozenset(f"u{k:02d}" for k in range(25, 50))}
+    whole = RingDetector(max_component=50).fit(data, None, None)
+    assert [len(r.members) for r in whole.rings_] == [50]
+
+
+def test_identifier_links_are_generic() -> None:
+    data = _two_cliques()
+    data["card"].ids = ["c0"]
+    data["card"].num_nodes = 1
+    data["card", "pays", "user"].edge_index = torch.tensor([[0, 0, 0], [0, 30, 40]])
+    links = identifier_links(data)
+    assert set(links["node_type"]) == {"device", "card"}
+    det = RingDetector(max_component=60).fit(data, None, None)
+    ring = det.rings_[0]
+    assert ring.evidence["shared_identifiers"]["card"] == ["c0"]
+
+
+def test_evaluate_rings_counts_found_and_precision() -> None:
+    data = _two_cliques()
+    left = [f"u{k:02d}" for k in range(25)]
+    right = [f"u{k:02d}" for k in range(25, 50)]
+    perfect = [Ring("R0001", left, 0.9, []), Ring("R0002", right, 0.8, [])]
+    res = evaluate_rings(perfect, data)
+    assert res["ring_recall"] == 1.0 and res["precision"] == 1.0 and math.isclose(res["ari"], 1.0)
+    # a ring covering only a third of "right" does not find it; a decoy ranked first costs precision
+    partial = [Ring("R0001", ["x1", "x2", "x3"], 0.95, []), Ring("R0002", left, 0.9, []),
+               Ring("R0003", right[:8], 0.5, [])]
+    res = evaluate_rings(partial, data)
+    assert res["found"] == 1 and res["ring_recall"] == 0.5
+    assert res["precision"] == 0.5 and res["top"] == 2
+    assert res["matches"] == {"left": "R0002"}
+    assert res["ari"] < 1.0
+
+
+def test_detector_input_errors(shop: tuple[ShopTables, HeteroData]) -> None:
+    tables, data = shop
+    with pytest.raises(ValueError, match=r"fraud_prob: expected one probability per user, shape \[95\] \(got 3\)"):
+        RingDetector().fit(data, np.zeros(3), tables)
+    bad = np.zeros(95)
+    bad[5] = 1.5
+    with pytest.raises(ValueError, match=r"fraud_prob: 1 of 95 .*first: 1.5, user index 5"):
+        RingDetector().fit(data, bad, tables)
+    with pytest.raises(ValueError, match=r"max_component: expected >= min_size=5 \(got 4\)"):
+        RingDetector(min_size=5, max_component=4).fit(data, None, tables)
+    with pytest.raises(ValueError, match=r"hub_threshold: expected an integer >= 2 \(got 1\)"):
+        RingDetector(hub_threshold=1).fit(data, None, tables)
+    with pytest.raises(TypeError, match="data: expected a torch_geometric HeteroData"):
+        RingDetector().fit({}, None, tables)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="not fitted"):
+        RingDetector().top(3)
+
+
+# -- run folder and export -----------------------------------------------------------------------
+def make_run(path: Path, *, with_prob: bool = True, features: int = 6, seed: int = 0) -> Path:
+    """A fake-but-valid run folder: graph with random user features, tables, fraud_prob."""
+    tables = ring_tables(seed)
+    data = build_graph(tables)
+    gen = torch.Generator().manual_seed(seed)
+    for nt in data.node_types:
+        data[nt].x = torch.randn(int(data[nt].num_nodes), features, generator=gen)
+        data[nt].feature_names = [f"{nt}_f{k}" for k in range(features)]
+    run = RunDir(path, create=True)
+    run.save_graph(data)
+    save_tables(run, tables)
+    if with_prob:
+        prob = torch.from_numpy(planted_prob(data, seed)).float()
+        run.write_with("embeddings.safetensors", lambda p: save_file({"fraud_prob": prob}, str(p)))
+    return path
+
+
+# The documented case-file schema (docs/fraud_rings.md): key -> type(s).
+NUM = (int, float)
+OPT_NUM = (int, float, type(None))
+RINGS_JSON = {"schema_version": str, "mode": str, "params": dict, "hub_devices": list, "rings": list}
+RING_KEYS = {"ring_id": str, "members": list, "score": float, "shared_devices": list, "member_scores": dict,
+             "evidence": dict}
+EVIDENCE_KEYS = {
+    "size": int, "shared_device_count": int, "shared_identifier_count": int, "shared_identifiers": dict,
+    "accounts_per_identifier": NUM, "median_account_age_days": OPT_NUM, "purchase_velocity": OPT_NUM,
+    "high_risk_share": OPT_NUM, "n_purchases": (int, type(None)), "purchase_amount": OPT_NUM,
+    "gnn_mean": OPT_NUM, "gnn_max": OPT_NUM, "score_terms": dict, "mode": str,
+}
+CASE_KEYS = {"schema_version": str, "ring_id": str, "score": float, "members": list, "shared_devices": list,
+             "shared_identifiers": dict, "evidence": dict, "evidence_edges": list, "timeline": list,
+             "explanations": dict}
+MEMBER_KEYS = {"user_id": str, "score": OPT_NUM, "created_at": OPT_NUM, "account_age_days": OPT_NUM,
+               "n_purchases": int, "purchase_amount": NUM, "purchase_velocity": OPT_NUM,
+               "high_risk_share": OPT_NUM}
+EDGE_KEYS = {"user_id": str, "node_type": str, "node_id": str, "first_seen": (int, type(None)), "shared": bool}
+EVENT_KEYS = {"timestamp": (int, type(None)), "time": str, "user_id": str, "event_type": str, "item_id": str,
+              "title": str, "category": str, "amount": OPT_NUM, "device_id": str, "shared_device": bool}
+EXPLANATION_KEYS = {"user_id": str, "score": OPT_NUM, "method": str, "features": list, "neighbours": list}
+CSV_COLUMNS = ["ring_id", "timestamp", "time", "user_id", "member_score", "event_type", "item_id", "title",
+               "category", "amount", "device_id", "shared_device"]
+
+
+def check_keys(obj: dict[str, Any], spec: dict[str, Any], where: str) -> None:
+    assert set(obj) == set(spec), f"{where}: keys {sorted(obj)} != {sorted(spec)}"
+    for key, typ in spec.items():
+        value = obj[key]
+        ok = isinstance(value, bool) if typ is bool else isinstance(value, typ) and not isinstance(value, bool)
+        assert ok, f"{where}.{key}: {type(value).__name__} is not {typ}"
+
+
+def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path / "run")
+    out = tmp_path / "export"
+    top = rings_run(run_dir, top=2, export=out, detector=RingDetector(hub_threshold=10))
+    assert [r.ring_id for r in top] == ["R0001", "R0002"]
+    stored = load_rings(run_dir)
+    assert len(stored) == 3 and stored[:2] == top
+    RunDir(run_dir).verify()
+
+    doc = json.loads((out / "rings.json").read_text())
+    check_keys(doc, RINGS_JSON, "rings.json")
+    assert doc["schema_version"] == SCHEMA_VERSION and doc["mode"] == "gnn+behaviour+structure"
+    assert doc["hub_devices"] == [{"node_type": "device", "node_id": "d_wifi", "n_users": 12}]
+    assert len(doc["rings"]) == 2
+    for raw in doc["rings"]:
+        check_keys(raw, RING_KEYS, "ring")
+        check_keys(raw["evidence"], EVIDENCE_KEYS, "evidence")
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json", "R0002.csv", "R0002.json"]
+    for ring in top:
+        case = json.loads((out / "cases" / f"{ring.ring_id}.json").read_text())
+        check_keys(case, CASE_KEYS, "case")
+        assert case["ring_id"] == ring.ring_id and {m["user_id"] for m in case["members"]} == set(ring.members)
+        for m in case["members"]:
+            check_keys(m, MEMBER_KEYS, "member")
+        assert case["evidence_edges"] and all(e["node_type"] == "device" for e in case["evidence_edges"])
+        for e in case["evidence_edges"]:
+            check_keys(e, EDGE_KEYS, "edge")
+        assert {e["node_id"] for e in case["evidence_edges"] if e["shared"]} == set(ring.shared_devices)
+        times = [e["timestamp"] for e in case["timeline"]]
+        assert times == sorted(times) and len(times) > 0
+        for e in case["timeline"]:
+            check_keys(e, EVENT_KEYS, "event")
+        assert len(case["explanations"]) == 3
+        for ex in case["explanations"].values():
+            check_keys(ex, EXPLANATION_KEYS, "explanation")
+            assert ex["method"] == "behaviour_zscore"  # the fake run has no model
+        csv = pd.read_csv(out / "cases" / f"{ring.ring_id}.csv")
+        assert list(csv.columns) == CSV_COLUMNS and len(csv) == len(case["timeline"])
+        assert set(csv["user_id"]) <= set(ring.members)
+    # a second export replaces the first one
+    rings_run(run_dir, top=1, export=out, detector=RingDetector(hub_threshold=10))
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json"]
+
+
+def test_rings_run_without_fraud_prob(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path / "run", with_prob=False)
+    top = rings_run(run_dir, top=5, detector=RingDetector(hub_threshold=10))
+    assert top[-1].members[0] == "h0"
+    assert top[0].evidence["gnn_mean"] is None and top[0].evidence["mode"] == "behaviour+structure"
+
+
+def test_export_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = make_run(tmp_path / "run")
+    out = tmp_path / "export"
+    calls = {"n": 0}
+    real = rings_mod.case_file
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rings_mod, "case_file", failing)
+    with pytest.raises(OSError, match="disk full"):
+        rings_run(run_dir, top=3, export=out, detector=RingDetector(hub_threshold=10))
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name != "run"] == []
+    # a previous complete export survives a failed one untouched
+    monkeypatch.setattr(rings_mod, "case_file", real)
+    rings_run(run_dir, top=3, export=out, detector=RingDetector(hub_threshold=10))
+    before = sorted(p.name for p in (out / "cases").iterdir())
+    calls["n"] = 0
+    monkeypatch.setattr(rings_mod, "case_file", failing)
+    with pytest.raises(OSError):
+        rings_run(run_dir, top=3, export=out, detector=RingDetector(hub_threshold=10))
+    assert sorted(p.name for p in (out / "cases").iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "run"]
+
+
+def test_export_refuses_foreign_folder(tmp_path: Path, shop: tuple[ShopTables, HeteroData]) -> None:
+    tables, data = shop
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a previous rings export"):
+        export_cases([], data, tables, out)
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_rings_prints_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from shopgraph.ui.cli import main
+
+    run_dir = make_run(tmp_path / "run")
+    assert main(["rings", "--run", str(run_dir), "--top", "2", "--export", str(tmp_path / "cases")]) == 0
+    out = capsys.readouterr().out
+    assert "R0001" in out and "R0002" in out and "R0003" not in out
+    assert (tmp_path / "cases" / "cases" / "R0002.json").is_file()
