@@ -1,0 +1,930 @@
+"""ShopService: the one Python API over a run folder (recommend, similar, search, fraud, cold start).
+
+Everything is loaded once by :meth:`ShopService.from_run` (checksums verified through
+:class:`~shopgraph.graph.run.RunDir`) into plain numpy arrays, so a request is one FAISS search plus
+a few vector operations: no pandas, no torch on the hot path. The HTTP API
+(``retrieval/api.py``) and the Gradio app call this class and nothing else.
+
+Conventions:
+
+- Ids in and out are the shop's external string ids; FAISS ids are item node indices.
+- "Seen" items (excluded by ``recommend(..., exclude_seen=True)``) are the items the user has
+  *purchased* (the graph's target event type, all periods), not every item they viewed: showing
+  a viewed-but-not-bought item again is a useful recommendation, re-buying is rarely wanted.
+- Every bad input raises ``ValueError`` naming the argument and the value; unknown ids raise its
+  subclass :class:`UnknownIdError` (the HTTP API answers 404 for those, 422 for the rest).
+  A capability the run lacks (no text index, no model) raises :class:`NotAvailableError`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from shopgraph.graph.run import RunDir
+from shopgraph.retrieval.index import INDEX_DIR, INDEX_NAMES, ItemIndex, load_embeddings
+
+logger = logging.getLogger(__name__)
+
+K_MAX = 1000
+MAX_IMAGE_BYTES = 10 * 1024 * 1024
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_TEXT_CHARS = 2_000
+MAX_BATCH = 1_000
+REASON_HISTORY = 200  # history items compared when explaining a recommendation
+_VERBS = {"purchase": "bought", "view": "viewed", "cart": "added to the cart", "review": "reviewed",
+          "click": "clicked", "wishlist": "wish-listed"}
+
+
+class Recommendation(NamedTuple):
+    """Ranked items, best first (all lists have the same length, at most k).
+
+    Attributes:
+        item_ids: external item ids.
+        scores: the ranking score (inner product of embeddings, higher is better).
+        reasons: a short human-readable reason per item.
+        titles: item titles ("" when unknown).
+    """
+
+    item_ids: list[str]
+    scores: list[float]
+    reasons: list[str]
+    titles: list[str]
+
+
+class FraudScore(NamedTuple):
+    """Fraud score of one user.
+
+    Attributes:
+        user_id: external user id.
+        probability: the serving fraud scorer's probability (NaN when the run has no scorer).
+        threshold: the decision threshold chosen on validation (``RUN/fraud.json``).
+        flagged: ``probability >= threshold``.
+        reasons: the user's most unusual behaviour features (standardised value > 1 SD).
+    """
+
+    user_id: str
+    probability: float
+    threshold: float
+    flagged: bool
+    reasons: list[str]
+
+
+class UnknownIdError(ValueError):
+    """An id that the run does not know (a ``ValueError``; HTTP 404)."""
+
+
+class NotAvailableError(RuntimeError):
+    """The run folder lacks what this call needs (no text index, no model...; HTTP 503)."""
+
+
+class TextEncoderLike(Protocol):
+    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray: ...
+
+
+class ImageEncoderLike(Protocol):
+    def encode(self, paths: Sequence[Path | None], progress: bool = False) -> Any: ...
+
+
+class _RWLock:
+    """Many concurrent readers (searches) or one writer (add/remove item)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+def check_k(k: Any) -> int:
+    """``k`` as an int in 1..1000, else ``ValueError`` naming it."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= int(k) <= K_MAX:
+        raise ValueError(f"k: expected an integer between 1 and {K_MAX} (got {k!r})")
+    return int(k)
+
+
+def check_text(text: Any, name: str = "text") -> str:
+    if not isinstance(text, str):
+        raise ValueError(f"{name}: expected a string (got {type(text).__name__})")
+    stripped = text.strip()
+    if not stripped:
+        raise ValueError(f"{name}: expected a non-empty query (got {text!r})")
+    if len(stripped) > MAX_TEXT_CHARS:
+        raise ValueError(f"{name}: expected at most {MAX_TEXT_CHARS:,} characters (got {len(stripped):,})")
+    return stripped
+
+
+def read_image(image: Any, name: str = "image") -> Any:
+    """Validate an image given as ``PIL.Image``, ``bytes`` or a path; return a decoded RGB image.
+
+    Raises:
+        ValueError: unreadable, larger than 10 MB, or more than 40 megapixels.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        img = image
+    else:
+        if isinstance(image, bytes | bytearray | memoryview):
+            payload = bytes(image)
+        elif isinstance(image, str | Path):
+            path = Path(image)
+            if not path.is_file():
+                raise ValueError(f"{name}: no such file (got {str(path)!r})")
+            size = path.stat().st_size
+            if size > MAX_IMAGE_BYTES:
+                raise ValueError(f"{name}: {size / 2**20:.1f} MB is over the {MAX_IMAGE_BYTES // 2**20} MB limit")
+            payload = path.read_bytes()
+        else:
+            raise ValueError(f"{name}: expected a PIL image, bytes or a file path (got {type(image).__name__})")
+        if not payload:
+            raise ValueError(f"{name}: the upload is empty (got 0 bytes)")
+        if len(payload) > MAX_IMAGE_BYTES:
+            raise ValueError(
+                f"{name}: {len(payload) / 2**20:.1f} MB is over the {MAX_IMAGE_BYTES // 2**20} MB limit")
+        try:
+            img = Image.open(io.BytesIO(payload))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"{name}: not a readable image ({len(payload):,} bytes; {exc})") from exc
+        except Image.DecompressionBombError as exc:
+            raise ValueError(f"{name}: more than {MAX_IMAGE_PIXELS:,} pixels ({exc})") from exc
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{name}: {width}x{height} is over the {MAX_IMAGE_PIXELS // 1_000_000} megapixel limit")
+    if width == 0 or height == 0:
+        raise ValueError(f"{name}: the image is empty (got {width}x{height})")
+    try:
+        img.load()
+        return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{name}: the image data is corrupt ({exc})") from exc
+
+
+def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (row, col) pairs as CSR ``(indptr [n_rows + 1], indices)`` with sorted columns."""
+    if rows.size == 0:
+        return np.zeros(n_rows + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    width = int(cols.max()) + 1
+    keys = np.unique(rows.astype(np.int64) * width + cols.astype(np.int64))
+    r, c = keys // width, keys % width
+    indptr = np.searchsorted(r, np.arange(n_rows + 1)).astype(np.int64)
+    return indptr, c.astype(np.int64)
+
+
+def _affine(raw: np.ndarray, x: np.ndarray) -> tuple[float, float] | None:
+    """``(a, b)`` with ``x == a * raw + b`` (to 1e-3) over the rows, or ``None`` when no such map fits."""
+    if raw.size < 2 or np.ptp(raw) < 1e-12:
+        return None
+    a, b = np.polyfit(raw, x, 1)
+    if np.abs(a * raw + b - x).max() > 1e-3:
+        return None
+    return float(a), float(b)
+
+
+def _statistic_maps(data: Any, prices: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Affine maps raw value -> stored feature for the item statistics a new item can have computed.
+
+    The features are standardised (``encoders/behaviour.py``) with statistics the graph does not
+    store. Recomputing each raw statistic for the trained items (training-period counts from the
+    graph's split-0 edges, ``log1p(price)`` from the items table) and fitting ``x = a * raw + b``
+    recovers the map exactly; a column whose fit is not exact is left at the training mean.
+    """
+    if "x" not in data["item"] or "feature_names" not in data["item"]:
+        return {}
+    x = np.asarray(data["item"].x, dtype=np.float64)
+    names = list(data["item"].feature_names)
+    n_items = x.shape[0]
+    raw: dict[str, np.ndarray] = {}
+    total = np.zeros(n_items)
+    pair_keys = []
+    for et in data.edge_types:
+        if et[0] != "user" or et[2] != "item" or "split" not in data[et]:
+            continue
+        ei = data[et].edge_index.numpy()
+        train = data[et].split.numpy() == 0
+        counts = np.bincount(ei[1][train], minlength=n_items).astype(np.float64)
+        raw[f"log_n_{et[1]}"] = np.log1p(counts)
+        total += counts
+        pair_keys.append(ei[0][train].astype(np.int64) * n_items + ei[1][train])
+    raw["log_n_events"] = np.log1p(total)
+    if pair_keys:
+        distinct = np.unique(np.concatenate(pair_keys)) % n_items
+        raw["log_n_users"] = np.log1p(np.bincount(distinct, minlength=n_items).astype(np.float64))
+    known = np.isfinite(prices)
+    maps: dict[str, tuple[float, float]] = {}
+    for j, name in enumerate(names):
+        if name in raw:
+            fit = _affine(raw[name], x[:, j])
+        elif name == "log_price" and known.sum() >= 2 and prices.size == n_items:
+            fit = _affine(np.log1p(np.clip(prices[known], 0, None)), x[known, j])
+        else:
+            continue
+        if fit is not None:
+            maps[name] = fit
+    return maps
+
+
+def _normalised(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class ShopService:
+    """Recommendations, similar items, text/image search and fraud scores over one run folder.
+
+    Build it with :meth:`from_run`. All methods take and return external string ids and are
+    safe to call from several threads (``add_item`` / ``remove_item`` take a write lock).
+
+    Args:
+        data: the run's graph (``HeteroData``).
+        items: the normalised items table (``item_id``, ``title``, ``category``, ...).
+        embeddings: ``{"user": [U, D], "item": [I, D], "fraud_prob": [U]}`` float32 arrays.
+        indexes: ``{"gnn_items": ItemIndex, "text_items": ..., "image_items": ...}``.
+        fraud: the contents of ``RUN/fraud.json``.
+        model: the trained ``ShopGNN`` (needed only by :meth:`add_item`).
+        text_encoder, image_encoder: encoders for queries (default: built on first use from the
+            run's ``text_model`` / ``image_model`` config).
+        text_model, image_model: checkpoint paths for the default encoders (``None``: bundled).
+        tables_root: folder that item image paths are relative to.
+    """
+
+    def __init__(
+        self,
+        *,
+        data: Any,
+        items: Any,
+        embeddings: dict[str, np.ndarray],
+        indexes: dict[str, ItemIndex],
+        fraud: dict[str, Any],
+        model: Any = None,
+        text_encoder: TextEncoderLike | None = None,
+        image_encoder: ImageEncoderLike | None = None,
+        text_model: str | None = None,
+        image_model: str | None = None,
+        tables_root: Path | None = None,
+        run_path: Path | None = None,
+    ) -> None:
+        self._lock = _RWLock()
+        self._enc_lock = threading.Lock()
+        self.run_path = run_path
+        self.tables_root = tables_root
+        self.model = model
+        self._text_encoder = text_encoder
+        self._image_encoder = image_encoder
+        self._text_model = text_model
+        self._image_model = image_model
+        self.fraud = dict(fraud)
+        self.indexes = dict(indexes)
+        if "gnn_items" not in self.indexes:
+            raise ValueError("indexes: the gnn_items index is required (run `shopgraph index`)")
+
+        # -- ids and item metadata -----------------------------------------------------------
+        self.user_ids: list[str] = list(data["user"].ids)
+        self.item_ids: list[str] = list(data["item"].ids)
+        self._user_pos = {u: k for k, u in enumerate(self.user_ids)}
+        self._item_pos = {i: k for k, i in enumerate(self.item_ids)}
+        n_items = len(self.item_ids)
+        table = items.set_index("item_id")
+        missing = [i for i in self.item_ids if i not in table.index]
+        if missing:
+            raise ValueError(f"items: {len(missing):,} graph items are not in the items table (first: {missing[0]!r})")
+        table = table.loc[self.item_ids]
+
+        def column(name: str) -> list[str]:
+            if name not in table.columns:
+                return [""] * n_items
+            return [("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)) for v in table[name]]
+
+        self.titles = column("title")
+        self.categories = column("category")
+        self.descriptions = column("description")
+        self.images = column("image")
+        self.prices = (table["price"].to_numpy(dtype=np.float64) if "price" in table.columns
+                       else np.full(n_items, np.nan)).tolist()
+        self._cat_code: dict[str, int] = {}
+        self._item_cat = np.array([self._cat_code.setdefault(c, len(self._cat_code)) for c in self.categories],
+                                  dtype=np.int64)
+        self._active = np.ones(n_items, dtype=bool)
+
+        # -- embeddings ----------------------------------------------------------------------
+        for key in ("user", "item"):
+            if key not in embeddings:
+                raise ValueError(f"embeddings: no {key!r} tensor (found: {', '.join(sorted(embeddings))})")
+        self.user_emb = np.ascontiguousarray(embeddings["user"], dtype=np.float32)
+        self.item_emb = np.ascontiguousarray(embeddings["item"], dtype=np.float32)
+        if self.user_emb.shape[0] != len(self.user_ids) or self.item_emb.shape[0] != n_items:
+            raise ValueError(
+                f"embeddings: {self.user_emb.shape[0]:,} users / {self.item_emb.shape[0]:,} items do not match "
+                f"the graph's {len(self.user_ids):,} / {n_items:,}; re-run `shopgraph train`"
+            )
+        self._item_emb_n = _normalised(self.item_emb)
+        prob = embeddings.get("fraud_prob")
+        self.fraud_prob = (np.full(len(self.user_ids), np.nan, dtype=np.float32) if prob is None
+                           else np.asarray(prob, dtype=np.float32).reshape(-1))
+        self.fraud_threshold = float(self.fraud.get("threshold", 0.5))
+
+        # content vectors (for merging text + image scores and for cold start)
+        self._content: dict[str, np.ndarray] = {}
+        self._in_index: dict[str, np.ndarray] = {}
+        for name, index in self.indexes.items():
+            member = np.zeros(n_items, dtype=bool)
+            member[index.ids()] = True
+            self._in_index[name] = member
+        for name, attr in (("text_items", "text_emb"), ("image_items", "image_emb")):
+            if name in self.indexes and attr in data["item"]:
+                self._content[name] = _normalised(np.asarray(data["item"][attr], dtype=np.float32))
+
+        # -- history: seen (target) items and every interacted item, per user ----------------
+        target = str(getattr(data, "target", "purchase"))
+        self.target = target
+        n_users = len(self.user_ids)
+        rows_t: list[np.ndarray] = []
+        cols_t: list[np.ndarray] = []
+        rows_a: list[np.ndarray] = []
+        cols_a: list[np.ndarray] = []
+        for et in data.edge_types:
+            src, rel, dst = et
+            if src != "user" or dst != "item":
+                continue
+            ei = data[et].edge_index.numpy()
+            rows_a.append(ei[0])
+            cols_a.append(ei[1])
+            if rel == target:
+                rows_t.append(ei[0])
+                cols_t.append(ei[1])
+        self._seen = _csr(np.concatenate(rows_t) if rows_t else np.zeros(0, np.int64),
+                          np.concatenate(cols_t) if cols_t else np.zeros(0, np.int64), n_users)
+        self._history = _csr(np.concatenate(rows_a) if rows_a else np.zeros(0, np.int64),
+                             np.concatenate(cols_a) if cols_a else np.zeros(0, np.int64), n_users)
+        self._verb_target = _VERBS.get(target, f"{target}d")
+
+        # -- behaviour features for fraud reasons ------------------------------------------
+        self._user_x: np.ndarray | None = None
+        self._user_feature_names: list[str] = []
+        if "x" in data["user"] and "feature_names" in data["user"]:
+            x = np.asarray(data["user"].x, dtype=np.float32)
+            self._user_x = x
+            self._user_feature_names = list(data["user"].feature_names)
+            self._user_mean = x.mean(axis=0)
+            std = x.std(axis=0)
+            self._user_std = np.where(std > 1e-9, std, np.inf)
+
+        # -- item feature layout for add_item --------------------------------------------------
+        self._item_feature_names: list[str] = (list(data["item"].feature_names)
+                                               if "feature_names" in data["item"] else [])
+        self._item_x_mean = (np.asarray(data["item"].x, dtype=np.float32).mean(axis=0)
+                             if "x" in data["item"] else None)
+        self._stat_maps = _statistic_maps(data, np.asarray(self.prices, dtype=np.float64))
+        if self._item_x_mean is not None:
+            x_items = np.asarray(data["item"].x, dtype=np.float32)
+            self._item_x_range = (x_items.min(axis=0), x_items.max(axis=0))
+        self._n_items_trained = n_items
+        logger.info("service: %d users, %d items, indexes %s", n_users, n_items,
+                    {k: v.count for k, v in self.indexes.items()})
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        *,
+        text_encoder: TextEncoderLike | None = None,
+        image_encoder: ImageEncoderLike | None = None,
+        load_model: bool = True,
+        use_gpu: bool | None = None,
+    ) -> ShopService:
+        """Load a run folder (graph, items table, embeddings, indexes, fraud.json, model).
+
+        Every file is checked against the manifest's checksum before it is read.
+
+        Args:
+            run_dir: a run folder after ``shopgraph index``.
+            text_encoder, image_encoder: encoders to use for queries (default: the run's models).
+            load_model: load ``RUN/model/`` for :meth:`add_item` when it is there.
+            use_gpu: FAISS on GPU (``None``: when available).
+        """
+        import pandas as pd
+
+        run = RunDir(run_dir)
+        data = run.load_graph()
+        items = pd.read_parquet(run.path_of("tables/items.parquet"))
+        embeddings = load_embeddings(run)
+        fraud = run.read_json("fraud.json") if run.has("fraud.json") else {}
+        indexes: dict[str, ItemIndex] = {}
+        for name in INDEX_NAMES:
+            if run.has(f"{INDEX_DIR}/{name}.faiss"):
+                indexes[name] = ItemIndex.load(INDEX_DIR, name, run=run, use_gpu=use_gpu)
+        if "gnn_items" not in indexes:
+            raise FileNotFoundError(f"run folder {run.path}: no {INDEX_DIR}/gnn_items.faiss "
+                                    f"(run `shopgraph index --run {run.path}`)")
+        model = None
+        if load_model and run.has("model/model.safetensors") and run.has("model/config.json"):
+            from shopgraph.graph.train import load_model as _load_model
+
+            folder = run.path_of("model/model.safetensors").parent
+            run.path_of("model/config.json")
+            model = _load_model(folder, "cpu")
+        config = run.manifest.get("config", {})
+        root = config.get("tables_root")
+        return cls(
+            data=data, items=items, embeddings=embeddings, indexes=indexes, fraud=fraud, model=model,
+            text_encoder=text_encoder, image_encoder=image_encoder,
+            text_model=config.get("text_model"), image_model=config.get("image_model"),
+            tables_root=Path(root) if root else None, run_path=run.path,
+        )
+
+    # -- lookups --------------------------------------------------------------------------------
+    def _user(self, user_id: Any, name: str = "user_id") -> int:
+        if not isinstance(user_id, str):
+            raise ValueError(f"{name}: expected a string id (got {type(user_id).__name__} {user_id!r})")
+        pos = self._user_pos.get(user_id)
+        if pos is None:
+            raise UnknownIdError(f"{name}: unknown user {user_id!r}")
+        return pos
+
+    def _item(self, item_id: Any, name: str = "item_id") -> int:
+        if not isinstance(item_id, str):
+            raise ValueError(f"{name}: expected a string id (got {type(item_id).__name__} {item_id!r})")
+        pos = self._item_pos.get(item_id)
+        if pos is None:
+            raise UnknownIdError(f"{name}: unknown item {item_id!r}")
+        return pos
+
+    def _many(self, ids: Any, name: str, one: Any) -> list[int]:
+        if isinstance(ids, str) or not isinstance(ids, Sequence | np.ndarray):
+            raise ValueError(f"{name}: expected a list of ids (got {type(ids).__name__})")
+        ids = list(ids)
+        if not ids:
+            raise ValueError(f"{name}: expected at least one id (got an empty list)")
+        if len(ids) > MAX_BATCH:
+            raise ValueError(f"{name}: expected at most {MAX_BATCH:,} ids (got {len(ids):,})")
+        return [one(value, f"{name}[{pos}]") for pos, value in enumerate(ids)]
+
+    def _category(self, category: str | None) -> int | None:
+        if category is None or category == "":
+            return None
+        code = self._cat_code.get(category)
+        if code is None or not (self._item_cat[self._active] == code).any():
+            known = sorted(c for c in self._cat_code if c)
+            raise ValueError(f"category: unknown category {category!r} (known: {', '.join(known[:20])})")
+        return code
+
+    def has_user(self, user_id: str) -> bool:
+        return user_id in self._user_pos
+
+    def has_item(self, item_id: str) -> bool:
+        return item_id in self._item_pos
+
+    def item_info(self, item_id: str) -> dict[str, Any]:
+        """Title, category, description, price and image path of an item."""
+        i = self._item(item_id)
+        price = self.prices[i]
+        image = self.images[i]
+        return {"item_id": item_id, "title": self.titles[i], "category": self.categories[i],
+                "description": self.descriptions[i], "price": None if price != price else price,
+                "image": str(self.tables_root / image) if image and self.tables_root else (image or None)}
+
+    def info(self) -> dict[str, Any]:
+        """Counts for health checks."""
+        return {"users": len(self.user_ids), "items": int(self._active.sum()),
+                "indexes": {name: index.count for name, index in self.indexes.items()},
+                "fraud_scorer": self.fraud.get("kind", "none"), "run": str(self.run_path or "")}
+
+    # -- core search ----------------------------------------------------------------------------
+    def _filtered(
+        self, name: str, queries: np.ndarray, k: int, exclude: list[np.ndarray], category: int | None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Top-k per query from index ``name`` after dropping excluded / off-category items.
+
+        Over-fetches (``k + len(exclude)``, scaled by the category's rarity) and widens the search
+        four-fold until k items survive the filters or the whole index was searched.
+        """
+        index = self.indexes[name]
+        total = index.count
+        if category is not None:
+            share = max(float((self._item_cat[self._active] == category).mean()), 1.0 / max(total, 1))
+        else:
+            share = 1.0
+        out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int64), np.zeros(0, np.float32))] * len(queries)
+        todo = list(range(len(queries)))
+        fetch = min(total, int(math.ceil((k + max((e.size for e in exclude), default=0)) / share * 1.2)) + 1)
+        while todo:
+            res = index.search(queries[todo], max(fetch, 1))
+            again = []
+            for row, q in enumerate(todo):
+                ids, scores = res.ids[row], res.scores[row]
+                keep = ids >= 0
+                safe = np.where(keep, ids, 0)
+                keep &= self._active[safe]
+                if exclude[q].size:
+                    keep &= ~np.isin(ids, exclude[q])
+                if category is not None:
+                    keep &= self._item_cat[safe] == category
+                if int(keep.sum()) >= k or fetch >= total:
+                    out[q] = (ids[keep][:k], scores[keep][:k])
+                else:
+                    again.append(q)
+            todo = again
+            fetch = min(total, fetch * 4)
+        return out
+
+    def _pack(self, ids: np.ndarray, scores: np.ndarray, reasons: list[str]) -> Recommendation:
+        return Recommendation([self.item_ids[i] for i in ids], [float(s) for s in scores], reasons,
+                              [self.titles[i] for i in ids])
+
+    def _seen_items(self, u: int) -> np.ndarray:
+        indptr, indices = self._seen
+        return indices[indptr[u]:indptr[u + 1]]
+
+    def _user_reasons(self, u: int, rec: np.ndarray) -> list[str]:
+        indptr, indices = self._history
+        hist = indices[indptr[u]:indptr[u + 1]]
+        if hist.size == 0 or rec.size == 0:
+            return ["matches your profile (no history yet)"] * int(rec.size)
+        seen = self._seen_items(u)
+        if hist.size > REASON_HISTORY:  # prefer purchases, then the rest
+            rest = hist[~np.isin(hist, seen)]
+            hist = np.concatenate([seen, rest])[:REASON_HISTORY]
+        sims = self._item_emb_n[rec] @ self._item_emb_n[hist].T  # [k, H]
+        best = hist[sims.argmax(axis=1)]
+        bought = np.isin(best, seen)
+        return [f"similar to '{self.titles[b]}', which you {self._verb_target if p else 'looked at'}"
+                for b, p in zip(best, bought)]
+
+    def _seed_reasons(self, seeds: np.ndarray, rec: np.ndarray, suffix: str = "") -> list[str]:
+        if rec.size == 0:
+            return []
+        sims = self._item_emb_n[rec] @ self._item_emb_n[seeds].T
+        return [f"similar to '{self.titles[b]}'{suffix}" for b in seeds[sims.argmax(axis=1)]]
+
+    # -- recommendations ------------------------------------------------------------------------
+    def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True,
+                  category: str | None = None) -> Recommendation:
+        """Top-k items for a known user: user GNN embedding -> ``gnn_items`` (inner product).
+
+        Args:
+            user_id: external user id.
+            k: 1..1000.
+            exclude_seen: drop the items the user has already purchased.
+            category: only items of this category.
+        """
+        k = check_k(k)
+        return self._recommend([self._user(user_id)], k, exclude_seen, self._category(category))[0]
+
+    def recommend_batch(self, user_ids: Sequence[str], k: int = 10, exclude_seen: bool = True,
+                        category: str | None = None) -> list[Recommendation]:
+        """:meth:`recommend` for many users with one batched FAISS search."""
+        k = check_k(k)
+        users = self._many(user_ids, "user_ids", self._user)
+        return self._recommend(users, k, exclude_seen, self._category(category))
+
+    def _recommend(self, users: list[int], k: int, exclude_seen: bool, cat: int | None) -> list[Recommendation]:
+        with self._lock.read():
+            exclude = [self._seen_items(u) if exclude_seen else np.zeros(0, np.int64) for u in users]
+            hits = self._filtered("gnn_items", self.user_emb[users], k, exclude, cat)
+            return [self._pack(ids, sc, self._user_reasons(u, ids)) for u, (ids, sc) in zip(users, hits)]
+
+    def similar_items(self, item_id: str, k: int = 10) -> Recommendation:
+        """Items closest to an item in the GNN space (``gnn_items``, inner product), itself excluded."""
+        k = check_k(k)
+        return self._similar([self._item(item_id)], k)[0]
+
+    def similar_items_batch(self, item_ids: Sequence[str], k: int = 10) -> list[Recommendation]:
+        """:meth:`similar_items` for many items."""
+        k = check_k(k)
+        return self._similar(self._many(item_ids, "item_ids", self._item), k)
+
+    def _similar(self, items: list[int], k: int) -> list[Recommendation]:
+        with self._lock.read():
+            hits = self._filtered("gnn_items", self.item_emb[items], k,
+                                  [np.array([i], dtype=np.int64) for i in items], None)
+            out = []
+            for i, (ids, sc) in zip(items, hits):
+                same = self._item_cat[ids] == self._item_cat[i]
+                reasons = [f"same category '{self.categories[i]}', often bought by the same shoppers"
+                           if s and self.categories[i] else "often bought by the same shoppers" for s in same]
+                out.append(self._pack(ids, sc, reasons))
+            return out
+
+    # -- content search -------------------------------------------------------------------------
+    def _need(self, name: str) -> ItemIndex:
+        index = self.indexes.get(name)
+        if index is None:
+            what = "text" if name == "text_items" else "image"
+            raise NotAvailableError(f"{what} search is not available: this run has no {name} index "
+                                    f"(built without {what} features?)")
+        return index
+
+    def _encode_texts(self, texts: list[str]) -> np.ndarray:
+        with self._enc_lock:
+            if self._text_encoder is None:
+                from shopgraph.encoders.text import TextEncoder
+
+                self._text_encoder = TextEncoder(self._text_model)
+            vectors = np.asarray(self._text_encoder.encode(texts), dtype=np.float32)
+        return vectors
+
+    def _encode_image(self, image: Any) -> np.ndarray:
+        img = read_image(image)
+        with self._enc_lock:
+            if self._image_encoder is None:
+                from shopgraph.encoders.image import ImageEncoder
+
+                self._image_encoder = ImageEncoder(self._image_model, num_workers=0)
+            with tempfile.TemporaryDirectory(prefix="shopgraph-query-") as tmp:
+                path = Path(tmp) / "query.png"
+                img.save(path, format="PNG")
+                result = self._image_encoder.encode([path])
+        if not bool(np.asarray(result.ok)[0]):
+            kinds = ", ".join(sorted(k for k in result.problems if k != "no_image")) or "unknown problem"
+            raise ValueError(f"image: could not be encoded ({kinds})")
+        return np.asarray(result.embeddings, dtype=np.float32)[:1]
+
+    def _content_hits(self, name: str, q: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        index = self._need(name)
+        if q.shape[1] != index.dim_:
+            raise NotAvailableError(f"{name}: the query encoder gives {q.shape[1]}-d vectors, the index holds "
+                                    f"{index.dim_}-d ones (a different encoder built this run)")
+        ids, scores = self._filtered(name, q, fetch, [np.zeros(0, np.int64)], None)[0]
+        return ids, scores
+
+    def search(self, text: str | None = None, image: Any = None, k: int = 10) -> Recommendation:
+        """Items matching a text query, an image (``PIL.Image``, bytes or a path), or both.
+
+        Text goes through the text encoder to ``text_items``, the image through the image encoder to
+        ``image_items`` (cosine). With both, each candidate from either list is scored
+        ``0.5 * text_cosine + 0.5 * image_cosine`` (a missing modality of an item counts 0).
+        """
+        k = check_k(k)
+        if text is None and image is None:
+            raise ValueError("text, image: expected a text query, an image or both (got neither)")
+        q_text = self._encode_texts([check_text(text)]) if text is not None else None
+        q_img = self._encode_image(image) if image is not None else None
+        with self._lock.read():
+            if q_img is None and q_text is not None:
+                ids, sc = self._content_hits("text_items", q_text, k)
+                return self._pack(ids, sc, [f"text match {s:.2f}" for s in sc])
+            if q_text is None and q_img is not None:
+                ids, sc = self._content_hits("image_items", q_img, k)
+                return self._pack(ids, sc, [f"image match {s:.2f}" for s in sc])
+            if q_text is None or q_img is None:  # unreachable: checked above
+                raise ValueError("text, image: expected a text query, an image or both (got neither)")
+            fetch = min(K_MAX * 3, 3 * k)
+            t_ids, _ = self._content_hits("text_items", q_text, fetch)
+            i_ids, _ = self._content_hits("image_items", q_img, fetch)
+            cand = np.union1d(t_ids, i_ids)
+            st = self._content["text_items"][cand] @ q_text[0]
+            si = self._content["image_items"][cand] @ q_img[0]
+            score = 0.5 * st + 0.5 * si
+            order = np.argsort(-score, kind="stable")[:k]
+            return self._pack(cand[order], score[order],
+                              [f"text {st[o]:.2f} + image {si[o]:.2f}" for o in order])
+
+    def search_batch(self, texts: Sequence[str], k: int = 10) -> list[Recommendation]:
+        """Text search for many queries (one encoder pass, one FAISS search)."""
+        k = check_k(k)
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise ValueError(f"texts: expected a list of strings (got {type(texts).__name__})")
+        if not texts or len(texts) > MAX_BATCH:
+            raise ValueError(f"texts: expected 1 to {MAX_BATCH:,} queries (got {len(texts):,})")
+        clean = [check_text(t, f"texts[{n}]") for n, t in enumerate(texts)]
+        q = self._encode_texts(clean)
+        index = self._need("text_items")
+        if q.shape[1] != index.dim_:
+            raise NotAvailableError(f"text_items: the query encoder gives {q.shape[1]}-d vectors, the index "
+                                    f"holds {index.dim_}-d ones")
+        with self._lock.read():
+            hits = self._filtered("text_items", q, k, [np.zeros(0, np.int64)] * len(q), None)
+            return [self._pack(ids, sc, [f"text match {s:.2f}" for s in sc]) for ids, sc in hits]
+
+    # -- fraud ----------------------------------------------------------------------------------
+    def _fraud_reasons(self, u: int, top: int = 3) -> list[str]:
+        if self._user_x is None:
+            return []
+        z = (self._user_x[u] - self._user_mean) / self._user_std
+        order = np.argsort(-z, kind="stable")[:top]
+        reasons = [f"{self._user_feature_names[j]} = {self._user_x[u, j]:.3g} ({z[j]:+.1f} SD vs all users)"
+                   for j in order if z[j] > 1.0]
+        return reasons or ["no behaviour feature is more than 1 SD above the average user"]
+
+    def score_user(self, user_id: str) -> FraudScore:
+        """Fraud probability of a user, the decision, and the behaviour features behind it."""
+        return self._score([self._user(user_id)])[0]
+
+    def score_users(self, user_ids: Sequence[str]) -> list[FraudScore]:
+        """:meth:`score_user` for many users."""
+        return self._score(self._many(user_ids, "user_ids", self._user))
+
+    def _score(self, users: list[int]) -> list[FraudScore]:
+        out = []
+        for u in users:
+            p = float(self.fraud_prob[u])
+            out.append(FraudScore(self.user_ids[u], p, self.fraud_threshold,
+                                  bool(p == p and p >= self.fraud_threshold), self._fraud_reasons(u)))
+        return out
+
+    # -- cold start -----------------------------------------------------------------------------
+    def recommend_for_items(self, item_ids: Sequence[str], k: int = 10) -> Recommendation:
+        """For an unknown user who picked a few items: mean of their GNN embeddings as the query.
+
+        The given items themselves are excluded.
+        """
+        k = check_k(k)
+        seeds = np.array(self._many(item_ids, "item_ids", self._item), dtype=np.int64)
+        with self._lock.read():
+            q = self.item_emb[seeds].mean(axis=0, keepdims=True)
+            ids, sc = self._filtered("gnn_items", q, k, [np.unique(seeds)], None)[0]
+            return self._pack(ids, sc, self._seed_reasons(np.unique(seeds), ids))
+
+    def recommend_for_text(self, text: str, k: int = 10, n_seeds: int = 10) -> Recommendation:
+        """For an unknown user described by text: the ``n_seeds`` best text matches become seed items,
+        and the mean of their GNN embeddings is the query (so results follow shopping behaviour,
+        not only wording)."""
+        k = check_k(k)
+        q = self._encode_texts([check_text(text)])
+        with self._lock.read():
+            seeds, _ = self._content_hits("text_items", q, n_seeds)
+            if seeds.size == 0:
+                return Recommendation([], [], [], [])
+            query = self.item_emb[seeds].mean(axis=0, keepdims=True)
+            ids, sc = self._filtered("gnn_items", query, k, [np.zeros(0, np.int64)], None)[0]
+            return self._pack(ids, sc, self._seed_reasons(seeds, ids, " (matches your text)"))
+
+    # -- catalogue changes ----------------------------------------------------------------------
+    def _feature_row(self, text_vec: np.ndarray | None, image_vec: np.ndarray | None,
+                     price: float | None = None) -> np.ndarray:
+        """A new item's feature row in the layout of ``data["item"].feature_names``.
+
+        ``text_*`` / ``image_*`` come from the encoders (0 when the item has none), ``has_text`` /
+        ``has_image`` / ``has_price`` are the flags; the statistics whose standardisation could be
+        recovered (:func:`_statistic_maps`) are computed: zero training events and users, and
+        ``log_price``; any other column is the training mean of that column.
+        """
+        names = self._item_feature_names
+        if self._item_x_mean is None or not names:
+            raise NotAvailableError("add_item: the graph's items have no .x / feature_names (run `shopgraph build`)")
+        row = self._item_x_mean.astype(np.float32).copy()
+        text_cols = [j for j, n in enumerate(names) if n.startswith("text_")]
+        image_cols = [j for j, n in enumerate(names) if n.startswith("image_")]
+        for cols, vec, what in ((text_cols, text_vec, "text"), (image_cols, image_vec, "image")):
+            if not cols:
+                continue
+            if vec is None:
+                row[cols] = 0.0
+            elif vec.size != len(cols):
+                raise NotAvailableError(f"add_item: the {what} encoder gives {vec.size} values, the item features "
+                                        f"hold {len(cols)} {what}_* columns")
+            else:
+                row[cols] = vec.reshape(-1)
+        for j, n in enumerate(names):
+            if n == "has_text":
+                row[j] = float(text_vec is not None)
+            elif n == "has_image":
+                row[j] = float(image_vec is not None)
+            elif n == "has_price":
+                row[j] = float(price is not None)
+            elif n == "log_price":
+                fit = self._stat_maps.get(n)
+                if price is None:
+                    row[j] = 0.0  # unknown price: the mean, as in training
+                elif fit is not None:
+                    row[j] = self._clip(j, fit[0] * math.log1p(max(price, 0.0)) + fit[1])
+            elif n in self._stat_maps:  # a count: a new item has none yet (raw log1p(0) = 0)
+                row[j] = self._clip(j, self._stat_maps[n][1])
+        return row
+
+    def _clip(self, j: int, value: float) -> float:
+        # Keep computed statistics inside the range the model was trained on: when every trained
+        # item had events, "no events" would otherwise sit many SDs outside anything it has seen.
+        lo, hi = self._item_x_range
+        return float(min(max(value, float(lo[j])), float(hi[j])))
+
+    def _inductive_embedding(self, row: np.ndarray) -> np.ndarray:
+        """``ShopGNN.embed`` on a graph holding only the new item, no edges, no id embedding."""
+        if self.model is None:
+            raise NotAvailableError("add_item: this service has no model (RUN/model/ missing; run `shopgraph train`)")
+        import torch
+        from torch_geometric.data import HeteroData
+
+        config = self.model.config
+        g = HeteroData()
+        for nt in config.node_types:
+            n = 1 if nt == "item" else 0
+            g[nt].num_nodes = n
+            if config.in_dims[nt] > 0:
+                g[nt].x = torch.zeros(n, config.in_dims[nt])
+        g["item"].x = torch.from_numpy(row[None, :].astype(np.float32))
+        # past the id table: a new item has no learned id embedding, only its features
+        g["item"].n_id = torch.tensor([config.num_nodes["item"]], dtype=torch.long)
+        for et in config.edge_types:
+            g[et].edge_index = torch.zeros(2, 0, dtype=torch.long)
+        with torch.no_grad():
+            emb = self.model.embed(g)["item"]
+        return np.asarray(emb.float().cpu().numpy(), dtype=np.float32)
+
+    def add_item(self, item_id: str, title: str, category: str = "", description: str = "",
+                 price: float | None = None, image: Any = None) -> int:
+        """Add an item without retraining: encode its text and image, embed it with the model's
+        inductive pass (no edges), and insert it into every index.
+
+        Args:
+            item_id: a new external id.
+            title, category, description: item text.
+            price: item price (kept for display).
+            image: ``PIL.Image``, bytes or a path, optional.
+
+        Returns:
+            The new item's node index.
+        """
+        if not isinstance(item_id, str) or not item_id.strip():
+            raise ValueError(f"item_id: expected a non-empty string (got {item_id!r})")
+        if item_id in self._item_pos:
+            raise ValueError(f"item_id: item {item_id!r} already exists")
+        for name, value in (("title", title), ("category", category), ("description", description)):
+            if not isinstance(value, str):
+                raise ValueError(f"{name}: expected a string (got {type(value).__name__})")
+        if price is not None and (not isinstance(price, int | float) or not math.isfinite(price) or price < 0):
+            raise ValueError(f"price: expected a finite number >= 0 (got {price!r})")
+        from shopgraph.encoders.text import item_text
+
+        text = item_text(title, category, description)
+        text_vec = self._encode_texts([text])[0] if text else None
+        image_vec = self._encode_image(image)[0] if image is not None else None
+        row = self._feature_row(text_vec, image_vec, None if price is None else float(price))
+        emb = self._inductive_embedding(row)
+        with self._lock.write():
+            pos = len(self.item_ids)
+            ids = np.array([pos], dtype=np.int64)
+            self.indexes["gnn_items"].add(emb, ids)
+            for name, vec in (("text_items", text_vec), ("image_items", image_vec)):
+                if name in self.indexes and vec is not None:
+                    self.indexes[name].add(vec[None, :], ids)
+            for name in self._in_index:
+                self._in_index[name] = np.append(self._in_index[name],
+                                                 name == "gnn_items" or (name == "text_items" and text_vec is not None)
+                                                 or (name == "image_items" and image_vec is not None))
+            for name, mat in self._content.items():
+                vec = text_vec if name == "text_items" else image_vec
+                new = np.zeros((1, mat.shape[1]), np.float32) if vec is None else _normalised(vec[None, :])
+                self._content[name] = np.vstack([mat, new])
+            self.item_ids.append(item_id)
+            self._item_pos[item_id] = pos
+            self.titles.append(title)
+            self.categories.append(category)
+            self.descriptions.append(description)
+            self.images.append(str(image) if isinstance(image, str | Path) else "")
+            self.prices.append(float("nan") if price is None else float(price))
+            code = self._cat_code.setdefault(category, len(self._cat_code))
+            self._item_cat = np.append(self._item_cat, code)
+            self._active = np.append(self._active, True)
+            self.item_emb = np.vstack([self.item_emb, emb])
+            self._item_emb_n = np.vstack([self._item_emb_n, _normalised(emb)])
+        logger.info("added item %r (node %d)", item_id, pos)
+        return pos
+
+    def remove_item(self, item_id: str) -> None:
+        """Take an item out of every index and every answer (its id becomes unknown)."""
+        with self._lock.write():
+            i = self._item(item_id)
+            for name, member in self._in_index.items():
+                if member[i]:
+                    self.indexes[name].remove(np.array([i], dtype=np.int64))
+                    member[i] = False
+            self._active[i] = False
+            del self._item_pos[item_id]
+        logger.info("removed item %r (node %d)", item_id, i)

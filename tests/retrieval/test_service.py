@@ -1,0 +1,302 @@
+from __future__ import annotations
+
+import functools
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from shopgraph.graph.build import build_graph
+from shopgraph.graph.run import RunDir
+from shopgraph.retrieval.index import index_run
+from shopgraph.retrieval.service import FraudScore, Recommendation, ShopService, UnknownIdError
+from tests.conftest import make_tables
+
+_WORDS = {
+    "electronics": ["wireless headphones", "usb phone charger", "smart watch", "bluetooth speaker"],
+    "books": ["italian cookbook", "mystery novel", "history of rome", "poetry collection"],
+    "shoes": ["running shoes", "leather boots", "summer sandals", "trail sneakers"],
+}
+_COLOURS = {"electronics": (30, 60, 200), "books": (140, 90, 40), "shoes": (210, 30, 30)}
+
+
+@functools.lru_cache(maxsize=1)
+def encoders() -> tuple[Any, Any]:
+    """The bundled text and image encoders, loaded once per test session."""
+    from shopgraph.encoders.image import ImageEncoder
+    from shopgraph.encoders.text import TextEncoder
+
+    return TextEncoder(), ImageEncoder(num_workers=0)
+
+
+def solid_png(colour: tuple[int, int, int], size: int = 48, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour)[None, None, :] + rng.normal(0, 12, (size, size, 3)), 0, 255)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_run(folder: Path, *, n_users: int = 40, n_items: int = 30, seed: int = 0) -> Path:
+    """A complete, valid run folder for the tiny shop: graph with real text/image features (bundled
+    encoders), tables, an untrained ShopGNN and its embeddings, fraud.json and the indexes.
+
+    The model is randomly initialised (training is not what these tests check): embeddings,
+    fraud probabilities and the inductive pass all come from the same model, as in a real run.
+    """
+    from shopgraph.encoders.featurize import featurize
+    from shopgraph.graph.model import ModelConfig, ShopGNN
+
+    shop = folder / "shop"
+    (shop / "images").mkdir(parents=True)
+    tables = make_tables(n_users, n_items, seed=seed, root=shop)
+    items = tables.items
+    cats = items["category"].tolist()
+    items["title"] = [f"{_WORDS[c][k % 4]} {k}" for k, c in enumerate(cats)]
+    images = []
+    for k, c in enumerate(cats):
+        if k % 5 == 4:  # some items have no image
+            images.append("")
+            continue
+        (shop / "images" / f"i{k:03d}.png").write_bytes(solid_png(_COLOURS[c], seed=k))
+        images.append(f"images/i{k:03d}.png")
+    items["image"] = images
+    data = build_graph(tables, seed=seed)
+    text, image = encoders()
+    data = featurize(data, tables, cache_dir=folder / "cache").data
+
+    run = RunDir(folder / "run", create=True)
+    run.save_graph(data)
+    for name in ("users", "items", "devices", "events", "labels"):
+        frame = getattr(tables, name)
+        run.write_with(f"tables/{name}.parquet", lambda p, f=frame: f.to_parquet(p, index=False))
+    run.update(config={"tables_root": str(shop)})
+
+    torch.manual_seed(seed)
+    config = ModelConfig.from_data(data, hidden=16, layers=1)
+    model = ShopGNN(config).eval()
+    with torch.no_grad():
+        emb = model.embed(data)
+        prob = torch.sigmoid(model.fraud_logit(emb["user"]))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    run.write_with("model/model.safetensors", lambda p: save_file(state, str(p)))
+    run.write_text("model/config.json", config.to_json())
+    tensors = {"user": emb["user"], "item": emb["item"], "device": emb["device"], "fraud_prob": prob}
+    run.write_with("embeddings.safetensors", lambda p: save_file({k: v.contiguous() for k, v in tensors.items()},
+                                                                 str(p)))
+    run.write_json("fraud.json", {"kind": "gnn", "threshold": float(prob.median())})
+    index_run(run.path)
+    return run.path
+
+
+@pytest.fixture(scope="session")
+def run_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run(tmp_path_factory.mktemp("retrieval"))
+
+
+def load_service(run_path: Path) -> ShopService:
+    text, image = encoders()
+    return ShopService.from_run(run_path, text_encoder=text, image_encoder=image)
+
+
+@pytest.fixture(scope="module")
+def service(run_path: Path) -> ShopService:
+    return load_service(run_path)
+
+
+def _brute(svc: ShopService, query: np.ndarray, exclude: set[int], k: int,
+           keep: np.ndarray | None = None) -> tuple[list[str], np.ndarray]:
+    scores = svc.item_emb.astype(np.float64) @ query.astype(np.float64)
+    ok = np.ones(len(scores), dtype=bool)
+    ok[list(exclude)] = False
+    ok &= svc._active
+    if keep is not None:
+        ok &= keep
+    order = [i for i in np.argsort(-scores, kind="stable") if ok[i]][:k]
+    return [svc.item_ids[i] for i in order], scores[order]
+
+
+def _purchased(svc: ShopService, run_path: Path, user: str) -> set[int]:
+    data = RunDir(run_path).load_graph()
+    ei = data["user", "purchase", "item"].edge_index
+    u = svc.user_ids.index(user)
+    return set(ei[1][ei[0] == u].tolist())
+
+
+def test_recommend_agrees_with_brute_force_and_excludes_purchases(service, run_path):
+    for user in ("u000", "u007", "u031"):
+        rec = service.recommend(user, k=7)
+        assert isinstance(rec, Recommendation)
+        seen = _purchased(service, run_path, user)
+        ids, scores = _brute(service, service.user_emb[service.user_ids.index(user)], seen, 7)
+        assert rec.item_ids == ids
+        np.testing.assert_allclose(rec.scores, scores, rtol=1e-4, atol=1e-5)
+        assert len(rec.reasons) == len(rec.titles) == 7
+        assert all(r.startswith("similar to '") for r in rec.reasons)
+        assert rec.titles == [service.titles[service.item_ids.index(i)] for i in rec.item_ids]
+        assert not {service.item_ids.index(i) for i in rec.item_ids} & seen
+    all_items = service.recommend("u000", k=30, exclude_seen=False)
+    assert len(all_items.item_ids) == 30
+    assert set(all_items.item_ids) == set(service.item_ids)
+
+
+def test_recommend_category_filter_over_fetches(service):
+    cats = np.array(service.categories)
+    for cat in ("books", "shoes"):
+        rec = service.recommend("u003", k=5, exclude_seen=False, category=cat)
+        ids, _ = _brute(service, service.user_emb[3], set(), 5, keep=cats == cat)
+        assert rec.item_ids == ids
+        assert all(service.categories[service.item_ids.index(i)] == cat for i in rec.item_ids)
+    with pytest.raises(ValueError, match="category: unknown category 'toys'"):
+        service.recommend("u003", category="toys")
+
+
+def test_similar_items_excludes_itself(service):
+    rec = service.similar_items("i004", k=6)
+    ids, scores = _brute(service, service.item_emb[4], {4}, 6)
+    assert rec.item_ids == ids and "i004" not in rec.item_ids
+    np.testing.assert_allclose(rec.scores, scores, rtol=1e-4, atol=1e-5)
+    assert all("bought by the same shoppers" in r for r in rec.reasons)
+
+
+def test_text_image_and_combined_search(service):
+    rec = service.search(text="running shoes", k=5)
+    assert rec.item_ids[0] in {i for i, t in zip(service.item_ids, service.titles) if t.startswith("running shoes")}
+    assert rec.scores == sorted(rec.scores, reverse=True) and rec.reasons[0].startswith("text match")
+    red = solid_png(_COLOURS["shoes"], seed=99)
+    rec = service.search(image=red, k=5)
+    with_image = {i for i, img in zip(service.item_ids, service.images) if img}
+    assert set(rec.item_ids) <= with_image  # only items that have an image are in image_items
+    assert [service.categories[service.item_ids.index(i)] for i in rec.item_ids[:3]] == ["shoes"] * 3
+    # the same image as a PIL image and as a path gives the same answer
+    img = Image.open(io.BytesIO(red))
+    assert service.search(image=img, k=5).item_ids == rec.item_ids
+    both = service.search(text="mystery novel", image=red, k=4)
+    assert len(both.item_ids) == 4 and both.reasons[0].startswith("text ")
+    assert both.scores == sorted(both.scores, reverse=True)
+
+
+def test_score_user_and_batches(service):
+    score = service.score_user("u002")
+    assert isinstance(score, FraudScore)
+    assert score.probability == pytest.approx(float(service.fraud_prob[2]))
+    assert score.flagged == (score.probability >= score.threshold)
+    assert score.reasons and all(isinstance(r, str) for r in score.reasons)
+    names = service._user_feature_names
+    assert any(r.split(" = ")[0] in names for r in score.reasons) or score.reasons[0].startswith("no behaviour")
+    assert service.score_users(["u002", "u005"])[0] == score
+    users = ["u001", "u010", "u020"]
+    assert service.recommend_batch(users, k=4) == [service.recommend(u, k=4) for u in users]
+    assert service.similar_items_batch(["i001", "i002"], k=3) == [service.similar_items(i, k=3)
+                                                                  for i in ("i001", "i002")]
+    texts = ["cookbook", "smart watch"]
+    assert service.search_batch(texts, k=3) == [service.search(text=t, k=3) for t in texts]
+
+
+def test_cold_start(service):
+    rec = service.recommend_for_items(["i001", "i002"], k=5)
+    q = service.item_emb[[1, 2]].mean(axis=0)
+    ids, _ = _brute(service, q, {1, 2}, 5)
+    assert rec.item_ids == ids
+    assert all(r.startswith("similar to '") for r in rec.reasons)
+    rec = service.recommend_for_text("leather boots", k=5)
+    assert len(rec.item_ids) == 5 and all(r.endswith("(matches your text)") for r in rec.reasons)
+
+
+def test_add_and_remove_item_without_retraining(run_path):
+    svc = load_service(run_path)
+    n = len(svc.item_ids)
+    n_text, n_image = svc.indexes["text_items"].count, svc.indexes["image_items"].count
+    pos = svc.add_item("new1", "glow in the dark frisbee", category="toys", price=9.5,
+                       image=solid_png((20, 220, 20), seed=5))
+    assert pos == n and svc.has_item("new1")
+    assert svc.indexes["gnn_items"].count == n + 1
+    # found by text and by image, and ranked by the GNN like any other item
+    assert svc.search(text="glow in the dark frisbee", k=3).item_ids[0] == "new1"
+    assert svc.search(image=solid_png((20, 220, 20), seed=6), k=1).item_ids == ["new1"]
+    ids, _ = _brute(svc, svc.user_emb[0], _purchased(svc, run_path, "u000"), 31)
+    assert svc.recommend("u000", k=31).item_ids == ids and "new1" in ids
+    assert svc.recommend("u000", k=3, category="toys").item_ids == ["new1"]
+    assert len(svc.similar_items("new1", k=5).item_ids) == 5
+    # the stored embedding is the model's inductive pass over the item's own feature row
+    text_vec = svc._encode_texts(["glow in the dark frisbee. toys"])[0]
+    image_vec = svc._encode_image(solid_png((20, 220, 20), seed=5))[0]
+    row = svc._feature_row(text_vec, image_vec, 9.5)
+    np.testing.assert_allclose(svc._inductive_embedding(row)[0], svc.item_emb[pos], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="item_id: item 'new1' already exists"):
+        svc.add_item("new1", "again")
+    # a text-only new item is not in the image index
+    svc.add_item("new2", "heavy duty umbrella")
+    assert svc.indexes["text_items"].count == n_text + 2
+    assert svc.indexes["image_items"].count == n_image + 1
+    svc.remove_item("i004")
+    for rec in (svc.recommend("u000", k=31, exclude_seen=False), svc.similar_items("i005", k=31),
+                svc.search(text="running shoes", k=31), svc.recommend_for_items(["i001"], k=31)):
+        assert "i004" not in rec.item_ids
+    with pytest.raises(UnknownIdError, match="item_id: unknown item 'i004'"):
+        svc.similar_items("i004")
+    with pytest.raises(UnknownIdError):
+        svc.remove_item("i004")
+    assert svc.indexes["gnn_items"].count == n + 1  # +new1 +new2 -i004
+
+
+def test_new_item_features_follow_the_training_layout(service, run_path):
+    data = RunDir(run_path).load_graph()
+    names = list(data["item"].feature_names)
+    x = data["item"].x.numpy()
+    # an existing item never bought in training maps to its own stored counts
+    text_vec = data["item"].text_emb[0].numpy()
+    row = service._feature_row(text_vec, None, float(service.prices[0]))
+    col = {n: j for j, n in enumerate(names)}
+    assert row[col["has_text"]] == 1 and row[col["has_image"]] == 0 and row[col["has_price"]] == 1
+    np.testing.assert_allclose(row[[j for n, j in col.items() if n.startswith("text_")]], text_vec)
+    assert row[col["log_price"]] == pytest.approx(x[0, col["log_price"]], abs=1e-4)
+    counts = [n for n in names if n.startswith("log_n_")]
+    assert counts and set(counts) <= set(service._stat_maps)
+    for n in counts:  # no history: log1p(0) standardised, kept inside the trained range
+        a, b = service._stat_maps[n]
+        lo = float(x[:, col[n]].min())
+        assert a > 0 and row[col[n]] == pytest.approx(max(b, lo), abs=1e-5)
+    assert row[col["log_n_events"]] == pytest.approx(float(x[:, col["log_n_events"]].min()))  # all items sold here
+    no_price = service._feature_row(None, None, None)
+    assert no_price[col["has_price"]] == 0 and no_price[col["log_price"]] == 0 and no_price[col["has_text"]] == 0
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda s: s.recommend("u999"), "user_id: unknown user 'u999'"),
+    (lambda s: s.recommend("u001", k=0), r"k: expected an integer between 1 and 1000 \(got 0\)"),
+    (lambda s: s.recommend("u001", k=1001), r"k: expected an integer between 1 and 1000 \(got 1001\)"),
+    (lambda s: s.recommend("u001", k="5"), r"k: expected an integer between 1 and 1000 \(got '5'\)"),
+    (lambda s: s.similar_items("nope"), "item_id: unknown item 'nope'"),
+    (lambda s: s.score_user("zz"), "user_id: unknown user 'zz'"),
+    (lambda s: s.recommend_batch(["u001", "u999"]), r"user_ids\[1\]: unknown user 'u999'"),
+    (lambda s: s.recommend_batch([]), "user_ids: expected at least one id"),
+    (lambda s: s.search(text="   "), "text: expected a non-empty query"),
+    (lambda s: s.search(), "text, image: expected a text query, an image or both"),
+    (lambda s: s.search(image=b"not an image"), r"image: not a readable image \(12 bytes"),
+    (lambda s: s.search(image=b"\x89PNG" + bytes(11 * 2**20)), r"image: 11.0 MB is over the 10 MB limit"),
+    (lambda s: s.search(image=Image.new("L", (8000, 6000))), "image: 8000x6000 is over the 40 megapixel limit"),
+    (lambda s: s.search(image="/no/such/file.png"), "image: no such file"),
+    (lambda s: s.search_batch(["ok", ""]), r"texts\[1\]: expected a non-empty query"),
+    (lambda s: s.recommend_for_items(["i001", "x"]), r"item_ids\[1\]: unknown item 'x'"),
+    (lambda s: s.recommend_for_text(""), "text: expected a non-empty query"),
+])
+def test_bad_inputs_raise_value_error_naming_them(service, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(service)
+
+
+def test_tampered_run_is_refused(tmp_path, run_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_path, copy)
+    with open(copy / "index" / "gnn_items.faiss", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match="'index/gnn_items.faiss' does not match its checksum"):
+        ShopService.from_run(copy)
