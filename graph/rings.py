@@ -734,3 +734,72 @@ def cli_rings(args: argparse.Namespace) -> int:
     if args.export is not None:
         print(f"exported {len(rings)} case files to {args.export}")
     return 0
+
+
+class FraudCases:
+    """The fraud side of a run, loaded once, for the service and the HTTP router.
+
+    Args:
+        rings: ranked rings.
+        data: the shop graph (with user features for explanations).
+        tables: the normalised tables (timelines).
+        model: the trained GNN, or ``None`` (explanations fall back to behaviour z-scores).
+        fraud_prob: ``[U]`` GNN fraud probabilities, or ``None``.
+    """
+
+    def __init__(
+        self, rings: Sequence[Ring], data: HeteroData, tables: ShopTables, model: Any = None,
+        fraud_prob: np.ndarray | None = None,
+    ) -> None:
+        self._rings = list(rings)
+        self._by_id = {r.ring_id: r for r in self._rings}
+        self.data = data
+        self.tables = tables
+        self.model = model
+        self.fraud_prob = fraud_prob
+        self._user_index = {str(u): n for n, u in enumerate(data["user"].ids)}
+        self._explained: dict[str, Any] = {}
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, *, detector: RingDetector | None = None) -> FraudCases:
+        """Load a run; rings come from ``RUN/rings/rings.json`` when stored, else are detected now."""
+        from shopgraph.graph.explain import load_model
+        from shopgraph.graph.pipeline import load_run_tables
+
+        run = RunDir(run_dir)
+        data = run.load_graph()
+        tables = load_run_tables(run)
+        prob = load_fraud_prob(run)
+        if run.has(RINGS_FILE) and detector is None:
+            rings = load_rings(run_dir)
+        else:
+            rings = (detector or RingDetector()).fit(data, prob, tables).rings_
+        return cls(rings, data, tables, load_model(run), prob)
+
+    def rings(self, top: int | None = None) -> list[Ring]:
+        """The ranked rings (the first ``top`` when given)."""
+        return list(self._rings if top is None else self._rings[:top])
+
+    def ring(self, ring_id: str) -> Ring:
+        """One ring; ``KeyError`` naming the id when unknown."""
+        if ring_id not in self._by_id:
+            raise KeyError(f"unknown ring_id {ring_id!r} ({len(self._rings)} rings known)")
+        return self._by_id[ring_id]
+
+    def timeline(self, ring_id: str) -> pd.DataFrame:
+        """The ring's events in time order (:func:`shopgraph.graph.explain.ring_timeline`)."""
+        from shopgraph.graph.explain import ring_timeline
+
+        return ring_timeline(self.ring(ring_id), self.tables)
+
+    def explain(self, user_id: str) -> Any:
+        """Explanation of one user's fraud score (cached); ``KeyError`` naming the id when unknown."""
+        from shopgraph.graph.explain import explain_user
+
+        if user_id not in self._user_index:
+            raise KeyError(f"unknown user_id {user_id!r}")
+        if user_id not in self._explained:
+            self._explained[user_id] = explain_user(
+                self.model, self.data, self._user_index[user_id], fraud_prob=self.fraud_prob,
+            )
+        return self._explained[user_id]

@@ -1,0 +1,190 @@
+"""HTTP endpoints for fraud investigators: ranked rings, one ring's case, one user's explanation.
+
+``fraud_router`` returns a FastAPI ``APIRouter``; the application includes it::
+
+    cases = FraudCases.from_run(run_dir)            # shopgraph.graph.rings
+    app.include_router(fraud_router(cases.rings, explain=cases.explain, timeline=cases.timeline))
+
+Contract: ``GET /fraud/rings?top=`` (1 <= top <= ``max_top``, else 422), ``GET /fraud/ring/{ring_id}``
+and ``GET /fraud/explain?user_id=`` (unknown ids: 404 naming the id). Errors raised by the
+callables are mapped to 4xx (``KeyError`` 404, ``ValueError``/``TypeError`` 422) and an absent
+capability to 503, so a client never sees a 500 for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pandas as pd
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, Field
+
+from shopgraph.graph.explain import Explanation
+from shopgraph.graph.rings import SCHEMA_VERSION, Ring
+
+logger = logging.getLogger(__name__)
+
+
+class RingEvidence(BaseModel):
+    """The numbers behind a ring's score (``docs/fraud_rings.md``); absent values are null."""
+
+    size: int | None = None
+    shared_device_count: int | None = None
+    shared_identifier_count: int | None = None
+    shared_identifiers: dict[str, list[str]] = Field(default_factory=dict)
+    accounts_per_identifier: float | None = None
+    median_account_age_days: float | None = None
+    purchase_velocity: float | None = None
+    high_risk_share: float | None = None
+    n_purchases: int | None = None
+    purchase_amount: float | None = None
+    gnn_mean: float | None = None
+    gnn_max: float | None = None
+    score_terms: dict[str, float] = Field(default_factory=dict)
+    mode: str | None = None
+
+
+class RingOut(BaseModel):
+    ring_id: str
+    rank: int
+    score: float
+    members: list[str]
+    shared_devices: list[str]
+    member_scores: dict[str, float]
+    evidence: RingEvidence
+
+
+class RingsOut(BaseModel):
+    schema_version: str
+    total: int = Field(description="rings known")
+    count: int = Field(description="rings returned")
+    rings: list[RingOut]
+
+
+class TimelineEvent(BaseModel):
+    timestamp: int | None
+    time: str
+    user_id: str
+    event_type: str
+    item_id: str
+    title: str
+    category: str
+    amount: float | None
+    device_id: str
+    shared_device: bool
+
+
+class RingCaseOut(RingOut):
+    schema_version: str
+    timeline: list[TimelineEvent] | None = Field(None, description="null when the server has no tables")
+
+
+class FeatureOut(BaseModel):
+    name: str
+    value: float
+    attribution: float
+
+
+class NeighbourOut(BaseModel):
+    node_type: str
+    node_id: str
+    attribution: float
+
+
+class ExplanationOut(BaseModel):
+    user_id: str
+    score: float | None
+    method: str
+    features: list[FeatureOut]
+    neighbours: list[NeighbourOut]
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _ring_out(ring: Ring, rank: int) -> RingOut:
+    evidence = {k: _clean(v) for k, v in ring.evidence.items() if k in RingEvidence.model_fields}
+    return RingOut(ring_id=ring.ring_id, rank=rank, score=ring.score, members=list(ring.members),
+                   shared_devices=list(ring.shared_devices), member_scores=dict(ring.member_scores),
+                   evidence=RingEvidence(**evidence))
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
+def fraud_router(
+    get_rings: Callable[[], Sequence[Ring]],
+    *,
+    explain: Callable[[str], Explanation] | None = None,
+    timeline: Callable[[str], pd.DataFrame] | None = None,
+    max_top: int = 500,
+    prefix: str = "/fraud",
+) -> APIRouter:
+    """The fraud endpoints.
+
+    Args:
+        get_rings: returns the ranked rings (called per request, so a reloaded run is served).
+        explain: ``user_id -> Explanation``; raises ``KeyError`` for an unknown user. ``None``:
+            ``/fraud/explain`` answers 503.
+        timeline: ``ring_id -> DataFrame`` (:func:`shopgraph.graph.explain.ring_timeline` columns);
+            ``None``: ring cases carry ``timeline: null``.
+        max_top: largest ``top`` accepted by ``/fraud/rings``.
+        prefix: the routes' prefix.
+
+    Returns:
+        An ``APIRouter`` with ``GET {prefix}/rings``, ``{prefix}/ring/{ring_id}`` and ``{prefix}/explain``.
+    """
+    if max_top < 1:
+        raise ValueError(f"max_top: expected a positive integer (got {max_top})")
+    router = APIRouter(prefix=prefix, tags=["fraud"])
+
+    @router.get("/rings", response_model=RingsOut, summary="Ranked fraud rings")
+    def rings(top: int = Query(20, ge=1, le=max_top, description=f"how many rings, 1..{max_top}")) -> RingsOut:
+        ranked = list(get_rings())
+        chosen = ranked[:top]
+        return RingsOut(schema_version=SCHEMA_VERSION, total=len(ranked), count=len(chosen),
+                        rings=[_ring_out(r, k) for k, r in enumerate(chosen, start=1)])
+
+    @router.get("/ring/{ring_id}", response_model=RingCaseOut, summary="One ring's case")
+    def ring(ring_id: str) -> RingCaseOut:
+        ranked = list(get_rings())
+        found = next(((k, r) for k, r in enumerate(ranked, start=1) if r.ring_id == ring_id), None)
+        if found is None:
+            raise HTTPException(404, f"unknown ring_id {ring_id!r} ({len(ranked)} rings known)")
+        rank, r = found
+        events: list[TimelineEvent] | None = None
+        if timeline is not None:
+            try:
+                frame = timeline(ring_id)
+            except KeyError as exc:
+                raise HTTPException(404, _message(exc)) from exc
+            # to_json turns NaN into null and numpy scalars into JSON numbers
+            events = [TimelineEvent(**row) for row in json.loads(frame.to_json(orient="records"))]
+        out = _ring_out(r, rank)
+        return RingCaseOut(**out.model_dump(), schema_version=SCHEMA_VERSION, timeline=events)
+
+    @router.get("/explain", response_model=ExplanationOut, summary="Why a user scores as they do")
+    def explain_user(user_id: str = Query(..., min_length=1, description="the user's id")) -> ExplanationOut:
+        if explain is None:
+            raise HTTPException(503, "explanations are not available on this server (no run loaded)")
+        try:
+            ex = explain(user_id)
+        except KeyError as exc:
+            raise HTTPException(404, _message(exc)) from exc
+        except (ValueError, TypeError) as exc:
+            raise HTTPException(422, str(exc)) from exc
+        return ExplanationOut(
+            user_id=ex.user_id, score=ex.score, method=ex.method,
+            features=[FeatureOut(**f._asdict()) for f in ex.features],
+            neighbours=[NeighbourOut(**n._asdict()) for n in ex.neighbours],
+        )
+
+    return router

@@ -1,0 +1,128 @@
+"""The fraud router's contract and error paths, on a small app over a fake run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from shopgraph.graph.explain import Explanation
+from shopgraph.graph.rings import SCHEMA_VERSION, FraudCases, Ring, RingDetector, rings_run
+from shopgraph.retrieval.fraud_api import fraud_router
+from tests.graph.test_rings import make_run
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory: pytest.TempPathFactory) -> FraudCases:
+    run_dir = make_run(tmp_path_factory.mktemp("fraud") / "run")
+    rings_run(run_dir, top=3, detector=RingDetector(hub_threshold=10))
+    return FraudCases.from_run(run_dir)
+
+
+@pytest.fixture(scope="module")
+def client(cases: FraudCases) -> TestClient:
+    app = FastAPI()
+    app.include_router(fraud_router(cases.rings, explain=cases.explain, timeline=cases.timeline, max_top=50))
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_rings_ranked_and_typed(client: TestClient, cases: FraudCases) -> None:
+    r = client.get("/fraud/rings")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["schema_version"] == SCHEMA_VERSION and body["total"] == 3 and body["count"] == 3
+    assert [x["ring_id"] for x in body["rings"]] == ["R0001", "R0002", "R0003"]
+    assert [x["rank"] for x in body["rings"]] == [1, 2, 3]
+    first = body["rings"][0]
+    assert first["members"] == cases.ring("R0001").members
+    assert first["evidence"]["size"] == len(first["members"])
+    assert first["evidence"]["mode"] == "gnn+behaviour+structure"
+    assert body["rings"][2]["members"][0] == "h0"  # the household ranks last
+    r = client.get("/fraud/rings", params={"top": 2})
+    assert r.status_code == 200 and r.json()["count"] == 2 and r.json()["total"] == 3
+
+
+@pytest.mark.parametrize("top", ["0", "-1", "51", "many"])
+def test_rings_top_out_of_range_is_422(client: TestClient, top: str) -> None:
+    r = client.get("/fraud/rings", params={"top": top})
+    assert r.status_code == 422
+
+
+def test_ring_case_with_timeline(client: TestClient, cases: FraudCases) -> None:
+    r = client.get("/fraud/ring/R0002")
+    assert r.status_code == 200
+    body = r.json()
+    ring = cases.ring("R0002")
+    assert body["ring_id"] == "R0002" and body["rank"] == 2 and body["members"] == ring.members
+    assert body["schema_version"] == SCHEMA_VERSION
+    assert len(body["timeline"]) == len(cases.timeline("R0002"))
+    times = [e["timestamp"] for e in body["timeline"]]
+    assert times == sorted(times)
+    assert set(body["timeline"][0]) == {"timestamp", "time", "user_id", "event_type", "item_id", "title",
+                                        "category", "amount", "device_id", "shared_device"}
+
+
+def test_unknown_ring_is_404_naming_it(client: TestClient) -> None:
+    r = client.get("/fraud/ring/R9999")
+    assert r.status_code == 404 and "R9999" in r.json()["detail"]
+
+
+def test_explain_user(client: TestClient) -> None:
+    r = client.get("/fraud/explain", params={"user_id": "ra2"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["user_id"] == "ra2" and body["method"] == "behaviour_zscore"  # the fake run has no model
+    assert 0 < body["score"] < 1 and len(body["features"]) == 5
+    assert {n["node_id"] for n in body["neighbours"]} <= {"dA1", "dA2"}
+
+
+def test_explain_errors(client: TestClient) -> None:
+    r = client.get("/fraud/explain", params={"user_id": "nobody"})
+    assert r.status_code == 404 and "nobody" in r.json()["detail"]
+    assert client.get("/fraud/explain").status_code == 422
+    assert client.get("/fraud/explain", params={"user_id": ""}).status_code == 422
+
+
+def _app(**kwargs: object) -> TestClient:
+    app = FastAPI()
+    rings = [Ring("R0001", ["a", "b", "c"], 0.7, ["d1"], {"a": 0.9, "b": 0.5, "c": 0.1},
+                  {"size": 3, "median_account_age_days": float("nan"), "unexpected": object()})]
+    app.include_router(fraud_router(lambda: rings, **kwargs))  # type: ignore[arg-type]
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_missing_capabilities_and_odd_evidence_never_500() -> None:
+    client = _app()
+    r = client.get("/fraud/rings")
+    assert r.status_code == 200
+    ev = r.json()["rings"][0]["evidence"]
+    assert ev["size"] == 3 and ev["median_account_age_days"] is None and "unexpected" not in ev
+    r = client.get("/fraud/ring/R0001")
+    assert r.status_code == 200 and r.json()["timeline"] is None
+    r = client.get("/fraud/explain", params={"user_id": "a"})
+    assert r.status_code == 503 and "not available" in r.json()["detail"]
+
+
+def test_explain_value_error_is_422() -> None:
+    def bad(user_id: str) -> Explanation:
+        raise ValueError(f"user_id: features missing for {user_id!r}")
+
+    r = _app(explain=bad).get("/fraud/explain", params={"user_id": "a"})
+    assert r.status_code == 422 and "features missing for 'a'" in r.json()["detail"]
+
+
+def test_router_rejects_bad_max_top() -> None:
+    with pytest.raises(ValueError, match=r"max_top: expected a positive integer \(got 0\)"):
+        fraud_router(lambda: [], max_top=0)
+
+
+def test_cases_from_run_without_stored_rings(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path / "run", with_prob=False)
+    cases = FraudCases.from_run(run_dir, detector=RingDetector(hub_threshold=10))
+    assert cases.model is None and cases.fraud_prob is None
+    assert [r.ring_id for r in cases.rings()] == ["R0001", "R0002", "R0003"]
+    with pytest.raises(KeyError, match="unknown ring_id 'R0042'"):
+        cases.ring("R0042")
+    assert cases.explain("h1").score is None
