@@ -411,7 +411,9 @@ def _generate_into(folder: Path, *, n_users: int, seed: int, label_noise: float,
     steps.update()
 
     steps.set_postfix_str("tables")
-    n_fraud = _write_tables(folder, rng, roles, items, dev, ev, label_noise)
+    # Label noise has its own stream, so a noisy run differs from the clean one only in labels.
+    noise_rng = np.random.default_rng(np.random.SeedSequence([seed, 0x1ABE1]))
+    n_fraud = _write_tables(folder, rng, roles, items, dev, ev, label_noise, noise_rng)
     steps.update()
 
     steps.set_postfix_str("images")
@@ -900,7 +902,7 @@ def _burst_events(rng: np.random.Generator, user: np.ndarray, start: np.ndarray,
 
 
 def _write_tables(folder: Path, rng: np.random.Generator, roles: _Roles, items: _Items, dev: _Devices,
-                  ev: _Events, label_noise: float) -> int:
+                  ev: _Events, label_noise: float, noise_rng: np.random.Generator) -> int:
     n_users = roles.fraud.size
     user_ids = np.array([f"u{k:06d}" for k in range(n_users)], dtype=object)
     country = rng.choice(len(_COUNTRIES), n_users, p=_COUNTRY_P / _COUNTRY_P.sum())
@@ -936,7 +938,7 @@ def _write_tables(folder: Path, rng: np.random.Generator, roles: _Roles, items: 
     is_fraud = roles.fraud.astype(np.int64)
     n_flip = int(round(label_noise * n_users))
     if n_flip:
-        flip = rng.choice(n_users, n_flip, replace=False)
+        flip = noise_rng.choice(n_users, n_flip, replace=False)
         is_fraud[flip] = 1 - is_fraud[flip]
     ring_id = np.where(roles.ring >= 0, np.char.add("ring_", np.char.zfill(roles.ring.astype(str), 3)), "")
     labels = pd.DataFrame({"user_id": user_ids, "is_fraud": is_fraud, "ring_id": ring_id.astype(object)})

