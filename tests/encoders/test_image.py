@@ -1,0 +1,296 @@
+"""ImageEncoder: every kind of bad file, preprocessing, a tiny random ViT, and (slow) EfficientNet-Lite0."""
+
+from __future__ import annotations
+
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from shopgraph.encoders.image import ImageEncoder, efficientnet_preprocess, load_rgb
+
+
+def make_tiny_vit(folder: Path, seed: int = 0) -> Path:
+    """Save a randomly initialised 1-layer ViT (32x32 input) and its PIL image processor."""
+    from transformers import ViTConfig, ViTModel
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32,
+    )
+    ViTModel(config).save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_vit(tmp_path_factory.mktemp("tiny_vit"))
+
+
+def stripes(seed: int, size: tuple[int, int] = (120, 90)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    step = int(rng.integers(10, 20))
+    for x in range(int(rng.integers(0, 8)), size[0], step):
+        draw.rectangle([x, 0, x + 4, size[1]], fill=tuple(int(c) for c in rng.integers(0, 120, 3)))
+    return img
+
+
+def circles(seed: int, size: tuple[int, int] = (120, 90)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    for _ in range(5):
+        x, y = (int(v) for v in rng.integers(10, min(size) - 10, 2))
+        r = int(rng.integers(8, 25))
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(c) for c in rng.integers(100, 255, 3)))
+    return img
+
+
+def png_claiming_size(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG whose header declares width x height (a decompression bomb as PIL sees it)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def _encode(encoder: ImageEncoder, paths: list[Path | None]):  # type: ignore[no-untyped-def]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return encoder.encode(paths)
+
+
+@pytest.fixture
+def good_jpg(tmp_path: Path) -> Path:
+    stripes(0).save(tmp_path / "good.jpg")
+    return tmp_path / "good.jpg"
+
+
+def _bad_file(kind: str, folder: Path) -> Path:
+    if kind == "missing":
+        return folder / "does_not_exist.jpg"
+    if kind == "not_an_image":
+        (folder / "x.jpg").write_text("this is text, not a JPEG")
+        return folder / "x.jpg"
+    if kind == "truncated_jpeg":
+        stripes(1, (300, 200)).save(folder / "full.jpg")
+        data = (folder / "full.jpg").read_bytes()
+        (folder / "cut.jpg").write_bytes(data[: len(data) // 2])
+        return folder / "cut.jpg"
+    if kind == "truncated_png":
+        circles(1, (300, 200)).save(folder / "full.png")
+        data = (folder / "full.png").read_bytes()
+        (folder / "cut.png").write_bytes(data[: len(data) // 2])
+        return folder / "cut.png"
+    if kind == "bomb":  # 100k x 100k: beyond both max_pixels and Pillow's own limit
+        return png_claiming_size(folder / "bomb.png", 100_000, 100_000)
+    if kind == "over_max_pixels":  # 60M pixels: over the default max_pixels, under Pillow's limit
+        return png_claiming_size(folder / "big.png", 10_000, 6_000)
+    if kind == "directory":
+        (folder / "adir.jpg").mkdir()
+        return folder / "adir.jpg"
+    raise KeyError(kind)
+
+
+@pytest.mark.parametrize(
+    ("case", "kind"),
+    [
+        ("missing", "missing"),
+        ("not_an_image", "not_an_image"),
+        ("truncated_jpeg", "truncated"),
+        ("truncated_png", "truncated"),
+        ("bomb", "too_large"),
+        ("over_max_pixels", "too_large"),
+        ("directory", "unreadable"),
+    ],
+)
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_bad_files_are_counted_not_fatal(
+    tiny_vit: Path, tmp_path: Path, good_jpg: Path, case: str, kind: str, num_workers: int
+) -> None:
+    bad = _bad_file(case, tmp_path)
+    enc = ImageEncoder(tiny_vit, num_workers=num_workers, batch_size=2)
+    with pytest.warns(UserWarning, match=f"1 of 3 image files could not be encoded \\({kind}: 1"):
+        res = enc.encode([good_jpg, bad, good_jpg])
+    assert res.ok.tolist() == [True, False, True]
+    assert res.problems == {kind: 1}
+    assert res.first_problem == {kind: str(bad)}
+    assert res.kinds == [(), (kind,), ()]
+    assert np.all(res.embeddings[1] == 0)
+    np.testing.assert_allclose(np.linalg.norm(res.embeddings[[0, 2]], axis=1), 1.0, rtol=1e-5)
+
+
+def test_no_image_is_counted_without_a_warning(tiny_vit: Path, good_jpg: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = ImageEncoder(tiny_vit).encode([None, good_jpg, None])
+    assert res.ok.tolist() == [False, True, False]
+    assert res.problems == {"no_image": 2}
+
+
+def test_max_pixels_is_checked_from_the_header(tiny_vit: Path, tmp_path: Path) -> None:
+    stripes(0, (200, 100)).save(tmp_path / "a.png")  # 20,000 pixels
+    res = _encode(ImageEncoder(tiny_vit, max_pixels=19_999), [tmp_path / "a.png"])
+    assert res.problems == {"too_large": 1}
+    res = _encode(ImageEncoder(tiny_vit, max_pixels=20_000), [tmp_path / "a.png"])
+    assert res.problems == {} and res.ok.all()
+
+
+def _converted(tmp_path: Path, case: str) -> Path:
+    base = circles(3)
+    if case == "grayscale":
+        img = base.convert("L")
+    elif case == "grayscale16":
+        arr = (np.asarray(base.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+        img = Image.fromarray(arr, mode="I;16")
+    elif case == "cmyk":
+        img = base.convert("CMYK")
+    elif case == "rgba":
+        img = base.convert("RGBA")
+        img.putalpha(Image.new("L", base.size, 100))
+    elif case == "la":
+        img = base.convert("LA")
+        img.putalpha(Image.new("L", base.size, 0))
+    elif case == "palette":
+        img = base.convert("P")
+    elif case == "palette_transparent":  # index 0 (the background) is transparent
+        img = Image.new("P", base.size, 0)
+        img.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255] + [0] * 759)
+        ImageDraw.Draw(img).ellipse([10, 10, 60, 60], fill=1)
+        ImageDraw.Draw(img).rectangle([70, 20, 100, 80], fill=2)
+    else:
+        raise KeyError(case)
+    path = tmp_path / f"{case}.{'jpg' if case == 'cmyk' else 'png'}"
+    if case == "palette_transparent":
+        img.save(path, transparency=0)
+    else:
+        img.save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "kinds"),
+    [
+        ("grayscale", {"converted_grayscale": 1}),
+        ("grayscale16", {"converted_grayscale": 1}),
+        ("cmyk", {"converted_cmyk": 1}),
+        ("rgba", {"converted_transparent": 1}),
+        ("la", {"converted_grayscale": 1, "converted_transparent": 1}),
+        ("palette", {"converted_palette": 1}),
+        ("palette_transparent", {"converted_transparent": 1}),
+    ],
+)
+def test_conversions_are_encoded_and_counted(tiny_vit: Path, tmp_path: Path, case: str, kinds: dict[str, int]) -> None:
+    path = _converted(tmp_path, case)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a conversion is not a failure: no warning
+        res = ImageEncoder(tiny_vit, num_workers=0).encode([path])
+    assert res.ok.tolist() == [True]
+    assert res.problems == kinds
+    assert set(res.first_problem.values()) == {str(path)}
+    assert np.isclose(np.linalg.norm(res.embeddings[0]), 1.0, rtol=1e-5)
+
+
+def test_transparency_is_composited_on_white(tmp_path: Path) -> None:
+    img = Image.new("RGBA", (10, 10), (255, 0, 0, 255))
+    img.paste((0, 0, 0, 0), (0, 0, 5, 10))  # left half fully transparent black
+    img.save(tmp_path / "t.png")
+    rgb, kinds = load_rgb(tmp_path / "t.png", max_pixels=10**6, draft_size=256)
+    assert rgb is not None and rgb.mode == "RGB" and kinds == ["converted_transparent"]
+    assert rgb.getpixel((1, 1)) == (255, 255, 255)
+    assert rgb.getpixel((8, 8)) == (255, 0, 0)
+
+
+def test_sixteen_bit_grayscale_keeps_its_contrast(tmp_path: Path) -> None:
+    arr = np.zeros((8, 8), dtype=np.uint16)
+    arr[:, 4:] = 65535
+    Image.fromarray(arr, mode="I;16").save(tmp_path / "g16.png")
+    rgb, _ = load_rgb(tmp_path / "g16.png", max_pixels=10**6, draft_size=256)
+    assert rgb is not None
+    assert rgb.getpixel((0, 0)) == (0, 0, 0) and rgb.getpixel((7, 0)) == (255, 255, 255)
+
+
+def test_efficientnet_preprocess_shape_and_scale() -> None:
+    img = Image.new("RGB", (640, 300), (255, 0, 0))
+    x = efficientnet_preprocess(img)
+    assert x.shape == (3, 224, 224) and x.dtype == torch.float32
+    np.testing.assert_allclose(x[0].numpy(), 1.0, atol=1e-6)  # red: (1 - 0.5) / 0.5
+    np.testing.assert_allclose(x[1].numpy(), -1.0, atol=1e-6)
+    tiny = efficientnet_preprocess(Image.new("RGB", (10, 7)))
+    assert tiny.shape == (3, 224, 224)
+
+
+def test_workers_and_batches_agree(tiny_vit: Path, tmp_path: Path) -> None:
+    paths: list[Path | None] = []
+    for k in range(5):
+        stripes(k).save(tmp_path / f"s{k}.jpg")
+        paths.append(tmp_path / f"s{k}.jpg")
+    paths.insert(2, None)
+    a = _encode(ImageEncoder(tiny_vit, num_workers=0, batch_size=1), paths)
+    b = _encode(ImageEncoder(tiny_vit, num_workers=2, batch_size=4), paths)
+    np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-5)
+    assert a.ok.tolist() == b.ok.tolist() == [True, True, False, True, True, True]
+
+
+def test_hf_model_dim_name_and_empty_input(tiny_vit: Path) -> None:
+    enc = ImageEncoder(tiny_vit)
+    assert enc.dim == 16
+    assert enc.model_name.startswith(tiny_vit.name + "@")
+    res = enc.encode([])
+    assert res.embeddings.shape == (0, 16) and res.ok.shape == (0,) and res.problems == {}
+
+
+def test_default_model_name_and_dim_without_loading() -> None:
+    enc = ImageEncoder()
+    assert enc.dim == 1280 and enc._model is None
+    assert enc.model_name.startswith("efficientnet-lite0@")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": 0}, "batch_size: expected a positive integer"),
+        ({"num_workers": -1}, "num_workers: expected an integer >= 0"),
+        ({"max_pixels": 0}, "max_pixels: expected a positive integer"),
+        ({"model_path": "/nonexistent/weights.pth"}, "model_path: .*does not exist"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ImageEncoder(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_paths_argument(tiny_vit: Path) -> None:
+    enc = ImageEncoder(tiny_vit)
+    with pytest.raises(TypeError, match="got one path"):
+        enc.encode(Path("a.jpg"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"1 of 2 are not \(first: 3, index 1\)"):
+        enc.encode([None, 3])  # type: ignore[list-item]
+
+
+@pytest.mark.slow
+def test_real_efficientnet_groups_similar_images(tmp_path: Path) -> None:
+    for k in range(3):
+        stripes(k, (300, 260)).save(tmp_path / f"s{k}.jpg")
+        circles(k, (300, 260)).save(tmp_path / f"c{k}.png")
+    paths = [tmp_path / f"s{k}.jpg" for k in range(3)] + [tmp_path / f"c{k}.png" for k in range(3)]
+    res = ImageEncoder(num_workers=1).encode(paths)
+    assert res.embeddings.shape == (6, 1280) and res.ok.all()
+    sim = res.embeddings @ res.embeddings.T
+    within = min(sim[0, 1], sim[0, 2], sim[1, 2], sim[3, 4], sim[3, 5], sim[4, 5])
+    across = sim[:3, 3:].max()
+    assert within > across + 0.1, (within, across)

@@ -1,0 +1,158 @@
+"""TextEncoder on a tiny random BERT (fast) and, marked slow, on the bundled all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shopgraph.encoders.text import TextEncoder, item_text
+
+WORDS = [
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "blue", "running", "shoes", "laptop",
+    "charger", "book", "the", "a", "of", "cotton", "shirt", "gift", "card", "phone",
+]
+
+
+def make_tiny_bert(folder: Path, seed: int = 0, hidden: int = 16) -> Path:
+    """Save a randomly initialised 1-layer BERT + a WordPiece tokenizer built from a vocab file."""
+    import transformers
+    from transformers import BertConfig, BertModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(WORDS) + "\n")
+    vocab = {w: k for k, w in enumerate(vocab_file.read_text().split())}
+    fast = transformers.BertTokenizerFast  # type: ignore[attr-defined]  # an alias in transformers 5
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        tokenizer = fast(vocab=vocab)
+    else:  # pragma: no cover - transformers 4 reads the file
+        tokenizer = fast(vocab_file=str(vocab_file))
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+TEXTS = ["red shoes", "", "the blue book of a shirt a a a a a", "laptop charger", "gift card", "phone"]
+
+
+def test_shapes_norms_and_dtype(tiny_bert: Path) -> None:
+    enc = TextEncoder(tiny_bert, device="cpu")
+    out = enc.encode(TEXTS)
+    assert out.shape == (len(TEXTS), 16) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+    assert enc.dim == 16
+
+
+def test_model_is_loaded_lazily(tiny_bert: Path) -> None:
+    enc = TextEncoder(tiny_bert)
+    assert enc._model is None
+    assert enc.dim == 16  # from config.json, still not loaded
+    assert enc._model is None
+    enc.encode(["red"])
+    assert enc._model is not None
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 64])
+def test_batching_and_length_sorting_do_not_change_results(tiny_bert: Path, batch_size: int) -> None:
+    one_by_one = np.stack([TextEncoder(tiny_bert, batch_size=1).encode([t])[0] for t in TEXTS])
+    batched = TextEncoder(tiny_bert, batch_size=batch_size).encode(TEXTS)
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+
+
+def test_order_is_restored(tiny_bert: Path) -> None:
+    enc = TextEncoder(tiny_bert, batch_size=2)
+    forward = enc.encode(TEXTS)
+    backward = enc.encode(TEXTS[::-1])
+    np.testing.assert_allclose(backward[::-1], forward, atol=1e-5)
+    # distinct texts give distinct rows (so a mix-up would be seen)
+    assert not np.allclose(forward[0], forward[3])
+
+
+def test_mean_pooling_matches_a_manual_computation(tiny_bert: Path) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    model = AutoModel.from_pretrained(tiny_bert).eval()
+    with torch.no_grad():
+        hidden = model(**tok(["laptop charger"], return_tensors="pt")).last_hidden_state[0]
+    expected = hidden.mean(0) / hidden.mean(0).norm()
+    np.testing.assert_allclose(TextEncoder(tiny_bert).encode(["laptop charger"])[0], expected.numpy(), atol=1e-5)
+
+
+def test_truncation_and_empty_input(tiny_bert: Path) -> None:
+    enc = TextEncoder(tiny_bert, max_length=4)
+    long = "red " * 200
+    short = "red red"  # [CLS] red red [SEP] is exactly the 4 kept tokens of `long`
+    np.testing.assert_allclose(enc.encode([long]), enc.encode([short]), atol=1e-5)
+    assert enc.encode([]).shape == (0, 16)
+
+
+def test_model_name_is_stable_and_tracks_config_and_length(tiny_bert: Path, tmp_path: Path) -> None:
+    a, b = TextEncoder(tiny_bert), TextEncoder(str(tiny_bert))
+    assert a.model_name == b.model_name and a.model_name.startswith(tiny_bert.name + "@")
+    assert TextEncoder(tiny_bert, max_length=32).model_name != a.model_name
+    other = make_tiny_bert(tmp_path / tiny_bert.name, hidden=8)  # same folder name, other config
+    assert TextEncoder(other).model_name != a.model_name
+
+
+def test_default_model_name_is_readable() -> None:
+    assert TextEncoder().model_name.startswith("all-MiniLM-L6-v2@")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": 0}, "batch_size: expected a positive integer"),
+        ({"max_length": 1}, "max_length: expected an integer >= 2"),
+    ],
+)
+def test_bad_arguments(tiny_bert: Path, kwargs: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TextEncoder(tiny_bert, **kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_model_path(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="model_path: expected a checkpoint folder"):
+        TextEncoder(tmp_path / "nope")
+    with pytest.raises(ValueError, match="config.json"):
+        TextEncoder(tmp_path)
+
+
+def test_bad_texts(tiny_bert: Path) -> None:
+    enc = TextEncoder(tiny_bert)
+    with pytest.raises(TypeError, match="got one str"):
+        enc.encode("red shoes")
+    with pytest.raises(TypeError, match=r"1 of 3 are not \(first: None, index 1\)"):
+        enc.encode(["a", None, "b"])  # type: ignore[list-item]
+
+
+def test_bad_device(tiny_bert: Path) -> None:
+    with pytest.raises(ValueError, match="device"):
+        TextEncoder(tiny_bert, device="tpu")
+
+
+def test_item_text() -> None:
+    assert item_text("Red shoes", "shoes", "Comfortable.") == "Red shoes. shoes. Comfortable."
+    assert item_text("Red shoes", "", "  ") == "Red shoes"
+    assert item_text("", "", "") == ""
+
+
+@pytest.mark.slow
+def test_real_model_captures_meaning() -> None:
+    enc = TextEncoder()
+    v = enc.encode(["red running shoes", "crimson sneakers", "laptop charger"])
+    assert v.shape == (3, 384)
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.2
