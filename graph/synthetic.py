@@ -1168,11 +1168,18 @@ def _render(rng: np.random.Generator, cat: int, colours: np.ndarray) -> np.ndarr
     s = rng.uniform(0.85, 1.1, (n, 1, 1)).astype(np.float32)
     x = (X[None] - dx) / s
     y = (Y[None] - dy) / s
-    img = np.repeat(bg[None], n, 0) + rng.normal(0, 6, (n, 1, 1, 3)).astype(np.float32)
+    shade = rng.normal(0, 6, (n, 1, 1, 3)).astype(np.float32)
     fg = colours.astype(np.float32) + rng.normal(0, 12, (n, 3)).astype(np.float32)
-    for mask, src in _PAINTERS[cat](x, y):
-        colour = fg[:, None, None, :] if isinstance(src, str) else np.array(src, np.float32)
-        img = np.where(mask[..., None], colour, img)
+    # Paint by layer index (0 = background), then look colours up once: far cheaper than one
+    # full-image select per layer.
+    layers = _PAINTERS[cat](x, y)
+    layer = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.int64)
+    pal = np.empty((n, len(layers) + 1, 3), dtype=np.float32)
+    pal[:, 0] = 0.0
+    for k, (mask, src) in enumerate(layers, start=1):
+        layer[mask] = k
+        pal[:, k] = fg if isinstance(src, str) else np.array(src, np.float32)
+    img = np.where((layer == 0)[..., None], bg[None] + shade, pal[np.arange(n)[:, None, None], layer])
     speck = rng.random((n, IMAGE_SIZE, IMAGE_SIZE)) < 0.01
     img[speck] = rng.uniform(0, 255, (int(speck.sum()), 3)).astype(np.float32)
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
