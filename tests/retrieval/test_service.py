@@ -94,9 +94,15 @@ def make_run(folder: Path, *, n_users: int = 40, n_items: int = 30, seed: int = 
     return run.path
 
 
-@pytest.fixture(scope="session")
+@functools.cache
+def shared_run(base: Path) -> Path:
+    """One run folder per test session, shared by the retrieval test modules."""
+    return make_run(base / "retrieval-run")
+
+
+@pytest.fixture
 def run_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_run(tmp_path_factory.mktemp("retrieval"))
+    return shared_run(tmp_path_factory.getbasetemp())
 
 
 def load_service(run_path: Path) -> ShopService:
@@ -105,8 +111,8 @@ def load_service(run_path: Path) -> ShopService:
 
 
 @pytest.fixture(scope="module")
-def service(run_path: Path) -> ShopService:
-    return load_service(run_path)
+def service(tmp_path_factory: pytest.TempPathFactory) -> ShopService:
+    return load_service(shared_run(tmp_path_factory.getbasetemp()))
 
 
 def _brute(svc: ShopService, query: np.ndarray, exclude: set[int], k: int,

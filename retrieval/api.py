@@ -1,0 +1,427 @@
+"""The HTTP API: a thin FastAPI layer over :class:`~shopgraph.retrieval.service.ShopService`.
+
+Endpoints (``docs/http_api.md``): ``GET /recommend``, ``GET /similar``, ``POST /search`` (JSON
+text or a multipart image upload), ``GET /fraud/score``, ``GET /healthz``, ``GET /metrics``
+(Prometheus text format), OpenAPI docs at ``/docs``; the Gradio app is mounted at ``/demo`` and
+the fraud-case endpoints (``retrieval/fraud_api.py``) under ``/fraud`` when they are available.
+
+Errors are JSON ``{"detail": "<argument>: <problem> (got <value>)"}``: 404 for an unknown user or
+item id, 422 for any other bad input (k outside 1..1000, empty text, unreadable image), 413 for
+an upload over the size limit, 415 for an unsupported content type, 503 when the run lacks what
+the call needs. Bad input never yields a 500.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field, ValidationError
+
+from shopgraph.retrieval.service import (
+    K_MAX,
+    MAX_IMAGE_BYTES,
+    MAX_TEXT_CHARS,
+    NotAvailableError,
+    Recommendation,
+    ShopService,
+    UnknownIdError,
+)
+
+logger = logging.getLogger(__name__)
+
+RUN_ENV = "SHOPGRAPH_RUN"
+LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                                      2.5, 5.0, 10.0)
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+# -- response models -------------------------------------------------------------------------------
+class ItemOut(BaseModel):
+    item_id: str
+    title: str
+    score: float
+    reason: str
+
+
+class RecommendOut(BaseModel):
+    user_id: str
+    k: int
+    items: list[ItemOut]
+
+
+class SimilarOut(BaseModel):
+    item_id: str
+    k: int
+    items: list[ItemOut]
+
+
+class SearchIn(BaseModel):
+    """JSON body of ``POST /search``."""
+
+    text: str = Field(..., description="the query text", max_length=MAX_TEXT_CHARS)
+    k: int = Field(10, ge=1, le=K_MAX, description=f"results, 1..{K_MAX}")
+
+
+class SearchOut(BaseModel):
+    text: str | None
+    image: bool
+    k: int
+    items: list[ItemOut]
+
+
+class FraudOut(BaseModel):
+    user_id: str
+    probability: float | None = Field(description="null when the run has no fraud scorer")
+    threshold: float
+    flagged: bool
+    scorer: str
+    reasons: list[str]
+
+
+class HealthOut(BaseModel):
+    status: str
+    users: int
+    items: int
+    indexes: dict[str, int]
+    fraud_scorer: str
+    run: str
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "unknown user or item id"},
+    422: {"model": ErrorOut, "description": "invalid parameter (the message names it and the value)"},
+}
+
+
+def _items(rec: Recommendation) -> list[ItemOut]:
+    return [ItemOut(item_id=i, title=t, score=s, reason=r)
+            for i, s, r, t in zip(rec.item_ids, rec.scores, rec.reasons, rec.titles)]
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+class Metrics:
+    """Request counts and a latency histogram per route, rendered in Prometheus text format.
+
+    Counts are per process: with several workers each keeps its own.
+    """
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = buckets
+        self._lock = threading.Lock()
+        self._requests: dict[tuple[str, str, int], int] = {}
+        self._hist: dict[tuple[str, str], list[float]] = {}  # bucket counts..., sum, count
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        with self._lock:
+            key = (method, route, status)
+            self._requests[key] = self._requests.get(key, 0) + 1
+            h = self._hist.setdefault((method, route), [0.0] * (len(self.buckets) + 2))
+            for n, bound in enumerate(self.buckets):
+                if seconds <= bound:
+                    h[n] += 1
+            h[-2] += seconds
+            h[-1] += 1
+
+    def render(self) -> str:
+        lines = ["# HELP shopgraph_http_requests_total HTTP requests by method, route and status.",
+                 "# TYPE shopgraph_http_requests_total counter"]
+        with self._lock:
+            for (method, route, status), n in sorted(self._requests.items()):
+                lines.append(f'shopgraph_http_requests_total{{method="{method}",route="{route}",'
+                             f'status="{status}"}} {n}')
+            lines += ["# HELP shopgraph_http_request_duration_seconds HTTP request latency.",
+                      "# TYPE shopgraph_http_request_duration_seconds histogram"]
+            for (method, route), h in sorted(self._hist.items()):
+                labels = f'method="{method}",route="{route}"'
+                for bound, n in zip(self.buckets, h):
+                    lines.append(f'shopgraph_http_request_duration_seconds_bucket{{{labels},le="{bound:g}"}} {int(n)}')
+                lines.append(f'shopgraph_http_request_duration_seconds_bucket{{{labels},le="+Inf"}} {int(h[-1])}')
+                lines.append(f"shopgraph_http_request_duration_seconds_sum{{{labels}}} {h[-2]:.6f}")
+                lines.append(f"shopgraph_http_request_duration_seconds_count{{{labels}}} {int(h[-1])}")
+        return "\n".join(lines) + "\n"
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware (no per-request task or body copy) feeding :class:`Metrics`.
+
+    Requests are labelled by route template (``/recommend``), never the raw path, so the label
+    set stays bounded; unmatched paths count as ``"unmatched"``.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.observe(scope.get("method", ""), route, status, time.perf_counter() - start)
+
+
+# -- errors ----------------------------------------------------------------------------------------
+def _validation_message(errors: list[Any]) -> str:
+    parts = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "body", "path", "form")]
+        name = ".".join(loc) or "request"
+        msg = str(err.get("msg", "invalid"))
+        if err.get("type") == "missing":
+            parts.append(f"{name}: required")
+        else:
+            parts.append(f"{name}: {msg[0].lower() + msg[1:] if msg else msg} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def unknown_id(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    async def bad_value(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    async def not_available(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
+        errors = exc.errors() if isinstance(exc, RequestValidationError | ValidationError) else []
+        return JSONResponse({"detail": _validation_message(list(errors))}, status_code=422)
+
+    app.add_exception_handler(UnknownIdError, unknown_id)
+    app.add_exception_handler(ValueError, bad_value)
+    app.add_exception_handler(TypeError, bad_value)
+    app.add_exception_handler(NotAvailableError, not_available)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(ValidationError, invalid_request)  # a ValueError: more specific wins
+
+
+# -- optional mounts -------------------------------------------------------------------------------
+def mount_demo(app: FastAPI, service: ShopService, path: str = "/demo") -> bool:
+    """Mount the Gradio app (``shopgraph.ui.app.build_app(service)``) at ``path``.
+
+    The UI module is optional here: when it (or gradio) is missing, or building the app fails,
+    the API is served without it and a log line says why.
+
+    Returns:
+        Whether the demo was mounted.
+    """
+    try:
+        import gradio
+
+        from shopgraph.ui.app import build_app
+    except ImportError as exc:
+        logger.info("Gradio demo not mounted at %s: %s", path, exc)
+        return False
+    try:
+        blocks = build_app(service)
+        gradio.mount_gradio_app(app, blocks, path=path)
+    except Exception as exc:  # noqa: BLE001 - the API must come up without the demo
+        logger.warning("Gradio demo not mounted at %s: building it failed (%s: %s)", path,
+                       type(exc).__name__, exc)
+        return False
+    logger.info("Gradio demo mounted at %s", path)
+    return True
+
+
+def include_fraud_cases(app: FastAPI, run_dir: Path | None) -> bool:
+    """Add the fraud investigators' endpoints (``retrieval/fraud_api.py``) when the run has rings.
+
+    Returns:
+        Whether the routes were added.
+    """
+    if run_dir is None:
+        return False
+    try:
+        from shopgraph.graph.rings import FraudCases
+        from shopgraph.retrieval.fraud_api import fraud_router
+    except ImportError as exc:
+        logger.info("fraud case endpoints not served: %s", exc)
+        return False
+    try:
+        cases = FraudCases.from_run(run_dir)
+        app.include_router(fraud_router(cases.rings, explain=cases.explain, timeline=cases.timeline))
+    except Exception as exc:  # noqa: BLE001 - optional feature; the core API must start
+        logger.info("fraud case endpoints not served (%s: %s)", type(exc).__name__, exc)
+        return False
+    return True
+
+
+# -- the app ---------------------------------------------------------------------------------------
+def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = True) -> FastAPI:
+    """The FastAPI application over ``service``.
+
+    Args:
+        service: a loaded :class:`ShopService`.
+        demo: try to mount the Gradio app at ``/demo`` (:func:`mount_demo`).
+        fraud_cases: try to add the ``/fraud/rings|ring|explain`` endpoints (:func:`include_fraud_cases`).
+    """
+    app = FastAPI(
+        title="ShopGraph API",
+        version="0.1.0",
+        description="Recommendations, similar items, text/image search and fraud scores from a ShopGraph run.",
+    )
+    metrics = Metrics()
+    app.state.metrics = metrics
+    app.state.service = service
+    _install_error_handlers(app)
+    k_param = Query(10, ge=1, le=K_MAX, description=f"number of results, 1..{K_MAX}")
+
+    @app.get("/recommend", response_model=RecommendOut, responses=_ERRORS, tags=["recommend"],
+             summary="Top-k items for a user")
+    def recommend(
+        user_id: str = Query(..., description="external user id"),
+        k: int = k_param,
+        exclude_seen: bool = Query(True, description="drop items the user already purchased"),
+        category: str | None = Query(None, description="only items of this category"),
+    ) -> RecommendOut:
+        rec = service.recommend(user_id, k, exclude_seen=exclude_seen, category=category)
+        return RecommendOut(user_id=user_id, k=k, items=_items(rec))
+
+    @app.get("/similar", response_model=SimilarOut, responses=_ERRORS, tags=["recommend"],
+             summary="Items similar to an item")
+    def similar(item_id: str = Query(..., description="external item id"), k: int = k_param) -> SimilarOut:
+        return SimilarOut(item_id=item_id, k=k, items=_items(service.similar_items(item_id, k)))
+
+    search_body = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": SearchIn.model_json_schema()},
+                "multipart/form-data": {"schema": {
+                    "type": "object",
+                    "properties": {
+                        "image": {"type": "string", "format": "binary",
+                                  "description": f"an image file, at most {MAX_IMAGE_BYTES // 2**20} MB"},
+                        "text": {"type": "string", "description": "optional text, combined with the image"},
+                        "k": {"type": "integer", "minimum": 1, "maximum": K_MAX, "default": 10},
+                    },
+                    "required": ["image"],
+                }},
+            },
+        }
+    }
+
+    @app.post("/search", response_model=SearchOut, responses={
+        **_ERRORS, 413: {"model": ErrorOut, "description": "upload too large"},
+        415: {"model": ErrorOut, "description": "unsupported content type"},
+        503: {"model": ErrorOut, "description": "the run has no text or image index"},
+    }, tags=["search"], summary="Search items by text (JSON) or image (multipart)", openapi_extra=search_body)
+    async def search(request: Request) -> SearchOut:
+        ctype = request.headers.get("content-type", "")
+        text: str | None = None
+        image: bytes | None = None
+        if ctype.startswith("multipart/form-data"):
+            length = int(request.headers.get("content-length") or 0)
+            if length > MAX_IMAGE_BYTES + (1 << 20):
+                raise HTTPException(413, f"image: upload of {length / 2**20:.1f} MB is over the "
+                                         f"{MAX_IMAGE_BYTES // 2**20} MB limit")
+            form = await request.form()
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise ValueError("image: expected a file field named 'image' in the multipart form (got none)")
+            image = await upload.read(MAX_IMAGE_BYTES + 1)
+            raw_text = form.get("text")
+            text = raw_text if isinstance(raw_text, str) and raw_text != "" else None
+            raw_k = form.get("k", "10")
+            try:
+                k = int(str(raw_k))
+            except ValueError:
+                raise ValueError(f"k: expected an integer between 1 and {K_MAX} (got {raw_k!r})") from None
+        elif ctype.startswith("application/json") or not ctype:
+            try:
+                body = await request.json()
+            except ValueError:
+                raise ValueError("body: expected a JSON object like {\"text\": \"red shoes\", \"k\": 10}") from None
+            parsed = SearchIn.model_validate(body)
+            text, k = parsed.text, parsed.k
+        else:
+            raise HTTPException(415, f"content-type: expected application/json or multipart/form-data (got {ctype!r})")
+        rec = await run_in_threadpool(service.search, text=text, image=image, k=k)
+        return SearchOut(text=text, image=image is not None, k=k, items=_items(rec))
+
+    @app.get("/fraud/score", response_model=FraudOut, responses=_ERRORS, tags=["fraud"],
+             summary="Fraud probability of a user")
+    def fraud_score(user_id: str = Query(..., description="external user id")) -> FraudOut:
+        s = service.score_user(user_id)
+        p = s.probability
+        return FraudOut(user_id=s.user_id, probability=None if math.isnan(p) else p, threshold=s.threshold,
+                        flagged=s.flagged, scorer=str(service.fraud.get("kind", "none")), reasons=s.reasons)
+
+    @app.get("/healthz", response_model=HealthOut, tags=["ops"], summary="Liveness and what is loaded")
+    def healthz() -> HealthOut:
+        return HealthOut(status="ok", **service.info())
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["ops"],
+             summary="Request counts and latency histogram (Prometheus text format)")
+    def metrics_endpoint() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    if fraud_cases:
+        include_fraud_cases(app, service.run_path)
+    if demo:
+        mount_demo(app, service)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # type: ignore[arg-type]
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """App factory for multi-worker uvicorn: loads the run named by ``$SHOPGRAPH_RUN``."""
+    run = os.environ.get(RUN_ENV)
+    if not run:
+        raise RuntimeError(f"{RUN_ENV} is not set (use `shopgraph serve --run RUN`)")
+    return create_app(ShopService.from_run(run))
+
+
+def cli_serve(args: argparse.Namespace) -> int:
+    """``shopgraph serve --run RUN [--host H] [--port P] [--workers N]``."""
+    import uvicorn
+
+    run = Path(args.run).resolve()
+    if not (run / "manifest.json").is_file():
+        raise FileNotFoundError(f"run folder {run}: no manifest.json (run `shopgraph build` first)")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host}: the API has no authentication", flush=True)
+    workers = int(getattr(args, "workers", 1) or 1)
+    print(f"serving {run} on http://{args.host}:{args.port} ({workers} worker{'s' if workers > 1 else ''}); "
+          f"docs at /docs", flush=True)
+    if workers == 1:
+        app = create_app(ShopService.from_run(run))
+        uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info")
+    else:
+        os.environ[RUN_ENV] = str(run)
+        uvicorn.run("shopgraph.retrieval.api:app_from_env", factory=True, host=args.host, port=args.port,
+                    workers=workers, access_log=False, log_level="info")
+    return 0

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from shopgraph.retrieval.api import Metrics, create_app
+from tests.retrieval.test_service import load_service, shared_run, solid_png
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    service = load_service(shared_run(tmp_path_factory.getbasetemp()))
+    app = create_app(service, demo=False, fraud_cases=False)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        c.service = service  # type: ignore[attr-defined]
+        yield c
+
+
+def test_recommend_contract(client):
+    r = client.get("/recommend", params={"user_id": "u001", "k": 5})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["user_id"] == "u001" and body["k"] == 5 and len(body["items"]) == 5
+    rec = client.service.recommend("u001", 5)
+    assert [i["item_id"] for i in body["items"]] == rec.item_ids
+    assert [i["score"] for i in body["items"]] == pytest.approx(rec.scores)
+    assert set(body["items"][0]) == {"item_id", "title", "score", "reason"}
+    r = client.get("/recommend", params={"user_id": "u001", "k": 3, "category": "books", "exclude_seen": "false"})
+    assert r.status_code == 200
+    assert all(client.service.categories[client.service.item_ids.index(i["item_id"])] == "books"
+               for i in r.json()["items"])
+
+
+def test_similar_search_fraud_health(client):
+    r = client.get("/similar", params={"item_id": "i003", "k": 4})
+    assert r.status_code == 200 and r.json()["item_id"] == "i003"
+    assert [i["item_id"] for i in r.json()["items"]] == client.service.similar_items("i003", 4).item_ids
+    r = client.post("/search", json={"text": "running shoes", "k": 3})
+    assert r.status_code == 200
+    assert r.json()["text"] == "running shoes" and r.json()["image"] is False
+    assert [i["item_id"] for i in r.json()["items"]] == client.service.search(text="running shoes", k=3).item_ids
+    png = solid_png((210, 30, 30), seed=3)
+    r = client.post("/search", files={"image": ("red.png", png, "image/png")}, data={"k": "4"})
+    assert r.status_code == 200 and r.json()["image"] is True and len(r.json()["items"]) == 4
+    assert [i["item_id"] for i in r.json()["items"]] == client.service.search(image=png, k=4).item_ids
+    r = client.post("/search", files={"image": ("red.png", png, "image/png")}, data={"text": "boots", "k": "2"})
+    assert r.status_code == 200 and r.json()["text"] == "boots" and len(r.json()["items"]) == 2
+    r = client.get("/fraud/score", params={"user_id": "u002"})
+    assert r.status_code == 200
+    body = r.json()
+    s = client.service.score_user("u002")
+    assert body["probability"] == pytest.approx(s.probability) and body["flagged"] == s.flagged
+    assert body["threshold"] == pytest.approx(s.threshold) and body["scorer"] == "gnn" and body["reasons"]
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert r.json()["indexes"]["gnn_items"] == 30 and r.json()["users"] == 40
+
+
+def test_openapi_docs(client):
+    spec = client.get("/openapi.json").json()
+    for path in ("/recommend", "/similar", "/search", "/fraud/score", "/healthz", "/metrics"):
+        assert path in spec["paths"]
+    assert set(spec["paths"]["/search"]["post"]["requestBody"]["content"]) == {
+        "application/json", "multipart/form-data"}
+    assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize("method, url, kwargs, status, message", [
+    ("get", "/recommend", {"params": {"user_id": "u999"}}, 404, "user_id: unknown user 'u999'"),
+    ("get", "/recommend", {"params": {"user_id": "u001", "k": 0}}, 422, "k: input should be greater than or equal to 1 (got '0')"),
+    ("get", "/recommend", {"params": {"user_id": "u001", "k": 1001}}, 422, "k: input should be less than or equal to 1000 (got '1001')"),
+    ("get", "/recommend", {"params": {"user_id": "u001", "k": "ten"}}, 422, "k: input should be a valid integer"),
+    ("get", "/recommend", {"params": {}}, 422, "user_id: required"),
+    ("get", "/recommend", {"params": {"user_id": "u001", "category": "toys"}}, 422, "category: unknown category 'toys'"),
+    ("get", "/similar", {"params": {"item_id": "nope"}}, 404, "item_id: unknown item 'nope'"),
+    ("get", "/similar", {"params": {"item_id": "i001", "k": 5000}}, 422, "k: input should be less than or equal to 1000"),
+    ("get", "/fraud/score", {"params": {"user_id": "x"}}, 404, "user_id: unknown user 'x'"),
+    ("post", "/search", {"json": {"text": ""}}, 422, "text: expected a non-empty query (got '')"),
+    ("post", "/search", {"json": {"text": "shoes", "k": 0}}, 422, "k: input should be greater than or equal to 1 (got 0)"),
+    ("post", "/search", {"json": {"k": 3}}, 422, "text: required"),
+    ("post", "/search", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422,
+     "body: expected a JSON object"),
+    ("post", "/search", {"content": b"hello", "headers": {"content-type": "text/plain"}}, 415,
+     "content-type: expected application/json or multipart/form-data (got 'text/plain')"),
+    ("post", "/search", {"files": {"image": ("x.png", b"not an image", "image/png")}}, 422,
+     "image: not a readable image (12 bytes"),
+    ("post", "/search", {"files": {"image": ("x.png", b"", "image/png")}}, 422, "image: the upload is empty"),
+    ("post", "/search", {"files": {"other": ("x.png", b"abc", "image/png")}}, 422,
+     "image: expected a file field named 'image'"),
+    ("post", "/search", {"files": {"image": ("x.png", b"\x89PNG" + bytes(12 * 2**20), "image/png")}}, 413,
+     "image: upload of 12.0 MB is over the 10 MB limit"),
+    ("post", "/search", {"files": {"image": ("x.png", b"\x89PNG" + bytes(10 * 2**20), "image/png")}}, 422,
+     "image: 10.0 MB is over the 10 MB limit"),
+    ("post", "/search", {"files": {"image": ("x.png", solid_png((1, 2, 3)), "image/png")}, "data": {"k": "x"}}, 422,
+     "k: expected an integer between 1 and 1000 (got 'x')"),
+])
+def test_bad_inputs_are_4xx_naming_the_problem(client, method, url, kwargs, status, message):
+    r = getattr(client, method)(url, **kwargs)
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"]
+
+
+def test_huge_image_is_refused_by_pixels(client):
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("L", (9000, 5000)).save(buffer, format="PNG")  # 45 MP, a tiny file
+    r = client.post("/search", files={"image": ("big.png", buffer.getvalue(), "image/png")})
+    assert r.status_code == 422 and "9000x5000 is over the 40 megapixel limit" in r.json()["detail"]
+
+
+def test_metrics_count_requests_by_route(client):
+    for _ in range(3):
+        client.get("/recommend", params={"user_id": "u004"})
+    client.get("/recommend", params={"user_id": "nobody"})
+    client.get("/no/such/path")
+    text = client.get("/metrics").text
+    ok = [ln for ln in text.splitlines()
+          if ln.startswith('shopgraph_http_requests_total{method="GET",route="/recommend",status="200"}')]
+    assert ok and int(ok[0].split()[-1]) >= 3
+    assert 'route="/recommend",status="404"' in text and 'route="unmatched",status="404"' in text
+    assert "# TYPE shopgraph_http_request_duration_seconds histogram" in text
+    count = [ln for ln in text.splitlines()
+             if ln.startswith('shopgraph_http_request_duration_seconds_count{method="GET",route="/recommend"}')]
+    inf = [ln for ln in text.splitlines() if 'route="/recommend",le="+Inf"' in ln]
+    assert count and inf and count[0].split()[-1] == inf[0].split()[-1]
+
+
+def test_metrics_histogram_is_cumulative():
+    m = Metrics(buckets=(0.01, 0.1))
+    for s in (0.005, 0.05, 0.5):
+        m.observe("GET", "/x", 200, s)
+    text = m.render()
+    assert 'le="0.01"} 1' in text and 'le="0.1"} 2' in text and 'le="+Inf"} 3' in text
+    assert np.isclose(float(text.split("_sum{")[1].split()[1]), 0.555)
