@@ -14,6 +14,7 @@ from torch_geometric.data import HeteroData
 from shopgraph.graph.build import build_graph, id_index
 from shopgraph.graph.explain import (
     Explanation,
+    computation_subgraph,
     direct_neighbours,
     evidence_edges,
     explain_user,
@@ -125,20 +126,33 @@ def test_deletion_top_feature_matters_more_than_others() -> None:
     assert wins >= len(users) - 1, wins
 
 
-def test_shopgnn_explanation_runs() -> None:
+@pytest.mark.parametrize("conv", ["sage", "lightgcn"])
+def test_shopgnn_explanation_subgraph_matches_full_graph(conv: str) -> None:
     model_mod = pytest.importorskip("shopgraph.graph.model", reason="graph/model.py not available")
     torch.manual_seed(0)
     data = build_graph(ring_tables())
     for nt in data.node_types:
         data[nt].x = torch.randn(int(data[nt].num_nodes), 5)
-    config = model_mod.ModelConfig.from_data(data, hidden=16, layers=2)
+    config = model_mod.ModelConfig.from_data(data, hidden=16, layers=2, conv=conv)
     model = model_mod.ShopGNN(config)
     u = id_index(data, "user")["ra1"]
+    if conv == "sage":  # the 2-hop subgraph is exact for a 2-layer mean-aggregating GNN
+        sub = computation_subgraph(data, u, 2)
+        assert sub.data["user"].num_nodes < data["user"].num_nodes
+        model.eval()
+        with torch.no_grad():
+            full = model.fraud_logit(model.embed(data)["user"])[u]
+            part = model.fraud_logit(model.embed(sub.data)["user"])[sub.user_index]
+        assert float(part) == pytest.approx(float(full), abs=1e-5)
+        model.train()
     ex = explain_user(model, data, u, top_k=3, steps=4, max_neighbours=4)
+    ref = explain_user(model, data, u, top_k=3, steps=4, max_neighbours=4, use_subgraph=False)
     assert ex.method == "integrated_gradients+occlusion" and len(ex.features) == 3
     assert 0 < len(ex.neighbours) <= 3 and ex.score is not None and 0 < ex.score < 1
+    assert [f.name for f in ex.features] == [f.name for f in ref.features]
+    for a, b in zip(ex.features + ex.neighbours, ref.features + ref.neighbours):  # type: ignore[operator]
+        assert a[:-1] == b[:-1] and a[-1] == pytest.approx(b[-1], abs=1e-4)
     # explained in eval mode (dropout off: deterministic), then the caller's mode is restored
-    assert explain_user(model, data, u, top_k=3, steps=4, max_neighbours=4) == ex
     assert model.training is True
 
 
