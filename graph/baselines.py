@@ -538,10 +538,11 @@ def hetero_neighbor_features(data: HeteroData, node_type: str = "user", split: S
 
     * ``log1p`` of the number of edges (events) and of distinct neighbours;
     * the mean of the distinct neighbours' features (when ``data[other].x`` exists);
-    * the 2-hop meta-path ``node_type → other → node_type`` (e.g. user–device–user): the mean of
-      ``node_type`` features over all such paths that do not return to the node itself, and
-      ``log1p`` of the number of those paths. Computed in O(E) as
-      ``(A (Aᵀ x) − deg·x) / (A deg_other − deg)``.
+    * the 2-hop meta-path ``node_type → other → node_type`` (e.g. user–device–user): the mean
+      over neighbours of their mean ``node_type`` features (self included, as in
+      :func:`neighbor_mean_features`); the mean of ``node_type`` features over all such paths
+      that do not return to the node itself, computed in O(E) as
+      ``(A (Aᵀ x) − deg·x) / (A deg_other − deg)``; and ``log1p`` of the number of those paths.
 
     Args:
         data: a graph whose ``data[node_type].x`` is set (edge types without ``.split`` are
@@ -572,7 +573,10 @@ def hetero_neighbor_features(data: HeteroData, node_type: str = "user", split: S
         if "x" in data[other]:
             xo = data[other].x.detach().float().cpu()
             parts.append(_mean_aggregate(xo, dst, src, n))
-        # 2-hop meta-path back to node_type, excluding the trivial return to the node itself
+        # 2-hop back to node_type: the mean of the neighbours' means (self included; on a
+        # one-type graph this is neighbor_mean_features' second hop) ...
+        parts.append(_mean_aggregate(_mean_aggregate(x, src, dst, n_other), dst, src, n))
+        # ... and the mean over meta-paths, excluding the trivial return to the node itself
         deg_o = torch.bincount(dst, minlength=n_other).float()
         col_sum = torch.zeros(n_other, x.size(1)).index_add_(0, dst, x[src])  # [n_other, F]
         path_sum = torch.zeros(n, x.size(1)).index_add_(0, src, col_sum[dst]) - deg.unsqueeze(1) * x

@@ -228,17 +228,37 @@ def _device_graph() -> HeteroData:
 def test_hetero_neighbor_features_meta_path_and_no_leak() -> None:
     data = _device_graph()
     feats = hetero_neighbor_features(data, "user", "test")  # sees splits 0 and 1 only
-    # columns: x, log1p(events), log1p(distinct devices), user-device-user mean, log1p(paths)
-    assert feats.shape == (4, 5)
-    assert feats[0, 3] == pytest.approx((2.0 + 4.0) / 2)
-    assert feats[0, 4] == pytest.approx(np.log1p(2))
-    assert feats[3, 3] == 0.0 and feats[3, 4] == 0.0  # alone on its device; the test edge is hidden
+    # columns: x, log1p(events), log1p(distinct devices), mean of device means,
+    # user-device-user path mean (self excluded), log1p(paths)
+    assert feats.shape == (4, 6)
+    assert feats[0, 3] == pytest.approx((1.0 + 2.0 + 4.0) / 3)
+    assert feats[0, 4] == pytest.approx((2.0 + 4.0) / 2)
+    assert feats[0, 5] == pytest.approx(np.log1p(2))
+    assert feats[3, 3] == 8.0  # alone on its device: the mean of means is itself
+    assert feats[3, 4] == 0.0 and feats[3, 5] == 0.0  # no other user; the test edge is hidden
     data["user", "uses", "device"].split[4] = 1  # now visible when predicting test
     feats2 = hetero_neighbor_features(data, "user", "test")
-    assert feats2[3, 3] == pytest.approx((1.0 + 2.0 + 4.0) / 3)
-    assert feats2[0, 3] == pytest.approx((2.0 + 4.0 + 8.0) / 3)
+    assert feats2[3, 3] == pytest.approx((8.0 + (1.0 + 2.0 + 4.0 + 8.0) / 4) / 2)
+    assert feats2[3, 4] == pytest.approx((1.0 + 2.0 + 4.0) / 3)
+    assert feats2[0, 4] == pytest.approx((2.0 + 4.0 + 8.0) / 3)
     with pytest.raises(ValueError, match=r"data\['device'\].x: missing"):
         hetero_neighbor_features(data, "device")
+
+
+def test_one_type_features_contain_neighbor_means() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, generator=g)
+    ei = torch.randint(0, 8, (2, 20), generator=g)
+    ei = torch.unique(torch.cat([ei, ei.flip(0)], 1), dim=1)
+    data = HeteroData()
+    data["node"].x = x
+    data["node", "to", "node"].edge_index = ei
+    feats = hetero_neighbor_features(data, "node")
+    ref = neighbor_mean_features(x, ei, hops=2).numpy()
+    # x | log1p(edges) | log1p(neighbours) | 1-hop mean | 2-hop mean of means | path mean | log1p(paths)
+    assert np.allclose(feats[:, :3], ref[:, :3])
+    assert np.allclose(feats[:, 5:8], ref[:, 3:6], atol=1e-6)
+    assert np.allclose(feats[:, 8:11], ref[:, 6:9], atol=1e-6)
 
 
 def test_hybrid_features_shape(shop: HeteroData) -> None:
