@@ -374,7 +374,8 @@ def explain_ring_members(
 ) -> dict[str, dict[str, Any]]:
     """Explanations (as dicts) of the ``k`` highest-scored members of a ring."""
     index = {u: n for n, u in enumerate(_node_ids(data, "user"))}
-    chosen = list(ring.member_scores)[:k] if ring.member_scores else ring.members[:k]
+    ranked = sorted(ring.member_scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    chosen = [u for u, _ in ranked][:k] if ranked else ring.members[:k]
     return {u: explain_user(model, data, index[u], fraud_prob=fraud_prob).to_dict() for u in chosen if u in index}
 
 

@@ -109,7 +109,8 @@ class Ring:
         return cls(
             ring_id=str(raw["ring_id"]), members=[str(m) for m in raw["members"]], score=float(raw["score"]),
             shared_devices=[str(d) for d in raw["shared_devices"]],
-            member_scores={str(k): float(v) for k, v in raw.get("member_scores", {}).items()},
+            member_scores=dict(sorted(((str(k), float(v)) for k, v in raw.get("member_scores", {}).items()),
+                                      key=lambda kv: (-kv[1], kv[0]))),
             evidence=dict(raw.get("evidence", {})),
         )
 
