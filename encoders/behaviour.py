@@ -6,7 +6,8 @@ Every statistic reads ``shopgraph.graph.build.train_events(tables, data)`` (the 
 types that become columns are those seen in training, so even a new event type appearing later
 leaves the feature set unchanged. ``tests/encoders/test_behaviour.py`` checks this.
 
-Counts and amounts are ``log1p``-scaled, then every non-flag column is standardised with the mean
+The shop's own static table columns are added (numeric ones as they are, categorical ones with at
+most ``MAX_CATEGORIES`` values one-hot). Counts and amounts are ``log1p``-scaled, then every non-flag column is standardised with the mean
 and standard deviation over the nodes of its type (std floored, so constant columns become 0);
 unknown values (no account creation time, no price) become the mean (0 after standardising) and
 a ``has_*`` flag says so.
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 STD_FLOOR = 1e-3
 DAY = 86_400
 NIGHT_HOURS = (0, 6)  # [start, end) in UTC
+MAX_CATEGORIES = 32  # categorical table columns with more values are not one-hot encoded
 
 
 class NodeFeatures(NamedTuple):
@@ -46,15 +48,16 @@ class BehaviourFeatures(NamedTuple):
     device: NodeFeatures
 
 
-def _standardise(columns: dict[str, np.ndarray], n: int) -> NodeFeatures:
-    """Stack columns into ``[n, F]``; standardise all but ``has_*`` flags, NaN -> 0 (the mean)."""
+def _standardise(columns: dict[str, np.ndarray], n: int, flags: set[str] | None = None) -> NodeFeatures:
+    """Stack columns into ``[n, F]``; standardise all but 0/1 flags (``has_*`` and ``flags``), NaN -> 0."""
     names = list(columns)
+    flags = flags or set()
     x = np.zeros((n, len(names)), dtype=np.float32)
     for j, name in enumerate(names):
         v = np.asarray(columns[name], dtype=np.float64)
         if v.shape != (n,):
             raise ValueError(f"feature {name!r}: expected {n} values (got shape {v.shape})")
-        if name.startswith("has_"):
+        if name.startswith("has_") or name in flags:
             x[:, j] = np.nan_to_num(v, nan=0.0)
             continue
         known = np.isfinite(v)
@@ -63,6 +66,36 @@ def _standardise(columns: dict[str, np.ndarray], n: int) -> NodeFeatures:
             std = max(float(v[known].std()), STD_FLOOR)
             x[known, j] = (v[known] - mean) / std
     return NodeFeatures(x, names)
+
+
+def _table_extras(
+    table: pd.DataFrame, id_col: str, ids: pd.Index, prefix: str, skip: tuple[str, ...]
+) -> tuple[dict[str, np.ndarray], set[str]]:
+    """The shop's own static columns: numeric ones as they are, categorical ones one-hot.
+
+    Categorical columns with more than ``MAX_CATEGORIES`` distinct values (free text, ids) are
+    left out. Returns ``(columns, names of the one-hot flags)``, rows in ``ids`` order.
+    """
+    cols: dict[str, np.ndarray] = {}
+    flags: set[str] = set()
+    frame = table.drop_duplicates(id_col).set_index(id_col).reindex(ids)
+    for col in frame.columns:
+        if col in skip:
+            continue
+        series = frame[col]
+        if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
+            cols[f"{prefix}{col}"] = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
+            continue
+        text = series.fillna("").astype(str).str.strip()
+        values = sorted(v for v in pd.unique(text) if v)
+        if not values or len(values) > MAX_CATEGORIES:
+            logger.debug("column %s%s: %d distinct values, not one-hot encoded", prefix, col, len(values))
+            continue
+        for v in values:
+            name = f"{prefix}{col}={v}"
+            cols[name] = (text == v).to_numpy(dtype=np.float64)
+            flags.add(name)
+    return cols, flags
 
 
 def _count(index: pd.Index, keys: pd.Series) -> np.ndarray:
@@ -158,16 +191,16 @@ def user_features(tables: ShopTables, data: HeteroData, events: pd.DataFrame | N
     cols["log_n_devices"] = np.log1p(n_dev)
     cols["log_max_accounts_per_device"] = np.log1p(max_shared)
 
-    # extra numeric columns of the users table (the shop's own user features)
-    extras = tables.users.drop(columns=[c for c in ("user_id", "created_at") if c in tables.users.columns])
-    for col in extras.select_dtypes(include=["number", "bool"]).columns:
-        values = pd.to_numeric(extras[col], errors="coerce").astype(np.float64)
-        cols[f"user_{col}"] = values.set_axis(tables.users["user_id"]).reindex(ids).to_numpy(dtype=np.float64)
-    return _standardise(cols, n)
+    # the shop's own user columns (country, signup channel, scores ...)
+    extras, flags = _table_extras(tables.users, "user_id", ids, "user_", ("created_at",))
+    cols.update(extras)
+    return _standardise(cols, n, flags)
 
 
 def device_features(tables: ShopTables, data: HeteroData, events: pd.DataFrame | None = None) -> NodeFeatures:
     """Per-device statistics: accounts using it, accounts created on it, events on it (log1p).
+
+    The devices table's own columns (``os``, ``kind`` ...) are added, categorical ones one-hot.
 
     An account counts as created on a device when its first training-period event (by time, or
     row order without timestamps) used that device.
@@ -188,14 +221,14 @@ def device_features(tables: ShopTables, data: HeteroData, events: pd.DataFrame |
         ordered = ev.sort_values("timestamp", kind="stable") if "timestamp" in ev.columns else ev
         first = ordered.drop_duplicates("user_id", keep="first")
         created = _count(ids, first.loc[first["device_id"] != "", "device_id"])
-    return _standardise(
-        {"log_n_accounts": np.log1p(users), "log_n_accounts_created": np.log1p(created), "log_n_events": np.log1p(n_events)},
-        n,
-    )
+    cols = {"log_n_accounts": np.log1p(users), "log_n_accounts_created": np.log1p(created), "log_n_events": np.log1p(n_events)}
+    extras, flags = _table_extras(tables.devices, "device_id", ids, "device_", ())  # os, kind ...
+    cols.update(extras)
+    return _standardise(cols, n, flags)
 
 
 def item_features(tables: ShopTables, data: HeteroData, events: pd.DataFrame | None = None) -> NodeFeatures:
-    """Per-item popularity (log1p counts per training event type, distinct users) and price.
+    """Per-item popularity (log1p counts per training event type, distinct users), price, category one-hot.
 
     Returns:
         ``NodeFeatures(x float32 [I, F], names)``, rows in ``data["item"].ids`` order.
@@ -216,7 +249,11 @@ def item_features(tables: ShopTables, data: HeteroData, events: pd.DataFrame | N
         p = np.full(n, np.nan)
     cols["log_price"] = np.log1p(np.clip(p, 0.0, None))
     cols["has_price"] = np.isfinite(p).astype(np.float64)
-    return _standardise(cols, n)
+    # category one-hot (the text block has it too, but text may be switched off)
+    extras, flags = _table_extras(tables.items[["item_id", "category"]] if "category" in tables.items.columns
+                                  else tables.items[["item_id"]], "item_id", ids, "item_", ())
+    cols.update(extras)
+    return _standardise(cols, n, flags)
 
 
 def behaviour_features(tables: ShopTables, data: HeteroData) -> BehaviourFeatures:

@@ -86,6 +86,7 @@ class TextEncoder:
         self.batch_size = batch_size
         self.device = select_device(device)
         self._digest = _config_digest(self.model_path)
+        self._dim: int | None = None
         self._tokenizer: Any = None
         self._model: Any = None
 
@@ -97,10 +98,12 @@ class TextEncoder:
     @property
     def dim(self) -> int:
         """Embedding width ``D`` (the checkpoint's hidden size); read from config.json, no loading."""
-        config = json.loads((self.model_path / "config.json").read_text())
-        if "hidden_size" not in config:
-            raise ValueError(f"model_path: config.json has no hidden_size (got keys {sorted(config)})")
-        return int(config["hidden_size"])
+        if self._dim is None:
+            config = json.loads((self.model_path / "config.json").read_text())
+            if "hidden_size" not in config:
+                raise ValueError(f"model_path: config.json has no hidden_size (got keys {sorted(config)})")
+            self._dim = int(config["hidden_size"])
+        return self._dim
 
     def _load(self) -> None:
         if self._model is not None:

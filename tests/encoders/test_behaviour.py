@@ -103,6 +103,9 @@ def test_hand_computed_values() -> None:
         "log_n_users": standardised([log(2), log(1), log(2)]),
         "log_price": standardised([log(11), np.nan, log(101)]),
         "has_price": np.array([1, 0, 1]),
+        "item_category=Electronics": np.array([1, 0, 0]),
+        "item_category=books": np.array([0, 1, 0]),
+        "item_category=gift cards": np.array([0, 0, 1]),
     }
     assert set(b.item.names) == set(expected_item)
     for name, want in expected_item.items():
@@ -169,7 +172,7 @@ def test_standardised_columns_have_zero_mean_unit_std() -> None:
     for feats in b:
         for j, name in enumerate(feats.names):
             col = feats.x[:, j]
-            if name.startswith("has_"):
+            if name.startswith("has_") or "=" in name:  # 0/1 flags, one-hot columns
                 assert set(np.unique(col)) <= {0.0, 1.0}
             elif col.std() > 0:
                 assert abs(col.mean()) < 1e-4 and abs(col.std() - 1) < 1e-3, name
@@ -178,7 +181,10 @@ def test_standardised_columns_have_zero_mean_unit_std() -> None:
 def test_without_timestamps_or_amounts() -> None:
     tables = make_tables(timestamps=False, seed=2)
     tables.events = tables.events.drop(columns=["amount"])
-    tables.users["score"] = np.arange(len(tables.users), dtype=np.float64)  # an extra numeric user column
+    tables.users["score"] = np.arange(len(tables.users), dtype=np.float64)  # the shop's own user columns
+    tables.users["country"] = ["DE", "FR", ""] * (len(tables.users) // 3) + ["DE"] * (len(tables.users) % 3)
+    tables.users["free_text"] = [f"note {k}" for k in range(len(tables.users))]  # too many values: left out
+    tables.devices["os"] = "android"
     data = _build(tables)
     assert data.split_kind == "random"
     b = behaviour_features(tables, data)
@@ -186,6 +192,9 @@ def test_without_timestamps_or_amounts() -> None:
     assert np.all(column(b.user, "night_share") == 0)
     assert np.all(column(b.user, "log_amount_sum") == 0)
     np.testing.assert_allclose(column(b.user, "user_score"), standardised(list(range(len(tables.users)))), atol=1e-5)
+    np.testing.assert_array_equal(column(b.user, "user_country=DE"), (tables.users["country"] == "DE").to_numpy())
+    assert "user_country=" not in b.user.names and not any(n.startswith("user_free_text") for n in b.user.names)
+    assert np.all(column(b.device, "device_os=android") == 1)
     assert np.isfinite(b.user.x).all()
 
 
