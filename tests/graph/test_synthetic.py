@@ -98,6 +98,18 @@ def test_schema_conformance(shop300: tuple[Path, GenerateSummary]) -> None:
         assert words and f" in {words[0].lower()}." in desc, (title, desc)
 
 
+def test_loader_accepts_output_without_repairs(shop300: tuple[Path, GenerateSummary]) -> None:
+    from shopgraph.graph.load import load_tables
+
+    out, summary = shop300
+    result = load_tables(out)
+    assert result.report.issues == []
+    tables = result.tables
+    assert len(tables.events) == summary.events and tables.has_timestamps
+    assert len(tables.devices) == summary.devices
+    assert tables.labels is not None and (tables.labels["ring_id"] != "").sum() > 0
+
+
 def test_images_are_plain_rgb_pngs(shop300: tuple[Path, GenerateSummary]) -> None:
     from PIL import Image
 
