@@ -153,8 +153,8 @@ class Metrics:
                       "# TYPE shopgraph_http_request_duration_seconds histogram"]
             for (method, route), h in sorted(self._hist.items()):
                 labels = f'method="{method}",route="{route}"'
-                for bound, n in zip(self.buckets, h):
-                    lines.append(f'shopgraph_http_request_duration_seconds_bucket{{{labels},le="{bound:g}"}} {int(n)}')
+                for bound, c in zip(self.buckets, h):
+                    lines.append(f'shopgraph_http_request_duration_seconds_bucket{{{labels},le="{bound:g}"}} {int(c)}')
                 lines.append(f'shopgraph_http_request_duration_seconds_bucket{{{labels},le="+Inf"}} {int(h[-1])}')
                 lines.append(f"shopgraph_http_request_duration_seconds_sum{{{labels}}} {h[-2]:.6f}")
                 lines.append(f"shopgraph_http_request_duration_seconds_count{{{labels}}} {int(h[-1])}")
@@ -397,8 +397,18 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     return app
 
 
+def _serving_threads() -> None:
+    """One FAISS thread per process unless OMP_NUM_THREADS says otherwise: a server's parallelism
+    comes from concurrent requests, and OpenMP teams on single-vector searches only add jitter."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+
+
 def app_from_env() -> FastAPI:
     """App factory for multi-worker uvicorn: loads the run named by ``$SHOPGRAPH_RUN``."""
+    _serving_threads()
     run = os.environ.get(RUN_ENV)
     if not run:
         raise RuntimeError(f"{RUN_ENV} is not set (use `shopgraph serve --run RUN`)")
@@ -418,6 +428,7 @@ def cli_serve(args: argparse.Namespace) -> int:
     print(f"serving {run} on http://{args.host}:{args.port} ({workers} worker{'s' if workers > 1 else ''}); "
           f"docs at /docs", flush=True)
     if workers == 1:
+        _serving_threads()
         app = create_app(ShopService.from_run(run))
         uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info")
     else:

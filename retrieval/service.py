@@ -312,6 +312,9 @@ class ShopService:
         self.indexes = dict(indexes)
         if "gnn_items" not in self.indexes:
             raise ValueError("indexes: the gnn_items index is required (run `shopgraph index`)")
+        if "gnn_items_cosine" not in self.indexes:  # runs indexed before it existed: build it here
+            gnn = np.asarray(embeddings["item"], dtype=np.float32)
+            self.indexes["gnn_items_cosine"] = ItemIndex("cosine").fit(gnn, np.arange(len(gnn), dtype=np.int64))
 
         # -- ids and item metadata -----------------------------------------------------------
         self.user_ids: list[str] = list(data["user"].ids)
@@ -620,7 +623,7 @@ class ShopService:
             return [self._pack(ids, sc, self._user_reasons(u, ids)) for u, (ids, sc) in zip(users, hits)]
 
     def similar_items(self, item_id: str, k: int = 10) -> Recommendation:
-        """Items closest to an item in the GNN space (``gnn_items``, inner product), itself excluded."""
+        """Items closest to an item in the GNN space (cosine, ``gnn_items_cosine``), itself excluded."""
         k = check_k(k)
         return self._similar([self._item(item_id)], k)[0]
 
@@ -631,7 +634,7 @@ class ShopService:
 
     def _similar(self, items: list[int], k: int) -> list[Recommendation]:
         with self._lock.read():
-            hits = self._filtered("gnn_items", self.item_emb[items], k,
+            hits = self._filtered("gnn_items_cosine", self.item_emb[items], k,
                                   [np.array([i], dtype=np.int64) for i in items], None)
             out = []
             for i, (ids, sc) in zip(items, hits):
@@ -760,29 +763,27 @@ class ShopService:
 
     # -- cold start -----------------------------------------------------------------------------
     def recommend_for_items(self, item_ids: Sequence[str], k: int = 10) -> Recommendation:
-        """For an unknown user who picked a few items: mean of their GNN embeddings as the query.
-
-        The given items themselves are excluded.
-        """
+        """For an unknown user who picked a few items: the mean of their (L2-normalised) GNN
+        embeddings, searched by cosine (``gnn_items_cosine``). The given items are excluded."""
         k = check_k(k)
         seeds = np.array(self._many(item_ids, "item_ids", self._item), dtype=np.int64)
         with self._lock.read():
-            q = self.item_emb[seeds].mean(axis=0, keepdims=True)
-            ids, sc = self._filtered("gnn_items", q, k, [np.unique(seeds)], None)[0]
+            q = self._item_emb_n[seeds].mean(axis=0, keepdims=True)
+            ids, sc = self._filtered("gnn_items_cosine", q, k, [np.unique(seeds)], None)[0]
             return self._pack(ids, sc, self._seed_reasons(np.unique(seeds), ids))
 
     def recommend_for_text(self, text: str, k: int = 10, n_seeds: int = 10) -> Recommendation:
         """For an unknown user described by text: the ``n_seeds`` best text matches become seed items,
-        and the mean of their GNN embeddings is the query (so results follow shopping behaviour,
-        not only wording)."""
+        and the mean of their normalised GNN embeddings is the query against ``gnn_items_cosine``
+        (so results follow shopping behaviour, not only wording)."""
         k = check_k(k)
         q = self._encode_texts([check_text(text)])
         with self._lock.read():
             seeds, _ = self._content_hits("text_items", q, n_seeds)
             if seeds.size == 0:
                 return Recommendation([], [], [], [])
-            query = self.item_emb[seeds].mean(axis=0, keepdims=True)
-            ids, sc = self._filtered("gnn_items", query, k, [np.zeros(0, np.int64)], None)[0]
+            query = self._item_emb_n[seeds].mean(axis=0, keepdims=True)
+            ids, sc = self._filtered("gnn_items_cosine", query, k, [np.zeros(0, np.int64)], None)[0]
             return self._pack(ids, sc, self._seed_reasons(seeds, ids, " (matches your text)"))
 
     # -- catalogue changes ----------------------------------------------------------------------
@@ -891,12 +892,13 @@ class ShopService:
             pos = len(self.item_ids)
             ids = np.array([pos], dtype=np.int64)
             self.indexes["gnn_items"].add(emb, ids)
+            self.indexes["gnn_items_cosine"].add(emb, ids)
             for name, vec in (("text_items", text_vec), ("image_items", image_vec)):
                 if name in self.indexes and vec is not None:
                     self.indexes[name].add(vec[None, :], ids)
             for name in self._in_index:
                 self._in_index[name] = np.append(self._in_index[name],
-                                                 name == "gnn_items" or (name == "text_items" and text_vec is not None)
+                                                 name.startswith("gnn_items") or (name == "text_items" and text_vec is not None)
                                                  or (name == "image_items" and image_vec is not None))
             for name, mat in self._content.items():
                 vec = text_vec if name == "text_items" else image_vec

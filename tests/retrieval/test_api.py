@@ -56,6 +56,7 @@ def test_similar_search_fraud_health(client):
     r = client.get("/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
     assert r.json()["indexes"]["gnn_items"] == 30 and r.json()["users"] == 40
+    assert set(r.json()["indexes"]) == {"gnn_items", "gnn_items_cosine", "text_items", "image_items"}
 
 
 def test_openapi_docs(client):

@@ -116,8 +116,13 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> ShopService:
 
 
 def _brute(svc: ShopService, query: np.ndarray, exclude: set[int], k: int,
-           keep: np.ndarray | None = None) -> tuple[list[str], np.ndarray]:
-    scores = svc.item_emb.astype(np.float64) @ query.astype(np.float64)
+           keep: np.ndarray | None = None, cosine: bool = False) -> tuple[list[str], np.ndarray]:
+    items = svc.item_emb.astype(np.float64)
+    query = query.astype(np.float64)
+    if cosine:
+        items = items / np.linalg.norm(items, axis=1, keepdims=True)
+        query = query / np.linalg.norm(query)
+    scores = items @ query
     ok = np.ones(len(scores), dtype=bool)
     ok[list(exclude)] = False
     ok &= svc._active
@@ -162,9 +167,9 @@ def test_recommend_category_filter_over_fetches(service):
         service.recommend("u003", category="toys")
 
 
-def test_similar_items_excludes_itself(service):
+def test_similar_items_is_cosine_and_excludes_itself(service):
     rec = service.similar_items("i004", k=6)
-    ids, scores = _brute(service, service.item_emb[4], {4}, 6)
+    ids, scores = _brute(service, service.item_emb[4], {4}, 6, cosine=True)
     assert rec.item_ids == ids and "i004" not in rec.item_ids
     np.testing.assert_allclose(rec.scores, scores, rtol=1e-4, atol=1e-5)
     assert all("bought by the same shoppers" in r for r in rec.reasons)
@@ -206,8 +211,8 @@ def test_score_user_and_batches(service):
 
 def test_cold_start(service):
     rec = service.recommend_for_items(["i001", "i002"], k=5)
-    q = service.item_emb[[1, 2]].mean(axis=0)
-    ids, _ = _brute(service, q, {1, 2}, 5)
+    unit = service.item_emb[[1, 2]] / np.linalg.norm(service.item_emb[[1, 2]], axis=1, keepdims=True)
+    ids, _ = _brute(service, unit.mean(axis=0), {1, 2}, 5, cosine=True)
     assert rec.item_ids == ids
     assert all(r.startswith("similar to '") for r in rec.reasons)
     rec = service.recommend_for_text("leather boots", k=5)

@@ -1,0 +1,215 @@
+"""HTTP API latency and throughput on loopback: `shopgraph serve` with 1 and N workers.
+
+Builds (or takes with ``--run``) a run folder, starts ``shopgraph serve`` on 127.0.0.1 in a
+child process, and drives it with a bounded load generator:
+
+1. 1,000 sequential ``GET /recommend`` calls over one keep-alive connection (random known users,
+   k=10): latency p50 / p99 / max as the client sees it;
+2. a concurrent burst: ``--clients`` threads, ``--burst`` requests in all: throughput and p50 / p99.
+
+Everything is loopback-only and bounded in count and time; the server is stopped at the end.
+The default run folder is synthetic (5,000 users, 20,000 items, 64-d clustered embeddings, no
+text or image index): it measures the serving path, not model quality.
+
+    nice python bench/bench_api.py                 # workers 1 and 2
+    nice python bench/bench_api.py --run RUN --workers 1 2 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def synthetic_run(folder: Path, n_users: int, n_items: int, n_events: int, dim: int = 64, seed: int = 0) -> Path:
+    """A valid run folder with random (clustered) embeddings and a gnn_items index."""
+    import pandas as pd
+    from safetensors.numpy import save_file
+
+    from shopgraph.graph.build import build_graph
+    from shopgraph.graph.run import RunDir
+    from shopgraph.graph.schema import ShopTables
+    from shopgraph.retrieval.index import index_run
+
+    rng = np.random.default_rng(seed)
+    users = pd.DataFrame({"user_id": [f"u{k}" for k in range(n_users)],
+                          "created_at": np.full(n_users, 1.6e9)})
+    cats = np.array(["electronics", "books", "shoes", "garden", "toys", "beauty"])
+    items = pd.DataFrame({
+        "item_id": [f"i{k}" for k in range(n_items)], "title": [f"item {k}" for k in range(n_items)],
+        "description": "", "category": cats[rng.integers(0, len(cats), n_items)],
+        "price": rng.uniform(1, 100, n_items), "image": "",
+    })
+    devices = pd.DataFrame({"device_id": [f"d{k}" for k in range(n_users)]})
+    ev_u = rng.integers(0, n_users, n_events)
+    events = pd.DataFrame({
+        "user_id": users["user_id"].to_numpy()[ev_u],
+        "item_id": items["item_id"].to_numpy()[np.minimum(rng.zipf(1.3, n_events) - 1, n_items - 1)],
+        "event_type": rng.choice(["view", "cart", "purchase"], n_events, p=[0.7, 0.15, 0.15]),
+        "timestamp": np.sort(rng.integers(1_700_000_000, 1_710_000_000, n_events)),
+        "device_id": devices["device_id"].to_numpy()[ev_u],
+        "amount": rng.uniform(1, 100, n_events),
+    })
+    tables = ShopTables(users=users, items=items, devices=devices, events=events, labels=None, root=folder)
+    data = build_graph(tables, seed=seed)
+    run = RunDir(folder / "run", create=True)
+    run.save_graph(data)
+    for name in ("users", "items", "devices", "events"):
+        frame = getattr(tables, name)
+        run.write_with(f"tables/{name}.parquet", lambda p, f=frame: f.to_parquet(p, index=False))
+    centres = rng.standard_normal((200, dim)).astype(np.float32)
+    emb = {
+        "user": (centres[rng.integers(0, 200, n_users)] + rng.standard_normal((n_users, dim))).astype(np.float32),
+        "item": (centres[rng.integers(0, 200, n_items)] + rng.standard_normal((n_items, dim))).astype(np.float32),
+        "device": rng.standard_normal((n_users, dim)).astype(np.float32),
+        "fraud_prob": rng.uniform(0, 1, n_users).astype(np.float32),
+    }
+    run.write_with("embeddings.safetensors", lambda p: save_file(emb, str(p)))
+    run.write_json("fraud.json", {"kind": "synthetic", "threshold": 0.9})
+    index_run(run.path)
+    return run.path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"server at {url} not ready after {timeout:.0f}s")
+
+
+def sequential(url: str, users: list[str], n: int, rng: np.random.Generator) -> np.ndarray:
+    import httpx
+
+    times = []
+    with httpx.Client(base_url=url, timeout=5.0) as client:
+        for _ in range(50):  # warm-up
+            client.get("/recommend", params={"user_id": users[int(rng.integers(len(users)))], "k": 10})
+        for _ in range(n):
+            user = users[int(rng.integers(len(users)))]
+            t0 = time.perf_counter()
+            r = client.get("/recommend", params={"user_id": user, "k": 10})
+            times.append(time.perf_counter() - t0)
+            if r.status_code != 200:
+                raise RuntimeError(f"/recommend answered {r.status_code}: {r.text[:200]}")
+    return np.array(times) * 1000
+
+
+def burst(url: str, users: list[str], total: int, clients: int, seed: int) -> tuple[float, np.ndarray, int]:
+    import httpx
+
+    per = total // clients
+    lat: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+
+    def worker(c: int) -> None:
+        rng = np.random.default_rng(seed + c)
+        with httpx.Client(base_url=url, timeout=10.0) as client:
+            for _ in range(per):
+                t0 = time.perf_counter()
+                try:
+                    r = client.get("/recommend", params={"user_id": users[int(rng.integers(len(users)))], "k": 10})
+                    errors[c] += r.status_code != 200
+                except httpx.HTTPError:
+                    errors[c] += 1
+                lat[c].append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    wall = time.perf_counter() - t0
+    flat = np.array([x for xs in lat for x in xs]) * 1000
+    return len(flat) / wall, flat, sum(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, default=None, help="serve this run folder (default: a synthetic one)")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--sequential", type=int, default=1000)
+    p.add_argument("--burst", type=int, default=2000, help="requests in the concurrent burst")
+    p.add_argument("--clients", type=int, default=8, help="concurrent client threads in the burst")
+    p.add_argument("--users", type=int, default=5000)
+    p.add_argument("--items", type=int, default=20000)
+    p.add_argument("--events", type=int, default=200_000)
+    args = p.parse_args(argv)
+    if min(args.sequential, args.burst, args.clients) < 1 or args.burst > 100_000 or args.sequential > 100_000:
+        p.error("--sequential and --burst: 1..100000; --clients >= 1")
+
+    with tempfile.TemporaryDirectory(prefix="shopgraph-bench-api-") as tmp:
+        if args.run is None:
+            t0 = time.perf_counter()
+            run = synthetic_run(Path(tmp), args.users, args.items, args.events)
+            print(f"synthetic run: {args.users:,} users, {args.items:,} items, {args.events:,} events "
+                  f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+        else:
+            run = args.run
+        from shopgraph.graph.run import RunDir
+
+        data = RunDir(run).load_graph()
+        users = list(data["user"].ids)
+        rows = []
+        for workers in args.workers:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+            cmd = [sys.executable, "-m", "shopgraph.ui.cli", "serve", "--run", str(run), "--host", "127.0.0.1",
+                   "--port", str(port), "--workers", str(workers)]
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_ready(url, proc)
+                rng = np.random.default_rng(workers)
+                seq = sequential(url, users, args.sequential, rng)
+                tput, lat, errors = burst(url, users, args.burst, args.clients, seed=workers)
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            rows.append([str(workers), f"{np.percentile(seq, 50):.2f}", f"{np.percentile(seq, 99):.2f}",
+                         f"{seq.max():.1f}", f"{tput:,.0f}", f"{np.percentile(lat, 50):.2f}",
+                         f"{np.percentile(lat, 99):.2f}", str(errors)])
+            print("| " + " | ".join(rows[-1]) + " |", file=sys.stderr, flush=True)
+    print(f"# HTTP API benchmark (/recommend, k=10, loopback)\n\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+          f"{platform.node()}; {os.cpu_count()} CPUs visible; python {platform.python_version()}; "
+          f"{args.sequential:,} sequential calls on one keep-alive connection; burst of {args.burst:,} calls "
+          f"from {args.clients} client threads (clients share the machine with the server)\n")
+    header = ["workers", "seq p50 ms", "seq p99 ms", "seq max ms", "burst req/s", "burst p50 ms",
+              "burst p99 ms", "errors"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
