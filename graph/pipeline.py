@@ -1,0 +1,211 @@
+"""``shopgraph build`` and ``shopgraph inspect``: tables folder -> run folder.
+
+The run folder is assembled in a temporary sibling folder and renamed into place only when
+every step succeeded, so an interrupted or failed build never leaves a half-written run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pandas as pd
+from torch_geometric.data import HeteroData
+
+from shopgraph.graph.build import build_graph, target_pairs
+from shopgraph.graph.run import RunDir
+from shopgraph.graph.schema import TABLE_NAMES, ShopTables
+
+logger = logging.getLogger(__name__)
+
+TABLES_DIR = "tables"
+
+
+class BuildSummary(NamedTuple):
+    run_dir: Path
+    seconds: dict[str, float]
+    inspect: dict[str, Any]
+    validation: dict[str, Any]
+
+
+def data_fingerprint(folder: Path) -> str:
+    """sha256 over the table files' bytes and the (path, size) list of the images folder.
+
+    Image bytes are not hashed here (the embedding cache hashes each image it encodes); a
+    changed image of the same size is caught there, not by the fingerprint.
+    """
+    h = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.stem in TABLE_NAMES and path.suffix in (".csv", ".parquet"):
+            h.update(path.name.encode())
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    images = folder / "images"
+    if images.is_dir():
+        for path in sorted(images.rglob("*")):
+            if path.is_file():
+                h.update(f"{path.relative_to(folder)}:{path.stat().st_size}".encode())
+    return h.hexdigest()
+
+
+def save_tables(run: RunDir, tables: ShopTables) -> None:
+    """Write the normalised tables as Parquet (services read item metadata and events from here)."""
+    frames: dict[str, pd.DataFrame | None] = {
+        "users": tables.users, "items": tables.items, "devices": tables.devices,
+        "events": tables.events, "labels": tables.labels,
+    }
+    for name, frame in frames.items():
+        if frame is not None:
+            run.write_with(f"{TABLES_DIR}/{name}.parquet", lambda p, f=frame: f.to_parquet(p, index=False))
+    run.update(config={"tables_root": str(tables.root.resolve())})
+
+
+def load_run_tables(run: RunDir) -> ShopTables:
+    """The normalised tables saved by :func:`save_tables`."""
+    frames: dict[str, pd.DataFrame | None] = {}
+    for name in TABLE_NAMES:
+        rel = f"{TABLES_DIR}/{name}.parquet"
+        frames[name] = pd.read_parquet(run.path_of(rel)) if run.has(rel) else None
+    for name in ("users", "items", "devices", "events"):
+        if frames[name] is None:
+            raise FileNotFoundError(f"run folder {run.path}: no {TABLES_DIR}/{name}.parquet")
+    root = Path(run.manifest["config"].get("tables_root", "."))
+    return ShopTables(
+        users=frames["users"], items=frames["items"], devices=frames["devices"],  # type: ignore[arg-type]
+        events=frames["events"], labels=frames["labels"], root=root,  # type: ignore[arg-type]
+    )
+
+
+def inspect_graph(data: HeteroData) -> dict[str, Any]:
+    """Counts of nodes, edges, feature dims and target pairs per split."""
+    return {
+        "nodes": {nt: int(data[nt].num_nodes) for nt in data.node_types},
+        "edges": {",".join(et): int(data[et].edge_index.size(1)) for et in data.edge_types},
+        "features": {
+            nt: int(data[nt].x.size(1)) if "x" in data[nt] else 0 for nt in data.node_types
+        },
+        "split": {s: int(target_pairs(data, s).size(1)) for s in ("train", "val", "test")},  # type: ignore[arg-type]
+        "split_kind": str(data.split_kind),
+        "target": str(data.target),
+    }
+
+
+def build_run(
+    data_dir: Path,
+    out: Path,
+    *,
+    target: str = "purchase",
+    seed: int = 0,
+    use_text: bool = True,
+    use_image: bool = True,
+    text_model: str | None = None,
+    image_model: str | None = None,
+    cache_dir: Path | None = None,
+    overwrite: bool = False,
+) -> BuildSummary:
+    """Validate the tables, encode features, build the graph and write the run folder.
+
+    Args:
+        data_dir: the shop's tables folder.
+        out: the run folder to create (an existing non-empty one needs ``overwrite``).
+        target: event type to recommend.
+        seed: seeds the random split (no timestamps) and the fraud masks.
+        use_text, use_image: encode item text / images.
+        text_model, image_model: local checkpoint folders (default: the bundled models).
+        cache_dir: embedding cache folder.
+        overwrite: replace an existing run folder (only once the new one is complete).
+    """
+    from shopgraph.graph.load import load_tables
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"run folder {out} exists and is not empty; pass --overwrite to replace it")
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    loaded = load_tables(data_dir)
+    seconds["validate"] = time.perf_counter() - t0
+    tables = loaded.tables
+
+    t0 = time.perf_counter()
+    data = build_graph(tables, target=target, seed=seed)
+    seconds["graph"] = time.perf_counter() - t0
+
+    feature_report: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    from shopgraph.encoders.featurize import featurize
+
+    result = featurize(
+        data, tables, use_text=use_text, use_image=use_image, text_model=text_model,
+        image_model=image_model, cache_dir=cache_dir,
+    )
+    data, feature_report = result.data, result.report
+    seconds["encode"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".building", dir=out.parent))
+    try:
+        run = RunDir(tmp, create=True, overwrite=True)
+        run.save_graph(data)
+        save_tables(run, tables)
+        run.write_json("validation.json", loaded.report.to_dict())
+        run.write_json("features.json", feature_report)
+        summary = inspect_graph(data)
+        run.update(
+            data_fingerprint=data_fingerprint(Path(data_dir)),
+            config={
+                "data_dir": str(Path(data_dir).resolve()), "target": target, "seed": seed,
+                "use_text": use_text, "use_image": use_image, "text_model": text_model,
+                "image_model": image_model, "split_kind": str(data.split_kind),
+                "split_times": list(data.split_times),
+                "feature_dims": summary["features"],
+                "feature_names": {nt: list(data[nt].feature_names) for nt in data.node_types
+                                  if "feature_names" in data[nt]},
+            },
+        )
+        run.verify()
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    seconds["write"] = time.perf_counter() - t0
+    return BuildSummary(out, seconds, summary, loaded.report.to_dict())
+
+
+def cli_build(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    summary = build_run(
+        args.data, args.out, target=args.target, seed=args.seed, use_text=not args.no_text,
+        use_image=not args.no_image, text_model=args.text_model, image_model=args.image_model,
+        cache_dir=args.cache_dir, overwrite=args.overwrite,
+    )
+    issues = summary.validation.get("issues", [])
+    for issue in issues:
+        print(f"  {issue.get('severity', 'issue')}: {issue.get('message', issue)}")
+    nodes = ", ".join(f"{n:,} {t}s" for t, n in summary.inspect["nodes"].items())
+    feats = ", ".join(f"{t} {d}" for t, d in summary.inspect["features"].items())
+    steps = ", ".join(f"{k} {v:.1f}s" for k, v in summary.seconds.items())
+    print(f"built {summary.run_dir}: {nodes}; feature dims: {feats}")
+    print(f"split ({summary.inspect['split_kind']}): {summary.inspect['split']}; {steps}; "
+          f"total {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def cli_inspect(args: argparse.Namespace) -> int:
+    run = RunDir(args.run)
+    summary = inspect_graph(run.load_graph())
+    if args.json:
+        print(json.dumps({k: summary[k] for k in ("nodes", "edges", "features", "split")}))
+    else:
+        print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shopgraph.graph.pipeline import build_run, load_run_tables
+from shopgraph.graph.run import RunDir
+from shopgraph.graph.synthetic import generate_shop
+from shopgraph.ui.cli import main
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shop") / "shop"
+    generate_shop(out, n_users=300, seed=0)
+    return out
+
+
+def test_build_then_inspect_json(shop, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main(["build", "--data", str(shop), "--out", str(run_dir), "--no-text", "--no-image",
+                 "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
+    run = RunDir(run_dir)
+    run.verify()
+    manifest = run.manifest
+    assert manifest["data_fingerprint"] and manifest["versions"]["torch"]
+    assert {"graph.pt", "tables/events.parquet", "tables/items.parquet", "validation.json"} <= set(manifest["files"])
+    capsys.readouterr()
+    assert main(["inspect", "--run", str(run_dir), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary) == {"nodes", "edges", "features", "split"}
+    assert summary["nodes"]["user"] == 300
+    assert summary["edges"]["user,uses,device"] > 0 and summary["edges"]["device,rev_uses,user"] > 0
+    assert summary["features"]["user"] > 0
+    assert summary["split"]["train"] > summary["split"]["test"] > 0
+    tables = load_run_tables(run)
+    assert len(tables.events) == summary["edges"]["user,view,item"] + summary["edges"]["user,cart,item"] + \
+        summary["edges"]["user,purchase,item"]
+
+
+def test_build_refuses_to_clobber_and_fails_atomically(shop, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "mine.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        build_run(shop, run_dir, use_text=False, use_image=False)
+    with pytest.raises(ValueError, match="target: no events of type 'review'"):
+        build_run(shop, run_dir, target="review", use_text=False, use_image=False, overwrite=True)
+    # the failed build left the old folder as it was and no temporary folder behind
+    assert (run_dir / "mine.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_build_reports_bad_tables(tmp_path, capsys):
+    data = tmp_path / "bad"
+    data.mkdir()
+    (data / "users.csv").write_text("user_id\nu1\n")
+    (data / "items.csv").write_text("title\nshoe\n")
+    (data / "events.csv").write_text("user_id,item_id,event_type\nu1,i1,purchase\n")
+    assert main(["build", "--data", str(data), "--out", str(tmp_path / "run"), "--no-text", "--no-image"]) == 1
+    assert "missing required column 'item_id'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,83 @@
+"""``shopgraph demo``: the whole path on the embedded synthetic shop, then the app.
+
+Every stage is skipped when its output already exists in the work folder (and the run folder's
+checksums hold), so a second ``make demo`` is ready in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from shopgraph.graph.run import RunDir
+
+logger = logging.getLogger(__name__)
+
+
+def _step(name: str, done: bool, action: Callable[[], object]) -> None:
+    if done:
+        print(f"[demo] {name}: already done, reusing it")
+        return
+    print(f"[demo] {name} ...", flush=True)
+    t0 = time.perf_counter()
+    action()
+    print(f"[demo] {name}: done in {time.perf_counter() - t0:.1f}s", flush=True)
+
+
+def _run_ok(run_path: Path) -> bool:
+    """A complete run folder whose files all match their checksums."""
+    try:
+        run = RunDir(run_path)
+        run.verify()
+        return run.has("graph.pt")
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def prepare(workdir: Path, *, users: int = 5000, seed: int = 0) -> Path:
+    """Generate, build, train, evaluate, index and find rings; return the run folder."""
+    from shopgraph.graph.evaluate import evaluate_run
+    from shopgraph.graph.pipeline import build_run
+    from shopgraph.graph.rings import rings_run
+    from shopgraph.graph.synthetic import generate_shop
+    from shopgraph.graph.train import train_run
+    from shopgraph.retrieval.index import index_run
+
+    workdir = Path(workdir)
+    shop = workdir / f"shop_{users}_{seed}"
+    run_path = workdir / f"run_{users}_{seed}"
+    _step(f"generate the synthetic shop ({users:,} users) into {shop}", (shop / "events.csv").is_file(),
+          lambda: generate_shop(shop, n_users=users, seed=seed))
+    built = _run_ok(run_path)
+    _step(f"build the graph and encode features into {run_path}", built,
+          lambda: build_run(shop, run_path, seed=seed, overwrite=True))
+    run = RunDir(run_path)
+    _step("train the GNN", built and run.has("embeddings.safetensors"), lambda: train_run(run_path))
+    _step("evaluate against the baselines", built and run.has("metrics.json"), lambda: evaluate_run(run_path))
+    _step("build the FAISS indexes", built and run.has("index/gnn_items.json"), lambda: index_run(run_path))
+    _step("find fraud rings and export their case files", built and run.has("rings/rings.json"),
+          lambda: rings_run(run_path, export=workdir / f"cases_{users}_{seed}"))
+    return run_path
+
+
+def cli_demo(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    run_path = prepare(args.workdir, users=args.users)
+    print(f"[demo] ready in {time.perf_counter() - t0:.1f}s (run folder {run_path})")
+    if args.no_serve:
+        return 0
+    import uvicorn
+    from fastapi.responses import RedirectResponse
+
+    from shopgraph.retrieval.api import create_app
+    from shopgraph.retrieval.service import ShopService
+
+    app = create_app(ShopService.from_run(run_path))
+    app.add_api_route("/", lambda: RedirectResponse("/demo/"), include_in_schema=False)
+    print(f"[demo] open http://{args.host}:{args.port}/demo/  "
+          f"(HTTP API docs: http://{args.host}:{args.port}/docs)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
+    return 0
