@@ -399,7 +399,7 @@ def _generate_into(folder: Path, *, n_users: int, seed: int, label_noise: float,
 
     steps.set_postfix_str("users")
     roles = _make_roles(rng, n_users)
-    taste, mix_cdf = _make_tastes(rng, n_users, items)
+    taste, mix_cdf = _make_tastes(rng, n_users)
     steps.update()
 
     steps.set_postfix_str("devices")
@@ -553,7 +553,7 @@ def _make_roles(rng: np.random.Generator, n_users: int) -> _Roles:
                   unit=unit)
 
 
-def _make_tastes(rng: np.random.Generator, n_users: int, items: _Items) -> tuple[np.ndarray, np.ndarray]:
+def _make_tastes(rng: np.random.Generator, n_users: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-user taste vector ``[U, D]`` and cumulative category mixture ``[U, C]``."""
     n_cat = len(CATEGORIES)
     n_comm = 24
