@@ -463,14 +463,11 @@ def load_model(run: RunDir) -> FraudModel | None:
         logger.info("run %s has no model/; explanations use behaviour z-scores", run.path)
         return None
     try:
-        from safetensors.torch import load_file
-
-        from shopgraph.graph.model import ModelConfig, ShopGNN
+        from shopgraph.graph.train import load_model as load_trained
     except ImportError as exc:
         logger.warning("cannot import the model (%s); explanations use behaviour z-scores", exc)
         return None
-    config = ModelConfig.from_json(run.path_of("model/config.json").read_text(encoding="utf-8"))
-    model = ShopGNN(config)
-    model.load_state_dict(load_file(str(run.path_of("model/model.safetensors"))))
-    model.eval()
+    run.path_of("model/config.json")  # checksums verified before anything is read
+    folder = run.path_of("model/model.safetensors").parent
+    model: FraudModel = load_trained(folder, "cpu")
     return model

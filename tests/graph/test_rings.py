@@ -421,3 +421,26 @@ def test_planted_rings_in_synthetic_shop(tmp_path: Path) -> None:
     assert scored["planted"] >= 10
     assert scored["ring_recall"] >= 0.9 and scored["precision"] >= 0.8, scored
     assert baseline["precision"] < scored["precision"] - 0.2, baseline
+
+
+def test_export_explains_with_the_run_model(tmp_path: Path) -> None:
+    """With RUN/model/ present, case explanations come from the GNN (integrated gradients)."""
+    train = pytest.importorskip("shopgraph.graph.train", reason="graph/train.py not available")
+    model_mod = pytest.importorskip("shopgraph.graph.model", reason="graph/model.py not available")
+    run_dir = make_run(tmp_path / "run")
+    run = RunDir(run_dir)
+    data = run.load_graph()
+    torch.manual_seed(0)
+    model = model_mod.ShopGNN(model_mod.ModelConfig.from_data(data, hidden=8, layers=1))
+    staging = tmp_path / "model"
+    train.save_model(model, staging)
+    for name in ("config.json", "model.safetensors"):
+        run.write_bytes(f"model/{name}", (staging / name).read_bytes())
+    out = tmp_path / "export"
+    rings_run(run_dir, top=1, export=out, detector=RingDetector(hub_threshold=10), explain_members=2)
+    case = json.loads((out / "cases" / "R0001.json").read_text())
+    assert len(case["explanations"]) == 2
+    for ex in case["explanations"].values():
+        assert ex["method"] == "integrated_gradients+occlusion" and 0 < ex["score"] < 1
+        assert len(ex["features"]) == 5 and ex["features"][0]["name"].startswith("user_f")
+        assert ex["neighbours"] and ex["neighbours"][0]["node_type"] in {"device", "item"}
