@@ -308,7 +308,7 @@ class ImageEncoder:
         if self._model is not None:
             return
         if self.device.type == "cpu":
-            limit_cpu_threads()
+            limit_cpu_threads(reserve=self.num_workers)
         if self.kind == "efficientnet":
             from efficientnet_lite_pytorch import EfficientNet
 

@@ -156,3 +156,22 @@ def test_real_model_captures_meaning() -> None:
     v = enc.encode(["red running shoes", "crimson sneakers", "laptop charger"])
     assert v.shape == (3, 384)
     assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.2
+
+
+def test_device_helpers() -> None:
+    import contextlib
+
+    from shopgraph.encoders.device import autocast_context, limit_cpu_threads, select_device
+
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert isinstance(autocast_context(torch.device("cpu")), contextlib.nullcontext)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert limit_cpu_threads() == 1  # never raises the count
+    finally:
+        torch.set_num_threads(before)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA was requested but is not available"):
+            select_device("cuda")
