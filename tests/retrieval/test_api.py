@@ -136,3 +136,12 @@ def test_metrics_histogram_is_cumulative():
     text = m.render()
     assert 'le="0.01"} 1' in text and 'le="0.1"} 2' in text and 'le="+Inf"} 3' in text
     assert np.isclose(float(text.split("_sum{")[1].split()[1]), 0.555)
+
+
+def test_cli_serve_refuses_a_missing_run(tmp_path):
+    import argparse
+
+    from shopgraph.retrieval.api import cli_serve
+
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        cli_serve(argparse.Namespace(run=tmp_path / "nothing", host="127.0.0.1", port=0, workers=1))

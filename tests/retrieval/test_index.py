@@ -142,3 +142,29 @@ def test_bad_inputs_are_named():
         index.search(x, 0)
     with pytest.raises(ValueError, match="factory: FAISS cannot build 'Nonsense12'"):
         ItemIndex(factory="Nonsense12").fit(x, np.arange(4))
+
+
+def test_index_run_and_cli_write_every_index(tmp_path, tmp_path_factory, capsys):
+    import argparse
+    import shutil
+
+    from shopgraph.retrieval.index import INDEX_NAMES, cli_index
+    from tests.retrieval.test_service import shared_run
+
+    run_path = tmp_path / "run"
+    shutil.copytree(shared_run(tmp_path_factory.getbasetemp()), run_path)
+    assert cli_index(argparse.Namespace(run=run_path)) == 0
+    out = capsys.readouterr().out
+    run = RunDir(run_path)
+    run.verify()
+    for name in INDEX_NAMES:
+        assert name in out
+        info = run.read_json(f"index/{name}.json")
+        assert info["count"] == (24 if name == "image_items" else 30)  # every 5th item has no image
+        index = ItemIndex.load("index", name, run=run)
+        assert index.count == info["count"]
+    assert run.read_json("index/gnn_items.json")["metric"] == "ip"
+    assert run.read_json("index/text_items.json")["dim"] == 384
+    assert run.read_json("index/image_items.json")["dim"] == 1280
+    assert sorted(ItemIndex.load("index", "image_items", run=run).ids().tolist()) == [
+        k for k in range(30) if k % 5 != 4]
