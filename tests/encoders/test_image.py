@@ -294,3 +294,17 @@ def test_real_efficientnet_groups_similar_images(tmp_path: Path) -> None:
     within = min(sim[0, 1], sim[0, 2], sim[1, 2], sim[3, 4], sim[3, 5], sim[4, 5])
     across = sim[:3, 3:].max()
     assert within > across + 0.1, (within, across)
+
+
+@pytest.mark.slow
+def test_real_efficientnet_weights_and_preprocessing_classify_a_photo() -> None:
+    """The loaded weights + our PIL preprocessing reproduce ImageNet labels on real photos."""
+    images = pytest.importorskip("sklearn.datasets").__path__[0] + "/images"
+    enc = ImageEncoder(num_workers=0)
+    enc._load()
+    for name, label in (("flower.jpg", 985), ("china.jpg", 698)):  # daisy, palace
+        img, kinds = load_rgb(Path(images) / name, max_pixels=10**8, draft_size=256)
+        assert img is not None and kinds == []
+        with torch.inference_mode():
+            logits = enc._model(efficientnet_preprocess(img)[None])
+        assert int(logits.argmax()) == label, name
