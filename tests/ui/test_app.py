@@ -1,0 +1,305 @@
+"""The demo's handler functions, called directly on a small real run (no browser)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from shopgraph.graph.rings import FraudCases
+from shopgraph.graph.run import RunDir
+from shopgraph.retrieval.service import ShopService
+from shopgraph.ui.app import (
+    RESULT_COLUMNS,
+    Thumbnails,
+    UserHistory,
+    build_app,
+    draw_ring,
+    fraud_view,
+    image_search_view,
+    is_problem,
+    model_view,
+    recommend_view,
+    ring_view,
+    rings_table,
+    sample_items,
+    sample_users,
+    similar_view,
+    text_search_view,
+    verdict,
+)
+
+
+@pytest.fixture(scope="module")
+def history(ui_service: ShopService, ui_cases: FraudCases) -> UserHistory:
+    return UserHistory(ui_cases.tables.events, ui_service.target)
+
+
+@pytest.fixture(scope="module")
+def thumbs(ui_service: ShopService) -> Thumbnails:
+    return Thumbnails(ui_service)
+
+
+def _buyer(history: UserHistory) -> str:
+    return str(history.purchase_counts.index[0])
+
+
+# -- Recommend --------------------------------------------------------------------------------------
+def test_recommend_view_matches_service_and_shows_history(ui_service, history, thumbs) -> None:
+    user = _buyer(history)
+    view = recommend_view(ui_service, history, thumbs, user, 5)
+    rec = ui_service.recommend(user, k=5)
+    assert not is_problem(view.status) and user in view.status
+    assert list(view.table.columns) == RESULT_COLUMNS
+    assert view.table["item_id"].tolist() == rec.item_ids
+    assert view.table["score"].tolist() == pytest.approx(rec.scores, abs=1e-3)
+    assert view.table["reason"].tolist() == rec.reasons
+    assert len(view.gallery) == 5 and all(isinstance(img, Image.Image) for img, _ in view.gallery)
+    assert view.gallery[0][1].startswith(rec.titles[0])
+    # history: this user's own items, most recent first, at most HISTORY_ITEMS
+    assert 0 < len(view.history) <= 8
+    events = history.recent(user)
+    first_title = ui_service.item_info(events["item_id"].iloc[0])["title"]
+    assert view.history[0][1].startswith(first_title)
+
+
+def test_recommend_view_typed_id_is_stripped(ui_service, history, thumbs) -> None:
+    user = _buyer(history)
+    view = recommend_view(ui_service, history, thumbs, f"  {user} ", "3")
+    assert is_problem(view.status)  # k typed as text is not a number
+    view = recommend_view(ui_service, history, thumbs, f"  {user} ", 3.0)
+    assert not is_problem(view.status) and len(view.table) == 3
+
+
+@pytest.mark.parametrize("user, k, message", [
+    ("nobody", 5, "unknown user 'nobody'"),
+    ("", 5, "pick one from the list or type an id"),
+    (None, 5, "pick one from the list or type an id"),
+    ("u0", 0, "expected an integer from 1 to 50"),
+])
+def test_recommend_view_bad_input_is_a_message(ui_service, history, thumbs, user, k, message) -> None:
+    view = recommend_view(ui_service, history, thumbs, user, k)
+    assert is_problem(view.status) and message in view.status
+    assert view.gallery == [] and view.history == [] and view.table.empty
+
+
+def test_recommend_view_without_history(ui_service, thumbs) -> None:
+    view = recommend_view(ui_service, None, thumbs, ui_service.user_ids[0], 2)
+    assert not is_problem(view.status) and view.history == [] and len(view.gallery) == 2
+    assert "could not be read" in view.status
+
+
+def test_sample_users_cover_fraud_rings_and_buyers(ui_service, history, ui_cases) -> None:
+    choices = sample_users(ui_service, history, ui_cases)
+    ids = [u for _, u in choices]
+    assert len(ids) == len(set(ids)) and all(ui_service.has_user(u) for u in ids)
+    top_fraud = ui_service.user_ids[int(np.nanargmax(ui_service.fraud_prob))]
+    assert top_fraud in ids
+    assert _buyer(history) in ids
+    if ui_cases.rings():
+        assert any("member of ring" in label for label, _ in choices)
+    assert any("heavy buyer" in label for label, _ in choices)
+
+
+def test_user_history_order_and_strongest_event() -> None:
+    events = pd.DataFrame({
+        "user_id": ["a", "a", "a", "b", "a"],
+        "item_id": ["i1", "i2", "i1", "i3", "i3"],
+        "event_type": ["purchase", "view", "view", "view", "view"],
+        "timestamp": [10, 20, 30, 5, 1],
+    })
+    recent = UserHistory(events).recent("a", n=2)
+    assert recent["item_id"].tolist() == ["i1", "i2"]  # i1 last seen at t=30
+    assert recent["event_type"].tolist() == ["purchase", "view"]  # bought earlier: the purchase counts
+    assert recent["time"].iloc[0] == "1970-01-01"
+    assert UserHistory(events).recent("zz").empty
+    untimed = UserHistory(events.drop(columns="timestamp")).recent("a")
+    assert untimed["item_id"].tolist() == ["i3", "i1", "i2"] and (untimed["time"] == "").all()
+    with pytest.raises(ValueError, match="events: missing column 'event_type'"):
+        UserHistory(events.drop(columns="event_type"))
+
+
+class _FakeService:
+    def __init__(self, image: str | None) -> None:
+        self.image = image
+
+    def item_info(self, item_id: str) -> dict[str, Any]:
+        return {"item_id": item_id, "image": self.image, "category": "books", "title": "t"}
+
+
+def test_thumbnails_scale_images_and_fall_back_to_a_placeholder(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    Image.new("RGB", (400, 200), (10, 200, 10)).save(path)
+    thumb = Thumbnails(_FakeService(str(path))).get("i1")  # type: ignore[arg-type]
+    assert thumb.size == (128, 64) and thumb.getpixel((5, 5)) == (10, 200, 10)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    for image in (str(bad), str(tmp_path / "missing.png"), None):
+        tile = Thumbnails(_FakeService(image)).get("i1")  # type: ignore[arg-type]
+        assert tile.size == (128, 128)
+
+
+# -- Similar & search -------------------------------------------------------------------------------
+def test_similar_view_matches_service(ui_service, thumbs) -> None:
+    item = sample_items(ui_service)[0][1]
+    view = similar_view(ui_service, thumbs, item, 6)
+    assert not is_problem(view.status) and item in view.status
+    assert view.table["item_id"].tolist() == ui_service.similar_items(item, k=6).item_ids
+    assert item not in view.table["item_id"].tolist()
+    bad = similar_view(ui_service, thumbs, "no-such-item", 6)
+    assert is_problem(bad.status) and "unknown item 'no-such-item'" in bad.status and bad.table.empty
+
+
+def test_text_search_view_matches_service(ui_service, thumbs) -> None:
+    query = ui_service.titles[0]
+    view = text_search_view(ui_service, thumbs, query, 4)
+    assert not is_problem(view.status)
+    assert view.table["item_id"].tolist() == ui_service.search(text=query, k=4).item_ids
+    assert ui_service.item_ids[0] in view.table["item_id"].tolist()  # its own title finds it
+
+
+@pytest.mark.parametrize("text", ["", "   ", None])
+def test_text_search_view_empty_text_is_a_message(ui_service, thumbs, text) -> None:
+    view = text_search_view(ui_service, thumbs, text, 4)
+    assert is_problem(view.status) and "empty text" in view.status and view.gallery == []
+
+
+def test_image_search_view_bad_images_are_messages(ui_service, thumbs, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\x00\x01 not an image")
+    view = image_search_view(ui_service, thumbs, str(bad), 4)
+    assert is_problem(view.status) and "not a readable image" in view.status
+    view = image_search_view(ui_service, thumbs, None, 4)
+    assert is_problem(view.status) and "upload a picture" in view.status
+
+
+def test_image_search_view_without_image_index_says_so(ui_service, thumbs) -> None:
+    if "image_items" in ui_service.indexes:
+        pytest.skip("this run has an image index")
+    pixels = np.full((32, 32, 3), 128, dtype=np.uint8)
+    view = image_search_view(ui_service, thumbs, pixels, 4)
+    assert is_problem(view.status) and "image search is not available" in view.status
+
+
+# -- Fraud ------------------------------------------------------------------------------------------
+def test_verdict_follows_the_threshold() -> None:
+    assert "Flagged" in verdict(0.7, 0.5) and "Not flagged" in verdict(0.7, 0.8)
+    assert "Flagged" in verdict(0.5, 0.5)  # at the threshold: flagged, as the service decides
+    assert verdict(None, 0.5) == "Score a user first."
+    assert "no fraud scorer" in verdict(float("nan"), 0.5)
+
+
+def test_fraud_view_with_explanations(ui_service, ui_cases) -> None:
+    user = ui_service.user_ids[int(np.nanargmax(ui_service.fraud_prob))]
+    view = fraud_view(ui_service, ui_cases, user)
+    score = ui_service.score_user(user)
+    assert not is_problem(view.status) and f"{score.probability:.3f}" in view.status
+    assert view.probability == pytest.approx(score.probability) and view.threshold == score.threshold
+    assert ("Flagged" in view.verdict) == score.flagged
+    assert len(view.reasons) > 0 and view.method
+    contrib = view.reasons["contribution"].abs().tolist()
+    assert contrib == sorted(contrib, reverse=True)
+
+
+def test_fraud_view_without_cases_uses_service_reasons(ui_service) -> None:
+    user = ui_service.user_ids[1]
+    view = fraud_view(ui_service, None, user)
+    assert view.reasons["reason"].tolist() == ui_service.score_user(user).reasons
+    assert "1 SD" in view.method
+
+
+@pytest.mark.parametrize("user", ["ghost", "", None])
+def test_fraud_view_bad_user_is_a_message(ui_service, ui_cases, user) -> None:
+    view = fraud_view(ui_service, ui_cases, user)
+    assert is_problem(view.status) and view.probability is None and view.reasons.empty
+    assert view.verdict == "Score a user first."
+
+
+# -- Rings ------------------------------------------------------------------------------------------
+def test_rings_table_is_ranked(ui_cases) -> None:
+    table = rings_table(ui_cases)
+    rings = ui_cases.rings(top=50)
+    assert table["ring"].tolist() == [r.ring_id for r in rings]
+    assert table["members"].tolist() == [len(r.members) for r in rings]
+    assert table["score"].is_monotonic_decreasing
+    assert rings_table(None).empty
+
+
+def test_ring_view_draws_and_offers_case_files(ui_run, ui_cases, tmp_path: Path) -> None:
+    rings = ui_cases.rings()
+    if not rings:
+        pytest.skip("no rings found in the small run")
+    ring = rings[0]
+    view = ring_view(ui_cases, ring.ring_id, ui_run / "cases", tmp_path)
+    assert not is_problem(view.status) and ring.ring_id in view.status
+    assert view.image is not None and view.image.size[0] > 300
+    assert len(np.unique(np.asarray(view.image).reshape(-1, 3), axis=0)) > 10  # not a blank canvas
+    json_path, csv_path = (Path(p) for p in view.files)
+    assert json_path.name == f"{ring.ring_id}.json" and csv_path.name == f"{ring.ring_id}.csv"
+    assert json.loads(json_path.read_text())["ring_id"] == ring.ring_id
+    assert set(pd.read_csv(csv_path)["user_id"].astype(str)) <= set(ring.members)
+    assert sorted(view.members["user_id"]) == sorted(ring.members)
+    # a run without an export: the case files are written on the fly, same schema
+    fresh = ring_view(ui_cases, ring.ring_id, None, tmp_path / "other")
+    assert json.loads(Path(fresh.files[0]).read_text())["ring_id"] == ring.ring_id
+
+
+@pytest.mark.parametrize("ring_id, message", [("R9999", "unknown ring_id 'R9999'"), ("", "got nothing")])
+def test_ring_view_bad_ring_is_a_message(ui_cases, tmp_path: Path, ring_id, message) -> None:
+    view = ring_view(ui_cases, ring_id, None, tmp_path)
+    assert is_problem(view.status) and message in view.status and view.image is None and view.files == []
+    assert is_problem(ring_view(None, "R0001", None, tmp_path).status)
+
+
+def test_draw_ring_handles_a_ring_without_common_items(ui_cases) -> None:
+    rings = ui_cases.rings()
+    if not rings:
+        pytest.skip("no rings found in the small run")
+    img = draw_ring(ui_cases, rings[-1], target="no-such-event")
+    assert img.size[0] > 300 and img.mode == "RGB"
+
+
+# -- Model ------------------------------------------------------------------------------------------
+def test_model_view_tables_from_metrics_json(ui_run) -> None:
+    view = model_view(ui_run)
+    metrics = RunDir(ui_run).read_json("metrics.json")
+    assert not is_problem(view.status)
+    assert view.purchase["model"].iloc[0].startswith("GNN (")
+    assert view.purchase["model"].tolist()[1:] == list(metrics["purchase"]["baselines"])
+    assert view.purchase["recall@20"].iloc[0] == pytest.approx(metrics["purchase"]["gnn"]["recall@20"], abs=1e-4)
+    if metrics["fraud"]["gnn"].get("kind", "none") != "none":
+        assert view.fraud["auprc"].iloc[0] == pytest.approx(metrics["fraud"]["gnn"]["auprc"], abs=1e-4)
+    assert {c for _, c in view.plots} >= {"training"}
+    assert all(isinstance(img, Image.Image) for img, _ in view.plots)
+
+
+def test_model_view_without_metrics_is_a_message(tmp_path: Path) -> None:
+    RunDir(tmp_path / "run", create=True)
+    view = model_view(tmp_path / "run")
+    assert is_problem(view.status) and "metrics.json" in view.status and view.purchase.empty
+    assert is_problem(model_view(None).status)
+
+
+# -- the app ----------------------------------------------------------------------------------------
+def test_build_app_and_mount_under_the_http_api(ui_service) -> None:
+    import gradio as gr
+    from fastapi.testclient import TestClient
+
+    from shopgraph.retrieval.api import create_app
+
+    assert isinstance(build_app(ui_service), gr.Blocks)
+    with TestClient(create_app(ui_service)) as client:
+        page = client.get("/demo/")
+        assert page.status_code == 200 and "ShopGraph demo" in page.text
+
+
+def test_build_app_without_rings_or_metrics(ui_service, tmp_path: Path) -> None:
+    import gradio as gr
+
+    RunDir(tmp_path / "empty", create=True)
+    assert isinstance(build_app(ui_service, cases=None, run_dir=tmp_path / "empty"), gr.Blocks)

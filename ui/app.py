@@ -1,0 +1,890 @@
+"""The Gradio demo: recommendations, similar items and search, fraud scores, fraud rings, model metrics.
+
+The app is thin: every answer comes from :class:`~shopgraph.retrieval.service.ShopService` (the same
+object the HTTP API calls) or from :class:`~shopgraph.graph.rings.FraudCases` (the rings
+engineer's API), and the files of the run folder (``metrics.json``, ``plots/*.png``, case
+exports). What this module adds is presentation: thumbnails, tables, a ring drawing, and
+messages for bad input.
+
+Each tab's work is a plain function returning a NamedTuple of display values
+(:func:`recommend_view`, :func:`similar_view`, :func:`text_search_view`,
+:func:`image_search_view`, :func:`fraud_view`, :func:`verdict`, :func:`rings_table`,
+:func:`ring_view`, :func:`model_view`), so the tests call them without a browser;
+:func:`build_app` wires them to Gradio components. Bad input never raises out of a handler: the
+view carries a ``status`` message (shown in the tab and as a ``gr.Warning`` toast).
+
+Images are handed to Gradio as decoded PIL images, never as paths, so the app shows them
+wherever the shop's folder lives (Gradio serves files only from its cache, the working folder and
+the temp folder); case files are copied into a temp folder before they are offered for download.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from shopgraph.retrieval.service import NotAvailableError, ShopService
+
+if TYPE_CHECKING:
+    import gradio as gr
+    from PIL.Image import Image as PILImage
+
+    from shopgraph.graph.rings import FraudCases, Ring
+
+logger = logging.getLogger(__name__)
+
+THUMB_SIZE = 128
+HISTORY_ITEMS = 8
+DEFAULT_K = 8
+SAMPLES_PER_KIND = 4
+RING_ITEMS = 12  # items drawn in a ring's subgraph (the ones most members bought)
+ERROR_PREFIX = "⚠️ "
+GalleryItem = tuple["PILImage", str]  # (thumbnail, caption)
+_CATEGORY_COLOURS = [(78, 121, 167), (242, 142, 43), (225, 87, 89), (118, 183, 178), (89, 161, 79),
+                     (237, 201, 72), (176, 122, 161), (255, 157, 167), (156, 117, 95), (186, 176, 172)]
+
+
+# -- display values -----------------------------------------------------------------------------
+class RecommendView(NamedTuple):
+    """What the Recommend tab shows for one user.
+
+    Attributes:
+        status: Markdown: a one-line summary, or a message starting with ``ERROR_PREFIX``.
+        history: the user's most recent items (thumbnail, "title · event · date").
+        gallery: the recommendations (thumbnail, "title · score").
+        table: rank, item id, title, category, score, reason.
+    """
+
+    status: str
+    history: list[GalleryItem]
+    gallery: list[GalleryItem]
+    table: pd.DataFrame
+
+
+class SearchView(NamedTuple):
+    """Nearest items for an item, a text or an image.
+
+    Attributes:
+        status: Markdown summary or message.
+        gallery: (thumbnail, "title · score").
+        table: rank, item id, title, category, score, reason.
+    """
+
+    status: str
+    gallery: list[GalleryItem]
+    table: pd.DataFrame
+
+
+class FraudView(NamedTuple):
+    """A user's fraud score and why.
+
+    Attributes:
+        status: Markdown summary (probability, threshold) or message.
+        probability: the scorer's probability (``None`` on bad input, NaN without a scorer).
+        threshold: the validation-chosen threshold (``None`` on bad input).
+        verdict: Markdown flag / not flag at ``threshold``.
+        reasons: table of the top reasons (feature or neighbour, value, contribution).
+        method: how the reasons were computed.
+    """
+
+    status: str
+    probability: float | None
+    threshold: float | None
+    verdict: str
+    reasons: pd.DataFrame
+    method: str
+
+
+class RingView(NamedTuple):
+    """One ring: its drawing, members and case files.
+
+    Attributes:
+        status: Markdown summary or message.
+        image: the subgraph drawing (``None`` on bad input).
+        files: paths of the case files (JSON, CSV) in a temp folder.
+        members: member table (user id, fraud score, devices, purchases).
+    """
+
+    status: str
+    image: PILImage | None
+    files: list[str]
+    members: pd.DataFrame
+
+
+class ModelView(NamedTuple):
+    """Metrics of the run against its baselines.
+
+    Attributes:
+        status: Markdown summary or message.
+        purchase: one row per model (GNN first) with the ranking metrics.
+        fraud: one row per model (GNN first) with the fraud metrics.
+        plots: (image, caption) for each ``RUN/plots/*.png``.
+    """
+
+    status: str
+    purchase: pd.DataFrame
+    fraud: pd.DataFrame
+    plots: list[GalleryItem]
+
+
+RESULT_COLUMNS = ["rank", "item_id", "title", "category", "score", "reason"]
+
+
+def _problem(exc: BaseException) -> str:
+    """One readable line for an exception (``KeyError`` quotes its message; strip that)."""
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return f"{ERROR_PREFIX}{text}"
+
+
+def is_problem(status: str) -> bool:
+    """Whether a view's status is an error message."""
+    return status.startswith(ERROR_PREFIX)
+
+
+def _clean_id(value: Any, name: str) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError(f"{name}: pick one from the list or type an id (got nothing)")
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: expected a string id (got {type(value).__name__})")
+    return value.strip()
+
+
+# -- thumbnails and history ------------------------------------------------------------------------
+class Thumbnails:
+    """Item thumbnails (``THUMB_SIZE`` px), loaded from the shop's images once and kept.
+
+    Items without a readable image get a tile in their category's colour with "no image" on it.
+
+    Args:
+        service: the service (``item_info`` gives the image path and category).
+        size: thumbnail edge in pixels.
+    """
+
+    def __init__(self, service: ShopService, size: int = THUMB_SIZE) -> None:
+        self.service = service
+        self.size = size
+        self._cache: dict[str, PILImage] = {}
+        self._lock = threading.Lock()
+
+    def _placeholder(self, category: str) -> PILImage:
+        from PIL import Image, ImageDraw
+
+        colour = _CATEGORY_COLOURS[sum(category.encode()) % len(_CATEGORY_COLOURS)] if category else (160, 160, 160)
+        img = Image.new("RGB", (self.size, self.size), tuple(int(0.35 * c + 0.65 * 255) for c in colour))
+        draw = ImageDraw.Draw(img)
+        draw.text((8, self.size // 2 - 12), "no image", fill=(60, 60, 60))
+        if category:
+            draw.text((8, self.size // 2 + 2), category[:18], fill=(60, 60, 60))
+        return img
+
+    def get(self, item_id: str) -> PILImage:
+        """The item's thumbnail (RGB)."""
+        with self._lock:
+            if item_id in self._cache:
+                return self._cache[item_id]
+        from PIL import Image
+
+        info = self.service.item_info(item_id)
+        img: PILImage | None = None
+        path = info.get("image")
+        if path:
+            try:
+                with Image.open(path) as raw:
+                    img = raw.convert("RGB")
+                img.thumbnail((self.size, self.size))
+            except (OSError, ValueError) as exc:
+                logger.info("item %s: image %s unreadable (%s); showing a placeholder", item_id, path, exc)
+                img = None
+        if img is None:
+            img = self._placeholder(str(info.get("category") or ""))
+        with self._lock:
+            self._cache[item_id] = img
+        return img
+
+
+class UserHistory:
+    """Each user's events, most recent first, from the run's events table (display only).
+
+    Args:
+        events: the normalised events table (``user_id``, ``item_id``, ``event_type``, optional
+            ``timestamp``), in file order.
+        target: the recommendation target event type (for the purchase counts).
+    """
+
+    def __init__(self, events: pd.DataFrame, target: str = "purchase") -> None:
+        for col in ("user_id", "item_id", "event_type"):
+            if col not in events.columns:
+                raise ValueError(f"events: missing column {col!r} (got {list(events.columns)})")
+        frame = events[[c for c in ("user_id", "item_id", "event_type", "timestamp") if c in events.columns]]
+        frame = frame.reset_index(drop=True)
+        if "timestamp" in frame.columns:
+            frame = frame.sort_values("timestamp", kind="stable")
+        frame = frame.iloc[::-1]  # most recent first (file order stands in for time without timestamps)
+        self._frame = frame.reset_index(drop=True)
+        self._rows = self._frame.groupby("user_id", sort=False).indices
+        self.target = target
+        purchases = self._frame[self._frame["event_type"] == target]
+        self.purchase_counts: pd.Series = purchases["user_id"].value_counts()
+
+    @classmethod
+    def from_run(cls, run_dir: Path, target: str = "purchase") -> UserHistory:
+        """Read ``RUN/tables/events.parquet`` (checksum verified)."""
+        from shopgraph.graph.run import RunDir
+
+        path = RunDir(run_dir).path_of("tables/events.parquet")
+        return cls(pd.read_parquet(path), target)
+
+    def recent(self, user_id: str, n: int = HISTORY_ITEMS) -> pd.DataFrame:
+        """The user's ``n`` most recent distinct items: ``item_id``, ``event_type`` (the strongest
+        event on that item among the user's recent ones, target first), ``time`` (date or "")."""
+        rows = self._rows.get(user_id)
+        if rows is None:
+            return pd.DataFrame(columns=["item_id", "event_type", "time"])
+        mine = self._frame.iloc[rows]
+        order = {self.target: 0}
+        mine = mine.assign(_rank=mine["event_type"].map(lambda e: order.get(e, 1)))
+        first = mine.drop_duplicates("item_id")  # most recent event per item, in recency order
+        first = first.head(n)
+        best = mine[mine["item_id"].isin(first["item_id"])].sort_values("_rank", kind="stable")
+        event = best.drop_duplicates("item_id").set_index("item_id")["event_type"]
+        if "timestamp" in first.columns:
+            time = pd.to_datetime(first["timestamp"], unit="s", utc=True).dt.strftime("%Y-%m-%d").tolist()
+        else:
+            time = [""] * len(first)
+        return pd.DataFrame({"item_id": first["item_id"].astype(str).tolist(),
+                             "event_type": [str(event[i]) for i in first["item_id"]], "time": time})
+
+
+def _empty_results() -> pd.DataFrame:
+    return pd.DataFrame(columns=RESULT_COLUMNS)
+
+
+def _results(service: ShopService, thumbs: Thumbnails, rec: Any) -> tuple[list[GalleryItem], pd.DataFrame]:
+    """Gallery entries and the table for a :class:`~shopgraph.retrieval.service.Recommendation`."""
+    gallery = [(thumbs.get(i), f"{t or i} · {s:.2f}") for i, t, s in zip(rec.item_ids, rec.titles, rec.scores)]
+    table = pd.DataFrame({
+        "rank": list(range(1, len(rec.item_ids) + 1)), "item_id": rec.item_ids, "title": rec.titles,
+        "category": [service.item_info(i)["category"] for i in rec.item_ids],
+        "score": [round(float(s), 3) for s in rec.scores], "reason": rec.reasons,
+    }, columns=RESULT_COLUMNS)
+    return gallery, table
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, float) and k.is_integer():
+        k = int(k)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 50:
+        raise ValueError(f"number of results: expected an integer from 1 to 50 (got {k!r})")
+    return k
+
+
+# -- Recommend --------------------------------------------------------------------------------------
+def recommend_view(service: ShopService, history: UserHistory | None, thumbs: Thumbnails, user_id: Any,
+                   k: Any = DEFAULT_K) -> RecommendView:
+    """The user's recent history and their top-k recommendations.
+
+    Args:
+        service: the service.
+        history: the events by user (``None``: the history panel says it is unavailable).
+        thumbs: the thumbnail cache.
+        user_id: an external user id (from the dropdown or typed).
+        k: how many recommendations (1..50).
+    """
+    try:
+        user = _clean_id(user_id, "user id")
+        k = _check_k(k)
+        rec = service.recommend(user, k=k)
+    except (ValueError, NotAvailableError) as exc:
+        return RecommendView(_problem(exc), [], [], _empty_results())
+    gallery, table = _results(service, thumbs, rec)
+    past: list[GalleryItem] = []
+    n_bought = 0
+    if history is not None:
+        recent = history.recent(user)
+        n_bought = int(history.purchase_counts.get(user, 0))
+        for row in recent.itertuples(index=False):
+            if not service.has_item(row.item_id):
+                continue
+            title = service.item_info(row.item_id)["title"] or row.item_id
+            when = f" · {row.time}" if row.time else ""
+            past.append((thumbs.get(row.item_id), f"{title} · {row.event_type}{when}"))
+    status = (f"**{user}**: {n_bought} purchases in the data. Top {len(rec.item_ids)} recommendations "
+              f"(already-bought items left out; score = how well the item fits the user, higher is better).")
+    if history is None:
+        status += " The history panel is empty: the run's events table could not be read."
+    return RecommendView(status, past, gallery, table)
+
+
+def sample_users(service: ShopService, history: UserHistory | None, cases: FraudCases | None,
+                 n: int = SAMPLES_PER_KIND) -> list[tuple[str, str]]:
+    """Dropdown choices ``(label, user_id)``: likely fraudsters, ring members, heavy buyers, typical users.
+
+    Args:
+        service: the service (fraud probabilities).
+        history: purchase counts per user (heavy buyers), optional.
+        cases: fraud rings, optional.
+        n: users of each kind.
+    """
+    chosen: dict[str, str] = {}
+
+    def add(user: str, label: str) -> None:
+        if user not in chosen and service.has_user(user):
+            chosen[user] = f"{user} ({label})"
+
+    prob = np.asarray(service.fraud_prob, dtype=np.float64)
+    if np.isfinite(prob).any():
+        for u in np.argsort(-np.nan_to_num(prob, nan=-1.0), kind="stable")[:n]:
+            add(service.user_ids[int(u)], f"fraud risk {prob[u]:.2f}")
+    if cases is not None:
+        for ring in cases.rings(top=n):
+            add(ring.members[0], f"member of ring {ring.ring_id}")
+    if history is not None and len(history.purchase_counts):
+        for u, c in history.purchase_counts.head(n).items():
+            add(str(u), f"heavy buyer, {int(c)} purchases")
+        counts = history.purchase_counts
+        typical = counts[(counts >= counts.median()) & (counts <= counts.median() + 2)]
+        for u, c in typical.head(n).items():
+            add(str(u), f"typical shopper, {int(c)} purchases")
+    for u in service.user_ids[:n]:
+        add(u, "first users")
+    return [(label, user) for user, label in chosen.items()]
+
+
+# -- Similar & search ---------------------------------------------------------------------------------
+def similar_view(service: ShopService, thumbs: Thumbnails, item_id: Any, k: Any = DEFAULT_K) -> SearchView:
+    """Items closest to an item in the GNN space (bought by the same kind of shopper)."""
+    try:
+        item = _clean_id(item_id, "item id")
+        rec = service.similar_items(item, k=_check_k(k))
+    except (ValueError, NotAvailableError) as exc:
+        return SearchView(_problem(exc), [], _empty_results())
+    gallery, table = _results(service, thumbs, rec)
+    title = service.item_info(item)["title"] or item
+    return SearchView(f"Items most often bought by the same shoppers as **{title}** ({item}).", gallery, table)
+
+
+def text_search_view(service: ShopService, thumbs: Thumbnails, text: Any, k: Any = DEFAULT_K) -> SearchView:
+    """Items whose title and description match a text (text encoder + ``text_items`` index)."""
+    try:
+        if text is None or (isinstance(text, str) and not text.strip()):
+            raise ValueError("search text: type a few words, e.g. 'running shoes' (got an empty text)")
+        rec = service.search(text=text, k=_check_k(k))
+    except (ValueError, NotAvailableError) as exc:
+        return SearchView(_problem(exc), [], _empty_results())
+    gallery, table = _results(service, thumbs, rec)
+    return SearchView(f"Items whose text best matches **{str(text).strip()}** (score = cosine similarity, "
+                      f"1 is identical).", gallery, table)
+
+
+def image_search_view(service: ShopService, thumbs: Thumbnails, image: Any, k: Any = DEFAULT_K) -> SearchView:
+    """Items whose picture looks like an uploaded image (image encoder + ``image_items`` index)."""
+    try:
+        if image is None or (isinstance(image, str) and not image):
+            raise ValueError("image: upload a picture first (got nothing)")
+        if isinstance(image, np.ndarray):
+            from PIL import Image
+
+            image = Image.fromarray(image.astype(np.uint8))
+        rec = service.search(image=image, k=_check_k(k))
+    except (ValueError, NotAvailableError) as exc:
+        return SearchView(_problem(exc), [], _empty_results())
+    gallery, table = _results(service, thumbs, rec)
+    return SearchView("Items whose picture looks most like the uploaded image (score = cosine similarity).",
+                      gallery, table)
+
+
+def sample_items(service: ShopService, n: int = 12) -> list[tuple[str, str]]:
+    """Dropdown choices ``(title (id), item_id)``: a few items of each category."""
+    per_cat: dict[str, list[str]] = {}
+    for item, cat in zip(service.item_ids, service.categories):
+        if service.has_item(item) and len(per_cat.setdefault(cat, [])) < 2:
+            per_cat[cat].append(item)
+    picked = [i for items in per_cat.values() for i in items][: max(n, 1)]
+    return [(f"{service.item_info(i)['title'] or i} ({i})", i) for i in picked]
+
+
+# -- Fraud ----------------------------------------------------------------------------------------
+def verdict(probability: float | None, threshold: float | None) -> str:
+    """Markdown: flagged or not at ``threshold`` (live as the slider moves)."""
+    if probability is None or threshold is None:
+        return "Score a user first."
+    if isinstance(probability, float) and math.isnan(probability):
+        return "This run has no fraud scorer, so nobody is flagged."
+    if probability >= threshold:
+        return f"🚩 **Flagged for review**: {probability:.2f} ≥ threshold {threshold:.2f}."
+    return f"✅ **Not flagged**: {probability:.2f} < threshold {threshold:.2f}."
+
+
+_REASON_COLUMNS = ["reason", "value", "contribution"]
+
+
+def _explanation_table(explanation: Any) -> pd.DataFrame:
+    rows: list[dict[str, Any]] = []
+    for f in explanation.features:
+        rows.append({"reason": f"behaviour: {f.name}", "value": round(float(f.value), 3),
+                     "contribution": round(float(f.attribution), 3)})
+    for nb in explanation.neighbours:
+        rows.append({"reason": f"linked {nb.node_type}: {nb.node_id}", "value": None,
+                     "contribution": round(float(nb.attribution), 3)})
+    rows.sort(key=lambda r: -abs(float(r["contribution"] or 0.0)))
+    return pd.DataFrame(rows, columns=_REASON_COLUMNS)
+
+
+def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> FraudView:
+    """A user's fraud probability, the threshold, the decision and the top reasons.
+
+    Reasons come from ``cases.explain`` (GNN attributions, positive = pushes towards fraud) when
+    the rings are loaded, else from the service's unusual behaviour features.
+    """
+    empty = pd.DataFrame(columns=_REASON_COLUMNS)
+    try:
+        user = _clean_id(user_id, "user id")
+        score = service.score_user(user)
+    except (ValueError, NotAvailableError) as exc:
+        return FraudView(_problem(exc), None, None, verdict(None, None), empty, "")
+    table: pd.DataFrame | None = None
+    method = ""
+    if cases is not None:
+        try:
+            explanation = cases.explain(user)
+            table = _explanation_table(explanation)
+            method = ("attribution of the GNN's score to the user's features and linked accounts/devices/items "
+                      "(positive pushes towards fraud)"
+                      if explanation.method != "behaviour_zscore"
+                      else "behaviour features furthest above the average user (z-scores)")
+        except (KeyError, ValueError, RuntimeError) as exc:  # explanation is a bonus; the score stands
+            logger.warning("explain(%s) failed: %s", user, exc)
+            table = None
+    if table is None or table.empty:
+        table = pd.DataFrame({"reason": score.reasons, "value": [None] * len(score.reasons),
+                              "contribution": [None] * len(score.reasons)}, columns=_REASON_COLUMNS)
+        method = "behaviour features more than 1 SD above the average user"
+    p = score.probability
+    status = (f"**{user}**: fraud probability **{p:.3f}** (threshold {score.threshold:.3f}, chosen on validation "
+              "data to balance missed fraud against false alarms)." if p == p
+              else f"**{user}**: this run has no fraud scorer.")
+    return FraudView(status, p, score.threshold, verdict(p, score.threshold), table, method)
+
+
+# -- Rings ------------------------------------------------------------------------------------------
+RING_COLUMNS = ["ring", "score", "members", "shared devices", "mean fraud prob", "median account age (days)",
+                "purchases per day", "high-risk share"]
+
+
+def rings_table(cases: FraudCases | None, top: int = 50) -> pd.DataFrame:
+    """The ranked rings, one row each (evidence numbers rounded; "" when unknown)."""
+    if cases is None:
+        return pd.DataFrame(columns=RING_COLUMNS)
+
+    def ev(ring: Ring, key: str, digits: int) -> Any:
+        value = ring.evidence.get(key)
+        return round(float(value), digits) if isinstance(value, int | float) and math.isfinite(value) else ""
+
+    rows = [[r.ring_id, round(r.score, 3), len(r.members), len(r.shared_devices), ev(r, "gnn_mean", 2),
+             ev(r, "median_account_age_days", 1), ev(r, "purchase_velocity", 2), ev(r, "high_risk_share", 2)]
+            for r in cases.rings(top=top)]
+    return pd.DataFrame(rows, columns=RING_COLUMNS)
+
+
+def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILImage:
+    """The ring's subgraph as a PNG image: members coloured by fraud score, their devices (shared
+    ones outlined), and the items most members bought; legend and colour bar included."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import networkx as nx
+    from matplotlib.lines import Line2D
+    from PIL import Image
+
+    from shopgraph.graph.explain import evidence_edges
+
+    g = nx.Graph()
+    for u in ring.members:
+        g.add_node(("user", u))
+    edges = evidence_edges(ring, cases.data)
+    shared = set(ring.shared_devices)
+    for row in edges.itertuples(index=False):
+        g.add_node((str(row.node_type), str(row.node_id)))
+        g.add_edge(("user", str(row.user_id)), (str(row.node_type), str(row.node_id)))
+    ev = cases.tables.events
+    bought = ev[ev["user_id"].isin(set(ring.members)) & (ev["event_type"] == target)]
+    pairs = bought[["user_id", "item_id"]].drop_duplicates()
+    top_items = pairs["item_id"].value_counts()
+    top_items = top_items[top_items >= 2].head(RING_ITEMS) if (top_items >= 2).any() else top_items.head(RING_ITEMS // 2)
+    for row in pairs[pairs["item_id"].isin(top_items.index)].itertuples(index=False):
+        g.add_edge(("user", str(row.user_id)), ("item", str(row.item_id)))
+
+    pos = nx.spring_layout(g, seed=0, k=1.2 / math.sqrt(max(g.number_of_nodes(), 1)))
+    fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=100)
+    nx.draw_networkx_edges(g, pos, ax=ax, edge_color="#b0b0b0", width=0.8)
+    users = [n for n in g if n[0] == "user"]
+    scores = [ring.member_scores.get(n[1], float("nan")) for n in users]
+    cmap = plt.get_cmap("RdYlGn_r")
+    coll = nx.draw_networkx_nodes(g, pos, nodelist=users, ax=ax, node_shape="o", node_size=260,
+                                  node_color=[0.0 if s != s else s for s in scores], cmap=cmap, vmin=0.0, vmax=1.0,
+                                  edgecolors="black", linewidths=0.8)
+    ids = [n for n in g if n[0] not in ("user", "item")]
+    nx.draw_networkx_nodes(g, pos, nodelist=ids, ax=ax, node_shape="s", node_size=150, node_color="#4e79a7",
+                           edgecolors=["black" if n[1] in shared else "none" for n in ids],
+                           linewidths=[2.0 if n[1] in shared else 0.0 for n in ids])
+    items = [n for n in g if n[0] == "item"]
+    nx.draw_networkx_nodes(g, pos, nodelist=items, ax=ax, node_shape="^", node_size=140, node_color="#bab0ac",
+                           edgecolors="#555555", linewidths=0.6)
+    nx.draw_networkx_labels(g, pos, labels={n: n[1] for n in users}, ax=ax, font_size=7,
+                            verticalalignment="bottom")
+    fig.colorbar(coll, ax=ax, fraction=0.035, pad=0.02, label="member fraud score")
+    handles = [
+        Line2D([], [], marker="o", ls="", color="#e15759", markeredgecolor="black", markersize=9, label="account"),
+        Line2D([], [], marker="s", ls="", color="#4e79a7", markeredgecolor="black", markeredgewidth=2,
+               markersize=8, label="device (outlined: shared)"),
+        Line2D([], [], marker="^", ls="", color="#bab0ac", markeredgecolor="#555555", markersize=8,
+               label=f"item {target}d by members" if not target.endswith("e") else f"item {target}d by members"),
+    ]
+    ax.legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.9)
+    ax.set_title(f"Ring {ring.ring_id}: {len(ring.members)} accounts, {len(ring.shared_devices)} shared devices, "
+                 f"score {ring.score:.2f}", fontsize=10)
+    ax.axis("off")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    buffer.seek(0)
+    with Image.open(buffer) as img:
+        return img.convert("RGB")
+
+
+def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir: Path) -> list[str]:
+    """The ring's case JSON and CSV, copied into ``work_dir/<ring_id>/``.
+
+    Taken from the run's case export (``export_dir/cases/<ring_id>.{json,csv}``) when it holds this
+    ring; otherwise written now with :func:`shopgraph.graph.rings.export_cases` (same schema).
+    """
+    out = work_dir / ring.ring_id
+    wanted = [out / f"{ring.ring_id}.json", out / f"{ring.ring_id}.csv"]
+    if all(p.is_file() for p in wanted):
+        return [str(p) for p in wanted]
+    out.mkdir(parents=True, exist_ok=True)
+    source = export_dir / "cases" if export_dir is not None else None
+    if source is None or not all((source / p.name).is_file() for p in wanted):
+        from shopgraph.graph.rings import export_cases
+
+        fresh = Path(tempfile.mkdtemp(prefix=f"{ring.ring_id}-", dir=work_dir)) / "export"
+        export_cases([ring], cases.data, cases.tables, fresh)
+        source = fresh / "cases"
+    for p in wanted:
+        shutil.copyfile(source / p.name, p)
+    return [str(p) for p in wanted]
+
+
+def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, work_dir: Path) -> RingView:
+    """Draw one ring and offer its case files.
+
+    Args:
+        cases: the loaded rings (``None``: a message says how to create them).
+        ring_id: e.g. ``"R0001"``.
+        export_dir: the run's case export folder (``rings.json`` + ``cases/``), optional.
+        work_dir: a temp folder the download copies go to.
+    """
+    members = pd.DataFrame(columns=["user_id", "fraud score", "devices", "purchases"])
+    if cases is None:
+        return RingView(f"{ERROR_PREFIX}no fraud rings in this run (run `shopgraph rings --run RUN`)", None, [],
+                        members)
+    try:
+        ring = cases.ring(_clean_id(ring_id, "ring"))
+    except (KeyError, ValueError) as exc:
+        return RingView(_problem(exc), None, [], members)
+    target = str(getattr(cases.data, "target", "purchase"))
+    image = draw_ring(cases, ring, target)
+    files = _case_files(cases, ring, export_dir, work_dir)
+    ev = cases.tables.events
+    mine = ev[ev["user_id"].isin(set(ring.members))]
+    n_dev = mine[mine["device_id"] != ""].groupby("user_id")["device_id"].nunique() if "device_id" in mine else {}
+    n_buy = mine[mine["event_type"] == target].groupby("user_id").size()
+    ordered = sorted(ring.members, key=lambda u: (-ring.member_scores.get(u, -1.0), u))
+    members = pd.DataFrame({
+        "user_id": ordered,
+        "fraud score": [round(ring.member_scores[u], 3) if u in ring.member_scores else None for u in ordered],
+        "devices": [int(n_dev.get(u, 0)) for u in ordered],
+        "purchases": [int(n_buy.get(u, 0)) for u in ordered],
+    })
+    status = (f"**Ring {ring.ring_id}**: {len(ring.members)} accounts sharing {len(ring.shared_devices)} devices, "
+              f"ring score {ring.score:.2f}. Red accounts score high. The case files hold every member's "
+              "evidence and the ring's timeline.")
+    return RingView(status, image, files, members)
+
+
+# -- Model ------------------------------------------------------------------------------------------
+def _metric_rows(section: dict[str, Any], keys: Sequence[str], ratio_key: str) -> pd.DataFrame:
+    gnn = section.get("gnn", {})
+    rows = {f"GNN ({gnn.get('kind', '?')})": gnn, **section.get("baselines", {})}
+    ref = gnn.get(ratio_key)
+    table = []
+    for name, m in rows.items():
+        row: dict[str, Any] = {"model": name}
+        for key in keys:
+            v = m.get(key)
+            row[key] = round(float(v), 4) if isinstance(v, int | float) and math.isfinite(v) else ""
+        v = m.get(ratio_key)
+        row[f"GNN {ratio_key} ÷ this"] = (round(float(ref) / float(v), 2)
+                                         if isinstance(v, int | float) and isinstance(ref, int | float) and v > 0
+                                         else "")
+        table.append(row)
+    return pd.DataFrame(table, columns=["model", *keys, f"GNN {ratio_key} ÷ this"])
+
+
+PURCHASE_METRICS = ("recall@10", "ndcg@10", "hit@10", "recall@20", "ndcg@20", "coverage@20")
+FRAUD_METRICS = ("auroc", "auprc", "rec@k", "precision", "recall")
+
+
+def model_view(run_dir: Path | None) -> ModelView:
+    """Tables from ``RUN/metrics.json`` (GNN vs each baseline) and the images of ``RUN/plots/*.png``."""
+    empty = pd.DataFrame(columns=["model"])
+    if run_dir is None:
+        return ModelView(f"{ERROR_PREFIX}no run folder: metrics unavailable", empty, empty, [])
+    from PIL import Image
+
+    from shopgraph.graph.run import RunDir
+
+    try:
+        run = RunDir(run_dir)
+        metrics = run.read_json("metrics.json")
+    except (FileNotFoundError, ValueError) as exc:
+        return ModelView(f"{ERROR_PREFIX}{exc} (run `shopgraph evaluate --run {run_dir}`)", empty, empty, [])
+    purchase = _metric_rows(metrics.get("purchase", {}), PURCHASE_METRICS, "recall@20")
+    fraud_section = metrics.get("fraud", {})
+    fraud = (_metric_rows(fraud_section, FRAUD_METRICS, "auprc")
+             if fraud_section.get("gnn", {}).get("kind", "none") != "none" else empty)
+    plots: list[GalleryItem] = []
+    for rel in sorted(f for f in run.manifest.get("files", {}) if f.startswith("plots/") and f.endswith(".png")):
+        try:
+            with Image.open(run.path_of(rel)) as img:
+                plots.append((img.convert("RGB"), Path(rel).stem.replace("_", " ")))
+        except (OSError, ValueError) as exc:
+            logger.warning("plot %s unreadable: %s", rel, exc)
+    status = ("Test-period metrics of the GNN and each baseline (higher is better). The last column is how "
+              "many times better the GNN is than that model (above 1: the GNN wins).")
+    return ModelView(status, purchase, fraud, plots)
+
+
+# -- the app --------------------------------------------------------------------------------------------
+def _load_cases(run_dir: Path | None) -> FraudCases | None:
+    if run_dir is None:
+        return None
+    try:
+        from shopgraph.graph.rings import RINGS_FILE, FraudCases
+        from shopgraph.graph.run import RunDir
+
+        if not RunDir(run_dir).has(RINGS_FILE):
+            logger.info("run %s has no %s: the Rings tab says so", run_dir, RINGS_FILE)
+            return None
+        return FraudCases.from_run(run_dir)
+    except (ImportError, FileNotFoundError, ValueError, KeyError) as exc:
+        logger.warning("fraud rings not loaded (%s: %s)", type(exc).__name__, exc)
+        return None
+
+
+def _export_dir(run_dir: Path | None) -> Path | None:
+    """The case export folder ``shopgraph demo`` writes (``RUN/cases``), when present."""
+    if run_dir is None:
+        return None
+    folder = Path(run_dir) / "cases"
+    return folder if (folder / "rings.json").is_file() else None
+
+
+def _warn(status: str) -> None:
+    import gradio as gr
+
+    if is_problem(status):
+        gr.Warning(status[len(ERROR_PREFIX):])
+
+
+def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Path | None = None) -> gr.Blocks:
+    """The Gradio Blocks app over ``service``.
+
+    Args:
+        service: the loaded service (the same object the HTTP API serves).
+        cases: the fraud rings; default: loaded from the run folder when it has ``rings/rings.json``.
+        run_dir: the run folder (metrics, plots, events, case exports); default ``service.run_path``.
+
+    Returns:
+        The app (``.launch()`` it, or mount it with ``gradio.mount_gradio_app``).
+    """
+    import gradio as gr
+
+    run_dir = Path(run_dir) if run_dir is not None else service.run_path
+    if cases is None:
+        cases = _load_cases(run_dir)
+    history: UserHistory | None = None
+    target = service.target
+    try:
+        if cases is not None:
+            history = UserHistory(cases.tables.events, target)
+        elif run_dir is not None:
+            history = UserHistory.from_run(run_dir, target)
+    except (FileNotFoundError, ValueError) as exc:
+        logger.warning("user history unavailable: %s", exc)
+    thumbs = Thumbnails(service)
+    work_dir = Path(tempfile.mkdtemp(prefix="shopgraph-demo-"))
+    export_dir = _export_dir(run_dir)
+    users = sample_users(service, history, cases)
+    first_user = users[0][1] if users else None
+    info = service.info()
+
+    with gr.Blocks(title="ShopGraph demo") as app:
+        gr.Markdown(
+            f"# ShopGraph\nA graph of **{info['users']:,} shoppers** and **{info['items']:,} items**, linked by what "
+            "they viewed and bought and the devices they used. One graph neural network learns from it to "
+            "recommend items and to spot fraud. Each tab below says what it shows and how to read it.")
+
+        with gr.Tab("Recommend", id="recommend"):
+            gr.Markdown("**What the shop would show this shopper next.** Pick a shopper (or type an id): on the left "
+                        "what they recently looked at or bought, on the right the model's top picks, each with a "
+                        "score (higher = better fit) and the reason (the past item it most resembles).")
+            with gr.Row():
+                rec_user = gr.Dropdown(choices=users, value=first_user, allow_custom_value=True, label="Shopper",
+                                       info="sample shoppers: likely fraudsters, ring members, heavy buyers, "
+                                            "typical shoppers; or type any user id", scale=3)
+                rec_k = gr.Slider(1, 20, value=DEFAULT_K, step=1, label="How many recommendations", scale=1)
+                rec_btn = gr.Button("Recommend", variant="primary", scale=1)
+            rec_status = gr.Markdown(elem_id="rec-status")
+            with gr.Row():
+                rec_hist = gr.Gallery(label="Recent history (most recent first)", columns=4, height=300,
+                                      object_fit="contain", elem_id="rec-history")
+                rec_gallery = gr.Gallery(label="Recommended", columns=4, height=300, object_fit="contain",
+                                         elem_id="rec-gallery")
+            rec_table = gr.Dataframe(label="Recommendations with reasons", interactive=False, wrap=True,
+                                     elem_id="rec-table")
+
+            def on_recommend(user: Any, k: Any) -> tuple[Any, ...]:
+                view = recommend_view(service, history, thumbs, user, k)
+                _warn(view.status)
+                return view.status, view.history, view.gallery, view.table
+
+            rec_btn.click(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
+            rec_user.select(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
+
+        with gr.Tab("Similar & search", id="search"):
+            gr.Markdown("**Find items three ways.** *Similar items*: what the same shoppers buy (from the graph). "
+                        "*Text search*: titles and descriptions that match your words. *Image search*: pictures "
+                        "that look like yours. Each result shows a score: higher is closer.")
+            items = sample_items(service)
+            with gr.Row():
+                with gr.Column():
+                    sim_item = gr.Dropdown(choices=items, value=items[0][1] if items else None,
+                                           allow_custom_value=True, label="Item", info="pick or type an item id")
+                    sim_btn = gr.Button("Similar items", variant="primary")
+                with gr.Column():
+                    txt_query = gr.Textbox(label="Text", placeholder="e.g. wireless headphones", elem_id="search-text")
+                    txt_btn = gr.Button("Search text", variant="primary")
+                with gr.Column():
+                    img_query = gr.Image(label="Image", type="filepath", height=140, sources=["upload"])
+                    img_btn = gr.Button("Search image", variant="primary")
+            search_k = gr.Slider(1, 20, value=DEFAULT_K, step=1, label="How many results")
+            search_status = gr.Markdown(elem_id="search-status")
+            search_gallery = gr.Gallery(label="Nearest items", columns=8, height=260, object_fit="contain",
+                                        elem_id="search-gallery")
+            search_table = gr.Dataframe(label="Results", interactive=False, wrap=True, elem_id="search-table")
+            outputs = [search_status, search_gallery, search_table]
+
+            def wrap(fn: Callable[..., SearchView]) -> Callable[[Any, Any], tuple[Any, ...]]:
+                def handler(value: Any, k: Any) -> tuple[Any, ...]:
+                    view = fn(service, thumbs, value, k)
+                    _warn(view.status)
+                    return tuple(view)
+                return handler
+
+            sim_btn.click(wrap(similar_view), [sim_item, search_k], outputs)
+            txt_btn.click(wrap(text_search_view), [txt_query, search_k], outputs)
+            txt_query.submit(wrap(text_search_view), [txt_query, search_k], outputs)
+            img_btn.click(wrap(image_search_view), [img_query, search_k], outputs)
+
+        with gr.Tab("Fraud", id="fraud"):
+            gr.Markdown("**How likely is this account to be fraudulent, and why?** The model gives a probability; "
+                        "accounts at or above the threshold are flagged for review. Move the threshold to see the "
+                        "decision change: lower catches more fraud but flags more honest shoppers. The table lists "
+                        "what drove the score.")
+            with gr.Row():
+                fr_user = gr.Dropdown(choices=users, value=first_user, allow_custom_value=True, label="Account",
+                                      info="pick or type a user id", scale=3)
+                fr_btn = gr.Button("Score", variant="primary", scale=1)
+            fr_status = gr.Markdown(elem_id="fraud-status")
+            threshold0 = float(service.fraud_threshold) if math.isfinite(service.fraud_threshold) else 0.5
+            fr_threshold = gr.Slider(0.0, 1.0, value=round(threshold0, 3), step=0.01, label="Threshold",
+                                     elem_id="fraud-threshold")
+            fr_verdict = gr.Markdown(verdict(None, None), elem_id="fraud-verdict")
+            fr_prob = gr.State(None)
+            fr_method = gr.Markdown()
+            fr_reasons = gr.Dataframe(label="Top reasons", interactive=False, wrap=True, elem_id="fraud-reasons")
+
+            def on_score(user: Any) -> tuple[Any, ...]:
+                view = fraud_view(service, cases, user)
+                _warn(view.status)
+                thr = view.threshold if view.threshold is not None and math.isfinite(view.threshold) else threshold0
+                method = f"*Reasons: {view.method}.*" if view.method else ""
+                return view.status, view.probability, round(thr, 3), view.verdict, view.reasons, method
+
+            fr_btn.click(on_score, [fr_user], [fr_status, fr_prob, fr_threshold, fr_verdict, fr_reasons, fr_method])
+            fr_user.select(on_score, [fr_user],
+                           [fr_status, fr_prob, fr_threshold, fr_verdict, fr_reasons, fr_method])
+            fr_threshold.change(verdict, [fr_prob, fr_threshold], [fr_verdict])
+
+        with gr.Tab("Rings", id="rings"):
+            gr.Markdown("**Groups of accounts that share devices: possible fraud rings**, ranked by a score that "
+                        "combines the members' fraud probabilities, young accounts, fast buying, risky categories "
+                        "and how tightly they share devices. Pick a ring (or click its row) to see the accounts, "
+                        "their devices and the items they bought, and to download the case files.")
+            table = rings_table(cases)
+            ring_ids = table["ring"].tolist()
+            ring_table = gr.Dataframe(value=table, label="Ranked rings", interactive=False, elem_id="ring-table")
+            with gr.Row():
+                ring_pick = gr.Dropdown(choices=ring_ids, value=None, label="Ring", scale=1, allow_custom_value=True)
+            ring_status = gr.Markdown("" if cases is not None else
+                                      f"{ERROR_PREFIX}no fraud rings in this run (run `shopgraph rings --run RUN`)",
+                                      elem_id="ring-status")
+            with gr.Row():
+                ring_image = gr.Image(label="Ring subgraph", type="pil", interactive=False, elem_id="ring-image",
+                                      scale=3)
+                with gr.Column(scale=2):
+                    ring_files = gr.File(label="Case files (JSON + CSV)", file_count="multiple", interactive=False,
+                                         elem_id="ring-files")
+                    ring_members = gr.Dataframe(label="Members", interactive=False, elem_id="ring-members")
+
+            def on_ring(ring_id: Any) -> tuple[Any, ...]:
+                view = ring_view(cases, ring_id, export_dir, work_dir)
+                _warn(view.status)
+                return view.status, view.image, view.files or None, view.members
+
+            def on_row(evt: gr.SelectData) -> Any:
+                row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
+                return ring_ids[int(row)] if 0 <= int(row) < len(ring_ids) else None
+
+            # the annotation is a string under `from __future__ import annotations`; Gradio needs the class
+            on_row.__annotations__["evt"] = gr.SelectData
+            ring_table.select(on_row, None, [ring_pick])
+            ring_pick.change(on_ring, [ring_pick], [ring_status, ring_image, ring_files, ring_members])
+
+        with gr.Tab("Model", id="model"):
+            gr.Markdown("**How good is the model?** Measured on the most recent period, which it never saw in "
+                        "training, against simpler methods (baselines). *Purchase*: recall@k = share of the items "
+                        "shoppers really bought next that appear in their top k. *Fraud*: AUPRC = how well fraud "
+                        "ranks above honest accounts (1 is perfect).")
+            mv = model_view(run_dir)
+            gr.Markdown(mv.status, elem_id="model-status")
+            gr.Dataframe(value=mv.purchase, label="Recommendations (purchase)", interactive=False,
+                         elem_id="model-purchase")
+            gr.Dataframe(value=mv.fraud, label="Fraud detection", interactive=False, elem_id="model-fraud")
+            with gr.Row():
+                for img, caption in mv.plots:
+                    gr.Image(value=img, label=caption, type="pil", interactive=False)
+
+    return app
