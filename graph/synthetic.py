@@ -328,19 +328,25 @@ def generate_shop(
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"out: the folder {str(out)!r} exists and is not empty; pass overwrite=True "
                          "(--overwrite) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    target = out.absolute()  # "." and friends have no usable name or parent
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         counts = _generate_into(tmp, n_users=int(n_users), seed=int(seed), label_noise=float(label_noise),
                                 progress=progress)
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
+        if target.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, trash / "old")
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(trash / "old", target)  # put the old folder back
+                shutil.rmtree(trash, ignore_errors=True)
+                raise
             shutil.rmtree(trash, ignore_errors=True)
         else:
-            os.replace(tmp, out)
+            os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
