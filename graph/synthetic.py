@@ -69,13 +69,33 @@ class GenerateSummary(NamedTuple):
 # ----------------------------------------------------------------------------------------------
 
 
+def _model_values(num: int, q: np.ndarray) -> dict[str, object]:
+    """Values for the ``{key}`` fields of model / size patterns, each in a plausible range."""
+    a, b, c, d = (float(v) for v in q)
+
+    def pick(options: tuple[object, ...], x: float) -> object:
+        return options[int(x * len(options))]
+
+    return {
+        "n": num * (1 + int(a * 4)), "s": pick(_SIZES, a), "k": 2 + int(b * 10), "a": 3 + int(c * 10),
+        "p": pick((15, 20, 30, 50), d), "gb": pick((32, 64, 128, 256, 512, 1024), a),
+        "inch": pick((10, 13, 15, 24, 27, 32, 43, 55, 65), a), "v": 1 + int(a * 12),
+        "pages": 120 + int(a * 780), "eu": 36 + int(a * 11), "us": 5 + int(a * 9), "cm": 10 + int(a * 190),
+        "cm2": 16 + int(a * 16), "l": 1 + int(a * 20), "pcs": pick((50, 100, 250, 500, 1000, 1500), a),
+        "ml": pick((15, 30, 50, 75, 100, 200, 250, 500), a), "kg": 1 + int(a * 24), "ball": 3 + int(a * 3),
+        "g": pick((100, 200, 250, 500, 750, 1000), a), "ring": 48 + int(a * 14), "chain": 38 + int(a * 25),
+        "m": 5 + int(a * 26), "a4": 3 + int(a * 3), "sheets": pick((50, 80, 100, 200, 500), a),
+        "volt": pick((12, 24), a),
+    }
+
+
 class _Category(NamedTuple):
     name: str
     share: float  # share of the catalogue
     brands: tuple[str, ...]
     nouns: tuple[str, ...]
     adjectives: tuple[str, ...]
-    models: tuple[str, ...]  # model / size patterns; {n} is replaced by a number
+    models: tuple[str, ...]  # model / size patterns; {key} fields come from _model_values
     price_median: float
     price_sigma: float  # log-normal sigma
     phrases: tuple[str, ...]  # description sentences
@@ -90,7 +110,7 @@ CATEGORIES: tuple[_Category, ...] = (
                "noise-cancelling headphones", "action camera", "gaming console", "4K monitor",
                "drone", "e-reader"),
               ("Pro", "Ultra", "Smart", "Wireless", "Portable", "HD", "Max", "Slim"),
-              ("{n}GB", "Gen {n}", "X{n}", "Series {n}", "{n}-inch"),
+              ("{gb}GB", "Gen {n}", "X{n}", "Series {n}", "{inch}-inch"),
               180.0, 0.75,
               ("Fast charging and a long-lasting battery.", "Ships with a two-year warranty.",
                "Bluetooth 5.3 and USB-C connectivity.", "High-resolution display with vivid colours.",
@@ -109,7 +129,7 @@ CATEGORIES: tuple[_Category, ...] = (
               ("novel", "cookbook", "travel guide", "biography", "fantasy saga", "thriller",
                "children's picture book", "history of science", "poetry collection", "self-help guide"),
               ("Bestselling", "Illustrated", "Hardcover", "Paperback", "Collector's", "Annotated"),
-              ("Vol. {n}", "{n} pages", "Edition {n}"),
+              ("Vol. {v}", "{pages} pages", "Edition {v}"),
               16.0, 0.45,
               ("A gripping story that readers cannot put down.", "Printed on acid-free paper.",
                "With a foreword by the author.", "Includes maps and illustrations.",
@@ -119,7 +139,7 @@ CATEGORIES: tuple[_Category, ...] = (
               ("running shoes", "sneakers", "hiking boots", "loafers", "sandals", "ankle boots",
                "trail runners", "slip-ons"),
               ("Lightweight", "Waterproof", "Breathable", "Cushioned", "Leather", "Vegan"),
-              ("Size {n}", "EU {n}", "US {n}"),
+              ("Size {eu}", "EU {eu}", "US {us}"),
               75.0, 0.45,
               ("Cushioned midsole for all-day comfort.", "Grippy rubber outsole.",
                "Breathable mesh upper.", "True to size; half sizes available.", "Removable insole.")),
@@ -137,7 +157,7 @@ CATEGORIES: tuple[_Category, ...] = (
               ("throw pillow", "table lamp", "wall clock", "area rug", "scented candle", "bookshelf",
                "duvet cover", "picture frame", "curtains"),
               ("Scandinavian", "Handmade", "Minimalist", "Rustic", "Velvet", "Woven"),
-              ("{n} cm", "Set of {k}", "Model {n}"),
+              ("{cm} cm", "Set of {k}", "Model {n}"),
               40.0, 0.6,
               ("Adds warmth to any living room.", "Easy to assemble; tools included.",
                "Crafted from sustainable materials.", "Fits most interior styles.")),
@@ -146,7 +166,7 @@ CATEGORIES: tuple[_Category, ...] = (
               ("frying pan", "chef's knife", "coffee grinder", "blender", "cutting board",
                "dutch oven", "kettle", "mixing bowls", "espresso machine", "toaster"),
               ("Non-stick", "Stainless", "Cast-iron", "Dishwasher-safe", "Ceramic", "Professional"),
-              ("{n} cm", "{n} L", "Set of {k}"),
+              ("{cm2} cm", "{l} L", "Set of {k}"),
               45.0, 0.65,
               ("Dishwasher safe and easy to clean.", "Works on induction hobs.",
                "Ergonomic, heat-resistant handle.", "Loved by home cooks and professional chefs.")),
@@ -155,7 +175,7 @@ CATEGORIES: tuple[_Category, ...] = (
               ("building blocks", "plush bear", "puzzle", "remote-control car", "board game",
                "doll house", "wooden train set", "science kit"),
               ("Educational", "Colourful", "Magnetic", "Wooden", "Interactive", "Giant"),
-              ("{n} pieces", "Ages {a}+", "Set {n}"),
+              ("{pcs} pieces", "Ages {a}+", "Set {n}"),
               25.0, 0.6,
               ("Safe, non-toxic materials.", "Encourages creativity and problem solving.",
                "Hours of fun for the whole family.", "Batteries not included.")),
@@ -164,7 +184,7 @@ CATEGORIES: tuple[_Category, ...] = (
               ("moisturiser", "lipstick", "shampoo", "perfume", "face serum", "nail polish",
                "sunscreen", "hair oil", "eye palette"),
               ("Hydrating", "Vegan", "Fragrance-free", "Matte", "Long-lasting", "Nourishing"),
-              ("{n} ml", "Shade {n}", "SPF {p}"),
+              ("{ml} ml", "Shade {n}", "SPF {p}"),
               20.0, 0.55,
               ("Dermatologically tested.", "Cruelty-free and vegan.", "Suitable for sensitive skin.",
                "Absorbs quickly without residue.", "Refillable bottle.")),
@@ -173,7 +193,7 @@ CATEGORIES: tuple[_Category, ...] = (
               ("yoga mat", "football", "tennis racket", "dumbbell set", "cycling helmet",
                "resistance bands", "basketball", "swim goggles", "jump rope"),
               ("Pro", "Training", "Lightweight", "Durable", "Competition", "Adjustable"),
-              ("{n} kg", "Size {n}", "Model {n}"),
+              ("{kg} kg", "Size {ball}", "Model {n}"),
               35.0, 0.6,
               ("Built for training and competition.", "Durable and weather resistant.",
                "Approved by coaches.", "Comes with a carry bag.")),
@@ -182,7 +202,7 @@ CATEGORIES: tuple[_Category, ...] = (
               ("coffee beans", "olive oil", "granola", "green tea", "dark chocolate", "pasta",
                "honey", "almond butter", "spice mix"),
               ("Organic", "Fair-trade", "Gluten-free", "Artisan", "Roasted", "Raw"),
-              ("{n} g", "Pack of {k}", "{n} ml"),
+              ("{g} g", "Pack of {k}", "{ml} ml"),
               8.0, 0.5,
               ("Sourced from small farms.", "No artificial additives.", "Resealable pack.",
                "Rich, balanced flavour.")),
@@ -190,7 +210,7 @@ CATEGORIES: tuple[_Category, ...] = (
               ("Aurum", "Silvra", "Gemma", "Lune", "Carat & Co", "Opaline"),
               ("necklace", "ring", "bracelet", "earrings", "pendant", "watch"),
               ("Sterling", "Gold-plated", "Handcrafted", "Diamond", "Vintage", "Delicate"),
-              ("Size {n}", "{n} cm chain", "Model {n}"),
+              ("Size {ring}", "{chain} cm chain", "Model {n}"),
               90.0, 0.9,
               ("Comes in a gift box.", "Hypoallergenic and nickel free.", "Handcrafted by artisans.",
                "Polished to a brilliant shine.")),
@@ -199,7 +219,7 @@ CATEGORIES: tuple[_Category, ...] = (
               ("watering can", "garden hose", "flower pot", "pruning shears", "bird feeder",
                "seed kit", "lawn chair", "solar lantern"),
               ("Weatherproof", "Foldable", "Terracotta", "Ergonomic", "Solar", "Recycled"),
-              ("{n} L", "{n} m", "Set of {k}"),
+              ("{l} L", "{m} m", "Set of {k}"),
               30.0, 0.6,
               ("Made for outdoor use all year.", "UV-resistant finish.", "Perfect for balconies and gardens.",
                "Rust-proof construction.")),
@@ -208,7 +228,7 @@ CATEGORIES: tuple[_Category, ...] = (
               ("dog bed", "cat tree", "chew toy", "leash", "pet food bowl", "cat litter",
                "dog treats", "grooming brush"),
               ("Washable", "Durable", "Natural", "Orthopedic", "Chew-proof", "Cozy"),
-              ("Size {s}", "{n} kg", "Pack of {k}"),
+              ("Size {s}", "{kg} kg", "Pack of {k}"),
               22.0, 0.6,
               ("Loved by cats and dogs alike.", "Vet approved.", "Easy to clean.",
                "Made with pet-safe materials.")),
@@ -217,7 +237,7 @@ CATEGORIES: tuple[_Category, ...] = (
               ("notebook", "fountain pen", "desk organiser", "office chair", "stapler",
                "planner", "desk lamp", "whiteboard"),
               ("Ergonomic", "Refillable", "Recycled", "Executive", "Dotted", "Compact"),
-              ("A{a}", "{n} sheets", "Model {n}"),
+              ("A{a4}", "{sheets} sheets", "Model {n}"),
               18.0, 0.7,
               ("Keeps your desk tidy.", "Smooth writing on premium paper.", "Designed for long workdays.",
                "Refills available separately.")),
@@ -226,7 +246,7 @@ CATEGORIES: tuple[_Category, ...] = (
               ("car phone mount", "dash cam", "seat covers", "tyre inflator", "car vacuum",
                "jump starter", "floor mats", "roof box"),
               ("Universal", "Heavy-duty", "Compact", "Rechargeable", "All-weather", "Magnetic"),
-              ("{n} V", "Model {n}", "Set of {k}"),
+              ("{volt} V", "Model {n}", "Set of {k}"),
               40.0, 0.7,
               ("Fits most cars.", "Easy installation in minutes.", "Built for the road.",
                "Comes with a one-year guarantee.")),
@@ -465,9 +485,7 @@ def _make_items(rng: np.random.Generator, n_items: int) -> _Items:
         adj_pool = c.adjectives + _COMMON_ADJ
         adj = adj_pool[int(u[i, 1] * len(adj_pool))]
         noun = c.nouns[int(u[i, 2] * len(c.nouns))]
-        model = c.models[int(u[i, 3] * len(c.models))].format(
-            n=int(model_num[i] * (1 + int(u[i, 4] * 4))), s=_SIZES[int(u[i, 4] * len(_SIZES))],
-            k=2 + int(u[i, 5] * 10), a=3 + int(u[i, 6] * 10), p=(15, 20, 30, 50)[int(u[i, 7] * 4)])
+        model = c.models[int(u[i, 3] * len(c.models))].format(**_model_values(int(model_num[i]), u[i, 4:8]))
         if c.name == "gift cards":
             model = f"{price[i]:.0f} EUR"
         col = COLOURS[colour[i]][0]
