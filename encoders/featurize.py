@@ -29,6 +29,7 @@ from torch_geometric.data import HeteroData
 
 from shopgraph.encoders.behaviour import behaviour_features
 from shopgraph.encoders.cache import EmbeddingCache, cached_encode, file_key, text_key
+from shopgraph.encoders.device import available_cpus
 from shopgraph.encoders.image import ImageEncoder
 from shopgraph.encoders.text import TextEncoder, item_text
 from shopgraph.graph.schema import ShopTables
@@ -90,7 +91,10 @@ def _image_block(
     device: str | None, progress: bool,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     paths = [tables.image_path(rel) for rel in _column(items, "image")]
-    encoder = ImageEncoder(model, device=device)
+    # A decoding worker only pays off with cores to spare: on a 2-core machine it measured ~30% more
+    # CPU per image than decoding in-process (bench/bench_encoders.py).
+    cpus = available_cpus()
+    encoder = ImageEncoder(model, device=device, num_workers=0 if cpus <= 2 else min(4, cpus // 2))
     counts: Counter[str] = Counter()
     first: dict[str, str] = {}
     keys: list[str | None] = []

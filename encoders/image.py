@@ -41,10 +41,11 @@ FAILURE_KINDS: tuple[str, ...] = (
 CONVERSION_KINDS: tuple[str, ...] = (
     "converted_grayscale", "converted_cmyk", "converted_palette", "converted_transparent", "converted_other",
 )
-# On CPU the forward pass runs in chunks of at most this many images: measured on this project's
-# 2-core box (1 thread, channels-last EfficientNet-Lite0), CPU time per image was lowest at 2-4 and
-# ~35% higher at 16 (activations of a large batch spill the cache). DataLoader batches stay larger.
-CPU_CHUNK = 4
+# On CPU the forward pass runs one image at a time, whatever the DataLoader batch: measured on this
+# project's loaded 2-core box (1 thread, channels-last EfficientNet-Lite0, bench/bench_encoders.py),
+# CPU time per image was lowest at 1-2 and 10-35% higher at 4-16 (a large batch's activations
+# spill the cache). GPUs take the whole batch.
+CPU_CHUNK = 1
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 

@@ -54,6 +54,7 @@ def test_shapes_norms_and_dtype(tiny_bert: Path) -> None:
     assert out.shape == (len(TEXTS), 16) and out.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
     assert enc.dim == 16
+    assert enc.batch_size == 16  # the CPU default (64 on CUDA)
 
 
 def test_model_is_loaded_lazily(tiny_bert: Path) -> None:
