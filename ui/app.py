@@ -47,8 +47,9 @@ THUMB_SIZE = 128
 HISTORY_ITEMS = 8
 DEFAULT_K = 8
 SAMPLES_PER_KIND = 4
+RING_LABELS = 12  # rings up to this size get their account ids written on the drawing
 RING_ITEMS = 12  # items drawn in a ring's subgraph (the ones most members bought)
-ERROR_PREFIX = "⚠️ "
+ERROR_PREFIX = "**Problem:** "  # plain text: headless browsers may lack an emoji font
 GalleryItem = tuple["PILImage", str]  # (thumbnail, caption)
 _CATEGORY_COLOURS = [(78, 121, 167), (242, 142, 43), (225, 87, 89), (118, 183, 178), (89, 161, 79),
                      (237, 201, 72), (176, 122, 161), (255, 157, 167), (156, 117, 95), (186, 176, 172)]
@@ -138,6 +139,7 @@ class ModelView(NamedTuple):
 
 
 RESULT_COLUMNS = ["rank", "item_id", "title", "category", "score", "reason"]
+_RESULT_WIDTHS: list[str | int] = ["6%", "9%", "30%", "10%", "7%", "38%"]
 
 
 def _problem(exc: BaseException) -> str:
@@ -360,6 +362,14 @@ def sample_users(service: ShopService, history: UserHistory | None, cases: Fraud
     return [(label, user) for user, label in chosen.items()]
 
 
+def default_user(choices: Sequence[tuple[str, str]], kind: str) -> str | None:
+    """The first sample user whose label mentions ``kind`` ("heavy buyer", "fraud risk"), else the first."""
+    for label, user in choices:
+        if kind in label:
+            return user
+    return choices[0][1] if choices else None
+
+
 # -- Similar & search ---------------------------------------------------------------------------------
 def similar_view(service: ShopService, thumbs: Thumbnails, item_id: Any, k: Any = DEFAULT_K) -> SearchView:
     """Items closest to an item in the GNN space (bought by the same kind of shopper)."""
@@ -421,20 +431,20 @@ def verdict(probability: float | None, threshold: float | None) -> str:
     if isinstance(probability, float) and math.isnan(probability):
         return "This run has no fraud scorer, so nobody is flagged."
     if probability >= threshold:
-        return f"🚩 **Flagged for review**: {probability:.2f} ≥ threshold {threshold:.2f}."
-    return f"✅ **Not flagged**: {probability:.2f} < threshold {threshold:.2f}."
+        return f"**FLAGGED for review**: {probability:.2f} is at or above the threshold {threshold:.2f}."
+    return f"**Not flagged**: {probability:.2f} is below the threshold {threshold:.2f}."
 
 
-_REASON_COLUMNS = ["reason", "value", "contribution"]
+_REASON_COLUMNS = ["reason", "value (0 = average user)", "contribution"]
 
 
 def _explanation_table(explanation: Any) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for f in explanation.features:
-        rows.append({"reason": f"behaviour: {f.name}", "value": round(float(f.value), 3),
+        rows.append({"reason": f"behaviour: {f.name}", _REASON_COLUMNS[1]: round(float(f.value), 3),
                      "contribution": round(float(f.attribution), 3)})
     for nb in explanation.neighbours:
-        rows.append({"reason": f"linked {nb.node_type}: {nb.node_id}", "value": None,
+        rows.append({"reason": f"linked {nb.node_type}: {nb.node_id}", _REASON_COLUMNS[1]: None,
                      "contribution": round(float(nb.attribution), 3)})
     rows.sort(key=lambda r: -abs(float(r["contribution"] or 0.0)))
     return pd.DataFrame(rows, columns=_REASON_COLUMNS)
@@ -466,7 +476,7 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
             logger.warning("explain(%s) failed: %s", user, exc)
             table = None
     if table is None or table.empty:
-        table = pd.DataFrame({"reason": score.reasons, "value": [None] * len(score.reasons),
+        table = pd.DataFrame({"reason": score.reasons, _REASON_COLUMNS[1]: [None] * len(score.reasons),
                               "contribution": [None] * len(score.reasons)}, columns=_REASON_COLUMNS)
         method = "behaviour features more than 1 SD above the average user"
     p = score.probability
@@ -494,6 +504,11 @@ def rings_table(cases: FraudCases | None, top: int = 50) -> pd.DataFrame:
              ev(r, "median_account_age_days", 1), ev(r, "purchase_velocity", 2), ev(r, "high_risk_share", 2)]
             for r in cases.rings(top=top)]
     return pd.DataFrame(rows, columns=RING_COLUMNS)
+
+
+def _past(verb: str) -> str:
+    """"purchase" -> "purchased", "view" -> "viewed" (for legends)."""
+    return verb + ("d" if verb.endswith("e") else "ed")
 
 
 def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILImage:
@@ -525,7 +540,7 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILIma
     for row in pairs[pairs["item_id"].isin(top_items.index)].itertuples(index=False):
         g.add_edge(("user", str(row.user_id)), ("item", str(row.item_id)))
 
-    pos = nx.spring_layout(g, seed=0, k=1.2 / math.sqrt(max(g.number_of_nodes(), 1)))
+    pos = nx.kamada_kawai_layout(g) if g.number_of_nodes() > 1 else {n: (0.0, 0.0) for n in g}
     fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=100)
     nx.draw_networkx_edges(g, pos, ax=ax, edge_color="#b0b0b0", width=0.8)
     users = [n for n in g if n[0] == "user"]
@@ -535,25 +550,28 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILIma
                                   node_color=[0.0 if s != s else s for s in scores], cmap=cmap, vmin=0.0, vmax=1.0,
                                   edgecolors="black", linewidths=0.8)
     ids = [n for n in g if n[0] not in ("user", "item")]
-    nx.draw_networkx_nodes(g, pos, nodelist=ids, ax=ax, node_shape="s", node_size=150, node_color="#4e79a7",
+    nx.draw_networkx_nodes(g, pos, nodelist=ids, ax=ax, node_shape="s", node_size=150,
+                           node_color=["#1f4e79" if n[1] in shared else "#9ec3e6" for n in ids],
                            edgecolors=["black" if n[1] in shared else "none" for n in ids],
                            linewidths=[2.0 if n[1] in shared else 0.0 for n in ids])
     items = [n for n in g if n[0] == "item"]
     nx.draw_networkx_nodes(g, pos, nodelist=items, ax=ax, node_shape="^", node_size=140, node_color="#bab0ac",
                            edgecolors="#555555", linewidths=0.6)
-    nx.draw_networkx_labels(g, pos, labels={n: n[1] for n in users}, ax=ax, font_size=7,
-                            verticalalignment="bottom")
+    if len(users) <= RING_LABELS:  # bigger rings: the labels would overlap; the members table lists them
+        nx.draw_networkx_labels(g, pos, labels={n: n[1] for n in users}, ax=ax, font_size=7,
+                                verticalalignment="bottom")
     fig.colorbar(coll, ax=ax, fraction=0.035, pad=0.02, label="member fraud score")
     handles = [
         Line2D([], [], marker="o", ls="", color="#e15759", markeredgecolor="black", markersize=9, label="account"),
-        Line2D([], [], marker="s", ls="", color="#4e79a7", markeredgecolor="black", markeredgewidth=2,
-               markersize=8, label="device (outlined: shared)"),
+        Line2D([], [], marker="s", ls="", color="#1f4e79", markeredgecolor="black", markeredgewidth=2,
+               markersize=8, label="shared device"),
+        Line2D([], [], marker="s", ls="", color="#9ec3e6", markersize=8, label="device of one member"),
         Line2D([], [], marker="^", ls="", color="#bab0ac", markeredgecolor="#555555", markersize=8,
-               label=f"item {target}d by members" if not target.endswith("e") else f"item {target}d by members"),
+               label=f"item {_past(target)} by members"),
     ]
-    ax.legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.9)
-    ax.set_title(f"Ring {ring.ring_id}: {len(ring.members)} accounts, {len(ring.shared_devices)} shared devices, "
-                 f"score {ring.score:.2f}", fontsize=10)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8, frameon=False)
+    ax.set_title(f"Ring {ring.ring_id}: {len(ring.members)} accounts, {_plural(len(ring.shared_devices), 'shared device')}"
+                 f", score {ring.score:.2f}", fontsize=10)
     ax.axis("off")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
@@ -561,6 +579,10 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILIma
     buffer.seek(0)
     with Image.open(buffer) as img:
         return img.convert("RGB")
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir: Path) -> list[str]:
@@ -586,6 +608,9 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
     return [str(p) for p in wanted]
 
 
+MEMBER_COLUMNS = ["user_id", "fraud score", "devices", "purchases"]
+
+
 def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, work_dir: Path) -> RingView:
     """Draw one ring and offer its case files.
 
@@ -595,7 +620,7 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
         export_dir: the run's case export folder (``rings.json`` + ``cases/``), optional.
         work_dir: a temp folder the download copies go to.
     """
-    members = pd.DataFrame(columns=["user_id", "fraud score", "devices", "purchases"])
+    members = pd.DataFrame(columns=MEMBER_COLUMNS)
     if cases is None:
         return RingView(f"{ERROR_PREFIX}no fraud rings in this run (run `shopgraph rings --run RUN`)", None, [],
                         members)
@@ -617,7 +642,8 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
         "devices": [int(n_dev.get(u, 0)) for u in ordered],
         "purchases": [int(n_buy.get(u, 0)) for u in ordered],
     })
-    status = (f"**Ring {ring.ring_id}**: {len(ring.members)} accounts sharing {len(ring.shared_devices)} devices, "
+    status = (f"**Ring {ring.ring_id}**: {len(ring.members)} accounts sharing "
+              f"{_plural(len(ring.shared_devices), 'device')}, "
               f"ring score {ring.score:.2f}. Red accounts score high. The case files hold every member's "
               "evidence and the ring's timeline.")
     return RingView(status, image, files, members)
@@ -635,14 +661,17 @@ def _metric_rows(section: dict[str, Any], keys: Sequence[str], ratio_key: str) -
             v = m.get(key)
             row[key] = round(float(v), 4) if isinstance(v, int | float) and math.isfinite(v) else ""
         v = m.get(ratio_key)
-        row[f"GNN {ratio_key} ÷ this"] = (round(float(ref) / float(v), 2)
+        row[f"GNN ÷ this model ({ratio_key})"] = (round(float(ref) / float(v), 2)
                                          if isinstance(v, int | float) and isinstance(ref, int | float) and v > 0
                                          else "")
         table.append(row)
-    return pd.DataFrame(table, columns=["model", *keys, f"GNN {ratio_key} ÷ this"])
+    return pd.DataFrame(table, columns=["model", *keys, f"GNN ÷ this model ({ratio_key})"])
 
 
 PURCHASE_METRICS = ("recall@10", "ndcg@10", "hit@10", "recall@20", "ndcg@20", "coverage@20")
+# captions of the plots graph/evaluate.py writes, in display order; other plots follow, named by file
+PLOT_CAPTIONS = {"training": "Training: loss per epoch and validation metrics",
+                 "fraud_pr": "Fraud: precision-recall curves on the test users"}
 FRAUD_METRICS = ("auroc", "auprc", "rec@k", "precision", "recall")
 
 
@@ -665,10 +694,13 @@ def model_view(run_dir: Path | None) -> ModelView:
     fraud = (_metric_rows(fraud_section, FRAUD_METRICS, "auprc")
              if fraud_section.get("gnn", {}).get("kind", "none") != "none" else empty)
     plots: list[GalleryItem] = []
-    for rel in sorted(f for f in run.manifest.get("files", {}) if f.startswith("plots/") and f.endswith(".png")):
+    rels = [f for f in run.manifest.get("files", {}) if f.startswith("plots/") and f.endswith(".png")]
+    order = list(PLOT_CAPTIONS)
+    for rel in sorted(rels, key=lambda r: (order.index(Path(r).stem) if Path(r).stem in order else len(order), r)):
+        stem = Path(rel).stem
         try:
             with Image.open(run.path_of(rel)) as img:
-                plots.append((img.convert("RGB"), Path(rel).stem.replace("_", " ")))
+                plots.append((img.convert("RGB"), PLOT_CAPTIONS.get(stem, stem.replace("_", " "))))
         except (OSError, ValueError) as exc:
             logger.warning("plot %s unreadable: %s", rel, exc)
     status = ("Test-period metrics of the GNN and each baseline (higher is better). The last column is how "
@@ -705,7 +737,7 @@ def _warn(status: str) -> None:
     import gradio as gr
 
     if is_problem(status):
-        gr.Warning(status[len(ERROR_PREFIX):])
+        gr.Warning(status[len(ERROR_PREFIX):], duration=8)
 
 
 def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Path | None = None) -> gr.Blocks:
@@ -737,7 +769,8 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
     work_dir = Path(tempfile.mkdtemp(prefix="shopgraph-demo-"))
     export_dir = _export_dir(run_dir)
     users = sample_users(service, history, cases)
-    first_user = users[0][1] if users else None
+    rec_default = default_user(users, "heavy buyer")
+    fraud_default = default_user(users, "fraud risk")
     info = service.info()
 
     with gr.Blocks(title="ShopGraph demo") as app:
@@ -751,7 +784,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                         "what they recently looked at or bought, on the right the model's top picks, each with a "
                         "score (higher = better fit) and the reason (the past item it most resembles).")
             with gr.Row():
-                rec_user = gr.Dropdown(choices=users, value=first_user, allow_custom_value=True, label="Shopper",
+                rec_user = gr.Dropdown(choices=users, value=rec_default, allow_custom_value=True, label="Shopper",
                                        info="sample shoppers: likely fraudsters, ring members, heavy buyers, "
                                             "typical shoppers; or type any user id", scale=3)
                 rec_k = gr.Slider(1, 20, value=DEFAULT_K, step=1, label="How many recommendations", scale=1)
@@ -763,7 +796,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 rec_gallery = gr.Gallery(label="Recommended", columns=4, height=300, object_fit="contain",
                                          elem_id="rec-gallery")
             rec_table = gr.Dataframe(label="Recommendations with reasons", interactive=False, wrap=True,
-                                     elem_id="rec-table")
+                                     column_widths=_RESULT_WIDTHS, elem_id="rec-table")
 
             def on_recommend(user: Any, k: Any) -> tuple[Any, ...]:
                 view = recommend_view(service, history, thumbs, user, k)
@@ -791,9 +824,10 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                     img_btn = gr.Button("Search image", variant="primary")
             search_k = gr.Slider(1, 20, value=DEFAULT_K, step=1, label="How many results")
             search_status = gr.Markdown(elem_id="search-status")
-            search_gallery = gr.Gallery(label="Nearest items", columns=8, height=260, object_fit="contain",
+            search_gallery = gr.Gallery(label="Nearest items", columns=8, height=180, object_fit="contain",
                                         elem_id="search-gallery")
-            search_table = gr.Dataframe(label="Results", interactive=False, wrap=True, elem_id="search-table")
+            search_table = gr.Dataframe(label="Results", interactive=False, wrap=True, column_widths=_RESULT_WIDTHS,
+                                        elem_id="search-table")
             outputs = [search_status, search_gallery, search_table]
 
             def wrap(fn: Callable[..., SearchView]) -> Callable[[Any, Any], tuple[Any, ...]]:
@@ -814,7 +848,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                         "decision change: lower catches more fraud but flags more honest shoppers. The table lists "
                         "what drove the score.")
             with gr.Row():
-                fr_user = gr.Dropdown(choices=users, value=first_user, allow_custom_value=True, label="Account",
+                fr_user = gr.Dropdown(choices=users, value=fraud_default, allow_custom_value=True, label="Account",
                                       info="pick or type a user id", scale=3)
                 fr_btn = gr.Button("Score", variant="primary", scale=1)
             fr_status = gr.Markdown(elem_id="fraud-status")
@@ -853,11 +887,12 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                                       elem_id="ring-status")
             with gr.Row():
                 ring_image = gr.Image(label="Ring subgraph", type="pil", interactive=False, elem_id="ring-image",
-                                      scale=3)
+                                      scale=3, height=520)
                 with gr.Column(scale=2):
                     ring_files = gr.File(label="Case files (JSON + CSV)", file_count="multiple", interactive=False,
                                          elem_id="ring-files")
-                    ring_members = gr.Dataframe(label="Members", interactive=False, elem_id="ring-members")
+                    ring_members = gr.Dataframe(value=pd.DataFrame(columns=MEMBER_COLUMNS), label="Members",
+                                                interactive=False, elem_id="ring-members")
 
             def on_ring(ring_id: Any) -> tuple[Any, ...]:
                 view = ring_view(cases, ring_id, export_dir, work_dir)
@@ -883,8 +918,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             gr.Dataframe(value=mv.purchase, label="Recommendations (purchase)", interactive=False,
                          elem_id="model-purchase")
             gr.Dataframe(value=mv.fraud, label="Fraud detection", interactive=False, elem_id="model-fraud")
-            with gr.Row():
-                for img, caption in mv.plots:
-                    gr.Image(value=img, label=caption, type="pil", interactive=False)
+            for img, caption in mv.plots:
+                gr.Image(value=img, label=caption, type="pil", interactive=False, height=380)
 
     return app

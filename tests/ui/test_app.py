@@ -15,10 +15,12 @@ from shopgraph.graph.rings import FraudCases
 from shopgraph.graph.run import RunDir
 from shopgraph.retrieval.service import ShopService
 from shopgraph.ui.app import (
+    PLOT_CAPTIONS,
     RESULT_COLUMNS,
     Thumbnails,
     UserHistory,
     build_app,
+    default_user,
     draw_ring,
     fraud_view,
     image_search_view,
@@ -106,6 +108,12 @@ def test_sample_users_cover_fraud_rings_and_buyers(ui_service, history, ui_cases
     assert any("heavy buyer" in label for label, _ in choices)
 
 
+def test_default_user_by_kind() -> None:
+    choices = [("a (fraud risk 0.9)", "a"), ("b (heavy buyer, 9 purchases)", "b")]
+    assert default_user(choices, "heavy buyer") == "b" and default_user(choices, "fraud risk") == "a"
+    assert default_user(choices, "typical") == "a" and default_user([], "typical") is None
+
+
 def test_user_history_order_and_strongest_event() -> None:
     events = pd.DataFrame({
         "user_id": ["a", "a", "a", "b", "a"],
@@ -186,10 +194,21 @@ def test_image_search_view_without_image_index_says_so(ui_service, thumbs) -> No
     assert is_problem(view.status) and "image search is not available" in view.status
 
 
+def test_image_search_view_finds_an_items_own_picture(ui_service, thumbs) -> None:
+    if "image_items" not in ui_service.indexes:
+        pytest.skip("this run was built without images")
+    item = next(i for i in ui_service.item_ids if ui_service.item_info(i)["image"])
+    path = ui_service.item_info(item)["image"]
+    view = image_search_view(ui_service, thumbs, path, 3)
+    assert not is_problem(view.status)
+    assert view.table["item_id"].tolist() == ui_service.search(image=path, k=3).item_ids
+    assert view.table["item_id"].iloc[0] == item
+
+
 # -- Fraud ------------------------------------------------------------------------------------------
 def test_verdict_follows_the_threshold() -> None:
-    assert "Flagged" in verdict(0.7, 0.5) and "Not flagged" in verdict(0.7, 0.8)
-    assert "Flagged" in verdict(0.5, 0.5)  # at the threshold: flagged, as the service decides
+    assert "FLAGGED" in verdict(0.7, 0.5) and "Not flagged" in verdict(0.7, 0.8)
+    assert "FLAGGED" in verdict(0.5, 0.5)  # at the threshold: flagged, as the service decides
     assert verdict(None, 0.5) == "Score a user first."
     assert "no fraud scorer" in verdict(float("nan"), 0.5)
 
@@ -200,7 +219,7 @@ def test_fraud_view_with_explanations(ui_service, ui_cases) -> None:
     score = ui_service.score_user(user)
     assert not is_problem(view.status) and f"{score.probability:.3f}" in view.status
     assert view.probability == pytest.approx(score.probability) and view.threshold == score.threshold
-    assert ("Flagged" in view.verdict) == score.flagged
+    assert ("FLAGGED" in view.verdict) == score.flagged
     assert len(view.reasons) > 0 and view.method
     contrib = view.reasons["contribution"].abs().tolist()
     assert contrib == sorted(contrib, reverse=True)
@@ -274,7 +293,8 @@ def test_model_view_tables_from_metrics_json(ui_run) -> None:
     assert view.purchase["recall@20"].iloc[0] == pytest.approx(metrics["purchase"]["gnn"]["recall@20"], abs=1e-4)
     if metrics["fraud"]["gnn"].get("kind", "none") != "none":
         assert view.fraud["auprc"].iloc[0] == pytest.approx(metrics["fraud"]["gnn"]["auprc"], abs=1e-4)
-    assert {c for _, c in view.plots} >= {"training"}
+    assert view.plots[0][1] == PLOT_CAPTIONS["training"]  # training curves first
+    assert len(view.plots) == len([f for f in RunDir(ui_run).manifest["files"] if f.startswith("plots/")])
     assert all(isinstance(img, Image.Image) for img, _ in view.plots)
 
 

@@ -1,0 +1,234 @@
+"""The demo in a real browser: Playwright driving Debian's Chromium against the app served by uvicorn.
+
+Run with ``pytest -m browser tests/ui/test_browser.py``. Chromium is ``/usr/bin/chromium``; when it
+is missing and the test runs as root, the setup installs it with apt (never ``playwright
+install``, which downloads a browser). Screenshots go to ``docs/screenshots/`` only when
+``SHOPGRAPH_SCREENSHOTS=1``, otherwise to the test's temp folder.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from shopgraph.graph.rings import FraudCases
+from shopgraph.graph.run import RunDir
+from shopgraph.retrieval.service import ShopService
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT_ENV = "SHOPGRAPH_SCREENSHOTS"
+SCREENSHOT_DIR = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+TIMEOUT_MS = 30_000
+SEARCH_TEXT = "blue noise-cancelling headphones"
+MAX_SHOT_COLOURS = 256  # README screenshots are palette PNGs (well under 300 KB)
+
+
+def _chromium() -> Path:
+    """Debian's Chromium, installed with apt when missing and we are root; else skip with the reason."""
+    if CHROMIUM.is_file():
+        return CHROMIUM
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip(f"{CHROMIUM} is missing and installing it needs root (apt-get install -y chromium)")
+    if shutil.which("apt-get") is None:
+        pytest.skip(f"{CHROMIUM} is missing and there is no apt-get to install it")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        subprocess.run(["apt-get", "update"], check=True, capture_output=True, timeout=300, env=env)
+        subprocess.run(["apt-get", "install", "-y", "chromium"], check=True, capture_output=True, timeout=900,
+                       env=env)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        tail = (getattr(exc, "stderr", b"") or b"")[-300:].decode(errors="replace")
+        pytest.skip(f"could not install chromium with apt-get ({exc}; {tail})")
+    if not CHROMIUM.is_file():
+        pytest.skip(f"apt-get install chromium did not provide {CHROMIUM}")
+    return CHROMIUM
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(ui_service: ShopService) -> Iterator[str]:
+    """The HTTP API with the demo at /demo, served by uvicorn in a background thread."""
+    import uvicorn
+
+    from shopgraph.retrieval.api import create_app
+
+    port = _free_port()
+    config = uvicorn.Config(create_app(ui_service), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("the API server did not come up within 60 s")
+        time.sleep(0.2)
+    yield f"{base}/demo/"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def page(server: str) -> Iterator[Any]:
+    chromium = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox", "--disable-gpu"])
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        pg = context.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        pg.goto(server)
+        pg.get_by_text("Each tab below says what it shows").wait_for()
+        yield pg
+        context.close()
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.environ.get(SCREENSHOT_ENV) == "1":
+        SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+        return SCREENSHOT_DIR
+    return tmp_path_factory.mktemp("screenshots")
+
+
+def _shot(page: Any, folder: Path, name: str) -> Path:
+    path = folder / f"{name}.png"
+    page.wait_for_timeout(400)  # let images finish painting
+    from PIL import Image
+
+    png = page.screenshot(full_page=True)
+    with Image.open(io.BytesIO(png)) as img:
+        img.convert("RGB").quantize(MAX_SHOT_COLOURS, dither=Image.Dither.NONE).save(path, optimize=True)
+    return path
+
+
+def _close_toasts(page: Any) -> None:
+    for button in page.locator(".toast-close").all():
+        button.click()
+    expect(page.locator(".toast-body")).to_have_count(0)
+
+
+def _tab(page: Any, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def _default_user(service: ShopService, cases: FraudCases, kind: str) -> str:
+    """The user a tab preselects (as ``build_app`` picks it)."""
+    from shopgraph.ui.app import UserHistory, default_user, sample_users
+
+    user = default_user(sample_users(service, UserHistory(cases.tables.events, service.target), cases), kind)
+    assert user is not None
+    return user
+
+
+def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopService, ui_cases: FraudCases,
+                                     ui_run: Path) -> None:
+    user = _default_user(ui_service, ui_cases, "heavy buyer")
+
+    # -- Recommend: the default tab, the first sample user preselected
+    _tab(page, "Recommend")
+    page.get_by_role("button", name="Recommend", exact=True).click()
+    rec = ui_service.recommend(user, k=8)
+    expect(page.locator("#rec-status")).to_contain_text(user)
+    expect(page.locator("#rec-table")).to_contain_text(rec.titles[0])
+    expect(page.locator("#rec-table")).to_contain_text(rec.reasons[0][:30])
+    expect(page.locator("#rec-gallery img")).to_have_count(8)
+    assert page.locator("#rec-history img").count() > 0
+    _shot(page, shots, "recommend")
+
+    # -- Similar & search: a text query, then an empty one
+    _tab(page, "Similar & search")
+    query = SEARCH_TEXT
+    expected = ui_service.search(text=query, k=8)
+    page.locator("#search-text textarea").fill(query)
+    page.get_by_role("button", name="Search text").click()
+    expect(page.locator("#search-table")).to_contain_text(expected.titles[0])
+    expect(page.locator("#search-gallery img")).to_have_count(8)
+    _shot(page, shots, "search")
+    page.locator("#search-text textarea").fill("")
+    page.get_by_role("button", name="Search text").click()
+    expect(page.locator("#search-status")).to_contain_text("empty text")
+    expect(page.locator(".toast-body").filter(has_text="type a few words")).to_be_visible()  # the toast too
+    _close_toasts(page)
+
+    # -- Fraud: score the first sample user, then move the threshold both ways
+    _tab(page, "Fraud")
+    user = _default_user(ui_service, ui_cases, "fraud risk")
+    page.get_by_role("button", name="Score").click()
+    score = ui_service.score_user(user)
+    expect(page.locator("#fraud-status")).to_contain_text(f"{score.probability:.3f}")
+    expect(page.locator("#fraud-verdict")).to_contain_text("FLAGGED" if score.flagged else "Not flagged")
+    expect(page.locator("#fraud-reasons")).to_contain_text("reason")
+    number = page.locator("#fraud-threshold input[type=number]")
+    above = min(1.0, round(score.probability + 0.02, 2))
+    if above > score.probability:
+        number.fill(f"{above}")
+        number.press("Enter")
+        expect(page.locator("#fraud-verdict")).to_contain_text("Not flagged")
+    number.fill("0")
+    number.press("Enter")
+    expect(page.locator("#fraud-verdict")).to_contain_text("FLAGGED for review")
+    number.fill(f"{round(score.threshold, 2)}")
+    number.press("Enter")
+    _shot(page, shots, "fraud")
+
+    # -- Rings: click the top ring's row; its graph and case files appear
+    _tab(page, "Rings")
+    rings = ui_cases.rings()
+    if rings:
+        ring = rings[0]
+        page.locator("#ring-table [role=gridcell]").filter(has_text=ring.ring_id, visible=True).first.click()
+        expect(page.locator("#ring-status")).to_contain_text(f"Ring {ring.ring_id}")
+        expect(page.locator("#ring-image img")).to_be_visible()
+        expect(page.locator(f"#ring-files a[href$='{ring.ring_id}.csv']")).to_have_count(1)
+        expect(page.locator("#ring-members")).to_contain_text(ring.members[0])
+        link = page.locator(f"#ring-files a[href$='{ring.ring_id}.json']")
+        expect(link).to_have_count(1)
+        with urllib.request.urlopen(str(link.get_attribute("href")), timeout=10) as r:  # the download itself
+            assert json.loads(r.read())["ring_id"] == ring.ring_id
+    _shot(page, shots, "rings")
+
+    # -- Model: the metrics tables against the baselines and the plots
+    _tab(page, "Model")
+    metrics = RunDir(ui_run).read_json("metrics.json")
+    expect(page.locator("#model-purchase")).to_contain_text("GNN (")
+    for name in metrics["purchase"]["baselines"]:
+        expect(page.locator("#model-purchase")).to_contain_text(name)
+    _shot(page, shots, "model")
+
+    # -- bad input on the Fraud tab: a typed unknown id gives a message, not a traceback
+    _tab(page, "Fraud")
+    box = page.get_by_label("Account")
+    box.fill("no-such-user")
+    box.press("Enter")
+    page.get_by_role("button", name="Score").click()
+    expect(page.locator("#fraud-status")).to_contain_text("unknown user 'no-such-user'")
+    assert page.get_by_text("Traceback").count() == 0
