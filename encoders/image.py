@@ -159,7 +159,7 @@ def load_rgb(path: Path | None, *, max_pixels: int, draft_size: int) -> tuple[Im
             return None, ["not_an_image"]
         except (IsADirectoryError, PermissionError):
             return None, ["unreadable"]
-        except (OSError, SyntaxError, ValueError):
+        except Exception:  # noqa: BLE001 - a damaged header: SyntaxError, struct.error, ValueError ...
             return None, ["corrupt"]
         try:
             with img:
@@ -174,7 +174,7 @@ def load_rgb(path: Path | None, *, max_pixels: int, draft_size: int) -> tuple[Im
                 rgb.load()
         except Image.DecompressionBombError:
             return None, ["too_large"]
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        except Exception as exc:  # noqa: BLE001 - decoders of damaged files raise many kinds (struct.error ...)
             return None, ["truncated" if "truncat" in str(exc).lower() else "corrupt"]
     return rgb, kinds
 
@@ -221,7 +221,7 @@ class _ImageDataset(Dataset[_Item]):
                 pixels = efficientnet_preprocess(img)
             else:
                 pixels = self.processor(images=img, return_tensors="pt")["pixel_values"][0]
-        except (OSError, ValueError) as exc:  # an image PIL opened but cannot resample
+        except Exception as exc:  # noqa: BLE001 - an image PIL opened but the processor rejects
             logger.debug("preprocessing %s failed: %s", path, exc)
             return _Item(index, None, ["corrupt"])
         return _Item(index, pixels, kinds)

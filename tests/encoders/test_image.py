@@ -308,3 +308,26 @@ def test_real_efficientnet_weights_and_preprocessing_classify_a_photo() -> None:
         with torch.inference_mode():
             logits = enc._model(efficientnet_preprocess(img)[None])
         assert int(logits.argmax()) == label, name
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP"])
+def test_damaged_files_never_crash(tiny_vit: Path, tmp_path: Path, fmt: str) -> None:
+    """Random byte damage in real files of each format: every file is either encoded or counted."""
+    rng = np.random.default_rng(0)
+    stripes(4, (160, 120)).save(tmp_path / f"ok.{fmt.lower()}", fmt)
+    data = bytearray((tmp_path / f"ok.{fmt.lower()}").read_bytes())
+    paths: list[Path | None] = []
+    for k in range(12):
+        damaged = bytearray(data)
+        for pos in rng.integers(8, len(damaged), 1 + k):
+            damaged[pos] = int(rng.integers(0, 256))
+        if k % 3 == 0:
+            damaged = damaged[: int(rng.integers(16, len(damaged)))]
+        path = tmp_path / f"d{k}.{fmt.lower()}"
+        path.write_bytes(bytes(damaged))
+        paths.append(path)
+    res = _encode(ImageEncoder(tiny_vit, num_workers=0), paths)
+    failed = sum(v for k, v in res.problems.items() if not k.startswith("converted_"))
+    assert failed == int((~res.ok).sum())
+    assert np.all(res.embeddings[~res.ok] == 0)
+    assert np.isfinite(res.embeddings).all()
