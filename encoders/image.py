@@ -15,10 +15,11 @@ with the first path of each kind in ``first_problem``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -346,6 +347,42 @@ class ImageEncoder:
         hidden = out.last_hidden_state.float()
         return hidden.mean(dim=(2, 3)) if hidden.dim() == 4 else hidden.mean(dim=1)
 
+    def encode_images(self, images: Sequence[Image.Image | None]) -> ImageEncoding:
+        """Embed in-memory PIL images (query images: no temp file, no DataLoader).
+
+        Args:
+            images: ``N`` PIL images, ``None`` where there is none.
+
+        Returns:
+            :class:`ImageEncoding` (``first_problem`` values are ``"#<index>"``).
+        """
+        images = list(images)
+        bad = [k for k, im in enumerate(images) if im is not None and not isinstance(im, Image.Image)]
+        if bad:
+            raise TypeError(
+                f"images: expected PIL images or None; {len(bad)} of {len(images)} are not "
+                f"(first: {type(images[bad[0]]).__name__}, index {bad[0]})"
+            )
+        self._load()
+        items: list[_Item] = []
+        for k, im in enumerate(images):
+            kinds: list[str] = []
+            if im is None:
+                items.append(_Item(k, None, ["no_image"]))
+                continue
+            if im.width * im.height > self.max_pixels:
+                items.append(_Item(k, None, ["too_large"]))
+                continue
+            try:
+                rgb = _to_rgb(ImageOps.exif_transpose(im), kinds)
+                pixels = (efficientnet_preprocess(rgb) if self._processor is None
+                          else self._processor(images=rgb, return_tensors="pt")["pixel_values"][0])
+            except Exception:  # noqa: BLE001 - a damaged or unsupported in-memory image
+                items.append(_Item(k, None, ["corrupt"]))
+                continue
+            items.append(_Item(k, pixels, kinds))
+        return self._run([f"#{k}" for k in range(len(images))], [_collate(items)], progress=False)
+
     def encode(self, paths: Sequence[Path | None], progress: bool = False) -> ImageEncoding:
         """Embed image files.
 
@@ -366,24 +403,7 @@ class ImageEncoder:
                 f"(first: {paths[bad[0]]!r}, index {bad[0]})"
             )
         self._load()
-        dim = self.dim
-        out = np.zeros((len(paths), dim), dtype=np.float32)
-        ok = np.zeros(len(paths), dtype=bool)
-        counts: Counter[str] = Counter()
-        first: dict[str, str] = {}
-        row_kinds: list[list[str]] = [[] for _ in paths]
-
-        def note(index: int, kind: str) -> None:
-            counts[kind] += 1
-            row_kinds[index].append(kind)
-            first.setdefault(kind, "" if paths[index] is None else str(paths[index]))
-
-        todo: list[tuple[int, Path]] = []
-        for k, p in enumerate(paths):
-            if p is None or str(p) == "":
-                note(k, "no_image")
-            else:
-                todo.append((k, Path(p)))
+        todo = [(k, Path(p)) for k, p in enumerate(paths) if p is not None and str(p) != ""]
         draft = 256 if self._processor is None else 512
         dataset = _ImageDataset(todo, self._processor, self.max_pixels, draft)
         loader: DataLoader[_Item] = DataLoader(
@@ -395,12 +415,26 @@ class ImageEncoder:
             worker_init_fn=_worker_init if self.num_workers > 0 else None,
             pin_memory=self.device.type == "cuda",
         )
+        missing = [_Batch([], None, [(k, "no_image") for k, p in enumerate(paths) if p is None or str(p) == ""])]
+        # a lazy chain: batches are decoded (by the workers) while earlier ones run through the model
+        return self._run(["" if p is None else str(p) for p in paths], itertools.chain(missing, loader), progress)
+
+    def _run(self, labels: list[str], batches: Iterable[_Batch], progress: bool) -> ImageEncoding:
+        """Forward the batches' pixels; collect embeddings and problems for ``len(labels)`` rows."""
+        dim = self.dim
+        out = np.zeros((len(labels), dim), dtype=np.float32)
+        ok = np.zeros(len(labels), dtype=bool)
+        counts: Counter[str] = Counter()
+        first: dict[str, str] = {}
+        row_kinds: list[list[str]] = [[] for _ in labels]
         chunk = self.batch_size if self.device.type == "cuda" else min(self.batch_size, CPU_CHUNK)
         fmt = torch.channels_last if self.kind == "efficientnet" else torch.contiguous_format
         with torch.inference_mode(), autocast_context(self.device):
-            for batch in tqdm(loader, desc="images", unit="batch", disable=not progress):
+            for batch in tqdm(batches, desc="images", unit="batch", disable=not progress):
                 for index, kind in batch.problems:
-                    note(index, kind)
+                    counts[kind] += 1
+                    row_kinds[index].append(kind)
+                    first.setdefault(kind, labels[index])
                 if batch.pixels is None:
                     continue
                 for start in range(0, len(batch.ok_index), chunk):
@@ -413,9 +447,10 @@ class ImageEncoder:
         failed = {k: v for k, v in counts.items() if k in FAILURE_KINDS and k != "no_image"}
         if failed:
             summary = ", ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
+            n_given = sum(1 for k in row_kinds if "no_image" not in k)
             warnings.warn(
-                f"{sum(failed.values())} of {len(todo)} image files could not be encoded ({summary}; "
+                f"{sum(failed.values())} of {n_given} image files could not be encoded ({summary}; "
                 f"first: {next(first[k] for k in sorted(failed))}); those items have no image feature",
-                stacklevel=2,
+                stacklevel=3,
             )
         return ImageEncoding(out, ok, dict(counts), first, [tuple(k) for k in row_kinds])

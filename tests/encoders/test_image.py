@@ -331,3 +331,19 @@ def test_damaged_files_never_crash(tiny_vit: Path, tmp_path: Path, fmt: str) -> 
     assert failed == int((~res.ok).sum())
     assert np.all(res.embeddings[~res.ok] == 0)
     assert np.isfinite(res.embeddings).all()
+
+
+def test_in_memory_images_match_files(tiny_vit: Path, tmp_path: Path) -> None:
+    img = circles(7)
+    img.save(tmp_path / "c.png")
+    rgba = img.convert("RGBA")
+    rgba.putalpha(Image.new("L", img.size, 50))
+    enc = ImageEncoder(tiny_vit, num_workers=0, max_pixels=100_000)
+    with pytest.warns(UserWarning, match=r"1 of 3 image files could not be encoded \(too_large: 1; first: #3\)"):
+        res = enc.encode_images([img, None, rgba, Image.new("RGB", (400, 300))])
+    assert res.ok.tolist() == [True, False, True, False]
+    assert res.problems == {"no_image": 1, "converted_transparent": 1, "too_large": 1}
+    from_file = _encode(enc, [tmp_path / "c.png"])
+    np.testing.assert_allclose(res.embeddings[0], from_file.embeddings[0], atol=1e-6)
+    with pytest.raises(TypeError, match=r"images: expected PIL images or None; 1 of 1 are not \(first: str, index 0\)"):
+        enc.encode_images(["c.png"])  # type: ignore[list-item]
