@@ -52,7 +52,8 @@ def _buyer(history: UserHistory) -> str:
 
 
 # -- Recommend --------------------------------------------------------------------------------------
-def test_recommend_view_matches_service_and_shows_history(ui_service, history, thumbs) -> None:
+def test_recommend_view_matches_service_and_shows_history(ui_service: ShopService, history: UserHistory,
+                                                          thumbs: Thumbnails) -> None:
     user = _buyer(history)
     view = recommend_view(ui_service, history, thumbs, user, 5)
     rec = ui_service.recommend(user, k=5)
@@ -70,7 +71,8 @@ def test_recommend_view_matches_service_and_shows_history(ui_service, history, t
     assert view.history[0][1].startswith(first_title)
 
 
-def test_recommend_view_typed_id_is_stripped(ui_service, history, thumbs) -> None:
+def test_recommend_view_typed_id_is_stripped(ui_service: ShopService, history: UserHistory,
+                                             thumbs: Thumbnails) -> None:
     user = _buyer(history)
     view = recommend_view(ui_service, history, thumbs, f"  {user} ", "3")
     assert is_problem(view.status)  # k typed as text is not a number
@@ -84,19 +86,21 @@ def test_recommend_view_typed_id_is_stripped(ui_service, history, thumbs) -> Non
     (None, 5, "pick one from the list or type an id"),
     ("u0", 0, "expected an integer from 1 to 50"),
 ])
-def test_recommend_view_bad_input_is_a_message(ui_service, history, thumbs, user, k, message) -> None:
+def test_recommend_view_bad_input_is_a_message(ui_service: ShopService, history: UserHistory,
+                                               thumbs: Thumbnails, user: Any, k: Any, message: str) -> None:
     view = recommend_view(ui_service, history, thumbs, user, k)
     assert is_problem(view.status) and message in view.status
     assert view.gallery == [] and view.history == [] and view.table.empty
 
 
-def test_recommend_view_without_history(ui_service, thumbs) -> None:
+def test_recommend_view_without_history(ui_service: ShopService, thumbs: Thumbnails) -> None:
     view = recommend_view(ui_service, None, thumbs, ui_service.user_ids[0], 2)
     assert not is_problem(view.status) and view.history == [] and len(view.gallery) == 2
     assert "could not be read" in view.status
 
 
-def test_sample_users_cover_fraud_rings_and_buyers(ui_service, history, ui_cases) -> None:
+def test_sample_users_cover_fraud_rings_and_buyers(ui_service: ShopService, history: UserHistory,
+                                                   ui_cases: FraudCases) -> None:
     choices = sample_users(ui_service, history, ui_cases)
     ids = [u for _, u in choices]
     assert len(ids) == len(set(ids)) and all(ui_service.has_user(u) for u in ids)
@@ -153,7 +157,7 @@ def test_thumbnails_scale_images_and_fall_back_to_a_placeholder(tmp_path: Path) 
 
 
 # -- Similar & search -------------------------------------------------------------------------------
-def test_similar_view_matches_service(ui_service, thumbs) -> None:
+def test_similar_view_matches_service(ui_service: ShopService, thumbs: Thumbnails) -> None:
     item = sample_items(ui_service)[0][1]
     view = similar_view(ui_service, thumbs, item, 6)
     assert not is_problem(view.status) and item in view.status
@@ -163,7 +167,7 @@ def test_similar_view_matches_service(ui_service, thumbs) -> None:
     assert is_problem(bad.status) and "unknown item 'no-such-item'" in bad.status and bad.table.empty
 
 
-def test_text_search_view_matches_service(ui_service, thumbs) -> None:
+def test_text_search_view_matches_service(ui_service: ShopService, thumbs: Thumbnails) -> None:
     query = ui_service.titles[0]
     view = text_search_view(ui_service, thumbs, query, 4)
     assert not is_problem(view.status)
@@ -172,12 +176,14 @@ def test_text_search_view_matches_service(ui_service, thumbs) -> None:
 
 
 @pytest.mark.parametrize("text", ["", "   ", None])
-def test_text_search_view_empty_text_is_a_message(ui_service, thumbs, text) -> None:
+def test_text_search_view_empty_text_is_a_message(ui_service: ShopService, thumbs: Thumbnails,
+                                                  text: Any) -> None:
     view = text_search_view(ui_service, thumbs, text, 4)
     assert is_problem(view.status) and "empty text" in view.status and view.gallery == []
 
 
-def test_image_search_view_bad_images_are_messages(ui_service, thumbs, tmp_path: Path) -> None:
+def test_image_search_view_bad_images_are_messages(ui_service: ShopService, thumbs: Thumbnails,
+                                                   tmp_path: Path) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\x00\x01 not an image")
     view = image_search_view(ui_service, thumbs, str(bad), 4)
@@ -186,7 +192,7 @@ def test_image_search_view_bad_images_are_messages(ui_service, thumbs, tmp_path:
     assert is_problem(view.status) and "upload a picture" in view.status
 
 
-def test_image_search_view_without_image_index_says_so(ui_service, thumbs) -> None:
+def test_image_search_view_without_image_index_says_so(ui_service: ShopService, thumbs: Thumbnails) -> None:
     if "image_items" in ui_service.indexes:
         pytest.skip("this run has an image index")
     pixels = np.full((32, 32, 3), 128, dtype=np.uint8)
@@ -194,7 +200,7 @@ def test_image_search_view_without_image_index_says_so(ui_service, thumbs) -> No
     assert is_problem(view.status) and "image search is not available" in view.status
 
 
-def test_image_search_view_finds_an_items_own_picture(ui_service, thumbs) -> None:
+def test_image_search_view_finds_an_items_own_picture(ui_service: ShopService, thumbs: Thumbnails) -> None:
     if "image_items" not in ui_service.indexes:
         pytest.skip("this run was built without images")
     item = next(i for i in ui_service.item_ids if ui_service.item_info(i)["image"])
@@ -213,7 +219,7 @@ def test_verdict_follows_the_threshold() -> None:
     assert "no fraud scorer" in verdict(float("nan"), 0.5)
 
 
-def test_fraud_view_with_explanations(ui_service, ui_cases) -> None:
+def test_fraud_view_with_explanations(ui_service: ShopService, ui_cases: FraudCases) -> None:
     user = ui_service.user_ids[int(np.nanargmax(ui_service.fraud_prob))]
     view = fraud_view(ui_service, ui_cases, user)
     score = ui_service.score_user(user)
@@ -225,7 +231,7 @@ def test_fraud_view_with_explanations(ui_service, ui_cases) -> None:
     assert contrib == sorted(contrib, reverse=True)
 
 
-def test_fraud_view_without_cases_uses_service_reasons(ui_service) -> None:
+def test_fraud_view_without_cases_uses_service_reasons(ui_service: ShopService) -> None:
     user = ui_service.user_ids[1]
     view = fraud_view(ui_service, None, user)
     assert view.reasons["reason"].tolist() == ui_service.score_user(user).reasons
@@ -233,14 +239,14 @@ def test_fraud_view_without_cases_uses_service_reasons(ui_service) -> None:
 
 
 @pytest.mark.parametrize("user", ["ghost", "", None])
-def test_fraud_view_bad_user_is_a_message(ui_service, ui_cases, user) -> None:
+def test_fraud_view_bad_user_is_a_message(ui_service: ShopService, ui_cases: FraudCases, user: Any) -> None:
     view = fraud_view(ui_service, ui_cases, user)
     assert is_problem(view.status) and view.probability is None and view.reasons.empty
     assert view.verdict == "Score a user first."
 
 
 # -- Rings ------------------------------------------------------------------------------------------
-def test_rings_table_is_ranked(ui_cases) -> None:
+def test_rings_table_is_ranked(ui_cases: FraudCases) -> None:
     table = rings_table(ui_cases)
     rings = ui_cases.rings(top=50)
     assert table["ring"].tolist() == [r.ring_id for r in rings]
@@ -249,7 +255,7 @@ def test_rings_table_is_ranked(ui_cases) -> None:
     assert rings_table(None).empty
 
 
-def test_ring_view_draws_and_offers_case_files(ui_run, ui_cases, tmp_path: Path) -> None:
+def test_ring_view_draws_and_offers_case_files(ui_run: Path, ui_cases: FraudCases, tmp_path: Path) -> None:
     rings = ui_cases.rings()
     if not rings:
         pytest.skip("no rings found in the small run")
@@ -269,13 +275,14 @@ def test_ring_view_draws_and_offers_case_files(ui_run, ui_cases, tmp_path: Path)
 
 
 @pytest.mark.parametrize("ring_id, message", [("R9999", "unknown ring_id 'R9999'"), ("", "got nothing")])
-def test_ring_view_bad_ring_is_a_message(ui_cases, tmp_path: Path, ring_id, message) -> None:
+def test_ring_view_bad_ring_is_a_message(ui_cases: FraudCases, tmp_path: Path, ring_id: str,
+                                         message: str) -> None:
     view = ring_view(ui_cases, ring_id, None, tmp_path)
     assert is_problem(view.status) and message in view.status and view.image is None and view.files == []
     assert is_problem(ring_view(None, "R0001", None, tmp_path).status)
 
 
-def test_draw_ring_handles_a_ring_without_common_items(ui_cases) -> None:
+def test_draw_ring_handles_a_ring_without_common_items(ui_cases: FraudCases) -> None:
     rings = ui_cases.rings()
     if not rings:
         pytest.skip("no rings found in the small run")
@@ -284,7 +291,7 @@ def test_draw_ring_handles_a_ring_without_common_items(ui_cases) -> None:
 
 
 # -- Model ------------------------------------------------------------------------------------------
-def test_model_view_tables_from_metrics_json(ui_run) -> None:
+def test_model_view_tables_from_metrics_json(ui_run: Path) -> None:
     view = model_view(ui_run)
     metrics = RunDir(ui_run).read_json("metrics.json")
     assert not is_problem(view.status)
@@ -306,7 +313,7 @@ def test_model_view_without_metrics_is_a_message(tmp_path: Path) -> None:
 
 
 # -- the app ----------------------------------------------------------------------------------------
-def test_build_app_and_mount_under_the_http_api(ui_service) -> None:
+def test_build_app_and_mount_under_the_http_api(ui_service: ShopService) -> None:
     import gradio as gr
     from fastapi.testclient import TestClient
 
@@ -318,7 +325,7 @@ def test_build_app_and_mount_under_the_http_api(ui_service) -> None:
         assert page.status_code == 200 and "ShopGraph demo" in page.text
 
 
-def test_build_app_without_rings_or_metrics(ui_service, tmp_path: Path) -> None:
+def test_build_app_without_rings_or_metrics(ui_service: ShopService, tmp_path: Path) -> None:
     import gradio as gr
 
     RunDir(tmp_path / "empty", create=True)
