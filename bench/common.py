@@ -162,7 +162,18 @@ def train_gnn_fraud(
     return GNNFraudResult(prob.astype(np.float64), emb, best_epoch, epoch, time.perf_counter() - start)
 
 
-FRAUD_METHODS = ("logreg", "xgb", "xgb_graph", "graph_trees", "gnn", "hybrid", "product", "product_3way")
+FRAUD_METHODS = (
+    "logreg", "xgb", "xgb_graph", "graph_trees", "gnn", "hybrid", "ensemble", "product", "product_all",
+)
+PRODUCT_POOLS = {"product": ("gnn", "hybrid"), "product_all": ("gnn", "hybrid", "graph_trees", "ensemble")}
+CANDIDATES = ("gnn", "hybrid", "graph_trees", "ensemble")
+
+
+def rank_average(*probs: np.ndarray) -> np.ndarray:
+    """Mean of the scores' normalised ranks in ``[0, 1]`` (scale-free blend of scorers)."""
+    from scipy.stats import rankdata
+
+    return np.mean([(rankdata(p) - 1) / max(p.size - 1, 1) for p in probs], axis=0)
 
 
 def run_fraud_benchmark(
@@ -176,9 +187,10 @@ def run_fraud_benchmark(
     ``graph_trees`` = the same trees on the product's :func:`hetero_neighbor_features` (what
     ``fraud_baselines`` calls xgb_graph on a shop); ``gnn`` = :class:`ShopGNN` fraud head;
     ``hybrid`` = :class:`HybridFraudHead` on :func:`hybrid_features` (GNN embeddings ⊕
-    neighbour features); ``product`` = whichever of ``gnn`` / ``hybrid`` has the better
-    validation ``metric`` on that split (the rule ``graph.train.select_fraud_scorer`` applies
-    today, on AUPRC); ``product_3way`` = the best of ``gnn`` / ``hybrid`` / ``graph_trees`` on
+    neighbour features); ``ensemble`` = rank average of ``gnn`` and ``graph_trees``;
+    ``product`` = whichever of ``gnn`` / ``hybrid`` has the better validation ``metric`` on that
+    split (the rule ``graph.train.select_fraud_scorer`` applies today, on AUPRC);
+    ``product_all`` = the best of ``gnn`` / ``hybrid`` / ``graph_trees`` / ``ensemble`` on
     validation (the proposed rule).
 
     Args:
@@ -216,8 +228,8 @@ def run_fraud_benchmark(
     out: dict[str, dict[str, list[float]]] = {
         m: {"split": [], "test_auroc": [], "test_auprc": [], "val": [], "seconds": []} for m in FRAUD_METHODS
     }
-    out["product"]["chosen"] = []
-    out["product_3way"]["chosen"] = []
+    for name in PRODUCT_POOLS:
+        out[name]["chosen"] = []
 
     def record(name: str, prob: np.ndarray, tr: np.ndarray, va: np.ndarray, te: np.ndarray, sec: float) -> None:
         test = fraud_metrics(y[te], prob[te])
@@ -251,11 +263,13 @@ def run_fraud_benchmark(
         head = HybridFraudHead(eval_metric=xgb_metric, seed=k).fit(hyb[tr], y[tr], hyb[va], y[va])
         hprob = head.predict_proba(hyb)
         record("hybrid", hprob, tr, va, te, time.perf_counter() - t0 + res.seconds)
-        probs.update(gnn=res.prob, hybrid=hprob)
-        for name, pool in (("product", ("gnn", "hybrid")), ("product_3way", ("gnn", "hybrid", "graph_trees"))):
+        probs.update(gnn=res.prob, hybrid=hprob, ensemble=rank_average(res.prob, probs["graph_trees"]))
+        record("ensemble", probs["ensemble"], tr, va, te, out["gnn"]["seconds"][-1] + out["graph_trees"]["seconds"][-1])
+        for name, pool in PRODUCT_POOLS.items():
             pick = max(pool, key=lambda m: out[m]["val"][-1])
-            record(name, probs[pick], tr, va, te, sum(out[m]["seconds"][-1] for m in pool if m != "gnn"))
-            out[name]["chosen"].append(float(pool.index(pick)))
+            # every candidate is fitted; hybrid's time already includes the GNN's
+            record(name, probs[pick], tr, va, te, sum(out[m]["seconds"][-1] for m in pool if m in ("hybrid", "graph_trees")))
+            out[name]["chosen"].append(float(CANDIDATES.index(pick)))
         if log:
             print(
                 f"split {k}: " + ", ".join(
@@ -280,10 +294,9 @@ def fraud_table(results: dict[str, dict[str, list[float]]], *, ref: str = "xgb_g
             continue
         base = float(np.mean([ref_by_split[s] for s in r["split"]]))
         note = ""
-        if m.startswith("product"):
-            pool = ("gnn", "hybrid", "graph_trees")
-            counts = [int(sum(1 for c in r["chosen"] if int(c) == k)) for k in range(3)]
-            note = "val-selected: " + ", ".join(f"{p} {c}x" for p, c in zip(pool, counts) if c)
+        if m in PRODUCT_POOLS:
+            counts = [int(sum(1 for c in r["chosen"] if int(c) == k)) for k in range(len(CANDIDATES))]
+            note = "val-selected: " + ", ".join(f"{p} {c}x" for p, c in zip(CANDIDATES, counts) if c)
         rows.append([
             m, str(len(r["split"])), mean_std(r["test_auroc"]), mean_std(r["test_auprc"]),
             f"{np.mean(r[key]) / base:.3f}", f"{np.mean(r['seconds']):.1f}", note,
