@@ -413,6 +413,20 @@ def image_search_view(service: ShopService, thumbs: Thumbnails, image: Any, k: A
                       gallery, table)
 
 
+def image_preview(image: Any) -> PILImage | None:
+    """The uploaded image as a small RGB picture, or ``None`` when there is none or it is unreadable."""
+    from shopgraph.retrieval.service import read_image
+
+    if image is None or (isinstance(image, str) and not image):
+        return None
+    try:
+        img = read_image(image)
+    except ValueError:
+        return None
+    img.thumbnail((THUMB_SIZE * 2, THUMB_SIZE * 2))
+    return img
+
+
 def sample_items(service: ShopService, n: int = 12) -> list[tuple[str, str]]:
     """Dropdown choices ``(title (id), item_id)``: a few items of each category."""
     per_cat: dict[str, list[str]] = {}
@@ -820,8 +834,13 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                     txt_query = gr.Textbox(label="Text", placeholder="e.g. wireless headphones", elem_id="search-text")
                     txt_btn = gr.Button("Search text", variant="primary")
                 with gr.Column():
-                    img_query = gr.Image(label="Image", type="filepath", height=140, sources=["upload"])
+                    # a File, not an Image: gr.Image decodes uploads before the handler runs, so a corrupt
+                    # file would end in Gradio's generic "Error" instead of our message
+                    img_query = gr.File(label="Image (PNG, JPEG, ...)", file_types=["image"], type="filepath",
+                                        height=140, elem_id="search-image")
                     img_btn = gr.Button("Search image", variant="primary")
+                    img_preview = gr.Image(label="Your image", type="pil", interactive=False, height=120,
+                                           elem_id="search-image-preview")
             search_k = gr.Slider(1, 20, value=DEFAULT_K, step=1, label="How many results")
             search_status = gr.Markdown(elem_id="search-status")
             search_gallery = gr.Gallery(label="Nearest items", columns=8, height=180, object_fit="contain",
@@ -840,7 +859,13 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             sim_btn.click(wrap(similar_view), [sim_item, search_k], outputs)
             txt_btn.click(wrap(text_search_view), [txt_query, search_k], outputs)
             txt_query.submit(wrap(text_search_view), [txt_query, search_k], outputs)
-            img_btn.click(wrap(image_search_view), [img_query, search_k], outputs)
+            def on_image(path: Any, k: Any) -> tuple[Any, ...]:
+                view = image_search_view(service, thumbs, path, k)
+                _warn(view.status)
+                return (*view, image_preview(path))
+
+            img_btn.click(on_image, [img_query, search_k], [*outputs, img_preview])
+            img_query.upload(on_image, [img_query, search_k], [*outputs, img_preview])
 
         with gr.Tab("Fraud", id="fraud"):
             gr.Markdown("**How likely is this account to be fraudulent, and why?** The model gives a probability; "

@@ -23,6 +23,7 @@ from shopgraph.ui.app import (
     default_user,
     draw_ring,
     fraud_view,
+    image_preview,
     image_search_view,
     is_problem,
     model_view,
@@ -190,6 +191,11 @@ def test_image_search_view_bad_images_are_messages(ui_service: ShopService, thum
     assert is_problem(view.status) and "not a readable image" in view.status
     view = image_search_view(ui_service, thumbs, None, 4)
     assert is_problem(view.status) and "upload a picture" in view.status
+    assert image_preview(str(bad)) is None and image_preview(None) is None
+    good = tmp_path / "good.png"
+    Image.new("RGB", (600, 300), (1, 2, 3)).save(good)
+    preview = image_preview(str(good))
+    assert preview is not None and preview.size == (256, 128)
 
 
 def test_image_search_view_without_image_index_says_so(ui_service: ShopService, thumbs: Thumbnails) -> None:

@@ -150,7 +150,7 @@ def _default_user(service: ShopService, cases: FraudCases, kind: str) -> str:
 
 
 def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopService, ui_cases: FraudCases,
-                                     ui_run: Path) -> None:
+                                     ui_run: Path, tmp_path: Path) -> None:
     user = _default_user(ui_service, ui_cases, "heavy buyer")
 
     # -- Recommend: the default tab, the first sample user preselected
@@ -178,6 +178,24 @@ def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopSer
     expect(page.locator("#search-status")).to_contain_text("empty text")
     expect(page.locator(".toast-body").filter(has_text="type a few words")).to_be_visible()  # the toast too
     _close_toasts(page)
+
+    # -- image search: an unreadable upload is a message; a real picture finds its own item
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not a PNG")
+    upload = page.locator("#search-image input[type=file]")
+    upload.set_input_files(str(broken))
+    expect(page.locator("#search-status")).to_contain_text("not a readable image")
+    _close_toasts(page)
+    item = next((i for i in ui_service.item_ids if ui_service.item_info(i)["image"]), None)
+    if item is not None:
+        page.locator("#search-image").get_by_role("button", name="Clear").click()
+        upload.set_input_files(str(ui_service.item_info(item)["image"]))
+        if "image_items" in ui_service.indexes:
+            expect(page.locator("#search-table")).to_contain_text(ui_service.item_info(item)["title"])
+        else:
+            expect(page.locator("#search-status")).to_contain_text("image search is not available")
+            _close_toasts(page)
+        expect(page.locator("#search-image-preview img")).to_be_visible()
 
     # -- Fraud: score the first sample user, then move the threshold both ways
     _tab(page, "Fraud")
