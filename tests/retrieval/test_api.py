@@ -145,3 +145,17 @@ def test_cli_serve_refuses_a_missing_run(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         cli_serve(argparse.Namespace(run=tmp_path / "nothing", host="127.0.0.1", port=0, workers=1))
+
+
+def test_multi_worker_listener_keeps_tcp_nodelay():
+    import socket
+
+    from shopgraph.retrieval.api import NoDelayConfig
+
+    config = NoDelayConfig("shopgraph.retrieval.api:app_from_env", factory=True, host="127.0.0.1", port=0, workers=2)
+    sock = config.bind_socket()
+    try:
+        # asyncio sets TCP_NODELAY on accepted sockets only when the listener says IPPROTO_TCP
+        assert sock.proto == socket.IPPROTO_TCP and sock.family == socket.AF_INET and sock.get_inheritable()
+    finally:
+        sock.close()
