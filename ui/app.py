@@ -801,7 +801,8 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 rec_user = gr.Dropdown(choices=users, value=rec_default, allow_custom_value=True, label="Shopper",
                                        info="sample shoppers: likely fraudsters, ring members, heavy buyers, "
                                             "typical shoppers; or type any user id", scale=3)
-                rec_k = gr.Slider(1, 20, value=DEFAULT_K, step=1, label="How many recommendations", scale=1)
+                rec_k = gr.Slider(1, 20, value=DEFAULT_K, step=1, label="How many recommendations", scale=1,
+                                  elem_id="rec-k")
                 rec_btn = gr.Button("Recommend", variant="primary", scale=1)
             rec_status = gr.Markdown(elem_id="rec-status")
             with gr.Row():
@@ -819,6 +820,8 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
 
             rec_btn.click(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
             rec_user.select(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
+            # the first screen shows a result, not an empty form
+            app.load(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
 
         with gr.Tab("Similar & search", id="search"):
             gr.Markdown("**Find items three ways.** *Similar items*: what the same shoppers buy (from the graph). "
@@ -896,6 +899,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             fr_user.select(on_score, [fr_user],
                            [fr_status, fr_prob, fr_threshold, fr_verdict, fr_reasons, fr_method])
             fr_threshold.change(verdict, [fr_prob, fr_threshold], [fr_verdict])
+            app.load(on_score, [fr_user], [fr_status, fr_prob, fr_threshold, fr_verdict, fr_reasons, fr_method])
 
         with gr.Tab("Rings", id="rings"):
             gr.Markdown("**Groups of accounts that share devices: possible fraud rings**, ranked by a score that "

@@ -155,9 +155,14 @@ def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopSer
 
     # -- Recommend: the default tab, the first sample user preselected
     _tab(page, "Recommend")
-    page.get_by_role("button", name="Recommend", exact=True).click()
+    expect(page.locator("#rec-status")).to_contain_text(user)  # filled on page load
+    k_box = page.locator("#rec-k input[type=number]")
+    for k in (3, 8):  # the button recomputes with the chosen k
+        k_box.fill(str(k))
+        k_box.press("Enter")
+        page.get_by_role("button", name="Recommend", exact=True).click()
+        expect(page.locator("#rec-gallery img")).to_have_count(k)
     rec = ui_service.recommend(user, k=8)
-    expect(page.locator("#rec-status")).to_contain_text(user)
     expect(page.locator("#rec-table")).to_contain_text(rec.titles[0])
     expect(page.locator("#rec-table")).to_contain_text(rec.reasons[0][:30])
     expect(page.locator("#rec-gallery img")).to_have_count(8)
