@@ -3,7 +3,7 @@
 Built only from ``data.metadata()`` and the per-type input sizes, so the same code runs on the
 shop graph (user / item / device with several event types) and on one-type public graphs.
 
-    x[nt] --(Linear + LayerNorm)--+--(+ id embedding)--> h0[nt]
+    h0[nt] = LayerNorm(Linear(x[nt]) + id_embedding[nt])      (either term may be absent)
     h_{l+1} = LayerNorm(h_l + Dropout(GELU(HeteroConv_l(h_l))))      (sage | gatv2 | hgt)
     h_{l+1} = sum over edge types of sym-normalised neighbour sums    (lightgcn: no weights)
     emb[nt] = mean(h_0 .. h_L)                                       (layer averaging, as LightGCN)
@@ -173,14 +173,10 @@ class ShopGNN(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.proj = nn.ModuleDict({
-            nt: nn.Sequential(nn.Linear(c.in_dims[nt], c.hidden), nn.LayerNorm(c.hidden))
-            for nt in c.node_types if c.in_dims[nt] > 0
-        })
+        self.proj = nn.ModuleDict({nt: nn.Linear(c.in_dims[nt], c.hidden) for nt in c.node_types if c.in_dims[nt] > 0})
+        # N(0, 1) rows: on the same scale as the projected features, so neither drowns the other
         self.id_emb = nn.ModuleDict({nt: nn.Embedding(c.num_nodes[nt], c.hidden) for nt in c.id_embeddings})
-        for emb in self.id_emb.values():
-            assert isinstance(emb, nn.Embedding)  # for mypy: ModuleDict values are Modules
-            nn.init.normal_(emb.weight, std=0.1)
+        self.in_norm = nn.ModuleDict({nt: nn.LayerNorm(c.hidden) for nt in c.node_types})
         self.convs = nn.ModuleList([self._make_conv() for _ in range(c.layers)])
         # LightGCN propagation is linear by design: no norms, no non-linearity.
         self.norms = nn.ModuleList([
@@ -224,7 +220,7 @@ class ShopGNN(nn.Module):
                     raise ValueError(f"data[{nt!r}].x: expected {want} features (got {data[nt].x.size(-1)})")
 
     def input_embeddings(self, data: HeteroData) -> dict[str, Tensor]:
-        """Layer-0 embeddings: projected features plus id embeddings, ``{nt: [N, hidden]}``.
+        """Layer-0 embeddings: LayerNorm(projected features + id embeddings), ``{nt: [N, hidden]}``.
 
         Nodes beyond the id table (new nodes) or graphs sampled with ``n_id`` are handled: the id
         embedding of node ``k`` is row ``n_id[k]``; rows past the table contribute zero.
@@ -242,7 +238,7 @@ class ShopGNN(nn.Module):
                 known = ids < c.num_nodes[nt]
                 rows = self.id_emb[nt](ids.clamp(max=c.num_nodes[nt] - 1))
                 h = h + rows * known.unsqueeze(-1).to(rows.dtype)
-            out[nt] = F.dropout(h, c.dropout, self.training)
+            out[nt] = F.dropout(self.in_norm[nt](h), c.dropout, self.training)
         return out
 
     def _edge_index_dict(self, data: HeteroData, device: torch.device) -> dict[EdgeType, Tensor]:

@@ -24,7 +24,6 @@ import dataclasses
 import io
 import json
 import logging
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ except ImportError:  # pragma: no cover
 MODEL_DIR = "model"
 STATE_FILE = "train_state.pt"
 RANK_LOSSES = ("softmax", "bpr")
+SUPERVISION = ("auto", "temporal", "disjoint", "all")
 NEGATIVES = ("uniform", "popularity", "hard")
 FRAUD_LOSSES = ("bce", "focal")
 
@@ -68,7 +68,8 @@ class TrainConfig:
             in mini-batch mode).
         lr, weight_decay: AdamW settings.
         conv, hidden, layers, dropout, heads, id_embeddings: the model (see ``ModelConfig``);
-            ``id_embeddings=None`` gives every node type an id embedding.
+            ``id_embeddings=None`` gives every node type an id embedding except users that have
+            features.
         rank_loss: ``"softmax"`` (sampled softmax over the positive and ``num_negatives``
             negatives; ``num_negatives=0`` uses the whole catalogue) or ``"bpr"``.
         negatives: ``"uniform"``, ``"popularity"`` (degree^0.75, logQ-corrected) or ``"hard"``
@@ -76,6 +77,15 @@ class TrainConfig:
         num_negatives: negatives per positive pair.
         temperature: softmax temperature on the dot-product scores.
         batch_pairs: positive pairs per full-batch step (0: all train pairs).
+        supervision: how full-batch steps split the train period into edges to aggregate and
+            pairs to predict. ``"temporal"``: each step draws a cut time at a random quantile
+            (within ``cut_range``) of the train purchases, passes messages over the events before
+            it and predicts the new pairs after it, exactly the task evaluated (and the one that
+            uses "viewed before, bought later"). ``"disjoint"``: a random ``disjoint_ratio`` of
+            the train pairs is predicted with all of their events removed. ``"all"``: predict
+            every train pair from a graph that contains it (transductive; overfits). ``"auto"``:
+            temporal when edges carry times, else disjoint.
+        cut_range, disjoint_ratio: see ``supervision``.
         fraud_loss: ``"bce"`` (class-weighted) or ``"focal"``.
         focal_gamma: focusing parameter of the focal loss.
         rank_weight, fraud_weight: weights of the two losses.
@@ -98,9 +108,12 @@ class TrainConfig:
     id_embeddings: list[str] | None = None
     rank_loss: str = "softmax"
     negatives: str = "uniform"
-    num_negatives: int = 128
+    num_negatives: int = 512
     temperature: float = 1.0
     batch_pairs: int = 0
+    supervision: str = "auto"
+    cut_range: list[float] = field(default_factory=lambda: [0.5, 0.95])
+    disjoint_ratio: float = 0.3
     fraud_loss: str = "bce"
     focal_gamma: float = 2.0
     rank_weight: float = 1.0
@@ -117,6 +130,7 @@ class TrainConfig:
         checks = [
             ("conv", self.conv, CONVS), ("rank_loss", self.rank_loss, RANK_LOSSES),
             ("negatives", self.negatives, NEGATIVES), ("fraud_loss", self.fraud_loss, FRAUD_LOSSES),
+            ("supervision", self.supervision, SUPERVISION),
         ]
         for name, value, allowed in checks:
             if value not in allowed:
@@ -129,12 +143,21 @@ class TrainConfig:
                 f"num_negatives, batch_pairs, patience: expected >= 0 "
                 f"(got {self.num_negatives}, {self.batch_pairs}, {self.patience})"
             )
+        if len(self.cut_range) != 2 or not 0.0 < self.cut_range[0] <= self.cut_range[1] < 1.0:
+            raise ValueError(f"cut_range: expected [lo, hi] with 0 < lo <= hi < 1 (got {self.cut_range})")
+        if not 0.0 < self.disjoint_ratio < 1.0:
+            raise ValueError(f"disjoint_ratio: expected 0 < ratio < 1 (got {self.disjoint_ratio})")
         if self.lr <= 0 or self.temperature <= 0:
             raise ValueError(f"lr, temperature: expected > 0 (got {self.lr}, {self.temperature})")
 
     def model_config(self, data: HeteroData) -> ModelConfig:
+        ids = self.id_embeddings
+        if ids is None:
+            # Users with features are described by them and by their history, not by a free
+            # vector: a user id embedding memorises the train labels and the train pairs.
+            ids = [nt for nt in data.node_types if not (nt == "user" and "x" in data[nt])]
         return ModelConfig.from_data(
-            data, id_embeddings=self.id_embeddings, conv=self.conv, hidden=self.hidden,
+            data, id_embeddings=ids, conv=self.conv, hidden=self.hidden,
             layers=self.layers, dropout=self.dropout, heads=self.heads,
         )
 
@@ -194,15 +217,17 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
 
 # -- data views -----------------------------------------------------------------------------------
 def lean_graph(data: HeteroData) -> HeteroData:
-    """Only what the model reads (``x``, node counts, ``edge_index``): faster, and samplable."""
+    """Only what the model reads (``x``, node counts, ``edge_index``) plus edge ``time``: faster,
+    and samplable."""
     out = HeteroData()
     for nt in data.node_types:
         out[nt].num_nodes = int(data[nt].num_nodes)
         if "x" in data[nt]:
             out[nt].x = data[nt].x.float()
     for et in data.edge_types:
-        if "edge_index" in data[et]:
-            out[et].edge_index = data[et].edge_index
+        for key in ("edge_index", "time"):
+            if key in data[et]:
+                out[et][key] = data[et][key]
     return out
 
 
@@ -218,31 +243,98 @@ def fraud_labels(data: HeteroData) -> tuple[Tensor, dict[str, Tensor]]:
     return y, masks
 
 
+class _EpochView(NamedTuple):
+    graph: HeteroData  # the edges to aggregate this step
+    pairs: Tensor  # [2, P] the pairs to predict this step
+
+
+def supervision_kind(config: TrainConfig, train_graph: HeteroData, target_et: tuple[str, str, str]) -> str:
+    """The supervision actually used (``auto`` resolved; temporal needs edge times)."""
+    has_time = "time" in train_graph[target_et]
+    if config.supervision == "temporal" and not has_time:
+        raise ValueError("supervision: 'temporal' needs edge times (the data has no timestamps); use 'disjoint'")
+    if config.supervision == "auto":
+        return "temporal" if has_time else "disjoint"
+    return config.supervision
+
+
+def epoch_view(
+    kind: str, config: TrainConfig, graph: HeteroData, target_et: tuple[str, str, str], num_items: int,
+    gen: torch.Generator,
+) -> _EpochView:
+    """Split the train-period graph into aggregated edges and predicted pairs for one step.
+
+    Args:
+        kind: ``"temporal"``, ``"disjoint"`` or ``"all"`` (see :class:`TrainConfig`).
+        config: for ``cut_range`` / ``disjoint_ratio``.
+        graph: the train-period graph (``message_passing_graph(data, "train")``, with ``.time``
+            on the edges for ``temporal``).
+        target_et: the target edge type.
+        num_items: catalogue size (pair keys are ``user * num_items + item``).
+        gen: sampling generator.
+    """
+    store = graph[target_et]
+    ei = store.edge_index
+    keys = ei[0] * num_items + ei[1]
+    if kind == "all":
+        return _EpochView(graph, torch.stack([torch.unique(keys) // num_items, torch.unique(keys) % num_items]))
+    out = copy.copy(graph)
+    if kind == "temporal":
+        lo, hi = config.cut_range
+        q = lo + (hi - lo) * float(torch.rand((), generator=gen))
+        times = store.time.double()
+        cut = float(torch.quantile(times, q))
+        before = torch.unique(keys[store.time < cut])
+        after = torch.unique(keys[store.time >= cut])
+        predict = after[~torch.isin(after, before)]
+        for et in graph.edge_types:
+            if "time" in graph[et]:
+                keep = graph[et].time < cut
+                out[et].edge_index = graph[et].edge_index[:, keep]
+                out[et].time = graph[et].time[keep]
+    else:  # disjoint: hide every event of the predicted pairs
+        distinct = torch.unique(keys)
+        n = max(1, int(round(config.disjoint_ratio * distinct.numel())))
+        predict = torch.sort(distinct[torch.randperm(distinct.numel(), generator=gen)[:n]]).values
+        src_t, _, dst_t = target_et
+        for et in graph.edge_types:
+            e = graph[et].edge_index
+            if (et[0], et[2]) == (src_t, dst_t):
+                k = e[0] * num_items + e[1]
+            elif (et[0], et[2]) == (dst_t, src_t):
+                k = e[1] * num_items + e[0]
+            else:
+                continue
+            keep = ~torch.isin(k, predict)
+            out[et].edge_index = e[:, keep]
+            if "time" in graph[et]:
+                out[et].time = graph[et].time[keep]
+    return _EpochView(out, torch.stack([predict // num_items, predict % num_items]))
+
+
 # -- losses ---------------------------------------------------------------------------------------
-def _sample_negatives(
-    cfg: TrainConfig, users: Tensor, user_emb: Tensor, item_emb: Tensor, pop: Tensor, gen: torch.Generator
-) -> tuple[Tensor, Tensor | None]:
-    """Negatives ``[P, K]`` (item indices) and the logQ correction ``[P, K]`` (or None)."""
-    num_items = item_emb.size(0)
+def _shared_negatives(cfg: TrainConfig, num_items: int, pop: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor | None]:
+    """``K`` negatives shared by every positive of the step (scored with one matmul), and the
+    logQ correction ``[K]`` for popularity sampling (None for uniform)."""
     k = cfg.num_negatives
     if cfg.negatives == "popularity":
         q = pop.pow(0.75)
         q = q / q.sum()
-        neg = torch.multinomial(q, users.numel() * k, replacement=True, generator=gen).view(-1, k)
-        return neg.to(user_emb.device), q.log().to(user_emb.device)[neg.to(user_emb.device)]
-    if cfg.negatives == "hard":
-        cand = torch.randint(num_items, (users.numel(), 4 * k), generator=gen).to(user_emb.device)
-        with torch.no_grad():
-            s = (user_emb[users].unsqueeze(1) * item_emb[cand]).sum(-1)
-        top = s.topk(k, dim=1).indices
-        return cand.gather(1, top), None
-    return torch.randint(num_items, (users.numel(), k), generator=gen).to(user_emb.device), None
+        neg = torch.multinomial(q, k, replacement=True, generator=gen)
+        return neg, q.log()[neg]
+    return torch.randint(num_items, (k,), generator=gen), None
 
 
 def rank_loss(
     cfg: TrainConfig, user_emb: Tensor, item_emb: Tensor, pairs: Tensor, pop: Tensor, gen: torch.Generator
 ) -> Tensor:
     """Ranking loss of the positive ``pairs [2, P]`` (local indices into the two embeddings).
+
+    ``softmax`` scores each positive against ``num_negatives`` negatives shared by the whole step
+    (uniform or popularity-sampled with logQ correction; the whole catalogue when
+    ``num_negatives`` is 0) or, for ``hard``, against the top-scored of ``4 * num_negatives``
+    uniform candidates per positive. ``bpr`` averages ``softplus(neg - pos)`` over the same
+    negatives. A sampled negative that happens to be the positive is masked out.
 
     Args:
         cfg: loss settings.
@@ -252,19 +344,34 @@ def rank_loss(
         gen: the sampling generator (its state is checkpointed).
     """
     users, items = pairs[0], pairs[1]
+    dev = user_emb.device
     u = user_emb[users].float()
-    pos = (u * item_emb[items].float()).sum(-1)
-    if cfg.rank_loss == "softmax" and cfg.num_negatives == 0:
-        logits = ShopGNN.score(u, item_emb.float()) / cfg.temperature
-        return F.cross_entropy(logits, items)
-    neg_items, log_q = _sample_negatives(cfg, users, user_emb, item_emb, pop, gen)
-    neg = (u.unsqueeze(1) * item_emb[neg_items].float()).sum(-1)  # [P, K]
+    pos = (u * item_emb[items].float()).sum(-1, keepdim=True)  # [P, 1]
+    num_items = item_emb.size(0)
+    log_q: Tensor | None = None
+    if cfg.num_negatives == 0:  # the whole catalogue
+        neg_items = torch.arange(num_items, device=dev).expand(len(users), -1)
+        neg = ShopGNN.score(u, item_emb.float())
+    elif cfg.negatives == "hard":
+        cand = torch.randint(num_items, (len(users), 4 * cfg.num_negatives), generator=gen).to(dev)
+        with torch.no_grad():
+            top = (u.unsqueeze(1) * item_emb[cand].float()).sum(-1).topk(cfg.num_negatives, dim=1).indices
+        neg_items = cand.gather(1, top)
+        neg = (u.unsqueeze(1) * item_emb[neg_items].float()).sum(-1)
+    else:
+        shared, q = _shared_negatives(cfg, num_items, pop, gen)
+        shared = shared.to(dev)
+        neg_items = shared.expand(len(users), -1)
+        neg = ShopGNN.score(u, item_emb[shared].float())
+        log_q = None if q is None else q.to(dev)
+    if log_q is not None and cfg.rank_loss == "softmax":
+        neg = neg - log_q
+    neg = neg.masked_fill(neg_items == items.unsqueeze(1), float("-inf"))  # [P, K]
     if cfg.rank_loss == "bpr":
-        return F.softplus(neg - pos.unsqueeze(1)).mean()
-    logits = torch.cat([pos.unsqueeze(1), neg], 1) / cfg.temperature
-    if log_q is not None:
-        logits = torch.cat([logits[:, :1], logits[:, 1:] - log_q], 1)
-    return F.cross_entropy(logits, torch.zeros(len(users), dtype=torch.long, device=logits.device))
+        finite = torch.isfinite(neg)
+        return (F.softplus(neg - pos) * finite).sum() / finite.sum().clamp(min=1)
+    logits = torch.cat([pos, neg], 1) / cfg.temperature
+    return F.cross_entropy(logits, torch.zeros(len(users), dtype=torch.long, device=dev))
 
 
 def fraud_loss(cfg: TrainConfig, logit: Tensor, y: Tensor, pos_weight: float) -> Tensor:
@@ -315,9 +422,38 @@ def _param_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _criterion(scores: dict[str, float]) -> float:
-    # Both are in [0, 1] and higher is better; their sum moves when either head improves.
-    return scores.get("val_recall@20", 0.0) + scores.get("val_auprc", 0.0)
+class _Front:
+    """Pareto front of validation points (val Recall@20, val fraud AUPRC) with their weights.
+
+    Ranking and fraud peak at different epochs, and their scales differ; keeping every
+    non-dominated checkpoint lets training stop only when *neither* head improves (``bad``
+    counts validation passes without a new front point) and then pick the checkpoint with the
+    best sum of the two metrics, each divided by its best value on the front.
+    """
+
+    def __init__(self) -> None:
+        self.points: list[dict[str, Any]] = []
+        self.bad = 0
+
+    def add(self, epoch: int, scores: dict[str, float], model: torch.nn.Module) -> None:
+        p = (scores.get("val_recall@20", 0.0), scores.get("val_auprc", 0.0))
+        if any(q["p"][0] >= p[0] and q["p"][1] >= p[1] for q in self.points):
+            self.bad += 1  # dominated by (or equal to) an earlier checkpoint
+            return
+        self.points = [q for q in self.points if not (p[0] >= q["p"][0] and p[1] >= q["p"][1])]
+        self.points.append({"epoch": epoch, "p": p, "state": _state_dict_cpu(model)})
+        self.bad = 0
+
+    def best(self) -> tuple[dict[str, Any], float] | None:
+        if not self.points:
+            return None
+        tops = [max(q["p"][i] for q in self.points) for i in (0, 1)]
+
+        def score(q: dict[str, Any]) -> float:
+            return sum(q["p"][i] / tops[i] for i in (0, 1) if tops[i] > 0)
+
+        chosen = max(self.points, key=lambda q: (score(q), q["epoch"]))
+        return chosen, score(chosen)
 
 
 # -- fraud scorer selection -----------------------------------------------------------------------
@@ -515,10 +651,11 @@ def train(
     model = ShopGNN(model_config).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gpu_graph = train_graph.to(dev)
-    train_pairs_dev, y_dev, tr_dev = train_pairs.to(dev), y.to(dev), tr_users.to(dev)
+    sup_kind = supervision_kind(config, train_graph, target_et)
+    y_dev, tr_dev = y.to(dev), tr_users.to(dev)
 
     history: list[dict[str, float]] = []
-    best: dict[str, Any] = {"score": -math.inf, "epoch": 0, "state": _state_dict_cpu(model), "bad": 0}
+    front = _Front()
     start_epoch = 1
     state_path = checkpoint_dir / STATE_FILE if checkpoint_dir is not None else None
     if resume:
@@ -536,12 +673,12 @@ def train(
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         gen.set_state(state["gen_rng"])
-        history, best = state["history"], state["best"]
+        history, front = state["history"], state["front"]
         start_epoch = state["epoch"] + 1
         logger.info("resume: continuing after epoch %d", state["epoch"])
 
     epoch_times: list[float] = [h["seconds"] for h in history]
-    stopped = best["bad"] >= config.patience > 0
+    stopped = front.bad >= config.patience > 0
     bar = tqdm(range(start_epoch, config.epochs + 1), desc="train", disable=None, leave=False,
                initial=start_epoch - 1, total=config.epochs)
     for epoch in bar:
@@ -578,16 +715,19 @@ def train(
                 opt.step()
                 losses.append((float(lr_.detach()), float(lf.detach())))
         else:
+            view = epoch_view(sup_kind, config, gpu_graph, target_et, num_items, gen)
             with autocast(dev):
-                emb = model.embed(gpu_graph)
-                pairs = train_pairs_dev
+                emb = model.embed(view.graph)
+                pairs = view.pairs.to(dev)
                 if config.batch_pairs and pairs.size(1) > config.batch_pairs:
                     pick = torch.randperm(pairs.size(1), generator=gen)[: config.batch_pairs].to(dev)
                     pairs = pairs[:, pick]
                 lr_ = rank_loss(config, emb["user"], emb["item"], pairs, pop, gen)
                 lf = torch.zeros((), device=dev)
                 if use_fraud:
-                    lf = fraud_loss(config, model.fraud_logit(emb["user"][tr_dev]).float(), y_dev[tr_dev], pos_weight)
+                    # fraud is predicted from the whole train-period graph, as at evaluation
+                    user_emb = emb["user"] if sup_kind == "all" else model.embed(gpu_graph)["user"]
+                    lf = fraud_loss(config, model.fraud_logit(user_emb[tr_dev]).float(), y_dev[tr_dev], pos_weight)
                 loss = config.rank_weight * lr_ + config.fraud_weight * lf
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -604,12 +744,8 @@ def train(
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             emb_val = embed_graph(model, gpu_graph, dev)
             rec.update(validation_scores(model, emb_val, data, train_pairs, val_pairs, y, masks["val"]))
-            rec["criterion"] = _criterion(rec)
-            if rec["criterion"] > best["score"]:
-                best.update(score=rec["criterion"], epoch=epoch, state=_state_dict_cpu(model), bad=0)
-            else:
-                best["bad"] += 1
-            stopped = best["bad"] >= config.patience > 0
+            front.add(epoch, rec, model)
+            stopped = front.bad >= config.patience > 0
         history.append(rec)
         _log_epoch(
             f"epoch {epoch:4d} | loss {rec['loss']:.4f} | rank {rec['rank_loss']:.4f} | "
@@ -620,15 +756,18 @@ def train(
             _save_state(state_path, {
                 "epoch": epoch, "model": _state_dict_cpu(model), "optimizer": copy.deepcopy(opt.state_dict()),
                 "torch_rng": torch.get_rng_state(), "gen_rng": gen.get_state(), "history": history,
-                "best": best, "train_config": dataclasses.asdict(config),
+                "front": front, "train_config": dataclasses.asdict(config),
             })
         if stopped:
-            logger.info("early stop at epoch %d (best epoch %d, criterion %.4f)", epoch, best["epoch"], best["score"])
+            logger.info("early stop at epoch %d: no validation improvement in %d passes", epoch, config.patience)
     bar.close()
 
-    if best["epoch"] == 0:  # never validated (tiny epoch counts): keep the last weights
-        best.update(state=_state_dict_cpu(model), epoch=len(history))
-    model.load_state_dict(best["state"])
+    chosen = front.best()
+    best_epoch, best_score = (chosen[0]["epoch"], chosen[1]) if chosen else (len(history), float("nan"))
+    if chosen is not None:  # else never validated: keep the last weights
+        model.load_state_dict(chosen[0]["state"])
+    logger.info("best epoch %d (of %d; %d checkpoints on the validation front)", best_epoch, len(history),
+                len(front.points))
     model.eval()
     train_emb = embed_graph(model, gpu_graph, dev)
     scorer = select_fraud_scorer(model, data, train_emb, seed=config.seed)
@@ -637,7 +776,7 @@ def train(
     fraud_prob = fraud_probabilities(model, scorer, data, serving["user"], None)
     return TrainResult(
         model=model, model_config=model_config, config=config, history=history,
-        best_epoch=int(best["epoch"]), best_score=float(best["score"]), embeddings=serving, fraud=scorer,
+        best_epoch=int(best_epoch), best_score=float(best_score), embeddings=serving, fraud=scorer,
         fraud_prob=fraud_prob, epoch_seconds=float(np.mean(epoch_times)) if epoch_times else 0.0,
     )
 

@@ -183,3 +183,40 @@ def test_train_run_errors(tmp_path: Path) -> None:
         train_mod.resolve_device("cuda")
     with pytest.raises(ValueError, match="resume: needs checkpoint_dir"):
         train(_graph(), TrainConfig(**FAST), resume=True)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["temporal", "disjoint"])
+def test_epoch_view_hides_what_it_predicts(data: HeteroData, kind: str) -> None:
+    graph = lean_graph(message_passing_graph(data, "train"))
+    et = ("user", "purchase", "item")
+    n = data["item"].num_nodes
+    cfg = TrainConfig(supervision=kind)
+    view = train_mod.epoch_view(kind, cfg, graph, et, n, torch.Generator().manual_seed(0))
+    assert view.pairs.size(1) > 0
+    predicted = set(map(tuple, view.pairs.t().tolist()))
+    for e in view.graph.edge_types:
+        ei = view.graph[e].edge_index
+        if e[0] == "user" and e[2] == "item":
+            seen = set(map(tuple, ei.t().tolist()))
+        elif e[0] == "item" and e[2] == "user":
+            seen = set(map(tuple, ei.flip(0).t().tolist()))
+        else:
+            continue
+        if kind == "disjoint" or e[1] in ("purchase", "rev_purchase"):
+            assert not predicted & seen, e
+    if kind == "temporal":  # everything aggregated happened before everything predicted
+        cut = max(int(view.graph[e].time.max()) for e in view.graph.edge_types if view.graph[e].time.numel())
+        store = graph[et]
+        keys = store.edge_index[0] * n + store.edge_index[1]
+        first = {}
+        for k, t in zip(keys.tolist(), store.time.tolist()):
+            first[k] = min(t, first.get(k, t))
+        assert all(first[u * n + i] > cut for u, i in predicted)
+
+
+def test_temporal_supervision_needs_times() -> None:
+    data = _graph(timestamps=False)
+    with pytest.raises(ValueError, match="supervision: 'temporal' needs edge times"):
+        train(data, TrainConfig(**FAST, supervision="temporal"))  # type: ignore[arg-type]
+    result = train(data, TrainConfig(**FAST))  # type: ignore[arg-type]  # auto -> disjoint
+    assert len(result.history) == 6
