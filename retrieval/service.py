@@ -298,12 +298,14 @@ class ShopService:
         image_model: str | None = None,
         tables_root: Path | None = None,
         run_path: Path | None = None,
+        model_problem: str = "",
     ) -> None:
         self._lock = _RWLock()
         self._enc_lock = threading.Lock()
         self.run_path = run_path
         self.tables_root = tables_root
         self.model = model
+        self._model_problem = model_problem
         self._text_encoder = text_encoder
         self._image_encoder = image_encoder
         self._text_model = text_model
@@ -456,19 +458,26 @@ class ShopService:
             raise FileNotFoundError(f"run folder {run.path}: no {INDEX_DIR}/gnn_items.faiss "
                                     f"(run `shopgraph index --run {run.path}`)")
         model = None
+        model_problem = ""
         if load_model and run.has("model/model.safetensors") and run.has("model/config.json"):
             from shopgraph.graph.train import load_model as _load_model
 
             folder = run.path_of("model/model.safetensors").parent
             run.path_of("model/config.json")
-            model = _load_model(folder, "cpu")
+            try:
+                model = _load_model(folder, "cpu")
+            except (RuntimeError, ValueError, KeyError) as exc:
+                # Only add_item needs the model; serving the rest must not depend on it.
+                logger.warning("model in %s could not be loaded (%s: %s); add_item is unavailable",
+                               folder, type(exc).__name__, str(exc).splitlines()[0])
+                model_problem = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
         config = run.manifest.get("config", {})
         root = config.get("tables_root")
         return cls(
             data=data, items=items, embeddings=embeddings, indexes=indexes, fraud=fraud, model=model,
             text_encoder=text_encoder, image_encoder=image_encoder,
             text_model=config.get("text_model"), image_model=config.get("image_model"),
-            tables_root=Path(root) if root else None, run_path=run.path,
+            tables_root=Path(root) if root else None, run_path=run.path, model_problem=model_problem,
         )
 
     # -- lookups --------------------------------------------------------------------------------
@@ -838,7 +847,9 @@ class ShopService:
     def _inductive_embedding(self, row: np.ndarray) -> np.ndarray:
         """``ShopGNN.embed`` on a graph holding only the new item, no edges, no id embedding."""
         if self.model is None:
-            raise NotAvailableError("add_item: this service has no model (RUN/model/ missing; run `shopgraph train`)")
+            why = (f"the run's model could not be loaded ({self._model_problem})" if self._model_problem
+                   else "RUN/model/ is missing; run `shopgraph train`")
+            raise NotAvailableError(f"add_item: this service has no model: {why}")
         import torch
         from torch_geometric.data import HeteroData
 

@@ -311,3 +311,22 @@ def test_tampered_run_is_refused(tmp_path, run_path):
         f.write(b"x")
     with pytest.raises(ValueError, match="'index/gnn_items.faiss' does not match its checksum"):
         ShopService.from_run(copy)
+
+
+def test_unloadable_model_leaves_serving_up_and_add_item_says_why(tmp_path, run_path):
+    import json
+    import shutil
+
+    from shopgraph.retrieval.service import NotAvailableError
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_path, copy)
+    run = RunDir(copy)
+    config = json.loads((copy / "model" / "config.json").read_text())
+    config["hidden"] = 32  # weights were saved with hidden=16
+    run.write_text("model/config.json", json.dumps(config))
+    text, image = encoders()
+    svc = ShopService.from_run(copy, text_encoder=text, image_encoder=image)
+    assert svc.model is None and len(svc.recommend("u001", k=3).item_ids) == 3
+    with pytest.raises(NotAvailableError, match="add_item: this service has no model: the run's model could not"):
+        svc.add_item("new", "a new thing")
