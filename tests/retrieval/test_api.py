@@ -150,10 +150,14 @@ def test_cli_serve_refuses_a_missing_run(tmp_path):
 def test_multi_worker_listener_keeps_tcp_nodelay():
     import socket
 
-    from shopgraph.retrieval.api import NoDelayConfig
+    import uvicorn
 
-    config = NoDelayConfig("shopgraph.retrieval.api:app_from_env", factory=True, host="127.0.0.1", port=0, workers=2)
-    sock = config.bind_socket()
+    from shopgraph.retrieval.api import nodelay_listener
+
+    config = uvicorn.Config("shopgraph.retrieval.api:app_from_env", factory=True, host="127.0.0.1", port=0, workers=2)
+    plain = config.bind_socket()
+    assert plain.proto == 0  # uvicorn 0.54 (issue #3149); if this fails uvicorn fixed it and the helper is moot
+    sock = nodelay_listener(plain)
     try:
         # asyncio sets TCP_NODELAY on accepted sockets only when the listener says IPPROTO_TCP
         assert sock.proto == socket.IPPROTO_TCP and sock.family == socket.AF_INET and sock.get_inheritable()
