@@ -526,8 +526,18 @@ def _past(verb: str) -> str:
 
 
 def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILImage:
-    """The ring's subgraph as a PNG image: members coloured by fraud score, their devices (shared
-    ones outlined), and the items most members bought; legend and colour bar included."""
+    """The ring's subgraph drawn to an image: members coloured by fraud score, their devices and other
+    identifiers (shared ones dark and outlined), and the items most members bought; legend and colour
+    bar included (matplotlib, Agg backend).
+
+    Args:
+        cases: the loaded rings (graph for the identifier edges, tables for the purchases).
+        ring: the ring to draw.
+        target: the event type whose items are drawn.
+
+    Returns:
+        An RGB image of about 750 x 550 pixels.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -542,8 +552,10 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILIma
     for u in ring.members:
         g.add_node(("user", u))
     edges = evidence_edges(ring, cases.data)
-    shared = set(ring.shared_devices)
+    shared = {("device", d) for d in ring.shared_devices}
     for row in edges.itertuples(index=False):
+        if bool(row.shared):
+            shared.add((str(row.node_type), str(row.node_id)))
         g.add_node((str(row.node_type), str(row.node_id)))
         g.add_edge(("user", str(row.user_id)), (str(row.node_type), str(row.node_id)))
     ev = cases.tables.events
@@ -565,15 +577,16 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILIma
                                   edgecolors="black", linewidths=0.8)
     ids = [n for n in g if n[0] not in ("user", "item")]
     nx.draw_networkx_nodes(g, pos, nodelist=ids, ax=ax, node_shape="s", node_size=150,
-                           node_color=["#1f4e79" if n[1] in shared else "#9ec3e6" for n in ids],
-                           edgecolors=["black" if n[1] in shared else "none" for n in ids],
-                           linewidths=[2.0 if n[1] in shared else 0.0 for n in ids])
+                           node_color=["#1f4e79" if n in shared else "#9ec3e6" for n in ids],
+                           edgecolors=["black" if n in shared else "none" for n in ids],
+                           linewidths=[2.0 if n in shared else 0.0 for n in ids])
     items = [n for n in g if n[0] == "item"]
     nx.draw_networkx_nodes(g, pos, nodelist=items, ax=ax, node_shape="^", node_size=140, node_color="#bab0ac",
                            edgecolors="#555555", linewidths=0.6)
     if len(users) <= RING_LABELS:  # bigger rings: the labels would overlap; the members table lists them
-        nx.draw_networkx_labels(g, pos, labels={n: n[1] for n in users}, ax=ax, font_size=7,
-                                verticalalignment="bottom")
+        above = {n: (float(pos[n][0]), float(pos[n][1]) + 0.07) for n in users}  # clear of the marker
+        nx.draw_networkx_labels(g, above, labels={n: n[1] for n in users}, ax=ax, font_size=7,
+                                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
     fig.colorbar(coll, ax=ax, fraction=0.035, pad=0.02, label="member fraud score")
     handles = [
         Line2D([], [], marker="o", ls="", color="#e15759", markeredgecolor="black", markersize=9, label="account"),
