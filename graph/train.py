@@ -109,7 +109,7 @@ class TrainConfig:
     rank_loss: str = "softmax"
     negatives: str = "uniform"
     num_negatives: int = 512
-    temperature: float = 1.0
+    temperature: float = 4.0
     batch_pairs: int = 0
     supervision: str = "auto"
     cut_range: list[float] = field(default_factory=lambda: [0.5, 0.95])
@@ -833,11 +833,12 @@ def cli_train(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"epochs": args.epochs, "seed": args.seed, "conv": args.conv,
                                  "mini_batch": True if args.mini_batch else None}
     result = train_run(args.run, device=args.device, resume=args.resume, **overrides)
-    last = result.history[-1] if result.history else {}
+    at_best = [h for h in result.history if int(h["epoch"]) == result.best_epoch]
+    last = at_best[0] if at_best else {}
     print(json.dumps({
         "run": str(args.run), "best_epoch": result.best_epoch, "epochs_run": len(result.history),
         "epoch_seconds": round(result.epoch_seconds, 4),
-        "val_recall@20": last.get("val_recall@20"), "fraud_scorer": result.fraud.kind,
+        "best_val_recall@20": last.get("val_recall@20"), "best_val_auprc": last.get("val_auprc"), "fraud_scorer": result.fraud.kind,
         "fraud_val_auprc": result.fraud.val_auprc, "fraud_threshold": result.fraud.threshold,
     }, indent=2))
     return 0

@@ -220,3 +220,19 @@ def test_temporal_supervision_needs_times() -> None:
         train(data, TrainConfig(**FAST, supervision="temporal"))  # type: ignore[arg-type]
     result = train(data, TrainConfig(**FAST))  # type: ignore[arg-type]  # auto -> disjoint
     assert len(result.history) == 6
+
+
+def test_validation_front_keeps_non_dominated_checkpoints() -> None:
+    model = torch.nn.Linear(2, 1)
+    front = train_mod._Front()
+    front.add(5, {"val_recall@20": 0.10, "val_auprc": 0.50}, model)
+    front.add(10, {"val_recall@20": 0.08, "val_auprc": 0.40}, model)  # dominated
+    assert front.bad == 1 and len(front.points) == 1
+    front.add(15, {"val_recall@20": 0.20, "val_auprc": 0.45}, model)  # trades fraud for ranking
+    front.add(20, {"val_recall@20": 0.21, "val_auprc": 0.60}, model)  # dominates both
+    assert front.bad == 0 and [p["epoch"] for p in front.points] == [20]
+    front.add(25, {"val_recall@20": 0.30, "val_auprc": 0.30}, model)
+    chosen = front.best()
+    assert chosen is not None
+    # 0.21/0.30 + 0.60/0.60 = 1.70 beats 0.30/0.30 + 0.30/0.60 = 1.50
+    assert chosen[0]["epoch"] == 20 and chosen[1] == pytest.approx(1.7)
