@@ -43,7 +43,9 @@ class ModelConfig:
     Attributes:
         node_types: node types of the graph (``data.metadata()[0]``).
         edge_types: edge types of the graph (``data.metadata()[1]``).
-        in_dims: input feature size per node type; 0 for a type without ``.x``.
+        in_dims: input feature size per node type; 0 for a type whose ``.x`` is not used. A type
+            with neither features nor an id embedding starts from a learned constant (the input
+            LayerNorm's bias) and is described by its neighbourhood alone.
         num_nodes: node count per type (rows of the id embedding tables).
         id_embeddings: node types with a learnable id embedding (required for featureless types).
         conv: ``"sage"`` (default), ``"gatv2"``, ``"hgt"`` or ``"lightgcn"``.
@@ -79,11 +81,6 @@ class ModelConfig:
         for nt in self.node_types:
             if nt not in self.in_dims or nt not in self.num_nodes:
                 raise ValueError(f"in_dims, num_nodes: missing node type {nt!r}")
-            if self.in_dims[nt] <= 0 and nt not in self.id_embeddings:
-                raise ValueError(
-                    f"id_embeddings: node type {nt!r} has no features (in_dims 0) so it needs an id "
-                    f"embedding (got id_embeddings={self.id_embeddings})"
-                )
         for nt in self.id_embeddings:
             if nt not in self.node_types:
                 raise ValueError(f"id_embeddings: unknown node type {nt!r} (got node types {self.node_types})")
@@ -96,20 +93,24 @@ class ModelConfig:
         return list(self.node_types), list(self.edge_types)
 
     @classmethod
-    def from_data(cls, data: HeteroData, *, id_embeddings: list[str] | None = None, **kwargs: Any) -> ModelConfig:
+    def from_data(
+        cls, data: HeteroData, *, id_embeddings: list[str] | None = None, feature_types: list[str] | None = None,
+        **kwargs: Any,
+    ) -> ModelConfig:
         """Config for ``data``: metadata, input sizes from ``data[nt].x``, node counts.
 
         Args:
             data: the graph (any split view; only metadata, ``.x`` shapes and node counts are read).
-            id_embeddings: node types given id embeddings; default every type. Types without ``.x``
-                are always added.
+            id_embeddings: node types given id embeddings; default every type.
+            feature_types: node types whose ``.x`` the model reads; default every type that has
+                one. A type without features or id embedding is described by its neighbourhood.
             **kwargs: the other :class:`ModelConfig` fields (conv, hidden, ...).
         """
         node_types, edge_types = data.metadata()
-        in_dims = {nt: int(data[nt].x.size(-1)) if "x" in data[nt] else 0 for nt in node_types}
+        use = set(node_types) if feature_types is None else set(feature_types)
+        in_dims = {nt: int(data[nt].x.size(-1)) if "x" in data[nt] and nt in use else 0 for nt in node_types}
         num_nodes = {nt: int(data[nt].num_nodes) for nt in node_types}
         chosen = list(node_types) if id_embeddings is None else list(id_embeddings)
-        chosen += [nt for nt in node_types if in_dims[nt] == 0 and nt not in chosen]
         return cls(node_types=list(node_types), edge_types=[tuple(e) for e in edge_types],  # type: ignore[misc]
                    in_dims=in_dims, num_nodes=num_nodes, id_embeddings=chosen, **kwargs)
 

@@ -68,8 +68,9 @@ class TrainConfig:
             in mini-batch mode).
         lr, weight_decay: AdamW settings.
         conv, hidden, layers, dropout, heads, id_embeddings: the model (see ``ModelConfig``);
-            ``id_embeddings=None`` gives every node type an id embedding except users that have
-            features.
+            ``id_embeddings=None`` gives every node type but users an id embedding.
+        feature_types: node types whose ``.x`` the model reads; None: every type but users (see
+            :meth:`model_config` for why).
         rank_loss: ``"softmax"`` (sampled softmax over the positive and ``num_negatives``
             negatives; ``num_negatives=0`` uses the whole catalogue) or ``"bpr"``.
         negatives: ``"uniform"``, ``"popularity"`` (degree^0.75, logQ-corrected) or ``"hard"``
@@ -106,6 +107,7 @@ class TrainConfig:
     dropout: float = 0.1
     heads: int = 2
     id_embeddings: list[str] | None = None
+    feature_types: list[str] | None = None
     rank_loss: str = "softmax"
     negatives: str = "uniform"
     num_negatives: int = 512
@@ -153,11 +155,18 @@ class TrainConfig:
     def model_config(self, data: HeteroData) -> ModelConfig:
         ids = self.id_embeddings
         if ids is None:
-            # Users with features are described by them and by their history, not by a free
-            # vector: a user id embedding memorises the train labels and the train pairs.
-            ids = [nt for nt in data.node_types if not (nt == "user" and "x" in data[nt])]
+            # Users are described by their history, not by a free vector: a user id embedding
+            # memorises the train labels and the train pairs.
+            ids = [nt for nt in data.node_types if nt != "user"]
+        feats = self.feature_types
+        if feats is None:
+            # User behaviour statistics summarise the whole train period, so inside a temporal
+            # training step they reveal what happens after the cut (measured on the 5,000-user
+            # shop: val Recall@20 plateaus at 0.10 with them, climbs past 0.14 without). They
+            # still reach the fraud scorer through the hybrid head's features.
+            feats = [nt for nt in data.node_types if nt != "user"]
         return ModelConfig.from_data(
-            data, id_embeddings=ids, conv=self.conv, hidden=self.hidden,
+            data, id_embeddings=ids, feature_types=feats, conv=self.conv, hidden=self.hidden,
             layers=self.layers, dropout=self.dropout, heads=self.heads,
         )
 

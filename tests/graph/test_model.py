@@ -47,13 +47,17 @@ def test_output_shapes(conv: str) -> None:
     torch.testing.assert_close(scores[1, 3], out.emb["user"][1] @ out.emb["item"][3])
 
 
-def test_featureless_types_get_id_embeddings() -> None:
+def test_feature_and_id_choices() -> None:
     data = _graph()
-    config = ModelConfig.from_data(data, id_embeddings=["user"])
-    assert "device" in config.id_embeddings and "item" not in config.id_embeddings
-    with pytest.raises(ValueError, match="'device' has no features"):
-        ModelConfig(node_types=["user", "device"], edge_types=[("user", "uses", "device")],
-                    in_dims={"user": 5, "device": 0}, num_nodes={"user": 3, "device": 2}, id_embeddings=[])
+    config = ModelConfig.from_data(data, id_embeddings=["item"], feature_types=["item"])
+    assert config.in_dims == {"user": 0, "item": 7, "device": 0}
+    assert config.id_embeddings == ["item"]
+    # users and devices start from a learned constant and are described by their neighbourhood
+    model = ShopGNN(config).eval()
+    emb = model.embed(message_passing_graph(data, "train"))
+    assert emb["user"].std(0).mean() > 0  # different neighbourhoods, different embeddings
+    isolated = model.embed(_no_edges(data))
+    torch.testing.assert_close(isolated["user"][0], isolated["user"][1])  # nothing tells them apart
 
 
 @pytest.mark.parametrize("conv", CONVS)
