@@ -90,6 +90,9 @@ class TrainConfig:
         fraud_loss: ``"bce"`` (class-weighted) or ``"focal"``.
         focal_gamma: focusing parameter of the focal loss.
         rank_weight, fraud_weight: weights of the two losses.
+        fraud_detach: the fraud loss trains the fraud head only, not the shared trunk. Embeddings
+            shaped by the train labels separate the train users perfectly and mislead the hybrid
+            trees fitted on them (measured: hybrid val AUPRC 0.47 vs 0.77 for the trees alone).
         eval_every: epochs between validation passes; patience: validation passes without
             improvement before stopping (0 disables early stopping).
         mini_batch: neighbour-sampled mini-batches (needs torch-sparse or pyg-lib).
@@ -120,6 +123,7 @@ class TrainConfig:
     focal_gamma: float = 2.0
     rank_weight: float = 1.0
     fraud_weight: float = 1.0
+    fraud_detach: bool = True
     eval_every: int = 5
     patience: int = 8
     mini_batch: bool = False
@@ -716,8 +720,10 @@ def train(
                         fb = fb.to(dev)
                         seeds = fb["user"].batch_size
                         gid = fb["user"].n_id[:seeds]
-                        lf = fraud_loss(config, model.fraud_logit(model.embed(fb)["user"][:seeds]).float(),
-                                        y_dev[gid], pos_weight)
+                        fb_emb = model.embed(fb)["user"][:seeds]
+                        if config.fraud_detach:
+                            fb_emb = fb_emb.detach()
+                        lf = fraud_loss(config, model.fraud_logit(fb_emb).float(), y_dev[gid], pos_weight)
                     loss = config.rank_weight * lr_ + config.fraud_weight * lf
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -735,7 +741,11 @@ def train(
                 lf = torch.zeros((), device=dev)
                 if use_fraud:
                     # fraud is predicted from the whole train-period graph, as at evaluation
-                    user_emb = emb["user"] if sup_kind == "all" else model.embed(gpu_graph)["user"]
+                    if config.fraud_detach:
+                        with torch.no_grad():
+                            user_emb = model.embed(gpu_graph)["user"]
+                    else:
+                        user_emb = emb["user"] if sup_kind == "all" else model.embed(gpu_graph)["user"]
                     lf = fraud_loss(config, model.fraud_logit(user_emb[tr_dev]).float(), y_dev[tr_dev], pos_weight)
                 loss = config.rank_weight * lr_ + config.fraud_weight * lf
             opt.zero_grad(set_to_none=True)
