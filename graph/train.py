@@ -103,11 +103,11 @@ class TrainConfig:
 
     epochs: int = 300
     lr: float = 0.01
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.05
     conv: str = "sage"
     hidden: int = 64
     layers: int = 2
-    dropout: float = 0.1
+    dropout: float = 0.3
     heads: int = 2
     id_embeddings: list[str] | None = None
     feature_types: list[str] | None = None
