@@ -92,7 +92,8 @@ class TrainConfig:
         rank_weight, fraud_weight: weights of the two losses.
         fraud_detach: the fraud loss trains the fraud head only, not the shared trunk. Embeddings
             shaped by the train labels separate the train users perfectly and mislead the hybrid
-            trees fitted on them (measured: hybrid val AUPRC 0.47 vs 0.77 for the trees alone).
+            trees fitted on them (measured on the 5,000-user shop: hybrid validation AUPRC 0.47 with a
+            label-shaped trunk, 0.69 with a detached head).
         eval_every: epochs between validation passes; patience: validation passes without
             improvement before stopping (0 disables early stopping).
         mini_batch: neighbour-sampled mini-batches (needs torch-sparse or pyg-lib).
