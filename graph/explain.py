@@ -261,8 +261,11 @@ def integrated_gradients(
         alpha = (k + 0.5) / steps
         row = (base + alpha * diff).detach().requires_grad_(True)
         logit = _logit(model, _with_user_row(data, user_index, row), user_index)
-        (grad,) = torch.autograd.grad(logit, row)
-        total += grad
+        # allow_unused: a model may not read user features at all (the GNN's default); then every
+        # attribution is zero and explain_user falls back to behaviour z-scores for the features.
+        (grad,) = torch.autograd.grad(logit, row, allow_unused=True)
+        if grad is not None:
+            total += grad
     return (diff * total / steps).detach()
 
 
@@ -324,11 +327,17 @@ def explain_user(
                 else:
                     logger.debug("computation subgraph does not reproduce the logit; using the full graph")
         features: list[FeatureAttribution] = []
+        feature_method = "integrated_gradients"
         if has_x:
             attr = integrated_gradients(model, work, wu, steps=steps, baseline=data["user"].x.float().mean(0))
-            xu = data["user"].x[user_index].float()
-            order = torch.argsort(attr.abs(), descending=True, stable=True)[:top_k].tolist()
-            features = [FeatureAttribution(names[k], float(xu[k]), float(attr[k])) for k in order]
+            if bool((attr == 0).all()):
+                # The model does not read user features: say so and show what stands out instead.
+                fallback = _zscore_explanation(data, user_index, user_id, names, [], top_k, fraud_prob)
+                features, feature_method = list(fallback.features), "behaviour_zscore"
+            else:
+                xu = data["user"].x[user_index].float()
+                order = torch.argsort(attr.abs(), descending=True, stable=True)[:top_k].tolist()
+                features = [FeatureAttribution(names[k], float(xu[k]), float(attr[k])) for k in order]
         scored: list[NeighbourAttribution] = []
         with torch.no_grad():
             for nt, v, _ in direct_neighbours(work, wu)[:max_neighbours]:
@@ -339,7 +348,7 @@ def explain_user(
     finally:
         if was_training and hasattr(model, "train"):
             model.train()  # type: ignore[attr-defined]
-    return Explanation(user_id, 1.0 / (1.0 + math.exp(-full)), "integrated_gradients+occlusion",
+    return Explanation(user_id, 1.0 / (1.0 + math.exp(-full)), f"{feature_method}+occlusion",
                        features, scored[:top_k])
 
 

@@ -72,6 +72,24 @@ def test_planted_feature_and_neighbour_rank_first(graph: HeteroData) -> None:
     assert ex.score == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-6)
 
 
+class DeviceOnlyModel(PlantedModel):
+    """Reads no user feature at all (as the GNN by default): the logit comes from devices only."""
+
+    def embed(self, data: HeteroData) -> dict[str, Tensor]:
+        emb = super().embed(data)["user"]
+        return {"user": torch.stack([torch.zeros_like(emb[:, 0]), emb[:, 1]], 1)}
+
+
+def test_model_without_user_features_falls_back_to_zscores(graph: HeteroData) -> None:
+    u = id_index(graph, "user")["ra0"]
+    ex = explain_user(DeviceOnlyModel(), graph, u, top_k=3)
+    assert ex.method == "behaviour_zscore+occlusion"
+    x = graph["user"].x
+    z = (x[u] - x.mean(0)) / x.std(0, unbiased=False)
+    assert ex.features[0].name == f"f{int(z.abs().argmax())}"
+    assert (ex.neighbours[0].node_type, ex.neighbours[0].node_id) == ("device", "dA1")
+
+
 def test_integrated_gradients_completeness(graph: HeteroData) -> None:
     u = id_index(graph, "user")["u007"]
     model = PlantedModel()
