@@ -3,8 +3,11 @@
 AUPRC is the headline metric (3.3 % positives), AUROC is reported too. Compares, in one process
 on the same splits: logistic regression and XGBoost on own features, XGB-Graph (own ⊕ 1-/2-hop
 neighbour means; measured AUPRC 7.25 %, AUROC 66.95 on this kind of machine), ShopGNN's fraud
-head, the hybrid head and the product's scorer (gnn or hybrid, chosen per split on validation
-AUPRC).
+head, the hybrid head, trees on the product's neighbour features, their rank average, and the
+product's scorer: ``product`` is exactly ``shopgraph.graph.fraud_scorer``'s rule (fit_candidates +
+choose_candidate, validation AUPRC with the one-bootstrap-SE preference for graph_trees /
+rank_average), ``product_argmax`` the same without the preference, ``product_old`` the earlier
+rule (gnn or hybrid on validation AUPRC), ``product_all`` the best of the four on validation.
 
     OMP_WAIT_POLICY=PASSIVE nice python bench/bench_reddit.py [--splits 5] [--json out.json]
 

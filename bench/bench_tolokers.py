@@ -2,8 +2,13 @@
 
 Compares, in one process on the same splits: logistic regression and XGBoost on own features,
 XGB-Graph (own ⊕ 1-/2-hop neighbour means; measured 84.65 ± 0.48 on this kind of machine),
-ShopGNN's fraud head, the hybrid head (GNN embeddings ⊕ neighbour features in boosted trees) and
-the product's scorer (gnn or hybrid, chosen per split on validation ROC-AUC).
+ShopGNN's fraud head, the hybrid head (GNN embeddings ⊕ neighbour features in boosted trees),
+trees on the product's neighbour features, their rank average, and the product's scorer:
+``product`` is exactly ``shopgraph.graph.fraud_scorer``'s rule (fit_candidates +
+choose_candidate: selection on validation AUPRC with the one-bootstrap-SE preference for
+graph_trees / rank_average), ``product_argmax`` the same without the preference, ``product_old``
+the earlier rule (gnn or hybrid on validation ROC-AUC), ``product_all`` the best of the four on
+validation ROC-AUC.
 
     OMP_WAIT_POLICY=PASSIVE nice python bench/bench_tolokers.py [--splits 10] [--gnn-splits N] [--epochs 150] [--json out.json]
 

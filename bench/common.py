@@ -163,10 +163,15 @@ def train_gnn_fraud(
 
 
 FRAUD_METHODS = (
-    "logreg", "xgb", "xgb_graph", "graph_trees", "gnn", "hybrid", "ensemble", "product", "product_all",
+    "logreg", "xgb", "xgb_graph", "graph_trees", "gnn", "hybrid", "ensemble", "product_old", "product_all",
+    "product_argmax", "product",
 )
-PRODUCT_POOLS = {"product": ("gnn", "hybrid"), "product_all": ("gnn", "hybrid", "graph_trees", "ensemble")}
+# selections among this file's own fits, on the benchmark's metric
+PRODUCT_POOLS = {"product_old": ("gnn", "hybrid"), "product_all": ("gnn", "hybrid", "graph_trees", "ensemble")}
+# selections by shopgraph.graph.fraud_scorer itself (its own tree fits, AUPRC selection)
+MODULE_RULES = {"product": True, "product_argmax": False}  # name -> tie_break
 CANDIDATES = ("gnn", "hybrid", "graph_trees", "ensemble")
+MODULE_NAMES = {"gnn_head": "gnn", "hybrid": "hybrid", "graph_trees": "graph_trees", "rank_average": "ensemble"}
 
 
 def rank_average(*probs: np.ndarray) -> np.ndarray:
@@ -188,10 +193,14 @@ def run_fraud_benchmark(
     ``fraud_baselines`` calls xgb_graph on a shop); ``gnn`` = :class:`ShopGNN` fraud head;
     ``hybrid`` = :class:`HybridFraudHead` on :func:`hybrid_features` (GNN embeddings ⊕
     neighbour features); ``ensemble`` = rank average of ``gnn`` and ``graph_trees``;
-    ``product`` = whichever of ``gnn`` / ``hybrid`` has the better validation ``metric`` on that
-    split (the rule ``graph.train.select_fraud_scorer`` applies today, on AUPRC);
-    ``product_all`` = the best of ``gnn`` / ``hybrid`` / ``graph_trees`` / ``ensemble`` on
-    validation (the proposed rule).
+    ``product_old`` = whichever of ``gnn`` / ``hybrid`` has the better validation ``metric`` on
+    that split (the rule ``graph.train.select_fraud_scorer`` applied before
+    ``graph.fraud_scorer``); ``product_all`` = the best of ``gnn`` / ``hybrid`` / ``graph_trees``
+    / ``ensemble`` on validation ``metric``; ``product`` = exactly the product's rule,
+    :func:`shopgraph.graph.fraud_scorer.fit_candidates` + ``choose_candidate`` (trees
+    early-stopped on AUPRC, selection on validation AUPRC with the one-bootstrap-SE preference
+    for graph_trees / rank_average) given this split's GNN; ``product_argmax`` = the same
+    without the tie-break.
 
     Args:
         x: ``FloatTensor[N, F]`` raw node features.
@@ -215,6 +224,7 @@ def run_fraud_benchmark(
         hybrid_features,
         neighbor_mean_features,
     )
+    from shopgraph.graph.fraud_scorer import choose_candidate, fit_candidates
 
     xgb_metric = "auc" if metric == "auroc" else "aucpr"
     data = one_type_graph(standardize(x), edge_index)
@@ -228,7 +238,7 @@ def run_fraud_benchmark(
     out: dict[str, dict[str, list[float]]] = {
         m: {"split": [], "test_auroc": [], "test_auprc": [], "val": [], "seconds": []} for m in FRAUD_METHODS
     }
-    for name in PRODUCT_POOLS:
+    for name in (*PRODUCT_POOLS, *MODULE_RULES):
         out[name]["chosen"] = []
 
     def record(name: str, prob: np.ndarray, tr: np.ndarray, va: np.ndarray, te: np.ndarray, sec: float) -> None:
@@ -270,6 +280,13 @@ def run_fraud_benchmark(
             # every candidate is fitted; hybrid's time already includes the GNN's
             record(name, probs[pick], tr, va, te, sum(out[m]["seconds"][-1] for m in pool if m in ("hybrid", "graph_trees")))
             out[name]["chosen"].append(float(CANDIDATES.index(pick)))
+        t0 = time.perf_counter()
+        fits = fit_candidates(y, tr, va, res.prob, res.emb.detach().numpy(), product_feats, seed=k)
+        fit_seconds = time.perf_counter() - t0 + res.seconds + product_feat_seconds
+        for name, tie_break in MODULE_RULES.items():
+            pick, _ = choose_candidate(y[va], {c: p[va] for c, p in fits.probs.items()}, seed=k, tie_break=tie_break)
+            record(name, fits.probs[pick], tr, va, te, fit_seconds)
+            out[name]["chosen"].append(float(CANDIDATES.index(MODULE_NAMES[pick])))
         if log:
             print(
                 f"split {k}: " + ", ".join(
@@ -294,7 +311,7 @@ def fraud_table(results: dict[str, dict[str, list[float]]], *, ref: str = "xgb_g
             continue
         base = float(np.mean([ref_by_split[s] for s in r["split"]]))
         note = ""
-        if m in PRODUCT_POOLS:
+        if m in PRODUCT_POOLS or m in MODULE_RULES:
             counts = [int(sum(1 for c in r["chosen"] if int(c) == k)) for k in range(len(CANDIDATES))]
             note = "val-selected: " + ", ".join(f"{p} {c}x" for p, c in zip(CANDIDATES, counts) if c)
         rows.append([
