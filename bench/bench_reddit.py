@@ -9,6 +9,9 @@ choose_candidate, validation AUPRC with the one-bootstrap-SE preference for grap
 rank_average), ``product_argmax`` the same without the preference, ``product_old`` the earlier
 rule (gnn or hybrid on validation AUPRC), ``product_all`` the best of the four on validation.
 
+Measured 2026-11-29 (2-core shared VM, 5 splits, 97 s): product AUPRC 8.91 ± 0.65 % (graph_trees
+chosen 5x) vs XGB-Graph 7.51 ± 1.12 %; product_argmax 7.75 %, product_old 6.63 %.
+
     OMP_WAIT_POLICY=PASSIVE nice python bench/bench_reddit.py [--splits 5] [--json out.json]
 
 On a shared, oversubscribed CPU set ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP threads sleep instead of

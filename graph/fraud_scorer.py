@@ -91,7 +91,15 @@ def rank_normalise(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def rank_average_scores(parts: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> np.ndarray:
-    """Mean over ``reference``'s parts of :func:`rank_normalise` of ``parts[name]``, ``[N]``."""
+    """Mean over ``reference``'s parts of :func:`rank_normalise` of ``parts[name]``.
+
+    Args:
+        parts: name -> ``[N]`` scores (every name of ``reference`` must be present).
+        reference: name -> ``[R]`` sorted reference scores.
+
+    Returns:
+        ``float64 [N]`` in ``[0, 1]``.
+    """
     missing = sorted(set(reference) - set(parts))
     if missing:
         raise ValueError(f"parts: missing scores for {missing} (have {sorted(parts)})")
