@@ -75,8 +75,10 @@ def cli_demo(args: argparse.Namespace) -> int:
     from shopgraph.retrieval.api import create_app
     from shopgraph.retrieval.service import ShopService
 
+    print("[demo] loading the service and the app ...", flush=True)
     app = create_app(ShopService.from_run(run_path))
     app.add_api_route("/", lambda: RedirectResponse("/demo/"), include_in_schema=False)
+    # printed once the app is built: uvicorn binds the port right after this line
     print(f"[demo] open http://{args.host}:{args.port}/demo/  "
           f"(HTTP API docs: http://{args.host}:{args.port}/docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
