@@ -8,6 +8,18 @@ shop graph (user / item / device with several event types) and on one-type publi
     h_{l+1} = sum over edge types of sym-normalised neighbour sums    (lightgcn: no weights)
     emb[nt] = mean(h_0 .. h_L)                                       (layer averaging, as LightGCN)
 
+``conv="history"`` replaces message passing by a behaviour tower (a learned, low-rank ItemKNN):
+
+    emb[item]   = [h0[item], b_item]        (b: a learned popularity bias; its mean for new items)
+    emb[user]   = [s * sum_e w(e) h0[item(e)] / (1 + n_u)^0.5, 1]
+    w(e)        = sum_k softplus(a[type(e), k]) * exp(-age(e) / tau_k)
+
+over the user's user→item events ``e`` (views, carts, purchases) in the graph, ``age`` measured
+from the latest event time of the graph, ``tau_k`` fixed time scales (``time_scales``, days). The
+item's own input embedding appears in the sum, so the dot product scores "items the user
+already looked at" directly, and the appended constant/bias pair keeps the score a plain dot
+product. Other node types keep their input embeddings.
+
 Purchase score = ``user_emb @ item_emb.T`` (so FAISS inner-product search returns exactly the
 model's ranking); fraud logit = MLP(user_emb).
 
@@ -33,7 +45,8 @@ from torch_geometric.nn import GATv2Conv, HeteroConv, HGTConv, SAGEConv
 logger = logging.getLogger(__name__)
 
 EdgeType = tuple[str, str, str]
-CONVS: tuple[str, ...] = ("sage", "gatv2", "hgt", "lightgcn")
+CONVS: tuple[str, ...] = ("sage", "gatv2", "hgt", "lightgcn", "history")
+DAY_SECONDS = 86400.0
 
 
 @dataclass
@@ -48,12 +61,14 @@ class ModelConfig:
             LayerNorm's bias) and is described by its neighbourhood alone.
         num_nodes: node count per type (rows of the id embedding tables).
         id_embeddings: node types with a learnable id embedding (required for featureless types).
-        conv: ``"sage"`` (default), ``"gatv2"``, ``"hgt"`` or ``"lightgcn"``.
+        conv: ``"sage"``, ``"gatv2"``, ``"hgt"``, ``"lightgcn"`` or ``"history"`` (the behaviour
+            tower of the module docstring; ``layers`` is then unused).
         hidden: embedding size.
         layers: message-passing layers.
         dropout: dropout on features and messages.
         heads: attention heads for ``gatv2`` / ``hgt``.
         fraud_hidden: hidden size of the fraud MLP.
+        time_scales: decay time scales in days of the ``history`` tower's event weights.
     """
 
     node_types: list[str]
@@ -67,6 +82,7 @@ class ModelConfig:
     dropout: float = 0.1
     heads: int = 2
     fraud_hidden: int = 64
+    time_scales: list[float] = field(default_factory=lambda: [0.25, 1.0, 4.0, 16.0, 64.0])
 
     def __post_init__(self) -> None:
         self.edge_types = [tuple(et) for et in self.edge_types]  # type: ignore[misc]
@@ -78,6 +94,13 @@ class ModelConfig:
             raise ValueError(f"dropout: expected 0 <= dropout < 1 (got {self.dropout})")
         if self.conv in ("gatv2", "hgt") and self.hidden % self.heads:
             raise ValueError(f"hidden: must be divisible by heads={self.heads} for {self.conv} (got {self.hidden})")
+        if self.conv == "history":
+            if self.hidden < 2:
+                raise ValueError(f"hidden: the history tower needs hidden >= 2 (got {self.hidden})")
+            if not self.time_scales or any(t <= 0 for t in self.time_scales):
+                raise ValueError(f"time_scales: expected positive day counts (got {self.time_scales})")
+            if "user" not in self.node_types or "item" not in self.node_types:
+                raise ValueError(f"conv: 'history' needs 'user' and 'item' node types (got {self.node_types})")
         for nt in self.node_types:
             if nt not in self.in_dims or nt not in self.num_nodes:
                 raise ValueError(f"in_dims, num_nodes: missing node type {nt!r}")
@@ -178,12 +201,19 @@ class ShopGNN(nn.Module):
         # N(0, 1) rows: on the same scale as the projected features, so neither drowns the other
         self.id_emb = nn.ModuleDict({nt: nn.Embedding(c.num_nodes[nt], c.hidden) for nt in c.id_embeddings})
         self.in_norm = nn.ModuleDict({nt: nn.LayerNorm(c.hidden) for nt in c.node_types})
-        self.convs = nn.ModuleList([self._make_conv() for _ in range(c.layers)])
+        history = c.conv == "history"
+        self.convs = nn.ModuleList([self._make_conv() for _ in range(0 if history else c.layers)])
         # LightGCN propagation is linear by design: no norms, no non-linearity.
         self.norms = nn.ModuleList([
             nn.ModuleDict({nt: nn.LayerNorm(c.hidden) for nt in c.node_types})
-            for _ in range(c.layers if c.conv != "lightgcn" else 0)
+            for _ in range(c.layers if c.conv not in ("lightgcn", "history") else 0)
         ])
+        self.history_types = [et for et in c.edge_types if et[0] == "user" and et[2] == "item"] if history else []
+        if history:
+            # item rows: hidden - 1 free dimensions + the popularity bias; users: the same + a constant 1
+            self.item_bias = nn.Parameter(torch.zeros(c.num_nodes["item"]))
+            self.event_weight = nn.Parameter(torch.zeros(len(self.history_types), len(c.time_scales)))
+            self.user_log_scale = nn.Parameter(torch.zeros(()))
         self.fraud_head = nn.Sequential(
             nn.Linear(c.hidden, c.fraud_hidden), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(c.fraud_hidden, 1)
         )
@@ -262,6 +292,8 @@ class ShopGNN(nn.Module):
         c = self.config
         x = self.input_embeddings(data)
         device = next(iter(x.values())).device
+        if c.conv == "history":
+            return self._history(data, x, device)
         edge_index = self._edge_index_dict(data, device)
         layers = [x]
         for i, conv in enumerate(self.convs):
@@ -278,6 +310,43 @@ class ShopGNN(nn.Module):
                 x = new
             layers.append(x)
         return {nt: torch.stack([layer[nt] for layer in layers]).mean(0) for nt in c.node_types}
+
+    def _history(self, data: HeteroData, x: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+        """The ``history`` tower (module docstring): users from their decayed event sums."""
+        c = self.config
+        d = c.hidden - 1
+        item = x["item"][:, :d]
+        n_users = int(data["user"].num_nodes)
+        present = set(data.edge_types)
+        stores = [(k, data[et]) for k, et in enumerate(self.history_types)
+                  if et in present and "edge_index" in data[et] and data[et].edge_index.numel()]
+        times = [st.time for _, st in stores if "time" in st and st.time.numel()]
+        ref = max(int(t.max()) for t in times) if times else 0
+        scales = torch.tensor(c.time_scales, device=device)
+        acc = torch.zeros(n_users, d, device=device, dtype=item.dtype)
+        count = torch.zeros(n_users, device=device, dtype=item.dtype)
+        for k, st in stores:
+            ei = st.edge_index.to(device)
+            if "time" in st:
+                if st.time.numel() != ei.size(1):
+                    raise ValueError(f"data[{self.history_types[k]}].time: expected one time per edge "
+                                     f"({ei.size(1)}) (got {st.time.numel()})")
+                age = (ref - st.time.to(device)).clamp(min=0).to(torch.float32) / DAY_SECONDS
+            else:  # no timestamps: every event is "now"
+                age = torch.zeros(ei.size(1), device=device)
+            w = torch.exp(-age.unsqueeze(1) / scales) @ F.softplus(self.event_weight[k])  # [E]
+            acc = acc.index_add(0, ei[0], item[ei[1]] * w.unsqueeze(1).to(item.dtype))
+            count = count.index_add(0, ei[0], torch.ones_like(w, dtype=item.dtype))
+        user = acc / (1.0 + count).sqrt().unsqueeze(1) * self.user_log_scale.exp()
+        out = dict(x)
+        out["user"] = torch.cat([user, torch.ones(n_users, 1, device=device, dtype=user.dtype)], 1)
+        n_items = int(data["item"].num_nodes)
+        ids = data["item"].n_id.to(device) if "n_id" in data["item"] else torch.arange(n_items, device=device)
+        known = ids < c.num_nodes["item"]
+        # an item past the table (added after training) gets the mean bias: no popularity yet
+        bias = torch.where(known, self.item_bias[ids.clamp(max=c.num_nodes["item"] - 1)], self.item_bias.mean())
+        out["item"] = torch.cat([item, bias.unsqueeze(1).to(item.dtype)], 1)
+        return out
 
     def forward(self, data: HeteroData) -> ShopGNNOutput:
         """Embeddings of every node, and the fraud logits of users when the graph has users.

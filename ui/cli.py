@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=None)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--conv", default=None, choices=["sage", "gatv2", "hgt"])
+    p.add_argument("--conv", default=None, choices=["history", "sage", "gatv2", "hgt", "lightgcn"],
+                   help="history (default): the user-history tower; the others are message-passing GNNs")
     p.add_argument("--mini-batch", action="store_true", help="neighbour-sampled mini-batches")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
 

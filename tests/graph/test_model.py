@@ -78,8 +78,11 @@ def test_invariant_to_edge_order(conv: str) -> None:
     shuffled = data.clone()
     g = torch.Generator().manual_seed(1)
     for et in shuffled.edge_types:
-        ei = shuffled[et].edge_index
-        shuffled[et].edge_index = ei[:, torch.randperm(ei.size(1), generator=g)]
+        perm = torch.randperm(shuffled[et].edge_index.size(1), generator=g)
+        for key in ("edge_index", "time", "split"):  # an edge's attributes move with it
+            if key in shuffled[et]:
+                v = shuffled[et][key]
+                shuffled[et][key] = v[:, perm] if key == "edge_index" else v[perm]
     a, b = model.embed(data), model.embed(shuffled)
     for nt in a:
         torch.testing.assert_close(a[nt], b[nt], atol=1e-5, rtol=1e-5)
@@ -102,6 +105,8 @@ def test_inductive_pass_on_edgeless_graph(conv: str) -> None:
         if et[2] == "item":
             touches |= ei[1] == 0
         isolated[et].edge_index = ei[:, ~touches]
+        if "time" in isolated[et]:
+            isolated[et].time = isolated[et].time[~touches]
     full = model.embed(isolated)
     torch.testing.assert_close(full["item"][0], empty["item"][0], atol=1e-5, rtol=1e-5)
     # a graph that lacks some edge types altogether behaves as if they were empty

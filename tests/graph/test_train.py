@@ -18,6 +18,7 @@ from shopgraph.graph.train import (
     embed_graph,
     lean_graph,
     load_model,
+    rank_loss,
     save_model,
     train,
     train_run,
@@ -48,8 +49,10 @@ def _run(tmp_path: Path, data: HeteroData) -> Path:
     return run.path
 
 
-def test_training_reduces_loss(data: HeteroData) -> None:
-    result = train(data, TrainConfig(epochs=40, eval_every=10, hidden=16, num_negatives=8, fraud_weight=0.5))
+@pytest.mark.parametrize("conv", ["history", "sage"])
+def test_training_reduces_loss(data: HeteroData, conv: str) -> None:
+    result = train(data, TrainConfig(epochs=40, eval_every=10, conv=conv, hidden=16, num_negatives=8,
+                                     temperature=1.0, fraud_weight=0.5))
     first, last = result.history[0], result.history[-1]
     assert last["rank_loss"] < first["rank_loss"] * 0.9
     assert last["fraud_loss"] < first["fraud_loss"]
@@ -59,6 +62,33 @@ def test_training_reduces_loss(data: HeteroData) -> None:
     assert result.fraud.kind in ("gnn_head", "hybrid")
     assert set(result.fraud.candidates) == {"gnn_head", "hybrid"}
     assert result.fraud.val_auprc == max(result.fraud.candidates.values())
+
+
+def test_history_defaults_and_errors() -> None:
+    cfg = TrainConfig()
+    assert cfg.conv == "history"
+    assert (cfg.hidden, cfg.num_negatives, cfg.temperature, cfg.horizon_days, cfg.cuts_per_step) == (256, 0, 64.0, 7.0, 3)
+    sage = TrainConfig(conv="sage")
+    assert (sage.hidden, sage.num_negatives, sage.temperature, sage.dropout) == (64, 512, 4.0, 0.3)
+    assert TrainConfig(conv="sage", hidden=32).hidden == 32  # an explicit value wins
+    with pytest.raises(ValueError, match="mini_batch: the history tower trains full-batch only"):
+        TrainConfig(mini_batch=True)
+    with pytest.raises(ValueError, match="horizon_days: expected >= 0 .got -1"):
+        TrainConfig(horizon_days=-1)
+
+
+def test_full_softmax_leaves_known_items_out() -> None:
+    cfg = TrainConfig(num_negatives=0, temperature=1.0)
+    user = torch.tensor([[1.0, 0.0]])
+    item = torch.tensor([[1.0, 0.0], [10.0, 0.0], [0.0, 1.0]])
+    pairs = torch.tensor([[0], [0]])
+    gen = torch.Generator().manual_seed(0)
+    pop = torch.ones(3)
+    plain = rank_loss(cfg, user, item, pairs, pop, gen)
+    masked = rank_loss(cfg, user, item, pairs, pop, gen, known=torch.tensor([[0], [1]]))
+    # item 1 (score 10) dominates the softmax unless the user already has it
+    assert plain > 8.0
+    torch.testing.assert_close(masked, -torch.log_softmax(torch.tensor([1.0, 0.0]), 0)[0])
 
 
 def test_seeded_runs_are_identical(data: HeteroData) -> None:
@@ -92,6 +122,14 @@ def test_checkpoint_round_trip(tmp_path: Path, data: HeteroData) -> None:
         assert torch.equal(a[nt], b[nt])
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_model(tmp_path / "nothing")
+    # weights of another layout (e.g. a run trained before the history tower): a clear error
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(tmp_path / "m" / "model.safetensors"))
+    del weights["item_bias"]
+    save_file(weights, str(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"retrain this run \(model layout changed: 1 missing parameters \['item_bias'\]"):
+        load_model(tmp_path / "m")
 
 
 class _Interrupt(Exception):
@@ -131,7 +169,7 @@ def test_resume_after_interruption_equals_uninterrupted(
 
 @pytest.mark.skipif(not WITH_SAMPLING, reason="mini-batch training needs torch-sparse or pyg-lib")
 def test_mini_batch_path_runs(data: HeteroData) -> None:
-    result = train(data, TrainConfig(**FAST, mini_batch=True, batch_size=64, num_neighbors=[5, 5]))  # type: ignore[arg-type]
+    result = train(data, TrainConfig(**FAST, conv="sage", mini_batch=True, batch_size=64, num_neighbors=[5, 5]))  # type: ignore[arg-type]
     assert len(result.history) == 6
     assert result.history[-1]["rank_loss"] < result.history[0]["rank_loss"]
     assert result.embeddings["user"].shape == (data["user"].num_nodes, 16)
@@ -140,7 +178,7 @@ def test_mini_batch_path_runs(data: HeteroData) -> None:
 def test_mini_batch_without_sampling_says_what_to_install(data: HeteroData, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(train_mod, "WITH_SAMPLING", False)
     with pytest.raises(ImportError, match="pip install torch-sparse"):
-        train(data, TrainConfig(**FAST, mini_batch=True))  # type: ignore[arg-type]
+        train(data, TrainConfig(**FAST, conv="sage", mini_batch=True))  # type: ignore[arg-type]
 
 
 def test_train_run_writes_artifacts(tmp_path: Path, data: HeteroData) -> None:
@@ -173,7 +211,7 @@ def test_train_run_errors(tmp_path: Path) -> None:
     RunDir(tmp_path / "empty", create=True)
     with pytest.raises(FileNotFoundError, match="no graph.pt"):
         train_run(tmp_path / "empty")
-    with pytest.raises(ValueError, match="conv: expected one of sage, gatv2, hgt, lightgcn .got 'gcn'."):
+    with pytest.raises(ValueError, match="conv: expected one of sage, gatv2, hgt, lightgcn, history .got 'gcn'."):
         TrainConfig(conv="gcn")
     with pytest.raises(ValueError, match=r"unknown training settings \['epoch'\]"):
         TrainConfig.from_dict({"epoch": 3})
