@@ -5,7 +5,7 @@ Purchase: full ranking over the whole catalogue with message passing on
 items are excluded; the relevant items are ``target_pairs(data, "test")``. The baselines see the
 same pairs (``baselines.purchase_baselines``) and the same harness (``metrics.ranking_metrics``).
 
-Fraud: the serving scorer of ``fraud.json`` (GNN head or hybrid trees) on ``test_mask`` users,
+Fraud: the serving scorer of ``fraud.json`` (a ``graph.fraud_scorer`` candidate) on ``test_mask`` users,
 thresholded at the validation-chosen threshold; baselines from ``baselines.fraud_baselines``.
 
 Writes ``RUN/metrics.json`` (shape in ``docs/ARCHITECTURE.md``), ``RUN/report.md`` and PNG plots
@@ -25,18 +25,16 @@ import torch
 from torch_geometric.data import HeteroData
 
 from shopgraph.graph.build import message_passing_graph, target_pairs
+from shopgraph.graph.fraud_scorer import evaluate_fraud_candidates
 from shopgraph.graph.model import ShopGNN
 from shopgraph.graph.run import RunDir
 from shopgraph.graph.train import (
     MODEL_DIR,
     FraudScorer,
     embed_graph,
-    fraud_labels,
-    fraud_probabilities,
     lean_graph,
     load_model,
     resolve_device,
-    select_fraud_scorer,
 )
 
 logger = logging.getLogger(__name__)
@@ -178,7 +176,7 @@ def evaluate_run(run_dir: str, *, baselines: bool = True, device: str | None = N
     fraud_info = run.read_json("fraud.json")
     history = run.read_json(f"{MODEL_DIR}/history.json") if run.has(f"{MODEL_DIR}/history.json") else {}
 
-    from shopgraph.graph.metrics import fraud_metrics, ranking_metrics
+    from shopgraph.graph.metrics import ranking_metrics
 
     # purchase: message passing on train + val, rank everything, exclude train + val items
     test_emb = embed_graph(model, lean_graph(message_passing_graph(data, "test")).to(dev), dev)
@@ -201,37 +199,15 @@ def evaluate_run(run_dir: str, *, baselines: bool = True, device: str | None = N
     pr: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if fraud_info.get("kind", "none") != "none":
         train_emb = embed_graph(model, lean_graph(message_passing_graph(data, "train")).to(dev), dev)
-        scorer = select_fraud_scorer(model, data, train_emb, seed=int(fraud_info.get("seed", 0)))
-        if scorer.kind != fraud_info["kind"]:
-            logger.warning("fraud: re-selection chose %s but fraud.json says %s; evaluating %s",
-                           scorer.kind, fraud_info["kind"], fraud_info["kind"])
-        y, masks = fraud_labels(data)
-        te = masks["test"].numpy()
-        yt = y.numpy()[te]
-        threshold = float(fraud_info["threshold"])
-        kinds = [fraud_info["kind"]] + [k for k in scorer.candidates if k != fraud_info["kind"]]
-        for kind in kinds:
-            head = scorer.head if kind == "hybrid" else None
-            if kind == "hybrid" and head is None:  # the hybrid lost the selection: refit it for the report
-                from shopgraph.graph.baselines import HybridFraudHead, hybrid_features
-
-                feats = hybrid_features(data, train_emb["user"], split="train")
-                tr, va = masks["train"].numpy(), masks["val"].numpy()
-                head = HybridFraudHead(seed=int(fraud_info.get("seed", 0))).fit(
-                    feats[tr], y.numpy()[tr], feats[va], y.numpy()[va])
-            sc = FraudScorer(kind, threshold, float("nan"), {}, head)
-            prob = fraud_probabilities(model, sc, data, test_emb["user"], "test").numpy()[te]
-            if kind == fraud_info["kind"]:
-                m = fraud_metrics(yt, prob, threshold)
-                fraud["gnn"] = {"kind": kind, **{k: m[k] for k in FRAUD_KEYS}}
-            else:  # a candidate that does not serve: its own validation threshold
-                from shopgraph.graph.metrics import choose_threshold
-
-                va = masks["val"].numpy()
-                pv = fraud_probabilities(model, sc, data, train_emb["user"], "train").numpy()[va]
-                m = fraud_metrics(yt, prob, choose_threshold(y.numpy()[va], pv))
-            candidates[kind] = {k: m[k] for k in FRAUD_KEYS}
-            pr[kind] = (yt, prob)
+        # refit every candidate training compared (deterministic under the seed); serve fraud.json's
+        scorer = FraudScorer(fraud_info["kind"], float(fraud_info["threshold"]), float(fraud_info.get("val_auprc", "nan")),
+                             dict(fraud_info.get("candidates", {})), None)
+        evals = evaluate_fraud_candidates(model, data, train_emb, test_emb, scorer, seed=int(fraud_info.get("seed", 0)))
+        for kind, ev in evals.items():  # the serving kind first, at its validation threshold from fraud.json
+            candidates[kind] = {k: ev.metrics[k] for k in FRAUD_KEYS}
+            pr[kind] = (ev.y_true, ev.prob)
+        if scorer.kind in evals:
+            fraud["gnn"] = {"kind": scorer.kind, **candidates[scorer.kind]}
         if baselines and "x" in data["user"]:
             from shopgraph.graph.baselines import fraud_baselines
 

@@ -38,7 +38,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 from tqdm.auto import tqdm
 
-from shopgraph.graph.build import Split, message_passing_graph, target_edge_type, target_pairs
+from shopgraph.graph.build import message_passing_graph, target_edge_type, target_pairs
 from shopgraph.graph.model import CONVS, ModelConfig, ShopGNN
 from shopgraph.graph.run import RunDir, atomic_write
 
@@ -220,11 +220,11 @@ class TrainConfig:
 class FraudScorer(NamedTuple):
     """The serving fraud scorer chosen on validation AUPRC."""
 
-    kind: str  # "gnn_head", "hybrid" or "none" (no labels)
+    kind: str  # one of graph.fraud_scorer.CANDIDATES, or "none" (no labels)
     threshold: float
     val_auprc: float
     candidates: dict[str, float]  # kind -> validation AUPRC
-    head: Any  # the fitted HybridFraudHead when kind == "hybrid", else None
+    head: Any  # what graph.fraud_scorer.fraud_probabilities needs (None for gnn_head)
 
 
 class TrainResult(NamedTuple):
@@ -524,72 +524,6 @@ class _Front:
         return chosen, score(chosen)
 
 
-# -- fraud scorer selection -----------------------------------------------------------------------
-def select_fraud_scorer(model: ShopGNN, data: HeteroData, train_emb: dict[str, Tensor], seed: int = 0) -> FraudScorer:
-    """Pick the serving fraud scorer by validation AUPRC: the GNN head or the hybrid trees.
-
-    The hybrid head (boosted trees on GNN user embeddings + neighbour features,
-    :class:`shopgraph.graph.baselines.HybridFraudHead`) is fitted on train-mask users; both use
-    embeddings from the train-period graph. The threshold maximises F1 on validation.
-    """
-    from shopgraph.graph.metrics import choose_threshold, fraud_metrics
-
-    y, masks = fraud_labels(data)
-    tr, va = masks["train"], masks["val"]
-    if not (int(tr.sum()) and int(va.sum()) and len(torch.unique(y[tr])) == 2 and len(torch.unique(y[va])) == 2):
-        logger.warning("fraud: no usable labels (need both classes in train and val); no fraud scorer")
-        return FraudScorer("none", float("nan"), float("nan"), {}, None)
-    yv = y[va].numpy()
-    probs: dict[str, np.ndarray] = {}
-    with torch.no_grad():
-        probs["gnn_head"] = torch.sigmoid(
-            model.fraud_logit(train_emb["user"].to(_param_device(model)))).float().cpu().numpy()
-    head = None
-    if "x" not in data["user"]:
-        logger.info("fraud: users have no features; the hybrid head is not tried")
-    else:
-        from shopgraph.graph.baselines import HybridFraudHead, hybrid_features
-
-        feats = hybrid_features(data, train_emb["user"], split="train")
-        # early-stopped on validation, the same protocol as the XGB-Graph baseline
-        head = HybridFraudHead(seed=seed).fit(feats[tr.numpy()], y[tr].numpy(), feats[va.numpy()], yv)
-        probs["hybrid"] = np.asarray(head.predict_proba(feats))
-    candidates = {k: float(fraud_metrics(yv, p[va.numpy()])["auprc"]) for k, p in probs.items()}
-    kind = max(candidates, key=lambda k: candidates[k])
-    threshold = float(choose_threshold(yv, probs[kind][va.numpy()]))
-    logger.info("fraud: validation AUPRC %s -> serving %s (threshold %.4f)",
-                ", ".join(f"{k} {v:.4f}" for k, v in candidates.items()), kind, threshold)
-    return FraudScorer(kind, threshold, candidates[kind], candidates, head if kind == "hybrid" else None)
-
-
-def fraud_probabilities(
-    model: ShopGNN, scorer: FraudScorer, data: HeteroData, user_emb: Tensor, split: Split | None = None
-) -> Tensor:
-    """Fraud probabilities ``[U]`` of the chosen scorer.
-
-    Args:
-        model: the trained model (for the GNN head).
-        scorer: from :func:`select_fraud_scorer`.
-        data: the full graph.
-        user_emb: ``[U, D]`` user embeddings computed on the graph visible for ``split``.
-        split: the visibility of the hybrid head's neighbour features (``None``: every edge, for
-            serving).
-    """
-    if scorer.kind == "none":
-        return torch.full((user_emb.size(0),), float("nan"))
-    if scorer.kind == "hybrid":
-        from shopgraph.graph.baselines import hybrid_features
-
-        if split is None:  # edges without .split are always visible: the whole history
-            graph = lean_graph(data)
-            feats = hybrid_features(graph, user_emb)
-        else:
-            feats = hybrid_features(data, user_emb, split=split)
-        return torch.as_tensor(np.asarray(scorer.head.predict_proba(feats)), dtype=torch.float32)
-    with torch.no_grad():
-        return torch.sigmoid(model.fraud_logit(user_emb.to(_param_device(model)))).float().cpu()
-
-
 # -- checkpoints ----------------------------------------------------------------------------------
 def _state_dict_cpu(model: torch.nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -861,6 +795,8 @@ def train(
     logger.info("best epoch %d (of %d; %d checkpoints on the validation front)", best_epoch, len(history),
                 len(front.points))
     model.eval()
+    from shopgraph.graph.fraud_scorer import fraud_probabilities, select_fraud_scorer  # imports this module
+
     train_emb = embed_graph(model, gpu_graph, dev)
     scorer = select_fraud_scorer(model, data, train_emb, seed=config.seed)
     full = lean_graph(data)

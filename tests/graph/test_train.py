@@ -59,9 +59,10 @@ def test_training_reduces_loss(data: HeteroData, conv: str) -> None:
     assert 0 < result.best_epoch <= 40
     assert result.embeddings["item"].shape == (data["item"].num_nodes, 16)
     assert result.fraud_prob.shape == (data["user"].num_nodes,)
-    assert result.fraud.kind in ("gnn_head", "hybrid")
-    assert set(result.fraud.candidates) == {"gnn_head", "hybrid"}
-    assert result.fraud.val_auprc == max(result.fraud.candidates.values())
+    assert set(result.fraud.candidates) == {"gnn_head", "hybrid", "graph_trees", "rank_average"}
+    assert result.fraud.kind in result.fraud.candidates
+    # the tie-break may prefer a more robust candidate within one standard error of the best
+    assert result.fraud.val_auprc == result.fraud.candidates[result.fraud.kind]
 
 
 def test_history_defaults_and_errors() -> None:
