@@ -142,8 +142,8 @@ def _report(metrics: dict[str, Any], data: HeteroData, history: dict[str, Any], 
                   f"Threshold {_fmt(fraud_info.get('threshold'))} chosen on validation (max F1).", "",
                   "| model | " + " | ".join(FRAUD_KEYS) + " | AUPRC / best baseline |",
                   "|---|" + "---|" * (len(FRAUD_KEYS) + 1)]
-        frows = {f"GNN serving ({f['gnn']['kind']})": f["gnn"],
-                 **{f"GNN candidate ({k})": v for k, v in candidates.items() if k != f["gnn"]["kind"]},
+        frows = {f"served scorer ({f['gnn']['kind']})": f["gnn"],
+                 **{f"candidate ({k})": v for k, v in candidates.items() if k != f["gnn"]["kind"]},
                  **f["baselines"]}
         for name, m in frows.items():
             ratio = m["auprc"] / best_f if best_f and best_f > 0 else float("nan")

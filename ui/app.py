@@ -679,7 +679,7 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
 # -- Model ------------------------------------------------------------------------------------------
 def _metric_rows(section: dict[str, Any], keys: Sequence[str], ratio_key: str) -> pd.DataFrame:
     gnn = section.get("gnn", {})
-    rows = {f"GNN ({gnn.get('kind', '?')})": gnn, **section.get("baselines", {})}
+    rows = {f"ShopGraph ({gnn.get('kind', '?')})": gnn, **section.get("baselines", {})}
     ref = gnn.get(ratio_key)
     table = []
     for name, m in rows.items():
@@ -688,11 +688,11 @@ def _metric_rows(section: dict[str, Any], keys: Sequence[str], ratio_key: str) -
             v = m.get(key)
             row[key] = round(float(v), 4) if isinstance(v, int | float) and math.isfinite(v) else ""
         v = m.get(ratio_key)
-        row[f"GNN ÷ this model ({ratio_key})"] = (round(float(ref) / float(v), 2)
+        row[f"ShopGraph ÷ this model ({ratio_key})"] = (round(float(ref) / float(v), 2)
                                          if isinstance(v, int | float) and isinstance(ref, int | float) and v > 0
                                          else "")
         table.append(row)
-    return pd.DataFrame(table, columns=["model", *keys, f"GNN ÷ this model ({ratio_key})"])
+    return pd.DataFrame(table, columns=["model", *keys, f"ShopGraph ÷ this model ({ratio_key})"])
 
 
 PURCHASE_METRICS = ("recall@10", "ndcg@10", "hit@10", "recall@20", "ndcg@20", "coverage@20")
@@ -730,8 +730,11 @@ def model_view(run_dir: Path | None) -> ModelView:
                 plots.append((img.convert("RGB"), PLOT_CAPTIONS.get(stem, stem.replace("_", " "))))
         except (OSError, ValueError) as exc:
             logger.warning("plot %s unreadable: %s", rel, exc)
-    status = ("Test-period metrics of the GNN and each baseline (higher is better). The last column is how "
-              "many times better the GNN is than that model (above 1: the GNN wins).")
+    status = ("Test-period metrics of what ShopGraph serves and of each baseline (higher is better). "
+              "ShopGraph's purchase ranking is the GNN; its fraud score is the candidate that won on validation "
+              "(named in brackets: gnn_head, hybrid = trees on GNN embeddings + graph features, graph_trees = "
+              "trees on graph features alone, rank_average). The last column is how many times better "
+              "ShopGraph is than that model (above 1: ShopGraph wins).")
     return ModelView(status, purchase, fraud, plots)
 
 

@@ -301,7 +301,7 @@ def test_model_view_tables_from_metrics_json(ui_run: Path) -> None:
     view = model_view(ui_run)
     metrics = RunDir(ui_run).read_json("metrics.json")
     assert not is_problem(view.status)
-    assert view.purchase["model"].iloc[0].startswith("GNN (")
+    assert view.purchase["model"].iloc[0].startswith("ShopGraph (")
     assert view.purchase["model"].tolist()[1:] == list(metrics["purchase"]["baselines"])
     assert view.purchase["recall@20"].iloc[0] == pytest.approx(metrics["purchase"]["gnn"]["recall@20"], abs=1e-4)
     if metrics["fraud"]["gnn"].get("kind", "none") != "none":

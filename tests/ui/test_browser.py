@@ -242,7 +242,7 @@ def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopSer
     # -- Model: the metrics tables against the baselines and the plots
     _tab(page, "Model")
     metrics = RunDir(ui_run).read_json("metrics.json")
-    expect(page.locator("#model-purchase")).to_contain_text("GNN (")
+    expect(page.locator("#model-purchase")).to_contain_text("ShopGraph (")
     for name in metrics["purchase"]["baselines"]:
         expect(page.locator("#model-purchase")).to_contain_text(name)
     _shot(page, shots, "model")
