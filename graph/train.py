@@ -380,6 +380,19 @@ def _shared_negatives(cfg: TrainConfig, num_items: int, pop: Tensor, gen: torch.
     return torch.randint(num_items, (k,), generator=gen), None
 
 
+# Most logits one full-catalogue softmax step may hold ([pairs, items], float32: 200 MB, a few
+# times that with gradients); above it the loss samples shared negatives instead.
+FULL_SOFTMAX_MAX = 50_000_000
+_WARNED_FULL_SOFTMAX: set[int] = set()
+
+
+def _warn_full_softmax_once(pairs: int, items: int, k: int) -> None:
+    if items not in _WARNED_FULL_SOFTMAX:
+        _WARNED_FULL_SOFTMAX.add(items)
+        logger.warning("full-catalogue softmax over %d pairs x %d items is too large; sampling about %d "
+                       "shared negatives per step instead", pairs, items, k)
+
+
 def rank_loss(
     cfg: TrainConfig, user_emb: Tensor, item_emb: Tensor, pairs: Tensor, pop: Tensor, gen: torch.Generator,
     known: Tensor | None = None,
@@ -408,6 +421,12 @@ def rank_loss(
     pos = (u * item_emb[items].float()).sum(-1, keepdim=True)  # [P, 1]
     num_items = item_emb.size(0)
     log_q: Tensor | None = None
+    if cfg.num_negatives == 0 and len(users) * num_items > FULL_SOFTMAX_MAX:
+        # [P, I] logits would not fit (100,000 users x 40,000 items needed > 22 GB): fall back to
+        # as many shared uniform negatives as fit in the same budget.
+        k = int(min(num_items - 1, max(256, FULL_SOFTMAX_MAX // max(len(users), 1))))
+        _warn_full_softmax_once(len(users), num_items, k)
+        cfg = dataclasses.replace(cfg, num_negatives=k, negatives="uniform")
     if cfg.num_negatives == 0:  # the whole catalogue
         neg_items = torch.arange(num_items, device=dev).expand(len(users), -1)
         neg = ShopGNN.score(u, item_emb.float())
