@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 7860
 WHEELS ?= ../shared/wheels
+# FAISS build: one of the two, never both (a GPU machine gets faiss-gpu).
+FAISS ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
 .PHONY: install demo test lint typecheck clean
 
@@ -12,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,$(FAISS)]"
 	# Neighbour sampling (optional): prebuilt wheels for this exact torch, when this folder exists.
 	if ls $(WHEELS)/torch_sparse-*.whl >/dev/null 2>&1; then \
 		$(PY) -m pip install -q $(WHEELS)/torch_scatter-*.whl $(WHEELS)/torch_sparse-*.whl; fi

@@ -22,7 +22,13 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import faiss
+try:
+    import faiss
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "FAISS is not installed: `pip install 'shopgraph[cpu]'` (faiss-cpu) or, on a GPU machine, "
+        "`pip install 'shopgraph[gpu]'` (faiss-gpu) — one of the two, never both"
+    ) from exc
 import numpy as np
 
 from shopgraph.graph.run import RunDir, atomic_write
