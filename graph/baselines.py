@@ -47,7 +47,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from shopgraph.graph.build import Split, message_passing_graph, target_edge_type, target_pairs
-from shopgraph.graph.metrics import choose_threshold, fraud_metrics, ranking_metrics
+from shopgraph.graph.metrics import check_pairs, choose_threshold, fraud_metrics, ranking_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -64,23 +64,7 @@ __all__ = [
 
 
 def _check_pairs(pairs: Tensor, name: str, num_users: int, num_items: int) -> Tensor:
-    if not isinstance(pairs, Tensor):
-        raise TypeError(f"{name}: expected a LongTensor[2, P] (got {type(pairs).__name__})")
-    if pairs.dim() != 2 or pairs.size(0) != 2:
-        raise ValueError(f"{name}: expected shape [2, P] (got {list(pairs.shape)})")
-    if pairs.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"{name}: expected an integer tensor (got {pairs.dtype})")
-    pairs = pairs.long().cpu()
-    bad = torch.nonzero(
-        (pairs[0] < 0) | (pairs[0] >= num_users) | (pairs[1] < 0) | (pairs[1] >= num_items)
-    ).flatten()
-    if bad.numel():
-        k = int(bad[0])
-        raise ValueError(
-            f"{name}: {bad.numel():,} of {pairs.size(1):,} pairs fall outside num_users={num_users}, "
-            f"num_items={num_items} (first: column {k}, ({int(pairs[0, k])}, {int(pairs[1, k])}))"
-        )
-    return pairs
+    return check_pairs(pairs, name, num_items, num_users)
 
 
 def _check_sizes(num_users: int, num_items: int) -> None:

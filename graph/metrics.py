@@ -32,7 +32,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["ranking_metrics", "fraud_metrics", "choose_threshold"]
 
 
-def _check_pairs(pairs: Tensor, name: str, num_items: int) -> Tensor:
+def check_pairs(pairs: Tensor, name: str, num_items: int, num_users: int | None = None) -> Tensor:
+    """Validate (user, item) pairs ``LongTensor[2, P]`` and return them as int64 on the CPU.
+
+    Users must be non-negative (and below ``num_users`` when given), items in ``[0, num_items)``.
+    """
     if not isinstance(pairs, Tensor):
         raise TypeError(f"{name}: expected a LongTensor[2, P] (got {type(pairs).__name__})")
     if pairs.dim() != 2 or pairs.size(0) != 2:
@@ -41,12 +45,15 @@ def _check_pairs(pairs: Tensor, name: str, num_items: int) -> Tensor:
         raise TypeError(f"{name}: expected an integer tensor (got {pairs.dtype})")
     pairs = pairs.long().cpu()
     if pairs.numel():
-        bad = torch.nonzero((pairs[0] < 0) | (pairs[1] < 0) | (pairs[1] >= num_items)).flatten()
+        bad_user = pairs[0] < 0 if num_users is None else (pairs[0] < 0) | (pairs[0] >= num_users)
+        bad = torch.nonzero(bad_user | (pairs[1] < 0) | (pairs[1] >= num_items)).flatten()
         if bad.numel():
             k = int(bad[0])
+            bounds = (f"a negative user or an item outside [0, {num_items})" if num_users is None
+                      else f"a user or item outside num_users={num_users}, num_items={num_items}")
             raise ValueError(
-                f"{name}: {bad.numel():,} of {pairs.size(1):,} pairs have a negative user or an item "
-                f"outside [0, {num_items}) (first: column {k}, ({int(pairs[0, k])}, {int(pairs[1, k])}))"
+                f"{name}: {bad.numel():,} of {pairs.size(1):,} pairs have {bounds} "
+                f"(first: column {k}, ({int(pairs[0, k])}, {int(pairs[1, k])}))"
             )
     return pairs
 
@@ -107,8 +114,8 @@ def ranking_metrics(
         raise ValueError(f"ks: expected positive cut-offs (got {list(ks)})")
     if batch_size <= 0:
         raise ValueError(f"batch_size: expected a positive integer (got {batch_size})")
-    test = _check_pairs(test_pairs, "test_pairs", num_items)
-    excl = _check_pairs(exclude_pairs, "exclude_pairs", num_items)
+    test = check_pairs(test_pairs, "test_pairs", num_items)
+    excl = check_pairs(exclude_pairs, "exclude_pairs", num_items)
     if test.size(1) == 0:
         raise ValueError("test_pairs: no pairs to evaluate (got shape [2, 0])")
     # distinct test pairs only: a repeated pair is one relevant item, not two

@@ -155,7 +155,7 @@ def test_bprmf_learns_and_is_deterministic() -> None:
 
 
 def test_fit_errors() -> None:
-    with pytest.raises(ValueError, match=r"train_pairs: 1 of 2 pairs fall outside num_users=3, num_items=4"):
+    with pytest.raises(ValueError, match=r"train_pairs: 1 of 2 pairs have a user or item outside num_users=3, num_items=4"):
         Popularity().fit(torch.tensor([[0, 5], [1, 1]]), 3, 4)
     with pytest.raises(ValueError, match=r"train_pairs: expected shape \[2, P\] \(got \[3\]\)"):
         ItemKNN().fit(torch.tensor([0, 1, 2]), 3, 4)
