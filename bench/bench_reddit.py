@@ -22,12 +22,11 @@ per split without it.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 import torch
-from common import DATA_ROOT, fraud_table, machine_line, run_fraud_benchmark, symmetrize
+from common import DATA_ROOT, print_fraud_report, run_fraud_benchmark, symmetrize
 
 PUBLISHED = ("GADBench fully supervised: best AUPRC about 5.6 %, AUROC mid 60s; measured here before: "
              "XGB-Graph AUROC 66.95 / AUPRC 7.25 %, GraphSAGE AUPRC 6.63 %, logistic regression 6.08 %")
@@ -78,16 +77,8 @@ def main() -> int:
         x, edge_index, y, splits, metric="auprc", gnn_splits=args.gnn_splits,
         gnn={"conv": args.conv, "epochs": args.epochs, "patience": args.patience, "hidden": args.hidden},
     )
-    print()
-    print(f"## Reddit ({len(splits)} stratified 40/20/40 splits, test AUPRC is the headline metric)")
-    print()
-    print(fraud_table(res, key="test_auprc"))
-    print()
-    print(f"- {PUBLISHED}")
-    print(f"- total {time.perf_counter() - start:.0f} s; {machine_line()}")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(res, fh, indent=1)
+    print_fraud_report(res, title=f"Reddit ({len(splits)} stratified 40/20/40 splits, test AUPRC is the headline metric)", key="test_auprc", published=PUBLISHED, start=start,
+                       json_path=args.json)
     return 0
 
 

@@ -23,12 +23,11 @@ per split without it.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 import torch
-from common import DATA_ROOT, fraud_table, machine_line, run_fraud_benchmark, symmetrize
+from common import DATA_ROOT, print_fraud_report, run_fraud_benchmark, symmetrize
 
 PUBLISHED = "published (Platonov et al. 2023): GAT 83.70, GCN 83.64, MLP 72.95; measured here before: XGB-Graph 84.65 ± 0.48, GraphSAGE 82.79 ± 0.45"
 
@@ -61,16 +60,8 @@ def main() -> int:
         x, edge_index, y, splits, metric="auroc", gnn_splits=args.gnn_splits,
         gnn={"conv": args.conv, "epochs": args.epochs, "patience": args.patience, "hidden": args.hidden},
     )
-    print()
-    print(f"## Tolokers ({len(splits)} splits, test ROC-AUC is the headline metric)")
-    print()
-    print(fraud_table(res, key="test_auroc"))
-    print()
-    print(f"- {PUBLISHED}")
-    print(f"- total {time.perf_counter() - start:.0f} s; {machine_line()}")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(res, fh, indent=1)
+    print_fraud_report(res, title=f"Tolokers ({len(splits)} splits, test ROC-AUC is the headline metric)", key="test_auroc", published=PUBLISHED, start=start,
+                       json_path=args.json)
     return 0
 
 

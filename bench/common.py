@@ -8,6 +8,7 @@ Run a benchmark as ``python bench/bench_tolokers.py``; the scripts import this f
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import time
@@ -322,3 +323,18 @@ def fraud_table(results: dict[str, dict[str, list[float]]], *, ref: str = "xgb_g
         ["method", "splits", "test AUROC (%)", "test AUPRC (%)",
          f"ratio to {ref} ({key.replace('test_', '')}, same splits)", "seconds / split", "note"], rows,
     )
+
+
+def print_fraud_report(results: dict[str, dict[str, list[float]]], *, title: str, key: str, published: str,
+                       start: float, json_path: str | None) -> None:
+    """Print one fraud benchmark's markdown table with its provenance; optionally dump the raw results."""
+    print()
+    print(f"## {title}")
+    print()
+    print(fraud_table(results, key=key))
+    print()
+    print(f"- {published}")
+    print(f"- total {time.perf_counter() - start:.0f} s; {machine_line()}")
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=1)
