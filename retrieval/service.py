@@ -481,21 +481,20 @@ class ShopService:
         )
 
     # -- lookups --------------------------------------------------------------------------------
-    def _user(self, user_id: Any, name: str = "user_id") -> int:
-        if not isinstance(user_id, str):
-            raise ValueError(f"{name}: expected a string id (got {type(user_id).__name__} {user_id!r})")
-        pos = self._user_pos.get(user_id)
+    @staticmethod
+    def _lookup(positions: dict[str, int], value: Any, name: str, kind: str) -> int:
+        if not isinstance(value, str):
+            raise ValueError(f"{name}: expected a string id (got {type(value).__name__} {value!r})")
+        pos = positions.get(value)
         if pos is None:
-            raise UnknownIdError(f"{name}: unknown user {user_id!r}")
+            raise UnknownIdError(f"{name}: unknown {kind} {value!r}")
         return pos
 
+    def _user(self, user_id: Any, name: str = "user_id") -> int:
+        return self._lookup(self._user_pos, user_id, name, "user")
+
     def _item(self, item_id: Any, name: str = "item_id") -> int:
-        if not isinstance(item_id, str):
-            raise ValueError(f"{name}: expected a string id (got {type(item_id).__name__} {item_id!r})")
-        pos = self._item_pos.get(item_id)
-        if pos is None:
-            raise UnknownIdError(f"{name}: unknown item {item_id!r}")
-        return pos
+        return self._lookup(self._item_pos, item_id, name, "item")
 
     def _many(self, ids: Any, name: str, one: Any) -> list[int]:
         if isinstance(ids, str) or not isinstance(ids, Sequence | np.ndarray):
