@@ -47,7 +47,13 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from shopgraph.graph.build import Split, message_passing_graph, target_edge_type, target_pairs
-from shopgraph.graph.metrics import check_pairs, choose_threshold, fraud_metrics, ranking_metrics
+from shopgraph.graph.metrics import (
+    check_binary_labels,
+    check_pairs,
+    choose_threshold,
+    fraud_metrics,
+    ranking_metrics,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -607,14 +613,7 @@ def _check_y(y: np.ndarray, n: int, name: str = "y", x_name: str = "X") -> np.nd
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != n:
         raise ValueError(f"{name}: expected {n:,} labels matching {x_name} (got shape {y.shape})")
-    not01 = ~np.isin(y, (0, 1))
-    if not01.any():
-        bad = int(np.flatnonzero(not01)[0])
-        raise ValueError(f"{name}: expected 0/1 labels (got {y[bad]!r} at index {bad})")
-    y = y.astype(np.int64)
-    if np.unique(y).size < 2:
-        raise ValueError(f"{name}: a single class (all {int(y[0])}, {y.size:,} samples); need both classes")
-    return y
+    return check_binary_labels(y, name)
 
 
 class _FraudModel:

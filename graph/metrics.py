@@ -198,16 +198,19 @@ def _check_binary(y_true: np.ndarray, prob: np.ndarray, names: tuple[str, str]) 
     if y.dtype.kind == "f" and np.isnan(y).any():
         bad = int(np.flatnonzero(np.isnan(y))[0])
         raise ValueError(f"{names[0]}: {int(np.isnan(y).sum()):,} NaN labels (first at index {bad})")
+    return check_binary_labels(y, names[0], "AUROC/AUPRC need both classes"), p
+
+
+def check_binary_labels(y: np.ndarray, name: str, why: str = "need both classes") -> np.ndarray:
+    """0/1 labels with both classes present, as int64; ``why`` ends the single-class message."""
     not01 = ~np.isin(y, (0, 1))
     if not01.any():
         bad = int(np.flatnonzero(not01)[0])
-        raise ValueError(f"{names[0]}: expected 0/1 labels (got {y[bad]!r} at index {bad})")
-    y = y.astype(np.int64)
+        raise ValueError(f"{name}: expected 0/1 labels (got {y[bad]!r} at index {bad})")
+    y = np.asarray(y).astype(np.int64)
     if np.unique(y).size < 2:
-        raise ValueError(
-            f"{names[0]}: a single class (all {int(y[0])}, {y.size:,} samples); AUROC/AUPRC need both classes"
-        )
-    return y, p
+        raise ValueError(f"{name}: a single class (all {int(y[0])}, {y.size:,} samples); {why}")
+    return y
 
 
 def choose_threshold(y_val: np.ndarray, prob_val: np.ndarray) -> float:
