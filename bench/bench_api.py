@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import markdown_table
 
 
 def synthetic_run(folder: Path, n_users: int, n_items: int, n_events: int, dim: int = 64, seed: int = 0) -> Path:
@@ -204,10 +205,7 @@ def main(argv: list[str] | None = None) -> int:
           f"from {args.clients} client threads (clients share the machine with the server)\n")
     header = ["workers", "seq p50 ms", "seq p99 ms", "seq max ms", "burst req/s", "burst p50 ms",
               "burst p99 ms", "errors"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    print(markdown_table(header, rows))
     return 0
 
 

@@ -27,6 +27,7 @@ import time
 
 import faiss
 import numpy as np
+from common import markdown_table
 
 from shopgraph.retrieval.index import ItemIndex, gpu_available, recall_at_k
 
@@ -100,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         del x, exact, auto
     header = ["items", "index", "factory", "params", "build s", "p50 ms", "p99 ms", "batch QPS",
               "recall@10 (fresh queries)", "recall@10 at build"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    print(markdown_table(header, rows))
     return 0
 
 

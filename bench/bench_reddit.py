@@ -21,12 +21,11 @@ per split without it.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import torch
-from common import DATA_ROOT, print_fraud_report, run_fraud_benchmark, symmetrize
+from common import DATA_ROOT, fraud_bench_parser, print_fraud_report, run_fraud_benchmark, symmetrize
 
 PUBLISHED = ("GADBench fully supervised: best AUPRC about 5.6 %, AUROC mid 60s; measured here before: "
              "XGB-Graph AUROC 66.95 / AUPRC 7.25 %, GraphSAGE AUPRC 6.63 %, logistic regression 6.08 %")
@@ -53,15 +52,7 @@ def stratified_splits(y: np.ndarray, n: int, fractions: tuple[float, float] = (0
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--splits", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=150)
-    ap.add_argument("--patience", type=int, default=6, help="evaluations (every 5 epochs) without improvement")
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--conv", default="sage")
-    ap.add_argument("--gnn-splits", type=int, default=None, help="GNN methods on the first N splits only")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", default=None, help="also write the raw per-split results here")
+    ap = fraud_bench_parser(__doc__, splits=5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 

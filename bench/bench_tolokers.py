@@ -22,26 +22,17 @@ per split without it.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import torch
-from common import DATA_ROOT, print_fraud_report, run_fraud_benchmark, symmetrize
+from common import DATA_ROOT, fraud_bench_parser, print_fraud_report, run_fraud_benchmark, symmetrize
 
 PUBLISHED = "published (Platonov et al. 2023): GAT 83.70, GCN 83.64, MLP 72.95; measured here before: XGB-Graph 84.65 ± 0.48, GraphSAGE 82.79 ± 0.45"
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--splits", type=int, default=10)
-    ap.add_argument("--epochs", type=int, default=150)
-    ap.add_argument("--patience", type=int, default=6, help="evaluations (every 5 epochs) without improvement")
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--conv", default="sage")
-    ap.add_argument("--gnn-splits", type=int, default=None, help="GNN methods on the first N splits only")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", default=None, help="also write the raw per-split results here")
+    ap = fraud_bench_parser(__doc__, splits=10)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -7,6 +7,7 @@ Run a benchmark as ``python bench/bench_tolokers.py``; the scripts import this f
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -338,3 +339,17 @@ def print_fraud_report(results: dict[str, dict[str, list[float]]], *, title: str
     if json_path:
         with open(json_path, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=1)
+
+
+def fraud_bench_parser(description: str | None, splits: int) -> argparse.ArgumentParser:
+    """The command-line options shared by the fraud benchmarks (Tolokers, Reddit)."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--splits", type=int, default=splits)
+    ap.add_argument("--epochs", type=int, default=150)
+    ap.add_argument("--patience", type=int, default=6, help="evaluations (every 5 epochs) without improvement")
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--conv", default="sage")
+    ap.add_argument("--gnn-splits", type=int, default=None, help="GNN methods on the first N splits only")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None, help="also write the raw per-split results here")
+    return ap
