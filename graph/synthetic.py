@@ -391,6 +391,147 @@ def cli_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+class SyntheticLatents(NamedTuple):
+    """The hidden state behind a generated shop, as :func:`latent_state` replays it.
+
+    Index ``u`` is the user ``f"u{u:06d}"`` and ``i`` the item ``f"i{i:06d}"``; ``C`` is
+    ``len(CATEGORIES)``, ``D`` is ``LATENT_DIM``, ``F`` the number of fraud units (rings first,
+    then lone fraudsters) and ``E`` the number of rows of ``events.csv``.
+
+    Attributes:
+        item_cat: ``int64[I]`` category index (into ``CATEGORIES``) of each item.
+        item_price: ``float64[I]`` list price.
+        item_vec: ``float32[I, D]`` latent item vectors.
+        item_pop: ``float64[I]`` popularity weight (Zipf within the category).
+        taste: ``float32[U, D]`` latent user tastes.
+        mix_cdf: ``float64[U, C]`` cumulative category mixture of each user's session views.
+        consider: ``int64[U, N_CONSIDER]`` personal consideration sets (items, may repeat).
+        activity: ``float64[U]`` session-rate multiplier.
+        fraud: ``bool[U]`` fraud role (before label noise).
+        ring: ``int64[U]`` ring index, -1 for none.
+        unit: ``int64[U]`` fraud unit (ring ``r`` -> ``r``, lone ``k`` -> ``R + k``), -1 for none.
+        active_start: ``int64[U]`` the first second the user may act.
+        spree: ``bool[U]`` users with a gift spree.
+        fraud_pools: ``int64[F, 12]`` each fraud unit's shopping list (items, may repeat).
+        aff_mean: mean of ``taste · item_vec`` over all session views (the funnel's standardisation).
+        aff_std: its standard deviation.
+        event_source: ``int8[E]`` ``SOURCE_SESSION``, ``SOURCE_GIFT_SPREE`` or ``SOURCE_FRAUD_BURST``
+            of each row of ``events.csv`` (a realised quantity, not a latent one).
+        choice_k: popularity-weighted candidates per within-category draw.
+        choice_beta: inverse temperature of the Gumbel-max pick among them.
+    """
+
+    item_cat: np.ndarray
+    item_price: np.ndarray
+    item_vec: np.ndarray
+    item_pop: np.ndarray
+    taste: np.ndarray
+    mix_cdf: np.ndarray
+    consider: np.ndarray
+    activity: np.ndarray
+    fraud: np.ndarray
+    ring: np.ndarray
+    unit: np.ndarray
+    active_start: np.ndarray
+    spree: np.ndarray
+    fraud_pools: np.ndarray
+    aff_mean: float
+    aff_std: float
+    event_source: np.ndarray
+    choice_k: int
+    choice_beta: float
+
+
+def latent_state(n_users: int = 5000, seed: int = 0) -> SyntheticLatents:
+    """Replay the generator's random stream and return its hidden state, writing nothing.
+
+    Runs the same code as :func:`generate_shop` up to (not including) writing the tables, so the
+    result describes exactly the folder ``generate_shop(out, n_users=n_users, seed=seed)``
+    writes. ``label_noise`` is not an argument: it has its own stream and changes only
+    ``labels.csv``.
+
+    Args:
+        n_users: number of users (≥ 100), as given to :func:`generate_shop`.
+        seed: the generator's seed, as given to :func:`generate_shop`.
+
+    Returns:
+        A :class:`SyntheticLatents`.
+
+    Raises:
+        ValueError, TypeError: as :func:`generate_shop` for the same arguments.
+    """
+    _check_args(n_users, seed, 0.0)
+    world = _simulate(int(n_users), int(seed))
+    items, roles, hidden = world.items, world.roles, world.hidden
+    spree = np.zeros(int(n_users), dtype=bool)
+    spree[hidden.spree_users] = True
+    sampler = _ItemSampler(items)
+    return SyntheticLatents(
+        item_cat=items.cat.astype(np.int64), item_price=items.price, item_vec=items.vec, item_pop=items.pop,
+        taste=world.taste, mix_cdf=world.mix_cdf, consider=hidden.consider.astype(np.int64),
+        activity=hidden.activity, fraud=roles.fraud, ring=roles.ring, unit=roles.unit,
+        active_start=roles.active_start, spree=spree, fraud_pools=hidden.fraud_pools.astype(np.int64),
+        aff_mean=hidden.aff_mean, aff_std=hidden.aff_std, event_source=hidden.source,
+        choice_k=sampler.k, choice_beta=sampler.beta,
+    )
+
+
+def _check_index(values: np.ndarray, name: str, size: int) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name}: expected a 1-d integer array (got {arr.dtype} with shape {arr.shape})")
+    bad = np.flatnonzero((arr < 0) | (arr >= size))
+    if bad.size:
+        raise ValueError(f"{name}: {bad.size:,} of {arr.size:,} values are outside [0, {size}) "
+                         f"(first: {arr[bad[0]]}, position {bad[0]})")
+    return arr.astype(np.int64)
+
+
+def session_purchase_probability(latents: SyntheticLatents, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """P(purchase | a session view of ``items[n]`` by ``users[n]``): the generator's funnel,
+    ``P(cart | view) · P(purchase | cart)``.
+
+    Args:
+        latents: from :func:`latent_state`.
+        users: ``int[N]`` user indices.
+        items: ``int[N]`` item indices.
+
+    Returns:
+        ``float64[N]`` probabilities.
+    """
+    u = _check_index(users, "users", latents.taste.shape[0])
+    i = _check_index(items, "items", latents.item_cat.size)
+    if u.size != i.size:
+        raise ValueError(f"users, items: expected equal lengths (got {u.size} and {i.size})")
+    aff = np.einsum("nd,nd->n", latents.taste[u], latents.item_vec[i])
+    z = (aff - latents.aff_mean) / (latents.aff_std + _AFF_EPS)
+    return _p_cart(z, _rel_price(latents.item_price[i], latents.item_cat[i])) * _p_buy_given_cart(z)
+
+
+def sample_items(latents: SyntheticLatents, rng: np.random.Generator, users: np.ndarray,
+                 cats: np.ndarray) -> np.ndarray:
+    """Draw one item per row the way the generator does for a (user, category) draw: the
+    generator's own sampler (``choice_k`` popularity-weighted candidates, then a Gumbel-max pick
+    by ``choice_beta · taste · item_vec``).
+
+    Args:
+        latents: from :func:`latent_state`.
+        rng: the random generator to draw with.
+        users: ``int[N]`` user indices.
+        cats: ``int[N]`` category indices.
+
+    Returns:
+        ``int64[N]`` item indices.
+    """
+    u = _check_index(users, "users", latents.taste.shape[0])
+    c = _check_index(cats, "cats", len(CATEGORIES))
+    if u.size != c.size:
+        raise ValueError(f"users, cats: expected equal lengths (got {u.size} and {c.size})")
+    items = _Items(table=pd.DataFrame(), cat=latents.item_cat, colour=np.zeros(latents.item_cat.size, np.int64),
+                   price=latents.item_price, vec=latents.item_vec, pop=latents.item_pop)
+    return _ItemSampler(items, k=latents.choice_k, beta=latents.choice_beta).sample(rng, latents.taste, u, c)
+
+
 # ----------------------------------------------------------------------------------------------
 # Generation
 # ----------------------------------------------------------------------------------------------
@@ -413,28 +554,75 @@ class _Events(NamedTuple):
     device: np.ndarray
 
 
-def _generate_into(folder: Path, *, n_users: int, seed: int, label_noise: float,
-                   progress: bool) -> tuple[int, int, int, int, int, int]:
+# Where an event came from (``_EventLatents.source``).
+SOURCE_SESSION: int = 0
+SOURCE_GIFT_SPREE: int = 1
+SOURCE_FRAUD_BURST: int = 2
+
+
+class _EventLatents(NamedTuple):
+    """What :func:`_make_events` draws besides the events themselves."""
+
+    consider: np.ndarray  # int [U, 6] personal consideration sets
+    activity: np.ndarray  # float [U] session-rate multiplier
+    aff_mean: float  # the funnel's affinity standardisation (over all session views)
+    aff_std: float
+    spree_users: np.ndarray  # int [S] users with a gift spree
+    fraud_pools: np.ndarray  # int [R + L, 12] each fraud unit's shopping list
+    source: np.ndarray  # int8 [E] SOURCE_* of each event, in the (sorted) event order
+
+
+class _World(NamedTuple):
+    """Everything drawn before the tables are written; ``rng`` is left where writing resumes."""
+
+    rng: np.random.Generator
+    items: _Items
+    roles: _Roles
+    taste: np.ndarray  # float32 [U, D]
+    mix_cdf: np.ndarray  # float [U, C]
+    dev: _Devices
+    ev: _Events
+    hidden: _EventLatents
+
+
+def _simulate(n_users: int, seed: int, steps: tqdm | None = None) -> _World:
+    """Draw catalogue, users, devices and events from ``default_rng(seed)``: the one code path
+    behind both :func:`generate_shop` (which goes on to write with the returned ``rng``) and
+    :func:`latent_state`."""
     rng = np.random.default_rng(seed)
-    steps = tqdm(total=6, desc="generate", unit="step", disable=not progress)
     n_items = _n_items_for(n_users)
 
-    steps.set_postfix_str("catalogue")
-    items = _make_items(rng, n_items)
-    steps.update()
+    def step(name: str | None) -> None:
+        if steps is not None:
+            if name is None:
+                steps.update()
+            else:
+                steps.set_postfix_str(name)
 
-    steps.set_postfix_str("users")
+    step("catalogue")
+    items = _make_items(rng, n_items)
+    step(None)
+
+    step("users")
     roles = _make_roles(rng, n_users)
     taste, mix_cdf = _make_tastes(rng, n_users)
-    steps.update()
+    step(None)
 
-    steps.set_postfix_str("devices")
+    step("devices")
     dev = _make_devices(rng, roles)
-    steps.update()
+    step(None)
 
-    steps.set_postfix_str("events")
-    ev = _make_events(rng, roles, taste, mix_cdf, items, dev)
-    steps.update()
+    step("events")
+    ev, hidden = _make_events(rng, roles, taste, mix_cdf, items, dev)
+    step(None)
+    return _World(rng=rng, items=items, roles=roles, taste=taste, mix_cdf=mix_cdf, dev=dev, ev=ev, hidden=hidden)
+
+
+def _generate_into(folder: Path, *, n_users: int, seed: int, label_noise: float,
+                   progress: bool) -> tuple[int, int, int, int, int, int]:
+    steps = tqdm(total=6, desc="generate", unit="step", disable=not progress)
+    world = _simulate(n_users, seed, steps)
+    rng, items, roles, dev, ev = world.rng, world.items, world.roles, world.dev, world.ev
 
     steps.set_postfix_str("tables")
     # Label noise has its own stream, so a noisy run differs from the clean one only in labels.
@@ -446,7 +634,7 @@ def _generate_into(folder: Path, *, n_users: int, seed: int, label_noise: float,
     _write_images(folder / "images", rng, items, progress)
     steps.update()
     steps.close()
-    return (n_users, n_items, len(dev.table), len(ev.user), n_fraud, int(roles.ring.max() + 1))
+    return (n_users, len(items.cat), len(dev.table), len(ev.user), n_fraud, int(roles.ring.max() + 1))
 
 
 def _make_items(rng: np.random.Generator, n_items: int) -> _Items:
@@ -742,6 +930,32 @@ def _day_weights() -> np.ndarray:
     return w.astype(np.float64)
 
 
+# Session views: a share comes from the user's personal consideration set of N_CONSIDER items.
+N_CONSIDER: int = 6
+CONSIDER_SHARE: float = 0.25
+# Gift sprees: a GIFT_SHARE of the gifts come from these categories (with these weights), the
+# rest from the user's own category mix.
+GIFT_CATEGORIES: tuple[str, ...] = ("gift cards", "electronics", "toys", "jewelry", "beauty", "books")
+GIFT_CATEGORY_P: tuple[float, ...] = (0.3, 0.3, 0.12, 0.1, 0.1, 0.08)
+GIFT_SHARE: float = 0.55
+_AFF_EPS: float = 1e-9
+
+
+def _rel_price(price: np.ndarray, cat: np.ndarray) -> np.ndarray:
+    """log price relative to the category's median price."""
+    return np.log(price) - np.log([CATEGORIES[c].price_median for c in cat])
+
+
+def _p_cart(z: np.ndarray, rel_price: np.ndarray) -> np.ndarray:
+    """P(cart | session view) from the standardised affinity ``z`` and the relative log price."""
+    return 1 / (1 + np.exp(-(-1.55 + 0.9 * z - 0.3 * rel_price)))
+
+
+def _p_buy_given_cart(z: np.ndarray) -> np.ndarray:
+    """P(purchase | cart) from the standardised affinity ``z``."""
+    return 1 / (1 + np.exp(-(0.35 + 0.5 * z)))
+
+
 class _ItemSampler:
     """Samples items for (user, category) draws: K popularity-weighted candidates, then a
     Gumbel-max pick by ``beta * taste · item_vec`` (≈ sampling ∝ popularity × exp(beta · affinity))."""
@@ -784,7 +998,7 @@ def _sample_cats(rng: np.random.Generator, cdf: np.ndarray, users: np.ndarray) -
 
 
 def _make_events(rng: np.random.Generator, roles: _Roles, taste: np.ndarray, mix_cdf: np.ndarray,
-                 items: _Items, dev: _Devices) -> _Events:
+                 items: _Items, dev: _Devices) -> tuple[_Events, _EventLatents]:
     n_users = roles.fraud.size
     sampler = _ItemSampler(items)
     day_w = _day_weights()
@@ -792,7 +1006,7 @@ def _make_events(rng: np.random.Generator, roles: _Roles, taste: np.ndarray, mix
 
     # A small personal consideration set per user: repeat views (and repeat purchases of
     # consumables) come from it across sessions.
-    n_cs = 6
+    n_cs = N_CONSIDER
     cs_users = np.repeat(np.arange(n_users), n_cs)
     consider = sampler.sample(rng, taste, cs_users, _sample_cats(rng, mix_cdf, cs_users)).reshape(n_users, n_cs)
 
@@ -813,17 +1027,16 @@ def _make_events(rng: np.random.Generator, roles: _Roles, taste: np.ndarray, mix
     first = np.r_[0, np.cumsum(n_views)[:-1]]
     v_time = s_start[v_sess] + (cs - cs[first][v_sess]).astype(np.int64)
     v_item = sampler.sample(rng, taste, v_user, _sample_cats(rng, mix_cdf, v_user))
-    from_cs = rng.random(v_item.size) < 0.25
+    from_cs = rng.random(v_item.size) < CONSIDER_SHARE
     v_item[from_cs] = consider[v_user[from_cs], rng.integers(0, n_cs, from_cs.sum())]
 
     # Funnel: the better the item fits the user's taste, the likelier a cart and a purchase;
     # expensive items convert less.
     aff = np.einsum("nd,nd->n", taste[v_user], items.vec[v_item])
-    z = (aff - aff.mean()) / (aff.std() + 1e-9)
-    rel_price = np.log(items.price[v_item]) - np.log([CATEGORIES[c].price_median for c in items.cat[v_item]])
-    p_cart = 1 / (1 + np.exp(-(-1.55 + 0.9 * z - 0.3 * rel_price)))
+    z = (aff - aff.mean()) / (aff.std() + _AFF_EPS)
+    p_cart = _p_cart(z, _rel_price(items.price[v_item], items.cat[v_item]))
     cart = rng.random(v_item.size) < p_cart
-    p_buy = 1 / (1 + np.exp(-(0.35 + 0.5 * z[cart])))
+    p_buy = _p_buy_given_cart(z[cart])
     buy = rng.random(cart.sum()) < p_buy
     c_idx = np.flatnonzero(cart)
     c_time = v_time[c_idx] + rng.integers(10, 180, c_idx.size)
@@ -833,6 +1046,7 @@ def _make_events(rng: np.random.Generator, roles: _Roles, taste: np.ndarray, mix
     parts.append(_Events(v_user, v_item, np.zeros(v_item.size, np.int8), v_time, v_dev))
     parts.append(_Events(v_user[c_idx], v_item[c_idx], np.ones(c_idx.size, np.int8), c_time, v_dev[c_idx]))
     parts.append(_Events(v_user[b_idx], v_item[b_idx], np.full(b_idx.size, 2, np.int8), b_time, v_dev[b_idx]))
+    n_session_events = sum(p.user.size for p in parts)
 
     # --- gift sprees: 12 % of normal users buy several gifts (often gift cards and electronics)
     # within an hour in the Black Friday / December peak: bursty, high-value, not fraud. ---
@@ -843,14 +1057,14 @@ def _make_events(rng: np.random.Generator, roles: _Roles, taste: np.ndarray, mix
     g_user = np.repeat(spree, n_buy)
     peak_lo = np.maximum(roles.active_start[spree].astype(np.float64), float(T_END - 40 * DAY))
     g_start = _session_times(rng, peak_lo, _HOUR_W, day_w)
-    gift_cats = np.array([CATEGORY_NAMES.index(n) for n in
-                          ("gift cards", "electronics", "toys", "jewelry", "beauty", "books")])
-    gc = np.where(rng.random(g_user.size) < 0.55,
-                  gift_cats[rng.choice(gift_cats.size, g_user.size, p=[0.3, 0.3, 0.12, 0.1, 0.1, 0.08])],
+    gift_cats = np.array([CATEGORY_NAMES.index(n) for n in GIFT_CATEGORIES])
+    gc = np.where(rng.random(g_user.size) < GIFT_SHARE,
+                  gift_cats[rng.choice(gift_cats.size, g_user.size, p=list(GIFT_CATEGORY_P))],
                   _sample_cats(rng, mix_cdf, g_user))
     parts.extend(_burst_events(rng, g_user, np.repeat(g_start, n_buy), n_buy,
                                sampler.sample(rng, taste, g_user, gc), _pick_device(rng, dev, g_user),
                                gap=(120, 900)))
+    n_spree_events = sum(p.user.size for p in parts) - n_session_events
 
     # --- fraud bursts: rings buy high-value resaleable items from a shared shopping list,
     # several members within hours of each other, mostly on the ring's shared devices. ---
@@ -862,6 +1076,7 @@ def _make_events(rng: np.random.Generator, roles: _Roles, taste: np.ndarray, mix
     f_users: list[np.ndarray] = []
     f_start: list[np.ndarray] = []
     f_pool: list[np.ndarray] = []
+    pools: list[np.ndarray] = []
     for unit_id in range(n_units):
         mem = np.flatnonzero(roles.unit == unit_id)
         pool_n = 12
@@ -870,6 +1085,7 @@ def _make_events(rng: np.random.Generator, roles: _Roles, taste: np.ndarray, mix
         # Zero taste: the shopping list follows popularity and price, not the members' tastes.
         pool = sampler.sample(rng, np.zeros((1, LATENT_DIM), np.float32), np.zeros(pool_n, np.int64), pc,
                               weight=value_w)
+        pools.append(pool)
         n_bursts = int(rng.integers(1, 4)) if unit_id < n_rings else int(rng.integers(1, 3))
         room = max(0.5, (T_END - DAY - roles.burst_base[unit_id]) / DAY)
         b_times = roles.burst_base[unit_id] + rng.uniform(0, min(room, 12.0), n_bursts) * DAY
@@ -900,7 +1116,13 @@ def _make_events(rng: np.random.Generator, roles: _Roles, taste: np.ndarray, mix
     ev = _Events(*(np.concatenate([getattr(p, f) for p in parts]) for f in _Events._fields))
     time_ = np.minimum(ev.time, T_END - 1)
     order = np.lexsort((ev.etype, ev.item, ev.user, time_))
-    return _Events(ev.user[order], ev.item[order], ev.etype[order], time_[order], ev.device[order])
+    n_fraud_events = ev.user.size - n_session_events - n_spree_events
+    source = np.repeat(np.array([SOURCE_SESSION, SOURCE_GIFT_SPREE, SOURCE_FRAUD_BURST], np.int8),
+                       [n_session_events, n_spree_events, n_fraud_events])
+    hidden = _EventLatents(consider=consider, activity=activity, aff_mean=float(aff.mean()),
+                           aff_std=float(aff.std()), spree_users=spree, fraud_pools=np.stack(pools),
+                           source=source[order])
+    return _Events(ev.user[order], ev.item[order], ev.etype[order], time_[order], ev.device[order]), hidden
 
 
 def _burst_events(rng: np.random.Generator, user: np.ndarray, start: np.ndarray, n_per: np.ndarray,

@@ -12,13 +12,21 @@ import pytest
 
 from shopgraph.graph.schema import HIGH_RISK_CATEGORIES, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, TABLE_NAMES
 from shopgraph.graph.synthetic import (
+    CATEGORIES,
     CATEGORY_NAMES,
     COLOURS,
+    CONSIDER_SHARE,
+    SOURCE_FRAUD_BURST,
+    SOURCE_GIFT_SPREE,
+    SOURCE_SESSION,
     T_END,
     T_START,
     GenerateSummary,
     cli_generate,
     generate_shop,
+    latent_state,
+    sample_items,
+    session_purchase_probability,
 )
 
 
@@ -279,3 +287,114 @@ def test_image_categories_separate_in_efficientnet_space(shop2000: Path) -> None
     assert sim[same & off].mean() > sim[~same].mean() + 0.2
     np.fill_diagonal(sim, -np.inf)
     assert (cat[sim.argmax(1)] == cat).mean() > 0.9  # 1-NN finds the category
+
+
+# Digests of ``generate_shop(n_users=300, seed=7)`` as written before ``latent_state`` shared the
+# generator's code path; a refactor must not move a byte. If the generator is changed on purpose,
+# regenerate these.
+_GOLDEN_300_7 = {
+    "users.csv": "091310cea574d0139b80200cb8a09d3af098226c6a94f06502dc2586da8da168",
+    "items.csv": "4feb5a17b9efb8b0d564842235a1643de1f1e4d10a45af0b65ac28cdb55f6313",
+    "devices.csv": "b10d7a8148459ba060ec485379f968cb71e6faf20381d897badfa82d982f5e2e",
+    "events.csv": "2d737473e3bf530ce7702283fdde6f38aa07235d9dd546b8e5c98e684174fdb5",
+    "labels.csv": "1f35cfdce3a4939880613ace11725b7978aef805e8e9a171158adaba57daf9e0",
+    "images": "a00e57b9270bef7f8b499b3758d418e9da3514c415bf15394aec2c1079abcbed",
+}
+
+
+def test_output_matches_golden_digests(shop300: tuple[Path, GenerateSummary]) -> None:
+    out, _ = shop300
+    got = {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in _GOLDEN_300_7 if name != "images"}
+    h = hashlib.sha256()
+    for path in sorted((out / "images").iterdir()):
+        h.update(path.read_bytes())
+    got["images"] = h.hexdigest()
+    assert got == _GOLDEN_300_7
+
+
+def _index(col: pd.Series) -> np.ndarray:
+    return col.str[1:].astype(np.int64).to_numpy()
+
+
+def test_latent_state_is_deterministic_and_checks_arguments() -> None:
+    a, b = latent_state(150, seed=4), latent_state(150, seed=4)
+    for name, x in a._asdict().items():
+        np.testing.assert_array_equal(x, getattr(b, name), err_msg=name)
+    assert not np.array_equal(a.taste, latent_state(150, seed=5).taste)
+    with pytest.raises(ValueError, match=r"n_users: expected at least 100 .*\(got 10\)"):
+        latent_state(10)
+    with pytest.raises(TypeError, match=r"seed: expected an int \(got str\)"):
+        latent_state(150, seed="1")  # type: ignore[arg-type]
+
+
+def test_latent_state_explains_the_written_shop(shop2000: Path) -> None:
+    """The replayed latents are those behind the folder: exact where the generator is exact
+    (catalogue, fraud shopping lists, who sprees), at the planted rates where it samples."""
+    lat = latent_state(2000, seed=3)
+    items, events = _read(shop2000, "items"), _read(shop2000, "events")
+    assert (_index(items["item_id"]) == np.arange(len(items))).all()
+    np.testing.assert_array_equal(np.array(CATEGORY_NAMES)[lat.item_cat], items["category"].to_numpy())
+    np.testing.assert_allclose(lat.item_price, items["price"].to_numpy(), atol=0.005)
+    assert lat.event_source.size == len(events)
+    u, i = _index(events["user_id"]), _index(events["item_id"])
+    etype = events["event_type"].to_numpy()
+    src = lat.event_source
+
+    # Fraud bursts buy only from their unit's shopping list; only spree users have spree events.
+    fb = (src == SOURCE_FRAUD_BURST) & (etype == "purchase")
+    assert fb.sum() > 50 and lat.fraud[u[fb]].all()
+    assert (lat.fraud_pools[lat.unit[u[fb]]] == i[fb][:, None]).any(1).all()
+    gs = src == SOURCE_GIFT_SPREE
+    assert gs.any() and lat.spree[u[gs]].all() and not lat.fraud[u[gs]].any()
+
+    # A quarter of session views come from the user's own consideration set (plus the sampler's
+    # own hits); another user's set is hit rarely.
+    view = (src == SOURCE_SESSION) & (etype == "view")
+    own = (lat.consider[u[view]] == i[view][:, None]).any(1).mean()
+    other = (np.roll(lat.consider, 1, axis=0)[u[view]] == i[view][:, None]).any(1).mean()
+    assert CONSIDER_SHARE <= own < CONSIDER_SHARE + 0.15 and other < 0.05
+
+    # Viewed categories follow the user's mixture: likelier under their own mix than a neighbour's.
+    mix = np.diff(lat.mix_cdf, axis=1, prepend=0.0)
+    cat = lat.item_cat[i[view]]
+    assert np.log(mix[u[view], cat] + 1e-6).mean() > np.log(np.roll(mix, 1, axis=0)[u[view], cat] + 1e-6).mean() + 0.5
+    assert mix.shape == (2000, len(CATEGORIES))
+
+    # The funnel: the modelled purchase probability of session views matches the realised rate,
+    # and is higher for the views that were bought.
+    p = session_purchase_probability(lat, u[view], i[view])
+    bought = set(zip(u[(src == SOURCE_SESSION) & (etype == "purchase")], i[(src == SOURCE_SESSION) & (etype == "purchase")]))
+    n_buy = len(bought)
+    assert p.mean() == pytest.approx(((src == SOURCE_SESSION) & (etype == "purchase")).sum() / view.sum(), rel=0.05)
+    was_bought = np.array([(a, b) in bought for a, b in zip(u[view], i[view])])
+    assert n_buy > 1000 and p[was_bought].mean() > 1.5 * p[~was_bought].mean()
+
+
+def test_sample_items_follows_category_and_taste() -> None:
+    lat = latent_state(150, seed=2)
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(150), 40)
+    cats = np.full(users.size, CATEGORY_NAMES.index("books"))
+    got = sample_items(lat, rng, users, cats)
+    assert (lat.item_cat[got] == cats).all()
+    # Picked items fit the user's taste better than the category's items on average.
+    books = np.flatnonzero(lat.item_cat == cats[0])
+    aff = np.einsum("nd,nd->n", lat.taste[users], lat.item_vec[got])
+    base = (lat.taste[users] @ lat.item_vec[books].T).mean(1)
+    assert aff.mean() > base.mean() + 0.1
+    again = sample_items(lat, np.random.default_rng(0), users, cats)
+    np.testing.assert_array_equal(got, again)
+    with pytest.raises(ValueError, match=r"cats: 1 of 2 values are outside \[0, 16\) \(first: 99, position 1\)"):
+        sample_items(lat, rng, np.array([0, 1]), np.array([0, 99]))
+    with pytest.raises(ValueError, match=r"users, cats: expected equal lengths \(got 2 and 1\)"):
+        sample_items(lat, rng, np.array([0, 1]), np.array([0]))
+
+
+def test_session_purchase_probability_checks_arguments() -> None:
+    lat = latent_state(150, seed=2)
+    p = session_purchase_probability(lat, np.array([0, 1, 2]), np.array([5, 6, 7]))
+    assert p.shape == (3,) and ((p > 0) & (p < 1)).all()
+    with pytest.raises(ValueError, match=r"items: 1 of 1 values are outside \[0, 300\) \(first: 300"):
+        session_purchase_probability(lat, np.array([0]), np.array([300]))
+    with pytest.raises(TypeError, match=r"users: expected a 1-d integer array \(got float64"):
+        session_purchase_probability(lat, np.array([0.5]), np.array([1]))
