@@ -160,3 +160,40 @@ def test_bad_inputs() -> None:
         model.embed(bad)
     with pytest.raises(ValueError, match="unknown fields"):
         ModelConfig.from_json('{"node_types": [], "edge_types": [], "in_dims": {}, "num_nodes": {}, "bogus": 1}')
+
+
+def test_lightgcn_propagation_matches_the_formula() -> None:
+    """Sparse propagation == sum_j x_j / sqrt(deg_out(j) deg_in(i)), repeated edges with multiplicity."""
+    from shopgraph.graph.model import LightGCNConv
+
+    g = torch.Generator().manual_seed(3)
+    et = ("item", "to", "user")
+    ei = torch.stack([torch.randint(0, 9, (40,), generator=g), torch.randint(0, 6, (40,), generator=g)])
+    ei = torch.cat([ei, ei[:, :5]], 1)  # five repeated edges
+    x = {"item": torch.randn(9, 4, generator=g, requires_grad=True), "user": torch.zeros(6, 4)}
+    out = LightGCNConv([et])(x, {et: ei})["user"]
+    deg_s = torch.bincount(ei[0], minlength=9).float()
+    deg_d = torch.bincount(ei[1], minlength=6).float()
+    want = torch.zeros(6, 4)
+    for s, d in ei.T.tolist():
+        want[d] += x["item"][s].detach() / (deg_s[s] * deg_d[d]).sqrt()
+    assert torch.allclose(out, want, atol=1e-6)
+    out.sum().backward()  # gradients reach the source embeddings
+    assert x["item"].grad is not None and torch.allclose(x["item"].grad.sum(1), 4 * torch.zeros(9).index_add(
+        0, ei[0], (deg_s[ei[0]] * deg_d[ei[1]]).rsqrt()))
+
+
+def test_user_mlp_config() -> None:
+    data = _graph()
+    with pytest.raises(ValueError, match=r"user_mlp: expected >= 0 \(got -1\)"):
+        ModelConfig.from_data(data, conv="history", hidden=16, user_mlp=-1)
+    plain = _model(data, "history")
+    bent = _model(data, "history", user_mlp=8)
+    g = message_passing_graph(data, "train")
+    assert not hasattr(plain, "user_mlp") and hasattr(bent, "user_mlp")
+    with torch.no_grad():
+        emb = bent.embed(g)
+    assert emb["user"].shape == (data["user"].num_nodes, 16) and torch.isfinite(emb["user"]).all()
+    assert torch.all(emb["user"][:, -1] == 1.0)  # the constant column that carries the item bias
+    cfg = ModelConfig.from_json(bent.config.to_json())
+    assert cfg.user_mlp == 8
