@@ -1,16 +1,29 @@
 """The serving fraud scorer: several candidates, one chosen on validation.
 
-Candidates (all fitted on train-mask users, with embeddings and neighbour features of the
-train-period graph, early-stopped and compared on the validation users):
+Candidates (fitted on train-mask users, early-stopped on the validation users):
 
 * ``gnn_head``: ShopGNN's own fraud head, ``sigmoid(model.fraud_logit(emb))``;
 * ``hybrid``: boosted trees (:class:`HybridFraudHead`) on GNN embeddings ⊕
-  :func:`hetero_neighbor_features`;
-* ``graph_trees``: the same trees on :func:`hetero_neighbor_features` alone, without the GNN
-  (the XGB-Graph protocol on the product's own neighbour features);
+  :func:`product_features`;
+* ``graph_trees``: the same trees on :func:`product_features` alone, without the GNN;
 * ``rank_average``: the mean of the rank-normalised ``gnn_head`` and ``graph_trees`` scores. Ranks
   are taken against fixed reference distributions (each part's scores of every user at
-  selection time), stored in the head, so serving normalises new scores the same way.
+  fitting time), stored in the head, so serving normalises new scores the same way.
+
+:func:`product_features` = :func:`hetero_neighbor_features` (own features, neighbour means,
+2-hop meta-path means: the XGB-Graph table) ⊕ :func:`ring_features` (co-users through shared
+devices and how synchronised they are, the users' own burst and quick-funnel timing, and how
+many co-users carry a known training label).
+
+Views. Features and embeddings always come from one view of the graph, the same for fitting and
+scoring, as a deployment would do at its scoring time (everything known up to then; labels of
+training users only, never those of the users being scored):
+
+* selection (``shopgraph train``): the train period; validation users are scored on it;
+* serving (``fraud_probabilities(..., split=None)``): the chosen kind is refitted on every edge;
+* test evaluation (:func:`evaluate_fraud_candidates`): every candidate is refitted on the
+  test-visible graph (train + validation periods), which is what ``baselines.fraud_baselines``
+  gives XGB-Graph.
 
 Selection rule (:func:`choose_candidate`): the best validation AUPRC, except that when a more
 robust candidate (order :data:`ROBUST_ORDER`: ``graph_trees``, then ``rank_average``) is within
@@ -36,6 +49,7 @@ from torch_geometric.data import HeteroData
 
 from shopgraph.graph.build import Split
 from shopgraph.graph.model import ShopGNN
+from shopgraph.graph.schema import REV_PREFIX
 from shopgraph.graph.train import FraudScorer, fraud_labels, lean_graph
 
 logger = logging.getLogger(__name__)
@@ -227,6 +241,285 @@ def choose_candidate(
     return best, scores
 
 
+# -- ring features: co-users through shared identifiers, their timing and their known labels ------
+HOUR = 3600.0
+BUY_WINDOW_S = 2 * HOUR  # ring members buy within ~1.5 h of a burst start
+FIRST_USE_WINDOW_S = 6 * HOUR  # ring members take up a ring device in the same burst
+QUICK_FUNNEL_S = 120.0  # burst buys follow their cart within 15-90 s; session buys 20-900 s
+_NOT_IDENTIFIERS = frozenset({"user", "item"})
+
+
+class RingFeatures(NamedTuple):
+    """Ring features of every user (:func:`ring_features`)."""
+
+    x: np.ndarray  # float32 [U, F]
+    names: list[str]  # F column names
+
+
+def close_pairs(group: np.ndarray, time: np.ndarray, who: np.ndarray, window: float) -> np.ndarray:
+    """Distinct ordered pairs ``(a, b)``, ``a != b``, of ``who`` values that share a ``group`` value
+    with times at most ``window`` apart.
+
+    Rows are sorted by ``(group, time)``; offset ``k`` pairs row ``i`` with row ``i + k``, and
+    offsets grow until no row has a partner that close in the same group (closeness only shrinks
+    with ``k``), so the cost is ``O(rows × densest window)``.
+
+    Args:
+        group: ``[R]`` int group of each row (a device, an item).
+        time: ``[R]`` event times (seconds).
+        who: ``[R]`` int actor of each row (a user), ``>= 0``.
+        window: the largest time difference, ``>= 0``.
+
+    Returns:
+        ``int64 [2, P]``: both directions of every close pair, sorted, without duplicates.
+    """
+    g, t, w = (np.asarray(a).reshape(-1) for a in (group, time, who))
+    if not (g.size == t.size == w.size):
+        raise ValueError(f"group, time, who: expected equal lengths (got {g.size}, {t.size}, {w.size})")
+    if not np.isfinite(window) or window < 0:
+        raise ValueError(f"window: expected a finite number >= 0 (got {window})")
+    if g.size == 0:
+        return np.zeros((2, 0), dtype=np.int64)
+    tf = t.astype(np.float64)
+    if not np.isfinite(tf).all():
+        k = int(np.flatnonzero(~np.isfinite(tf))[0])
+        raise ValueError(f"time: {int((~np.isfinite(tf)).sum())} non-finite values (first: row {k}, {t[k].item()!r})")
+    wi = w.astype(np.int64)
+    if (wi < 0).any():
+        k = int(np.flatnonzero(wi < 0)[0])
+        raise ValueError(f"who: expected ids >= 0 (got {int(wi[k])} at row {k})")
+    order = np.lexsort((tf, g))
+    g, tf, wi = g[order], tf[order], wi[order]
+    n_who = int(wi.max()) + 1
+    keys: list[np.ndarray] = []
+    for k in range(1, g.size):
+        ok = (g[k:] == g[:-k]) & (tf[k:] - tf[:-k] <= window)
+        if not ok.any():
+            break
+        a, b = wi[:-k][ok], wi[k:][ok]
+        diff = a != b
+        a, b = a[diff], b[diff]
+        keys.append(np.unique(np.concatenate([a * n_who + b, b * n_who + a])))
+    if not keys:
+        return np.zeros((2, 0), dtype=np.int64)
+    uniq = np.unique(np.concatenate(keys))
+    return np.stack([uniq // n_who, uniq % n_who])
+
+
+def _pair_counts(pairs: np.ndarray, n: int, known: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Per first element of ``pairs [2, P]``: partners, and partners known fraud / known legit."""
+    out: dict[str, np.ndarray] = {"n": np.bincount(pairs[0], minlength=n).astype(np.float64)}
+    if known is not None:
+        other = known[pairs[1]]
+        out["fraud"] = np.bincount(pairs[0], weights=(other == 1).astype(np.float64), minlength=n)
+        out["legit"] = np.bincount(pairs[0], weights=(other == 0).astype(np.float64), minlength=n)
+    return out
+
+
+def max_in_window(owner: np.ndarray, time: np.ndarray, window: float, n: int) -> np.ndarray:
+    """Per owner, the largest number of its events inside any ``window`` (0 without events).
+
+    Args:
+        owner: ``[R]`` int owner of each event, in ``[0, n)``.
+        time: ``[R]`` event times (seconds).
+        window: seconds, ``>= 0``.
+        n: number of owners.
+
+    Returns:
+        ``float64 [n]``.
+    """
+    o, t = np.asarray(owner).reshape(-1).astype(np.int64), np.asarray(time).reshape(-1).astype(np.float64)
+    if o.size != t.size:
+        raise ValueError(f"owner, time: expected equal lengths (got {o.size}, {t.size})")
+    if not np.isfinite(window) or window < 0:
+        raise ValueError(f"window: expected a finite number >= 0 (got {window})")
+    out = np.zeros(n)
+    if o.size == 0:
+        return out
+    if o.min() < 0 or o.max() >= n:
+        raise ValueError(f"owner: expected ids in [0, {n}) (got {o.min()}..{o.max()})")
+    order = np.lexsort((t, o))
+    o, t = o[order], t[order]
+    # the last event of the same owner within `window` after each event
+    end = np.searchsorted(o, o, side="right")
+    idx = np.arange(o.size)
+    lo, hi = idx.copy(), end - 1
+    while True:  # binary search per row for the last j in [i, end) with t[j] <= t[i] + window
+        active = lo < hi
+        if not active.any():
+            break
+        mid = (lo + hi + 1) // 2
+        ok = t[np.where(active, mid, idx)] <= t + window
+        lo = np.where(active & ok, mid, lo)
+        hi = np.where(active & ~ok, mid - 1, hi)
+    np.maximum.at(out, o, (lo - idx + 1).astype(np.float64))
+    return out
+
+
+def _own_timing(g: HeteroData, target: tuple[str, str, str], n: int, buy_window: float,
+                quick_funnel: float) -> dict[str, np.ndarray]:
+    """Per-user timing of the visible target events (bursts, quick funnels); see ring_features."""
+    bei = g[target].edge_index.long().cpu().numpy()
+    bt = g[target].time.cpu().numpy().astype(np.int64)
+    cols = {"own_burst": np.log1p(max_in_window(bei[0], bt, buy_window, n))}
+    # the latest earlier event of the same (user, item) pair of another type (a cart, a view)
+    n_items = int(g[target[2]].num_nodes)
+    prior = [et for et in g.edge_types if et[0] == target[0] and et[2] == target[2] and et != target
+             and not et[1].startswith(REV_PREFIX) and "time" in g[et]]
+    if not prior or bt.size == 0:
+        return cols
+    pe = np.concatenate([g[et].edge_index.long().cpu().numpy() for et in prior], axis=1)
+    pt = np.concatenate([g[et].time.cpu().numpy().astype(np.int64) for et in prior])
+    t0 = min(int(bt.min()), int(pt.min()) if pt.size else int(bt.min()))
+    span = max(int(bt.max()), int(pt.max()) if pt.size else 0) - t0 + 1
+    pk = np.sort((pe[0] * n_items + pe[1]) * span + (pt - t0))
+    bk = (bei[0] * n_items + bei[1]) * span + (bt - t0)
+    pos = np.searchsorted(pk, bk, side="right") - 1
+    same = (pos >= 0) & (pk[np.maximum(pos, 0)] // span == bk // span)
+    gap = np.where(same, bk - pk[np.maximum(pos, 0)], np.iinfo(np.int64).max)
+    quick = gap <= quick_funnel
+    n_buy = np.bincount(bei[0], minlength=n).astype(np.float64)
+    n_quick = np.bincount(bei[0], weights=quick.astype(np.float64), minlength=n)
+    cols["quick_buys"] = np.log1p(n_quick)
+    cols["quick_buy_share"] = n_quick / np.maximum(n_buy, 1.0)
+    cols["quick_burst"] = np.log1p(max_in_window(bei[0][quick], bt[quick], buy_window, n))
+    # how unusual the hour (UTC) of the quick buys is for this shop: the share of all visible
+    # target events in that hour, averaged over the user's quick buys (0 without quick buys)
+    hour = (bt // 3600) % 24
+    hour_share = np.bincount(hour, minlength=24) / max(bt.size, 1)
+    cols["quick_hour_share"] = np.bincount(bei[0], weights=np.where(quick, hour_share[hour], 0.0),
+                                           minlength=n) / np.maximum(n_quick, 1.0)
+    # what the quick buys are: the mean features of the items bought that way (0 without)
+    if "x" in g[target[2]]:
+        xi = g[target[2]].x.detach().float().cpu().numpy().astype(np.float64)
+        sums = np.zeros((n, xi.shape[1]))
+        np.add.at(sums, bei[0][quick], xi[bei[1][quick]])
+        mean = sums / np.maximum(n_quick, 1.0)[:, None]
+        for j in range(xi.shape[1]):
+            cols[f"quick_item_x{j}"] = mean[:, j]
+    return cols
+
+
+def _visible(data: HeteroData, split: Split | None) -> HeteroData:
+    from shopgraph.graph.build import message_passing_graph
+
+    return data if split is None else message_passing_graph(data, split)
+
+
+def ring_features(
+    data: HeteroData, split: Split | None = None, *, known: np.ndarray | None = None,
+    buy_window: float = BUY_WINDOW_S, first_use_window: float = FIRST_USE_WINDOW_S,
+    quick_funnel: float = QUICK_FUNNEL_S,
+) -> RingFeatures:
+    """Per user: co-users through shared identifiers (devices), how synchronised they are, and
+    how many of them carry a known label.
+
+    What the synthetic shop plants (``docs/synthetic_shop.md``): ring members share 1–4 devices,
+    take them up in the same burst and buy within about 1.5 h of each other, often the same
+    listed items; households and public devices also share devices, but at unrelated times.
+    Mean-aggregated neighbour features blur those apart; these columns count them directly.
+    With ``E`` the edges visible for ``split`` (``None``: every edge), for each user ``u``:
+
+    * ``co_users``: distinct other users sharing an identifier with ``u``;
+    * ``co_first_use_sync``: those whose first use of a shared identifier is within
+      ``first_use_window`` of ``u``'s own first use of it;
+    * ``co_buy_sync``: co-users with a target event (purchase) within ``buy_window`` of one of
+      ``u``'s (on any device);
+    * ``co_item_sync``: users (shared identifier or not) who bought an item ``u`` bought within
+      ``buy_window`` of ``u``;
+    * with ``known``: for each of these partner sets, the partners known to be fraud and known
+      legit, and the fraud share among the known ones (0 when none is known);
+    * ``own_burst``: ``u``'s largest number of target events within any ``buy_window``;
+    * ``quick_buys``, ``quick_buy_share``, ``quick_burst``: target events that follow the latest
+      earlier event of the same (user, item) pair of another type (the cart, the view) within
+      ``quick_funnel`` seconds (the scripted view → cart → buy of a burst), their share of
+      ``u``'s target events, and the largest number of them within any ``buy_window``.
+
+    Counts are ``log1p``. The timing columns need edge times (``.time``): ``co_first_use_sync``
+    those of the identifier edges, the others those of the target edges; columns whose times are
+    missing are left out (the same ones for every view of one graph).
+
+    Args:
+        data: the shop graph (``user`` nodes, ``(user, rel, identifier)`` edges, the target edge
+            type ``(user, data.target, item)``).
+        split: edge visibility (``"train"``, ``"val"``, ``"test"`` or ``None`` for every edge).
+        known: ``[U]`` int labels known at scoring time: 1 fraud, 0 legit, -1 unknown (pass the
+            training users' labels only; never the users being scored).
+        buy_window, first_use_window, quick_funnel: seconds, ``> 0``.
+
+    Returns:
+        :class:`RingFeatures` with ``x`` float32 ``[U, F]`` and the ``F`` column names.
+    """
+    if not isinstance(data, HeteroData) or "user" not in data.node_types:
+        got = sorted(data.node_types) if isinstance(data, HeteroData) else type(data).__name__
+        raise ValueError(f"data: expected a HeteroData with a 'user' node type (got {got})")
+    for name, value in (("buy_window", buy_window), ("first_use_window", first_use_window),
+                        ("quick_funnel", quick_funnel)):
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f"{name}: expected seconds > 0 (got {value})")
+    n = int(data["user"].num_nodes)
+    kn: np.ndarray | None = None
+    if known is not None:
+        kn = np.asarray(known)
+        if kn.shape != (n,):
+            raise ValueError(f"known: expected [{n}] labels, one per user (got shape {kn.shape})")
+        bad = ~np.isin(kn, (-1, 0, 1))
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"known: expected 1, 0 or -1 (unknown); {int(bad.sum())} other values (first: {kn[k].item()!r} at user {k})")
+        kn = kn.astype(np.int64)
+    g = _visible(data, split)
+    id_types = sorted(et for et in g.edge_types if et[0] == "user" and et[2] not in _NOT_IDENTIFIERS
+                      and not et[1].startswith(REV_PREFIX))
+    target = ("user", str(getattr(data, "target", "purchase")), "item")
+    id_timed = all("time" in g[et] for et in id_types)
+    buy_timed = target in g.edge_types and "time" in g[target]
+
+    # (user, identifier) rows over every identifier type, identifier ids offset per type
+    uid, gid, first = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float64)]
+    offset = 0
+    for et in id_types:
+        ei = g[et].edge_index.long().cpu().numpy()
+        uid.append(ei[0])
+        gid.append(ei[1] + offset)
+        first.append(g[et].time.cpu().numpy().astype(np.float64) if id_timed else np.zeros(ei.shape[1]))
+        offset += int(data[et[2]].num_nodes)
+    u_id, g_id, t_first = np.concatenate(uid), np.concatenate(gid), np.concatenate(first)
+    if u_id.size and (u_id.min() < 0 or u_id.max() >= n):
+        raise ValueError(f"data: identifier edges name users outside [0, {n}) (got {u_id.min()}..{u_id.max()})")
+    sets: dict[str, np.ndarray] = {"co_users": close_pairs(g_id, np.zeros(u_id.size), u_id, 0.0)}
+    own: dict[str, np.ndarray] = {}
+    if id_timed:
+        sets["co_first_use_sync"] = close_pairs(g_id, t_first, u_id, first_use_window)
+    if buy_timed:
+        bei = g[target].edge_index.long().cpu().numpy()
+        bt = g[target].time.cpu().numpy().astype(np.float64)
+        if bei.size and (bei[0].min() < 0 or bei[0].max() >= n):
+            raise ValueError(f"data[{target}]: edges name users outside [0, {n}) (got {bei[0].min()}..{bei[0].max()})")
+        # every target event of a user, repeated on each identifier the user is linked to
+        order = np.argsort(bei[0], kind="stable")
+        bu, btime = bei[0][order], bt[order]
+        starts = np.searchsorted(bu, np.arange(n + 1))
+        reps = np.diff(starts)[u_id]
+        rows = np.repeat(np.arange(u_id.size), reps)
+        within = np.arange(rows.size) - np.repeat(np.cumsum(reps) - reps, reps)
+        ev = starts[u_id][rows] + within
+        sets["co_buy_sync"] = close_pairs(g_id[rows], btime[ev], u_id[rows], buy_window)
+        sets["co_item_sync"] = close_pairs(bei[1], bt, bei[0], buy_window)
+        own = _own_timing(g, target, n, buy_window, quick_funnel)
+    cols: dict[str, np.ndarray] = {}
+    for name, pairs in sets.items():
+        c = _pair_counts(pairs, n, kn)
+        cols[name] = np.log1p(c["n"])
+        if kn is not None:
+            cols[f"{name}_known_fraud"] = np.log1p(c["fraud"])
+            cols[f"{name}_known_legit"] = np.log1p(c["legit"])
+            cols[f"{name}_fraud_share"] = c["fraud"] / np.maximum(c["fraud"] + c["legit"], 1.0)
+    cols.update(own)
+    x = np.stack(list(cols.values()), axis=1).astype(np.float32) if cols else np.zeros((n, 0), np.float32)
+    return RingFeatures(x, list(cols))
+
+
 # -- product wiring -------------------------------------------------------------------------------
 def _param_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
@@ -237,43 +530,85 @@ def _gnn_prob(model: ShopGNN, user_emb: Tensor) -> np.ndarray:
         return torch.sigmoid(model.fraud_logit(user_emb.to(_param_device(model)))).float().cpu().numpy()
 
 
-def _neighbor_features(data: HeteroData, split: Split | None) -> np.ndarray:
+def known_labels(data: HeteroData) -> np.ndarray:
+    """``[U]`` labels a scorer may read as features: the training users' 0/1, -1 for everyone else.
+
+    Validation and test users are always -1 here, so a label feature never carries the label
+    of a user being early-stopped on or scored.
+    """
+    y, masks = fraud_labels(data)
+    return np.where(masks["train"].numpy(), y.numpy(), -1).astype(np.int64)
+
+
+def product_features(data: HeteroData, split: Split | None) -> np.ndarray:
+    """The GNN-free feature table of the product's trees: :func:`hetero_neighbor_features` ⊕
+    :func:`ring_features` (with :func:`known_labels`), on the edges visible for ``split``.
+
+    Args:
+        data: the full graph with ``data["user"].x``, labels and masks.
+        split: visibility (``None``: every edge, for serving).
+
+    Returns:
+        ``float32 [U, F]``.
+    """
     from shopgraph.graph.baselines import hetero_neighbor_features
 
     if split is None:  # edges without .split are always visible: the whole history
-        return hetero_neighbor_features(lean_graph(data), "user")
-    return hetero_neighbor_features(data, "user", split)
+        neigh = hetero_neighbor_features(lean_graph(data), "user")
+    else:
+        neigh = hetero_neighbor_features(data, "user", split)
+    known = known_labels(data) if "y" in data["user"] else None
+    ring = ring_features(data, split, known=known)
+    return np.concatenate([neigh, ring.x], axis=1)
 
 
 def _fit_product(
-    model: ShopGNN, data: HeteroData, train_emb: dict[str, Tensor], seed: int, candidates: Sequence[str],
+    model: ShopGNN, data: HeteroData, emb: dict[str, Tensor], seed: int, candidates: Sequence[str],
+    view: Split | None, emb_name: str,
 ) -> tuple[CandidateFits, np.ndarray, dict[str, Tensor]] | None:
+    """Fit ``candidates`` on train users with features and embeddings (``emb_name``, for errors)
+    of one view of the graph."""
     names = _check_candidates(candidates)
     if "user" not in data.node_types:
         raise ValueError(f"data: no 'user' node type (got {sorted(data.node_types)})")
-    if "user" not in train_emb:
-        raise ValueError(f"train_emb: expected a 'user' entry (got {sorted(train_emb)})")
+    if "user" not in emb:
+        raise ValueError(f"{emb_name}: expected a 'user' entry (got {sorted(emb)})")
     n = int(data["user"].num_nodes)
-    if train_emb["user"].dim() != 2 or train_emb["user"].size(0) != n:
-        raise ValueError(f"train_emb['user']: expected shape [{n}, D] (got {list(train_emb['user'].shape)})")
+    if emb["user"].dim() != 2 or emb["user"].size(0) != n:
+        raise ValueError(f"{emb_name}['user']: expected shape [{n}, D] (got {list(emb['user'].shape)})")
     y, masks = fraud_labels(data)
     tr, va = masks["train"], masks["val"]
     if not (int(tr.sum()) and int(va.sum()) and len(torch.unique(y[tr])) == 2 and len(torch.unique(y[va])) == 2):
         logger.warning("fraud: no usable labels (need both classes in train and val); no fraud scorer")
         return None
-    feats = _neighbor_features(data, "train") if "x" in data["user"] else None
+    feats = product_features(data, view) if "x" in data["user"] else None
     fits = fit_candidates(
-        y.numpy(), np.flatnonzero(tr.numpy()), np.flatnonzero(va.numpy()), _gnn_prob(model, train_emb["user"]),
-        train_emb["user"].detach().float().cpu().numpy(), feats, candidates=names, seed=seed,
+        y.numpy(), np.flatnonzero(tr.numpy()), np.flatnonzero(va.numpy()), _gnn_prob(model, emb["user"]),
+        emb["user"].detach().float().cpu().numpy(), feats, candidates=names, seed=seed,
     )
     return fits, y.numpy(), masks
 
 
+def _embed_view(model: ShopGNN, data: HeteroData, view: Split | None) -> dict[str, Tensor]:
+    from shopgraph.graph.build import message_passing_graph
+    from shopgraph.graph.train import embed_graph
+
+    graph = lean_graph(data if view is None else message_passing_graph(data, view))
+    dev = _param_device(model)
+    return embed_graph(model, graph.to(dev), dev)
+
+
 def select_fraud_scorer(
     model: ShopGNN, data: HeteroData, train_emb: dict[str, Tensor], seed: int = 0,
-    candidates: Sequence[str] = CANDIDATES,
+    candidates: Sequence[str] = CANDIDATES, serving_emb: dict[str, Tensor] | None = None,
 ) -> FraudScorer:
-    """Fit the candidates and pick the serving fraud scorer on validation AUPRC (module doc).
+    """Pick the serving fraud scorer on validation AUPRC (module doc), then refit it for serving.
+
+    Selection fits every candidate on train users with the train-period view (features and
+    ``train_emb``) and compares them on validation users seen the same way. The chosen kind is
+    then refitted on the serving view (every edge; ``serving_emb``, computed on the full graph
+    when not given), so that serving scores come from trees fitted on the features they are
+    applied to.
 
     Args:
         model: the trained model (its fraud head is ``gnn_head``).
@@ -281,15 +616,17 @@ def select_fraud_scorer(
         train_emb: embeddings from the train-period graph, ``{"user": [U, D], ...}``.
         seed: tree and bootstrap seed.
         candidates: names from :data:`CANDIDATES`.
+        serving_emb: embeddings from the full graph, ``{"user": [U, D]}`` (only read by the
+            ``hybrid`` and ``rank_average`` refits).
 
     Returns:
         :class:`FraudScorer`: ``kind`` one of the candidates (``"none"`` without usable labels),
-        the max-F1 validation threshold, the validation AUPRC of every fitted candidate, and the
-        ``head`` :func:`fraud_probabilities` needs.
+        the max-F1 validation threshold (of the selection fit), the validation AUPRC of every
+        fitted candidate, and the serving ``head`` :func:`fraud_probabilities` needs.
     """
     from shopgraph.graph.metrics import choose_threshold
 
-    fitted = _fit_product(model, data, train_emb, seed, candidates)
+    fitted = _fit_product(model, data, train_emb, seed, candidates, "train", "train_emb")
     if fitted is None:
         return FraudScorer("none", float("nan"), float("nan"), {}, None)
     fits, y, masks = fitted
@@ -299,7 +636,15 @@ def select_fraud_scorer(
     threshold = float(choose_threshold(y[va], fits.probs[kind][va]))
     logger.info("fraud: validation AUPRC %s -> serving %s (threshold %.4f)",
                 ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), kind, threshold)
-    return FraudScorer(kind, threshold, scores[kind], scores, fits.heads[kind])
+    head = None
+    if kind != "gnn_head":
+        if serving_emb is None:
+            serving_emb = _embed_view(model, data, None) if kind in ("hybrid", "rank_average") else train_emb
+        serving = _fit_product(model, data, serving_emb, seed, (kind,), None, "serving_emb")
+        if serving is None or kind not in serving[0].heads:  # cannot happen: the same labels fitted above
+            raise ValueError(f"data: the {kind!r} scorer could not be refitted on the serving view")
+        head = serving[0].heads[kind]
+    return FraudScorer(kind, threshold, scores[kind], scores, head)
 
 
 def fraud_probabilities(
@@ -312,7 +657,7 @@ def fraud_probabilities(
         scorer: from :func:`select_fraud_scorer`.
         data: the full graph.
         user_emb: ``[U, D]`` user embeddings computed on the graph visible for ``split``.
-        split: visibility of the neighbour features (``None``: every edge, for serving).
+        split: visibility of the features (``None``: every edge, for serving).
     """
     kind = scorer.kind
     if kind == "none":
@@ -323,7 +668,7 @@ def fraud_probabilities(
         return torch.as_tensor(_gnn_prob(model, user_emb), dtype=torch.float32)
     if scorer.head is None:
         raise ValueError(f"scorer.head: a {kind!r} scorer needs its fitted head (got None)")
-    feats = _neighbor_features(data, split)
+    feats = product_features(data, split)
     if kind == "graph_trees":
         prob = scorer.head.predict_proba(feats)
     elif kind == "hybrid":
@@ -342,15 +687,19 @@ def evaluate_fraud_candidates(
 ) -> dict[str, CandidateEvaluation]:
     """Test metrics of the serving kind and of every other candidate in ``scorer.candidates``.
 
-    All candidates are refitted (deterministic under ``seed``) on train users with
-    ``train_emb``, then score test users with ``test_emb`` and test-visible neighbour features.
-    The serving kind (``scorer.kind``) is thresholded at ``scorer.threshold``; the others at
-    their own max-F1 validation threshold.
+    Each candidate is refitted (deterministic under ``seed``) as a deployment at the test cut
+    would fit it: on the training users' labels, with the features and embeddings (``test_emb``)
+    of the test-visible graph (train + validation periods), early-stopped on validation users
+    seen the same way, then applied to the test users of that same view. That is exactly what
+    ``baselines.fraud_baselines`` gives XGB-Graph; no test label is read. The serving kind
+    (``scorer.kind``) is thresholded at ``scorer.threshold``; the others at their own max-F1
+    validation threshold.
 
     Args:
         model: the trained model.
         data: the full graph with labels and masks.
-        train_emb: ``{"user": [U, D]}`` from the train-period graph.
+        train_emb: ``{"user": [U, D]}`` from the train-period graph: checked, not used for the
+            refits (kept so that callers need not change).
         test_emb: ``{"user": [U, D]}`` from the test-period message-passing graph.
         scorer: the serving scorer (e.g. ``select_fraud_scorer``'s, or one rebuilt from
             ``fraud.json`` with ``_replace(kind=..., threshold=...)``).
@@ -365,7 +714,11 @@ def evaluate_fraud_candidates(
         return {}
     names = [scorer.kind] + [k for k in scorer.candidates if k != scorer.kind]
     _check_candidates(names)
-    fitted = _fit_product(model, data, train_emb, seed, names)
+    n = int(data["user"].num_nodes) if "user" in data.node_types else -1
+    if "user" not in train_emb or train_emb["user"].dim() != 2 or train_emb["user"].size(0) != n:
+        got = list(train_emb["user"].shape) if "user" in train_emb else sorted(train_emb)
+        raise ValueError(f"train_emb['user']: expected shape [{n}, D] (got {got})")
+    fitted = _fit_product(model, data, test_emb, seed, names, "test", "test_emb")
     if fitted is None:
         raise ValueError(f"data: scorer.kind is {scorer.kind!r} but the graph has no usable fraud labels")
     fits, y, masks = fitted
@@ -377,8 +730,7 @@ def evaluate_fraud_candidates(
         if kind not in fits.probs:
             logger.warning("fraud: candidate %s could not be refitted; not evaluated", kind)
             continue
-        sc = FraudScorer(kind, float("nan"), float("nan"), {}, fits.heads[kind])
-        prob = fraud_probabilities(model, sc, data, test_emb["user"], "test").numpy().astype(np.float64)[te]
+        prob = fits.probs[kind][te]
         threshold = scorer.threshold if kind == scorer.kind else choose_threshold(y[va], fits.probs[kind][va])
         out[kind] = CandidateEvaluation(fraud_metrics(y[te], prob, threshold), y[te], prob)
     return out

@@ -8,17 +8,21 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from shopgraph.graph.baselines import hetero_neighbor_features
 from shopgraph.graph.build import build_graph, message_passing_graph
 from shopgraph.graph.fraud_scorer import (
     CANDIDATES,
     RankAverageHead,
     choose_candidate,
+    close_pairs,
     evaluate_fraud_candidates,
     fit_candidates,
     fraud_probabilities,
+    known_labels,
+    max_in_window,
+    product_features,
     rank_average_scores,
     rank_normalise,
+    ring_features,
     select_fraud_scorer,
 )
 from shopgraph.graph.model import ModelConfig, ShopGNN
@@ -106,28 +110,41 @@ def test_selection_is_deterministic_under_a_seed(setup: tuple) -> None:
     assert torch.equal(pa, pb)
 
 
+def _masks(data: HeteroData) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    y = data["user"].y.numpy()
+    tr, va, te = (np.flatnonzero(data["user"][f"{s}_mask"].numpy() & (y >= 0)) for s in ("train", "val", "test"))
+    return y, tr, va, te
+
+
+def _gnn(model: ShopGNN, emb: dict[str, Tensor]) -> np.ndarray:
+    with torch.no_grad():
+        return torch.sigmoid(model.fraud_logit(emb["user"])).numpy()
+
+
 def test_serving_uses_every_edge(setup: tuple) -> None:
     model, data, train_emb, _ = setup
     scorer = select_fraud_scorer(model, data, train_emb, candidates=("graph_trees",))
     serving = fraud_probabilities(model, scorer, data, train_emb["user"], None).numpy()
-    expected = scorer.head.predict_proba(hetero_neighbor_features(lean_graph(data), "user"))
-    np.testing.assert_allclose(serving, expected, rtol=1e-6)
+    full = product_features(data, None)
+    np.testing.assert_allclose(serving, scorer.head.predict_proba(full), rtol=1e-6)
+    # the serving head is fitted on the serving view (every edge), not on the train period
+    y, tr, va, _ = _masks(data)
+    refit = fit_candidates(y, tr, va, _gnn(model, train_emb), None, full, candidates=("graph_trees",))
+    np.testing.assert_allclose(serving, refit.probs["graph_trees"], rtol=1e-6)
     train_view = fraud_probabilities(model, scorer, data, train_emb["user"], "train").numpy()
     assert not np.allclose(serving, train_view)  # later edges change the neighbour features
 
 
-def test_rank_average_serving_matches_selection(setup: tuple) -> None:
+def test_rank_average_serving_matches_a_serving_view_fit(setup: tuple) -> None:
     model, data, train_emb, _ = setup
-    scorer = select_fraud_scorer(model, data, train_emb, candidates=("rank_average",))
+    serving_emb = embed_graph(model, lean_graph(data), CPU)
+    scorer = select_fraud_scorer(model, data, train_emb, candidates=("rank_average",), serving_emb=serving_emb)
     assert isinstance(scorer.head, RankAverageHead)
     assert set(scorer.head.reference) == {"gnn_head", "graph_trees"}
-    again = fraud_probabilities(model, scorer, data, train_emb["user"], "train").numpy()
-    feats = hetero_neighbor_features(data, "user", "train")
-    y = data["user"].y.numpy()
-    tr, va = (np.flatnonzero(data["user"][f"{s}_mask"].numpy() & (y >= 0)) for s in ("train", "val"))
-    with torch.no_grad():
-        gnn = torch.sigmoid(model.fraud_logit(train_emb["user"])).numpy()
-    fits = fit_candidates(y, tr, va, gnn, None, feats, candidates=("rank_average",))
+    again = fraud_probabilities(model, scorer, data, serving_emb["user"], None).numpy()
+    y, tr, va, _ = _masks(data)
+    fits = fit_candidates(y, tr, va, _gnn(model, serving_emb), None, product_features(data, None),
+                          candidates=("rank_average",))
     assert set(fits.probs) == {"rank_average"}
     np.testing.assert_allclose(again, fits.probs["rank_average"], rtol=1e-6)
 
@@ -149,10 +166,26 @@ def test_evaluate_fraud_candidates(setup: tuple) -> None:
     for ev in out.values():
         assert ev.prob.shape == ev.y_true.shape == (n_test,)
         assert 0 <= ev.metrics["auprc"] <= 1
-    # the serving kind's test scores are fraud_probabilities on the test view
-    te = (data["user"].test_mask & (data["user"].y >= 0)).numpy()
-    direct = fraud_probabilities(model, scorer, data, test_emb["user"], "test").numpy()[te]
-    np.testing.assert_allclose(out[scorer.kind].prob, direct, rtol=1e-6)
+    # every candidate is refitted on the test-visible view (features and test embeddings), as
+    # the baselines are: train labels, validation early stopping, test users of the same view
+    y, tr, va, te = _masks(data)
+    fits = fit_candidates(y, tr, va, _gnn(model, test_emb), test_emb["user"].numpy(),
+                          product_features(data, "test"), candidates=list(out), seed=0)
+    for kind, ev in out.items():
+        np.testing.assert_allclose(ev.prob, fits.probs[kind][te], rtol=1e-6)
+
+
+def test_evaluation_reads_no_test_label(setup: tuple) -> None:
+    model, data, train_emb, test_emb = setup
+    scorer = select_fraud_scorer(model, data, train_emb, seed=0)
+    before = evaluate_fraud_candidates(model, data, train_emb, test_emb, scorer, seed=0)
+    flipped = data.clone()
+    te = (data["user"].test_mask & (data["user"].y >= 0))
+    flipped["user"].y = torch.where(te, 1 - data["user"].y, data["user"].y)
+    after = evaluate_fraud_candidates(model, flipped, train_emb, test_emb, scorer, seed=0)
+    for kind in before:
+        np.testing.assert_array_equal(before[kind].prob, after[kind].prob)
+        np.testing.assert_array_equal(after[kind].y_true, 1 - before[kind].y_true)
 
 
 def test_no_usable_labels(setup: tuple) -> None:
@@ -192,3 +225,155 @@ def test_errors(setup: tuple) -> None:
         rank_normalise(np.ones(3), np.array([]))
     with pytest.raises(ValueError, match="neighbor_features: expected a 2-D array with 4 rows"):
         fit_candidates(y, np.arange(2), np.arange(2, 4), np.ones(4), None, np.ones((3, 2)))
+
+
+# -- ring features ---------------------------------------------------------------------------------
+H = 3600
+
+
+def _ring_graph(*, timed: bool = True) -> HeteroData:
+    """Six users, three devices, five items; times in seconds, periods in ``.split``.
+
+    Users 0, 1, 2: a ring on device 0 (first use within 30 min), quick buys within 40 min.
+    Users 3, 4: a household on device 1, first use 10 days apart, buys days apart.
+    User 5: alone on device 2; its only purchase lies in the test period (split 2).
+    """
+    data = HeteroData()
+    data["user"].num_nodes = 6
+    data["user"].x = torch.zeros(6, 2)
+    data["item"].num_nodes = 5
+    data["device"].num_nodes = 3
+    data.target = "purchase"
+    uses = torch.tensor([[0, 1, 2, 3, 4, 5], [0, 0, 0, 1, 1, 2]])
+    uses_t = torch.tensor([0, 600, 1800, 0, 10 * 24 * H, 0])
+    buys = torch.tensor([[0, 0, 1, 2, 3, 4, 5], [0, 1, 0, 1, 2, 2, 3]])
+    buys_t = torch.tensor([1000, 1500, 1100, 2400, 5 * 24 * H + 12 * H, 9 * 24 * H + 12 * H, 30 * 24 * H])
+    buys_s = torch.tensor([0, 0, 0, 0, 0, 0, 2])
+    # a cart 60 s before each ring buy, 600 s before the household's (user 5: no cart)
+    carts = buys[:, :6]
+    carts_t = buys_t[:6] - torch.tensor([60, 60, 60, 60, 600, 600])
+    for et, ei, t, sp in ((("user", "uses", "device"), uses, uses_t, torch.zeros(6, dtype=torch.uint8)),
+                          (("user", "purchase", "item"), buys, buys_t, buys_s.to(torch.uint8)),
+                          (("user", "cart", "item"), carts, carts_t, torch.zeros(6, dtype=torch.uint8))):
+        data[et].edge_index = ei
+        data[et].split = sp
+        if timed:
+            data[et].time = t
+    return data
+
+
+def _col(rf: object, name: str) -> np.ndarray:
+    return np.expm1(rf.x[:, rf.names.index(name)])  # type: ignore[attr-defined]
+
+
+def test_ring_features_separate_a_ring_from_a_household() -> None:
+    data = _ring_graph()
+    rf = ring_features(data, "test")
+    assert rf.x.shape == (6, len(rf.names)) and rf.x.dtype == np.float32
+    np.testing.assert_allclose(_col(rf, "co_users"), [2, 2, 2, 1, 1, 0], atol=1e-5)
+    np.testing.assert_allclose(_col(rf, "co_first_use_sync"), [2, 2, 2, 0, 0, 0], atol=1e-5)
+    np.testing.assert_allclose(_col(rf, "co_buy_sync"), [2, 2, 2, 0, 0, 0], atol=1e-5)
+    # item 0: users 0 and 1 within 100 s; item 1: users 0 and 2 within 900 s; item 2: 4 days apart
+    np.testing.assert_allclose(_col(rf, "co_item_sync"), [2, 1, 1, 0, 0, 0], atol=1e-5)
+    np.testing.assert_allclose(_col(rf, "own_burst"), [2, 1, 1, 1, 1, 0], atol=1e-5)
+    np.testing.assert_allclose(_col(rf, "quick_buys"), [2, 1, 1, 0, 0, 0], atol=1e-5)
+    np.testing.assert_allclose(rf.x[:, rf.names.index("quick_buy_share")], [1, 1, 1, 0, 0, 0])
+    # 4 of the 6 visible buys fall in hour 0 UTC, all ring quick buys among them
+    np.testing.assert_allclose(rf.x[:, rf.names.index("quick_hour_share")], [4 / 6, 4 / 6, 4 / 6, 0, 0, 0])
+    assert not any(n.startswith("quick_item_x") for n in rf.names)  # items without features
+    data["item"].x = torch.arange(10, dtype=torch.float32).view(5, 2)
+    rf = ring_features(data, "test")
+    # user 0 bought items 0 and 1 quickly: the mean of their features
+    np.testing.assert_allclose(rf.x[:, rf.names.index("quick_item_x1")], [2, 1, 3, 0, 0, 0])
+
+
+def test_ring_features_see_only_the_visible_edges() -> None:
+    data = _ring_graph()
+    test_view, every_edge = ring_features(data, "test"), ring_features(data, None)
+    assert test_view.names == every_edge.names
+    # user 5's purchase is in the test period: invisible when scoring test, visible when serving
+    assert _col(test_view, "own_burst")[5] == 0 and _col(every_edge, "own_burst")[5] == pytest.approx(1)
+    # changing an edge of the test period changes nothing in the test view
+    later = data.clone()
+    later["user", "purchase", "item"].time = data["user", "purchase", "item"].time.clone()
+    later["user", "purchase", "item"].time[-1] = 1200  # user 5 now "buys" within the ring's hour
+    np.testing.assert_array_equal(ring_features(later, "test").x, test_view.x)
+
+
+def test_ring_features_label_columns_use_known_labels_only() -> None:
+    data = _ring_graph()
+    known = np.array([1, -1, 0, 0, -1, -1])
+    rf = ring_features(data, "test", known=known)
+    np.testing.assert_allclose(_col(rf, "co_users_known_fraud"), [0, 1, 1, 0, 0, 0], atol=1e-5)
+    np.testing.assert_allclose(_col(rf, "co_users_known_legit"), [1, 1, 0, 0, 1, 0], atol=1e-5)
+    np.testing.assert_allclose(rf.x[:, rf.names.index("co_users_fraud_share")], [0, 0.5, 1, 0, 0, 0])
+    # a user's own label never reaches its own row
+    flipped = known.copy()
+    flipped[0] = 0
+    rf2 = ring_features(data, "test", known=flipped)
+    np.testing.assert_array_equal(rf2.x[0], rf.x[0])
+
+
+def test_product_features_read_only_training_labels(setup: tuple) -> None:
+    _, data, _, _ = setup
+    known = known_labels(data)
+    y, tr, _, _ = _masks(data)
+    assert (known[tr] == y[tr]).all() and (np.delete(known, tr) == -1).all()
+    base = product_features(data, "test")
+    flipped = data.clone()
+    not_train = ~data["user"].train_mask & (data["user"].y >= 0)
+    flipped["user"].y = torch.where(not_train, 1 - data["user"].y, data["user"].y)
+    np.testing.assert_array_equal(product_features(flipped, "test"), base)
+
+
+def test_ring_features_without_times() -> None:
+    rf = ring_features(_ring_graph(timed=False), "test")
+    assert rf.names == ["co_users"]
+    np.testing.assert_allclose(_col(rf, "co_users"), [2, 2, 2, 1, 1, 0], atol=1e-5)
+
+
+def test_ring_features_errors() -> None:
+    data = _ring_graph()
+    with pytest.raises(ValueError, match="data: expected a HeteroData with a 'user' node type"):
+        ring_features(HeteroData(), "test")
+    with pytest.raises(ValueError, match=r"known: expected \[6\] labels"):
+        ring_features(data, "test", known=np.zeros(5, dtype=int))
+    with pytest.raises(ValueError, match="known: expected 1, 0 or -1.*first: 2 at user 3"):
+        ring_features(data, "test", known=np.array([0, 0, 0, 2, 0, 0]))
+    with pytest.raises(ValueError, match=r"buy_window: expected seconds > 0 \(got 0"):
+        ring_features(data, "test", buy_window=0)
+    with pytest.raises(ValueError, match="split: expected"):
+        ring_features(data, "later")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_close_pairs_and_max_in_window_match_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    r = 40
+    group, who = rng.integers(0, 3, r), rng.integers(0, 6, r)
+    t = rng.integers(0, 100, r).astype(float)
+    window = float(rng.integers(0, 20))
+    expected = sorted({(int(who[i]), int(who[j])) for i in range(r) for j in range(r)
+                       if group[i] == group[j] and abs(t[i] - t[j]) <= window and who[i] != who[j]})
+    assert [tuple(p) for p in close_pairs(group, t, who, window).T.tolist()] == expected
+    most = np.zeros(6)
+    for i in range(r):
+        most[who[i]] = max(most[who[i]], int(((who == who[i]) & (t >= t[i]) & (t <= t[i] + window)).sum()))
+    np.testing.assert_array_equal(max_in_window(who, t, window, 6), most)
+
+
+def test_close_pairs_and_max_in_window_errors() -> None:
+    assert close_pairs(np.array([]), np.array([]), np.array([]), 1.0).shape == (2, 0)
+    assert (max_in_window(np.array([], dtype=int), np.array([]), 1.0, 3) == 0).all()
+    with pytest.raises(ValueError, match="group, time, who: expected equal lengths"):
+        close_pairs(np.zeros(3), np.zeros(2), np.zeros(3), 1.0)
+    with pytest.raises(ValueError, match=r"window: expected a finite number >= 0 \(got -1"):
+        close_pairs(np.zeros(3), np.zeros(3), np.zeros(3), -1.0)
+    with pytest.raises(ValueError, match=r"time: 1 non-finite values \(first: row 1"):
+        close_pairs(np.zeros(3), np.array([0.0, np.nan, 1.0]), np.zeros(3), 1.0)
+    with pytest.raises(ValueError, match="who: expected ids >= 0"):
+        close_pairs(np.zeros(2), np.zeros(2), np.array([0, -3]), 1.0)
+    with pytest.raises(ValueError, match=r"owner: expected ids in \[0, 2\)"):
+        max_in_window(np.array([0, 5]), np.zeros(2), 1.0, 2)
+    with pytest.raises(ValueError, match="owner, time: expected equal lengths"):
+        max_in_window(np.array([0]), np.zeros(2), 1.0, 2)
