@@ -245,6 +245,8 @@ def choose_candidate(
 HOUR = 3600.0
 BUY_WINDOW_S = 2 * HOUR  # ring members buy within ~1.5 h of a burst start
 FIRST_USE_WINDOW_S = 6 * HOUR  # ring members take up a ring device in the same burst
+MAX_OFFSET = 256  # close_pairs: rows compared either side, bounds the cost of crowded windows
+HUB_THRESHOLD = 50  # identifiers with more users are hubs (an office PC), as in graph.rings
 QUICK_FUNNEL_S = 120.0  # burst buys follow their cart within 15-90 s; session buys 20-900 s
 _NOT_IDENTIFIERS = frozenset({"user", "item"})
 
@@ -256,19 +258,24 @@ class RingFeatures(NamedTuple):
     names: list[str]  # F column names
 
 
-def close_pairs(group: np.ndarray, time: np.ndarray, who: np.ndarray, window: float) -> np.ndarray:
+def close_pairs(
+    group: np.ndarray, time: np.ndarray, who: np.ndarray, window: float, *, max_offset: int = MAX_OFFSET,
+) -> np.ndarray:
     """Distinct ordered pairs ``(a, b)``, ``a != b``, of ``who`` values that share a ``group`` value
     with times at most ``window`` apart.
 
     Rows are sorted by ``(group, time)``; offset ``k`` pairs row ``i`` with row ``i + k``, and
     offsets grow until no row has a partner that close in the same group (closeness only shrinks
-    with ``k``), so the cost is ``O(rows × densest window)``.
+    with ``k``) or up to ``max_offset``, so the cost is ``O(rows × min(densest window,
+    max_offset))``: in a window crowded with more rows than that (a flash sale), each row is
+    paired with its ``max_offset`` nearest rows in time order on either side only.
 
     Args:
         group: ``[R]`` int group of each row (a device, an item).
         time: ``[R]`` event times (seconds).
         who: ``[R]`` int actor of each row (a user), ``>= 0``.
         window: the largest time difference, ``>= 0``.
+        max_offset: the most rows either side a row is compared with, ``>= 1``.
 
     Returns:
         ``int64 [2, P]``: both directions of every close pair, sorted, without duplicates.
@@ -278,6 +285,8 @@ def close_pairs(group: np.ndarray, time: np.ndarray, who: np.ndarray, window: fl
         raise ValueError(f"group, time, who: expected equal lengths (got {g.size}, {t.size}, {w.size})")
     if not np.isfinite(window) or window < 0:
         raise ValueError(f"window: expected a finite number >= 0 (got {window})")
+    if max_offset < 1:
+        raise ValueError(f"max_offset: expected an integer >= 1 (got {max_offset})")
     if g.size == 0:
         return np.zeros((2, 0), dtype=np.int64)
     tf = t.astype(np.float64)
@@ -292,7 +301,7 @@ def close_pairs(group: np.ndarray, time: np.ndarray, who: np.ndarray, window: fl
     g, tf, wi = g[order], tf[order], wi[order]
     n_who = int(wi.max()) + 1
     keys: list[np.ndarray] = []
-    for k in range(1, g.size):
+    for k in range(1, min(g.size, max_offset + 1)):
         ok = (g[k:] == g[:-k]) & (tf[k:] - tf[:-k] <= window)
         if not ok.any():
             break
@@ -409,7 +418,7 @@ def _visible(data: HeteroData, split: Split | None) -> HeteroData:
 def ring_features(
     data: HeteroData, split: Split | None = None, *, known: np.ndarray | None = None,
     buy_window: float = BUY_WINDOW_S, first_use_window: float = FIRST_USE_WINDOW_S,
-    quick_funnel: float = QUICK_FUNNEL_S,
+    quick_funnel: float = QUICK_FUNNEL_S, hub_threshold: int = HUB_THRESHOLD,
 ) -> RingFeatures:
     """Per user: co-users through shared identifiers (devices), how synchronised they are, and
     how many of them carry a known label.
@@ -446,6 +455,8 @@ def ring_features(
         known: ``[U]`` int labels known at scoring time: 1 fraud, 0 legit, -1 unknown (pass the
             training users' labels only; never the users being scored).
         buy_window, first_use_window, quick_funnel: seconds, ``> 0``.
+        hub_threshold: identifiers linked to more users than this (an office PC, a kiosk) are
+            left out of the co-user columns, as :class:`graph.rings.RingDetector` leaves them out.
 
     Returns:
         :class:`RingFeatures` with ``x`` float32 ``[U, F]`` and the ``F`` column names.
@@ -457,6 +468,8 @@ def ring_features(
                         ("quick_funnel", quick_funnel)):
         if not np.isfinite(value) or value <= 0:
             raise ValueError(f"{name}: expected seconds > 0 (got {value})")
+    if hub_threshold < 1:
+        raise ValueError(f"hub_threshold: expected an integer >= 1 (got {hub_threshold})")
     n = int(data["user"].num_nodes)
     kn: np.ndarray | None = None
     if known is not None:
@@ -487,6 +500,13 @@ def ring_features(
     u_id, g_id, t_first = np.concatenate(uid), np.concatenate(gid), np.concatenate(first)
     if u_id.size and (u_id.min() < 0 or u_id.max() >= n):
         raise ValueError(f"data: identifier edges name users outside [0, {n}) (got {u_id.min()}..{u_id.max()})")
+    pairs_ug = np.unique(np.stack([g_id, u_id]), axis=1) if u_id.size else np.zeros((2, 0), np.int64)
+    hub = np.bincount(pairs_ug[0], minlength=offset) > hub_threshold
+    if hub.any():
+        keep = ~hub[g_id]
+        logger.info("fraud features: %d identifiers with more than %d users left out as hubs",
+                    int(hub.sum()), hub_threshold)
+        u_id, g_id, t_first = u_id[keep], g_id[keep], t_first[keep]
     sets: dict[str, np.ndarray] = {"co_users": close_pairs(g_id, np.zeros(u_id.size), u_id, 0.0)}
     own: dict[str, np.ndarray] = {}
     if id_timed:

@@ -287,6 +287,13 @@ def test_ring_features_separate_a_ring_from_a_household() -> None:
     np.testing.assert_allclose(rf.x[:, rf.names.index("quick_item_x1")], [2, 1, 3, 0, 0, 0])
 
 
+def test_ring_features_leave_hubs_out() -> None:
+    rf = ring_features(_ring_graph(), "test", hub_threshold=2)  # device 0 has 3 users: a hub
+    np.testing.assert_allclose(_col(rf, "co_users"), [0, 0, 0, 1, 1, 0], atol=1e-5)
+    np.testing.assert_allclose(_col(rf, "co_buy_sync"), 0, atol=1e-5)
+    np.testing.assert_allclose(_col(rf, "co_item_sync"), [2, 1, 1, 0, 0, 0], atol=1e-5)  # not via devices
+
+
 def test_ring_features_see_only_the_visible_edges() -> None:
     data = _ring_graph()
     test_view, every_edge = ring_features(data, "test"), ring_features(data, None)
@@ -342,6 +349,8 @@ def test_ring_features_errors() -> None:
         ring_features(data, "test", known=np.array([0, 0, 0, 2, 0, 0]))
     with pytest.raises(ValueError, match=r"buy_window: expected seconds > 0 \(got 0"):
         ring_features(data, "test", buy_window=0)
+    with pytest.raises(ValueError, match=r"hub_threshold: expected an integer >= 1 \(got 0"):
+        ring_features(data, "test", hub_threshold=0)
     with pytest.raises(ValueError, match="split: expected"):
         ring_features(data, "later")  # type: ignore[arg-type]
 
@@ -371,6 +380,12 @@ def test_close_pairs_and_max_in_window_errors() -> None:
         close_pairs(np.zeros(3), np.zeros(3), np.zeros(3), -1.0)
     with pytest.raises(ValueError, match=r"time: 1 non-finite values \(first: row 1"):
         close_pairs(np.zeros(3), np.array([0.0, np.nan, 1.0]), np.zeros(3), 1.0)
+    with pytest.raises(ValueError, match=r"max_offset: expected an integer >= 1 \(got 0"):
+        close_pairs(np.zeros(3), np.zeros(3), np.zeros(3), 1.0, max_offset=0)
+    # a crowded window: each row meets only its max_offset nearest rows on either side
+    crowd = close_pairs(np.zeros(6), np.arange(6.0), np.arange(6), 10.0, max_offset=1)
+    assert [tuple(p) for p in crowd.T.tolist()] == [(0, 1), (1, 0), (1, 2), (2, 1), (2, 3), (3, 2), (3, 4),
+                                                    (4, 3), (4, 5), (5, 4)]
     with pytest.raises(ValueError, match="who: expected ids >= 0"):
         close_pairs(np.zeros(2), np.zeros(2), np.array([0, -3]), 1.0)
     with pytest.raises(ValueError, match=r"owner: expected ids in \[0, 2\)"):
