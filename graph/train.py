@@ -62,9 +62,9 @@ DAY_SECONDS = 86400.0
 # 5,000-user synthetic shop; see TrainConfig).
 CONV_DEFAULTS: dict[str, dict[str, Any]] = {
     "history": {"hidden": 256, "dropout": 0.0, "weight_decay": 1.0, "num_negatives": 0, "temperature": 64.0,
-                "horizon_days": 7.0, "cuts_per_step": 3, "user_mlp": 0},
+                "horizon_days": 7.0, "cuts_per_step": 3, "user_mlp": 0, "item_counts": False},
     "gnn": {"hidden": 64, "dropout": 0.3, "weight_decay": 0.05, "num_negatives": 512, "temperature": 4.0,
-            "horizon_days": 0.0, "cuts_per_step": 1, "user_mlp": 0},
+            "horizon_days": 0.0, "cuts_per_step": 1, "user_mlp": 0, "item_counts": False},
 }
 
 
@@ -132,6 +132,7 @@ class TrainConfig:
     dropout: float | None = None
     heads: int = 2
     user_mlp: int | None = None
+    item_counts: bool | None = None
     id_embeddings: list[str] | None = None
     feature_types: list[str] | None = None
     rank_loss: str = "softmax"
@@ -207,7 +208,7 @@ class TrainConfig:
         return ModelConfig.from_data(
             data, id_embeddings=ids, feature_types=feats, conv=self.conv, hidden=int(self.hidden or 64),
             layers=self.layers, dropout=float(self.dropout or 0.0), heads=self.heads,
-            user_mlp=int(self.user_mlp or 0),
+            user_mlp=int(self.user_mlp or 0), item_counts=bool(self.item_counts),
         )
 
     @classmethod

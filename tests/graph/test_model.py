@@ -197,3 +197,42 @@ def test_user_mlp_config() -> None:
     assert torch.all(emb["user"][:, -1] == 1.0)  # the constant column that carries the item bias
     cfg = ModelConfig.from_json(bent.config.to_json())
     assert cfg.user_mlp == 8
+
+
+def test_item_counts_read_popularity_from_the_graph() -> None:
+    data = _graph()
+    model = _model(data, "history", item_counts=True)
+    g = message_passing_graph(data, "train")
+    for et in g.edge_types:  # item 0 loses every event
+        if et[0] == "user" and et[2] == "item":
+            keep = g[et].edge_index[1] != 0
+            g[et].edge_index = g[et].edge_index[:, keep]
+            if "time" in g[et]:
+                g[et].time = g[et].time[keep]
+    with torch.no_grad():
+        with_edges = model.embed(g)["item"][:, -1]
+        bare = model.embed(_no_edges(g))["item"][:, -1]
+    seen = torch.zeros(data["item"].num_nodes, dtype=torch.bool)
+    for et in g.edge_types:
+        if et[0] == "user" and et[2] == "item":
+            seen[g[et].edge_index[1]] = True
+    assert seen.any() and (~seen).any()
+    # the bias column grows by log(1 + decayed count) for items with events, and only for them
+    assert torch.all(with_edges[seen] > bare[seen])
+    assert torch.allclose(with_edges[~seen], bare[~seen])
+    plain = _model(data, "history")
+    assert not hasattr(plain, "item_event_weight")
+
+
+def test_weighted_sum_matches_index_add_and_its_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shopgraph.graph import model as model_mod
+
+    monkeypatch.setattr(model_mod._WeightedSum, "CHUNK", 7)  # several chunks, one partial
+    g = torch.Generator().manual_seed(5)
+    src = torch.randn(6, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    idx, dst = torch.randint(0, 6, (30,), generator=g), torch.randint(0, 4, (30,), generator=g)
+    w = torch.rand(30, dtype=torch.float64, generator=g, requires_grad=True)
+    out = model_mod.weighted_sum(src, idx, dst, w, 4)
+    want = torch.zeros(4, 3, dtype=torch.float64).index_add(0, dst, src[idx] * w.unsqueeze(1))
+    assert torch.allclose(out, want)
+    assert torch.autograd.gradcheck(lambda s, ww: model_mod.weighted_sum(s, idx, dst, ww, 4), (src, w))
