@@ -211,7 +211,7 @@ class TrainConfig:
         return ModelConfig.from_data(
             data, id_embeddings=ids, feature_types=feats, conv=self.conv, hidden=int(self.hidden or 64),
             layers=self.layers, dropout=float(self.dropout or 0.0), heads=self.heads,
-            user_mlp=int(self.user_mlp or 0), item_counts=bool(self.item_counts),
+            user_mlp=int(self.user_mlp or 0), item_counts=bool(self.item_counts), fraud_norm=True,
         )
 
     @classmethod

@@ -236,3 +236,14 @@ def test_weighted_sum_matches_index_add_and_its_gradients(monkeypatch: pytest.Mo
     want = torch.zeros(4, 3, dtype=torch.float64).index_add(0, dst, src[idx] * w.unsqueeze(1))
     assert torch.allclose(out, want)
     assert torch.autograd.gradcheck(lambda s, ww: model_mod.weighted_sum(s, idx, dst, ww, 4), (src, w))
+
+
+def test_fraud_norm_keeps_the_fraud_head_alive_on_large_embeddings() -> None:
+    data = _graph()
+    big = torch.randn(50, 16, generator=torch.Generator().manual_seed(0)) * 1000.0
+    normed = _model(data, "history", fraud_norm=True)
+    assert isinstance(normed.fraud_head[0], torch.nn.LayerNorm)
+    with torch.no_grad():
+        logits = normed.fraud_logit(big)
+    assert logits.std() > 1e-3 and logits.abs().max() < 100  # varied, on a sane scale
+    assert not isinstance(_model(data, "history").fraud_head[0], torch.nn.LayerNorm)  # old layout loads

@@ -69,7 +69,9 @@ def test_history_defaults_and_errors() -> None:
     cfg = TrainConfig()
     assert cfg.conv == "history"
     assert (cfg.hidden, cfg.num_negatives, cfg.temperature, cfg.horizon_days, cfg.cuts_per_step) == (256, 0, 64.0, 7.0, 3)
+    assert (cfg.user_mlp, cfg.item_counts) == (256, False)
     sage = TrainConfig(conv="sage")
+    assert (sage.user_mlp, sage.item_counts) == (0, False)
     assert (sage.hidden, sage.num_negatives, sage.temperature, sage.dropout) == (64, 512, 4.0, 0.3)
     assert TrainConfig(conv="sage", hidden=32).hidden == 32  # an explicit value wins
     with pytest.raises(ValueError, match="mini_batch: the history tower trains full-batch only"):
@@ -108,6 +110,11 @@ def test_full_softmax_too_large_samples_shared_negatives(monkeypatch: pytest.Mon
     full = rank_loss(TrainConfig(num_negatives=0, temperature=1.0), user[:2], item[:3], pairs[:, :2] % 3,
                      torch.ones(3), gen)
     assert torch.isfinite(full)  # small problems keep the exact full-catalogue loss
+
+
+def test_new_models_normalise_the_fraud_head_input(data: HeteroData) -> None:
+    assert TrainConfig().model_config(data).fraud_norm
+    assert TrainConfig(conv="sage").model_config(data).fraud_norm
 
 
 def test_seeded_runs_are_identical(data: HeteroData) -> None:
