@@ -272,7 +272,7 @@ def test_epoch_view_hides_what_it_predicts(data: HeteroData, kind: str) -> None:
         cut = max(int(view.graph[e].time.max()) for e in view.graph.edge_types if view.graph[e].time.numel())
         store = graph[et]
         keys = store.edge_index[0] * n + store.edge_index[1]
-        first = {}
+        first: dict[int, int] = {}
         for k, t in zip(keys.tolist(), store.time.tolist()):
             first[k] = min(t, first.get(k, t))
         assert all(first[u * n + i] > cut for u, i in predicted)
