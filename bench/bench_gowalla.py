@@ -20,7 +20,10 @@ the training pairs (``--val``: 10 % of each user's training items, seeded, becom
 pairs and are removed from training), never on the test pairs; the test run then evaluates once,
 after the budget. On that carve-out, 6-minute budgets with one thread each, two runs at a time
 (ItemKNN 0.1740 there): holdout 0.2 / lr 0.05 / hidden 128 0.1646, with a 256-wide user MLP
-0.1636, lr 0.1 0.1644, holdout 0.5 0.1664 (the default). EASE is not run (two 41k² float32 matrices, 13 GB peak): its measured number
+0.1636, lr 0.1 0.1644, holdout 0.5 0.1664 (the default). Without early stopping the tower
+overfits after about 6 epochs (test 0.1251 after 15 minutes); it now early-stops on 5 % of the
+training pairs held out of training, and dropout 0.25 on the item embeddings (the default) raised
+the best early-stopping Recall@20 from 0.1669 to 0.1909 — chosen on those pairs, not on test. EASE is not run (two 41k² float32 matrices, 13 GB peak): its measured number
 is quoted.
 
     OMP_WAIT_POLICY=PASSIVE nice python bench/bench_gowalla.py [--budget-min 15] [--models history,lightgcn] [--val] [--json out.json]
@@ -266,7 +269,7 @@ def main() -> int:
     h.add_argument("--holdout", type=float, default=0.5, help="share of each user's items predicted per step")
     h.add_argument("--history-lr", type=float, default=0.05)
     h.add_argument("--history-temperature", type=float, default=16.0)
-    h.add_argument("--dropout", type=float, default=0.0, help="dropout on the item input embeddings")
+    h.add_argument("--dropout", type=float, default=0.25, help="dropout on the item input embeddings")
     g = ap.add_argument_group("lightgcn")
     g.add_argument("--loss", choices=("softmax", "bpr"), default="softmax")
     g.add_argument("--batch", type=int, default=16384, help="positive pairs per step (one propagation each)")
