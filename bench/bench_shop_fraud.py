@@ -90,7 +90,7 @@ def run_seed(seed: int, workdir: Path, *, users: int, epochs: int | None) -> dic
     scorer = select_fraud_scorer(model, data, train_emb, seed=seed)
     seconds["select"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    evals = evaluate_fraud_candidates(model, data, train_emb, test_emb, scorer, seed=seed)
+    evals = evaluate_fraud_candidates(model, data, test_emb, scorer, seed=seed)
     seconds["candidates"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     base = fraud_baselines(data, split="test")

@@ -198,11 +198,10 @@ def evaluate_run(run_dir: str, *, baselines: bool = True, device: str | None = N
     candidates: dict[str, dict[str, float]] = {}
     pr: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if fraud_info.get("kind", "none") != "none":
-        train_emb = embed_graph(model, lean_graph(message_passing_graph(data, "train")).to(dev), dev)
         # refit every candidate training compared (deterministic under the seed); serve fraud.json's
         scorer = FraudScorer(fraud_info["kind"], float(fraud_info["threshold"]), float(fraud_info.get("val_auprc", "nan")),
                              dict(fraud_info.get("candidates", {})), None)
-        evals = evaluate_fraud_candidates(model, data, train_emb, test_emb, scorer, seed=int(fraud_info.get("seed", 0)))
+        evals = evaluate_fraud_candidates(model, data, test_emb, scorer, seed=int(fraud_info.get("seed", 0)))
         for kind, ev in evals.items():  # the serving kind first, at its validation threshold from fraud.json
             candidates[kind] = {k: ev.metrics[k] for k in FRAUD_KEYS}
             pr[kind] = (ev.y_true, ev.prob)

@@ -702,8 +702,7 @@ def fraud_probabilities(
 
 
 def evaluate_fraud_candidates(
-    model: ShopGNN, data: HeteroData, train_emb: dict[str, Tensor], test_emb: dict[str, Tensor],
-    scorer: FraudScorer, seed: int = 0,
+    model: ShopGNN, data: HeteroData, test_emb: dict[str, Tensor], scorer: FraudScorer, seed: int = 0,
 ) -> dict[str, CandidateEvaluation]:
     """Test metrics of the serving kind and of every other candidate in ``scorer.candidates``.
 
@@ -718,8 +717,6 @@ def evaluate_fraud_candidates(
     Args:
         model: the trained model.
         data: the full graph with labels and masks.
-        train_emb: ``{"user": [U, D]}`` from the train-period graph: checked, not used for the
-            refits (kept so that callers need not change).
         test_emb: ``{"user": [U, D]}`` from the test-period message-passing graph.
         scorer: the serving scorer (e.g. ``select_fraud_scorer``'s, or one rebuilt from
             ``fraud.json`` with ``_replace(kind=..., threshold=...)``).
@@ -734,10 +731,6 @@ def evaluate_fraud_candidates(
         return {}
     names = [scorer.kind] + [k for k in scorer.candidates if k != scorer.kind]
     _check_candidates(names)
-    n = int(data["user"].num_nodes) if "user" in data.node_types else -1
-    if "user" not in train_emb or train_emb["user"].dim() != 2 or train_emb["user"].size(0) != n:
-        got = list(train_emb["user"].shape) if "user" in train_emb else sorted(train_emb)
-        raise ValueError(f"train_emb['user']: expected shape [{n}, D] (got {got})")
     fitted = _fit_product(model, data, test_emb, seed, names, "test", "test_emb")
     if fitted is None:
         raise ValueError(f"data: scorer.kind is {scorer.kind!r} but the graph has no usable fraud labels")

@@ -159,7 +159,7 @@ def test_rank_normalise() -> None:
 def test_evaluate_fraud_candidates(setup: tuple) -> None:
     model, data, train_emb, test_emb = setup
     scorer = select_fraud_scorer(model, data, train_emb, seed=0)
-    out = evaluate_fraud_candidates(model, data, train_emb, test_emb, scorer, seed=0)
+    out = evaluate_fraud_candidates(model, data, test_emb, scorer, seed=0)
     assert list(out)[0] == scorer.kind and set(out) == set(scorer.candidates)
     assert out[scorer.kind].metrics["threshold"] == scorer.threshold
     n_test = int((data["user"].test_mask & (data["user"].y >= 0)).sum())
@@ -178,11 +178,11 @@ def test_evaluate_fraud_candidates(setup: tuple) -> None:
 def test_evaluation_reads_no_test_label(setup: tuple) -> None:
     model, data, train_emb, test_emb = setup
     scorer = select_fraud_scorer(model, data, train_emb, seed=0)
-    before = evaluate_fraud_candidates(model, data, train_emb, test_emb, scorer, seed=0)
+    before = evaluate_fraud_candidates(model, data, test_emb, scorer, seed=0)
     flipped = data.clone()
     te = (data["user"].test_mask & (data["user"].y >= 0))
     flipped["user"].y = torch.where(te, 1 - data["user"].y, data["user"].y)
-    after = evaluate_fraud_candidates(model, flipped, train_emb, test_emb, scorer, seed=0)
+    after = evaluate_fraud_candidates(model, flipped, test_emb, scorer, seed=0)
     for kind in before:
         np.testing.assert_array_equal(before[kind].prob, after[kind].prob)
         np.testing.assert_array_equal(after[kind].y_true, 1 - before[kind].y_true)
@@ -195,7 +195,7 @@ def test_no_usable_labels(setup: tuple) -> None:
     scorer = select_fraud_scorer(model, unlabelled, train_emb)
     assert scorer.kind == "none" and scorer.candidates == {} and scorer.head is None
     assert torch.isnan(fraud_probabilities(model, scorer, unlabelled, train_emb["user"], None)).all()
-    assert evaluate_fraud_candidates(model, unlabelled, train_emb, test_emb, scorer) == {}
+    assert evaluate_fraud_candidates(model, unlabelled, test_emb, scorer) == {}
 
 
 def test_without_user_features_only_the_gnn_head(setup: tuple) -> None:
