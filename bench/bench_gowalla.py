@@ -37,14 +37,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import DATA_ROOT, machine_line, markdown_table
+from common import DATA_ROOT, machine_line, markdown_table, write_json
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
@@ -361,9 +360,7 @@ def main() -> int:
     print(markdown_table(header, rows))
     print()
     print(f"- {machine_line()}")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=1)
+    write_json(args.json, results)
     return 0
 
 

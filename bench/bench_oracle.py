@@ -42,7 +42,6 @@ reports), never an oracle or plug-in row.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import time
@@ -52,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from common import machine_line, markdown_table
+from common import machine_line, markdown_table, write_json
 from torch import Tensor
 
 from shopgraph.graph.baselines import purchase_baselines
@@ -316,10 +315,8 @@ def main() -> int:
     print(f"- Quadrature check: max |Σq - 1| {norm_err:.1e}; TV to the generator's sampler {tv:.4f} "
           f"(MC noise floor {tv_floor:.4f}).")
     print(f"- Wall time {time.perf_counter() - t_start:.0f}s. {machine_line()}")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"results": results, "quoted": QUOTED, "test_purchase_share": share,
-                       "quadrature": {"max_norm_error": norm_err, "tv": tv, "tv_floor": tv_floor}}, fh, indent=1)
+    write_json(args.json, {"results": results, "quoted": QUOTED, "test_purchase_share": share,
+                           "quadrature": {"max_norm_error": norm_err, "tv": tv, "tv_floor": tv_floor}})
     return 0
 
 

@@ -30,7 +30,6 @@ served >= xgb_graph on 4 of 5 seeds. Before the ring/burst features and the one-
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import tempfile
@@ -40,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import machine_line, markdown_table
+from common import machine_line, markdown_table, write_json
 
 from shopgraph.graph.baselines import fraud_baselines
 from shopgraph.graph.build import message_passing_graph
@@ -167,9 +166,7 @@ def main() -> int:
     print(report(results))
     print()
     print(f"- total {time.perf_counter() - start:.0f} s; {machine_line()}")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=1)
+    write_json(args.json, results)
     return 0
 
 

@@ -41,6 +41,13 @@ def machine_line() -> str:
     )
 
 
+def write_json(path: str | None, obj: object) -> None:
+    """Dump a benchmark's raw results to ``path`` (``--json``); nothing when ``path`` is None."""
+    if path:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=1)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -336,9 +343,7 @@ def print_fraud_report(results: dict[str, dict[str, list[float]]], *, title: str
     print()
     print(f"- {published}")
     print(f"- total {time.perf_counter() - start:.0f} s; {machine_line()}")
-    if json_path:
-        with open(json_path, "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=1)
+    write_json(json_path, results)
 
 
 def fraud_bench_parser(description: str | None, splits: int) -> argparse.ArgumentParser:
