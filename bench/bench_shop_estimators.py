@@ -35,7 +35,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from shopgraph.graph.baselines import ItemKNN, _extra_interaction_pairs
-from shopgraph.graph.build import Split, message_passing_graph, target_pairs
+from shopgraph.graph.build import Split, message_passing_graph, target_pairs, visible_test_pairs
 from shopgraph.graph.metrics import ranking_metrics
 from shopgraph.graph.run import RunDir
 
@@ -54,11 +54,7 @@ def evaluate_split(data: HeteroData, split: Split, cat: Tensor) -> dict[str, flo
     """Recall@20 of every estimator on ``split`` (``"val"`` or ``"test"``)."""
     num_users, num_items, n_cat = int(data["user"].num_nodes), int(data["item"].num_nodes), int(cat.max()) + 1
     g = message_passing_graph(data, split)
-    if split == "test":
-        visible = torch.unique(torch.cat([target_pairs(data, "train"), target_pairs(data, "val", new_only=False)], 1),
-                               dim=1)
-    else:
-        visible = target_pairs(data, "train")
+    visible = visible_test_pairs(data) if split == "test" else target_pairs(data, "train")
     test = target_pairs(data, split)
     knn = ItemKNN().fit(visible, num_users, num_items, extra_pairs=_extra_interaction_pairs(data, split))
     ets = [et for et in g.edge_types if et[0] == "user" and et[2] == "item"]

@@ -46,7 +46,13 @@ from sklearn.preprocessing import StandardScaler
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from shopgraph.graph.build import Split, message_passing_graph, target_edge_type, target_pairs
+from shopgraph.graph.build import (
+    Split,
+    message_passing_graph,
+    target_edge_type,
+    target_pairs,
+    visible_test_pairs,
+)
 from shopgraph.graph.metrics import (
     check_binary_labels,
     check_pairs,
@@ -428,9 +434,7 @@ def purchase_baselines(
         ``{name: {metric: value, ..., "seconds": fit + evaluation time}}``.
     """
     if split == "test":
-        visible = torch.unique(
-            torch.cat([target_pairs(data, "train"), target_pairs(data, "val", new_only=False)], dim=1), dim=1
-        )
+        visible = visible_test_pairs(data)
     elif split == "val":
         visible = target_pairs(data, "train")
     else:

@@ -309,6 +309,11 @@ def target_pairs(data: HeteroData, split: Split, *, new_only: bool = True) -> Te
     return torch.stack([mine // num_items, mine % num_items])
 
 
+def visible_test_pairs(data: HeteroData) -> Tensor:
+    """Target pairs a model may know when predicting test (train + val periods), ``[2, P]``."""
+    return torch.unique(torch.cat([target_pairs(data, "train"), target_pairs(data, "val", new_only=False)], 1), dim=1)
+
+
 def train_events(tables: ShopTables, data: HeteroData) -> pd.DataFrame:
     """The rows of ``tables.events`` in the training period (what features may use)."""
     split = data.event_split

@@ -21,10 +21,9 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 from torch_geometric.data import HeteroData
 
-from shopgraph.graph.build import message_passing_graph, target_pairs
+from shopgraph.graph.build import message_passing_graph, target_pairs, visible_test_pairs
 from shopgraph.graph.fraud_scorer import evaluate_fraud_candidates
 from shopgraph.graph.model import ShopGNN
 from shopgraph.graph.run import RunDir
@@ -41,11 +40,6 @@ logger = logging.getLogger(__name__)
 
 PURCHASE_KEYS = ("recall@10", "ndcg@10", "hit@10", "recall@20", "ndcg@20", "hit@20", "coverage@20")
 FRAUD_KEYS = ("auroc", "auprc", "rec@k", "precision", "recall", "threshold")
-
-
-def visible_test_pairs(data: HeteroData) -> torch.Tensor:
-    """Target pairs a model may know when predicting test (train + val periods), ``[2, P]``."""
-    return torch.unique(torch.cat([target_pairs(data, "train"), target_pairs(data, "val", new_only=False)], 1), dim=1)
 
 
 def _model_kind(model: ShopGNN) -> str:
