@@ -25,7 +25,7 @@ from torch_geometric.data import HeteroData
 
 from shopgraph.graph.build import message_passing_graph, target_pairs, visible_test_pairs
 from shopgraph.graph.fraud_scorer import evaluate_fraud_candidates
-from shopgraph.graph.model import ShopGNN
+from shopgraph.graph.model import ShopGNN, purchase_scores
 from shopgraph.graph.run import RunDir
 from shopgraph.graph.train import (
     MODEL_DIR,
@@ -34,6 +34,7 @@ from shopgraph.graph.train import (
     lean_graph,
     load_model,
     resolve_device,
+    revisit_graph,
 )
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ FRAUD_KEYS = ("auroc", "auprc", "rec@k", "precision", "recall", "threshold")
 
 
 def _model_kind(model: ShopGNN) -> str:
-    return f"shopgnn-{model.config.conv}"
+    return f"shopgnn-{model.config.conv}" + ("+revisit" if model.config.revisit else "")
 
 
 def _png(fig: Any) -> bytes:
@@ -173,12 +174,13 @@ def evaluate_run(run_dir: str, *, baselines: bool = True, device: str | None = N
     from shopgraph.graph.metrics import ranking_metrics
 
     # purchase: message passing on train + val, rank everything, exclude train + val items
-    test_emb = embed_graph(model, lean_graph(message_passing_graph(data, "test")).to(dev), dev)
+    test_graph = lean_graph(message_passing_graph(data, "test")).to(dev)
+    test_emb = embed_graph(model, test_graph, dev)
     exclude, test = visible_test_pairs(data), target_pairs(data, "test")
     if test.size(1) == 0:
         raise ValueError(f"data: the test period has no new {data.target!r} pairs to evaluate")
-    user, item = test_emb["user"], test_emb["item"]
-    rm = ranking_metrics(lambda u: ShopGNN.score(user[u], item), exclude, test, int(data["item"].num_nodes))
+    scores = purchase_scores(test_emb["user"], test_emb["item"], revisit_graph(model, test_graph, dev))
+    rm = ranking_metrics(scores, exclude, test, int(data["item"].num_nodes))
     purchase: dict[str, Any] = {"gnn": {"kind": _model_kind(model), **{k: rm[k] for k in PURCHASE_KEYS}},
                                 "baselines": {}}
     if baselines:

@@ -23,6 +23,7 @@ import logging
 import math
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +42,10 @@ MAX_IMAGE_PIXELS = 40_000_000
 MAX_TEXT_CHARS = 2_000
 MAX_BATCH = 1_000
 REASON_HISTORY = 200  # history items compared when explaining a recommendation
+# how far along the shopping funnel an event type is (explains revisits by the furthest step)
+_FUNNEL = {"click": 1, "view": 1, "wishlist": 2, "cart": 3, "review": 4, "purchase": 5}
+_REVISIT_PHRASES = {"view": "you viewed it", "click": "you clicked it", "cart": "you put it in your cart",
+                    "wishlist": "you wish-listed it", "review": "you reviewed it", "purchase": "you bought it"}
 _VERBS = {"purchase": "bought", "view": "viewed", "cart": "added to the cart", "review": "reviewed",
           "click": "clicked", "wishlist": "wish-listed"}
 
@@ -50,7 +55,8 @@ class Recommendation(NamedTuple):
 
     Attributes:
         item_ids: external item ids.
-        scores: the ranking score (inner product of embeddings, higher is better).
+        scores: the ranking score, higher is better: the model's purchase score (inner product of
+            embeddings, plus the revisit term for items the user already interacted with).
         reasons: a short human-readable reason per item.
         titles: item titles ("" when unknown).
     """
@@ -204,6 +210,31 @@ def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, n
     r, c = keys // width, keys % width
     indptr = np.searchsorted(r, np.arange(n_rows + 1)).astype(np.int64)
     return indptr, c.astype(np.int64)
+
+
+def _revisit_csr(embeddings: dict[str, np.ndarray], n_users: int, n_items: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The model's revisit term (``revisit_index [2, N]``, ``revisit_value [N]`` of
+    ``embeddings.safetensors``) as CSR ``(indptr, items, values)``; None when the run has none."""
+    index, value = embeddings.get("revisit_index"), embeddings.get("revisit_value")
+    if index is None and value is None:
+        return None
+    if index is None or value is None:
+        have, lack = ("revisit_index", "revisit_value") if value is None else ("revisit_value", "revisit_index")
+        raise ValueError(f"embeddings: {have} without {lack}; re-run `shopgraph train`")
+    index, value = np.asarray(index), np.asarray(value, dtype=np.float32).reshape(-1)
+    if index.ndim != 2 or index.shape[0] != 2 or index.shape[1] != value.size or not np.issubdtype(index.dtype, np.integer):
+        raise ValueError(f"embeddings: revisit_index must be an integer [2, {value.size}] array "
+                         f"(got {index.dtype} {list(index.shape)}); re-run `shopgraph train`")
+    if index.size and (index.min() < 0 or index[0].max() >= n_users or index[1].max() >= n_items):
+        raise ValueError(f"embeddings: revisit_index points outside the graph's {n_users:,} users / "
+                         f"{n_items:,} items; re-run `shopgraph train`")
+    if not np.isfinite(value).all():
+        raise ValueError("embeddings: revisit_value has non-finite values; re-run `shopgraph train`")
+    order = np.lexsort((index[1], index[0]))
+    rows, items = index[0][order].astype(np.int64), index[1][order].astype(np.int64)
+    indptr = np.searchsorted(rows, np.arange(n_users + 1)).astype(np.int64)
+    return indptr, items, value[order]
 
 
 def _affine(raw: np.ndarray, x: np.ndarray) -> tuple[float, float] | None:
@@ -362,6 +393,7 @@ class ShopService:
         self.fraud_prob = (np.full(len(self.user_ids), np.nan, dtype=np.float32) if prob is None
                            else np.asarray(prob, dtype=np.float32).reshape(-1))
         self.fraud_threshold = float(self.fraud.get("threshold", 0.5))
+        self._revisit = _revisit_csr(embeddings, len(self.user_ids), n_items)
 
         # content vectors (for merging text + image scores and for cold start)
         self._content: dict[str, np.ndarray] = {}
@@ -382,6 +414,9 @@ class ShopService:
         cols_t: list[np.ndarray] = []
         rows_a: list[np.ndarray] = []
         cols_a: list[np.ndarray] = []
+        rels: list[str] = []
+        ev_rel: list[np.ndarray] = []
+        ev_time: list[np.ndarray] = []
         for et in data.edge_types:
             src, rel, dst = et
             if src != "user" or dst != "item":
@@ -389,6 +424,10 @@ class ShopService:
             ei = data[et].edge_index.numpy()
             rows_a.append(ei[0])
             cols_a.append(ei[1])
+            ev_rel.append(np.full(ei.shape[1], len(rels), np.int64))
+            rels.append(rel)
+            ev_time.append(data[et].time.numpy().astype(np.int64) if "time" in data[et]
+                           else np.full(ei.shape[1], -1, np.int64))
             if rel == target:
                 rows_t.append(ei[0])
                 cols_t.append(ei[1])
@@ -397,6 +436,14 @@ class ShopService:
         self._history = _csr(np.concatenate(rows_a) if rows_a else np.zeros(0, np.int64),
                              np.concatenate(cols_a) if cols_a else np.zeros(0, np.int64), n_users)
         self._verb_target = _VERBS.get(target, f"{target}d")
+        # every user→item event, grouped by user (explains revisit recommendations)
+        ev_user = np.concatenate(rows_a) if rows_a else np.zeros(0, np.int64)
+        order = np.argsort(ev_user, kind="stable")
+        self._event_rels = rels
+        self._events = (np.searchsorted(ev_user[order], np.arange(n_users + 1)).astype(np.int64),
+                        np.concatenate(cols_a)[order] if cols_a else np.zeros(0, np.int64),
+                        np.concatenate(ev_rel)[order] if ev_rel else np.zeros(0, np.int64),
+                        np.concatenate(ev_time)[order] if ev_time else np.zeros(0, np.int64))
 
         # -- behaviour features for fraud reasons ------------------------------------------
         self._user_x: np.ndarray | None = None
@@ -582,6 +629,23 @@ class ShopService:
         indptr, indices = self._seen
         return indices[indptr[u]:indptr[u + 1]]
 
+    def _revisit_reason(self, u: int, item: int) -> str:
+        """"you viewed it 3 times, last on 2025-12-02": the user's own events on ``item``."""
+        indptr, items, rels, times = self._events
+        sl = slice(indptr[u], indptr[u + 1])
+        mine = items[sl] == item
+        rel, t = rels[sl][mine], times[sl][mine]
+        if rel.size == 0:
+            return "you interacted with it before"
+        # the furthest step of the funnel (the latest edge type of the graph wins a tie)
+        step = max(set(rel.tolist()), key=lambda r: (_FUNNEL.get(self._event_rels[r], 0), r))
+        n, last = int((rel == step).sum()), int(t[rel == step].max())
+        name = self._event_rels[step]
+        did = _REVISIT_PHRASES.get(name, f"you had {name!r} events on it")
+        times_ = "" if n == 1 else (" twice" if n == 2 else f" {n} times")
+        when = f", last on {time.strftime('%Y-%m-%d', time.gmtime(last))}" if last >= 0 else ""
+        return f"{did}{times_}{when}"
+
     def _user_reasons(self, u: int, rec: np.ndarray) -> list[str]:
         indptr, indices = self._history
         hist = indices[indptr[u]:indptr[u + 1]]
@@ -594,8 +658,10 @@ class ShopService:
         sims = self._item_emb_n[rec] @ self._item_emb_n[hist].T  # [k, H]
         best = hist[sims.argmax(axis=1)]
         bought = np.isin(best, seen)
-        return [f"similar to '{self.titles[b]}', which you {self._verb_target if p else 'looked at'}"
-                for b, p in zip(best, bought)]
+        revisit = self._revisit_row(u)[0]
+        return [self._revisit_reason(u, int(i)) if i in revisit
+                else f"similar to '{self.titles[b]}', which you {self._verb_target if p else 'looked at'}"
+                for i, b, p in zip(rec, best, bought)]
 
     def _seed_reasons(self, seeds: np.ndarray, rec: np.ndarray, suffix: str = "") -> list[str]:
         if rec.size == 0:
@@ -606,7 +672,9 @@ class ShopService:
     # -- recommendations ------------------------------------------------------------------------
     def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True,
                   category: str | None = None) -> Recommendation:
-        """Top-k items for a known user: user GNN embedding -> ``gnn_items`` (inner product).
+        """Top-k items for a known user: the model's purchase score, exactly (inner product of the user
+        GNN embedding with ``gnn_items``, plus the revisit term on the user's own items when the
+        model has one).
 
         Args:
             user_id: external user id.
@@ -624,11 +692,32 @@ class ShopService:
         users = self._many(user_ids, "user_ids", self._user)
         return self._recommend(users, k, exclude_seen, self._category(category))
 
+    def _revisit_row(self, u: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._revisit is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        indptr, items, values = self._revisit
+        return items[indptr[u]:indptr[u + 1]], values[indptr[u]:indptr[u + 1]]
+
     def _recommend(self, users: list[int], k: int, exclude_seen: bool, cat: int | None) -> list[Recommendation]:
         with self._lock.read():
             exclude = [self._seen_items(u) if exclude_seen else np.zeros(0, np.int64) for u in users]
-            hits = self._filtered("gnn_items", self.user_emb[users], k, exclude, cat)
-            return [self._pack(ids, sc, self._user_reasons(u, ids)) for u, (ids, sc) in zip(users, hits)]
+            rows = [self._revisit_row(u) for u in users]
+            # The model's score is the dot product plus a revisit term on the few items the user
+            # already interacted with. The top k by dot product among the other items, together
+            # with those few rescored, hold the exact top k: fetch k + (their number) by dot product.
+            extra = max((r[0].size for r in rows), default=0)
+            hits = self._filtered("gnn_items", self.user_emb[users], k + extra, exclude, cat)
+            out = []
+            for u, (ids, _), (rv_items, rv_values), ex in zip(users, hits, rows, exclude):
+                keep = self._active[rv_items] & ~np.isin(rv_items, ex)
+                if cat is not None:
+                    keep &= self._item_cat[rv_items] == cat
+                cand = np.union1d(ids, rv_items[keep])
+                scores = self.item_emb[cand] @ self.user_emb[u]
+                scores[np.searchsorted(cand, rv_items[keep])] += rv_values[keep]
+                top = np.argsort(-scores, kind="stable")[:k]
+                out.append(self._pack(cand[top], scores[top], self._user_reasons(u, cand[top])))
+            return out
 
     def similar_items(self, item_id: str, k: int = 10) -> Recommendation:
         """Items closest to an item in the GNN space (cosine, ``gnn_items_cosine``), itself excluded."""

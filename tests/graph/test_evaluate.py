@@ -47,7 +47,7 @@ def test_metrics_json_has_the_documented_shape(evaluated: tuple[Path, dict]) -> 
     assert set(on_disk) == {"purchase", "fraud"}
     assert set(on_disk["purchase"]) == {"gnn", "baselines"}
     gnn = on_disk["purchase"]["gnn"]
-    assert set(gnn) == {"kind", *PURCHASE_KEYS} and gnn["kind"] == "shopgnn-history"
+    assert set(gnn) == {"kind", *PURCHASE_KEYS} and gnn["kind"] == "shopgnn-history+revisit"
     assert all(0.0 <= gnn[k] <= 1.0 for k in PURCHASE_KEYS)
     assert {"popularity", "itemknn", "ease", "bpr_mf"} <= set(on_disk["purchase"]["baselines"])
     for m in on_disk["purchase"]["baselines"].values():
@@ -68,7 +68,7 @@ def test_report_and_plots(evaluated: tuple[Path, dict]) -> None:
     run.verify()
     report = (path / "report.md").read_text()
     assert "Split: **temporal**" in report
-    assert "| GNN (shopgnn-history) |" in report and "| itemknn |" in report and "| xgb_graph |" in report
+    assert "| GNN (shopgnn-history+revisit) |" in report and "| itemknn |" in report and "| xgb_graph |" in report
     assert "best baseline" in report
     for rel in ("plots/training.png", "plots/fraud_pr.png"):
         assert run.has(rel)

@@ -247,3 +247,77 @@ def test_fraud_norm_keeps_the_fraud_head_alive_on_large_embeddings() -> None:
         logits = normed.fraud_logit(big)
     assert logits.std() > 1e-3 and logits.abs().max() < 100  # varied, on a sane scale
     assert not isinstance(_model(data, "history").fraud_head[0], torch.nn.LayerNorm)  # old layout loads
+
+
+def _revisit_reference(model: ShopGNN, g: HeteroData) -> torch.Tensor:
+    """The revisit formula of ``ShopGNN.revisit_scores``, written out per event, dense ``[U, I]``."""
+    n_users, n_items = g["user"].num_nodes, g["item"].num_nodes
+    ets = [et for et in model.history_types if et in g.edge_types]
+    ref = max(int(g[et].time.max()) for et in ets if g[et].time.numel())
+    total = torch.zeros(n_users, n_items, dtype=torch.float64)
+    for k, et in enumerate(model.history_types):
+        if et not in g.edge_types:
+            continue
+        for (u, i), t in zip(g[et].edge_index.T.tolist(), g[et].time.tolist()):
+            age = max(ref - t, 0) / 86400.0
+            for j, tau in enumerate(model.config.time_scales):
+                w = torch.nn.functional.softplus(model.revisit_weight[k, j]).double()
+                total[u, i] += w * torch.exp(torch.tensor(-age / tau, dtype=torch.float64))
+    return model.revisit_log_scale.exp().double() * torch.log1p(total)
+
+
+def test_revisit_term_matches_its_formula_and_only_covers_pairs_with_events() -> None:
+    data = _graph()
+    model = _model(data, "history", revisit=True)
+    with torch.no_grad():  # distinct weights per type and time scale, so a mix-up shows
+        model.revisit_weight.copy_(torch.linspace(-1.0, 1.0, model.revisit_weight.numel()).view_as(model.revisit_weight))
+    g = message_passing_graph(data, "train")
+    with torch.no_grad():
+        rv = model.revisit_scores(g)
+    assert rv is not None
+    want = _revisit_reference(model, g)
+    n_users, n_items = data["user"].num_nodes, data["item"].num_nodes
+    dense = rv.rows(torch.arange(n_users), n_items)
+    assert torch.allclose(dense.double(), want, atol=1e-5)
+    assert int((want > 0).sum()) == rv.value.numel()  # one entry per pair with events, none elsewhere
+    keys = rv.pairs[0] * n_items + rv.pairs[1]
+    assert torch.all(keys[1:] > keys[:-1])  # sorted by user, then item, no repeats
+    # rows() of a repeated, unsorted batch and at() for arbitrary (user, item) cells agree with it
+    users = torch.tensor([3, 0, 3, 7])
+    assert torch.equal(rv.rows(users, n_items), dense[users])
+    items = torch.randint(0, n_items, (4, 9), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(rv.at(users, items, n_items), dense[users.unsqueeze(1), items])
+
+
+def test_revisit_term_is_trainable_and_enters_the_purchase_score() -> None:
+    from shopgraph.graph.model import purchase_scores
+
+    data = _graph()
+    model = _model(data, "history", revisit=True).train()
+    g = message_passing_graph(data, "train")
+    rv = model.revisit_scores(g)
+    assert rv is not None
+    users = torch.arange(data["user"].num_nodes)
+    rv.rows(users, data["item"].num_nodes).sum().backward()
+    assert model.revisit_weight.grad is not None and model.revisit_weight.grad.abs().sum() > 0
+    assert model.revisit_log_scale.grad is not None and model.revisit_log_scale.grad != 0
+    with torch.no_grad():
+        emb, rv = model.embed(g), model.revisit_scores(g)
+    assert rv is not None
+    dot = ShopGNN.score(emb["user"], emb["item"])
+    full = purchase_scores(emb["user"], emb["item"], rv)(users)
+    assert torch.allclose(full, dot + rv.rows(users, data["item"].num_nodes))
+    assert torch.equal(purchase_scores(emb["user"], emb["item"])(users), dot)
+
+
+def test_revisit_config() -> None:
+    data = _graph()
+    assert _model(data, "history").revisit_scores(message_passing_graph(data, "train")) is None
+    with pytest.raises(ValueError, match=r"revisit, item_counts, user_mlp: options of the 'history' tower"):
+        ModelConfig.from_data(data, conv="sage", hidden=16, revisit=True)
+    model = _model(data, "history", revisit=True)
+    assert ModelConfig.from_json(model.config.to_json()).revisit is True
+    with torch.no_grad():  # a graph without user→item events has no revisit pairs
+        rv = model.revisit_scores(_no_edges(data))
+    assert rv is not None and rv.value.numel() == 0 and rv.pairs.shape == (2, 0)
+    assert torch.equal(rv.rows(torch.tensor([0, 1]), 5), torch.zeros(2, 5))

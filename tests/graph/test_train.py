@@ -69,9 +69,9 @@ def test_history_defaults_and_errors() -> None:
     cfg = TrainConfig()
     assert cfg.conv == "history"
     assert (cfg.hidden, cfg.num_negatives, cfg.temperature, cfg.horizon_days, cfg.cuts_per_step) == (256, 0, 64.0, 7.0, 3)
-    assert (cfg.user_mlp, cfg.item_counts) == (256, False)
+    assert (cfg.user_mlp, cfg.item_counts, cfg.revisit) == (256, False, True)
     sage = TrainConfig(conv="sage")
-    assert (sage.user_mlp, sage.item_counts) == (0, False)
+    assert (sage.user_mlp, sage.item_counts, sage.revisit) == (0, False, False)
     assert (sage.hidden, sage.num_negatives, sage.temperature, sage.dropout) == (64, 512, 4.0, 0.3)
     assert TrainConfig(conv="sage", hidden=32).hidden == 32  # an explicit value wins
     with pytest.raises(ValueError, match="mini_batch: the history tower trains full-batch only"):
@@ -222,6 +222,14 @@ def test_train_run_writes_artifacts(tmp_path: Path, data: HeteroData) -> None:
     assert emb["fraud_prob"].shape == (data["user"].num_nodes,)
     assert ((emb["fraud_prob"] >= 0) & (emb["fraud_prob"] <= 1)).all()
     assert torch.equal(emb["item"], result.embeddings["item"])
+    # the revisit term on the full graph: the pairs with user→item events of any period
+    assert result.revisit is not None
+    assert torch.equal(emb["revisit_index"], result.revisit.pairs)
+    assert torch.equal(emb["revisit_value"], result.revisit.value)
+    pairs = torch.cat([data[et].edge_index for et in data.edge_types if et[0] == "user" and et[2] == "item"], 1)
+    assert torch.equal(emb["revisit_index"], torch.unique(pairs, dim=1))
+    history = json.loads((path / "model" / "history.json").read_text())
+    assert set(history["revisit_calibration"]) == {f"{m:g}" for m in train_mod.REVISIT_MULTIPLIERS}
     fraud = json.loads((path / "fraud.json").read_text())
     assert fraud["kind"] == result.fraud.kind and 0 <= fraud["threshold"] <= 1
     model = load_model(path / "model")
@@ -300,3 +308,40 @@ def test_validation_front_keeps_non_dominated_checkpoints() -> None:
     assert chosen is not None
     # 0.21/0.30 + 0.60/0.60 = 1.70 beats 0.30/0.30 + 0.30/0.60 = 1.50
     assert chosen[0]["epoch"] == 20 and chosen[1] == pytest.approx(1.7)
+
+
+def test_rank_loss_adds_the_revisit_term_to_every_score() -> None:
+    from shopgraph.graph.model import Revisit
+
+    user, item = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    pairs = torch.tensor([[0, 1], [1, 2]])
+    rv = Revisit(torch.tensor([[0, 1], [1, 0]]), torch.tensor([2.0, 3.0]))  # (user 0, item 1), (user 1, item 0)
+    gen, pop = torch.Generator().manual_seed(0), torch.ones(3)
+    dense = torch.tensor([[0.0, 2.0, 0.0], [3.0, 0.0, 0.0]])
+    logits = user @ item.T + dense
+    want = torch.nn.functional.cross_entropy(logits[pairs[0]], pairs[1])
+    full = TrainConfig(num_negatives=0, temperature=1.0)
+    torch.testing.assert_close(rank_loss(full, user, item, pairs, pop, gen, revisit=rv), want)
+    assert not torch.isclose(rank_loss(full, user, item, pairs, pop, gen), want)
+    # sampled negatives read the same term at the sampled cells (all 3 items, uniform: every one)
+    for negatives in ("uniform", "hard"):
+        cfg = TrainConfig(num_negatives=2, temperature=1.0, negatives=negatives)
+        loss = rank_loss(cfg, user, item, pairs, pop, torch.Generator().manual_seed(0), revisit=rv)
+        assert torch.isfinite(loss)
+
+
+def test_calibration_picks_the_best_validation_multiplier(data: HeteroData) -> None:
+    result = train(data, TrainConfig(**FAST))  # type: ignore[arg-type]
+    calib = result.revisit_calibration
+    assert set(calib) == {f"{m:g}" for m in train_mod.REVISIT_MULTIPLIERS}
+    best = max(train_mod.REVISIT_MULTIPLIERS, key=lambda m: (calib[f"{m:g}"], -m))
+    # folded into the model: re-scoring validation with the calibrated model gives that recall
+    g = lean_graph(message_passing_graph(data, "train"))
+    dev = torch.device("cpu")
+    again = train_mod._revisit_recalls(embed_graph(result.model, g, dev), train_mod.revisit_graph(result.model, g, dev),
+                                       data, train_mod.target_pairs(data, "train"), train_mod.target_pairs(data, "val"),
+                                       (1.0,))
+    assert again[1.0] == pytest.approx(calib[f"{best:g}"])
+    assert "val_revisit_multiplier" in [k for h in result.history for k in h]
+    plain = train(data, TrainConfig(**{**FAST, "revisit": False}))  # type: ignore[arg-type]
+    assert plain.revisit is None and plain.revisit_calibration == {}

@@ -42,12 +42,13 @@ def solid_png(colour: tuple[int, int, int], size: int = 48, seed: int = 0) -> by
     return buffer.getvalue()
 
 
-def make_run(folder: Path, *, n_users: int = 40, n_items: int = 30, seed: int = 0) -> Path:
+def make_run(folder: Path, *, n_users: int = 40, n_items: int = 30, seed: int = 0, revisit: bool = False) -> Path:
     """A complete, valid run folder for the tiny shop: graph with real text/image features (bundled
     encoders), tables, an untrained ShopGNN and its embeddings, fraud.json and the indexes.
 
     The model is randomly initialised (training is not what these tests check): embeddings,
     fraud probabilities and the inductive pass all come from the same model, as in a real run.
+    ``revisit=True`` makes it a ``history`` tower with a revisit term, saved as training saves it.
     """
     from shopgraph.encoders.featurize import featurize
     from shopgraph.graph.model import ModelConfig, ShopGNN
@@ -78,15 +79,21 @@ def make_run(folder: Path, *, n_users: int = 40, n_items: int = 30, seed: int = 
     run.update(config={"tables_root": str(shop)})
 
     torch.manual_seed(seed)
-    config = ModelConfig.from_data(data, hidden=16, layers=1)
+    if revisit:
+        config = ModelConfig.from_data(data, conv="history", hidden=16, revisit=True)
+    else:
+        config = ModelConfig.from_data(data, hidden=16, layers=1)
     model = ShopGNN(config).eval()
     with torch.no_grad():
         emb = model.embed(data)
         prob = torch.sigmoid(model.fraud_logit(emb["user"]))
+        rv = model.revisit_scores(data)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     run.write_with("model/model.safetensors", lambda p: save_file(state, str(p)))
     run.write_text("model/config.json", config.to_json())
     tensors = {"user": emb["user"], "item": emb["item"], "device": emb["device"], "fraud_prob": prob}
+    if rv is not None:
+        tensors |= {"revisit_index": rv.pairs, "revisit_value": rv.value}
     run.write_with("embeddings.safetensors", lambda p: save_file({k: v.contiguous() for k, v in tensors.items()},
                                                                  str(p)))
     run.write_json("fraud.json", {"kind": "gnn", "threshold": float(prob.median())})
@@ -330,3 +337,75 @@ def test_unloadable_model_leaves_serving_up_and_add_item_says_why(tmp_path, run_
     assert svc.model is None and len(svc.recommend("u001", k=3).item_ids) == 3
     with pytest.raises(NotAvailableError, match="add_item: this service has no model: the run's model could not"):
         svc.add_item("new", "a new thing")
+
+
+@pytest.fixture(scope="module")
+def revisit_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run(tmp_path_factory.mktemp("revisit"), revisit=True)
+
+
+def _revisit_dense(run_path: Path, n_users: int, n_items: int) -> np.ndarray:
+    from shopgraph.retrieval.index import load_embeddings
+
+    emb = load_embeddings(RunDir(run_path))
+    dense = np.zeros((n_users, n_items))
+    dense[emb["revisit_index"][0], emb["revisit_index"][1]] = emb["revisit_value"]
+    return dense
+
+
+def test_recommend_with_a_revisit_term_is_exact_and_says_what_the_user_did(revisit_run):
+    import re
+
+    svc = load_service(revisit_run)
+    revisit = _revisit_dense(revisit_run, len(svc.user_ids), len(svc.item_ids))
+    assert (revisit > 0).any()
+    cats = np.array(svc.categories)
+    revisited_in_top = 0
+    for user in ("u000", "u007", "u031"):
+        u = svc.user_ids.index(user)
+        for exclude_seen, category in ((True, None), (False, None), (True, "books")):
+            rec = svc.recommend(user, k=6, exclude_seen=exclude_seen, category=category)
+            scores = svc.item_emb.astype(np.float64) @ svc.user_emb[u].astype(np.float64) + revisit[u]
+            ok = svc._active.copy()
+            if exclude_seen:
+                ok[list(_purchased(svc, revisit_run, user))] = False
+            if category is not None:
+                ok &= cats == category
+            order = [i for i in np.argsort(-scores, kind="stable") if ok[i]][:6]
+            assert rec.item_ids == [svc.item_ids[i] for i in order]
+            np.testing.assert_allclose(rec.scores, scores[order], rtol=1e-4, atol=1e-4)
+            for item, reason in zip(rec.item_ids, rec.reasons):
+                if revisit[u, svc.item_ids.index(item)] > 0:
+                    revisited_in_top += 1
+                    assert re.fullmatch(r"you (viewed it|put it in your cart|bought it)( twice| \d+ times)?"
+                                        r", last on \d{4}-\d\d-\d\d", reason), reason
+                else:
+                    assert reason.startswith("similar to '"), reason
+    assert revisited_in_top > 0
+
+
+def test_a_broken_revisit_term_is_refused_with_its_name(revisit_run, tmp_path):
+    import shutil
+
+    from shopgraph.retrieval.index import load_embeddings
+    from shopgraph.retrieval.service import _revisit_csr
+
+    copy = tmp_path / "run"
+    shutil.copytree(revisit_run, copy)
+    run = RunDir(copy)
+    emb = {k: torch.from_numpy(v) for k, v in load_embeddings(run).items() if k != "revisit_value"}
+    run.write_with("embeddings.safetensors", lambda p: save_file(emb, str(p)))
+    with pytest.raises(ValueError, match="embeddings: revisit_index without revisit_value; re-run `shopgraph train`"):
+        ShopService.from_run(copy)
+    good = load_embeddings(RunDir(revisit_run))
+    index, value = good["revisit_index"], good["revisit_value"]
+    for bad, message in [
+        ({"revisit_index": index + 1000}, "revisit_index points outside the graph's 40 users / 30 items"),
+        ({"revisit_index": index[:1]}, r"revisit_index must be an integer \[2, \d+\] array"),
+        ({"revisit_index": index.astype(np.float32)}, r"revisit_index must be an integer"),
+        ({"revisit_value": np.full_like(value, np.nan)}, "revisit_value has non-finite values"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            _revisit_csr({**good, **bad}, 40, 30)
+    indptr, items, values = _revisit_csr(good, 40, 30)  # the CSR holds exactly the saved pairs
+    assert indptr[-1] == value.size and np.isclose(values.sum(), value.sum())
