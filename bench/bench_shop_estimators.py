@@ -10,10 +10,14 @@ and excluded, for ``test`` train + val):
   counted from every visible user→item event (views, carts, purchases), smoothed toward the
   population's mix with a prior weight of ``a`` events, and ``share(i)`` the item's share of its
   category's visible events;
-* ``blend``: ``knn / max(knn) + w · plugin / max(plugin)`` per user.
+* ``blend``: ``knn / max(knn) + w · plugin / max(plugin)`` per user;
+* ``+ revisit bonus``: each of the above (``itemknn_all_events``, ``plug-in a=2``, ``blend w=3``)
+  plus ``b · max(score) · log(1 + n_ui)`` per user, ``n_ui`` the user's visible views and carts
+  of item ``i``: the simple-method counterpart of ShopGNN's revisit term (items already looked
+  at and not bought are often bought later).
 
-The prior ``a`` and the blend weight ``w`` are printed for a small grid on both periods: choose on
-``val``. The run must have been built with item statistics (``item_category=*`` columns of
+The prior ``a``, the blend weight ``w`` and the bonus ``b`` are printed for a small grid on both
+periods: choose on ``val``. The run must have been built with item statistics (``item_category=*`` columns of
 ``features.json``: every ``shopgraph build``).
 
     OMP_WAIT_POLICY=PASSIVE nice python bench/bench_shop_estimators.py --run RUN
@@ -64,6 +68,11 @@ def evaluate_split(data: HeteroData, split: Split, cat: Tensor) -> dict[str, flo
     pop = torch.zeros(num_items).index_add_(0, ev_i, torch.ones(ev_i.numel()))
     share = pop / torch.zeros(n_cat).index_add_(0, cat, pop)[cat].clamp(min=1.0)
     prior = counts.sum(0) / counts.sum()
+    seen = torch.zeros(num_users, num_items)  # visible non-target events per (user, item)
+    for et in ets:
+        if et[1] != data.target:
+            ei = g[et].edge_index
+            seen.index_put_((ei[0], ei[1]), torch.ones(ei.size(1)), accumulate=True)
 
     def smoothed(a: float) -> Tensor:
         return (counts + a * prior) / (counts.sum(1, keepdim=True) + a)
@@ -80,6 +89,16 @@ def evaluate_split(data: HeteroData, split: Split, cat: Tensor) -> dict[str, flo
         scorers[f"plug-in, prior a={a:g}"] = functools.partial(plugin, mix=smoothed(a))
     for w in (0.3, 1.0, 3.0):
         scorers[f"blend: itemknn_all_events + {w:g} × plug-in (a=2)"] = functools.partial(blend, w=w)
+
+    def bonus(u: Tensor, fn: Callable[[Tensor], Tensor], b: float) -> Tensor:
+        s = fn(u)
+        return s + b * s.max(1, keepdim=True).values.clamp(min=1e-9) * torch.log1p(seen[u])
+
+    bases = {"itemknn_all_events": knn.score, "plug-in (a=2)": functools.partial(plugin, mix=smoothed(2.0)),
+             "blend (w=3)": functools.partial(blend, w=3.0)}
+    for name, fn in bases.items():
+        for b in (0.25, 1.0, 4.0):
+            scorers[f"{name} + revisit bonus b={b:g}"] = functools.partial(bonus, fn=fn, b=b)
     out: dict[str, float] = {}
     for name, fn in scorers.items():
         out[name] = ranking_metrics(fn, visible, test, num_items, ks=(20,))["recall@20"]

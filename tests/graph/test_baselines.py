@@ -117,6 +117,26 @@ def test_itemknn_extra_pairs_reach_view_only_users() -> None:
         ItemKNN().fit(buys, 20, 10, extra_pairs=views, extra_weight=2.0)
 
 
+def test_revisit_bonus_adds_log_counts_scaled_by_the_users_top_score() -> None:
+    from shopgraph.graph.baselines import RevisitBonus
+
+    buys = _co_purchase_case()
+    views = torch.tensor([[3, 3, 3, 4], [5, 5, 6, 7]])  # user 3 viewed item 5 twice and item 6 once
+    model = RevisitBonus(bonus=0.5).fit(buys, 20, 10, events=views)
+    knn = ItemKNN().fit(buys, 20, 10, extra_pairs=torch.unique(views, dim=1))
+    users = torch.tensor([3, 4, 0])
+    base = knn.score(users)
+    counts = torch.zeros(3, 10)
+    counts[0, 5], counts[0, 6], counts[1, 7] = 2.0, 1.0, 1.0
+    want = base + 0.5 * base.max(1, keepdim=True).values.clamp(min=1e-9) * torch.log1p(counts)
+    assert torch.allclose(model.score(users), want, atol=1e-6)
+    assert not torch.allclose(model.score(users), base)
+    with pytest.raises(ValueError, match=r"bonus: expected >= 0 \(got -1"):
+        RevisitBonus(bonus=-1.0)
+    with pytest.raises(ValueError, match=r"events: 1 of 1 pairs have a user or item outside"):
+        RevisitBonus().fit(buys, 20, 10, events=torch.tensor([[25], [0]]))
+
+
 def test_ease_matches_closed_form() -> None:
     pairs = _random_pairs(15, 6, 40, seed=1)
     x = np.zeros((15, 6))
@@ -180,7 +200,8 @@ def shop() -> HeteroData:
 def test_purchase_baselines_on_shop(shop: HeteroData, split: str) -> None:
     content = torch.randn(30, 6, generator=torch.Generator().manual_seed(1))
     res = purchase_baselines(shop, split=split, item_content=content, bpr_epochs=2)  # type: ignore[arg-type]
-    assert set(res) == {"popularity", "itemknn", "itemknn_all_events", "ease", "bpr_mf", "content_knn"}
+    assert set(res) == {"popularity", "itemknn", "itemknn_all_events", "itemknn_revisit", "ease", "bpr_mf",
+                        "content_knn"}
     for metrics in res.values():
         assert 0.0 <= metrics["recall@20"] <= 1.0 and 0.0 <= metrics["ndcg@10"] <= 1.0
         assert metrics["users"] > 0 and metrics["seconds"] >= 0.0
