@@ -198,18 +198,27 @@ class Revisit(NamedTuple):
 
     def rows(self, users: Tensor, num_items: int) -> Tensor:
         """Dense ``[B, num_items]`` rows of ``users`` (zeros where a pair has no term)."""
-        if self.value.numel() == 0 or users.numel() == 0:
-            return torch.zeros(users.numel(), num_items, dtype=self.value.dtype, device=self.value.device)
-        users = users.to(self.pairs.device)
-        uniq, local = torch.unique(users, return_inverse=True)
-        size = int(max(int(uniq.max()), int(self.pairs[0].max()))) + 1
-        pos_of = torch.full((size,), -1, dtype=torch.long, device=users.device)
-        pos_of[uniq] = torch.arange(uniq.numel(), device=users.device)
-        row = pos_of[self.pairs[0]]
-        keep = row >= 0
-        dense = torch.zeros(uniq.numel(), num_items, dtype=self.value.dtype, device=self.value.device)
-        dense = dense.index_put((row[keep], self.pairs[1][keep]), self.value[keep])
-        return dense[local]
+        return self.cols(users, torch.arange(num_items, device=self.value.device), num_items)
+
+    def cols(self, users: Tensor, items: Tensor, num_items: int) -> Tensor:
+        """Dense ``[B, K]`` values at every ``(users[b], items[k])`` (zeros where a pair has no
+        term; ``items`` may repeat): one pass over the stored pairs, for negatives shared by a
+        whole batch."""
+        out_shape = (users.numel(), items.numel())
+        if self.value.numel() == 0 or users.numel() == 0 or items.numel() == 0:
+            return torch.zeros(out_shape, dtype=self.value.dtype, device=self.value.device)
+        dev = self.pairs.device
+        uniq_u, local_u = torch.unique(users.to(dev), return_inverse=True)
+        uniq_i, local_i = torch.unique(items.to(dev), return_inverse=True)
+        row_of = torch.full((int(max(int(uniq_u.max()), int(self.pairs[0].max()))) + 1,), -1, dtype=torch.long, device=dev)
+        row_of[uniq_u] = torch.arange(uniq_u.numel(), device=dev)
+        col_of = torch.full((max(num_items, int(uniq_i.max()) + 1),), -1, dtype=torch.long, device=dev)
+        col_of[uniq_i] = torch.arange(uniq_i.numel(), device=dev)
+        row, col = row_of[self.pairs[0]], col_of[self.pairs[1]]
+        keep = (row >= 0) & (col >= 0)
+        dense = torch.zeros(uniq_u.numel(), uniq_i.numel(), dtype=self.value.dtype, device=self.value.device)
+        dense = dense.index_put((row[keep], col[keep]), self.value[keep])
+        return dense[local_u][:, local_i]
 
     def at(self, users: Tensor, items: Tensor, num_items: int) -> Tensor:
         """Values at ``(users[b], items[b, j])``: ``[B, J]`` (zeros where a pair has no term)."""

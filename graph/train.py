@@ -471,7 +471,7 @@ def rank_loss(
         neg_items = shared.expand(len(users), -1)
         neg = ShopGNN.score(u, item_emb[shared].float())
         if revisit is not None:
-            neg = neg + revisit.at(users, neg_items, num_items).float()
+            neg = neg + revisit.cols(users, shared, num_items).float()
         log_q = None if q is None else q.to(dev)
     if log_q is not None and cfg.rank_loss == "softmax":
         neg = neg - log_q

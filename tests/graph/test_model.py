@@ -287,6 +287,8 @@ def test_revisit_term_matches_its_formula_and_only_covers_pairs_with_events() ->
     assert torch.equal(rv.rows(users, n_items), dense[users])
     items = torch.randint(0, n_items, (4, 9), generator=torch.Generator().manual_seed(1))
     assert torch.equal(rv.at(users, items, n_items), dense[users.unsqueeze(1), items])
+    shared = torch.tensor([4, 0, 4, n_items - 1])  # negatives shared by the batch, with a repeat
+    assert torch.equal(rv.cols(users, shared, n_items), dense[users][:, shared])
 
 
 def test_revisit_term_is_trainable_and_enters_the_purchase_score() -> None:
