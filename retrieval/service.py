@@ -630,7 +630,8 @@ class ShopService:
         return indices[indptr[u]:indptr[u + 1]]
 
     def _revisit_reason(self, u: int, item: int) -> str:
-        """"you viewed it 3 times, last on 2025-12-02": the user's own events on ``item``."""
+        """Why a revisited item is recommended, from the user's own events on it: "you viewed it 3
+        times, last on 2025-12-02", "you put it in your cart, on 2025-11-17"."""
         indptr, items, rels, times = self._events
         sl = slice(indptr[u], indptr[u + 1])
         mine = items[sl] == item
@@ -643,7 +644,7 @@ class ShopService:
         name = self._event_rels[step]
         did = _REVISIT_PHRASES.get(name, f"you had {name!r} events on it")
         times_ = "" if n == 1 else (" twice" if n == 2 else f" {n} times")
-        when = f", last on {time.strftime('%Y-%m-%d', time.gmtime(last))}" if last >= 0 else ""
+        when = f", {'on' if n == 1 else 'last on'} {time.strftime('%Y-%m-%d', time.gmtime(last))}" if last >= 0 else ""
         return f"{did}{times_}{when}"
 
     def _user_reasons(self, u: int, rec: np.ndarray) -> list[str]:

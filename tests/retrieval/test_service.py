@@ -377,8 +377,8 @@ def test_recommend_with_a_revisit_term_is_exact_and_says_what_the_user_did(revis
             for item, reason in zip(rec.item_ids, rec.reasons):
                 if revisit[u, svc.item_ids.index(item)] > 0:
                     revisited_in_top += 1
-                    assert re.fullmatch(r"you (viewed it|put it in your cart|bought it)( twice| \d+ times)?"
-                                        r", last on \d{4}-\d\d-\d\d", reason), reason
+                    assert re.fullmatch(r"you (viewed it|put it in your cart|bought it)"
+                                        r"(, on| twice, last on| \d+ times, last on) \d{4}-\d\d-\d\d", reason), reason
                 else:
                     assert reason.startswith("similar to '"), reason
     assert revisited_in_top > 0
