@@ -40,15 +40,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import machine_line, markdown_table, write_json
+from common import machine_line, markdown_table, shop_run, write_json
 
 from shopgraph.graph.baselines import fraud_baselines
 from shopgraph.graph.build import message_passing_graph
 from shopgraph.graph.fraud_scorer import CANDIDATES, evaluate_fraud_candidates, select_fraud_scorer
-from shopgraph.graph.pipeline import build_run
 from shopgraph.graph.run import RunDir
-from shopgraph.graph.synthetic import generate_shop
-from shopgraph.graph.train import MODEL_DIR, embed_graph, lean_graph, load_model, train_run
+from shopgraph.graph.train import MODEL_DIR, embed_graph, lean_graph, load_model
 
 BASELINES = ("xgb_graph", "xgb", "logreg")
 
@@ -60,24 +58,8 @@ def run_seed(seed: int, workdir: Path, *, users: int, epochs: int | None) -> dic
         ``{"seed", "served", "fraud_json_kind", "val", "test": {name: {"auprc", "auroc"}},
         "seconds": {...}}``; test names are ``served``, the candidates and the baselines.
     """
-    seconds: dict[str, float] = {}
-    shop, run_path = workdir / f"shop_{seed}", workdir / f"run_{seed}"
-    t0 = time.perf_counter()
-    if not (shop / "labels.csv").is_file():
-        generate_shop(shop, n_users=users, seed=seed, overwrite=True)
-    seconds["generate"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if not (run_path / "graph.pt").is_file():
-        build_run(shop, run_path, seed=seed, use_text=False, use_image=False, overwrite=True)
-    seconds["build"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    run_path, seconds = shop_run(seed, workdir, users=users, epochs=epochs)
     run = RunDir(run_path)
-    if not run.has("fraud.json"):
-        overrides: dict[str, Any] = {"seed": seed}
-        if epochs is not None:
-            overrides["epochs"] = epochs
-        train_run(run_path, device="cpu", **overrides)
-    seconds["train"] = time.perf_counter() - t0
 
     # the fraud part of graph.evaluate.evaluate_run, with the scorer selected by today's code
     t0 = time.perf_counter()

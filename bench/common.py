@@ -48,6 +48,40 @@ def write_json(path: str | None, obj: object) -> None:
             json.dump(obj, fh, indent=1)
 
 
+def shop_run(seed: int, workdir: Path, *, users: int, epochs: int | None) -> tuple[Path, dict[str, float]]:
+    """A trained run folder of the synthetic shop ``seed``: ``generate_shop``, ``build_run``
+    without the text and image encoders (``shopgraph build --no-text --no-image``) and
+    ``train_run`` with the default ``TrainConfig`` (``shopgraph train``), each step skipped when
+    ``workdir`` already holds its output (so benches can share a workdir).
+
+    Returns:
+        ``(run folder, {"generate" | "build" | "train": seconds})``.
+    """
+    from shopgraph.graph.pipeline import build_run
+    from shopgraph.graph.run import RunDir
+    from shopgraph.graph.synthetic import generate_shop
+    from shopgraph.graph.train import train_run
+
+    seconds: dict[str, float] = {}
+    shop, run_path = workdir / f"shop_{seed}", workdir / f"run_{seed}"
+    t0 = time.perf_counter()
+    if not (shop / "labels.csv").is_file():
+        generate_shop(shop, n_users=users, seed=seed, overwrite=True)
+    seconds["generate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if not (run_path / "graph.pt").is_file():
+        build_run(shop, run_path, seed=seed, use_text=False, use_image=False, overwrite=True)
+    seconds["build"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if not RunDir(run_path).has("fraud.json"):
+        overrides: dict[str, object] = {"seed": seed}
+        if epochs is not None:
+            overrides["epochs"] = epochs
+        train_run(run_path, device="cpu", **overrides)
+    seconds["train"] = time.perf_counter() - t0
+    return run_path, seconds
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]

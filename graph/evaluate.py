@@ -21,6 +21,8 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from shopgraph.graph.build import message_passing_graph, target_pairs, visible_test_pairs
@@ -148,6 +150,25 @@ def _report(metrics: dict[str, Any], data: HeteroData, history: dict[str, Any], 
     return "\n".join(lines) + "\n"
 
 
+def gnn_purchase_test(model: ShopGNN, data: HeteroData, dev: torch.device) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """The model's test-period purchase ranking, as ``shopgraph evaluate`` reports it: embeddings
+    (and revisit term) from the graph of train + val events, every item ranked, each user's
+    train + val purchases excluded, metrics on the new test pairs.
+
+    Returns:
+        ``(test-graph embeddings {node type: [N, D]}, ranking metrics)``.
+    """
+    from shopgraph.graph.metrics import ranking_metrics
+
+    test_graph = lean_graph(message_passing_graph(data, "test")).to(dev)
+    test_emb = embed_graph(model, test_graph, dev)
+    exclude, test = visible_test_pairs(data), target_pairs(data, "test")
+    if test.size(1) == 0:
+        raise ValueError(f"data: the test period has no new {data.target!r} pairs to evaluate")
+    scores = purchase_scores(test_emb["user"], test_emb["item"], revisit_graph(model, test_graph, dev))
+    return test_emb, ranking_metrics(scores, exclude, test, int(data["item"].num_nodes))
+
+
 def evaluate_run(run_dir: str, *, baselines: bool = True, device: str | None = None) -> dict[str, Any]:
     """Evaluate the trained model of a run folder on the test period.
 
@@ -171,16 +192,9 @@ def evaluate_run(run_dir: str, *, baselines: bool = True, device: str | None = N
     fraud_info = run.read_json("fraud.json")
     history = run.read_json(f"{MODEL_DIR}/history.json") if run.has(f"{MODEL_DIR}/history.json") else {}
 
-    from shopgraph.graph.metrics import ranking_metrics
-
     # purchase: message passing on train + val, rank everything, exclude train + val items
-    test_graph = lean_graph(message_passing_graph(data, "test")).to(dev)
-    test_emb = embed_graph(model, test_graph, dev)
-    exclude, test = visible_test_pairs(data), target_pairs(data, "test")
-    if test.size(1) == 0:
-        raise ValueError(f"data: the test period has no new {data.target!r} pairs to evaluate")
-    scores = purchase_scores(test_emb["user"], test_emb["item"], revisit_graph(model, test_graph, dev))
-    rm = ranking_metrics(scores, exclude, test, int(data["item"].num_nodes))
+    test_emb, rm = gnn_purchase_test(model, data, dev)
+    test = target_pairs(data, "test")
     purchase: dict[str, Any] = {"gnn": {"kind": _model_kind(model), **{k: rm[k] for k in PURCHASE_KEYS}},
                                 "baselines": {}}
     if baselines:

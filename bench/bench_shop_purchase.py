@@ -1,0 +1,127 @@
+"""Purchases on the 5,000-user synthetic shop over several seeds: the GNN against the baselines.
+
+Per seed ``s``: the same trained run folder as ``bench_shop_fraud.py`` (``common.shop_run``:
+``generate_shop(seed=s)``, ``build_run`` without the text and image encoders, ``train_run`` with the
+default :class:`TrainConfig`; a shared ``--workdir`` reuses what is there), then the purchase part
+of ``shopgraph evaluate`` with the same library calls (``graph.evaluate.gnn_purchase_test``,
+``graph.baselines.purchase_baselines``) on test, and the baselines on validation too. The GNN's
+validation Recall@20 is the one training chose it by (``model/history.json``: the best of
+``revisit_calibration``, or the best epoch's ``val_recall@20``).
+
+    OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 nice python bench/bench_shop_purchase.py \\
+        [--seeds 0 1 2 3 4] [--users 5000] [--epochs N] [--workdir DIR --keep] [--json out.json]
+
+Prints one line per seed and a markdown table of validation and test Recall@20 of the GNN,
+``itemknn_all_events`` and ``itemknn_revisit``, with the GNN's ratio to each, and the means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from common import machine_line, markdown_table, shop_run, write_json
+
+from shopgraph.graph.baselines import purchase_baselines
+from shopgraph.graph.evaluate import gnn_purchase_test
+from shopgraph.graph.run import RunDir
+from shopgraph.graph.train import MODEL_DIR, load_model
+
+REFERENCES = ("itemknn_all_events", "itemknn_revisit")
+
+
+def gnn_val_recall(history: dict[str, Any]) -> float:
+    """The validation Recall@20 training selected the served model by."""
+    calib = history.get("revisit_calibration") or {}
+    if calib:
+        return float(max(calib.values()))
+    best = [h for h in history.get("epochs", []) if int(h["epoch"]) == int(history.get("best_epoch", -1))]
+    return float(best[0].get("val_recall@20", float("nan"))) if best else float("nan")
+
+
+def run_seed(seed: int, workdir: Path, *, users: int, epochs: int | None) -> dict[str, Any]:
+    """Recall@20 on val and test of the GNN and every purchase baseline for one seed."""
+    run_path, seconds = shop_run(seed, workdir, users=users, epochs=epochs)
+    run = RunDir(run_path)
+    t0 = time.perf_counter()
+    model = load_model(run.path / MODEL_DIR, torch.device("cpu"))
+    data = run.load_graph()
+    _, gnn = gnn_purchase_test(model, data, torch.device("cpu"))
+    seconds["gnn"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    val = {k: v["recall@20"] for k, v in purchase_baselines(data, split="val").items()}
+    test = {k: v["recall@20"] for k, v in purchase_baselines(data, split="test").items()}
+    seconds["baselines"] = time.perf_counter() - t0
+    val["gnn"] = gnn_val_recall(run.read_json(f"{MODEL_DIR}/history.json"))
+    test["gnn"] = float(gnn["recall@20"])
+    return {"seed": seed, "val": val, "test": test, "test_users": int(gnn["users"]),
+            "seconds": seconds}
+
+
+def report(results: list[dict[str, Any]]) -> str:
+    """One row per seed and a mean row: val / test Recall@20 and the GNN's test ratios."""
+    rows = []
+    for r in results:
+        v, t = r["val"], r["test"]
+        rows.append([str(r["seed"]), f"{v['gnn']:.4f} / {t['gnn']:.4f}"]
+                    + [f"{v[n]:.4f} / {t[n]:.4f}" for n in REFERENCES]
+                    + [f"{t['gnn'] / t[n]:.3f}" for n in REFERENCES])
+
+    def mean(split: str, name: str) -> float:
+        return float(np.mean([r[split][name] for r in results]))
+
+    ratios = {n: np.array([r["test"]["gnn"] / r["test"][n] for r in results]) for n in REFERENCES}
+    rows.append(["mean", f"{mean('val', 'gnn'):.4f} / {mean('test', 'gnn'):.4f}"]
+                + [f"{mean('val', n):.4f} / {mean('test', n):.4f}" for n in REFERENCES]
+                + [f"{ratios[n].mean():.3f} ± {ratios[n].std(ddof=1) if ratios[n].size > 1 else 0.0:.3f}"
+                   for n in REFERENCES])
+    header = (["seed", "GNN val / test"] + [f"{n} val / test" for n in REFERENCES]
+              + [f"GNN ÷ {n} (test)" for n in REFERENCES])
+    return markdown_table(header, rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--users", type=int, default=5000)
+    ap.add_argument("--epochs", type=int, default=None, help="override TrainConfig.epochs (default: its own)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workdir", default=None, help="keep shops and run folders here (reused when present)")
+    ap.add_argument("--keep", action="store_true", help="do not delete --workdir afterwards")
+    ap.add_argument("--json", default=None, help="also write the raw per-seed results here")
+    args = ap.parse_args()
+    if args.users < 100:
+        ap.error(f"--users: expected at least 100 (got {args.users})")
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_shop_purchase_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    results = []
+    try:
+        for seed in args.seeds:
+            r = run_seed(seed, workdir, users=args.users, epochs=args.epochs)
+            results.append(r)
+            t, v = r["test"], r["val"]
+            print(f"seed {seed}: test R@20 gnn {t['gnn']:.4f} (val {v['gnn']:.4f}) | "
+                  + " | ".join(f"{n} {t[n]:.4f} (val {v[n]:.4f}) ratio {t['gnn'] / t[n]:.3f}" for n in REFERENCES)
+                  + " | " + " ".join(f"{k} {s:.0f}s" for k, s in r["seconds"].items()), flush=True)
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\n## Purchases on the {args.users:,}-user synthetic shop, seeds {args.seeds} (Recall@20)\n")
+    print(report(results))
+    print(f"\n- total {time.perf_counter() - t_start:.0f} s; {machine_line()}")
+    write_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
