@@ -9,7 +9,8 @@ validation Recall@20 is the one training chose it by (``model/history.json``: th
 ``revisit_calibration``, or the best epoch's ``val_recall@20``).
 
     OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 nice python bench/bench_shop_purchase.py \\
-        [--seeds 0 1 2 3 4] [--users 5000] [--epochs N] [--workdir DIR --keep] [--json out.json]
+        [--seeds 0 1 2 3 4] [--users 5000] [--epochs N] [--train KEY=JSON ...]
+        [--workdir DIR --keep] [--json out.json]
 
 Prints one line per seed and a markdown table of validation and test Recall@20 of the GNN,
 ``itemknn_all_events`` and ``itemknn_revisit``, with the GNN's ratio to each, and the means.
@@ -18,6 +19,7 @@ Prints one line per seed and a markdown table of validation and test Recall@20 o
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import tempfile
@@ -46,9 +48,10 @@ def gnn_val_recall(history: dict[str, Any]) -> float:
     return float(best[0].get("val_recall@20", float("nan"))) if best else float("nan")
 
 
-def run_seed(seed: int, workdir: Path, *, users: int, epochs: int | None) -> dict[str, Any]:
+def run_seed(seed: int, workdir: Path, *, users: int, epochs: int | None,
+             train: dict[str, Any] | None = None) -> dict[str, Any]:
     """Recall@20 on val and test of the GNN and every purchase baseline for one seed."""
-    run_path, seconds = shop_run(seed, workdir, users=users, epochs=epochs)
+    run_path, seconds = shop_run(seed, workdir, users=users, epochs=epochs, train=train)
     run = RunDir(run_path)
     t0 = time.perf_counter()
     model = load_model(run.path / MODEL_DIR, torch.device("cpu"))
@@ -92,6 +95,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--users", type=int, default=5000)
     ap.add_argument("--epochs", type=int, default=None, help="override TrainConfig.epochs (default: its own)")
+    ap.add_argument("--train", nargs="*", default=[], metavar="KEY=JSON",
+                    help="TrainConfig settings for runs trained here, e.g. item_counts=true hidden=128")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default=None, help="keep shops and run folders here (reused when present)")
     ap.add_argument("--keep", action="store_true", help="do not delete --workdir afterwards")
@@ -99,6 +104,15 @@ def main() -> int:
     args = ap.parse_args()
     if args.users < 100:
         ap.error(f"--users: expected at least 100 (got {args.users})")
+    train: dict[str, Any] = {}
+    for item in args.train:
+        key, sep, value = item.partition("=")
+        try:
+            train[key] = json.loads(value)
+        except json.JSONDecodeError:
+            sep = ""
+        if not sep or not key:
+            ap.error(f"--train: expected KEY=JSON such as item_counts=true (got {item!r})")
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_shop_purchase_"))
@@ -107,7 +121,7 @@ def main() -> int:
     results = []
     try:
         for seed in args.seeds:
-            r = run_seed(seed, workdir, users=args.users, epochs=args.epochs)
+            r = run_seed(seed, workdir, users=args.users, epochs=args.epochs, train=train)
             results.append(r)
             t, v = r["test"], r["val"]
             print(f"seed {seed}: test R@20 gnn {t['gnn']:.4f} (val {v['gnn']:.4f}) | "

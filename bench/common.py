@@ -48,11 +48,13 @@ def write_json(path: str | None, obj: object) -> None:
             json.dump(obj, fh, indent=1)
 
 
-def shop_run(seed: int, workdir: Path, *, users: int, epochs: int | None) -> tuple[Path, dict[str, float]]:
+def shop_run(seed: int, workdir: Path, *, users: int, epochs: int | None,
+             train: dict[str, object] | None = None) -> tuple[Path, dict[str, float]]:
     """A trained run folder of the synthetic shop ``seed``: ``generate_shop``, ``build_run``
     without the text and image encoders (``shopgraph build --no-text --no-image``) and
-    ``train_run`` with the default ``TrainConfig`` (``shopgraph train``), each step skipped when
-    ``workdir`` already holds its output (so benches can share a workdir).
+    ``train_run`` with the default ``TrainConfig`` (``shopgraph train``; ``train``: other
+    settings), each step skipped when ``workdir`` already holds its output (so benches can share
+    a workdir).
 
     Returns:
         ``(run folder, {"generate" | "build" | "train": seconds})``.
@@ -74,7 +76,7 @@ def shop_run(seed: int, workdir: Path, *, users: int, epochs: int | None) -> tup
     seconds["build"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if not RunDir(run_path).has("fraud.json"):
-        overrides: dict[str, object] = {"seed": seed}
+        overrides: dict[str, object] = {**(train or {}), "seed": seed}
         if epochs is not None:
             overrides["epochs"] = epochs
         train_run(run_path, device="cpu", **overrides)
