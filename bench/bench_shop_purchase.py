@@ -96,7 +96,8 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=5000)
     ap.add_argument("--epochs", type=int, default=None, help="override TrainConfig.epochs (default: its own)")
     ap.add_argument("--train", nargs="*", default=[], metavar="KEY=JSON",
-                    help="TrainConfig settings for runs trained here, e.g. item_counts=true hidden=128")
+                    help="TrainConfig settings for runs trained here, e.g. item_counts=true hidden=128 "
+                         "(run folders already trained in --workdir are reused as they are)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default=None, help="keep shops and run folders here (reused when present)")
     ap.add_argument("--keep", action="store_true", help="do not delete --workdir afterwards")
