@@ -564,8 +564,8 @@ REVISIT_SELECT_MULTIPLIERS: tuple[float, ...] = (1.0, 4.0, 16.0, 64.0)  # at eac
 
 @torch.no_grad()
 def calibrate_revisit(
-    model: ShopGNN, graph: HeteroData, data: HeteroData, train_pairs: Tensor, val_pairs: Tensor,
-    device: torch.device,
+    model: ShopGNN, emb: dict[str, Tensor], graph: HeteroData, data: HeteroData, train_pairs: Tensor,
+    val_pairs: Tensor, device: torch.device,
 ) -> dict[str, float]:
     """Scale the revisit term for the top of the ranking, chosen on validation Recall@20.
 
@@ -577,6 +577,11 @@ def calibrate_revisit(
     :data:`REVISIT_MULTIPLIERS` with the best validation Recall@20 (the smallest on a tie) is
     folded into the model's revisit scale. Never looks at test.
 
+    Args:
+        emb: the model's eval-mode embeddings of ``graph`` (:func:`embed_graph`; the revisit
+            scale does not change them).
+        graph: the train-period graph the validation pairs are predicted from.
+
     Returns:
         ``{str(multiplier): val Recall@20}`` for every multiplier tried (empty when the model has
         no revisit term or there are no validation pairs).
@@ -585,7 +590,7 @@ def calibrate_revisit(
         return {}
     rv = revisit_graph(model, graph, device)
     assert rv is not None
-    recalls = _revisit_recalls(embed_graph(model, graph, device), rv, data, train_pairs, val_pairs, REVISIT_MULTIPLIERS)
+    recalls = _revisit_recalls(emb, rv, data, train_pairs, val_pairs, REVISIT_MULTIPLIERS)
     out = {f"{m:g}": r for m, r in recalls.items()}
     best = max(REVISIT_MULTIPLIERS, key=lambda m: (out[f"{m:g}"], -m))
     model.revisit_log_scale.add_(math.log(best))
@@ -910,17 +915,18 @@ def train(
     logger.info("best epoch %d (of %d; %d checkpoints on the validation front)", best_epoch, len(history),
                 len(front.points))
     model.eval()
-    calibration = calibrate_revisit(model, gpu_graph, data, train_pairs, val_pairs, dev)
     from shopgraph.graph.fraud_scorer import fraud_probabilities, select_fraud_scorer  # imports this module
 
-    train_emb = embed_graph(model, gpu_graph, dev)
-    serving = embed_graph(model, lean_graph(data).to(dev), dev)
+    train_emb = embed_graph(model, gpu_graph, dev)  # the calibration leaves the embeddings as they are
+    calibration = calibrate_revisit(model, train_emb, gpu_graph, data, train_pairs, val_pairs, dev)
+    serving_graph = lean_graph(data).to(dev)
+    serving = embed_graph(model, serving_graph, dev)
     scorer = select_fraud_scorer(model, data, train_emb, seed=config.seed, serving_emb=serving)
     fraud_prob = fraud_probabilities(model, scorer, data, serving["user"], None)
     return TrainResult(
         model=model, model_config=model_config, config=config, history=history,
         best_epoch=int(best_epoch), best_score=float(best_score), embeddings=serving,
-        revisit=revisit_graph(model, lean_graph(data).to(dev), dev), fraud=scorer,
+        revisit=revisit_graph(model, serving_graph, dev), fraud=scorer,
         fraud_prob=fraud_prob, epoch_seconds=float(np.mean(epoch_times)) if epoch_times else 0.0,
         revisit_calibration=calibration,
     )
