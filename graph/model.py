@@ -185,6 +185,30 @@ class ModelConfig:
         return cls(**raw)
 
 
+def sparse_block(pairs: Tensor, values: Tensor, users: Tensor, items: Tensor, num_items: int) -> Tensor:
+    """The ``[len(users), len(items)]`` block of the sparse ``[U, I]`` matrix with entries
+    ``values`` at ``pairs [2, N]`` (zeros elsewhere; a pair may repeat only with equal values,
+    e.g. a bool mask), in one pass over the pairs.
+    ``users`` and ``items`` may repeat. ``values`` may be any dtype (bool for masks)."""
+    out_shape = (users.numel(), items.numel())
+    if values.numel() == 0 or users.numel() == 0 or items.numel() == 0:
+        return torch.zeros(out_shape, dtype=values.dtype, device=values.device)
+    dev = pairs.device
+    uniq_u, local_u = torch.unique(users.to(dev), return_inverse=True)
+    uniq_i, local_i = torch.unique(items.to(dev), return_inverse=True)
+    row_of = torch.full((int(max(int(uniq_u.max()), int(pairs[0].max()))) + 1,), -1, dtype=torch.long, device=dev)
+    row_of[uniq_u] = torch.arange(uniq_u.numel(), device=dev)
+    col_of = torch.full((max(num_items, int(uniq_i.max()) + 1),), -1, dtype=torch.long, device=dev)
+    col_of[uniq_i] = torch.arange(uniq_i.numel(), device=dev)
+    row, col = row_of[pairs[0]], col_of[pairs[1]]
+    keep = (row >= 0) & (col >= 0)
+    dense = torch.zeros(uniq_u.numel(), uniq_i.numel(), dtype=values.dtype, device=values.device)
+    dense = dense.index_put((row[keep], col[keep]), values[keep])
+    dense = dense[local_u]
+    # the whole catalogue in order (rows(), the full softmax): no second [B, I] copy
+    return dense if uniq_i.numel() == items.numel() and bool(torch.equal(uniq_i, items.to(dev))) else dense[:, local_i]
+
+
 class Revisit(NamedTuple):
     """The revisit term (:meth:`ShopGNN.revisit_scores`) as a sparse ``[U, I]`` matrix.
 
@@ -204,21 +228,7 @@ class Revisit(NamedTuple):
         """Dense ``[B, K]`` values at every ``(users[b], items[k])`` (zeros where a pair has no
         term; ``items`` may repeat): one pass over the stored pairs, for negatives shared by a
         whole batch."""
-        out_shape = (users.numel(), items.numel())
-        if self.value.numel() == 0 or users.numel() == 0 or items.numel() == 0:
-            return torch.zeros(out_shape, dtype=self.value.dtype, device=self.value.device)
-        dev = self.pairs.device
-        uniq_u, local_u = torch.unique(users.to(dev), return_inverse=True)
-        uniq_i, local_i = torch.unique(items.to(dev), return_inverse=True)
-        row_of = torch.full((int(max(int(uniq_u.max()), int(self.pairs[0].max()))) + 1,), -1, dtype=torch.long, device=dev)
-        row_of[uniq_u] = torch.arange(uniq_u.numel(), device=dev)
-        col_of = torch.full((max(num_items, int(uniq_i.max()) + 1),), -1, dtype=torch.long, device=dev)
-        col_of[uniq_i] = torch.arange(uniq_i.numel(), device=dev)
-        row, col = row_of[self.pairs[0]], col_of[self.pairs[1]]
-        keep = (row >= 0) & (col >= 0)
-        dense = torch.zeros(uniq_u.numel(), uniq_i.numel(), dtype=self.value.dtype, device=self.value.device)
-        dense = dense.index_put((row[keep], col[keep]), self.value[keep])
-        return dense[local_u][:, local_i]
+        return sparse_block(self.pairs, self.value, users, items, num_items)
 
     def at(self, users: Tensor, items: Tensor, num_items: int) -> Tensor:
         """Values at ``(users[b], items[b, j])``: ``[B, J]`` (zeros where a pair has no term)."""

@@ -40,7 +40,7 @@ from torch_geometric.data import HeteroData
 from tqdm.auto import tqdm
 
 from shopgraph.graph.build import message_passing_graph, target_edge_type, target_pairs
-from shopgraph.graph.model import CONVS, ModelConfig, Revisit, ShopGNN, purchase_scores
+from shopgraph.graph.model import CONVS, ModelConfig, Revisit, ShopGNN, purchase_scores, sparse_block
 from shopgraph.graph.run import RunDir, atomic_write
 
 logger = logging.getLogger(__name__)
@@ -449,14 +449,10 @@ def rank_loss(
         if revisit is not None:
             neg = neg + revisit.rows(users, num_items).float()
         if known is not None and known.numel():
-            uniq, local = torch.unique(users, return_inverse=True)
-            pos_of = torch.full((int(max(int(uniq.max()), int(known[0].max()))) + 1,), -1, dtype=torch.long, device=dev)
-            pos_of[uniq] = torch.arange(uniq.numel(), device=dev)
             kn = known.to(dev)
-            row = pos_of[kn[0]]
-            mask = torch.zeros(uniq.numel(), num_items, dtype=torch.bool, device=dev)
-            mask[row[row >= 0], kn[1][row >= 0]] = True
-            neg = neg.masked_fill(mask[local], float("-inf"))
+            mask = sparse_block(kn, torch.ones(kn.size(1), dtype=torch.bool, device=dev), users,
+                                torch.arange(num_items, device=dev), num_items)
+            neg = neg.masked_fill(mask, float("-inf"))
     elif cfg.negatives == "hard":
         cand = torch.randint(num_items, (len(users), 4 * int(cfg.num_negatives or 0)), generator=gen).to(dev)
         with torch.no_grad():
