@@ -38,7 +38,7 @@ from common import machine_line, markdown_table
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from shopgraph.graph.baselines import ItemKNN, _extra_interaction_pairs
+from shopgraph.graph.baselines import ItemKNN, _distinct_pairs, _interaction_events
 from shopgraph.graph.build import Split, message_passing_graph, target_pairs, visible_test_pairs
 from shopgraph.graph.metrics import ranking_metrics
 from shopgraph.graph.run import RunDir
@@ -60,7 +60,8 @@ def evaluate_split(data: HeteroData, split: Split, cat: Tensor) -> dict[str, flo
     g = message_passing_graph(data, split)
     visible = visible_test_pairs(data) if split == "test" else target_pairs(data, "train")
     test = target_pairs(data, split)
-    knn = ItemKNN().fit(visible, num_users, num_items, extra_pairs=_extra_interaction_pairs(data, split))
+    events = _interaction_events(data, split)  # the visible non-target events, repeats kept
+    knn = ItemKNN().fit(visible, num_users, num_items, extra_pairs=_distinct_pairs(events))
     ets = [et for et in g.edge_types if et[0] == "user" and et[2] == "item"]
     ev_u = torch.cat([g[et].edge_index[0] for et in ets])
     ev_i = torch.cat([g[et].edge_index[1] for et in ets])
@@ -68,11 +69,8 @@ def evaluate_split(data: HeteroData, split: Split, cat: Tensor) -> dict[str, flo
     pop = torch.zeros(num_items).index_add_(0, ev_i, torch.ones(ev_i.numel()))
     share = pop / torch.zeros(n_cat).index_add_(0, cat, pop)[cat].clamp(min=1.0)
     prior = counts.sum(0) / counts.sum()
-    seen = torch.zeros(num_users, num_items)  # visible non-target events per (user, item)
-    for et in ets:
-        if et[1] != data.target:
-            ei = g[et].edge_index
-            seen.index_put_((ei[0], ei[1]), torch.ones(ei.size(1)), accumulate=True)
+    seen = torch.zeros(num_users, num_items).index_put_(  # visible non-target events per (user, item)
+        (events[0], events[1]), torch.ones(events.size(1)), accumulate=True)
 
     def smoothed(a: float) -> Tensor:
         return (counts + a * prior) / (counts.sum(1, keepdim=True) + a)

@@ -422,8 +422,7 @@ class RevisitBonus(_PurchaseBaseline):
             events: ``LongTensor[2, E]`` (user, item) of every visible non-target event.
         """
         events = _check_pairs(events, "events", num_users, num_items)
-        self.knn.fit(train_pairs, num_users, num_items, extra_pairs=torch.unique(events, dim=1) if events.numel()
-                     else None)
+        self.knn.fit(train_pairs, num_users, num_items, extra_pairs=_distinct_pairs(events) if events.numel() else None)
         ones = np.ones(events.size(1), dtype=np.float32)
         counts = sp.csr_matrix((ones, (events[0].numpy(), events[1].numpy())), shape=(num_users, num_items))
         counts.sum_duplicates()
@@ -448,17 +447,14 @@ def _interaction_events(data: HeteroData, split: Split) -> Tensor:
     return torch.cat(chunks, dim=1) if chunks else torch.empty(2, 0, dtype=torch.long)
 
 
+def _distinct_pairs(pairs: Tensor) -> Tensor:
+    """``pairs [2, P]`` without repeats (sorted)."""
+    return torch.unique(pairs, dim=1) if pairs.numel() else pairs
+
+
 def _extra_interaction_pairs(data: HeteroData, split: Split) -> Tensor:
     """Distinct (user, item) pairs of every non-target user→item event type visible for ``split``."""
-    g = message_passing_graph(data, split)
-    target = target_edge_type(data)
-    chunks = [
-        g[et].edge_index for et in g.edge_types
-        if et[0] == "user" and et[2] == "item" and et != target
-    ]
-    if not chunks:
-        return torch.empty(2, 0, dtype=torch.long)
-    return torch.unique(torch.cat(chunks, dim=1), dim=1)
+    return _distinct_pairs(_interaction_events(data, split))
 
 
 def purchase_baselines(
@@ -498,7 +494,8 @@ def purchase_baselines(
     if test.size(1) == 0:
         raise ValueError(f"split: the {split} period has no new target pairs to evaluate")
     num_users, num_items = int(data["user"].num_nodes), int(data["item"].num_nodes)
-    extra = _extra_interaction_pairs(data, split)
+    events = _interaction_events(data, split)
+    extra = _distinct_pairs(events)
 
     models: dict[str, tuple[Any, dict[str, Any]]] = {
         "popularity": (Popularity(), {}),
@@ -506,7 +503,7 @@ def purchase_baselines(
     }
     if extra.size(1):
         models["itemknn_all_events"] = (ItemKNN(), {"extra_pairs": extra})
-        models["itemknn_revisit"] = (RevisitBonus(), {"events": _interaction_events(data, split)})
+        models["itemknn_revisit"] = (RevisitBonus(), {"events": events})
     models["ease"] = (EASE(), {})
     models["bpr_mf"] = (BPRMF(epochs=bpr_epochs), {})
     if item_content is not None:
