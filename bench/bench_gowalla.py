@@ -108,8 +108,9 @@ def train_history(
     data: HeteroData, train: Tensor, *, budget_s: float, hidden: int, user_mlp: int, batch_users: int, holdout: float,
     lr: float, temperature: float, seed: int, stop_pairs: Tensor | None = None, eval_every: int = 3,
     patience: int = 3, dropout: float = 0.0,
-) -> tuple[ShopGNN, dict[str, Tensor], dict[str, float]]:
+) -> tuple[ShopGNN, dict[str, float]]:
     """The ``history`` tower with disjoint supervision (module docstring), for a wall-clock budget.
+    Returns the model in eval mode (embed it on the graph to rank from) and its training stats.
 
     With ``stop_pairs`` (pairs held out of ``train`` and ``data``), Recall@20 on them is measured
     every ``eval_every`` epochs; the best weights are kept and training stops after ``patience``
@@ -178,12 +179,10 @@ def train_history(
     if best is not None:
         model.load_state_dict(best[2])
     model.eval()
-    with torch.no_grad():
-        emb = model.embed(data)
     stats = {"epochs": seen / max(trainable.numel(), 1), "steps": float(steps), "train_seconds": seconds,
              "last_loss": last_loss, "best_epoch": float(best[1]) if best else float(epoch),
              "stop_recall@20": best[0] if best else float("nan")}
-    return model, emb, stats
+    return model, stats
 
 
 def train_gnn(
@@ -312,7 +311,7 @@ def main() -> int:
             # early stopping on 5 % of the training pairs, held out of training; the final user
             # vectors then read every training item (the model has no user parameters)
             fit_pairs, stop_pairs = validation_carve(train, 0.05, seed=2)
-            model, _, stats = train_history(
+            model, stats = train_history(
                 bipartite_graph(fit_pairs, num_users, num_items), fit_pairs, budget_s=budget_s, hidden=args.hidden,
                 user_mlp=args.user_mlp, batch_users=args.batch_users, holdout=args.holdout, lr=args.history_lr,
                 temperature=args.history_temperature, seed=args.seed, stop_pairs=stop_pairs, dropout=args.dropout,

@@ -433,17 +433,17 @@ class ShopService:
                 cols_t.append(ei[1])
         self._seen = _csr(np.concatenate(rows_t) if rows_t else np.zeros(0, np.int64),
                           np.concatenate(cols_t) if cols_t else np.zeros(0, np.int64), n_users)
-        self._history = _csr(np.concatenate(rows_a) if rows_a else np.zeros(0, np.int64),
-                             np.concatenate(cols_a) if cols_a else np.zeros(0, np.int64), n_users)
+        empty = np.zeros(0, np.int64)
+        ev_user = np.concatenate(rows_a) if rows_a else empty
+        ev_item = np.concatenate(cols_a) if cols_a else empty
+        self._history = _csr(ev_user, ev_item, n_users)
         self._verb_target = _VERBS.get(target, f"{target}d")
         # every user→item event, grouped by user (explains revisit recommendations)
-        ev_user = np.concatenate(rows_a) if rows_a else np.zeros(0, np.int64)
         order = np.argsort(ev_user, kind="stable")
         self._event_rels = rels
-        self._events = (np.searchsorted(ev_user[order], np.arange(n_users + 1)).astype(np.int64),
-                        np.concatenate(cols_a)[order] if cols_a else np.zeros(0, np.int64),
-                        np.concatenate(ev_rel)[order] if ev_rel else np.zeros(0, np.int64),
-                        np.concatenate(ev_time)[order] if ev_time else np.zeros(0, np.int64))
+        self._events = (np.searchsorted(ev_user[order], np.arange(n_users + 1)).astype(np.int64), ev_item[order],
+                        np.concatenate(ev_rel)[order] if ev_rel else empty,
+                        np.concatenate(ev_time)[order] if ev_time else empty)
 
         # -- behaviour features for fraud reasons ------------------------------------------
         self._user_x: np.ndarray | None = None
