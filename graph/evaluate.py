@@ -136,7 +136,9 @@ def _report(metrics: dict[str, Any], data: HeteroData, history: dict[str, Any], 
         best_f = max((v["auprc"] for v in f["baselines"].values()), default=float("nan"))
         lines += [f"Serving scorer: **{f['gnn']['kind']}** (validation AUPRC {_fmt(fraud_info.get('val_auprc'))}; "
                   f"candidates {', '.join(f'{k} {_fmt(v)}' for k, v in fraud_info.get('candidates', {}).items())}). "
-                  f"Threshold {_fmt(fraud_info.get('threshold'))} chosen on validation (max F1).", "",
+                  f"Serving threshold {_fmt(fraud_info.get('threshold'))} (max F1 on the validation users' "
+                  "serving scores). In the table every scorer is refitted at the test cut and thresholded at "
+                  "the max F1 of its own validation scores.", "",
                   "| model | " + " | ".join(FRAUD_KEYS) + " | AUPRC / best baseline |",
                   "|---|" + "---|" * (len(FRAUD_KEYS) + 1)]
         frows = {f"served scorer ({f['gnn']['kind']})": f["gnn"],
@@ -212,7 +214,7 @@ def evaluate_run(run_dir: str, *, baselines: bool = True, device: str | None = N
         scorer = FraudScorer(fraud_info["kind"], float(fraud_info["threshold"]), float(fraud_info.get("val_auprc", "nan")),
                              dict(fraud_info.get("candidates", {})), None)
         evals = evaluate_fraud_candidates(model, data, test_emb, scorer, seed=int(fraud_info.get("seed", 0)))
-        for kind, ev in evals.items():  # the serving kind first, at its validation threshold from fraud.json
+        for kind, ev in evals.items():  # the serving kind first; each at its own validation threshold
             candidates[kind] = {k: ev.metrics[k] for k in FRAUD_KEYS}
             pr[kind] = (ev.y_true, ev.prob)
         if scorer.kind in evals:

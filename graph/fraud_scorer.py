@@ -628,7 +628,9 @@ def select_fraud_scorer(
     ``train_emb``) and compares them on validation users seen the same way. The chosen kind is
     then refitted on the serving view (every edge; ``serving_emb``, computed on the full graph
     when not given), so that serving scores come from trees fitted on the features they are
-    applied to.
+    applied to, and the decision threshold is chosen (max F1 on the validation users) on those
+    serving scores: a threshold read off one fit's probabilities does not carry to another's
+    (on five synthetic shops the selection fit's and the serving fit's differed by up to 4×).
 
     Args:
         model: the trained model (its fraud head is ``gnn_head``).
@@ -641,8 +643,9 @@ def select_fraud_scorer(
 
     Returns:
         :class:`FraudScorer`: ``kind`` one of the candidates (``"none"`` without usable labels),
-        the max-F1 validation threshold (of the selection fit), the validation AUPRC of every
-        fitted candidate, and the serving ``head`` :func:`fraud_probabilities` needs.
+        the max-F1 validation threshold of the serving scores, the validation AUPRC of every
+        fitted candidate (selection fit), and the serving ``head`` :func:`fraud_probabilities`
+        needs.
     """
     from shopgraph.graph.metrics import choose_threshold
 
@@ -653,17 +656,15 @@ def select_fraud_scorer(
     va = masks["val"].numpy()
     kept = [k for k in _check_candidates(candidates) if k in fits.probs]
     kind, scores = choose_candidate(y[va], {k: fits.probs[k][va] for k in kept}, seed=seed)
-    threshold = float(choose_threshold(y[va], fits.probs[kind][va]))
-    logger.info("fraud: validation AUPRC %s -> serving %s (threshold %.4f)",
+    if serving_emb is None:
+        serving_emb = _embed_view(model, data, None) if kind in ("gnn_head", "hybrid", "rank_average") else train_emb
+    serving = _fit_product(model, data, serving_emb, seed, (kind,), None, "serving_emb")
+    if serving is None or kind not in serving[0].heads:  # cannot happen: the same labels fitted above
+        raise ValueError(f"data: the {kind!r} scorer could not be refitted on the serving view")
+    head = serving[0].heads[kind]
+    threshold = float(choose_threshold(y[va], serving[0].probs[kind][va]))
+    logger.info("fraud: validation AUPRC %s -> serving %s (threshold %.4f on the serving scores)",
                 ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), kind, threshold)
-    head = None
-    if kind != "gnn_head":
-        if serving_emb is None:
-            serving_emb = _embed_view(model, data, None) if kind in ("hybrid", "rank_average") else train_emb
-        serving = _fit_product(model, data, serving_emb, seed, (kind,), None, "serving_emb")
-        if serving is None or kind not in serving[0].heads:  # cannot happen: the same labels fitted above
-            raise ValueError(f"data: the {kind!r} scorer could not be refitted on the serving view")
-        head = serving[0].heads[kind]
     return FraudScorer(kind, threshold, scores[kind], scores, head)
 
 
@@ -710,9 +711,9 @@ def evaluate_fraud_candidates(
     would fit it: on the training users' labels, with the features and embeddings (``test_emb``)
     of the test-visible graph (train + validation periods), early-stopped on validation users
     seen the same way, then applied to the test users of that same view. That is exactly what
-    ``baselines.fraud_baselines`` gives XGB-Graph; no test label is read. The serving kind
-    (``scorer.kind``) is thresholded at ``scorer.threshold``; the others at their own max-F1
-    validation threshold.
+    ``baselines.fraud_baselines`` gives XGB-Graph; no test label is read. Each candidate, the
+    serving kind included, is thresholded at the max-F1 threshold of its own scores on the
+    validation users of that view, as the deployment would choose it (and as XGB-Graph's is).
 
     Args:
         model: the trained model.
@@ -744,6 +745,6 @@ def evaluate_fraud_candidates(
             logger.warning("fraud: candidate %s could not be refitted; not evaluated", kind)
             continue
         prob = fits.probs[kind][te]
-        threshold = scorer.threshold if kind == scorer.kind else choose_threshold(y[va], fits.probs[kind][va])
+        threshold = float(choose_threshold(y[va], fits.probs[kind][va]))
         out[kind] = CandidateEvaluation(fraud_metrics(y[te], prob, threshold), y[te], prob)
     return out

@@ -25,6 +25,7 @@ from shopgraph.graph.fraud_scorer import (
     ring_features,
     select_fraud_scorer,
 )
+from shopgraph.graph.metrics import choose_threshold
 from shopgraph.graph.model import ModelConfig, ShopGNN
 from shopgraph.graph.train import FraudScorer, embed_graph, lean_graph
 from tests.conftest import make_tables
@@ -67,6 +68,11 @@ def test_each_candidate_fits_and_scores(setup: tuple, kind: str) -> None:
     n = int(data["user"].num_nodes)
     for emb, split in ((train_emb, "train"), (test_emb, "test"), (train_emb, None)):
         _check_probs(fraud_probabilities(model, scorer, data, emb["user"], split), n)
+    # the threshold is the max-F1 one of the scores it is applied to: the serving scores
+    # (full graph) of the validation users, not the selection fit's train-period ones
+    serving = fraud_probabilities(model, scorer, data, embed_graph(model, lean_graph(data), CPU)["user"], None)
+    y, _, va, _ = _masks(data)
+    assert scorer.threshold == pytest.approx(choose_threshold(y[va], serving.numpy()[va]), rel=1e-5)
 
 
 def test_selection_takes_the_best_validation_candidate(setup: tuple) -> None:
@@ -161,7 +167,6 @@ def test_evaluate_fraud_candidates(setup: tuple) -> None:
     scorer = select_fraud_scorer(model, data, train_emb, seed=0)
     out = evaluate_fraud_candidates(model, data, test_emb, scorer, seed=0)
     assert list(out)[0] == scorer.kind and set(out) == set(scorer.candidates)
-    assert out[scorer.kind].metrics["threshold"] == scorer.threshold
     n_test = int((data["user"].test_mask & (data["user"].y >= 0)).sum())
     for ev in out.values():
         assert ev.prob.shape == ev.y_true.shape == (n_test,)
@@ -173,6 +178,8 @@ def test_evaluate_fraud_candidates(setup: tuple) -> None:
                           product_features(data, "test"), candidates=list(out), seed=0)
     for kind, ev in out.items():
         np.testing.assert_allclose(ev.prob, fits.probs[kind][te], rtol=1e-6)
+        # each thresholded at the max F1 of its own validation scores in that view
+        assert ev.metrics["threshold"] == pytest.approx(choose_threshold(y[va], fits.probs[kind][va]), rel=1e-9)
 
 
 def test_evaluation_reads_no_test_label(setup: tuple) -> None:
@@ -202,8 +209,10 @@ def test_without_user_features_only_the_gnn_head(setup: tuple) -> None:
     model, data, train_emb, _ = setup
     bare = data.clone()
     del bare["user"].x
-    scorer = select_fraud_scorer(model, bare, train_emb)
+    scorer = select_fraud_scorer(model, bare, train_emb, serving_emb=train_emb)
     assert set(scorer.candidates) == {"gnn_head"} and scorer.kind == "gnn_head"
+    with pytest.raises(ValueError, match=r"serving_emb\['user'\]: expected shape"):
+        select_fraud_scorer(model, bare, train_emb, serving_emb={"user": train_emb["user"][:5]})
 
 
 def test_errors(setup: tuple) -> None:
