@@ -14,6 +14,13 @@ validation Recall@20 is the one training chose it by (``model/history.json``: th
 
 Prints one line per seed and a markdown table of validation and test Recall@20 of the GNN,
 ``itemknn_all_events`` and ``itemknn_revisit``, with the GNN's ratio to each, and the means.
+
+It also measures a score-level ensemble that is *not* the product's scorer: each user's GNN
+scores (dot product + revisit term) and ``itemknn_revisit`` scores, min-max scaled per user,
+``gnn + w · knn``, with ``w`` in :data:`ENSEMBLE_WEIGHTS` picked on validation Recall@20 (the
+validation view: train-period graph, train pairs excluded). Its per-user scaling and the ItemKNN
+part are not an inner product, so FAISS could not serve it exactly; it is here to measure what the
+two signals give together.
 """
 
 from __future__ import annotations
@@ -30,13 +37,43 @@ from typing import Any
 import numpy as np
 import torch
 from common import machine_line, markdown_table, shop_run, write_json
+from torch import Tensor
+from torch_geometric.data import HeteroData
 
-from shopgraph.graph.baselines import purchase_baselines
+from shopgraph.graph.baselines import RevisitBonus, _interaction_events, purchase_baselines
+from shopgraph.graph.build import Split, message_passing_graph, target_pairs, visible_test_pairs
 from shopgraph.graph.evaluate import gnn_purchase_test
+from shopgraph.graph.metrics import ranking_metrics
+from shopgraph.graph.model import ShopGNN, purchase_scores
 from shopgraph.graph.run import RunDir
-from shopgraph.graph.train import MODEL_DIR, load_model
+from shopgraph.graph.train import MODEL_DIR, embed_graph, lean_graph, load_model, revisit_graph
 
 REFERENCES = ("itemknn_all_events", "itemknn_revisit")
+ENSEMBLE_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def _min_max(scores: Tensor) -> Tensor:
+    lo = scores.min(1, keepdim=True).values
+    span = (scores.max(1, keepdim=True).values - lo).clamp(min=1e-9)
+    return (scores - lo) / span
+
+
+def ensemble_recall(model: ShopGNN, data: HeteroData, split: Split) -> dict[float, float]:
+    """Recall@20 on ``split`` of ``min_max(gnn) + w · min_max(itemknn_revisit)`` for each ``w``."""
+    cpu = torch.device("cpu")
+    graph = lean_graph(message_passing_graph(data, split))
+    emb = embed_graph(model, graph, cpu)
+    gnn = purchase_scores(emb["user"], emb["item"], revisit_graph(model, graph, cpu))
+    exclude = visible_test_pairs(data) if split == "test" else target_pairs(data, "train")
+    num_users, num_items = int(data["user"].num_nodes), int(data["item"].num_nodes)
+    knn = RevisitBonus().fit(exclude, num_users, num_items, _interaction_events(data, split))
+
+    def scorer(w: float) -> Any:
+        return lambda users: _min_max(gnn(users)) + w * _min_max(knn.score(users))
+
+    pairs = target_pairs(data, split)
+    return {w: ranking_metrics(scorer(w), exclude, pairs, num_items, ks=(20,))["recall@20"]
+            for w in ENSEMBLE_WEIGHTS}
 
 
 def gnn_val_recall(history: dict[str, Any]) -> float:
@@ -64,8 +101,13 @@ def run_seed(seed: int, workdir: Path, *, users: int, epochs: int | None,
     seconds["baselines"] = time.perf_counter() - t0
     val["gnn"] = gnn_val_recall(run.read_json(f"{MODEL_DIR}/history.json"))
     test["gnn"] = float(gnn["recall@20"])
+    t0 = time.perf_counter()
+    ens_val, ens_test = ensemble_recall(model, data, "val"), ensemble_recall(model, data, "test")
+    w = max(ENSEMBLE_WEIGHTS, key=lambda k: ens_val[k])
+    val["ensemble"], test["ensemble"] = ens_val[w], ens_test[w]
+    seconds["ensemble"] = time.perf_counter() - t0
     return {"seed": seed, "val": val, "test": test, "test_users": int(gnn["users"]),
-            "seconds": seconds}
+            "ensemble_weight": w, "seconds": seconds}
 
 
 def report(results: list[dict[str, Any]]) -> str:
@@ -75,18 +117,25 @@ def report(results: list[dict[str, Any]]) -> str:
         v, t = r["val"], r["test"]
         rows.append([str(r["seed"]), f"{v['gnn']:.4f} / {t['gnn']:.4f}"]
                     + [f"{v[n]:.4f} / {t[n]:.4f}" for n in REFERENCES]
-                    + [f"{t['gnn'] / t[n]:.3f}" for n in REFERENCES])
+                    + [f"{t['gnn'] / t[n]:.3f}" for n in REFERENCES]
+                    + [f"{v['ensemble']:.4f} / {t['ensemble']:.4f} (w {r['ensemble_weight']:g})",
+                       f"{t['ensemble'] / t['itemknn_revisit']:.3f}"])
 
     def mean(split: str, name: str) -> float:
         return float(np.mean([r[split][name] for r in results]))
 
-    ratios = {n: np.array([r["test"]["gnn"] / r["test"][n] for r in results]) for n in REFERENCES}
+    def mean_sd(num: str, den: str) -> str:
+        x = np.array([r["test"][num] / r["test"][den] for r in results])
+        return f"{x.mean():.3f} ± {x.std(ddof=1) if x.size > 1 else 0.0:.3f}"
+
     rows.append(["mean", f"{mean('val', 'gnn'):.4f} / {mean('test', 'gnn'):.4f}"]
                 + [f"{mean('val', n):.4f} / {mean('test', n):.4f}" for n in REFERENCES]
-                + [f"{ratios[n].mean():.3f} ± {ratios[n].std(ddof=1) if ratios[n].size > 1 else 0.0:.3f}"
-                   for n in REFERENCES])
+                + [mean_sd("gnn", n) for n in REFERENCES]
+                + [f"{mean('val', 'ensemble'):.4f} / {mean('test', 'ensemble'):.4f}",
+                   mean_sd("ensemble", "itemknn_revisit")])
     header = (["seed", "GNN val / test"] + [f"{n} val / test" for n in REFERENCES]
-              + [f"GNN ÷ {n} (test)" for n in REFERENCES])
+              + [f"GNN ÷ {n} (test)" for n in REFERENCES]
+              + ["ensemble GNN + itemknn_revisit val / test", "ensemble ÷ itemknn_revisit (test)"])
     return markdown_table(header, rows)
 
 
@@ -127,6 +176,7 @@ def main() -> int:
             t, v = r["test"], r["val"]
             print(f"seed {seed}: test R@20 gnn {t['gnn']:.4f} (val {v['gnn']:.4f}) | "
                   + " | ".join(f"{n} {t[n]:.4f} (val {v[n]:.4f}) ratio {t['gnn'] / t[n]:.3f}" for n in REFERENCES)
+                  + f" | ensemble {t['ensemble']:.4f} (val {v['ensemble']:.4f}, w {r['ensemble_weight']:g})"
                   + " | " + " ".join(f"{k} {s:.0f}s" for k, s in r["seconds"].items()), flush=True)
     finally:
         if not args.keep and args.workdir is None:

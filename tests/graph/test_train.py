@@ -78,6 +78,15 @@ def test_history_defaults_and_errors() -> None:
         TrainConfig(mini_batch=True)
     with pytest.raises(ValueError, match="horizon_days: expected >= 0 .got -1"):
         TrainConfig(horizon_days=-1)
+    assert (cfg.aux_weight, sage.aux_weight) == (1.0, 0.0)
+    with pytest.raises(ValueError, match=r"aux_weight: expected >= 0 \(got -1"):
+        TrainConfig(aux_weight=-1)
+    with pytest.raises(ValueError, match=r"aux_weight: expected >= 0 \(got nan"):
+        TrainConfig(aux_weight=float("nan"))
+    with pytest.raises(ValueError, match=r"aux_pairs: expected a positive integer \(got 0"):
+        TrainConfig(aux_pairs=0)
+    with pytest.raises(ValueError, match="aux_weight: the auxiliary loss needs full-batch"):
+        TrainConfig(conv="sage", mini_batch=True, aux_weight=0.5)
 
 
 def test_full_softmax_leaves_known_items_out() -> None:
@@ -284,6 +293,53 @@ def test_epoch_view_hides_what_it_predicts(data: HeteroData, kind: str) -> None:
         for k, t in zip(keys.tolist(), store.time.tolist()):
             first[k] = min(t, first.get(k, t))
         assert all(first[u * n + i] > cut for u, i in predicted)
+
+
+def test_aux_pairs_are_the_next_new_views_and_carts(data: HeteroData) -> None:
+    graph = lean_graph(message_passing_graph(data, "train"))
+    et = ("user", "purchase", "item")
+    n = data["item"].num_nodes
+    for cfg in (TrainConfig(), TrainConfig(horizon_days=0.0)):  # 7-day window; to the end of training
+        view = train_mod.epoch_view("temporal", cfg, graph, et, n, torch.Generator().manual_seed(1))
+        # the cut epoch_view drew: the same quantile of the purchase times from the same generator
+        q = float(torch.rand((), generator=torch.Generator().manual_seed(1)))
+        lo, hi = cfg.cut_range
+        cut = float(torch.quantile(graph[et].time.double(), lo + (hi - lo) * q))
+        assert max(int(view.graph[e].time.max()) for e in view.graph.edge_types if view.graph[e].time.numel()) < cut
+        end = cut + 7 * 86400 if cfg.horizon_days else float("inf")
+        seen: set[int] = set()
+        later: set[int] = set()
+        bought_later: set[int] = set()
+        for e in graph.edge_types:
+            if e[0] != "user" or e[2] != "item":
+                continue
+            st = graph[e]
+            for (u, i), t in zip(st.edge_index.t().tolist(), st.time.tolist()):
+                if t < cut:
+                    seen.add(u * n + i)
+                elif t < end:
+                    (bought_later if e == et else later).add(u * n + i)
+        assert view.aux is not None
+        got = {u * n + i for u, i in view.aux.t().tolist()}
+        assert got == later - seen - bought_later and got
+    off = train_mod.epoch_view("temporal", TrainConfig(aux_weight=0.0), graph, et, n, torch.Generator().manual_seed(1))
+    assert off.aux is None
+    disjoint = train_mod.epoch_view("disjoint", TrainConfig(), graph, et, n, torch.Generator().manual_seed(1))
+    assert disjoint.aux is None
+
+
+def test_aux_loss_trains_and_is_recorded(data: HeteroData) -> None:
+    on = train(data, TrainConfig(**FAST, seed=2))  # type: ignore[arg-type]
+    off = train(data, TrainConfig(**FAST, seed=2, aux_weight=0.0))  # type: ignore[arg-type]
+    assert all(h["aux_loss"] > 0 for h in on.history)
+    assert all("aux_loss" not in h for h in off.history)
+    for h in on.history:
+        assert h["loss"] == pytest.approx(h["rank_loss"] + h["aux_loss"] + h["fraud_loss"])
+    # the purchase scores of the served model differ: the auxiliary loss shaped the embeddings
+    assert not torch.allclose(on.embeddings["item"], off.embeddings["item"])
+    # the message-passing convs get the auxiliary bias as an extra column
+    sage = train(data, TrainConfig(**FAST, conv="sage", aux_weight=1.0))  # type: ignore[arg-type]
+    assert all(h["aux_loss"] > 0 for h in sage.history)
 
 
 def test_temporal_supervision_needs_times() -> None:
