@@ -342,6 +342,18 @@ def test_aux_loss_trains_and_is_recorded(data: HeteroData) -> None:
     assert all(h["aux_loss"] > 0 for h in sage.history)
 
 
+def test_aux_loss_with_purchases_only() -> None:
+    tables = make_tables(n_users=60, n_items=25, n_events=900, seed=0)
+    tables.events = tables.events[tables.events["event_type"] == "purchase"].reset_index(drop=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = build_graph(tables)
+    result = train(data, TrainConfig(**FAST))  # type: ignore[arg-type]
+    # nothing else to predict: the auxiliary loss stays at zero and training runs as without it
+    assert all(h["aux_loss"] == 0.0 for h in result.history)
+    assert len(result.history) == 6
+
+
 def test_temporal_supervision_needs_times() -> None:
     data = _graph(timestamps=False)
     with pytest.raises(ValueError, match="supervision: 'temporal' needs edge times"):
