@@ -22,9 +22,9 @@ of the served scorer (with the kinds served), each candidate, xgb_graph, xgb and
 served / xgb_graph AUPRC ratio (mean of the per-seed ratios, and ratio of the means).
 
 Measured 2026-11-29 (2-core VM, seeds 0-4, default TrainConfig with the revisit term and the
-auxiliary loss, run folders shared with bench_shop_purchase.py): served AUPRC 0.8403 ± 0.0768
-(graph_trees 4x, hybrid 1x) vs xgb_graph 0.8182 ± 0.0651, ratio of means 1.027, served >=
-xgb_graph on 4 of 5 seeds (before the auxiliary loss 0.8376 ± 0.0824, 1.024; before the revisit
+auxiliary loss, run folders shared with bench_shop_purchase.py): served AUPRC 0.8405 ± 0.0764
+(graph_trees 5x) vs xgb_graph 0.8182 ± 0.0651, ratio of means 1.027, served >= xgb_graph on
+4 of 5 seeds (before the auxiliary loss 0.8376 ± 0.0824, 1.024; before the revisit
 term 0.8399 ± 0.0771, 1.026; each 4 of 5). Before the ring/burst features and the one-view refits
 (commit bf2a692's scorer): served 0.8140 ± 0.0652 (graph_trees 5x), ratio 0.995, 1 of 5 seeds.
 """
