@@ -638,7 +638,7 @@ def select_fraud_scorer(
         train_emb: embeddings from the train-period graph, ``{"user": [U, D], ...}``.
         seed: tree and bootstrap seed.
         candidates: names from :data:`CANDIDATES`.
-        serving_emb: embeddings from the full graph, ``{"user": [U, D]}`` (only read by the
+        serving_emb: embeddings from the full graph, ``{"user": [U, D]}`` (only read by the ``gnn_head``,
             ``hybrid`` and ``rank_average`` refits).
 
     Returns:
