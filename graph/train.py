@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch_geometric.data import HeteroData
+from torch_geometric.typing import EdgeType
 from tqdm.auto import tqdm
 
 from shopgraph.graph.build import message_passing_graph, target_edge_type, target_pairs
@@ -371,19 +372,18 @@ def epoch_view(
         q = lo + (hi - lo) * float(torch.rand((), generator=gen))
         times = store.time.double()
         cut = float(torch.quantile(times, q))
-        before = torch.unique(keys[store.time < cut])
-        later = store.time >= cut
+        kept = {et: graph[et].time < cut for et in graph.edge_types if "time" in graph[et]}
+        before = torch.unique(keys[kept[target_et]])
+        later = ~kept[target_et]
         if config.horizon_days:
             later &= store.time < cut + float(config.horizon_days) * DAY_SECONDS
         after = torch.unique(keys[later])
         predict = after[~torch.isin(after, before)]
-        for et in graph.edge_types:
-            if "time" in graph[et]:
-                keep = graph[et].time < cut
-                out[et].edge_index = graph[et].edge_index[:, keep]
-                out[et].time = graph[et].time[keep]
+        for et, keep in kept.items():
+            out[et].edge_index = graph[et].edge_index[:, keep]
+            out[et].time = graph[et].time[keep]
         if (config.aux_weight or 0.0) > 0:
-            aux = _aux_pairs(graph, target_et, num_items, cut, config.horizon_days or 0.0, after)
+            aux = _aux_pairs(graph, target_et, num_items, cut, config.horizon_days or 0.0, after, kept)
     else:  # disjoint: hide every event of the predicted pairs
         distinct = torch.unique(keys)
         n = max(1, int(round(config.disjoint_ratio * distinct.numel())))
@@ -408,21 +408,21 @@ def epoch_view(
 
 
 def _aux_pairs(graph: HeteroData, target_et: tuple[str, str, str], num_items: int, cut: float,
-               horizon_days: float, target_after: Tensor) -> Tensor:
+               horizon_days: float, target_after: Tensor, before_cut: dict[EdgeType, Tensor]) -> Tensor:
     """The auxiliary targets of one temporal cut (``TrainConfig.aux_weight``): ``[2, A]`` distinct
     (user, item) pairs of the non-target user→item event types in ``[cut, cut + horizon)``
     (to the end when ``horizon_days`` is 0), new to the user before the cut in every event type,
     and not among the target pairs of the same window (``target_after``, keys ``u * I + i``:
-    those are the main loss's positives)."""
+    those are the main loss's positives). ``before_cut``: ``time < cut`` of every timed edge
+    type (:func:`epoch_view` computed it)."""
     src_t, _, dst_t = target_et
     seen: list[Tensor] = []
     later: list[Tensor] = []
-    for et in graph.edge_types:
-        store = graph[et]
-        if (et[0], et[2]) != (src_t, dst_t) or "time" not in store:
+    for et, before in before_cut.items():
+        if (et[0], et[2]) != (src_t, dst_t):
             continue
+        store = graph[et]
         k = store.edge_index[0] * num_items + store.edge_index[1]
-        before = store.time < cut
         seen.append(k[before])
         if et != target_et:
             window = ~before
