@@ -189,6 +189,11 @@ def build_graph(
     data["user"].num_nodes = len(users)
     data["item"].ids = items["item_id"].tolist()
     data["item"].num_nodes = len(items)
+    if "category" in items.columns:
+        # item groups for the model's group-mix channel; items without a category share one group ""
+        codes, names = pd.factorize(items["category"].fillna("").astype(str), sort=True)
+        data["item"].group = torch.from_numpy(codes.astype(np.int64))
+        data["item"].group_names = [str(n) for n in names]
     data["device"].ids = devices["device_id"].tolist()
     data["device"].num_nodes = len(devices)
 

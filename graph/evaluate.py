@@ -46,7 +46,12 @@ FRAUD_KEYS = ("auroc", "auprc", "rec@k", "precision", "recall", "threshold")
 
 
 def _model_kind(model: ShopGNN) -> str:
-    return f"shopgnn-{model.config.conv}" + ("+revisit" if model.config.revisit else "")
+    """``shopgnn-<conv>`` with ``+revisit`` and ``+groupmix`` for the score terms in use (the
+    group-mix channel only when calibration kept a weight above 0)."""
+    kind = f"shopgnn-{model.config.conv}" + ("+revisit" if model.config.revisit else "")
+    if model.config.groups and float(model.group_weight) > 0:
+        kind += "+groupmix"
+    return kind
 
 
 def _png(fig: Any) -> bytes:

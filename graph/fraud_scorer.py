@@ -604,7 +604,7 @@ def _fit_product(
     feats = product_features(data, view) if "x" in data["user"] else None
     fits = fit_candidates(
         y.numpy(), np.flatnonzero(tr.numpy()), np.flatnonzero(va.numpy()), _gnn_prob(model, emb["user"]),
-        emb["user"].detach().float().cpu().numpy(), feats, candidates=names, seed=seed,
+        model.fraud_input(emb["user"]).detach().float().cpu().numpy(), feats, candidates=names, seed=seed,
     )
     return fits, y.numpy(), masks
 
@@ -693,7 +693,7 @@ def fraud_probabilities(
     if kind == "graph_trees":
         prob = scorer.head.predict_proba(feats)
     elif kind == "hybrid":
-        emb = user_emb.detach().float().cpu().numpy()
+        emb = model.fraud_input(user_emb).detach().float().cpu().numpy()
         prob = scorer.head.predict_proba(np.concatenate([emb, feats], axis=1))
     else:
         head: RankAverageHead = scorer.head

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -117,3 +119,19 @@ def test_invariant_to_nothing_but_inputs(tiny_tables):
     for et in a.edge_types:
         assert torch.equal(a[et].edge_index, b[et].edge_index)
     assert np.array_equal(a.event_split.numpy(), b.event_split.numpy())
+
+
+def test_item_groups_are_the_categories(tiny_tables):
+    data = build_graph(tiny_tables)
+    names = data["item"].group_names
+    assert names == sorted(set(tiny_tables.items["category"]))
+    assert [names[g] for g in data["item"].group.tolist()] == tiny_tables.items["category"].tolist()
+    # a missing category is a group of its own (""), never dropped
+    items = tiny_tables.items.copy()
+    items.loc[[0, 3], "category"] = None
+    data = build_graph(dataclasses.replace(tiny_tables, items=items))
+    assert data["item"].group_names[0] == "" and data["item"].group[[0, 3]].tolist() == [0, 0]
+    assert int((data["item"].group == 0).sum()) == 2
+    # no category column: no groups (the model's group-mix channel is then off)
+    data = build_graph(dataclasses.replace(tiny_tables, items=tiny_tables.items.drop(columns="category")))
+    assert "group" not in data["item"]

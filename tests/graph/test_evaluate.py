@@ -11,7 +11,7 @@ from torch_geometric.data import HeteroData
 from shopgraph.graph.build import build_graph
 from shopgraph.graph.evaluate import FRAUD_KEYS, PURCHASE_KEYS, evaluate_run
 from shopgraph.graph.run import RunDir
-from shopgraph.graph.train import train_run
+from shopgraph.graph.train import load_model, train_run
 from tests.conftest import make_tables
 
 FAST = {"epochs": 6, "eval_every": 2, "hidden": 16, "num_negatives": 8}
@@ -47,7 +47,9 @@ def test_metrics_json_has_the_documented_shape(evaluated: tuple[Path, dict]) -> 
     assert set(on_disk) == {"purchase", "fraud"}
     assert set(on_disk["purchase"]) == {"gnn", "baselines"}
     gnn = on_disk["purchase"]["gnn"]
-    assert set(gnn) == {"kind", *PURCHASE_KEYS} and gnn["kind"] == "shopgnn-history+revisit"
+    weight = float(load_model(path / "model").group_weight)  # the calibrated group-mix weight
+    assert set(gnn) == {"kind", *PURCHASE_KEYS}
+    assert gnn["kind"] == "shopgnn-history+revisit" + ("+groupmix" if weight > 0 else "")
     assert all(0.0 <= gnn[k] <= 1.0 for k in PURCHASE_KEYS)
     assert {"popularity", "itemknn", "ease", "bpr_mf"} <= set(on_disk["purchase"]["baselines"])
     for m in on_disk["purchase"]["baselines"].values():
@@ -68,7 +70,7 @@ def test_report_and_plots(evaluated: tuple[Path, dict]) -> None:
     run.verify()
     report = (path / "report.md").read_text()
     assert "Split: **temporal**" in report
-    assert "| GNN (shopgnn-history+revisit) |" in report and "| itemknn |" in report and "| xgb_graph |" in report
+    assert f"| GNN ({metrics['purchase']['gnn']['kind']}) |" in report and "| itemknn |" in report and "| xgb_graph |" in report
     assert "best baseline" in report
     for rel in ("plots/training.png", "plots/fraud_pr.png"):
         assert run.has(rel)

@@ -315,7 +315,7 @@ def test_revisit_term_is_trainable_and_enters_the_purchase_score() -> None:
 def test_revisit_config() -> None:
     data = _graph()
     assert _model(data, "history").revisit_scores(message_passing_graph(data, "train")) is None
-    with pytest.raises(ValueError, match=r"revisit, item_counts, user_mlp: options of the 'history' tower"):
+    with pytest.raises(ValueError, match=r"revisit, item_counts, user_mlp, groups: options of the 'history' tower"):
         ModelConfig.from_data(data, conv="sage", hidden=16, revisit=True)
     model = _model(data, "history", revisit=True)
     assert ModelConfig.from_json(model.config.to_json()).revisit is True
@@ -323,3 +323,76 @@ def test_revisit_config() -> None:
         rv = model.revisit_scores(_no_edges(data))
     assert rv is not None and rv.value.numel() == 0 and rv.pairs.shape == (2, 0)
     assert torch.equal(rv.rows(torch.tensor([0, 1]), 5), torch.zeros(2, 5))
+
+
+def _group_channel_reference(model: ShopGNN, g: HeteroData, w: float) -> torch.Tensor:
+    """``w * sd_u * mix_u[g(i)] * share_i / max_j(...)``, counted here independently of the model."""
+    n_users, n_items = g["user"].num_nodes, g["item"].num_nodes
+    group = g["item"].group
+    n_groups = int(group.max()) + 1
+    counts = torch.zeros(n_users, n_groups)
+    item_n = torch.ones(n_items)
+    for et in g.edge_types:
+        if et[0] == "user" and et[2] == "item":
+            for u, i in g[et].edge_index.T.tolist():
+                counts[u, group[i]] += 1
+                item_n[i] += 1
+    share = item_n / torch.stack([item_n[group == k].sum() for k in range(n_groups)])[group]
+    prior = counts.sum(0) / counts.sum()
+    mix = (counts + 2 * prior) / (counts.sum(1, keepdim=True) + 2)
+    plug = mix[:, group] * share
+    model.group_weight.fill_(0.0)
+    base = model.embed(g)
+    sd = (base["user"] @ base["item"].T).std(1)  # the spread of the user's scores without the channel
+    return w * sd.unsqueeze(1) * plug / plug.max(1, keepdim=True).values
+
+
+@torch.no_grad()
+def test_group_mix_channel_adds_the_plug_in_score_to_the_dot_product() -> None:
+    data = _graph()
+    assert data["item"].group_names == ["books", "electronics", "shoes"]
+    model = _model(data, "history", groups=3)
+    g = message_passing_graph(data, "train")
+    want = _group_channel_reference(model, g, 2.5)
+    model.group_weight.fill_(0.0)
+    off = model.embed(g)
+    model.group_weight.fill_(2.5)
+    on = model.embed(g)
+    assert on["user"].shape == (data["user"].num_nodes, 16 + 3)
+    assert torch.all(on["user"][:, -1] == 1.0)  # the bias column stays last (the auxiliary loss swaps it)
+    got = on["user"] @ on["item"].T - off["user"] @ off["item"].T
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
+    # the channel is a ranking device: the fraud head and the hybrid trees never see it
+    torch.testing.assert_close(model.fraud_input(on["user"]), model.fraud_input(off["user"]))
+    assert model.fraud_input(on["user"]).shape == (data["user"].num_nodes, 16)
+
+
+@torch.no_grad()
+def test_group_mix_channel_off_changes_nothing() -> None:
+    data = _graph()
+    g = message_passing_graph(data, "train")
+    plain, grouped = _model(data, "history"), _model(data, "history", groups=3)  # same seed, same weights
+    a, b = plain(g), grouped(g)
+    torch.testing.assert_close(a.emb["user"] @ a.emb["item"].T, b.emb["user"] @ b.emb["item"].T)
+    torch.testing.assert_close(a.fraud_logit, b.fraud_logit)
+    # without item groups (the inductive pass of a new item) the channel is all zeros
+    grouped.group_weight.fill_(4.0)
+    bare = _no_edges(data)
+    del bare["item"].group
+    assert torch.all(grouped.embed(bare)["item"][:, 15:18] == 0)
+
+
+def test_group_mix_config_and_bad_groups() -> None:
+    data = _graph()
+    with pytest.raises(ValueError, match=r"groups: expected >= 0 \(got -1\)"):
+        ModelConfig.from_data(data, conv="history", hidden=16, groups=-1)
+    with pytest.raises(ValueError, match=r"groups: options of the 'history' tower"):
+        ModelConfig.from_data(data, conv="sage", hidden=16, groups=3)
+    model = _model(data, "history", groups=2)
+    assert ModelConfig.from_json(model.config.to_json()).groups == 2
+    with pytest.raises(ValueError, match=r"data\['item'\]\.group: expected groups in \[0, 2\) as in training"):
+        model.embed(data)
+    bad = data.clone()
+    bad["item"].group = bad["item"].group[:3]
+    with pytest.raises(ValueError, match=r"data\['item'\]\.group: expected one integer group per item"):
+        _model(data, "history", groups=3).embed(bad)

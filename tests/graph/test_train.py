@@ -57,7 +57,9 @@ def test_training_reduces_loss(data: HeteroData, conv: str) -> None:
     assert last["rank_loss"] < first["rank_loss"] * 0.9
     assert last["fraud_loss"] < first["fraud_loss"]
     assert 0 < result.best_epoch <= 40
-    assert result.embeddings["item"].shape == (data["item"].num_nodes, 16)
+    # the history tower adds the group-mix channel: one column per item category (3 here)
+    width = 16 + 3 if conv == "history" else 16
+    assert result.embeddings["item"].shape == (data["item"].num_nodes, width)
     assert result.fraud_prob.shape == (data["user"].num_nodes,)
     assert set(result.fraud.candidates) == {"gnn_head", "hybrid", "graph_trees", "rank_average"}
     assert result.fraud.kind in result.fraud.candidates
@@ -225,8 +227,8 @@ def test_train_run_writes_artifacts(tmp_path: Path, data: HeteroData) -> None:
                 "embeddings.safetensors", "fraud.json"):
         assert run.has(rel), rel
     emb = load_file(str(path / "embeddings.safetensors"))
-    assert emb["user"].shape == (data["user"].num_nodes, 16)
-    assert emb["item"].shape == (data["item"].num_nodes, 16)
+    assert emb["user"].shape == (data["user"].num_nodes, 16 + 3)  # + the group-mix channel
+    assert emb["item"].shape == (data["item"].num_nodes, 16 + 3)
     assert emb["device"].shape == (data["device"].num_nodes, 16)
     assert emb["fraud_prob"].shape == (data["user"].num_nodes,)
     assert ((emb["fraud_prob"] >= 0) & (emb["fraud_prob"] <= 1)).all()
@@ -239,9 +241,11 @@ def test_train_run_writes_artifacts(tmp_path: Path, data: HeteroData) -> None:
     assert torch.equal(emb["revisit_index"], torch.unique(pairs, dim=1))
     history = json.loads((path / "model" / "history.json").read_text())
     assert set(history["revisit_calibration"]) == {f"{m:g}" for m in train_mod.REVISIT_MULTIPLIERS}
+    assert set(history["group_mix_calibration"]) == {f"{w:g}" for w in train_mod.GROUP_WEIGHTS}
     fraud = json.loads((path / "fraud.json").read_text())
     assert fraud["kind"] == result.fraud.kind and 0 <= fraud["threshold"] <= 1
     model = load_model(path / "model")
+    assert float(model.group_weight) == float(result.model.group_weight)  # the calibrated weight is saved
     assert model.config == result.model_config
     # the serving pass sees every period; the train-period view gives different embeddings
     train_view = embed_graph(model, lean_graph(message_passing_graph(data, "train")), torch.device("cpu"))
@@ -413,3 +417,33 @@ def test_calibration_picks_the_best_validation_multiplier(data: HeteroData) -> N
     assert "val_revisit_multiplier" in [k for h in result.history for k in h]
     plain = train(data, TrainConfig(**{**FAST, "revisit": False}))  # type: ignore[arg-type]
     assert plain.revisit is None and plain.revisit_calibration == {}
+
+
+def test_group_mix_weight_is_chosen_on_validation(data: HeteroData) -> None:
+    result = train(data, TrainConfig(**FAST))  # type: ignore[arg-type]
+    calib = result.group_mix_calibration
+    assert result.model.config.groups == 3 and set(calib) == {f"{w:g}" for w in train_mod.GROUP_WEIGHTS}
+    best = max(train_mod.GROUP_WEIGHTS, key=lambda w: (calib[f"{w:g}"], -w))
+    assert float(result.model.group_weight) == best
+    # the kept model scores validation as the calibration measured (channel and revisit term included)
+    g = lean_graph(message_passing_graph(data, "train"))
+    dev = torch.device("cpu")
+    again = train_mod._revisit_recalls(embed_graph(result.model, g, dev), train_mod.revisit_graph(result.model, g, dev),
+                                       data, train_mod.target_pairs(data, "train"), train_mod.target_pairs(data, "val"),
+                                       (1.0,))
+    assert again[1.0] == pytest.approx(calib[f"{best:g}"])
+    # weight 0 is the model without the channel: the same recall as the calibrated revisit term alone
+    assert calib["0"] == pytest.approx(max(result.revisit_calibration.values()))
+    off = train(data, TrainConfig(**{**FAST, "group_mix": False}))  # type: ignore[arg-type]
+    assert off.model.config.groups == 0 and off.group_mix_calibration == {}
+    assert off.embeddings["item"].shape == (data["item"].num_nodes, 16)
+
+
+def test_group_mix_where_it_cannot_be_is_an_error(data: HeteroData) -> None:
+    with pytest.raises(ValueError, match=r"group_mix: an option of the history tower \(got conv='sage'\)"):
+        TrainConfig(conv="sage", group_mix=True)
+    bare = data.clone()
+    del bare["item"].group
+    with pytest.raises(ValueError, match=r"group_mix: the items have no groups"):
+        train(bare, TrainConfig(**{**FAST, "group_mix": True}))  # type: ignore[arg-type]
+    assert train(bare, TrainConfig(**FAST)).model.config.groups == 0  # type: ignore[arg-type]
