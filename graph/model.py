@@ -576,15 +576,15 @@ class ShopGNN(nn.Module):
     @torch.no_grad()
     def _group_channel(self, data: HeteroData, user: Tensor, item: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
         """The group-mix channel (:class:`ModelConfig` ``groups``): ``([U, G], [I, G])`` columns whose
-        dot product is ``w * sd_u * mix_u[g(i)] * share_i / max_j(...)``; zeros when the graph has
-        no ``data["item"].group`` (the inductive pass of a new item) or no user→item events.
+        dot product is ``w * sd_u * mix_u[g(i)] * share_i / max_j(...)``; zeros when ``w`` is 0, the
+        graph has no ``data["item"].group`` (the inductive pass of a new item) or no user→item events.
         ``user`` / ``item``: the tower's other columns (for ``sd_u``). Not differentiated: ``w`` is
         set after training."""
         g_count = self.config.groups
         n_users, n_items = user.size(0), item.size(0)
         zeros = (torch.zeros(n_users, g_count, device=device), torch.zeros(n_items, g_count, device=device))
-        if "group" not in data["item"]:
-            return zeros
+        if "group" not in data["item"] or float(self.group_weight) == 0.0:
+            return zeros  # weight 0 (all of training): the columns add nothing, so skip the counting
         group = data["item"].group.to(device)
         counts = torch.zeros(n_users, g_count, device=device)
         item_n = torch.ones(n_items, device=device)  # +1 each: an item without events keeps a share
