@@ -33,6 +33,20 @@ excluded, ``graph.metrics.ranking_metrics``):
   is a session view, bought with the funnel probability, or part of a spree / fraud burst, always
   bought); ties and unviewed items ordered by ``oracle_full``.
 
+And "half oracles" that keep some latents and estimate the rest from the user's visible events
+(the train + val periods), to see which estimate a learned model would have to get right:
+
+* ``consideration sets from views``: the consideration set is not known but inferred per
+  (user, item) from the user's visible session views — ``P(K copies of i in the set | n views of
+  i among the user's N)`` ∝ ``Binomial(K; 6, π) · Poisson(n; N · (0.75 π + 0.25 K / 6))``,
+  ``π`` the sampler's ``P(view i)`` — with the true or the plug-in category mix and true or no
+  taste;
+* ``MAP taste``: the plug-in mix, the consideration-set estimate, and a taste vector fitted per
+  user by maximum a posteriori from their visible session views (within-category softmax over
+  ``log popularity + beta · taste · vec_i``, a Gaussian prior with the population's mean and
+  variance) with the generator's **true item vectors**, then the exact choice probabilities and
+  funnel with that taste. What a model could reach if it learned the item vectors perfectly.
+
 "Best product baseline" is the best of ``purchase_baselines`` (the rows ``shopgraph evaluate``
 reports), never an oracle or plug-in row.
 
@@ -122,6 +136,65 @@ def choice_probabilities(lat: SyntheticLatents, users: np.ndarray, *, grid: int 
             integrand = e * cdf * f_all[:, None, :] ** (k - 1)
             q[s0:s0 + b.size, idx] = k * p[None, :] * np.trapezoid(integrand, v, axis=2)
     return q
+
+
+def consider_posterior(n_ui: np.ndarray, p_view: np.ndarray) -> np.ndarray:
+    """``E[share of the consideration set that is item i | the user's visible views]``.
+
+    The set holds ``N_CONSIDER`` draws of the sampler (``K ~ Binomial(N_CONSIDER, π)`` copies of
+    ``i``, ``π = p_view[u, i]``); each of the user's ``N`` session views is of ``i`` with
+    probability ``(1 - s) π + s K / N_CONSIDER`` (``s = CONSIDER_SHARE``), so ``n ~ Poisson(N ·
+    that)``. ``K`` is summed up to 3 (more copies are vanishingly rare).
+
+    Args:
+        n_ui: ``[B, I]`` visible session views per (user, item).
+        p_view: ``[B, I]`` the sampler's (or an estimate of its) view probability.
+    """
+    from scipy.stats import binom, poisson
+
+    n_views = n_ui.sum(1, keepdims=True)
+    pi = np.clip(p_view, 1e-12, 1.0)
+    num, den = np.zeros_like(pi), np.zeros_like(pi)
+    for k in range(4):
+        w = binom.pmf(k, N_CONSIDER, pi) * poisson.pmf(n_ui, n_views * ((1 - CONSIDER_SHARE) * pi
+                                                                        + CONSIDER_SHARE * k / N_CONSIDER))
+        num += w * k / N_CONSIDER
+        den += w
+    return num / np.maximum(den, 1e-300)
+
+
+def map_taste(lat: SyntheticLatents, rows: np.ndarray, items: np.ndarray, n_rows: int, pop_share: np.ndarray,
+              steps: int = 300) -> np.ndarray:
+    """Per-user taste by maximum a posteriori from session views, with the true item vectors.
+
+    Likelihood of a view of ``i``: the within-category softmax of ``log pop_share_i + beta ·
+    taste · vec_i`` (the sampler's pick without its 24-candidate step); prior ``N(mean, var)`` of
+    the population's tastes per dimension. Adam, ``steps`` full-batch steps.
+
+    Args:
+        rows: ``int[V]`` row (``0 … n_rows-1``) of the user of each view; items: ``int[V]`` its item.
+
+    Returns:
+        ``float32[n_rows, D]``.
+    """
+    vec = torch.from_numpy(lat.item_vec.astype(np.float32))
+    cat = torch.from_numpy(lat.item_cat)
+    onehot = torch.nn.functional.one_hot(cat, len(CATEGORIES)).float()
+    log_pop = torch.from_numpy(np.log(pop_share).astype(np.float32))
+    uu, ii = torch.from_numpy(rows), torch.from_numpy(items)
+    mean = torch.from_numpy(lat.taste.mean(0))
+    var = float(lat.taste.var(0).mean())
+    taste = mean.repeat(n_rows, 1).requires_grad_(True)
+    opt = torch.optim.Adam([taste], lr=0.05)
+    for _ in range(steps):
+        opt.zero_grad()
+        logits = log_pop[None, :] + lat.choice_beta * taste @ vec.T
+        top = logits.max(1, keepdim=True).values.detach()
+        log_norm = ((logits - top).exp() @ onehot).log() + top  # [B, C]
+        loss = -(logits[uu, ii] - log_norm[uu, cat[ii]]).sum() + ((taste - mean) ** 2).sum() / (2 * var)
+        loss.backward()
+        opt.step()
+    return taste.detach().numpy()
 
 
 def mc_check(lat: SyntheticLatents, q: np.ndarray, users: np.ndarray, draws: int, seed: int) -> tuple[float, float]:
@@ -282,6 +355,31 @@ def main() -> int:
     evaluate("oracle_sessions: no funnel (P(view) only)", p_view)
     evaluate("oracle_sessions: no consideration sets", p_view_sampler * p_buy)
     evaluate("oracle_full (latents + test-period schedule)", full)
+
+    # --- half oracles: consideration sets (and taste) estimated from the visible views ---
+    vis_view = visible & (ev_type == "view") & (src == SOURCE_SESSION)
+    n_ui = np.zeros_like(q)
+    np.add.at(n_ui, (lat_row[ev_u[vis_view]], ev_i[vis_view]), 1.0)
+    cs_true_mix = consider_posterior(n_ui, p_view_sampler)
+    evaluate("half: true mix, taste and funnel; consideration sets from views",
+             ((1 - CONSIDER_SHARE) * p_view_sampler + CONSIDER_SHARE * cs_true_mix) * p_buy)
+    plug_pop = mix_hat[:, lat.item_cat] * pop_share[None, :]
+    evaluate("half: plug-in mix x true popularity; consideration sets from views",
+             (1 - CONSIDER_SHARE) * plug_pop + CONSIDER_SHARE * consider_posterior(n_ui, plug_pop))
+    plug_q = mix_hat[:, lat.item_cat] * q
+    evaluate("half: plug-in mix, true taste and funnel; consideration sets from views",
+             ((1 - CONSIDER_SHARE) * plug_q + CONSIDER_SHARE * consider_posterior(n_ui, plug_q)) * p_buy)
+    t0 = time.perf_counter()
+    taste_hat = map_taste(lat, lat_row[ev_u[vis_view]], ev_i[vis_view], lu.size, pop_share)
+    corr = float(np.corrcoef(taste_hat.ravel(), lat.taste[lu].ravel())[0, 1])
+    lat_hat = lat._replace(taste=lat.taste.copy())
+    lat_hat.taste[lu] = taste_hat
+    q_hat = choice_probabilities(lat_hat, lu)
+    p_buy_hat = np.stack([session_purchase_probability(lat_hat, np.full(all_items.size, u), all_items) for u in lu])
+    plug_q_hat = mix_hat[:, lat.item_cat] * q_hat
+    print(f"MAP taste: correlation with the true taste {corr:.2f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    evaluate("half: plug-in mix, MAP taste (true item vectors) and funnel; consideration sets from views",
+             ((1 - CONSIDER_SHARE) * plug_q_hat + CONSIDER_SHARE * consider_posterior(n_ui, plug_q_hat)) * p_buy_hat)
     evaluate("ceiling (knows the test-period views)", ceiling * 1e5 + tie)
 
     ref = results.get("itemknn_all_events", {}).get("recall@20", float("nan"))
