@@ -1,7 +1,8 @@
 """Purchases on the 5,000-user synthetic shop over several seeds: the GNN against the baselines.
 
 Per seed ``s``: the same trained run folder as ``bench_shop_fraud.py`` (``common.shop_run``:
-``generate_shop(seed=s)``, ``build_run`` without the text and image encoders, ``train_run`` with the
+``generate_shop(seed=s)``, ``build_run`` without the text and image encoders (with them:
+``--encoders``), ``train_run`` with the
 default :class:`TrainConfig`; a shared ``--workdir`` reuses what is there), then the purchase part
 of ``shopgraph evaluate`` with the same library calls (``graph.evaluate.gnn_purchase_test``,
 ``graph.baselines.purchase_baselines``) on test, and the baselines on validation too. The GNN's
@@ -10,7 +11,7 @@ validation Recall@20 is the one training chose it by (``model/history.json``: th
 
     OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 nice python bench/bench_shop_purchase.py \\
         [--seeds 0 1 2 3 4] [--users 5000] [--epochs N] [--train KEY=JSON ...]
-        [--workdir DIR --keep] [--json out.json]
+        [--encoders] [--workdir DIR --keep] [--json out.json]
 
 Prints one line per seed and a markdown table of validation and test Recall@20 of the GNN,
 ``itemknn_all_events`` and ``itemknn_revisit``, with the GNN's ratio to each, and the means.
@@ -87,9 +88,9 @@ def gnn_val_recall(history: dict[str, Any]) -> float:
 
 
 def run_seed(seed: int, workdir: Path, *, users: int, epochs: int | None,
-             train: dict[str, Any] | None = None) -> dict[str, Any]:
+             train: dict[str, Any] | None = None, encoders: bool = False) -> dict[str, Any]:
     """Recall@20 on val and test of the GNN and every purchase baseline for one seed."""
-    run_path, seconds = shop_run(seed, workdir, users=users, epochs=epochs, train=train)
+    run_path, seconds = shop_run(seed, workdir, users=users, epochs=epochs, train=train, encoders=encoders)
     run = RunDir(run_path)
     t0 = time.perf_counter()
     model = load_model(run.path / MODEL_DIR, torch.device("cpu"))
@@ -148,6 +149,8 @@ def main() -> int:
     ap.add_argument("--train", nargs="*", default=[], metavar="KEY=JSON",
                     help="TrainConfig settings for runs trained here, e.g. item_counts=true hidden=128 "
                          "(run folders already trained in --workdir are reused as they are)")
+    ap.add_argument("--encoders", action="store_true",
+                    help="build with the text and image encoders (shopgraph build's default) instead of without")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default=None, help="keep shops and run folders here (reused when present)")
     ap.add_argument("--keep", action="store_true", help="do not delete --workdir afterwards")
@@ -172,7 +175,7 @@ def main() -> int:
     results = []
     try:
         for seed in args.seeds:
-            r = run_seed(seed, workdir, users=args.users, epochs=args.epochs, train=train)
+            r = run_seed(seed, workdir, users=args.users, epochs=args.epochs, train=train, encoders=args.encoders)
             results.append(r)
             t, v = r["test"], r["val"]
             print(f"seed {seed}: test R@20 gnn {t['gnn']:.4f} (val {v['gnn']:.4f}) | "

@@ -49,12 +49,12 @@ def write_json(path: str | None, obj: object) -> None:
 
 
 def shop_run(seed: int, workdir: Path, *, users: int, epochs: int | None,
-             train: dict[str, object] | None = None) -> tuple[Path, dict[str, float]]:
+             train: dict[str, object] | None = None, encoders: bool = False) -> tuple[Path, dict[str, float]]:
     """A trained run folder of the synthetic shop ``seed``: ``generate_shop``, ``build_run``
-    without the text and image encoders (``shopgraph build --no-text --no-image``) and
-    ``train_run`` with the default ``TrainConfig`` (``shopgraph train``; ``train``: other
-    settings), each step skipped when ``workdir`` already holds its output (so benches can share
-    a workdir).
+    without the text and image encoders (``shopgraph build --no-text --no-image``; with them, in
+    ``run_<seed>_encoders``, when ``encoders``) and ``train_run`` with the default
+    ``TrainConfig`` (``shopgraph train``; ``train``: other settings), each step skipped when
+    ``workdir`` already holds its output (so benches can share a workdir).
 
     Returns:
         ``(run folder, {"generate" | "build" | "train": seconds})``.
@@ -65,14 +65,14 @@ def shop_run(seed: int, workdir: Path, *, users: int, epochs: int | None,
     from shopgraph.graph.train import train_run
 
     seconds: dict[str, float] = {}
-    shop, run_path = workdir / f"shop_{seed}", workdir / f"run_{seed}"
+    shop, run_path = workdir / f"shop_{seed}", workdir / (f"run_{seed}_encoders" if encoders else f"run_{seed}")
     t0 = time.perf_counter()
     if not (shop / "labels.csv").is_file():
         generate_shop(shop, n_users=users, seed=seed, overwrite=True)
     seconds["generate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if not (run_path / "graph.pt").is_file():
-        build_run(shop, run_path, seed=seed, use_text=False, use_image=False, overwrite=True)
+        build_run(shop, run_path, seed=seed, use_text=encoders, use_image=encoders, overwrite=True)
     seconds["build"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if not RunDir(run_path).has("fraud.json"):
