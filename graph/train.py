@@ -140,9 +140,11 @@ class TrainConfig:
         eval_every: epochs between validation passes; patience: validation passes without
             improvement before stopping (0 disables early stopping).
         mini_batch: neighbour-sampled mini-batches (needs torch-sparse or pyg-lib; message-passing
-            convs only). Known limitation: this path still predicts the train pairs from a graph
-            that contains them (``supervision="all"``-like, transductive, overfits); temporal
-            supervision is implemented for full-batch steps only.
+            convs only). Each epoch draws one view of the training period as a full-batch step
+            does (``supervision``: for ``temporal`` one cut, neighbourhoods sampled among the
+            events before it, the new pairs after it predicted) and runs link batches over its
+            pairs; the fraud batches sample the whole training period. The auxiliary loss is
+            full-batch only.
         batch_size, num_neighbors: mini-batch settings.
         seed: seeds everything.
         checkpoint_every: epochs between resume checkpoints (when a checkpoint folder is given).
@@ -799,21 +801,25 @@ def _log_epoch(line: str) -> None:
 
 
 def _mini_batches(
-    cfg: TrainConfig, graph: HeteroData, et: tuple[str, str, str], pairs: Tensor, train_users: Tensor
+    cfg: TrainConfig, link_graph: HeteroData, fraud_graph: HeteroData, et: tuple[str, str, str], pairs: Tensor,
+    train_users: Tensor,
 ) -> Iterator[tuple[HeteroData, HeteroData | None]]:
-    """One epoch of (link batch, fraud batch) pairs from neighbour sampling."""
+    """One epoch of (link batch, fraud batch) pairs from neighbour sampling: the links ``pairs``
+    are predicted from neighbourhoods sampled in ``link_graph`` (the epoch's view: for temporal
+    supervision only the events before its cut), the fraud batches from ``fraud_graph`` (the whole
+    train period, as at evaluation)."""
     from torch_geometric.loader import LinkNeighborLoader, NeighborLoader
     from torch_geometric.sampler import NegativeSampling
 
-    neighbors = {e: list(cfg.num_neighbors) for e in graph.edge_types}
+    neighbors = {e: list(cfg.num_neighbors) for e in link_graph.edge_types}
     links = LinkNeighborLoader(
-        graph, num_neighbors=neighbors, edge_label_index=(et, pairs), batch_size=cfg.batch_size,
+        link_graph, num_neighbors=neighbors, edge_label_index=(et, pairs), batch_size=cfg.batch_size,
         shuffle=True, neg_sampling=NegativeSampling("triplet", amount=max(int(cfg.num_negatives or 0), 1)),
     )
     fraud_iter: Iterator[HeteroData] | None = None
     if train_users.numel():
-        nodes = NeighborLoader(graph, num_neighbors=neighbors, input_nodes=("user", train_users),
-                               batch_size=cfg.batch_size, shuffle=True)
+        nodes = NeighborLoader(fraud_graph, num_neighbors={e: list(cfg.num_neighbors) for e in fraud_graph.edge_types},
+                               input_nodes=("user", train_users), batch_size=cfg.batch_size, shuffle=True)
         fraud_iter = iter(nodes)
     for batch in links:
         fb = None
@@ -823,6 +829,23 @@ def _mini_batches(
                 fraud_iter = iter(nodes)
                 fb = next(fraud_iter)
         yield batch, fb
+
+
+def _mini_batch_view(
+    kind: str, config: TrainConfig, graph: HeteroData, target_et: tuple[str, str, str], num_items: int,
+    gen: torch.Generator, tries: int = 10,
+) -> _EpochView:
+    """The epoch's supervision for mini-batch training: one :func:`epoch_view` (a temporal cut, a
+    disjoint hold-out, or everything for ``"all"``) whose pairs the link batches predict. A view
+    without pairs (a cut with no new purchases within the horizon) is drawn again, ``tries`` times
+    at most, then refused naming the settings to change."""
+    for _ in range(tries):
+        view = epoch_view(kind, config, graph, target_et, num_items, gen)
+        if view.pairs.size(1):
+            return view
+    raise ValueError(f"supervision: {tries} {kind} views of the training period had no new {target_et[1]!r} pairs "
+                     f"to predict (cut_range={config.cut_range}, horizon_days={config.horizon_days}); widen "
+                     "them or use supervision='all'")
 
 
 def _aux_embeddings(model: ShopGNN, emb: dict[str, Tensor], aux_bias: Tensor) -> tuple[Tensor, Tensor]:
@@ -959,7 +982,8 @@ def train(
         losses: list[tuple[float, float]] = []
         aux_losses: list[float] = []
         if config.mini_batch:
-            for batch, fb in _mini_batches(config, train_graph, target_et, train_pairs, tr_users):
+            view = _mini_batch_view(sup_kind, config, train_graph, target_et, num_items, gen)
+            for batch, fb in _mini_batches(config, view.graph, train_graph, target_et, view.pairs, tr_users):
                 batch = batch.to(dev)
                 with autocast(dev):
                     emb = model.embed(batch)

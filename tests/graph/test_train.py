@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from shopgraph.graph import train as train_mod
@@ -210,6 +211,49 @@ def test_mini_batch_path_runs(data: HeteroData) -> None:
     assert len(result.history) == 6
     assert result.history[-1]["rank_loss"] < result.history[0]["rank_loss"]
     assert result.embeddings["user"].shape == (data["user"].num_nodes, 16)
+
+
+@pytest.mark.skipif(not WITH_SAMPLING, reason="mini-batch training needs torch-sparse or pyg-lib")
+@pytest.mark.parametrize("supervision", ["temporal", "all"])
+def test_mini_batches_predict_what_their_graph_hides(data: HeteroData, monkeypatch: pytest.MonkeyPatch,
+                                                     supervision: str) -> None:
+    seen: list[tuple[HeteroData, HeteroData, Tensor]] = []
+    real = train_mod._mini_batches
+
+    def spy(cfg, link_graph, fraud_graph, et, pairs, users):  # type: ignore[no-untyped-def]
+        seen.append((link_graph, fraud_graph, pairs))
+        return real(cfg, link_graph, fraud_graph, et, pairs, users)
+
+    monkeypatch.setattr(train_mod, "_mini_batches", spy)
+    train(data, TrainConfig(**{**FAST, "epochs": 2, "eval_every": 2}, conv="sage", mini_batch=True,  # type: ignore[arg-type]
+                            batch_size=64, num_neighbors=[5, 5], supervision=supervision))
+    assert len(seen) == 2  # one view per epoch
+    et = ("user", "purchase", "item")
+    n = data["item"].num_nodes
+    full = message_passing_graph(data, "train")
+    for link_graph, fraud_graph, pairs in seen:
+        assert fraud_graph[et].edge_index.size(1) == full[et].edge_index.size(1)  # fraud: the whole period
+        known = set((link_graph[et].edge_index[0] * n + link_graph[et].edge_index[1]).tolist())
+        predicted = set((pairs[0] * n + pairs[1]).tolist())
+        if supervision == "all":
+            assert predicted == known == set((full[et].edge_index[0] * n + full[et].edge_index[1]).tolist())
+            continue
+        # temporal: every sampled edge precedes every predicted purchase, none of which was visible
+        first_after = min(int(t) for (u, i), t in zip(full[et].edge_index.T.tolist(), full[et].time.tolist())
+                          if u * n + i in predicted and u * n + i not in known)
+        last_visible = max(int(link_graph[e].time.max()) for e in link_graph.edge_types if link_graph[e].time.numel())
+        assert predicted and not predicted & known and last_visible < first_after
+    if supervision == "temporal":  # a new cut each epoch
+        assert seen[0][2].shape != seen[1][2].shape or not torch.equal(seen[0][2], seen[1][2])
+
+
+def test_mini_batch_view_without_pairs_is_refused(data: HeteroData) -> None:
+    graph = lean_graph(message_passing_graph(data, "train"))
+    cfg = TrainConfig(conv="sage", supervision="temporal", horizon_days=1e-9, cut_range=[0.5, 0.5])
+    with pytest.raises(ValueError, match=r"supervision: 10 temporal views of the training period had no new "
+                                         r"'purchase' pairs to predict .*horizon_days=1e-09"):
+        train_mod._mini_batch_view("temporal", cfg, graph, ("user", "purchase", "item"), data["item"].num_nodes,
+                                   torch.Generator().manual_seed(0))
 
 
 def test_mini_batch_without_sampling_says_what_to_install(data: HeteroData, monkeypatch: pytest.MonkeyPatch) -> None:
