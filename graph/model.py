@@ -544,7 +544,8 @@ class ShopGNN(nn.Module):
         acc = torch.zeros(n_users, d, device=device, dtype=item.dtype)
         count = torch.zeros(n_users, device=device, dtype=item.dtype)
         item_count = torch.zeros(item.size(0), device=device, dtype=item.dtype)
-        for k, ei, decay in self._events(data, device):
+        events = self._events(data, device)
+        for k, ei, decay in events:
             w = decay @ F.softplus(self.event_weight[k])  # [E]
             acc = acc + weighted_sum(item, ei[1], ei[0], w, n_users)
             count = count.index_add(0, ei[0], torch.ones_like(w, dtype=item.dtype))
@@ -565,7 +566,8 @@ class ShopGNN(nn.Module):
             bias = bias + torch.log1p(item_count)
         bias = bias.unsqueeze(1).to(item.dtype)
         if c.groups:
-            ch_user, ch_item = self._group_channel(data, torch.cat([user, ones], 1), torch.cat([item, bias], 1), device)
+            ch_user, ch_item = self._group_channel(data, [ei for _, ei, _ in events], torch.cat([user, ones], 1),
+                                                   torch.cat([item, bias], 1), device)
             out["user"] = torch.cat([user, ch_user.to(user.dtype), ones], 1)
             out["item"] = torch.cat([item, ch_item.to(item.dtype), bias], 1)
         else:
@@ -574,12 +576,14 @@ class ShopGNN(nn.Module):
         return out
 
     @torch.no_grad()
-    def _group_channel(self, data: HeteroData, user: Tensor, item: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+    def _group_channel(self, data: HeteroData, edges: list[Tensor], user: Tensor, item: Tensor,
+                       device: torch.device) -> tuple[Tensor, Tensor]:
         """The group-mix channel (:class:`ModelConfig` ``groups``): ``([U, G], [I, G])`` columns whose
         dot product is ``w * sd_u * mix_u[g(i)] * share_i / max_j(...)``; zeros when ``w`` is 0, the
         graph has no ``data["item"].group`` (the inductive pass of a new item) or no user→item events.
-        ``user`` / ``item``: the tower's other columns (for ``sd_u``). Not differentiated: ``w`` is
-        set after training."""
+        ``edges``: the user→item edge indices of ``data`` (from :meth:`_events`); ``user`` /
+        ``item``: the tower's other columns (for ``sd_u``). Not differentiated: ``w`` is set after
+        training."""
         g_count = self.config.groups
         n_users, n_items = user.size(0), item.size(0)
         zeros = (torch.zeros(n_users, g_count, device=device), torch.zeros(n_items, g_count, device=device))
@@ -589,7 +593,7 @@ class ShopGNN(nn.Module):
         counts = torch.zeros(n_users, g_count, device=device)
         item_n = torch.ones(n_items, device=device)  # +1 each: an item without events keeps a share
         events = 0
-        for _, ei, _ in self._events(data, device):
+        for ei in edges:
             counts.index_put_((ei[0], group[ei[1]]), torch.ones(ei.size(1), device=device), accumulate=True)
             item_n.index_add_(0, ei[1], torch.ones(ei.size(1), device=device))
             events += ei.size(1)
