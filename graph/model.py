@@ -613,13 +613,20 @@ class ShopGNN(nn.Module):
         ch_item = self.group_weight * F.one_hot(group, g_count).float() * share.unsqueeze(1)
         return ch_user, ch_item
 
+    @property
+    def group_columns(self) -> slice:
+        """Where the group-mix channel sits in the history tower's embeddings (an empty slice
+        without it): after the ``hidden - 1`` free columns, before the bias / constant column."""
+        d = self.config.hidden - 1
+        return slice(d, d + self.config.groups)
+
     def fraud_input(self, user_emb: Tensor) -> Tensor:
         """The columns of user embeddings that describe the user for fraud (every column but the
         group-mix channel's, which is a ranking device): ``[U, hidden]``."""
         if not self.config.groups:
             return user_emb
-        d = self.config.hidden - 1
-        return torch.cat([user_emb[..., :d], user_emb[..., d + self.config.groups:]], -1)
+        cols = self.group_columns
+        return torch.cat([user_emb[..., :cols.start], user_emb[..., cols.stop:]], -1)
 
     def revisit_scores(self, data: HeteroData) -> Revisit | None:
         """The revisit term of every (user, item) pair with events in ``data``; None when the

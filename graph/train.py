@@ -695,20 +695,17 @@ def calibrate_group_mix(
         ``{str(weight): val Recall@20}`` for every weight tried (empty when the model has no
         channel or there are no validation pairs).
     """
-    from shopgraph.graph.metrics import ranking_metrics
-
     if not model.config.groups or val_pairs.size(1) == 0:
         return {}
     model.group_weight.fill_(1.0)
     emb = embed_graph(model, graph, device)
     rv = revisit_graph(model, graph, device)
-    d, g = model.config.hidden - 1, model.config.groups
-    channel = emb["item"][:, d:d + g].clone()
+    cols = model.group_columns
+    channel = emb["item"][:, cols].clone()
     out: dict[str, float] = {}
     for w in GROUP_WEIGHTS:
-        emb["item"][:, d:d + g] = w * channel
-        out[f"{w:g}"] = float(ranking_metrics(purchase_scores(emb["user"], emb["item"], rv), train_pairs, val_pairs,
-                                              int(data["item"].num_nodes), ks=(20,))["recall@20"])
+        emb["item"][:, cols] = w * channel
+        out[f"{w:g}"] = _revisit_recalls(emb, rv, data, train_pairs, val_pairs, (1.0,))[1.0]
     best = max(GROUP_WEIGHTS, key=lambda w: (out[f"{w:g}"], -w))
     model.group_weight.fill_(best)
     logger.info("group-mix channel: weight %g (val recall@20 %.4f; off: %.4f)", best, out[f"{best:g}"], out["0"])
@@ -811,15 +808,15 @@ def _mini_batches(
     from torch_geometric.loader import LinkNeighborLoader, NeighborLoader
     from torch_geometric.sampler import NegativeSampling
 
-    neighbors = {e: list(cfg.num_neighbors) for e in link_graph.edge_types}
+    neighbors = {e: list(cfg.num_neighbors) for e in fraud_graph.edge_types}  # the view keeps every edge type
     links = LinkNeighborLoader(
         link_graph, num_neighbors=neighbors, edge_label_index=(et, pairs), batch_size=cfg.batch_size,
         shuffle=True, neg_sampling=NegativeSampling("triplet", amount=max(int(cfg.num_negatives or 0), 1)),
     )
     fraud_iter: Iterator[HeteroData] | None = None
     if train_users.numel():
-        nodes = NeighborLoader(fraud_graph, num_neighbors={e: list(cfg.num_neighbors) for e in fraud_graph.edge_types},
-                               input_nodes=("user", train_users), batch_size=cfg.batch_size, shuffle=True)
+        nodes = NeighborLoader(fraud_graph, num_neighbors=neighbors, input_nodes=("user", train_users),
+                               batch_size=cfg.batch_size, shuffle=True)
         fraud_iter = iter(nodes)
     for batch in links:
         fb = None

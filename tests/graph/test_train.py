@@ -12,6 +12,7 @@ from torch_geometric.data import HeteroData
 
 from shopgraph.graph import train as train_mod
 from shopgraph.graph.build import build_graph, message_passing_graph
+from shopgraph.graph.model import ShopGNN
 from shopgraph.graph.run import RunDir
 from shopgraph.graph.train import (
     WITH_SAMPLING,
@@ -446,36 +447,41 @@ def test_rank_loss_adds_the_revisit_term_to_every_score() -> None:
         assert torch.isfinite(loss)
 
 
-def test_calibration_picks_the_best_validation_multiplier(data: HeteroData) -> None:
-    result = train(data, TrainConfig(**FAST))  # type: ignore[arg-type]
+@pytest.fixture(scope="module")
+def fast_result(data: HeteroData) -> train_mod.TrainResult:
+    """The default history model trained with FAST settings (read, never changed, by the tests)."""
+    return train(data, TrainConfig(**FAST))  # type: ignore[arg-type]
+
+
+def _val_recall_as_kept(model: ShopGNN, data: HeteroData) -> float:
+    """Validation Recall@20 of the model as it stands (calibrated revisit term and group-mix weight)."""
+    g = lean_graph(message_passing_graph(data, "train"))
+    dev = torch.device("cpu")
+    return train_mod._revisit_recalls(embed_graph(model, g, dev), train_mod.revisit_graph(model, g, dev), data,
+                                      train_mod.target_pairs(data, "train"), train_mod.target_pairs(data, "val"),
+                                      (1.0,))[1.0]
+
+
+def test_calibration_picks_the_best_validation_multiplier(data: HeteroData, fast_result: train_mod.TrainResult) -> None:
+    result = fast_result
     calib = result.revisit_calibration
     assert set(calib) == {f"{m:g}" for m in train_mod.REVISIT_MULTIPLIERS}
     best = max(train_mod.REVISIT_MULTIPLIERS, key=lambda m: (calib[f"{m:g}"], -m))
     # folded into the model: re-scoring validation with the calibrated model gives that recall
-    g = lean_graph(message_passing_graph(data, "train"))
-    dev = torch.device("cpu")
-    again = train_mod._revisit_recalls(embed_graph(result.model, g, dev), train_mod.revisit_graph(result.model, g, dev),
-                                       data, train_mod.target_pairs(data, "train"), train_mod.target_pairs(data, "val"),
-                                       (1.0,))
-    assert again[1.0] == pytest.approx(calib[f"{best:g}"])
+    assert _val_recall_as_kept(result.model, data) == pytest.approx(calib[f"{best:g}"])
     assert "val_revisit_multiplier" in [k for h in result.history for k in h]
     plain = train(data, TrainConfig(**{**FAST, "revisit": False}))  # type: ignore[arg-type]
     assert plain.revisit is None and plain.revisit_calibration == {}
 
 
-def test_group_mix_weight_is_chosen_on_validation(data: HeteroData) -> None:
-    result = train(data, TrainConfig(**FAST))  # type: ignore[arg-type]
+def test_group_mix_weight_is_chosen_on_validation(data: HeteroData, fast_result: train_mod.TrainResult) -> None:
+    result = fast_result
     calib = result.group_mix_calibration
     assert result.model.config.groups == 3 and set(calib) == {f"{w:g}" for w in train_mod.GROUP_WEIGHTS}
     best = max(train_mod.GROUP_WEIGHTS, key=lambda w: (calib[f"{w:g}"], -w))
     assert float(result.model.group_weight) == best
     # the kept model scores validation as the calibration measured (channel and revisit term included)
-    g = lean_graph(message_passing_graph(data, "train"))
-    dev = torch.device("cpu")
-    again = train_mod._revisit_recalls(embed_graph(result.model, g, dev), train_mod.revisit_graph(result.model, g, dev),
-                                       data, train_mod.target_pairs(data, "train"), train_mod.target_pairs(data, "val"),
-                                       (1.0,))
-    assert again[1.0] == pytest.approx(calib[f"{best:g}"])
+    assert _val_recall_as_kept(result.model, data) == pytest.approx(calib[f"{best:g}"])
     # weight 0 is the model without the channel: the same recall as the calibrated revisit term alone
     assert calib["0"] == pytest.approx(max(result.revisit_calibration.values()))
     off = train(data, TrainConfig(**{**FAST, "group_mix": False}))  # type: ignore[arg-type]
