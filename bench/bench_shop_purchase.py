@@ -7,7 +7,8 @@ default :class:`TrainConfig`; a shared ``--workdir`` reuses what is there), then
 of ``shopgraph evaluate`` with the same library calls (``graph.evaluate.gnn_purchase_test``,
 ``graph.baselines.purchase_baselines``) on test, and the baselines on validation too. The GNN's
 validation Recall@20 is the one training chose it by (``model/history.json``: the best of
-``group_mix_calibration`` or ``revisit_calibration``, or the best epoch's ``val_recall@20``).
+``consider_calibration``, ``group_mix_calibration`` or ``revisit_calibration``, or the best epoch's
+``val_recall@20``).
 
     OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 nice python bench/bench_shop_purchase.py \\
         [--seeds 0 1 2 3 4] [--users 5000] [--epochs N] [--train KEY=JSON ...]
@@ -64,7 +65,7 @@ def ensemble_recall(model: ShopGNN, data: HeteroData, split: Split) -> dict[floa
     cpu = torch.device("cpu")
     graph = lean_graph(message_passing_graph(data, split))
     emb = embed_graph(model, graph, cpu)
-    gnn = purchase_scores(emb["user"], emb["item"], revisit_graph(model, graph, cpu))
+    gnn = purchase_scores(emb["user"], emb["item"], revisit_graph(model, graph, cpu, emb))
     exclude = visible_test_pairs(data) if split == "test" else target_pairs(data, "train")
     num_users, num_items = int(data["user"].num_nodes), int(data["item"].num_nodes)
     knn = RevisitBonus().fit(exclude, num_users, num_items, _interaction_events(data, split))
@@ -79,8 +80,9 @@ def ensemble_recall(model: ShopGNN, data: HeteroData, split: Split) -> dict[floa
 
 def gnn_val_recall(history: dict[str, Any]) -> float:
     """The validation Recall@20 training selected the served model by (the last calibration:
-    group-mix weight, else revisit scale, else the best epoch's)."""
-    calib = history.get("group_mix_calibration") or history.get("revisit_calibration") or {}
+    consideration-set score, else group-mix weight, else revisit scale, else the best epoch's)."""
+    calib = (history.get("consider_calibration") or history.get("group_mix_calibration")
+             or history.get("revisit_calibration") or {})
     if calib:
         return float(max(calib.values()))
     best = [h for h in history.get("epochs", []) if int(h["epoch"]) == int(history.get("best_epoch", -1))]

@@ -46,11 +46,13 @@ FRAUD_KEYS = ("auroc", "auprc", "rec@k", "precision", "recall", "threshold")
 
 
 def _model_kind(model: ShopGNN) -> str:
-    """``shopgnn-<conv>`` with ``+revisit`` and ``+groupmix`` for the score terms in use (the
-    group-mix channel only when calibration kept a weight above 0)."""
+    """``shopgnn-<conv>`` with ``+revisit``, ``+groupmix`` and ``+consider`` for the score terms in
+    use (the last two only when calibration kept a weight above 0)."""
     kind = f"shopgnn-{model.config.conv}" + ("+revisit" if model.config.revisit else "")
     if model.config.groups and float(model.group_weight) > 0:
         kind += "+groupmix"
+    if model.config.consider and float(model.consider_weight) > 0:
+        kind += "+consider"
     return kind
 
 
@@ -172,7 +174,7 @@ def gnn_purchase_test(model: ShopGNN, data: HeteroData, dev: torch.device) -> tu
     exclude, test = visible_test_pairs(data), target_pairs(data, "test")
     if test.size(1) == 0:
         raise ValueError(f"data: the test period has no new {data.target!r} pairs to evaluate")
-    scores = purchase_scores(test_emb["user"], test_emb["item"], revisit_graph(model, test_graph, dev))
+    scores = purchase_scores(test_emb["user"], test_emb["item"], revisit_graph(model, test_graph, dev, test_emb))
     return test_emb, ranking_metrics(scores, exclude, test, int(data["item"].num_nodes))
 
 

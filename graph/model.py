@@ -110,6 +110,23 @@ class ModelConfig:
             (0 leaves the ranking as it was). "Popular items of the groups you shop most", which
             the tower's log-linear score does not represent: on five 5,000-user shops it lifted
             validation Recall@20 0.2901 -> 0.3021 when added after training (BENCHMARKS.md).
+        consider: the ``history`` tower's revisit term (needs ``revisit``) adds a *consideration-set*
+            score to the items the user already had events on: the chance, given how often the
+            user came back to the item, that it is one of the handful of items they are deciding
+            between, turned into score units like the group-mix channel::
+
+                consider(u, i) = w * sd_u * B * P(i in C_u | n_ui, N_u) / max_j p_u(j)
+                log-odds P     = logit(1 - (1 - p_ui)^m) + n_ui * log((A + B) / A) - N_u * B
+                A = (1 - s) * p_ui,   B = s / m,   p_ui = mix_u[g(i)] * share_i
+
+            where a share ``s`` of a user's events go to a personal set ``C_u`` of ``m`` items
+            (drawn like the rest) and the others to the background ``p_ui`` (the group-mix
+            channel's "share of the user's groups times share of the group"; one group when the
+            items have none), ``n_ui`` the user's events on ``i``, ``N_u`` all their events.
+            ``w``, ``s`` and ``m`` are not trained: ``calibrate_consider`` (graph/train.py) picks
+            them on validation after training (``w`` = 0: off). The items it scores are those of
+            the sparse revisit term, so FAISS still serves the ranking exactly. Off by default so
+            older run folders load; on for new ``history`` models (``TrainConfig``).
     """
 
     node_types: list[str]
@@ -129,6 +146,7 @@ class ModelConfig:
     fraud_norm: bool = False
     revisit: bool = False
     groups: int = 0
+    consider: bool = False
 
     def __post_init__(self) -> None:
         self.edge_types = [tuple(et) for et in self.edge_types]  # type: ignore[misc]
@@ -149,11 +167,14 @@ class ModelConfig:
                 raise ValueError(f"time_scales: expected positive day counts (got {self.time_scales})")
             if "user" not in self.node_types or "item" not in self.node_types:
                 raise ValueError(f"conv: 'history' needs 'user' and 'item' node types (got {self.node_types})")
-        elif self.revisit or self.item_counts or self.user_mlp or self.groups:
-            raise ValueError(f"revisit, item_counts, user_mlp, groups: options of the 'history' tower "
+        elif self.revisit or self.item_counts or self.user_mlp or self.groups or self.consider:
+            raise ValueError(f"revisit, item_counts, user_mlp, groups, consider: options of the 'history' tower "
                              f"(got conv={self.conv!r})")
         if self.groups < 0:
             raise ValueError(f"groups: expected >= 0 (got {self.groups})")
+        if self.consider and not self.revisit:
+            raise ValueError("consider: the consideration-set score is part of the revisit term "
+                             "(got consider=True with revisit=False)")
         for nt in self.node_types:
             if nt not in self.in_dims or nt not in self.num_nodes:
                 raise ValueError(f"in_dims, num_nodes: missing node type {nt!r}")
@@ -364,6 +385,55 @@ class LightGCNConv(nn.Module):
         return out
 
 
+class _GroupCounts(NamedTuple):
+    """Event counts of a graph by item group: the background ``p_u(i) = mix[u, group[i]] * share[i]``
+    of the group-mix channel and the consideration-set score (:class:`ModelConfig`)."""
+
+    group: Tensor  # [I] each item's group
+    mix: Tensor  # [U, G] the user's share of events per group, smoothed toward the population's by 2 events
+    share: Tensor  # [I] the item's share of its group's events (+1 each)
+    norm: Tensor  # [U] max_j p_u(j)
+    events: Tensor  # [U] the user's event count
+
+
+def _group_counts(group: Tensor, g_count: int, n_users: int, n_items: int, edges: list[Tensor]) -> _GroupCounts | None:
+    """:class:`_GroupCounts` over the user→item ``edges`` (``[2, E]`` each); None without events."""
+    device = group.device
+    counts = torch.zeros(n_users, g_count, device=device)
+    item_n = torch.ones(n_items, device=device)  # +1 each: an item without events keeps a share
+    for ei in edges:
+        counts.index_put_((ei[0], group[ei[1]]), torch.ones(ei.size(1), device=device), accumulate=True)
+        item_n.index_add_(0, ei[1], torch.ones(ei.size(1), device=device))
+    total = counts.sum(1)
+    if float(total.sum()) == 0.0:
+        return None
+    group_n = torch.zeros(g_count, device=device).index_add_(0, group, item_n)
+    share = item_n / group_n[group]
+    prior = counts.sum(0) / total.sum()
+    mix = (counts + 2.0 * prior) / (total.unsqueeze(1) + 2.0)
+    top_share = torch.zeros(g_count, device=device).scatter_reduce_(0, group, share, "amax")
+    norm = (mix * top_share).max(1).values.clamp(min=1e-12)
+    return _GroupCounts(group, mix, share, norm, total)
+
+
+def _score_spread(user: Tensor, item: Tensor) -> Tensor:
+    """``[U]``: the standard deviation of each user's dot products over the items, ``sqrt(u' Cov u)``."""
+    u, v = user.float(), item.float()
+    centred = v - v.mean(0)
+    cov = centred.T @ centred / max(v.size(0) - 1, 1)
+    return ((u @ cov) * u).sum(1).clamp(min=0.0).sqrt()
+
+
+def consider_probability(p: Tensor, n: Tensor, total: Tensor, share: float, size: float) -> Tensor:
+    """``P(i in C_u | n_ui, N_u)`` of the consideration-set score (:class:`ModelConfig` ``consider``):
+    background ``p`` = ``p_u(i)``, ``n`` the user's events on the item, ``total`` all their events,
+    ``share`` of events going to a set of ``size`` items."""
+    a = (1.0 - share) * p + 1e-12
+    b = share / size
+    prior = (1.0 - (1.0 - p).clamp(min=1e-9) ** size).clamp(1e-9, 1.0 - 1e-9)
+    return torch.sigmoid(torch.logit(prior) + n * torch.log((a + b) / a) - total * b)
+
+
 class ShopGNN(nn.Module):
     """Heterogeneous GNN with a dot-product purchase tower and a fraud MLP head.
 
@@ -403,6 +473,11 @@ class ShopGNN(nn.Module):
             if c.groups > 0:
                 # set by calibrate_group_mix after training, never by the optimiser
                 self.group_weight = nn.Parameter(torch.zeros(()), requires_grad=False)
+            if c.consider:
+                # set by calibrate_consider after training, never by the optimiser (weight 0: off)
+                self.consider_weight = nn.Parameter(torch.zeros(()), requires_grad=False)
+                self.consider_share = nn.Parameter(torch.tensor(0.25), requires_grad=False)
+                self.consider_size = nn.Parameter(torch.tensor(6.0), requires_grad=False)
             if c.user_mlp > 0:
                 d = c.hidden - 1
                 self.user_mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, c.user_mlp), nn.GELU(),
@@ -589,28 +664,11 @@ class ShopGNN(nn.Module):
         zeros = (torch.zeros(n_users, g_count, device=device), torch.zeros(n_items, g_count, device=device))
         if "group" not in data["item"] or float(self.group_weight) == 0.0:
             return zeros  # weight 0 (all of training): the columns add nothing, so skip the counting
-        group = data["item"].group.to(device)
-        counts = torch.zeros(n_users, g_count, device=device)
-        item_n = torch.ones(n_items, device=device)  # +1 each: an item without events keeps a share
-        events = 0
-        for ei in edges:
-            counts.index_put_((ei[0], group[ei[1]]), torch.ones(ei.size(1), device=device), accumulate=True)
-            item_n.index_add_(0, ei[1], torch.ones(ei.size(1), device=device))
-            events += ei.size(1)
-        if events == 0:
+        counts = _group_counts(data["item"].group.to(device), g_count, n_users, n_items, edges)
+        if counts is None:
             return zeros
-        group_n = torch.zeros(g_count, device=device).index_add_(0, group, item_n)
-        share = item_n / group_n[group]
-        prior = counts.sum(0) / counts.sum()
-        mix = (counts + 2.0 * prior) / (counts.sum(1, keepdim=True) + 2.0)
-        top_share = torch.zeros(g_count, device=device).scatter_reduce_(0, group, share, "amax")
-        norm = (mix * top_share).max(1).values.clamp(min=1e-12)
-        u, v = user.float(), item.float()
-        centred = v - v.mean(0)
-        cov = centred.T @ centred / max(n_items - 1, 1)
-        sd = ((u @ cov) * u).sum(1).clamp(min=0.0).sqrt()
-        ch_user = sd.unsqueeze(1) * mix / norm.unsqueeze(1)
-        ch_item = self.group_weight * F.one_hot(group, g_count).float() * share.unsqueeze(1)
+        ch_user = _score_spread(user, item).unsqueeze(1) * counts.mix / counts.norm.unsqueeze(1)
+        ch_item = self.group_weight * F.one_hot(counts.group, g_count).float() * counts.share.unsqueeze(1)
         return ch_user, ch_item
 
     @property
@@ -620,25 +678,36 @@ class ShopGNN(nn.Module):
         d = self.config.hidden - 1
         return slice(d, d + self.config.groups)
 
+    def without_group_columns(self, emb: Tensor) -> Tensor:
+        """User or item embeddings without the group-mix channel's columns: ``[N, hidden]``."""
+        if not self.config.groups:
+            return emb
+        cols = self.group_columns
+        return torch.cat([emb[..., :cols.start], emb[..., cols.stop:]], -1)
+
     def fraud_input(self, user_emb: Tensor) -> Tensor:
         """The columns of user embeddings that describe the user for fraud (every column but the
         group-mix channel's, which is a ranking device): ``[U, hidden]``."""
-        if not self.config.groups:
-            return user_emb
-        cols = self.group_columns
-        return torch.cat([user_emb[..., :cols.start], user_emb[..., cols.stop:]], -1)
+        return self.without_group_columns(user_emb)
 
-    def revisit_scores(self, data: HeteroData) -> Revisit | None:
+    def revisit_scores(self, data: HeteroData, emb: dict[str, Tensor] | None = None) -> Revisit | None:
         """The revisit term of every (user, item) pair with events in ``data``; None when the
         model has none (``config.revisit`` off).
 
             revisit(u, i) = exp(s) * log(1 + sum_e w(e))    over u's events e on item i
             w(e)          = sum_k softplus(r[type(e), k]) * exp(-age(e) / tau_k)
 
-        (the tower's decay, its own learned weights ``r`` and scale ``s``). The purchase score of
-        a pair is ``user_emb @ item_emb + revisit`` (:func:`purchase_scores`); pairs without
-        events get no revisit term, so a search for the top k by dot product over ``k`` plus the
-        user's revisit items, rescored, is exact (what ``ShopService.recommend`` does).
+        (the tower's decay, its own learned weights ``r`` and scale ``s``), plus the
+        consideration-set score when the model has one with a weight above 0 (:class:`ModelConfig`
+        ``consider``). The purchase score of a pair is ``user_emb @ item_emb + revisit``
+        (:func:`purchase_scores`); pairs without events get no revisit term, so a search for the
+        top k by dot product over ``k`` plus the user's revisit items, rescored, is exact (what
+        ``ShopService.recommend`` does).
+
+        Args:
+            data: the graph whose events are scored.
+            emb: the model's embeddings of ``data``, when the caller has them (the
+                consideration-set score reads the spread of each user's scores); else computed.
         """
         if not self.config.revisit:
             return None
@@ -646,15 +715,46 @@ class ShopGNN(nn.Module):
         n_items = int(data["item"].num_nodes)
         keys: list[Tensor] = []
         weights: list[Tensor] = []
+        edges: list[Tensor] = []
         for k, ei, decay in self._events(data, device):
             keys.append(ei[0] * n_items + ei[1])
             weights.append(decay @ F.softplus(self.revisit_weight[k]))
+            edges.append(ei)
         if not keys:
             return Revisit(torch.empty(2, 0, dtype=torch.long, device=device), torch.zeros(0, device=device))
         pair, inverse = torch.unique(torch.cat(keys), return_inverse=True)
         total = torch.zeros(pair.numel(), device=device).index_add(0, inverse, torch.cat(weights))
         value = self.revisit_log_scale.exp() * torch.log1p(total)
-        return Revisit(torch.stack([pair // n_items, pair % n_items]), value)
+        pairs = torch.stack([pair // n_items, pair % n_items])
+        if self.config.consider and float(self.consider_weight) != 0.0:
+            n = torch.zeros(pair.numel(), device=device).index_add_(0, inverse, torch.ones(inverse.numel(), device=device))
+            value = value + self._consider(data, edges, pairs, n, emb)
+        return Revisit(pairs, value)
+
+    @torch.no_grad()
+    def _consider(self, data: HeteroData, edges: list[Tensor], pairs: Tensor, n: Tensor,
+                  emb: dict[str, Tensor] | None) -> Tensor:
+        """The consideration-set score (:class:`ModelConfig` ``consider``) of the revisit term's
+        ``pairs [2, N]`` (from the user→item ``edges``), ``n [N]`` the user's events on each. Not
+        differentiated: its weights are set after training."""
+        c = self.config
+        device = pairs.device
+        n_users, n_items = int(data["user"].num_nodes), int(data["item"].num_nodes)
+        if emb is None:
+            emb = self.embed(data)
+        # the spread of the tower's own columns, as the channel's
+        user = self.without_group_columns(emb["user"].to(device))
+        item = self.without_group_columns(emb["item"].to(device))
+        has_groups = c.groups > 0 and "group" in data["item"]
+        group = data["item"].group.to(device) if has_groups else torch.zeros(n_items, dtype=torch.long, device=device)
+        counts = _group_counts(group, c.groups if has_groups else 1, n_users, n_items, edges)
+        assert counts is not None  # the pairs come from these events
+        u, i = pairs[0], pairs[1]
+        p = counts.mix[u, counts.group[i]] * counts.share[i]
+        share, size = float(self.consider_share), float(self.consider_size)
+        prob = consider_probability(p, n, counts.events[u], share, size)
+        spread = _score_spread(user, item)
+        return self.consider_weight * spread[u] * (share / size) * prob / counts.norm[u]
 
     def forward(self, data: HeteroData) -> ShopGNNOutput:
         """Embeddings of every node, and the fraud logits of users when the graph has users.

@@ -133,6 +133,10 @@ class TrainConfig:
             categories), its weight chosen on validation after training
             (:func:`calibrate_group_mix`). None: on for the history tower when the items have
             groups (a ``category`` column), else off; True where it cannot be is an error.
+        consider: the ``history`` tower's consideration-set score on the items a user keeps coming
+            back to (``ModelConfig.consider``), its weights chosen on validation after training
+            (:func:`calibrate_consider`). None: on whenever the revisit term is; True without it
+            is an error.
         fraud_detach: the fraud loss trains the fraud head only, not the shared trunk. Embeddings
             shaped by the train labels separate the train users perfectly and mislead the hybrid
             trees fitted on them (measured on the 5,000-user shop: hybrid validation AUPRC 0.47 with a
@@ -162,6 +166,7 @@ class TrainConfig:
     item_counts: bool | None = None
     revisit: bool | None = None
     group_mix: bool | None = None
+    consider: bool | None = None
     id_embeddings: list[str] | None = None
     feature_types: list[str] | None = None
     rank_loss: str = "softmax"
@@ -220,6 +225,9 @@ class TrainConfig:
             raise ValueError(f"cuts_per_step: expected a positive integer (got {self.cuts_per_step})")
         if self.group_mix and self.conv != "history":
             raise ValueError(f"group_mix: an option of the history tower (got conv={self.conv!r})")
+        if self.consider and not self.revisit:
+            raise ValueError(f"consider: part of the history tower's revisit term (got consider=True with "
+                             f"conv={self.conv!r}, revisit={self.revisit})")
         if self.mini_batch and self.conv == "history":
             raise ValueError("mini_batch: the history tower trains full-batch only (got conv='history')")
         if self.mini_batch and (self.aux_weight or 0.0) > 0:
@@ -250,6 +258,7 @@ class TrainConfig:
             layers=self.layers, dropout=float(self.dropout or 0.0), heads=self.heads,
             user_mlp=int(self.user_mlp or 0), item_counts=bool(self.item_counts), fraud_norm=True,
             revisit=bool(self.revisit), groups=self._groups(data),
+            consider=bool(self.revisit) and self.consider is not False,
         )
 
     def _groups(self, data: HeteroData) -> int:
@@ -297,6 +306,7 @@ class TrainResult(NamedTuple):
     epoch_seconds: float  # mean wall time of a training epoch
     revisit_calibration: dict[str, float]  # val Recall@20 per revisit multiplier (calibrate_revisit)
     group_mix_calibration: dict[str, float]  # val Recall@20 per group-mix weight (calibrate_group_mix)
+    consider_calibration: dict[str, float]  # val Recall@20 per consideration-set setting (calibrate_consider)
 
 
 # -- device ---------------------------------------------------------------------------------------
@@ -583,11 +593,13 @@ def embed_graph(model: ShopGNN, graph: HeteroData, device: torch.device) -> dict
 
 
 @torch.no_grad()
-def revisit_graph(model: ShopGNN, graph: HeteroData, device: torch.device) -> Revisit | None:
-    """Eval-mode revisit term of ``graph`` (float32, on CPU), None when the model has none."""
+def revisit_graph(model: ShopGNN, graph: HeteroData, device: torch.device,
+                  emb: dict[str, Tensor] | None = None) -> Revisit | None:
+    """Eval-mode revisit term of ``graph`` (float32, on CPU), None when the model has none;
+    ``emb``: the model's embeddings of ``graph`` when the caller has them (:func:`embed_graph`)."""
     model.eval()
     with autocast(device):
-        rv = model.revisit_scores(graph)
+        rv = model.revisit_scores(graph, emb)
     return None if rv is None else rv.detach_cpu()
 
 
@@ -709,6 +721,75 @@ def calibrate_group_mix(
     best = max(GROUP_WEIGHTS, key=lambda w: (out[f"{w:g}"], -w))
     model.group_weight.fill_(best)
     logger.info("group-mix channel: weight %g (val recall@20 %.4f; off: %.4f)", best, out[f"{best:g}"], out["0"])
+    return out
+
+
+CONSIDER_SETS: tuple[tuple[float, float], ...] = ((0.15, 4.0), (0.25, 6.0), (0.35, 10.0))  # (share, size)
+CONSIDER_WEIGHTS: tuple[float, ...] = (8.0, 16.0, 32.0)
+CONSIDER_REVISIT_MULTIPLIERS: tuple[float, ...] = (0.125, 0.5)  # of the learned revisit score next to it
+
+
+def consider_setting_name(share: float, size: float, multiplier: float, weight: float) -> str:
+    """The key of a setting in :func:`calibrate_consider`'s result (``history.json``)."""
+    return f"share={share:g} size={size:g} revisit_x={multiplier:g} weight={weight:g}"
+
+
+@torch.no_grad()
+def calibrate_consider(
+    model: ShopGNN, graph: HeteroData, data: HeteroData, train_pairs: Tensor, val_pairs: Tensor,
+    device: torch.device,
+) -> dict[str, float]:
+    """Choose the consideration-set score's settings (``ModelConfig.consider``) on validation.
+
+    Training leaves its weight at 0. Afterwards, on top of the calibrated revisit term and
+    group-mix channel, every ``(share, size)`` of :data:`CONSIDER_SETS` with every weight of
+    :data:`CONSIDER_WEIGHTS` is tried, the learned revisit score beside it scaled by each of
+    :data:`CONSIDER_REVISIT_MULTIPLIERS` (the new score takes over part of what it did), against
+    ``"off"`` (the model as it was). The setting with the best validation Recall@20 is kept
+    (``"off"`` on a tie): weight, share and size in the model, the multiplier folded into the
+    revisit scale. Never looks at test. 19 validation rankings.
+
+    Args:
+        graph: the train-period graph the validation pairs are predicted from.
+
+    Returns:
+        ``{"off": recall, consider_setting_name(...): recall, ...}`` (empty when the model has no
+        consideration-set score or there are no validation pairs).
+    """
+    if not model.config.consider or val_pairs.size(1) == 0:
+        return {}
+    emb = embed_graph(model, graph, device)
+    model.consider_weight.fill_(0.0)
+    learned = revisit_graph(model, graph, device, emb)
+    assert learned is not None
+    out = {"off": _revisit_recalls(emb, learned, data, train_pairs, val_pairs, (1.0,))[1.0]}
+    best: tuple[float, float, float, float] | None = None
+    best_recall = out["off"]
+    model.consider_weight.fill_(1.0)
+    for share, size in CONSIDER_SETS:
+        model.consider_share.fill_(share)
+        model.consider_size.fill_(size)
+        rv = revisit_graph(model, graph, device, emb)
+        assert rv is not None and torch.equal(rv.pairs, learned.pairs)
+        term = rv.value - learned.value
+        for m in CONSIDER_REVISIT_MULTIPLIERS:
+            for w in CONSIDER_WEIGHTS:
+                combined = Revisit(learned.pairs, m * learned.value + w * term)
+                recall = _revisit_recalls(emb, combined, data, train_pairs, val_pairs, (1.0,))[1.0]
+                out[consider_setting_name(share, size, m, w)] = recall
+                if recall > best_recall:
+                    best, best_recall = (share, size, m, w), recall
+    if best is None:
+        model.consider_weight.fill_(0.0)
+        logger.info("consideration-set score: off (val recall@20 %.4f)", out["off"])
+        return out
+    share, size, m, w = best
+    model.consider_share.fill_(share)
+    model.consider_size.fill_(size)
+    model.consider_weight.fill_(w)
+    model.revisit_log_scale.add_(math.log(m))
+    logger.info("consideration-set score: %s (val recall@20 %.4f; off: %.4f)",
+                consider_setting_name(share, size, m, w), best_recall, out["off"])
     return out
 
 
@@ -1091,6 +1172,7 @@ def train(
     train_emb = embed_graph(model, gpu_graph, dev)  # for the fraud scorer: neither calibration changes its columns
     calibration = calibrate_revisit(model, train_emb, gpu_graph, data, train_pairs, val_pairs, dev)
     group_calibration = calibrate_group_mix(model, gpu_graph, data, train_pairs, val_pairs, dev)
+    consider_calibration = calibrate_consider(model, gpu_graph, data, train_pairs, val_pairs, dev)
     serving_graph = lean_graph(data).to(dev)
     serving = embed_graph(model, serving_graph, dev)
     scorer = select_fraud_scorer(model, data, train_emb, seed=config.seed, serving_emb=serving)
@@ -1098,9 +1180,10 @@ def train(
     return TrainResult(
         model=model, model_config=model_config, config=config, history=history,
         best_epoch=int(best_epoch), best_score=float(best_score), embeddings=serving,
-        revisit=revisit_graph(model, serving_graph, dev), fraud=scorer,
+        revisit=revisit_graph(model, serving_graph, dev, serving), fraud=scorer,
         fraud_prob=fraud_prob, epoch_seconds=float(np.mean(epoch_times)) if epoch_times else 0.0,
         revisit_calibration=calibration, group_mix_calibration=group_calibration,
+        consider_calibration=consider_calibration,
     )
 
 
@@ -1135,6 +1218,7 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
         "epoch_seconds": result.epoch_seconds, "epochs": result.history,
         "revisit_calibration": result.revisit_calibration,
         "group_mix_calibration": result.group_mix_calibration,
+        "consider_calibration": result.consider_calibration,
     })
     state_path = run.path / MODEL_DIR / STATE_FILE
     if state_path.is_file():  # recorded in the manifest so that `verify` covers it too

@@ -315,7 +315,7 @@ def test_revisit_term_is_trainable_and_enters_the_purchase_score() -> None:
 def test_revisit_config() -> None:
     data = _graph()
     assert _model(data, "history").revisit_scores(message_passing_graph(data, "train")) is None
-    with pytest.raises(ValueError, match=r"revisit, item_counts, user_mlp, groups: options of the 'history' tower"):
+    with pytest.raises(ValueError, match=r"revisit, item_counts, user_mlp, groups, consider: options of the 'history' tower"):
         ModelConfig.from_data(data, conv="sage", hidden=16, revisit=True)
     model = _model(data, "history", revisit=True)
     assert ModelConfig.from_json(model.config.to_json()).revisit is True
@@ -386,7 +386,7 @@ def test_group_mix_config_and_bad_groups() -> None:
     data = _graph()
     with pytest.raises(ValueError, match=r"groups: expected >= 0 \(got -1\)"):
         ModelConfig.from_data(data, conv="history", hidden=16, groups=-1)
-    with pytest.raises(ValueError, match=r"groups: options of the 'history' tower"):
+    with pytest.raises(ValueError, match=r"groups, consider: options of the 'history' tower"):
         ModelConfig.from_data(data, conv="sage", hidden=16, groups=3)
     model = _model(data, "history", groups=2)
     assert ModelConfig.from_json(model.config.to_json()).groups == 2
@@ -396,3 +396,87 @@ def test_group_mix_config_and_bad_groups() -> None:
     bad["item"].group = bad["item"].group[:3]
     with pytest.raises(ValueError, match=r"data\['item'\]\.group: expected one integer group per item"):
         _model(data, "history", groups=3).embed(bad)
+
+
+def _consider_reference(model: ShopGNN, g: HeteroData, grouped: bool) -> torch.Tensor:
+    """The consideration-set score of :class:`ModelConfig` ``consider``, dense ``[U, I]``, counted
+    here per event and written out from its definition (zero where the user has no events)."""
+    n_users, n_items = g["user"].num_nodes, g["item"].num_nodes
+    group = g["item"].group if grouped else torch.zeros(n_items, dtype=torch.long)
+    n_groups = int(group.max()) + 1
+    n = torch.zeros(n_users, n_items, dtype=torch.float64)
+    for et in g.edge_types:
+        if et[0] == "user" and et[2] == "item":
+            for u, i in g[et].edge_index.T.tolist():
+                n[u, i] += 1
+    total = n.sum(1, keepdim=True)
+    item_n = 1 + n.sum(0)
+    in_group = torch.stack([n[:, group == k].sum(1) for k in range(n_groups)], 1)
+    prior = in_group.sum(0) / in_group.sum()
+    mix = (in_group + 2 * prior) / (total + 2)
+    share_i = item_n / torch.stack([item_n[group == k].sum() for k in range(n_groups)])[group]
+    p = mix[:, group] * share_i  # the background: the user's groups, then the group's items
+    s, m, w = float(model.consider_share), float(model.consider_size), float(model.consider_weight)
+    a, b = (1 - s) * p, s / m
+    prior_in = 1 - (1 - p) ** m  # one of m draws from the background
+    log_odds = torch.log(prior_in / (1 - prior_in)) + n * torch.log((a + b) / a) - total * b
+    weight = float(model.group_weight) if model.config.groups else 0.0
+    if model.config.groups:
+        model.group_weight.fill_(0.0)
+    base = model.embed(g)
+    if model.config.groups:
+        model.group_weight.fill_(weight)
+    sd = (base["user"] @ base["item"].T).double().std(1, keepdim=True)  # without the channel's columns
+    return torch.where(n > 0, w * sd * b * torch.sigmoid(log_odds) / p.max(1, keepdim=True).values, 0.0)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("groups", [3, 0])
+def test_consider_score_adds_its_formula_to_the_revisit_term(groups: int) -> None:
+    data = _graph()
+    g = message_passing_graph(data, "train")
+    plain = _model(data, "history", revisit=True, groups=groups)
+    model = _model(data, "history", revisit=True, groups=groups, consider=True)  # same seed, same weights
+    if groups:
+        plain.group_weight.fill_(1.5)
+        model.group_weight.fill_(1.5)  # the channel on: the spread is still read without it
+    n_users, n_items = data["user"].num_nodes, data["item"].num_nodes
+    users = torch.arange(n_users)
+    off, learned = model.revisit_scores(g), plain.revisit_scores(g)
+    assert off is not None and learned is not None
+    assert torch.equal(off.value, learned.value)  # weight 0 (all of training) changes nothing
+    model.consider_weight.fill_(3.0)
+    model.consider_share.fill_(0.3)
+    model.consider_size.fill_(5.0)
+    on = model.revisit_scores(g)
+    assert on is not None and torch.equal(on.pairs, learned.pairs)  # the same sparse pairs: still exact in FAISS
+    got = on.rows(users, n_items) - learned.rows(users, n_items)
+    want = _consider_reference(model, g, grouped=bool(groups))
+    assert float(want.abs().max()) > 0
+    torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-3)
+    # a caller's embeddings give the same values as the model's own pass
+    again = model.revisit_scores(g, model.embed(g))
+    assert again is not None
+    torch.testing.assert_close(again.value, on.value)
+    # more returns to the same item raise its probability of being in the set
+    from shopgraph.graph.model import consider_probability
+
+    p, total = torch.full((3,), 0.01), torch.full((3,), 20.0)
+    prob = consider_probability(p, torch.tensor([1.0, 2.0, 4.0]), total, 0.25, 6.0)
+    assert torch.all(prob[1:] > prob[:-1]) and float(prob[-1]) > 0.9
+
+
+def test_consider_config() -> None:
+    data = _graph()
+    with pytest.raises(ValueError, match=r"consider: the consideration-set score is part of the revisit term"):
+        ModelConfig.from_data(data, conv="history", hidden=16, consider=True)
+    with pytest.raises(ValueError, match=r"revisit, item_counts, user_mlp, groups, consider: options of the 'history'"):
+        ModelConfig.from_data(data, conv="sage", hidden=16, consider=True)
+    model = _model(data, "history", revisit=True, consider=True)
+    assert ModelConfig.from_json(model.config.to_json()).consider is True
+    raw = model.config.to_json().replace('"consider": true,', "")
+    assert ModelConfig.from_json(raw).consider is False  # run folders from before it load without it
+    with torch.no_grad():
+        model.consider_weight.fill_(2.0)
+        rv = model.revisit_scores(_no_edges(data))  # no events: no pairs, nothing to score
+    assert rv is not None and rv.value.numel() == 0

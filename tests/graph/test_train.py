@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import copy
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from torch_geometric.data import HeteroData
 
 from shopgraph.graph import train as train_mod
 from shopgraph.graph.build import build_graph, message_passing_graph
+from shopgraph.graph.evaluate import _model_kind
 from shopgraph.graph.model import ShopGNN
 from shopgraph.graph.run import RunDir
 from shopgraph.graph.train import (
@@ -287,10 +290,13 @@ def test_train_run_writes_artifacts(tmp_path: Path, data: HeteroData) -> None:
     history = json.loads((path / "model" / "history.json").read_text())
     assert set(history["revisit_calibration"]) == {f"{m:g}" for m in train_mod.REVISIT_MULTIPLIERS}
     assert set(history["group_mix_calibration"]) == {f"{w:g}" for w in train_mod.GROUP_WEIGHTS}
+    assert history["consider_calibration"] == pytest.approx(result.consider_calibration)
     fraud = json.loads((path / "fraud.json").read_text())
     assert fraud["kind"] == result.fraud.kind and 0 <= fraud["threshold"] <= 1
     model = load_model(path / "model")
     assert float(model.group_weight) == float(result.model.group_weight)  # the calibrated weight is saved
+    for name in ("consider_weight", "consider_share", "consider_size", "revisit_log_scale"):
+        assert float(getattr(model, name).detach()) == float(getattr(result.model, name).detach()), name
     assert model.config == result.model_config
     # the serving pass sees every period; the train-period view gives different embeddings
     train_view = embed_graph(model, lean_graph(message_passing_graph(data, "train")), torch.device("cpu"))
@@ -467,8 +473,9 @@ def test_calibration_picks_the_best_validation_multiplier(data: HeteroData, fast
     calib = result.revisit_calibration
     assert set(calib) == {f"{m:g}" for m in train_mod.REVISIT_MULTIPLIERS}
     best = max(train_mod.REVISIT_MULTIPLIERS, key=lambda m: (calib[f"{m:g}"], -m))
-    # folded into the model: re-scoring validation with the calibrated model gives that recall
-    assert _val_recall_as_kept(result.model, data) == pytest.approx(calib[f"{best:g}"])
+    # folded into the model: the next calibration, re-scoring validation with the model so far
+    # (group-mix weight 0), measures that recall
+    assert result.group_mix_calibration["0"] == pytest.approx(calib[f"{best:g}"])
     assert "val_revisit_multiplier" in [k for h in result.history for k in h]
     plain = train(data, TrainConfig(**{**FAST, "revisit": False}))  # type: ignore[arg-type]
     assert plain.revisit is None and plain.revisit_calibration == {}
@@ -480,13 +487,71 @@ def test_group_mix_weight_is_chosen_on_validation(data: HeteroData, fast_result:
     assert result.model.config.groups == 3 and set(calib) == {f"{w:g}" for w in train_mod.GROUP_WEIGHTS}
     best = max(train_mod.GROUP_WEIGHTS, key=lambda w: (calib[f"{w:g}"], -w))
     assert float(result.model.group_weight) == best
-    # the kept model scores validation as the calibration measured (channel and revisit term included)
-    assert _val_recall_as_kept(result.model, data) == pytest.approx(calib[f"{best:g}"])
+    # the kept channel scores validation as the calibration measured: the consideration-set
+    # calibration's "off" re-scores the model so far
+    assert result.consider_calibration["off"] == pytest.approx(calib[f"{best:g}"])
     # weight 0 is the model without the channel: the same recall as the calibrated revisit term alone
     assert calib["0"] == pytest.approx(max(result.revisit_calibration.values()))
     off = train(data, TrainConfig(**{**FAST, "group_mix": False}))  # type: ignore[arg-type]
     assert off.model.config.groups == 0 and off.group_mix_calibration == {}
     assert off.embeddings["item"].shape == (data["item"].num_nodes, 16)
+
+
+def test_consider_setting_is_chosen_on_validation(data: HeteroData, fast_result: train_mod.TrainResult) -> None:
+    result = fast_result
+    calib = result.consider_calibration
+    model = result.model
+    names = {train_mod.consider_setting_name(s, n, m, w) for s, n in train_mod.CONSIDER_SETS
+             for m in train_mod.CONSIDER_REVISIT_MULTIPLIERS for w in train_mod.CONSIDER_WEIGHTS}
+    assert model.config.consider and set(calib) == names | {"off"}
+    kept = max(calib, key=lambda k: (calib[k], k == "off"))  # "off" on a tie
+    if kept == "off":
+        assert float(model.consider_weight) == 0.0
+    else:
+        s, n, m, w = (float(kv.split("=")[1]) for kv in kept.split())
+        assert (float(model.consider_share), float(model.consider_size), float(model.consider_weight)) == \
+            pytest.approx((s, n, w))
+    # the kept model scores validation as the calibration measured (every term included)
+    assert _val_recall_as_kept(model, data) == pytest.approx(calib[kept])
+    assert ("+consider" in _model_kind(model)) == (kept != "off")
+    off = train(data, TrainConfig(**{**FAST, "consider": False}))  # type: ignore[arg-type]
+    assert not off.model.config.consider and off.consider_calibration == {}
+    assert not hasattr(off.model, "consider_weight")
+
+
+def test_calibrate_consider_keeps_the_setting_it_measured() -> None:
+    """On a graph where validation is not saturated (an untrained model, 120 items), the kept
+    setting and another one score validation, through the model's own code, as recorded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = build_graph(make_tables(n_users=300, n_items=120, n_events=6000, seed=0))
+    data["item"].x = torch.randn(data["item"].num_nodes, 7, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    fresh = ShopGNN(TrainConfig(hidden=16).model_config(data)).eval()
+    model = copy.deepcopy(fresh)
+    g = lean_graph(message_passing_graph(data, "train"))
+    calib = train_mod.calibrate_consider(model, g, data, train_mod.target_pairs(data, "train"),
+                                         train_mod.target_pairs(data, "val"), torch.device("cpu"))
+    kept = max(calib, key=lambda k: (calib[k], k == "off"))
+    assert kept != "off" and calib[kept] > calib["off"]  # it helps here, so the model changed
+    assert _val_recall_as_kept(model, data) == pytest.approx(calib[kept])
+    assert _val_recall_as_kept(fresh, data) == pytest.approx(calib["off"])
+    for name in (kept, train_mod.consider_setting_name(0.35, 10.0, 0.125, 32.0)):
+        share, size, multiplier, weight = (float(kv.split("=")[1]) for kv in name.split())
+        forced = copy.deepcopy(fresh)
+        with torch.no_grad():
+            forced.consider_weight.fill_(weight)
+            forced.consider_share.fill_(share)
+            forced.consider_size.fill_(size)
+            forced.revisit_log_scale.add_(math.log(multiplier))
+        assert _val_recall_as_kept(forced, data) == pytest.approx(calib[name]), name
+
+
+def test_consider_where_it_cannot_be_is_an_error() -> None:
+    with pytest.raises(ValueError, match=r"consider: part of the history tower's revisit term"):
+        TrainConfig(revisit=False, consider=True)
+    with pytest.raises(ValueError, match=r"consider: part of the history tower's revisit term"):
+        TrainConfig(conv="sage", consider=True)
 
 
 def test_group_mix_where_it_cannot_be_is_an_error(data: HeteroData) -> None:
