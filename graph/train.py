@@ -1037,6 +1037,11 @@ def train(
             diff = sorted(k for k in now if saved.get(k) != now[k])
             raise ValueError(f"resume: the checkpoint was made with different settings {diff}; "
                              "train without --resume")
+        missing = sorted(set(model.state_dict()) - set(state["model"]))
+        unexpected = sorted(set(state["model"]) - set(model.state_dict()))
+        if missing or unexpected:  # e.g. a checkpoint of an older model layout
+            raise ValueError(f"resume: the checkpoint at {state_path} does not fit this model (missing "
+                             f"{missing[:3]}, unexpected {unexpected[:3]}); train without --resume")
         model.load_state_dict(state["model"])
         if "aux_bias" in state:
             with torch.no_grad():

@@ -207,6 +207,12 @@ def test_resume_after_interruption_equals_uninterrupted(
         train(data, TrainConfig(**FAST, seed=5, lr=0.5), checkpoint_dir=tmp_path / "b", resume=True)  # type: ignore[arg-type]
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(data, cfg, checkpoint_dir=tmp_path / "empty", resume=True)
+    # a checkpoint of an older model layout (here: without the consideration-set weights)
+    saved = torch.load(tmp_path / "b" / train_mod.STATE_FILE, weights_only=False)
+    saved["model"] = {k: v for k, v in saved["model"].items() if not k.startswith("consider_")}
+    torch.save(saved, tmp_path / "b" / train_mod.STATE_FILE)
+    with pytest.raises(ValueError, match=r"resume: the checkpoint at .* does not fit this model \(.*consider_"):
+        train(data, cfg, checkpoint_dir=tmp_path / "b", resume=True)
 
 
 @pytest.mark.skipif(not WITH_SAMPLING, reason="mini-batch training needs torch-sparse or pyg-lib")
