@@ -7,8 +7,8 @@ default :class:`TrainConfig`; a shared ``--workdir`` reuses what is there), then
 of ``shopgraph evaluate`` with the same library calls (``graph.evaluate.gnn_purchase_test``,
 ``graph.baselines.purchase_baselines``) on test, and the baselines on validation too. The GNN's
 validation Recall@20 is the one training chose it by (``model/history.json``: the best of
-``consider_calibration``, ``group_mix_calibration`` or ``revisit_calibration``, or the best epoch's
-``val_recall@20``).
+``item_knn_calibration``, ``consider_calibration``, ``group_mix_calibration`` or
+``revisit_calibration``, or the best epoch's ``val_recall@20``).
 
     OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 nice python bench/bench_shop_purchase.py \\
         [--seeds 0 1 2 3 4] [--users 5000] [--epochs N] [--train KEY=JSON ...]
@@ -80,9 +80,10 @@ def ensemble_recall(model: ShopGNN, data: HeteroData, split: Split) -> dict[floa
 
 def gnn_val_recall(history: dict[str, Any]) -> float:
     """The validation Recall@20 training selected the served model by (the last calibration:
-    consideration-set score, else group-mix weight, else revisit scale, else the best epoch's)."""
-    calib = (history.get("consider_calibration") or history.get("group_mix_calibration")
-             or history.get("revisit_calibration") or {})
+    item-neighbour weight, else consideration-set score, else group-mix weight, else revisit scale,
+    else the best epoch's)."""
+    calib = (history.get("item_knn_calibration") or history.get("consider_calibration")
+             or history.get("group_mix_calibration") or history.get("revisit_calibration") or {})
     if calib:
         return float(max(calib.values()))
     best = [h for h in history.get("epochs", []) if int(h["epoch"]) == int(history.get("best_epoch", -1))]

@@ -457,6 +457,15 @@ def _extra_interaction_pairs(data: HeteroData, split: Split) -> Tensor:
     return _distinct_pairs(_interaction_events(data, split))
 
 
+def item_neighbours(data: HeteroData, split: Split = "val") -> ItemKNN:
+    """``itemknn_all_events`` fitted on what is visible for ``split``: the target pairs before it
+    (weight 1) and the distinct pairs of every other user→item event type (weight 0.5)."""
+    visible = visible_test_pairs(data) if split == "test" else target_pairs(data, "train")
+    extra = _extra_interaction_pairs(data, split)
+    return ItemKNN().fit(visible, int(data["user"].num_nodes), int(data["item"].num_nodes),
+                         extra_pairs=extra if extra.size(1) else None)
+
+
 def purchase_baselines(
     data: HeteroData, *, split: Split = "test", item_content: Tensor | None = None,
     bpr_epochs: int = 30,

@@ -46,11 +46,13 @@ FRAUD_KEYS = ("auroc", "auprc", "rec@k", "precision", "recall", "threshold")
 
 
 def _model_kind(model: ShopGNN) -> str:
-    """``shopgnn-<conv>`` with ``+revisit``, ``+groupmix`` and ``+consider`` for the score terms in
-    use (the last two only when calibration kept a weight above 0)."""
+    """``shopgnn-<conv>`` with ``+revisit``, ``+groupmix``, ``+itemknn`` and ``+consider`` for the
+    score terms in use (the last three only when calibration kept a weight above 0)."""
     kind = f"shopgnn-{model.config.conv}" + ("+revisit" if model.config.revisit else "")
     if model.config.groups and float(model.group_weight) > 0:
         kind += "+groupmix"
+    if model.config.knn_rank and float(model.knn_weight) > 0:
+        kind += "+itemknn"
     if model.config.consider and float(model.consider_weight) > 0:
         kind += "+consider"
     return kind

@@ -21,11 +21,14 @@ over the user's user→item events ``e`` (views, carts, purchases) in the graph,
 from the latest event time of the graph, ``tau_k`` fixed time scales (``time_scales``, days). The
 item's own input embedding appears in the sum, so the dot product scores "items the user
 already looked at" directly, and the appended constant/bias pair keeps the score a plain dot
-product. Other node types keep their input embeddings.
+product. Two optional channels, calibrated after training, sit between the free columns and the
+bias/constant pair: the group-mix channel (``groups`` columns) and the item-neighbour channel
+(``knn_rank`` columns) — see :class:`ModelConfig`. Other node types keep their input embeddings.
 
 Purchase score = ``user_emb @ item_emb.T`` (so FAISS inner-product search returns exactly the
 model's ranking), plus, for the ``history`` tower with ``revisit``, a learned sparse term on the
-items each user already interacted with (:meth:`ShopGNN.revisit_scores`): a search for the top
+items each user already interacted with (:meth:`ShopGNN.revisit_scores`, with the
+consideration-set score when ``consider`` is on): a search for the top
 ``k + (that user's revisit items)`` by inner product, with those items rescored, is still exact.
 Fraud logit = MLP(user_emb).
 
@@ -127,6 +130,20 @@ class ModelConfig:
             them on validation after training (``w`` = 0: off). The items it scores are those of
             the sparse revisit term, so FAISS still serves the ranking exactly. Off by default so
             older run folders load; on for new ``history`` models (``TrainConfig``).
+        knn_rank: rank of the ``history`` tower's *item-neighbour channel* (0: off): ItemKNN's
+            item–item similarity ``S`` (``graph.baselines.ItemKNN`` on the training period, views
+            and carts included) factored as ``S ≈ A Bᵀ`` (``[items, knn_rank]`` each, truncated
+            SVD), appended as ``knn_rank`` columns on each side, after the group-mix channel and
+            before the bias column::
+
+                channel(u, i) = w * sd_u * (h_u A) · B_i / spread_j((h_u A) · B_j)
+
+            ``h_u`` the user's distinct items in the graph given (binary), ``sd_u`` the spread of
+            the user's own tower scores (as for the group-mix channel): a low-rank ItemKNN score
+            whose spread over the catalogue is ``w`` times the tower's, still one dot product.
+            ``A``, ``B`` and ``w`` are not trained: ``calibrate_item_knn`` (graph/train.py) fits
+            them after training and picks ``w`` on validation (0: off). Off by default so older
+            run folders load; on for new ``history`` models (``TrainConfig.item_knn``).
     """
 
     node_types: list[str]
@@ -147,6 +164,7 @@ class ModelConfig:
     revisit: bool = False
     groups: int = 0
     consider: bool = False
+    knn_rank: int = 0
 
     def __post_init__(self) -> None:
         self.edge_types = [tuple(et) for et in self.edge_types]  # type: ignore[misc]
@@ -167,11 +185,14 @@ class ModelConfig:
                 raise ValueError(f"time_scales: expected positive day counts (got {self.time_scales})")
             if "user" not in self.node_types or "item" not in self.node_types:
                 raise ValueError(f"conv: 'history' needs 'user' and 'item' node types (got {self.node_types})")
-        elif self.revisit or self.item_counts or self.user_mlp or self.groups or self.consider:
-            raise ValueError(f"revisit, item_counts, user_mlp, groups, consider: options of the 'history' tower "
+        elif self.revisit or self.item_counts or self.user_mlp or self.groups or self.consider or self.knn_rank:
+            raise ValueError(f"revisit, item_counts, user_mlp, groups, consider, knn_rank: options of the 'history' tower "
                              f"(got conv={self.conv!r})")
         if self.groups < 0:
             raise ValueError(f"groups: expected >= 0 (got {self.groups})")
+        if self.knn_rank < 0 or ("item" in self.num_nodes and self.knn_rank > self.num_nodes["item"]):
+            raise ValueError(f"knn_rank: expected 0 <= knn_rank <= the number of items "
+                             f"({self.num_nodes.get('item')}) (got {self.knn_rank})")
         if self.consider and not self.revisit:
             raise ValueError("consider: the consideration-set score is part of the revisit term "
                              "(got consider=True with revisit=False)")
@@ -478,6 +499,11 @@ class ShopGNN(nn.Module):
                 self.consider_weight = nn.Parameter(torch.zeros(()), requires_grad=False)
                 self.consider_share = nn.Parameter(torch.tensor(0.25), requires_grad=False)
                 self.consider_size = nn.Parameter(torch.tensor(6.0), requires_grad=False)
+            if c.knn_rank > 0:
+                # fitted by calibrate_item_knn after training, never by the optimiser (weight 0: off)
+                self.knn_in = nn.Parameter(torch.zeros(c.num_nodes["item"], c.knn_rank), requires_grad=False)
+                self.knn_out = nn.Parameter(torch.zeros(c.num_nodes["item"], c.knn_rank), requires_grad=False)
+                self.knn_weight = nn.Parameter(torch.zeros(()), requires_grad=False)
             if c.user_mlp > 0:
                 d = c.hidden - 1
                 self.user_mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, c.user_mlp), nn.GELU(),
@@ -640,14 +666,20 @@ class ShopGNN(nn.Module):
         if c.item_counts:
             bias = bias + torch.log1p(item_count)
         bias = bias.unsqueeze(1).to(item.dtype)
-        if c.groups:
-            ch_user, ch_item = self._group_channel(data, [ei for _, ei, _ in events], torch.cat([user, ones], 1),
-                                                   torch.cat([item, bias], 1), device)
-            out["user"] = torch.cat([user, ch_user.to(user.dtype), ones], 1)
-            out["item"] = torch.cat([item, ch_item.to(item.dtype), bias], 1)
-        else:
-            out["user"] = torch.cat([user, ones], 1)
-            out["item"] = torch.cat([item, bias], 1)
+        users, items = [user], [item]
+        if c.groups or c.knn_rank:
+            edges = [ei for _, ei, _ in events]
+            tower_user, tower_item = torch.cat([user, ones], 1), torch.cat([item, bias], 1)
+            if c.groups:
+                ch_user, ch_item = self._group_channel(data, edges, tower_user, tower_item, device)
+                users.append(ch_user.to(user.dtype))
+                items.append(ch_item.to(item.dtype))
+            if c.knn_rank:
+                ch_user, ch_item = self._knn_channel(edges, tower_user, tower_item, ids, known, device)
+                users.append(ch_user.to(user.dtype))
+                items.append(ch_item.to(item.dtype))
+        out["user"] = torch.cat([*users, ones], 1)
+        out["item"] = torch.cat([*items, bias], 1)
         return out
 
     @torch.no_grad()
@@ -671,6 +703,30 @@ class ShopGNN(nn.Module):
         ch_item = self.group_weight * F.one_hot(counts.group, g_count).float() * counts.share.unsqueeze(1)
         return ch_user, ch_item
 
+    @torch.no_grad()
+    def _knn_channel(self, edges: list[Tensor], user: Tensor, item: Tensor, ids: Tensor, known: Tensor,
+                     device: torch.device) -> tuple[Tensor, Tensor]:
+        """The item-neighbour channel (:class:`ModelConfig` ``knn_rank``): ``([U, r], [I, r])``
+        columns whose dot product is ``w * sd_u * (h_u A) · B_i / spread_j((h_u A) · B_j)``; zeros
+        when ``w`` is 0 (all of training). ``ids``/``known``: the graph's item rows in the model's
+        tables (an item past them has no factors: zero columns)."""
+        c = self.config
+        n_users, n_items = user.size(0), item.size(0)
+        if float(self.knn_weight) == 0.0:
+            return torch.zeros(n_users, c.knn_rank, device=device), torch.zeros(n_items, c.knn_rank, device=device)
+        rows = ids.clamp(max=c.num_nodes["item"] - 1)
+        mask = known.unsqueeze(1).float()
+        a = self.knn_in[rows].float() * mask
+        b = self.knn_out[rows].float() * mask
+        factors = torch.zeros(n_users, c.knn_rank, device=device)
+        if edges:
+            pairs = torch.unique(torch.cat(edges, 1), dim=1)  # h_u: the user's distinct items
+            factors.index_add_(0, pairs[0], a[pairs[1]])
+        # in units of the spread: the channel's scores spread over the items as the tower's do
+        unit = factors / _score_spread(factors, b).unsqueeze(1).clamp(min=1e-12)
+        ch_user = _score_spread(user, item).unsqueeze(1) * unit
+        return ch_user, self.knn_weight * b
+
     @property
     def group_columns(self) -> slice:
         """Where the group-mix channel sits in the history tower's embeddings (an empty slice
@@ -678,17 +734,25 @@ class ShopGNN(nn.Module):
         d = self.config.hidden - 1
         return slice(d, d + self.config.groups)
 
-    def without_group_columns(self, emb: Tensor) -> Tensor:
-        """User or item embeddings without the group-mix channel's columns: ``[N, hidden]``."""
-        if not self.config.groups:
+    @property
+    def knn_columns(self) -> slice:
+        """Where the item-neighbour channel sits (an empty slice without it): after the group-mix
+        channel, before the bias / constant column."""
+        start = self.config.hidden - 1 + self.config.groups
+        return slice(start, start + self.config.knn_rank)
+
+    def without_channels(self, emb: Tensor) -> Tensor:
+        """User or item embeddings without the group-mix and item-neighbour channels' columns
+        (the tower's own): ``[N, hidden]``."""
+        start, stop = self.group_columns.start, self.knn_columns.stop
+        if stop == start:
             return emb
-        cols = self.group_columns
-        return torch.cat([emb[..., :cols.start], emb[..., cols.stop:]], -1)
+        return torch.cat([emb[..., :start], emb[..., stop:]], -1)
 
     def fraud_input(self, user_emb: Tensor) -> Tensor:
         """The columns of user embeddings that describe the user for fraud (every column but the
-        group-mix channel's, which is a ranking device): ``[U, hidden]``."""
-        return self.without_group_columns(user_emb)
+        channels', which are ranking devices): ``[U, hidden]``."""
+        return self.without_channels(user_emb)
 
     def revisit_scores(self, data: HeteroData, emb: dict[str, Tensor] | None = None) -> Revisit | None:
         """The revisit term of every (user, item) pair with events in ``data``; None when the
@@ -743,8 +807,8 @@ class ShopGNN(nn.Module):
         if emb is None:
             emb = self.embed(data)
         # the spread of the tower's own columns, as the channel's
-        user = self.without_group_columns(emb["user"].to(device))
-        item = self.without_group_columns(emb["item"].to(device))
+        user = self.without_channels(emb["user"].to(device))
+        item = self.without_channels(emb["item"].to(device))
         has_groups = c.groups > 0 and "group" in data["item"]
         group = data["item"].group.to(device) if has_groups else torch.zeros(n_items, dtype=torch.long, device=device)
         counts = _group_counts(group, c.groups if has_groups else 1, n_users, n_items, edges)

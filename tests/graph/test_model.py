@@ -315,7 +315,7 @@ def test_revisit_term_is_trainable_and_enters_the_purchase_score() -> None:
 def test_revisit_config() -> None:
     data = _graph()
     assert _model(data, "history").revisit_scores(message_passing_graph(data, "train")) is None
-    with pytest.raises(ValueError, match=r"revisit, item_counts, user_mlp, groups, consider: options of the 'history' tower"):
+    with pytest.raises(ValueError, match=r"revisit, item_counts, user_mlp, groups, consider, knn_rank: options of the 'history' tower"):
         ModelConfig.from_data(data, conv="sage", hidden=16, revisit=True)
     model = _model(data, "history", revisit=True)
     assert ModelConfig.from_json(model.config.to_json()).revisit is True
@@ -386,7 +386,7 @@ def test_group_mix_config_and_bad_groups() -> None:
     data = _graph()
     with pytest.raises(ValueError, match=r"groups: expected >= 0 \(got -1\)"):
         ModelConfig.from_data(data, conv="history", hidden=16, groups=-1)
-    with pytest.raises(ValueError, match=r"groups, consider: options of the 'history' tower"):
+    with pytest.raises(ValueError, match=r"groups, consider, knn_rank: options of the 'history' tower"):
         ModelConfig.from_data(data, conv="sage", hidden=16, groups=3)
     model = _model(data, "history", groups=2)
     assert ModelConfig.from_json(model.config.to_json()).groups == 2
@@ -470,7 +470,7 @@ def test_consider_config() -> None:
     data = _graph()
     with pytest.raises(ValueError, match=r"consider: the consideration-set score is part of the revisit term"):
         ModelConfig.from_data(data, conv="history", hidden=16, consider=True)
-    with pytest.raises(ValueError, match=r"revisit, item_counts, user_mlp, groups, consider: options of the 'history'"):
+    with pytest.raises(ValueError, match=r"revisit, item_counts, user_mlp, groups, consider, knn_rank: options of the 'history'"):
         ModelConfig.from_data(data, conv="sage", hidden=16, consider=True)
     model = _model(data, "history", revisit=True, consider=True)
     assert ModelConfig.from_json(model.config.to_json()).consider is True
@@ -480,3 +480,50 @@ def test_consider_config() -> None:
         model.consider_weight.fill_(2.0)
         rv = model.revisit_scores(_no_edges(data))  # no events: no pairs, nothing to score
     assert rv is not None and rv.value.numel() == 0
+
+
+@torch.no_grad()
+def test_item_knn_channel_adds_a_low_rank_itemknn_score() -> None:
+    data = _graph()
+    g = message_passing_graph(data, "train")
+    model = _model(data, "history", groups=3, knn_rank=4)
+    n_users, n_items = data["user"].num_nodes, data["item"].num_nodes
+    gen = torch.Generator().manual_seed(3)
+    model.knn_in.copy_(torch.randn(n_items, 4, generator=gen))
+    model.knn_out.copy_(torch.randn(n_items, 4, generator=gen))
+    off = model.embed(g)
+    assert torch.all(off["user"][:, model.knn_columns] == 0)  # weight 0 (all of training): no change
+    model.knn_weight.fill_(0.7)
+    on = model.embed(g)
+    assert on["user"].shape == (n_users, 16 + 3 + 4) and torch.all(on["user"][:, -1] == 1.0)
+    # reference: h_u (distinct items with events, binary) @ A, scored against B, in units of spread
+    h = torch.zeros(n_users, n_items, dtype=torch.float64)
+    for et in g.edge_types:
+        if et[0] == "user" and et[2] == "item":
+            h[g[et].edge_index[0], g[et].edge_index[1]] = 1.0
+    knn = h @ model.knn_in.double() @ model.knn_out.double().T
+    tower = (off["user"] @ off["item"].T).double()  # both channels off
+    has = h.sum(1, keepdim=True) > 0
+    want = torch.where(has, 0.7 * tower.std(1, keepdim=True) * knn / knn.std(1, keepdim=True).clamp(min=1e-12), 0.0)
+    got = (on["user"] @ on["item"].T - off["user"] @ off["item"].T).double()
+    torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+    # a ranking device: the fraud head never sees it
+    torch.testing.assert_close(model.fraud_input(on["user"]), model.fraud_input(off["user"]))
+    assert model.fraud_input(on["user"]).shape == (n_users, 16)
+    # no events (the inductive pass): no user factors; an item past the tables has no factors
+    assert torch.all(model.embed(_no_edges(data))["user"][:, model.knn_columns] == 0)
+    grown = g.clone()
+    grown["item"].n_id = torch.arange(n_items) + 1  # the last row is past the tables
+    assert torch.all(model.embed(grown)["item"][-1, model.knn_columns] == 0)
+    assert torch.all(model.embed(grown)["item"][0, model.knn_columns] == 0.7 * model.knn_out[1])
+
+
+def test_item_knn_config() -> None:
+    data = _graph()
+    with pytest.raises(ValueError, match=r"knn_rank: expected 0 <= knn_rank <= the number of items"):
+        ModelConfig.from_data(data, conv="history", hidden=16, knn_rank=-1)
+    with pytest.raises(ValueError, match=r"knn_rank: expected 0 <= knn_rank <= the number of items \(30\) \(got 31\)"):
+        ModelConfig.from_data(data, conv="history", hidden=16, knn_rank=31)
+    model = _model(data, "history", knn_rank=5)
+    assert ModelConfig.from_json(model.config.to_json()).knn_rank == 5
+    assert model.knn_columns == slice(15, 20) and model.group_columns == slice(15, 15)

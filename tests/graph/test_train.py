@@ -63,7 +63,7 @@ def test_training_reduces_loss(data: HeteroData, conv: str) -> None:
     assert last["fraud_loss"] < first["fraud_loss"]
     assert 0 < result.best_epoch <= 40
     # the history tower adds the group-mix channel: one column per item category (3 here)
-    width = 16 + 3 if conv == "history" else 16
+    width = 16 + 3 + 12 if conv == "history" else 16  # + the group-mix and item-neighbour channels (25 items: rank 12)
     assert result.embeddings["item"].shape == (data["item"].num_nodes, width)
     assert result.fraud_prob.shape == (data["user"].num_nodes,)
     assert set(result.fraud.candidates) == {"gnn_head", "hybrid", "graph_trees", "rank_average"}
@@ -281,8 +281,8 @@ def test_train_run_writes_artifacts(tmp_path: Path, data: HeteroData) -> None:
                 "embeddings.safetensors", "fraud.json"):
         assert run.has(rel), rel
     emb = load_file(str(path / "embeddings.safetensors"))
-    assert emb["user"].shape == (data["user"].num_nodes, 16 + 3)  # + the group-mix channel
-    assert emb["item"].shape == (data["item"].num_nodes, 16 + 3)
+    assert emb["user"].shape == (data["user"].num_nodes, 16 + 3 + 12)  # + the group-mix and item-neighbour channels
+    assert emb["item"].shape == (data["item"].num_nodes, 16 + 3 + 12)
     assert emb["device"].shape == (data["device"].num_nodes, 16)
     assert emb["fraud_prob"].shape == (data["user"].num_nodes,)
     assert ((emb["fraud_prob"] >= 0) & (emb["fraud_prob"] <= 1)).all()
@@ -500,7 +500,7 @@ def test_group_mix_weight_is_chosen_on_validation(data: HeteroData, fast_result:
     assert calib["0"] == pytest.approx(max(result.revisit_calibration.values()))
     off = train(data, TrainConfig(**{**FAST, "group_mix": False}))  # type: ignore[arg-type]
     assert off.model.config.groups == 0 and off.group_mix_calibration == {}
-    assert off.embeddings["item"].shape == (data["item"].num_nodes, 16)
+    assert off.embeddings["item"].shape == (data["item"].num_nodes, 16 + 12)
 
 
 def test_consider_setting_is_chosen_on_validation(data: HeteroData, fast_result: train_mod.TrainResult) -> None:
@@ -517,23 +517,74 @@ def test_consider_setting_is_chosen_on_validation(data: HeteroData, fast_result:
         s, n, m, w = (float(kv.split("=")[1]) for kv in kept.split())
         assert (float(model.consider_share), float(model.consider_size), float(model.consider_weight)) == \
             pytest.approx((s, n, w))
-    # the kept model scores validation as the calibration measured (every term included)
-    assert _val_recall_as_kept(model, data) == pytest.approx(calib[kept])
+    # the kept setting scores validation as the calibration measured: the item-neighbour
+    # calibration's weight 0 re-scores the model so far
+    assert result.item_knn_calibration["0"] == pytest.approx(calib[kept])
     assert ("+consider" in _model_kind(model)) == (kept != "off")
     off = train(data, TrainConfig(**{**FAST, "consider": False}))  # type: ignore[arg-type]
     assert not off.model.config.consider and off.consider_calibration == {}
     assert not hasattr(off.model, "consider_weight")
 
 
-def test_calibrate_consider_keeps_the_setting_it_measured() -> None:
-    """On a graph where validation is not saturated (an untrained model, 120 items), the kept
-    setting and another one score validation, through the model's own code, as recorded."""
+def _unsaturated() -> tuple[HeteroData, ShopGNN]:
+    """A graph where validation Recall@20 is not saturated (120 items) and an untrained default
+    history model for it (channels and scores still off)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         data = build_graph(make_tables(n_users=300, n_items=120, n_events=6000, seed=0))
     data["item"].x = torch.randn(data["item"].num_nodes, 7, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    fresh = ShopGNN(TrainConfig(hidden=16).model_config(data)).eval()
+    return data, ShopGNN(TrainConfig(hidden=16).model_config(data)).eval()
+
+
+def test_item_knn_channel_is_fitted_and_weighted_on_validation(fast_result: train_mod.TrainResult,
+                                                               data: HeteroData) -> None:
+    from shopgraph.graph.baselines import item_neighbours
+
+    big, model = _unsaturated()
+    assert model.config.knn_rank == min(train_mod.ITEM_KNN_RANK, 120 // 2)  # at most half the catalogue
+    g = lean_graph(message_passing_graph(big, "train"))
+    calib = train_mod.calibrate_item_knn(model, g, big, train_mod.target_pairs(big, "train"),
+                                         train_mod.target_pairs(big, "val"), torch.device("cpu"))
+    assert set(calib) == {f"{w:g}" for w in train_mod.ITEM_KNN_WEIGHTS}
+    best = max(train_mod.ITEM_KNN_WEIGHTS, key=lambda w: (calib[f"{w:g}"], -w))
+    assert float(model.knn_weight) == best
+    assert len(set(calib.values())) > 2  # the channel moves the ranking
+    # the kept weight and another one score validation, through the model's own code, as recorded
+    for w in {best, 0.5}:
+        forced = copy.deepcopy(model)
+        with torch.no_grad():
+            forced.knn_weight.fill_(w)
+        assert _val_recall_as_kept(forced, big) == pytest.approx(calib[f"{w:g}"]), w
+    # the factors are the truncated SVD of ItemKNN's similarities: the best rank-r error
+    sim = torch.from_numpy(item_neighbours(big, "val").similarity_.toarray())
+    approx = model.knn_in @ model.knn_out.T
+    tail = torch.linalg.svdvals(sim)[model.config.knn_rank:]
+    assert float((sim - approx).norm()) == pytest.approx(float(tail.norm()), rel=0.05)
+    # in the training pipeline: the last calibration; the kept model scores validation as measured
+    result = fast_result
+    knn = result.item_knn_calibration
+    kept = max(train_mod.ITEM_KNN_WEIGHTS, key=lambda w: (knn[f"{w:g}"], -w))
+    assert float(result.model.knn_weight) == kept
+    assert _val_recall_as_kept(result.model, data) == pytest.approx(knn[f"{kept:g}"])
+    off = train(data, TrainConfig(**{**FAST, "item_knn": 0}))  # type: ignore[arg-type]
+    assert off.model.config.knn_rank == 0 and off.item_knn_calibration == {}
+    assert not hasattr(off.model, "knn_weight")
+
+
+def test_item_knn_where_it_cannot_be_is_an_error(data: HeteroData) -> None:
+    with pytest.raises(ValueError, match=r"item_knn: a rank >= 0 of the history tower's item-neighbour channel"):
+        TrainConfig(conv="sage", item_knn=8)
+    with pytest.raises(ValueError, match=r"item_knn: a rank >= 0"):
+        TrainConfig(item_knn=-1)
+    with pytest.raises(ValueError, match=r"item_knn: rank 99 above the 25 items"):
+        TrainConfig(item_knn=99).model_config(data)
+
+
+def test_calibrate_consider_keeps_the_setting_it_measured() -> None:
+    """On a graph where validation is not saturated (an untrained model, 120 items), the kept
+    setting and another one score validation, through the model's own code, as recorded."""
+    data, fresh = _unsaturated()
     model = copy.deepcopy(fresh)
     g = lean_graph(message_passing_graph(data, "train"))
     calib = train_mod.calibrate_consider(model, g, data, train_mod.target_pairs(data, "train"),
