@@ -729,18 +729,28 @@ def calibrate_group_mix(
     """
     if not model.config.groups or val_pairs.size(1) == 0:
         return {}
-    model.group_weight.fill_(1.0)
+    return _choose_channel_weight(model, "group-mix channel", model.group_weight, model.group_columns, GROUP_WEIGHTS,
+                                  graph, data, train_pairs, val_pairs, device)
+
+
+def _choose_channel_weight(
+    model: ShopGNN, name: str, weight: torch.nn.Parameter, cols: slice, weights: tuple[float, ...],
+    graph: HeteroData, data: HeteroData, train_pairs: Tensor, val_pairs: Tensor, device: torch.device,
+) -> dict[str, float]:
+    """Score validation with an embedding channel (item columns ``cols``, linear in ``weight``) at
+    each of ``weights`` (0 first), keep the best (the smallest on a tie) in ``weight``, and return
+    ``{str(weight): val Recall@20}``. One embedding pass: the item columns are rescaled in place."""
+    weight.fill_(1.0)
     emb = embed_graph(model, graph, device)
-    rv = revisit_graph(model, graph, device)
-    cols = model.group_columns
+    rv = revisit_graph(model, graph, device, emb)
     channel = emb["item"][:, cols].clone()
     out: dict[str, float] = {}
-    for w in GROUP_WEIGHTS:
+    for w in weights:
         emb["item"][:, cols] = w * channel
         out[f"{w:g}"] = _revisit_recalls(emb, rv, data, train_pairs, val_pairs, (1.0,))[1.0]
-    best = max(GROUP_WEIGHTS, key=lambda w: (out[f"{w:g}"], -w))
-    model.group_weight.fill_(best)
-    logger.info("group-mix channel: weight %g (val recall@20 %.4f; off: %.4f)", best, out[f"{best:g}"], out["0"])
+    best = max(weights, key=lambda w: (out[f"{w:g}"], -w))
+    weight.fill_(best)
+    logger.info("%s: weight %g (val recall@20 %.4f; off: %.4f)", name, best, out[f"{best:g}"], out["0"])
     return out
 
 
@@ -780,19 +790,8 @@ def calibrate_item_knn(
         left, sv, right = torch.svd_lowrank(matrix, q=min(rank + 10, min(sim.shape)), niter=4)
     model.knn_in.copy_((left[:, :rank] * sv[:rank]).to(model.knn_in.device))
     model.knn_out.copy_(right[:, :rank].to(model.knn_out.device))
-    model.knn_weight.fill_(1.0)
-    emb = embed_graph(model, graph, device)
-    rv = revisit_graph(model, graph, device, emb)
-    cols = model.knn_columns
-    channel = emb["item"][:, cols].clone()
-    out: dict[str, float] = {}
-    for w in ITEM_KNN_WEIGHTS:
-        emb["item"][:, cols] = w * channel
-        out[f"{w:g}"] = _revisit_recalls(emb, rv, data, train_pairs, val_pairs, (1.0,))[1.0]
-    best = max(ITEM_KNN_WEIGHTS, key=lambda w: (out[f"{w:g}"], -w))
-    model.knn_weight.fill_(best)
-    logger.info("item-neighbour channel: weight %g (val recall@20 %.4f; off: %.4f)", best, out[f"{best:g}"], out["0"])
-    return out
+    return _choose_channel_weight(model, "item-neighbour channel", model.knn_weight, model.knn_columns,
+                                  ITEM_KNN_WEIGHTS, graph, data, train_pairs, val_pairs, device)
 
 
 CONSIDER_SETS: tuple[tuple[float, float], ...] = ((0.15, 4.0), (0.25, 6.0), (0.35, 10.0))  # (share, size)
