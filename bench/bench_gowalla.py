@@ -11,7 +11,10 @@ CPU; the table says how many epochs that bought. The models (``--models``):
   score a dot product. Trained as the product trains without timestamps ("disjoint"
   supervision): each step takes a batch of users, hides a random ``--holdout`` share of each
   user's items from the graph and predicts them with a softmax over the whole catalogue (the
-  user's visible items masked out, as they are at evaluation).
+  user's visible items masked out, as they are at evaluation). After training, the product's
+  item-neighbour channel (``--knn-rank``, 64; 0 turns it off): ItemKNN fitted on the pairs the
+  tower trained on, factored, its weight chosen on the early-stopping pairs
+  (``item_knn_channel``).
 * ``lightgcn`` — 3 layers of weight-free LightGCN propagation over user and item id embeddings
   (sparse products), sampled softmax over shared negatives.
 
@@ -26,7 +29,8 @@ training pairs held out of training, and dropout 0.25 on the item embeddings (th
 the best early-stopping Recall@20 from 0.1669 to 0.1909 — chosen on those pairs, not on test. EASE is not run (two 41k² float32 matrices, 13 GB peak): its measured number
 is quoted.
 
-    OMP_WAIT_POLICY=PASSIVE nice python bench/bench_gowalla.py [--budget-min 15] [--models history,lightgcn] [--val] [--json out.json]
+    OMP_WAIT_POLICY=PASSIVE nice python bench/bench_gowalla.py [--budget-min 15] [--models history,lightgcn]
+        [--knn-rank 64] [--val] [--json out.json]
 
 On a shared, oversubscribed CPU set ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP threads sleep instead of
 spinning): on the 2-core shared machine the Reddit run took 95 s with it and about 15 minutes
@@ -50,6 +54,7 @@ from torch_geometric.data import HeteroData
 from shopgraph.graph.baselines import ItemKNN, Popularity
 from shopgraph.graph.metrics import ranking_metrics
 from shopgraph.graph.model import ModelConfig, ShopGNN
+from shopgraph.graph.train import ITEM_KNN_WEIGHTS, set_item_knn_factors
 
 PUBLISHED = {
     "LightGCN (paper)": (0.1830, 0.1554),
@@ -107,7 +112,7 @@ class UserLists:
 def train_history(
     data: HeteroData, train: Tensor, *, budget_s: float, hidden: int, user_mlp: int, batch_users: int, holdout: float,
     lr: float, temperature: float, seed: int, stop_pairs: Tensor | None = None, eval_every: int = 3,
-    patience: int = 3, dropout: float = 0.0,
+    patience: int = 3, dropout: float = 0.0, knn_rank: int = 0,
 ) -> tuple[ShopGNN, dict[str, float]]:
     """The ``history`` tower with disjoint supervision (module docstring), for a wall-clock budget.
     Returns the model in eval mode (embed it on the graph to rank from) and its training stats.
@@ -119,7 +124,7 @@ def train_history(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     cfg = ModelConfig.from_data(data, id_embeddings=["item"], conv="history", hidden=hidden, dropout=dropout,
-                                user_mlp=user_mlp)
+                                user_mlp=user_mlp, knn_rank=knn_rank)
     model = ShopGNN(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     num_users, num_items = int(data["user"].num_nodes), int(data["item"].num_nodes)
@@ -183,6 +188,29 @@ def train_history(
              "last_loss": last_loss, "best_epoch": float(best[1]) if best else float(epoch),
              "stop_recall@20": best[0] if best else float("nan")}
     return model, stats
+
+
+@torch.no_grad()
+def item_knn_channel(model: ShopGNN, fit_pairs: Tensor, stop_pairs: Tensor, num_users: int,
+                     num_items: int) -> dict[str, float]:
+    """The product's item-neighbour channel after training (``graph.train.set_item_knn_factors``):
+    ItemKNN on the pairs the tower trained on, factored; its weight (of ``ITEM_KNN_WEIGHTS``) chosen
+    on Recall@20 of the early-stopping pairs, as the product chooses it on validation. Returns
+    ``{str(weight): recall}``; the best weight is left in the model."""
+    knn = ItemKNN(neighbors=200, shrink=100).fit(fit_pairs, num_users, num_items)
+    set_item_knn_factors(model, knn)
+    model.knn_weight.fill_(1.0)
+    emb = model.embed(bipartite_graph(fit_pairs, num_users, num_items))
+    cols = model.knn_columns
+    channel = emb["item"][:, cols].clone()
+    out: dict[str, float] = {}
+    for w in ITEM_KNN_WEIGHTS:
+        emb["item"][:, cols] = w * channel
+        out[f"{w:g}"] = ranking_metrics(lambda u, ue=emb["user"], ie=emb["item"]: ShopGNN.score(ue[u], ie),
+                                        fit_pairs, stop_pairs, num_items, ks=(20,), batch_size=1024)["recall@20"]
+        print(f"item-neighbour channel weight {w:g}: early-stopping recall@20 {out[f'{w:g}']:.4f}", flush=True)
+    model.knn_weight.fill_(max(ITEM_KNN_WEIGHTS, key=lambda w: (out[f"{w:g}"], -w)))
+    return out
 
 
 def train_gnn(
@@ -268,6 +296,8 @@ def main() -> int:
     h.add_argument("--history-lr", type=float, default=0.05)
     h.add_argument("--history-temperature", type=float, default=16.0)
     h.add_argument("--dropout", type=float, default=0.25, help="dropout on the item input embeddings")
+    h.add_argument("--knn-rank", type=int, default=64,
+                   help="rank of the item-neighbour channel, weighted on the early-stopping pairs (0: off)")
     g = ap.add_argument_group("lightgcn")
     g.add_argument("--loss", choices=("softmax", "bpr"), default="softmax")
     g.add_argument("--batch", type=int, default=16384, help="positive pairs per step (one propagation each)")
@@ -315,7 +345,19 @@ def main() -> int:
                 bipartite_graph(fit_pairs, num_users, num_items), fit_pairs, budget_s=budget_s, hidden=args.hidden,
                 user_mlp=args.user_mlp, batch_users=args.batch_users, holdout=args.holdout, lr=args.history_lr,
                 temperature=args.history_temperature, seed=args.seed, stop_pairs=stop_pairs, dropout=args.dropout,
+                knn_rank=args.knn_rank,
             )
+            knn_note = ""
+            if args.knn_rank:
+                t0 = time.perf_counter()
+                recalls = item_knn_channel(model, fit_pairs, stop_pairs, num_users, num_items)
+                stats["knn_seconds"] = time.perf_counter() - t0
+                stats["knn_weight"] = float(model.knn_weight)
+                for w, r in recalls.items():
+                    stats[f"stop_recall@20_knn_{w}"] = r
+                knn_note = (f"; item-neighbour channel rank {args.knn_rank}, weight {float(model.knn_weight):g} "
+                            f"(early-stopping recall@20 {recalls['0']:.4f} -> {max(recalls.values()):.4f}, "
+                            f"{stats['knn_seconds']:.0f}s)")
             with torch.no_grad():
                 emb = model.embed(data)
             key = "shopgnn_history"
@@ -323,7 +365,7 @@ def main() -> int:
                           f"{stats['epochs']:.1f} "
                           f"epochs ({int(stats['steps'])} steps of {args.batch_users} users) in "
                           f"{stats['train_seconds'] / 60:.1f} of {args.budget_min:g} min, best epoch "
-                          f"{int(stats['best_epoch'])} on the early-stopping pairs")
+                          f"{int(stats['best_epoch'])} on the early-stopping pairs{knn_note}")
         else:
             _, emb, stats = train_gnn(
                 data, train, budget_s=budget_s, loss=args.loss, batch=args.batch, negatives=args.negatives,

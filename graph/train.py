@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from tqdm.auto import tqdm
 from shopgraph.graph.build import message_passing_graph, target_edge_type, target_pairs
 from shopgraph.graph.model import CONVS, ModelConfig, Revisit, ShopGNN, purchase_scores, sparse_block
 from shopgraph.graph.run import RunDir, atomic_write
+
+if TYPE_CHECKING:
+    from shopgraph.graph.baselines import ItemKNN
 
 logger = logging.getLogger(__name__)
 
@@ -759,6 +762,27 @@ ITEM_KNN_WEIGHTS: tuple[float, ...] = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0)
 
 
 @torch.no_grad()
+def set_item_knn_factors(model: ShopGNN, knn: ItemKNN) -> None:
+    """Store the rank-``knn_rank`` truncated SVD of a fitted ItemKNN's neighbour matrix,
+    ``S ≈ (U Σ) Vᵀ``, as the model's item-neighbour factors (``knn_in = U Σ``, ``knn_out = V``;
+    seeded, so the same ItemKNN gives the same factors). The channel's weight is left as it is."""
+    rank = model.config.knn_rank
+    if not rank:
+        raise ValueError("set_item_knn_factors: the model has no item-neighbour channel (knn_rank 0)")
+    sim = knn.similarity_.tocoo()
+    if sim.shape != (model.knn_in.size(0),) * 2:
+        raise ValueError(f"set_item_knn_factors: ItemKNN over {sim.shape[0]} items, the model has "
+                         f"{model.knn_in.size(0)}")
+    matrix = torch.sparse_coo_tensor(torch.from_numpy(np.vstack([sim.row, sim.col])).long(),
+                                     torch.from_numpy(sim.data).float(), sim.shape).coalesce()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        left, sv, right = torch.svd_lowrank(matrix, q=min(rank + 10, min(sim.shape)), niter=4)
+    model.knn_in.copy_((left[:, :rank] * sv[:rank]).to(model.knn_in.device))
+    model.knn_out.copy_(right[:, :rank].to(model.knn_out.device))
+
+
+@torch.no_grad()
 def calibrate_item_knn(
     model: ShopGNN, graph: HeteroData, data: HeteroData, train_pairs: Tensor, val_pairs: Tensor,
     device: torch.device,
@@ -779,17 +803,9 @@ def calibrate_item_knn(
     """
     from shopgraph.graph.baselines import item_neighbours
 
-    rank = model.config.knn_rank
-    if not rank or val_pairs.size(1) == 0:
+    if not model.config.knn_rank or val_pairs.size(1) == 0:
         return {}
-    sim = item_neighbours(data, "val").similarity_.tocoo()
-    matrix = torch.sparse_coo_tensor(torch.from_numpy(np.vstack([sim.row, sim.col])).long(),
-                                     torch.from_numpy(sim.data).float(), sim.shape).coalesce()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        left, sv, right = torch.svd_lowrank(matrix, q=min(rank + 10, min(sim.shape)), niter=4)
-    model.knn_in.copy_((left[:, :rank] * sv[:rank]).to(model.knn_in.device))
-    model.knn_out.copy_(right[:, :rank].to(model.knn_out.device))
+    set_item_knn_factors(model, item_neighbours(data, "val"))
     return _choose_channel_weight(model, "item-neighbour channel", model.knn_weight, model.knn_columns,
                                   ITEM_KNN_WEIGHTS, graph, data, train_pairs, val_pairs, device)
 

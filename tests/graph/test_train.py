@@ -570,6 +570,11 @@ def test_item_knn_channel_is_fitted_and_weighted_on_validation(fast_result: trai
     off = train(data, TrainConfig(**{**FAST, "item_knn": 0}))  # type: ignore[arg-type]
     assert off.model.config.knn_rank == 0 and off.item_knn_calibration == {}
     assert not hasattr(off.model, "knn_weight")
+    knn = item_neighbours(big, "val")
+    with pytest.raises(ValueError, match=r"set_item_knn_factors: the model has no item-neighbour channel"):
+        train_mod.set_item_knn_factors(off.model, knn)
+    with pytest.raises(ValueError, match=r"set_item_knn_factors: ItemKNN over 120 items, the model has 25"):
+        train_mod.set_item_knn_factors(copy.deepcopy(result.model), knn)
 
 
 def test_item_knn_where_it_cannot_be_is_an_error(data: HeteroData) -> None:
