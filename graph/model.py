@@ -719,9 +719,9 @@ class ShopGNN(nn.Module):
         a = self.knn_in[rows].float() * mask
         b = self.knn_out[rows].float() * mask
         factors = torch.zeros(n_users, c.knn_rank, device=device)
-        if edges:
-            pairs = torch.unique(torch.cat(edges, 1), dim=1)  # h_u: the user's distinct items
-            factors.index_add_(0, pairs[0], a[pairs[1]])
+        if edges:  # h_u: the user's distinct items (1-D keys: unique(dim=1) is ~40x slower)
+            keys = torch.unique(torch.cat([ei[0] * n_items + ei[1] for ei in edges]))
+            factors.index_add_(0, keys // n_items, a[keys % n_items])
         # in units of the spread: the channel's scores spread over the items as the tower's do
         unit = factors / _score_spread(factors, b).unsqueeze(1).clamp(min=1e-12)
         ch_user = _score_spread(user, item).unsqueeze(1) * unit
