@@ -794,8 +794,9 @@ def calibrate_item_knn(
     truncated SVD, ``S ≈ (U Σ) Vᵀ``, into ``knn_in = U Σ`` and ``knn_out = V`` (``[items, rank]``;
     seeded, so the same run gives the same factors). Then each weight of :data:`ITEM_KNN_WEIGHTS`
     is tried on top of the calibrated revisit term (with the consideration-set score) and group-mix
-    channel, and the one with the best validation Recall@20 is kept (the smallest on a tie, so 0 when the channel does not
-    help). Never looks at test; the factors come from the training period only.
+    channel, and the one with the best validation Recall@20 is kept (the smallest on a tie, so 0
+    when the channel does not help). Never looks at test; the factors come from the training
+    period only.
 
     Returns:
         ``{str(weight): val Recall@20}`` for every weight tried (empty when the model has no
@@ -828,8 +829,8 @@ def calibrate_consider(
     """Choose the consideration-set score's settings (``ModelConfig.consider``) on validation.
 
     Training leaves its weight at 0. Afterwards, on top of the calibrated revisit term and
-    group-mix channel (before the item-neighbour channel), every ``(share, size)`` of :data:`CONSIDER_SETS` with every weight of
-    :data:`CONSIDER_WEIGHTS` is tried, the learned revisit score beside it scaled by each of
+    group-mix channel (before the item-neighbour channel), every ``(share, size)`` of
+    :data:`CONSIDER_SETS` with every weight of :data:`CONSIDER_WEIGHTS` is tried, the learned revisit score beside it scaled by each of
     :data:`CONSIDER_REVISIT_MULTIPLIERS` (the new score takes over part of what it did), against
     ``"off"`` (the model as it was). The setting with the best validation Recall@20 is kept
     (``"off"`` on a tie): weight, share and size in the model, the multiplier folded into the
