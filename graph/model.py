@@ -40,6 +40,7 @@ rest of the graph has edges or not: that is the inductive pass used for new item
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -670,12 +671,15 @@ class ShopGNN(nn.Module):
         if c.groups or c.knn_rank:
             edges = [ei for _, ei, _ in events]
             tower_user, tower_item = torch.cat([user, ones], 1), torch.cat([item, bias], 1)
+            # the spread of the users' tower scores, shared by both channels; computed only when one
+            # of them is on (never during training)
+            spread = functools.cache(lambda: _score_spread(tower_user, tower_item))
             if c.groups:
-                ch_user, ch_item = self._group_channel(data, edges, tower_user, tower_item, device)
+                ch_user, ch_item = self._group_channel(data, edges, spread, n_users, n_items, device)
                 users.append(ch_user.to(user.dtype))
                 items.append(ch_item.to(item.dtype))
             if c.knn_rank:
-                ch_user, ch_item = self._knn_channel(edges, tower_user, tower_item, ids, known, device)
+                ch_user, ch_item = self._knn_channel(edges, spread, n_users, n_items, ids, known, device)
                 users.append(ch_user.to(user.dtype))
                 items.append(ch_item.to(item.dtype))
         out["user"] = torch.cat([*users, ones], 1)
@@ -683,35 +687,32 @@ class ShopGNN(nn.Module):
         return out
 
     @torch.no_grad()
-    def _group_channel(self, data: HeteroData, edges: list[Tensor], user: Tensor, item: Tensor,
-                       device: torch.device) -> tuple[Tensor, Tensor]:
+    def _group_channel(self, data: HeteroData, edges: list[Tensor], spread: Callable[[], Tensor], n_users: int,
+                       n_items: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """The group-mix channel (:class:`ModelConfig` ``groups``): ``([U, G], [I, G])`` columns whose
         dot product is ``w * sd_u * mix_u[g(i)] * share_i / max_j(...)``; zeros when ``w`` is 0, the
         graph has no ``data["item"].group`` (the inductive pass of a new item) or no user→item events.
-        ``edges``: the user→item edge indices of ``data`` (from :meth:`_events`); ``user`` /
-        ``item``: the tower's other columns (for ``sd_u``). Not differentiated: ``w`` is set after
-        training."""
+        ``edges``: the user→item edge indices of ``data`` (from :meth:`_events`); ``spread()``:
+        ``sd_u`` from the tower's other columns. Not differentiated: ``w`` is set after training."""
         g_count = self.config.groups
-        n_users, n_items = user.size(0), item.size(0)
         zeros = (torch.zeros(n_users, g_count, device=device), torch.zeros(n_items, g_count, device=device))
         if "group" not in data["item"] or float(self.group_weight) == 0.0:
             return zeros  # weight 0 (all of training): the columns add nothing, so skip the counting
         counts = _group_counts(data["item"].group.to(device), g_count, n_users, n_items, edges)
         if counts is None:
             return zeros
-        ch_user = _score_spread(user, item).unsqueeze(1) * counts.mix / counts.norm.unsqueeze(1)
+        ch_user = spread().unsqueeze(1) * counts.mix / counts.norm.unsqueeze(1)
         ch_item = self.group_weight * F.one_hot(counts.group, g_count).float() * counts.share.unsqueeze(1)
         return ch_user, ch_item
 
     @torch.no_grad()
-    def _knn_channel(self, edges: list[Tensor], user: Tensor, item: Tensor, ids: Tensor, known: Tensor,
-                     device: torch.device) -> tuple[Tensor, Tensor]:
+    def _knn_channel(self, edges: list[Tensor], spread: Callable[[], Tensor], n_users: int, n_items: int,
+                     ids: Tensor, known: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
         """The item-neighbour channel (:class:`ModelConfig` ``knn_rank``): ``([U, r], [I, r])``
         columns whose dot product is ``w * sd_u * (h_u A) · B_i / spread_j((h_u A) · B_j)``; zeros
         when ``w`` is 0 (all of training). ``ids``/``known``: the graph's item rows in the model's
-        tables (an item past them has no factors: zero columns)."""
+        tables (an item past them has no factors: zero columns); ``spread()``: ``sd_u``."""
         c = self.config
-        n_users, n_items = user.size(0), item.size(0)
         if float(self.knn_weight) == 0.0:
             return torch.zeros(n_users, c.knn_rank, device=device), torch.zeros(n_items, c.knn_rank, device=device)
         rows = ids.clamp(max=c.num_nodes["item"] - 1)
@@ -724,7 +725,7 @@ class ShopGNN(nn.Module):
             factors.index_add_(0, keys // n_items, a[keys % n_items])
         # in units of the spread: the channel's scores spread over the items as the tower's do
         unit = factors / _score_spread(factors, b).unsqueeze(1).clamp(min=1e-12)
-        ch_user = _score_spread(user, item).unsqueeze(1) * unit
+        ch_user = spread().unsqueeze(1) * unit
         return ch_user, self.knn_weight * b
 
     @property

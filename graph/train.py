@@ -830,8 +830,9 @@ def calibrate_consider(
 
     Training leaves its weight at 0. Afterwards, on top of the calibrated revisit term and
     group-mix channel (before the item-neighbour channel), every ``(share, size)`` of
-    :data:`CONSIDER_SETS` with every weight of :data:`CONSIDER_WEIGHTS` is tried, the learned revisit score beside it scaled by each of
-    :data:`CONSIDER_REVISIT_MULTIPLIERS` (the new score takes over part of what it did), against
+    :data:`CONSIDER_SETS` with every weight of :data:`CONSIDER_WEIGHTS` is tried, the learned
+    revisit score beside it scaled by each of :data:`CONSIDER_REVISIT_MULTIPLIERS` (the new score
+    takes over part of what it did), against
     ``"off"`` (the model as it was). The setting with the best validation Recall@20 is kept
     (``"off"`` on a tie): weight, share and size in the model, the multiplier folded into the
     revisit scale. Never looks at test. 19 validation rankings.
@@ -1261,7 +1262,7 @@ def train(
     model.eval()
     from shopgraph.graph.fraud_scorer import fraud_probabilities, select_fraud_scorer  # imports this module
 
-    train_emb = embed_graph(model, gpu_graph, dev)  # for the fraud scorer: neither calibration changes its columns
+    train_emb = embed_graph(model, gpu_graph, dev)  # for the fraud scorer: no calibration changes the columns it reads
     calibration = calibrate_revisit(model, train_emb, gpu_graph, data, train_pairs, val_pairs, dev)
     group_calibration = calibrate_group_mix(model, gpu_graph, data, train_pairs, val_pairs, dev)
     consider_calibration = calibrate_consider(model, gpu_graph, data, train_pairs, val_pairs, dev)
