@@ -54,7 +54,7 @@ from torch_geometric.data import HeteroData
 from shopgraph.graph.baselines import ItemKNN, Popularity
 from shopgraph.graph.metrics import ranking_metrics
 from shopgraph.graph.model import ModelConfig, ShopGNN
-from shopgraph.graph.train import ITEM_KNN_WEIGHTS, set_item_knn_factors
+from shopgraph.graph.train import ITEM_KNN_WEIGHTS, choose_channel_weight, set_item_knn_factors
 
 PUBLISHED = {
     "LightGCN (paper)": (0.1830, 0.1554),
@@ -194,22 +194,17 @@ def train_history(
 def item_knn_channel(model: ShopGNN, fit_pairs: Tensor, stop_pairs: Tensor, num_users: int,
                      num_items: int) -> dict[str, float]:
     """The product's item-neighbour channel after training (``graph.train.set_item_knn_factors``):
-    ItemKNN on the pairs the tower trained on, factored; its weight (of ``ITEM_KNN_WEIGHTS``) chosen
-    on Recall@20 of the early-stopping pairs, as the product chooses it on validation. Returns
-    ``{str(weight): recall}``; the best weight is left in the model."""
+    ItemKNN on the pairs the tower trained on, factored; its weight chosen by the product's own
+    search (``graph.train.choose_channel_weight``) on Recall@20 of the early-stopping pairs, as the
+    product chooses it on validation. Returns ``{str(weight): recall}``; the best weight is left
+    in the model."""
     knn = ItemKNN(neighbors=200, shrink=100).fit(fit_pairs, num_users, num_items)
     set_item_knn_factors(model, knn)
-    model.knn_weight.fill_(1.0)
-    emb = model.embed(bipartite_graph(fit_pairs, num_users, num_items))
-    cols = model.knn_columns
-    channel = emb["item"][:, cols].clone()
-    out: dict[str, float] = {}
-    for w in ITEM_KNN_WEIGHTS:
-        emb["item"][:, cols] = w * channel
-        out[f"{w:g}"] = ranking_metrics(lambda u, ue=emb["user"], ie=emb["item"]: ShopGNN.score(ue[u], ie),
-                                        fit_pairs, stop_pairs, num_items, ks=(20,), batch_size=1024)["recall@20"]
-        print(f"item-neighbour channel weight {w:g}: early-stopping recall@20 {out[f'{w:g}']:.4f}", flush=True)
-    model.knn_weight.fill_(max(ITEM_KNN_WEIGHTS, key=lambda w: (out[f"{w:g}"], -w)))
+    graph = bipartite_graph(fit_pairs, num_users, num_items)
+    out = choose_channel_weight(model, "item-neighbour channel", model.knn_weight, model.knn_columns,
+                                ITEM_KNN_WEIGHTS, graph, graph, fit_pairs, stop_pairs, torch.device("cpu"))
+    for w, r in out.items():
+        print(f"item-neighbour channel weight {w}: early-stopping recall@20 {r:.4f}", flush=True)
     return out
 
 

@@ -732,17 +732,19 @@ def calibrate_group_mix(
     """
     if not model.config.groups or val_pairs.size(1) == 0:
         return {}
-    return _choose_channel_weight(model, "group-mix channel", model.group_weight, model.group_columns, GROUP_WEIGHTS,
+    return choose_channel_weight(model, "group-mix channel", model.group_weight, model.group_columns, GROUP_WEIGHTS,
                                   graph, data, train_pairs, val_pairs, device)
 
 
-def _choose_channel_weight(
+def choose_channel_weight(
     model: ShopGNN, name: str, weight: torch.nn.Parameter, cols: slice, weights: tuple[float, ...],
     graph: HeteroData, data: HeteroData, train_pairs: Tensor, val_pairs: Tensor, device: torch.device,
 ) -> dict[str, float]:
     """Score validation with an embedding channel (item columns ``cols``, linear in ``weight``) at
     each of ``weights`` (0 first), keep the best (the smallest on a tie) in ``weight``, and return
-    ``{str(weight): val Recall@20}``. One embedding pass: the item columns are rescaled in place."""
+    ``{str(weight): val Recall@20}``. One embedding pass: the item columns are rescaled in place.
+    ``val_pairs`` are ranked from ``graph``, ``train_pairs`` excluded; ``data`` gives the item
+    count."""
     weight.fill_(1.0)
     emb = embed_graph(model, graph, device)
     rv = revisit_graph(model, graph, device, emb)
@@ -807,7 +809,7 @@ def calibrate_item_knn(
     if not model.config.knn_rank or val_pairs.size(1) == 0:
         return {}
     set_item_knn_factors(model, item_neighbours(data, "val"))
-    return _choose_channel_weight(model, "item-neighbour channel", model.knn_weight, model.knn_columns,
+    return choose_channel_weight(model, "item-neighbour channel", model.knn_weight, model.knn_columns,
                                   ITEM_KNN_WEIGHTS, graph, data, train_pairs, val_pairs, device)
 
 
