@@ -47,9 +47,10 @@ def test_metrics_json_has_the_documented_shape(evaluated: tuple[Path, dict]) -> 
     assert set(on_disk) == {"purchase", "fraud"}
     assert set(on_disk["purchase"]) == {"gnn", "baselines"}
     gnn = on_disk["purchase"]["gnn"]
-    weight = float(load_model(path / "model").group_weight)  # the calibrated group-mix weight
+    model = load_model(path / "model")  # the calibrated weights name the terms that serve
+    terms = [("+groupmix", model.group_weight), ("+itemknn", model.knn_weight), ("+consider", model.consider_weight)]
     assert set(gnn) == {"kind", *PURCHASE_KEYS}
-    assert gnn["kind"] == "shopgnn-history+revisit" + ("+groupmix" if weight > 0 else "")
+    assert gnn["kind"] == "shopgnn-history+revisit" + "".join(name for name, w in terms if float(w) > 0)
     assert all(0.0 <= gnn[k] <= 1.0 for k in PURCHASE_KEYS)
     assert {"popularity", "itemknn", "ease", "bpr_mf"} <= set(on_disk["purchase"]["baselines"])
     for m in on_disk["purchase"]["baselines"].values():
