@@ -191,7 +191,9 @@ def computation_subgraph(data: HeteroData, user_index: int, hops: int) -> _Sub:
     equals its output on the full graph (every edge into a node within ``hops - 1`` steps is kept),
     except for layers that normalise by degrees of the outermost nodes (LightGCN), which
     :func:`explain_user` detects and then falls back to the full graph. Each node type carries
-    ``n_id`` (its original indices) so id embeddings are looked up correctly.
+    ``n_id`` (its original indices) so id embeddings are looked up correctly, and the subgraph
+    carries the full graph's clock as ``reference_time`` (its latest edge time), from which
+    time-decayed models measure event ages.
     """
     user_index = _check_user(data, user_index)
     keep: dict[str, Tensor] = {nt: torch.zeros(int(data[nt].num_nodes), dtype=torch.bool) for nt in data.node_types}
@@ -223,12 +225,21 @@ def computation_subgraph(data: HeteroData, user_index: int, hops: int) -> _Sub:
         for key, value in store.items():
             if key != "edge_index" and isinstance(value, Tensor) and value.dim() > 0 and value.size(0) == n_edges:
                 sub[et][key] = value[mask]
+    clock = getattr(data, "reference_time", None)
+    if clock is None:
+        times = [data[et].time for et in data.edge_types if "time" in data[et] and data[et].time.numel()]
+        clock = max(int(t.max()) for t in times) if times else None
+    if clock is not None:
+        sub.reference_time = int(clock)
     return _Sub(sub, int(remap["user"][user_index]), n_id)
 
 
 def _model_hops(model: FraudModel) -> int | None:
-    layers = getattr(getattr(model, "config", None), "layers", None)
-    return int(layers) if isinstance(layers, int) and layers >= 0 else None
+    """The hops a user's fraud logit reads: ``model.fraud_hops`` (ShopGNN), else ``config.layers``."""
+    hops = getattr(model, "fraud_hops", None)
+    if hops is None:
+        hops = getattr(getattr(model, "config", None), "layers", None)
+    return int(hops) if isinstance(hops, int) and hops >= 0 else None
 
 
 def integrated_gradients(

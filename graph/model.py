@@ -18,7 +18,8 @@ shop graph (user / item / device with several event types) and on one-type publi
     c_item      = sum_e w'(e) over the item's events         (w': as w, its own weights)
 
 over the user's user→item events ``e`` (views, carts, purchases) in the graph, ``age`` measured
-from the latest event time of the graph, ``tau_k`` fixed time scales (``time_scales``, days). The
+from the latest event time of the graph (or from ``data.reference_time`` when set: a computation
+subgraph keeps the clock of the graph it was cut from), ``tau_k`` fixed time scales (``time_scales``, days). The
 item's own input embedding appears in the sum, so the dot product scores "items the user
 already looked at" directly, and the appended constant/bias pair keeps the score a plain dot
 product. Two optional channels, calibrated after training, sit between the free columns and the
@@ -617,12 +618,14 @@ class ShopGNN(nn.Module):
 
     def _events(self, data: HeteroData, device: torch.device) -> list[tuple[int, Tensor, Tensor]]:
         """``(type k, edge_index [2, E], decay [E, K])`` per user→item event type of ``data``:
-        ``decay[e, k] = exp(-age(e) / tau_k)``, ages from the latest event time of the graph."""
+        ``decay[e, k] = exp(-age(e) / tau_k)``, ages from the latest event time of the graph
+        (``data.reference_time`` when set)."""
         present = set(data.edge_types)
         stores = [(k, data[et]) for k, et in enumerate(self.history_types)
                   if et in present and "edge_index" in data[et] and data[et].edge_index.numel()]
         times = [st.time for _, st in stores if "time" in st and st.time.numel()]
-        ref = max(int(t.max()) for t in times) if times else 0
+        clock = getattr(data, "reference_time", None)
+        ref = int(clock) if clock is not None else max(int(t.max()) for t in times) if times else 0
         scales = torch.tensor(self.config.time_scales, device=device)
         out: list[tuple[int, Tensor, Tensor]] = []
         for k, st in stores:
@@ -749,6 +752,14 @@ class ShopGNN(nn.Module):
         if stop == start:
             return emb
         return torch.cat([emb[..., :start], emb[..., stop:]], -1)
+
+    @property
+    def fraud_hops(self) -> int:
+        """How many hops of the graph around a user its fraud logit reads: the message-passing
+        layers, or 1 for the history tower (the user's own events; the channels, which read the
+        whole graph, are not part of :meth:`fraud_input`). An explanation computed on that
+        computation subgraph equals the full graph's (:func:`shopgraph.graph.explain.explain_user`)."""
+        return 1 if self.config.conv == "history" else self.config.layers
 
     def fraud_input(self, user_emb: Tensor) -> Tensor:
         """The columns of user embeddings that describe the user for fraud (every column but the

@@ -144,7 +144,7 @@ def test_deletion_top_feature_matters_more_than_others() -> None:
     assert wins >= len(users) - 1, wins
 
 
-@pytest.mark.parametrize("conv", ["sage", "lightgcn"])
+@pytest.mark.parametrize("conv", ["sage", "lightgcn", "history"])
 def test_shopgnn_explanation_subgraph_matches_full_graph(conv: str) -> None:
     model_mod = pytest.importorskip("shopgraph.graph.model", reason="graph/model.py not available")
     torch.manual_seed(0)
@@ -163,9 +163,28 @@ def test_shopgnn_explanation_subgraph_matches_full_graph(conv: str) -> None:
             part = model.fraud_logit(model.embed(sub.data)["user"])[sub.user_index]
         assert float(part) == pytest.approx(float(full), abs=1e-5)
         model.train()
+    if conv == "history":  # the fraud logit reads the user's own events only: a 1-hop subgraph
+        assert model.fraud_hops == 1
+        sub = computation_subgraph(data, u, 1)
+        assert sub.data["user"].num_nodes == 1
+        own = max(int(sub.data[et].time.max()) for et in sub.data.edge_types if sub.data[et].num_edges)
+        assert own < sub.data.reference_time  # ages are measured from the full graph's clock
+        model.eval()
+        with torch.no_grad():
+            # time-decayed event weights of different sizes per time scale
+            model.event_weight.copy_(torch.linspace(-3.0, 3.0, model.event_weight.numel()).view_as(model.event_weight))
+            full = model.fraud_logit(model.embed(data)["user"])[u]
+            part = model.fraud_logit(model.embed(sub.data)["user"])[sub.user_index]
+            del sub.data.reference_time  # without the clock the ages, and so the logit, change
+            clockless = model.fraud_logit(model.embed(sub.data)["user"])[sub.user_index]
+        assert float(part) == pytest.approx(float(full), abs=1e-5)
+        assert abs(float(clockless) - float(full)) > 1e-4
+        model.train()
     ex = explain_user(model, data, u, top_k=3, steps=4, max_neighbours=4)
     ref = explain_user(model, data, u, top_k=3, steps=4, max_neighbours=4, use_subgraph=False)
-    assert ex.method == "integrated_gradients+occlusion" and len(ex.features) == 3
+    # the history tower reads no user features: their attributions fall back to behaviour z-scores
+    features = "behaviour_zscore" if conv == "history" else "integrated_gradients"
+    assert ex.method == f"{features}+occlusion" and len(ex.features) == 3
     assert 0 < len(ex.neighbours) <= 3 and ex.score is not None and 0 < ex.score < 1
     assert [f.name for f in ex.features] == [f.name for f in ref.features]
     for a, b in zip(ex.features + ex.neighbours, ref.features + ref.neighbours):  # type: ignore[operator]
