@@ -643,6 +643,38 @@ def hetero_neighbor_features(data: HeteroData, node_type: str = "user", split: S
     return torch.cat(parts, dim=1).numpy().astype(np.float32)
 
 
+def node_feature_names(data: HeteroData, node_type: str) -> list[str]:
+    """``data[node_type].feature_names`` (from ``featurize``), or ``f0 … f{F-1}`` without them."""
+    width = int(data[node_type].x.size(1))
+    names = list(getattr(data[node_type], "feature_names", None) or [])
+    return names if len(names) == width else [f"f{k}" for k in range(width)]
+
+
+def hetero_neighbor_feature_names(data: HeteroData, node_type: str = "user") -> list[str]:
+    """Names of :func:`hetero_neighbor_features`' columns, in order (they do not depend on the split).
+
+    For the user features ``f``, and each edge type ``(user, rel, other)``: ``f``; ``rel events
+    (log count)``; ``distinct others via rel (log count)``; ``others via rel: mean g`` for each of
+    the other type's features ``g``; ``users sharing an other via rel: mean f (self included)``;
+    ``other users sharing an other via rel: mean f``; ``other users via rel others (log count of
+    paths)``.
+    """
+    if node_type not in data.node_types:
+        raise ValueError(f"node_type: expected one of {sorted(data.node_types)} (got {node_type!r})")
+    if "x" not in data[node_type]:
+        raise ValueError(f"data[{node_type!r}].x: missing; run the encoders (featurize) first")
+    own = node_feature_names(data, node_type)
+    names = list(own)
+    for _, rel, other in sorted(et for et in data.edge_types if et[0] == node_type):
+        names += [f"{rel} events (log count)", f"distinct {other}s via {rel} (log count)"]
+        if "x" in data[other]:
+            names += [f"{other}s via {rel}: mean {g}" for g in node_feature_names(data, other)]
+        names += [f"{node_type}s sharing a {other} via {rel}: mean {f} (self included)" for f in own]
+        names += [f"other {node_type}s sharing a {other} via {rel}: mean {f}" for f in own]
+        names.append(f"other {node_type}s via {rel} {other}s (log count of paths)")
+    return names
+
+
 def hybrid_features(data: HeteroData, user_emb: Tensor, *, node_type: str = "user", split: Split = "test") -> np.ndarray:
     """GNN embeddings ⊕ :func:`hetero_neighbor_features` for :class:`HybridFraudHead`.
 
@@ -817,6 +849,15 @@ class XGBGraphFraud(_FraudModel):
     def _predict(self, X: np.ndarray) -> np.ndarray:
         # xgboost's sklearn wrapper predicts with the best (early-stopped) iteration
         return self.model_.predict_proba(X)[:, 1]
+
+    def booster_bytes(self) -> bytes:
+        """The fitted trees up to the best (early-stopped) round as an xgboost UBJSON model
+        (``xgboost.Booster().load_model(bytearray(...))`` reads it back; it predicts what
+        :meth:`predict_proba` does)."""
+        if not hasattr(self, "model_"):
+            raise ValueError("booster_bytes: fit the model first")
+        booster = self.model_.get_booster()[: self.best_iteration_ + 1]
+        return bytes(booster.save_raw("ubj"))
 
 
 class HybridFraudHead(XGBGraphFraud):

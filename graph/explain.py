@@ -19,6 +19,16 @@ matters to an investigator:
 Without a model (``model=None``) the method is ``"behaviour_zscore"``: feature attributions are
 the user's z-scores against all users, and neighbours are the user's shared identifiers with the
 number of other accounts on each.
+
+The served scorer. When a run serves boosted trees (``fraud.json`` kind ``graph_trees`` or
+``hybrid``: on the synthetic shops they beat the GNN head), the score an investigator sees comes
+from those trees, not from the GNN head. :class:`ServedTreeExplainer` explains *that* score:
+**TreeSHAP** contributions (Lundberg et al., 2020; xgboost's ``pred_contribs``), which add up
+exactly to the trees' log-odds, of the user's own features, neighbourhood means and ring
+columns (``fraud_scorer.product_feature_table``), with the user's shared identifiers as
+evidence (method ``"tree_shap+shared_identifiers"``). The trees are the ones ``shopgraph
+train`` served (``RUN/fraud_trees.ubj``); they are used only when they reproduce the run's
+stored fraud probabilities.
 """
 
 from __future__ import annotations
@@ -72,7 +82,9 @@ class Explanation(NamedTuple):
     Attributes:
         user_id: the explained user.
         score: the model's fraud probability (``None`` without a model).
-        method: ``"integrated_gradients+occlusion"`` or ``"behaviour_zscore"``.
+        method: ``"integrated_gradients+occlusion"`` (the GNN head), ``"behaviour_zscore+occlusion"``
+            (a GNN that reads no user features), ``"behaviour_zscore"`` (no model) or
+            ``"tree_shap+shared_identifiers"`` (the served trees, :class:`ServedTreeExplainer`).
         features: top features by absolute attribution.
         neighbours: top neighbours by absolute attribution.
     """
@@ -374,6 +386,13 @@ def _zscore_explanation(
         z = torch.where(sd > 0, (x[user_index] - mu) / sd.clamp_min(1e-12), torch.zeros_like(mu))
         order = torch.argsort(z.abs(), descending=True, stable=True)[:top_k].tolist()
         features = [FeatureAttribution(names[k], float(x[user_index, k]), float(z[k])) for k in order]
+    score = float(fraud_prob[user_index]) if fraud_prob is not None else None
+    return Explanation(user_id, score, "behaviour_zscore", features, _shared_identifiers(data, nbrs, top_k))
+
+
+def _shared_identifiers(data: HeteroData, nbrs: list[tuple[str, int, int]], top_k: int) -> list[NeighbourAttribution]:
+    """The user's identifiers (devices, …) among ``nbrs``, each with the number of *other* accounts
+    linked to it as its attribution; most shared first, the ``top_k`` first."""
     neighbours: list[NeighbourAttribution] = []
     for nt, v, _ in nbrs:
         if nt in _NOT_IDENTIFIERS:
@@ -385,17 +404,148 @@ def _zscore_explanation(
                 others = max(others, int(torch.unique(ei[0][ei[1] == v]).numel()) - 1)
         neighbours.append(NeighbourAttribution(nt, _node_ids(data, nt)[v], float(others)))
     neighbours.sort(key=lambda a: (-a.attribution, a.node_type, a.node_id))
-    score = float(fraud_prob[user_index]) if fraud_prob is not None else None
-    return Explanation(user_id, score, "behaviour_zscore", features, neighbours[:top_k])
+    return neighbours[:top_k]
+
+
+TREE_KINDS: tuple[str, ...] = ("graph_trees", "hybrid")
+
+
+class ServedTreeExplainer:
+    """Explains the served boosted-tree fraud scorer of a run (module docstring).
+
+    Args:
+        booster: the served trees (``xgboost.Booster``, early-stopped rounds only).
+        kind: ``"graph_trees"`` or ``"hybrid"``.
+        features: ``[U, F]`` the serving feature table the trees score (for ``hybrid`` the GNN
+            embedding columns first).
+        names: the ``F`` column names.
+        embedding_columns: how many leading columns are GNN embedding dimensions (``hybrid``);
+            their contributions are reported summed, as one "GNN embedding" reason.
+    """
+
+    def __init__(self, booster: Any, kind: str, features: np.ndarray, names: Sequence[str],
+                 embedding_columns: int = 0) -> None:
+        if kind not in TREE_KINDS:
+            raise ValueError(f"kind: expected one of {TREE_KINDS} (got {kind!r})")
+        if features.ndim != 2 or len(names) != features.shape[1]:
+            raise ValueError(f"names: expected {features.shape[1] if features.ndim == 2 else '?'} column names "
+                             f"(got {len(names)})")
+        if int(booster.num_features()) != features.shape[1]:
+            raise ValueError(f"the served trees read {int(booster.num_features())} features, the run's "
+                             f"feature table has {features.shape[1]}; retrain the run")
+        self.booster = booster
+        self.kind = kind
+        self.features = features
+        self.names = list(names)
+        self.embedding_columns = int(embedding_columns)
+
+    def probabilities(self) -> np.ndarray:
+        """``[U]`` the trees' fraud probabilities for every user."""
+        import xgboost as xgb
+
+        margin = self.booster.predict(xgb.DMatrix(self.features), output_margin=True)
+        return np.asarray(1.0 / (1.0 + np.exp(-margin.astype(np.float64))))
+
+    def explain(self, data: HeteroData, user_index: int, *, top_k: int = 5) -> Explanation:
+        """The user's top ``top_k`` feature contributions to the trees' log-odds (they sum, with
+        the trees' base value, to the log-odds of ``score``) and most-shared identifiers."""
+        import xgboost as xgb
+
+        user_index = _check_user(data, user_index)
+        if top_k < 1:
+            raise ValueError(f"top_k: expected a positive integer (got {top_k})")
+        row = self.features[user_index: user_index + 1]
+        contrib = self.booster.predict(xgb.DMatrix(row), pred_contribs=True)[0].astype(np.float64)
+        margin = float(contrib.sum())  # the last entry is the base value
+        per_column, values = contrib[:-1], row[0].astype(np.float64)
+        items: list[FeatureAttribution] = []
+        e = self.embedding_columns
+        if e:
+            items.append(FeatureAttribution(f"GNN embedding ({e} columns together; value: their norm)",
+                                            float(np.linalg.norm(values[:e])), float(per_column[:e].sum())))
+        order = np.argsort(-np.abs(per_column[e:]), kind="stable")[:top_k] + e
+        items += [FeatureAttribution(self.names[k], float(values[k]), float(per_column[k])) for k in order]
+        items.sort(key=lambda f: -abs(f.attribution))
+        return Explanation(_node_ids(data, "user")[user_index], 1.0 / (1.0 + math.exp(-margin)),
+                           "tree_shap+shared_identifiers", items[:top_k],
+                           _shared_identifiers(data, direct_neighbours(data, user_index), top_k))
+
+    @classmethod
+    def from_run(cls, run: RunDir, data: HeteroData, model: FraudModel | None,
+                 fraud_prob: np.ndarray | None) -> ServedTreeExplainer | None:
+        """The explainer of a run's served trees, or ``None`` when the run does not serve trees
+        (or has no ``fraud_trees.ubj``: trained before it was written).
+
+        Raises:
+            ValueError: naming the file, when the trees cannot be read or do not reproduce the
+                run's stored fraud probabilities (``fraud_prob``) within 1e-4.
+        """
+        info = run.read_json("fraud.json") if run.has("fraud.json") else {}
+        kind, rel = info.get("kind"), info.get("trees_file")
+        if kind not in TREE_KINDS or not rel or not run.has(str(rel)):
+            return None
+        if fraud_prob is None:
+            raise ValueError(f"{rel}: the run has no stored fraud probabilities to check the trees against")
+        import xgboost as xgb
+
+        from shopgraph.graph.fraud_scorer import product_feature_table
+
+        booster = xgb.Booster()
+        try:
+            booster.load_model(bytearray(run.path_of(str(rel)).read_bytes()))
+        except xgb.core.XGBoostError as exc:
+            raise ValueError(f"{rel}: not a readable xgboost model ({str(exc).splitlines()[0]})") from exc
+        feats, names = product_feature_table(data, None)
+        embedding_columns = 0
+        if kind == "hybrid":
+            emb = _serving_fraud_input(run, model, int(data["user"].num_nodes))
+            embedding_columns = emb.shape[1]
+            feats = np.concatenate([emb, feats], axis=1)
+            names = [f"GNN embedding [{k}]" for k in range(embedding_columns)] + names
+        explainer = cls(booster, str(kind), feats, names, embedding_columns)
+        gap = float(np.max(np.abs(explainer.probabilities() - np.asarray(fraud_prob, dtype=np.float64))))
+        if not gap <= 1e-4:
+            raise ValueError(f"{rel}: the trees do not reproduce the run's served fraud probabilities "
+                             f"(largest difference {gap:.3g}); retrain the run")
+        return explainer
+
+
+def load_served_explainer(run: RunDir, data: HeteroData, model: FraudModel | None,
+                          fraud_prob: np.ndarray | None) -> ServedTreeExplainer | None:
+    """:meth:`ServedTreeExplainer.from_run`, or ``None`` with a warning naming the problem when the
+    stored trees cannot be used (explanations then attribute the GNN's score, as they say)."""
+    try:
+        return ServedTreeExplainer.from_run(run, data, model, fraud_prob)
+    except ValueError as exc:
+        logger.warning("run %s: %s; explanations attribute the GNN's fraud score instead", run.path, exc)
+        return None
+
+
+def _serving_fraud_input(run: RunDir, model: FraudModel | None, n_users: int) -> np.ndarray:
+    """``[U, D]`` the hybrid trees' GNN columns: the model's fraud input of the serving user
+    embeddings stored in ``RUN/embeddings.safetensors``."""
+    from safetensors.torch import load_file
+
+    if model is None or not hasattr(model, "fraud_input"):
+        raise ValueError("fraud.json: a 'hybrid' scorer needs the run's model (model/) to explain")
+    user = load_file(str(run.path_of("embeddings.safetensors")))["user"]
+    if user.size(0) != n_users:
+        raise ValueError(f"embeddings.safetensors: {user.size(0)} user rows, the graph has {n_users}")
+    with torch.no_grad():
+        return np.asarray(model.fraud_input(user).float().numpy(), dtype=np.float32)
 
 
 def explain_ring_members(
     ring: Ring, data: HeteroData, model: FraudModel | None, *, k: int = 3, fraud_prob: np.ndarray | None = None,
+    served: ServedTreeExplainer | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Explanations (as dicts) of the ``k`` highest-scored members of a ring."""
+    """Explanations (as dicts) of the ``k`` highest-scored members of a ring: of the served trees'
+    score when ``served`` is given, else of the GNN's (:func:`explain_user`)."""
     index = {u: n for n, u in enumerate(_node_ids(data, "user"))}
     ranked = sorted(ring.member_scores.items(), key=lambda kv: (-kv[1], kv[0]))
     chosen = [u for u, _ in ranked][:k] if ranked else ring.members[:k]
+    if served is not None:
+        return {u: served.explain(data, index[u]).to_dict() for u in chosen if u in index}
     return {u: explain_user(model, data, index[u], fraud_prob=fraud_prob).to_dict() for u in chosen if u in index}
 
 

@@ -571,7 +571,45 @@ def product_features(data: HeteroData, split: Split | None) -> np.ndarray:
     Returns:
         ``float32 [U, F]``.
     """
-    from shopgraph.graph.baselines import hetero_neighbor_features
+    return product_feature_table(data, split)[0]
+
+
+_RING_TEXT: dict[str, str] = {  # ring_features' columns in words (the default windows)
+    "co_users": "accounts sharing a device (or other identifier)",
+    "co_first_use_sync": "accounts that took up a shared device within 6 h of this one",
+    "co_buy_sync": "accounts sharing a device that bought within 2 h of this one",
+    "co_item_sync": "accounts that bought an item this one bought within 2 h of it",
+    "own_burst": "most purchases within 2 h (log count)",
+    "quick_buys": "purchases within 2 min of carting or viewing the item (log count)",
+    "quick_buy_share": "share of purchases made within 2 min of carting or viewing the item",
+    "quick_burst": "most such quick purchases within 2 h (log count)",
+    "quick_hour_share": "how busy the hours of the quick purchases are (share of all purchases)",
+}
+_RING_SUFFIX: dict[str, str] = {"": " (log count)", "_known_fraud": ", known fraud (log count)",
+                                "_known_legit": ", known legitimate (log count)",
+                                "_fraud_share": ": share known fraud among the known ones"}
+
+
+def ring_column_text(name: str) -> str:
+    """A :func:`ring_features` column name in words (the name itself when it has none)."""
+    if name in _RING_TEXT and not name.startswith("co_"):
+        return _RING_TEXT[name]
+    for suffix in sorted(_RING_SUFFIX, key=len, reverse=True):
+        base = name[: len(name) - len(suffix)] if suffix else name
+        if name.endswith(suffix) and base in _RING_TEXT:
+            return _RING_TEXT[base] + _RING_SUFFIX[suffix]
+    return name
+
+
+def product_feature_table(data: HeteroData, split: Split | None) -> tuple[np.ndarray, list[str]]:
+    """:func:`product_features` and the ``F`` names of its columns, for explanations: the user's
+    own features and ``hetero_neighbor_feature_names``, then the ring columns in words
+    (:func:`ring_column_text`; ``quick_item_x{j}`` after the item feature ``j``)."""
+    from shopgraph.graph.baselines import (
+        hetero_neighbor_feature_names,
+        hetero_neighbor_features,
+        node_feature_names,
+    )
 
     if split is None:  # edges without .split are always visible: the whole history
         neigh = hetero_neighbor_features(lean_graph(data), "user")
@@ -579,7 +617,11 @@ def product_features(data: HeteroData, split: Split | None) -> np.ndarray:
         neigh = hetero_neighbor_features(data, "user", split)
     known = known_labels(data) if "y" in data["user"] else None
     ring = ring_features(data, split, known=known)
-    return np.concatenate([neigh, ring.x], axis=1)
+    items = node_feature_names(data, "item") if "item" in data.node_types and "x" in data["item"] else []
+    ring_names = [f"quick purchases: mean item {items[int(n[len('quick_item_x'):])]}"
+                  if n.startswith("quick_item_x") and items else ring_column_text(n) for n in ring.names]
+    names = hetero_neighbor_feature_names(data, "user") + ring_names
+    return np.concatenate([neigh, ring.x], axis=1), names
 
 
 def _fit_product(

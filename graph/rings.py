@@ -706,11 +706,13 @@ def rings_run(
     run.write_json(RINGS_FILE, _jsonable(rings_payload(det.rings_, det.hub_devices_, det.mode_, params)))
     chosen = det.rings_[:top]
     if export is not None:
-        from shopgraph.graph.explain import explain_ring_members, load_model
+        from shopgraph.graph.explain import explain_ring_members, load_model, load_served_explainer
 
         model = load_model(run)
+        served = load_served_explainer(run, data, model, prob)
         explanations = {
-            r.ring_id: explain_ring_members(r, data, model, k=explain_members, fraud_prob=prob) for r in chosen
+            r.ring_id: explain_ring_members(r, data, model, k=explain_members, fraud_prob=prob, served=served)
+            for r in chosen
         }
         export_cases(chosen, data, tables, export, hubs=det.hub_devices_, mode=det.mode_, params=params,
                      explanations=explanations)
@@ -745,12 +747,14 @@ class FraudCases:
         data: the shop graph (with user features for explanations).
         tables: the normalised tables (timelines).
         model: the trained GNN, or ``None`` (explanations fall back to behaviour z-scores).
-        fraud_prob: ``[U]`` GNN fraud probabilities, or ``None``.
+        fraud_prob: ``[U]`` the served fraud probabilities, or ``None``.
+        served: a :class:`shopgraph.graph.explain.ServedTreeExplainer` when the run serves boosted
+            trees: explanations then attribute the served score; else they attribute the GNN's.
     """
 
     def __init__(
         self, rings: Sequence[Ring], data: HeteroData, tables: ShopTables, model: Any = None,
-        fraud_prob: np.ndarray | None = None,
+        fraud_prob: np.ndarray | None = None, served: Any = None,
     ) -> None:
         self._rings = list(rings)
         self._by_id = {r.ring_id: r for r in self._rings}
@@ -758,13 +762,14 @@ class FraudCases:
         self.tables = tables
         self.model = model
         self.fraud_prob = fraud_prob
+        self.served = served
         self._user_index = {str(u): n for n, u in enumerate(data["user"].ids)}
         self._explained: dict[str, Any] = {}
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, detector: RingDetector | None = None) -> FraudCases:
         """Load a run; rings come from ``RUN/rings/rings.json`` when stored, else are detected now."""
-        from shopgraph.graph.explain import load_model
+        from shopgraph.graph.explain import load_model, load_served_explainer
         from shopgraph.graph.pipeline import load_run_tables
 
         run = RunDir(run_dir)
@@ -775,7 +780,8 @@ class FraudCases:
             rings = load_rings(run_dir)
         else:
             rings = (detector or RingDetector()).fit(data, prob, tables).rings_
-        return cls(rings, data, tables, load_model(run), prob)
+        model = load_model(run)
+        return cls(rings, data, tables, model, prob, load_served_explainer(run, data, model, prob))
 
     def rings(self, top: int | None = None) -> list[Ring]:
         """The ranked rings (the first ``top`` when given)."""
@@ -800,7 +806,8 @@ class FraudCases:
         if user_id not in self._user_index:
             raise KeyError(f"unknown user_id {user_id!r}")
         if user_id not in self._explained:
-            self._explained[user_id] = explain_user(
-                self.model, self.data, self._user_index[user_id], fraud_prob=self.fraud_prob,
-            )
+            index = self._user_index[user_id]
+            self._explained[user_id] = (
+                self.served.explain(self.data, index) if self.served is not None
+                else explain_user(self.model, self.data, index, fraud_prob=self.fraud_prob))
         return self._explained[user_id]

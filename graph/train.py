@@ -58,6 +58,7 @@ except ImportError:  # pragma: no cover
 
 MODEL_DIR = "model"
 STATE_FILE = "train_state.pt"
+TREES_FILE = "fraud_trees.ubj"  # the served fraud trees (run folder), when boosted trees serve
 RANK_LOSSES = ("softmax", "bpr")
 SUPERVISION = ("auto", "temporal", "disjoint", "all")
 NEGATIVES = ("uniform", "popularity", "hard")
@@ -1296,7 +1297,8 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
     Writes ``model/model.safetensors``, ``model/config.json``, ``model/train_config.json``,
     ``model/history.json``, ``model/train_state.pt``, ``embeddings.safetensors`` (``user``, ``item``,
     ``device`` embeddings, ``fraud_prob``, and ``revisit_index`` / ``revisit_value`` when the model
-    has a revisit term), ``fraud.json``.
+    has a revisit term), ``fraud.json``, and ``fraud_trees.ubj`` (the served trees, named in
+    ``fraud.json``'s ``trees_file``) when the serving fraud scorer is boosted trees.
     """
     run = RunDir(run_dir)
     if not run.has("graph.pt"):
@@ -1330,11 +1332,15 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
         emb["revisit_value"] = result.revisit.value.float().contiguous()
     run.write_with("embeddings.safetensors", lambda p: save_file(emb, str(p)))
     y, masks = fraud_labels(data)
-    run.write_json("fraud.json", {
+    fraud_info: dict[str, Any] = {
         "kind": result.fraud.kind, "threshold": result.fraud.threshold, "val_auprc": result.fraud.val_auprc,
         "candidates": result.fraud.candidates, "seed": config.seed,
         "labelled_users": int((y >= 0).sum()), "train_users": int(masks["train"].sum()),
-    })
+    }
+    if result.fraud.kind in ("graph_trees", "hybrid"):  # the served trees, for explanations of their scores
+        run.write_bytes(TREES_FILE, result.fraud.head.booster_bytes())
+        fraud_info["trees_file"] = TREES_FILE
+    run.write_json("fraud.json", fraud_info)
     run.update(config={"train": dataclasses.asdict(config)})
     return result
 

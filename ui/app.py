@@ -449,26 +449,52 @@ def verdict(probability: float | None, threshold: float | None) -> str:
     return f"**Not flagged**: {probability:.2f} is below the threshold {threshold:.2f}."
 
 
-_REASON_COLUMNS = ["reason", "value (0 = average user)", "contribution"]
+_REASON_COLUMNS = ["reason", "value", "contribution"]
 
 
 def _explanation_table(explanation: Any) -> pd.DataFrame:
+    """One row per reason, largest contribution first. For the served trees' explanation the
+    shared identifiers are evidence, not contributions: they come last, with their co-user count."""
     rows: list[dict[str, Any]] = []
+    trees = explanation.method.startswith("tree_shap")
     for f in explanation.features:
-        rows.append({"reason": f"behaviour: {f.name}", _REASON_COLUMNS[1]: round(float(f.value), 3),
+        rows.append({"reason": f.name if trees else f"behaviour: {f.name}", "value": round(float(f.value), 3),
                      "contribution": round(float(f.attribution), 3)})
-    for nb in explanation.neighbours:
-        rows.append({"reason": f"linked {nb.node_type}: {nb.node_id}", _REASON_COLUMNS[1]: None,
-                     "contribution": round(float(nb.attribution), 3)})
-    rows.sort(key=lambda r: -abs(float(r["contribution"] or 0.0)))
+    rows.sort(key=lambda r: -abs(float(r["contribution"])))
+    for nb in sorted(explanation.neighbours, key=lambda n: -abs(float(n.attribution))):
+        if trees:
+            others = int(nb.attribution)
+            rows.append({"reason": f"shares {nb.node_type} {nb.node_id} with {others} other "
+                                   f"account{'s' if others != 1 else ''}", "value": others, "contribution": None})
+        else:
+            rows.append({"reason": f"linked {nb.node_type}: {nb.node_id}", "value": None,
+                         "contribution": round(float(nb.attribution), 3)})
+    if not trees:
+        rows.sort(key=lambda r: -abs(float(r["contribution"] or 0.0)))
     return pd.DataFrame(rows, columns=_REASON_COLUMNS)
+
+
+def _explanation_method(method: str) -> str:
+    """What the reasons table shows, in words."""
+    if method.startswith("tree_shap"):
+        return ("what pushed the score above: each row's contribution to the fraud scorer's log-odds "
+                "(TreeSHAP: positive pushes towards fraud, and they add up to the score); then the "
+                "devices this account shares with other accounts")
+    if method.startswith("integrated_gradients"):
+        return ("attribution of the GNN's score to the user's features and linked accounts/devices/items "
+                "(positive pushes towards fraud; the served score may come from another scorer)")
+    if method == "behaviour_zscore+occlusion":
+        return ("behaviour features furthest from the average user (z-scores), and how much each linked "
+                "account/device/item moves the GNN's score (the served score may come from another scorer)")
+    return "behaviour features furthest from the average user (z-scores)"
 
 
 def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> FraudView:
     """A user's fraud probability, the threshold, the decision and the top reasons.
 
-    Reasons come from ``cases.explain`` (GNN attributions, positive = pushes towards fraud) when
-    the rings are loaded, else from the service's unusual behaviour features.
+    Reasons come from ``cases.explain`` when the rings are loaded (TreeSHAP contributions to the
+    served trees' score when trees serve, else attributions of the GNN's; positive pushes towards
+    fraud), else from the service's unusual behaviour features.
     """
     empty = pd.DataFrame(columns=_REASON_COLUMNS)
     try:
@@ -482,10 +508,7 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
         try:
             explanation = cases.explain(user)
             table = _explanation_table(explanation)
-            method = ("attribution of the GNN's score to the user's features and linked accounts/devices/items "
-                      "(positive pushes towards fraud)"
-                      if explanation.method != "behaviour_zscore"
-                      else "behaviour features furthest above the average user (z-scores)")
+            method = _explanation_method(explanation.method)
         except (KeyError, ValueError, RuntimeError) as exc:  # explanation is a bonus; the score stands
             logger.warning("explain(%s) failed: %s", user, exc)
             table = None

@@ -245,3 +245,72 @@ def test_ring_timeline_and_evidence_edges() -> None:
     tl2 = ring_timeline(ring, tables_nt)
     assert len(tl2) == 48 and tl2["timestamp"].isna().all() and (tl2["time"] == "").all()
     assert isinstance(tl2, pd.DataFrame)
+
+
+# -- the served trees ---------------------------------------------------------------------------
+def _planted_trees(graph: HeteroData) -> tuple[object, np.ndarray]:
+    """Boosted trees fitted on a table whose column 2 decides the label, and that table."""
+    xgb = pytest.importorskip("xgboost")
+    from shopgraph.graph.baselines import XGBGraphFraud
+
+    n = int(graph["user"].num_nodes)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(max(n, 200), 5)).astype(np.float32)
+    y = (x[:, 2] > 0.3).astype(np.int64)
+    trees = XGBGraphFraud(n_estimators=60, seed=0).fit(x, y)
+    booster = xgb.Booster()
+    booster.load_model(bytearray(trees.booster_bytes()))
+    np.testing.assert_allclose(1 / (1 + np.exp(-booster.predict(xgb.DMatrix(x), output_margin=True))),
+                               trees.predict_proba(x), atol=1e-6)  # the stored trees predict what served
+    return booster, x[:n]
+
+
+def test_served_tree_explainer_attributes_the_served_score(graph: HeteroData) -> None:
+    from shopgraph.graph.explain import ServedTreeExplainer
+
+    booster, x = _planted_trees(graph)
+    names = ["a", "b", "planted", "d", "e"]
+    explainer = ServedTreeExplainer(booster, "graph_trees", x, names)
+    prob = explainer.probabilities()
+    u = id_index(graph, "user")["ra1"]
+    ex = explainer.explain(graph, u, top_k=5)
+    assert ex.method == "tree_shap+shared_identifiers" and ex.user_id == "ra1"
+    assert ex.score == pytest.approx(float(prob[u]), abs=1e-6)  # the served probability, not the GNN's
+    assert [f.value for f in ex.features] == pytest.approx([float(x[u, names.index(f.name)]) for f in ex.features])
+    assert ex.features[0].name == "planted"
+    attributions = [abs(f.attribution) for f in ex.features]
+    assert attributions == sorted(attributions, reverse=True)
+    # every column's contribution plus the trees' base value is the score's log-odds
+    xgb = pytest.importorskip("xgboost")
+    base = float(booster.predict(xgb.DMatrix(x[u:u + 1]), pred_contribs=True)[0, -1])
+    logit = base + sum(f.attribution for f in ex.features)
+    assert 1 / (1 + np.exp(-logit)) == pytest.approx(ex.score, abs=1e-5)
+    # identifiers with how many other accounts share them: ra1 shares the ring's devices
+    assert ex.neighbours and all(n.node_type == "device" for n in ex.neighbours)
+    assert ex.neighbours[0].attribution >= 1
+
+
+def test_served_tree_explainer_groups_hybrid_embedding_columns(graph: HeteroData) -> None:
+    from shopgraph.graph.explain import ServedTreeExplainer
+
+    booster, x = _planted_trees(graph)
+    explainer = ServedTreeExplainer(booster, "hybrid", x, ["e0", "e1", "e2", "f0", "f1"], embedding_columns=3)
+    u = id_index(graph, "user")["ra1"]
+    ex = explainer.explain(graph, u, top_k=5)
+    assert len(ex.features) == 3 and ex.features[0].name.startswith("GNN embedding (3 columns")
+    assert ex.features[0].value == pytest.approx(float(np.linalg.norm(x[u, :3])))
+
+
+def test_served_tree_explainer_rejects_mismatched_inputs(graph: HeteroData) -> None:
+    from shopgraph.graph.explain import ServedTreeExplainer
+
+    booster, x = _planted_trees(graph)
+    with pytest.raises(ValueError, match="names: expected 5 column names"):
+        ServedTreeExplainer(booster, "graph_trees", x, ["a"])
+    with pytest.raises(ValueError, match="the served trees read 5 features"):
+        ServedTreeExplainer(booster, "graph_trees", x[:, :4], list("abcd"))
+    with pytest.raises(ValueError, match="kind: expected one of"):
+        ServedTreeExplainer(booster, "gnn_head", x, list("abcde"))
+    explainer = ServedTreeExplainer(booster, "graph_trees", x, list("abcde"))
+    with pytest.raises(ValueError, match="top_k"):
+        explainer.explain(graph, 0, top_k=0)

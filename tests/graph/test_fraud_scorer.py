@@ -141,6 +141,23 @@ def test_serving_uses_every_edge(setup: tuple) -> None:
     assert not np.allclose(serving, train_view)  # later edges change the neighbour features
 
 
+def test_product_feature_table_names_every_column(setup: tuple) -> None:
+    from shopgraph.graph.baselines import hetero_neighbor_feature_names, hetero_neighbor_features
+    from shopgraph.graph.fraud_scorer import product_feature_table, ring_column_text
+
+    _, data, _, _ = setup
+    table, names = product_feature_table(data, None)
+    np.testing.assert_array_equal(table, product_features(data, None))
+    assert len(names) == table.shape[1] and len(set(names)) == len(names)
+    own = hetero_neighbor_feature_names(data, "user")
+    assert len(own) == hetero_neighbor_features(data, "user", "test").shape[1] and names[: len(own)] == own
+    assert names[0] == (list(getattr(data["user"], "feature_names", None) or []) or ["f0"])[0]
+    assert ring_column_text("co_buy_sync_known_fraud") == (
+        "accounts sharing a device that bought within 2 h of this one, known fraud (log count)")
+    assert ring_column_text("quick_buy_share").startswith("share of purchases")
+    assert ring_column_text("something_else") == "something_else"
+
+
 def test_rank_average_serving_matches_a_serving_view_fit(setup: tuple) -> None:
     model, data, train_emb, _ = setup
     serving_emb = embed_graph(model, lean_graph(data), CPU)

@@ -233,7 +233,7 @@ def test_fraud_view_with_explanations(ui_service: ShopService, ui_cases: FraudCa
     assert view.probability == pytest.approx(score.probability) and view.threshold == score.threshold
     assert ("FLAGGED" in view.verdict) == score.flagged
     assert len(view.reasons) > 0 and view.method
-    contrib = view.reasons["contribution"].abs().tolist()
+    contrib = view.reasons["contribution"].dropna().abs().tolist()
     assert contrib == sorted(contrib, reverse=True)
 
 
@@ -336,3 +336,46 @@ def test_build_app_without_rings_or_metrics(ui_service: ShopService, tmp_path: P
 
     RunDir(tmp_path / "empty", create=True)
     assert isinstance(build_app(ui_service, cases=None, run_dir=tmp_path / "empty"), gr.Blocks)
+
+
+def test_served_trees_explain_the_served_score(ui_run: Path, ui_service: ShopService, ui_cases: FraudCases) -> None:
+    """The run serves boosted trees: the investigator's reasons attribute that score (TreeSHAP),
+    which is the probability the fraud view shows."""
+    from shopgraph.graph.explain import TREE_KINDS
+
+    info = json.loads((ui_run / "fraud.json").read_text())
+    assert info["kind"] in TREE_KINDS and (ui_run / info["trees_file"]).is_file()
+    assert ui_cases.served is not None
+    user = ui_service.user_ids[int(np.nanargmax(ui_service.fraud_prob))]
+    ex = ui_cases.explain(user)
+    assert ex.method == "tree_shap+shared_identifiers"
+    assert ex.score == pytest.approx(ui_service.score_user(user).probability, abs=1e-5)
+    view = fraud_view(ui_service, ui_cases, user)
+    assert "TreeSHAP" in view.method
+    scored = view.reasons["contribution"].dropna().abs().tolist()
+    assert scored and scored == sorted(scored, reverse=True)
+
+
+def test_trees_that_do_not_reproduce_the_served_score_are_not_used(
+    ui_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A run whose stored trees no longer match its served probabilities (here: trees of another
+    fit) is not explained with them: a warning names the file, and the GNN's attribution is used."""
+    import shutil
+
+    from shopgraph.graph.baselines import XGBGraphFraud
+    from shopgraph.graph.fraud_scorer import product_features
+
+    run_copy = tmp_path / "run"
+    shutil.copytree(ui_run, run_copy)
+    run = RunDir(run_copy)
+    x = product_features(run.load_graph(), None)
+    y = np.arange(x.shape[0]) % 2  # labels unrelated to anything: different trees
+    run.write_bytes(json.loads((run_copy / "fraud.json").read_text())["trees_file"],
+                    XGBGraphFraud(n_estimators=5, seed=0).fit(x, y).booster_bytes())
+    with caplog.at_level("WARNING"):
+        cases = FraudCases.from_run(run_copy)
+    assert cases.served is None
+    assert "fraud_trees.ubj: the trees do not reproduce the run's served fraud probabilities" in caplog.text
+    user = cases.data["user"].ids[0]
+    assert not cases.explain(user).method.startswith("tree_shap")
