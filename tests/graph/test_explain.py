@@ -294,11 +294,17 @@ def test_served_tree_explainer_groups_hybrid_embedding_columns(graph: HeteroData
     from shopgraph.graph.explain import ServedTreeExplainer
 
     booster, x = _planted_trees(graph)
-    explainer = ServedTreeExplainer(booster, "hybrid", x, ["e0", "e1", "e2", "f0", "f1"], embedding_columns=3)
+    explainer = ServedTreeExplainer(booster, "hybrid", x, ["e0", "e1", "planted", "f1", "f2"], embedding_columns=2)
     u = id_index(graph, "user")["ra1"]
     ex = explainer.explain(graph, u, top_k=5)
-    assert len(ex.features) == 3 and ex.features[0].name.startswith("GNN embedding (3 columns")
-    assert ex.features[0].value == pytest.approx(float(np.linalg.norm(x[u, :3])))
+    assert ex.features[0].name == "planted"
+    (emb,) = [f for f in ex.features if f.name.startswith("GNN embedding (2 columns")]
+    assert emb.value == pytest.approx(float(np.linalg.norm(x[u, :2])))
+    assert ex.score == pytest.approx(float(explainer.probabilities()[u]), abs=1e-6)
+    # only the columns some tree splits on are kept and reported (and the embedding's)
+    assert {f.name for f in ex.features} <= {"GNN embedding (2 columns together; value: their norm)"} | set(
+        explainer.names)
+    assert "planted" in explainer.names and len(explainer.names) <= 5
 
 
 def test_served_tree_explainer_rejects_mismatched_inputs(graph: HeteroData) -> None:
