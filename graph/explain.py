@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -419,8 +420,13 @@ class ServedTreeExplainer:
         features: ``[U, F]`` the serving feature table the trees score (for ``hybrid`` the GNN
             embedding columns first).
         names: the ``F`` column names.
-        embedding_columns: how many leading columns are GNN embedding dimensions (``hybrid``);
-            their contributions are reported summed, as one "GNN embedding" reason.
+        embedding_columns: how many leading columns are GNN embedding dimensions (``hybrid``).
+
+    Columns that are dimensions of one embedding — the GNN's, or a text or image encoder's
+    (``text_<k>``, ``image_<k>`` under one prefix, e.g. ``quick purchases: mean item image_148``)
+    — mean nothing one by one: their contributions are reported summed, as one reason
+    (``… image features (n columns together; value: their norm)``). TreeSHAP values add, so the
+    reasons still add up to the score.
 
     Only the columns some tree splits on (and the embedding columns) are kept: the others never
     change a prediction or a contribution (TreeSHAP gives them 0), and on a shop with image
@@ -445,6 +451,7 @@ class ServedTreeExplainer:
         self.columns = np.array(sorted(split_on | set(range(self.embedding_columns))), dtype=np.int64)
         self.table = np.ascontiguousarray(features[:, self.columns], dtype=np.float32)
         self.names = [names[k] for k in self.columns]
+        self.reasons = _reason_groups(self.names, set(range(self.embedding_columns)))
 
     def _rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of the full-width table (columns no tree reads are 0)."""
@@ -473,14 +480,10 @@ class ServedTreeExplainer:
                                        pred_contribs=True)[0].astype(np.float64)
         margin = float(contrib.sum())  # the last entry is the base value
         per_column, values = contrib[:-1][self.columns], self.table[user_index].astype(np.float64)
-        items: list[FeatureAttribution] = []
-        e = self.embedding_columns  # the first e kept columns are the embedding's
-        if e:
-            items.append(FeatureAttribution(f"GNN embedding ({e} columns together; value: their norm)",
-                                            float(np.linalg.norm(values[:e])), float(per_column[:e].sum())))
-        order = np.argsort(-np.abs(per_column[e:]), kind="stable")[:top_k] + e
-        items += [FeatureAttribution(self.names[k], float(values[k]), float(per_column[k])) for k in order]
-        items.sort(key=lambda f: -abs(f.attribution))
+        items = [FeatureAttribution(name, float(values[cols[0]]) if single else float(np.linalg.norm(values[cols])),
+                                    float(per_column[cols].sum()))
+                 for name, cols, single in self.reasons]
+        items.sort(key=lambda f: -abs(f.attribution))  # stable: ties keep the column order
         return Explanation(_node_ids(data, "user")[user_index], 1.0 / (1.0 + math.exp(-margin)),
                            "tree_shap+shared_identifiers", items[:top_k],
                            _shared_identifiers(data, direct_neighbours(data, user_index), top_k))
@@ -523,6 +526,23 @@ class ServedTreeExplainer:
             raise ValueError(f"{rel}: the trees do not reproduce the run's served fraud probabilities "
                              f"(largest difference {gap:.3g}); retrain the run")
         return explainer
+
+
+_EMBEDDING_COLUMN = re.compile(r"^(?P<prefix>.*?)(?P<kind>text|image)_\d+$")
+
+
+def _reason_groups(names: Sequence[str], embedding: set[int]) -> list[tuple[str, np.ndarray, bool]]:
+    """``(reason name, column positions, is a single column)`` for the kept columns ``names``: the
+    GNN embedding's columns (positions ``embedding``) and each prefix's text / image encoder
+    columns grouped (in the order of their first column), every other column alone."""
+    groups: dict[str | int, list[int]] = {}  # a group's name, or a lone column's position
+    for k, name in enumerate(names):
+        m = _EMBEDDING_COLUMN.match(name)
+        key: str | int = "GNN embedding" if k in embedding else f"{m['prefix']}{m['kind']} features" if m else k
+        groups.setdefault(key, []).append(k)
+    return [(names[cols[0]], np.array(cols), True) if isinstance(key, int)
+            else (f"{key} ({len(cols)} columns together; value: their norm)", np.array(cols), False)
+            for key, cols in groups.items()]
 
 
 def load_served_explainer(run: RunDir, data: HeteroData, model: FraudModel | None,

@@ -320,3 +320,18 @@ def test_served_tree_explainer_rejects_mismatched_inputs(graph: HeteroData) -> N
     explainer = ServedTreeExplainer(booster, "graph_trees", x, list("abcde"))
     with pytest.raises(ValueError, match="top_k"):
         explainer.explain(graph, 0, top_k=0)
+
+
+def test_reason_groups_join_the_columns_of_one_embedding() -> None:
+    from shopgraph.graph.explain import _reason_groups
+
+    names = ["GNN embedding [0]", "GNN embedding [1]", "co_users", "quick purchases: mean item image_4",
+             "views: mean item text_0", "quick purchases: mean item image_9", "views: mean item text_7", "f3"]
+    got = [(label, cols.tolist(), single) for label, cols, single in _reason_groups(names, {0, 1})]
+    assert got == [
+        ("GNN embedding (2 columns together; value: their norm)", [0, 1], False),
+        ("co_users", [2], True),
+        ("quick purchases: mean item image features (2 columns together; value: their norm)", [3, 5], False),
+        ("views: mean item text features (2 columns together; value: their norm)", [4, 6], False),
+        ("f3", [7], True),
+    ]
