@@ -458,7 +458,10 @@ def _explanation_table(explanation: Any) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     trees = explanation.method.startswith("tree_shap")
     for f in explanation.features:
-        rows.append({"reason": f.name if trees else f"behaviour: {f.name}", "value": round(float(f.value), 3),
+        name, value = f.name, float(f.value)
+        if trees and name.endswith("(log count)"):  # shown as the count it is
+            name, value = name[: -len("(log count)")] + "(count)", float(round(math.expm1(value)))
+        rows.append({"reason": name if trees else f"behaviour: {name}", "value": round(value, 3),
                      "contribution": round(float(f.attribution), 3)})
     rows.sort(key=lambda r: -abs(float(r["contribution"])))
     for nb in sorted(explanation.neighbours, key=lambda n: -abs(float(n.attribution))):
@@ -477,9 +480,9 @@ def _explanation_table(explanation: Any) -> pd.DataFrame:
 def _explanation_method(method: str) -> str:
     """What the reasons table shows, in words."""
     if method.startswith("tree_shap"):
-        return ("what pushed the score above: each row's contribution to the fraud scorer's log-odds "
-                "(TreeSHAP: positive pushes towards fraud, and they add up to the score); then the "
-                "devices this account shares with other accounts")
+        return ("how much each fact moved this account's score away from the typical account's, in the fraud "
+                "scorer's log-odds (TreeSHAP: positive pushes towards fraud; all of them together give the "
+                "score; the largest are shown), then the devices this account shares with other accounts")
     if method.startswith("integrated_gradients"):
         return ("attribution of the GNN's score to the user's features and linked accounts/devices/items "
                 "(positive pushes towards fraud; the served score may come from another scorer)")

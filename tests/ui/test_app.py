@@ -354,6 +354,10 @@ def test_served_trees_explain_the_served_score(ui_run: Path, ui_service: ShopSer
     assert "TreeSHAP" in view.method
     scored = view.reasons["contribution"].dropna().abs().tolist()
     assert scored and scored == sorted(scored, reverse=True)
+    # log-count columns are shown as counts
+    logs = {f.name[: -len("(log count)")] + "(count)": f.value for f in ex.features if f.name.endswith("(log count)")}
+    shown = dict(zip(view.reasons["reason"], view.reasons["value"], strict=True))
+    assert all(shown[name] == round(np.expm1(value)) for name, value in logs.items())
 
 
 def test_trees_that_do_not_reproduce_the_served_score_are_not_used(
@@ -379,3 +383,19 @@ def test_trees_that_do_not_reproduce_the_served_score_are_not_used(
     assert "fraud_trees.ubj: the trees do not reproduce the run's served fraud probabilities" in caplog.text
     user = cases.data["user"].ids[0]
     assert not cases.explain(user).method.startswith("tree_shap")
+
+
+def test_tree_reasons_table_shows_counts_and_shared_devices_last() -> None:
+    from shopgraph.graph.explain import Explanation, FeatureAttribution, NeighbourAttribution
+    from shopgraph.ui.app import _explanation_table
+
+    ex = Explanation("u1", 0.9, "tree_shap+shared_identifiers", [
+        FeatureAttribution("accounts sharing a device, known fraud (log count)", float(np.log1p(17)), 2.5),
+        FeatureAttribution("share of quick purchases", 1.0, -3.0),
+    ], [NeighbourAttribution("device", "d1", 1.0), NeighbourAttribution("device", "d2", 27.0)])
+    table = _explanation_table(ex)
+    assert table["reason"].tolist() == ["share of quick purchases", "accounts sharing a device, known fraud (count)",
+                                        "shares device d2 with 27 other accounts",
+                                        "shares device d1 with 1 other account"]
+    assert table["value"].tolist() == [1.0, 17.0, 27, 1]
+    assert table["contribution"].tolist()[:2] == [-3.0, 2.5] and table["contribution"][2:].isna().all()
