@@ -204,14 +204,13 @@ def with_knn_rank(model: ShopGNN, rank: int) -> ShopGNN:
 
 
 @torch.no_grad()
-def item_knn_channel(model: ShopGNN, fit_pairs: Tensor, stop_pairs: Tensor, num_users: int,
+def item_knn_channel(model: ShopGNN, knn: ItemKNN, fit_pairs: Tensor, stop_pairs: Tensor, num_users: int,
                      num_items: int) -> dict[str, float]:
     """The product's item-neighbour channel after training (``graph.train.set_item_knn_factors``):
-    ItemKNN on the pairs the tower trained on, factored; its weight chosen by the product's own
-    search (``graph.train.choose_channel_weight``) on Recall@20 of the early-stopping pairs, as the
-    product chooses it on validation. Returns ``{str(weight): recall}``; the best weight is left
-    in the model."""
-    knn = ItemKNN(neighbors=200, shrink=100).fit(fit_pairs, num_users, num_items)
+    ``knn`` (ItemKNN on the pairs the tower trained on) factored at the model's rank; its weight
+    chosen by the product's own search (``graph.train.choose_channel_weight``) on Recall@20 of the
+    early-stopping pairs, as the product chooses it on validation. Returns ``{str(weight): recall}``;
+    the best weight is left in the model."""
     set_item_knn_factors(model, knn)
     graph = bipartite_graph(fit_pairs, num_users, num_items)
     out = choose_channel_weight(model, "item-neighbour channel", model.knn_weight, model.knn_columns,
@@ -365,9 +364,10 @@ def main() -> int:
             if knn_ranks:
                 t0 = time.perf_counter()
                 best_stop, chosen = stats["stop_recall@20"], model
+                knn = ItemKNN(neighbors=200, shrink=100).fit(fit_pairs, num_users, num_items)  # once, for every rank
                 for rank in knn_ranks:  # the first best on a tie: the smallest rank that does it
                     candidate = with_knn_rank(model, rank)
-                    recalls = item_knn_channel(candidate, fit_pairs, stop_pairs, num_users, num_items)
+                    recalls = item_knn_channel(candidate, knn, fit_pairs, stop_pairs, num_users, num_items)
                     for w, r in recalls.items():
                         stats[f"stop_recall@20_knn{rank}_{w}"] = r
                     if max(recalls.values()) > best_stop:
