@@ -47,6 +47,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from shopgraph.graph.schema import ShopTables
+from shopgraph.graph.train import TREE_KINDS
 
 if TYPE_CHECKING:
     from shopgraph.graph.rings import Ring
@@ -406,9 +407,6 @@ def _shared_identifiers(data: HeteroData, nbrs: list[tuple[str, int, int]], top_
         neighbours.append(NeighbourAttribution(nt, _node_ids(data, nt)[v], float(others)))
     neighbours.sort(key=lambda a: (-a.attribution, a.node_type, a.node_id))
     return neighbours[:top_k]
-
-
-TREE_KINDS: tuple[str, ...] = ("graph_trees", "hybrid")
 
 
 class ServedTreeExplainer:

@@ -59,6 +59,7 @@ except ImportError:  # pragma: no cover
 MODEL_DIR = "model"
 STATE_FILE = "train_state.pt"
 TREES_FILE = "fraud_trees.ubj"  # the served fraud trees (run folder), when boosted trees serve
+TREE_KINDS: tuple[str, ...] = ("graph_trees", "hybrid")  # the fraud scorers that are boosted trees
 RANK_LOSSES = ("softmax", "bpr")
 SUPERVISION = ("auto", "temporal", "disjoint", "all")
 NEGATIVES = ("uniform", "popularity", "hard")
@@ -1337,7 +1338,7 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
         "candidates": result.fraud.candidates, "seed": config.seed,
         "labelled_users": int((y >= 0).sum()), "train_users": int(masks["train"].sum()),
     }
-    if result.fraud.kind in ("graph_trees", "hybrid"):  # the served trees, for explanations of their scores
+    if result.fraud.kind in TREE_KINDS:  # the served trees, for explanations of their scores
         run.write_bytes(TREES_FILE, result.fraud.head.booster_bytes())
         fraud_info["trees_file"] = TREES_FILE
     run.write_json("fraud.json", fraud_info)
