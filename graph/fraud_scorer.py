@@ -574,15 +574,20 @@ def product_features(data: HeteroData, split: Split | None) -> np.ndarray:
     return product_feature_table(data, split)[0]
 
 
-_RING_TEXT: dict[str, str] = {  # ring_features' columns in words (the default windows)
+def _span(seconds: float) -> str:
+    """``7200`` -> ``"2 h"``, ``120`` -> ``"2 min"``."""
+    return f"{seconds / HOUR:g} h" if seconds >= HOUR else f"{seconds / 60:g} min"
+
+
+_RING_TEXT: dict[str, str] = {  # ring_features' columns in words (at the default windows, as the product uses them)
     "co_users": "accounts sharing a device (or other identifier)",
-    "co_first_use_sync": "accounts that took up a shared device within 6 h of this one",
-    "co_buy_sync": "accounts sharing a device that bought within 2 h of this one",
-    "co_item_sync": "accounts that bought an item this one bought within 2 h of it",
-    "own_burst": "most purchases within 2 h (log count)",
-    "quick_buys": "purchases within 2 min of carting or viewing the item (log count)",
-    "quick_buy_share": "share of purchases made within 2 min of carting or viewing the item",
-    "quick_burst": "most such quick purchases within 2 h (log count)",
+    "co_first_use_sync": f"accounts that took up a shared device within {_span(FIRST_USE_WINDOW_S)} of this one",
+    "co_buy_sync": f"accounts sharing a device that bought within {_span(BUY_WINDOW_S)} of this one",
+    "co_item_sync": f"accounts that bought an item this one bought within {_span(BUY_WINDOW_S)} of it",
+    "own_burst": f"most purchases within {_span(BUY_WINDOW_S)} (log count)",
+    "quick_buys": f"purchases within {_span(QUICK_FUNNEL_S)} of carting or viewing the item (log count)",
+    "quick_buy_share": f"share of purchases made within {_span(QUICK_FUNNEL_S)} of carting or viewing the item",
+    "quick_burst": f"most such quick purchases within {_span(BUY_WINDOW_S)} (log count)",
     "quick_hour_share": "how busy the hours of the quick purchases are (share of all purchases)",
 }
 _RING_SUFFIX: dict[str, str] = {"": " (log count)", "_known_fraud": ", known fraud (log count)",
