@@ -455,25 +455,29 @@ _REASON_COLUMNS = ["reason", "value", "contribution"]
 def _explanation_table(explanation: Any) -> pd.DataFrame:
     """One row per reason, largest contribution first. For the served trees' explanation the
     shared identifiers are evidence, not contributions: they come last, with their co-user count."""
-    rows: list[dict[str, Any]] = []
     trees = explanation.method.startswith("tree_shap")
+    features: list[dict[str, Any]] = []
     for f in explanation.features:
         name, value = f.name, float(f.value)
         if trees and name.endswith("(log count)"):  # shown as the count it is
             name, value = name[: -len("(log count)")] + "(count)", float(round(math.expm1(value)))
-        rows.append({"reason": name if trees else f"behaviour: {name}", "value": round(value, 3),
-                     "contribution": round(float(f.attribution), 3)})
-    rows.sort(key=lambda r: -abs(float(r["contribution"])))
+        features.append({"reason": name if trees else f"behaviour: {name}", "value": round(value, 3),
+                         "contribution": round(float(f.attribution), 3)})
+    neighbours: list[dict[str, Any]] = []
     for nb in sorted(explanation.neighbours, key=lambda n: -abs(float(n.attribution))):
         if trees:
             others = int(nb.attribution)
-            rows.append({"reason": f"shares {nb.node_type} {nb.node_id} with {others} other "
-                                   f"account{'s' if others != 1 else ''}", "value": others, "contribution": None})
+            neighbours.append({"reason": f"shares {nb.node_type} {nb.node_id} with {others} other "
+                                         f"account{'s' if others != 1 else ''}", "value": others, "contribution": None})
         else:
-            rows.append({"reason": f"linked {nb.node_type}: {nb.node_id}", "value": None,
-                         "contribution": round(float(nb.attribution), 3)})
-    if not trees:
-        rows.sort(key=lambda r: -abs(float(r["contribution"] or 0.0)))
+            neighbours.append({"reason": f"linked {nb.node_type}: {nb.node_id}", "value": None,
+                               "contribution": round(float(nb.attribution), 3)})
+
+    def size(row: dict[str, Any]) -> float:
+        return -abs(float(row["contribution"] or 0.0))
+
+    # the trees' shared identifiers are evidence, not contributions: after the reasons
+    rows = sorted(features, key=size) + neighbours if trees else sorted(features + neighbours, key=size)
     return pd.DataFrame(rows, columns=_REASON_COLUMNS)
 
 
