@@ -577,9 +577,11 @@ def explain_ring_members(
     index = {u: n for n, u in enumerate(_node_ids(data, "user"))}
     ranked = sorted(ring.member_scores.items(), key=lambda kv: (-kv[1], kv[0]))
     chosen = [u for u, _ in ranked][:k] if ranked else ring.members[:k]
-    if served is not None:
-        return {u: served.explain(data, index[u]).to_dict() for u in chosen if u in index}
-    return {u: explain_user(model, data, index[u], fraud_prob=fraud_prob).to_dict() for u in chosen if u in index}
+
+    def explain(u: int) -> Explanation:
+        return served.explain(data, u) if served is not None else explain_user(model, data, u, fraud_prob=fraud_prob)
+
+    return {u: explain(index[u]).to_dict() for u in chosen if u in index}
 
 
 def ring_timeline(ring: Ring, tables: ShopTables) -> pd.DataFrame:
