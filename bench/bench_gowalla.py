@@ -12,10 +12,10 @@ CPU; the table says how many epochs that bought. The models (``--models``):
   supervision): each step takes a batch of users, hides a random ``--holdout`` share of each
   user's items from the graph and predicts them with a softmax over the whole catalogue (the
   user's visible items masked out, as they are at evaluation). After training, the product's
-  item-neighbour channel (``--knn-ranks``, 256, 1024 and 2048; 0 turns it off): ItemKNN fitted on
-  the pairs the tower trained on, factored at each rank, the rank and the weight chosen on the
-  early-stopping pairs (``item_knn_channel``; the product's shop, 2,000 items, uses rank 64:
-  41,000 items need more).
+  item-neighbour channel (``--knn-ranks``: by default the ranks ``shopgraph train`` tries,
+  ``graph.train.item_knn_ranks``, 64 to 2048 here; 0 turns it off): ItemKNN fitted on the pairs
+  the tower trained on, factored at each rank, the rank and the weight chosen on the
+  early-stopping pairs as the product chooses them on validation (``item_knn_channel``).
 * ``lightgcn`` — 3 layers of weight-free LightGCN propagation over user and item id embeddings
   (sparse products), sampled softmax over shared negatives.
 
@@ -31,7 +31,7 @@ the best early-stopping Recall@20 from 0.1669 to 0.1909 — chosen on those pair
 is quoted.
 
     OMP_WAIT_POLICY=PASSIVE nice python bench/bench_gowalla.py [--budget-min 15] [--models history,lightgcn]
-        [--knn-ranks 256,1024,2048] [--val] [--json out.json]
+        [--knn-ranks product] [--val] [--json out.json]
 
 On a shared, oversubscribed CPU set ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP threads sleep instead of
 spinning): on the 2-core shared machine the Reddit run took 95 s with it and about 15 minutes
@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import time
 from pathlib import Path
 
@@ -56,7 +55,7 @@ from torch_geometric.data import HeteroData
 from shopgraph.graph.baselines import ItemKNN, Popularity
 from shopgraph.graph.metrics import ranking_metrics
 from shopgraph.graph.model import ModelConfig, ShopGNN
-from shopgraph.graph.train import ITEM_KNN_WEIGHTS, choose_channel_weight, set_item_knn_factors
+from shopgraph.graph.train import choose_item_knn, item_knn_ranks
 
 PUBLISHED = {
     "LightGCN (paper)": (0.1830, 0.1554),
@@ -192,32 +191,18 @@ def train_history(
     return model, stats
 
 
-def with_knn_rank(model: ShopGNN, rank: int) -> ShopGNN:
-    """The trained tower with an item-neighbour channel of ``rank`` (factors and weight still 0):
-    every other parameter copied, in eval mode."""
-    out = ShopGNN(dataclasses.replace(model.config, knn_rank=rank))
-    missing, unexpected = out.load_state_dict(
-        {k: v for k, v in model.state_dict().items() if not k.startswith("knn_")}, strict=False)
-    if unexpected or any(not k.startswith("knn_") for k in missing):
-        raise RuntimeError(f"with_knn_rank: parameters do not carry over (missing {missing}, unexpected {unexpected})")
-    return out.eval()
-
-
 @torch.no_grad()
-def item_knn_channel(model: ShopGNN, knn: ItemKNN, fit_pairs: Tensor, stop_pairs: Tensor, num_users: int,
-                     num_items: int) -> dict[str, float]:
-    """The product's item-neighbour channel after training (``graph.train.set_item_knn_factors``):
-    ``knn`` (ItemKNN on the pairs the tower trained on) factored at the model's rank; its weight
-    chosen by the product's own search (``graph.train.choose_channel_weight``) on Recall@20 of the
-    early-stopping pairs, as the product chooses it on validation. Returns ``{str(weight): recall}``;
-    the best weight is left in the model."""
-    set_item_knn_factors(model, knn)
+def item_knn_channel(model: ShopGNN, knn: ItemKNN, ranks: tuple[int, ...], fit_pairs: Tensor, stop_pairs: Tensor,
+                     num_users: int, num_items: int) -> tuple[ShopGNN, dict[str, float]]:
+    """The product's item-neighbour channel after training, chosen as ``shopgraph train`` chooses
+    it (``graph.train.choose_item_knn``: ``knn``, ItemKNN on the pairs the tower trained on,
+    factored at each rank, rank and weight by Recall@20), here on the early-stopping pairs.
+    Returns the chosen model and ``{"rank=R weight=W": recall}``."""
     graph = bipartite_graph(fit_pairs, num_users, num_items)
-    out = choose_channel_weight(model, "item-neighbour channel", model.knn_weight, model.knn_columns,
-                                ITEM_KNN_WEIGHTS, graph, graph, fit_pairs, stop_pairs, torch.device("cpu"))
-    for w, r in out.items():
-        print(f"item-neighbour channel weight {w}: early-stopping recall@20 {r:.4f}", flush=True)
-    return out
+    chosen, out = choose_item_knn(model, knn, ranks, graph, graph, fit_pairs, stop_pairs, torch.device("cpu"))
+    for name, r in out.items():
+        print(f"item-neighbour channel {name}: early-stopping recall@20 {r:.4f}", flush=True)
+    return chosen, out
 
 
 def train_gnn(
@@ -303,9 +288,10 @@ def main() -> int:
     h.add_argument("--history-lr", type=float, default=0.05)
     h.add_argument("--history-temperature", type=float, default=16.0)
     h.add_argument("--dropout", type=float, default=0.25, help="dropout on the item input embeddings")
-    h.add_argument("--knn-ranks", default="256,1024,2048",
-                   help="comma-separated ranks of the item-neighbour channel tried after training; rank and "
-                        "weight chosen on the early-stopping pairs (0: off)")
+    h.add_argument("--knn-ranks", default="product",
+                   help="comma-separated ranks of the item-neighbour channel tried after training, rank and "
+                        "weight chosen on the early-stopping pairs; 'product': the ranks `shopgraph train` "
+                        "tries (graph.train.item_knn_ranks: 64,256,1024,2048 here); 0: off")
     g = ap.add_argument_group("lightgcn")
     g.add_argument("--loss", choices=("softmax", "bpr"), default="softmax")
     g.add_argument("--batch", type=int, default=16384, help="positive pairs per step (one propagation each)")
@@ -319,17 +305,21 @@ def main() -> int:
     if unknown:
         ap.error(f"--models: unknown {unknown} (expected history and/or lightgcn)")
     torch.set_num_threads(args.threads)
-    try:
-        knn_ranks = sorted({int(r) for r in args.knn_ranks.split(",") if r.strip()} - {0})
-    except ValueError:
-        ap.error(f"--knn-ranks: expected comma-separated integers (got {args.knn_ranks!r})")
-    if any(r < 0 for r in knn_ranks):
-        ap.error(f"--knn-ranks: expected ranks >= 0 (got {args.knn_ranks!r})")
+    knn_ranks: tuple[int, ...] | None = None  # None: the product's, once the catalogue size is known
+    if args.knn_ranks.strip() != "product":
+        try:
+            knn_ranks = tuple(sorted({int(r) for r in args.knn_ranks.split(",") if r.strip()} - {0}))
+        except ValueError:
+            ap.error(f"--knn-ranks: expected 'product' or comma-separated integers (got {args.knn_ranks!r})")
+        if any(r < 0 for r in knn_ranks):
+            ap.error(f"--knn-ranks: expected ranks >= 0 (got {args.knn_ranks!r})")
 
     root = DATA_ROOT / "gowalla"
     train, test = read_lists(root / "train.txt"), read_lists(root / "test.txt")
     num_users = int(max(train[0].max(), test[0].max())) + 1
     num_items = int(max(train[1].max(), test[1].max())) + 1
+    if knn_ranks is None:
+        knn_ranks = item_knn_ranks(num_items)
     split = "test"
     if args.val:
         train, test = validation_carve(train, 0.1, seed=1)
@@ -363,16 +353,10 @@ def main() -> int:
             knn_note = ""
             if knn_ranks:
                 t0 = time.perf_counter()
-                best_stop, chosen = stats["stop_recall@20"], model
-                knn = ItemKNN(neighbors=200, shrink=100).fit(fit_pairs, num_users, num_items)  # once, for every rank
-                for rank in knn_ranks:  # the first best on a tie: the smallest rank that does it
-                    candidate = with_knn_rank(model, rank)
-                    recalls = item_knn_channel(candidate, knn, fit_pairs, stop_pairs, num_users, num_items)
-                    for w, r in recalls.items():
-                        stats[f"stop_recall@20_knn{rank}_{w}"] = r
-                    if max(recalls.values()) > best_stop:
-                        best_stop, chosen = max(recalls.values()), candidate
-                model = chosen
+                knn = ItemKNN(neighbors=200, shrink=100).fit(fit_pairs, num_users, num_items)
+                model, recalls = item_knn_channel(model, knn, knn_ranks, fit_pairs, stop_pairs, num_users, num_items)
+                stats.update({f"stop_recall@20_knn {setting}": r for setting, r in recalls.items()})
+                best_stop = max(recalls.values())
                 stats["knn_seconds"] = time.perf_counter() - t0
                 weight = float(model.knn_weight) if model.config.knn_rank else 0.0
                 stats["knn_rank"], stats["knn_weight"] = (float(model.config.knn_rank), weight) if weight else (0.0, 0.0)

@@ -144,8 +144,9 @@ class ModelConfig:
             the user's own tower scores (as for the group-mix channel): a low-rank ItemKNN score
             whose spread over the catalogue is ``w`` times the tower's, still one dot product.
             ``A``, ``B`` and ``w`` are not trained: ``calibrate_item_knn`` (graph/train.py) fits
-            them after training and picks ``w`` on validation (0: off). Off by default so older
-            run folders load; on for new ``history`` models (``TrainConfig.item_knn``).
+            them after training and picks the rank and ``w`` on validation (0: off). Off by
+            default so older run folders load; on for new ``history`` models
+            (``TrainConfig.item_knn``).
     """
 
     node_types: list[str]

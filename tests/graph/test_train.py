@@ -519,7 +519,8 @@ def test_consider_setting_is_chosen_on_validation(data: HeteroData, fast_result:
             pytest.approx((s, n, w))
     # the kept setting scores validation as the calibration measured: the item-neighbour
     # calibration's weight 0 re-scores the model so far
-    assert result.item_knn_calibration["0"] == pytest.approx(calib[kept])
+    rank = result.model.config.knn_rank
+    assert result.item_knn_calibration[train_mod.item_knn_setting_name(rank, 0.0)] == pytest.approx(calib[kept])
     assert ("+consider" in _model_kind(model)) == (kept != "off")
     off = train(data, TrainConfig(**{**FAST, "consider": False}))  # type: ignore[arg-type]
     assert not off.model.config.consider and off.consider_calibration == {}
@@ -542,12 +543,15 @@ def test_item_knn_channel_is_fitted_and_weighted_on_validation(fast_result: trai
     from shopgraph.graph.baselines import item_neighbours
 
     big, model = _unsaturated()
-    assert model.config.knn_rank == min(train_mod.ITEM_KNN_RANK, 120 // 2)  # at most half the catalogue
+    assert model.config.knn_rank == 60  # at most half the catalogue: ITEM_KNN_RANKS start at 64
+    assert TrainConfig().knn_ranks(big) == (60,)
     g = lean_graph(message_passing_graph(big, "train"))
-    calib = train_mod.calibrate_item_knn(model, g, big, train_mod.target_pairs(big, "train"),
-                                         train_mod.target_pairs(big, "val"), torch.device("cpu"))
-    assert set(calib) == {f"{w:g}" for w in train_mod.ITEM_KNN_WEIGHTS}
-    best = max(train_mod.ITEM_KNN_WEIGHTS, key=lambda w: (calib[f"{w:g}"], -w))
+    kept, calib = train_mod.calibrate_item_knn(model, g, big, train_mod.target_pairs(big, "train"),
+                                               train_mod.target_pairs(big, "val"), torch.device("cpu"))
+    assert kept is model  # one rank: the model itself is fitted
+    name = train_mod.item_knn_setting_name
+    assert set(calib) == {name(60, w) for w in train_mod.ITEM_KNN_WEIGHTS}
+    best = max(train_mod.ITEM_KNN_WEIGHTS, key=lambda w: (calib[name(60, w)], -w))
     assert float(model.knn_weight) == best
     assert len(set(calib.values())) > 2  # the channel moves the ranking
     # the kept weight and another one score validation, through the model's own code, as recorded
@@ -555,7 +559,7 @@ def test_item_knn_channel_is_fitted_and_weighted_on_validation(fast_result: trai
         forced = copy.deepcopy(model)
         with torch.no_grad():
             forced.knn_weight.fill_(w)
-        assert _val_recall_as_kept(forced, big) == pytest.approx(calib[f"{w:g}"]), w
+        assert _val_recall_as_kept(forced, big) == pytest.approx(calib[name(60, w)]), w
     # the factors are the truncated SVD of ItemKNN's similarities: the best rank-r error
     sim = torch.from_numpy(item_neighbours(big, "val").similarity_.toarray())
     approx = model.knn_in @ model.knn_out.T
@@ -564,17 +568,76 @@ def test_item_knn_channel_is_fitted_and_weighted_on_validation(fast_result: trai
     # in the training pipeline: the last calibration; the kept model scores validation as measured
     result = fast_result
     knn = result.item_knn_calibration
-    kept = max(train_mod.ITEM_KNN_WEIGHTS, key=lambda w: (knn[f"{w:g}"], -w))
-    assert float(result.model.knn_weight) == kept
-    assert _val_recall_as_kept(result.model, data) == pytest.approx(knn[f"{kept:g}"])
+    rank = result.model.config.knn_rank
+    assert rank == 12 and set(knn) == {name(12, w) for w in train_mod.ITEM_KNN_WEIGHTS}  # 25 items
+    kept_w = max(train_mod.ITEM_KNN_WEIGHTS, key=lambda w: (knn[name(12, w)], -w))
+    assert float(result.model.knn_weight) == kept_w
+    assert _val_recall_as_kept(result.model, data) == pytest.approx(knn[name(12, kept_w)])
     off = train(data, TrainConfig(**{**FAST, "item_knn": 0}))  # type: ignore[arg-type]
     assert off.model.config.knn_rank == 0 and off.item_knn_calibration == {}
     assert not hasattr(off.model, "knn_weight")
-    knn = item_neighbours(big, "val")
+    knn_fit = item_neighbours(big, "val")
     with pytest.raises(ValueError, match=r"set_item_knn_factors: the model has no item-neighbour channel"):
-        train_mod.set_item_knn_factors(off.model, knn)
+        train_mod.set_item_knn_factors(off.model, knn_fit)
     with pytest.raises(ValueError, match=r"set_item_knn_factors: ItemKNN over 120 items, the model has 25"):
-        train_mod.set_item_knn_factors(copy.deepcopy(result.model), knn)
+        train_mod.set_item_knn_factors(copy.deepcopy(result.model), knn_fit)
+
+
+def test_item_knn_ranks_follow_the_catalogue() -> None:
+    assert train_mod.item_knn_ranks(41_000) == (64, 256, 1024, 2048)
+    assert train_mod.item_knn_ranks(2_000) == (64, 256)  # the demo shop
+    assert train_mod.item_knn_ranks(200) == (64,)
+    assert train_mod.item_knn_ranks(120) == (60,)
+    assert train_mod.item_knn_ranks(1) == ()
+    big, _ = _unsaturated()
+    assert TrainConfig(item_knn=8).knn_ranks(big) == (8,)  # a fixed rank is not searched
+    assert TrainConfig(item_knn=0).knn_ranks(big) == ()
+    assert TrainConfig(conv="sage").knn_ranks(big) == ()
+
+
+def test_item_knn_rank_is_chosen_with_the_weight_on_validation() -> None:
+    from shopgraph.graph.baselines import item_neighbours
+
+    big, model = _unsaturated()
+    g = lean_graph(message_passing_graph(big, "train"))
+    train_pairs, val_pairs = train_mod.target_pairs(big, "train"), train_mod.target_pairs(big, "val")
+    small = train_mod.with_knn_rank(model, 2)
+    assert small.config.knn_rank == 2 and small is not model
+    kept, calib = train_mod.calibrate_item_knn(small, g, big, train_pairs, val_pairs, torch.device("cpu"),
+                                               ranks=(40, 2, 10))
+    name = train_mod.item_knn_setting_name
+    settings = [(r, w) for r in (2, 10, 40) for w in train_mod.ITEM_KNN_WEIGHTS]
+    assert set(calib) == {name(r, w) for r, w in settings}
+    best_r, best_w = max(settings, key=lambda rw: (calib[name(*rw)], -rw[0], -rw[1]))  # smallest on a tie
+    assert (kept.config.knn_rank, float(kept.knn_weight)) == (best_r, best_w)
+    assert len({calib[name(r, 1.0)] for r in (2, 10, 40)}) > 1  # the rank matters here
+    assert _val_recall_as_kept(kept, big) == pytest.approx(calib[name(best_r, best_w)])
+    # every other parameter carried over: with the channel off the copies score as the model does
+    off = copy.deepcopy(kept)
+    with torch.no_grad():
+        off.knn_weight.fill_(0.0)
+    assert _val_recall_as_kept(off, big) == pytest.approx(_val_recall_as_kept(model, big))
+    with pytest.raises(ValueError, match=r"choose_item_knn: no ranks to try"):
+        train_mod.choose_item_knn(model, item_neighbours(big, "val"), (), g, big, train_pairs, val_pairs,
+                                  torch.device("cpu"))
+
+
+def test_train_run_saves_the_chosen_item_knn_rank(tmp_path: Path, data: HeteroData,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train_mod, "ITEM_KNN_RANKS", (2, 4, 8))  # 25 items: all three at most half
+    path = _run(tmp_path, data)
+    result = train_run(path, **FAST)
+    name = train_mod.item_knn_setting_name
+    assert {k.split()[0] for k in result.item_knn_calibration} == {"rank=2", "rank=4", "rank=8"}
+    rank, weight = result.model.config.knn_rank, float(result.model.knn_weight)
+    assert result.item_knn_calibration[name(rank, weight)] == max(result.item_knn_calibration.values())
+    assert result.model_config == result.model.config
+    history = json.loads((path / "model" / "history.json").read_text())
+    assert history["item_knn_calibration"] == pytest.approx(result.item_knn_calibration)
+    loaded = load_model(path / "model", torch.device("cpu"))  # the saved config has the chosen rank
+    assert loaded.config.knn_rank == rank and float(loaded.knn_weight) == weight
+    emb = load_file(str(path / "embeddings.safetensors"))
+    assert emb["item"].shape == (25, 16 + 3 + rank)
 
 
 def test_item_knn_where_it_cannot_be_is_an_error(data: HeteroData) -> None:
