@@ -1418,9 +1418,11 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
 
 
 def cli_train(args: argparse.Namespace) -> int:
-    """``shopgraph train --run RUN [--epochs N] [--device D] [--seed S] [--conv C] [--mini-batch] [--resume]``."""
+    """``shopgraph train --run RUN [--epochs N] [--device D] [--seed S] [--conv C] [--mini-batch]
+    [--item-knn-rank R] [--resume]``."""
     overrides: dict[str, Any] = {"epochs": args.epochs, "seed": args.seed, "conv": args.conv,
-                                 "mini_batch": True if args.mini_batch else None}
+                                 "mini_batch": True if args.mini_batch else None,
+                                 "item_knn": args.item_knn_rank}
     result = train_run(args.run, device=args.device, resume=args.resume, **overrides)
     at_best = [h for h in result.history if int(h["epoch"]) == result.best_epoch]
     last = at_best[0] if at_best else {}
@@ -1429,5 +1431,6 @@ def cli_train(args: argparse.Namespace) -> int:
         "epoch_seconds": round(result.epoch_seconds, 4),
         "best_val_recall@20": last.get("val_recall@20"), "best_val_auprc": last.get("val_auprc"), "fraud_scorer": result.fraud.kind,
         "fraud_val_auprc": result.fraud.val_auprc, "fraud_threshold": result.fraud.threshold,
+        "item_knn_rank": result.model.config.knn_rank,
     }, indent=2))
     return 0

@@ -29,6 +29,16 @@ _COMMANDS: dict[str, str] = {
 }
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (got {text!r})") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (got {text!r})")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -78,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conv", default=None, choices=["history", "sage", "gatv2", "hgt", "lightgcn"],
                    help="history (default): the user-history tower; the others are message-passing GNNs")
     p.add_argument("--mini-batch", action="store_true", help="neighbour-sampled mini-batches")
+    p.add_argument("--item-knn-rank", type=_nonnegative_int, default=None,
+                   help="fix the rank of the history tower's item-neighbour channel (0: off; default: chosen on "
+                        "validation among 64, 256, 1024, 2048, at most half the catalogue; larger ranks widen "
+                        "the served vectors and slow each search)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
 
     p = sub.add_parser("evaluate", help="metrics and report against baselines")

@@ -687,3 +687,27 @@ def test_group_mix_where_it_cannot_be_is_an_error(data: HeteroData) -> None:
     with pytest.raises(ValueError, match=r"group_mix: the items have no groups"):
         train(bare, TrainConfig(**{**FAST, "group_mix": True}))  # type: ignore[arg-type]
     assert train(bare, TrainConfig(**FAST)).model.config.groups == 0  # type: ignore[arg-type]
+
+
+def test_cli_train_fixes_the_item_knn_rank_and_names_a_bad_one(tmp_path: Path, data: HeteroData,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from shopgraph.ui.cli import main
+
+    path = _run(tmp_path, data)
+    before = sorted(p.name for p in path.rglob("*"))
+    # above the catalogue (25 items): one clear line, nothing written
+    assert main(["train", "--run", str(path), "--epochs", "2", "--item-knn-rank", "99"]) == 1
+    assert "item_knn: rank 99 above the 25 items" in capsys.readouterr().err
+    assert sorted(p.name for p in path.rglob("*")) == before
+    with pytest.raises(SystemExit):
+        main(["train", "--run", str(path), "--item-knn-rank", "-1"])
+    assert "--item-knn-rank: expected an integer >= 0 (got '-1')" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--run", str(path), "--conv", "sage", "--item-knn-rank", "x"])
+    assert "expected an integer >= 0 (got 'x')" in capsys.readouterr().err
+    assert main(["train", "--run", str(path), "--epochs", "2", "--item-knn-rank", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["item_knn_rank"] == 4
+    assert load_model(path / "model", torch.device("cpu")).config.knn_rank == 4
+    saved = json.loads((path / "model" / "history.json").read_text())["item_knn_calibration"]
+    assert {k.split()[0] for k in saved} == {"rank=4"}
