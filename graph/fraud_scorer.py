@@ -403,9 +403,9 @@ def _own_timing(g: HeteroData, target: tuple[str, str, str], n: int, buy_window:
         xi = g[target[2]].x.detach().float().cpu().numpy().astype(np.float64)
         sums = np.zeros((n, xi.shape[1]))
         np.add.at(sums, bei[0][quick], xi[bei[1][quick]])
-        mean = sums / np.maximum(n_quick, 1.0)[:, None]
+        sums /= np.maximum(n_quick, 1.0)[:, None]  # the means, in place: [U, F] is large with image features
         for j in range(xi.shape[1]):
-            cols[f"quick_item_x{j}"] = mean[:, j]
+            cols[f"quick_item_x{j}"] = sums[:, j]
     return cols
 
 
@@ -536,7 +536,9 @@ def ring_features(
             cols[f"{name}_known_legit"] = np.log1p(c["legit"])
             cols[f"{name}_fraud_share"] = c["fraud"] / np.maximum(c["fraud"] + c["legit"], 1.0)
     cols.update(own)
-    x = np.stack(list(cols.values()), axis=1).astype(np.float32) if cols else np.zeros((n, 0), np.float32)
+    x = np.empty((n, len(cols)), np.float32)  # filled a column at a time: no float64 [U, F] copy
+    for j, column in enumerate(cols.values()):
+        x[:, j] = column
     return RingFeatures(x, list(cols))
 
 
