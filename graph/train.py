@@ -802,23 +802,38 @@ def with_knn_rank(model: ShopGNN, rank: int) -> ShopGNN:
 
 
 @torch.no_grad()
-def set_item_knn_factors(model: ShopGNN, knn: ItemKNN) -> None:
-    """Store the rank-``knn_rank`` truncated SVD of a fitted ItemKNN's neighbour matrix,
-    ``S ≈ (U Σ) Vᵀ``, as the model's item-neighbour factors (``knn_in = U Σ``, ``knn_out = V``;
-    seeded, so the same ItemKNN gives the same factors). The channel's weight is left as it is."""
-    rank = model.config.knn_rank
-    if not rank:
-        raise ValueError("set_item_knn_factors: the model has no item-neighbour channel (knn_rank 0)")
+def item_knn_svd(knn: ItemKNN, rank: int) -> tuple[Tensor, Tensor]:
+    """The rank-``rank`` truncated SVD of a fitted ItemKNN's neighbour matrix, ``S ≈ (U Σ) Vᵀ``,
+    as ``(U Σ, V)`` (``[items, rank]`` each; seeded, so the same ItemKNN gives the same factors).
+    Its first ``r`` columns are the factors of rank ``r``, so one SVD at the largest rank serves
+    every smaller one."""
     sim = knn.similarity_.tocoo()
-    if sim.shape != (model.knn_in.size(0),) * 2:
-        raise ValueError(f"set_item_knn_factors: ItemKNN over {sim.shape[0]} items, the model has "
-                         f"{model.knn_in.size(0)}")
     matrix = torch.sparse_coo_tensor(torch.from_numpy(np.vstack([sim.row, sim.col])).long(),
                                      torch.from_numpy(sim.data).float(), sim.shape).coalesce()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         left, sv, right = torch.svd_lowrank(matrix, q=min(rank + 10, min(sim.shape)), niter=4)
-    model.knn_in.copy_((left[:, :rank] * sv[:rank]).to(model.knn_in.device))
+    return left[:, :rank] * sv[:rank], right[:, :rank]
+
+
+@torch.no_grad()
+def set_item_knn_factors(model: ShopGNN, knn: ItemKNN, factors: tuple[Tensor, Tensor] | None = None) -> None:
+    """Store the model's item-neighbour factors: the first ``knn_rank`` columns of ``factors``
+    (:func:`item_knn_svd` of ``knn`` at a rank at least the model's), or, when None, the rank-
+    ``knn_rank`` SVD of ``knn`` (``knn_in = U Σ``, ``knn_out = V``). The channel's weight is
+    left as it is."""
+    rank = model.config.knn_rank
+    if not rank:
+        raise ValueError("set_item_knn_factors: the model has no item-neighbour channel (knn_rank 0)")
+    shape = knn.similarity_.shape
+    if shape != (model.knn_in.size(0),) * 2:
+        raise ValueError(f"set_item_knn_factors: ItemKNN over {shape[0]} items, the model has "
+                         f"{model.knn_in.size(0)}")
+    left, right = factors if factors is not None else item_knn_svd(knn, rank)
+    if left.shape != right.shape or left.size(0) != shape[0] or left.size(1) < rank:
+        raise ValueError(f"set_item_knn_factors: factors of shape {list(left.shape)} and {list(right.shape)} "
+                         f"for rank {rank} over {shape[0]} items")
+    model.knn_in.copy_(left[:, :rank].to(model.knn_in.device))
     model.knn_out.copy_(right[:, :rank].to(model.knn_out.device))
 
 
@@ -827,8 +842,8 @@ def choose_item_knn(
     model: ShopGNN, knn: ItemKNN, ranks: tuple[int, ...], graph: HeteroData, data: HeteroData, train_pairs: Tensor,
     val_pairs: Tensor, device: torch.device,
 ) -> tuple[ShopGNN, dict[str, float]]:
-    """Try the item-neighbour channel at each of ``ranks`` (``knn`` factored by
-    :func:`set_item_knn_factors`, each weight of :data:`ITEM_KNN_WEIGHTS` scored by
+    """Try the item-neighbour channel at each of ``ranks`` (the leading columns of one
+    :func:`item_knn_svd` of ``knn`` at the largest, each weight of :data:`ITEM_KNN_WEIGHTS` scored by
     :func:`choose_channel_weight`) and return the model with the best (rank, weight) on
     validation Recall@20 — the smallest rank on a tie, so the first when the channel does not help
     — and ``{item_knn_setting_name(rank, weight): val Recall@20}``. ``model`` is changed only
@@ -837,9 +852,10 @@ def choose_item_knn(
         raise ValueError("choose_item_knn: no ranks to try")
     out: dict[str, float] = {}
     best: tuple[float, ShopGNN] | None = None
+    factors = item_knn_svd(knn, max(ranks))  # one SVD: its leading columns are every smaller rank's
     for rank in sorted(set(ranks)):
         candidate = with_knn_rank(model, rank)
-        set_item_knn_factors(candidate, knn)
+        set_item_knn_factors(candidate, knn, factors)
         recalls = choose_channel_weight(candidate, f"item-neighbour channel, rank {rank}", candidate.knn_weight,
                                         candidate.knn_columns, ITEM_KNN_WEIGHTS, graph, data, train_pairs,
                                         val_pairs, device)

@@ -612,6 +612,13 @@ def test_item_knn_rank_is_chosen_with_the_weight_on_validation() -> None:
     assert (kept.config.knn_rank, float(kept.knn_weight)) == (best_r, best_w)
     assert len({calib[name(r, 1.0)] for r in (2, 10, 40)}) > 1  # the rank matters here
     assert _val_recall_as_kept(kept, big) == pytest.approx(calib[name(best_r, best_w)])
+    # the factors are the leading columns of one SVD at the largest rank
+    knn_fit = item_neighbours(big, "val")
+    left, right = train_mod.item_knn_svd(knn_fit, 40)
+    assert torch.equal(kept.knn_in, left[:, :best_r]) and torch.equal(kept.knn_out, right[:, :best_r])
+    with pytest.raises(ValueError, match=r"set_item_knn_factors: factors of shape \[120, 1\] and \[120, 1\] "
+                                         r"for rank 2 over 120 items"):
+        train_mod.set_item_knn_factors(small, knn_fit, (left[:, :1], right[:, :1]))
     # every other parameter carried over: with the channel off the copies score as the model does
     off = copy.deepcopy(kept)
     with torch.no_grad():
