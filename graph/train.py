@@ -1448,5 +1448,6 @@ def cli_train(args: argparse.Namespace) -> int:
         "best_val_recall@20": last.get("val_recall@20"), "best_val_auprc": last.get("val_auprc"), "fraud_scorer": result.fraud.kind,
         "fraud_val_auprc": result.fraud.val_auprc, "fraud_threshold": result.fraud.threshold,
         "item_knn_rank": result.model.config.knn_rank,
+        "served_vector_width": int(result.embeddings["item"].size(1)) if "item" in result.embeddings else None,
     }, indent=2))
     return 0

@@ -714,7 +714,7 @@ def test_cli_train_fixes_the_item_knn_rank_and_names_a_bad_one(tmp_path: Path, d
     assert "expected an integer >= 0 (got 'x')" in capsys.readouterr().err
     assert main(["train", "--run", str(path), "--epochs", "2", "--item-knn-rank", "4"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["item_knn_rank"] == 4
+    assert out["item_knn_rank"] == 4 and out["served_vector_width"] == 256 + 3 + 4  # tower (default hidden), group mix, channel
     assert load_model(path / "model", torch.device("cpu")).config.knn_rank == 4
     saved = json.loads((path / "model" / "history.json").read_text())["item_knn_calibration"]
     assert {k.split()[0] for k in saved} == {"rank=4"}
