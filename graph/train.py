@@ -809,7 +809,8 @@ def item_knn_svd(knn: ItemKNN, rank: int) -> tuple[Tensor, Tensor]:
     every smaller one."""
     sim = knn.similarity_.tocoo()
     matrix = torch.sparse_coo_tensor(torch.from_numpy(np.vstack([sim.row, sim.col])).long(),
-                                     torch.from_numpy(sim.data).float(), sim.shape).coalesce()
+                                     torch.from_numpy(sim.data).float(), sim.shape,
+                                     check_invariants=False).coalesce()  # scipy's indices: in range
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         left, sv, right = torch.svd_lowrank(matrix, q=min(rank + 10, min(sim.shape)), niter=4)
