@@ -145,6 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Input problems end with one clear line, not a traceback.
         print(f"shopgraph {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        # The machine's problems too (a full disk, a missing permission): run folders are written
+        # atomically, so what was there before is intact (`shopgraph train --resume` continues
+        # from the last checkpoint).
+        print(f"shopgraph {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

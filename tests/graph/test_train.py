@@ -718,3 +718,30 @@ def test_cli_train_fixes_the_item_knn_rank_and_names_a_bad_one(tmp_path: Path, d
     assert load_model(path / "model", torch.device("cpu")).config.knn_rank == 4
     saved = json.loads((path / "model" / "history.json").read_text())["item_knn_calibration"]
     assert {k.split()[0] for k in saved} == {"rank=4"}
+
+
+def test_cli_train_on_a_full_disk_keeps_the_last_checkpoint_and_resumes(
+        tmp_path: Path, data: HeteroData, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from shopgraph.ui.cli import main
+
+    path = _run(tmp_path, data)
+    state = path / "model" / "train_state.pt"
+    assert main(["train", "--run", str(path), "--epochs", "2"]) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+    def full(self: Path, payload: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)  # the next checkpoint cannot be written
+    assert main(["train", "--run", str(path), "--epochs", "4", "--resume"]) == 1
+    assert "shopgraph train: error: [Errno 28] No space left on device" in capsys.readouterr().err
+    # nothing half-written: every file as it was, no temp file left beside them
+    assert {p.name: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
+    monkeypatch.undo()
+    assert torch.load(state, weights_only=False)["epoch"] == 2
+    assert main(["train", "--run", str(path), "--epochs", "4", "--resume"]) == 0
+    history = json.loads((path / "model" / "history.json").read_text())
+    assert [int(h["epoch"]) for h in history["epochs"]] == [1, 2, 3, 4]
