@@ -789,8 +789,9 @@ def item_knn_setting_name(rank: int, weight: float) -> str:
 
 
 def with_knn_rank(model: ShopGNN, rank: int) -> ShopGNN:
-    """The trained model with an item-neighbour channel of ``rank`` (factors and weight still 0):
-    every other parameter copied, on the model's device, in eval mode."""
+    """The trained model with an item-neighbour channel of ``rank``: the model itself when it has
+    that rank, else a copy (every other parameter copied, factors and weight 0, on the model's
+    device, in eval mode)."""
     if rank == model.config.knn_rank:
         return model
     out = ShopGNN(dataclasses.replace(model.config, knn_rank=rank))
