@@ -60,6 +60,7 @@ from shopgraph.graph.metrics import (
     fraud_metrics,
     ranking_metrics,
 )
+from shopgraph.graph.model import gather_add
 
 logger = logging.getLogger(__name__)
 
@@ -381,7 +382,7 @@ class ContentKNN(_PurchaseBaseline):
             raise ValueError(f"item_features: expected a FloatTensor[{num_items}, D] (got {got})")
         pairs = torch.unique(_check_pairs(train_pairs, "train_pairs", num_users, num_items), dim=1)
         items = F.normalize(feats.detach().float().cpu(), dim=1)
-        profile = _gather_add(items, pairs[1], pairs[0], num_users)
+        profile = gather_add(items, pairs[1], pairs[0], num_users)
         # the mean's direction equals the sum's, so normalising the sum gives the same cosine
         self.profiles_ = F.normalize(profile, dim=1)
         self.items_ = items
@@ -539,24 +540,9 @@ def purchase_baselines(
 # ----------------------------------------------------------------------------------------------
 
 
-GATHER_CHUNK_VALUES = 1 << 22  # values of h[src] gathered at a time by _gather_add (16 MB of float32)
-
-
-def _gather_add(h: Tensor, src: Tensor, dst: Tensor, num_dst: int) -> Tensor:
-    """``out[d] = Σ h[s]`` over the edges ``(s, d)``: ``index_add_`` of ``h[src]``, gathered a chunk
-    of edges at a time so that the ``[E, F]`` gather never exists whole (with image features on a
-    100,000-user shop it would be gigabytes). Edges are added in order, so the sums are the same,
-    bit for bit, as one ``index_add_``."""
-    out = torch.zeros(num_dst, h.size(1), dtype=h.dtype)
-    step = max(1, GATHER_CHUNK_VALUES // max(1, h.size(1)))
-    for a in range(0, src.numel(), step):
-        out.index_add_(0, dst[a:a + step], h[src[a:a + step]])
-    return out
-
-
 def _mean_aggregate(h: Tensor, src: Tensor, dst: Tensor, num_dst: int) -> Tensor:
     """Mean of ``h[src]`` at each ``dst`` node (0 for nodes without incoming edges)."""
-    out = _gather_add(h, src, dst, num_dst)
+    out = gather_add(h, src, dst, num_dst)
     deg = torch.bincount(dst, minlength=num_dst).clamp(min=1).to(h.dtype)
     return out / deg.unsqueeze(1)
 
@@ -647,8 +633,8 @@ def hetero_neighbor_features(data: HeteroData, node_type: str = "user", split: S
         parts.append(_mean_aggregate(_mean_aggregate(x, src, dst, n_other), dst, src, n))
         # ... and the mean over meta-paths, excluding the trivial return to the node itself
         deg_o = torch.bincount(dst, minlength=n_other).float()
-        col_sum = _gather_add(x, src, dst, n_other)  # [n_other, F]
-        path_sum = _gather_add(col_sum, dst, src, n) - deg.unsqueeze(1) * x
+        col_sum = gather_add(x, src, dst, n_other)  # [n_other, F]
+        path_sum = gather_add(col_sum, dst, src, n) - deg.unsqueeze(1) * x
         path_cnt = torch.zeros(n).index_add_(0, src, deg_o[dst]) - deg
         path_cnt = path_cnt.clamp(min=0)
         parts.append(path_sum / path_cnt.clamp(min=1).unsqueeze(1))

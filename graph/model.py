@@ -440,6 +440,22 @@ def _group_counts(group: Tensor, g_count: int, n_users: int, n_items: int, edges
     return _GroupCounts(group, mix, share, norm, total)
 
 
+GATHER_CHUNK_VALUES = 1 << 22  # values of h[src] gathered at a time by gather_add (16 MB of float32)
+
+
+def gather_add(h: Tensor, src: Tensor, dst: Tensor, num_dst: int) -> Tensor:
+    """``out[d] = Σ h[s]`` over the edges ``(s, d)``: ``index_add_`` of ``h[src]``, gathered a chunk
+    of edges at a time so that the ``[E, F]`` gather never exists whole (the item-neighbour
+    channel at rank 2048 on the 100,000-user shop: 15 GB; neighbour means of image features:
+    gigabytes). Edges are added in order, so the sums are the same, bit for bit, as one
+    ``index_add_``. On ``h``'s device; not differentiable in ``h`` beyond what ``index_add_`` is."""
+    out = torch.zeros(num_dst, h.size(1), dtype=h.dtype, device=h.device)
+    step = max(1, GATHER_CHUNK_VALUES // max(1, h.size(1)))
+    for a in range(0, src.numel(), step):
+        out.index_add_(0, dst[a:a + step], h[src[a:a + step]])
+    return out
+
+
 def _score_spread(user: Tensor, item: Tensor) -> Tensor:
     """``[U]``: the standard deviation of each user's dot products over the items, ``sqrt(u' Cov u)``."""
     u, v = user.float(), item.float()
@@ -726,7 +742,7 @@ class ShopGNN(nn.Module):
         factors = torch.zeros(n_users, c.knn_rank, device=device)
         if edges:  # h_u: the user's distinct items (1-D keys: unique(dim=1) is ~40x slower)
             keys = torch.unique(torch.cat([ei[0] * n_items + ei[1] for ei in edges]))
-            factors.index_add_(0, keys // n_items, a[keys % n_items])
+            factors = gather_add(a, keys % n_items, keys // n_items, n_users)
         # in units of the spread: the channel's scores spread over the items as the tower's do
         unit = factors / _score_spread(factors, b).unsqueeze(1).clamp(min=1e-12)
         ch_user = spread().unsqueeze(1) * unit

@@ -283,17 +283,17 @@ def test_one_type_features_contain_neighbor_means() -> None:
 
 
 def test_neighbour_sums_are_gathered_in_chunks_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
-    import shopgraph.graph.baselines as baselines
+    import shopgraph.graph.model as model_mod
 
     g = torch.Generator().manual_seed(0)
     h = torch.randn(50, 7, generator=g)
     src, dst = torch.randint(0, 50, (1000,), generator=g), torch.randint(0, 30, (1000,), generator=g)
     whole = torch.zeros(30, 7).index_add_(0, dst, h[src])
-    monkeypatch.setattr(baselines, "GATHER_CHUNK_VALUES", 7 * 64)  # 64 edges at a time: 16 chunks
-    assert torch.equal(baselines._gather_add(h, src, dst, 30), whole)
-    monkeypatch.setattr(baselines, "GATHER_CHUNK_VALUES", 1)  # one edge at a time
-    assert torch.equal(baselines._gather_add(h, src, dst, 30), whole)
-    assert torch.equal(baselines._gather_add(h, src[:0], dst[:0], 30), torch.zeros(30, 7))  # no edges
+    monkeypatch.setattr(model_mod, "GATHER_CHUNK_VALUES", 7 * 64)  # 64 edges at a time: 16 chunks
+    assert torch.equal(model_mod.gather_add(h, src, dst, 30), whole)
+    monkeypatch.setattr(model_mod, "GATHER_CHUNK_VALUES", 1)  # one edge at a time
+    assert torch.equal(model_mod.gather_add(h, src, dst, 30), whole)
+    assert torch.equal(model_mod.gather_add(h, src[:0], dst[:0], 30), torch.zeros(30, 7))  # no edges
 
 
 def test_hybrid_features_shape(shop: HeteroData) -> None:
