@@ -141,14 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
-        # Input problems end with one clear line, not a traceback.
-        print(f"shopgraph {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        # The machine's problems too (a full disk, a missing permission): run folders are written
-        # atomically, so what was there before is intact (`shopgraph train --resume` continues
-        # from the last checkpoint).
+    except (ValueError, TypeError, OSError) as exc:
+        # Input problems end with one clear line, not a traceback (a missing file, a folder in the
+        # way: FileNotFoundError, FileExistsError), and so do the machine's (a full disk, a
+        # missing permission): run folders are written atomically, so what was there before is
+        # intact (`shopgraph train --resume` continues from the last checkpoint).
         print(f"shopgraph {args.command}: error: {exc}", file=sys.stderr)
         return 1
 
