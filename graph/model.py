@@ -739,10 +739,11 @@ class ShopGNN(nn.Module):
         mask = known.unsqueeze(1).float()
         a = self.knn_in[rows].float() * mask
         b = self.knn_out[rows].float() * mask
-        factors = torch.zeros(n_users, c.knn_rank, device=device)
         if edges:  # h_u: the user's distinct items (1-D keys: unique(dim=1) is ~40x slower)
             keys = torch.unique(torch.cat([ei[0] * n_items + ei[1] for ei in edges]))
             factors = gather_add(a, keys % n_items, keys // n_items, n_users)
+        else:
+            factors = torch.zeros(n_users, c.knn_rank, device=device)
         # in units of the spread: the channel's scores spread over the items as the tower's do
         unit = factors / _score_spread(factors, b).unsqueeze(1).clamp(min=1e-12)
         ch_user = spread().unsqueeze(1) * unit
