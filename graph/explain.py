@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
+from shopgraph.graph.model import GATHER_CHUNK_VALUES
 from shopgraph.graph.schema import ShopTables
 from shopgraph.graph.train import TREE_KINDS
 
@@ -459,11 +460,11 @@ class ServedTreeExplainer:
 
     def probabilities(self, chunk: int | None = None) -> np.ndarray:
         """``[U]`` the trees' fraud probabilities for every user, ``chunk`` full-width rows at a
-        time (None: about 4 M values, 16 MB)."""
+        time (None: ``GATHER_CHUNK_VALUES`` values, 16 MB, as the feature tables are gathered)."""
         import xgboost as xgb
 
         n = self.table.shape[0]
-        chunk = chunk or max(1, (1 << 22) // max(1, self.width))
+        chunk = chunk or max(1, GATHER_CHUNK_VALUES // max(1, self.width))
         margin = np.concatenate([self.booster.predict(xgb.DMatrix(self._rows(a, min(a + chunk, n))), output_margin=True)
                                  for a in range(0, n, chunk)]) if n else np.zeros(0)
         return np.asarray(1.0 / (1.0 + np.exp(-margin.astype(np.float64))))
