@@ -404,8 +404,9 @@ def nodelay_listener(sock: socket.socket) -> socket.socket:
 
     With ``--workers N`` uvicorn binds the socket itself with ``proto`` 0; accepted sockets inherit
     it and asyncio then skips ``TCP_NODELAY``, so every keep-alive response waits for the client's
-    delayed ACK (~40 ms on Linux; uvicorn issue #3149, open at uvicorn 0.54). Measured on this
-    machine with a trivial FastAPI app: p50 1.7 ms with 1 worker, 44 ms with 2.
+    delayed ACK (~40 ms on Linux; uvicorn issue #3149, up to uvicorn 0.54; 0.55 binds it with
+    ``IPPROTO_TCP`` and this returns it as it is). Measured on this machine with a trivial FastAPI
+    app and uvicorn 0.54: p50 1.7 ms with 1 worker, 44 ms with 2.
 
     (A ``uvicorn.Config`` subclass would be simpler but is pickled to every worker, which then
     imports this module, torch included, before answering the supervisor's health ping in time.)

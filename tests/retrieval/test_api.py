@@ -154,12 +154,31 @@ def test_multi_worker_listener_keeps_tcp_nodelay():
 
     from shopgraph.retrieval.api import nodelay_listener
 
+    # asyncio sets TCP_NODELAY on accepted sockets only when the listener says IPPROTO_TCP. uvicorn
+    # up to 0.54 bound the multi-worker listener with proto 0 (issue #3149), 0.55 with IPPROTO_TCP:
+    # either way the listener the server uses says IPPROTO_TCP.
     config = uvicorn.Config("shopgraph.retrieval.api:app_from_env", factory=True, host="127.0.0.1", port=0, workers=2)
-    plain = config.bind_socket()
-    assert plain.proto == 0  # uvicorn 0.54 (issue #3149); if this fails uvicorn fixed it and the helper is moot
-    sock = nodelay_listener(plain)
+    sock = nodelay_listener(config.bind_socket())
     try:
-        # asyncio sets TCP_NODELAY on accepted sockets only when the listener says IPPROTO_TCP
         assert sock.proto == socket.IPPROTO_TCP and sock.family == socket.AF_INET and sock.get_inheritable()
     finally:
         sock.close()
+    # what uvicorn 0.54 bound: a listener with proto 0 is relabelled, same port, still listening
+    plain = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0)
+    plain.bind(("127.0.0.1", 0))
+    plain.listen()
+    port = plain.getsockname()[1]
+    sock = nodelay_listener(plain)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP and sock.getsockname()[1] == port and sock.get_inheritable()
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            conn, _ = sock.accept()
+            conn.close()
+    finally:
+        sock.close()
+    # a listener that already says IPPROTO_TCP is returned as it is
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        assert nodelay_listener(tcp) is tcp
+    finally:
+        tcp.close()
