@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 PURCHASE_KEYS = ("recall@10", "ndcg@10", "hit@10", "recall@20", "ndcg@20", "hit@20", "coverage@20")
 FRAUD_KEYS = ("auroc", "auprc", "rec@k", "precision", "recall", "threshold")
+EVALUATE_STAGE = "shopgraph evaluate"  # the command that writes metrics.json, report.md and plots/
 
 
 def _model_kind(model: ShopGNN) -> str:
@@ -64,7 +65,8 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _plots(run: RunDir, history: dict[str, Any], pr: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
+def _plots(run: RunDir, history: dict[str, Any], pr: dict[str, tuple[np.ndarray, np.ndarray]],
+           made_from: dict[str, str | None]) -> list[str]:
     """Training curves and test precision–recall curves; returns the written relative paths."""
     import matplotlib
 
@@ -91,7 +93,7 @@ def _plots(run: RunDir, history: dict[str, Any], pr: dict[str, tuple[np.ndarray,
         axes[1].set_xlabel("epoch")
         axes[1].set_title("validation")
         axes[1].legend()
-        run.write_bytes("plots/training.png", _png(fig))
+        run.write_bytes("plots/training.png", _png(fig), made_from=made_from, stage=EVALUATE_STAGE)
         plt.close(fig)
         written.append("plots/training.png")
     if pr:
@@ -104,7 +106,7 @@ def _plots(run: RunDir, history: dict[str, Any], pr: dict[str, tuple[np.ndarray,
         ax.set_ylabel("precision")
         ax.set_title("fraud, test users")
         ax.legend()
-        run.write_bytes("plots/fraud_pr.png", _png(fig))
+        run.write_bytes("plots/fraud_pr.png", _png(fig), made_from=made_from, stage=EVALUATE_STAGE)
         plt.close(fig)
         written.append("plots/fraud_pr.png")
     return written
@@ -192,9 +194,11 @@ def evaluate_run(run_dir: str, *, baselines: bool = True, device: str | None = N
         The metrics dict written to ``RUN/metrics.json``.
     """
     run = RunDir(run_dir)
-    for rel in ("graph.pt", f"{MODEL_DIR}/model.safetensors", f"{MODEL_DIR}/config.json", "fraud.json"):
+    inputs = ("graph.pt", f"{MODEL_DIR}/model.safetensors", f"{MODEL_DIR}/config.json", "fraud.json")
+    for rel in inputs:
         if not run.has(rel):
             raise FileNotFoundError(f"run folder {run.path}: no {rel} (run `shopgraph train --run {run.path}` first)")
+    made_from = run.sources(*inputs)  # before reading them: what the metrics describe
     dev = resolve_device(device)
     run.path_of(f"{MODEL_DIR}/model.safetensors")  # checksum check before loading
     run.path_of(f"{MODEL_DIR}/config.json")
@@ -234,9 +238,10 @@ def evaluate_run(run_dir: str, *, baselines: bool = True, device: str | None = N
             fraud["baselines"] = fraud_baselines(data, split="test")
 
     metrics = {"purchase": purchase, "fraud": fraud}
-    run.write_json("metrics.json", metrics)
-    plots = _plots(run, history, pr)
-    run.write_text("report.md", _report(metrics, data, history, fraud_info, candidates, plots, int(test.size(1))))
+    run.write_json("metrics.json", metrics, made_from=made_from, stage=EVALUATE_STAGE)
+    plots = _plots(run, history, pr, made_from)
+    run.write_text("report.md", _report(metrics, data, history, fraud_info, candidates, plots, int(test.size(1))),
+                   made_from=made_from, stage=EVALUATE_STAGE)
     logger.info("evaluate: GNN recall@20 %.4f; fraud %s auprc %s", purchase["gnn"]["recall@20"],
                 fraud["gnn"].get("kind"), _fmt(fraud["gnn"].get("auprc")))
     return metrics

@@ -696,6 +696,7 @@ def rings_run(
     from shopgraph.graph.pipeline import load_run_tables
 
     run = RunDir(run_dir)
+    made_from = run.sources("graph.pt", optional=("embeddings.safetensors",))
     data = run.load_graph()
     tables = load_run_tables(run)
     prob = load_fraud_prob(run)
@@ -703,7 +704,8 @@ def rings_run(
     det.fit(data, prob, tables)
     params = {k: getattr(det, k) for k in ("hub_threshold", "min_size", "max_component", "seed",
                                            "use_behaviour", "resolution")}
-    run.write_json(RINGS_FILE, _jsonable(rings_payload(det.rings_, det.hub_devices_, det.mode_, params)))
+    run.write_json(RINGS_FILE, _jsonable(rings_payload(det.rings_, det.hub_devices_, det.mode_, params)),
+                   made_from=made_from, stage="shopgraph rings")
     chosen = det.rings_[:top]
     if export is not None:
         from shopgraph.graph.explain import explain_ring_members, load_model, load_served_explainer

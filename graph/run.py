@@ -4,6 +4,12 @@ Every file goes through :meth:`RunDir.write_with` (temp file in the same folder,
 and is recorded with its sha256 in ``manifest.json``. Readers call :meth:`RunDir.path_of`, which
 checks the recorded checksum before handing out the path, so a torn or tampered file is an error
 naming the file, never a silent wrong answer.
+
+A file computed from others (the FAISS indexes from ``embeddings.safetensors``, ``metrics.json``
+from the model, ...) is written with ``made_from`` (:meth:`RunDir.sources`, read before its inputs
+are): the manifest keeps the inputs' checksums and the command that writes it, and once one of
+those inputs has been rewritten (``shopgraph train`` again) reading the file is a
+:class:`StaleFileError` naming the command to rerun, never an answer from a model that is gone.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ MANIFEST = "manifest.json"
 GRAPH_FILE = "graph.pt"
 _PACKAGES = ("shopgraph", "torch", "torch-geometric", "transformers", "faiss-cpu", "faiss-gpu", "numpy",
              "pandas", "gradio")
+
+
+class StaleFileError(ValueError):
+    """A recorded file was computed from an input that has been rewritten or removed since."""
 
 
 def sha256_file(path: Path) -> str:
@@ -128,26 +138,51 @@ class RunDir:
                 else:
                     manifest[key] = value
 
+    def sources(self, *rels: str, optional: tuple[str, ...] = ()) -> dict[str, str | None]:
+        """``{rel: recorded checksum}`` of the files a stage is about to read: pass it as
+        ``made_from`` when writing what it computes from them (taken *before* reading, so that a
+        file rewritten meanwhile leaves the output stale, not wrongly fresh). ``optional`` files
+        the stage uses when they are there map to None when they are not: the output is then stale
+        once one is written."""
+        files = self.manifest["files"]
+        for rel in rels:
+            if rel not in files:
+                raise FileNotFoundError(f"run folder {self.path}: no {rel!r} recorded in {MANIFEST}")
+        return {rel: files.get(rel) for rel in (*rels, *optional)}
+
     # -- writing --------------------------------------------------------------------------------
-    def write_with(self, rel: str, writer: Callable[[Path], object]) -> Path:
-        """Write ``rel`` atomically through ``writer(tmp_path)`` and record its checksum."""
+    def write_with(self, rel: str, writer: Callable[[Path], object], *,
+                   made_from: Mapping[str, str | None] | None = None, stage: str = "") -> Path:
+        """Write ``rel`` atomically through ``writer(tmp_path)`` and record its checksum.
+
+        ``made_from``: :meth:`sources` of the files it was computed from, and ``stage`` the command
+        that writes it (``"shopgraph index"``): :meth:`path_of` refuses it once one of them changes.
+        """
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise ValueError(f"rel: expected a path inside the run folder (got {rel!r})")
+        if made_from and not stage:
+            raise ValueError(f"stage: the command that writes {rel!r} (needed with made_from)")
         target = self.path / rel
         atomic_write(target, writer)
         digest = sha256_file(target)
         with self._locked() as manifest:
             manifest["files"][rel] = digest
+            lineage = manifest.setdefault("made_from", {})
+            if made_from:
+                lineage[rel] = {"stage": stage, "inputs": dict(made_from)}
+            else:
+                lineage.pop(rel, None)
         return target
 
-    def write_bytes(self, rel: str, payload: bytes) -> Path:
-        return self.write_with(rel, lambda p: p.write_bytes(payload))
+    def write_bytes(self, rel: str, payload: bytes, **lineage: Any) -> Path:
+        return self.write_with(rel, lambda p: p.write_bytes(payload), **lineage)
 
-    def write_text(self, rel: str, text: str) -> Path:
-        return self.write_with(rel, lambda p: p.write_text(text, encoding="utf-8"))
+    def write_text(self, rel: str, text: str, **lineage: Any) -> Path:
+        return self.write_with(rel, lambda p: p.write_text(text, encoding="utf-8"), **lineage)
 
-    def write_json(self, rel: str, obj: Any) -> Path:
-        return self.write_text(rel, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    def write_json(self, rel: str, obj: Any, **lineage: Any) -> Path:
+        return self.write_text(rel, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n",
+                               **lineage)
 
     def save_graph(self, data: HeteroData, rel: str = GRAPH_FILE) -> Path:
         buffer = io.BytesIO()
@@ -158,9 +193,33 @@ class RunDir:
     def has(self, rel: str) -> bool:
         return rel in self.manifest["files"] and (self.path / rel).is_file()
 
-    def path_of(self, rel: str, *, verify: bool = True) -> Path:
-        """Path of a recorded file, after checking its checksum."""
-        files = self.manifest["files"]
+    @staticmethod
+    def _stale(manifest: Mapping[str, Any], rel: str, path: Path) -> str | None:
+        entry = manifest.get("made_from", {}).get(rel)
+        if not entry:
+            return None
+        files = manifest["files"]
+        for source, digest in entry["inputs"].items():
+            if files.get(source) != digest:
+                what = (f"without {source!r} (written since)" if digest is None else
+                        f"from an earlier {source!r} ({'rewritten' if source in files else 'removed'} since)")
+                return f"{rel!r} was computed {what}: rerun `{entry['stage']} --run {path}`"
+        return None
+
+    def stale(self, rel: str) -> str | None:
+        """Why ``rel`` is out of date (one of the files it was computed from has changed since it
+        was written, and the command that brings it up to date), or None."""
+        return self._stale(self.manifest, rel, self.path)
+
+    def fresh(self, rel: str) -> bool:
+        """``rel`` is recorded, present and not :meth:`stale`."""
+        return self.has(rel) and self.stale(rel) is None
+
+    def path_of(self, rel: str, *, verify: bool = True, current: bool = True) -> Path:
+        """Path of a recorded file, after checking its checksum (``verify``) and that it is not
+        :meth:`stale` (``current``; :class:`StaleFileError`)."""
+        manifest = self.manifest
+        files = manifest["files"]
         if rel not in files:
             raise FileNotFoundError(f"run folder {self.path}: no {rel!r} recorded in {MANIFEST}")
         target = self.path / rel
@@ -168,6 +227,8 @@ class RunDir:
             raise FileNotFoundError(f"run folder {self.path}: {rel!r} is recorded but missing")
         if verify and sha256_file(target) != files[rel]:
             raise ValueError(f"run folder {self.path}: {rel!r} does not match its checksum in {MANIFEST}")
+        if current and (reason := self._stale(manifest, rel, self.path)):
+            raise StaleFileError(f"run folder {self.path}: {reason}")
         return target
 
     def read_json(self, rel: str) -> Any:
@@ -180,9 +241,10 @@ class RunDir:
         return data
 
     def verify(self) -> None:
-        """Check every recorded file; raise ``ValueError`` naming the first bad one."""
+        """Check every recorded file against its checksum; raise ``ValueError`` naming the first
+        bad one (a stale file is intact: :meth:`stale` says which are)."""
         for rel in sorted(self.manifest["files"]):
-            self.path_of(rel)
+            self.path_of(rel, current=False)
 
 
 def _json_default(obj: Any) -> Any:

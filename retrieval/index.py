@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 METRICS: tuple[str, ...] = ("ip", "cosine", "l2")
 FLAT_MAX = 50_000
 INDEX_DIR = "index"
+INDEX_STAGE = "shopgraph index"  # the command that writes INDEX_DIR
 INDEX_NAMES: tuple[str, ...] = ("gnn_items", "gnn_items_cosine", "text_items", "image_items")
 # nprobe / efSearch candidates, tried in order until the recall target is met.
 _NPROBES: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
@@ -424,13 +425,16 @@ class ItemIndex:
             "removed": [int(v) for v in self.removed_],
         }
 
-    def save(self, directory: str | Path, name: str, *, run: RunDir | None = None) -> Path:
+    def save(self, directory: str | Path, name: str, *, run: RunDir | None = None,
+             made_from: dict[str, str | None] | None = None) -> Path:
         """Write ``<directory>/<name>.faiss`` and ``<name>.json`` atomically.
 
         Args:
             directory: target folder; with ``run``, a folder relative to the run folder.
             name: file stem, e.g. ``"gnn_items"``.
             run: write through this :class:`RunDir` (atomic and recorded in its manifest).
+            made_from: with ``run``, :meth:`RunDir.sources` of the files the vectors came from:
+                the index is refused as stale once one of them changes (``shopgraph index`` again).
 
         Returns:
             Path of the ``.faiss`` file.
@@ -443,8 +447,9 @@ class ItemIndex:
 
         if run is not None:
             rel = Path(directory)
-            target = run.write_with(str(rel / f"{name}.faiss"), write_index)
-            run.write_text(str(rel / f"{name}.json"), info_text)
+            lineage: dict[str, Any] = {"made_from": made_from, "stage": INDEX_STAGE} if made_from else {}
+            target = run.write_with(str(rel / f"{name}.faiss"), write_index, **lineage)
+            run.write_text(str(rel / f"{name}.json"), info_text, **lineage)
             return target
         folder = Path(directory)
         atomic_write(folder / f"{name}.faiss", write_index)
@@ -522,6 +527,8 @@ def index_run(run_dir: str | Path, *, use_gpu: bool | None = None) -> dict[str, 
         ``{name: info}`` for each index written (the contents of its ``.json``).
     """
     run = RunDir(run_dir)
+    from_graph = run.sources("graph.pt")  # before reading: what the indexes are made from
+    from_embeddings = run.sources("graph.pt", "embeddings.safetensors")
     data = run.load_graph()
     emb = load_embeddings(run)
     if "item" not in emb:
@@ -535,10 +542,10 @@ def index_run(run_dir: str | Path, *, use_gpu: bool | None = None) -> dict[str, 
     out: dict[str, dict[str, Any]] = {}
     users = np.asarray(emb["user"], dtype=np.float32) if "user" in emb else None
     gnn = ItemIndex("ip", use_gpu=use_gpu).fit(items, np.arange(n_items, dtype=np.int64), queries=users)
-    gnn.save(INDEX_DIR, "gnn_items", run=run)
+    gnn.save(INDEX_DIR, "gnn_items", run=run, made_from=from_embeddings)
     out["gnn_items"] = gnn.info()
     cos = ItemIndex("cosine", use_gpu=use_gpu).fit(items, np.arange(n_items, dtype=np.int64))
-    cos.save(INDEX_DIR, "gnn_items_cosine", run=run)
+    cos.save(INDEX_DIR, "gnn_items_cosine", run=run, made_from=from_embeddings)
     out["gnn_items_cosine"] = cos.info()
     for name, attr in (("text_items", "text_emb"), ("image_items", "image_emb")):
         if attr not in data["item"]:
@@ -549,7 +556,7 @@ def index_run(run_dir: str | Path, *, use_gpu: bool | None = None) -> dict[str, 
             logger.info("%s: no item has a %s; not built", name, attr)
             continue
         index = ItemIndex("cosine", use_gpu=use_gpu).fit(x[rows], rows)
-        index.save(INDEX_DIR, name, run=run)
+        index.save(INDEX_DIR, name, run=run, made_from=from_graph)
         out[name] = index.info()
     run.update(config={"index": {name: {"factory": v["factory"], "count": v["count"]} for name, v in out.items()}})
     return out

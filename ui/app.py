@@ -739,11 +739,13 @@ def model_view(run_dir: Path | None) -> ModelView:
         return ModelView(f"{ERROR_PREFIX}no run folder: metrics unavailable", empty, empty, [])
     from PIL import Image
 
-    from shopgraph.graph.run import RunDir
+    from shopgraph.graph.run import RunDir, StaleFileError
 
     try:
         run = RunDir(run_dir)
         metrics = run.read_json("metrics.json")
+    except StaleFileError as exc:  # the model was retrained since: these metrics describe another one
+        return ModelView(f"{ERROR_PREFIX}{exc}", empty, empty, [])
     except (FileNotFoundError, ValueError) as exc:
         return ModelView(f"{ERROR_PREFIX}{exc} (run `shopgraph evaluate --run {run_dir}`)", empty, empty, [])
     purchase = _metric_rows(metrics.get("purchase", {}), PURCHASE_METRICS, "recall@20")

@@ -56,9 +56,10 @@ def prepare(workdir: Path, *, users: int = 5000, seed: int = 0) -> Path:
           lambda: build_run(shop, run_path, seed=seed, overwrite=True))
     run = RunDir(run_path)
     _step("train the GNN", built and run.has("embeddings.safetensors"), lambda: train_run(run_path))
-    _step("evaluate against the baselines", built and run.has("metrics.json"), lambda: evaluate_run(run_path))
-    _step("build the FAISS indexes", built and run.has("index/gnn_items.json"), lambda: index_run(run_path))
-    _step("find fraud rings and export their case files", built and run.has("rings/rings.json"),
+    # a stage's output is reused only while what it was computed from is unchanged (RunDir.fresh)
+    _step("evaluate against the baselines", built and run.fresh("metrics.json"), lambda: evaluate_run(run_path))
+    _step("build the FAISS indexes", built and run.fresh("index/gnn_items.json"), lambda: index_run(run_path))
+    _step("find fraud rings and export their case files", built and run.fresh("rings/rings.json"),
           lambda: rings_run(run_path, export=workdir / f"cases_{users}_{seed}"))
     return run_path
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from shopgraph.graph.build import build_graph
-from shopgraph.graph.run import RunDir
+from shopgraph.graph.run import RunDir, StaleFileError
 
 
 def test_write_records_checksums_and_round_trips(tmp_path, tiny_tables):
@@ -61,3 +61,51 @@ def test_interrupted_write_leaves_previous_file(tmp_path):
     assert (tmp_path / "run" / "a.txt").read_text() == "old"
     run.verify()
     assert [p.name for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_file_computed_from_a_rewritten_one_is_refused_as_stale(tmp_path):
+    run = RunDir(tmp_path / "run", create=True)
+    run.write_text("embeddings.safetensors", "model 1")
+    run.write_text("graph.pt", "graph")
+    made_from = run.sources("graph.pt", "embeddings.safetensors")
+    run.write_text("index/gnn_items.faiss", "index of model 1", made_from=made_from, stage="shopgraph index")
+    run.write_text("notes.txt", "no inputs")
+    assert run.fresh("index/gnn_items.faiss") and run.stale("index/gnn_items.faiss") is None
+    assert run.path_of("index/gnn_items.faiss").read_text() == "index of model 1"
+    # the same bytes again (a retrain that reproduces the model) keep it current
+    run.write_text("embeddings.safetensors", "model 1")
+    assert run.fresh("index/gnn_items.faiss")
+    # another model: the index is refused, naming what changed and the command to rerun
+    run.write_text("embeddings.safetensors", "model 2")
+    reason = f"'index/gnn_items.faiss' was computed from an earlier 'embeddings.safetensors' (rewritten since): " \
+             f"rerun `shopgraph index --run {run.path}`"
+    assert run.stale("index/gnn_items.faiss") == reason and not run.fresh("index/gnn_items.faiss")
+    with pytest.raises(StaleFileError) as err:
+        RunDir(run.path).path_of("index/gnn_items.faiss")
+    assert str(err.value) == f"run folder {run.path}: {reason}" and isinstance(err.value, ValueError)
+    run.verify()  # intact, only out of date: verify checks checksums
+    assert run.path_of("index/gnn_items.faiss", current=False).read_text() == "index of model 1"
+    assert run.fresh("notes.txt") and run.fresh("embeddings.safetensors")
+    # rewriting it from the current inputs makes it current; rewriting it without inputs drops the record
+    run.write_text("index/gnn_items.faiss", "index of model 2", made_from=run.sources("embeddings.safetensors"),
+                   stage="shopgraph index")
+    assert run.fresh("index/gnn_items.faiss")
+    run.write_text("index/gnn_items.faiss", "hand-made")
+    assert "index/gnn_items.faiss" not in run.manifest["made_from"]
+
+
+def test_stale_when_an_optional_input_appears_and_inputs_must_be_recorded(tmp_path):
+    run = RunDir(tmp_path / "run", create=True)
+    run.write_text("graph.pt", "graph")
+    made_from = run.sources("graph.pt", optional=("embeddings.safetensors",))
+    assert made_from == {"graph.pt": run.manifest["files"]["graph.pt"], "embeddings.safetensors": None}
+    run.write_json("rings/rings.json", [], made_from=made_from, stage="shopgraph rings")
+    assert run.fresh("rings/rings.json")
+    run.write_text("embeddings.safetensors", "scores")
+    assert run.stale("rings/rings.json") == ("'rings/rings.json' was computed without 'embeddings.safetensors' "
+                                             f"(written since): rerun `shopgraph rings --run {run.path}`")
+    with pytest.raises(FileNotFoundError, match="no 'model/model.safetensors' recorded"):
+        run.sources("graph.pt", "model/model.safetensors")
+    with pytest.raises(ValueError, match="stage: the command that writes 'x.json'"):
+        run.write_json("x.json", {}, made_from=made_from)
+    assert not (run.path / "x.json").exists() and "x.json" not in run.manifest["files"]

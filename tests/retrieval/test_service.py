@@ -387,7 +387,8 @@ def test_recommend_with_a_revisit_term_is_exact_and_says_what_the_user_did(revis
 def test_a_broken_revisit_term_is_refused_with_its_name(revisit_run, tmp_path):
     import shutil
 
-    from shopgraph.retrieval.index import load_embeddings
+    from shopgraph.graph.run import StaleFileError
+    from shopgraph.retrieval.index import index_run, load_embeddings
     from shopgraph.retrieval.service import _revisit_csr
 
     copy = tmp_path / "run"
@@ -395,6 +396,10 @@ def test_a_broken_revisit_term_is_refused_with_its_name(revisit_run, tmp_path):
     run = RunDir(copy)
     emb = {k: torch.from_numpy(v) for k, v in load_embeddings(run).items() if k != "revisit_value"}
     run.write_with("embeddings.safetensors", lambda p: save_file(emb, str(p)))
+    with pytest.raises(StaleFileError, match=r"'index/gnn_items.faiss' was computed from an earlier "
+                                             r"'embeddings.safetensors'"):
+        ShopService.from_run(copy)
+    index_run(copy)  # indexes of these embeddings: now the embeddings themselves are checked
     with pytest.raises(ValueError, match="embeddings: revisit_index without revisit_value; re-run `shopgraph train`"):
         ShopService.from_run(copy)
     good = load_embeddings(RunDir(revisit_run))
