@@ -1359,6 +1359,10 @@ def train(
     consider_calibration = calibrate_consider(model, gpu_graph, data, train_pairs, val_pairs, dev)
     model, knn_calibration = calibrate_item_knn(model, gpu_graph, data, train_pairs, val_pairs, dev,
                                                 config.knn_ranks(data))
+    if model.config.knn_rank != model_config.knn_rank:
+        # another rank won: the served model is a copy whose embeddings are wider, and it reads its
+        # columns by its own layout; the tower's columns (all the fraud scorer uses) are the same
+        train_emb = embed_graph(model, gpu_graph, dev)
     model_config = model.config  # the chosen item-neighbour rank
     serving_graph = lean_graph(data).to(dev)
     serving = embed_graph(model, serving_graph, dev)

@@ -14,7 +14,7 @@ from torch_geometric.data import HeteroData
 
 from shopgraph.graph import train as train_mod
 from shopgraph.graph.build import build_graph, message_passing_graph
-from shopgraph.graph.evaluate import _model_kind
+from shopgraph.graph.evaluate import _model_kind, evaluate_run
 from shopgraph.graph.model import ShopGNN
 from shopgraph.graph.run import RunDir
 from shopgraph.graph.train import (
@@ -645,6 +645,38 @@ def test_train_run_saves_the_chosen_item_knn_rank(tmp_path: Path, data: HeteroDa
     assert loaded.config.knn_rank == rank and float(loaded.knn_weight) == weight
     emb = load_file(str(path / "embeddings.safetensors"))
     assert emb["item"].shape == (25, 16 + 3 + rank)
+
+
+def test_train_serves_a_larger_item_knn_rank_when_validation_picks_it(tmp_path: Path, data: HeteroData,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model trains at the smallest rank; when validation picks a larger one the served model is
+    a copy with wider embeddings, and everything after the calibration (fraud scorer, serving
+    embeddings, artifacts) must use the copy's layout (a 5,000-user shop that chose rank 256
+    crashed in the fraud scorer, reading rank-64 embeddings with the rank-256 model's columns)."""
+    monkeypatch.setattr(train_mod, "ITEM_KNN_RANKS", (2, 8))
+    chosen: list[float] = []
+
+    def pick_the_largest(model, knn, ranks, *args, **kwargs):  # type: ignore[no-untyped-def]
+        out = original(model, knn, ranks, *args, **kwargs)[1]
+        forced = train_mod.with_knn_rank(model, max(ranks))
+        train_mod.set_item_knn_factors(forced, knn)
+        with torch.no_grad():
+            forced.knn_weight.fill_(0.5)
+        chosen.append(max(ranks))
+        return forced, out
+
+    original = train_mod.choose_item_knn
+    monkeypatch.setattr(train_mod, "choose_item_knn", pick_the_largest)
+    path = _run(tmp_path, data)
+    result = train_run(path, **FAST)
+    assert chosen == [8] and result.model.config.knn_rank == 8 and result.model_config.knn_rank == 8
+    assert result.fraud.kind != "none"  # the fraud scorer was fitted on embeddings of the served layout
+    emb = load_file(str(path / "embeddings.safetensors"))
+    assert emb["item"].shape == (25, 16 + 3 + 8) and emb["user"].shape[1] == 16 + 3 + 8
+    loaded = load_model(path / "model", torch.device("cpu"))
+    assert loaded.config.knn_rank == 8 and float(loaded.knn_weight) == 0.5
+    metrics = evaluate_run(str(path), baselines=False)
+    assert 0.0 <= metrics["purchase"]["gnn"]["recall@20"] <= 1.0 and metrics["fraud"]["gnn"]["kind"] == result.fraud.kind
 
 
 def test_item_knn_where_it_cannot_be_is_an_error(data: HeteroData) -> None:
