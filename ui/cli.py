@@ -29,21 +29,24 @@ _COMMANDS: dict[str, str] = {
 }
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (got {text!r})") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (got {text!r})")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least ``minimum``, else one line naming the rule."""
+    rule = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {rule} (got {text!r})") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {rule} (got {text!r})")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer (got {text!r})")
-    return value
+_nonnegative_int = _int_at_least(0)
+_positive_int = _int_at_least(1)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -744,6 +744,11 @@ def test_cli_train_fixes_the_item_knn_rank_and_names_a_bad_one(tmp_path: Path, d
     with pytest.raises(SystemExit):
         main(["train", "--run", str(path), "--conv", "sage", "--item-knn-rank", "x"])
     assert "expected an integer >= 0 (got 'x')" in capsys.readouterr().err
+    for bad in ("0", "two"):  # a positive count: the same one line, not argparse's "invalid ... value"
+        with pytest.raises(SystemExit):
+            main(["train", "--run", str(path), "--epochs", bad])
+        assert f"argument --epochs: expected a positive integer (got '{bad}')" in capsys.readouterr().err
+    assert sorted(p.name for p in path.rglob("*")) == before
     assert main(["train", "--run", str(path), "--epochs", "2", "--item-knn-rank", "4"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["item_knn_rank"] == 4 and out["served_vector_width"] == 256 + 3 + 4  # tower (default hidden), group mix, channel
