@@ -46,6 +46,14 @@ And "half oracles" that keep some latents and estimate the rest from the user's 
   ``log popularity + beta · taste · vec_i``, a Gaussian prior with the population's mean and
   variance) with the generator's **true item vectors**, then the exact choice probabilities and
   funnel with that taste. What a model could reach if it learned the item vectors perfectly.
+* ``community``: the generator draws each user's taste around one of 24 communities' mean tastes
+  (``latent_state().community_taste``; the community explains about two thirds of a taste's
+  variance) and their category mix from the community's Dirichlet. The MAP taste with the
+  user's *true* community as its prior (and the mix smoothed toward the community's), and with
+  the community *inferred*: a MAP taste under each community's prior, the posterior over
+  communities from the category counts (Dirichlet-multinomial) and the views' likelihood there,
+  taste and mix averaged over it. What a model could reach with perfect item vectors and a
+  learned mixture prior over users.
 
 "Best product baseline" is the best of ``purchase_baselines`` (the rows ``shopgraph evaluate``
 reports), never an oracle or plug-in row.
@@ -164,37 +172,66 @@ def consider_posterior(n_ui: np.ndarray, p_view: np.ndarray) -> np.ndarray:
 
 
 def map_taste(lat: SyntheticLatents, rows: np.ndarray, items: np.ndarray, n_rows: int, pop_share: np.ndarray,
-              steps: int = 300) -> np.ndarray:
+              steps: int = 300, prior: tuple[np.ndarray, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-user taste by maximum a posteriori from session views, with the true item vectors.
 
     Likelihood of a view of ``i``: the within-category softmax of ``log pop_share_i + beta ·
-    taste · vec_i`` (the sampler's pick without its 24-candidate step); prior ``N(mean, var)`` of
-    the population's tastes per dimension. Adam, ``steps`` full-batch steps.
+    taste · vec_i`` (the sampler's pick without its 24-candidate step); prior ``N(mean, var)``:
+    the population's tastes' per dimension, or ``prior = (mean [n_rows, D], var)`` per row (a
+    community's). Adam, ``steps`` full-batch steps.
 
     Args:
         rows: ``int[V]`` row (``0 … n_rows-1``) of the user of each view; items: ``int[V]`` its item.
 
     Returns:
-        ``float32[n_rows, D]``.
+        ``(float32[n_rows, D] tastes, float[n_rows] log likelihood + log prior density at them)``.
     """
     vec = torch.from_numpy(lat.item_vec.astype(np.float32))
     cat = torch.from_numpy(lat.item_cat)
     onehot = torch.nn.functional.one_hot(cat, len(CATEGORIES)).float()
     log_pop = torch.from_numpy(np.log(pop_share).astype(np.float32))
     uu, ii = torch.from_numpy(rows), torch.from_numpy(items)
-    mean = torch.from_numpy(lat.taste.mean(0))
-    var = float(lat.taste.var(0).mean())
-    taste = mean.repeat(n_rows, 1).requires_grad_(True)
+    if prior is None:
+        mean = torch.from_numpy(lat.taste.mean(0)).repeat(n_rows, 1)
+        var = float(lat.taste.var(0).mean())
+    else:
+        mean, var = torch.from_numpy(prior[0].astype(np.float32)), float(prior[1])
+    taste = mean.clone().requires_grad_(True)
     opt = torch.optim.Adam([taste], lr=0.05)
-    for _ in range(steps):
-        opt.zero_grad()
-        logits = log_pop[None, :] + lat.choice_beta * taste @ vec.T
+
+    def log_lik(t: Tensor) -> Tensor:
+        logits = log_pop[None, :] + lat.choice_beta * t @ vec.T
         top = logits.max(1, keepdim=True).values.detach()
         log_norm = ((logits - top).exp() @ onehot).log() + top  # [B, C]
-        loss = -(logits[uu, ii] - log_norm[uu, cat[ii]]).sum() + ((taste - mean) ** 2).sum() / (2 * var)
+        return torch.zeros(n_rows).index_add(0, uu, logits[uu, ii] - log_norm[uu, cat[ii]])
+
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = -log_lik(taste).sum() + ((taste - mean) ** 2).sum() / (2 * var)
         loss.backward()
         opt.step()
-    return taste.detach().numpy()
+    with torch.no_grad():
+        d = mean.size(1)
+        log_prior = -((taste - mean) ** 2).sum(1) / (2 * var) - 0.5 * d * np.log(2 * np.pi * var)
+        objective = log_lik(taste) + log_prior
+    return taste.detach().numpy(), objective.numpy()
+
+
+def community_posterior(lat: SyntheticLatents, counts: np.ndarray, objective: np.ndarray) -> np.ndarray:
+    """``P(community k | user's visible events)`` ``[K, n]``: uniform prior over the ``K``
+    communities, the category counts' Dirichlet-multinomial likelihood under each community's
+    ``community_mix_alpha``, and the views' taste likelihood at that community's MAP taste
+    (``objective [K, n]`` from :func:`map_taste` with the community's prior; a Laplace
+    approximation without its curvature term)."""
+    from scipy.special import gammaln
+
+    alpha = lat.community_mix_alpha
+    n = counts.sum(1)
+    dm = np.stack([gammaln(a.sum()) - gammaln(n + a.sum()) + (gammaln(counts + a) - gammaln(a)).sum(1) for a in alpha])
+    log_post = objective + dm
+    log_post -= log_post.max(0, keepdims=True)
+    post = np.exp(log_post)
+    return post / post.sum(0, keepdims=True)
 
 
 def mc_check(lat: SyntheticLatents, q: np.ndarray, users: np.ndarray, draws: int, seed: int) -> tuple[float, float]:
@@ -370,7 +407,7 @@ def main() -> int:
     evaluate("half: plug-in mix, true taste and funnel; consideration sets from views",
              ((1 - CONSIDER_SHARE) * plug_q + CONSIDER_SHARE * consider_posterior(n_ui, plug_q)) * p_buy)
     t0 = time.perf_counter()
-    taste_hat = map_taste(lat, lat_row[ev_u[vis_view]], ev_i[vis_view], lu.size, pop_share)
+    taste_hat, _ = map_taste(lat, lat_row[ev_u[vis_view]], ev_i[vis_view], lu.size, pop_share)
     corr = float(np.corrcoef(taste_hat.ravel(), lat.taste[lu].ravel())[0, 1])
     lat_hat = lat._replace(taste=lat.taste.copy())
     lat_hat.taste[lu] = taste_hat
@@ -380,6 +417,43 @@ def main() -> int:
     print(f"MAP taste: correlation with the true taste {corr:.2f} ({time.perf_counter() - t0:.0f}s)", flush=True)
     evaluate("half: plug-in mix, MAP taste (true item vectors) and funnel; consideration sets from views",
              ((1 - CONSIDER_SHARE) * plug_q_hat + CONSIDER_SHARE * consider_posterior(n_ui, plug_q_hat)) * p_buy_hat)
+
+    # --- the same with the communities the generator draws tastes and category mixes around ---
+    def with_estimates(taste_rows: np.ndarray, mix_rows: np.ndarray) -> np.ndarray:
+        lat_e = lat._replace(taste=lat.taste.copy())
+        lat_e.taste[lu] = taste_rows
+        q_e = choice_probabilities(lat_e, lu)
+        p_buy_e = np.stack([session_purchase_probability(lat_e, np.full(all_items.size, u), all_items) for u in lu])
+        mix_q = mix_rows[:, lat.item_cat] * q_e
+        return ((1 - CONSIDER_SHARE) * mix_q + CONSIDER_SHARE * consider_posterior(n_ui, mix_q)) * p_buy_e
+
+    def community_mix(alpha: np.ndarray) -> np.ndarray:  # posterior mean of the mix given counts
+        return (counts + alpha) / (counts.sum(1, keepdims=True) + alpha.sum(-1, keepdims=True))
+
+    var_c = lat.community_taste_sd ** 2
+    rows_v, items_v = lat_row[ev_u[vis_view]], ev_i[vis_view]
+    true_c = lat.community[lu]
+    t0 = time.perf_counter()
+    taste_true_c, _ = map_taste(lat, rows_v, items_v, lu.size, pop_share, prior=(lat.community_taste[true_c], var_c))
+    print(f"MAP taste with the true community's prior: correlation {np.corrcoef(taste_true_c.ravel(), lat.taste[lu].ravel())[0, 1]:.2f} "
+          f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    evaluate("half: plug-in mix, MAP taste with the TRUE community's prior (true item vectors)",
+             with_estimates(taste_true_c, mix_hat))
+    evaluate("half: community-smoothed mix, MAP taste with the TRUE community's prior",
+             with_estimates(taste_true_c, community_mix(lat.community_mix_alpha[true_c])))
+    n_comm, n_rows = lat.community_taste.shape[0], lu.size
+    t0 = time.perf_counter()
+    taste_k, objective = map_taste(lat, np.concatenate([rows_v + k * n_rows for k in range(n_comm)]),
+                                   np.tile(items_v, n_comm), n_comm * n_rows, pop_share,
+                                   prior=(np.repeat(lat.community_taste, n_rows, axis=0), var_c))
+    taste_k, objective = taste_k.reshape(n_comm, n_rows, -1), objective.reshape(n_comm, n_rows)
+    post = community_posterior(lat, counts, objective)
+    print(f"community posterior from the visible events: P(true community) {post[true_c, np.arange(n_rows)].mean():.2f} on "
+          f"average, most probable = true for {(post.argmax(0) == true_c).mean():.0%} ({time.perf_counter() - t0:.0f}s)",
+          flush=True)
+    evaluate("half: community INFERRED (posterior-averaged MAP taste and smoothed mix; true item vectors and communities)",
+             with_estimates(np.einsum("kn,knd->nd", post, taste_k),
+                            np.einsum("kn,knc->nc", post, np.stack([community_mix(a) for a in lat.community_mix_alpha]))))
     evaluate("ceiling (knows the test-period views)", ceiling * 1e5 + tie)
 
     ref = results.get("itemknn_all_events", {}).get("recall@20", float("nan"))

@@ -405,6 +405,12 @@ class SyntheticLatents(NamedTuple):
         item_pop: ``float64[I]`` popularity weight (Zipf within the category).
         taste: ``float32[U, D]`` latent user tastes.
         mix_cdf: ``float64[U, C]`` cumulative category mixture of each user's session views.
+        community: ``int64[U]`` each user's community (``K`` = :data:`N_COMMUNITIES`): their taste
+            is the community's plus ``N(0, community_taste_sd²)`` per dimension, their category
+            mixture a draw of ``Dirichlet(community_mix_alpha[k])``.
+        community_taste: ``float32[K, D]`` the communities' mean tastes.
+        community_mix_alpha: ``float64[K, C]`` the communities' Dirichlet parameters.
+        community_taste_sd: see ``community``.
         consider: ``int64[U, N_CONSIDER]`` personal consideration sets (items, may repeat).
         activity: ``float64[U]`` session-rate multiplier.
         fraud: ``bool[U]`` fraud role (before label noise).
@@ -427,6 +433,10 @@ class SyntheticLatents(NamedTuple):
     item_pop: np.ndarray
     taste: np.ndarray
     mix_cdf: np.ndarray
+    community: np.ndarray
+    community_taste: np.ndarray
+    community_mix_alpha: np.ndarray
+    community_taste_sd: float
     consider: np.ndarray
     activity: np.ndarray
     fraud: np.ndarray
@@ -468,7 +478,9 @@ def latent_state(n_users: int = 5000, seed: int = 0) -> SyntheticLatents:
     sampler = _ItemSampler(items)
     return SyntheticLatents(
         item_cat=items.cat.astype(np.int64), item_price=items.price, item_vec=items.vec, item_pop=items.pop,
-        taste=world.taste, mix_cdf=world.mix_cdf, consider=hidden.consider.astype(np.int64),
+        taste=world.taste, mix_cdf=world.mix_cdf, community=world.communities.member,
+        community_taste=world.communities.taste, community_mix_alpha=world.communities.mix_alpha,
+        community_taste_sd=COMMUNITY_TASTE_SD / float(np.sqrt(LATENT_DIM)), consider=hidden.consider.astype(np.int64),
         activity=hidden.activity, fraud=roles.fraud, ring=roles.ring, unit=roles.unit,
         active_start=roles.active_start, spree=spree, fraud_pools=hidden.fraud_pools.astype(np.int64),
         aff_mean=hidden.aff_mean, aff_std=hidden.aff_std, event_source=hidden.source,
@@ -580,6 +592,7 @@ class _World(NamedTuple):
     roles: _Roles
     taste: np.ndarray  # float32 [U, D]
     mix_cdf: np.ndarray  # float [U, C]
+    communities: _Communities
     dev: _Devices
     ev: _Events
     hidden: _EventLatents
@@ -605,7 +618,7 @@ def _simulate(n_users: int, seed: int, steps: tqdm | None = None) -> _World:
 
     step("users")
     roles = _make_roles(rng, n_users)
-    taste, mix_cdf = _make_tastes(rng, n_users)
+    taste, mix_cdf, communities = _make_tastes(rng, n_users)
     step(None)
 
     step("devices")
@@ -615,7 +628,8 @@ def _simulate(n_users: int, seed: int, steps: tqdm | None = None) -> _World:
     step("events")
     ev, hidden = _make_events(rng, roles, taste, mix_cdf, items, dev)
     step(None)
-    return _World(rng=rng, items=items, roles=roles, taste=taste, mix_cdf=mix_cdf, dev=dev, ev=ev, hidden=hidden)
+    return _World(rng=rng, items=items, roles=roles, taste=taste, mix_cdf=mix_cdf, communities=communities, dev=dev,
+                  ev=ev, hidden=hidden)
 
 
 def _generate_into(folder: Path, *, n_users: int, seed: int, label_noise: float,
@@ -765,10 +779,21 @@ def _make_roles(rng: np.random.Generator, n_users: int) -> _Roles:
                   unit=unit)
 
 
-def _make_tastes(rng: np.random.Generator, n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-user taste vector ``[U, D]`` and cumulative category mixture ``[U, C]``."""
+N_COMMUNITIES = 24
+COMMUNITY_TASTE_SD = 0.7  # of a user's taste around their community's, per latent dimension (before / sqrt(D))
+
+
+class _Communities(NamedTuple):
+    member: np.ndarray  # int64 [U] each user's community
+    taste: np.ndarray  # float32 [K, D] each community's mean taste (in taste units)
+    mix_alpha: np.ndarray  # float64 [K, C] the Dirichlet its members' category mixes are drawn from
+
+
+def _make_tastes(rng: np.random.Generator, n_users: int) -> tuple[np.ndarray, np.ndarray, _Communities]:
+    """Per-user taste vector ``[U, D]``, cumulative category mixture ``[U, C]``, and the
+    communities both are drawn around."""
     n_cat = len(CATEGORIES)
-    n_comm = 24
+    n_comm = N_COMMUNITIES
     # Each community concentrates on a few categories; users vary around their community.
     comm_cat = rng.dirichlet(np.full(n_cat, 0.25), n_comm) + 1e-3
     cat_share = np.array([c.share for c in CATEGORIES])
@@ -776,12 +801,14 @@ def _make_tastes(rng: np.random.Generator, n_users: int) -> tuple[np.ndarray, np
     comm_cat /= comm_cat.sum(1, keepdims=True)
     comm_vec = rng.normal(0, 1.0, (n_comm, LATENT_DIM))
     comm = rng.integers(0, n_comm, n_users)
-    mix = np.stack([rng.dirichlet(comm_cat[c] * 8 + 0.05) for c in comm])
-    taste = comm_vec[comm] + rng.normal(0, 0.7, (n_users, LATENT_DIM))
+    alpha = comm_cat * 8 + 0.05
+    mix = np.stack([rng.dirichlet(alpha[c]) for c in comm])
+    taste = comm_vec[comm] + rng.normal(0, COMMUNITY_TASTE_SD, (n_users, LATENT_DIM))
     taste /= np.sqrt(LATENT_DIM)
     cdf = np.cumsum(mix, axis=1)
     cdf[:, -1] = 1.0
-    return taste.astype(np.float32), cdf
+    communities = _Communities(comm.astype(np.int64), (comm_vec / np.sqrt(LATENT_DIM)).astype(np.float32), alpha)
+    return taste.astype(np.float32), cdf, communities
 
 
 class _Devices(NamedTuple):

@@ -327,6 +327,21 @@ def test_latent_state_is_deterministic_and_checks_arguments() -> None:
         latent_state(150, seed="1")  # type: ignore[arg-type]
 
 
+def test_latent_state_names_the_communities_tastes_and_mixes_are_drawn_around() -> None:
+    lat = latent_state(1000, seed=2)
+    k, d = lat.community_taste.shape
+    assert lat.community.shape == (1000,) and lat.community.min() >= 0 and lat.community.max() < k == 24
+    assert d == lat.taste.shape[1] and lat.community_mix_alpha.shape == (k, len(CATEGORIES))
+    noise = lat.taste - lat.community_taste[lat.community]
+    assert noise.std() == pytest.approx(lat.community_taste_sd, rel=0.05)
+    # the community explains most of a taste: its spread across communities is larger than within
+    assert lat.community_taste.std() > 1.2 * lat.community_taste_sd
+    mix = np.diff(lat.mix_cdf, axis=1, prepend=0.0)
+    big = np.bincount(lat.community, minlength=k).argmax()
+    expected = lat.community_mix_alpha[big] / lat.community_mix_alpha[big].sum()
+    assert np.abs(mix[lat.community == big].mean(0) - expected).max() < 0.06
+
+
 def test_latent_state_explains_the_written_shop(shop2000: Path) -> None:
     """The replayed latents are those behind the folder: exact where the generator is exact
     (catalogue, fraud shopping lists, who sprees), at the planted rates where it samples."""
