@@ -14,6 +14,7 @@ the call needs. Bad input never yields a 500.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import math
 import os
@@ -454,16 +455,22 @@ def cli_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: the API has no authentication", flush=True)
     workers = int(getattr(args, "workers", 1) or 1)
-    print(f"serving {run} on http://{args.host}:{args.port} ({workers} worker{'s' if workers > 1 else ''}); "
-          f"docs at /docs", flush=True)
+    serving = (f"serving {run} on http://{args.host}:{args.port} ({workers} worker{'s' if workers > 1 else ''}); "
+               "docs at /docs")
     if workers == 1:
         _serving_threads()
         app = create_app(ShopService.from_run(run))
         _freeze_heap()
+        print(serving, flush=True)
         uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info")
         return 0
     from uvicorn.supervisors import Multiprocess
 
+    # Load it once here, so that a run folder the workers cannot serve (stale index, bad checksum)
+    # is one error line, not workers dying and respawning with the same traceback.
+    ShopService.from_run(run, load_model=False)
+    gc.collect()
+    print(serving, flush=True)
     os.environ[RUN_ENV] = str(run)
     config = uvicorn.Config("shopgraph.retrieval.api:app_from_env", factory=True, host=args.host, port=args.port,
                             workers=workers, access_log=False, log_level="info")

@@ -147,6 +147,33 @@ def test_cli_serve_refuses_a_missing_run(tmp_path):
         cli_serve(argparse.Namespace(run=tmp_path / "nothing", host="127.0.0.1", port=0, workers=1))
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cli_serve_refuses_a_stale_index_in_one_line_before_any_worker_starts(tmp_path_factory, tmp_path,
+                                                                              monkeypatch, capsys, workers):
+    import argparse
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    from shopgraph.graph.run import RunDir, StaleFileError
+    from shopgraph.retrieval import api
+    from shopgraph.retrieval.index import load_embeddings
+
+    copy = tmp_path / "run"
+    shutil.copytree(shared_run(tmp_path_factory.getbasetemp()), copy)
+    run = RunDir(copy)
+    emb = load_embeddings(run)
+    emb["item"] = emb["item"] * 2  # as a retraining would: other vectors, the index not rebuilt
+    run.write_with("embeddings.safetensors", lambda p: save_file(emb, str(p)))
+    started: list[str] = []
+    monkeypatch.setattr(api.uvicorn, "run", lambda *a, **k: started.append("uvicorn.run"))
+    monkeypatch.setattr("uvicorn.supervisors.Multiprocess.run", lambda self: started.append("workers"))
+    with pytest.raises(StaleFileError, match=r"'index/gnn_items.faiss' was computed from an earlier "
+                                             r"'embeddings.safetensors' \(rewritten since\): rerun `shopgraph index"):
+        api.cli_serve(argparse.Namespace(run=copy, host="127.0.0.1", port=0, workers=workers))
+    assert started == [] and "serving" not in capsys.readouterr().out
+
+
 def test_multi_worker_listener_keeps_tcp_nodelay():
     import socket
 
