@@ -102,4 +102,6 @@ sync(); gpu_qps = 10 * len(xq) / (time.perf_counter() - t0)
 row(f"top-10 search, {len(xb):,} x 64 (CPU: FAISS {idx.info()['factory']}, built in {build:.0f}s; GPU: exact bf16 matmul)", cpu_qps, gpu_qps, "q/s")
 (out / "gpu_rows.md").write_text("\n".join(rows) + "\n")
 PY
+status=$?  # the python part's (pipefail: tee does not hide it)
 echo "total $(( $(date +%s) - t_start ))s"
+exit $status
