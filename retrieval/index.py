@@ -527,8 +527,8 @@ def index_run(run_dir: str | Path, *, use_gpu: bool | None = None) -> dict[str, 
         ``{name: info}`` for each index written (the contents of its ``.json``).
     """
     run = RunDir(run_dir)
-    from_graph = run.sources("graph.pt")  # before reading: what the indexes are made from
-    from_embeddings = run.sources("graph.pt", "embeddings.safetensors")
+    from_embeddings = run.sources("graph.pt", "embeddings.safetensors")  # before reading: what the indexes
+    from_graph = {"graph.pt": from_embeddings["graph.pt"]}  # are made from (content indexes: the graph's)
     data = run.load_graph()
     emb = load_embeddings(run)
     if "item" not in emb:
