@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
@@ -317,6 +318,86 @@ def target_pairs(data: HeteroData, split: Split, *, new_only: bool = True) -> Te
 def visible_test_pairs(data: HeteroData) -> Tensor:
     """Target pairs a model may know when predicting test (train + val periods), ``[2, P]``."""
     return torch.unique(torch.cat([target_pairs(data, "train"), target_pairs(data, "val", new_only=False)], 1), dim=1)
+
+
+def event_clock(data: HeteroData) -> int | None:
+    """The time event ages are measured from (the ``history`` tower's decay): ``data.reference_time``
+    when set (a subgraph carries the clock of the graph it was cut from, :func:`induced_subgraph`),
+    else the latest time of the graph's user→item events; None when they carry no times."""
+    clock = getattr(data, "reference_time", None)
+    if clock is not None:
+        return int(clock)
+    times = [data[et].time for et in data.edge_types
+             if et[0] == "user" and et[2] == "item" and "time" in data[et] and data[et].time.numel()]
+    return max(int(t.max()) for t in times) if times else None
+
+
+def induced_subgraph(data: HeteroData, nodes: Mapping[str, Tensor | None],
+                     edge_types: list[EdgeType] | None = None) -> HeteroData:
+    """The subgraph of ``data`` on the given nodes, with every edge among them.
+
+    Args:
+        data: the graph.
+        nodes: per node type, the distinct node indices to keep, in their new order (``n_id``
+            on the subgraph: id embeddings are looked up by it); None keeps every node of that
+            type as it is (its tensors are shared, not copied). Node types not named keep no nodes.
+        edge_types: the edge types to carry (default: all); an edge is kept when both ends are.
+
+    Node and edge tensors with one row per node or edge (``x``, ``group``, ``time``, ...) are
+    sliced along; the graph's clock (:func:`event_clock`) travels as ``reference_time``, so
+    time-decayed embeddings of the kept nodes do not change.
+    """
+    sub = HeteroData()
+    remap: dict[str, Tensor | None] = {}
+    # indices live where the graph does (a training graph may sit on the GPU)
+    device = next((data[et].edge_index.device for et in data.edge_types), torch.device("cpu"))
+    for nt in data.node_types:
+        store = data[nt]
+        n = int(store.num_nodes)
+        idx = nodes[nt] if nt in nodes else torch.empty(0, dtype=torch.long)
+        if idx is None:
+            for key, value in store.items():
+                sub[nt][key] = value
+            sub[nt].num_nodes = n
+            remap[nt] = None
+            continue
+        idx = idx.to(device=device, dtype=torch.long)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+            raise ValueError(f"nodes[{nt!r}]: expected indices in [0, {n}) (got {int(idx.min())}..{int(idx.max())})")
+        new = torch.full((n,), -1, dtype=torch.long, device=device)
+        new[idx] = torch.arange(idx.numel(), device=device)
+        if int((new >= 0).sum()) != idx.numel():
+            raise ValueError(f"nodes[{nt!r}]: expected distinct indices (got repeats)")
+        remap[nt] = new
+        sub[nt].num_nodes = idx.numel()
+        sub[nt].n_id = idx
+        for key, value in store.items():
+            if key != "n_id" and isinstance(value, Tensor) and value.dim() > 0 and value.size(0) == n:
+                sub[nt][key] = value[idx.to(value.device)]
+    for et in data.edge_types if edge_types is None else edge_types:
+        if et not in data.edge_types:
+            continue
+        src, _, dst = et
+        store = data[et]
+        ei = store.edge_index
+        mask = torch.ones(ei.size(1), dtype=torch.bool, device=ei.device)
+        ends = [ei[0], ei[1]]
+        for k, nt in enumerate((src, dst)):
+            r = remap[nt]
+            if r is not None:
+                mask &= r[ei[k]] >= 0
+        for k, nt in enumerate((src, dst)):
+            r = remap[nt]
+            ends[k] = ei[k][mask] if r is None else r[ei[k][mask]]
+        n_edges = ei.size(1)
+        sub[et].edge_index = torch.stack(ends)
+        for key, value in store.items():
+            if key != "edge_index" and isinstance(value, Tensor) and value.dim() > 0 and value.size(0) == n_edges:
+                sub[et][key] = value[mask]
+    clock = event_clock(data)
+    if clock is not None:
+        sub.reference_time = clock
+    return sub
 
 
 def train_events(tables: ShopTables, data: HeteroData) -> pd.DataFrame:

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
+from shopgraph.graph.build import induced_subgraph
 from shopgraph.graph.model import GATHER_CHUNK_VALUES
 from shopgraph.graph.schema import ShopTables
 from shopgraph.graph.train import TREE_KINDS
@@ -207,8 +208,8 @@ def computation_subgraph(data: HeteroData, user_index: int, hops: int) -> _Sub:
     except for layers that normalise by degrees of the outermost nodes (LightGCN), which
     :func:`explain_user` detects and then falls back to the full graph. Each node type carries
     ``n_id`` (its original indices) so id embeddings are looked up correctly, and the subgraph
-    carries the full graph's clock as ``reference_time`` (its latest edge time), from which
-    time-decayed models measure event ages.
+    carries the full graph's clock as ``reference_time`` (:func:`~shopgraph.graph.build.event_clock`),
+    from which time-decayed models measure event ages (:func:`~shopgraph.graph.build.induced_subgraph`).
     """
     user_index = _check_user(data, user_index)
     keep: dict[str, Tensor] = {nt: torch.zeros(int(data[nt].num_nodes), dtype=torch.bool) for nt in data.node_types}
@@ -220,33 +221,8 @@ def computation_subgraph(data: HeteroData, user_index: int, hops: int) -> _Sub:
             new[src][ei[0][keep[dst][ei[1]]]] = True
         keep = new
     n_id = {nt: torch.nonzero(m).flatten() for nt, m in keep.items()}
-    sub = HeteroData()
-    remap: dict[str, Tensor] = {}
-    for nt in data.node_types:
-        store = data[nt]
-        remap[nt] = torch.full((int(store.num_nodes),), -1, dtype=torch.long)
-        remap[nt][n_id[nt]] = torch.arange(n_id[nt].numel())
-        sub[nt].num_nodes = int(n_id[nt].numel())
-        sub[nt].n_id = n_id[nt]
-        if "x" in store:
-            sub[nt].x = store.x[n_id[nt]]
-    for et in data.edge_types:
-        src, _, dst = et
-        store = data[et]
-        ei = store.edge_index
-        mask = keep[src][ei[0]] & keep[dst][ei[1]]
-        n_edges = ei.size(1)
-        sub[et].edge_index = torch.stack([remap[src][ei[0][mask]], remap[dst][ei[1][mask]]])
-        for key, value in store.items():
-            if key != "edge_index" and isinstance(value, Tensor) and value.dim() > 0 and value.size(0) == n_edges:
-                sub[et][key] = value[mask]
-    clock = getattr(data, "reference_time", None)
-    if clock is None:
-        times = [data[et].time for et in data.edge_types if "time" in data[et] and data[et].time.numel()]
-        clock = max(int(t.max()) for t in times) if times else None
-    if clock is not None:
-        sub.reference_time = int(clock)
-    return _Sub(sub, int(remap["user"][user_index]), n_id)
+    sub = induced_subgraph(data, n_id)
+    return _Sub(sub, int(torch.searchsorted(n_id["user"], user_index)), n_id)
 
 
 def _model_hops(model: FraudModel) -> int | None:

@@ -54,6 +54,8 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import GATv2Conv, HeteroConv, HGTConv, SAGEConv
 
+from shopgraph.graph.build import event_clock
+
 logger = logging.getLogger(__name__)
 
 EdgeType = tuple[str, str, str]
@@ -640,9 +642,8 @@ class ShopGNN(nn.Module):
         present = set(data.edge_types)
         stores = [(k, data[et]) for k, et in enumerate(self.history_types)
                   if et in present and "edge_index" in data[et] and data[et].edge_index.numel()]
-        times = [st.time for _, st in stores if "time" in st and st.time.numel()]
-        clock = getattr(data, "reference_time", None)
-        ref = int(clock) if clock is not None else max(int(t.max()) for t in times) if times else 0
+        clock = event_clock(data)
+        ref = clock if clock is not None else 0
         scales = torch.tensor(self.config.time_scales, device=device)
         out: list[tuple[int, Tensor, Tensor]] = []
         for k, st in stores:
