@@ -174,15 +174,21 @@ class RunDir:
                 lineage.pop(rel, None)
         return target
 
-    def write_bytes(self, rel: str, payload: bytes, **lineage: Any) -> Path:
-        return self.write_with(rel, lambda p: p.write_bytes(payload), **lineage)
+    def write_bytes(self, rel: str, payload: bytes, *, made_from: Mapping[str, str | None] | None = None,
+                    stage: str = "") -> Path:
+        """:meth:`write_with` of ``payload``."""
+        return self.write_with(rel, lambda p: p.write_bytes(payload), made_from=made_from, stage=stage)
 
-    def write_text(self, rel: str, text: str, **lineage: Any) -> Path:
-        return self.write_with(rel, lambda p: p.write_text(text, encoding="utf-8"), **lineage)
+    def write_text(self, rel: str, text: str, *, made_from: Mapping[str, str | None] | None = None,
+                   stage: str = "") -> Path:
+        """:meth:`write_with` of ``text`` (UTF-8)."""
+        return self.write_with(rel, lambda p: p.write_text(text, encoding="utf-8"), made_from=made_from, stage=stage)
 
-    def write_json(self, rel: str, obj: Any, **lineage: Any) -> Path:
+    def write_json(self, rel: str, obj: Any, *, made_from: Mapping[str, str | None] | None = None,
+                   stage: str = "") -> Path:
+        """:meth:`write_with` of ``obj`` as indented JSON with sorted keys."""
         return self.write_text(rel, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n",
-                               **lineage)
+                               made_from=made_from, stage=stage)
 
     def save_graph(self, data: HeteroData, rel: str = GRAPH_FILE) -> Path:
         buffer = io.BytesIO()
@@ -212,8 +218,10 @@ class RunDir:
         return self._stale(self.manifest, rel, self.path)
 
     def fresh(self, rel: str) -> bool:
-        """``rel`` is recorded, present and not :meth:`stale`."""
-        return self.has(rel) and self.stale(rel) is None
+        """``rel`` is recorded, present and not :meth:`stale` (one read of the manifest)."""
+        manifest = self.manifest
+        return (rel in manifest["files"] and (self.path / rel).is_file()
+                and self._stale(manifest, rel, self.path) is None)
 
     def path_of(self, rel: str, *, verify: bool = True, current: bool = True) -> Path:
         """Path of a recorded file, after checking its checksum (``verify``) and that it is not
