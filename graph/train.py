@@ -6,8 +6,9 @@ stopping). Test data is never touched here.
 
 One code path for CPU and GPU: the device is chosen once, bf16 autocast on CUDA, a
 ``contextlib.nullcontext()`` elsewhere. Full-batch by default (one pass over the whole train
-graph per step, cheap for shops of a few thousand users); neighbour-sampled mini-batches with
-``LinkNeighborLoader`` when torch-sparse or pyg-lib is installed.
+graph per step, cheap for shops of a few thousand users); mini-batches on request: batches of
+users for the ``history`` tower (exact, no extra dependency), neighbour-sampled batches with
+``LinkNeighborLoader`` for the message-passing convs when torch-sparse or pyg-lib is installed.
 
 Artifacts (through :class:`~shopgraph.graph.run.RunDir`): ``model/model.safetensors``,
 ``model/config.json``, ``model/train_config.json``, ``model/history.json``,
@@ -40,8 +41,15 @@ from torch_geometric.data import HeteroData
 from torch_geometric.typing import EdgeType
 from tqdm.auto import tqdm
 
-from shopgraph.graph.build import message_passing_graph, target_edge_type, target_pairs
-from shopgraph.graph.model import CONVS, ModelConfig, Revisit, ShopGNN, purchase_scores, sparse_block
+from shopgraph.graph.build import induced_subgraph, message_passing_graph, target_edge_type, target_pairs
+from shopgraph.graph.model import (
+    CONVS,
+    ModelConfig,
+    Revisit,
+    ShopGNN,
+    purchase_scores,
+    sparse_block,
+)
 from shopgraph.graph.run import RunDir, atomic_write
 
 if TYPE_CHECKING:
@@ -82,8 +90,8 @@ class TrainConfig:
     """Training settings (saved as ``RUN/model/train_config.json``).
 
     Attributes:
-        epochs: maximum epochs (an epoch is one full-batch step, or one pass over the train pairs
-            in mini-batch mode).
+        epochs: maximum epochs (an epoch is one full-batch step, or one pass over one view's
+            pairs in mini-batch mode).
         lr, weight_decay: AdamW settings.
         conv, hidden, layers, dropout, heads, user_mlp, item_counts, revisit, id_embeddings: the model
             (see ``ModelConfig``);
@@ -117,7 +125,7 @@ class TrainConfig:
             (views are not purchases: cheap items are viewed and bought at different rates). It
             gives the item embeddings about four times as many supervised pairs as purchases
             alone (measured on the 5,000-user shop: ~8,000 against ~2,000 per cut). 0 turns it
-            off; it needs temporal supervision and full-batch training.
+            off; it needs temporal supervision, and in mini-batch mode the history tower.
         aux_pairs: at most this many auxiliary pairs per cut (sampled afresh each cut). 4096 of the
             5,000-user shop's ~8,000 was as good as all of them on validation (two shops: 0.2724 /
             0.3040 against 0.2690 / 0.3020 with 8192, 0.2710 / 0.3007 with 2048) and cheaper.
@@ -154,13 +162,19 @@ class TrainConfig:
             label-shaped trunk, 0.69 with a detached head).
         eval_every: epochs between validation passes; patience: validation passes without
             improvement before stopping (0 disables early stopping).
-        mini_batch: neighbour-sampled mini-batches (needs torch-sparse or pyg-lib; message-passing
-            convs only). Each epoch draws one view of the training period as a full-batch step
-            does (``supervision``: for ``temporal`` one cut, neighbourhoods sampled among the
-            events before it, the new pairs after it predicted) and runs link batches over its
-            pairs; the fraud batches sample the whole training period. The auxiliary loss is
-            full-batch only.
-        batch_size, num_neighbors: mini-batch settings.
+        mini_batch: train on batches instead of the whole graph per step. Each epoch draws one
+            view of the training period as a full-batch step does (``supervision``: for
+            ``temporal`` one cut, the events before it aggregated, the new pairs after it
+            predicted) and steps through its pairs in batches. The ``history`` tower batches
+            *users*: a user's vector reads only their own events, so a batch holds the users of
+            about ``batch_size`` predicted pairs with every event of theirs before the cut, their
+            auxiliary pairs, and the whole catalogue, and its embeddings equal the full graph's
+            rows (:func:`user_batch_graph`); the fraud head steps through the training users in
+            batches of ``batch_size`` alongside. No sampling library is needed. The
+            message-passing convs sample neighbourhoods instead (``LinkNeighborLoader``; needs
+            torch-sparse or pyg-lib; no auxiliary loss there).
+        batch_size: predicted pairs per mini-batch (and training users per fraud batch).
+        num_neighbors: neighbours sampled per hop and edge type (message-passing convs).
         seed: seeds everything.
         checkpoint_every: epochs between resume checkpoints (when a checkpoint folder is given).
     """
@@ -243,11 +257,13 @@ class TrainConfig:
         if self.consider and not self.revisit:
             raise ValueError(f"consider: part of the history tower's revisit term (got consider=True with "
                              f"conv={self.conv!r}, revisit={self.revisit})")
-        if self.mini_batch and self.conv == "history":
-            raise ValueError("mini_batch: the history tower trains full-batch only (got conv='history')")
-        if self.mini_batch and (self.aux_weight or 0.0) > 0:
-            raise ValueError(f"aux_weight: the auxiliary loss needs full-batch temporal supervision "
-                             f"(got aux_weight={self.aux_weight} with mini_batch)")
+        if self.mini_batch and self.conv != "history" and (self.aux_weight or 0.0) > 0:
+            raise ValueError(f"aux_weight: the auxiliary loss is not part of neighbour-sampled mini-batches "
+                             f"(got aux_weight={self.aux_weight} with mini_batch and conv={self.conv!r}); "
+                             "set aux_weight to 0, or train the history tower")
+        if self.mini_batch and self.conv == "history" and self.item_counts:
+            raise ValueError("item_counts: counts every user's events on an item, which a batch of users does "
+                             "not hold (got item_counts=True with mini_batch); train full-batch or turn it off")
         if len(self.cut_range) != 2 or not 0.0 < self.cut_range[0] <= self.cut_range[1] < 1.0:
             raise ValueError(f"cut_range: expected [lo, hi] with 0 < lo <= hi < 1 (got {self.cut_range})")
         if not 0.0 < self.disjoint_ratio < 1.0:
@@ -1109,6 +1125,95 @@ def _mini_batch_view(
                      "them or use supervision='all'")
 
 
+def user_batch_graph(graph: HeteroData, users: Tensor) -> HeteroData:
+    """What the ``history`` tower reads to embed ``users``: their own user→item events.
+
+    Users are numbered ``0..B-1`` in the order of ``users`` (``n_id``: their indices in
+    ``graph``), every item is kept with all of its attributes, other node types are left empty
+    (the tower does not read them), and the graph's clock (:func:`~shopgraph.graph.build.event_clock`)
+    travels along, so event ages, and with them the user and item embeddings and
+    the revisit term of these users, equal the rows of a pass over the whole ``graph`` — for
+    what training fits: the calibrated parts that read every user's events (the group-mix and
+    item-neighbour channels, the consideration-set score, ``item_counts``) are off in training.
+
+    Args:
+        graph: a graph with ``user`` and ``item`` nodes (a training view, or the train graph).
+        users: ``LongTensor[B]`` distinct user indices of ``graph``.
+    """
+    edge_types = [et for et in graph.edge_types if et[0] == "user" and et[2] == "item"]
+    return induced_subgraph(graph, {"user": users, "item": None}, edge_types)
+
+
+def _local_pairs(pairs: Tensor, local: Tensor) -> Tensor:
+    """The ``pairs [2, P]`` whose user is in the batch (``local[u] >= 0``), users renumbered."""
+    keep = local[pairs[0]] >= 0
+    return torch.stack([local[pairs[0][keep]], pairs[1][keep]])
+
+
+def _user_batches(pairs: Tensor, aux: Tensor | None, batch_size: int, gen: torch.Generator) -> list[Tensor]:
+    """The users of one view's ``pairs`` (and ``aux`` pairs), shuffled and split into
+    ``ceil(P / batch_size)`` batches of about equal numbers of pairs (main and auxiliary)."""
+    both = pairs[0] if aux is None or not aux.numel() else torch.cat([pairs[0], aux[0]])
+    users, count = torch.unique(both, return_counts=True)
+    order = torch.randperm(users.numel(), generator=gen)
+    users, count = users[order], count[order]
+    n_batches = max(1, math.ceil(pairs.size(1) / batch_size))
+    total = int(count.sum())
+    which = (torch.cumsum(count, 0) - 1) * n_batches // max(total, 1)
+    return [b for b in (users[which == k] for k in range(n_batches)) if b.numel()]
+
+
+def _history_mini_batch_epoch(
+    model: ShopGNN, opt: torch.optim.Optimizer, config: TrainConfig, view: _EpochView, train_graph: HeteroData,
+    pop: Tensor, gen: torch.Generator, aux_bias: Tensor | None, fraud: tuple[Tensor, Tensor, float] | None,
+    dev: torch.device,
+) -> list[tuple[float, float, float]]:
+    """One mini-batch epoch of the ``history`` tower over one ``view`` (:class:`TrainConfig`
+    ``mini_batch``): per batch of users, the ranking loss of their predicted pairs (and of their
+    auxiliary pairs when ``aux_bias`` is given) from their own events before the cut, and the fraud
+    loss of one share of the training users (``fraud = (labels, train users, positive weight)``)
+    from their whole training-period events. Returns ``(rank, fraud, aux)`` losses per step."""
+    aux_all = view.aux if aux_bias is not None else None
+    if aux_all is not None and aux_all.size(1) > config.aux_pairs:
+        aux_all = aux_all[:, torch.randperm(aux_all.size(1), generator=gen)[: config.aux_pairs]]
+    batches = _user_batches(view.pairs, aux_all, config.batch_size, gen)
+    fraud_chunks: list[Tensor] = []
+    if fraud is not None:
+        tr_users = fraud[1]
+        fraud_chunks = list(torch.tensor_split(tr_users[torch.randperm(tr_users.numel(), generator=gen)], len(batches)))
+    n_users = int(view.graph["user"].num_nodes)
+    zero = torch.zeros((), device=dev)
+    out: list[tuple[float, float, float]] = []
+    for k, users in enumerate(batches):
+        local = torch.full((n_users,), -1, dtype=torch.long)
+        local[users] = torch.arange(users.numel())
+        sub = user_batch_graph(view.graph, users).to(dev)
+        pairs = _local_pairs(view.pairs, local).to(dev)
+        with autocast(dev):
+            emb = model.embed(sub)
+            lr_, la, lf = zero, zero, zero
+            if pairs.size(1):
+                lr_ = rank_loss(config, emb["user"], emb["item"], pairs, pop, gen, _local_pairs(view.known, local),
+                                model.revisit_scores(sub))
+            if aux_all is not None and aux_bias is not None:
+                aux = _local_pairs(aux_all, local).to(dev)
+                if aux.size(1):
+                    la = rank_loss(config, *_aux_embeddings(model, emb, aux_bias), aux, pop, gen)
+            if fraud is not None and fraud_chunks[k].numel():
+                chunk = fraud_chunks[k]
+                fsub = user_batch_graph(train_graph, chunk).to(dev)
+                with torch.no_grad() if config.fraud_detach else contextlib.nullcontext():
+                    f_emb = model.embed(fsub)["user"]
+                lf = fraud_loss(config, model.fraud_logit(f_emb).float(), fraud[0][chunk].to(dev), fraud[2])
+            loss = config.rank_weight * (lr_ + float(config.aux_weight or 0.0) * la) + config.fraud_weight * lf
+        if loss.requires_grad:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        out.append((float(lr_.detach()), float(lf.detach()), float(la.detach())))
+    return out
+
+
 def _aux_embeddings(model: ShopGNN, emb: dict[str, Tensor], aux_bias: Tensor) -> tuple[Tensor, Tensor]:
     """User and item embeddings for the auxiliary loss: the model's, with the item bias replaced
     by ``aux_bias [I]`` (the ``history`` tower's last column is its bias, against a constant 1 in
@@ -1159,7 +1264,7 @@ def train(
             raise ValueError(f"data: expected node types 'user' and 'item' (got {data.node_types})")
     if target_edge_type(data) not in data.edge_types:
         raise ValueError(f"data: no target edge type {target_edge_type(data)} (got {data.edge_types})")
-    if config.mini_batch:
+    if config.mini_batch and config.conv != "history":
         _check_sampling()
     if resume and checkpoint_dir is None:
         raise ValueError("resume: needs checkpoint_dir (got None)")
@@ -1247,7 +1352,13 @@ def train(
         model.train()
         losses: list[tuple[float, float]] = []
         aux_losses: list[float] = []
-        if config.mini_batch:
+        if config.mini_batch and config.conv == "history":
+            view = _mini_batch_view(sup_kind, config, train_graph, target_et, num_items, gen)
+            step_losses = _history_mini_batch_epoch(model, opt, config, view, train_graph, pop, gen, aux_bias if use_aux
+                                                    else None, (y, tr_users, pos_weight) if use_fraud else None, dev)
+            losses.extend((a, b) for a, b, _ in step_losses)
+            aux_losses.extend(c for _, _, c in step_losses)
+        elif config.mini_batch:
             view = _mini_batch_view(sup_kind, config, train_graph, target_et, num_items, gen)
             for batch, fb in _mini_batches(config, view.graph, train_graph, target_et, view.pairs, tr_users):
                 batch = batch.to(dev)
@@ -1287,16 +1398,28 @@ def train(
                     pairs = view.pairs.to(dev)
                     if pairs.size(1) == 0:
                         continue
-                    emb = model.embed(view.graph)
                     if config.batch_pairs and pairs.size(1) > config.batch_pairs:
                         pick = torch.randperm(pairs.size(1), generator=gen)[: config.batch_pairs].to(dev)
                         pairs = pairs[:, pick]
-                    lr_ = lr_ + rank_loss(config, emb["user"], emb["item"], pairs, pop, gen, view.known,
-                                          model.revisit_scores(view.graph)) / n_cuts
+                    aux = None
                     if view.aux is not None and view.aux.size(1):
                         aux = view.aux.to(dev)
                         if aux.size(1) > config.aux_pairs:
                             aux = aux[:, torch.randperm(aux.size(1), generator=gen)[: config.aux_pairs].to(dev)]
+                    graph, known = view.graph, view.known
+                    if config.conv == "history":
+                        # the loss reads only the users with pairs, and the tower embeds each user from
+                        # their own events: embed those users alone (the same rows, a fraction of the work)
+                        users = torch.unique(pairs[0] if aux is None else torch.cat([pairs[0], aux[0]]))
+                        local = torch.full((int(graph["user"].num_nodes),), -1, dtype=torch.long, device=users.device)
+                        local[users] = torch.arange(users.numel(), device=users.device)
+                        graph = user_batch_graph(graph, users)
+                        pairs, known = _local_pairs(pairs, local), _local_pairs(known.to(dev), local)
+                        aux = None if aux is None else _local_pairs(aux, local)
+                    emb = model.embed(graph)
+                    lr_ = lr_ + rank_loss(config, emb["user"], emb["item"], pairs, pop, gen, known,
+                                          model.revisit_scores(graph)) / n_cuts
+                    if aux is not None:
                         la = la + rank_loss(config, *_aux_embeddings(model, emb, aux_bias), aux, pop, gen) / n_cuts
                 lf = torch.zeros((), device=dev)
                 if use_fraud:
@@ -1445,9 +1568,12 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
 
 def cli_train(args: argparse.Namespace) -> int:
     """``shopgraph train --run RUN [--epochs N] [--device D] [--seed S] [--conv C] [--mini-batch]
-    [--item-knn-rank R] [--resume]``."""
+    [--batch-size B] [--item-knn-rank R] [--resume]``."""
+    if args.batch_size is not None and not args.mini_batch:
+        raise ValueError(f"--batch-size: sets the size of mini-batches (got --batch-size {args.batch_size} "
+                         "without --mini-batch)")
     overrides: dict[str, Any] = {"epochs": args.epochs, "seed": args.seed, "conv": args.conv,
-                                 "mini_batch": True if args.mini_batch else None,
+                                 "mini_batch": True if args.mini_batch else None, "batch_size": args.batch_size,
                                  "item_knn": args.item_knn_rank}
     result = train_run(args.run, device=args.device, resume=args.resume, **overrides)
     at_best = [h for h in result.history if int(h["epoch"]) == result.best_epoch]

@@ -90,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--conv", default=None, choices=["history", "sage", "gatv2", "hgt", "lightgcn"],
                    help="history (default): the user-history tower; the others are message-passing GNNs")
-    p.add_argument("--mini-batch", action="store_true", help="neighbour-sampled mini-batches")
+    p.add_argument("--mini-batch", action="store_true",
+                   help="train in mini-batches: batches of users for the history tower (exact, no extra "
+                        "dependency), neighbour-sampled batches for the message-passing convs (needs "
+                        "torch-sparse or pyg-lib)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="predicted pairs per mini-batch (default 1024)")
     p.add_argument("--item-knn-rank", type=_nonnegative_int, default=None,
                    help="fix the rank of the history tower's item-neighbour channel (0: off; default: chosen on "
                         "validation among 64, 256, 1024, 2048, at most half the catalogue; larger ranks widen "

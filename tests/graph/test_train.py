@@ -81,8 +81,9 @@ def test_history_defaults_and_errors() -> None:
     assert (sage.user_mlp, sage.item_counts, sage.revisit) == (0, False, False)
     assert (sage.hidden, sage.num_negatives, sage.temperature, sage.dropout) == (64, 512, 4.0, 0.3)
     assert TrainConfig(conv="sage", hidden=32).hidden == 32  # an explicit value wins
-    with pytest.raises(ValueError, match="mini_batch: the history tower trains full-batch only"):
-        TrainConfig(mini_batch=True)
+    assert TrainConfig(mini_batch=True).aux_weight == 1.0  # the history tower batches users, aux loss and all
+    with pytest.raises(ValueError, match=r"item_counts: counts every user's events on an item.*turn it off"):
+        TrainConfig(mini_batch=True, item_counts=True)
     with pytest.raises(ValueError, match="horizon_days: expected >= 0 .got -1"):
         TrainConfig(horizon_days=-1)
     assert (cfg.aux_weight, sage.aux_weight) == (1.0, 0.0)
@@ -92,7 +93,7 @@ def test_history_defaults_and_errors() -> None:
         TrainConfig(aux_weight=float("nan"))
     with pytest.raises(ValueError, match=r"aux_pairs: expected a positive integer \(got 0"):
         TrainConfig(aux_pairs=0)
-    with pytest.raises(ValueError, match="aux_weight: the auxiliary loss needs full-batch"):
+    with pytest.raises(ValueError, match="aux_weight: the auxiliary loss is not part of neighbour-sampled"):
         TrainConfig(conv="sage", mini_batch=True, aux_weight=0.5)
 
 
@@ -270,6 +271,69 @@ def test_mini_batch_without_sampling_says_what_to_install(data: HeteroData, monk
     monkeypatch.setattr(train_mod, "WITH_SAMPLING", False)
     with pytest.raises(ImportError, match="pip install torch-sparse"):
         train(data, TrainConfig(**FAST, conv="sage", mini_batch=True))  # type: ignore[arg-type]
+
+
+def test_user_batch_graph_embeds_users_as_the_whole_graph_does(data: HeteroData) -> None:
+    graph = lean_graph(message_passing_graph(data, "train"))
+    model = ShopGNN(TrainConfig(**FAST).model_config(data)).eval()  # type: ignore[arg-type]
+    with torch.no_grad():
+        for p in model.parameters():  # non-trivial trained weights; the calibrated ones stay 0 in training
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+        full = model.embed(graph)
+        users = torch.tensor([7, 0, 31, 12])
+        sub = train_mod.user_batch_graph(graph, users)
+        part = model.embed(sub)
+        full_rev, part_rev = model.revisit_scores(graph), model.revisit_scores(sub)
+    assert sub["user"].num_nodes == 4 and torch.equal(sub["user"].n_id, users)
+    assert sub["item"].num_nodes == data["item"].num_nodes and sub["device"].num_nodes == 0
+    torch.testing.assert_close(part["user"], full["user"][users])
+    torch.testing.assert_close(part["item"], full["item"])
+    assert full_rev is not None and part_rev is not None
+    n = data["item"].num_nodes
+    torch.testing.assert_close(part_rev.rows(torch.arange(4), n), full_rev.rows(users, n))
+    # the clock travels: a batch of users whose last event is early still measures ages from the graph's end
+    assert sub.reference_time == max(int(graph[et].time.max()) for et in graph.edge_types if et[0] == "user"
+                                     and et[2] == "item")
+    with pytest.raises(ValueError, match=r"nodes\['user'\]: expected indices in \[0, 60\) \(got 0..60\)"):
+        train_mod.user_batch_graph(graph, torch.tensor([0, 60]))
+    with pytest.raises(ValueError, match=r"nodes\['user'\]: expected distinct indices"):
+        train_mod.user_batch_graph(graph, torch.tensor([3, 3]))
+    assert sub["item"].x is graph["item"].x  # the catalogue is shared, not copied per batch
+
+
+def test_user_batches_cover_every_user_once() -> None:
+    gen = torch.Generator().manual_seed(0)
+    pairs = torch.tensor([[0, 0, 1, 2, 3, 3, 3, 5], [1, 2, 3, 4, 5, 6, 7, 8]])
+    aux = torch.tensor([[4, 5, 0], [1, 1, 9]])
+    batches = train_mod._user_batches(pairs, aux, 3, gen)
+    assert len(batches) == 3  # ceil(8 predicted pairs / 3)
+    assert sorted(torch.cat(batches).tolist()) == [0, 1, 2, 3, 4, 5]
+    assert train_mod._user_batches(pairs, None, 100, gen)[0].numel() == 5
+
+
+@pytest.mark.parametrize("sampling", [True, False])
+def test_history_mini_batch_trains_without_a_sampling_library(data: HeteroData, monkeypatch: pytest.MonkeyPatch,
+                                                              sampling: bool) -> None:
+    monkeypatch.setattr(train_mod, "WITH_SAMPLING", sampling)
+    seen: list[int] = []
+    real = train_mod._history_mini_batch_epoch
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = real(*args, **kwargs)
+        seen.append(len(out))
+        return out
+
+    monkeypatch.setattr(train_mod, "_history_mini_batch_epoch", spy)
+    cfg = TrainConfig(**{**FAST, "epochs": 30, "eval_every": 10}, mini_batch=True, batch_size=8,  # type: ignore[arg-type]
+                      temperature=1.0, cuts_per_step=1)
+    result = train(data, cfg)
+    assert len(seen) == 30 and max(seen) > 1  # several user batches per epoch
+    first, last = result.history[0], result.history[-1]
+    assert last["rank_loss"] < first["rank_loss"] and "aux_loss" in last
+    assert result.embeddings["user"].shape[0] == data["user"].num_nodes
+    again = train(data, cfg)  # seeded: the same batches, the same model
+    torch.testing.assert_close(again.embeddings["user"], result.embeddings["user"])
 
 
 def test_train_run_writes_artifacts(tmp_path: Path, data: HeteroData) -> None:
@@ -755,6 +819,27 @@ def test_cli_train_fixes_the_item_knn_rank_and_names_a_bad_one(tmp_path: Path, d
     assert load_model(path / "model", torch.device("cpu")).config.knn_rank == 4
     saved = json.loads((path / "model" / "history.json").read_text())["item_knn_calibration"]
     assert {k.split()[0] for k in saved} == {"rank=4"}
+
+
+def test_cli_train_mini_batch_of_the_history_tower(tmp_path: Path, data: HeteroData, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from shopgraph.ui.cli import main
+
+    monkeypatch.setattr(train_mod, "WITH_SAMPLING", False)  # not needed by the history tower's batches
+    path = _run(tmp_path, data)
+    before = sorted(p.name for p in path.rglob("*"))
+    assert main(["train", "--run", str(path), "--epochs", "2", "--batch-size", "16"]) == 1
+    assert "--batch-size: sets the size of mini-batches (got --batch-size 16 without --mini-batch)" \
+        in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--run", str(path), "--mini-batch", "--batch-size", "0"])
+    assert "argument --batch-size: expected a positive integer (got '0')" in capsys.readouterr().err
+    assert sorted(p.name for p in path.rglob("*")) == before
+    assert main(["train", "--run", str(path), "--epochs", "2", "--mini-batch", "--batch-size", "16"]) == 0
+    capsys.readouterr()
+    saved = json.loads((path / "model" / "train_config.json").read_text())
+    assert (saved["conv"], saved["mini_batch"], saved["batch_size"], saved["aux_weight"]) == ("history", True, 16, 1.0)
+    RunDir(path).verify()
 
 
 def test_cli_train_on_a_full_disk_keeps_the_last_checkpoint_and_resumes(
