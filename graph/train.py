@@ -160,9 +160,16 @@ class TrainConfig:
             shaped by the train labels separate the train users perfectly and mislead the hybrid
             trees fitted on them (measured on the 5,000-user shop: hybrid validation AUPRC 0.47 with a
             label-shaped trunk, 0.69 with a detached head).
-        eval_every: epochs between validation passes; patience: validation passes without
-            improvement before stopping (0 disables early stopping).
-        mini_batch: train on batches instead of the whole graph per step. Each epoch draws one
+        eval_every: epochs between validation passes; None: 5 for full-batch steps, 1 in
+            mini-batch mode (an epoch is many steps there: on the 100,000-user shop validation
+            peaked by the 3rd epoch and the 5th was already past it); patience: validation passes
+            without improvement before stopping (0 disables early stopping).
+        mini_batch: train on batches instead of the whole graph per step; None (the default):
+            the history tower trains in mini-batches when one full-batch step's full-catalogue
+            softmax would not fit (train pairs x items above :data:`FULL_SOFTMAX_MAX`: a
+            full-batch step then falls back to sampled negatives and learns slowly — on the
+            100,000-user shop 3 mini-batch epochs matched 60 full-batch ones), full-batch
+            otherwise (the 5,000-user shop), and the message-passing convs full-batch. Each epoch draws one
             view of the training period as a full-batch step does (``supervision``: for
             ``temporal`` one cut, the events before it aggregated, the new pairs after it
             predicted) and steps through its pairs in batches. The ``history`` tower batches
@@ -212,9 +219,9 @@ class TrainConfig:
     rank_weight: float = 1.0
     fraud_weight: float = 1.0
     fraud_detach: bool = True
-    eval_every: int = 5
+    eval_every: int | None = None
     patience: int = 10
-    mini_batch: bool = False
+    mini_batch: bool | None = None
     batch_size: int = 1024
     num_neighbors: list[int] = field(default_factory=lambda: [10, 10])
     seed: int = 0
@@ -234,7 +241,7 @@ class TrainConfig:
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {', '.join(allowed)} (got {value!r})")
         for name in ("epochs", "eval_every", "batch_size", "checkpoint_every"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name}: expected a positive integer (got {getattr(self, name)})")
         if (self.num_negatives or 0) < 0 or self.batch_pairs < 0 or self.patience < 0:
             raise ValueError(
@@ -354,6 +361,7 @@ class TrainResult(NamedTuple):
     fraud: FraudScorer
     fraud_prob: Tensor  # [U] serving fraud probabilities (NaN when no labels)
     epoch_seconds: float  # mean wall time of a training epoch
+    mini_batch: bool  # trained in mini-batches (uses_mini_batch), else full-batch steps
     revisit_calibration: dict[str, float]  # val Recall@20 per revisit multiplier (calibrate_revisit)
     group_mix_calibration: dict[str, float]  # val Recall@20 per group-mix weight (calibrate_group_mix)
     consider_calibration: dict[str, float]  # val Recall@20 per consideration-set setting (calibrate_consider)
@@ -1226,6 +1234,18 @@ def _aux_embeddings(model: ShopGNN, emb: dict[str, Tensor], aux_bias: Tensor) ->
     return torch.cat([user, ones], 1), torch.cat([item, bias], 1)
 
 
+def uses_mini_batch(config: TrainConfig, n_train_pairs: int, num_items: int) -> bool:
+    """Whether :func:`train` steps through mini-batches: ``config.mini_batch`` when set, else
+    (``None``) for the ``history`` tower without ``item_counts`` when a full-batch step's
+    full-catalogue softmax (every train pair against every item) exceeds
+    :data:`FULL_SOFTMAX_MAX` logits."""
+    if config.mini_batch is not None:
+        return config.mini_batch
+    if config.conv != "history" or config.item_counts or (config.num_negatives or 0) > 0:
+        return False
+    return n_train_pairs * num_items > FULL_SOFTMAX_MAX
+
+
 def _check_sampling() -> None:
     if not WITH_SAMPLING:
         raise ImportError(
@@ -1264,8 +1284,15 @@ def train(
             raise ValueError(f"data: expected node types 'user' and 'item' (got {data.node_types})")
     if target_edge_type(data) not in data.edge_types:
         raise ValueError(f"data: no target edge type {target_edge_type(data)} (got {data.edge_types})")
-    if config.mini_batch and config.conv != "history":
+    train_pairs = target_pairs(data, "train")
+    num_items = int(data["item"].num_nodes)
+    mini_batch = uses_mini_batch(config, train_pairs.size(1), num_items)
+    if mini_batch and config.conv != "history":
         _check_sampling()
+    eval_every = config.eval_every if config.eval_every is not None else 1 if mini_batch else 5
+    if mini_batch and config.mini_batch is None:
+        logger.info("mini-batch training: a full-batch step over %d train pairs x %d items would sample "
+                    "negatives; training in batches of users (--full-batch to override)", train_pairs.size(1), num_items)
     if resume and checkpoint_dir is None:
         raise ValueError("resume: needs checkpoint_dir (got None)")
     dev = resolve_device(device)
@@ -1275,11 +1302,9 @@ def train(
 
     train_graph = lean_graph(message_passing_graph(data, "train"))
     target_et = target_edge_type(data)
-    train_pairs = target_pairs(data, "train")
     val_pairs = target_pairs(data, "val")
     if train_pairs.size(1) == 0:
         raise ValueError(f"data: no training pairs of the target {data.target!r}")
-    num_items = int(data["item"].num_nodes)
     pop = torch.bincount(train_pairs[1], minlength=num_items).float() + 1.0
     y, masks = fraud_labels(data)
     tr_users = masks["train"].nonzero().view(-1)
@@ -1352,13 +1377,13 @@ def train(
         model.train()
         losses: list[tuple[float, float]] = []
         aux_losses: list[float] = []
-        if config.mini_batch and config.conv == "history":
+        if mini_batch and config.conv == "history":
             view = _mini_batch_view(sup_kind, config, train_graph, target_et, num_items, gen)
             step_losses = _history_mini_batch_epoch(model, opt, config, view, train_graph, pop, gen, aux_bias if use_aux
                                                     else None, (y, tr_users, pos_weight) if use_fraud else None, dev)
             losses.extend((a, b) for a, b, _ in step_losses)
             aux_losses.extend(c for _, _, c in step_losses)
-        elif config.mini_batch:
+        elif mini_batch:
             view = _mini_batch_view(sup_kind, config, train_graph, target_et, num_items, gen)
             for batch, fb in _mini_batches(config, view.graph, train_graph, target_et, view.pairs, tr_users):
                 batch = batch.to(dev)
@@ -1447,7 +1472,7 @@ def train(
         if use_aux and aux_losses:
             rec["aux_loss"] = float(np.mean(aux_losses))
             rec["loss"] += config.rank_weight * float(config.aux_weight or 0.0) * rec["aux_loss"]
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
+        if epoch % eval_every == 0 or epoch == config.epochs:
             emb_val = embed_graph(model, gpu_graph, dev)
             rec.update(validation_scores(model, emb_val, data, train_pairs, val_pairs, y, masks["val"],
                                          revisit_graph(model, gpu_graph, dev)))
@@ -1499,7 +1524,7 @@ def train(
         model=model, model_config=model_config, config=config, history=history,
         best_epoch=int(best_epoch), best_score=float(best_score), embeddings=serving,
         revisit=revisit_graph(model, serving_graph, dev, serving), fraud=scorer,
-        fraud_prob=fraud_prob, epoch_seconds=float(np.mean(epoch_times)) if epoch_times else 0.0,
+        fraud_prob=fraud_prob, epoch_seconds=float(np.mean(epoch_times)) if epoch_times else 0.0, mini_batch=mini_batch,
         revisit_calibration=calibration, group_mix_calibration=group_calibration,
         consider_calibration=consider_calibration, item_knn_calibration=knn_calibration,
     )
@@ -1534,7 +1559,7 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
     run.write_json(f"{MODEL_DIR}/train_config.json", dataclasses.asdict(config))
     run.write_json(f"{MODEL_DIR}/history.json", {
         "best_epoch": result.best_epoch, "best_score": result.best_score,
-        "epoch_seconds": result.epoch_seconds, "epochs": result.history,
+        "epoch_seconds": result.epoch_seconds, "mini_batch": result.mini_batch, "epochs": result.history,
         "revisit_calibration": result.revisit_calibration,
         "group_mix_calibration": result.group_mix_calibration,
         "consider_calibration": result.consider_calibration,
@@ -1567,20 +1592,21 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
 
 
 def cli_train(args: argparse.Namespace) -> int:
-    """``shopgraph train --run RUN [--epochs N] [--device D] [--seed S] [--conv C] [--mini-batch]
-    [--batch-size B] [--item-knn-rank R] [--resume]``."""
-    if args.batch_size is not None and not args.mini_batch:
+    """``shopgraph train --run RUN [--epochs N] [--device D] [--seed S] [--conv C]
+    [--mini-batch | --full-batch] [--batch-size B] [--item-knn-rank R] [--resume]``."""
+    if args.batch_size is not None and args.full_batch:
         raise ValueError(f"--batch-size: sets the size of mini-batches (got --batch-size {args.batch_size} "
-                         "without --mini-batch)")
+                         "with --full-batch)")
     overrides: dict[str, Any] = {"epochs": args.epochs, "seed": args.seed, "conv": args.conv,
-                                 "mini_batch": True if args.mini_batch else None, "batch_size": args.batch_size,
+                                 "mini_batch": True if args.mini_batch else False if args.full_batch else None,
+                                 "batch_size": args.batch_size,
                                  "item_knn": args.item_knn_rank}
     result = train_run(args.run, device=args.device, resume=args.resume, **overrides)
     at_best = [h for h in result.history if int(h["epoch"]) == result.best_epoch]
     last = at_best[0] if at_best else {}
     print(json.dumps({
         "run": str(args.run), "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-        "epoch_seconds": round(result.epoch_seconds, 4),
+        "epoch_seconds": round(result.epoch_seconds, 4), "mini_batch": result.mini_batch,
         "best_val_recall@20": last.get("val_recall@20"), "best_val_auprc": last.get("val_auprc"), "fraud_scorer": result.fraud.kind,
         "fraud_val_auprc": result.fraud.val_auprc, "fraud_threshold": result.fraud.threshold,
         "item_knn_rank": result.model.config.knn_rank,

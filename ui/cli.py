@@ -90,10 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--conv", default=None, choices=["history", "sage", "gatv2", "hgt", "lightgcn"],
                    help="history (default): the user-history tower; the others are message-passing GNNs")
-    p.add_argument("--mini-batch", action="store_true",
-                   help="train in mini-batches: batches of users for the history tower (exact, no extra "
-                        "dependency), neighbour-sampled batches for the message-passing convs (needs "
-                        "torch-sparse or pyg-lib)")
+    batching = p.add_mutually_exclusive_group()
+    batching.add_argument("--mini-batch", action="store_true",
+                          help="train in mini-batches: batches of users for the history tower (exact, no extra "
+                               "dependency), neighbour-sampled batches for the message-passing convs (needs "
+                               "torch-sparse or pyg-lib). Default: the history tower switches to them by itself "
+                               "when a full-batch step's softmax over every train pair and item would not fit")
+    batching.add_argument("--full-batch", action="store_true", help="one step over the whole graph per epoch, always")
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="predicted pairs per mini-batch (default 1024)")
     p.add_argument("--item-knn-rank", type=_nonnegative_int, default=None,

@@ -828,18 +828,39 @@ def test_cli_train_mini_batch_of_the_history_tower(tmp_path: Path, data: HeteroD
     monkeypatch.setattr(train_mod, "WITH_SAMPLING", False)  # not needed by the history tower's batches
     path = _run(tmp_path, data)
     before = sorted(p.name for p in path.rglob("*"))
-    assert main(["train", "--run", str(path), "--epochs", "2", "--batch-size", "16"]) == 1
-    assert "--batch-size: sets the size of mini-batches (got --batch-size 16 without --mini-batch)" \
+    assert main(["train", "--run", str(path), "--epochs", "2", "--full-batch", "--batch-size", "16"]) == 1
+    assert "--batch-size: sets the size of mini-batches (got --batch-size 16 with --full-batch)" \
         in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--run", str(path), "--mini-batch", "--batch-size", "0"])
     assert "argument --batch-size: expected a positive integer (got '0')" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--run", str(path), "--mini-batch", "--full-batch"])
+    assert "not allowed with argument" in capsys.readouterr().err
     assert sorted(p.name for p in path.rglob("*")) == before
     assert main(["train", "--run", str(path), "--epochs", "2", "--mini-batch", "--batch-size", "16"]) == 0
-    capsys.readouterr()
+    assert json.loads(capsys.readouterr().out)["mini_batch"] is True
     saved = json.loads((path / "model" / "train_config.json").read_text())
     assert (saved["conv"], saved["mini_batch"], saved["batch_size"], saved["aux_weight"]) == ("history", True, 16, 1.0)
     RunDir(path).verify()
+    assert main(["train", "--run", str(path), "--epochs", "2"]) == 0  # a small shop: full-batch by default
+    assert json.loads(capsys.readouterr().out)["mini_batch"] is False
+    assert json.loads((path / "model" / "history.json").read_text())["mini_batch"] is False
+
+
+def test_the_history_tower_switches_to_mini_batches_where_a_full_softmax_would_not_fit(
+        data: HeteroData, monkeypatch: pytest.MonkeyPatch) -> None:
+    limit = train_mod.FULL_SOFTMAX_MAX
+    assert not train_mod.uses_mini_batch(TrainConfig(), limit // 100, 100)
+    assert train_mod.uses_mini_batch(TrainConfig(), limit // 100 + 1, 100)
+    assert train_mod.uses_mini_batch(TrainConfig(mini_batch=True), 1, 100)
+    assert not train_mod.uses_mini_batch(TrainConfig(mini_batch=False), 10 * limit, 100)
+    for other in (TrainConfig(conv="sage"), TrainConfig(item_counts=True), TrainConfig(num_negatives=64)):
+        assert not train_mod.uses_mini_batch(other, 10 * limit, 100)  # no user batches for these
+    # this graph's 25 items x its train pairs, with the limit lowered below it: trains in batches
+    monkeypatch.setattr(train_mod, "FULL_SOFTMAX_MAX", 10)
+    result = train(data, TrainConfig(**{**FAST, "epochs": 2, "num_negatives": 0}))  # type: ignore[arg-type]
+    assert result.mini_batch and result.config.mini_batch is None
 
 
 def test_cli_train_on_a_full_disk_keeps_the_last_checkpoint_and_resumes(
