@@ -1346,8 +1346,12 @@ def train(
         state = torch.load(state_path, weights_only=False)
         saved = {k: v for k, v in state["train_config"].items() if k != "epochs"}
         now = {k: v for k, v in dataclasses.asdict(config).items() if k != "epochs"}
-        if saved != now:
-            diff = sorted(k for k in now if saved.get(k) != now[k])
+        # a setting left to its default matches a checkpoint that wrote the value it resolves to
+        # (checkpoints from before these defaults depended on the graph)
+        resolved = {"mini_batch": mini_batch, "eval_every": eval_every}
+        diff = sorted(k for k in now if saved.get(k) != now[k]
+                      and not (now[k] is None and k in resolved and saved.get(k) == resolved[k]))
+        if diff:
             raise ValueError(f"resume: the checkpoint was made with different settings {diff}; "
                              "train without --resume")
         missing = sorted(set(model.state_dict()) - set(state["model"]))

@@ -208,6 +208,16 @@ def test_resume_after_interruption_equals_uninterrupted(
         train(data, TrainConfig(**FAST, seed=5, lr=0.5), checkpoint_dir=tmp_path / "b", resume=True)  # type: ignore[arg-type]
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(data, cfg, checkpoint_dir=tmp_path / "empty", resume=True)
+    # a checkpoint written when mini_batch defaulted to False resumes under today's default (None,
+    # which resolves to full-batch on this graph); asking for mini-batches is a different setting
+    older = torch.load(tmp_path / "b" / train_mod.STATE_FILE, weights_only=False)
+    assert older["train_config"]["mini_batch"] is None
+    older["train_config"]["mini_batch"] = False
+    torch.save(older, tmp_path / "b" / train_mod.STATE_FILE)
+    with pytest.raises(ValueError, match=r"different settings \['mini_batch'\]"):
+        train(data, TrainConfig(**FAST, seed=5, mini_batch=True), checkpoint_dir=tmp_path / "b", resume=True)  # type: ignore[arg-type]
+    again = train(data, cfg, checkpoint_dir=tmp_path / "b", resume=True)
+    assert [h["loss"] for h in again.history] == [h["loss"] for h in full.history]
     # a checkpoint of an older model layout (here: without the consideration-set weights)
     saved = torch.load(tmp_path / "b" / train_mod.STATE_FILE, weights_only=False)
     saved["model"] = {k: v for k, v in saved["model"].items() if not k.startswith("consider_")}
