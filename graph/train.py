@@ -42,14 +42,7 @@ from torch_geometric.typing import EdgeType
 from tqdm.auto import tqdm
 
 from shopgraph.graph.build import induced_subgraph, message_passing_graph, target_edge_type, target_pairs
-from shopgraph.graph.model import (
-    CONVS,
-    ModelConfig,
-    Revisit,
-    ShopGNN,
-    purchase_scores,
-    sparse_block,
-)
+from shopgraph.graph.model import CONVS, ModelConfig, Revisit, ShopGNN, purchase_scores, sparse_block
 from shopgraph.graph.run import RunDir, atomic_write
 
 if TYPE_CHECKING:
@@ -1152,10 +1145,19 @@ def user_batch_graph(graph: HeteroData, users: Tensor) -> HeteroData:
     return induced_subgraph(graph, {"user": users, "item": None}, edge_types)
 
 
-def _local_pairs(pairs: Tensor, local: Tensor) -> Tensor:
-    """The ``pairs [2, P]`` whose user is in the batch (``local[u] >= 0``), users renumbered."""
-    keep = local[pairs[0]] >= 0
-    return torch.stack([local[pairs[0][keep]], pairs[1][keep]])
+def _user_batch(graph: HeteroData, users: Tensor, pairs: Tensor, known: Tensor,
+                aux: Tensor | None) -> tuple[HeteroData, Tensor, Tensor, Tensor | None]:
+    """:func:`user_batch_graph` of ``users``, and the predicted, known and auxiliary ``[2, P]`` pairs
+    of those users with the users numbered as there (on the device of ``users``)."""
+    local = torch.full((int(graph["user"].num_nodes),), -1, dtype=torch.long, device=users.device)
+    local[users] = torch.arange(users.numel(), device=users.device)
+
+    def of_batch(p: Tensor) -> Tensor:
+        p = p.to(users.device)
+        keep = local[p[0]] >= 0
+        return torch.stack([local[p[0][keep]], p[1][keep]])
+
+    return user_batch_graph(graph, users), of_batch(pairs), of_batch(known), None if aux is None else of_batch(aux)
 
 
 def _user_batches(pairs: Tensor, aux: Tensor | None, batch_size: int, gen: torch.Generator) -> list[Tensor]:
@@ -1189,24 +1191,18 @@ def _history_mini_batch_epoch(
     if fraud is not None:
         tr_users = fraud[1]
         fraud_chunks = list(torch.tensor_split(tr_users[torch.randperm(tr_users.numel(), generator=gen)], len(batches)))
-    n_users = int(view.graph["user"].num_nodes)
     zero = torch.zeros((), device=dev)
     out: list[tuple[float, float, float]] = []
     for k, users in enumerate(batches):
-        local = torch.full((n_users,), -1, dtype=torch.long)
-        local[users] = torch.arange(users.numel())
-        sub = user_batch_graph(view.graph, users).to(dev)
-        pairs = _local_pairs(view.pairs, local).to(dev)
+        sub, pairs, known, aux = _user_batch(view.graph, users, view.pairs, view.known, aux_all)
+        sub, pairs = sub.to(dev), pairs.to(dev)
         with autocast(dev):
             emb = model.embed(sub)
             lr_, la, lf = zero, zero, zero
             if pairs.size(1):
-                lr_ = rank_loss(config, emb["user"], emb["item"], pairs, pop, gen, _local_pairs(view.known, local),
-                                model.revisit_scores(sub))
-            if aux_all is not None and aux_bias is not None:
-                aux = _local_pairs(aux_all, local).to(dev)
-                if aux.size(1):
-                    la = rank_loss(config, *_aux_embeddings(model, emb, aux_bias), aux, pop, gen)
+                lr_ = rank_loss(config, emb["user"], emb["item"], pairs, pop, gen, known, model.revisit_scores(sub))
+            if aux is not None and aux_bias is not None and aux.size(1):
+                la = rank_loss(config, *_aux_embeddings(model, emb, aux_bias), aux.to(dev), pop, gen)
             if fraud is not None and fraud_chunks[k].numel():
                 chunk = fraud_chunks[k]
                 fsub = user_batch_graph(train_graph, chunk).to(dev)
@@ -1440,11 +1436,7 @@ def train(
                         # the loss reads only the users with pairs, and the tower embeds each user from
                         # their own events: embed those users alone (the same rows, a fraction of the work)
                         users = torch.unique(pairs[0] if aux is None else torch.cat([pairs[0], aux[0]]))
-                        local = torch.full((int(graph["user"].num_nodes),), -1, dtype=torch.long, device=users.device)
-                        local[users] = torch.arange(users.numel(), device=users.device)
-                        graph = user_batch_graph(graph, users)
-                        pairs, known = _local_pairs(pairs, local), _local_pairs(known.to(dev), local)
-                        aux = None if aux is None else _local_pairs(aux, local)
+                        graph, pairs, known, aux = _user_batch(graph, users, pairs, known, aux)
                     emb = model.embed(graph)
                     lr_ = lr_ + rank_loss(config, emb["user"], emb["item"], pairs, pop, gen, known,
                                           model.revisit_scores(graph)) / n_cuts
