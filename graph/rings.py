@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1.0"
 RINGS_FILE = "rings/rings.json"
+# the model files whose checksums a case export records, when the run has them
+EXPORT_MODEL_FILES = ("model/config.json", "model/model.safetensors", "fraud_trees.ubj")
 DAY = 86_400.0
 # Weights of the score terms (see the module docstring); renormalised over the available terms.
 WEIGHTS: dict[str, float] = {
@@ -534,12 +536,37 @@ def _hubs_json(hubs: Sequence[Hub]) -> list[dict[str, Any]]:
     return [h._asdict() for h in hubs]
 
 
-def rings_payload(rings: Sequence[Ring], hubs: Sequence[Hub], mode: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The ``rings.json`` document (``docs/fraud_rings.md``)."""
-    return {
+def rings_payload(rings: Sequence[Ring], hubs: Sequence[Hub], mode: str, params: dict[str, Any],
+                  source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``rings.json`` document (``docs/fraud_rings.md``); ``source``: where the rings came
+    from (a case export records the run folder and the checksums of the files it read)."""
+    doc = {
         "schema_version": SCHEMA_VERSION, "mode": mode, "params": params,
         "hub_devices": _hubs_json(hubs), "rings": [r.to_dict() for r in rings],
     }
+    if source is not None:
+        doc["source"] = source
+    return doc
+
+
+def exported_ring(export: str | Path, ring: Ring) -> bool:
+    """Whether the case export folder ``export`` holds case files of exactly ``ring``: its
+    ``rings.json`` lists a ring with the same id whose members, scores and evidence equal
+    ``ring``'s, and both ``cases/<ring_id>.json`` and ``.csv`` are there. A ring recomputed since
+    the export (new members, a retrained model's scores) does not match, so its old case files
+    are never handed out under its id."""
+    folder = Path(export)
+    if not all((folder / "cases" / f"{ring.ring_id}.{ext}").is_file() for ext in ("json", "csv")):
+        return False
+    try:
+        doc = json.loads((folder / "rings.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
+        return False
+    current = json.dumps(_jsonable(ring.to_dict()), sort_keys=True)
+    return any(isinstance(r, dict) and r.get("ring_id") == ring.ring_id and json.dumps(r, sort_keys=True) == current
+               for r in doc.get("rings", []))
 
 
 def load_rings(run_dir: str | Path) -> list[Ring]:
@@ -613,7 +640,7 @@ def case_file(
 def export_cases(
     rings: Sequence[Ring], data: HeteroData, tables: ShopTables, out: str | Path, *,
     hubs: Sequence[Hub] = (), mode: str = "", params: dict[str, Any] | None = None,
-    explanations: dict[str, dict[str, Any]] | None = None,
+    explanations: dict[str, dict[str, Any]] | None = None, source: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``out/rings.json`` and ``out/cases/<ring_id>.{json,csv}`` atomically.
 
@@ -628,6 +655,8 @@ def export_cases(
         out: the export folder.
         hubs, mode, params: recorded in ``rings.json``.
         explanations: ``{ring_id: {user_id: explanation dict}}`` written into each case.
+        source: provenance recorded in ``rings.json`` (``rings_run``: the run folder and the
+            checksums of its graph, embeddings, rings and model files).
 
     Returns:
         ``out``.
@@ -647,7 +676,7 @@ def export_cases(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".exporting", dir=out.parent))
     try:
         (tmp / "cases").mkdir()
-        _dump(tmp / "rings.json", rings_payload(rings, hubs, mode, params or {}))
+        _dump(tmp / "rings.json", rings_payload(rings, hubs, mode, params or {}, source))
         for ring in rings:
             doc, timeline = case_file(ring, data, tables, (explanations or {}).get(ring.ring_id))
             _dump(tmp / "cases" / f"{ring.ring_id}.json", doc)
@@ -716,8 +745,10 @@ def rings_run(
             r.ring_id: explain_ring_members(r, data, model, k=explain_members, fraud_prob=prob, served=served)
             for r in chosen
         }
+        source = {"run": str(run.path.resolve()),
+                  "made_from": {**made_from, **run.sources(RINGS_FILE, optional=EXPORT_MODEL_FILES)}}
         export_cases(chosen, data, tables, export, hubs=det.hub_devices_, mode=det.mode_, params=params,
-                     explanations=explanations)
+                     explanations=explanations, source=source)
     return chosen
 
 

@@ -646,16 +646,19 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
     """The ring's case JSON and CSV, copied into ``work_dir/<ring_id>/``.
 
     Taken from the run's case export (``export_dir/cases/<ring_id>.{json,csv}``) when it holds this
-    ring; otherwise written now with :func:`shopgraph.graph.rings.export_cases` (same schema).
+    very ring (:func:`shopgraph.graph.rings.exported_ring`: same members, scores and evidence, so a
+    ring recomputed since the export never gets the old files); otherwise written now with
+    :func:`shopgraph.graph.rings.export_cases` (same schema).
     """
     out = work_dir / ring.ring_id
     wanted = [out / f"{ring.ring_id}.json", out / f"{ring.ring_id}.csv"]
     if all(p.is_file() for p in wanted):
         return [str(p) for p in wanted]
     out.mkdir(parents=True, exist_ok=True)
-    source = export_dir / "cases" if export_dir is not None else None
-    if source is None or not all((source / p.name).is_file() for p in wanted):
-        from shopgraph.graph.rings import export_cases
+    from shopgraph.graph.rings import export_cases, exported_ring
+
+    source = export_dir / "cases" if export_dir is not None and exported_ring(export_dir, ring) else None
+    if source is None:
 
         fresh = Path(tempfile.mkdtemp(prefix=f"{ring.ring_id}-", dir=work_dir)) / "export"
         export_cases([ring], cases.data, cases.tables, fresh)

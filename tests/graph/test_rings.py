@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -24,6 +25,7 @@ from shopgraph.graph.rings import (
     RingDetector,
     evaluate_rings,
     export_cases,
+    exported_ring,
     identifier_links,
     load_rings,
     rings_run,
@@ -311,7 +313,14 @@ def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
     RunDir(run_dir).verify()
 
     doc = json.loads((out / "rings.json").read_text())
-    check_keys(doc, RINGS_JSON, "rings.json")
+    check_keys(doc, {**RINGS_JSON, "source": dict}, "rings.json")
+    manifest = RunDir(run_dir).manifest["files"]
+    assert doc["source"]["run"] == str(run_dir.resolve())
+    made_from = doc["source"]["made_from"]
+    assert made_from["graph.pt"] == manifest["graph.pt"] and made_from["rings/rings.json"] == manifest["rings/rings.json"]
+    assert made_from["model/model.safetensors"] is None  # the fake run has no model
+    assert all(exported_ring(out, r) for r in top)
+    assert not exported_ring(out, stored[2])  # ranked third: not in a top-2 export
     assert doc["schema_version"] == SCHEMA_VERSION and doc["mode"] == "gnn+behaviour+structure"
     assert doc["hub_devices"] == [{"node_type": "device", "node_id": "d_wifi", "n_users": 12}]
     assert len(doc["rings"]) == 2
@@ -343,6 +352,10 @@ def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
     # a second export replaces the first one
     rings_run(run_dir, top=1, export=out, detector=RingDetector(hub_threshold=10))
     assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json"]
+    # a ring recomputed since (here: another member score) is not the exported one
+    changed = dataclasses.replace(top[0], member_scores={**top[0].member_scores, top[0].members[0]: 0.5})
+    assert exported_ring(out, top[0]) and not exported_ring(out, changed)
+    assert not exported_ring(tmp_path / "nowhere", top[0])
 
 
 def test_rings_run_without_fraud_prob(tmp_path: Path) -> None:

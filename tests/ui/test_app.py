@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -275,9 +276,31 @@ def test_ring_view_draws_and_offers_case_files(ui_run: Path, ui_cases: FraudCase
     assert json.loads(json_path.read_text())["ring_id"] == ring.ring_id
     assert set(pd.read_csv(csv_path)["user_id"].astype(str)) <= set(ring.members)
     assert sorted(view.members["user_id"]) == sorted(ring.members)
+    # the run's export holds this very ring: its files are the ones handed out
+    assert json_path.read_bytes() == (ui_run / "cases" / "cases" / json_path.name).read_bytes()
     # a run without an export: the case files are written on the fly, same schema
     fresh = ring_view(ui_cases, ring.ring_id, None, tmp_path / "other")
     assert json.loads(Path(fresh.files[0]).read_text())["ring_id"] == ring.ring_id
+
+
+def test_ring_view_never_hands_out_a_stale_export(ui_run: Path, ui_cases: FraudCases, tmp_path: Path) -> None:
+    rings = ui_cases.rings()
+    if not rings:
+        pytest.skip("no rings found in the small run")
+    ring = rings[0]
+    stale = tmp_path / "stale"
+    shutil.copytree(ui_run / "cases", stale)
+    # the export was written before the rings were recomputed: same id, other scores
+    doc = json.loads((stale / "rings.json").read_text())
+    for raw in doc["rings"]:
+        raw["score"] = raw["score"] / 2
+    (stale / "rings.json").write_text(json.dumps(doc))
+    case = stale / "cases" / f"{ring.ring_id}.json"
+    case.write_text(json.dumps({**json.loads(case.read_text()), "stale": True}))
+    view = ring_view(ui_cases, ring.ring_id, stale, tmp_path / "work")
+    assert not is_problem(view.status)
+    written = json.loads(Path(view.files[0]).read_text())
+    assert "stale" not in written and written["ring_id"] == ring.ring_id and written["score"] == ring.score
 
 
 @pytest.mark.parametrize("ring_id, message", [("R9999", "unknown ring_id 'R9999'"), ("", "got nothing")])
