@@ -41,6 +41,8 @@ MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_TEXT_CHARS = 2_000
 MAX_BATCH = 1_000
+# the one-hot flags of the items' category column (encoders/behaviour.py: "item_" + "category=<value>")
+CATEGORY_FLAG = "item_category="
 REASON_HISTORY = 200  # history items compared when explaining a recommendation
 # how far along the shopping funnel an event type is (explains revisits by the furthest step)
 _FUNNEL = {"click": 1, "view": 1, "wishlist": 2, "cart": 3, "review": 4, "purchase": 5}
@@ -886,13 +888,15 @@ class ShopService:
 
     # -- catalogue changes ----------------------------------------------------------------------
     def _feature_row(self, text_vec: np.ndarray | None, image_vec: np.ndarray | None,
-                     price: float | None = None) -> np.ndarray:
+                     price: float | None = None, category: str = "") -> np.ndarray:
         """A new item's feature row in the layout of ``data["item"].feature_names``.
 
         ``text_*`` / ``image_*`` come from the encoders (0 when the item has none), ``has_text`` /
-        ``has_image`` / ``has_price`` are the flags; the statistics whose standardisation could be
-        recovered (:func:`_statistic_maps`) are computed: zero training events and users, and
-        ``log_price``; any other column is the training mean of that column.
+        ``has_image`` / ``has_price`` are the flags, the category one-hot flags
+        (``item_category=<value>``) say the item's ``category`` (all 0 for one the shop had not
+        seen); the statistics whose standardisation could be recovered (:func:`_statistic_maps`)
+        are computed: zero training events and users, and ``log_price``; any other column is the
+        training mean of that column.
         """
         names = self._item_feature_names
         if self._item_x_mean is None or not names:
@@ -917,6 +921,8 @@ class ShopService:
                 row[j] = float(image_vec is not None)
             elif n == "has_price":
                 row[j] = float(price is not None)
+            elif n.startswith(CATEGORY_FLAG):
+                row[j] = float(n[len(CATEGORY_FLAG):] == category.strip())
             elif n == "log_price":
                 fit = self._stat_maps.get(n)
                 if price is None:
@@ -986,7 +992,7 @@ class ShopService:
         text = item_text(title, category, description)
         text_vec = self._encode_texts([text])[0] if text else None
         image_vec = self._encode_image(image)[0] if image is not None else None
-        row = self._feature_row(text_vec, image_vec, None if price is None else float(price))
+        row = self._feature_row(text_vec, image_vec, None if price is None else float(price), category)
         emb = self._inductive_embedding(row)
         with self._lock.write():
             pos = len(self.item_ids)

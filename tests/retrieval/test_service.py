@@ -244,7 +244,7 @@ def test_add_and_remove_item_without_retraining(run_path):
     # the stored embedding is the model's inductive pass over the item's own feature row
     text_vec = svc._encode_texts(["glow in the dark frisbee. toys"])[0]
     image_vec = svc._encode_image(solid_png((20, 220, 20), seed=5))[0]
-    row = svc._feature_row(text_vec, image_vec, 9.5)
+    row = svc._feature_row(text_vec, image_vec, 9.5, "toys")
     np.testing.assert_allclose(svc._inductive_embedding(row)[0], svc.item_emb[pos], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="item_id: item 'new1' already exists"):
         svc.add_item("new1", "again")
@@ -283,6 +283,14 @@ def test_new_item_features_follow_the_training_layout(service, run_path):
     assert row[col["log_n_events"]] == pytest.approx(float(x[:, col["log_n_events"]].min()))  # all items sold here
     no_price = service._feature_row(None, None, None)
     assert no_price[col["has_price"]] == 0 and no_price[col["log_price"]] == 0 and no_price[col["has_text"]] == 0
+    # the category one-hot says the new item's category, as it does for a stored item (not the
+    # training mean, which would be every category a little)
+    flags = [j for n, j in col.items() if n.startswith("item_category=")]
+    assert len(flags) > 1
+    same = service._feature_row(text_vec, None, float(service.prices[0]), service.categories[0])
+    np.testing.assert_array_equal(same[flags], x[0, flags])
+    assert same[flags].sum() == 1
+    assert service._feature_row(None, None, None, "a category never seen")[flags].sum() == 0
 
 
 @pytest.mark.parametrize("call, message", [
