@@ -378,6 +378,7 @@ class ShopService:
         self._item_cat = np.array([self._cat_code.setdefault(c, len(self._cat_code)) for c in self.categories],
                                   dtype=np.int64)
         self._active = np.ones(n_items, dtype=bool)
+        self._n_trained = n_items  # items past this position were added by add_item
 
         # -- embeddings ----------------------------------------------------------------------
         for key in ("user", "item"):
@@ -721,6 +722,33 @@ class ShopService:
                 top = np.argsort(-scores, kind="stable")[:k]
                 out.append(self._pack(cand[top], scores[top], self._user_reasons(u, cand[top])))
             return out
+
+    def recommend_new(self, user_id: str, k: int = 10, category: str | None = None) -> Recommendation:
+        """Top-k of the items added since training (:meth:`add_item`) for a known user, by the
+        model's score (inner product; nobody has events on them yet, so no revisit term).
+
+        A new item has no popularity yet, so :meth:`recommend` ranks it below the trained
+        catalogue until the next training run; this ranks the new items among themselves (on the
+        synthetic shop it finds who buys one about 4-5x as often as chance, ``bench_cold_items.py``).
+        Fewer than ``k`` items (none when nothing was added) when fewer are there.
+
+        Args:
+            user_id: external user id.
+            k: 1..1000.
+            category: only new items of this category.
+        """
+        k = check_k(k)
+        u = self._user(user_id)
+        cat = self._category(category)
+        with self._lock.read():
+            new = np.arange(self._n_trained, len(self.item_ids))
+            new = new[self._active[new]]
+            if cat is not None:
+                new = new[self._item_cat[new] == cat]
+            scores = self.item_emb[new] @ self.user_emb[u]
+            top = np.argsort(-scores, kind="stable")[:k]
+            reasons = [f"new since the last training run; {r}" for r in self._user_reasons(u, new[top])]
+            return self._pack(new[top], scores[top], reasons)
 
     def similar_items(self, item_id: str, k: int = 10) -> Recommendation:
         """Items closest to an item in the GNN space (cosine, ``gnn_items_cosine``), itself excluded."""

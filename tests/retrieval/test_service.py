@@ -263,6 +263,31 @@ def test_add_and_remove_item_without_retraining(run_path):
     assert svc.indexes["gnn_items"].count == n + 1  # +new1 +new2 -i004
 
 
+def test_recommend_new_ranks_only_the_added_items(run_path):
+    svc = load_service(run_path)
+    assert svc.recommend_new("u000", k=5).item_ids == []  # nothing added yet
+    for n, (title, category) in enumerate([("trail running shoes", "shoes"), ("wool winter socks", "clothing"),
+                                           ("glow in the dark frisbee", "toys")]):
+        svc.add_item(f"new{n}", title, category=category, price=10.0 + n)
+    new = [svc.item_ids.index(f"new{n}") for n in range(3)]
+    rec = svc.recommend_new("u000", k=5)
+    # all the new items and nothing else, by the inner product with the user's embedding
+    expected = sorted(new, key=lambda i: -float(svc.item_emb[i] @ svc.user_emb[0]))
+    assert rec.item_ids == [svc.item_ids[i] for i in expected]
+    np.testing.assert_allclose(rec.scores, [svc.item_emb[i] @ svc.user_emb[0] for i in expected], rtol=1e-5)
+    assert all(r.startswith("new since the last training run; ") for r in rec.reasons)
+    assert svc.recommend_new("u000", k=1).item_ids == rec.item_ids[:1]
+    assert svc.recommend_new("u000", k=5, category="toys").item_ids == ["new2"]
+    svc.remove_item("new2")
+    assert "new2" not in svc.recommend_new("u000", k=5).item_ids
+    with pytest.raises(UnknownIdError, match="user_id: unknown user 'u999'"):
+        svc.recommend_new("u999")
+    with pytest.raises(ValueError, match=r"k: expected an integer between 1 and 1000 \(got 0\)"):
+        svc.recommend_new("u000", k=0)
+    with pytest.raises(ValueError, match="category: unknown category 'nope'"):
+        svc.recommend_new("u000", category="nope")
+
+
 def test_new_item_features_follow_the_training_layout(service, run_path):
     data = RunDir(run_path).load_graph()
     names = list(data["item"].feature_names)
