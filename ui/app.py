@@ -659,7 +659,6 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
 
     source = export_dir / "cases" if export_dir is not None and exported_ring(export_dir, ring) else None
     if source is None:
-
         fresh = Path(tempfile.mkdtemp(prefix=f"{ring.ring_id}-", dir=work_dir)) / "export"
         export_cases([ring], cases.data, cases.tables, fresh)
         source = fresh / "cases"
