@@ -9,16 +9,22 @@ unless ``--encoders``), served with ``ShopService.from_run``, and the held-out i
 through ``add_item`` with their title, category, description and price (and image with
 ``--encoders``): the product's path for a new item, no retraining.
 
-The test set: the purchases of held-out items in the full shop's test period (on or after the
-reduced run's test cut) by users of the reduced run. Two views:
+The test set: the full shop's test-period purchases (on or after the reduced run's test cut;
+pairs not bought before, as ``shopgraph evaluate`` counts them) by users of the reduced run. Both
+models score from the users' events before the test period (:class:`Scorer`: the dot product
+and the revisit term, the visible purchases excluded). Three views:
 
-- **among the new items**: each (user, new item) purchase ranks the item among all held-out
-  items by the served score: Recall@10 — does the new item's embedding say *who* will buy it?
-  Reference rows on the same pairs: ``random`` (10 / n), ``category share`` (the user's share of
-  their training-period events in the item's category) and ``warm model`` (the full shop's run,
-  ``common.shop_run``, which trained on those items: what the embedding could carry).
-- **among all items**: Recall@20 of ``ShopService.recommend(user, k=20)`` (seen items excluded):
-  does a new item reach the lists it should?
+- **among the new items**: each purchase of a held-out item ranks it among all held-out items by
+  the dot product with the user (the ranking ``ShopService.recommend_new`` serves): Recall@10 —
+  does the new item's embedding say *who* will buy it? Reference rows on the same pairs:
+  ``random`` (10 / n), ``category share`` (the user's share of their training-period events in
+  the item's category) and ``warm model (dot product)`` (the full shop's run,
+  ``common.shop_run``, trained with those items; its users' histories include their views of
+  them, so it is an upper reference);
+- **the new items' purchases among all items**: Recall@20 over the whole catalogue with the new
+  items in it — does a new item reach the lists it should? (and the warm model's);
+- **all test purchases**: Recall@20, served (with the new items) and warm, and how many new items
+  a top-20 list holds on average.
 
     OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 nice python bench/bench_cold_items.py \\
         [--seeds 0] [--holdout 0.1] [--encoders] [--workdir DIR --keep] [--json out.json]
