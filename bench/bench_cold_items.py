@@ -27,7 +27,7 @@ and the revisit term, the visible purchases excluded). Three views:
   a top-20 list holds on average.
 
     OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 nice python bench/bench_cold_items.py \\
-        [--seeds 0] [--holdout 0.1] [--encoders] [--workdir DIR --keep] [--json out.json]
+        [--seeds 0] [--holdout 0.1] [--encoders] [--train KEY=JSON ...] [--workdir DIR --keep] [--json out.json]
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from common import machine_line, markdown_table, shop_run, write_json
+from common import machine_line, markdown_table, shop_run, train_overrides, write_json
 
 from shopgraph.graph.build import message_passing_graph, visible_test_pairs
 from shopgraph.graph.pipeline import build_run
@@ -130,9 +130,9 @@ class Scorer:
         return float((self.top >= self.n_graph).sum(1).mean())
 
 
-def one_seed(seed: int, workdir: Path, holdout: float, encoders: bool) -> dict[str, Any]:
+def one_seed(seed: int, workdir: Path, holdout: float, encoders: bool, train: dict[str, object]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    warm_run, _ = shop_run(seed, workdir, users=5000, epochs=None, encoders=encoders)
+    warm_run, _ = shop_run(seed, workdir, users=5000, epochs=None, train=train, encoders=encoders)
     shop = workdir / f"shop_{seed}"
     items = pd.read_csv(shop / "items.csv", dtype=str, keep_default_na=False)
     rng = np.random.default_rng(10_000 + seed)
@@ -145,7 +145,7 @@ def one_seed(seed: int, workdir: Path, holdout: float, encoders: bool) -> dict[s
 
         reduced_shop(shop, cold / "shop", held)
         build_run(cold / "shop", run_path, seed=seed, use_text=encoders, use_image=encoders, overwrite=True)
-        train_run(run_path, device="cpu", seed=seed)
+        train_run(run_path, device="cpu", **{**train, "seed": seed})
         index_run(run_path, use_gpu=False)
     seconds_run = time.perf_counter() - t0
 
@@ -218,6 +218,8 @@ def main() -> None:
     p.add_argument("--encoders", action="store_true", help="with the text and image encoders")
     p.add_argument("--workdir", type=Path, default=None, help="reuse / keep runs here (default: a temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the workdir")
+    p.add_argument("--train", nargs="*", default=[], metavar="KEY=JSON",
+                   help="TrainConfig settings for both runs, e.g. id_dropout=0.5 (runs already in --workdir are reused)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -230,7 +232,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
-        results = [one_seed(s, workdir, args.holdout, args.encoders) for s in args.seeds]
+        results = [one_seed(s, workdir, args.holdout, args.encoders, train_overrides(p, args.train)) for s in args.seeds]
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -28,7 +28,6 @@ two signals give together.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import tempfile
@@ -38,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import machine_line, markdown_table, shop_run, write_json
+from common import machine_line, markdown_table, shop_run, train_overrides, write_json
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
@@ -161,15 +160,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.users < 100:
         ap.error(f"--users: expected at least 100 (got {args.users})")
-    train: dict[str, Any] = {}
-    for item in args.train:
-        key, sep, value = item.partition("=")
-        try:
-            train[key] = json.loads(value)
-        except json.JSONDecodeError:
-            sep = ""
-        if not sep or not key:
-            ap.error(f"--train: expected KEY=JSON such as item_counts=true (got {item!r})")
+    train = train_overrides(ap, args.train)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_shop_purchase_"))

@@ -84,6 +84,20 @@ def shop_run(seed: int, workdir: Path, *, users: int, epochs: int | None,
     return run_path, seconds
 
 
+def train_overrides(ap: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, object]:
+    """``--train KEY=JSON ...`` as TrainConfig overrides (``ap.error`` on a malformed one)."""
+    train: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            train[key] = json.loads(value)
+        except json.JSONDecodeError:
+            sep = ""
+        if not sep or not key:
+            ap.error(f"--train: expected KEY=JSON such as item_counts=true (got {item!r})")
+    return train
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
