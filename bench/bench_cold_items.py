@@ -219,7 +219,7 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=None, help="reuse / keep runs here (default: a temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the workdir")
     p.add_argument("--train", nargs="*", default=[], metavar="KEY=JSON",
-                   help="TrainConfig settings for both runs, e.g. id_dropout=0.5 (runs already in --workdir are reused)")
+                   help="TrainConfig settings for both runs, e.g. hidden=128 (runs already in --workdir are reused)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args()

@@ -149,9 +149,6 @@ class ModelConfig:
             them after training and picks the rank and ``w`` on validation (0: off). Off by
             default so older run folders load; on for new ``history`` models
             (``TrainConfig.item_knn``).
-        id_dropout: in training, each node's id embedding is left out with this probability (per
-            pass, per node), so the projected features learn to describe a node on their own, as
-            they must for a node added after training (DropoutNet, Volkovs et al. 2017). 0: off.
     """
 
     node_types: list[str]
@@ -173,7 +170,6 @@ class ModelConfig:
     groups: int = 0
     consider: bool = False
     knn_rank: int = 0
-    id_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         self.edge_types = [tuple(et) for et in self.edge_types]  # type: ignore[misc]
@@ -183,8 +179,6 @@ class ModelConfig:
             raise ValueError(f"hidden, layers: expected hidden > 0 and layers >= 0 (got {self.hidden}, {self.layers})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected 0 <= dropout < 1 (got {self.dropout})")
-        if not 0.0 <= self.id_dropout < 1.0:
-            raise ValueError(f"id_dropout: expected 0 <= id_dropout < 1 (got {self.id_dropout})")
         if self.user_mlp < 0:
             raise ValueError(f"user_mlp: expected >= 0 (got {self.user_mlp})")
         if self.conv in ("gatv2", "hgt") and self.hidden % self.heads:
@@ -598,8 +592,6 @@ class ShopGNN(nn.Module):
                 ids = data[nt].n_id.to(device) if "n_id" in data[nt] else torch.arange(n, device=device)
                 known = ids < c.num_nodes[nt]
                 rows = self.id_emb[nt](ids.clamp(max=c.num_nodes[nt] - 1))
-                if self.training and c.id_dropout > 0:
-                    known = known & (torch.rand(n, device=device) >= c.id_dropout)
                 h = h + rows * known.unsqueeze(-1).to(rows.dtype)
             out[nt] = F.dropout(self.in_norm[nt](h), c.dropout, self.training)
         return out

@@ -89,9 +89,6 @@ class TrainConfig:
         conv, hidden, layers, dropout, heads, user_mlp, item_counts, revisit, id_embeddings: the model
             (see ``ModelConfig``);
             ``id_embeddings=None`` gives every node type but users an id embedding.
-        id_dropout: probability of leaving a node's id embedding out in a training pass
-            (``ModelConfig.id_dropout``), so that items added after training are embedded by a
-            projection that learned to work without one. 0 (default): off.
         feature_types: node types whose ``.x`` the model reads; None: every type but users (see
             :meth:`model_config` for why).
         rank_loss: ``"softmax"`` (sampled softmax over the positive and ``num_negatives``
@@ -197,7 +194,6 @@ class TrainConfig:
     consider: bool | None = None
     item_knn: int | None = None
     id_embeddings: list[str] | None = None
-    id_dropout: float = 0.0
     feature_types: list[str] | None = None
     rank_loss: str = "softmax"
     negatives: str = "uniform"
@@ -249,8 +245,6 @@ class TrainConfig:
             raise ValueError(f"horizon_days: expected >= 0 (got {self.horizon_days})")
         if self.aux_weight is not None and not self.aux_weight >= 0:
             raise ValueError(f"aux_weight: expected >= 0 (got {self.aux_weight})")
-        if not 0.0 <= self.id_dropout < 1.0:
-            raise ValueError(f"id_dropout: expected a probability in [0, 1) (got {self.id_dropout})")
         if self.aux_pairs <= 0:
             raise ValueError(f"aux_pairs: expected a positive integer (got {self.aux_pairs})")
         if self.cuts_per_step is not None and self.cuts_per_step <= 0:
@@ -296,7 +290,6 @@ class TrainConfig:
             user_mlp=int(self.user_mlp or 0), item_counts=bool(self.item_counts), fraud_norm=True,
             revisit=bool(self.revisit), groups=self._groups(data),
             consider=bool(self.revisit) and self.consider is not False, knn_rank=self._knn_rank(data),
-            id_dropout=self.id_dropout,
         )
 
     def _knn_rank(self, data: HeteroData) -> int:

@@ -147,26 +147,6 @@ def test_config_json_round_trip() -> None:
     assert again.metadata == config.metadata
 
 
-def test_id_dropout_leaves_id_embeddings_out_in_training_only() -> None:
-    data = _graph()
-    model = _model(data, dropout=0.0, id_dropout=0.5)
-    features_only = _model(data, dropout=0.0, id_embeddings=[])
-    features_only.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("id_emb.")})
-    x_eval = model.input_embeddings(data)["item"]
-    model.train()
-    torch.manual_seed(1)
-    x_train = model.input_embeddings(data)["item"]
-    alone = features_only.input_embeddings(data)["item"]
-    dropped = torch.isclose(x_train, alone, atol=1e-6).all(1)
-    # about half of the items lost their id embedding, exactly: features alone; the rest kept it
-    n = data["item"].num_nodes
-    assert 0.2 * n < int(dropped.sum()) < 0.8 * n
-    torch.testing.assert_close(x_train[~dropped], x_eval[~dropped])
-    assert not torch.isclose(x_eval, alone, atol=1e-6).all(1).any()  # in eval every item keeps its id
-    with pytest.raises(ValueError, match=r"id_dropout: expected 0 <= id_dropout < 1 \(got 1.0\)"):
-        ModelConfig.from_data(data, id_dropout=1.0)
-
-
 def test_bad_inputs() -> None:
     data = _graph()
     with pytest.raises(ValueError, match="conv: expected one of .*got 'gcn'"):

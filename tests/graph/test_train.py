@@ -93,9 +93,6 @@ def test_history_defaults_and_errors() -> None:
         TrainConfig(aux_weight=float("nan"))
     with pytest.raises(ValueError, match=r"aux_pairs: expected a positive integer \(got 0"):
         TrainConfig(aux_pairs=0)
-    for p in (-0.1, 1.0, float("nan")):
-        with pytest.raises(ValueError, match=r"id_dropout: expected a probability in \[0, 1\)"):
-            TrainConfig(id_dropout=p)
     with pytest.raises(ValueError, match="aux_weight: the auxiliary loss is not part of neighbour-sampled"):
         TrainConfig(conv="sage", mini_batch=True, aux_weight=0.5)
 
