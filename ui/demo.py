@@ -60,7 +60,7 @@ def prepare(workdir: Path, *, users: int = 5000, seed: int = 0) -> Path:
     _step("evaluate against the baselines", built and run.fresh("metrics.json"), lambda: evaluate_run(run_path))
     _step("build the FAISS indexes", built and run.fresh("index/gnn_items.json"), lambda: index_run(run_path))
     _step("find fraud rings and export their case files", built and run.fresh("rings/rings.json"),
-          lambda: rings_run(run_path, export=workdir / f"cases_{users}_{seed}"))
+          lambda: rings_run(run_path, export=run_path / "cases"))
     return run_path
 
 

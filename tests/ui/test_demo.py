@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from shopgraph.graph.run import RunDir
@@ -16,7 +18,10 @@ def test_prepare_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, capsys
     run.verify()
     for rel in ("graph.pt", "embeddings.safetensors", "metrics.json", "index/gnn_items.json", "rings/rings.json"):
         assert run.has(rel), rel
-    assert (tmp_path / "work" / "cases_200_1" / "rings.json").is_file()
+    # the case export sits in the run folder, where the app looks for it, and says where it came from
+    export = json.loads((run_path / "cases" / "rings.json").read_text())
+    assert export["source"]["run"] == str(run_path.resolve())
+    assert export["source"]["made_from"]["rings/rings.json"] == run.manifest["files"]["rings/rings.json"]
     first = capsys.readouterr().out
     assert "reusing" not in first
     files_before = dict(run.manifest["files"])
