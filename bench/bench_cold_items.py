@@ -138,13 +138,13 @@ def one_seed(seed: int, workdir: Path, holdout: float, encoders: bool, train: di
     rng = np.random.default_rng(10_000 + seed)
     held_ids = sorted(items["item_id"].sample(frac=holdout, random_state=rng.integers(2**31)).tolist())
     held = set(held_ids)
-    cold = workdir / f"cold_{seed}{'_encoders' if encoders else ''}"
-    run_path = cold / "run"
+    cold_dir = workdir / f"cold_{seed}{'_encoders' if encoders else ''}"
+    run_path = cold_dir / "run"
     if not ((run_path / "manifest.json").is_file() and RunDir(run_path).has("index/gnn_items.faiss")):
         from shopgraph.graph.train import train_run
 
-        reduced_shop(shop, cold / "shop", held)
-        build_run(cold / "shop", run_path, seed=seed, use_text=encoders, use_image=encoders, overwrite=True)
+        reduced_shop(shop, cold_dir / "shop", held)
+        build_run(cold_dir / "shop", run_path, seed=seed, use_text=encoders, use_image=encoders, overwrite=True)
         train_run(run_path, device="cpu", **{**train, "seed": seed})
         index_run(run_path, use_gpu=False)
     seconds_run = time.perf_counter() - t0
@@ -180,9 +180,10 @@ def one_seed(seed: int, workdir: Path, holdout: float, encoders: bool, train: di
     new_pairs = test[is_new]
     truth = np.array([col[i] for i in new_pairs["item_id"]])
     rows = np.array([users.index(u) for u in new_pairs["user_id"]])
-    # the user's share of their training-period events in each held-out item's category
+    # the user's share of their training-period events in each held-out item's category (the
+    # events the reduced shop has: none on the held-out items)
     cat = items.set_index("item_id")["category"]
-    ev_train = events[events["timestamp"] < t_val]
+    ev_train = events[(events["timestamp"] < t_val) & ~events["item_id"].isin(held)]
     share = pd.crosstab(ev_train["user_id"], ev_train["item_id"].map(cat), normalize="index")
     cat_share = share.reindex(index=new_pairs["user_id"], columns=cat.loc[held_ids].to_numpy()).fillna(0.0).to_numpy()
     rng = np.random.default_rng(seed)
