@@ -49,7 +49,7 @@ from common import machine_line, markdown_table, shop_run, train_overrides, writ
 from shopgraph.graph.build import message_passing_graph, visible_test_pairs
 from shopgraph.graph.pipeline import build_run
 from shopgraph.graph.run import RunDir
-from shopgraph.graph.train import MODEL_DIR, embed_graph, lean_graph, load_model, revisit_graph
+from shopgraph.graph.train import MODEL_DIR, embed_graph, lean_graph, load_model, revisit_graph, train_run
 from shopgraph.retrieval.index import index_run
 from shopgraph.retrieval.service import ShopService
 
@@ -141,8 +141,6 @@ def one_seed(seed: int, workdir: Path, holdout: float, encoders: bool, train: di
     cold_dir = workdir / f"cold_{seed}{'_encoders' if encoders else ''}"
     run_path = cold_dir / "run"
     if not ((run_path / "manifest.json").is_file() and RunDir(run_path).has("index/gnn_items.faiss")):
-        from shopgraph.graph.train import train_run
-
         reduced_shop(shop, cold_dir / "shop", held)
         build_run(cold_dir / "shop", run_path, seed=seed, use_text=encoders, use_image=encoders, overwrite=True)
         train_run(run_path, device="cpu", **{**train, "seed": seed})
@@ -179,10 +177,10 @@ def one_seed(seed: int, workdir: Path, holdout: float, encoders: bool, train: di
     col = {i: k for k, i in enumerate(held_ids)}
     new_pairs = test[is_new]
     truth = np.array([col[i] for i in new_pairs["item_id"]])
-    rows = np.array([users.index(u) for u in new_pairs["user_id"]])
+    rows = np.array([cold.users[u] for u in new_pairs["user_id"]])
     # the user's share of their training-period events in each held-out item's category (the
     # events the reduced shop has: none on the held-out items)
-    cat = items.set_index("item_id")["category"]
+    cat = table["category"]
     ev_train = events[(events["timestamp"] < t_val) & ~events["item_id"].isin(held)]
     share = pd.crosstab(ev_train["user_id"], ev_train["item_id"].map(cat), normalize="index")
     cat_share = share.reindex(index=new_pairs["user_id"], columns=cat.loc[held_ids].to_numpy()).fillna(0.0).to_numpy()
