@@ -549,6 +549,16 @@ def rings_payload(rings: Sequence[Ring], hubs: Sequence[Hub], mode: str, params:
     return doc
 
 
+def _export_doc(folder: Path) -> dict[str, Any] | None:
+    """``folder/rings.json`` when the folder holds a rings export (a JSON object with a
+    ``schema_version``), else None."""
+    try:
+        doc = json.loads((folder / "rings.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and "schema_version" in doc else None
+
+
 def exported_ring(export: str | Path, ring: Ring) -> bool:
     """Whether the case export folder ``export`` holds case files of exactly ``ring``: its
     ``rings.json`` lists a ring with the same id whose members, scores and evidence equal
@@ -558,11 +568,8 @@ def exported_ring(export: str | Path, ring: Ring) -> bool:
     folder = Path(export)
     if not all((folder / "cases" / f"{ring.ring_id}.{ext}").is_file() for ext in ("json", "csv")):
         return False
-    try:
-        doc = json.loads((folder / "rings.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
+    doc = _export_doc(folder)
+    if doc is None or doc["schema_version"] != SCHEMA_VERSION:
         return False
     current = json.dumps(_jsonable(ring.to_dict()), sort_keys=True)
     return any(isinstance(r, dict) and r.get("ring_id") == ring.ring_id and json.dumps(r, sort_keys=True) == current
@@ -663,13 +670,7 @@ def export_cases(
     """
     out = Path(out)
     if out.exists():
-        previous = out / "rings.json"
-        ours = False
-        if out.is_dir() and previous.is_file():
-            try:
-                ours = "schema_version" in json.loads(previous.read_text(encoding="utf-8"))
-            except (ValueError, OSError):
-                ours = False
+        ours = out.is_dir() and _export_doc(out) is not None
         if not ours and (not out.is_dir() or any(out.iterdir())):
             raise FileExistsError(f"export: {out} exists and is not a previous rings export; choose another folder")
     out.parent.mkdir(parents=True, exist_ok=True)
