@@ -20,7 +20,7 @@ import pandas as pd
 from torch_geometric.data import HeteroData
 
 from shopgraph.graph.build import build_graph, target_pairs
-from shopgraph.graph.run import RunDir
+from shopgraph.graph.run import MANIFEST, RunDir
 from shopgraph.graph.schema import TABLE_NAMES, ShopTables
 
 logger = logging.getLogger(__name__)
@@ -98,6 +98,27 @@ def inspect_graph(data: HeteroData) -> dict[str, Any]:
     }
 
 
+def _check_out(data_dir: Path, out: Path, *, overwrite: bool) -> None:
+    """Refuse an ``out`` that a build must not replace: a file, the tables folder or one holding
+    it, or (with ``overwrite``) a non-empty folder that is not a previous run."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"out: expected a run folder (got the file '{out}'); choose another --out")
+    data, target = data_dir.resolve(), out.resolve()
+    if data == target or target in data.parents:
+        raise ValueError(
+            f"out: '{out}' is or holds the tables folder '{data_dir}' (--data); a run folder must be "
+            "somewhere else, or building would replace the input tables"
+        )
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"run folder {out} exists and is not empty; pass --overwrite to replace it")
+        if not (out / MANIFEST).is_file():
+            raise FileExistsError(
+                f"out: '{out}' is not a previous run folder (no {MANIFEST}); --overwrite only replaces a "
+                "run folder, so choose another --out or empty it"
+            )
+
+
 def build_run(
     data_dir: Path,
     out: Path,
@@ -115,19 +136,24 @@ def build_run(
 
     Args:
         data_dir: the shop's tables folder.
-        out: the run folder to create (an existing non-empty one needs ``overwrite``).
+        out: the run folder to create (an existing non-empty one needs ``overwrite`` and must be a
+            previous run folder; it may not be, or hold, ``data_dir``).
         target: event type to recommend.
         seed: seeds the random split (no timestamps) and the fraud masks.
         use_text, use_image: encode item text / images.
         text_model, image_model: local checkpoint folders (default: the bundled models).
         cache_dir: embedding cache folder.
         overwrite: replace an existing run folder (only once the new one is complete).
+
+    Raises:
+        FileExistsError: ``out`` is a file, or a non-empty folder without ``overwrite``, or one
+            that is not a previous run folder.
+        ValueError: ``out`` is or holds ``data_dir``; or the tables cannot be loaded.
     """
     from shopgraph.graph.load import load_tables
 
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"run folder {out} exists and is not empty; pass --overwrite to replace it")
+    _check_out(Path(data_dir), out, overwrite=overwrite)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     loaded = load_tables(data_dir)
@@ -172,9 +198,16 @@ def build_run(
             },
         )
         run.verify()
+        _check_out(Path(data_dir), out, overwrite=overwrite)  # the folder may have changed meanwhile
         if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+            # the old run is moved aside, not deleted, until the new one is in place
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            old.rmdir()
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-model", default=None, help="local folder of a BERT-family checkpoint")
     p.add_argument("--image-model", default=None, help="local folder of a Hugging Face vision checkpoint")
     p.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/shopgraph)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous run folder (one with manifest.json; never the --data folder)")
 
     p = sub.add_parser("inspect", help="summarise a run folder")
     p.add_argument("--run", type=Path, required=True)

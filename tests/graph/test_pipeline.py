@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -46,11 +47,53 @@ def test_build_refuses_to_clobber_and_fails_atomically(shop, tmp_path):
     (run_dir / "mine.txt").write_text("keep")
     with pytest.raises(FileExistsError, match="exists and is not empty"):
         build_run(shop, run_dir, use_text=False, use_image=False)
+    (run_dir / "manifest.json").write_text("{}")  # a previous run: --overwrite may replace it
     with pytest.raises(ValueError, match="target: no events of type 'review'"):
         build_run(shop, run_dir, target="review", use_text=False, use_image=False, overwrite=True)
     # the failed build left the old folder as it was and no temporary folder behind
     assert (run_dir / "mine.txt").read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["same", "parent"])
+def test_build_overwrite_never_replaces_the_tables_folder(shop, tmp_path, capsys, where):
+    data = tmp_path / "shop"
+    shutil.copytree(shop, data)
+    out = data if where == "same" else tmp_path
+    before = _snapshot(data)
+    code = main(["build", "--data", str(data), "--out", str(out), "--overwrite", "--no-text", "--no-image"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"out: '{out}' is or holds the tables folder" in err and "Traceback" not in err
+    assert _snapshot(data) == before
+
+
+def test_build_overwrite_replaces_only_a_previous_run(shop, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert main(["build", "--data", str(shop), "--out", str(mine), "--overwrite", "--no-text", "--no-image"]) == 1
+    assert "out: '" + str(mine) + "' is not a previous run folder (no manifest.json)" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep"
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["build", "--data", str(shop), "--out", str(afile), "--no-text", "--no-image"]) == 1
+    assert f"out: expected a run folder (got the file '{afile}')" in capsys.readouterr().err
+    assert afile.read_text() == "x"
+    # a previous run is replaced
+    run_dir = tmp_path / "run"
+    args = ["build", "--data", str(shop), "--out", str(run_dir), "--no-text", "--no-image",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    (run_dir / "stray.txt").write_text("old run")
+    assert main([*args, "--overwrite"]) == 0
+    assert not (run_dir / "stray.txt").exists()
+    RunDir(run_dir).verify()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "mine", "run"]  # no temporary or old folder left
 
 
 def test_build_reports_bad_tables(tmp_path, capsys):
