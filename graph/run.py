@@ -195,6 +195,14 @@ class RunDir:
         torch.save(data, buffer)
         return self.write_bytes(rel, buffer.getvalue())
 
+    def forget(self, rel: str) -> None:
+        """Stop recording ``rel`` (the file itself is left alone)."""
+        if rel not in self.manifest["files"]:
+            return
+        with self._locked() as manifest:
+            manifest["files"].pop(rel, None)
+            manifest.get("made_from", {}).pop(rel, None)
+
     # -- reading --------------------------------------------------------------------------------
     def has(self, rel: str) -> bool:
         return rel in self.manifest["files"] and (self.path / rel).is_file()

@@ -55,7 +55,8 @@ def prepare(workdir: Path, *, users: int = 5000, seed: int = 0) -> Path:
     _step(f"build the graph and encode features into {run_path}", built,
           lambda: build_run(shop, run_path, seed=seed, overwrite=True))
     run = RunDir(run_path)
-    _step("train the GNN", built and run.has("embeddings.safetensors"), lambda: train_run(run_path))
+    _step("train the GNN", built and run.fresh("embeddings.safetensors") and run.fresh("fraud.json"),
+          lambda: train_run(run_path))
     # a stage's output is reused only while what it was computed from is unchanged (RunDir.fresh)
     _step("evaluate against the baselines", built and run.fresh("metrics.json"), lambda: evaluate_run(run_path))
     _step("build the FAISS indexes", built and run.fresh("index/gnn_items.json"), lambda: index_run(run_path))
