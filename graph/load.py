@@ -19,6 +19,7 @@ Conventions used in every message:
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import os
@@ -321,6 +322,12 @@ def _locate(root: Path, name: str, out: _Collector) -> Path | None:
     return csv if has_csv else parquet
 
 
+def _csv_header(file: Path) -> list[str]:
+    """The column names of a CSV file's first record, as written (repeats kept)."""
+    with open(file, encoding="utf-8-sig", errors="replace", newline="") as f:
+        return next(csv.reader(f), [])
+
+
 def _read(file: Path, name: str, out: _Collector) -> pd.DataFrame | None:
     """Read one table file; on failure record a fatal issue and return ``None``."""
     try:
@@ -346,6 +353,15 @@ def _read(file: Path, name: str, out: _Collector) -> pd.DataFrame | None:
                         f"{name}: could not read {file.name} (column {str(col).strip()!r} is not valid "
                         "UTF-8 text; save the file as UTF-8)")
                 return None
+    # pandas renames a repeated CSV header ("price", "price.1"): the header is read as written.
+    names = [str(col).strip() for col in (_csv_header(file) if file.suffix == ".csv" else df.columns)]
+    for col in dict.fromkeys(c for k, c in enumerate(names) if c in names[:k]):
+        at = [k + 1 for k, c in enumerate(names) if c == col]
+        out.add("fatal", name, col, "duplicate_column",
+                f"{name}.{col}: the header of {file.name} names this column {len(at)} times (columns "
+                f"{', '.join(map(str, at))}, counting from 1; leading and trailing spaces ignored); keep one")
+    if len(set(names)) < len(names):
+        return None
     df.columns = [str(col).strip() for col in df.columns]
     # Parquet may carry an index; row numbers are always positions in the file.
     return df.reset_index(drop=True)

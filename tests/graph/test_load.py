@@ -263,6 +263,17 @@ def test_duplicate_item_and_device_ids_are_fatal(tmp_path: Path, table: str, col
                                               r"already at row 1\)")
 
 
+@pytest.mark.parametrize("header", ["item_id,price,title,price", "item_id, price,title,price "])
+def test_a_column_named_twice_is_fatal(tmp_path: Path, header: str) -> None:
+    # pandas would read an exact repeat as "price.1" and one with spaces as a second "price"
+    root = _write(tmp_path / "shop", _frames())
+    (root / "items.csv").write_text(f"{header}\ni1,3,book,4\n0001,5,shoe,6\ni2,1,pen,1\n")
+    report = _fatal(root, r"items\.price: the header of items\.csv names this column 2 times \(columns 2, 4, "
+                          r"counting from 1; leading and trailing spaces ignored\); keep one")
+    issue = _issue(report, "duplicate_column")
+    assert (issue.table, issue.column) == ("items", "price")
+
+
 def test_corrupt_file_is_fatal(tmp_path: Path) -> None:
     root = _write(tmp_path / "shop", _frames(), "parquet")
     (root / "events.parquet").write_bytes(b"this is not parquet")
