@@ -56,6 +56,12 @@ _ID_COLUMN: dict[str, str] = {"users": "user_id", "items": "item_id", "devices":
 _TEXT_ITEM_COLUMNS: tuple[str, ...] = ("title", "description", "category")
 # Epoch values above this are far in the future as seconds (year 5138): likely milliseconds.
 _EPOCH_MS_HINT: float = 1e11
+# Times out of range: dates pandas cannot hold as datetimes (1677-09-21 .. 2262-04-11; sentinels
+# such as 9999-12-31 or 0001-01-01), epoch seconds that do not fit the int64 column.
+_DATE_MIN: float = pd.Timestamp.min.value / 1e9
+_DATE_MAX: float = pd.Timestamp.max.value / 1e9
+_EPOCH_MAX: float = 2.0**63
+TIME_RANGE_TEXT = "values are out of range (dates must lie between 1677-09-22 and 2262-04-10, epoch seconds below 9.2e18)"
 
 
 @dataclass(frozen=True)
@@ -256,18 +262,34 @@ def _found(columns: Iterable[str], limit: int = 12) -> str:
     return (shown + ", ...") if len(cols) > limit else (shown or "no columns")
 
 
-def _parse_times(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+def _epoch_seconds(dt: pd.Series) -> pd.Series:
+    """Zoned datetimes of any resolution -> float64 epoch seconds (NaN for NaT).
+
+    Microseconds, not pandas' default nanoseconds: the dates nanoseconds cannot hold (9999-12-31)
+    are then counted by the range check instead of raising.
+    """
+    us = dt.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
+    secs = us.astype(np.int64) / 1e6
+    return pd.Series(np.where(np.isnat(us), np.nan, secs), index=dt.index, dtype=np.float64)
+
+
+def _parse_times(raw: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
     """Parse ISO-8601 strings or epoch seconds -> (float64 epoch seconds, NaN where unparsable).
 
     Returns:
-        The parsed seconds (float64) and a boolean mask of values present but unparsable.
+        The parsed seconds (float64; NaN where missing, unparsable or out of range), a boolean
+        mask of values present but unparsable, and one of values parsed but out of range
+        (:data:`TIME_RANGE_TEXT`: dates pandas cannot hold, epoch seconds too large for int64).
         Naive ISO times are taken as UTC; zoned ones are converted to UTC.
     """
     present = raw.notna()
+    no = pd.Series(False, index=raw.index)
     if pd.api.types.is_datetime64_any_dtype(raw):
         dt = raw if getattr(raw.dt, "tz", None) is not None else raw.dt.tz_localize("UTC")
-        secs = (dt - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
-        return np.floor(secs.astype(np.float64)), pd.Series(False, index=raw.index)
+        secs = _epoch_seconds(dt)
+        far = secs.notna() & ((secs < _DATE_MIN) | (secs > _DATE_MAX))
+        return np.floor(secs.where(~far)), no, far
+    far = no.copy()
     if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
         secs = raw.astype(np.float64)
     else:
@@ -276,10 +298,12 @@ def _parse_times(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
         secs = pd.to_numeric(text, errors="coerce").astype(np.float64)
         rest = present & secs.isna()
         if rest.any():
-            dt = pd.to_datetime(text[rest], format="ISO8601", utc=True, errors="coerce")
-            secs.loc[rest] = ((dt - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).astype(np.float64)
-    secs = secs.where(np.isfinite(secs))
-    return np.floor(secs), present & secs.isna()
+            iso = _epoch_seconds(pd.to_datetime(text[rest], format="ISO8601", utc=True, errors="coerce"))
+            far.loc[rest] = (iso < _DATE_MIN) | (iso > _DATE_MAX)
+            secs.loc[rest] = iso
+    far = far | (np.isfinite(secs) & (np.abs(secs) >= _EPOCH_MAX))
+    secs = secs.where(np.isfinite(secs) & ~far)
+    return np.floor(secs), present & secs.isna() & ~far, far
 
 
 def _parse_nonneg(
@@ -462,9 +486,11 @@ def _users(df: pd.DataFrame, total: int, out: _Collector) -> pd.DataFrame:
     df = _clean_ids(df, "users", "user_id", total, out, "users")
     _check_unique(df, "users", "user_id", total, out)
     if "created_at" in df.columns:
-        secs, bad = _parse_times(df["created_at"])
+        secs, bad, far = _parse_times(df["created_at"])
         out.rows("repaired", "users", "created_at", "unparsable", bad, df["created_at"], total,
                  "values could not be parsed as ISO-8601 or epoch seconds", "set those {n} to NaN")
+        out.rows("repaired", "users", "created_at", "out_of_range", far, df["created_at"], total,
+                 TIME_RANGE_TEXT, "set those {n} to NaN")
         df["created_at"] = secs.astype(np.float64)
     else:
         df["created_at"] = np.nan
@@ -560,12 +586,14 @@ def _events(
                     "random split instead of temporal)", total=total, action="column ignored")
             df = df.drop(columns="timestamp")
         else:
-            secs, bad = _parse_times(raw)
-            missing = secs.isna() & ~bad
+            secs, bad, far = _parse_times(raw)
+            missing = secs.isna() & ~bad & ~far
             out.rows("repaired", "events", "timestamp", "missing_value", missing, None, total,
                      "values are missing", "dropped those {n} events")
             out.rows("repaired", "events", "timestamp", "unparsable", bad, raw, total,
                      "values could not be parsed as ISO-8601 or epoch seconds", "dropped those {n} events")
+            out.rows("repaired", "events", "timestamp", "out_of_range", far, raw, total,
+                     TIME_RANGE_TEXT, "dropped those {n} events")
             keep = secs.notna()
             df = df.loc[keep].copy()
             secs = secs[keep]

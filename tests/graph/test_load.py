@@ -423,6 +423,36 @@ def test_unparsable_and_missing_timestamps_drop_events(tmp_path: Path, fmt: str)
     assert len(tables.events) == 5 and tables.events["timestamp"].dtype == np.int64
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_out_of_range_times_are_named_like_unparsable_ones(tmp_path: Path, fmt: str) -> None:
+    frames = _frames()
+    ts = frames["events"]["timestamp"].astype(str).tolist()
+    ts[2], ts[4], ts[6] = "9999-12-31", "0001-01-01T00:00:00Z", "1e20"  # 1e20 overflowed int64 before
+    frames["events"]["timestamp"] = ts
+    frames["users"]["created_at"] = ["2024-01-01", "9999-12-31 23:59:59", "", "1700000000"]
+    tables, report = _repaired(_write(tmp_path / "shop", frames, fmt))
+    far = _issue(report, "out_of_range", "timestamp")
+    assert far.message == ("events.timestamp: 3 of 8 values are out of range (dates must lie between 1677-09-22 "
+                           "and 2262-04-10, epoch seconds below 9.2e18) (first: '9999-12-31', row 3); "
+                           "dropped those 3 events")
+    assert not [i for i in report.issues if i.kind in ("unparsable", "epoch_milliseconds", "missing_value")
+                and i.column == "timestamp"]
+    assert tables.events["timestamp"].tolist() == [1_700_000_000 + 60 * k for k in (0, 1, 3, 5, 7)]
+    created = _issue(report, "out_of_range", "created_at")
+    assert (created.first_row, created.first_value, created.action) == (2, "9999-12-31 23:59:59", "set those 1 to NaN")
+    assert np.isnan(tables.users["created_at"].iloc[1]) and tables.users["created_at"].iloc[3] == 1_700_000_000
+
+
+def test_out_of_range_datetime_typed_parquet_times(tmp_path: Path) -> None:
+    frames = _frames()
+    stamps = pd.to_datetime(frames["events"]["timestamp"], unit="s").astype("datetime64[s]")
+    stamps.iloc[1] = pd.Timestamp("9999-12-31").as_unit("s")
+    frames["events"]["timestamp"] = stamps
+    tables, report = _repaired(_write(tmp_path / "shop", frames, "parquet"))
+    assert _issue(report, "out_of_range", "timestamp").first_row == 2
+    assert len(tables.events) == 7
+
+
 def test_entirely_empty_timestamp_column_is_absent(tmp_path: Path) -> None:
     frames = _frames()
     frames["events"]["timestamp"] = ""
