@@ -367,11 +367,18 @@ def resolve_device(device: str | None = None) -> torch.device:
     """``cuda`` when present (or asked for), else ``cpu``; an unavailable ``cuda`` is an error."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    expected = "expected 'cpu', 'cuda' or 'cuda:N' (N a GPU number), or no --device for cuda when present"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's own message is about its parser ("Expected one of ...")
+        raise ValueError(f"device: {expected} (got {device!r})") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: {expected} (got {device!r})")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: CUDA is not available on this machine (got {device!r}); use 'cpu'")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device: expected 'cpu' or 'cuda' (got {device!r})")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0 "
+                         f"(got {device!r})")
     return dev
 
 
@@ -1550,6 +1557,7 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
     if not run.has("graph.pt"):
         raise FileNotFoundError(f"run folder {run.path}: no graph.pt (run `shopgraph build` first)")
     config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    resolve_device(device)  # a bad --device is an error before the graph is loaded
     data = run.load_graph()
     # The resume checkpoint is rewritten during training, outside the manifest's commits: it is not
     # recorded (runs trained before recorded it), so an interrupted training leaves `verify` passing.

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the GNN of a run folder")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--epochs", type=_positive_int, default=None)
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--conv", default=None, choices=["history", "sage", "gatv2", "hgt", "lightgcn"],
                    help="history (default): the user-history tower; the others are message-passing GNNs")

@@ -400,6 +400,10 @@ def test_train_run_errors(tmp_path: Path) -> None:
         if torch.cuda.is_available():
             raise ValueError("device: CUDA is not available (skipped: this machine has CUDA)")
         train_mod.resolve_device("cuda")
+    for bad in ("gpu", "", "cuda:x", "mps"):
+        with pytest.raises(ValueError, match=rf"device: expected 'cpu', 'cuda' or 'cuda:N' .* \(got '{bad}'\)"):
+            train_mod.resolve_device(bad)
+    assert train_mod.resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="resume: needs checkpoint_dir"):
         train(_graph(), TrainConfig(**FAST), resume=True)  # type: ignore[arg-type]
 
@@ -935,6 +939,18 @@ def test_an_interrupted_retrain_leaves_the_run_verifiable_and_resumable(
     assert _run_ok(path)  # `shopgraph demo` would not rebuild the run
     assert main(["train", "--run", str(path), "--epochs", "4", "--seed", "1", "--resume"]) == 0
     RunDir(path).verify()
+
+
+@pytest.mark.parametrize("device", ["gpu", ""])
+def test_cli_train_refuses_an_unknown_device_in_one_line(
+        tmp_path: Path, data: HeteroData, capsys: pytest.CaptureFixture[str], device: str) -> None:
+    from shopgraph.ui.cli import main
+
+    path = _run(tmp_path, data)
+    assert main(["train", "--run", str(path), "--device", device]) == 1
+    err = capsys.readouterr().err
+    assert "shopgraph train: error: device: expected 'cpu', 'cuda' or 'cuda:N'" in err and f"(got '{device}')" in err
+    assert not (path / "model").exists()
 
 
 def test_cli_train_on_a_full_disk_keeps_the_last_checkpoint_and_resumes(
