@@ -45,6 +45,18 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _port(text: str) -> int:
+    """An argparse ``type``: a TCP port, 1-65535 or 0 (any free port), checked before any loading."""
+    rule = "expected a port number from 1 to 65535, or 0 for any free port"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{rule} (got {text!r})") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{rule} (got {text!r})")
+    return value
+
+
 _nonnegative_int = _int_at_least(0)
 _positive_int = _int_at_least(1)
 
@@ -115,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve the HTTP API (and the Gradio app at /demo)")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000, help="1-65535, or 0 for any free port (default 8000)")
     p.add_argument("--workers", type=_positive_int, default=1)
 
     p = sub.add_parser("rings", help="find, score and export fraud rings")
@@ -124,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", type=Path, default=None, help="write case files to this folder")
 
     p = sub.add_parser("demo", help="generate, build, train, evaluate, index and serve the demo")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=_port, default=7860, help="1-65535, or 0 for any free port (default 7860)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--workdir", type=Path, default=Path("demo_data"))
     p.add_argument("--users", type=_positive_int, default=5000)
