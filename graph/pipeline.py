@@ -119,6 +119,23 @@ def _check_out(data_dir: Path, out: Path, *, overwrite: bool) -> None:
             )
 
 
+def _check_trainable(data: HeteroData, target: str) -> None:
+    """Refuse a graph whose split leaves no target events to train on (`shopgraph train` would fail)."""
+    split = {s: int(target_pairs(data, s).size(1)) for s in ("train", "val", "test")}  # type: ignore[arg-type]
+    if split["train"] > 0:
+        return
+    total = sum(split.values())
+    counts = ", ".join(f"{s} {n:,}" for s, n in split.items())
+    if data.split_kind == "temporal":
+        why = (f"the split is by time (validation and test take the latest 20%) and the {total:,} "
+               f"{target!r} events have too few distinct timestamps for any to come before those; training "
+               f"needs {target!r} events at several different times")
+    else:
+        why = (f"the random split holds out users' {target!r} events for validation and testing and "
+               f"{total:,} are too few to leave any; training needs more {target!r} events")
+    raise ValueError(f"target: no {target!r} events left to train on ({counts}): {why}")
+
+
 def build_run(
     data_dir: Path,
     out: Path,
@@ -163,6 +180,7 @@ def build_run(
     t0 = time.perf_counter()
     data = build_graph(tables, target=target, seed=seed)
     seconds["graph"] = time.perf_counter() - t0
+    _check_trainable(data, target)
 
     feature_report: dict[str, Any] = {}
     t0 = time.perf_counter()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pandas as pd
 import pytest
 
 from shopgraph.graph.pipeline import build_run, load_run_tables
@@ -105,3 +106,22 @@ def test_build_reports_bad_tables(tmp_path, capsys):
     assert main(["build", "--data", str(data), "--out", str(tmp_path / "run"), "--no-text", "--no-image"]) == 1
     assert "missing required column 'item_id'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("case", ["one_time", "one_purchase"])
+def test_build_refuses_data_with_nothing_to_train_on(shop, tmp_path, capsys, case):
+    data = tmp_path / "shop"
+    shutil.copytree(shop, data)
+    events = pd.read_csv(data / "events.csv", dtype=str, keep_default_na=False)
+    if case == "one_time":
+        events["timestamp"] = "2024-01-01T00:00:00Z"
+    else:
+        purchases = events.index[events["event_type"] == "purchase"]
+        events = events.drop(purchases[1:])
+    events.to_csv(data / "events.csv", index=False)
+    out = tmp_path / "run"
+    assert main(["build", "--data", str(data), "--out", str(out), "--no-text", "--no-image"]) == 1
+    err = capsys.readouterr().err
+    assert "shopgraph build: error: target: no 'purchase' events left to train on (train 0, " in err
+    assert "needs 'purchase' events at several different times" in err
+    assert not out.exists()
