@@ -19,6 +19,7 @@ Conventions used in every message:
 from __future__ import annotations
 
 import argparse
+import codecs
 import csv
 import json
 import logging
@@ -346,6 +347,36 @@ def _locate(root: Path, name: str, out: _Collector) -> Path | None:
     return csv if has_csv else parquet
 
 
+def _not_utf8(file: Path) -> str | None:
+    """Why a CSV file is not UTF-8 text (the first offending line, 1-based, and column), or None."""
+    with open(file, "rb") as f:
+        if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            return "it is UTF-16 text: it starts with a UTF-16 byte-order mark; save the file as UTF-8"
+        f.seek(0)
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        try:  # the common case, a chunk at a time; the lines are looked at only when it fails
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+            return None
+        except UnicodeDecodeError:
+            f.seek(0)
+        header: list[str] | None = None
+        for line, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if line == 1 else "utf-8")
+            except UnicodeDecodeError:
+                cells = next(csv.reader([raw.decode("utf-8", errors="replace")]), [])
+                bad = next((k for k, cell in enumerate(cells) if "\ufffd" in cell), None)
+                where = ""
+                if bad is not None and header is not None and bad < len(header):
+                    where = f", column {header[bad].strip()!r}"
+                return f"line {line}{where} is not valid UTF-8 text; save the file as UTF-8"
+            if header is None:
+                header = next(csv.reader([text]), [])
+    return None
+
+
 def _csv_header(file: Path) -> list[str]:
     """The column names of a CSV file's first record, as written (repeats kept)."""
     with open(file, encoding="utf-8-sig", errors="replace", newline="") as f:
@@ -359,6 +390,9 @@ def _read(file: Path, name: str, out: _Collector) -> pd.DataFrame | None:
             if file.stat().st_size == 0:
                 out.add("fatal", name, None, "empty_file",
                         f"{name}: {file.name} is empty (no header and no rows)")
+                return None
+            if (problem := _not_utf8(file)) is not None:
+                out.add("fatal", name, None, "unreadable", f"{name}: could not read {file.name} ({problem})")
                 return None
             dtypes = {col: "str" for col in _TEXT_COLUMNS[name]}
             df = pd.read_csv(file, dtype=dtypes, engine="pyarrow")
@@ -580,7 +614,7 @@ def _events(
 
     if "timestamp" in df.columns:
         raw = df["timestamp"]
-        if _blank(_as_text(raw)).all():
+        if len(df) and _blank(_as_text(raw)).all():  # not when earlier checks dropped every event
             out.add("warning", "events", "timestamp", "empty_column",
                     "events.timestamp: the column is empty; treated as absent (no timestamps: "
                     "random split instead of temporal)", total=total, action="column ignored")

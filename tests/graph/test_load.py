@@ -326,6 +326,19 @@ def test_events_empty_after_repairs_is_fatal(tmp_path: Path) -> None:
     report = _fatal(_write(tmp_path / "shop", frames),
                     r"events: no rows left after repairs \(all 8 rows dropped")
     assert _issue(report, "unknown_id", "user_id").count == 8
+    # the timestamps were fine: no "the column is empty" about the events dropped for other reasons
+    assert not [i for i in report.issues if i.column == "timestamp"]
+
+
+def test_non_utf8_csv_names_the_line_and_column(tmp_path: Path) -> None:
+    root = _write(tmp_path / "shop", _frames())
+    (root / "items.csv").write_bytes("item_id,title\ni1,book\ni2,Caf\xe9\n".encode("latin-1"))
+    report = _fatal(root, r"items: could not read items\.csv \(line 3, column 'title' is not valid UTF-8 text; "
+                          r"save the file as UTF-8\)")
+    assert _issue(report, "unreadable").table == "items"
+    (root / "items.csv").write_text("item_id,title\ni1,book\n", encoding="utf-16")
+    _fatal(root, r"items: could not read items\.csv \(it is UTF-16 text: it starts with a UTF-16 byte-order mark; "
+                 r"save the file as UTF-8\)")
 
 
 # --------------------------------------------------------------------------------------- repairs
