@@ -165,6 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return func(args)
+    except KeyboardInterrupt:
+        # Ctrl-C: one line and the shell's usual status; run folders are written atomically, so
+        # nothing is half-written (`shopgraph train --resume` continues from the last checkpoint).
+        print(f"\nshopgraph {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, OSError) as exc:
         # Input problems end with one clear line, not a traceback (a missing file, a folder in the
         # way: FileNotFoundError, FileExistsError), and so do the machine's (a full disk, a

@@ -916,7 +916,7 @@ def test_a_retrain_that_fails_half_way_leaves_the_earlier_files_stale_not_mixed(
 
 
 def test_an_interrupted_retrain_leaves_the_run_verifiable_and_resumable(
-        tmp_path: Path, data: HeteroData, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, data: HeteroData, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from shopgraph.ui.cli import main
     from shopgraph.ui.demo import _run_ok
 
@@ -931,8 +931,8 @@ def test_an_interrupted_retrain_leaves_the_run_verifiable_and_resumable(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train_mod, "_save_state", then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        main(["train", "--run", str(path), "--epochs", "4", "--seed", "1"])
+    assert main(["train", "--run", str(path), "--epochs", "4", "--seed", "1"]) == 130
+    assert capsys.readouterr().err.strip() == "shopgraph train: interrupted"  # one line, no traceback
     monkeypatch.undo()
     assert torch.load(path / "model" / "train_state.pt", weights_only=False)["epoch"] == 1  # a new checkpoint
     RunDir(path).verify()
