@@ -13,6 +13,7 @@ import logging
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -235,14 +236,21 @@ def build_run(
 
 def cli_build(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    summary = build_run(
-        args.data, args.out, target=args.target, seed=args.seed, use_text=not args.no_text,
-        use_image=not args.no_image, text_model=args.text_model, image_model=args.image_model,
-        cache_dir=args.cache_dir, overwrite=args.overwrite,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = build_run(
+            args.data, args.out, target=args.target, seed=args.seed, use_text=not args.no_text,
+            use_image=not args.no_image, text_model=args.text_model, image_model=args.image_model,
+            cache_dir=args.cache_dir, overwrite=args.overwrite,
+        )
     issues = summary.validation.get("issues", [])
     for issue in issues:
         print(f"  {issue.get('severity', 'issue')}: {issue.get('message', issue)}")
+    # load_tables warns about each repair, printed just above: only the other warnings are shown
+    printed = {issue.get("message") for issue in issues}
+    for w in caught:
+        if str(w.message) not in printed:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     nodes = ", ".join(f"{n:,} {t}s" for t, n in summary.inspect["nodes"].items())
     feats = ", ".join(f"{t} {d}" for t, d in summary.inspect["features"].items())
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in summary.seconds.items())

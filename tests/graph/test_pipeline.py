@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import pandas as pd
 import pytest
@@ -125,3 +126,19 @@ def test_build_refuses_data_with_nothing_to_train_on(shop, tmp_path, capsys, cas
     assert "shopgraph build: error: target: no 'purchase' events left to train on (train 0, " in err
     assert "needs 'purchase' events at several different times" in err
     assert not out.exists()
+
+
+def test_cli_build_prints_each_repair_once(shop, tmp_path, capfd):
+    data = tmp_path / "shop"
+    shutil.copytree(shop, data)
+    events = pd.read_csv(data / "events.csv", dtype=str, keep_default_na=False)
+    events.loc[3, "user_id"] = "ghost"
+    events.to_csv(data / "events.csv", index=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["build", "--data", str(data), "--out", str(tmp_path / "run"), "--no-text", "--no-image",
+                     "--cache-dir", str(tmp_path / "cache")]) == 0
+    out, err = capfd.readouterr()
+    message = "events.user_id: 1 of "
+    assert f"  repaired: {message}" in out and (out + err).count(message) == 1
+    assert not [w for w in caught if message in str(w.message)]  # not again as a UserWarning
