@@ -578,6 +578,22 @@ def test_truncated_png_is_not_readable(tmp_path: Path) -> None:
     assert _issue(report, "image_unreadable").first_value == "b.png"
 
 
+def test_truncated_jpeg_is_not_readable(tmp_path: Path) -> None:
+    root = tmp_path / "shop"
+    frames = _frames()
+    frames["items"]["image"] = ["a.jpg", "b.jpg", ""]
+    _write(root, frames)
+    rng = np.random.default_rng(0)
+    for name in ("a.jpg", "b.jpg"):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / name, "JPEG")
+    data = (root / "b.jpg").read_bytes()
+    (root / "b.jpg").write_bytes(data[: len(data) // 2])  # Pillow's verify() alone passes it
+    tables, report = _repaired(root)
+    issue = _issue(report, "image_unreadable")
+    assert (issue.count, issue.first_value) == (1, "b.jpg")
+    assert tables.items["image"].tolist() == ["a.jpg", "", ""]
+
+
 @pytest.mark.slow
 def test_image_check_is_fast(tmp_path: Path) -> None:
     root = tmp_path / "shop"
