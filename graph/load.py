@@ -19,6 +19,8 @@ Conventions used in every message:
 from __future__ import annotations
 
 import argparse
+import codecs
+import csv
 import json
 import logging
 import os
@@ -55,6 +57,12 @@ _ID_COLUMN: dict[str, str] = {"users": "user_id", "items": "item_id", "devices":
 _TEXT_ITEM_COLUMNS: tuple[str, ...] = ("title", "description", "category")
 # Epoch values above this are far in the future as seconds (year 5138): likely milliseconds.
 _EPOCH_MS_HINT: float = 1e11
+# Times out of range: dates pandas cannot hold as datetimes (1677-09-21 .. 2262-04-11; sentinels
+# such as 9999-12-31 or 0001-01-01), epoch seconds that do not fit the int64 column.
+_DATE_MIN: float = pd.Timestamp.min.value / 1e9
+_DATE_MAX: float = pd.Timestamp.max.value / 1e9
+_EPOCH_MAX: float = 2.0**63
+TIME_RANGE_TEXT = "values are out of range (dates must lie between 1677-09-22 and 2262-04-10, epoch seconds below 9.2e18)"
 
 
 @dataclass(frozen=True)
@@ -255,18 +263,34 @@ def _found(columns: Iterable[str], limit: int = 12) -> str:
     return (shown + ", ...") if len(cols) > limit else (shown or "no columns")
 
 
-def _parse_times(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+def _epoch_seconds(dt: pd.Series) -> pd.Series:
+    """Zoned datetimes of any resolution -> float64 epoch seconds (NaN for NaT).
+
+    Microseconds, not pandas' default nanoseconds: the dates nanoseconds cannot hold (9999-12-31)
+    are then counted by the range check instead of raising.
+    """
+    us = dt.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
+    secs = us.astype(np.int64) / 1e6
+    return pd.Series(np.where(np.isnat(us), np.nan, secs), index=dt.index, dtype=np.float64)
+
+
+def _parse_times(raw: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
     """Parse ISO-8601 strings or epoch seconds -> (float64 epoch seconds, NaN where unparsable).
 
     Returns:
-        The parsed seconds (float64) and a boolean mask of values present but unparsable.
+        The parsed seconds (float64; NaN where missing, unparsable or out of range), a boolean
+        mask of values present but unparsable, and one of values parsed but out of range
+        (:data:`TIME_RANGE_TEXT`: dates pandas cannot hold, epoch seconds too large for int64).
         Naive ISO times are taken as UTC; zoned ones are converted to UTC.
     """
     present = raw.notna()
+    no = pd.Series(False, index=raw.index)
     if pd.api.types.is_datetime64_any_dtype(raw):
         dt = raw if getattr(raw.dt, "tz", None) is not None else raw.dt.tz_localize("UTC")
-        secs = (dt - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
-        return np.floor(secs.astype(np.float64)), pd.Series(False, index=raw.index)
+        secs = _epoch_seconds(dt)
+        far = secs.notna() & ((secs < _DATE_MIN) | (secs > _DATE_MAX))
+        return np.floor(secs.where(~far)), no, far
+    far = no.copy()
     if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
         secs = raw.astype(np.float64)
     else:
@@ -275,10 +299,12 @@ def _parse_times(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
         secs = pd.to_numeric(text, errors="coerce").astype(np.float64)
         rest = present & secs.isna()
         if rest.any():
-            dt = pd.to_datetime(text[rest], format="ISO8601", utc=True, errors="coerce")
-            secs.loc[rest] = ((dt - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).astype(np.float64)
-    secs = secs.where(np.isfinite(secs))
-    return np.floor(secs), present & secs.isna()
+            iso = _epoch_seconds(pd.to_datetime(text[rest], format="ISO8601", utc=True, errors="coerce"))
+            far.loc[rest] = (iso < _DATE_MIN) | (iso > _DATE_MAX)
+            secs.loc[rest] = iso
+    far = far | (np.isfinite(secs) & (np.abs(secs) >= _EPOCH_MAX))
+    secs = secs.where(np.isfinite(secs) & ~far)
+    return np.floor(secs), present & secs.isna() & ~far, far
 
 
 def _parse_nonneg(
@@ -321,6 +347,42 @@ def _locate(root: Path, name: str, out: _Collector) -> Path | None:
     return csv if has_csv else parquet
 
 
+def _not_utf8(file: Path) -> str | None:
+    """Why a CSV file is not UTF-8 text (the first offending line, 1-based, and column), or None."""
+    with open(file, "rb") as f:
+        if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            return "it is UTF-16 text: it starts with a UTF-16 byte-order mark; save the file as UTF-8"
+        f.seek(0)
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        try:  # the common case, a chunk at a time; the lines are looked at only when it fails
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+            return None
+        except UnicodeDecodeError:
+            f.seek(0)
+        header: list[str] | None = None
+        for line, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if line == 1 else "utf-8")
+            except UnicodeDecodeError:
+                cells = next(csv.reader([raw.decode("utf-8", errors="replace")]), [])
+                bad = next((k for k, cell in enumerate(cells) if "\ufffd" in cell), None)
+                where = ""
+                if bad is not None and header is not None and bad < len(header):
+                    where = f", column {header[bad].strip()!r}"
+                return f"line {line}{where} is not valid UTF-8 text; save the file as UTF-8"
+            if header is None:
+                header = next(csv.reader([text]), [])
+    return None
+
+
+def _csv_header(file: Path) -> list[str]:
+    """The column names of a CSV file's first record, as written (repeats kept)."""
+    with open(file, encoding="utf-8-sig", errors="replace", newline="") as f:
+        return next(csv.reader(f), [])
+
+
 def _read(file: Path, name: str, out: _Collector) -> pd.DataFrame | None:
     """Read one table file; on failure record a fatal issue and return ``None``."""
     try:
@@ -328,6 +390,9 @@ def _read(file: Path, name: str, out: _Collector) -> pd.DataFrame | None:
             if file.stat().st_size == 0:
                 out.add("fatal", name, None, "empty_file",
                         f"{name}: {file.name} is empty (no header and no rows)")
+                return None
+            if (problem := _not_utf8(file)) is not None:
+                out.add("fatal", name, None, "unreadable", f"{name}: could not read {file.name} ({problem})")
                 return None
             dtypes = {col: "str" for col in _TEXT_COLUMNS[name]}
             df = pd.read_csv(file, dtype=dtypes, engine="pyarrow")
@@ -346,6 +411,15 @@ def _read(file: Path, name: str, out: _Collector) -> pd.DataFrame | None:
                         f"{name}: could not read {file.name} (column {str(col).strip()!r} is not valid "
                         "UTF-8 text; save the file as UTF-8)")
                 return None
+    # pandas renames a repeated CSV header ("price", "price.1"): the header is read as written.
+    names = [str(col).strip() for col in (_csv_header(file) if file.suffix == ".csv" else df.columns)]
+    for col in dict.fromkeys(c for k, c in enumerate(names) if c in names[:k]):
+        at = [k + 1 for k, c in enumerate(names) if c == col]
+        out.add("fatal", name, col, "duplicate_column",
+                f"{name}.{col}: the header of {file.name} names this column {len(at)} times (columns "
+                f"{', '.join(map(str, at))}, counting from 1; leading and trailing spaces ignored); keep one")
+    if len(set(names)) < len(names):
+        return None
     df.columns = [str(col).strip() for col in df.columns]
     # Parquet may carry an index; row numbers are always positions in the file.
     return df.reset_index(drop=True)
@@ -417,8 +491,8 @@ def _check_images(items: pd.DataFrame, root: Path, total: int, out: _Collector) 
     out.rows("repaired", "items", "image", "image_outside_folder", escapes_full, paths, total,
              "image paths point outside the tables folder", 'set those {n} to ""')
 
-    # Each distinct file is checked once; the PIL check reads the header and verify()s it,
-    # which costs well under a millisecond for a small image.
+    # Each distinct file is checked once; the PIL check reads the header and verify()s it (a JPEG
+    # is also decoded at 1/8 scale), which costs well under a millisecond for a small image.
     candidates = norm[~escapes]
     status: dict[str, str] = {}
     for rel in pd.unique(candidates.to_numpy()):
@@ -428,7 +502,12 @@ def _check_images(items: pd.DataFrame, root: Path, total: int, out: _Collector) 
             continue
         try:
             with Image.open(full) as img:
+                jpeg = img.format == "JPEG"
                 img.verify()
+            if jpeg:  # verify() reads no JPEG data: decode it (at 1/8 scale, cheap) to catch a truncated file
+                with Image.open(full) as img:
+                    img.draft("RGB", (1, 1))
+                    img.load()
             status[rel] = "ok"
         except Exception:  # PIL raises many types (UnidentifiedImageError, SyntaxError, OSError, ...)
             status[rel] = "not_image"
@@ -446,9 +525,11 @@ def _users(df: pd.DataFrame, total: int, out: _Collector) -> pd.DataFrame:
     df = _clean_ids(df, "users", "user_id", total, out, "users")
     _check_unique(df, "users", "user_id", total, out)
     if "created_at" in df.columns:
-        secs, bad = _parse_times(df["created_at"])
+        secs, bad, far = _parse_times(df["created_at"])
         out.rows("repaired", "users", "created_at", "unparsable", bad, df["created_at"], total,
                  "values could not be parsed as ISO-8601 or epoch seconds", "set those {n} to NaN")
+        out.rows("repaired", "users", "created_at", "out_of_range", far, df["created_at"], total,
+                 TIME_RANGE_TEXT, "set those {n} to NaN")
         df["created_at"] = secs.astype(np.float64)
     else:
         df["created_at"] = np.nan
@@ -538,18 +619,20 @@ def _events(
 
     if "timestamp" in df.columns:
         raw = df["timestamp"]
-        if _blank(_as_text(raw)).all():
+        if len(df) and _blank(_as_text(raw)).all():  # not when earlier checks dropped every event
             out.add("warning", "events", "timestamp", "empty_column",
                     "events.timestamp: the column is empty; treated as absent (no timestamps: "
                     "random split instead of temporal)", total=total, action="column ignored")
             df = df.drop(columns="timestamp")
         else:
-            secs, bad = _parse_times(raw)
-            missing = secs.isna() & ~bad
+            secs, bad, far = _parse_times(raw)
+            missing = secs.isna() & ~bad & ~far
             out.rows("repaired", "events", "timestamp", "missing_value", missing, None, total,
                      "values are missing", "dropped those {n} events")
             out.rows("repaired", "events", "timestamp", "unparsable", bad, raw, total,
                      "values could not be parsed as ISO-8601 or epoch seconds", "dropped those {n} events")
+            out.rows("repaired", "events", "timestamp", "out_of_range", far, raw, total,
+                     TIME_RANGE_TEXT, "dropped those {n} events")
             keep = secs.notna()
             df = df.loc[keep].copy()
             secs = secs[keep]

@@ -13,6 +13,7 @@ import logging
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,7 +21,7 @@ import pandas as pd
 from torch_geometric.data import HeteroData
 
 from shopgraph.graph.build import build_graph, target_pairs
-from shopgraph.graph.run import RunDir
+from shopgraph.graph.run import MANIFEST, RunDir
 from shopgraph.graph.schema import TABLE_NAMES, ShopTables
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,44 @@ def inspect_graph(data: HeteroData) -> dict[str, Any]:
     }
 
 
+def _check_out(data_dir: Path, out: Path, *, overwrite: bool) -> None:
+    """Refuse an ``out`` that a build must not replace: a file, the tables folder or one holding
+    it, or (with ``overwrite``) a non-empty folder that is not a previous run."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"out: expected a run folder (got the file '{out}'); choose another --out")
+    data, target = data_dir.resolve(), out.resolve()
+    if data == target or target in data.parents:
+        raise ValueError(
+            f"out: '{out}' is or holds the tables folder '{data_dir}' (--data); a run folder must be "
+            "somewhere else, or building would replace the input tables"
+        )
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"run folder {out} exists and is not empty; pass --overwrite to replace it")
+        if not (out / MANIFEST).is_file():
+            raise FileExistsError(
+                f"out: '{out}' is not a previous run folder (no {MANIFEST}); --overwrite only replaces a "
+                "run folder, so choose another --out or empty it"
+            )
+
+
+def _check_trainable(data: HeteroData, target: str) -> None:
+    """Refuse a graph whose split leaves no target events to train on (`shopgraph train` would fail)."""
+    split = {s: int(target_pairs(data, s).size(1)) for s in ("train", "val", "test")}  # type: ignore[arg-type]
+    if split["train"] > 0:
+        return
+    total = sum(split.values())
+    counts = ", ".join(f"{s} {n:,}" for s, n in split.items())
+    if data.split_kind == "temporal":
+        why = (f"the split is by time (validation and test take the latest 20%) and the {total:,} "
+               f"{target!r} events have too few distinct timestamps for any to come before those; training "
+               f"needs {target!r} events at several different times")
+    else:
+        why = (f"the random split holds out users' {target!r} events for validation and testing and "
+               f"{total:,} are too few to leave any; training needs more {target!r} events")
+    raise ValueError(f"target: no {target!r} events left to train on ({counts}): {why}")
+
+
 def build_run(
     data_dir: Path,
     out: Path,
@@ -115,19 +154,24 @@ def build_run(
 
     Args:
         data_dir: the shop's tables folder.
-        out: the run folder to create (an existing non-empty one needs ``overwrite``).
+        out: the run folder to create (an existing non-empty one needs ``overwrite`` and must be a
+            previous run folder; it may not be, or hold, ``data_dir``).
         target: event type to recommend.
         seed: seeds the random split (no timestamps) and the fraud masks.
         use_text, use_image: encode item text / images.
         text_model, image_model: local checkpoint folders (default: the bundled models).
         cache_dir: embedding cache folder.
         overwrite: replace an existing run folder (only once the new one is complete).
+
+    Raises:
+        FileExistsError: ``out`` is a file, or a non-empty folder without ``overwrite``, or one
+            that is not a previous run folder.
+        ValueError: ``out`` is or holds ``data_dir``; or the tables cannot be loaded.
     """
     from shopgraph.graph.load import load_tables
 
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"run folder {out} exists and is not empty; pass --overwrite to replace it")
+    _check_out(Path(data_dir), out, overwrite=overwrite)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     loaded = load_tables(data_dir)
@@ -137,6 +181,7 @@ def build_run(
     t0 = time.perf_counter()
     data = build_graph(tables, target=target, seed=seed)
     seconds["graph"] = time.perf_counter() - t0
+    _check_trainable(data, target)
 
     feature_report: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -172,9 +217,16 @@ def build_run(
             },
         )
         run.verify()
+        _check_out(Path(data_dir), out, overwrite=overwrite)  # the folder may have changed meanwhile
         if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+            # the old run is moved aside, not deleted, until the new one is in place
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            old.rmdir()
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -184,14 +236,21 @@ def build_run(
 
 def cli_build(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    summary = build_run(
-        args.data, args.out, target=args.target, seed=args.seed, use_text=not args.no_text,
-        use_image=not args.no_image, text_model=args.text_model, image_model=args.image_model,
-        cache_dir=args.cache_dir, overwrite=args.overwrite,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = build_run(
+            args.data, args.out, target=args.target, seed=args.seed, use_text=not args.no_text,
+            use_image=not args.no_image, text_model=args.text_model, image_model=args.image_model,
+            cache_dir=args.cache_dir, overwrite=args.overwrite,
+        )
     issues = summary.validation.get("issues", [])
     for issue in issues:
         print(f"  {issue.get('severity', 'issue')}: {issue.get('message', issue)}")
+    # load_tables warns about each repair, printed just above: only the other warnings are shown
+    printed = {issue.get("message") for issue in issues}
+    for w in caught:
+        if str(w.message) not in printed:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     nodes = ", ".join(f"{n:,} {t}s" for t, n in summary.inspect["nodes"].items())
     feats = ", ".join(f"{t} {d}" for t, d in summary.inspect["features"].items())
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in summary.seconds.items())

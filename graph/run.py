@@ -38,6 +38,21 @@ _PACKAGES = ("shopgraph", "torch", "torch-geometric", "transformers", "faiss-cpu
              "pandas", "gradio")
 
 
+# The command that writes each file (or folder of files) of a run, named when one is missing.
+_WRITTEN_BY: tuple[tuple[str, str], ...] = (
+    ("model/", "shopgraph train"), ("embeddings.safetensors", "shopgraph train"), ("fraud.json", "shopgraph train"),
+    ("fraud_trees.ubj", "shopgraph train"), ("index/", "shopgraph index"), ("metrics.json", "shopgraph evaluate"),
+    ("report.md", "shopgraph evaluate"), ("plots/", "shopgraph evaluate"), ("rings/", "shopgraph rings"),
+)
+
+
+def _not_recorded(path: Path, rel: str) -> FileNotFoundError:
+    """A run folder lacks ``rel``: the error names the command that writes it, where one does."""
+    hint = next((f" (run `{cmd} --run {path}` first)" for prefix, cmd in _WRITTEN_BY
+                 if rel == prefix or (prefix.endswith("/") and rel.startswith(prefix))), "")
+    return FileNotFoundError(f"run folder {path}: no {rel!r} recorded in {MANIFEST}{hint}")
+
+
 class StaleFileError(ValueError):
     """A recorded file was computed from an input that has been rewritten or removed since."""
 
@@ -147,7 +162,7 @@ class RunDir:
         files = self.manifest["files"]
         for rel in rels:
             if rel not in files:
-                raise FileNotFoundError(f"run folder {self.path}: no {rel!r} recorded in {MANIFEST}")
+                raise _not_recorded(self.path, rel)
         return {rel: files.get(rel) for rel in (*rels, *optional)}
 
     # -- writing --------------------------------------------------------------------------------
@@ -195,6 +210,14 @@ class RunDir:
         torch.save(data, buffer)
         return self.write_bytes(rel, buffer.getvalue())
 
+    def forget(self, rel: str) -> None:
+        """Stop recording ``rel`` (the file itself is left alone)."""
+        if rel not in self.manifest["files"]:
+            return
+        with self._locked() as manifest:
+            manifest["files"].pop(rel, None)
+            manifest.get("made_from", {}).pop(rel, None)
+
     # -- reading --------------------------------------------------------------------------------
     def has(self, rel: str) -> bool:
         return rel in self.manifest["files"] and (self.path / rel).is_file()
@@ -229,7 +252,7 @@ class RunDir:
         manifest = self.manifest
         files = manifest["files"]
         if rel not in files:
-            raise FileNotFoundError(f"run folder {self.path}: no {rel!r} recorded in {MANIFEST}")
+            raise _not_recorded(self.path, rel)
         target = self.path / rel
         if not target.is_file():
             raise FileNotFoundError(f"run folder {self.path}: {rel!r} is recorded but missing")

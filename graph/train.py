@@ -12,7 +12,7 @@ users for the ``history`` tower (exact, no extra dependency), neighbour-sampled 
 
 Artifacts (through :class:`~shopgraph.graph.run.RunDir`): ``model/model.safetensors``,
 ``model/config.json``, ``model/train_config.json``, ``model/history.json``,
-``model/train_state.pt`` (optimizer/epoch/RNG checkpoint for ``--resume``),
+``model/train_state.pt`` (optimizer/epoch/RNG checkpoint for ``--resume``; not in the manifest),
 ``embeddings.safetensors`` and ``fraud.json``.
 """
 
@@ -59,6 +59,7 @@ except ImportError:  # pragma: no cover
 
 MODEL_DIR = "model"
 STATE_FILE = "train_state.pt"
+TRAIN_STAGE = "shopgraph train"  # the command that writes model/, embeddings.safetensors and fraud.json
 TREES_FILE = "fraud_trees.ubj"  # the served fraud trees (run folder), when boosted trees serve
 TREE_KINDS: tuple[str, ...] = ("graph_trees", "hybrid")  # the fraud scorers that are boosted trees
 RANK_LOSSES = ("softmax", "bpr")
@@ -366,11 +367,18 @@ def resolve_device(device: str | None = None) -> torch.device:
     """``cuda`` when present (or asked for), else ``cpu``; an unavailable ``cuda`` is an error."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    expected = "expected 'cpu', 'cuda' or 'cuda:N' (N a GPU number), or no --device for cuda when present"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's own message is about its parser ("Expected one of ...")
+        raise ValueError(f"device: {expected} (got {device!r})") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: {expected} (got {device!r})")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: CUDA is not available on this machine (got {device!r}); use 'cpu'")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device: expected 'cpu' or 'cuda' (got {device!r})")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0 "
+                         f"(got {device!r})")
     return dev
 
 
@@ -1537,22 +1545,33 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
         **overrides: :class:`TrainConfig` fields (``epochs=50``, ``conv="gatv2"``, ...).
 
     Writes ``model/model.safetensors``, ``model/config.json``, ``model/train_config.json``,
-    ``model/history.json``, ``model/train_state.pt``, ``embeddings.safetensors`` (``user``, ``item``,
+    ``model/history.json``, ``model/train_state.pt`` (not recorded in the manifest),
+    ``embeddings.safetensors`` (``user``, ``item``,
     ``device`` embeddings, ``fraud_prob``, and ``revisit_index`` / ``revisit_value`` when the model
     has a revisit term), ``fraud.json``, and ``fraud_trees.ubj`` (the served trees, named in
-    ``fraud.json``'s ``trees_file``) when the serving fraud scorer is boosted trees.
+    ``fraud.json``'s ``trees_file``) when the serving fraud scorer is boosted trees. Each is recorded
+    as made from ``model/model.safetensors`` (written first): one left by an earlier training is
+    stale (:class:`~shopgraph.graph.run.StaleFileError`, "rerun `shopgraph train`") once it changes.
     """
     run = RunDir(run_dir)
     if not run.has("graph.pt"):
         raise FileNotFoundError(f"run folder {run.path}: no graph.pt (run `shopgraph build` first)")
     config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    resolve_device(device)  # a bad --device is an error before the graph is loaded
     data = run.load_graph()
+    # The resume checkpoint is rewritten during training, outside the manifest's commits: it is not
+    # recorded (runs trained before recorded it), so an interrupted training leaves `verify` passing.
+    run.forget(f"{MODEL_DIR}/{STATE_FILE}")
     result = train(data, config, device=device, checkpoint_dir=run.path / MODEL_DIR, resume=resume)
 
     tensors = {k: v.contiguous() for k, v in _state_dict_cpu(result.model).items()}
     run.write_with(f"{MODEL_DIR}/model.safetensors", lambda p: save_file(tensors, str(p)))
-    run.write_text(f"{MODEL_DIR}/config.json", result.model_config.to_json())
-    run.write_json(f"{MODEL_DIR}/train_config.json", dataclasses.asdict(config))
+    # Everything else this command writes belongs to these weights: should a write below fail (a
+    # full disk), the files of the earlier training it leaves are stale, never served with them.
+    made_from = run.sources(f"{MODEL_DIR}/model.safetensors")
+    run.write_text(f"{MODEL_DIR}/config.json", result.model_config.to_json(), made_from=made_from, stage=TRAIN_STAGE)
+    run.write_json(f"{MODEL_DIR}/train_config.json", dataclasses.asdict(config), made_from=made_from,
+                   stage=TRAIN_STAGE)
     run.write_json(f"{MODEL_DIR}/history.json", {
         "best_epoch": result.best_epoch, "best_score": result.best_score,
         "epoch_seconds": result.epoch_seconds, "mini_batch": result.mini_batch, "epochs": result.history,
@@ -1560,11 +1579,7 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
         "group_mix_calibration": result.group_mix_calibration,
         "consider_calibration": result.consider_calibration,
         "item_knn_calibration": result.item_knn_calibration,
-    })
-    state_path = run.path / MODEL_DIR / STATE_FILE
-    if state_path.is_file():  # recorded in the manifest so that `verify` covers it too
-        payload = state_path.read_bytes()
-        run.write_bytes(f"{MODEL_DIR}/{STATE_FILE}", payload)
+    }, made_from=made_from, stage=TRAIN_STAGE)
     emb: dict[str, Tensor] = {
         nt: result.embeddings[nt].contiguous() for nt in ("user", "item", "device") if nt in result.embeddings
     }
@@ -1572,7 +1587,7 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
     if result.revisit is not None:  # the sparse revisit term: (user, item) pairs and their scores
         emb["revisit_index"] = result.revisit.pairs.contiguous()
         emb["revisit_value"] = result.revisit.value.float().contiguous()
-    run.write_with("embeddings.safetensors", lambda p: save_file(emb, str(p)))
+    run.write_with("embeddings.safetensors", lambda p: save_file(emb, str(p)), made_from=made_from, stage=TRAIN_STAGE)
     y, masks = fraud_labels(data)
     fraud_info: dict[str, Any] = {
         "kind": result.fraud.kind, "threshold": result.fraud.threshold, "val_auprc": result.fraud.val_auprc,
@@ -1580,9 +1595,9 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
         "labelled_users": int((y >= 0).sum()), "train_users": int(masks["train"].sum()),
     }
     if result.fraud.kind in TREE_KINDS:  # the served trees, for explanations of their scores
-        run.write_bytes(TREES_FILE, result.fraud.head.booster_bytes())
+        run.write_bytes(TREES_FILE, result.fraud.head.booster_bytes(), made_from=made_from, stage=TRAIN_STAGE)
         fraud_info["trees_file"] = TREES_FILE
-    run.write_json("fraud.json", fraud_info)
+    run.write_json("fraud.json", fraud_info, made_from=made_from, stage=TRAIN_STAGE)
     run.update(config={"train": dataclasses.asdict(config)})
     return result
 

@@ -14,6 +14,7 @@ the call needs. Bad input never yields a 500.
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import logging
 import math
@@ -447,22 +448,54 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0: any free port) for uvicorn, as uvicorn binds it.
+
+    Bound before the run folder is loaded, so that a port in use is one error line at once, and
+    nothing says "serving" before the address is ours (uvicorn's own bind exits the process).
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port: expected a port number from 1 to 65535, or 0 for any free port (got {port!r})")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = (f"port {port} is in use (another server?); choose another --port" if exc.errno == errno.EADDRINUSE
+                else f"{exc.strerror or exc}")
+        raise OSError(f"--host/--port: cannot listen on {host}:{port}: {hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def cli_serve(args: argparse.Namespace) -> int:
     """``shopgraph serve --run RUN [--host H] [--port P] [--workers N]``."""
     run = Path(args.run).resolve()
     if not (run / "manifest.json").is_file():
         raise FileNotFoundError(f"run folder {run}: no manifest.json (run `shopgraph build` first)")
+    sock = listen(args.host, args.port)
+    try:
+        return _serve(run, args, sock)
+    finally:
+        sock.close()
+
+
+def _serve(run: Path, args: argparse.Namespace, sock: socket.socket) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: the API has no authentication", flush=True)
     workers = int(getattr(args, "workers", 1) or 1)
-    serving = (f"serving {run} on http://{args.host}:{args.port} ({workers} worker{'s' if workers > 1 else ''}); "
+    port = sock.getsockname()[1]
+    serving = (f"serving {run} on http://{args.host}:{port} ({workers} worker{'s' if workers > 1 else ''}); "
                "docs at /docs")
     if workers == 1:
         _serving_threads()
         app = create_app(ShopService.from_run(run))
         _freeze_heap()
         print(serving, flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info")
+        server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=port, access_log=False, log_level="info"))
+        server.run(sockets=[sock])
         return 0
     from uvicorn.supervisors import Multiprocess
 
@@ -472,7 +505,7 @@ def cli_serve(args: argparse.Namespace) -> int:
     gc.collect()
     print(serving, flush=True)
     os.environ[RUN_ENV] = str(run)
-    config = uvicorn.Config("shopgraph.retrieval.api:app_from_env", factory=True, host=args.host, port=args.port,
+    config = uvicorn.Config("shopgraph.retrieval.api:app_from_env", factory=True, host=args.host, port=port,
                             workers=workers, access_log=False, log_level="info")
-    Multiprocess(config, sockets=[nodelay_listener(config.bind_socket())]).run()
+    Multiprocess(config, sockets=[nodelay_listener(sock)]).run()
     return 0

@@ -45,6 +45,18 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _port(text: str) -> int:
+    """An argparse ``type``: a TCP port, 1-65535 or 0 (any free port), checked before any loading."""
+    rule = "expected a port number from 1 to 65535, or 0 for any free port"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{rule} (got {text!r})") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{rule} (got {text!r})")
+    return value
+
+
 _nonnegative_int = _int_at_least(0)
 _positive_int = _int_at_least(1)
 
@@ -77,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-model", default=None, help="local folder of a BERT-family checkpoint")
     p.add_argument("--image-model", default=None, help="local folder of a Hugging Face vision checkpoint")
     p.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/shopgraph)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous run folder (one with manifest.json; never the --data folder)")
 
     p = sub.add_parser("inspect", help="summarise a run folder")
     p.add_argument("--run", type=Path, required=True)
@@ -86,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the GNN of a run folder")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--epochs", type=_positive_int, default=None)
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--conv", default=None, choices=["history", "sage", "gatv2", "hgt", "lightgcn"],
                    help="history (default): the user-history tower; the others are message-passing GNNs")
@@ -114,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve the HTTP API (and the Gradio app at /demo)")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000, help="1-65535, or 0 for any free port (default 8000)")
     p.add_argument("--workers", type=_positive_int, default=1)
 
     p = sub.add_parser("rings", help="find, score and export fraud rings")
@@ -123,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", type=Path, default=None, help="write case files to this folder")
 
     p = sub.add_parser("demo", help="generate, build, train, evaluate, index and serve the demo")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=_port, default=7860, help="1-65535, or 0 for any free port (default 7860)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--workdir", type=Path, default=Path("demo_data"))
     p.add_argument("--users", type=_positive_int, default=5000)
@@ -152,6 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return func(args)
+    except KeyboardInterrupt:
+        # Ctrl-C: one line and the shell's usual status; run folders are written atomically, so
+        # nothing is half-written (`shopgraph train --resume` continues from the last checkpoint).
+        print(f"\nshopgraph {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, OSError) as exc:
         # Input problems end with one clear line, not a traceback (a missing file, a folder in the
         # way: FileNotFoundError, FileExistsError), and so do the machine's (a full disk, a

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,7 +56,8 @@ def prepare(workdir: Path, *, users: int = 5000, seed: int = 0) -> Path:
     _step(f"build the graph and encode features into {run_path}", built,
           lambda: build_run(shop, run_path, seed=seed, overwrite=True))
     run = RunDir(run_path)
-    _step("train the GNN", built and run.has("embeddings.safetensors"), lambda: train_run(run_path))
+    _step("train the GNN", built and run.fresh("embeddings.safetensors") and run.fresh("fraud.json"),
+          lambda: train_run(run_path))
     # a stage's output is reused only while what it was computed from is unchanged (RunDir.fresh)
     _step("evaluate against the baselines", built and run.fresh("metrics.json"), lambda: evaluate_run(run_path))
     _step("build the FAISS indexes", built and run.fresh("index/gnn_items.json"), lambda: index_run(run_path))
@@ -66,10 +68,24 @@ def prepare(workdir: Path, *, users: int = 5000, seed: int = 0) -> Path:
 
 def cli_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    run_path = prepare(args.workdir, users=args.users)
-    print(f"[demo] ready in {time.perf_counter() - t0:.1f}s (run folder {run_path})")
     if args.no_serve:
+        run_path = prepare(args.workdir, users=args.users)
+        print(f"[demo] ready in {time.perf_counter() - t0:.1f}s (run folder {run_path})")
         return 0
+    from shopgraph.retrieval.api import listen
+
+    # the port first: one in use is an error now, not after minutes of preparing
+    sock = listen(args.host, args.port)
+    try:
+        run_path = prepare(args.workdir, users=args.users)
+        print(f"[demo] ready in {time.perf_counter() - t0:.1f}s (run folder {run_path})")
+        _serve_demo(run_path, args.host, sock)
+    finally:
+        sock.close()
+    return 0
+
+
+def _serve_demo(run_path: Path, host: str, sock: socket.socket) -> None:
     import uvicorn
     from fastapi.responses import RedirectResponse
 
@@ -79,8 +95,8 @@ def cli_demo(args: argparse.Namespace) -> int:
     print("[demo] loading the service and the app ...", flush=True)
     app = create_app(ShopService.from_run(run_path))
     app.add_api_route("/", lambda: RedirectResponse("/demo/"), include_in_schema=False)
-    # printed once the app is built: uvicorn binds the port right after this line
-    print(f"[demo] open http://{args.host}:{args.port}/demo/  "
-          f"(HTTP API docs: http://{args.host}:{args.port}/docs)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
-    return 0
+    port = sock.getsockname()[1]
+    # the socket is bound already: this address is ours
+    print(f"[demo] open http://{host}:{port}/demo/  (HTTP API docs: http://{host}:{port}/docs)", flush=True)
+    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])

@@ -263,6 +263,17 @@ def test_duplicate_item_and_device_ids_are_fatal(tmp_path: Path, table: str, col
                                               r"already at row 1\)")
 
 
+@pytest.mark.parametrize("header", ["item_id,price,title,price", "item_id, price,title,price "])
+def test_a_column_named_twice_is_fatal(tmp_path: Path, header: str) -> None:
+    # pandas would read an exact repeat as "price.1" and one with spaces as a second "price"
+    root = _write(tmp_path / "shop", _frames())
+    (root / "items.csv").write_text(f"{header}\ni1,3,book,4\n0001,5,shoe,6\ni2,1,pen,1\n")
+    report = _fatal(root, r"items\.price: the header of items\.csv names this column 2 times \(columns 2, 4, "
+                          r"counting from 1; leading and trailing spaces ignored\); keep one")
+    issue = _issue(report, "duplicate_column")
+    assert (issue.table, issue.column) == ("items", "price")
+
+
 def test_corrupt_file_is_fatal(tmp_path: Path) -> None:
     root = _write(tmp_path / "shop", _frames(), "parquet")
     (root / "events.parquet").write_bytes(b"this is not parquet")
@@ -315,6 +326,19 @@ def test_events_empty_after_repairs_is_fatal(tmp_path: Path) -> None:
     report = _fatal(_write(tmp_path / "shop", frames),
                     r"events: no rows left after repairs \(all 8 rows dropped")
     assert _issue(report, "unknown_id", "user_id").count == 8
+    # the timestamps were fine: no "the column is empty" about the events dropped for other reasons
+    assert not [i for i in report.issues if i.column == "timestamp"]
+
+
+def test_non_utf8_csv_names_the_line_and_column(tmp_path: Path) -> None:
+    root = _write(tmp_path / "shop", _frames())
+    (root / "items.csv").write_bytes("item_id,title\ni1,book\ni2,Caf\xe9\n".encode("latin-1"))
+    report = _fatal(root, r"items: could not read items\.csv \(line 3, column 'title' is not valid UTF-8 text; "
+                          r"save the file as UTF-8\)")
+    assert _issue(report, "unreadable").table == "items"
+    (root / "items.csv").write_text("item_id,title\ni1,book\n", encoding="utf-16")
+    _fatal(root, r"items: could not read items\.csv \(it is UTF-16 text: it starts with a UTF-16 byte-order mark; "
+                 r"save the file as UTF-8\)")
 
 
 # --------------------------------------------------------------------------------------- repairs
@@ -410,6 +434,36 @@ def test_unparsable_and_missing_timestamps_drop_events(tmp_path: Path, fmt: str)
     missing = _issue(report, "missing_value", "timestamp")
     assert (missing.count, missing.first_row) == (1, 6)
     assert len(tables.events) == 5 and tables.events["timestamp"].dtype == np.int64
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_out_of_range_times_are_named_like_unparsable_ones(tmp_path: Path, fmt: str) -> None:
+    frames = _frames()
+    ts = frames["events"]["timestamp"].astype(str).tolist()
+    ts[2], ts[4], ts[6] = "9999-12-31", "0001-01-01T00:00:00Z", "1e20"  # 1e20 overflowed int64 before
+    frames["events"]["timestamp"] = ts
+    frames["users"]["created_at"] = ["2024-01-01", "9999-12-31 23:59:59", "", "1700000000"]
+    tables, report = _repaired(_write(tmp_path / "shop", frames, fmt))
+    far = _issue(report, "out_of_range", "timestamp")
+    assert far.message == ("events.timestamp: 3 of 8 values are out of range (dates must lie between 1677-09-22 "
+                           "and 2262-04-10, epoch seconds below 9.2e18) (first: '9999-12-31', row 3); "
+                           "dropped those 3 events")
+    assert not [i for i in report.issues if i.kind in ("unparsable", "epoch_milliseconds", "missing_value")
+                and i.column == "timestamp"]
+    assert tables.events["timestamp"].tolist() == [1_700_000_000 + 60 * k for k in (0, 1, 3, 5, 7)]
+    created = _issue(report, "out_of_range", "created_at")
+    assert (created.first_row, created.first_value, created.action) == (2, "9999-12-31 23:59:59", "set those 1 to NaN")
+    assert np.isnan(tables.users["created_at"].iloc[1]) and tables.users["created_at"].iloc[3] == 1_700_000_000
+
+
+def test_out_of_range_datetime_typed_parquet_times(tmp_path: Path) -> None:
+    frames = _frames()
+    stamps = pd.to_datetime(frames["events"]["timestamp"], unit="s").astype("datetime64[s]")
+    stamps.iloc[1] = pd.Timestamp("9999-12-31").as_unit("s")
+    frames["events"]["timestamp"] = stamps
+    tables, report = _repaired(_write(tmp_path / "shop", frames, "parquet"))
+    assert _issue(report, "out_of_range", "timestamp").first_row == 2
+    assert len(tables.events) == 7
 
 
 def test_entirely_empty_timestamp_column_is_absent(tmp_path: Path) -> None:
@@ -522,6 +576,22 @@ def test_truncated_png_is_not_readable(tmp_path: Path) -> None:
     (root / "b.png").write_bytes(data[: len(data) // 2])
     _, report = _repaired(root)
     assert _issue(report, "image_unreadable").first_value == "b.png"
+
+
+def test_truncated_jpeg_is_not_readable(tmp_path: Path) -> None:
+    root = tmp_path / "shop"
+    frames = _frames()
+    frames["items"]["image"] = ["a.jpg", "b.jpg", ""]
+    _write(root, frames)
+    rng = np.random.default_rng(0)
+    for name in ("a.jpg", "b.jpg"):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / name, "JPEG")
+    data = (root / "b.jpg").read_bytes()
+    (root / "b.jpg").write_bytes(data[: len(data) // 2])  # Pillow's verify() alone passes it
+    tables, report = _repaired(root)
+    issue = _issue(report, "image_unreadable")
+    assert (issue.count, issue.first_value) == (1, "b.jpg")
+    assert tables.items["image"].tolist() == ["a.jpg", "", ""]
 
 
 @pytest.mark.slow

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+import warnings
 
+import pandas as pd
 import pytest
 
 from shopgraph.graph.pipeline import build_run, load_run_tables
@@ -46,11 +49,53 @@ def test_build_refuses_to_clobber_and_fails_atomically(shop, tmp_path):
     (run_dir / "mine.txt").write_text("keep")
     with pytest.raises(FileExistsError, match="exists and is not empty"):
         build_run(shop, run_dir, use_text=False, use_image=False)
+    (run_dir / "manifest.json").write_text("{}")  # a previous run: --overwrite may replace it
     with pytest.raises(ValueError, match="target: no events of type 'review'"):
         build_run(shop, run_dir, target="review", use_text=False, use_image=False, overwrite=True)
     # the failed build left the old folder as it was and no temporary folder behind
     assert (run_dir / "mine.txt").read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["same", "parent"])
+def test_build_overwrite_never_replaces_the_tables_folder(shop, tmp_path, capsys, where):
+    data = tmp_path / "shop"
+    shutil.copytree(shop, data)
+    out = data if where == "same" else tmp_path
+    before = _snapshot(data)
+    code = main(["build", "--data", str(data), "--out", str(out), "--overwrite", "--no-text", "--no-image"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"out: '{out}' is or holds the tables folder" in err and "Traceback" not in err
+    assert _snapshot(data) == before
+
+
+def test_build_overwrite_replaces_only_a_previous_run(shop, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert main(["build", "--data", str(shop), "--out", str(mine), "--overwrite", "--no-text", "--no-image"]) == 1
+    assert "out: '" + str(mine) + "' is not a previous run folder (no manifest.json)" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep"
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["build", "--data", str(shop), "--out", str(afile), "--no-text", "--no-image"]) == 1
+    assert f"out: expected a run folder (got the file '{afile}')" in capsys.readouterr().err
+    assert afile.read_text() == "x"
+    # a previous run is replaced
+    run_dir = tmp_path / "run"
+    args = ["build", "--data", str(shop), "--out", str(run_dir), "--no-text", "--no-image",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    (run_dir / "stray.txt").write_text("old run")
+    assert main([*args, "--overwrite"]) == 0
+    assert not (run_dir / "stray.txt").exists()
+    RunDir(run_dir).verify()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "mine", "run"]  # no temporary or old folder left
 
 
 def test_build_reports_bad_tables(tmp_path, capsys):
@@ -62,3 +107,38 @@ def test_build_reports_bad_tables(tmp_path, capsys):
     assert main(["build", "--data", str(data), "--out", str(tmp_path / "run"), "--no-text", "--no-image"]) == 1
     assert "missing required column 'item_id'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("case", ["one_time", "one_purchase"])
+def test_build_refuses_data_with_nothing_to_train_on(shop, tmp_path, capsys, case):
+    data = tmp_path / "shop"
+    shutil.copytree(shop, data)
+    events = pd.read_csv(data / "events.csv", dtype=str, keep_default_na=False)
+    if case == "one_time":
+        events["timestamp"] = "2024-01-01T00:00:00Z"
+    else:
+        purchases = events.index[events["event_type"] == "purchase"]
+        events = events.drop(purchases[1:])
+    events.to_csv(data / "events.csv", index=False)
+    out = tmp_path / "run"
+    assert main(["build", "--data", str(data), "--out", str(out), "--no-text", "--no-image"]) == 1
+    err = capsys.readouterr().err
+    assert "shopgraph build: error: target: no 'purchase' events left to train on (train 0, " in err
+    assert "needs 'purchase' events at several different times" in err
+    assert not out.exists()
+
+
+def test_cli_build_prints_each_repair_once(shop, tmp_path, capfd):
+    data = tmp_path / "shop"
+    shutil.copytree(shop, data)
+    events = pd.read_csv(data / "events.csv", dtype=str, keep_default_na=False)
+    events.loc[3, "user_id"] = "ghost"
+    events.to_csv(data / "events.csv", index=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["build", "--data", str(data), "--out", str(tmp_path / "run"), "--no-text", "--no-image",
+                     "--cache-dir", str(tmp_path / "cache")]) == 0
+    out, err = capfd.readouterr()
+    message = "events.user_id: 1 of "
+    assert f"  repaired: {message}" in out and (out + err).count(message) == 1
+    assert not [w for w in caught if message in str(w.message)]  # not again as a UserWarning

@@ -109,3 +109,18 @@ def test_stale_when_an_optional_input_appears_and_inputs_must_be_recorded(tmp_pa
     with pytest.raises(ValueError, match="stage: the command that writes 'x.json'"):
         run.write_json("x.json", {}, made_from=made_from)
     assert not (run.path / "x.json").exists() and "x.json" not in run.manifest["files"]
+
+
+@pytest.mark.parametrize("command", ["index", "serve"])
+def test_a_stage_on_an_untrained_run_says_to_train_it(tmp_path, capsys, command):
+    from shopgraph.graph.synthetic import generate_shop
+    from shopgraph.ui.cli import main
+
+    generate_shop(tmp_path / "shop", n_users=100, seed=0)
+    run = tmp_path / "run"
+    assert main(["build", "--data", str(tmp_path / "shop"), "--out", str(run), "--no-text", "--no-image",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    capsys.readouterr()
+    assert main([command, "--run", str(run), *(["--port", "0"] if command == "serve" else [])]) == 1
+    err = capsys.readouterr().err
+    assert f"no 'embeddings.safetensors' recorded in manifest.json (run `shopgraph train --run {run}` first)" in err

@@ -5,6 +5,7 @@ import json
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -351,9 +352,11 @@ def test_train_run_writes_artifacts(tmp_path: Path, data: HeteroData) -> None:
     result = train_run(path, **FAST)
     run = RunDir(path)
     run.verify()
-    for rel in ("model/model.safetensors", "model/config.json", "model/history.json", "model/train_state.pt",
+    for rel in ("model/model.safetensors", "model/config.json", "model/history.json",
                 "embeddings.safetensors", "fraud.json"):
         assert run.has(rel), rel
+    # the resume checkpoint is there but not recorded: it is rewritten outside the manifest
+    assert (path / "model" / "train_state.pt").is_file() and not run.has("model/train_state.pt")
     emb = load_file(str(path / "embeddings.safetensors"))
     assert emb["user"].shape == (data["user"].num_nodes, 16 + 3 + 12)  # + the group-mix and item-neighbour channels
     assert emb["item"].shape == (data["item"].num_nodes, 16 + 3 + 12)
@@ -397,6 +400,10 @@ def test_train_run_errors(tmp_path: Path) -> None:
         if torch.cuda.is_available():
             raise ValueError("device: CUDA is not available (skipped: this machine has CUDA)")
         train_mod.resolve_device("cuda")
+    for bad in ("gpu", "", "cuda:x", "mps"):
+        with pytest.raises(ValueError, match=rf"device: expected 'cpu', 'cuda' or 'cuda:N' .* \(got '{bad}'\)"):
+            train_mod.resolve_device(bad)
+    assert train_mod.resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="resume: needs checkpoint_dir"):
         train(_graph(), TrainConfig(**FAST), resume=True)  # type: ignore[arg-type]
 
@@ -871,6 +878,79 @@ def test_the_history_tower_switches_to_mini_batches_where_a_full_softmax_would_n
     monkeypatch.setattr(train_mod, "FULL_SOFTMAX_MAX", 10)
     result = train(data, TrainConfig(**{**FAST, "epochs": 2, "num_negatives": 0}))  # type: ignore[arg-type]
     assert result.mini_batch and result.config.mini_batch is None
+
+
+def test_a_retrain_that_fails_half_way_leaves_the_earlier_files_stale_not_mixed(
+        tmp_path: Path, data: HeteroData, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from shopgraph.graph.run import StaleFileError
+    from shopgraph.ui.cli import main
+
+    path = _run(tmp_path, data)
+    assert main(["train", "--run", str(path), "--epochs", "2"]) == 0
+    weights = (path / "model" / "model.safetensors").read_bytes()
+    write_with = RunDir.write_with
+
+    def full(self: RunDir, rel: str, *args: Any, **kw: Any) -> Path:
+        if rel == "embeddings.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_with(self, rel, *args, **kw)
+
+    monkeypatch.setattr(RunDir, "write_with", full)
+    assert main(["train", "--run", str(path), "--epochs", "2", "--seed", "1"]) == 1
+    monkeypatch.undo()
+    assert (path / "model" / "model.safetensors").read_bytes() != weights  # the new weights are in
+    run = RunDir(path)
+    run.verify()  # every file intact, but the earlier training's outputs are not these weights'
+    for rel in ("embeddings.safetensors", "fraud.json"):
+        assert not run.fresh(rel)
+        with pytest.raises(StaleFileError, match=rf"{rel}' was computed from an earlier 'model/model.safetensors'"
+                                                 r" \(rewritten since\): rerun `shopgraph train --run"):
+            run.path_of(rel)
+    capsys.readouterr()
+    assert main(["index", "--run", str(path)]) == 1
+    assert "rerun `shopgraph train --run" in capsys.readouterr().err
+    assert main(["train", "--run", str(path), "--epochs", "2", "--seed", "1"]) == 0
+    assert run.fresh("embeddings.safetensors") and run.fresh("fraud.json")
+
+
+def test_an_interrupted_retrain_leaves_the_run_verifiable_and_resumable(
+        tmp_path: Path, data: HeteroData, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from shopgraph.ui.cli import main
+    from shopgraph.ui.demo import _run_ok
+
+    path = _run(tmp_path, data)
+    assert main(["train", "--run", str(path), "--epochs", "2"]) == 0
+    # as runs trained before recorded it
+    RunDir(path).write_bytes("model/train_state.pt", (path / "model" / "train_state.pt").read_bytes())
+    save_state = train_mod._save_state
+
+    def then_ctrl_c(state_path: Path, state: dict[str, Any]) -> None:
+        save_state(state_path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "_save_state", then_ctrl_c)
+    assert main(["train", "--run", str(path), "--epochs", "4", "--seed", "1"]) == 130
+    assert capsys.readouterr().err.strip() == "shopgraph train: interrupted"  # one line, no traceback
+    monkeypatch.undo()
+    assert torch.load(path / "model" / "train_state.pt", weights_only=False)["epoch"] == 1  # a new checkpoint
+    RunDir(path).verify()
+    assert _run_ok(path)  # `shopgraph demo` would not rebuild the run
+    assert main(["train", "--run", str(path), "--epochs", "4", "--seed", "1", "--resume"]) == 0
+    RunDir(path).verify()
+
+
+@pytest.mark.parametrize("device", ["gpu", ""])
+def test_cli_train_refuses_an_unknown_device_in_one_line(
+        tmp_path: Path, data: HeteroData, capsys: pytest.CaptureFixture[str], device: str) -> None:
+    from shopgraph.ui.cli import main
+
+    path = _run(tmp_path, data)
+    assert main(["train", "--run", str(path), "--device", device]) == 1
+    err = capsys.readouterr().err
+    assert "shopgraph train: error: device: expected 'cpu', 'cuda' or 'cuda:N'" in err and f"(got '{device}')" in err
+    assert not (path / "model").exists()
 
 
 def test_cli_train_on_a_full_disk_keeps_the_last_checkpoint_and_resumes(

@@ -167,11 +167,77 @@ def test_cli_serve_refuses_a_stale_index_in_one_line_before_any_worker_starts(tm
     run.write_with("embeddings.safetensors", lambda p: save_file(emb, str(p)))
     started: list[str] = []
     monkeypatch.setattr(api.uvicorn, "run", lambda *a, **k: started.append("uvicorn.run"))
+    monkeypatch.setattr(api.uvicorn.Server, "run", lambda *a, **k: started.append("uvicorn.Server.run"))
     monkeypatch.setattr("uvicorn.supervisors.Multiprocess.run", lambda self: started.append("workers"))
     with pytest.raises(StaleFileError, match=r"'index/gnn_items.faiss' was computed from an earlier "
                                              r"'embeddings.safetensors' \(rewritten since\): rerun `shopgraph index"):
         api.cli_serve(argparse.Namespace(run=copy, host="127.0.0.1", port=0, workers=workers))
     assert started == [] and "serving" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("port", ["-1", "99999", "http"])
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_cli_refuses_a_bad_port_before_loading_anything(tmp_path, capsys, port, command):
+    from shopgraph.ui.cli import main
+
+    args = ["serve", "--run", str(tmp_path)] if command == "serve" else ["demo", "--workdir", str(tmp_path / "w")]
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--port", port])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --port: expected a port number from 1 to 65535, or 0 for any free port (got '{port}')" in err
+    assert "Traceback" not in err and not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_cli_a_port_in_use_is_one_line_before_loading_anything(tmp_path, monkeypatch, capsys, command):
+    import socket
+
+    from shopgraph.graph.run import RunDir
+    from shopgraph.retrieval import api
+    from shopgraph.ui import demo
+    from shopgraph.ui.cli import main
+
+    RunDir(tmp_path / "run", create=True)
+    loaded: list[object] = []
+    monkeypatch.setattr(api.ShopService, "from_run", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr(demo, "prepare", lambda *a, **k: loaded.append(a))
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    args = ["serve", "--run", str(tmp_path / "run")] if command == "serve" else ["demo", "--workdir", str(tmp_path)]
+    try:
+        assert main([*args, "--port", str(port)]) == 1
+    finally:
+        taken.close()
+    out, err = capsys.readouterr()
+    assert (f"shopgraph {command}: error: --host/--port: cannot listen on 127.0.0.1:{port}: port {port} is in use "
+            "(another server?); choose another --port") in err
+    assert loaded == [] and "serving" not in out and "open http" not in out
+
+
+def test_cli_serve_says_where_it_serves_once_the_port_is_bound(tmp_path, monkeypatch, capsys):
+    from fastapi import FastAPI
+
+    from shopgraph.graph.run import RunDir
+    from shopgraph.retrieval import api
+    from shopgraph.ui.cli import main
+
+    RunDir(tmp_path / "run", create=True)
+    monkeypatch.setattr(api.ShopService, "from_run", lambda *a, **k: None)
+    monkeypatch.setattr(api, "create_app", lambda service: FastAPI())
+    monkeypatch.setattr(api, "_serving_threads", lambda: None)
+    monkeypatch.setattr(api, "_freeze_heap", lambda: None)
+    seen: list[tuple[str, int]] = []
+
+    def run(self, sockets=None):
+        seen.append((capsys.readouterr().out, sockets[0].getsockname()[1]))
+
+    monkeypatch.setattr(api.uvicorn.Server, "run", run)
+    assert main(["serve", "--run", str(tmp_path / "run"), "--port", "0"]) == 0
+    out, port = seen[0]
+    assert port > 0 and f"on http://127.0.0.1:{port} (1 worker); docs at /docs" in out  # the port it got
 
 
 def test_multi_worker_listener_keeps_tcp_nodelay():
