@@ -24,7 +24,7 @@ import math
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -101,6 +101,10 @@ class TextEncoderLike(Protocol):
 
 class ImageEncoderLike(Protocol):
     def encode(self, paths: Sequence[Path | None], progress: bool = False) -> Any: ...
+
+
+# user node index -> [(feature name, value, contribution to the fraud log-odds)]
+FraudAttribution = Callable[[int], Sequence[tuple[str, float, float]]]
 
 
 class _RWLock:
@@ -201,6 +205,131 @@ def read_image(image: Any, name: str = "image") -> Any:
         return img.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{name}: the image data is corrupt ({exc})") from exc
+
+
+def _count(n: float) -> str:
+    return f"{n:,.0f}"
+
+
+def describe_user_feature(name: str, raw: float | None, value: float) -> str | None:
+    """A user feature as a plain fact with its raw value, e.g. ``account age: 3 days``,
+    ``country: DE``, ``accounts sharing a device (or other identifier): 4``; ``None`` when the
+    feature has no plain reading (neighbourhood means, embedding columns) or says nothing about
+    this account (a one-hot flag the account does not have).
+
+    Args:
+        name: the feature's name (``data["user"].feature_names`` or a served-tree column).
+        raw: the value before standardising (``encoders.behaviour.user_feature_columns``), when known.
+        value: the value the scorer read (used for the served trees' ring columns, which are raw).
+    """
+    if raw is not None and math.isfinite(raw):
+        if "=" in name:  # a one-hot flag: "user_country=DE"
+            column, _, level = name.partition("=")
+            return f"{column.removeprefix('user_').replace('_', ' ')}: {level}" if raw >= 0.5 else None
+        plain = math.expm1(raw) if name.startswith("log_") else raw
+        if name == "log_account_age_days":
+            return f"account age: {plain:,.1f} days" if plain < 10 else f"account age: {plain:,.0f} days"
+        if name == "has_account_age":
+            return "no account creation date" if raw < 0.5 else None
+        if name == "log_n_events":
+            return f"events in the training period: {_count(plain)}"
+        if name.startswith("log_amount_"):
+            which = {"mean": "average", "max": "largest", "sum": "total"}.get(name[len("log_amount_"):])
+            return f"{which} purchase amount: {plain:,.2f}" if which else None
+        if name == "night_share":
+            return f"share of events at night (00:00-06:00 UTC): {plain:.0%}"
+        if name == "log_purchases_last_24h":
+            return f"purchases in the 24 h before the account's last event: {_count(plain)}"
+        if name == "high_risk_purchase_share":
+            return f"share of purchases in high-risk categories: {plain:.0%}"
+        if name == "log_n_devices":
+            return f"devices used: {_count(plain)}"
+        if name == "log_max_accounts_per_device":
+            return f"most accounts on one of its devices: {_count(plain)}"
+        if name.startswith("log_n_"):
+            return f"{name[len('log_n_'):]} events in the training period: {_count(plain)}"
+        if name.startswith("user_"):
+            return f"{name[len('user_'):].replace('_', ' ')}: {plain:g}"
+        return None
+    # the served trees' ring columns (graph.fraud_scorer.ring_column_text), read as they are
+    if not math.isfinite(value) or " " not in name or ":" in name.split("(")[0]:  # "items via cart: mean ..."
+        return None
+    if name.endswith(" (log count)"):
+        return f"{name[:-len(' (log count)')]}: {_count(math.expm1(value))}"
+    if name.endswith("(log count)"):
+        return f"{name[:-len('(log count)')].rstrip(', ')}: {_count(math.expm1(value))}"
+    if "share" in name:
+        return f"{name}: {value:.0%}"
+    return None
+
+
+def fraud_attribution_of(run: RunDir, data: Any, model: Any, fraud: dict[str, Any],
+                         fraud_prob: np.ndarray | None) -> FraudAttribution | None:
+    """The serving fraud scorer's per-feature log-odds contributions, or ``None`` when none can
+    be given truthfully.
+
+    Boosted trees (``graph_trees``, ``hybrid``): TreeSHAP of the served trees
+    (:class:`shopgraph.graph.explain.ServedTreeExplainer`, used only when they reproduce the
+    stored probabilities). The GNN head (``gnn_head``): integrated gradients of the model's fraud
+    logit from the average user, for users whose logit the model reproduces. Other scorers
+    (``rank_average``): ``None``.
+    """
+    from shopgraph.graph.train import TREE_KINDS
+
+    kind = fraud.get("kind")
+    if kind in TREE_KINDS:
+        from shopgraph.graph.explain import load_served_explainer
+
+        served = load_served_explainer(run, data, model, fraud_prob)
+        if served is None:
+            return None
+        return lambda u: served.contributions(u)[0]
+    if kind in ("gnn", "gnn_head") and model is not None and "x" in data["user"] and fraud_prob is not None:
+        from shopgraph.graph.explain import explain_user
+
+        n_features = int(data["user"].x.size(1))
+        stored = np.asarray(fraud_prob, dtype=np.float64)
+
+        def integrated(u: int) -> Sequence[tuple[str, float, float]]:
+            ex = explain_user(model, data, u, top_k=n_features)
+            if not ex.method.startswith("integrated_gradients") or ex.score is None \
+                    or abs(ex.score - float(stored[u])) > 1e-3:
+                return []  # z-scores, or a model that does not give the served score: not attributions
+            return [(f.name, f.value, f.attribution) for f in ex.features]
+
+        return integrated
+    return None
+
+
+def user_raw_columns(run: RunDir, data: Any) -> dict[str, np.ndarray]:
+    """The run's user behaviour columns before standardising, those that reproduce the graph's
+    ``data["user"].x`` (``{}`` when the tables are missing or the graph was built otherwise)."""
+    from shopgraph.encoders.behaviour import user_feature_columns
+    from shopgraph.graph.pipeline import load_run_tables
+
+    if "x" not in data["user"] or "feature_names" not in data["user"]:
+        return {}
+    try:
+        cols, flags = user_feature_columns(load_run_tables(run), data)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        logger.warning("fraud reasons without raw values: %s", exc)
+        return {}
+    x = np.asarray(data["user"].x, dtype=np.float64)
+    out = {}
+    for j, name in enumerate(data["user"].feature_names):
+        raw = cols.get(name)
+        if raw is None or raw.shape != (x.shape[0],):
+            continue
+        v = np.asarray(raw, dtype=np.float64)
+        known = np.isfinite(v)
+        if name.startswith("has_") or name in flags:
+            ok = np.allclose(np.nan_to_num(v, nan=0.0), x[:, j], atol=1e-4)
+        else:
+            fit = _affine(v[known], x[known, j]) if known.sum() >= 2 else None
+            ok = fit is not None and fit[0] > 0
+        if ok:
+            out[name] = v
+    return out
 
 
 def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -314,6 +443,10 @@ class ShopService:
             run's ``text_model`` / ``image_model`` config).
         text_model, image_model: checkpoint paths for the default encoders (``None``: bundled).
         tables_root: folder that item image paths are relative to.
+        user_raw: the user behaviour columns before standardising (``{name: [U]}``,
+            ``encoders.behaviour.user_feature_columns``), shown in fraud reasons.
+        fraud_attribution: ``user node index -> [(feature, value, log-odds contribution)]`` of the
+            serving fraud scorer (:func:`fraud_attribution_of`); without it ``reasons`` say so.
     """
 
     def __init__(
@@ -332,6 +465,8 @@ class ShopService:
         tables_root: Path | None = None,
         run_path: Path | None = None,
         model_problem: str = "",
+        user_raw: dict[str, np.ndarray] | None = None,
+        fraud_attribution: FraudAttribution | None = None,
     ) -> None:
         self._lock = _RWLock()
         self._enc_lock = threading.Lock()
@@ -339,6 +474,8 @@ class ShopService:
         self.tables_root = tables_root
         self.model = model
         self._model_problem = model_problem
+        self._user_raw = dict(user_raw or {})
+        self._fraud_attribution = fraud_attribution
         self._text_encoder = text_encoder
         self._image_encoder = image_encoder
         self._text_model = text_model
@@ -448,16 +585,6 @@ class ShopService:
                         np.concatenate(ev_rel)[order] if ev_rel else empty,
                         np.concatenate(ev_time)[order] if ev_time else empty)
 
-        # -- behaviour features for fraud reasons ------------------------------------------
-        self._user_x: np.ndarray | None = None
-        self._user_feature_names: list[str] = []
-        if "x" in data["user"] and "feature_names" in data["user"]:
-            x = np.asarray(data["user"].x, dtype=np.float32)
-            self._user_x = x
-            self._user_feature_names = list(data["user"].feature_names)
-            self._user_mean = x.mean(axis=0)
-            std = x.std(axis=0)
-            self._user_std = np.where(std > 1e-9, std, np.inf)
 
         # -- item feature layout for add_item --------------------------------------------------
         self._item_feature_names: list[str] = (list(data["item"].feature_names)
@@ -523,11 +650,15 @@ class ShopService:
                 model_problem = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
         config = run.manifest.get("config", {})
         root = config.get("tables_root")
+        prob = embeddings.get("fraud_prob")
         return cls(
             data=data, items=items, embeddings=embeddings, indexes=indexes, fraud=fraud, model=model,
             text_encoder=text_encoder, image_encoder=image_encoder,
             text_model=config.get("text_model"), image_model=config.get("image_model"),
             tables_root=Path(root) if root else None, run_path=run.path, model_problem=model_problem,
+            user_raw=user_raw_columns(run, data),
+            fraud_attribution=fraud_attribution_of(run, data, model, fraud,
+                                                   None if prob is None else np.asarray(prob).reshape(-1)),
         )
 
     # -- lookups --------------------------------------------------------------------------------
@@ -865,13 +996,19 @@ class ShopService:
 
     # -- fraud ----------------------------------------------------------------------------------
     def _fraud_reasons(self, u: int, top: int = 3) -> list[str]:
-        if self._user_x is None:
-            return []
-        z = (self._user_x[u] - self._user_mean) / self._user_std
-        order = np.argsort(-z, kind="stable")[:top]
-        reasons = [f"{self._user_feature_names[j]} = {self._user_x[u, j]:.3g} ({z[j]:+.1f} SD vs all users)"
-                   for j in order if z[j] > 1.0]
-        return reasons or ["no behaviour feature is more than 1 SD above the average user"]
+        """The ``top`` facts about the account that raised its fraud score most, each with its raw
+        value and its contribution to the scorer's log-odds; only facts that raised it."""
+        if self._fraud_attribution is None:
+            return [f"no per-feature attribution for this run's fraud scorer ({self.fraud.get('kind', 'none')})"]
+        facts = []
+        for name, value, contribution in self._fraud_attribution(u):
+            if contribution >= 0.005:  # shown to two decimals: no "+0.00"
+                fact = describe_user_feature(name, self._user_raw[name][u] if name in self._user_raw else None, value)
+                if fact is not None:
+                    facts.append((contribution, fact))
+        facts.sort(key=lambda f: -f[0])
+        reasons = [f"{fact} (+{c:.2f} log-odds)" for c, fact in facts[:top]]
+        return reasons or ["nothing in the account's own behaviour or shared identifiers raised its score"]
 
     def score_user(self, user_id: str) -> FraudScore:
         """Fraud probability of a user, the decision, and the behaviour features behind it."""

@@ -205,8 +205,7 @@ def test_score_user_and_batches(service):
     assert score.probability == pytest.approx(float(service.fraud_prob[2]))
     assert score.flagged == (score.probability >= score.threshold)
     assert score.reasons and all(isinstance(r, str) for r in score.reasons)
-    names = service._user_feature_names
-    assert any(r.split(" = ")[0] in names for r in score.reasons) or score.reasons[0].startswith("no behaviour")
+    assert all(r.endswith(" log-odds)") for r in score.reasons) or score.reasons[0].startswith("nothing in")
     assert service.score_users(["u002", "u005"])[0] == score
     users = ["u001", "u010", "u020"]
     assert service.recommend_batch(users, k=4) == [service.recommend(u, k=4) for u in users]
@@ -447,3 +446,58 @@ def test_a_broken_revisit_term_is_refused_with_its_name(revisit_run, tmp_path):
             _revisit_csr({**good, **bad}, 40, 30)
     indptr, items, values = _revisit_csr(good, 40, 30)  # the CSR holds exactly the saved pairs
     assert indptr[-1] == value.size and np.isclose(values.sum(), value.sum())
+
+
+def test_fraud_reasons_are_raw_facts_that_raised_the_score(service, run_path, monkeypatch):
+    from shopgraph.graph.pipeline import load_run_tables
+
+    tables = load_run_tables(RunDir(run_path))
+    data = RunDir(run_path).load_graph()
+    cut = float(data.split_times[0])
+    created = float(tables.users.set_index("user_id").loc["u002", "created_at"])
+    age = (cut - created) / 86_400
+    u = service.user_ids.index("u002")
+    n_events = int(np.expm1(service._user_raw["log_n_events"][u]).round())
+    # what the scorer read is standardised (9.9 here): the reasons show the raw values, and only
+    # the features that raised the score, largest first
+    fake = [("night_share", 9.9, -0.4), ("log_n_events", 9.9, 0.2), ("log_account_age_days", 9.9, 0.7),
+            ("other users via device: mean log_n_events", 9.9, 1.5)]
+    monkeypatch.setattr(service, "_fraud_attribution", lambda _: fake)
+    assert service.score_user("u002").reasons == [
+        f"account age: {age:,.0f} days (+0.70 log-odds)" if age >= 10 else f"account age: {age:,.1f} days (+0.70 log-odds)",
+        f"events in the training period: {n_events:,} (+0.20 log-odds)"]
+    monkeypatch.setattr(service, "_fraud_attribution", lambda _: [("night_share", 9.9, -0.4)])
+    assert service.score_user("u002").reasons == [
+        "nothing in the account's own behaviour or shared identifiers raised its score"]
+
+
+def test_fraud_reasons_of_the_gnn_head_are_its_integrated_gradients(service):
+    from shopgraph.graph.explain import explain_user
+
+    data = RunDir(service.run_path).load_graph()
+    for user in ("u000", "u002", "u017"):
+        u = service.user_ids.index(user)
+        ex = explain_user(service.model, data, u, top_k=int(data["user"].x.size(1)))
+        up = sorted((f.attribution for f in ex.features if f.attribution >= 0.005), reverse=True)[:3]
+        shown = [float(r.rsplit("(+", 1)[1].split(" ")[0]) for r in service.score_user(user).reasons
+                 if r.endswith(" log-odds)")]
+        np.testing.assert_allclose(shown, [round(a, 2) for a in up][:len(shown)], atol=0.006)
+        assert shown and all(a > 0 for a in shown)
+
+
+@pytest.mark.parametrize("name, raw, value, fact", [
+    ("log_account_age_days", float(np.log1p(412.0)), -1.3, "account age: 412 days"),
+    ("user_country=DE", 1.0, 1.0, "country: DE"),
+    ("user_country=DE", 0.0, 0.0, None),  # an account not from DE: nothing to say
+    ("user_signup_channel=ads", 1.0, 1.0, "signup channel: ads"),
+    ("has_account_age", 0.0, 0.0, "no account creation date"),
+    ("night_share", 0.25, 2.1, "share of events at night (00:00-06:00 UTC): 25%"),
+    ("night_share", None, 2.1, None),  # no raw value: the standardised one is never shown
+    ("accounts sharing a device (or other identifier), known fraud (log count)", None, float(np.log1p(4)),
+     "accounts sharing a device (or other identifier), known fraud: 4"),
+    ("items via cart: mean log_price", None, 0.7, None),
+])
+def test_describe_user_feature(name, raw, value, fact):
+    from shopgraph.retrieval.service import describe_user_feature
+
+    assert describe_user_feature(name, raw, value) == fact
