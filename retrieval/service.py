@@ -571,8 +571,10 @@ class ShopService:
             if rel == target:
                 rows_t.append(ei[0])
                 cols_t.append(ei[1])
-        self._seen = _csr(np.concatenate(rows_t) if rows_t else np.zeros(0, np.int64),
-                          np.concatenate(cols_t) if cols_t else np.zeros(0, np.int64), n_users)
+        buyer_rows = np.concatenate(rows_t) if rows_t else np.zeros(0, np.int64)
+        bought_cols = np.concatenate(cols_t) if cols_t else np.zeros(0, np.int64)
+        self._seen = _csr(buyer_rows, bought_cols, n_users)
+        self._buyers = _csr(bought_cols, buyer_rows, n_items)  # item -> the users who bought it (similar reasons)
         empty = np.zeros(0, np.int64)
         ev_user = np.concatenate(rows_a) if rows_a else empty
         ev_item = np.concatenate(cols_a) if cols_a else empty
@@ -895,13 +897,26 @@ class ShopService:
         with self._lock.read():
             hits = self._filtered("gnn_items_cosine", self.item_emb[items], k,
                                   [np.array([i], dtype=np.int64) for i in items], None)
-            out = []
-            for i, (ids, sc) in zip(items, hits):
-                same = self._item_cat[ids] == self._item_cat[i]
-                reasons = [f"same category '{self.categories[i]}', often bought by the same shoppers"
-                           if s and self.categories[i] else "often bought by the same shoppers" for s in same]
-                out.append(self._pack(ids, sc, reasons))
-            return out
+            return [self._pack(ids, sc, self._similar_reasons(i, ids, sc)) for i, (ids, sc) in zip(items, hits)]
+
+    def _buyers_of(self, item: int) -> np.ndarray:
+        indptr, users = self._buyers
+        return users[indptr[item]:indptr[item + 1]] if item < len(indptr) - 1 else np.zeros(0, np.int64)
+
+    def _similar_reasons(self, item: int, ids: np.ndarray, scores: np.ndarray) -> list[str]:
+        """Per neighbour of ``item``: how many shoppers bought both (when any did), the shared
+        category, else how close the two are in the model's item embedding."""
+        buyers = self._buyers_of(item)
+        out = []
+        for j, score in zip(ids.tolist(), scores.tolist()):
+            both = int(np.intersect1d(buyers, self._buyers_of(j), assume_unique=True).size) if buyers.size else 0
+            parts = [f"{both} shopper{'s' if both > 1 else ''} {self._verb_target} both"] if both else []
+            if self.categories[item] and self._item_cat[j] == self._item_cat[item]:
+                parts.append(f"same category '{self.categories[item]}'")
+            if not both:
+                parts.append(f"close in the model's item embedding (cosine {score:.2f})")
+            out.append("; ".join(parts))
+        return out
 
     # -- content search -------------------------------------------------------------------------
     def _need(self, name: str) -> ItemIndex:

@@ -179,7 +179,23 @@ def test_similar_items_is_cosine_and_excludes_itself(service):
     ids, scores = _brute(service, service.item_emb[4], {4}, 6, cosine=True)
     assert rec.item_ids == ids and "i004" not in rec.item_ids
     np.testing.assert_allclose(rec.scores, scores, rtol=1e-4, atol=1e-5)
-    assert all("bought by the same shoppers" in r for r in rec.reasons)
+    # the reason says how many shoppers bought both only when some did (counted here from the graph)
+    data = RunDir(service.run_path).load_graph()
+    ei = data["user", "purchase", "item"].edge_index.numpy()
+    buyers = {i: set(ei[0][ei[1] == i].tolist()) for i in range(len(service.item_ids))}
+    for item in ("i000", "i004", "i011", "i023"):
+        rec = service.similar_items(item, k=8)
+        i = service.item_ids.index(item)
+        for j, score, reason in zip(rec.item_ids, rec.scores, rec.reasons):
+            both = len(buyers[i] & buyers[service.item_ids.index(j)])
+            if both:
+                assert reason.startswith(f"{both} shopper{'s' if both > 1 else ''} bought both"), reason
+                assert "embedding" not in reason
+            else:
+                assert "bought" not in reason and reason.endswith(f"close in the model's item embedding "
+                                                                  f"(cosine {score:.2f})"), reason
+            same = service.categories[i] == service.categories[service.item_ids.index(j)]
+            assert (f"same category '{service.categories[i]}'" in reason) == same
 
 
 def test_text_image_and_combined_search(service):
@@ -239,7 +255,10 @@ def test_add_and_remove_item_without_retraining(run_path):
     ids, _ = _brute(svc, svc.user_emb[0], _purchased(svc, run_path, "u000"), 31)
     assert svc.recommend("u000", k=31).item_ids == ids and "new1" in ids
     assert svc.recommend("u000", k=3, category="toys").item_ids == ["new1"]
-    assert len(svc.similar_items("new1", k=5).item_ids) == 5
+    similar = svc.similar_items("new1", k=5)
+    assert len(similar.item_ids) == 5
+    # nobody has bought a new item: its neighbours are never "bought by the same shoppers"
+    assert all("bought" not in r and "item embedding" in r for r in similar.reasons)
     # the stored embedding is the model's inductive pass over the item's own feature row
     text_vec = svc._encode_texts(["glow in the dark frisbee. toys"])[0]
     image_vec = svc._encode_image(solid_png((20, 220, 20), seed=5))[0]
