@@ -24,6 +24,7 @@ import math
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +42,7 @@ MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_TEXT_CHARS = 2_000
 MAX_BATCH = 1_000
+SHOWN_CHARS = 60  # longest value echoed in an error message
 # the one-hot flags of the items' category column (encoders/behaviour.py: "item_" + "category=<value>")
 CATEGORY_FLAG = "item_category="
 REASON_HISTORY = 200  # history items compared when explaining a recommendation
@@ -143,11 +145,30 @@ class _RWLock:
                 self._cond.notify_all()
 
 
-def check_k(k: Any) -> int:
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters (a long input is
+    named by its start and its length, not echoed whole)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value):,} characters)" if isinstance(value, str) else (
+        f" ({len(value):,} items)" if isinstance(value, Sequence | bytes) else "")
+    return text[:limit] + "…" + size
+
+
+def check_k(k: Any, name: str = "k") -> int:
     """``k`` as an int in 1..1000, else ``ValueError`` naming it."""
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= int(k) <= K_MAX:
-        raise ValueError(f"k: expected an integer between 1 and {K_MAX} (got {k!r})")
+        raise ValueError(f"{name}: expected an integer between 1 and {K_MAX} (got {shown(k)})")
     return int(k)
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``value`` if it is a bool (``numpy.bool_`` too), else ``ValueError`` naming it: a string
+    like ``"no"`` is truthy and would silently mean the opposite."""
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name}: expected True or False (got {type(value).__name__} {shown(value)})")
+    return bool(value)
 
 
 def check_text(text: Any, name: str = "text") -> str:
@@ -155,10 +176,19 @@ def check_text(text: Any, name: str = "text") -> str:
         raise ValueError(f"{name}: expected a string (got {type(text).__name__})")
     stripped = text.strip()
     if not stripped:
-        raise ValueError(f"{name}: expected a non-empty query (got {text!r})")
+        raise ValueError(f"{name}: expected a non-empty query (got {shown(text)})")
     if len(stripped) > MAX_TEXT_CHARS:
         raise ValueError(f"{name}: expected at most {MAX_TEXT_CHARS:,} characters (got {len(stripped):,})")
     return stripped
+
+
+def _megabytes(size: int) -> str:
+    """``10.01 MB (10,495,761 bytes)``: with the exact size, so that a size just over the limit
+    never reads as the limit itself."""
+    return f"{size / 2**20:.2f} MB ({size:,} bytes)"
+
+
+IMAGE_LIMIT = f"{MAX_IMAGE_BYTES // 2**20} MB limit ({MAX_IMAGE_BYTES:,} bytes)"
 
 
 def read_image(image: Any, name: str = "image") -> Any:
@@ -177,21 +207,23 @@ def read_image(image: Any, name: str = "image") -> Any:
         elif isinstance(image, str | Path):
             path = Path(image)
             if not path.is_file():
-                raise ValueError(f"{name}: no such file (got {str(path)!r})")
+                raise ValueError(f"{name}: no such file (got {shown(str(path))})")
             size = path.stat().st_size
             if size > MAX_IMAGE_BYTES:
-                raise ValueError(f"{name}: {size / 2**20:.1f} MB is over the {MAX_IMAGE_BYTES // 2**20} MB limit")
+                raise ValueError(f"{name}: {_megabytes(size)} is over the {IMAGE_LIMIT}")
             payload = path.read_bytes()
         else:
             raise ValueError(f"{name}: expected a PIL image, bytes or a file path (got {type(image).__name__})")
         if not payload:
             raise ValueError(f"{name}: the upload is empty (got 0 bytes)")
         if len(payload) > MAX_IMAGE_BYTES:
-            raise ValueError(
-                f"{name}: {len(payload) / 2**20:.1f} MB is over the {MAX_IMAGE_BYTES // 2**20} MB limit")
+            raise ValueError(f"{name}: {_megabytes(len(payload))} is over the {IMAGE_LIMIT}")
         try:
             img = Image.open(io.BytesIO(payload))
-        except (UnidentifiedImageError, OSError) as exc:
+        except UnidentifiedImageError as exc:
+            raise ValueError(f"{name}: not a readable image ({len(payload):,} bytes; not a format the image "
+                             f"library knows; starts with {shown(payload[:8])})") from exc
+        except OSError as exc:
             raise ValueError(f"{name}: not a readable image ({len(payload):,} bytes; {exc})") from exc
         except Image.DecompressionBombError as exc:
             raise ValueError(f"{name}: more than {MAX_IMAGE_PIXELS:,} pixels ({exc})") from exc
@@ -667,10 +699,10 @@ class ShopService:
     @staticmethod
     def _lookup(positions: dict[str, int], value: Any, name: str, kind: str) -> int:
         if not isinstance(value, str):
-            raise ValueError(f"{name}: expected a string id (got {type(value).__name__} {value!r})")
+            raise ValueError(f"{name}: expected a string id (got {type(value).__name__} {shown(value)})")
         pos = positions.get(value)
         if pos is None:
-            raise UnknownIdError(f"{name}: unknown {kind} {value!r}")
+            raise UnknownIdError(f"{name}: unknown {kind} {shown(value)}")
         return pos
 
     def _user(self, user_id: Any, name: str = "user_id") -> int:
@@ -690,12 +722,15 @@ class ShopService:
         return [one(value, f"{name}[{pos}]") for pos, value in enumerate(ids)]
 
     def _category(self, category: str | None) -> int | None:
-        if category is None or category == "":
+        if category is None:
             return None
-        code = self._cat_code.get(category)
+        if not isinstance(category, str):
+            raise ValueError(f"category: expected a category name or None (got {type(category).__name__} "
+                             f"{shown(category)})")
+        code = self._cat_code.get(category) if category else None
         if code is None or not (self._item_cat[self._active] == code).any():
             known = sorted(c for c in self._cat_code if c)
-            raise ValueError(f"category: unknown category {category!r} (known: {', '.join(known[:20])})")
+            raise ValueError(f"category: unknown category {shown(category)} (known: {', '.join(known[:20])})")
         return code
 
     def has_user(self, user_id: str) -> bool:
@@ -820,12 +855,14 @@ class ShopService:
             category: only items of this category.
         """
         k = check_k(k)
+        exclude_seen = check_bool(exclude_seen, "exclude_seen")
         return self._recommend([self._user(user_id)], k, exclude_seen, self._category(category))[0]
 
     def recommend_batch(self, user_ids: Sequence[str], k: int = 10, exclude_seen: bool = True,
                         category: str | None = None) -> list[Recommendation]:
         """:meth:`recommend` for many users with one batched FAISS search."""
         k = check_k(k)
+        exclude_seen = check_bool(exclude_seen, "exclude_seen")
         users = self._many(user_ids, "user_ids", self._user)
         return self._recommend(users, k, exclude_seen, self._category(category))
 
@@ -1057,6 +1094,7 @@ class ShopService:
         and the mean of their normalised GNN embeddings is the query against ``gnn_items_cosine``
         (so results follow shopping behaviour, not only wording)."""
         k = check_k(k)
+        n_seeds = check_k(n_seeds, "n_seeds")
         q = self._encode_texts([check_text(text)])
         with self._lock.read():
             seeds, _ = self._content_hits("text_items", q, n_seeds)
@@ -1150,7 +1188,8 @@ class ShopService:
         inductive pass (no edges), and insert it into every index.
 
         Args:
-            item_id: a new external id.
+            item_id: a new external id (leading and trailing spaces are stripped, with a warning, as
+                loading the shop strips them).
             title, category, description: item text.
             price: item price (kept for display).
             image: ``PIL.Image``, bytes or a path, optional.
@@ -1159,14 +1198,19 @@ class ShopService:
             The new item's node index.
         """
         if not isinstance(item_id, str) or not item_id.strip():
-            raise ValueError(f"item_id: expected a non-empty string (got {item_id!r})")
+            raise ValueError(f"item_id: expected a non-empty string (got {shown(item_id)})")
+        if item_id != item_id.strip():  # as loading the shop does (graph/load.py): ids are stored stripped
+            warnings.warn(f"item_id: stripped leading/trailing spaces ({shown(item_id)} -> "
+                          f"{shown(item_id.strip())})", stacklevel=2)
+            item_id = item_id.strip()
         if item_id in self._item_pos:
-            raise ValueError(f"item_id: item {item_id!r} already exists")
+            raise ValueError(f"item_id: item {shown(item_id)} already exists")
         for name, value in (("title", title), ("category", category), ("description", description)):
             if not isinstance(value, str):
                 raise ValueError(f"{name}: expected a string (got {type(value).__name__})")
-        if price is not None and (not isinstance(price, int | float) or not math.isfinite(price) or price < 0):
-            raise ValueError(f"price: expected a finite number >= 0 (got {price!r})")
+        if price is not None and (isinstance(price, bool) or not isinstance(price, int | float | np.number)
+                                  or not math.isfinite(price) or price < 0):
+            raise ValueError(f"price: expected a finite number >= 0 (got {type(price).__name__} {shown(price)})")
         from shopgraph.encoders.text import item_text
 
         text = item_text(title, category, description)

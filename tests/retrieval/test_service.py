@@ -348,12 +348,26 @@ def test_new_item_features_follow_the_training_layout(service, run_path):
     (lambda s: s.search(text="   "), "text: expected a non-empty query"),
     (lambda s: s.search(), "text, image: expected a text query, an image or both"),
     (lambda s: s.search(image=b"not an image"), r"image: not a readable image \(12 bytes"),
-    (lambda s: s.search(image=b"\x89PNG" + bytes(11 * 2**20)), r"image: 11.0 MB is over the 10 MB limit"),
+    (lambda s: s.search(image=b"\x89PNG" + bytes(11 * 2**20)), r"image: 11.00 MB \(11,534,340 bytes\) is over the 10 MB limit \(10,485,760 bytes\)"),
     (lambda s: s.search(image=Image.new("L", (8000, 6000))), "image: 8000x6000 is over the 40 megapixel limit"),
     (lambda s: s.search(image="/no/such/file.png"), "image: no such file"),
     (lambda s: s.search_batch(["ok", ""]), r"texts\[1\]: expected a non-empty query"),
     (lambda s: s.recommend_for_items(["i001", "x"]), r"item_ids\[1\]: unknown item 'x'"),
     (lambda s: s.recommend_for_text(""), "text: expected a non-empty query"),
+    (lambda s: s.recommend("u001", k=True), r"k: expected an integer between 1 and 1000 \(got True\)"),
+    (lambda s: s.recommend("u001", k=5.0), r"k: expected an integer between 1 and 1000 \(got 5.0\)"),
+    (lambda s: s.recommend("u001", exclude_seen="no"), r"exclude_seen: expected True or False \(got str 'no'\)"),
+    (lambda s: s.recommend_batch(["u001"], exclude_seen=0), r"exclude_seen: expected True or False \(got int 0\)"),
+    (lambda s: s.recommend("u001", category=["toys"]), r"category: expected a category name or None \(got list"),
+    (lambda s: s.recommend("u001", category=""), r"category: unknown category ''"),
+    (lambda s: s.recommend_for_text("boots", n_seeds=0), r"n_seeds: expected an integer between 1 and 1000 \(got 0\)"),
+    (lambda s: s.recommend_for_text("boots", n_seeds=-5), r"n_seeds: expected an integer .* \(got -5\)"),
+    (lambda s: s.recommend_for_text("boots", n_seeds="a"), r"n_seeds: expected an integer .* \(got 'a'\)"),
+    (lambda s: s.recommend_for_text("boots", n_seeds=1.5), r"n_seeds: expected an integer .* \(got 1.5\)"),
+    (lambda s: s.add_item("nb", "bool price", price=True), r"price: expected a finite number >= 0 \(got bool True\)"),
+    (lambda s: s.recommend("x" * 5000), r"user_id: unknown user 'x{59}… \(5,000 characters\)$"),
+    (lambda s: s.search(image=b"junk"), r"^image: not a readable image \(4 bytes; not a format the image library "
+                                        r"knows; starts with b'junk'\)$"),
 ])
 def test_bad_inputs_raise_value_error_naming_them(service, call, message):
     with pytest.raises(ValueError, match=message):
@@ -520,3 +534,12 @@ def test_describe_user_feature(name, raw, value, fact):
     from shopgraph.retrieval.service import describe_user_feature
 
     assert describe_user_feature(name, raw, value) == fact
+
+
+def test_add_item_strips_the_id_as_loading_the_shop_does(run_path):
+    svc = load_service(run_path)
+    with pytest.warns(UserWarning, match="item_id: stripped leading/trailing spaces"):
+        pos = svc.add_item(" pad ", "padded item")
+    assert svc.item_ids[pos] == "pad" and svc.has_item("pad") and not svc.has_item(" pad ")
+    with pytest.raises(ValueError, match="item_id: item 'pad' already exists"), pytest.warns(UserWarning):
+        svc.add_item("pad  ", "again")
