@@ -6,9 +6,10 @@ text or a multipart image upload), ``GET /fraud/score``, ``GET /healthz``, ``GET
 the fraud-case endpoints (``retrieval/fraud_api.py``) under ``/fraud`` when they are available.
 
 Errors are JSON ``{"detail": "<argument>: <problem> (got <value>)"}``: 404 for an unknown user or
-item id, 422 for any other bad input (k outside 1..1000, empty text, unreadable image), 413 for
-an upload over the size limit, 415 for an unsupported content type, 503 when the run lacks what
-the call needs. Bad input never yields a 500.
+item id, 422 for any other bad input (k not an integer in 1..1000, an unknown, repeated or empty
+parameter or field, empty text, unreadable image), 413 for an image or JSON body over its size
+limit, 400 for a multipart body that cannot be parsed, 415 for an unsupported content type, 503
+when the run lacks what the call needs. Bad input never yields a 500.
 """
 
 from __future__ import annotations
@@ -424,6 +425,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
                         "k": {"type": "integer", "minimum": 1, "maximum": K_MAX, "default": 10},
                     },
                     "required": ["image"],
+                    "additionalProperties": False,
                 }},
             },
         }

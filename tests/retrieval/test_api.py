@@ -66,6 +66,16 @@ def test_openapi_docs(client):
     assert set(spec["paths"]["/search"]["post"]["requestBody"]["content"]) == {
         "application/json", "multipart/form-data"}
     assert client.get("/docs").status_code == 200
+    # every error the routes answer is listed with the body they send ({"detail": str})
+    error = {"$ref": "#/components/schemas/ErrorOut"}
+    for path, method, codes in (("/recommend", "get", {"404", "422"}), ("/similar", "get", {"404", "422"}),
+                                ("/fraud/score", "get", {"404", "422"}), ("/healthz", "get", {"422"}),
+                                ("/search", "post", {"400", "413", "415", "422", "503"})):
+        responses = spec["paths"][path][method]["responses"]
+        assert codes <= set(responses), path
+        assert all(responses[c]["content"]["application/json"]["schema"] == error for c in codes), path
+    body = spec["paths"]["/search"]["post"]["requestBody"]["content"]
+    assert body["application/json"]["schema"]["additionalProperties"] is False
 
 
 _K = "k: expected an integer between 1 and 1000"
