@@ -547,7 +547,7 @@ def cli_serve(args: argparse.Namespace) -> int:
 
     # Load it once here, so that a run folder the workers cannot serve (stale index, bad checksum)
     # is one error line, not workers dying and respawning with the same traceback.
-    ShopService.from_run(run, load_model=False)
+    ShopService.from_run(run, load_model=False, fraud_reasons=False)
     gc.collect()
     print(serving, flush=True)
     os.environ[RUN_ENV] = str(run)

@@ -643,6 +643,7 @@ class ShopService:
         image_encoder: ImageEncoderLike | None = None,
         load_model: bool = True,
         use_gpu: bool | None = None,
+        fraud_reasons: bool = True,
     ) -> ShopService:
         """Load a run folder (graph, items table, embeddings, indexes, fraud.json, model).
 
@@ -653,6 +654,9 @@ class ShopService:
             text_encoder, image_encoder: encoders to use for queries (default: the run's models).
             load_model: load ``RUN/model/`` for :meth:`add_item` when it is there.
             use_gpu: FAISS on GPU (``None``: when available).
+            fraud_reasons: prepare the fraud reasons' attributions and raw values (:func:`fraud_attribution_of`,
+                :func:`user_raw_columns`; a few seconds on a run that serves boosted trees). Without
+                them ``score_user`` says that it has no attribution.
         """
         import pandas as pd
 
@@ -690,9 +694,10 @@ class ShopService:
             text_encoder=text_encoder, image_encoder=image_encoder,
             text_model=config.get("text_model"), image_model=config.get("image_model"),
             tables_root=Path(root) if root else None, run_path=run.path, model_problem=model_problem,
-            user_raw=user_raw_columns(run, data),
+            user_raw=user_raw_columns(run, data) if fraud_reasons else None,
             fraud_attribution=fraud_attribution_of(run, data, model, fraud,
-                                                   None if prob is None else np.asarray(prob).reshape(-1)),
+                                                   None if prob is None else np.asarray(prob).reshape(-1))
+            if fraud_reasons else None,
         )
 
     # -- lookups --------------------------------------------------------------------------------
@@ -1051,7 +1056,8 @@ class ShopService:
         """The ``top`` facts about the account that raised its fraud score most, each with its raw
         value and its contribution to the scorer's log-odds; only facts that raised it."""
         if self._fraud_attribution is None:
-            return [f"no per-feature attribution for this run's fraud scorer ({self.fraud.get('kind', 'none')})"]
+            return [f"no per-feature attribution is available for this run's fraud scorer "
+                    f"({self.fraud.get('kind', 'none')}); /fraud/explain may have one"]
         facts = []
         for name, value, contribution in self._fraud_attribution(u):
             if contribution >= 0.005:  # shown to two decimals: no "+0.00"

@@ -502,6 +502,9 @@ def test_fraud_reasons_are_raw_facts_that_raised_the_score(service, run_path, mo
     monkeypatch.setattr(service, "_fraud_attribution", lambda _: [("night_share", 9.9, -0.4)])
     assert service.score_user("u002").reasons == [
         "nothing in the account's own behaviour or shared identifiers raised its score"]
+    monkeypatch.setattr(service, "_fraud_attribution", None)  # e.g. rank_average: nothing to attribute with
+    assert service.score_user("u002").reasons[0].startswith("no per-feature attribution is available for this "
+                                                            "run's fraud scorer (gnn)")
 
 
 def test_fraud_reasons_of_the_gnn_head_are_its_integrated_gradients(service):
