@@ -323,7 +323,7 @@ def fraud_attribution_of(run: RunDir, data: Any, model: Any, fraud: dict[str, An
         stored = np.asarray(fraud_prob, dtype=np.float64)
 
         def integrated(u: int) -> Sequence[tuple[str, float, float]]:
-            ex = explain_user(model, data, u, top_k=n_features)
+            ex = explain_user(model, data, u, top_k=n_features, max_neighbours=0)  # features only: no occlusion
             if not ex.method.startswith("integrated_gradients") or ex.score is None \
                     or abs(ex.score - float(stored[u])) > 1e-3:
                 return []  # z-scores, or a model that does not give the served score: not attributions
