@@ -123,6 +123,16 @@ def user_features(tables: ShopTables, data: HeteroData, events: pd.DataFrame | N
     Returns:
         ``NodeFeatures(x float32 [U, F], names)``.
     """
+    cols, flags = user_feature_columns(tables, data, events)
+    return _standardise(cols, len(data["user"].ids), flags)
+
+
+def user_feature_columns(
+    tables: ShopTables, data: HeteroData, events: pd.DataFrame | None = None
+) -> tuple[dict[str, np.ndarray], set[str]]:
+    """The columns of :func:`user_features` before standardising: ``({name: float64 [U]}, names of
+    the one-hot flags)``, so that explanations can show the raw values (``expm1`` of a ``log_``
+    column is the count or amount itself, e.g. the account age in days)."""
     ev = train_events(tables, data) if events is None else events
     ids = pd.Index(data["user"].ids)
     n = len(ids)
@@ -194,7 +204,7 @@ def user_features(tables: ShopTables, data: HeteroData, events: pd.DataFrame | N
     # the shop's own user columns (country, signup channel, scores ...)
     extras, flags = _table_extras(tables.users, "user_id", ids, "user_", ("created_at",))
     cols.update(extras)
-    return _standardise(cols, n, flags)
+    return cols, flags
 
 
 def device_features(tables: ShopTables, data: HeteroData, events: pd.DataFrame | None = None) -> NodeFeatures:

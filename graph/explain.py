@@ -448,22 +448,28 @@ class ServedTreeExplainer:
     def explain(self, data: HeteroData, user_index: int, *, top_k: int = 5) -> Explanation:
         """The user's top ``top_k`` feature contributions to the trees' log-odds (they sum, with
         the trees' base value, to the log-odds of ``score``) and most-shared identifiers."""
-        import xgboost as xgb
-
         user_index = _check_user(data, user_index)
         if top_k < 1:
             raise ValueError(f"top_k: expected a positive integer (got {top_k})")
-        contrib = self.booster.predict(xgb.DMatrix(self._rows(user_index, user_index + 1)),
-                                       pred_contribs=True)[0].astype(np.float64)
-        margin = float(contrib.sum())  # the last entry is the base value
-        per_column, values = contrib[:-1][self.columns], self.table[user_index].astype(np.float64)
-        items = [FeatureAttribution(name, float(values[cols[0]]) if single else float(np.linalg.norm(values[cols])),
-                                    float(per_column[cols].sum()))
-                 for name, cols, single in self.reasons]
+        items, base = self.contributions(user_index)
+        margin = base + sum(f.attribution for f in items)
         items.sort(key=lambda f: -abs(f.attribution))  # stable: ties keep the column order
         return Explanation(_node_ids(data, "user")[user_index], 1.0 / (1.0 + math.exp(-margin)),
                            "tree_shap+shared_identifiers", items[:top_k],
                            _shared_identifiers(data, direct_neighbours(data, user_index), top_k))
+
+    def contributions(self, user_index: int) -> tuple[list[FeatureAttribution], float]:
+        """Every reason's TreeSHAP contribution to the trees' log-odds for one user (node index),
+        in column order, and the trees' base value: ``base + sum(contributions)`` is the log-odds."""
+        import xgboost as xgb
+
+        contrib = self.booster.predict(xgb.DMatrix(self._rows(user_index, user_index + 1)),
+                                       pred_contribs=True)[0].astype(np.float64)
+        per_column, values = contrib[:-1][self.columns], self.table[user_index].astype(np.float64)
+        items = [FeatureAttribution(name, float(values[cols[0]]) if single else float(np.linalg.norm(values[cols])),
+                                    float(per_column[cols].sum()))
+                 for name, cols, single in self.reasons]
+        return items, float(contrib[-1])  # the last entry is the base value
 
     @classmethod
     def from_run(cls, run: RunDir, data: HeteroData, model: FraudModel | None,

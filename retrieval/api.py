@@ -6,9 +6,10 @@ text or a multipart image upload), ``GET /fraud/score``, ``GET /healthz``, ``GET
 the fraud-case endpoints (``retrieval/fraud_api.py``) under ``/fraud`` when they are available.
 
 Errors are JSON ``{"detail": "<argument>: <problem> (got <value>)"}``: 404 for an unknown user or
-item id, 422 for any other bad input (k outside 1..1000, empty text, unreadable image), 413 for
-an upload over the size limit, 415 for an unsupported content type, 503 when the run lacks what
-the call needs. Bad input never yields a 500.
+item id, 422 for any other bad input (k not an integer in 1..1000, an unknown, repeated or empty
+parameter or field, empty text, unreadable image), 413 for an image or JSON body over its size
+limit, 400 for a multipart body that cannot be parsed, 415 for an unsupported content type, 503
+when the run lacks what the call needs. Bad input never yields a 500.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import errno
 import gc
+import json
 import logging
 import math
 import os
@@ -27,13 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shopgraph.retrieval.params import check_fields, parse_int, strict_query
 from shopgraph.retrieval.service import (
+    IMAGE_LIMIT,
     K_MAX,
     MAX_IMAGE_BYTES,
     MAX_TEXT_CHARS,
@@ -41,11 +46,14 @@ from shopgraph.retrieval.service import (
     Recommendation,
     ShopService,
     UnknownIdError,
+    check_k,
+    shown,
 )
 
 logger = logging.getLogger(__name__)
 
 RUN_ENV = "SHOPGRAPH_RUN"
+MAX_JSON_BYTES = 64 * 1024  # a JSON query is at most 2,000 characters of text and k
 LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                                       2.5, 5.0, 10.0)
 Scope = MutableMapping[str, Any]
@@ -76,7 +84,9 @@ class SimilarOut(BaseModel):
 
 
 class SearchIn(BaseModel):
-    """JSON body of ``POST /search``."""
+    """JSON body of ``POST /search`` (its schema; the body is checked by :func:`_search_json`)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     text: str = Field(..., description="the query text", max_length=MAX_TEXT_CHARS)
     k: int = Field(10, ge=1, le=K_MAX, description=f"results, 1..{K_MAX}")
@@ -206,7 +216,7 @@ def _validation_message(errors: list[Any]) -> str:
         if err.get("type") == "missing":
             parts.append(f"{name}: required")
         else:
-            parts.append(f"{name}: {msg[0].lower() + msg[1:] if msg else msg} (got {err.get('input')!r})")
+            parts.append(f"{name}: {msg[0].lower() + msg[1:] if msg else msg} (got {shown(err.get('input'))})")
     return "; ".join(parts)
 
 
@@ -283,6 +293,81 @@ def include_fraud_cases(app: FastAPI, run_dir: Path | None) -> bool:
     return True
 
 
+# -- the /search body -----------------------------------------------------------------------------
+_JSON_EXAMPLE = '{"text": "red shoes", "k": 10}'
+
+
+async def _json_body(request: Request) -> Any:
+    """The parsed JSON body, read up to ``MAX_JSON_BYTES`` (413 past it)."""
+    too_big = HTTPException(413, f"body: over the {MAX_JSON_BYTES:,}-byte limit of a JSON query")
+    try:
+        if int(request.headers.get("content-length") or 0) > MAX_JSON_BYTES:
+            raise too_big
+    except ValueError:
+        raise HTTPException(400, f"content-length: not a number (got "
+                                 f"{shown(request.headers.get('content-length'))})") from None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_JSON_BYTES:
+            raise too_big
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError:
+        raise ValueError(f"body: expected a JSON object like {_JSON_EXAMPLE} (got invalid JSON)") from None
+
+
+def _search_json(body: Any) -> tuple[str, int]:
+    """``(text, k)`` of a JSON search body: an object with ``text`` and optional ``k``, nothing else.
+    ``k`` must be a JSON integer (not ``true``, ``"5"`` or ``5.0``), as in the query and the form."""
+    if not isinstance(body, dict):
+        raise ValueError(f"body: expected a JSON object like {_JSON_EXAMPLE} (got {type(body).__name__})")
+    check_fields(list(body), ("text", "k"), "field")
+    if "text" not in body:
+        raise ValueError("text: required")
+    text = body["text"]
+    if not isinstance(text, str):
+        raise ValueError(f"text: expected a string (got {type(text).__name__} {shown(text)})")
+    return text, check_k(body.get("k", 10))
+
+
+async def _search_form(request: Request) -> tuple[str | None, bytes, int]:
+    """``(text, image bytes, k)`` of a multipart search: a file field ``image``, optional ``text``
+    and ``k``, nothing else; 413 when the image is over the limit, 400 when the body is not
+    readable multipart."""
+    try:
+        length = int(request.headers.get("content-length") or 0)
+    except ValueError:
+        raise HTTPException(400, f"content-length: not a number (got "
+                                 f"{shown(request.headers.get('content-length'))})") from None
+    if length > MAX_IMAGE_BYTES + (1 << 20):
+        raise HTTPException(413, f"image: upload of {length / 2**20:.2f} MB ({length:,} bytes) is over the "
+                                 f"{IMAGE_LIMIT}")
+    try:
+        form = await request.form()
+    except StarletteHTTPException as exc:  # starlette's answer to a malformed multipart body
+        detail = str(exc.detail).rstrip(".")
+        raise HTTPException(400, f"body: not a readable multipart/form-data body "
+                                 f"({detail[:1].lower() + detail[1:]})") from None
+    except (ValueError, KeyError, AssertionError) as exc:
+        raise HTTPException(400, f"body: not a readable multipart/form-data body ({type(exc).__name__})") from None
+    check_fields([key for key, _ in form.multi_items()], ("image", "text", "k"), "form field")
+    upload = form.get("image")
+    if upload is None or isinstance(upload, str):
+        raise ValueError("image: expected a file field named 'image' in the multipart form (got none)")
+    image = await upload.read(MAX_IMAGE_BYTES + 1)
+    if len(image) > MAX_IMAGE_BYTES:
+        raise HTTPException(413, f"image: upload over the {IMAGE_LIMIT}")
+    raw_text = form.get("text")
+    if raw_text is not None and not isinstance(raw_text, str):
+        raise ValueError("text: expected a text field, not a file")
+    raw_k = form.get("k", "10")
+    if not isinstance(raw_k, str):
+        raise ValueError("k: expected a text field, not a file")
+    return raw_text or None, image, parse_int("k", raw_k, 1, K_MAX)
+
+
 # -- the app ---------------------------------------------------------------------------------------
 def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = True) -> FastAPI:
     """The FastAPI application over ``service``.
@@ -303,19 +388,27 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     _install_error_handlers(app)
     k_param = Query(10, ge=1, le=K_MAX, description=f"number of results, 1..{K_MAX}")
 
+    k_range = {"k": (1, K_MAX)}
+    only_recommend = Depends(strict_query(("user_id", "k", "exclude_seen", "category"), ints=k_range,
+                                          bools=("exclude_seen",), non_empty=("user_id", "category")))
+    only_similar = Depends(strict_query(("item_id", "k"), ints=k_range, non_empty=("item_id",)))
+    only_user = Depends(strict_query(("user_id",), non_empty=("user_id",)))
+    nothing = Depends(strict_query(()))
+
     @app.get("/recommend", response_model=RecommendOut, responses=_ERRORS, tags=["recommend"],
-             summary="Top-k items for a user")
+             summary="Top-k items for a user", dependencies=[only_recommend])
     def recommend(
         user_id: str = Query(..., description="external user id"),
         k: int = k_param,
-        exclude_seen: bool = Query(True, description="drop items the user already purchased"),
-        category: str | None = Query(None, description="only items of this category"),
+        exclude_seen: bool = Query(True, description="drop items the user already purchased: true or false"),
+        category: str | None = Query(None, description="only items of this category (omit it for every "
+                                                       "category; an empty value is refused)"),
     ) -> RecommendOut:
         rec = service.recommend(user_id, k, exclude_seen=exclude_seen, category=category)
         return RecommendOut(user_id=user_id, k=k, items=_items(rec))
 
     @app.get("/similar", response_model=SimilarOut, responses=_ERRORS, tags=["recommend"],
-             summary="Items similar to an item")
+             summary="Items similar to an item", dependencies=[only_similar])
     def similar(item_id: str = Query(..., description="external item id"), k: int = k_param) -> SimilarOut:
         return SimilarOut(item_id=item_id, k=k, items=_items(service.similar_items(item_id, k)))
 
@@ -333,6 +426,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
                         "k": {"type": "integer", "minimum": 1, "maximum": K_MAX, "default": 10},
                     },
                     "required": ["image"],
+                    "additionalProperties": False,
                 }},
             },
         }
@@ -342,54 +436,39 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         **_ERRORS, 413: {"model": ErrorOut, "description": "upload too large"},
         415: {"model": ErrorOut, "description": "unsupported content type"},
         503: {"model": ErrorOut, "description": "the run has no text or image index"},
-    }, tags=["search"], summary="Search items by text (JSON) or image (multipart)", openapi_extra=search_body)
+        400: {"model": ErrorOut, "description": "a multipart body that cannot be parsed"},
+    }, tags=["search"], summary="Search items by text (JSON) or image (multipart)", openapi_extra=search_body,
+        dependencies=[nothing])
     async def search(request: Request) -> SearchOut:
         ctype = request.headers.get("content-type", "")
+        media = ctype.split(";", 1)[0].strip().lower()  # media types are case-insensitive (RFC 9110)
         text: str | None = None
         image: bytes | None = None
-        if ctype.startswith("multipart/form-data"):
-            length = int(request.headers.get("content-length") or 0)
-            if length > MAX_IMAGE_BYTES + (1 << 20):
-                raise HTTPException(413, f"image: upload of {length / 2**20:.1f} MB is over the "
-                                         f"{MAX_IMAGE_BYTES // 2**20} MB limit")
-            form = await request.form()
-            upload = form.get("image")
-            if upload is None or isinstance(upload, str):
-                raise ValueError("image: expected a file field named 'image' in the multipart form (got none)")
-            image = await upload.read(MAX_IMAGE_BYTES + 1)
-            raw_text = form.get("text")
-            text = raw_text if isinstance(raw_text, str) and raw_text != "" else None
-            raw_k = form.get("k", "10")
-            try:
-                k = int(str(raw_k))
-            except ValueError:
-                raise ValueError(f"k: expected an integer between 1 and {K_MAX} (got {raw_k!r})") from None
-        elif ctype.startswith("application/json") or not ctype:
-            try:
-                body = await request.json()
-            except ValueError:
-                raise ValueError("body: expected a JSON object like {\"text\": \"red shoes\", \"k\": 10}") from None
-            parsed = SearchIn.model_validate(body)
-            text, k = parsed.text, parsed.k
+        if media == "multipart/form-data":
+            text, image, k = await _search_form(request)
+        elif media == "application/json" or not ctype:
+            text, k = _search_json(await _json_body(request))
         else:
-            raise HTTPException(415, f"content-type: expected application/json or multipart/form-data (got {ctype!r})")
+            raise HTTPException(415, f"content-type: expected application/json or multipart/form-data "
+                                     f"(got {shown(ctype)})")
         rec = await run_in_threadpool(service.search, text=text, image=image, k=k)
         return SearchOut(text=text, image=image is not None, k=k, items=_items(rec))
 
     @app.get("/fraud/score", response_model=FraudOut, responses=_ERRORS, tags=["fraud"],
-             summary="Fraud probability of a user")
+             summary="Fraud probability of a user", dependencies=[only_user])
     def fraud_score(user_id: str = Query(..., description="external user id")) -> FraudOut:
         s = service.score_user(user_id)
         p = s.probability
         return FraudOut(user_id=s.user_id, probability=None if math.isnan(p) else p, threshold=s.threshold,
                         flagged=s.flagged, scorer=str(service.fraud.get("kind", "none")), reasons=s.reasons)
 
-    @app.get("/healthz", response_model=HealthOut, tags=["ops"], summary="Liveness and what is loaded")
+    @app.get("/healthz", response_model=HealthOut, tags=["ops"], summary="Liveness and what is loaded",
+             responses={422: _ERRORS[422]}, dependencies=[nothing])
     def healthz() -> HealthOut:
         return HealthOut(status="ok", **service.info())
 
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["ops"],
-             summary="Request counts and latency histogram (Prometheus text format)")
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["ops"], responses={422: _ERRORS[422]},
+             summary="Request counts and latency histogram (Prometheus text format)", dependencies=[nothing])
     def metrics_endpoint() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -501,7 +580,7 @@ def _serve(run: Path, args: argparse.Namespace, sock: socket.socket) -> int:
 
     # Load it once here, so that a run folder the workers cannot serve (stale index, bad checksum)
     # is one error line, not workers dying and respawning with the same traceback.
-    ShopService.from_run(run, load_model=False)
+    ShopService.from_run(run, load_model=False, fraud_reasons=False)
     gc.collect()
     print(serving, flush=True)
     os.environ[RUN_ENV] = str(run)

@@ -20,11 +20,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from shopgraph.graph.explain import Explanation
 from shopgraph.graph.rings import SCHEMA_VERSION, Ring
+from shopgraph.retrieval.params import strict_query
+from shopgraph.retrieval.service import shown
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +87,28 @@ class RingCaseOut(RingOut):
 
 class FeatureOut(BaseModel):
     name: str
-    value: float
-    attribution: float
+    value: float = Field(description="the value the scorer read (standardised for the user's own behaviour "
+                                     "features; for grouped embedding columns their norm)")
+    attribution: float = Field(description="the feature's contribution to the fraud log-odds (see `method` "
+                                           "and `base_value`); for method behaviour_zscore, the z-score")
 
 
 class NeighbourOut(BaseModel):
     node_type: str
     node_id: str
-    attribution: float
+    attribution: float = Field(description="method tree_shap+shared_identifiers or behaviour_zscore: how many "
+                                           "other accounts share this identifier (a count, not a contribution); "
+                                           "occlusion: the change of the fraud log-odds without this neighbour")
+
+
+class ErrorOut(BaseModel):
+    detail: str = Field(description="<argument>: <problem> (got <value>)")
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    what = {404: "unknown id (the message names it)", 422: "invalid parameter (the message names it and the value)",
+            503: "the server cannot give this (no run loaded)"}
+    return {code: {"model": ErrorOut, "description": what[code]} for code in codes}
 
 
 class ExplanationOut(BaseModel):
@@ -114,10 +130,6 @@ def _ring_out(ring: Ring, rank: int) -> RingOut:
     return RingOut(ring_id=ring.ring_id, rank=rank, score=ring.score, members=list(ring.members),
                    shared_devices=list(ring.shared_devices), member_scores=dict(ring.member_scores),
                    evidence=RingEvidence(**evidence))
-
-
-def _message(exc: BaseException) -> str:
-    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
 
 
 def fraud_router(
@@ -146,39 +158,43 @@ def fraud_router(
         raise ValueError(f"max_top: expected a positive integer (got {max_top})")
     router = APIRouter(prefix=prefix, tags=["fraud"])
 
-    @router.get("/rings", response_model=RingsOut, summary="Ranked fraud rings")
+    @router.get("/rings", response_model=RingsOut, summary="Ranked fraud rings", responses=_errors(422),
+                dependencies=[Depends(strict_query(("top",), ints={"top": (1, max_top)}))])
     def rings(top: int = Query(20, ge=1, le=max_top, description=f"how many rings, 1..{max_top}")) -> RingsOut:
         ranked = list(get_rings())
         chosen = ranked[:top]
         return RingsOut(schema_version=SCHEMA_VERSION, total=len(ranked), count=len(chosen),
                         rings=[_ring_out(r, k) for k, r in enumerate(chosen, start=1)])
 
-    @router.get("/ring/{ring_id}", response_model=RingCaseOut, summary="One ring's case")
+    @router.get("/ring/{ring_id}", response_model=RingCaseOut, summary="One ring's case", responses=_errors(404, 422),
+                dependencies=[Depends(strict_query(()))])
     def ring(ring_id: str) -> RingCaseOut:
         ranked = list(get_rings())
         found = next(((k, r) for k, r in enumerate(ranked, start=1) if r.ring_id == ring_id), None)
         if found is None:
-            raise HTTPException(404, f"unknown ring_id {ring_id!r} ({len(ranked)} rings known)")
+            raise HTTPException(404, f"ring_id: unknown ring {shown(ring_id)} ({len(ranked)} rings known)")
         rank, r = found
         events: list[TimelineEvent] | None = None
         if timeline is not None:
             try:
                 frame = timeline(ring_id)
-            except KeyError as exc:
-                raise HTTPException(404, _message(exc)) from exc
+            except KeyError:
+                raise HTTPException(404, f"ring_id: unknown ring {shown(ring_id)} (no timeline)") from None
             # to_json turns NaN into null and numpy scalars into JSON numbers
             events = [TimelineEvent(**row) for row in json.loads(frame.to_json(orient="records"))]
         out = _ring_out(r, rank)
         return RingCaseOut(**out.model_dump(), schema_version=SCHEMA_VERSION, timeline=events)
 
-    @router.get("/explain", response_model=ExplanationOut, summary="Why a user scores as they do")
-    def explain_user(user_id: str = Query(..., min_length=1, description="the user's id")) -> ExplanationOut:
+    @router.get("/explain", response_model=ExplanationOut, summary="Why a user scores as they do",
+                responses=_errors(404, 422, 503),
+                dependencies=[Depends(strict_query(("user_id",), non_empty=("user_id",)))])
+    def explain_user(user_id: str = Query(..., description="the user's id")) -> ExplanationOut:
         if explain is None:
             raise HTTPException(503, "explanations are not available on this server (no run loaded)")
         try:
             ex = explain(user_id)
-        except KeyError as exc:
-            raise HTTPException(404, _message(exc)) from exc
+        except KeyError:
+            raise HTTPException(404, f"user_id: unknown user {shown(user_id)}") from None
         except (ValueError, TypeError) as exc:
             raise HTTPException(422, str(exc)) from exc
         return ExplanationOut(

@@ -24,7 +24,8 @@ import math
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -41,6 +42,7 @@ MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_TEXT_CHARS = 2_000
 MAX_BATCH = 1_000
+SHOWN_CHARS = 60  # longest value echoed in an error message
 # the one-hot flags of the items' category column (encoders/behaviour.py: "item_" + "category=<value>")
 CATEGORY_FLAG = "item_category="
 REASON_HISTORY = 200  # history items compared when explaining a recommendation
@@ -103,6 +105,10 @@ class ImageEncoderLike(Protocol):
     def encode(self, paths: Sequence[Path | None], progress: bool = False) -> Any: ...
 
 
+# user node index -> [(feature name, value, contribution to the fraud log-odds)]
+FraudAttribution = Callable[[int], Sequence[tuple[str, float, float]]]
+
+
 class _RWLock:
     """Many concurrent readers (searches) or one writer (add/remove item)."""
 
@@ -139,11 +145,30 @@ class _RWLock:
                 self._cond.notify_all()
 
 
-def check_k(k: Any) -> int:
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters (a long input is
+    named by its start and its length, not echoed whole)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value):,} characters)" if isinstance(value, str) else (
+        f" ({len(value):,} items)" if isinstance(value, Sequence | bytes) else "")
+    return text[:limit] + "…" + size
+
+
+def check_k(k: Any, name: str = "k") -> int:
     """``k`` as an int in 1..1000, else ``ValueError`` naming it."""
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= int(k) <= K_MAX:
-        raise ValueError(f"k: expected an integer between 1 and {K_MAX} (got {k!r})")
+        raise ValueError(f"{name}: expected an integer between 1 and {K_MAX} (got {shown(k)})")
     return int(k)
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``value`` if it is a bool (``numpy.bool_`` too), else ``ValueError`` naming it: a string
+    like ``"no"`` is truthy and would silently mean the opposite."""
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name}: expected True or False (got {type(value).__name__} {shown(value)})")
+    return bool(value)
 
 
 def check_text(text: Any, name: str = "text") -> str:
@@ -151,10 +176,19 @@ def check_text(text: Any, name: str = "text") -> str:
         raise ValueError(f"{name}: expected a string (got {type(text).__name__})")
     stripped = text.strip()
     if not stripped:
-        raise ValueError(f"{name}: expected a non-empty query (got {text!r})")
+        raise ValueError(f"{name}: expected a non-empty query (got {shown(text)})")
     if len(stripped) > MAX_TEXT_CHARS:
         raise ValueError(f"{name}: expected at most {MAX_TEXT_CHARS:,} characters (got {len(stripped):,})")
     return stripped
+
+
+def _megabytes(size: int) -> str:
+    """``10.01 MB (10,495,761 bytes)``: with the exact size, so that a size just over the limit
+    never reads as the limit itself."""
+    return f"{size / 2**20:.2f} MB ({size:,} bytes)"
+
+
+IMAGE_LIMIT = f"{MAX_IMAGE_BYTES // 2**20} MB limit ({MAX_IMAGE_BYTES:,} bytes)"
 
 
 def read_image(image: Any, name: str = "image") -> Any:
@@ -173,21 +207,23 @@ def read_image(image: Any, name: str = "image") -> Any:
         elif isinstance(image, str | Path):
             path = Path(image)
             if not path.is_file():
-                raise ValueError(f"{name}: no such file (got {str(path)!r})")
+                raise ValueError(f"{name}: no such file (got {shown(str(path))})")
             size = path.stat().st_size
             if size > MAX_IMAGE_BYTES:
-                raise ValueError(f"{name}: {size / 2**20:.1f} MB is over the {MAX_IMAGE_BYTES // 2**20} MB limit")
+                raise ValueError(f"{name}: {_megabytes(size)} is over the {IMAGE_LIMIT}")
             payload = path.read_bytes()
         else:
             raise ValueError(f"{name}: expected a PIL image, bytes or a file path (got {type(image).__name__})")
         if not payload:
             raise ValueError(f"{name}: the upload is empty (got 0 bytes)")
         if len(payload) > MAX_IMAGE_BYTES:
-            raise ValueError(
-                f"{name}: {len(payload) / 2**20:.1f} MB is over the {MAX_IMAGE_BYTES // 2**20} MB limit")
+            raise ValueError(f"{name}: {_megabytes(len(payload))} is over the {IMAGE_LIMIT}")
         try:
             img = Image.open(io.BytesIO(payload))
-        except (UnidentifiedImageError, OSError) as exc:
+        except UnidentifiedImageError as exc:
+            raise ValueError(f"{name}: not a readable image ({len(payload):,} bytes; not a format the image "
+                             f"library knows; starts with {shown(payload[:8])})") from exc
+        except OSError as exc:
             raise ValueError(f"{name}: not a readable image ({len(payload):,} bytes; {exc})") from exc
         except Image.DecompressionBombError as exc:
             raise ValueError(f"{name}: more than {MAX_IMAGE_PIXELS:,} pixels ({exc})") from exc
@@ -201,6 +237,131 @@ def read_image(image: Any, name: str = "image") -> Any:
         return img.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{name}: the image data is corrupt ({exc})") from exc
+
+
+def _count(n: float) -> str:
+    return f"{n:,.0f}"
+
+
+def describe_user_feature(name: str, raw: float | None, value: float) -> str | None:
+    """A user feature as a plain fact with its raw value, e.g. ``account age: 3 days``,
+    ``country: DE``, ``accounts sharing a device (or other identifier): 4``; ``None`` when the
+    feature has no plain reading (neighbourhood means, embedding columns) or says nothing about
+    this account (a one-hot flag the account does not have).
+
+    Args:
+        name: the feature's name (``data["user"].feature_names`` or a served-tree column).
+        raw: the value before standardising (``encoders.behaviour.user_feature_columns``), when known.
+        value: the value the scorer read (used for the served trees' ring columns, which are raw).
+    """
+    if raw is not None and math.isfinite(raw):
+        if "=" in name:  # a one-hot flag: "user_country=DE"
+            column, _, level = name.partition("=")
+            return f"{column.removeprefix('user_').replace('_', ' ')}: {level}" if raw >= 0.5 else None
+        plain = math.expm1(raw) if name.startswith("log_") else raw
+        if name == "log_account_age_days":
+            return f"account age: {plain:,.1f} days" if plain < 10 else f"account age: {plain:,.0f} days"
+        if name == "has_account_age":
+            return "no account creation date" if raw < 0.5 else None
+        if name == "log_n_events":
+            return f"events in the training period: {_count(plain)}"
+        if name.startswith("log_amount_"):
+            which = {"mean": "average", "max": "largest", "sum": "total"}.get(name[len("log_amount_"):])
+            return f"{which} purchase amount: {plain:,.2f}" if which else None
+        if name == "night_share":
+            return f"share of events at night (00:00-06:00 UTC): {plain:.0%}"
+        if name == "log_purchases_last_24h":
+            return f"purchases in the 24 h before the account's last event: {_count(plain)}"
+        if name == "high_risk_purchase_share":
+            return f"share of purchases in high-risk categories: {plain:.0%}"
+        if name == "log_n_devices":
+            return f"devices used: {_count(plain)}"
+        if name == "log_max_accounts_per_device":
+            return f"most accounts on one of its devices: {_count(plain)}"
+        if name.startswith("log_n_"):
+            return f"{name[len('log_n_'):]} events in the training period: {_count(plain)}"
+        if name.startswith("user_"):
+            return f"{name[len('user_'):].replace('_', ' ')}: {plain:g}"
+        return None
+    # the served trees' ring columns (graph.fraud_scorer.ring_column_text), read as they are
+    if not math.isfinite(value) or " " not in name or ":" in name.split("(")[0]:  # "items via cart: mean ..."
+        return None
+    if name.endswith(" (log count)"):
+        return f"{name[:-len(' (log count)')]}: {_count(math.expm1(value))}"
+    if name.endswith("(log count)"):
+        return f"{name[:-len('(log count)')].rstrip(', ')}: {_count(math.expm1(value))}"
+    if "share" in name:
+        return f"{name}: {value:.0%}"
+    return None
+
+
+def fraud_attribution_of(run: RunDir, data: Any, model: Any, fraud: dict[str, Any],
+                         fraud_prob: np.ndarray | None) -> FraudAttribution | None:
+    """The serving fraud scorer's per-feature log-odds contributions, or ``None`` when none can
+    be given truthfully.
+
+    Boosted trees (``graph_trees``, ``hybrid``): TreeSHAP of the served trees
+    (:class:`shopgraph.graph.explain.ServedTreeExplainer`, used only when they reproduce the
+    stored probabilities). The GNN head (``gnn_head``): integrated gradients of the model's fraud
+    logit from the average user, for users whose logit the model reproduces. Other scorers
+    (``rank_average``): ``None``.
+    """
+    from shopgraph.graph.train import TREE_KINDS
+
+    kind = fraud.get("kind")
+    if kind in TREE_KINDS:
+        from shopgraph.graph.explain import load_served_explainer
+
+        served = load_served_explainer(run, data, model, fraud_prob)
+        if served is None:
+            return None
+        return lambda u: served.contributions(u)[0]
+    if kind in ("gnn", "gnn_head") and model is not None and "x" in data["user"] and fraud_prob is not None:
+        from shopgraph.graph.explain import explain_user
+
+        n_features = int(data["user"].x.size(1))
+        stored = np.asarray(fraud_prob, dtype=np.float64)
+
+        def integrated(u: int) -> Sequence[tuple[str, float, float]]:
+            ex = explain_user(model, data, u, top_k=n_features, max_neighbours=0)  # features only: no occlusion
+            if not ex.method.startswith("integrated_gradients") or ex.score is None \
+                    or abs(ex.score - float(stored[u])) > 1e-3:
+                return []  # z-scores, or a model that does not give the served score: not attributions
+            return [(f.name, f.value, f.attribution) for f in ex.features]
+
+        return integrated
+    return None
+
+
+def user_raw_columns(run: RunDir, data: Any) -> dict[str, np.ndarray]:
+    """The run's user behaviour columns before standardising, those that reproduce the graph's
+    ``data["user"].x`` (``{}`` when the tables are missing or the graph was built otherwise)."""
+    from shopgraph.encoders.behaviour import user_feature_columns
+    from shopgraph.graph.pipeline import load_run_tables
+
+    if "x" not in data["user"] or "feature_names" not in data["user"]:
+        return {}
+    try:
+        cols, flags = user_feature_columns(load_run_tables(run), data)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        logger.warning("fraud reasons without raw values: %s", exc)
+        return {}
+    x = np.asarray(data["user"].x, dtype=np.float64)
+    out = {}
+    for j, name in enumerate(data["user"].feature_names):
+        raw = cols.get(name)
+        if raw is None or raw.shape != (x.shape[0],):
+            continue
+        v = np.asarray(raw, dtype=np.float64)
+        known = np.isfinite(v)
+        if name.startswith("has_") or name in flags:
+            ok = np.allclose(np.nan_to_num(v, nan=0.0), x[:, j], atol=1e-4)
+        else:
+            fit = _affine(v[known], x[known, j]) if known.sum() >= 2 else None
+            ok = fit is not None and fit[0] > 0
+        if ok:
+            out[name] = v
+    return out
 
 
 def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -314,6 +475,10 @@ class ShopService:
             run's ``text_model`` / ``image_model`` config).
         text_model, image_model: checkpoint paths for the default encoders (``None``: bundled).
         tables_root: folder that item image paths are relative to.
+        user_raw: the user behaviour columns before standardising (``{name: [U]}``,
+            ``encoders.behaviour.user_feature_columns``), shown in fraud reasons.
+        fraud_attribution: ``user node index -> [(feature, value, log-odds contribution)]`` of the
+            serving fraud scorer (:func:`fraud_attribution_of`); without it ``reasons`` say so.
     """
 
     def __init__(
@@ -332,6 +497,8 @@ class ShopService:
         tables_root: Path | None = None,
         run_path: Path | None = None,
         model_problem: str = "",
+        user_raw: dict[str, np.ndarray] | None = None,
+        fraud_attribution: FraudAttribution | None = None,
     ) -> None:
         self._lock = _RWLock()
         self._enc_lock = threading.Lock()
@@ -339,6 +506,8 @@ class ShopService:
         self.tables_root = tables_root
         self.model = model
         self._model_problem = model_problem
+        self._user_raw = dict(user_raw or {})
+        self._fraud_attribution = fraud_attribution
         self._text_encoder = text_encoder
         self._image_encoder = image_encoder
         self._text_model = text_model
@@ -434,8 +603,10 @@ class ShopService:
             if rel == target:
                 rows_t.append(ei[0])
                 cols_t.append(ei[1])
-        self._seen = _csr(np.concatenate(rows_t) if rows_t else np.zeros(0, np.int64),
-                          np.concatenate(cols_t) if cols_t else np.zeros(0, np.int64), n_users)
+        buyer_rows = np.concatenate(rows_t) if rows_t else np.zeros(0, np.int64)
+        bought_cols = np.concatenate(cols_t) if cols_t else np.zeros(0, np.int64)
+        self._seen = _csr(buyer_rows, bought_cols, n_users)
+        self._buyers = _csr(bought_cols, buyer_rows, n_items)  # item -> the users who bought it (similar reasons)
         empty = np.zeros(0, np.int64)
         ev_user = np.concatenate(rows_a) if rows_a else empty
         ev_item = np.concatenate(cols_a) if cols_a else empty
@@ -448,16 +619,6 @@ class ShopService:
                         np.concatenate(ev_rel)[order] if ev_rel else empty,
                         np.concatenate(ev_time)[order] if ev_time else empty)
 
-        # -- behaviour features for fraud reasons ------------------------------------------
-        self._user_x: np.ndarray | None = None
-        self._user_feature_names: list[str] = []
-        if "x" in data["user"] and "feature_names" in data["user"]:
-            x = np.asarray(data["user"].x, dtype=np.float32)
-            self._user_x = x
-            self._user_feature_names = list(data["user"].feature_names)
-            self._user_mean = x.mean(axis=0)
-            std = x.std(axis=0)
-            self._user_std = np.where(std > 1e-9, std, np.inf)
 
         # -- item feature layout for add_item --------------------------------------------------
         self._item_feature_names: list[str] = (list(data["item"].feature_names)
@@ -482,6 +643,7 @@ class ShopService:
         image_encoder: ImageEncoderLike | None = None,
         load_model: bool = True,
         use_gpu: bool | None = None,
+        fraud_reasons: bool = True,
     ) -> ShopService:
         """Load a run folder (graph, items table, embeddings, indexes, fraud.json, model).
 
@@ -492,6 +654,9 @@ class ShopService:
             text_encoder, image_encoder: encoders to use for queries (default: the run's models).
             load_model: load ``RUN/model/`` for :meth:`add_item` when it is there.
             use_gpu: FAISS on GPU (``None``: when available).
+            fraud_reasons: prepare the fraud reasons' attributions and raw values (:func:`fraud_attribution_of`,
+                :func:`user_raw_columns`; a few seconds on a run that serves boosted trees). Without
+                them ``score_user`` says that it has no attribution.
         """
         import pandas as pd
 
@@ -523,21 +688,26 @@ class ShopService:
                 model_problem = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
         config = run.manifest.get("config", {})
         root = config.get("tables_root")
+        prob = embeddings.get("fraud_prob")
         return cls(
             data=data, items=items, embeddings=embeddings, indexes=indexes, fraud=fraud, model=model,
             text_encoder=text_encoder, image_encoder=image_encoder,
             text_model=config.get("text_model"), image_model=config.get("image_model"),
             tables_root=Path(root) if root else None, run_path=run.path, model_problem=model_problem,
+            user_raw=user_raw_columns(run, data) if fraud_reasons else None,
+            fraud_attribution=fraud_attribution_of(run, data, model, fraud,
+                                                   None if prob is None else np.asarray(prob).reshape(-1))
+            if fraud_reasons else None,
         )
 
     # -- lookups --------------------------------------------------------------------------------
     @staticmethod
     def _lookup(positions: dict[str, int], value: Any, name: str, kind: str) -> int:
         if not isinstance(value, str):
-            raise ValueError(f"{name}: expected a string id (got {type(value).__name__} {value!r})")
+            raise ValueError(f"{name}: expected a string id (got {type(value).__name__} {shown(value)})")
         pos = positions.get(value)
         if pos is None:
-            raise UnknownIdError(f"{name}: unknown {kind} {value!r}")
+            raise UnknownIdError(f"{name}: unknown {kind} {shown(value)}")
         return pos
 
     def _user(self, user_id: Any, name: str = "user_id") -> int:
@@ -557,12 +727,15 @@ class ShopService:
         return [one(value, f"{name}[{pos}]") for pos, value in enumerate(ids)]
 
     def _category(self, category: str | None) -> int | None:
-        if category is None or category == "":
+        if category is None:
             return None
-        code = self._cat_code.get(category)
+        if not isinstance(category, str):
+            raise ValueError(f"category: expected a category name or None (got {type(category).__name__} "
+                             f"{shown(category)})")
+        code = self._cat_code.get(category) if category else None
         if code is None or not (self._item_cat[self._active] == code).any():
             known = sorted(c for c in self._cat_code if c)
-            raise ValueError(f"category: unknown category {category!r} (known: {', '.join(known[:20])})")
+            raise ValueError(f"category: unknown category {shown(category)} (known: {', '.join(known[:20])})")
         return code
 
     def has_user(self, user_id: str) -> bool:
@@ -687,12 +860,14 @@ class ShopService:
             category: only items of this category.
         """
         k = check_k(k)
+        exclude_seen = check_bool(exclude_seen, "exclude_seen")
         return self._recommend([self._user(user_id)], k, exclude_seen, self._category(category))[0]
 
     def recommend_batch(self, user_ids: Sequence[str], k: int = 10, exclude_seen: bool = True,
                         category: str | None = None) -> list[Recommendation]:
         """:meth:`recommend` for many users with one batched FAISS search."""
         k = check_k(k)
+        exclude_seen = check_bool(exclude_seen, "exclude_seen")
         users = self._many(user_ids, "user_ids", self._user)
         return self._recommend(users, k, exclude_seen, self._category(category))
 
@@ -764,13 +939,26 @@ class ShopService:
         with self._lock.read():
             hits = self._filtered("gnn_items_cosine", self.item_emb[items], k,
                                   [np.array([i], dtype=np.int64) for i in items], None)
-            out = []
-            for i, (ids, sc) in zip(items, hits):
-                same = self._item_cat[ids] == self._item_cat[i]
-                reasons = [f"same category '{self.categories[i]}', often bought by the same shoppers"
-                           if s and self.categories[i] else "often bought by the same shoppers" for s in same]
-                out.append(self._pack(ids, sc, reasons))
-            return out
+            return [self._pack(ids, sc, self._similar_reasons(i, ids, sc)) for i, (ids, sc) in zip(items, hits)]
+
+    def _buyers_of(self, item: int) -> np.ndarray:
+        indptr, users = self._buyers
+        return users[indptr[item]:indptr[item + 1]] if item < len(indptr) - 1 else np.zeros(0, np.int64)
+
+    def _similar_reasons(self, item: int, ids: np.ndarray, scores: np.ndarray) -> list[str]:
+        """Per neighbour of ``item``: how many shoppers bought both (when any did), the shared
+        category, else how close the two are in the model's item embedding."""
+        buyers = self._buyers_of(item)
+        out = []
+        for j, score in zip(ids.tolist(), scores.tolist()):
+            both = int(np.intersect1d(buyers, self._buyers_of(j), assume_unique=True).size) if buyers.size else 0
+            parts = [f"{both} shopper{'s' if both > 1 else ''} {self._verb_target} both"] if both else []
+            if self.categories[item] and self._item_cat[j] == self._item_cat[item]:
+                parts.append(f"same category '{self.categories[item]}'")
+            if not both:
+                parts.append(f"close in the model's item embedding (cosine {score:.2f})")
+            out.append("; ".join(parts))
+        return out
 
     # -- content search -------------------------------------------------------------------------
     def _need(self, name: str) -> ItemIndex:
@@ -865,13 +1053,20 @@ class ShopService:
 
     # -- fraud ----------------------------------------------------------------------------------
     def _fraud_reasons(self, u: int, top: int = 3) -> list[str]:
-        if self._user_x is None:
-            return []
-        z = (self._user_x[u] - self._user_mean) / self._user_std
-        order = np.argsort(-z, kind="stable")[:top]
-        reasons = [f"{self._user_feature_names[j]} = {self._user_x[u, j]:.3g} ({z[j]:+.1f} SD vs all users)"
-                   for j in order if z[j] > 1.0]
-        return reasons or ["no behaviour feature is more than 1 SD above the average user"]
+        """The ``top`` facts about the account that raised its fraud score most, each with its raw
+        value and its contribution to the scorer's log-odds; only facts that raised it."""
+        if self._fraud_attribution is None:
+            return [f"no per-feature attribution is available for this run's fraud scorer "
+                    f"({self.fraud.get('kind', 'none')}); /fraud/explain may have one"]
+        facts = []
+        for name, value, contribution in self._fraud_attribution(u):
+            if contribution >= 0.005:  # shown to two decimals: no "+0.00"
+                fact = describe_user_feature(name, self._user_raw[name][u] if name in self._user_raw else None, value)
+                if fact is not None:
+                    facts.append((contribution, fact))
+        facts.sort(key=lambda f: -f[0])
+        reasons = [f"{fact} (+{c:.2f} log-odds)" for c, fact in facts[:top]]
+        return reasons or ["nothing in the account's own behaviour or shared identifiers raised its score"]
 
     def score_user(self, user_id: str) -> FraudScore:
         """Fraud probability of a user, the decision, and the behaviour features behind it."""
@@ -905,6 +1100,7 @@ class ShopService:
         and the mean of their normalised GNN embeddings is the query against ``gnn_items_cosine``
         (so results follow shopping behaviour, not only wording)."""
         k = check_k(k)
+        n_seeds = check_k(n_seeds, "n_seeds")
         q = self._encode_texts([check_text(text)])
         with self._lock.read():
             seeds, _ = self._content_hits("text_items", q, n_seeds)
@@ -998,7 +1194,8 @@ class ShopService:
         inductive pass (no edges), and insert it into every index.
 
         Args:
-            item_id: a new external id.
+            item_id: a new external id (leading and trailing spaces are stripped, with a warning, as
+                loading the shop strips them).
             title, category, description: item text.
             price: item price (kept for display).
             image: ``PIL.Image``, bytes or a path, optional.
@@ -1007,14 +1204,19 @@ class ShopService:
             The new item's node index.
         """
         if not isinstance(item_id, str) or not item_id.strip():
-            raise ValueError(f"item_id: expected a non-empty string (got {item_id!r})")
+            raise ValueError(f"item_id: expected a non-empty string (got {shown(item_id)})")
+        if item_id != item_id.strip():  # as loading the shop does (graph/load.py): ids are stored stripped
+            warnings.warn(f"item_id: stripped leading/trailing spaces ({shown(item_id)} -> "
+                          f"{shown(item_id.strip())})", stacklevel=2)
+            item_id = item_id.strip()
         if item_id in self._item_pos:
-            raise ValueError(f"item_id: item {item_id!r} already exists")
+            raise ValueError(f"item_id: item {shown(item_id)} already exists")
         for name, value in (("title", title), ("category", category), ("description", description)):
             if not isinstance(value, str):
                 raise ValueError(f"{name}: expected a string (got {type(value).__name__})")
-        if price is not None and (not isinstance(price, int | float) or not math.isfinite(price) or price < 0):
-            raise ValueError(f"price: expected a finite number >= 0 (got {price!r})")
+        if price is not None and (isinstance(price, bool) or not isinstance(price, int | float | np.number)
+                                  or not math.isfinite(price) or price < 0):
+            raise ValueError(f"price: expected a finite number >= 0 (got {type(price).__name__} {shown(price)})")
         from shopgraph.encoders.text import item_text
 
         text = item_text(title, category, description)

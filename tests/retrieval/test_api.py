@@ -66,41 +66,107 @@ def test_openapi_docs(client):
     assert set(spec["paths"]["/search"]["post"]["requestBody"]["content"]) == {
         "application/json", "multipart/form-data"}
     assert client.get("/docs").status_code == 200
+    # every error the routes answer is listed with the body they send ({"detail": str})
+    error = {"$ref": "#/components/schemas/ErrorOut"}
+    for path, method, codes in (("/recommend", "get", {"404", "422"}), ("/similar", "get", {"404", "422"}),
+                                ("/fraud/score", "get", {"404", "422"}), ("/healthz", "get", {"422"}),
+                                ("/search", "post", {"400", "413", "415", "422", "503"})):
+        responses = spec["paths"][path][method]["responses"]
+        assert codes <= set(responses), path
+        assert all(responses[c]["content"]["application/json"]["schema"] == error for c in codes), path
+    body = spec["paths"]["/search"]["post"]["requestBody"]["content"]
+    assert body["application/json"]["schema"]["additionalProperties"] is False
+
+
+_K = "k: expected an integer between 1 and 1000"
+_PNG = solid_png((1, 2, 3))
+
+
+def _raw_query(query: str) -> str:
+    return "/recommend?" + query  # passed as it is, so repeated and odd parameters reach the server
 
 
 @pytest.mark.parametrize("method, url, kwargs, status, message", [
     ("get", "/recommend", {"params": {"user_id": "u999"}}, 404, "user_id: unknown user 'u999'"),
-    ("get", "/recommend", {"params": {"user_id": "u001", "k": 0}}, 422, "k: input should be greater than or equal to 1 (got '0')"),
-    ("get", "/recommend", {"params": {"user_id": "u001", "k": 1001}}, 422, "k: input should be less than or equal to 1000 (got '1001')"),
-    ("get", "/recommend", {"params": {"user_id": "u001", "k": "ten"}}, 422, "k: input should be a valid integer"),
+    ("get", "/recommend", {"params": {"user_id": "u001", "k": 0}}, 422, _K + " (got '0')"),
+    ("get", "/recommend", {"params": {"user_id": "u001", "k": 1001}}, 422, _K + " (got '1001')"),
+    ("get", "/recommend", {"params": {"user_id": "u001", "k": "ten"}}, 422, _K + " (got 'ten')"),
+    # k is digits only, the same everywhere: no float, exponent, underscore, sign or spaces
+    ("get", _raw_query("user_id=u001&k=5.0"), {}, 422, _K + " (got '5.0')"),
+    ("get", _raw_query("user_id=u001&k=1e2"), {}, 422, _K + " (got '1e2')"),
+    ("get", _raw_query("user_id=u001&k=1_000"), {}, 422, _K + " (got '1_000')"),
+    ("get", _raw_query("user_id=u001&k=%205"), {}, 422, _K + " (got ' 5')"),
+    ("get", _raw_query("user_id=u001&k="), {}, 422, _K + " (got '')"),
+    ("get", _raw_query("user_id=u001&k=99999999999999999999999"), {}, 422, _K + " (got '99999999999999999999999')"),
     ("get", "/recommend", {"params": {}}, 422, "user_id: required"),
+    ("get", _raw_query("user_id="), {}, 422, "user_id: expected a non-empty value (got '')"),
     ("get", "/recommend", {"params": {"user_id": "u001", "category": "toys"}}, 422, "category: unknown category 'toys'"),
+    ("get", _raw_query("user_id=u001&category="), {}, 422, "category: expected a non-empty value (got '')"),
+    # unknown, misspelt and repeated parameters are refused, not ignored or last-wins
+    ("get", _raw_query("user_id=u001&foo=bar"), {}, 422,
+     "foo: unknown parameter (expected user_id, k, exclude_seen, category)"),
+    ("get", _raw_query("user_id=u001&K=50"), {}, 422, "K: unknown parameter"),
+    ("get", _raw_query("userid=u001"), {}, 422, "userid: unknown parameter"),
+    ("get", _raw_query("user_id=u001&k=5&k=7"), {}, 422, "k: given more than once (expected one value)"),
+    ("get", _raw_query("user_id=u001&user_id=u002"), {}, 422, "user_id: given more than once"),
+    ("get", _raw_query("user_id=u001&exclude_seen=on"), {}, 422, "exclude_seen: expected true or false (got 'on')"),
+    ("get", _raw_query("user_id=u001&exclude_seen="), {}, 422, "exclude_seen: expected true or false (got '')"),
     ("get", "/similar", {"params": {"item_id": "nope"}}, 404, "item_id: unknown item 'nope'"),
-    ("get", "/similar", {"params": {"item_id": "i001", "k": 5000}}, 422, "k: input should be less than or equal to 1000"),
+    ("get", "/similar", {"params": {"item_id": "i001", "k": 5000}}, 422, _K + " (got '5000')"),
+    ("get", "/similar", {"params": {"item_id": "i001", "user_id": "u001"}}, 422,
+     "user_id: unknown parameter (expected item_id, k)"),
     ("get", "/fraud/score", {"params": {"user_id": "x"}}, 404, "user_id: unknown user 'x'"),
+    ("get", "/fraud/score", {"params": {"user_id": "u001", "k": "3"}}, 422, "k: unknown parameter (expected user_id)"),
+    ("get", "/healthz", {"params": {"verbose": "1"}}, 422, "verbose: unknown parameter (expected none)"),
+    # echoed values are cut, not repeated whole
+    ("get", "/recommend", {"params": {"user_id": "x" * 5000}}, 404, "… (5,000 characters)"),
     ("post", "/search", {"json": {"text": ""}}, 422, "text: expected a non-empty query (got '')"),
-    ("post", "/search", {"json": {"text": "shoes", "k": 0}}, 422, "k: input should be greater than or equal to 1 (got 0)"),
+    ("post", "/search", {"json": {"text": "shoes", "k": 0}}, 422, _K + " (got 0)"),
+    ("post", "/search", {"json": {"text": "shoes", "k": True}}, 422, _K + " (got True)"),
+    ("post", "/search", {"json": {"text": "shoes", "k": "5"}}, 422, _K + " (got '5')"),
+    ("post", "/search", {"json": {"text": "shoes", "k": 5.0}}, 422, _K + " (got 5.0)"),
+    ("post", "/search", {"json": {"text": "shoes", "kk": 5}}, 422, "kk: unknown field (expected text, k)"),
+    ("post", "/search", {"json": {"text": 5}}, 422, "text: expected a string (got int 5)"),
+    ("post", "/search", {"json": ["shoes"]}, 422, "body: expected a JSON object"),
     ("post", "/search", {"json": {"k": 3}}, 422, "text: required"),
+    ("post", "/search", {"json": {"text": "x" * 70_000}}, 413, "body: over the 65,536-byte limit of a JSON query"),
+    ("post", "/search?k=3", {"json": {"text": "shoes"}}, 422, "k: unknown parameter (expected none)"),
     ("post", "/search", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422,
      "body: expected a JSON object"),
     ("post", "/search", {"content": b"hello", "headers": {"content-type": "text/plain"}}, 415,
      "content-type: expected application/json or multipart/form-data (got 'text/plain')"),
+    ("post", "/search", {"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data"}}, 400,
+     "body: not a readable multipart/form-data body"),
     ("post", "/search", {"files": {"image": ("x.png", b"not an image", "image/png")}}, 422,
-     "image: not a readable image (12 bytes"),
+     "image: not a readable image (12 bytes; not a format the image library knows; starts with b'not an i')"),
     ("post", "/search", {"files": {"image": ("x.png", b"", "image/png")}}, 422, "image: the upload is empty"),
     ("post", "/search", {"files": {"other": ("x.png", b"abc", "image/png")}}, 422,
-     "image: expected a file field named 'image'"),
+     "other: unknown form field (expected image, text, k)"),
     ("post", "/search", {"files": {"image": ("x.png", b"\x89PNG" + bytes(12 * 2**20), "image/png")}}, 413,
-     "image: upload of 12.0 MB is over the 10 MB limit"),
-    ("post", "/search", {"files": {"image": ("x.png", b"\x89PNG" + bytes(10 * 2**20), "image/png")}}, 422,
-     "image: 10.0 MB is over the 10 MB limit"),
-    ("post", "/search", {"files": {"image": ("x.png", solid_png((1, 2, 3)), "image/png")}, "data": {"k": "x"}}, 422,
-     "k: expected an integer between 1 and 1000 (got 'x')"),
+     "image: upload of 12.00 MB (12,583,"),
+    ("post", "/search", {"files": {"image": ("x.png", b"\x89PNG" + bytes(10 * 2**20), "image/png")}}, 413,
+     "image: upload over the 10 MB limit (10,485,760 bytes)"),
+    ("post", "/search", {"files": {"image": ("x.png", _PNG, "image/png")}, "data": {"k": "x"}}, 422, _K + " (got 'x')"),
+    ("post", "/search", {"files": {"image": ("x.png", _PNG, "image/png")}, "data": {"k": "1_000"}}, 422,
+     _K + " (got '1_000')"),
+    ("post", "/search", {"files": {"image": ("x.png", _PNG, "image/png")}, "data": {"k": "5.0"}}, 422,
+     _K + " (got '5.0')"),
+    ("post", "/search", {"files": [("image", ("x.png", _PNG, "image/png")), ("image", ("y.png", _PNG, "image/png"))]},
+     422, "image: given more than once"),
 ])
 def test_bad_inputs_are_4xx_naming_the_problem(client, method, url, kwargs, status, message):
     r = getattr(client, method)(url, **kwargs)
     assert r.status_code == status, r.text
     assert message in r.json()["detail"]
+    assert len(r.json()["detail"]) < 300
+
+
+def test_media_types_are_case_insensitive_and_k_is_strict_but_plain_digits_pass(client):
+    r = client.post("/search", content=b'{"text": "running shoes", "k": 3}',
+                    headers={"content-type": "Application/JSON; charset=UTF-8"})
+    assert r.status_code == 200 and len(r.json()["items"]) == 3
+    r = client.get("/recommend?user_id=u001&k=007&exclude_seen=FALSE")
+    assert r.status_code == 200 and r.json()["k"] == 7
 
 
 def test_huge_image_is_refused_by_pixels(client):

@@ -66,7 +66,7 @@ def test_ring_case_with_timeline(client: TestClient, cases: FraudCases) -> None:
 
 def test_unknown_ring_is_404_naming_it(client: TestClient) -> None:
     r = client.get("/fraud/ring/R9999")
-    assert r.status_code == 404 and "R9999" in r.json()["detail"]
+    assert r.status_code == 404 and r.json()["detail"].startswith("ring_id: unknown ring 'R9999' (")
 
 
 def test_explain_user(client: TestClient) -> None:
@@ -80,9 +80,33 @@ def test_explain_user(client: TestClient) -> None:
 
 def test_explain_errors(client: TestClient) -> None:
     r = client.get("/fraud/explain", params={"user_id": "nobody"})
-    assert r.status_code == 404 and "nobody" in r.json()["detail"]
+    assert r.status_code == 404 and r.json()["detail"] == "user_id: unknown user 'nobody'"
     assert client.get("/fraud/explain").status_code == 422
-    assert client.get("/fraud/explain", params={"user_id": ""}).status_code == 422
+    r = client.get("/fraud/explain", params={"user_id": ""})
+    assert r.status_code == 422 and r.json()["detail"] == "user_id: expected a non-empty value (got '')"
+    r = client.get("/fraud/explain", params={"user_id": "ra2", "top": "3"})
+    assert r.status_code == 422 and r.json()["detail"] == "top: unknown parameter (expected user_id)"
+
+
+@pytest.mark.parametrize("query, message", [
+    ("top=5.0", "top: expected an integer between 1 and 50 (got '5.0')"),
+    ("top=2&top=3", "top: given more than once (expected one value)"),
+    ("n=2", "n: unknown parameter (expected top)"),
+])
+def test_rings_query_is_strict(client: TestClient, query: str, message: str) -> None:
+    r = client.get("/fraud/rings?" + query)
+    assert r.status_code == 422 and r.json()["detail"] == message
+
+
+def test_fraud_openapi_lists_the_errors_as_they_are(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    for path, codes in (("/fraud/rings", {"422"}), ("/fraud/ring/{ring_id}", {"404", "422"}),
+                        ("/fraud/explain", {"404", "422", "503"})):
+        responses = spec["paths"][path]["get"]["responses"]
+        assert codes <= set(responses)
+        for code in codes:
+            schema = responses[code]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorOut"}, (path, code)
 
 
 def _app(**kwargs: object) -> TestClient:

@@ -179,7 +179,23 @@ def test_similar_items_is_cosine_and_excludes_itself(service):
     ids, scores = _brute(service, service.item_emb[4], {4}, 6, cosine=True)
     assert rec.item_ids == ids and "i004" not in rec.item_ids
     np.testing.assert_allclose(rec.scores, scores, rtol=1e-4, atol=1e-5)
-    assert all("bought by the same shoppers" in r for r in rec.reasons)
+    # the reason says how many shoppers bought both only when some did (counted here from the graph)
+    data = RunDir(service.run_path).load_graph()
+    ei = data["user", "purchase", "item"].edge_index.numpy()
+    buyers = {i: set(ei[0][ei[1] == i].tolist()) for i in range(len(service.item_ids))}
+    for item in ("i000", "i004", "i011", "i023"):
+        rec = service.similar_items(item, k=8)
+        i = service.item_ids.index(item)
+        for j, score, reason in zip(rec.item_ids, rec.scores, rec.reasons):
+            both = len(buyers[i] & buyers[service.item_ids.index(j)])
+            if both:
+                assert reason.startswith(f"{both} shopper{'s' if both > 1 else ''} bought both"), reason
+                assert "embedding" not in reason
+            else:
+                assert "bought" not in reason and reason.endswith(f"close in the model's item embedding "
+                                                                  f"(cosine {score:.2f})"), reason
+            same = service.categories[i] == service.categories[service.item_ids.index(j)]
+            assert (f"same category '{service.categories[i]}'" in reason) == same
 
 
 def test_text_image_and_combined_search(service):
@@ -205,8 +221,7 @@ def test_score_user_and_batches(service):
     assert score.probability == pytest.approx(float(service.fraud_prob[2]))
     assert score.flagged == (score.probability >= score.threshold)
     assert score.reasons and all(isinstance(r, str) for r in score.reasons)
-    names = service._user_feature_names
-    assert any(r.split(" = ")[0] in names for r in score.reasons) or score.reasons[0].startswith("no behaviour")
+    assert all(r.endswith(" log-odds)") for r in score.reasons) or score.reasons[0].startswith("nothing in")
     assert service.score_users(["u002", "u005"])[0] == score
     users = ["u001", "u010", "u020"]
     assert service.recommend_batch(users, k=4) == [service.recommend(u, k=4) for u in users]
@@ -240,7 +255,10 @@ def test_add_and_remove_item_without_retraining(run_path):
     ids, _ = _brute(svc, svc.user_emb[0], _purchased(svc, run_path, "u000"), 31)
     assert svc.recommend("u000", k=31).item_ids == ids and "new1" in ids
     assert svc.recommend("u000", k=3, category="toys").item_ids == ["new1"]
-    assert len(svc.similar_items("new1", k=5).item_ids) == 5
+    similar = svc.similar_items("new1", k=5)
+    assert len(similar.item_ids) == 5
+    # nobody has bought a new item: its neighbours are never "bought by the same shoppers"
+    assert all("bought" not in r and "item embedding" in r for r in similar.reasons)
     # the stored embedding is the model's inductive pass over the item's own feature row
     text_vec = svc._encode_texts(["glow in the dark frisbee. toys"])[0]
     image_vec = svc._encode_image(solid_png((20, 220, 20), seed=5))[0]
@@ -330,12 +348,26 @@ def test_new_item_features_follow_the_training_layout(service, run_path):
     (lambda s: s.search(text="   "), "text: expected a non-empty query"),
     (lambda s: s.search(), "text, image: expected a text query, an image or both"),
     (lambda s: s.search(image=b"not an image"), r"image: not a readable image \(12 bytes"),
-    (lambda s: s.search(image=b"\x89PNG" + bytes(11 * 2**20)), r"image: 11.0 MB is over the 10 MB limit"),
+    (lambda s: s.search(image=b"\x89PNG" + bytes(11 * 2**20)), r"image: 11.00 MB \(11,534,340 bytes\) is over the 10 MB limit \(10,485,760 bytes\)"),
     (lambda s: s.search(image=Image.new("L", (8000, 6000))), "image: 8000x6000 is over the 40 megapixel limit"),
     (lambda s: s.search(image="/no/such/file.png"), "image: no such file"),
     (lambda s: s.search_batch(["ok", ""]), r"texts\[1\]: expected a non-empty query"),
     (lambda s: s.recommend_for_items(["i001", "x"]), r"item_ids\[1\]: unknown item 'x'"),
     (lambda s: s.recommend_for_text(""), "text: expected a non-empty query"),
+    (lambda s: s.recommend("u001", k=True), r"k: expected an integer between 1 and 1000 \(got True\)"),
+    (lambda s: s.recommend("u001", k=5.0), r"k: expected an integer between 1 and 1000 \(got 5.0\)"),
+    (lambda s: s.recommend("u001", exclude_seen="no"), r"exclude_seen: expected True or False \(got str 'no'\)"),
+    (lambda s: s.recommend_batch(["u001"], exclude_seen=0), r"exclude_seen: expected True or False \(got int 0\)"),
+    (lambda s: s.recommend("u001", category=["toys"]), r"category: expected a category name or None \(got list"),
+    (lambda s: s.recommend("u001", category=""), r"category: unknown category ''"),
+    (lambda s: s.recommend_for_text("boots", n_seeds=0), r"n_seeds: expected an integer between 1 and 1000 \(got 0\)"),
+    (lambda s: s.recommend_for_text("boots", n_seeds=-5), r"n_seeds: expected an integer .* \(got -5\)"),
+    (lambda s: s.recommend_for_text("boots", n_seeds="a"), r"n_seeds: expected an integer .* \(got 'a'\)"),
+    (lambda s: s.recommend_for_text("boots", n_seeds=1.5), r"n_seeds: expected an integer .* \(got 1.5\)"),
+    (lambda s: s.add_item("nb", "bool price", price=True), r"price: expected a finite number >= 0 \(got bool True\)"),
+    (lambda s: s.recommend("x" * 5000), r"user_id: unknown user 'x{59}… \(5,000 characters\)$"),
+    (lambda s: s.search(image=b"junk"), r"^image: not a readable image \(4 bytes; not a format the image library "
+                                        r"knows; starts with b'junk'\)$"),
 ])
 def test_bad_inputs_raise_value_error_naming_them(service, call, message):
     with pytest.raises(ValueError, match=message):
@@ -447,3 +479,70 @@ def test_a_broken_revisit_term_is_refused_with_its_name(revisit_run, tmp_path):
             _revisit_csr({**good, **bad}, 40, 30)
     indptr, items, values = _revisit_csr(good, 40, 30)  # the CSR holds exactly the saved pairs
     assert indptr[-1] == value.size and np.isclose(values.sum(), value.sum())
+
+
+def test_fraud_reasons_are_raw_facts_that_raised_the_score(service, run_path, monkeypatch):
+    from shopgraph.graph.pipeline import load_run_tables
+
+    tables = load_run_tables(RunDir(run_path))
+    data = RunDir(run_path).load_graph()
+    cut = float(data.split_times[0])
+    created = float(tables.users.set_index("user_id").loc["u002", "created_at"])
+    age = (cut - created) / 86_400
+    u = service.user_ids.index("u002")
+    n_events = int(np.expm1(service._user_raw["log_n_events"][u]).round())
+    # what the scorer read is standardised (9.9 here): the reasons show the raw values, and only
+    # the features that raised the score, largest first
+    fake = [("night_share", 9.9, -0.4), ("log_n_events", 9.9, 0.2), ("log_account_age_days", 9.9, 0.7),
+            ("other users via device: mean log_n_events", 9.9, 1.5)]
+    monkeypatch.setattr(service, "_fraud_attribution", lambda _: fake)
+    assert service.score_user("u002").reasons == [
+        f"account age: {age:,.0f} days (+0.70 log-odds)" if age >= 10 else f"account age: {age:,.1f} days (+0.70 log-odds)",
+        f"events in the training period: {n_events:,} (+0.20 log-odds)"]
+    monkeypatch.setattr(service, "_fraud_attribution", lambda _: [("night_share", 9.9, -0.4)])
+    assert service.score_user("u002").reasons == [
+        "nothing in the account's own behaviour or shared identifiers raised its score"]
+    monkeypatch.setattr(service, "_fraud_attribution", None)  # e.g. rank_average: nothing to attribute with
+    assert service.score_user("u002").reasons[0].startswith("no per-feature attribution is available for this "
+                                                            "run's fraud scorer (gnn)")
+
+
+def test_fraud_reasons_of_the_gnn_head_are_its_integrated_gradients(service):
+    from shopgraph.graph.explain import explain_user
+
+    data = RunDir(service.run_path).load_graph()
+    for user in ("u000", "u002", "u017"):
+        u = service.user_ids.index(user)
+        ex = explain_user(service.model, data, u, top_k=int(data["user"].x.size(1)))
+        up = sorted((f.attribution for f in ex.features if f.attribution >= 0.005), reverse=True)[:3]
+        shown = [float(r.rsplit("(+", 1)[1].split(" ")[0]) for r in service.score_user(user).reasons
+                 if r.endswith(" log-odds)")]
+        np.testing.assert_allclose(shown, [round(a, 2) for a in up][:len(shown)], atol=0.006)
+        assert shown and all(a > 0 for a in shown)
+
+
+@pytest.mark.parametrize("name, raw, value, fact", [
+    ("log_account_age_days", float(np.log1p(412.0)), -1.3, "account age: 412 days"),
+    ("user_country=DE", 1.0, 1.0, "country: DE"),
+    ("user_country=DE", 0.0, 0.0, None),  # an account not from DE: nothing to say
+    ("user_signup_channel=ads", 1.0, 1.0, "signup channel: ads"),
+    ("has_account_age", 0.0, 0.0, "no account creation date"),
+    ("night_share", 0.25, 2.1, "share of events at night (00:00-06:00 UTC): 25%"),
+    ("night_share", None, 2.1, None),  # no raw value: the standardised one is never shown
+    ("accounts sharing a device (or other identifier), known fraud (log count)", None, float(np.log1p(4)),
+     "accounts sharing a device (or other identifier), known fraud: 4"),
+    ("items via cart: mean log_price", None, 0.7, None),
+])
+def test_describe_user_feature(name, raw, value, fact):
+    from shopgraph.retrieval.service import describe_user_feature
+
+    assert describe_user_feature(name, raw, value) == fact
+
+
+def test_add_item_strips_the_id_as_loading_the_shop_does(run_path):
+    svc = load_service(run_path)
+    with pytest.warns(UserWarning, match="item_id: stripped leading/trailing spaces"):
+        pos = svc.add_item(" pad ", "padded item")
+    assert svc.item_ids[pos] == "pad" and svc.has_item("pad") and not svc.has_item(" pad ")
+    with pytest.raises(ValueError, match="item_id: item 'pad' already exists"), pytest.warns(UserWarning):
+        svc.add_item("pad  ", "again")

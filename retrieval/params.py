@@ -1,0 +1,73 @@
+"""Strict query parameters for the HTTP API (``retrieval/api.py``, ``retrieval/fraud_api.py``).
+
+FastAPI on its own ignores unknown query parameters, keeps the last of repeated ones, and parses
+integers leniently (``k=5.0``). A client that misspells ``k`` as ``K`` or sends ``k`` twice would
+silently get an answer to a question it did not ask, so each route declares its parameters here and
+anything else is a 422 naming the parameter, in the API's ``<argument>: <problem>`` form.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+
+from fastapi import HTTPException, Request
+
+from shopgraph.retrieval.service import shown
+
+_DIGITS = re.compile(r"[0-9]{1,9}")
+
+
+def parse_int(name: str, raw: str, low: int, high: int) -> int:
+    """A decimal integer in ``low..high`` written as digits only (no sign, point, exponent,
+    underscore or spaces), else ``ValueError`` naming ``name``."""
+    if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
+        raise ValueError(f"{name}: expected an integer between {low} and {high} (got {shown(raw)})")
+    return int(raw)
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    """``true`` / ``false`` (any case), else ``ValueError`` naming ``name``."""
+    low = raw.lower()
+    if low not in ("true", "false"):
+        raise ValueError(f"{name}: expected true or false (got {shown(raw)})")
+    return low == "true"
+
+
+def check_fields(present: Sequence[str], allowed: Sequence[str], what: str) -> None:
+    """Each of ``present`` (names in the order given) is in ``allowed`` and given once."""
+    seen: set[str] = set()
+    for key in present:
+        if key not in allowed:
+            raise ValueError(f"{key if len(key) <= 40 else key[:40] + '…'}: unknown {what} "
+                             f"(expected {', '.join(allowed) or 'none'})")
+        if key in seen:
+            raise ValueError(f"{key}: given more than once (expected one value)")
+        seen.add(key)
+
+
+def strict_query(
+    allowed: Sequence[str], *, ints: Mapping[str, tuple[int, int]] | None = None,
+    bools: Sequence[str] = (), non_empty: Sequence[str] = (),
+) -> Callable[[Request], None]:
+    """A route dependency that refuses (422) unknown or repeated query
+    parameters, integers that are not plain digits in range, booleans other than true/false and
+    empty values of ``non_empty``. It runs before FastAPI parses the typed parameters, so those
+    only ever see values that passed here."""
+    ints = dict(ints or {})
+
+    def check(request: Request) -> None:
+        items = request.query_params.multi_items()
+        try:
+            check_fields([key for key, _ in items], allowed, "parameter")
+            for key, value in items:
+                if key in ints:
+                    parse_int(key, value, *ints[key])
+                elif key in bools:
+                    parse_bool(key, value)
+                elif key in non_empty and not value.strip():
+                    raise ValueError(f"{key}: expected a non-empty value (got {shown(value)})")
+        except ValueError as exc:  # an HTTPException, so a router used on its own answers 422 too
+            raise HTTPException(422, str(exc)) from None
+
+    return check
