@@ -438,15 +438,45 @@ def sample_items(service: ShopService, n: int = 12) -> list[tuple[str, str]]:
 
 
 # -- Fraud ----------------------------------------------------------------------------------------
-def verdict(probability: float | None, threshold: float | None) -> str:
-    """Markdown: flagged or not at ``threshold`` (live as the slider moves)."""
+def _compared(a: float, b: float, least: int = 2) -> tuple[str, str]:
+    """``a`` and ``b`` written with the fewest decimals (at least ``least``) that keep their order
+    visible: never "0.98 is below 0.98" (rounding can tie two numbers, never swap them)."""
+    for digits in range(least, 16):
+        sa, sb = f"{a:.{digits}f}", f"{b:.{digits}f}"
+        if (float(sa) < float(sb)) == (a < b) and (float(sa) > float(sb)) == (a > b):
+            return sa, sb
+    return repr(a), repr(b)
+
+
+def check_threshold(threshold: Any) -> float:
+    """The fraud threshold as a float in [0, 1]; ``ValueError`` naming what was given otherwise."""
+    value = threshold
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ValueError(f"threshold: must be a number between 0 and 1 (got {threshold!r})") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"threshold: must be between 0 and 1 (got {threshold!r})")
+    return float(value)
+
+
+def verdict(probability: float | None, threshold: Any) -> str:
+    """Markdown: flagged or not at ``threshold`` (live as the slider moves); a threshold outside
+    [0, 1] gives a message (``ERROR_PREFIX``) instead of a verdict."""
+    if threshold is not None:
+        try:
+            threshold = check_threshold(threshold)
+        except ValueError as exc:
+            return _problem(exc)
     if probability is None or threshold is None:
         return "Score a user first."
     if isinstance(probability, float) and math.isnan(probability):
         return "This run has no fraud scorer, so nobody is flagged."
+    p, t = _compared(float(probability), threshold)
     if probability >= threshold:
-        return f"**FLAGGED for review**: {probability:.2f} is at or above the threshold {threshold:.2f}."
-    return f"**Not flagged**: {probability:.2f} is below the threshold {threshold:.2f}."
+        return f"**FLAGGED for review**: {p} is at or above the threshold {t}."
+    return f"**Not flagged**: {p} is below the threshold {t}."
 
 
 _REASON_COLUMNS = ["reason", "value", "contribution"]
@@ -467,8 +497,9 @@ def _explanation_table(explanation: Any) -> pd.DataFrame:
     for nb in sorted(explanation.neighbours, key=lambda n: -abs(float(n.attribution))):
         if trees:
             others = int(nb.attribution)
-            neighbours.append({"reason": f"shares {nb.node_type} {nb.node_id} with {others} other "
-                                         f"account{'s' if others != 1 else ''}", "value": others, "contribution": None})
+            reason = (f"shares {nb.node_type} {nb.node_id} with {_plural(others, 'other account')}" if others > 0
+                      else f"uses {nb.node_type} {nb.node_id}, which no other account uses")
+            neighbours.append({"reason": reason, "value": others, "contribution": None})
         else:
             neighbours.append({"reason": f"linked {nb.node_type}: {nb.node_id}", "value": None,
                                "contribution": round(float(nb.attribution), 3)})
@@ -486,7 +517,7 @@ def _explanation_method(method: str) -> str:
     if method.startswith("tree_shap"):
         return ("how much each fact moved this account's score away from the typical account's, in the fraud "
                 "scorer's log-odds (TreeSHAP: positive pushes towards fraud; all of them together give the "
-                "score; the largest are shown), then the devices this account shares with other accounts")
+                "score; the largest are shown), then the account's devices with how many other accounts use each")
     if method.startswith("integrated_gradients"):
         return ("attribution of the GNN's score to the user's features and linked accounts/devices/items "
                 "(positive pushes towards fraud; the served score may come from another scorer)")
@@ -524,9 +555,12 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
                               "contribution": [None] * len(score.reasons)}, columns=_REASON_COLUMNS)
         method = "behaviour features more than 1 SD above the average user"
     p = score.probability
-    status = (f"**{user}**: fraud probability **{p:.3f}** (threshold {score.threshold:.3f}, chosen on validation "
-              "data to balance missed fraud against false alarms)." if p == p
-              else f"**{user}**: this run has no fraud scorer.")
+    if p == p:
+        shown_p, shown_t = _compared(p, score.threshold, least=3)
+        status = (f"**{user}**: fraud probability **{shown_p}** (threshold {shown_t}, chosen on validation "
+                  "data to balance missed fraud against false alarms).")
+    else:
+        status = f"**{user}**: this run has no fraud scorer."
     return FraudView(status, p, score.threshold, verdict(p, score.threshold), table, method)
 
 
@@ -931,25 +965,37 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 fr_btn = gr.Button("Score", variant="primary", scale=1)
             fr_status = gr.Markdown(elem_id="fraud-status")
             threshold0 = float(service.fraud_threshold) if math.isfinite(service.fraud_threshold) else 0.5
-            fr_threshold = gr.Slider(0.0, 1.0, value=round(threshold0, 3), step=0.01, label="Threshold",
-                                     elem_id="fraud-threshold")
+            # the validation-chosen threshold as it is (rounding it could flip a verdict near the line)
+            fr_threshold = gr.Slider(0.0, 1.0, value=threshold0, step=0.01, label="Threshold",
+                                     info="starts at the validation-chosen threshold; kept when you score "
+                                          "another account", elem_id="fraud-threshold")
             fr_verdict = gr.Markdown(verdict(None, None), elem_id="fraud-verdict")
             fr_prob = gr.State(None)
             fr_method = gr.Markdown()
-            fr_reasons = gr.Dataframe(label="Top reasons", interactive=False, wrap=True, elem_id="fraud-reasons")
+            fr_reasons = gr.Dataframe(value=pd.DataFrame(columns=_REASON_COLUMNS), label="Top reasons",
+                                      interactive=False, wrap=True, elem_id="fraud-reasons")
 
-            def on_score(user: Any) -> tuple[Any, ...]:
+            def on_score(user: Any, threshold: Any) -> tuple[Any, ...]:
                 view = fraud_view(service, cases, user)
                 _warn(view.status)
-                thr = view.threshold if view.threshold is not None and math.isfinite(view.threshold) else threshold0
+                shown = view.verdict if view.probability is None else verdict(view.probability, threshold)
+                if view.probability is not None:
+                    _warn(shown)  # a threshold out of range typed before scoring
                 method = f"*Reasons: {view.method}.*" if view.method else ""
-                return view.status, view.probability, round(thr, 3), view.verdict, view.reasons, method
+                return view.status, view.probability, shown, view.reasons, method
 
-            fr_btn.click(on_score, [fr_user], [fr_status, fr_prob, fr_threshold, fr_verdict, fr_reasons, fr_method])
-            fr_user.select(on_score, [fr_user],
-                           [fr_status, fr_prob, fr_threshold, fr_verdict, fr_reasons, fr_method])
-            fr_threshold.change(verdict, [fr_prob, fr_threshold], [fr_verdict])
-            app.load(on_score, [fr_user], [fr_status, fr_prob, fr_threshold, fr_verdict, fr_reasons, fr_method])
+            def on_threshold(probability: Any, threshold: Any) -> str:
+                shown = verdict(probability, threshold)
+                _warn(shown)
+                return shown
+
+            # preprocess=False: the handlers get the typed threshold as it is, so one out of the slider's
+            # range gets our message; Gradio's own check would answer with a bare "Error" and a traceback
+            score_outputs = [fr_status, fr_prob, fr_verdict, fr_reasons, fr_method]
+            fr_btn.click(on_score, [fr_user, fr_threshold], score_outputs, preprocess=False)
+            fr_user.select(on_score, [fr_user, fr_threshold], score_outputs, preprocess=False)
+            fr_threshold.change(on_threshold, [fr_prob, fr_threshold], [fr_verdict], preprocess=False)
+            app.load(on_score, [fr_user, fr_threshold], score_outputs, preprocess=False)
 
         with gr.Tab("Rings", id="rings"):
             gr.Markdown("**Groups of accounts that share devices: possible fraud rings**, ranked by a score that "

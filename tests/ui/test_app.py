@@ -226,6 +226,31 @@ def test_verdict_follows_the_threshold() -> None:
     assert "no fraud scorer" in verdict(float("nan"), 0.5)
 
 
+@pytest.mark.parametrize("threshold", [5, -1, 1.0001, float("nan"), "abc", True])
+def test_verdict_for_a_threshold_out_of_range_is_a_message(threshold: Any) -> None:
+    for probability in (0.7, None):  # no stale verdict, scored or not
+        shown = verdict(probability, threshold)
+        assert is_problem(shown) and "threshold: must be" in shown and "between 0 and 1" in shown
+        assert "FLAGGED" not in shown and "Not flagged" not in shown and repr(threshold) in shown
+
+
+def test_verdict_accepts_the_ends_and_typed_numbers() -> None:
+    assert "FLAGGED" in verdict(0.0, 0) and "Not flagged" in verdict(0.99, 1)
+    assert "Not flagged" in verdict(0.3, " 0.5 ")  # the raw value the Gradio handler gets
+
+
+@pytest.mark.parametrize("probability, threshold, shown", [
+    (0.9801, 0.9849, "0.980 is below the threshold 0.985"),
+    (0.98, 0.98000001, "0.98000000 is below the threshold 0.98000001"),
+    (0.4, 0.5, "0.40 is below the threshold 0.50"),
+    (0.981, 0.979, "0.981 is at or above the threshold 0.979"),
+    (0.98, 0.98, "0.98 is at or above the threshold 0.98"),
+])
+def test_verdict_shows_enough_decimals_to_see_the_comparison(probability: float, threshold: float,
+                                                             shown: str) -> None:
+    assert shown in verdict(probability, threshold)
+
+
 def test_fraud_view_with_explanations(ui_service: ShopService, ui_cases: FraudCases) -> None:
     user = ui_service.user_ids[int(np.nanargmax(ui_service.fraud_prob))]
     view = fraud_view(ui_service, ui_cases, user)
@@ -415,10 +440,12 @@ def test_tree_reasons_table_shows_counts_and_shared_devices_last() -> None:
     ex = Explanation("u1", 0.9, "tree_shap+shared_identifiers", [
         FeatureAttribution("accounts sharing a device, known fraud (log count)", float(np.log1p(17)), 2.5),
         FeatureAttribution("share of quick purchases", 1.0, -3.0),
-    ], [NeighbourAttribution("device", "d1", 1.0), NeighbourAttribution("device", "d2", 27.0)])
+    ], [NeighbourAttribution("device", "d1", 1.0), NeighbourAttribution("device", "d2", 27.0),
+        NeighbourAttribution("device", "d3", 0.0)])
     table = _explanation_table(ex)
     assert table["reason"].tolist() == ["share of quick purchases", "accounts sharing a device, known fraud (count)",
                                         "shares device d2 with 27 other accounts",
-                                        "shares device d1 with 1 other account"]
-    assert table["value"].tolist() == [1.0, 17.0, 27, 1]
+                                        "shares device d1 with 1 other account",
+                                        "uses device d3, which no other account uses"]  # not "shares ... with 0"
+    assert table["value"].tolist() == [1.0, 17.0, 27, 1, 0]
     assert table["contribution"].tolist()[:2] == [-3.0, 2.5] and table["contribution"][2:].isna().all()
