@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 import shutil
 import tempfile
 import threading
@@ -142,10 +143,25 @@ RESULT_COLUMNS = ["rank", "item_id", "title", "category", "score", "reason"]
 _RESULT_WIDTHS: list[str | int] = ["6%", "9%", "30%", "10%", "7%", "38%"]
 
 
+# characters that Markdown or HTML would read as markup on one line (tags, entities, emphasis, code,
+# links, maths, e-mail autolinks), written as numeric character references: the Markdown status and
+# the HTML toast both show them as the characters they are
+_MARKUP = {ord(c): f"&#{ord(c)};" for c in "&<>\\`*_~[]$@"}
+_AUTOLINK = re.compile(r"(?i)(?<=[a-z])(:)(?=//)|(?<=www)(\.)")  # "http://", "www." start links by themselves
+
+
+def _md(text: Any) -> str:
+    """``text`` (user input, or a message that quotes it) safe to put in Markdown or an HTML toast:
+    shown literally, on one line."""
+    plain = " ".join(str(text).split()).translate(_MARKUP)
+    return _AUTOLINK.sub(lambda m: f"&#{ord(m.group(0))};", plain)
+
+
 def _problem(exc: BaseException) -> str:
-    """One readable line for an exception (``KeyError`` quotes its message; strip that)."""
+    """One readable line for an exception (``KeyError`` quotes its message; strip that); the message
+    quotes user input, so it is escaped (:func:`_md`)."""
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-    return f"{ERROR_PREFIX}{text}"
+    return f"{ERROR_PREFIX}{_md(text)}"
 
 
 def is_problem(status: str) -> bool:
@@ -320,7 +336,7 @@ def recommend_view(service: ShopService, history: UserHistory | None, thumbs: Th
             title = service.item_info(row.item_id)["title"] or row.item_id
             when = f" · {row.time}" if row.time else ""
             past.append((thumbs.get(row.item_id), f"{title} · {row.event_type}{when}"))
-    status = (f"**{user}**: {n_bought} purchases in the data. Top {len(rec.item_ids)} recommendations "
+    status = (f"**{_md(user)}**: {n_bought} purchases in the data. Top {len(rec.item_ids)} recommendations "
               f"(already-bought items left out; score = how well the item fits the user, higher is better).")
     if history is None:
         status += " The history panel is empty: the run's events table could not be read."
@@ -380,7 +396,8 @@ def similar_view(service: ShopService, thumbs: Thumbnails, item_id: Any, k: Any 
         return SearchView(_problem(exc), [], _empty_results())
     gallery, table = _results(service, thumbs, rec)
     title = service.item_info(item)["title"] or item
-    return SearchView(f"Items most often bought by the same shoppers as **{title}** ({item}).", gallery, table)
+    return SearchView(f"Items most often bought by the same shoppers as **{_md(title)}** ({_md(item)}).", gallery,
+                      table)
 
 
 def text_search_view(service: ShopService, thumbs: Thumbnails, text: Any, k: Any = DEFAULT_K) -> SearchView:
@@ -392,7 +409,7 @@ def text_search_view(service: ShopService, thumbs: Thumbnails, text: Any, k: Any
     except (ValueError, NotAvailableError) as exc:
         return SearchView(_problem(exc), [], _empty_results())
     gallery, table = _results(service, thumbs, rec)
-    return SearchView(f"Items whose text best matches **{str(text).strip()}** (score = cosine similarity, "
+    return SearchView(f"Items whose text best matches **{_md(text)}** (score = cosine similarity, "
                       f"1 is identical).", gallery, table)
 
 
@@ -557,20 +574,30 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
     p = score.probability
     if p == p:
         shown_p, shown_t = _compared(p, score.threshold, least=3)
-        status = (f"**{user}**: fraud probability **{shown_p}** (threshold {shown_t}, chosen on validation "
+        status = (f"**{_md(user)}**: fraud probability **{shown_p}** (threshold {shown_t}, chosen on validation "
                   "data to balance missed fraud against false alarms).")
     else:
-        status = f"**{user}**: this run has no fraud scorer."
+        status = f"**{_md(user)}**: this run has no fraud scorer."
     return FraudView(status, p, score.threshold, verdict(p, score.threshold), table, method)
 
 
 # -- Rings ------------------------------------------------------------------------------------------
 RING_COLUMNS = ["ring", "score", "members", "shared devices", "mean fraud prob", "median account age (days)",
                 "purchases per day", "high-risk share"]
+RING_TOP = 50  # rings listed in the table (the dropdown takes any ring id)
+RING_DEVICES_LISTED = 3  # shared device ids written in a table cell
+RING_SHOWN_DEVICES = 20  # ... and in a ring's status line
 
 
-def rings_table(cases: FraudCases | None, top: int = 50) -> pd.DataFrame:
-    """The ranked rings, one row each (evidence numbers rounded; "" when unknown)."""
+def _id_list(ids: Sequence[str], most: int) -> str:
+    """``"d1, d2, d3 and 4 more"``."""
+    shown = ", ".join(ids[:most])
+    return f"{shown} and {len(ids) - most} more" if len(ids) > most else shown
+
+
+def rings_table(cases: FraudCases | None, top: int = RING_TOP) -> pd.DataFrame:
+    """The ranked rings, one row each (evidence numbers rounded; "" when unknown); "shared devices" is
+    their count and the first ids (``"2: d0001, d0002"``)."""
     if cases is None:
         return pd.DataFrame(columns=RING_COLUMNS)
 
@@ -578,10 +605,25 @@ def rings_table(cases: FraudCases | None, top: int = 50) -> pd.DataFrame:
         value = ring.evidence.get(key)
         return round(float(value), digits) if isinstance(value, int | float) and math.isfinite(value) else ""
 
-    rows = [[r.ring_id, round(r.score, 3), len(r.members), len(r.shared_devices), ev(r, "gnn_mean", 2),
+    def devices(ring: Ring) -> str:
+        n = len(ring.shared_devices)
+        return f"{n}: {_id_list(ring.shared_devices, RING_DEVICES_LISTED)}" if n else "0"
+
+    rows = [[r.ring_id, round(r.score, 3), len(r.members), devices(r), ev(r, "gnn_mean", 2),
              ev(r, "median_account_age_days", 1), ev(r, "purchase_velocity", 2), ev(r, "high_risk_share", 2)]
             for r in cases.rings(top=top)]
     return pd.DataFrame(rows, columns=RING_COLUMNS)
+
+
+def rings_note(cases: FraudCases | None, top: int = RING_TOP) -> str:
+    """How many rings the table lists out of how many there are."""
+    if cases is None:
+        return ""
+    total = len(cases.rings())
+    if total > top:
+        return (f"Showing the top {top} of {total} rings; type any other ring id (R0001 to R{total:04d}) "
+                "in the Ring box.")
+    return f"All {_plural(total, 'ring')}."
 
 
 def _past(verb: str) -> str:
@@ -647,13 +689,20 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILIma
     items = [n for n in g if n[0] == "item"]
     nx.draw_networkx_nodes(g, pos, nodelist=items, ax=ax, node_shape="^", node_size=140, node_color="#bab0ac",
                            edgecolors="#555555", linewidths=0.6)
+    tied = [n for n in ids if n in shared]
+    if len(tied) <= RING_LABELS:  # the devices that tie the ring, named (the ring's status lists them all)
+        below = {n: (float(pos[n][0]), float(pos[n][1]) - 0.07) for n in tied}
+        nx.draw_networkx_labels(g, below, labels={n: n[1] for n in tied}, ax=ax, font_size=7, font_color="#1f4e79",
+                                font_weight="bold",
+                                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "#1f4e79", "alpha": 0.85})
     if len(users) <= RING_LABELS:  # bigger rings: the labels would overlap; the members table lists them
         above = {n: (float(pos[n][0]), float(pos[n][1]) + 0.07) for n in users}  # clear of the marker
         nx.draw_networkx_labels(g, above, labels={n: n[1] for n in users}, ax=ax, font_size=7,
                                 bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
     fig.colorbar(coll, ax=ax, fraction=0.035, pad=0.02, label="member fraud score")
     handles = [
-        Line2D([], [], marker="o", ls="", color="#e15759", markeredgecolor="black", markersize=9, label="account"),
+        Line2D([], [], marker="o", ls="", color="white", markeredgecolor="black", markersize=9,
+               label="account (colour: fraud score)"),
         Line2D([], [], marker="s", ls="", color="#1f4e79", markeredgecolor="black", markeredgewidth=2,
                markersize=8, label="shared device"),
         Line2D([], [], marker="s", ls="", color="#9ec3e6", markersize=8, label="device of one member"),
@@ -701,7 +750,7 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
     return [str(p) for p in wanted]
 
 
-MEMBER_COLUMNS = ["user_id", "fraud score", "devices", "purchases"]
+MEMBER_COLUMNS = ["user_id", "fraud score", "devices", "shared devices used", "purchases"]
 
 
 def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, work_dir: Path) -> RingView:
@@ -728,17 +777,27 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
     mine = ev[ev["user_id"].isin(set(ring.members))]
     n_dev = mine[mine["device_id"] != ""].groupby("user_id")["device_id"].nunique() if "device_id" in mine else {}
     n_buy = mine[mine["event_type"] == target].groupby("user_id").size()
+    from shopgraph.graph.explain import evidence_edges
+
+    edges = evidence_edges(ring, cases.data)
+    tied = edges[(edges["node_type"] == "device") & edges["node_id"].isin(set(ring.shared_devices))]
+    used = tied.groupby("user_id")["node_id"].apply(sorted).to_dict() if len(tied) else {}
+    users_of = tied.groupby("node_id")["user_id"].nunique().to_dict() if len(tied) else {}
     ordered = sorted(ring.members, key=lambda u: (-ring.member_scores.get(u, -1.0), u))
     members = pd.DataFrame({
         "user_id": ordered,
         "fraud score": [round(ring.member_scores[u], 3) if u in ring.member_scores else None for u in ordered],
         "devices": [int(n_dev.get(u, 0)) for u in ordered],
+        "shared devices used": [", ".join(used.get(u, [])) for u in ordered],
         "purchases": [int(n_buy.get(u, 0)) for u in ordered],
-    })
-    status = (f"**Ring {ring.ring_id}**: {len(ring.members)} accounts sharing "
-              f"{_plural(len(ring.shared_devices), 'device')}, "
-              f"ring score {ring.score:.2f}. Red accounts score high. The case files hold every member's "
-              "evidence and the ring's timeline.")
+    }, columns=MEMBER_COLUMNS)
+    devices = [f"**{_md(d)}** ({_plural(int(users_of[d]), 'account')})" if d in users_of else f"**{_md(d)}**"
+               for d in ring.shared_devices]
+    tie = (f"sharing {_plural(len(devices), 'device')}: {_id_list(devices, RING_SHOWN_DEVICES)}" if devices
+           else "sharing no device")
+    status = (f"**Ring {ring.ring_id}**: {len(ring.members)} accounts {tie}; ring score {ring.score:.2f}. "
+              "Account colour is the fraud score (green low, red high); dark outlined squares are the shared devices. The case files hold every "
+              "member's evidence and the ring's timeline.")
     return RingView(status, image, files, members)
 
 
@@ -1005,6 +1064,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             table = rings_table(cases)
             ring_ids = table["ring"].tolist()
             ring_table = gr.Dataframe(value=table, label="Ranked rings", interactive=False, elem_id="ring-table")
+            gr.Markdown(rings_note(cases), elem_id="ring-count")
             with gr.Row():
                 ring_pick = gr.Dropdown(choices=ring_ids, value=None, label="Ring", scale=1, allow_custom_value=True)
             ring_status = gr.Markdown("" if cases is not None else

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 from pathlib import Path
@@ -30,6 +31,7 @@ from shopgraph.ui.app import (
     model_view,
     recommend_view,
     ring_view,
+    rings_note,
     rings_table,
     sample_items,
     sample_users,
@@ -93,6 +95,30 @@ def test_recommend_view_bad_input_is_a_message(ui_service: ShopService, history:
     view = recommend_view(ui_service, history, thumbs, user, k)
     assert is_problem(view.status) and message in view.status
     assert view.gallery == [] and view.history == [] and view.table.empty
+
+
+MARKUP = "[link](http://evil.example) <script>alert(1)</script> **bold** www.evil.example a@b.c $x$ `c`"
+
+
+def _literal(status: str) -> None:
+    """``status`` shows MARKUP as typed: no tag, link, emphasis or maths syntax left in the Markdown."""
+    for syntax in ("<script", "](", "**bold", "http://", "www.", "@", "$", "`"):
+        assert syntax not in status
+    assert MARKUP in html.unescape(status)
+
+
+def test_user_text_is_escaped_wherever_it_is_echoed(ui_service: ShopService, history: UserHistory,
+                                                    thumbs: Thumbnails, ui_cases: FraudCases) -> None:
+    view = recommend_view(ui_service, history, thumbs, MARKUP)
+    assert is_problem(view.status) and "unknown user" in view.status
+    _literal(view.status)
+    assert is_problem(similar_view(ui_service, thumbs, MARKUP).status)
+    _literal(similar_view(ui_service, thumbs, MARKUP).status)
+    _literal(fraud_view(ui_service, ui_cases, MARKUP).status)
+    found = text_search_view(ui_service, thumbs, MARKUP + "\n# heading", 3)
+    assert not is_problem(found.status) and len(found.table) == 3
+    _literal(found.status)
+    assert "\n" not in found.status and "# heading" in html.unescape(found.status)
 
 
 def test_recommend_view_without_history(ui_service: ShopService, thumbs: Thumbnails) -> None:
@@ -285,6 +311,11 @@ def test_rings_table_is_ranked(ui_cases: FraudCases) -> None:
     assert table["members"].tolist() == [len(r.members) for r in rings]
     assert table["score"].is_monotonic_decreasing
     assert rings_table(None).empty
+    for cell, ring in zip(table["shared devices"], rings):  # which devices tie the ring, not only how many
+        assert cell.startswith(f"{len(ring.shared_devices)}") and all(d in cell for d in ring.shared_devices[:3])
+    assert rings_note(ui_cases, top=2) == f"Showing the top 2 of {len(ui_cases.rings())} rings; type any other " \
+        f"ring id (R0001 to R{len(ui_cases.rings()):04d}) in the Ring box."
+    assert rings_note(ui_cases, top=10_000) == f"All {len(ui_cases.rings())} rings."
 
 
 def test_ring_view_draws_and_offers_case_files(ui_run: Path, ui_cases: FraudCases, tmp_path: Path) -> None:
@@ -301,6 +332,10 @@ def test_ring_view_draws_and_offers_case_files(ui_run: Path, ui_cases: FraudCase
     assert json.loads(json_path.read_text())["ring_id"] == ring.ring_id
     assert set(pd.read_csv(csv_path)["user_id"].astype(str)) <= set(ring.members)
     assert sorted(view.members["user_id"]) == sorted(ring.members)
+    # the devices that tie the ring are named: in the status, per member, and on the drawing
+    assert ring.shared_devices and all(html.unescape(d) in html.unescape(view.status) for d in ring.shared_devices)
+    named = {d for cell in view.members["shared devices used"] for d in cell.split(", ") if d}
+    assert named == set(ring.shared_devices)
     # the run's export holds this very ring: its files are the ones handed out
     assert json_path.read_bytes() == (ui_run / "cases" / "cases" / json_path.name).read_bytes()
     # a run without an export: the case files are written on the fly, same schema
@@ -332,8 +367,27 @@ def test_ring_view_never_hands_out_a_stale_export(ui_run: Path, ui_cases: FraudC
 def test_ring_view_bad_ring_is_a_message(ui_cases: FraudCases, tmp_path: Path, ring_id: str,
                                          message: str) -> None:
     view = ring_view(ui_cases, ring_id, None, tmp_path)
-    assert is_problem(view.status) and message in view.status and view.image is None and view.files == []
+    assert is_problem(view.status) and message in html.unescape(view.status)
+    assert view.image is None and view.files == []
     assert is_problem(ring_view(None, "R0001", None, tmp_path).status)
+
+
+def test_draw_ring_writes_the_shared_device_ids(ui_cases: FraudCases, monkeypatch: pytest.MonkeyPatch) -> None:
+    import networkx as nx
+
+    ring = next((r for r in ui_cases.rings() if r.shared_devices), None)
+    if ring is None:
+        pytest.skip("no ring with shared devices in the small run")
+    written: list[str] = []
+    draw = nx.draw_networkx_labels
+
+    def spy(g: Any, pos: Any, labels: dict[Any, str], **kw: Any) -> Any:
+        written.extend(labels.values())
+        return draw(g, pos, labels=labels, **kw)
+
+    monkeypatch.setattr(nx, "draw_networkx_labels", spy)
+    draw_ring(ui_cases, ring)
+    assert set(ring.shared_devices) <= set(written)
 
 
 def test_draw_ring_handles_a_ring_without_common_items(ui_cases: FraudCases) -> None:
