@@ -188,7 +188,7 @@ def read_image(image: Any, name: str = "image") -> Any:
         try:
             img = Image.open(io.BytesIO(payload))
         except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"{name}: not a readable image ({len(payload):,} bytes; {exc})") from exc
+            raise ValueError(f"{name}: not a readable image ({len(payload):,} bytes)") from exc
         except Image.DecompressionBombError as exc:
             raise ValueError(f"{name}: more than {MAX_IMAGE_PIXELS:,} pixels ({exc})") from exc
     width, height = img.size
