@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 THUMB_SIZE = 128
 HISTORY_ITEMS = 8
 DEFAULT_K = 8
+MAX_K = 20  # the "how many" sliders' top; the message for other values names the same range
 SAMPLES_PER_KIND = 4
 RING_LABELS = 12  # rings up to this size get their account ids written on the drawing
 RING_ITEMS = 12  # items drawn in a ring's subgraph (the ones most members bought)
@@ -301,8 +302,8 @@ def _results(service: ShopService, thumbs: Thumbnails, rec: Any) -> tuple[list[G
 def _check_k(k: Any) -> int:
     if isinstance(k, float) and k.is_integer():
         k = int(k)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 50:
-        raise ValueError(f"number of results: expected an integer from 1 to 50 (got {k!r})")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise ValueError(f"number of results: expected a whole number from 1 to {MAX_K} (got {k!r})")
     return k
 
 
@@ -316,10 +317,10 @@ def recommend_view(service: ShopService, history: UserHistory | None, thumbs: Th
         history: the events by user (``None``: the history panel says it is unavailable).
         thumbs: the thumbnail cache.
         user_id: an external user id (from the dropdown or typed).
-        k: how many recommendations (1..50).
+        k: how many recommendations (1..``MAX_K``).
     """
     try:
-        user = _clean_id(user_id, "user id")
+        user = _clean_id(user_id, "user_id")
         k = _check_k(k)
         rec = service.recommend(user, k=k)
     except (ValueError, NotAvailableError) as exc:
@@ -390,7 +391,7 @@ def default_user(choices: Sequence[tuple[str, str]], kind: str) -> str | None:
 def similar_view(service: ShopService, thumbs: Thumbnails, item_id: Any, k: Any = DEFAULT_K) -> SearchView:
     """Items closest to an item in the GNN space (bought by the same kind of shopper)."""
     try:
-        item = _clean_id(item_id, "item id")
+        item = _clean_id(item_id, "item_id")
         rec = service.similar_items(item, k=_check_k(k))
     except (ValueError, NotAvailableError) as exc:
         return SearchView(_problem(exc), [], _empty_results())
@@ -553,7 +554,7 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
     """
     empty = pd.DataFrame(columns=_REASON_COLUMNS)
     try:
-        user = _clean_id(user_id, "user id")
+        user = _clean_id(user_id, "user_id")
         score = service.score_user(user)
     except (ValueError, NotAvailableError) as exc:
         return FraudView(_problem(exc), None, None, verdict(None, None), empty, "")
@@ -767,7 +768,7 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
         return RingView(f"{ERROR_PREFIX}no fraud rings in this run (run `shopgraph rings --run RUN`)", None, [],
                         members)
     try:
-        ring = cases.ring(_clean_id(ring_id, "ring"))
+        ring = cases.ring(_clean_id(ring_id, "ring_id"))
     except (KeyError, ValueError) as exc:
         return RingView(_problem(exc), None, [], members)
     target = str(getattr(cases.data, "target", "purchase"))
@@ -944,7 +945,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 rec_user = gr.Dropdown(choices=users, value=rec_default, allow_custom_value=True, label="Shopper",
                                        info="sample shoppers: likely fraudsters, ring members, heavy buyers, "
                                             "typical shoppers; or type any user id", scale=3)
-                rec_k = gr.Slider(1, 20, value=DEFAULT_K, step=1, label="How many recommendations", scale=1,
+                rec_k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="How many recommendations", scale=1,
                                   elem_id="rec-k")
                 rec_btn = gr.Button("Recommend", variant="primary", scale=1)
             rec_status = gr.Markdown(elem_id="rec-status")
@@ -953,7 +954,8 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                                       object_fit="contain", elem_id="rec-history")
                 rec_gallery = gr.Gallery(label="Recommended", columns=4, height=300, object_fit="contain",
                                          elem_id="rec-gallery")
-            rec_table = gr.Dataframe(label="Recommendations with reasons", interactive=False, wrap=True,
+            rec_table = gr.Dataframe(value=_empty_results(), label="Recommendations with reasons",
+                                     interactive=False, wrap=True,
                                      column_widths=_RESULT_WIDTHS, elem_id="rec-table")
 
             def on_recommend(user: Any, k: Any) -> tuple[Any, ...]:
@@ -987,12 +989,12 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                     img_btn = gr.Button("Search image", variant="primary")
                     img_preview = gr.Image(label="Your image", type="pil", interactive=False, height=120,
                                            elem_id="search-image-preview")
-            search_k = gr.Slider(1, 20, value=DEFAULT_K, step=1, label="How many results")
+            search_k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="How many results")
             search_status = gr.Markdown(elem_id="search-status")
             search_gallery = gr.Gallery(label="Nearest items", columns=8, height=180, object_fit="contain",
                                         elem_id="search-gallery")
-            search_table = gr.Dataframe(label="Results", interactive=False, wrap=True, column_widths=_RESULT_WIDTHS,
-                                        elem_id="search-table")
+            search_table = gr.Dataframe(value=_empty_results(), label="Results", interactive=False, wrap=True,
+                                        column_widths=_RESULT_WIDTHS, elem_id="search-table")
             outputs = [search_status, search_gallery, search_table]
 
             def wrap(fn: Callable[..., SearchView]) -> Callable[[Any, Any], tuple[Any, ...]]:

@@ -88,12 +88,14 @@ def test_recommend_view_typed_id_is_stripped(ui_service: ShopService, history: U
     ("nobody", 5, "unknown user 'nobody'"),
     ("", 5, "pick one from the list or type an id"),
     (None, 5, "pick one from the list or type an id"),
-    ("u0", 0, "expected an integer from 1 to 50"),
+    ("u0", 0, "expected a whole number from 1 to 20 (got 0)"),
+    ("u0", 2.5, "expected a whole number from 1 to 20 (got 2.5)"),
+    ("u0", 21, "expected a whole number from 1 to 20 (got 21)"),
 ])
 def test_recommend_view_bad_input_is_a_message(ui_service: ShopService, history: UserHistory,
                                                thumbs: Thumbnails, user: Any, k: Any, message: str) -> None:
     view = recommend_view(ui_service, history, thumbs, user, k)
-    assert is_problem(view.status) and message in view.status
+    assert is_problem(view.status) and message in html.unescape(view.status)
     assert view.gallery == [] and view.history == [] and view.table.empty
 
 
@@ -216,6 +218,7 @@ def test_image_search_view_bad_images_are_messages(ui_service: ShopService, thum
     bad.write_bytes(b"\x00\x01 not an image")
     view = image_search_view(ui_service, thumbs, str(bad), 4)
     assert is_problem(view.status) and "not a readable image" in view.status
+    assert "BytesIO" not in view.status and " at 0x" not in view.status  # no Python object's repr
     view = image_search_view(ui_service, thumbs, None, 4)
     assert is_problem(view.status) and "upload a picture" in view.status
     assert image_preview(str(bad)) is None and image_preview(None) is None
@@ -431,6 +434,17 @@ def test_build_app_and_mount_under_the_http_api(ui_service: ShopService) -> None
     with TestClient(create_app(ui_service)) as client:
         page = client.get("/demo/")
         assert page.status_code == 200 and "ShopGraph demo" in page.text
+
+
+def test_empty_tables_start_with_their_column_names(ui_service: ShopService) -> None:
+    app = build_app(ui_service)
+    tables = {b.elem_id: b for b in app.blocks.values() if getattr(b, "elem_id", None) in
+              ("search-table", "rec-table", "fraud-reasons", "ring-members")}
+    assert len(tables) == 4
+    for name, table in tables.items():  # not Gradio's "1 2 3" placeholders
+        headers = table.value["headers"]
+        assert headers and all(not str(h).isdigit() for h in headers), (name, headers)
+    assert tables["search-table"].value["headers"] == RESULT_COLUMNS
 
 
 def test_build_app_without_rings_or_metrics(ui_service: ShopService, tmp_path: Path) -> None:
