@@ -891,6 +891,17 @@ def _export_dir(run_dir: Path | None) -> Path | None:
     return folder if (folder / "rings.json").is_file() else None
 
 
+def blank_enter(key: Any, typed: Any) -> bool:
+    """Whether a dropdown's key-up is Enter on an empty box. Gradio then quietly picks the first choice;
+    the app clears the box and says that an id is needed instead (no results for someone not asked for).
+
+    Args:
+        key: the key released (``gr.KeyUpData.key``).
+        typed: the box's text when it was released (``gr.KeyUpData.input_value``).
+    """
+    return key == "Enter" and not str(typed or "").strip()
+
+
 def _warn(status: str) -> None:
     import gradio as gr
 
@@ -963,6 +974,14 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 _warn(view.status)
                 return view.status, view.history, view.gallery, view.table
 
+            def on_rec_key(k: Any, evt: gr.KeyUpData) -> tuple[Any, ...]:
+                if not blank_enter(evt.key, evt.input_value):
+                    return tuple(gr.skip() for _ in range(5))
+                return (None, *on_recommend(None, k))
+
+            on_rec_key.__annotations__["evt"] = gr.KeyUpData  # a class, not the string __future__ makes
+            rec_user.key_up(on_rec_key, [rec_k], [rec_user, rec_status, rec_hist, rec_gallery, rec_table],
+                            show_progress="hidden", trigger_mode="multiple")
             rec_btn.click(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
             rec_user.select(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
             # the first screen shows a result, not an empty form
@@ -1004,6 +1023,13 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                     return tuple(view)
                 return handler
 
+            def on_item_key(k: Any, evt: gr.KeyUpData) -> tuple[Any, ...]:
+                if not blank_enter(evt.key, evt.input_value):
+                    return tuple(gr.skip() for _ in range(4))
+                return (None, *wrap(similar_view)(None, k))
+
+            on_item_key.__annotations__["evt"] = gr.KeyUpData
+            sim_item.key_up(on_item_key, [search_k], [sim_item, *outputs], show_progress="hidden", trigger_mode="multiple")
             sim_btn.click(wrap(similar_view), [sim_item, search_k], outputs)
             txt_btn.click(wrap(text_search_view), [txt_query, search_k], outputs)
             txt_query.submit(wrap(text_search_view), [txt_query, search_k], outputs)
@@ -1053,6 +1079,15 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             # preprocess=False: the handlers get the typed threshold as it is, so one out of the slider's
             # range gets our message; Gradio's own check would answer with a bare "Error" and a traceback
             score_outputs = [fr_status, fr_prob, fr_verdict, fr_reasons, fr_method]
+
+            def on_account_key(threshold: Any, evt: gr.KeyUpData) -> tuple[Any, ...]:
+                if not blank_enter(evt.key, evt.input_value):
+                    return tuple(gr.skip() for _ in range(6))
+                return (None, *on_score(None, threshold))
+
+            on_account_key.__annotations__["evt"] = gr.KeyUpData
+            fr_user.key_up(on_account_key, [fr_threshold], [fr_user, *score_outputs], preprocess=False,
+                           show_progress="hidden", trigger_mode="multiple")
             fr_btn.click(on_score, [fr_user, fr_threshold], score_outputs, preprocess=False)
             fr_user.select(on_score, [fr_user, fr_threshold], score_outputs, preprocess=False)
             fr_threshold.change(on_threshold, [fr_prob, fr_threshold], [fr_verdict], preprocess=False)

@@ -517,3 +517,11 @@ def test_tree_reasons_table_shows_counts_and_shared_devices_last() -> None:
                                         "uses device d3, which no other account uses"]  # not "shares ... with 0"
     assert table["value"].tolist() == [1.0, 17.0, 27, 1, 0]
     assert table["contribution"].tolist()[:2] == [-3.0, 2.5] and table["contribution"][2:].isna().all()
+
+
+@pytest.mark.parametrize("key, typed, blank", [("Enter", "", True), ("Enter", "   ", True), ("Enter", None, True),
+                                               ("Enter", "u1", False), ("Delete", "", False), ("a", "a", False)])
+def test_blank_enter_is_enter_on_an_empty_box(key: str, typed: Any, blank: bool) -> None:
+    from shopgraph.ui.app import blank_enter
+
+    assert blank_enter(key, typed) is blank

@@ -288,3 +288,15 @@ def test_fraud_threshold_out_of_range_is_a_message(page: Any, ui_service: ShopSe
     assert number.input_value() == "0"  # kept across scoring
     expect(page.locator("#fraud-verdict")).to_contain_text("FLAGGED for review")
     assert page.get_by_text("Traceback").count() == 0
+
+
+def test_search_table_headers_and_user_text_shown_as_typed(page: Any) -> None:
+    _tab(page, "Similar & search")
+    text = "[link](http://evil.example) <img src=x onerror=alert(1)> **bold**"
+    page.locator("#search-text textarea").fill(text)
+    page.get_by_role("button", name="Search text").click()
+    status = page.locator("#search-status")
+    expect(status).to_contain_text(text)  # the characters, literally
+    assert status.locator("a").count() == 0 and status.locator("img").count() == 0
+    assert status.locator("strong").filter(has_text="bold").count() == 0 or "**bold**" in status.inner_text()
+    expect(page.locator("#search-table")).to_contain_text("item_id")
