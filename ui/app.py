@@ -902,6 +902,37 @@ def blank_enter(key: Any, typed: Any) -> bool:
     return key == "Enter" and not str(typed or "").strip()
 
 
+_FRAUD_SCORERS = {
+    "gnn_head": "the same network's fraud head",
+    "hybrid": "trees on the network's embeddings and graph features",
+    "graph_trees": "trees on graph features (shared devices, account age, buying speed)",
+    "rank_average": "an average of the network's and the trees' rankings",
+}
+
+
+def fraud_scorer(run_dir: Path | None) -> str | None:
+    """The kind of fraud scorer the run serves (``metrics.json`` ``fraud.gnn.kind``), or ``None``."""
+    if run_dir is None:
+        return None
+    from shopgraph.graph.run import RunDir
+
+    try:
+        kind = RunDir(run_dir).read_json("metrics.json").get("fraud", {}).get("gnn", {}).get("kind")
+    except (FileNotFoundError, ValueError, AttributeError) as exc:
+        logger.info("fraud scorer kind unknown: %s", exc)
+        return None
+    return str(kind) if kind and kind != "none" else None
+
+
+def intro(users: int, items: int, scorer: str | None) -> str:
+    """The page's opening Markdown: what the graph is and which model does what."""
+    fraud = (f" Fraud is scored by {_FRAUD_SCORERS.get(scorer, scorer)} (the candidate that won on validation)."
+             if scorer else "")
+    return (f"# ShopGraph\nA graph of **{users:,} shoppers** and **{items:,} items**, linked by what they viewed and "
+            "bought and the devices they used. A graph neural network learns from it to recommend items." + fraud +
+            " Each tab below says what it shows and how to read it.")
+
+
 def _warn(status: str) -> None:
     import gradio as gr
 
@@ -943,15 +974,12 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
     info = service.info()
 
     with gr.Blocks(title="ShopGraph demo") as app:
-        gr.Markdown(
-            f"# ShopGraph\nA graph of **{info['users']:,} shoppers** and **{info['items']:,} items**, linked by what "
-            "they viewed and bought and the devices they used. One graph neural network learns from it to "
-            "recommend items and to spot fraud. Each tab below says what it shows and how to read it.")
+        gr.Markdown(intro(info["users"], info["items"], fraud_scorer(run_dir)))
 
         with gr.Tab("Recommend", id="recommend"):
             gr.Markdown("**What the shop would show this shopper next.** Pick a shopper (or type an id): on the left "
                         "what they recently looked at or bought, on the right the model's top picks, each with a "
-                        "score (higher = better fit) and the reason (the past item it most resembles).")
+                        "score (higher = better fit) and the reason (what in their history led to it).")
             with gr.Row():
                 rec_user = gr.Dropdown(choices=users, value=rec_default, allow_custom_value=True, label="Shopper",
                                        info="sample shoppers: likely fraudsters, ring members, heavy buyers, "

@@ -525,3 +525,14 @@ def test_blank_enter_is_enter_on_an_empty_box(key: str, typed: Any, blank: bool)
     from shopgraph.ui.app import blank_enter
 
     assert blank_enter(key, typed) is blank
+
+
+def test_intro_names_the_served_fraud_scorer(ui_run: Path, tmp_path: Path) -> None:
+    from shopgraph.ui.app import fraud_scorer, intro
+
+    kind = RunDir(ui_run).read_json("metrics.json")["fraud"]["gnn"]["kind"]
+    assert fraud_scorer(ui_run) == (None if kind == "none" else kind)
+    assert fraud_scorer(tmp_path) is None and fraud_scorer(None) is None
+    text = intro(10, 5, "graph_trees")
+    assert "trees on graph features" in text and "spot fraud" not in text
+    assert "Fraud is scored" not in intro(10, 5, None) and "recommend items" in intro(10, 5, None)
