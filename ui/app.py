@@ -288,9 +288,16 @@ def _empty_results() -> pd.DataFrame:
     return pd.DataFrame(columns=RESULT_COLUMNS)
 
 
-def _results(service: ShopService, thumbs: Thumbnails, rec: Any) -> tuple[list[GalleryItem], pd.DataFrame]:
-    """Gallery entries and the table for a :class:`~shopgraph.retrieval.service.Recommendation`."""
-    gallery = [(thumbs.get(i), f"{t or i} · {s:.2f}") for i, t, s in zip(rec.item_ids, rec.titles, rec.scores)]
+def _results(service: ShopService, thumbs: Thumbnails, rec: Any,
+             ranked: bool = False) -> tuple[list[GalleryItem], pd.DataFrame]:
+    """Gallery entries and the table for a :class:`~shopgraph.retrieval.service.Recommendation`.
+
+    ``ranked``: the captions give the rank (``"#1 title"``), not the score (recommendation scores are
+    unscaled inner products, e.g. 1794.17: only their order means something)."""
+    if ranked:
+        gallery = [(thumbs.get(i), f"#{n} {t or i}") for n, (i, t) in enumerate(zip(rec.item_ids, rec.titles), 1)]
+    else:
+        gallery = [(thumbs.get(i), f"{t or i} · {s:.2f}") for i, t, s in zip(rec.item_ids, rec.titles, rec.scores)]
     table = pd.DataFrame({
         "rank": list(range(1, len(rec.item_ids) + 1)), "item_id": rec.item_ids, "title": rec.titles,
         "category": [service.item_info(i)["category"] for i in rec.item_ids],
@@ -325,7 +332,7 @@ def recommend_view(service: ShopService, history: UserHistory | None, thumbs: Th
         rec = service.recommend(user, k=k)
     except (ValueError, NotAvailableError) as exc:
         return RecommendView(_problem(exc), [], [], _empty_results())
-    gallery, table = _results(service, thumbs, rec)
+    gallery, table = _results(service, thumbs, rec, ranked=True)
     past: list[GalleryItem] = []
     n_bought = 0
     if history is not None:
@@ -338,7 +345,8 @@ def recommend_view(service: ShopService, history: UserHistory | None, thumbs: Th
             when = f" · {row.time}" if row.time else ""
             past.append((thumbs.get(row.item_id), f"{title} · {row.event_type}{when}"))
     status = (f"**{_md(user)}**: {n_bought} purchases in the data. Top {len(rec.item_ids)} recommendations "
-              f"(already-bought items left out; score = how well the item fits the user, higher is better).")
+              f"(already-bought items left out), best fit first. The score column is the model's raw fit score: "
+              "only its order matters (higher = better fit).")
     if history is None:
         status += " The history panel is empty: the run's events table could not be read."
     return RecommendView(status, past, gallery, table)

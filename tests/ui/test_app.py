@@ -67,7 +67,8 @@ def test_recommend_view_matches_service_and_shows_history(ui_service: ShopServic
     assert view.table["score"].tolist() == pytest.approx(rec.scores, abs=1e-3)
     assert view.table["reason"].tolist() == rec.reasons
     assert len(view.gallery) == 5 and all(isinstance(img, Image.Image) for img, _ in view.gallery)
-    assert view.gallery[0][1].startswith(rec.titles[0])
+    assert view.gallery[0][1] == f"#1 {rec.titles[0]}"  # the rank, not an unscaled score such as 1794.17
+    assert "only its order matters" in view.status
     # history: this user's own items, most recent first, at most HISTORY_ITEMS
     assert 0 < len(view.history) <= 8
     events = history.recent(user)
