@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 import shutil
 import tempfile
 import threading
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 THUMB_SIZE = 128
 HISTORY_ITEMS = 8
 DEFAULT_K = 8
+MAX_K = 20  # the "how many" sliders' top; the message for other values names the same range
 SAMPLES_PER_KIND = 4
 RING_LABELS = 12  # rings up to this size get their account ids written on the drawing
 RING_ITEMS = 12  # items drawn in a ring's subgraph (the ones most members bought)
@@ -142,10 +144,25 @@ RESULT_COLUMNS = ["rank", "item_id", "title", "category", "score", "reason"]
 _RESULT_WIDTHS: list[str | int] = ["6%", "9%", "30%", "10%", "7%", "38%"]
 
 
+# characters that Markdown or HTML would read as markup on one line (tags, entities, emphasis, code,
+# links, maths, e-mail autolinks), written as numeric character references: the Markdown status and
+# the HTML toast both show them as the characters they are
+_MARKUP = {ord(c): f"&#{ord(c)};" for c in "&<>\\`*_~[]$@"}
+_AUTOLINK = re.compile(r"(?i)(?<=[a-z])(:)(?=//)|(?<=www)(\.)")  # "http://", "www." start links by themselves
+
+
+def _md(text: Any) -> str:
+    """``text`` (user input, or a message that quotes it) safe to put in Markdown or an HTML toast:
+    shown literally, on one line."""
+    plain = " ".join(str(text).split()).translate(_MARKUP)
+    return _AUTOLINK.sub(lambda m: f"&#{ord(m.group(0))};", plain)
+
+
 def _problem(exc: BaseException) -> str:
-    """One readable line for an exception (``KeyError`` quotes its message; strip that)."""
+    """One readable line for an exception (``KeyError`` quotes its message; strip that); the message
+    quotes user input, so it is escaped (:func:`_md`)."""
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-    return f"{ERROR_PREFIX}{text}"
+    return f"{ERROR_PREFIX}{_md(text)}"
 
 
 def is_problem(status: str) -> bool:
@@ -271,9 +288,16 @@ def _empty_results() -> pd.DataFrame:
     return pd.DataFrame(columns=RESULT_COLUMNS)
 
 
-def _results(service: ShopService, thumbs: Thumbnails, rec: Any) -> tuple[list[GalleryItem], pd.DataFrame]:
-    """Gallery entries and the table for a :class:`~shopgraph.retrieval.service.Recommendation`."""
-    gallery = [(thumbs.get(i), f"{t or i} · {s:.2f}") for i, t, s in zip(rec.item_ids, rec.titles, rec.scores)]
+def _results(service: ShopService, thumbs: Thumbnails, rec: Any,
+             ranked: bool = False) -> tuple[list[GalleryItem], pd.DataFrame]:
+    """Gallery entries and the table for a :class:`~shopgraph.retrieval.service.Recommendation`.
+
+    ``ranked``: the captions give the rank (``"#1 title"``), not the score (recommendation scores are
+    unscaled inner products, e.g. 1794.17: only their order means something)."""
+    if ranked:
+        gallery = [(thumbs.get(i), f"#{n} {t or i}") for n, (i, t) in enumerate(zip(rec.item_ids, rec.titles), 1)]
+    else:
+        gallery = [(thumbs.get(i), f"{t or i} · {s:.2f}") for i, t, s in zip(rec.item_ids, rec.titles, rec.scores)]
     table = pd.DataFrame({
         "rank": list(range(1, len(rec.item_ids) + 1)), "item_id": rec.item_ids, "title": rec.titles,
         "category": [service.item_info(i)["category"] for i in rec.item_ids],
@@ -285,8 +309,8 @@ def _results(service: ShopService, thumbs: Thumbnails, rec: Any) -> tuple[list[G
 def _check_k(k: Any) -> int:
     if isinstance(k, float) and k.is_integer():
         k = int(k)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 50:
-        raise ValueError(f"number of results: expected an integer from 1 to 50 (got {k!r})")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise ValueError(f"number of results: expected a whole number from 1 to {MAX_K} (got {k!r})")
     return k
 
 
@@ -300,15 +324,15 @@ def recommend_view(service: ShopService, history: UserHistory | None, thumbs: Th
         history: the events by user (``None``: the history panel says it is unavailable).
         thumbs: the thumbnail cache.
         user_id: an external user id (from the dropdown or typed).
-        k: how many recommendations (1..50).
+        k: how many recommendations (1..``MAX_K``).
     """
     try:
-        user = _clean_id(user_id, "user id")
+        user = _clean_id(user_id, "user_id")
         k = _check_k(k)
         rec = service.recommend(user, k=k)
     except (ValueError, NotAvailableError) as exc:
         return RecommendView(_problem(exc), [], [], _empty_results())
-    gallery, table = _results(service, thumbs, rec)
+    gallery, table = _results(service, thumbs, rec, ranked=True)
     past: list[GalleryItem] = []
     n_bought = 0
     if history is not None:
@@ -320,8 +344,9 @@ def recommend_view(service: ShopService, history: UserHistory | None, thumbs: Th
             title = service.item_info(row.item_id)["title"] or row.item_id
             when = f" · {row.time}" if row.time else ""
             past.append((thumbs.get(row.item_id), f"{title} · {row.event_type}{when}"))
-    status = (f"**{user}**: {n_bought} purchases in the data. Top {len(rec.item_ids)} recommendations "
-              f"(already-bought items left out; score = how well the item fits the user, higher is better).")
+    status = (f"**{_md(user)}**: {n_bought} purchases in the data. Top {len(rec.item_ids)} recommendations "
+              f"(already-bought items left out), best fit first. The score column is the model's raw fit score: "
+              "only its order matters (higher = better fit).")
     if history is None:
         status += " The history panel is empty: the run's events table could not be read."
     return RecommendView(status, past, gallery, table)
@@ -374,13 +399,15 @@ def default_user(choices: Sequence[tuple[str, str]], kind: str) -> str | None:
 def similar_view(service: ShopService, thumbs: Thumbnails, item_id: Any, k: Any = DEFAULT_K) -> SearchView:
     """Items closest to an item in the GNN space (bought by the same kind of shopper)."""
     try:
-        item = _clean_id(item_id, "item id")
+        item = _clean_id(item_id, "item_id")
         rec = service.similar_items(item, k=_check_k(k))
     except (ValueError, NotAvailableError) as exc:
         return SearchView(_problem(exc), [], _empty_results())
     gallery, table = _results(service, thumbs, rec)
     title = service.item_info(item)["title"] or item
-    return SearchView(f"Items most often bought by the same shoppers as **{title}** ({item}).", gallery, table)
+    return SearchView(f"Items closest to **{_md(title)}** ({_md(item)}) in the model's item space: the kind of "
+                      "shopper who buys one buys the others. Each row's reason says whether anyone bought both.",
+                      gallery, table)
 
 
 def text_search_view(service: ShopService, thumbs: Thumbnails, text: Any, k: Any = DEFAULT_K) -> SearchView:
@@ -392,7 +419,7 @@ def text_search_view(service: ShopService, thumbs: Thumbnails, text: Any, k: Any
     except (ValueError, NotAvailableError) as exc:
         return SearchView(_problem(exc), [], _empty_results())
     gallery, table = _results(service, thumbs, rec)
-    return SearchView(f"Items whose text best matches **{str(text).strip()}** (score = cosine similarity, "
+    return SearchView(f"Items whose text best matches **{_md(text)}** (score = cosine similarity, "
                       f"1 is identical).", gallery, table)
 
 
@@ -438,15 +465,45 @@ def sample_items(service: ShopService, n: int = 12) -> list[tuple[str, str]]:
 
 
 # -- Fraud ----------------------------------------------------------------------------------------
-def verdict(probability: float | None, threshold: float | None) -> str:
-    """Markdown: flagged or not at ``threshold`` (live as the slider moves)."""
+def _compared(a: float, b: float, least: int = 2) -> tuple[str, str]:
+    """``a`` and ``b`` written with the fewest decimals (at least ``least``) that keep their order
+    visible: never "0.98 is below 0.98" (rounding can tie two numbers, never swap them)."""
+    for digits in range(least, 16):
+        sa, sb = f"{a:.{digits}f}", f"{b:.{digits}f}"
+        if (float(sa) < float(sb)) == (a < b) and (float(sa) > float(sb)) == (a > b):
+            return sa, sb
+    return repr(a), repr(b)
+
+
+def check_threshold(threshold: Any) -> float:
+    """The fraud threshold as a float in [0, 1]; ``ValueError`` naming what was given otherwise."""
+    value = threshold
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ValueError(f"threshold: must be a number between 0 and 1 (got {threshold!r})") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"threshold: must be between 0 and 1 (got {threshold!r})")
+    return float(value)
+
+
+def verdict(probability: float | None, threshold: Any) -> str:
+    """Markdown: flagged or not at ``threshold`` (live as the slider moves); a threshold outside
+    [0, 1] gives a message (``ERROR_PREFIX``) instead of a verdict."""
+    if threshold is not None:
+        try:
+            threshold = check_threshold(threshold)
+        except ValueError as exc:
+            return _problem(exc)
     if probability is None or threshold is None:
         return "Score a user first."
     if isinstance(probability, float) and math.isnan(probability):
         return "This run has no fraud scorer, so nobody is flagged."
+    p, t = _compared(float(probability), threshold)
     if probability >= threshold:
-        return f"**FLAGGED for review**: {probability:.2f} is at or above the threshold {threshold:.2f}."
-    return f"**Not flagged**: {probability:.2f} is below the threshold {threshold:.2f}."
+        return f"**FLAGGED for review**: {p} is at or above the threshold {t}."
+    return f"**Not flagged**: {p} is below the threshold {t}."
 
 
 _REASON_COLUMNS = ["reason", "value", "contribution"]
@@ -467,8 +524,9 @@ def _explanation_table(explanation: Any) -> pd.DataFrame:
     for nb in sorted(explanation.neighbours, key=lambda n: -abs(float(n.attribution))):
         if trees:
             others = int(nb.attribution)
-            neighbours.append({"reason": f"shares {nb.node_type} {nb.node_id} with {others} other "
-                                         f"account{'s' if others != 1 else ''}", "value": others, "contribution": None})
+            reason = (f"shares {nb.node_type} {nb.node_id} with {_plural(others, 'other account')}" if others > 0
+                      else f"uses {nb.node_type} {nb.node_id}, which no other account uses")
+            neighbours.append({"reason": reason, "value": others, "contribution": None})
         else:
             neighbours.append({"reason": f"linked {nb.node_type}: {nb.node_id}", "value": None,
                                "contribution": round(float(nb.attribution), 3)})
@@ -486,7 +544,7 @@ def _explanation_method(method: str) -> str:
     if method.startswith("tree_shap"):
         return ("how much each fact moved this account's score away from the typical account's, in the fraud "
                 "scorer's log-odds (TreeSHAP: positive pushes towards fraud; all of them together give the "
-                "score; the largest are shown), then the devices this account shares with other accounts")
+                "score; the largest are shown), then the account's devices with how many other accounts use each")
     if method.startswith("integrated_gradients"):
         return ("attribution of the GNN's score to the user's features and linked accounts/devices/items "
                 "(positive pushes towards fraud; the served score may come from another scorer)")
@@ -505,7 +563,7 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
     """
     empty = pd.DataFrame(columns=_REASON_COLUMNS)
     try:
-        user = _clean_id(user_id, "user id")
+        user = _clean_id(user_id, "user_id")
         score = service.score_user(user)
     except (ValueError, NotAvailableError) as exc:
         return FraudView(_problem(exc), None, None, verdict(None, None), empty, "")
@@ -524,19 +582,32 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
                               "contribution": [None] * len(score.reasons)}, columns=_REASON_COLUMNS)
         method = "behaviour features more than 1 SD above the average user"
     p = score.probability
-    status = (f"**{user}**: fraud probability **{p:.3f}** (threshold {score.threshold:.3f}, chosen on validation "
-              "data to balance missed fraud against false alarms)." if p == p
-              else f"**{user}**: this run has no fraud scorer.")
+    if p == p:
+        shown_p, shown_t = _compared(p, score.threshold, least=3)
+        status = (f"**{_md(user)}**: fraud probability **{shown_p}** (threshold {shown_t}, chosen on validation "
+                  "data to balance missed fraud against false alarms).")
+    else:
+        status = f"**{_md(user)}**: this run has no fraud scorer."
     return FraudView(status, p, score.threshold, verdict(p, score.threshold), table, method)
 
 
 # -- Rings ------------------------------------------------------------------------------------------
 RING_COLUMNS = ["ring", "score", "members", "shared devices", "mean fraud prob", "median account age (days)",
                 "purchases per day", "high-risk share"]
+RING_TOP = 50  # rings listed in the table (the dropdown takes any ring id)
+RING_DEVICES_LISTED = 3  # shared device ids written in a table cell
+RING_SHOWN_DEVICES = 20  # ... and in a ring's status line
 
 
-def rings_table(cases: FraudCases | None, top: int = 50) -> pd.DataFrame:
-    """The ranked rings, one row each (evidence numbers rounded; "" when unknown)."""
+def _id_list(ids: Sequence[str], most: int) -> str:
+    """``"d1, d2, d3 and 4 more"``."""
+    shown = ", ".join(ids[:most])
+    return f"{shown} and {len(ids) - most} more" if len(ids) > most else shown
+
+
+def rings_table(cases: FraudCases | None, top: int = RING_TOP) -> pd.DataFrame:
+    """The ranked rings, one row each (evidence numbers rounded; "" when unknown); "shared devices" is
+    their count and the first ids (``"2: d0001, d0002"``)."""
     if cases is None:
         return pd.DataFrame(columns=RING_COLUMNS)
 
@@ -544,10 +615,25 @@ def rings_table(cases: FraudCases | None, top: int = 50) -> pd.DataFrame:
         value = ring.evidence.get(key)
         return round(float(value), digits) if isinstance(value, int | float) and math.isfinite(value) else ""
 
-    rows = [[r.ring_id, round(r.score, 3), len(r.members), len(r.shared_devices), ev(r, "gnn_mean", 2),
+    def devices(ring: Ring) -> str:
+        n = len(ring.shared_devices)
+        return f"{n}: {_id_list(ring.shared_devices, RING_DEVICES_LISTED)}" if n else "0"
+
+    rows = [[r.ring_id, round(r.score, 3), len(r.members), devices(r), ev(r, "gnn_mean", 2),
              ev(r, "median_account_age_days", 1), ev(r, "purchase_velocity", 2), ev(r, "high_risk_share", 2)]
             for r in cases.rings(top=top)]
     return pd.DataFrame(rows, columns=RING_COLUMNS)
+
+
+def rings_note(cases: FraudCases | None, top: int = RING_TOP) -> str:
+    """How many rings the table lists out of how many there are."""
+    if cases is None:
+        return ""
+    total = len(cases.rings())
+    if total > top:
+        return (f"Showing the top {top} of {total} rings; type any other ring id (R0001 to R{total:04d}) "
+                "in the Ring box.")
+    return f"All {_plural(total, 'ring')}."
 
 
 def _past(verb: str) -> str:
@@ -613,13 +699,20 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILIma
     items = [n for n in g if n[0] == "item"]
     nx.draw_networkx_nodes(g, pos, nodelist=items, ax=ax, node_shape="^", node_size=140, node_color="#bab0ac",
                            edgecolors="#555555", linewidths=0.6)
+    tied = [n for n in ids if n in shared]
+    if len(tied) <= RING_LABELS:  # the devices that tie the ring, named (the ring's status lists them all)
+        below = {n: (float(pos[n][0]), float(pos[n][1]) - 0.07) for n in tied}
+        nx.draw_networkx_labels(g, below, labels={n: n[1] for n in tied}, ax=ax, font_size=7, font_color="#1f4e79",
+                                font_weight="bold",
+                                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "#1f4e79", "alpha": 0.85})
     if len(users) <= RING_LABELS:  # bigger rings: the labels would overlap; the members table lists them
         above = {n: (float(pos[n][0]), float(pos[n][1]) + 0.07) for n in users}  # clear of the marker
         nx.draw_networkx_labels(g, above, labels={n: n[1] for n in users}, ax=ax, font_size=7,
                                 bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
     fig.colorbar(coll, ax=ax, fraction=0.035, pad=0.02, label="member fraud score")
     handles = [
-        Line2D([], [], marker="o", ls="", color="#e15759", markeredgecolor="black", markersize=9, label="account"),
+        Line2D([], [], marker="o", ls="", color="white", markeredgecolor="black", markersize=9,
+               label="account (colour: fraud score)"),
         Line2D([], [], marker="s", ls="", color="#1f4e79", markeredgecolor="black", markeredgewidth=2,
                markersize=8, label="shared device"),
         Line2D([], [], marker="s", ls="", color="#9ec3e6", markersize=8, label="device of one member"),
@@ -667,7 +760,7 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
     return [str(p) for p in wanted]
 
 
-MEMBER_COLUMNS = ["user_id", "fraud score", "devices", "purchases"]
+MEMBER_COLUMNS = ["user_id", "fraud score", "devices", "shared devices used", "purchases"]
 
 
 def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, work_dir: Path) -> RingView:
@@ -684,7 +777,7 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
         return RingView(f"{ERROR_PREFIX}no fraud rings in this run (run `shopgraph rings --run RUN`)", None, [],
                         members)
     try:
-        ring = cases.ring(_clean_id(ring_id, "ring"))
+        ring = cases.ring(_clean_id(ring_id, "ring_id"))
     except (KeyError, ValueError) as exc:
         return RingView(_problem(exc), None, [], members)
     target = str(getattr(cases.data, "target", "purchase"))
@@ -694,17 +787,27 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
     mine = ev[ev["user_id"].isin(set(ring.members))]
     n_dev = mine[mine["device_id"] != ""].groupby("user_id")["device_id"].nunique() if "device_id" in mine else {}
     n_buy = mine[mine["event_type"] == target].groupby("user_id").size()
+    from shopgraph.graph.explain import evidence_edges
+
+    edges = evidence_edges(ring, cases.data)
+    tied = edges[(edges["node_type"] == "device") & edges["node_id"].isin(set(ring.shared_devices))]
+    used = tied.groupby("user_id")["node_id"].apply(sorted).to_dict() if len(tied) else {}
+    users_of = tied.groupby("node_id")["user_id"].nunique().to_dict() if len(tied) else {}
     ordered = sorted(ring.members, key=lambda u: (-ring.member_scores.get(u, -1.0), u))
     members = pd.DataFrame({
         "user_id": ordered,
         "fraud score": [round(ring.member_scores[u], 3) if u in ring.member_scores else None for u in ordered],
         "devices": [int(n_dev.get(u, 0)) for u in ordered],
+        "shared devices used": [", ".join(used.get(u, [])) for u in ordered],
         "purchases": [int(n_buy.get(u, 0)) for u in ordered],
-    })
-    status = (f"**Ring {ring.ring_id}**: {len(ring.members)} accounts sharing "
-              f"{_plural(len(ring.shared_devices), 'device')}, "
-              f"ring score {ring.score:.2f}. Red accounts score high. The case files hold every member's "
-              "evidence and the ring's timeline.")
+    }, columns=MEMBER_COLUMNS)
+    devices = [f"**{_md(d)}** ({_plural(int(users_of[d]), 'account')})" if d in users_of else f"**{_md(d)}**"
+               for d in ring.shared_devices]
+    tie = (f"sharing {_plural(len(devices), 'device')}: {_id_list(devices, RING_SHOWN_DEVICES)}" if devices
+           else "sharing no device")
+    status = (f"**Ring {ring.ring_id}**: {len(ring.members)} accounts {tie}; ring score {ring.score:.2f}. "
+              "Account colour is the fraud score (green low, red high); dark outlined squares are the shared devices. The case files hold every "
+              "member's evidence and the ring's timeline.")
     return RingView(status, image, files, members)
 
 
@@ -797,6 +900,48 @@ def _export_dir(run_dir: Path | None) -> Path | None:
     return folder if (folder / "rings.json").is_file() else None
 
 
+def blank_enter(key: Any, typed: Any) -> bool:
+    """Whether a dropdown's key-up is Enter on an empty box. Gradio then quietly picks the first choice;
+    the app clears the box and says that an id is needed instead (no results for someone not asked for).
+
+    Args:
+        key: the key released (``gr.KeyUpData.key``).
+        typed: the box's text when it was released (``gr.KeyUpData.input_value``).
+    """
+    return key == "Enter" and not str(typed or "").strip()
+
+
+_FRAUD_SCORERS = {
+    "gnn_head": "the same network's fraud head",
+    "hybrid": "trees on the network's embeddings and graph features",
+    "graph_trees": "trees on graph features (shared devices, account age, buying speed)",
+    "rank_average": "an average of the network's and the trees' rankings",
+}
+
+
+def fraud_scorer(run_dir: Path | None) -> str | None:
+    """The kind of fraud scorer the run serves (``metrics.json`` ``fraud.gnn.kind``), or ``None``."""
+    if run_dir is None:
+        return None
+    from shopgraph.graph.run import RunDir
+
+    try:
+        kind = RunDir(run_dir).read_json("metrics.json").get("fraud", {}).get("gnn", {}).get("kind")
+    except (FileNotFoundError, ValueError, AttributeError) as exc:
+        logger.info("fraud scorer kind unknown: %s", exc)
+        return None
+    return str(kind) if kind and kind != "none" else None
+
+
+def intro(users: int, items: int, scorer: str | None) -> str:
+    """The page's opening Markdown: what the graph is and which model does what."""
+    fraud = (f" Fraud is scored by {_FRAUD_SCORERS.get(scorer, scorer)} (the candidate that won on validation)."
+             if scorer else "")
+    return (f"# ShopGraph\nA graph of **{users:,} shoppers** and **{items:,} items**, linked by what they viewed and "
+            "bought and the devices they used. A graph neural network learns from it to recommend items." + fraud +
+            " Each tab below says what it shows and how to read it.")
+
+
 def _warn(status: str) -> None:
     import gradio as gr
 
@@ -838,20 +983,17 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
     info = service.info()
 
     with gr.Blocks(title="ShopGraph demo") as app:
-        gr.Markdown(
-            f"# ShopGraph\nA graph of **{info['users']:,} shoppers** and **{info['items']:,} items**, linked by what "
-            "they viewed and bought and the devices they used. One graph neural network learns from it to "
-            "recommend items and to spot fraud. Each tab below says what it shows and how to read it.")
+        gr.Markdown(intro(info["users"], info["items"], fraud_scorer(run_dir)))
 
         with gr.Tab("Recommend", id="recommend"):
             gr.Markdown("**What the shop would show this shopper next.** Pick a shopper (or type an id): on the left "
                         "what they recently looked at or bought, on the right the model's top picks, each with a "
-                        "score (higher = better fit) and the reason (the past item it most resembles).")
+                        "score (higher = better fit) and the reason (what in their history led to it).")
             with gr.Row():
                 rec_user = gr.Dropdown(choices=users, value=rec_default, allow_custom_value=True, label="Shopper",
                                        info="sample shoppers: likely fraudsters, ring members, heavy buyers, "
                                             "typical shoppers; or type any user id", scale=3)
-                rec_k = gr.Slider(1, 20, value=DEFAULT_K, step=1, label="How many recommendations", scale=1,
+                rec_k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="How many recommendations", scale=1,
                                   elem_id="rec-k")
                 rec_btn = gr.Button("Recommend", variant="primary", scale=1)
             rec_status = gr.Markdown(elem_id="rec-status")
@@ -860,7 +1002,8 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                                       object_fit="contain", elem_id="rec-history")
                 rec_gallery = gr.Gallery(label="Recommended", columns=4, height=300, object_fit="contain",
                                          elem_id="rec-gallery")
-            rec_table = gr.Dataframe(label="Recommendations with reasons", interactive=False, wrap=True,
+            rec_table = gr.Dataframe(value=_empty_results(), label="Recommendations with reasons",
+                                     interactive=False, wrap=True,
                                      column_widths=_RESULT_WIDTHS, elem_id="rec-table")
 
             def on_recommend(user: Any, k: Any) -> tuple[Any, ...]:
@@ -868,13 +1011,21 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 _warn(view.status)
                 return view.status, view.history, view.gallery, view.table
 
+            def on_rec_key(k: Any, evt: gr.KeyUpData) -> tuple[Any, ...]:
+                if not blank_enter(evt.key, evt.input_value):
+                    return tuple(gr.skip() for _ in range(5))
+                return (None, *on_recommend(None, k))
+
+            on_rec_key.__annotations__["evt"] = gr.KeyUpData  # a class, not the string __future__ makes
+            rec_user.key_up(on_rec_key, [rec_k], [rec_user, rec_status, rec_hist, rec_gallery, rec_table],
+                            show_progress="hidden", trigger_mode="multiple")
             rec_btn.click(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
             rec_user.select(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
             # the first screen shows a result, not an empty form
             app.load(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
 
         with gr.Tab("Similar & search", id="search"):
-            gr.Markdown("**Find items three ways.** *Similar items*: what the same shoppers buy (from the graph). "
+            gr.Markdown("**Find items three ways.** *Similar items*: what the same kind of shopper buys (from the graph). "
                         "*Text search*: titles and descriptions that match your words. *Image search*: pictures "
                         "that look like yours. Each result shows a score: higher is closer.")
             items = sample_items(service)
@@ -894,12 +1045,12 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                     img_btn = gr.Button("Search image", variant="primary")
                     img_preview = gr.Image(label="Your image", type="pil", interactive=False, height=120,
                                            elem_id="search-image-preview")
-            search_k = gr.Slider(1, 20, value=DEFAULT_K, step=1, label="How many results")
+            search_k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="How many results")
             search_status = gr.Markdown(elem_id="search-status")
             search_gallery = gr.Gallery(label="Nearest items", columns=8, height=180, object_fit="contain",
                                         elem_id="search-gallery")
-            search_table = gr.Dataframe(label="Results", interactive=False, wrap=True, column_widths=_RESULT_WIDTHS,
-                                        elem_id="search-table")
+            search_table = gr.Dataframe(value=_empty_results(), label="Results", interactive=False, wrap=True,
+                                        column_widths=_RESULT_WIDTHS, elem_id="search-table")
             outputs = [search_status, search_gallery, search_table]
 
             def wrap(fn: Callable[..., SearchView]) -> Callable[[Any, Any], tuple[Any, ...]]:
@@ -909,6 +1060,13 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                     return tuple(view)
                 return handler
 
+            def on_item_key(k: Any, evt: gr.KeyUpData) -> tuple[Any, ...]:
+                if not blank_enter(evt.key, evt.input_value):
+                    return tuple(gr.skip() for _ in range(4))
+                return (None, *wrap(similar_view)(None, k))
+
+            on_item_key.__annotations__["evt"] = gr.KeyUpData
+            sim_item.key_up(on_item_key, [search_k], [sim_item, *outputs], show_progress="hidden", trigger_mode="multiple")
             sim_btn.click(wrap(similar_view), [sim_item, search_k], outputs)
             txt_btn.click(wrap(text_search_view), [txt_query, search_k], outputs)
             txt_query.submit(wrap(text_search_view), [txt_query, search_k], outputs)
@@ -931,25 +1089,46 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 fr_btn = gr.Button("Score", variant="primary", scale=1)
             fr_status = gr.Markdown(elem_id="fraud-status")
             threshold0 = float(service.fraud_threshold) if math.isfinite(service.fraud_threshold) else 0.5
-            fr_threshold = gr.Slider(0.0, 1.0, value=round(threshold0, 3), step=0.01, label="Threshold",
-                                     elem_id="fraud-threshold")
+            # the validation-chosen threshold as it is (rounding it could flip a verdict near the line)
+            fr_threshold = gr.Slider(0.0, 1.0, value=threshold0, step=0.01, label="Threshold",
+                                     info="starts at the validation-chosen threshold; kept when you score "
+                                          "another account", elem_id="fraud-threshold")
             fr_verdict = gr.Markdown(verdict(None, None), elem_id="fraud-verdict")
             fr_prob = gr.State(None)
             fr_method = gr.Markdown()
-            fr_reasons = gr.Dataframe(label="Top reasons", interactive=False, wrap=True, elem_id="fraud-reasons")
+            fr_reasons = gr.Dataframe(value=pd.DataFrame(columns=_REASON_COLUMNS), label="Top reasons",
+                                      interactive=False, wrap=True, elem_id="fraud-reasons")
 
-            def on_score(user: Any) -> tuple[Any, ...]:
+            def on_score(user: Any, threshold: Any) -> tuple[Any, ...]:
                 view = fraud_view(service, cases, user)
                 _warn(view.status)
-                thr = view.threshold if view.threshold is not None and math.isfinite(view.threshold) else threshold0
+                shown = view.verdict if view.probability is None else verdict(view.probability, threshold)
+                if view.probability is not None:
+                    _warn(shown)  # a threshold out of range typed before scoring
                 method = f"*Reasons: {view.method}.*" if view.method else ""
-                return view.status, view.probability, round(thr, 3), view.verdict, view.reasons, method
+                return view.status, view.probability, shown, view.reasons, method
 
-            fr_btn.click(on_score, [fr_user], [fr_status, fr_prob, fr_threshold, fr_verdict, fr_reasons, fr_method])
-            fr_user.select(on_score, [fr_user],
-                           [fr_status, fr_prob, fr_threshold, fr_verdict, fr_reasons, fr_method])
-            fr_threshold.change(verdict, [fr_prob, fr_threshold], [fr_verdict])
-            app.load(on_score, [fr_user], [fr_status, fr_prob, fr_threshold, fr_verdict, fr_reasons, fr_method])
+            def on_threshold(probability: Any, threshold: Any) -> str:
+                shown = verdict(probability, threshold)
+                _warn(shown)
+                return shown
+
+            # preprocess=False: the handlers get the typed threshold as it is, so one out of the slider's
+            # range gets our message; Gradio's own check would answer with a bare "Error" and a traceback
+            score_outputs = [fr_status, fr_prob, fr_verdict, fr_reasons, fr_method]
+
+            def on_account_key(threshold: Any, evt: gr.KeyUpData) -> tuple[Any, ...]:
+                if not blank_enter(evt.key, evt.input_value):
+                    return tuple(gr.skip() for _ in range(6))
+                return (None, *on_score(None, threshold))
+
+            on_account_key.__annotations__["evt"] = gr.KeyUpData
+            fr_user.key_up(on_account_key, [fr_threshold], [fr_user, *score_outputs], preprocess=False,
+                           show_progress="hidden", trigger_mode="multiple")
+            fr_btn.click(on_score, [fr_user, fr_threshold], score_outputs, preprocess=False)
+            fr_user.select(on_score, [fr_user, fr_threshold], score_outputs, preprocess=False)
+            fr_threshold.change(on_threshold, [fr_prob, fr_threshold], [fr_verdict], preprocess=False)
+            app.load(on_score, [fr_user, fr_threshold], score_outputs, preprocess=False)
 
         with gr.Tab("Rings", id="rings"):
             gr.Markdown("**Groups of accounts that share devices: possible fraud rings**, ranked by a score that "
@@ -959,6 +1138,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             table = rings_table(cases)
             ring_ids = table["ring"].tolist()
             ring_table = gr.Dataframe(value=table, label="Ranked rings", interactive=False, elem_id="ring-table")
+            gr.Markdown(rings_note(cases), elem_id="ring-count")
             with gr.Row():
                 ring_pick = gr.Dropdown(choices=ring_ids, value=None, label="Ring", scale=1, allow_custom_value=True)
             ring_status = gr.Markdown("" if cases is not None else

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 from pathlib import Path
@@ -30,6 +31,7 @@ from shopgraph.ui.app import (
     model_view,
     recommend_view,
     ring_view,
+    rings_note,
     rings_table,
     sample_items,
     sample_users,
@@ -65,7 +67,8 @@ def test_recommend_view_matches_service_and_shows_history(ui_service: ShopServic
     assert view.table["score"].tolist() == pytest.approx(rec.scores, abs=1e-3)
     assert view.table["reason"].tolist() == rec.reasons
     assert len(view.gallery) == 5 and all(isinstance(img, Image.Image) for img, _ in view.gallery)
-    assert view.gallery[0][1].startswith(rec.titles[0])
+    assert view.gallery[0][1] == f"#1 {rec.titles[0]}"  # the rank, not an unscaled score such as 1794.17
+    assert "only its order matters" in view.status
     # history: this user's own items, most recent first, at most HISTORY_ITEMS
     assert 0 < len(view.history) <= 8
     events = history.recent(user)
@@ -86,13 +89,39 @@ def test_recommend_view_typed_id_is_stripped(ui_service: ShopService, history: U
     ("nobody", 5, "unknown user 'nobody'"),
     ("", 5, "pick one from the list or type an id"),
     (None, 5, "pick one from the list or type an id"),
-    ("u0", 0, "expected an integer from 1 to 50"),
+    ("u0", 0, "expected a whole number from 1 to 20 (got 0)"),
+    ("u0", 2.5, "expected a whole number from 1 to 20 (got 2.5)"),
+    ("u0", 21, "expected a whole number from 1 to 20 (got 21)"),
 ])
 def test_recommend_view_bad_input_is_a_message(ui_service: ShopService, history: UserHistory,
                                                thumbs: Thumbnails, user: Any, k: Any, message: str) -> None:
     view = recommend_view(ui_service, history, thumbs, user, k)
-    assert is_problem(view.status) and message in view.status
+    assert is_problem(view.status) and message in html.unescape(view.status)
     assert view.gallery == [] and view.history == [] and view.table.empty
+
+
+MARKUP = "[link](http://evil.example) <script>alert(1)</script> **bold** www.evil.example a@b.c $x$ `c`"
+
+
+def _literal(status: str) -> None:
+    """``status`` shows MARKUP as typed: no tag, link, emphasis or maths syntax left in the Markdown."""
+    for syntax in ("<script", "](", "**bold", "http://", "www.", "@", "$", "`"):
+        assert syntax not in status
+    assert MARKUP in html.unescape(status)
+
+
+def test_user_text_is_escaped_wherever_it_is_echoed(ui_service: ShopService, history: UserHistory,
+                                                    thumbs: Thumbnails, ui_cases: FraudCases) -> None:
+    view = recommend_view(ui_service, history, thumbs, MARKUP)
+    assert is_problem(view.status) and "unknown user" in view.status
+    _literal(view.status)
+    assert is_problem(similar_view(ui_service, thumbs, MARKUP).status)
+    _literal(similar_view(ui_service, thumbs, MARKUP).status)
+    _literal(fraud_view(ui_service, ui_cases, MARKUP).status)
+    found = text_search_view(ui_service, thumbs, MARKUP + "\n# heading", 3)
+    assert not is_problem(found.status) and len(found.table) == 3
+    _literal(found.status)
+    assert "\n" not in found.status and "# heading" in html.unescape(found.status)
 
 
 def test_recommend_view_without_history(ui_service: ShopService, thumbs: Thumbnails) -> None:
@@ -190,6 +219,7 @@ def test_image_search_view_bad_images_are_messages(ui_service: ShopService, thum
     bad.write_bytes(b"\x00\x01 not an image")
     view = image_search_view(ui_service, thumbs, str(bad), 4)
     assert is_problem(view.status) and "not a readable image" in view.status
+    assert "BytesIO" not in view.status and " at 0x" not in view.status  # no Python object's repr
     view = image_search_view(ui_service, thumbs, None, 4)
     assert is_problem(view.status) and "upload a picture" in view.status
     assert image_preview(str(bad)) is None and image_preview(None) is None
@@ -226,6 +256,31 @@ def test_verdict_follows_the_threshold() -> None:
     assert "no fraud scorer" in verdict(float("nan"), 0.5)
 
 
+@pytest.mark.parametrize("threshold", [5, -1, 1.0001, float("nan"), "abc", True])
+def test_verdict_for_a_threshold_out_of_range_is_a_message(threshold: Any) -> None:
+    for probability in (0.7, None):  # no stale verdict, scored or not
+        shown = verdict(probability, threshold)
+        assert is_problem(shown) and "threshold: must be" in shown and "between 0 and 1" in shown
+        assert "FLAGGED" not in shown and "Not flagged" not in shown and repr(threshold) in shown
+
+
+def test_verdict_accepts_the_ends_and_typed_numbers() -> None:
+    assert "FLAGGED" in verdict(0.0, 0) and "Not flagged" in verdict(0.99, 1)
+    assert "Not flagged" in verdict(0.3, " 0.5 ")  # the raw value the Gradio handler gets
+
+
+@pytest.mark.parametrize("probability, threshold, shown", [
+    (0.9801, 0.9849, "0.980 is below the threshold 0.985"),
+    (0.98, 0.98000001, "0.98000000 is below the threshold 0.98000001"),
+    (0.4, 0.5, "0.40 is below the threshold 0.50"),
+    (0.981, 0.979, "0.981 is at or above the threshold 0.979"),
+    (0.98, 0.98, "0.98 is at or above the threshold 0.98"),
+])
+def test_verdict_shows_enough_decimals_to_see_the_comparison(probability: float, threshold: float,
+                                                             shown: str) -> None:
+    assert shown in verdict(probability, threshold)
+
+
 def test_fraud_view_with_explanations(ui_service: ShopService, ui_cases: FraudCases) -> None:
     user = ui_service.user_ids[int(np.nanargmax(ui_service.fraud_prob))]
     view = fraud_view(ui_service, ui_cases, user)
@@ -260,6 +315,11 @@ def test_rings_table_is_ranked(ui_cases: FraudCases) -> None:
     assert table["members"].tolist() == [len(r.members) for r in rings]
     assert table["score"].is_monotonic_decreasing
     assert rings_table(None).empty
+    for cell, ring in zip(table["shared devices"], rings):  # which devices tie the ring, not only how many
+        assert cell.startswith(f"{len(ring.shared_devices)}") and all(d in cell for d in ring.shared_devices[:3])
+    assert rings_note(ui_cases, top=2) == f"Showing the top 2 of {len(ui_cases.rings())} rings; type any other " \
+        f"ring id (R0001 to R{len(ui_cases.rings()):04d}) in the Ring box."
+    assert rings_note(ui_cases, top=10_000) == f"All {len(ui_cases.rings())} rings."
 
 
 def test_ring_view_draws_and_offers_case_files(ui_run: Path, ui_cases: FraudCases, tmp_path: Path) -> None:
@@ -276,6 +336,10 @@ def test_ring_view_draws_and_offers_case_files(ui_run: Path, ui_cases: FraudCase
     assert json.loads(json_path.read_text())["ring_id"] == ring.ring_id
     assert set(pd.read_csv(csv_path)["user_id"].astype(str)) <= set(ring.members)
     assert sorted(view.members["user_id"]) == sorted(ring.members)
+    # the devices that tie the ring are named: in the status, per member, and on the drawing
+    assert ring.shared_devices and all(html.unescape(d) in html.unescape(view.status) for d in ring.shared_devices)
+    named = {d for cell in view.members["shared devices used"] for d in cell.split(", ") if d}
+    assert named == set(ring.shared_devices)
     # the run's export holds this very ring: its files are the ones handed out
     assert json_path.read_bytes() == (ui_run / "cases" / "cases" / json_path.name).read_bytes()
     # a run without an export: the case files are written on the fly, same schema
@@ -307,8 +371,27 @@ def test_ring_view_never_hands_out_a_stale_export(ui_run: Path, ui_cases: FraudC
 def test_ring_view_bad_ring_is_a_message(ui_cases: FraudCases, tmp_path: Path, ring_id: str,
                                          message: str) -> None:
     view = ring_view(ui_cases, ring_id, None, tmp_path)
-    assert is_problem(view.status) and message in view.status and view.image is None and view.files == []
+    assert is_problem(view.status) and message in html.unescape(view.status)
+    assert view.image is None and view.files == []
     assert is_problem(ring_view(None, "R0001", None, tmp_path).status)
+
+
+def test_draw_ring_writes_the_shared_device_ids(ui_cases: FraudCases, monkeypatch: pytest.MonkeyPatch) -> None:
+    import networkx as nx
+
+    ring = next((r for r in ui_cases.rings() if r.shared_devices), None)
+    if ring is None:
+        pytest.skip("no ring with shared devices in the small run")
+    written: list[str] = []
+    draw = nx.draw_networkx_labels
+
+    def spy(g: Any, pos: Any, labels: dict[Any, str], **kw: Any) -> Any:
+        written.extend(labels.values())
+        return draw(g, pos, labels=labels, **kw)
+
+    monkeypatch.setattr(nx, "draw_networkx_labels", spy)
+    draw_ring(ui_cases, ring)
+    assert set(ring.shared_devices) <= set(written)
 
 
 def test_draw_ring_handles_a_ring_without_common_items(ui_cases: FraudCases) -> None:
@@ -352,6 +435,17 @@ def test_build_app_and_mount_under_the_http_api(ui_service: ShopService) -> None
     with TestClient(create_app(ui_service)) as client:
         page = client.get("/demo/")
         assert page.status_code == 200 and "ShopGraph demo" in page.text
+
+
+def test_empty_tables_start_with_their_column_names(ui_service: ShopService) -> None:
+    app = build_app(ui_service)
+    tables = {b.elem_id: b for b in app.blocks.values() if getattr(b, "elem_id", None) in
+              ("search-table", "rec-table", "fraud-reasons", "ring-members")}
+    assert len(tables) == 4
+    for name, table in tables.items():  # not Gradio's "1 2 3" placeholders
+        headers = table.value["headers"]
+        assert headers and all(not str(h).isdigit() for h in headers), (name, headers)
+    assert tables["search-table"].value["headers"] == RESULT_COLUMNS
 
 
 def test_build_app_without_rings_or_metrics(ui_service: ShopService, tmp_path: Path) -> None:
@@ -415,10 +509,31 @@ def test_tree_reasons_table_shows_counts_and_shared_devices_last() -> None:
     ex = Explanation("u1", 0.9, "tree_shap+shared_identifiers", [
         FeatureAttribution("accounts sharing a device, known fraud (log count)", float(np.log1p(17)), 2.5),
         FeatureAttribution("share of quick purchases", 1.0, -3.0),
-    ], [NeighbourAttribution("device", "d1", 1.0), NeighbourAttribution("device", "d2", 27.0)])
+    ], [NeighbourAttribution("device", "d1", 1.0), NeighbourAttribution("device", "d2", 27.0),
+        NeighbourAttribution("device", "d3", 0.0)])
     table = _explanation_table(ex)
     assert table["reason"].tolist() == ["share of quick purchases", "accounts sharing a device, known fraud (count)",
                                         "shares device d2 with 27 other accounts",
-                                        "shares device d1 with 1 other account"]
-    assert table["value"].tolist() == [1.0, 17.0, 27, 1]
+                                        "shares device d1 with 1 other account",
+                                        "uses device d3, which no other account uses"]  # not "shares ... with 0"
+    assert table["value"].tolist() == [1.0, 17.0, 27, 1, 0]
     assert table["contribution"].tolist()[:2] == [-3.0, 2.5] and table["contribution"][2:].isna().all()
+
+
+@pytest.mark.parametrize("key, typed, blank", [("Enter", "", True), ("Enter", "   ", True), ("Enter", None, True),
+                                               ("Enter", "u1", False), ("Delete", "", False), ("a", "a", False)])
+def test_blank_enter_is_enter_on_an_empty_box(key: str, typed: Any, blank: bool) -> None:
+    from shopgraph.ui.app import blank_enter
+
+    assert blank_enter(key, typed) is blank
+
+
+def test_intro_names_the_served_fraud_scorer(ui_run: Path, tmp_path: Path) -> None:
+    from shopgraph.ui.app import fraud_scorer, intro
+
+    kind = RunDir(ui_run).read_json("metrics.json")["fraud"]["gnn"]["kind"]
+    assert fraud_scorer(ui_run) == (None if kind == "none" else kind)
+    assert fraud_scorer(tmp_path) is None and fraud_scorer(None) is None
+    text = intro(10, 5, "graph_trees")
+    assert "trees on graph features" in text and "spot fraud" not in text
+    assert "Fraud is scored" not in intro(10, 5, None) and "recommend items" in intro(10, 5, None)

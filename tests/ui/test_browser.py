@@ -255,3 +255,48 @@ def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopSer
     page.get_by_role("button", name="Score").click()
     expect(page.locator("#fraud-status")).to_contain_text("unknown user 'no-such-user'")
     assert page.get_by_text("Traceback").count() == 0
+
+
+def test_fraud_threshold_out_of_range_is_a_message(page: Any, ui_service: ShopService,
+                                                    ui_cases: FraudCases) -> None:
+    _tab(page, "Fraud")
+    user = _default_user(ui_service, ui_cases, "fraud risk")
+    box = page.get_by_label("Account")
+    box.fill(user)
+    box.press("Enter")
+    page.get_by_role("button", name="Score").click()
+    score = ui_service.score_user(user)
+    expect(page.locator("#fraud-status")).to_contain_text(user)
+    expect(page.locator("#fraud-verdict")).to_contain_text("FLAGGED" if score.flagged else "Not flagged")
+    _close_toasts(page)
+    number = page.locator("#fraud-threshold input[type=number]")
+    for typed in ("5", "-1"):
+        number.fill(typed)
+        number.press("Enter")
+        # the stale verdict is replaced by the message, in the tab and as a toast
+        expect(page.locator("#fraud-verdict")).to_contain_text("threshold: must be between 0 and 1")
+        expect(page.locator("#fraud-verdict")).not_to_contain_text("flagged", ignore_case=True)
+        expect(page.locator(".toast-body").filter(has_text="threshold: must be between 0 and 1").first).to_be_visible()
+        assert page.locator(".toast-body").filter(has_text="Error").count() == 0
+        _close_toasts(page)
+    # scoring again keeps the chosen threshold (no silent reset to the validation one)
+    number.fill("0")
+    number.press("Enter")
+    expect(page.locator("#fraud-verdict")).to_contain_text("FLAGGED for review")
+    page.get_by_role("button", name="Score").click()
+    expect(page.locator("#fraud-status")).to_contain_text(user)
+    assert number.input_value() == "0"  # kept across scoring
+    expect(page.locator("#fraud-verdict")).to_contain_text("FLAGGED for review")
+    assert page.get_by_text("Traceback").count() == 0
+
+
+def test_search_table_headers_and_user_text_shown_as_typed(page: Any) -> None:
+    _tab(page, "Similar & search")
+    text = "[link](http://evil.example) <img src=x onerror=alert(1)> **bold**"
+    page.locator("#search-text textarea").fill(text)
+    page.get_by_role("button", name="Search text").click()
+    status = page.locator("#search-status")
+    expect(status).to_contain_text(text)  # the characters, literally
+    assert status.locator("a").count() == 0 and status.locator("img").count() == 0
+    assert status.locator("strong").filter(has_text="bold").count() == 0 or "**bold**" in status.inner_text()
+    expect(page.locator("#search-table")).to_contain_text("item_id")
