@@ -21,7 +21,7 @@ import pandas as pd
 from torch_geometric.data import HeteroData
 
 from shopgraph.graph.build import build_graph, target_pairs
-from shopgraph.graph.run import MANIFEST, RunDir
+from shopgraph.graph.run import MANIFEST, RunDir, swap_in
 from shopgraph.graph.schema import TABLE_NAMES, ShopTables
 
 logger = logging.getLogger(__name__)
@@ -218,15 +218,7 @@ def build_run(
         )
         run.verify()
         _check_out(Path(data_dir), out, overwrite=overwrite)  # the folder may have changed meanwhile
-        if out.exists():
-            # the old run is moved aside, not deleted, until the new one is in place
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            old.rmdir()
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        swap_in(tmp, out)  # the old run is moved aside, not deleted, until the new one is in place
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -50,7 +50,7 @@ import pandas as pd
 import torch
 from torch_geometric.data import HeteroData
 
-from shopgraph.graph.run import RunDir
+from shopgraph.graph.run import RunDir, swap_in
 from shopgraph.graph.schema import HIGH_RISK_CATEGORIES, REV_PREFIX, ShopTables
 
 logger = logging.getLogger(__name__)
@@ -686,14 +686,7 @@ def export_cases(
             csv.insert(csv.columns.get_loc("user_id") + 1, "member_score",
                        csv["user_id"].map(ring.member_scores).astype(float))
             csv.to_csv(tmp / "cases" / f"{ring.ring_id}.csv", index=False)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            old.rmdir()
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -53,6 +53,19 @@ def _not_recorded(path: Path, rel: str) -> FileNotFoundError:
     return FileNotFoundError(f"run folder {path}: no {rel!r} recorded in {MANIFEST}{hint}")
 
 
+def swap_in(tmp: Path, out: Path) -> None:
+    """Put the finished folder ``tmp`` at ``out``. An existing ``out`` is moved aside, not deleted,
+    until the new one is in place, so a failure part way never leaves neither."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    old.rmdir()
+    out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 class StaleFileError(ValueError):
     """A recorded file was computed from an input that has been rewritten or removed since."""
 
