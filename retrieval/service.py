@@ -79,7 +79,10 @@ class FraudScore(NamedTuple):
         probability: the serving fraud scorer's probability (NaN when the run has no scorer).
         threshold: the decision threshold chosen on validation (``RUN/fraud.json``).
         flagged: ``probability >= threshold``.
-        reasons: the user's most unusual behaviour features (standardised value > 1 SD).
+        reasons: up to three facts about the account that raised its score most, each with its
+            raw value and its contribution to the scorer's log-odds (TreeSHAP of the served trees,
+            or integrated gradients of the GNN's fraud head); a sentence saying why when there is
+            no attribution; empty when not asked for (``score_users(..., reasons=False)``).
     """
 
     user_id: str
@@ -105,8 +108,9 @@ class ImageEncoderLike(Protocol):
     def encode(self, paths: Sequence[Path | None], progress: bool = False) -> Any: ...
 
 
-# user node index -> [(feature name, value, contribution to the fraud log-odds)]
-FraudAttribution = Callable[[int], Sequence[tuple[str, float, float]]]
+# user node index -> [(feature name, value, contribution to the fraud log-odds)], or None when
+# this account's served score cannot be attributed
+FraudAttribution = Callable[[int], Sequence[tuple[str, float, float]] | None]
 
 
 class _RWLock:
@@ -303,7 +307,9 @@ def fraud_attribution_of(run: RunDir, data: Any, model: Any, fraud: dict[str, An
     Boosted trees (``graph_trees``, ``hybrid``): TreeSHAP of the served trees
     (:class:`shopgraph.graph.explain.ServedTreeExplainer`, used only when they reproduce the
     stored probabilities). The GNN head (``gnn_head``): integrated gradients of the model's fraud
-    logit from the average user, for users whose logit the model reproduces. Other scorers
+    logit from the average user, for users whose logit the model reproduces (``None`` for the
+    others), when the model reads the users' features (``None`` when it does not: the default
+    history tower scores an account from its items and devices alone). Other scorers
     (``rank_average``): ``None``.
     """
     from shopgraph.graph.train import TREE_KINDS
@@ -316,17 +322,21 @@ def fraud_attribution_of(run: RunDir, data: Any, model: Any, fraud: dict[str, An
         if served is None:
             return None
         return lambda u: served.contributions(u)[0]
-    if kind in ("gnn", "gnn_head") and model is not None and "x" in data["user"] and fraud_prob is not None:
+    reads_users = getattr(getattr(model, "config", None), "in_dims", {}).get("user", -1) != 0
+    if kind in ("gnn", "gnn_head") and model is not None and "x" in data["user"] and fraud_prob is not None \
+            and reads_users:
         from shopgraph.graph.explain import explain_user
 
         n_features = int(data["user"].x.size(1))
         stored = np.asarray(fraud_prob, dtype=np.float64)
 
-        def integrated(u: int) -> Sequence[tuple[str, float, float]]:
-            ex = explain_user(model, data, u, top_k=n_features, max_neighbours=0)  # features only: no occlusion
-            if not ex.method.startswith("integrated_gradients") or ex.score is None \
-                    or abs(ex.score - float(stored[u])) > 1e-3:
-                return []  # z-scores, or a model that does not give the served score: not attributions
+        def integrated(u: int) -> Sequence[tuple[str, float, float]] | None:
+            # features only (no occlusion); the stored scores spare a pass over the whole graph
+            ex = explain_user(model, data, u, top_k=n_features, max_neighbours=0, fraud_prob=stored)
+            if ex.score is None or abs(ex.score - float(stored[u])) > 1e-3:
+                return None  # the model does not give the served score: its gradients would not explain it
+            if not ex.method.startswith("integrated_gradients"):
+                return []  # every gradient was zero: the account's own features did not move its score
             return [(f.name, f.value, f.attribution) for f in ex.features]
 
         return integrated
@@ -1058,8 +1068,12 @@ class ShopService:
         if self._fraud_attribution is None:
             return [f"no per-feature attribution is available for this run's fraud scorer "
                     f"({self.fraud.get('kind', 'none')}); /fraud/explain may have one"]
+        attribution = self._fraud_attribution(u)
+        if attribution is None:
+            return [f"no per-feature attribution is available for this account: the run's model does not "
+                    f"reproduce its stored score ({self.fraud.get('kind', 'none')}); /fraud/explain may have one"]
         facts = []
-        for name, value, contribution in self._fraud_attribution(u):
+        for name, value, contribution in attribution:
             if contribution >= 0.005:  # shown to two decimals: no "+0.00"
                 fact = describe_user_feature(name, self._user_raw[name][u] if name in self._user_raw else None, value)
                 if fact is not None:
@@ -1072,16 +1086,18 @@ class ShopService:
         """Fraud probability of a user, the decision, and the behaviour features behind it."""
         return self._score([self._user(user_id)])[0]
 
-    def score_users(self, user_ids: Sequence[str]) -> list[FraudScore]:
-        """:meth:`score_user` for many users."""
-        return self._score(self._many(user_ids, "user_ids", self._user))
+    def score_users(self, user_ids: Sequence[str], *, reasons: bool = True) -> list[FraudScore]:
+        """:meth:`score_user` for many users. ``reasons=False`` leaves the reasons out (empty lists):
+        a run whose GNN fraud head serves computes them per account (integrated gradients, tens to
+        hundreds of milliseconds each; BENCHMARKS.md), the served trees in about a millisecond."""
+        return self._score(self._many(user_ids, "user_ids", self._user), reasons=check_bool(reasons, "reasons"))
 
-    def _score(self, users: list[int]) -> list[FraudScore]:
+    def _score(self, users: list[int], *, reasons: bool = True) -> list[FraudScore]:
         out = []
         for u in users:
             p = float(self.fraud_prob[u])
-            out.append(FraudScore(self.user_ids[u], p, self.fraud_threshold,
-                                  bool(p == p and p >= self.fraud_threshold), self._fraud_reasons(u)))
+            out.append(FraudScore(self.user_ids[u], p, self.fraud_threshold, bool(p == p and p >= self.fraud_threshold),
+                                  self._fraud_reasons(u) if reasons else []))
         return out
 
     # -- cold start -----------------------------------------------------------------------------

@@ -193,6 +193,43 @@ def test_shopgnn_explanation_subgraph_matches_full_graph(conv: str) -> None:
     assert model.training is True
 
 
+@pytest.mark.parametrize("conv", ["sage", "lightgcn"])
+def test_served_scores_spare_the_full_graph_pass(conv: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the model's own scores given, a user's computation subgraph that reproduces its score
+    is used without a forward pass over the whole graph; scores that are not the model's (or a
+    subgraph that does not reproduce them: LightGCN's degree normalisation) get the full pass,
+    and the explanation is the same either way."""
+    import shopgraph.graph.explain as explain_mod
+
+    model_mod = pytest.importorskip("shopgraph.graph.model", reason="graph/model.py not available")
+    torch.manual_seed(0)
+    data = build_graph(ring_tables())
+    for nt in data.node_types:
+        data[nt].x = torch.randn(int(data[nt].num_nodes), 5)
+    model = model_mod.ShopGNN(model_mod.ModelConfig.from_data(data, hidden=16, layers=2, conv=conv)).eval()
+    with torch.no_grad():
+        own = torch.sigmoid(model.fraud_logit(model.embed(data)["user"]).reshape(-1)).numpy()
+    seen: list[int] = []
+    real_logit = explain_mod._logit
+
+    def counting(m, d, u):  # type: ignore[no-untyped-def]
+        seen.append(int(d["user"].num_nodes))
+        return real_logit(m, d, u)
+
+    monkeypatch.setattr(explain_mod, "_logit", counting)
+    everyone = int(data["user"].num_nodes)
+    u = id_index(data, "user")["ra1"]
+    ref = explain_user(model, data, u, top_k=3, steps=4, max_neighbours=4)
+    assert everyone in seen
+    for served, full_pass in ((own, conv == "lightgcn"), (np.full_like(own, 0.5), True)):
+        seen.clear()
+        ex = explain_user(model, data, u, top_k=3, steps=4, max_neighbours=4, fraud_prob=served)
+        assert (everyone in seen) == full_pass, (conv, seen)
+        assert ex.method == ref.method and ex.score == pytest.approx(ref.score, abs=1e-6)
+        for a, b in zip(ex.features + ex.neighbours, ref.features + ref.neighbours):  # type: ignore[operator]
+            assert a[:-1] == b[:-1] and a[-1] == pytest.approx(b[-1], abs=1e-4)
+
+
 def test_zscore_fallback_without_model(graph: HeteroData) -> None:
     u = id_index(graph, "user")["ra3"]
     prob = planted_prob(graph)

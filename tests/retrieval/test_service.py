@@ -223,6 +223,7 @@ def test_score_user_and_batches(service):
     assert score.reasons and all(isinstance(r, str) for r in score.reasons)
     assert all(r.endswith(" log-odds)") for r in score.reasons) or score.reasons[0].startswith("nothing in")
     assert service.score_users(["u002", "u005"])[0] == score
+    assert service.score_users(["u002"], reasons=False) == [score._replace(reasons=[])]
     users = ["u001", "u010", "u020"]
     assert service.recommend_batch(users, k=4) == [service.recommend(u, k=4) for u in users]
     assert service.similar_items_batch(["i001", "i002"], k=3) == [service.similar_items(i, k=3)
@@ -345,6 +346,7 @@ def test_new_item_features_follow_the_training_layout(service, run_path):
     (lambda s: s.score_user("zz"), "user_id: unknown user 'zz'"),
     (lambda s: s.recommend_batch(["u001", "u999"]), r"user_ids\[1\]: unknown user 'u999'"),
     (lambda s: s.recommend_batch([]), "user_ids: expected at least one id"),
+    (lambda s: s.score_users(["u001"], reasons="no"), r"reasons: expected True or False \(got str 'no'\)"),
     (lambda s: s.search(text="   "), "text: expected a non-empty query"),
     (lambda s: s.search(), "text, image: expected a text query, an image or both"),
     (lambda s: s.search(image=b"not an image"), r"image: not a readable image \(12 bytes"),
@@ -519,6 +521,27 @@ def test_fraud_reasons_of_the_gnn_head_are_its_integrated_gradients(service):
                  if r.endswith(" log-odds)")]
         np.testing.assert_allclose(shown, [round(a, 2) for a in up][:len(shown)], atol=0.006)
         assert shown and all(a > 0 for a in shown)
+
+
+def test_gnn_head_reasons_only_for_what_the_model_reproduces(service, monkeypatch):
+    from types import SimpleNamespace
+
+    from shopgraph.retrieval.service import fraud_attribution_of
+
+    run = RunDir(service.run_path)
+    data = run.load_graph()
+    stored = np.asarray(service.fraud_prob, dtype=np.float64)
+    assert fraud_attribution_of(run, data, service.model, {"kind": "gnn_head"}, stored) is not None
+    # a model that reads no user features (the default history tower) has no feature attribution
+    blind = SimpleNamespace(config=SimpleNamespace(in_dims={"user": 0, "item": 4}))
+    assert fraud_attribution_of(run, data, blind, {"kind": "gnn_head"}, stored) is None
+    # stored scores the model does not give: no reasons are made up for them, and the answer says so
+    shifted = np.clip(stored + 0.2, 0.0, 0.999)
+    monkeypatch.setattr(service, "_fraud_attribution",
+                        fraud_attribution_of(run, data, service.model, {"kind": "gnn_head"}, shifted))
+    assert service.score_user("u002").reasons == [
+        "no per-feature attribution is available for this account: the run's model does not reproduce its "
+        f"stored score ({service.fraud.get('kind')}); /fraud/explain may have one"]
 
 
 @pytest.mark.parametrize("name, raw, value, fact", [
