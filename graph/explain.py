@@ -225,13 +225,17 @@ def computation_subgraph(data: HeteroData, user_index: int, hops: int) -> _Sub:
     return _Sub(sub, int(torch.searchsorted(n_id["user"], user_index)), n_id)
 
 
+def _same_logit(logit: float, reference: float, slack: float = 0.0) -> bool:
+    """Whether two fraud logits agree: within 1e-4 of ``reference`` (relative above 1), plus ``slack``."""
+    return abs(logit - reference) <= 1e-4 * max(1.0, abs(reference)) + slack
+
+
 def _reproduces(logit: float, prob: float) -> bool:
     """Whether ``logit`` is the log-odds of the stored probability ``prob`` (float32 storage:
-    its rounding, ~6e-8 of ``prob``, is allowed for on top of the logit tolerance used elsewhere)."""
+    its rounding, ~6e-8 of ``prob``, is allowed for on top of :func:`_same_logit`)."""
     if not 0.0 < prob < 1.0 or not math.isfinite(logit):
         return False
-    stored = math.log(prob) - math.log1p(-prob)
-    return abs(logit - stored) <= 1e-4 * max(1.0, abs(logit)) + 1e-7 / (prob * (1.0 - prob))
+    return _same_logit(math.log(prob) - math.log1p(-prob), logit, slack=1e-7 / (prob * (1.0 - prob)))
 
 
 def _model_hops(model: FraudModel) -> int | None:
@@ -339,10 +343,11 @@ def explain_user(
                 full = local  # the served score is this model's, and the subgraph gives it
             else:
                 full = float(_logit(model, data, user_index))
-            if sub is not None and local is not None and abs(local - full) <= 1e-4 * max(1.0, abs(full)):
-                work, wu, nid = sub.data, sub.user_index, sub.n_id
-            elif sub is not None:
-                logger.debug("computation subgraph does not reproduce the logit; using the full graph")
+            if sub is not None and local is not None:  # local is None exactly when sub is
+                if _same_logit(local, full):
+                    work, wu, nid = sub.data, sub.user_index, sub.n_id
+                else:
+                    logger.debug("computation subgraph does not reproduce the logit; using the full graph")
         features: list[FeatureAttribution] = []
         feature_method = "integrated_gradients"
         if has_x:
