@@ -147,7 +147,7 @@ def one_seed(seed: int, workdir: Path, holdout: float, encoders: bool, train: di
         index_run(run_path, use_gpu=False)
     seconds_run = time.perf_counter() - t0
 
-    svc = ShopService.from_run(run_path)
+    svc = ShopService.from_run(run_path, catalogue=False)  # reruns add the same items again
     table = items.set_index("item_id")
     t0 = time.perf_counter()
     new_pos = []

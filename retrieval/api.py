@@ -42,6 +42,7 @@ from shopgraph.retrieval.service import (
     K_MAX,
     MAX_IMAGE_BYTES,
     MAX_TEXT_CHARS,
+    DuplicateIdError,
     NotAvailableError,
     Recommendation,
     ShopService,
@@ -115,6 +116,40 @@ class HealthOut(BaseModel):
     indexes: dict[str, int]
     fraud_scorer: str
     run: str
+    catalogue: CatalogueOut
+
+
+class CatalogueOut(BaseModel):
+    added: int = Field(description="items added at run time and served")
+    removed: int = Field(description="trained items removed at run time")
+    journal: str | None = Field(description="the run's journal that keeps these changes (null: this process only)")
+    not_applied: list[str] = Field(description="journal entries that could not be applied, each with why")
+
+
+class ItemIn(BaseModel):
+    """JSON body of ``POST /items`` (its schema; the body is checked by :func:`_item_json`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: str = Field(..., description="a new item id")
+    title: str = Field(..., description="the item's title", max_length=MAX_TEXT_CHARS)
+    category: str = Field("", description="its category (a new one is allowed)", max_length=MAX_TEXT_CHARS)
+    description: str = Field("", description="its description", max_length=MAX_TEXT_CHARS)
+    price: float | None = Field(None, ge=0, description="its price (null: unknown)")
+
+
+class ItemInfoOut(BaseModel):
+    item_id: str
+    title: str
+    category: str
+    description: str
+    price: float | None
+    image: str | None = Field(description="where the service keeps the item's image (null: none)")
+
+
+class RemovedOut(BaseModel):
+    item_id: str
+    removed: bool
 
 
 class ErrorOut(BaseModel):
@@ -227,6 +262,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def bad_value(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
+    async def duplicate_id(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
     async def not_available(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
@@ -235,6 +273,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": _validation_message(list(errors))}, status_code=422)
 
     app.add_exception_handler(UnknownIdError, unknown_id)
+    app.add_exception_handler(DuplicateIdError, duplicate_id)
     app.add_exception_handler(ValueError, bad_value)
     app.add_exception_handler(TypeError, bad_value)
     app.add_exception_handler(NotAvailableError, not_available)
@@ -368,6 +407,79 @@ async def _search_form(request: Request) -> tuple[str | None, bytes, int]:
     return raw_text or None, image, parse_int("k", raw_k, 1, K_MAX)
 
 
+# -- the /items body ------------------------------------------------------------------------------
+_ITEM_FIELDS = ("item_id", "title", "category", "description", "price")
+_ITEM_EXAMPLE = '{"item_id": "i900001", "title": "red running shoes", "category": "shoes", "price": 59.0}'
+
+
+def _item_fields(body: dict[str, Any], what: str) -> dict[str, Any]:
+    """The :meth:`ShopService.add_item` arguments of a checked ``/items`` body (JSON or form)."""
+    check_fields(list(body), _ITEM_FIELDS + (("image",) if what == "form field" else ()), what)
+    for name in ("item_id", "title"):
+        if name not in body:
+            raise ValueError(f"{name}: required")
+    out = {k: body[k] for k in _ITEM_FIELDS if k in body and k != "image"}
+    for name in ("item_id", "title", "category", "description"):
+        if name in out and not isinstance(out[name], str):
+            raise ValueError(f"{name}: expected a string (got {type(out[name]).__name__} {shown(out[name])})")
+        if name in out and len(out[name]) > MAX_TEXT_CHARS:
+            raise ValueError(f"{name}: {len(out[name]):,} characters, over the {MAX_TEXT_CHARS:,}-character limit")
+    return out
+
+
+def _item_json(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ValueError(f"body: expected a JSON object like {_ITEM_EXAMPLE} (got {type(body).__name__})")
+    return _item_fields(body, "field")
+
+
+async def _item_form(request: Request) -> tuple[dict[str, Any], bytes | None]:
+    """The fields and the image of a multipart ``POST /items`` (413 past the image limit)."""
+    try:
+        length = int(request.headers.get("content-length") or 0)
+    except ValueError:
+        raise HTTPException(400, f"content-length: not a number (got "
+                                 f"{shown(request.headers.get('content-length'))})") from None
+    if length > MAX_IMAGE_BYTES + (1 << 20):
+        raise HTTPException(413, f"image: upload of {length / 2**20:.2f} MB ({length:,} bytes) is over the "
+                                 f"{IMAGE_LIMIT}")
+    try:
+        form = await request.form()
+    except StarletteHTTPException as exc:
+        detail = str(exc.detail).rstrip(".")
+        raise HTTPException(400, f"body: not a readable multipart/form-data body "
+                                 f"({detail[:1].lower() + detail[1:]})") from None
+    except (ValueError, KeyError, AssertionError) as exc:
+        raise HTTPException(400, f"body: not a readable multipart/form-data body ({type(exc).__name__})") from None
+    items = form.multi_items()
+    check_fields([key for key, _ in items], _ITEM_FIELDS + ("image",), "form field")
+    fields: dict[str, Any] = {}
+    for key, value in items:
+        if key == "image":
+            continue
+        if not isinstance(value, str):
+            raise ValueError(f"{key}: expected a text field, not a file")
+        fields[key] = value
+    if "price" in fields:
+        raw = fields["price"].strip()
+        if raw == "":
+            fields["price"] = None
+        else:
+            try:
+                fields["price"] = float(raw)
+            except ValueError:
+                raise ValueError(f"price: expected a number >= 0 (got {shown(raw)})") from None
+    image: bytes | None = None
+    upload = form.get("image")
+    if upload is not None:
+        if isinstance(upload, str):
+            raise ValueError("image: expected a file, not a text field")
+        image = await upload.read(MAX_IMAGE_BYTES + 1)
+        if len(image) > MAX_IMAGE_BYTES:
+            raise HTTPException(413, f"image: upload over the {IMAGE_LIMIT}")
+    return _item_fields(fields, "form field"), image
+
+
 # -- the app ---------------------------------------------------------------------------------------
 def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = True) -> FastAPI:
     """The FastAPI application over ``service``.
@@ -453,6 +565,63 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
                                      f"(got {shown(ctype)})")
         rec = await run_in_threadpool(service.search, text=text, image=image, k=k)
         return SearchOut(text=text, image=image is not None, k=k, items=_items(rec))
+
+    item_body = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": ItemIn.model_json_schema()},
+                "multipart/form-data": {"schema": {
+                    "type": "object",
+                    "properties": {
+                        **{name: {"type": "string"} for name in ("item_id", "title", "category", "description")},
+                        "price": {"type": "number", "minimum": 0},
+                        "image": {"type": "string", "format": "binary",
+                                  "description": f"the item's image, at most {MAX_IMAGE_BYTES // 2**20} MB"},
+                    },
+                    "required": ["item_id", "title"],
+                    "additionalProperties": False,
+                }},
+            },
+        }
+    }
+    catalogue_errors: dict[int | str, dict[str, Any]] = {
+        **_ERRORS, 409: {"model": ErrorOut, "description": "the item id exists already"},
+        413: {"model": ErrorOut, "description": "upload too large"},
+        415: {"model": ErrorOut, "description": "unsupported content type"},
+        503: {"model": ErrorOut, "description": "no model to embed new items, or the journal could not be written"},
+        400: {"model": ErrorOut, "description": "a multipart body that cannot be parsed"},
+    }
+
+    def _changed(change: Callable[[], Any]) -> Any:
+        try:
+            return change()
+        except OSError as exc:  # the journal write failed: nothing was applied
+            raise HTTPException(503, f"catalogue: the change could not be written to the run's journal "
+                                     f"({exc.strerror or exc}); nothing was changed") from None
+
+    @app.post("/items", response_model=ItemInfoOut, status_code=201, responses=catalogue_errors, tags=["catalogue"],
+              summary="Add an item without retraining (JSON, or multipart with an image)",
+              openapi_extra=item_body, dependencies=[nothing])
+    async def add_item(request: Request) -> ItemInfoOut:
+        ctype = request.headers.get("content-type", "")
+        media = ctype.split(";", 1)[0].strip().lower()
+        image: bytes | None = None
+        if media == "multipart/form-data":
+            fields, image = await _item_form(request)
+        elif media == "application/json" or not ctype:
+            fields = _item_json(await _json_body(request))
+        else:
+            raise HTTPException(415, f"content-type: expected application/json or multipart/form-data "
+                                     f"(got {shown(ctype)})")
+        await run_in_threadpool(_changed, lambda: service.add_item(**fields, image=image))
+        return ItemInfoOut(**service.item_info(fields["item_id"].strip()))
+
+    @app.delete("/items/{item_id}", response_model=RemovedOut, responses=catalogue_errors, tags=["catalogue"],
+                summary="Remove an item from every answer", dependencies=[nothing])
+    async def remove_item(item_id: str) -> RemovedOut:
+        await run_in_threadpool(_changed, lambda: service.remove_item(item_id))
+        return RemovedOut(item_id=item_id, removed=True)
 
     @app.get("/fraud/score", response_model=FraudOut, responses=_ERRORS, tags=["fraud"],
              summary="Fraud probability of a user", dependencies=[only_user])

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from shopgraph.graph.run import RunDir
+from shopgraph.retrieval.catalogue import CatalogueError, CatalogueJournal, decode_vector, encode_vector
 from shopgraph.retrieval.index import INDEX_DIR, INDEX_NAMES, ItemIndex, load_embeddings
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,10 @@ class FraudScore(NamedTuple):
 
 class UnknownIdError(ValueError):
     """An id that the run does not know (a ``ValueError``; HTTP 404)."""
+
+
+class DuplicateIdError(ValueError):
+    """An item id that the catalogue already has, given to :meth:`ShopService.add_item` (HTTP 409)."""
 
 
 class NotAvailableError(RuntimeError):
@@ -489,6 +494,11 @@ class ShopService:
             ``encoders.behaviour.user_feature_columns``), shown in fraud reasons.
         fraud_attribution: ``user node index -> [(feature, value, log-odds contribution)]`` of the
             serving fraud scorer (:func:`fraud_attribution_of`); without it ``reasons`` say so.
+        catalogue: the run's journal of items added and removed at run time
+            (:mod:`shopgraph.retrieval.catalogue`): replayed here, appended to by :meth:`add_item`
+            and :meth:`remove_item`. ``None``: such changes live in this object only.
+        catalogue_sync_s: how often (seconds, at most) a call checks the journal for changes that
+            other processes made (a file-size check; 0: every call).
     """
 
     def __init__(
@@ -509,6 +519,8 @@ class ShopService:
         model_problem: str = "",
         user_raw: dict[str, np.ndarray] | None = None,
         fraud_attribution: FraudAttribution | None = None,
+        catalogue: CatalogueJournal | None = None,
+        catalogue_sync_s: float = 1.0,
     ) -> None:
         self._lock = _RWLock()
         self._enc_lock = threading.Lock()
@@ -640,7 +652,18 @@ class ShopService:
             x_items = np.asarray(data["item"].x, dtype=np.float32)
             self._item_x_range = (x_items.min(axis=0), x_items.max(axis=0))
         self._n_items_trained = n_items
-        logger.info("service: %d users, %d items, indexes %s", n_users, n_items,
+
+        # -- the catalogue journal: replay what was added and removed since training ----------------
+        self._journal = catalogue
+        self._journal_at = (0, 0)  # (bytes, lines) of the journal applied
+        self._journal_notes: list[str] = []
+        self._sync_lock = threading.Lock()
+        self._sync_every = float(catalogue_sync_s)
+        self._synced_at = time.monotonic()
+        if self._journal is not None:
+            with self._sync_lock:
+                self._sync()
+        logger.info("service: %d users, %d items, indexes %s", n_users, int(self._active.sum()),
                     {k: v.count for k, v in self.indexes.items()})
 
     # -- construction -------------------------------------------------------------------------
@@ -654,6 +677,8 @@ class ShopService:
         load_model: bool = True,
         use_gpu: bool | None = None,
         fraud_reasons: bool = True,
+        catalogue: bool = True,
+        catalogue_sync_s: float = 1.0,
     ) -> ShopService:
         """Load a run folder (graph, items table, embeddings, indexes, fraud.json, model).
 
@@ -667,6 +692,14 @@ class ShopService:
             fraud_reasons: prepare the fraud reasons' attributions and raw values (:func:`fraud_attribution_of`,
                 :func:`user_raw_columns`; a few seconds on a run that serves boosted trees). Without
                 them ``score_user`` says that it has no attribution.
+            catalogue: replay and keep the items added and removed at run time in the run's
+                journal (``RUN/catalogue.jsonl``); ``False``: serve the trained catalogue, and keep
+                :meth:`add_item` / :meth:`remove_item` in this object only (benchmarks, what-ifs).
+            catalogue_sync_s: how often a call looks for catalogue changes made by other processes
+                over the same run (see the class).
+
+        Raises:
+            CatalogueError: a line of ``RUN/catalogue.jsonl`` is damaged (named by line).
         """
         import pandas as pd
 
@@ -708,6 +741,7 @@ class ShopService:
             fraud_attribution=fraud_attribution_of(run, data, model, fraud,
                                                    None if prob is None else np.asarray(prob).reshape(-1))
             if fraud_reasons else None,
+            catalogue=CatalogueJournal(run.path) if catalogue else None, catalogue_sync_s=catalogue_sync_s,
         )
 
     # -- lookups --------------------------------------------------------------------------------
@@ -752,10 +786,12 @@ class ShopService:
         return user_id in self._user_pos
 
     def has_item(self, item_id: str) -> bool:
+        self._maybe_sync()
         return item_id in self._item_pos
 
     def item_info(self, item_id: str) -> dict[str, Any]:
         """Title, category, description, price and image path of an item."""
+        self._maybe_sync()
         i = self._item(item_id)
         price = self.prices[i]
         image = self.images[i]
@@ -767,7 +803,17 @@ class ShopService:
         """Counts for health checks."""
         return {"users": len(self.user_ids), "items": int(self._active.sum()),
                 "indexes": {name: index.count for name, index in self.indexes.items()},
-                "fraud_scorer": self.fraud.get("kind", "none"), "run": str(self.run_path or "")}
+                "fraud_scorer": self.fraud.get("kind", "none"), "run": str(self.run_path or ""),
+                "catalogue": self.catalogue_info()}
+
+    def catalogue_info(self) -> dict[str, Any]:
+        """What changed since training: items added (and still served), trained items removed, the
+        journal that keeps them (``None``: in this process only) and the journal entries that
+        could not be applied, each with its reason."""
+        added = self._active[self._n_trained:]
+        return {"added": int(added.sum()), "removed": int((~self._active[:self._n_trained]).sum()),
+                "journal": str(self._journal.path) if self._journal is not None else None,
+                "not_applied": list(self._journal_notes)}
 
     # -- core search ----------------------------------------------------------------------------
     def _filtered(
@@ -888,7 +934,7 @@ class ShopService:
         return items[indptr[u]:indptr[u + 1]], values[indptr[u]:indptr[u + 1]]
 
     def _recommend(self, users: list[int], k: int, exclude_seen: bool, cat: int | None) -> list[Recommendation]:
-        with self._lock.read():
+        with self._reading():
             exclude = [self._seen_items(u) if exclude_seen else np.zeros(0, np.int64) for u in users]
             rows = [self._revisit_row(u) for u in users]
             # The model's score is the dot product plus a revisit term on the few items the user
@@ -925,7 +971,7 @@ class ShopService:
         k = check_k(k)
         u = self._user(user_id)
         cat = self._category(category)
-        with self._lock.read():
+        with self._reading():
             new = np.arange(self._n_trained, len(self.item_ids))
             new = new[self._active[new]]
             if cat is not None:
@@ -946,7 +992,7 @@ class ShopService:
         return self._similar(self._many(item_ids, "item_ids", self._item), k)
 
     def _similar(self, items: list[int], k: int) -> list[Recommendation]:
-        with self._lock.read():
+        with self._reading():
             hits = self._filtered("gnn_items_cosine", self.item_emb[items], k,
                                   [np.array([i], dtype=np.int64) for i in items], None)
             return [self._pack(ids, sc, self._similar_reasons(i, ids, sc)) for i, (ids, sc) in zip(items, hits)]
@@ -1024,7 +1070,7 @@ class ShopService:
             raise ValueError("text, image: expected a text query, an image or both (got neither)")
         q_text = self._encode_texts([check_text(text)]) if text is not None else None
         q_img = self._encode_image(image) if image is not None else None
-        with self._lock.read():
+        with self._reading():
             if q_img is None and q_text is not None:
                 ids, sc = self._content_hits("text_items", q_text, k)
                 return self._pack(ids, sc, [f"text match {s:.2f}" for s in sc])
@@ -1057,7 +1103,7 @@ class ShopService:
         if q.shape[1] != index.dim_:
             raise NotAvailableError(f"text_items: the query encoder gives {q.shape[1]}-d vectors, the index "
                                     f"holds {index.dim_}-d ones")
-        with self._lock.read():
+        with self._reading():
             hits = self._filtered("text_items", q, k, [np.zeros(0, np.int64)] * len(q), None)
             return [self._pack(ids, sc, [f"text match {s:.2f}" for s in sc]) for ids, sc in hits]
 
@@ -1106,7 +1152,7 @@ class ShopService:
         embeddings, searched by cosine (``gnn_items_cosine``). The given items are excluded."""
         k = check_k(k)
         seeds = np.array(self._many(item_ids, "item_ids", self._item), dtype=np.int64)
-        with self._lock.read():
+        with self._reading():
             q = self._item_emb_n[seeds].mean(axis=0, keepdims=True)
             ids, sc = self._filtered("gnn_items_cosine", q, k, [np.unique(seeds)], None)[0]
             return self._pack(ids, sc, self._seed_reasons(np.unique(seeds), ids))
@@ -1118,7 +1164,7 @@ class ShopService:
         k = check_k(k)
         n_seeds = check_k(n_seeds, "n_seeds")
         q = self._encode_texts([check_text(text)])
-        with self._lock.read():
+        with self._reading():
             seeds, _ = self._content_hits("text_items", q, n_seeds)
             if seeds.size == 0:
                 return Recommendation([], [], [], [])
@@ -1209,6 +1255,11 @@ class ShopService:
         """Add an item without retraining: encode its text and image, embed it with the model's
         inductive pass (no edges), and insert it into every index.
 
+        On a service loaded from a run folder the item is first written to the run's catalogue
+        journal (``RUN/catalogue.jsonl``, its image to ``RUN/added_images/``), so it is served
+        again after a restart and by every other process serving the run; nothing is applied when
+        that write fails.
+
         Args:
             item_id: a new external id (leading and trailing spaces are stripped, with a warning, as
                 loading the shop strips them).
@@ -1225,21 +1276,60 @@ class ShopService:
             warnings.warn(f"item_id: stripped leading/trailing spaces ({shown(item_id)} -> "
                           f"{shown(item_id.strip())})", stacklevel=2)
             item_id = item_id.strip()
+        self._maybe_sync()
         if item_id in self._item_pos:
-            raise ValueError(f"item_id: item {shown(item_id)} already exists")
+            raise DuplicateIdError(f"item_id: item {shown(item_id)} already exists")
         for name, value in (("title", title), ("category", category), ("description", description)):
             if not isinstance(value, str):
                 raise ValueError(f"{name}: expected a string (got {type(value).__name__})")
         if price is not None and (isinstance(price, bool) or not isinstance(price, int | float | np.number)
                                   or not math.isfinite(price) or price < 0):
             raise ValueError(f"price: expected a finite number >= 0 (got {type(price).__name__} {shown(price)})")
+        price = None if price is None else float(price)
         from shopgraph.encoders.text import item_text
 
         text = item_text(title, category, description)
         text_vec = self._encode_texts([text])[0] if text else None
         image_vec = self._encode_image(image)[0] if image is not None else None
-        row = self._feature_row(text_vec, image_vec, None if price is None else float(price), category)
-        emb = self._inductive_embedding(row)
+        emb = self._inductive_embedding(self._feature_row(text_vec, image_vec, price, category))
+        shown_image = str(image) if isinstance(image, str | Path) else ""
+        if self._journal is None:
+            return self._insert(item_id, title, category, description, price, shown_image, text_vec, image_vec, emb)
+        payload, ext = _image_file(image) if image is not None else (b"", "")
+        with self._sync_lock, self._journal.locked():
+            self._sync()  # what other processes changed, so that the id check below is theirs too
+            if item_id in self._item_pos:
+                raise DuplicateIdError(f"item_id: item {shown(item_id)} already exists")
+            rel = self._journal.save_image(payload, ext) if payload else ""
+            end = self._journal.append({
+                "op": "add", "item_id": item_id, "title": title, "category": category,
+                "description": description, "price": price, "image": rel,
+                "text_model": self._encoder_name("text"), "image_model": self._encoder_name("image"),
+                "text_vec": encode_vector(text_vec), "image_vec": encode_vector(image_vec),
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            self._journal_at = (end, self._journal_at[1] + 1)
+            return self._insert(item_id, title, category, description, price,
+                                str(self._journal.run_path / rel) if rel else "", text_vec, image_vec, emb)
+
+    def remove_item(self, item_id: str) -> None:
+        """Take an item out of every index and every answer (its id becomes unknown). On a service
+        loaded from a run folder this is written to the catalogue journal first (see
+        :meth:`add_item`)."""
+        self._maybe_sync()
+        if self._journal is None:
+            self._delete(self._item(item_id))
+            return
+        with self._sync_lock, self._journal.locked():
+            self._sync()
+            i = self._item(item_id)
+            end = self._journal.append({"op": "remove", "item_id": item_id,
+                                        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            self._journal_at = (end, self._journal_at[1] + 1)
+            self._delete(i)
+
+    def _insert(self, item_id: str, title: str, category: str, description: str, price: float | None,
+                image: str, text_vec: np.ndarray | None, image_vec: np.ndarray | None, emb: np.ndarray) -> int:
+        """Put a new item into every index and table (its vectors computed by the caller)."""
         with self._lock.write():
             pos = len(self.item_ids)
             ids = np.array([pos], dtype=np.int64)
@@ -1261,7 +1351,7 @@ class ShopService:
             self.titles.append(title)
             self.categories.append(category)
             self.descriptions.append(description)
-            self.images.append(str(image) if isinstance(image, str | Path) else "")
+            self.images.append(image)
             self.prices.append(float("nan") if price is None else float(price))
             code = self._cat_code.setdefault(category, len(self._cat_code))
             self._item_cat = np.append(self._item_cat, code)
@@ -1271,14 +1361,112 @@ class ShopService:
         logger.info("added item %r (node %d)", item_id, pos)
         return pos
 
-    def remove_item(self, item_id: str) -> None:
-        """Take an item out of every index and every answer (its id becomes unknown)."""
+    def _delete(self, i: int) -> None:
         with self._lock.write():
-            i = self._item(item_id)
             for name, member in self._in_index.items():
                 if member[i]:
                     self.indexes[name].remove(np.array([i], dtype=np.int64))
                     member[i] = False
             self._active[i] = False
-            del self._item_pos[item_id]
-        logger.info("removed item %r (node %d)", item_id, i)
+            del self._item_pos[self.item_ids[i]]
+        logger.info("removed item %r (node %d)", self.item_ids[i], i)
+
+    # -- the catalogue journal ----------------------------------------------------------------
+    def _encoder_name(self, kind: str) -> str:
+        """The encoder that made this run's ``kind`` vectors, as the journal records it."""
+        model = self._text_model if kind == "text" else self._image_model
+        return str(model) if model else "bundled"
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """The read lock, after picking up catalogue changes made elsewhere (:meth:`_maybe_sync`)."""
+        self._maybe_sync()
+        with self._lock.read():
+            yield
+
+    def _maybe_sync(self) -> None:
+        """Apply the journal's new entries when ``catalogue_sync_s`` has passed since the last
+        look and the file has grown; never waits for another thread's sync, never raises (a
+        damaged line is logged and kept in :meth:`catalogue_info`)."""
+        if self._journal is None or time.monotonic() - self._synced_at < self._sync_every:
+            return
+        self._synced_at = time.monotonic()
+        if self._journal.size() == self._journal_at[0] or not self._sync_lock.acquire(blocking=False):
+            return
+        try:
+            self._sync()
+        except CatalogueError as exc:
+            if str(exc) not in self._journal_notes:
+                logger.error("catalogue changes from other processes not applied: %s", exc)
+                self._journal_notes.append(str(exc))
+        finally:
+            self._sync_lock.release()
+
+    def sync_catalogue(self) -> int:
+        """Apply the catalogue changes that other processes wrote to the run's journal since this
+        service last looked (calls do this by themselves every ``catalogue_sync_s``).
+
+        Returns:
+            The number of journal entries read.
+
+        Raises:
+            CatalogueError: a damaged journal line (named by line); nothing after it is applied.
+        """
+        if self._journal is None:
+            return 0
+        with self._sync_lock:
+            return self._sync()
+
+    def _sync(self) -> int:
+        """Replay the journal past ``_journal_at``; the caller holds ``_sync_lock``."""
+        assert self._journal is not None
+        entries, end, lines, incomplete = self._journal.read(*self._journal_at)
+        first = self._journal_at[1] + 1
+        for n, entry in enumerate(entries, start=first):
+            try:
+                self._replay(entry)
+            except (ValueError, NotAvailableError) as exc:
+                note = f"line {n}: {entry['op']} {entry['item_id']!r} not applied: {exc}"
+                logger.warning("catalogue journal %s, %s", self._journal.path, note)
+                self._journal_notes.append(note)
+        self._journal_at = (end, lines)
+        if incomplete and entries:
+            logger.info("%s: %d bytes of an unfinished last line left for later", self._journal.path, incomplete)
+        return len(entries)
+
+    def _replay(self, entry: dict[str, Any]) -> None:
+        """Apply one journal entry written by :meth:`add_item` or :meth:`remove_item` (here or in
+        another process). An add whose encoders are not this run's is encoded again."""
+        item_id = entry["item_id"]
+        if entry["op"] == "remove":
+            self._delete(self._item(item_id))
+            return
+        if item_id in self._item_pos:
+            raise ValueError("the id is in the trained catalogue now, which is served instead"
+                             if self._item_pos[item_id] < self._n_trained else "the id was added twice")
+        from shopgraph.encoders.text import item_text
+
+        text_vec, image_vec = decode_vector(entry["text_vec"]), decode_vector(entry["image_vec"])
+        image = str(self._journal.run_path / entry["image"]) if self._journal is not None and entry["image"] else ""
+        if text_vec is not None and entry["text_model"] != self._encoder_name("text"):
+            text_vec = self._encode_texts([item_text(entry["title"], entry["category"], entry["description"])])[0]
+        if image_vec is not None and entry["image_model"] != self._encoder_name("image"):
+            image_vec = self._encode_image(image)[0]
+        emb = self._inductive_embedding(self._feature_row(text_vec, image_vec, entry["price"], entry["category"]))
+        self._insert(item_id, entry["title"], entry["category"], entry["description"], entry["price"], image,
+                     text_vec, image_vec, emb)
+
+
+def _image_file(image: Any) -> tuple[bytes, str]:
+    """The bytes and file extension to keep for a (validated) image given as ``PIL.Image``, bytes
+    or a path: the file as given, or a PNG of a ``PIL.Image``."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        (image if image.mode in ("RGB", "RGBA", "L", "LA", "P") else image.convert("RGB")).save(buffer, format="PNG")
+        return buffer.getvalue(), "png"
+    payload = Path(image).read_bytes() if isinstance(image, str | Path) else bytes(image)
+    with Image.open(io.BytesIO(payload)) as img:
+        fmt = (img.format or "png").lower()
+    return payload, {"jpeg": "jpg"}.get(fmt, fmt)

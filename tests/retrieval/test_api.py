@@ -341,3 +341,117 @@ def test_multi_worker_listener_keeps_tcp_nodelay():
         assert nodelay_listener(tcp) is tcp
     finally:
         tcp.close()
+
+
+# -- the catalogue: POST /items, DELETE /items/{item_id} ------------------------------------------
+@pytest.fixture(scope="module")
+def writable(tmp_path_factory):
+    """A client over a copy of the shared run (its catalogue changes are kept in the run)."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("api-catalogue") / "run"
+    shutil.copytree(shared_run(tmp_path_factory.getbasetemp()), copy)
+    service = load_service(copy)
+    with TestClient(create_app(service, demo=False, fraud_cases=False), raise_server_exceptions=False) as c:
+        c.service = service  # type: ignore[attr-defined]
+        c.run = copy  # type: ignore[attr-defined]
+        yield c
+
+
+def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
+    r = writable.post("/items", json={"item_id": "new1", "title": "glow in the dark frisbee", "category": "toys",
+                                      "price": 9.5})
+    assert r.status_code == 201, r.text
+    assert r.json() == {"item_id": "new1", "title": "glow in the dark frisbee", "category": "toys",
+                        "description": "", "price": 9.5, "image": None}
+    png = solid_png((20, 220, 20), seed=5)
+    r = writable.post("/items", data={"item_id": "new2", "title": "green disc", "price": "4"},
+                      files={"image": ("disc.png", png, "image/png")})
+    assert r.status_code == 201, r.text
+    assert r.json()["price"] == 4.0 and r.json()["image"].endswith(".png")
+    r = writable.post("/search", files={"image": ("q.png", solid_png((20, 220, 20), seed=6), "image/png")},
+                      data={"k": "1"})
+    assert [i["item_id"] for i in r.json()["items"]] == ["new2"]
+    r = writable.get("/recommend", params={"user_id": "u000", "k": 3, "category": "toys"})
+    assert [i["item_id"] for i in r.json()["items"]] == ["new1"]
+    r = writable.post("/items", json={"item_id": "new1", "title": "again"})
+    assert r.status_code == 409 and r.json()["detail"] == "item_id: item 'new1' already exists"
+    r = writable.delete("/items/i004")
+    assert r.status_code == 200 and r.json() == {"item_id": "i004", "removed": True}
+    assert writable.get("/similar", params={"item_id": "i004"}).status_code == 404
+    r = writable.delete("/items/i004")
+    assert r.status_code == 404 and r.json()["detail"] == "item_id: unknown item 'i004'"
+    health = writable.get("/healthz").json()
+    assert health["catalogue"] == {"added": 2, "removed": 1, "journal": str(writable.run / "catalogue.jsonl"),
+                                   "not_applied": []}
+    # a restarted server answers the same
+    again = create_app(load_service(writable.run), demo=False, fraud_cases=False)
+    with TestClient(again) as c:
+        assert c.get("/healthz").json()["catalogue"] == health["catalogue"]
+        assert c.get("/recommend", params={"user_id": "u000", "k": 3, "category": "toys"}).json()["items"][0][
+            "item_id"] == "new1"
+
+
+@pytest.mark.parametrize("method, url, kwargs, status, message", [
+    ("post", "/items", {"json": {"title": "no id"}}, 422, "item_id: required"),
+    ("post", "/items", {"json": {"item_id": "n1"}}, 422, "title: required"),
+    ("post", "/items", {"json": {"item_id": "", "title": "t"}}, 422, "item_id: expected a non-empty string"),
+    ("post", "/items", {"json": {"item_id": 5, "title": "t"}}, 422, "item_id: expected a string (got int 5)"),
+    ("post", "/items", {"json": {"item_id": "n1", "title": ["t"]}}, 422, "title: expected a string (got list"),
+    ("post", "/items", {"json": {"item_id": "n1", "title": "t", "colour": "red"}}, 422,
+     "colour: unknown field (expected item_id, title, category, description, price)"),
+    ("post", "/items", {"json": {"item_id": "n1", "title": "t", "image": "x.png"}}, 422, "image: unknown field"),
+    ("post", "/items", {"json": {"item_id": "n1", "title": "t", "price": -1}}, 422,
+     "price: expected a finite number >= 0 (got int -1)"),
+    ("post", "/items", {"json": {"item_id": "n1", "title": "t", "price": True}}, 422,
+     "price: expected a finite number >= 0 (got bool True)"),
+    ("post", "/items", {"json": {"item_id": "n1", "title": "t", "price": "3"}}, 422,
+     "price: expected a finite number >= 0 (got str '3')"),
+    ("post", "/items", {"json": {"item_id": "n1", "title": "t" * 2001}}, 422,
+     "title: 2,001 characters, over the 2,000-character limit"),
+    ("post", "/items", {"json": ["n1"]}, 422, "body: expected a JSON object like"),
+    ("post", "/items", {"content": b"{", "headers": {"content-type": "application/json"}}, 422,
+     "body: expected a JSON object"),
+    ("post", "/items", {"content": b"n1", "headers": {"content-type": "text/csv"}}, 415,
+     "content-type: expected application/json or multipart/form-data (got 'text/csv')"),
+    ("post", "/items?dry_run=1", {"json": {"item_id": "n1", "title": "t"}}, 422, "dry_run: unknown parameter"),
+    ("post", "/items", {"json": {"item_id": "i001", "title": "t"}}, 409, "item_id: item 'i001' already exists"),
+    ("post", "/items", {"data": {"item_id": "n1", "title": "t", "price": "cheap"}, "files": {"x": ("a", b"a")}}, 422,
+     "x: unknown form field (expected item_id, title, category, description, price, image)"),
+    ("post", "/items", {"data": {"item_id": "n1", "title": "t", "price": "cheap"},
+                        "files": {"image": ("a.png", _PNG, "image/png")}}, 422,
+     "price: expected a number >= 0 (got 'cheap')"),
+    ("post", "/items", {"data": {"title": "t"}, "files": {"image": ("a.png", _PNG, "image/png")}}, 422,
+     "item_id: required"),
+    ("post", "/items", {"data": {"item_id": "n1", "title": "t"}, "files": {"image": ("a.png", b"nope", "image/png")}},
+     422, "image: not a readable image"),
+    ("post", "/items", {"data": {"item_id": "n1", "title": "t"},
+                        "files": {"image": ("x.png", b"\x89PNG" + bytes(12 * 2**20), "image/png")}}, 413,
+     "image: upload of 12.00 MB"),
+    ("delete", "/items/nope", {}, 404, "item_id: unknown item 'nope'"),
+    ("delete", "/items/i001?force=1", {}, 422, "force: unknown parameter"),
+])
+def test_bad_catalogue_changes_are_4xx_and_change_nothing(writable, method, url, kwargs, status, message):
+    before = (writable.service.item_ids.copy(), (writable.run / "catalogue.jsonl").exists()
+              and (writable.run / "catalogue.jsonl").read_bytes())
+    r = getattr(writable, method)(url, **kwargs)
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"]
+    assert (writable.service.item_ids, (writable.run / "catalogue.jsonl").exists()
+            and (writable.run / "catalogue.jsonl").read_bytes()) == before
+
+
+def test_a_journal_that_cannot_be_written_is_a_503_and_changes_nothing(writable, monkeypatch):
+    from shopgraph.retrieval.catalogue import CatalogueJournal
+
+    def full_disk(self, entry):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(CatalogueJournal, "append", full_disk)
+    n = len(writable.service.item_ids)
+    r = writable.post("/items", json={"item_id": "n9", "title": "t"})
+    assert r.status_code == 503
+    assert r.json()["detail"] == ("catalogue: the change could not be written to the run's journal "
+                                  "(No space left on device); nothing was changed")
+    assert writable.delete("/items/i002").status_code == 503
+    assert len(writable.service.item_ids) == n and writable.service.has_item("i002")

@@ -112,9 +112,18 @@ def run_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return shared_run(tmp_path_factory.getbasetemp())
 
 
-def load_service(run_path: Path) -> ShopService:
+def load_service(run_path: Path, **kwargs: Any) -> ShopService:
     text, image = encoders()
-    return ShopService.from_run(run_path, text_encoder=text, image_encoder=image)
+    return ShopService.from_run(run_path, text_encoder=text, image_encoder=image, **kwargs)
+
+
+@pytest.fixture
+def own_run(tmp_path: Path, run_path: Path) -> Path:
+    """A copy of the shared run folder, for tests that change its catalogue (kept in the run)."""
+    import shutil
+
+    shutil.copytree(run_path, tmp_path / "run")
+    return tmp_path / "run"
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +251,8 @@ def test_cold_start(service):
     assert len(rec.item_ids) == 5 and all(r.endswith("(matches your text)") for r in rec.reasons)
 
 
-def test_add_and_remove_item_without_retraining(run_path):
+def test_add_and_remove_item_without_retraining(own_run):
+    run_path = own_run
     svc = load_service(run_path)
     n = len(svc.item_ids)
     n_text, n_image = svc.indexes["text_items"].count, svc.indexes["image_items"].count
@@ -282,8 +292,8 @@ def test_add_and_remove_item_without_retraining(run_path):
     assert svc.indexes["gnn_items"].count == n + 1  # +new1 +new2 -i004
 
 
-def test_recommend_new_ranks_only_the_added_items(run_path):
-    svc = load_service(run_path)
+def test_recommend_new_ranks_only_the_added_items(own_run):
+    svc = load_service(own_run)
     assert svc.recommend_new("u000", k=5).item_ids == []  # nothing added yet
     for n, (title, category) in enumerate([("trail running shoes", "shoes"), ("wool winter socks", "clothing"),
                                            ("glow in the dark frisbee", "toys")]):
@@ -562,10 +572,144 @@ def test_describe_user_feature(name, raw, value, fact):
     assert describe_user_feature(name, raw, value) == fact
 
 
-def test_add_item_strips_the_id_as_loading_the_shop_does(run_path):
-    svc = load_service(run_path)
+def test_add_item_strips_the_id_as_loading_the_shop_does(own_run):
+    svc = load_service(own_run)
     with pytest.warns(UserWarning, match="item_id: stripped leading/trailing spaces"):
         pos = svc.add_item(" pad ", "padded item")
     assert svc.item_ids[pos] == "pad" and svc.has_item("pad") and not svc.has_item(" pad ")
     with pytest.raises(ValueError, match="item_id: item 'pad' already exists"), pytest.warns(UserWarning):
         svc.add_item("pad  ", "again")
+
+
+# -- the catalogue journal: run-time changes outlive the process -----------------------------------
+def test_added_and_removed_items_survive_a_restart(own_run):
+    first = load_service(own_run)
+    png = solid_png((20, 220, 20), seed=5)
+    first.add_item("new1", "glow in the dark frisbee", category="toys", price=9.5, image=png)
+    first.add_item("new2", "heavy duty umbrella")
+    first.remove_item("i004")
+    assert first.catalogue_info() == {"added": 2, "removed": 1, "journal": str(own_run / "catalogue.jsonl"),
+                                      "not_applied": []}
+
+    again = load_service(own_run)  # a restart: the same catalogue, the same answers
+    assert again.catalogue_info() == first.catalogue_info()
+    assert again.item_ids == first.item_ids and not again.has_item("i004")
+    np.testing.assert_array_equal(again.item_emb, first.item_emb)
+    for svc in (first, again):
+        assert svc.search(image=solid_png((20, 220, 20), seed=6), k=1).item_ids == ["new1"]
+    assert again.recommend("u000", k=31) == first.recommend("u000", k=31)
+    assert again.recommend_new("u000", k=5) == first.recommend_new("u000", k=5)
+    assert again.search(text="umbrella", k=5) == first.search(text="umbrella", k=5)
+    # the uploaded image is kept in the run, so the demo can show it after a restart
+    image = again.item_info("new1")["image"]
+    assert image.startswith(str(own_run / "added_images")) and Path(image).read_bytes() == png
+    assert again.item_info("new2")["image"] is None
+
+
+def test_other_processes_pick_up_changes_and_share_the_id_check(own_run):
+    writer, reader = load_service(own_run), load_service(own_run, catalogue_sync_s=3600.0)
+    writer.add_item("new1", "glow in the dark frisbee", category="toys")
+    assert not reader.has_item("new1")  # it looks again only every catalogue_sync_s
+    assert reader.sync_catalogue() == 1 and reader.has_item("new1")
+    # an id check under the journal's lock sees the other process's items before answering
+    late = load_service(own_run, catalogue_sync_s=3600.0)
+    writer.remove_item("new1")
+    writer.add_item("new3", "wool winter socks")
+    with pytest.raises(ValueError, match="item_id: item 'new3' already exists"):
+        late.add_item("new3", "wool winter socks, again")
+    assert late.has_item("new3") and not late.has_item("new1")
+    eager = load_service(own_run, catalogue_sync_s=0.0)
+    writer.add_item("new4", "trail running shoes", category="shoes")
+    assert "new4" in eager.search(text="trail running shoes", k=3).item_ids  # picked up by the call itself
+    assert late.sync_catalogue() == 1 and late.item_ids == writer.item_ids == eager.item_ids
+
+
+def test_a_change_whose_journal_write_fails_is_not_applied(own_run, monkeypatch):
+    from shopgraph.retrieval.catalogue import CatalogueJournal
+
+    svc = load_service(own_run)
+    n = len(svc.item_ids)
+
+    def full_disk(self, entry):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(CatalogueJournal, "append", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        svc.add_item("new1", "glow in the dark frisbee")
+    with pytest.raises(OSError, match="No space left on device"):
+        svc.remove_item("i004")
+    assert len(svc.item_ids) == n and not svc.has_item("new1") and svc.has_item("i004")
+    assert svc.indexes["gnn_items"].count == n
+    monkeypatch.undo()
+    assert load_service(own_run).catalogue_info()["added"] == 0
+
+
+def test_journal_entries_that_cannot_apply_are_reported_and_kept(own_run, caplog):
+    import logging
+
+    from shopgraph.retrieval.catalogue import CatalogueJournal
+
+    svc = load_service(own_run)
+    svc.add_item("new1", "glow in the dark frisbee")
+    journal = CatalogueJournal(own_run)
+    stamp = {"at": "2026-12-06T00:00:00Z"}
+    with journal.locked():  # as a second process (or a rebuilt run) could leave it
+        journal.append({"op": "remove", "item_id": "ghost", **stamp})
+        entry = journal.read()[0][0]
+        journal.append({k: v for k, v in entry.items() if k not in ("sha256", "v")} | {"item_id": "i001"})
+    before = journal.path.read_bytes()
+    with caplog.at_level(logging.WARNING):
+        again = load_service(own_run)
+    assert again.has_item("new1")
+    notes = again.catalogue_info()["not_applied"]
+    assert notes == ["line 2: remove 'ghost' not applied: item_id: unknown item 'ghost'",
+                     "line 3: add 'i001' not applied: the id is in the trained catalogue now, which is served instead"]
+    assert all(note in caplog.text for note in notes)
+    assert journal.path.read_bytes() == before  # nothing dropped from the journal
+
+
+def test_a_damaged_journal_stops_the_service_naming_the_line(own_run, caplog):
+    import logging
+
+    from shopgraph.retrieval.catalogue import CatalogueError
+
+    running = load_service(own_run, catalogue_sync_s=0.0)
+    load_service(own_run).add_item("new1", "glow in the dark frisbee")
+    path = own_run / "catalogue.jsonl"
+    path.write_bytes(path.read_bytes().replace(b"frisbee", b"frisbeE"))
+    with pytest.raises(CatalogueError, match=r"catalogue.jsonl: line 1: its sha256 does not match its content"):
+        load_service(own_run)
+    # a service already running keeps serving what it had, and says why it applies no more
+    with caplog.at_level(logging.ERROR):
+        assert not running.has_item("new1") and len(running.recommend("u000", k=3).item_ids) == 3
+    assert "line 1: its sha256 does not match" in running.catalogue_info()["not_applied"][0]
+    assert "catalogue changes from other processes not applied" in caplog.text
+    # the trained catalogue can still be served while the journal is looked at
+    assert load_service(own_run, catalogue=False).catalogue_info()["journal"] is None
+
+
+def test_items_from_other_encoders_are_encoded_again(own_run):
+    from shopgraph.retrieval.catalogue import CatalogueJournal, encode_vector
+
+    svc = load_service(own_run)
+    svc.add_item("new1", "trail running shoes", category="shoes", image=solid_png((210, 30, 30), seed=9))
+    journal = CatalogueJournal(own_run)
+    entry = journal.read()[0][0]
+    junk = encode_vector(np.ones(384, np.float32))
+    other = {k: v for k, v in entry.items() if k not in ("sha256", "v")} | {
+        "item_id": "new2", "text_model": "/models/another-bert", "image_model": "/models/another-cnn",
+        "text_vec": junk, "image_vec": encode_vector(np.ones(1280, np.float32))}
+    with journal.locked():
+        journal.append(other)
+    again = load_service(own_run)
+    # new2's vectors came from other encoders: this run's encoders made them again, so it is new1's twin
+    np.testing.assert_allclose(again.item_emb[again.item_ids.index("new2")],
+                               again.item_emb[again.item_ids.index("new1")], rtol=1e-5, atol=1e-6)
+    assert again.catalogue_info()["not_applied"] == []
+
+
+def test_without_the_journal_changes_stay_in_the_process(own_run):
+    svc = load_service(own_run, catalogue=False)
+    svc.add_item("new1", "glow in the dark frisbee")
+    assert svc.has_item("new1") and not (own_run / "catalogue.jsonl").exists()
+    assert not load_service(own_run).has_item("new1")
