@@ -132,14 +132,19 @@ class CatalogueJournal:
             not returned and not passed.
 
         Raises:
-            CatalogueError: a complete line that is not a well-formed entry.
+            CatalogueError: a complete line that is not a well-formed entry, or a journal shorter
+                than ``offset``.
         """
         try:
             with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
                 f.seek(offset)
                 payload = f.read()
         except FileNotFoundError:
-            return [], offset, line, 0
+            size, payload = 0, b""
+        if size < offset:
+            raise CatalogueError(f"{self.path}: {size:,} bytes, shorter than the {offset:,} already applied (it was "
+                                 f"replaced, cut or removed); restart the service to serve what it holds")
         end = payload.rfind(b"\n") + 1
         entries = []
         for raw in payload[:end].split(b"\n")[:-1]:

@@ -915,6 +915,7 @@ class ShopService:
             exclude_seen: drop the items the user has already purchased.
             category: only items of this category.
         """
+        self._maybe_sync()
         k = check_k(k)
         exclude_seen = check_bool(exclude_seen, "exclude_seen")
         return self._recommend([self._user(user_id)], k, exclude_seen, self._category(category))[0]
@@ -922,6 +923,7 @@ class ShopService:
     def recommend_batch(self, user_ids: Sequence[str], k: int = 10, exclude_seen: bool = True,
                         category: str | None = None) -> list[Recommendation]:
         """:meth:`recommend` for many users with one batched FAISS search."""
+        self._maybe_sync()
         k = check_k(k)
         exclude_seen = check_bool(exclude_seen, "exclude_seen")
         users = self._many(user_ids, "user_ids", self._user)
@@ -934,7 +936,7 @@ class ShopService:
         return items[indptr[u]:indptr[u + 1]], values[indptr[u]:indptr[u + 1]]
 
     def _recommend(self, users: list[int], k: int, exclude_seen: bool, cat: int | None) -> list[Recommendation]:
-        with self._reading():
+        with self._lock.read():
             exclude = [self._seen_items(u) if exclude_seen else np.zeros(0, np.int64) for u in users]
             rows = [self._revisit_row(u) for u in users]
             # The model's score is the dot product plus a revisit term on the few items the user
@@ -968,10 +970,11 @@ class ShopService:
             k: 1..1000.
             category: only new items of this category.
         """
+        self._maybe_sync()
         k = check_k(k)
         u = self._user(user_id)
         cat = self._category(category)
-        with self._reading():
+        with self._lock.read():
             new = np.arange(self._n_trained, len(self.item_ids))
             new = new[self._active[new]]
             if cat is not None:
@@ -983,16 +986,18 @@ class ShopService:
 
     def similar_items(self, item_id: str, k: int = 10) -> Recommendation:
         """Items closest to an item in the GNN space (cosine, ``gnn_items_cosine``), itself excluded."""
+        self._maybe_sync()
         k = check_k(k)
         return self._similar([self._item(item_id)], k)[0]
 
     def similar_items_batch(self, item_ids: Sequence[str], k: int = 10) -> list[Recommendation]:
         """:meth:`similar_items` for many items."""
+        self._maybe_sync()
         k = check_k(k)
         return self._similar(self._many(item_ids, "item_ids", self._item), k)
 
     def _similar(self, items: list[int], k: int) -> list[Recommendation]:
-        with self._reading():
+        with self._lock.read():
             hits = self._filtered("gnn_items_cosine", self.item_emb[items], k,
                                   [np.array([i], dtype=np.int64) for i in items], None)
             return [self._pack(ids, sc, self._similar_reasons(i, ids, sc)) for i, (ids, sc) in zip(items, hits)]
@@ -1065,12 +1070,13 @@ class ShopService:
         ``image_items`` (cosine). With both, each candidate from either list is scored
         ``0.5 * text_cosine + 0.5 * image_cosine`` (a missing modality of an item counts 0).
         """
+        self._maybe_sync()
         k = check_k(k)
         if text is None and image is None:
             raise ValueError("text, image: expected a text query, an image or both (got neither)")
         q_text = self._encode_texts([check_text(text)]) if text is not None else None
         q_img = self._encode_image(image) if image is not None else None
-        with self._reading():
+        with self._lock.read():
             if q_img is None and q_text is not None:
                 ids, sc = self._content_hits("text_items", q_text, k)
                 return self._pack(ids, sc, [f"text match {s:.2f}" for s in sc])
@@ -1092,6 +1098,7 @@ class ShopService:
 
     def search_batch(self, texts: Sequence[str], k: int = 10) -> list[Recommendation]:
         """Text search for many queries (one encoder pass, one FAISS search)."""
+        self._maybe_sync()
         k = check_k(k)
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise ValueError(f"texts: expected a list of strings (got {type(texts).__name__})")
@@ -1103,7 +1110,7 @@ class ShopService:
         if q.shape[1] != index.dim_:
             raise NotAvailableError(f"text_items: the query encoder gives {q.shape[1]}-d vectors, the index "
                                     f"holds {index.dim_}-d ones")
-        with self._reading():
+        with self._lock.read():
             hits = self._filtered("text_items", q, k, [np.zeros(0, np.int64)] * len(q), None)
             return [self._pack(ids, sc, [f"text match {s:.2f}" for s in sc]) for ids, sc in hits]
 
@@ -1150,9 +1157,10 @@ class ShopService:
     def recommend_for_items(self, item_ids: Sequence[str], k: int = 10) -> Recommendation:
         """For an unknown user who picked a few items: the mean of their (L2-normalised) GNN
         embeddings, searched by cosine (``gnn_items_cosine``). The given items are excluded."""
+        self._maybe_sync()
         k = check_k(k)
         seeds = np.array(self._many(item_ids, "item_ids", self._item), dtype=np.int64)
-        with self._reading():
+        with self._lock.read():
             q = self._item_emb_n[seeds].mean(axis=0, keepdims=True)
             ids, sc = self._filtered("gnn_items_cosine", q, k, [np.unique(seeds)], None)[0]
             return self._pack(ids, sc, self._seed_reasons(np.unique(seeds), ids))
@@ -1161,10 +1169,11 @@ class ShopService:
         """For an unknown user described by text: the ``n_seeds`` best text matches become seed items,
         and the mean of their normalised GNN embeddings is the query against ``gnn_items_cosine``
         (so results follow shopping behaviour, not only wording)."""
+        self._maybe_sync()
         k = check_k(k)
         n_seeds = check_k(n_seeds, "n_seeds")
         q = self._encode_texts([check_text(text)])
-        with self._reading():
+        with self._lock.read():
             seeds, _ = self._content_hits("text_items", q, n_seeds)
             if seeds.size == 0:
                 return Recommendation([], [], [], [])
@@ -1377,17 +1386,11 @@ class ShopService:
         model = self._text_model if kind == "text" else self._image_model
         return str(model) if model else "bundled"
 
-    @contextmanager
-    def _reading(self) -> Iterator[None]:
-        """The read lock, after picking up catalogue changes made elsewhere (:meth:`_maybe_sync`)."""
-        self._maybe_sync()
-        with self._lock.read():
-            yield
-
     def _maybe_sync(self) -> None:
         """Apply the journal's new entries when ``catalogue_sync_s`` has passed since the last
         look and the file has grown; never waits for another thread's sync, never raises (a
-        damaged line is logged and kept in :meth:`catalogue_info`)."""
+        damaged line is logged and kept in :meth:`catalogue_info`). Public calls do this first,
+        before any lookup and never while holding ``_lock`` (applying takes it for writing)."""
         if self._journal is None or time.monotonic() - self._synced_at < self._sync_every:
             return
         self._synced_at = time.monotonic()

@@ -107,3 +107,14 @@ def test_images_are_kept_once_by_content(tmp_path: Path):
     assert (tmp_path / rel).read_bytes() == b"\x89PNG fake"
     assert journal.save_image(b"\x89PNG fake", "png") == rel
     assert len(list((tmp_path / "added_images").iterdir())) == 1
+
+
+def test_a_journal_shorter_than_what_was_applied_is_an_error(tmp_path: Path):
+    journal = CatalogueJournal(tmp_path)
+    with journal.locked():
+        end = journal.append(_add("a"))
+    assert journal.read(end, 1) == ([], end, 1, 0)
+    journal.path.unlink()
+    with pytest.raises(CatalogueError, match=f"0 bytes, shorter than the {end:,} already applied"):
+        journal.read(end, 1)
+    assert journal.read() == ([], 0, 0, 0)

@@ -1,0 +1,121 @@
+"""What keeping run-time catalogue changes costs: the journal (``RUN/catalogue.jsonl``) against
+changes held in memory only, side by side in one process.
+
+Usage::
+
+    make demo                      # or build + train + index a run of your own
+    python bench/bench_catalogue.py --run demo_data/run_5000_0 [--adds 200] [--calls 2000]
+
+The run folder is copied to a temporary folder first (the journal is written into the copy).
+Three services over the copy: ``memory`` (``catalogue=False``: the behaviour before the journal),
+``journal`` (the default: it looks for other processes' changes at most once a second) and
+``journal, every call`` (``catalogue_sync_s=0``: a file-size check on every call). Timed,
+alternating between them:
+
+1. ``recommend`` (k=10) for random known users: median and p99 microseconds, ratio to ``memory``;
+2. ``add_item`` of ``--adds`` items (the titles, categories, prices and every other image of
+   existing items, under new ids): milliseconds an item, ratio to ``memory`` (the journal adds a
+   line, an fsync and the image copy);
+3. ``ShopService.from_run`` of the copy with the journal of those adds against without it:
+   seconds, and a check that the replayed items' embeddings equal the ones the adding service
+   computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import machine_line, markdown_table
+
+from shopgraph.retrieval.service import ShopService
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True, help="a trained run folder (after `shopgraph index`)")
+    ap.add_argument("--adds", type=int, default=200, help="items added per service (default 200)")
+    ap.add_argument("--calls", type=int, default=2000, help="recommend calls per service (default 2000)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.adds < 1 or args.calls < 1:
+        ap.error("--adds and --calls must be at least 1")
+    run = Path(args.run)
+    if not (run / "manifest.json").is_file():
+        ap.error(f"--run {run}: not a run folder (no manifest.json)")
+    rng = np.random.default_rng(args.seed)
+    print(machine_line(), flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-catalogue-") as tmp:
+        copy = Path(tmp) / "run"
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("catalogue.jsonl", "added_images"))
+        names = ("memory", "journal", "journal, every call")
+        t0 = time.perf_counter()
+        services = {"memory": ShopService.from_run(copy, catalogue=False, fraud_reasons=False)}
+        load_plain = time.perf_counter() - t0
+        services["journal"] = ShopService.from_run(copy, fraud_reasons=False)
+        services["journal, every call"] = ShopService.from_run(copy, fraud_reasons=False, catalogue_sync_s=0.0)
+        first = services["memory"]
+
+        # 1. recommend, alternating services call by call
+        users = [first.user_ids[i] for i in rng.integers(0, len(first.user_ids), args.calls)]
+        for svc in services.values():  # warm-up
+            for u in users[:50]:
+                svc.recommend(u, 10)
+        rec_us: dict[str, list[float]] = {n: [] for n in names}
+        for u in users:
+            for n in names:
+                t = time.perf_counter()
+                services[n].recommend(u, 10)
+                rec_us[n].append((time.perf_counter() - t) * 1e6)
+
+        # 2. add_item: the same items, under new ids, alternating memory and journal
+        picks = rng.choice(first._n_trained, size=min(args.adds, first._n_trained), replace=False)
+        add_ms: dict[str, list[float]] = {"memory": [], "journal": []}
+        for k, i in enumerate(picks):
+            info = first.item_info(first.item_ids[int(i)])
+            image = info["image"] if k % 2 == 0 and info["image"] and Path(info["image"]).is_file() else None
+            for n in add_ms:
+                t = time.perf_counter()
+                services[n].add_item(f"bench-new-{k}", info["title"], category=info["category"],
+                                     description=info["description"], price=info["price"], image=image)
+                add_ms[n].append((time.perf_counter() - t) * 1e3)
+
+        # 3. start-up with the journal of those adds
+        t0 = time.perf_counter()
+        replayed = ShopService.from_run(copy, fraud_reasons=False)
+        load_journal = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ShopService.from_run(copy, catalogue=False, fraud_reasons=False)
+        load_plain_again = time.perf_counter() - t0
+        writer = services["journal"]
+        same = (replayed.item_ids == writer.item_ids
+                and np.array_equal(replayed.item_emb, writer.item_emb))
+        journal_bytes = (copy / "catalogue.jsonl").stat().st_size
+
+    def p(values: list[float], q: float) -> float:
+        return float(np.percentile(values, q))
+
+    base = statistics.median(rec_us["memory"])
+    rows = [[n, f"{statistics.median(rec_us[n]):.0f}", f"{p(rec_us[n], 99):.0f}",
+             f"{statistics.median(rec_us[n]) / base:.3f}"] for n in names]
+    print(f"\n`recommend` (k=10), {args.calls:,} calls per service, alternated\n")
+    print(markdown_table(["service", "median µs", "p99 µs", "median vs memory"], rows))
+    base_add = statistics.median(add_ms["memory"])
+    rows = [[n, f"{statistics.median(add_ms[n]):.1f}", f"{p(add_ms[n], 99):.1f}",
+             f"{statistics.median(add_ms[n]) / base_add:.2f}"] for n in add_ms]
+    print(f"\n`add_item`, {len(picks)} items per service (every other one with its image), alternated\n")
+    print(markdown_table(["service", "median ms", "p99 ms", "median vs memory"], rows))
+    plain = min(load_plain, load_plain_again)
+    print(f"\n`from_run`: {plain:.2f} s without the journal, {load_journal:.2f} s replaying {len(picks)} adds "
+          f"({journal_bytes / 2**20:.2f} MB journal; +{(load_journal - plain) / len(picks) * 1e3:.1f} ms an item); "
+          f"replayed items and embeddings identical to the adding service's: {same}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
