@@ -102,7 +102,9 @@ class CatalogueJournal:
     """
 
     def __init__(self, run_path: str | Path) -> None:
-        self.run_path = Path(run_path)
+        # absolute: image paths handed out must not depend on the working directory (or be
+        # joined to the shop's tables folder, as relative item image paths are)
+        self.run_path = Path(run_path).absolute()
         self.path = self.run_path / JOURNAL
         self._lock_path = self.run_path / ".catalogue.lock"
 

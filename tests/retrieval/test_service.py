@@ -713,3 +713,14 @@ def test_without_the_journal_changes_stay_in_the_process(own_run):
     svc.add_item("new1", "glow in the dark frisbee")
     assert svc.has_item("new1") and not (own_run / "catalogue.jsonl").exists()
     assert not load_service(own_run).has_item("new1")
+
+
+def test_a_run_named_by_a_relative_path_gives_the_added_image_where_it_is(own_run, monkeypatch):
+    monkeypatch.chdir(own_run.parent)
+    png = solid_png((20, 220, 20), seed=5)
+    adding = load_service(Path("run"))
+    adding.add_item("new1", "glow in the dark frisbee", image=png)
+    for svc in (adding, load_service(Path("run"))):  # the adding service, then a restarted one
+        image = Path(svc.item_info("new1")["image"])
+        assert image.is_absolute() and image.read_bytes() == png
+        assert svc.catalogue_info()["journal"] == str(own_run / "catalogue.jsonl")
