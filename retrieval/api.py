@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shopgraph.retrieval.catalogue import CatalogueJournal
 from shopgraph.retrieval.params import check_fields, parse_int, strict_query
 from shopgraph.retrieval.service import (
     IMAGE_LIMIT,
@@ -749,7 +750,9 @@ def _serve(run: Path, args: argparse.Namespace, sock: socket.socket) -> int:
 
     # Load it once here, so that a run folder the workers cannot serve (stale index, bad checksum)
     # is one error line, not workers dying and respawning with the same traceback.
-    ShopService.from_run(run, load_model=False, fraud_reasons=False)
+    # The journal is read (a damaged line stops here too) but not applied: that needs the model.
+    ShopService.from_run(run, load_model=False, fraud_reasons=False, catalogue=False)
+    CatalogueJournal(run).read()
     gc.collect()
     print(serving, flush=True)
     os.environ[RUN_ENV] = str(run)

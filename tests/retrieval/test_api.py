@@ -241,6 +241,31 @@ def test_cli_serve_refuses_a_stale_index_in_one_line_before_any_worker_starts(tm
     assert started == [] and "serving" not in capsys.readouterr().out
 
 
+def test_cli_serve_with_workers_checks_the_journal_without_replaying_it(tmp_path_factory, tmp_path, monkeypatch,
+                                                                         capsys, caplog):
+    import argparse
+    import logging
+    import shutil
+
+    from shopgraph.retrieval import api
+    from shopgraph.retrieval.catalogue import CatalogueError
+
+    copy = tmp_path / "run"
+    shutil.copytree(shared_run(tmp_path_factory.getbasetemp()), copy)
+    load_service(copy).add_item("new1", "glow in the dark frisbee")
+    started: list[str] = []
+    monkeypatch.setattr("uvicorn.supervisors.Multiprocess.run", lambda self: started.append("workers"))
+    with caplog.at_level(logging.WARNING):
+        api.cli_serve(argparse.Namespace(run=copy, host="127.0.0.1", port=0, workers=2))
+    # the check loads no model, so replaying the add would only have warned that it cannot embed it
+    assert started == ["workers"] and "not applied" not in caplog.text
+    journal = copy / "catalogue.jsonl"
+    journal.write_bytes(journal.read_bytes().replace(b"frisbee", b"frisbeE"))
+    with pytest.raises(CatalogueError, match="line 1: its sha256 does not match"):
+        api.cli_serve(argparse.Namespace(run=copy, host="127.0.0.1", port=0, workers=2))
+    assert started == ["workers"]
+
+
 @pytest.mark.parametrize("port", ["-1", "99999", "http"])
 @pytest.mark.parametrize("command", ["serve", "demo"])
 def test_cli_refuses_a_bad_port_before_loading_anything(tmp_path, capsys, port, command):
