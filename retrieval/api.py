@@ -372,10 +372,9 @@ def _search_json(body: Any) -> tuple[str, int]:
     return text, check_k(body.get("k", 10))
 
 
-async def _search_form(request: Request) -> tuple[str | None, bytes, int]:
-    """``(text, image bytes, k)`` of a multipart search: a file field ``image``, optional ``text``
-    and ``k``, nothing else; 413 when the image is over the limit, 400 when the body is not
-    readable multipart."""
+async def _multipart(request: Request) -> Any:
+    """The parsed multipart form of ``request`` (its image field at most ``MAX_IMAGE_BYTES``): 413
+    when the declared length is over that, 400 when the body is not readable multipart."""
     try:
         length = int(request.headers.get("content-length") or 0)
     except ValueError:
@@ -392,6 +391,14 @@ async def _search_form(request: Request) -> tuple[str | None, bytes, int]:
                                  f"({detail[:1].lower() + detail[1:]})") from None
     except (ValueError, KeyError, AssertionError) as exc:
         raise HTTPException(400, f"body: not a readable multipart/form-data body ({type(exc).__name__})") from None
+    return form
+
+
+async def _search_form(request: Request) -> tuple[str | None, bytes, int]:
+    """``(text, image bytes, k)`` of a multipart search: a file field ``image``, optional ``text``
+    and ``k``, nothing else; 413 when the image is over the limit, 400 when the body is not
+    readable multipart."""
+    form = await _multipart(request)
     check_fields([key for key, _ in form.multi_items()], ("image", "text", "k"), "form field")
     upload = form.get("image")
     if upload is None or isinstance(upload, str):
@@ -436,22 +443,7 @@ def _item_json(body: Any) -> dict[str, Any]:
 
 async def _item_form(request: Request) -> tuple[dict[str, Any], bytes | None]:
     """The fields and the image of a multipart ``POST /items`` (413 past the image limit)."""
-    try:
-        length = int(request.headers.get("content-length") or 0)
-    except ValueError:
-        raise HTTPException(400, f"content-length: not a number (got "
-                                 f"{shown(request.headers.get('content-length'))})") from None
-    if length > MAX_IMAGE_BYTES + (1 << 20):
-        raise HTTPException(413, f"image: upload of {length / 2**20:.2f} MB ({length:,} bytes) is over the "
-                                 f"{IMAGE_LIMIT}")
-    try:
-        form = await request.form()
-    except StarletteHTTPException as exc:
-        detail = str(exc.detail).rstrip(".")
-        raise HTTPException(400, f"body: not a readable multipart/form-data body "
-                                 f"({detail[:1].lower() + detail[1:]})") from None
-    except (ValueError, KeyError, AssertionError) as exc:
-        raise HTTPException(400, f"body: not a readable multipart/form-data body ({type(exc).__name__})") from None
+    form = await _multipart(request)
     items = form.multi_items()
     check_fields([key for key, _ in items], _ITEM_FIELDS + ("image",), "form field")
     fields: dict[str, Any] = {}
