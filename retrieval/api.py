@@ -94,6 +94,26 @@ class SearchIn(BaseModel):
     k: int = Field(10, ge=1, le=K_MAX, description=f"results, 1..{K_MAX}")
 
 
+class ColdIn(BaseModel):
+    """JSON body of ``POST /recommend/cold`` (its schema; the body is checked by :func:`_cold_json`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_ids: list[str] | None = Field(None, description="items the visitor looked at or picked (or give text)",
+                                       min_length=1, max_length=1000)
+    text: str | None = Field(None, description="what the visitor wants, in words (or give item_ids)",
+                             max_length=MAX_TEXT_CHARS)
+    k: int = Field(10, ge=1, le=K_MAX, description=f"results, 1..{K_MAX}")
+    n_seeds: int = Field(10, ge=1, le=K_MAX, description="with text: the text matches whose embeddings make the query")
+
+
+class ColdOut(BaseModel):
+    item_ids: list[str] | None
+    text: str | None
+    k: int
+    items: list[ItemOut]
+
+
 class SearchOut(BaseModel):
     text: str | None
     image: bool
@@ -337,8 +357,9 @@ def include_fraud_cases(app: FastAPI, run_dir: Path | None) -> bool:
 _JSON_EXAMPLE = '{"text": "red shoes", "k": 10}'
 
 
-async def _json_body(request: Request) -> Any:
-    """The parsed JSON body, read up to ``MAX_JSON_BYTES`` (413 past it)."""
+async def _json_body(request: Request, example: str = _JSON_EXAMPLE) -> Any:
+    """The parsed JSON body, read up to ``MAX_JSON_BYTES`` (413 past it); invalid JSON is a 422
+    that shows ``example``."""
     too_big = HTTPException(413, f"body: over the {MAX_JSON_BYTES:,}-byte limit of a JSON query")
     try:
         if int(request.headers.get("content-length") or 0) > MAX_JSON_BYTES:
@@ -355,7 +376,7 @@ async def _json_body(request: Request) -> Any:
     try:
         return json.loads(b"".join(chunks))
     except ValueError:
-        raise ValueError(f"body: expected a JSON object like {_JSON_EXAMPLE} (got invalid JSON)") from None
+        raise ValueError(f"body: expected a JSON object like {example} (got invalid JSON)") from None
 
 
 def _search_json(body: Any) -> tuple[str, int]:
@@ -413,6 +434,32 @@ async def _search_form(request: Request) -> tuple[str | None, bytes, int]:
     if not isinstance(raw_k, str):
         raise ValueError("k: expected a text field, not a file")
     return raw_text or None, image, parse_int("k", raw_k, 1, K_MAX)
+
+
+# -- the /recommend/cold body ----------------------------------------------------------------------
+_COLD_EXAMPLE = '{"item_ids": ["i000007", "i000100"], "k": 10} or {"text": "gifts for a runner", "k": 10}'
+
+
+def _cold_json(body: Any) -> tuple[list[str] | None, str | None, int, int]:
+    """``(item_ids, text, k, n_seeds)`` of a cold-start body: exactly one of ``item_ids`` and
+    ``text``; ``n_seeds`` only with ``text``; nothing else."""
+    if not isinstance(body, dict):
+        raise ValueError(f"body: expected a JSON object like {_COLD_EXAMPLE} (got {type(body).__name__})")
+    check_fields(list(body), ("item_ids", "text", "k", "n_seeds"), "field")
+    if ("item_ids" in body) == ("text" in body):
+        raise ValueError(f"item_ids, text: expected one of them (got {'both' if 'text' in body else 'neither'})")
+    k = check_k(body.get("k", 10))
+    if "text" in body:
+        text = body["text"]
+        if not isinstance(text, str):
+            raise ValueError(f"text: expected a string (got {type(text).__name__} {shown(text)})")
+        return None, text, k, check_k(body.get("n_seeds", 10), "n_seeds")
+    if "n_seeds" in body:
+        raise ValueError("n_seeds: only with text (the item_ids are the seeds)")
+    ids = body["item_ids"]
+    if not isinstance(ids, list):
+        raise ValueError(f"item_ids: expected a list of ids (got {type(ids).__name__} {shown(ids)})")
+    return ids, None, k, 0
 
 
 # -- the /items body ------------------------------------------------------------------------------
@@ -517,6 +564,24 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     def similar(item_id: str = Query(..., description="external item id"), k: int = k_param) -> SimilarOut:
         return SimilarOut(item_id=item_id, k=k, items=_items(service.similar_items(item_id, k)))
 
+    @app.post("/recommend/cold", response_model=ColdOut, responses={
+        **_ERRORS, 413: {"model": ErrorOut, "description": "body too large"},
+        415: {"model": ErrorOut, "description": "unsupported content type"},
+        503: {"model": ErrorOut, "description": "text given, and the run has no text index"},
+    }, tags=["recommend"], summary="Top-k items for a visitor the model does not know: from items, or from text",
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": ColdIn.model_json_schema()}}}}, dependencies=[nothing])
+    async def recommend_cold(request: Request) -> ColdOut:
+        ctype = request.headers.get("content-type", "")
+        if ctype and ctype.split(";", 1)[0].strip().lower() != "application/json":
+            raise HTTPException(415, f"content-type: expected application/json (got {shown(ctype)})")
+        ids, text, k, n_seeds = _cold_json(await _json_body(request, _COLD_EXAMPLE))
+        if text is not None:
+            rec = await run_in_threadpool(service.recommend_for_text, text, k, n_seeds)
+        else:
+            rec = service.recommend_for_items(ids or [], k)
+        return ColdOut(item_ids=ids, text=text, k=k, items=_items(rec))
+
     search_body = {
         "requestBody": {
             "required": True,
@@ -603,7 +668,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         if media == "multipart/form-data":
             fields, image = await _item_form(request)
         elif media == "application/json" or not ctype:
-            fields = _item_json(await _json_body(request))
+            fields = _item_json(await _json_body(request, _ITEM_EXAMPLE))
         else:
             raise HTTPException(415, f"content-type: expected application/json or multipart/form-data "
                                      f"(got {shown(ctype)})")

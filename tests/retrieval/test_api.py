@@ -61,8 +61,10 @@ def test_similar_search_fraud_health(client):
 
 def test_openapi_docs(client):
     spec = client.get("/openapi.json").json()
-    for path in ("/recommend", "/similar", "/search", "/fraud/score", "/healthz", "/metrics"):
+    for path in ("/recommend", "/recommend/cold", "/similar", "/search", "/items", "/items/{item_id}",
+                 "/fraud/score", "/healthz", "/metrics"):
         assert path in spec["paths"]
+    assert set(spec["paths"]["/items"]["post"]["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
     assert set(spec["paths"]["/search"]["post"]["requestBody"]["content"]) == {
         "application/json", "multipart/form-data"}
     assert client.get("/docs").status_code == 200
@@ -70,7 +72,10 @@ def test_openapi_docs(client):
     error = {"$ref": "#/components/schemas/ErrorOut"}
     for path, method, codes in (("/recommend", "get", {"404", "422"}), ("/similar", "get", {"404", "422"}),
                                 ("/fraud/score", "get", {"404", "422"}), ("/healthz", "get", {"422"}),
-                                ("/search", "post", {"400", "413", "415", "422", "503"})):
+                                ("/search", "post", {"400", "413", "415", "422", "503"}),
+                                ("/recommend/cold", "post", {"404", "413", "415", "422", "503"}),
+                                ("/items", "post", {"400", "409", "413", "415", "422", "503"}),
+                                ("/items/{item_id}", "delete", {"404", "422", "503"})):
         responses = spec["paths"][path][method]["responses"]
         assert codes <= set(responses), path
         assert all(responses[c]["content"]["application/json"]["schema"] == error for c in codes), path
@@ -480,3 +485,56 @@ def test_a_journal_that_cannot_be_written_is_a_503_and_changes_nothing(writable,
                                   "(No space left on device); nothing was changed")
     assert writable.delete("/items/i002").status_code == 503
     assert len(writable.service.item_ids) == n and writable.service.has_item("i002")
+
+
+# -- POST /recommend/cold: visitors the model does not know ---------------------------------------
+def test_cold_start_over_http_is_the_service_answer(client):
+    r = client.post("/recommend/cold", json={"item_ids": ["i001", "i002"], "k": 5})
+    assert r.status_code == 200, r.text
+    rec = client.service.recommend_for_items(["i001", "i002"], 5)
+    assert r.json()["item_ids"] == ["i001", "i002"] and r.json()["text"] is None and r.json()["k"] == 5
+    assert [i["item_id"] for i in r.json()["items"]] == rec.item_ids
+    assert [i["reason"] for i in r.json()["items"]] == rec.reasons
+    assert not {"i001", "i002"} & {i["item_id"] for i in r.json()["items"]}
+    r = client.post("/recommend/cold", json={"text": "running shoes", "k": 4, "n_seeds": 3})
+    assert r.status_code == 200, r.text
+    rec = client.service.recommend_for_text("running shoes", 4, 3)
+    assert r.json()["text"] == "running shoes" and r.json()["item_ids"] is None
+    assert [i["item_id"] for i in r.json()["items"]] == rec.item_ids
+    assert all(i["reason"].endswith("(matches your text)") for i in r.json()["items"])
+    assert client.post("/recommend/cold", json={"text": "running shoes"}).json()["k"] == 10
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"k": 5}, 422, "item_ids, text: expected one of them (got neither)"),
+    ({"item_ids": ["i001"], "text": "shoes"}, 422, "item_ids, text: expected one of them (got both)"),
+    ({"item_ids": []}, 422, "item_ids: expected at least one id (got an empty list)"),
+    ({"item_ids": "i001"}, 422, "item_ids: expected a list of ids (got str 'i001')"),
+    ({"item_ids": ["i001", "nope"]}, 404, "item_ids[1]: unknown item 'nope'"),
+    ({"item_ids": ["i001", 7]}, 422, "item_ids[1]: expected a string id (got int 7)"),
+    ({"item_ids": ["i001"] * 1001}, 422, "item_ids: expected at most 1,000 ids (got 1,001)"),
+    ({"item_ids": ["i001"], "n_seeds": 3}, 422, "n_seeds: only with text (the item_ids are the seeds)"),
+    ({"item_ids": ["i001"], "k": 0}, 422, _K + " (got 0)"),
+    ({"text": "shoes", "k": "5"}, 422, _K + " (got '5')"),
+    ({"text": "shoes", "n_seeds": 1.0}, 422, "n_seeds: expected an integer between 1 and 1000 (got 1.0)"),
+    ({"text": ""}, 422, "text: expected a non-empty query (got '')"),
+    ({"text": ["shoes"]}, 422, "text: expected a string (got list"),
+    ({"user_id": "u001"}, 422, "user_id: unknown field (expected item_ids, text, k, n_seeds)"),
+    (["i001"], 422, "body: expected a JSON object like {\"item_ids\""),
+])
+def test_bad_cold_start_bodies_are_4xx_naming_the_problem(client, body, status, message):
+    r = client.post("/recommend/cold", json=body)
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"]
+
+
+def test_cold_start_refuses_other_bodies(client):
+    r = client.post("/recommend/cold", content=b"{nope", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"].startswith('body: expected a JSON object like {"item_ids"')
+    r = client.post("/recommend/cold", data={"text": "shoes"})
+    assert r.status_code == 415
+    assert r.json()["detail"] == "content-type: expected application/json (got 'application/x-www-form-urlencoded')"
+    r = client.post("/recommend/cold?k=3", json={"text": "shoes"})
+    assert r.status_code == 422 and r.json()["detail"] == "k: unknown parameter (expected none)"
+    r = client.post("/items", content=b"{nope", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"].startswith('body: expected a JSON object like {"item_id"')
