@@ -5,7 +5,9 @@ child process, and drives it with a bounded load generator:
 
 1. 1,000 sequential ``GET /recommend`` calls over one keep-alive connection (random known users,
    k=10): latency p50 / p99 / max as the client sees it;
-2. a concurrent burst: ``--clients`` threads, ``--burst`` requests in all: throughput and p50 / p99.
+2. a concurrent burst: ``--clients`` threads, ``--burst`` requests in all: throughput and p50 / p99;
+3. ``POST /recommend/cold`` for a visitor with 3 random items, alternated call by call with
+   ``GET /recommend`` on one connection (``--sequential`` of each): p50 / p99 and the ratio.
 
 Everything is loopback-only and bounded in count and time; the server is stopped at the end.
 The default run folder is synthetic (5,000 users, 20,000 items, 64-d clustered embeddings, no
@@ -120,6 +122,33 @@ def sequential(url: str, users: list[str], n: int, rng: np.random.Generator) -> 
     return np.array(times) * 1000
 
 
+def side_by_side(url: str, users: list[str], items: list[str], n: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Milliseconds of ``n`` ``GET /recommend`` and ``n`` ``POST /recommend/cold`` (3 random
+    items) calls, alternated on one keep-alive connection."""
+    import httpx
+
+    known: list[float] = []
+    cold: list[float] = []
+    with httpx.Client(base_url=url, timeout=5.0) as client:
+        for step in range(2 * (n + 50)):
+            if step % 2 == 0:
+                t0 = time.perf_counter()
+                r = client.get("/recommend", params={"user_id": users[int(rng.integers(len(users)))], "k": 10})
+                out = known
+            else:
+                seeds = [items[int(i)] for i in rng.integers(len(items), size=3)]
+                t0 = time.perf_counter()
+                r = client.post("/recommend/cold", json={"item_ids": seeds, "k": 10})
+                out = cold
+            elapsed = time.perf_counter() - t0
+            if r.status_code != 200:
+                raise RuntimeError(f"{r.request.url.path} answered {r.status_code}: {r.text[:200]}")
+            if step >= 100:  # the first 50 of each warm up
+                out.append(elapsed)
+    return np.array(known) * 1000, np.array(cold) * 1000
+
+
 def burst(url: str, users: list[str], total: int, clients: int, seed: int) -> tuple[float, np.ndarray, int]:
     import httpx
 
@@ -176,7 +205,13 @@ def main(argv: list[str] | None = None) -> int:
 
         data = RunDir(run).load_graph()
         users = list(data["user"].ids)
+        from shopgraph.retrieval.service import ShopService
+
+        served = ShopService.from_run(run, fraud_reasons=False)  # the catalogue as served (its journal applied)
+        items = [i for i in served.item_ids if served.has_item(i)]
+        del served
         rows = []
+        cold_rows = []
         for workers in args.workers:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
@@ -189,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 rng = np.random.default_rng(workers)
                 seq = sequential(url, users, args.sequential, rng)
                 tput, lat, errors = burst(url, users, args.burst, args.clients, seed=workers)
+                known, cold = side_by_side(url, users, items, args.sequential, rng)
             finally:
                 proc.terminate()
                 try:
@@ -199,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
                          f"{seq.max():.1f}", f"{tput:,.0f}", f"{np.percentile(lat, 50):.2f}",
                          f"{np.percentile(lat, 99):.2f}", str(errors)])
             print("| " + " | ".join(rows[-1]) + " |", file=sys.stderr, flush=True)
+            cold_rows.append([str(workers), f"{np.percentile(known, 50):.2f}", f"{np.percentile(known, 99):.2f}",
+                              f"{np.percentile(cold, 50):.2f}", f"{np.percentile(cold, 99):.2f}",
+                              f"{np.percentile(cold, 50) / np.percentile(known, 50):.2f}"])
     print(f"# HTTP API benchmark (/recommend, k=10, loopback)\n\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
           f"{platform.node()}; {os.cpu_count()} CPUs visible; python {platform.python_version()}; "
           f"{args.sequential:,} sequential calls on one keep-alive connection; burst of {args.burst:,} calls "
@@ -206,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     header = ["workers", "seq p50 ms", "seq p99 ms", "seq max ms", "burst req/s", "burst p50 ms",
               "burst p99 ms", "errors"]
     print(markdown_table(header, rows))
+    print(f"\n/recommend/cold (3 random items, k=10) alternated with /recommend, {args.sequential:,} calls "
+          "of each on one keep-alive connection\n")
+    print(markdown_table(["workers", "/recommend p50 ms", "p99 ms", "/recommend/cold p50 ms", "p99 ms",
+                          "cold p50 / recommend p50"], cold_rows))
     return 0
 
 
