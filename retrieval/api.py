@@ -130,6 +130,13 @@ class FraudOut(BaseModel):
     reasons: list[str]
 
 
+class CatalogueOut(BaseModel):
+    added: int = Field(description="items added at run time and served")
+    removed: int = Field(description="trained items removed at run time")
+    journal: str | None = Field(description="the run's journal that keeps these changes (null: this process only)")
+    not_applied: list[str] = Field(description="journal entries that could not be applied, each with why")
+
+
 class HealthOut(BaseModel):
     status: str
     users: int
@@ -138,13 +145,6 @@ class HealthOut(BaseModel):
     fraud_scorer: str
     run: str
     catalogue: CatalogueOut
-
-
-class CatalogueOut(BaseModel):
-    added: int = Field(description="items added at run time and served")
-    removed: int = Field(description="trained items removed at run time")
-    journal: str | None = Field(description="the run's journal that keeps these changes (null: this process only)")
-    not_applied: list[str] = Field(description="journal entries that could not be applied, each with why")
 
 
 class ItemIn(BaseModel):
@@ -469,11 +469,11 @@ _ITEM_EXAMPLE = '{"item_id": "i900001", "title": "red running shoes", "category"
 
 def _item_fields(body: dict[str, Any], what: str) -> dict[str, Any]:
     """The :meth:`ShopService.add_item` arguments of a checked ``/items`` body (JSON or form)."""
-    check_fields(list(body), _ITEM_FIELDS + (("image",) if what == "form field" else ()), what)
+    check_fields(list(body), _ITEM_FIELDS, what)
     for name in ("item_id", "title"):
         if name not in body:
             raise ValueError(f"{name}: required")
-    out = {k: body[k] for k in _ITEM_FIELDS if k in body and k != "image"}
+    out = {k: body[k] for k in _ITEM_FIELDS if k in body}
     for name in ("item_id", "title", "category", "description"):
         if name in out and not isinstance(out[name], str):
             raise ValueError(f"{name}: expected a string (got {type(out[name]).__name__} {shown(out[name])})")
@@ -675,7 +675,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         await run_in_threadpool(_changed, lambda: service.add_item(**fields, image=image))
         return ItemInfoOut(**service.item_info(fields["item_id"].strip()))
 
-    @app.delete("/items/{item_id}", response_model=RemovedOut, responses=catalogue_errors, tags=["catalogue"],
+    @app.delete("/items/{item_id:path}", response_model=RemovedOut, responses=catalogue_errors, tags=["catalogue"],
                 summary="Remove an item from every answer", dependencies=[nothing])
     async def remove_item(item_id: str) -> RemovedOut:
         await run_in_threadpool(_changed, lambda: service.remove_item(item_id))

@@ -422,6 +422,13 @@ def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
             "item_id"] == "new1"
 
 
+def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):
+    assert writable.post("/items", json={"item_id": "sku/77", "title": "green disc"}).status_code == 201
+    r = writable.delete("/items/sku/77")
+    assert r.status_code == 200 and r.json() == {"item_id": "sku/77", "removed": True}
+    assert not writable.service.has_item("sku/77")
+
+
 @pytest.mark.parametrize("method, url, kwargs, status, message", [
     ("post", "/items", {"json": {"title": "no id"}}, 422, "item_id: required"),
     ("post", "/items", {"json": {"item_id": "n1"}}, 422, "title: required"),
