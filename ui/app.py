@@ -352,6 +352,36 @@ def recommend_view(service: ShopService, history: UserHistory | None, thumbs: Th
     return RecommendView(status, past, gallery, table)
 
 
+def visitor_view(service: ShopService, thumbs: Thumbnails, item_ids: Any, k: Any = DEFAULT_K) -> RecommendView:
+    """Recommendations for a visitor the model has never seen, from the items they looked at
+    (:meth:`ShopService.recommend_for_items`, as ``POST /recommend/cold``).
+
+    Args:
+        service: the service.
+        thumbs: the thumbnail cache.
+        item_ids: the picked item ids (the multi-select's list; typed ids too).
+        k: how many recommendations (1..``MAX_K``).
+    """
+    try:
+        if item_ids is None or (isinstance(item_ids, list | tuple) and not item_ids):
+            raise ValueError("visitor's items: pick one or more items the visitor looked at (got none)")
+        if isinstance(item_ids, str):
+            item_ids = [item_ids]
+        if not isinstance(item_ids, list | tuple):
+            raise ValueError(f"visitor's items: expected a list of item ids (got {type(item_ids).__name__})")
+        picked = list(dict.fromkeys(_clean_id(i, "visitor's items") for i in item_ids))
+        rec = service.recommend_for_items(picked, k=_check_k(k))
+    except (ValueError, NotAvailableError) as exc:
+        return RecommendView(_problem(exc), [], [], _empty_results())
+    gallery, table = _results(service, thumbs, rec)
+    seen = [(thumbs.get(i), f"{service.item_info(i)['title'] or i} · looked at") for i in picked]
+    status = (f"A visitor with no account who looked at {_plural(len(picked), 'item')}: the model has no history "
+              f"for them, so it averages those items' embeddings and shows the {len(rec.item_ids)} closest items "
+              "(score = cosine similarity, 1 is identical; the items they looked at are left out). Each reason "
+              "names the looked-at item the result is most like.")
+    return RecommendView(status, seen, gallery, table)
+
+
 def sample_users(service: ShopService, history: UserHistory | None, cases: FraudCases | None,
                  n: int = SAMPLES_PER_KIND) -> list[tuple[str, str]]:
     """Dropdown choices ``(label, user_id)``: likely fraudsters, ring members, heavy buyers, typical users.
@@ -988,7 +1018,8 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
         with gr.Tab("Recommend", id="recommend"):
             gr.Markdown("**What the shop would show this shopper next.** Pick a shopper (or type an id): on the left "
                         "what they recently looked at or bought, on the right the model's top picks, each with a "
-                        "score (higher = better fit) and the reason (what in their history led to it).")
+                        "score (higher = better fit) and the reason (what in their history led to it). A visitor with no "
+                        "account works too: pick a few items they looked at.")
             with gr.Row():
                 rec_user = gr.Dropdown(choices=users, value=rec_default, allow_custom_value=True, label="Shopper",
                                        info="sample shoppers: likely fraudsters, ring members, heavy buyers, "
@@ -996,9 +1027,15 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 rec_k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="How many recommendations", scale=1,
                                   elem_id="rec-k")
                 rec_btn = gr.Button("Recommend", variant="primary", scale=1)
+            with gr.Row():
+                visitor_items = gr.Dropdown(choices=sample_items(service), value=[], multiselect=True,
+                                            allow_custom_value=True, label="…or a new visitor (no sign-in, no history)",
+                                            info="pick (or type) a few items they looked at: recommendations "
+                                                 "without any history", scale=4, elem_id="visitor-items")
+                visitor_btn = gr.Button("Recommend for this visitor", scale=1, elem_id="visitor-btn")
             rec_status = gr.Markdown(elem_id="rec-status")
             with gr.Row():
-                rec_hist = gr.Gallery(label="Recent history (most recent first)", columns=4, height=300,
+                rec_hist = gr.Gallery(label="Recent history (most recent first); for a visitor: what they looked at", columns=4, height=300,
                                       object_fit="contain", elem_id="rec-history")
                 rec_gallery = gr.Gallery(label="Recommended", columns=4, height=300, object_fit="contain",
                                          elem_id="rec-gallery")
@@ -1020,6 +1057,13 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             rec_user.key_up(on_rec_key, [rec_k], [rec_user, rec_status, rec_hist, rec_gallery, rec_table],
                             show_progress="hidden", trigger_mode="multiple")
             rec_btn.click(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
+
+            def on_visitor(picked: Any, k: Any) -> tuple[Any, ...]:
+                view = visitor_view(service, thumbs, picked, k)
+                _warn(view.status)
+                return view.status, view.history, view.gallery, view.table
+
+            visitor_btn.click(on_visitor, [visitor_items, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
             rec_user.select(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
             # the first screen shows a result, not an empty form
             app.load(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])

@@ -38,6 +38,7 @@ from shopgraph.ui.app import (
     similar_view,
     text_search_view,
     verdict,
+    visitor_view,
 )
 
 
@@ -123,6 +124,42 @@ def test_user_text_is_escaped_wherever_it_is_echoed(ui_service: ShopService, his
     assert not is_problem(found.status) and len(found.table) == 3
     _literal(found.status)
     assert "\n" not in found.status and "# heading" in html.unescape(found.status)
+
+
+def test_visitor_view_is_the_cold_start_answer(ui_service: ShopService, thumbs: Thumbnails) -> None:
+    picked = [i for _, i in sample_items(ui_service)[:3]]
+    view = visitor_view(ui_service, thumbs, picked + [f" {picked[0]} "], 6)  # a repeat, typed with spaces
+    rec = ui_service.recommend_for_items(picked, k=6)
+    assert not is_problem(view.status) and "looked at 3 items" in view.status
+    assert view.table["item_id"].tolist() == rec.item_ids and view.table["reason"].tolist() == rec.reasons
+    assert not set(picked) & set(view.table["item_id"])
+    assert [caption for _, caption in view.history] == [
+        f"{ui_service.item_info(i)['title'] or i} · looked at" for i in picked]
+    assert len(view.gallery) == 6
+    one = visitor_view(ui_service, thumbs, picked[0], 3)  # a single typed id
+    assert "looked at 1 item:" in one.status and one.table["item_id"].tolist() == \
+        ui_service.recommend_for_items(picked[:1], k=3).item_ids
+
+
+@pytest.mark.parametrize("items, k, message", [
+    ([], 5, "visitor's items: pick one or more items the visitor looked at (got none)"),
+    (None, 5, "pick one or more items"),
+    (["no-such-item"], 5, "unknown item 'no-such-item'"),
+    (["   "], 5, "visitor's items: pick one from the list or type an id (got nothing)"),
+    ([7], 5, "visitor's items: expected a string id (got int)"),
+    (3.5, 5, "visitor's items: expected a list of item ids (got float)"),
+    ("SAMPLE", 0, "expected a whole number from 1 to 20 (got 0)"),
+    ([MARKUP], 5, "unknown item"),
+])
+def test_visitor_view_bad_input_is_a_message(ui_service: ShopService, thumbs: Thumbnails, items: Any, k: Any,
+                                             message: str) -> None:
+    if items == "SAMPLE":
+        items = [sample_items(ui_service)[0][1]]
+    view = visitor_view(ui_service, thumbs, items, k)
+    assert is_problem(view.status) and message in html.unescape(view.status)
+    assert view.gallery == [] and view.history == [] and view.table.empty
+    if items == [MARKUP]:
+        _literal(view.status)
 
 
 def test_recommend_view_without_history(ui_service: ShopService, thumbs: Thumbnails) -> None:

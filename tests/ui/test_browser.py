@@ -169,6 +169,25 @@ def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopSer
     assert page.locator("#rec-history img").count() > 0
     _shot(page, shots, "recommend")
 
+    # -- a visitor with no account: nothing picked is a message; two picked items give results
+    page.get_by_role("button", name="Recommend for this visitor").click()
+    expect(page.locator("#rec-status")).to_contain_text("pick one or more items the visitor looked at")
+    _close_toasts(page)
+    from shopgraph.ui.app import sample_items
+
+    picks = sample_items(ui_service)[:2]
+    box = page.locator("#visitor-items input")
+    for label, _ in picks:
+        box.click()
+        page.get_by_role("option", name=label, exact=True).click()
+    page.get_by_role("button", name="Recommend for this visitor").click()
+    expect(page.locator("#rec-status")).to_contain_text("looked at 2 items")
+    cold = ui_service.recommend_for_items([i for _, i in picks], k=8)
+    expect(page.locator("#rec-table")).to_contain_text(cold.titles[0])
+    expect(page.locator("#rec-history img")).to_have_count(2)
+    expect(page.locator("#rec-gallery img")).to_have_count(8)
+    _shot(page, shots, "visitor")
+
     # -- Similar & search: a text query, then an empty one
     _tab(page, "Similar & search")
     query = SEARCH_TEXT
