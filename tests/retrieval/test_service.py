@@ -724,3 +724,33 @@ def test_a_run_named_by_a_relative_path_gives_the_added_image_where_it_is(own_ru
         image = Path(svc.item_info("new1")["image"])
         assert image.is_absolute() and image.read_bytes() == png
         assert svc.catalogue_info()["journal"] == str(own_run / "catalogue.jsonl")
+
+
+def test_growable_rows_append_in_place_and_read_as_the_stacked_array():
+    from shopgraph.retrieval.service import _Growable
+
+    start = np.arange(300, dtype=np.float32).reshape(100, 3)
+    rows = _Growable(start)
+    buffers = set()
+    for n in range(200):
+        rows.append(np.full(3, n, np.float32))
+        buffers.add(id(rows._buf))
+    expected = np.vstack([start, np.repeat(np.arange(200, dtype=np.float32)[:, None], 3, axis=1)])
+    np.testing.assert_array_equal(rows.view, expected)
+    assert len(buffers) <= 3  # grown by at least 64 rows at a time, not copied per row
+    rows.view[5] = -1  # the view is the array
+    assert rows.view[5].tolist() == [-1, -1, -1]
+    flags = _Growable(np.ones(2, bool))
+    flags.append(False)
+    assert flags.view.tolist() == [True, True, False] and flags.view.dtype == bool
+
+
+def test_many_added_items_stay_exact(own_run):
+    svc = load_service(own_run, catalogue=False)
+    n = len(svc.item_ids)
+    for k in range(70):  # past the first spare capacity
+        svc.add_item(f"new{k}", f"gadget number {k}", category="electronics", price=float(k))
+    assert svc.item_emb.shape == (n + 70, svc.user_emb.shape[1]) and svc._active.all()
+    ids, _ = _brute(svc, svc.user_emb[3], _purchased(svc, own_run, "u003"), 40)
+    assert svc.recommend("u003", k=40).item_ids == ids
+    assert svc.recommend_new("u003", k=5).item_ids[0].startswith("new")
