@@ -675,6 +675,11 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         await run_in_threadpool(_changed, lambda: service.add_item(**fields, image=image))
         return ItemInfoOut(**service.item_info(fields["item_id"].strip()))
 
+    @app.get("/items/{item_id:path}", response_model=ItemInfoOut, responses=_ERRORS, tags=["catalogue"],
+             summary="One served item: title, category, description, price, image", dependencies=[nothing])
+    def get_item(item_id: str) -> ItemInfoOut:
+        return ItemInfoOut(**service.item_info(item_id))
+
     @app.delete("/items/{item_id:path}", response_model=RemovedOut, responses=catalogue_errors, tags=["catalogue"],
                 summary="Remove an item from every answer", dependencies=[nothing])
     async def remove_item(item_id: str) -> RemovedOut:

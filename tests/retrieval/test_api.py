@@ -75,7 +75,8 @@ def test_openapi_docs(client):
                                 ("/search", "post", {"400", "413", "415", "422", "503"}),
                                 ("/recommend/cold", "post", {"404", "413", "415", "422", "503"}),
                                 ("/items", "post", {"400", "409", "413", "415", "422", "503"}),
-                                ("/items/{item_id}", "delete", {"404", "422", "503"})):
+                                ("/items/{item_id}", "delete", {"404", "422", "503"}),
+                                ("/items/{item_id}", "get", {"404", "422"})):
         responses = spec["paths"][path][method]["responses"]
         assert codes <= set(responses), path
         assert all(responses[c]["content"]["application/json"]["schema"] == error for c in codes), path
@@ -404,11 +405,18 @@ def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
     assert [i["item_id"] for i in r.json()["items"]] == ["new2"]
     r = writable.get("/recommend", params={"user_id": "u000", "k": 3, "category": "toys"})
     assert [i["item_id"] for i in r.json()["items"]] == ["new1"]
+    r = writable.get("/items/new1")
+    assert r.status_code == 200 and r.json()["title"] == "glow in the dark frisbee" and r.json()["price"] == 9.5
+    r = writable.get("/items/i003")
+    assert r.status_code == 200 and r.json() == {**writable.service.item_info("i003"), "item_id": "i003"}
+    assert writable.get("/items/nope").json() == {"detail": "item_id: unknown item 'nope'"}
+    assert writable.get("/items/i003?verbose=1").status_code == 422
     r = writable.post("/items", json={"item_id": "new1", "title": "again"})
     assert r.status_code == 409 and r.json()["detail"] == "item_id: item 'new1' already exists"
     r = writable.delete("/items/i004")
     assert r.status_code == 200 and r.json() == {"item_id": "i004", "removed": True}
     assert writable.get("/similar", params={"item_id": "i004"}).status_code == 404
+    assert writable.get("/items/i004").status_code == 404
     r = writable.delete("/items/i004")
     assert r.status_code == 404 and r.json()["detail"] == "item_id: unknown item 'i004'"
     health = writable.get("/healthz").json()
