@@ -21,7 +21,9 @@ alternating between them:
    computed;
 4. the per-item arrays an add extends (content vectors 1,280 + 384 wide, the 64-d embeddings
    twice, category and flags) at ``--large`` items, 200 appends: copying the whole arrays per
-   add (``np.vstack``, before the sixteenth session) against the service's ``_Growable`` rows.
+   add (``np.vstack``, before the sixteenth session) against the service's ``_Growable`` rows;
+5. ``ItemIndex.add`` of one new id into a Flat index of ``--large`` * 10 ids, 100 adds each way,
+   alternated: looking every existing id up (before) against the id bound (now).
 """
 
 from __future__ import annotations
@@ -121,6 +123,35 @@ def main() -> int:
     per_grow = (time.perf_counter() - t0) / 200 * 1e3
     assert all(np.array_equal(g.view[-1], r) and len(g.view) == args.large + 200 for g, r in zip(grown, rows))
 
+    # 5. ItemIndex.add at ten times that many ids: the duplicate check
+    import faiss
+
+    from shopgraph.retrieval.index import ItemIndex
+
+    n_ids = args.large * 10
+    vectors = rng.random((n_ids, 64), dtype=np.float32)
+    index = ItemIndex("ip", factory="Flat").fit(vectors[:16], np.arange(16, dtype=np.int64))
+    index.add(vectors[16:], np.arange(16, n_ids, dtype=np.int64))
+    one = vectors[:1]
+
+    def add_looking_up(ids: np.ndarray) -> None:  # the check before the sixteenth session
+        present = faiss.vector_to_array(index.index_.id_map)
+        if np.isin(ids, present).any():
+            raise AssertionError("clash")
+        index.index_.add_with_ids(one, ids)
+
+    index_ms: dict[str, list[float]] = {"look up every id (before)": [], "id bound (now)": []}
+    for k in range(200):
+        name = list(index_ms)[k % 2]
+        new = np.array([n_ids + k], dtype=np.int64)
+        t = time.perf_counter()
+        if k % 2 == 0:
+            add_looking_up(new)
+        else:
+            index.add(one, new)
+        index_ms[name].append((time.perf_counter() - t) * 1e3)
+    del vectors
+
     def p(values: list[float], q: float) -> float:
         return float(np.percentile(values, q))
 
@@ -141,6 +172,9 @@ def main() -> int:
     print(f"\nper-item arrays at {args.large:,} items ({' + '.join(map(str, widths))} floats a row), 200 appends: "
           f"{per_copy:.1f} ms an item copying them whole (before), {per_grow:.3f} ms with growable rows (now), "
           f"{per_copy / per_grow:.0f}x")
+    before, now = (statistics.median(v) for v in index_ms.values())
+    print(f"ItemIndex.add of one id at {n_ids:,} ids (Flat, 64-d), 100 each way alternated: median {before:.3f} ms "
+          f"looking every id up (before), {now:.3f} ms with the id bound (now), {before / now:.0f}x")
     return 0 if same else 1
 
 

@@ -90,6 +90,11 @@ def test_add_and_remove_without_rebuild(factory):
         index.add(x[:1], np.array([5]))
     with pytest.raises(ValueError, match=r"ids: 1 ids are not in the index \(first: 750\)"):
         index.remove(np.array([750]))
+    # ids past every id added so far skip the lookup; the next add of the same id is still refused
+    index.add(x[:2], np.array([900, 901]))
+    with pytest.raises(ValueError, match=r"ids: 1 ids are already in the index \(first: 901\)"):
+        index.add(x[:2], np.array([901, 902]))
+    assert index.count == 799 and 902 not in index.ids()
 
 
 @pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat", "HNSW16"])
