@@ -683,6 +683,7 @@ class ShopService:
         self._journal = catalogue
         self._journal_at = (0, 0)  # (bytes, lines) of the journal applied
         self._journal_notes: list[str] = []
+        self._journal_superseded = 0  # journal adds of ids that the trained catalogue holds now
         self._sync_lock = threading.Lock()
         self._sync_every = float(catalogue_sync_s)
         self._synced_at = time.monotonic()
@@ -852,12 +853,13 @@ class ShopService:
 
     def catalogue_info(self) -> dict[str, Any]:
         """What changed since training: items added (and still served), trained items removed, the
-        journal that keeps them (``None``: in this process only) and the journal entries that
-        could not be applied, each with its reason."""
+        journal that keeps them (``None``: in this process only), the journal's adds of ids that
+        the trained catalogue holds now (a run retrained on tables that have them: the trained
+        item is served) and the journal entries that could not be applied, each with its reason."""
         added = self._active[self._n_trained:]
         return {"added": int(added.sum()), "removed": int((~self._active[:self._n_trained]).sum()),
                 "journal": str(self._journal.path) if self._journal is not None else None,
-                "not_applied": list(self._journal_notes)}
+                "superseded": self._journal_superseded, "not_applied": list(self._journal_notes)}
 
     # -- core search ----------------------------------------------------------------------------
     def _filtered(
@@ -1466,7 +1468,7 @@ class ShopService:
         """Replay the journal past ``_journal_at``; the caller holds ``_sync_lock``."""
         assert self._journal is not None
         entries, end, lines, incomplete = self._journal.read(*self._journal_at)
-        first = self._journal_at[1] + 1
+        first, superseded = self._journal_at[1] + 1, self._journal_superseded
         for n, entry in enumerate(entries, start=first):
             try:
                 self._replay(entry)
@@ -1475,6 +1477,9 @@ class ShopService:
                 logger.warning("catalogue journal %s, %s", self._journal.path, note)
                 self._journal_notes.append(note)
         self._journal_at = (end, lines)
+        if self._journal_superseded > superseded:
+            logger.info("%s: %d added items are in the trained catalogue now (a retrained run); the trained "
+                        "items are served", self._journal.path, self._journal_superseded - superseded)
         if incomplete and entries:
             logger.info("%s: %d bytes of an unfinished last line left for later", self._journal.path, incomplete)
         return len(entries)
@@ -1486,9 +1491,12 @@ class ShopService:
         if entry["op"] == "remove":
             self._delete(self._item(item_id))
             return
+        if item_id in self._item_pos and self._item_pos[item_id] < self._n_trained:
+            # the shop's tables have it since (a retrained run): the trained item is served
+            self._journal_superseded += 1
+            return
         if item_id in self._item_pos:
-            raise ValueError("the id is in the trained catalogue now, which is served instead"
-                             if self._item_pos[item_id] < self._n_trained else "the id was added twice")
+            raise ValueError("the id was added twice")
         from shopgraph.encoders.text import item_text
 
         text_vec, image_vec = decode_vector(entry["text_vec"]), decode_vector(entry["image_vec"])
