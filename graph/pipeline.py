@@ -7,6 +7,7 @@ every step succeeded, so an interrupted or failed build never leaves a half-writ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -14,6 +15,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -137,6 +139,27 @@ def _check_trainable(data: HeteroData, target: str) -> None:
     raise ValueError(f"target: no {target!r} events left to train on ({counts}): {why}")
 
 
+@contextlib.contextmanager
+def _catalogue_carried(old: Path, new: Path) -> Iterator[None]:
+    """Carry the items added and removed while ``old`` was served (``RUN/catalogue.jsonl`` and
+    ``RUN/added_images/``, :mod:`shopgraph.retrieval.catalogue`) into the rebuilt run ``new``, so a
+    rebuild never drops them: its services replay them (adds of ids the new tables hold count as
+    superseded). The journal's lock is held until the caller's swap is done, so a server still on
+    the old run cannot append a change that the copy misses."""
+    from shopgraph.retrieval.catalogue import IMAGES, JOURNAL, CatalogueJournal
+
+    if not (old / JOURNAL).is_file():
+        yield
+        return
+    with CatalogueJournal(old).locked():
+        shutil.copy2(old / JOURNAL, new / JOURNAL)
+        if (old / IMAGES).is_dir():
+            shutil.copytree(old / IMAGES, new / IMAGES)
+        logger.info("carried %s (%d bytes) and its images into the rebuilt run", old / JOURNAL,
+                    (new / JOURNAL).stat().st_size)
+        yield
+
+
 def build_run(
     data_dir: Path,
     out: Path,
@@ -161,7 +184,8 @@ def build_run(
         use_text, use_image: encode item text / images.
         text_model, image_model: local checkpoint folders (default: the bundled models).
         cache_dir: embedding cache folder.
-        overwrite: replace an existing run folder (only once the new one is complete).
+        overwrite: replace an existing run folder (only once the new one is complete); the items
+            added and removed while it was served (its catalogue journal) are carried over.
 
     Raises:
         FileExistsError: ``out`` is a file, or a non-empty folder without ``overwrite``, or one
@@ -218,7 +242,8 @@ def build_run(
         )
         run.verify()
         _check_out(Path(data_dir), out, overwrite=overwrite)  # the folder may have changed meanwhile
-        swap_in(tmp, out)  # the old run is moved aside, not deleted, until the new one is in place
+        with _catalogue_carried(out, tmp):
+            swap_in(tmp, out)  # the old run is moved aside, not deleted, until the new one is in place
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

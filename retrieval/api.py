@@ -134,8 +134,8 @@ class CatalogueOut(BaseModel):
     added: int = Field(description="items added at run time and served")
     removed: int = Field(description="trained items removed at run time")
     journal: str | None = Field(description="the run's journal that keeps these changes (null: this process only)")
-    superseded: int = Field(description="journal adds of ids the trained catalogue holds now (the trained item "
-                                        "is served)")
+    superseded: int = Field(description="journal changes the trained catalogue already reflects (a rebuilt run: "
+                                        "an added id its tables hold, a removed id they lack)")
     not_applied: list[str] = Field(description="journal entries that could not be applied, each with why")
 
 

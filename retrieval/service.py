@@ -853,9 +853,10 @@ class ShopService:
 
     def catalogue_info(self) -> dict[str, Any]:
         """What changed since training: items added (and still served), trained items removed, the
-        journal that keeps them (``None``: in this process only), the journal's adds of ids that
-        the trained catalogue holds now (a run retrained on tables that have them: the trained
-        item is served) and the journal entries that could not be applied, each with its reason."""
+        journal that keeps them (``None``: in this process only), the journal's changes that the
+        trained catalogue already reflects (``superseded``: a run rebuilt on tables that hold an
+        added id, whose trained item is served, or lack a removed one) and the journal entries
+        that could not be applied, each with its reason."""
         added = self._active[self._n_trained:]
         return {"added": int(added.sum()), "removed": int((~self._active[:self._n_trained]).sum()),
                 "journal": str(self._journal.path) if self._journal is not None else None,
@@ -1478,8 +1479,9 @@ class ShopService:
                 self._journal_notes.append(note)
         self._journal_at = (end, lines)
         if self._journal_superseded > superseded:
-            logger.info("%s: %d added items are in the trained catalogue now (a retrained run); the trained "
-                        "items are served", self._journal.path, self._journal_superseded - superseded)
+            logger.info("%s: %d changes are in the trained catalogue already (a run rebuilt on newer tables: "
+                        "ids added since are in them, ids removed since are not)", self._journal.path,
+                        self._journal_superseded - superseded)
         if incomplete and entries:
             logger.info("%s: %d bytes of an unfinished last line left for later", self._journal.path, incomplete)
         return len(entries)
@@ -1489,10 +1491,13 @@ class ShopService:
         another process). An add whose encoders are not this run's is encoded again."""
         item_id = entry["item_id"]
         if entry["op"] == "remove":
-            self._delete(self._item(item_id))
+            if item_id in self._item_pos:
+                self._delete(self._item_pos[item_id])
+            else:  # remove_item needs a served id: the run was rebuilt on tables without it since
+                self._journal_superseded += 1
             return
         if item_id in self._item_pos and self._item_pos[item_id] < self._n_trained:
-            # the shop's tables have it since (a retrained run): the trained item is served
+            # the shop's tables have it since (a rebuilt run): the trained item is served
             self._journal_superseded += 1
             return
         if item_id in self._item_pos:

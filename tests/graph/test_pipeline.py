@@ -98,6 +98,23 @@ def test_build_overwrite_replaces_only_a_previous_run(shop, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "mine", "run"]  # no temporary or old folder left
 
 
+def test_rebuilding_a_run_keeps_the_items_changed_while_it_was_served(shop, tmp_path):
+    from shopgraph.retrieval.catalogue import CatalogueJournal
+
+    run_dir = tmp_path / "run"
+    build_run(shop, run_dir, use_text=False, use_image=False, cache_dir=tmp_path / "cache")
+    journal = CatalogueJournal(run_dir)
+    image = journal.save_image(b"\x89PNG not really", "png")
+    with journal.locked():
+        journal.append({"op": "remove", "item_id": "i000001", "at": "2026-12-06T00:00:00Z"})
+    kept = journal.path.read_bytes()
+    build_run(shop, run_dir, use_text=False, use_image=False, cache_dir=tmp_path / "cache", overwrite=True)
+    assert (run_dir / "catalogue.jsonl").read_bytes() == kept
+    assert (run_dir / image).read_bytes() == b"\x89PNG not really"
+    RunDir(run_dir).verify()
+    assert [p.name for p in tmp_path.iterdir() if p.name != "cache"] == ["run"]  # no temporary or old folder left
+
+
 def test_build_reports_bad_tables(tmp_path, capsys):
     data = tmp_path / "bad"
     data.mkdir()
