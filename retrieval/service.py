@@ -755,7 +755,10 @@ class ShopService:
                 # Only add_item needs the model; serving the rest must not depend on it.
                 logger.warning("model in %s could not be loaded (%s: %s); add_item is unavailable",
                                folder, type(exc).__name__, str(exc).splitlines()[0])
-                model_problem = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+                model_problem = (f"the run's model could not be loaded ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0]})")
+        elif not load_model:
+            model_problem = "it was loaded with load_model=False"
         config = run.manifest.get("config", {})
         root = config.get("tables_root")
         prob = embeddings.get("fraud_prob")
@@ -1284,7 +1287,7 @@ class ShopService:
     def _inductive_embedding(self, row: np.ndarray) -> np.ndarray:
         """``ShopGNN.embed`` on a graph holding only the new item, no edges, no id embedding."""
         if self.model is None:
-            why = (f"the run's model could not be loaded ({self._model_problem})" if self._model_problem
+            why = (self._model_problem if self._model_problem
                    else "RUN/model/ is missing; run `shopgraph train`")
             raise NotAvailableError(f"add_item: this service has no model: {why}")
         import torch

@@ -758,3 +758,12 @@ def test_many_added_items_stay_exact(own_run):
     ids, _ = _brute(svc, svc.user_emb[3], _purchased(svc, own_run, "u003"), 40)
     assert svc.recommend("u003", k=40).item_ids == ids
     assert svc.recommend_new("u003", k=5).item_ids[0].startswith("new")
+
+
+def test_added_items_that_cannot_be_embedded_are_reported_and_served_again_later(own_run):
+    load_service(own_run).add_item("new1", "glow in the dark frisbee")
+    without_model = load_service(own_run, load_model=False)
+    assert not without_model.has_item("new1")
+    assert without_model.catalogue_info()["not_applied"] == [
+        "line 1: add 'new1' not applied: add_item: this service has no model: it was loaded with load_model=False"]
+    assert load_service(own_run).has_item("new1")  # kept in the journal: a service with the model serves it
