@@ -121,7 +121,7 @@ FraudAttribution = Callable[[int], Sequence[tuple[str, float, float]] | None]
 class _Growable:
     """An array that grows by rows without copying itself on every append: rows go into spare
     capacity, which grows by an eighth (at least 64 rows) when full. Copying the whole array per
-    added item cost ~340 ms an item at 100,000 items with image features; this costs a few row
+    added item cost about 0.3 s an item at 100,000 items with image features; this costs a few row
     copies an item amortised, for at most an eighth more memory. ``view`` is the filled part (a
     view: writes to it change the array)."""
 
