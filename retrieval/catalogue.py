@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,10 +61,13 @@ def decode_vector(text: str | None) -> np.ndarray | None:
     return np.frombuffer(base64.b64decode(text.encode("ascii"), validate=True), dtype="<f4").astype(np.float32)
 
 
+def _canonical(entry: dict[str, Any]) -> str:
+    """The one JSON form of an entry: what is written, and what its sha256 is taken over."""
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def _digest(entry: dict[str, Any]) -> str:
-    body = {k: v for k, v in entry.items() if k != "sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
-                                     ensure_ascii=False).encode()).hexdigest()
+    return hashlib.sha256(_canonical({k: v for k, v in entry.items() if k != "sha256"}).encode()).hexdigest()
 
 
 def _check_entry(entry: Any, where: str) -> dict[str, Any]:
@@ -160,15 +164,16 @@ class CatalogueJournal:
         return entries, offset + end, line, len(payload) - end
 
     def append(self, entry: dict[str, Any]) -> int:
-        """Write ``entry`` (with its sha256) as the journal's last line and fsync it; call under
-        :meth:`locked`. An incomplete last line left by a crash is cut off first (logged).
+        """Write ``entry`` (with its sha256, and the UTC time as ``at`` unless it has one) as the
+        journal's last line and fsync it; call under :meth:`locked`. An incomplete last line left
+        by a crash is cut off first (logged).
 
         Returns:
             The journal's size after the line.
         """
-        line = dict(entry, v=VERSION)
+        line = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry, "v": VERSION}
         line["sha256"] = _digest(line)
-        data = (json.dumps(line, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+        data = (_canonical(line) + "\n").encode()
         created = not self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:

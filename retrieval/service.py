@@ -677,7 +677,6 @@ class ShopService:
         if self._item_x_mean is not None:
             x_items = np.asarray(data["item"].x, dtype=np.float32)
             self._item_x_range = (x_items.min(axis=0), x_items.max(axis=0))
-        self._n_items_trained = n_items
 
         # -- the catalogue journal: replay what was added and removed since training ----------------
         self._journal = catalogue
@@ -1336,8 +1335,7 @@ class ShopService:
                           f"{shown(item_id.strip())})", stacklevel=2)
             item_id = item_id.strip()
         self._maybe_sync()
-        if item_id in self._item_pos:
-            raise DuplicateIdError(f"item_id: item {shown(item_id)} already exists")
+        self._refuse_known(item_id)
         for name, value in (("title", title), ("category", category), ("description", description)):
             if not isinstance(value, str):
                 raise ValueError(f"{name}: expected a string (got {type(value).__name__})")
@@ -1357,16 +1355,13 @@ class ShopService:
         payload, ext = _image_file(image) if image is not None else (b"", "")
         with self._sync_lock, self._journal.locked():
             self._sync()  # what other processes changed, so that the id check below is theirs too
-            if item_id in self._item_pos:
-                raise DuplicateIdError(f"item_id: item {shown(item_id)} already exists")
+            self._refuse_known(item_id)
             rel = self._journal.save_image(payload, ext) if payload else ""
-            end = self._journal.append({
+            self._append({
                 "op": "add", "item_id": item_id, "title": title, "category": category,
                 "description": description, "price": price, "image": rel,
                 "text_model": self._encoder_name("text"), "image_model": self._encoder_name("image"),
-                "text_vec": encode_vector(text_vec), "image_vec": encode_vector(image_vec),
-                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-            self._journal_at = (end, self._journal_at[1] + 1)
+                "text_vec": encode_vector(text_vec), "image_vec": encode_vector(image_vec)})
             return self._insert(item_id, title, category, description, price,
                                 str(self._journal.run_path / rel) if rel else "", text_vec, image_vec, emb)
 
@@ -1381,9 +1376,7 @@ class ShopService:
         with self._sync_lock, self._journal.locked():
             self._sync()
             i = self._item(item_id)
-            end = self._journal.append({"op": "remove", "item_id": item_id,
-                                        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-            self._journal_at = (end, self._journal_at[1] + 1)
+            self._append({"op": "remove", "item_id": item_id})
             self._delete(i)
 
     def _insert(self, item_id: str, title: str, category: str, description: str, price: float | None,
@@ -1429,6 +1422,16 @@ class ShopService:
         logger.info("removed item %r (node %d)", self.item_ids[i], i)
 
     # -- the catalogue journal ----------------------------------------------------------------
+    def _refuse_known(self, item_id: str) -> None:
+        if item_id in self._item_pos:
+            raise DuplicateIdError(f"item_id: item {shown(item_id)} already exists")
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        """Write one change of this process to the journal (the caller holds ``_sync_lock`` and the
+        journal's lock, and has applied everything before it: the line is the next one)."""
+        assert self._journal is not None
+        self._journal_at = (self._journal.append(entry), self._journal_at[1] + 1)
+
     def _encoder_name(self, kind: str) -> str:
         """The encoder that made this run's ``kind`` vectors, as the journal records it."""
         model = self._text_model if kind == "text" else self._image_model
