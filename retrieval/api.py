@@ -150,7 +150,7 @@ class HealthOut(BaseModel):
 
 
 class ItemIn(BaseModel):
-    """JSON body of ``POST /items`` (its schema; the body is checked by :func:`_item_json`)."""
+    """JSON body of ``POST /items`` (its schema; the body is checked by :func:`_item_fields`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -359,9 +359,9 @@ def include_fraud_cases(app: FastAPI, run_dir: Path | None) -> bool:
 _JSON_EXAMPLE = '{"text": "red shoes", "k": 10}'
 
 
-async def _json_body(request: Request, example: str = _JSON_EXAMPLE) -> Any:
-    """The parsed JSON body, read up to ``MAX_JSON_BYTES`` (413 past it); invalid JSON is a 422
-    that shows ``example``."""
+async def _json_body(request: Request, example: str) -> dict[str, Any]:
+    """The body's JSON object, read up to ``MAX_JSON_BYTES`` (413 past it); invalid JSON or another
+    JSON value is a 422 that shows ``example``."""
     too_big = HTTPException(413, f"body: over the {MAX_JSON_BYTES:,}-byte limit of a JSON query")
     try:
         if int(request.headers.get("content-length") or 0) > MAX_JSON_BYTES:
@@ -376,16 +376,29 @@ async def _json_body(request: Request, example: str = _JSON_EXAMPLE) -> Any:
             raise too_big
         chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
+        body = json.loads(b"".join(chunks))
     except ValueError:
         raise ValueError(f"body: expected a JSON object like {example} (got invalid JSON)") from None
+    if not isinstance(body, dict):
+        raise ValueError(f"body: expected a JSON object like {example} (got {type(body).__name__})")
+    return body
 
 
-def _search_json(body: Any) -> tuple[str, int]:
+def _media_type(request: Request, accepted: tuple[str, ...]) -> str:
+    """The request's media type, one of ``accepted`` (compared case-insensitively, RFC 9110), or
+    ``application/json`` when it names none; 415 naming ``accepted`` otherwise."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype:
+        return "application/json"
+    media = ctype.split(";", 1)[0].strip().lower()
+    if media not in accepted:
+        raise HTTPException(415, f"content-type: expected {' or '.join(accepted)} (got {shown(ctype)})")
+    return media
+
+
+def _search_json(body: dict[str, Any]) -> tuple[str, int]:
     """``(text, k)`` of a JSON search body: an object with ``text`` and optional ``k``, nothing else.
     ``k`` must be a JSON integer (not ``true``, ``"5"`` or ``5.0``), as in the query and the form."""
-    if not isinstance(body, dict):
-        raise ValueError(f"body: expected a JSON object like {_JSON_EXAMPLE} (got {type(body).__name__})")
     check_fields(list(body), ("text", "k"), "field")
     if "text" not in body:
         raise ValueError("text: required")
@@ -442,11 +455,9 @@ async def _search_form(request: Request) -> tuple[str | None, bytes, int]:
 _COLD_EXAMPLE = '{"item_ids": ["i000007", "i000100"], "k": 10} or {"text": "gifts for a runner", "k": 10}'
 
 
-def _cold_json(body: Any) -> tuple[list[str] | None, str | None, int, int]:
+def _cold_json(body: dict[str, Any]) -> tuple[list[str] | None, str | None, int, int]:
     """``(item_ids, text, k, n_seeds)`` of a cold-start body: exactly one of ``item_ids`` and
     ``text``; ``n_seeds`` only with ``text``; nothing else."""
-    if not isinstance(body, dict):
-        raise ValueError(f"body: expected a JSON object like {_COLD_EXAMPLE} (got {type(body).__name__})")
     check_fields(list(body), ("item_ids", "text", "k", "n_seeds"), "field")
     if ("item_ids" in body) == ("text" in body):
         raise ValueError(f"item_ids, text: expected one of them (got {'both' if 'text' in body else 'neither'})")
@@ -482,12 +493,6 @@ def _item_fields(body: dict[str, Any], what: str) -> dict[str, Any]:
         if name in out and len(out[name]) > MAX_TEXT_CHARS:
             raise ValueError(f"{name}: {len(out[name]):,} characters, over the {MAX_TEXT_CHARS:,}-character limit")
     return out
-
-
-def _item_json(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise ValueError(f"body: expected a JSON object like {_ITEM_EXAMPLE} (got {type(body).__name__})")
-    return _item_fields(body, "field")
 
 
 async def _item_form(request: Request) -> tuple[dict[str, Any], bytes | None]:
@@ -574,9 +579,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/json": {"schema": ColdIn.model_json_schema()}}}}, dependencies=[nothing])
     async def recommend_cold(request: Request) -> ColdOut:
-        ctype = request.headers.get("content-type", "")
-        if ctype and ctype.split(";", 1)[0].strip().lower() != "application/json":
-            raise HTTPException(415, f"content-type: expected application/json (got {shown(ctype)})")
+        _media_type(request, ("application/json",))
         ids, text, k, n_seeds = _cold_json(await _json_body(request, _COLD_EXAMPLE))
         if text is not None:
             rec = await run_in_threadpool(service.recommend_for_text, text, k, n_seeds)
@@ -612,17 +615,12 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     }, tags=["search"], summary="Search items by text (JSON) or image (multipart)", openapi_extra=search_body,
         dependencies=[nothing])
     async def search(request: Request) -> SearchOut:
-        ctype = request.headers.get("content-type", "")
-        media = ctype.split(";", 1)[0].strip().lower()  # media types are case-insensitive (RFC 9110)
         text: str | None = None
         image: bytes | None = None
-        if media == "multipart/form-data":
+        if _media_type(request, ("application/json", "multipart/form-data")) == "multipart/form-data":
             text, image, k = await _search_form(request)
-        elif media == "application/json" or not ctype:
-            text, k = _search_json(await _json_body(request))
         else:
-            raise HTTPException(415, f"content-type: expected application/json or multipart/form-data "
-                                     f"(got {shown(ctype)})")
+            text, k = _search_json(await _json_body(request, _JSON_EXAMPLE))
         rec = await run_in_threadpool(service.search, text=text, image=image, k=k)
         return SearchOut(text=text, image=image is not None, k=k, items=_items(rec))
 
@@ -664,16 +662,11 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
               summary="Add an item without retraining (JSON, or multipart with an image)",
               openapi_extra=item_body, dependencies=[nothing])
     async def add_item(request: Request) -> ItemInfoOut:
-        ctype = request.headers.get("content-type", "")
-        media = ctype.split(";", 1)[0].strip().lower()
         image: bytes | None = None
-        if media == "multipart/form-data":
+        if _media_type(request, ("application/json", "multipart/form-data")) == "multipart/form-data":
             fields, image = await _item_form(request)
-        elif media == "application/json" or not ctype:
-            fields = _item_json(await _json_body(request, _ITEM_EXAMPLE))
         else:
-            raise HTTPException(415, f"content-type: expected application/json or multipart/form-data "
-                                     f"(got {shown(ctype)})")
+            fields = _item_fields(await _json_body(request, _ITEM_EXAMPLE), "field")
         await run_in_threadpool(_changed, lambda: service.add_item(**fields, image=image))
         return ItemInfoOut(**service.item_info(fields["item_id"].strip()))
 
