@@ -141,21 +141,23 @@ def _check_trainable(data: HeteroData, target: str) -> None:
 
 @contextlib.contextmanager
 def _catalogue_carried(old: Path, new: Path) -> Iterator[None]:
-    """Carry the items added and removed while ``old`` was served (``RUN/catalogue.jsonl`` and
-    ``RUN/added_images/``, :mod:`shopgraph.retrieval.catalogue`) into the rebuilt run ``new``, so a
+    """Carry the items added and removed while ``old`` was served (``RUN/catalogue.jsonl``,
+    ``RUN/added_images/`` and the journal's compacted generations in ``RUN/catalogue_history/``,
+    :mod:`shopgraph.retrieval.catalogue`) into the rebuilt run ``new``, so a
     rebuild never drops them: its services replay them (adds of ids the new tables hold count as
     superseded). The journal's lock is held until the caller's swap is done, so a server still on
     the old run cannot append a change that the copy misses."""
-    from shopgraph.retrieval.catalogue import IMAGES, JOURNAL, CatalogueJournal
+    from shopgraph.retrieval.catalogue import HISTORY, IMAGES, JOURNAL, CatalogueJournal
 
     if not (old / JOURNAL).is_file():
         yield
         return
     with CatalogueJournal(old).locked():
         shutil.copy2(old / JOURNAL, new / JOURNAL)
-        if (old / IMAGES).is_dir():
-            shutil.copytree(old / IMAGES, new / IMAGES)
-        logger.info("carried %s (%d bytes) and its images into the rebuilt run", old / JOURNAL,
+        for folder in (IMAGES, HISTORY):
+            if (old / folder).is_dir():
+                shutil.copytree(old / folder, new / folder)
+        logger.info("carried %s (%d bytes), its images and history into the rebuilt run", old / JOURNAL,
                     (new / JOURNAL).stat().st_size)
         yield
 

@@ -137,6 +137,7 @@ class CatalogueOut(BaseModel):
     superseded: int = Field(description="journal changes the trained catalogue already reflects (a rebuilt run: "
                                         "an added id its tables hold, a removed id they lack)")
     not_applied: list[str] = Field(description="journal entries that could not be applied, each with why")
+    generation: int = Field(description="how many times the journal was compacted (`shopgraph catalogue --compact`)")
 
 
 class HealthOut(BaseModel):

@@ -13,6 +13,14 @@ encoders' vectors (base64 float32, with the names of the encoders that made them
 with other encoders re-encodes instead of mixing vector spaces) and its image, copied to
 ``RUN/added_images/<sha256>.<ext>``. The model's embedding is not stored: it is recomputed from
 these with the run's current model, so the items follow a retrained model.
+
+*Compaction* (:meth:`CatalogueJournal.compact`, ``shopgraph catalogue --run RUN --compact``)
+keeps only the lines that still change what is served: an item added and later removed, an add
+of an id the run's tables hold now, a removal of an id they lack and a second add of one id all
+go. The journal is replaced by a new *generation* whose first line says what it was made from,
+and the one before is kept, byte for byte, as ``RUN/catalogue_history/catalogue.<generation>.jsonl``:
+a running service that had not read all of it yet reads the rest there, then goes on in the new
+one, so services never need a restart and nothing is lost.
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -37,8 +46,11 @@ logger = logging.getLogger(__name__)
 
 JOURNAL = "catalogue.jsonl"
 IMAGES = "added_images"
+HISTORY = "catalogue_history"
 VERSION = 1
 _OPS = ("add", "remove")
+_HEADER_OP = "compacted"
+_HEADER_FIELDS = ("generation", "kept", "kept_bytes", "from_lines", "from_bytes")
 _ADD_FIELDS = {"title": str, "category": str, "description": str, "image": str, "text_model": str,
                "image_model": str, "at": str}
 
@@ -70,6 +82,51 @@ def _digest(entry: dict[str, Any]) -> str:
     return hashlib.sha256(_canonical({k: v for k, v in entry.items() if k != "sha256"}).encode()).hexdigest()
 
 
+def _line(entry: dict[str, Any]) -> bytes:
+    """One journal line: ``entry`` stamped with the UTC time as ``at`` (unless it has one), the
+    format version and its sha256."""
+    line = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry, "v": VERSION}
+    line["sha256"] = _digest(line)
+    return (_canonical(line) + "\n").encode()
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a folder's new or renamed names survive a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _net(entries: list[dict[str, Any]], trained_ids: set[str]) -> tuple[list[int], dict[str, int], int, int]:
+    """Which of ``entries`` (in order) still change what a service over tables holding
+    ``trained_ids`` serves, replaying them as :class:`~shopgraph.retrieval.service.ShopService`
+    does: ``(indices kept, lines dropped by reason, ids added, trained ids removed)``."""
+    dropped = dict.fromkeys(("cancelled", "superseded", "not applied"), 0)
+    # id -> (served now, the add that made it served, the removal of its trained item)
+    state: dict[str, tuple[bool, int | None, int | None]] = {}
+    for n, entry in enumerate(entries):
+        item_id = entry["item_id"]
+        served, added, removed = state.get(item_id, (item_id in trained_ids, None, None))
+        if entry["op"] == "add":
+            if not served:
+                served, added = True, n
+            else:  # the trained item is served (a rebuilt run), or the id was added before
+                dropped["superseded" if added is None else "not applied"] += 1
+        elif not served:  # a removal of an id the tables lack (a rebuilt run)
+            dropped["superseded"] += 1
+        elif added is not None:  # an added item removed again: neither line is needed
+            served, added = False, None
+            dropped["cancelled"] += 2
+        else:
+            served, removed = False, n
+        state[item_id] = (served, added, removed)
+    keep = sorted(n for _, added, removed in state.values() for n in (added, removed) if n is not None)
+    return (keep, dropped, sum(added is not None for _, added, _ in state.values()),
+            sum(removed is not None for _, _, removed in state.values()))
+
+
 def _check_entry(entry: Any, where: str) -> dict[str, Any]:
     """``entry`` when it is a well-formed journal object; a :class:`CatalogueError` naming ``where``
     and what is wrong otherwise."""
@@ -79,6 +136,12 @@ def _check_entry(entry: Any, where: str) -> dict[str, Any]:
         raise CatalogueError(f"{where}: its sha256 does not match its content (the line was changed or damaged)")
     if entry.get("v") != VERSION:
         raise CatalogueError(f"{where}: journal format {entry.get('v')!r}, this version reads {VERSION}")
+    if entry.get("op") == _HEADER_OP:
+        for name in _HEADER_FIELDS:
+            value = entry.get(name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CatalogueError(f"{where}: {name} must be an integer >= 0 (got {value!r})")
+        return entry
     if entry.get("op") not in _OPS:
         raise CatalogueError(f"{where}: op must be one of {', '.join(_OPS)} (got {entry.get('op')!r})")
     if not isinstance(entry.get("item_id"), str) or not entry["item_id"]:
@@ -98,6 +161,42 @@ def _check_entry(entry: Any, where: str) -> dict[str, Any]:
     return entry
 
 
+@dataclass(frozen=True)
+class JournalPosition:
+    """How far a service has applied the journal: the file's generation, the bytes and lines of it
+    applied, and its inode (``0``: no file read yet), by which a replaced journal is noticed."""
+
+    generation: int = 0
+    offset: int = 0
+    line: int = 0
+    ino: int = 0
+
+
+@dataclass
+class Compaction:
+    """What :meth:`CatalogueJournal.compact` found in the journal, and what it kept.
+
+    ``dropped`` counts lines by why they no longer change what is served: ``cancelled`` (an item
+    added and later removed: both lines), ``superseded`` (an add of an id the run's tables hold, a
+    removal of an id they lack) and ``not applied`` (a second add of an id already added).
+    """
+
+    generation: int
+    lines: int
+    bytes: int
+    kept: int
+    net_added: int
+    net_removed: int
+    dropped: dict[str, int] = field(default_factory=dict)
+    incomplete: int = 0  # bytes of an unfinished last line (never applied), left out too
+    archive: str | None = None  # where the journal read is kept, when a new generation was written
+
+    @property
+    def changed(self) -> bool:
+        """Whether compacting would write anything (lines to drop, or an unfinished line)."""
+        return bool(sum(self.dropped.values()) or self.incomplete)
+
+
 class CatalogueJournal:
     """The append-only journal of one run folder (``RUN/catalogue.jsonl``).
 
@@ -112,12 +211,21 @@ class CatalogueJournal:
         self.path = self.run_path / JOURNAL
         self._lock_path = self.run_path / ".catalogue.lock"
 
+    def stat(self) -> tuple[int, int]:
+        """The journal's ``(inode, bytes)`` now (``(0, 0)`` before the first change)."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return 0, 0
+        return st.st_ino, st.st_size
+
     def size(self) -> int:
         """Bytes in the journal now (0 before the first change)."""
-        try:
-            return self.path.stat().st_size
-        except FileNotFoundError:
-            return 0
+        return self.stat()[1]
+
+    def archive_path(self, generation: int) -> Path:
+        """Where generation ``generation`` of the journal is kept once it has been compacted."""
+        return self.run_path / HISTORY / f"catalogue.{generation}.jsonl"
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -130,7 +238,8 @@ class CatalogueJournal:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def read(self, offset: int = 0, line: int = 0) -> tuple[list[dict[str, Any]], int, int, int]:
-        """The complete entries after byte ``offset`` (which ends line ``line``).
+        """The complete changes in the journal after byte ``offset`` (which ends line ``line``); a
+        compacted journal's first line, which says what it was made from, is checked and skipped.
 
         Returns:
             ``(entries, new_offset, new_line, incomplete)``: ``incomplete`` is the number of bytes
@@ -142,26 +251,106 @@ class CatalogueJournal:
                 than ``offset``.
         """
         try:
-            with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                f.seek(offset)
-                payload = f.read()
+            f = open(self.path, "rb")
         except FileNotFoundError:
-            size, payload = 0, b""
+            if offset:
+                raise CatalogueError(f"{self.path}: removed, after {offset:,} bytes of it were applied; restart "
+                                     "the service to serve what it holds") from None
+            return [], 0, 0, 0
+        with f:
+            found, end, line, incomplete = self._scan(f, offset, line, str(self.path))
+        return [entry for _, entry, _ in found], end, line, incomplete
+
+    def follow(self, pos: JournalPosition) -> tuple[list[tuple[str, dict[str, Any]]], JournalPosition, int]:
+        """The changes after ``pos``, each with where it is (file and line), across compactions:
+        when the journal was compacted since, the rest of each generation ``pos`` had not finished
+        is read from ``RUN/catalogue_history/`` first, then the new journal after the lines that
+        stand for the old one.
+
+        Returns:
+            ``(changes, new_position, incomplete)`` (``incomplete`` as in :meth:`read`).
+
+        Raises:
+            CatalogueError: a damaged line, or a journal cut, replaced by an older generation, or
+                compacted with the history ``pos`` needs gone.
+        """
+        try:
+            f = open(self.path, "rb")
+        except FileNotFoundError:
+            if pos.offset:
+                raise CatalogueError(f"{self.path}: removed, after {pos.offset:,} bytes of it were applied; "
+                                     "restart the service to serve what it holds") from None
+            return [], pos, 0
+        with f:
+            ino = os.fstat(f.fileno()).st_ino
+            generation, start, start_line = self._header(f, str(self.path))
+            found: list[tuple[str, dict[str, Any], bytes]] = []
+            if pos.ino == 0:  # nothing read yet: the journal as it stands now says it all
+                pos = JournalPosition(generation)
+            elif generation < pos.generation:
+                raise CatalogueError(f"{self.path}: generation {generation}, older than generation "
+                                     f"{pos.generation} already applied (replaced by an older copy?); restart the "
+                                     "service to serve what it holds")
+            elif generation > pos.generation:
+                offset, line = pos.offset, pos.line
+                for g in range(pos.generation, generation):
+                    path = self.archive_path(g)
+                    try:
+                        old = open(path, "rb")
+                    except FileNotFoundError:
+                        raise CatalogueError(f"{path}: missing; the journal was compacted to generation "
+                                             f"{generation} before this service had read all of generation {g}; "
+                                             "restart the service to serve what it holds") from None
+                    with old:
+                        if g > pos.generation:
+                            _, offset, line = self._header(old, str(path))
+                        found += self._scan(old, offset, line, str(path))[0]
+                pos = JournalPosition(generation, start, start_line)
+            got, end, line, incomplete = self._scan(f, pos.offset, pos.line, str(self.path))
+        return [(where, entry) for where, entry, _ in found + got], JournalPosition(generation, end, line, ino), incomplete
+
+    @staticmethod
+    def _header(f: BinaryIO, where: str) -> tuple[int, int, int]:
+        """``(generation, offset, line)`` of the open journal file ``f``: offset and line end the
+        lines that stand for the generation before it (0 for a journal never compacted)."""
+        f.seek(0)
+        first = f.readline()
+        try:
+            entry = json.loads(first) if first.endswith(b"\n") else None
+        except ValueError:
+            entry = None  # a damaged first line: reading the changes names it
+        if not isinstance(entry, dict) or entry.get("op") != _HEADER_OP:
+            return 0, 0, 0
+        _check_entry(entry, f"{where}: line 1")
+        return entry["generation"], len(first) + entry["kept_bytes"], 1 + entry["kept"]
+
+    @staticmethod
+    def _scan(f: BinaryIO, offset: int, line: int,
+              where: str) -> tuple[list[tuple[str, dict[str, Any], bytes]], int, int, int]:
+        """The complete changes of the open journal file ``f`` after ``offset`` (which ends line
+        ``line``), each with where it is and its bytes; then as :meth:`read`."""
+        size = os.fstat(f.fileno()).st_size
         if size < offset:
-            raise CatalogueError(f"{self.path}: {size:,} bytes, shorter than the {offset:,} already applied (it was "
+            raise CatalogueError(f"{where}: {size:,} bytes, shorter than the {offset:,} already applied (it was "
                                  f"replaced, cut or removed); restart the service to serve what it holds")
+        f.seek(offset)
+        payload = f.read()
         end = payload.rfind(b"\n") + 1
-        entries = []
+        found = []
         for raw in payload[:end].split(b"\n")[:-1]:
             line += 1
-            where = f"{self.path}: line {line}"
+            here = f"{where}: line {line}"
             try:
                 entry = json.loads(raw)
             except ValueError as exc:
-                raise CatalogueError(f"{where}: not valid JSON ({exc})") from None
-            entries.append(_check_entry(entry, where))
-        return entries, offset + end, line, len(payload) - end
+                raise CatalogueError(f"{here}: not valid JSON ({exc})") from None
+            _check_entry(entry, here)
+            if entry["op"] == _HEADER_OP:
+                if line != 1:
+                    raise CatalogueError(f"{here}: a compaction's first line, not first")
+                continue
+            found.append((here, entry, raw + b"\n"))
+        return found, offset + end, line, len(payload) - end
 
     def append(self, entry: dict[str, Any]) -> int:
         """Write ``entry`` (with its sha256, and the UTC time as ``at`` unless it has one) as the
@@ -171,9 +360,7 @@ class CatalogueJournal:
         Returns:
             The journal's size after the line.
         """
-        line = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry, "v": VERSION}
-        line["sha256"] = _digest(line)
-        data = (_canonical(line) + "\n").encode()
+        data = _line(entry)
         created = not self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
@@ -191,12 +378,54 @@ class CatalogueJournal:
         finally:
             os.close(fd)
         if created:  # the new name must survive a crash too
-            dir_fd = os.open(self.run_path, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fsync_dir(self.run_path)
         return end
+
+    def compact(self, trained_ids: set[str], *, dry_run: bool = False) -> Compaction:
+        """Keep only the changes that still change what is served over a run whose tables hold
+        ``trained_ids`` (see :class:`Compaction` for what goes).
+
+        The journal read is kept as ``RUN/catalogue_history/catalogue.<generation>.jsonl`` (a hard
+        link: the same bytes) and replaced, atomically, by the next generation: a first line that
+        says what it was made from, then the kept lines unchanged. Services over the run follow
+        it without a restart (:meth:`follow`). Nothing is written when nothing would be dropped
+        or with ``dry_run``.
+
+        Raises:
+            CatalogueError: a damaged line (nothing is written), or a history file of this
+                generation that is another file.
+        """
+        with self.locked():
+            try:
+                f = open(self.path, "rb")
+            except FileNotFoundError:
+                return Compaction(0, 0, 0, 0, 0, 0, dict.fromkeys(("cancelled", "superseded", "not applied"), 0))
+            with f:
+                size = os.fstat(f.fileno()).st_size
+                generation = self._header(f, str(self.path))[0]
+                found, _, _, incomplete = self._scan(f, 0, 0, str(self.path))
+            keep, dropped, net_added, net_removed = _net([entry for _, entry, _ in found], trained_ids)
+            report = Compaction(generation, len(found), size, len(keep), net_added, net_removed, dropped, incomplete)
+            if dry_run or not report.changed:
+                return report
+            archive = self.archive_path(generation)
+            archive.parent.mkdir(exist_ok=True)
+            if not archive.exists():
+                os.link(self.path, archive)
+                _fsync_dir(archive.parent)
+            elif not os.path.samefile(archive, self.path):  # a compaction interrupted before its swap left the link
+                raise CatalogueError(f"{archive}: already there and not the journal being compacted; nothing was "
+                                     "changed (move it away to compact)")
+            body = b"".join(found[i][2] for i in keep)
+            header = _line({"op": _HEADER_OP, "generation": generation + 1, "kept": len(keep), "kept_bytes": len(body),
+                            "from_lines": len(found), "from_bytes": size, "dropped": dropped})
+            atomic_write(self.path, lambda p: p.write_bytes(header + body))
+            _fsync_dir(self.run_path)
+            report.archive = str(archive)
+            logger.info("compacted %s: generation %d, %d of %d changes kept (dropped: %s); generation %d kept as %s",
+                        self.path, generation + 1, len(keep), len(found),
+                        ", ".join(f"{n} {why}" for why, n in dropped.items()), generation, archive)
+            return report
 
     @staticmethod
     def _complete_prefix(fd: int, size: int) -> int:
@@ -219,3 +448,39 @@ class CatalogueJournal:
         if not path.is_file() or path.stat().st_size != len(payload):
             atomic_write(path, lambda p: p.write_bytes(payload))
         return rel
+
+
+def cli_catalogue(args: Any) -> int:
+    """``shopgraph catalogue --run RUN [--compact] [--json]``: what the run's journal holds, and
+    (with ``--compact``) keep only what still changes the served catalogue."""
+    from dataclasses import asdict
+
+    from shopgraph.graph.run import RunDir
+
+    run = RunDir(args.run)
+    journal = CatalogueJournal(run.path)
+    exists = journal.path.is_file()
+    report = journal.compact(set(run.load_graph()["item"].ids), dry_run=not args.compact) if exists else None
+    if args.json:
+        print(json.dumps({"journal": str(journal.path) if exists else None,
+                          **(asdict(report) | {"changed": report.changed} if report else {})}))
+        return 0
+    if report is None:
+        print(f"{run.path}: no catalogue journal (no item was added or removed at run time)")
+        return 0
+    why = {"cancelled": "items added, then removed", "superseded": "the run's tables hold the added ids "
+           "and lack the removed ones", "not applied": "ids added a second time"}
+    print(f"{journal.path}: generation {report.generation}, {report.lines:,} changes, {report.bytes:,} bytes")
+    print(f"  served: {report.net_added:,} items added, {report.net_removed:,} trained items removed "
+          f"({report.kept:,} changes)")
+    gone = [f"{n:,} {reason} ({why[reason]})" for reason, n in report.dropped.items() if n]
+    if report.incomplete:
+        gone.append(f"an unfinished last line of {report.incomplete:,} bytes (never applied)")
+    print(f"  no longer needed: {'; '.join(gone) if gone else 'nothing'}")
+    if report.archive:
+        print(f"compacted: generation {report.generation + 1} keeps {report.kept:,} changes; generation "
+              f"{report.generation} is kept as {report.archive} (running services follow without a restart)")
+    elif report.changed:
+        print(f"run `shopgraph catalogue --run {args.run} --compact` to keep only the {report.kept:,} changes "
+              "that are needed")
+    return 0

@@ -33,7 +33,13 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from shopgraph.graph.run import RunDir
-from shopgraph.retrieval.catalogue import CatalogueError, CatalogueJournal, decode_vector, encode_vector
+from shopgraph.retrieval.catalogue import (
+    CatalogueError,
+    CatalogueJournal,
+    JournalPosition,
+    decode_vector,
+    encode_vector,
+)
 from shopgraph.retrieval.index import INDEX_DIR, INDEX_NAMES, ItemIndex, load_embeddings
 
 logger = logging.getLogger(__name__)
@@ -680,7 +686,7 @@ class ShopService:
 
         # -- the catalogue journal: replay what was added and removed since training ----------------
         self._journal = catalogue
-        self._journal_at = (0, 0)  # (bytes, lines) of the journal applied
+        self._journal_at = JournalPosition()  # how far the journal is applied
         self._journal_notes: list[str] = []
         self._journal_superseded = 0  # journal adds of ids that the trained catalogue holds now
         self._sync_lock = threading.Lock()
@@ -857,12 +863,14 @@ class ShopService:
         """What changed since training: items added (and still served), trained items removed, the
         journal that keeps them (``None``: in this process only), the journal's changes that the
         trained catalogue already reflects (``superseded``: a run rebuilt on tables that hold an
-        added id, whose trained item is served, or lack a removed one) and the journal entries
-        that could not be applied, each with its reason."""
+        added id, whose trained item is served, or lack a removed one), the journal entries that
+        could not be applied, each with its reason, and the journal's generation (how many times
+        it was compacted)."""
         added = self._active[self._n_trained:]
         return {"added": int(added.sum()), "removed": int((~self._active[:self._n_trained]).sum()),
                 "journal": str(self._journal.path) if self._journal is not None else None,
-                "superseded": self._journal_superseded, "not_applied": list(self._journal_notes)}
+                "superseded": self._journal_superseded, "not_applied": list(self._journal_notes),
+                "generation": self._journal_at.generation}
 
     # -- core search ----------------------------------------------------------------------------
     def _filtered(
@@ -1430,7 +1438,9 @@ class ShopService:
         """Write one change of this process to the journal (the caller holds ``_sync_lock`` and the
         journal's lock, and has applied everything before it: the line is the next one)."""
         assert self._journal is not None
-        self._journal_at = (self._journal.append(entry), self._journal_at[1] + 1)
+        end = self._journal.append(entry)
+        at = self._journal_at  # the lock is held: the file appended to is the one stat() sees
+        self._journal_at = JournalPosition(at.generation, end, at.line + 1, self._journal.stat()[0])
 
     def _encoder_name(self, kind: str) -> str:
         """The encoder that made this run's ``kind`` vectors, as the journal records it."""
@@ -1445,7 +1455,8 @@ class ShopService:
         if self._journal is None or time.monotonic() - self._synced_at < self._sync_every:
             return
         self._synced_at = time.monotonic()
-        if self._journal.size() == self._journal_at[0] or not self._sync_lock.acquire(blocking=False):
+        if (self._journal.stat() == (self._journal_at.ino, self._journal_at.offset)
+                or not self._sync_lock.acquire(blocking=False)):
             return
         try:
             self._sync()
@@ -1472,18 +1483,21 @@ class ShopService:
             return self._sync()
 
     def _sync(self) -> int:
-        """Replay the journal past ``_journal_at``; the caller holds ``_sync_lock``."""
+        """Replay the journal past ``_journal_at`` (across a compaction); the caller holds
+        ``_sync_lock``."""
         assert self._journal is not None
-        entries, end, lines, incomplete = self._journal.read(*self._journal_at)
-        first, superseded = self._journal_at[1] + 1, self._journal_superseded
-        for n, entry in enumerate(entries, start=first):
+        entries, at, incomplete = self._journal.follow(self._journal_at)
+        superseded = self._journal_superseded
+        for where, entry in entries:
             try:
                 self._replay(entry)
             except (ValueError, NotAvailableError) as exc:
-                note = f"line {n}: {entry['op']} {entry['item_id']!r} not applied: {exc}"
-                logger.warning("catalogue journal %s, %s", self._journal.path, note)
+                note = f"{Path(where).name}: {entry['op']} {entry['item_id']!r} not applied: {exc}"
+                logger.warning("catalogue journal %s", note)
                 self._journal_notes.append(note)
-        self._journal_at = (end, lines)
+        if at.generation != self._journal_at.generation and self._journal_at.ino:
+            logger.info("%s: compacted to generation %d meanwhile; following it", self._journal.path, at.generation)
+        self._journal_at = at
         if self._journal_superseded > superseded:
             logger.info("%s: %d changes are in the trained catalogue already (a run rebuilt on newer tables: "
                         "ids added since are in them, ids removed since are not)", self._journal.path,

@@ -24,6 +24,7 @@ _COMMANDS: dict[str, str] = {
     "evaluate": "shopgraph.graph.evaluate:cli_evaluate",
     "index": "shopgraph.retrieval.index:cli_index",
     "serve": "shopgraph.retrieval.api:cli_serve",
+    "catalogue": "shopgraph.retrieval.catalogue:cli_catalogue",
     "rings": "shopgraph.graph.rings:cli_rings",
     "demo": "shopgraph.ui.demo:cli_demo",
 }
@@ -129,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_port, default=8000, help="1-65535, or 0 for any free port (default 8000)")
     p.add_argument("--workers", type=_positive_int, default=1)
+
+    p = sub.add_parser("catalogue", help="what the items added and removed at run time hold; --compact them")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--compact", action="store_true",
+                   help="keep only the changes still served (the journal before is kept in RUN/catalogue_history/; "
+                        "running services follow without a restart)")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("rings", help="find, score and export fraud rings")
     p.add_argument("--run", type=Path, required=True)

@@ -107,9 +107,13 @@ def test_rebuilding_a_run_keeps_the_items_changed_while_it_was_served(shop, tmp_
     image = journal.save_image(b"\x89PNG not really", "png")
     with journal.locked():
         journal.append({"op": "remove", "item_id": "i000001", "at": "2026-12-06T00:00:00Z"})
+        journal.append({"op": "remove", "item_id": "no such item", "at": "2026-12-06T00:00:01Z"})
+    history = journal.path.read_bytes()
+    assert journal.compact({"i000001"}).archive  # the second line goes; generation 0 is kept in the history
     kept = journal.path.read_bytes()
     build_run(shop, run_dir, use_text=False, use_image=False, cache_dir=tmp_path / "cache", overwrite=True)
     assert (run_dir / "catalogue.jsonl").read_bytes() == kept
+    assert (run_dir / "catalogue_history" / "catalogue.0.jsonl").read_bytes() == history
     assert (run_dir / image).read_bytes() == b"\x89PNG not really"
     RunDir(run_dir).verify()
     assert [p.name for p in tmp_path.iterdir() if p.name != "cache"] == ["run"]  # no temporary or old folder left

@@ -421,7 +421,7 @@ def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
     assert r.status_code == 404 and r.json()["detail"] == "item_id: unknown item 'i004'"
     health = writable.get("/healthz").json()
     assert health["catalogue"] == {"added": 2, "removed": 1, "journal": str(writable.run / "catalogue.jsonl"),
-                                   "superseded": 0, "not_applied": []}
+                                   "superseded": 0, "not_applied": [], "generation": 0}
     # a restarted server answers the same
     again = create_app(load_service(writable.run), demo=False, fraud_cases=False)
     with TestClient(again) as c:

@@ -114,7 +114,152 @@ def test_a_journal_shorter_than_what_was_applied_is_an_error(tmp_path: Path):
     with journal.locked():
         end = journal.append(_add("a"))
     assert journal.read(end, 1) == ([], end, 1, 0)
-    journal.path.unlink()
+    journal.path.write_bytes(b"")
     with pytest.raises(CatalogueError, match=f"0 bytes, shorter than the {end:,} already applied"):
         journal.read(end, 1)
+    journal.path.unlink()
+    with pytest.raises(CatalogueError, match=f"catalogue.jsonl: removed, after {end:,} bytes of it were applied"):
+        journal.read(end, 1)
     assert journal.read() == ([], 0, 0, 0)
+
+
+# -- compaction ---------------------------------------------------------------------------------
+def _remove(item_id: str) -> dict[str, object]:
+    return {"op": "remove", "item_id": item_id, "at": "2026-12-06T00:00:00Z"}
+
+
+def _write(journal: CatalogueJournal, *entries: dict[str, object]) -> None:
+    with journal.locked():
+        for entry in entries:
+            journal.append(entry)
+
+
+def _served(entries: list[dict[str, object]], trained: set[str]) -> dict[str, object]:
+    """The ids served after replaying ``entries`` over ``trained`` as the service does, each with the
+    title of the add that serves it (``None``: the trained item)."""
+    served: dict[str, object] = dict.fromkeys(trained)
+    for e in entries:
+        item_id = str(e["item_id"])
+        if e["op"] == "add" and item_id not in served:
+            served[item_id] = e["title"]
+        elif e["op"] == "remove":
+            served.pop(item_id, None)
+    return served
+
+
+def test_compaction_keeps_only_what_changes_the_served_catalogue(tmp_path: Path):
+    journal = CatalogueJournal(tmp_path)
+    trained = {"t1", "t2", "t3"}
+    _write(journal, _add("a"), _add("b"), _remove("a"), _remove("t1"), _add("t2"), _remove("ghost"),
+           _add("b"), _remove("t3"), _add("t3"), _add("c"), _remove("c"), _add("c"))
+    before = journal.path.read_bytes()
+    lines = before.splitlines(keepends=True)
+    dry = journal.compact(trained, dry_run=True)
+    assert journal.path.read_bytes() == before and not (tmp_path / "catalogue_history").exists()
+    assert (dry.generation, dry.lines, dry.bytes, dry.kept, dry.archive) == (0, 12, len(before), 5, None)
+    assert dry.dropped == {"cancelled": 4, "superseded": 2, "not applied": 1} and dry.changed
+    assert (dry.net_added, dry.net_removed) == (3, 2)  # b, t3 (its trained item removed first), c; t1, t3
+
+    done = journal.compact(trained)
+    assert done.archive == str(tmp_path / "catalogue_history" / "catalogue.0.jsonl")
+    assert Path(done.archive).read_bytes() == before  # the generation before, byte for byte
+    header, *kept = journal.path.read_bytes().splitlines(keepends=True)
+    assert kept == [lines[i] for i in (1, 3, 7, 8, 11)]  # b, -t1, -t3, t3, c: unchanged, in order
+    assert json.loads(header)["generation"] == 1 and json.loads(header)["dropped"] == done.dropped
+    entries, end, line, _ = journal.read()
+    assert [(e["op"], e["item_id"]) for e in entries] == [("add", "b"), ("remove", "t1"), ("remove", "t3"),
+                                                          ("add", "t3"), ("add", "c")]
+    assert (end, line) == (journal.size(), 6)
+    assert _served(entries, trained) == _served([json.loads(x) for x in lines], trained)
+    assert sorted(_served(entries, trained)) == ["b", "c", "t2", "t3"]
+    again = journal.compact(trained)  # nothing more to drop: nothing written
+    assert not again.changed and again.generation == 1 and again.archive is None
+    assert not journal.archive_path(1).exists()
+
+
+def test_compaction_matches_a_full_replay_on_random_journals(tmp_path: Path):
+    rng = np.random.default_rng(7)
+    trained = {f"t{i}" for i in range(4)}
+    for case in range(40):
+        journal = CatalogueJournal(tmp_path / str(case))
+        journal.run_path.mkdir()
+        ids = [f"t{i}" for i in range(4)] + [f"n{i}" for i in range(4)]
+        entries = [_add(str(i)) | {"title": f"version {n}"} if rng.random() < 0.5 else _remove(str(i))
+                   for n, i in enumerate(rng.choice(ids, size=15))]
+        _write(journal, *entries)
+        journal.compact(trained)
+        assert _served(journal.read()[0], trained) == _served(entries, trained), case
+
+
+def test_a_service_behind_follows_the_journal_across_compactions(tmp_path: Path):
+    from shopgraph.retrieval.catalogue import JournalPosition
+
+    journal = CatalogueJournal(tmp_path)
+    _write(journal, _add("a"), _add("b"))
+    seen, pos, _ = journal.follow(JournalPosition())
+    assert [e["item_id"] for _, e in seen] == ["a", "b"] and pos.line == 2
+    _write(journal, _remove("a"), _add("c"))  # written by others; this reader has not read them
+    assert journal.compact(set()).archive  # generation 1: b, c
+    _write(journal, _add("d"), _remove("b"))
+    assert journal.compact(set()).archive  # generation 2: c, d
+    _write(journal, _add("e"))
+    seen, pos2, _ = journal.follow(pos)
+    # the rest of generation 0 from the history, generation 1's own changes, then generation 2's
+    assert [(where.rsplit("/", 1)[1], e["op"], e["item_id"]) for where, e in seen] == [
+        ("catalogue.0.jsonl: line 3", "remove", "a"), ("catalogue.0.jsonl: line 4", "add", "c"),
+        ("catalogue.1.jsonl: line 4", "add", "d"), ("catalogue.1.jsonl: line 5", "remove", "b"),
+        ("catalogue.jsonl: line 4", "add", "e")]
+    assert (pos2.generation, pos2.offset, pos2.line) == (2, journal.size(), 4)
+    assert journal.follow(pos2)[0] == []
+    fresh, pos3, _ = journal.follow(JournalPosition())  # a service starting now reads the journal alone
+    assert [e["item_id"] for _, e in fresh] == ["c", "d", "e"] and pos3 == pos2
+
+
+def test_following_without_the_history_it_needs_is_an_error_naming_it(tmp_path: Path):
+    from shopgraph.retrieval.catalogue import JournalPosition
+
+    journal = CatalogueJournal(tmp_path)
+    _write(journal, _add("a"))
+    _, pos, _ = journal.follow(JournalPosition())
+    _write(journal, _remove("a"))
+    journal.compact(set())
+    journal.archive_path(0).unlink()
+    with pytest.raises(CatalogueError, match=r"catalogue_history/catalogue.0.jsonl: missing; the journal was "
+                                             r"compacted to generation 1 before this service had read all of"):
+        journal.follow(pos)
+    older = JournalPosition(5, 10, 1, pos.ino)
+    with pytest.raises(CatalogueError, match="generation 1, older than generation 5 already applied"):
+        journal.follow(older)
+
+
+def test_a_damaged_journal_is_not_compacted(tmp_path: Path):
+    journal = CatalogueJournal(tmp_path)
+    _write(journal, _add("a"), _remove("a"))
+    damaged = journal.path.read_bytes().replace(b'"toys"', b'"tools"')
+    journal.path.write_bytes(damaged)
+    with pytest.raises(CatalogueError, match="line 1: its sha256 does not match"):
+        journal.compact(set())
+    assert journal.path.read_bytes() == damaged and not (tmp_path / "catalogue_history").exists()
+
+
+def test_compaction_drops_an_unfinished_line_and_resumes_an_interrupted_one(tmp_path: Path):
+    journal = CatalogueJournal(tmp_path)
+    _write(journal, _add("a"))
+    with open(journal.path, "ab") as f:
+        f.write(b'{"op":"add"')
+    # a compaction that stopped after keeping the generation in the history (a hard link)
+    journal.archive_path(0).parent.mkdir()
+    import os
+
+    os.link(journal.path, journal.archive_path(0))
+    report = journal.compact(set())
+    assert report.incomplete == 11 and report.kept == 1 and report.archive
+    assert [e["item_id"] for e in journal.read()[0]] == ["a"] and journal.read()[3] == 0
+    # a history file that is not this journal is never overwritten
+    _write(journal, _add("b"), _remove("b"))
+    journal.archive_path(1).write_bytes(b"something else\n")
+    before = journal.path.read_bytes()
+    with pytest.raises(CatalogueError, match=r"catalogue.1.jsonl: already there and not the journal being "
+                                             r"compacted; nothing was changed"):
+        journal.compact(set())
+    assert journal.path.read_bytes() == before

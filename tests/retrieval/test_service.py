@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -589,7 +590,7 @@ def test_added_and_removed_items_survive_a_restart(own_run):
     first.add_item("new2", "heavy duty umbrella")
     first.remove_item("i004")
     assert first.catalogue_info() == {"added": 2, "removed": 1, "journal": str(own_run / "catalogue.jsonl"),
-                                      "superseded": 0, "not_applied": []}
+                                      "superseded": 0, "not_applied": [], "generation": 0}
 
     again = load_service(own_run)  # a restart: the same catalogue, the same answers
     assert again.catalogue_info() == first.catalogue_info()
@@ -663,7 +664,7 @@ def test_journal_entries_that_cannot_apply_are_reported_and_kept(own_run, caplog
         again = load_service(own_run)
     assert again.has_item("new1") and again.item_ids.count("new1") == 1
     info = again.catalogue_info()
-    assert info["not_applied"] == ["line 4: add 'new1' not applied: the id was added twice"]
+    assert info["not_applied"] == ["catalogue.jsonl: line 4: add 'new1' not applied: the id was added twice"]
     assert all(note in caplog.text for note in info["not_applied"])
     # a run rebuilt on newer tables already reflects some changes: an added id they hold (the
     # trained item is served), a removed id they lack; counted, not problems
@@ -710,6 +711,49 @@ def test_items_from_other_encoders_are_encoded_again(own_run):
     np.testing.assert_allclose(again.item_emb[again.item_ids.index("new2")],
                                again.item_emb[again.item_ids.index("new1")], rtol=1e-5, atol=1e-6)
     assert again.catalogue_info()["not_applied"] == []
+
+
+def test_services_follow_a_compaction_without_a_restart(own_run, capsys):
+    from shopgraph.retrieval.catalogue import CatalogueJournal
+    from shopgraph.ui.cli import main
+
+    assert main(["catalogue", "--run", str(own_run)]) == 0
+    assert "no catalogue journal (no item was added or removed at run time)" in capsys.readouterr().out
+    writer, behind = load_service(own_run), load_service(own_run, catalogue_sync_s=3600.0)
+    writer.add_item("new1", "glow in the dark frisbee", category="toys")
+    writer.add_item("new2", "heavy duty umbrella")
+    assert behind.sync_catalogue() == 2
+    writer.remove_item("new1")  # not yet read by `behind`
+    writer.remove_item("i004")
+    writer.add_item("new3", "wool winter socks")
+    assert main(["catalogue", "--run", str(own_run)]) == 0
+    out = capsys.readouterr().out
+    assert "generation 0, 5 changes" in out and "served: 2 items added, 1 trained items removed (3 changes)" in out
+    assert "2 cancelled (items added, then removed)" in out and "--compact` to keep only the 3 changes" in out
+    assert main(["catalogue", "--run", str(own_run), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dropped"] == {"cancelled": 2, "superseded": 0, "not applied": 0} and report["changed"]
+    assert (report["kept"], report["archive"], report["journal"]) == (3, None, str(own_run / "catalogue.jsonl"))
+    assert main(["catalogue", "--run", str(own_run), "--compact"]) == 0
+    assert "compacted: generation 1 keeps 3 changes; generation 0 is kept as" in capsys.readouterr().out
+    assert [e["item_id"] for e in CatalogueJournal(own_run).read()[0]] == ["new2", "i004", "new3"]
+    writer.add_item("new4", "trail running shoes", category="shoes")  # the writer appends to generation 1
+
+    assert behind.sync_catalogue() == 4  # the rest of generation 0 from the history, then generation 1's own
+    fresh = load_service(own_run)
+    for svc in (writer, behind, fresh):
+        assert [svc.has_item(i) for i in ("new1", "new2", "i004", "new3", "new4")] == [False, True, False, True, True]
+        assert svc.catalogue_info() | {"superseded": 0} == {
+            "added": 3, "removed": 1, "journal": str(own_run / "catalogue.jsonl"), "superseded": 0,
+            "not_applied": [], "generation": 1}
+    assert fresh.recommend("u000", k=31) == writer.recommend("u000", k=31) == behind.recommend("u000", k=31)
+    assert fresh.search(text="trail running shoes", k=3) == writer.search(text="trail running shoes", k=3)
+    # a second id check still sees every process's items, across the compaction
+    with pytest.raises(ValueError, match="item_id: item 'new4' already exists"):
+        fresh.add_item("new4", "again")
+    assert main(["catalogue", "--run", str(own_run), "--compact"]) == 0
+    assert "no longer needed: nothing" in capsys.readouterr().out  # nothing to drop: nothing written
+    assert not (own_run / "catalogue_history" / "catalogue.1.jsonl").exists()
 
 
 def test_without_the_journal_changes_stay_in_the_process(own_run):
@@ -765,5 +809,5 @@ def test_added_items_that_cannot_be_embedded_are_reported_and_served_again_later
     without_model = load_service(own_run, load_model=False)
     assert not without_model.has_item("new1")
     assert without_model.catalogue_info()["not_applied"] == [
-        "line 1: add 'new1' not applied: add_item: this service has no model: it was loaded with load_model=False"]
+        "catalogue.jsonl: line 1: add 'new1' not applied: add_item: this service has no model: it was loaded with load_model=False"]
     assert load_service(own_run).has_item("new1")  # kept in the journal: a service with the model serves it
