@@ -23,7 +23,12 @@ alternating between them:
    twice, category and flags) at ``--large`` items, 200 appends: copying the whole arrays per
    add (``np.vstack``, before the sixteenth session) against the service's ``_Growable`` rows;
 5. ``ItemIndex.add`` of one new id into a Flat index of ``--large`` * 10 ids, 100 adds each way,
-   alternated: looking every existing id up (before) against the id bound (now).
+   alternated: looking every existing id up (before) against the id bound (now);
+6. compaction (``shopgraph catalogue --compact``): three quarters of the added items removed
+   again, then ``from_run`` replaying that journal against replaying the compacted one (best of
+   two each), the compaction's own time, and checks that a fresh service over the compacted
+   journal and one that was behind (it follows into the new generation) serve the same items
+   with the same embeddings as the service that made the changes.
 """
 
 from __future__ import annotations
@@ -103,6 +108,39 @@ def main() -> int:
                 and np.array_equal(replayed.item_emb, writer.item_emb))
         journal_bytes = (copy / "catalogue.jsonl").stat().st_size
 
+        # 6. compaction: most added items removed again, then start-up before and after compacting
+        from shopgraph.retrieval.catalogue import CatalogueJournal
+
+        behind = ShopService.from_run(copy, fraud_reasons=False, catalogue_sync_s=3600.0)
+        churn = [f"bench-new-{k}" for k in range(len(picks)) if k % 4]
+        for item_id in churn:
+            writer.remove_item(item_id)
+        journal = CatalogueJournal(copy)
+        churned_bytes = journal.size()
+
+        def start_up() -> tuple[float, ShopService]:
+            times, svc = [], None
+            for _ in range(2):
+                t0 = time.perf_counter()
+                svc = ShopService.from_run(copy, fraud_reasons=False)
+                times.append(time.perf_counter() - t0)
+            assert svc is not None
+            return min(times), svc
+
+        load_churned, _ = start_up()
+        t0 = time.perf_counter()
+        report = journal.compact(set(writer.item_ids[:writer._n_trained]))
+        compact_s = time.perf_counter() - t0
+        compacted_bytes = journal.size()
+        load_compacted, compacted = start_up()
+        behind.sync_catalogue()
+
+        def served(svc: ShopService) -> dict[str, bytes]:
+            return {i: svc.item_emb[p].tobytes() for i, p in svc._item_pos.items()}
+
+        same_after = served(compacted) == served(behind) == served(writer)
+        same = same and same_after
+
     # 4. the per-item arrays at a large catalogue: whole copies against growable rows
     from shopgraph.retrieval.service import _Growable
 
@@ -172,6 +210,12 @@ def main() -> int:
     print(f"\nper-item arrays at {args.large:,} items ({' + '.join(map(str, widths))} floats a row), 200 appends: "
           f"{per_copy:.1f} ms an item copying them whole (before), {per_grow:.3f} ms with growable rows (now), "
           f"{per_copy / per_grow:.0f}x")
+    print(f"\ncompaction: {len(picks)} adds then {len(churn)} of them removed ({report.lines} lines, "
+          f"{churned_bytes / 2**20:.2f} MB) -> {report.kept} lines ({compacted_bytes / 2**20:.2f} MB) in "
+          f"{compact_s * 1e3:.0f} ms; `from_run` {load_churned:.2f} s replaying the whole journal, "
+          f"{load_compacted:.2f} s the compacted one ({load_churned / load_compacted:.2f}x), "
+          f"{plain:.2f} s without a journal; fresh, behind and writing services serve the same items and "
+          f"embeddings: {same_after}")
     before, now = (statistics.median(v) for v in index_ms.values())
     print(f"ItemIndex.add of one id at {n_ids:,} ids (Flat, 64-d), 100 each way alternated: median {before:.3f} ms "
           f"looking every id up (before), {now:.3f} ms with the id bound (now), {before / now:.0f}x")
