@@ -468,19 +468,22 @@ def cli_catalogue(args: Any) -> int:
     if report is None:
         print(f"{run.path}: no catalogue journal (no item was added or removed at run time)")
         return 0
+    def n(count: int, noun: str) -> str:
+        return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
     why = {"cancelled": "items added, then removed", "superseded": "the run's tables hold the added ids "
            "and lack the removed ones", "not applied": "ids added a second time"}
-    print(f"{journal.path}: generation {report.generation}, {report.lines:,} changes, {report.bytes:,} bytes")
-    print(f"  served: {report.net_added:,} items added, {report.net_removed:,} trained items removed "
-          f"({report.kept:,} changes)")
-    gone = [f"{n:,} {reason} ({why[reason]})" for reason, n in report.dropped.items() if n]
+    print(f"{journal.path}: generation {report.generation}, {n(report.lines, 'change')}, {n(report.bytes, 'byte')}")
+    print(f"  served: {n(report.net_added, 'item')} added, {n(report.net_removed, 'trained item')} removed "
+          f"({n(report.kept, 'change')})")
+    gone = [f"{count:,} {reason} ({why[reason]})" for reason, count in report.dropped.items() if count]
     if report.incomplete:
-        gone.append(f"an unfinished last line of {report.incomplete:,} bytes (never applied)")
+        gone.append(f"an unfinished last line of {n(report.incomplete, 'byte')} (never applied)")
     print(f"  no longer needed: {'; '.join(gone) if gone else 'nothing'}")
     if report.archive:
-        print(f"compacted: generation {report.generation + 1} keeps {report.kept:,} changes; generation "
+        print(f"compacted: generation {report.generation + 1} keeps {n(report.kept, 'change')}; generation "
               f"{report.generation} is kept as {report.archive} (running services follow without a restart)")
     elif report.changed:
-        print(f"run `shopgraph catalogue --run {args.run} --compact` to keep only the {report.kept:,} changes "
-              "that are needed")
+        print(f"run `shopgraph catalogue --run {args.run} --compact` to keep only the {n(report.kept, 'change')} "
+              "still needed")
     return 0

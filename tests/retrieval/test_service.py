@@ -728,8 +728,8 @@ def test_services_follow_a_compaction_without_a_restart(own_run, capsys):
     writer.add_item("new3", "wool winter socks")
     assert main(["catalogue", "--run", str(own_run)]) == 0
     out = capsys.readouterr().out
-    assert "generation 0, 5 changes" in out and "served: 2 items added, 1 trained items removed (3 changes)" in out
-    assert "2 cancelled (items added, then removed)" in out and "--compact` to keep only the 3 changes" in out
+    assert "generation 0, 5 changes" in out and "served: 2 items added, 1 trained item removed (3 changes)" in out
+    assert "2 cancelled (items added, then removed)" in out and "--compact` to keep only the 3 changes still needed" in out
     assert main(["catalogue", "--run", str(own_run), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["dropped"] == {"cancelled": 2, "superseded": 0, "not applied": 0} and report["changed"]
