@@ -854,6 +854,7 @@ class ShopService:
 
     def info(self) -> dict[str, Any]:
         """Counts for health checks."""
+        self._maybe_sync()
         return {"users": len(self.user_ids), "items": int(self._active.sum()),
                 "indexes": {name: index.count for name, index in self.indexes.items()},
                 "fraud_scorer": self.fraud.get("kind", "none"), "run": str(self.run_path or ""),
@@ -866,6 +867,7 @@ class ShopService:
         added id, whose trained item is served, or lack a removed one), the journal entries that
         could not be applied, each with its reason, and the journal's generation (how many times
         it was compacted)."""
+        self._maybe_sync()
         added = self._active[self._n_trained:]
         return {"added": int(added.sum()), "removed": int((~self._active[:self._n_trained]).sum()),
                 "journal": str(self._journal.path) if self._journal is not None else None,

@@ -720,6 +720,7 @@ def test_services_follow_a_compaction_without_a_restart(own_run, capsys):
     assert main(["catalogue", "--run", str(own_run)]) == 0
     assert "no catalogue journal (no item was added or removed at run time)" in capsys.readouterr().out
     writer, behind = load_service(own_run), load_service(own_run, catalogue_sync_s=3600.0)
+    eager = load_service(own_run, catalogue_sync_s=0.0)  # as a health check sees it: no other call in between
     writer.add_item("new1", "glow in the dark frisbee", category="toys")
     writer.add_item("new2", "heavy duty umbrella")
     assert behind.sync_catalogue() == 2
@@ -739,6 +740,8 @@ def test_services_follow_a_compaction_without_a_restart(own_run, capsys):
     assert [e["item_id"] for e in CatalogueJournal(own_run).read()[0]] == ["new2", "i004", "new3"]
     writer.add_item("new4", "trail running shoes", category="shoes")  # the writer appends to generation 1
 
+    assert eager.info()["catalogue"] | {"journal": None} == {
+        "added": 3, "removed": 1, "journal": None, "superseded": 0, "not_applied": [], "generation": 1}
     assert behind.sync_catalogue() == 4  # the rest of generation 0 from the history, then generation 1's own
     fresh = load_service(own_run)
     for svc in (writer, behind, fresh):
