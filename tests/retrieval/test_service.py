@@ -757,6 +757,14 @@ def test_services_follow_a_compaction_without_a_restart(own_run, capsys):
     assert main(["catalogue", "--run", str(own_run), "--compact"]) == 0
     assert "no longer needed: nothing" in capsys.readouterr().out  # nothing to drop: nothing written
     assert not (own_run / "catalogue_history" / "catalogue.1.jsonl").exists()
+    # a damaged line: one error line naming it, and nothing written
+    journal = own_run / "catalogue.jsonl"
+    damaged = journal.read_bytes().replace(b"trail running shoes", b"trail running boots")
+    journal.write_bytes(damaged)
+    assert main(["catalogue", "--run", str(own_run), "--compact"]) == 1
+    assert capsys.readouterr().err == (f"shopgraph catalogue: error: {journal}: line 5: its sha256 does not match its "
+                                       "content (the line was changed or damaged)\n")
+    assert journal.read_bytes() == damaged and not (own_run / "catalogue_history" / "catalogue.1.jsonl").exists()
 
 
 def test_without_the_journal_changes_stay_in_the_process(own_run):
