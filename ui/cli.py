@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_port, default=8000, help="1-65535, or 0 for any free port (default 8000)")
     p.add_argument("--workers", type=_positive_int, default=1)
 
-    p = sub.add_parser("catalogue", help="what the items added and removed at run time hold; --compact them")
+    p = sub.add_parser("catalogue", help="the items added and removed at run time (the run's journal); --compact it")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--compact", action="store_true",
                    help="keep only the changes still served (the journal before is kept in RUN/catalogue_history/; "
