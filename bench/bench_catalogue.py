@@ -28,7 +28,11 @@ alternating between them:
    again, then ``from_run`` replaying that journal against replaying the compacted one (best of
    two each), the compaction's own time, and checks that a fresh service over the compacted
    journal and one that was behind (it follows into the new generation) serve the same items
-   with the same embeddings as the service that made the changes.
+   with the same embeddings as the service that made the changes;
+7. an idle service's first call after another process added ``--adds`` / 4 items (5 rounds): a
+   service that looks at the journal only when called (``catalogue_follow=False``, the behaviour
+   before the seventeenth session) applies them inside that call; one that also looks in a
+   background thread (the default) has applied them already (1.5 s after the adds).
 """
 
 from __future__ import annotations
@@ -141,6 +145,24 @@ def main() -> int:
         same_after = served(compacted) == served(behind) == served(writer)
         same = same and same_after
 
+        # 7. an idle service's first call after another process's adds
+        followers = {"looks when called (before)": ShopService.from_run(copy, fraud_reasons=False,
+                                                                       catalogue_follow=False),
+                     "looks in the background too (now)": ShopService.from_run(copy, fraud_reasons=False)}
+        first_ms: dict[str, list[float]] = {n: [] for n in followers}
+        batch = max(1, len(picks) // 4)
+        for r in range(5):
+            for k, i in enumerate(picks[:batch]):
+                info = first.item_info(first.item_ids[int(i)])
+                writer.add_item(f"bench-late-{r}-{k}", info["title"], category=info["category"], price=info["price"])
+            time.sleep(1.5)
+            user = users[r]
+            for n in (list(followers) if r % 2 == 0 else list(followers)[::-1]):
+                t = time.perf_counter()
+                followers[n].recommend(user, 10)
+                first_ms[n].append((time.perf_counter() - t) * 1e3)
+        same = same and all(served(f) == served(writer) for f in followers.values())
+
     # 4. the per-item arrays at a large catalogue: whole copies against growable rows
     from shopgraph.retrieval.service import _Growable
 
@@ -216,6 +238,10 @@ def main() -> int:
           f"{load_compacted:.2f} s the compacted one ({load_churned / load_compacted:.2f}x), "
           f"{plain:.2f} s without a journal; fresh, behind and writing services serve the same items and "
           f"embeddings: {same_after}")
+    (before_name, before_ms), (now_name, now_ms) = first_ms.items()
+    print(f"\nan idle service's first `recommend` after another process added {batch} items, 5 rounds: median "
+          f"{statistics.median(before_ms):.1f} ms ({before_name}) against {statistics.median(now_ms):.2f} ms "
+          f"({now_name}), {statistics.median(before_ms) / statistics.median(now_ms):.0f}x")
     before, now = (statistics.median(v) for v in index_ms.values())
     print(f"ItemIndex.add of one id at {n_ids:,} ids (Flat, 64-d), 100 each way alternated: median {before:.3f} ms "
           f"looking every id up (before), {now:.3f} ms with the id bound (now), {before / now:.0f}x")

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -529,6 +530,9 @@ class ShopService:
             and :meth:`remove_item`. ``None``: such changes live in this object only.
         catalogue_sync_s: how often (seconds, at most) a call checks the journal for changes that
             other processes made (a file-size check; 0: every call).
+        catalogue_follow: also check every ``catalogue_sync_s`` (at least every 0.1 s) in a
+            background thread, so that a service without calls stays current and its next call
+            does not wait for the changes to be applied (``False``: only calls check).
     """
 
     def __init__(
@@ -551,6 +555,7 @@ class ShopService:
         fraud_attribution: FraudAttribution | None = None,
         catalogue: CatalogueJournal | None = None,
         catalogue_sync_s: float = 1.0,
+        catalogue_follow: bool = True,
     ) -> None:
         self._lock = _RWLock()
         self._enc_lock = threading.Lock()
@@ -695,6 +700,8 @@ class ShopService:
         if self._journal is not None:
             with self._sync_lock:
                 self._sync()
+            if catalogue_follow:
+                _follow_in_background(self, max(self._sync_every, 0.1))
         logger.info("service: %d users, %d items, indexes %s", n_users, int(self._active.sum()),
                     {k: v.count for k, v in self.indexes.items()})
 
@@ -711,6 +718,7 @@ class ShopService:
         fraud_reasons: bool = True,
         catalogue: bool = True,
         catalogue_sync_s: float = 1.0,
+        catalogue_follow: bool = True,
     ) -> ShopService:
         """Load a run folder (graph, items table, embeddings, indexes, fraud.json, model).
 
@@ -729,6 +737,7 @@ class ShopService:
                 :meth:`add_item` / :meth:`remove_item` in this object only (benchmarks, what-ifs).
             catalogue_sync_s: how often a call looks for catalogue changes made by other processes
                 over the same run (see the class).
+            catalogue_follow: look for them in a background thread as well (see the class).
 
         Raises:
             CatalogueError: a line of ``RUN/catalogue.jsonl`` is damaged (named by line).
@@ -777,6 +786,7 @@ class ShopService:
                                                    None if prob is None else np.asarray(prob).reshape(-1))
             if fraud_reasons else None,
             catalogue=CatalogueJournal(run.path) if catalogue else None, catalogue_sync_s=catalogue_sync_s,
+            catalogue_follow=catalogue_follow,
         )
 
     # -- per-item arrays (views of the growable rows) -------------------------------------------
@@ -1451,23 +1461,25 @@ class ShopService:
 
     def _maybe_sync(self) -> None:
         """Apply the journal's new entries when ``catalogue_sync_s`` has passed since the last
-        look and the file has grown; never waits for another thread's sync, never raises (a
-        damaged line is logged and kept in :meth:`catalogue_info`). Public calls do this first,
-        before any lookup and never while holding ``_lock`` (applying takes it for writing)."""
+        look and the file has changed; never raises (a damaged line is logged and kept in
+        :meth:`catalogue_info`). A sync in progress in another thread (the background look, or
+        another call) is waited for, not skipped, so a call never answers from a catalogue it
+        has seen to be behind the journal. Public calls do this first, before any lookup and
+        never while holding ``_lock`` (applying takes it for writing)."""
         if self._journal is None or time.monotonic() - self._synced_at < self._sync_every:
             return
         self._synced_at = time.monotonic()
-        if (self._journal.stat() == (self._journal_at.ino, self._journal_at.offset)
-                or not self._sync_lock.acquire(blocking=False)):
+        if self._journal.stat() == (self._journal_at.ino, self._journal_at.offset):
             return
-        try:
-            self._sync()
-        except CatalogueError as exc:
-            if str(exc) not in self._journal_notes:
-                logger.error("catalogue changes from other processes not applied: %s", exc)
-                self._journal_notes.append(str(exc))
-        finally:
-            self._sync_lock.release()
+        with self._sync_lock:
+            if self._journal.stat() == (self._journal_at.ino, self._journal_at.offset):
+                return  # applied by the thread that held the lock
+            try:
+                self._sync()
+            except CatalogueError as exc:
+                if str(exc) not in self._journal_notes:
+                    logger.error("catalogue changes from other processes not applied: %s", exc)
+                    self._journal_notes.append(str(exc))
 
     def sync_catalogue(self) -> int:
         """Apply the catalogue changes that other processes wrote to the run's journal since this
@@ -1535,6 +1547,27 @@ class ShopService:
         emb = self._inductive_embedding(self._feature_row(text_vec, image_vec, entry["price"], entry["category"]))
         self._insert(item_id, entry["title"], entry["category"], entry["description"], entry["price"], image,
                      text_vec, image_vec, emb)
+
+
+def _follow_in_background(service: ShopService, every_s: float) -> None:
+    """Apply other processes' catalogue changes to ``service`` every ``every_s`` seconds in a
+    daemon thread, which holds the service weakly and stops when it is collected."""
+    ref = weakref.ref(service)
+    stop = threading.Event()
+    weakref.finalize(service, stop.set)
+
+    def follow() -> None:
+        while not stop.wait(every_s):
+            svc = ref()
+            if svc is None:
+                return
+            try:
+                svc._maybe_sync()  # never raises for a damaged journal: it notes it
+            except Exception:  # noqa: BLE001 - e.g. a permission error; the calls' own checks go on
+                logger.exception("catalogue: the background look at the journal failed")
+            del svc
+
+    threading.Thread(target=follow, name="shopgraph-catalogue", daemon=True).start()
 
 
 def _image_file(image: Any) -> tuple[bytes, str]:

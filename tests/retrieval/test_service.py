@@ -713,14 +713,44 @@ def test_items_from_other_encoders_are_encoded_again(own_run):
     assert again.catalogue_info()["not_applied"] == []
 
 
+def test_a_service_without_calls_stays_current_and_its_thread_ends_with_it(own_run):
+    import gc
+    import threading
+    import time
+    import weakref
+
+    def threads() -> int:
+        return sum(t.name == "shopgraph-catalogue" for t in threading.enumerate())
+
+    before = threads()
+    idle = load_service(own_run, catalogue_sync_s=0.1)
+    only_calls = load_service(own_run, catalogue_sync_s=0.0, catalogue_follow=False)
+    assert threads() == before + 1
+    load_service(own_run).add_item("new1", "glow in the dark frisbee", category="toys")
+    deadline = time.monotonic() + 10
+    while "new1" not in idle._item_pos and time.monotonic() < deadline:  # no call: the thread applies it
+        time.sleep(0.05)
+    assert "new1" in idle._item_pos and "new1" not in only_calls._item_pos
+    assert only_calls.has_item("new1")  # a call still looks first
+    ref = weakref.ref(idle)
+    del idle
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while threads() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ref() is None and threads() == before
+
+
 def test_services_follow_a_compaction_without_a_restart(own_run, capsys):
     from shopgraph.retrieval.catalogue import CatalogueJournal
     from shopgraph.ui.cli import main
 
     assert main(["catalogue", "--run", str(own_run)]) == 0
     assert "no catalogue journal (no item was added or removed at run time)" in capsys.readouterr().out
-    writer, behind = load_service(own_run), load_service(own_run, catalogue_sync_s=3600.0)
-    eager = load_service(own_run, catalogue_sync_s=0.0)  # as a health check sees it: no other call in between
+    # calls only (no background looks), so that the journal damaged at the end is read by the command alone
+    quiet = functools.partial(load_service, catalogue_follow=False)
+    writer, behind = quiet(own_run), quiet(own_run, catalogue_sync_s=3600.0)
+    eager = quiet(own_run, catalogue_sync_s=0.0)  # as a health check sees it: no other call in between
     writer.add_item("new1", "glow in the dark frisbee", category="toys")
     writer.add_item("new2", "heavy duty umbrella")
     assert behind.sync_catalogue() == 2
@@ -743,7 +773,7 @@ def test_services_follow_a_compaction_without_a_restart(own_run, capsys):
     assert eager.info()["catalogue"] | {"journal": None} == {
         "added": 3, "removed": 1, "journal": None, "superseded": 0, "not_applied": [], "generation": 1}
     assert behind.sync_catalogue() == 4  # the rest of generation 0 from the history, then generation 1's own
-    fresh = load_service(own_run)
+    fresh = quiet(own_run)
     for svc in (writer, behind, fresh):
         assert [svc.has_item(i) for i in ("new1", "new2", "i004", "new3", "new4")] == [False, True, False, True, True]
         assert svc.catalogue_info() | {"superseded": 0} == {
