@@ -26,6 +26,7 @@ one, so services never need a restart and nothing is lost.
 from __future__ import annotations
 
 import base64
+import calendar
 import contextlib
 import fcntl
 import hashlib
@@ -51,6 +52,7 @@ VERSION = 1
 _OPS = ("add", "remove")
 _HEADER_OP = "compacted"
 _HEADER_FIELDS = ("generation", "kept", "kept_bytes", "from_lines", "from_bytes")
+HISTORY_KEEP_S = 600.0  # prune_history keeps generations compacted away more recently than this
 _ADD_FIELDS = {"title": str, "category": str, "description": str, "image": str, "text_model": str,
                "image_model": str, "at": str}
 
@@ -195,6 +197,16 @@ class Compaction:
     def changed(self) -> bool:
         """Whether compacting would write anything (lines to drop, or an unfinished line)."""
         return bool(sum(self.dropped.values()) or self.incomplete)
+
+
+@dataclass
+class Pruned:
+    """What :meth:`CatalogueJournal.prune_history` deleted."""
+
+    generations: list[int]
+    bytes: int
+    images: int = 0
+    image_bytes: int = 0
 
 
 class CatalogueJournal:
@@ -440,6 +452,74 @@ class CatalogueJournal:
             pos = start
         return 0
 
+    def prune_history(self, older_than_s: float = HISTORY_KEEP_S) -> Pruned:
+        """Delete the compacted generations in ``RUN/catalogue_history/`` that were compacted away
+        at least ``older_than_s`` seconds ago, and the images in ``RUN/added_images/`` that no
+        line left names (items added and removed again, or replaced).
+
+        A running service reads a generation it had not finished from the history (:meth:`follow`),
+        and every service looks at the journal every ``catalogue_sync_s`` (1 s by default), so a
+        generation compacted away minutes ago is needed only by a service that was stopped
+        (``SIGSTOP``) or hung meanwhile; that one reports the missing file in ``/healthz`` and
+        serves what it has until restarted.
+
+        Raises:
+            CatalogueError: a damaged line in the journal or a generation kept (nothing is deleted).
+        """
+        if older_than_s < 0:
+            raise ValueError(f"older_than_s: expected >= 0 seconds (got {older_than_s!r})")
+        with self.locked():
+            files: dict[int, Path] = {}
+            for path in (self.run_path / HISTORY).glob("catalogue.*.jsonl"):
+                number = path.name.split(".")[1]
+                if number.isdigit():
+                    files[int(number)] = path
+            current = self._generation_of(self.path)
+            now = time.time()
+            pruned: list[int] = []
+            for g in sorted(files):
+                if g >= current[0]:
+                    break
+                # compacted away when generation g + 1 was written (the journal's time, if that
+                # one is gone too: later, so never too early)
+                at = self._generation_of(files[g + 1])[1] if g + 1 in files and g + 1 < current[0] else current[1]
+                if at is None or now - at < older_than_s:
+                    break  # generations are compacted away in order: the later ones are younger
+                pruned.append(g)
+            named = set()
+            for path in [self.path, *(files[g] for g in files if g not in pruned)]:
+                with open(path, "rb") as f:
+                    named |= {entry["image"] for _, entry, _ in self._scan(f, 0, 0, str(path))[0]
+                              if entry["op"] == "add" and entry["image"]}
+            report = Pruned(pruned, sum(files[g].stat().st_size for g in pruned))
+            for g in pruned:
+                files[g].unlink()
+            images = self.run_path / IMAGES
+            for image in sorted(images.iterdir()) if images.is_dir() else []:
+                if image.is_file() and not image.name.startswith(".") and f"{IMAGES}/{image.name}" not in named:
+                    report.images += 1
+                    report.image_bytes += image.stat().st_size
+                    image.unlink()
+            if pruned or report.images:
+                logger.info("%s: deleted generations %s of the journal (%d bytes) and %d images no line names "
+                            "(%d bytes)", self.run_path, pruned, report.bytes, report.images, report.image_bytes)
+            return report
+
+    def _generation_of(self, path: Path) -> tuple[int, float | None]:
+        """The generation of a journal file and when it was written by a compaction (Unix time;
+        ``None`` for generation 0, which no compaction wrote)."""
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            return 0, None
+        with f:
+            generation = self._header(f, str(path))[0]
+            if not generation:
+                return 0, None
+            f.seek(0)
+            stamp = json.loads(f.readline())["at"]
+        return generation, float(calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")))
+
     def save_image(self, payload: bytes, ext: str) -> str:
         """Keep an added item's image as ``RUN/added_images/<sha256>.<ext>`` (written atomically;
         the same bytes are stored once) and return that path relative to the run folder."""
@@ -451,8 +531,10 @@ class CatalogueJournal:
 
 
 def cli_catalogue(args: Any) -> int:
-    """``shopgraph catalogue --run RUN [--compact] [--json]``: what the run's journal holds, and
-    (with ``--compact``) keep only what still changes the served catalogue."""
+    """``shopgraph catalogue --run RUN [--compact] [--prune-history] [--json]``: what the run's
+    journal holds; with ``--compact`` keep only what still changes the served catalogue; with
+    ``--prune-history`` delete the generations compacted away at least 10 minutes ago and the
+    images no line names."""
     from dataclasses import asdict
 
     from shopgraph.graph.run import RunDir
@@ -461,9 +543,11 @@ def cli_catalogue(args: Any) -> int:
     journal = CatalogueJournal(run.path)
     exists = journal.path.is_file()
     report = journal.compact(set(run.load_graph()["item"].ids), dry_run=not args.compact) if exists else None
+    pruned = journal.prune_history() if exists and args.prune_history else None
     if args.json:
         print(json.dumps({"journal": str(journal.path) if exists else None,
-                          **(asdict(report) | {"changed": report.changed} if report else {})}))
+                          **(asdict(report) | {"changed": report.changed} if report else {}),
+                          **({"pruned": asdict(pruned)} if pruned else {})}))
         return 0
     if report is None:
         print(f"{run.path}: no catalogue journal (no item was added or removed at run time)")
@@ -486,4 +570,10 @@ def cli_catalogue(args: Any) -> int:
     elif report.changed:
         print(f"run `shopgraph catalogue --run {args.run} --compact` to keep only the {n(report.kept, 'change')} "
               "still needed")
+    if pruned is not None:
+        kept = sorted(int(p.name.split(".")[1]) for p in (journal.run_path / HISTORY).glob("catalogue.*.jsonl")
+                      if p.name.split(".")[1].isdigit())
+        print(f"history: deleted {n(len(pruned.generations), 'generation')} ({n(pruned.bytes, 'byte')}) and "
+              f"{n(pruned.images, 'image')} no line names ({n(pruned.image_bytes, 'byte')}); kept "
+              f"{n(len(kept), 'generation')} compacted away less than {HISTORY_KEEP_S / 60:g} minutes ago")
     return 0

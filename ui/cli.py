@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compact", action="store_true",
                    help="keep only the changes still served (the journal before is kept in RUN/catalogue_history/; "
                         "running services follow without a restart)")
+    p.add_argument("--prune-history", action="store_true",
+                   help="delete the generations in RUN/catalogue_history/ compacted away at least 10 minutes ago "
+                        "(running services have read them by then) and the added images no line names")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("rings", help="find, score and export fraud rings")

@@ -263,3 +263,31 @@ def test_compaction_drops_an_unfinished_line_and_resumes_an_interrupted_one(tmp_
                                              r"compacted; nothing was changed"):
         journal.compact(set())
     assert journal.path.read_bytes() == before
+
+
+def test_pruning_deletes_old_generations_and_the_images_no_line_names(tmp_path: Path, monkeypatch):
+    import time
+
+    from shopgraph.retrieval import catalogue
+
+    journal = CatalogueJournal(tmp_path)
+    gone, kept, recent = (journal.save_image(f"image {k}".encode(), "png") for k in range(3))
+    _write(journal, _add("a") | {"image": gone}, _add("b") | {"image": kept}, _remove("a"))
+    journal.compact(set())  # generation 1: b
+    _write(journal, _add("c") | {"image": recent}, _remove("c"))
+    assert journal.prune_history().generations == []  # compacted just now: a service may still read them
+    journal.compact(set())  # generation 2: b; generation 1 (which names `recent`) kept in the history
+    later = time.time() + catalogue.HISTORY_KEEP_S + 60
+    monkeypatch.setattr(catalogue.time, "time", lambda: later)
+    _write(journal, _add("d") | {"image": gone})  # the same bytes again, after the compaction
+    report = journal.prune_history()
+    assert report.generations == [0, 1] and report.bytes > 0
+    assert not (tmp_path / "catalogue_history" / "catalogue.0.jsonl").exists()
+    assert not (tmp_path / "catalogue_history" / "catalogue.1.jsonl").exists()
+    assert (report.images, report.image_bytes) == (1, len(b"image 2"))  # `recent`: named by generation 1 alone
+    assert sorted(p.name for p in (tmp_path / "added_images").iterdir()) == sorted(
+        Path(rel).name for rel in (gone, kept))
+    assert [e["item_id"] for e in journal.read()[0]] == ["b", "d"]  # the journal itself is untouched
+    assert journal.prune_history() == catalogue.Pruned([], 0)  # nothing more to delete
+    with pytest.raises(ValueError, match=r"older_than_s: expected >= 0 seconds \(got -1\)"):
+        journal.prune_history(-1)

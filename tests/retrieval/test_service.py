@@ -784,8 +784,11 @@ def test_services_follow_a_compaction_without_a_restart(own_run, capsys):
     # a second id check still sees every process's items, across the compaction
     with pytest.raises(ValueError, match="item_id: item 'new4' already exists"):
         fresh.add_item("new4", "again")
-    assert main(["catalogue", "--run", str(own_run), "--compact"]) == 0
-    assert "no longer needed: nothing" in capsys.readouterr().out  # nothing to drop: nothing written
+    assert main(["catalogue", "--run", str(own_run), "--compact", "--prune-history"]) == 0
+    out = capsys.readouterr().out
+    assert "no longer needed: nothing" in out  # nothing to drop: nothing written
+    assert ("history: deleted 0 generations (0 bytes) and 0 images no line names (0 bytes); kept 1 generation "
+            "compacted away less than 10 minutes ago") in out
     assert not (own_run / "catalogue_history" / "catalogue.1.jsonl").exists()
     # a damaged line: one error line naming it, and nothing written
     journal = own_run / "catalogue.jsonl"
