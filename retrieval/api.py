@@ -728,11 +728,21 @@ def nodelay_listener(sock: socket.socket) -> socket.socket:
 
 def _serving_threads() -> None:
     """One FAISS thread per process unless OMP_NUM_THREADS says otherwise: a server's parallelism
-    comes from concurrent requests, and OpenMP teams on single-vector searches only add jitter."""
+    comes from concurrent requests, and OpenMP teams on single-vector searches only add jitter.
+
+    And a thread lock for tqdm: its bars (the encoders', loading model weights; even disabled
+    ones) otherwise create a multiprocessing semaphore, which a worker stopped by uvicorn leaves
+    behind ("There appear to be 2 leaked semaphore objects to clean up at shutdown")."""
     if "OMP_NUM_THREADS" not in os.environ:
         import faiss
 
         faiss.omp_set_num_threads(1)
+    import tqdm
+    import tqdm.auto
+
+    lock = threading.RLock()
+    for bar in (tqdm.tqdm, tqdm.auto.tqdm):  # the subclass keeps a lock of its own once it has made one
+        bar.set_lock(lock)
 
 
 def app_from_env() -> FastAPI:

@@ -18,6 +18,7 @@ Conventions:
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
 import math
@@ -1549,25 +1550,50 @@ class ShopService:
                      text_vec, image_vec, emb)
 
 
+# The background looks of live services: stopped and joined at interpreter exit (below), before
+# daemon threads are frozen mid-call (one frozen inside torch's C++ aborted the process at exit).
+_FOLLOWERS: dict[threading.Thread, threading.Event] = {}
+_FOLLOWERS_LOCK = threading.Lock()
+
+
 def _follow_in_background(service: ShopService, every_s: float) -> None:
     """Apply other processes' catalogue changes to ``service`` every ``every_s`` seconds in a
-    daemon thread, which holds the service weakly and stops when it is collected."""
+    daemon thread, which holds the service weakly and stops when it is collected or the
+    interpreter exits."""
     ref = weakref.ref(service)
     stop = threading.Event()
     weakref.finalize(service, stop.set)
 
     def follow() -> None:
-        while not stop.wait(every_s):
-            svc = ref()
-            if svc is None:
-                return
-            try:
-                svc._maybe_sync()  # never raises for a damaged journal: it notes it
-            except Exception:  # noqa: BLE001 - e.g. a permission error; the calls' own checks go on
-                logger.exception("catalogue: the background look at the journal failed")
-            del svc
+        try:
+            while not stop.wait(every_s):
+                svc = ref()
+                if svc is None:
+                    return
+                try:
+                    svc._maybe_sync()  # never raises for a damaged journal: it notes it
+                except Exception:  # noqa: BLE001 - e.g. a permission error; the calls' own checks go on
+                    logger.exception("catalogue: the background look at the journal failed")
+                del svc
+        finally:
+            with _FOLLOWERS_LOCK:
+                _FOLLOWERS.pop(threading.current_thread(), None)
 
-    threading.Thread(target=follow, name="shopgraph-catalogue", daemon=True).start()
+    thread = threading.Thread(target=follow, name="shopgraph-catalogue", daemon=True)
+    with _FOLLOWERS_LOCK:
+        _FOLLOWERS[thread] = stop
+    thread.start()
+
+
+@atexit.register
+def _stop_following() -> None:
+    """Stop every background look and wait for one in progress to finish (at most 10 s each)."""
+    with _FOLLOWERS_LOCK:
+        followers = list(_FOLLOWERS.items())
+    for _, stop in followers:
+        stop.set()
+    for thread, _ in followers:
+        thread.join(timeout=10.0)
 
 
 def _image_file(image: Any) -> tuple[bytes, str]:

@@ -553,3 +553,21 @@ def test_cold_start_refuses_other_bodies(client):
     assert r.status_code == 422 and r.json()["detail"] == "k: unknown parameter (expected none)"
     r = client.post("/items", content=b"{nope", headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"].startswith('body: expected a JSON object like {"item_id"')
+
+
+def test_a_serving_process_makes_no_multiprocessing_lock_for_progress_bars(monkeypatch):
+    """uvicorn stops workers without their finalizers: a multiprocessing semaphore made by a tqdm bar
+    (the encoders', loading weights) was reported leaked at every shutdown."""
+    import tqdm
+    import tqdm.auto
+    from tqdm.std import TqdmDefaultWriteLock
+
+    from shopgraph.retrieval import api
+
+    for bar in (tqdm.tqdm, tqdm.auto.tqdm):  # as after earlier bars in this process; restored afterwards
+        monkeypatch.setattr(bar, "_lock", TqdmDefaultWriteLock(), raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # leave FAISS's threads alone here
+    api._serving_threads()
+    for _ in tqdm.auto.tqdm([1], disable=True):
+        pass
+    assert not isinstance(tqdm.auto.tqdm.get_lock(), TqdmDefaultWriteLock)
