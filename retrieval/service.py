@@ -1586,10 +1586,11 @@ def _follow_in_background(service: ShopService, every_s: float) -> None:
 
 
 @atexit.register
-def _stop_following() -> None:
-    """Stop every background look and wait for one in progress to finish (at most 10 s each)."""
+def _stop_following(threads: Sequence[threading.Thread] | None = None) -> None:
+    """Stop the background looks ``threads`` (``None``: all) and wait for one in progress to
+    finish (at most 10 s each)."""
     with _FOLLOWERS_LOCK:
-        followers = list(_FOLLOWERS.items())
+        followers = [(t, stop) for t, stop in _FOLLOWERS.items() if threads is None or t in threads]
     for _, stop in followers:
         stop.set()
     for thread, _ in followers:
