@@ -1565,6 +1565,7 @@ def _follow_in_background(service: ShopService, every_s: float) -> None:
     weakref.finalize(service, stop.set)
 
     def follow() -> None:
+        failed = ""  # the last failure, logged once rather than every look
         try:
             while not stop.wait(every_s):
                 svc = ref()
@@ -1572,8 +1573,11 @@ def _follow_in_background(service: ShopService, every_s: float) -> None:
                     return
                 try:
                     svc._maybe_sync()  # never raises for a damaged journal: it notes it
-                except Exception:  # noqa: BLE001 - e.g. a permission error; the calls' own checks go on
-                    logger.exception("catalogue: the background look at the journal failed")
+                    failed = ""
+                except Exception as exc:  # noqa: BLE001 - e.g. a permission error; the calls' own checks go on
+                    if repr(exc) != failed:
+                        logger.exception("catalogue: the background look at the journal failed")
+                    failed = repr(exc)
                 del svc
         finally:
             with _FOLLOWERS_LOCK:

@@ -751,6 +751,29 @@ def test_a_service_without_calls_stays_current_and_its_thread_ends_with_it(own_r
     del late
 
 
+def test_a_failing_background_look_is_logged_once_and_calls_go_on(own_run, caplog, monkeypatch):
+    import logging
+    import time
+
+    svc = load_service(own_run, catalogue_sync_s=0.05)
+    looks = []
+
+    def unreadable() -> None:
+        looks.append(1)
+        raise PermissionError(13, "Permission denied", str(own_run / "catalogue.jsonl"))
+
+    with caplog.at_level(logging.ERROR, logger="shopgraph.retrieval.service"):
+        monkeypatch.setattr(svc, "_maybe_sync", unreadable)
+        deadline = time.monotonic() + 10
+        while len(looks) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        monkeypatch.undo()
+    assert len(looks) >= 5  # it kept looking
+    failures = [r for r in caplog.records if "background look at the journal failed" in r.getMessage()]
+    assert len(failures) == 1 and "Permission denied" in caplog.text
+    assert svc.recommend("u000", k=3).item_ids  # calls are served meanwhile
+
+
 def test_services_follow_a_compaction_without_a_restart(own_run, capsys):
     from shopgraph.retrieval.catalogue import CatalogueJournal
     from shopgraph.ui.cli import main
