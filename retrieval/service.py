@@ -530,7 +530,7 @@ class ShopService:
             (:mod:`shopgraph.retrieval.catalogue`): replayed here, appended to by :meth:`add_item`
             and :meth:`remove_item`. ``None``: such changes live in this object only.
         catalogue_sync_s: how often (seconds, at most) a call checks the journal for changes that
-            other processes made (a file-size check; 0: every call).
+            other processes made (a look at the file's size and inode; 0: every call).
         catalogue_follow: also check every ``catalogue_sync_s`` (at least every 0.1 s) in a
             background thread, so that a service without calls stays current and its next call
             does not wait for the changes to be applied (``False``: only calls check).
