@@ -108,8 +108,10 @@ def main() -> int:
         ShopService.from_run(copy, catalogue=False, fraud_reasons=False)
         load_plain_again = time.perf_counter() - t0
         writer = services["journal"]
-        same = (replayed.item_ids == writer.item_ids
-                and np.array_equal(replayed.item_emb, writer.item_emb))
+        # replayed adds are embedded in one pass, the adding calls embedded one each: equal to
+        # float32 rounding
+        replay_diff = float(np.abs(replayed.item_emb - writer.item_emb).max())
+        same = replayed.item_ids == writer.item_ids and replay_diff < 1e-4
         journal_bytes = (copy / "catalogue.jsonl").stat().st_size
 
         # 6. compaction: most added items removed again, then start-up before and after compacting
@@ -139,10 +141,13 @@ def main() -> int:
         load_compacted, compacted = start_up()
         behind.sync_catalogue()
 
-        def served(svc: ShopService) -> dict[str, bytes]:
-            return {i: svc.item_emb[p].tobytes() for i, p in svc._item_pos.items()}
+        def served(svc: ShopService) -> dict[str, np.ndarray]:
+            return {i: svc.item_emb[p] for i, p in svc._item_pos.items()}
 
-        same_after = served(compacted) == served(behind) == served(writer)
+        def alike(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+            return a.keys() == b.keys() and all(np.allclose(a[i], b[i], rtol=1e-5, atol=1e-6) for i in a)
+
+        same_after = alike(served(compacted), served(writer)) and alike(served(behind), served(writer))
         same = same and same_after
 
         # 7. an idle service's first call after another process's adds
@@ -161,7 +166,7 @@ def main() -> int:
                 t = time.perf_counter()
                 followers[n].recommend(user, 10)
                 first_ms[n].append((time.perf_counter() - t) * 1e3)
-        same = same and all(served(f) == served(writer) for f in followers.values())
+        same = same and all(alike(served(f), served(writer)) for f in followers.values())
 
     # 4. the per-item arrays at a large catalogue: whole copies against growable rows
     from shopgraph.retrieval.service import _Growable
@@ -228,7 +233,7 @@ def main() -> int:
     plain = min(load_plain, load_plain_again)
     print(f"\n`from_run`: {plain:.2f} s without the journal, {load_journal:.2f} s replaying {len(picks)} adds "
           f"({journal_bytes / 2**20:.2f} MB journal; +{(load_journal - plain) / len(picks) * 1e3:.1f} ms an item); "
-          f"replayed items and embeddings identical to the adding service's: {same}")
+          f"replayed items identical to the adding service's, embeddings within {replay_diff:.1e}: {same}")
     print(f"\nper-item arrays at {args.large:,} items ({' + '.join(map(str, widths))} floats a row), 200 appends: "
           f"{per_copy:.1f} ms an item copying them whole (before), {per_grow:.3f} ms with growable rows (now), "
           f"{per_copy / per_grow:.0f}x")

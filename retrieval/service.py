@@ -52,6 +52,7 @@ MAX_IMAGE_PIXELS = 40_000_000
 MAX_TEXT_CHARS = 2_000
 MAX_BATCH = 1_000
 SHOWN_CHARS = 60  # longest value echoed in an error message
+REPLAY_BATCH = 1024  # journal entries whose adds are embedded in one pass
 # the one-hot flags of the items' category column (encoders/behaviour.py: "item_" + "category=<value>")
 CATEGORY_FLAG = "item_category="
 REASON_HISTORY = 200  # history items compared when explaining a recommendation
@@ -1305,7 +1306,14 @@ class ShopService:
         return float(min(max(value, float(lo[j])), float(hi[j])))
 
     def _inductive_embedding(self, row: np.ndarray) -> np.ndarray:
-        """``ShopGNN.embed`` on a graph holding only the new item, no edges, no id embedding."""
+        """``[1, D]``: the embedding of one new item (:meth:`_inductive_embeddings`)."""
+        return self._inductive_embeddings(row[None, :])
+
+    def _inductive_embeddings(self, rows: np.ndarray) -> np.ndarray:
+        """``ShopGNN.embed`` of new items ``rows`` (``[B, F]`` feature rows) on a graph holding only
+        them, no edges, no id embedding: ``[B, D]``. One pass for all (replaying the journal
+        embeds its adds this way: ~0.03 ms an item against ~3 ms one at a time; the values agree
+        to float32 rounding, not bit for bit)."""
         if self.model is None:
             why = (self._model_problem if self._model_problem
                    else "RUN/model/ is missing; run `shopgraph train`")
@@ -1316,13 +1324,13 @@ class ShopService:
         config = self.model.config
         g = HeteroData()
         for nt in config.node_types:
-            n = 1 if nt == "item" else 0
+            n = len(rows) if nt == "item" else 0
             g[nt].num_nodes = n
             if config.in_dims[nt] > 0:
                 g[nt].x = torch.zeros(n, config.in_dims[nt])
-        g["item"].x = torch.from_numpy(row[None, :].astype(np.float32))
+        g["item"].x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
         # past the id table: a new item has no learned id embedding, only its features
-        g["item"].n_id = torch.tensor([config.num_nodes["item"]], dtype=torch.long)
+        g["item"].n_id = torch.full((len(rows),), config.num_nodes["item"], dtype=torch.long)
         for et in config.edge_types:
             g[et].edge_index = torch.zeros(2, 0, dtype=torch.long)
         with torch.no_grad():
@@ -1498,18 +1506,21 @@ class ShopService:
             return self._sync()
 
     def _sync(self) -> int:
-        """Replay the journal past ``_journal_at`` (across a compaction); the caller holds
-        ``_sync_lock``."""
+        """Replay the journal past ``_journal_at`` (across a compaction), the adds of up to
+        :data:`REPLAY_BATCH` entries embedded in one pass; the caller holds ``_sync_lock``."""
         assert self._journal is not None
         entries, at, incomplete = self._journal.follow(self._journal_at)
         superseded = self._journal_superseded
-        for where, entry in entries:
-            try:
-                self._replay(entry)
-            except (ValueError, NotAvailableError) as exc:
-                note = f"{Path(where).name}: {entry['op']} {entry['item_id']!r} not applied: {exc}"
-                logger.warning("catalogue journal %s", note)
-                self._journal_notes.append(note)
+        for start in range(0, len(entries), REPLAY_BATCH):
+            batch = entries[start:start + REPLAY_BATCH]
+            prepared = self._prepare_adds([entry for _, entry in batch])
+            for k, (where, entry) in enumerate(batch):
+                try:
+                    self._replay(entry, prepared.get(k))
+                except (ValueError, NotAvailableError) as exc:
+                    note = f"{Path(where).name}: {entry['op']} {entry['item_id']!r} not applied: {exc}"
+                    logger.warning("catalogue journal %s", note)
+                    self._journal_notes.append(note)
         if at.generation != self._journal_at.generation and self._journal_at.ino:
             logger.info("%s: compacted to generation %d meanwhile; following it", self._journal.path, at.generation)
         self._journal_at = at
@@ -1521,9 +1532,42 @@ class ShopService:
             logger.info("%s: %d bytes of an unfinished last line left for later", self._journal.path, incomplete)
         return len(entries)
 
-    def _replay(self, entry: dict[str, Any]) -> None:
+    def _prepare_adds(self, entries: list[dict[str, Any]]) -> dict[int, _Prepared | Exception]:
+        """What each add among ``entries`` needs to be inserted (by position): its content vectors
+        (encoded again when the run's encoders are not the ones that made them), its image path and
+        its embedding, all embedded in one pass; or the error that stops it."""
+        from shopgraph.encoders.text import item_text
+
+        out: dict[int, _Prepared | Exception] = {}
+        rows: dict[int, tuple[np.ndarray | None, np.ndarray | None, str, np.ndarray]] = {}
+        for k, entry in enumerate(entries):
+            if entry["op"] != "add":
+                continue
+            try:
+                text_vec, image_vec = decode_vector(entry["text_vec"]), decode_vector(entry["image_vec"])
+                image = (str(self._journal.run_path / entry["image"]) if self._journal is not None and entry["image"]
+                         else "")
+                if text_vec is not None and entry["text_model"] != self._encoder_name("text"):
+                    text_vec = self._encode_texts([item_text(entry["title"], entry["category"],
+                                                             entry["description"])])[0]
+                if image_vec is not None and entry["image_model"] != self._encoder_name("image"):
+                    image_vec = self._encode_image(image)[0]
+                rows[k] = (text_vec, image_vec, image,
+                           self._feature_row(text_vec, image_vec, entry["price"], entry["category"]))
+            except (ValueError, NotAvailableError) as exc:
+                out[k] = exc
+        if rows:
+            try:
+                embs = self._inductive_embeddings(np.stack([row for *_, row in rows.values()]))
+            except NotAvailableError as exc:
+                return out | dict.fromkeys(rows, exc)
+            for (k, (text_vec, image_vec, image, _)), emb in zip(rows.items(), embs):
+                out[k] = _Prepared(text_vec, image_vec, image, emb[None, :])
+        return out
+
+    def _replay(self, entry: dict[str, Any], prepared: _Prepared | Exception | None) -> None:
         """Apply one journal entry written by :meth:`add_item` or :meth:`remove_item` (here or in
-        another process). An add whose encoders are not this run's is encoded again."""
+        another process); an add with what :meth:`_prepare_adds` made for it."""
         item_id = entry["item_id"]
         if entry["op"] == "remove":
             if item_id in self._item_pos:
@@ -1537,17 +1581,20 @@ class ShopService:
             return
         if item_id in self._item_pos:
             raise ValueError("the id was added twice")
-        from shopgraph.encoders.text import item_text
+        if isinstance(prepared, Exception):
+            raise prepared
+        assert prepared is not None
+        self._insert(item_id, entry["title"], entry["category"], entry["description"], entry["price"],
+                     prepared.image, prepared.text_vec, prepared.image_vec, prepared.emb)
 
-        text_vec, image_vec = decode_vector(entry["text_vec"]), decode_vector(entry["image_vec"])
-        image = str(self._journal.run_path / entry["image"]) if self._journal is not None and entry["image"] else ""
-        if text_vec is not None and entry["text_model"] != self._encoder_name("text"):
-            text_vec = self._encode_texts([item_text(entry["title"], entry["category"], entry["description"])])[0]
-        if image_vec is not None and entry["image_model"] != self._encoder_name("image"):
-            image_vec = self._encode_image(image)[0]
-        emb = self._inductive_embedding(self._feature_row(text_vec, image_vec, entry["price"], entry["category"]))
-        self._insert(item_id, entry["title"], entry["category"], entry["description"], entry["price"], image,
-                     text_vec, image_vec, emb)
+
+class _Prepared(NamedTuple):
+    """A journal add, ready to insert (:meth:`ShopService._prepare_adds`)."""
+
+    text_vec: np.ndarray | None
+    image_vec: np.ndarray | None
+    image: str
+    emb: np.ndarray  # [1, D]
 
 
 # The background looks of live services: stopped and joined at interpreter exit (below), before
