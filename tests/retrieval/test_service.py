@@ -634,6 +634,24 @@ def test_other_processes_pick_up_changes_and_share_the_id_check(own_run):
     assert late.sync_catalogue() == 1 and late.item_ids == writer.item_ids == eager.item_ids
 
 
+def test_replay_embeds_in_batches_and_keeps_the_order_of_changes(own_run, monkeypatch):
+    from shopgraph.retrieval import service as service_module
+
+    first = load_service(own_run, catalogue_follow=False)
+    for k in range(5):
+        first.add_item(f"new{k}", f"item number {k}", category="toys", price=float(k))
+    first.remove_item("new1")
+    first.add_item("new1", "item number one, again", category="toys")  # the same id after its removal
+    monkeypatch.setattr(service_module, "REPLAY_BATCH", 2)  # 7 changes: batches of 2, 2, 2, 1
+    again = load_service(own_run, catalogue_follow=False)
+    served = [again.item_ids[p] for p in range(again._n_trained, len(again.item_ids)) if again._active[p]]
+    assert served == ["new0", "new2", "new3", "new4", "new1"]
+    assert again.item_info("new1")["title"] == "item number one, again"
+    for item_id in ("new0", "new1", "new4"):
+        np.testing.assert_allclose(again.item_emb[again._item_pos[item_id]], first.item_emb[first._item_pos[item_id]],
+                                   rtol=1e-5, atol=1e-6)
+
+
 def test_a_change_whose_journal_write_fails_is_not_applied(own_run, monkeypatch):
     from shopgraph.retrieval.catalogue import CatalogueJournal
 
