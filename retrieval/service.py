@@ -687,6 +687,7 @@ class ShopService:
         self._item_x_mean = (np.asarray(data["item"].x, dtype=np.float32).mean(axis=0)
                              if "x" in data["item"] else None)
         self._stat_maps = _statistic_maps(data, np.asarray(self.prices, dtype=np.float64))
+        self._layout: _RowLayout | None = None
         if self._item_x_mean is not None:
             x_items = np.asarray(data["item"].x, dtype=np.float32)
             self._item_x_range = (x_items.min(axis=0), x_items.max(axis=0))
@@ -1264,40 +1265,50 @@ class ShopService:
         are computed: zero training events and users, and ``log_price``; any other column is the
         training mean of that column.
         """
+        layout = self._row_layout()
+        row = layout.base.copy()
+        for cols, vec, what in ((layout.text, text_vec, "text"), (layout.image, image_vec, "image")):
+            if not len(cols) or vec is None:
+                continue  # no such columns, or 0 in them (the base row)
+            if vec.size != len(cols):
+                raise NotAvailableError(f"add_item: the {what} encoder gives {vec.size} values, the item features "
+                                        f"hold {len(cols)} {what}_* columns")
+            row[cols] = vec.reshape(-1)
+        for name, value in (("has_text", text_vec is not None), ("has_image", image_vec is not None),
+                            ("has_price", price is not None)):
+            if name in layout.flags:
+                row[layout.flags[name]] = float(value)
+        if category.strip() in layout.categories:
+            row[layout.categories[category.strip()]] = 1.0
+        j = layout.flags.get("log_price")
+        if j is not None:
+            fit = self._stat_maps.get("log_price")
+            if price is None:
+                row[j] = 0.0  # unknown price: the mean, as in training
+            elif fit is not None:
+                row[j] = self._clip(j, fit[0] * math.log1p(max(price, 0.0)) + fit[1])
+        return row
+
+    def _row_layout(self) -> _RowLayout:
+        """Where :meth:`_feature_row` writes what, and the row it starts from (made once)."""
+        if self._layout is not None:
+            return self._layout
         names = self._item_feature_names
         if self._item_x_mean is None or not names:
             raise NotAvailableError("add_item: the graph's items have no .x / feature_names (run `shopgraph build`)")
-        row = self._item_x_mean.astype(np.float32).copy()
-        text_cols = [j for j, n in enumerate(names) if n.startswith("text_")]
-        image_cols = [j for j, n in enumerate(names) if n.startswith("image_")]
-        for cols, vec, what in ((text_cols, text_vec, "text"), (image_cols, image_vec, "image")):
-            if not cols:
-                continue
-            if vec is None:
-                row[cols] = 0.0
-            elif vec.size != len(cols):
-                raise NotAvailableError(f"add_item: the {what} encoder gives {vec.size} values, the item features "
-                                        f"hold {len(cols)} {what}_* columns")
-            else:
-                row[cols] = vec.reshape(-1)
+        base = self._item_x_mean.astype(np.float32).copy()
+        text = np.array([j for j, n in enumerate(names) if n.startswith("text_")], dtype=np.int64)
+        image = np.array([j for j, n in enumerate(names) if n.startswith("image_")], dtype=np.int64)
+        base[text] = 0.0
+        base[image] = 0.0
+        flags = {n: j for j, n in enumerate(names) if n in ("has_text", "has_image", "has_price", "log_price")}
+        categories = {n[len(CATEGORY_FLAG):]: j for j, n in enumerate(names) if n.startswith(CATEGORY_FLAG)}
+        base[list(categories.values())] = 0.0  # set to 1 for the item's own category, if the shop had it
         for j, n in enumerate(names):
-            if n == "has_text":
-                row[j] = float(text_vec is not None)
-            elif n == "has_image":
-                row[j] = float(image_vec is not None)
-            elif n == "has_price":
-                row[j] = float(price is not None)
-            elif n.startswith(CATEGORY_FLAG):
-                row[j] = float(n[len(CATEGORY_FLAG):] == category.strip())
-            elif n == "log_price":
-                fit = self._stat_maps.get(n)
-                if price is None:
-                    row[j] = 0.0  # unknown price: the mean, as in training
-                elif fit is not None:
-                    row[j] = self._clip(j, fit[0] * math.log1p(max(price, 0.0)) + fit[1])
-            elif n in self._stat_maps:  # a count: a new item has none yet (raw log1p(0) = 0)
-                row[j] = self._clip(j, self._stat_maps[n][1])
-        return row
+            if n not in flags and not n.startswith(CATEGORY_FLAG) and n in self._stat_maps:
+                base[j] = self._clip(j, self._stat_maps[n][1])  # a count: a new item has none (log1p(0) = 0)
+        self._layout = _RowLayout(base, text, image, flags, categories)
+        return self._layout
 
     def _clip(self, j: int, value: float) -> float:
         # Keep computed statistics inside the range the model was trained on: when every trained
@@ -1586,6 +1597,16 @@ class ShopService:
         assert prepared is not None
         self._insert(item_id, entry["title"], entry["category"], entry["description"], entry["price"],
                      prepared.image, prepared.text_vec, prepared.image_vec, prepared.emb)
+
+
+class _RowLayout(NamedTuple):
+    """The column layout of a new item's feature row (:meth:`ShopService._row_layout`)."""
+
+    base: np.ndarray  # the training means, 0 in the encoder and category columns, counts at "none"
+    text: np.ndarray  # text_* columns
+    image: np.ndarray  # image_* columns
+    flags: dict[str, int]  # has_text, has_image, has_price, log_price -> column
+    categories: dict[str, int]  # category -> its item_category=<value> column
 
 
 class _Prepared(NamedTuple):
