@@ -385,6 +385,16 @@ async def _json_body(request: Request, example: str) -> dict[str, Any]:
     return body
 
 
+def _json_or_multipart(model: type[BaseModel], form: dict[str, Any], *, required: list[str]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that takes ``model`` as JSON or the fields ``form`` as a
+    multipart form (an upload)."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": model.model_json_schema()},
+        "multipart/form-data": {"schema": {"type": "object", "properties": form, "required": required,
+                                           "additionalProperties": False}},
+    }}}
+
+
 def _media_type(request: Request, accepted: tuple[str, ...]) -> str:
     """The request's media type, one of ``accepted`` (compared case-insensitively, RFC 9110), or
     ``application/json`` when it names none; 415 naming ``accepted`` otherwise."""
@@ -588,25 +598,12 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
             rec = service.recommend_for_items(ids or [], k)
         return ColdOut(item_ids=ids, text=text, k=k, items=_items(rec))
 
-    search_body = {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": SearchIn.model_json_schema()},
-                "multipart/form-data": {"schema": {
-                    "type": "object",
-                    "properties": {
-                        "image": {"type": "string", "format": "binary",
-                                  "description": f"an image file, at most {MAX_IMAGE_BYTES // 2**20} MB"},
-                        "text": {"type": "string", "description": "optional text, combined with the image"},
-                        "k": {"type": "integer", "minimum": 1, "maximum": K_MAX, "default": 10},
-                    },
-                    "required": ["image"],
-                    "additionalProperties": False,
-                }},
-            },
-        }
-    }
+    search_body = _json_or_multipart(SearchIn, {
+        "image": {"type": "string", "format": "binary",
+                  "description": f"an image file, at most {MAX_IMAGE_BYTES // 2**20} MB"},
+        "text": {"type": "string", "description": "optional text, combined with the image"},
+        "k": {"type": "integer", "minimum": 1, "maximum": K_MAX, "default": 10},
+    }, required=["image"])
 
     @app.post("/search", response_model=SearchOut, responses={
         **_ERRORS, 413: {"model": ErrorOut, "description": "upload too large"},
@@ -625,25 +622,12 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         rec = await run_in_threadpool(service.search, text=text, image=image, k=k)
         return SearchOut(text=text, image=image is not None, k=k, items=_items(rec))
 
-    item_body = {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": ItemIn.model_json_schema()},
-                "multipart/form-data": {"schema": {
-                    "type": "object",
-                    "properties": {
-                        **{name: {"type": "string"} for name in ("item_id", "title", "category", "description")},
-                        "price": {"type": "number", "minimum": 0},
-                        "image": {"type": "string", "format": "binary",
-                                  "description": f"the item's image, at most {MAX_IMAGE_BYTES // 2**20} MB"},
-                    },
-                    "required": ["item_id", "title"],
-                    "additionalProperties": False,
-                }},
-            },
-        }
-    }
+    item_body = _json_or_multipart(ItemIn, {
+        **{name: {"type": "string"} for name in ("item_id", "title", "category", "description")},
+        "price": {"type": "number", "minimum": 0},
+        "image": {"type": "string", "format": "binary",
+                  "description": f"the item's image, at most {MAX_IMAGE_BYTES // 2**20} MB"},
+    }, required=["item_id", "title"])
     catalogue_errors: dict[int | str, dict[str, Any]] = {
         **_ERRORS, 409: {"model": ErrorOut, "description": "the item id exists already"},
         413: {"model": ErrorOut, "description": "upload too large"},
