@@ -52,6 +52,7 @@ VERSION = 1
 _OPS = ("add", "remove")
 _HEADER_OP = "compacted"
 _HEADER_FIELDS = ("generation", "kept", "kept_bytes", "from_lines", "from_bytes")
+_DROPPED = ("cancelled", "superseded", "not applied")  # why compaction drops a line (Compaction.dropped)
 HISTORY_KEEP_S = 600.0  # prune_history keeps generations compacted away more recently than this
 _ADD_FIELDS = {"title": str, "category": str, "description": str, "image": str, "text_model": str,
                "image_model": str, "at": str}
@@ -105,7 +106,7 @@ def _net(entries: list[dict[str, Any]], trained_ids: set[str]) -> tuple[list[int
     """Which of ``entries`` (in order) still change what a service over tables holding
     ``trained_ids`` serves, replaying them as :class:`~shopgraph.retrieval.service.ShopService`
     does: ``(indices kept, lines dropped by reason, ids added, trained ids removed)``."""
-    dropped = dict.fromkeys(("cancelled", "superseded", "not applied"), 0)
+    dropped = dict.fromkeys(_DROPPED, 0)
     # id -> (served now, the add that made it served, the removal of its trained item)
     state: dict[str, tuple[bool, int | None, int | None]] = {}
     for n, entry in enumerate(entries):
@@ -235,6 +236,15 @@ class CatalogueJournal:
         """Bytes in the journal now (0 before the first change)."""
         return self.stat()[1]
 
+    def history(self) -> dict[int, Path]:
+        """The compacted generations kept in ``RUN/catalogue_history/``, by generation."""
+        files = {}
+        for path in (self.run_path / HISTORY).glob("catalogue.*.jsonl"):
+            number = path.name.split(".")[1]
+            if number.isdigit():
+                files[int(number)] = path
+        return files
+
     def archive_path(self, generation: int) -> Path:
         """Where generation ``generation`` of the journal is kept once it has been compacted."""
         return self.run_path / HISTORY / f"catalogue.{generation}.jsonl"
@@ -262,12 +272,8 @@ class CatalogueJournal:
             CatalogueError: a complete line that is not a well-formed entry, or a journal shorter
                 than ``offset``.
         """
-        try:
-            f = open(self.path, "rb")
-        except FileNotFoundError:
-            if offset:
-                raise CatalogueError(f"{self.path}: removed, after {offset:,} bytes of it were applied; restart "
-                                     "the service to serve what it holds") from None
+        f = self._open(offset)
+        if f is None:
             return [], 0, 0, 0
         with f:
             found, end, line, incomplete = self._scan(f, offset, line, str(self.path))
@@ -286,12 +292,8 @@ class CatalogueJournal:
             CatalogueError: a damaged line, or a journal cut, replaced by an older generation, or
                 compacted with the history ``pos`` needs gone.
         """
-        try:
-            f = open(self.path, "rb")
-        except FileNotFoundError:
-            if pos.offset:
-                raise CatalogueError(f"{self.path}: removed, after {pos.offset:,} bytes of it were applied; "
-                                     "restart the service to serve what it holds") from None
+        f = self._open(pos.offset)
+        if f is None:
             return [], pos, 0
         with f:
             ino = os.fstat(f.fileno()).st_ino
@@ -321,10 +323,30 @@ class CatalogueJournal:
             got, end, line, incomplete = self._scan(f, pos.offset, pos.line, str(self.path))
         return [(where, entry) for where, entry, _ in found + got], JournalPosition(generation, end, line, ino), incomplete
 
+    def _open(self, applied: int) -> BinaryIO | None:
+        """The journal open for reading; ``None`` before the first change. A journal removed after
+        ``applied`` of its bytes were applied is a :class:`CatalogueError`."""
+        try:
+            return open(self.path, "rb")
+        except FileNotFoundError:
+            if applied:
+                raise CatalogueError(f"{self.path}: removed, after {applied:,} bytes of it were applied; restart "
+                                     "the service to serve what it holds") from None
+            return None
+
     @staticmethod
     def _header(f: BinaryIO, where: str) -> tuple[int, int, int]:
         """``(generation, offset, line)`` of the open journal file ``f``: offset and line end the
         lines that stand for the generation before it (0 for a journal never compacted)."""
+        entry, size = CatalogueJournal._header_entry(f, where)
+        if entry is None:
+            return 0, 0, 0
+        return entry["generation"], size + entry["kept_bytes"], 1 + entry["kept"]
+
+    @staticmethod
+    def _header_entry(f: BinaryIO, where: str) -> tuple[dict[str, Any] | None, int]:
+        """The checked first line of the open journal file ``f`` when a compaction wrote it
+        (``None`` otherwise), and its length in bytes."""
         f.seek(0)
         first = f.readline()
         try:
@@ -332,9 +354,8 @@ class CatalogueJournal:
         except ValueError:
             entry = None  # a damaged first line: reading the changes names it
         if not isinstance(entry, dict) or entry.get("op") != _HEADER_OP:
-            return 0, 0, 0
-        _check_entry(entry, f"{where}: line 1")
-        return entry["generation"], len(first) + entry["kept_bytes"], 1 + entry["kept"]
+            return None, 0
+        return _check_entry(entry, f"{where}: line 1"), len(first)
 
     @staticmethod
     def _scan(f: BinaryIO, offset: int, line: int,
@@ -411,7 +432,7 @@ class CatalogueJournal:
             try:
                 f = open(self.path, "rb")
             except FileNotFoundError:
-                return Compaction(0, 0, 0, 0, 0, 0, dict.fromkeys(("cancelled", "superseded", "not applied"), 0))
+                return Compaction(0, 0, 0, 0, 0, 0, dict.fromkeys(_DROPPED, 0))
             with f:
                 size = os.fstat(f.fileno()).st_size
                 generation = self._header(f, str(self.path))[0]
@@ -469,11 +490,7 @@ class CatalogueJournal:
         if older_than_s < 0:
             raise ValueError(f"older_than_s: expected >= 0 seconds (got {older_than_s!r})")
         with self.locked():
-            files: dict[int, Path] = {}
-            for path in (self.run_path / HISTORY).glob("catalogue.*.jsonl"):
-                number = path.name.split(".")[1]
-                if number.isdigit():
-                    files[int(number)] = path
+            files = self.history()
             current = self._generation_of(self.path)
             now = time.time()
             pruned: list[int] = []
@@ -513,12 +530,10 @@ class CatalogueJournal:
         except FileNotFoundError:
             return 0, None
         with f:
-            generation = self._header(f, str(path))[0]
-            if not generation:
-                return 0, None
-            f.seek(0)
-            stamp = json.loads(f.readline())["at"]
-        return generation, float(calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")))
+            entry = self._header_entry(f, str(path))[0]
+        if entry is None:
+            return 0, None
+        return entry["generation"], float(calendar.timegm(time.strptime(entry["at"], "%Y-%m-%dT%H:%M:%SZ")))
 
     def save_image(self, payload: bytes, ext: str) -> str:
         """Keep an added item's image as ``RUN/added_images/<sha256>.<ext>`` (written atomically;
@@ -571,9 +586,7 @@ def cli_catalogue(args: Any) -> int:
         print(f"run `shopgraph catalogue --run {args.run} --compact` to keep only the {n(report.kept, 'change')} "
               "still needed")
     if pruned is not None:
-        kept = sorted(int(p.name.split(".")[1]) for p in (journal.run_path / HISTORY).glob("catalogue.*.jsonl")
-                      if p.name.split(".")[1].isdigit())
         print(f"history: deleted {n(len(pruned.generations), 'generation')} ({n(pruned.bytes, 'byte')}) and "
               f"{n(pruned.images, 'image')} no line names ({n(pruned.image_bytes, 'byte')}); kept "
-              f"{n(len(kept), 'generation')} compacted away less than {HISTORY_KEEP_S / 60:g} minutes ago")
+              f"{n(len(journal.history()), 'generation')} compacted away less than {HISTORY_KEEP_S / 60:g} minutes ago")
     return 0
