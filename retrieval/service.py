@@ -27,7 +27,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -51,6 +51,7 @@ MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_TEXT_CHARS = 2_000
 MAX_BATCH = 1_000
+_IMAGE_CHUNK = 32  # images decoded at a time when a batch is encoded (ShopService._encode_images)
 SHOWN_CHARS = 60  # longest value echoed in an error message
 REPLAY_BATCH = 1024  # journal entries whose adds are embedded in one pass
 # the one-hot flags of the items' category column (encoders/behaviour.py: "item_" + "category=<value>")
@@ -222,6 +223,14 @@ def check_text(text: Any, name: str = "text") -> str:
     if len(stripped) > MAX_TEXT_CHARS:
         raise ValueError(f"{name}: expected at most {MAX_TEXT_CHARS:,} characters (got {len(stripped):,})")
     return stripped
+
+
+def batch_problems(problems: Sequence[str], total: int, shown_at_most: int = 5) -> str:
+    """One error message for the invalid items of a batch (:meth:`ShopService.add_items`), each
+    problem already naming its item (``items[3]: price: ...``)."""
+    more = f"; and {len(problems) - shown_at_most:,} more" if len(problems) > shown_at_most else ""
+    return (f"{len(problems):,} of {total:,} items are not valid, nothing was added: "
+            + "; ".join(problems[:shown_at_most]) + more)
 
 
 def _megabytes(size: int) -> str:
@@ -1112,20 +1121,34 @@ class ShopService:
         return vectors
 
     def _encode_image(self, image: Any) -> np.ndarray:
-        img = read_image(image)
+        return self._encode_images([image], ["image"])
+
+    def _encode_images(self, images: Sequence[Any], names: Sequence[str]) -> np.ndarray:
+        """``[N, D]``: images (``PIL.Image``, bytes or paths; read by :func:`read_image`) encoded
+        :data:`_IMAGE_CHUNK` at a time, each through a PNG file as the build encodes the shop's image
+        files, so that a batch of large images is never all decoded at once. An image that cannot
+        be read or encoded is a ``ValueError`` naming it by ``names``."""
+        out = []
         with self._enc_lock:
             if self._image_encoder is None:
                 from shopgraph.encoders.image import ImageEncoder
 
                 self._image_encoder = ImageEncoder(self._image_model, num_workers=0)
             with tempfile.TemporaryDirectory(prefix="shopgraph-query-") as tmp:
-                path = Path(tmp) / "query.png"
-                img.save(path, format="PNG")
-                result = self._image_encoder.encode([path])
-        if not bool(np.asarray(result.ok)[0]):
-            kinds = ", ".join(sorted(k for k in result.problems if k != "no_image")) or "unknown problem"
-            raise ValueError(f"image: could not be encoded ({kinds})")
-        return np.asarray(result.embeddings, dtype=np.float32)[:1]
+                for start in range(0, len(images), _IMAGE_CHUNK):
+                    chunk = range(start, min(start + _IMAGE_CHUNK, len(images)))
+                    paths = [Path(tmp) / f"{k}.png" for k in chunk]
+                    for k, path in zip(chunk, paths):
+                        read_image(images[k], names[k]).save(path, format="PNG")
+                    result = self._image_encoder.encode(paths)
+                    failed = [k for k, ok in enumerate(np.asarray(result.ok)) if not ok]
+                    if failed:
+                        kinds = ", ".join(sorted(set(result.kinds[failed[0]]) - {"no_image"})) or "unknown problem"
+                        raise ValueError(f"{names[start + failed[0]]}: could not be encoded ({kinds})")
+                    out.append(np.asarray(result.embeddings, dtype=np.float32))
+                    for path in paths:
+                        path.unlink()
+        return np.concatenate(out)
 
     def _content_hits(self, name: str, q: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         index = self._need(name)
@@ -1368,42 +1391,126 @@ class ShopService:
         Returns:
             The new item's node index.
         """
+        new = self._new_item("", item_id, title, category, description, price, image)
+        return self._add([new], batch=False)[0]
+
+    def add_items(self, items: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Add up to :data:`MAX_BATCH` items at once, as :meth:`add_item` adds one, all or none.
+
+        The texts and the images are encoded in one call each and the items embedded in one
+        model pass, and the batch is one line of the run's journal (written whole or not at all),
+        so a service syncing many items pays the encoders' fixed costs once.
+
+        Args:
+            items: each a mapping with :meth:`add_item`'s arguments: ``item_id`` and ``title``
+                required; ``category``, ``description``, ``price`` and ``image`` optional.
+
+        Returns:
+            The new items' node indices, in the order given.
+
+        Raises:
+            ValueError: items that are not valid, each named (``items[3]: price: ...``), or ids
+                given twice; nothing is added.
+            DuplicateIdError: ids that exist already (all of them named); nothing is added.
+        """
+        if isinstance(items, str | bytes | Mapping) or not isinstance(items, Sequence):
+            raise ValueError(f"items: expected a list of items, each a mapping of add_item's arguments "
+                             f"(got {type(items).__name__})")
+        if not 1 <= len(items) <= MAX_BATCH:
+            raise ValueError(f"items: expected 1 to {MAX_BATCH:,} items (got {len(items):,})")
+        new, problems = self._check_items(dict(enumerate(items)))
+        if problems:
+            raise ValueError(batch_problems([problems[k] for k in sorted(problems)], len(items)))
+        return self._add(new, batch=True)
+
+    def item_problems(self, items: Mapping[int, Any]) -> dict[int, str]:
+        """What :meth:`add_items` would refuse among ``items`` (by their positions in the batch),
+        each message naming its item (``items[3]: price: ...``); nothing is added. The HTTP API
+        uses it to name every invalid item of a body with some items it refused itself."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # stripped ids: said when the items are added
+            return self._check_items(items)[1]
+
+    def _check_items(self, items: Mapping[int, Any]) -> tuple[list[_NewItem], dict[int, str]]:
+        """The valid items of a batch, checked, and the problem of each invalid one (by position)."""
+        new: list[_NewItem] = []
+        problems: dict[int, str] = {}
+        first: dict[str, int] = {}
+        for k, item in items.items():
+            where = f"items[{k}]"
+            try:
+                if not isinstance(item, Mapping):
+                    raise ValueError(f"{where}: expected a mapping of add_item's arguments (got {type(item).__name__})")
+                unknown = sorted(str(key) for key in item if key not in _NEW_ITEM_FIELDS)
+                if unknown:
+                    raise ValueError(f"{where}: unknown field {shown(unknown[0])} (expected some of "
+                                     f"{', '.join(_NEW_ITEM_FIELDS)})")
+                missing = [name for name in ("item_id", "title") if name not in item]
+                if missing:
+                    raise ValueError(f"{where}: {' and '.join(missing)} required")
+                one = self._new_item(f"{where}: ", **item)
+                if one.item_id in first:
+                    raise ValueError(f"{where}: item_id {shown(one.item_id)} is also items[{first[one.item_id]}]")
+                first[one.item_id] = k
+                new.append(one)
+            except ValueError as exc:
+                problems[k] = str(exc)
+        return new, problems
+
+    def _new_item(self, where: str, item_id: Any, title: Any, category: Any = "", description: Any = "",
+                  price: Any = None, image: Any = None) -> _NewItem:
+        """One item to add, checked (errors prefixed with ``where``), its id stripped, its image read."""
         if not isinstance(item_id, str) or not item_id.strip():
-            raise ValueError(f"item_id: expected a non-empty string (got {shown(item_id)})")
+            raise ValueError(f"{where}item_id: expected a non-empty string (got {shown(item_id)})")
         if item_id != item_id.strip():  # as loading the shop does (graph/load.py): ids are stored stripped
-            warnings.warn(f"item_id: stripped leading/trailing spaces ({shown(item_id)} -> "
-                          f"{shown(item_id.strip())})", stacklevel=2)
+            warnings.warn(f"{where}item_id: stripped leading/trailing spaces ({shown(item_id)} -> "
+                          f"{shown(item_id.strip())})", stacklevel=4 if where else 3)
             item_id = item_id.strip()
-        self._maybe_sync()
-        self._refuse_known(item_id)
         for name, value in (("title", title), ("category", category), ("description", description)):
             if not isinstance(value, str):
-                raise ValueError(f"{name}: expected a string (got {type(value).__name__})")
+                raise ValueError(f"{where}{name}: expected a string (got {type(value).__name__})")
         if price is not None and (isinstance(price, bool) or not isinstance(price, int | float | np.number)
                                   or not math.isfinite(price) or price < 0):
-            raise ValueError(f"price: expected a finite number >= 0 (got {type(price).__name__} {shown(price)})")
-        price = None if price is None else float(price)
+            raise ValueError(f"{where}price: expected a finite number >= 0 (got {type(price).__name__} {shown(price)})")
+        if image is not None:
+            read_image(image, f"{where}image")  # checked now; decoded again when encoded (memory: see _encode_images)
+        return _NewItem(item_id, title, category, description, None if price is None else float(price), image)
+
+    def _add(self, new: list[_NewItem], *, batch: bool) -> list[int]:
+        """Encode, embed and insert checked new items (one journal line: an ``add``, or with
+        ``batch`` an ``add_batch``)."""
         from shopgraph.encoders.text import item_text
 
-        text = item_text(title, category, description)
-        text_vec = self._encode_texts([text])[0] if text else None
-        image_vec = self._encode_image(image)[0] if image is not None else None
-        emb = self._inductive_embedding(self._feature_row(text_vec, image_vec, price, category))
-        shown_image = str(image) if isinstance(image, str | Path) else ""
+        self._maybe_sync()
+        self._refuse_known([n.item_id for n in new])
+        texts = {k: text for k, n in enumerate(new) if (text := item_text(n.title, n.category, n.description))}
+        text_vecs = dict(zip(texts, self._encode_texts(list(texts.values())))) if texts else {}
+        pictures = {k: n.image for k, n in enumerate(new) if n.image is not None}
+        image_vecs = (dict(zip(pictures, self._encode_images(
+            list(pictures.values()), [f"items[{k}]: image" if batch else "image" for k in pictures]))) if pictures else {})
+        rows = np.stack([self._feature_row(text_vecs.get(k), image_vecs.get(k), n.price, n.category)
+                         for k, n in enumerate(new)])
+        embs = self._inductive_embeddings(rows)
+
+        def insert(images: list[str]) -> list[int]:
+            return [self._insert(n.item_id, n.title, n.category, n.description, n.price, image,
+                                 text_vecs.get(k), image_vecs.get(k), embs[k:k + 1])
+                    for k, (n, image) in enumerate(zip(new, images))]
+
         if self._journal is None:
-            return self._insert(item_id, title, category, description, price, shown_image, text_vec, image_vec, emb)
-        payload, ext = _image_file(image) if image is not None else (b"", "")
+            return insert([str(n.image) if isinstance(n.image, str | Path) else "" for n in new])
         with self._sync_lock, self._journal.locked():
             self._sync()  # what other processes changed, so that the id check below is theirs too
-            self._refuse_known(item_id)
-            rel = self._journal.save_image(payload, ext) if payload else ""
-            self._append({
-                "op": "add", "item_id": item_id, "title": title, "category": category,
-                "description": description, "price": price, "image": rel,
-                "text_model": self._encoder_name("text"), "image_model": self._encoder_name("image"),
-                "text_vec": encode_vector(text_vec), "image_vec": encode_vector(image_vec)})
-            return self._insert(item_id, title, category, description, price,
-                                str(self._journal.run_path / rel) if rel else "", text_vec, image_vec, emb)
+            self._refuse_known([n.item_id for n in new])
+            # one image file in memory at a time
+            rels = [self._journal.save_image(*_image_file(n.image)) if n.image is not None else "" for n in new]
+            adds = [{"item_id": n.item_id, "title": n.title, "category": n.category, "description": n.description,
+                     "price": n.price, "image": rel, "text_model": self._encoder_name("text"),
+                     "image_model": self._encoder_name("image"), "text_vec": encode_vector(text_vecs.get(k)),
+                     "image_vec": encode_vector(image_vecs.get(k))}
+                    for k, (n, rel) in enumerate(zip(new, rels))]
+            self._append({"op": "add_batch", "items": adds} if batch else {"op": "add", **adds[0]})
+            return insert([str(self._journal.run_path / rel) if rel else "" for rel in rels])
 
     def remove_item(self, item_id: str) -> None:
         """Take an item out of every index and every answer (its id becomes unknown). On a service
@@ -1462,9 +1569,14 @@ class ShopService:
         logger.info("removed item %r (node %d)", self.item_ids[i], i)
 
     # -- the catalogue journal ----------------------------------------------------------------
-    def _refuse_known(self, item_id: str) -> None:
-        if item_id in self._item_pos:
-            raise DuplicateIdError(f"item_id: item {shown(item_id)} already exists")
+    def _refuse_known(self, item_ids: list[str]) -> None:
+        known = [item_id for item_id in item_ids if item_id in self._item_pos]
+        if len(item_ids) == 1 and known:
+            raise DuplicateIdError(f"item_id: item {shown(known[0])} already exists")
+        if known:
+            raise DuplicateIdError(f"item_id: {len(known):,} of the {len(item_ids):,} items exist already, nothing "
+                                   f"was added: {', '.join(shown(i) for i in known[:10])}"
+                                   + (f" and {len(known) - 10:,} more" if len(known) > 10 else ""))
 
     def _append(self, entry: dict[str, Any]) -> None:
         """Write one change of this process to the journal (the caller holds ``_sync_lock`` and the
@@ -1607,6 +1719,20 @@ class _RowLayout(NamedTuple):
     image: np.ndarray  # image_* columns
     flags: dict[str, int]  # has_text, has_image, has_price, log_price -> column
     categories: dict[str, int]  # category -> its item_category=<value> column
+
+
+_NEW_ITEM_FIELDS = ("item_id", "title", "category", "description", "price", "image")
+
+
+class _NewItem(NamedTuple):
+    """An item to add, checked (:meth:`ShopService._new_item`)."""
+
+    item_id: str  # stripped
+    title: str
+    category: str
+    description: str
+    price: float | None
+    image: Any  # as given (checked): PIL.Image, bytes or a path; None
 
 
 class _Prepared(NamedTuple):

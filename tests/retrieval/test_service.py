@@ -3,6 +3,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -632,6 +633,110 @@ def test_other_processes_pick_up_changes_and_share_the_id_check(own_run):
     writer.add_item("new4", "trail running shoes", category="shoes")
     assert "new4" in eager.search(text="trail running shoes", k=3).item_ids  # picked up by the call itself
     assert late.sync_catalogue() == 1 and late.item_ids == writer.item_ids == eager.item_ids
+
+
+@pytest.mark.parametrize("image_chunk", [1, 32])  # images decoded and encoded one at a time, or all together
+def test_add_items_adds_a_batch_as_add_item_adds_each(own_run, tmp_path, monkeypatch, image_chunk):
+    import shutil
+
+    from shopgraph.retrieval import service as service_module
+
+    monkeypatch.setattr(service_module, "_IMAGE_CHUNK", image_chunk)
+    shutil.copytree(own_run, tmp_path / "one_by_one")
+    png, jpeg = solid_png((20, 220, 20), seed=5), io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 40, 40)).save(jpeg, format="JPEG")
+    items = [{"item_id": "new1", "title": "glow in the dark frisbee", "category": "toys", "price": 9.5, "image": png},
+             {"item_id": "new2", "title": "heavy duty umbrella"},
+             {"item_id": "new3", "title": "trail running shoes", "category": "shoes", "description": "light",
+              "image": jpeg.getvalue()},
+             {"item_id": "new4", "title": "", "price": 0}]
+    batch, single = load_service(own_run), load_service(tmp_path / "one_by_one")
+    n = len(batch.item_ids)
+    assert batch.add_items(items) == [n, n + 1, n + 2, n + 3]
+    for item in items:
+        single.add_item(**item)
+    assert batch.item_ids == single.item_ids and batch.images[n:] != ["", "", "", ""]
+    # encoded and embedded together, one by one: equal to float32 rounding
+    np.testing.assert_allclose(batch.item_emb, single.item_emb, rtol=1e-5, atol=1e-5)
+    for name in ("gnn_items", "text_items", "image_items"):
+        assert batch.indexes[name].count == single.indexes[name].count
+    for svc in (batch, single):
+        assert svc.search(image=solid_png((20, 220, 20), seed=6), k=1).item_ids == ["new1"]
+    _same_answers(batch.recommend("u000", k=31), single.recommend("u000", k=31))
+    _same_answers(batch.search(text="umbrella", k=5), single.search(text="umbrella", k=5))
+    assert [batch.item_info(f"new{k}") | {"image": None} for k in range(1, 5)] == [
+        single.item_info(f"new{k}") | {"image": None} for k in range(1, 5)]
+    # one journal line, served again after a restart and by the other processes
+    assert (own_run / "catalogue.jsonl").read_bytes().count(b"\n") == 1
+    again = load_service(own_run)
+    assert again.item_ids == batch.item_ids and again.catalogue_info()["added"] == 4
+    np.testing.assert_allclose(again.item_emb, batch.item_emb, rtol=1e-5, atol=1e-6)
+    assert Path(again.item_info("new3")["image"]).read_bytes() == jpeg.getvalue()
+    _same_answers(again.recommend_new("u000", k=5), batch.recommend_new("u000", k=5))
+
+
+@pytest.mark.parametrize(("items", "message"), [
+    ("new1", r"items: expected a list of items, each a mapping of add_item's arguments \(got str\)"),
+    ({"item_id": "new1", "title": "x"}, r"items: expected a list of items, .* \(got dict\)"),
+    ([], r"items: expected 1 to 1,000 items \(got 0\)"),
+    ([{"item_id": f"n{k}", "title": "x"} for k in range(1001)], r"items: expected 1 to 1,000 items \(got 1,001\)"),
+    ([{"item_id": "new1", "title": "ok"}, ["new2", "x"]],
+     r"1 of 2 items are not valid, nothing was added: items\[1\]: expected a mapping of add_item's arguments "
+     r"\(got list\)"),
+    ([{"item_id": "new1", "title": "x", "colour": "red"}], r"items\[0\]: unknown field 'colour' \(expected some of "
+                                                            r"item_id, title, category, description, price, image\)"),
+    ([{"item_id": "new1"}, {"title": "x"}], r"2 of 2 items are not valid, nothing was added: items\[0\]: title "
+                                             r"required; items\[1\]: item_id required"),
+    ([{"item_id": "new1", "title": "x", "price": -1}, {"item_id": "new2", "title": "y", "image": b"not an image"}],
+     r"items\[0\]: price: expected a finite number >= 0 \(got int -1\); items\[1\]: image: not a readable image"),
+    ([{"item_id": "new1", "title": "x"}, {"item_id": " new1", "title": "y"}],
+     r"items\[1\]: item_id 'new1' is also items\[0\]"),
+    ([{"item_id": f"n{k}", "title": 5} for k in range(7)],
+     r"7 of 7 items are not valid.*items\[4\]: title: expected a string \(got int\); and 2 more$"),
+])
+def test_add_items_refuses_a_bad_batch_whole_naming_each_item(own_run, items, message):
+    svc = load_service(own_run)
+    n = len(svc.item_ids)
+    with pytest.raises(ValueError, match=message), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # " new1": stripped, with a warning
+        svc.add_items(items)
+    assert len(svc.item_ids) == n and svc.indexes["gnn_items"].count == n
+    assert not (own_run / "catalogue.jsonl").exists() and not (own_run / "added_images").exists()
+
+
+def test_add_items_refuses_ids_that_exist_naming_them_all(own_run):
+    from shopgraph.retrieval.service import DuplicateIdError
+
+    svc = load_service(own_run, catalogue_sync_s=3600.0, catalogue_follow=False)
+    svc.add_item("new3", "added before")
+    with pytest.raises(DuplicateIdError, match=r"item_id: 2 of the 3 items exist already, nothing was added: "
+                                               r"'i004', 'new3'"):
+        svc.add_items([{"item_id": "i004", "title": "x"}, {"item_id": "new1", "title": "y"},
+                       {"item_id": "new3", "title": "z"}])
+    # one added by another process meanwhile: found by the check under the journal's lock
+    load_service(own_run).add_item("new2", "added by another process")
+    before = (own_run / "catalogue.jsonl").read_bytes()
+    assert not svc.has_item("new2")  # this service has not looked yet
+    with pytest.raises(DuplicateIdError, match=r"item_id: 1 of the 2 items exist already, nothing was added: 'new2'"):
+        svc.add_items([{"item_id": "new1", "title": "y"}, {"item_id": "new2", "title": "z"}])
+    assert svc.has_item("new2") and not svc.has_item("new1") and (own_run / "catalogue.jsonl").read_bytes() == before
+
+
+def test_a_batch_whose_journal_write_fails_is_not_applied(own_run, monkeypatch):
+    from shopgraph.retrieval.catalogue import CatalogueJournal
+
+    svc = load_service(own_run)
+    n = len(svc.item_ids)
+
+    def full_disk(self, entry):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(CatalogueJournal, "append", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        svc.add_items([{"item_id": "new1", "title": "x"}, {"item_id": "new2", "title": "y"}])
+    assert len(svc.item_ids) == n and not svc.has_item("new1") and svc.indexes["gnn_items"].count == n
+    monkeypatch.undo()
+    assert svc.add_items([{"item_id": "new1", "title": "x"}, {"item_id": "new2", "title": "y"}]) == [n, n + 1]
 
 
 def test_replay_embeds_in_batches_and_keeps_the_order_of_changes(own_run, monkeypatch):
