@@ -15,6 +15,8 @@ when the run lacks what the call needs. Bad input never yields a 500.
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import errno
 import gc
 import json
@@ -41,6 +43,7 @@ from shopgraph.retrieval.params import check_fields, parse_int, strict_query
 from shopgraph.retrieval.service import (
     IMAGE_LIMIT,
     K_MAX,
+    MAX_BATCH,
     MAX_IMAGE_BYTES,
     MAX_TEXT_CHARS,
     DuplicateIdError,
@@ -48,6 +51,7 @@ from shopgraph.retrieval.service import (
     Recommendation,
     ShopService,
     UnknownIdError,
+    batch_problems,
     check_k,
     shown,
 )
@@ -56,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 RUN_ENV = "SHOPGRAPH_RUN"
 MAX_JSON_BYTES = 64 * 1024  # a JSON query is at most 2,000 characters of text and k
+MAX_BATCH_JSON_BYTES = 32 * 2**20  # POST /items/batch: up to 1,000 items, their images in base64
 LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                                       2.5, 5.0, 10.0)
 Scope = MutableMapping[str, Any]
@@ -162,6 +167,13 @@ class ItemIn(BaseModel):
     price: float | None = Field(None, ge=0, description="its price (null: unknown)")
 
 
+class BatchItemIn(ItemIn):
+    """One item of ``POST /items/batch``."""
+
+    image_base64: str | None = Field(None, description=f"the item's image file (PNG, JPEG, ...), base64-encoded; "
+                                                        f"at most {MAX_IMAGE_BYTES // 2**20} MB once decoded")
+
+
 class ItemInfoOut(BaseModel):
     item_id: str
     title: str
@@ -169,6 +181,11 @@ class ItemInfoOut(BaseModel):
     description: str
     price: float | None
     image: str | None = Field(description="where the service keeps the item's image (null: none)")
+
+
+class BatchOut(BaseModel):
+    added: int = Field(description="how many items were added (all of the batch)")
+    items: list[ItemInfoOut] = Field(description="the added items, in the order given")
 
 
 class RemovedOut(BaseModel):
@@ -360,12 +377,13 @@ def include_fraud_cases(app: FastAPI, run_dir: Path | None) -> bool:
 _JSON_EXAMPLE = '{"text": "red shoes", "k": 10}'
 
 
-async def _json_body(request: Request, example: str) -> dict[str, Any]:
-    """The body's JSON object, read up to ``MAX_JSON_BYTES`` (413 past it); invalid JSON or another
+async def _json_body(request: Request, example: str, limit: int = MAX_JSON_BYTES,
+                     what: str = "a JSON query") -> dict[str, Any]:
+    """The body's JSON object, read up to ``limit`` bytes (413 past it); invalid JSON or another
     JSON value is a 422 that shows ``example``."""
-    too_big = HTTPException(413, f"body: over the {MAX_JSON_BYTES:,}-byte limit of a JSON query")
+    too_big = HTTPException(413, f"body: over the {limit:,}-byte limit of {what}")
     try:
-        if int(request.headers.get("content-length") or 0) > MAX_JSON_BYTES:
+        if int(request.headers.get("content-length") or 0) > limit:
             raise too_big
     except ValueError:
         raise HTTPException(400, f"content-length: not a number (got "
@@ -373,7 +391,7 @@ async def _json_body(request: Request, example: str) -> dict[str, Any]:
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_JSON_BYTES:
+        if size > limit:
             raise too_big
         chunks.append(chunk)
     try:
@@ -491,9 +509,9 @@ _ITEM_FIELDS = ("item_id", "title", "category", "description", "price")
 _ITEM_EXAMPLE = '{"item_id": "i900001", "title": "red running shoes", "category": "shoes", "price": 59.0}'
 
 
-def _item_fields(body: dict[str, Any], what: str) -> dict[str, Any]:
+def _item_fields(body: dict[str, Any], what: str, allowed: tuple[str, ...] = _ITEM_FIELDS) -> dict[str, Any]:
     """The :meth:`ShopService.add_item` arguments of a checked ``/items`` body (JSON or form)."""
-    check_fields(list(body), _ITEM_FIELDS, what)
+    check_fields(list(body), allowed, what)
     for name in ("item_id", "title"):
         if name not in body:
             raise ValueError(f"{name}: required")
@@ -504,6 +522,45 @@ def _item_fields(body: dict[str, Any], what: str) -> dict[str, Any]:
         if name in out and len(out[name]) > MAX_TEXT_CHARS:
             raise ValueError(f"{name}: {len(out[name]):,} characters, over the {MAX_TEXT_CHARS:,}-character limit")
     return out
+
+
+_BATCH_EXAMPLE = f'{{"items": [{_ITEM_EXAMPLE}, ...]}}'
+
+
+def _batch_items(body: dict[str, Any], service: ShopService) -> list[dict[str, Any]]:
+    """The :meth:`ShopService.add_items` argument of a ``POST /items/batch`` body: ``items``, a list
+    of ``/items`` objects that may each carry ``image_base64``; every invalid item named (those
+    refused here, and what the service would refuse among the others)."""
+    check_fields(list(body), ("items",), "field")
+    items = body.get("items")
+    if not isinstance(items, list):
+        raise ValueError(f"items: expected a list of items like {_BATCH_EXAMPLE} (got "
+                         f"{'nothing' if items is None else type(items).__name__})")
+    if not 1 <= len(items) <= MAX_BATCH:
+        raise ValueError(f"items: expected 1 to {MAX_BATCH:,} items (got {len(items):,})")
+    out: dict[int, dict[str, Any]] = {}
+    problems: dict[int, str] = {}
+    for k, item in enumerate(items):
+        try:
+            if not isinstance(item, dict):
+                raise ValueError(f"expected an object like {_ITEM_EXAMPLE} (got {type(item).__name__})")
+            fields = _item_fields(item, "field", _ITEM_FIELDS + ("image_base64",))
+            raw = item.get("image_base64")
+            if raw is not None:
+                if not isinstance(raw, str) or not raw:
+                    raise ValueError(f"image_base64: expected the image file in base64 (got {type(raw).__name__} "
+                                     f"{shown(raw)}; null or no field for no image)")
+                try:
+                    fields["image"] = base64.b64decode(raw, validate=True)
+                except binascii.Error as exc:
+                    raise ValueError(f"image_base64: not valid base64 ({exc})") from None
+            out[k] = fields
+        except ValueError as exc:
+            problems[k] = f"items[{k}]: {exc}"
+    if problems:
+        problems |= service.item_problems(out)
+        raise ValueError(batch_problems([problems[k] for k in sorted(problems)], len(items)))
+    return list(out.values())
 
 
 async def _item_form(request: Request) -> tuple[dict[str, Any], bytes | None]:
@@ -654,6 +711,23 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
             fields = _item_fields(await _json_body(request, _ITEM_EXAMPLE), "field")
         await run_in_threadpool(_changed, lambda: service.add_item(**fields, image=image))
         return ItemInfoOut(**service.item_info(fields["item_id"].strip()))
+
+    batch_item = BatchItemIn.model_json_schema()
+    batch_body = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["items"], "additionalProperties": False,
+        "properties": {"items": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": batch_item}},
+    }}}}}
+
+    @app.post("/items/batch", response_model=BatchOut, status_code=201, responses=catalogue_errors,
+              tags=["catalogue"], summary=f"Add up to {MAX_BATCH:,} items at once, all or none (JSON; images in "
+                                          "base64)", openapi_extra=batch_body, dependencies=[nothing])
+    async def add_items(request: Request) -> BatchOut:
+        _media_type(request, ("application/json",))
+        body = await _json_body(request, _BATCH_EXAMPLE, MAX_BATCH_JSON_BYTES, "a batch of items")
+        items = await run_in_threadpool(_batch_items, body, service)
+        positions = await run_in_threadpool(_changed, lambda: service.add_items(items))
+        return BatchOut(added=len(positions),
+                        items=[ItemInfoOut(**service.item_info(service.item_ids[p])) for p in positions])
 
     @app.get("/items/{item_id:path}", response_model=ItemInfoOut, responses=_ERRORS, tags=["catalogue"],
              summary="One served item: title, category, description, price, image", dependencies=[nothing])

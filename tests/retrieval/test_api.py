@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -75,6 +78,7 @@ def test_openapi_docs(client):
                                 ("/search", "post", {"400", "413", "415", "422", "503"}),
                                 ("/recommend/cold", "post", {"404", "413", "415", "422", "503"}),
                                 ("/items", "post", {"400", "409", "413", "415", "422", "503"}),
+                                ("/items/batch", "post", {"409", "413", "415", "422", "503"}),
                                 ("/items/{item_id}", "delete", {"404", "422", "503"}),
                                 ("/items/{item_id}", "get", {"404", "422"})):
         responses = spec["paths"][path][method]["responses"]
@@ -82,6 +86,10 @@ def test_openapi_docs(client):
         assert all(responses[c]["content"]["application/json"]["schema"] == error for c in codes), path
     body = spec["paths"]["/search"]["post"]["requestBody"]["content"]
     assert body["application/json"]["schema"]["additionalProperties"] is False
+    batch = spec["paths"]["/items/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert batch["properties"]["items"]["maxItems"] == 1000 and "$ref" not in json.dumps(batch)
+    assert set(batch["properties"]["items"]["items"]["properties"]) == {
+        "item_id", "title", "category", "description", "price", "image_base64"}
 
 
 _K = "k: expected an integer between 1 and 1000"
@@ -430,6 +438,31 @@ def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
             "item_id"] == "new1"
 
 
+def test_a_batch_of_items_is_added_over_http_all_at_once(writable):
+    import base64
+
+    png = solid_png((20, 220, 20), seed=5)
+    items = [{"item_id": "b1", "title": "glow in the dark frisbee", "category": "toys", "price": 9.5,
+              "image_base64": base64.b64encode(png).decode()},
+             {"item_id": " b2", "title": "heavy duty umbrella", "description": "for storms", "image_base64": None}]
+    n = len(writable.service.item_ids)
+    r = writable.post("/items/batch", json={"items": items})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["added"] == 2 and [i["item_id"] for i in body["items"]] == ["b1", "b2"]  # ids stripped
+    assert body["items"][1] == {"item_id": "b2", "title": "heavy duty umbrella", "category": "",
+                                "description": "for storms", "price": None, "image": None}
+    assert Path(body["items"][0]["image"]).read_bytes() == png and body["items"][0]["price"] == 9.5
+    assert writable.service.item_ids[n:n + 2] == ["b1", "b2"]
+    assert writable.get("/items/b2").json() == body["items"][1]
+    r = writable.post("/search", files={"image": ("q.png", solid_png((20, 220, 20), seed=6), "image/png")},
+                      data={"k": "1"})
+    assert [i["item_id"] for i in r.json()["items"]] == ["b1"]
+    assert writable.post("/items/batch", json={"items": items[:1]}).status_code == 409
+    last = (writable.run / "catalogue.jsonl").read_bytes().splitlines()[-1]
+    assert json.loads(last)["op"] == "add_batch" and len(json.loads(last)["items"]) == 2
+
+
 def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):
     assert writable.post("/items", json={"item_id": "sku/77", "title": "green disc"}).status_code == 201
     r = writable.delete("/items/sku/77")
@@ -475,6 +508,36 @@ def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):
      "image: upload of 12.00 MB"),
     ("delete", "/items/nope", {}, 404, "item_id: unknown item 'nope'"),
     ("delete", "/items/i001?force=1", {}, 422, "force: unknown parameter"),
+    ("post", "/items/batch", {"json": [{"item_id": "n1", "title": "t"}]}, 422, 'body: expected a JSON object like '
+                                                                              '{"items": [{"item_id": "i900001"'),
+    ("post", "/items/batch", {"json": {"item_id": "n1", "title": "t"}}, 422,
+     "item_id: unknown field (expected items)"),
+    ("post", "/items/batch", {"json": {}}, 422, "items: expected a list of items like"),
+    ("post", "/items/batch", {"json": {"items": []}}, 422, "items: expected 1 to 1,000 items (got 0)"),
+    ("post", "/items/batch", {"json": {"items": [{"item_id": f"n{k}", "title": "t"} for k in range(1001)]}}, 422,
+     "items: expected 1 to 1,000 items (got 1,001)"),
+    ("post", "/items/batch", {"json": {"items": [{"item_id": "n1", "title": "t"}, "n2", {"item_id": "n3"},
+                                                 {"item_id": "n4", "title": "t", "price": "3"},
+                                                 {"item_id": "n5", "title": "t", "image_base64": "@@"},
+                                                 {"item_id": "n6", "title": "t", "image_base64": "bm9wZQ=="},
+                                                 {"item_id": "n7", "title": "t", "image": "x.png"}]}}, 422,
+     "6 of 7 items are not valid, nothing was added: items[1]: expected an object like {\"item_id\": \"i900001\", "
+     "\"title\": \"red running shoes\", \"category\": \"shoes\", \"price\": 59.0} (got str); items[2]: title: "
+     "required; items[3]: price: expected a finite number >= 0 (got str '3'); items[4]: image_base64: not valid "
+     "base64"),
+    ("post", "/items/batch", {"json": {"items": [{"item_id": "n1", "title": "t", "image_base64": "bm9wZQ=="}]}}, 422,
+     "1 of 1 items are not valid, nothing was added: items[0]: image: not a readable image (4 bytes"),
+    ("post", "/items/batch", {"json": {"items": [{"item_id": "n1", "title": "t"}, {"item_id": "n1 ", "title": "u"}]}},
+     422, "items[1]: item_id 'n1' is also items[0]"),
+    ("post", "/items/batch", {"json": {"items": [{"item_id": "i001", "title": "t"}, {"item_id": "n1", "title": "u"},
+                                                 {"item_id": "i002", "title": "v"}]}}, 409,
+     "item_id: 2 of the 3 items exist already, nothing was added: 'i001', 'i002'"),
+    ("post", "/items/batch", {"content": b"x" * (32 * 2**20 + 1), "headers": {"content-type": "application/json"}},
+     413, "body: over the 33,554,432-byte limit of a batch of items"),
+    ("post", "/items/batch", {"data": {"item_id": "n1", "title": "t"}, "files": {"image": ("a.png", _PNG)}}, 415,
+     "content-type: expected application/json (got 'multipart/form-data"),
+    ("post", "/items/batch?k=1", {"json": {"items": [{"item_id": "n1", "title": "t"}]}}, 422,
+     "k: unknown parameter"),
 ])
 def test_bad_catalogue_changes_are_4xx_and_change_nothing(writable, method, url, kwargs, status, message):
     before = (writable.service.item_ids.copy(), (writable.run / "catalogue.jsonl").exists()
@@ -499,6 +562,8 @@ def test_a_journal_that_cannot_be_written_is_a_503_and_changes_nothing(writable,
     assert r.json()["detail"] == ("catalogue: the change could not be written to the run's journal "
                                   "(No space left on device); nothing was changed")
     assert writable.delete("/items/i002").status_code == 503
+    r = writable.post("/items/batch", json={"items": [{"item_id": "n9", "title": "t"}, {"item_id": "n10", "title": "u"}]})
+    assert r.status_code == 503 and r.json()["detail"].endswith("nothing was changed")
     assert len(writable.service.item_ids) == n and writable.service.has_item("i002")
 
 
