@@ -722,23 +722,6 @@ def test_add_items_refuses_ids_that_exist_naming_them_all(own_run):
     assert svc.has_item("new2") and not svc.has_item("new1") and (own_run / "catalogue.jsonl").read_bytes() == before
 
 
-def test_a_batch_whose_journal_write_fails_is_not_applied(own_run, monkeypatch):
-    from shopgraph.retrieval.catalogue import CatalogueJournal
-
-    svc = load_service(own_run)
-    n = len(svc.item_ids)
-
-    def full_disk(self, entry):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(CatalogueJournal, "append", full_disk)
-    with pytest.raises(OSError, match="No space left on device"):
-        svc.add_items([{"item_id": "new1", "title": "x"}, {"item_id": "new2", "title": "y"}])
-    assert len(svc.item_ids) == n and not svc.has_item("new1") and svc.indexes["gnn_items"].count == n
-    monkeypatch.undo()
-    assert svc.add_items([{"item_id": "new1", "title": "x"}, {"item_id": "new2", "title": "y"}]) == [n, n + 1]
-
-
 def test_replay_embeds_in_batches_and_keeps_the_order_of_changes(own_run, monkeypatch):
     from shopgraph.retrieval import service as service_module
 
@@ -770,11 +753,14 @@ def test_a_change_whose_journal_write_fails_is_not_applied(own_run, monkeypatch)
     with pytest.raises(OSError, match="No space left on device"):
         svc.add_item("new1", "glow in the dark frisbee")
     with pytest.raises(OSError, match="No space left on device"):
+        svc.add_items([{"item_id": "new1", "title": "x"}, {"item_id": "new2", "title": "y"}])
+    with pytest.raises(OSError, match="No space left on device"):
         svc.remove_item("i004")
-    assert len(svc.item_ids) == n and not svc.has_item("new1") and svc.has_item("i004")
+    assert len(svc.item_ids) == n and not svc.has_item("new1") and not svc.has_item("new2") and svc.has_item("i004")
     assert svc.indexes["gnn_items"].count == n
     monkeypatch.undo()
     assert load_service(own_run).catalogue_info()["added"] == 0
+    assert svc.add_items([{"item_id": "new1", "title": "x"}, {"item_id": "new2", "title": "y"}]) == [n, n + 1]
 
 
 def test_journal_entries_that_cannot_apply_are_reported_and_kept(own_run, caplog):
