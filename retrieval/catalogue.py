@@ -13,8 +13,9 @@ encoders' vectors (base64 float32, with the names of the encoders that made them
 with other encoders re-encodes instead of mixing vector spaces) and its image, copied to
 ``RUN/added_images/<sha256>.<ext>``. The model's embedding is not stored: it is recomputed from
 these with the run's current model, so the items follow a retrained model. An ``add_batch`` line
-(``ShopService.add_items``) holds several such adds under ``items``: one line, so a batch is on
-disk whole or not at all; readers see it as its adds, one after the other.
+(``ShopService.add_items``) holds several such adds under ``items``, a ``remove_batch`` line
+(``ShopService.remove_items``) several removals under ``item_ids``: one line, so a batch is on
+disk whole or not at all; readers see it as its adds or removals, one after the other.
 
 *Compaction* (:meth:`CatalogueJournal.compact`, ``shopgraph catalogue --run RUN --compact``)
 keeps only the lines that still change what is served: an item added and later removed, an add
@@ -51,7 +52,8 @@ JOURNAL = "catalogue.jsonl"
 IMAGES = "added_images"
 HISTORY = "catalogue_history"
 VERSION = 1
-_OPS = ("add", "remove", "add_batch")
+_OPS = ("add", "remove", "add_batch", "remove_batch")
+_BATCHES = {"add_batch": ("add", "items"), "remove_batch": ("remove", "item_ids")}  # op -> (its entries' op, field)
 _HEADER_OP = "compacted"
 _HEADER_FIELDS = ("generation", "kept", "kept_bytes", "from_lines", "from_bytes")
 _DROPPED = ("cancelled", "superseded", "not applied")  # why compaction drops a line (Compaction.dropped)
@@ -149,8 +151,8 @@ def _check_entry(entry: Any, where: str) -> dict[str, Any]:
         return entry
     if entry.get("op") not in _OPS:
         raise CatalogueError(f"{where}: op must be one of {', '.join(_OPS)} (got {entry.get('op')!r})")
-    if entry["op"] == "add_batch":
-        return entry  # its items are checked as they are read out (_batch_adds)
+    if entry["op"] in _BATCHES:
+        return entry  # its entries are checked as they are read out (_batch_entries)
     if not isinstance(entry.get("item_id"), str) or not entry["item_id"]:
         raise CatalogueError(f"{where}: item_id must be a non-empty string (got {entry.get('item_id')!r})")
     if entry["op"] == "add":
@@ -168,29 +170,33 @@ def _check_entry(entry: Any, where: str) -> dict[str, Any]:
     return entry
 
 
-def _batch_adds(entry: dict[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
-    """The checked adds of an ``add_batch`` line, each as a whole ``add`` line would hold it (its
-    own ``v`` and ``sha256``, the line's ``at``) with where it is (``<where>, item <n>``)."""
-    items = entry.get("items")
-    if not isinstance(items, list) or not items:
-        raise CatalogueError(f"{where}: items must be a non-empty list (got {items!r:.60})")
+def _batch_entries(entry: dict[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
+    """The checked entries of a batch line (``add_batch``: ``items``, each an add's fields;
+    ``remove_batch``: ``item_ids``), each as a whole ``add`` or ``remove`` line would hold it (its
+    own ``v`` and ``sha256``, the line's ``at``), with where it is (``<where>, item <n>``)."""
+    op, field = _BATCHES[entry["op"]]
+    values = entry.get(field)
+    if not isinstance(values, list) or not values:
+        raise CatalogueError(f"{where}: {field} must be a non-empty list (got {values!r:.60})")
     if not isinstance(entry.get("at"), str):
         raise CatalogueError(f"{where}: at must be a string (got {entry.get('at')!r})")
-    adds, seen = [], set()
-    for n, item in enumerate(items, 1):
+    out, seen = [], set()
+    for n, value in enumerate(values, 1):
         here = f"{where}, item {n}"
-        if not isinstance(item, dict):
-            raise CatalogueError(f"{here}: expected a JSON object (got {type(item).__name__})")
-        if {"op", "at", "v", "sha256"} & item.keys():
+        if op == "remove":
+            value = {"item_id": value}
+        elif not isinstance(value, dict):
+            raise CatalogueError(f"{here}: expected a JSON object (got {type(value).__name__})")
+        elif {"op", "at", "v", "sha256"} & value.keys():
             raise CatalogueError(f"{here}: op, at, v and sha256 belong to the line, not to an item")
-        add = {"op": "add", "at": entry["at"], **item, "v": VERSION}
-        add["sha256"] = _digest(add)
-        _check_entry(add, here)
-        if add["item_id"] in seen:
-            raise CatalogueError(f"{here}: item_id {add['item_id']!r} is in the batch twice")
-        seen.add(add["item_id"])
-        adds.append((here, add))
-    return adds
+        one = {"op": op, "at": entry["at"], **value, "v": VERSION}
+        one["sha256"] = _digest(one)
+        _check_entry(one, here)
+        if one["item_id"] in seen:
+            raise CatalogueError(f"{here}: item_id {one['item_id']!r} is in the batch twice")
+        seen.add(one["item_id"])
+        out.append((here, one))
+    return out
 
 
 @dataclass(frozen=True)
@@ -411,8 +417,8 @@ class CatalogueJournal:
                 if line != 1:
                     raise CatalogueError(f"{here}: a compaction's first line, not first")
                 continue
-            if entry["op"] == "add_batch":  # its adds, each as its own line (a compaction writes them so)
-                found += [(at, add, (_canonical(add) + "\n").encode()) for at, add in _batch_adds(entry, here)]
+            if entry["op"] in _BATCHES:  # its entries, each as its own line (a compaction writes them so)
+                found += [(at, one, (_canonical(one) + "\n").encode()) for at, one in _batch_entries(entry, here)]
                 continue
             found.append((here, entry, raw + b"\n"))
         return found, offset + end, line, len(payload) - end

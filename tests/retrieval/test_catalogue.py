@@ -86,7 +86,7 @@ def _signed(entry: dict[str, object]) -> bytes:
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"op": "rename"}, "op must be one of add, remove, add_batch \\(got 'rename'\\)"),
+    ({"op": "rename"}, "op must be one of add, remove, add_batch, remove_batch \\(got 'rename'\\)"),
     ({"item_id": ""}, "item_id must be a non-empty string"),
     ({"title": 5}, "title must be a string \\(got 5\\)"),
     ({"price": "3"}, "price must be a number or null \\(got '3'\\)"),
@@ -293,26 +293,32 @@ def test_pruning_deletes_old_generations_and_the_images_no_line_names(tmp_path: 
         journal.prune_history(-1)
 
 
-# -- batches (ShopService.add_items) --------------------------------------------------------------
+# -- batches (ShopService.add_items, remove_items) ------------------------------------------------
 def _batch(*item_ids: str, at: str = "2026-12-06T00:00:02Z") -> dict[str, object]:
     fields = {k: v for k, v in _add("x").items() if k not in ("op", "at", "item_id")}
     return {"op": "add_batch", "at": at, "items": [{**fields, "item_id": i, "title": f"title {i}"} for i in item_ids]}
 
 
-def test_a_batch_is_one_line_read_as_its_adds(tmp_path: Path):
+def _remove_batch(*item_ids: str) -> dict[str, object]:
+    return {"op": "remove_batch", "at": "2026-12-06T00:00:03Z", "item_ids": list(item_ids)}
+
+
+def test_a_batch_is_one_line_read_as_its_changes(tmp_path: Path):
     journal = CatalogueJournal(tmp_path)
-    _write(journal, _add("a"), _batch("b", "c", "d"), _remove("c"))
-    assert journal.path.read_bytes().count(b"\n") == 3
+    _write(journal, _add("a"), _batch("b", "c", "d"), _remove("c"), _remove_batch("a", "d"))
+    assert journal.path.read_bytes().count(b"\n") == 4
     entries, _, lines, _ = journal.read()
     assert [(e["op"], e["item_id"]) for e in entries] == [("add", "a"), ("add", "b"), ("add", "c"), ("add", "d"),
-                                                          ("remove", "c")]
-    assert lines == 3
-    # each add of the batch reads as a whole add line would: the line's time, its own checksum
+                                                          ("remove", "c"), ("remove", "a"), ("remove", "d")]
+    assert lines == 4
+    # each change of a batch reads as a whole line would: the line's time, its own checksum
     assert entries[2] == json.loads(_signed({**_add("c"), "at": "2026-12-06T00:00:02Z"}))
+    assert entries[6] == json.loads(_signed({**_remove("d"), "at": "2026-12-06T00:00:03Z"}))
     from shopgraph.retrieval.catalogue import JournalPosition
 
     where = [w.split(": ", 1)[1] for w, _ in journal.follow(JournalPosition())[0]]
-    assert where == ["line 1", "line 2, item 1", "line 2, item 2", "line 2, item 3", "line 3"]
+    assert where == ["line 1", "line 2, item 1", "line 2, item 2", "line 2, item 3", "line 3", "line 4, item 1",
+                     "line 4, item 2"]
 
 
 def test_a_batch_cut_off_by_a_crash_is_not_read_at_all(tmp_path: Path):
@@ -333,6 +339,10 @@ def test_a_batch_cut_off_by_a_crash_is_not_read_at_all(tmp_path: Path):
      r"line 1, item 2: price must be a number or null \(got '3'\)"),
     (lambda b: b | {"items": [{**b["items"][0], "op": "remove"}]}, r"line 1, item 1: op, at, v and sha256 belong"),
     (lambda b: b | {"items": [b["items"][0], b["items"][0]]}, r"line 1, item 2: item_id 'b' is in the batch twice"),
+    (lambda b: _remove_batch(), r"line 1: item_ids must be a non-empty list \(got \[\]\)"),
+    (lambda b: _remove_batch("b", ""), r"line 1, item 2: item_id must be a non-empty string \(got ''\)"),
+    (lambda b: _remove_batch("b", {"item_id": "c"}), r"line 1, item 2: item_id must be a non-empty string"),
+    (lambda b: _remove_batch("b", "c", "b"), r"line 1, item 3: item_id 'b' is in the batch twice"),
 ])
 def test_a_malformed_batch_is_refused_naming_its_item(tmp_path: Path, change, message):
     journal = CatalogueJournal(tmp_path)
@@ -341,20 +351,20 @@ def test_a_malformed_batch_is_refused_naming_its_item(tmp_path: Path, change, me
         journal.read()
 
 
-def test_compaction_writes_a_batch_as_the_adds_still_served(tmp_path: Path):
+def test_compaction_writes_batches_as_the_changes_still_needed(tmp_path: Path):
     journal = CatalogueJournal(tmp_path)
     trained = {"t1"}
-    entries = [_batch("a", "b", "t1", "c"), _remove("b"), _add("d")]
+    entries = [_batch("a", "b", "t1", "c"), _remove("b"), _add("d"), _remove_batch("d", "t2", "t3")]
+    trained |= {"t2", "t3"}
     _write(journal, *entries)
     before = journal.read()[0]
     report = journal.compact(trained)
-    assert (report.lines, report.kept, report.net_added) == (6, 3, 3)
-    assert report.dropped == {"cancelled": 2, "superseded": 1, "not applied": 0}
+    assert (report.lines, report.kept, report.net_added) == (9, 4, 2)
+    assert report.dropped == {"cancelled": 4, "superseded": 1, "not applied": 0}
     header, *kept = journal.path.read_bytes().splitlines(keepends=True)
-    assert len(kept) == 3 and all(json.loads(line)["op"] == "add" for line in kept)
+    assert [json.loads(line)["op"] for line in kept] == ["add", "add", "remove", "remove"]
     assert json.loads(header)["kept_bytes"] == sum(map(len, kept))
     read = journal.read()[0]
-    assert [e["item_id"] for e in read] == ["a", "c", "d"]
-    assert read == [before[i] for i in (0, 3, 5)]  # the batch's adds, as they read before
-    assert _served(read, trained) == _served(before, trained) == {"t1": None, "a": "title a", "c": "title c",
-                                                                  "d": "title d"}
+    assert [e["item_id"] for e in read] == ["a", "c", "t2", "t3"]
+    assert read == [before[i] for i in (0, 3, 7, 8)]  # the batches' changes, as they read before
+    assert _served(read, trained) == _served(before, trained) == {"t1": None, "a": "title a", "c": "title c"}
