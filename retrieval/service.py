@@ -1518,13 +1518,52 @@ class ShopService:
         :meth:`add_item`)."""
         self._maybe_sync()
         if self._journal is None:
-            self._delete(self._item(item_id))
+            self._delete([self._item(item_id)])
             return
         with self._sync_lock, self._journal.locked():
             self._sync()
             i = self._item(item_id)
             self._append({"op": "remove", "item_id": item_id})
-            self._delete(i)
+            self._delete([i])
+
+    def remove_items(self, item_ids: Sequence[str]) -> None:
+        """Remove up to :data:`MAX_BATCH` items at once, as :meth:`remove_item` removes one, all or
+        none: one line of the run's journal, and each index searched through once for all of them
+        (one at a time, every removal reads through each index).
+
+        Raises:
+            ValueError: not a list of 1 to :data:`MAX_BATCH` ids, or an id given twice.
+            UnknownIdError: ids that are not served (all of them named); nothing is removed.
+        """
+        if isinstance(item_ids, str) or not isinstance(item_ids, Sequence | np.ndarray):
+            raise ValueError(f"item_ids: expected a list of ids (got {type(item_ids).__name__})")
+        ids = list(item_ids)
+        if not 1 <= len(ids) <= MAX_BATCH:
+            raise ValueError(f"item_ids: expected 1 to {MAX_BATCH:,} ids (got {len(ids):,})")
+        first: dict[str, int] = {}
+        for k, value in enumerate(ids):
+            if not isinstance(value, str):
+                raise ValueError(f"item_ids[{k}]: expected a string id (got {type(value).__name__} {shown(value)})")
+            if value in first:
+                raise ValueError(f"item_ids[{k}]: {shown(value)} is also item_ids[{first[value]}]")
+            first[value] = k
+        self._maybe_sync()
+        if self._journal is None:
+            self._delete(self._served_positions(ids))
+            return
+        with self._sync_lock, self._journal.locked():
+            self._sync()
+            positions = self._served_positions(ids)
+            self._append({"op": "remove_batch", "item_ids": ids})
+            self._delete(positions)
+
+    def _served_positions(self, item_ids: list[str]) -> list[int]:
+        unknown = [item_id for item_id in item_ids if item_id not in self._item_pos]
+        if unknown:
+            raise UnknownIdError(f"item_ids: {len(unknown):,} of the {len(item_ids):,} items are not served, nothing "
+                                 f"was removed: {', '.join(shown(i) for i in unknown[:10])}"
+                                 + (f" and {len(unknown) - 10:,} more" if len(unknown) > 10 else ""))
+        return [self._item_pos[item_id] for item_id in item_ids]
 
     def _insert(self, item_id: str, title: str, category: str, description: str, price: float | None,
                 image: str, text_vec: np.ndarray | None, image_vec: np.ndarray | None, emb: np.ndarray) -> int:
@@ -1558,15 +1597,20 @@ class ShopService:
         logger.info("added item %r (node %d)", item_id, pos)
         return pos
 
-    def _delete(self, i: int) -> None:
+    def _delete(self, positions: list[int]) -> None:
+        """Take served items out of every index (one removal an index) and table."""
+        rows = np.asarray(positions, dtype=np.int64)
         with self._lock.write():
             for name, member in self._in_index.items():
-                if member.view[i]:
-                    self.indexes[name].remove(np.array([i], dtype=np.int64))
-                    member.view[i] = False
-            self._active[i] = False
-            del self._item_pos[self.item_ids[i]]
-        logger.info("removed item %r (node %d)", self.item_ids[i], i)
+                present = rows[member.view[rows]]
+                if present.size:
+                    self.indexes[name].remove(present)
+                    member.view[present] = False
+            self._active[rows] = False
+            for i in positions:
+                del self._item_pos[self.item_ids[i]]
+        for i in positions:
+            logger.info("removed item %r (node %d)", self.item_ids[i], i)
 
     # -- the catalogue journal ----------------------------------------------------------------
     def _refuse_known(self, item_ids: list[str]) -> None:
@@ -1637,13 +1681,22 @@ class ShopService:
         for start in range(0, len(entries), REPLAY_BATCH):
             batch = entries[start:start + REPLAY_BATCH]
             prepared = self._prepare_adds([entry for _, entry in batch])
+            removals: list[int] = []  # consecutive removals' positions, taken out together
             for k, (where, entry) in enumerate(batch):
+                if entry["op"] == "remove":
+                    removals += self._replay_removal(entry, removals)
+                    continue
+                if removals:
+                    self._delete(removals)
+                    removals = []
                 try:
                     self._replay(entry, prepared.get(k))
                 except (ValueError, NotAvailableError) as exc:
                     note = f"{Path(where).name}: {entry['op']} {entry['item_id']!r} not applied: {exc}"
                     logger.warning("catalogue journal %s", note)
                     self._journal_notes.append(note)
+            if removals:
+                self._delete(removals)
         if at.generation != self._journal_at.generation and self._journal_at.ino:
             logger.info("%s: compacted to generation %d meanwhile; following it", self._journal.path, at.generation)
         self._journal_at = at
@@ -1688,16 +1741,19 @@ class ShopService:
                 out[k] = _Prepared(text_vec, image_vec, image, emb[None, :])
         return out
 
+    def _replay_removal(self, entry: dict[str, Any], pending: list[int]) -> list[int]:
+        """The position a journal removal takes out (``[]`` when it is no longer served, counted as
+        superseded), given the ``pending`` positions of the removals before it, not yet applied."""
+        i = self._item_pos.get(entry["item_id"])
+        if i is None or i in pending:  # removals need a served id: the run was rebuilt on tables without it
+            self._journal_superseded += 1
+            return []
+        return [i]
+
     def _replay(self, entry: dict[str, Any], prepared: _Prepared | Exception | None) -> None:
-        """Apply one journal entry written by :meth:`add_item` or :meth:`remove_item` (here or in
-        another process); an add with what :meth:`_prepare_adds` made for it."""
+        """Apply one journal add written by :meth:`add_item` or :meth:`add_items` (here or in
+        another process) with what :meth:`_prepare_adds` made for it."""
         item_id = entry["item_id"]
-        if entry["op"] == "remove":
-            if item_id in self._item_pos:
-                self._delete(self._item_pos[item_id])
-            else:  # remove_item needs a served id: the run was rebuilt on tables without it since
-                self._journal_superseded += 1
-            return
         if item_id in self._item_pos and self._item_pos[item_id] < self._n_trained:
             # the shop's tables have it since (a rebuilt run): the trained item is served
             self._journal_superseded += 1

@@ -722,6 +722,67 @@ def test_add_items_refuses_ids_that_exist_naming_them_all(own_run):
     assert svc.has_item("new2") and not svc.has_item("new1") and (own_run / "catalogue.jsonl").read_bytes() == before
 
 
+def test_remove_items_removes_a_batch_as_remove_item_removes_each(own_run, tmp_path):
+    import shutil
+
+    shutil.copytree(own_run, tmp_path / "one_by_one")
+    batch, single = load_service(own_run), load_service(tmp_path / "one_by_one")
+    for svc in (batch, single):
+        svc.add_items([{"item_id": "new1", "title": "glow in the dark frisbee", "category": "toys"},
+                       {"item_id": "new2", "title": "heavy duty umbrella", "image": solid_png((20, 220, 20), seed=5)}])
+    gone = ["i004", "new2", "i010", "new1"]
+    batch.remove_items(gone)
+    for item_id in gone:
+        single.remove_item(item_id)
+    for svc in (batch, single):
+        assert not any(svc.has_item(i) for i in gone) and svc.has_item("i005")
+    assert {name: index.count for name, index in batch.indexes.items()} == {
+        name: index.count for name, index in single.indexes.items()}
+    for name in batch._in_index:
+        np.testing.assert_array_equal(batch._in_index[name].view, single._in_index[name].view)
+    np.testing.assert_array_equal(batch._active, single._active)
+    _same_answers(batch.recommend("u000", k=31, exclude_seen=False), single.recommend("u000", k=31,
+                                                                                      exclude_seen=False))
+    _same_answers(batch.search(text="umbrella", k=5), single.search(text="umbrella", k=5))
+    assert batch.recommend_new("u000", k=5).item_ids == []
+    # one journal line, replayed after a restart (the removals taken out together)
+    lines = (own_run / "catalogue.jsonl").read_bytes().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1])["op"] == "remove_batch"
+    again = load_service(own_run)
+    assert again.catalogue_info()["removed"] == 2 and again.catalogue_info()["added"] == 0
+    assert not any(again.has_item(i) for i in gone)
+    _same_answers(again.recommend("u000", k=31), batch.recommend("u000", k=31))
+    assert again.sync_catalogue() == 0
+
+
+@pytest.mark.parametrize(("item_ids", "error", "message"), [
+    ("i004", ValueError, r"item_ids: expected a list of ids \(got str\)"),
+    ([], ValueError, r"item_ids: expected 1 to 1,000 ids \(got 0\)"),
+    ([f"i{k:03d}" for k in range(1001)], ValueError, r"item_ids: expected 1 to 1,000 ids \(got 1,001\)"),
+    (["i004", 5], ValueError, r"item_ids\[1\]: expected a string id \(got int 5\)"),
+    (["i004", "i005", "i004"], ValueError, r"item_ids\[2\]: 'i004' is also item_ids\[0\]"),
+    (["i004", "nope", "i005", "gone"], UnknownIdError,
+     r"item_ids: 2 of the 4 items are not served, nothing was removed: 'nope', 'gone'"),
+])
+def test_remove_items_refuses_a_bad_batch_whole(own_run, item_ids, error, message):
+    svc = load_service(own_run)
+    n = svc.indexes["gnn_items"].count
+    with pytest.raises(error, match=message):
+        svc.remove_items(item_ids)
+    assert svc.has_item("i004") and svc.has_item("i005") and svc.indexes["gnn_items"].count == n
+    assert not (own_run / "catalogue.jsonl").exists()
+
+
+def test_remove_items_sees_another_process_s_removal_under_the_lock(own_run):
+    svc = load_service(own_run, catalogue_sync_s=3600.0, catalogue_follow=False)
+    load_service(own_run).remove_item("i005")
+    before = (own_run / "catalogue.jsonl").read_bytes()
+    assert svc.has_item("i005")  # this service has not looked yet
+    with pytest.raises(UnknownIdError, match=r"1 of the 2 items are not served, nothing was removed: 'i005'"):
+        svc.remove_items(["i004", "i005"])
+    assert svc.has_item("i004") and not svc.has_item("i005") and (own_run / "catalogue.jsonl").read_bytes() == before
+
+
 def test_replay_embeds_in_batches_and_keeps_the_order_of_changes(own_run, monkeypatch):
     from shopgraph.retrieval import service as service_module
 
@@ -738,6 +799,19 @@ def test_replay_embeds_in_batches_and_keeps_the_order_of_changes(own_run, monkey
     for item_id in ("new0", "new1", "new4"):
         np.testing.assert_allclose(again.item_emb[again._item_pos[item_id]], first.item_emb[first._item_pos[item_id]],
                                    rtol=1e-5, atol=1e-6)
+    # consecutive removals are taken out together, up to the next add (which may bring an id back)
+    first.remove_items(["new2", "new1", "i004"])
+    first.remove_item("new3")
+    first.add_item("new2", "item number two, again")
+    first.remove_items(["new2", "new0"])
+    monkeypatch.setattr(service_module, "REPLAY_BATCH", 1024)
+    for svc in (again, load_service(own_run, catalogue_follow=False)):
+        svc.sync_catalogue()
+        assert [i for i in svc.item_ids if svc.has_item(i)] == [i for i in first.item_ids if first.has_item(i)]
+        assert svc.item_ids[svc._n_trained:] == first.item_ids[first._n_trained:]
+        assert svc.catalogue_info()["removed"] == first.catalogue_info()["removed"] == 1
+        for name in svc._in_index:
+            np.testing.assert_array_equal(svc._in_index[name].view, first._in_index[name].view)
 
 
 def test_a_change_whose_journal_write_fails_is_not_applied(own_run, monkeypatch):
