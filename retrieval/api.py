@@ -193,6 +193,20 @@ class RemovedOut(BaseModel):
     removed: bool
 
 
+class RemoveIn(BaseModel):
+    """JSON body of ``POST /items/remove`` (its schema; the body is checked by :func:`_remove_ids`
+    and :meth:`ShopService.remove_items`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH, description="served item ids, each once")
+
+
+class RemovedBatchOut(BaseModel):
+    removed: int = Field(description="how many items were removed (all of the batch)")
+    item_ids: list[str] = Field(description="the removed items, in the order given")
+
+
 class ErrorOut(BaseModel):
     detail: str
 
@@ -563,6 +577,20 @@ def _batch_items(body: dict[str, Any], service: ShopService) -> list[dict[str, A
     return list(out.values())
 
 
+_REMOVE_EXAMPLE = '{"item_ids": ["i000007", "i000100"]}'
+
+
+def _remove_ids(body: dict[str, Any]) -> list[str]:
+    """The :meth:`ShopService.remove_items` argument of a ``POST /items/remove`` body (the service
+    checks the ids themselves)."""
+    check_fields(list(body), ("item_ids",), "field")
+    ids = body.get("item_ids")
+    if not isinstance(ids, list):
+        raise ValueError(f"item_ids: expected a list of ids like {_REMOVE_EXAMPLE} (got "
+                         f"{'nothing' if ids is None else type(ids).__name__ + ' ' + shown(ids)})")
+    return ids
+
+
 async def _item_form(request: Request) -> tuple[dict[str, Any], bytes | None]:
     """The fields and the image of a multipart ``POST /items`` (413 past the image limit)."""
     form = await _multipart(request)
@@ -728,6 +756,16 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         positions = await run_in_threadpool(_changed, lambda: service.add_items(items))
         return BatchOut(added=len(positions),
                         items=[ItemInfoOut(**service.item_info(service.item_ids[p])) for p in positions])
+
+    @app.post("/items/remove", response_model=RemovedBatchOut, responses=catalogue_errors, tags=["catalogue"],
+              summary=f"Remove up to {MAX_BATCH:,} items at once, all or none (JSON)", openapi_extra={
+                  "requestBody": {"required": True, "content": {
+                      "application/json": {"schema": RemoveIn.model_json_schema()}}}}, dependencies=[nothing])
+    async def remove_items(request: Request) -> RemovedBatchOut:
+        _media_type(request, ("application/json",))
+        ids = _remove_ids(await _json_body(request, _REMOVE_EXAMPLE))
+        await run_in_threadpool(_changed, lambda: service.remove_items(ids))
+        return RemovedBatchOut(removed=len(ids), item_ids=ids)
 
     @app.get("/items/{item_id:path}", response_model=ItemInfoOut, responses=_ERRORS, tags=["catalogue"],
              summary="One served item: title, category, description, price, image", dependencies=[nothing])

@@ -79,6 +79,7 @@ def test_openapi_docs(client):
                                 ("/recommend/cold", "post", {"404", "413", "415", "422", "503"}),
                                 ("/items", "post", {"400", "409", "413", "415", "422", "503"}),
                                 ("/items/batch", "post", {"409", "413", "415", "422", "503"}),
+                                ("/items/remove", "post", {"404", "413", "415", "422", "503"}),
                                 ("/items/{item_id}", "delete", {"404", "422", "503"}),
                                 ("/items/{item_id}", "get", {"404", "422"})):
         responses = spec["paths"][path][method]["responses"]
@@ -90,6 +91,8 @@ def test_openapi_docs(client):
     assert batch["properties"]["items"]["maxItems"] == 1000 and "$ref" not in json.dumps(batch)
     assert set(batch["properties"]["items"]["items"]["properties"]) == {
         "item_id", "title", "category", "description", "price", "image_base64"}
+    remove = spec["paths"]["/items/remove"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert remove["properties"]["item_ids"]["maxItems"] == 1000 and remove["required"] == ["item_ids"]
 
 
 _K = "k: expected an integer between 1 and 1000"
@@ -464,6 +467,21 @@ def test_a_batch_of_items_is_added_over_http_all_at_once(writable):
     assert json.loads(last)["op"] == "add_batch" and len(json.loads(last)["items"]) == 2
 
 
+def test_a_batch_of_items_is_removed_over_http_all_at_once(writable):
+    assert writable.post("/items", json={"item_id": "sku/78", "title": "blue disc"}).status_code == 201
+    n, removed = writable.service.indexes["gnn_items"].count, writable.get("/healthz").json()["catalogue"]["removed"]
+    gone = ["i011", "sku/78", "i012"]
+    r = writable.post("/items/remove", json={"item_ids": gone})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"removed": 3, "item_ids": gone}
+    assert writable.service.indexes["gnn_items"].count == n - 3
+    for item_id in gone:
+        assert writable.get(f"/items/{item_id}").status_code == 404
+    last = (writable.run / "catalogue.jsonl").read_bytes().splitlines()[-1]
+    assert json.loads(last)["op"] == "remove_batch" and json.loads(last)["item_ids"] == gone
+    assert writable.get("/healthz").json()["catalogue"]["removed"] == removed + 2  # sku/78 was an added item
+
+
 def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):
     assert writable.post("/items", json={"item_id": "sku/77", "title": "green disc"}).status_code == 201
     r = writable.delete("/items/sku/77")
@@ -539,6 +557,21 @@ def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):
      "content-type: expected application/json (got 'multipart/form-data"),
     ("post", "/items/batch?k=1", {"json": {"items": [{"item_id": "n1", "title": "t"}]}}, 422,
      "k: unknown parameter"),
+    ("post", "/items/remove", {"json": ["i001"]}, 422, 'body: expected a JSON object like {"item_ids": ["i000007"'),
+    ("post", "/items/remove", {"json": {"item_id": "i001"}}, 422, "item_id: unknown field (expected item_ids)"),
+    ("post", "/items/remove", {"json": {}}, 422, 'item_ids: expected a list of ids like {"item_ids": ["i000007", '
+                                                 '"i000100"]} (got nothing)'),
+    ("post", "/items/remove", {"json": {"item_ids": "i001"}}, 422, "item_ids: expected a list of ids like"),
+    ("post", "/items/remove", {"json": {"item_ids": []}}, 422, "item_ids: expected 1 to 1,000 ids (got 0)"),
+    ("post", "/items/remove", {"json": {"item_ids": ["i001", 7]}}, 422,
+     "item_ids[1]: expected a string id (got int 7)"),
+    ("post", "/items/remove", {"json": {"item_ids": ["i001", "i002", "i001"]}}, 422,
+     "item_ids[2]: 'i001' is also item_ids[0]"),
+    ("post", "/items/remove", {"json": {"item_ids": ["i001", "nope", "i002"]}}, 404,
+     "item_ids: 1 of the 3 items are not served, nothing was removed: 'nope'"),
+    ("post", "/items/remove", {"content": b"x" * (64 * 1024 + 1), "headers": {"content-type": "application/json"}},
+     413, "body: over the 65,536-byte limit of a JSON query"),
+    ("post", "/items/remove", {"data": {"item_ids": "i001"}}, 415, "content-type: expected application/json"),
 ])
 def test_bad_catalogue_changes_are_4xx_and_change_nothing(writable, method, url, kwargs, status, message):
     before = (writable.service.item_ids.copy(), (writable.run / "catalogue.jsonl").exists()
