@@ -1,24 +1,31 @@
-"""Adding many items at once: ``ShopService.add_items`` (and ``POST /items/batch``) against
-``add_item`` (``POST /items``) one item at a time, side by side in one run.
+"""Changing the catalogue in batches: ``ShopService.add_items`` (``POST /items/batch``) and
+``remove_items`` (``POST /items/remove``) against ``add_item`` (``POST /items``) and
+``remove_item`` one item at a time, side by side in one run.
 
 Usage::
 
     make demo                      # or build + train + index a run of your own
-    python bench/bench_add_items.py --run demo_data/run_5000_0 [--items 512] [--batches 16 64 256] [--http]
+    python bench/bench_batches.py --run demo_data/run_5000_0 [--items 512] [--batches 16 64 256] [--http]
 
-The run folder is copied to a temporary folder once per way of adding, so that each service
-writes its own copy's journal (``RUN/catalogue.jsonl``), as a served run does. The items are the
-titles, categories, descriptions, prices and every other image of ``--items`` existing items,
-under new ids. The items go in chunks of the largest batch size; in each chunk every way adds the
-same items, the order of the ways rotated from chunk to chunk: one by one, then ``add_items`` in
-batches of each size. Printed: milliseconds an item (the chunks' time over their items), items a
-second and the ratio to one by one, and checks that every way serves the same items with the same
-embeddings (within 1e-5) as the one-by-one service, also after a restart (a fresh service
-replaying each copy's journal).
+The run folder is copied to a temporary folder once per way of changing it, so that each service
+writes its own copy's journal (``RUN/catalogue.jsonl``), as a served run does.
 
-With ``--http``: the same over loopback against ``shopgraph serve`` (one server per copy, one
-worker, a keep-alive connection each): ``POST /items`` per item (JSON, or multipart with the image
-file) against ``POST /items/batch`` in batches of ``--http-batch``.
+1. Adds: the titles, categories, descriptions, prices and every other image of ``--items``
+   existing items, under new ids. The items go in chunks of the largest batch size; in each chunk
+   every way adds the same items, the order of the ways rotated from chunk to chunk: one by one,
+   then ``add_items`` in batches of each size. Printed: milliseconds an item (the chunks' time over
+   their items), items a second and the ratio to one by one, and checks that every way serves the
+   same items with the same embeddings (within 1e-5) as the one-by-one service, also after a
+   restart (a fresh service replaying each copy's journal).
+2. With ``--http``: the same over loopback against ``shopgraph serve`` (one server per copy, one
+   worker, a keep-alive connection each): ``POST /items`` per item (JSON, or multipart with the
+   image file) against ``POST /items/batch`` in batches of ``--http-batch``.
+3. Removals of ``--items`` trained items: ``remove_item`` one by one against ``remove_items`` in
+   batches of the largest size, chunk by chunk alternated, with a check that both serve the same
+   catalogue, also after a restart.
+4. The indexes' part of a removal at a large catalogue: ``ItemIndex.remove`` of ``--index-removes``
+   ids from a Flat index of ``--index-ids`` 64-d vectors, one call an id (as ``remove_item``
+   does, once per index) against one call for all (``remove_items``).
 """
 
 from __future__ import annotations
@@ -156,9 +163,54 @@ def _http(copies: dict[str, Path], items: list[dict[str, Any]], size: int) -> di
     return seconds
 
 
+def _removals(copies: dict[str, Path], ids: list[str], size: int) -> tuple[dict[str, float], bool]:
+    """Seconds each way took to remove ``ids`` (one by one, or ``remove_items`` in batches of
+    ``size``), and whether both serve the same catalogue, also after a restart."""
+    services = {name: ShopService.from_run(path, fraud_reasons=False) for name, path in copies.items()}
+    seconds = dict.fromkeys(services, 0.0)
+    names = list(services)
+    for c, start in enumerate(range(0, len(ids), size)):
+        part = ids[start:start + size]
+        for name in (names if c % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            if name == names[0]:
+                for item_id in part:
+                    services[name].remove_item(item_id)
+            else:
+                services[name].remove_items(part)
+            seconds[name] += time.perf_counter() - t0
+
+    def served(svc: ShopService) -> list[str]:
+        return [i for i in svc.item_ids if svc.has_item(i)]
+
+    first = served(services[names[0]])
+    same = all(served(svc) == first for svc in services.values()) and all(
+        served(ShopService.from_run(path, fraud_reasons=False)) == first for path in copies.values())
+    return seconds, same and not any(i in first for i in ids)
+
+
+def _index_removals(n_ids: int, n_removes: int, rng: np.random.Generator) -> dict[str, float]:
+    """Milliseconds an id for ``ItemIndex.remove`` one id a call against all ids in one call."""
+    from shopgraph.retrieval.index import ItemIndex
+
+    vectors = rng.random((n_ids, 64), dtype=np.float32)
+    gone = rng.choice(n_ids, size=2 * n_removes, replace=False).astype(np.int64)
+    index = ItemIndex("ip", factory="Flat").fit(vectors, np.arange(n_ids, dtype=np.int64))
+    del vectors
+    t0 = time.perf_counter()
+    for i in gone[:n_removes]:
+        index.remove(np.array([i]))
+    one = (time.perf_counter() - t0) / n_removes * 1e3
+    t0 = time.perf_counter()
+    index.remove(gone[n_removes:])
+    together = (time.perf_counter() - t0) / n_removes * 1e3
+    assert index.count == n_ids - 2 * n_removes
+    return {"one id a call (remove_item)": one, "all in one call (remove_items)": together}
+
+
 def _table(seconds: dict[str, float], n: int) -> str:
     base = next(iter(seconds.values()))  # the first way: one by one
-    rows = [[name, f"{s / n * 1e3:.2f}", f"{n / s:.0f}", f"{base / s:.2f}"]
+    rows = [[name, f"{s / n * 1e3:.3f}", f"{n / s:.0f}", f"{base / s:.2f}"]
             for name, s in seconds.items() if name != "largest difference"]
     return markdown_table(["way", "ms an item", "items a second", "vs one by one"], rows)
 
@@ -170,6 +222,8 @@ def main() -> int:
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256], help="add_items batch sizes")
     ap.add_argument("--http", action="store_true", help="also over HTTP (POST /items against POST /items/batch)")
     ap.add_argument("--http-batch", type=int, default=64, help="POST /items/batch size (default 64)")
+    ap.add_argument("--index-ids", type=int, default=1_000_000, help="ids in step 4's index (default 1000000)")
+    ap.add_argument("--index-removes", type=int, default=200, help="ids step 4 removes each way (default 200)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     from shopgraph.retrieval.service import MAX_BATCH
@@ -181,7 +235,7 @@ def main() -> int:
         ap.error(f"--run {run}: not a run folder (no manifest.json)")
     print(machine_line(), flush=True)
     sizes = sorted(set(args.batches))
-    with tempfile.TemporaryDirectory(prefix="bench-add-items-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-batches-") as tmp:
         ignore = shutil.ignore_patterns("catalogue.jsonl", "catalogue_history", "added_images")
 
         def copies(names: list[str], tag: str) -> dict[str, Path]:
@@ -214,6 +268,23 @@ def main() -> int:
             print(f"\nsame items and embeddings after a restart: {http_same} "
                   f"(largest difference {http['largest difference']:.1e})")
             same = same and http_same
+        for path in Path(tmp).iterdir():
+            shutil.rmtree(path)
+        rng = np.random.default_rng(args.seed + 1)
+        source = ShopService.from_run(run, catalogue=False, fraud_reasons=False)
+        ids = [source.item_ids[int(i)] for i in rng.choice(source._n_trained, size=min(n, source._n_trained - 1),
+                                                             replace=False)]
+        del source
+        removal_names = ["remove_item, one by one", f"remove_items, batches of {max(sizes)}"]
+        removal, removal_same = _removals(copies(removal_names, "rm"), ids, max(sizes))
+        print(f"\nPython API: {len(ids)} trained items removed per way, batches alternated\n")
+        print(_table(removal, len(ids)))
+        print(f"\nthe same catalogue served by both, also after a restart: {removal_same}")
+        same = same and removal_same
+    index_ms = _index_removals(args.index_ids, args.index_removes, np.random.default_rng(args.seed))
+    rows = [[name, f"{ms:.3f}", f"{next(iter(index_ms.values())) / ms:.1f}"] for name, ms in index_ms.items()]
+    print(f"\nItemIndex.remove of {args.index_removes:,} ids from a Flat index of {args.index_ids:,} 64-d vectors\n")
+    print(markdown_table(["way", "ms an id", "vs one id a call"], rows))
     return 0 if same else 1
 
 
