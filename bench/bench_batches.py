@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,28 +72,40 @@ def _differs(a: tuple[np.ndarray, list[tuple[Any, ...]]], b: tuple[np.ndarray, l
     return float(np.abs(a[0] - b[0]).max()) if a[1] == b[1] else float("inf")
 
 
+def _take_turns(ways: dict[str, Callable[[list[Any]], Any]], things: list[Any], chunk: int) -> dict[str, float]:
+    """Seconds each way took to apply ``things``, ``chunk`` at a time, the order of the ways
+    rotated from chunk to chunk (alternated, for two)."""
+    seconds = dict.fromkeys(ways, 0.0)
+    names = list(ways)
+    for c, start in enumerate(range(0, len(things), chunk)):
+        part = things[start:start + chunk]
+        for name in names[c % len(names):] + names[:c % len(names)]:
+            t0 = time.perf_counter()
+            ways[name](part)
+            seconds[name] += time.perf_counter() - t0
+        print(f"  chunk {c + 1}: {', '.join(f'{n} {t:.1f} s' for n, t in seconds.items())}", file=sys.stderr,
+              flush=True)
+    return seconds
+
+
+def _in_batches(change: Callable[[list[Any]], Any], size: int) -> Callable[[list[Any]], None]:
+    def apply(part: list[Any]) -> None:
+        for start in range(0, len(part), size):
+            change(part[start:start + size])
+
+    return apply
+
+
 def _python(copies: dict[str, Path], items: list[dict[str, Any]], sizes: list[int]) -> dict[str, float]:
     services = {name: ShopService.from_run(path, fraud_reasons=False) for name, path in copies.items()}
     warm = items[0]  # the encoders' first call is slow; warm every service up on the same item
     for k, svc in enumerate(services.values()):
         svc.add_item(f"warm-{k}", warm["title"], category=warm["category"], image=warm["image"])
-    seconds = dict.fromkeys(services, 0.0)
-    chunk = max(sizes)
-    for c, start in enumerate(range(0, len(items), chunk)):
-        part = items[start:start + chunk]
-        names = list(services)
-        for name in names[c % len(names):] + names[:c % len(names)]:
-            svc = services[name]
-            t0 = time.perf_counter()
-            if name == ONE:
-                for item in part:
-                    svc.add_item(**item)
-            else:
-                size = sizes[names.index(name) - 1]
-                for b in range(0, len(part), size):
-                    svc.add_items(part[b:b + size])
-            seconds[name] += time.perf_counter() - t0
-        print(f"  chunk {c + 1}: {', '.join(f'{n} {s:.1f} s' for n, s in seconds.items())}", file=sys.stderr, flush=True)
+    one, *batched = services.values()
+    ways: dict[str, Callable[[list[Any]], Any]] = {ONE: lambda part: [one.add_item(**item) for item in part]}
+    for name, svc, size in zip(list(services)[1:], batched, sizes):
+        ways[name] = _in_batches(svc.add_items, size)
+    seconds = _take_turns(ways, items, max(sizes))
     ids = [item["item_id"] for item in items]
     reference = _served(services[ONE], ids)
     worst = max(_differs(_served(svc, ids), reference) for svc in services.values())
@@ -100,6 +113,11 @@ def _python(copies: dict[str, Path], items: list[dict[str, Any]], sizes: list[in
         worst = max(worst, _differs(_served(ShopService.from_run(path, fraud_reasons=False), ids), reference))
     seconds["largest difference"] = worst
     return seconds
+
+
+def _created(response: Any) -> None:
+    if response.status_code != 201:
+        raise RuntimeError(f"{response.request.url.path} answered {response.status_code}: {response.text[:200]}")
 
 
 def _post_one(client: Any, body: dict[str, Any]) -> Any:
@@ -132,22 +150,10 @@ def _http(copies: dict[str, Path], items: list[dict[str, Any]], size: int) -> di
             clients[name] = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120.0)
         for k, client in enumerate(clients.values()):  # warm-up
             _post_one(client, dict(bodies[0], item_id=f"warm-{k}")).raise_for_status()
-        seconds = dict.fromkeys(clients, 0.0)
-        names = list(clients)
-        for c, start in enumerate(range(0, len(bodies), size)):
-            part = bodies[start:start + size]
-            for name in (names if c % 2 == 0 else names[::-1]):
-                t0 = time.perf_counter()
-                if name == names[0]:
-                    for body in part:
-                        r = _post_one(clients[name], body)
-                        if r.status_code != 201:
-                            raise RuntimeError(f"POST /items answered {r.status_code}: {r.text[:200]}")
-                else:
-                    r = clients[name].post("/items/batch", json={"items": part})
-                    if r.status_code != 201:
-                        raise RuntimeError(f"POST /items/batch answered {r.status_code}: {r.text[:200]}")
-                seconds[name] += time.perf_counter() - t0
+        (one_name, one), (batch_name, batch) = clients.items()
+        seconds = _take_turns({one_name: lambda part: [_created(_post_one(one, body)) for body in part],
+                               batch_name: lambda part: _created(batch.post("/items/batch", json={"items": part}))},
+                              bodies, size)
     finally:
         for client in clients.values():
             client.close()
@@ -167,23 +173,14 @@ def _removals(copies: dict[str, Path], ids: list[str], size: int) -> tuple[dict[
     """Seconds each way took to remove ``ids`` (one by one, or ``remove_items`` in batches of
     ``size``), and whether both serve the same catalogue, also after a restart."""
     services = {name: ShopService.from_run(path, fraud_reasons=False) for name, path in copies.items()}
-    seconds = dict.fromkeys(services, 0.0)
-    names = list(services)
-    for c, start in enumerate(range(0, len(ids), size)):
-        part = ids[start:start + size]
-        for name in (names if c % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
-            if name == names[0]:
-                for item_id in part:
-                    services[name].remove_item(item_id)
-            else:
-                services[name].remove_items(part)
-            seconds[name] += time.perf_counter() - t0
+    (one_name, one), (batch_name, batch) = services.items()
+    seconds = _take_turns({one_name: lambda part: [one.remove_item(item_id) for item_id in part],
+                           batch_name: batch.remove_items}, ids, size)
 
     def served(svc: ShopService) -> list[str]:
         return [i for i in svc.item_ids if svc.has_item(i)]
 
-    first = served(services[names[0]])
+    first = served(one)
     same = all(served(svc) == first for svc in services.values()) and all(
         served(ShopService.from_run(path, fraud_reasons=False)) == first for path in copies.values())
     return seconds, same and not any(i in first for i in ids)
