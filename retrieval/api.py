@@ -1,15 +1,18 @@
 """The HTTP API: a thin FastAPI layer over :class:`~shopgraph.retrieval.service.ShopService`.
 
 Endpoints (``docs/http_api.md``): ``GET /recommend``, ``GET /similar``, ``POST /search`` (JSON
-text or a multipart image upload), ``GET /fraud/score``, ``GET /healthz``, ``GET /metrics``
-(Prometheus text format), OpenAPI docs at ``/docs``; the Gradio app is mounted at ``/demo`` and
-the fraud-case endpoints (``retrieval/fraud_api.py``) under ``/fraud`` when they are available.
+text or a multipart image upload), ``POST /recommend/cold``, ``GET /fraud/score``, the catalogue
+(``POST /items``, ``POST /items/batch``, ``POST /items/remove``, ``GET`` and ``DELETE
+/items/{id}``), ``GET /healthz``, ``GET /metrics`` (Prometheus text format), OpenAPI docs at
+``/docs``; the Gradio app is mounted at ``/demo`` and the fraud-case endpoints
+(``retrieval/fraud_api.py``) under ``/fraud`` when they are available.
 
 Errors are JSON ``{"detail": "<argument>: <problem> (got <value>)"}``: 404 for an unknown user or
-item id, 422 for any other bad input (k not an integer in 1..1000, an unknown, repeated or empty
-parameter or field, empty text, unreadable image), 413 for an image or JSON body over its size
-limit, 400 for a multipart body that cannot be parsed, 415 for an unsupported content type, 503
-when the run lacks what the call needs. Bad input never yields a 500.
+item id, 409 for an item id the catalogue has, 422 for any other bad input (k not an integer in
+1..1000, an unknown, repeated or empty parameter or field, empty text, unreadable image), 413 for
+an image or JSON body over its size limit, 400 for a multipart body that cannot be parsed, 415
+for an unsupported content type, 503 when the run lacks what the call needs or a catalogue change
+could not be written to the run's journal (nothing changed). Bad input never yields a 500.
 """
 
 from __future__ import annotations

@@ -233,6 +233,12 @@ def batch_problems(problems: Sequence[str], total: int, shown_at_most: int = 5) 
             + "; ".join(problems[:shown_at_most]) + more)
 
 
+def _listed(ids: Sequence[str], at_most: int = 10) -> str:
+    """``'a', 'b' and 3 more``: the ids an error names."""
+    return ", ".join(shown(i) for i in ids[:at_most]) + (f" and {len(ids) - at_most:,} more" if len(ids) > at_most
+                                                         else "")
+
+
 def _megabytes(size: int) -> str:
     """``10.01 MB (10,495,761 bytes)``: with the exact size, so that a size just over the limit
     never reads as the limit itself."""
@@ -1459,7 +1465,8 @@ class ShopService:
 
     def _new_item(self, where: str, item_id: Any, title: Any, category: Any = "", description: Any = "",
                   price: Any = None, image: Any = None) -> _NewItem:
-        """One item to add, checked (errors prefixed with ``where``), its id stripped, its image read."""
+        """One item to add, checked (errors prefixed with ``where``), its id stripped, its image
+        read once to check it (and again when it is encoded)."""
         if not isinstance(item_id, str) or not item_id.strip():
             raise ValueError(f"{where}item_id: expected a non-empty string (got {shown(item_id)})")
         if item_id != item_id.strip():  # as loading the shop does (graph/load.py): ids are stored stripped
@@ -1561,8 +1568,7 @@ class ShopService:
         unknown = [item_id for item_id in item_ids if item_id not in self._item_pos]
         if unknown:
             raise UnknownIdError(f"item_ids: {len(unknown):,} of the {len(item_ids):,} items are not served, nothing "
-                                 f"was removed: {', '.join(shown(i) for i in unknown[:10])}"
-                                 + (f" and {len(unknown) - 10:,} more" if len(unknown) > 10 else ""))
+                                 f"was removed: {_listed(unknown)}")
         return [self._item_pos[item_id] for item_id in item_ids]
 
     def _insert(self, item_id: str, title: str, category: str, description: str, price: float | None,
@@ -1619,8 +1625,7 @@ class ShopService:
             raise DuplicateIdError(f"item_id: item {shown(known[0])} already exists")
         if known:
             raise DuplicateIdError(f"item_id: {len(known):,} of the {len(item_ids):,} items exist already, nothing "
-                                   f"was added: {', '.join(shown(i) for i in known[:10])}"
-                                   + (f" and {len(known) - 10:,} more" if len(known) > 10 else ""))
+                                   f"was added: {_listed(known)}")
 
     def _append(self, entry: dict[str, Any]) -> None:
         """Write one change of this process to the journal (the caller holds ``_sync_lock`` and the
