@@ -50,11 +50,13 @@ from shopgraph.retrieval.service import (
     MAX_IMAGE_BYTES,
     MAX_TEXT_CHARS,
     DuplicateIdError,
+    FraudScore,
     NotAvailableError,
     Recommendation,
     ShopService,
     UnknownIdError,
     batch_problems,
+    check_bool,
     check_k,
     shown,
 )
@@ -64,6 +66,7 @@ logger = logging.getLogger(__name__)
 RUN_ENV = "SHOPGRAPH_RUN"
 MAX_JSON_BYTES = 64 * 1024  # a JSON query is at most 2,000 characters of text and k
 MAX_BATCH_JSON_BYTES = 32 * 2**20  # POST /items/batch: up to 1,000 items, their images in base64
+MAX_IDS_JSON_BYTES = 2**20  # a list of up to 1,000 ids (POST /recommend/batch, /fraud/score/batch, /items/remove)
 LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                                       2.5, 5.0, 10.0)
 Scope = MutableMapping[str, Any]
@@ -85,6 +88,24 @@ class RecommendOut(BaseModel):
     user_id: str
     k: int
     items: list[ItemOut]
+
+
+class RecommendBatchIn(BaseModel):
+    """JSON body of ``POST /recommend/batch`` (its schema; the body is checked by :func:`_recommend_batch_json`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH, description="known user ids (a user may "
+                                                                                     "appear more than once)")
+    k: int = Field(10, ge=1, le=K_MAX, description=f"results per user, 1..{K_MAX}")
+    exclude_seen: bool = Field(True, description="drop items each user already purchased")
+    category: str | None = Field(None, min_length=1, description="only items of this category (omit it or null "
+                                                                 "for every category)")
+
+
+class RecommendBatchOut(BaseModel):
+    k: int
+    results: list[RecommendOut] = Field(description="one per user id, in the order given")
 
 
 class SimilarOut(BaseModel):
@@ -136,6 +157,21 @@ class FraudOut(BaseModel):
     flagged: bool
     scorer: str
     reasons: list[str]
+
+
+class FraudBatchIn(BaseModel):
+    """JSON body of ``POST /fraud/score/batch`` (its schema; the body is checked by :func:`_fraud_batch_json`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH, description="known user ids")
+    reasons: bool = Field(True, description="include each account's reasons (false: scores only)")
+
+
+class FraudBatchOut(BaseModel):
+    count: int = Field(description="how many accounts were scored (all of those given)")
+    flagged: int = Field(description="how many of them are at or above the threshold")
+    scores: list[FraudOut] = Field(description="one per user id, in the order given")
 
 
 class CatalogueOut(BaseModel):
@@ -430,6 +466,12 @@ def _json_or_multipart(model: type[BaseModel], form: dict[str, Any], *, required
     }}}
 
 
+def _json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that takes ``model`` as JSON."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": model.model_json_schema()}}}}
+
+
 def _media_type(request: Request, accepted: tuple[str, ...]) -> str:
     """The request's media type, one of ``accepted`` (compared case-insensitively, RFC 9110), or
     ``application/json`` when it names none; 415 naming ``accepted`` otherwise."""
@@ -521,6 +563,53 @@ def _cold_json(body: dict[str, Any]) -> tuple[list[str] | None, str | None, int,
     return ids, None, k, 0
 
 
+# -- the batch bodies of /recommend and /fraud/score ----------------------------------------------
+_RECOMMEND_BATCH_EXAMPLE = '{"user_ids": ["u000001", "u000042"], "k": 10}'
+_FRAUD_BATCH_EXAMPLE = '{"user_ids": ["u000001", "u000042"], "reasons": true}'
+MAX_SLOW_REASONS = 20  # accounts a request when each one's reasons take the model's gradients
+
+
+def _id_list(body: dict[str, Any], name: str, example: str) -> list[Any]:
+    """``body[name]`` when it is a JSON list (the service checks the ids themselves)."""
+    ids = body.get(name)
+    if not isinstance(ids, list):
+        raise ValueError(f"{name}: expected a list of ids like {example} (got "
+                         f"{'nothing' if ids is None else type(ids).__name__ + ' ' + shown(ids)})")
+    return ids
+
+
+def _recommend_batch_json(body: dict[str, Any]) -> tuple[list[Any], int, bool, str | None]:
+    """``(user_ids, k, exclude_seen, category)`` of a ``POST /recommend/batch`` body; ``k`` a JSON
+    integer and ``exclude_seen`` a JSON boolean, as strict as the query of ``GET /recommend``."""
+    check_fields(list(body), ("user_ids", "k", "exclude_seen", "category"), "field")
+    ids = _id_list(body, "user_ids", _RECOMMEND_BATCH_EXAMPLE)
+    category = body.get("category")
+    if category is not None and not (isinstance(category, str) and category.strip()):
+        raise ValueError(f"category: expected a category name, or null for every category (got {shown(category)})")
+    return ids, check_k(body.get("k", 10)), check_bool(body.get("exclude_seen", True), "exclude_seen"), category
+
+
+def _fraud_batch_json(body: dict[str, Any], service: ShopService) -> tuple[list[Any], bool]:
+    """``(user_ids, reasons)`` of a ``POST /fraud/score/batch`` body. Reasons that the model works out
+    per account (a GNN fraud head) are limited to :data:`MAX_SLOW_REASONS` accounts a request, so a
+    request never runs for minutes."""
+    check_fields(list(body), ("user_ids", "reasons"), "field")
+    ids = _id_list(body, "user_ids", _FRAUD_BATCH_EXAMPLE)
+    reasons = check_bool(body.get("reasons", True), "reasons")
+    if reasons and service.reasons_per_account_model and len(ids) > MAX_SLOW_REASONS:
+        raise ValueError(f"reasons: this run's fraud scorer ({service.fraud.get('kind', 'none')}) works out each "
+                         f"account's reasons with the model (integrated gradients, up to about a second an "
+                         f"account), so reasons come for at most {MAX_SLOW_REASONS} accounts a request (got "
+                         f"{len(ids):,}); send \"reasons\": false for scores only, or fewer accounts")
+    return ids, reasons
+
+
+def _fraud_out(service: ShopService, s: FraudScore) -> FraudOut:
+    p = s.probability
+    return FraudOut(user_id=s.user_id, probability=None if math.isnan(p) else p, threshold=s.threshold,
+                    flagged=s.flagged, scorer=str(service.fraud.get("kind", "none")), reasons=s.reasons)
+
+
 # -- the /items body ------------------------------------------------------------------------------
 _ITEM_FIELDS = ("item_id", "title", "category", "description", "price")
 _ITEM_EXAMPLE = '{"item_id": "i900001", "title": "red running shoes", "category": "shoes", "price": 59.0}'
@@ -587,11 +676,7 @@ def _remove_ids(body: dict[str, Any]) -> list[str]:
     """The :meth:`ShopService.remove_items` argument of a ``POST /items/remove`` body (the service
     checks the ids themselves)."""
     check_fields(list(body), ("item_ids",), "field")
-    ids = body.get("item_ids")
-    if not isinstance(ids, list):
-        raise ValueError(f"item_ids: expected a list of ids like {_REMOVE_EXAMPLE} (got "
-                         f"{'nothing' if ids is None else type(ids).__name__ + ' ' + shown(ids)})")
-    return ids
+    return _id_list(body, "item_ids", _REMOVE_EXAMPLE)
 
 
 async def _item_form(request: Request) -> tuple[dict[str, Any], bytes | None]:
@@ -650,7 +735,12 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     only_recommend = Depends(strict_query(("user_id", "k", "exclude_seen", "category"), ints=k_range,
                                           bools=("exclude_seen",), non_empty=("user_id", "category")))
     only_similar = Depends(strict_query(("item_id", "k"), ints=k_range, non_empty=("item_id",)))
+    only_new = Depends(strict_query(("user_id", "k", "category"), ints=k_range, non_empty=("user_id", "category")))
     only_user = Depends(strict_query(("user_id",), non_empty=("user_id",)))
+    body_errors: dict[int | str, dict[str, Any]] = {
+        413: {"model": ErrorOut, "description": "body too large"},
+        415: {"model": ErrorOut, "description": "unsupported content type"},
+    }
     nothing = Depends(strict_query(()))
 
     @app.get("/recommend", response_model=RecommendOut, responses=_ERRORS, tags=["recommend"],
@@ -665,6 +755,29 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         rec = service.recommend(user_id, k, exclude_seen=exclude_seen, category=category)
         return RecommendOut(user_id=user_id, k=k, items=_items(rec))
 
+    @app.get("/recommend/new", response_model=RecommendOut, responses=_ERRORS, tags=["recommend"],
+             summary="Top-k of the items added since training, for a user (a \"new for you\" slot)",
+             dependencies=[only_new])
+    def recommend_new(
+        user_id: str = Query(..., description="external user id"),
+        k: int = k_param,
+        category: str | None = Query(None, description="only new items of this category (omit it for every "
+                                                       "category; an empty value is refused)"),
+    ) -> RecommendOut:
+        rec = service.recommend_new(user_id, k, category=category)
+        return RecommendOut(user_id=user_id, k=k, items=_items(rec))
+
+    @app.post("/recommend/batch", response_model=RecommendBatchOut, responses={**_ERRORS, **body_errors},
+              tags=["recommend"], summary=f"Top-k items for up to {MAX_BATCH:,} users in one search (JSON)",
+              openapi_extra=_json_schema(RecommendBatchIn), dependencies=[nothing])
+    async def recommend_batch(request: Request) -> RecommendBatchOut:
+        _media_type(request, ("application/json",))
+        body = await _json_body(request, _RECOMMEND_BATCH_EXAMPLE, MAX_IDS_JSON_BYTES, "a list of ids")
+        ids, k, exclude_seen, category = _recommend_batch_json(body)
+        recs = await run_in_threadpool(service.recommend_batch, ids, k, exclude_seen, category)
+        return RecommendBatchOut(k=k, results=[RecommendOut(user_id=u, k=k, items=_items(rec))
+                                               for u, rec in zip(ids, recs)])
+
     @app.get("/similar", response_model=SimilarOut, responses=_ERRORS, tags=["recommend"],
              summary="Items similar to an item", dependencies=[only_similar])
     def similar(item_id: str = Query(..., description="external item id"), k: int = k_param) -> SimilarOut:
@@ -675,8 +788,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         415: {"model": ErrorOut, "description": "unsupported content type"},
         503: {"model": ErrorOut, "description": "text given, and the run has no text index"},
     }, tags=["recommend"], summary="Top-k items for a visitor the model does not know: from items, or from text",
-        openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": ColdIn.model_json_schema()}}}}, dependencies=[nothing])
+        openapi_extra=_json_schema(ColdIn), dependencies=[nothing])
     async def recommend_cold(request: Request) -> ColdOut:
         _media_type(request, ("application/json",))
         ids, text, k, n_seeds = _cold_json(await _json_body(request, _COLD_EXAMPLE))
@@ -761,12 +873,11 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
                         items=[ItemInfoOut(**service.item_info(service.item_ids[p])) for p in positions])
 
     @app.post("/items/remove", response_model=RemovedBatchOut, responses=catalogue_errors, tags=["catalogue"],
-              summary=f"Remove up to {MAX_BATCH:,} items at once, all or none (JSON)", openapi_extra={
-                  "requestBody": {"required": True, "content": {
-                      "application/json": {"schema": RemoveIn.model_json_schema()}}}}, dependencies=[nothing])
+              summary=f"Remove up to {MAX_BATCH:,} items at once, all or none (JSON)",
+              openapi_extra=_json_schema(RemoveIn), dependencies=[nothing])
     async def remove_items(request: Request) -> RemovedBatchOut:
         _media_type(request, ("application/json",))
-        ids = _remove_ids(await _json_body(request, _REMOVE_EXAMPLE))
+        ids = _remove_ids(await _json_body(request, _REMOVE_EXAMPLE, MAX_IDS_JSON_BYTES, "a list of ids"))
         await run_in_threadpool(_changed, lambda: service.remove_items(ids))
         return RemovedBatchOut(removed=len(ids), item_ids=ids)
 
@@ -784,10 +895,17 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     @app.get("/fraud/score", response_model=FraudOut, responses=_ERRORS, tags=["fraud"],
              summary="Fraud probability of a user", dependencies=[only_user])
     def fraud_score(user_id: str = Query(..., description="external user id")) -> FraudOut:
-        s = service.score_user(user_id)
-        p = s.probability
-        return FraudOut(user_id=s.user_id, probability=None if math.isnan(p) else p, threshold=s.threshold,
-                        flagged=s.flagged, scorer=str(service.fraud.get("kind", "none")), reasons=s.reasons)
+        return _fraud_out(service, service.score_user(user_id))
+
+    @app.post("/fraud/score/batch", response_model=FraudBatchOut, responses={**_ERRORS, **body_errors},
+              tags=["fraud"], summary=f"Fraud probabilities of up to {MAX_BATCH:,} users (JSON)",
+              openapi_extra=_json_schema(FraudBatchIn), dependencies=[nothing])
+    async def fraud_score_batch(request: Request) -> FraudBatchOut:
+        _media_type(request, ("application/json",))
+        body = await _json_body(request, _FRAUD_BATCH_EXAMPLE, MAX_IDS_JSON_BYTES, "a list of ids")
+        ids, reasons = _fraud_batch_json(body, service)
+        scores = [_fraud_out(service, s) for s in await run_in_threadpool(service.score_users, ids, reasons=reasons)]
+        return FraudBatchOut(count=len(scores), flagged=sum(s.flagged for s in scores), scores=scores)
 
     @app.get("/healthz", response_model=HealthOut, tags=["ops"], summary="Liveness and what is loaded",
              responses={422: _ERRORS[422]}, dependencies=[nothing])

@@ -841,7 +841,9 @@ class ShopService:
     def _item(self, item_id: Any, name: str = "item_id") -> int:
         return self._lookup(self._item_pos, item_id, name, "item")
 
-    def _many(self, ids: Any, name: str, one: Any) -> list[int]:
+    def _many(self, ids: Any, name: str, positions: dict[str, int], kind: str) -> list[int]:
+        """The positions of a list of 1 to :data:`MAX_BATCH` ids; the unknown ones are all named
+        (``UnknownIdError``), so a caller with several new accounts learns of them in one answer."""
         if isinstance(ids, str) or not isinstance(ids, Sequence | np.ndarray):
             raise ValueError(f"{name}: expected a list of ids (got {type(ids).__name__})")
         ids = list(ids)
@@ -849,7 +851,15 @@ class ShopService:
             raise ValueError(f"{name}: expected at least one id (got an empty list)")
         if len(ids) > MAX_BATCH:
             raise ValueError(f"{name}: expected at most {MAX_BATCH:,} ids (got {len(ids):,})")
-        return [one(value, f"{name}[{pos}]") for pos, value in enumerate(ids)]
+        for pos, value in enumerate(ids):
+            if not isinstance(value, str):
+                raise ValueError(f"{name}[{pos}]: expected a string id (got {type(value).__name__} {shown(value)})")
+        unknown = [value for value in ids if value not in positions]
+        if unknown:
+            names = list(dict.fromkeys(unknown))
+            raise UnknownIdError(f"{name}: unknown {kind}{'s' if len(names) > 1 else ''} {_listed(names)} "
+                                 f"({len(unknown):,} of the {len(ids):,} ids given)")
+        return [positions[value] for value in ids]
 
     def _category(self, category: str | None) -> int | None:
         if category is None:
@@ -1013,7 +1023,7 @@ class ShopService:
         self._maybe_sync()
         k = check_k(k)
         exclude_seen = check_bool(exclude_seen, "exclude_seen")
-        users = self._many(user_ids, "user_ids", self._user)
+        users = self._many(user_ids, "user_ids", self._user_pos, "user")
         return self._recommend(users, k, exclude_seen, self._category(category))
 
     def _revisit_row(self, u: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1081,7 +1091,7 @@ class ShopService:
         """:meth:`similar_items` for many items."""
         self._maybe_sync()
         k = check_k(k)
-        return self._similar(self._many(item_ids, "item_ids", self._item), k)
+        return self._similar(self._many(item_ids, "item_ids", self._item_pos, "item"), k)
 
     def _similar(self, items: list[int], k: int) -> list[Recommendation]:
         with self._lock.read():
@@ -1244,7 +1254,17 @@ class ShopService:
         """:meth:`score_user` for many users. ``reasons=False`` leaves the reasons out (empty lists):
         a run whose GNN fraud head serves computes them per account (integrated gradients, tens to
         hundreds of milliseconds each; BENCHMARKS.md), the served trees in about a millisecond."""
-        return self._score(self._many(user_ids, "user_ids", self._user), reasons=check_bool(reasons, "reasons"))
+        reasons = check_bool(reasons, "reasons")
+        return self._score(self._many(user_ids, "user_ids", self._user_pos, "user"), reasons=reasons)
+
+    @property
+    def reasons_per_account_model(self) -> bool:
+        """Whether fraud reasons are worked out by the model for each account (integrated
+        gradients of a GNN fraud head: 75-700 ms an account on the 5,000-user shop) rather than
+        read from the served trees (about 1 ms; BENCHMARKS.md, "Retrieval", the GNN head's reasons)."""
+        from shopgraph.graph.train import TREE_KINDS
+
+        return self._fraud_attribution is not None and self.fraud.get("kind") not in TREE_KINDS
 
     def _score(self, users: list[int], *, reasons: bool = True) -> list[FraudScore]:
         out = []
@@ -1260,7 +1280,7 @@ class ShopService:
         embeddings, searched by cosine (``gnn_items_cosine``). The given items are excluded."""
         self._maybe_sync()
         k = check_k(k)
-        seeds = np.array(self._many(item_ids, "item_ids", self._item), dtype=np.int64)
+        seeds = np.array(self._many(item_ids, "item_ids", self._item_pos, "item"), dtype=np.int64)
         with self._lock.read():
             q = self._item_emb_n[seeds].mean(axis=0, keepdims=True)
             ids, sc = self._filtered("gnn_items_cosine", q, k, [np.unique(seeds)], None)[0]

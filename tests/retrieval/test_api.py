@@ -64,8 +64,8 @@ def test_similar_search_fraud_health(client):
 
 def test_openapi_docs(client):
     spec = client.get("/openapi.json").json()
-    for path in ("/recommend", "/recommend/cold", "/similar", "/search", "/items", "/items/{item_id}",
-                 "/fraud/score", "/healthz", "/metrics"):
+    for path in ("/recommend", "/recommend/cold", "/recommend/batch", "/recommend/new", "/similar", "/search",
+                 "/items", "/items/{item_id}", "/fraud/score", "/fraud/score/batch", "/healthz", "/metrics"):
         assert path in spec["paths"]
     assert set(spec["paths"]["/items"]["post"]["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
     assert set(spec["paths"]["/search"]["post"]["requestBody"]["content"]) == {
@@ -77,6 +77,9 @@ def test_openapi_docs(client):
                                 ("/fraud/score", "get", {"404", "422"}), ("/healthz", "get", {"422"}),
                                 ("/search", "post", {"400", "413", "415", "422", "503"}),
                                 ("/recommend/cold", "post", {"404", "413", "415", "422", "503"}),
+                                ("/recommend/batch", "post", {"404", "413", "415", "422"}),
+                                ("/recommend/new", "get", {"404", "422"}),
+                                ("/fraud/score/batch", "post", {"404", "413", "415", "422"}),
                                 ("/items", "post", {"400", "409", "413", "415", "422", "503"}),
                                 ("/items/batch", "post", {"409", "413", "415", "422", "503"}),
                                 ("/items/remove", "post", {"404", "413", "415", "422", "503"}),
@@ -93,6 +96,11 @@ def test_openapi_docs(client):
         "item_id", "title", "category", "description", "price", "image_base64"}
     remove = spec["paths"]["/items/remove"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert remove["properties"]["item_ids"]["maxItems"] == 1000 and remove["required"] == ["item_ids"]
+    for path, fields in (("/recommend/batch", {"user_ids", "k", "exclude_seen", "category"}),
+                         ("/fraud/score/batch", {"user_ids", "reasons"})):
+        schema = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert set(schema["properties"]) == fields and schema["required"] == ["user_ids"], path
+        assert schema["properties"]["user_ids"]["maxItems"] == 1000 and schema["additionalProperties"] is False
 
 
 _K = "k: expected an integer between 1 and 1000"
@@ -569,8 +577,8 @@ def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):
      "item_ids[2]: 'i001' is also item_ids[0]"),
     ("post", "/items/remove", {"json": {"item_ids": ["i001", "nope", "i002"]}}, 404,
      "item_ids: 1 of the 3 items are not served, nothing was removed: 'nope'"),
-    ("post", "/items/remove", {"content": b"x" * (64 * 1024 + 1), "headers": {"content-type": "application/json"}},
-     413, "body: over the 65,536-byte limit of a JSON query"),
+    ("post", "/items/remove", {"content": b"x" * (2**20 + 1), "headers": {"content-type": "application/json"}},
+     413, "body: over the 1,048,576-byte limit of a list of ids"),
     ("post", "/items/remove", {"data": {"item_ids": "i001"}}, 415, "content-type: expected application/json"),
 ])
 def test_bad_catalogue_changes_are_4xx_and_change_nothing(writable, method, url, kwargs, status, message):
@@ -624,7 +632,7 @@ def test_cold_start_over_http_is_the_service_answer(client):
     ({"item_ids": ["i001"], "text": "shoes"}, 422, "item_ids, text: expected one of them (got both)"),
     ({"item_ids": []}, 422, "item_ids: expected at least one id (got an empty list)"),
     ({"item_ids": "i001"}, 422, "item_ids: expected a list of ids (got str 'i001')"),
-    ({"item_ids": ["i001", "nope"]}, 404, "item_ids[1]: unknown item 'nope'"),
+    ({"item_ids": ["i001", "nope"]}, 404, "item_ids: unknown item 'nope' (1 of the 2 ids given)"),
     ({"item_ids": ["i001", 7]}, 422, "item_ids[1]: expected a string id (got int 7)"),
     ({"item_ids": ["i001"] * 1001}, 422, "item_ids: expected at most 1,000 ids (got 1,001)"),
     ({"item_ids": ["i001"], "n_seeds": 3}, 422, "n_seeds: only with text (the item_ids are the seeds)"),
@@ -652,6 +660,128 @@ def test_cold_start_refuses_other_bodies(client):
     assert r.status_code == 422 and r.json()["detail"] == "k: unknown parameter (expected none)"
     r = client.post("/items", content=b"{nope", headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"].startswith('body: expected a JSON object like {"item_id"')
+
+
+# -- batches: POST /recommend/batch, POST /fraud/score/batch; GET /recommend/new -----------------------
+def test_recommend_batch_is_each_users_own_answer_in_order(client):
+    users = ["u004", "u001", "u004", "u010"]
+    r = client.post("/recommend/batch", json={"user_ids": users, "k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["k"] == 3 and [res["user_id"] for res in body["results"]] == users
+    for res in body["results"]:
+        assert res == client.get("/recommend", params={"user_id": res["user_id"], "k": 3}).json()
+    r = client.post("/recommend/batch", json={"user_ids": ["u001", "u002"], "k": 2, "exclude_seen": False,
+                                              "category": "books"})
+    assert r.status_code == 200, r.text
+    for res in r.json()["results"]:
+        one = client.get("/recommend", params={"user_id": res["user_id"], "k": 2, "exclude_seen": "false",
+                                               "category": "books"})
+        assert res == one.json()
+    assert client.post("/recommend/batch", json={"user_ids": ["u001"], "category": None}).json()["results"][0] == \
+        client.get("/recommend", params={"user_id": "u001"}).json()
+
+
+def test_fraud_score_batch_is_each_accounts_own_score_in_order(client):
+    users = ["u002", "u001", "u002"]
+    r = client.post("/fraud/score/batch", json={"user_ids": users})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["count"] == 3 and [s["user_id"] for s in body["scores"]] == users
+    assert body["scores"] == [client.get("/fraud/score", params={"user_id": u}).json() for u in users]
+    assert body["flagged"] == sum(s["flagged"] for s in body["scores"])
+    r = client.post("/fraud/score/batch", json={"user_ids": users, "reasons": False})
+    assert r.status_code == 200 and all(s["reasons"] == [] for s in r.json()["scores"])
+    assert [s["probability"] for s in r.json()["scores"]] == [s["probability"] for s in body["scores"]]
+
+
+def test_fraud_score_batch_limits_reasons_the_model_works_out_per_account(client):
+    """The shared run's GNN head serves: each account's reasons are integrated gradients, so 21
+    accounts with reasons are refused and the same 21 without them are answered."""
+    assert client.service.reasons_per_account_model
+    users = client.service.user_ids[:21]
+    r = client.post("/fraud/score/batch", json={"user_ids": users})
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith("reasons: this run's fraud scorer (gnn) works out each account's reasons")
+    assert "at most 20 accounts a request (got 21)" in r.json()["detail"]
+    r = client.post("/fraud/score/batch", json={"user_ids": users, "reasons": False})
+    assert r.status_code == 200 and r.json()["count"] == 21
+    assert client.post("/fraud/score/batch", json={"user_ids": users[:20]}).status_code == 200
+
+
+_LONG_IDS = [f"customer-{k:06d}-" + "x" * 60 for k in range(1000)]  # 77 kB of JSON: over the 64 kB of a query
+
+
+@pytest.mark.parametrize("url, body, status, message", [
+    ("/recommend/batch", {"user_ids": ["u001", "nobody", "u002", "ghost", "nobody"]}, 404,
+     "user_ids: unknown users 'nobody', 'ghost' (3 of the 5 ids given)"),
+    ("/recommend/batch", {"user_ids": _LONG_IDS}, 404, "user_ids: unknown users 'customer-000000-"),
+    ("/recommend/batch", {"user_ids": []}, 422, "user_ids: expected at least one id (got an empty list)"),
+    ("/recommend/batch", {"user_ids": ["u001"] * 1001}, 422, "user_ids: expected at most 1,000 ids (got 1,001)"),
+    ("/recommend/batch", {"user_ids": "u001"}, 422, "user_ids: expected a list of ids like {\"user_ids\""),
+    ("/recommend/batch", {"k": 3}, 422, "user_ids: expected a list of ids like {\"user_ids\": [\"u000001\", "
+                                        "\"u000042\"], \"k\": 10} (got nothing)"),
+    ("/recommend/batch", {"user_ids": ["u001", 42]}, 422, "user_ids[1]: expected a string id (got int 42)"),
+    ("/recommend/batch", {"user_ids": ["u001"], "k": "5"}, 422, _K + " (got '5')"),
+    ("/recommend/batch", {"user_ids": ["u001"], "k": 1001}, 422, _K + " (got 1001)"),
+    ("/recommend/batch", {"user_ids": ["u001"], "exclude_seen": "false"}, 422,
+     "exclude_seen: expected True or False (got str 'false')"),
+    ("/recommend/batch", {"user_ids": ["u001"], "category": ""}, 422,
+     "category: expected a category name, or null for every category (got '')"),
+    ("/recommend/batch", {"user_ids": ["u001"], "category": 3}, 422,
+     "category: expected a category name, or null for every category (got 3)"),
+    ("/recommend/batch", {"user_ids": ["u001"], "category": "toys"}, 422, "category: unknown category 'toys'"),
+    ("/recommend/batch", {"user_ids": ["u001"], "user_id": "u002"}, 422,
+     "user_id: unknown field (expected user_ids, k, exclude_seen, category)"),
+    ("/recommend/batch", ["u001"], 422, "body: expected a JSON object like {\"user_ids\""),
+    ("/recommend/batch", {"user_ids": ["u" + "x" * 1100] * 1000}, 413,
+     "body: over the 1,048,576-byte limit of a list of ids"),
+    ("/fraud/score/batch", {"user_ids": ["u001", "zz"]}, 404, "user_ids: unknown user 'zz' (1 of the 2 ids given)"),
+    ("/fraud/score/batch", {"user_ids": []}, 422, "user_ids: expected at least one id (got an empty list)"),
+    ("/fraud/score/batch", {"user_ids": ["u001"], "reasons": "no"}, 422,
+     "reasons: expected True or False (got str 'no')"),
+    ("/fraud/score/batch", {"user_ids": ["u001"], "k": 3}, 422, "k: unknown field (expected user_ids, reasons)"),
+    ("/fraud/score/batch", {"user_id": "u001"}, 422, "user_id: unknown field (expected user_ids, reasons)"),
+    ("/items/remove", {"item_ids": _LONG_IDS}, 404, "item_ids: 1,000 of the 1,000 items are not served"),
+])
+def test_bad_batch_bodies_are_4xx_naming_the_problem(client, url, body, status, message):
+    r = client.post(url, json=body)
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"]
+    assert len(r.json()["detail"]) < 1000
+
+
+@pytest.mark.parametrize("url", ["/recommend/batch", "/fraud/score/batch"])
+def test_batch_routes_take_json_only_and_no_query(client, url):
+    r = client.post(url, data={"user_ids": "u001"})
+    assert r.status_code == 415
+    assert r.json()["detail"] == "content-type: expected application/json (got 'application/x-www-form-urlencoded')"
+    r = client.post(url, content=b"{nope", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"].startswith('body: expected a JSON object like {"user_ids"')
+    r = client.post(url + "?k=3", json={"user_ids": ["u001"]})
+    assert r.status_code == 422 and r.json()["detail"] == "k: unknown parameter (expected none)"
+
+
+def test_recommend_new_ranks_only_the_items_added_since_training(client, writable):
+    r = client.get("/recommend/new", params={"user_id": "u001"})
+    assert r.status_code == 200 and r.json() == {"user_id": "u001", "k": 10, "items": []}  # nothing added
+    for item_id, title in (("fresh1", "trail running shoes"), ("fresh2", "a cookbook of soups")):
+        assert writable.post("/items", json={"item_id": item_id, "title": title, "category": "books"}).status_code == 201
+    r = writable.get("/recommend/new", params={"user_id": "u003", "k": 1000})
+    assert r.status_code == 200, r.text
+    rec = writable.service.recommend_new("u003", 1000)
+    assert [i["item_id"] for i in r.json()["items"]] == rec.item_ids
+    assert {"fresh1", "fresh2"} <= set(rec.item_ids) and set(rec.item_ids) <= set(writable.service.item_ids[30:])
+    assert all(i["reason"].startswith("new since the last training run; ") for i in r.json()["items"])
+    r = writable.get("/recommend/new", params={"user_id": "u003", "k": 1, "category": "books"})
+    assert r.status_code == 200 and len(r.json()["items"]) == 1
+    for params, status, message in (({"user_id": "nobody"}, 404, "user_id: unknown user 'nobody'"),
+                                     ({"user_id": "u003", "k": "0"}, 422, _K + " (got '0')"),
+                                     ({"user_id": "u003", "category": ""}, 422, "category: expected a non-empty value"),
+                                     ({"user_id": "u003", "exclude_seen": "true"}, 422,
+                                      "exclude_seen: unknown parameter (expected user_id, k, category)")):
+        r = writable.get("/recommend/new", params=params)
+        assert r.status_code == status and message in r.json()["detail"], r.text
 
 
 def test_a_serving_process_makes_no_multiprocessing_lock_for_progress_bars(monkeypatch):
