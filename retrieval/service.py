@@ -1047,7 +1047,10 @@ class ShopService:
                 if cat is not None:
                     keep &= self._item_cat[rv_items] == cat
                 cand = np.union1d(ids, rv_items[keep])
-                scores = self.item_emb[cand] @ self.user_emb[u]
+                # Row by row, not a matrix-vector product: BLAS rounds each row's sum depending on
+                # how many rows it is given, and the batch fetches more candidates than one user
+                # alone, so the same user's scores (and near-tie order) differed in the last bit.
+                scores = (self.item_emb[cand] * self.user_emb[u]).sum(axis=1)
                 scores[np.searchsorted(cand, rv_items[keep])] += rv_values[keep]
                 top = np.argsort(-scores, kind="stable")[:k]
                 out.append(self._pack(cand[top], scores[top], self._user_reasons(u, cand[top])))
@@ -1076,7 +1079,7 @@ class ShopService:
             new = new[self._active[new]]
             if cat is not None:
                 new = new[self._item_cat[new] == cat]
-            scores = self.item_emb[new] @ self.user_emb[u]
+            scores = (self.item_emb[new] * self.user_emb[u]).sum(axis=1)  # as _recommend scores, row by row
             top = np.argsort(-scores, kind="stable")[:k]
             reasons = [f"new since the last training run; {r}" for r in self._user_reasons(u, new[top])]
             return self._pack(new[top], scores[top], reasons)

@@ -243,6 +243,28 @@ def test_score_user_and_batches(service):
     assert service.search_batch(texts, k=3) == [service.search(text=t, k=3) for t in texts]
 
 
+def test_a_batch_answers_each_user_to_the_last_bit(tmp_path):
+    """A batch fetches more candidates than one user alone (its users' revisit items); a
+    matrix-vector product rounds each row depending on how many rows it gets, so on the demo run
+    one user in ten scored differently in the last bit inside a batch (wide embeddings here)."""
+    from safetensors.torch import load_file
+
+    own_run = make_run(tmp_path, revisit=True)
+    tensors = load_file(str(own_run / "embeddings.safetensors"))
+    gen = torch.Generator().manual_seed(0)
+    for name in ("user", "item"):
+        tensors[name] = torch.randn(tensors[name].shape[0], 256, generator=gen) * 3
+    RunDir(own_run).write_with("embeddings.safetensors",
+                               lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, str(p)))
+    index_run(own_run)
+    svc = load_service(own_run, fraud_reasons=False)
+    users = svc.user_ids * 5
+    for k in (3, 10, 25):
+        assert svc.recommend_batch(users, k=k) == [svc.recommend(u, k=k) for u in users]
+        assert svc.recommend_batch(users, k=k, exclude_seen=False) == [svc.recommend(u, k=k, exclude_seen=False)
+                                                                      for u in users]
+
+
 def test_cold_start(service):
     rec = service.recommend_for_items(["i001", "i002"], k=5)
     unit = service.item_emb[[1, 2]] / np.linalg.norm(service.item_emb[[1, 2]], axis=1, keepdims=True)
