@@ -8,6 +8,10 @@ child process, and drives it with a bounded load generator:
 2. a concurrent burst: ``--clients`` threads, ``--burst`` requests in all: throughput and p50 / p99;
 3. ``POST /recommend/cold`` for a visitor with 3 random items, alternated call by call with
    ``GET /recommend`` on one connection (``--sequential`` of each): p50 / p99 and the ratio.
+4. batches: the same ``--batch`` random users asked one call each (``GET /recommend``, ``GET
+   /fraud/score``) and in one call (``POST /recommend/batch``, ``POST /fraud/score/batch``, with and
+   without reasons), the two ways taking turns for ``--rounds`` rounds on one connection:
+   milliseconds per user and the ratio.
 
 Everything is loopback-only and bounded in count and time; the server is stopped at the end.
 The default run folder is synthetic (5,000 users, 20,000 items, 64-d clustered embeddings, no
@@ -29,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from common import markdown_table
@@ -149,6 +154,50 @@ def side_by_side(url: str, users: list[str], items: list[str], n: int,
     return np.array(known) * 1000, np.array(cold) * 1000
 
 
+BATCH_WAYS = (  # (what, one call per user, one call for the batch)
+    ("recommend, k=10", ("/recommend", {"k": 10}), ("/recommend/batch", {"k": 10})),
+    ("fraud score with reasons", ("/fraud/score", {}), ("/fraud/score/batch", {"reasons": True})),
+    ("fraud score without reasons", ("/fraud/score", {}), ("/fraud/score/batch", {"reasons": False})),
+)
+
+
+def batches(url: str, users: list[str], batch: int, rounds: int,
+            rng: np.random.Generator) -> dict[str, tuple[list[float], list[float]]]:
+    """Per way of :data:`BATCH_WAYS`, the milliseconds per user of ``rounds`` rounds of ``batch``
+    random users asked one call each and then in one call (the order swapped every round; one
+    warm-up round first). Each batch answer is checked against the one-by-one answers."""
+    import httpx
+
+    out: dict[str, tuple[list[float], list[float]]] = {what: ([], []) for what, _, _ in BATCH_WAYS}
+    with httpx.Client(base_url=url, timeout=120.0) as client:
+
+        def ok(r: httpx.Response) -> Any:
+            if r.status_code != 200:
+                raise RuntimeError(f"{r.request.url.path} answered {r.status_code}: {r.text[:200]}")
+            return r.json()
+
+        for step in range(rounds + 1):
+            ids = [users[int(i)] for i in rng.integers(len(users), size=batch)]
+            for what, (one_path, one_params), (many_path, many_body) in BATCH_WAYS:
+                times = {}
+                for way in ((0, 1) if step % 2 == 0 else (1, 0)):
+                    t0 = time.perf_counter()
+                    if way == 0:
+                        single = [ok(client.get(one_path, params={"user_id": u, **one_params})) for u in ids]
+                    else:
+                        many = ok(client.post(many_path, json={"user_ids": ids, **many_body}))
+                    times[way] = (time.perf_counter() - t0) * 1000 / batch
+                listed = many["results"] if "results" in many else many["scores"]
+                if many_body.get("reasons") is False:
+                    single = [{**s, "reasons": []} for s in single]
+                if listed != single:
+                    raise RuntimeError(f"{many_path} did not answer as {one_path} one user at a time")
+                if step > 0:
+                    out[what][0].append(times[0])
+                    out[what][1].append(times[1])
+    return out
+
+
 def burst(url: str, users: list[str], total: int, clients: int, seed: int) -> tuple[float, np.ndarray, int]:
     import httpx
 
@@ -189,9 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=5000)
     p.add_argument("--items", type=int, default=20000)
     p.add_argument("--events", type=int, default=200_000)
+    p.add_argument("--batch", type=int, default=200, help="users per batch call (1..1000)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of the batch comparison")
     args = p.parse_args(argv)
     if min(args.sequential, args.burst, args.clients) < 1 or args.burst > 100_000 or args.sequential > 100_000:
         p.error("--sequential and --burst: 1..100000; --clients >= 1")
+    if not 1 <= args.batch <= 1000 or not 1 <= args.rounds <= 100:
+        p.error("--batch: 1..1000; --rounds: 1..100")
 
     with tempfile.TemporaryDirectory(prefix="shopgraph-bench-api-") as tmp:
         if args.run is None:
@@ -212,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         del served
         rows = []
         cold_rows = []
+        batch_rows = []
         for workers in args.workers:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
@@ -225,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 seq = sequential(url, users, args.sequential, rng)
                 tput, lat, errors = burst(url, users, args.burst, args.clients, seed=workers)
                 known, cold = side_by_side(url, users, items, args.sequential, rng)
+                by_way = batches(url, users, args.batch, args.rounds, rng)
             finally:
                 proc.terminate()
                 try:
@@ -238,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
             cold_rows.append([str(workers), f"{np.percentile(known, 50):.2f}", f"{np.percentile(known, 99):.2f}",
                               f"{np.percentile(cold, 50):.2f}", f"{np.percentile(cold, 99):.2f}",
                               f"{np.percentile(cold, 50) / np.percentile(known, 50):.2f}"])
+            for what, (single, many) in by_way.items():
+                batch_rows.append([str(workers), what, f"{np.median(single):.3f}", f"{np.median(many):.3f}",
+                                   f"{np.median(single) / np.median(many):.1f}×"])
     print(f"# HTTP API benchmark (/recommend, k=10, loopback)\n\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
           f"{platform.node()}; {os.cpu_count()} CPUs visible; python {platform.python_version()}; "
           f"{args.sequential:,} sequential calls on one keep-alive connection; burst of {args.burst:,} calls "
@@ -249,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
           "of each on one keep-alive connection\n")
     print(markdown_table(["workers", "/recommend p50 ms", "p99 ms", "/recommend/cold p50 ms", "p99 ms",
                           "cold p50 / recommend p50"], cold_rows))
+    print(f"\nBatches of {args.batch} random users, one call per user against one call for the batch, "
+          f"taking turns on one keep-alive connection, median of {args.rounds} rounds (ms per user)\n")
+    print(markdown_table(["workers", "what", "one call per user", "one call per batch", "ratio"], batch_rows))
     return 0
 
 
