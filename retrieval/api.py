@@ -1,7 +1,8 @@
 """The HTTP API: a thin FastAPI layer over :class:`~shopgraph.retrieval.service.ShopService`.
 
-Endpoints (``docs/http_api.md``): ``GET /recommend``, ``GET /similar``, ``POST /search`` (JSON
-text or a multipart image upload), ``POST /recommend/cold``, ``GET /fraud/score``, the catalogue
+Endpoints (``docs/http_api.md``): ``GET /recommend``, ``POST /recommend/batch``, ``GET
+/recommend/new``, ``GET /similar``, ``POST /search`` (JSON text or a multipart image upload),
+``POST /recommend/cold``, ``GET /fraud/score``, ``POST /fraud/score/batch``, the catalogue
 (``POST /items``, ``POST /items/batch``, ``POST /items/remove``, ``GET`` and ``DELETE
 /items/{id}``), ``GET /healthz``, ``GET /metrics`` (Prometheus text format), OpenAPI docs at
 ``/docs``; the Gradio app is mounted at ``/demo`` and the fraud-case endpoints
