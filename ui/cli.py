@@ -25,6 +25,8 @@ _COMMANDS: dict[str, str] = {
     "index": "shopgraph.retrieval.index:cli_index",
     "serve": "shopgraph.retrieval.api:cli_serve",
     "catalogue": "shopgraph.retrieval.catalogue:cli_catalogue",
+    "recommend": "shopgraph.retrieval.export:cli_recommend",
+    "score": "shopgraph.retrieval.export:cli_score",
     "rings": "shopgraph.graph.rings:cli_rings",
     "demo": "shopgraph.ui.demo:cli_demo",
 }
@@ -60,6 +62,14 @@ def _port(text: str) -> int:
 
 _nonnegative_int = _int_at_least(0)
 _positive_int = _int_at_least(1)
+
+
+def _k(text: str) -> int:
+    """An argparse ``type``: a number of results, 1-1000 (as the API takes it)."""
+    value = _positive_int(text)
+    if value > 1000:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to 1000 (got {text!r})")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +151,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "(running services have read them by then) and the added images no line names")
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    users_help = ("only these users: a text file with one id per line, or a .csv / .parquet table with a "
+                  "user_id column (default: every user of the run)")
+    p = sub.add_parser("recommend", help="write every user's recommendations to a CSV or Parquet file")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="the file to write (.csv or .parquet)")
+    p.add_argument("--users", type=Path, default=None, help=users_help)
+    p.add_argument("--k", type=_k, default=10, help="recommendations per user, 1-1000 (default 10)")
+    p.add_argument("--include-seen", action="store_true", help="keep items the user already purchased")
+    p.add_argument("--category", default=None, help="only items of this category")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    p = sub.add_parser("score", help="write every account's fraud score and reasons to a CSV or Parquet file")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="the file to write (.csv or .parquet)")
+    p.add_argument("--users", type=Path, default=None, help=users_help)
+    p.add_argument("--no-reasons", action="store_true", help="scores only, no reasons")
+    p.add_argument("--flagged-only", action="store_true", help="only the accounts at or above the threshold")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
     p = sub.add_parser("rings", help="find, score and export fraud rings")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--top", type=_positive_int, default=20)
@@ -169,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:  # FAISS logs each instruction set it tries when it loads
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         func = _resolve(_COMMANDS[args.command])
     except (ImportError, AttributeError) as exc:

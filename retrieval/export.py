@@ -1,0 +1,191 @@
+"""Offline exports of a served run: every user's recommendations, every account's fraud score.
+
+``shopgraph recommend --run RUN --out recs.csv`` writes the table a nightly job loads into a
+mailing or a page cache (one row per user and rank); ``shopgraph score --run RUN --out
+scores.csv`` writes the fraud scores an investigator sorts and filters (one row per account,
+``--flagged-only`` for the work queue). Both answer exactly as the HTTP API does (the same
+:class:`~shopgraph.retrieval.service.ShopService` calls, in batches of :data:`MAX_BATCH`), over
+the catalogue as served (the run's journal of items added and removed at run time applied).
+
+Input problems are found before anything is written: an output path with another extension, an
+output file that exists (``--overwrite`` replaces it), a ``--users`` file that cannot be read,
+is empty, has an empty line or an id twice (each named by line), or names ids the run does not
+know (all of them named). The file appears whole or not at all (written beside it, then
+renamed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from shopgraph.graph.run import atomic_write
+from shopgraph.retrieval.service import MAX_BATCH, ShopService, UnknownIdError, check_k
+
+logger = logging.getLogger(__name__)
+
+FORMATS = (".csv", ".parquet")
+REASON_SEP = " | "  # between an account's reasons in one cell
+
+
+def check_out(out: Path, *, overwrite: bool) -> Path:
+    """``out`` if it can be written as an export: a ``.csv`` or ``.parquet`` path that is not a
+    folder and, without ``overwrite``, not an existing file."""
+    out = Path(out)
+    if out.suffix.lower() not in FORMATS:
+        raise ValueError(f"--out: expected a file ending in {' or '.join(FORMATS)} (got {str(out)!r})")
+    if out.is_dir():
+        raise IsADirectoryError(f"--out: {out} is a folder; give a file path")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"--out: {out} exists; pass --overwrite to replace it")
+    return out
+
+
+def read_user_ids(path: Path) -> list[str]:
+    """The user ids of a ``--users`` file: a ``.csv`` or ``.parquet`` table's ``user_id`` column,
+    or one id per line of any other file. Ids are taken as written; an empty one, or one given
+    twice, is refused (named by its line or row), as is a file with none."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--users: {path} is not a file")
+    suffix = path.suffix.lower()
+    if suffix in FORMATS:
+        try:
+            table = (pd.read_csv(path, dtype=str, keep_default_na=False) if suffix == ".csv"
+                     else pd.read_parquet(path))
+        except (ValueError, OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--users: {path} is not a readable {suffix[1:]} table ({exc})") from None
+        if "user_id" not in table.columns:
+            raise ValueError(f"--users: {path} has no user_id column (columns: "
+                             f"{', '.join(map(str, table.columns[:20])) or 'none'})")
+        # the header is line 1 of a CSV file; a Parquet table is counted by row
+        ids = [None if pd.isna(v) else str(v) for v in table["user_id"].tolist()]
+        where = (lambda k: _line(k + 1)) if suffix == ".csv" else (lambda k: f"row {k + 1}")
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"--users: {path} is not UTF-8 text ({exc})") from None
+        ids = list(text.splitlines())
+        where = _line
+    return _checked_ids(path, ids, where)
+
+
+def _line(k: int) -> str:
+    return f"line {k + 1}"
+
+
+def _checked_ids(path: Path, ids: Sequence[str | None], where: Callable[[int], str]) -> list[str]:
+    if not ids:
+        raise ValueError(f"--users: {path} holds no user ids")
+    first: dict[str, int] = {}
+    for k, value in enumerate(ids):
+        if value is None or not value.strip():
+            raise ValueError(f"--users: {path}, {where(k)}: empty user id")
+        if value in first:
+            raise ValueError(f"--users: {path}, {where(k)}: {value!r} is also on {where(first[value])}")
+        first[value] = k
+    return [value for value in ids if value is not None]
+
+
+def _known(service: ShopService, user_ids: list[str]) -> list[str]:
+    unknown = [u for u in user_ids if not service.has_user(u)]
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:10]) + (f" and {len(unknown) - 10:,} more"
+                                                             if len(unknown) > 10 else "")
+        raise UnknownIdError(f"--users: {len(unknown):,} of the {len(user_ids):,} ids are not users of this run "
+                             f"(nothing was written): {shown}")
+    return user_ids
+
+
+def _chunks(values: list[str]) -> list[list[str]]:
+    return [values[k:k + MAX_BATCH] for k in range(0, len(values), MAX_BATCH)]
+
+
+def recommendations_table(service: ShopService, user_ids: list[str], *, k: int = 10, exclude_seen: bool = True,
+                          category: str | None = None) -> pd.DataFrame:
+    """One row per user and rank: ``user_id, rank, item_id, title, score, reason`` (ranks from 1;
+    fewer than ``k`` rows for a user when fewer items qualify)."""
+    k = check_k(k)
+    rows: dict[str, list[Any]] = {c: [] for c in ("user_id", "rank", "item_id", "title", "score", "reason")}
+    for chunk in _chunks(_known(service, user_ids)):
+        for user, rec in zip(chunk, service.recommend_batch(chunk, k, exclude_seen, category)):
+            n = len(rec.item_ids)
+            rows["user_id"] += [user] * n
+            rows["rank"] += list(range(1, n + 1))
+            rows["item_id"] += rec.item_ids
+            rows["title"] += rec.titles
+            rows["score"] += rec.scores
+            rows["reason"] += rec.reasons
+    return pd.DataFrame(rows).astype({"rank": "int32", "score": "float64"})
+
+
+def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = True,
+                 flagged_only: bool = False) -> pd.DataFrame:
+    """One row per account: ``user_id, probability, threshold, flagged, scorer, reasons`` (the
+    reasons joined by ``" | "``; empty without ``reasons``), in the order of ``user_ids``;
+    ``flagged_only`` keeps the accounts at or above the threshold."""
+    rows = []
+    scorer = str(service.fraud.get("kind", "none"))
+    for chunk in _chunks(_known(service, user_ids)):
+        kept = [s for s in service.score_users(chunk, reasons=False) if s.flagged or not flagged_only]
+        if reasons and kept:  # reasons cost per account: only for the rows kept
+            kept = service.score_users([s.user_id for s in kept], reasons=True)
+        rows += [(s.user_id, s.probability, s.threshold, s.flagged, scorer, REASON_SEP.join(s.reasons)) for s in kept]
+    columns = ["user_id", "probability", "threshold", "flagged", "scorer", "reasons"]
+    return pd.DataFrame(rows, columns=columns).astype({"probability": "float64", "threshold": "float64",
+                                                       "flagged": "bool"})
+
+
+def write_table(table: pd.DataFrame, out: Path) -> None:
+    """``table`` to ``out`` (CSV or Parquet by its extension), whole or not at all."""
+    if out.suffix.lower() == ".csv":
+        atomic_write(out, lambda p: table.to_csv(p, index=False))
+    else:
+        atomic_write(out, lambda p: table.to_parquet(p, index=False))
+
+
+def _service(run: Path, *, fraud_reasons: bool) -> ShopService:
+    return ShopService.from_run(run, fraud_reasons=fraud_reasons, catalogue_follow=False)
+
+
+def cli_recommend(args: argparse.Namespace) -> int:
+    """``shopgraph recommend --run RUN --out FILE [--users FILE] [--k K] [--include-seen] [--category C]
+    [--overwrite]``."""
+    out = check_out(args.out, overwrite=args.overwrite)
+    wanted = None if args.users is None else read_user_ids(args.users)  # before loading the run
+    t0 = time.perf_counter()
+    service = _service(args.run, fraud_reasons=False)
+    users = wanted if wanted is not None else list(service.user_ids)
+    table = recommendations_table(service, users, k=args.k, exclude_seen=not args.include_seen,
+                                  category=args.category)
+    write_table(table, out)
+    print(f"wrote {len(table):,} recommendations for {len(users):,} users (k={args.k}) to {out} in "
+          f"{time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def cli_score(args: argparse.Namespace) -> int:
+    """``shopgraph score --run RUN --out FILE [--users FILE] [--no-reasons] [--flagged-only] [--overwrite]``."""
+    out = check_out(args.out, overwrite=args.overwrite)
+    wanted = None if args.users is None else read_user_ids(args.users)  # before loading the run
+    t0 = time.perf_counter()
+    service = _service(args.run, fraud_reasons=not args.no_reasons)
+    users = wanted if wanted is not None else list(service.user_ids)
+    if not args.no_reasons and service.reasons_per_account_model:
+        logger.warning("this run's fraud scorer (%s) works out each account's reasons with the model (75-700 ms an "
+                       "account): %d accounts may take a while; --no-reasons for scores only",
+                       service.fraud.get("kind"), len(users))
+    table = scores_table(service, users, reasons=not args.no_reasons, flagged_only=args.flagged_only)
+    write_table(table, out)
+    flagged = int(table["flagged"].sum())
+    kept = f"the {flagged:,} flagged of {len(users):,} accounts" if args.flagged_only else \
+        f"{len(users):,} accounts ({flagged:,} flagged)"
+    print(f"wrote the fraud scores of {kept} to {out} in {time.perf_counter() - t0:.1f}s")
+    return 0

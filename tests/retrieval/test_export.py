@@ -1,0 +1,159 @@
+"""``shopgraph recommend`` and ``shopgraph score``: offline exports of a run's answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from shopgraph.retrieval.export import REASON_SEP, read_user_ids, write_table
+from shopgraph.ui.cli import main
+from tests.retrieval.test_service import load_service, shared_run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_run(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def service(run: Path):
+    return load_service(run, catalogue_follow=False)
+
+
+def test_recommendations_of_every_user_are_the_services_answers(run, service, tmp_path, capsys):
+    out = tmp_path / "recs.csv"
+    assert main(["recommend", "--run", str(run), "--out", str(out)]) == 0
+    assert f"for {len(service.user_ids)} users (k=10) to {out}" in capsys.readouterr().out
+    table = pd.read_csv(out, dtype={"user_id": str, "item_id": str}, keep_default_na=False)
+    assert list(table.columns) == ["user_id", "rank", "item_id", "title", "score", "reason"]
+    assert table["user_id"].unique().tolist() == service.user_ids  # every user, in the run's order
+    for user, rows in table.groupby("user_id", sort=False):
+        rec = service.recommend(user, 10)
+        assert rows["item_id"].tolist() == rec.item_ids and rows["rank"].tolist() == list(range(1, len(rec.item_ids) + 1))
+        assert rows["score"].tolist() == rec.scores and rows["reason"].tolist() == rec.reasons  # exact round trip
+        assert rows["title"].tolist() == rec.titles
+
+
+@pytest.mark.parametrize("users_file", ["users.txt", "users.csv", "users.parquet"])
+def test_recommendations_of_listed_users_with_options(run, service, tmp_path, users_file):
+    users = ["u007", "u001", "u030"]
+    path = tmp_path / users_file
+    if users_file.endswith(".txt"):
+        path.write_text("\n".join(users) + "\n")
+    elif users_file.endswith(".csv"):
+        pd.DataFrame({"user_id": users, "note": ["a", "b", "c"]}).to_csv(path, index=False)
+    else:
+        pd.DataFrame({"user_id": users}).to_parquet(path)
+    out = tmp_path / "recs.parquet"
+    assert main(["recommend", "--run", str(run), "--out", str(out), "--users", str(path), "--k", "3",
+                 "--include-seen", "--category", "books"]) == 0
+    table = pd.read_parquet(out)
+    assert table["user_id"].unique().tolist() == users
+    for user in users:
+        rec = service.recommend(user, 3, exclude_seen=False, category="books")
+        assert table.loc[table["user_id"] == user, "item_id"].tolist() == rec.item_ids
+
+
+def test_fraud_scores_of_every_account_and_the_flagged_ones(run, service, tmp_path, capsys):
+    out = tmp_path / "scores.csv"
+    assert main(["score", "--run", str(run), "--out", str(out)]) == 0
+    table = pd.read_csv(out, dtype={"user_id": str}, keep_default_na=False)
+    assert list(table.columns) == ["user_id", "probability", "threshold", "flagged", "scorer", "reasons"]
+    expected = service.score_users(service.user_ids)
+    assert table["user_id"].tolist() == service.user_ids
+    assert table["probability"].tolist() == [s.probability for s in expected]
+    assert table["flagged"].tolist() == [s.flagged for s in expected]
+    assert table["reasons"].tolist() == [REASON_SEP.join(s.reasons) for s in expected]
+    assert set(table["scorer"]) == {"gnn"}
+    n_flagged = sum(s.flagged for s in expected)
+    assert f"{len(expected)} accounts ({n_flagged} flagged)" in capsys.readouterr().out
+
+    flagged = tmp_path / "flagged.parquet"
+    assert main(["score", "--run", str(run), "--out", str(flagged), "--flagged-only", "--no-reasons"]) == 0
+    table = pd.read_parquet(flagged)
+    assert table["user_id"].tolist() == [s.user_id for s in expected if s.flagged] and table["flagged"].all()
+    assert (table["reasons"] == "").all()
+    assert f"the {n_flagged} flagged of {len(expected)} accounts" in capsys.readouterr().out
+
+
+def _folder(path: Path) -> str:
+    path.mkdir()
+    return str(path)
+
+
+def _bad_users(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("command, extra, message", [
+    ("recommend", lambda t: ["--out", str(t / "recs.txt")], "--out: expected a file ending in .csv or .parquet"),
+    ("score", lambda t: ["--out", _folder(t / "scores.csv")], "scores.csv is a folder; give a file path"),
+    ("recommend", lambda t: ["--users", str(t / "missing.txt")], "missing.txt is not a file"),
+    ("score", lambda t: ["--users", _bad_users(t, "u.txt", "")], "holds no user ids"),
+    ("recommend", lambda t: ["--users", _bad_users(t, "u.txt", "u001\n\nu002\n")], "u.txt, line 2: empty user id"),
+    ("recommend", lambda t: ["--users", _bad_users(t, "u.txt", "u001\nu002\nu001\n")],
+     "u.txt, line 3: 'u001' is also on line 1"),
+    ("score", lambda t: ["--users", _bad_users(t, "u.txt", "u001\nghost\nu002\nnobody\n")],
+     "--users: 2 of the 4 ids are not users of this run (nothing was written): 'ghost', 'nobody'"),
+    ("recommend", lambda t: ["--users", _bad_users(t, "u.csv", "id,name\nu001,a\n")],
+     "u.csv has no user_id column (columns: id, name)"),
+    ("recommend", lambda t: ["--users", _bad_users(t, "u.csv", "user_id,name\nu001,a\n,b\n")],
+     "u.csv, line 3: empty user id"),
+    ("score", lambda t: ["--users", _bad_users(t, "u.parquet", "not parquet")], "u.parquet is not a readable parquet"),
+    ("recommend", lambda t: ["--category", "toys"], "category: unknown category 'toys'"),
+])
+def test_bad_inputs_end_in_one_line_and_write_nothing(run, tmp_path, capsys, command, extra, message):
+    args = extra(tmp_path)
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out.csv")]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main([command, "--run", str(run), *args]) == 1
+    err = capsys.readouterr().err
+    assert f"shopgraph {command}: error: " in err and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no temp file
+
+
+def test_an_existing_output_is_kept_unless_overwrite_is_given(run, tmp_path, capsys):
+    out = tmp_path / "recs.csv"
+    out.write_text("yesterday's export\n")
+    assert main(["recommend", "--run", str(run), "--out", str(out)]) == 1
+    assert f"--out: {out} exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert out.read_text() == "yesterday's export\n"
+    assert main(["recommend", "--run", str(run), "--out", str(out), "--overwrite", "--k", "2"]) == 0
+    assert pd.read_csv(out)["rank"].max() == 2
+
+
+def test_a_run_that_is_not_one_is_named(tmp_path, capsys):
+    assert main(["score", "--run", str(tmp_path / "nowhere"), "--out", str(tmp_path / "s.csv")]) == 1
+    assert "shopgraph score: error: " in capsys.readouterr().err
+    assert not (tmp_path / "s.csv").exists()
+    for k in ("0", "1001", "ten"):  # refused by the parser, before anything is loaded
+        with pytest.raises(SystemExit) as exit_:
+            main(["recommend", "--run", str(tmp_path), "--out", str(tmp_path / "r.csv"), "--k", k])
+        assert exit_.value.code == 2 and "argument --k: expected " in capsys.readouterr().err
+
+
+def test_a_failed_write_leaves_neither_the_file_nor_a_part_of_it(tmp_path, monkeypatch):
+    table = pd.DataFrame({"user_id": ["u1", "u2"], "probability": [0.1, 0.9]})
+
+    def half_then_full_disk(self, path, **kwargs):
+        Path(path).write_text("user_id,probability\nu1,0.1\n")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", half_then_full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_table(table, tmp_path / "scores.csv")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_user_id_files_keep_ids_as_written(tmp_path):
+    path = tmp_path / "u.txt"
+    path.write_text("u001\r\n u002\r\nu003")  # Windows line ends; a leading space is part of an id
+    assert read_user_ids(path) == ["u001", " u002", "u003"]
+    path.write_bytes(b"u001\n\xff\xfe\n")
+    with pytest.raises(ValueError, match="is not UTF-8 text"):
+        read_user_ids(path)
