@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from shopgraph.graph.run import atomic_write
-from shopgraph.retrieval.service import MAX_BATCH, ShopService, UnknownIdError, check_k
+from shopgraph.retrieval.service import MAX_BATCH, ShopService, UnknownIdError, check_k, listed_ids
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +97,8 @@ def _checked_ids(path: Path, ids: Sequence[str | None], where: Callable[[int], s
 def _known(service: ShopService, user_ids: list[str]) -> list[str]:
     unknown = [u for u in user_ids if not service.has_user(u)]
     if unknown:
-        shown = ", ".join(repr(u) for u in unknown[:10]) + (f" and {len(unknown) - 10:,} more"
-                                                             if len(unknown) > 10 else "")
         raise UnknownIdError(f"--users: {len(unknown):,} of the {len(user_ids):,} ids are not users of this run "
-                             f"(nothing was written): {shown}")
+                             f"(nothing was written): {listed_ids(unknown)}")
     return user_ids
 
 

@@ -233,7 +233,7 @@ def batch_problems(problems: Sequence[str], total: int, shown_at_most: int = 5) 
             + "; ".join(problems[:shown_at_most]) + more)
 
 
-def _listed(ids: Sequence[str], at_most: int = 10) -> str:
+def listed_ids(ids: Sequence[str], at_most: int = 10) -> str:
     """``'a', 'b' and 3 more``: the ids an error names."""
     return ", ".join(shown(i) for i in ids[:at_most]) + (f" and {len(ids) - at_most:,} more" if len(ids) > at_most
                                                          else "")
@@ -857,7 +857,7 @@ class ShopService:
         unknown = [value for value in ids if value not in positions]
         if unknown:
             names = list(dict.fromkeys(unknown))
-            raise UnknownIdError(f"{name}: unknown {kind}{'s' if len(names) > 1 else ''} {_listed(names)} "
+            raise UnknownIdError(f"{name}: unknown {kind}{'s' if len(names) > 1 else ''} {listed_ids(names)} "
                                  f"({len(unknown):,} of the {len(ids):,} ids given)")
         return [positions[value] for value in ids]
 
@@ -1591,7 +1591,7 @@ class ShopService:
         unknown = [item_id for item_id in item_ids if item_id not in self._item_pos]
         if unknown:
             raise UnknownIdError(f"item_ids: {len(unknown):,} of the {len(item_ids):,} items are not served, nothing "
-                                 f"was removed: {_listed(unknown)}")
+                                 f"was removed: {listed_ids(unknown)}")
         return [self._item_pos[item_id] for item_id in item_ids]
 
     def _insert(self, item_id: str, title: str, category: str, description: str, price: float | None,
@@ -1648,7 +1648,7 @@ class ShopService:
             raise DuplicateIdError(f"item_id: item {shown(known[0])} already exists")
         if known:
             raise DuplicateIdError(f"item_id: {len(known):,} of the {len(item_ids):,} items exist already, nothing "
-                                   f"was added: {_listed(known)}")
+                                   f"was added: {listed_ids(known)}")
 
     def _append(self, entry: dict[str, Any]) -> None:
         """Write one change of this process to the journal (the caller holds ``_sync_lock`` and the
