@@ -23,6 +23,7 @@ import pandas as pd
 from torch_geometric.data import HeteroData
 
 from shopgraph.graph.build import build_graph, target_pairs
+from shopgraph.graph.files import as_created
 from shopgraph.graph.run import MANIFEST, RunDir, swap_in
 from shopgraph.graph.schema import TABLE_NAMES, ShopTables
 
@@ -224,6 +225,7 @@ def build_run(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".building", dir=out.parent))
     try:
+        as_created(tmp, folder=True)
         run = RunDir(tmp, create=True, overwrite=True)
         run.save_graph(data)
         save_tables(run, tables)

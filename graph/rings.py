@@ -50,6 +50,7 @@ import pandas as pd
 import torch
 from torch_geometric.data import HeteroData
 
+from shopgraph.graph.files import as_created
 from shopgraph.graph.run import RunDir, swap_in
 from shopgraph.graph.schema import HIGH_RISK_CATEGORIES, REV_PREFIX, ShopTables
 
@@ -676,6 +677,7 @@ def export_cases(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".exporting", dir=out.parent))
     try:
+        as_created(tmp, folder=True)
         (tmp / "cases").mkdir()
         _dump(tmp / "rings.json", rings_payload(rings, hubs, mode, params or {}, source))
         for ring in rings:

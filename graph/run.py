@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch_geometric.data import HeteroData
 
+from shopgraph.graph.files import as_created
+
 MANIFEST = "manifest.json"
 GRAPH_FILE = "graph.pt"
 _PACKAGES = ("shopgraph", "torch", "torch-geometric", "transformers", "faiss-cpu", "faiss-gpu", "numpy",
@@ -87,12 +89,14 @@ def package_versions() -> dict[str, str]:
 
 
 def atomic_write(path: Path, writer: Callable[[Path], object]) -> None:
-    """Call ``writer(tmp)`` on a temp path beside ``path``, fsync it, then rename into place."""
+    """Call ``writer(tmp)`` on a temp path beside ``path``, fsync it, then rename into place (with the
+    mode an ordinary new file gets)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        as_created(tmp)
         writer(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

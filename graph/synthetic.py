@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from shopgraph.graph.files import as_created
+
 logger = logging.getLogger(__name__)
 
 # The 90-day event window ends on 2026-01-01 00:00 UTC (so it holds Black Friday and the
@@ -354,7 +356,7 @@ def generate_shop(
     try:
         counts = _generate_into(tmp, n_users=int(n_users), seed=int(seed), label_noise=float(label_noise),
                                 progress=progress)
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders
+        as_created(tmp, folder=True)  # mkdtemp makes 0700 folders
         if target.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, trash / "old")

@@ -163,3 +163,32 @@ def test_cli_build_prints_each_repair_once(shop, tmp_path, capfd):
     message = "events.user_id: 1 of "
     assert f"  repaired: {message}" in out and (out + err).count(message) == 1
     assert not [w for w in caught if message in str(w.message)]  # not again as a UserWarning
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_what_is_renamed_into_place_gets_the_mode_of_an_ordinary_new_file(shop, tmp_path, mask):
+    """Temp files are made 0600 and temp folders 0700; renamed as they are, a server or a colleague
+    running as another user could not read the run folder, its files or an export."""
+    import os
+    import stat
+
+    from shopgraph.graph.files import umask
+    from shopgraph.graph.run import atomic_write
+
+    def mode(path):
+        return stat.S_IMODE(path.stat().st_mode)
+
+    old = os.umask(mask)
+    try:
+        assert umask() == mask
+        atomic_write(tmp_path / "export.csv", lambda p: p.write_text("user_id\n"))
+        (tmp_path / "plain.csv").write_text("user_id\n")
+        assert mode(tmp_path / "export.csv") == mode(tmp_path / "plain.csv") == 0o666 & ~mask
+        build_run(shop, tmp_path / "run", use_text=False, use_image=False, cache_dir=tmp_path / "cache")
+        (tmp_path / "plain").mkdir()
+        assert mode(tmp_path / "run") == mode(tmp_path / "plain") == 0o777 & ~mask
+        assert mode(tmp_path / "run" / "graph.pt") == 0o666 & ~mask
+        generate_shop(tmp_path / "shop", n_users=100, seed=1)
+        assert mode(tmp_path / "shop") == 0o777 & ~mask
+    finally:
+        os.umask(old)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -328,6 +329,10 @@ def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
         check_keys(raw, RING_KEYS, "ring")
         check_keys(raw["evidence"], EVIDENCE_KEYS, "evidence")
     assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json", "R0002.csv", "R0002.json"]
+    # an investigator other than the one who exported can read it, as any new folder (not mkdtemp's 0700)
+    from shopgraph.graph.files import umask
+
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask()
     for ring in top:
         case = json.loads((out / "cases" / f"{ring.ring_id}.json").read_text())
         check_keys(case, CASE_KEYS, "case")
