@@ -20,7 +20,7 @@ are fraudsters), and precision / recall / F1 at a threshold chosen on validation
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ranking_metrics", "fraud_metrics", "choose_threshold"]
+__all__ = ["ranking_metrics", "ranking_metrics_many", "fraud_metrics", "choose_threshold"]
 
 
 def check_pairs(pairs: Tensor, name: str, num_items: int, num_users: int | None = None) -> Tensor:
@@ -107,6 +107,24 @@ def ranking_metrics(
         ``{"recall@K", "ndcg@K", "hit@K"}`` for every K, ``"coverage@<max K>"`` and ``"users"``
         (number of evaluated users). All values are floats.
     """
+    return ranking_metrics_many(lambda users: (score_fn(users),), 1, exclude_pairs, test_pairs, num_items, ks,
+                                batch_size)[0]
+
+
+def ranking_metrics_many(
+    scores_fn: Callable[[Tensor], Iterable[Tensor]],
+    n: int,
+    exclude_pairs: Tensor,
+    test_pairs: Tensor,
+    num_items: int,
+    ks: Sequence[int] = (10, 20),
+    batch_size: int = 1024,
+) -> list[dict[str, float]]:
+    """:func:`ranking_metrics` of ``n`` rankings of the same users at once: ``scores_fn(users)``
+    yields the ``n`` score matrices of a batch, one after the other (a generator keeps one in
+    memory at a time). Rankings that share most of their work (one dot product, then a different
+    revisit term or channel weight each) compute it once per batch instead of once per ranking;
+    the test and excluded pairs of a batch are gathered once for all of them."""
     if num_items <= 0:
         raise ValueError(f"num_items: expected a positive count (got {num_items})")
     ks = [int(k) for k in ks]
@@ -114,6 +132,8 @@ def ranking_metrics(
         raise ValueError(f"ks: expected positive cut-offs (got {list(ks)})")
     if batch_size <= 0:
         raise ValueError(f"batch_size: expected a positive integer (got {batch_size})")
+    if n <= 0:
+        raise ValueError(f"n: expected a positive number of rankings (got {n})")
     test = check_pairs(test_pairs, "test_pairs", num_items)
     excl = check_pairs(exclude_pairs, "exclude_pairs", num_items)
     if test.size(1) == 0:
@@ -131,53 +151,67 @@ def ranking_metrics(
     # ideal DCG for min(K, |test|) hits at the top: prefix sums of the discounts
     discounts = 1.0 / torch.log2(torch.arange(max_k, dtype=torch.float64) + 2.0)
     idcg_prefix = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(discounts, 0)])
-    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg", "hit")}
-    shown = torch.zeros(num_items, dtype=torch.bool)
+    sums = [{f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg", "hit")} for _ in range(n)]
+    shown = [torch.zeros(num_items, dtype=torch.bool) for _ in range(n)]
     overlap = 0
 
     for s in range(0, users.numel(), batch_size):
         e = min(s + batch_size, users.numel())
         batch = users[s:e]
-        scores = score_fn(batch)
-        if not isinstance(scores, Tensor) or scores.shape != (e - s, num_items):
-            got = list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-            raise ValueError(f"score_fn: expected a tensor of shape [{e - s}, {num_items}] (got {got})")
-        if not scores.is_floating_point():
-            raise TypeError(f"score_fn: expected floating-point scores (got {scores.dtype})")
-        dev = scores.device
-        scores = scores.detach().float().clone()
-        if torch.isnan(scores).any():
-            bad = int(torch.isnan(scores).any(1).nonzero()[0, 0])
-            raise ValueError(f"score_fn: returned NaN scores (first: user {int(batch[bad])})")
-        target = torch.zeros(e - s, num_items, dtype=torch.bool, device=dev)
-        tr = (t_row[t_off[s] : t_off[e]] - s).to(dev)
-        target[tr, t_item[t_off[s] : t_off[e]].to(dev)] = True
-        er = (e_row[e_off[s] : e_off[e]] - s).to(dev)
-        ei = e_item[e_off[s] : e_off[e]].to(dev)
-        if ei.numel():
-            overlap += int(target[er, ei].sum())
-            scores[er, ei] = float("-inf")
-        top_val, top_idx = torch.topk(scores, min(max_k, num_items), dim=1)
-        valid = top_val > float("-inf")  # fewer than K rankable items: pad positions never count
-        hits = (target.gather(1, top_idx) & valid).double().cpu()  # [B, min(max_k, num_items)]
-        if hits.size(1) < max_k:  # K larger than the catalogue: the missing ranks are misses
-            hits = torch.nn.functional.pad(hits, (0, max_k - hits.size(1)))
-        shown[top_idx[valid].cpu()] = True
-        nt = n_test[s:e]
-        for k in ks:
-            h = hits[:, :k]
-            sums[f"recall@{k}"] += float((h.sum(1) / nt).sum())
-            dcg = (h * discounts[:k]).sum(1)
-            idcg = idcg_prefix[torch.clamp(nt, max=k).long()]
-            sums[f"ndcg@{k}"] += float((dcg / idcg).sum())
-            sums[f"hit@{k}"] += float((h.sum(1) > 0).double().sum())
+        targets: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}  # per device: target, excluded rows, items
+        got = 0
+        for v, scores in enumerate(scores_fn(batch)):
+            got += 1
+            if v >= n:
+                raise ValueError(f"score_fn: gave more than the {n} rankings asked for")
+            if not isinstance(scores, Tensor) or scores.shape != (e - s, num_items):
+                shape = list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+                raise ValueError(f"score_fn: expected a tensor of shape [{e - s}, {num_items}] (got {shape})")
+            if not scores.is_floating_point():
+                raise TypeError(f"score_fn: expected floating-point scores (got {scores.dtype})")
+            dev = scores.device
+            scores = scores.detach().float().clone()
+            if torch.isnan(scores).any():
+                bad = int(torch.isnan(scores).any(1).nonzero()[0, 0])
+                raise ValueError(f"score_fn: returned NaN scores (first: user {int(batch[bad])})")
+            if dev not in targets:
+                target = torch.zeros(e - s, num_items, dtype=torch.bool, device=dev)
+                tr = (t_row[t_off[s] : t_off[e]] - s).to(dev)
+                target[tr, t_item[t_off[s] : t_off[e]].to(dev)] = True
+                er = (e_row[e_off[s] : e_off[e]] - s).to(dev)
+                ei = e_item[e_off[s] : e_off[e]].to(dev)
+                if ei.numel() and not targets:
+                    overlap += int(target[er, ei].sum())
+                targets[dev] = (target, er, ei)
+            target, er, ei = targets[dev]
+            if ei.numel():
+                scores[er, ei] = float("-inf")
+            top_val, top_idx = torch.topk(scores, min(max_k, num_items), dim=1)
+            valid = top_val > float("-inf")  # fewer than K rankable items: pad positions never count
+            hits = (target.gather(1, top_idx) & valid).double().cpu()  # [B, min(max_k, num_items)]
+            if hits.size(1) < max_k:  # K larger than the catalogue: the missing ranks are misses
+                hits = torch.nn.functional.pad(hits, (0, max_k - hits.size(1)))
+            shown[v][top_idx[valid].cpu()] = True
+            nt = n_test[s:e]
+            for k in ks:
+                h = hits[:, :k]
+                sums[v][f"recall@{k}"] += float((h.sum(1) / nt).sum())
+                dcg = (h * discounts[:k]).sum(1)
+                idcg = idcg_prefix[torch.clamp(nt, max=k).long()]
+                sums[v][f"ndcg@{k}"] += float((dcg / idcg).sum())
+                sums[v][f"hit@{k}"] += float((h.sum(1) > 0).double().sum())
+        if got != n:
+            raise ValueError(f"score_fn: gave {got} rankings of a batch, expected {n}")
 
     if overlap:
         logger.warning("ranking_metrics: %d test pairs are also excluded; they count as misses", overlap)
     n_users = users.numel()
-    out = {name: total / n_users for name, total in sums.items()}
-    out[f"coverage@{max_k}"] = float(shown.sum()) / num_items
-    out["users"] = float(n_users)
+    out = []
+    for v in range(n):
+        metrics = {name: total / n_users for name, total in sums[v].items()}
+        metrics[f"coverage@{max_k}"] = float(shown[v].sum()) / num_items
+        metrics["users"] = float(n_users)
+        out.append(metrics)
     return out
 
 

@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -42,7 +42,7 @@ from torch_geometric.typing import EdgeType
 from tqdm.auto import tqdm
 
 from shopgraph.graph.build import induced_subgraph, message_passing_graph, target_edge_type, target_pairs
-from shopgraph.graph.model import CONVS, ModelConfig, Revisit, ShopGNN, purchase_scores, sparse_block
+from shopgraph.graph.model import CONVS, ModelConfig, Revisit, ShopGNN, sparse_block
 from shopgraph.graph.run import RunDir, atomic_write
 
 if TYPE_CHECKING:
@@ -695,14 +695,48 @@ def _revisit_recalls(
     multipliers: tuple[float, ...],
 ) -> dict[float, float]:
     """Val Recall@20 of ``dot + multiplier * revisit`` for each multiplier."""
-    from shopgraph.graph.metrics import ranking_metrics
+    terms = [None if revisit is None else Revisit(revisit.pairs, revisit.value * m) for m in multipliers]
+    return dict(zip(multipliers, _recalls(emb, terms, data, train_pairs, val_pairs)))
 
-    out: dict[float, float] = {}
-    for m in multipliers:
-        rv = None if revisit is None else Revisit(revisit.pairs, revisit.value * m)
-        out[m] = float(ranking_metrics(purchase_scores(emb["user"], emb["item"], rv), train_pairs, val_pairs,
-                                       int(data["item"].num_nodes), ks=(20,))["recall@20"])
-    return out
+
+def _batch_cells(pairs: Tensor, users: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(row, col, at)``: where the (user, item) ``pairs`` (sorted by user) of the sorted, distinct
+    ``users`` fall in a ``[len(users), I]`` block, and which pairs they are."""
+    users = users.to(pairs.device)
+    start = torch.searchsorted(pairs[0], users)
+    counts = torch.searchsorted(pairs[0], users, right=True) - start
+    row = torch.repeat_interleave(torch.arange(users.numel(), device=pairs.device), counts)
+    first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    at = torch.repeat_interleave(start, counts) + torch.arange(row.numel(), device=pairs.device) - first
+    return row, pairs[1][at], at
+
+
+def _recalls(
+    emb: dict[str, Tensor], revisits: Sequence[Revisit | None], data: HeteroData, train_pairs: Tensor,
+    val_pairs: Tensor,
+) -> list[float]:
+    """Val Recall@20 of ``dot + revisit`` (:func:`purchase_scores`, the same numbers) for each of
+    ``revisits``, from one dot product per batch of users for all of them."""
+    from shopgraph.graph.metrics import ranking_metrics_many
+
+    n_items = int(data["item"].num_nodes)
+
+    def scores(users: Tensor) -> Iterator[Tensor]:
+        dot = ShopGNN.score(emb["user"][users], emb["item"])
+        places: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # the revisit pairs' cells in this batch
+        for rv in revisits:
+            if rv is None:
+                yield dot
+                continue
+            if id(rv.pairs) not in places:
+                places[id(rv.pairs)] = _batch_cells(rv.pairs, users)
+            row, col, at = places[id(rv.pairs)]
+            # dot + rv.rows(users) without the dense [B, I] rows: the same sums where a pair is
+            # (the pairs are distinct), dot itself elsewhere
+            yield dot.index_put((row, col), rv.value[at].to(dot.dtype), accumulate=True)
+
+    return [float(m["recall@20"]) for m in ranking_metrics_many(scores, len(revisits), train_pairs, val_pairs,
+                                                                n_items, ks=(20,))]
 
 
 REVISIT_MULTIPLIERS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
@@ -779,17 +813,34 @@ def choose_channel_weight(
 ) -> dict[str, float]:
     """Score validation with an embedding channel (item columns ``cols``, linear in ``weight``) at
     each of ``weights`` (0 first), keep the best (the smallest on a tie) in ``weight``, and return
-    ``{str(weight): val Recall@20}``. One embedding pass: the item columns are rescaled in place.
+    ``{str(weight): val Recall@20}``. One embedding pass, and per batch of users one dot product of
+    the other columns and one of the channel's, combined for each weight (the weights' scores are
+    the model's up to float rounding).
     ``val_pairs`` are ranked from ``graph``, ``train_pairs`` excluded; ``data`` gives the item
     count."""
+    from shopgraph.graph.metrics import ranking_metrics_many
+
     weight.fill_(1.0)
     emb = embed_graph(model, graph, device)
     rv = revisit_graph(model, graph, device, emb)
-    channel = emb["item"][:, cols].clone()
-    out: dict[str, float] = {}
-    for w in weights:
-        emb["item"][:, cols] = w * channel
-        out[f"{w:g}"] = _revisit_recalls(emb, rv, data, train_pairs, val_pairs, (1.0,))[1.0]
+    n_items = int(data["item"].num_nodes)
+    inside = torch.zeros(emb["item"].size(1), dtype=torch.bool)
+    inside[cols] = True
+    user_rest, item_rest = emb["user"][:, ~inside], emb["item"][:, ~inside]
+    user_channel, channel = emb["user"][:, inside], emb["item"][:, inside]
+
+    def scores(users: Tensor) -> Iterator[Tensor]:
+        # the other columns' dot product (and the revisit term) once a batch; the channel's dot
+        # product once, scaled by each weight (as the model's dot product would, up to rounding)
+        rest = ShopGNN.score(user_rest[users], item_rest)
+        if rv is not None:
+            rest = rest + rv.rows(users, n_items).to(rest.dtype)
+        chan = ShopGNN.score(user_channel[users], channel)
+        for w in weights:
+            yield rest if w == 0 else torch.add(rest, chan, alpha=w)
+
+    recalls = ranking_metrics_many(scores, len(weights), train_pairs, val_pairs, n_items, ks=(20,))
+    out = {f"{w:g}": float(m["recall@20"]) for w, m in zip(weights, recalls)}
     best = max(weights, key=lambda w: (out[f"{w:g}"], -w))
     weight.fill_(best)
     logger.info("%s: weight %g (val recall@20 %.4f; off: %.4f)", name, best, out[f"{best:g}"], out["0"])
@@ -955,7 +1006,7 @@ def calibrate_consider(
     takes over part of what it did), against
     ``"off"`` (the model as it was). The setting with the best validation Recall@20 is kept
     (``"off"`` on a tie): weight, share and size in the model, the multiplier folded into the
-    revisit scale. Never looks at test. 19 validation rankings.
+    revisit scale. Never looks at test. 19 rankings, from one dot product per batch of users.
 
     Args:
         graph: the train-period graph the validation pairs are predicted from.
@@ -970,9 +1021,8 @@ def calibrate_consider(
     model.consider_weight.fill_(0.0)
     learned = revisit_graph(model, graph, device, emb)
     assert learned is not None
-    out = {"off": _revisit_recalls(emb, learned, data, train_pairs, val_pairs, (1.0,))[1.0]}
-    best: tuple[float, float, float, float] | None = None
-    best_recall = out["off"]
+    settings: list[tuple[float, float, float, float]] = []
+    terms: list[Revisit | None] = [learned]
     model.consider_weight.fill_(1.0)
     for share, size in CONSIDER_SETS:
         model.consider_share.fill_(share)
@@ -982,11 +1032,16 @@ def calibrate_consider(
         term = rv.value - learned.value
         for m in CONSIDER_REVISIT_MULTIPLIERS:
             for w in CONSIDER_WEIGHTS:
-                combined = Revisit(learned.pairs, m * learned.value + w * term)
-                recall = _revisit_recalls(emb, combined, data, train_pairs, val_pairs, (1.0,))[1.0]
-                out[consider_setting_name(share, size, m, w)] = recall
-                if recall > best_recall:
-                    best, best_recall = (share, size, m, w), recall
+                settings.append((share, size, m, w))
+                terms.append(Revisit(learned.pairs, m * learned.value + w * term))
+    recalls = _recalls(emb, terms, data, train_pairs, val_pairs)  # one dot product a batch for all of them
+    out = {"off": recalls[0]}
+    best: tuple[float, float, float, float] | None = None
+    best_recall = out["off"]
+    for setting, recall in zip(settings, recalls[1:]):
+        out[consider_setting_name(*setting)] = recall
+        if recall > best_recall:
+            best, best_recall = setting, recall
     if best is None:
         model.consider_weight.fill_(0.0)
         logger.info("consideration-set score: off (val recall@20 %.4f)", out["off"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from shopgraph.graph.metrics import choose_threshold, fraud_metrics, ranking_metrics
+from shopgraph.graph.metrics import choose_threshold, fraud_metrics, ranking_metrics, ranking_metrics_many
 
 
 def _brute_force(
@@ -44,6 +44,34 @@ def _brute_force(
     res[f"coverage@{max(ks)}"] = len(shown) / num_items
     res["users"] = float(n)
     return res
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 1024])
+def test_many_rankings_at_once_are_each_ranking_alone(batch_size: int) -> None:
+    """The calibrations rank validation once per setting from one shared dot product: each
+    ranking's metrics must be those it gets alone (coverage too), and a scorer that gives another
+    number of rankings than asked is refused."""
+    g = torch.Generator().manual_seed(7)
+    n_users, n_items = 11, 30
+    variants = [torch.rand(n_users, n_items, generator=g) for _ in range(3)]
+    perm = torch.randperm(n_users * n_items, generator=g)
+    exclude = torch.stack([perm[:90] // n_items, perm[:90] % n_items])
+    test = torch.stack([perm[90:140] // n_items, perm[90:140] % n_items])
+
+    def many(users: torch.Tensor):
+        for v in variants:
+            yield v[users]
+
+    got = ranking_metrics_many(many, 3, exclude, test, n_items, ks=(5, 10), batch_size=batch_size)
+    assert got == [ranking_metrics(lambda u, v=v: v[u], exclude, test, n_items, ks=(5, 10), batch_size=batch_size)
+                   for v in variants]
+    assert len({g_["coverage@10"] for g_ in got}) > 1  # the variants differ, so sharing would show
+    with pytest.raises(ValueError, match="score_fn: gave 3 rankings of a batch, expected 4"):
+        ranking_metrics_many(many, 4, exclude, test, n_items)
+    with pytest.raises(ValueError, match="score_fn: gave more than the 2 rankings asked for"):
+        ranking_metrics_many(many, 2, exclude, test, n_items)
+    with pytest.raises(ValueError, match="n: expected a positive number of rankings"):
+        ranking_metrics_many(many, 0, exclude, test, n_items)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
