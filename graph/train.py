@@ -700,8 +700,9 @@ def _revisit_recalls(
 
 
 def _batch_cells(pairs: Tensor, users: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(row, col, at)``: where the (user, item) ``pairs`` (sorted by user) of the sorted, distinct
-    ``users`` fall in a ``[len(users), I]`` block, and which pairs they are."""
+    """``(row, col, at)``: where the (user, item) ``pairs`` (sorted by user, as :class:`Revisit`
+    keeps them) of ``users`` fall in a ``[len(users), I]`` block (row ``b`` is ``users[b]``), and
+    which pairs they are."""
     users = users.to(pairs.device)
     start = torch.searchsorted(pairs[0], users)
     counts = torch.searchsorted(pairs[0], users, right=True) - start
