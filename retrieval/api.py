@@ -1,10 +1,10 @@
 """The HTTP API: a thin FastAPI layer over :class:`~shopgraph.retrieval.service.ShopService`.
 
 Endpoints (``docs/http_api.md``): ``GET /recommend``, ``POST /recommend/batch``, ``GET
-/recommend/new``, ``GET /similar``, ``POST /search`` (JSON text or a multipart image upload),
-``POST /recommend/cold``, ``GET /fraud/score``, ``POST /fraud/score/batch``, the catalogue
-(``POST /items``, ``POST /items/batch``, ``POST /items/remove``, ``GET`` and ``DELETE
-/items/{id}``), ``GET /healthz``, ``GET /metrics`` (Prometheus text format), OpenAPI docs at
+/recommend/new``, ``GET /similar``, ``POST /similar/batch``, ``POST /search`` (JSON text or a
+multipart image upload), ``POST /recommend/cold``, ``GET /fraud/score``, ``POST
+/fraud/score/batch``, the catalogue (``POST /items``, ``POST /items/batch``, ``POST
+/items/remove``, ``GET`` and ``DELETE /items/{id}``), ``GET /healthz``, ``GET /metrics`` (Prometheus text format), OpenAPI docs at
 ``/docs``; the Gradio app is mounted at ``/demo`` and the fraud-case endpoints
 (``retrieval/fraud_api.py``) under ``/fraud`` when they are available.
 
@@ -67,7 +67,8 @@ logger = logging.getLogger(__name__)
 RUN_ENV = "SHOPGRAPH_RUN"
 MAX_JSON_BYTES = 64 * 1024  # a JSON query is at most 2,000 characters of text and k
 MAX_BATCH_JSON_BYTES = 32 * 2**20  # POST /items/batch: up to 1,000 items, their images in base64
-MAX_IDS_JSON_BYTES = 2**20  # a list of up to 1,000 ids (POST /recommend/batch, /fraud/score/batch, /items/remove)
+MAX_IDS_JSON_BYTES = 2**20  # a list of up to 1,000 ids (POST /recommend/batch, /similar/batch, /fraud/score/batch,
+# /items/remove)
 LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                                       2.5, 5.0, 10.0)
 Scope = MutableMapping[str, Any]
@@ -113,6 +114,21 @@ class SimilarOut(BaseModel):
     item_id: str
     k: int
     items: list[ItemOut]
+
+
+class SimilarBatchIn(BaseModel):
+    """JSON body of ``POST /similar/batch`` (its schema; the body is checked by :func:`_similar_batch_json`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH, description="served item ids (an item "
+                                                                                     "may appear more than once)")
+    k: int = Field(10, ge=1, le=K_MAX, description=f"results per item, 1..{K_MAX}")
+
+
+class SimilarBatchOut(BaseModel):
+    k: int
+    results: list[SimilarOut] = Field(description="one per item id, in the order given")
 
 
 class SearchIn(BaseModel):
@@ -567,6 +583,7 @@ def _cold_json(body: dict[str, Any]) -> tuple[list[str] | None, str | None, int,
 # -- the batch bodies of /recommend and /fraud/score ----------------------------------------------
 _RECOMMEND_BATCH_EXAMPLE = '{"user_ids": ["u000001", "u000042"], "k": 10}'
 _FRAUD_BATCH_EXAMPLE = '{"user_ids": ["u000001", "u000042"], "reasons": true}'
+_SIMILAR_BATCH_EXAMPLE = '{"item_ids": ["i000007", "i000100"], "k": 10}'
 MAX_SLOW_REASONS = 20  # accounts a request when each one's reasons take the model's gradients
 
 
@@ -588,6 +605,12 @@ def _recommend_batch_json(body: dict[str, Any]) -> tuple[list[Any], int, bool, s
     if category is not None and not (isinstance(category, str) and category.strip()):
         raise ValueError(f"category: expected a category name, or null for every category (got {shown(category)})")
     return ids, check_k(body.get("k", 10)), check_bool(body.get("exclude_seen", True), "exclude_seen"), category
+
+
+def _similar_batch_json(body: dict[str, Any]) -> tuple[list[Any], int]:
+    """``(item_ids, k)`` of a ``POST /similar/batch`` body."""
+    check_fields(list(body), ("item_ids", "k"), "field")
+    return _id_list(body, "item_ids", _SIMILAR_BATCH_EXAMPLE), check_k(body.get("k", 10))
 
 
 def _fraud_batch_json(body: dict[str, Any], service: ShopService) -> tuple[list[Any], bool]:
@@ -783,6 +806,16 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
              summary="Items similar to an item", dependencies=[only_similar])
     def similar(item_id: str = Query(..., description="external item id"), k: int = k_param) -> SimilarOut:
         return SimilarOut(item_id=item_id, k=k, items=_items(service.similar_items(item_id, k)))
+
+    @app.post("/similar/batch", response_model=SimilarBatchOut, responses={**_ERRORS, **body_errors},
+              tags=["recommend"], summary=f"Items similar to each of up to {MAX_BATCH:,} items in one search (JSON)",
+              openapi_extra=_json_schema(SimilarBatchIn), dependencies=[nothing])
+    async def similar_batch(request: Request) -> SimilarBatchOut:
+        _media_type(request, ("application/json",))
+        body = await _json_body(request, _SIMILAR_BATCH_EXAMPLE, MAX_IDS_JSON_BYTES, "a list of ids")
+        ids, k = _similar_batch_json(body)
+        recs = await run_in_threadpool(service.similar_items_batch, ids, k)
+        return SimilarBatchOut(k=k, results=[SimilarOut(item_id=i, k=k, items=_items(rec)) for i, rec in zip(ids, recs)])
 
     @app.post("/recommend/cold", response_model=ColdOut, responses={
         **_ERRORS, 413: {"model": ErrorOut, "description": "body too large"},

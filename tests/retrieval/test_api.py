@@ -64,7 +64,8 @@ def test_similar_search_fraud_health(client):
 
 def test_openapi_docs(client):
     spec = client.get("/openapi.json").json()
-    for path in ("/recommend", "/recommend/cold", "/recommend/batch", "/recommend/new", "/similar", "/search",
+    for path in ("/recommend", "/recommend/cold", "/recommend/batch", "/recommend/new", "/similar", "/similar/batch",
+                 "/search",
                  "/items", "/items/{item_id}", "/fraud/score", "/fraud/score/batch", "/healthz", "/metrics"):
         assert path in spec["paths"]
     assert set(spec["paths"]["/items"]["post"]["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
@@ -79,6 +80,7 @@ def test_openapi_docs(client):
                                 ("/recommend/cold", "post", {"404", "413", "415", "422", "503"}),
                                 ("/recommend/batch", "post", {"404", "413", "415", "422"}),
                                 ("/recommend/new", "get", {"404", "422"}),
+                                ("/similar/batch", "post", {"404", "413", "415", "422"}),
                                 ("/fraud/score/batch", "post", {"404", "413", "415", "422"}),
                                 ("/items", "post", {"400", "409", "413", "415", "422", "503"}),
                                 ("/items/batch", "post", {"409", "413", "415", "422", "503"}),
@@ -97,10 +99,11 @@ def test_openapi_docs(client):
     remove = spec["paths"]["/items/remove"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert remove["properties"]["item_ids"]["maxItems"] == 1000 and remove["required"] == ["item_ids"]
     for path, fields in (("/recommend/batch", {"user_ids", "k", "exclude_seen", "category"}),
-                         ("/fraud/score/batch", {"user_ids", "reasons"})):
+                         ("/fraud/score/batch", {"user_ids", "reasons"}), ("/similar/batch", {"item_ids", "k"})):
         schema = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
-        assert set(schema["properties"]) == fields and schema["required"] == ["user_ids"], path
-        assert schema["properties"]["user_ids"]["maxItems"] == 1000 and schema["additionalProperties"] is False
+        ids = "item_ids" if "item_ids" in fields else "user_ids"
+        assert set(schema["properties"]) == fields and schema["required"] == [ids], path
+        assert schema["properties"][ids]["maxItems"] == 1000 and schema["additionalProperties"] is False
 
 
 _K = "k: expected an integer between 1 and 1000"
@@ -682,6 +685,15 @@ def test_recommend_batch_is_each_users_own_answer_in_order(client):
         client.get("/recommend", params={"user_id": "u001"}).json()
 
 
+def test_similar_batch_is_each_items_own_answer_in_order(client):
+    items = ["i003", "i001", "i003"]
+    r = client.post("/similar/batch", json={"item_ids": items, "k": 4})
+    assert r.status_code == 200, r.text
+    assert r.json()["k"] == 4 and [res["item_id"] for res in r.json()["results"]] == items
+    assert r.json()["results"] == [client.get("/similar", params={"item_id": i, "k": 4}).json() for i in items]
+    assert client.post("/similar/batch", json={"item_ids": ["i002"]}).json()["results"][0]["k"] == 10
+
+
 def test_fraud_score_batch_is_each_accounts_own_score_in_order(client):
     users = ["u002", "u001", "u002"]
     r = client.post("/fraud/score/batch", json={"user_ids": users})
@@ -736,6 +748,13 @@ _LONG_IDS = [f"customer-{k:06d}-" + "x" * 60 for k in range(1000)]  # 77 kB of J
     ("/recommend/batch", ["u001"], 422, "body: expected a JSON object like {\"user_ids\""),
     ("/recommend/batch", {"user_ids": ["u" + "x" * 1100] * 1000}, 413,
      "body: over the 1,048,576-byte limit of a list of ids"),
+    ("/similar/batch", {"item_ids": ["nope", "i001", "gone"]}, 404,
+     "item_ids: unknown items 'nope', 'gone' (2 of the 3 ids given)"),
+    ("/similar/batch", {"item_ids": ["i001"], "k": 0}, 422, _K + " (got 0)"),
+    ("/similar/batch", {"item_ids": []}, 422, "item_ids: expected at least one id (got an empty list)"),
+    ("/similar/batch", {"item_ids": "i001"}, 422, "item_ids: expected a list of ids like {\"item_ids\""),
+    ("/similar/batch", {"item_ids": ["i001"], "user_ids": ["u001"]}, 422,
+     "user_ids: unknown field (expected item_ids, k)"),
     ("/fraud/score/batch", {"user_ids": ["u001", "zz"]}, 404, "user_ids: unknown user 'zz' (1 of the 2 ids given)"),
     ("/fraud/score/batch", {"user_ids": []}, 422, "user_ids: expected at least one id (got an empty list)"),
     ("/fraud/score/batch", {"user_ids": ["u001"], "reasons": "no"}, 422,
@@ -751,14 +770,15 @@ def test_bad_batch_bodies_are_4xx_naming_the_problem(client, url, body, status, 
     assert len(r.json()["detail"]) < 1000
 
 
-@pytest.mark.parametrize("url", ["/recommend/batch", "/fraud/score/batch"])
-def test_batch_routes_take_json_only_and_no_query(client, url):
-    r = client.post(url, data={"user_ids": "u001"})
+@pytest.mark.parametrize("url, ids", [("/recommend/batch", "user_ids"), ("/fraud/score/batch", "user_ids"),
+                                       ("/similar/batch", "item_ids")])
+def test_batch_routes_take_json_only_and_no_query(client, url, ids):
+    r = client.post(url, data={ids: "u001"})
     assert r.status_code == 415
     assert r.json()["detail"] == "content-type: expected application/json (got 'application/x-www-form-urlencoded')"
     r = client.post(url, content=b"{nope", headers={"content-type": "application/json"})
-    assert r.status_code == 422 and r.json()["detail"].startswith('body: expected a JSON object like {"user_ids"')
-    r = client.post(url + "?k=3", json={"user_ids": ["u001"]})
+    assert r.status_code == 422 and r.json()["detail"].startswith(f'body: expected a JSON object like {{"{ids}"')
+    r = client.post(url + "?k=3", json={ids: ["i001" if ids == "item_ids" else "u001"]})
     assert r.status_code == 422 and r.json()["detail"] == "k: unknown parameter (expected none)"
 
 
