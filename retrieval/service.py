@@ -51,6 +51,7 @@ MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_TEXT_CHARS = 2_000
 MAX_BATCH = 1_000
+RESCORE_MARGIN = 8  # candidates fetched beyond k and rescored exactly (near ties at the k-th place)
 _IMAGE_CHUNK = 32  # images decoded at a time when a batch is encoded (ShopService._encode_images)
 SHOWN_CHARS = 60  # longest value echoed in an error message
 REPLAY_BATCH = 1024  # journal entries whose adds are embedded in one pass
@@ -1098,9 +1099,18 @@ class ShopService:
 
     def _similar(self, items: list[int], k: int) -> list[Recommendation]:
         with self._lock.read():
-            hits = self._filtered("gnn_items_cosine", self.item_emb[items], k,
+            # FAISS computes a batch of 20 queries or more with BLAS and fewer one by one, which
+            # round differently: the candidates (a few more than k) are rescored row by row, so an
+            # item's answer in a batch is the one it gets alone.
+            hits = self._filtered("gnn_items_cosine", self.item_emb[items], k + RESCORE_MARGIN,
                                   [np.array([i], dtype=np.int64) for i in items], None)
-            return [self._pack(ids, sc, self._similar_reasons(i, ids, sc)) for i, (ids, sc) in zip(items, hits)]
+            out = []
+            for i, (ids, _) in zip(items, hits):
+                cand = np.sort(ids)
+                scores = (self._item_emb_n[cand] * self._item_emb_n[i]).sum(axis=1)
+                top = np.argsort(-scores, kind="stable")[:k]
+                out.append(self._pack(cand[top], scores[top], self._similar_reasons(i, cand[top], scores[top])))
+            return out
 
     def _buyers_of(self, item: int) -> np.ndarray:
         indptr, users = self._buyers

@@ -246,10 +246,12 @@ def test_score_user_and_batches(service):
 def test_a_batch_answers_each_user_to_the_last_bit(tmp_path):
     """A batch fetches more candidates than one user alone (its users' revisit items); a
     matrix-vector product rounds each row depending on how many rows it gets, so on the demo run
-    one user in ten scored differently in the last bit inside a batch (wide embeddings here)."""
+    one user in ten scored differently in the last bit inside a batch (wide embeddings here).
+    FAISS searches a batch of 20 queries or more with BLAS: every demo item's similar items
+    differed in the last bit in a batch of 1,000."""
     from safetensors.torch import load_file
 
-    own_run = make_run(tmp_path, revisit=True)
+    own_run = make_run(tmp_path, revisit=True, n_items=300)  # FAISS rounds a batch differently at this size
     tensors = load_file(str(own_run / "embeddings.safetensors"))
     gen = torch.Generator().manual_seed(0)
     for name in ("user", "item"):
@@ -263,6 +265,10 @@ def test_a_batch_answers_each_user_to_the_last_bit(tmp_path):
         assert svc.recommend_batch(users, k=k) == [svc.recommend(u, k=k) for u in users]
         assert svc.recommend_batch(users, k=k, exclude_seen=False) == [svc.recommend(u, k=k, exclude_seen=False)
                                                                       for u in users]
+    # FAISS searches 20 queries or more with BLAS, fewer one by one: similar items too
+    items = svc.item_ids * 2
+    for k in (3, 10):
+        assert svc.similar_items_batch(items, k=k) == [svc.similar_items(i, k=k) for i in items]
 
 
 def test_cold_start(service):
