@@ -4,9 +4,9 @@ Endpoints (``docs/http_api.md``): ``GET /recommend``, ``POST /recommend/batch``,
 /recommend/new``, ``GET /similar``, ``POST /similar/batch``, ``POST /search`` (JSON text or a
 multipart image upload), ``POST /recommend/cold``, ``GET /fraud/score``, ``POST
 /fraud/score/batch``, the catalogue (``POST /items``, ``POST /items/batch``, ``POST
-/items/remove``, ``GET`` and ``DELETE /items/{id}``), ``GET /healthz``, ``GET /metrics`` (Prometheus text format), OpenAPI docs at
-``/docs``; the Gradio app is mounted at ``/demo`` and the fraud-case endpoints
-(``retrieval/fraud_api.py``) under ``/fraud`` when they are available.
+/items/remove``, ``GET`` and ``DELETE /items/{id}``), ``GET /healthz``, ``GET /metrics``
+(Prometheus text format), OpenAPI docs at ``/docs``; the Gradio app is mounted at ``/demo`` and
+the fraud-case endpoints (``retrieval/fraud_api.py``) under ``/fraud`` when they are available.
 
 Errors are JSON ``{"detail": "<argument>: <problem> (got <value>)"}``: 404 for an unknown user or
 item id, 409 for an item id the catalogue has, 422 for any other bad input (k not an integer in
@@ -67,8 +67,7 @@ logger = logging.getLogger(__name__)
 RUN_ENV = "SHOPGRAPH_RUN"
 MAX_JSON_BYTES = 64 * 1024  # a JSON query is at most 2,000 characters of text and k
 MAX_BATCH_JSON_BYTES = 32 * 2**20  # POST /items/batch: up to 1,000 items, their images in base64
-MAX_IDS_JSON_BYTES = 2**20  # a list of up to 1,000 ids (POST /recommend/batch, /similar/batch, /fraud/score/batch,
-# /items/remove)
+MAX_IDS_JSON_BYTES = 2**20  # a list of up to 1,000 ids (the batch routes of /recommend, /similar, /fraud/score, /items)
 LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                                       2.5, 5.0, 10.0)
 Scope = MutableMapping[str, Any]
@@ -823,9 +822,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         return SimilarBatchOut(k=k, results=[SimilarOut(item_id=i, k=k, items=_items(rec)) for i, rec in zip(ids, recs)])
 
     @app.post("/recommend/cold", response_model=ColdOut, responses={
-        **_ERRORS, 413: {"model": ErrorOut, "description": "body too large"},
-        415: {"model": ErrorOut, "description": "unsupported content type"},
-        503: {"model": ErrorOut, "description": "text given, and the run has no text index"},
+        **_ERRORS, **body_errors, 503: {"model": ErrorOut, "description": "text given, and the run has no text index"},
     }, tags=["recommend"], summary="Top-k items for a visitor the model does not know: from items, or from text",
         openapi_extra=_json_schema(ColdIn), dependencies=[nothing])
     async def recommend_cold(request: Request) -> ColdOut:
