@@ -712,6 +712,17 @@ def _batch_cells(pairs: Tensor, users: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return row, pairs[1][at], at
 
 
+def _plus_revisit(dot: Tensor, rv: Revisit, users: Tensor, cells: dict[int, tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+    """``dot + rv.rows(users)`` (a new tensor) without the dense ``[B, I]`` rows: the same sums where
+    a pair is (the pairs are distinct), ``dot`` itself elsewhere. ``cells``: this batch's
+    :func:`_batch_cells` by revisit pairs, filled as needed (revisit terms that share their pairs
+    find them once a batch)."""
+    if id(rv.pairs) not in cells:
+        cells[id(rv.pairs)] = _batch_cells(rv.pairs, users)
+    row, col, at = cells[id(rv.pairs)]
+    return dot.index_put((row, col), rv.value[at].to(dot.dtype), accumulate=True)
+
+
 def _recalls(
     emb: dict[str, Tensor], revisits: Sequence[Revisit | None], data: HeteroData, train_pairs: Tensor,
     val_pairs: Tensor,
@@ -724,17 +735,9 @@ def _recalls(
 
     def scores(users: Tensor) -> Iterator[Tensor]:
         dot = ShopGNN.score(emb["user"][users], emb["item"])
-        places: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # the revisit pairs' cells in this batch
+        cells: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         for rv in revisits:
-            if rv is None:
-                yield dot
-                continue
-            if id(rv.pairs) not in places:
-                places[id(rv.pairs)] = _batch_cells(rv.pairs, users)
-            row, col, at = places[id(rv.pairs)]
-            # dot + rv.rows(users) without the dense [B, I] rows: the same sums where a pair is
-            # (the pairs are distinct), dot itself elsewhere
-            yield dot.index_put((row, col), rv.value[at].to(dot.dtype), accumulate=True)
+            yield dot if rv is None else _plus_revisit(dot, rv, users, cells)
 
     return [float(m["recall@20"]) for m in ranking_metrics_many(scores, len(revisits), train_pairs, val_pairs,
                                                                 n_items, ks=(20,))]
@@ -835,7 +838,7 @@ def choose_channel_weight(
         # product once, scaled by each weight (as the model's dot product would, up to rounding)
         rest = ShopGNN.score(user_rest[users], item_rest)
         if rv is not None:
-            rest = rest + rv.rows(users, n_items).to(rest.dtype)
+            rest = _plus_revisit(rest, rv, users, {})
         chan = ShopGNN.score(user_channel[users], channel)
         for w in weights:
             yield rest if w == 0 else torch.add(rest, chan, alpha=w)
