@@ -930,15 +930,18 @@ def _export_dir(run_dir: Path | None) -> Path | None:
     return folder if (folder / "rings.json").is_file() else None
 
 
-def blank_enter(key: Any, typed: Any) -> bool:
-    """Whether a dropdown's key-up is Enter on an empty box. Gradio then quietly picks the first choice;
-    the app clears the box and says that an id is needed instead (no results for someone not asked for).
+NO_CHOICE = ("—", "")
+"""A dropdown's first entry, meaning "nobody picked". Pressing Enter in an emptied Gradio dropdown
+picks the list's first entry (its filter is empty, so the first entry is the active one); with this
+entry first, that pick is the empty id, and the view says that an id is needed instead of showing
+the results of a shopper nobody asked for. Its label, a dash, matches no id or title typed into the
+box, so it never stands in front of a typed id's matches."""
 
-    Args:
-        key: the key released (``gr.KeyUpData.key``).
-        typed: the box's text when it was released (``gr.KeyUpData.input_value``).
-    """
-    return key == "Enter" and not str(typed or "").strip()
+
+def with_no_choice(choices: Sequence[str | tuple[str, str]]) -> list[tuple[str, str]]:
+    """``choices`` (labels and values, or bare values) as ``(label, value)`` pairs behind
+    :data:`NO_CHOICE`."""
+    return [NO_CHOICE, *((c, c) if isinstance(c, str) else (c[0], c[1]) for c in choices)]
 
 
 _FRAUD_SCORERS = {
@@ -1021,7 +1024,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                         "score (higher = better fit) and the reason (what in their history led to it). A visitor with no "
                         "account works too: pick a few items they looked at.")
             with gr.Row():
-                rec_user = gr.Dropdown(choices=users, value=rec_default, allow_custom_value=True, label="Shopper",
+                rec_user = gr.Dropdown(choices=with_no_choice(users), value=rec_default, allow_custom_value=True, label="Shopper",
                                        info="sample shoppers: likely fraudsters, ring members, heavy buyers, "
                                             "typical shoppers; or type any user id", scale=3)
                 rec_k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="How many recommendations", scale=1,
@@ -1048,14 +1051,6 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 _warn(view.status)
                 return view.status, view.history, view.gallery, view.table
 
-            def on_rec_key(k: Any, evt: gr.KeyUpData) -> tuple[Any, ...]:
-                if not blank_enter(evt.key, evt.input_value):
-                    return tuple(gr.skip() for _ in range(5))
-                return (None, *on_recommend(None, k))
-
-            on_rec_key.__annotations__["evt"] = gr.KeyUpData  # a class, not the string __future__ makes
-            rec_user.key_up(on_rec_key, [rec_k], [rec_user, rec_status, rec_hist, rec_gallery, rec_table],
-                            show_progress="hidden", trigger_mode="multiple")
             rec_btn.click(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
 
             def on_visitor(picked: Any, k: Any) -> tuple[Any, ...]:
@@ -1064,7 +1059,9 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 return view.status, view.history, view.gallery, view.table
 
             visitor_btn.click(on_visitor, [visitor_items, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
-            rec_user.select(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
+            # .change, not .select: a typed id that matches no entry (kept as typed on Enter or when the
+            # box loses focus) is a change but no select; so is the empty id of NO_CHOICE
+            rec_user.change(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
             # the first screen shows a result, not an empty form
             app.load(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
 
@@ -1075,7 +1072,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             items = sample_items(service)
             with gr.Row():
                 with gr.Column():
-                    sim_item = gr.Dropdown(choices=items, value=items[0][1] if items else None,
+                    sim_item = gr.Dropdown(choices=with_no_choice(items), value=items[0][1] if items else None,
                                            allow_custom_value=True, label="Item", info="pick or type an item id")
                     sim_btn = gr.Button("Similar items", variant="primary")
                 with gr.Column():
@@ -1104,13 +1101,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                     return tuple(view)
                 return handler
 
-            def on_item_key(k: Any, evt: gr.KeyUpData) -> tuple[Any, ...]:
-                if not blank_enter(evt.key, evt.input_value):
-                    return tuple(gr.skip() for _ in range(4))
-                return (None, *wrap(similar_view)(None, k))
-
-            on_item_key.__annotations__["evt"] = gr.KeyUpData
-            sim_item.key_up(on_item_key, [search_k], [sim_item, *outputs], show_progress="hidden", trigger_mode="multiple")
+            sim_item.change(wrap(similar_view), [sim_item, search_k], outputs)
             sim_btn.click(wrap(similar_view), [sim_item, search_k], outputs)
             txt_btn.click(wrap(text_search_view), [txt_query, search_k], outputs)
             txt_query.submit(wrap(text_search_view), [txt_query, search_k], outputs)
@@ -1128,7 +1119,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                         "decision change: lower catches more fraud but flags more honest shoppers. The table lists "
                         "what drove the score.")
             with gr.Row():
-                fr_user = gr.Dropdown(choices=users, value=fraud_default, allow_custom_value=True, label="Account",
+                fr_user = gr.Dropdown(choices=with_no_choice(users), value=fraud_default, allow_custom_value=True, label="Account",
                                       info="pick or type a user id", scale=3)
                 fr_btn = gr.Button("Score", variant="primary", scale=1)
             fr_status = gr.Markdown(elem_id="fraud-status")
@@ -1161,16 +1152,8 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             # range gets our message; Gradio's own check would answer with a bare "Error" and a traceback
             score_outputs = [fr_status, fr_prob, fr_verdict, fr_reasons, fr_method]
 
-            def on_account_key(threshold: Any, evt: gr.KeyUpData) -> tuple[Any, ...]:
-                if not blank_enter(evt.key, evt.input_value):
-                    return tuple(gr.skip() for _ in range(6))
-                return (None, *on_score(None, threshold))
-
-            on_account_key.__annotations__["evt"] = gr.KeyUpData
-            fr_user.key_up(on_account_key, [fr_threshold], [fr_user, *score_outputs], preprocess=False,
-                           show_progress="hidden", trigger_mode="multiple")
             fr_btn.click(on_score, [fr_user, fr_threshold], score_outputs, preprocess=False)
-            fr_user.select(on_score, [fr_user, fr_threshold], score_outputs, preprocess=False)
+            fr_user.change(on_score, [fr_user, fr_threshold], score_outputs, preprocess=False)
             fr_threshold.change(on_threshold, [fr_prob, fr_threshold], [fr_verdict], preprocess=False)
             app.load(on_score, [fr_user, fr_threshold], score_outputs, preprocess=False)
 
@@ -1184,7 +1167,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             ring_table = gr.Dataframe(value=table, label="Ranked rings", interactive=False, elem_id="ring-table")
             gr.Markdown(rings_note(cases), elem_id="ring-count")
             with gr.Row():
-                ring_pick = gr.Dropdown(choices=ring_ids, value=None, label="Ring", scale=1, allow_custom_value=True)
+                ring_pick = gr.Dropdown(choices=with_no_choice(ring_ids), value=None, label="Ring", scale=1, allow_custom_value=True)
             ring_status = gr.Markdown("" if cases is not None else
                                       f"{ERROR_PREFIX}no fraud rings in this run (run `shopgraph rings --run RUN`)",
                                       elem_id="ring-status")

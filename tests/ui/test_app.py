@@ -558,12 +558,23 @@ def test_tree_reasons_table_shows_counts_and_shared_devices_last() -> None:
     assert table["contribution"].tolist()[:2] == [-3.0, 2.5] and table["contribution"][2:].isna().all()
 
 
-@pytest.mark.parametrize("key, typed, blank", [("Enter", "", True), ("Enter", "   ", True), ("Enter", None, True),
-                                               ("Enter", "u1", False), ("Delete", "", False), ("a", "a", False)])
-def test_blank_enter_is_enter_on_an_empty_box(key: str, typed: Any, blank: bool) -> None:
-    from shopgraph.ui.app import blank_enter
+def test_every_id_dropdown_starts_with_the_no_choice_entry(ui_service: ShopService, ui_run: Path) -> None:
+    """Enter in an emptied dropdown picks its first entry: that must be the empty id, never a shopper,
+    item, account or ring nobody asked for (the browser test presses the keys)."""
+    import gradio as gr
 
-    assert blank_enter(key, typed) is blank
+    from shopgraph.ui.app import NO_CHOICE, with_no_choice
+
+    assert with_no_choice(["R1", ("label", "u1")]) == [NO_CHOICE, ("R1", "R1"), ("label", "u1")]
+    assert NO_CHOICE[1] == ""
+    app = build_app(ui_service, run_dir=ui_run)
+    boxes = {b.label: b for b in app.blocks.values() if isinstance(b, gr.Dropdown) and not b.multiselect}
+    assert set(boxes) == {"Shopper", "Item", "Account", "Ring"}
+    for label, box in boxes.items():
+        choices = [tuple(c) for c in box.choices]
+        assert choices[0] == NO_CHOICE and len(choices) > 1, label
+        assert all(value for _, value in choices[1:]), label  # only the first is empty
+        assert box.value != "", label  # the tabs open on a real id (or, for Ring, none)
 
 
 def test_intro_names_the_served_fraud_scorer(ui_run: Path, tmp_path: Path) -> None:

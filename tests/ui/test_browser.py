@@ -319,3 +319,23 @@ def test_search_table_headers_and_user_text_shown_as_typed(page: Any) -> None:
     assert status.locator("a").count() == 0 and status.locator("img").count() == 0
     assert status.locator("strong").filter(has_text="bold").count() == 0 or "**bold**" in status.inner_text()
     expect(page.locator("#search-table")).to_contain_text("item_id")
+
+
+def test_enter_in_an_emptied_box_is_a_message(page: Any, ui_cases: FraudCases) -> None:
+    """Deleting a dropdown's text and pressing Enter makes Gradio pick the list's first entry: the
+    app's first entry is the empty id, so the view asks for an id instead of showing the results of
+    a shopper, item, account or ring nobody picked."""
+    cases = [("Recommend", "Shopper", "#rec-status", "user_id"),
+             ("Similar & search", "Item", "#search-status", "item_id"),
+             ("Fraud", "Account", "#fraud-status", "user_id")]
+    if ui_cases.rings():
+        cases.append(("Rings", "Ring", "#ring-status", "ring_id"))
+    for tab, label, status, name in cases:
+        _tab(page, tab)
+        box = page.get_by_label(label, exact=True)
+        box.fill("x")
+        box.press("Backspace")  # a key, as a person empties the box: Gradio makes the first entry active
+        box.press("Enter")
+        expect(page.locator(status)).to_contain_text(f"{name}: pick one from the list or type an id", timeout=10_000)
+        _close_toasts(page)
+    assert page.get_by_text("Traceback").count() == 0
