@@ -309,6 +309,10 @@ def _check_args(n_users: object, seed: object, label_noise: object) -> None:
         raise ValueError(f"label_noise: expected a share in [0, 0.5] (got {label_noise})")
 
 
+SHOP_ENTRIES = frozenset({"users.csv", "items.csv", "devices.csv", "events.csv", "labels.csv", "images"})
+"""What :func:`generate_shop` writes into its folder: the only names ``overwrite`` replaces."""
+
+
 def generate_shop(
     out: Path,
     *,
@@ -331,15 +335,16 @@ def generate_shop(
         seed: seed of the one ``numpy.random.Generator``; the same arguments give the same bytes.
         label_noise: share of ``is_fraud`` labels flipped (in [0, 0.5]); ``ring_id`` stays the
             ground truth.
-        overwrite: replace a non-empty ``out``.
+        overwrite: replace a non-empty ``out`` that holds nothing but an earlier shop's
+            :data:`SHOP_ENTRIES` (never a folder with anything else in it).
         progress: show ``tqdm`` progress bars (the CLI turns this on).
 
     Returns:
         A :class:`GenerateSummary` with the counts written and the wall time.
 
     Raises:
-        ValueError: ``out`` exists and is not empty (without ``overwrite``), is not a folder, or
-            an argument is out of range.
+        ValueError: ``out`` exists and is not empty (without ``overwrite``; with it, holds
+            something a shop does not), is not a folder, or an argument is out of range.
         TypeError: an argument has the wrong type.
     """
     t0 = time.perf_counter()
@@ -347,9 +352,16 @@ def generate_shop(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: expected a folder (got the file {str(out)!r})")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"out: the folder {str(out)!r} exists and is not empty; pass overwrite=True "
-                         "(--overwrite) to replace it")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"out: the folder {str(out)!r} exists and is not empty; pass overwrite=True "
+                             "(--overwrite) to replace it")
+        others = sorted(p.name for p in out.iterdir() if p.name not in SHOP_ENTRIES)
+        if others:  # --overwrite replaces an earlier shop, never a folder with other things in it
+            shown = ", ".join(repr(n) for n in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            raise ValueError(f"out: the folder {str(out)!r} holds {shown}, which a synthetic shop does not; "
+                             "overwrite (--overwrite) only replaces a folder written by generate, so choose "
+                             "another --out or empty it")
     target = out.absolute()  # "." and friends have no usable name or parent
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))

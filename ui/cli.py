@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=_positive_int, default=5000, help="number of users (default 5000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--label-noise", type=float, default=0.0, help="share of fraud labels flipped (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier synthetic shop in --out (a folder with anything else in it is refused)")
 
     p = sub.add_parser("validate", help="check a tables folder; report repairs; exit 1 on fatal problems")
     p.add_argument("data", type=Path, help="folder with users/items/events[/devices/labels] .csv or .parquet")

@@ -212,9 +212,18 @@ def test_refuses_non_empty_out_and_overwrites(tmp_path: Path) -> None:
         generate_shop(out, n_users=150)
     assert (out / "keep.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["shop"]  # no temporary folder left behind
+    # --overwrite replaces an earlier shop only: a folder with anything else in it is refused, untouched
+    (out / "sub").mkdir()
+    with pytest.raises(ValueError, match=r"holds 'keep.txt', 'sub', which a synthetic shop does not"):
+        generate_shop(out, n_users=150, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "sub"]
+    assert [p.name for p in tmp_path.iterdir()] == ["shop"]
+    (out / "keep.txt").unlink()
+    (out / "sub").rmdir()
+    generate_shop(out, n_users=120, seed=3)
     summary = generate_shop(out, n_users=150, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "events.csv").exists()
-    assert summary.users == 150
+    assert (out / "events.csv").exists() and summary.users == 150
+    assert len(pd.read_csv(out / "users.csv")) == 150  # the earlier shop replaced
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shop"]
     empty = tmp_path / "empty"
     empty.mkdir()
