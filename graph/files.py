@@ -28,3 +28,10 @@ def as_created(path: Path, *, folder: bool = False) -> None:
     0600 files and ``mkdtemp`` 0700 folders, which the rename would keep: a server or a colleague
     running as another user could not read the run, the case files or the export)."""
     os.chmod(path, (0o777 if folder else 0o666) & ~umask())
+
+
+def through_link(out: Path) -> Path:
+    """Where an output folder given as ``out`` is written: a symbolic link's target (the link is
+    kept and then points at the new folder), else ``out`` itself. Resolve before making the
+    temporary folder beside it, so that the rename stays on the target's file system."""
+    return out.resolve() if out.is_symlink() else out

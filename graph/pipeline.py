@@ -23,7 +23,7 @@ import pandas as pd
 from torch_geometric.data import HeteroData
 
 from shopgraph.graph.build import build_graph, target_pairs
-from shopgraph.graph.files import as_created
+from shopgraph.graph.files import as_created, through_link
 from shopgraph.graph.run import MANIFEST, RunDir, swap_in
 from shopgraph.graph.schema import TABLE_NAMES, ShopTables
 
@@ -197,7 +197,7 @@ def build_run(
     """
     from shopgraph.graph.load import load_tables
 
-    out = Path(out)
+    out = through_link(Path(out))  # a link to a run: the run it points at is replaced, the link kept
     _check_out(Path(data_dir), out, overwrite=overwrite)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -50,7 +50,7 @@ import pandas as pd
 import torch
 from torch_geometric.data import HeteroData
 
-from shopgraph.graph.files import as_created
+from shopgraph.graph.files import as_created, through_link
 from shopgraph.graph.run import RunDir, swap_in
 from shopgraph.graph.schema import HIGH_RISK_CATEGORIES, REV_PREFIX, ShopTables
 
@@ -670,6 +670,7 @@ def export_cases(
         ``out``.
     """
     out = Path(out)
+    out = Path(through_link(out))  # a link to an export: the folder it points at is replaced, the link kept
     if out.exists():
         ours = out.is_dir() and _export_doc(out) is not None
         if not ours and (not out.is_dir() or any(out.iterdir())):

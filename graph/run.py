@@ -57,7 +57,11 @@ def _not_recorded(path: Path, rel: str) -> FileNotFoundError:
 
 def swap_in(tmp: Path, out: Path) -> None:
     """Put the finished folder ``tmp`` at ``out``. An existing ``out`` is moved aside, not deleted,
-    until the new one is in place, so a failure part way never leaves neither."""
+    until the new one is in place, so a failure part way never leaves neither. ``out`` must not be
+    a symbolic link (:func:`through_link` first): renaming the link would replace the link, not
+    the folder, and leave the old folder where it was."""
+    if out.is_symlink():
+        raise ValueError(f"out: {out} is a symbolic link; replace its target {out.resolve()} instead")
     if not out.exists():
         tmp.rename(out)
         return

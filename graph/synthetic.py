@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from shopgraph.graph.files import as_created
+from shopgraph.graph.files import as_created, through_link
 
 logger = logging.getLogger(__name__)
 
@@ -350,6 +350,7 @@ def generate_shop(
     t0 = time.perf_counter()
     _check_args(n_users, seed, label_noise)
     out = Path(out)
+    out = through_link(out)  # a link to a shop: the shop it points at is replaced, the link kept
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: expected a folder (got the file {str(out)!r})")
     if out.is_dir() and any(out.iterdir()):

@@ -96,6 +96,16 @@ def test_build_overwrite_replaces_only_a_previous_run(shop, tmp_path, capsys):
     assert not (run_dir / "stray.txt").exists()
     RunDir(run_dir).verify()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "mine", "run"]  # no temporary or old folder left
+    # --out a link to a run: the run it points at is replaced and the link kept, nothing left beside either
+    link = tmp_path / "latest"
+    link.symlink_to(run_dir, target_is_directory=True)
+    (run_dir / "stray.txt").write_text("old run")
+    assert main(["build", "--data", str(shop), "--out", str(link), "--no-text", "--no-image",
+                 "--cache-dir", str(tmp_path / "cache"), "--overwrite"]) == 0
+    assert link.is_symlink() and link.resolve() == run_dir.resolve()
+    assert not (run_dir / "stray.txt").exists()
+    RunDir(link).verify()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "latest", "mine", "run"]
 
 
 def test_rebuilding_a_run_keeps_the_items_changed_while_it_was_served(shop, tmp_path):

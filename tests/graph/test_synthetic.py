@@ -224,6 +224,12 @@ def test_refuses_non_empty_out_and_overwrites(tmp_path: Path) -> None:
     summary = generate_shop(out, n_users=150, overwrite=True)
     assert (out / "events.csv").exists() and summary.users == 150
     assert len(pd.read_csv(out / "users.csv")) == 150  # the earlier shop replaced
+    link = tmp_path / "latest"  # through a link: the shop it points at is replaced, the link kept
+    link.symlink_to(out, target_is_directory=True)
+    generate_shop(link, n_users=130, overwrite=True)
+    assert link.is_symlink() and len(pd.read_csv(out / "users.csv")) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "shop"]
+    link.unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shop"]
     empty = tmp_path / "empty"
     empty.mkdir()
