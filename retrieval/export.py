@@ -34,14 +34,21 @@ FORMATS = (".csv", ".parquet")
 REASON_SEP = " | "  # between an account's reasons in one cell
 
 
-def check_out(out: Path, *, overwrite: bool) -> Path:
+def check_out(out: Path, *, overwrite: bool, run: Path | None = None) -> Path:
     """``out`` if it can be written as an export: a ``.csv`` or ``.parquet`` path that is not a
-    folder and, without ``overwrite``, not an existing file."""
+    folder, whose parent is not a file, that is not inside the run folder ``run`` (an export
+    must never replace one of the run's files) and, without ``overwrite``, not an existing file."""
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise ValueError(f"--out: expected a file ending in {' or '.join(FORMATS)} (got {str(out)!r})")
     if out.is_dir():
         raise IsADirectoryError(f"--out: {out} is a folder; give a file path")
+    blocking = next((p for p in out.absolute().parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise NotADirectoryError(f"--out: {blocking} is a file, so {out} cannot be written; give a path in a folder")
+    if run is not None and Path(run).resolve() in out.resolve().parents:
+        raise ValueError(f"--out: {out} is inside the run folder {run}; write the export somewhere else "
+                         "(it would replace or add to the run's own files)")
     if out.exists() and not overwrite:
         raise FileExistsError(f"--out: {out} exists; pass --overwrite to replace it")
     return out
@@ -57,7 +64,7 @@ def read_user_ids(path: Path) -> list[str]:
     suffix = path.suffix.lower()
     if suffix in FORMATS:
         try:
-            table = (pd.read_csv(path, dtype=str, keep_default_na=False) if suffix == ".csv"
+            table = (pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig") if suffix == ".csv"
                      else pd.read_parquet(path))
         except (ValueError, OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"--users: {path} is not a readable {suffix[1:]} table ({exc})") from None
@@ -69,7 +76,7 @@ def read_user_ids(path: Path) -> list[str]:
         where = (lambda k: _line(k + 1)) if suffix == ".csv" else (lambda k: f"row {k + 1}")
     else:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first id
         except UnicodeDecodeError as exc:
             raise ValueError(f"--users: {path} is not UTF-8 text ({exc})") from None
         ids = list(text.splitlines())
@@ -142,11 +149,16 @@ def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = T
 
 
 def write_table(table: pd.DataFrame, out: Path) -> None:
-    """``table`` to ``out`` (CSV or Parquet by its extension), whole or not at all."""
-    if out.suffix.lower() == ".csv":
-        atomic_write(out, lambda p: table.to_csv(p, index=False))
-    else:
-        atomic_write(out, lambda p: table.to_parquet(p, index=False))
+    """``table`` to ``out`` (CSV or Parquet by its extension), whole or not at all. An error of
+    the machine's (a folder without write permission, a full disk) names ``out``, not the
+    temporary file beside it."""
+    try:
+        if out.suffix.lower() == ".csv":
+            atomic_write(out, lambda p: table.to_csv(p, index=False))
+        else:
+            atomic_write(out, lambda p: table.to_parquet(p, index=False))
+    except OSError as exc:
+        raise OSError(f"--out: cannot write {out} ({exc.strerror or exc}); nothing was written") from exc
 
 
 def _service(run: Path, *, fraud_reasons: bool) -> ShopService:
@@ -156,7 +168,7 @@ def _service(run: Path, *, fraud_reasons: bool) -> ShopService:
 def cli_recommend(args: argparse.Namespace) -> int:
     """``shopgraph recommend --run RUN --out FILE [--users FILE] [--k K] [--include-seen] [--category C]
     [--overwrite]``."""
-    out = check_out(args.out, overwrite=args.overwrite)
+    out = check_out(args.out, overwrite=args.overwrite, run=args.run)
     wanted = None if args.users is None else read_user_ids(args.users)  # before loading the run
     t0 = time.perf_counter()
     service = _service(args.run, fraud_reasons=False)
@@ -171,7 +183,7 @@ def cli_recommend(args: argparse.Namespace) -> int:
 
 def cli_score(args: argparse.Namespace) -> int:
     """``shopgraph score --run RUN --out FILE [--users FILE] [--no-reasons] [--flagged-only] [--overwrite]``."""
-    out = check_out(args.out, overwrite=args.overwrite)
+    out = check_out(args.out, overwrite=args.overwrite, run=args.run)
     wanted = None if args.users is None else read_user_ids(args.users)  # before loading the run
     t0 = time.perf_counter()
     service = _service(args.run, fraud_reasons=not args.no_reasons)

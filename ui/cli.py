@@ -201,11 +201,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:  # FAISS logs each instruction set it tries when it loads
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
-        func = _resolve(_COMMANDS[args.command])
-    except (ImportError, AttributeError) as exc:
-        print(f"shopgraph {args.command}: not available in this build ({exc})", file=sys.stderr)
-        return 2
-    try:
+        try:
+            func = _resolve(_COMMANDS[args.command])  # imports torch and friends: seconds, Ctrl-C included
+        except (ImportError, AttributeError) as exc:
+            print(f"shopgraph {args.command}: not available in this build ({exc})", file=sys.stderr)
+            return 2
         return func(args)
     except KeyboardInterrupt:
         # Ctrl-C: one line and the shell's usual status; run folders are written atomically, so

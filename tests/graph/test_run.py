@@ -124,3 +124,16 @@ def test_a_stage_on_an_untrained_run_says_to_train_it(tmp_path, capsys, command)
     assert main([command, "--run", str(run), *(["--port", "0"] if command == "serve" else [])]) == 1
     err = capsys.readouterr().err
     assert f"no 'embeddings.safetensors' recorded in manifest.json (run `shopgraph train --run {run}` first)" in err
+
+
+def test_ctrl_c_while_the_command_loads_is_one_line(tmp_path, capsys, monkeypatch):
+    """The command's modules (torch and friends) take seconds to import; Ctrl-C then is the same
+    one line and status as during the work, not a traceback."""
+    from shopgraph.ui import cli
+
+    def interrupted(spec):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_resolve", interrupted)
+    assert cli.main(["train", "--run", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip() == "shopgraph train: interrupted"

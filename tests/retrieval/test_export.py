@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from shopgraph.graph.run import RunDir
 from shopgraph.retrieval.export import REASON_SEP, read_user_ids, write_table
 from shopgraph.ui.cli import main
 from tests.retrieval.test_service import load_service, shared_run
@@ -83,6 +84,11 @@ def _folder(path: Path) -> str:
     return str(path)
 
 
+def _in_a_file(path: Path) -> str:
+    path.write_text("#!/bin/sh\n")
+    return str(path / "x.csv")
+
+
 def _bad_users(tmp_path: Path, name: str, text: str) -> str:
     path = tmp_path / name
     path.write_text(text)
@@ -92,6 +98,7 @@ def _bad_users(tmp_path: Path, name: str, text: str) -> str:
 @pytest.mark.parametrize("command, extra, message", [
     ("recommend", lambda t: ["--out", str(t / "recs.txt")], "--out: expected a file ending in .csv or .parquet"),
     ("score", lambda t: ["--out", _folder(t / "scores.csv")], "scores.csv is a folder; give a file path"),
+    ("score", lambda t: ["--out", _in_a_file(t / "v.sh")], "v.sh is a file, so "),
     ("recommend", lambda t: ["--users", str(t / "missing.txt")], "missing.txt is not a file"),
     ("score", lambda t: ["--users", _bad_users(t, "u.txt", "")], "holds no user ids"),
     ("recommend", lambda t: ["--users", _bad_users(t, "u.txt", "u001\n\nu002\n")], "u.txt, line 2: empty user id"),
@@ -127,6 +134,17 @@ def test_an_existing_output_is_kept_unless_overwrite_is_given(run, tmp_path, cap
     assert pd.read_csv(out)["rank"].max() == 2
 
 
+def test_an_export_never_writes_into_the_run(run, capsys):
+    """Not even with --overwrite: the run's own tables stay as they were (and keep their checksums)."""
+    events = run / "tables" / "events.parquet"
+    before = events.read_bytes()
+    for out in (events, run / "recs.csv"):
+        assert main(["recommend", "--run", str(run), "--out", str(out), "--overwrite"]) == 1
+        assert f"--out: {out} is inside the run folder {run}" in capsys.readouterr().err
+    assert events.read_bytes() == before and not (run / "recs.csv").exists()
+    RunDir(run).verify()
+
+
 def test_a_run_that_is_not_one_is_named(tmp_path, capsys):
     assert main(["score", "--run", str(tmp_path / "nowhere"), "--out", str(tmp_path / "s.csv")]) == 1
     assert "shopgraph score: error: " in capsys.readouterr().err
@@ -145,7 +163,7 @@ def test_a_failed_write_leaves_neither_the_file_nor_a_part_of_it(tmp_path, monke
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", half_then_full_disk)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match=r"--out: cannot write .*scores.csv \(No space left on device\); nothing"):
         write_table(table, tmp_path / "scores.csv")
     assert list(tmp_path.iterdir()) == []
 
@@ -154,6 +172,11 @@ def test_user_id_files_keep_ids_as_written(tmp_path):
     path = tmp_path / "u.txt"
     path.write_text("u001\r\n u002\r\nu003")  # Windows line ends; a leading space is part of an id
     assert read_user_ids(path) == ["u001", " u002", "u003"]
+    path.write_text("\ufeffu001\nu002\n")  # a byte-order mark (Windows Notepad) is not part of the first id
+    assert read_user_ids(path) == ["u001", "u002"]
+    table = tmp_path / "u.csv"
+    table.write_text("\ufeffuser_id\nu001\n")
+    assert read_user_ids(table) == ["u001"]
     path.write_bytes(b"u001\n\xff\xfe\n")
     with pytest.raises(ValueError, match="is not UTF-8 text"):
         read_user_ids(path)
