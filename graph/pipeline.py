@@ -255,7 +255,18 @@ def build_run(
     return BuildSummary(out, seconds, summary, loaded.report.to_dict())
 
 
+def _check_build_flags(args: argparse.Namespace) -> None:
+    """The command line's paths, named by their flags before any work (the encoders' own checks
+    name their arguments instead)."""
+    for flag, value in (("--text-model", args.text_model), ("--image-model", args.image_model)):
+        if value is not None and not Path(value).exists():
+            raise FileNotFoundError(f"{flag}: {value} does not exist; give the local folder of a checkpoint")
+    if args.cache_dir is not None and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
+        raise NotADirectoryError(f"--cache-dir: {args.cache_dir} is a file; give a folder (created when absent)")
+
+
 def cli_build(args: argparse.Namespace) -> int:
+    _check_build_flags(args)
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

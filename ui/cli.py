@@ -64,6 +64,20 @@ _nonnegative_int = _int_at_least(0)
 _positive_int = _int_at_least(1)
 
 
+MAX_SEED = 2**32 - 1
+
+
+def _seed(text: str) -> int:
+    """An argparse ``type``: a random seed, 0 to 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SEED} (got {text!r})")
+    return value
+
+
 def _k(text: str) -> int:
     """An argparse ``type``: a number of results, 1-1000 (as the API takes it)."""
     value = _positive_int(text)
@@ -81,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="write the embedded synthetic shop (tables + item images)")
     p.add_argument("--out", type=Path, required=True, help="output folder (created; must be empty or absent)")
-    p.add_argument("--users", type=_positive_int, default=5000, help="number of users (default 5000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--users", type=_int_at_least(100), default=5000,
+                   help="number of users, at least 100 so that fraud rings fit (default 5000)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument("--label-noise", type=float, default=0.0, help="share of fraud labels flipped (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier synthetic shop in --out (a folder with anything else in it is refused)")
 
@@ -94,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="tables folder")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
     p.add_argument("--target", default="purchase", help="event type to recommend (default purchase)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--no-text", action="store_true", help="skip the text encoder")
     p.add_argument("--no-image", action="store_true", help="skip the image encoder")
     p.add_argument("--text-model", default=None, help="local folder of a BERT-family checkpoint")
@@ -111,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--epochs", type=_positive_int, default=None)
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--conv", default=None, choices=["history", "sage", "gatv2", "hgt", "lightgcn"],
                    help="history (default): the user-history tower; the others are message-passing GNNs")
     batching = p.add_mutually_exclusive_group()
@@ -179,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_port, default=7860, help="1-65535, or 0 for any free port (default 7860)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--workdir", type=Path, default=Path("demo_data"))
-    p.add_argument("--users", type=_positive_int, default=5000)
+    p.add_argument("--users", type=_int_at_least(100), default=5000,
+                   help="users of the synthetic shop, at least 100 (default 5000)")
     p.add_argument("--no-serve", action="store_true", help="prepare everything, then exit")
     return parser
 

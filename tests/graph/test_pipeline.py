@@ -202,3 +202,31 @@ def test_what_is_renamed_into_place_gets_the_mode_of_an_ordinary_new_file(shop, 
         assert mode(tmp_path / "shop") == 0o777 & ~mask
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--text-model", "nowhere"], "--text-model: nowhere does not exist"),
+    (["--image-model", "nowhere"], "--image-model: nowhere does not exist"),
+    (["--cache-dir", "FILE"], "--cache-dir: FILE is a file; give a folder"),
+])
+def test_build_flags_are_named_in_their_errors(shop, tmp_path, capsys, monkeypatch, flags, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("x")
+    assert main(["build", "--data", str(shop), "--out", "run", *flags]) == 1
+    assert f"shopgraph build: error: {message}" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]  # nothing written
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["build", "--data", "d", "--out", "o", "--seed", "-1"], "argument --seed: expected an integer from 0 to 4294967295"),
+    (["train", "--run", "r", "--seed", "99999999999999999999"], "argument --seed: expected an integer from 0 to "),
+    (["generate", "--out", "o", "--seed", "x"], "argument --seed: expected an integer from 0 to "),
+    (["generate", "--out", "o", "--users", "50"], "argument --users: expected an integer >= 100 (got '50')"),
+    (["demo", "--users", "50"], "argument --users: expected an integer >= 100 (got '50')"),
+])
+def test_out_of_range_numbers_are_refused_by_the_parser(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
