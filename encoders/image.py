@@ -47,6 +47,9 @@ CONVERSION_KINDS: tuple[str, ...] = (
 # CPU time per image was lowest at 1-2 and 10-35% higher at 4-16 (a large batch's activations
 # spill the cache). GPUs take the whole batch.
 CPU_CHUNK = 1
+# efficientnet_preprocess resizes only the crop of an image whose resized longer side would be over
+# this many times the shorter (8: a 2,048x256 intermediate, 1.5 MB; panoramas and banners are below).
+CROP_FIRST_RATIO = 8
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 
@@ -183,15 +186,26 @@ def load_rgb(path: Path | None, *, max_pixels: int, draft_size: int) -> tuple[Im
 def efficientnet_preprocess(img: Image.Image, *, size: int = 224, resize: int = 256) -> torch.Tensor:
     """Resize the shorter side to ``resize``, centre-crop ``size``, scale to ``(x - 0.5) / 0.5``.
 
+    An elongated image (resized, its longer side over :data:`CROP_FIRST_RATIO` times ``resize``)
+    has only the part that becomes the crop resized (PIL's ``box``: the same mapping, so the same
+    pixels up to rounding), so memory stays bounded whatever the aspect ratio: a 1x3000 image would
+    otherwise be resized whole to 256x768,000 (590 MB), a 1x100,000 one to 20 GB. Other images are
+    resized whole, then cropped, exactly as before.
+
     Returns:
         float32 ``[3, size, size]``.
     """
     w, h = img.size
     scale = resize / min(w, h)
     new = (max(size, round(w * scale)), max(size, round(h * scale)))
-    img = img.resize(new, Image.Resampling.BICUBIC, reducing_gap=3.0)
     left, top = (new[0] - size) // 2, (new[1] - size) // 2
-    img = img.crop((left, top, left + size, top + size))
+    if max(new) <= CROP_FIRST_RATIO * resize:
+        img = img.resize(new, Image.Resampling.BICUBIC, reducing_gap=3.0)
+        img = img.crop((left, top, left + size, top + size))
+    else:
+        sx, sy = w / new[0], h / new[1]
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        img = img.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
     arr = np.asarray(img, dtype=np.float32) / 255.0  # [H, W, 3]
     return torch.from_numpy((arr - 0.5) / 0.5).permute(2, 0, 1).contiguous()
 

@@ -27,10 +27,11 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.datastructures import FormData
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from shopgraph.retrieval.catalogue import CatalogueJournal
 from shopgraph.retrieval.params import check_fields, parse_int, strict_query
@@ -59,6 +61,7 @@ from shopgraph.retrieval.service import (
     batch_problems,
     check_bool,
     check_k,
+    lone_surrogate,
     shown,
 )
 
@@ -68,6 +71,9 @@ RUN_ENV = "SHOPGRAPH_RUN"
 MAX_JSON_BYTES = 64 * 1024  # a JSON query is at most 2,000 characters of text and k
 MAX_BATCH_JSON_BYTES = 32 * 2**20  # POST /items/batch: up to 1,000 items, their images in base64
 MAX_IDS_JSON_BYTES = 2**20  # a list of up to 1,000 ids (the batch routes of /recommend, /similar, /fraud/score, /items)
+MAX_JSON_DEPTH = 32  # lists and objects inside each other (the deepest body, /items/batch, needs 3)
+MAX_FORM_FIELD_BYTES = 2**20  # a multipart text field
+MAX_MULTIPART_BYTES = MAX_IMAGE_BYTES + MAX_FORM_FIELD_BYTES  # a multipart body: its image and its fields
 LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                                       2.5, 5.0, 10.0)
 Scope = MutableMapping[str, Any]
@@ -365,18 +371,24 @@ def _validation_message(errors: list[Any]) -> str:
     return "; ".join(parts)
 
 
+def _detail(exc: Exception) -> str:
+    """``str(exc)`` with any lone surrogate escaped (``\\ud800``): a response body is UTF-8."""
+    text = str(exc)
+    return text if lone_surrogate(text) is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     async def unknown_id(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+        return JSONResponse({"detail": _detail(exc)}, status_code=404)
 
     async def bad_value(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return JSONResponse({"detail": _detail(exc)}, status_code=422)
 
     async def duplicate_id(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
+        return JSONResponse({"detail": _detail(exc)}, status_code=409)
 
     async def not_available(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503)
+        return JSONResponse({"detail": _detail(exc)}, status_code=503)
 
     async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
         errors = exc.errors() if isinstance(exc, RequestValidationError | ValidationError) else []
@@ -446,29 +458,100 @@ def include_fraud_cases(app: FastAPI, run_dir: Path | None) -> bool:
 _JSON_EXAMPLE = '{"text": "red shoes", "k": 10}'
 
 
-async def _json_body(request: Request, example: str, limit: int = MAX_JSON_BYTES,
-                     what: str = "a JSON query") -> dict[str, Any]:
-    """The body's JSON object, read up to ``limit`` bytes (413 past it); invalid JSON or another
-    JSON value is a 422 that shows ``example``."""
-    too_big = HTTPException(413, f"body: over the {limit:,}-byte limit of {what}")
+def _declared_length(request: Request) -> int:
+    """The request's ``Content-Length`` (0 when it sends none: chunked); 400 when it is not a number."""
     try:
-        if int(request.headers.get("content-length") or 0) > limit:
-            raise too_big
+        return int(request.headers.get("content-length") or 0)
     except ValueError:
         raise HTTPException(400, f"content-length: not a number (got "
                                  f"{shown(request.headers.get('content-length'))})") from None
-    chunks, size = [], 0
+
+
+async def _capped(request: Request, limit: int, too_big: HTTPException) -> AsyncGenerator[bytes, None]:
+    """The request body's chunks, ``too_big`` raised as soon as more than ``limit`` bytes came:
+    a body without a ``Content-Length`` (chunked) is never read past its limit either."""
+    size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise too_big
-        chunks.append(chunk)
+        yield chunk
+
+
+class _RepeatedKey(ValueError):
+    """A JSON object gives a key twice (``json.loads`` would keep the last silently)."""
+
+
+def _field_name(key: str) -> str:
+    """A field name for an error message: cut to 40 characters, escaped when not valid Unicode."""
+    if lone_surrogate(key) is not None:
+        return shown(key, 40)
+    return key if len(key) <= 40 else key[:40] + "…"
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook``: the object, or :class:`_RepeatedKey` naming a key
+    given twice, as a repeated form field or query parameter is refused."""
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(f"{_field_name(key)}: given more than once (expected one value)")
+            seen.add(key)
+    return out
+
+
+def _check_json(body: Any, example: str) -> None:
+    """Refuse a JSON value nested more than :data:`MAX_JSON_DEPTH` deep, and any string in it (a
+    key too) that is not valid Unicode (a lone surrogate, ``"\\ud800"``), naming where it is
+    (``items[3].title``). Walked without recursion, in the order of the body."""
+    stack: list[tuple[Any, str, int]] = [(body, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, str):
+            at = lone_surrogate(value)
+            if at is not None:
+                raise ValueError(f"{where or 'body'}: not valid Unicode (a lone surrogate at position {at:,})")
+        elif isinstance(value, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                raise ValueError(f"body: expected a JSON object like {example} (got JSON nested more than "
+                                 f"{MAX_JSON_DEPTH} levels deep)")
+            children: list[tuple[Any, str, int]] = []
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    at = lone_surrogate(key)
+                    if at is not None:
+                        raise ValueError(f"{where or 'body'}: the field name {shown(key, 40)} is not valid Unicode "
+                                         f"(a lone surrogate at position {at:,})")
+                    name = _field_name(key)
+                    children.append((item, f"{where}.{name}" if where else name, depth + 1))
+            else:
+                children = [(item, f"{where or 'body'}[{n}]", depth + 1) for n, item in enumerate(value)]
+            stack.extend(reversed(children))
+
+
+async def _json_body(request: Request, example: str, limit: int = MAX_JSON_BYTES,
+                     what: str = "a JSON query") -> dict[str, Any]:
+    """The body's JSON object, read up to ``limit`` bytes (413 past it, with or without a
+    ``Content-Length``); invalid JSON or another JSON value is a 422 that shows ``example``, and so
+    is a key given twice, JSON nested too deeply or a string that is not valid Unicode."""
+    too_big = HTTPException(413, f"body: over the {limit:,}-byte limit of {what}")
+    if _declared_length(request) > limit:
+        raise too_big
+    chunks = [chunk async for chunk in _capped(request, limit, too_big)]
     try:
-        body = json.loads(b"".join(chunks))
+        body = json.loads(b"".join(chunks), object_pairs_hook=_unique_keys)
+    except _RepeatedKey as exc:
+        raise ValueError(str(exc)) from None
+    except RecursionError:  # thousands of [ or {: the parser's own recursion
+        raise ValueError(f"body: expected a JSON object like {example} (got JSON nested more than "
+                         f"{MAX_JSON_DEPTH} levels deep)") from None
     except ValueError:
         raise ValueError(f"body: expected a JSON object like {example} (got invalid JSON)") from None
     if not isinstance(body, dict):
         raise ValueError(f"body: expected a JSON object like {example} (got {type(body).__name__})")
+    _check_json(body, example)
     return body
 
 
@@ -512,25 +595,36 @@ def _search_json(body: dict[str, Any]) -> tuple[str, int]:
     return text, check_k(body.get("k", 10))
 
 
-async def _multipart(request: Request) -> Any:
-    """The parsed multipart form of ``request`` (its image field at most ``MAX_IMAGE_BYTES``): 413
-    when the declared length is over that, 400 when the body is not readable multipart."""
-    try:
-        length = int(request.headers.get("content-length") or 0)
-    except ValueError:
-        raise HTTPException(400, f"content-length: not a number (got "
-                                 f"{shown(request.headers.get('content-length'))})") from None
-    if length > MAX_IMAGE_BYTES + (1 << 20):
+async def _multipart(request: Request) -> FormData:
+    """The parsed multipart form of ``request``, read up to :data:`MAX_MULTIPART_BYTES` (an image
+    at most ``MAX_IMAGE_BYTES`` and its fields): 413 when the declared length is over that or, for
+    a body sent without one (chunked), as soon as that much was read; 413 naming a text field over
+    :data:`MAX_FORM_FIELD_BYTES`; 400 when the body is not readable multipart. The caller closes
+    the form."""
+    length = _declared_length(request)
+    if length > MAX_MULTIPART_BYTES:
         raise HTTPException(413, f"image: upload of {length / 2**20:.2f} MB ({length:,} bytes) is over the "
                                  f"{IMAGE_LIMIT}")
+    too_big = HTTPException(413, f"body: over the {MAX_MULTIPART_BYTES:,}-byte limit of a multipart upload (an "
+                                 f"image up to the {IMAGE_LIMIT} and its form fields)")
+    # text fields are limited below, by name, rather than by the parser's anonymous 400
+    parser = MultiPartParser(request.headers, _capped(request, MAX_MULTIPART_BYTES, too_big),
+                             max_part_size=MAX_MULTIPART_BYTES)
     try:
-        form = await request.form()
-    except StarletteHTTPException as exc:  # starlette's answer to a malformed multipart body
-        detail = str(exc.detail).rstrip(".")
+        form = await parser.parse()
+    except MultiPartException as exc:
+        detail = exc.message.rstrip(".")
         raise HTTPException(400, f"body: not a readable multipart/form-data body "
                                  f"({detail[:1].lower() + detail[1:]})") from None
     except (ValueError, KeyError, AssertionError) as exc:
         raise HTTPException(400, f"body: not a readable multipart/form-data body ({type(exc).__name__})") from None
+    for key, value in form.multi_items():
+        if isinstance(value, str) and len(value) > MAX_FORM_FIELD_BYTES // 4 and (
+                size := len(value.encode("utf-8"))) > MAX_FORM_FIELD_BYTES:
+            await form.close()
+            raise HTTPException(413, f"{_field_name(key)}: a text field of {size / 2**20:.2f} MB ({size:,} bytes) "
+                                     f"is over the {MAX_FORM_FIELD_BYTES // 2**20} MB limit "
+                                     f"({MAX_FORM_FIELD_BYTES:,} bytes)")
     return form
 
 
@@ -539,6 +633,13 @@ async def _search_form(request: Request) -> tuple[str | None, bytes, int]:
     and ``k``, nothing else; 413 when the image is over the limit, 400 when the body is not
     readable multipart."""
     form = await _multipart(request)
+    try:
+        return await _search_fields(form)
+    finally:
+        await form.close()
+
+
+async def _search_fields(form: FormData) -> tuple[str | None, bytes, int]:
     check_fields([key for key, _ in form.multi_items()], ("image", "text", "k"), "form field")
     upload = form.get("image")
     if upload is None or isinstance(upload, str):
@@ -709,9 +810,22 @@ def _remove_ids(body: dict[str, Any]) -> list[str]:
     return _id_list(body, "item_ids", _REMOVE_EXAMPLE)
 
 
+_PRICE = re.compile(r"[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")  # a JSON number >= 0 (leading zeros allowed)
+
+
 async def _item_form(request: Request) -> tuple[dict[str, Any], bytes | None]:
     """The fields and the image of a multipart ``POST /items`` (413 past the image limit)."""
     form = await _multipart(request)
+    try:
+        return await _item_fields_of_form(form)
+    finally:
+        await form.close()
+
+
+async def _item_fields_of_form(form: FormData) -> tuple[dict[str, Any], bytes | None]:
+    """The fields and the image of a parsed ``POST /items`` form: ``price`` a plain number, as in
+    JSON (no spaces, underscores, sign, ``inf`` or ``nan``; empty: unknown), and an empty file
+    field (a browser's file input left empty) no image."""
     items = form.multi_items()
     check_fields([key for key, _ in items], _ITEM_FIELDS + ("image",), "form field")
     fields: dict[str, Any] = {}
@@ -722,22 +836,23 @@ async def _item_form(request: Request) -> tuple[dict[str, Any], bytes | None]:
             raise ValueError(f"{key}: expected a text field, not a file")
         fields[key] = value
     if "price" in fields:
-        raw = fields["price"].strip()
+        raw = fields["price"]
         if raw == "":
             fields["price"] = None
+        elif _PRICE.fullmatch(raw):
+            fields["price"] = float(raw)  # past a float's range: inf, which the service refuses by name
         else:
-            try:
-                fields["price"] = float(raw)
-            except ValueError:
-                raise ValueError(f"price: expected a number >= 0 (got {shown(raw)})") from None
+            raise ValueError(f"price: expected a number >= 0 (got {shown(raw)})")
     image: bytes | None = None
     upload = form.get("image")
-    if upload is not None:
+    if upload is not None and upload != "":  # "": an empty file input, sent without a filename
         if isinstance(upload, str):
             raise ValueError("image: expected a file, not a text field")
         image = await upload.read(MAX_IMAGE_BYTES + 1)
         if len(image) > MAX_IMAGE_BYTES:
             raise HTTPException(413, f"image: upload over the {IMAGE_LIMIT}")
+        if not image and not upload.filename:  # a browser's empty file input: filename="" and no bytes
+            image = None
     return _item_fields(fields, "form field"), image
 
 

@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 K_MAX = 1000
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
+MAX_IMAGE_ASPECT = 20  # the longer side at most 20 times the shorter (the encoder centre-crops a square anyway)
 MAX_TEXT_CHARS = 2_000
 MAX_BATCH = 1_000
 RESCORE_MARGIN = 8  # candidates fetched beyond k and rescored exactly (near ties at the k-th place)
@@ -192,7 +193,10 @@ class _RWLock:
 def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
     """``repr(value)`` for an error message, cut to about ``limit`` characters (a long input is
     named by its start and its length, not echoed whole)."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an int past Python's 4,300-digit limit; lists nested too deep
+        text = f"<{type(value).__name__} too large to show>"
     if len(text) <= limit:
         return text
     size = f" ({len(value):,} characters)" if isinstance(value, str) else (
@@ -215,9 +219,30 @@ def check_bool(value: Any, name: str) -> bool:
     return bool(value)
 
 
+def lone_surrogate(text: str) -> int | None:
+    """The position of the first lone UTF-16 surrogate in ``text`` (JSON's ``"\\ud800"`` decodes to
+    one; no encoder, tokenizer or file can take it), or ``None`` when ``text`` is valid Unicode."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # UTF-8 refuses surrogates only
+        return int(exc.start)
+    return None
+
+
+def check_unicode(text: str, name: str) -> str:
+    """``text`` when it is valid Unicode, else ``ValueError`` naming ``name`` and where."""
+    at = lone_surrogate(text)
+    if at is not None:
+        raise ValueError(f"{name}: not valid Unicode (a lone surrogate at position {at:,})")
+    return text
+
+
 def check_text(text: Any, name: str = "text") -> str:
     if not isinstance(text, str):
         raise ValueError(f"{name}: expected a string (got {type(text).__name__})")
+    check_unicode(text, name)
     stripped = text.strip()
     if not stripped:
         raise ValueError(f"{name}: expected a non-empty query (got {shown(text)})")
@@ -253,7 +278,8 @@ def read_image(image: Any, name: str = "image") -> Any:
     """Validate an image given as ``PIL.Image``, ``bytes`` or a path; return a decoded RGB image.
 
     Raises:
-        ValueError: unreadable, larger than 10 MB, or more than 40 megapixels.
+        ValueError: unreadable, larger than 10 MB, more than 40 megapixels, or longer than 20 times
+            its width (or wider than 20 times its height).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -290,6 +316,10 @@ def read_image(image: Any, name: str = "image") -> Any:
         raise ValueError(f"{name}: {width}x{height} is over the {MAX_IMAGE_PIXELS // 1_000_000} megapixel limit")
     if width == 0 or height == 0:
         raise ValueError(f"{name}: the image is empty (got {width}x{height})")
+    if max(width, height) > MAX_IMAGE_ASPECT * min(width, height):
+        # checked from the header, before any pixel is decoded or resized
+        raise ValueError(f"{name}: {width}x{height} is over the {MAX_IMAGE_ASPECT}:1 aspect ratio limit (the longer "
+                         f"side at most {MAX_IMAGE_ASPECT} times the shorter)")
     try:
         img.load()
         return img.convert("RGB")
@@ -1423,7 +1453,8 @@ class ShopService:
         Args:
             item_id: a new external id (leading and trailing spaces are stripped, with a warning, as
                 loading the shop strips them).
-            title, category, description: item text.
+            title, category, description: item text (the title must have some: one of only spaces
+                is refused).
             price: item price (kept for display).
             image: ``PIL.Image``, bytes or a path, optional.
 
@@ -1502,6 +1533,7 @@ class ShopService:
         read once to check it (and again when it is encoded)."""
         if not isinstance(item_id, str) or not item_id.strip():
             raise ValueError(f"{where}item_id: expected a non-empty string (got {shown(item_id)})")
+        check_unicode(item_id, f"{where}item_id")
         if item_id != item_id.strip():  # as loading the shop does (graph/load.py): ids are stored stripped
             warnings.warn(f"{where}item_id: stripped leading/trailing spaces ({shown(item_id)} -> "
                           f"{shown(item_id.strip())})", stacklevel=4 if where else 3)
@@ -1509,8 +1541,10 @@ class ShopService:
         for name, value in (("title", title), ("category", category), ("description", description)):
             if not isinstance(value, str):
                 raise ValueError(f"{where}{name}: expected a string (got {type(value).__name__})")
-        if price is not None and (isinstance(price, bool) or not isinstance(price, int | float | np.number)
-                                  or not math.isfinite(price) or price < 0):
+            check_unicode(value, f"{where}{name}")
+        if not title.strip():  # an item with no text: nothing to search it by, nothing to show
+            raise ValueError(f"{where}title: expected some text (got {shown(title)})")
+        if price is not None and not _is_price(price):
             raise ValueError(f"{where}price: expected a finite number >= 0 (got {type(price).__name__} {shown(price)})")
         if image is not None:
             read_image(image, f"{where}image")  # checked now; decoded again when encoded (memory: see _encode_images)
@@ -1816,6 +1850,16 @@ class _RowLayout(NamedTuple):
 
 
 _NEW_ITEM_FIELDS = ("item_id", "title", "category", "description", "price", "image")
+
+
+def _is_price(price: Any) -> bool:
+    """A finite number >= 0 (not a bool; an int too large for a float is not finite)."""
+    if isinstance(price, bool) or not isinstance(price, int | float | np.number):
+        return False
+    try:
+        return bool(math.isfinite(price) and price >= 0)
+    except (OverflowError, TypeError):  # 10**400; a complex number
+        return False
 
 
 class _NewItem(NamedTuple):

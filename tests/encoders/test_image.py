@@ -234,6 +234,52 @@ def test_efficientnet_preprocess_shape_and_scale() -> None:
     assert tiny.shape == (3, 224, 224)
 
 
+def _preprocess_whole(img: Image.Image, size: int = 224, resize: int = 256) -> torch.Tensor:
+    """The preprocessing as it always was: the whole image resized, then centre-cropped."""
+    w, h = img.size
+    scale = resize / min(w, h)
+    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    left, top = (new[0] - size) // 2, (new[1] - size) // 2
+    img = img.resize(new, Image.Resampling.BICUBIC, reducing_gap=3.0).crop((left, top, left + size, top + size))
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return torch.from_numpy((arr - 0.5) / 0.5).permute(2, 0, 1).contiguous()
+
+
+def _noise(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("size", [(640, 300), (300, 640), (10, 7), (2000, 1500), (1000, 150), (2048, 256),
+                                  (256, 2048), (64, 512)])
+def test_efficientnet_preprocess_of_ordinary_images_is_unchanged(size: tuple[int, int]) -> None:
+    img = _noise(*size)
+    assert torch.equal(efficientnet_preprocess(img), _preprocess_whole(img))
+
+
+def test_efficientnet_preprocess_resizes_only_the_crop_of_a_long_thin_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1x3000 image was resized whole to 256x768,000 (590 MB), a 1x100,000 one to 20 GB."""
+    resize = Image.Image.resize
+
+    def bounded(self: Image.Image, size: tuple[int, int], *args: object, **kwargs: object) -> Image.Image:
+        assert size[0] * size[1] <= 2048 * 256, f"{self.size[0]}x{self.size[1]} resized to {size[0]}x{size[1]}"
+        return resize(self, size, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image.Image, "resize", bounded)
+    for width, height in ((1, 3000), (3000, 1), (1, 100_000), (40, 5000), (2049, 256)):
+        x = efficientnet_preprocess(Image.new("RGB", (width, height), (255, 0, 0)))
+        assert x.shape == (3, 224, 224)
+        np.testing.assert_allclose(x[0].numpy(), 1.0, atol=1e-6)
+        np.testing.assert_allclose(x[1].numpy(), -1.0, atol=1e-6)
+    monkeypatch.setattr(Image.Image, "resize", resize)
+    # the crop is the one resizing the whole image gives, up to rounding (a level or two of 255 in
+    # a few pixels of random noise)
+    for width, height in ((30, 900), (900, 30), (2500, 150), (2049, 256)):
+        img = _noise(width, height, seed=width)
+        diff = (efficientnet_preprocess(img) - _preprocess_whole(img)).abs()
+        assert float(diff.max()) <= 2 * (2 / 255) + 1e-6 and float(diff.mean()) < 1e-4
+
+
 def test_workers_and_batches_agree(tiny_vit: Path, tmp_path: Path) -> None:
     paths: list[Path | None] = []
     for k in range(5):

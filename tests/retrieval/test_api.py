@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -110,6 +111,44 @@ _K = "k: expected an integer between 1 and 1000"
 _PNG = solid_png((1, 2, 3))
 
 
+def _png(width: int, height: int) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+_THIN = _png(1, 3000)  # 99 bytes; resized whole to 256x768,000 it took ~580 MB
+_THIN_SAID = "1x3000 is over the 20:1 aspect ratio limit (the longer side at most 20 times the shorter)"
+_NESTED = "nested more than 32 levels deep"
+
+
+def _deep(depth: int, key: str = "k", **fields: str) -> bytes:
+    """A JSON object whose ``key`` is ``depth`` lists inside each other."""
+    head = "".join(f'"{name}": "{value}", ' for name, value in fields.items())
+    return ("{" + head + f'"{key}": ' + "[" * depth + "]" * depth + "}").encode()
+
+
+def _raw_json(body: bytes | str) -> dict:
+    """Request arguments sending ``body`` as it is (repeated keys, \\ud800 escapes reach the server)."""
+    return {"content": body.encode() if isinstance(body, str) else body,
+            "headers": {"content-type": "application/json"}}
+
+
+def _form(*parts: tuple[str, str | None, bytes], boundary: str = "b0undary") -> dict:
+    """A multipart body as a browser sends it: each part ``(name, filename or None, data)``."""
+    body = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + ("" if filename is None else f'; filename="{filename}"')
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n".encode()
+        if filename is not None:
+            body += b"Content-Type: application/octet-stream\r\n"
+        body += b"\r\n" + data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return {"content": body, "headers": {"content-type": f"multipart/form-data; boundary={boundary}"}}
+
+
 def _raw_query(query: str) -> str:
     return "/recommend?" + query  # passed as it is, so repeated and odd parameters reach the server
 
@@ -181,6 +220,43 @@ def _raw_query(query: str) -> str:
      _K + " (got '5.0')"),
     ("post", "/search", {"files": [("image", ("x.png", _PNG, "image/png")), ("image", ("y.png", _PNG, "image/png"))]},
      422, "image: given more than once"),
+    # an absurd aspect ratio is refused from the header, before the image is decoded or resized
+    ("post", "/search", {"files": {"image": ("thin.png", _THIN, "image/png")}}, 422, "image: " + _THIN_SAID),
+    ("post", "/search", {"files": {"image": ("wide.png", _png(4000, 3), "image/png")}}, 422,
+     "image: 4000x3 is over the 20:1 aspect ratio limit"),
+    # JSON nested deeper than any body needs: a 422, never the parser's RecursionError (a 500)
+    ("post", "/search", _raw_json(_deep(5000, text="a")), 422, 'body: expected a JSON object like {"text": '
+                                                                '"red shoes", "k": 10} (got JSON ' + _NESTED + ")"),
+    ("post", "/search", _raw_json(_deep(40, text="a")), 422, _NESTED),
+    # a key given twice is refused, not last-wins
+    ("post", "/search", _raw_json('{"text": "shoes", "text": "boots", "k": 2, "k": 3}'), 422,
+     "text: given more than once (expected one value)"),
+    ("post", "/search", _raw_json('{"text": "shoes", "k": 2, "k": 2}'), 422, "k: given more than once"),
+    # a lone surrogate (JSON's \\ud800) is named, not the tokenizer's or the codec's message
+    ("post", "/search", _raw_json('{"text": "\\ud800"}'), 422,
+     "text: not valid Unicode (a lone surrogate at position 0)"),
+    ("post", "/search", _raw_json('{"text": "red \\udfff shoes"}'), 422, "text: not valid Unicode (a lone surrogate "
+                                                                       "at position 4)"),
+    ("post", "/search", _raw_json('{"text": "shoes", "\\ud800": 1}'), 422,
+     "body: the field name '\\ud800' is not valid Unicode (a lone surrogate at position 0)"),
+    ("post", "/search", _raw_json('{"text": "shoes", "\\ud800": 1, "\\ud800": 2}'), 422,
+     "'\\ud800': given more than once"),
+    ("post", "/recommend/cold", _raw_json('{"text": "gifts\\udc00"}'), 422,
+     "text: not valid Unicode (a lone surrogate at position 5)"),
+    ("post", "/recommend/cold", _raw_json('{"item_ids": ["i001", "\\ud800"]}'), 422,
+     "item_ids[1]: not valid Unicode (a lone surrogate at position 0)"),
+    ("post", "/recommend/cold", _raw_json(_deep(5000, "item_ids")), 422, _NESTED),
+    ("post", "/recommend/cold", _raw_json('{"text": "a", "text": "b"}'), 422, "text: given more than once"),
+    ("post", "/recommend/batch", _raw_json('{"user_ids": ["u001", "u\\udbff"]}'), 422,
+     "user_ids[1]: not valid Unicode (a lone surrogate at position 1)"),
+    ("post", "/recommend/batch", _raw_json('{"user_ids": ["u001"], "category": "\\ud800"}'), 422,
+     "category: not valid Unicode"),
+    ("post", "/recommend/batch", _raw_json(_deep(5000, "user_ids")), 422, _NESTED),
+    ("post", "/recommend/batch", _raw_json('{"user_ids": ["u001"], "user_ids": ["u002"]}'), 422,
+     "user_ids: given more than once"),
+    ("post", "/similar/batch", _raw_json(_deep(5000, "item_ids")), 422, _NESTED),
+    ("post", "/fraud/score/batch", _raw_json(_deep(5000, "user_ids")), 422, _NESTED),
+    ("post", "/fraud/score/batch", _raw_json('{"user_ids": ["\\ud800"]}'), 422, "user_ids[0]: not valid Unicode"),
 ])
 def test_bad_inputs_are_4xx_naming_the_problem(client, method, url, kwargs, status, message):
     r = getattr(client, method)(url, **kwargs)
@@ -189,12 +265,70 @@ def test_bad_inputs_are_4xx_naming_the_problem(client, method, url, kwargs, stat
     assert len(r.json()["detail"]) < 300
 
 
+def test_a_surrogate_pair_is_valid_unicode_and_json_nesting_within_the_limit_passes(client):
+    r = client.post("/search", **_raw_json('{"text": "\\ud83d\\ude00 shoes", "k": 2}'))  # an emoji, escaped
+    assert r.status_code == 200 and r.json()["text"] == "\U0001f600 shoes"
+    r = client.post("/search", **_raw_json(_deep(31, text="a")))  # the body and 31 lists: 32 levels
+    assert r.status_code == 422 and r.json()["detail"].startswith("k: expected an integer between 1 and 1000 (got [[[")
+
+
 def test_media_types_are_case_insensitive_and_k_is_strict_but_plain_digits_pass(client):
     r = client.post("/search", content=b'{"text": "running shoes", "k": 3}',
                     headers={"content-type": "Application/JSON; charset=UTF-8"})
     assert r.status_code == 200 and len(r.json()["items"]) == 3
     r = client.get("/recommend?user_id=u001&k=007&exclude_seen=FALSE")
     assert r.status_code == 200 and r.json()["k"] == 7
+
+
+def _chunked_post(app, path: str, content_type: str, chunks):
+    """POST ``chunks`` to the ASGI ``app`` one message each, with no Content-Length (as a chunked
+    upload comes): ``(status, detail, how many chunks the app read)``."""
+    import asyncio
+
+    pending, read, sent = iter(chunks), 0, []
+
+    async def receive():
+        nonlocal read
+        chunk = next(pending, None)
+        if chunk is None:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        read += 1
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"testserver"), (b"content-type", content_type.encode()),
+                         (b"transfer-encoding", b"chunked")],
+             "client": ("127.0.0.1", 50000), "server": ("testserver", 80)}
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body)["detail"], read
+
+
+@pytest.mark.parametrize("path", ["/search", "/items"])
+def test_a_chunked_upload_is_read_only_up_to_its_limit(client, path):
+    """Without a Content-Length the multipart body was read whole (to a temp file) before the 413."""
+    app = create_app(client.service, demo=False, fraud_cases=False)
+    head = (b'--b0undary\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n\x89PNG")
+    mb = bytes(2**20)
+    status, detail, read = _chunked_post(app, path, "multipart/form-data; boundary=b0undary",
+                                         itertools.chain([head], itertools.repeat(mb, 200)))  # 200 MB
+    assert status == 413
+    assert detail == ("body: over the 11,534,336-byte limit of a multipart upload (an image up to the 10 MB limit "
+                      "(10,485,760 bytes) and its form fields)")
+    assert read <= 12  # 11 MB and the part's head, not 200 MB
+    # and JSON bodies, as before
+    status, detail, read = _chunked_post(app, "/search", "application/json",
+                                         itertools.chain([b'{"text": "'], itertools.repeat(b"x" * 1024, 1000)))
+    assert status == 413 and detail == "body: over the 65,536-byte limit of a JSON query" and read <= 66
+    # a small chunked body is read whole and answered
+    status, detail, read = _chunked_post(app, "/search", "application/json", [b'{"text": ', b'""}'])
+    assert status == 422 and detail == "text: expected a non-empty query (got '')" and read == 2
 
 
 def test_huge_image_is_refused_by_pixels(client):
@@ -583,6 +717,65 @@ def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):
     ("post", "/items/remove", {"content": b"x" * (2**20 + 1), "headers": {"content-type": "application/json"}},
      413, "body: over the 1,048,576-byte limit of a list of ids"),
     ("post", "/items/remove", {"data": {"item_ids": "i001"}}, 415, "content-type: expected application/json"),
+    # an image of absurd aspect ratio: refused before it is decoded or resized, by any route
+    ("post", "/items", {"data": {"item_id": "n1", "title": "t"}, "files": {"image": ("thin.png", _THIN, "image/png")}},
+     422, "image: " + _THIN_SAID),
+    ("post", "/items/batch", {"json": {"items": [{"item_id": "n1", "title": "t"}, {
+        "item_id": "n2", "title": "t", "image_base64": __import__("base64").b64encode(_THIN).decode()}]}}, 422,
+     "1 of 2 items are not valid, nothing was added: items[1]: image: " + _THIN_SAID),
+    # JSON nested too deeply, keys given twice, lone surrogates
+    ("post", "/items", _raw_json(_deep(5000, "price", item_id="n1", title="t")), 422, _NESTED),
+    ("post", "/items/batch", _raw_json(_deep(5000, "items")), 422, _NESTED),
+    ("post", "/items/batch", _raw_json('{"items": [{"item_id": "n1", "title": "t", "price": ' + "[" * 40 + "]" * 40
+                                       + "}]}"), 422, _NESTED),
+    ("post", "/items/remove", _raw_json(_deep(5000, "item_ids")), 422, _NESTED),
+    ("post", "/items", _raw_json('{"item_id": "n1", "title": "t", "title": "u"}'), 422,
+     "title: given more than once (expected one value)"),
+    ("post", "/items/batch", _raw_json('{"items": [{"item_id": "n1", "item_id": "n2", "title": "t"}]}'), 422,
+     "item_id: given more than once"),
+    ("post", "/items/remove", _raw_json('{"item_ids": ["i001"], "item_ids": ["i002"]}'), 422,
+     "item_ids: given more than once (expected one value)"),
+    ("post", "/items", _raw_json('{"item_id": "n1", "title": "\\ud800"}'), 422,
+     "title: not valid Unicode (a lone surrogate at position 0)"),
+    ("post", "/items", _raw_json('{"item_id": "n\\ud800", "title": "t"}'), 422,
+     "item_id: not valid Unicode (a lone surrogate at position 1)"),
+    ("post", "/items", _raw_json('{"item_id": "n1", "title": "t", "category": "\\udfff"}'), 422,
+     "category: not valid Unicode"),
+    ("post", "/items", _raw_json('{"item_id": "n1", "title": "t", "description": "ok \\ud800"}'), 422,
+     "description: not valid Unicode (a lone surrogate at position 3)"),
+    ("post", "/items/batch", _raw_json('{"items": [{"item_id": "n1", "title": "t"}, {"item_id": "n2", "title": "t", '
+                                       '"description": "\\ud800"}]}'), 422,
+     "items[1].description: not valid Unicode (a lone surrogate at position 0)"),
+    ("post", "/items/remove", _raw_json('{"item_ids": ["i001", "\\ud800"]}'), 422,
+     "item_ids[1]: not valid Unicode (a lone surrogate at position 0)"),
+    # a price past a float's range: refused by name, not an OverflowError (a 500)
+    ("post", "/items", _raw_json('{"item_id": "n_big", "title": "t", "price": 1' + "0" * 400 + "}"), 422,
+     "price: expected a finite number >= 0 (got int 1000000000"),
+    ("post", "/items/batch", _raw_json('{"items": [{"item_id": "n_big", "title": "t", "price": 1' + "0" * 400
+                                       + "}]}"), 422, "items[0]: price: expected a finite number >= 0 (got int 1000"),
+    ("post", "/items", _raw_json('{"item_id": "n1", "title": "t", "price": 1e400}'), 422,
+     "price: expected a finite number >= 0 (got float inf)"),
+    # a title is required: an empty one or only spaces is no title
+    ("post", "/items", {"json": {"item_id": "n1", "title": ""}}, 422, "title: expected some text (got '')"),
+    ("post", "/items", {"json": {"item_id": "n1", "title": "   ", "description": "d"}}, 422,
+     "title: expected some text (got '   ')"),
+    ("post", "/items", {"data": {"item_id": "n1", "title": " "}, "files": {"image": ("a.png", _PNG, "image/png")}},
+     422, "title: expected some text (got ' ')"),
+    ("post", "/items/batch", {"json": {"items": [{"item_id": "n1", "title": "t"}, {"item_id": "n2", "title": "\t"}]}},
+     422, "1 of 2 items are not valid, nothing was added: items[1]: title: expected some text (got '\\t')"),
+    # a form's price is a plain number, as in JSON
+    *[("post", "/items", _form(("item_id", None, b"n1"), ("title", None, b"t"), ("price", None, raw)), 422,
+       f"price: expected a number >= 0 (got {raw.decode()!r})")
+      for raw in (b"1_000", b" 5 ", b"5 ", b" ", b"+5", b"-1", b"inf", b"nan", b"0x10", b"5.", b".5", b"1e")],
+    ("post", "/items", _form(("item_id", None, b"n1"), ("title", None, b"t"), ("price", None, b"1e400")), 422,
+     "price: expected a finite number >= 0 (got float inf)"),
+    # a text field over 1 MB is a 413 naming it (the parser's own limit was an anonymous 400)
+    ("post", "/items", _form(("item_id", None, b"n1"), ("title", None, b"t"), ("description", None, b"d" * (2**20 + 1))),
+     413, "description: a text field of 1.00 MB (1,048,577 bytes) is over the 1 MB limit (1,048,576 bytes)"),
+    ("post", "/items", _form(("item_id", None, b"n1"), ("title", None, b"t"), ("description", None, b"d" * 2001)),
+     422, "description: 2,001 characters, over the 2,000-character limit"),
+    ("post", "/search", _form(("image", "x.png", _PNG), ("text", None, b"x" * 2**20 * 2)), 413,
+     "text: a text field of 2.00 MB (2,097,152 bytes) is over the 1 MB limit"),
 ])
 def test_bad_catalogue_changes_are_4xx_and_change_nothing(writable, method, url, kwargs, status, message):
     before = (writable.service.item_ids.copy(), (writable.run / "catalogue.jsonl").exists()
@@ -592,6 +785,25 @@ def test_bad_catalogue_changes_are_4xx_and_change_nothing(writable, method, url,
     assert message in r.json()["detail"]
     assert (writable.service.item_ids, (writable.run / "catalogue.jsonl").exists()
             and (writable.run / "catalogue.jsonl").read_bytes()) == before
+
+
+def test_a_form_price_is_a_plain_number_and_an_empty_file_input_is_no_image(writable):
+    for raw, price in ((b"5", 5.0), (b"007.50", 7.5), (b"1e2", 100.0), (b"0", 0.0), (b"", None)):
+        item_id = f"form_price_{price}"
+        r = writable.post("/items", **_form(("item_id", None, item_id.encode()), ("title", None, b"a price"),
+                                           ("price", None, raw)))
+        assert r.status_code == 201, r.text
+        assert r.json()["price"] == price
+    # a browser's file input left empty: filename="" and no bytes; or no filename at all
+    for n, part in enumerate([("image", "", b""), ("image", None, b"")]):
+        r = writable.post("/items", **_form(("item_id", None, f"no_pic{n}".encode()), ("title", None, b"t"), part))
+        assert r.status_code == 201, r.text
+        assert r.json()["image"] is None
+    # a named file with no bytes is still an empty upload
+    r = writable.post("/items", **_form(("item_id", None, b"no_pic9"), ("title", None, b"t"), ("image", "a.png", b"")))
+    assert r.status_code == 422 and r.json()["detail"] == "image: the upload is empty (got 0 bytes)"
+    r = writable.post("/items", **_form(("item_id", None, b"no_pic9"), ("title", None, b"t"), ("image", None, b"x")))
+    assert r.status_code == 422 and r.json()["detail"] == "image: expected a file, not a text field"
 
 
 def test_a_journal_that_cannot_be_written_is_a_503_and_changes_nothing(writable, monkeypatch):

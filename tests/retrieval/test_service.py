@@ -414,10 +414,52 @@ def test_new_item_features_follow_the_training_layout(service, run_path):
     (lambda s: s.recommend("x" * 5000), r"user_id: unknown user 'x{59}… \(5,000 characters\)$"),
     (lambda s: s.search(image=b"junk"), r"^image: not a readable image \(4 bytes; not a format the image library "
                                         r"knows; starts with b'junk'\)$"),
+    # an absurd aspect ratio is refused from the header (a 1x3000 image once took ~580 MB to encode)
+    (lambda s: s.search(image=Image.new("L", (1, 3000))), r"^image: 1x3000 is over the 20:1 aspect ratio limit "
+                                                          r"\(the longer side at most 20 times the shorter\)$"),
+    (lambda s: s.search(image=_png_of(Image.new("RGB", (2100, 100)))), "^image: 2100x100 is over the 20:1 aspect"),
+    # a lone surrogate is named, not the tokenizer's message
+    (lambda s: s.search(text="\ud800"), r"^text: not valid Unicode \(a lone surrogate at position 0\)$"),
+    (lambda s: s.recommend_for_text("warm \udfff"), r"^text: not valid Unicode \(a lone surrogate at position 5\)$"),
+    (lambda s: s.search_batch(["ok", "\ud800"]), r"^texts\[1\]: not valid Unicode"),
 ])
 def test_bad_inputs_raise_value_error_naming_them(service, call, message):
     with pytest.raises(ValueError, match=message):
         call(service)
+
+
+def _png_of(img: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_an_image_within_the_aspect_ratio_limit_is_searched(service):
+    assert len(service.search(image=_png_of(Image.new("RGB", (20, 400), (210, 30, 30))), k=3).item_ids) == 3
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"title": ""}, r"title: expected some text \(got ''\)$"),
+    ({"title": " \t\n"}, r"title: expected some text \(got ' \\t\\n'\)$"),
+    ({"title": "t", "price": 10**400}, r"price: expected a finite number >= 0 \(got int 1000000000.*…\)$"),
+    ({"title": "t", "price": -(10**400)}, r"price: expected a finite number >= 0 \(got int -1000000000"),
+    ({"title": "t", "price": 10**5000}, r"price: expected a finite number >= 0 \(got int <int too large to show>\)$"),
+    ({"title": "t", "price": complex(1, 1)}, r"price: expected a finite number >= 0 \(got complex"),
+    ({"title": "t\ud800"}, r"title: not valid Unicode \(a lone surrogate at position 1\)$"),
+    ({"item_id": "n\udfff", "title": "t"}, r"item_id: not valid Unicode \(a lone surrogate at position 1\)$"),
+    ({"title": "t", "category": "\ud800"}, r"category: not valid Unicode \(a lone surrogate at position 0\)$"),
+    ({"title": "t", "description": "a\ud800"}, r"description: not valid Unicode \(a lone surrogate at position 1\)$"),
+    ({"title": "t", "image": Image.new("RGB", (3000, 1))}, r"image: 3000x1 is over the 20:1 aspect ratio limit"),
+])
+def test_add_item_refuses_what_it_cannot_serve_and_writes_nothing(own_run, fields, message):
+    svc = load_service(own_run)
+    n = len(svc.item_ids)
+    with pytest.raises(ValueError, match="^" + message):
+        svc.add_item(**{"item_id": "n1", **fields})
+    with pytest.raises(ValueError, match=r"^1 of 2 items are not valid, nothing was added: items\[1\]: " + message):
+        svc.add_items([{"item_id": "n0", "title": "fine"}, {"item_id": "n1", **fields}])
+    assert len(svc.item_ids) == n and svc.indexes["gnn_items"].count == n
+    assert not (own_run / "catalogue.jsonl").exists() and not (own_run / "added_images").exists()
 
 
 def test_tampered_run_is_refused(tmp_path, run_path):
@@ -681,7 +723,7 @@ def test_add_items_adds_a_batch_as_add_item_adds_each(own_run, tmp_path, monkeyp
              {"item_id": "new2", "title": "heavy duty umbrella"},
              {"item_id": "new3", "title": "trail running shoes", "category": "shoes", "description": "light",
               "image": jpeg.getvalue()},
-             {"item_id": "new4", "title": "", "price": 0}]
+             {"item_id": "new4", "title": "gift card", "price": 0}]  # (an empty title is refused)
     batch, single = load_service(own_run), load_service(tmp_path / "one_by_one")
     n = len(batch.item_ids)
     assert batch.add_items(items) == [n, n + 1, n + 2, n + 3]
