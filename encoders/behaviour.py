@@ -7,7 +7,8 @@ types that become columns are those seen in training, so even a new event type a
 leaves the feature set unchanged. ``tests/encoders/test_behaviour.py`` checks this.
 
 The shop's own static table columns are added (numeric ones as they are, categorical ones with at
-most ``MAX_CATEGORIES`` values one-hot). Counts and amounts are ``log1p``-scaled, then every non-flag column is standardised with the mean
+most ``MAX_CATEGORIES`` values one-hot; a column left out is logged as a warning, and
+``shopgraph.graph.load`` reports it in the validation report too). Counts and amounts are ``log1p``-scaled, then every non-flag column is standardised with the mean
 and standard deviation over the nodes of its type (std floored, so constant columns become 0);
 unknown values (no account creation time, no price) become the mean (0 after standardising) and
 a ``has_*`` flag says so.
@@ -23,14 +24,13 @@ import pandas as pd
 from torch_geometric.data import HeteroData
 
 from shopgraph.graph.build import train_events
-from shopgraph.graph.schema import HIGH_RISK_CATEGORIES, ShopTables
+from shopgraph.graph.schema import HIGH_RISK_CATEGORIES, MAX_CATEGORIES, ShopTables
 
 logger = logging.getLogger(__name__)
 
 STD_FLOOR = 1e-3
 DAY = 86_400
 NIGHT_HOURS = (0, 6)  # [start, end) in UTC
-MAX_CATEGORIES = 32  # categorical table columns with more values are not one-hot encoded
 
 
 class NodeFeatures(NamedTuple):
@@ -69,12 +69,15 @@ def _standardise(columns: dict[str, np.ndarray], n: int, flags: set[str] | None 
 
 
 def _table_extras(
-    table: pd.DataFrame, id_col: str, ids: pd.Index, prefix: str, skip: tuple[str, ...]
+    table: pd.DataFrame, id_col: str, ids: pd.Index, prefix: str, skip: tuple[str, ...],
+    table_name: str = "", *, level: int = logging.WARNING,
 ) -> tuple[dict[str, np.ndarray], set[str]]:
     """The shop's own static columns: numeric ones as they are, categorical ones one-hot.
 
-    Categorical columns with more than ``MAX_CATEGORIES`` distinct values (free text, ids) are
-    left out. Returns ``(columns, names of the one-hot flags)``, rows in ``ids`` order.
+    Categorical columns with more than ``MAX_CATEGORIES`` distinct values (free text, ids), or with
+    no value, are left out, logged at ``level`` naming ``<table_name>.<column>``.
+    (``load_tables`` has already turned columns of numbers with a few bad values into numbers.)
+    Returns ``(columns, names of the one-hot flags)``, rows in ``ids`` order.
     """
     cols: dict[str, np.ndarray] = {}
     flags: set[str] = set()
@@ -89,7 +92,10 @@ def _table_extras(
         text = series.fillna("").astype(str).str.strip()
         values = sorted(v for v in pd.unique(text) if v)
         if not values or len(values) > MAX_CATEGORIES:
-            logger.debug("column %s%s: %d distinct values, not one-hot encoded", prefix, col, len(values))
+            why = (f"{len(values):,} distinct text values, more than the {MAX_CATEGORIES} one-hot encoded"
+                   if values else "no values")
+            logger.log(level, "%s.%s: %s; the column is left out of the features",
+                       table_name or prefix.rstrip("_"), col, why)
             continue
         for v in values:
             name = f"{prefix}{col}={v}"
@@ -202,7 +208,7 @@ def user_feature_columns(
     cols["log_max_accounts_per_device"] = np.log1p(max_shared)
 
     # the shop's own user columns (country, signup channel, scores ...)
-    extras, flags = _table_extras(tables.users, "user_id", ids, "user_", ("created_at",))
+    extras, flags = _table_extras(tables.users, "user_id", ids, "user_", ("created_at",), "users")
     cols.update(extras)
     return cols, flags
 
@@ -232,7 +238,7 @@ def device_features(tables: ShopTables, data: HeteroData, events: pd.DataFrame |
         first = ordered.drop_duplicates("user_id", keep="first")
         created = _count(ids, first.loc[first["device_id"] != "", "device_id"])
     cols = {"log_n_accounts": np.log1p(users), "log_n_accounts_created": np.log1p(created), "log_n_events": np.log1p(n_events)}
-    extras, flags = _table_extras(tables.devices, "device_id", ids, "device_", ())  # os, kind ...
+    extras, flags = _table_extras(tables.devices, "device_id", ids, "device_", (), "devices")  # os, kind ...
     cols.update(extras)
     return _standardise(cols, n, flags)
 
@@ -259,9 +265,11 @@ def item_features(tables: ShopTables, data: HeteroData, events: pd.DataFrame | N
         p = np.full(n, np.nan)
     cols["log_price"] = np.log1p(np.clip(p, 0.0, None))
     cols["has_price"] = np.isfinite(p).astype(np.float64)
-    # category one-hot (the text block has it too, but text may be switched off)
+    # category one-hot (the text block has it too, but text may be switched off); a shop with more
+    # categories than MAX_CATEGORIES keeps them in the text block only: logged at INFO, no data problem
     extras, flags = _table_extras(tables.items[["item_id", "category"]] if "category" in tables.items.columns
-                                  else tables.items[["item_id"]], "item_id", ids, "item_", ())
+                                  else tables.items[["item_id"]], "item_id", ids, "item_", (), "items",
+                                  level=logging.INFO)
     cols.update(extras)
     return _standardise(cols, n, flags)
 

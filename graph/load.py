@@ -1,7 +1,8 @@
 """Reading a shop's tables folder, validating it, and repairing what can be repaired.
 
 A folder holds ``users``, ``items`` and ``events`` (required) and ``devices`` and ``labels``
-(optional), each as ``<name>.csv`` or ``<name>.parquet``. :func:`load_tables` returns the
+(optional), each as ``<name>.csv``, ``<name>.csv.gz`` or ``<name>.parquet`` (a file, or a folder
+of Parquet files as Spark writes it), the name matched ignoring case. :func:`load_tables` returns the
 normalised :class:`~shopgraph.graph.schema.ShopTables` (dtypes as in ``docs/ARCHITECTURE.md``)
 together with a :class:`ValidationReport`; :func:`validate_tables` only builds the report and
 never raises for data problems. Every check, what is fatal and how each repair is made are
@@ -21,6 +22,8 @@ from __future__ import annotations
 import argparse
 import codecs
 import csv
+import difflib
+import gzip
 import json
 import logging
 import os
@@ -29,13 +32,17 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import IO, Any, Literal, NamedTuple, cast
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 from PIL import Image
 
 from shopgraph.graph.schema import (
+    MAX_CATEGORIES,
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
     REQUIRED_TABLES,
@@ -49,11 +56,37 @@ Severity = Literal["fatal", "repaired", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("fatal", "repaired", "warning", "info")
 
 # Columns read as text from CSV (ids stay "007"; numbers and times are parsed here so that
-# every unparsable value can be counted and named). Other columns are left to pandas' inference.
+# every unparsable value can be counted and named). Only an empty cell is missing: "NA", "null",
+# "None" ... are text (an id, a title), and in a column of numbers they are reported as not numbers.
+# Other columns are left to pyarrow's inference, except in the tables whose extra columns become
+# features (users, devices): those are read as text and typed by _extra_columns, so that one odd
+# value is reported instead of failing or silently turning the column into text.
 _TEXT_COLUMNS: dict[str, tuple[str, ...]] = {
     name: REQUIRED_COLUMNS[name] + OPTIONAL_COLUMNS[name] for name in TABLE_NAMES
 }
+_FEATURE_TABLES: tuple[str, ...] = ("users", "devices")
 _ID_COLUMN: dict[str, str] = {"users": "user_id", "items": "item_id", "devices": "device_id"}
+# Id and id-like text columns: a Parquet integer column here is read as its exact digits (int64 ids
+# with a null would otherwise become float64 and lose digits beyond 2**53).
+_EXACT_TEXT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "users": ("user_id",),
+    "items": ("item_id",),
+    "devices": ("device_id",),
+    "events": ("user_id", "item_id", "device_id", "event_type"),
+    "labels": ("user_id", "ring_id"),
+}
+# The file forms a table is read from (the name matched ignoring case); a "<name>.parquet" folder
+# is read as one Parquet dataset.
+_FORMATS: tuple[str, ...] = (".csv", ".csv.gz", ".parquet")
+# Words that mean "missing" in exports (R's NA, SQL's NULL ...). They are text in ids and text
+# columns; they only stop a shop's extra column from counting as "not numbers" when deciding
+# whether it is a column of numbers (they are then reported with the other non-numbers).
+_MISSING_WORDS: frozenset[str] = frozenset(
+    {"na", "n/a", "#n/a", "nan", "null", "none", "nil", "<na>", "-", "?", "missing"}
+)
+# A shop's extra column with at most this share of non-numbers (missing words not counted) is a
+# column of numbers with a few bad values; with more it is text.
+_MOSTLY_NUMBERS: float = 0.1
 _TEXT_ITEM_COLUMNS: tuple[str, ...] = ("title", "description", "category")
 # Epoch values above this are far in the future as seconds (year 5138): likely milliseconds.
 _EPOCH_MS_HINT: float = 1e11
@@ -222,7 +255,7 @@ class _Collector:
         pos = int(np.argmax(mask))
         first_row = int(bad.index[pos]) + 1
         first_value = None if values is None else values.iloc[pos]
-        if first_value is not None and not (isinstance(first_value, float) and np.isnan(first_value)):
+        if first_value is not None and not (np.ndim(first_value) == 0 and pd.isna(first_value)):
             where = f"first: {str(first_value)!r}, row {first_row}"
         else:
             first_value = None
@@ -332,24 +365,88 @@ def _parse_nonneg(
 # reading
 
 
-def _locate(root: Path, name: str, out: _Collector) -> Path | None:
-    csv, parquet = root / f"{name}.csv", root / f"{name}.parquet"
-    has_csv, has_parquet = csv.is_file(), parquet.is_file()
-    if has_csv and has_parquet:
-        out.add("fatal", name, None, "both_formats",
-                f"{name}: both {csv.name} and {parquet.name} are present in {root}; keep only one")
+def _expected(name: str) -> str:
+    """``"items.csv, items.csv.gz or items.parquet"``: the file names a table is read from."""
+    forms = [f"{name}{ext}" for ext in _FORMATS]
+    return ", ".join(forms[:-1]) + " or " + forms[-1]
+
+
+def _table_form(name: str, entry: str) -> str | None:
+    """The extension of ``entry`` when it names table ``name`` in a form that is read, else None."""
+    low = entry.lower()
+    return next((ext for ext in _FORMATS if low == name + ext), None)
+
+
+def _near_name(name: str, entry: str) -> bool:
+    """True when ``entry`` (a file or folder name) looks meant as table ``name`` but is not named so:
+    ``label.csv``, ``Fraud_Labels.parquet``, ``labels.xlsx``, ``labels.csv.zip``, a ``labels`` folder."""
+    stem = entry.lower().split(".", 1)[0]
+    if stem == name:
+        return True
+    words = [w for w in "".join(c if c.isalnum() else " " for c in stem).split() if w]
+    return name in words or name[:-1] in words or difflib.SequenceMatcher(None, stem, name).ratio() >= 0.8
+
+
+def _locate(root: Path, name: str, entries: list[str], out: _Collector) -> Path | None:
+    """The file (or Parquet folder) table ``name`` is read from, or ``None`` (reported).
+
+    ``<name>.csv``, ``<name>.csv.gz`` or ``<name>.parquet`` (a file, or a folder of Parquet files
+    such as Spark writes), matched ignoring case. More than one is fatal. When none exists, entries
+    that look meant as the table (another extension, a CSV folder, a near name such as
+    ``label.csv``) are named in the report: fatal for a required table, a warning for an optional
+    one, which is then not loaded.
+    """
+    usable: list[str] = []
+    unread: list[str] = []  # entries named like the table but not in a form that is read
+    for entry in entries:
+        form = _table_form(name, entry)
+        is_dir = (root / entry).is_dir()
+        if form is not None and ((root / entry).is_file() or (is_dir and form == ".parquet")):
+            usable.append(entry)
+        elif form is not None and is_dir:
+            unread.append(f"{entry} is a folder, not read: a folder is read only as Parquet ({name}.parquet); "
+                          f"write one file {name}{form} or a Parquet folder")
+    if len(usable) > 1:
+        listed = (f"both {usable[0]} and {usable[1]} are" if len(usable) == 2
+                  else ", ".join(usable[:-1]) + f" and {usable[-1]} are all")
+        out.add("fatal", name, None, "both_formats", f"{name}: {listed} present in {root}; keep only one")
         return None
-    if not (has_csv or has_parquet):
-        if name in REQUIRED_TABLES:
-            out.add("fatal", name, None, "missing_table",
-                    f"{name}: missing required table (expected {csv.name} or {parquet.name} in {root})")
-        return None
-    return csv if has_csv else parquet
+    if usable:
+        return root / usable[0]
+    for entry in entries:
+        if _table_form(name, entry) is not None or not _near_name(name, entry):
+            continue
+        if any(_table_form(other, entry) is not None for other in TABLE_NAMES):
+            continue  # another table's file (users.csv is no near miss of "user")
+        low = entry.lower()
+        if low.split(".", 1)[0] == name:
+            unread.append(f"{entry} is not read: a table is read from {_expected(name)}; "
+                          f"save it as {name}.csv or {name}.parquet")
+        else:
+            ext = next((e for e in sorted(_FORMATS, key=len, reverse=True) if low.endswith(e)), None)
+            fix = f"rename it to {name}{ext}" if ext else f"save it as {name}.csv or {name}.parquet"
+            unread.append(f"{entry} is not read: the table must be named {_expected(name)}; "
+                          f"{fix} if it holds the {name} table")
+    found = "".join(f"; {text}" for text in unread)
+    if name in REQUIRED_TABLES:
+        out.add("fatal", name, None, "missing_table",
+                f"{name}: missing required table (expected {_expected(name)} in {root}){found}")
+    elif unread:
+        out.add("warning", name, None, "not_read",
+                f"{name}: {found[2:]}; the shop is loaded without {name}", action="table not loaded")
+    return None
+
+
+def _open_bytes(file: Path) -> IO[bytes]:
+    """The bytes of a table file, decompressed for ``.csv.gz``."""
+    if file.name.lower().endswith(".gz"):
+        return cast(IO[bytes], gzip.open(file, "rb"))
+    return open(file, "rb")
 
 
 def _not_utf8(file: Path) -> str | None:
     """Why a CSV file is not UTF-8 text (the first offending line, 1-based, and column), or None."""
-    with open(file, "rb") as f:
+    with _open_bytes(file) as f:
         if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
             return "it is UTF-16 text: it starts with a UTF-16 byte-order mark; save the file as UTF-8"
         f.seek(0)
@@ -379,31 +476,76 @@ def _not_utf8(file: Path) -> str | None:
 
 def _csv_header(file: Path) -> list[str]:
     """The column names of a CSV file's first record, as written (repeats kept)."""
-    with open(file, encoding="utf-8-sig", errors="replace", newline="") as f:
+    if file.name.lower().endswith(".gz"):
+        f = gzip.open(file, "rt", encoding="utf-8-sig", errors="replace", newline="")
+    else:
+        f = open(file, encoding="utf-8-sig", errors="replace", newline="")
+    with f:
         return next(csv.reader(f), [])
 
 
+def _read_csv(file: Path, name: str, header: list[str]) -> pd.DataFrame:
+    """A CSV file (``.csv.gz`` decompressed) -> frame; only an empty cell is missing.
+
+    The table's own columns (all columns of ``users`` and ``devices``) are read as text; the others
+    are left to pyarrow's type inference.
+    """
+    text = set(_TEXT_COLUMNS[name])
+    types = {raw: pa.string() for raw in header if name in _FEATURE_TABLES or raw.strip() in text}
+    convert = pa_csv.ConvertOptions(
+        column_types=types, null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True,
+    )
+    gz = file.name.lower().endswith(".gz")
+    with pa.input_stream(str(file), compression="gzip" if gz else None) as stream:
+        table = pa_csv.read_csv(stream, convert_options=convert)
+    # columns with no value at all are typed null by pyarrow: float64 NaN, as pandas reads them
+    for k, typ in enumerate(table.schema.types):
+        if pa.types.is_null(typ):
+            table = table.set_column(k, table.schema.field(k).name, table.column(k).cast(pa.float64()))
+    return table.to_pandas()
+
+
+def _read_parquet(file: Path, name: str) -> pd.DataFrame:
+    """A Parquet file, or a folder of Parquet files read as one dataset (Spark's ``part-*`` files in
+    name order; files starting with ``_`` or ``.``, such as ``_SUCCESS``, skipped) -> frame.
+
+    Integer id columns are read as their exact decimal digits (``9007199254740993`` stays so even
+    with a null in the column, where pandas would go through float64).
+    """
+    table = pq.read_table(file)
+    df = table.to_pandas()
+    for column in table.schema:
+        if (column.name.strip() in _EXACT_TEXT_COLUMNS[name] and pa.types.is_integer(column.type)
+                and list(df.columns).count(column.name) == 1):
+            df[column.name] = table.column(column.name).cast(pa.string()).to_pandas().to_numpy()
+    return df
+
+
 def _read(file: Path, name: str, out: _Collector) -> pd.DataFrame | None:
-    """Read one table file; on failure record a fatal issue and return ``None``."""
+    """Read one table file (or Parquet folder); on failure record a fatal issue and return ``None``."""
+    is_csv = _table_form(name, file.name) != ".parquet"
+    header: list[str] = []
     try:
-        if file.suffix == ".csv":
-            if file.stat().st_size == 0:
+        if is_csv:
+            with _open_bytes(file) as f:
+                empty = not f.read(1)
+            if empty:
                 out.add("fatal", name, None, "empty_file",
                         f"{name}: {file.name} is empty (no header and no rows)")
                 return None
             if (problem := _not_utf8(file)) is not None:
                 out.add("fatal", name, None, "unreadable", f"{name}: could not read {file.name} ({problem})")
                 return None
-            dtypes = {col: "str" for col in _TEXT_COLUMNS[name]}
-            df = pd.read_csv(file, dtype=dtypes, engine="pyarrow")
+            header = _csv_header(file)
+            df = _read_csv(file, name, header)
         else:
-            df = pd.read_parquet(file)
+            df = _read_parquet(file, name)
     except Exception as exc:  # any parser/IO error means the same thing to the user
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         out.add("fatal", name, None, "unreadable",
                 f"{name}: could not read {file.name} ({type(exc).__name__}: {detail[:200]})")
         return None
-    if file.suffix == ".csv":
+    if is_csv:
         # pyarrow turns non-UTF-8 cells of inferred columns into bytes instead of failing.
         for col in df.columns[[pd.api.types.is_object_dtype(t) for t in df.dtypes]]:
             if df[col].map(lambda v: isinstance(v, bytes)).any():
@@ -411,8 +553,8 @@ def _read(file: Path, name: str, out: _Collector) -> pd.DataFrame | None:
                         f"{name}: could not read {file.name} (column {str(col).strip()!r} is not valid "
                         "UTF-8 text; save the file as UTF-8)")
                 return None
-    # pandas renames a repeated CSV header ("price", "price.1"): the header is read as written.
-    names = [str(col).strip() for col in (_csv_header(file) if file.suffix == ".csv" else df.columns)]
+    # The header as written (a name may repeat, or differ only in surrounding spaces).
+    names = [str(col).strip() for col in (header if is_csv else df.columns)]
     for col in dict.fromkeys(c for k, c in enumerate(names) if c in names[:k]):
         at = [k + 1 for k, c in enumerate(names) if c == col]
         out.add("fatal", name, col, "duplicate_column",
@@ -521,6 +663,109 @@ def _check_images(items: pd.DataFrame, root: Path, total: int, out: _Collector) 
     items.loc[bad, "image"] = ""
 
 
+def _yyyymmdd(secs: pd.Series, raw: pd.Series) -> pd.Series:
+    """True where an epoch value (``secs``, parsed from ``raw``) was an 8-digit whole number that
+    reads as a date (``20230201``: 1970-08-23 as seconds).
+
+    Only when every such number in the column is a date from 1900 to 2100: seconds counted from
+    some other origin also hold numbers that are no dates (``20231399``), and are not flagged.
+    """
+    out = pd.Series(False, index=raw.index)
+    near = ((secs >= 1e7) & (secs < 1e8)).to_numpy(dtype=bool)  # 1970-04-26 .. 1973-03-03
+    if not near.any() or pd.api.types.is_datetime64_any_dtype(raw) or pd.api.types.is_bool_dtype(raw):
+        return out
+    given = raw[near]
+    if pd.api.types.is_numeric_dtype(given):
+        vals = given.astype(np.float64)
+        eight = vals == np.floor(vals)
+    else:  # text: digits only, not an ISO date of 1971 (rows are few here: only values in range)
+        text = _as_text(given).str.strip()
+        eight = text.str.fullmatch(r"\d{8}(\.0*)?").fillna(False).astype(bool)
+        vals = pd.to_numeric(text.where(eight), errors="coerce").astype(np.float64)
+    if not eight.any():
+        return out
+    dates = pd.to_datetime(vals[eight].astype(np.int64).astype(str), format="%Y%m%d", errors="coerce")
+    if not (dates.notna() & (dates.dt.year >= 1900) & (dates.dt.year <= 2100)).all():
+        return out
+    out.loc[eight[eight].index] = True
+    return out
+
+
+def _check_time_units(
+    secs: pd.Series, raw: pd.Series, table: str, column: str, total: int, out: _Collector
+) -> None:
+    """Warn about epoch values given in a likely wrong unit (``epoch_milliseconds``: after the year
+    5000 as seconds; ``yyyymmdd``: dates written as 8-digit numbers, 1970-1973 as seconds). The
+    values are kept as given: both are guesses, and a wrong guess would move times silently."""
+    out.rows("warning", table, column, "epoch_milliseconds", secs > _EPOCH_MS_HINT, raw, total,
+             "values lie after year 5000 as epoch seconds (milliseconds?)", "kept as given")
+    out.rows("warning", table, column, "yyyymmdd", _yyyymmdd(secs, raw), raw, total,
+             "values look like yyyymmdd dates, not epoch seconds",
+             "kept as epoch seconds (1970-1973); write dates as ISO-8601, e.g. 2023-02-01")
+
+
+def _extra_columns(df: pd.DataFrame, table: str, total: int, out: _Collector) -> None:
+    """Type the shop's own columns of ``users`` / ``devices`` as the features use them; report the rest.
+
+    Number and boolean columns (Parquet) are used as they are. A text column (every CSV column) of
+    numbers only, blanks allowed, becomes numbers (int64 when whole and complete, else float64), and
+    one of ``true``/``false`` only becomes bool. A column whose non-blank values are nearly all
+    numbers (at most :data:`_MOSTLY_NUMBERS` others, missing words such as ``NA`` not counted)
+    becomes float64 too, the other values NaN (``not_numeric``, repaired). Other text is one-hot
+    encoded by the features when it has at most ``MAX_CATEGORIES`` distinct values; with more, or
+    with no value at all, the column stays in the table but adds nothing to the features (warning).
+    """
+    known = set(REQUIRED_COLUMNS[table] + OPTIONAL_COLUMNS[table])
+    for col in [c for c in df.columns if c not in known]:
+        raw = df[col]
+        typed = pd.api.types.is_bool_dtype(raw) or pd.api.types.is_numeric_dtype(raw)
+        text = None if typed else _as_text(raw).str.strip()
+        present = raw.notna() if text is None else ~_blank(text)
+        if not present.any():
+            out.add("warning", table, col, "empty_column",
+                    f"{table}.{col}: the column has no values; it adds nothing to the features",
+                    total=total, action="column ignored")
+            continue
+        if text is None:
+            continue  # numbers or booleans: used as they are
+        low = text.str.lower()
+        if present.all() and low.isin(["true", "false"]).all():
+            df[col] = (low == "true").to_numpy(dtype=bool)
+            continue
+        nums = pd.to_numeric(text.where(present), errors="coerce").astype(np.float64)
+        number = present & np.isfinite(nums)
+        not_number = present & ~number
+        if not not_number.any():
+            whole = bool(number.all() and (nums == np.floor(nums)).all() and (nums.abs() < 2.0**53).all())
+            df[col] = nums.astype(np.int64) if whole else nums
+            continue
+        n_other = int((not_number & ~low.isin(_MISSING_WORDS)).sum())
+        n_number = int(number.sum())
+        if n_number and n_other <= _MOSTLY_NUMBERS * (n_number + n_other):
+            out.rows("repaired", table, col, "not_numeric", not_number, raw, total,
+                     "values are not numbers", "set those {n} to NaN")
+            df[col] = nums.where(number)
+            continue
+        distinct = int(text[present].nunique())
+        if distinct <= MAX_CATEGORIES:
+            continue  # a category column: one-hot encoded
+        why = f"more than the {MAX_CATEGORIES} one-hot encoded"
+        action = "the column is kept in the table but left out of the features"
+        if n_number:
+            mask = not_number.to_numpy(dtype=bool)
+            pos = int(np.argmax(mask))
+            row, value = int(df.index[pos]) + 1, str(raw.iloc[pos])
+            out.add("warning", table, col, "not_used",
+                    f"{table}.{col}: {int(mask.sum()):,} of {total:,} values are not numbers (first: {value!r}, "
+                    f"row {row}), too many for a column of numbers, and it has {distinct:,} distinct values, "
+                    f"{why}; {action}",
+                    count=int(mask.sum()), total=total, first_row=row, first_value=value, action=action)
+        else:
+            out.add("warning", table, col, "not_used",
+                    f"{table}.{col}: the column has {distinct:,} distinct text values, {why}; {action}",
+                    count=int(present.sum()), total=total, action=action)
+
+
 def _users(df: pd.DataFrame, total: int, out: _Collector) -> pd.DataFrame:
     df = _clean_ids(df, "users", "user_id", total, out, "users")
     _check_unique(df, "users", "user_id", total, out)
@@ -530,9 +775,11 @@ def _users(df: pd.DataFrame, total: int, out: _Collector) -> pd.DataFrame:
                  "values could not be parsed as ISO-8601 or epoch seconds", "set those {n} to NaN")
         out.rows("repaired", "users", "created_at", "out_of_range", far, df["created_at"], total,
                  TIME_RANGE_TEXT, "set those {n} to NaN")
+        _check_time_units(secs, df["created_at"], "users", "created_at", total, out)
         df["created_at"] = secs.astype(np.float64)
     else:
         df["created_at"] = np.nan
+    _extra_columns(df, "users", total, out)
     return df
 
 
@@ -558,14 +805,19 @@ def _items(df: pd.DataFrame, root: Path, total: int, out: _Collector) -> pd.Data
 def _devices(df: pd.DataFrame, total: int, out: _Collector) -> pd.DataFrame:
     df = _clean_ids(df, "devices", "device_id", total, out, "devices")
     _check_unique(df, "devices", "device_id", total, out)
+    _extra_columns(df, "devices", total, out)
     return df
 
 
 def _labels(df: pd.DataFrame, total: int, out: _Collector) -> pd.DataFrame:
     df = _clean_ids(df, "labels", "user_id", total, out, "labels")
     raw = df["is_fraud"]
-    if pd.api.types.is_bool_dtype(raw):
-        vals = raw.astype(np.float64)
+    # Parquet booleans; with a null they arrive as objects (True, False, None), and the null is a
+    # missing label, reported below like a blank one.
+    booleans = pd.api.types.is_object_dtype(raw) and raw.notna().any() and bool(
+        raw.dropna().map(lambda v: isinstance(v, (bool, np.bool_))).all())
+    if pd.api.types.is_bool_dtype(raw) or booleans:
+        vals = raw.astype("boolean").astype(np.float64)
     else:
         vals = pd.to_numeric(_as_text(raw).str.strip(), errors="coerce").astype(np.float64)
     bad = ~vals.isin([0.0, 1.0])
@@ -636,8 +888,7 @@ def _events(
             keep = secs.notna()
             df = df.loc[keep].copy()
             secs = secs[keep]
-            out.rows("warning", "events", "timestamp", "epoch_milliseconds", secs > _EPOCH_MS_HINT,
-                     raw[keep], total, "values lie after year 5000 as epoch seconds (milliseconds?)", "kept as given")
+            _check_time_units(secs, raw[keep], "events", "timestamp", total, out)
             df["timestamp"] = secs.astype(np.int64)
 
     if "device_id" in df.columns:
@@ -688,8 +939,9 @@ def _run(path: str | Path) -> tuple[ShopTables | None, ValidationReport]:
     report = ValidationReport(root=root)
     raw: dict[str, pd.DataFrame] = {}
     totals: dict[str, int] = {}
+    entries = sorted(os.listdir(root))
     for name in TABLE_NAMES:
-        file = _locate(root, name, out)
+        file = _locate(root, name, entries, out)
         if file is None:
             continue
         report.files[name] = file.name
@@ -752,7 +1004,7 @@ def validate_tables(path: str | Path) -> ValidationReport:
 
     Args:
         path: folder holding ``users``, ``items``, ``events`` (and optionally ``devices``,
-            ``labels``) as ``.csv`` or ``.parquet``.
+            ``labels``) as ``.csv``, ``.csv.gz`` or ``.parquet`` (file or folder).
 
     Returns:
         The report: every fatal problem, repair, warning and info note, and rows per table.
@@ -773,7 +1025,7 @@ def load_tables(path: str | Path) -> LoadResult:
 
     Args:
         path: folder holding ``users``, ``items``, ``events`` (and optionally ``devices``,
-            ``labels``) as ``.csv`` or ``.parquet``.
+            ``labels``) as ``.csv``, ``.csv.gz`` or ``.parquet`` (file or folder).
 
     Returns:
         ``LoadResult(tables, report)``.

@@ -31,6 +31,11 @@ OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
     "labels": ("ring_id",),
 }
 
+# The shop's own text columns (``users``, ``devices``) with at most this many distinct values are
+# one-hot encoded as features; with more (free text, ids) they are left out of the features, and
+# the loader reports it (``docs/input_tables.md``).
+MAX_CATEGORIES: int = 32
+
 # Categories treated as high-risk (resaleable) by behaviour features and ring scoring.
 HIGH_RISK_CATEGORIES: frozenset[str] = frozenset({"electronics", "gift cards", "gift_cards", "giftcards"})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from shopgraph.encoders.behaviour import STD_FLOOR, behaviour_features
 from shopgraph.graph.build import build_graph
+from shopgraph.graph.load import load_tables
 from shopgraph.graph.schema import ShopTables
 from tests.conftest import make_tables
 
@@ -204,3 +206,38 @@ def test_tables_that_do_not_match_the_graph() -> None:
     other = make_tables(n_events=50)
     with pytest.raises(ValueError, match="events do not match the graph"):
         behaviour_features(other, data)
+
+
+def test_left_out_table_columns_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    # was logged at DEBUG only: a shop's column vanished from the features without a word
+    tables = make_tables(seed=3)
+    tables.users["country"] = ["DE", "FR"] * (len(tables.users) // 2)  # one-hot: the warning still names users
+    tables.users["free_text"] = [f"note {k}" for k in range(len(tables.users))]
+    tables.devices["nothing"] = ""
+    data = _build(tables)
+    with caplog.at_level(logging.WARNING, logger="shopgraph.encoders.behaviour"):
+        b = behaviour_features(tables, data)
+    assert ("users.free_text: 40 distinct text values, more than the 32 one-hot encoded; "
+            "the column is left out of the features") in caplog.text
+    assert "devices.nothing: no values; the column is left out of the features" in caplog.text
+    assert not any(n.startswith(("user_free_text", "device_nothing")) for n in b.user.names + b.device.names)
+
+
+def test_loaded_number_column_with_a_bad_value_stays_a_feature(tmp_path: Path) -> None:
+    # a 40-user shop's age column with one "abc": features had no user_age, and nothing said so
+    shop = make_tables(seed=4)
+    age = [str(20 + k) for k in range(len(shop.users))]
+    age[6] = "abc"
+    shop.users["age"] = age
+    for name in ("users", "items", "devices", "events", "labels"):
+        getattr(shop, name).to_csv(tmp_path / f"{name}.csv", index=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tables, report = load_tables(tmp_path)
+    said = "users.age: 1 of 40 values are not numbers (first: 'abc', row 7); set those 1 to NaN"
+    assert said in [i.message for i in report.issues] and said in [str(w.message) for w in caught]
+    b = behaviour_features(tables, _build(tables))
+    known = np.array([20.0 + k for k in range(40) if k != 6])
+    expected = np.zeros(40)  # the bad value becomes unknown: the mean, 0 after standardising
+    expected[np.arange(40) != 6] = (known - known.mean()) / known.std()
+    np.testing.assert_allclose(column(b.user, "user_age"), expected, atol=1e-5)

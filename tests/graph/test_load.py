@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -212,8 +213,8 @@ def test_missing_folder_raises(tmp_path: Path) -> None:
 def test_missing_required_table(tmp_path: Path) -> None:
     frames = _frames()
     del frames["items"]
-    report = _fatal(_write(tmp_path / "shop", frames), r"items: missing required table \(expected items\.csv "
-                                                       r"or items\.parquet")
+    report = _fatal(_write(tmp_path / "shop", frames), r"items: missing required table \(expected items\.csv, "
+                                                       r"items\.csv\.gz or items\.parquet in .*shop\)$")
     issue = _issue(report, "missing_table")
     assert issue.table == "items" and issue.fatal
 
@@ -676,3 +677,322 @@ def test_cli_validate_repairs_exit_0(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_cli_validate_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(tmp_path / "nope")]) == 1
     assert "tables folder not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- missing-value words are text
+
+
+def test_missing_value_words_are_ids_and_text(tmp_path: Path) -> None:
+    # pandas reads NA, null, None, NaN, n/a ... as missing: "users.user_id: 3 of 4 values are missing"
+    frames = _frames()
+    words = {"007": "NA", "u1": "null", "u2": "None", "u3": "NaN"}
+    for name in ("users", "events", "labels"):
+        frames[name]["user_id"] = frames[name]["user_id"].map(words)
+    frames["items"]["item_id"] = ["n/a", "i1", "i2"]
+    frames["events"]["item_id"] = frames["events"]["item_id"].replace({"0001": "n/a"})
+    frames["devices"]["device_id"] = ["NA", "null"]
+    frames["events"]["device_id"] = frames["events"]["device_id"].replace({"d0": "NA", "d1": "null"})
+    frames["items"]["title"] = ["NA", "None", None]
+    frames["items"]["category"] = ["null", "books", "N/A"]
+    frames["events"]["event_type"] = frames["events"]["event_type"].replace({"view": "NA"})
+    frames["labels"]["ring_id"] = ["None", "", "", "None"]
+    frames["devices"]["os"] = ["NA", "android"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tables, report = load_tables(_write(tmp_path / "shop", frames))
+    assert report.issues == []
+    assert tables.users["user_id"].tolist() == ["NA", "null", "None", "NaN"]
+    assert tables.items["item_id"].tolist() == ["n/a", "i1", "i2"]
+    assert tables.devices["device_id"].tolist() == ["NA", "null"]
+    assert tables.events["user_id"].tolist()[:2] == ["NA", "null"] and len(tables.events) == 8
+    assert tables.events["item_id"].iloc[0] == "n/a" and tables.events["device_id"].iloc[0] == "NA"
+    assert tables.events["event_type"].tolist()[:3] == ["NA", "purchase", "NA"]
+    assert tables.items["title"].tolist() == ["NA", "None", ""]  # only the empty cell is missing
+    assert tables.items["category"].tolist() == ["null", "books", "N/A"]
+    assert tables.labels is not None and tables.labels["ring_id"].tolist() == ["None", "", "", "None"]
+    assert tables.devices["os"].tolist() == ["NA", "android"]
+
+
+def test_missing_value_words_in_numbers_and_times_are_reported(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["items"]["price"] = ["10.5", "NA", ""]
+    frames["users"]["created_at"] = ["2024-01-01", "null", "", "2023-06-01"]
+    ts = frames["events"]["timestamp"].astype(str).tolist()
+    ts[2] = "N/A"
+    frames["events"]["timestamp"] = ts
+    tables, report = _repaired(_write(tmp_path / "shop", frames))
+    assert _issue(report, "not_numeric", "price").message == \
+        "items.price: 1 of 3 prices are not numbers (first: 'NA', row 2); set those 1 to NaN"
+    created = _issue(report, "unparsable", "created_at")
+    assert (created.count, created.first_value, created.first_row) == (1, "null", 2)
+    stamp = _issue(report, "unparsable", "timestamp")
+    assert (stamp.count, stamp.first_value, stamp.first_row) == (1, "N/A", 3)
+    assert np.isnan(tables.items["price"].iloc[1]) and len(tables.events) == 7
+
+
+# ------------------------------------------------------------------------------ table file forms
+
+
+def _spark_parquet(folder: Path, df: pd.DataFrame) -> None:
+    """``df`` as Spark writes it: a folder of part files, with _SUCCESS and .crc files beside them."""
+    folder.mkdir()
+    half = len(df) // 2
+    df.iloc[:half].to_parquet(folder / "part-00000-x.snappy.parquet", index=False)
+    df.iloc[half:].to_parquet(folder / "part-00001-x.snappy.parquet", index=False)
+    (folder / "_SUCCESS").write_text("")
+    (folder / ".part-00000-x.snappy.parquet.crc").write_bytes(b"\x00crc")
+
+
+@pytest.mark.parametrize("form", ["labels.CSV", "Labels.csv", "labels.csv.gz", "LABELS.CSV.GZ",
+                                  "labels.PARQUET", "labels.parquet/"])
+def test_optional_table_in_other_file_forms_is_read(tmp_path: Path, form: str) -> None:
+    # these were skipped without a word: "0 fatal ... loadable", and fraud ran without labels
+    frames = _frames()
+    labels = frames.pop("labels")
+    root = _write(tmp_path / "shop", frames)
+    if form.endswith("/"):
+        _spark_parquet(root / form.rstrip("/"), labels)
+    elif form.lower().endswith(".parquet"):
+        labels.to_parquet(root / form, index=False)
+    else:
+        labels.to_csv(root / form, index=False, compression="gzip" if form.lower().endswith(".gz") else None)
+    tables, report = _load_quiet(root)
+    assert report.issues == []
+    assert report.files["labels"] == form.rstrip("/")
+    assert tables.labels is not None
+    assert tables.labels["user_id"].tolist() == ["007", "u1", "u2", "u3"]
+    assert tables.labels["is_fraud"].tolist() == [1, 0, 0, 1]
+
+
+def test_required_tables_as_parquet_folder_and_csv_gz(tmp_path: Path) -> None:
+    frames = _frames()
+    root = _write(tmp_path / "shop", {"items": frames["items"], "devices": frames["devices"]})
+    _spark_parquet(root / "users.parquet", frames["users"])
+    frames["events"].to_csv(root / "events.csv.gz", index=False, compression="gzip")
+    frames["labels"].to_csv(root / "labels.csv.gz", index=False, compression="gzip")
+    tables, report = _load_quiet(root)
+    assert report.issues == []
+    plain = _load_quiet(_write(tmp_path / "plain", frames)).tables
+    for name in ("users", "events", "labels"):
+        pd.testing.assert_frame_equal(getattr(tables, name), getattr(plain, name), check_dtype=False)
+    # row numbers count the Parquet folder's records in part-file order, the .csv.gz's decompressed lines
+    (root / "events.csv.gz").unlink()
+    bad = frames["events"].copy()
+    bad.loc[5, "user_id"] = "ghost"
+    bad.to_csv(root / "events.csv.gz", index=False, compression="gzip")
+    frames["users"].loc[3, "user_id"] = "u1"
+    (root / "users.parquet" / "part-00001-x.snappy.parquet").unlink()
+    frames["users"].iloc[2:].to_parquet(root / "users.parquet" / "part-00001-x.snappy.parquet", index=False)
+    report = validate_tables(root)
+    assert _issue(report, "duplicate_id").message.startswith("users.user_id: 1 of 4 rows repeat an id "
+                                                             "(first: 'u1', row 4, already at row 2)")
+
+
+def test_unreadable_gzip_is_fatal(tmp_path: Path) -> None:
+    root = _write(tmp_path / "shop", _frames())
+    (root / "labels.csv").unlink()
+    (root / "labels.csv.gz").write_bytes(b"not gzip at all")
+    _fatal(root, r"labels: could not read labels\.csv\.gz \(")
+
+
+@pytest.mark.parametrize("entry,says", [
+    ("label.csv", "labels: label.csv is not read: the table must be named labels.csv, labels.csv.gz or "
+                  "labels.parquet; rename it to labels.csv if it holds the labels table; the shop is loaded "
+                  "without labels"),
+    ("fraud_labels.parquet", "labels: fraud_labels.parquet is not read: the table must be named labels.csv, "
+                             "labels.csv.gz or labels.parquet; rename it to labels.parquet if it holds the labels "
+                             "table; the shop is loaded without labels"),
+    ("labels.xlsx", "labels: labels.xlsx is not read: a table is read from labels.csv, labels.csv.gz or "
+                    "labels.parquet; save it as labels.csv or labels.parquet; the shop is loaded without labels"),
+    ("labels.csv/", "labels: labels.csv is a folder, not read: a folder is read only as Parquet "
+                    "(labels.parquet); write one file labels.csv or a Parquet folder; the shop is loaded "
+                    "without labels"),
+    ("device.csv", "devices: device.csv is not read: the table must be named devices.csv, devices.csv.gz or "
+                   "devices.parquet; rename it to devices.csv if it holds the devices table; the shop is loaded "
+                   "without devices"),
+])
+def test_optional_table_not_read_is_a_warning(tmp_path: Path, entry: str, says: str) -> None:
+    frames = _frames()
+    table = "devices" if entry.startswith("device") else "labels"
+    df = frames.pop(table)
+    root = _write(tmp_path / "shop", frames)
+    if entry.endswith("/"):
+        (root / entry).mkdir()
+        df.to_csv(root / entry / "part-00000.csv", index=False)
+    else:
+        (root / entry).write_bytes(b"x")
+    tables, report = _repaired(root)
+    issue = _issue(report, "not_read")
+    assert (issue.severity, issue.table, issue.message) == ("warning", table, says)
+    assert getattr(tables, table) is None or table == "devices"
+
+
+@pytest.mark.parametrize("entry,says", [
+    ("users.csv/", r"users: missing required table \(expected users\.csv, users\.csv\.gz or users\.parquet in "
+                   r".*\); users\.csv is a folder, not read: a folder is read only as Parquet \(users\.parquet\)"),
+    ("user.csv", r"users: missing required table \(.*\); user\.csv is not read: the table must be named "
+                 r"users\.csv, users\.csv\.gz or users\.parquet; rename it to users\.csv if it holds the users table"),
+])
+def test_required_table_not_read_is_fatal_and_says_why(tmp_path: Path, entry: str, says: str) -> None:
+    frames = _frames()
+    users = frames.pop("users")
+    root = _write(tmp_path / "shop", frames)
+    if entry.endswith("/"):
+        (root / entry).mkdir()
+        users.to_csv(root / entry / "part-00000.csv", index=False)
+    else:
+        users.to_csv(root / entry, index=False)
+    report = _fatal(root, says)
+    assert _issue(report, "missing_table").table == "users"
+
+
+def test_two_readable_forms_of_a_table_are_fatal(tmp_path: Path) -> None:
+    root = _write(tmp_path / "shop", _frames())
+    _frames()["labels"].to_csv(root / "Labels.csv.gz", index=False, compression="gzip")
+    _fatal(root, r"labels: both Labels\.csv\.gz and labels\.csv are present in .*; keep only one")
+
+
+# ------------------------------------------------------------------------- the shop's own columns
+
+
+def _forty_users(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The shop's 4 users and 36 more (40 in all), no extra columns yet."""
+    more = [f"x{k:02d}" for k in range(36)]
+    return pd.DataFrame({"user_id": frames["users"]["user_id"].tolist() + more,
+                         "created_at": frames["users"]["created_at"].tolist() + [""] * 36})
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_extra_column_of_numbers_with_a_bad_value_is_reported(tmp_path: Path, fmt: str) -> None:
+    # was read as text, and the features left out a column of 40 distinct "values" without a word
+    frames = _frames()
+    users = _forty_users(frames)
+    age = [str(20 + k) for k in range(40)]
+    age[6] = "abc"
+    users["age"] = age
+    height = [str(150 + k) for k in range(40)]
+    for k in (1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23):  # R's NA: 12 missing words
+        height[k] = "NA"
+    users["height"] = height
+    visits = [str(k) for k in range(40)]
+    visits[2] = ""  # an int column with a blank could not be read at all ("cannot convert NA to integer")
+    users["visits"] = visits
+    frames["users"] = users
+    tables, report = _repaired(_write(tmp_path / "shop", frames, fmt))
+    assert _issue(report, "not_numeric", "age").message == \
+        "users.age: 1 of 40 values are not numbers (first: 'abc', row 7); set those 1 to NaN"
+    assert _issue(report, "not_numeric", "height").message == \
+        "users.height: 12 of 40 values are not numbers (first: 'NA', row 2); set those 12 to NaN"
+    assert tables.users["age"].dtype == np.float64 and np.isnan(tables.users["age"].iloc[6])
+    assert tables.users["age"].iloc[0] == 20.0 and tables.users["height"].isna().sum() == 12
+    assert np.isnan(tables.users["visits"].iloc[2]) and tables.users["visits"].iloc[3] == 3
+    assert not [i for i in report.issues if i.column == "visits"]
+
+
+def test_extra_columns_left_out_of_the_features_are_reported(tmp_path: Path) -> None:
+    frames = _frames()
+    users = _forty_users(frames)
+    users["note"] = [f"note {k}" for k in range(40)]
+    users["score"] = [str(k) if k % 2 else f"s{k}" for k in range(40)]
+    users["nothing"] = ""
+    users["tier"] = ["gold", "1", "2", "3"] * 10  # a few values: one-hot, not reported
+    frames["users"] = users
+    frames["devices"]["serial"] = ["", ""]
+    tables, report = _repaired(_write(tmp_path / "shop", frames))
+    note = _issue(report, "not_used", "note")
+    assert note.severity == "warning" and note.message == (
+        "users.note: the column has 40 distinct text values, more than the 32 one-hot encoded; "
+        "the column is kept in the table but left out of the features")
+    assert _issue(report, "not_used", "score").message == (
+        "users.score: 20 of 40 values are not numbers (first: 's0', row 1), too many for a column of numbers, "
+        "and it has 40 distinct values, more than the 32 one-hot encoded; the column is kept in the table but "
+        "left out of the features")
+    assert _issue(report, "empty_column", "nothing").message == \
+        "users.nothing: the column has no values; it adds nothing to the features"
+    assert _issue(report, "empty_column", "serial").table == "devices"
+    assert not [i for i in report.issues if i.column == "tier"]
+    assert tables.users["note"].tolist()[:2] == ["note 0", "note 1"]  # kept in the table
+    assert "users.note" in validate_tables(tmp_path / "shop").format()
+
+
+# --------------------------------------------------------------------- Parquet ids and booleans
+
+
+def _without_pandas_metadata(root: Path) -> Path:
+    """Rewrite every Parquet file of ``root`` as Spark or pyarrow write them: no pandas metadata."""
+    for file in root.glob("*.parquet"):
+        pq.write_table(pq.read_table(file).replace_schema_metadata(None), file)
+    return root
+
+
+@pytest.mark.parametrize("spark", [False, True])
+def test_parquet_int64_ids_with_a_null_stay_exact(tmp_path: Path, spark: bool) -> None:
+    # with a null, int64 ids were read as float64: 9007199254740993 became ...992, every event dropped
+    big = 9_007_199_254_740_993
+    ids = {"007": big, "u1": big + 2, "u2": big + 4, "u3": 5}
+    frames = _frames()
+    frames["users"]["user_id"] = frames["users"]["user_id"].map(ids).astype("Int64")
+    events = frames["events"]["user_id"].map(ids).astype("Int64")
+    events[3] = pd.NA
+    frames["events"]["user_id"] = events
+    frames["labels"]["user_id"] = pd.array([big, big + 2, None, 5], dtype="Int64")
+    root = _write(tmp_path / "shop", frames, "parquet")
+    tables, report = _repaired(_without_pandas_metadata(root) if spark else root)
+    assert tables.users["user_id"].tolist() == [str(big), str(big + 2), str(big + 4), "5"]
+    assert tables.events["user_id"].tolist()[:3] == [str(big), str(big + 2), str(big + 2)]
+    assert [(i.table, i.kind, i.first_row) for i in report.issues] == [
+        ("labels", "missing_id", 3), ("events", "missing_id", 4)]
+    assert len(tables.events) == 7
+    assert tables.labels is not None and tables.labels["user_id"].tolist() == [str(big), str(big + 2), "5"]
+
+
+@pytest.mark.parametrize("spark", [False, True])
+def test_parquet_boolean_labels_with_a_null(tmp_path: Path, spark: bool) -> None:
+    # every label was rejected: "3 of 3 values are not 0/1 (first: 'True')"
+    frames = _frames()
+    frames["labels"]["is_fraud"] = pd.array([True, False, False, True], dtype="boolean")
+    root = _write(tmp_path / "ok", frames, "parquet")
+    tables, report = _load_quiet(_without_pandas_metadata(root) if spark else root)
+    assert report.issues == [] and tables.labels is not None
+    assert tables.labels["is_fraud"].tolist() == [1, 0, 0, 1]
+    frames["labels"]["is_fraud"] = pd.array([True, None, False, True], dtype="boolean")
+    root = _write(tmp_path / "null", frames, "parquet")
+    report = _fatal(_without_pandas_metadata(root) if spark else root,
+                    r"labels\.is_fraud: 1 of 4 values are not 0/1 \(first: row 2\); labels must be 0 or 1")
+    assert _issue(report, "not_binary").first_value is None
+
+
+# ------------------------------------------------------------------------------- time units
+
+
+def test_created_at_in_milliseconds_is_flagged(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["users"]["created_at"] = ["1700000000000", "1700000100000", "", "2023-06-01"]
+    tables, report = _repaired(_write(tmp_path / "shop", frames))
+    assert _issue(report, "epoch_milliseconds", "created_at").message == (
+        "users.created_at: 2 of 4 values lie after year 5000 as epoch seconds (milliseconds?) "
+        "(first: '1700000000000', row 1); kept as given")
+    assert tables.users["created_at"].iloc[0] == 1_700_000_000_000
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_yyyymmdd_numbers_are_flagged(tmp_path: Path, fmt: str) -> None:
+    # were taken as epoch seconds (1970) without a word
+    frames = _frames()
+    frames["events"]["timestamp"] = [20230201 + k for k in range(8)]
+    frames["users"]["created_at"] = [20230101.0, 20230102.0, np.nan, 20230103.0]
+    tables, report = _repaired(_write(tmp_path / "shop", frames, fmt))
+    assert _issue(report, "yyyymmdd", "timestamp").message == (
+        "events.timestamp: 8 of 8 values look like yyyymmdd dates, not epoch seconds (first: '20230201', row 1); "
+        "kept as epoch seconds (1970-1973); write dates as ISO-8601, e.g. 2023-02-01")
+    created = _issue(report, "yyyymmdd", "created_at")
+    assert (created.severity, created.count, created.first_row) == ("warning", 3, 1)
+    assert tables.events["timestamp"].iloc[0] == 20230201
+
+
+def test_seconds_that_are_no_dates_are_not_flagged(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["events"]["timestamp"] = [20231399 + 1000 * k for k in range(8)]  # month 13: seconds, not dates
+    frames["users"]["created_at"] = ["2024-01-01", "1971-08-23", "", "20231301"]
+    _, report = _load_quiet(_write(tmp_path / "shop", frames))
+    assert report.issues == []
