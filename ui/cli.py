@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier synthetic shop in --out (a folder with anything else in it is refused)")
 
     p = sub.add_parser("validate", help="check a tables folder; report repairs; exit 1 on fatal problems")
-    p.add_argument("data", type=Path, help="folder with users/items/events[/devices/labels] .csv or .parquet")
+    p.add_argument("data", type=Path, help="folder with users/items/events[/devices/labels], each .csv, .csv.gz or .parquet (a file or a Parquet folder)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("build", help="validate, encode and build the graph into a run folder")
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="summarise a run folder")
     p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", help="print only nodes, edges, features and split, on one line")
 
     p = sub.add_parser("train", help="train the GNN of a run folder")
     p.add_argument("--run", type=Path, required=True)
