@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 import warnings
@@ -996,3 +997,177 @@ def test_seconds_that_are_no_dates_are_not_flagged(tmp_path: Path) -> None:
     frames["users"]["created_at"] = ["2024-01-01", "1971-08-23", "", "20231301"]
     _, report = _load_quiet(_write(tmp_path / "shop", frames))
     assert report.issues == []
+
+
+# ------------------------------------------------------------------- unnamed columns, blank lines, quotes
+
+
+def test_empty_unnamed_trailing_columns_are_dropped(tmp_path: Path) -> None:
+    # a spreadsheet export's empty trailing columns were fatal ("users.: ... names this column 2 times")
+    root = _write(tmp_path / "shop", _frames())
+    rows = "".join(f"{u},2024-01-01T00:00:00,,\n" for u in ("007", "u1", "u2", "u3"))
+    (root / "users.csv").write_text("user_id,created_at,,\n" + rows)
+    (root / "items.csv").write_text("item_id,,title\n0001,,shoe\ni1, ,book\ni2,,pen\n")  # also inside
+    tables, report = _load_quiet(root)
+    assert not report.has_fatal
+    users = [i for i in report.issues if i.table == "users"]
+    assert [(i.severity, i.kind, i.message) for i in users] == [
+        ("info", "unnamed_empty_column",
+         "users.csv: 2 columns without a name and without values dropped (columns 3, 4)")]
+    items = next(i for i in report.issues if i.table == "items")
+    assert items.message == "items.csv: 1 column without a name and without values dropped (column 2)"
+    assert tables.users.columns.tolist() == ["user_id", "created_at"]
+    assert tables.users["created_at"].tolist() == [1_704_067_200.0] * 4
+    assert "" not in tables.items.columns and tables.items["title"].tolist() == ["shoe", "book", "pen"]
+
+
+def test_unnamed_column_with_values_is_fatal(tmp_path: Path) -> None:
+    root = _write(tmp_path / "shop", _frames())
+    (root / "users.csv").write_text("user_id,created_at,,\n007,2024-01-01T00:00:00,,\nu1,2024-01-01T00:00:00,x,\n"
+                                    "u2,,,\nu3,,y,\n")
+    report = _fatal(root, r"users\.csv: column 3 has no name but holds values \(first: 'x', row 2\); "
+                          r"name it or remove it")
+    issue = _issue(report, "unnamed_column")
+    assert (issue.table, issue.column, issue.count, issue.first_row, issue.first_value) == ("users", None, 2, 2, "x")
+    assert _issue(report, "unnamed_empty_column").message == (
+        "users.csv: 1 column without a name and without values dropped (column 4)")
+    assert not [i for i in report.issues if i.kind == "duplicate_column"]
+
+
+def test_unnamed_parquet_column(tmp_path: Path) -> None:
+    frames = _frames()
+    frames["users"][""] = None
+    root = _write(tmp_path / "shop", frames, "parquet")
+    tables, report = _load_quiet(root)
+    assert [i.message for i in report.issues] == [
+        "users.parquet: 1 column without a name and without values dropped (column 4)"]
+    assert tables.users.columns.tolist() == ["user_id", "created_at", "age"]
+    frames["users"][""] = [None, "x", None, None]
+    _fatal(_write(tmp_path / "bad", frames, "parquet"),
+           r"users\.parquet: column 4 has no name but holds values \(first: 'x', row 2\)")
+
+
+@pytest.mark.parametrize("newline,gz", [("\n", False), ("\r\n", False), ("\n", True)])
+def test_blank_lines_do_not_shift_row_numbers(tmp_path: Path, newline: str, gz: bool) -> None:
+    # pyarrow skips blank lines: "row 3" was the third non-blank row, line 7 of the file here
+    frames = _frames()
+    frames["events"].loc[2, "user_id"] = "ghost"
+    root = _write(tmp_path / "shop", frames)
+    lines = (root / "events.csv").read_text().splitlines()
+    text = newline.join([lines[0], lines[1], "", lines[2], "", "", *lines[3:], "", ""])
+    (root / "events.csv").unlink()
+    path = root / ("events.csv.gz" if gz else "events.csv")
+    path.write_bytes(gzip.compress(text.encode()) if gz else text.encode())
+    # blank lines before the header too: skipped, and the header still found (ids stay text)
+    (root / "users.csv").write_text("\n\n" + (root / "users.csv").read_text())
+    tables, report = _load_quiet(root)
+    unknown = _issue(report, "unknown_id", "user_id")
+    assert unknown.message == ("events.user_id: 1 of 8 events reference unknown users (first: 'ghost', row 6); "
+                               "dropped those 1 events")
+    assert unknown.first_row == 6
+    blank = [i for i in report.issues if i.kind == "blank_lines"]
+    assert [(i.table, i.severity, i.count) for i in blank] == [("users", "info", 2), ("events", "info", 4)]
+    assert blank[1].message == (f"events: {path.name} has 4 blank lines (first: line 3); skipped, and counted "
+                                "in the row numbers as a spreadsheet shows them")
+    assert tables.users["user_id"].tolist() == ["007", "u1", "u2", "u3"]
+    assert tables.events["user_id"].tolist()[:2] == ["007", "u1"]
+    assert tables.events["timestamp"].tolist() == [1_700_000_000 + 60 * k for k in range(8) if k != 2]
+
+
+def test_rows_with_quoted_line_breaks_and_blank_lines(tmp_path: Path) -> None:
+    # a value spanning lines is one row (as a spreadsheet shows it); a blank line is a row too
+    root = _write(tmp_path / "shop", _frames())
+    (root / "items.csv").write_text('item_id,title,description,price\n0001,shoe,"red\n\nand warm",10.5\n\n'
+                                    "i1,book,,-3\ni2,pen,,abc\n")
+    tables, report = _load_quiet(root)
+    assert _issue(report, "negative").message == (
+        "items.price: 1 of 3 prices are negative (first: '-3', row 3); set those 1 to NaN")
+    assert _issue(report, "not_numeric").first_row == 4
+    assert tables.items["description"].tolist() == ["red\n\nand warm", "", ""]
+    assert not [i for i in report.issues if i.kind == "unclosed_quote"]
+
+
+def test_unclosed_quote_to_the_end_of_the_file_is_fatal(tmp_path: Path) -> None:
+    # the quote swallowed users u1..u3 into 007's created_at: reported only as unknown users
+    root = _write(tmp_path / "shop", _frames())
+    (root / "users.csv").write_text('user_id,created_at\n007,"2024-01-01\nu1,2024-01-02\nu2,\nu3,2023-06-01\n')
+    report = _fatal(root, r'users\.created_at: an unclosed quote \(\"\) on line 2 of users\.csv merged lines 2 to 5 '
+                          r"\(the end of the file\) into one value")
+    issue = _issue(report, "unclosed_quote")
+    assert issue.message == (
+        'users.created_at: an unclosed quote (") on line 2 of users.csv merged lines 2 to 5 (the end of the file) '
+        "into one value (first: '2024-01-01\\nu1,2024-01-02\\nu2,\\n"
+        "u3,2023-06-01\\n', row 1); close the quote or remove it")
+    assert (issue.table, issue.column, issue.first_row) == ("users", "created_at", 1)
+
+
+def test_unclosed_quote_closed_by_a_later_quote_is_fatal(tmp_path: Path) -> None:
+    root = _write(tmp_path / "shop", _frames())
+    lines = (root / "events.csv").read_text().splitlines()
+    lines[2] = lines[2].replace(",purchase,", ',"purchase,')  # line 3 opens a quote ...
+    lines[5] = lines[5].replace(",view,", ',"view",')  # ... closed on line 6
+    (root / "events.csv").write_text("\n".join(lines) + "\n")
+    issue = _issue(_fatal(root, r"unclosed quote"), "unclosed_quote")
+    assert issue.message.startswith('events.event_type: an unclosed quote (") on line 3 of events.csv merged '
+                                    "lines 3 to 6 into one value (first: 'purchase,")
+    assert issue.first_row == 2
+
+
+def test_unclosed_quote_that_breaks_parsing_is_named(tmp_path: Path) -> None:
+    # a quote in the first column leaves the row short: pyarrow's "Expected 2 columns, got 1"
+    root = _write(tmp_path / "shop", _frames())
+    (root / "users.csv").write_text('user_id,created_at\n007,1\n"u1,2\nu2,3\nu3,4\n')
+    issue = _issue(_fatal(root, r'users\.user_id: an unclosed quote \(\"\) on line 3 of users\.csv merged '
+                                r"lines 3 to 5"), "unclosed_quote")
+    assert issue.kind == "unclosed_quote"
+    assert not [i for i in validate_tables(root).issues if i.kind == "unreadable"]
+
+
+def _big_events(frames: dict[str, pd.DataFrame], n: int = 40_000) -> pd.DataFrame:
+    """Over 1 MB of events: more than one of pyarrow's blocks."""
+    ev = frames["events"]
+    return pd.concat([ev] * (n // len(ev)), ignore_index=True)
+
+
+def test_unclosed_quote_in_a_large_file_is_fatal(tmp_path: Path) -> None:
+    # pyarrow dropped the rest of its 1 MB block without a word (25,000 events here)
+    frames = _frames()
+    frames["events"] = _big_events(frames)
+    root = _write(tmp_path / "shop", frames)
+    lines = (root / "events.csv").read_text().splitlines()
+    assert ",purchase," in lines[10]
+    lines[10] = lines[10].replace(",purchase,", ',"purchase,')
+    (root / "events.csv").write_text("\n".join(lines) + "\n")
+    issue = _issue(_fatal(root, r"unclosed quote"), "unclosed_quote")
+    assert issue.message.startswith('events.event_type: an unclosed quote (") on line 11 of events.csv merged '
+                                    "lines 11 to 40001 (the end of the file) into one value (first: 'purchase,")
+
+
+def test_quoted_line_breaks_in_a_large_file_load(tmp_path: Path) -> None:
+    # a value with quoted line breaks straddling pyarrow's 1 MB blocks failed to parse
+    frames = _frames()
+    n = 30_000
+    frames["items"] = pd.DataFrame({
+        "item_id": ["0001", "i1", "i2", *(f"x{k}" for k in range(n))],
+        "description": [f"line one, of {k}\nline two\n\nline four" for k in range(n + 3)],
+        "price": 1.0,
+    })
+    root = _write(tmp_path / "shop", frames)
+    assert (root / "items.csv").stat().st_size > 1 << 20
+    tables, report = _load_quiet(root)
+    assert report.issues == []
+    assert len(tables.items) == n + 3
+    assert tables.items["description"].iloc[-1] == f"line one, of {n + 2}\nline two\n\nline four"
+
+
+def test_free_text_holding_whole_rows_is_a_warning(tmp_path: Path) -> None:
+    # an unclosed quote in a title closed by the next quote: items i1 and i2 vanished into the title
+    root = _write(tmp_path / "shop", _frames())
+    (root / "items.csv").write_text('item_id,title,category,price\n0001,"red shoe,shoes,10\ni1,book,books,3\n'
+                                    'i2,"pen",office,1\n')
+    tables, report = _load_quiet(root)
+    issue = _issue(report, "unclosed_quote")
+    assert (issue.severity, issue.column, issue.first_row) == ("warning", "title", 1)
+    assert tables.items["item_id"].tolist() == ["0001"]
+    assert issue.message.startswith("items.title: a quoted value on lines 2 to 4 of items.csv holds lines that "
+                                    'look like whole rows: probably an unclosed quote (") on line 2 merged them')
