@@ -937,7 +937,8 @@ def _check_time_units(
     5000 as seconds; ``yyyymmdd``: dates written as 8-digit numbers, 1970-1973 as seconds). The
     values are kept as given: both are guesses, and a wrong guess would move times silently."""
     out.rows("warning", table, column, "epoch_milliseconds", secs > _EPOCH_MS_HINT, raw, total,
-             "values lie after year 5000 as epoch seconds (milliseconds?)", "kept as given")
+             "values lie after year 5000 as epoch seconds (milliseconds?)",
+             "kept as given; if they are milliseconds, divide them by 1,000")
     out.rows("warning", table, column, "yyyymmdd", _yyyymmdd(secs, raw), raw, total,
              "values look like yyyymmdd dates, not epoch seconds",
              "kept as epoch seconds (1970-1973); write dates as ISO-8601, e.g. 2023-02-01")

@@ -972,7 +972,7 @@ def test_created_at_in_milliseconds_is_flagged(tmp_path: Path) -> None:
     tables, report = _repaired(_write(tmp_path / "shop", frames))
     assert _issue(report, "epoch_milliseconds", "created_at").message == (
         "users.created_at: 2 of 4 values lie after year 5000 as epoch seconds (milliseconds?) "
-        "(first: '1700000000000', row 1); kept as given")
+        "(first: '1700000000000', row 1); kept as given; if they are milliseconds, divide them by 1,000")
     assert tables.users["created_at"].iloc[0] == 1_700_000_000_000
 
 
