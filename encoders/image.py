@@ -7,8 +7,10 @@ state). Decoding runs in ``torch.utils.data.DataLoader`` workers so it overlaps 
 
 Nothing about a bad image is fatal: missing, unreadable, truncated, corrupt, non-image and
 oversized files (decompression bombs are refused from the header, before any pixel is decoded)
-give a zero row with ``ok = False``; grayscale, CMYK, palette and transparent images are converted
-to RGB (transparency composited on white). Every case is counted in ``ImageEncoding.problems``
+give a zero row with ``ok = False``; grayscale (16-bit and float too, scaled by depth, never
+clipped), CMYK, palette and transparent images are converted to RGB (transparency composited on
+white) and the EXIF orientation is applied, by :func:`to_rgb`, which the query side
+(``retrieval.service.read_image``) uses too. Every case is counted in ``ImageEncoding.problems``
 with the first path of each kind in ``first_problem``.
 """
 
@@ -95,6 +97,40 @@ def _sha12(*files: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+# 16-bit value v -> floor(v * 255 / 65535): the 8-bit value of its nominal depth (exactly the float
+# formula this module always used, np.clip(v * (255 / 65535), 0, 255).astype(uint8), for every v, so
+# cached embeddings stay valid), as a table: a 40-megapixel 16-bit image takes 40 MB, not 1 GB of floats.
+_SIXTEEN_TO_EIGHT = (np.arange(65536, dtype=np.uint32) * 255 // 65535).astype(np.uint8)
+
+
+def _deep_to_8bit(img: Image.Image) -> Image.Image:
+    """A 16/32-bit integer (``I;16*``, ``I``) or float (``F``) grayscale image as mode ``L``.
+
+    PIL's own ``convert`` clips these to 255 (a 16-bit photo comes out almost white), so the values
+    are scaled by the depth they were written at, read from their largest value ``top``:
+
+    - ``top <= 255``: 8-bit data (in a 16/32-bit or float container), kept as it is;
+    - ``255 < top <= 65535``: 16-bit data (a 16-bit PNG or TIFF, nominally 0-65535; ``I;16`` is
+      never more): ``floor(v * 255 / 65535)``, so 8-bit values saved as 16 bits (``x * 257``) come
+      back exactly as ``x``, and a dark 16-bit picture stays dark (not stretched to its own range);
+    - ``top > 65535`` (32-bit integers or floats beyond 16 bits): scaled by ``255 / top``.
+
+    Negative values are 0. Floats in 0-1 count as 8-bit data (a nearly black picture).
+    """
+    arr = np.asarray(img)
+    top = arr.max() if arr.size else 0
+    if arr.dtype.kind in "iu" and top <= 65535:
+        if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
+            arr = np.maximum(arr, 0)
+        out = _SIXTEEN_TO_EIGHT[arr] if top > 255 else arr.astype(np.uint8)
+    else:
+        values = arr.astype(np.float64)
+        if top > 255:
+            values = values * (255.0 / (65535.0 if top <= 65535 else float(top)))
+        out = np.clip(values, 0, 255).astype(np.uint8)
+    return Image.fromarray(out, mode="L")
+
+
 def _to_rgb(img: Image.Image, kinds: list[str]) -> Image.Image:
     """Convert any PIL mode to RGB, compositing transparency on white; append what was done to kinds."""
     mode = img.mode
@@ -116,13 +152,7 @@ def _to_rgb(img: Image.Image, kinds: list[str]) -> Image.Image:
             img = img.convert("RGBA")
             mode = "RGBA"
         elif mode.startswith("I") or mode == "F":
-            # 16/32-bit grayscale: PIL's convert would clip to 255; rescale to 8 bits instead.
-            arr = np.asarray(img, dtype=np.float64)
-            top = arr.max() if arr.size else 0.0
-            if top > 255:
-                arr = arr * (255.0 / (65535.0 if top <= 65535 else top))
-            img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
-            return img.convert("RGB")
+            return _deep_to_8bit(img).convert("RGB")
         else:
             return img.convert("RGB")
     if mode in _ALPHA_MODES:
@@ -134,6 +164,31 @@ def _to_rgb(img: Image.Image, kinds: list[str]) -> Image.Image:
         return rgba.convert("RGB")
     kinds.append("converted_other")
     return img.convert("RGB")
+
+
+def to_rgb(img: Image.Image, kinds: list[str] | None = None) -> Image.Image:
+    """The one conversion of a decoded image to the RGB pixels the image encoder sees.
+
+    Used by the build (:func:`load_rgb`, :meth:`ImageEncoder.encode_images`) and by the query side
+    (``retrieval.service.read_image``: search, added items, the HTTP API, the app), so one file
+    gives the same pixels on both:
+
+    - the EXIF orientation is applied (a phone photo stored sideways comes out upright);
+    - 16/32-bit and float grayscale is scaled to 8 bits by its depth (see :func:`_deep_to_8bit`),
+      never clipped;
+    - transparency (RGBA, LA, PA, a palette with a transparent index) is composited on white;
+    - CMYK, palette, 1-bit, 8-bit grayscale and any other mode: PIL's ``convert("RGB")``;
+    - an 8-bit RGB image without an EXIF orientation is returned with its pixels unchanged.
+
+    Args:
+        img: a PIL image (loaded, or loadable).
+        kinds: when given, the conversion kinds (``CONVERSION_KINDS``) done are appended to it.
+
+    Raises:
+        whatever the decoder raises for damaged data (the callers report it).
+    """
+    oriented: Image.Image = ImageOps.exif_transpose(img)
+    return _to_rgb(oriented, [] if kinds is None else kinds)
 
 
 def load_rgb(path: Path | None, *, max_pixels: int, draft_size: int) -> tuple[Image.Image | None, list[str]]:
@@ -173,8 +228,7 @@ def load_rgb(path: Path | None, *, max_pixels: int, draft_size: int) -> tuple[Im
                 if img.format == "JPEG":
                     img.draft("RGB", (draft_size, draft_size))
                 img.load()
-                oriented: Image.Image = ImageOps.exif_transpose(img)
-                rgb = _to_rgb(oriented, kinds)
+                rgb = to_rgb(img, kinds)
                 rgb.load()
         except Image.DecompressionBombError:
             return None, ["too_large"]
@@ -388,7 +442,7 @@ class ImageEncoder:
                 items.append(_Item(k, None, ["too_large"]))
                 continue
             try:
-                rgb = _to_rgb(ImageOps.exif_transpose(im), kinds)
+                rgb = to_rgb(im, kinds)
                 pixels = (efficientnet_preprocess(rgb) if self._processor is None
                           else self._processor(images=rgb, return_tensors="pt")["pixel_values"][0])
             except Exception:  # noqa: BLE001 - a damaged or unsupported in-memory image

@@ -277,6 +277,13 @@ IMAGE_LIMIT = f"{MAX_IMAGE_BYTES // 2**20} MB limit ({MAX_IMAGE_BYTES:,} bytes)"
 def read_image(image: Any, name: str = "image") -> Any:
     """Validate an image given as ``PIL.Image``, ``bytes`` or a path; return a decoded RGB image.
 
+    The image is converted as the build converts the shop's image files
+    (:func:`shopgraph.encoders.image.to_rgb`), so a file searched or added gives the pixels it gives
+    in a build: its EXIF orientation applied (a phone photo upright), 16-bit and float grayscale
+    scaled to 8 bits by its depth (not clipped to white), transparency composited on white. The
+    limits below are checked from the header, before any pixel is decoded (the orientation only
+    swaps width and height, which the checks treat alike).
+
     Raises:
         ValueError: unreadable, larger than 10 MB, more than 40 megapixels, or longer than 20 times
             its width (or wider than 20 times its height).
@@ -320,10 +327,12 @@ def read_image(image: Any, name: str = "image") -> Any:
         # checked from the header, before any pixel is decoded or resized
         raise ValueError(f"{name}: {width}x{height} is over the {MAX_IMAGE_ASPECT}:1 aspect ratio limit (the longer "
                          f"side at most {MAX_IMAGE_ASPECT} times the shorter)")
+    from shopgraph.encoders.image import to_rgb
+
     try:
         img.load()
-        return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return to_rgb(img)
+    except Exception as exc:  # noqa: BLE001 - damaged data: OSError, SyntaxError, struct.error, a bad EXIF block ...
         raise ValueError(f"{name}: the image data is corrupt ({exc})") from exc
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from shopgraph.encoders.image import ImageEncoder, efficientnet_preprocess, load_rgb
+from shopgraph.encoders.image import ImageEncoder, efficientnet_preprocess, load_rgb, to_rgb
 
 
 def make_tiny_vit(folder: Path, seed: int = 0) -> Path:
@@ -222,6 +222,100 @@ def test_sixteen_bit_grayscale_keeps_its_contrast(tmp_path: Path) -> None:
     rgb, _ = load_rgb(tmp_path / "g16.png", max_pixels=10**6, draft_size=256)
     assert rgb is not None
     assert rgb.getpixel((0, 0)) == (0, 0, 0) and rgb.getpixel((7, 0)) == (255, 255, 255)
+
+
+# -- one conversion for the build and the query (to_rgb) --------------------------------------------
+GRADIENT16 = np.tile(np.linspace(0, 65535, 256).round(), (32, 1))  # left black to right white, 16 bits
+
+
+def deep_gray_file(folder: Path, dtype: type) -> Path:
+    """``GRADIENT16`` as a 16-bit PNG (``I;16``), a 32-bit integer TIFF (``I``) or a float TIFF (``F``)."""
+    path = folder / f"gradient_{np.dtype(dtype).name}.{'png' if dtype is np.uint16 else 'tif'}"
+    Image.fromarray(GRADIENT16.astype(dtype)).save(path)
+    return path
+
+
+def exif_rotated_jpeg(path: Path) -> Path:
+    """A phone photo held upright: stored 200x100 (red left half, blue right half) with EXIF
+    orientation 6 (rotate 90 degrees clockwise to show), so upright it is 100x200, red on top."""
+    stored = Image.new("RGB", (200, 100), (220, 20, 20))
+    stored.paste((20, 20, 220), (100, 0, 200, 100))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(path, "JPEG", exif=exif, quality=95)
+    return path
+
+
+def cutout(path: Path, mode: str) -> Path:
+    """A red disc on a fully transparent black background, as RGBA, LA or a palette with a transparent index."""
+    img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    ImageDraw.Draw(img).ellipse([10, 10, 30, 30], fill=(200, 0, 0, 255))
+    if mode == "LA":
+        img = img.convert("LA")
+    if mode == "P":
+        pal = Image.new("P", img.size, 0)
+        pal.putpalette([0, 0, 0, 200, 0, 0] + [0] * 762)
+        ImageDraw.Draw(pal).ellipse([10, 10, 30, 30], fill=1)
+        pal.save(path, transparency=0)
+        return path
+    img.save(path)
+    return path
+
+
+def noise_rgb(path: Path, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(path, quality=90)
+    return path
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32])
+def test_deep_grayscale_keeps_its_gradient(tmp_path: Path, dtype: type) -> None:
+    path = deep_gray_file(tmp_path, dtype)
+    rgb, kinds = load_rgb(path, max_pixels=10**6, draft_size=256)
+    assert rgb is not None and rgb.mode == "RGB" and kinds == ["converted_grayscale"]
+    arr = np.asarray(rgb)
+    assert len(np.unique(arr)) >= 250  # not clipped to a few values
+    assert abs(arr.mean() - GRADIENT16.mean() * 255 / 65535) < 1
+    assert arr[0, 0].tolist() == [0, 0, 0] and arr[0, -1].tolist() == [255, 255, 255]
+
+
+def test_sixteen_bit_scaling_is_the_formula_cached_embeddings_were_made_with() -> None:
+    """Every 16-bit value maps as the build always mapped it (float64 ``v * 255 / 65535``, floored):
+    the image cache is keyed by file content, so a different rounding would leave stale vectors."""
+    v = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    got = np.asarray(to_rgb(Image.fromarray(v)))[..., 0]
+    np.testing.assert_array_equal(got, np.clip(v * (255.0 / 65535.0), 0, 255).astype(np.uint8))
+    small = np.arange(256, dtype=np.uint16).reshape(16, 16)  # 8-bit data in a 16-bit container: kept
+    np.testing.assert_array_equal(np.asarray(to_rgb(Image.fromarray(small)))[..., 0], small)
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    path = exif_rotated_jpeg(tmp_path / "phone.jpg")
+    for rgb in (load_rgb(path, max_pixels=10**6, draft_size=256)[0], to_rgb(Image.open(path))):
+        assert rgb is not None and rgb.size == (100, 200)
+        top, bottom = rgb.getpixel((50, 20)), rgb.getpixel((50, 180))
+        assert top[0] > 180 and top[2] < 60, top  # red on top
+        assert bottom[2] > 180 and bottom[0] < 60, bottom
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_cutouts_get_a_white_background(tmp_path: Path, mode: str) -> None:
+    path = cutout(tmp_path / f"cut_{mode}.png", mode)
+    for rgb in (load_rgb(path, max_pixels=10**6, draft_size=256)[0], to_rgb(Image.open(path))):
+        assert rgb is not None and rgb.mode == "RGB"
+        assert rgb.getpixel((1, 1)) == (255, 255, 255)
+        assert rgb.getpixel((20, 20)) == ((60,) * 3 if mode == "LA" else (200, 0, 0))  # LA: red as gray
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_plain_rgb_is_unchanged_bit_for_bit(tmp_path: Path, fmt: str) -> None:
+    path = noise_rgb(tmp_path / f"noise.{fmt}")
+    with Image.open(path) as img:
+        before = img.convert("RGB")  # what an 8-bit RGB file always gave
+    rgb, kinds = load_rgb(path, max_pixels=10**6, draft_size=256)
+    assert rgb is not None and kinds == [] and rgb.tobytes() == before.tobytes()
+    assert to_rgb(before).tobytes() == before.tobytes()
+    assert torch.equal(efficientnet_preprocess(rgb), efficientnet_preprocess(before))
 
 
 def test_efficientnet_preprocess_shape_and_scale() -> None:

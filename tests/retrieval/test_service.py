@@ -13,11 +13,13 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from shopgraph.encoders.image import efficientnet_preprocess, load_rgb
 from shopgraph.graph.build import build_graph
 from shopgraph.graph.run import RunDir
 from shopgraph.retrieval.index import index_run
-from shopgraph.retrieval.service import FraudScore, Recommendation, ShopService, UnknownIdError
+from shopgraph.retrieval.service import FraudScore, Recommendation, ShopService, UnknownIdError, read_image
 from tests.conftest import make_tables
+from tests.encoders.test_image import GRADIENT16, cutout, deep_gray_file, exif_rotated_jpeg, noise_rgb
 
 _WORDS = {
     "electronics": ["wireless headphones", "usb phone charger", "smart watch", "bluetooth speaker"],
@@ -436,6 +438,70 @@ def _png_of(img: Image.Image) -> bytes:
 
 def test_an_image_within_the_aspect_ratio_limit_is_searched(service):
     assert len(service.search(image=_png_of(Image.new("RGB", (20, 400), (210, 30, 30))), k=3).item_ids) == 3
+
+
+# -- read_image converts as the build does (encoders.image.to_rgb) ---------------------------------
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32])
+def test_read_image_scales_deep_grayscale_instead_of_clipping(tmp_path, dtype):
+    path = deep_gray_file(tmp_path, dtype)
+    for given in (path, path.read_bytes(), Image.open(path)):
+        arr = np.asarray(read_image(given))
+        assert arr.shape == (32, 256, 3)
+        assert len(np.unique(arr)) >= 250  # was 2 values, mean 251: clipped to almost white
+        assert abs(arr.mean() - GRADIENT16.mean() * 255 / 65535) < 1
+
+
+def test_read_image_turns_a_phone_photo_upright(tmp_path):
+    path = exif_rotated_jpeg(tmp_path / "phone.jpg")
+    for given in (path, path.read_bytes(), Image.open(path)):
+        img = read_image(given)
+        assert img.size == (100, 200)  # was 200x100: searched sideways
+        top, bottom = img.getpixel((50, 20)), img.getpixel((50, 180))
+        assert top[0] > 180 and top[2] < 60 and bottom[2] > 180 and bottom[0] < 60, (top, bottom)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_read_image_puts_a_cutout_on_white(tmp_path, mode):
+    img = read_image(cutout(tmp_path / f"cut_{mode}.png", mode).read_bytes())
+    assert img.mode == "RGB" and img.getpixel((1, 1)) == (255, 255, 255)  # was black
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_read_image_leaves_plain_rgb_bit_for_bit(tmp_path, fmt):
+    path = noise_rgb(tmp_path / f"noise.{fmt}")
+    with Image.open(path) as img:
+        before = img.convert("RGB")  # what read_image always returned for an 8-bit RGB file
+    for given in (path, path.read_bytes(), before):
+        img = read_image(given)
+        assert img.mode == "RGB" and img.tobytes() == before.tobytes()
+        assert torch.equal(efficientnet_preprocess(img), efficientnet_preprocess(before))
+
+
+@pytest.mark.parametrize("case", ["gray16", "int32", "float", "exif", "RGBA", "LA", "P", "cmyk", "png", "jpg"])
+def test_read_image_sees_the_pixels_the_build_sees(tmp_path, case):
+    if case in ("gray16", "int32", "float"):
+        path = deep_gray_file(tmp_path, {"gray16": np.uint16, "int32": np.int32, "float": np.float32}[case])
+    elif case == "exif":
+        path = exif_rotated_jpeg(tmp_path / "phone.jpg")
+    elif case in ("RGBA", "LA", "P"):
+        path = cutout(tmp_path / f"cut_{case}.png", case)
+    elif case == "cmyk":
+        Image.open(noise_rgb(tmp_path / "n.png")).convert("CMYK").save(path := tmp_path / "cmyk.jpg")
+    else:
+        path = noise_rgb(tmp_path / f"noise.{case}")
+    built, _ = load_rgb(path, max_pixels=10**6, draft_size=4096)  # no JPEG draft scaling: full size
+    assert built is not None
+    np.testing.assert_array_equal(np.asarray(read_image(path)), np.asarray(built))
+
+
+def test_an_exif_rotated_photo_is_searched_upright(service, tmp_path):
+    path = exif_rotated_jpeg(tmp_path / "phone.jpg")
+    with Image.open(path) as stored:
+        # orientation 6 by hand, on bare pixels (a copy of the image would still carry its EXIF tag)
+        upright = Image.fromarray(np.asarray(stored.convert("RGB"))).transpose(Image.Transpose.ROTATE_270)
+    got, want = service.search(image=path.read_bytes(), k=5), service.search(image=upright, k=5)
+    assert got.item_ids == want.item_ids
+    np.testing.assert_array_equal(got.scores, want.scores)
 
 
 @pytest.mark.parametrize(("fields", "message"), [
