@@ -1,0 +1,168 @@
+"""The fraud scorer's feature names in plain words, for people reading an account's reasons.
+
+The served fraud scorers read columns with technical names (``graph.baselines.
+hetero_neighbor_feature_names``, ``graph.fraud_scorer.product_feature_table``, the grouped encoder
+columns of ``graph.explain``): ``users sharing a device via uses: mean log_account_age_days (self
+included)``, ``quick purchases: mean item image features (87 columns together; value: their
+norm)``. :func:`reason_in_words` reads such a name as a sentence and says what kind of number its
+value is (:class:`Reading`); :func:`value_in_words` writes the value so: a count, a share, yes or
+no, or "1.2 SD below the average account" for the standardised behaviour columns. The names
+themselves (``/fraud/explain``, ``metrics.json``) are left as they are; only what the demo shows
+is reworded. A name this module does not know is returned as it is, never guessed at.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Literal, NamedTuple
+
+Unit = Literal["raw", "count", "log_count", "share", "flag", "standardised", "none"]
+
+# behaviour and table columns (encoders.behaviour), as a person would name them
+_FEATURES: dict[str, tuple[str, Unit]] = {
+    "log_account_age_days": ("account age", "standardised"),
+    "has_account_age": ("has an account creation date", "flag"),
+    "log_n_events": ("number of events", "standardised"),
+    "log_n_cart": ("number of cart adds", "standardised"),
+    "log_n_purchase": ("number of purchases", "standardised"),
+    "log_n_view": ("number of views", "standardised"),
+    "log_amount_mean": ("average purchase amount", "standardised"),
+    "log_amount_max": ("largest purchase amount", "standardised"),
+    "log_amount_sum": ("total purchase amount", "standardised"),
+    "night_share": ("share of events at night", "standardised"),
+    "log_purchases_last_24h": ("purchases in the last 24 hours of activity", "standardised"),
+    "high_risk_purchase_share": ("share of purchases in high-risk categories", "standardised"),
+    "log_n_devices": ("number of devices", "standardised"),
+    "log_max_accounts_per_device": ("most accounts on one device", "standardised"),
+    "log_n_users": ("number of shoppers", "standardised"),
+    "log_price": ("price", "standardised"),
+    "has_price": ("has a price", "flag"),
+    "has_text": ("has a title or description", "flag"),
+    "has_image": ("has a picture", "flag"),
+    "log_n_accounts": ("number of accounts using it", "standardised"),
+    "log_n_accounts_created": ("number of accounts created on it", "standardised"),
+}
+# (user, rel, other) edges: what the account did with the other node
+_DID: dict[str, str] = {"view": "viewed", "cart": "put in the cart", "purchase": "bought", "uses": "used"}
+_EVENTS: dict[str, str] = {"view": "views", "cart": "cart adds", "purchase": "purchases", "uses": "device uses"}
+_PLURAL: dict[str, str] = {"item": "items", "device": "devices", "user": "accounts"}
+_ENCODER: dict[str, str] = {"text": "titles and descriptions", "image": "pictures"}
+_GROUP = re.compile(r"^(?P<prefix>.*?)(?P<kind>text|image) features \((?P<n>\d+) columns together; value: their norm\)$")
+_GNN_GROUP = re.compile(r"^GNN embedding \((?P<n>\d+) columns together; value: their norm\)$")
+_OTHER_MEAN = re.compile(r"^(?P<other>\w+)s via (?P<rel>\w+): mean (?P<f>.+)$")
+_SHARING = re.compile(r"^(?P<others>other )?users sharing an? (?P<other>\w+) via (?P<rel>\w+): mean (?P<f>.+?)"
+                      r"(?P<self> \(self included\))?$")
+_EVENT_COUNT = re.compile(r"^(?P<rel>\w+) events \(log count\)$")
+_DISTINCT = re.compile(r"^distinct (?P<other>\w+)s via (?P<rel>\w+) \(log count\)$")
+_PATHS = re.compile(r"^other users via (?P<rel>\w+) (?P<other>\w+)s \(log count of paths\)$")
+_QUICK = "quick purchases: mean item "
+
+
+class Reading(NamedTuple):
+    """A feature name in words, and what kind of number its value is (:func:`value_in_words`)."""
+
+    text: str
+    unit: Unit
+
+
+def _feature(name: str) -> tuple[str, Unit]:
+    """One node's own column: its words and unit (a one-hot flag ``user_country=DE``: ``country DE``)."""
+    if name in _FEATURES:
+        return _FEATURES[name]
+    if "=" in name:
+        column, _, level = name.partition("=")
+        for prefix in ("user_", "item_", "device_"):
+            column = column.removeprefix(prefix)
+        return f"{column.replace('_', ' ')} {level}", "flag"
+    for prefix in ("user_", "item_", "device_"):
+        if name.startswith(prefix):  # a shop's own numeric column
+            return name[len(prefix):].replace("_", " "), "standardised"
+    return name, "raw"
+
+
+def _average(words: str, unit: Unit) -> Reading:
+    """``their average <feature>``; a mean of yes/no flags is a share."""
+    if unit == "flag":
+        return Reading(f"share with {words}", "share")
+    return Reading(f"average {words}", "standardised" if unit in ("standardised", "raw") else unit)
+
+
+def _sharing(rel: str, other: str) -> str:
+    """Who shares what: ``on the same devices``, ``that bought the same items``."""
+    if rel == "uses":
+        return f"on the same {_PLURAL.get(other, other + 's')}"
+    return f"that {_DID.get(rel, rel)} the same {_PLURAL.get(other, other + 's')}"
+
+
+def reason_in_words(name: str) -> Reading:
+    """``name`` (a column of the fraud scorer's features) in words, with its value's unit.
+
+    Examples: ``users sharing a device via uses: mean log_account_age_days (self included)`` ->
+    ``accounts on the same devices (this one included): average account age`` (standardised);
+    ``quick purchases: mean item image features (87 columns together; value: their norm)`` ->
+    ``items bought quickly: what they are, judged from their pictures (87 columns together)`` (no
+    value worth showing). Unknown names come back unchanged, with the unit ``raw``.
+    """
+    if (m := _GNN_GROUP.match(name)) is not None:
+        return Reading(f"the network's summary of the account's activity ({m['n']} columns together)", "none")
+    if (m := _GROUP.match(name)) is not None:
+        prefix = m["prefix"]
+        subject = "this account's items"
+        if prefix == _QUICK:
+            subject = "items bought quickly"
+        elif (o := re.match(r"^(?P<other>\w+)s via (?P<rel>\w+): mean $", prefix)) is not None:
+            subject = f"{_PLURAL.get(o['other'], o['other'] + 's')} {_DID.get(o['rel'], o['rel'])}"
+        return Reading(f"{subject}: what they are, judged from their {_ENCODER[m['kind']]} ({m['n']} columns together)",
+                       "none")
+    if name.startswith(_QUICK):
+        words, unit = _feature(name[len(_QUICK):])
+        average = _average(words, unit)
+        return Reading(f"items bought quickly: {average.text}", average.unit)
+    if (m := _SHARING.match(name)) is not None:
+        words, unit = _feature(m["f"])
+        who = ("other accounts " if m["others"] else "accounts ") + _sharing(m["rel"], m["other"])
+        who += " (this one included)" if m["self"] else ""
+        average = _average(words, unit)
+        return Reading(f"{who}: {average.text}", average.unit)
+    if (m := _OTHER_MEAN.match(name)) is not None:
+        words, unit = _feature(m["f"])
+        average = _average(words, unit)
+        return Reading(f"{_PLURAL.get(m['other'], m['other'] + 's')} {_DID.get(m['rel'], m['rel'])}: {average.text}",
+                       average.unit)
+    if (m := _EVENT_COUNT.match(name)) is not None:
+        return Reading(f"number of {_EVENTS.get(m['rel'], m['rel'] + ' events')}", "log_count")
+    if (m := _DISTINCT.match(name)) is not None:
+        return Reading(f"different {_PLURAL.get(m['other'], m['other'] + 's')} {_DID.get(m['rel'], m['rel'])}",
+                       "log_count")
+    if (m := _PATHS.match(name)) is not None:
+        return Reading(f"links to other accounts through the {_PLURAL.get(m['other'], m['other'] + 's')} "
+                       f"{_DID.get(m['rel'], m['rel'])}", "log_count")
+    if name.endswith("(log count)"):  # the ring columns, in words already (graph.fraud_scorer.ring_column_text)
+        return Reading(name[: -len("(log count)")].rstrip(", "), "log_count")
+    if name in _FEATURES or "=" in name or name.startswith(("user_", "item_", "device_")):
+        return Reading(*_feature(name))
+    if "share" in name:
+        return Reading(name, "share")
+    return Reading(name, "raw")
+
+
+def value_in_words(reading: Reading, value: float) -> str:
+    """``value`` written as its :class:`Reading` says: ``17`` (a log count, back to a count),
+    ``100%``, ``yes``, ``1.2 SD below the average account``; ``""`` for a value worth nothing
+    to a reader (a norm of embedding columns) or one that is not a number."""
+    if reading.unit == "none" or not math.isfinite(value):
+        return ""
+    if reading.unit == "log_count":
+        return f"{math.expm1(value):,.0f}"
+    if reading.unit == "count":
+        return f"{value:,.0f}"
+    if reading.unit == "share":
+        return f"{value:.0%}"
+    if reading.unit == "flag":
+        return "yes" if value >= 0.5 else "no"
+    if reading.unit == "standardised":
+        if abs(value) < 0.05:
+            return "about average"
+        return f"{abs(value):.1f} SD {'above' if value > 0 else 'below'} average"
+    return f"{value:.3g}"

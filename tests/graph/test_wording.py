@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from shopgraph.graph.wording import Reading, reason_in_words, value_in_words
+
+
+@pytest.mark.parametrize("name, text, unit", [
+    ("users sharing a device via uses: mean log_account_age_days (self included)",
+     "accounts on the same devices (this one included): average account age", "standardised"),
+    ("other users sharing a item via purchase: mean night_share",
+     "other accounts that bought the same items: average share of events at night", "standardised"),
+    ("other users sharing a device via uses: mean user_country=DE",
+     "other accounts on the same devices: share with country DE", "share"),
+    ("quick purchases: mean item image features (87 columns together; value: their norm)",
+     "items bought quickly: what they are, judged from their pictures (87 columns together)", "none"),
+    ("items via cart: mean text features (22 columns together; value: their norm)",
+     "items put in the cart: what they are, judged from their titles and descriptions (22 columns together)", "none"),
+    ("quick purchases: mean item log_price", "items bought quickly: average price", "standardised"),
+    ("items via view: mean item_category=gift cards", "items viewed: share with category gift cards", "share"),
+    ("devices via uses: mean log_n_accounts", "devices used: average number of accounts using it", "standardised"),
+    ("purchase events (log count)", "number of purchases", "log_count"),
+    ("distinct devices via uses (log count)", "different devices used", "log_count"),
+    ("other users via uses devices (log count of paths)", "links to other accounts through the devices used",
+     "log_count"),
+    ("GNN embedding (64 columns together; value: their norm)",
+     "the network's summary of the account's activity (64 columns together)", "none"),
+    ("accounts sharing a device (or other identifier), known fraud (log count)",
+     "accounts sharing a device (or other identifier), known fraud", "log_count"),
+    ("share of purchases made within 2 min of carting or viewing the item",
+     "share of purchases made within 2 min of carting or viewing the item", "share"),
+    ("log_account_age_days", "account age", "standardised"),
+    ("user_signup_channel=ads", "signup channel ads", "flag"),
+    ("user_loyalty_score", "loyalty score", "standardised"),
+    ("f3", "f3", "raw"),  # unknown: unchanged, never guessed at
+])
+def test_feature_names_read_as_words(name: str, text: str, unit: str) -> None:
+    assert reason_in_words(name) == Reading(text, unit)  # type: ignore[arg-type]
+
+
+def test_no_technical_token_survives_in_a_shops_feature_names() -> None:
+    """Every column name the scorer builds for the synthetic shop's graph reads as words."""
+    own = ["log_account_age_days", "has_account_age", "log_n_events", "log_n_cart", "log_n_purchase", "log_n_view",
+           "log_amount_mean", "log_amount_max", "log_amount_sum", "night_share", "log_purchases_last_24h",
+           "high_risk_purchase_share", "log_n_devices", "log_max_accounts_per_device", "user_country=DE"]
+    item = ["has_text", "has_image", "log_n_events", "log_n_users", "log_price", "has_price", "item_category=toys"]
+    device = ["log_n_accounts", "log_n_accounts_created", "log_n_events", "device_os=ios", "device_kind=phone"]
+    names = list(own)
+    for rel, other, feats in (("view", "item", item), ("cart", "item", item), ("purchase", "item", item),
+                              ("uses", "device", device)):
+        names += [f"{rel} events (log count)", f"distinct {other}s via {rel} (log count)"]
+        names += [f"{other}s via {rel}: mean {g}" for g in feats]
+        names += [f"users sharing a {other} via {rel}: mean {f} (self included)" for f in own]
+        names += [f"other users sharing a {other} via {rel}: mean {f}" for f in own]
+        names.append(f"other users via {rel} {other}s (log count of paths)")
+    names += [f"quick purchases: mean item {g}" for g in item]
+    for name in names:
+        text = reason_in_words(name).text
+        assert "log_" not in text and " via " not in text and "_" not in text, (name, text)
+
+
+@pytest.mark.parametrize("unit, value, shown", [
+    ("log_count", math.log1p(17), "17"), ("share", 1.0, "100%"), ("flag", 1.0, "yes"), ("flag", 0.0, "no"),
+    ("standardised", -0.965, "1.0 SD below average"), ("standardised", 2.04, "2.0 SD above average"),
+    ("standardised", 0.01, "about average"), ("none", 0.25, ""), ("raw", 0.123456, "0.123"),
+    ("share", float("nan"), ""),
+])
+def test_values_read_as_their_unit(unit: str, value: float, shown: str) -> None:
+    assert value_in_words(Reading("x", unit), value) == shown  # type: ignore[arg-type]
