@@ -769,6 +769,18 @@ def cli_rings(args: argparse.Namespace) -> int:
     return 0
 
 
+SHOWN_CHARS = 60  # longest id echoed in a lookup's message (as retrieval.service.shown cuts them)
+
+
+def _shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for a message, cut to about ``limit`` characters: a long id is named by its
+    start and its length, not echoed whole."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return text[:limit] + "…" + (f" ({len(value):,} characters)" if isinstance(value, str) else "")
+
+
 class FraudCases:
     """The fraud side of a run, loaded once, for the service and the HTTP router.
 
@@ -788,6 +800,11 @@ class FraudCases:
     ) -> None:
         self._rings = list(rings)
         self._by_id = {r.ring_id: r for r in self._rings}
+        # ids in any case ("r0001"), for the ids that no other ring id equals up to case
+        folded: dict[str, list[Ring]] = {}
+        for r in self._rings:
+            folded.setdefault(r.ring_id.casefold(), []).append(r)
+        self._by_folded = {key: same[0] for key, same in folded.items() if len(same) == 1}
         self.data = data
         self.tables = tables
         self.model = model
@@ -818,10 +835,16 @@ class FraudCases:
         return list(self._rings if top is None else self._rings[:top])
 
     def ring(self, ring_id: str) -> Ring:
-        """One ring; ``KeyError`` naming the id when unknown."""
-        if ring_id not in self._by_id:
-            raise KeyError(f"unknown ring_id {ring_id!r} ({len(self._rings)} rings known)")
-        return self._by_id[ring_id]
+        """One ring, by its id (``"R0001"``), in any case (``"r0001"``) when no other ring id is the
+        same up to case; ``KeyError`` naming the id (cut, when long) and what ids look like."""
+        ring = self._by_id.get(ring_id) if isinstance(ring_id, str) else None
+        if ring is None and isinstance(ring_id, str):
+            ring = self._by_folded.get(ring_id.casefold())
+        if ring is None:
+            known = (f"{len(self._rings):,} rings known; ring ids look like {self._rings[0].ring_id}" if self._rings
+                     else "no rings known")
+            raise KeyError(f"unknown ring_id {_shown(ring_id)} ({known})")
+        return ring
 
     def timeline(self, ring_id: str) -> pd.DataFrame:
         """The ring's events in time order (:func:`shopgraph.graph.explain.ring_timeline`)."""

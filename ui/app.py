@@ -27,6 +27,7 @@ import re
 import shutil
 import tempfile
 import threading
+import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from shopgraph.retrieval.service import NotAvailableError, ShopService
+from shopgraph.retrieval.service import NotAvailableError, ShopService, UnknownIdError, shown
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -52,6 +53,9 @@ SAMPLES_PER_KIND = 4
 RING_LABELS = 12  # rings up to this size get their account ids written on the drawing
 RING_ITEMS = 12  # items drawn in a ring's subgraph (the ones most members bought)
 ERROR_PREFIX = "**Problem:** "  # plain text: headless browsers may lack an emoji font
+# the boxes' labels: messages about a box's value name the box as the page shows it
+SHOPPER, VISITOR_ITEMS, ITEM, TEXT, ACCOUNT, THRESHOLD, RING = (
+    "Shopper", "Visitor's items", "Item", "Text", "Account", "Threshold", "Ring")
 GalleryItem = tuple["PILImage", str]  # (thumbnail, caption)
 _CATEGORY_COLOURS = [(78, 121, 167), (242, 142, 43), (225, 87, 89), (118, 183, 178), (89, 161, 79),
                      (237, 201, 72), (176, 122, 161), (255, 157, 167), (156, 117, 95), (186, 176, 172)]
@@ -132,12 +136,18 @@ class ModelView(NamedTuple):
         purchase: one row per model (GNN first) with the ranking metrics.
         fraud: one row per model (GNN first) with the fraud metrics.
         plots: (image, caption) for each ``RUN/plots/*.png``.
+        purchase_legend, fraud_legend: Markdown: each column of the table in plain words, and its
+            baselines.
+        technical: Markdown (small print): the technical names of ShopGraph's models.
     """
 
     status: str
     purchase: pd.DataFrame
     fraud: pd.DataFrame
     plots: list[GalleryItem]
+    purchase_legend: str = ""
+    fraud_legend: str = ""
+    technical: str = ""
 
 
 RESULT_COLUMNS = ["rank", "item_id", "title", "category", "score", "reason"]
@@ -148,6 +158,11 @@ _RESULT_WIDTHS: list[str | int] = ["6%", "9%", "30%", "10%", "7%", "38%"]
 # links, maths, e-mail autolinks), written as numeric character references: the Markdown status and
 # the HTML toast both show them as the characters they are
 _MARKUP = {ord(c): f"&#{ord(c)};" for c in "&<>\\`*_~[]$@"}
+# bidirectional controls (the marks, embeddings, overrides and isolates): one in an echoed text could
+# reverse the rest of the line; each is shown as its code point instead
+_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_MARKUP.update({c: f"&#91;U+{c:04X}&#93;" for c in _BIDI})
+_PLAIN = {c: f"[U+{c:04X}]" for c in _BIDI}
 _AUTOLINK = re.compile(r"(?i)(?<=[a-z])(:)(?=//)|(?<=www)(\.)")  # "http://", "www." start links by themselves
 
 
@@ -158,10 +173,30 @@ def _md(text: Any) -> str:
     return _AUTOLINK.sub(lambda m: f"&#{ord(m.group(0))};", plain)
 
 
-def _problem(exc: BaseException) -> str:
-    """One readable line for an exception (``KeyError`` quotes its message; strip that); the message
-    quotes user input, so it is escaped (:func:`_md`)."""
+def _plain(text: Any) -> str:
+    """``text`` (a title in a caption) with its bidirectional controls shown as code points."""
+    return str(text).translate(_PLAIN)
+
+
+def _blank(text: str) -> bool:
+    """Whether ``text`` shows nothing: only spaces and invisible format characters (zero-width
+    spaces and joiners, bidirectional marks, the byte-order mark)."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in text)
+
+
+# the argument names that the service's and the rings' messages start with ("user_id: unknown user
+# 'x'", "item_ids[2]: ...", "unknown ring_id 'R9'"): the app names the box instead
+_INTERNAL_NAME = re.compile(r"^(?:user_id|item_ids?|text|image)(?:\[\d+\])?: |^unknown ring_id ")
+
+
+def _problem(exc: BaseException, label: str | None = None) -> str:
+    """One readable line for an exception (``KeyError`` quotes its message; strip that), the
+    argument name it starts with replaced by the box's ``label``; the message quotes user input, so
+    it is escaped (:func:`_md`)."""
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    if label:
+        text = _INTERNAL_NAME.sub(lambda m: f"{label}: unknown ring " if m.group(0).startswith("unknown")
+                                  else f"{label}: ", text, count=1)
     return f"{ERROR_PREFIX}{_md(text)}"
 
 
@@ -171,18 +206,55 @@ def is_problem(status: str) -> bool:
 
 
 def _clean_id(value: Any, name: str) -> str:
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is None or (isinstance(value, str) and _blank(value)):
         raise ValueError(f"{name}: pick one from the list or type an id (got nothing)")
     if not isinstance(value, str):
         raise ValueError(f"{name}: expected a string id (got {type(value).__name__})")
     return value.strip()
 
 
+def _was_removed(service: ShopService, item_id: str) -> bool:
+    """Whether ``item_id`` was in the catalogue and was removed since (by this process or another
+    one serving the run: the service applies the run's catalogue journal). The service keeps the
+    ids of removed items in ``item_ids`` (their positions stay) but no longer serves them."""
+    return not service.has_item(item_id) and item_id in service.item_ids
+
+
+def _item_problem(service: ShopService, item_id: str, label: str) -> str:
+    """The message for an item id the service does not serve: removed, or never known."""
+    if _was_removed(service, item_id):
+        return f"{label}: item {shown(item_id)} was removed from the catalogue; pick another item"
+    return f"{label}: unknown item {shown(item_id)} (pick one from the list or type an item id)"
+
+
+def _need_item(service: ShopService, item_id: str, label: str) -> None:
+    """``ValueError`` with :func:`_item_problem`'s message unless the service serves ``item_id``."""
+    if not service.has_item(item_id):
+        raise ValueError(_item_problem(service, item_id, label))
+
+
+def _need_user(service: ShopService, user_id: str, label: str, kind: str) -> None:
+    if not service.has_user(user_id):
+        raise ValueError(f"{label}: unknown {kind} {shown(user_id)} (pick one from the list or type the user id "
+                         f"of {'an' if kind[0] in 'aeiou' else 'a'} {kind} in the data)")
+
+
+def _info(service: ShopService, item_id: str) -> dict[str, Any] | None:
+    """The item's :meth:`~ShopService.item_info`, or ``None`` when it is no longer served (removed
+    by another process since the answer that named it was computed)."""
+    try:
+        return service.item_info(item_id)
+    except UnknownIdError:
+        return None
+
+
 # -- thumbnails and history ------------------------------------------------------------------------
 class Thumbnails:
     """Item thumbnails (``THUMB_SIZE`` px), loaded from the shop's images once and kept.
 
-    Items without a readable image get a tile in their category's colour with "no image" on it.
+    Kept by item id, image path and category: an item removed and added again with another picture
+    (added images are stored under their content's hash) or category gets a new thumbnail. Items
+    without a readable image get a tile in their category's colour with "no image" on it.
 
     Args:
         service: the service (``item_info`` gives the image path and category).
@@ -192,7 +264,7 @@ class Thumbnails:
     def __init__(self, service: ShopService, size: int = THUMB_SIZE) -> None:
         self.service = service
         self.size = size
-        self._cache: dict[str, PILImage] = {}
+        self._cache: dict[tuple[str, str, str], PILImage] = {}
         self._lock = threading.Lock()
 
     def _placeholder(self, category: str) -> PILImage:
@@ -206,16 +278,24 @@ class Thumbnails:
             draw.text((8, self.size // 2 + 2), category[:18], fill=(60, 60, 60))
         return img
 
-    def get(self, item_id: str) -> PILImage:
-        """The item's thumbnail (RGB)."""
+    def get(self, item_id: str, info: dict[str, Any] | None = None) -> PILImage:
+        """The item's thumbnail (RGB).
+
+        Args:
+            item_id: a served item id.
+            info: its :meth:`~ShopService.item_info`, when the caller has it (default: asked for;
+                ``UnknownIdError`` when the item is not served).
+        """
+        if info is None:
+            info = self.service.item_info(item_id)
+        path = info.get("image")
+        key = (item_id, str(path or ""), str(info.get("category") or ""))
         with self._lock:
-            if item_id in self._cache:
-                return self._cache[item_id]
+            if key in self._cache:
+                return self._cache[key]
         from PIL import Image
 
-        info = self.service.item_info(item_id)
         img: PILImage | None = None
-        path = info.get("image")
         if path:
             try:
                 with Image.open(path) as raw:
@@ -227,7 +307,7 @@ class Thumbnails:
         if img is None:
             img = self._placeholder(str(info.get("category") or ""))
         with self._lock:
-            self._cache[item_id] = img
+            self._cache[key] = img
         return img
 
 
@@ -288,22 +368,37 @@ def _empty_results() -> pd.DataFrame:
     return pd.DataFrame(columns=RESULT_COLUMNS)
 
 
-def _results(service: ShopService, thumbs: Thumbnails, rec: Any,
-             ranked: bool = False) -> tuple[list[GalleryItem], pd.DataFrame]:
+class _Results(NamedTuple):
+    gallery: list[GalleryItem]
+    table: pd.DataFrame
+    gone: int  # results removed from the catalogue (by another process) since the answer, left out
+
+    def note(self) -> str:
+        """A sentence for the status when results were left out, else ``""``."""
+        if not self.gone:
+            return ""
+        return (f" {_plural(self.gone, 'result')} removed from the catalogue a moment ago "
+                f"{'is' if self.gone == 1 else 'are'} left out.")
+
+
+def _results(service: ShopService, thumbs: Thumbnails, rec: Any, ranked: bool = False) -> _Results:
     """Gallery entries and the table for a :class:`~shopgraph.retrieval.service.Recommendation`.
+
+    An item that another process removed between the answer and now (the service applies the
+    run's catalogue journal on every call) is left out, and counted in ``gone``.
 
     ``ranked``: the captions give the rank (``"#1 title"``), not the score (recommendation scores are
     unscaled inner products, e.g. 1794.17: only their order means something)."""
-    if ranked:
-        gallery = [(thumbs.get(i), f"#{n} {t or i}") for n, (i, t) in enumerate(zip(rec.item_ids, rec.titles), 1)]
-    else:
-        gallery = [(thumbs.get(i), f"{t or i} · {s:.2f}") for i, t, s in zip(rec.item_ids, rec.titles, rec.scores)]
-    table = pd.DataFrame({
-        "rank": list(range(1, len(rec.item_ids) + 1)), "item_id": rec.item_ids, "title": rec.titles,
-        "category": [service.item_info(i)["category"] for i in rec.item_ids],
-        "score": [round(float(s), 3) for s in rec.scores], "reason": rec.reasons,
-    }, columns=RESULT_COLUMNS)
-    return gallery, table
+    gallery: list[GalleryItem] = []
+    rows: list[list[Any]] = []
+    for i, t, s, r in zip(rec.item_ids, rec.titles, rec.scores, rec.reasons):
+        info = _info(service, i)
+        if info is None:
+            continue
+        n = len(rows) + 1
+        gallery.append((thumbs.get(i, info), _plain(f"#{n} {t or i}" if ranked else f"{t or i} · {s:.2f}")))
+        rows.append([n, i, t, info["category"], round(float(s), 3), r])
+    return _Results(gallery, pd.DataFrame(rows, columns=RESULT_COLUMNS), len(rec.item_ids) - len(rows))
 
 
 def _check_k(k: Any) -> int:
@@ -327,29 +422,31 @@ def recommend_view(service: ShopService, history: UserHistory | None, thumbs: Th
         k: how many recommendations (1..``MAX_K``).
     """
     try:
-        user = _clean_id(user_id, "user_id")
+        user = _clean_id(user_id, SHOPPER)
         k = _check_k(k)
+        _need_user(service, user, SHOPPER, "shopper")
         rec = service.recommend(user, k=k)
+        found = _results(service, thumbs, rec, ranked=True)
+        past: list[GalleryItem] = []
+        n_bought = 0
+        if history is not None:
+            recent = history.recent(user)
+            n_bought = int(history.purchase_counts.get(user, 0))
+            for row in recent.itertuples(index=False):
+                info = _info(service, row.item_id)
+                if info is None:  # removed from the catalogue since
+                    continue
+                when = f" · {row.time}" if row.time else ""
+                past.append((thumbs.get(row.item_id, info),
+                             _plain(f"{info['title'] or row.item_id} · {row.event_type}{when}")))
     except (ValueError, NotAvailableError) as exc:
-        return RecommendView(_problem(exc), [], [], _empty_results())
-    gallery, table = _results(service, thumbs, rec, ranked=True)
-    past: list[GalleryItem] = []
-    n_bought = 0
-    if history is not None:
-        recent = history.recent(user)
-        n_bought = int(history.purchase_counts.get(user, 0))
-        for row in recent.itertuples(index=False):
-            if not service.has_item(row.item_id):
-                continue
-            title = service.item_info(row.item_id)["title"] or row.item_id
-            when = f" · {row.time}" if row.time else ""
-            past.append((thumbs.get(row.item_id), f"{title} · {row.event_type}{when}"))
-    status = (f"**{_md(user)}**: {n_bought} purchases in the data. Top {len(rec.item_ids)} recommendations "
+        return RecommendView(_problem(exc, SHOPPER), [], [], _empty_results())
+    status = (f"**{_md(user)}**: {n_bought:,} purchases in the data. Top {len(found.table):,} recommendations "
               f"(already-bought items left out), best fit first. The score column is the model's raw fit score: "
-              "only its order matters (higher = better fit).")
+              "only its order matters (higher = better fit)." + found.note())
     if history is None:
         status += " The history panel is empty: the run's events table could not be read."
-    return RecommendView(status, past, gallery, table)
+    return RecommendView(status, past, found.gallery, found.table)
 
 
 def visitor_view(service: ShopService, thumbs: Thumbnails, item_ids: Any, k: Any = DEFAULT_K) -> RecommendView:
@@ -359,27 +456,71 @@ def visitor_view(service: ShopService, thumbs: Thumbnails, item_ids: Any, k: Any
     Args:
         service: the service.
         thumbs: the thumbnail cache.
-        item_ids: the picked item ids (the multi-select's list; typed ids too).
+        item_ids: the picked item ids (the multi-select's list; typed ids too). An entry that is no
+            item id but a comma-separated list of them (``"i000000, i000005"`` typed into the box)
+            counts as those items.
         k: how many recommendations (1..``MAX_K``).
     """
     try:
         if item_ids is None or (isinstance(item_ids, list | tuple) and not item_ids):
-            raise ValueError("visitor's items: pick one or more items the visitor looked at (got none)")
+            raise ValueError(f"{VISITOR_ITEMS}: pick one or more items the visitor looked at (got none)")
         if isinstance(item_ids, str):
             item_ids = [item_ids]
         if not isinstance(item_ids, list | tuple):
-            raise ValueError(f"visitor's items: expected a list of item ids (got {type(item_ids).__name__})")
-        picked = list(dict.fromkeys(_clean_id(i, "visitor's items") for i in item_ids))
-        rec = service.recommend_for_items(picked, k=_check_k(k))
+            raise ValueError(f"{VISITOR_ITEMS}: expected a list of item ids (got {type(item_ids).__name__})")
+        picked = list(dict.fromkeys(i for entry in item_ids for i in _split_ids(service, entry)))
+        k = _check_k(k)
+        missing = [i for i in picked if not service.has_item(i)]
+        if missing:
+            raise ValueError(_items_problem(service, missing))
+        infos = {i: service.item_info(i) for i in picked}
+        rec = service.recommend_for_items(picked, k=k)
+        found = _results(service, thumbs, rec)
+    except UnknownIdError as exc:  # a picked item removed by another process between the check and the answer
+        gone = [i for i in picked if not service.has_item(i)]
+        return RecommendView(f"{ERROR_PREFIX}{_md(_items_problem(service, gone))}" if gone
+                             else _problem(exc, VISITOR_ITEMS), [], [], _empty_results())
     except (ValueError, NotAvailableError) as exc:
-        return RecommendView(_problem(exc), [], [], _empty_results())
-    gallery, table = _results(service, thumbs, rec)
-    seen = [(thumbs.get(i), f"{service.item_info(i)['title'] or i} · looked at") for i in picked]
+        return RecommendView(_problem(exc, VISITOR_ITEMS), [], [], _empty_results())
+    seen = [(thumbs.get(i, info), _plain(f"{info['title'] or i} · looked at")) for i, info in infos.items()]
     status = (f"A visitor with no account who looked at {_plural(len(picked), 'item')}: the model has no history "
-              f"for them, so it averages those items' embeddings and shows the {len(rec.item_ids)} closest items "
+              f"for them, so it averages those items' embeddings and shows the {len(found.table):,} closest items "
               "(score = cosine similarity, 1 is identical; the items they looked at are left out). Each reason "
-              "names the looked-at item the result is most like.")
-    return RecommendView(status, seen, gallery, table)
+              "names the looked-at item the result is most like." + found.note())
+    return RecommendView(status, seen, found.gallery, found.table)
+
+
+def _split_ids(service: ShopService, entry: Any) -> list[str]:
+    """One entry of the visitor's items: its id, or the ids of a comma-separated list typed as one
+    entry (only when the whole entry is no served item id: an id with a comma in it stays whole)."""
+    item = _clean_id(entry, VISITOR_ITEMS)
+    if "," not in item or service.has_item(item):
+        return [item]
+    parts = [p.strip() for p in item.split(",")]
+    return [p for p in parts if not _blank(p)] or [item]
+
+
+def _items_problem(service: ShopService, missing: Sequence[str]) -> str:
+    """The message for the visitor's items that the service does not serve: unknown ones, removed
+    ones; and, when an entry looks like several ids in one, how to give them."""
+    if len(missing) == 1:
+        text = _item_problem(service, missing[0], VISITOR_ITEMS)
+    else:
+        removed = [i for i in missing if _was_removed(service, i)]
+        unknown = [i for i in missing if i not in removed]
+        parts = ([f"unknown items {_listed(unknown)}"] if unknown else []) + (
+            [f"{_listed(removed)} {'was' if len(removed) == 1 else 'were'} removed from the catalogue"] if removed
+            else [])
+        text = f"{VISITOR_ITEMS}: " + "; ".join(parts) + " (pick items from the list or type item ids)"
+    if any(" " in i.strip() for i in missing):
+        text += "; to give several items, pick them one at a time or separate their ids with commas"
+    return text
+
+
+def _listed(ids: Sequence[str], at_most: int = 5) -> str:
+    """``'a', 'b' and 3 more``."""
+    more = f" and {len(ids) - at_most:,} more" if len(ids) > at_most else ""
+    return ", ".join(shown(i) for i in ids[:at_most]) + more
 
 
 def sample_users(service: ShopService, history: UserHistory | None, cases: FraudCases | None,
@@ -429,28 +570,32 @@ def default_user(choices: Sequence[tuple[str, str]], kind: str) -> str | None:
 def similar_view(service: ShopService, thumbs: Thumbnails, item_id: Any, k: Any = DEFAULT_K) -> SearchView:
     """Items closest to an item in the GNN space (bought by the same kind of shopper)."""
     try:
-        item = _clean_id(item_id, "item_id")
-        rec = service.similar_items(item, k=_check_k(k))
+        item = _clean_id(item_id, ITEM)
+        k = _check_k(k)
+        _need_item(service, item, ITEM)
+        title = service.item_info(item)["title"] or item
+        rec = service.similar_items(item, k=k)
+        found = _results(service, thumbs, rec)
+    except UnknownIdError:  # removed by another process between the check and the answer
+        return SearchView(f"{ERROR_PREFIX}{_md(_item_problem(service, item, ITEM))}", [], _empty_results())
     except (ValueError, NotAvailableError) as exc:
-        return SearchView(_problem(exc), [], _empty_results())
-    gallery, table = _results(service, thumbs, rec)
-    title = service.item_info(item)["title"] or item
+        return SearchView(_problem(exc, ITEM), [], _empty_results())
     return SearchView(f"Items closest to **{_md(title)}** ({_md(item)}) in the model's item space: the kind of "
-                      "shopper who buys one buys the others. Each row's reason says whether anyone bought both.",
-                      gallery, table)
+                      "shopper who buys one buys the others. Each row's reason says whether anyone bought both."
+                      + found.note(), found.gallery, found.table)
 
 
 def text_search_view(service: ShopService, thumbs: Thumbnails, text: Any, k: Any = DEFAULT_K) -> SearchView:
     """Items whose title and description match a text (text encoder + ``text_items`` index)."""
     try:
-        if text is None or (isinstance(text, str) and not text.strip()):
-            raise ValueError("search text: type a few words, e.g. 'running shoes' (got an empty text)")
+        if text is None or (isinstance(text, str) and _blank(text)):  # zero-width spaces are nothing too
+            raise ValueError(f"{TEXT}: type a few words, e.g. 'running shoes' (got an empty text)")
         rec = service.search(text=text, k=_check_k(k))
+        found = _results(service, thumbs, rec)
     except (ValueError, NotAvailableError) as exc:
-        return SearchView(_problem(exc), [], _empty_results())
-    gallery, table = _results(service, thumbs, rec)
+        return SearchView(_problem(exc, TEXT), [], _empty_results())
     return SearchView(f"Items whose text best matches **{_md(text)}** (score = cosine similarity, "
-                      f"1 is identical).", gallery, table)
+                      f"1 is identical)." + found.note(), found.gallery, found.table)
 
 
 def image_search_view(service: ShopService, thumbs: Thumbnails, image: Any, k: Any = DEFAULT_K) -> SearchView:
@@ -463,11 +608,17 @@ def image_search_view(service: ShopService, thumbs: Thumbnails, image: Any, k: A
 
             image = Image.fromarray(image.astype(np.uint8))
         rec = service.search(image=image, k=_check_k(k))
+        found = _results(service, thumbs, rec)
     except (ValueError, NotAvailableError) as exc:
         return SearchView(_problem(exc), [], _empty_results())
-    gallery, table = _results(service, thumbs, rec)
-    return SearchView("Items whose picture looks most like the uploaded image (score = cosine similarity).",
-                      gallery, table)
+    return SearchView("Items whose picture looks most like the uploaded image (score = cosine similarity)."
+                      + found.note(), found.gallery, found.table)
+
+
+def cleared_image_search() -> tuple[str, list[GalleryItem], pd.DataFrame, None]:
+    """What the image search shows once its picture is cleared: no status, no results, no preview
+    (the outputs of :func:`image_search_view` and :func:`image_preview`, emptied)."""
+    return "", [], _empty_results(), None
 
 
 def image_preview(image: Any) -> PILImage | None:
@@ -491,7 +642,7 @@ def sample_items(service: ShopService, n: int = 12) -> list[tuple[str, str]]:
         if service.has_item(item) and len(per_cat.setdefault(cat, [])) < 2:
             per_cat[cat].append(item)
     picked = [i for items in per_cat.values() for i in items][: max(n, 1)]
-    return [(f"{service.item_info(i)['title'] or i} ({i})", i) for i in picked]
+    return [(_plain(f"{service.item_info(i)['title'] or i} ({i})"), i) for i in picked]
 
 
 # -- Fraud ----------------------------------------------------------------------------------------
@@ -505,28 +656,37 @@ def _compared(a: float, b: float, least: int = 2) -> tuple[str, str]:
     return repr(a), repr(b)
 
 
+def _missing_threshold(threshold: Any) -> bool:
+    """Whether the threshold box is empty (``None``, or the raw "" of a cleared number box)."""
+    return threshold is None or (isinstance(threshold, str) and _blank(threshold))
+
+
 def check_threshold(threshold: Any) -> float:
-    """The fraud threshold as a float in [0, 1]; ``ValueError`` naming what was given otherwise."""
+    """The fraud threshold as a float in [0, 1] (``-0`` as 0); ``ValueError`` naming what was given
+    otherwise, or saying that it is missing."""
+    if _missing_threshold(threshold):
+        raise ValueError(f"{THRESHOLD}: missing; type a number between 0 and 1")
     value = threshold
     if isinstance(value, str):
         try:
             value = float(value.strip())
         except ValueError:
-            raise ValueError(f"threshold: must be a number between 0 and 1 (got {threshold!r})") from None
+            raise ValueError(f"{THRESHOLD}: must be a number between 0 and 1 (got {shown(threshold)})") from None
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"threshold: must be between 0 and 1 (got {threshold!r})")
-    return float(value)
+        raise ValueError(f"{THRESHOLD}: must be between 0 and 1 (got {shown(threshold)})")
+    return float(value) + 0.0  # -0.0 + 0.0 is 0.0: never "threshold -0.00"
 
 
 def verdict(probability: float | None, threshold: Any) -> str:
     """Markdown: flagged or not at ``threshold`` (live as the slider moves); a threshold outside
-    [0, 1] gives a message (``ERROR_PREFIX``) instead of a verdict."""
-    if threshold is not None:
+    [0, 1], or none once a user is scored, gives a message (``ERROR_PREFIX``) instead of a verdict."""
+    no_score = probability is None or (isinstance(probability, float) and math.isnan(probability))
+    if not (no_score and _missing_threshold(threshold)):  # nothing to compare yet: no threshold is fine
         try:
             threshold = check_threshold(threshold)
         except ValueError as exc:
             return _problem(exc)
-    if probability is None or threshold is None:
+    if probability is None:
         return "Score a user first."
     if isinstance(probability, float) and math.isnan(probability):
         return "This run has no fraud scorer, so nobody is flagged."
@@ -593,10 +753,11 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
     """
     empty = pd.DataFrame(columns=_REASON_COLUMNS)
     try:
-        user = _clean_id(user_id, "user_id")
+        user = _clean_id(user_id, ACCOUNT)
+        _need_user(service, user, ACCOUNT, "account")
         score = service.score_user(user)
     except (ValueError, NotAvailableError) as exc:
-        return FraudView(_problem(exc), None, None, verdict(None, None), empty, "")
+        return FraudView(_problem(exc, ACCOUNT), None, None, verdict(None, None), empty, "")
     table: pd.DataFrame | None = None
     method = ""
     if cases is not None:
@@ -762,7 +923,7 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILIma
 
 
 def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir: Path) -> list[str]:
@@ -807,9 +968,9 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
         return RingView(f"{ERROR_PREFIX}no fraud rings in this run (run `shopgraph rings --run RUN`)", None, [],
                         members)
     try:
-        ring = cases.ring(_clean_id(ring_id, "ring_id"))
+        ring = cases.ring(_clean_id(ring_id, RING))
     except (KeyError, ValueError) as exc:
-        return RingView(_problem(exc), None, [], members)
+        return RingView(_problem(exc, RING), None, [], members)
     target = str(getattr(cases.data, "target", "purchase"))
     image = draw_ring(cases, ring, target)
     files = _case_files(cases, ring, export_dir, work_dir)
@@ -842,33 +1003,97 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
 
 
 # -- Model ------------------------------------------------------------------------------------------
-def _metric_rows(section: dict[str, Any], keys: Sequence[str], ratio_key: str) -> pd.DataFrame:
+PURCHASE_MODEL = "ShopGraph (graph neural network)"
+# ShopGraph's fraud row, by the kind of scorer it serves (metrics.json fraud.gnn.kind)
+FRAUD_MODELS = {"gnn_head": "ShopGraph (the network's fraud output)",
+                "hybrid": "ShopGraph (trees on network + graph features)",
+                "graph_trees": "ShopGraph (trees on graph features)",
+                "rank_average": "ShopGraph (network and trees, rankings averaged)"}
+# the baselines of graph/baselines.py, in plain words
+BASELINES = {
+    "popularity": "the most-bought items, the same list for everyone",
+    "itemknn": "items often bought by the same shoppers as the shopper's purchases",
+    "itemknn_all_events": "the same, counting views and carts as well as purchases",
+    "itemknn_revisit": "the same, plus a bonus for items the shopper already looked at",
+    "ease": "EASE, a linear item-to-item model",
+    "bpr_mf": "matrix factorisation (BPR), a classic collaborative filter",
+    "content_knn": "items whose text and picture are like the shopper's purchases",
+    "logreg": "logistic regression on the account's own behaviour",
+    "xgb": "boosted trees on the account's own behaviour",
+    "xgb_graph": "boosted trees on the account's behaviour and its neighbours in the graph",
+}
+PURCHASE_METRICS = ("recall@10", "ndcg@10", "hit@10", "recall@20", "ndcg@20", "coverage@20")
+FRAUD_METRICS = ("auroc", "auprc", "rec@k", "precision", "recall", "threshold")
+# every column the Model tab shows, in plain words (the ratio column is explained with its metric)
+METRIC_LEGEND = {
+    "recall@10": "of the items each shopper really bought in the test period, the share found in their "
+                 "top 10 recommendations (averaged over shoppers)",
+    "ndcg@10": "like recall@10, but a bought item near the top of the list counts more than one further down "
+               "(1 = all of them at the very top)",
+    "hit@10": "the share of shoppers with at least one item they really bought among their top 10",
+    "recall@20": "recall@10 for the top 20",
+    "ndcg@20": "ndcg@10 for the top 20",
+    "coverage@20": "the share of the whole catalogue that appears in at least one shopper's top 20 (low: "
+                   "everyone is shown the same few items)",
+    "auroc": "the chance that a randomly picked fraudster scores higher than a randomly picked honest account "
+             "(0.5 = guessing, 1 = perfect)",
+    "auprc": "how well fraud ranks above honest accounts, weighted towards the top of the list (1 = perfect; "
+             "guessing gets the share of fraud among the accounts)",
+    "rec@k": "the share of fraudsters found if an analyst reviews as many of the top-scored accounts as there "
+             "are fraudsters",
+    "precision": "of the accounts flagged at the model's threshold, the share that really are fraud",
+    "recall": "of the real fraudsters, the share flagged at the model's threshold",
+    "threshold": "the model's own flagging threshold (an account is flagged at or above it), chosen on "
+                 "validation data to best balance precision and recall (highest F1); each model's scores are "
+                 "on its own scale. ShopGraph's row is measured on a refit of the served scorer, so its "
+                 "threshold can differ from the one the Fraud tab starts at",
+}
+
+
+def _ratio_column(ratio_key: str) -> str:
+    return f"ShopGraph ÷ this model ({ratio_key})"
+
+
+def _metric_rows(section: dict[str, Any], keys: Sequence[str], ratio_key: str, name: str) -> pd.DataFrame:
     gnn = section.get("gnn", {})
-    rows = {f"ShopGraph ({gnn.get('kind', '?')})": gnn, **section.get("baselines", {})}
+    rows = {name: gnn, **section.get("baselines", {})}
     ref = gnn.get(ratio_key)
     table = []
-    for name, m in rows.items():
-        row: dict[str, Any] = {"model": name}
+    for model, m in rows.items():
+        row: dict[str, Any] = {"model": model}
         for key in keys:
             v = m.get(key)
             row[key] = round(float(v), 4) if isinstance(v, int | float) and math.isfinite(v) else ""
         v = m.get(ratio_key)
-        row[f"ShopGraph ÷ this model ({ratio_key})"] = (round(float(ref) / float(v), 2)
+        row[_ratio_column(ratio_key)] = (round(float(ref) / float(v), 2)
                                          if isinstance(v, int | float) and isinstance(ref, int | float) and v > 0
                                          else "")
         table.append(row)
-    return pd.DataFrame(table, columns=["model", *keys, f"ShopGraph ÷ this model ({ratio_key})"])
+    return pd.DataFrame(table, columns=["model", *keys, _ratio_column(ratio_key)])
 
 
-PURCHASE_METRICS = ("recall@10", "ndcg@10", "hit@10", "recall@20", "ndcg@20", "coverage@20")
+def metric_legend(table: pd.DataFrame, ratio_key: str) -> str:
+    """Markdown: what each column of a Model table means, and what its baselines are, in plain words."""
+    if table.empty:
+        return ""
+    lines = [f"- **{key}**: {METRIC_LEGEND[key]}." for key in table.columns if key in METRIC_LEGEND]
+    if _ratio_column(ratio_key) in table.columns:
+        lines.append(f"- **{_ratio_column(ratio_key)}**: ShopGraph's {ratio_key} divided by this model's (above 1: "
+                     "ShopGraph does better).")
+    known = [f"{_md(name)} = {BASELINES[name]}" for name in table["model"] if name in BASELINES]
+    if known:
+        lines.append("- **Baselines** (simpler methods): " + "; ".join(known) + ".")
+    return "\n".join(lines)
+
+
 # captions of the plots graph/evaluate.py writes, in display order; other plots follow, named by file
 PLOT_CAPTIONS = {"training": "Training: loss per epoch and validation metrics",
                  "fraud_pr": "Fraud: precision-recall curves on the test users"}
-FRAUD_METRICS = ("auroc", "auprc", "rec@k", "precision", "recall")
 
 
 def model_view(run_dir: Path | None) -> ModelView:
-    """Tables from ``RUN/metrics.json`` (GNN vs each baseline) and the images of ``RUN/plots/*.png``."""
+    """Tables from ``RUN/metrics.json`` (GNN vs each baseline), their legends, the technical names of
+    ShopGraph's models, and the images of ``RUN/plots/*.png``."""
     empty = pd.DataFrame(columns=["model"])
     if run_dir is None:
         return ModelView(f"{ERROR_PREFIX}no run folder: metrics unavailable", empty, empty, [])
@@ -883,10 +1108,12 @@ def model_view(run_dir: Path | None) -> ModelView:
         return ModelView(f"{ERROR_PREFIX}{exc}", empty, empty, [])
     except (FileNotFoundError, ValueError) as exc:
         return ModelView(f"{ERROR_PREFIX}{exc} (run `shopgraph evaluate --run {run_dir}`)", empty, empty, [])
-    purchase = _metric_rows(metrics.get("purchase", {}), PURCHASE_METRICS, "recall@20")
+    purchase_section = metrics.get("purchase", {})
+    purchase = _metric_rows(purchase_section, PURCHASE_METRICS, "recall@20", PURCHASE_MODEL)
     fraud_section = metrics.get("fraud", {})
-    fraud = (_metric_rows(fraud_section, FRAUD_METRICS, "auprc")
-             if fraud_section.get("gnn", {}).get("kind", "none") != "none" else empty)
+    fraud_kind = str(fraud_section.get("gnn", {}).get("kind", "none"))
+    fraud = (_metric_rows(fraud_section, FRAUD_METRICS, "auprc", FRAUD_MODELS.get(fraud_kind, "ShopGraph"))
+             if fraud_kind != "none" else empty)
     plots: list[GalleryItem] = []
     rels = [f for f in run.manifest.get("files", {}) if f.startswith("plots/") and f.endswith(".png")]
     order = list(PLOT_CAPTIONS)
@@ -897,12 +1124,16 @@ def model_view(run_dir: Path | None) -> ModelView:
                 plots.append((img.convert("RGB"), PLOT_CAPTIONS.get(stem, stem.replace("_", " "))))
         except (OSError, ValueError) as exc:
             logger.warning("plot %s unreadable: %s", rel, exc)
-    status = ("Test-period metrics of what ShopGraph serves and of each baseline (higher is better). "
-              "ShopGraph's purchase ranking is the GNN; its fraud score is the candidate that won on validation "
-              "(named in brackets: gnn_head, hybrid = trees on GNN embeddings + graph features, graph_trees = "
-              "trees on graph features alone, rank_average). The last column is how many times better "
-              "ShopGraph is than that model (above 1: ShopGraph wins).")
-    return ModelView(status, purchase, fraud, plots)
+    status = ("Test-period metrics of what ShopGraph serves and of simpler methods (baselines): higher is better, "
+              "except for the threshold column. ShopGraph ranks purchases with a graph neural network; its fraud "
+              "score comes from the fraud scorer that did best on validation data. What each column means is "
+              "written under its table.")
+    names = [f"purchase model {_md(purchase_section.get('gnn', {}).get('kind', '?'))}"]
+    if fraud_kind != "none":
+        names.append(f"fraud scorer {_md(fraud_kind)}")
+    technical = f"<small>Technical names, for engineers: {'; '.join(names)}.</small>"
+    return ModelView(status, purchase, fraud, plots, metric_legend(purchase, "recall@20"),
+                     metric_legend(fraud, "auprc"), technical)
 
 
 # -- the app --------------------------------------------------------------------------------------------
@@ -968,11 +1199,18 @@ def fraud_scorer(run_dir: Path | None) -> str | None:
 
 def intro(users: int, items: int, scorer: str | None) -> str:
     """The page's opening Markdown: what the graph is and which model does what."""
-    fraud = (f" Fraud is scored by {_FRAUD_SCORERS.get(scorer, scorer)} (the candidate that won on validation)."
-             if scorer else "")
+    fraud = (f" Fraud is scored by {_FRAUD_SCORERS.get(scorer, scorer)}, the method that did best on validation "
+             "data." if scorer else "")
     return (f"# ShopGraph\nA graph of **{users:,} shoppers** and **{items:,} items**, linked by what they viewed and "
             "bought and the devices they used. A graph neural network learns from it to recommend items." + fraud +
             " Each tab below says what it shows and how to read it.")
+
+
+def _catalogue_state(service: ShopService) -> tuple[Any, ...]:
+    """What changes when items are added or removed (the service's catalogue counts and journal
+    generation, and how many item positions it has)."""
+    info = service.catalogue_info()
+    return info["added"], info["removed"], info["generation"], len(service.item_ids)
 
 
 def _warn(status: str) -> None:
@@ -1013,10 +1251,14 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
     users = sample_users(service, history, cases)
     rec_default = default_user(users, "heavy buyer")
     fraud_default = default_user(users, "fraud risk")
-    info = service.info()
+    scorer = fraud_scorer(run_dir)
+
+    def current_intro() -> str:  # run on every page load: items added or removed since start-up count
+        info = service.info()
+        return intro(info["users"], info["items"], scorer)
 
     with gr.Blocks(title="ShopGraph demo") as app:
-        gr.Markdown(intro(info["users"], info["items"], fraud_scorer(run_dir)))
+        gr.Markdown(current_intro, elem_id="intro")
 
         with gr.Tab("Recommend", id="recommend"):
             gr.Markdown("**What the shop would show this shopper next.** Pick a shopper (or type an id): on the left "
@@ -1024,7 +1266,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                         "score (higher = better fit) and the reason (what in their history led to it). A visitor with no "
                         "account works too: pick a few items they looked at.")
             with gr.Row():
-                rec_user = gr.Dropdown(choices=with_no_choice(users), value=rec_default, allow_custom_value=True, label="Shopper",
+                rec_user = gr.Dropdown(choices=with_no_choice(users), value=rec_default, allow_custom_value=True, label=SHOPPER,
                                        info="sample shoppers: likely fraudsters, ring members, heavy buyers, "
                                             "typical shoppers; or type any user id", scale=3)
                 rec_k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="How many recommendations", scale=1,
@@ -1032,9 +1274,11 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 rec_btn = gr.Button("Recommend", variant="primary", scale=1)
             with gr.Row():
                 visitor_items = gr.Dropdown(choices=sample_items(service), value=[], multiselect=True,
-                                            allow_custom_value=True, label="…or a new visitor (no sign-in, no history)",
-                                            info="pick (or type) a few items they looked at: recommendations "
-                                                 "without any history", scale=4, elem_id="visitor-items")
+                                            allow_custom_value=True, label=VISITOR_ITEMS,
+                                            info="…or a new visitor (no sign-in, no history): pick (or type) a few "
+                                                 "items they looked at, one at a time or as ids separated by "
+                                                 "commas, for recommendations without any history",
+                                            scale=4, elem_id="visitor-items")
                 visitor_btn = gr.Button("Recommend for this visitor", scale=1, elem_id="visitor-btn")
             rec_status = gr.Markdown(elem_id="rec-status")
             with gr.Row():
@@ -1073,10 +1317,10 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             with gr.Row():
                 with gr.Column():
                     sim_item = gr.Dropdown(choices=with_no_choice(items), value=items[0][1] if items else None,
-                                           allow_custom_value=True, label="Item", info="pick or type an item id")
+                                           allow_custom_value=True, label=ITEM, info="pick or type an item id")
                     sim_btn = gr.Button("Similar items", variant="primary")
                 with gr.Column():
-                    txt_query = gr.Textbox(label="Text", placeholder="e.g. wireless headphones", elem_id="search-text")
+                    txt_query = gr.Textbox(label=TEXT, placeholder="e.g. wireless headphones", elem_id="search-text")
                     txt_btn = gr.Button("Search text", variant="primary")
                 with gr.Column():
                     # a File, not an Image: gr.Image decodes uploads before the handler runs, so a corrupt
@@ -1112,6 +1356,21 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
 
             img_btn.click(on_image, [img_query, search_k], [*outputs, img_preview])
             img_query.upload(on_image, [img_query, search_k], [*outputs, img_preview])
+            # the picture removed (its x): its preview and results go with it
+            img_query.clear(cleared_image_search, None, [*outputs, img_preview])
+
+            # the item pickers were filled at start-up: on a page load after items were added or
+            # removed (here or by another process), they offer the items served now
+            catalogue = [_catalogue_state(service)]
+
+            def refresh_items() -> tuple[Any, Any]:
+                now = _catalogue_state(service)
+                if now == catalogue[0]:
+                    return gr.skip(), gr.skip()
+                fresh = sample_items(service)
+                return gr.Dropdown(choices=with_no_choice(fresh)), gr.Dropdown(choices=fresh)
+
+            app.load(refresh_items, None, [sim_item, visitor_items])
 
         with gr.Tab("Fraud", id="fraud"):
             gr.Markdown("**How likely is this account to be fraudulent, and why?** The model gives a probability; "
@@ -1119,13 +1378,13 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                         "decision change: lower catches more fraud but flags more honest shoppers. The table lists "
                         "what drove the score.")
             with gr.Row():
-                fr_user = gr.Dropdown(choices=with_no_choice(users), value=fraud_default, allow_custom_value=True, label="Account",
+                fr_user = gr.Dropdown(choices=with_no_choice(users), value=fraud_default, allow_custom_value=True, label=ACCOUNT,
                                       info="pick or type a user id", scale=3)
                 fr_btn = gr.Button("Score", variant="primary", scale=1)
             fr_status = gr.Markdown(elem_id="fraud-status")
             threshold0 = float(service.fraud_threshold) if math.isfinite(service.fraud_threshold) else 0.5
             # the validation-chosen threshold as it is (rounding it could flip a verdict near the line)
-            fr_threshold = gr.Slider(0.0, 1.0, value=threshold0, step=0.01, label="Threshold",
+            fr_threshold = gr.Slider(0.0, 1.0, value=threshold0, step=0.01, label=THRESHOLD,
                                      info="starts at the validation-chosen threshold; kept when you score "
                                           "another account", elem_id="fraud-threshold")
             fr_verdict = gr.Markdown(verdict(None, None), elem_id="fraud-verdict")
@@ -1167,7 +1426,8 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             ring_table = gr.Dataframe(value=table, label="Ranked rings", interactive=False, elem_id="ring-table")
             gr.Markdown(rings_note(cases), elem_id="ring-count")
             with gr.Row():
-                ring_pick = gr.Dropdown(choices=with_no_choice(ring_ids), value=None, label="Ring", scale=1, allow_custom_value=True)
+                ring_pick = gr.Dropdown(choices=with_no_choice(ring_ids), value=None, label=RING, scale=1,
+                                        allow_custom_value=True, info="pick a ring or type its id (e.g. R0001)")
             ring_status = gr.Markdown("" if cases is not None else
                                       f"{ERROR_PREFIX}no fraud rings in this run (run `shopgraph rings --run RUN`)",
                                       elem_id="ring-status")
@@ -1198,12 +1458,15 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             gr.Markdown("**How good is the model?** Measured on the most recent period, which it never saw in "
                         "training, against simpler methods (baselines). *Purchase*: recall@k = share of the items "
                         "shoppers really bought next that appear in their top k. *Fraud*: AUPRC = how well fraud "
-                        "ranks above honest accounts (1 is perfect).")
+                        "ranks above honest accounts (1 is perfect). Every column is explained under its table.")
             mv = model_view(run_dir)
             gr.Markdown(mv.status, elem_id="model-status")
             gr.Dataframe(value=mv.purchase, label="Recommendations (purchase)", interactive=False,
                          elem_id="model-purchase")
+            gr.Markdown(mv.purchase_legend, elem_id="model-purchase-legend")
             gr.Dataframe(value=mv.fraud, label="Fraud detection", interactive=False, elem_id="model-fraud")
+            gr.Markdown(mv.fraud_legend, elem_id="model-fraud-legend")
+            gr.Markdown(mv.technical, elem_id="model-technical")
             for img, caption in mv.plots:
                 gr.Image(value=img, label=caption, type="pil", interactive=False, height=380)
 

@@ -462,3 +462,26 @@ def test_export_explains_with_the_run_model(tmp_path: Path) -> None:
         assert ex["method"] == "integrated_gradients+occlusion" and 0 < ex["score"] < 1
         assert len(ex["features"]) == 5 and ex["features"][0]["name"].startswith("user_f")
         assert ex["neighbours"] and ex["neighbours"][0]["node_type"] in {"device", "item"}
+
+
+def test_ring_lookup_any_case_and_a_long_id_cut(shop: tuple[ShopTables, HeteroData]) -> None:
+    from shopgraph.graph.rings import FraudCases
+
+    tables, data = shop
+    rings = RingDetector(hub_threshold=10).fit(data, planted_prob(data), tables).rings_
+    cases = FraudCases(rings, data, tables)
+    first = rings[0].ring_id
+    assert cases.ring(first.lower()) is cases.ring(first)  # "r0001" is R0001
+    with pytest.raises(KeyError) as caught:
+        cases.ring("R" * 100_000)
+    message = str(caught.value.args[0])
+    assert len(message) < 200 and "100,000 characters" in message and message.startswith("unknown ring_id 'RRR")
+    assert f"ring ids look like {first}" in message
+    # two ids the same up to case: each is found as written, neither by another case
+    twins = [dataclasses.replace(rings[0], ring_id="Ab"), dataclasses.replace(rings[1], ring_id="aB")]
+    both = FraudCases(twins, data, tables)
+    assert both.ring("Ab").ring_id == "Ab" and both.ring("aB").ring_id == "aB"
+    with pytest.raises(KeyError, match="unknown ring_id 'ab'"):
+        both.ring("ab")
+    with pytest.raises(KeyError, match=r"unknown ring_id 'R1' \(no rings known\)"):
+        FraudCases([], data, tables).ring("R1")

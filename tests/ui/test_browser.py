@@ -220,6 +220,11 @@ def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopSer
             expect(page.locator("#search-status")).to_contain_text("image search is not available")
             _close_toasts(page)
         expect(page.locator("#search-image-preview img")).to_be_visible()
+        # removing the picture (its Clear button) takes its preview and its results or message with it
+        page.locator("#search-image").get_by_role("button", name="Clear").click()
+        expect(page.locator("#search-image-preview img")).to_have_count(0)
+        expect(page.locator("#search-gallery img")).to_have_count(0)
+        expect(page.locator("#search-status")).to_have_text("")
 
     # -- Fraud: score the first sample user, then move the threshold both ways
     _tab(page, "Fraud")
@@ -272,7 +277,7 @@ def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopSer
     box.fill("no-such-user")
     box.press("Enter")
     page.get_by_role("button", name="Score").click()
-    expect(page.locator("#fraud-status")).to_contain_text("unknown user 'no-such-user'")
+    expect(page.locator("#fraud-status")).to_contain_text("Account: unknown account 'no-such-user'")
     assert page.get_by_text("Traceback").count() == 0
 
 
@@ -293,9 +298,9 @@ def test_fraud_threshold_out_of_range_is_a_message(page: Any, ui_service: ShopSe
         number.fill(typed)
         number.press("Enter")
         # the stale verdict is replaced by the message, in the tab and as a toast
-        expect(page.locator("#fraud-verdict")).to_contain_text("threshold: must be between 0 and 1")
+        expect(page.locator("#fraud-verdict")).to_contain_text("Threshold: must be between 0 and 1")
         expect(page.locator("#fraud-verdict")).not_to_contain_text("flagged", ignore_case=True)
-        expect(page.locator(".toast-body").filter(has_text="threshold: must be between 0 and 1").first).to_be_visible()
+        expect(page.locator(".toast-body").filter(has_text="Threshold: must be between 0 and 1").first).to_be_visible()
         assert page.locator(".toast-body").filter(has_text="Error").count() == 0
         _close_toasts(page)
     # scoring again keeps the chosen threshold (no silent reset to the validation one)
@@ -325,17 +330,17 @@ def test_enter_in_an_emptied_box_is_a_message(page: Any, ui_cases: FraudCases) -
     """Deleting a dropdown's text and pressing Enter makes Gradio pick the list's first entry: the
     app's first entry is the empty id, so the view asks for an id instead of showing the results of
     a shopper, item, account or ring nobody picked."""
-    cases = [("Recommend", "Shopper", "#rec-status", "user_id"),
-             ("Similar & search", "Item", "#search-status", "item_id"),
-             ("Fraud", "Account", "#fraud-status", "user_id")]
+    cases = [("Recommend", "Shopper", "#rec-status"), ("Similar & search", "Item", "#search-status"),
+             ("Fraud", "Account", "#fraud-status")]
     if ui_cases.rings():
-        cases.append(("Rings", "Ring", "#ring-status", "ring_id"))
-    for tab, label, status, name in cases:
+        cases.append(("Rings", "Ring", "#ring-status"))
+    for tab, label, status in cases:
         _tab(page, tab)
         box = page.get_by_label(label, exact=True)
         box.fill("x")
         box.press("Backspace")  # a key, as a person empties the box: Gradio makes the first entry active
         box.press("Enter")
-        expect(page.locator(status)).to_contain_text(f"{name}: pick one from the list or type an id", timeout=10_000)
+        # the message names the box as the page labels it
+        expect(page.locator(status)).to_contain_text(f"{label}: pick one from the list or type an id", timeout=10_000)
         _close_toasts(page)
     assert page.get_by_text("Traceback").count() == 0
