@@ -101,7 +101,7 @@ def reason_in_words(name: str) -> Reading:
     Examples: ``users sharing a device via uses: mean log_account_age_days (self included)`` ->
     ``accounts on the same devices (this one included): average account age`` (standardised);
     ``quick purchases: mean item image features (87 columns together; value: their norm)`` ->
-    ``items bought quickly: what they are, judged from their pictures (87 columns together)`` (no
+    ``items bought right after viewing or carting them: what they are, judged from their pictures (87 columns together)`` (no
     value worth showing). Unknown names come back unchanged, with the unit ``raw``.
     """
     if (m := _GNN_GROUP.match(name)) is not None:
@@ -110,7 +110,7 @@ def reason_in_words(name: str) -> Reading:
         prefix = m["prefix"]
         subject = "this account's items"
         if prefix == _QUICK:
-            subject = "items bought quickly"
+            subject = "items bought right after viewing or carting them"
         elif (o := re.match(r"^(?P<other>\w+)s via (?P<rel>\w+): mean $", prefix)) is not None:
             subject = f"{_PLURAL.get(o['other'], o['other'] + 's')} {_DID.get(o['rel'], o['rel'])}"
         return Reading(f"{subject}: what they are, judged from their {_ENCODER[m['kind']]} ({m['n']} columns together)",
@@ -118,7 +118,7 @@ def reason_in_words(name: str) -> Reading:
     if name.startswith(_QUICK):
         words, unit = _feature(name[len(_QUICK):])
         average = _average(words, unit)
-        return Reading(f"items bought quickly: {average.text}", average.unit)
+        return Reading(f"items bought right after viewing or carting them: {average.text}", average.unit)
     if (m := _SHARING.match(name)) is not None:
         words, unit = _feature(m["f"])
         who = ("other accounts " if m["others"] else "accounts ") + _sharing(m["rel"], m["other"])

@@ -700,15 +700,19 @@ _REASON_COLUMNS = ["reason", "value", "contribution"]
 
 
 def _explanation_table(explanation: Any) -> pd.DataFrame:
-    """One row per reason, largest contribution first. For the served trees' explanation the
-    shared identifiers are evidence, not contributions: they come last, with their co-user count."""
+    """One row per reason, largest contribution first, each fact in words with its value in its
+    unit (:mod:`shopgraph.graph.wording`: a count, a share, yes/no, SDs from the average account;
+    blank for a group of encoder columns, whose norm means nothing to a reader). For the served
+    trees' explanation the shared identifiers are evidence, not contributions: they come last, with
+    their co-user count."""
+    from shopgraph.graph.wording import reason_in_words, value_in_words
+
     trees = explanation.method.startswith("tree_shap")
     features: list[dict[str, Any]] = []
     for f in explanation.features:
-        name, value = f.name, float(f.value)
-        if trees and name.endswith("(log count)"):  # shown as the count it is
-            name, value = name[: -len("(log count)")] + "(count)", float(round(math.expm1(value)))
-        features.append({"reason": name if trees else f"behaviour: {name}", "value": round(value, 3),
+        reading = reason_in_words(f.name)
+        features.append({"reason": reading.text if trees else f"behaviour: {reading.text}",
+                         "value": value_in_words(reading, float(f.value)),
                          "contribution": round(float(f.attribution), 3)})
     neighbours: list[dict[str, Any]] = []
     for nb in sorted(explanation.neighbours, key=lambda n: -abs(float(n.attribution))):
@@ -716,9 +720,9 @@ def _explanation_table(explanation: Any) -> pd.DataFrame:
             others = int(nb.attribution)
             reason = (f"shares {nb.node_type} {nb.node_id} with {_plural(others, 'other account')}" if others > 0
                       else f"uses {nb.node_type} {nb.node_id}, which no other account uses")
-            neighbours.append({"reason": reason, "value": others, "contribution": None})
+            neighbours.append({"reason": reason, "value": f"{others:,}", "contribution": None})
         else:
-            neighbours.append({"reason": f"linked {nb.node_type}: {nb.node_id}", "value": None,
+            neighbours.append({"reason": f"linked {nb.node_type}: {nb.node_id}", "value": "",
                                "contribution": round(float(nb.attribution), 3)})
 
     def size(row: dict[str, Any]) -> float:
@@ -732,9 +736,11 @@ def _explanation_table(explanation: Any) -> pd.DataFrame:
 def _explanation_method(method: str) -> str:
     """What the reasons table shows, in words."""
     if method.startswith("tree_shap"):
-        return ("how much each fact moved this account's score away from the typical account's, in the fraud "
-                "scorer's log-odds (TreeSHAP: positive pushes towards fraud; all of them together give the "
-                "score; the largest are shown), then the account's devices with how many other accounts use each")
+        return ("each row is a fact about this account and how much it moved the score away from the typical "
+                "account's: a positive contribution pushes towards fraud, a negative one away from it (log-odds "
+                "of the fraud scorer, by TreeSHAP; together they make the score; the largest are shown). \"SD\" "
+                "means standard deviations from the average account. Last, the account's devices and how many "
+                "other accounts use each")
     if method.startswith("integrated_gradients"):
         return ("attribution of the GNN's score to the user's features and linked accounts/devices/items "
                 "(positive pushes towards fraud; the served score may come from another scorer)")

@@ -509,10 +509,13 @@ def test_served_trees_explain_the_served_score(ui_run: Path, ui_service: ShopSer
     assert "TreeSHAP" in view.method
     scored = view.reasons["contribution"].dropna().abs().tolist()
     assert scored and scored == sorted(scored, reverse=True)
-    # log-count columns are shown as counts
-    logs = {f.name[: -len("(log count)")] + "(count)": f.value for f in ex.features if f.name.endswith("(log count)")}
+    # every fact in words, its value in its unit: log-count columns as the counts they are
+    from shopgraph.graph.wording import reason_in_words
+
+    logs = {reason_in_words(f.name).text: f.value for f in ex.features if f.name.endswith("(log count)")}
     shown = dict(zip(view.reasons["reason"], view.reasons["value"], strict=True))
-    assert all(shown[name] == round(np.expm1(value)) for name, value in logs.items())
+    assert all(shown[name] == f"{np.expm1(value):,.0f}" for name, value in logs.items())
+    assert not any("log_" in r or " via " in r or "their norm" in r for r in view.reasons["reason"])
 
 
 def test_trees_that_do_not_reproduce_the_served_score_are_not_used(
@@ -550,12 +553,29 @@ def test_tree_reasons_table_shows_counts_and_shared_devices_last() -> None:
     ], [NeighbourAttribution("device", "d1", 1.0), NeighbourAttribution("device", "d2", 27.0),
         NeighbourAttribution("device", "d3", 0.0)])
     table = _explanation_table(ex)
-    assert table["reason"].tolist() == ["share of quick purchases", "accounts sharing a device, known fraud (count)",
+    assert table["reason"].tolist() == ["share of quick purchases", "accounts sharing a device, known fraud",
                                         "shares device d2 with 27 other accounts",
                                         "shares device d1 with 1 other account",
                                         "uses device d3, which no other account uses"]  # not "shares ... with 0"
-    assert table["value"].tolist() == [1.0, 17.0, 27, 1, 0]
+    assert table["value"].tolist() == ["100%", "17", "27", "1", "0"]
     assert table["contribution"].tolist()[:2] == [-3.0, 2.5] and table["contribution"][2:].isna().all()
+
+
+def test_reasons_read_as_words_with_their_values_units() -> None:
+    """What the Fraud tab shows an investigator: no column names, no norms of embedding columns."""
+    from shopgraph.graph.explain import Explanation, FeatureAttribution
+    from shopgraph.ui.app import _explanation_table
+
+    ex = Explanation("u1", 0.9, "tree_shap+shared_identifiers", [
+        FeatureAttribution("quick purchases: mean item image features (87 columns together; value: their norm)",
+                           0.25, 1.818),
+        FeatureAttribution("users sharing a device via uses: mean log_account_age_days (self included)", -0.965, 0.343),
+    ], [])
+    table = _explanation_table(ex)
+    assert table["reason"].tolist() == [
+        "items bought right after viewing or carting them: what they are, judged from their pictures (87 columns together)",
+        "accounts on the same devices (this one included): average account age"]
+    assert table["value"].tolist() == ["", "1.0 SD below average"]
 
 
 def test_every_id_dropdown_starts_with_the_no_choice_entry(ui_service: ShopService, ui_run: Path) -> None:
