@@ -48,6 +48,7 @@ from torch_geometric.data import HeteroData
 
 from shopgraph.graph.build import induced_subgraph
 from shopgraph.graph.model import GATHER_CHUNK_VALUES
+from shopgraph.graph.run import ChecksumError, StaleFileError
 from shopgraph.graph.schema import ShopTables
 from shopgraph.graph.train import TREE_KINDS
 
@@ -499,7 +500,10 @@ class ServedTreeExplainer:
 
         Raises:
             ValueError: naming the file, when the trees cannot be read or do not reproduce the
-                run's stored fraud probabilities (``fraud_prob``) within 1e-4.
+                run's stored fraud probabilities (``fraud_prob``) within 1e-4;
+                :class:`~shopgraph.graph.run.ChecksumError` or
+                :class:`~shopgraph.graph.run.StaleFileError` (both ``ValueError``) when a file it
+                reads does not match its checksum or was left by an earlier training.
         """
         info = run.read_json("fraud.json") if run.has("fraud.json") else {}
         kind, rel = info.get("kind"), info.get("trees_file")
@@ -551,9 +555,19 @@ def _reason_groups(names: Sequence[str], embedding: set[int]) -> list[tuple[str,
 def load_served_explainer(run: RunDir, data: HeteroData, model: FraudModel | None,
                           fraud_prob: np.ndarray | None) -> ServedTreeExplainer | None:
     """:meth:`ServedTreeExplainer.from_run`, or ``None`` with a warning naming the problem when the
-    stored trees cannot be used (explanations then attribute the GNN's score, as they say)."""
+    stored trees cannot be used (they do not reproduce the served probabilities, or cannot be
+    read: explanations then attribute the GNN's score, as they say).
+
+    Raises:
+        ChecksumError, StaleFileError: a file the explainer reads (``fraud.json``, the trees, the
+            embeddings) is damaged, or left by an earlier training: that is the run to fix
+            (the message names the file and says to rerun ``shopgraph train``), not a reason to
+            explain another scorer's score.
+    """
     try:
         return ServedTreeExplainer.from_run(run, data, model, fraud_prob)
+    except (ChecksumError, StaleFileError):
+        raise
     except ValueError as exc:
         logger.warning("run %s: %s; explanations attribute the GNN's fraud score instead", run.path, exc)
         return None

@@ -520,17 +520,32 @@ def evaluate_rings(rings: Sequence[Ring], data: HeteroData, *, top: int | None =
 
 # -- run folder, export and CLI -------------------------------------------------------------------
 def load_fraud_prob(run: RunDir) -> np.ndarray | None:
-    """``fraud_prob`` [U] from ``RUN/embeddings.safetensors``, or ``None`` when the run has none."""
+    """``fraud_prob`` [U] from ``RUN/embeddings.safetensors``, or ``None`` when the run has none,
+    or was trained without a fraud scorer (:func:`_load_fraud_scores`)."""
+    return _load_fraud_scores(run)[0]
+
+
+def _load_fraud_scores(run: RunDir) -> tuple[np.ndarray | None, bool]:
+    """``(fraud_prob [U] or None, trained without a fraud scorer)``. A run trained on a shop
+    without usable fraud labels has the scorer ``none`` and stores an all-NaN ``fraud_prob``: it
+    has no fraud probabilities (rings are ranked on behaviour and structure), and its GNN's fraud
+    head was never trained, so nothing should be explained with it either (one log line says so)."""
     rel = "embeddings.safetensors"
     if not run.has(rel):
-        return None
+        return None, False
     from safetensors.torch import load_file
 
     tensors = load_file(str(run.path_of(rel)))
     if "fraud_prob" not in tensors:
         logger.warning("%s has no fraud_prob tensor; ranking rings without GNN scores", rel)
-        return None
-    return tensors["fraud_prob"].float().numpy().astype(np.float64)
+        return None, False
+    prob = tensors["fraud_prob"].float().numpy().astype(np.float64)
+    if prob.size and bool(np.isnan(prob).all()):
+        logger.info("run %s was trained without a fraud scorer (no usable fraud labels): no fraud probabilities, "
+                    "so rings are ranked on behaviour and structure and members explained by behaviour z-scores",
+                    run.path)
+        return None, True
+    return prob, False
 
 
 def _hubs_json(hubs: Sequence[Hub]) -> list[dict[str, Any]]:
@@ -548,6 +563,37 @@ def rings_payload(rings: Sequence[Ring], hubs: Sequence[Hub], mode: str, params:
     if source is not None:
         doc["source"] = source
     return doc
+
+
+def _export_problem(out: Path) -> str | None:
+    """Why ``out`` cannot take a case export (:func:`export_cases` replaces the whole folder), or
+    None: it is a file or below one, it holds something other than a previous export, or a
+    previous export with files added since (an export does not write them, and would delete them)."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                return f"{folder} is a file, not a folder" + ("" if folder == out else f" (got {out})")
+            break
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    doc = _export_doc(out)
+    if doc is None:
+        return f"{out} exists and is not a previous rings export; choose another folder"
+    listed = doc.get("rings")
+    rings: list[Any] = listed if isinstance(listed, list) else []
+    ids = {str(r["ring_id"]) for r in rings if isinstance(r, dict) and "ring_id" in r}
+    written = {f"{ring_id}.{ext}" for ring_id in ids for ext in ("json", "csv")}
+    others = [p.name for p in sorted(out.iterdir()) if p.name not in ("rings.json", "cases")]
+    cases = out / "cases"
+    if cases.is_dir() and not cases.is_symlink():
+        others += [f"cases/{p.name}" for p in sorted(cases.iterdir()) if p.name not in written or not p.is_file()]
+    elif cases.exists() or cases.is_symlink():
+        others.append("cases")
+    if not others:
+        return None
+    shown = ", ".join(repr(n) for n in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+    return (f"{out} holds {shown}, which a rings export does not write (a new export replaces the whole "
+            "folder); choose another folder, or move them out first")
 
 
 def _export_doc(folder: Path) -> dict[str, Any] | None:
@@ -655,7 +701,9 @@ def export_cases(
     Everything is written into a temporary sibling folder which is renamed to ``out`` only when
     complete; a failure removes it and leaves any previous export untouched. An existing ``out``
     is replaced only when it is a previous export (it holds ``rings.json`` with a
-    ``schema_version``); any other non-empty folder raises ``FileExistsError``.
+    ``schema_version``) holding nothing but what an export writes (``rings.json`` and the case
+    files of the rings it lists); any other non-empty folder, a previous export with files added
+    since, or a file on the way raises ``FileExistsError`` naming them.
 
     Args:
         rings: the rings to export, ranked.
@@ -671,10 +719,9 @@ def export_cases(
     """
     out = Path(out)
     out = Path(through_link(out))  # a link to an export: the folder it points at is replaced, the link kept
-    if out.exists():
-        ours = out.is_dir() and _export_doc(out) is not None
-        if not ours and (not out.is_dir() or any(out.iterdir())):
-            raise FileExistsError(f"export: {out} exists and is not a previous rings export; choose another folder")
+    problem = _export_problem(out)
+    if problem is not None:
+        raise FileExistsError(f"export: {problem}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".exporting", dir=out.parent))
     try:
@@ -710,7 +757,8 @@ def rings_run(
     Args:
         run_dir: the run folder.
         top: how many rings to return and export.
-        export: case export folder, or ``None``.
+        export: case export folder, or ``None``; checked before anything is written
+            (:func:`check_export`: never the run's own folders).
         detector: a configured, unfitted :class:`RingDetector` (default parameters otherwise).
         explain_members: members explained per exported ring.
 
@@ -722,22 +770,25 @@ def rings_run(
     from shopgraph.graph.pipeline import load_run_tables
 
     run = RunDir(run_dir)
+    if export is not None:  # before anything is written: a refused export leaves the run as it was
+        check_export(run, export)
     made_from = run.sources("graph.pt", optional=("embeddings.safetensors",))
     data = run.load_graph()
     tables = load_run_tables(run)
-    prob = load_fraud_prob(run)
+    prob, no_scorer = _load_fraud_scores(run)
     det = detector or RingDetector()
     det.fit(data, prob, tables)
     params = {k: getattr(det, k) for k in ("hub_threshold", "min_size", "max_component", "seed",
                                            "use_behaviour", "resolution")}
+    if export is not None:  # read (and check) what the explanations need before anything is written
+        from shopgraph.graph.explain import explain_ring_members, load_model, load_served_explainer
+
+        model = None if no_scorer else load_model(run)
+        served = load_served_explainer(run, data, model, prob)
     run.write_json(RINGS_FILE, _jsonable(rings_payload(det.rings_, det.hub_devices_, det.mode_, params)),
                    made_from=made_from, stage="shopgraph rings")
     chosen = det.rings_[:top]
     if export is not None:
-        from shopgraph.graph.explain import explain_ring_members, load_model, load_served_explainer
-
-        model = load_model(run)
-        served = load_served_explainer(run, data, model, prob)
         explanations = {
             r.ring_id: explain_ring_members(r, data, model, k=explain_members, fraud_prob=prob, served=served)
             for r in chosen
@@ -747,6 +798,22 @@ def rings_run(
         export_cases(chosen, data, tables, export, hubs=det.hub_devices_, mode=det.mode_, params=params,
                      explanations=explanations, source=source)
     return chosen
+
+
+def check_export(run: RunDir, export: str | Path) -> None:
+    """Refuse a case export folder (``--export``) before anything is computed or written: one that
+    would replace the run's own files (the run folder, a folder holding it, or one of its own
+    folders such as ``rings/``: an export replaces its folder whole), or that
+    :func:`export_cases` would refuse (a file, a folder that is not a previous export or holds
+    files an export does not write). ``RUN/cases`` (what ``shopgraph demo`` writes) is fine."""
+    target = through_link(Path(export))
+    clash = run.replaced_by(target)
+    if clash is not None:
+        raise ValueError(f"--export: {export} {clash}; a case export replaces the folder it is written to, "
+                         "so choose a folder outside the run's own files")
+    problem = _export_problem(target)
+    if problem is not None:
+        raise FileExistsError(f"--export: {problem}")
 
 
 def cli_rings(args: argparse.Namespace) -> int:
@@ -822,12 +889,12 @@ class FraudCases:
         run = RunDir(run_dir)
         data = run.load_graph()
         tables = load_run_tables(run)
-        prob = load_fraud_prob(run)
+        prob, no_scorer = _load_fraud_scores(run)
         if run.has(RINGS_FILE) and detector is None:
             rings = load_rings(run_dir)
         else:
             rings = (detector or RingDetector()).fit(data, prob, tables).rings_
-        model = load_model(run)
+        model = None if no_scorer else load_model(run)  # no scorer: the GNN's fraud head was never trained
         return cls(rings, data, tables, model, prob, load_served_explainer(run, data, model, prob))
 
     def rings(self, top: int | None = None) -> list[Ring]:

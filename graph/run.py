@@ -76,6 +76,39 @@ class StaleFileError(ValueError):
     """A recorded file was computed from an input that has been rewritten or removed since."""
 
 
+class ChecksumError(ValueError):
+    """A recorded file no longer matches the checksum recorded when it was written (torn, damaged
+    or changed by hand)."""
+
+
+def _rewrite_hint(path: Path, rel: str) -> str:
+    """``; rerun `CMD --run PATH``` naming the command that writes ``rel``, where one does."""
+    return next((f"; rerun `{cmd} --run {path}`" for prefix, cmd in _WRITTEN_BY
+                 if rel == prefix or (prefix.endswith("/") and rel.startswith(prefix))), "")
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """What is wrong with the shape of a parsed ``manifest.json``, or None."""
+    if not isinstance(manifest, dict):
+        return f"expected a JSON object (got {type(manifest).__name__})"
+    for key in ("files", "config"):
+        if key not in manifest:
+            return f"no {key!r} entry"
+        if not isinstance(manifest[key], dict):
+            return f"{key!r} is not a JSON object (got {type(manifest[key]).__name__})"
+    bad = next((rel for rel, digest in manifest["files"].items() if not isinstance(digest, str)), None)
+    if bad is not None:
+        return f"'files' records no checksum for {bad!r} (got {repr(manifest['files'][bad])[:60]})"
+    lineage = manifest.get("made_from", {})
+    if not isinstance(lineage, dict):
+        return f"'made_from' is not a JSON object (got {type(lineage).__name__})"
+    for rel, entry in lineage.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("stage"), str)
+                and isinstance(entry.get("inputs"), dict)):
+            return f"'made_from' of {rel!r} is not an object with a 'stage' and 'inputs'"
+    return None
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -102,6 +135,9 @@ def atomic_write(path: Path, writer: Callable[[Path], object]) -> None:
     try:
         as_created(tmp)
         writer(tmp)
+        # again: a writer may replace the temp file by a new one (safetensors' save_file does),
+        # which has its own mode (0600)
+        as_created(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -145,9 +181,21 @@ class RunDir:
     # -- manifest -------------------------------------------------------------------------------
     @property
     def manifest(self) -> dict[str, Any]:
-        with open(self.path / MANIFEST, encoding="utf-8") as f:
-            result: dict[str, Any] = json.load(f)
+        """The parsed ``manifest.json``; a damaged one (not JSON, or not the shape this class
+        writes) is a ``ValueError`` naming the file and what is wrong with it."""
+        try:
+            with open(self.path / MANIFEST, encoding="utf-8") as f:
+                result: dict[str, Any] = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self._damaged(f"not valid JSON ({exc})") from None
+        problem = _manifest_problem(result)
+        if problem is not None:
+            raise self._damaged(problem)
         return result
+
+    def _damaged(self, problem: str) -> ValueError:
+        return ValueError(f"run folder {self.path}: {MANIFEST} is damaged: {problem}; it cannot be repaired, "
+                          f"rebuild the run (`shopgraph build --data DIR --out {self.path} --overwrite`)")
 
     def _write_manifest(self, manifest: Mapping[str, Any]) -> None:
         text = json.dumps(manifest, indent=2, sort_keys=True)
@@ -239,6 +287,23 @@ class RunDir:
             manifest["files"].pop(rel, None)
             manifest.get("made_from", {}).pop(rel, None)
 
+    def replaced_by(self, folder: str | Path) -> str | None:
+        """Why writing a whole folder at ``folder`` (one that replaces what is there, as a case
+        export does) would take this run's own files with it, or None: ``folder`` is the run
+        folder, holds it, or is in it under one of the run's own names (a recorded file's first
+        folder, ``rings/``, ``model/``, ...). Paths are compared resolved (links followed)."""
+        root, target = self.path.resolve(), Path(folder).resolve()
+        if target == root:
+            return f"is the run folder {self.path}"
+        if root.is_relative_to(target):
+            return f"holds the run folder {self.path}"
+        if not target.is_relative_to(root):
+            return None
+        first = target.relative_to(root).parts[0]
+        own = ({Path(rel).parts[0] for rel in self.manifest["files"]}
+               | {prefix.rstrip("/") for prefix, _ in _WRITTEN_BY} | {MANIFEST, ".manifest.lock"})
+        return f"is inside the run folder {self.path}, in its own {first!r}" if first in own else None
+
     # -- reading --------------------------------------------------------------------------------
     def has(self, rel: str) -> bool:
         return rel in self.manifest["files"] and (self.path / rel).is_file()
@@ -278,7 +343,8 @@ class RunDir:
         if not target.is_file():
             raise FileNotFoundError(f"run folder {self.path}: {rel!r} is recorded but missing")
         if verify and sha256_file(target) != files[rel]:
-            raise ValueError(f"run folder {self.path}: {rel!r} does not match its checksum in {MANIFEST}")
+            raise ChecksumError(f"run folder {self.path}: {rel!r} does not match its checksum in {MANIFEST} "
+                                f"(damaged or changed since it was written){_rewrite_hint(self.path, rel)}")
         if current and (reason := self._stale(manifest, rel, self.path)):
             raise StaleFileError(f"run folder {self.path}: {reason}")
         return target

@@ -12,8 +12,8 @@ users for the ``history`` tower (exact, no extra dependency), neighbour-sampled 
 
 Artifacts (through :class:`~shopgraph.graph.run.RunDir`): ``model/model.safetensors``,
 ``model/config.json``, ``model/train_config.json``, ``model/history.json``,
-``model/train_state.pt`` (optimizer/epoch/RNG checkpoint for ``--resume``; not in the manifest),
-``embeddings.safetensors`` and ``fraud.json``.
+``model/train_state.pt`` (optimizer/epoch/RNG checkpoint for ``--resume``; not in the manifest: it
+carries its own checksum, :func:`_save_state`), ``embeddings.safetensors`` and ``fraud.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -1133,11 +1134,58 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> ShopGNN:
     return model.to(device).eval()
 
 
+# The resume checkpoint is one line ``STATE_MAGIC sha256=<hex of the rest>`` and then ``torch.save``'s
+# bytes: the checksum travels in the same atomic write, so a damaged file (a flipped byte, a copy
+# cut short) is refused rather than resumed, and no interruption leaves a file and its checksum apart.
+STATE_MAGIC = b"shopgraph-train-state/1"
+_STATE_KEYS = ("epoch", "model", "optimizer", "torch_rng", "gen_rng", "history", "front", "train_config")
+
+
+def _to_cpu(obj: Any) -> Any:
+    """A copy of ``obj`` (an optimizer's ``state_dict()``) with every tensor copied to the CPU: the
+    checkpoint then resumes on any machine (the optimizer moves its state to the parameters' device
+    when it loads it)."""
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
 def _save_state(path: Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    payload = buffer.getvalue()
+    body = buffer.getvalue()
+    payload = STATE_MAGIC + b" sha256=" + hashlib.sha256(body).hexdigest().encode("ascii") + b"\n" + body
     atomic_write(path, lambda p: p.write_bytes(payload))
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    """The resume checkpoint written by :func:`_save_state`, its checksum checked, tensors on the
+    CPU (``map_location``: one saved on a GPU resumes on a machine without one); a ``ValueError``
+    naming the file when it is damaged or not a checkpoint."""
+    fix = "train without --resume (a new training replaces it), or delete it"
+    raw = path.read_bytes()
+    head, newline, body = raw.partition(b"\n")
+    magic, _, digest = head.partition(b" sha256=")
+    if not newline or magic != STATE_MAGIC or len(digest) != 64:
+        raise ValueError(f"resume: {path} is not a resume checkpoint with a checksum (damaged, or written by an "
+                         f"older shopgraph); {fix}")
+    if hashlib.sha256(body).hexdigest().encode("ascii") != digest:
+        raise ValueError(f"resume: {path} does not match its checksum (damaged or cut short); {fix}")
+    try:
+        # weights_only=False is safe here: the file is ours and its checksum was just verified.
+        state = torch.load(io.BytesIO(body), map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - unpickling raises anything; the message names the file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(f"resume: {path} cannot be read ({type(exc).__name__}: {first}); {fix}") from None
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"resume: {path} is not a resume checkpoint (no {missing}); {fix}")
+    result: dict[str, Any] = state
+    return result
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -1334,7 +1382,10 @@ def train(
         checkpoint_dir: folder for the resume checkpoint (``train_state.pt``), written every
             ``config.checkpoint_every`` epochs.
         resume: continue from ``checkpoint_dir/train_state.pt``; the result equals that of an
-            uninterrupted run with the same config.
+            uninterrupted run with the same config. Refused (``ValueError`` naming the file) when
+            the checkpoint is damaged (its checksum), made with other settings (compared as they
+            resolve on ``data``: no batching flag equals the mode it chooses), or already past
+            ``config.epochs``.
 
     Returns:
         A :class:`TrainResult` with the best model (by the validation criterion), the history,
@@ -1406,17 +1457,26 @@ def train(
         assert state_path is not None
         if not state_path.is_file():
             raise FileNotFoundError(f"resume: no checkpoint at {state_path} (train without --resume first)")
-        state = torch.load(state_path, weights_only=False)
-        saved = {k: v for k, v in state["train_config"].items() if k != "epochs"}
+        state = _load_state(state_path)
+        saved = {k: v for k, v in dict(state["train_config"]).items() if k != "epochs"}
         now = {k: v for k, v in dataclasses.asdict(config).items() if k != "epochs"}
-        # a setting left to its default matches a checkpoint that wrote the value it resolves to
-        # (checkpoints from before these defaults depended on the graph)
-        resolved = {"mini_batch": mini_batch, "eval_every": eval_every}
-        diff = sorted(k for k in now if saved.get(k) != now[k]
-                      and not (now[k] is None and k in resolved and saved.get(k) == resolved[k]))
+        # settings left to their default compare as what they resolve to on this graph, on both
+        # sides: no batching flag is --full-batch where full-batch is the default, and the reverse
+        auto_mini_batch = uses_mini_batch(dataclasses.replace(config, mini_batch=None), train_pairs.size(1), num_items)
+        for side in (saved, now):
+            side["mini_batch"] = auto_mini_batch if side.get("mini_batch") is None else side["mini_batch"]
+        if (saved.get("eval_every") is None) != (now.get("eval_every") is None):  # both None: the same rule
+            for side in (saved, now):
+                side["eval_every"] = (1 if side["mini_batch"] else 5) if side.get("eval_every") is None \
+                    else side["eval_every"]
+        diff = sorted(k for k in now if saved.get(k) != now[k])
         if diff:
             raise ValueError(f"resume: the checkpoint was made with different settings {diff}; "
                              "train without --resume")
+        if int(state["epoch"]) > config.epochs:
+            raise ValueError(f"resume: the checkpoint at {state_path} is after epoch {int(state['epoch'])}, past the "
+                             f"{config.epochs} epochs asked for; resume with --epochs {int(state['epoch'])} or more, "
+                             "or train without --resume")
         missing = sorted(set(model.state_dict()) - set(state["model"]))
         unexpected = sorted(set(state["model"]) - set(model.state_dict()))
         if missing or unexpected:  # e.g. a checkpoint of an older model layout
@@ -1551,7 +1611,7 @@ def train(
         )
         if state_path is not None and (epoch % config.checkpoint_every == 0 or stopped or epoch == config.epochs):
             _save_state(state_path, {
-                "epoch": epoch, "model": _state_dict_cpu(model), "optimizer": copy.deepcopy(opt.state_dict()),
+                "epoch": epoch, "model": _state_dict_cpu(model), "optimizer": _to_cpu(opt.state_dict()),
                 "torch_rng": torch.get_rng_state(), "gen_rng": gen.get_state(), "history": history,
                 "front": front, "train_config": dataclasses.asdict(config), "aux_bias": aux_bias.detach().cpu(),
             })
@@ -1594,6 +1654,12 @@ def train(
 
 
 # -- run folder -----------------------------------------------------------------------------------
+def json_number(value: Any) -> Any:
+    """``value`` for a JSON document: a float that is not finite (NaN: no fraud labels, so no
+    threshold) becomes None, written ``null`` (JSON has no NaN); anything else is unchanged."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = False, **overrides: Any) -> TrainResult:
     """Train the GNN of a run folder and write its artifacts.
 
@@ -1608,7 +1674,9 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
     ``embeddings.safetensors`` (``user``, ``item``,
     ``device`` embeddings, ``fraud_prob``, and ``revisit_index`` / ``revisit_value`` when the model
     has a revisit term), ``fraud.json``, and ``fraud_trees.ubj`` (the served trees, named in
-    ``fraud.json``'s ``trees_file``) when the serving fraud scorer is boosted trees. Each is recorded
+    ``fraud.json``'s ``trees_file``) when the serving fraud scorer is boosted trees (without fraud
+    labels the scorer is ``none``: ``fraud_prob`` is NaN, and ``fraud.json``'s ``threshold`` and
+    ``val_auprc`` are ``null``, JSON having no NaN). Each is recorded
     as made from ``model/model.safetensors`` (written first): one left by an earlier training is
     stale (:class:`~shopgraph.graph.run.StaleFileError`, "rerun `shopgraph train`") once it changes.
     """
@@ -1648,9 +1716,10 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
         emb["revisit_value"] = result.revisit.value.float().contiguous()
     run.write_with("embeddings.safetensors", lambda p: save_file(emb, str(p)), made_from=made_from, stage=TRAIN_STAGE)
     y, masks = fraud_labels(data)
-    fraud_info: dict[str, Any] = {
-        "kind": result.fraud.kind, "threshold": result.fraud.threshold, "val_auprc": result.fraud.val_auprc,
-        "candidates": result.fraud.candidates, "seed": config.seed,
+    fraud_info: dict[str, Any] = {  # no scorer (no labels): threshold and AUPRC are null, read back as NaN
+        "kind": result.fraud.kind, "threshold": json_number(result.fraud.threshold),
+        "val_auprc": json_number(result.fraud.val_auprc),
+        "candidates": {k: json_number(v) for k, v in result.fraud.candidates.items()}, "seed": config.seed,
         "labelled_users": int((y >= 0).sum()), "train_users": int(masks["train"].sum()),
     }
     if result.fraud.kind in TREE_KINDS:  # the served trees, for explanations of their scores
@@ -1674,12 +1743,14 @@ def cli_train(args: argparse.Namespace) -> int:
     result = train_run(args.run, device=args.device, resume=args.resume, **overrides)
     at_best = [h for h in result.history if int(h["epoch"]) == result.best_epoch]
     last = at_best[0] if at_best else {}
-    print(json.dumps({
+    summary = {
         "run": str(args.run), "best_epoch": result.best_epoch, "epochs_run": len(result.history),
         "epoch_seconds": round(result.epoch_seconds, 4), "mini_batch": result.mini_batch,
         "best_val_recall@20": last.get("val_recall@20"), "best_val_auprc": last.get("val_auprc"), "fraud_scorer": result.fraud.kind,
         "fraud_val_auprc": result.fraud.val_auprc, "fraud_threshold": result.fraud.threshold,
         "item_knn_rank": result.model.config.knn_rank,
         "served_vector_width": int(result.embeddings["item"].size(1)) if "item" in result.embeddings else None,
-    }, indent=2))
+    }
+    # valid JSON: what is not a number (no fraud labels: no threshold) is null
+    print(json.dumps({k: json_number(v) for k, v in summary.items()}, indent=2, allow_nan=False))
     return 0

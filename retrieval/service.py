@@ -680,7 +680,8 @@ class ShopService:
         prob = embeddings.get("fraud_prob")
         self.fraud_prob = (np.full(len(self.user_ids), np.nan, dtype=np.float32) if prob is None
                            else np.asarray(prob, dtype=np.float32).reshape(-1))
-        self.fraud_threshold = float(self.fraud.get("threshold", 0.5))
+        threshold = self.fraud.get("threshold", 0.5)  # null: no scorer (no fraud labels), so NaN: none flagged
+        self.fraud_threshold = float("nan") if threshold is None else float(threshold)
         self._revisit = _revisit_csr(embeddings, len(self.user_ids), n_items)
 
         # content vectors (for merging text + image scores and for cold start)

@@ -372,3 +372,76 @@ def test_reason_groups_join_the_columns_of_one_embedding() -> None:
         ("views: mean item text features (2 columns together; value: their norm)", [4, 6], False),
         ("f3", [7], True),
     ]
+
+
+# -- the served trees of a run folder -----------------------------------------------------------
+def _run_serving_trees(tmp_path):  # type: ignore[no-untyped-def]
+    """A run folder as `shopgraph train` leaves one that serves boosted trees: the model first,
+    then the embeddings (with the trees' probabilities), fraud.json and the trees made from it."""
+    xgb = pytest.importorskip("xgboost")
+    from safetensors.torch import save_file
+
+    from shopgraph.graph.baselines import XGBGraphFraud
+    from shopgraph.graph.explain import ServedTreeExplainer
+    from shopgraph.graph.fraud_scorer import product_feature_table
+    from shopgraph.graph.run import RunDir
+    from tests.graph.test_rings import make_run
+
+    run_dir = make_run(tmp_path / "run", with_prob=False)
+    run = RunDir(run_dir)
+    data = run.load_graph()
+    x, names = product_feature_table(data, None)
+    y = (np.arange(x.shape[0]) % 3 == 0).astype(np.int64)
+    trees = XGBGraphFraud(n_estimators=5, seed=0).fit(x, y)
+    run.write_bytes("model/model.safetensors", b"the weights")
+    made_from = run.sources("model/model.safetensors")
+    booster = xgb.Booster()
+    booster.load_model(bytearray(trees.booster_bytes()))
+    prob = torch.from_numpy(ServedTreeExplainer(booster, "graph_trees", x, names).probabilities()).float()
+    run.write_with("embeddings.safetensors", lambda p: save_file({"fraud_prob": prob}, str(p)),
+                   made_from=made_from, stage="shopgraph train")
+    run.write_bytes("fraud_trees.ubj", trees.booster_bytes(), made_from=made_from, stage="shopgraph train")
+    run.write_json("fraud.json", {"kind": "graph_trees", "threshold": 0.5, "trees_file": "fraud_trees.ubj"},
+                   made_from=made_from, stage="shopgraph train")
+    return run, data, prob.numpy().astype(np.float64)
+
+
+@pytest.mark.parametrize("damage", ["trees_bytes", "fraud_json_bytes", "retrained"])
+def test_a_damaged_or_stale_served_scorer_is_an_error_not_a_fallback(tmp_path, caplog, damage) -> None:  # type: ignore[no-untyped-def]
+    """Trees (or fraud.json) that fail their checksum, or were left by an earlier training, are an
+    error naming the file and `shopgraph train`: explanations of another scorer's score are never
+    exported under the served one. Trees that only fail to reproduce the served probabilities keep
+    the documented fallback (a warning; the GNN's attribution)."""
+    from shopgraph.graph.explain import load_served_explainer
+    from shopgraph.graph.rings import RingDetector, rings_run
+    from shopgraph.graph.run import ChecksumError, StaleFileError
+
+    run, data, prob = _run_serving_trees(tmp_path)
+    assert load_served_explainer(run, data, None, prob) is not None
+    if damage == "trees_bytes":
+        raw = bytearray((run.path / "fraud_trees.ubj").read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        (run.path / "fraud_trees.ubj").write_bytes(bytes(raw))
+        error, message = ChecksumError, r"'fraud_trees.ubj' does not match its checksum .*rerun `shopgraph train --run"
+    elif damage == "fraud_json_bytes":
+        (run.path / "fraud.json").write_text('{"kind": "graph_trees", "threshold": 0.1, "trees_file": "fraud_trees.ubj"}')
+        error, message = ChecksumError, r"'fraud.json' does not match its checksum .*rerun `shopgraph train --run"
+    else:  # another training wrote the weights since
+        run.write_bytes("model/model.safetensors", b"other weights")
+        error, message = StaleFileError, (r"'(fraud.json|embeddings.safetensors)' was computed from an earlier "
+                                          r"'model/model.safetensors' \(rewritten since\): rerun `shopgraph train --run")
+    with caplog.at_level("WARNING"), pytest.raises(error, match=message):
+        load_served_explainer(run, data, None, prob)
+    assert "explanations attribute the GNN's fraud score instead" not in caplog.text
+    with pytest.raises(ValueError, match=message):
+        rings_run(run.path, top=1, export=tmp_path / "export", detector=RingDetector(hub_threshold=10))
+    assert not (tmp_path / "export").exists()
+
+
+def test_trees_that_do_not_reproduce_the_served_probabilities_fall_back_with_a_warning(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    from shopgraph.graph.explain import load_served_explainer
+
+    run, data, prob = _run_serving_trees(tmp_path)
+    with caplog.at_level("WARNING"):
+        assert load_served_explainer(run, data, None, np.clip(prob + 0.1, 0, 1)) is None
+    assert "fraud_trees.ubj: the trees do not reproduce the run's served fraud probabilities" in caplog.text

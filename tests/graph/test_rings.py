@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -485,3 +486,120 @@ def test_ring_lookup_any_case_and_a_long_id_cut(shop: tuple[ShopTables, HeteroDa
         both.ring("ab")
     with pytest.raises(KeyError, match=r"unknown ring_id 'R1' \(no rings known\)"):
         FraudCases([], data, tables).ring("R1")
+
+
+# -- runs trained without a fraud scorer, and where an export may go ------------------------------
+def _add_model(run_dir: Path, seed: int = 0) -> None:
+    """An (untrained) ShopGNN in RUN/model/, as `shopgraph train` writes it."""
+    train = pytest.importorskip("shopgraph.graph.train", reason="graph/train.py not available")
+    model_mod = pytest.importorskip("shopgraph.graph.model", reason="graph/model.py not available")
+    run = RunDir(run_dir)
+    torch.manual_seed(seed)
+    model = model_mod.ShopGNN(model_mod.ModelConfig.from_data(run.load_graph(), hidden=8, layers=1))
+    staging = run_dir.parent / f"{run_dir.name}-model"
+    train.save_model(model, staging)
+    for name in ("config.json", "model.safetensors"):
+        run.write_bytes(f"model/{name}", (staging / name).read_bytes())
+
+
+def test_a_run_trained_without_a_fraud_scorer_ranks_rings_on_behaviour(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A shop without fraud labels trains the scorer ``none`` and stores an all-NaN fraud_prob:
+    rings then have no fraud probabilities (behaviour+structure, one log line says so), and the
+    never-trained fraud head explains nothing (behaviour z-scores)."""
+    from shopgraph.graph.rings import FraudCases
+
+    run_dir = make_run(tmp_path / "run", with_prob=False)
+    _add_model(run_dir)
+    run = RunDir(run_dir)
+    n = int(run.load_graph()["user"].num_nodes)
+    run.write_with("embeddings.safetensors",
+                   lambda p: save_file({"fraud_prob": torch.full((n,), float("nan"))}, str(p)))
+    run.write_json("fraud.json", {"kind": "none", "threshold": None, "val_auprc": None, "candidates": {}})
+    out = tmp_path / "export"
+    with caplog.at_level("INFO", logger="shopgraph.graph.rings"):
+        top = rings_run(run_dir, top=2, export=out, detector=RingDetector(hub_threshold=10))
+    said = [r.getMessage() for r in caplog.records if "without a fraud scorer" in r.getMessage()]
+    assert len(said) == 1 and "ranked on behaviour and structure" in said[0]
+    assert top[0].evidence["mode"] == "behaviour+structure" and top[0].evidence["gnn_mean"] is None
+    assert {m[:2] for r in top for m in r.members} == {"ra", "rb"}  # the planted rings, on behaviour alone
+    doc = json.loads((out / "rings.json").read_text())
+    assert doc["mode"] == "behaviour+structure"
+    case = json.loads((out / "cases" / "R0001.json").read_text())
+    assert case["explanations"] and all(ex["method"] == "behaviour_zscore" for ex in case["explanations"].values())
+    cases = FraudCases.from_run(run_dir)
+    assert cases.fraud_prob is None and cases.model is None
+    assert cases.explain(top[0].members[0]).method == "behaviour_zscore"
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_export_into_the_run_s_own_folders_is_refused_before_anything_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--export RUN/rings`` looked like a previous export (it holds rings.json): the export
+    swapped the run's own folder and the run failed its checksums. Refused now, with the run
+    folder, a folder holding it, a link into it; a refused export leaves the run as it was."""
+    from shopgraph.ui.cli import main
+
+    run_dir = make_run(tmp_path / "run")
+    rings_run(run_dir, top=2, detector=RingDetector(hub_threshold=10))
+    (tmp_path / "link").symlink_to(run_dir / "rings")
+    before = _snapshot(run_dir)
+    for export, why in ((run_dir / "rings", f"is inside the run folder {run_dir}, in its own 'rings'"),
+                        (run_dir, f"is the run folder {run_dir}"), (tmp_path, f"holds the run folder {run_dir}"),
+                        (tmp_path / "link", "is inside the run folder"),
+                        (run_dir / "model" / "x", f"is inside the run folder {run_dir}, in its own 'model'")):
+        with pytest.raises(ValueError, match=re.escape(f"--export: {export} {why}")):
+            rings_run(run_dir, top=2, export=export, detector=RingDetector(hub_threshold=10))
+        assert _snapshot(run_dir) == before
+    RunDir(run_dir).verify()
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "link").resolve() == (run_dir / "rings").resolve()
+    # a file where the folder (or one above it) should be: named, with --export, in one line
+    (tmp_path / "afile").write_text("x")
+    for export in ("afile/sub", "afile"):
+        assert main(["rings", "--run", str(run_dir), "--export", str(tmp_path / export)]) == 1
+        err = capsys.readouterr().err
+        assert err.strip() == f"shopgraph rings: error: --export: {tmp_path / 'afile'} is a file, not a folder" + (
+            f" (got {tmp_path / export})" if export != "afile" else "")
+    # a foreign folder: refused before rings/rings.json is rewritten
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert main(["rings", "--run", str(run_dir), "--top", "1", "--export", str(tmp_path / "mine")]) == 1
+    assert "--export: " in capsys.readouterr().err
+    assert _snapshot(run_dir) == before and (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    # RUN/cases, where `shopgraph demo` exports, is none of the run's own folders
+    rings_run(run_dir, top=1, export=run_dir / "cases", detector=RingDetector(hub_threshold=10))
+    assert (run_dir / "cases" / "cases" / "R0001.json").is_file()
+    RunDir(run_dir).verify()
+
+
+def test_a_re_export_keeps_files_added_to_the_export_folder(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """An export replaces its whole folder: one holding anything an export does not write (notes,
+    evidence added since) is refused, naming the first few, and nothing is deleted."""
+    from shopgraph.ui.cli import main
+
+    run_dir = make_run(tmp_path / "run")
+    out = tmp_path / "export"
+    rings_run(run_dir, top=2, export=out, detector=RingDetector(hub_threshold=10))
+    rings_run(run_dir, top=1, export=out, detector=RingDetector(hub_threshold=10))  # a plain re-export
+    (out / "notes.txt").write_text("mine")
+    (out / "evidence").mkdir()
+    (out / "evidence" / "photo.txt").write_text("photo")
+    (out / "cases" / "R0001-notes.txt").write_text("case notes")
+    (out / "cases" / "R0002.json").write_text("{}")  # not a case of this export (it has R0001 only)
+    before = _snapshot(out)
+    with pytest.raises(FileExistsError, match=r"export: .* holds 'evidence', 'notes.txt', 'cases/R0001-notes.txt', "
+                                              r"'cases/R0002.json', which a rings export does not write"):
+        export_cases([], RunDir(run_dir).load_graph(), ring_tables(), out)
+    assert main(["rings", "--run", str(run_dir), "--top", "1", "--export", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"--export: {out} holds 'evidence', 'notes.txt'" in err
+    assert _snapshot(out) == before
+    for extra in ("notes.txt", "evidence/photo.txt", "cases/R0001-notes.txt", "cases/R0002.json"):
+        (out / extra).unlink()
+    (out / "evidence").rmdir()
+    rings_run(run_dir, top=2, export=out, detector=RingDetector(hub_threshold=10))
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json", "R0002.csv", "R0002.json"]

@@ -137,3 +137,90 @@ def test_ctrl_c_while_the_command_loads_is_one_line(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(cli, "_resolve", interrupted)
     assert cli.main(["train", "--run", str(tmp_path)]) == 130
     assert capsys.readouterr().err.strip() == "shopgraph train: interrupted"
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("", r"not valid JSON \(Expecting value: line 1 column 1 \(char 0\)\)"),
+    ('{"config": {}', r"not valid JSON \("),
+    ("[1, 2]", r"expected a JSON object \(got list\)"),
+    ('{"config": {}}', r"no 'files' entry"),
+    ('{"files": {}}', r"no 'config' entry"),
+    ('{"files": [], "config": {}}', r"'files' is not a JSON object \(got list\)"),
+    ('{"files": {"graph.pt": 3}, "config": {}}', r"'files' records no checksum for 'graph.pt' \(got 3\)"),
+    ('{"files": {}, "config": {}, "made_from": {"a": 1}}', r"'made_from' of 'a' is not an object"),
+])
+def test_a_damaged_manifest_is_one_error_naming_it(tmp_path, capsys, text, problem):
+    """Not JSON, or JSON of another shape: a ValueError naming manifest.json and what is wrong
+    (not a KeyError: 'files' from whichever stage reads it first), one line from the command."""
+    from shopgraph.ui.cli import main
+
+    run = RunDir(tmp_path / "run", create=True)
+    run.write_text("report.md", "hello")
+    (run.path / "manifest.json").write_text(text)
+    message = rf"run folder {run.path}: manifest\.json is damaged: {problem}"
+    for read in (lambda: run.manifest, lambda: run.has("report.md"), lambda: run.path_of("report.md"),
+                 run.verify, lambda: run.write_text("x.txt", "x")):
+        with pytest.raises(ValueError, match=message):
+            read()
+    for command in ("inspect", "rings"):
+        assert main([command, "--run", str(run.path)]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert f"shopgraph {command}: error: run folder {run.path}: manifest.json is damaged" in err
+
+
+def test_a_checksum_mismatch_names_the_command_that_rewrites_the_file(tmp_path):
+    from shopgraph.graph.run import ChecksumError
+
+    run = RunDir(tmp_path / "run", create=True)
+    run.write_text("fraud.json", "{}")
+    run.write_text("notes.txt", "mine")
+    (run.path / "fraud.json").write_text('{"kind": "other"}')
+    (run.path / "notes.txt").write_text("changed")
+    with pytest.raises(ChecksumError, match=r"'fraud.json' does not match its checksum in manifest.json \(damaged "
+                                            rf"or changed since it was written\); rerun `shopgraph train --run {run.path}`"):
+        run.path_of("fraud.json")
+    with pytest.raises(ChecksumError, match=r"'notes.txt' does not match its checksum in manifest.json \(damaged "
+                                            r"or changed since it was written\)$"):
+        run.path_of("notes.txt")
+
+
+@pytest.fixture
+def umask_027():
+    import os
+
+    old = os.umask(0o027)
+    try:
+        yield 0o027
+    finally:
+        os.umask(old)
+
+
+def test_a_writer_that_replaces_its_temp_file_still_gets_the_umask_mode(tmp_path, umask_027):
+    """safetensors' save_file writes a new file over the temp path (a new inode, mode 0600): the
+    recorded file still gets the mode of any new file (a server running as another user reads it)."""
+    import stat
+
+    from safetensors.torch import save_file
+
+    run = RunDir(tmp_path / "run", create=True)
+    path = run.write_with("embeddings.safetensors", lambda p: save_file({"a": torch.zeros(2)}, str(p)))
+    text = run.write_text("report.md", "hello")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert stat.S_IMODE(text.stat().st_mode) == 0o640
+
+
+def test_replaced_by_names_the_run_s_own_folders(tmp_path):
+    run = RunDir(tmp_path / "run", create=True)
+    run.write_json("rings/rings.json", {"schema_version": "1.0"})
+    run.write_text("tables/users.parquet", "x")
+    assert run.replaced_by(tmp_path / "run") == f"is the run folder {run.path}"
+    assert run.replaced_by(tmp_path / "run" / "." / "rings" / "..") == f"is the run folder {run.path}"
+    assert run.replaced_by(tmp_path) == f"holds the run folder {run.path}"
+    for own in ("rings", "tables", "model", "index", "rings/sub"):
+        assert run.replaced_by(tmp_path / "run" / own) == \
+            f"is inside the run folder {run.path}, in its own {own.split('/')[0]!r}"
+    (tmp_path / "link").symlink_to(tmp_path / "run" / "rings")
+    assert run.replaced_by(tmp_path / "link") is not None  # compared where the link leads
+    assert run.replaced_by(tmp_path / "run" / "cases") is None  # what `shopgraph demo` exports into
+    assert run.replaced_by(tmp_path / "elsewhere") is None

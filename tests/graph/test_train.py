@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import warnings
@@ -197,7 +198,7 @@ def test_resume_after_interruption_equals_uninterrupted(
     with pytest.raises(_Interrupt):
         train(data, cfg, checkpoint_dir=tmp_path / "b")
     monkeypatch.setattr(train_mod, "_log_epoch", real_log)
-    saved = torch.load(tmp_path / "b" / train_mod.STATE_FILE, weights_only=False)
+    saved = train_mod._load_state(tmp_path / "b" / train_mod.STATE_FILE)
     assert saved["epoch"] == 2  # epoch 3 was interrupted before its checkpoint
     resumed = train(data, cfg, checkpoint_dir=tmp_path / "b", resume=True)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
@@ -211,18 +212,18 @@ def test_resume_after_interruption_equals_uninterrupted(
         train(data, cfg, checkpoint_dir=tmp_path / "empty", resume=True)
     # a checkpoint written when mini_batch defaulted to False resumes under today's default (None,
     # which resolves to full-batch on this graph); asking for mini-batches is a different setting
-    older = torch.load(tmp_path / "b" / train_mod.STATE_FILE, weights_only=False)
+    older = train_mod._load_state(tmp_path / "b" / train_mod.STATE_FILE)
     assert older["train_config"]["mini_batch"] is None
     older["train_config"]["mini_batch"] = False
-    torch.save(older, tmp_path / "b" / train_mod.STATE_FILE)
+    train_mod._save_state(tmp_path / "b" / train_mod.STATE_FILE, older)
     with pytest.raises(ValueError, match=r"different settings \['mini_batch'\]"):
         train(data, TrainConfig(**FAST, seed=5, mini_batch=True), checkpoint_dir=tmp_path / "b", resume=True)  # type: ignore[arg-type]
     again = train(data, cfg, checkpoint_dir=tmp_path / "b", resume=True)
     assert [h["loss"] for h in again.history] == [h["loss"] for h in full.history]
     # a checkpoint of an older model layout (here: without the consideration-set weights)
-    saved = torch.load(tmp_path / "b" / train_mod.STATE_FILE, weights_only=False)
+    saved = train_mod._load_state(tmp_path / "b" / train_mod.STATE_FILE)
     saved["model"] = {k: v for k, v in saved["model"].items() if not k.startswith("consider_")}
-    torch.save(saved, tmp_path / "b" / train_mod.STATE_FILE)
+    train_mod._save_state(tmp_path / "b" / train_mod.STATE_FILE, saved)
     with pytest.raises(ValueError, match=r"resume: the checkpoint at .* does not fit this model \(.*consider_"):
         train(data, cfg, checkpoint_dir=tmp_path / "b", resume=True)
 
@@ -934,7 +935,7 @@ def test_an_interrupted_retrain_leaves_the_run_verifiable_and_resumable(
     assert main(["train", "--run", str(path), "--epochs", "4", "--seed", "1"]) == 130
     assert capsys.readouterr().err.strip() == "shopgraph train: interrupted"  # one line, no traceback
     monkeypatch.undo()
-    assert torch.load(path / "model" / "train_state.pt", weights_only=False)["epoch"] == 1  # a new checkpoint
+    assert train_mod._load_state(path / "model" / "train_state.pt")["epoch"] == 1  # a new checkpoint
     RunDir(path).verify()
     assert _run_ok(path)  # `shopgraph demo` would not rebuild the run
     assert main(["train", "--run", str(path), "--epochs", "4", "--seed", "1", "--resume"]) == 0
@@ -974,7 +975,163 @@ def test_cli_train_on_a_full_disk_keeps_the_last_checkpoint_and_resumes(
     # nothing half-written: every file as it was, no temp file left beside them
     assert {p.name: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
     monkeypatch.undo()
-    assert torch.load(state, weights_only=False)["epoch"] == 2
+    assert train_mod._load_state(state)["epoch"] == 2
     assert main(["train", "--run", str(path), "--epochs", "4", "--resume"]) == 0
     history = json.loads((path / "model" / "history.json").read_text())
     assert [int(h["epoch"]) for h in history["epochs"]] == [1, 2, 3, 4]
+
+
+# -- the resume checkpoint, file modes, shops without fraud labels --------------------------------
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "flipped", "no_checksum"])
+def test_a_damaged_resume_checkpoint_is_refused_in_one_line(
+        tmp_path: Path, data: HeteroData, capsys: pytest.CaptureFixture[str], damage: str) -> None:
+    """Not a checkpoint, cut short, one byte flipped (which unpickles fine and resumed silently), or
+    one without a checksum (a bare torch.save, as before): one line naming the file and what to do,
+    and the run as it was."""
+    from shopgraph.ui.cli import main
+
+    path = _run(tmp_path, data)
+    assert main(["train", "--run", str(path), "--epochs", "2"]) == 0
+    state = path / "model" / train_mod.STATE_FILE
+    raw = state.read_bytes()
+    if damage == "garbage":
+        state.write_bytes(b"\x00not a checkpoint")
+    elif damage == "truncated":
+        state.write_bytes(raw[: len(raw) // 2])
+    elif damage == "flipped":
+        flipped = bytearray(raw)
+        flipped[len(raw) // 2] ^= 0x01
+        state.write_bytes(bytes(flipped))
+    else:
+        state.write_bytes(raw.partition(b"\n")[2])  # torch.save's bytes alone
+        assert torch.load(state, weights_only=False)["epoch"] == 2  # a checkpoint, but not one to trust
+    capsys.readouterr()
+    before = _files(path)
+    assert main(["train", "--run", str(path), "--epochs", "4", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"shopgraph train: error: resume: {state} ")
+    assert err.strip().endswith("train without --resume (a new training replaces it), or delete it")
+    assert _files(path) == before
+
+
+def test_a_checkpoint_saved_on_a_gpu_resumes_on_the_cpu(
+        tmp_path: Path, data: HeteroData, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint whose tensors were saved on a GPU (here: tagged so while saving) loads onto the
+    CPU (map_location), and the run goes on as if never interrupted; checkpoints now keep the
+    optimizer state on the CPU."""
+    import torch.serialization
+
+    cfg = TrainConfig(**FAST, seed=5)  # type: ignore[arg-type]
+    full = train(data, cfg, checkpoint_dir=tmp_path / "a")
+    real_log = train_mod._log_epoch
+
+    def crash_after_epoch_3(line: str) -> None:
+        real_log(line)
+        if line.startswith("epoch    3 "):
+            raise _Interrupt
+
+    monkeypatch.setattr(train_mod, "_log_epoch", crash_after_epoch_3)
+    with pytest.raises(_Interrupt):
+        train(data, cfg, checkpoint_dir=tmp_path / "b")
+    monkeypatch.undo()
+    path = tmp_path / "b" / train_mod.STATE_FILE
+    state = train_mod._load_state(path)
+    assert state["optimizer"]["state"] and all(
+        v.device.type == "cpu" for s in state["optimizer"]["state"].values() for v in s.values() if isinstance(v, Tensor))
+    with monkeypatch.context() as m:
+        m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        train_mod._save_state(path, state)
+    if not torch.cuda.is_available():  # what a CPU-only machine made of it before
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(io.BytesIO(path.read_bytes().partition(b"\n")[2]), weights_only=False)
+    resumed = train(data, cfg, checkpoint_dir=tmp_path / "b", resume=True, device="cpu")
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    for nt in full.embeddings:
+        assert torch.equal(resumed.embeddings[nt], full.embeddings[nt])
+
+
+def test_resume_refuses_fewer_epochs_than_done_and_compares_batching_as_resolved(
+        tmp_path: Path, data: HeteroData, capsys: pytest.CaptureFixture[str]) -> None:
+    from shopgraph.ui.cli import main
+
+    path = _run(tmp_path, data)
+    assert main(["train", "--run", str(path), "--epochs", "4"]) == 0  # no batching flag: full-batch here
+    capsys.readouterr()
+    before = _files(path)
+    assert main(["train", "--run", str(path), "--epochs", "2", "--resume"]) == 1
+    state = path / "model" / train_mod.STATE_FILE
+    assert capsys.readouterr().err.strip() == (
+        f"shopgraph train: error: resume: the checkpoint at {state} is after epoch 4, past the 2 epochs asked "
+        "for; resume with --epochs 4 or more, or train without --resume")
+    assert _files(path) == before
+    # --full-batch is what no flag resolved to: the same settings, both ways round
+    assert main(["train", "--run", str(path), "--epochs", "5", "--resume", "--full-batch"]) == 0
+    assert main(["train", "--run", str(path), "--epochs", "6", "--resume"]) == 0
+    history = json.loads((path / "model" / "history.json").read_text())
+    assert [int(h["epoch"]) for h in history["epochs"]] == [1, 2, 3, 4, 5, 6]
+    assert json.loads((path / "model" / "train_config.json").read_text())["epochs"] == 6
+    capsys.readouterr()
+    assert main(["train", "--run", str(path), "--epochs", "7", "--resume", "--mini-batch"]) == 1
+    assert "resume: the checkpoint was made with different settings ['mini_batch']" in capsys.readouterr().err
+
+
+def test_train_run_writes_every_file_with_the_umask_mode(tmp_path: Path, data: HeteroData) -> None:
+    """model.safetensors and embeddings.safetensors too (safetensors replaces the temp file by one
+    of mode 0600): a server running as another user reads the run."""
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        path = _run(tmp_path, data)
+        train_run(path, **FAST)
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(path)): stat.S_IMODE(p.stat().st_mode) for p in path.rglob("*") if p.is_file()}
+    assert "model/model.safetensors" in modes and "embeddings.safetensors" in modes
+    assert {rel: mode for rel, mode in modes.items() if mode != 0o640} == {}
+
+
+def test_a_shop_without_fraud_labels_writes_valid_json_serves_and_finds_rings(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No labels.csv: the fraud scorer is ``none``; fraud.json and train's summary are valid JSON
+    (null, not NaN), the service reads the null threshold as NaN (nobody flagged), and rings rank
+    without fraud probabilities (they used to refuse the all-NaN fraud_prob)."""
+    from shopgraph.graph.synthetic import generate_shop
+    from shopgraph.retrieval.service import ShopService
+    from shopgraph.ui.cli import main
+
+    def strict(text: str) -> Any:
+        def refuse(name: str) -> None:
+            raise ValueError(f"not JSON: {name}")
+
+        return json.loads(text, parse_constant=refuse)
+
+    generate_shop(tmp_path / "shop", n_users=100, seed=0)
+    (tmp_path / "shop" / "labels.csv").unlink()
+    run = tmp_path / "run"
+    assert main(["build", "--data", str(tmp_path / "shop"), "--out", str(run), "--no-text", "--no-image",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    capsys.readouterr()
+    assert main(["train", "--run", str(run), "--epochs", "3"]) == 0
+    summary = strict(capsys.readouterr().out)
+    assert summary["fraud_scorer"] == "none"
+    assert summary["fraud_threshold"] is None and summary["fraud_val_auprc"] is None
+    fraud = strict((run / "fraud.json").read_text())
+    assert fraud["kind"] == "none" and fraud["threshold"] is None and fraud["val_auprc"] is None
+    assert main(["index", "--run", str(run)]) == 0
+    service = ShopService.from_run(run, catalogue_follow=False)
+    assert math.isnan(service.fraud_threshold)
+    score = service.score_user(service.user_ids[0])
+    assert math.isnan(score.probability) and math.isnan(score.threshold) and not score.flagged
+    capsys.readouterr()
+    assert main(["rings", "--run", str(run), "--export", str(tmp_path / "cases")]) == 0
+    out = capsys.readouterr()
+    assert "error" not in out.err and "R0001" in out.out
+    assert strict((tmp_path / "cases" / "rings.json").read_text())["mode"] == "behaviour+structure"
+    RunDir(run).verify()
