@@ -48,10 +48,16 @@ _WRITTEN_BY: tuple[tuple[str, str], ...] = (
 )
 
 
+def _writer(rel: str) -> str | None:
+    """The command that writes the run file ``rel`` (:data:`_WRITTEN_BY`), or None."""
+    return next((cmd for prefix, cmd in _WRITTEN_BY
+                 if rel == prefix or (prefix.endswith("/") and rel.startswith(prefix))), None)
+
+
 def _not_recorded(path: Path, rel: str) -> FileNotFoundError:
     """A run folder lacks ``rel``: the error names the command that writes it, where one does."""
-    hint = next((f" (run `{cmd} --run {path}` first)" for prefix, cmd in _WRITTEN_BY
-                 if rel == prefix or (prefix.endswith("/") and rel.startswith(prefix))), "")
+    cmd = _writer(rel)
+    hint = f" (run `{cmd} --run {path}` first)" if cmd else ""
     return FileNotFoundError(f"run folder {path}: no {rel!r} recorded in {MANIFEST}{hint}")
 
 
@@ -83,8 +89,8 @@ class ChecksumError(ValueError):
 
 def _rewrite_hint(path: Path, rel: str) -> str:
     """``; rerun `CMD --run PATH``` naming the command that writes ``rel``, where one does."""
-    return next((f"; rerun `{cmd} --run {path}`" for prefix, cmd in _WRITTEN_BY
-                 if rel == prefix or (prefix.endswith("/") and rel.startswith(prefix))), "")
+    cmd = _writer(rel)
+    return f"; rerun `{cmd} --run {path}`" if cmd else ""
 
 
 def _manifest_problem(manifest: Any) -> str | None:
