@@ -620,7 +620,7 @@ async def _multipart(request: Request) -> FormData:
         raise HTTPException(400, f"body: not a readable multipart/form-data body ({type(exc).__name__})") from None
     for key, value in form.multi_items():
         if isinstance(value, str) and len(value) > MAX_FORM_FIELD_BYTES // 4 and (
-                size := len(value.encode("utf-8"))) > MAX_FORM_FIELD_BYTES:
+                size := len(value.encode("utf-8", "surrogatepass"))) > MAX_FORM_FIELD_BYTES:
             await form.close()
             raise HTTPException(413, f"{_field_name(key)}: a text field of {size / 2**20:.2f} MB ({size:,} bytes) "
                                      f"is over the {MAX_FORM_FIELD_BYTES // 2**20} MB limit "
@@ -810,7 +810,9 @@ def _remove_ids(body: dict[str, Any]) -> list[str]:
     return _id_list(body, "item_ids", _REMOVE_EXAMPLE)
 
 
-_PRICE = re.compile(r"[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")  # a JSON number >= 0 (leading zeros allowed)
+# a decimal number >= 0 as people type one into a form: "5", "5.", ".5", "+5", "1e2" (not "1_000", "inf",
+# "nan", "0x10" or full-width digits, which float() would take); spaces around it are ignored
+_PRICE = re.compile(r"\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 async def _item_form(request: Request) -> tuple[dict[str, Any], bytes | None]:
@@ -823,8 +825,8 @@ async def _item_form(request: Request) -> tuple[dict[str, Any], bytes | None]:
 
 
 async def _item_fields_of_form(form: FormData) -> tuple[dict[str, Any], bytes | None]:
-    """The fields and the image of a parsed ``POST /items`` form: ``price`` a plain number, as in
-    JSON (no spaces, underscores, sign, ``inf`` or ``nan``; empty: unknown), and an empty file
+    """The fields and the image of a parsed ``POST /items`` form: ``price`` a plain decimal number
+    (spaces around it ignored; no underscores, ``-``, ``inf`` or ``nan``; empty: unknown), and an empty file
     field (a browser's file input left empty) no image."""
     items = form.multi_items()
     check_fields([key for key, _ in items], _ITEM_FIELDS + ("image",), "form field")
@@ -836,7 +838,7 @@ async def _item_fields_of_form(form: FormData) -> tuple[dict[str, Any], bytes | 
             raise ValueError(f"{key}: expected a text field, not a file")
         fields[key] = value
     if "price" in fields:
-        raw = fields["price"]
+        raw = fields["price"].strip()
         if raw == "":
             fields["price"] = None
         elif _PRICE.fullmatch(raw):

@@ -766,7 +766,7 @@ def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):
     # a form's price is a plain number, as in JSON
     *[("post", "/items", _form(("item_id", None, b"n1"), ("title", None, b"t"), ("price", None, raw)), 422,
        f"price: expected a number >= 0 (got {raw.decode()!r})")
-      for raw in (b"1_000", b" 5 ", b"5 ", b" ", b"+5", b"-1", b"inf", b"nan", b"0x10", b"5.", b".5", b"1e")],
+      for raw in (b"1_000", b"-1", b"inf", b"nan", b"0x10", b"1e", b"5 5", b"\xef\xbc\x95", b".")],
     ("post", "/items", _form(("item_id", None, b"n1"), ("title", None, b"t"), ("price", None, b"1e400")), 422,
      "price: expected a finite number >= 0 (got float inf)"),
     # a text field over 1 MB is a 413 naming it (the parser's own limit was an anonymous 400)
@@ -788,8 +788,9 @@ def test_bad_catalogue_changes_are_4xx_and_change_nothing(writable, method, url,
 
 
 def test_a_form_price_is_a_plain_number_and_an_empty_file_input_is_no_image(writable):
-    for raw, price in ((b"5", 5.0), (b"007.50", 7.5), (b"1e2", 100.0), (b"0", 0.0), (b"", None)):
-        item_id = f"form_price_{price}"
+    for raw, price in ((b"5", 5.0), (b"007.50", 7.5), (b"1e2", 100.0), (b"0", 0.0), (b"", None), (b" ", None),
+                       (b" 12.5\r\n", 12.5), (b".5", 0.5), (b"12.", 12.0), (b"+3", 3.0)):
+        item_id = f"form_price_{raw.hex()}"
         r = writable.post("/items", **_form(("item_id", None, item_id.encode()), ("title", None, b"a price"),
                                            ("price", None, raw)))
         assert r.status_code == 201, r.text
