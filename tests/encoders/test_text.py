@@ -109,6 +109,78 @@ def test_model_name_is_stable_and_tracks_config_and_length(tiny_bert: Path, tmp_
     assert TextEncoder(other).model_name != a.model_name
 
 
+def _retrained(src: Path, dst: Path, seed: int) -> Path:
+    """``src`` copied to ``dst`` with other weights: config.json and tokenizer files unchanged."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    other = make_tiny_bert(dst.parent / f"weights_{seed}", seed=seed)
+    shutil.copy(other / "model.safetensors", dst / "model.safetensors")
+    assert (dst / "config.json").read_bytes() == (src / "config.json").read_bytes()
+    return dst
+
+
+def test_model_name_tracks_the_weights_not_the_location(tiny_bert: Path, tmp_path: Path) -> None:
+    import shutil
+
+    a = TextEncoder(tiny_bert)
+    # fine-tuned: same config, same folder name, other weights
+    tuned = _retrained(tiny_bert, tmp_path / "v2" / tiny_bert.name, seed=1)
+    assert TextEncoder(tuned).model_name != a.model_name
+    # retrained in place: a new encoder of the same folder sees the new weights
+    moved = shutil.copytree(tiny_bert, tmp_path / "v3" / tiny_bert.name)
+    before = TextEncoder(moved).model_name
+    assert before == a.model_name  # the same checkpoint at another path: the same key
+    shutil.copy(tuned / "model.safetensors", moved / "model.safetensors")
+    assert TextEncoder(moved).model_name == TextEncoder(tuned).model_name != before
+    # tokenizer files are part of the identity too
+    retok = shutil.copytree(tiny_bert, tmp_path / "v4" / tiny_bert.name)
+    (retok / "vocab.txt").write_text((retok / "vocab.txt").read_text().replace("laptop", "tablet"))
+    (retok / "tokenizer.json").write_text((retok / "tokenizer.json").read_text().replace('"laptop"', '"tablet"'))
+    assert TextEncoder(retok).model_name != a.model_name
+    # files the loaders never read are not
+    readme = shutil.copytree(tiny_bert, tmp_path / "v5" / tiny_bert.name)
+    (readme / "README.md").write_text("notes")
+    (readme / "1_Pooling").mkdir()
+    (readme / "1_Pooling" / "config.json").write_text("{}")
+    assert TextEncoder(readme).model_name == a.model_name
+
+
+def test_retrained_checkpoint_never_reads_the_old_cached_vectors(tiny_bert: Path, tmp_path: Path) -> None:
+    from shopgraph.encoders.cache import EmbeddingCache, cached_encode, text_key
+
+    tuned = _retrained(tiny_bert, tmp_path / "v2" / tiny_bert.name, seed=1)
+    texts = ["red shoes", "laptop charger"]
+    keys = [text_key(t) for t in texts]
+    with EmbeddingCache(tmp_path / "cache") as cache:
+        old = TextEncoder(tiny_bert)
+        first = cached_encode(cache, old.model_name, keys, lambda pos: old.encode([texts[p] for p in pos]))
+        new = TextEncoder(tuned)
+        second = cached_encode(cache, new.model_name, keys, lambda pos: new.encode([texts[p] for p in pos]))
+        assert second.hits == 0 and second.misses == 2
+        np.testing.assert_allclose(second.embeddings, new.encode(texts), atol=1e-5)
+        assert not np.allclose(second.embeddings, first.embeddings, atol=1e-3)
+        # a copy of the old checkpoint elsewhere reuses the old vectors
+        import shutil
+
+        copy = TextEncoder(shutil.copytree(tiny_bert, tmp_path / "elsewhere" / tiny_bert.name))
+        third = cached_encode(cache, copy.model_name, keys, lambda pos: pytest.fail("should be cached"))
+        assert third.hits == 2
+        np.testing.assert_array_equal(third.embeddings, first.embeddings)
+
+
+def test_model_name_digest_is_computed_once(tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shopgraph.encoders.text as text_module
+
+    calls: list[Path] = []
+    real = text_module.checkpoint_digest
+    monkeypatch.setattr(text_module, "checkpoint_digest", lambda folder: calls.append(folder) or real(folder))
+    enc = TextEncoder(tiny_bert)
+    assert calls == []  # not at construction: the service encodes queries without needing it
+    assert enc.model_name == enc.model_name == TextEncoder(tiny_bert).model_name
+    assert len(calls) == 2  # once per encoder
+
+
 def test_default_model_name_is_readable() -> None:
     assert TextEncoder().model_name.startswith("all-MiniLM-L6-v2@")
 
