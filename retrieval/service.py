@@ -155,22 +155,52 @@ class _Growable:
 
 
 class _RWLock:
-    """Many concurrent readers (searches) or one writer (add/remove item)."""
+    """Many concurrent readers (searches) or one writer (add/remove item), writers first.
+
+    Once a writer waits, readers that do not hold the lock yet wait behind it, so a steady stream
+    of searches cannot stall a change indefinitely (it waits for the reads already running).
+
+    Re-entry: a thread that holds ``read()`` may take ``read()`` again (it is let in even while a
+    writer waits, else it would wait for a writer that waits for it); a thread that holds
+    ``write()`` may take ``read()`` (it has the state to itself). Taking ``write()`` while holding
+    either is refused with ``RuntimeError`` rather than deadlocking. The service itself takes the
+    lock once per call (public methods read under it; ``_insert`` / ``_delete`` write under it)
+    and never nests it; the re-entry rules keep a helper that does from deadlocking.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._readers = 0
-        self._writer = False
+        self._writer: int | None = None  # the thread ident of the writer
+        self._writers_waiting = 0
+        self._mine = threading.local()  # this thread's read depth
+
+    def _depth(self) -> int:
+        return getattr(self._mine, "depth", 0)
 
     @contextmanager
     def read(self) -> Iterator[None]:
+        me = threading.get_ident()
+        depth = self._depth()
+        if self._writer == me:  # the writer reads its own state
+            yield
+            return
+        if depth:  # re-entry: already counted in _readers, so no writer is in
+            self._mine.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._mine.depth = depth
+            return
         with self._cond:
-            while self._writer:
+            while self._writer is not None or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
+        self._mine.depth = 1
         try:
             yield
         finally:
+            self._mine.depth = 0
             with self._cond:
                 self._readers -= 1
                 if self._readers == 0:
@@ -178,16 +208,34 @@ class _RWLock:
 
     @contextmanager
     def write(self) -> Iterator[None]:
+        me = threading.get_ident()
+        if self._writer == me or self._depth():
+            raise RuntimeError("_RWLock: write() taken by a thread that holds the lock already (it would deadlock)")
         with self._cond:
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._writer = True
+            self._writers_waiting += 1
+            try:
+                while self._writer is not None or self._readers:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
+                self._cond.notify_all()  # readers held back for this writer recheck (it may have given up)
+            self._writer = me
         try:
             yield
         finally:
             with self._cond:
-                self._writer = False
+                self._writer = None
                 self._cond.notify_all()
+
+
+def _refuse_not_a_list(values: Any, name: str, what: str = "ids") -> None:
+    """``ValueError`` unless ``values`` is a list (a sequence or a 1-d numpy array) of ``what``: one
+    string (or bytes, which are a sequence of ints) is refused as itself, not read item by item."""
+    if isinstance(values, str | bytes | bytearray | memoryview):
+        raise ValueError(f"{name}: expected a list of {what} (got {type(values).__name__}): {shown(values)} "
+                         f"is one value, not a list of them")
+    if not isinstance(values, Sequence | np.ndarray) or (isinstance(values, np.ndarray) and values.ndim != 1):
+        raise ValueError(f"{name}: expected a list of {what} (got {type(values).__name__})")
 
 
 def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
@@ -885,8 +933,7 @@ class ShopService:
     def _many(self, ids: Any, name: str, positions: dict[str, int], kind: str) -> list[int]:
         """The positions of a list of 1 to :data:`MAX_BATCH` ids; the unknown ones are all named
         (``UnknownIdError``), so a caller with several new accounts learns of them in one answer."""
-        if isinstance(ids, str) or not isinstance(ids, Sequence | np.ndarray):
-            raise ValueError(f"{name}: expected a list of ids (got {type(ids).__name__})")
+        _refuse_not_a_list(ids, name)
         ids = list(ids)
         if not ids:
             raise ValueError(f"{name}: expected at least one id (got an empty list)")
@@ -903,6 +950,7 @@ class ShopService:
         return [positions[value] for value in ids]
 
     def _category(self, category: str | None) -> int | None:
+        """The code of a category filter (the caller holds ``_lock.read()``: add_item changes it)."""
         if category is None:
             return None
         if not isinstance(category, str):
@@ -915,29 +963,36 @@ class ShopService:
         return code
 
     def has_user(self, user_id: str) -> bool:
-        return user_id in self._user_pos
+        """Whether ``user_id`` is a known user (``False`` for anything that is not a string id)."""
+        return isinstance(user_id, str) and user_id in self._user_pos
 
     def has_item(self, item_id: str) -> bool:
+        """Whether ``item_id`` is a served item (``False`` for anything that is not a string id)."""
         self._maybe_sync()
-        return item_id in self._item_pos
+        if not isinstance(item_id, str):
+            return False
+        with self._lock.read():
+            return item_id in self._item_pos
 
     def item_info(self, item_id: str) -> dict[str, Any]:
         """Title, category, description, price and image path of an item."""
         self._maybe_sync()
-        i = self._item(item_id)
-        price = self.prices[i]
-        image = self.images[i]
-        return {"item_id": item_id, "title": self.titles[i], "category": self.categories[i],
-                "description": self.descriptions[i], "price": None if price != price else price,
-                "image": str(self.tables_root / image) if image and self.tables_root else (image or None)}
+        with self._lock.read():  # add_item maps the id before it appends the title
+            i = self._item(item_id)
+            price = self.prices[i]
+            image = self.images[i]
+            return {"item_id": item_id, "title": self.titles[i], "category": self.categories[i],
+                    "description": self.descriptions[i], "price": None if price != price else price,
+                    "image": str(self.tables_root / image) if image and self.tables_root else (image or None)}
 
     def info(self) -> dict[str, Any]:
         """Counts for health checks."""
         self._maybe_sync()
-        return {"users": len(self.user_ids), "items": int(self._active.sum()),
-                "indexes": {name: index.count for name, index in self.indexes.items()},
-                "fraud_scorer": self.fraud.get("kind", "none"), "run": str(self.run_path or ""),
-                "catalogue": self.catalogue_info()}
+        with self._lock.read():
+            return {"users": len(self.user_ids), "items": int(self._active.sum()),
+                    "indexes": {name: index.count for name, index in self.indexes.items()},
+                    "fraud_scorer": self.fraud.get("kind", "none"), "run": str(self.run_path or ""),
+                    "catalogue": self._catalogue_info()}
 
     def catalogue_info(self) -> dict[str, Any]:
         """What changed since training: items added (and still served), trained items removed, the
@@ -947,6 +1002,10 @@ class ShopService:
         could not be applied, each with its reason, and the journal's generation (how many times
         it was compacted)."""
         self._maybe_sync()
+        with self._lock.read():
+            return self._catalogue_info()
+
+    def _catalogue_info(self) -> dict[str, Any]:
         added = self._active[self._n_trained:]
         return {"added": int(added.sum()), "removed": int((~self._active[:self._n_trained]).sum()),
                 "journal": str(self._journal.path) if self._journal is not None else None,
@@ -1056,7 +1115,9 @@ class ShopService:
         self._maybe_sync()
         k = check_k(k)
         exclude_seen = check_bool(exclude_seen, "exclude_seen")
-        return self._recommend([self._user(user_id)], k, exclude_seen, self._category(category))[0]
+        u = self._user(user_id)
+        with self._lock.read():
+            return self._recommend([u], k, exclude_seen, self._category(category))[0]
 
     def recommend_batch(self, user_ids: Sequence[str], k: int = 10, exclude_seen: bool = True,
                         category: str | None = None) -> list[Recommendation]:
@@ -1065,7 +1126,8 @@ class ShopService:
         k = check_k(k)
         exclude_seen = check_bool(exclude_seen, "exclude_seen")
         users = self._many(user_ids, "user_ids", self._user_pos, "user")
-        return self._recommend(users, k, exclude_seen, self._category(category))
+        with self._lock.read():
+            return self._recommend(users, k, exclude_seen, self._category(category))
 
     def _revisit_row(self, u: int) -> tuple[np.ndarray, np.ndarray]:
         if self._revisit is None:
@@ -1074,28 +1136,28 @@ class ShopService:
         return items[indptr[u]:indptr[u + 1]], values[indptr[u]:indptr[u + 1]]
 
     def _recommend(self, users: list[int], k: int, exclude_seen: bool, cat: int | None) -> list[Recommendation]:
-        with self._lock.read():
-            exclude = [self._seen_items(u) if exclude_seen else np.zeros(0, np.int64) for u in users]
-            rows = [self._revisit_row(u) for u in users]
-            # The model's score is the dot product plus a revisit term on the few items the user
-            # already interacted with. The top k by dot product among the other items, together
-            # with those few rescored, hold the exact top k: fetch k + (their number) by dot product.
-            extra = max((r[0].size for r in rows), default=0)
-            hits = self._filtered("gnn_items", self.user_emb[users], k + extra, exclude, cat)
-            out = []
-            for u, (ids, _), (rv_items, rv_values), ex in zip(users, hits, rows, exclude):
-                keep = self._active[rv_items] & ~np.isin(rv_items, ex)
-                if cat is not None:
-                    keep &= self._item_cat[rv_items] == cat
-                cand = np.union1d(ids, rv_items[keep])
-                # Row by row, not a matrix-vector product: BLAS rounds each row's sum depending on
-                # how many rows it is given, and the batch fetches more candidates than one user
-                # alone, so the same user's scores (and near-tie order) differed in the last bit.
-                scores = (self.item_emb[cand] * self.user_emb[u]).sum(axis=1)
-                scores[np.searchsorted(cand, rv_items[keep])] += rv_values[keep]
-                top = np.argsort(-scores, kind="stable")[:k]
-                out.append(self._pack(cand[top], scores[top], self._user_reasons(u, cand[top])))
-            return out
+        """The caller holds ``_lock.read()``."""
+        exclude = [self._seen_items(u) if exclude_seen else np.zeros(0, np.int64) for u in users]
+        rows = [self._revisit_row(u) for u in users]
+        # The model's score is the dot product plus a revisit term on the few items the user
+        # already interacted with. The top k by dot product among the other items, together
+        # with those few rescored, hold the exact top k: fetch k + (their number) by dot product.
+        extra = max((r[0].size for r in rows), default=0)
+        hits = self._filtered("gnn_items", self.user_emb[users], k + extra, exclude, cat)
+        out = []
+        for u, (ids, _), (rv_items, rv_values), ex in zip(users, hits, rows, exclude):
+            keep = self._active[rv_items] & ~np.isin(rv_items, ex)
+            if cat is not None:
+                keep &= self._item_cat[rv_items] == cat
+            cand = np.union1d(ids, rv_items[keep])
+            # Row by row, not a matrix-vector product: BLAS rounds each row's sum depending on
+            # how many rows it is given, and the batch fetches more candidates than one user
+            # alone, so the same user's scores (and near-tie order) differed in the last bit.
+            scores = (self.item_emb[cand] * self.user_emb[u]).sum(axis=1)
+            scores[np.searchsorted(cand, rv_items[keep])] += rv_values[keep]
+            top = np.argsort(-scores, kind="stable")[:k]
+            out.append(self._pack(cand[top], scores[top], self._user_reasons(u, cand[top])))
+        return out
 
     def recommend_new(self, user_id: str, k: int = 10, category: str | None = None) -> Recommendation:
         """Top-k of the items added since training (:meth:`add_item`) for a known user, by the
@@ -1114,8 +1176,8 @@ class ShopService:
         self._maybe_sync()
         k = check_k(k)
         u = self._user(user_id)
-        cat = self._category(category)
         with self._lock.read():
+            cat = self._category(category)
             new = np.arange(self._n_trained, len(self.item_ids))
             new = new[self._active[new]]
             if cat is not None:
@@ -1129,28 +1191,30 @@ class ShopService:
         """Items closest to an item in the GNN space (cosine, ``gnn_items_cosine``), itself excluded."""
         self._maybe_sync()
         k = check_k(k)
-        return self._similar([self._item(item_id)], k)[0]
+        with self._lock.read():
+            return self._similar([self._item(item_id)], k)[0]
 
     def similar_items_batch(self, item_ids: Sequence[str], k: int = 10) -> list[Recommendation]:
         """:meth:`similar_items` for many items."""
         self._maybe_sync()
         k = check_k(k)
-        return self._similar(self._many(item_ids, "item_ids", self._item_pos, "item"), k)
+        with self._lock.read():
+            return self._similar(self._many(item_ids, "item_ids", self._item_pos, "item"), k)
 
     def _similar(self, items: list[int], k: int) -> list[Recommendation]:
-        with self._lock.read():
-            # FAISS computes a batch of 20 queries or more with BLAS and fewer one by one, which
-            # round differently: the candidates (a few more than k) are rescored row by row, so an
-            # item's answer in a batch is the one it gets alone.
-            hits = self._filtered("gnn_items_cosine", self.item_emb[items], k + RESCORE_MARGIN,
-                                  [np.array([i], dtype=np.int64) for i in items], None)
-            out = []
-            for i, (ids, _) in zip(items, hits):
-                cand = np.sort(ids)
-                scores = (self._item_emb_n[cand] * self._item_emb_n[i]).sum(axis=1)
-                top = np.argsort(-scores, kind="stable")[:k]
-                out.append(self._pack(cand[top], scores[top], self._similar_reasons(i, cand[top], scores[top])))
-            return out
+        """The caller holds ``_lock.read()``."""
+        # FAISS computes a batch of 20 queries or more with BLAS and fewer one by one, which
+        # round differently: the candidates (a few more than k) are rescored row by row, so an
+        # item's answer in a batch is the one it gets alone.
+        hits = self._filtered("gnn_items_cosine", self.item_emb[items], k + RESCORE_MARGIN,
+                              [np.array([i], dtype=np.int64) for i in items], None)
+        out = []
+        for i, (ids, _) in zip(items, hits):
+            cand = np.sort(ids)
+            scores = (self._item_emb_n[cand] * self._item_emb_n[i]).sum(axis=1)
+            top = np.argsort(-scores, kind="stable")[:k]
+            out.append(self._pack(cand[top], scores[top], self._similar_reasons(i, cand[top], scores[top])))
+        return out
 
     def _buyers_of(self, item: int) -> np.ndarray:
         indptr, users = self._buyers
@@ -1261,22 +1325,27 @@ class ShopService:
                               [f"text {st[o]:.2f} + image {si[o]:.2f}" for o in order])
 
     def search_batch(self, texts: Sequence[str], k: int = 10) -> list[Recommendation]:
-        """Text search for many queries (one encoder pass, one FAISS search)."""
+        """Text search for many queries, each answered exactly as :meth:`search` answers it.
+
+        Each query is encoded alone and searched alone: the encoder pads a batch to its longest
+        text and FAISS scores 20 queries or more with BLAS, both of which change a score in the
+        last bits (and can swap near-ties), so one encoder pass for the batch was not the answer
+        a query gets by itself. The texts are all checked first (every problem named at once)."""
         self._maybe_sync()
         k = check_k(k)
-        if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise ValueError(f"texts: expected a list of strings (got {type(texts).__name__})")
+        _refuse_not_a_list(texts, "texts", "strings")
+        texts = list(texts)
         if not texts or len(texts) > MAX_BATCH:
             raise ValueError(f"texts: expected 1 to {MAX_BATCH:,} queries (got {len(texts):,})")
         clean = [check_text(t, f"texts[{n}]") for n, t in enumerate(texts)]
-        q = self._encode_texts(clean)
-        index = self._need("text_items")
-        if q.shape[1] != index.dim_:
-            raise NotAvailableError(f"text_items: the query encoder gives {q.shape[1]}-d vectors, the index "
-                                    f"holds {index.dim_}-d ones")
-        with self._lock.read():
-            hits = self._filtered("text_items", q, k, [np.zeros(0, np.int64)] * len(q), None)
-            return [self._pack(ids, sc, [f"text match {s:.2f}" for s in sc]) for ids, sc in hits]
+        self._need("text_items")
+        out = []
+        for text in clean:
+            q = self._encode_texts([text])
+            with self._lock.read():
+                ids, sc = self._content_hits("text_items", q, k)
+                out.append(self._pack(ids, sc, [f"text match {s:.2f}" for s in sc]))
+        return out
 
     # -- fraud ----------------------------------------------------------------------------------
     def _fraud_reasons(self, u: int, top: int = 3) -> list[str]:
@@ -1333,8 +1402,8 @@ class ShopService:
         embeddings, searched by cosine (``gnn_items_cosine``). The given items are excluded."""
         self._maybe_sync()
         k = check_k(k)
-        seeds = np.array(self._many(item_ids, "item_ids", self._item_pos, "item"), dtype=np.int64)
         with self._lock.read():
+            seeds = np.array(self._many(item_ids, "item_ids", self._item_pos, "item"), dtype=np.int64)
             q = self._item_emb_n[seeds].mean(axis=0, keepdims=True)
             ids, sc = self._filtered("gnn_items_cosine", q, k, [np.unique(seeds)], None)[0]
             return self._pack(ids, sc, self._seed_reasons(np.unique(seeds), ids))
@@ -1582,7 +1651,9 @@ class ShopService:
                     for k, (n, image) in enumerate(zip(new, images))]
 
         if self._journal is None:
-            return insert([str(n.image) if isinstance(n.image, str | Path) else "" for n in new])
+            with self._sync_lock:  # the id check and the insert as one step: two adds of an id, one refused
+                self._refuse_known([n.item_id for n in new])
+                return insert([str(n.image) if isinstance(n.image, str | Path) else "" for n in new])
         with self._sync_lock, self._journal.locked():
             self._sync()  # what other processes changed, so that the id check below is theirs too
             self._refuse_known([n.item_id for n in new])
@@ -1602,7 +1673,8 @@ class ShopService:
         :meth:`add_item`)."""
         self._maybe_sync()
         if self._journal is None:
-            self._delete([self._item(item_id)])
+            with self._sync_lock:  # the lookup and the removal as one step: a second removal is UnknownIdError
+                self._delete([self._item(item_id)])
             return
         with self._sync_lock, self._journal.locked():
             self._sync()
@@ -1619,8 +1691,7 @@ class ShopService:
             ValueError: not a list of 1 to :data:`MAX_BATCH` ids, or an id given twice.
             UnknownIdError: ids that are not served (all of them named); nothing is removed.
         """
-        if isinstance(item_ids, str) or not isinstance(item_ids, Sequence | np.ndarray):
-            raise ValueError(f"item_ids: expected a list of ids (got {type(item_ids).__name__})")
+        _refuse_not_a_list(item_ids, "item_ids")
         ids = list(item_ids)
         if not 1 <= len(ids) <= MAX_BATCH:
             raise ValueError(f"item_ids: expected 1 to {MAX_BATCH:,} ids (got {len(ids):,})")
@@ -1633,7 +1704,8 @@ class ShopService:
             first[value] = k
         self._maybe_sync()
         if self._journal is None:
-            self._delete(self._served_positions(ids))
+            with self._sync_lock:
+                self._delete(self._served_positions(ids))
             return
         with self._sync_lock, self._journal.locked():
             self._sync()

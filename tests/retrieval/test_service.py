@@ -1219,3 +1219,217 @@ def test_added_items_that_cannot_be_embedded_are_reported_and_served_again_later
     assert without_model.catalogue_info()["not_applied"] == [
         "catalogue.jsonl: line 1: add 'new1' not applied: add_item: this service has no model: it was loaded with load_model=False"]
     assert load_service(own_run).has_item("new1")  # kept in the journal: a service with the model serves it
+
+
+# -- concurrency: the service is called from a web server's thread pool ------------------------------
+def test_a_write_is_not_starved_by_a_stream_of_readers():
+    """Readers whose reads overlap without pause kept a waiting writer out for minutes (a removal
+    under three threads of recommend had not returned after 118 s); once a writer waits, new
+    readers wait behind it."""
+    import threading
+    import time
+
+    from shopgraph.retrieval.service import _RWLock
+
+    lock = _RWLock()
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            with lock.read():
+                time.sleep(0.002)  # reads overlap: without writer preference one is always in
+
+    threads = [threading.Thread(target=reader, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    start = time.monotonic()
+    done = threading.Event()
+
+    def writer() -> None:
+        with lock.write():
+            done.set()
+
+    w = threading.Thread(target=writer, daemon=True)
+    w.start()
+    finished = done.wait(2.0)
+    stop.set()
+    for t in threads:
+        t.join(5)
+    w.join(5)
+    assert finished, f"the write waited {time.monotonic() - start:.1f} s behind the readers"
+
+
+def test_the_lock_lets_a_reader_in_again_and_refuses_a_write_that_would_deadlock():
+    import threading
+    import time
+
+    from shopgraph.retrieval.service import _RWLock
+
+    lock = _RWLock()
+    errors: list[BaseException] = []
+    got_in_again = threading.Event()
+    writer_waits = threading.Event()
+    release = threading.Event()
+
+    def reader() -> None:
+        try:
+            with lock.read():
+                writer_waits.wait(5)
+                while not lock._writers_waiting:
+                    time.sleep(0.001)
+                with lock.read():  # a writer waits for this thread: re-entry must not queue behind it
+                    got_in_again.set()
+                release.wait(5)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    r = threading.Thread(target=reader, daemon=True)
+    r.start()
+    time.sleep(0.05)
+    w = threading.Thread(target=lambda: lock.write().__enter__() and None, daemon=True)
+    w.start()
+    writer_waits.set()
+    assert got_in_again.wait(2.0), "a reader taking read() again deadlocked behind a waiting writer"
+    release.set()
+    r.join(5)
+    w.join(5)
+    assert not errors and not r.is_alive() and not w.is_alive()
+    lock = _RWLock()
+    with lock.read(), pytest.raises(RuntimeError, match="would deadlock"):
+        with lock.write():
+            pass
+    with lock.write(), lock.read():  # the writer reads its own state
+        pass
+    with lock.write():  # and the lock was left free
+        pass
+
+
+def _blocked_until_released(svc: ShopService, half_done: Any, finish: Any, call: Any) -> Any:
+    """Run ``call`` in a thread while this thread holds the write lock, with the state left half
+    changed by ``half_done`` (as add_item leaves it midway): the call must wait for the write, not
+    read the half-changed state, and answer once ``finish`` completed the change."""
+    import threading
+
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            result["error"] = exc
+
+    with svc._lock.write():
+        half_done()
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive(), f"answered from a half-changed catalogue: {result}"
+        finish()
+    thread.join(10)
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def test_calls_read_the_catalogue_only_under_the_lock(own_run):
+    """``_category`` (the category filter), ``item_info`` and ``catalogue_info`` read what add_item
+    changes before taking the lock: "boolean index did not match indexed array along axis 0"
+    while add_items ran, or a title lookup past the end of the titles."""
+    svc = load_service(own_run, catalogue=False, fraud_reasons=False)
+    code = svc._cat_code["books"]
+    svc.add_item("spare", "spare book", category="books")  # so recommend_new has an item of the category
+
+    def half_category() -> None:  # the category appended, the active flag not yet
+        svc._rows["item_cat"].append(code)
+
+    def finish_category() -> None:
+        svc._rows["active"].append(False)
+        svc._rows["item_emb"].append(svc.item_emb[0])
+        svc._rows["item_emb_n"].append(svc._item_emb_n[0])
+        svc.item_ids.append(f"inactive{len(svc.item_ids)}")
+        for column in (svc.titles, svc.categories, svc.descriptions, svc.images):
+            column.append("")
+        svc.prices.append(float("nan"))
+
+    calls = [lambda: svc.recommend("u001", k=3, category="books"),
+             lambda: svc.recommend_batch(["u001", "u002"], k=3, category="books"),
+             lambda: svc.recommend_new("u001", k=3, category="books"),
+             svc.catalogue_info, svc.info]
+    for call in calls:
+        assert _blocked_until_released(svc, half_category, finish_category, call)
+
+    def half_id() -> None:  # the id mapped, its title not yet appended (as _insert did it)
+        svc._item_pos["ghost"] = len(svc.item_ids)
+
+    def finish_id() -> None:
+        del svc._item_pos["ghost"]
+
+    with pytest.raises(UnknownIdError):
+        _blocked_until_released(svc, half_id, finish_id, lambda: svc.item_info("ghost"))
+    assert svc.item_info("spare")["title"] == "spare book"
+
+
+def test_two_changes_of_one_id_at_once_refuse_the_second_without_the_journal(own_run, monkeypatch):
+    """Without the journal the id check and the change were two steps: two removals of an id both
+    passed the check (``KeyError`` from the second), two adds of an id both added it."""
+    import threading
+
+    from shopgraph.retrieval.service import DuplicateIdError
+
+    svc = load_service(own_run, catalogue=False, fraud_reasons=False)
+    # both threads reach the change before either makes it (when nothing stops the second)
+    for name in ("_delete", "_insert"):
+        original = getattr(svc, name)
+        barrier = threading.Barrier(2, timeout=0.5)
+
+        def paused(*args: Any, _original: Any = original, _barrier: Any = barrier, **kwargs: Any) -> Any:
+            try:
+                _barrier.wait()
+            except threading.BrokenBarrierError:
+                pass
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(svc, name, paused)
+
+    def twice(call: Any) -> list[BaseException | None]:
+        outcomes: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                call()
+                outcomes.append(None)
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        return outcomes
+
+    removed = twice(lambda: svc.remove_item("i004"))
+    assert sorted(type(o).__name__ for o in removed) == ["NoneType", "UnknownIdError"], removed
+    added = twice(lambda: svc.add_item("new1", "glow in the dark frisbee"))
+    assert [type(o) for o in added].count(DuplicateIdError) == 1 and added.count(None) == 1, added
+    assert svc.item_ids.count("new1") == 1 and not svc.has_item("i004")
+
+
+def test_search_batch_answers_each_query_to_the_last_bit(service):
+    """The encoder pads a batch to its longest text and FAISS scores 20 queries or more with BLAS:
+    a batch's scores differed from a query's own in the last bits (0.6536542773 vs 0.6536543369)."""
+    texts = [f"{w} {'with a very long and detailed description ' * (n % 4)}{n}"
+             for n, w in enumerate(["cookbook", "smart watch", "running shoes", "leather boots", "poetry"] * 6)]
+    assert service.search_batch(texts, k=5) == [service.search(text=t, k=5) for t in texts]
+    assert service.search_batch(np.array(texts[:3]), k=5) == service.search_batch(texts[:3], k=5)
+
+
+def test_ids_and_lists_of_the_wrong_kind_are_named(service):
+    assert service.has_user(["u001"]) is False and service.has_item(["i001"]) is False  # type: ignore[arg-type]
+    assert service.has_user("u001") and service.has_item("i001")
+    for call in (lambda: service.recommend_batch(b"u001"), lambda: service.similar_items_batch(b"i001"),
+                 lambda: service.search_batch(b"cookbook")):
+        with pytest.raises(ValueError, match=r"^(user_ids|item_ids|texts): expected a list of (ids|strings) "
+                                             r"\(got bytes\): b'.*' is one value, not a list of them"):
+            call()
