@@ -181,12 +181,9 @@ class _Interrupt(Exception):
     pass
 
 
-def test_resume_after_interruption_equals_uninterrupted(
-    tmp_path: Path, data: HeteroData, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cfg = TrainConfig(**FAST, seed=5)  # type: ignore[arg-type]
-    full = train(data, cfg, checkpoint_dir=tmp_path / "a")
-
+def _interrupted_after_epoch_3(data: HeteroData, cfg: TrainConfig, folder: Path,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train with checkpoints in ``folder``, interrupted right after epoch 3's line."""
     real_log = train_mod._log_epoch
 
     def crash_after_epoch_3(line: str) -> None:
@@ -194,10 +191,18 @@ def test_resume_after_interruption_equals_uninterrupted(
         if line.startswith("epoch    3 "):
             raise _Interrupt
 
-    monkeypatch.setattr(train_mod, "_log_epoch", crash_after_epoch_3)
-    with pytest.raises(_Interrupt):
-        train(data, cfg, checkpoint_dir=tmp_path / "b")
-    monkeypatch.setattr(train_mod, "_log_epoch", real_log)
+    with monkeypatch.context() as patched:
+        patched.setattr(train_mod, "_log_epoch", crash_after_epoch_3)
+        with pytest.raises(_Interrupt):
+            train(data, cfg, checkpoint_dir=folder)
+
+
+def test_resume_after_interruption_equals_uninterrupted(
+    tmp_path: Path, data: HeteroData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = TrainConfig(**FAST, seed=5)  # type: ignore[arg-type]
+    full = train(data, cfg, checkpoint_dir=tmp_path / "a")
+    _interrupted_after_epoch_3(data, cfg, tmp_path / "b", monkeypatch)
     saved = train_mod._load_state(tmp_path / "b" / train_mod.STATE_FILE)
     assert saved["epoch"] == 2  # epoch 3 was interrupted before its checkpoint
     resumed = train(data, cfg, checkpoint_dir=tmp_path / "b", resume=True)
@@ -1028,17 +1033,7 @@ def test_a_checkpoint_saved_on_a_gpu_resumes_on_the_cpu(
 
     cfg = TrainConfig(**FAST, seed=5)  # type: ignore[arg-type]
     full = train(data, cfg, checkpoint_dir=tmp_path / "a")
-    real_log = train_mod._log_epoch
-
-    def crash_after_epoch_3(line: str) -> None:
-        real_log(line)
-        if line.startswith("epoch    3 "):
-            raise _Interrupt
-
-    monkeypatch.setattr(train_mod, "_log_epoch", crash_after_epoch_3)
-    with pytest.raises(_Interrupt):
-        train(data, cfg, checkpoint_dir=tmp_path / "b")
-    monkeypatch.undo()
+    _interrupted_after_epoch_3(data, cfg, tmp_path / "b", monkeypatch)
     path = tmp_path / "b" / train_mod.STATE_FILE
     state = train_mod._load_state(path)
     assert state["optimizer"]["state"] and all(
