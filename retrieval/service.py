@@ -388,6 +388,20 @@ def _count(n: float) -> str:
     return f"{n:,.0f}"
 
 
+def _in_words(name: str, value: float) -> str | None:
+    """A scorer column without a raw reading (a neighbourhood mean, a group of encoder columns) as
+    :mod:`shopgraph.graph.wording` words it, with its value where that means something ("accounts on
+    the same devices (this one included): average account age: 1.0 SD below average"); ``None`` for
+    a name it does not know."""
+    from shopgraph.graph.wording import reason_in_words, value_in_words
+
+    reading = reason_in_words(name)
+    if reading.text == name and reading.unit == "raw":
+        return None
+    shown_value = value_in_words(reading, value)
+    return f"{reading.text}: {shown_value}" if shown_value else reading.text
+
+
 def describe_user_feature(name: str, raw: float | None, value: float) -> str | None:
     """A user feature as a plain fact with its raw value, e.g. ``account age: 3 days``,
     ``country: DE``, ``accounts sharing a device (or other identifier): 4``; ``None`` when the
@@ -1362,6 +1376,8 @@ class ShopService:
         for name, value, contribution in attribution:
             if contribution >= 0.005:  # shown to two decimals: no "+0.00"
                 fact = describe_user_feature(name, self._user_raw[name][u] if name in self._user_raw else None, value)
+                if fact is None and name not in self._user_raw:  # a neighbourhood mean, a group of encoder columns
+                    fact = _in_words(name, value)
                 if fact is not None:
                     facts.append((contribution, fact))
         facts.sort(key=lambda f: -f[0])

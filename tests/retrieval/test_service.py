@@ -653,6 +653,17 @@ def test_fraud_reasons_are_raw_facts_that_raised_the_score(service, run_path, mo
     assert service.score_user("u002").reasons == [
         f"account age: {age:,.0f} days (+0.70 log-odds)" if age >= 10 else f"account age: {age:,.1f} days (+0.70 log-odds)",
         f"events in the training period: {n_events:,} (+0.20 log-odds)"]
+    # columns without a raw value are worded (graph.wording), not left out: a flag's main driver can be one
+    fake = [("log_account_age_days", 9.9, 0.23),
+            ("quick purchases: mean item image features (87 columns together; value: their norm)", 0.25, 3.15),
+            ("users sharing a device via uses: mean log_account_age_days (self included)", -0.965, 0.43)]
+    monkeypatch.setattr(service, "_fraud_attribution", lambda _: fake)
+    reasons = service.score_user("u002").reasons
+    assert reasons[0] == ("items bought right after viewing or carting them: what they are, judged from their "
+                          "pictures (87 columns together) (+3.15 log-odds)")
+    assert reasons[1] == ("accounts on the same devices (this one included): average account age: 1.0 SD below "
+                          "average (+0.43 log-odds)")
+    assert reasons[2].startswith("account age: ")
     monkeypatch.setattr(service, "_fraud_attribution", lambda _: [("night_share", 9.9, -0.4)])
     assert service.score_user("u002").reasons == [
         "nothing in the account's own behaviour or shared identifiers raised its score"]
