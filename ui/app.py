@@ -690,7 +690,7 @@ def verdict(probability: float | None, threshold: Any) -> str:
         return "Score a user first."
     if isinstance(probability, float) and math.isnan(probability):
         return "This run has no fraud scorer, so nobody is flagged."
-    p, t = _compared(float(probability), threshold)
+    p, t = _compared(float(probability), threshold, least=3)  # as the status writes the probability
     if probability >= threshold:
         return f"**FLAGGED for review**: {p} is at or above the threshold {t}."
     return f"**Not flagged**: {p} is below the threshold {t}."
@@ -781,8 +781,9 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
     p = score.probability
     if p == p:
         shown_p, shown_t = _compared(p, score.threshold, least=3)
-        status = (f"**{_md(user)}**: fraud probability **{shown_p}** (threshold {shown_t}, chosen on validation "
-                  "data to balance missed fraud against false alarms).")
+        status = (f"**{_md(user)}**: fraud probability **{shown_p}**. The verdict below compares it with the "
+                  "threshold, which starts at the one chosen on validation data to balance missed fraud against "
+                  "false alarms.")
     else:
         status = f"**{_md(user)}**: this run has no fraud scorer."
     return FraudView(status, p, score.threshold, verdict(p, score.threshold), table, method)
@@ -792,6 +793,13 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
 RING_COLUMNS = ["ring", "score", "members", "shared devices", "mean fraud prob", "median account age (days)",
                 "purchases per day", "high-risk share"]
 RING_TOP = 50  # rings listed in the table (the dropdown takes any ring id)
+RING_LEGEND = (
+    "**score**: how suspicious the group is, 0 to 1 (the members' fraud probabilities weigh most, then young "
+    "accounts, fast buying, risky categories, size and how tightly they share devices); **shared devices**: how "
+    "many devices two or more members used, with the first ids; **mean fraud prob**: the members' average fraud "
+    "probability; **median account age**: days from account creation to first activity, typical member; "
+    "**purchases per day**: typical member's buying speed; **high-risk share**: typical member's share of "
+    "spending on easily resold goods (electronics, gift cards).")
 RING_DEVICES_LISTED = 3  # shared device ids written in a table cell
 RING_SHOWN_DEVICES = 20  # ... and in a ring's status line
 
@@ -1093,7 +1101,8 @@ def metric_legend(table: pd.DataFrame, ratio_key: str) -> str:
 
 
 # captions of the plots graph/evaluate.py writes, in display order; other plots follow, named by file
-PLOT_CAPTIONS = {"training": "Training: loss per epoch and validation metrics",
+PLOT_CAPTIONS = {"training": "Training: loss per epoch and validation metrics (val_auprc there is the network's "
+                             "own fraud output while it trains, not the fraud scorer the tables measure)",
                  "fraud_pr": "Fraud: precision-recall curves on the test users"}
 
 
@@ -1397,7 +1406,8 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             fr_prob = gr.State(None)
             fr_method = gr.Markdown()
             fr_reasons = gr.Dataframe(value=pd.DataFrame(columns=_REASON_COLUMNS), label="Top reasons",
-                                      interactive=False, wrap=True, elem_id="fraud-reasons")
+                                      interactive=False, wrap=True, column_widths=["64%", "18%", "18%"],
+                                      elem_id="fraud-reasons")
 
             def on_score(user: Any, threshold: Any) -> tuple[Any, ...]:
                 view = fraud_view(service, cases, user)
@@ -1431,6 +1441,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             ring_ids = table["ring"].tolist()
             ring_table = gr.Dataframe(value=table, label="Ranked rings", interactive=False, elem_id="ring-table")
             gr.Markdown(rings_note(cases), elem_id="ring-count")
+            gr.Markdown(RING_LEGEND, elem_id="ring-legend")
             with gr.Row():
                 ring_pick = gr.Dropdown(choices=with_no_choice(ring_ids), value=None, label=RING, scale=1,
                                         allow_custom_value=True, info="pick a ring or type its id (e.g. R0001)")

@@ -310,9 +310,9 @@ def test_verdict_accepts_the_ends_and_typed_numbers() -> None:
 @pytest.mark.parametrize("probability, threshold, shown", [
     (0.9801, 0.9849, "0.980 is below the threshold 0.985"),
     (0.98, 0.98000001, "0.98000000 is below the threshold 0.98000001"),
-    (0.4, 0.5, "0.40 is below the threshold 0.50"),
+    (0.4, 0.5, "0.400 is below the threshold 0.500"),
     (0.981, 0.979, "0.981 is at or above the threshold 0.979"),
-    (0.98, 0.98, "0.98 is at or above the threshold 0.98"),
+    (0.98, 0.98, "0.980 is at or above the threshold 0.980"),
 ])
 def test_verdict_shows_enough_decimals_to_see_the_comparison(probability: float, threshold: float,
                                                              shown: str) -> None:
