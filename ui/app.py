@@ -119,7 +119,7 @@ class RingView(NamedTuple):
         status: Markdown summary or message.
         image: the subgraph drawing (``None`` on bad input).
         files: paths of the case files (JSON, CSV) in a temp folder.
-        members: member table (user id, fraud score, devices, purchases).
+        members: member table (user id, fraud probability, devices, purchases).
     """
 
     status: str
@@ -542,7 +542,7 @@ def sample_users(service: ShopService, history: UserHistory | None, cases: Fraud
     prob = np.asarray(service.fraud_prob, dtype=np.float64)
     if np.isfinite(prob).any():
         for u in np.argsort(-np.nan_to_num(prob, nan=-1.0), kind="stable")[:n]:
-            add(service.user_ids[int(u)], f"fraud risk {prob[u]:.2f}")
+            add(service.user_ids[int(u)], f"fraud probability {prob[u]:.2f}")
     if cases is not None:
         for ring in cases.rings(top=n):
             add(ring.members[0], f"member of ring {ring.ring_id}")
@@ -559,7 +559,7 @@ def sample_users(service: ShopService, history: UserHistory | None, cases: Fraud
 
 
 def default_user(choices: Sequence[tuple[str, str]], kind: str) -> str | None:
-    """The first sample user whose label mentions ``kind`` ("heavy buyer", "fraud risk"), else the first."""
+    """The first sample user whose label mentions ``kind`` ("heavy buyer", "fraud probability"), else the first."""
     for label, user in choices:
         if kind in label:
             return user
@@ -790,13 +790,13 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
 
 
 # -- Rings ------------------------------------------------------------------------------------------
-RING_COLUMNS = ["ring", "score", "members", "shared devices", "mean fraud prob", "median account age (days)",
+RING_COLUMNS = ["ring", "score", "members", "shared devices", "mean fraud probability", "median account age (days)",
                 "purchases per day", "high-risk share"]
 RING_TOP = 50  # rings listed in the table (the dropdown takes any ring id)
 RING_LEGEND = (
     "**score**: how suspicious the group is, 0 to 1 (the members' fraud probabilities weigh most, then young "
     "accounts, fast buying, risky categories, size and how tightly they share devices); **shared devices**: how "
-    "many devices two or more members used, with the first ids; **mean fraud prob**: the members' average fraud "
+    "many devices two or more members used, with the first ids; **mean fraud probability**: the members' average fraud "
     "probability; **median account age**: days from account creation to first activity, typical member; "
     "**purchases per day**: typical member's buying speed; **high-risk share**: typical member's share of "
     "spending on easily resold goods (electronics, gift cards).")
@@ -914,10 +914,10 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILIma
         above = {n: (float(pos[n][0]), float(pos[n][1]) + 0.07) for n in users}  # clear of the marker
         nx.draw_networkx_labels(g, above, labels={n: n[1] for n in users}, ax=ax, font_size=7,
                                 bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
-    fig.colorbar(coll, ax=ax, fraction=0.035, pad=0.02, label="member fraud score")
+    fig.colorbar(coll, ax=ax, fraction=0.035, pad=0.02, label="member fraud probability")
     handles = [
         Line2D([], [], marker="o", ls="", color="white", markeredgecolor="black", markersize=9,
-               label="account (colour: fraud score)"),
+               label="account (colour: fraud probability)"),
         Line2D([], [], marker="s", ls="", color="#1f4e79", markeredgecolor="black", markeredgewidth=2,
                markersize=8, label="shared device"),
         Line2D([], [], marker="s", ls="", color="#9ec3e6", markersize=8, label="device of one member"),
@@ -965,7 +965,7 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
     return [str(p) for p in wanted]
 
 
-MEMBER_COLUMNS = ["user_id", "fraud score", "devices", "shared devices used", "purchases"]
+MEMBER_COLUMNS = ["user_id", "fraud probability", "devices", "shared devices used", "purchases"]
 
 
 def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, work_dir: Path) -> RingView:
@@ -1001,7 +1001,7 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
     ordered = sorted(ring.members, key=lambda u: (-ring.member_scores.get(u, -1.0), u))
     members = pd.DataFrame({
         "user_id": ordered,
-        "fraud score": [round(ring.member_scores[u], 3) if u in ring.member_scores else None for u in ordered],
+        "fraud probability": [round(ring.member_scores[u], 3) if u in ring.member_scores else None for u in ordered],
         "devices": [int(n_dev.get(u, 0)) for u in ordered],
         "shared devices used": [", ".join(used.get(u, [])) for u in ordered],
         "purchases": [int(n_buy.get(u, 0)) for u in ordered],
@@ -1011,7 +1011,7 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
     tie = (f"sharing {_plural(len(devices), 'device')}: {_id_list(devices, RING_SHOWN_DEVICES)}" if devices
            else "sharing no device")
     status = (f"**Ring {ring.ring_id}**: {len(ring.members)} accounts {tie}; ring score {ring.score:.2f}. "
-              "Account colour is the fraud score (green low, red high); dark outlined squares are the shared devices. The case files hold every "
+              "Account colour is the fraud probability (green low, red high); dark outlined squares are the shared devices. The case files hold every "
               "member's evidence and the ring's timeline.")
     return RingView(status, image, files, members)
 
@@ -1265,7 +1265,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
     export_dir = _export_dir(run_dir)
     users = sample_users(service, history, cases)
     rec_default = default_user(users, "heavy buyer")
-    fraud_default = default_user(users, "fraud risk")
+    fraud_default = default_user(users, "fraud probability")
     scorer = fraud_scorer(run_dir)
 
     def current_intro() -> str:  # run on every page load: items added or removed since start-up count

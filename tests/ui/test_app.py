@@ -182,8 +182,8 @@ def test_sample_users_cover_fraud_rings_and_buyers(ui_service: ShopService, hist
 
 
 def test_default_user_by_kind() -> None:
-    choices = [("a (fraud risk 0.9)", "a"), ("b (heavy buyer, 9 purchases)", "b")]
-    assert default_user(choices, "heavy buyer") == "b" and default_user(choices, "fraud risk") == "a"
+    choices = [("a (fraud probability 0.9)", "a"), ("b (heavy buyer, 9 purchases)", "b")]
+    assert default_user(choices, "heavy buyer") == "b" and default_user(choices, "fraud probability") == "a"
     assert default_user(choices, "typical") == "a" and default_user([], "typical") is None
 
 

@@ -228,7 +228,7 @@ def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopSer
 
     # -- Fraud: score the first sample user, then move the threshold both ways
     _tab(page, "Fraud")
-    user = _default_user(ui_service, ui_cases, "fraud risk")
+    user = _default_user(ui_service, ui_cases, "fraud probability")
     page.get_by_role("button", name="Score").click()
     score = ui_service.score_user(user)
     expect(page.locator("#fraud-status")).to_contain_text(f"{score.probability:.3f}")
@@ -284,7 +284,7 @@ def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopSer
 def test_fraud_threshold_out_of_range_is_a_message(page: Any, ui_service: ShopService,
                                                     ui_cases: FraudCases) -> None:
     _tab(page, "Fraud")
-    user = _default_user(ui_service, ui_cases, "fraud risk")
+    user = _default_user(ui_service, ui_cases, "fraud probability")
     box = page.get_by_label("Account")
     box.fill(user)
     box.press("Enter")
