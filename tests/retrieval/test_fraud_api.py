@@ -64,6 +64,12 @@ def test_ring_case_with_timeline(client: TestClient, cases: FraudCases) -> None:
                                         "category", "amount", "device_id", "shared_device"}
 
 
+def test_a_ring_id_in_any_case_is_that_ring(client: TestClient) -> None:
+    """As the demo's Ring box and FraudCases.ring take it: "r0002" is R0002 (no other id folds the same)."""
+    exact, lower = client.get("/fraud/ring/R0002"), client.get("/fraud/ring/r0002")
+    assert lower.status_code == 200 and lower.json() == exact.json() and lower.json()["ring_id"] == "R0002"
+
+
 def test_unknown_ring_is_404_naming_it(client: TestClient) -> None:
     r = client.get("/fraud/ring/R9999")
     assert r.status_code == 404 and r.json()["detail"].startswith("ring_id: unknown ring 'R9999' (")
