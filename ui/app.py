@@ -1439,7 +1439,8 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                         "their devices and the items they bought, and to download the case files.")
             table = rings_table(cases)
             ring_ids = table["ring"].tolist()
-            ring_table = gr.Dataframe(value=table, label="Ranked rings", interactive=False, elem_id="ring-table")
+            ring_table = gr.Dataframe(value=table, label="Ranked rings", interactive=False, wrap=True,
+                                      elem_id="ring-table")  # wrapped: every column in view, none cut off
             gr.Markdown(rings_note(cases), elem_id="ring-count")
             gr.Markdown(RING_LEGEND, elem_id="ring-legend")
             with gr.Row():
@@ -1455,7 +1456,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                     ring_files = gr.File(label="Case files (JSON + CSV)", file_count="multiple", interactive=False,
                                          elem_id="ring-files")
                     ring_members = gr.Dataframe(value=pd.DataFrame(columns=MEMBER_COLUMNS), label="Members",
-                                                interactive=False, elem_id="ring-members")
+                                                interactive=False, wrap=True, elem_id="ring-members")
 
             def on_ring(ring_id: Any) -> tuple[Any, ...]:
                 view = ring_view(cases, ring_id, export_dir, work_dir)
