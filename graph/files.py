@@ -35,3 +35,15 @@ def through_link(out: Path) -> Path:
     kept and then points at the new folder), else ``out`` itself. Resolve before making the
     temporary folder beside it, so that the rename stays on the target's file system."""
     return out.resolve() if out.is_symlink() else out
+
+
+def existing_ancestor(path: Path) -> Path | None:
+    """The nearest of ``path`` and its parents that exists (``None`` when none does): where a check
+    that an output can be written looks for a file in the way."""
+    return next((p for p in (path, *path.parents) if p.exists()), None)
+
+
+def listed_names(names: list[str], at_most: int = 5) -> str:
+    """``'a', 'b' and 3 more``: the file names a refusal names."""
+    more = f" and {len(names) - at_most} more" if len(names) > at_most else ""
+    return ", ".join(repr(n) for n in names[:at_most]) + more

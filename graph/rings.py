@@ -50,7 +50,7 @@ import pandas as pd
 import torch
 from torch_geometric.data import HeteroData
 
-from shopgraph.graph.files import as_created, through_link
+from shopgraph.graph.files import as_created, existing_ancestor, listed_names, through_link
 from shopgraph.graph.run import RunDir, swap_in
 from shopgraph.graph.schema import HIGH_RISK_CATEGORIES, REV_PREFIX, ShopTables
 
@@ -569,11 +569,9 @@ def _export_problem(out: Path) -> str | None:
     """Why ``out`` cannot take a case export (:func:`export_cases` replaces the whole folder), or
     None: it is a file or below one, it holds something other than a previous export, or a
     previous export with files added since (an export does not write them, and would delete them)."""
-    for folder in (out, *out.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                return f"{folder} is a file, not a folder" + ("" if folder == out else f" (got {out})")
-            break
+    folder = existing_ancestor(out)
+    if folder is not None and not folder.is_dir():
+        return f"{folder} is a file, not a folder" + ("" if folder == out else f" (got {out})")
     if not out.is_dir() or not any(out.iterdir()):
         return None
     doc = _export_doc(out)
@@ -591,8 +589,7 @@ def _export_problem(out: Path) -> str | None:
         others.append("cases")
     if not others:
         return None
-    shown = ", ".join(repr(n) for n in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-    return (f"{out} holds {shown}, which a rings export does not write (a new export replaces the whole "
+    return (f"{out} holds {listed_names(others)}, which a rings export does not write (a new export replaces the whole "
             "folder); choose another folder, or move them out first")
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from shopgraph.graph.files import as_created, through_link
+from shopgraph.graph.files import as_created, listed_names, through_link
 
 logger = logging.getLogger(__name__)
 
@@ -359,8 +359,7 @@ def generate_shop(
                              "(--overwrite) to replace it")
         others = sorted(p.name for p in out.iterdir() if p.name not in SHOP_ENTRIES)
         if others:  # --overwrite replaces an earlier shop, never a folder with other things in it
-            shown = ", ".join(repr(n) for n in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-            raise ValueError(f"out: the folder {str(out)!r} holds {shown}, which a synthetic shop does not; "
+            raise ValueError(f"out: the folder {str(out)!r} holds {listed_names(others)}, which a synthetic shop does not; "
                              "overwrite (--overwrite) only replaces a folder written by generate, so choose "
                              "another --out or empty it")
     target = out.absolute()  # "." and friends have no usable name or parent

@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from shopgraph.graph.files import existing_ancestor
 from shopgraph.graph.run import atomic_write
 from shopgraph.retrieval.service import MAX_BATCH, ShopService, UnknownIdError, check_k, listed_ids
 
@@ -43,7 +44,7 @@ def check_out(out: Path, *, overwrite: bool, run: Path | None = None) -> Path:
         raise ValueError(f"--out: expected a file ending in {' or '.join(FORMATS)} (got {str(out)!r})")
     if out.is_dir():
         raise IsADirectoryError(f"--out: {out} is a folder; give a file path")
-    blocking = next((p for p in out.absolute().parents if p.exists()), None)
+    blocking = existing_ancestor(out.absolute().parent)
     if blocking is not None and not blocking.is_dir():
         raise NotADirectoryError(f"--out: {blocking} is a file, so {out} cannot be written; give a path in a folder")
     if run is not None and Path(run).resolve() in out.resolve().parents:

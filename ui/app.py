@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from shopgraph.retrieval.service import NotAvailableError, ShopService, UnknownIdError, shown
+from shopgraph.retrieval.service import NotAvailableError, ShopService, UnknownIdError, listed_ids, shown
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -508,19 +508,13 @@ def _items_problem(service: ShopService, missing: Sequence[str]) -> str:
     else:
         removed = [i for i in missing if _was_removed(service, i)]
         unknown = [i for i in missing if i not in removed]
-        parts = ([f"unknown items {_listed(unknown)}"] if unknown else []) + (
-            [f"{_listed(removed)} {'was' if len(removed) == 1 else 'were'} removed from the catalogue"] if removed
+        parts = ([f"unknown items {listed_ids(unknown, 5)}"] if unknown else []) + (
+            [f"{listed_ids(removed, 5)} {'was' if len(removed) == 1 else 'were'} removed from the catalogue"] if removed
             else [])
         text = f"{VISITOR_ITEMS}: " + "; ".join(parts) + " (pick items from the list or type item ids)"
     if any(" " in i.strip() for i in missing):
         text += "; to give several items, pick them one at a time or separate their ids with commas"
     return text
-
-
-def _listed(ids: Sequence[str], at_most: int = 5) -> str:
-    """``'a', 'b' and 3 more``."""
-    more = f" and {len(ids) - at_most:,} more" if len(ids) > at_most else ""
-    return ", ".join(shown(i) for i in ids[:at_most]) + more
 
 
 def sample_users(service: ShopService, history: UserHistory | None, cases: FraudCases | None,
