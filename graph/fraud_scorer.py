@@ -562,6 +562,23 @@ def known_labels(data: HeteroData) -> np.ndarray:
     return np.where(masks["train"].numpy(), y.numpy(), -1).astype(np.int64)
 
 
+def account_labels(data: HeteroData, scored: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's fraud label as investigators should see it beside a score.
+
+    Args:
+        data: the run's graph (``data["user"].y``, -1: unlabelled, and ``train_mask``).
+        scored: whether the run serves a fraud scorer (kind other than ``"none"``).
+
+    Returns:
+        ``int8 [U]``: the label in the shop's data (1 fraud, 0 legitimate, -1 unlabelled), and
+        ``bool [U]``: whether the served scorer was fitted on that label (a labelled user of the
+        training period), so that the user's probability is fitted to it rather than predicted.
+    """
+    y, masks = fraud_labels(data)
+    labels = np.where(y.numpy() >= 0, np.minimum(y.numpy(), 1), -1).astype(np.int8)
+    return labels, masks["train"].numpy() & bool(scored)
+
+
 def product_features(data: HeteroData, split: Split | None) -> np.ndarray:
     """The GNN-free feature table of the product's trees: :func:`hetero_neighbor_features` ⊕
     :func:`ring_features` (with :func:`known_labels`), on the edges visible for ``split``.

@@ -664,11 +664,17 @@ def case_file(
     timeline = ring_timeline(ring, tables)
     edges = evidence_edges(ring, data)
     behaviour = user_behaviour(tables, ring.members, str(getattr(data, "target", "purchase")))
+    from shopgraph.graph.fraud_scorer import account_labels
+
     created = tables.users.set_index("user_id")["created_at"] if "created_at" in tables.users.columns else None
+    labels, in_training = account_labels(data, "gnn" in str(ring.evidence.get("mode", "")).split("+"))
+    index = {str(u): n for n, u in enumerate(data["user"].ids)}
     members = []
     for k, user in enumerate(ring.members):
+        u = index[user]
         members.append({
             "user_id": user, "score": ring.member_scores.get(user),
+            "label": None if labels[u] < 0 else bool(labels[u]), "label_in_training": bool(in_training[u]),
             "created_at": _none_if_nan(float(created.get(user, np.nan))) if created is not None else None,
             "account_age_days": _none_if_nan(float(behaviour.age_days[k])),
             "n_purchases": int(behaviour.n_purchases[k]), "purchase_amount": float(behaviour.amount[k]),
@@ -876,6 +882,7 @@ class FraudCases:
         self.served = served
         self._user_index = {str(u): n for n, u in enumerate(data["user"].ids)}
         self._explained: dict[str, Any] = {}
+        self._labels: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, detector: RingDetector | None = None) -> FraudCases:
@@ -909,6 +916,23 @@ class FraudCases:
                      else "no rings known")
             raise KeyError(f"unknown ring_id {_shown(ring_id)} ({known})")
         return ring
+
+    def labels(self, user_ids: Sequence[str]) -> dict[str, tuple[bool | None, bool]]:
+        """``{user_id: (label, label_in_training)}`` for known users: the fraud label in the shop's
+        data (``None``: unlabelled) and whether the served scorer was fitted on it
+        (:func:`shopgraph.graph.fraud_scorer.account_labels`); ``KeyError`` naming an unknown id."""
+        from shopgraph.graph.fraud_scorer import account_labels
+
+        if self._labels is None:
+            self._labels = account_labels(self.data, self.fraud_prob is not None)
+        labels, in_training = self._labels
+        out: dict[str, tuple[bool | None, bool]] = {}
+        for user in user_ids:
+            if user not in self._user_index:
+                raise KeyError(f"unknown user_id {_shown(user)}")
+            u = self._user_index[user]
+            out[user] = (None if labels[u] < 0 else bool(labels[u]), bool(in_training[u]))
+        return out
 
     def timeline(self, ring_id: str) -> pd.DataFrame:
         """The ring's events in time order (:func:`shopgraph.graph.explain.ring_timeline`)."""

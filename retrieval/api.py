@@ -179,6 +179,10 @@ class FraudOut(BaseModel):
     flagged: bool
     scorer: str
     reasons: list[str]
+    label: bool | None = Field(description="the account's is_fraud label in the shop's data (null: unlabelled)")
+    label_in_training: bool = Field(
+        description="the scorer was trained on this account's label, so its probability is fitted to that label "
+                    "rather than predicted (labelled accounts of the training period)")
 
 
 class FraudBatchIn(BaseModel):
@@ -447,7 +451,8 @@ def include_fraud_cases(app: FastAPI, run_dir: Path | None) -> bool:
         return False
     try:
         cases = FraudCases.from_run(run_dir)
-        app.include_router(fraud_router(cases.rings, explain=cases.explain, timeline=cases.timeline))
+        app.include_router(fraud_router(cases.rings, explain=cases.explain, timeline=cases.timeline,
+                                        labels=cases.labels))
     except Exception as exc:  # noqa: BLE001 - optional feature; the core API must start
         logger.info("fraud case endpoints not served (%s: %s)", type(exc).__name__, exc)
         return False
@@ -738,7 +743,8 @@ def _fraud_batch_json(body: dict[str, Any], service: ShopService) -> tuple[list[
 def _fraud_out(service: ShopService, s: FraudScore) -> FraudOut:
     p = s.probability
     return FraudOut(user_id=s.user_id, probability=None if math.isnan(p) else p, threshold=s.threshold,
-                    flagged=s.flagged, scorer=str(service.fraud.get("kind", "none")), reasons=s.reasons)
+                    flagged=s.flagged, scorer=str(service.fraud.get("kind", "none")), reasons=s.reasons,
+                    label=s.label, label_in_training=s.label_in_training)
 
 
 # -- the /items body ------------------------------------------------------------------------------

@@ -134,19 +134,23 @@ def recommendations_table(service: ShopService, user_ids: list[str], *, k: int =
 
 def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = True,
                  flagged_only: bool = False) -> pd.DataFrame:
-    """One row per account: ``user_id, probability, threshold, flagged, scorer, reasons`` (the
-    reasons joined by ``" | "``; empty without ``reasons``), in the order of ``user_ids``;
-    ``flagged_only`` keeps the accounts at or above the threshold."""
+    """One row per account: ``user_id, probability, threshold, flagged, scorer, label,
+    label_in_training, reasons`` (``label``: the shop's ``is_fraud``, empty when unlabelled;
+    ``label_in_training``: the scorer was fitted on it, :class:`FraudScore`; the reasons joined by
+    ``" | "``, empty without ``reasons``), in the order of ``user_ids``; ``flagged_only`` keeps
+    the accounts at or above the threshold."""
     rows = []
     scorer = str(service.fraud.get("kind", "none"))
     for chunk in _chunks(_known(service, user_ids)):
         kept = [s for s in service.score_users(chunk, reasons=False) if s.flagged or not flagged_only]
         if reasons and kept:  # reasons cost per account: only for the rows kept
             kept = service.score_users([s.user_id for s in kept], reasons=True)
-        rows += [(s.user_id, s.probability, s.threshold, s.flagged, scorer, REASON_SEP.join(s.reasons)) for s in kept]
-    columns = ["user_id", "probability", "threshold", "flagged", "scorer", "reasons"]
+        rows += [(s.user_id, s.probability, s.threshold, s.flagged, scorer, s.label, s.label_in_training,
+                  REASON_SEP.join(s.reasons)) for s in kept]
+    columns = ["user_id", "probability", "threshold", "flagged", "scorer", "label", "label_in_training", "reasons"]
     return pd.DataFrame(rows, columns=columns).astype({"probability": "float64", "threshold": "float64",
-                                                       "flagged": "bool"})
+                                                       "flagged": "bool", "label": "boolean",
+                                                       "label_in_training": "bool"})
 
 
 def write_table(table: pd.DataFrame, out: Path) -> None:

@@ -80,9 +80,17 @@ class TimelineEvent(BaseModel):
     shared_device: bool
 
 
+class MemberLabelOut(BaseModel):
+    label: bool | None = Field(description="the account's is_fraud label in the shop's data (null: unlabelled)")
+    label_in_training: bool = Field(description="the scorer was trained on this label, so the member's score "
+                                                "is fitted to it rather than predicted")
+
+
 class RingCaseOut(RingOut):
     schema_version: str
     timeline: list[TimelineEvent] | None = Field(None, description="null when the server has no tables")
+    member_labels: dict[str, MemberLabelOut] | None = Field(
+        None, description="each member's fraud label (null when the server has no labels to give)")
 
 
 class FeatureOut(BaseModel):
@@ -137,6 +145,7 @@ def fraud_router(
     *,
     explain: Callable[[str], Explanation] | None = None,
     timeline: Callable[[str], pd.DataFrame] | None = None,
+    labels: Callable[[Sequence[str]], dict[str, tuple[bool | None, bool]]] | None = None,
     max_top: int = 500,
     prefix: str = "/fraud",
 ) -> APIRouter:
@@ -148,6 +157,8 @@ def fraud_router(
             ``/fraud/explain`` answers 503.
         timeline: ``ring_id -> DataFrame`` (:func:`shopgraph.graph.explain.ring_timeline` columns);
             ``None``: ring cases carry ``timeline: null``.
+        labels: ``user_ids -> {user_id: (label, label_in_training)}``
+            (:meth:`shopgraph.graph.rings.FraudCases.labels`); ``None``: ``member_labels: null``.
         max_top: largest ``top`` accepted by ``/fraud/rings``.
         prefix: the routes' prefix.
 
@@ -185,8 +196,16 @@ def fraud_router(
                 raise HTTPException(404, f"ring_id: unknown ring {shown(ring_id)} (no timeline)") from None
             # to_json turns NaN into null and numpy scalars into JSON numbers
             events = [TimelineEvent(**row) for row in json.loads(frame.to_json(orient="records"))]
+        member_labels = None
+        if labels is not None:
+            try:
+                member_labels = {u: MemberLabelOut(label=label, label_in_training=trained)
+                                 for u, (label, trained) in labels(r.members).items()}
+            except KeyError as exc:  # a ring of other users than the graph's: its case without labels
+                logger.warning("ring %s: member labels left out (%s)", r.ring_id, exc)
         out = _ring_out(r, rank)
-        return RingCaseOut(**out.model_dump(), schema_version=SCHEMA_VERSION, timeline=events)
+        return RingCaseOut(**out.model_dump(), schema_version=SCHEMA_VERSION, timeline=events,
+                           member_labels=member_labels)
 
     @router.get("/explain", response_model=ExplanationOut, summary="Why a user scores as they do",
                 responses=_errors(404, 422, 503),

@@ -119,7 +119,7 @@ class RingView(NamedTuple):
         status: Markdown summary or message.
         image: the subgraph drawing (``None`` on bad input).
         files: paths of the case files (JSON, CSV) in a temp folder.
-        members: member table (user id, fraud probability, devices, purchases).
+        members: member table (user id, fraud probability, label, devices, purchases).
     """
 
     status: str
@@ -534,9 +534,11 @@ def sample_users(service: ShopService, history: UserHistory | None, cases: Fraud
             chosen[user] = f"{user} ({label})"
 
     prob = np.asarray(service.fraud_prob, dtype=np.float64)
-    if np.isfinite(prob).any():
-        for u in np.argsort(-np.nan_to_num(prob, nan=-1.0), kind="stable")[:n]:
-            add(service.user_ids[int(u)], f"fraud probability {prob[u]:.2f}")
+    if np.isfinite(prob).any():  # predictions only: a training label's account scores its own label
+        predicted = np.where(service.label_in_training, -1.0, np.nan_to_num(prob, nan=-1.0))
+        for u in np.argsort(-predicted, kind="stable")[:n]:
+            if predicted[u] >= 0:
+                add(service.user_ids[int(u)], f"fraud probability {prob[u]:.2f}")
     if cases is not None:
         for ring in cases.rings(top=n):
             add(ring.members[0], f"member of ring {ring.ring_id}")
@@ -780,7 +782,27 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
                   "false alarms.")
     else:
         status = f"**{_md(user)}**: this run has no fraud scorer."
+    status += label_sentence(score.label, score.label_in_training)
     return FraudView(status, p, score.threshold, verdict(p, score.threshold), table, method)
+
+
+def label_words(label: bool | None, in_training: bool) -> str:
+    """A fraud label for a table cell: ``"fraud"``, ``"legitimate (trained on)"``, ``""`` when unlabelled."""
+    if label is None:
+        return ""
+    return ("fraud" if label else "legitimate") + (" (trained on)" if in_training else "")
+
+
+def label_sentence(label: bool | None, in_training: bool) -> str:
+    """What the shop's own label says of an account, after its score (``""`` when unlabelled)."""
+    if label is None:
+        return ""
+    word = "fraud" if label else "legitimate"
+    if in_training:
+        return (f" The shop's data labels this account **{word}**, and the scorer was trained on that label: "
+                "its probability is fitted to the label, not a prediction.")
+    return (f" The shop's data labels this account **{word}**; the scorer never saw that label, so the "
+            "probability is a prediction.")
 
 
 # -- Rings ------------------------------------------------------------------------------------------
@@ -959,7 +981,23 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
     return [str(p) for p in wanted]
 
 
-MEMBER_COLUMNS = ["user_id", "fraud probability", "devices", "shared devices used", "purchases"]
+MEMBER_COLUMNS = ["user_id", "fraud probability", "label", "devices", "shared devices used", "purchases"]
+
+
+def _members_labelled(labels: dict[str, tuple[bool | None, bool]]) -> str:
+    """The ring status's sentence on the members' labels (``""`` when none is labelled)."""
+    fraud = sum(1 for label, _ in labels.values() if label)
+    known = sum(1 for label, _ in labels.values() if label is not None)
+    if not known:
+        return ""
+    trained = sum(1 for label, in_training in labels.values() if label is not None and in_training)
+    share = f"all {fraud}" if fraud == len(labels) else f"{fraud} of the {len(labels)}"
+    text = (f" The shop's data labels {share} members fraud"
+            f"{f' and {known - fraud} legitimate' if known > fraud else ''} (**label** column).")
+    if trained:
+        text += (f" The scorer was trained on {trained} of these labels (\"trained on\"): those members' "
+                 "probabilities are fitted to their labels, not predictions.")
+    return text
 
 
 def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, work_dir: Path) -> RingView:
@@ -993,9 +1031,11 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
     used = tied.groupby("user_id")["node_id"].apply(sorted).to_dict() if len(tied) else {}
     users_of = tied.groupby("node_id")["user_id"].nunique().to_dict() if len(tied) else {}
     ordered = sorted(ring.members, key=lambda u: (-ring.member_scores.get(u, -1.0), u))
+    labels = cases.labels(ordered)
     members = pd.DataFrame({
         "user_id": ordered,
         "fraud probability": [round(ring.member_scores[u], 3) if u in ring.member_scores else None for u in ordered],
+        "label": [label_words(*labels[u]) for u in ordered],
         "devices": [int(n_dev.get(u, 0)) for u in ordered],
         "shared devices used": [", ".join(used.get(u, [])) for u in ordered],
         "purchases": [int(n_buy.get(u, 0)) for u in ordered],
@@ -1006,7 +1046,7 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
            else "sharing no device")
     status = (f"**Ring {ring.ring_id}**: {len(ring.members)} accounts {tie}; ring score {ring.score:.2f}. "
               "Account colour is the fraud probability (green low, red high); dark outlined squares are the shared devices. The case files hold every "
-              "member's evidence and the ring's timeline.")
+              "member's evidence and the ring's timeline." + _members_labelled(labels))
     return RingView(status, image, files, members)
 
 

@@ -12,6 +12,7 @@ from shopgraph.graph.build import build_graph, message_passing_graph
 from shopgraph.graph.fraud_scorer import (
     CANDIDATES,
     RankAverageHead,
+    account_labels,
     choose_candidate,
     close_pairs,
     evaluate_fraud_candidates,
@@ -418,3 +419,20 @@ def test_close_pairs_and_max_in_window_errors() -> None:
         max_in_window(np.array([0, 5]), np.zeros(2), 1.0, 2)
     with pytest.raises(ValueError, match="owner, time: expected equal lengths"):
         max_in_window(np.array([0]), np.zeros(2), 1.0, 2)
+
+
+def test_account_labels_mark_the_labels_the_scorer_was_fitted_on() -> None:
+    data = HeteroData()
+    data["user"].ids = ["a", "b", "c", "d", "e"]
+    data["user"].num_nodes = 5
+    data["user"].y = torch.tensor([1, 0, -1, 1, -1])
+    data["user"].train_mask = torch.tensor([True, True, True, False, False])
+    data["user"].val_mask = torch.tensor([False, False, False, True, False])
+    data["user"].test_mask = torch.tensor([False, False, False, False, True])
+    labels, in_training = account_labels(data, scored=True)
+    assert labels.tolist() == [1, 0, -1, 1, -1]
+    assert in_training.tolist() == [True, True, False, False, False]  # unlabelled: nothing was fitted on it
+    assert not account_labels(data, scored=False)[1].any()  # no scorer: no label was trained on
+    del data["user"].y
+    labels, in_training = account_labels(data, scored=True)
+    assert (labels == -1).all() and not in_training.any()

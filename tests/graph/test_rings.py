@@ -22,6 +22,7 @@ from shopgraph.graph.build import build_graph
 from shopgraph.graph.pipeline import save_tables
 from shopgraph.graph.rings import (
     SCHEMA_VERSION,
+    FraudCases,
     Hub,
     Ring,
     RingDetector,
@@ -286,9 +287,10 @@ EVIDENCE_KEYS = {
 CASE_KEYS = {"schema_version": str, "ring_id": str, "score": float, "members": list, "shared_devices": list,
              "shared_identifiers": dict, "evidence": dict, "evidence_edges": list, "timeline": list,
              "explanations": dict}
-MEMBER_KEYS = {"user_id": str, "score": OPT_NUM, "created_at": OPT_NUM, "account_age_days": OPT_NUM,
-               "n_purchases": int, "purchase_amount": NUM, "purchase_velocity": OPT_NUM,
-               "high_risk_share": OPT_NUM}
+OPT_BOOL = (bool, type(None))
+MEMBER_KEYS = {"user_id": str, "score": OPT_NUM, "label": OPT_BOOL, "label_in_training": bool,
+               "created_at": OPT_NUM, "account_age_days": OPT_NUM, "n_purchases": int, "purchase_amount": NUM,
+               "purchase_velocity": OPT_NUM, "high_risk_share": OPT_NUM}
 EDGE_KEYS = {"user_id": str, "node_type": str, "node_id": str, "first_seen": (int, type(None)), "shared": bool}
 EVENT_KEYS = {"timestamp": (int, type(None)), "time": str, "user_id": str, "event_type": str, "item_id": str,
               "title": str, "category": str, "amount": OPT_NUM, "device_id": str, "shared_device": bool}
@@ -301,7 +303,10 @@ def check_keys(obj: dict[str, Any], spec: dict[str, Any], where: str) -> None:
     assert set(obj) == set(spec), f"{where}: keys {sorted(obj)} != {sorted(spec)}"
     for key, typ in spec.items():
         value = obj[key]
-        ok = isinstance(value, bool) if typ is bool else isinstance(value, typ) and not isinstance(value, bool)
+        if typ is OPT_BOOL:
+            ok = value is None or isinstance(value, bool)
+        else:
+            ok = isinstance(value, bool) if typ is bool else isinstance(value, typ) and not isinstance(value, bool)
         assert ok, f"{where}.{key}: {type(value).__name__} is not {typ}"
 
 
@@ -338,8 +343,10 @@ def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
         case = json.loads((out / "cases" / f"{ring.ring_id}.json").read_text())
         check_keys(case, CASE_KEYS, "case")
         assert case["ring_id"] == ring.ring_id and {m["user_id"] for m in case["members"]} == set(ring.members)
+        labels = FraudCases.from_run(run_dir).labels(ring.members)
         for m in case["members"]:
             check_keys(m, MEMBER_KEYS, "member")
+            assert (m["label"], m["label_in_training"]) == labels[m["user_id"]]
         assert case["evidence_edges"] and all(e["node_type"] == "device" for e in case["evidence_edges"])
         for e in case["evidence_edges"]:
             check_keys(e, EDGE_KEYS, "edge")
@@ -603,3 +610,21 @@ def test_a_re_export_keeps_files_added_to_the_export_folder(tmp_path: Path,
     (out / "evidence").rmdir()
     rings_run(run_dir, top=2, export=out, detector=RingDetector(hub_threshold=10))
     assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json", "R0002.csv", "R0002.json"]
+
+
+def test_cases_give_each_member_its_label_and_whether_the_scorer_trained_on_it(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path / "run")
+    cases = FraudCases.from_run(run_dir, detector=RingDetector(hub_threshold=10))
+    users = cases.data["user"]
+    ids = [str(u) for u in users.ids]
+    got = cases.labels(ids)
+    assert list(got) == ids
+    y, train = users.y.tolist(), users.train_mask.tolist()
+    assert [label for label, _ in got.values()] == [None if v < 0 else bool(v) for v in y]
+    assert [t for _, t in got.values()] == [bool(m and v >= 0) for v, m in zip(y, train)]
+    assert any(t for _, t in got.values()) and any(label is not None and not t for label, t in got.values())
+    with pytest.raises(KeyError, match="unknown user_id 'nobody'"):
+        cases.labels([ids[0], "nobody"])
+    no_scorer = FraudCases.from_run(make_run(tmp_path / "bare", with_prob=False),
+                                    detector=RingDetector(hub_threshold=10))
+    assert not any(t for _, t in no_scorer.labels(ids).values())  # no scorer was fitted on any label

@@ -57,6 +57,7 @@ def test_similar_search_fraud_health(client):
     s = client.service.score_user("u002")
     assert body["probability"] == pytest.approx(s.probability) and body["flagged"] == s.flagged
     assert body["threshold"] == pytest.approx(s.threshold) and body["scorer"] == "gnn" and body["reasons"]
+    assert body["label"] == s.label and body["label_in_training"] == s.label_in_training
     r = client.get("/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
     assert r.json()["indexes"]["gnn_items"] == 30 and r.json()["users"] == 40

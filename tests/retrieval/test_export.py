@@ -61,11 +61,14 @@ def test_fraud_scores_of_every_account_and_the_flagged_ones(run, service, tmp_pa
     out = tmp_path / "scores.csv"
     assert main(["score", "--run", str(run), "--out", str(out)]) == 0
     table = pd.read_csv(out, dtype={"user_id": str}, keep_default_na=False)
-    assert list(table.columns) == ["user_id", "probability", "threshold", "flagged", "scorer", "reasons"]
+    assert list(table.columns) == ["user_id", "probability", "threshold", "flagged", "scorer", "label",
+                                   "label_in_training", "reasons"]
     expected = service.score_users(service.user_ids)
     assert table["user_id"].tolist() == service.user_ids
     assert table["probability"].tolist() == [s.probability for s in expected]
     assert table["flagged"].tolist() == [s.flagged for s in expected]
+    assert [str(v) for v in table["label"]] == [{None: "", True: "True", False: "False"}[s.label] for s in expected]
+    assert table["label_in_training"].tolist() == [s.label_in_training for s in expected]
     assert table["reasons"].tolist() == [REASON_SEP.join(s.reasons) for s in expected]
     assert set(table["scorer"]) == {"gnn"}
     n_flagged = sum(s.flagged for s in expected)
@@ -75,6 +78,7 @@ def test_fraud_scores_of_every_account_and_the_flagged_ones(run, service, tmp_pa
     assert main(["score", "--run", str(run), "--out", str(flagged), "--flagged-only", "--no-reasons"]) == 0
     table = pd.read_parquet(flagged)
     assert table["user_id"].tolist() == [s.user_id for s in expected if s.flagged] and table["flagged"].all()
+    assert table["label"].tolist() == [pd.NA if s.label is None else s.label for s in expected if s.flagged]
     assert (table["reasons"] == "").all()
     assert f"the {n_flagged} flagged of {len(expected)} accounts" in capsys.readouterr().out
 

@@ -24,7 +24,8 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> FraudCases:
 @pytest.fixture(scope="module")
 def client(cases: FraudCases) -> TestClient:
     app = FastAPI()
-    app.include_router(fraud_router(cases.rings, explain=cases.explain, timeline=cases.timeline, max_top=50))
+    app.include_router(fraud_router(cases.rings, explain=cases.explain, timeline=cases.timeline, labels=cases.labels,
+                                    max_top=50))
     return TestClient(app, raise_server_exceptions=False)
 
 
@@ -62,6 +63,9 @@ def test_ring_case_with_timeline(client: TestClient, cases: FraudCases) -> None:
     assert times == sorted(times)
     assert set(body["timeline"][0]) == {"timestamp", "time", "user_id", "event_type", "item_id", "title",
                                         "category", "amount", "device_id", "shared_device"}
+    labels = cases.labels(ring.members)
+    assert list(body["member_labels"]) == ring.members
+    assert {u: (v["label"], v["label_in_training"]) for u, v in body["member_labels"].items()} == labels
 
 
 def test_a_ring_id_in_any_case_is_that_ring(client: TestClient) -> None:
@@ -130,7 +134,7 @@ def test_missing_capabilities_and_odd_evidence_never_500() -> None:
     ev = r.json()["rings"][0]["evidence"]
     assert ev["size"] == 3 and ev["median_account_age_days"] is None and "unexpected" not in ev
     r = client.get("/fraud/ring/R0001")
-    assert r.status_code == 200 and r.json()["timeline"] is None
+    assert r.status_code == 200 and r.json()["timeline"] is None and r.json()["member_labels"] is None
     r = client.get("/fraud/explain", params={"user_id": "a"})
     assert r.status_code == 503 and "not available" in r.json()["detail"]
 
@@ -156,3 +160,12 @@ def test_cases_from_run_without_stored_rings(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="unknown ring_id 'R0042'"):
         cases.ring("R0042")
     assert cases.explain("h1").score is None
+
+
+def test_a_ring_whose_members_have_no_labels_keeps_its_case(caplog: pytest.LogCaptureFixture) -> None:
+    def labels(users: object) -> dict[str, tuple[bool | None, bool]]:
+        raise KeyError("unknown user_id 'a'")
+
+    r = _app(labels=labels).get("/fraud/ring/R0001")
+    assert r.status_code == 200 and r.json()["member_labels"] is None and r.json()["members"] == ["a", "b", "c"]
+    assert "member labels left out" in caplog.text

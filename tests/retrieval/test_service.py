@@ -245,6 +245,25 @@ def test_score_user_and_batches(service):
     assert service.search_batch(texts, k=3) == [service.search(text=t, k=3) for t in texts]
 
 
+def test_scores_say_the_label_and_whether_the_scorer_was_fitted_on_it(service, run_path, tmp_path):
+    users = RunDir(run_path).load_graph()["user"]
+    y, train = users.y.tolist(), users.train_mask.tolist()
+    scores = service.score_users(service.user_ids, reasons=False)
+    assert [s.label for s in scores] == [None if v < 0 else bool(v) for v in y]
+    assert [s.label_in_training for s in scores] == [bool(m and v >= 0) for v, m in zip(y, train)]
+    assert {(s.label is not None, s.label_in_training) for s in scores} >= {(True, True), (True, False)}
+    assert service.score_user(scores[0].user_id) == scores[0]._replace(reasons=service.score_user(
+        scores[0].user_id).reasons)
+    # a run without a fraud scorer fitted no label: none is marked as trained on
+    import shutil
+
+    shutil.copytree(run_path, tmp_path / "run")
+    RunDir(tmp_path / "run").write_json("fraud.json", {"kind": "none", "threshold": None})
+    bare = load_service(tmp_path / "run")
+    assert not any(s.label_in_training for s in bare.score_users(bare.user_ids, reasons=False))
+    assert [s.label for s in bare.score_users(bare.user_ids, reasons=False)] == [s.label for s in scores]
+
+
 def test_a_batch_answers_each_user_to_the_last_bit(tmp_path):
     """A batch fetches more candidates than one user alone (its users' revisit items); a
     matrix-vector product rounds each row depending on how many rows it gets, so on the demo run

@@ -21,6 +21,7 @@ from shopgraph.ui.app import (
     RESULT_COLUMNS,
     Thumbnails,
     UserHistory,
+    _members_labelled,
     build_app,
     default_user,
     draw_ring,
@@ -28,6 +29,8 @@ from shopgraph.ui.app import (
     image_preview,
     image_search_view,
     is_problem,
+    label_sentence,
+    label_words,
     model_view,
     recommend_view,
     ring_view,
@@ -173,8 +176,14 @@ def test_sample_users_cover_fraud_rings_and_buyers(ui_service: ShopService, hist
     choices = sample_users(ui_service, history, ui_cases)
     ids = [u for _, u in choices]
     assert len(ids) == len(set(ids)) and all(ui_service.has_user(u) for u in ids)
-    top_fraud = ui_service.user_ids[int(np.nanargmax(ui_service.fraud_prob))]
+    # the likely fraudsters are the highest predictions: accounts whose training label the scorer
+    # was fitted on score that label, not a prediction, and are left out
+    predicted = np.where(ui_service.label_in_training, -1.0, np.nan_to_num(ui_service.fraud_prob, nan=-1.0))
+    top_fraud = ui_service.user_ids[int(np.argmax(predicted))]
     assert top_fraud in ids
+    fraud_samples = [u for label, u in choices if "fraud probability" in label]
+    assert fraud_samples and not any(ui_service.score_user(u).label_in_training for u in fraud_samples)
+    assert ui_service.label_in_training.any()  # so that the line above had something to leave out
     assert _buyer(history) in ids
     if ui_cases.rings():
         assert any("member of ring" in label for label, _ in choices)
@@ -331,6 +340,19 @@ def test_fraud_view_with_explanations(ui_service: ShopService, ui_cases: FraudCa
     assert contrib == sorted(contrib, reverse=True)
 
 
+def test_fraud_view_says_what_the_shops_label_is_and_whether_it_was_trained_on(ui_service: ShopService) -> None:
+    scores = ui_service.score_users(ui_service.user_ids, reasons=False)
+    trained = next(s for s in scores if s.label and s.label_in_training)
+    unseen = next(s for s in scores if s.label is not None and not s.label_in_training)
+    view = fraud_view(ui_service, None, trained.user_id)
+    assert "labels this account **fraud**" in view.status and "fitted to the label, not a prediction" in view.status
+    view = fraud_view(ui_service, None, unseen.user_id)
+    word = "fraud" if unseen.label else "legitimate"
+    assert f"labels this account **{word}**" in view.status and "the probability is a prediction" in view.status
+    assert label_sentence(None, False) == "" and label_words(None, False) == ""
+    assert label_words(True, True) == "fraud (trained on)" and label_words(False, False) == "legitimate"
+
+
 def test_fraud_view_without_cases_uses_service_reasons(ui_service: ShopService) -> None:
     user = ui_service.user_ids[1]
     view = fraud_view(ui_service, None, user)
@@ -378,11 +400,24 @@ def test_ring_view_draws_and_offers_case_files(ui_run: Path, ui_cases: FraudCase
     assert ring.shared_devices and all(html.unescape(d) in html.unescape(view.status) for d in ring.shared_devices)
     named = {d for cell in view.members["shared devices used"] for d in cell.split(", ") if d}
     assert named == set(ring.shared_devices)
+    # each member's label in the shop's data, and whether the scorer was fitted on it
+    labels = ui_cases.labels(ring.members)
+    assert view.members["label"].tolist() == [label_words(*labels[u]) for u in view.members["user_id"]]
+    assert view.status.endswith(_members_labelled(labels)) and "(**label** column)" in _members_labelled(labels)
     # the run's export holds this very ring: its files are the ones handed out
     assert json_path.read_bytes() == (ui_run / "cases" / "cases" / json_path.name).read_bytes()
     # a run without an export: the case files are written on the fly, same schema
     fresh = ring_view(ui_cases, ring.ring_id, None, tmp_path / "other")
     assert json.loads(Path(fresh.files[0]).read_text())["ring_id"] == ring.ring_id
+
+
+def test_members_labelled_counts_the_labels_and_those_trained_on() -> None:
+    assert _members_labelled({"a": (None, False), "b": (None, False)}) == ""
+    text = _members_labelled({"a": (True, True), "b": (True, False), "c": (False, True), "d": (None, False)})
+    assert text.startswith(" The shop's data labels 2 of the 4 members fraud and 1 legitimate (**label** column).")
+    assert 'trained on 2 of these labels ("trained on")' in text
+    text = _members_labelled({"a": (True, False), "b": (True, False)})
+    assert text == " The shop's data labels all 2 members fraud (**label** column)."
 
 
 def test_ring_view_never_hands_out_a_stale_export(ui_run: Path, ui_cases: FraudCases, tmp_path: Path) -> None:
