@@ -1237,25 +1237,26 @@ class ShopService:
             cand = np.sort(ids)
             scores = (self._item_emb_n[cand] * self._item_emb_n[i]).sum(axis=1)
             top = np.argsort(-scores, kind="stable")[:k]
-            out.append(self._pack(cand[top], scores[top], self._similar_reasons(i, cand[top], scores[top])))
+            out.append(self._pack(cand[top], scores[top], self._similar_reasons(i, cand[top])))
         return out
 
     def _buyers_of(self, item: int) -> np.ndarray:
         indptr, users = self._buyers
         return users[indptr[item]:indptr[item + 1]] if item < len(indptr) - 1 else np.zeros(0, np.int64)
 
-    def _similar_reasons(self, item: int, ids: np.ndarray, scores: np.ndarray) -> list[str]:
+    def _similar_reasons(self, item: int, ids: np.ndarray) -> list[str]:
         """Per neighbour of ``item``: how many shoppers bought both (when any did), the shared
-        category, else how close the two are in the model's item embedding."""
+        category, else that the two are close in the model's item embedding (how close is the
+        result's score, the cosine, so the reason does not repeat it)."""
         buyers = self._buyers_of(item)
         out = []
-        for j, score in zip(ids.tolist(), scores.tolist()):
+        for j in ids.tolist():
             both = int(np.intersect1d(buyers, self._buyers_of(j), assume_unique=True).size) if buyers.size else 0
             parts = [f"{both} shopper{'s' if both > 1 else ''} {self._verb_target} both"] if both else []
             if self.categories[item] and self._item_cat[j] == self._item_cat[item]:
                 parts.append(f"same category '{self.categories[item]}'")
             if not both:
-                parts.append(f"close in the model's item embedding (cosine {score:.2f})")
+                parts.append("close in the model's item embedding")
             out.append("; ".join(parts))
         return out
 
