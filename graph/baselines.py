@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -67,7 +67,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "Popularity", "ItemKNN", "EASE", "BPRMF", "ContentKNN", "RevisitBonus", "purchase_baselines",
     "neighbor_mean_features", "hetero_neighbor_features", "hybrid_features",
-    "LogRegFraud", "XGBGraphFraud", "HybridFraudHead", "fraud_baselines",
+    "LogRegFraud", "XGBGraphFraud", "HybridFraudHead", "FraudBaselineRun", "fraud_baselines", "fraud_baseline_runs",
 ]
 
 
@@ -865,6 +865,15 @@ class HybridFraudHead(XGBGraphFraud):
     where it does not."""
 
 
+class FraudBaselineRun(NamedTuple):
+    """One fraud baseline's test result: ``metrics`` (:func:`fraud_metrics` and ``seconds``), and
+    the test users' labels and probabilities (for precision-recall curves)."""
+
+    metrics: dict[str, float]
+    y_true: np.ndarray
+    prob: np.ndarray
+
+
 def fraud_baselines(data: HeteroData, *, split: Split = "test") -> dict[str, dict[str, float]]:
     """Logistic regression and boosted trees on own features, and XGB-Graph on neighbour features.
 
@@ -875,6 +884,11 @@ def fraud_baselines(data: HeteroData, *, split: Split = "test") -> dict[str, dic
     Returns:
         ``{"logreg" | "xgb" | "xgb_graph": {fraud_metrics..., "seconds"}}``.
     """
+    return {name: run.metrics for name, run in fraud_baseline_runs(data, split=split).items()}
+
+
+def fraud_baseline_runs(data: HeteroData, *, split: Split = "test") -> dict[str, FraudBaselineRun]:
+    """:func:`fraud_baselines` with each baseline's test probabilities (:class:`FraudBaselineRun`)."""
     store = data["user"]
     for key in ("x", "y", "train_mask", "val_mask", "test_mask"):
         if key not in store:
@@ -895,14 +909,15 @@ def fraud_baselines(data: HeteroData, *, split: Split = "test") -> dict[str, dic
         "xgb": (XGBGraphFraud(), own),
         "xgb_graph": (XGBGraphFraud(), graph),
     }
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, FraudBaselineRun] = {}
     tr, va, te = masks["train"], masks["val"], masks["test"]
     for name, (model, X) in setups.items():
         start = time.perf_counter()
         model.fit(X[tr], y[tr], X[va], y[va])
         threshold = choose_threshold(y[va], model.predict_proba(X[va]))
-        metrics = fraud_metrics(y[te], model.predict_proba(X[te]), threshold)
+        prob = np.asarray(model.predict_proba(X[te]))
+        metrics = fraud_metrics(y[te], prob, threshold)
         metrics["seconds"] = time.perf_counter() - start
-        results[name] = metrics
+        results[name] = FraudBaselineRun(metrics, y[te], prob)
         logger.info("fraud baseline %s: auprc %.4f auroc %.4f", name, metrics["auprc"], metrics["auroc"])
     return results

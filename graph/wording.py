@@ -19,6 +19,15 @@ from typing import Literal, NamedTuple
 
 Unit = Literal["raw", "count", "log_count", "share", "flag", "standardised", "none"]
 
+# the served fraud scorer's name, by its kind (``RUN/fraud.json`` ``kind``), where people read it:
+# the demo's Model table and the precision-recall plot ``shopgraph evaluate`` draws
+FRAUD_SCORER_NAMES: dict[str, str] = {
+    "gnn_head": "ShopGraph (the network's fraud output)",
+    "hybrid": "ShopGraph (trees on network + graph features)",
+    "graph_trees": "ShopGraph (trees on graph features)",
+    "rank_average": "ShopGraph (network and trees, rankings averaged)",
+}
+
 # behaviour and table columns (encoders.behaviour), as a person would name them
 _FEATURES: dict[str, tuple[str, Unit]] = {
     "log_account_age_days": ("account age", "standardised"),

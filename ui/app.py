@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from shopgraph.graph.wording import FRAUD_SCORER_NAMES
 from shopgraph.retrieval.service import NotAvailableError, ShopService, UnknownIdError, listed_ids, shown
 
 if TYPE_CHECKING:
@@ -921,15 +922,6 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILIma
     nx.draw_networkx_nodes(g, pos, nodelist=items, ax=ax, node_shape="^", node_size=140, node_color="#bab0ac",
                            edgecolors="#555555", linewidths=0.6)
     tied = [n for n in ids if n in shared]
-    if len(tied) <= RING_LABELS:  # the devices that tie the ring, named (the ring's status lists them all)
-        below = {n: (float(pos[n][0]), float(pos[n][1]) - 0.07) for n in tied}
-        nx.draw_networkx_labels(g, below, labels={n: n[1] for n in tied}, ax=ax, font_size=7, font_color="#1f4e79",
-                                font_weight="bold",
-                                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "#1f4e79", "alpha": 0.85})
-    if len(users) <= RING_LABELS:  # bigger rings: the labels would overlap; the members table lists them
-        above = {n: (float(pos[n][0]), float(pos[n][1]) + 0.07) for n in users}  # clear of the marker
-        nx.draw_networkx_labels(g, above, labels={n: n[1] for n in users}, ax=ax, font_size=7,
-                                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
     fig.colorbar(coll, ax=ax, fraction=0.035, pad=0.02, label="member fraud probability")
     handles = [
         Line2D([], [], marker="o", ls="", color="white", markeredgecolor="black", markersize=9,
@@ -944,12 +936,54 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILIma
     ax.set_title(f"Ring {ring.ring_id}: {len(ring.members)} accounts, {_plural(len(ring.shared_devices), 'shared device')}"
                  f", score {ring.score:.2f}", fontsize=10)
     ax.axis("off")
+    # labels last, once the colour bar and legend have fixed where the axes are: each is put
+    # where it overlaps no label before it (the shared devices first: the ring's status lists
+    # them all; the members table lists the accounts of rings too big to label)
+    from matplotlib.transforms import Bbox
+
+    # the shared devices' markers sit close together in the middle: no label may cover them
+    placed: list[Any] = [Bbox.from_bounds(x - 7, y - 7, 14, 14) for x, y in ax.transData.transform([pos[n] for n in tied])]
+    if len(tied) <= RING_LABELS:
+        _place_labels(fig, ax, [pos[n] for n in tied], [n[1] for n in tied], placed, color="#1f4e79",
+                      fontweight="bold", bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "#1f4e79",
+                                               "alpha": 0.85})
+    if len(users) <= RING_LABELS:
+        _place_labels(fig, ax, [pos[n] for n in users], [n[1] for n in users], placed,
+                      bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
     plt.close(fig)
     buffer.seek(0)
     with Image.open(buffer) as img:
         return img.convert("RGB")
+
+
+# where a label may go from its point, in points: below, above, then further out and to the sides
+_LABEL_OFFSETS = [(0, -11), (0, 11), (0, -22), (0, 22), (-42, 0), (42, 0), (-42, -14), (42, -14), (-42, 14),
+                  (42, 14), (0, -33), (0, 33), (-84, 0), (84, 0), (0, -44), (0, 44)]
+
+
+def _place_labels(fig: Any, ax: Any, anchors: Sequence[Any], texts: Sequence[str], placed: list[Any],
+                  **style: Any) -> list[Any]:
+    """Write each text near its anchor (data coordinates), at the first of :data:`_LABEL_OFFSETS`
+    where its box overlaps no box in ``placed`` (the drawing's labels so far; appended to), else
+    at the last tried. Returns the text artists."""
+    renderer = fig.canvas.get_renderer()
+    artists = []
+    for (x, y), text in zip(anchors, texts):
+        label = None
+        box = None
+        for dx, dy in _LABEL_OFFSETS:
+            if label is not None:
+                label.remove()
+            label = ax.annotate(text, (float(x), float(y)), xytext=(dx, dy), textcoords="offset points",
+                                ha="center", va="center", fontsize=7, **style)
+            box = label.get_window_extent(renderer).expanded(1.1, 1.3)  # the round box around the text
+            if not any(box.overlaps(other) for other in placed):
+                break
+        placed.append(box)
+        artists.append(label)
+    return artists
 
 
 def _plural(n: int, noun: str) -> str:
@@ -1052,11 +1086,8 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
 
 # -- Model ------------------------------------------------------------------------------------------
 PURCHASE_MODEL = "ShopGraph (graph neural network)"
-# ShopGraph's fraud row, by the kind of scorer it serves (metrics.json fraud.gnn.kind)
-FRAUD_MODELS = {"gnn_head": "ShopGraph (the network's fraud output)",
-                "hybrid": "ShopGraph (trees on network + graph features)",
-                "graph_trees": "ShopGraph (trees on graph features)",
-                "rank_average": "ShopGraph (network and trees, rankings averaged)"}
+# ShopGraph's fraud row is named by the kind of scorer it serves (metrics.json fraud.gnn.kind):
+# graph.wording.FRAUD_SCORER_NAMES, which the precision-recall plot uses too
 # the baselines of graph/baselines.py, in plain words
 BASELINES = {
     "popularity": "the most-bought items, the same list for everyone",
@@ -1137,7 +1168,8 @@ def metric_legend(table: pd.DataFrame, ratio_key: str) -> str:
 # captions of the plots graph/evaluate.py writes, in display order; other plots follow, named by file
 PLOT_CAPTIONS = {"training": "Training: loss per epoch and validation metrics (val_auprc there is the network's "
                              "own fraud output while it trains, not the fraud scorer the tables measure)",
-                 "fraud_pr": "Fraud: precision-recall curves on the test users"}
+                 "fraud_pr": "Fraud: precision-recall curves on the test users, one for each model of the fraud "
+                             "table (higher and further right is better)"}
 
 
 def model_view(run_dir: Path | None) -> ModelView:
@@ -1161,7 +1193,7 @@ def model_view(run_dir: Path | None) -> ModelView:
     purchase = _metric_rows(purchase_section, PURCHASE_METRICS, "recall@20", PURCHASE_MODEL)
     fraud_section = metrics.get("fraud", {})
     fraud_kind = str(fraud_section.get("gnn", {}).get("kind", "none"))
-    fraud = (_metric_rows(fraud_section, FRAUD_METRICS, "auprc", FRAUD_MODELS.get(fraud_kind, "ShopGraph"))
+    fraud = (_metric_rows(fraud_section, FRAUD_METRICS, "auprc", FRAUD_SCORER_NAMES.get(fraud_kind, "ShopGraph"))
              if fraud_kind != "none" else empty)
     plots: list[GalleryItem] = []
     rels = [f for f in run.manifest.get("files", {}) if f.startswith("plots/") and f.endswith(".png")]

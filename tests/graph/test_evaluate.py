@@ -93,3 +93,27 @@ def test_evaluate_needs_a_trained_run(tmp_path: Path) -> None:
         evaluate_run(str(run.path))
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         evaluate_run(str(tmp_path / "missing"))
+
+
+def test_the_precision_recall_plot_draws_the_fraud_table_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plot's curves are the models the fraud table lists, under the names it gives them."""
+    import shopgraph.graph.evaluate as evaluate
+    from shopgraph.graph.metrics import fraud_metrics
+    from shopgraph.graph.wording import FRAUD_SCORER_NAMES
+
+    drawn: dict = {}
+    real = evaluate._plots
+
+    def spy(run, history, pr, made_from):  # type: ignore[no-untyped-def]
+        drawn.update(pr)
+        return real(run, history, pr, made_from)
+
+    monkeypatch.setattr(evaluate, "_plots", spy)
+    path = _trained_run(tmp_path / "run", _graph())
+    metrics = evaluate_run(str(path))
+    fraud = metrics["fraud"]
+    served = FRAUD_SCORER_NAMES[fraud["gnn"]["kind"]]
+    assert list(drawn) == [served, *fraud["baselines"]]
+    for name, row in [(served, fraud["gnn"]), *fraud["baselines"].items()]:
+        y, prob = drawn[name]
+        assert fraud_metrics(y, prob, row["threshold"])["auprc"] == pytest.approx(row["auprc"])

@@ -450,21 +450,50 @@ def test_ring_view_bad_ring_is_a_message(ui_cases: FraudCases, tmp_path: Path, r
 
 
 def test_draw_ring_writes_the_shared_device_ids(ui_cases: FraudCases, monkeypatch: pytest.MonkeyPatch) -> None:
-    import networkx as nx
 
     ring = next((r for r in ui_cases.rings() if r.shared_devices), None)
     if ring is None:
         pytest.skip("no ring with shared devices in the small run")
+    import shopgraph.ui.app as app
+
     written: list[str] = []
-    draw = nx.draw_networkx_labels
+    place = app._place_labels
 
-    def spy(g: Any, pos: Any, labels: dict[Any, str], **kw: Any) -> Any:
-        written.extend(labels.values())
-        return draw(g, pos, labels=labels, **kw)
+    def spy(fig: Any, ax: Any, anchors: Any, texts: Any, placed: Any, **style: Any) -> Any:
+        written.extend(texts)
+        return place(fig, ax, anchors, texts, placed, **style)
 
-    monkeypatch.setattr(nx, "draw_networkx_labels", spy)
+    monkeypatch.setattr(app, "_place_labels", spy)
     draw_ring(ui_cases, ring)
     assert set(ring.shared_devices) <= set(written)
+
+
+def test_ring_labels_do_not_overlap_when_their_points_crowd() -> None:
+    """Shared devices sit close together in a ring's layout: their labels used to cover each other."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from shopgraph.ui.app import _place_labels
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=100)
+    ax.set_xlim(-1, 1)
+    ax.set_ylim(-1, 1)
+    from matplotlib.transforms import Bbox
+
+    anchors = [(0.0, 0.0), (0.01, 0.0), (0.0, 0.02), (-0.02, 0.01), (0.5, 0.5), (0.51, 0.5)]
+    x, y = ax.transData.transform([anchors[0]])[0]
+    marker = Bbox.from_bounds(x - 7, y - 7, 14, 14)  # a marker no label may cover
+    placed: list[Any] = [marker]
+    labels = _place_labels(fig, ax, anchors, [f"d{k:06d}" for k in range(len(anchors))], placed,
+                           bbox={"boxstyle": "round,pad=0.15", "fc": "white"})
+    renderer = fig.canvas.get_renderer()
+    boxes = [label.get_window_extent(renderer) for label in labels]
+    assert [label.get_text() for label in labels] == [f"d{k:06d}" for k in range(len(anchors))]
+    assert not any(a.overlaps(b) for k, a in enumerate(boxes) for b in boxes[k + 1:])
+    assert not any(box.overlaps(marker) for box in boxes)
+    plt.close(fig)
 
 
 def test_draw_ring_handles_a_ring_without_common_items(ui_cases: FraudCases) -> None:
