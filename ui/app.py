@@ -151,8 +151,14 @@ class ModelView(NamedTuple):
     technical: str = ""
 
 
-RESULT_COLUMNS = ["rank", "item_id", "title", "category", "score", "reason"]
-_RESULT_WIDTHS: list[str | int] = ["6%", "9%", "30%", "10%", "7%", "38%"]
+# the score column says what its number is: a cosine similarity (similar items, search and a
+# visitor's recommendations; text and image together average two), or a shopper's raw fit score,
+# an unscaled inner product (e.g. 1794.17) of which only the order means something
+SIMILARITY = "similarity (1 = same)"
+FIT_SCORE = "fit score (order only)"
+RESULT_COLUMNS = ["rank", "item_id", "title", "category", SIMILARITY, "reason"]
+RECOMMEND_COLUMNS = ["rank", "item_id", "title", "category", FIT_SCORE, "reason"]
+_RESULT_WIDTHS: list[str | int] = ["6%", "9%", "30%", "10%", "8%", "37%"]
 
 
 # characters that Markdown or HTML would read as markup on one line (tags, entities, emphasis, code,
@@ -388,8 +394,9 @@ def _results(service: ShopService, thumbs: Thumbnails, rec: Any, ranked: bool = 
     An item that another process removed between the answer and now (the service applies the
     run's catalogue journal on every call) is left out, and counted in ``gone``.
 
-    ``ranked``: the captions give the rank (``"#1 title"``), not the score (recommendation scores are
-    unscaled inner products, e.g. 1794.17: only their order means something)."""
+    ``ranked``: a shopper's recommendations: the captions give the rank (``"#1 title"``), not the
+    score, and the table's score column is :data:`FIT_SCORE` (recommendation scores are unscaled
+    inner products, e.g. 1794.17: only their order means something); else :data:`SIMILARITY`."""
     gallery: list[GalleryItem] = []
     rows: list[list[Any]] = []
     for i, t, s, r in zip(rec.item_ids, rec.titles, rec.scores, rec.reasons):
@@ -399,7 +406,8 @@ def _results(service: ShopService, thumbs: Thumbnails, rec: Any, ranked: bool = 
         n = len(rows) + 1
         gallery.append((thumbs.get(i, info), _plain(f"#{n} {t or i}" if ranked else f"{t or i} · {s:.2f}")))
         rows.append([n, i, t, info["category"], round(float(s), 3), r])
-    return _Results(gallery, pd.DataFrame(rows, columns=RESULT_COLUMNS), len(rec.item_ids) - len(rows))
+    return _Results(gallery, pd.DataFrame(rows, columns=RECOMMEND_COLUMNS if ranked else RESULT_COLUMNS),
+                    len(rec.item_ids) - len(rows))
 
 
 def _check_k(k: Any) -> int:
@@ -441,10 +449,10 @@ def recommend_view(service: ShopService, history: UserHistory | None, thumbs: Th
                 past.append((thumbs.get(row.item_id, info),
                              _plain(f"{info['title'] or row.item_id} · {row.event_type}{when}")))
     except (ValueError, NotAvailableError) as exc:
-        return RecommendView(_problem(exc, SHOPPER), [], [], _empty_results())
+        return RecommendView(_problem(exc, SHOPPER), [], [], pd.DataFrame(columns=RECOMMEND_COLUMNS))
     status = (f"**{_md(user)}**: {n_bought:,} purchases in the data. Top {len(found.table):,} recommendations "
-              f"(already-bought items left out), best fit first. The score column is the model's raw fit score: "
-              "only its order matters (higher = better fit)." + found.note())
+              f"(already-bought items left out), best fit first. The fit score column is the model's raw score "
+              "for this shopper: only its order matters (higher = better fit)." + found.note())
     if history is None:
         status += " The history panel is empty: the run's events table could not be read."
     return RecommendView(status, past, found.gallery, found.table)
@@ -486,7 +494,7 @@ def visitor_view(service: ShopService, thumbs: Thumbnails, item_ids: Any, k: Any
     seen = [(thumbs.get(i, info), _plain(f"{info['title'] or i} · looked at")) for i, info in infos.items()]
     status = (f"A visitor with no account who looked at {_plural(len(picked), 'item')}: the model has no history "
               f"for them, so it averages those items' embeddings and shows the {len(found.table):,} closest items "
-              "(score = cosine similarity, 1 is identical; the items they looked at are left out). Each reason "
+              "(similarity: the cosine, 1 = the same; the items they looked at are left out). Each reason "
               "names the looked-at item the result is most like." + found.note())
     return RecommendView(status, seen, found.gallery, found.table)
 
@@ -591,8 +599,8 @@ def text_search_view(service: ShopService, thumbs: Thumbnails, text: Any, k: Any
         found = _results(service, thumbs, rec)
     except (ValueError, NotAvailableError) as exc:
         return SearchView(_problem(exc, TEXT), [], _empty_results())
-    return SearchView(f"Items whose text best matches **{_md(text)}** (score = cosine similarity, "
-                      f"1 is identical)." + found.note(), found.gallery, found.table)
+    return SearchView(f"Items whose text best matches **{_md(text)}** (similarity: the cosine, "
+                      f"1 = the same)." + found.note(), found.gallery, found.table)
 
 
 def image_search_view(service: ShopService, thumbs: Thumbnails, image: Any, k: Any = DEFAULT_K) -> SearchView:
@@ -608,7 +616,7 @@ def image_search_view(service: ShopService, thumbs: Thumbnails, image: Any, k: A
         found = _results(service, thumbs, rec)
     except (ValueError, NotAvailableError) as exc:
         return SearchView(_problem(exc), [], _empty_results())
-    return SearchView("Items whose picture looks most like the uploaded image (score = cosine similarity)."
+    return SearchView("Items whose picture looks most like the uploaded image (similarity: the cosine, 1 = the same)."
                       + found.note(), found.gallery, found.table)
 
 
@@ -1393,7 +1401,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
         with gr.Tab("Similar & search", id="search"):
             gr.Markdown("**Find items three ways.** *Similar items*: what the same kind of shopper buys (from the graph). "
                         "*Text search*: titles and descriptions that match your words. *Image search*: pictures "
-                        "that look like yours. Each result shows a score: higher is closer.")
+                        "that look like yours. Each result shows its similarity: higher is closer, 1 the same.")
             items = sample_items(service)
             with gr.Row():
                 with gr.Column():

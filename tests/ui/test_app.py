@@ -17,8 +17,11 @@ from shopgraph.graph.rings import FraudCases
 from shopgraph.graph.run import RunDir
 from shopgraph.retrieval.service import ShopService
 from shopgraph.ui.app import (
+    FIT_SCORE,
     PLOT_CAPTIONS,
+    RECOMMEND_COLUMNS,
     RESULT_COLUMNS,
+    SIMILARITY,
     Thumbnails,
     UserHistory,
     _members_labelled,
@@ -66,9 +69,10 @@ def test_recommend_view_matches_service_and_shows_history(ui_service: ShopServic
     view = recommend_view(ui_service, history, thumbs, user, 5)
     rec = ui_service.recommend(user, k=5)
     assert not is_problem(view.status) and user in view.status
-    assert list(view.table.columns) == RESULT_COLUMNS
+    # a shopper's scores are raw fit scores, named so; the cosine views' column is the similarity
+    assert list(view.table.columns) == RECOMMEND_COLUMNS and FIT_SCORE in RECOMMEND_COLUMNS
     assert view.table["item_id"].tolist() == rec.item_ids
-    assert view.table["score"].tolist() == pytest.approx(rec.scores, abs=1e-3)
+    assert view.table[FIT_SCORE].tolist() == pytest.approx(rec.scores, abs=1e-3)
     assert view.table["reason"].tolist() == rec.reasons
     assert len(view.gallery) == 5 and all(isinstance(img, Image.Image) for img, _ in view.gallery)
     assert view.gallery[0][1] == f"#1 {rec.titles[0]}"  # the rank, not an unscaled score such as 1794.17
@@ -135,6 +139,9 @@ def test_visitor_view_is_the_cold_start_answer(ui_service: ShopService, thumbs: 
     rec = ui_service.recommend_for_items(picked, k=6)
     assert not is_problem(view.status) and "looked at 3 items" in view.status
     assert view.table["item_id"].tolist() == rec.item_ids and view.table["reason"].tolist() == rec.reasons
+    assert list(view.table.columns) == RESULT_COLUMNS  # cosines: the column says similarity, not fit score
+    assert view.table[SIMILARITY].tolist() == pytest.approx(rec.scores, abs=1e-3)
+    assert all(0 < s <= 1 for s in view.table[SIMILARITY])
     assert not set(picked) & set(view.table["item_id"])
     assert [caption for _, caption in view.history] == [
         f"{ui_service.item_info(i)['title'] or i} · looked at" for i in picked]
