@@ -656,6 +656,53 @@ def _report_merged(
     return any(sure for sure, _ in by_column)
 
 
+RAGGED_SHOWN = 5  # rows of the wrong width named in the message
+
+
+def _report_ragged(file: Path, name: str, width: int, out: _Collector) -> bool:
+    """Record a fatal issue naming the rows of ``file`` whose number of values is not the header's
+    ``width`` (by line, with what they hold), as Python's csv reader splits them (as pyarrow
+    does); ``False`` when every row has ``width`` values or the reader fails."""
+    bad: list[tuple[int, int, str, int]] = []  # (first line, values, text, row)
+    n = row = 0
+    limit = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)
+    try:
+        with _open_text(file) as f:
+            reader = csv.reader(f)
+            seen_header, line = False, 0
+            for rec in reader:
+                start, line = line + 1, reader.line_num
+                if not rec:
+                    row += seen_header  # rows are numbered as :func:`_csv_layout` numbers them
+                    continue
+                if not seen_header:
+                    seen_header = True
+                    continue
+                row += 1
+                if len(rec) != width:
+                    n += 1
+                    if len(bad) < RAGGED_SHOWN:
+                        bad.append((start, len(rec), ",".join(rec), row))
+    except (csv.Error, OSError, UnicodeError):
+        return False
+    finally:
+        csv.field_size_limit(limit)
+    if not bad:
+        return False
+    shown = "; ".join(f"line {line} has {values} ({_cut(text)!r})" for line, values, text, _ in bad)
+    more = f"; and {n - len(bad):,} more" if n > len(bad) else ""
+    out.add("fatal", name, None, "ragged_rows",
+            f"{name}: {n:,} row{'s' if n > 1 else ''} of {file.name} {'do' if n > 1 else 'does'} not have the "
+            f"header's {width} values: {shown}{more}; a value that holds a comma must be in double quotes",
+            count=n, first_row=bad[0][3], first_value=bad[0][2])
+    return True
+
+
+def _cut(text: str, most: int = 60) -> str:
+    return text if len(text) <= most else text[:most] + "…"
+
+
 def _read_csv(file: Path, name: str, header: list[str], quoted: bool = True) -> pd.DataFrame:
     """A CSV file (``.csv.gz`` decompressed) -> frame; only an empty cell is missing.
 
@@ -691,6 +738,15 @@ def _read_parquet(file: Path, name: str) -> pd.DataFrame:
     Integer id columns are read as their exact decimal digits (``9007199254740993`` stays so even
     with a null in the column, where pandas would go through float64).
     """
+    first = file if not file.is_dir() else next(
+        (p for p in sorted(file.rglob("*")) if p.is_file()
+         and not any(part.startswith(("_", ".")) for part in p.relative_to(file).parts)), None)
+    if first is not None:
+        names = pq.read_schema(first).names
+        if len(set(names)) < len(names):
+            # pyarrow's dataset reader refuses a repeated column name with a message about FieldRefs:
+            # read one file as it is, so that :func:`_read`'s header check names the column
+            return pq.ParquetFile(first).read().to_pandas()
     table = pq.read_table(file)
     df = table.to_pandas()
     for column in table.schema:
@@ -729,6 +785,8 @@ def _read(file: Path, name: str, out: _Collector) -> pd.DataFrame | None:
                 # an unclosed quote often ends in a parse error (a row with too few columns): say so
                 layout = _csv_layout(file, one_line, len(header))
                 if layout is not None and _report_merged(layout, file, name, header, 0, out):
+                    return None
+                if _report_ragged(file, name, len(header), out):  # else: rows of the wrong width, named
                     return None
                 raise
             if scan.lines != len(df) + 1:  # blank lines or values spanning lines: map rows to the file
@@ -770,7 +828,8 @@ def _read(file: Path, name: str, out: _Collector) -> pd.DataFrame | None:
     for col in dict.fromkeys(c for k, c in enumerate(names) if c in names[:k]):
         at = [k + 1 for k, c in enumerate(names) if c == col]
         out.add("fatal", name, col, "duplicate_column",
-                f"{name}.{col}: the header of {file.name} names this column {len(at)} times (columns "
+                f"{name}.{col}: the {'header' if is_csv else 'schema'} of {file.name} names this column "
+                f"{len(at)} times (columns "
                 f"{', '.join(map(str, at))}, counting from 1; leading and trailing spaces ignored); keep one")
     if len(set(names)) < len(names):
         return None

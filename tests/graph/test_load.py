@@ -276,6 +276,29 @@ def test_a_column_named_twice_is_fatal(tmp_path: Path, header: str) -> None:
     assert (issue.table, issue.column) == ("items", "price")
 
 
+@pytest.mark.parametrize("folder", [False, True])
+def test_a_parquet_column_named_twice_is_fatal(tmp_path: Path, folder: bool) -> None:
+    """pyarrow's dataset reader refused such a file with 'Multiple matches for FieldRef.Name(price)'."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = _write(tmp_path / "shop", _frames(), "parquet")
+    items = pq.read_table(root / "items.parquet")
+    twice = pa.table(items.columns + [items.column("price")], names=items.column_names + ["price"])
+    (root / "items.parquet").unlink()
+    if folder:  # a Spark-style folder: the part files and a _SUCCESS marker
+        (root / "items.parquet").mkdir()
+        (root / "items.parquet" / "_SUCCESS").write_bytes(b"")
+        pq.write_table(twice, root / "items.parquet" / "part-00000.parquet")
+        pq.write_table(twice, root / "items.parquet" / "part-00001.parquet")
+    else:
+        pq.write_table(twice, root / "items.parquet")
+    at = f"{items.column_names.index('price') + 1}, {len(items.column_names) + 1}"
+    report = _fatal(root, rf"items\.price: the schema of items\.parquet names this column 2 times \(columns {at}, "
+                          r"counting from 1; leading and trailing spaces ignored\); keep one")
+    assert _issue(report, "duplicate_column").column == "price"
+
+
 def test_corrupt_file_is_fatal(tmp_path: Path) -> None:
     root = _write(tmp_path / "shop", _frames(), "parquet")
     (root / "events.parquet").write_bytes(b"this is not parquet")
@@ -283,10 +306,33 @@ def test_corrupt_file_is_fatal(tmp_path: Path) -> None:
     assert _issue(report, "unreadable").table == "events"
 
 
-def test_ragged_csv_is_fatal(tmp_path: Path) -> None:
+def test_ragged_csv_is_fatal_naming_its_rows(tmp_path: Path) -> None:
     root = _write(tmp_path / "shop", _frames())
     (root / "users.csv").write_text("user_id,created_at\nu1,1\nu2,2,3,4\n")
-    _fatal(root, r"users: could not read users\.csv")
+    report = _fatal(root, r"users: 1 row of users\.csv does not have the header's 2 values: line 3 has 4 "
+                          r"\('u2,2,3,4'\); a value that holds a comma must be in double quotes")
+    issue = _issue(report, "ragged_rows")
+    assert (issue.table, issue.count, issue.first_row, issue.first_value) == ("users", 1, 2, "u2,2,3,4")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_every_ragged_row_is_counted_and_the_first_five_named(tmp_path: Path, gz: bool) -> None:
+    root = _write(tmp_path / "shop", _frames())
+    rows = [f"u{k},{k}" for k in range(40)]
+    for k in (3, 9, 10, 20, 30, 31, 38):  # too many or too few values; one row quoted: its comma is a value's
+        rows[k] = f"u{k},{k},extra" if k % 2 else f"u{k}"
+    rows[5] = 'u5,"5,5"'
+    text = "user_id,created_at\n\n" + "\n".join(rows) + "\n"  # a blank line: lines and rows differ by one
+    (root / "users.csv").unlink()
+    if gz:
+        (root / "users.csv.gz").write_bytes(gzip.compress(text.encode()))
+    else:
+        (root / "users.csv").write_text(text)
+    name = "users.csv.gz" if gz else "users.csv"
+    report = _fatal(root, rf"users: 7 rows of {name.replace('.', '[.]')} do not have the header's 2 values: line 6 has 3 "
+                          r"\('u3,3,extra'\); line 12 has 3 .*; line 23 has 1 \('u20'\); line 33 has 1 \('u30'\); and 2 more; a value")
+    issue = _issue(report, "ragged_rows")
+    assert issue.count == 7 and issue.first_row == 5 and "line 7" not in issue.message  # the quoted row is fine
 
 
 @pytest.mark.parametrize("header,row", [("name,user_id", "Jos\xe9,u1"), ("user_id,name", "u1,Jos\xe9")])
