@@ -67,6 +67,13 @@ def file_key(path: Path) -> str | None:
 CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".tiktoken")
 
 
+# Recorded beside an encoder's model name in ``RUN/features.json`` (``model_scheme``): names of this
+# scheme carry a digest of the weights (:func:`checkpoint_digest`; EfficientNet: the .pth file's
+# sha256), so equal names mean equal weights. Runs built before record no scheme; their names
+# (a digest of config.json only) cannot tell a retrained checkpoint from the one they were built with.
+MODEL_NAME_SCHEME = "weights-v1"
+
+
 def checkpoint_digest(folder: Path) -> str:
     """Content digest of a Hugging Face checkpoint folder: 12 hex digits of a sha256 over the name,
     size and sha256 of every top-level file with a :data:`CHECKPOINT_SUFFIXES` suffix (README files

@@ -28,7 +28,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from shopgraph.encoders.behaviour import behaviour_features
-from shopgraph.encoders.cache import EmbeddingCache, cached_encode, file_key, text_key
+from shopgraph.encoders.cache import MODEL_NAME_SCHEME, EmbeddingCache, cached_encode, file_key, text_key
 from shopgraph.encoders.device import available_cpus
 from shopgraph.encoders.image import ImageEncoder
 from shopgraph.encoders.text import TextEncoder, item_text
@@ -80,7 +80,8 @@ def _text_block(
     if present:
         emb[has] = res.embeddings
     report = {
-        "model": encoder.model_name, "dim": int(encoder.dim), "items": len(texts), "with_text": int(has.sum()),
+        "model": encoder.model_name, "model_scheme": MODEL_NAME_SCHEME, "dim": int(encoder.dim), "items": len(texts),
+        "with_text": int(has.sum()),
         "missing": int((~has).sum()), "cache_hits": res.hits, "cache_misses": res.misses,
     }
     return emb, has, report
@@ -123,7 +124,7 @@ def _image_block(
         emb[readable] = res.embeddings
     has = np.linalg.norm(emb, axis=1) > 0
     report = {
-        "model": encoder.model_name, "dim": int(encoder.dim), "items": len(paths),
+        "model": encoder.model_name, "model_scheme": MODEL_NAME_SCHEME, "dim": int(encoder.dim), "items": len(paths),
         "with_image": int(has.sum()), "without_image": int((~has).sum()),
         "problems": dict(sorted(counts.items())), "first_problem": dict(sorted(first.items())),
         "cache_hits": res.hits, "cache_misses": res.misses,

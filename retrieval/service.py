@@ -659,6 +659,12 @@ class ShopService:
         catalogue_follow: also check every ``catalogue_sync_s`` (at least every 0.1 s) in a
             background thread, so that a service without calls stays current and its next call
             does not wait for the changes to be applied (``False``: only calls check).
+        encoder_models: ``{"text" | "image": model name}`` of the encoders the run's item vectors
+            were made with (``RUN/features.json``, when its names are of
+            :data:`~shopgraph.encoders.cache.MODEL_NAME_SCHEME`: they carry a digest of the weights). A
+            query encoder with another name (its checkpoint retrained or replaced in place since
+            the build) would search another vector space: its calls are refused
+            (``NotAvailableError``) instead of answering nonsense.
     """
 
     def __init__(
@@ -682,8 +688,11 @@ class ShopService:
         catalogue: CatalogueJournal | None = None,
         catalogue_sync_s: float = 1.0,
         catalogue_follow: bool = True,
+        encoder_models: Mapping[str, str] | None = None,
     ) -> None:
         self._lock = _RWLock()
+        self._encoder_models = dict(encoder_models or {})
+        self._encoders_checked: set[str] = set()
         self._enc_lock = threading.Lock()
         self.run_path = run_path
         self.tables_root = tables_root
@@ -907,6 +916,18 @@ class ShopService:
         config = run.manifest.get("config", {})
         root = config.get("tables_root")
         prob = embeddings.get("fraud_prob")
+        from shopgraph.encoders.cache import MODEL_NAME_SCHEME
+
+        features = run.read_json("features.json") if run.has("features.json") else {}
+        encoder_models = {}  # only names of the scheme that hashes the weights can be compared
+        for kind in ("text", "image"):
+            built = features.get(kind)
+            if isinstance(built, dict) and built.get("model"):
+                if built.get("model_scheme") == MODEL_NAME_SCHEME:
+                    encoder_models[kind] = str(built["model"])
+                else:
+                    logger.info("run %s was built before encoder names identified their weights: its %s "
+                                "query encoder is not checked against the build's", run.path, kind)
         return cls(
             data=data, items=items, embeddings=embeddings, indexes=indexes, fraud=fraud, model=model,
             text_encoder=text_encoder, image_encoder=image_encoder,
@@ -917,7 +938,7 @@ class ShopService:
                                                    None if prob is None else np.asarray(prob).reshape(-1))
             if fraud_reasons else None,
             catalogue=CatalogueJournal(run.path) if catalogue else None, catalogue_sync_s=catalogue_sync_s,
-            catalogue_follow=catalogue_follow,
+            catalogue_follow=catalogue_follow, encoder_models=encoder_models,
         )
 
     # -- per-item arrays (views of the growable rows) -------------------------------------------
@@ -1275,8 +1296,26 @@ class ShopService:
                 from shopgraph.encoders.text import TextEncoder
 
                 self._text_encoder = TextEncoder(self._text_model)
+            self._check_encoder("text", self._text_encoder, self._text_model)
             vectors = np.asarray(self._text_encoder.encode(texts), dtype=np.float32)
         return vectors
+
+    def _check_encoder(self, kind: str, encoder: Any, path: str | None) -> None:
+        """Refuse a query encoder whose model is not the one the run's ``kind`` vectors were made
+        with (``encoder_models``); checked once per encoder (the name hashes its weights). The
+        caller holds ``_enc_lock``."""
+        if kind in self._encoders_checked:
+            return
+        expected = self._encoder_models.get(kind)
+        name = getattr(encoder, "model_name", None)
+        if expected and isinstance(name, str) and name != expected:
+            where = f" at {path}" if path else ""
+            raise NotAvailableError(
+                f"{kind} encoding is not available: the {kind} model{where} is not the one this run's item "
+                f"vectors were made with (now {name}, the run was built with {expected}); it was retrained or "
+                f"replaced since. Rebuild the run with it (`shopgraph build`, then train and index), or restore "
+                "that model")
+        self._encoders_checked.add(kind)
 
     def _encode_image(self, image: Any) -> np.ndarray:
         return self._encode_images([image], ["image"])
@@ -1292,6 +1331,7 @@ class ShopService:
                 from shopgraph.encoders.image import ImageEncoder
 
                 self._image_encoder = ImageEncoder(self._image_model, num_workers=0)
+            self._check_encoder("image", self._image_encoder, self._image_model)
             with tempfile.TemporaryDirectory(prefix="shopgraph-query-") as tmp:
                 for start in range(0, len(images), _IMAGE_CHUNK):
                     chunk = range(start, min(start + _IMAGE_CHUNK, len(images)))

@@ -3,6 +3,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -1464,3 +1465,34 @@ def test_ids_and_lists_of_the_wrong_kind_are_named(service):
         with pytest.raises(ValueError, match=r"^(user_ids|item_ids|texts): expected a list of (ids|strings) "
                                              r"\(got bytes\): b'.*' is one value, not a list of them"):
             call()
+
+
+def test_a_query_encoder_retrained_since_the_build_is_refused(run_path, tmp_path):
+    """A text or image model changed in place since the build (features.json names the weights it
+    used) would put queries in another vector space: such searches are refused, naming both."""
+    import shutil
+
+    from shopgraph.encoders.cache import MODEL_NAME_SCHEME
+    from shopgraph.retrieval.service import NotAvailableError
+
+    shutil.copytree(run_path, tmp_path / "run")
+    run = RunDir(tmp_path / "run")
+    text, image = encoders()
+    built_text = text.model_name
+    assert "@" in built_text and "@" in image.model_name  # the names carry a digest of the weights
+    # the run's text vectors made by another checkpoint's weights, its image vectors by these
+    scheme = {"model_scheme": MODEL_NAME_SCHEME}
+    run.write_json("features.json", {"text": {"model": "all-MiniLM-L6-v2@000000000000/max128", **scheme},
+                                     "image": {"model": image.model_name, **scheme}})
+    svc = load_service(tmp_path / "run")
+    for _ in range(2):  # refused every time, not only on the first call
+        with pytest.raises(NotAvailableError, match=r"text encoding is not available: the text model is not the one "
+                                                    r"this run's item vectors were made with \(now "
+                                                    + re.escape(built_text) + r", the run was built with "
+                                                    r"all-MiniLM-L6-v2@000000000000/max128\)"):
+            svc.search(text="running shoes", k=3)
+    assert svc.search(image=solid_png((210, 30, 30)), k=3).item_ids  # the image model is the build's: served
+    assert load_service(run_path).search(text="running shoes", k=3).item_ids  # the unchanged run
+    # a run built before the names identified the weights (no scheme): its names cannot be compared
+    run.write_json("features.json", {"text": {"model": "all-MiniLM-L6-v2@000000000000/max128"}})
+    assert load_service(tmp_path / "run").search(text="running shoes", k=3).item_ids
