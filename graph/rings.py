@@ -883,6 +883,7 @@ class FraudCases:
         self._user_index = {str(u): n for n, u in enumerate(data["user"].ids)}
         self._explained: dict[str, Any] = {}
         self._labels: tuple[np.ndarray, np.ndarray] | None = None
+        self._member_of: dict[str, list[Ring]] | None = None
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, detector: RingDetector | None = None) -> FraudCases:
@@ -916,6 +917,21 @@ class FraudCases:
                      else "no rings known")
             raise KeyError(f"unknown ring_id {_shown(ring_id)} ({known})")
         return ring
+
+    def has_user(self, user_id: str) -> bool:
+        """Whether ``user_id`` is an account of the run."""
+        return isinstance(user_id, str) and user_id in self._user_index
+
+    def rings_of(self, user_id: str) -> list[Ring]:
+        """The rings ``user_id`` is a member of, ranked (empty: none); ``KeyError`` naming an unknown id."""
+        if not self.has_user(user_id):
+            raise KeyError(f"unknown user_id {_shown(user_id)}")
+        if self._member_of is None:
+            self._member_of = {}
+            for ring in self._rings:
+                for member in ring.members:
+                    self._member_of.setdefault(member, []).append(ring)
+        return list(self._member_of.get(user_id, []))
 
     def labels(self, user_ids: Sequence[str]) -> dict[str, tuple[bool | None, bool]]:
         """``{user_id: (label, label_in_training)}`` for known users: the fraud label in the shop's

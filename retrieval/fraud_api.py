@@ -146,6 +146,7 @@ def fraud_router(
     explain: Callable[[str], Explanation] | None = None,
     timeline: Callable[[str], pd.DataFrame] | None = None,
     labels: Callable[[Sequence[str]], dict[str, tuple[bool | None, bool]]] | None = None,
+    has_user: Callable[[str], bool] | None = None,
     max_top: int = 500,
     prefix: str = "/fraud",
 ) -> APIRouter:
@@ -159,6 +160,8 @@ def fraud_router(
             ``None``: ring cases carry ``timeline: null``.
         labels: ``user_ids -> {user_id: (label, label_in_training)}``
             (:meth:`shopgraph.graph.rings.FraudCases.labels`); ``None``: ``member_labels: null``.
+        has_user: whether a user id is known, so that ``/fraud/rings?user_id=`` of an unknown
+            account is a 404 rather than no rings (``None``: never a 404).
         max_top: largest ``top`` accepted by ``/fraud/rings``.
         prefix: the routes' prefix.
 
@@ -169,13 +172,19 @@ def fraud_router(
         raise ValueError(f"max_top: expected a positive integer (got {max_top})")
     router = APIRouter(prefix=prefix, tags=["fraud"])
 
-    @router.get("/rings", response_model=RingsOut, summary="Ranked fraud rings", responses=_errors(422),
-                dependencies=[Depends(strict_query(("top",), ints={"top": (1, max_top)}))])
-    def rings(top: int = Query(20, ge=1, le=max_top, description=f"how many rings, 1..{max_top}")) -> RingsOut:
-        ranked = list(get_rings())
+    @router.get("/rings", response_model=RingsOut, summary="Ranked fraud rings", responses=_errors(404, 422),
+                dependencies=[Depends(strict_query(("top", "user_id"), ints={"top": (1, max_top)},
+                                                   non_empty=("user_id",)))])
+    def rings(top: int = Query(20, ge=1, le=max_top, description=f"how many rings, 1..{max_top}"),
+              user_id: str | None = Query(None, description="only the rings this account is a member of")) -> RingsOut:
+        ranked = list(enumerate(get_rings(), start=1))  # ranks are the rings' places among all
+        if user_id is not None:
+            if has_user is not None and not has_user(user_id):
+                raise HTTPException(404, f"user_id: unknown user {shown(user_id)}")
+            ranked = [(k, r) for k, r in ranked if user_id in r.members]
         chosen = ranked[:top]
         return RingsOut(schema_version=SCHEMA_VERSION, total=len(ranked), count=len(chosen),
-                        rings=[_ring_out(r, k) for k, r in enumerate(chosen, start=1)])
+                        rings=[_ring_out(r, k) for k, r in chosen])
 
     @router.get("/ring/{ring_id}", response_model=RingCaseOut, summary="One ring's case", responses=_errors(404, 422),
                 dependencies=[Depends(strict_query(()))])

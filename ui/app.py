@@ -792,7 +792,17 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
     else:
         status = f"**{_md(user)}**: this run has no fraud scorer."
     status += label_sentence(score.label, score.label_in_training)
+    if cases is not None and cases.has_user(user):
+        status += _ring_sentence(cases.rings_of(user))
     return FraudView(status, p, score.threshold, verdict(p, score.threshold), table, method)
+
+
+def _ring_sentence(rings: Sequence[Ring]) -> str:
+    """The Fraud tab's sentence on the rings an account is a member of (``""``: none)."""
+    if not rings:
+        return ""
+    named = ", ".join(f"**{_md(r.ring_id)}** ({len(r.members)} accounts, ring score {r.score:.2f})" for r in rings)
+    return f" A member of ring{'s' if len(rings) > 1 else ''} {named}: open it on the Rings tab to see who it shares devices with."
 
 
 def label_words(label: bool | None, in_training: bool) -> str:

@@ -628,3 +628,18 @@ def test_cases_give_each_member_its_label_and_whether_the_scorer_trained_on_it(t
     no_scorer = FraudCases.from_run(make_run(tmp_path / "bare", with_prob=False),
                                     detector=RingDetector(hub_threshold=10))
     assert not any(t for _, t in no_scorer.labels(ids).values())  # no scorer was fitted on any label
+
+
+def test_cases_find_the_rings_an_account_is_in(tmp_path: Path) -> None:
+    cases = FraudCases.from_run(make_run(tmp_path / "run"), detector=RingDetector(hub_threshold=10))
+    rings = cases.rings()
+    assert rings
+    for ring in rings:
+        for member in ring.members:
+            assert ring in cases.rings_of(member)
+    members = {m for r in rings for m in r.members}
+    loner = next(str(u) for u in cases.data["user"].ids if str(u) not in members)
+    assert cases.rings_of(loner) == [] and cases.has_user(loner)
+    assert not cases.has_user("nobody") and not cases.has_user(None)  # type: ignore[arg-type]
+    with pytest.raises(KeyError, match="unknown user_id 'nobody'"):
+        cases.rings_of("nobody")

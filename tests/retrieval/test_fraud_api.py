@@ -25,7 +25,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> FraudCases:
 def client(cases: FraudCases) -> TestClient:
     app = FastAPI()
     app.include_router(fraud_router(cases.rings, explain=cases.explain, timeline=cases.timeline, labels=cases.labels,
-                                    max_top=50))
+                                    has_user=cases.has_user, max_top=50))
     return TestClient(app, raise_server_exceptions=False)
 
 
@@ -43,6 +43,24 @@ def test_rings_ranked_and_typed(client: TestClient, cases: FraudCases) -> None:
     assert body["rings"][2]["members"][0] == "h0"  # the household ranks last
     r = client.get("/fraud/rings", params={"top": 2})
     assert r.status_code == 200 and r.json()["count"] == 2 and r.json()["total"] == 3
+
+
+def test_rings_of_one_account(client: TestClient, cases: FraudCases) -> None:
+    ring = cases.ring("R0002")
+    r = client.get("/fraud/rings", params={"user_id": ring.members[0]})
+    assert r.status_code == 200
+    body = r.json()
+    assert [(x["ring_id"], x["rank"]) for x in body["rings"]] == [(x.ring_id, int(x.ring_id[1:]))
+                                                                  for x in cases.rings_of(ring.members[0])]
+    assert body["total"] == body["count"] == len(cases.rings_of(ring.members[0])) >= 1
+    members = {m for x in cases.rings() for m in x.members}
+    loner = next(str(u) for u in cases.data["user"].ids if str(u) not in members)
+    r = client.get("/fraud/rings", params={"user_id": loner})
+    assert r.status_code == 200 and r.json()["rings"] == [] and r.json()["total"] == 0
+    r = client.get("/fraud/rings", params={"user_id": "nobody"})
+    assert r.status_code == 404 and r.json()["detail"] == "user_id: unknown user 'nobody'"
+    r = client.get("/fraud/rings", params={"user_id": " "})
+    assert r.status_code == 422 and "user_id: expected a non-empty value" in r.json()["detail"]
 
 
 @pytest.mark.parametrize("top", ["0", "-1", "51", "many"])
@@ -101,7 +119,8 @@ def test_explain_errors(client: TestClient) -> None:
 @pytest.mark.parametrize("query, message", [
     ("top=5.0", "top: expected an integer between 1 and 50 (got '5.0')"),
     ("top=2&top=3", "top: given more than once (expected one value)"),
-    ("n=2", "n: unknown parameter (expected top)"),
+    ("n=2", "n: unknown parameter (expected top, user_id)"),
+    ("user_id=a&user_id=b", "user_id: given more than once (expected one value)"),
 ])
 def test_rings_query_is_strict(client: TestClient, query: str, message: str) -> None:
     r = client.get("/fraud/rings?" + query)

@@ -360,6 +360,18 @@ def test_fraud_view_says_what_the_shops_label_is_and_whether_it_was_trained_on(u
     assert label_words(True, True) == "fraud (trained on)" and label_words(False, False) == "legitimate"
 
 
+def test_fraud_view_names_the_rings_an_account_is_in(ui_service: ShopService, ui_cases: FraudCases) -> None:
+    rings = ui_cases.rings()
+    if not rings:
+        pytest.skip("no rings found in the small run")
+    ring = rings[0]
+    view = fraud_view(ui_service, ui_cases, ring.members[0])
+    assert f"A member of ring **{ring.ring_id}** ({len(ring.members)} accounts, ring score {ring.score:.2f})" \
+        in view.status
+    loner = next(u for u in ui_service.user_ids if not ui_cases.rings_of(u))
+    assert "member of ring" not in fraud_view(ui_service, ui_cases, loner).status
+
+
 def test_fraud_view_without_cases_uses_service_reasons(ui_service: ShopService) -> None:
     user = ui_service.user_ids[1]
     view = fraud_view(ui_service, None, user)
