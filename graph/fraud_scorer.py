@@ -562,21 +562,30 @@ def known_labels(data: HeteroData) -> np.ndarray:
     return np.where(masks["train"].numpy(), y.numpy(), -1).astype(np.int64)
 
 
-def account_labels(data: HeteroData, scored: bool) -> tuple[np.ndarray, np.ndarray]:
+def account_labels(data: HeteroData, fraud_prob: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Each user's fraud label as investigators should see it beside a score.
 
     Args:
-        data: the run's graph (``data["user"].y``, -1: unlabelled, and ``train_mask``).
-        scored: whether the run serves a fraud scorer (kind other than ``"none"``).
+        data: the run's graph (``data["user"].y``, -1: unlabelled; ``train_mask``, all false
+            when absent).
+        fraud_prob: ``[U]`` the served fraud probabilities, or ``None``; a run serves a fraud
+            scorer when some of them are finite (a run without one stores NaN).
 
     Returns:
         ``int8 [U]``: the label in the shop's data (1 fraud, 0 legitimate, -1 unlabelled), and
         ``bool [U]``: whether the served scorer was fitted on that label (a labelled user of the
         training period), so that the user's probability is fitted to it rather than predicted.
     """
-    y, masks = fraud_labels(data)
-    labels = np.where(y.numpy() >= 0, np.minimum(y.numpy(), 1), -1).astype(np.int8)
-    return labels, masks["train"].numpy() & bool(scored)
+    users = data["user"]
+    n = int(users.num_nodes)
+    if "y" not in users:
+        return np.full(n, -1, np.int8), np.zeros(n, bool)
+    y = users.y.detach().cpu().numpy().astype(np.int64).reshape(-1)
+    labels = np.where(y >= 0, np.minimum(y, 1), -1).astype(np.int8)
+    train = (users.train_mask.detach().cpu().numpy().astype(bool).reshape(-1) if "train_mask" in users
+             else np.zeros(n, bool))
+    scored = fraud_prob is not None and bool(np.isfinite(np.asarray(fraud_prob, dtype=np.float64)).any())
+    return labels, train & (labels >= 0) & scored
 
 
 def product_features(data: HeteroData, split: Split | None) -> np.ndarray:

@@ -738,15 +738,15 @@ def _read_parquet(file: Path, name: str) -> pd.DataFrame:
     Integer id columns are read as their exact decimal digits (``9007199254740993`` stays so even
     with a null in the column, where pandas would go through float64).
     """
-    first = file if not file.is_dir() else next(
-        (p for p in sorted(file.rglob("*")) if p.is_file()
-         and not any(part.startswith(("_", ".")) for part in p.relative_to(file).parts)), None)
-    if first is not None:
-        names = pq.read_schema(first).names
+    parts = [file] if not file.is_dir() else [
+        p for p in sorted(file.rglob("*")) if p.is_file()
+        and not any(part.startswith(("_", ".")) for part in p.relative_to(file).parts)]
+    for part in parts:  # each file's schema (its footer only): a folder's dataset reads one and may drop a repeat
+        names = pq.read_schema(part).names
         if len(set(names)) < len(names):
             # pyarrow's dataset reader refuses a repeated column name with a message about FieldRefs:
-            # read one file as it is, so that :func:`_read`'s header check names the column
-            return pq.ParquetFile(first).read().to_pandas()
+            # read that file as it is, so that :func:`_read`'s header check names the column
+            return pq.ParquetFile(part).read().to_pandas()
     table = pq.read_table(file)
     df = table.to_pandas()
     for column in table.schema:

@@ -57,6 +57,10 @@ from shopgraph.graph.schema import HIGH_RISK_CATEGORIES, REV_PREFIX, ShopTables
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1.0"
+# what the case files of an export hold, recorded in its rings.json (``case_version``): 2 added the
+# members' ``label`` and ``label_in_training``. An export of another version is never handed out
+# as a ring's case files (:func:`exported_ring`); the demo writes them afresh.
+CASE_VERSION = 2
 RINGS_FILE = "rings/rings.json"
 # the model files whose checksums a case export records, when the run has them
 EXPORT_MODEL_FILES = ("model/config.json", "model/model.safetensors", "fraud_trees.ubj")
@@ -613,8 +617,8 @@ def exported_ring(export: str | Path, ring: Ring) -> bool:
     if not all((folder / "cases" / f"{ring.ring_id}.{ext}").is_file() for ext in ("json", "csv")):
         return False
     doc = _export_doc(folder)
-    if doc is None or doc["schema_version"] != SCHEMA_VERSION:
-        return False
+    if doc is None or doc["schema_version"] != SCHEMA_VERSION or doc.get("case_version") != CASE_VERSION:
+        return False  # ... an export of older case files (without the members' labels) neither
     current = json.dumps(_jsonable(ring.to_dict()), sort_keys=True)
     return any(isinstance(r, dict) and r.get("ring_id") == ring.ring_id and json.dumps(r, sort_keys=True) == current
                for r in doc.get("rings", []))
@@ -657,8 +661,10 @@ def _dump(path: Path, obj: Any) -> None:
 
 def case_file(
     ring: Ring, data: HeteroData, tables: ShopTables, explanations: dict[str, Any] | None = None,
+    fraud_prob: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The JSON case document and the CSV timeline of one ring (``docs/fraud_rings.md``)."""
+    """The JSON case document and the CSV timeline of one ring (``docs/fraud_rings.md``);
+    ``fraud_prob``: the served probabilities (``None``: no scorer), for the members' labels."""
     from shopgraph.graph.explain import evidence_edges, ring_timeline
 
     timeline = ring_timeline(ring, tables)
@@ -667,7 +673,7 @@ def case_file(
     from shopgraph.graph.fraud_scorer import account_labels
 
     created = tables.users.set_index("user_id")["created_at"] if "created_at" in tables.users.columns else None
-    labels, in_training = account_labels(data, "gnn" in str(ring.evidence.get("mode", "")).split("+"))
+    labels, in_training = account_labels(data, fraud_prob)
     index = {str(u): n for n, u in enumerate(data["user"].ids)}
     members = []
     for k, user in enumerate(ring.members):
@@ -698,6 +704,7 @@ def export_cases(
     rings: Sequence[Ring], data: HeteroData, tables: ShopTables, out: str | Path, *,
     hubs: Sequence[Hub] = (), mode: str = "", params: dict[str, Any] | None = None,
     explanations: dict[str, dict[str, Any]] | None = None, source: dict[str, Any] | None = None,
+    fraud_prob: np.ndarray | None = None,
 ) -> Path:
     """Write ``out/rings.json`` and ``out/cases/<ring_id>.{json,csv}`` atomically.
 
@@ -716,6 +723,8 @@ def export_cases(
         explanations: ``{ring_id: {user_id: explanation dict}}`` written into each case.
         source: provenance recorded in ``rings.json`` (``rings_run``: the run folder and the
             checksums of its graph, embeddings, rings and model files).
+        fraud_prob: the served fraud probabilities (``None``: the run has no scorer), for the
+            members' labels (:func:`case_file`).
 
     Returns:
         ``out``.
@@ -730,9 +739,10 @@ def export_cases(
     try:
         as_created(tmp, folder=True)
         (tmp / "cases").mkdir()
-        _dump(tmp / "rings.json", rings_payload(rings, hubs, mode, params or {}, source))
+        _dump(tmp / "rings.json", {**rings_payload(rings, hubs, mode, params or {}, source),
+                                   "case_version": CASE_VERSION})
         for ring in rings:
-            doc, timeline = case_file(ring, data, tables, (explanations or {}).get(ring.ring_id))
+            doc, timeline = case_file(ring, data, tables, (explanations or {}).get(ring.ring_id), fraud_prob)
             _dump(tmp / "cases" / f"{ring.ring_id}.json", doc)
             csv = timeline.copy()
             csv.insert(0, "ring_id", ring.ring_id)
@@ -799,7 +809,7 @@ def rings_run(
         source = {"run": str(run.path.resolve()),
                   "made_from": {**made_from, **run.sources(RINGS_FILE, optional=EXPORT_MODEL_FILES)}}
         export_cases(chosen, data, tables, export, hubs=det.hub_devices_, mode=det.mode_, params=params,
-                     explanations=explanations, source=source)
+                     explanations=explanations, source=source, fraud_prob=prob)
     return chosen
 
 
@@ -926,11 +936,12 @@ class FraudCases:
         """The rings ``user_id`` is a member of, ranked (empty: none); ``KeyError`` naming an unknown id."""
         if not self.has_user(user_id):
             raise KeyError(f"unknown user_id {_shown(user_id)}")
-        if self._member_of is None:
-            self._member_of = {}
+        if self._member_of is None:  # built whole before it is shared: another thread never sees it half-built
+            member_of: dict[str, list[Ring]] = {}
             for ring in self._rings:
                 for member in ring.members:
-                    self._member_of.setdefault(member, []).append(ring)
+                    member_of.setdefault(member, []).append(ring)
+            self._member_of = member_of
         return list(self._member_of.get(user_id, []))
 
     def labels(self, user_ids: Sequence[str]) -> dict[str, tuple[bool | None, bool]]:
@@ -940,7 +951,7 @@ class FraudCases:
         from shopgraph.graph.fraud_scorer import account_labels
 
         if self._labels is None:
-            self._labels = account_labels(self.data, self.fraud_prob is not None)
+            self._labels = account_labels(self.data, self.fraud_prob)
         labels, in_training = self._labels
         out: dict[str, tuple[bool | None, bool]] = {}
         for user in user_ids:

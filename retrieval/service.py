@@ -762,7 +762,8 @@ class ShopService:
         self.fraud_threshold = float("nan") if threshold is None else float(threshold)
         from shopgraph.graph.fraud_scorer import account_labels
 
-        self.fraud_labels, self.label_in_training = account_labels(data, self.fraud.get("kind", "none") != "none")
+        self.fraud_labels, self.label_in_training = account_labels(
+            data, self.fraud_prob if self.fraud.get("kind", "none") != "none" else None)
         self._revisit = _revisit_csr(embeddings, len(self.user_ids), n_items)
 
         # content vectors (for merging text + image scores and for cold start)
@@ -1308,7 +1309,9 @@ class ShopService:
             return
         expected = self._encoder_models.get(kind)
         name = getattr(encoder, "model_name", None)
-        if expected and isinstance(name, str) and name != expected:
+        # "<folder>@<digest of the weights>/<input size>": the same weights in a folder named
+        # otherwise are the same model
+        if expected and isinstance(name, str) and name.partition("@")[2] != expected.partition("@")[2]:
             where = f" at {path}" if path else ""
             raise NotAvailableError(
                 f"{kind} encoding is not available: the {kind} model{where} is not the one this run's item "

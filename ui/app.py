@@ -791,7 +791,7 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
                   "false alarms.")
     else:
         status = f"**{_md(user)}**: this run has no fraud scorer."
-    status += label_sentence(score.label, score.label_in_training)
+    status += label_sentence(score.label, score.label_in_training, scored=p == p)
     if cases is not None and cases.has_user(user):
         status += _ring_sentence(cases.rings_of(user))
     return FraudView(status, p, score.threshold, verdict(p, score.threshold), table, method)
@@ -802,7 +802,9 @@ def _ring_sentence(rings: Sequence[Ring]) -> str:
     if not rings:
         return ""
     named = ", ".join(f"**{_md(r.ring_id)}** ({len(r.members)} accounts, ring score {r.score:.2f})" for r in rings)
-    return f" A member of ring{'s' if len(rings) > 1 else ''} {named}: open it on the Rings tab to see who it shares devices with."
+    several = len(rings) > 1
+    return (f" A member of ring{'s' if several else ''} {named}: open {'them' if several else 'it'} on the Rings "
+            "tab to see who it shares devices with.")
 
 
 def label_words(label: bool | None, in_training: bool) -> str:
@@ -812,11 +814,14 @@ def label_words(label: bool | None, in_training: bool) -> str:
     return ("fraud" if label else "legitimate") + (" (trained on)" if in_training else "")
 
 
-def label_sentence(label: bool | None, in_training: bool) -> str:
-    """What the shop's own label says of an account, after its score (``""`` when unlabelled)."""
+def label_sentence(label: bool | None, in_training: bool, scored: bool = True) -> str:
+    """What the shop's own label says of an account, after its score (``""`` when unlabelled;
+    ``scored``: the run has a fraud scorer, so there is a probability to say something of)."""
     if label is None:
         return ""
     word = "fraud" if label else "legitimate"
+    if not scored:
+        return f" The shop's data labels this account **{word}**."
     if in_training:
         return (f" The shop's data labels this account **{word}**, and the scorer was trained on that label: "
                 "its probability is fitted to the label, not a prediction.")
@@ -1026,7 +1031,7 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
     source = export_dir / "cases" if export_dir is not None and exported_ring(export_dir, ring) else None
     if source is None:
         fresh = Path(tempfile.mkdtemp(prefix=f"{ring.ring_id}-", dir=work_dir)) / "export"
-        export_cases([ring], cases.data, cases.tables, fresh)
+        export_cases([ring], cases.data, cases.tables, fresh, fraud_prob=cases.fraud_prob)
         source = fresh / "cases"
     for p in wanted:
         shutil.copyfile(source / p.name, p)

@@ -429,10 +429,15 @@ def test_account_labels_mark_the_labels_the_scorer_was_fitted_on() -> None:
     data["user"].train_mask = torch.tensor([True, True, True, False, False])
     data["user"].val_mask = torch.tensor([False, False, False, True, False])
     data["user"].test_mask = torch.tensor([False, False, False, False, True])
-    labels, in_training = account_labels(data, scored=True)
+    prob = np.array([0.9, 0.1, 0.5, 0.7, 0.2])
+    labels, in_training = account_labels(data, prob)
     assert labels.tolist() == [1, 0, -1, 1, -1]
     assert in_training.tolist() == [True, True, False, False, False]  # unlabelled: nothing was fitted on it
-    assert not account_labels(data, scored=False)[1].any()  # no scorer: no label was trained on
+    # no scorer (no probabilities, or the all-NaN ones a run without a scorer stores): none trained on
+    assert not account_labels(data, None)[1].any()
+    assert not account_labels(data, np.full(5, np.nan))[1].any()
+    del data["user"].train_mask  # no split: no label was trained on
+    assert account_labels(data, prob)[0].tolist() == [1, 0, -1, 1, -1] and not account_labels(data, prob)[1].any()
     del data["user"].y
-    labels, in_training = account_labels(data, scored=True)
+    labels, in_training = account_labels(data, prob)
     assert (labels == -1).all() and not in_training.any()

@@ -286,10 +286,10 @@ def test_a_parquet_column_named_twice_is_fatal(tmp_path: Path, folder: bool) -> 
     items = pq.read_table(root / "items.parquet")
     twice = pa.table(items.columns + [items.column("price")], names=items.column_names + ["price"])
     (root / "items.parquet").unlink()
-    if folder:  # a Spark-style folder: the part files and a _SUCCESS marker
+    if folder:  # a Spark-style folder: the part files and a _SUCCESS marker; only the second repeats
         (root / "items.parquet").mkdir()
         (root / "items.parquet" / "_SUCCESS").write_bytes(b"")
-        pq.write_table(twice, root / "items.parquet" / "part-00000.parquet")
+        pq.write_table(items, root / "items.parquet" / "part-00000.parquet")
         pq.write_table(twice, root / "items.parquet" / "part-00001.parquet")
     else:
         pq.write_table(twice, root / "items.parquet")

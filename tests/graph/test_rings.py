@@ -320,7 +320,7 @@ def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
     RunDir(run_dir).verify()
 
     doc = json.loads((out / "rings.json").read_text())
-    check_keys(doc, {**RINGS_JSON, "source": dict}, "rings.json")
+    check_keys(doc, {**RINGS_JSON, "source": dict, "case_version": int}, "rings.json")
     manifest = RunDir(run_dir).manifest["files"]
     assert doc["source"]["run"] == str(run_dir.resolve())
     made_from = doc["source"]["made_from"]
@@ -369,13 +369,26 @@ def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
     changed = dataclasses.replace(top[0], member_scores={**top[0].member_scores, top[0].members[0]: 0.5})
     assert exported_ring(out, top[0]) and not exported_ring(out, changed)
     assert not exported_ring(tmp_path / "nowhere", top[0])
+    # an export of older case files (before the members' labels) is not handed out as this ring's
+    doc = json.loads((out / "rings.json").read_text())
+    del doc["case_version"]
+    (out / "rings.json").write_text(json.dumps(doc))
+    assert not exported_ring(out, top[0])
 
 
 def test_rings_run_without_fraud_prob(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path / "run", with_prob=False)
-    top = rings_run(run_dir, top=5, detector=RingDetector(hub_threshold=10))
+    top = rings_run(run_dir, top=5, export=tmp_path / "export", detector=RingDetector(hub_threshold=10))
     assert top[-1].members[0] == "h0"
     assert top[0].evidence["gnn_mean"] is None and top[0].evidence["mode"] == "behaviour+structure"
+    # no scorer: the members' labels are given, none as trained on
+    users = RunDir(run_dir).load_graph()["user"]
+    label_of = {str(u): int(v) for u, v in zip(users.ids, users.y.tolist())}
+    members = [m for r in top for m in json.loads((tmp_path / "export" / "cases" / f"{r.ring_id}.json")
+                                                   .read_text())["members"]]
+    assert members and not any(m["label_in_training"] for m in members)
+    assert [m["label"] for m in members] == [None if label_of[m["user_id"]] < 0 else bool(label_of[m["user_id"]])
+                                            for m in members]
 
 
 def test_export_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

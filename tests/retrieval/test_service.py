@@ -264,6 +264,17 @@ def test_scores_say_the_label_and_whether_the_scorer_was_fitted_on_it(service, r
     bare = load_service(tmp_path / "run")
     assert not any(s.label_in_training for s in bare.score_users(bare.user_ids, reasons=False))
     assert [s.label for s in bare.score_users(bare.user_ids, reasons=False)] == [s.label for s in scores]
+    # nor one whose fraud.json names a scorer but whose probabilities are missing: there is no score
+    RunDir(tmp_path / "run").write_json("fraud.json", {"kind": "gnn", "threshold": 0.5})
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(run_path / "embeddings.safetensors"))
+    del tensors["fraud_prob"]
+    RunDir(tmp_path / "run").write_with("embeddings.safetensors", lambda p: save_file(tensors, str(p)))
+    index_run(tmp_path / "run")
+    bare = load_service(tmp_path / "run", fraud_reasons=False)
+    scored = bare.score_users(bare.user_ids, reasons=False)
+    assert all(s.probability != s.probability for s in scored) and not any(s.label_in_training for s in scored)
 
 
 def test_a_batch_answers_each_user_to_the_last_bit(tmp_path):
@@ -1493,6 +1504,9 @@ def test_a_query_encoder_retrained_since_the_build_is_refused(run_path, tmp_path
             svc.search(text="running shoes", k=3)
     assert svc.search(image=solid_png((210, 30, 30)), k=3).item_ids  # the image model is the build's: served
     assert load_service(run_path).search(text="running shoes", k=3).item_ids  # the unchanged run
+    # the same weights in a folder named otherwise: the same model
+    run.write_json("features.json", {"text": {"model": "my-minilm@" + built_text.partition("@")[2], **scheme}})
+    assert load_service(tmp_path / "run").search(text="running shoes", k=3).item_ids
     # a run built before the names identified the weights (no scheme): its names cannot be compared
     run.write_json("features.json", {"text": {"model": "all-MiniLM-L6-v2@000000000000/max128"}})
     assert load_service(tmp_path / "run").search(text="running shoes", k=3).item_ids

@@ -6,6 +6,7 @@ import html
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -357,6 +358,15 @@ def test_fraud_view_says_what_the_shops_label_is_and_whether_it_was_trained_on(u
     word = "fraud" if unseen.label else "legitimate"
     assert f"labels this account **{word}**" in view.status and "the probability is a prediction" in view.status
     assert label_sentence(None, False) == "" and label_words(None, False) == ""
+    # a run without a fraud scorer has no probability to call fitted or predicted
+    assert label_sentence(True, False, scored=False) == " The shop's data labels this account **fraud**."
+    import shopgraph.ui.app as app
+
+    bare = SimpleNamespace(**{name: getattr(ui_service, name) for name in ("user_ids", "has_user")},
+                           score_user=lambda u: ui_service.score_user(u)._replace(probability=float("nan"),
+                                                                                 label_in_training=False))
+    view = app.fraud_view(bare, None, unseen.user_id)  # type: ignore[arg-type]
+    assert "no fraud scorer" in view.status and "prediction" not in view.status and "labels this account" in view.status
     assert label_words(True, True) == "fraud (trained on)" and label_words(False, False) == "legitimate"
 
 
