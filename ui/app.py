@@ -1039,6 +1039,8 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
 
 
 MEMBER_COLUMNS = ["user_id", "fraud probability", "label", "devices", "shared devices used", "purchases"]
+# the members table sits in a narrow column: every column keeps room for its header and values
+_MEMBER_WIDTHS: list[str | int] = ["16%", "14%", "18%", "12%", "26%", "14%"]
 
 
 def _members_labelled(labels: dict[str, tuple[bool | None, bool]]) -> str:
@@ -1545,7 +1547,8 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                     ring_files = gr.File(label="Case files (JSON + CSV)", file_count="multiple", interactive=False,
                                          elem_id="ring-files")
                     ring_members = gr.Dataframe(value=pd.DataFrame(columns=MEMBER_COLUMNS), label="Members",
-                                                interactive=False, wrap=True, elem_id="ring-members")
+                                                interactive=False, wrap=True, column_widths=_MEMBER_WIDTHS,
+                                                elem_id="ring-members")
 
             def on_ring(ring_id: Any) -> tuple[Any, ...]:
                 view = ring_view(cases, ring_id, export_dir, work_dir)
