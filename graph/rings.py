@@ -51,6 +51,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from shopgraph.graph.files import as_created, existing_ancestor, listed_names, through_link
+from shopgraph.graph.messages import shown
 from shopgraph.graph.run import RunDir, swap_in
 from shopgraph.graph.schema import HIGH_RISK_CATEGORIES, REV_PREFIX, ShopTables
 
@@ -849,18 +850,6 @@ def cli_rings(args: argparse.Namespace) -> int:
     return 0
 
 
-SHOWN_CHARS = 60  # longest id echoed in a lookup's message (as retrieval.service.shown cuts them)
-
-
-def _shown(value: Any, limit: int = SHOWN_CHARS) -> str:
-    """``repr(value)`` for a message, cut to about ``limit`` characters: a long id is named by its
-    start and its length, not echoed whole."""
-    text = repr(value)
-    if len(text) <= limit:
-        return text
-    return text[:limit] + "…" + (f" ({len(value):,} characters)" if isinstance(value, str) else "")
-
-
 class FraudCases:
     """The fraud side of a run, loaded once, for the service and the HTTP router.
 
@@ -925,7 +914,7 @@ class FraudCases:
         if ring is None:
             known = (f"{len(self._rings):,} rings known; ring ids look like {self._rings[0].ring_id}" if self._rings
                      else "no rings known")
-            raise KeyError(f"unknown ring_id {_shown(ring_id)} ({known})")
+            raise KeyError(f"unknown ring_id {shown(ring_id)} ({known})")
         return ring
 
     def has_user(self, user_id: str) -> bool:
@@ -935,7 +924,7 @@ class FraudCases:
     def rings_of(self, user_id: str) -> list[Ring]:
         """The rings ``user_id`` is a member of, ranked (empty: none); ``KeyError`` naming an unknown id."""
         if not self.has_user(user_id):
-            raise KeyError(f"unknown user_id {_shown(user_id)}")
+            raise KeyError(f"unknown user_id {shown(user_id)}")
         if self._member_of is None:  # built whole before it is shared: another thread never sees it half-built
             member_of: dict[str, list[Ring]] = {}
             for ring in self._rings:
@@ -956,7 +945,7 @@ class FraudCases:
         out: dict[str, tuple[bool | None, bool]] = {}
         for user in user_ids:
             if user not in self._user_index:
-                raise KeyError(f"unknown user_id {_shown(user)}")
+                raise KeyError(f"unknown user_id {shown(user)}")
             u = self._user_index[user]
             out[user] = (None if labels[u] < 0 else bool(labels[u]), bool(in_training[u]))
         return out

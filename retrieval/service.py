@@ -34,6 +34,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from shopgraph.graph.messages import SHOWN_CHARS, listed_ids, shown  # noqa: F401 - re-exported
 from shopgraph.graph.run import RunDir
 from shopgraph.retrieval.catalogue import (
     CatalogueError,
@@ -54,7 +55,6 @@ MAX_TEXT_CHARS = 2_000
 MAX_BATCH = 1_000
 RESCORE_MARGIN = 8  # candidates fetched beyond k and rescored exactly (near ties at the k-th place)
 _IMAGE_CHUNK = 32  # images decoded at a time when a batch is encoded (ShopService._encode_images)
-SHOWN_CHARS = 60  # longest value echoed in an error message
 REPLAY_BATCH = 1024  # journal entries whose adds are embedded in one pass
 # the one-hot flags of the items' category column (encoders/behaviour.py: "item_" + "category=<value>")
 CATEGORY_FLAG = "item_category="
@@ -245,20 +245,6 @@ def _refuse_not_a_list(values: Any, name: str, what: str = "ids") -> None:
         raise ValueError(f"{name}: expected a list of {what} (got {type(values).__name__})")
 
 
-def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
-    """``repr(value)`` for an error message, cut to about ``limit`` characters (a long input is
-    named by its start and its length, not echoed whole)."""
-    try:
-        text = repr(value)
-    except (ValueError, RecursionError):  # an int past Python's 4,300-digit limit; lists nested too deep
-        text = f"<{type(value).__name__} too large to show>"
-    if len(text) <= limit:
-        return text
-    size = f" ({len(value):,} characters)" if isinstance(value, str) else (
-        f" ({len(value):,} items)" if isinstance(value, Sequence | bytes) else "")
-    return text[:limit] + "…" + size
-
-
 def check_k(k: Any, name: str = "k") -> int:
     """``k`` as an int in 1..1000, else ``ValueError`` naming it."""
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= int(k) <= K_MAX:
@@ -312,12 +298,6 @@ def batch_problems(problems: Sequence[str], total: int, shown_at_most: int = 5) 
     more = f"; and {len(problems) - shown_at_most:,} more" if len(problems) > shown_at_most else ""
     return (f"{len(problems):,} of {total:,} items are not valid, nothing was added: "
             + "; ".join(problems[:shown_at_most]) + more)
-
-
-def listed_ids(ids: Sequence[str], at_most: int = 10) -> str:
-    """``'a', 'b' and 3 more``: the ids an error names."""
-    return ", ".join(shown(i) for i in ids[:at_most]) + (f" and {len(ids) - at_most:,} more" if len(ids) > at_most
-                                                         else "")
 
 
 def _megabytes(size: int) -> str:

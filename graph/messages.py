@@ -1,0 +1,34 @@
+"""How an error message quotes what it was given: one place for every layer.
+
+``shown`` cuts a long value (an id of 10,000 characters is named by its start and its length, not
+echoed whole) and never fails on one that ``repr`` cannot write; ``listed_ids`` names a few of
+many ids. Torch-free and import-free, so the loader, the rings, the service, the HTTP API and the
+demo quote values alike (``retrieval.service`` re-exports both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+SHOWN_CHARS = 60  # longest value echoed in an error message
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters (a long input is
+    named by its start and its length, not echoed whole)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an int past Python's 4,300-digit limit; lists nested too deep
+        text = f"<{type(value).__name__} too large to show>"
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value):,} characters)" if isinstance(value, str) else (
+        f" ({len(value):,} items)" if isinstance(value, Sequence | bytes) else "")
+    return text[:limit] + "…" + size
+
+
+def listed_ids(ids: Sequence[str], at_most: int = 10) -> str:
+    """``'a', 'b' and 3 more``: the ids an error names."""
+    return ", ".join(shown(i) for i in ids[:at_most]) + (f" and {len(ids) - at_most:,} more" if len(ids) > at_most
+                                                         else "")
