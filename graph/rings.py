@@ -625,6 +625,13 @@ def exported_ring(export: str | Path, ring: Ring) -> bool:
                for r in doc.get("rings", []))
 
 
+def export_current(export: str | Path) -> bool:
+    """Whether ``export`` holds a case export whose case files are of this version
+    (``case_version``: :data:`CASE_VERSION`), so that nothing need write them again."""
+    doc = _export_doc(Path(export))
+    return doc is not None and doc["schema_version"] == SCHEMA_VERSION and doc.get("case_version") == CASE_VERSION
+
+
 def load_rings(run_dir: str | Path) -> list[Ring]:
     """The ranked rings stored by :func:`rings_run` in ``RUN/rings/rings.json``."""
     raw = RunDir(run_dir).read_json(RINGS_FILE)

@@ -793,18 +793,30 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
         status = f"**{_md(user)}**: this run has no fraud scorer."
     status += label_sentence(score.label, score.label_in_training, scored=p == p)
     if cases is not None and cases.has_user(user):
-        status += _ring_sentence(cases.rings_of(user))
+        ranked = cases.rings()
+        status += _ring_sentence(cases.rings_of(user), {r.ring_id: k for k, r in enumerate(ranked, start=1)},
+                                 len(ranked))
     return FraudView(status, p, score.threshold, verdict(p, score.threshold), table, method)
 
 
-def _ring_sentence(rings: Sequence[Ring]) -> str:
-    """The Fraud tab's sentence on the rings an account is a member of (``""``: none)."""
+def _ring_sentence(rings: Sequence[Ring], ranks: dict[str, int], total: int) -> str:
+    """The Fraud tab's sentence on the device-sharing groups an account is in (``""``: none).
+
+    Worded as a fact, not an accusation: most low-ranked groups are households and shared
+    computers; the ring score and its rank among all ``total`` groups say how suspicious one is."""
     if not rings:
         return ""
-    named = ", ".join(f"**{_md(r.ring_id)}** ({len(r.members)} accounts, ring score {r.score:.2f})" for r in rings)
+    named = ", ".join(f"**{_md(r.ring_id)}** ({len(r.members)} accounts; ring score {r.score:.2f}, "
+                      f"{_ordinal(ranks[r.ring_id])} of {total})" for r in rings)
     several = len(rings) > 1
-    return (f" A member of ring{'s' if several else ''} {named}: open {'them' if several else 'it'} on the Rings "
-            "tab to see who it shares devices with.")
+    return (f" Shares devices with the other accounts of group{'s' if several else ''} {named}: open "
+            f"{'them' if several else 'it'} on the Rings tab to see who they are.")
+
+
+def _ordinal(n: int) -> str:
+    """``1`` -> ``1st``, ``12`` -> ``12th``, ``23`` -> ``23rd``."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def label_words(label: bool | None, in_training: bool) -> str:
@@ -1029,9 +1041,14 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
     from shopgraph.graph.rings import export_cases, exported_ring
 
     source = export_dir / "cases" if export_dir is not None and exported_ring(export_dir, ring) else None
-    if source is None:
+    if source is None:  # as `shopgraph rings --export` writes them: the top members explained too
+        from shopgraph.graph.explain import explain_ring_members
+
+        explained = explain_ring_members(ring, cases.data, cases.model, fraud_prob=cases.fraud_prob,
+                                         served=cases.served)
         fresh = Path(tempfile.mkdtemp(prefix=f"{ring.ring_id}-", dir=work_dir)) / "export"
-        export_cases([ring], cases.data, cases.tables, fresh, fraud_prob=cases.fraud_prob)
+        export_cases([ring], cases.data, cases.tables, fresh, fraud_prob=cases.fraud_prob,
+                     explanations={ring.ring_id: explained})
         source = fresh / "cases"
     for p in wanted:
         shutil.copyfile(source / p.name, p)
@@ -1050,9 +1067,16 @@ def _members_labelled(labels: dict[str, tuple[bool | None, bool]]) -> str:
     if not known:
         return ""
     trained = sum(1 for label, in_training in labels.values() if label is not None and in_training)
-    share = f"all {fraud}" if fraud == len(labels) else f"{fraud} of the {len(labels)}"
-    text = (f" The shop's data labels {share} members fraud"
-            f"{f' and {known - fraud} legitimate' if known > fraud else ''} (**label** column).")
+    legit = known - fraud
+
+    def share(n: int) -> str:
+        return f"all {n}" if n == len(labels) else f"{n} of the {len(labels)}"
+
+    if fraud and legit:
+        labelled = f"{share(fraud)} members fraud and {legit} legitimate"
+    else:
+        labelled = f"{share(fraud)} members fraud" if fraud else f"{share(legit)} members legitimate"
+    text = f" The shop's data labels {labelled} (**label** column)."
     if trained:
         text += (f" The scorer was trained on {trained} of these labels (\"trained on\"): those members' "
                  "probabilities are fitted to their labels, not predictions.")
@@ -1105,7 +1129,10 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
            else "sharing no device")
     status = (f"**Ring {ring.ring_id}**: {len(ring.members)} accounts {tie}; ring score {ring.score:.2f}. "
               "Account colour is the fraud probability (green low, red high); dark outlined squares are the shared devices. The case files hold every "
-              "member's evidence and the ring's timeline." + _members_labelled(labels))
+              "member's evidence and the ring's timeline."
+              + (f" Account ids are drawn for rings of up to {RING_LABELS} accounts; the Members table lists "
+                 "them all." if len(ring.members) > RING_LABELS else "")
+              + _members_labelled(labels))
     return RingView(status, image, files, members)
 
 

@@ -42,7 +42,7 @@ def prepare(workdir: Path, *, users: int = 5000, seed: int = 0) -> Path:
     """Generate, build, train, evaluate, index and find rings; return the run folder."""
     from shopgraph.graph.evaluate import evaluate_run
     from shopgraph.graph.pipeline import build_run
-    from shopgraph.graph.rings import rings_run
+    from shopgraph.graph.rings import export_current, rings_run
     from shopgraph.graph.synthetic import generate_shop
     from shopgraph.graph.train import train_run
     from shopgraph.retrieval.index import index_run
@@ -61,7 +61,9 @@ def prepare(workdir: Path, *, users: int = 5000, seed: int = 0) -> Path:
     # a stage's output is reused only while what it was computed from is unchanged (RunDir.fresh)
     _step("evaluate against the baselines", built and run.fresh("metrics.json"), lambda: evaluate_run(run_path))
     _step("build the FAISS indexes", built and run.fresh("index/gnn_items.json"), lambda: index_run(run_path))
-    _step("find fraud rings and export their case files", built and run.fresh("rings/rings.json"),
+    # ... and the case export only while its case files are of the current version (export_current)
+    _step("find fraud rings and export their case files",
+          built and run.fresh("rings/rings.json") and export_current(run_path / "cases"),
           lambda: rings_run(run_path, export=run_path / "cases"))
     return run_path
 

@@ -22,10 +22,12 @@ from shopgraph.ui.app import (
     PLOT_CAPTIONS,
     RECOMMEND_COLUMNS,
     RESULT_COLUMNS,
+    RING_LABELS,
     SIMILARITY,
     Thumbnails,
     UserHistory,
     _members_labelled,
+    _ordinal,
     build_app,
     default_user,
     draw_ring,
@@ -376,10 +378,12 @@ def test_fraud_view_names_the_rings_an_account_is_in(ui_service: ShopService, ui
         pytest.skip("no rings found in the small run")
     ring = rings[0]
     view = fraud_view(ui_service, ui_cases, ring.members[0])
-    assert f"A member of ring **{ring.ring_id}** ({len(ring.members)} accounts, ring score {ring.score:.2f})" \
-        in view.status
+    assert (f"Shares devices with the other accounts of group **{ring.ring_id}** ({len(ring.members)} accounts; "
+            f"ring score {ring.score:.2f}, 1st of {len(rings)})") in view.status
     loner = next(u for u in ui_service.user_ids if not ui_cases.rings_of(u))
-    assert "member of ring" not in fraud_view(ui_service, ui_cases, loner).status
+    assert "Shares devices" not in fraud_view(ui_service, ui_cases, loner).status
+    assert [_ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111)] == [
+        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "101st", "111th"]
 
 
 def test_fraud_view_without_cases_uses_service_reasons(ui_service: ShopService) -> None:
@@ -433,11 +437,17 @@ def test_ring_view_draws_and_offers_case_files(ui_run: Path, ui_cases: FraudCase
     labels = ui_cases.labels(ring.members)
     assert view.members["label"].tolist() == [label_words(*labels[u]) for u in view.members["user_id"]]
     assert view.status.endswith(_members_labelled(labels)) and "(**label** column)" in _members_labelled(labels)
+    assert ("Account ids are drawn for rings of up to" in view.status) == (len(ring.members) > RING_LABELS)
     # the run's export holds this very ring: its files are the ones handed out
     assert json_path.read_bytes() == (ui_run / "cases" / "cases" / json_path.name).read_bytes()
+    exported = json.loads(json_path.read_text())
+    assert exported["explanations"]
     # a run without an export: the case files are written on the fly, same schema
     fresh = ring_view(ui_cases, ring.ring_id, None, tmp_path / "other")
-    assert json.loads(Path(fresh.files[0]).read_text())["ring_id"] == ring.ring_id
+    written = json.loads(Path(fresh.files[0]).read_text())
+    assert written["ring_id"] == ring.ring_id
+    # ... with the top members explained, as `shopgraph rings --export` writes them
+    assert written["explanations"] == json.loads(json.dumps(exported["explanations"]))
 
 
 def test_members_labelled_counts_the_labels_and_those_trained_on() -> None:
@@ -447,6 +457,10 @@ def test_members_labelled_counts_the_labels_and_those_trained_on() -> None:
     assert 'trained on 2 of these labels ("trained on")' in text
     text = _members_labelled({"a": (True, False), "b": (True, False)})
     assert text == " The shop's data labels all 2 members fraud (**label** column)."
+    text = _members_labelled({"a": (False, False), "b": (False, True), "c": (False, False)})
+    assert text.startswith(" The shop's data labels all 3 members legitimate (**label** column).")
+    text = _members_labelled({"a": (False, False), "b": (None, False), "c": (False, False)})
+    assert text == " The shop's data labels 2 of the 3 members legitimate (**label** column)."
 
 
 def test_ring_view_never_hands_out_a_stale_export(ui_run: Path, ui_cases: FraudCases, tmp_path: Path) -> None:

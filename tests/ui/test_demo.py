@@ -29,6 +29,19 @@ def test_prepare_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, capsys
     second = capsys.readouterr().out
     assert second.count("already done, reusing it") == 6
     assert run.manifest["files"] == files_before
+    # an export of older case files (before the members' labels): only the rings stage runs again
+    from shopgraph.graph.rings import export_current
+
+    assert export_current(run_path / "cases")
+    export["case_version"] = 1
+    (run_path / "cases" / "rings.json").write_text(json.dumps(export))
+    assert not export_current(run_path / "cases")
+    prepare(tmp_path / "work", users=200, seed=1)
+    redone = capsys.readouterr().out
+    assert redone.count("already done, reusing it") == 5 and "find fraud rings and export their case files ..." in redone
+    assert export_current(run_path / "cases")
+    case = json.loads(next((run_path / "cases" / "cases").glob("*.json")).read_text())
+    assert all("label" in m for m in case["members"]) and case["explanations"]
 
     # trained again with another seed: what was computed from the old model is out of date, refused
     # by name where it is read, and redone (only that) by the next `shopgraph demo`
