@@ -625,6 +625,13 @@ def exported_ring(export: str | Path, ring: Ring) -> bool:
                for r in doc.get("rings", []))
 
 
+def known_fraud(labels: dict[str, tuple[bool | None, bool]]) -> tuple[int, int]:
+    """``(members labelled fraud in the shop's data, how many of those labels the scorer was trained
+    on)`` of :meth:`FraudCases.labels`' answer for a ring's members."""
+    fraud = [trained for label, trained in labels.values() if label]
+    return len(fraud), sum(fraud)
+
+
 def export_current(export: str | Path) -> bool:
     """Whether ``export`` holds a case export whose case files are of this version
     (``case_version``: :data:`CASE_VERSION`), so that nothing need write them again."""

@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from shopgraph.graph.explain import Explanation
-from shopgraph.graph.rings import SCHEMA_VERSION, Ring
+from shopgraph.graph.rings import SCHEMA_VERSION, Ring, known_fraud
 from shopgraph.retrieval.params import strict_query
 from shopgraph.retrieval.service import shown
 
@@ -58,6 +58,10 @@ class RingOut(BaseModel):
     shared_devices: list[str]
     member_scores: dict[str, float]
     evidence: RingEvidence
+    known_fraud: int | None = Field(None, description="members the shop's data labels fraud (null: no labels given)")
+    known_fraud_trained_on: int | None = Field(
+        None, description="of those, the ones whose label the scorer was trained on: their member scores are fitted "
+                          "to the label, not predicted")
 
 
 class RingsOut(BaseModel):
@@ -133,11 +137,12 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _ring_out(ring: Ring, rank: int) -> RingOut:
+def _ring_out(ring: Ring, rank: int, labels: dict[str, tuple[bool | None, bool]] | None = None) -> RingOut:
     evidence = {k: _clean(v) for k, v in ring.evidence.items() if k in RingEvidence.model_fields}
+    fraud, trained = known_fraud(labels) if labels is not None else (None, None)
     return RingOut(ring_id=ring.ring_id, rank=rank, score=ring.score, members=list(ring.members),
                    shared_devices=list(ring.shared_devices), member_scores=dict(ring.member_scores),
-                   evidence=RingEvidence(**evidence))
+                   evidence=RingEvidence(**evidence), known_fraud=fraud, known_fraud_trained_on=trained)
 
 
 def fraud_router(
@@ -184,7 +189,17 @@ def fraud_router(
             ranked = [(k, r) for k, r in ranked if user_id in r.members]
         chosen = ranked[:top]
         return RingsOut(schema_version=SCHEMA_VERSION, total=len(ranked), count=len(chosen),
-                        rings=[_ring_out(r, k) for k, r in chosen])
+                        rings=[_ring_out(r, k, members_labels(r)) for k, r in chosen])
+
+    def members_labels(r: Ring) -> dict[str, tuple[bool | None, bool]] | None:
+        """The ring members' labels (``None``: none given, or not for these users)."""
+        if labels is None:
+            return None
+        try:
+            return labels(r.members)
+        except KeyError as exc:  # a ring of other users than the graph's: its case without labels
+            logger.warning("ring %s: member labels left out (%s)", r.ring_id, exc)
+            return None
 
     @router.get("/ring/{ring_id}", response_model=RingCaseOut, summary="One ring's case", responses=_errors(404, 422),
                 dependencies=[Depends(strict_query(()))])
@@ -205,14 +220,10 @@ def fraud_router(
                 raise HTTPException(404, f"ring_id: unknown ring {shown(ring_id)} (no timeline)") from None
             # to_json turns NaN into null and numpy scalars into JSON numbers
             events = [TimelineEvent(**row) for row in json.loads(frame.to_json(orient="records"))]
-        member_labels = None
-        if labels is not None:
-            try:
-                member_labels = {u: MemberLabelOut(label=label, label_in_training=trained)
-                                 for u, (label, trained) in labels(r.members).items()}
-            except KeyError as exc:  # a ring of other users than the graph's: its case without labels
-                logger.warning("ring %s: member labels left out (%s)", r.ring_id, exc)
-        out = _ring_out(r, rank)
+        got = members_labels(r)
+        member_labels = (None if got is None else
+                         {u: MemberLabelOut(label=label, label_in_training=trained) for u, (label, trained) in got.items()})
+        out = _ring_out(r, rank, got)
         return RingCaseOut(**out.model_dump(), schema_version=SCHEMA_VERSION, timeline=events,
                            member_labels=member_labels)
 

@@ -842,14 +842,16 @@ def label_sentence(label: bool | None, in_training: bool, scored: bool = True) -
 
 
 # -- Rings ------------------------------------------------------------------------------------------
-RING_COLUMNS = ["ring", "score", "members", "shared devices", "mean fraud probability", "median account age (days)",
-                "purchases per day", "high-risk share"]
+RING_COLUMNS = ["ring", "score", "members", "known fraud", "shared devices", "mean fraud probability",
+                "median account age (days)", "purchases per day", "high-risk share"]
 RING_TOP = 50  # rings listed in the table (the dropdown takes any ring id)
 RING_LEGEND = (
     "**score**: how suspicious the group is, 0 to 1 (the members' fraud probabilities weigh most, then young "
-    "accounts, fast buying, risky categories, size and how tightly they share devices); **shared devices**: how "
-    "many devices two or more members used, with the first ids; **mean fraud probability**: the members' average fraud "
-    "probability; **median account age**: days from account creation to first activity, typical member; "
+    "accounts, fast buying, risky categories, size and how tightly they share devices); **known fraud**: members "
+    "the shop's data already labels fraud, and how many of those labels the scorer was trained on (their "
+    "probabilities are fitted to the label, not predicted, and count in the mean and the score); **shared "
+    "devices**: how many devices two or more members used, with the first ids; **mean fraud probability**: the "
+    "members' average fraud probability; **median account age**: days from account creation to first activity, typical member; "
     "**purchases per day**: typical member's buying speed; **high-risk share**: typical member's share of "
     "spending on easily resold goods (electronics, gift cards).")
 RING_DEVICES_LISTED = 3  # shared device ids written in a table cell
@@ -876,10 +878,17 @@ def rings_table(cases: FraudCases | None, top: int = RING_TOP) -> pd.DataFrame:
         n = len(ring.shared_devices)
         return f"{n}: {_id_list(ring.shared_devices, RING_DEVICES_LISTED)}" if n else "0"
 
-    rows = [[r.ring_id, round(r.score, 3), len(r.members), devices(r), ev(r, "gnn_mean", 2),
+    def known(ring: Ring) -> str:
+        from shopgraph.graph.rings import known_fraud
+
+        fraud, trained = known_fraud(cases.labels(ring.members))
+        return f"{fraud} ({trained} trained on)" if trained else str(fraud)
+
+    rows = [[r.ring_id, round(r.score, 3), len(r.members), known(r), devices(r), ev(r, "gnn_mean", 2),
              ev(r, "median_account_age_days", 1), ev(r, "purchase_velocity", 2), ev(r, "high_risk_share", 2)]
             for r in cases.rings(top=top)]
     return pd.DataFrame(rows, columns=RING_COLUMNS)
+
 
 
 def rings_note(cases: FraudCases | None, top: int = RING_TOP) -> str:

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from shopgraph.graph.explain import Explanation
-from shopgraph.graph.rings import SCHEMA_VERSION, FraudCases, Ring, RingDetector, rings_run
+from shopgraph.graph.rings import SCHEMA_VERSION, FraudCases, Ring, RingDetector, known_fraud, rings_run
 from shopgraph.retrieval.fraud_api import fraud_router
 from tests.graph.test_rings import make_run
 
@@ -43,6 +43,12 @@ def test_rings_ranked_and_typed(client: TestClient, cases: FraudCases) -> None:
     assert body["rings"][2]["members"][0] == "h0"  # the household ranks last
     r = client.get("/fraud/rings", params={"top": 2})
     assert r.status_code == 200 and r.json()["count"] == 2 and r.json()["total"] == 3
+    # each ring says how many members are known fraud, and how many of those labels were trained on
+    for x in body["rings"]:
+        labels = cases.labels(x["members"])
+        assert (x["known_fraud"], x["known_fraud_trained_on"]) == known_fraud(labels)
+        assert x["known_fraud"] == sum(1 for label, _ in labels.values() if label)
+    assert any(x["known_fraud"] for x in body["rings"])
 
 
 def test_rings_of_one_account(client: TestClient, cases: FraudCases) -> None:
@@ -152,6 +158,7 @@ def test_missing_capabilities_and_odd_evidence_never_500() -> None:
     assert r.status_code == 200
     ev = r.json()["rings"][0]["evidence"]
     assert ev["size"] == 3 and ev["median_account_age_days"] is None and "unexpected" not in ev
+    assert r.json()["rings"][0]["known_fraud"] is None  # no labels given
     r = client.get("/fraud/ring/R0001")
     assert r.status_code == 200 and r.json()["timeline"] is None and r.json()["member_labels"] is None
     r = client.get("/fraud/explain", params={"user_id": "a"})

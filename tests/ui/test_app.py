@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from shopgraph.graph.rings import FraudCases
+from shopgraph.graph.rings import FraudCases, known_fraud
 from shopgraph.graph.run import RunDir
 from shopgraph.retrieval.service import ShopService
 from shopgraph.ui.app import (
@@ -408,6 +408,9 @@ def test_rings_table_is_ranked(ui_cases: FraudCases) -> None:
     assert table["members"].tolist() == [len(r.members) for r in rings]
     assert table["score"].is_monotonic_decreasing
     assert rings_table(None).empty
+    for cell, ring in zip(table["known fraud"], rings):  # labelled fraud members, and how many trained on
+        fraud, trained = known_fraud(ui_cases.labels(ring.members))
+        assert cell == (f"{fraud} ({trained} trained on)" if trained else str(fraud))
     for cell, ring in zip(table["shared devices"], rings):  # which devices tie the ring, not only how many
         assert cell.startswith(f"{len(ring.shared_devices)}") and all(d in cell for d in ring.shared_devices[:3])
     assert rings_note(ui_cases, top=2) == f"Showing the top 2 of {len(ui_cases.rings())} rings; type any other " \
