@@ -210,7 +210,10 @@ def fraud_router(
             folded = [(k, r) for k, r in enumerate(ranked, start=1) if r.ring_id.casefold() == ring_id.casefold()]
             found = folded[0] if len(folded) == 1 else None
         if found is None:
-            raise HTTPException(404, f"ring_id: unknown ring {shown(ring_id)} ({len(ranked)} rings known)")
+            known = (f"{len(ranked)} ring{'s' if len(ranked) > 1 else ''} known; ring ids look like "
+                     f"{ranked[0].ring_id}" if ranked
+                     else "no rings known")
+            raise HTTPException(404, f"ring_id: unknown ring {shown(ring_id)} ({known})")
         rank, r = found
         events: list[TimelineEvent] | None = None
         if timeline is not None:

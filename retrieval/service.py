@@ -256,7 +256,7 @@ def check_bool(value: Any, name: str) -> bool:
     """``value`` if it is a bool (``numpy.bool_`` too), else ``ValueError`` naming it: a string
     like ``"no"`` is truthy and would silently mean the opposite."""
     if not isinstance(value, bool | np.bool_):
-        raise ValueError(f"{name}: expected True or False (got {type(value).__name__} {shown(value)})")
+        raise ValueError(f"{name}: expected a boolean, true or false (got {type(value).__name__} {shown(value)})")
     return bool(value)
 
 

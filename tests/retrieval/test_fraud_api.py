@@ -100,7 +100,11 @@ def test_a_ring_id_in_any_case_is_that_ring(client: TestClient) -> None:
 
 def test_unknown_ring_is_404_naming_it(client: TestClient) -> None:
     r = client.get("/fraud/ring/R9999")
-    assert r.status_code == 404 and r.json()["detail"].startswith("ring_id: unknown ring 'R9999' (")
+    assert r.status_code == 404
+    assert r.json()["detail"] == "ring_id: unknown ring 'R9999' (3 rings known; ring ids look like R0001)"
+    r = _app().get("/fraud/ring/R0002")
+    assert r.status_code == 404 and r.json()["detail"] == "ring_id: unknown ring 'R0002' (1 ring known; ring ids " \
+                                                           "look like R0001)"
 
 
 def test_explain_user(client: TestClient) -> None:
