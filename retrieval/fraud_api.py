@@ -129,6 +129,10 @@ class ExplanationOut(BaseModel):
     method: str
     features: list[FeatureOut]
     neighbours: list[NeighbourOut]
+    label: bool | None = Field(None, description="the account's is_fraud label in the shop's data (null: unlabelled, "
+                                                 "or no labels given)")
+    label_in_training: bool | None = Field(None, description="the scorer was trained on that label, so `score` is "
+                                                             "fitted to it rather than predicted (null: no labels given)")
 
 
 def _clean(value: Any) -> Any:
@@ -242,10 +246,17 @@ def fraud_router(
             raise HTTPException(404, f"user_id: unknown user {shown(user_id)}") from None
         except (ValueError, TypeError) as exc:
             raise HTTPException(422, str(exc)) from exc
+        label, trained = None, None
+        if labels is not None:
+            try:
+                label, trained = labels([user_id])[user_id]
+            except KeyError:  # explained but not among the labelled graph's users: no label to give
+                pass
         return ExplanationOut(
             user_id=ex.user_id, score=ex.score, method=ex.method,
             features=[FeatureOut(**f._asdict()) for f in ex.features],
             neighbours=[NeighbourOut(**n._asdict()) for n in ex.neighbours],
+            label=label, label_in_training=trained,
         )
 
     return router

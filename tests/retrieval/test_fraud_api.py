@@ -107,13 +107,16 @@ def test_unknown_ring_is_404_naming_it(client: TestClient) -> None:
                                                            "look like R0001)"
 
 
-def test_explain_user(client: TestClient) -> None:
+def test_explain_user(client: TestClient, cases: FraudCases) -> None:
     r = client.get("/fraud/explain", params={"user_id": "ra2"})
     assert r.status_code == 200
     body = r.json()
     assert body["user_id"] == "ra2" and body["method"] == "behaviour_zscore"  # the fake run has no model
     assert 0 < body["score"] < 1 and len(body["features"]) == 5
     assert {n["node_id"] for n in body["neighbours"]} <= {"dA1", "dA2"}
+    assert (body["label"], body["label_in_training"]) == cases.labels(["ra2"])["ra2"]
+    r = _app(explain=cases.explain).get("/fraud/explain", params={"user_id": "ra2"})
+    assert r.status_code == 200 and r.json()["label"] is None and r.json()["label_in_training"] is None
 
 
 def test_explain_errors(client: TestClient) -> None:
