@@ -27,6 +27,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -1362,6 +1363,29 @@ def _warn(status: str) -> None:
         gr.Warning(status[len(ERROR_PREFIX):], duration=8)
 
 
+DUPLICATE_WINDOW_S = 2.0  # the same inputs again within this time are the same request (see _once)
+
+
+def _once(fn: Callable[..., tuple[Any, ...]], n_outputs: int, used: int | None = None) -> Callable[..., tuple[Any, ...]]:
+    """``fn(*inputs) -> outputs`` as a handler of ``(*inputs, last)`` returning ``(*outputs, last)``,
+    ``last`` a ``gr.State`` of the inputs it answered and when. An event with the same inputs (the
+    first ``used`` of them; all by default) as the last answered one within
+    :data:`DUPLICATE_WINDOW_S` is skipped: typing an id and clicking the tab's button sends two (the
+    box's change as it loses focus, then the click), which answered twice and showed every problem
+    twice. The listeners sharing ``last`` must share one ``concurrency_id``, so that the second sees
+    what the first wrote."""
+    import gradio as gr
+
+    def handler(*args: Any) -> tuple[Any, ...]:
+        *inputs, last = args
+        key, now = repr(inputs[:used]), time.monotonic()
+        if isinstance(last, tuple) and last[0] == key and now - last[1] < DUPLICATE_WINDOW_S:
+            return (*[gr.skip()] * n_outputs, last)
+        return (*fn(*inputs), (key, now))
+
+    return handler
+
+
 def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Path | None = None) -> gr.Blocks:
     """The Gradio Blocks app over ``service``.
 
@@ -1437,7 +1461,10 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 _warn(view.status)
                 return view.status, view.history, view.gallery, view.table
 
-            rec_btn.click(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
+            rec_last = gr.State(None)
+            rec_once = _once(on_recommend, 4)
+            rec_outputs = [rec_status, rec_hist, rec_gallery, rec_table, rec_last]
+            rec_btn.click(rec_once, [rec_user, rec_k, rec_last], rec_outputs, concurrency_id="recommend")
 
             def on_visitor(picked: Any, k: Any) -> tuple[Any, ...]:
                 view = visitor_view(service, thumbs, picked, k)
@@ -1447,9 +1474,9 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             visitor_btn.click(on_visitor, [visitor_items, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
             # .change, not .select: a typed id that matches no entry (kept as typed on Enter or when the
             # box loses focus) is a change but no select; so is the empty id of NO_CHOICE
-            rec_user.change(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
+            rec_user.change(rec_once, [rec_user, rec_k, rec_last], rec_outputs, concurrency_id="recommend")
             # the first screen shows a result, not an empty form
-            app.load(on_recommend, [rec_user, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
+            app.load(rec_once, [rec_user, rec_k, rec_last], rec_outputs, concurrency_id="recommend")
 
         with gr.Tab("Similar & search", id="search"):
             gr.Markdown("**Find items three ways.** *Similar items*: what the same kind of shopper buys (from the graph). "
@@ -1487,10 +1514,12 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                     return tuple(view)
                 return handler
 
-            sim_item.change(wrap(similar_view), [sim_item, search_k], outputs)
-            sim_btn.click(wrap(similar_view), [sim_item, search_k], outputs)
-            txt_btn.click(wrap(text_search_view), [txt_query, search_k], outputs)
-            txt_query.submit(wrap(text_search_view), [txt_query, search_k], outputs)
+            sim_last, txt_last = gr.State(None), gr.State(None)
+            sim_once, txt_once = _once(wrap(similar_view), 3), _once(wrap(text_search_view), 3)
+            sim_item.change(sim_once, [sim_item, search_k, sim_last], [*outputs, sim_last], concurrency_id="similar")
+            sim_btn.click(sim_once, [sim_item, search_k, sim_last], [*outputs, sim_last], concurrency_id="similar")
+            txt_btn.click(txt_once, [txt_query, search_k, txt_last], [*outputs, txt_last], concurrency_id="text")
+            txt_query.submit(txt_once, [txt_query, search_k, txt_last], [*outputs, txt_last], concurrency_id="text")
             def on_image(path: Any, k: Any) -> tuple[Any, ...]:
                 view = image_search_view(service, thumbs, path, k)
                 _warn(view.status)
@@ -1554,10 +1583,13 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             # range gets our message; Gradio's own check would answer with a bare "Error" and a traceback
             score_outputs = [fr_status, fr_prob, fr_verdict, fr_reasons, fr_method]
 
-            fr_btn.click(on_score, [fr_user, fr_threshold], score_outputs, preprocess=False)
-            fr_user.change(on_score, [fr_user, fr_threshold], score_outputs, preprocess=False)
+            fr_last = gr.State(None)
+            # the account makes a request new, not the threshold: on_threshold redraws the verdict for it
+            score_once = _once(on_score, len(score_outputs), used=1)
+            for listen in (fr_btn.click, fr_user.change, app.load):
+                listen(score_once, [fr_user, fr_threshold, fr_last], [*score_outputs, fr_last], preprocess=False,
+                       concurrency_id="fraud-score")
             fr_threshold.change(on_threshold, [fr_prob, fr_threshold], [fr_verdict], preprocess=False)
-            app.load(on_score, [fr_user, fr_threshold], score_outputs, preprocess=False)
 
         with gr.Tab("Rings", id="rings"):
             gr.Markdown("**Groups of accounts that share devices: possible fraud rings**, ranked by a score that "

@@ -344,3 +344,34 @@ def test_enter_in_an_emptied_box_is_a_message(page: Any, ui_cases: FraudCases) -
         expect(page.locator(status)).to_contain_text(f"{label}: pick one from the list or type an id", timeout=10_000)
         _close_toasts(page)
     assert page.get_by_text("Traceback").count() == 0
+
+
+def test_typing_an_id_then_clicking_the_button_answers_once(page: Any, ui_service: ShopService,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The box's change as it loses focus and the button's click are one request: answered once
+    (each problem was shown twice, 'Warning (2)', and every account scored twice)."""
+    import shopgraph.ui.app as app
+
+    calls: list[str] = []
+    real = app.fraud_view
+
+    def counted(service: Any, cases: Any, user_id: Any) -> Any:
+        calls.append(str(user_id))
+        return real(service, cases, user_id)
+
+    monkeypatch.setattr(app, "fraud_view", counted)
+    _tab(page, "Fraud")
+    _close_toasts(page)
+    box = page.get_by_label("Account")
+    for typed, shown in ((ui_service.user_ids[7], ui_service.user_ids[7]), ("ghost-7", "unknown account 'ghost-7'")):
+        box.fill(typed)
+        page.get_by_role("button", name="Score").click()  # the box loses focus (a change), then the click
+        expect(page.locator("#fraud-status")).to_contain_text(shown)
+        page.wait_for_timeout(1500)  # a second answer would have come by now
+        assert calls.count(typed) == 1, calls
+    expect(page.locator(".toast-body").filter(has_text="unknown account 'ghost-7'")).to_have_count(1)
+    _close_toasts(page)
+    page.wait_for_timeout(int(app.DUPLICATE_WINDOW_S * 1000))
+    page.get_by_role("button", name="Score").click()  # later, the same id again: a new request
+    expect(page.locator(".toast-body").filter(has_text="unknown account 'ghost-7'")).to_have_count(1)
+    assert calls.count("ghost-7") == 2
