@@ -945,6 +945,8 @@ class ShopService:
     def _lookup(positions: dict[str, int], value: Any, name: str, kind: str) -> int:
         if not isinstance(value, str):
             raise ValueError(f"{name}: expected a string id (got {type(value).__name__} {shown(value)})")
+        if not value.strip():  # ids are never blank (the loader drops such rows): a malformed request
+            raise ValueError(f"{name}: expected a non-empty id (got {shown(value)})")
         pos = positions.get(value)
         if pos is None:
             raise UnknownIdError(f"{name}: unknown {kind} {shown(value)}")
@@ -968,6 +970,8 @@ class ShopService:
         for pos, value in enumerate(ids):
             if not isinstance(value, str):
                 raise ValueError(f"{name}[{pos}]: expected a string id (got {type(value).__name__} {shown(value)})")
+            if not value.strip():
+                raise ValueError(f"{name}[{pos}]: expected a non-empty id (got {shown(value)})")
         unknown = [value for value in ids if value not in positions]
         if unknown:
             names = list(dict.fromkeys(unknown))

@@ -971,6 +971,8 @@ _LONG_IDS = [f"customer-{k:06d}-" + "x" * 60 for k in range(1000)]  # 77 kB of J
      "user_ids: unknown field (expected item_ids, k)"),
     ("/fraud/score/batch", {"user_ids": ["u001", "zz"]}, 404, "user_ids: unknown user 'zz' (1 of the 2 ids given)"),
     ("/fraud/score/batch", {"user_ids": []}, 422, "user_ids: expected at least one id (got an empty list)"),
+    ("/fraud/score/batch", {"user_ids": ["u001", ""]}, 422, "user_ids[1]: expected a non-empty id (got '')"),
+    ("/recommend/batch", {"user_ids": ["  "]}, 422, "user_ids[0]: expected a non-empty id (got '  ')"),
     ("/fraud/score/batch", {"user_ids": ["u001"], "reasons": "no"}, 422,
      "reasons: expected a boolean, true or false (got str 'no')"),
     ("/fraud/score/batch", {"user_ids": ["u001"], "k": 3}, 422, "k: unknown field (expected user_ids, reasons)"),
