@@ -954,10 +954,12 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILIma
     nx.draw_networkx_edges(g, pos, ax=ax, edge_color="#b0b0b0", width=0.8)
     users = [n for n in g if n[0] == "user"]
     scores = [ring.member_scores.get(n[1], float("nan")) for n in users]
+    known = cases.labels([n[1] for n in users])
+    fraud = [bool(known[n[1]][0]) for n in users]  # labelled fraud in the shop's data: a thick outline
     cmap = plt.get_cmap("RdYlGn_r")
     coll = nx.draw_networkx_nodes(g, pos, nodelist=users, ax=ax, node_shape="o", node_size=260,
                                   node_color=[0.0 if s != s else s for s in scores], cmap=cmap, vmin=0.0, vmax=1.0,
-                                  edgecolors="black", linewidths=0.8)
+                                  edgecolors="black", linewidths=[2.6 if f else 0.8 for f in fraud])
     ids = [n for n in g if n[0] not in ("user", "item")]
     nx.draw_networkx_nodes(g, pos, nodelist=ids, ax=ax, node_shape="s", node_size=150,
                            node_color=["#1f4e79" if n in shared else "#9ec3e6" for n in ids],
@@ -971,6 +973,8 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILIma
     handles = [
         Line2D([], [], marker="o", ls="", color="white", markeredgecolor="black", markersize=9,
                label="account (colour: fraud probability)"),
+        *([Line2D([], [], marker="o", ls="", color="white", markeredgecolor="black", markeredgewidth=2.6,
+                  markersize=9, label="account the shop's data labels fraud")] if any(fraud) else []),
         Line2D([], [], marker="s", ls="", color="#1f4e79", markeredgecolor="black", markeredgewidth=2,
                markersize=8, label="shared device"),
         Line2D([], [], marker="s", ls="", color="#9ec3e6", markersize=8, label="device of one member"),
@@ -1138,7 +1142,8 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
     tie = (f"sharing {_plural(len(devices), 'device')}: {_id_list(devices, RING_SHOWN_DEVICES)}" if devices
            else "sharing no device")
     status = (f"**Ring {ring.ring_id}**: {len(ring.members)} accounts {tie}; ring score {ring.score:.2f}. "
-              "Account colour is the fraud probability (green low, red high); dark outlined squares are the shared devices. The case files hold every "
+              "Account colour is the fraud probability (green low, red high); a thick outline marks an account the "
+              "shop's data labels fraud; dark outlined squares are the shared devices. The case files hold every "
               "member's evidence and the ring's timeline."
               + (f" Account ids are drawn for rings of up to {RING_LABELS} accounts; the Members table lists "
                  "them all." if len(ring.members) > RING_LABELS else "")

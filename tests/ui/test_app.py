@@ -941,3 +941,24 @@ def test_invisible_and_direction_changing_characters(ui_service: ShopService, th
     assert html.unescape(_md("Shoes \u202eredaS \u2067x\u2069")) == "Shoes [U+202E]redaS [U+2067]x[U+2069]"
     text = intro(10, 5, "graph_trees")
     assert ") (" not in text and "buying speed), the method that did best on validation data" in text
+
+
+def test_draw_ring_outlines_the_accounts_labelled_fraud(ui_cases: FraudCases, monkeypatch: pytest.MonkeyPatch) -> None:
+    import networkx as nx
+
+    ring = next((r for r in ui_cases.rings() if any(label for label, _ in ui_cases.labels(r.members).values())), None)
+    if ring is None:
+        pytest.skip("no ring with a member labelled fraud in the small run")
+    drawn: dict[str, float] = {}
+    draw = nx.draw_networkx_nodes
+
+    def spy(g: Any, pos: Any, nodelist: Any = None, **kw: Any) -> Any:
+        if nodelist and nodelist[0][0] == "user":
+            drawn.update({n[1]: w for n, w in zip(nodelist, kw["linewidths"])})
+        return draw(g, pos, nodelist=nodelist, **kw)
+
+    monkeypatch.setattr(nx, "draw_networkx_nodes", spy)
+    draw_ring(ui_cases, ring)
+    labels = ui_cases.labels(ring.members)
+    assert set(drawn) == set(ring.members)
+    assert {u: w > 1 for u, w in drawn.items()} == {u: bool(labels[u][0]) for u in ring.members}
