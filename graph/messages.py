@@ -32,3 +32,11 @@ def listed_ids(ids: Sequence[str], at_most: int = 10) -> str:
     """``'a', 'b' and 3 more``: the ids an error names."""
     return ", ".join(shown(i) for i in ids[:at_most]) + (f" and {len(ids) - at_most:,} more" if len(ids) > at_most
                                                          else "")
+
+
+def known_ids(count: int, noun: str, example: str | None) -> str:
+    """What a refusal says of the ids there are: ``"99 rings known; ring ids look like R0001"``,
+    ``"1 ring known; ..."``, ``"no rings known"``."""
+    if not count or example is None:
+        return f"no {noun}s known"
+    return f"{count:,} {noun}{'s' if count > 1 else ''} known; {noun} ids look like {example}"

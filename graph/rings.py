@@ -51,7 +51,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from shopgraph.graph.files import as_created, existing_ancestor, listed_names, through_link
-from shopgraph.graph.messages import shown
+from shopgraph.graph.messages import known_ids, shown
 from shopgraph.graph.run import RunDir, swap_in
 from shopgraph.graph.schema import HIGH_RISK_CATEGORIES, REV_PREFIX, ShopTables
 
@@ -926,8 +926,7 @@ class FraudCases:
         if ring is None and isinstance(ring_id, str):
             ring = self._by_folded.get(ring_id.casefold())
         if ring is None:
-            known = (f"{len(self._rings):,} rings known; ring ids look like {self._rings[0].ring_id}" if self._rings
-                     else "no rings known")
+            known = known_ids(len(self._rings), "ring", self._rings[0].ring_id if self._rings else None)
             raise KeyError(f"unknown ring_id {shown(ring_id)} ({known})")
         return ring
 

@@ -24,6 +24,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from shopgraph.graph.explain import Explanation
+from shopgraph.graph.messages import known_ids
 from shopgraph.graph.rings import SCHEMA_VERSION, Ring, known_fraud
 from shopgraph.retrieval.params import strict_query
 from shopgraph.retrieval.service import shown
@@ -214,9 +215,7 @@ def fraud_router(
             folded = [(k, r) for k, r in enumerate(ranked, start=1) if r.ring_id.casefold() == ring_id.casefold()]
             found = folded[0] if len(folded) == 1 else None
         if found is None:
-            known = (f"{len(ranked)} ring{'s' if len(ranked) > 1 else ''} known; ring ids look like "
-                     f"{ranked[0].ring_id}" if ranked
-                     else "no rings known")
+            known = known_ids(len(ranked), "ring", ranked[0].ring_id if ranked else None)
             raise HTTPException(404, f"ring_id: unknown ring {shown(ring_id)} ({known})")
         rank, r = found
         events: list[TimelineEvent] | None = None

@@ -1755,6 +1755,8 @@ class ShopService:
         for k, value in enumerate(ids):
             if not isinstance(value, str):
                 raise ValueError(f"item_ids[{k}]: expected a string id (got {type(value).__name__} {shown(value)})")
+            if not value.strip():
+                raise ValueError(f"item_ids[{k}]: expected a non-empty id (got {shown(value)})")
             if value in first:
                 raise ValueError(f"item_ids[{k}]: {shown(value)} is also item_ids[{first[value]}]")
             first[value] = k

@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -843,14 +844,14 @@ def label_sentence(label: bool | None, in_training: bool, scored: bool = True) -
 
 
 # -- Rings ------------------------------------------------------------------------------------------
-RING_COLUMNS = ["ring", "score", "members", "known fraud", "shared devices", "mean fraud probability",
+RING_COLUMNS = ["ring", "score", "members", "known fraud", "trained on", "shared devices", "mean fraud probability",
                 "median account age (days)", "purchases per day", "high-risk share"]
 RING_TOP = 50  # rings listed in the table (the dropdown takes any ring id)
 RING_LEGEND = (
     "**score**: how suspicious the group is, 0 to 1 (the members' fraud probabilities weigh most, then young "
     "accounts, fast buying, risky categories, size and how tightly they share devices); **known fraud**: members "
-    "the shop's data already labels fraud, and how many of those labels the scorer was trained on (their "
-    "probabilities are fitted to the label, not predicted, and count in the mean and the score); **shared "
+    "the shop's data already labels fraud; **trained on**: how many of those labels the scorer was trained on "
+    "(their probabilities are fitted to the label, not predicted, and count in the mean and the score); **shared "
     "devices**: how many devices two or more members used, with the first ids; **mean fraud probability**: the "
     "members' average fraud probability; **median account age**: days from account creation to first activity, typical member; "
     "**purchases per day**: typical member's buying speed; **high-risk share**: typical member's share of "
@@ -879,13 +880,15 @@ def rings_table(cases: FraudCases | None, top: int = RING_TOP) -> pd.DataFrame:
         n = len(ring.shared_devices)
         return f"{n}: {_id_list(ring.shared_devices, RING_DEVICES_LISTED)}" if n else "0"
 
-    def known(ring: Ring) -> str:
+    def known(ring: Ring) -> list[Any]:
         from shopgraph.graph.rings import known_fraud
 
-        fraud, trained = known_fraud(cases.labels(ring.members))
-        return f"{fraud} ({trained} trained on)" if trained else str(fraud)
+        try:
+            return list(known_fraud(cases.labels(ring.members)))
+        except KeyError:  # a ring of other users than the graph's: no labels to count
+            return ["", ""]
 
-    rows = [[r.ring_id, round(r.score, 3), len(r.members), known(r), devices(r), ev(r, "gnn_mean", 2),
+    rows = [[r.ring_id, round(r.score, 3), len(r.members), *known(r), devices(r), ev(r, "gnn_mean", 2),
              ev(r, "median_account_age_days", 1), ev(r, "purchase_velocity", 2), ev(r, "high_risk_share", 2)]
             for r in cases.rings(top=top)]
     return pd.DataFrame(rows, columns=RING_COLUMNS)
@@ -954,8 +957,11 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILIma
     nx.draw_networkx_edges(g, pos, ax=ax, edge_color="#b0b0b0", width=0.8)
     users = [n for n in g if n[0] == "user"]
     scores = [ring.member_scores.get(n[1], float("nan")) for n in users]
-    known = cases.labels([n[1] for n in users])
-    fraud = [bool(known[n[1]][0]) for n in users]  # labelled fraud in the shop's data: a thick outline
+    try:
+        known = cases.labels([n[1] for n in users])
+    except KeyError:  # a ring of other users than the graph's: no labels to outline
+        known = {}
+    fraud = [bool(known.get(n[1], (None, False))[0]) for n in users]  # labelled fraud: a thick outline
     cmap = plt.get_cmap("RdYlGn_r")
     coll = nx.draw_networkx_nodes(g, pos, nodelist=users, ax=ax, node_shape="o", node_size=260,
                                   node_color=[0.0 if s != s else s for s in scores], cmap=cmap, vmin=0.0, vmax=1.0,
@@ -1368,27 +1374,67 @@ def _warn(status: str) -> None:
         gr.Warning(status[len(ERROR_PREFIX):], duration=8)
 
 
-DUPLICATE_WINDOW_S = 2.0  # the same inputs again within this time are the same request (see _once)
+DUPLICATE_WINDOW_S = 2.0  # the same request again within this time is the same request (see _Requests)
+MAX_SESSIONS = 10_000  # browser sessions whose last request a tab remembers (the oldest forgotten)
 
 
-def _once(fn: Callable[..., tuple[Any, ...]], n_outputs: int, used: int | None = None) -> Callable[..., tuple[Any, ...]]:
-    """``fn(*inputs) -> outputs`` as a handler of ``(*inputs, last)`` returning ``(*outputs, last)``,
-    ``last`` a ``gr.State`` of the inputs it answered and when. An event with the same inputs (the
-    first ``used`` of them; all by default) as the last answered one within
-    :data:`DUPLICATE_WINDOW_S` is skipped: typing an id and clicking the tab's button sends two (the
-    box's change as it loses focus, then the click), which answered twice and showed every problem
-    twice. The listeners sharing ``last`` must share one ``concurrency_id``, so that the second sees
-    what the first wrote."""
-    import gradio as gr
+class _Requests:
+    """The requests of one tab's handlers (those that write the same outputs), per browser session.
 
-    def handler(*args: Any) -> tuple[Any, ...]:
-        *inputs, last = args
-        key, now = repr(inputs[:used]), time.monotonic()
-        if isinstance(last, tuple) and last[0] == key and now - last[1] < DUPLICATE_WINDOW_S:
-            return (*[gr.skip()] * n_outputs, last)
-        return (*fn(*inputs), (key, now))
+    Typing an id and clicking the tab's button sends two events with the same inputs (the box's
+    change as it loses focus, then the click), which were both answered: every problem showed
+    twice, "Warning (2)". A handler made by :meth:`once` answers a request unless the session's
+    last answered request of this tab was the same handler with the same inputs (the first
+    ``used`` of them), answered less than :data:`DUPLICATE_WINDOW_S` ago; a session's requests are
+    answered one at a time, so the second event waits for the first and sees it. Any other
+    handler of the tab, or :meth:`forget`, makes the next request new. Sessions never wait for
+    each other.
+    """
 
-    return handler
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sessions: OrderedDict[str, tuple[threading.Lock, list[Any]]] = OrderedDict()
+
+    def _session(self, request: Any) -> tuple[threading.Lock, list[Any]]:
+        sid = str(getattr(request, "session_hash", None) or "")
+        with self._lock:
+            entry = self._sessions.get(sid)
+            if entry is None:
+                entry = self._sessions[sid] = (threading.Lock(), [None, 0.0])
+                while len(self._sessions) > MAX_SESSIONS:
+                    self._sessions.popitem(last=False)
+            else:
+                self._sessions.move_to_end(sid)
+            return entry
+
+    def once(self, fn: Callable[[Any, Any], tuple[Any, ...]], n_outputs: int, tag: str,
+             used: int = 2, skip: bool = True) -> Callable[..., tuple[Any, ...]]:
+        """``fn(value, k) -> outputs`` as a Gradio handler that skips a repeated request (class
+        doc); ``skip=False``: one that answers every request (still one at a time, and the next
+        request of the tab is then a new one)."""
+        import gradio as gr
+
+        def handler(value: Any, k: Any, request: Any = None) -> tuple[Any, ...]:
+            lock, last = self._session(request)
+            key = repr((tag, [value, k][:used]))
+            with lock:
+                if skip and last[0] == key and time.monotonic() - last[1] < DUPLICATE_WINDOW_S:
+                    return tuple(gr.skip() for _ in range(n_outputs))
+                last[0] = None  # while fn runs, and if it fails: nothing to skip against
+                out = fn(value, k)
+                if skip:  # stamped once answered: a slow answer's repeat is still the same request
+                    last[0], last[1] = key, time.monotonic()
+                return out
+
+        # the annotation is a string under `from __future__ import annotations`; Gradio needs the class
+        handler.__annotations__["request"] = gr.Request
+        return handler
+
+    def forget(self, request: Any) -> None:
+        """Another handler wrote the tab's outputs: the session's next request is a new one."""
+        lock, last = self._session(request)
+        with lock:
+            last[0] = None
 
 
 def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Path | None = None) -> gr.Blocks:
@@ -1466,22 +1512,22 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 _warn(view.status)
                 return view.status, view.history, view.gallery, view.table
 
-            rec_last = gr.State(None)
-            rec_once = _once(on_recommend, 4)
-            rec_outputs = [rec_status, rec_hist, rec_gallery, rec_table, rec_last]
-            rec_btn.click(rec_once, [rec_user, rec_k, rec_last], rec_outputs, concurrency_id="recommend")
+            rec_requests = _Requests()
+            rec_once = rec_requests.once(on_recommend, 4, "shopper")
+            rec_outputs = [rec_status, rec_hist, rec_gallery, rec_table]
+            rec_btn.click(rec_once, [rec_user, rec_k], rec_outputs)
 
             def on_visitor(picked: Any, k: Any) -> tuple[Any, ...]:
                 view = visitor_view(service, thumbs, picked, k)
                 _warn(view.status)
                 return view.status, view.history, view.gallery, view.table
 
-            visitor_btn.click(on_visitor, [visitor_items, rec_k], [rec_status, rec_hist, rec_gallery, rec_table])
+            visitor_btn.click(rec_requests.once(on_visitor, 4, "visitor"), [visitor_items, rec_k], rec_outputs)
             # .change, not .select: a typed id that matches no entry (kept as typed on Enter or when the
             # box loses focus) is a change but no select; so is the empty id of NO_CHOICE
-            rec_user.change(rec_once, [rec_user, rec_k, rec_last], rec_outputs, concurrency_id="recommend")
+            rec_user.change(rec_once, [rec_user, rec_k], rec_outputs)
             # the first screen shows a result, not an empty form
-            app.load(rec_once, [rec_user, rec_k, rec_last], rec_outputs, concurrency_id="recommend")
+            app.load(rec_once, [rec_user, rec_k], rec_outputs)
 
         with gr.Tab("Similar & search", id="search"):
             gr.Markdown("**Find items three ways.** *Similar items*: what the same kind of shopper buys (from the graph). "
@@ -1519,21 +1565,31 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                     return tuple(view)
                 return handler
 
-            sim_last, txt_last = gr.State(None), gr.State(None)
-            sim_once, txt_once = _once(wrap(similar_view), 3), _once(wrap(text_search_view), 3)
-            sim_item.change(sim_once, [sim_item, search_k, sim_last], [*outputs, sim_last], concurrency_id="similar")
-            sim_btn.click(sim_once, [sim_item, search_k, sim_last], [*outputs, sim_last], concurrency_id="similar")
-            txt_btn.click(txt_once, [txt_query, search_k, txt_last], [*outputs, txt_last], concurrency_id="text")
-            txt_query.submit(txt_once, [txt_query, search_k, txt_last], [*outputs, txt_last], concurrency_id="text")
+            search_requests = _Requests()
+            sim_once = search_requests.once(wrap(similar_view), 3, "similar")
+            txt_once = search_requests.once(wrap(text_search_view), 3, "text")
+            sim_item.change(sim_once, [sim_item, search_k], outputs)
+            sim_btn.click(sim_once, [sim_item, search_k], outputs)
+            txt_btn.click(txt_once, [txt_query, search_k], outputs)
+            txt_query.submit(txt_once, [txt_query, search_k], outputs)
+
             def on_image(path: Any, k: Any) -> tuple[Any, ...]:
                 view = image_search_view(service, thumbs, path, k)
                 _warn(view.status)
                 return (*view, image_preview(path))
 
-            img_btn.click(on_image, [img_query, search_k], [*outputs, img_preview])
-            img_query.upload(on_image, [img_query, search_k], [*outputs, img_preview])
+            def on_clear(request: Any = None) -> tuple[Any, ...]:
+                search_requests.forget(request)
+                return cleared_image_search()
+
+            on_clear.__annotations__["request"] = gr.Request
+            # an image search is answered every time (an upload is no repeat of a click), and makes the
+            # tab's next request a new one
+            image_once = search_requests.once(on_image, 4, "image", skip=False)
+            img_btn.click(image_once, [img_query, search_k], [*outputs, img_preview])
+            img_query.upload(image_once, [img_query, search_k], [*outputs, img_preview])
             # the picture removed (its x): its preview and results go with it
-            img_query.clear(cleared_image_search, None, [*outputs, img_preview])
+            img_query.clear(on_clear, None, [*outputs, img_preview])
 
             # the item pickers were filled at start-up: on a page load after items were added or
             # removed (here or by another process), they offer the items served now
@@ -1588,12 +1644,10 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             # range gets our message; Gradio's own check would answer with a bare "Error" and a traceback
             score_outputs = [fr_status, fr_prob, fr_verdict, fr_reasons, fr_method]
 
-            fr_last = gr.State(None)
             # the account makes a request new, not the threshold: on_threshold redraws the verdict for it
-            score_once = _once(on_score, len(score_outputs), used=1)
+            score_once = _Requests().once(on_score, len(score_outputs), "score", used=1)
             for listen in (fr_btn.click, fr_user.change, app.load):
-                listen(score_once, [fr_user, fr_threshold, fr_last], [*score_outputs, fr_last], preprocess=False,
-                       concurrency_id="fraud-score")
+                listen(score_once, [fr_user, fr_threshold], score_outputs, preprocess=False)
             fr_threshold.change(on_threshold, [fr_prob, fr_threshold], [fr_verdict], preprocess=False)
 
         with gr.Tab("Rings", id="rings"):

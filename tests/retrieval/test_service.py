@@ -426,6 +426,7 @@ def test_new_item_features_follow_the_training_layout(service, run_path):
     (lambda s: s.recommend_batch([]), "user_ids: expected at least one id"),
     (lambda s: s.score_user(""), r"user_id: expected a non-empty id \(got ''\)"),
     (lambda s: s.similar_items_batch(["i001", " "]), r"item_ids\[1\]: expected a non-empty id \(got ' '\)"),
+    (lambda s: s.remove_items(["i001", ""]), r"item_ids\[1\]: expected a non-empty id \(got ''\)"),
     (lambda s: s.score_users(["u001"], reasons="no"), r"reasons: expected a boolean, true or false \(got str 'no'\)"),
     (lambda s: s.search(text="   "), "text: expected a non-empty query"),
     (lambda s: s.search(), "text, image: expected a text query, an image or both"),

@@ -360,6 +360,14 @@ def test_typing_an_id_then_clicking_the_button_answers_once(page: Any, ui_servic
         return real(service, cases, user_id)
 
     monkeypatch.setattr(app, "fraud_view", counted)
+    sessions: list[str] = []
+    session = app._Requests._session
+
+    def recorded(self: Any, request: Any) -> Any:
+        sessions.append(str(getattr(request, "session_hash", None) or ""))
+        return session(self, request)
+
+    monkeypatch.setattr(app._Requests, "_session", recorded)
     _tab(page, "Fraud")
     _close_toasts(page)
     box = page.get_by_label("Account")
@@ -375,3 +383,5 @@ def test_typing_an_id_then_clicking_the_button_answers_once(page: Any, ui_servic
     page.get_by_role("button", name="Score").click()  # later, the same id again: a new request
     expect(page.locator(".toast-body").filter(has_text="unknown account 'ghost-7'")).to_have_count(1)
     assert calls.count("ghost-7") == 2
+    # the requests are told apart per browser session: Gradio hands each handler the request
+    assert sessions and all(sessions) and len(set(sessions)) == 1, sessions

@@ -35,12 +35,16 @@ def test_prepare_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, capsys
     assert export_current(run_path / "cases")
     export["case_version"] = 1
     (run_path / "cases" / "rings.json").write_text(json.dumps(export))
+    old_case = next((run_path / "cases" / "cases").glob("*.json"))
+    case = json.loads(old_case.read_text())  # as version 1 wrote it: no labels
+    case["members"] = [{k: v for k, v in m.items() if k not in ("label", "label_in_training")} for m in case["members"]]
+    old_case.write_text(json.dumps(case))
     assert not export_current(run_path / "cases")
     prepare(tmp_path / "work", users=200, seed=1)
     redone = capsys.readouterr().out
     assert redone.count("already done, reusing it") == 5 and "find fraud rings and export their case files ..." in redone
     assert export_current(run_path / "cases")
-    case = json.loads(next((run_path / "cases" / "cases").glob("*.json")).read_text())
+    case = json.loads(old_case.read_text())
     assert all("label" in m for m in case["members"]) and case["explanations"]
 
     # trained again with another seed: what was computed from the old model is out of date, refused
