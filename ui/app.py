@@ -847,6 +847,8 @@ def label_sentence(label: bool | None, in_training: bool, scored: bool = True) -
 RING_COLUMNS = ["ring", "score", "members", "known fraud", "trained on", "shared devices", "mean fraud probability",
                 "median account age (days)", "purchases per day", "high-risk share"]
 RING_TOP = 50  # rings listed in the table (the dropdown takes any ring id)
+# room for each header on one or two lines (the short numbers' headers were broken mid-word)
+_RING_WIDTHS: list[str | int] = ["6%", "6%", "8%", "7%", "8%", "25%", "10%", "11%", "9%", "10%"]
 RING_LEGEND = (
     "**score**: how suspicious the group is, 0 to 1 (the members' fraud probabilities weigh most, then young "
     "accounts, fast buying, risky categories, size and how tightly they share devices); **known fraud**: members "
@@ -1658,7 +1660,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             table = rings_table(cases)
             ring_ids = table["ring"].tolist()
             ring_table = gr.Dataframe(value=table, label="Ranked rings", interactive=False, wrap=True,
-                                      elem_id="ring-table")  # wrapped: every column in view, none cut off
+                                      column_widths=_RING_WIDTHS, elem_id="ring-table")  # wrapped: every column in view, none cut off
             gr.Markdown(rings_note(cases), elem_id="ring-count")
             gr.Markdown(RING_LEGEND, elem_id="ring-legend")
             with gr.Row():

@@ -1003,3 +1003,12 @@ def test_requests_skip_a_repeat_within_the_window_and_nothing_else(monkeypatch: 
     assert answered(shopper, "u3", 6, a)
     requests.forget(a)  # e.g. the image cleared: the tab's next request is new
     assert answered(shopper, "u3", 6, a)
+
+
+def test_every_table_gives_each_column_a_width() -> None:
+    import shopgraph.ui.app as app
+
+    for widths, columns in ((app._RING_WIDTHS, app.RING_COLUMNS), (app._MEMBER_WIDTHS, app.MEMBER_COLUMNS),
+                            (app._RESULT_WIDTHS, app.RESULT_COLUMNS), (app._RESULT_WIDTHS, app.RECOMMEND_COLUMNS)):
+        assert len(widths) == len(columns)
+        assert sum(float(str(w).rstrip("%")) for w in widths) == pytest.approx(100)
