@@ -1389,8 +1389,8 @@ class _Requests:
     last answered request of this tab was the same handler with the same inputs (the first
     ``used`` of them), answered less than :data:`DUPLICATE_WINDOW_S` ago; a session's requests are
     answered one at a time, so the second event waits for the first and sees it. Any other
-    handler of the tab, or :meth:`forget`, makes the next request new. Sessions never wait for
-    each other.
+    handler of the tab, or :meth:`forget`, makes the next request new. The lock is the session's
+    own: no session waits here for another (Gradio's queue is as it was).
     """
 
     def __init__(self) -> None:
