@@ -763,6 +763,11 @@ def export_cases(
             csv.insert(0, "ring_id", ring.ring_id)
             csv.insert(csv.columns.get_loc("user_id") + 1, "member_score",
                        csv["user_id"].map(ring.member_scores).astype(float))
+            # the member's label as the case JSON gives it, in words a spreadsheet filter can use
+            words = {m["user_id"]: ("" if m["label"] is None else "fraud" if m["label"] else "legitimate")
+                     + (" (trained on)" if m["label"] is not None and m["label_in_training"] else "")
+                     for m in doc["members"]}
+            csv.insert(csv.columns.get_loc("member_score") + 1, "member_label", csv["user_id"].map(words).fillna(""))
             csv.to_csv(tmp / "cases" / f"{ring.ring_id}.csv", index=False)
         swap_in(tmp, out)
     except BaseException:

@@ -295,8 +295,8 @@ EDGE_KEYS = {"user_id": str, "node_type": str, "node_id": str, "first_seen": (in
 EVENT_KEYS = {"timestamp": (int, type(None)), "time": str, "user_id": str, "event_type": str, "item_id": str,
               "title": str, "category": str, "amount": OPT_NUM, "device_id": str, "shared_device": bool}
 EXPLANATION_KEYS = {"user_id": str, "score": OPT_NUM, "method": str, "features": list, "neighbours": list}
-CSV_COLUMNS = ["ring_id", "timestamp", "time", "user_id", "member_score", "event_type", "item_id", "title",
-               "category", "amount", "device_id", "shared_device"]
+CSV_COLUMNS = ["ring_id", "timestamp", "time", "user_id", "member_score", "member_label", "event_type", "item_id",
+               "title", "category", "amount", "device_id", "shared_device"]
 
 
 def check_keys(obj: dict[str, Any], spec: dict[str, Any], where: str) -> None:
@@ -362,6 +362,10 @@ def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
         csv = pd.read_csv(out / "cases" / f"{ring.ring_id}.csv")
         assert list(csv.columns) == CSV_COLUMNS and len(csv) == len(case["timeline"])
         assert set(csv["user_id"]) <= set(ring.members)
+        words = {m["user_id"]: {None: "", True: "fraud", False: "legitimate"}[m["label"]]
+                 + (" (trained on)" if m["label_in_training"] else "") for m in case["members"]}
+        assert csv["member_label"].fillna("").tolist() == [words[u] for u in csv["user_id"]]
+        assert (csv["member_label"].fillna("") != "").any()
     # a second export replaces the first one
     rings_run(run_dir, top=1, export=out, detector=RingDetector(hub_threshold=10))
     assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json"]
