@@ -955,6 +955,7 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILIma
         g.add_edge(("user", str(row.user_id)), ("item", str(row.item_id)))
 
     pos = nx.kamada_kawai_layout(g) if g.number_of_nodes() > 1 else {n: (0.0, 0.0) for n in g}
+    pos = _spread(pos)
     fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=100)
     nx.draw_networkx_edges(g, pos, ax=ax, edge_color="#b0b0b0", width=0.8)
     users = [n for n in g if n[0] == "user"]
@@ -1013,6 +1014,33 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILIma
     buffer.seek(0)
     with Image.open(buffer) as img:
         return img.convert("RGB")
+
+
+NODE_GAP = 0.09  # the least distance between two drawn nodes, as a share of the layout's width
+
+
+def _spread(pos: dict[Any, Any], gap: float = NODE_GAP, rounds: int = 50) -> dict[Any, np.ndarray]:
+    """``pos`` with nodes closer than ``gap`` (a share of the layout's extent) pushed apart: the
+    layout puts accounts with the same neighbours on the same spot, where one hid the other."""
+    keys = list(pos)
+    xy = np.array([pos[k] for k in keys], dtype=np.float64).reshape(len(keys), 2)
+    if len(keys) < 2:
+        return {k: xy[i] for i, k in enumerate(keys)}
+    least = gap * max(float(np.ptp(xy, axis=0).max()), 1e-9)
+    rng = np.random.default_rng(0)  # the same drawing every time
+    for _ in range(rounds):
+        diff = xy[:, None, :] - xy[None, :, :]
+        dist = np.sqrt((diff ** 2).sum(axis=2))
+        np.fill_diagonal(dist, np.inf)
+        close = dist < least
+        if not close.any():
+            break
+        same = dist < 1e-12  # on the very same spot: apart in a random direction
+        diff[same] = rng.normal(size=(int(same.sum()), 2)) * 1e-6
+        near = np.where(close, np.maximum(dist, 1e-12), 1.0)  # finite where a pair is pushed, 1 elsewhere
+        push = np.where(close, (least - near) / 2 / near, 0.0)[:, :, None] * diff
+        xy += push.sum(axis=1)
+    return {k: xy[i] for i, k in enumerate(keys)}
 
 
 # where a label may go from its point, in points: below, above, then further out and to the sides

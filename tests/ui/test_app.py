@@ -1012,3 +1012,20 @@ def test_every_table_gives_each_column_a_width() -> None:
                             (app._RESULT_WIDTHS, app.RESULT_COLUMNS), (app._RESULT_WIDTHS, app.RECOMMEND_COLUMNS)):
         assert len(widths) == len(columns)
         assert sum(float(str(w).rstrip("%")) for w in widths) == pytest.approx(100)
+
+
+def test_ring_layout_pushes_apart_nodes_drawn_on_one_spot() -> None:
+    """Accounts with the same neighbours got the same spot in the layout; one hid the other."""
+    import shopgraph.ui.app as app
+
+    pos = {"a": (0.0, 0.0), "b": (0.0, 0.0), "c": (0.01, 0.0), "d": (1.0, 1.0), "e": (-1.0, 0.5)}
+    spread = app._spread(pos)
+    assert set(spread) == set(pos)
+    xy = np.array([spread[k] for k in pos])
+    dist = np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(axis=2)) + np.eye(len(pos)) * 9
+    least = app.NODE_GAP * 2.0  # the layout's extent is 2 (x from -1 to 1)
+    assert dist.min() >= least * 0.95
+    assert np.allclose(spread["d"], (1.0, 1.0), atol=0.05) and np.allclose(spread["e"], (-1.0, 0.5), atol=0.05)
+    again = app._spread(pos)
+    assert all(np.array_equal(spread[k], again[k]) for k in pos)  # the same drawing every time
+    assert app._spread({"a": (0.3, 0.3)})["a"].tolist() == [0.3, 0.3]
