@@ -245,6 +245,17 @@ def _refuse_not_a_list(values: Any, name: str, what: str = "ids") -> None:
         raise ValueError(f"{name}: expected a list of {what} (got {type(values).__name__})")
 
 
+def _id_text(value: Any, where: str) -> str:
+    """``value`` when it can be an id (a string that is not blank), else ``ValueError`` naming
+    ``where``: ids are never blank (the loader drops such rows), so a blank one is a malformed
+    request, not an unknown id."""
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: expected a string id (got {type(value).__name__} {shown(value)})")
+    if not value.strip():
+        raise ValueError(f"{where}: expected a non-empty id (got {shown(value)})")
+    return value
+
+
 def check_k(k: Any, name: str = "k") -> int:
     """``k`` as an int in 1..1000, else ``ValueError`` naming it."""
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= int(k) <= K_MAX:
@@ -943,11 +954,7 @@ class ShopService:
     # -- lookups --------------------------------------------------------------------------------
     @staticmethod
     def _lookup(positions: dict[str, int], value: Any, name: str, kind: str) -> int:
-        if not isinstance(value, str):
-            raise ValueError(f"{name}: expected a string id (got {type(value).__name__} {shown(value)})")
-        if not value.strip():  # ids are never blank (the loader drops such rows): a malformed request
-            raise ValueError(f"{name}: expected a non-empty id (got {shown(value)})")
-        pos = positions.get(value)
+        pos = positions.get(_id_text(value, name))
         if pos is None:
             raise UnknownIdError(f"{name}: unknown {kind} {shown(value)}")
         return pos
@@ -968,10 +975,7 @@ class ShopService:
         if len(ids) > MAX_BATCH:
             raise ValueError(f"{name}: expected at most {MAX_BATCH:,} ids (got {len(ids):,})")
         for pos, value in enumerate(ids):
-            if not isinstance(value, str):
-                raise ValueError(f"{name}[{pos}]: expected a string id (got {type(value).__name__} {shown(value)})")
-            if not value.strip():
-                raise ValueError(f"{name}[{pos}]: expected a non-empty id (got {shown(value)})")
+            _id_text(value, f"{name}[{pos}]")
         unknown = [value for value in ids if value not in positions]
         if unknown:
             names = list(dict.fromkeys(unknown))
@@ -1753,10 +1757,7 @@ class ShopService:
             raise ValueError(f"item_ids: expected 1 to {MAX_BATCH:,} ids (got {len(ids):,})")
         first: dict[str, int] = {}
         for k, value in enumerate(ids):
-            if not isinstance(value, str):
-                raise ValueError(f"item_ids[{k}]: expected a string id (got {type(value).__name__} {shown(value)})")
-            if not value.strip():
-                raise ValueError(f"item_ids[{k}]: expected a non-empty id (got {shown(value)})")
+            _id_text(value, f"item_ids[{k}]")
             if value in first:
                 raise ValueError(f"item_ids[{k}]: {shown(value)} is also item_ids[{first[value]}]")
             first[value] = k
