@@ -534,6 +534,9 @@ class _Merged(NamedTuple):
     sure: bool  # an id/time/number column or the end of the file (fatal); else rows inside (warning)
 
 
+RAGGED_SHOWN = 5  # rows of the wrong width named in the message
+
+
 class _CsvLayout(NamedTuple):
     """Where a CSV file's records lie, from one pass of Python's csv reader (see :func:`_csv_layout`)."""
 
@@ -541,6 +544,9 @@ class _CsvLayout(NamedTuple):
     blank_lines: int  # blank lines skipped (before the header too)
     first_blank: int | None  # the file line of the first
     merged: list[_Merged]  # values that swallowed lines, in file order
+    ragged: list[tuple[int, int, str, int]]  # the first RAGGED_SHOWN records not of the header's width:
+    #                                          (first line, values, their text joined by commas, row)
+    n_ragged: int  # how many records are not of the header's width
 
 
 def _looks_merged(value: str, one_line: set[int], width: int) -> bool:
@@ -570,11 +576,14 @@ def _csv_layout(file: Path, one_line: set[int], width: int) -> _CsvLayout | None
     An unclosed quote swallows the lines after it into one value, up to the next quote or the end
     of the file. Found: a line break in a column that never holds one (``one_line``: 0-based header
     positions of ids, times, numbers, paths) and a quote still open at the end of the file (sure);
-    a value of free text whose lines look like whole rows of ``width`` fields (probably).
+    a value of free text whose lines look like whole rows of ``width`` fields (probably). Records
+    of another width than ``width`` are counted, the first :data:`RAGGED_SHOWN` kept.
     ``None`` when Python's reader fails on the file (the rows are then numbered as pyarrow read them).
     """
     rows: list[int] = []
     merged: list[_Merged] = []
+    ragged: list[tuple[int, int, str, int]] = []
+    n_ragged = 0
     blank, first_blank = 0, None
     seen_header, row, line = False, 0, 0
     last: tuple[list[str], int, int] | None = None  # the last record, its row and first line
@@ -596,6 +605,10 @@ def _csv_layout(file: Path, one_line: set[int], width: int) -> _CsvLayout | None
                 row += 1
                 rows.append(row)
                 last = (rec, row, start)
+                if len(rec) != width:
+                    n_ragged += 1
+                    if len(ragged) < RAGGED_SHOWN:
+                        ragged.append((start, len(rec), ",".join(rec), row))
                 if line > start:  # the record spans lines: which values hold the breaks
                     at = start
                     for k, value in enumerate(rec):
@@ -620,7 +633,7 @@ def _csv_layout(file: Path, one_line: set[int], width: int) -> _CsvLayout | None
         return None
     finally:
         csv.field_size_limit(limit)
-    return _CsvLayout(np.asarray(rows, dtype=np.int64), blank, first_blank, merged)
+    return _CsvLayout(np.asarray(rows, dtype=np.int64), blank, first_blank, merged, ragged, n_ragged)
 
 
 def _report_merged(
@@ -656,38 +669,11 @@ def _report_merged(
     return any(sure for sure, _ in by_column)
 
 
-RAGGED_SHOWN = 5  # rows of the wrong width named in the message
-
-
-def _report_ragged(file: Path, name: str, width: int, out: _Collector) -> bool:
+def _report_ragged(layout: _CsvLayout, file: Path, name: str, width: int, out: _Collector) -> bool:
     """Record a fatal issue naming the rows of ``file`` whose number of values is not the header's
-    ``width`` (by line, with what they hold), as Python's csv reader splits them (as pyarrow
-    does); ``False`` when every row has ``width`` values or the reader fails."""
-    bad: list[tuple[int, int, str, int]] = []  # (first line, values, text, row)
-    n = row = 0
-    limit = csv.field_size_limit()
-    csv.field_size_limit(2**31 - 1)
-    try:
-        with _open_text(file) as f:
-            reader = csv.reader(f)
-            seen_header, line = False, 0
-            for rec in reader:
-                start, line = line + 1, reader.line_num
-                if not rec:
-                    row += seen_header  # rows are numbered as :func:`_csv_layout` numbers them
-                    continue
-                if not seen_header:
-                    seen_header = True
-                    continue
-                row += 1
-                if len(rec) != width:
-                    n += 1
-                    if len(bad) < RAGGED_SHOWN:
-                        bad.append((start, len(rec), ",".join(rec), row))
-    except (csv.Error, OSError, UnicodeError):
-        return False
-    finally:
-        csv.field_size_limit(limit)
+    ``width`` (by line, with what they hold), as :func:`_csv_layout` found them (Python's csv
+    reader splits records as pyarrow does); ``False`` when every row has ``width`` values."""
+    bad, n = layout.ragged, layout.n_ragged
     if not bad:
         return False
     shown = "; ".join(f"line {line} has {values} ({_cut(text)!r})" for line, values, text, _ in bad)
@@ -786,7 +772,8 @@ def _read(file: Path, name: str, out: _Collector) -> pd.DataFrame | None:
                 layout = _csv_layout(file, one_line, len(header))
                 if layout is not None and _report_merged(layout, file, name, header, 0, out):
                     return None
-                if _report_ragged(file, name, len(header), out):  # else: rows of the wrong width, named
+                # else: rows of the wrong width, named, from the same pass over the file
+                if layout is not None and _report_ragged(layout, file, name, len(header), out):
                     return None
                 raise
             if scan.lines != len(df) + 1:  # blank lines or values spanning lines: map rows to the file
