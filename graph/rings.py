@@ -54,6 +54,7 @@ from shopgraph.graph.files import as_created, existing_ancestor, listed_names, t
 from shopgraph.graph.messages import known_ids, shown
 from shopgraph.graph.run import RunDir, swap_in
 from shopgraph.graph.schema import HIGH_RISK_CATEGORIES, REV_PREFIX, ShopTables
+from shopgraph.graph.wording import label_words
 
 logger = logging.getLogger(__name__)
 
@@ -764,9 +765,7 @@ def export_cases(
             csv.insert(csv.columns.get_loc("user_id") + 1, "member_score",
                        csv["user_id"].map(ring.member_scores).astype(float))
             # the member's label as the case JSON gives it, in words a spreadsheet filter can use
-            words = {m["user_id"]: ("" if m["label"] is None else "fraud" if m["label"] else "legitimate")
-                     + (" (trained on)" if m["label"] is not None and m["label_in_training"] else "")
-                     for m in doc["members"]}
+            words = {m["user_id"]: label_words(m["label"], m["label_in_training"]) for m in doc["members"]}
             csv.insert(csv.columns.get_loc("member_score") + 1, "member_label", csv["user_id"].map(words).fillna(""))
             csv.to_csv(tmp / "cases" / f"{ring.ring_id}.csv", index=False)
         swap_in(tmp, out)

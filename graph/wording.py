@@ -175,3 +175,11 @@ def value_in_words(reading: Reading, value: float) -> str:
             return "about average"
         return f"{abs(value):.1f} SD {'above' if value > 0 else 'below'} average"
     return f"{value:.3g}"
+
+
+def label_words(label: bool | None, in_training: bool) -> str:
+    """An account's fraud label for a table cell or a spreadsheet: ``"fraud"``, ``"legitimate"``,
+    either with ``" (trained on)"`` when the scorer was trained on it, ``""`` when unlabelled."""
+    if label is None:
+        return ""
+    return ("fraud" if label else "legitimate") + (" (trained on)" if in_training else "")

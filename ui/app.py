@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from shopgraph.graph.wording import FRAUD_SCORER_NAMES
+from shopgraph.graph.wording import FRAUD_SCORER_NAMES, label_words
 from shopgraph.retrieval.service import NotAvailableError, ShopService, UnknownIdError, listed_ids, shown
 
 if TYPE_CHECKING:
@@ -819,13 +819,6 @@ def _ordinal(n: int) -> str:
     """``1`` -> ``1st``, ``12`` -> ``12th``, ``23`` -> ``23rd``."""
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
-
-
-def label_words(label: bool | None, in_training: bool) -> str:
-    """A fraud label for a table cell: ``"fraud"``, ``"legitimate (trained on)"``, ``""`` when unlabelled."""
-    if label is None:
-        return ""
-    return ("fraud" if label else "legitimate") + (" (trained on)" if in_training else "")
 
 
 def label_sentence(label: bool | None, in_training: bool, scored: bool = True) -> str:
