@@ -619,8 +619,8 @@ def exported_ring(export: str | Path, ring: Ring) -> bool:
     if not all((folder / "cases" / f"{ring.ring_id}.{ext}").is_file() for ext in ("json", "csv")):
         return False
     doc = _export_doc(folder)
-    if doc is None or doc["schema_version"] != SCHEMA_VERSION or doc.get("case_version") != CASE_VERSION:
-        return False  # ... an export of older case files (without the members' labels) neither
+    if doc is None or not _current_export(doc):  # ... an export of older case files (no members' labels) neither
+        return False
     current = json.dumps(_jsonable(ring.to_dict()), sort_keys=True)
     return any(isinstance(r, dict) and r.get("ring_id") == ring.ring_id and json.dumps(r, sort_keys=True) == current
                for r in doc.get("rings", []))
@@ -636,7 +636,11 @@ def known_fraud(labels: dict[str, tuple[bool | None, bool]]) -> tuple[int, int]:
 def export_current(export: str | Path) -> bool:
     """Whether ``export`` holds a case export whose case files are of this version
     (``case_version``: :data:`CASE_VERSION`), so that nothing need write them again."""
-    doc = _export_doc(Path(export))
+    return _current_export(_export_doc(Path(export)))
+
+
+def _current_export(doc: dict[str, Any] | None) -> bool:
+    """Whether an export's ``rings.json`` (``None``: none) is of this schema and case version."""
     return doc is not None and doc["schema_version"] == SCHEMA_VERSION and doc.get("case_version") == CASE_VERSION
 
 
@@ -682,12 +686,11 @@ def case_file(
     """The JSON case document and the CSV timeline of one ring (``docs/fraud_rings.md``);
     ``fraud_prob``: the served probabilities (``None``: no scorer), for the members' labels."""
     from shopgraph.graph.explain import evidence_edges, ring_timeline
+    from shopgraph.graph.fraud_scorer import account_labels
 
     timeline = ring_timeline(ring, tables)
     edges = evidence_edges(ring, data)
     behaviour = user_behaviour(tables, ring.members, str(getattr(data, "target", "purchase")))
-    from shopgraph.graph.fraud_scorer import account_labels
-
     created = tables.users.set_index("user_id")["created_at"] if "created_at" in tables.users.columns else None
     labels, in_training = account_labels(data, fraud_prob)
     index = {str(u): n for n, u in enumerate(data["user"].ids)}
