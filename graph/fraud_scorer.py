@@ -634,20 +634,22 @@ def ring_column_text(name: str) -> str:
     return name
 
 
+def _neighbour_table(data: HeteroData, split: Split | None) -> np.ndarray:
+    """:func:`hetero_neighbor_features` of the users on the edges visible for ``split``."""
+    from shopgraph.graph.baselines import hetero_neighbor_features
+
+    if split is None:  # edges without .split are always visible: the whole history
+        return hetero_neighbor_features(lean_graph(data), "user")
+    return hetero_neighbor_features(data, "user", split)
+
+
 def product_feature_table(data: HeteroData, split: Split | None) -> tuple[np.ndarray, list[str]]:
     """:func:`product_features` and the ``F`` names of its columns, for explanations: the user's
     own features and ``hetero_neighbor_feature_names``, then the ring columns in words
     (:func:`ring_column_text`; ``quick_item_x{j}`` after the item feature ``j``)."""
-    from shopgraph.graph.baselines import (
-        hetero_neighbor_feature_names,
-        hetero_neighbor_features,
-        node_feature_names,
-    )
+    from shopgraph.graph.baselines import hetero_neighbor_feature_names, node_feature_names
 
-    if split is None:  # edges without .split are always visible: the whole history
-        neigh = hetero_neighbor_features(lean_graph(data), "user")
-    else:
-        neigh = hetero_neighbor_features(data, "user", split)
+    neigh = _neighbour_table(data, split)
     known = known_labels(data) if "y" in data["user"] else None
     ring = ring_features(data, split, known=known)
     items = node_feature_names(data, "item") if "item" in data.node_types and "x" in data["item"] else []
@@ -775,6 +777,95 @@ def fraud_probabilities(
         parts = {"gnn_head": _gnn_prob(model, user_emb), "graph_trees": head.trees.predict_proba(feats)}
         prob = rank_average_scores(parts, head.reference)
     return torch.as_tensor(np.asarray(prob), dtype=torch.float32)
+
+
+HELD_OUT_FOLDS = 5
+
+
+def held_out_folds(n: int, folds: int, seed: int) -> np.ndarray:
+    """``int64 [n]``: the fold of each of ``n`` accounts, a seeded permutation dealt round-robin.
+
+    It never reads a label, so that an account's fold (and with it every other account's) does
+    not depend on its own label; folds differ in size by at most one.
+    """
+    if folds < 2:
+        raise ValueError(f"folds: expected an integer >= 2 (got {folds})")
+    out = np.empty(n, dtype=np.int64)
+    out[np.random.default_rng(seed).permutation(n)] = np.arange(n) % folds
+    return out
+
+
+def _refit_trees(head: Any, rounds: int, seed: int) -> Any:
+    """Unfitted trees with ``head``'s settings that boost exactly ``rounds`` rounds."""
+    from shopgraph.graph.baselines import XGBGraphFraud
+
+    return XGBGraphFraud(
+        n_estimators=rounds, learning_rate=head.learning_rate, max_depth=head.max_depth,
+        subsample=head.subsample, colsample_bytree=head.colsample_bytree,
+        min_child_weight=head.min_child_weight, eval_metric=head.eval_metric, balance=head.balance,
+        validation_fraction=0.0, n_jobs=head.n_jobs, seed=seed,
+    )
+
+
+def held_out_probabilities(
+    data: HeteroData, scorer: FraudScorer, *, folds: int = HELD_OUT_FOLDS, seed: int = 0,
+) -> np.ndarray:
+    """The served scorer's fraud probabilities of its training accounts with their own labels
+    held out (cross-fitting).
+
+    The served ``graph_trees`` are fitted on the training accounts' labels, so their scores of
+    those accounts are fitted to the labels rather than predicted (on the demo shop every trained-on
+    fraudster is flagged). Here the training accounts are dealt into ``folds`` folds
+    (:func:`held_out_folds`); for each fold the trees are refitted with the served trees' settings
+    and number of rounds (no early stopping) on the other folds' accounts, with the feature table
+    recomputed as if the fold's labels were unknown (:func:`ring_features`' known-label counts),
+    and score the fold's accounts. An account's held-out score therefore reads its label nowhere:
+    not as a training row, not in a co-user count, not in the choice of folds. Only the number of
+    rounds is taken from the served fit.
+
+    Args:
+        data: the full graph with ``data["user"].x``, labels and masks.
+        scorer: the serving scorer (:func:`select_fraud_scorer`'s, with its fitted ``head``).
+        folds: number of folds, ``>= 2``.
+        seed: fold and tree seed.
+
+    Returns:
+        ``float64 [U]``: the held-out probability of each labelled training account, NaN for every
+        other account, and NaN for all when the served kind is not ``graph_trees`` (the GNN behind
+        the other kinds was trained on every label: refitting the trees alone would not hold an
+        account's label out) or there are fewer training accounts than folds. A fold whose other
+        folds lack one class is left NaN, with a warning.
+    """
+    from shopgraph.graph.baselines import XGBGraphFraud
+
+    if folds < 2:
+        raise ValueError(f"folds: expected an integer >= 2 (got {folds})")
+    n = int(data["user"].num_nodes)
+    out = np.full(n, np.nan)
+    if scorer.kind != "graph_trees":
+        return out
+    head = scorer.head
+    if not isinstance(head, XGBGraphFraud) or not hasattr(head, "best_iteration_"):
+        raise ValueError(f"scorer.head: a 'graph_trees' scorer needs its fitted trees (got {type(head).__name__})")
+    y, masks = fraud_labels(data)
+    yy, train = y.numpy(), np.flatnonzero(masks["train"].numpy())
+    if train.size < folds:
+        logger.warning("fraud: %d training accounts, fewer than %d folds; no held-out scores", train.size, folds)
+        return out
+    fold = held_out_folds(train.size, folds, seed)
+    neigh, known = _neighbour_table(data, None), known_labels(data)
+    for k in range(folds):
+        held, rest = train[fold == k], train[fold != k]
+        if np.unique(yy[rest]).size < 2:
+            logger.warning("fraud: the accounts outside held-out fold %d have one class; its %d accounts get no "
+                           "held-out score", k, held.size)
+            continue
+        masked = known.copy()
+        masked[held] = -1
+        feats = np.concatenate([neigh, ring_features(data, None, known=masked).x], axis=1)
+        trees = _refit_trees(head, head.best_iteration_ + 1, seed).fit(feats[rest], yy[rest])
+        out[held] = trees.predict_proba(feats[held])
+    return out
 
 
 def evaluate_fraud_candidates(

@@ -183,6 +183,10 @@ class FraudOut(BaseModel):
     label_in_training: bool = Field(
         description="the scorer was trained on this account's label, so its probability is fitted to that label "
                     "rather than predicted (labelled accounts of the training period)")
+    held_out_probability: float | None = Field(
+        None, description="for an account the scorer was trained on: its score from the same trees refitted "
+                          "without its label (5-fold cross-fitting), to compare with the threshold; null for "
+                          "every other account, and when the run has no held-out scores")
 
 
 class FraudBatchIn(BaseModel):
@@ -744,7 +748,8 @@ def _fraud_out(service: ShopService, s: FraudScore) -> FraudOut:
     p = s.probability
     return FraudOut(user_id=s.user_id, probability=None if math.isnan(p) else p, threshold=s.threshold,
                     flagged=s.flagged, scorer=str(service.fraud.get("kind", "none")), reasons=s.reasons,
-                    label=s.label, label_in_training=s.label_in_training)
+                    label=s.label, label_in_training=s.label_in_training,
+                    held_out_probability=s.held_out_probability)
 
 
 # -- the /items body ------------------------------------------------------------------------------

@@ -135,8 +135,10 @@ def recommendations_table(service: ShopService, user_ids: list[str], *, k: int =
 def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = True,
                  flagged_only: bool = False) -> pd.DataFrame:
     """One row per account: ``user_id, probability, threshold, flagged, scorer, label,
-    label_in_training, reasons`` (``label``: the shop's ``is_fraud``, empty when unlabelled;
-    ``label_in_training``: the scorer was fitted on it, :class:`FraudScore`; the reasons joined by
+    label_in_training, held_out_probability, reasons`` (``label``: the shop's ``is_fraud``, empty
+    when unlabelled; ``label_in_training``: the scorer was fitted on it, and
+    ``held_out_probability`` its score with that label held out, empty for the other accounts,
+    :class:`FraudScore`; the reasons joined by
     ``" | "``, empty without ``reasons``), in the order of ``user_ids``; ``flagged_only`` keeps
     the accounts at or above the threshold."""
     rows = []
@@ -146,11 +148,13 @@ def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = T
         if reasons and kept:  # reasons cost per account: only for the rows kept
             kept = service.score_users([s.user_id for s in kept], reasons=True)
         rows += [(s.user_id, s.probability, s.threshold, s.flagged, scorer, s.label, s.label_in_training,
-                  REASON_SEP.join(s.reasons)) for s in kept]
-    columns = ["user_id", "probability", "threshold", "flagged", "scorer", "label", "label_in_training", "reasons"]
+                  s.held_out_probability, REASON_SEP.join(s.reasons)) for s in kept]
+    columns = ["user_id", "probability", "threshold", "flagged", "scorer", "label", "label_in_training",
+               "held_out_probability", "reasons"]
     return pd.DataFrame(rows, columns=columns).astype({"probability": "float64", "threshold": "float64",
                                                        "flagged": "bool", "label": "boolean",
-                                                       "label_in_training": "bool"})
+                                                       "label_in_training": "bool",
+                                                       "held_out_probability": "float64"})
 
 
 def write_table(table: pd.DataFrame, out: Path) -> None:

@@ -793,7 +793,8 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
                   "false alarms.")
     else:
         status = f"**{_md(user)}**: this run has no fraud scorer."
-    status += label_sentence(score.label, score.label_in_training, scored=p == p)
+    status += label_sentence(score.label, score.label_in_training, scored=p == p,
+                             held_out=score.held_out_probability, threshold=score.threshold)
     if cases is not None and cases.has_user(user):
         ranked = cases.rings()
         status += _ring_sentence(cases.rings_of(user), {r.ring_id: k for k, r in enumerate(ranked, start=1)},
@@ -821,17 +822,35 @@ def _ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
-def label_sentence(label: bool | None, in_training: bool, scored: bool = True) -> str:
+_HELD_OUT_VERDICT = {  # (labelled fraud, flagged with the label held out) -> what it means
+    (True, True): "the scorer finds this fraud without being told.",
+    (True, False): "the scorer alone would have missed this fraud.",
+    (False, True): "it would have been flagged; worth a second look at the label.",
+    (False, False): "the scorer agrees with the label.",
+}
+
+
+def label_sentence(label: bool | None, in_training: bool, scored: bool = True, *, held_out: float | None = None,
+                   threshold: float = float("nan")) -> str:
     """What the shop's own label says of an account, after its score (``""`` when unlabelled;
-    ``scored``: the run has a fraud scorer, so there is a probability to say something of)."""
+    ``scored``: the run has a fraud scorer, so there is a probability to say something of;
+    ``held_out``: the account's score with its label held out, compared with the validation
+    ``threshold``, for an account the scorer was trained on)."""
     if label is None:
         return ""
     word = "fraud" if label else "legitimate"
     if not scored:
         return f" The shop's data labels this account **{word}**."
     if in_training:
-        return (f" The shop's data labels this account **{word}**, and the scorer was trained on that label: "
+        text = (f" The shop's data labels this account **{word}**, and the scorer was trained on that label: "
                 "its probability is fitted to the label, not a prediction.")
+        if held_out is not None and held_out == held_out and threshold == threshold:
+            shown_h, shown_t = _compared(held_out, threshold, least=3)
+            flagged = held_out >= threshold
+            text += (f" Refitted without that label, the scorer gives it **{shown_h}**, "
+                     f"{'at or above' if flagged else 'below'} the validation threshold {shown_t}: "
+                     + _HELD_OUT_VERDICT[(bool(label), flagged)])
+        return text
     return (f" The shop's data labels this account **{word}**; the scorer never saw that label, so the "
             "probability is a prediction.")
 

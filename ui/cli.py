@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fix the rank of the history tower's item-neighbour channel (0: off; default: chosen on "
                         "validation among 64, 256, 1024, 2048, at most half the catalogue; larger ranks widen "
                         "the served vectors and slow each search)")
+    p.add_argument("--held-out-folds", type=_nonnegative_int, default=None,
+                   help="folds of the trained-on accounts' held-out fraud scores (their scores from trees refitted "
+                        "without their labels; default 5, 0: none, saving five tree fits)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
 
     p = sub.add_parser("evaluate", help="metrics and report against baselines")

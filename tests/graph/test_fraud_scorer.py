@@ -18,6 +18,8 @@ from shopgraph.graph.fraud_scorer import (
     evaluate_fraud_candidates,
     fit_candidates,
     fraud_probabilities,
+    held_out_folds,
+    held_out_probabilities,
     known_labels,
     max_in_window,
     product_features,
@@ -252,6 +254,60 @@ def test_errors(setup: tuple) -> None:
         rank_normalise(np.ones(3), np.array([]))
     with pytest.raises(ValueError, match="neighbor_features: expected a 2-D array with 4 rows"):
         fit_candidates(y, np.arange(2), np.arange(2, 4), np.ones(4), None, np.ones((3, 2)))
+
+
+# -- held-out scores of the training accounts ------------------------------------------------------
+def test_held_out_scores_cover_exactly_the_trained_on_accounts(setup: tuple) -> None:
+    model, data, train_emb, _ = setup
+    scorer = select_fraud_scorer(model, data, train_emb, seed=0, candidates=("graph_trees",))
+    held = held_out_probabilities(data, scorer, seed=0)
+    y, tr, _, _ = _masks(data)
+    n = int(data["user"].num_nodes)
+    assert held.shape == (n,) and np.isfinite(held).sum() == tr.size
+    assert np.isfinite(held[tr]).all() and ((held[tr] >= 0) & (held[tr] <= 1)).all()
+    assert account_labels(data, np.ones(n))[1].tolist() == np.isfinite(held).tolist()
+    # not the served (fitted) scores: those of a fit that saw every training label
+    served = fraud_probabilities(model, scorer, data, train_emb["user"], None).numpy()
+    assert not np.allclose(held[tr], served[tr], atol=1e-3)
+    np.testing.assert_array_equal(held, held_out_probabilities(data, scorer, seed=0))  # seeded
+
+
+def test_held_out_score_never_reads_the_accounts_own_label(setup: tuple) -> None:
+    model, data, train_emb, _ = setup
+    scorer = select_fraud_scorer(model, data, train_emb, seed=0, candidates=("graph_trees",))
+    before = held_out_probabilities(data, scorer, seed=0)
+    _, tr, _, _ = _masks(data)
+    for u in tr[:3]:  # its label flipped: it is in no training row and no co-user count of its own fold
+        flipped = data.clone()
+        flipped["user"].y = data["user"].y.clone()
+        flipped["user"].y[u] = 1 - flipped["user"].y[u]
+        after = held_out_probabilities(flipped, scorer, seed=0)
+        assert after[u] == before[u]
+        assert not np.array_equal(np.nan_to_num(after), np.nan_to_num(before))  # the other folds did read it
+
+
+def test_held_out_scores_only_for_graph_trees_and_enough_accounts(setup: tuple) -> None:
+    model, data, train_emb, _ = setup
+    n = int(data["user"].num_nodes)
+    for kind in ("gnn_head", "hybrid", "rank_average"):  # the GNN behind them saw every label
+        scorer = select_fraud_scorer(model, data, train_emb, seed=0, candidates=(kind,))
+        assert np.isnan(held_out_probabilities(data, scorer)).all()
+    assert np.isnan(held_out_probabilities(data, FraudScorer("none", float("nan"), float("nan"), {}, None))).all()
+    trees = select_fraud_scorer(model, data, train_emb, seed=0, candidates=("graph_trees",))
+    assert np.isnan(held_out_probabilities(data, trees, folds=n + 1)).all()  # more folds than accounts
+    with pytest.raises(ValueError, match="folds: expected an integer >= 2"):
+        held_out_probabilities(data, trees, folds=1)
+    with pytest.raises(ValueError, match="scorer.head: a 'graph_trees' scorer needs its fitted trees"):
+        held_out_probabilities(data, trees._replace(head=None))
+
+
+def test_held_out_folds_are_balanced_seeded_and_label_blind() -> None:
+    fold = held_out_folds(23, 5, seed=1)
+    assert sorted(np.bincount(fold).tolist()) == [4, 4, 5, 5, 5]
+    np.testing.assert_array_equal(fold, held_out_folds(23, 5, seed=1))
+    assert not np.array_equal(fold, held_out_folds(23, 5, seed=2))
+    with pytest.raises(ValueError, match="folds: expected an integer >= 2"):
+        held_out_folds(10, 1, seed=0)
 
 
 # -- ring features ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from shopgraph.graph.train import (
     WITH_SAMPLING,
     TrainConfig,
     embed_graph,
+    fraud_labels,
     lean_graph,
     load_model,
     rank_loss,
@@ -86,6 +87,8 @@ def test_history_defaults_and_errors() -> None:
     assert TrainConfig(mini_batch=True).aux_weight == 1.0  # the history tower batches users, aux loss and all
     with pytest.raises(ValueError, match=r"item_counts: counts every user's events on an item.*turn it off"):
         TrainConfig(mini_batch=True, item_counts=True)
+    with pytest.raises(ValueError, match=r"held_out_folds: expected 0 \(none\) or an integer >= 2 \(got 1\)"):
+        TrainConfig(held_out_folds=1)
     with pytest.raises(ValueError, match="horizon_days: expected >= 0 .got -1"):
         TrainConfig(horizon_days=-1)
     assert (cfg.aux_weight, sage.aux_weight) == (1.0, 0.0)
@@ -390,6 +393,34 @@ def test_train_run_writes_artifacts(tmp_path: Path, data: HeteroData) -> None:
     # the serving pass sees every period; the train-period view gives different embeddings
     train_view = embed_graph(model, lean_graph(message_passing_graph(data, "train")), torch.device("cpu"))
     assert not torch.allclose(emb["user"], train_view["user"])
+
+
+def test_train_run_stores_the_trained_on_accounts_held_out_scores(
+        tmp_path: Path, data: HeteroData, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sklearn.metrics import average_precision_score
+
+    from shopgraph.graph import fraud_scorer
+
+    real = fraud_scorer.choose_candidate  # the served kind pinned to graph_trees, the one with held-out scores
+    monkeypatch.setattr(fraud_scorer, "choose_candidate",
+                        lambda y, probs, **kw: ("graph_trees", real(y, probs, **kw)[1]))
+    path = _run(tmp_path, data)
+    result = train_run(path, **FAST)
+    assert result.fraud.kind == "graph_trees"
+    held = load_file(str(path / "embeddings.safetensors"))[train_mod.HELD_OUT_KEY]
+    y, masks = fraud_labels(data)
+    train_users = masks["train"]
+    assert torch.isfinite(held).tolist() == train_users.tolist()
+    torch.testing.assert_close(held, result.fraud_prob_held_out, rtol=0, atol=0, equal_nan=True)
+    info = json.loads((path / "fraud.json").read_text())["held_out"]
+    assert info["folds"] == 5 and info["accounts"] == int(train_users.sum())
+    assert info["threshold"] == pytest.approx(result.fraud.threshold)
+    assert info["auprc"] == pytest.approx(average_precision_score(y[train_users].numpy(), held[train_users].numpy()))
+    # none asked for: all NaN, and fraud.json says nothing of them
+    other = _run(tmp_path / "none", data)
+    result = train_run(other, held_out_folds=0, **FAST)
+    assert torch.isnan(load_file(str(other / "embeddings.safetensors"))[train_mod.HELD_OUT_KEY]).all()
+    assert "held_out" not in json.loads((other / "fraud.json").read_text())
 
 
 def test_train_run_errors(tmp_path: Path) -> None:

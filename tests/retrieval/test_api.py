@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from shopgraph.retrieval.api import Metrics, create_app
-from tests.retrieval.test_service import load_service, shared_run, solid_png
+from tests.retrieval.test_service import load_service, shared_run, solid_png, with_held_out
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +20,19 @@ def client(tmp_path_factory):
     with TestClient(app, raise_server_exceptions=False) as c:
         c.service = service  # type: ignore[attr-defined]
         yield c
+
+
+def test_fraud_scores_give_a_trained_on_accounts_held_out_score(tmp_path_factory, tmp_path):
+    service = load_service(shared_run(tmp_path_factory.getbasetemp()))
+    train = [s.label_in_training for s in service.score_users(service.user_ids, reasons=False)]
+    held = np.where(train, 0.25, np.nan)
+    run = with_held_out(shared_run(tmp_path_factory.getbasetemp()), tmp_path / "run", held)
+    with TestClient(create_app(load_service(run), demo=False, fraud_cases=False)) as c:
+        trained, other = service.user_ids[train.index(True)], service.user_ids[train.index(False)]
+        assert c.get("/fraud/score", params={"user_id": trained}).json()["held_out_probability"] == 0.25
+        assert c.get("/fraud/score", params={"user_id": other}).json()["held_out_probability"] is None
+        body = c.post("/fraud/score/batch", json={"user_ids": [other, trained], "reasons": False}).json()
+        assert [s["held_out_probability"] for s in body["scores"]] == [None, 0.25]
 
 
 def test_recommend_contract(client):

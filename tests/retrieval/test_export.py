@@ -10,7 +10,7 @@ import pytest
 from shopgraph.graph.run import RunDir
 from shopgraph.retrieval.export import REASON_SEP, read_user_ids, write_table
 from shopgraph.ui.cli import main
-from tests.retrieval.test_service import load_service, shared_run
+from tests.retrieval.test_service import load_service, shared_run, with_held_out
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,8 @@ def test_fraud_scores_of_every_account_and_the_flagged_ones(run, service, tmp_pa
     assert main(["score", "--run", str(run), "--out", str(out)]) == 0
     table = pd.read_csv(out, dtype={"user_id": str}, keep_default_na=False)
     assert list(table.columns) == ["user_id", "probability", "threshold", "flagged", "scorer", "label",
-                                   "label_in_training", "reasons"]
+                                   "label_in_training", "held_out_probability", "reasons"]
+    assert set(table["held_out_probability"]) == {""}  # a run trained without held-out scores
     expected = service.score_users(service.user_ids)
     assert table["user_id"].tolist() == service.user_ids
     assert table["probability"].tolist() == [s.probability for s in expected]
@@ -81,6 +82,13 @@ def test_fraud_scores_of_every_account_and_the_flagged_ones(run, service, tmp_pa
     assert table["label"].tolist() == [pd.NA if s.label is None else s.label for s in expected if s.flagged]
     assert (table["reasons"] == "").all()
     assert f"the {n_flagged} flagged of {len(expected)} accounts" in capsys.readouterr().out
+    # a run with held-out scores: the trained-on accounts' are in the column, the others empty
+    held = [0.125 * (k % 8) if s.label_in_training else float("nan") for k, s in enumerate(expected)]
+    out = tmp_path / "held.csv"
+    assert main(["score", "--run", str(with_held_out(run, tmp_path / "held", held)), "--out", str(out),
+                 "--no-reasons"]) == 0
+    table = pd.read_csv(out, dtype={"user_id": str})
+    assert table["held_out_probability"].fillna(-1).tolist() == [-1 if h != h else h for h in held]
 
 
 def _folder(path: Path) -> str:

@@ -277,6 +277,41 @@ def test_scores_say_the_label_and_whether_the_scorer_was_fitted_on_it(service, r
     assert all(s.probability != s.probability for s in scored) and not any(s.label_in_training for s in scored)
 
 
+def with_held_out(run_path: Path, folder: Path, held: Any) -> Path:
+    """A copy of ``run_path`` whose embeddings hold ``held`` as the held-out fraud scores."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from shopgraph.graph.train import HELD_OUT_KEY
+
+    shutil.copytree(run_path, folder)
+    tensors = load_file(str(run_path / "embeddings.safetensors"))
+    tensors[HELD_OUT_KEY] = torch.as_tensor(held, dtype=torch.float32)
+    RunDir(folder).write_with("embeddings.safetensors", lambda p: save_file(tensors, str(p)))
+    index_run(folder)
+    return folder
+
+
+def test_scores_carry_the_held_out_score_of_a_trained_on_account(service, run_path, tmp_path):
+    # a run trained before held-out scores (the shared one): none given
+    assert all(s.held_out_probability is None for s in service.score_users(service.user_ids, reasons=False))
+    train = [s.label_in_training for s in service.score_users(service.user_ids, reasons=False)]
+    held = np.where(train, np.linspace(0.0, 1.0, len(train)), np.nan)
+    svc = load_service(with_held_out(run_path, tmp_path / "run", held), fraud_reasons=False)
+    scores = svc.score_users(svc.user_ids, reasons=False)
+    assert [s.held_out_probability is not None for s in scores] == train and any(train)
+    for s, h in zip(scores, held):
+        if h == h:
+            assert s.held_out_probability == pytest.approx(h)
+            assert s.probability == service.score_user(s.user_id).probability  # the served score is unchanged
+    # a damaged array is named, never served
+    with pytest.raises(ValueError, match=r"fraud_prob_held_out has 3 values for the graph's 40 users"):
+        load_service(with_held_out(run_path, tmp_path / "short", np.full(3, 0.5)))
+    with pytest.raises(ValueError, match=r"fraud_prob_held_out has 1 values outside \[0, 1\] \(first: user 2\)"):
+        load_service(with_held_out(run_path, tmp_path / "range", np.r_[np.nan, 0.5, 1.5, np.full(37, np.nan)]))
+
+
 def test_a_batch_answers_each_user_to_the_last_bit(tmp_path):
     """A batch fetches more candidates than one user alone (its users' revisit items); a
     matrix-vector product rounds each row depending on how many rows it gets, so on the demo run

@@ -370,6 +370,26 @@ def test_fraud_view_says_what_the_shops_label_is_and_whether_it_was_trained_on(u
     view = app.fraud_view(bare, None, unseen.user_id)  # type: ignore[arg-type]
     assert "no fraud scorer" in view.status and "prediction" not in view.status and "labels this account" in view.status
     assert label_words(True, True) == "fraud (trained on)" and label_words(False, False) == "legitimate"
+    assert "Refitted" not in view.status  # a run without held-out scores says nothing of them
+    held = SimpleNamespace(**{name: getattr(ui_service, name) for name in ("user_ids", "has_user")},
+                           score_user=lambda u: ui_service.score_user(u)._replace(held_out_probability=0.0625))
+    view = app.fraud_view(held, None, trained.user_id)  # type: ignore[arg-type]
+    assert "Refitted without that label, the scorer gives it **0.062" in view.status
+
+
+@pytest.mark.parametrize(("label", "held_out", "says"), [
+    (True, 0.5, "at or above the validation threshold 0.200: the scorer finds this fraud without being told."),
+    (True, 0.1, "below the validation threshold 0.200: the scorer alone would have missed this fraud."),
+    (False, 0.3, "at or above the validation threshold 0.200: it would have been flagged; worth a second look"),
+    (False, 0.1, "below the validation threshold 0.200: the scorer agrees with the label."),
+])
+def test_label_sentence_compares_the_held_out_score_with_the_threshold(label: bool, held_out: float,
+                                                                       says: str) -> None:
+    text = label_sentence(label, True, held_out=held_out, threshold=0.2)
+    assert "fitted to the label, not a prediction." in text and says in text
+    assert label_sentence(label, False, held_out=held_out, threshold=0.2).count("Refitted") == 0  # not trained on
+    assert "Refitted" not in label_sentence(label, True, held_out=None, threshold=0.2)
+    assert "Refitted" not in label_sentence(label, True, held_out=held_out)  # no threshold to compare with
 
 
 def test_fraud_view_names_the_rings_an_account_is_in(ui_service: ShopService, ui_cases: FraudCases) -> None:
