@@ -60,9 +60,10 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1.0"
 # what the case files of an export hold, recorded in its rings.json (``case_version``): 2 added the
-# members' ``label`` and ``label_in_training``. An export of another version is never handed out
-# as a ring's case files (:func:`exported_ring`); the demo writes them afresh.
-CASE_VERSION = 2
+# members' ``label`` and ``label_in_training``, 3 their ``held_out_probability``. An export of
+# another version is never handed out as a ring's case files (:func:`exported_ring`); the demo
+# writes them afresh.
+CASE_VERSION = 3
 RINGS_FILE = "rings/rings.json"
 # the model files whose checksums a case export records, when the run has them
 EXPORT_MODEL_FILES = ("model/config.json", "model/model.safetensors", "fraud_trees.ubj")
@@ -554,6 +555,32 @@ def _load_fraud_scores(run: RunDir) -> tuple[np.ndarray | None, bool]:
     return prob, False
 
 
+def load_held_out(run: RunDir) -> np.ndarray | None:
+    """The training accounts' held-out fraud scores ``[U]`` (NaN for the other accounts) from
+    ``RUN/embeddings.safetensors``, or ``None`` when the run has none (trained before they were
+    stored, with ``--held-out-folds 0``, or serving another scorer than ``graph_trees``)."""
+    from shopgraph.graph.train import HELD_OUT_KEY
+
+    rel = "embeddings.safetensors"
+    if not run.has(rel):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(run.path_of(rel)), framework="pt") as f:
+        if HELD_OUT_KEY not in f.keys():
+            return None
+        held = f.get_tensor(HELD_OUT_KEY).float().numpy().astype(np.float64).reshape(-1)
+    return None if not np.isfinite(held).any() else held
+
+
+def _held_out_of(held_out: np.ndarray | None, u: int) -> float | None:
+    """Account ``u``'s held-out score, or ``None`` (none stored, or not an account the scorer was trained on)."""
+    if held_out is None:
+        return None
+    value = float(held_out[u])
+    return value if math.isfinite(value) else None
+
+
 def _hubs_json(hubs: Sequence[Hub]) -> list[dict[str, Any]]:
     return [h._asdict() for h in hubs]
 
@@ -681,10 +708,12 @@ def _dump(path: Path, obj: Any) -> None:
 
 def case_file(
     ring: Ring, data: HeteroData, tables: ShopTables, explanations: dict[str, Any] | None = None,
-    fraud_prob: np.ndarray | None = None,
+    fraud_prob: np.ndarray | None = None, held_out: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """The JSON case document and the CSV timeline of one ring (``docs/fraud_rings.md``);
-    ``fraud_prob``: the served probabilities (``None``: no scorer), for the members' labels."""
+    ``fraud_prob``: the served probabilities (``None``: no scorer), for the members' labels;
+    ``held_out``: the run's held-out scores (:func:`load_held_out`), for the members the scorer
+    was trained on."""
     from shopgraph.graph.explain import evidence_edges, ring_timeline
     from shopgraph.graph.fraud_scorer import account_labels
 
@@ -700,6 +729,7 @@ def case_file(
         members.append({
             "user_id": user, "score": ring.member_scores.get(user),
             "label": None if labels[u] < 0 else bool(labels[u]), "label_in_training": bool(in_training[u]),
+            "held_out_probability": _held_out_of(held_out, u) if in_training[u] else None,
             "created_at": _none_if_nan(float(created.get(user, np.nan))) if created is not None else None,
             "account_age_days": _none_if_nan(float(behaviour.age_days[k])),
             "n_purchases": int(behaviour.n_purchases[k]), "purchase_amount": float(behaviour.amount[k]),
@@ -723,7 +753,7 @@ def export_cases(
     rings: Sequence[Ring], data: HeteroData, tables: ShopTables, out: str | Path, *,
     hubs: Sequence[Hub] = (), mode: str = "", params: dict[str, Any] | None = None,
     explanations: dict[str, dict[str, Any]] | None = None, source: dict[str, Any] | None = None,
-    fraud_prob: np.ndarray | None = None,
+    fraud_prob: np.ndarray | None = None, held_out: np.ndarray | None = None,
 ) -> Path:
     """Write ``out/rings.json`` and ``out/cases/<ring_id>.{json,csv}`` atomically.
 
@@ -744,6 +774,8 @@ def export_cases(
             checksums of its graph, embeddings, rings and model files).
         fraud_prob: the served fraud probabilities (``None``: the run has no scorer), for the
             members' labels (:func:`case_file`).
+        held_out: the run's held-out scores of its training accounts (:func:`load_held_out`), or
+            ``None``.
 
     Returns:
         ``out``.
@@ -761,7 +793,8 @@ def export_cases(
         _dump(tmp / "rings.json", {**rings_payload(rings, hubs, mode, params or {}, source),
                                    "case_version": CASE_VERSION})
         for ring in rings:
-            doc, timeline = case_file(ring, data, tables, (explanations or {}).get(ring.ring_id), fraud_prob)
+            doc, timeline = case_file(ring, data, tables, (explanations or {}).get(ring.ring_id), fraud_prob,
+                                      held_out)
             _dump(tmp / "cases" / f"{ring.ring_id}.json", doc)
             csv = timeline.copy()
             csv.insert(0, "ring_id", ring.ring_id)
@@ -831,7 +864,7 @@ def rings_run(
         source = {"run": str(run.path.resolve()),
                   "made_from": {**made_from, **run.sources(RINGS_FILE, optional=EXPORT_MODEL_FILES)}}
         export_cases(chosen, data, tables, export, hubs=det.hub_devices_, mode=det.mode_, params=params,
-                     explanations=explanations, source=source, fraud_prob=prob)
+                     explanations=explanations, source=source, fraud_prob=prob, held_out=load_held_out(run))
     return chosen
 
 
@@ -882,11 +915,12 @@ class FraudCases:
         fraud_prob: ``[U]`` the served fraud probabilities, or ``None``.
         served: a :class:`shopgraph.graph.explain.ServedTreeExplainer` when the run serves boosted
             trees: explanations then attribute the served score; else they attribute the GNN's.
+        held_out: ``[U]`` the training accounts' held-out fraud scores (:func:`load_held_out`), or ``None``.
     """
 
     def __init__(
         self, rings: Sequence[Ring], data: HeteroData, tables: ShopTables, model: Any = None,
-        fraud_prob: np.ndarray | None = None, served: Any = None,
+        fraud_prob: np.ndarray | None = None, served: Any = None, held_out: np.ndarray | None = None,
     ) -> None:
         self._rings = list(rings)
         self._by_id = {r.ring_id: r for r in self._rings}
@@ -900,6 +934,7 @@ class FraudCases:
         self.model = model
         self.fraud_prob = fraud_prob
         self.served = served
+        self.held_out_prob = held_out
         self._user_index = {str(u): n for n, u in enumerate(data["user"].ids)}
         self._explained: dict[str, Any] = {}
         self._labels: tuple[np.ndarray, np.ndarray] | None = None
@@ -920,7 +955,8 @@ class FraudCases:
         else:
             rings = (detector or RingDetector()).fit(data, prob, tables).rings_
         model = None if no_scorer else load_model(run)  # no scorer: the GNN's fraud head was never trained
-        return cls(rings, data, tables, model, prob, load_served_explainer(run, data, model, prob))
+        return cls(rings, data, tables, model, prob, load_served_explainer(run, data, model, prob),
+                   load_held_out(run))
 
     def rings(self, top: int | None = None) -> list[Ring]:
         """The ranked rings (the first ``top`` when given)."""
@@ -957,11 +993,7 @@ class FraudCases:
         """``{user_id: (label, label_in_training)}`` for known users: the fraud label in the shop's
         data (``None``: unlabelled) and whether the served scorer was fitted on it
         (:func:`shopgraph.graph.fraud_scorer.account_labels`); ``KeyError`` naming an unknown id."""
-        from shopgraph.graph.fraud_scorer import account_labels
-
-        if self._labels is None:
-            self._labels = account_labels(self.data, self.fraud_prob)
-        labels, in_training = self._labels
+        labels, in_training = self._account_labels()
         out: dict[str, tuple[bool | None, bool]] = {}
         for user in user_ids:
             if user not in self._user_index:
@@ -969,6 +1001,26 @@ class FraudCases:
             u = self._user_index[user]
             out[user] = (None if labels[u] < 0 else bool(labels[u]), bool(in_training[u]))
         return out
+
+    def held_out(self, user_ids: Sequence[str]) -> dict[str, float | None]:
+        """``{user_id: held-out score}`` for known users: the score of an account the scorer was
+        trained on, from trees refitted without its label (``None`` for the other accounts, and
+        for all in a run without them); ``KeyError`` naming an unknown id."""
+        _, in_training = self._account_labels()
+        out: dict[str, float | None] = {}
+        for user in user_ids:
+            if user not in self._user_index:
+                raise KeyError(f"unknown user_id {shown(user)}")
+            u = self._user_index[user]
+            out[user] = _held_out_of(self.held_out_prob, u) if in_training[u] else None
+        return out
+
+    def _account_labels(self) -> tuple[np.ndarray, np.ndarray]:
+        from shopgraph.graph.fraud_scorer import account_labels
+
+        if self._labels is None:
+            self._labels = account_labels(self.data, self.fraud_prob)
+        return self._labels
 
     def timeline(self, ring_id: str) -> pd.DataFrame:
         """The ring's events in time order (:func:`shopgraph.graph.explain.ring_timeline`)."""

@@ -89,6 +89,9 @@ class MemberLabelOut(BaseModel):
     label: bool | None = Field(description="the account's is_fraud label in the shop's data (null: unlabelled)")
     label_in_training: bool = Field(description="the scorer was trained on this label, so the member's score "
                                                 "is fitted to it rather than predicted")
+    held_out_probability: float | None = Field(
+        None, description="for a member the scorer was trained on: its score from the same trees refitted without "
+                          "its label (null for the other members, and when the run has no held-out scores)")
 
 
 class RingCaseOut(RingOut):
@@ -134,6 +137,9 @@ class ExplanationOut(BaseModel):
                                                  "or no labels given)")
     label_in_training: bool | None = Field(None, description="the scorer was trained on that label, so `score` is "
                                                              "fitted to it rather than predicted (null: no labels given)")
+    held_out_probability: float | None = Field(
+        None, description="for an account the scorer was trained on: its score from the same trees refitted without "
+                          "its label (null for the other accounts, and when the run has no held-out scores)")
 
 
 def _clean(value: Any) -> Any:
@@ -157,6 +163,7 @@ def fraud_router(
     timeline: Callable[[str], pd.DataFrame] | None = None,
     labels: Callable[[Sequence[str]], dict[str, tuple[bool | None, bool]]] | None = None,
     has_user: Callable[[str], bool] | None = None,
+    held_out: Callable[[Sequence[str]], dict[str, float | None]] | None = None,
     max_top: int = 500,
     prefix: str = "/fraud",
 ) -> APIRouter:
@@ -172,6 +179,9 @@ def fraud_router(
             (:meth:`shopgraph.graph.rings.FraudCases.labels`); ``None``: ``member_labels: null``.
         has_user: whether a user id is known, so that ``/fraud/rings?user_id=`` of an unknown
             account is a 404 rather than no rings (``None``: never a 404).
+        held_out: ``user_ids -> {user_id: held-out score or None}``
+            (:meth:`shopgraph.graph.rings.FraudCases.held_out`) for the members' and explained
+            accounts' ``held_out_probability``; ``None``: always null.
         max_top: largest ``top`` accepted by ``/fraud/rings``.
         prefix: the routes' prefix.
 
@@ -227,8 +237,10 @@ def fraud_router(
             # to_json turns NaN into null and numpy scalars into JSON numbers
             events = [TimelineEvent(**row) for row in json.loads(frame.to_json(orient="records"))]
         got = members_labels(r)
+        held = held_out(list(got)) if got is not None and held_out is not None else {}
         member_labels = (None if got is None else
-                         {u: MemberLabelOut(label=label, label_in_training=trained) for u, (label, trained) in got.items()})
+                         {u: MemberLabelOut(label=label, label_in_training=trained, held_out_probability=held.get(u))
+                          for u, (label, trained) in got.items()})
         out = _ring_out(r, rank, got)
         return RingCaseOut(**out.model_dump(), schema_version=SCHEMA_VERSION, timeline=events,
                            member_labels=member_labels)
@@ -245,17 +257,18 @@ def fraud_router(
             raise HTTPException(404, f"user_id: unknown user {shown(user_id)}") from None
         except (ValueError, TypeError) as exc:
             raise HTTPException(422, str(exc)) from exc
-        label, trained = None, None
+        label, trained, held = None, None, None
         if labels is not None:
             try:
                 label, trained = labels([user_id])[user_id]
+                held = held_out([user_id])[user_id] if held_out is not None else None
             except KeyError:  # explained but not among the labelled graph's users: no label to give
                 pass
         return ExplanationOut(
             user_id=ex.user_id, score=ex.score, method=ex.method,
             features=[FeatureOut(**f._asdict()) for f in ex.features],
             neighbours=[NeighbourOut(**n._asdict()) for n in ex.neighbours],
-            label=label, label_in_training=trained,
+            label=label, label_in_training=trained, held_out_probability=held,
         )
 
     return router

@@ -1110,20 +1110,22 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
                                          served=cases.served)
         fresh = Path(tempfile.mkdtemp(prefix=f"{ring.ring_id}-", dir=work_dir)) / "export"
         export_cases([ring], cases.data, cases.tables, fresh, fraud_prob=cases.fraud_prob,
-                     explanations={ring.ring_id: explained})
+                     explanations={ring.ring_id: explained}, held_out=cases.held_out_prob)
         source = fresh / "cases"
     for p in wanted:
         shutil.copyfile(source / p.name, p)
     return [str(p) for p in wanted]
 
 
-MEMBER_COLUMNS = ["user_id", "fraud probability", "label", "devices", "shared devices used", "purchases"]
+MEMBER_COLUMNS = ["user_id", "fraud probability", "label", "held-out probability", "devices", "shared devices used",
+                  "purchases"]
 # the members table sits in a narrow column: every column keeps room for its header and values
-_MEMBER_WIDTHS: list[str | int] = ["16%", "14%", "18%", "12%", "26%", "14%"]
+_MEMBER_WIDTHS: list[str | int] = ["14%", "12%", "16%", "12%", "10%", "24%", "12%"]
 
 
-def _members_labelled(labels: dict[str, tuple[bool | None, bool]]) -> str:
-    """The ring status's sentence on the members' labels (``""`` when none is labelled)."""
+def _members_labelled(labels: dict[str, tuple[bool | None, bool]], held_out: dict[str, float | None] | None = None) -> str:
+    """The ring status's sentence on the members' labels (``""`` when none is labelled), and on
+    the trained-on members' ``held_out`` probabilities when some are given."""
     fraud = sum(1 for label, _ in labels.values() if label)
     known = sum(1 for label, _ in labels.values() if label is not None)
     if not known:
@@ -1142,6 +1144,9 @@ def _members_labelled(labels: dict[str, tuple[bool | None, bool]]) -> str:
     if trained:
         text += (f" The scorer was trained on {trained} of these labels (\"trained on\"): those members' "
                  "probabilities are fitted to their labels, not predictions.")
+        if any(h is not None for h in (held_out or {}).values()):
+            text += (" The **held-out probability** column gives what the scorer says of them when refitted "
+                     "without their labels.")
     return text
 
 
@@ -1176,11 +1181,12 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
     used = tied.groupby("user_id")["node_id"].apply(sorted).to_dict() if len(tied) else {}
     users_of = tied.groupby("node_id")["user_id"].nunique().to_dict() if len(tied) else {}
     ordered = sorted(ring.members, key=lambda u: (-ring.member_scores.get(u, -1.0), u))
-    labels = cases.labels(ordered)
+    labels, held_out = cases.labels(ordered), cases.held_out(ordered)
     members = pd.DataFrame({
         "user_id": ordered,
         "fraud probability": [round(ring.member_scores[u], 3) if u in ring.member_scores else None for u in ordered],
         "label": [label_words(*labels[u]) for u in ordered],
+        "held-out probability": [None if held_out[u] is None else round(float(held_out[u]), 3) for u in ordered],
         "devices": [int(n_dev.get(u, 0)) for u in ordered],
         "shared devices used": [", ".join(used.get(u, [])) for u in ordered],
         "purchases": [int(n_buy.get(u, 0)) for u in ordered],
@@ -1195,7 +1201,7 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
               "member's evidence and the ring's timeline."
               + (f" Account ids are drawn for rings of up to {RING_LABELS} accounts; the Members table lists "
                  "them all." if len(ring.members) > RING_LABELS else "")
-              + _members_labelled(labels))
+              + _members_labelled(labels, held_out))
     return RingView(status, image, files, members)
 
 

@@ -79,6 +79,20 @@ def test_report_and_plots(evaluated: tuple[Path, dict]) -> None:
         assert f"({rel})" in report
 
 
+def test_report_states_the_held_out_scores_of_the_trained_on_accounts(evaluated: tuple[Path, dict]) -> None:
+    from shopgraph.graph.evaluate import _report
+
+    path, metrics = evaluated
+    info = json.loads((path / "fraud.json").read_text())
+    assert ("Refitted without their labels" in (path / "report.md").read_text()) == ("held_out" in info)
+    info["held_out"] = {"folds": 5, "accounts": 36, "auprc": 0.5, "auroc": 0.75, "recall": 0.25, "precision": 0.125}
+    text = _report(metrics, _graph(), {}, info, {}, [], 10)
+    assert "fitted on the labels of 36 training accounts" in text and "(5 folds;" in text
+    assert "AUPRC 0.5000, AUROC 0.7500" in text and "finds 0.2500 of their frauds at precision 0.1250" in text
+    del info["held_out"]
+    assert "Refitted" not in _report(metrics, _graph(), {}, info, {}, [], 10)
+
+
 def test_random_split_is_stated(tmp_path: Path) -> None:
     path = _trained_run(tmp_path / "run", _graph(timestamps=False))
     metrics = evaluate_run(str(path), baselines=False)

@@ -35,6 +35,7 @@ from shopgraph.graph.rings import (
 )
 from shopgraph.graph.run import RunDir
 from shopgraph.graph.schema import ShopTables
+from shopgraph.graph.train import HELD_OUT_KEY
 
 T0 = 1_700_000_000
 DAY = 86_400
@@ -255,8 +256,9 @@ def test_detector_input_errors(shop: tuple[ShopTables, HeteroData]) -> None:
 
 
 # -- run folder and export -----------------------------------------------------------------------
-def make_run(path: Path, *, with_prob: bool = True, features: int = 6, seed: int = 0) -> Path:
-    """A fake-but-valid run folder: graph with random user features, tables, fraud_prob."""
+def make_run(path: Path, *, with_prob: bool = True, features: int = 6, seed: int = 0, held_out: bool = False) -> Path:
+    """A fake-but-valid run folder: graph with random user features, tables, fraud_prob (and with
+    ``held_out`` held-out scores of the labelled training users: 0.001 × their position)."""
     tables = ring_tables(seed)
     data = build_graph(tables)
     gen = torch.Generator().manual_seed(seed)
@@ -267,8 +269,13 @@ def make_run(path: Path, *, with_prob: bool = True, features: int = 6, seed: int
     run.save_graph(data)
     save_tables(run, tables)
     if with_prob:
-        prob = torch.from_numpy(planted_prob(data, seed)).float()
-        run.write_with("embeddings.safetensors", lambda p: save_file({"fraud_prob": prob}, str(p)))
+        tensors = {"fraud_prob": torch.from_numpy(planted_prob(data, seed)).float()}
+        if held_out:
+            users = data["user"]
+            trained = users.train_mask & (users.y >= 0)
+            tensors[HELD_OUT_KEY] = torch.where(trained, 0.001 * torch.arange(int(users.num_nodes)),
+                                                torch.tensor(float("nan"))).float()
+        run.write_with("embeddings.safetensors", lambda p: save_file(tensors, str(p)))
     return path
 
 
@@ -289,6 +296,7 @@ CASE_KEYS = {"schema_version": str, "ring_id": str, "score": float, "members": l
              "explanations": dict}
 OPT_BOOL = (bool, type(None))
 MEMBER_KEYS = {"user_id": str, "score": OPT_NUM, "label": OPT_BOOL, "label_in_training": bool,
+               "held_out_probability": OPT_NUM,
                "created_at": OPT_NUM, "account_age_days": OPT_NUM, "n_purchases": int, "purchase_amount": NUM,
                "purchase_velocity": OPT_NUM, "high_risk_share": OPT_NUM}
 EDGE_KEYS = {"user_id": str, "node_type": str, "node_id": str, "first_seen": (int, type(None)), "shared": bool}
@@ -645,6 +653,30 @@ def test_cases_give_each_member_its_label_and_whether_the_scorer_trained_on_it(t
     no_scorer = FraudCases.from_run(make_run(tmp_path / "bare", with_prob=False),
                                     detector=RingDetector(hub_threshold=10))
     assert not any(t for _, t in no_scorer.labels(ids).values())  # no scorer was fitted on any label
+
+
+def test_cases_and_case_files_give_the_trained_on_members_held_out_scores(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path / "run", held_out=True)
+    cases = FraudCases.from_run(run_dir, detector=RingDetector(hub_threshold=10))
+    ids = [str(u) for u in cases.data["user"].ids]
+    held, labels = cases.held_out(ids), cases.labels(ids)
+    assert [h is not None for h in held.values()] == [trained for _, trained in labels.values()]
+    assert all(h == pytest.approx(0.001 * ids.index(u)) for u, h in held.items() if h is not None)
+    with pytest.raises(KeyError, match="unknown user_id 'nobody'"):
+        cases.held_out([ids[0], "nobody"])
+    out = tmp_path / "cases"
+    top = rings_run(run_dir, top=3, export=out, detector=RingDetector(hub_threshold=10))
+    seen = 0
+    for ring in top:
+        for m in json.loads((out / "cases" / f"{ring.ring_id}.json").read_text())["members"]:
+            check_keys(m, MEMBER_KEYS, "member")
+            assert m["held_out_probability"] == pytest.approx(held[m["user_id"]]) if held[m["user_id"]] is not None \
+                else m["held_out_probability"] is None
+            seen += m["held_out_probability"] is not None
+    assert seen  # some members were trained on
+    # a run without held-out scores gives none
+    plain = FraudCases.from_run(make_run(tmp_path / "plain"), detector=RingDetector(hub_threshold=10))
+    assert plain.held_out_prob is None and set(plain.held_out(ids).values()) == {None}
 
 
 def test_cases_find_the_rings_an_account_is_in(tmp_path: Path) -> None:

@@ -202,3 +202,27 @@ def test_a_ring_whose_members_have_no_labels_keeps_its_case(caplog: pytest.LogCa
     r = _app(labels=labels).get("/fraud/ring/R0001")
     assert r.status_code == 200 and r.json()["member_labels"] is None and r.json()["members"] == ["a", "b", "c"]
     assert "member labels left out" in caplog.text
+
+
+def test_ring_cases_and_explanations_give_the_trained_on_members_held_out_scores(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path / "run", held_out=True)
+    rings_run(run_dir, top=3, detector=RingDetector(hub_threshold=10))
+    cases = FraudCases.from_run(run_dir)
+    app = FastAPI()
+    app.include_router(fraud_router(cases.rings, explain=cases.explain, labels=cases.labels, held_out=cases.held_out))
+    client = TestClient(app, raise_server_exceptions=False)
+    seen = 0
+    for ring in cases.rings():
+        body = client.get(f"/fraud/ring/{ring.ring_id}").json()
+        held = cases.held_out(ring.members)
+        assert {u: m["held_out_probability"] for u, m in body["member_labels"].items()} == pytest.approx(held)
+        seen += sum(h is not None for h in held.values())
+        for user in ring.members[:2]:
+            ex = client.get("/fraud/explain", params={"user_id": user}).json()
+            assert ex["held_out_probability"] == pytest.approx(held[user])
+    assert seen
+    # a router without held-out scores gives null
+    app = FastAPI()
+    app.include_router(fraud_router(cases.rings, labels=cases.labels))
+    body = TestClient(app).get(f"/fraud/ring/{cases.rings()[0].ring_id}").json()
+    assert {m["held_out_probability"] for m in body["member_labels"].values()} == {None}

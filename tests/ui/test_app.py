@@ -459,7 +459,12 @@ def test_ring_view_draws_and_offers_case_files(ui_run: Path, ui_cases: FraudCase
     # each member's label in the shop's data, and whether the scorer was fitted on it
     labels = ui_cases.labels(ring.members)
     assert view.members["label"].tolist() == [label_words(*labels[u]) for u in view.members["user_id"]]
-    assert view.status.endswith(_members_labelled(labels)) and "(**label** column)" in _members_labelled(labels)
+    held = ui_cases.held_out(ring.members)
+    assert view.status.endswith(_members_labelled(labels, held)) and "(**label** column)" in _members_labelled(labels)
+    # the trained-on members' held-out probabilities, blank for the others
+    assert view.members["held-out probability"].fillna(-1).tolist() == [
+        -1 if held[u] is None else round(held[u], 3) for u in view.members["user_id"]]
+    assert ("**held-out probability** column" in view.status) == any(h is not None for h in held.values())
     assert ("Account ids are drawn for rings of up to" in view.status) == (len(ring.members) > RING_LABELS)
     # the run's export holds this very ring: its files are the ones handed out
     assert json_path.read_bytes() == (ui_run / "cases" / "cases" / json_path.name).read_bytes()
@@ -484,6 +489,10 @@ def test_members_labelled_counts_the_labels_and_those_trained_on() -> None:
     assert text.startswith(" The shop's data labels all 3 members legitimate (**label** column).")
     text = _members_labelled({"a": (False, False), "b": (None, False), "c": (False, False)})
     assert text == " The shop's data labels 2 of the 3 members legitimate (**label** column)."
+    trained = {"a": (True, True), "b": (False, False)}
+    assert "held-out probability" not in _members_labelled(trained, {"a": None, "b": None})
+    assert _members_labelled(trained, {"a": 0.4, "b": None}).endswith(
+        " The **held-out probability** column gives what the scorer says of them when refitted without their labels.")
 
 
 def test_ring_view_never_hands_out_a_stale_export(ui_run: Path, ui_cases: FraudCases, tmp_path: Path) -> None:
