@@ -1119,8 +1119,8 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
 
 MEMBER_COLUMNS = ["user_id", "fraud probability", "label", "held-out probability", "devices", "shared devices used",
                   "purchases"]
-# the members table sits in a narrow column: every column keeps room for its header and values
-_MEMBER_WIDTHS: list[str | int] = ["14%", "12%", "16%", "12%", "10%", "24%", "12%"]
+# the members table spans the page under the drawing: the device lists get the most room
+_MEMBER_WIDTHS: list[str | int] = ["10%", "11%", "16%", "11%", "8%", "34%", "10%"]
 
 
 def _members_labelled(labels: dict[str, tuple[bool | None, bool]], held_out: dict[str, float | None] | None = None) -> str:
@@ -1718,12 +1718,12 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             with gr.Row():
                 ring_image = gr.Image(label="Ring subgraph", type="pil", interactive=False, elem_id="ring-image",
                                       scale=3, height=520)
-                with gr.Column(scale=2):
-                    ring_files = gr.File(label="Case files (JSON + CSV)", file_count="multiple", interactive=False,
-                                         elem_id="ring-files")
-                    ring_members = gr.Dataframe(value=pd.DataFrame(columns=MEMBER_COLUMNS), label="Members",
-                                                interactive=False, wrap=True, column_widths=_MEMBER_WIDTHS,
-                                                elem_id="ring-members")
+                ring_files = gr.File(label="Case files (JSON + CSV)", file_count="multiple", interactive=False,
+                                     elem_id="ring-files", scale=1)
+            # the page's full width: every column's header and values fit on a line or two
+            ring_members = gr.Dataframe(value=pd.DataFrame(columns=MEMBER_COLUMNS), label="Members",
+                                        interactive=False, wrap=True, column_widths=_MEMBER_WIDTHS,
+                                        elem_id="ring-members")
 
             def on_ring(ring_id: Any) -> tuple[Any, ...]:
                 view = ring_view(cases, ring_id, export_dir, work_dir)

@@ -490,7 +490,7 @@ def test_members_labelled_counts_the_labels_and_those_trained_on() -> None:
     text = _members_labelled({"a": (False, False), "b": (None, False), "c": (False, False)})
     assert text == " The shop's data labels 2 of the 3 members legitimate (**label** column)."
     trained = {"a": (True, True), "b": (False, False)}
-    assert "held-out probability" not in _members_labelled(trained, {"a": None, "b": None})
+    assert "held-out" not in _members_labelled(trained, {"a": None, "b": None})
     assert _members_labelled(trained, {"a": 0.4, "b": None}).endswith(
         " The **held-out probability** column gives what the scorer says of them when refitted without their labels.")
 
