@@ -92,10 +92,12 @@ class FraudScore(NamedTuple):
         probability: the serving fraud scorer's probability (NaN when the run has no scorer).
         threshold: the decision threshold chosen on validation (``RUN/fraud.json``).
         flagged: ``probability >= threshold``.
-        reasons: up to three facts about the account that raised its score most, each with its
-            raw value and its contribution to the scorer's log-odds (TreeSHAP of the served trees,
-            or integrated gradients of the GNN's fraud head); a sentence saying why when there is
-            no attribution; empty when not asked for (``score_users(..., reasons=False)``).
+        reasons: the reasons for the verdict: for a flagged account up to three facts about it
+            that raised its score most, for an account below the threshold up to three that
+            lowered it most, each with its raw value and its signed contribution to the scorer's
+            log-odds (TreeSHAP of the served trees, or integrated gradients of the GNN's fraud
+            head); a sentence saying why when there is no attribution; empty when not asked for
+            (``score_users(..., reasons=False)``).
         label: the account's ``is_fraud`` label in the shop's data (``None``: unlabelled).
         label_in_training: whether the served scorer was trained on that label (a labelled
             account of the training period). Its ``probability`` is then fitted to the label, not
@@ -1431,9 +1433,10 @@ class ShopService:
         return out
 
     # -- fraud ----------------------------------------------------------------------------------
-    def _fraud_reasons(self, u: int, top: int = 3) -> list[str]:
-        """The ``top`` facts about the account that raised its fraud score most, each with its raw
-        value and its contribution to the scorer's log-odds; only facts that raised it."""
+    def _fraud_reasons(self, u: int, top: int = 3, *, raised: bool = True) -> list[str]:
+        """The reasons for the account's verdict: the ``top`` facts about it that raised its fraud
+        score most (``raised``: a flagged account), or that lowered it most (an account below the
+        threshold), each with its raw value and its signed contribution to the scorer's log-odds."""
         if self._fraud_attribution is None:
             return [f"no per-feature attribution is available for this run's fraud scorer "
                     f"({self.fraud.get('kind', 'none')}); /fraud/explain may have one"]
@@ -1441,17 +1444,19 @@ class ShopService:
         if attribution is None:
             return [f"no per-feature attribution is available for this account: the run's model does not "
                     f"reproduce its stored score ({self.fraud.get('kind', 'none')}); /fraud/explain may have one"]
+        sign = 1.0 if raised else -1.0
         facts = []
         for name, value, contribution in attribution:
-            if contribution >= 0.005:  # shown to two decimals: no "+0.00"
+            if sign * contribution >= 0.005:  # shown to two decimals: no "+0.00"
                 fact = describe_user_feature(name, self._user_raw[name][u] if name in self._user_raw else None, value)
                 if fact is None and name not in self._user_raw:  # a neighbourhood mean, a group of encoder columns
                     fact = _in_words(name, value)
                 if fact is not None:
                     facts.append((contribution, fact))
-        facts.sort(key=lambda f: -f[0])
-        reasons = [f"{fact} (+{c:.2f} log-odds)" for c, fact in facts[:top]]
-        return reasons or ["nothing in the account's own behaviour or shared identifiers raised its score"]
+        facts.sort(key=lambda f: -sign * f[0])
+        reasons = [f"{fact} ({c:+.2f} log-odds)" for c, fact in facts[:top]]
+        return reasons or [f"nothing in the account's own behaviour or shared identifiers "
+                           f"{'raised' if raised else 'lowered'} its score"]
 
     def score_user(self, user_id: str) -> FraudScore:
         """Fraud probability of a user, the decision, and the behaviour features behind it."""
@@ -1478,8 +1483,9 @@ class ShopService:
         for u in users:
             p, held = float(self.fraud_prob[u]), float(self.fraud_prob_held_out[u])
             label = int(self.fraud_labels[u])
-            out.append(FraudScore(self.user_ids[u], p, self.fraud_threshold, bool(p == p and p >= self.fraud_threshold),
-                                  self._fraud_reasons(u) if reasons else [], None if label < 0 else bool(label),
+            flagged = bool(p == p and p >= self.fraud_threshold)
+            out.append(FraudScore(self.user_ids[u], p, self.fraud_threshold, flagged,
+                                  self._fraud_reasons(u, raised=flagged) if reasons else [], None if label < 0 else bool(label),
                                   bool(self.label_in_training[u]), held if held == held else None))
         return out
 

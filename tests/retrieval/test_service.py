@@ -705,7 +705,7 @@ def test_a_broken_revisit_term_is_refused_with_its_name(revisit_run, tmp_path):
     assert indptr[-1] == value.size and np.isclose(values.sum(), value.sum())
 
 
-def test_fraud_reasons_are_raw_facts_that_raised_the_score(service, run_path, monkeypatch):
+def test_fraud_reasons_are_raw_facts_behind_the_verdict(service, run_path, monkeypatch):
     from shopgraph.graph.pipeline import load_run_tables
 
     tables = load_run_tables(RunDir(run_path))
@@ -715,8 +715,9 @@ def test_fraud_reasons_are_raw_facts_that_raised_the_score(service, run_path, mo
     age = (cut - created) / 86_400
     u = service.user_ids.index("u002")
     n_events = int(np.expm1(service._user_raw["log_n_events"][u]).round())
-    # what the scorer read is standardised (9.9 here): the reasons show the raw values, and only
-    # the features that raised the score, largest first
+    # what the scorer read is standardised (9.9 here): the reasons show the raw values, and for a
+    # flagged account only the features that raised the score, largest first
+    monkeypatch.setattr(service, "fraud_threshold", 0.0)
     fake = [("night_share", 9.9, -0.4), ("log_n_events", 9.9, 0.2), ("log_account_age_days", 9.9, 0.7),
             ("other users via device: mean log_n_events", 9.9, 1.5)]
     monkeypatch.setattr(service, "_fraud_attribution", lambda _: fake)
@@ -737,6 +738,17 @@ def test_fraud_reasons_are_raw_facts_that_raised_the_score(service, run_path, mo
     monkeypatch.setattr(service, "_fraud_attribution", lambda _: [("night_share", 9.9, -0.4)])
     assert service.score_user("u002").reasons == [
         "nothing in the account's own behaviour or shared identifiers raised its score"]
+    # below the threshold: the features that lowered the score, most first (the reasons it was not flagged)
+    monkeypatch.setattr(service, "fraud_threshold", 1.5)
+    fake = [("log_n_events", 9.9, -0.2), ("log_account_age_days", 9.9, -0.7), ("night_share", 9.9, 0.4)]
+    monkeypatch.setattr(service, "_fraud_attribution", lambda _: fake)
+    score = service.score_user("u002")
+    assert not score.flagged and score.reasons == [
+        f"account age: {age:,.0f} days (-0.70 log-odds)" if age >= 10 else f"account age: {age:,.1f} days (-0.70 log-odds)",
+        f"events in the training period: {n_events:,} (-0.20 log-odds)"]
+    monkeypatch.setattr(service, "_fraud_attribution", lambda _: [("night_share", 9.9, 0.4)])
+    assert service.score_user("u002").reasons == [
+        "nothing in the account's own behaviour or shared identifiers lowered its score"]
     monkeypatch.setattr(service, "_fraud_attribution", None)  # e.g. rank_average: nothing to attribute with
     assert service.score_user("u002").reasons[0].startswith("no per-feature attribution is available for this "
                                                             "run's fraud scorer (gnn)")
@@ -749,11 +761,13 @@ def test_fraud_reasons_of_the_gnn_head_are_its_integrated_gradients(service):
     for user in ("u000", "u002", "u017"):
         u = service.user_ids.index(user)
         ex = explain_user(service.model, data, u, top_k=int(data["user"].x.size(1)))
-        up = sorted((f.attribution for f in ex.features if f.attribution >= 0.005), reverse=True)[:3]
-        shown = [float(r.rsplit("(+", 1)[1].split(" ")[0]) for r in service.score_user(user).reasons
-                 if r.endswith(" log-odds)")]
-        np.testing.assert_allclose(shown, [round(a, 2) for a in up][:len(shown)], atol=0.006)
-        assert shown and all(a > 0 for a in shown)
+        score = service.score_user(user)
+        sign = 1.0 if score.flagged else -1.0  # flagged: what raised the score; else what lowered it
+        top = sorted((f.attribution for f in ex.features if sign * f.attribution >= 0.005), key=lambda a: -sign * a)[:3]
+        shown = [float(r.rsplit("(", 1)[1].split(" ")[0]) for r in score.reasons if r.endswith(" log-odds)")]
+        np.testing.assert_allclose(shown, [round(a, 2) for a in top][:len(shown)], atol=0.006)
+        assert shown and all(sign * a > 0 for a in shown)
+    assert {service.score_user(user).flagged for user in ("u000", "u002", "u017")} == {True, False}
 
 
 def test_gnn_head_reasons_only_for_what_the_model_reproduces(service, monkeypatch):
