@@ -911,7 +911,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
                                                        "category; an empty value is refused)"),
     ) -> RecommendOut:
         rec = service.recommend(user_id, k, exclude_seen=exclude_seen, category=category)
-        return RecommendOut(user_id=user_id, k=k, items=_items(rec))
+        return RecommendOut(user_id=user_id.strip(), k=k, items=_items(rec))  # the id as stored
 
     @app.get("/recommend/new", response_model=RecommendOut, responses=_ERRORS, tags=["recommend"],
              summary="Top-k of the items added since training, for a user (a \"new for you\" slot)",
@@ -923,7 +923,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
                                                        "category; an empty value is refused)"),
     ) -> RecommendOut:
         rec = service.recommend_new(user_id, k, category=category)
-        return RecommendOut(user_id=user_id, k=k, items=_items(rec))
+        return RecommendOut(user_id=user_id.strip(), k=k, items=_items(rec))
 
     @app.post("/recommend/batch", response_model=RecommendBatchOut, responses={**_ERRORS, **body_errors},
               tags=["recommend"], summary=f"Top-k items for up to {MAX_BATCH:,} users in one search (JSON)",
@@ -932,13 +932,13 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         body = await _ids_body(request, _RECOMMEND_BATCH_EXAMPLE)
         ids, k, exclude_seen, category = _recommend_batch_json(body)
         recs = await run_in_threadpool(service.recommend_batch, ids, k, exclude_seen, category)
-        return RecommendBatchOut(k=k, results=[RecommendOut(user_id=u, k=k, items=_items(rec))
+        return RecommendBatchOut(k=k, results=[RecommendOut(user_id=u.strip(), k=k, items=_items(rec))
                                                for u, rec in zip(ids, recs)])
 
     @app.get("/similar", response_model=SimilarOut, responses=_ERRORS, tags=["recommend"],
              summary="Items similar to an item", dependencies=[only_similar])
     def similar(item_id: str = Query(..., description="external item id"), k: int = k_param) -> SimilarOut:
-        return SimilarOut(item_id=item_id, k=k, items=_items(service.similar_items(item_id, k)))
+        return SimilarOut(item_id=item_id.strip(), k=k, items=_items(service.similar_items(item_id, k)))
 
     @app.post("/similar/batch", response_model=SimilarBatchOut, responses={**_ERRORS, **body_errors},
               tags=["recommend"], summary=f"Items similar to each of up to {MAX_BATCH:,} items in one search (JSON)",
@@ -947,7 +947,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         body = await _ids_body(request, _SIMILAR_BATCH_EXAMPLE)
         ids, k = _similar_batch_json(body)
         recs = await run_in_threadpool(service.similar_items_batch, ids, k)
-        return SimilarBatchOut(k=k, results=[SimilarOut(item_id=i, k=k, items=_items(rec)) for i, rec in zip(ids, recs)])
+        return SimilarBatchOut(k=k, results=[SimilarOut(item_id=i.strip(), k=k, items=_items(rec))
+                                             for i, rec in zip(ids, recs)])
 
     @app.post("/recommend/cold", response_model=ColdOut, responses={
         **_ERRORS, **body_errors, 503: {"model": ErrorOut, "description": "text given, and the run has no text index"},
@@ -1042,7 +1043,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     async def remove_items(request: Request) -> RemovedBatchOut:
         ids = _remove_ids(await _ids_body(request, _REMOVE_EXAMPLE))
         await run_in_threadpool(_changed, lambda: service.remove_items(ids))
-        return RemovedBatchOut(removed=len(ids), item_ids=ids)
+        return RemovedBatchOut(removed=len(ids), item_ids=[i.strip() for i in ids])  # as stored
 
     @app.get("/items/{item_id:path}", response_model=ItemInfoOut, responses=_ERRORS, tags=["catalogue"],
              summary="One served item: title, category, description, price, image", dependencies=[nothing])
@@ -1053,7 +1054,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
                 summary="Remove an item from every answer", dependencies=[nothing])
     async def remove_item(item_id: str) -> RemovedOut:
         await run_in_threadpool(_changed, lambda: service.remove_item(item_id))
-        return RemovedOut(item_id=item_id, removed=True)
+        return RemovedOut(item_id=item_id.strip(), removed=True)
 
     @app.get("/fraud/score", response_model=FraudOut, responses=_ERRORS, tags=["fraud"],
              summary="Fraud probability of a user", dependencies=[only_user])

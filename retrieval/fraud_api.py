@@ -199,9 +199,10 @@ def fraud_router(
               user_id: str | None = Query(None, description="only the rings this account is a member of")) -> RingsOut:
         ranked = list(enumerate(get_rings(), start=1))  # ranks are the rings' places among all
         if user_id is not None:
-            if has_user is not None and not has_user(user_id):
+            if has_user is not None and not has_user(user_id.strip()):
                 raise HTTPException(404, f"user_id: unknown user {shown(user_id)}")
-            ranked = [(k, r) for k, r in ranked if user_id in r.members]
+            key = user_id.strip()  # ids are stored without surrounding spaces
+            ranked = [(k, r) for k, r in ranked if key in r.members]
         chosen = ranked[:top]
         return RingsOut(schema_version=SCHEMA_VERSION, total=len(ranked), count=len(chosen),
                         rings=[_ring_out(r, k, members_labels(r)) for k, r in chosen])
@@ -251,10 +252,11 @@ def fraud_router(
     def explain_user(user_id: str = Query(..., description="the user's id")) -> ExplanationOut:
         if explain is None:
             raise HTTPException(503, "explanations are not available on this server (no run loaded)")
+        given, user_id = user_id, user_id.strip()  # ids are stored without surrounding spaces
         try:
             ex = explain(user_id)
         except KeyError:
-            raise HTTPException(404, f"user_id: unknown user {shown(user_id)}") from None
+            raise HTTPException(404, f"user_id: unknown user {shown(given)}") from None
         except (ValueError, TypeError) as exc:
             raise HTTPException(422, str(exc)) from exc
         label, trained, held = None, None, None

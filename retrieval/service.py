@@ -256,14 +256,15 @@ def _refuse_not_a_list(values: Any, name: str, what: str = "ids") -> None:
 
 
 def _id_text(value: Any, where: str) -> str:
-    """``value`` when it can be an id (a string that is not blank), else ``ValueError`` naming
-    ``where``: ids are never blank (the loader drops such rows), so a blank one is a malformed
-    request, not an unknown id."""
+    """``value`` without surrounding spaces when it can be an id (a string that is not blank), else
+    ``ValueError`` naming ``where``: ids are never blank (the loader drops such rows), so a blank
+    one is a malformed request, not an unknown id; and they are stored without surrounding spaces
+    (the loader and ``add_item`` strip them), so an id pasted with a stray space still names one."""
     if not isinstance(value, str):
         raise ValueError(f"{where}: expected a string id (got {type(value).__name__} {shown(value)})")
     if not value.strip():
         raise ValueError(f"{where}: expected a non-empty id (got {shown(value)})")
-    return value
+    return value.strip()
 
 
 def check_k(k: Any, name: str = "k") -> int:
@@ -1003,14 +1004,13 @@ class ShopService:
             raise ValueError(f"{name}: expected at least one id (got an empty list)")
         if len(ids) > MAX_BATCH:
             raise ValueError(f"{name}: expected at most {MAX_BATCH:,} ids (got {len(ids):,})")
-        for pos, value in enumerate(ids):
-            _id_text(value, f"{name}[{pos}]")
-        unknown = [value for value in ids if value not in positions]
+        keys = [_id_text(value, f"{name}[{pos}]") for pos, value in enumerate(ids)]
+        unknown = [value for value, key in zip(ids, keys) if key not in positions]  # named as given
         if unknown:
             names = list(dict.fromkeys(unknown))
             raise UnknownIdError(f"{name}: unknown {kind}{'s' if len(names) > 1 else ''} {listed_ids(names)} "
                                  f"({len(unknown):,} of the {len(ids):,} ids given)")
-        return [positions[value] for value in ids]
+        return [positions[key] for key in keys]
 
     def _category(self, category: str | None) -> int | None:
         """The code of a category filter (the caller holds ``_lock.read()``: add_item changes it)."""
@@ -1026,16 +1026,18 @@ class ShopService:
         return code
 
     def has_user(self, user_id: str) -> bool:
-        """Whether ``user_id`` is a known user (``False`` for anything that is not a string id)."""
-        return isinstance(user_id, str) and user_id in self._user_pos
+        """Whether ``user_id`` (surrounding spaces aside) is a known user (``False`` for anything
+        that is not a string id)."""
+        return isinstance(user_id, str) and user_id.strip() in self._user_pos
 
     def has_item(self, item_id: str) -> bool:
-        """Whether ``item_id`` is a served item (``False`` for anything that is not a string id)."""
+        """Whether ``item_id`` (surrounding spaces aside) is a served item (``False`` for anything
+        that is not a string id)."""
         self._maybe_sync()
         if not isinstance(item_id, str):
             return False
         with self._lock.read():
-            return item_id in self._item_pos
+            return item_id.strip() in self._item_pos
 
     def item_info(self, item_id: str) -> dict[str, Any]:
         """Title, category, description, price and image path of an item."""
@@ -1772,7 +1774,7 @@ class ShopService:
         with self._sync_lock, self._journal.locked():
             self._sync()
             i = self._item(item_id)
-            self._append({"op": "remove", "item_id": item_id})
+            self._append({"op": "remove", "item_id": self.item_ids[i]})  # as stored: no stray spaces
             self._delete([i])
 
     def remove_items(self, item_ids: Sequence[str]) -> None:
@@ -1790,10 +1792,10 @@ class ShopService:
             raise ValueError(f"item_ids: expected 1 to {MAX_BATCH:,} ids (got {len(ids):,})")
         first: dict[str, int] = {}
         for k, value in enumerate(ids):
-            _id_text(value, f"item_ids[{k}]")
-            if value in first:
-                raise ValueError(f"item_ids[{k}]: {shown(value)} is also item_ids[{first[value]}]")
-            first[value] = k
+            ids[k] = key = _id_text(value, f"item_ids[{k}]")
+            if key in first:
+                raise ValueError(f"item_ids[{k}]: {shown(value)} is also item_ids[{first[key]}]")
+            first[key] = k
         self._maybe_sync()
         if self._journal is None:
             with self._sync_lock:

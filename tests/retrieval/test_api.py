@@ -35,6 +35,17 @@ def test_fraud_scores_give_a_trained_on_accounts_held_out_score(tmp_path_factory
         assert [s["held_out_probability"] for s in body["scores"]] == [None, 0.25]
 
 
+def test_ids_with_surrounding_spaces_are_the_stored_ones(client):
+    r = client.get("/fraud/score", params={"user_id": " u002 "})
+    assert r.status_code == 200 and r.json()["user_id"] == "u002"
+    r = client.get("/recommend", params={"user_id": "u002 ", "k": 3})
+    assert r.status_code == 200 and r.json()["items"] == client.get("/recommend", params={"user_id": "u002", "k": 3}).json()["items"]
+    r = client.post("/fraud/score/batch", json={"user_ids": [" u002", "u017 "], "reasons": False})
+    assert r.status_code == 200 and [s["user_id"] for s in r.json()["scores"]] == ["u002", "u017"]
+    r = client.get("/fraud/score", params={"user_id": " nobody"})
+    assert r.status_code == 404 and r.json()["detail"] == "user_id: unknown user ' nobody'"
+
+
 def test_recommend_contract(client):
     r = client.get("/recommend", params={"user_id": "u001", "k": 5})
     assert r.status_code == 200

@@ -226,3 +226,15 @@ def test_ring_cases_and_explanations_give_the_trained_on_members_held_out_scores
     app.include_router(fraud_router(cases.rings, labels=cases.labels))
     body = TestClient(app).get(f"/fraud/ring/{cases.rings()[0].ring_id}").json()
     assert {m["held_out_probability"] for m in body["member_labels"].values()} == {None}
+
+
+def test_a_user_id_with_surrounding_spaces_names_the_stored_account(client: TestClient, cases: FraudCases) -> None:
+    member = cases.ring("R0002").members[0]
+    plain = client.get("/fraud/rings", params={"user_id": member}).json()
+    assert client.get("/fraud/rings", params={"user_id": f" {member} "}).json() == plain
+    r = client.get("/fraud/explain", params={"user_id": f"{member} "})
+    assert r.status_code == 200 and r.json()["user_id"] == member
+    r = client.get("/fraud/explain", params={"user_id": " nobody "})
+    assert r.status_code == 404 and r.json()["detail"] == "user_id: unknown user ' nobody '"
+    r = client.get("/fraud/rings", params={"user_id": " nobody "})
+    assert r.status_code == 404 and r.json()["detail"] == "user_id: unknown user ' nobody '"
