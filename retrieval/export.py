@@ -3,7 +3,7 @@
 ``shopgraph recommend --run RUN --out recs.csv`` writes the table a nightly job loads into a
 mailing or a page cache (one row per user and rank); ``shopgraph score --run RUN --out
 scores.csv`` writes the fraud scores an investigator sorts and filters (one row per account,
-``--flagged-only`` for the work queue). Both answer exactly as the HTTP API does (the same
+``--flagged-only`` for the work queue, ``--label-audit`` for the labels worth a second look). Both answer exactly as the HTTP API does (the same
 :class:`~shopgraph.retrieval.service.ShopService` calls, in batches of :data:`MAX_BATCH`), over
 the catalogue as served (the run's journal of items added and removed at run time applied).
 
@@ -23,11 +23,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from shopgraph.graph.files import existing_ancestor
 from shopgraph.graph.run import atomic_write
-from shopgraph.retrieval.service import MAX_BATCH, ShopService, UnknownIdError, check_k, listed_ids
+from shopgraph.retrieval.service import (
+    MAX_BATCH,
+    FraudScore,
+    ShopService,
+    UnknownIdError,
+    check_k,
+    listed_ids,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -132,23 +140,43 @@ def recommendations_table(service: ShopService, user_ids: list[str], *, k: int =
     return pd.DataFrame(rows).astype({"rank": "int32", "score": "float64"})
 
 
+def contradicts_label(score: FraudScore) -> bool:
+    """Whether an account the scorer was trained on gets a held-out score that contradicts its
+    label: labelled legitimate but at or above the threshold, or labelled fraud but below it."""
+    held = score.held_out_probability
+    return bool(score.label_in_training and score.label is not None and held is not None
+                and (held >= score.threshold) != score.label)
+
+
 def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = True,
-                 flagged_only: bool = False) -> pd.DataFrame:
+                 flagged_only: bool = False, label_audit: bool = False) -> pd.DataFrame:
     """One row per account: ``user_id, probability, threshold, flagged, scorer, label,
     label_in_training, held_out_probability, reasons`` (``label``: the shop's ``is_fraud``, empty
     when unlabelled; ``label_in_training``: the scorer was fitted on it, and
     ``held_out_probability`` its score with that label held out, empty for the other accounts,
     :class:`FraudScore`; the reasons joined by
     ``" | "``, empty without ``reasons``), in the order of ``user_ids``; ``flagged_only`` keeps
-    the accounts at or above the threshold."""
+    the accounts at or above the threshold; ``label_audit`` keeps those whose held-out score
+    contradicts their label (:func:`contradicts_label`), the farthest from the threshold first.
+
+    Raises:
+        ValueError: ``label_audit`` on a run without held-out scores (nothing to audit with).
+    """
+    if label_audit and not np.isfinite(service.fraud_prob_held_out).any():
+        raise ValueError("--label-audit: this run has no held-out scores (trained before they were stored, with "
+                         "--held-out-folds 0, or serving another fraud scorer than graph_trees); retrain it with "
+                         "`shopgraph train` to audit its labels")
     rows = []
     scorer = str(service.fraud.get("kind", "none"))
     for chunk in _chunks(_known(service, user_ids)):
-        kept = [s for s in service.score_users(chunk, reasons=False) if s.flagged or not flagged_only]
+        kept = [s for s in service.score_users(chunk, reasons=False)
+                if (s.flagged or not flagged_only) and (contradicts_label(s) or not label_audit)]
         if reasons and kept:  # reasons cost per account: only for the rows kept
             kept = service.score_users([s.user_id for s in kept], reasons=True)
         rows += [(s.user_id, s.probability, s.threshold, s.flagged, scorer, s.label, s.label_in_training,
                   s.held_out_probability, REASON_SEP.join(s.reasons)) for s in kept]
+    if label_audit:  # the most contradicted first: the held-out score farthest from the threshold
+        rows.sort(key=lambda row: -abs(row[7] - row[2]))
     columns = ["user_id", "probability", "threshold", "flagged", "scorer", "label", "label_in_training",
                "held_out_probability", "reasons"]
     return pd.DataFrame(rows, columns=columns).astype({"probability": "float64", "threshold": "float64",
@@ -191,7 +219,8 @@ def cli_recommend(args: argparse.Namespace) -> int:
 
 
 def cli_score(args: argparse.Namespace) -> int:
-    """``shopgraph score --run RUN --out FILE [--users FILE] [--no-reasons] [--flagged-only] [--overwrite]``."""
+    """``shopgraph score --run RUN --out FILE [--users FILE] [--no-reasons] [--flagged-only | --label-audit]
+    [--overwrite]``."""
     out = check_out(args.out, overwrite=args.overwrite, run=args.run)
     wanted = None if args.users is None else read_user_ids(args.users)  # before loading the run
     t0 = time.perf_counter()
@@ -201,10 +230,15 @@ def cli_score(args: argparse.Namespace) -> int:
         logger.warning("this run's fraud scorer (%s) works out each account's reasons with the model (75-700 ms an "
                        "account): %d accounts may take a while; --no-reasons for scores only",
                        service.fraud.get("kind"), len(users))
-    table = scores_table(service, users, reasons=not args.no_reasons, flagged_only=args.flagged_only)
+    table = scores_table(service, users, reasons=not args.no_reasons, flagged_only=args.flagged_only,
+                         label_audit=args.label_audit)
     write_table(table, out)
     flagged = int(table["flagged"].sum())
-    kept = f"the {flagged:,} flagged of {len(users):,} accounts" if args.flagged_only else \
-        f"{len(users):,} accounts ({flagged:,} flagged)"
+    if args.label_audit:
+        kept = f"the {len(table):,} accounts of {len(users):,} whose held-out score contradicts their label"
+    elif args.flagged_only:
+        kept = f"the {flagged:,} flagged of {len(users):,} accounts"
+    else:
+        kept = f"{len(users):,} accounts ({flagged:,} flagged)"
     print(f"wrote the fraud scores of {kept} to {out} in {time.perf_counter() - t0:.1f}s")
     return 0

@@ -53,6 +53,7 @@ HISTORY_ITEMS = 8
 DEFAULT_K = 8
 MAX_K = 20  # the "how many" sliders' top; the message for other values names the same range
 SAMPLES_PER_KIND = 4
+SAMPLES_DISPUTED = 2  # sample accounts of each kind whose held-out score contradicts their label
 RING_LABELS = 12  # rings up to this size get their account ids written on the drawing
 RING_ITEMS = 12  # items drawn in a ring's subgraph (the ones most members bought)
 ERROR_PREFIX = "**Problem:** "  # plain text: headless browsers may lack an emoji font
@@ -530,7 +531,8 @@ def _items_problem(service: ShopService, missing: Sequence[str]) -> str:
 
 def sample_users(service: ShopService, history: UserHistory | None, cases: FraudCases | None,
                  n: int = SAMPLES_PER_KIND) -> list[tuple[str, str]]:
-    """Dropdown choices ``(label, user_id)``: likely fraudsters, ring members, heavy buyers, typical users.
+    """Dropdown choices ``(label, user_id)``: likely fraudsters, labels the held-out scores contradict
+    (the most contradicted first), ring members, heavy buyers, typical users.
 
     Args:
         service: the service (fraud probabilities).
@@ -550,6 +552,14 @@ def sample_users(service: ShopService, history: UserHistory | None, cases: Fraud
         for u in np.argsort(-predicted, kind="stable")[:n]:
             if predicted[u] >= 0:
                 add(service.user_ids[int(u)], f"fraud probability {prob[u]:.2f}")
+    held, threshold = np.asarray(service.fraud_prob_held_out, dtype=np.float64), service.fraud_threshold
+    if np.isfinite(held).any() and math.isfinite(threshold):  # labels the held-out scores contradict
+        labels = np.asarray(service.fraud_labels)
+        for label, wrong, words in ((0, held >= threshold, "labelled legitimate, flagged with its label held out"),
+                                    (1, held < threshold, "labelled fraud, missed with its label held out")):
+            found = np.flatnonzero(np.isfinite(held) & (labels == label) & wrong)
+            for u in found[np.argsort(-np.abs(held[found] - threshold), kind="stable")][:SAMPLES_DISPUTED]:
+                add(service.user_ids[int(u)], words)
     if cases is not None:
         for ring in cases.rings(top=n):
             add(ring.members[0], f"member of ring {ring.ring_id}")

@@ -185,7 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="the file to write (.csv or .parquet)")
     p.add_argument("--users", type=Path, default=None, help=users_help)
     p.add_argument("--no-reasons", action="store_true", help="scores only, no reasons")
-    p.add_argument("--flagged-only", action="store_true", help="only the accounts at or above the threshold")
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument("--flagged-only", action="store_true", help="only the accounts at or above the threshold")
+    keep.add_argument("--label-audit", action="store_true",
+                      help="only the accounts the scorer was trained on whose held-out score contradicts their label "
+                           "(labelled legitimate but at or above the threshold, or labelled fraud but below it, with "
+                           "their labels held out), the most contradicted first: labels worth a second look")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     p = sub.add_parser("rings", help="find, score and export fraud rings")

@@ -91,6 +91,32 @@ def test_fraud_scores_of_every_account_and_the_flagged_ones(run, service, tmp_pa
     assert table["held_out_probability"].fillna(-1).tolist() == [-1 if h != h else h for h in held]
 
 
+def test_label_audit_lists_the_labels_the_held_out_scores_contradict(run, service, tmp_path, capsys):
+    scores = service.score_users(service.user_ids, reasons=False)
+    trained = [s for s in scores if s.label_in_training]
+    assert trained and any(s.label for s in trained) and any(s.label is False for s in trained)
+    t = scores[0].threshold
+    # held-out scores that contradict some labels: a labelled fraud far below the threshold, a
+    # labelled legitimate account just above it, the rest agreeing
+    far_fraud = next(s for s in trained if s.label)
+    near_legit = next(s for s in trained if s.label is False)
+    held = {s.user_id: (0.0 if s is far_fraud else min(1.0, t + 0.01) if s is near_legit else
+                        (1.0 if s.label else 0.0)) for s in trained}
+    folder = with_held_out(run, tmp_path / "held", [held.get(u, float("nan")) for u in service.user_ids])
+    out = tmp_path / "audit.csv"
+    assert main(["score", "--run", str(folder), "--out", str(out), "--label-audit", "--no-reasons"]) == 0
+    table = pd.read_csv(out, dtype={"user_id": str})
+    assert table["user_id"].tolist() == [far_fraud.user_id, near_legit.user_id]  # the most contradicted first
+    assert table["label"].tolist() == [True, False] and table["label_in_training"].all()
+    assert "the 2 accounts of 40 whose held-out score contradicts their label" in capsys.readouterr().out
+    # a run without held-out scores has nothing to audit with: said, and nothing written
+    out = tmp_path / "none.csv"
+    assert main(["score", "--run", str(run), "--out", str(out), "--label-audit"]) == 1
+    assert "--label-audit: this run has no held-out scores" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit):  # one filter or the other
+        main(["score", "--run", str(run), "--out", str(out), "--label-audit", "--flagged-only"])
+
+
 def _folder(path: Path) -> str:
     path.mkdir()
     return str(path)

@@ -198,6 +198,19 @@ def test_sample_users_cover_fraud_rings_and_buyers(ui_service: ShopService, hist
     if ui_cases.rings():
         assert any("member of ring" in label for label, _ in choices)
     assert any("heavy buyer" in label for label, _ in choices)
+    # the labels that the held-out scores contradict, as a run with them gives (here: made up)
+    held = np.where(ui_service.label_in_training, np.where(ui_service.fraud_labels == 1, 0.0, 1.0), np.nan)
+    with_held = SimpleNamespace(**{k: getattr(ui_service, k) for k in (
+        "fraud_prob", "fraud_threshold", "fraud_labels", "label_in_training", "user_ids", "has_user")},
+        fraud_prob_held_out=held)
+    disputed = [(label, u) for label, u in sample_users(with_held, history, ui_cases)  # type: ignore[arg-type]
+                if "held out" in label]
+    assert [label[len(u) + 2:-1] for label, u in disputed] == ["labelled legitimate, flagged with its label held out"] * 2 + [
+        "labelled fraud, missed with its label held out"] * 2
+    assert all(ui_service.score_user(u).label_in_training for _, u in disputed)
+    real = ui_service.fraud_prob_held_out  # the run's own: a sample of each kind it contradicts
+    contradicted = np.isfinite(real) & ((real >= ui_service.fraud_threshold) != (ui_service.fraud_labels == 1))
+    assert any("held out" in label for label, _ in choices) == bool(contradicted.any())
 
 
 def test_default_user_by_kind() -> None:
