@@ -854,6 +854,8 @@ def held_out_probabilities(
         return out
     fold = held_out_folds(train.size, folds, seed)
     neigh, known = _neighbour_table(data, None), known_labels(data)
+    width = neigh.shape[1]
+    feats: np.ndarray | None = None  # one table: the neighbour columns copied once, the ring columns per fold
     for k in range(folds):
         held, rest = train[fold == k], train[fold != k]
         if np.unique(yy[rest]).size < 2:
@@ -862,7 +864,11 @@ def held_out_probabilities(
             continue
         masked = known.copy()
         masked[held] = -1
-        feats = np.concatenate([neigh, ring_features(data, None, known=masked).x], axis=1)
+        ring = ring_features(data, None, known=masked).x  # the same columns for every fold
+        if feats is None:
+            feats = np.empty((n, width + ring.shape[1]), dtype=np.float32)
+            feats[:, :width] = neigh
+        feats[:, width:] = ring
         trees = _refit_trees(head, head.best_iteration_ + 1, seed).fit(feats[rest], yy[rest])
         out[held] = trees.predict_proba(feats[held])
     return out
