@@ -161,10 +161,10 @@ def _report(metrics: dict[str, Any], data: HeteroData, history: dict[str, Any], 
             lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in FRAUD_KEYS) + f" | {_fmt(ratio)} |")
         held = fraud_info.get("held_out")
         if isinstance(held, dict):
-            lines += ["", f"The served scorer was fitted on the labels of {held.get('accounts')} training accounts, so "
-                      "its scores of them are fitted rather than predicted. Refitted without their labels "
-                      f"({held.get('folds')} folds; the service gives these as `held_out_probability`), it scores "
-                      f"them at AUPRC {_fmt(held.get('auprc'))}, AUROC {_fmt(held.get('auroc'))}, and at the "
+            lines += ["", f"The served scorer was fitted on the labels of {fraud_info.get('train_users')} training "
+                      "accounts, so its scores of them are fitted rather than predicted. Refitted without their "
+                      f"labels ({held.get('folds')} folds; the service gives these as `held_out_probability`), it "
+                      f"scores the {held.get('accounts')} that got a held-out score at AUPRC {_fmt(held.get('auprc'))}, AUROC {_fmt(held.get('auroc'))}, and at the "
                       f"serving threshold finds {_fmt(held.get('recall'))} of their frauds at precision "
                       f"{_fmt(held.get('precision'))}."]
     if plots:

@@ -795,6 +795,23 @@ def held_out_folds(n: int, folds: int, seed: int) -> np.ndarray:
     return out
 
 
+def check_held_out(values: Any, n_users: int) -> np.ndarray:
+    """A run's stored held-out scores (``embeddings.safetensors`` ``fraud_prob_held_out``) as
+    ``float64 [U]``, or ``ValueError`` naming what is wrong: not one per user, or a finite value
+    outside ``[0, 1]`` (NaN: an account without one)."""
+    from shopgraph.graph.train import HELD_OUT_KEY
+
+    held = np.asarray(values, dtype=np.float64).reshape(-1)
+    if held.size != n_users:
+        raise ValueError(f"embeddings: {HELD_OUT_KEY} has {held.size:,} values for the graph's {n_users:,} users; "
+                         "re-run `shopgraph train`")
+    bad = np.isfinite(held) & ((held < 0) | (held > 1))
+    if bad.any():
+        raise ValueError(f"embeddings: {HELD_OUT_KEY} has {int(bad.sum()):,} values outside [0, 1] "
+                         f"(first: user {int(np.flatnonzero(bad)[0])}); re-run `shopgraph train`")
+    return held
+
+
 def _refit_trees(head: Any, rounds: int, seed: int) -> Any:
     """Unfitted trees with ``head``'s settings that boost exactly ``rounds`` rounds."""
     from shopgraph.graph.baselines import XGBGraphFraud
@@ -819,9 +836,13 @@ def held_out_probabilities(
     (:func:`held_out_folds`); for each fold the trees are refitted with the served trees' settings
     and number of rounds (no early stopping) on the other folds' accounts, with the feature table
     recomputed as if the fold's labels were unknown (:func:`ring_features`' known-label counts),
-    and score the fold's accounts. An account's held-out score therefore reads its label nowhere:
-    not as a training row, not in a co-user count, not in the choice of folds. Only the number of
-    rounds is taken from the served fit.
+    and score the fold's accounts. An account's held-out score therefore reads its label neither as
+    a training row, nor in a co-user count, nor in the choice of folds. Two settings do come from
+    the served fit, which saw every training label, this account's too: the number of rounds
+    (early-stopped on the validation accounts) and the threshold the score is compared with (the
+    served one, max F1 on the validation accounts) — one label among thousands behind a setting,
+    as cross-fitting usually reuses tuned settings; early-stopping every fold on the validation
+    accounts instead took 1.8× as long (BENCHMARKS.md).
 
     Args:
         data: the full graph with ``data["user"].x``, labels and masks.

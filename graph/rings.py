@@ -555,10 +555,13 @@ def _load_fraud_scores(run: RunDir) -> tuple[np.ndarray | None, bool]:
     return prob, False
 
 
-def load_held_out(run: RunDir) -> np.ndarray | None:
+def load_held_out(run: RunDir, n_users: int) -> np.ndarray | None:
     """The training accounts' held-out fraud scores ``[U]`` (NaN for the other accounts) from
     ``RUN/embeddings.safetensors``, or ``None`` when the run has none (trained before they were
-    stored, with ``--held-out-folds 0``, or serving another scorer than ``graph_trees``)."""
+    stored, with ``--held-out-folds 0``, or serving another scorer than ``graph_trees``);
+    ``ValueError`` naming the problem when they are not ``n_users`` values in ``[0, 1]``
+    (:func:`shopgraph.graph.fraud_scorer.check_held_out`)."""
+    from shopgraph.graph.fraud_scorer import check_held_out
     from shopgraph.graph.train import HELD_OUT_KEY
 
     rel = "embeddings.safetensors"
@@ -569,7 +572,7 @@ def load_held_out(run: RunDir) -> np.ndarray | None:
     with safe_open(str(run.path_of(rel)), framework="pt") as f:
         if HELD_OUT_KEY not in f.keys():
             return None
-        held = f.get_tensor(HELD_OUT_KEY).float().numpy().astype(np.float64).reshape(-1)
+        held = check_held_out(f.get_tensor(HELD_OUT_KEY).float().numpy(), n_users)
     return None if not np.isfinite(held).any() else held
 
 
@@ -853,6 +856,7 @@ def rings_run(
 
         model = None if no_scorer else load_model(run)
         served = load_served_explainer(run, data, model, prob)
+        held_out = load_held_out(run, int(data["user"].num_nodes))
     run.write_json(RINGS_FILE, _jsonable(rings_payload(det.rings_, det.hub_devices_, det.mode_, params)),
                    made_from=made_from, stage="shopgraph rings")
     chosen = det.rings_[:top]
@@ -864,7 +868,7 @@ def rings_run(
         source = {"run": str(run.path.resolve()),
                   "made_from": {**made_from, **run.sources(RINGS_FILE, optional=EXPORT_MODEL_FILES)}}
         export_cases(chosen, data, tables, export, hubs=det.hub_devices_, mode=det.mode_, params=params,
-                     explanations=explanations, source=source, fraud_prob=prob, held_out=load_held_out(run))
+                     explanations=explanations, source=source, fraud_prob=prob, held_out=held_out)
     return chosen
 
 
@@ -956,7 +960,7 @@ class FraudCases:
             rings = (detector or RingDetector()).fit(data, prob, tables).rings_
         model = None if no_scorer else load_model(run)  # no scorer: the GNN's fraud head was never trained
         return cls(rings, data, tables, model, prob, load_served_explainer(run, data, model, prob),
-                   load_held_out(run))
+                   load_held_out(run, int(data["user"].num_nodes)))
 
     def rings(self, top: int | None = None) -> list[Ring]:
         """The ranked rings (the first ``top`` when given)."""

@@ -1468,8 +1468,10 @@ def train(
         if not state_path.is_file():
             raise FileNotFoundError(f"resume: no checkpoint at {state_path} (train without --resume first)")
         state = _load_state(state_path)
-        saved = {k: v for k, v in dict(state["train_config"]).items() if k != "epochs"}
-        now = {k: v for k, v in dataclasses.asdict(config).items() if k != "epochs"}
+        # settings that only act after the epochs (how many epochs, the held-out fraud scores) may differ
+        after = ("epochs", "held_out_folds")
+        saved = {k: v for k, v in dict(state["train_config"]).items() if k not in after}
+        now = {k: v for k, v in dataclasses.asdict(config).items() if k not in after}
         # settings left to their default compare as what they resolve to on this graph, on both
         # sides: no batching flag is --full-batch where full-batch is the default, and the reverse
         auto_mini_batch = uses_mini_batch(dataclasses.replace(config, mini_batch=None), train_pairs.size(1), num_items)

@@ -185,7 +185,7 @@ class FraudOut(BaseModel):
                     "rather than predicted (labelled accounts of the training period)")
     held_out_probability: float | None = Field(
         None, description="for an account the scorer was trained on: its score from the same trees refitted "
-                          "without its label (5-fold cross-fitting), to compare with the threshold; null for "
+                          "without its label (cross-fitting, 5 folds by default), to compare with the threshold; null for "
                           "every other account, and when the run has no held-out scores")
 
 

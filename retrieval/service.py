@@ -104,10 +104,11 @@ class FraudScore(NamedTuple):
             a prediction: such accounts score far above the others of their class (every training
             fraudster is flagged on the demo shop, about 78% of the unseen ones).
         held_out_probability: for an account the scorer was trained on, its score from the same
-            trees refitted without its label (5-fold cross-fitting at training,
-            :func:`shopgraph.graph.fraud_scorer.held_out_probabilities`): what the scorer says of
-            the account when it does not know its label, to compare with ``threshold`` (84% of
-            the demo shop's trained-on fraudsters are flagged that way). ``None`` for every other
+            trees refitted without its label (cross-fitting at training, 5 folds by default,
+            :func:`shopgraph.graph.fraud_scorer.held_out_probabilities`; the trees' number of
+            rounds and the threshold come from the served fit): what the scorer says of the
+            account when it does not know its label, to compare with ``threshold`` (84% of the
+            demo shop's trained-on fraudsters are flagged that way). ``None`` for every other
             account, and for all when the served scorer is not ``graph_trees`` or the run was
             trained without held-out scores.
     """
@@ -552,19 +553,12 @@ def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, n
 def _held_out(embeddings: dict[str, np.ndarray], n_users: int) -> np.ndarray:
     """``float32 [U]``: the run's held-out fraud scores of its training accounts (NaN for the
     others, and for all in a run trained without them)."""
+    from shopgraph.graph.fraud_scorer import check_held_out
     from shopgraph.graph.train import HELD_OUT_KEY
 
     if HELD_OUT_KEY not in embeddings:
         return np.full(n_users, np.nan, dtype=np.float32)
-    held = np.asarray(embeddings[HELD_OUT_KEY], dtype=np.float32).reshape(-1)
-    if held.size != n_users:
-        raise ValueError(f"embeddings: {HELD_OUT_KEY} has {held.size:,} values for the graph's {n_users:,} users; "
-                         "re-run `shopgraph train`")
-    bad = np.isfinite(held) & ((held < 0) | (held > 1))
-    if bad.any():
-        raise ValueError(f"embeddings: {HELD_OUT_KEY} has {int(bad.sum()):,} values outside [0, 1] "
-                         f"(first: user {int(np.flatnonzero(bad)[0])}); re-run `shopgraph train`")
-    return held
+    return check_held_out(embeddings[HELD_OUT_KEY], n_users).astype(np.float32)
 
 
 def _revisit_csr(embeddings: dict[str, np.ndarray], n_users: int, n_items: int
@@ -1046,7 +1040,7 @@ class ShopService:
             i = self._item(item_id)
             price = self.prices[i]
             image = self.images[i]
-            return {"item_id": item_id, "title": self.titles[i], "category": self.categories[i],
+            return {"item_id": self.item_ids[i], "title": self.titles[i], "category": self.categories[i],
                     "description": self.descriptions[i], "price": None if price != price else price,
                     "image": str(self.tables_root / image) if image and self.tables_root else (image or None)}
 
@@ -1787,28 +1781,31 @@ class ShopService:
             UnknownIdError: ids that are not served (all of them named); nothing is removed.
         """
         _refuse_not_a_list(item_ids, "item_ids")
-        ids = list(item_ids)
-        if not 1 <= len(ids) <= MAX_BATCH:
-            raise ValueError(f"item_ids: expected 1 to {MAX_BATCH:,} ids (got {len(ids):,})")
+        given = list(item_ids)
+        if not 1 <= len(given) <= MAX_BATCH:
+            raise ValueError(f"item_ids: expected 1 to {MAX_BATCH:,} ids (got {len(given):,})")
+        ids: list[str] = []  # as stored: without surrounding spaces
         first: dict[str, int] = {}
-        for k, value in enumerate(ids):
-            ids[k] = key = _id_text(value, f"item_ids[{k}]")
+        for k, value in enumerate(given):
+            key = _id_text(value, f"item_ids[{k}]")
             if key in first:
                 raise ValueError(f"item_ids[{k}]: {shown(value)} is also item_ids[{first[key]}]")
             first[key] = k
+            ids.append(key)
         self._maybe_sync()
         if self._journal is None:
             with self._sync_lock:
-                self._delete(self._served_positions(ids))
+                self._delete(self._served_positions(ids, given))
             return
         with self._sync_lock, self._journal.locked():
             self._sync()
-            positions = self._served_positions(ids)
+            positions = self._served_positions(ids, given)
             self._append({"op": "remove_batch", "item_ids": ids})
             self._delete(positions)
 
-    def _served_positions(self, item_ids: list[str]) -> list[int]:
-        unknown = [item_id for item_id in item_ids if item_id not in self._item_pos]
+    def _served_positions(self, item_ids: list[str], given: list[str] | None = None) -> list[int]:
+        """The positions of served ``item_ids``; ``UnknownIdError`` naming the others as ``given``."""
+        unknown = [g for item_id, g in zip(item_ids, given or item_ids) if item_id not in self._item_pos]
         if unknown:
             raise UnknownIdError(f"item_ids: {len(unknown):,} of the {len(item_ids):,} items are not served, nothing "
                                  f"was removed: {listed_ids(unknown)}")

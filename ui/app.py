@@ -794,7 +794,8 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
     if table is None or table.empty:
         table = pd.DataFrame({"reason": score.reasons, _REASON_COLUMNS[1]: [None] * len(score.reasons),
                               "contribution": [None] * len(score.reasons)}, columns=_REASON_COLUMNS)
-        method = "behaviour features more than 1 SD above the average user"
+        method = ("the reasons for the verdict at the validation threshold: the facts that raised the score of a "
+                  "flagged account most, or lowered that of an unflagged one most (log-odds)")
     p = score.probability
     if p == p:
         shown_p, shown_t = _compared(p, score.threshold, least=3)

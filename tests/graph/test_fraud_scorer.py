@@ -272,7 +272,10 @@ def test_held_out_scores_cover_exactly_the_trained_on_accounts(setup: tuple) -> 
     np.testing.assert_array_equal(held, held_out_probabilities(data, scorer, seed=0))  # seeded
 
 
-def test_held_out_score_never_reads_the_accounts_own_label(setup: tuple) -> None:
+def test_held_out_score_reads_its_own_label_in_no_row_and_no_co_user_count(setup: tuple) -> None:
+    """Given the served trees' settings (their rounds and threshold come from a fit that saw every
+    training label; ``held_out_probabilities`` says so), the held-out score of an account does not
+    move when its label flips."""
     model, data, train_emb, _ = setup
     scorer = select_fraud_scorer(model, data, train_emb, seed=0, candidates=("graph_trees",))
     before = held_out_probabilities(data, scorer, seed=0)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch_geometric.data import HeteroData
 
 from shopgraph.graph import rings as rings_mod
@@ -677,6 +677,18 @@ def test_cases_and_case_files_give_the_trained_on_members_held_out_scores(tmp_pa
     # a run without held-out scores gives none
     plain = FraudCases.from_run(make_run(tmp_path / "plain"), detector=RingDetector(hub_threshold=10))
     assert plain.held_out_prob is None and set(plain.held_out(ids).values()) == {None}
+    # damaged ones are named, before anything is written
+    run = RunDir(run_dir)
+    tensors = load_file(str(run_dir / "embeddings.safetensors"))
+    for bad, message in ((tensors[HELD_OUT_KEY][:5], "fraud_prob_held_out has 5 values for the graph's"),
+                         (tensors[HELD_OUT_KEY] * 0 + 2.0, "values outside \\[0, 1\\]")):
+        run.write_with("embeddings.safetensors", lambda p, b=bad: save_file({**tensors, HELD_OUT_KEY: b}, str(p)))
+        with pytest.raises(ValueError, match=message):
+            FraudCases.from_run(run_dir, detector=RingDetector(hub_threshold=10))
+        before = _snapshot(run_dir)
+        with pytest.raises(ValueError, match=message):
+            rings_run(run_dir, top=3, export=tmp_path / "again", detector=RingDetector(hub_threshold=10))
+        assert _snapshot(run_dir) == before and not (tmp_path / "again").exists()
 
 
 def test_cases_find_the_rings_an_account_is_in(tmp_path: Path) -> None:

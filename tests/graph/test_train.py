@@ -1104,6 +1104,13 @@ def test_resume_refuses_fewer_epochs_than_done_and_compares_batching_as_resolved
     capsys.readouterr()
     assert main(["train", "--run", str(path), "--epochs", "7", "--resume", "--mini-batch"]) == 1
     assert "resume: the checkpoint was made with different settings ['mini_batch']" in capsys.readouterr().err
+    # the held-out fraud scores are computed after the epochs: another fold count resumes, and so does a
+    # checkpoint saved before the setting existed
+    assert main(["train", "--run", str(path), "--epochs", "7", "--resume", "--held-out-folds", "0"]) == 0
+    state_doc = train_mod._load_state(state)
+    del state_doc["train_config"]["held_out_folds"]
+    train_mod._save_state(state, state_doc)
+    assert main(["train", "--run", str(path), "--epochs", "8", "--resume"]) == 0
 
 
 def test_train_run_writes_every_file_with_the_umask_mode(tmp_path: Path, data: HeteroData) -> None:

@@ -322,6 +322,10 @@ def test_ids_with_surrounding_spaces_name_the_same_accounts_and_items(service):
     assert service.has_user(" u002") and service.has_item(f" {item}") and not service.has_user(" nobody ")
     with pytest.raises(UnknownIdError, match=r"user_ids: unknown user ' nobody ' \(1 of the 2 ids given\)"):
         service.score_users([" u002", " nobody "])
+    assert service.item_info(f" {item} ")["item_id"] == item  # the stored id, not the one given
+    with pytest.raises(UnknownIdError, match=r"1 of the 2 items are not served, nothing was removed: ' nope '"):
+        service.remove_items([f" {item}", " nope "])
+    assert service.has_item(item)
 
 
 def test_a_batch_answers_each_user_to_the_last_bit(tmp_path):
