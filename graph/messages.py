@@ -40,3 +40,8 @@ def known_ids(count: int, noun: str, example: str | None) -> str:
     if not count or example is None:
         return f"no {noun}s known"
     return f"{count:,} {noun}{'s' if count > 1 else ''} known; {noun} ids look like {example}"
+
+
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """``"1 account"``, ``"2 accounts"`` (``many``: the plural when it is not ``noun + "s"``)."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {many or noun + 's'}"

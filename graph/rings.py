@@ -967,11 +967,13 @@ class FraudCases:
         return list(self._rings if top is None else self._rings[:top])
 
     def ring(self, ring_id: str) -> Ring:
-        """One ring, by its id (``"R0001"``), in any case (``"r0001"``) when no other ring id is the
-        same up to case; ``KeyError`` naming the id (cut, when long) and what ids look like."""
-        ring = self._by_id.get(ring_id) if isinstance(ring_id, str) else None
-        if ring is None and isinstance(ring_id, str):
-            ring = self._by_folded.get(ring_id.casefold())
+        """One ring, by its id (``"R0001"``; surrounding spaces aside), in any case (``"r0001"``) when
+        no other ring id is the same up to case; ``KeyError`` naming the id (cut, when long) and what
+        ids look like."""
+        key = ring_id.strip() if isinstance(ring_id, str) else None
+        ring = self._by_id.get(key) if key is not None else None
+        if ring is None and key is not None:
+            ring = self._by_folded.get(key.casefold())
         if ring is None:
             known = known_ids(len(self._rings), "ring", self._rings[0].ring_id if self._rings else None)
             raise KeyError(f"unknown ring_id {shown(ring_id)} ({known})")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from shopgraph.graph.files import existing_ancestor
+from shopgraph.graph.messages import plural
 from shopgraph.graph.run import atomic_write
 from shopgraph.retrieval.service import (
     MAX_BATCH,
@@ -113,7 +115,8 @@ def _checked_ids(path: Path, ids: Sequence[str | None], where: Callable[[int], s
 def _known(service: ShopService, user_ids: list[str]) -> list[str]:
     unknown = [u for u in user_ids if not service.has_user(u)]
     if unknown:
-        raise UnknownIdError(f"--users: {len(unknown):,} of the {len(user_ids):,} ids are not users of this run "
+        raise UnknownIdError(f"--users: {len(unknown):,} of the {plural(len(user_ids), 'id')} "
+                             f"{'is not a user' if len(unknown) == 1 else 'are not users'} of this run "
                              f"(nothing was written): {listed_ids(unknown)}")
     return user_ids
 
@@ -148,16 +151,30 @@ def contradicts_label(score: FraudScore) -> bool:
                 and (held >= score.threshold) != score.label)
 
 
+def contradiction(held_out: float, threshold: float) -> float:
+    """How far a held-out score is from the threshold in log-odds (the scale of the reasons), the
+    order of ``--label-audit``: in probability a labelled fraud can be at most the threshold away
+    from it, a legitimate account much further."""
+    def log_odds(p: float) -> float:
+        q = min(max(p, 1e-6), 1.0 - 1e-6)  # a score of 0 or 1 is some finite way out
+        return math.log(q / (1.0 - q))
+
+    return abs(log_odds(held_out) - log_odds(threshold))
+
+
 def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = True,
                  flagged_only: bool = False, label_audit: bool = False) -> pd.DataFrame:
     """One row per account: ``user_id, probability, threshold, flagged, scorer, label,
-    label_in_training, held_out_probability, reasons`` (``label``: the shop's ``is_fraud``, empty
-    when unlabelled; ``label_in_training``: the scorer was fitted on it, and
-    ``held_out_probability`` its score with that label held out, empty for the other accounts,
-    :class:`FraudScore`; the reasons joined by
-    ``" | "``, empty without ``reasons``), in the order of ``user_ids``; ``flagged_only`` keeps
-    the accounts at or above the threshold; ``label_audit`` keeps those whose held-out score
-    contradicts their label (:func:`contradicts_label`), the farthest from the threshold first.
+    label_in_training, held_out_probability, held_out_flagged, reasons`` (``label``: the shop's
+    ``is_fraud``, empty when unlabelled; ``label_in_training``: the scorer was fitted on it, and
+    ``held_out_probability`` its score with that label held out and ``held_out_flagged`` that
+    score at or above the threshold, both empty for the other accounts, :class:`FraudScore`;
+    ``flagged`` and the reasons, joined by ``" | "`` and empty without ``reasons``, are those of
+    the served ``probability``), in the order of ``user_ids``; ``flagged_only`` keeps the
+    accounts at or above the threshold; ``label_audit`` keeps those whose held-out score
+    contradicts their label (:func:`contradicts_label`), the most contradicted first: the
+    held-out score farthest from the threshold in log-odds, the scale of the reasons (in
+    probability a labelled fraud can be at most the threshold away, a legitimate account far more).
 
     Raises:
         ValueError: ``label_audit`` on a run without held-out scores (nothing to audit with).
@@ -174,15 +191,18 @@ def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = T
         if reasons and kept:  # reasons cost per account: only for the rows kept
             kept = service.score_users([s.user_id for s in kept], reasons=True)
         rows += [(s.user_id, s.probability, s.threshold, s.flagged, scorer, s.label, s.label_in_training,
-                  s.held_out_probability, REASON_SEP.join(s.reasons)) for s in kept]
-    if label_audit:  # the most contradicted first: the held-out score farthest from the threshold
-        rows.sort(key=lambda row: -abs(row[7] - row[2]))
+                  s.held_out_probability,
+                  None if s.held_out_probability is None else s.held_out_probability >= s.threshold,
+                  REASON_SEP.join(s.reasons)) for s in kept]
+    if label_audit:  # the most contradicted first, in log-odds
+        rows.sort(key=lambda row: -contradiction(row[7], row[2]))
     columns = ["user_id", "probability", "threshold", "flagged", "scorer", "label", "label_in_training",
-               "held_out_probability", "reasons"]
+               "held_out_probability", "held_out_flagged", "reasons"]
     return pd.DataFrame(rows, columns=columns).astype({"probability": "float64", "threshold": "float64",
                                                        "flagged": "bool", "label": "boolean",
                                                        "label_in_training": "bool",
-                                                       "held_out_probability": "float64"})
+                                                       "held_out_probability": "float64",
+                                                       "held_out_flagged": "boolean"})
 
 
 def write_table(table: pd.DataFrame, out: Path) -> None:
@@ -213,7 +233,7 @@ def cli_recommend(args: argparse.Namespace) -> int:
     table = recommendations_table(service, users, k=args.k, exclude_seen=not args.include_seen,
                                   category=args.category)
     write_table(table, out)
-    print(f"wrote {len(table):,} recommendations for {len(users):,} users (k={args.k}) to {out} in "
+    print(f"wrote {plural(len(table), 'recommendation')} for {plural(len(users), 'user')} (k={args.k}) to {out} in "
           f"{time.perf_counter() - t0:.1f}s")
     return 0
 
@@ -235,10 +255,11 @@ def cli_score(args: argparse.Namespace) -> int:
     write_table(table, out)
     flagged = int(table["flagged"].sum())
     if args.label_audit:
-        kept = f"the {len(table):,} accounts of {len(users):,} whose held-out score contradicts their label"
+        kept = (f"the {plural(len(table), 'account')} of {len(users):,} whose held-out score contradicts "
+                f"{'its' if len(table) == 1 else 'their'} label")
     elif args.flagged_only:
-        kept = f"the {flagged:,} flagged of {len(users):,} accounts"
+        kept = f"the {flagged:,} flagged of {plural(len(users), 'account')}"
     else:
-        kept = f"{len(users):,} accounts ({flagged:,} flagged)"
+        kept = f"{plural(len(users), 'account')} ({flagged:,} flagged)"
     print(f"wrote the fraud scores of {kept} to {out} in {time.perf_counter() - t0:.1f}s")
     return 0

@@ -221,9 +221,10 @@ def fraud_router(
                 dependencies=[Depends(strict_query(()))])
     def ring(ring_id: str) -> RingCaseOut:
         ranked = list(get_rings())
-        found = next(((k, r) for k, r in enumerate(ranked, start=1) if r.ring_id == ring_id), None)
+        key = ring_id.strip()  # ring ids have no surrounding spaces
+        found = next(((k, r) for k, r in enumerate(ranked, start=1) if r.ring_id == key), None)
         if found is None:  # any case ("r0001"), as the demo's Ring box takes it, when no other id folds the same
-            folded = [(k, r) for k, r in enumerate(ranked, start=1) if r.ring_id.casefold() == ring_id.casefold()]
+            folded = [(k, r) for k, r in enumerate(ranked, start=1) if r.ring_id.casefold() == key.casefold()]
             found = folded[0] if len(folded) == 1 else None
         if found is None:
             known = known_ids(len(ranked), "ring", ranked[0].ring_id if ranked else None)

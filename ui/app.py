@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from shopgraph.graph.messages import plural
 from shopgraph.graph.wording import FRAUD_SCORER_NAMES, label_words
 from shopgraph.retrieval.service import NotAvailableError, ShopService, UnknownIdError, listed_ids, shown
 
@@ -387,7 +388,7 @@ class _Results(NamedTuple):
         """A sentence for the status when results were left out, else ``""``."""
         if not self.gone:
             return ""
-        return (f" {_plural(self.gone, 'result')} removed from the catalogue a moment ago "
+        return (f" {plural(self.gone, 'result')} removed from the catalogue a moment ago "
                 f"{'is' if self.gone == 1 else 'are'} left out.")
 
 
@@ -495,7 +496,7 @@ def visitor_view(service: ShopService, thumbs: Thumbnails, item_ids: Any, k: Any
     except (ValueError, NotAvailableError) as exc:
         return RecommendView(_problem(exc, VISITOR_ITEMS), [], [], _empty_results())
     seen = [(thumbs.get(i, info), _plain(f"{info['title'] or i} · looked at")) for i, info in infos.items()]
-    status = (f"A visitor with no account who looked at {_plural(len(picked), 'item')}: the model has no history "
+    status = (f"A visitor with no account who looked at {plural(len(picked), 'item')}: the model has no history "
               f"for them, so it averages those items' embeddings and shows the {len(found.table):,} closest items "
               "(similarity: the cosine, 1 = the same; the items they looked at are left out). Each reason "
               "names the looked-at item the result is most like." + found.note())
@@ -735,7 +736,7 @@ def _explanation_table(explanation: Any) -> pd.DataFrame:
     for nb in sorted(explanation.neighbours, key=lambda n: -abs(float(n.attribution))):
         if trees:
             others = int(nb.attribution)
-            reason = (f"shares {nb.node_type} {nb.node_id} with {_plural(others, 'other account')}" if others > 0
+            reason = (f"shares {nb.node_type} {nb.node_id} with {plural(others, 'other account')}" if others > 0
                       else f"uses {nb.node_type} {nb.node_id}, which no other account uses")
             neighbours.append({"reason": reason, "value": f"{others:,}", "contribution": None})
         else:
@@ -928,7 +929,7 @@ def rings_note(cases: FraudCases | None, top: int = RING_TOP) -> str:
     if total > top:
         return (f"Showing the top {top} of {total} rings; type any other ring id (R0001 to R{total:04d}) "
                 "in the Ring box.")
-    return f"All {_plural(total, 'ring')}."
+    return f"All {plural(total, 'ring')}."
 
 
 def _past(verb: str) -> str:
@@ -1014,7 +1015,7 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILIma
                label=f"item {_past(target)} by members"),
     ]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8, frameon=False)
-    ax.set_title(f"Ring {ring.ring_id}: {len(ring.members)} accounts, {_plural(len(ring.shared_devices), 'shared device')}"
+    ax.set_title(f"Ring {ring.ring_id}: {len(ring.members)} accounts, {plural(len(ring.shared_devices), 'shared device')}"
                  f", score {ring.score:.2f}", fontsize=10)
     ax.axis("off")
     # labels last, once the colour bar and legend have fixed where the axes are: each is put
@@ -1094,8 +1095,6 @@ def _place_labels(fig: Any, ax: Any, anchors: Sequence[Any], texts: Sequence[str
     return artists
 
 
-def _plural(n: int, noun: str) -> str:
-    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir: Path) -> list[str]:
@@ -1202,9 +1201,9 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
         "shared devices used": [", ".join(used.get(u, [])) for u in ordered],
         "purchases": [int(n_buy.get(u, 0)) for u in ordered],
     }, columns=MEMBER_COLUMNS)
-    devices = [f"**{_md(d)}** ({_plural(int(users_of[d]), 'account')})" if d in users_of else f"**{_md(d)}**"
+    devices = [f"**{_md(d)}** ({plural(int(users_of[d]), 'account')})" if d in users_of else f"**{_md(d)}**"
                for d in ring.shared_devices]
-    tie = (f"sharing {_plural(len(devices), 'device')}: {_id_list(devices, RING_SHOWN_DEVICES)}" if devices
+    tie = (f"sharing {plural(len(devices), 'device')}: {_id_list(devices, RING_SHOWN_DEVICES)}" if devices
            else "sharing no device")
     status = (f"**Ring {ring.ring_id}**: {len(ring.members)} accounts {tie}; ring score {ring.score:.2f}. "
               "Account colour is the fraud probability (green low, red high); a thick outline marks an account the "

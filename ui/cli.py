@@ -190,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     keep.add_argument("--label-audit", action="store_true",
                       help="only the accounts the scorer was trained on whose held-out score contradicts their label "
                            "(labelled legitimate but at or above the threshold, or labelled fraud but below it, with "
-                           "their labels held out), the most contradicted first: labels worth a second look")
+                           "their labels held out), the most contradicted first (farthest from the threshold in "
+                           "log-odds): labels worth a second look. Their flagged column and reasons are those of the "
+                           "served score, fitted to the label; held_out_flagged is the held-out verdict")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     p = sub.add_parser("rings", help="find, score and export fraud rings")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -62,8 +63,8 @@ def test_fraud_scores_of_every_account_and_the_flagged_ones(run, service, tmp_pa
     assert main(["score", "--run", str(run), "--out", str(out)]) == 0
     table = pd.read_csv(out, dtype={"user_id": str}, keep_default_na=False)
     assert list(table.columns) == ["user_id", "probability", "threshold", "flagged", "scorer", "label",
-                                   "label_in_training", "held_out_probability", "reasons"]
-    assert set(table["held_out_probability"]) == {""}  # a run trained without held-out scores
+                                   "label_in_training", "held_out_probability", "held_out_flagged", "reasons"]
+    assert set(table["held_out_probability"]) == set(table["held_out_flagged"]) == {""}  # a run without held-out scores
     expected = service.score_users(service.user_ids)
     assert table["user_id"].tolist() == service.user_ids
     assert table["probability"].tolist() == [s.probability for s in expected]
@@ -89,6 +90,9 @@ def test_fraud_scores_of_every_account_and_the_flagged_ones(run, service, tmp_pa
                  "--no-reasons"]) == 0
     table = pd.read_csv(out, dtype={"user_id": str})
     assert table["held_out_probability"].fillna(-1).tolist() == [-1 if h != h else h for h in held]
+    t = expected[0].threshold
+    assert table["held_out_flagged"].astype(object).where(table["held_out_flagged"].notna(), None).tolist() == [
+        None if h != h else bool(h >= t) for h in held]
 
 
 def test_label_audit_lists_the_labels_the_held_out_scores_contradict(run, service, tmp_path, capsys):
@@ -108,6 +112,7 @@ def test_label_audit_lists_the_labels_the_held_out_scores_contradict(run, servic
     table = pd.read_csv(out, dtype={"user_id": str})
     assert table["user_id"].tolist() == [far_fraud.user_id, near_legit.user_id]  # the most contradicted first
     assert table["label"].tolist() == [True, False] and table["label_in_training"].all()
+    assert table["held_out_flagged"].tolist() == [False, True]  # the held-out verdicts that contradict the labels
     assert "the 2 accounts of 40 whose held-out score contradicts their label" in capsys.readouterr().out
     # a run without held-out scores has nothing to audit with: said, and nothing written
     out = tmp_path / "none.csv"
@@ -115,6 +120,29 @@ def test_label_audit_lists_the_labels_the_held_out_scores_contradict(run, servic
     assert "--label-audit: this run has no held-out scores" in capsys.readouterr().err and not out.exists()
     with pytest.raises(SystemExit):  # one filter or the other
         main(["score", "--run", str(run), "--out", str(out), "--label-audit", "--flagged-only"])
+
+
+def test_messages_count_one_in_the_singular(run, tmp_path, capsys) -> None:
+    users = tmp_path / "one.txt"
+    users.write_text("u002\n")
+    assert main(["score", "--run", str(run), "--out", str(tmp_path / "s.csv"), "--users", str(users),
+                 "--no-reasons"]) == 0
+    assert "wrote the fraud scores of 1 account (" in capsys.readouterr().out
+    assert main(["recommend", "--run", str(run), "--out", str(tmp_path / "r.csv"), "--users", str(users),
+                 "--k", "1"]) == 0
+    assert "wrote 1 recommendation for 1 user (k=1)" in capsys.readouterr().out
+    users.write_text("nobody\n")
+    assert main(["score", "--run", str(run), "--out", str(tmp_path / "x.csv"), "--users", str(users)]) == 1
+    assert "--users: 1 of the 1 id is not a user of this run" in capsys.readouterr().err
+
+
+def test_label_audit_orders_by_log_odds_not_probability() -> None:
+    from shopgraph.retrieval.export import contradiction
+
+    # threshold 0.2: a labelled fraud at 0.003 is 0.197 below it, a legitimate account at 0.7 is 0.5
+    # above it; in log-odds (the reasons' scale) the fraud's is the larger contradiction
+    assert contradiction(0.003, 0.2) > contradiction(0.7, 0.2) > contradiction(0.3, 0.2) > 0
+    assert contradiction(0.2, 0.2) == 0 and math.isfinite(contradiction(0.0, 0.2)) and math.isfinite(contradiction(1.0, 0.2))
 
 
 def _folder(path: Path) -> str:

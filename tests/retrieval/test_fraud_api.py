@@ -238,3 +238,6 @@ def test_a_user_id_with_surrounding_spaces_names_the_stored_account(client: Test
     assert r.status_code == 404 and r.json()["detail"] == "user_id: unknown user ' nobody '"
     r = client.get("/fraud/rings", params={"user_id": " nobody "})
     assert r.status_code == 404 and r.json()["detail"] == "user_id: unknown user ' nobody '"
+    r = client.get("/fraud/ring/%20r0002%20")  # ring ids too, in any case
+    assert r.status_code == 200 and r.json()["ring_id"] == "R0002"
+    assert cases.ring(" R0002 ").ring_id == "R0002"

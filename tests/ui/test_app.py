@@ -930,7 +930,7 @@ def test_visitor_ids_typed_as_one_entry(ui_service: ShopService, thumbs: Thumbna
 
 
 def test_counts_have_thousands_separators() -> None:
-    from shopgraph.ui.app import _plural
+    from shopgraph.graph.messages import plural as _plural
 
     assert _plural(1000, "item") == "1,000 items" and _plural(1, "item") == "1 item"
 
