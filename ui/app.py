@@ -39,6 +39,7 @@ import pandas as pd
 
 from shopgraph.graph.messages import plural
 from shopgraph.graph.wording import FRAUD_SCORER_NAMES, label_words
+from shopgraph.retrieval.export import contradiction
 from shopgraph.retrieval.service import NotAvailableError, ShopService, UnknownIdError, listed_ids, shown
 
 if TYPE_CHECKING:
@@ -559,7 +560,8 @@ def sample_users(service: ShopService, history: UserHistory | None, cases: Fraud
         for label, wrong, words in ((0, held >= threshold, "labelled legitimate, flagged with its label held out"),
                                     (1, held < threshold, "labelled fraud, missed with its label held out")):
             found = np.flatnonzero(np.isfinite(held) & (labels == label) & wrong)
-            for u in found[np.argsort(-np.abs(held[found] - threshold), kind="stable")][:SAMPLES_DISPUTED]:
+            far = np.array([contradiction(h, threshold) for h in held[found]])  # as `score --label-audit` orders
+            for u in found[np.argsort(-far, kind="stable")][:SAMPLES_DISPUTED]:
                 add(service.user_ids[int(u)], words)
     if cases is not None:
         for ring in cases.rings(top=n):
@@ -1093,8 +1095,6 @@ def _place_labels(fig: Any, ax: Any, anchors: Sequence[Any], texts: Sequence[str
         placed.append(box)
         artists.append(label)
     return artists
-
-
 
 
 def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir: Path) -> list[str]:
