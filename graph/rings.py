@@ -806,6 +806,9 @@ def export_cases(
             # the member's label as the case JSON gives it, in words a spreadsheet filter can use
             words = {m["user_id"]: label_words(m["label"], m["label_in_training"]) for m in doc["members"]}
             csv.insert(csv.columns.get_loc("member_score") + 1, "member_label", csv["user_id"].map(words).fillna(""))
+            held = {m["user_id"]: m["held_out_probability"] for m in doc["members"]}
+            csv.insert(csv.columns.get_loc("member_label") + 1, "member_held_out_probability",
+                       csv["user_id"].map(held).astype(float))  # empty for the members not trained on
             csv.to_csv(tmp / "cases" / f"{ring.ring_id}.csv", index=False)
         swap_in(tmp, out)
     except BaseException:

@@ -303,8 +303,8 @@ EDGE_KEYS = {"user_id": str, "node_type": str, "node_id": str, "first_seen": (in
 EVENT_KEYS = {"timestamp": (int, type(None)), "time": str, "user_id": str, "event_type": str, "item_id": str,
               "title": str, "category": str, "amount": OPT_NUM, "device_id": str, "shared_device": bool}
 EXPLANATION_KEYS = {"user_id": str, "score": OPT_NUM, "method": str, "features": list, "neighbours": list}
-CSV_COLUMNS = ["ring_id", "timestamp", "time", "user_id", "member_score", "member_label", "event_type", "item_id",
-               "title", "category", "amount", "device_id", "shared_device"]
+CSV_COLUMNS = ["ring_id", "timestamp", "time", "user_id", "member_score", "member_label", "member_held_out_probability",
+               "event_type", "item_id", "title", "category", "amount", "device_id", "shared_device"]
 
 
 def check_keys(obj: dict[str, Any], spec: dict[str, Any], where: str) -> None:
@@ -668,6 +668,9 @@ def test_cases_and_case_files_give_the_trained_on_members_held_out_scores(tmp_pa
     top = rings_run(run_dir, top=3, export=out, detector=RingDetector(hub_threshold=10))
     seen = 0
     for ring in top:
+        csv = pd.read_csv(out / "cases" / f"{ring.ring_id}.csv", dtype={"user_id": str})
+        assert csv["member_held_out_probability"].fillna(-1).tolist() == [
+            -1 if held[u] is None else pytest.approx(held[u]) for u in csv["user_id"]]
         for m in json.loads((out / "cases" / f"{ring.ring_id}.json").read_text())["members"]:
             check_keys(m, MEMBER_KEYS, "member")
             assert m["held_out_probability"] == pytest.approx(held[m["user_id"]]) if held[m["user_id"]] is not None \
