@@ -1705,7 +1705,11 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             # the account makes a request new, not the threshold: on_threshold redraws the verdict for it
             score_once = _Requests().once(on_score, len(score_outputs), "score", used=1)
             for listen in (fr_btn.click, fr_user.change, app.load):
-                listen(score_once, [fr_user, fr_threshold], score_outputs, preprocess=False)
+                # then the verdict again at the slider's value of that moment: one moved while the score was
+                # on its way was compared with the account scored before, and the score came back with the
+                # verdict at the value it was sent with
+                listen(score_once, [fr_user, fr_threshold], score_outputs, preprocess=False).then(
+                    verdict, [fr_prob, fr_threshold], [fr_verdict], preprocess=False)  # warned already
             fr_threshold.change(on_threshold, [fr_prob, fr_threshold], [fr_verdict], preprocess=False)
 
         with gr.Tab("Rings", id="rings"):

@@ -385,3 +385,33 @@ def test_typing_an_id_then_clicking_the_button_answers_once(page: Any, ui_servic
     assert calls.count("ghost-7") == 2
     # the requests are told apart per browser session: Gradio hands each handler the request
     assert sessions and all(sessions) and len(set(sessions)) == 1, sessions
+
+
+def test_a_threshold_moved_while_scoring_decides_the_verdict(page: Any, ui_service: ShopService,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The slider moved while a score is on its way: the verdict shown is at the slider's value, not
+    at the one the request was sent with (it was, until the verdict was drawn again after scoring)."""
+    import shopgraph.ui.app as app
+
+    real = app.fraud_view
+
+    def slow(service: Any, cases: Any, user_id: Any) -> Any:
+        time.sleep(2.0)
+        return real(service, cases, user_id)
+
+    _tab(page, "Fraud")
+    _close_toasts(page)
+    number = page.locator("#fraud-threshold input[type=number]")
+    number.fill("0.99")
+    number.press("Enter")
+    user = next(u for u in ui_service.user_ids[10:] if ui_service.score_user(u).probability < 0.99)
+    monkeypatch.setattr(app, "fraud_view", slow)
+    box = page.get_by_label("Account")
+    box.fill(user)
+    page.get_by_role("button", name="Score").click()  # sent with 0.99: "Not flagged" there
+    number.fill("0")  # moved while the score is on its way
+    number.press("Enter")
+    expect(page.locator("#fraud-status")).to_contain_text(user, timeout=15_000)
+    page.wait_for_timeout(1000)
+    expect(page.locator("#fraud-verdict")).to_contain_text("FLAGGED for review")
+    assert number.input_value() == "0"
