@@ -79,7 +79,7 @@ tables = load_tables(shop).tables
 data = featurize(build_graph(tables), tables, use_text=False, use_image=False, progress=False).data
 epochs = {"cpu": 3, GPU: 30 // S}
 for dev in ("cpu", GPU):
-    cfg = TrainConfig(epochs=epochs[dev], patience=10**6)
+    cfg = TrainConfig(epochs=epochs[dev], patience=10**6, held_out_folds=0)  # the held-out fraud fits are CPU trees
     t0 = time.perf_counter(); res = train(data, cfg, device=dev); sec = time.perf_counter() - t0
     speed[dev] = sec / epochs[dev]
     print(f"{dev}: {epochs[dev]} epochs in {sec:.1f}s; best val {getattr(res, 'best_val', None)}", flush=True)
