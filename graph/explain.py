@@ -573,6 +573,119 @@ def load_served_explainer(run: RunDir, data: HeteroData, model: FraudModel | Non
         return None
 
 
+class HeldOutExplainer:
+    """Explains the held-out fraud scores of a run's training accounts (``shopgraph train``'s
+    cross-fitting, :func:`shopgraph.graph.fraud_scorer.held_out_fit`): an account's score comes
+    from the trees of its fold, fitted without the fold's labels, on a feature table where those
+    labels are hidden too; its reasons are the TreeSHAP contributions of those trees on that table
+    (a :class:`ServedTreeExplainer` per fold, built when a fold's first account is explained: a
+    pass over the ring features, half a second on the demo shop).
+
+    Args:
+        data: the run's graph.
+        boosters: ``{fold: xgboost.Booster}``.
+        fold: ``[U]`` each training account's fold (-1 for the others).
+        held_out: ``[U]`` the stored held-out scores (an account's contributions are given only
+            when its fold's trees reproduce its score).
+    """
+
+    def __init__(self, data: HeteroData, boosters: dict[int, Any], fold: np.ndarray, held_out: np.ndarray) -> None:
+        import threading
+
+        self.data = data
+        self.boosters = dict(boosters)
+        self.fold = np.asarray(fold, dtype=np.int64).reshape(-1)
+        self.held_out = np.asarray(held_out, dtype=np.float64).reshape(-1)
+        self._explainers: dict[int, ServedTreeExplainer] = {}
+        self._neighbours: np.ndarray | None = None  # the folds' common columns, kept until every fold is built
+        self._lock = threading.Lock()
+
+    def _explainer(self, k: int) -> ServedTreeExplainer:
+        with self._lock:  # built once per fold, whichever thread asks first
+            if k not in self._explainers:
+                from shopgraph.graph.fraud_scorer import _neighbour_table, held_out_table
+
+                if self._neighbours is None:
+                    self._neighbours = _neighbour_table(self.data, None)
+                table, names = held_out_table(self.data, self.fold, k, self._neighbours)
+                self._explainers[k] = ServedTreeExplainer(self.boosters[k], "graph_trees", table, names)
+                if len(self._explainers) == len(self.boosters):
+                    self._neighbours = None
+            return self._explainers[k]
+
+    def contributions(self, user_index: int) -> tuple[list[FeatureAttribution], float] | None:
+        """Every reason's contribution to the log-odds of the account's held-out score, and the
+        trees' base value, as :meth:`ServedTreeExplainer.contributions`; ``None`` for an account
+        without a held-out score, or whose fold's trees do not reproduce it (within 1e-4)."""
+        k = int(self.fold[user_index])
+        held = float(self.held_out[user_index])
+        if k < 0 or k not in self.boosters or not math.isfinite(held):
+            return None
+        items, base = self._explainer(k).contributions(user_index)
+        margin = base + sum(f.attribution for f in items)
+        if abs(1.0 / (1.0 + math.exp(-margin)) - held) > 1e-4:
+            logger.warning("held-out trees of fold %d do not reproduce user %d's held-out score (%.6f); no reasons",
+                           k, user_index, held)
+            return None
+        return items, base
+
+    @classmethod
+    def from_run(cls, run: RunDir, data: HeteroData, held_out: np.ndarray | None) -> HeldOutExplainer | None:
+        """The explainer of a run's held-out scores, or ``None`` when the run has none or no trees
+        for them (``fraud.json``'s ``held_out.trees_files``: trained before they were stored).
+
+        Raises:
+            ValueError: naming the file, when a fold's trees cannot be read or the stored folds
+                are not one per user; :class:`~shopgraph.graph.run.ChecksumError` or
+                :class:`~shopgraph.graph.run.StaleFileError` (both ``ValueError``) when a file it
+                reads does not match its checksum or was left by an earlier training.
+        """
+        info = run.read_json("fraud.json") if run.has("fraud.json") else {}
+        held_info = info.get("held_out")
+        files = held_info.get("trees_files") if isinstance(held_info, dict) else None
+        if held_out is None or not files or not np.isfinite(np.asarray(held_out, dtype=np.float64)).any():
+            return None
+        import xgboost as xgb
+        from safetensors import safe_open
+
+        from shopgraph.graph.train import HELD_OUT_FOLD_KEY
+
+        boosters: dict[int, Any] = {}
+        for key, rel in files.items():
+            booster = xgb.Booster()
+            try:
+                booster.load_model(bytearray(run.path_of(str(rel)).read_bytes()))
+            except xgb.core.XGBoostError as exc:
+                raise ValueError(f"{rel}: not a readable xgboost model ({str(exc).splitlines()[0]})") from exc
+            boosters[int(key)] = booster
+        rel = "embeddings.safetensors"
+        with safe_open(str(run.path_of(rel)), framework="pt") as f:
+            if HELD_OUT_FOLD_KEY not in f.keys():
+                raise ValueError(f"{rel}: no {HELD_OUT_FOLD_KEY} tensor for the held-out trees; retrain the run")
+            fold = f.get_tensor(HELD_OUT_FOLD_KEY).long().numpy().reshape(-1)
+        n = int(data["user"].num_nodes)
+        if fold.size != n or (fold < -1).any():
+            raise ValueError(f"{rel}: {HELD_OUT_FOLD_KEY} is not one fold (or -1) per user of the graph's {n:,}; "
+                             "retrain the run")
+        return cls(data, boosters, fold, np.asarray(held_out, dtype=np.float64))
+
+
+def load_held_out_explainer(run: RunDir, data: HeteroData, held_out: np.ndarray | None) -> HeldOutExplainer | None:
+    """:meth:`HeldOutExplainer.from_run`, or ``None`` with a warning naming the problem when the
+    stored trees cannot be used (the held-out scores are then served without reasons).
+
+    Raises:
+        ChecksumError, StaleFileError: a file it reads is damaged, or left by an earlier training.
+    """
+    try:
+        return HeldOutExplainer.from_run(run, data, held_out)
+    except (ChecksumError, StaleFileError):
+        raise
+    except ValueError as exc:
+        logger.warning("run %s: %s; the held-out fraud scores are served without reasons", run.path, exc)
+        return None
+
+
 def _serving_fraud_input(run: RunDir, model: FraudModel | None, n_users: int) -> np.ndarray:
     """``[U, D]`` the hybrid trees' GNN columns: the model's fraud input of the serving user
     embeddings stored in ``RUN/embeddings.safetensors``."""

@@ -647,16 +647,20 @@ def product_feature_table(data: HeteroData, split: Split | None) -> tuple[np.nda
     """:func:`product_features` and the ``F`` names of its columns, for explanations: the user's
     own features and ``hetero_neighbor_feature_names``, then the ring columns in words
     (:func:`ring_column_text`; ``quick_item_x{j}`` after the item feature ``j``)."""
-    from shopgraph.graph.baselines import hetero_neighbor_feature_names, node_feature_names
-
     neigh = _neighbour_table(data, split)
     known = known_labels(data) if "y" in data["user"] else None
     ring = ring_features(data, split, known=known)
+    return np.concatenate([neigh, ring.x], axis=1), _product_names(data, ring.names)
+
+
+def _product_names(data: HeteroData, ring_names: Sequence[str]) -> list[str]:
+    """The column names of a product feature table whose ring columns are ``ring_names``."""
+    from shopgraph.graph.baselines import hetero_neighbor_feature_names, node_feature_names
+
     items = node_feature_names(data, "item") if "item" in data.node_types and "x" in data["item"] else []
-    ring_names = [f"quick purchases: mean item {items[int(n[len('quick_item_x'):])]}"
-                  if n.startswith("quick_item_x") and items else ring_column_text(n) for n in ring.names]
-    names = hetero_neighbor_feature_names(data, "user") + ring_names
-    return np.concatenate([neigh, ring.x], axis=1), names
+    worded = [f"quick purchases: mean item {items[int(n[len('quick_item_x'):])]}"
+              if n.startswith("quick_item_x") and items else ring_column_text(n) for n in ring_names]
+    return hetero_neighbor_feature_names(data, "user") + worded
 
 
 def _fit_product(
@@ -824,11 +828,44 @@ def _refit_trees(head: Any, rounds: int, seed: int) -> Any:
     )
 
 
+class HeldOutFit(NamedTuple):
+    """What :func:`held_out_fit` gives: the scores, each account's fold, and each fold's trees."""
+
+    prob: np.ndarray  # float64 [U]: held-out scores, NaN for the accounts without one
+    fold: np.ndarray  # int64 [U]: the fold of each training account, -1 for the others
+    trees: list[bytes | None]  # per fold: its trees (XGBGraphFraud.booster_bytes), None when not fitted
+
+
+def held_out_known(data: HeteroData, fold: np.ndarray, k: int) -> np.ndarray:
+    """:func:`known_labels` with fold ``k``'s labels hidden (-1): what fold ``k``'s trees read."""
+    known = known_labels(data)
+    known[np.asarray(fold) == k] = -1
+    return known
+
+
+def held_out_table(data: HeteroData, fold: np.ndarray, k: int,
+                   neighbours: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+    """The feature table fold ``k``'s trees were fitted and scored on (:func:`product_features` on
+    every edge, fold ``k``'s labels hidden from the known-label counts) and its column names, for
+    explanations; ``neighbours``: the table's neighbour part when already computed (the same for
+    every fold)."""
+    ring = ring_features(data, None, known=held_out_known(data, fold, k))
+    neigh = _neighbour_table(data, None) if neighbours is None else neighbours
+    return np.concatenate([neigh, ring.x], axis=1), _product_names(data, ring.names)
+
+
 def held_out_probabilities(
     data: HeteroData, scorer: FraudScorer, *, folds: int = HELD_OUT_FOLDS, seed: int = 0,
 ) -> np.ndarray:
+    """:func:`held_out_fit`'s scores."""
+    return held_out_fit(data, scorer, folds=folds, seed=seed).prob
+
+
+def held_out_fit(
+    data: HeteroData, scorer: FraudScorer, *, folds: int = HELD_OUT_FOLDS, seed: int = 0,
+) -> HeldOutFit:
     """The served scorer's fraud probabilities of its training accounts with their own labels
-    held out (cross-fitting).
+    held out (cross-fitting), with the folds and trees behind them (for explanations).
 
     The served ``graph_trees`` are fitted on the training accounts' labels, so their scores of
     those accounts are fitted to the labels rather than predicted (on the demo shop every trained-on
@@ -851,20 +888,23 @@ def held_out_probabilities(
         seed: fold and tree seed.
 
     Returns:
-        ``float64 [U]``: the held-out probability of each labelled training account, NaN for every
-        other account, and NaN for all when the served kind is not ``graph_trees`` (the GNN behind
-        the other kinds was trained on every label: refitting the trees alone would not hold an
-        account's label out) or there are fewer training accounts than folds. A fold whose other
-        folds lack one class is left NaN, with a warning.
+        :class:`HeldOutFit`: ``prob``, the held-out probability of each labelled training account,
+        NaN for every other account, and NaN for all when the served kind is not ``graph_trees``
+        (the GNN behind the other kinds was trained on every label: refitting the trees alone
+        would not hold an account's label out) or there are fewer training accounts than folds (a
+        fold whose other folds lack one class is left NaN, with a warning); ``fold``, each
+        training account's fold (-1 for the others, and for all without held-out scores);
+        ``trees``, each fold's trees (``None`` for a fold left NaN).
     """
     from shopgraph.graph.baselines import XGBGraphFraud
 
     if folds < 2:
         raise ValueError(f"folds: expected an integer >= 2 (got {folds})")
     n = int(data["user"].num_nodes)
-    out = np.full(n, np.nan)
+    out, fold_of = np.full(n, np.nan), np.full(n, -1, dtype=np.int64)
+    trees_of: list[bytes | None] = [None] * folds
     if scorer.kind != "graph_trees":
-        return out
+        return HeldOutFit(out, fold_of, trees_of)
     head = scorer.head
     if not isinstance(head, XGBGraphFraud) or not hasattr(head, "best_iteration_"):
         raise ValueError(f"scorer.head: a 'graph_trees' scorer needs its fitted trees (got {type(head).__name__})")
@@ -872,27 +912,26 @@ def held_out_probabilities(
     yy, train = y.numpy(), np.flatnonzero(masks["train"].numpy())
     if train.size < folds:
         logger.warning("fraud: %d training accounts, fewer than %d folds; no held-out scores", train.size, folds)
-        return out
-    fold = held_out_folds(train.size, folds, seed)
-    neigh, known = _neighbour_table(data, None), known_labels(data)
+        return HeldOutFit(out, fold_of, trees_of)
+    fold_of[train] = held_out_folds(train.size, folds, seed)
+    neigh = _neighbour_table(data, None)
     width = neigh.shape[1]
     feats: np.ndarray | None = None  # one table: the neighbour columns copied once, the ring columns per fold
     for k in range(folds):
-        held, rest = train[fold == k], train[fold != k]
+        held, rest = np.flatnonzero(fold_of == k), train[fold_of[train] != k]
         if np.unique(yy[rest]).size < 2:
             logger.warning("fraud: the accounts outside held-out fold %d have one class; its %d accounts get no "
                            "held-out score", k, held.size)
             continue
-        masked = known.copy()
-        masked[held] = -1
-        ring = ring_features(data, None, known=masked).x  # the same columns for every fold
+        ring = ring_features(data, None, known=held_out_known(data, fold_of, k)).x  # the same columns every fold
         if feats is None:
             feats = np.empty((n, width + ring.shape[1]), dtype=np.float32)
             feats[:, :width] = neigh
         feats[:, width:] = ring
         trees = _refit_trees(head, head.best_iteration_ + 1, seed).fit(feats[rest], yy[rest])
         out[held] = trees.predict_proba(feats[held])
-    return out
+        trees_of[k] = trees.booster_bytes()
+    return HeldOutFit(out, fold_of, trees_of)
 
 
 def evaluate_fraud_candidates(

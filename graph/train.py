@@ -63,6 +63,8 @@ STATE_FILE = "train_state.pt"
 TRAIN_STAGE = "shopgraph train"  # the command that writes model/, embeddings.safetensors and fraud.json
 TREES_FILE = "fraud_trees.ubj"  # the served fraud trees (run folder), when boosted trees serve
 HELD_OUT_KEY = "fraud_prob_held_out"  # embeddings.safetensors: training accounts' held-out fraud scores
+HELD_OUT_FOLD_KEY = "fraud_held_out_fold"  # embeddings.safetensors: each training account's fold (-1: none)
+HELD_OUT_TREES = "fraud_held_out/fold{k}.ubj"  # the trees behind fold k's held-out scores (run folder)
 TREE_KINDS: tuple[str, ...] = ("graph_trees", "hybrid")  # the fraud scorers that are boosted trees
 RANK_LOSSES = ("softmax", "bpr")
 SUPERVISION = ("auto", "temporal", "disjoint", "all")
@@ -365,6 +367,8 @@ class TrainResult(NamedTuple):
     fraud: FraudScorer
     fraud_prob: Tensor  # [U] serving fraud probabilities (NaN when no labels)
     fraud_prob_held_out: Tensor  # [U] training accounts' scores with their labels held out (NaN elsewhere)
+    held_out_fold: Tensor  # [U] int64: each training account's held-out fold (-1 for the others)
+    held_out_trees: list[bytes | None]  # per fold: the trees behind its held-out scores (None: not fitted)
     epoch_seconds: float  # mean wall time of a training epoch
     mini_batch: bool  # trained in mini-batches (uses_mini_batch), else full-batch steps
     revisit_calibration: dict[str, float]  # val Recall@20 per revisit multiplier (calibrate_revisit)
@@ -1639,8 +1643,9 @@ def train(
                 len(front.points))
     model.eval()
     from shopgraph.graph.fraud_scorer import (  # imports this module
+        HeldOutFit,
         fraud_probabilities,
-        held_out_probabilities,
+        held_out_fit,
         select_fraud_scorer,
     )
 
@@ -1659,14 +1664,16 @@ def train(
     serving = embed_graph(model, serving_graph, dev)
     scorer = select_fraud_scorer(model, data, train_emb, seed=config.seed, serving_emb=serving)
     fraud_prob = fraud_probabilities(model, scorer, data, serving["user"], None)
-    held_out = np.full(int(fraud_prob.numel()), np.nan)
+    n_users = int(fraud_prob.numel())
+    held_out = HeldOutFit(np.full(n_users, np.nan), np.full(n_users, -1, dtype=np.int64), [])
     if config.held_out_folds:
-        held_out = held_out_probabilities(data, scorer, folds=config.held_out_folds, seed=config.seed)
+        held_out = held_out_fit(data, scorer, folds=config.held_out_folds, seed=config.seed)
     return TrainResult(
         model=model, model_config=model_config, config=config, history=history,
         best_epoch=int(best_epoch), best_score=float(best_score), embeddings=serving,
         revisit=revisit_graph(model, serving_graph, dev, serving), fraud=scorer,
-        fraud_prob=fraud_prob, fraud_prob_held_out=torch.as_tensor(held_out, dtype=torch.float32),
+        fraud_prob=fraud_prob, fraud_prob_held_out=torch.as_tensor(held_out.prob, dtype=torch.float32),
+        held_out_fold=torch.as_tensor(held_out.fold, dtype=torch.int64), held_out_trees=list(held_out.trees),
         epoch_seconds=float(np.mean(epoch_times)) if epoch_times else 0.0, mini_batch=mini_batch,
         revisit_calibration=calibration, group_mix_calibration=group_calibration,
         consider_calibration=consider_calibration, item_knn_calibration=knn_calibration,
@@ -1694,7 +1701,8 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
     ``embeddings.safetensors`` (``user``, ``item``,
     ``device`` embeddings, ``fraud_prob``, ``fraud_prob_held_out`` (the training accounts' scores
     with their own labels held out, NaN for the others; ``fraud.json``'s ``held_out`` gives their
-    metrics at the serving threshold), and ``revisit_index`` / ``revisit_value`` when the model
+    metrics at the serving threshold and the files of each fold's trees, ``fraud_held_out/``),
+    ``fraud_held_out_fold`` (each training account's fold, -1 for the others), and ``revisit_index`` / ``revisit_value`` when the model
     has a revisit term), ``fraud.json``, and ``fraud_trees.ubj`` (the served trees, named in
     ``fraud.json``'s ``trees_file``) when the serving fraud scorer is boosted trees (without fraud
     labels the scorer is ``none``: ``fraud_prob`` is NaN, and ``fraud.json``'s ``threshold`` and
@@ -1734,6 +1742,7 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
     }
     emb["fraud_prob"] = result.fraud_prob.float().contiguous()
     emb[HELD_OUT_KEY] = result.fraud_prob_held_out.float().contiguous()
+    emb[HELD_OUT_FOLD_KEY] = result.held_out_fold.long().contiguous()
     if result.revisit is not None:  # the sparse revisit term: (user, item) pairs and their scores
         emb["revisit_index"] = result.revisit.pairs.contiguous()
         emb["revisit_value"] = result.revisit.value.float().contiguous()
@@ -1753,6 +1762,12 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
         fraud_info["held_out"] = {"folds": config.held_out_folds, "accounts": int(scored.sum()), **{
             k: json_number(v) for k, v in fraud_metrics(y.numpy()[scored], held_out[scored],
                                                         result.fraud.threshold).items()}}
+        files: dict[str, str] = {}  # fold -> its trees, for explanations of the held-out scores
+        for k, trees in enumerate(result.held_out_trees):
+            if trees is not None:
+                files[str(k)] = HELD_OUT_TREES.format(k=k)
+                run.write_bytes(files[str(k)], trees, made_from=made_from, stage=TRAIN_STAGE)
+        fraud_info["held_out"]["trees_files"] = files
     if result.fraud.kind in TREE_KINDS:  # the served trees, for explanations of their scores
         run.write_bytes(TREES_FILE, result.fraud.head.booster_bytes(), made_from=made_from, stage=TRAIN_STAGE)
         fraud_info["trees_file"] = TREES_FILE

@@ -165,7 +165,8 @@ def contradiction(held_out: float, threshold: float) -> float:
 def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = True,
                  flagged_only: bool = False, label_audit: bool = False) -> pd.DataFrame:
     """One row per account: ``user_id, probability, threshold, flagged, scorer, label,
-    label_in_training, held_out_probability, held_out_flagged, reasons`` (``label``: the shop's
+    label_in_training, held_out_probability, held_out_flagged, reasons, held_out_reasons``
+    (``held_out_reasons``: the reasons for the held-out verdict, joined as ``reasons``; ``label``: the shop's
     ``is_fraud``, empty when unlabelled; ``label_in_training``: the scorer was fitted on it, and
     ``held_out_probability`` its score with that label held out and ``held_out_flagged`` that
     score at or above the threshold, both empty for the other accounts, :class:`FraudScore`;
@@ -193,11 +194,11 @@ def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = T
         rows += [(s.user_id, s.probability, s.threshold, s.flagged, scorer, s.label, s.label_in_training,
                   s.held_out_probability,
                   None if s.held_out_probability is None else s.held_out_probability >= s.threshold,
-                  REASON_SEP.join(s.reasons)) for s in kept]
+                  REASON_SEP.join(s.reasons), REASON_SEP.join(s.held_out_reasons)) for s in kept]
     if label_audit:  # the most contradicted first, in log-odds
         rows.sort(key=lambda row: -contradiction(row[7], row[2]))
     columns = ["user_id", "probability", "threshold", "flagged", "scorer", "label", "label_in_training",
-               "held_out_probability", "held_out_flagged", "reasons"]
+               "held_out_probability", "held_out_flagged", "reasons", "held_out_reasons"]
     return pd.DataFrame(rows, columns=columns).astype({"probability": "float64", "threshold": "float64",
                                                        "flagged": "bool", "label": "boolean",
                                                        "label_in_training": "bool",

@@ -111,6 +111,10 @@ class FraudScore(NamedTuple):
             demo shop's trained-on fraudsters are flagged that way). ``None`` for every other
             account, and for all when the served scorer is not ``graph_trees`` or the run was
             trained without held-out scores.
+        held_out_reasons: with a ``held_out_probability`` and reasons asked for, the reasons for
+            the held-out verdict (the held-out score against ``threshold``), worded as ``reasons``:
+            TreeSHAP of the account's fold's trees on the table they read (its label hidden);
+            a sentence saying why when there is no attribution; empty otherwise.
     """
 
     user_id: str
@@ -121,6 +125,7 @@ class FraudScore(NamedTuple):
     label: bool | None = None
     label_in_training: bool = False
     held_out_probability: float | None = None
+    held_out_reasons: list[str] = []  # noqa: RUF012 - a NamedTuple default, never mutated
 
 
 class UnknownIdError(ValueError):
@@ -508,6 +513,23 @@ def fraud_attribution_of(run: RunDir, data: Any, model: Any, fraud: dict[str, An
     return None
 
 
+def held_out_attribution_of(run: RunDir, data: Any, held_out: np.ndarray) -> FraudAttribution | None:
+    """The held-out scores' per-feature log-odds contributions (TreeSHAP of each fold's trees,
+    :class:`shopgraph.graph.explain.HeldOutExplainer`), or ``None`` when the run has no held-out
+    trees (trained before they were stored) or they cannot be read (a warning says why)."""
+    from shopgraph.graph.explain import load_held_out_explainer
+
+    explainer = load_held_out_explainer(run, data, held_out if np.isfinite(held_out).any() else None)
+    if explainer is None:
+        return None
+
+    def attribution(u: int) -> Sequence[tuple[str, float, float]] | None:
+        got = explainer.contributions(u)
+        return None if got is None else got[0]
+
+    return attribution
+
+
 def user_raw_columns(run: RunDir, data: Any) -> dict[str, np.ndarray]:
     """The run's user behaviour columns before standardising, those that reproduce the graph's
     ``data["user"].x`` (``{}`` when the tables are missing or the graph was built otherwise)."""
@@ -665,6 +687,8 @@ class ShopService:
             ``encoders.behaviour.user_feature_columns``), shown in fraud reasons.
         fraud_attribution: ``user node index -> [(feature, value, log-odds contribution)]`` of the
             serving fraud scorer (:func:`fraud_attribution_of`); without it ``reasons`` say so.
+        held_out_attribution: the same of the held-out scores (:func:`held_out_attribution_of`);
+            without it ``held_out_reasons`` say so.
         catalogue: the run's journal of items added and removed at run time
             (:mod:`shopgraph.retrieval.catalogue`): replayed here, appended to by :meth:`add_item`
             and :meth:`remove_item`. ``None``: such changes live in this object only.
@@ -699,6 +723,7 @@ class ShopService:
         model_problem: str = "",
         user_raw: dict[str, np.ndarray] | None = None,
         fraud_attribution: FraudAttribution | None = None,
+        held_out_attribution: FraudAttribution | None = None,
         catalogue: CatalogueJournal | None = None,
         catalogue_sync_s: float = 1.0,
         catalogue_follow: bool = True,
@@ -714,6 +739,7 @@ class ShopService:
         self._model_problem = model_problem
         self._user_raw = dict(user_raw or {})
         self._fraud_attribution = fraud_attribution
+        self._held_out_attribution = held_out_attribution
         self._text_encoder = text_encoder
         self._image_encoder = image_encoder
         self._text_model = text_model
@@ -952,6 +978,8 @@ class ShopService:
             user_raw=user_raw_columns(run, data) if fraud_reasons else None,
             fraud_attribution=fraud_attribution_of(run, data, model, fraud,
                                                    None if prob is None else np.asarray(prob).reshape(-1))
+            if fraud_reasons else None,
+            held_out_attribution=held_out_attribution_of(run, data, _held_out(embeddings, len(data["user"].ids)))
             if fraud_reasons else None,
             catalogue=CatalogueJournal(run.path) if catalogue else None, catalogue_sync_s=catalogue_sync_s,
             catalogue_follow=catalogue_follow, encoder_models=encoder_models,
@@ -1440,6 +1468,21 @@ class ShopService:
         if attribution is None:
             return [f"no per-feature attribution is available for this account: the run's model does not "
                     f"reproduce its stored score ({self.fraud.get('kind', 'none')}); /fraud/explain may have one"]
+        return self._facts(u, attribution, top, raised)
+
+    def _held_out_reasons(self, u: int, held: float, top: int = 3) -> list[str]:
+        """The reasons for the held-out verdict of a trained-on account (``held``: its held-out score)."""
+        if self._held_out_attribution is None:
+            return ["no attribution of the held-out score is available for this run (its held-out trees were not "
+                    "stored: retrain it with `shopgraph train`)"]
+        attribution = self._held_out_attribution(u)
+        if attribution is None:
+            return ["no attribution of the held-out score is available for this account (its fold's trees do not "
+                    "reproduce it)"]
+        return self._facts(u, attribution, top, held >= self.fraud_threshold)
+
+    def _facts(self, u: int, attribution: Sequence[tuple[str, float, float]], top: int, raised: bool) -> list[str]:
+        """The ``top`` facts of ``attribution`` that raised (``raised``) or lowered the score most, in words."""
         sign = 1.0 if raised else -1.0
         facts = []
         for name, value, contribution in attribution:
@@ -1482,7 +1525,8 @@ class ShopService:
             flagged = bool(p == p and p >= self.fraud_threshold)
             out.append(FraudScore(self.user_ids[u], p, self.fraud_threshold, flagged,
                                   self._fraud_reasons(u, raised=flagged) if reasons else [], None if label < 0 else bool(label),
-                                  bool(self.label_in_training[u]), held if held == held else None))
+                                  bool(self.label_in_training[u]), held if held == held else None,
+                                  self._held_out_reasons(u, held) if reasons and held == held else []))
         return out
 
     # -- cold start -----------------------------------------------------------------------------

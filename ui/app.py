@@ -808,7 +808,8 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
     else:
         status = f"**{_md(user)}**: this run has no fraud scorer."
     status += label_sentence(score.label, score.label_in_training, scored=p == p,
-                             held_out=score.held_out_probability, threshold=score.threshold)
+                             held_out=score.held_out_probability, threshold=score.threshold,
+                             held_out_reasons=score.held_out_reasons)
     if cases is not None and cases.has_user(user):
         ranked = cases.rings()
         status += _ring_sentence(cases.rings_of(user), {r.ring_id: k for k, r in enumerate(ranked, start=1)},
@@ -845,11 +846,11 @@ _HELD_OUT_VERDICT = {  # (labelled fraud, flagged with the label held out) -> wh
 
 
 def label_sentence(label: bool | None, in_training: bool, scored: bool = True, *, held_out: float | None = None,
-                   threshold: float = float("nan")) -> str:
+                   threshold: float = float("nan"), held_out_reasons: Sequence[str] = ()) -> str:
     """What the shop's own label says of an account, after its score (``""`` when unlabelled;
     ``scored``: the run has a fraud scorer, so there is a probability to say something of;
     ``held_out``: the account's score with its label held out, compared with the validation
-    ``threshold``, for an account the scorer was trained on)."""
+    ``threshold``, for an account the scorer was trained on, and ``held_out_reasons`` behind it)."""
     if label is None:
         return ""
     word = "fraud" if label else "legitimate"
@@ -864,6 +865,8 @@ def label_sentence(label: bool | None, in_training: bool, scored: bool = True, *
             text += (f" Refitted without that label, the scorer gives it **{shown_h}**, "
                      f"{'at or above' if flagged else 'below'} the validation threshold {shown_t}: "
                      + _HELD_OUT_VERDICT[(bool(label), flagged)])
+            if held_out_reasons:
+                text += " Refitted, its reasons are: " + "; ".join(_md(r) for r in held_out_reasons) + "."
         return text
     return (f" The shop's data labels this account **{word}**; the scorer never saw that label, so the "
             "probability is a prediction.")

@@ -18,8 +18,10 @@ from shopgraph.graph.fraud_scorer import (
     evaluate_fraud_candidates,
     fit_candidates,
     fraud_probabilities,
+    held_out_fit,
     held_out_folds,
     held_out_probabilities,
+    held_out_table,
     known_labels,
     max_in_window,
     product_features,
@@ -302,6 +304,24 @@ def test_held_out_scores_only_for_graph_trees_and_enough_accounts(setup: tuple) 
         held_out_probabilities(data, trees, folds=1)
     with pytest.raises(ValueError, match="scorer.head: a 'graph_trees' scorer needs its fitted trees"):
         held_out_probabilities(data, trees._replace(head=None))
+
+
+def test_each_folds_trees_give_its_accounts_held_out_scores_on_its_table(setup: tuple) -> None:
+    import xgboost as xgb
+
+    model, data, train_emb, _ = setup
+    scorer = select_fraud_scorer(model, data, train_emb, seed=0, candidates=("graph_trees",))
+    fit = held_out_fit(data, scorer, seed=0)
+    _, tr, _, _ = _masks(data)
+    assert (np.flatnonzero(fit.fold >= 0) == tr).all() and all(t is not None for t in fit.trees)
+    np.testing.assert_array_equal(fit.prob, held_out_probabilities(data, scorer, seed=0))
+    for k, raw in enumerate(fit.trees):
+        booster = xgb.Booster()
+        booster.load_model(bytearray(raw))
+        table, names = held_out_table(data, fit.fold, k)
+        assert len(names) == table.shape[1] == product_features(data, None).shape[1]
+        mine = np.flatnonzero(fit.fold == k)
+        np.testing.assert_allclose(booster.predict(xgb.DMatrix(table[mine])), fit.prob[mine], atol=1e-6)
 
 
 def test_held_out_folds_are_balanced_seeded_and_label_blind() -> None:

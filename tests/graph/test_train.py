@@ -400,11 +400,15 @@ def test_train_run_stores_the_trained_on_accounts_held_out_scores(
     from sklearn.metrics import average_precision_score
 
     from shopgraph.graph import fraud_scorer
+    from shopgraph.graph.pipeline import save_tables
 
     real = fraud_scorer.choose_candidate  # the served kind pinned to graph_trees, the one with held-out scores
     monkeypatch.setattr(fraud_scorer, "choose_candidate",
                         lambda y, probs, **kw: ("graph_trees", real(y, probs, **kw)[1]))
     path = _run(tmp_path, data)
+    with warnings.catch_warnings():  # the tables of `data` (_graph), for the service below
+        warnings.simplefilter("ignore")
+        save_tables(RunDir(path), make_tables(n_users=60, n_items=25, n_events=900, seed=0))
     result = train_run(path, **FAST)
     assert result.fraud.kind == "graph_trees"
     held = load_file(str(path / "embeddings.safetensors"))[train_mod.HELD_OUT_KEY]
@@ -416,6 +420,31 @@ def test_train_run_stores_the_trained_on_accounts_held_out_scores(
     assert info["folds"] == 5 and info["accounts"] == int(train_users.sum())
     assert info["threshold"] == pytest.approx(result.fraud.threshold)
     assert info["auprc"] == pytest.approx(average_precision_score(y[train_users].numpy(), held[train_users].numpy()))
+    # each fold's trees are stored, and they give (and explain) each account's held-out score
+    fold = load_file(str(path / "embeddings.safetensors"))[train_mod.HELD_OUT_FOLD_KEY]
+    assert ((fold >= 0) == train_users).all() and set(fold[train_users].tolist()) == set(range(5))
+    assert sorted(info["trees_files"]) == ["0", "1", "2", "3", "4"]
+    from shopgraph.graph.explain import HeldOutExplainer
+    from shopgraph.retrieval.index import index_run
+    from shopgraph.retrieval.service import ShopService
+
+    explainer = HeldOutExplainer.from_run(RunDir(path), data, held.double().numpy())
+    assert explainer is not None
+    for u in torch.nonzero(train_users).flatten()[:12].tolist():
+        got = explainer.contributions(u)
+        assert got is not None
+        margin = got[1] + sum(f.attribution for f in got[0])
+        assert 1.0 / (1.0 + math.exp(-margin)) == pytest.approx(float(held[u]), abs=1e-4)
+    assert explainer.contributions(int(torch.nonzero(~train_users).flatten()[0])) is None
+    index_run(path)
+    service = ShopService.from_run(path, catalogue_follow=False)
+    scores = service.score_users(service.user_ids, reasons=True)
+    assert all(bool(s.held_out_reasons) == (s.held_out_probability is not None) for s in scores)
+    assert any(r.endswith(" log-odds)") for s in scores for r in s.held_out_reasons)
+    for s in scores:  # the reasons for the held-out verdict: what raised a flagged score, what lowered another
+        if s.held_out_probability is not None:
+            signs = {r.rsplit("(", 1)[1][0] for r in s.held_out_reasons if r.endswith(" log-odds)")}
+            assert signs <= ({"+"} if s.held_out_probability >= s.threshold else {"-"})
     # none asked for: all NaN, and fraud.json says nothing of them
     other = _run(tmp_path / "none", data)
     result = train_run(other, held_out_folds=0, **FAST)

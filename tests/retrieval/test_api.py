@@ -29,8 +29,13 @@ def test_fraud_scores_give_a_trained_on_accounts_held_out_score(tmp_path_factory
     run = with_held_out(shared_run(tmp_path_factory.getbasetemp()), tmp_path / "run", held)
     with TestClient(create_app(load_service(run), demo=False, fraud_cases=False)) as c:
         trained, other = service.user_ids[train.index(True)], service.user_ids[train.index(False)]
-        assert c.get("/fraud/score", params={"user_id": trained}).json()["held_out_probability"] == 0.25
-        assert c.get("/fraud/score", params={"user_id": other}).json()["held_out_probability"] is None
+        body = c.get("/fraud/score", params={"user_id": trained}).json()
+        assert body["held_out_probability"] == 0.25
+        # this run stores no held-out trees: the reasons for the held-out verdict say so
+        assert body["held_out_reasons"] == ["no attribution of the held-out score is available for this run (its "
+                                            "held-out trees were not stored: retrain it with `shopgraph train`)"]
+        body = c.get("/fraud/score", params={"user_id": other}).json()
+        assert body["held_out_probability"] is None and body["held_out_reasons"] == []
         body = c.post("/fraud/score/batch", json={"user_ids": [other, trained], "reasons": False}).json()
         assert [s["held_out_probability"] for s in body["scores"]] == [None, 0.25]
 

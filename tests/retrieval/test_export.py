@@ -63,8 +63,10 @@ def test_fraud_scores_of_every_account_and_the_flagged_ones(run, service, tmp_pa
     assert main(["score", "--run", str(run), "--out", str(out)]) == 0
     table = pd.read_csv(out, dtype={"user_id": str}, keep_default_na=False)
     assert list(table.columns) == ["user_id", "probability", "threshold", "flagged", "scorer", "label",
-                                   "label_in_training", "held_out_probability", "held_out_flagged", "reasons"]
-    assert set(table["held_out_probability"]) == set(table["held_out_flagged"]) == {""}  # a run without held-out scores
+                                   "label_in_training", "held_out_probability", "held_out_flagged", "reasons",
+                                   "held_out_reasons"]
+    assert set(table["held_out_probability"]) == set(table["held_out_flagged"]) == set(table["held_out_reasons"]) == {
+        ""}  # a run without held-out scores
     expected = service.score_users(service.user_ids)
     assert table["user_id"].tolist() == service.user_ids
     assert table["probability"].tolist() == [s.probability for s in expected]

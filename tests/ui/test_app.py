@@ -403,6 +403,10 @@ def test_label_sentence_compares_the_held_out_score_with_the_threshold(label: bo
     assert label_sentence(label, False, held_out=held_out, threshold=0.2).count("Refitted") == 0  # not trained on
     assert "Refitted" not in label_sentence(label, True, held_out=None, threshold=0.2)
     assert "Refitted" not in label_sentence(label, True, held_out=held_out)  # no threshold to compare with
+    why = label_sentence(label, True, held_out=held_out, threshold=0.2,
+                         held_out_reasons=["account age: 3 days (+0.41 log-odds)", "country: DE (+0.12 log-odds)"])
+    assert why == text + (" Refitted, its reasons are: account age: 3 days (+0.41 log-odds); country: DE "
+                          "(+0.12 log-odds).")
 
 
 def test_fraud_view_names_the_rings_an_account_is_in(ui_service: ShopService, ui_cases: FraudCases) -> None:
