@@ -866,7 +866,7 @@ def label_sentence(label: bool | None, in_training: bool, scored: bool = True, *
                      f"{'at or above' if flagged else 'below'} the validation threshold {shown_t}: "
                      + _HELD_OUT_VERDICT[(bool(label), flagged)])
             if held_out_reasons:
-                text += " Refitted, its reasons are: " + "; ".join(_md(r) for r in held_out_reasons) + "."
+                text += " What drives that score: " + "; ".join(_md(r) for r in held_out_reasons) + "."
         return text
     return (f" The shop's data labels this account **{word}**; the scorer never saw that label, so the "
             "probability is a prediction.")

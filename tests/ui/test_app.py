@@ -405,7 +405,7 @@ def test_label_sentence_compares_the_held_out_score_with_the_threshold(label: bo
     assert "Refitted" not in label_sentence(label, True, held_out=held_out)  # no threshold to compare with
     why = label_sentence(label, True, held_out=held_out, threshold=0.2,
                          held_out_reasons=["account age: 3 days (+0.41 log-odds)", "country: DE (+0.12 log-odds)"])
-    assert why == text + (" Refitted, its reasons are: account age: 3 days (+0.41 log-odds); country: DE "
+    assert why == text + (" What drives that score: account age: 3 days (+0.41 log-odds); country: DE "
                           "(+0.12 log-odds).")
 
 
