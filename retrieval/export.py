@@ -3,9 +3,10 @@
 ``shopgraph recommend --run RUN --out recs.csv`` writes the table a nightly job loads into a
 mailing or a page cache (one row per user and rank); ``shopgraph score --run RUN --out
 scores.csv`` writes the fraud scores an investigator sorts and filters (one row per account,
-``--flagged-only`` for the work queue, ``--label-audit`` for the labels worth a second look). Both answer exactly as the HTTP API does (the same
-:class:`~shopgraph.retrieval.service.ShopService` calls, in batches of :data:`MAX_BATCH`), over
-the catalogue as served (the run's journal of items added and removed at run time applied).
+``--flagged-only`` for the work queue, ``--label-audit`` for the labels worth a second look).
+Both answer exactly as the HTTP API does (the same :class:`~shopgraph.retrieval.service.ShopService`
+calls, in batches of :data:`MAX_BATCH`), over the catalogue as served (the run's journal of items
+added and removed at run time applied).
 
 Input problems are found before anything is written: an output path with another extension, an
 output file that exists (``--overwrite`` replaces it), a ``--users`` file that cannot be read,
