@@ -577,9 +577,13 @@ class HeldOutExplainer:
     """Explains the held-out fraud scores of a run's training accounts (``shopgraph train``'s
     cross-fitting, :func:`shopgraph.graph.fraud_scorer.held_out_fit`): an account's score comes
     from the trees of its fold, fitted without the fold's labels, on a feature table where those
-    labels are hidden too; its reasons are the TreeSHAP contributions of those trees on that table
-    (a :class:`ServedTreeExplainer` per fold, built when a fold's first account is explained: a
-    pass over the ring features, half a second on the demo shop).
+    labels are hidden too; its reasons are the TreeSHAP contributions of those trees on that table.
+
+    The folds' tables are built together when the first account is explained (one pass over the
+    neighbour features and one over the ring features per fold: 2 s on the demo shop), each
+    keeping its own accounts' rows and the columns its trees split on; the graph is let go then.
+    A fold whose table cannot be built (trees of an older feature layout) gives no reasons, with
+    one warning, and the scores are served as they are.
 
     Args:
         data: the run's graph.
@@ -592,36 +596,53 @@ class HeldOutExplainer:
     def __init__(self, data: HeteroData, boosters: dict[int, Any], fold: np.ndarray, held_out: np.ndarray) -> None:
         import threading
 
-        self.data = data
+        self.data: HeteroData | None = data
         self.boosters = dict(boosters)
         self.fold = np.asarray(fold, dtype=np.int64).reshape(-1)
         self.held_out = np.asarray(held_out, dtype=np.float64).reshape(-1)
-        self._explainers: dict[int, ServedTreeExplainer] = {}
-        self._neighbours: np.ndarray | None = None  # the folds' common columns, kept until every fold is built
+        self._explainers: dict[int, tuple[ServedTreeExplainer, dict[int, int]]] | None = None
         self._lock = threading.Lock()
 
-    def _explainer(self, k: int) -> ServedTreeExplainer:
-        with self._lock:  # built once per fold, whichever thread asks first
-            if k not in self._explainers:
+    def _built(self) -> dict[int, tuple[ServedTreeExplainer, dict[int, int]]]:
+        """Every fold's explainer and the row of each of its accounts, built on first use."""
+        built = self._explainers
+        if built is not None:
+            return built
+        with self._lock:  # once, whichever thread asks first
+            if self._explainers is None:
                 from shopgraph.graph.fraud_scorer import _neighbour_table, held_out_table
 
-                if self._neighbours is None:
-                    self._neighbours = _neighbour_table(self.data, None)
-                table, names = held_out_table(self.data, self.fold, k, self._neighbours)
-                self._explainers[k] = ServedTreeExplainer(self.boosters[k], "graph_trees", table, names)
-                if len(self._explainers) == len(self.boosters):
-                    self._neighbours = None
-            return self._explainers[k]
+                assert self.data is not None
+                out: dict[int, tuple[ServedTreeExplainer, dict[int, int]]] = {}
+                neighbours = _neighbour_table(self.data, None)
+                for k, booster in self.boosters.items():
+                    rows = np.flatnonzero(self.fold == k)
+                    try:
+                        table, names = held_out_table(self.data, self.fold, k, neighbours, rows)
+                        explainer = ServedTreeExplainer(booster, "graph_trees", table, names)
+                    except (ValueError, MemoryError) as exc:
+                        logger.warning("held-out trees of fold %d cannot be explained (%s); its accounts' held-out "
+                                       "scores are served without reasons", k, exc)
+                        continue
+                    out[k] = (explainer, {int(u): n for n, u in enumerate(rows)})
+                self._explainers = out
+                self.data = None  # the tables are built: the graph is not needed any more
+            return self._explainers
 
     def contributions(self, user_index: int) -> tuple[list[FeatureAttribution], float] | None:
         """Every reason's contribution to the log-odds of the account's held-out score, and the
         trees' base value, as :meth:`ServedTreeExplainer.contributions`; ``None`` for an account
-        without a held-out score, or whose fold's trees do not reproduce it (within 1e-4)."""
+        without a held-out score, whose fold's trees are missing or could not be explained, or do
+        not reproduce its score (within 1e-4)."""
         k = int(self.fold[user_index])
         held = float(self.held_out[user_index])
         if k < 0 or k not in self.boosters or not math.isfinite(held):
             return None
-        items, base = self._explainer(k).contributions(user_index)
+        found = self._built().get(k)
+        if found is None:
+            return None
+        explainer, row = found
+        items, base = explainer.contributions(row[user_index])
         margin = base + sum(f.attribution for f in items)
         if abs(1.0 / (1.0 + math.exp(-margin)) - held) > 1e-4:
             logger.warning("held-out trees of fold %d do not reproduce user %d's held-out score (%.6f); no reasons",
@@ -635,8 +656,8 @@ class HeldOutExplainer:
         for them (``fraud.json``'s ``held_out.trees_files``: trained before they were stored).
 
         Raises:
-            ValueError: naming the file, when a fold's trees cannot be read or the stored folds
-                are not one per user; :class:`~shopgraph.graph.run.ChecksumError` or
+            ValueError: naming the file, when a fold's trees are missing or cannot be read, or the
+                stored folds are not one per user; :class:`~shopgraph.graph.run.ChecksumError` or
                 :class:`~shopgraph.graph.run.StaleFileError` (both ``ValueError``) when a file it
                 reads does not match its checksum or was left by an earlier training.
         """
@@ -652,10 +673,12 @@ class HeldOutExplainer:
 
         boosters: dict[int, Any] = {}
         for key, rel in files.items():
+            if not run.has(str(rel)):
+                raise ValueError(f"{rel}: the held-out trees fraud.json names are missing; retrain the run")
             booster = xgb.Booster()
             try:
                 booster.load_model(bytearray(run.path_of(str(rel)).read_bytes()))
-            except xgb.core.XGBoostError as exc:
+            except (xgb.core.XGBoostError, OSError) as exc:
                 raise ValueError(f"{rel}: not a readable xgboost model ({str(exc).splitlines()[0]})") from exc
             boosters[int(key)] = booster
         rel = "embeddings.safetensors"
@@ -672,16 +695,12 @@ class HeldOutExplainer:
 
 def load_held_out_explainer(run: RunDir, data: HeteroData, held_out: np.ndarray | None) -> HeldOutExplainer | None:
     """:meth:`HeldOutExplainer.from_run`, or ``None`` with a warning naming the problem when the
-    stored trees cannot be used (the held-out scores are then served without reasons).
-
-    Raises:
-        ChecksumError, StaleFileError: a file it reads is damaged, or left by an earlier training.
-    """
+    stored trees cannot be used: missing, unreadable, damaged or left by an earlier training (the
+    held-out scores are then served without reasons; the served scores and their reasons are not
+    touched)."""
     try:
         return HeldOutExplainer.from_run(run, data, held_out)
-    except (ChecksumError, StaleFileError):
-        raise
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:  # damaged or stale files too: the scores still serve
         logger.warning("run %s: %s; the held-out fraud scores are served without reasons", run.path, exc)
         return None
 

@@ -843,14 +843,16 @@ def held_out_known(data: HeteroData, fold: np.ndarray, k: int) -> np.ndarray:
     return known
 
 
-def held_out_table(data: HeteroData, fold: np.ndarray, k: int,
-                   neighbours: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+def held_out_table(data: HeteroData, fold: np.ndarray, k: int, neighbours: np.ndarray | None = None,
+                   rows: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
     """The feature table fold ``k``'s trees were fitted and scored on (:func:`product_features` on
     every edge, fold ``k``'s labels hidden from the known-label counts) and its column names, for
     explanations; ``neighbours``: the table's neighbour part when already computed (the same for
-    every fold)."""
+    every fold); ``rows``: only these users' rows (all when ``None``)."""
     ring = ring_features(data, None, known=held_out_known(data, fold, k))
     neigh = _neighbour_table(data, None) if neighbours is None else neighbours
+    if rows is not None:
+        return np.concatenate([neigh[rows], ring.x[rows]], axis=1), _product_names(data, ring.names)
     return np.concatenate([neigh, ring.x], axis=1), _product_names(data, ring.names)
 
 

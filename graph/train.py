@@ -1768,6 +1768,10 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
                 files[str(k)] = HELD_OUT_TREES.format(k=k)
                 run.write_bytes(files[str(k)], trees, made_from=made_from, stage=TRAIN_STAGE)
         fraud_info["held_out"]["trees_files"] = files
+    named = set(fraud_info.get("held_out", {}).get("trees_files", {}).values())
+    for rel in [r for r in run.manifest["files"] if r.startswith("fraud_held_out/") and r not in named]:
+        run.forget(rel)  # an earlier training's fold trees: not this run's any more
+        run.path.joinpath(rel).unlink(missing_ok=True)
     if result.fraud.kind in TREE_KINDS:  # the served trees, for explanations of their scores
         run.write_bytes(TREES_FILE, result.fraud.head.booster_bytes(), made_from=made_from, stage=TRAIN_STAGE)
         fraud_info["trees_file"] = TREES_FILE

@@ -524,7 +524,11 @@ def held_out_attribution_of(run: RunDir, data: Any, held_out: np.ndarray) -> Fra
         return None
 
     def attribution(u: int) -> Sequence[tuple[str, float, float]] | None:
-        got = explainer.contributions(u)
+        try:
+            got = explainer.contributions(u)
+        except (ValueError, RuntimeError, MemoryError) as exc:  # a bonus: the held-out score serves without it
+            logger.warning("held-out reasons of user %d failed: %s", u, exc)
+            return None
         return None if got is None else got[0]
 
     return attribution
@@ -1473,12 +1477,13 @@ class ShopService:
     def _held_out_reasons(self, u: int, held: float, top: int = 3) -> list[str]:
         """The reasons for the held-out verdict of a trained-on account (``held``: its held-out score)."""
         if self._held_out_attribution is None:
-            return ["no attribution of the held-out score is available for this run (its held-out trees were not "
-                    "stored: retrain it with `shopgraph train`)"]
+            return ["no attribution of the held-out score is available here: the run's held-out trees are "
+                    "missing or unreadable (trained before they were stored: retrain it with `shopgraph train`), "
+                    "or the service was loaded without fraud reasons"]
         attribution = self._held_out_attribution(u)
         if attribution is None:
-            return ["no attribution of the held-out score is available for this account (its fold's trees do not "
-                    "reproduce it)"]
+            return ["no attribution of the held-out score is available for this account: its fold's trees could "
+                    "not be explained or do not reproduce it (the server's log says which)"]
         return self._facts(u, attribution, top, held >= self.fraud_threshold)
 
     def _facts(self, u: int, attribution: Sequence[tuple[str, float, float]], top: int, raised: bool) -> list[str]:

@@ -865,8 +865,9 @@ def label_sentence(label: bool | None, in_training: bool, scored: bool = True, *
             text += (f" Refitted without that label, the scorer gives it **{shown_h}**, "
                      f"{'at or above' if flagged else 'below'} the validation threshold {shown_t}: "
                      + _HELD_OUT_VERDICT[(bool(label), flagged)])
-            if held_out_reasons:
-                text += " What drives that score: " + "; ".join(_md(r) for r in held_out_reasons) + "."
+            facts = [r for r in held_out_reasons if r.endswith(" log-odds)") or r.startswith("nothing in")]
+            if facts:  # attributions only: a sentence saying there is none is not a reason
+                text += " What drives that score: " + "; ".join(_md(r) for r in facts) + "."
         return text
     return (f" The shop's data labels this account **{word}**; the scorer never saw that label, so the "
             "probability is a prediction.")

@@ -20,6 +20,7 @@ from shopgraph.graph.fraud_scorer import (
     fraud_probabilities,
     held_out_fit,
     held_out_folds,
+    held_out_known,
     held_out_probabilities,
     held_out_table,
     known_labels,
@@ -315,10 +316,17 @@ def test_each_folds_trees_give_its_accounts_held_out_scores_on_its_table(setup: 
     _, tr, _, _ = _masks(data)
     assert (np.flatnonzero(fit.fold >= 0) == tr).all() and all(t is not None for t in fit.trees)
     np.testing.assert_array_equal(fit.prob, held_out_probabilities(data, scorer, seed=0))
+    known = known_labels(data)
     for k, raw in enumerate(fit.trees):
+        # the fold's labels hidden, every other training label kept: the table its trees read
+        hidden = held_out_known(data, fit.fold, k)
+        assert (hidden[fit.fold == k] == -1).all() and (hidden[fit.fold != k] == known[fit.fold != k]).all()
+        ring = ring_features(data, None, known=hidden).x
+        assert not np.array_equal(ring, ring_features(data, None, known=known).x)  # the masking shows
         booster = xgb.Booster()
         booster.load_model(bytearray(raw))
         table, names = held_out_table(data, fit.fold, k)
+        np.testing.assert_array_equal(table[:, -ring.shape[1]:], ring)
         assert len(names) == table.shape[1] == product_features(data, None).shape[1]
         mine = np.flatnonzero(fit.fold == k)
         np.testing.assert_allclose(booster.predict(xgb.DMatrix(table[mine])), fit.prob[mine], atol=1e-6)

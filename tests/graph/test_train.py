@@ -445,7 +445,29 @@ def test_train_run_stores_the_trained_on_accounts_held_out_scores(
         if s.held_out_probability is not None:
             signs = {r.rsplit("(", 1)[1][0] for r in s.held_out_reasons if r.endswith(" log-odds)")}
             assert signs <= ({"+"} if s.held_out_probability >= s.threshold else {"-"})
-    # none asked for: all NaN, and fraud.json says nothing of them
+    # a fold's trees missing: the service still loads, and says why there are no held-out reasons
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(path, broken)
+    (broken / "fraud_held_out" / "fold2.ubj").unlink()
+    damaged = ShopService.from_run(broken, catalogue_follow=False)
+    trained = next(s for s in scores if s.held_out_probability is not None)
+    got = damaged.score_user(trained.user_id)
+    assert got.probability == trained.probability and got.held_out_probability == trained.held_out_probability
+    assert got.held_out_reasons[0].startswith("no attribution of the held-out score is available here")
+    # trees of another feature layout: those accounts get no reasons, the others do
+    explainer = HeldOutExplainer.from_run(RunDir(path), data, held.double().numpy())
+    assert explainer is not None
+    wider = data.clone()
+    wider["user"].x = torch.cat([data["user"].x, data["user"].x[:, :1]], 1)
+    explainer.data = wider
+    assert explainer.contributions(int(torch.nonzero(train_users).flatten()[0])) is None
+    # none asked for: all NaN, fraud.json says nothing of them, and a retraining in place forgets the old trees
+    train_run(path, held_out_folds=0, **FAST)
+    assert not (path / "fraud_held_out" / "fold0.ubj").exists()
+    assert not any(r.startswith("fraud_held_out/") for r in RunDir(path).manifest["files"])
+    RunDir(path).verify()
     other = _run(tmp_path / "none", data)
     result = train_run(other, held_out_folds=0, **FAST)
     assert torch.isnan(load_file(str(other / "embeddings.safetensors"))[train_mod.HELD_OUT_KEY]).all()

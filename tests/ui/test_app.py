@@ -407,6 +407,9 @@ def test_label_sentence_compares_the_held_out_score_with_the_threshold(label: bo
                          held_out_reasons=["account age: 3 days (+0.41 log-odds)", "country: DE (+0.12 log-odds)"])
     assert why == text + (" What drives that score: account age: 3 days (+0.41 log-odds); country: DE "
                           "(+0.12 log-odds).")
+    # a sentence saying there is no attribution is not given as a reason
+    assert label_sentence(label, True, held_out=held_out, threshold=0.2, held_out_reasons=[
+        "no attribution of the held-out score is available here: ..."]) == text
 
 
 def test_fraud_view_names_the_rings_an_account_is_in(ui_service: ShopService, ui_cases: FraudCases) -> None:
