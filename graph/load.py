@@ -648,7 +648,7 @@ def _report_merged(
         first = found[0]
         col = header[k].strip() if k < len(header) else None
         where = f"{name}.{col}" if col else f"{name} (column {k + 1})"
-        shown = first.value if len(first.value) <= 60 else first.value[:57] + "..."
+        shown = _cut(first.value)
         eof = " (the end of the file)" if first.to_eof else ""
         what = f"(first: {shown!r}, row {first.row})"
         if len(found) > 1:
@@ -676,17 +676,18 @@ def _report_ragged(layout: _CsvLayout, file: Path, name: str, width: int, out: _
     bad, n = layout.ragged, layout.n_ragged
     if not bad:
         return False
-    shown = "; ".join(f"line {line} has {values} ({_cut(text)!r})" for line, values, text, _ in bad)
+    named = "; ".join(f"line {line} has {values} ({_cut(text)!r})" for line, values, text, _ in bad)
     more = f"; and {n - len(bad):,} more" if n > len(bad) else ""
     out.add("fatal", name, None, "ragged_rows",
             f"{name}: {n:,} row{'s' if n > 1 else ''} of {file.name} {'do' if n > 1 else 'does'} not have the "
-            f"header's {width} values: {shown}{more}; a value that holds a comma must be in double quotes",
+            f"header's {width} values: {named}{more}; a value that holds a comma must be in double quotes",
             count=n, first_row=bad[0][3], first_value=bad[0][2])
     return True
 
 
 def _cut(text: str, most: int = 60) -> str:
-    return text if len(text) <= most else text[:most] + "…"
+    """``text`` for a message, at most ``most`` characters: a longer one cut, ending in ``...``."""
+    return text if len(text) <= most else text[:most - 3] + "..."
 
 
 def _read_csv(file: Path, name: str, header: list[str], quoted: bool = True) -> pd.DataFrame:
