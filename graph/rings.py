@@ -656,6 +656,18 @@ def exported_ring(export: str | Path, ring: Ring) -> bool:
                for r in doc.get("rings", []))
 
 
+def find_ring(rings: Sequence[Ring], ring_id: str) -> int | None:
+    """The position in ``rings`` of the ring ``ring_id`` names: the ring of that id (surrounding
+    spaces aside), else the one ring whose id is the same up to case (``"r0001"``, as people type
+    it); ``None`` when there is none, or several the same up to case."""
+    key = ring_id.strip()
+    exact = next((k for k, r in enumerate(rings) if r.ring_id == key), None)
+    if exact is not None:
+        return exact
+    folded = [k for k, r in enumerate(rings) if r.ring_id.casefold() == key.casefold()]
+    return folded[0] if len(folded) == 1 else None
+
+
 def known_fraud(labels: dict[str, tuple[bool | None, bool]]) -> tuple[int, int]:
     """``(members labelled fraud in the shop's data, how many of those labels the scorer was trained
     on)`` of :meth:`FraudCases.labels`' answer for a ring's members."""
@@ -930,12 +942,6 @@ class FraudCases:
         fraud_prob: np.ndarray | None = None, served: Any = None, held_out: np.ndarray | None = None,
     ) -> None:
         self._rings = list(rings)
-        self._by_id = {r.ring_id: r for r in self._rings}
-        # ids in any case ("r0001"), for the ids that no other ring id equals up to case
-        folded: dict[str, list[Ring]] = {}
-        for r in self._rings:
-            folded.setdefault(r.ring_id.casefold(), []).append(r)
-        self._by_folded = {key: same[0] for key, same in folded.items() if len(same) == 1}
         self.data = data
         self.tables = tables
         self.model = model
@@ -973,14 +979,11 @@ class FraudCases:
         """One ring, by its id (``"R0001"``; surrounding spaces aside), in any case (``"r0001"``) when
         no other ring id is the same up to case; ``KeyError`` naming the id (cut, when long) and what
         ids look like."""
-        key = ring_id.strip() if isinstance(ring_id, str) else None
-        ring = self._by_id.get(key) if key is not None else None
-        if ring is None and key is not None:
-            ring = self._by_folded.get(key.casefold())
-        if ring is None:
+        at = find_ring(self._rings, ring_id) if isinstance(ring_id, str) else None
+        if at is None:
             known = known_ids(len(self._rings), "ring", self._rings[0].ring_id if self._rings else None)
             raise KeyError(f"unknown ring_id {shown(ring_id)} ({known})")
-        return ring
+        return self._rings[at]
 
     def has_user(self, user_id: str) -> bool:
         """Whether ``user_id`` is an account of the run."""

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from shopgraph.graph.explain import Explanation
 from shopgraph.graph.messages import known_ids
-from shopgraph.graph.rings import SCHEMA_VERSION, Ring, known_fraud
+from shopgraph.graph.rings import SCHEMA_VERSION, Ring, find_ring, known_fraud
 from shopgraph.retrieval.params import strict_query
 from shopgraph.retrieval.service import shown
 
@@ -199,9 +199,9 @@ def fraud_router(
               user_id: str | None = Query(None, description="only the rings this account is a member of")) -> RingsOut:
         ranked = list(enumerate(get_rings(), start=1))  # ranks are the rings' places among all
         if user_id is not None:
-            if has_user is not None and not has_user(user_id.strip()):
-                raise HTTPException(404, f"user_id: unknown user {shown(user_id)}")
             key = user_id.strip()  # ids are stored without surrounding spaces
+            if has_user is not None and not has_user(key):
+                raise HTTPException(404, f"user_id: unknown user {shown(user_id)}")
             ranked = [(k, r) for k, r in ranked if key in r.members]
         chosen = ranked[:top]
         return RingsOut(schema_version=SCHEMA_VERSION, total=len(ranked), count=len(chosen),
@@ -221,15 +221,11 @@ def fraud_router(
                 dependencies=[Depends(strict_query(()))])
     def ring(ring_id: str) -> RingCaseOut:
         ranked = list(get_rings())
-        key = ring_id.strip()  # ring ids have no surrounding spaces
-        found = next(((k, r) for k, r in enumerate(ranked, start=1) if r.ring_id == key), None)
-        if found is None:  # any case ("r0001"), as the demo's Ring box takes it, when no other id folds the same
-            folded = [(k, r) for k, r in enumerate(ranked, start=1) if r.ring_id.casefold() == key.casefold()]
-            found = folded[0] if len(folded) == 1 else None
-        if found is None:
+        at = find_ring(ranked, ring_id)  # as the demo's Ring box takes it: spaces aside, in any case
+        if at is None:
             known = known_ids(len(ranked), "ring", ranked[0].ring_id if ranked else None)
             raise HTTPException(404, f"ring_id: unknown ring {shown(ring_id)} ({known})")
-        rank, r = found
+        rank, r = at + 1, ranked[at]
         events: list[TimelineEvent] | None = None
         if timeline is not None:
             try:
