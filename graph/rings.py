@@ -1008,9 +1008,7 @@ class FraudCases:
         labels, in_training = self._account_labels()
         out: dict[str, tuple[bool | None, bool]] = {}
         for user in user_ids:
-            if user not in self._user_index:
-                raise KeyError(f"unknown user_id {shown(user)}")
-            u = self._user_index[user]
+            u = self._position(user)
             out[user] = (None if labels[u] < 0 else bool(labels[u]), bool(in_training[u]))
         return out
 
@@ -1021,11 +1019,15 @@ class FraudCases:
         _, in_training = self._account_labels()
         out: dict[str, float | None] = {}
         for user in user_ids:
-            if user not in self._user_index:
-                raise KeyError(f"unknown user_id {shown(user)}")
-            u = self._user_index[user]
+            u = self._position(user)
             out[user] = _held_out_of(self.held_out_prob, u) if in_training[u] else None
         return out
+
+    def _position(self, user_id: str) -> int:
+        """The node index of a known user; ``KeyError`` naming an unknown id."""
+        if user_id not in self._user_index:
+            raise KeyError(f"unknown user_id {shown(user_id)}")
+        return self._user_index[user_id]
 
     def _account_labels(self) -> tuple[np.ndarray, np.ndarray]:
         from shopgraph.graph.fraud_scorer import account_labels
