@@ -164,9 +164,9 @@ def _report(metrics: dict[str, Any], data: HeteroData, history: dict[str, Any], 
             lines += ["", f"The served scorer was fitted on the labels of {fraud_info.get('train_users')} training "
                       "accounts, so its scores of them are fitted rather than predicted. Refitted without their "
                       f"labels ({held.get('folds')} folds; the service gives these as `held_out_probability`), it "
-                      f"scores the {held.get('accounts')} that got a held-out score at AUPRC {_fmt(held.get('auprc'))}, AUROC {_fmt(held.get('auroc'))}, and at the "
-                      f"serving threshold finds {_fmt(held.get('recall'))} of their frauds at precision "
-                      f"{_fmt(held.get('precision'))}."]
+                      f"scores the {held.get('accounts')} that got a held-out score at AUPRC "
+                      f"{_fmt(held.get('auprc'))}, AUROC {_fmt(held.get('auroc'))}, and at the serving threshold "
+                      f"finds {_fmt(held.get('recall'))} of their frauds at precision {_fmt(held.get('precision'))}."]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"

@@ -850,10 +850,10 @@ def held_out_table(data: HeteroData, fold: np.ndarray, k: int, neighbours: np.nd
     explanations; ``neighbours``: the table's neighbour part when already computed (the same for
     every fold); ``rows``: only these users' rows (all when ``None``)."""
     ring = ring_features(data, None, known=held_out_known(data, fold, k))
-    neigh = _neighbour_table(data, None) if neighbours is None else neighbours
+    neigh, x = _neighbour_table(data, None) if neighbours is None else neighbours, ring.x
     if rows is not None:
-        return np.concatenate([neigh[rows], ring.x[rows]], axis=1), _product_names(data, ring.names)
-    return np.concatenate([neigh, ring.x], axis=1), _product_names(data, ring.names)
+        neigh, x = neigh[rows], x[rows]
+    return np.concatenate([neigh, x], axis=1), _product_names(data, ring.names)
 
 
 def held_out_probabilities(

@@ -44,7 +44,8 @@ _PACKAGES = ("shopgraph", "torch", "torch-geometric", "transformers", "faiss-cpu
 _WRITTEN_BY: tuple[tuple[str, str], ...] = (
     ("model/", "shopgraph train"), ("embeddings.safetensors", "shopgraph train"), ("fraud.json", "shopgraph train"),
     ("fraud_trees.ubj", "shopgraph train"), ("fraud_held_out/", "shopgraph train"), ("index/", "shopgraph index"),
-    ("metrics.json", "shopgraph evaluate"), ("report.md", "shopgraph evaluate"), ("plots/", "shopgraph evaluate"), ("rings/", "shopgraph rings"),
+    ("metrics.json", "shopgraph evaluate"), ("report.md", "shopgraph evaluate"), ("plots/", "shopgraph evaluate"),
+    ("rings/", "shopgraph rings"),
 )
 
 

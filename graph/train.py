@@ -1756,20 +1756,19 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
     }
     held_out = result.fraud_prob_held_out.double().numpy()
     scored = np.isfinite(held_out)
+    files: dict[str, str] = {}  # fold -> its trees, for explanations of the held-out scores
     if scored.any() and np.unique(y.numpy()[scored]).size == 2:  # how well the scorer predicts labels it did not see
         from shopgraph.graph.metrics import fraud_metrics
 
         fraud_info["held_out"] = {"folds": config.held_out_folds, "accounts": int(scored.sum()), **{
             k: json_number(v) for k, v in fraud_metrics(y.numpy()[scored], held_out[scored],
                                                         result.fraud.threshold).items()}}
-        files: dict[str, str] = {}  # fold -> its trees, for explanations of the held-out scores
         for k, trees in enumerate(result.held_out_trees):
             if trees is not None:
                 files[str(k)] = HELD_OUT_TREES.format(k=k)
                 run.write_bytes(files[str(k)], trees, made_from=made_from, stage=TRAIN_STAGE)
         fraud_info["held_out"]["trees_files"] = files
-    named = set(fraud_info.get("held_out", {}).get("trees_files", {}).values())
-    for rel in [r for r in run.manifest["files"] if r.startswith("fraud_held_out/") and r not in named]:
+    for rel in [r for r in run.manifest["files"] if r.startswith("fraud_held_out/") and r not in files.values()]:
         run.forget(rel)  # an earlier training's fold trees: not this run's any more
         run.path.joinpath(rel).unlink(missing_ok=True)
     if result.fraud.kind in TREE_KINDS:  # the served trees, for explanations of their scores
