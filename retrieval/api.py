@@ -39,17 +39,18 @@ import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from shopgraph.retrieval.catalogue import CatalogueJournal
-from shopgraph.retrieval.params import check_fields, parse_int, strict_query
+from shopgraph.retrieval.params import ErrorOut, check_fields, parse_int, strict_query
 from shopgraph.retrieval.service import (
     IMAGE_LIMIT,
     K_MAX,
     MAX_BATCH,
+    MAX_BATCH_RESULTS,
     MAX_IMAGE_BYTES,
     MAX_TEXT_CHARS,
     DuplicateIdError,
@@ -104,7 +105,8 @@ class RecommendBatchIn(BaseModel):
 
     user_ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH, description="known user ids (a user may "
                                                                                      "appear more than once)")
-    k: int = Field(10, ge=1, le=K_MAX, description=f"results per user, 1..{K_MAX}")
+    k: int = Field(10, ge=1, le=K_MAX, description=f"results per user, 1..{K_MAX}, and at most "
+                                                   f"{MAX_BATCH_RESULTS:,} results in all (user ids × k)")
     exclude_seen: bool = Field(True, description="drop items each user already purchased")
     category: str | None = Field(None, min_length=1, description="only items of this category (omit it or null "
                                                                  "for every category)")
@@ -128,7 +130,8 @@ class SimilarBatchIn(BaseModel):
 
     item_ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH, description="served item ids (an item "
                                                                                      "may appear more than once)")
-    k: int = Field(10, ge=1, le=K_MAX, description=f"results per item, 1..{K_MAX}")
+    k: int = Field(10, ge=1, le=K_MAX, description=f"results per item, 1..{K_MAX}, and at most "
+                                                   f"{MAX_BATCH_RESULTS:,} results in all (item ids × k)")
 
 
 class SimilarBatchOut(BaseModel):
@@ -235,8 +238,9 @@ class ItemIn(BaseModel):
 
     item_id: str = Field(..., description="a new item id")
     title: str = Field(..., description="the item's title", max_length=MAX_TEXT_CHARS)
-    category: str = Field("", description="its category (a new one is allowed)", max_length=MAX_TEXT_CHARS)
-    description: str = Field("", description="its description", max_length=MAX_TEXT_CHARS)
+    category: str | None = Field("", description="its category (a new one is allowed; spaces around it are "
+                                                 "stripped; null: none)", max_length=MAX_TEXT_CHARS)
+    description: str | None = Field("", description="its description (null: none)", max_length=MAX_TEXT_CHARS)
     price: float | None = Field(None, ge=0, description="its price (null: unknown)")
 
 
@@ -278,10 +282,6 @@ class RemoveIn(BaseModel):
 class RemovedBatchOut(BaseModel):
     removed: int = Field(description="how many items were removed (all of the batch)")
     item_ids: list[str] = Field(description="the removed items, in the order given")
-
-
-class ErrorOut(BaseModel):
-    detail: str
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -767,7 +767,9 @@ def _item_fields(body: dict[str, Any], what: str, allowed: tuple[str, ...] = _IT
     for name in ("item_id", "title"):
         if name not in body:
             raise ValueError(f"{name}: required")
-    out = {k: body[k] for k in _ITEM_FIELDS if k in body}
+    # null for an optional field is the field left out (as price: null is an unknown price): what
+    # generated clients send for an unset field
+    out = {k: body[k] for k in _ITEM_FIELDS if k in body and not (body[k] is None and k in ("category", "description"))}
     for name in ("item_id", "title", "category", "description"):
         if name in out and not isinstance(out[name], str):
             raise ValueError(f"{name}: expected a string (got {type(out[name]).__name__} {shown(out[name])})")
@@ -873,6 +875,13 @@ async def _item_fields_of_form(form: FormData) -> tuple[dict[str, Any], bytes | 
     return _item_fields(fields, "form field"), image
 
 
+def _rendered(answer: BaseModel) -> Response:
+    """``answer`` as its JSON response, rendered by the caller's thread: a batch's answer (up to
+    :data:`MAX_BATCH_RESULTS` items, ~20 MB) rendered by FastAPI would be encoded on the event loop,
+    holding every other request (health checks too) for as long."""
+    return Response(answer.model_dump_json(), media_type="application/json")
+
+
 # -- the app ---------------------------------------------------------------------------------------
 def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = True) -> FastAPI:
     """The FastAPI application over ``service``.
@@ -932,12 +941,16 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     @app.post("/recommend/batch", response_model=RecommendBatchOut, responses={**_ERRORS, **body_errors},
               tags=["recommend"], summary=f"Top-k items for up to {MAX_BATCH:,} users in one search (JSON)",
               openapi_extra=_json_schema(RecommendBatchIn), dependencies=[nothing])
-    async def recommend_batch(request: Request) -> RecommendBatchOut:
+    async def recommend_batch(request: Request) -> Response:
         body = await _ids_body(request, _RECOMMEND_BATCH_EXAMPLE)
         ids, k, exclude_seen, category = _recommend_batch_json(body)
-        recs = await run_in_threadpool(service.recommend_batch, ids, k, exclude_seen, category)
-        return RecommendBatchOut(k=k, results=[RecommendOut(user_id=u.strip(), k=k, items=_items(rec))
-                                               for u, rec in zip(ids, recs)])
+
+        def answer() -> Response:
+            recs = service.recommend_batch(ids, k, exclude_seen, category)
+            return _rendered(RecommendBatchOut(k=k, results=[RecommendOut(user_id=u.strip(), k=k, items=_items(rec))
+                                                             for u, rec in zip(ids, recs)]))
+
+        return await run_in_threadpool(answer)
 
     @app.get("/similar", response_model=SimilarOut, responses=_ERRORS, tags=["recommend"],
              summary="Items similar to an item", dependencies=[only_similar])
@@ -947,12 +960,16 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     @app.post("/similar/batch", response_model=SimilarBatchOut, responses={**_ERRORS, **body_errors},
               tags=["recommend"], summary=f"Items similar to each of up to {MAX_BATCH:,} items in one search (JSON)",
               openapi_extra=_json_schema(SimilarBatchIn), dependencies=[nothing])
-    async def similar_batch(request: Request) -> SimilarBatchOut:
+    async def similar_batch(request: Request) -> Response:
         body = await _ids_body(request, _SIMILAR_BATCH_EXAMPLE)
         ids, k = _similar_batch_json(body)
-        recs = await run_in_threadpool(service.similar_items_batch, ids, k)
-        return SimilarBatchOut(k=k, results=[SimilarOut(item_id=i.strip(), k=k, items=_items(rec))
-                                             for i, rec in zip(ids, recs)])
+
+        def answer() -> Response:
+            recs = service.similar_items_batch(ids, k)
+            return _rendered(SimilarBatchOut(k=k, results=[SimilarOut(item_id=i.strip(), k=k, items=_items(rec))
+                                                           for i, rec in zip(ids, recs)]))
+
+        return await run_in_threadpool(answer)
 
     @app.post("/recommend/cold", response_model=ColdOut, responses={
         **_ERRORS, **body_errors, 503: {"model": ErrorOut, "description": "text given, and the run has no text index"},
@@ -1054,7 +1071,9 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     def get_item(item_id: str) -> ItemInfoOut:
         return ItemInfoOut(**service.item_info(item_id))
 
-    @app.delete("/items/{item_id:path}", response_model=RemovedOut, responses=catalogue_errors, tags=["catalogue"],
+    @app.delete("/items/{item_id:path}", response_model=RemovedOut, responses={
+        **_ERRORS, 503: {"model": ErrorOut, "description": "the journal could not be written"},
+    }, tags=["catalogue"],
                 summary="Remove an item from every answer", dependencies=[nothing])
     async def remove_item(item_id: str) -> RemovedOut:
         await run_in_threadpool(_changed, lambda: service.remove_item(item_id))
@@ -1078,6 +1097,11 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
              responses={422: _ERRORS[422]}, dependencies=[nothing])
     def healthz() -> HealthOut:
         return HealthOut(status="ok", **service.info())
+
+    @app.head("/healthz", tags=["ops"], summary="Liveness for probes that send HEAD: 200, no body",
+              responses={422: _ERRORS[422]}, dependencies=[nothing])
+    def healthz_head() -> Response:
+        return Response()
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["ops"], responses={422: _ERRORS[422]},
              summary="Request counts and latency histogram (Prometheus text format)", dependencies=[nothing])

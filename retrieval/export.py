@@ -33,6 +33,7 @@ from shopgraph.graph.messages import plural
 from shopgraph.graph.run import atomic_write
 from shopgraph.retrieval.service import (
     MAX_BATCH,
+    MAX_BATCH_RESULTS,
     FraudScore,
     ShopService,
     UnknownIdError,
@@ -122,8 +123,11 @@ def _known(service: ShopService, user_ids: list[str]) -> list[str]:
     return user_ids
 
 
-def _chunks(values: list[str]) -> list[list[str]]:
-    return [values[k:k + MAX_BATCH] for k in range(0, len(values), MAX_BATCH)]
+def _chunks(values: list[str], k: int = 1) -> list[list[str]]:
+    """``values`` in batches the service takes at ``k`` results each (:data:`MAX_BATCH` ids, and
+    :data:`MAX_BATCH_RESULTS` results)."""
+    size = max(1, min(MAX_BATCH, MAX_BATCH_RESULTS // k))
+    return [values[j:j + size] for j in range(0, len(values), size)]
 
 
 def recommendations_table(service: ShopService, user_ids: list[str], *, k: int = 10, exclude_seen: bool = True,
@@ -132,7 +136,7 @@ def recommendations_table(service: ShopService, user_ids: list[str], *, k: int =
     fewer than ``k`` rows for a user when fewer items qualify)."""
     k = check_k(k)
     rows: dict[str, list[Any]] = {c: [] for c in ("user_id", "rank", "item_id", "title", "score", "reason")}
-    for chunk in _chunks(_known(service, user_ids)):
+    for chunk in _chunks(_known(service, user_ids), k):
         for user, rec in zip(chunk, service.recommend_batch(chunk, k, exclude_seen, category)):
             n = len(rec.item_ids)
             rows["user_id"] += [user] * n

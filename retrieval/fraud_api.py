@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from shopgraph.graph.explain import Explanation
 from shopgraph.graph.messages import known_ids
 from shopgraph.graph.rings import SCHEMA_VERSION, Ring, find_ring, known_fraud
-from shopgraph.retrieval.params import strict_query
+from shopgraph.retrieval.params import ErrorOut, strict_query
 from shopgraph.retrieval.service import shown
 
 logger = logging.getLogger(__name__)
@@ -115,10 +115,6 @@ class NeighbourOut(BaseModel):
     attribution: float = Field(description="method tree_shap+shared_identifiers or behaviour_zscore: how many "
                                            "other accounts share this identifier (a count, not a contribution); "
                                            "occlusion: the change of the fraud log-odds without this neighbour")
-
-
-class ErrorOut(BaseModel):
-    detail: str = Field(description="<argument>: <problem> (got <value>)")
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:

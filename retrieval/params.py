@@ -1,4 +1,5 @@
-"""Strict query parameters for the HTTP API (``retrieval/api.py``, ``retrieval/fraud_api.py``).
+"""Strict query parameters for the HTTP API (``retrieval/api.py``, ``retrieval/fraud_api.py``),
+and the error answer both give.
 
 FastAPI on its own ignores unknown query parameters, keeps the last of repeated ones, and parses
 integers leniently (``k=5.0``). A client that misspells ``k`` as ``K`` or sends ``k`` twice would
@@ -12,10 +13,17 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from fastapi import HTTPException, Request
+from pydantic import BaseModel, Field
 
 from shopgraph.retrieval.service import shown
 
 _DIGITS = re.compile(r"[0-9]{1,9}")
+
+
+class ErrorOut(BaseModel):
+    """Every error answer of the API (one schema, so generated clients get one ``ErrorOut``)."""
+
+    detail: str = Field(description="<argument>: <problem> (got <value>)")
 
 
 def parse_int(name: str, raw: str, low: int, high: int) -> int:

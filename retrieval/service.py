@@ -25,6 +25,7 @@ import math
 import tempfile
 import threading
 import time
+import unicodedata
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -53,6 +54,7 @@ MAX_IMAGE_PIXELS = 40_000_000
 MAX_IMAGE_ASPECT = 20  # the longer side at most 20 times the shorter (the encoder centre-crops a square anyway)
 MAX_TEXT_CHARS = 2_000
 MAX_BATCH = 1_000
+MAX_BATCH_RESULTS = 100_000  # ids x k of one batch (recommend_batch, similar_items_batch)
 RESCORE_MARGIN = 8  # candidates fetched beyond k and rescored exactly (near ties at the k-th place)
 _IMAGE_CHUNK = 32  # images decoded at a time when a batch is encoded (ShopService._encode_images)
 REPLAY_BATCH = 1024  # journal entries whose adds are embedded in one pass
@@ -305,6 +307,17 @@ def check_unicode(text: str, name: str) -> str:
     at = lone_surrogate(text)
     if at is not None:
         raise ValueError(f"{name}: not valid Unicode (a lone surrogate at position {at:,})")
+    return text
+
+
+def check_single_line(text: str, name: str) -> str:
+    """``text`` when it has no control characters (newline, tab, NUL, ...), else ``ValueError``
+    naming ``name`` and the first one: an id or a category name is one line of printable text (an
+    id with a newline could not be named in a URL path, nor a category in a query string)."""
+    at = next((k for k, ch in enumerate(text) if unicodedata.category(ch) == "Cc"), None)
+    if at is not None:
+        raise ValueError(f"{name}: expected one line of printable text (got {shown(text)}, a control character "
+                         f"{text[at]!r} at position {at:,})")
     return text
 
 
@@ -1034,9 +1047,18 @@ class ShopService:
         unknown = [value for value, key in zip(ids, keys) if key not in positions]  # named as given
         if unknown:
             names = list(dict.fromkeys(unknown))
+            repeats = f", {len(unknown) - len(names):,} of them repeats" if len(names) < len(unknown) else ""
             raise UnknownIdError(f"{name}: unknown {kind}{'s' if len(names) > 1 else ''} {listed_ids(names)} "
-                                 f"({len(unknown):,} of the {len(ids):,} ids given)")
+                                 f"({len(unknown):,} of the {len(ids):,} ids given{repeats})")
         return [positions[key] for key in keys]
+
+    @staticmethod
+    def _check_results(n: int, name: str, k: int) -> None:
+        """Refuse a batch of ``n`` ids whose answer would hold more than :data:`MAX_BATCH_RESULTS`
+        items (1,000 ids at k=1000 is a million: a 190 MB answer, seconds of a server's time)."""
+        if n * k > MAX_BATCH_RESULTS:
+            raise ValueError(f"k: {n:,} {name} × k={k:,} asks for {n * k:,} results, over the {MAX_BATCH_RESULTS:,} "
+                             f"one batch answers; send at most {MAX_BATCH_RESULTS // k:,} ids a batch at this k")
 
     def _category(self, category: str | None) -> int | None:
         """The code of a category filter (the caller holds ``_lock.read()``: add_item changes it)."""
@@ -1045,10 +1067,12 @@ class ShopService:
         if not isinstance(category, str):
             raise ValueError(f"category: expected a category name or None (got {type(category).__name__} "
                              f"{shown(category)})")
-        code = self._cat_code.get(category) if category else None
-        if code is None or not (self._item_cat[self._active] == code).any():
+        name = category.strip()  # as ids: surrounding spaces are not part of the name
+        code = self._cat_code.get(name) if name else None
+        if code is None:  # a category whose items were all removed stays known: its lists are empty
             known = sorted(c for c in self._cat_code if c)
-            raise ValueError(f"category: unknown category {shown(category)} (known: {', '.join(known[:20])})")
+            raise ValueError(f"category: unknown category {shown(category)} "
+                             f"(known: {listed_ids(known, 20) if known else 'none'})")
         return code
 
     def has_user(self, user_id: str) -> bool:
@@ -1114,11 +1138,13 @@ class ShopService:
         """
         index = self.indexes[name]
         total = index.count
-        if category is not None:
-            share = max(float((self._item_cat[self._active] == category).mean()), 1.0 / max(total, 1))
-        else:
-            share = 1.0
         out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int64), np.zeros(0, np.float32))] * len(queries)
+        share = 1.0
+        if category is not None:
+            in_category = self._item_cat[self._active] == category
+            if not in_category.any():  # every item of the category was removed: nothing to search for
+                return out
+            share = float(in_category.mean())
         todo = list(range(len(queries)))
         fetch = min(total, int(math.ceil((k + max((e.size for e in exclude), default=0)) / share * 1.2)) + 1)
         while todo:
@@ -1217,6 +1243,7 @@ class ShopService:
         k = check_k(k)
         exclude_seen = check_bool(exclude_seen, "exclude_seen")
         users = self._many(user_ids, "user_ids", self._user_pos, "user")
+        self._check_results(len(users), "user_ids", k)
         with self._lock.read():
             return self._recommend(users, k, exclude_seen, self._category(category))
 
@@ -1290,7 +1317,9 @@ class ShopService:
         self._maybe_sync()
         k = check_k(k)
         with self._lock.read():
-            return self._similar(self._many(item_ids, "item_ids", self._item_pos, "item"), k)
+            items = self._many(item_ids, "item_ids", self._item_pos, "item")
+            self._check_results(len(items), "item_ids", k)
+            return self._similar(items, k)
 
     def _similar(self, items: list[int], k: int) -> list[Recommendation]:
         """The caller holds ``_lock.read()``."""
@@ -1751,6 +1780,7 @@ class ShopService:
         if not isinstance(item_id, str) or not item_id.strip():
             raise ValueError(f"{where}item_id: expected a non-empty string (got {shown(item_id)})")
         check_unicode(item_id, f"{where}item_id")
+        check_single_line(item_id.strip(), f"{where}item_id")
         if item_id != item_id.strip():  # as loading the shop does (graph/load.py): ids are stored stripped
             warnings.warn(f"{where}item_id: stripped leading/trailing spaces ({shown(item_id)} -> "
                           f"{shown(item_id.strip())})", stacklevel=4 if where else 3)
@@ -1761,11 +1791,27 @@ class ShopService:
             check_unicode(value, f"{where}{name}")
         if not title.strip():  # an item with no text: nothing to search it by, nothing to show
             raise ValueError(f"{where}title: expected some text (got {shown(title)})")
+        category = self._new_category(where, category)
         if price is not None and not _is_price(price):
             raise ValueError(f"{where}price: expected a finite number >= 0 (got {type(price).__name__} {shown(price)})")
         if image is not None:
             read_image(image, f"{where}image")  # checked now; decoded again when encoded (memory: see _encode_images)
         return _NewItem(item_id, title, category, description, None if price is None else float(price), image)
+
+    def _new_category(self, where: str, category: str) -> str:
+        """The category of an item to add: stripped (with a warning, as ids), one line, and not a
+        known category spelt in another case (``Toys`` beside ``toys`` would be a second filter
+        value that the model never saw; a new category is allowed)."""
+        name = check_single_line(category.strip(), f"{where}category")
+        if name and name not in self._cat_code:
+            same = sorted(c for c in self._cat_code if c.casefold() == name.casefold())
+            if same:
+                raise ValueError(f"{where}category: {shown(name)} differs from the known category {shown(same[0])} "
+                                 f"only in case; send {shown(same[0])} to file it there")
+        if name != category:
+            warnings.warn(f"{where}category: stripped leading/trailing spaces ({shown(category)} -> {shown(name)})",
+                          stacklevel=5 if where else 4)
+        return name
 
     def _add(self, new: list[_NewItem], *, batch: bool) -> list[int]:
         """Encode, embed and insert checked new items (one journal line: an ``add``, or with

@@ -121,6 +121,9 @@ def test_openapi_docs(client):
         responses = spec["paths"][path][method]["responses"]
         assert codes <= set(responses), path
         assert all(responses[c]["content"]["application/json"]["schema"] == error for c in codes), path
+    # one error schema for the whole API (the fraud routes' too), and no codes a route cannot answer
+    assert [name for name in spec["components"]["schemas"] if "ErrorOut" in name] == ["ErrorOut"]
+    assert set(spec["paths"]["/items/{item_id}"]["delete"]["responses"]) == {"200", "404", "422", "503"}
     body = spec["paths"]["/search"]["post"]["requestBody"]["content"]
     assert body["application/json"]["schema"]["additionalProperties"] is False
     batch = spec["paths"]["/items/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
@@ -688,6 +691,16 @@ def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):
      "content-type: expected application/json or multipart/form-data (got 'text/csv')"),
     ("post", "/items?dry_run=1", {"json": {"item_id": "n1", "title": "t"}}, 422, "dry_run: unknown parameter"),
     ("post", "/items", {"json": {"item_id": "i001", "title": "t"}}, 409, "item_id: item 'i001' already exists"),
+    # an id or a category is one line: an id with a newline could not be named in a URL path again
+    ("post", "/items", {"json": {"item_id": "x\ny", "title": "t"}}, 422,
+     "item_id: expected one line of printable text (got 'x\\ny', a control character '\\n' at position 1)"),
+    ("post", "/items", {"json": {"item_id": "x\u0000y", "title": "t"}}, 422, "item_id: expected one line"),
+    ("post", "/items", {"json": {"item_id": "n1", "title": "t", "category": "to\tys"}}, 422,
+     "category: expected one line of printable text"),
+    ("post", "/items", {"json": {"item_id": "n1", "title": "t", "category": " Books "}}, 422,
+     "category: 'Books' differs from the known category 'books' only in case; send 'books' to file it there"),
+    ("post", "/items/batch", {"json": {"items": [{"item_id": "n1", "title": "t"}, {"item_id": "n2\rx", "title": "t"}]}},
+     422, "items[1]: item_id: expected one line of printable text"),
     ("post", "/items", {"data": {"item_id": "n1", "title": "t", "price": "cheap"}, "files": {"x": ("a", b"a")}}, 422,
      "x: unknown form field (expected item_id, title, category, description, price, image)"),
     ("post", "/items", {"data": {"item_id": "n1", "title": "t", "price": "cheap"},
@@ -969,7 +982,12 @@ _LONG_IDS = [f"customer-{k:06d}-" + "x" * 60 for k in range(1000)]  # 77 kB of J
 
 @pytest.mark.parametrize("url, body, status, message", [
     ("/recommend/batch", {"user_ids": ["u001", "nobody", "u002", "ghost", "nobody"]}, 404,
-     "user_ids: unknown users 'nobody', 'ghost' (3 of the 5 ids given)"),
+     "user_ids: unknown users 'nobody', 'ghost' (3 of the 5 ids given, 1 of them repeats)"),
+    ("/recommend/batch", {"user_ids": ["u001"] * 101, "k": 1000}, 422,
+     "k: 101 user_ids × k=1,000 asks for 101,000 results, over the 100,000 one batch answers; send at most 100 ids "
+     "a batch at this k"),
+    ("/similar/batch", {"item_ids": ["i001"] * 201, "k": 500}, 422,
+     "k: 201 item_ids × k=500 asks for 100,500 results, over the 100,000 one batch answers; send at most 200 ids"),
     ("/recommend/batch", {"user_ids": _LONG_IDS}, 404, "user_ids: unknown users 'customer-000000-"),
     ("/recommend/batch", {"user_ids": []}, 422, "user_ids: expected at least one id (got an empty list)"),
     ("/recommend/batch", {"user_ids": ["u001"] * 1001}, 422, "user_ids: expected at most 1,000 ids (got 1,001)"),
@@ -1065,3 +1083,36 @@ def test_a_serving_process_makes_no_multiprocessing_lock_for_progress_bars(monke
     for _ in tqdm.auto.tqdm([1], disable=True):
         pass
     assert not isinstance(tqdm.auto.tqdm.get_lock(), TqdmDefaultWriteLock)
+
+
+def test_an_added_items_null_fields_are_left_out_and_its_category_stripped(writable):
+    with pytest.warns(UserWarning, match=r"category: stripped leading/trailing spaces \(' books ' -> 'books'\)"):
+        r = writable.post("/items", json={"item_id": "spaced-cat", "title": "a novel", "category": " books "})
+    assert r.status_code == 201 and r.json()["category"] == "books"
+    r = writable.post("/items", json={"item_id": "nulls", "title": "a thing", "category": None, "description": None,
+                                      "price": None})
+    assert r.status_code == 201, r.text
+    assert {k: r.json()[k] for k in ("category", "description", "price")} == {"category": "", "description": "",
+                                                                               "price": None}
+    assert writable.post("/items/remove", json={"item_ids": ["spaced-cat", "nulls"]}).status_code == 200
+
+
+def test_a_category_whose_items_were_all_removed_answers_empty_lists(writable):
+    assert writable.post("/items", json={"item_id": "only-kite", "title": "a kite", "category": "kites"}).status_code == 201
+    assert [i["item_id"] for i in writable.get("/recommend", params={"user_id": "u000", "category": "kites"}).json()[
+        "items"]] == ["only-kite"]
+    assert writable.delete("/items/only-kite").status_code == 200
+    for url, params in (("/recommend", {"user_id": "u000", "category": "kites"}),
+                        ("/recommend/new", {"user_id": "u000", "category": "kites"})):
+        r = writable.get(url, params=params)
+        assert r.status_code == 200 and r.json()["items"] == [], (url, r.text)
+    r = writable.post("/recommend/batch", json={"user_ids": ["u000"], "category": "kites"})
+    assert r.status_code == 200 and r.json()["results"][0]["items"] == []
+    r = writable.get("/recommend", params={"user_id": "u000", "category": "kite"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("category: unknown category 'kite' (known: 'books'")
+
+
+def test_healthz_answers_head_for_probes(client):
+    r = client.head("/healthz")
+    assert r.status_code == 200 and r.content == b""
+    assert client.get("/healthz").json()["status"] == "ok"

@@ -38,6 +38,25 @@ def test_recommendations_of_every_user_are_the_services_answers(run, service, tm
         assert rows["title"].tolist() == rec.titles
 
 
+def test_recommendations_are_asked_for_in_batches_the_service_takes(service, monkeypatch):
+    """A large k cuts the users into smaller batches (ids x k within the service's cap), the same rows."""
+    from shopgraph.retrieval import export
+    from shopgraph.retrieval import service as service_module
+    from shopgraph.retrieval.export import recommendations_table
+
+    whole = recommendations_table(service, service.user_ids, k=7)
+    monkeypatch.setattr(export, "MAX_BATCH_RESULTS", 7 * 4)  # 4 users a batch at k=7
+    monkeypatch.setattr(service_module, "MAX_BATCH_RESULTS", 7 * 4)
+    asked = []
+    real = type(service).recommend_batch
+    monkeypatch.setattr(type(service), "recommend_batch",
+                        lambda self, ids, *a, **kw: asked.append(len(ids)) or real(self, ids, *a, **kw))
+    pd.testing.assert_frame_equal(recommendations_table(service, service.user_ids, k=7), whole)
+    assert max(asked) == 4 and sum(asked) == len(service.user_ids)
+    with pytest.raises(ValueError, match=r"k: 5 user_ids × k=7 asks for 35 results, over the 28 one batch answers"):
+        real(service, service.user_ids[:5], 7)
+
+
 @pytest.mark.parametrize("users_file", ["users.txt", "users.csv", "users.parquet"])
 def test_recommendations_of_listed_users_with_options(run, service, tmp_path, users_file):
     users = ["u007", "u001", "u030"]

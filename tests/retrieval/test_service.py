@@ -424,8 +424,13 @@ def test_recommend_new_ranks_only_the_added_items(own_run):
     assert all(r.startswith("new since the last training run; ") for r in rec.reasons)
     assert svc.recommend_new("u000", k=1).item_ids == rec.item_ids[:1]
     assert svc.recommend_new("u000", k=5, category="toys").item_ids == ["new2"]
+    assert svc.recommend_new("u000", k=5, category=" toys ").item_ids == ["new2"]  # spaces as for ids
     svc.remove_item("new2")
     assert "new2" not in svc.recommend_new("u000", k=5).item_ids
+    # its category lost its only item but stays known: empty lists, not "unknown category"
+    assert svc.recommend_new("u000", k=5, category="toys").item_ids == []
+    assert svc.recommend("u000", k=5, category="toys").item_ids == []
+    assert [r.item_ids for r in svc.recommend_batch(["u000", "u001"], k=5, category="toys")] == [[], []]
     with pytest.raises(UnknownIdError, match="user_id: unknown user 'u999'"):
         svc.recommend_new("u999")
     with pytest.raises(ValueError, match=r"k: expected an integer between 1 and 1000 \(got 0\)"):
@@ -474,7 +479,7 @@ def test_new_item_features_follow_the_training_layout(service, run_path):
     (lambda s: s.recommend_batch(["u001", "u999"]), r"user_ids: unknown user 'u999' \(1 of the 2 ids given\)$"),
     # every unknown id is named, each once, however often it was given
     (lambda s: s.score_users(["zz", "u001", "yy", "zz"], reasons=False),
-     r"user_ids: unknown users 'zz', 'yy' \(3 of the 4 ids given\)$"),
+     r"user_ids: unknown users 'zz', 'yy' \(3 of the 4 ids given, 1 of them repeats\)$"),
     (lambda s: s.recommend_batch(["u001", 7]), r"user_ids\[1\]: expected a string id \(got int 7\)"),
     (lambda s: s.recommend_batch([]), "user_ids: expected at least one id"),
     (lambda s: s.score_user(""), r"user_id: expected a non-empty id \(got ''\)"),
@@ -946,6 +951,13 @@ def test_add_items_adds_a_batch_as_add_item_adds_each(own_run, tmp_path, monkeyp
      r"items\[1\]: item_id 'new1' is also items\[0\]"),
     ([{"item_id": f"n{k}", "title": 5} for k in range(7)],
      r"7 of 7 items are not valid.*items\[4\]: title: expected a string \(got int\); and 2 more$"),
+    ([{"item_id": "a\nb", "title": "x"}, {"item_id": "c\x00", "title": "x"}],
+     r"items\[0\]: item_id: expected one line of printable text \(got 'a\\nb', a control character '\\n' at "
+     r"position 1\); items\[1\]: item_id: expected one line of printable text"),
+    ([{"item_id": "new1", "title": "x", "category": "sh\x7foes"}], r"items\[0\]: category: expected one line"),
+    ([{"item_id": "new1", "title": "x", "category": "SHOES"}],
+     r"items\[0\]: category: 'SHOES' differs from the known category 'shoes' only in case; send 'shoes' to file "
+     r"it there"),
 ])
 def test_add_items_refuses_a_bad_batch_whole_naming_each_item(own_run, items, message):
     svc = load_service(own_run)
