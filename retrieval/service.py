@@ -774,6 +774,8 @@ class ShopService:
         self.item_ids: list[str] = list(data["item"].ids)
         self._user_pos = {u: k for k, u in enumerate(self.user_ids)}
         self._item_pos = {i: k for k, i in enumerate(self.item_ids)}
+        # the trained items, by id: adding the id of one that was removed restores it (_restore)
+        self._trained_pos = dict(self._item_pos)
         n_items = len(self.item_ids)
         table = items.set_index("item_id")
         missing = [i for i in self.item_ids if i not in table.index]
@@ -1698,7 +1700,8 @@ class ShopService:
 
         Args:
             item_id: a new external id (leading and trailing spaces are stripped, with a warning, as
-                loading the shop strips them).
+                loading the shop strips them), or that of a trained item removed since: that item
+                is restored, its trained vector with what is sent (:meth:`_restore`).
             title, category, description: item text (the title must have some: one of only spaces
                 is refused).
             price: item price (kept for display).
@@ -1908,7 +1911,11 @@ class ShopService:
 
     def _insert(self, item_id: str, title: str, category: str, description: str, price: float | None,
                 image: str, text_vec: np.ndarray | None, image_vec: np.ndarray | None, emb: np.ndarray) -> int:
-        """Put a new item into every index and table (its vectors computed by the caller)."""
+        """Put a new item into every index and table (its vectors computed by the caller). The id
+        of a trained item that was removed restores that item instead (:meth:`_restore`)."""
+        trained = self._trained_pos.get(item_id)
+        if trained is not None:
+            return self._restore(trained, title, category, description, price, image, text_vec, image_vec)
         with self._lock.write():
             pos = len(self.item_ids)
             ids = np.array([pos], dtype=np.int64)
@@ -1936,6 +1943,35 @@ class ShopService:
             self._rows["item_emb"].append(emb[0])
             self._rows["item_emb_n"].append(_normalised(emb)[0])
         logger.info("added item %r (node %d)", item_id, pos)
+        return pos
+
+    def _restore(self, pos: int, title: str, category: str, description: str, price: float | None, image: str,
+                 text_vec: np.ndarray | None, image_vec: np.ndarray | None) -> int:
+        """Serve the removed trained item at ``pos`` again (an item back in stock): its trained GNN
+        vector, which carries its purchase history (the users who bought or viewed it, and so the
+        revisit term and the "already bought" exclusions, find it again), with the text, image,
+        category and price sent (searched by the text and image vectors of what was sent)."""
+        ids = np.array([pos], dtype=np.int64)
+        with self._lock.write():
+            emb = self.item_emb[pos:pos + 1].copy()
+            self.indexes["gnn_items"].add(emb, ids)
+            self.indexes["gnn_items_cosine"].add(emb, ids)
+            for name, vec in (("text_items", text_vec), ("image_items", image_vec)):
+                if name in self.indexes and vec is not None:
+                    self.indexes[name].add(vec[None, :], ids)
+            for name, member in self._in_index.items():
+                member.view[pos] = (name.startswith("gnn_items") or (name == "text_items" and text_vec is not None)
+                                    or (name == "image_items" and image_vec is not None))
+            for name, rows in self._content.items():
+                vec = text_vec if name == "text_items" else image_vec
+                rows.view[pos] = 0.0 if vec is None else _normalised(vec[None, :])[0]
+            self._item_pos[self.item_ids[pos]] = pos
+            self.titles[pos], self.categories[pos], self.descriptions[pos] = title, category, description
+            self.images[pos] = image
+            self.prices[pos] = float("nan") if price is None else float(price)
+            self._item_cat[pos] = self._cat_code.setdefault(category, len(self._cat_code))
+            self._active[pos] = True
+        logger.info("restored trained item %r (node %d): its trained vector serves again", self.item_ids[pos], pos)
         return pos
 
     def _delete(self, positions: list[int]) -> None:

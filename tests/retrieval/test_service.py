@@ -875,6 +875,34 @@ def test_added_and_removed_items_survive_a_restart(own_run):
     assert again.item_info("new2")["image"] is None
 
 
+def test_a_removed_trained_item_added_again_is_the_trained_item_restored(own_run):
+    """Back in stock: re-adding a removed trained item's id serves its trained vector again (its
+    buyers' history finds it), not a new item with no history."""
+    svc = load_service(own_run)
+    users = ["u000", "u003", "u017"]
+    before = {u: svc.recommend(u, k=31) for u in users}
+    item = before["u003"].item_ids[0]
+    pos, emb, info = svc._item_pos[item], svc.item_emb[svc._item_pos[item]].copy(), svc.item_info(item)
+    svc.remove_item(item)
+    assert item not in svc.recommend("u003", k=31).item_ids
+    fields = {k: info[k] for k in ("title", "category", "description", "price")}
+    assert svc.add_item(item, **fields) == pos  # its own node again, not a new one
+    np.testing.assert_array_equal(svc.item_emb[pos], emb)
+    assert len(svc.item_ids) == svc._n_trained and svc.recommend_new("u003").item_ids == []
+    for u in users:
+        _same_answers(svc.recommend(u, k=31), before[u])  # the "already bought" exclusions too
+    assert svc.catalogue_info()["added"] == svc.catalogue_info()["removed"] == 0
+    # the text sent is what it is searched and shown by; the trained vector still ranks it
+    svc.remove_item(item)
+    svc.add_item(item, "renamed " + info["title"], category=info["category"])
+    assert svc.item_info(item)["title"] == "renamed " + info["title"]
+    assert svc.recommend("u003", k=31).item_ids == before["u003"].item_ids
+    again = load_service(own_run)  # a restart replays the same: restored, not added
+    assert again.item_ids == svc.item_ids and again.item_info(item)["title"] == "renamed " + info["title"]
+    _same_answers(again.recommend("u003", k=31), svc.recommend("u003", k=31))
+    assert again.catalogue_info() == svc.catalogue_info()
+
+
 def test_other_processes_pick_up_changes_and_share_the_id_check(own_run):
     writer, reader = load_service(own_run), load_service(own_run, catalogue_sync_s=3600.0)
     writer.add_item("new1", "glow in the dark frisbee", category="toys")
