@@ -1204,8 +1204,7 @@ class ShopService:
         if hist.size > REASON_HISTORY:  # prefer purchases, then the rest
             rest = hist[~np.isin(hist, seen)]
             hist = np.concatenate([seen, rest])[:REASON_HISTORY]
-        sims = self._item_emb_n[rec] @ self._item_emb_n[hist].T  # [k, H]
-        best = hist[sims.argmax(axis=1)]
+        best = self._nearest(rec, hist)
         bought = np.isin(best, seen)
         revisit = self._revisit_row(u)[0]
         return [self._revisit_reason(u, int(i)) if i in revisit
@@ -1215,8 +1214,18 @@ class ShopService:
     def _seed_reasons(self, seeds: np.ndarray, rec: np.ndarray, suffix: str = "") -> list[str]:
         if rec.size == 0:
             return []
-        sims = self._item_emb_n[rec] @ self._item_emb_n[seeds].T
-        return [f"similar to '{self.titles[b]}'{suffix}" for b in seeds[sims.argmax(axis=1)]]
+        return [f"similar to '{self.titles[b]}'{suffix}" for b in self._nearest(rec, seeds)]
+
+    def _nearest(self, rec: np.ndarray, pool: np.ndarray) -> np.ndarray:
+        """For each item of ``rec``, the item of ``pool`` (a user's history, a cold start's seeds)
+        a reason names: the most similar (GNN cosine) of those in its category, or of all when none
+        is. The vectors carry little of the structure within a category, so the most similar of all
+        was often of another category: an action camera "similar to" dark chocolate."""
+        sims = self._item_emb_n[rec] @ self._item_emb_n[pool].T  # [k, H], cosines in [-1, 1]
+        cat = self._item_cat
+        blank = self._cat_code.get("", -1)
+        same = (cat[rec][:, None] == cat[pool][None, :]) & (cat[rec][:, None] != blank)
+        return pool[(sims + 2.0 * same).argmax(axis=1)]
 
     # -- recommendations ------------------------------------------------------------------------
     def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True,

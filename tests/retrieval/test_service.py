@@ -188,6 +188,24 @@ def test_recommend_category_filter_over_fetches(service):
         service.recommend("u003", category="toys")
 
 
+def test_a_reason_names_an_item_of_the_recommended_ones_category_when_the_user_has_one(service):
+    indptr, indices = service._history
+    checked = 0
+    for u, user in enumerate(service.user_ids[:20]):
+        history = indices[indptr[u]:indptr[u + 1]]
+        for cat in ("books", "shoes"):
+            in_cat = [i for i in history if service.categories[i] == cat]
+            rec = service.recommend(user, k=5, exclude_seen=False, category=cat)
+            for reason in rec.reasons:
+                if not reason.startswith("similar to '"):
+                    continue
+                named = reason.split("'")[1]
+                pool = in_cat or list(history)
+                assert named in {service.titles[i] for i in pool}, (user, cat, reason)
+                checked += bool(in_cat)
+    assert checked > 10
+
+
 def test_similar_items_is_cosine_and_excludes_itself(service):
     rec = service.similar_items("i004", k=6)
     ids, scores = _brute(service, service.item_emb[4], {4}, 6, cosine=True)
