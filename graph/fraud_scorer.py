@@ -618,9 +618,10 @@ _RING_TEXT: dict[str, str] = {  # ring_features' columns in words (at the defaul
     "quick_burst": f"most such quick purchases within {_span(BUY_WINDOW_S)} (log count)",
     "quick_hour_share": "how busy the hours of the quick purchases are (share of all purchases)",
 }
-_RING_SUFFIX: dict[str, str] = {"": " (log count)", "_known_fraud": ", known fraud (log count)",
-                                "_known_legit": ", known legitimate (log count)",
-                                "_fraud_share": ": share known fraud among the known ones"}
+# "known" is a training label (known_labels): said so, as a ring's "known fraud" counts every fraud label
+_RING_SUFFIX: dict[str, str] = {"": " (log count)", "_known_fraud": ", labelled fraud in the training data (log count)",
+                                "_known_legit": ", labelled legitimate in the training data (log count)",
+                                "_fraud_share": ": share labelled fraud among those labelled in the training data"}
 
 
 def ring_column_text(name: str) -> str:

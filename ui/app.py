@@ -108,6 +108,8 @@ class FraudView(NamedTuple):
         verdict: Markdown flag / not flag at ``threshold``.
         reasons: table of the top reasons (feature or neighbour, value, contribution).
         method: how the reasons were computed.
+        held_out: for an account the scorer was trained on, its score with its label held out
+            (the verdict gives it a second line), else ``None``.
     """
 
     status: str
@@ -116,6 +118,7 @@ class FraudView(NamedTuple):
     verdict: str
     reasons: pd.DataFrame
     method: str
+    held_out: float | None = None
 
 
 class RingView(NamedTuple):
@@ -532,7 +535,7 @@ def _items_problem(service: ShopService, missing: Sequence[str]) -> str:
 
 
 def sample_users(service: ShopService, history: UserHistory | None, cases: FraudCases | None,
-                 n: int = SAMPLES_PER_KIND) -> list[tuple[str, str]]:
+                 n: int = SAMPLES_PER_KIND, *, fraud: bool = True) -> list[tuple[str, str]]:
     """Dropdown choices ``(label, user_id)``: likely fraudsters, labels the held-out scores contradict
     (the most contradicted first), ring members, heavy buyers, typical users.
 
@@ -541,6 +544,8 @@ def sample_users(service: ShopService, history: UserHistory | None, cases: Fraud
         history: purchase counts per user (heavy buyers), optional.
         cases: fraud rings, optional.
         n: users of each kind.
+        fraud: with the fraud kinds (the Fraud tab); ``False``: shoppers only (the Recommend tab,
+            where "labelled fraud, missed with its label held out" would mean nothing).
     """
     chosen: dict[str, str] = {}
 
@@ -548,14 +553,14 @@ def sample_users(service: ShopService, history: UserHistory | None, cases: Fraud
         if user not in chosen and service.has_user(user):
             chosen[user] = f"{user} ({label})"
 
-    prob = np.asarray(service.fraud_prob, dtype=np.float64)
+    prob = np.asarray(service.fraud_prob, dtype=np.float64) if fraud else np.full(0, np.nan)
     if np.isfinite(prob).any():  # predictions only: a training label's account scores its own label
         predicted = np.where(service.label_in_training, -1.0, np.nan_to_num(prob, nan=-1.0))
         for u in np.argsort(-predicted, kind="stable")[:n]:
             if predicted[u] >= 0:
                 add(service.user_ids[int(u)], f"fraud probability {prob[u]:.2f}")
     held, threshold = np.asarray(service.fraud_prob_held_out, dtype=np.float64), service.fraud_threshold
-    if np.isfinite(held).any() and math.isfinite(threshold):  # labels the held-out scores contradict
+    if fraud and np.isfinite(held).any() and math.isfinite(threshold):  # labels the held-out scores contradict
         labels = np.asarray(service.fraud_labels)
         for label, wrong, words in ((0, held >= threshold, "labelled legitimate, flagged with its label held out"),
                                     (1, held < threshold, "labelled fraud, missed with its label held out")):
@@ -563,7 +568,7 @@ def sample_users(service: ShopService, history: UserHistory | None, cases: Fraud
             far = np.array([contradiction(h, threshold) for h in held[found]])  # as `score --label-audit` orders
             for u in found[np.argsort(-far, kind="stable")][:SAMPLES_DISPUTED]:
                 add(service.user_ids[int(u)], words)
-    if cases is not None:
+    if fraud and cases is not None:
         for ring in cases.rings(top=n):
             add(ring.members[0], f"member of ring {ring.ring_id}")
     if history is not None and len(history.purchase_counts):
@@ -697,9 +702,12 @@ def check_threshold(threshold: Any) -> float:
     return float(value) + 0.0  # -0.0 + 0.0 is 0.0: never "threshold -0.00"
 
 
-def verdict(probability: float | None, threshold: Any) -> str:
+def verdict(probability: float | None, threshold: Any, held_out: float | None = None) -> str:
     """Markdown: flagged or not at ``threshold`` (live as the slider moves); a threshold outside
-    [0, 1], or none once a user is scored, gives a message (``ERROR_PREFIX``) instead of a verdict."""
+    [0, 1], or none once a user is scored, gives a message (``ERROR_PREFIX``) instead of a verdict.
+    ``held_out``: the score of an account the scorer was trained on, with its label held out: its
+    verdict is a second line (the first is the score fitted to the label, which a sample account
+    picked as "flagged with its label held out" would otherwise seem to contradict)."""
     no_score = probability is None or (isinstance(probability, float) and math.isnan(probability))
     if not (no_score and _missing_threshold(threshold)):  # nothing to compare yet: no threshold is fine
         try:
@@ -712,8 +720,15 @@ def verdict(probability: float | None, threshold: Any) -> str:
         return "This run has no fraud scorer, so nobody is flagged."
     p, t = _compared(float(probability), threshold, least=3)  # as the status writes the probability
     if probability >= threshold:
-        return f"**FLAGGED for review**: {p} is at or above the threshold {t}."
-    return f"**Not flagged**: {p} is below the threshold {t}."
+        text = f"**FLAGGED for review**: {p} is at or above the threshold {t}."
+    else:
+        text = f"**Not flagged**: {p} is below the threshold {t}."
+    if held_out is None or not math.isfinite(held_out):
+        return text
+    h, t = _compared(float(held_out), threshold, least=3)
+    return (text[:-1] + ", a score fitted to this account's own label (the scorer was trained on it).\n\n"
+            + (f"**Without its label: FLAGGED**: {h} is at or above the threshold {t}." if held_out >= threshold
+               else f"**Without its label: not flagged**: {h} is below the threshold {t}."))
 
 
 _REASON_COLUMNS = ["reason", "value", "contribution"]
@@ -814,7 +829,8 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
         ranked = cases.rings()
         status += _ring_sentence(cases.rings_of(user), {r.ring_id: k for k, r in enumerate(ranked, start=1)},
                                  len(ranked))
-    return FraudView(status, p, score.threshold, verdict(p, score.threshold), table, method)
+    held = score.held_out_probability if score.label_in_training else None
+    return FraudView(status, p, score.threshold, verdict(p, score.threshold, held), table, method, held)
 
 
 def _ring_sentence(rings: Sequence[Ring], ranks: dict[str, int], total: int) -> str:
@@ -1156,7 +1172,11 @@ def _members_labelled(labels: dict[str, tuple[bool | None, bool]], held_out: dic
         labelled = f"{share(fraud)} members fraud" if fraud else f"{share(legit)} members legitimate"
     text = f" The shop's data labels {labelled} (**label** column)."
     if trained:
-        text += (f" The scorer was trained on {trained} of these labels (\"trained on\"): those members' "
+        # the ranked table's "trained on" counts fraud labels only: the same count, then the legitimate ones
+        trained_fraud = sum(1 for label, in_training in labels.values() if label and in_training)
+        parts = ([f"{trained_fraud} of the fraud labels (the ranked table's \"trained on\")"] if fraud else []) + (
+            [f"{trained - trained_fraud} of the legitimate ones"] if trained > trained_fraud else [])
+        text += (f" The scorer was trained on {' and '.join(parts)}: those members' "
                  "probabilities are fitted to their labels, not predictions.")
         if any(h is not None for h in (held_out or {}).values()):
             text += (" The **held-out probability** column gives what the scorer says of them when refitted "
@@ -1528,7 +1548,8 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
     work_dir = Path(tempfile.mkdtemp(prefix="shopgraph-demo-"))
     export_dir = _export_dir(run_dir)
     users = sample_users(service, history, cases)
-    rec_default = default_user(users, "heavy buyer")
+    shoppers = sample_users(service, history, cases, fraud=False)
+    rec_default = default_user(shoppers, "heavy buyer")
     fraud_default = default_user(users, "fraud probability")
     scorer = fraud_scorer(run_dir)
 
@@ -1545,7 +1566,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                         "score (higher = better fit) and the reason (what in their history led to it). A visitor with no "
                         "account works too: pick a few items they looked at.")
             with gr.Row():
-                rec_user = gr.Dropdown(choices=with_no_choice(users), value=rec_default, allow_custom_value=True, label=SHOPPER,
+                rec_user = gr.Dropdown(choices=with_no_choice(shoppers), value=rec_default, allow_custom_value=True, label=SHOPPER,
                                        info="sample shoppers: likely fraudsters, ring members, heavy buyers, "
                                             "typical shoppers; or type any user id", scale=3)
                 rec_k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="How many recommendations", scale=1,
@@ -1683,6 +1704,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                                           "another account", elem_id="fraud-threshold")
             fr_verdict = gr.Markdown(verdict(None, None), elem_id="fraud-verdict")
             fr_prob = gr.State(None)
+            fr_held = gr.State(None)  # a trained-on account's held-out score: the verdict's second line
             fr_method = gr.Markdown()
             fr_reasons = gr.Dataframe(value=pd.DataFrame(columns=_REASON_COLUMNS), label="Top reasons",
                                       interactive=False, wrap=True, column_widths=["64%", "18%", "18%"],
@@ -1691,20 +1713,21 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             def on_score(user: Any, threshold: Any) -> tuple[Any, ...]:
                 view = fraud_view(service, cases, user)
                 _warn(view.status)
-                shown = view.verdict if view.probability is None else verdict(view.probability, threshold)
+                shown = view.verdict if view.probability is None else verdict(view.probability, threshold,
+                                                                               view.held_out)
                 if view.probability is not None:
                     _warn(shown)  # a threshold out of range typed before scoring
                 method = f"*Reasons: {view.method}.*" if view.method else ""
-                return view.status, view.probability, shown, view.reasons, method
+                return view.status, view.probability, shown, view.reasons, method, view.held_out
 
-            def on_threshold(probability: Any, threshold: Any) -> str:
-                shown = verdict(probability, threshold)
+            def on_threshold(probability: Any, threshold: Any, held_out: Any) -> str:
+                shown = verdict(probability, threshold, held_out)
                 _warn(shown)
                 return shown
 
             # preprocess=False: the handlers get the typed threshold as it is, so one out of the slider's
             # range gets our message; Gradio's own check would answer with a bare "Error" and a traceback
-            score_outputs = [fr_status, fr_prob, fr_verdict, fr_reasons, fr_method]
+            score_outputs = [fr_status, fr_prob, fr_verdict, fr_reasons, fr_method, fr_held]
 
             # the account makes a request new, not the threshold: on_threshold redraws the verdict for it
             score_once = _Requests().once(on_score, len(score_outputs), "score", used=1)
@@ -1713,8 +1736,8 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 # on its way was compared with the account scored before, and the score came back with the
                 # verdict at the value it was sent with
                 listen(score_once, [fr_user, fr_threshold], score_outputs, preprocess=False).then(
-                    verdict, [fr_prob, fr_threshold], [fr_verdict], preprocess=False)  # warned already
-            fr_threshold.change(on_threshold, [fr_prob, fr_threshold], [fr_verdict], preprocess=False)
+                    verdict, [fr_prob, fr_threshold, fr_held], [fr_verdict], preprocess=False)  # warned already
+            fr_threshold.change(on_threshold, [fr_prob, fr_threshold, fr_held], [fr_verdict], preprocess=False)
 
         with gr.Tab("Rings", id="rings"):
             gr.Markdown("**Groups of accounts that share devices: possible fraud rings**, ranked by a score that "

@@ -159,7 +159,7 @@ def test_product_feature_table_names_every_column(setup: tuple) -> None:
     assert len(own) == hetero_neighbor_features(data, "user", "test").shape[1] and names[: len(own)] == own
     assert names[0] == (list(getattr(data["user"], "feature_names", None) or []) or ["f0"])[0]
     assert ring_column_text("co_buy_sync_known_fraud") == (
-        "accounts sharing a device that bought within 2 h of this one, known fraud (log count)")
+        "accounts sharing a device that bought within 2 h of this one, labelled fraud in the training data (log count)")
     assert ring_column_text("quick_buy_share").startswith("share of purchases")
     assert ring_column_text("something_else") == "something_else"
 

@@ -326,6 +326,16 @@ def test_verdict_follows_the_threshold() -> None:
     assert "no fraud scorer" in verdict(float("nan"), 0.5)
 
 
+def test_a_trained_on_accounts_verdict_says_what_it_is_without_its_label() -> None:
+    # a sample picked as "labelled legitimate, flagged with its label held out" shows both verdicts
+    assert verdict(0.123, 0.209, 0.415) == (
+        "**Not flagged**: 0.123 is below the threshold 0.209, a score fitted to this account's own label (the "
+        "scorer was trained on it).\n\n**Without its label: FLAGGED**: 0.415 is at or above the threshold 0.209.")
+    assert verdict(0.99, 0.5, 0.3).endswith("**Without its label: not flagged**: 0.300 is below the threshold 0.500.")
+    assert verdict(0.99, 0.5, None) == verdict(0.99, 0.5) == "**FLAGGED for review**: 0.990 is at or above the threshold 0.500."
+    assert verdict(0.99, 0.5, float("nan")) == verdict(0.99, 0.5)
+
+
 @pytest.mark.parametrize("threshold", [5, -1, 1.0001, float("nan"), "abc", True])
 def test_verdict_for_a_threshold_out_of_range_is_a_message(threshold: Any) -> None:
     for probability in (0.7, None):  # no stale verdict, scored or not
@@ -502,7 +512,11 @@ def test_members_labelled_counts_the_labels_and_those_trained_on() -> None:
     assert _members_labelled({"a": (None, False), "b": (None, False)}) == ""
     text = _members_labelled({"a": (True, True), "b": (True, False), "c": (False, True), "d": (None, False)})
     assert text.startswith(" The shop's data labels 2 of the 4 members fraud and 1 legitimate (**label** column).")
-    assert 'trained on 2 of these labels ("trained on")' in text
+    # the ranked table's "trained on" counts the fraud labels: the sentence gives that count first
+    assert ('trained on 1 of the fraud labels (the ranked table\'s "trained on") and 1 of the legitimate ones: '
+            in text)
+    text = _members_labelled({"a": (False, True), "b": (False, True), "c": (True, False)})
+    assert 'trained on 0 of the fraud labels (the ranked table\'s "trained on") and 2 of the legitimate ones' in text
     text = _members_labelled({"a": (True, False), "b": (True, False)})
     assert text == " The shop's data labels all 2 members fraud (**label** column)."
     text = _members_labelled({"a": (False, False), "b": (False, True), "c": (False, False)})
@@ -707,12 +721,12 @@ def test_tree_reasons_table_shows_counts_and_shared_devices_last() -> None:
     from shopgraph.ui.app import _explanation_table
 
     ex = Explanation("u1", 0.9, "tree_shap+shared_identifiers", [
-        FeatureAttribution("accounts sharing a device, known fraud (log count)", float(np.log1p(17)), 2.5),
+        FeatureAttribution("accounts sharing a device, labelled fraud in the training data (log count)", float(np.log1p(17)), 2.5),
         FeatureAttribution("share of quick purchases", 1.0, -3.0),
     ], [NeighbourAttribution("device", "d1", 1.0), NeighbourAttribution("device", "d2", 27.0),
         NeighbourAttribution("device", "d3", 0.0)])
     table = _explanation_table(ex)
-    assert table["reason"].tolist() == ["share of quick purchases", "accounts sharing a device, known fraud",
+    assert table["reason"].tolist() == ["share of quick purchases", "accounts sharing a device, labelled fraud in the training data",
                                         "shares device d2 with 27 other accounts",
                                         "shares device d1 with 1 other account",
                                         "uses device d3, which no other account uses"]  # not "shares ... with 0"
