@@ -110,11 +110,11 @@ def reason_in_words(name: str) -> Reading:
     Examples: ``users sharing a device via uses: mean log_account_age_days (self included)`` ->
     ``accounts on the same devices (this one included): average account age`` (standardised);
     ``quick purchases: mean item image features (87 columns together; value: their norm)`` ->
-    ``items bought right after viewing or carting them: what they are, judged from their pictures (87 columns together)`` (no
+    ``items bought right after viewing or carting them: what they are, judged from their pictures`` (no
     value worth showing). Unknown names come back unchanged, with the unit ``raw``.
     """
     if (m := _GNN_GROUP.match(name)) is not None:
-        return Reading(f"the network's summary of the account's activity ({m['n']} columns together)", "none")
+        return Reading("the network's summary of the account's activity", "none")
     if (m := _GROUP.match(name)) is not None:
         prefix = m["prefix"]
         subject = "this account's items"
@@ -122,8 +122,9 @@ def reason_in_words(name: str) -> Reading:
             subject = "items bought right after viewing or carting them"
         elif (o := re.match(r"^(?P<other>\w+)s via (?P<rel>\w+): mean $", prefix)) is not None:
             subject = f"{_PLURAL.get(o['other'], o['other'] + 's')} {_DID.get(o['rel'], o['rel'])}"
-        return Reading(f"{subject}: what they are, judged from their {_ENCODER[m['kind']]} ({m['n']} columns together)",
-                       "none")
+        # no column count: the trees of a fold split on other columns than the served ones, and the
+        # same reason with two counts on one screen read as a contradiction
+        return Reading(f"{subject}: what they are, judged from their {_ENCODER[m['kind']]}", "none")
     if name.startswith(_QUICK):
         words, unit = _feature(name[len(_QUICK):])
         average = _average(words, unit)

@@ -772,7 +772,7 @@ def test_fraud_reasons_are_raw_facts_behind_the_verdict(service, run_path, monke
     monkeypatch.setattr(service, "_fraud_attribution", lambda _: fake)
     reasons = service.score_user("u002").reasons
     assert reasons[0] == ("items bought right after viewing or carting them: what they are, judged from their "
-                          "pictures (87 columns together) (+3.15 log-odds)")
+                          "pictures (+3.15 log-odds)")
     assert reasons[1] == ("accounts on the same devices (this one included): average account age: 1.0 SD below "
                           "average (+0.43 log-odds)")
     assert reasons[2].startswith("account age: ")
