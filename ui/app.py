@@ -1793,7 +1793,11 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
             gr.Dataframe(value=mv.fraud, label="Fraud detection", interactive=False, elem_id="model-fraud")
             gr.Markdown(mv.fraud_legend, elem_id="model-fraud-legend")
             gr.Markdown(mv.technical, elem_id="model-technical")
-            for img, caption in mv.plots:
-                gr.Image(value=img, label=caption, type="pil", interactive=False, height=380)
+            for k, (img, caption) in enumerate(mv.plots):
+                # the caption above the picture, not as the image's label: Gradio draws a label over
+                # the top of the picture, where it hid the plots' own titles
+                gr.Markdown(f"**{caption}**", elem_id=f"model-plot-{k}-caption")
+                gr.Image(value=img, show_label=False, type="pil", interactive=False, height=380,
+                         elem_id=f"model-plot-{k}")
 
     return app

@@ -269,6 +269,9 @@ def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopSer
     expect(page.locator("#model-purchase")).to_contain_text("ShopGraph (")
     for name in metrics["purchase"]["baselines"]:
         expect(page.locator("#model-purchase")).to_contain_text(name)
+    # each plot's caption above it, not a label box drawn over the plot's own title
+    expect(page.locator("#model-plot-0-caption")).to_contain_text("Training: loss per epoch")
+    expect(page.locator("#model-plot-0 [data-testid='block-label']")).to_be_hidden()
     _shot(page, shots, "model")
 
     # -- bad input on the Fraud tab: a typed unknown id gives a message, not a traceback
