@@ -619,8 +619,28 @@ def text_search_view(service: ShopService, thumbs: Thumbnails, text: Any, k: Any
         found = _results(service, thumbs, rec)
     except (ValueError, NotAvailableError) as exc:
         return SearchView(_problem(exc, TEXT), [], _empty_results())
-    return SearchView(f"Items whose text best matches **{_md(text)}** (similarity: the cosine, "
-                      f"1 = the same)." + found.note(), found.gallery, found.table)
+    status = (f"Items whose text best matches **{_md(_cut(text))}** (similarity: the cosine, 1 = the same)."
+              + found.note())
+    if service.has_item(text):
+        status += (f" *{_md(text.strip())} is an item id: the text search reads words, not ids; to see the items "
+                   "like it, pick it under Similar items.*")
+    elif rec.scores and rec.scores[0] < WEAK_TEXT_MATCH:
+        status += (f" *No item matches this text closely: the best similarity is {rec.scores[0]:.2f}, where a "
+                   "clear match scores about 0.5 or more; these are only the nearest items.*")
+    return SearchView(status, found.gallery, found.table)
+
+
+# A text search's best similarity below this is no real match. Measured on the demo shop with the
+# bundled text encoder (all-MiniLM-L6-v2): 'red shoes' 0.65, 'laptop' 0.56, 'gift' 0.48, 'blue' 0.43,
+# 'phone case' 0.36; nonsense ('asdfqwerzxcv', 'qwerty uiop', 'zzzz', '42') and item ids 0.21-0.29.
+WEAK_TEXT_MATCH = 0.35
+QUOTED_CHARS = 120  # a typed text quoted back in a status line, at most
+
+
+def _cut(text: str, limit: int = QUOTED_CHARS) -> str:
+    """``text`` as a status line quotes it: whole, or its start and its length ("… (480 characters)")."""
+    text = text.strip()
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
 def image_search_view(service: ShopService, thumbs: Thumbnails, image: Any, k: Any = DEFAULT_K) -> SearchView:

@@ -24,6 +24,7 @@ from shopgraph.ui.app import (
     RESULT_COLUMNS,
     RING_LABELS,
     SIMILARITY,
+    WEAK_TEXT_MATCH,
     Thumbnails,
     UserHistory,
     _members_labelled,
@@ -274,6 +275,21 @@ def test_text_search_view_matches_service(ui_service: ShopService, thumbs: Thumb
     assert not is_problem(view.status)
     assert view.table["item_id"].tolist() == ui_service.search(text=query, k=4).item_ids
     assert ui_service.item_ids[0] in view.table["item_id"].tolist()  # its own title finds it
+
+
+def test_text_search_says_when_nothing_matches_and_quotes_a_long_text_by_its_start(
+        ui_service: ShopService, thumbs: Thumbnails) -> None:
+    title = ui_service.titles[0]
+    good = text_search_view(ui_service, thumbs, title, 4)
+    assert ui_service.search(text=title, k=1).scores[0] >= WEAK_TEXT_MATCH and "closely" not in good.status
+    view = text_search_view(ui_service, thumbs, "asdfqwerzxcv", 4)
+    best = ui_service.search(text="asdfqwerzxcv", k=1).scores[0]
+    assert best < WEAK_TEXT_MATCH and f"No item matches this text closely: the best similarity is {best:.2f}" in view.status
+    assert len(view.table) == 4  # the nearest items are still listed
+    item = ui_service.item_ids[3]
+    assert "is an item id: the text search reads words, not ids" in text_search_view(ui_service, thumbs, item, 4).status
+    long = text_search_view(ui_service, thumbs, "wireless headphones " * 100, 4)
+    assert "wireless headphones " * 100 not in long.status and "… (1,999 characters)" in long.status
 
 
 @pytest.mark.parametrize("text", ["", "   ", None])
