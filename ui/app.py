@@ -236,10 +236,20 @@ def _was_removed(service: ShopService, item_id: str) -> bool:
 
 
 def _item_problem(service: ShopService, item_id: str, label: str) -> str:
-    """The message for an item id the service does not serve: removed, or never known."""
+    """The message for an item id the service does not serve: removed, or never known (then, when
+    the words typed match some items' text, those items' ids: people type a product, not an id)."""
     if _was_removed(service, item_id):
         return f"{label}: item {shown(item_id)} was removed from the catalogue; pick another item"
-    return f"{label}: unknown item {shown(item_id)} (pick one from the list or type an item id)"
+    text = f"{label}: unknown item {shown(item_id)} (pick one from the list or type an item id)"
+    try:
+        found = service.search(text=item_id, k=3) if len(item_id) <= QUOTED_CHARS else None
+    except (ValueError, NotAvailableError):  # no text index, or nothing searchable in what was typed
+        found = None
+    if found is not None and found.scores and found.scores[0] >= WEAK_TEXT_MATCH:
+        matches = ", ".join(f"{i} ({shown(t, 60)})" for i, t, score in zip(found.item_ids, found.titles, found.scores)
+                            if score >= WEAK_TEXT_MATCH)
+        text += f"; items whose text matches it: {matches}"
+    return text
 
 
 def _need_item(service: ShopService, item_id: str, label: str) -> None:
@@ -1587,8 +1597,8 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                         "account works too: pick a few items they looked at.")
             with gr.Row():
                 rec_user = gr.Dropdown(choices=with_no_choice(shoppers), value=rec_default, allow_custom_value=True, label=SHOPPER,
-                                       info="sample shoppers: likely fraudsters, ring members, heavy buyers, "
-                                            "typical shoppers; or type any user id", scale=3)
+                                       info="sample shoppers: heavy buyers, typical shoppers; or type any user id",
+                                       scale=3)
                 rec_k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="How many recommendations", scale=1,
                                   elem_id="rec-k")
                 rec_btn = gr.Button("Recommend", variant="primary", scale=1)

@@ -277,6 +277,17 @@ def test_text_search_view_matches_service(ui_service: ShopService, thumbs: Thumb
     assert ui_service.item_ids[0] in view.table["item_id"].tolist()  # its own title finds it
 
 
+def test_an_unknown_item_typed_as_words_names_the_items_they_match(ui_service: ShopService,
+                                                                    thumbs: Thumbnails) -> None:
+    words = ui_service.titles[5]  # a product typed where an item id goes
+    expected = ui_service.search(text=words, k=3)
+    for view in (visitor_view(ui_service, thumbs, [words]), similar_view(ui_service, thumbs, words, 5)):
+        assert is_problem(view.status) and "items whose text matches it: " in html.unescape(view.status)
+        assert f"{expected.item_ids[0]} (" in html.unescape(view.status)
+    nonsense = similar_view(ui_service, thumbs, "asdfqwerzxcv", 5).status  # nothing close: no suggestions
+    assert "unknown item 'asdfqwerzxcv'" in nonsense and "matches it" not in nonsense
+
+
 def test_text_search_says_when_nothing_matches_and_quotes_a_long_text_by_its_start(
         ui_service: ShopService, thumbs: Thumbnails) -> None:
     title = ui_service.titles[0]
