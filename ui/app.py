@@ -468,7 +468,7 @@ def recommend_view(service: ShopService, history: UserHistory | None, thumbs: Th
                              _plain(f"{info['title'] or row.item_id} · {row.event_type}{when}")))
     except (ValueError, NotAvailableError) as exc:
         return RecommendView(_problem(exc, SHOPPER), [], [], pd.DataFrame(columns=RECOMMEND_COLUMNS))
-    status = (f"**{_md(user)}**: {n_bought:,} purchases in the data. Top {len(found.table):,} recommendations "
+    status = (f"**{_md(user)}**: {n_bought:,} purchases in the data. Top {plural(len(found.table), 'recommendation')} "
               f"(already-bought items left out), best fit first. The fit score column is the model's raw score "
               "for this shopper: only its order matters (higher = better fit)." + found.note())
     if history is None:
@@ -490,7 +490,7 @@ def visitor_view(service: ShopService, thumbs: Thumbnails, item_ids: Any, k: Any
     """
     try:
         if item_ids is None or (isinstance(item_ids, list | tuple) and not item_ids):
-            raise ValueError(f"{VISITOR_ITEMS}: pick one or more items the visitor looked at (got none)")
+            raise ValueError(f"{VISITOR_ITEMS}: pick one or more items the visitor looked at (got nothing)")
         if isinstance(item_ids, str):
             item_ids = [item_ids]
         if not isinstance(item_ids, list | tuple):
@@ -657,7 +657,7 @@ def image_search_view(service: ShopService, thumbs: Thumbnails, image: Any, k: A
     """Items whose picture looks like an uploaded image (image encoder + ``image_items`` index)."""
     try:
         if image is None or (isinstance(image, str) and not image):
-            raise ValueError("image: upload a picture first (got nothing)")
+            raise ValueError("Image: upload a picture first (got nothing)")
         if isinstance(image, np.ndarray):
             from PIL import Image
 

@@ -156,7 +156,7 @@ def test_visitor_view_is_the_cold_start_answer(ui_service: ShopService, thumbs: 
 
 
 @pytest.mark.parametrize("items, k, message", [
-    ([], 5, "Visitor's items: pick one or more items the visitor looked at (got none)"),
+    ([], 5, "Visitor's items: pick one or more items the visitor looked at (got nothing)"),
     (None, 5, "pick one or more items"),
     (["no-such-item"], 5, "Visitor's items: unknown item 'no-such-item'"),
     (["   "], 5, "Visitor's items: pick one from the list or type an id (got nothing)"),
