@@ -92,6 +92,9 @@ class Explanation(NamedTuple):
             ``"tree_shap+shared_identifiers"`` (the served trees, :class:`ServedTreeExplainer`).
         features: top features by absolute attribution.
         neighbours: top neighbours by absolute attribution.
+        base: the served trees' base value (log-odds where every account starts, before any
+            fact: with every feature's contribution it makes the log-odds of ``score``);
+            ``None`` for the other methods. Not in :meth:`to_dict` (the case files' schema).
     """
 
     user_id: str
@@ -99,6 +102,7 @@ class Explanation(NamedTuple):
     method: str
     features: list[FeatureAttribution]
     neighbours: list[NeighbourAttribution]
+    base: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -477,7 +481,7 @@ class ServedTreeExplainer:
         items.sort(key=lambda f: -abs(f.attribution))  # stable: ties keep the column order
         return Explanation(_node_ids(data, "user")[user_index], 1.0 / (1.0 + math.exp(-margin)),
                            "tree_shap+shared_identifiers", items[:top_k],
-                           _shared_identifiers(data, direct_neighbours(data, user_index), top_k))
+                           _shared_identifiers(data, direct_neighbours(data, user_index), top_k), base)
 
     def contributions(self, user_index: int) -> tuple[list[FeatureAttribution], float]:
         """Every reason's TreeSHAP contribution to the trees' log-odds for one user (node index),

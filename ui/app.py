@@ -794,8 +794,26 @@ def _explanation_table(explanation: Any) -> pd.DataFrame:
         return -abs(float(row["contribution"] or 0.0))
 
     # the trees' shared identifiers are evidence, not contributions: after the reasons
-    rows = sorted(features, key=size) + neighbours if trees else sorted(features + neighbours, key=size)
-    return pd.DataFrame(rows, columns=_REASON_COLUMNS)
+    if not trees:
+        return pd.DataFrame(sorted(features + neighbours, key=size), columns=_REASON_COLUMNS)
+    first, last = _adding_up(explanation)
+    return pd.DataFrame(first + sorted(features, key=size) + last + neighbours, columns=_REASON_COLUMNS)
+
+
+def _adding_up(explanation: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows that make the trees' contributions add up to the score on screen: where every
+    account starts (the trees' base value, as a probability: fraud is rare, so it is low, and an
+    account can have mostly positive contributions and still score low), and the contributions of
+    every fact not listed, together. None without a base value."""
+    base, score = getattr(explanation, "base", None), explanation.score
+    if base is None or score is None or not 0.0 < score < 1.0:
+        return [], []
+    rest = math.log(score / (1.0 - score)) - base - sum(float(f.attribution) for f in explanation.features)
+    start = {"reason": "where every account starts: the typical account's score, before any fact about it",
+             "value": f"{1.0 / (1.0 + math.exp(-base)):.3f}", "contribution": None}
+    others = {"reason": "every other fact about this account, together", "value": "",
+              "contribution": round(rest, 3)}
+    return [start], [others] if abs(rest) >= 0.0005 else []
 
 
 def _explanation_method(method: str) -> str:

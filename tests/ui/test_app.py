@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -759,6 +760,29 @@ def test_tree_reasons_table_shows_counts_and_shared_devices_last() -> None:
                                         "uses device d3, which no other account uses"]  # not "shares ... with 0"
     assert table["value"].tolist() == ["100%", "17", "27", "1", "0"]
     assert table["contribution"].tolist()[:2] == [-3.0, 2.5] and table["contribution"][2:].isna().all()
+
+
+def test_tree_reasons_add_up_to_the_score_from_where_every_account_starts(ui_cases: FraudCases) -> None:
+    """An account with mostly positive contributions can still score low: fraud is rare, so every
+    account starts low. The table says where it starts and what the facts not listed add."""
+    from shopgraph.graph.explain import Explanation, FeatureAttribution
+    from shopgraph.ui.app import _explanation_table
+
+    ex = Explanation("u1", 0.123, "tree_shap+shared_identifiers", [
+        FeatureAttribution("share of quick purchases", 1.0, 2.0), FeatureAttribution("night_share", 0.5, 1.0)], [],
+        base=-5.0)
+    table = _explanation_table(ex)
+    assert table["reason"].tolist() == [
+        "where every account starts: the typical account's score, before any fact about it",
+        "share of quick purchases", "share of events at night", "every other fact about this account, together"]
+    assert table["value"].iloc[0] == "0.007"  # 1 / (1 + e^5)
+    assert table["contribution"].iloc[-1] == pytest.approx(math.log(0.123 / 0.877) + 5.0 - 3.0, abs=1e-3)
+    # the served trees' own explanation: base + every contribution is the score's log-odds
+    user = next(u for u in ui_cases.data["user"].ids if ui_cases.explain(u).method.startswith("tree_shap"))
+    real = ui_cases.explain(user)
+    table = _explanation_table(real)
+    parts = table["contribution"].dropna().astype(float).sum() + real.base
+    assert parts == pytest.approx(math.log(real.score / (1 - real.score)), abs=0.01)
 
 
 def test_reasons_read_as_words_with_their_values_units() -> None:
