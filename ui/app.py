@@ -166,7 +166,7 @@ SIMILARITY = "similarity (1 = same)"
 FIT_SCORE = "fit score (order only)"
 RESULT_COLUMNS = ["rank", "item_id", "title", "category", SIMILARITY, "reason"]
 RECOMMEND_COLUMNS = ["rank", "item_id", "title", "category", FIT_SCORE, "reason"]
-_RESULT_WIDTHS: list[str | int] = ["6%", "9%", "30%", "10%", "8%", "37%"]
+_RESULT_WIDTHS: list[str | int] = ["5%", "9%", "28%", "10%", "11%", "37%"]  # the score header on two lines, not cut mid-word
 
 
 # characters that Markdown or HTML would read as markup on one line (tags, entities, emphasis, code,
