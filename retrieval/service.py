@@ -1748,8 +1748,22 @@ class ShopService:
             raise ValueError(f"items: expected 1 to {MAX_BATCH:,} items (got {len(items):,})")
         new, problems = self._check_items(dict(enumerate(items)))
         if problems:
+            problems = self._with_known_ids(list(range(len(items))), new, problems)
             raise ValueError(batch_problems([problems[k] for k in sorted(problems)], len(items)))
         return self._add(new, batch=True)
+
+    def _with_known_ids(self, keys: list[int], new: list[_NewItem], problems: dict[int, str], *,
+                        always: bool = False) -> dict[int, str]:
+        """``problems`` of a batch that has invalid items (``always``: the caller found some), and
+        the valid items whose ids exist already (``new``, in the order of the batch positions
+        ``keys`` that have no problem), so that one answer names everything to mend (alone, ids
+        that exist are a :class:`DuplicateIdError`: HTTP 409)."""
+        if not problems and not always:
+            return problems
+        valid = [k for k in keys if k not in problems]
+        known = {k: f"items[{k}]: item_id {shown(n.item_id)} already exists" for k, n in zip(valid, new)
+                 if n.item_id in self._item_pos}
+        return {**problems, **known}
 
     def item_problems(self, items: Mapping[int, Any]) -> dict[int, str]:
         """What :meth:`add_items` would refuse among ``items`` (by their positions in the batch),
@@ -1757,7 +1771,7 @@ class ShopService:
         uses it to name every invalid item of a body with some items it refused itself."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # stripped ids: said when the items are added
-            return self._check_items(items)[1]
+            return self._with_known_ids(list(items), *self._check_items(items), always=True)
 
     def _check_items(self, items: Mapping[int, Any]) -> tuple[list[_NewItem], dict[int, str]]:
         """The valid items of a batch, checked, and the problem of each invalid one (by position)."""

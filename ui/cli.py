@@ -80,8 +80,11 @@ def _seed(text: str) -> int:
 
 def _k(text: str) -> int:
     """An argparse ``type``: a number of results, 1-1000 (as the API takes it)."""
-    value = _positive_int(text)
-    if value > 1000:
+    try:
+        value = _positive_int(text)
+    except argparse.ArgumentTypeError:
+        value = 0
+    if not 1 <= value <= 1000:  # one message for every value out of range (0 said "a positive integer")
         raise argparse.ArgumentTypeError(f"expected an integer from 1 to 1000 (got {text!r})")
     return value
 

@@ -701,6 +701,11 @@ def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):
      "category: 'Books' differs from the known category 'books' only in case; send 'books' to file it there"),
     ("post", "/items/batch", {"json": {"items": [{"item_id": "n1", "title": "t"}, {"item_id": "n2\rx", "title": "t"}]}},
      422, "items[1]: item_id: expected one line of printable text"),
+    # an invalid item and an id that exists: one answer names both (the id alone is a 409)
+    ("post", "/items/batch", {"json": {"items": [{"item_id": "i001", "title": "t"}, {"item_id": "n2", "title": 5},
+                                                 {"item_id": "n3", "title": "t"}, {"item_id": "i002", "title": "t"}]}},
+     422, "3 of 4 items are not valid, nothing was added: items[0]: item_id 'i001' already exists; items[1]: title: "
+          "expected a string (got int 5); items[3]: item_id 'i002' already exists"),
     ("post", "/items", {"data": {"item_id": "n1", "title": "t", "price": "cheap"}, "files": {"x": ("a", b"a")}}, 422,
      "x: unknown form field (expected item_id, title, category, description, price, image)"),
     ("post", "/items", {"data": {"item_id": "n1", "title": "t", "price": "cheap"},

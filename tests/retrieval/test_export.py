@@ -267,3 +267,11 @@ def test_user_id_files_keep_ids_as_written(tmp_path):
     path.write_bytes(b"u001\n\xff\xfe\n")
     with pytest.raises(ValueError, match="is not UTF-8 text"):
         read_user_ids(path)
+
+
+@pytest.mark.parametrize("k", ["0", "1001", "-3", "ten", "2.5"])
+def test_a_k_out_of_range_is_one_message_whatever_the_value(run, tmp_path, capsys, k):
+    with pytest.raises(SystemExit):
+        main(["recommend", "--run", str(run), "--out", str(tmp_path / "r.csv"), "--k", k])
+    assert f"argument --k: expected an integer from 1 to 1000 (got '{k}')" in capsys.readouterr().err
+    assert not (tmp_path / "r.csv").exists()

@@ -1001,6 +1001,8 @@ def test_add_items_adds_a_batch_as_add_item_adds_each(own_run, tmp_path, monkeyp
      r"items\[0\]: item_id: expected one line of printable text \(got 'a\\nb', a control character '\\n' at "
      r"position 1\); items\[1\]: item_id: expected one line of printable text"),
     ([{"item_id": "new1", "title": "x", "category": "sh\x7foes"}], r"items\[0\]: category: expected one line"),
+    ([{"item_id": "i001", "title": "x"}, {"item_id": "new2", "title": ""}],
+     r"2 of 2 items are not valid, nothing was added: items\[0\]: item_id 'i001' already exists; items\[1\]: title"),
     ([{"item_id": "new1", "title": "x", "category": "SHOES"}],
      r"items\[0\]: category: 'SHOES' differs from the known category 'shoes' only in case; send 'shoes' to file "
      r"it there"),
