@@ -903,8 +903,9 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     k_param = Query(10, ge=1, le=K_MAX, description=f"number of results, 1..{K_MAX}")
 
     k_range = {"k": (1, K_MAX)}
-    only_recommend = Depends(strict_query(("user_id", "k", "exclude_seen", "category"), ints=k_range,
-                                          bools=("exclude_seen",), non_empty=("user_id", "category")))
+    only_recommend = Depends(strict_query(("user_id", "k", "exclude_seen", "category", "exclude"), ints=k_range,
+                                          bools=("exclude_seen",), non_empty=("user_id", "category", "exclude"),
+                                          repeated=("exclude",)))
     only_similar = Depends(strict_query(("item_id", "k"), ints=k_range, non_empty=("item_id",)))
     only_new = Depends(strict_query(("user_id", "k", "category"), ints=k_range, non_empty=("user_id", "category")))
     only_user = Depends(strict_query(("user_id",), non_empty=("user_id",)))
@@ -922,8 +923,11 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         exclude_seen: bool = Query(True, description="drop items the user already purchased: true or false"),
         category: str | None = Query(None, description="only items of this category (omit it for every "
                                                        "category; an empty value is refused)"),
+        exclude: list[str] = Query([], description=f"item ids to leave out as well (what is in the cart, "
+                                                   f"say), one parameter each: exclude=i1&exclude=i2; at most "
+                                                   f"{MAX_BATCH:,}; an id the run never had is a 404"),
     ) -> RecommendOut:
-        rec = service.recommend(user_id, k, exclude_seen=exclude_seen, category=category)
+        rec = service.recommend(user_id, k, exclude_seen=exclude_seen, category=category, exclude=exclude)
         return RecommendOut(user_id=user_id.strip(), k=k, items=_items(rec))  # the id as stored
 
     @app.get("/recommend/new", response_model=RecommendOut, responses=_ERRORS, tags=["recommend"],

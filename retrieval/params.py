@@ -42,26 +42,27 @@ def parse_bool(name: str, raw: str) -> bool:
     return low == "true"
 
 
-def check_fields(present: Sequence[str], allowed: Sequence[str], what: str) -> None:
-    """Each of ``present`` (names in the order given) is in ``allowed`` and given once."""
+def check_fields(present: Sequence[str], allowed: Sequence[str], what: str, repeated: Sequence[str] = ()) -> None:
+    """Each of ``present`` (names in the order given) is in ``allowed`` and given once (those of
+    ``repeated``, lists, as often as wanted)."""
     seen: set[str] = set()
     for key in present:
         if key not in allowed:
             raise ValueError(f"{key if len(key) <= 40 else key[:40] + '…'}: unknown {what} "
                              f"(expected {', '.join(allowed) or 'none'})")
-        if key in seen:
+        if key in seen and key not in repeated:
             raise ValueError(f"{key}: given more than once (expected one value)")
         seen.add(key)
 
 
 def strict_query(
     allowed: Sequence[str], *, ints: Mapping[str, tuple[int, int]] | None = None,
-    bools: Sequence[str] = (), non_empty: Sequence[str] = (),
+    bools: Sequence[str] = (), non_empty: Sequence[str] = (), repeated: Sequence[str] = (),
 ) -> Callable[[Request], Awaitable[None]]:
     """A route dependency that refuses (422) unknown or repeated query
-    parameters, integers that are not plain digits in range, booleans other than true/false and
-    empty values of ``non_empty``. It runs before FastAPI parses the typed parameters, so those
-    only ever see values that passed here."""
+    parameters (but those of ``repeated``, lists), integers that are not plain digits in range,
+    booleans other than true/false and empty values of ``non_empty``. It runs before FastAPI
+    parses the typed parameters, so those only ever see values that passed here."""
     ints = dict(ints or {})
 
     # async, though it awaits nothing: FastAPI runs a plain ``def`` dependency in its thread pool,
@@ -69,7 +70,7 @@ def strict_query(
     async def check(request: Request) -> None:
         items = request.query_params.multi_items()
         try:
-            check_fields([key for key, _ in items], allowed, "parameter")
+            check_fields([key for key, _ in items], allowed, "parameter", repeated)
             for key, value in items:
                 if key in ints:
                     parse_int(key, value, *ints[key])

@@ -776,6 +776,8 @@ class ShopService:
         self._item_pos = {i: k for k, i in enumerate(self.item_ids)}
         # the trained items, by id: adding the id of one that was removed restores it (_restore)
         self._trained_pos = dict(self._item_pos)
+        # every id the catalogue ever held, served or removed (recommend's exclude names any of them)
+        self._every_pos = dict(self._item_pos)
         n_items = len(self.item_ids)
         table = items.set_index("item_id")
         missing = [i for i in self.item_ids if i not in table.index]
@@ -1229,7 +1231,7 @@ class ShopService:
 
     # -- recommendations ------------------------------------------------------------------------
     def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True,
-                  category: str | None = None) -> Recommendation:
+                  category: str | None = None, exclude: Sequence[str] = ()) -> Recommendation:
         """Top-k items for a known user: the model's purchase score, exactly (inner product of the user
         GNN embedding with ``gnn_items``, plus the revisit term on the user's own items when the
         model has one).
@@ -1239,13 +1241,31 @@ class ShopService:
             k: 1..1000.
             exclude_seen: drop the items the user has already purchased.
             category: only items of this category.
+            exclude: up to :data:`MAX_BATCH` item ids to leave out as well (what is in the
+                user's cart, say); k items still come back when there are that many others. An
+                id the run never had is refused (a typo would otherwise leave its item in);
+                one removed since is nothing to leave out.
         """
         self._maybe_sync()
         k = check_k(k)
         exclude_seen = check_bool(exclude_seen, "exclude_seen")
         u = self._user(user_id)
         with self._lock.read():
-            return self._recommend([u], k, exclude_seen, self._category(category))[0]
+            drop = self._exclusions(exclude)
+            return self._recommend([u], k, exclude_seen, self._category(category), drop)[0]
+
+    def _exclusions(self, exclude: Any) -> np.ndarray:
+        """The positions of the item ids to leave out of an answer (the caller holds ``_lock.read()``)."""
+        _refuse_not_a_list(exclude, "exclude", "item ids")
+        given = list(exclude)
+        if len(given) > MAX_BATCH:
+            raise ValueError(f"exclude: expected at most {MAX_BATCH:,} ids (got {len(given):,})")
+        keys = [_id_text(value, f"exclude[{pos}]") for pos, value in enumerate(given)]
+        unknown = list(dict.fromkeys(value for value, key in zip(given, keys) if key not in self._every_pos))
+        if unknown:
+            raise UnknownIdError(f"exclude: unknown item{'s' if len(unknown) > 1 else ''} {listed_ids(unknown)} "
+                                 "(never in this run's catalogue)")
+        return np.unique(np.array([self._every_pos[key] for key in keys], dtype=np.int64))
 
     def recommend_batch(self, user_ids: Sequence[str], k: int = 10, exclude_seen: bool = True,
                         category: str | None = None) -> list[Recommendation]:
@@ -1264,9 +1284,12 @@ class ShopService:
         indptr, items, values = self._revisit
         return items[indptr[u]:indptr[u + 1]], values[indptr[u]:indptr[u + 1]]
 
-    def _recommend(self, users: list[int], k: int, exclude_seen: bool, cat: int | None) -> list[Recommendation]:
-        """The caller holds ``_lock.read()``."""
+    def _recommend(self, users: list[int], k: int, exclude_seen: bool, cat: int | None,
+                   drop: np.ndarray | None = None) -> list[Recommendation]:
+        """The caller holds ``_lock.read()``; ``drop``: positions left out for every user."""
         exclude = [self._seen_items(u) if exclude_seen else np.zeros(0, np.int64) for u in users]
+        if drop is not None and drop.size:
+            exclude = [np.union1d(ex, drop) for ex in exclude]
         rows = [self._revisit_row(u) for u in users]
         # The model's score is the dot product plus a revisit term on the few items the user
         # already interacted with. The top k by dot product among the other items, together
@@ -1955,6 +1978,7 @@ class ShopService:
                 rows.append(0.0 if vec is None else _normalised(vec[None, :])[0])
             self.item_ids.append(item_id)
             self._item_pos[item_id] = pos
+            self._every_pos[item_id] = pos
             self.titles.append(title)
             self.categories.append(category)
             self.descriptions.append(description)

@@ -66,6 +66,22 @@ def test_recommend_contract(client):
                for i in r.json()["items"])
 
 
+def test_recommend_leaves_out_the_items_given_as_exclude(client):
+    whole = client.service.recommend("u001", 6)
+    r = client.get("/recommend", params=[("user_id", "u001"), ("k", "4"), ("exclude", whole.item_ids[0]),
+                                         ("exclude", whole.item_ids[2])])
+    assert r.status_code == 200, r.text
+    assert [i["item_id"] for i in r.json()["items"]] == client.service.recommend(
+        "u001", 4, exclude=[whole.item_ids[0], whole.item_ids[2]]).item_ids
+    assert not {whole.item_ids[0], whole.item_ids[2]} & {i["item_id"] for i in r.json()["items"]}
+    r = client.get("/recommend", params=[("user_id", "u001"), ("exclude", "i001"), ("exclude", "ghost")])
+    assert r.status_code == 404 and r.json()["detail"] == "exclude: unknown item 'ghost' (never in this run's catalogue)"
+    r = client.get("/recommend", params=[("user_id", "u001"), ("exclude", "")])
+    assert r.status_code == 422 and r.json()["detail"] == "exclude: expected a non-empty value (got '')"
+    r = client.get("/recommend", params=[("user_id", "u001"), ("k", "3"), ("k", "4")])
+    assert r.status_code == 422 and r.json()["detail"] == "k: given more than once (expected one value)"
+
+
 def test_similar_search_fraud_health(client):
     r = client.get("/similar", params={"item_id": "i003", "k": 4})
     assert r.status_code == 200 and r.json()["item_id"] == "i003"
@@ -204,7 +220,7 @@ def _raw_query(query: str) -> str:
     ("get", _raw_query("user_id=u001&category="), {}, 422, "category: expected a non-empty value (got '')"),
     # unknown, misspelt and repeated parameters are refused, not ignored or last-wins
     ("get", _raw_query("user_id=u001&foo=bar"), {}, 422,
-     "foo: unknown parameter (expected user_id, k, exclude_seen, category)"),
+     "foo: unknown parameter (expected user_id, k, exclude_seen, category, exclude)"),
     ("get", _raw_query("user_id=u001&K=50"), {}, 422, "K: unknown parameter"),
     ("get", _raw_query("userid=u001"), {}, 422, "userid: unknown parameter"),
     ("get", _raw_query("user_id=u001&k=5&k=7"), {}, 422, "k: given more than once (expected one value)"),

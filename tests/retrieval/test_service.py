@@ -177,6 +177,28 @@ def test_recommend_agrees_with_brute_force_and_excludes_purchases(service, run_p
     assert set(all_items.item_ids) == set(service.item_ids)
 
 
+def test_recommend_leaves_out_the_items_asked_for(own_run):
+    svc = load_service(own_run)
+    whole = svc.recommend("u003", k=8)
+    cart = [whole.item_ids[0], " " + whole.item_ids[3]]  # ids as a shop sends them: spaces are not part of them
+    rec = svc.recommend("u003", k=6, exclude=cart)
+    kept = [i for i in whole.item_ids if i not in {whole.item_ids[0], whole.item_ids[3]}]
+    assert rec.item_ids == kept[:6] and len(rec.item_ids) == 6  # still k items
+    assert svc.recommend("u003", k=6, exclude=[]).item_ids == whole.item_ids[:6]
+    assert svc.recommend("u003", k=6, exclude=[whole.item_ids[0]] * 2).item_ids == whole.item_ids[1:7]
+    svc.remove_item(whole.item_ids[1])  # a removed id is nothing to leave out, not an error
+    assert svc.recommend("u003", k=3, exclude=[whole.item_ids[1]]).item_ids == svc.recommend("u003", k=3).item_ids
+    for exclude, error, message in (
+            (["i00x", whole.item_ids[0], "nope", "nope"], UnknownIdError,
+             r"exclude: unknown items 'i00x', 'nope' \(never in this run's catalogue\)"),
+            ("i001", ValueError, r"exclude: expected a list of item ids \(got str\)"),
+            ([""], ValueError, r"exclude\[0\]: expected a non-empty id"),
+            ([3], ValueError, r"exclude\[0\]: expected a string id \(got int 3\)"),
+            (["i001"] * 1001, ValueError, r"exclude: expected at most 1,000 ids \(got 1,001\)")):
+        with pytest.raises(error, match=message):
+            svc.recommend("u003", exclude=exclude)
+
+
 def test_recommend_category_filter_over_fetches(service):
     cats = np.array(service.categories)
     for cat in ("books", "shoes"):
