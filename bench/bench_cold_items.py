@@ -24,7 +24,15 @@ and the revisit term, the visible purchases excluded). Three views:
 - **the new items' purchases among all items**: Recall@20 over the whole catalogue with the new
   items in it — does a new item reach the lists it should? (and the warm model's);
 - **all test purchases**: Recall@20, served (with the new items) and warm, and how many new items
-  a top-20 list holds on average.
+  a top-20 list holds on average;
+- **similar items**: a new item's 10 most similar items (cosine over the trained and the new
+  items, as ``similar_items`` ranks them): how many are other new items, how many of its own
+  category, and how many of its 10 most similar trained items the warm model's 10 for the same
+  item share.
+
+The served vectors (the mean of the trained items' vectors nearest in content, when the run has
+text or image vectors) are compared throughout with the model's inductive pass alone (the
+item's feature row, no edges), which ``add_item`` served before.
 
     OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 nice python bench/bench_cold_items.py \\
         [--seeds 0] [--holdout 0.1] [--encoders] [--train KEY=JSON ...] [--workdir DIR --keep] [--json out.json]
@@ -130,6 +138,49 @@ class Scorer:
         return float((self.top >= self.n_graph).sum(1).mean())
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def similar_stats(svc: ShopService, vecs: np.ndarray, new_pos: list[int], warm_emb: np.ndarray, warm_ids: list[str],
+                  held_ids: list[str], k: int = 10) -> dict[str, float]:
+    """What ``similar_items`` would give for the new items with vectors ``vecs`` (cosine over the
+    trained items and the new ones): the share of a new item's top ``k`` that are new items, the
+    share of its own category, and the share of its top ``k`` among the trained items that the
+    warm model's top ``k`` for the same item also holds."""
+    n = svc._n_trained
+    trained = _unit(np.asarray(svc.item_emb[:n]))
+    sim_new = _unit(vecs) @ _unit(vecs).T
+    np.fill_diagonal(sim_new, -np.inf)
+    top = np.argsort(-np.hstack([_unit(vecs) @ trained.T, sim_new]), axis=1)[:, :k]
+    cats = np.array(list(svc.categories[:n]) + [svc.categories[i] for i in new_pos])
+    own = np.array([svc.categories[i] for i in new_pos])
+    warm_col = {i: c for c, i in enumerate(warm_ids)}
+    warm_trained = _unit(warm_emb[[warm_col[i] for i in svc.item_ids[:n]]])
+    warm_new = _unit(warm_emb[[warm_col[i] for i in held_ids]])
+    ours = np.argsort(-(_unit(vecs) @ trained.T), axis=1)[:, :k]
+    theirs = np.argsort(-(warm_new @ warm_trained.T), axis=1)[:, :k]
+    return {"new_share": float((top >= n).mean()), "same_category": float((cats[top] == own[:, None]).mean()),
+            "warm_overlap": float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ours.tolist(), theirs.tolist())]))}
+
+
+def inductive_embeddings(svc: ShopService, table: pd.DataFrame, held_ids: list[str], shop: Path,
+                         encoders: bool) -> np.ndarray:
+    """The held-out items as the model's inductive pass alone embeds them (their feature rows, no
+    edges): what ``add_item`` served before it took the trained items nearest in content."""
+    from shopgraph.encoders.text import item_text
+
+    rows = []
+    for item_id in held_ids:
+        row = table.loc[item_id]
+        text = item_text(row["title"], row["category"], row["description"])
+        text_vec = svc._encode_texts([text])[0] if "text_items" in svc.indexes else None
+        image_vec = (svc._encode_image(str(shop / row["image"]))[0]
+                     if encoders and row["image"] and "image_items" in svc.indexes else None)
+        rows.append(svc._feature_row(text_vec, image_vec, float(row["price"]) if row["price"] else None, row["category"]))
+    return svc._inductive_embeddings(np.stack(rows))
+
+
 def one_seed(seed: int, workdir: Path, holdout: float, encoders: bool, train: dict[str, object]) -> dict[str, Any]:
     t0 = time.perf_counter()
     warm_run, _ = shop_run(seed, workdir, users=5000, epochs=None, train=train, encoders=encoders)
@@ -184,12 +235,22 @@ def one_seed(seed: int, workdir: Path, holdout: float, encoders: bool, train: di
     ev_train = events[(events["timestamp"] < t_val) & ~events["item_id"].isin(held)]
     share = pd.crosstab(ev_train["user_id"], ev_train["item_id"].map(cat), normalize="index")
     cat_share = share.reindex(index=new_pairs["user_id"], columns=cat.loc[held_ids].to_numpy()).fillna(0.0).to_numpy()
-    rng = np.random.default_rng(seed)
     n_new = len(held_ids)
+    # similar items: a new item's 10 most similar items (cosine, trained and new), against the warm
+    # model's 10 most similar trained items for the same item
+    warm_data = RunDir(warm_run).load_graph()
+    warm_emb = embed_graph(load_model(Path(warm_run) / MODEL_DIR), lean_graph(message_passing_graph(warm_data, "test")),
+                           torch.device("cpu"))["item"].float().numpy()
+    warm_ids = list(warm_data["item"].ids)
+    inductive = inductive_embeddings(svc, table, held_ids, shop, encoders)
+    ways = {"served (add_item)": svc.item_emb[np.array(new_pos)], "model's inductive pass alone": inductive}
+    similar = {name: similar_stats(svc, vecs, new_pos, warm_emb, warm_ids, held_ids) for name, vecs in ways.items()}
+    ranked = {name: recall_among(Scorer(svc.model, data, users, extra=vecs, extra_ids=held_ids).among(held_ids)[rows],
+                                 truth, K_NEW, np.random.default_rng(seed)) for name, vecs in ways.items()}
     among = {
-        "served (add_item)": recall_among(cold.among(held_ids)[rows], truth, K_NEW, rng),
-        "warm model (dot product)": recall_among(warm.among(held_ids)[rows], truth, K_NEW, rng),
-        "category share": recall_among(cat_share, truth, K_NEW, rng),
+        **ranked,
+        "warm model (dot product)": recall_among(warm.among(held_ids)[rows], truth, K_NEW, np.random.default_rng(seed)),
+        "category share": recall_among(cat_share, truth, K_NEW, np.random.default_rng(seed)),
         "random": min(K_NEW, n_new) / n_new,
     }
     result = {
@@ -198,6 +259,7 @@ def one_seed(seed: int, workdir: Path, holdout: float, encoders: bool, train: di
         f"recall@{K_ALL}_new_items": {"served": cold.recall(test, is_new), "warm": warm.recall(test, is_new)},
         f"recall@{K_ALL}_all": {"served": cold.recall(test), "warm": warm.recall(test)},
         "new_items_per_list": cold.new_per_list(),
+        "similar@10": similar,
         "seconds": {"run": round(seconds_run, 1), "add_items": round(seconds_add, 2)},
     }
     print(f"seed {seed}: {n_new} new items; test purchases {len(test)}, {int(is_new.sum())} of new items | "
@@ -207,6 +269,9 @@ def one_seed(seed: int, workdir: Path, holdout: float, encoders: bool, train: di
           + f"{result[f'recall@{K_ALL}_all']['served']:.4f}, warm {result[f'recall@{K_ALL}_all']['warm']:.4f}"
           + f" | new items per top-{K_ALL} {result['new_items_per_list']:.2f}"
           + f" | add_item {seconds_add / n_new * 1000:.1f} ms an item", flush=True)
+    for name, st in similar.items():
+        print(f"  similar@10 of the new items, {name}: new items {st['new_share']:.3f}, their own category "
+              f"{st['same_category']:.3f}, shared with the warm model's {st['warm_overlap']:.3f}", flush=True)
     return result
 
 
@@ -245,6 +310,13 @@ def main() -> None:
                          + [f"R@{K_NEW} among new: {n}" for n in names]
                          + [f"R@{K_ALL} of new items' purchases: {w}" for w in ("served", "warm model")]
                          + [f"R@{K_ALL} of all purchases: {w}" for w in ("served", "warm model")], rows))
+    ways = list(results[0]["similar@10"])
+    print()
+    print(markdown_table(["seed"] + [f"{w}: {what}" for w in ways for what in ("new items", "own category",
+                                                                               "shared with warm")],
+                         [[str(r["seed"])] + [f"{r['similar@10'][w][key]:.3f}" for w in ways
+                                              for key in ("new_share", "same_category", "warm_overlap")]
+                          for r in results]))
     print(f"\n- total {time.perf_counter() - t0:.0f} s; {machine_line()}")
     write_json(args.json, {"results": results, "command": "bench_cold_items.py " + json.dumps(vars(args), default=str)})
 

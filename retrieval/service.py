@@ -58,6 +58,7 @@ MAX_BATCH_RESULTS = 100_000  # ids x k of one batch (recommend_batch, similar_it
 RESCORE_MARGIN = 8  # candidates fetched beyond k and rescored exactly (near ties at the k-th place)
 _IMAGE_CHUNK = 32  # images decoded at a time when a batch is encoded (ShopService._encode_images)
 REPLAY_BATCH = 1024  # journal entries whose adds are embedded in one pass
+CONTENT_NEIGHBOURS = 20  # trained items whose vectors make a new item's (_new_item_embeddings)
 # the one-hot flags of the items' category column (encoders/behaviour.py: "item_" + "category=<value>")
 CATEGORY_FLAG = "item_category="
 REASON_HISTORY = 200  # history items compared when explaining a recommendation
@@ -1720,6 +1721,36 @@ class ShopService:
             emb = self.model.embed(g)["item"]
         return np.asarray(emb.float().cpu().numpy(), dtype=np.float32)
 
+    def _new_item_embeddings(self, rows: np.ndarray,
+                             contents: Sequence[tuple[np.ndarray | None, np.ndarray | None]]) -> np.ndarray:
+        """New items' GNN vectors ``[B, D]``: for an item with a text or image vector (on a run
+        that has them), the mean of the trained items' vectors of its :data:`CONTENT_NEIGHBOURS`
+        nearest trained items in content (the sum of its text and image cosines); for any other,
+        the model's inductive pass over its feature row (:meth:`_inductive_embeddings`).
+
+        The model's own pass puts every new item in one corner of the space, whatever it is (a
+        sneaker's 10 most similar items were 9.9 other new items on average, of any category;
+        BENCHMARKS.md, "Items added at run time"): its trained items lean on their id embeddings,
+        which a new item lacks. The neighbours' mean sits among items like it, and ranks its
+        buyers better. Only trained items are neighbours, removed ones too: an item's vector does
+        not depend on what else was added or removed, so a replay gives the same."""
+        embs = self._inductive_embeddings(rows)  # also: no model, no adds (NotAvailableError)
+        kinds = [(j, self._content[name].view[:self._n_trained]) for j, name in enumerate(("text_items", "image_items"))
+                 if name in self._content]
+        have = [b for b, vecs in enumerate(contents) if any(vecs[j] is not None for j, _ in kinds)]
+        k = min(CONTENT_NEIGHBOURS, self._n_trained)
+        for start in range(0, len(have) if k else 0, 256):  # [256, trained items] similarities at a time
+            chunk = have[start:start + 256]
+            sims = np.zeros((len(chunk), self._n_trained), dtype=np.float32)
+            for j, trained in kinds:
+                given = [(row, vec) for row, b in enumerate(chunk) if (vec := contents[b][j]) is not None]
+                if given:
+                    query = _normalised(np.stack([vec for _, vec in given]).astype(np.float32))
+                    sims[[row for row, _ in given]] += query @ trained.T
+            top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            embs[chunk] = self.item_emb[top].mean(axis=1)
+        return embs
+
     def add_item(self, item_id: str, title: str, category: str = "", description: str = "",
                  price: float | None = None, image: Any = None) -> int:
         """Add an item without retraining: encode its text and image, embed it with the model's
@@ -1876,7 +1907,7 @@ class ShopService:
             list(pictures.values()), [f"items[{k}]: image" if batch else "image" for k in pictures]))) if pictures else {})
         rows = np.stack([self._feature_row(text_vecs.get(k), image_vecs.get(k), n.price, n.category)
                          for k, n in enumerate(new)])
-        embs = self._inductive_embeddings(rows)
+        embs = self._new_item_embeddings(rows, [(text_vecs.get(k), image_vecs.get(k)) for k in range(len(new))])
 
         def insert(images: list[str]) -> list[int]:
             return [self._insert(n.item_id, n.title, n.category, n.description, n.price, image,
@@ -2157,7 +2188,8 @@ class ShopService:
                 out[k] = exc
         if rows:
             try:
-                embs = self._inductive_embeddings(np.stack([row for *_, row in rows.values()]))
+                embs = self._new_item_embeddings(np.stack([row for *_, row in rows.values()]),
+                                                 [(text_vec, image_vec) for text_vec, image_vec, *_ in rows.values()])
             except NotAvailableError as exc:
                 return out | dict.fromkeys(rows, exc)
             for (k, (text_vec, image_vec, image, _)), emb in zip(rows.items(), embs):

@@ -18,7 +18,14 @@ from shopgraph.encoders.image import efficientnet_preprocess, load_rgb
 from shopgraph.graph.build import build_graph
 from shopgraph.graph.run import RunDir
 from shopgraph.retrieval.index import index_run
-from shopgraph.retrieval.service import FraudScore, Recommendation, ShopService, UnknownIdError, read_image
+from shopgraph.retrieval.service import (
+    CONTENT_NEIGHBOURS,
+    FraudScore,
+    Recommendation,
+    ShopService,
+    UnknownIdError,
+    read_image,
+)
 from tests.conftest import make_tables
 from tests.encoders.test_image import GRADIENT16, cutout, deep_gray_file, exif_rotated_jpeg, noise_rgb
 
@@ -425,11 +432,17 @@ def test_add_and_remove_item_without_retraining(own_run):
     assert len(similar.item_ids) == 5
     # nobody has bought a new item: its neighbours are never "bought by the same shoppers"
     assert all("bought" not in r and "item embedding" in r for r in similar.reasons)
-    # the stored embedding is the model's inductive pass over the item's own feature row
+    # the stored embedding is the mean of the trained items' vectors nearest in content (text + image cosines)
     text_vec = svc._encode_texts(["glow in the dark frisbee. toys"])[0]
     image_vec = svc._encode_image(solid_png((20, 220, 20), seed=5))[0]
-    row = svc._feature_row(text_vec, image_vec, 9.5, "toys")
-    np.testing.assert_allclose(svc._inductive_embedding(row)[0], svc.item_emb[pos], rtol=1e-5, atol=1e-6)
+    unit = [v / np.linalg.norm(v) for v in (text_vec, image_vec)]
+    sims = svc._content["text_items"].view[:n] @ unit[0] + svc._content["image_items"].view[:n] @ unit[1]
+    nearest = np.argsort(-sims)[:CONTENT_NEIGHBOURS]
+    np.testing.assert_allclose(svc.item_emb[nearest].mean(0), svc.item_emb[pos], rtol=1e-5, atol=1e-6)
+    # an item with neither text nor image vector (a run without encoders) takes the model's inductive pass
+    row = svc._feature_row(None, None, 9.5, "toys")
+    np.testing.assert_allclose(svc._new_item_embeddings(row[None, :], [(None, None)])[0],
+                               svc._inductive_embedding(row)[0], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="item_id: item 'new1' already exists"):
         svc.add_item("new1", "again")
     # a text-only new item is not in the image index
@@ -1402,8 +1415,17 @@ def test_many_added_items_stay_exact(own_run):
     for k in range(70):  # past the first spare capacity
         svc.add_item(f"new{k}", f"gadget number {k}", category="electronics", price=float(k))
     assert svc.item_emb.shape == (n + 70, svc.user_emb.shape[1]) and svc._active.all()
-    ids, _ = _brute(svc, svc.user_emb[3], _purchased(svc, own_run, "u003"), 40)
-    assert svc.recommend("u003", k=40).item_ids == ids
+    bought = _purchased(svc, own_run, "u003")
+    ids, scores = _brute(svc, svc.user_emb[3], bought, 40)
+    rec = svc.recommend("u003", k=40)
+    # items with the same content neighbours have the same vector, so equal scores come in either
+    # order: each rank holds an item whose own score is the exact top-k's score at that rank
+    own = [float(svc.item_emb[svc.item_ids.index(i)].astype(np.float64) @ svc.user_emb[3].astype(np.float64))
+           for i in rec.item_ids]
+    np.testing.assert_allclose(own, scores, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rec.scores, scores, rtol=1e-5, atol=1e-5)
+    assert len(set(rec.item_ids)) == 40 and not {svc.item_ids.index(i) for i in rec.item_ids} & bought
+    assert set(ids) - set(rec.item_ids) <= {i for i, sc in zip(ids, scores) if np.isclose(sc, scores[-1], atol=1e-5)}
     assert svc.recommend_new("u003", k=5).item_ids[0].startswith("new")
 
 
