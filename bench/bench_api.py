@@ -11,7 +11,9 @@ child process, and drives it with a bounded load generator:
 4. batches: the same ``--batch`` random users asked one call each (``GET /recommend``, ``GET
    /fraud/score``) and in one call (``POST /recommend/batch``, ``POST /fraud/score/batch``, with and
    without reasons), the two ways taking turns for ``--rounds`` rounds on one connection:
-   milliseconds per user and the ratio.
+   milliseconds per user and the ratio;
+5. a liveness probe (``GET /healthz``) alone and during the largest batch answer (1,000 users at
+   k=100), and the time to refuse a batch over the 100,000-result cap.
 
 Everything is loopback-only and bounded in count and time; the server is stopped at the end.
 The default run folder is synthetic (5,000 users, 20,000 items, 64-d clustered embeddings, no
@@ -189,12 +191,59 @@ def batches(url: str, users: list[str], batch: int, rounds: int,
                     times[way] = (time.perf_counter() - t0) * 1000 / batch
                 listed = many["results"] if "results" in many else many["scores"]
                 if many_body.get("reasons") is False:
-                    single = [{**s, "reasons": []} for s in single]
+                    single = [{**s, "reasons": [], "held_out_reasons": []} for s in single]
                 if listed != single:
-                    raise RuntimeError(f"{many_path} did not answer as {one_path} one user at a time")
+                    a, b = next((a, b) for a, b in zip(listed, single) if a != b)
+                    diff = {key: (a.get(key), b.get(key)) for key in set(a) | set(b) if a.get(key) != b.get(key)}
+                    raise RuntimeError(f"{many_path} did not answer as {one_path} one user at a time: {diff}")
                 if step > 0:
                     out[what][0].append(times[0])
                     out[what][1].append(times[1])
+    return out
+
+
+def probe_during_batch(url: str, users: list[str], rng: np.random.Generator) -> dict[str, float]:
+    """A liveness probe's latency (``GET /healthz`` every 10 ms on its own connection) alone, and
+    while one ``POST /recommend/batch`` of 1,000 users at k=100 (the largest answer a batch gives,
+    100,000 items) runs; and how fast the same batch at k=1000 (a million) is refused."""
+    import httpx
+
+    ids = [users[int(i)] for i in rng.integers(len(users), size=1000)]
+    out: dict[str, float] = {}
+    with httpx.Client(base_url=url, timeout=120.0) as probe, httpx.Client(base_url=url, timeout=120.0) as big:
+        def probe_ms() -> float:
+            t0 = time.perf_counter()
+            if probe.get("/healthz").status_code != 200:
+                raise RuntimeError("/healthz did not answer 200")
+            return (time.perf_counter() - t0) * 1000
+
+        alone = [probe_ms() for _ in range(50)]
+        done = threading.Event()
+        answer: dict[str, Any] = {}
+
+        def ask() -> None:
+            t0 = time.perf_counter()
+            r = big.post("/recommend/batch", json={"user_ids": ids, "k": 100})
+            answer.update(status=r.status_code, bytes=len(r.content), s=time.perf_counter() - t0)
+            done.set()
+
+        thread = threading.Thread(target=ask)
+        thread.start()
+        during = []
+        while not done.is_set():
+            during.append(probe_ms())
+            time.sleep(0.01)
+        thread.join()
+        if answer["status"] != 200:
+            raise RuntimeError(f"/recommend/batch at k=100 answered {answer['status']}")
+        t0 = time.perf_counter()
+        refused = big.post("/recommend/batch", json={"user_ids": ids, "k": 1000})
+        out["refused_ms"] = (time.perf_counter() - t0) * 1000
+        if refused.status_code != 422:
+            raise RuntimeError(f"/recommend/batch at k=1000 answered {refused.status_code}, not 422")
+    out.update(alone_p50=float(np.median(alone)), alone_max=float(np.max(alone)),
+               during_p50=float(np.median(during)), during_max=float(np.max(during)), probes=len(during),
+               batch_s=answer["s"], batch_mb=answer["bytes"] / 2**20)
     return out
 
 
@@ -266,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         cold_rows = []
         batch_rows = []
+        probe_rows = []
         for workers in args.workers:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
@@ -280,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                 tput, lat, errors = burst(url, users, args.burst, args.clients, seed=workers)
                 known, cold = side_by_side(url, users, items, args.sequential, rng)
                 by_way = batches(url, users, args.batch, args.rounds, rng)
+                probed = probe_during_batch(url, users, rng)
             finally:
                 proc.terminate()
                 try:
@@ -293,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
             cold_rows.append([str(workers), f"{np.percentile(known, 50):.2f}", f"{np.percentile(known, 99):.2f}",
                               f"{np.percentile(cold, 50):.2f}", f"{np.percentile(cold, 99):.2f}",
                               f"{np.percentile(cold, 50) / np.percentile(known, 50):.2f}"])
+            probe_rows.append([str(workers), f"{probed['alone_p50']:.2f}", f"{probed['alone_max']:.1f}",
+                               f"{probed['batch_s']:.2f} s, {probed['batch_mb']:.1f} MB",
+                               f"{probed['during_p50']:.2f}", f"{probed['during_max']:.1f}", str(probed["probes"]),
+                               f"{probed['during_max'] / probed['alone_p50']:.0f}×", f"{probed['refused_ms']:.1f}"])
             for what, (single, many) in by_way.items():
                 batch_rows.append([str(workers), what, f"{np.median(single):.3f}", f"{np.median(many):.3f}",
                                    f"{np.median(single) / np.median(many):.1f}×"])
@@ -310,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nBatches of {args.batch} random users, one call per user against one call for the batch, "
           f"taking turns on one keep-alive connection, median of {args.rounds} rounds (ms per user)\n")
     print(markdown_table(["workers", "what", "one call per user", "one call per batch", "ratio"], batch_rows))
+    print("\nA liveness probe (GET /healthz every 10 ms) alone and while one POST /recommend/batch of 1,000 users "
+          "at k=100 runs (100,000 results, the most a batch answers); the same batch at k=1000 is refused (422)\n")
+    print(markdown_table(["workers", "probe alone p50 ms", "alone max ms", "the batch", "probe during p50 ms",
+                          "during max ms", "probes during", "during max ÷ alone p50", "k=1000 refused in ms"],
+                         probe_rows))
     return 0
 
 
