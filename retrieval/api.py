@@ -875,6 +875,27 @@ async def _item_fields_of_form(form: FormData) -> tuple[dict[str, Any], bytes | 
     return _item_fields(fields, "form field"), image
 
 
+DOCS_ASSETS = "/docs-assets"
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """``GET /docs``: Swagger UI from the installed ``swagger-ui-bundle`` package under
+    :data:`DOCS_ASSETS`, not from FastAPI's default CDN (the page was blank on a machine without
+    internet); ReDoc (CDN only) is not offered."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from starlette.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url=str(app.openapi_url), title=f"{app.title} - docs",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+
+
 def _rendered(answer: BaseModel) -> Response:
     """``answer`` as its JSON response, rendered by the caller's thread: a batch's answer (up to
     :data:`MAX_BATCH_RESULTS` items, ~20 MB) rendered by FastAPI would be encoded on the event loop,
@@ -895,7 +916,9 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         title="ShopGraph API",
         version="0.1.0",
         description="Recommendations, similar items, text/image search and fraud scores from a ShopGraph run.",
+        docs_url=None, redoc_url=None,  # FastAPI's pages load their scripts from a CDN: /docs is served below
     )
+    _offline_docs(app)
     metrics = Metrics()
     app.state.metrics = metrics
     app.state.service = service

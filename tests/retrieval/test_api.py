@@ -118,7 +118,14 @@ def test_openapi_docs(client):
     assert set(spec["paths"]["/items"]["post"]["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
     assert set(spec["paths"]["/search"]["post"]["requestBody"]["content"]) == {
         "application/json", "multipart/form-data"}
-    assert client.get("/docs").status_code == 200
+    # the docs page works offline: its scripts and styles are served here, not from a CDN
+    page = client.get("/docs")
+    assert page.status_code == 200 and "cdn" not in page.text.lower() and "http" not in page.text.split("<body>")[1]
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/docs-assets/{asset}" in page.text
+        r = client.get(f"/docs-assets/{asset}")
+        assert r.status_code == 200 and len(r.content) > 10_000
+    assert client.get("/redoc").status_code == 404
     # every error the routes answer is listed with the body they send ({"detail": str})
     error = {"$ref": "#/components/schemas/ErrorOut"}
     for path, method, codes in (("/recommend", "get", {"404", "422"}), ("/similar", "get", {"404", "422"}),
