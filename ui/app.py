@@ -110,6 +110,8 @@ class FraudView(NamedTuple):
         method: how the reasons were computed.
         held_out: for an account the scorer was trained on, its score with its label held out
             (the verdict gives it a second line), else ``None``.
+        ring: the highest-ranked device-sharing group the account is in (the Fraud tab's button
+            opens it on the Rings tab), else ``None``.
     """
 
     status: str
@@ -119,6 +121,7 @@ class FraudView(NamedTuple):
     reasons: pd.DataFrame
     method: str
     held_out: float | None = None
+    ring: str | None = None
 
 
 class RingView(NamedTuple):
@@ -873,12 +876,15 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
     status += label_sentence(score.label, score.label_in_training, scored=p == p,
                              held_out=score.held_out_probability, threshold=score.threshold,
                              held_out_reasons=score.held_out_reasons)
+    ring = None
     if cases is not None and cases.has_user(user):
         ranked = cases.rings()
-        status += _ring_sentence(cases.rings_of(user), {r.ring_id: k for k, r in enumerate(ranked, start=1)},
-                                 len(ranked))
+        ranks = {r.ring_id: k for k, r in enumerate(ranked, start=1)}
+        rings = cases.rings_of(user)
+        status += _ring_sentence(rings, ranks, len(ranked))
+        ring = min((r.ring_id for r in rings), key=lambda r: ranks[r], default=None)
     held = score.held_out_probability if score.label_in_training else None
-    return FraudView(status, p, score.threshold, verdict(p, score.threshold, held), table, method, held)
+    return FraudView(status, p, score.threshold, verdict(p, score.threshold, held), table, method, held, ring)
 
 
 def _ring_sentence(rings: Sequence[Ring], ranks: dict[str, int], total: int) -> str:
@@ -891,8 +897,10 @@ def _ring_sentence(rings: Sequence[Ring], ranks: dict[str, int], total: int) -> 
     named = ", ".join(f"**{_md(r.ring_id)}** ({len(r.members)} accounts; ring score {r.score:.2f}, "
                       f"{_ordinal(ranks[r.ring_id])} of {total})" for r in rings)
     several = len(rings) > 1
+    first = min(rings, key=lambda r: ranks[r.ring_id]).ring_id
     return (f" Shares devices with the other accounts of group{'s' if several else ''} {named}: open "
-            f"{'them' if several else 'it'} on the Rings tab to see who they are.")
+            f"{'them' if several else 'it'} on the Rings tab to see who they are (the button below opens "
+            f"{_md(first)}).")
 
 
 def _ordinal(n: int) -> str:
@@ -1608,244 +1616,254 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
     with gr.Blocks(title="ShopGraph demo") as app:
         gr.Markdown(current_intro, elem_id="intro")
 
-        with gr.Tab("Recommend", id="recommend"):
-            gr.Markdown("**What the shop would show this shopper next.** Pick a shopper (or type an id): on the left "
-                        "what they recently looked at or bought, on the right the model's top picks, each with a "
-                        "score (higher = better fit) and the reason (what in their history led to it). A visitor with no "
-                        "account works too: pick a few items they looked at.")
-            with gr.Row():
-                rec_user = gr.Dropdown(choices=with_no_choice(shoppers), value=rec_default, allow_custom_value=True, label=SHOPPER,
-                                       info="sample shoppers: heavy buyers, typical shoppers; or type any user id",
-                                       scale=3)
-                rec_k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="How many recommendations", scale=1,
-                                  elem_id="rec-k")
-                rec_btn = gr.Button("Recommend", variant="primary", scale=1)
-            with gr.Row():
-                visitor_items = gr.Dropdown(choices=sample_items(service), value=[], multiselect=True,
-                                            allow_custom_value=True, label=VISITOR_ITEMS,
-                                            info="…or a new visitor (no sign-in, no history): pick (or type) a few "
-                                                 "items they looked at, one at a time or as ids separated by "
-                                                 "commas, for recommendations without any history",
-                                            scale=4, elem_id="visitor-items")
-                visitor_btn = gr.Button("Recommend for this visitor", scale=1, elem_id="visitor-btn")
-            rec_status = gr.Markdown(elem_id="rec-status")
-            with gr.Row():
-                rec_hist = gr.Gallery(label="Recent history (most recent first); for a visitor: what they looked at", columns=4, height=300,
-                                      object_fit="contain", elem_id="rec-history")
-                rec_gallery = gr.Gallery(label="Recommended", columns=4, height=300, object_fit="contain",
-                                         elem_id="rec-gallery")
-            rec_table = gr.Dataframe(value=_empty_results(), label="Recommendations with reasons",
-                                     interactive=False, wrap=True,
-                                     column_widths=_RESULT_WIDTHS, elem_id="rec-table")
+        with gr.Tabs() as tabs:  # a handle, so that a button can open another tab
+            with gr.Tab("Recommend", id="recommend"):
+                gr.Markdown("**What the shop would show this shopper next.** Pick a shopper (or type an id): on the left "
+                            "what they recently looked at or bought, on the right the model's top picks, each with a "
+                            "score (higher = better fit) and the reason (what in their history led to it). A visitor with no "
+                            "account works too: pick a few items they looked at.")
+                with gr.Row():
+                    rec_user = gr.Dropdown(choices=with_no_choice(shoppers), value=rec_default, allow_custom_value=True, label=SHOPPER,
+                                           info="sample shoppers: heavy buyers, typical shoppers; or type any user id",
+                                           scale=3)
+                    rec_k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="How many recommendations", scale=1,
+                                      elem_id="rec-k")
+                    rec_btn = gr.Button("Recommend", variant="primary", scale=1)
+                with gr.Row():
+                    visitor_items = gr.Dropdown(choices=sample_items(service), value=[], multiselect=True,
+                                                allow_custom_value=True, label=VISITOR_ITEMS,
+                                                info="…or a new visitor (no sign-in, no history): pick (or type) a few "
+                                                     "items they looked at, one at a time or as ids separated by "
+                                                     "commas, for recommendations without any history",
+                                                scale=4, elem_id="visitor-items")
+                    visitor_btn = gr.Button("Recommend for this visitor", scale=1, elem_id="visitor-btn")
+                rec_status = gr.Markdown(elem_id="rec-status")
+                with gr.Row():
+                    rec_hist = gr.Gallery(label="Recent history (most recent first); for a visitor: what they looked at", columns=4, height=300,
+                                          object_fit="contain", elem_id="rec-history")
+                    rec_gallery = gr.Gallery(label="Recommended", columns=4, height=300, object_fit="contain",
+                                             elem_id="rec-gallery")
+                rec_table = gr.Dataframe(value=_empty_results(), label="Recommendations with reasons",
+                                         interactive=False, wrap=True,
+                                         column_widths=_RESULT_WIDTHS, elem_id="rec-table")
 
-            def on_recommend(user: Any, k: Any) -> tuple[Any, ...]:
-                view = recommend_view(service, history, thumbs, user, k)
-                _warn(view.status)
-                return view.status, view.history, view.gallery, view.table
-
-            rec_requests = _Requests()
-            rec_once = rec_requests.once(on_recommend, 4, "shopper")
-            rec_outputs = [rec_status, rec_hist, rec_gallery, rec_table]
-            rec_btn.click(rec_once, [rec_user, rec_k], rec_outputs)
-
-            def on_visitor(picked: Any, k: Any) -> tuple[Any, ...]:
-                view = visitor_view(service, thumbs, picked, k)
-                _warn(view.status)
-                return view.status, view.history, view.gallery, view.table
-
-            visitor_btn.click(rec_requests.once(on_visitor, 4, "visitor"), [visitor_items, rec_k], rec_outputs)
-            # .change, not .select: a typed id that matches no entry (kept as typed on Enter or when the
-            # box loses focus) is a change but no select; so is the empty id of NO_CHOICE
-            rec_user.change(rec_once, [rec_user, rec_k], rec_outputs)
-            # the first screen shows a result, not an empty form
-            app.load(rec_once, [rec_user, rec_k], rec_outputs)
-
-        with gr.Tab("Similar & search", id="search"):
-            gr.Markdown("**Find items three ways.** *Similar items*: what the same kind of shopper buys (from the graph). "
-                        "*Text search*: titles and descriptions that match your words. *Image search*: pictures "
-                        "that look like yours. Each result shows its similarity: higher is closer, 1 the same.")
-            items = sample_items(service)
-            with gr.Row():
-                with gr.Column():
-                    sim_item = gr.Dropdown(choices=with_no_choice(items), value=items[0][1] if items else None,
-                                           allow_custom_value=True, label=ITEM, info="pick or type an item id")
-                    sim_btn = gr.Button("Similar items", variant="primary")
-                with gr.Column():
-                    txt_query = gr.Textbox(label=TEXT, placeholder="e.g. wireless headphones", elem_id="search-text")
-                    txt_btn = gr.Button("Search text", variant="primary")
-                with gr.Column():
-                    # a File, not an Image: gr.Image decodes uploads before the handler runs, so a corrupt
-                    # file would end in Gradio's generic "Error" instead of our message
-                    img_query = gr.File(label="Image (PNG, JPEG, ...)", file_types=["image"], type="filepath",
-                                        height=140, elem_id="search-image")
-                    img_btn = gr.Button("Search image", variant="primary")
-                    img_preview = gr.Image(label="Your image", type="pil", interactive=False, height=120,
-                                           elem_id="search-image-preview")
-            search_k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="How many results")
-            search_status = gr.Markdown(elem_id="search-status")
-            search_gallery = gr.Gallery(label="Nearest items", columns=8, height=180, object_fit="contain",
-                                        elem_id="search-gallery")
-            search_table = gr.Dataframe(value=_empty_results(), label="Results", interactive=False, wrap=True,
-                                        column_widths=_RESULT_WIDTHS, elem_id="search-table")
-            outputs = [search_status, search_gallery, search_table]
-
-            def wrap(fn: Callable[..., SearchView]) -> Callable[[Any, Any], tuple[Any, ...]]:
-                def handler(value: Any, k: Any) -> tuple[Any, ...]:
-                    view = fn(service, thumbs, value, k)
+                def on_recommend(user: Any, k: Any) -> tuple[Any, ...]:
+                    view = recommend_view(service, history, thumbs, user, k)
                     _warn(view.status)
-                    return tuple(view)
-                return handler
+                    return view.status, view.history, view.gallery, view.table
 
-            search_requests = _Requests()
-            sim_once = search_requests.once(wrap(similar_view), 3, "similar")
-            txt_once = search_requests.once(wrap(text_search_view), 3, "text")
-            sim_item.change(sim_once, [sim_item, search_k], outputs)
-            sim_btn.click(sim_once, [sim_item, search_k], outputs)
-            txt_btn.click(txt_once, [txt_query, search_k], outputs)
-            txt_query.submit(txt_once, [txt_query, search_k], outputs)
+                rec_requests = _Requests()
+                rec_once = rec_requests.once(on_recommend, 4, "shopper")
+                rec_outputs = [rec_status, rec_hist, rec_gallery, rec_table]
+                rec_btn.click(rec_once, [rec_user, rec_k], rec_outputs)
 
-            def on_image(path: Any, k: Any) -> tuple[Any, ...]:
-                view = image_search_view(service, thumbs, path, k)
-                _warn(view.status)
-                return (*view, image_preview(path))
+                def on_visitor(picked: Any, k: Any) -> tuple[Any, ...]:
+                    view = visitor_view(service, thumbs, picked, k)
+                    _warn(view.status)
+                    return view.status, view.history, view.gallery, view.table
 
-            def on_clear(request: Any = None) -> tuple[Any, ...]:
-                search_requests.forget(request)
-                return cleared_image_search()
+                visitor_btn.click(rec_requests.once(on_visitor, 4, "visitor"), [visitor_items, rec_k], rec_outputs)
+                # .change, not .select: a typed id that matches no entry (kept as typed on Enter or when the
+                # box loses focus) is a change but no select; so is the empty id of NO_CHOICE
+                rec_user.change(rec_once, [rec_user, rec_k], rec_outputs)
+                # the first screen shows a result, not an empty form
+                app.load(rec_once, [rec_user, rec_k], rec_outputs)
 
-            on_clear.__annotations__["request"] = gr.Request
-            # an image search is answered every time (an upload is no repeat of a click), and makes the
-            # tab's next request a new one
-            image_once = search_requests.once(on_image, 4, "image", skip=False)
-            img_btn.click(image_once, [img_query, search_k], [*outputs, img_preview])
-            img_query.upload(image_once, [img_query, search_k], [*outputs, img_preview])
-            # the picture removed (its x): its preview and results go with it
-            img_query.clear(on_clear, None, [*outputs, img_preview])
+            with gr.Tab("Similar & search", id="search"):
+                gr.Markdown("**Find items three ways.** *Similar items*: what the same kind of shopper buys (from the graph). "
+                            "*Text search*: titles and descriptions that match your words. *Image search*: pictures "
+                            "that look like yours. Each result shows its similarity: higher is closer, 1 the same.")
+                items = sample_items(service)
+                with gr.Row():
+                    with gr.Column():
+                        sim_item = gr.Dropdown(choices=with_no_choice(items), value=items[0][1] if items else None,
+                                               allow_custom_value=True, label=ITEM, info="pick or type an item id")
+                        sim_btn = gr.Button("Similar items", variant="primary")
+                    with gr.Column():
+                        txt_query = gr.Textbox(label=TEXT, placeholder="e.g. wireless headphones", elem_id="search-text")
+                        txt_btn = gr.Button("Search text", variant="primary")
+                    with gr.Column():
+                        # a File, not an Image: gr.Image decodes uploads before the handler runs, so a corrupt
+                        # file would end in Gradio's generic "Error" instead of our message
+                        img_query = gr.File(label="Image (PNG, JPEG, ...)", file_types=["image"], type="filepath",
+                                            height=140, elem_id="search-image")
+                        img_btn = gr.Button("Search image", variant="primary")
+                        img_preview = gr.Image(label="Your image", type="pil", interactive=False, height=120,
+                                               elem_id="search-image-preview")
+                search_k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="How many results")
+                search_status = gr.Markdown(elem_id="search-status")
+                search_gallery = gr.Gallery(label="Nearest items", columns=8, height=180, object_fit="contain",
+                                            elem_id="search-gallery")
+                search_table = gr.Dataframe(value=_empty_results(), label="Results", interactive=False, wrap=True,
+                                            column_widths=_RESULT_WIDTHS, elem_id="search-table")
+                outputs = [search_status, search_gallery, search_table]
 
-            # the item pickers were filled at start-up: on a page load after items were added or
-            # removed (here or by another process), they offer the items served now
-            catalogue = [_catalogue_state(service)]
+                def wrap(fn: Callable[..., SearchView]) -> Callable[[Any, Any], tuple[Any, ...]]:
+                    def handler(value: Any, k: Any) -> tuple[Any, ...]:
+                        view = fn(service, thumbs, value, k)
+                        _warn(view.status)
+                        return tuple(view)
+                    return handler
 
-            def refresh_items() -> tuple[Any, Any]:
-                now = _catalogue_state(service)
-                if now == catalogue[0]:
-                    return gr.skip(), gr.skip()
-                fresh = sample_items(service)
-                return gr.Dropdown(choices=with_no_choice(fresh)), gr.Dropdown(choices=fresh)
+                search_requests = _Requests()
+                sim_once = search_requests.once(wrap(similar_view), 3, "similar")
+                txt_once = search_requests.once(wrap(text_search_view), 3, "text")
+                sim_item.change(sim_once, [sim_item, search_k], outputs)
+                sim_btn.click(sim_once, [sim_item, search_k], outputs)
+                txt_btn.click(txt_once, [txt_query, search_k], outputs)
+                txt_query.submit(txt_once, [txt_query, search_k], outputs)
 
-            app.load(refresh_items, None, [sim_item, visitor_items])
+                def on_image(path: Any, k: Any) -> tuple[Any, ...]:
+                    view = image_search_view(service, thumbs, path, k)
+                    _warn(view.status)
+                    return (*view, image_preview(path))
 
-        with gr.Tab("Fraud", id="fraud"):
-            gr.Markdown("**How likely is this account to be fraudulent, and why?** The model gives a probability; "
-                        "accounts at or above the threshold are flagged for review. Move the threshold to see the "
-                        "decision change: lower catches more fraud but flags more honest shoppers. The table lists "
-                        "what drove the score.")
-            with gr.Row():
-                fr_user = gr.Dropdown(choices=with_no_choice(users), value=fraud_default, allow_custom_value=True, label=ACCOUNT,
-                                      info="pick or type a user id", scale=3)
-                fr_btn = gr.Button("Score", variant="primary", scale=1)
-            fr_status = gr.Markdown(elem_id="fraud-status")
-            threshold0 = float(service.fraud_threshold) if math.isfinite(service.fraud_threshold) else 0.5
-            # the validation-chosen threshold as it is (rounding it could flip a verdict near the line)
-            fr_threshold = gr.Slider(0.0, 1.0, value=threshold0, step=0.01, label=THRESHOLD,
-                                     info="starts at the validation-chosen threshold; kept when you score "
-                                          "another account", elem_id="fraud-threshold")
-            fr_verdict = gr.Markdown(verdict(None, None), elem_id="fraud-verdict")
-            fr_prob = gr.State(None)
-            fr_held = gr.State(None)  # a trained-on account's held-out score: the verdict's second line
-            fr_method = gr.Markdown()
-            fr_reasons = gr.Dataframe(value=pd.DataFrame(columns=_REASON_COLUMNS), label="Top reasons",
-                                      interactive=False, wrap=True, column_widths=["64%", "18%", "18%"],
-                                      elem_id="fraud-reasons")
+                def on_clear(request: Any = None) -> tuple[Any, ...]:
+                    search_requests.forget(request)
+                    return cleared_image_search()
 
-            def on_score(user: Any, threshold: Any) -> tuple[Any, ...]:
-                view = fraud_view(service, cases, user)
-                _warn(view.status)
-                shown = view.verdict if view.probability is None else verdict(view.probability, threshold,
-                                                                               view.held_out)
-                if view.probability is not None:
-                    _warn(shown)  # a threshold out of range typed before scoring
-                method = f"*Reasons: {view.method}.*" if view.method else ""
-                return view.status, view.probability, shown, view.reasons, method, view.held_out
+                on_clear.__annotations__["request"] = gr.Request
+                # an image search is answered every time (an upload is no repeat of a click), and makes the
+                # tab's next request a new one
+                image_once = search_requests.once(on_image, 4, "image", skip=False)
+                img_btn.click(image_once, [img_query, search_k], [*outputs, img_preview])
+                img_query.upload(image_once, [img_query, search_k], [*outputs, img_preview])
+                # the picture removed (its x): its preview and results go with it
+                img_query.clear(on_clear, None, [*outputs, img_preview])
 
-            def on_threshold(probability: Any, threshold: Any, held_out: Any) -> str:
-                shown = verdict(probability, threshold, held_out)
-                _warn(shown)
-                return shown
+                # the item pickers were filled at start-up: on a page load after items were added or
+                # removed (here or by another process), they offer the items served now
+                catalogue = [_catalogue_state(service)]
 
-            # preprocess=False: the handlers get the typed threshold as it is, so one out of the slider's
-            # range gets our message; Gradio's own check would answer with a bare "Error" and a traceback
-            score_outputs = [fr_status, fr_prob, fr_verdict, fr_reasons, fr_method, fr_held]
+                def refresh_items() -> tuple[Any, Any]:
+                    now = _catalogue_state(service)
+                    if now == catalogue[0]:
+                        return gr.skip(), gr.skip()
+                    fresh = sample_items(service)
+                    return gr.Dropdown(choices=with_no_choice(fresh)), gr.Dropdown(choices=fresh)
 
-            # the account makes a request new, not the threshold: on_threshold redraws the verdict for it
-            score_once = _Requests().once(on_score, len(score_outputs), "score", used=1)
-            for listen in (fr_btn.click, fr_user.change, app.load):
-                # then the verdict again at the slider's value of that moment: one moved while the score was
-                # on its way was compared with the account scored before, and the score came back with the
-                # verdict at the value it was sent with
-                listen(score_once, [fr_user, fr_threshold], score_outputs, preprocess=False).then(
-                    verdict, [fr_prob, fr_threshold, fr_held], [fr_verdict], preprocess=False)  # warned already
-            fr_threshold.change(on_threshold, [fr_prob, fr_threshold, fr_held], [fr_verdict], preprocess=False)
+                app.load(refresh_items, None, [sim_item, visitor_items])
 
-        with gr.Tab("Rings", id="rings"):
-            gr.Markdown("**Groups of accounts that share devices: possible fraud rings**, ranked by a score that "
-                        "combines the members' fraud probabilities, young accounts, fast buying, risky categories "
-                        "and how tightly they share devices. Pick a ring (or click its row) to see the accounts, "
-                        "their devices and the items they bought, and to download the case files.")
-            table = rings_table(cases)
-            ring_ids = table["ring"].tolist()
-            ring_table = gr.Dataframe(value=table, label="Ranked rings", interactive=False, wrap=True,
-                                      column_widths=_RING_WIDTHS, elem_id="ring-table")  # wrapped: every column in view, none cut off
-            gr.Markdown(rings_note(cases), elem_id="ring-count")
-            gr.Markdown(RING_LEGEND, elem_id="ring-legend")
-            with gr.Row():
-                ring_pick = gr.Dropdown(choices=with_no_choice(ring_ids), value=None, label=RING, scale=1,
-                                        allow_custom_value=True, info="pick a ring or type its id (e.g. R0001)")
-            ring_status = gr.Markdown("" if cases is not None else
-                                      f"{ERROR_PREFIX}no fraud rings in this run (run `shopgraph rings --run RUN`)",
-                                      elem_id="ring-status")
-            with gr.Row():
-                ring_image = gr.Image(label="Ring subgraph", type="pil", interactive=False, elem_id="ring-image",
-                                      scale=3, height=520)
-                ring_files = gr.File(label="Case files (JSON + CSV)", file_count="multiple", interactive=False,
-                                     elem_id="ring-files", scale=1)
-            # the page's full width: every column's header and values fit on a line or two
-            ring_members = gr.Dataframe(value=pd.DataFrame(columns=MEMBER_COLUMNS), label="Members",
-                                        interactive=False, wrap=True, column_widths=_MEMBER_WIDTHS,
-                                        elem_id="ring-members")
+            with gr.Tab("Fraud", id="fraud"):
+                gr.Markdown("**How likely is this account to be fraudulent, and why?** The model gives a probability; "
+                            "accounts at or above the threshold are flagged for review. Move the threshold to see the "
+                            "decision change: lower catches more fraud but flags more honest shoppers. The table lists "
+                            "what drove the score.")
+                with gr.Row():
+                    fr_user = gr.Dropdown(choices=with_no_choice(users), value=fraud_default, allow_custom_value=True, label=ACCOUNT,
+                                          info="pick or type a user id", scale=3)
+                    fr_btn = gr.Button("Score", variant="primary", scale=1)
+                fr_status = gr.Markdown(elem_id="fraud-status")
+                threshold0 = float(service.fraud_threshold) if math.isfinite(service.fraud_threshold) else 0.5
+                # the validation-chosen threshold as it is (rounding it could flip a verdict near the line)
+                fr_threshold = gr.Slider(0.0, 1.0, value=threshold0, step=0.01, label=THRESHOLD,
+                                         info="starts at the validation-chosen threshold; kept when you score "
+                                              "another account", elem_id="fraud-threshold")
+                fr_verdict = gr.Markdown(verdict(None, None), elem_id="fraud-verdict")
+                fr_prob = gr.State(None)
+                fr_held = gr.State(None)  # a trained-on account's held-out score: the verdict's second line
+                fr_method = gr.Markdown()
+                fr_ring_btn = gr.Button("Open its ring on the Rings tab", visible=False, elem_id="fraud-open-ring")
+                fr_ring = gr.State(None)  # the ring that button opens
+                fr_reasons = gr.Dataframe(value=pd.DataFrame(columns=_REASON_COLUMNS), label="Top reasons",
+                                          interactive=False, wrap=True, column_widths=["64%", "18%", "18%"],
+                                          elem_id="fraud-reasons")
 
-            def on_ring(ring_id: Any) -> tuple[Any, ...]:
-                view = ring_view(cases, ring_id, export_dir, work_dir)
-                _warn(view.status)
-                return view.status, view.image, view.files or None, view.members
+                def on_score(user: Any, threshold: Any) -> tuple[Any, ...]:
+                    view = fraud_view(service, cases, user)
+                    _warn(view.status)
+                    shown = view.verdict if view.probability is None else verdict(view.probability, threshold,
+                                                                                   view.held_out)
+                    if view.probability is not None:
+                        _warn(shown)  # a threshold out of range typed before scoring
+                    method = f"*Reasons: {view.method}.*" if view.method else ""
+                    button = gr.Button(f"Open ring {view.ring} on the Rings tab", visible=view.ring is not None)
+                    return view.status, view.probability, shown, view.reasons, method, view.held_out, button, view.ring
 
-            def on_row(evt: gr.SelectData) -> Any:
-                row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
-                return ring_ids[int(row)] if 0 <= int(row) < len(ring_ids) else None
+                def on_threshold(probability: Any, threshold: Any, held_out: Any) -> str:
+                    shown = verdict(probability, threshold, held_out)
+                    _warn(shown)
+                    return shown
 
-            # the annotation is a string under `from __future__ import annotations`; Gradio needs the class
-            on_row.__annotations__["evt"] = gr.SelectData
-            ring_table.select(on_row, None, [ring_pick])
-            ring_pick.change(on_ring, [ring_pick], [ring_status, ring_image, ring_files, ring_members])
+                # preprocess=False: the handlers get the typed threshold as it is, so one out of the slider's
+                # range gets our message; Gradio's own check would answer with a bare "Error" and a traceback
+                score_outputs = [fr_status, fr_prob, fr_verdict, fr_reasons, fr_method, fr_held, fr_ring_btn,
+                                 fr_ring]
 
-        with gr.Tab("Model", id="model"):
-            gr.Markdown("**How good is the model?** Measured on the most recent period, which it never saw in "
-                        "training, against simpler methods (baselines). *Purchase*: recall@k = share of the items "
-                        "shoppers really bought next that appear in their top k. *Fraud*: AUPRC = how well fraud "
-                        "ranks above honest accounts (1 is perfect). Every column is explained under its table.")
-            mv = model_view(run_dir)
-            gr.Markdown(mv.status, elem_id="model-status")
-            gr.Dataframe(value=mv.purchase, label="Recommendations (purchase)", interactive=False,
-                         elem_id="model-purchase")
-            gr.Markdown(mv.purchase_legend, elem_id="model-purchase-legend")
-            gr.Dataframe(value=mv.fraud, label="Fraud detection", interactive=False, elem_id="model-fraud")
-            gr.Markdown(mv.fraud_legend, elem_id="model-fraud-legend")
-            gr.Markdown(mv.technical, elem_id="model-technical")
-            for k, (img, caption) in enumerate(mv.plots):
-                # the caption above the picture, not as the image's label: Gradio draws a label over
-                # the top of the picture, where it hid the plots' own titles
-                gr.Markdown(f"**{caption}**", elem_id=f"model-plot-{k}-caption")
-                gr.Image(value=img, show_label=False, type="pil", interactive=False, height=380,
-                         elem_id=f"model-plot-{k}")
+                # the account makes a request new, not the threshold: on_threshold redraws the verdict for it
+                score_once = _Requests().once(on_score, len(score_outputs), "score", used=1)
+                for listen in (fr_btn.click, fr_user.change, app.load):
+                    # then the verdict again at the slider's value of that moment: one moved while the score was
+                    # on its way was compared with the account scored before, and the score came back with the
+                    # verdict at the value it was sent with
+                    listen(score_once, [fr_user, fr_threshold], score_outputs, preprocess=False).then(
+                        verdict, [fr_prob, fr_threshold, fr_held], [fr_verdict], preprocess=False)  # warned already
+                fr_threshold.change(on_threshold, [fr_prob, fr_threshold, fr_held], [fr_verdict], preprocess=False)
+
+            with gr.Tab("Rings", id="rings"):
+                gr.Markdown("**Groups of accounts that share devices: possible fraud rings**, ranked by a score that "
+                            "combines the members' fraud probabilities, young accounts, fast buying, risky categories "
+                            "and how tightly they share devices. Pick a ring (or click its row) to see the accounts, "
+                            "their devices and the items they bought, and to download the case files.")
+                table = rings_table(cases)
+                ring_ids = table["ring"].tolist()
+                ring_table = gr.Dataframe(value=table, label="Ranked rings", interactive=False, wrap=True,
+                                          column_widths=_RING_WIDTHS, elem_id="ring-table")  # wrapped: every column in view, none cut off
+                gr.Markdown(rings_note(cases), elem_id="ring-count")
+                gr.Markdown(RING_LEGEND, elem_id="ring-legend")
+                with gr.Row():
+                    ring_pick = gr.Dropdown(choices=with_no_choice(ring_ids), value=None, label=RING, scale=1,
+                                            allow_custom_value=True, info="pick a ring or type its id (e.g. R0001)")
+                ring_status = gr.Markdown("" if cases is not None else
+                                          f"{ERROR_PREFIX}no fraud rings in this run (run `shopgraph rings --run RUN`)",
+                                          elem_id="ring-status")
+                with gr.Row():
+                    ring_image = gr.Image(label="Ring subgraph", type="pil", interactive=False, elem_id="ring-image",
+                                          scale=3, height=520)
+                    ring_files = gr.File(label="Case files (JSON + CSV)", file_count="multiple", interactive=False,
+                                         elem_id="ring-files", scale=1)
+                # the page's full width: every column's header and values fit on a line or two
+                ring_members = gr.Dataframe(value=pd.DataFrame(columns=MEMBER_COLUMNS), label="Members",
+                                            interactive=False, wrap=True, column_widths=_MEMBER_WIDTHS,
+                                            elem_id="ring-members")
+
+                def on_ring(ring_id: Any) -> tuple[Any, ...]:
+                    view = ring_view(cases, ring_id, export_dir, work_dir)
+                    _warn(view.status)
+                    return view.status, view.image, view.files or None, view.members
+
+                def on_row(evt: gr.SelectData) -> Any:
+                    row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
+                    return ring_ids[int(row)] if 0 <= int(row) < len(ring_ids) else None
+
+                # the annotation is a string under `from __future__ import annotations`; Gradio needs the class
+                on_row.__annotations__["evt"] = gr.SelectData
+                ring_table.select(on_row, None, [ring_pick])
+                ring_pick.change(on_ring, [ring_pick], [ring_status, ring_image, ring_files, ring_members])
+
+                def open_ring(ring_id: Any) -> tuple[Any, Any]:  # the Fraud tab's button
+                    return gr.Tabs(selected="rings"), ring_id
+
+                fr_ring_btn.click(open_ring, [fr_ring], [tabs, ring_pick])
+
+            with gr.Tab("Model", id="model"):
+                gr.Markdown("**How good is the model?** Measured on the most recent period, which it never saw in "
+                            "training, against simpler methods (baselines). *Purchase*: recall@k = share of the items "
+                            "shoppers really bought next that appear in their top k. *Fraud*: AUPRC = how well fraud "
+                            "ranks above honest accounts (1 is perfect). Every column is explained under its table.")
+                mv = model_view(run_dir)
+                gr.Markdown(mv.status, elem_id="model-status")
+                gr.Dataframe(value=mv.purchase, label="Recommendations (purchase)", interactive=False,
+                             elem_id="model-purchase")
+                gr.Markdown(mv.purchase_legend, elem_id="model-purchase-legend")
+                gr.Dataframe(value=mv.fraud, label="Fraud detection", interactive=False, elem_id="model-fraud")
+                gr.Markdown(mv.fraud_legend, elem_id="model-fraud-legend")
+                gr.Markdown(mv.technical, elem_id="model-technical")
+                for k, (img, caption) in enumerate(mv.plots):
+                    # the caption above the picture, not as the image's label: Gradio draws a label over
+                    # the top of the picture, where it hid the plots' own titles
+                    gr.Markdown(f"**{caption}**", elem_id=f"model-plot-{k}-caption")
+                    gr.Image(value=img, show_label=False, type="pil", interactive=False, height=380,
+                             elem_id=f"model-plot-{k}")
 
     return app

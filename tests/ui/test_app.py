@@ -347,6 +347,17 @@ def test_image_search_view_finds_an_items_own_picture(ui_service: ShopService, t
 
 
 # -- Fraud ------------------------------------------------------------------------------------------
+def test_fraud_view_names_the_best_ranked_ring_of_an_account(ui_service: ShopService, ui_cases: FraudCases) -> None:
+    ranked = {r.ring_id: k for k, r in enumerate(ui_cases.rings())}
+    member = ui_cases.rings()[0].members[0]
+    view = fraud_view(ui_service, ui_cases, member)
+    best = min((r.ring_id for r in ui_cases.rings_of(member)), key=ranked.__getitem__)
+    assert view.ring == best and f"(the button below opens {best})" in view.status
+    alone = next(u for u in ui_service.user_ids if not ui_cases.has_user(u) or not ui_cases.rings_of(u))
+    assert fraud_view(ui_service, ui_cases, alone).ring is None
+    assert fraud_view(ui_service, None, member).ring is None  # no rings loaded
+
+
 def test_verdict_follows_the_threshold() -> None:
     assert "FLAGGED" in verdict(0.7, 0.5) and "Not flagged" in verdict(0.7, 0.8)
     assert "FLAGGED" in verdict(0.5, 0.5)  # at the threshold: flagged, as the service decides

@@ -418,3 +418,28 @@ def test_a_threshold_moved_while_scoring_decides_the_verdict(page: Any, ui_servi
     page.wait_for_timeout(1000)
     expect(page.locator("#fraud-verdict")).to_contain_text("FLAGGED for review")
     assert number.input_value() == "0"
+
+
+def test_the_fraud_tab_opens_an_accounts_ring_on_the_rings_tab(page: Any, ui_cases: FraudCases) -> None:
+    ring = ui_cases.rings()[0]
+    member = ring.members[-1]
+    _tab(page, "Fraud")
+    box = page.get_by_label("Account")
+    box.fill(member)
+    box.press("Enter")
+    page.get_by_role("button", name="Score").click()
+    expect(page.locator("#fraud-status")).to_contain_text(member)
+    button = page.locator("#fraud-open-ring")
+    expect(button).to_have_text(f"Open ring {ring.ring_id} on the Rings tab")
+    button.click()
+    expect(page.get_by_role("tab", name="Rings", exact=True)).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#ring-status")).to_contain_text(ring.ring_id)
+    expect(page.locator("#ring-members")).to_contain_text(member)
+    # an account in no ring has no such button
+    _tab(page, "Fraud")
+    alone = next(u for u in ui_cases.data["user"].ids if not ui_cases.has_user(u) or not ui_cases.rings_of(u))
+    box.fill(alone)
+    box.press("Enter")
+    page.get_by_role("button", name="Score").click()
+    expect(page.locator("#fraud-status")).to_contain_text(alone)
+    expect(button).to_be_hidden()
