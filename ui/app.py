@@ -1754,6 +1754,9 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                                           info="pick or type a user id", scale=3)
                     fr_btn = gr.Button("Score", variant="primary", scale=1)
                 fr_status = gr.Markdown(elem_id="fraud-status")
+                fr_ring_btn = gr.Button(  # under the sentence naming the ring
+                    "Open its ring on the Rings tab", visible=False, elem_id="fraud-open-ring")
+                fr_ring = gr.State(None)  # the ring that button opens
                 threshold0 = float(service.fraud_threshold) if math.isfinite(service.fraud_threshold) else 0.5
                 # the validation-chosen threshold as it is (rounding it could flip a verdict near the line)
                 fr_threshold = gr.Slider(0.0, 1.0, value=threshold0, step=0.01, label=THRESHOLD,
@@ -1763,8 +1766,6 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 fr_prob = gr.State(None)
                 fr_held = gr.State(None)  # a trained-on account's held-out score: the verdict's second line
                 fr_method = gr.Markdown()
-                fr_ring_btn = gr.Button("Open its ring on the Rings tab", visible=False, elem_id="fraud-open-ring")
-                fr_ring = gr.State(None)  # the ring that button opens
                 fr_reasons = gr.Dataframe(value=pd.DataFrame(columns=_REASON_COLUMNS), label="Top reasons",
                                           interactive=False, wrap=True, column_widths=["64%", "18%", "18%"],
                                           elem_id="fraud-reasons")
