@@ -62,6 +62,15 @@ CONTENT_NEIGHBOURS = 20  # trained items whose vectors make a new item's (_new_i
 # the one-hot flags of the items' category column (encoders/behaviour.py: "item_" + "category=<value>")
 CATEGORY_FLAG = "item_category="
 REASON_HISTORY = 200  # history items compared when explaining a recommendation
+# FraudScore.held_out_reasons when the held-out score has no attribution (the whole list, one of
+# these): for the run, and for one account. Not reasons: the demo leaves them out of its sentence.
+HELD_OUT_UNATTRIBUTED = (
+    "no attribution of the held-out score is available here: the run's held-out trees are missing or unreadable "
+    "(trained before they were stored: retrain it with `shopgraph train`), or the service was loaded without fraud "
+    "reasons",
+    "no attribution of the held-out score is available for this account: its fold's trees could not be explained or "
+    "do not reproduce it (the server's log says which)",
+)
 # how far along the shopping funnel an event type is (explains revisits by the furthest step)
 _FUNNEL = {"click": 1, "view": 1, "wishlist": 2, "cart": 3, "review": 4, "purchase": 5}
 _REVISIT_PHRASES = {"view": "you viewed it", "click": "you clicked it", "cart": "you put it in your cart",
@@ -1541,13 +1550,10 @@ class ShopService:
     def _held_out_reasons(self, u: int, held: float, top: int = 3) -> list[str]:
         """The reasons for the held-out verdict of a trained-on account (``held``: its held-out score)."""
         if self._held_out_attribution is None:
-            return ["no attribution of the held-out score is available here: the run's held-out trees are "
-                    "missing or unreadable (trained before they were stored: retrain it with `shopgraph train`), "
-                    "or the service was loaded without fraud reasons"]
+            return [HELD_OUT_UNATTRIBUTED[0]]
         attribution = self._held_out_attribution(u)
         if attribution is None:
-            return ["no attribution of the held-out score is available for this account: its fold's trees could "
-                    "not be explained or do not reproduce it (the server's log says which)"]
+            return [HELD_OUT_UNATTRIBUTED[1]]
         return self._facts(u, attribution, top, held >= self.fraud_threshold)
 
     def _facts(self, u: int, attribution: Sequence[tuple[str, float, float]], top: int, raised: bool) -> list[str]:

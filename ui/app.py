@@ -40,7 +40,14 @@ import pandas as pd
 from shopgraph.graph.messages import plural
 from shopgraph.graph.wording import FRAUD_SCORER_NAMES, label_words
 from shopgraph.retrieval.export import contradiction
-from shopgraph.retrieval.service import NotAvailableError, ShopService, UnknownIdError, listed_ids, shown
+from shopgraph.retrieval.service import (
+    HELD_OUT_UNATTRIBUTED,
+    NotAvailableError,
+    ShopService,
+    UnknownIdError,
+    listed_ids,
+    shown,
+)
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -937,8 +944,8 @@ def label_sentence(label: bool | None, in_training: bool, scored: bool = True, *
             text += (f" Refitted without that label, the scorer gives it **{shown_h}**, "
                      f"{'at or above' if flagged else 'below'} the validation threshold {shown_t}: "
                      + _HELD_OUT_VERDICT[(bool(label), flagged)])
-            facts = [r for r in held_out_reasons if r.endswith(" log-odds)") or r.startswith("nothing in")]
-            if facts:  # attributions only: a sentence saying there is none is not a reason
+            facts = [r for r in held_out_reasons if r not in HELD_OUT_UNATTRIBUTED]
+            if facts:  # a sentence saying there is no attribution is not a reason
                 text += " What drives that score: " + "; ".join(_md(r) for r in facts) + "."
         return text
     return (f" The shop's data labels this account **{word}**; the scorer never saw that label, so the "

@@ -17,7 +17,7 @@ from PIL import Image
 
 from shopgraph.graph.rings import FraudCases, known_fraud
 from shopgraph.graph.run import RunDir
-from shopgraph.retrieval.service import ShopService
+from shopgraph.retrieval.service import HELD_OUT_UNATTRIBUTED, ShopService
 from shopgraph.ui.app import (
     FIT_SCORE,
     PLOT_CAPTIONS,
@@ -457,8 +457,11 @@ def test_label_sentence_compares_the_held_out_score_with_the_threshold(label: bo
     assert why == text + (" What drives that score: account age: 3 days (+0.41 log-odds); country: DE "
                           "(+0.12 log-odds).")
     # a sentence saying there is no attribution is not given as a reason
-    assert label_sentence(label, True, held_out=held_out, threshold=0.2, held_out_reasons=[
-        "no attribution of the held-out score is available here: ..."]) == text
+    for unattributed in HELD_OUT_UNATTRIBUTED:
+        assert label_sentence(label, True, held_out=held_out, threshold=0.2, held_out_reasons=[unattributed]) == text
+    nothing = "nothing in the account's own behaviour or shared identifiers raised its score"
+    assert label_sentence(label, True, held_out=held_out, threshold=0.2, held_out_reasons=[nothing]).endswith(
+        f" What drives that score: {nothing}.")
 
 
 def test_fraud_view_names_the_rings_an_account_is_in(ui_service: ShopService, ui_cases: FraudCases) -> None:
