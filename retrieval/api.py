@@ -560,8 +560,11 @@ async def _json_body(request: Request, example: str, limit: int = MAX_JSON_BYTES
     except RecursionError:  # thousands of [ or {: the parser's own recursion
         raise ValueError(f"body: expected a JSON object like {example} (got JSON nested more than "
                          f"{MAX_JSON_DEPTH} levels deep)") from None
-    except ValueError:
-        raise ValueError(f"body: expected a JSON object like {example} (got invalid JSON)") from None
+    except json.JSONDecodeError as exc:  # where the parser stopped, so a client can find its mistake
+        raise ValueError(f"body: expected a JSON object like {example} (got invalid JSON: {exc.msg}: line "
+                         f"{exc.lineno} column {exc.colno})") from None
+    except ValueError:  # bytes that are not UTF-8 text
+        raise ValueError(f"body: expected a JSON object like {example} (got invalid JSON: not UTF-8 text)") from None
     if not isinstance(body, dict):
         raise ValueError(f"body: expected a JSON object like {example} (got {type(body).__name__})")
     _check_json(body, example)

@@ -1140,6 +1140,17 @@ def test_a_category_whose_items_were_all_removed_answers_empty_lists(writable):
     assert r.status_code == 422 and r.json()["detail"].startswith("category: unknown category 'kite' (known: 'books'")
 
 
+def test_invalid_json_is_named_where_the_parser_stopped(client):
+    for body, got in ((b'{"text": "red shoes",}', "(got invalid JSON: Expecting property name enclosed in double "
+                                                 "quotes: line 1 column 22)"),
+                      (b"{'text': 'red shoes'}", "(got invalid JSON: Expecting property name enclosed in double "
+                                                 "quotes: line 1 column 2)"),
+                      (b'{"text": "red', "(got invalid JSON: Unterminated string starting at: line 1 column 10)"),
+                      (b"\xff\xfe{", "(got invalid JSON: not UTF-8 text)")):
+        r = client.post("/search", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["detail"].endswith(got), (body, r.text)
+
+
 def test_healthz_answers_head_for_probes(client):
     r = client.head("/healthz")
     assert r.status_code == 200 and r.content == b""
