@@ -882,21 +882,32 @@ DOCS_ASSETS = "/docs-assets"
 
 
 def _offline_docs(app: FastAPI) -> None:
-    """``GET /docs``: Swagger UI from the installed ``swagger-ui-bundle`` package under
-    :data:`DOCS_ASSETS`, not from FastAPI's default CDN (the page was blank on a machine without
-    internet); ReDoc (CDN only) is not offered."""
-    from fastapi.openapi.docs import get_swagger_ui_html
-    from starlette.staticfiles import StaticFiles
-    from swagger_ui_bundle import swagger_ui_path
+    """``GET /docs`` (Swagger UI 5) and ``GET /redoc`` with their scripts from the installed
+    ``fastapi-offline`` package under :data:`DOCS_ASSETS`, not from FastAPI's default CDN (the
+    pages were blank on a machine without internet). Swagger UI 4 cannot read the OpenAPI 3.1
+    schema FastAPI writes ("Unable to render this definition")."""
+    from pathlib import Path as _Path
 
-    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+    import fastapi_offline
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from starlette.staticfiles import StaticFiles
+
+    assets = _Path(fastapi_offline.__file__).parent / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+    title = f"{app.title} - docs"
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> Response:
-        return get_swagger_ui_html(openapi_url=str(app.openapi_url), title=f"{app.title} - docs",
+        return get_swagger_ui_html(openapi_url=str(app.openapi_url), title=title,
                                    swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
                                    swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> Response:
+        return get_redoc_html(openapi_url=str(app.openapi_url), title=title,
+                              redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
 
 
 def _rendered(answer: BaseModel) -> Response:
@@ -919,7 +930,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         title="ShopGraph API",
         version="0.1.0",
         description="Recommendations, similar items, text/image search and fraud scores from a ShopGraph run.",
-        docs_url=None, redoc_url=None,  # FastAPI's pages load their scripts from a CDN: /docs is served below
+        docs_url=None, redoc_url=None,  # FastAPI's pages load their scripts from a CDN: served offline below
     )
     _offline_docs(app)
     metrics = Metrics()
