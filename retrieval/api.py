@@ -962,7 +962,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
                                                        "category; an empty value is refused)"),
         exclude: list[str] = Query([], description=f"item ids to leave out as well (what is in the cart, "
                                                    f"say), one parameter each: exclude=i1&exclude=i2; at most "
-                                                   f"{MAX_BATCH:,}; an id the run never had is a 404"),
+                                                   f"{MAX_BATCH:,}; an id that is not served is nothing to leave out"),
     ) -> RecommendOut:
         rec = service.recommend(user_id, k, exclude_seen=exclude_seen, category=category, exclude=exclude)
         return RecommendOut(user_id=user_id.strip(), k=k, items=_items(rec))  # the id as stored

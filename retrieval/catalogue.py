@@ -109,7 +109,8 @@ def _fsync_dir(path: Path) -> None:
 def _net(entries: list[dict[str, Any]], trained_ids: set[str]) -> tuple[list[int], dict[str, int], int, int]:
     """Which of ``entries`` (in order) still change what a service over tables holding
     ``trained_ids`` serves, replaying them as :class:`~shopgraph.retrieval.service.ShopService`
-    does: ``(indices kept, lines dropped by reason, ids added, trained ids removed)``."""
+    does: ``(indices kept, lines dropped by reason, ids added, trained ids removed)`` (a trained id
+    removed and added again, restored, counts as neither)."""
     dropped = dict.fromkeys(_DROPPED, 0)
     # id -> (served now, the add that made it served, the removal of its trained item)
     state: dict[str, tuple[bool, int | None, int | None]] = {}
@@ -130,8 +131,10 @@ def _net(entries: list[dict[str, Any]], trained_ids: set[str]) -> tuple[list[int
             served, removed = False, n
         state[item_id] = (served, added, removed)
     keep = sorted(n for _, added, removed in state.values() for n in (added, removed) if n is not None)
-    return (keep, dropped, sum(added is not None for _, added, _ in state.values()),
-            sum(removed is not None for _, _, removed in state.values()))
+    # a trained item removed and added again is restored (ShopService._restore): neither added nor
+    # removed, as the service counts it; both lines are kept (the add carries what was sent)
+    return (keep, dropped, sum(added is not None and removed is None for _, added, removed in state.values()),
+            sum(removed is not None and added is None for _, added, removed in state.values()))
 
 
 def _check_entry(entry: Any, where: str) -> dict[str, Any]:

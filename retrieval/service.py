@@ -321,12 +321,14 @@ def check_unicode(text: str, name: str) -> str:
 
 
 def check_single_line(text: str, name: str) -> str:
-    """``text`` when it has no control characters (newline, tab, NUL, ...), else ``ValueError``
-    naming ``name`` and the first one: an id or a category name is one line of printable text (an
-    id with a newline could not be named in a URL path, nor a category in a query string)."""
-    at = next((k for k, ch in enumerate(text) if unicodedata.category(ch) == "Cc"), None)
+    """``text`` when it has no control characters (newline, tab, NUL, ...) nor line or paragraph
+    separators, else ``ValueError`` naming ``name`` and the first one: an id or a category name is
+    one line of printable text (an id with a newline could not be named in a URL path, nor a
+    category in a query string)."""
+    at = next((k for k, ch in enumerate(text) if unicodedata.category(ch) in ("Cc", "Zl", "Zp")), None)
     if at is not None:
-        raise ValueError(f"{name}: expected one line of printable text (got {shown(text)}, a control character "
+        what = "a control character" if unicodedata.category(text[at]) == "Cc" else "a line separator"
+        raise ValueError(f"{name}: expected one line of printable text (got {shown(text)}, {what} "
                          f"{text[at]!r} at position {at:,})")
     return text
 
@@ -786,8 +788,9 @@ class ShopService:
         self._item_pos = {i: k for k, i in enumerate(self.item_ids)}
         # the trained items, by id: adding the id of one that was removed restores it (_restore)
         self._trained_pos = dict(self._item_pos)
-        # every id the catalogue ever held, served or removed (recommend's exclude names any of them)
-        self._every_pos = dict(self._item_pos)
+        # the trained content rows a restore replaced ({index name: {position: row}}): new items'
+        # neighbours are found by the trained content (_new_item_embeddings)
+        self._trained_content: dict[str, dict[int, np.ndarray]] = {}
         n_items = len(self.item_ids)
         table = items.set_index("item_id")
         missing = [i for i in self.item_ids if i not in table.index]
@@ -1253,8 +1256,9 @@ class ShopService:
             category: only items of this category.
             exclude: up to :data:`MAX_BATCH` item ids to leave out as well (what is in the
                 user's cart, say); k items still come back when there are that many others. An
-                id the run never had is refused (a typo would otherwise leave its item in);
-                one removed since is nothing to leave out.
+                id that is not served (removed, or never in the catalogue) is nothing to leave
+                out: a cart may hold items removed since, and after a compaction of the journal
+                a server cannot tell those from ids it never had.
         """
         self._maybe_sync()
         k = check_k(k)
@@ -1271,11 +1275,7 @@ class ShopService:
         if len(given) > MAX_BATCH:
             raise ValueError(f"exclude: expected at most {MAX_BATCH:,} ids (got {len(given):,})")
         keys = [_id_text(value, f"exclude[{pos}]") for pos, value in enumerate(given)]
-        unknown = list(dict.fromkeys(value for value, key in zip(given, keys) if key not in self._every_pos))
-        if unknown:
-            raise UnknownIdError(f"exclude: unknown item{'s' if len(unknown) > 1 else ''} {listed_ids(unknown)} "
-                                 "(never in this run's catalogue)")
-        return np.unique(np.array([self._every_pos[key] for key in keys], dtype=np.int64))
+        return np.unique(np.array([self._item_pos[key] for key in keys if key in self._item_pos], dtype=np.int64))
 
     def recommend_batch(self, user_ids: Sequence[str], k: int = 10, exclude_seen: bool = True,
                         category: str | None = None) -> list[Recommendation]:
@@ -1727,32 +1727,42 @@ class ShopService:
             emb = self.model.embed(g)["item"]
         return np.asarray(emb.float().cpu().numpy(), dtype=np.float32)
 
-    def _new_item_embeddings(self, rows: np.ndarray,
-                             contents: Sequence[tuple[np.ndarray | None, np.ndarray | None]]) -> np.ndarray:
+    def _new_item_embeddings(self, rows: np.ndarray, contents: Sequence[tuple[np.ndarray | None, np.ndarray | None]],
+                             restores: Sequence[bool]) -> np.ndarray:
         """New items' GNN vectors ``[B, D]``: for an item with a text or image vector (on a run
         that has them), the mean of the trained items' vectors of its :data:`CONTENT_NEIGHBOURS`
         nearest trained items in content (the sum of its text and image cosines); for any other,
-        the model's inductive pass over its feature row (:meth:`_inductive_embeddings`).
+        the model's inductive pass over its feature row (:meth:`_inductive_embeddings`). Rows of
+        ``restores`` (ids of removed trained items: :meth:`_restore` serves their trained
+        vectors) get zeros, and need no model.
 
         The model's own pass puts every new item in one corner of the space, whatever it is (a
         sneaker's 10 most similar items were 9.9 other new items on average, of any category;
         BENCHMARKS.md, "Items added at run time"): its trained items lean on their id embeddings,
         which a new item lacks. The neighbours' mean sits among items like it, and ranks its
-        buyers better. Only trained items are neighbours, removed ones too: an item's vector does
-        not depend on what else was added or removed, so a replay gives the same."""
-        embs = self._inductive_embeddings(rows)  # also: no model, no adds (NotAvailableError)
-        kinds = [(j, self._content[name].view[:self._n_trained]) for j, name in enumerate(("text_items", "image_items"))
-                 if name in self._content]
-        have = [b for b, vecs in enumerate(contents) if any(vecs[j] is not None for j, _ in kinds)]
-        k = min(CONTENT_NEIGHBOURS, self._n_trained)
-        for start in range(0, len(have) if k else 0, 256):  # [256, trained items] similarities at a time
-            chunk = have[start:start + 256]
-            sims = np.zeros((len(chunk), self._n_trained), dtype=np.float32)
-            for j, trained in kinds:
+        buyers better. Only trained items are neighbours, removed ones too, by their trained
+        content (a restore's new text does not count): an item's vector does not depend on what
+        else was added, removed or restored, so every replay of the journal gives the same."""
+        embs = np.zeros((len(rows), self.item_emb.shape[1]), dtype=np.float32)
+        todo = [b for b in range(len(rows)) if not restores[b]]
+        if todo:  # the model embeds new items (no model: NotAvailableError, as before any change)
+            embs[todo] = self._inductive_embeddings(rows[todo])
+        n = self._n_trained
+        kinds = [(j, self._content[name].view[:n], list(self._trained_content.get(name, {}).items()))
+                 for j, name in enumerate(("text_items", "image_items")) if name in self._content]
+        have = [b for b in todo if any(contents[b][j] is not None for j, _, _ in kinds)]
+        k = min(CONTENT_NEIGHBOURS, n)
+        for start in range(0, len(have) if k else 0, 64):  # [64, trained items] similarities at a time
+            chunk = have[start:start + 64]
+            sims = np.zeros((len(chunk), n), dtype=np.float32)
+            for j, trained, replaced in kinds:
                 given = [(row, vec) for row, b in enumerate(chunk) if (vec := contents[b][j]) is not None]
                 if given:
                     query = _normalised(np.stack([vec for _, vec in given]).astype(np.float32))
-                    sims[[row for row, _ in given]] += query @ trained.T
+                    part = query @ trained.T
+                    for pos, row in replaced:  # restored items: their trained content
+                        part[:, pos] = query @ row
+                    sims[[row for row, _ in given]] += part
             top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
             embs[chunk] = self.item_emb[top].mean(axis=1)
         return embs
@@ -1866,7 +1876,7 @@ class ShopService:
         if not isinstance(item_id, str) or not item_id.strip():
             raise ValueError(f"{where}item_id: expected a non-empty string (got {shown(item_id)})")
         check_unicode(item_id, f"{where}item_id")
-        check_single_line(item_id.strip(), f"{where}item_id")
+        check_single_line(item_id, f"{where}item_id")  # before the strip below: a trailing newline is refused too
         if item_id != item_id.strip():  # as loading the shop does (graph/load.py): ids are stored stripped
             warnings.warn(f"{where}item_id: stripped leading/trailing spaces ({shown(item_id)} -> "
                           f"{shown(item_id.strip())})", stacklevel=4 if where else 3)
@@ -1888,9 +1898,9 @@ class ShopService:
         """The category of an item to add: stripped (with a warning, as ids), one line, and not a
         known category spelt in another case (``Toys`` beside ``toys`` would be a second filter
         value that the model never saw; a new category is allowed)."""
-        name = check_single_line(category.strip(), f"{where}category")
+        name = check_single_line(category, f"{where}category").strip()  # checked before the strip, as ids
         if name and name not in self._cat_code:
-            same = sorted(c for c in self._cat_code if c.casefold() == name.casefold())
+            same = sorted(c for c in list(self._cat_code) if c.casefold() == name.casefold())  # another thread may add one
             if same:
                 raise ValueError(f"{where}category: {shown(name)} differs from the known category {shown(same[0])} "
                                  f"only in case; send {shown(same[0])} to file it there")
@@ -1913,7 +1923,8 @@ class ShopService:
             list(pictures.values()), [f"items[{k}]: image" if batch else "image" for k in pictures]))) if pictures else {})
         rows = np.stack([self._feature_row(text_vecs.get(k), image_vecs.get(k), n.price, n.category)
                          for k, n in enumerate(new)])
-        embs = self._new_item_embeddings(rows, [(text_vecs.get(k), image_vecs.get(k)) for k in range(len(new))])
+        embs = self._new_item_embeddings(rows, [(text_vecs.get(k), image_vecs.get(k)) for k in range(len(new))],
+                                         [n.item_id in self._trained_pos for n in new])
 
         def insert(images: list[str]) -> list[int]:
             return [self._insert(n.item_id, n.title, n.category, n.description, n.price, image,
@@ -2015,7 +2026,6 @@ class ShopService:
                 rows.append(0.0 if vec is None else _normalised(vec[None, :])[0])
             self.item_ids.append(item_id)
             self._item_pos[item_id] = pos
-            self._every_pos[item_id] = pos
             self.titles.append(title)
             self.categories.append(category)
             self.descriptions.append(description)
@@ -2048,6 +2058,8 @@ class ShopService:
                                     or (name == "image_items" and image_vec is not None))
             for name, rows in self._content.items():
                 vec = text_vec if name == "text_items" else image_vec
+                # the trained row, kept for new items' neighbours (_new_item_embeddings)
+                self._trained_content.setdefault(name, {}).setdefault(pos, rows.view[pos].copy())
                 rows.view[pos] = 0.0 if vec is None else _normalised(vec[None, :])[0]
             self._item_pos[self.item_ids[pos]] = pos
             self.titles[pos], self.categories[pos], self.descriptions[pos] = title, category, description
@@ -2195,7 +2207,8 @@ class ShopService:
         if rows:
             try:
                 embs = self._new_item_embeddings(np.stack([row for *_, row in rows.values()]),
-                                                 [(text_vec, image_vec) for text_vec, image_vec, *_ in rows.values()])
+                                                 [(text_vec, image_vec) for text_vec, image_vec, *_ in rows.values()],
+                                                 [entries[k]["item_id"] in self._trained_pos for k in rows])
             except NotAvailableError as exc:
                 return out | dict.fromkeys(rows, exc)
             for (k, (text_vec, image_vec, image, _)), emb in zip(rows.items(), embs):

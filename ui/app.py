@@ -645,14 +645,15 @@ def text_search_view(service: ShopService, thumbs: Thumbnails, text: Any, k: Any
         status += (f" *{_md(text.strip())} is an item id: the text search reads words, not ids; to see the items "
                    "like it, pick it under Similar items.*")
     elif rec.scores and rec.scores[0] < WEAK_TEXT_MATCH:
-        status += (f" *No item matches this text closely: the best similarity is {rec.scores[0]:.2f}, where a "
-                   "clear match scores about 0.5 or more; these are only the nearest items.*")
+        status += (f" *No item matches this text closely: the best similarity is {rec.scores[0]:.2f} (words that "
+                   "name a product scored 0.36 to 0.67 on the demo shop); these are only the nearest items.*")
     return SearchView(status, found.gallery, found.table)
 
 
 # A text search's best similarity below this is no real match. Measured on the demo shop with the
 # bundled text encoder (all-MiniLM-L6-v2): 'red shoes' 0.65, 'laptop' 0.56, 'gift' 0.48, 'blue' 0.43,
 # 'phone case' 0.36; nonsense ('asdfqwerzxcv', 'qwerty uiop', 'zzzz', '42') and item ids 0.21-0.29.
+# Another text encoder (--text-model) has its own scale: the threshold is the bundled one's.
 WEAK_TEXT_MATCH = 0.35
 QUOTED_CHARS = 120  # a typed text quoted back in a status line, at most
 
