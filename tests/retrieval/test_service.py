@@ -960,10 +960,10 @@ def test_a_new_items_vector_does_not_depend_on_a_restore_before_it(own_run):
     """New items' neighbours are found by the trained content, so a restore that sends another
     text (changing the served text row) leaves the vectors of later adds as a replay makes them."""
     live = load_service(own_run)
-    first = live.add_item("before", "glow in the dark frisbee", category="toys")
+    first = live.add_item("before", "glow in the dark frisbee disc", category="toys")
     live.remove_item("i004")
-    live.add_item("i004", "glow in the dark frisbee")  # restored, with a text like the new items'
-    after = live.add_item("after", "glow in the dark frisbee", category="toys")
+    live.add_item("i004", "glow in the dark frisbee")  # restored with another text and no image
+    after = live.add_item("after", "glow in the dark frisbee disc", category="toys")
     np.testing.assert_allclose(live.item_emb[after], live.item_emb[first], rtol=1e-6, atol=1e-6)
     again = load_service(own_run)  # a replay: one pass over the journal, the restore among the adds
     for item in ("before", "after"):
