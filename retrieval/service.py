@@ -1769,8 +1769,9 @@ class ShopService:
 
     def add_item(self, item_id: str, title: str, category: str = "", description: str = "",
                  price: float | None = None, image: Any = None) -> int:
-        """Add an item without retraining: encode its text and image, embed it with the model's
-        inductive pass (no edges), and insert it into every index.
+        """Add an item without retraining: encode its text and image, give it a GNN vector (the mean
+        of the trained items' nearest in content, or the model's inductive pass for an item without
+        text or image: :meth:`_new_item_embeddings`), and insert it into every index.
 
         On a service loaded from a run folder the item is first written to the run's catalogue
         journal (``RUN/catalogue.jsonl``, its image to ``RUN/added_images/``), so it is served
