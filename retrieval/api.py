@@ -42,6 +42,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from shopgraph.retrieval.catalogue import CatalogueJournal
@@ -406,6 +407,19 @@ def _install_error_handlers(app: FastAPI) -> None:
         errors = exc.errors() if isinstance(exc, RequestValidationError | ValidationError) else []
         return JSONResponse({"detail": _validation_message(list(errors))}, status_code=422)
 
+    async def no_route(request: Request, exc: Exception) -> JSONResponse:
+        # the router's own "Not Found" / "Method Not Allowed", in the API's "<argument>: <problem>" form
+        assert isinstance(exc, StarletteHTTPException)
+        detail = exc.detail
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"path: no route {shown(request.url.path)} (the routes are listed at /docs)"
+        elif exc.status_code == 405 and detail == "Method Not Allowed":
+            allowed = (exc.headers or {}).get("allow", "")
+            detail = f"method: {request.method} is not allowed on {request.url.path}" + (
+                f" (allowed: {allowed})" if allowed else "")
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    app.add_exception_handler(StarletteHTTPException, no_route)
     app.add_exception_handler(UnknownIdError, unknown_id)
     app.add_exception_handler(DuplicateIdError, duplicate_id)
     app.add_exception_handler(ValueError, bad_value)
@@ -554,8 +568,8 @@ async def _json_body(request: Request, example: str, limit: int = MAX_JSON_BYTES
         raise too_big
     chunks = [chunk async for chunk in _capped(request, limit, too_big)]
     try:
-        body = json.loads(b"".join(chunks), object_pairs_hook=_unique_keys)
-    except _RepeatedKey as exc:
+        body = json.loads(b"".join(chunks), object_pairs_hook=_unique_keys, parse_constant=_not_json)
+    except (_RepeatedKey, _NotJson) as exc:
         raise ValueError(str(exc)) from None
     except RecursionError:  # thousands of [ or {: the parser's own recursion
         raise ValueError(f"body: expected a JSON object like {example} (got JSON nested more than "
@@ -908,6 +922,15 @@ def _offline_docs(app: FastAPI) -> None:
         return get_redoc_html(openapi_url=str(app.openapi_url), title=title,
                               redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
                               redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
+
+
+class _NotJson(ValueError):
+    """A constant Python's parser reads but JSON does not have."""
+
+
+def _not_json(name: str) -> Any:
+    """``json.loads``' ``parse_constant``: ``NaN``, ``Infinity`` and ``-Infinity`` are Python's, not JSON."""
+    raise _NotJson(f"body: {name} is not JSON (a number must be finite; JSON has no NaN or Infinity)")
 
 
 def _rendered(answer: BaseModel) -> Response:

@@ -1051,15 +1051,19 @@ class ShopService:
     def _item(self, item_id: Any, name: str = "item_id") -> int:
         return self._lookup(self._item_pos, item_id, name, "item")
 
-    def _many(self, ids: Any, name: str, positions: dict[str, int], kind: str) -> list[int]:
+    def _many(self, ids: Any, name: str, positions: dict[str, int], kind: str, k: int | None = None) -> list[int]:
         """The positions of a list of 1 to :data:`MAX_BATCH` ids; the unknown ones are all named
-        (``UnknownIdError``), so a caller with several new accounts learns of them in one answer."""
+        (``UnknownIdError``), so a caller with several new accounts learns of them in one answer.
+        ``k``: results asked for each id, checked against :data:`MAX_BATCH_RESULTS` before the ids
+        are looked up (a batch too large is said first, not after its ids are mended)."""
         _refuse_not_a_list(ids, name)
         ids = list(ids)
         if not ids:
             raise ValueError(f"{name}: expected at least one id (got an empty list)")
         if len(ids) > MAX_BATCH:
             raise ValueError(f"{name}: expected at most {MAX_BATCH:,} ids (got {len(ids):,})")
+        if k is not None:
+            self._check_results(len(ids), name, k)
         keys = [_id_text(value, f"{name}[{pos}]") for pos, value in enumerate(ids)]
         unknown = [value for value, key in zip(ids, keys) if key not in positions]  # named as given
         if unknown:
@@ -1283,8 +1287,7 @@ class ShopService:
         self._maybe_sync()
         k = check_k(k)
         exclude_seen = check_bool(exclude_seen, "exclude_seen")
-        users = self._many(user_ids, "user_ids", self._user_pos, "user")
-        self._check_results(len(users), "user_ids", k)
+        users = self._many(user_ids, "user_ids", self._user_pos, "user", k)
         with self._lock.read():
             return self._recommend(users, k, exclude_seen, self._category(category))
 
@@ -1361,9 +1364,7 @@ class ShopService:
         self._maybe_sync()
         k = check_k(k)
         with self._lock.read():
-            items = self._many(item_ids, "item_ids", self._item_pos, "item")
-            self._check_results(len(items), "item_ids", k)
-            return self._similar(items, k)
+            return self._similar(self._many(item_ids, "item_ids", self._item_pos, "item", k), k)
 
     def _similar(self, items: list[int], k: int) -> list[Recommendation]:
         """The caller holds ``_lock.read()``."""
@@ -1849,6 +1850,7 @@ class ShopService:
         new: list[_NewItem] = []
         problems: dict[int, str] = {}
         first: dict[str, int] = {}
+        new_categories: dict[str, tuple[str, int]] = {}  # casefolded -> (a category new in this batch, its item)
         for k, item in items.items():
             where = f"items[{k}]"
             try:
@@ -1864,6 +1866,11 @@ class ShopService:
                 one = self._new_item(f"{where}: ", **item)
                 if one.item_id in first:
                     raise ValueError(f"{where}: item_id {shown(one.item_id)} is also items[{first[one.item_id]}]")
+                if one.category and one.category not in self._cat_code:  # new: as the case check of known ones
+                    name, at = new_categories.setdefault(one.category.casefold(), (one.category, k))
+                    if name != one.category:
+                        raise ValueError(f"{where}: category: {shown(one.category)} differs from items[{at}]'s new "
+                                         f"category {shown(name)} only in case; send one spelling for both")
                 first[one.item_id] = k
                 new.append(one)
             except ValueError as exc:
@@ -1916,6 +1923,12 @@ class ShopService:
         from shopgraph.encoders.text import item_text
 
         self._maybe_sync()
+        if any(n.item_id in self._item_pos for n in new):
+            # another process may have removed it since this one last looked (within the last
+            # second): an item removed by one worker and added again through another is restored,
+            # not refused by a copy that is behind (the check under the journal's lock is the one
+            # that decides; this one only saves encoding a batch that will be refused)
+            self.sync_catalogue()
         self._refuse_known([n.item_id for n in new])
         texts = {k: text for k, n in enumerate(new) if (text := item_text(n.title, n.category, n.description))}
         text_vecs = dict(zip(texts, self._encode_texts(list(texts.values())))) if texts else {}

@@ -1153,6 +1153,22 @@ def test_invalid_json_is_named_where_the_parser_stopped(client):
         assert r.status_code == 422 and r.json()["detail"].endswith(got), (body, r.text)
 
 
+def test_json_without_nan_and_routes_that_do_not_exist_are_named(client):
+    r = client.post("/search", content=b'{"text": NaN}', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"] == (
+        "body: NaN is not JSON (a number must be finite; JSON has no NaN or Infinity)")
+    r = client.post("/recommend/batch", content=b'{"user_ids": ["u001"], "k": Infinity}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("body: Infinity is not JSON")
+    r = client.get("/recomend", params={"user_id": "u001"})
+    assert r.status_code == 404 and r.json()["detail"] == "path: no route '/recomend' (the routes are listed at /docs)"
+    r = client.put("/healthz")
+    assert r.status_code == 405 and r.json()["detail"].startswith("method: PUT is not allowed on /healthz")
+    # a batch too large is said before its unknown ids
+    r = client.post("/similar/batch", json={"item_ids": ["i001", "nope"] * 60, "k": 1000})
+    assert r.status_code == 422 and r.json()["detail"].startswith("k: 120 item_ids × k=1,000 asks for 120,000 results")
+
+
 def test_healthz_answers_head_for_probes(client):
     r = client.head("/healthz")
     assert r.status_code == 200 and r.content == b""

@@ -20,6 +20,7 @@ from shopgraph.graph.run import RunDir
 from shopgraph.retrieval.index import index_run
 from shopgraph.retrieval.service import (
     CONTENT_NEIGHBOURS,
+    DuplicateIdError,
     FraudScore,
     NotAvailableError,
     Recommendation,
@@ -971,6 +972,19 @@ def test_a_new_items_vector_does_not_depend_on_a_restore_before_it(own_run):
                                    rtol=1e-5, atol=1e-6)
 
 
+def test_an_item_removed_by_one_worker_is_restored_through_another_that_is_behind(own_run):
+    remover = load_service(own_run)
+    adder = load_service(own_run, catalogue_sync_s=3600.0, catalogue_follow=False)  # has not looked since
+    remover.remove_item("i004")
+    assert adder.has_item("i004")  # behind: it still serves the item
+    assert adder.add_item("i004", "back in stock") == adder.item_ids.index("i004")  # restored, not "already exists"
+    assert adder.item_info("i004")["title"] == "back in stock"
+    remover.sync_catalogue()
+    assert remover.has_item("i004") and remover.item_info("i004")["title"] == "back in stock"
+    with pytest.raises(DuplicateIdError, match="item_id: item 'i004' already exists"):  # a served id still is
+        load_service(own_run, catalogue_sync_s=3600.0).add_item("i004", "again")
+
+
 def test_a_restore_needs_no_model(own_run):
     writer = load_service(own_run)
     writer.remove_item("i004")
@@ -1073,6 +1087,10 @@ def test_add_items_adds_a_batch_as_add_item_adds_each(own_run, tmp_path, monkeyp
                                                r"'a\\u2028b', a line separator '\\u2028' at position 1\)"),
     ([{"item_id": "i001", "title": "x"}, {"item_id": "new2", "title": ""}],
      r"2 of 2 items are not valid, nothing was added: items\[0\]: item_id 'i001' already exists; items\[1\]: title"),
+    ([{"item_id": "new1", "title": "x", "category": "NewC"}, {"item_id": "new2", "title": "y", "category": "NewC"},
+      {"item_id": "new3", "title": "z", "category": "newc"}],
+     r"1 of 3 items are not valid.*items\[2\]: category: 'newc' differs from items\[0\]'s new category 'NewC' "
+     r"only in case; send one spelling for both"),
     ([{"item_id": "new1", "title": "x", "category": "SHOES"}],
      r"items\[0\]: category: 'SHOES' differs from the known category 'shoes' only in case; send 'shoes' to file "
      r"it there"),
