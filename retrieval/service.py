@@ -2026,15 +2026,9 @@ class ShopService:
             return self._restore(trained, title, category, description, price, image, text_vec, image_vec)
         with self._lock.write():
             pos = len(self.item_ids)
-            ids = np.array([pos], dtype=np.int64)
-            self.indexes["gnn_items"].add(emb, ids)
-            self.indexes["gnn_items_cosine"].add(emb, ids)
-            for name, vec in (("text_items", text_vec), ("image_items", image_vec)):
-                if name in self.indexes and vec is not None:
-                    self.indexes[name].add(vec[None, :], ids)
+            held = self._add_to_indexes(pos, emb, text_vec, image_vec)
             for name, member in self._in_index.items():
-                member.append(name.startswith("gnn_items") or (name == "text_items" and text_vec is not None)
-                              or (name == "image_items" and image_vec is not None))
+                member.append(held[name])
             for name, rows in self._content.items():
                 vec = text_vec if name == "text_items" else image_vec
                 rows.append(0.0 if vec is None else _normalised(vec[None, :])[0])
@@ -2053,23 +2047,30 @@ class ShopService:
         logger.info("added item %r (node %d)", item_id, pos)
         return pos
 
+    def _add_to_indexes(self, pos: int, emb: np.ndarray, text_vec: np.ndarray | None,
+                        image_vec: np.ndarray | None) -> dict[str, bool]:
+        """Put item ``pos`` into the GNN indexes (``emb``: its ``[1, D]`` vector) and the content
+        indexes it has a vector for; which indexes hold it now, by name (the caller holds
+        ``_lock.write()``)."""
+        ids = np.array([pos], dtype=np.int64)
+        self.indexes["gnn_items"].add(emb, ids)
+        self.indexes["gnn_items_cosine"].add(emb, ids)
+        for name, vec in (("text_items", text_vec), ("image_items", image_vec)):
+            if name in self.indexes and vec is not None:
+                self.indexes[name].add(vec[None, :], ids)
+        return {name: name.startswith("gnn_items") or (name == "text_items" and text_vec is not None)
+                or (name == "image_items" and image_vec is not None) for name in self._in_index}
+
     def _restore(self, pos: int, title: str, category: str, description: str, price: float | None, image: str,
                  text_vec: np.ndarray | None, image_vec: np.ndarray | None) -> int:
         """Serve the removed trained item at ``pos`` again (an item back in stock): its trained GNN
         vector, which carries its purchase history (the users who bought or viewed it, and so the
         revisit term and the "already bought" exclusions, find it again), with the text, image,
         category and price sent (searched by the text and image vectors of what was sent)."""
-        ids = np.array([pos], dtype=np.int64)
         with self._lock.write():
-            emb = self.item_emb[pos:pos + 1].copy()
-            self.indexes["gnn_items"].add(emb, ids)
-            self.indexes["gnn_items_cosine"].add(emb, ids)
-            for name, vec in (("text_items", text_vec), ("image_items", image_vec)):
-                if name in self.indexes and vec is not None:
-                    self.indexes[name].add(vec[None, :], ids)
+            held = self._add_to_indexes(pos, self.item_emb[pos:pos + 1].copy(), text_vec, image_vec)
             for name, member in self._in_index.items():
-                member.view[pos] = (name.startswith("gnn_items") or (name == "text_items" and text_vec is not None)
-                                    or (name == "image_items" and image_vec is not None))
+                member.view[pos] = held[name]
             for name, rows in self._content.items():
                 vec = text_vec if name == "text_items" else image_vec
                 # the trained row, kept for new items' neighbours (_new_item_embeddings)
