@@ -106,11 +106,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _net(entries: list[dict[str, Any]], trained_ids: set[str]) -> tuple[list[int], dict[str, int], int, int]:
+def _net(entries: list[dict[str, Any]], trained_ids: set[str]) -> tuple[list[int], dict[str, int], int, int, int]:
     """Which of ``entries`` (in order) still change what a service over tables holding
     ``trained_ids`` serves, replaying them as :class:`~shopgraph.retrieval.service.ShopService`
-    does: ``(indices kept, lines dropped by reason, ids added, trained ids removed)`` (a trained id
-    removed and added again, restored, counts as neither)."""
+    does: ``(indices kept, lines dropped by reason, ids added, trained ids removed, trained ids
+    restored)`` (a trained id removed and added again is restored: neither added nor removed)."""
     dropped = dict.fromkeys(_DROPPED, 0)
     # id -> (served now, the add that made it served, the removal of its trained item)
     state: dict[str, tuple[bool, int | None, int | None]] = {}
@@ -134,7 +134,8 @@ def _net(entries: list[dict[str, Any]], trained_ids: set[str]) -> tuple[list[int
     # a trained item removed and added again is restored (ShopService._restore): neither added nor
     # removed, as the service counts it; both lines are kept (the add carries what was sent)
     return (keep, dropped, sum(added is not None and removed is None for _, added, removed in state.values()),
-            sum(removed is not None and added is None for _, added, removed in state.values()))
+            sum(removed is not None and added is None for _, added, removed in state.values()),
+            sum(removed is not None and added is not None for _, added, removed in state.values()))
 
 
 def _check_entry(entry: Any, where: str) -> dict[str, Any]:
@@ -231,6 +232,7 @@ class Compaction:
     dropped: dict[str, int] = field(default_factory=dict)
     incomplete: int = 0  # bytes of an unfinished last line (never applied), left out too
     archive: str | None = None  # where the journal read is kept, when a new generation was written
+    net_restored: int = 0  # trained items removed and added again (served again, with what was sent)
 
     @property
     def changed(self) -> bool:
@@ -478,8 +480,9 @@ class CatalogueJournal:
                 size = os.fstat(f.fileno()).st_size
                 generation = self._header(f, str(self.path))[0]
                 found, _, _, incomplete = self._scan(f, 0, 0, str(self.path))
-            keep, dropped, net_added, net_removed = _net([entry for _, entry, _ in found], trained_ids)
-            report = Compaction(generation, len(found), size, len(keep), net_added, net_removed, dropped, incomplete)
+            keep, dropped, net_added, net_removed, net_restored = _net([entry for _, entry, _ in found], trained_ids)
+            report = Compaction(generation, len(found), size, len(keep), net_added, net_removed, dropped, incomplete,
+                                net_restored=net_restored)
             if dry_run or not report.changed:
                 return report
             archive = self.archive_path(generation)
@@ -614,7 +617,8 @@ def cli_catalogue(args: Any) -> int:
     why = {"cancelled": "items added, then removed", "superseded": "the run's tables hold the added ids "
            "and lack the removed ones", "not applied": "ids added a second time"}
     print(f"{journal.path}: generation {report.generation}, {n(report.lines, 'change')}, {n(report.bytes, 'byte')}")
-    print(f"  served: {n(report.net_added, 'item')} added, {n(report.net_removed, 'trained item')} removed "
+    restored = f", {n(report.net_restored, 'trained item')} restored" if report.net_restored else ""
+    print(f"  served: {n(report.net_added, 'item')} added, {n(report.net_removed, 'trained item')} removed{restored} "
           f"({n(report.kept, 'change')})")
     gone = [f"{count:,} {reason} ({why[reason]})" for reason, count in report.dropped.items() if count]
     if report.incomplete:

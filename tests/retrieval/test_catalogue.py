@@ -159,7 +159,7 @@ def test_compaction_keeps_only_what_changes_the_served_catalogue(tmp_path: Path)
     assert (dry.generation, dry.lines, dry.bytes, dry.kept, dry.archive) == (0, 12, len(before), 5, None)
     assert dry.dropped == {"cancelled": 4, "superseded": 2, "not applied": 1} and dry.changed
     # added b and c; removed t1; t3 removed and added again is restored (ShopService._restore): neither
-    assert (dry.net_added, dry.net_removed) == (2, 1)
+    assert (dry.net_added, dry.net_removed, dry.net_restored) == (2, 1, 1)
 
     done = journal.compact(trained)
     assert done.archive == str(tmp_path / "catalogue_history" / "catalogue.0.jsonl")

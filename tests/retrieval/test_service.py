@@ -1364,6 +1364,21 @@ def test_a_failing_background_look_is_logged_once_and_calls_go_on(own_run, caplo
     assert svc.recommend("u000", k=3).item_ids  # calls are served meanwhile
 
 
+def test_shopgraph_catalogue_counts_a_restored_item_as_restored(own_run, capsys):
+    from shopgraph.ui.cli import main
+
+    svc = load_service(own_run)
+    svc.remove_item("i004")
+    svc.add_item("i004", "back in stock")
+    assert main(["catalogue", "--run", str(own_run)]) == 0
+    assert "served: 0 items added, 0 trained items removed, 1 trained item restored (2 changes)" in (
+        capsys.readouterr().out)
+    assert main(["catalogue", "--run", str(own_run), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["net_added"], report["net_removed"], report["net_restored"]) == (0, 0, 1)
+    assert svc.catalogue_info()["added"] == svc.catalogue_info()["removed"] == 0  # as the service counts it
+
+
 def test_services_follow_a_compaction_without_a_restart(own_run, capsys):
     from shopgraph.retrieval.catalogue import CatalogueJournal
     from shopgraph.ui.cli import main
