@@ -333,6 +333,12 @@ def check_single_line(text: str, name: str) -> str:
     return text
 
 
+def _loose(category: str) -> str:
+    """A category name as a person reads it: case, runs of spaces and invisible format characters
+    (a zero-width space) aside. Two names alike this way are one category spelt twice."""
+    return " ".join("".join(ch for ch in category if unicodedata.category(ch) != "Cf").casefold().split())
+
+
 def check_text(text: Any, name: str = "text") -> str:
     if not isinstance(text, str):
         raise ValueError(f"{name}: expected a string (got {type(text).__name__})")
@@ -1866,11 +1872,12 @@ class ShopService:
                 one = self._new_item(f"{where}: ", **item)
                 if one.item_id in first:
                     raise ValueError(f"{where}: item_id {shown(one.item_id)} is also items[{first[one.item_id]}]")
-                if one.category and one.category not in self._cat_code:  # new: as the case check of known ones
-                    name, at = new_categories.setdefault(one.category.casefold(), (one.category, k))
+                if one.category and one.category not in self._cat_code:  # new: as the check of known ones
+                    name, at = new_categories.setdefault(_loose(one.category), (one.category, k))
                     if name != one.category:
                         raise ValueError(f"{where}: category: {shown(one.category)} differs from items[{at}]'s new "
-                                         f"category {shown(name)} only in case; send one spelling for both")
+                                         f"category {shown(name)} only in case, spacing or invisible characters; "
+                                         "send one spelling for both")
                 first[one.item_id] = k
                 new.append(one)
             except ValueError as exc:
@@ -1908,10 +1915,12 @@ class ShopService:
         value that the model never saw; a new category is allowed)."""
         name = check_single_line(category, f"{where}category").strip()  # checked before the strip, as ids
         if name and name not in self._cat_code:
-            same = sorted(c for c in list(self._cat_code) if c.casefold() == name.casefold())  # another thread may add one
+            key = _loose(name)
+            same = sorted(c for c in list(self._cat_code) if _loose(c) == key)  # (another thread may add one)
             if same:
                 raise ValueError(f"{where}category: {shown(name)} differs from the known category {shown(same[0])} "
-                                 f"only in case; send {shown(same[0])} to file it there")
+                                 f"only in case, spacing or invisible characters; send {shown(same[0])} to file it "
+                                 "there")
         if name != category:
             warnings.warn(f"{where}category: stripped leading/trailing spaces ({shown(category)} -> {shown(name)})",
                           stacklevel=5 if where else 4)

@@ -1090,9 +1090,15 @@ def test_add_items_adds_a_batch_as_add_item_adds_each(own_run, tmp_path, monkeyp
     ([{"item_id": "new1", "title": "x", "category": "NewC"}, {"item_id": "new2", "title": "y", "category": "NewC"},
       {"item_id": "new3", "title": "z", "category": "newc"}],
      r"1 of 3 items are not valid.*items\[2\]: category: 'newc' differs from items\[0\]'s new category 'NewC' "
-     r"only in case; send one spelling for both"),
+     r"only in case, spacing or invisible characters; send one spelling for both"),
+    ([{"item_id": "new1", "title": "x", "category": "sho\u200bes"}, {"item_id": "new2", "title": "x",
+                                                                     "category": "pet  food"},
+      {"item_id": "new3", "title": "x", "category": "Pet food"}],
+     r"2 of 3 items are not valid.*items\[0\]: category: 'sho\\u200bes' differs from the known category 'shoes'.*"
+     r"items\[2\]: category: 'Pet food' differs from items\[1\]'s new category 'pet  food'"),
     ([{"item_id": "new1", "title": "x", "category": "SHOES"}],
-     r"items\[0\]: category: 'SHOES' differs from the known category 'shoes' only in case; send 'shoes' to file "
+     r"items\[0\]: category: 'SHOES' differs from the known category 'shoes' only in case, spacing or invisible "
+     r"characters; send 'shoes' to file "
      r"it there"),
 ])
 def test_add_items_refuses_a_bad_batch_whole_naming_each_item(own_run, items, message):
