@@ -1234,7 +1234,16 @@ class ShopService:
         revisit = self._revisit_row(u)[0]
         return [self._revisit_reason(u, int(i)) if i in revisit
                 else f"similar to '{self.titles[b]}', which you {self._verb_target if p else 'looked at'}"
-                for i, b, p in zip(rec, best, bought)]
+                + self._other_category(int(i), int(b)) for i, b, p in zip(rec, best, bought)]
+
+    def _other_category(self, item: int, named: int) -> str:
+        """What a reason adds when the item it names is of another category than the recommended
+        one (the user has none of that category: an action camera "similar to" dark chocolate
+        reads as a mistake without it)."""
+        category = self.categories[item]
+        if not category or self._item_cat[named] == self._item_cat[item]:
+            return ""
+        return f" (nothing from '{category}' in your history yet)"
 
     def _seed_reasons(self, seeds: np.ndarray, rec: np.ndarray, suffix: str = "") -> list[str]:
         if rec.size == 0:
