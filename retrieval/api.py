@@ -900,13 +900,11 @@ def _offline_docs(app: FastAPI) -> None:
     ``fastapi-offline`` package under :data:`DOCS_ASSETS`, not from FastAPI's default CDN (the
     pages were blank on a machine without internet). Swagger UI 4 cannot read the OpenAPI 3.1
     schema FastAPI writes ("Unable to render this definition")."""
-    from pathlib import Path as _Path
-
     import fastapi_offline
     from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
     from starlette.staticfiles import StaticFiles
 
-    assets = _Path(fastapi_offline.__file__).parent / "static"
+    assets = Path(fastapi_offline.__file__).parent / "static"
     app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
     title = f"{app.title} - docs"
 
