@@ -515,15 +515,9 @@ class ServedTreeExplainer:
             return None
         if fraud_prob is None:
             raise ValueError(f"{rel}: the run has no stored fraud probabilities to check the trees against")
-        import xgboost as xgb
-
         from shopgraph.graph.fraud_scorer import product_feature_table
 
-        booster = xgb.Booster()
-        try:
-            booster.load_model(bytearray(run.path_of(str(rel)).read_bytes()))
-        except xgb.core.XGBoostError as exc:
-            raise ValueError(f"{rel}: not a readable xgboost model ({str(exc).splitlines()[0]})") from exc
+        booster = _read_booster(run, str(rel))
         feats, names = product_feature_table(data, None)
         embedding_columns = 0
         if kind == "hybrid":
@@ -575,6 +569,19 @@ def load_served_explainer(run: RunDir, data: HeteroData, model: FraudModel | Non
     except ValueError as exc:
         logger.warning("run %s: %s; explanations attribute the GNN's fraud score instead", run.path, exc)
         return None
+
+
+def _read_booster(run: RunDir, rel: str) -> Any:
+    """The xgboost trees stored at ``rel`` in the run, or ``ValueError`` naming the file when they
+    cannot be read (not a model, or the file itself unreadable)."""
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    try:
+        booster.load_model(bytearray(run.path_of(rel).read_bytes()))
+    except (xgb.core.XGBoostError, OSError) as exc:
+        raise ValueError(f"{rel}: not a readable xgboost model ({str(exc).splitlines()[0]})") from exc
+    return booster
 
 
 class HeldOutExplainer:
@@ -670,7 +677,6 @@ class HeldOutExplainer:
         files = held_info.get("trees_files") if isinstance(held_info, dict) else None
         if held_out is None or not files or not np.isfinite(np.asarray(held_out, dtype=np.float64)).any():
             return None
-        import xgboost as xgb
         from safetensors import safe_open
 
         from shopgraph.graph.train import HELD_OUT_FOLD_KEY
@@ -679,12 +685,7 @@ class HeldOutExplainer:
         for key, rel in files.items():
             if not run.has(str(rel)):
                 raise ValueError(f"{rel}: the held-out trees fraud.json names are missing; retrain the run")
-            booster = xgb.Booster()
-            try:
-                booster.load_model(bytearray(run.path_of(str(rel)).read_bytes()))
-            except (xgb.core.XGBoostError, OSError) as exc:
-                raise ValueError(f"{rel}: not a readable xgboost model ({str(exc).splitlines()[0]})") from exc
-            boosters[int(key)] = booster
+            boosters[int(key)] = _read_booster(run, str(rel))
         rel = "embeddings.safetensors"
         with safe_open(str(run.path_of(rel)), framework="pt") as f:
             if HELD_OUT_FOLD_KEY not in f.keys():
