@@ -111,6 +111,10 @@ class RecommendBatchIn(BaseModel):
     exclude_seen: bool = Field(True, description="drop items each user already purchased")
     category: str | None = Field(None, min_length=1, description="only items of this category (omit it or null "
                                                                  "for every category)")
+    exclude: dict[str, list[str]] | None = Field(
+        None, description=f"per user, item ids to leave out as well (each user's cart, say): "
+                          f'{{"u001": ["i042", "i007"]}}; every key one of user_ids, at most {MAX_BATCH:,} ids a '
+                          f"user and {MAX_BATCH_RESULTS:,} in all; ids that are not served are nothing to leave out")
 
 
 class RecommendBatchOut(BaseModel):
@@ -733,15 +737,17 @@ def _id_list(body: dict[str, Any], name: str, example: str) -> list[Any]:
     return ids
 
 
-def _recommend_batch_json(body: dict[str, Any]) -> tuple[list[Any], int, bool, str | None]:
-    """``(user_ids, k, exclude_seen, category)`` of a ``POST /recommend/batch`` body; ``k`` a JSON
-    integer and ``exclude_seen`` a JSON boolean, as strict as the query of ``GET /recommend``."""
-    check_fields(list(body), ("user_ids", "k", "exclude_seen", "category"), "field")
+def _recommend_batch_json(body: dict[str, Any]) -> tuple[list[Any], int, bool, str | None, Any]:
+    """``(user_ids, k, exclude_seen, category, exclude)`` of a ``POST /recommend/batch`` body; ``k``
+    a JSON integer and ``exclude_seen`` a JSON boolean, as strict as the query of ``GET /recommend``
+    (the service checks ``exclude``: a JSON object arrives as the mapping it expects)."""
+    check_fields(list(body), ("user_ids", "k", "exclude_seen", "category", "exclude"), "field")
     ids = _id_list(body, "user_ids", _RECOMMEND_BATCH_EXAMPLE)
     category = body.get("category")
     if category is not None and not (isinstance(category, str) and category.strip()):
         raise ValueError(f"category: expected a category name, or null for every category (got {shown(category)})")
-    return ids, check_k(body.get("k", 10)), check_bool(body.get("exclude_seen", True), "exclude_seen"), category
+    return (ids, check_k(body.get("k", 10)), check_bool(body.get("exclude_seen", True), "exclude_seen"), category,
+            body.get("exclude"))
 
 
 def _similar_batch_json(body: dict[str, Any]) -> tuple[list[Any], int]:
@@ -1005,10 +1011,10 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
               openapi_extra=_json_schema(RecommendBatchIn), dependencies=[nothing])
     async def recommend_batch(request: Request) -> Response:
         body = await _ids_body(request, _RECOMMEND_BATCH_EXAMPLE)
-        ids, k, exclude_seen, category = _recommend_batch_json(body)
+        ids, k, exclude_seen, category, exclude = _recommend_batch_json(body)
 
         def answer() -> Response:
-            recs = service.recommend_batch(ids, k, exclude_seen, category)
+            recs = service.recommend_batch(ids, k, exclude_seen, category, exclude)
             return _rendered(RecommendBatchOut(k=k, results=[RecommendOut(user_id=u.strip(), k=k, items=_items(rec))
                                                              for u, rec in zip(ids, recs)]))
 

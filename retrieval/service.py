@@ -28,7 +28,7 @@ import time
 import unicodedata
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -55,6 +55,8 @@ MAX_IMAGE_ASPECT = 20  # the longer side at most 20 times the shorter (the encod
 MAX_TEXT_CHARS = 2_000
 MAX_BATCH = 1_000
 MAX_BATCH_RESULTS = 100_000  # ids x k of one batch (recommend_batch, similar_items_batch)
+_NO_ITEMS = np.zeros(0, np.int64)  # an empty list of item positions (read only: shared)
+_NO_ITEMS.flags.writeable = False
 RESCORE_MARGIN = 8  # candidates fetched beyond k and rescored exactly (near ties at the k-th place)
 _IMAGE_CHUNK = 32  # images decoded at a time when a batch is encoded (ShopService._encode_images)
 REPLAY_BATCH = 1024  # journal entries whose adds are embedded in one pass
@@ -1284,27 +1286,65 @@ class ShopService:
         exclude_seen = check_bool(exclude_seen, "exclude_seen")
         u = self._user(user_id)
         with self._lock.read():
-            drop = self._exclusions(exclude)
-            return self._recommend([u], k, exclude_seen, self._category(category), drop)[0]
+            drop = self._exclusions(exclude, "exclude")
+            return self._recommend([u], k, exclude_seen, self._category(category), [drop])[0]
 
-    def _exclusions(self, exclude: Any) -> np.ndarray:
+    def _exclusions(self, exclude: Any, name: str) -> np.ndarray:
         """The positions of the item ids to leave out of an answer (the caller holds ``_lock.read()``)."""
-        _refuse_not_a_list(exclude, "exclude", "item ids")
+        _refuse_not_a_list(exclude, name, "item ids")
         given = list(exclude)
         if len(given) > MAX_BATCH:
-            raise ValueError(f"exclude: expected at most {MAX_BATCH:,} ids (got {len(given):,})")
-        keys = [_id_text(value, f"exclude[{pos}]") for pos, value in enumerate(given)]
+            raise ValueError(f"{name}: expected at most {MAX_BATCH:,} ids (got {len(given):,})")
+        keys = [_id_text(value, f"{name}[{pos}]") for pos, value in enumerate(given)]
         return np.unique(np.array([self._item_pos[key] for key in keys if key in self._item_pos], dtype=np.int64))
 
     def recommend_batch(self, user_ids: Sequence[str], k: int = 10, exclude_seen: bool = True,
-                        category: str | None = None) -> list[Recommendation]:
-        """:meth:`recommend` for many users with one batched FAISS search."""
+                        category: str | None = None,
+                        exclude: Mapping[str, Sequence[str]] | None = None) -> list[Recommendation]:
+        """:meth:`recommend` for many users with one batched FAISS search.
+
+        ``exclude`` maps a user id of ``user_ids`` to the item ids to leave out of that user's
+        answer (each user's cart, say), as :meth:`recommend`'s ``exclude``: at most
+        :data:`MAX_BATCH` ids a user and :data:`MAX_BATCH_RESULTS` in all; a user the mapping
+        does not name leaves out nothing more, and one named more than once in ``user_ids``
+        leaves them out each time. A key that is not in ``user_ids`` is refused (a misspelt
+        user id would otherwise get the cart back)."""
         self._maybe_sync()
         k = check_k(k)
         exclude_seen = check_bool(exclude_seen, "exclude_seen")
         users = self._many(user_ids, "user_ids", self._user_pos, "user", k)
+        carts = self._carts(exclude, user_ids)
         with self._lock.read():
-            return self._recommend(users, k, exclude_seen, self._category(category))
+            drops = None
+            if carts:
+                by_key = {key: self._exclusions(items, f"exclude[{shown(key)}]") for key, items in carts.items()}
+                drops = [by_key.get(str(value).strip(), _NO_ITEMS) for value in user_ids]
+            return self._recommend(users, k, exclude_seen, self._category(category), drops)
+
+    @staticmethod
+    def _carts(exclude: Any, user_ids: Sequence[str]) -> dict[str, Any]:
+        """``exclude`` of :meth:`recommend_batch` keyed by stripped user id, its shape checked
+        (its item ids are checked under the lock, where they are looked up)."""
+        if exclude is None:
+            return {}
+        if not isinstance(exclude, Mapping):
+            raise ValueError(f"exclude: expected a mapping from user id to a list of item ids, like "
+                             f"{{\"u001\": [\"i042\"]}} (got {type(exclude).__name__})")
+        carts: dict[str, Any] = {}
+        for key, items in exclude.items():
+            name = _id_text(key, "exclude: a user id")
+            if name in carts:
+                raise ValueError(f"exclude: user {shown(name)} is given more than once (as {shown(key)} too)")
+            carts[name] = items
+        asked = {str(value).strip() for value in user_ids}
+        strays = [key for key in carts if key not in asked]
+        if strays:
+            raise ValueError(f"exclude: {listed_ids(strays)} {'is' if len(strays) == 1 else 'are'} not among "
+                             f"user_ids (a user's items are left out only of that user's answer)")
+        total = sum(len(items) for items in carts.values() if isinstance(items, Sized))
+        if total > MAX_BATCH_RESULTS:
+            raise ValueError(f"exclude: expected at most {MAX_BATCH_RESULTS:,} item ids in all (got {total:,})")
+        return carts
 
     def _revisit_row(self, u: int) -> tuple[np.ndarray, np.ndarray]:
         if self._revisit is None:
@@ -1313,11 +1353,11 @@ class ShopService:
         return items[indptr[u]:indptr[u + 1]], values[indptr[u]:indptr[u + 1]]
 
     def _recommend(self, users: list[int], k: int, exclude_seen: bool, cat: int | None,
-                   drop: np.ndarray | None = None) -> list[Recommendation]:
-        """The caller holds ``_lock.read()``; ``drop``: positions left out for every user."""
-        exclude = [self._seen_items(u) if exclude_seen else np.zeros(0, np.int64) for u in users]
-        if drop is not None and drop.size:
-            exclude = [np.union1d(ex, drop) for ex in exclude]
+                   drops: list[np.ndarray] | None = None) -> list[Recommendation]:
+        """The caller holds ``_lock.read()``; ``drops``: per user, the positions left out as well."""
+        exclude = [self._seen_items(u) if exclude_seen else _NO_ITEMS for u in users]
+        if drops is not None:
+            exclude = [np.union1d(ex, drop) if drop.size else ex for ex, drop in zip(exclude, drops)]
         rows = [self._revisit_row(u) for u in users]
         # The model's score is the dot product plus a revisit term on the few items the user
         # already interacted with. The top k by dot product among the other items, together

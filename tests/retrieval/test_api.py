@@ -83,6 +83,26 @@ def test_recommend_leaves_out_the_items_given_as_exclude(client):
     assert r.status_code == 422 and r.json()["detail"] == "k: given more than once (expected one value)"
 
 
+def test_recommend_batch_leaves_out_each_users_cart(client):
+    cart = client.service.recommend("u001", 3).item_ids[:2]
+    r = client.post("/recommend/batch", json={"user_ids": ["u001", "u002"], "k": 4, "exclude": {"u001": cart}})
+    assert r.status_code == 200, r.text
+    got = [[i["item_id"] for i in res["items"]] for res in r.json()["results"]]
+    assert got == [client.service.recommend("u001", 4, exclude=cart).item_ids, client.service.recommend("u002", 4).item_ids]
+    assert not set(cart) & set(got[0])
+    for exclude, detail in (
+            ({"u003": cart}, "exclude: 'u003' is not among user_ids (a user's items are left out only of that "
+                             "user's answer)"),
+            (cart, "exclude: expected a mapping from user id to a list of item ids, like {\"u001\": [\"i042\"]} "
+                   "(got list)"),
+            ({"u001": [1]}, "exclude['u001'][0]: expected a string id (got int 1)")):
+        r = client.post("/recommend/batch", json={"user_ids": ["u001", "u002"], "exclude": exclude})
+        assert r.status_code == 422 and r.json()["detail"] == detail, r.text
+    r = client.post("/recommend/batch", content=b'{"user_ids": ["u001"], "exclude": {"u001": [], "u001": []}}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "u001" in r.json()["detail"], r.text
+
+
 def test_similar_search_fraud_health(client):
     r = client.get("/similar", params={"item_id": "i003", "k": 4})
     assert r.status_code == 200 and r.json()["item_id"] == "i003"
@@ -157,7 +177,7 @@ def test_openapi_docs(client):
         "item_id", "title", "category", "description", "price", "image_base64"}
     remove = spec["paths"]["/items/remove"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert remove["properties"]["item_ids"]["maxItems"] == 1000 and remove["required"] == ["item_ids"]
-    for path, fields in (("/recommend/batch", {"user_ids", "k", "exclude_seen", "category"}),
+    for path, fields in (("/recommend/batch", {"user_ids", "k", "exclude_seen", "category", "exclude"}),
                          ("/fraud/score/batch", {"user_ids", "reasons"}), ("/similar/batch", {"item_ids", "k"})):
         schema = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         ids = "item_ids" if "item_ids" in fields else "user_ids"
@@ -1036,7 +1056,7 @@ _LONG_IDS = [f"customer-{k:06d}-" + "x" * 60 for k in range(1000)]  # 77 kB of J
      "category: expected a category name, or null for every category (got 3)"),
     ("/recommend/batch", {"user_ids": ["u001"], "category": "toys"}, 422, "category: unknown category 'toys'"),
     ("/recommend/batch", {"user_ids": ["u001"], "user_id": "u002"}, 422,
-     "user_id: unknown field (expected user_ids, k, exclude_seen, category)"),
+     "user_id: unknown field (expected user_ids, k, exclude_seen, category, exclude)"),
     ("/recommend/batch", ["u001"], 422, "body: expected a JSON object like {\"user_ids\""),
     ("/recommend/batch", {"user_ids": ["u" + "x" * 1100] * 1000}, 413,
      "body: over the 1,048,576-byte limit of a list of ids"),

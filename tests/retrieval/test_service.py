@@ -207,6 +207,41 @@ def test_recommend_leaves_out_the_items_asked_for(own_run):
             svc.recommend("u003", exclude=exclude)
 
 
+def test_recommend_batch_leaves_out_each_users_own_items(own_run):
+    svc = load_service(own_run)
+    carts = {"u003": svc.recommend("u003", k=4).item_ids[:2], "u001": [svc.recommend("u001", k=1).item_ids[0]]}
+    users = ["u003", "u001", "u002", " u003"]  # u002 has no cart; u003 twice (once with a stray space)
+    recs = svc.recommend_batch(users, k=5, exclude={" u003 ": carts["u003"], "u001": carts["u001"]})
+    assert recs == [svc.recommend("u003", k=5, exclude=carts["u003"]), svc.recommend("u001", k=5, exclude=carts["u001"]),
+                    svc.recommend("u002", k=5), svc.recommend("u003", k=5, exclude=carts["u003"])]
+    assert not set(carts["u003"]) & set(recs[0].item_ids) and len(recs[0].item_ids) == 5
+    assert carts["u003"][0] in svc.recommend("u003", k=5).item_ids  # the test leaves out what would come back
+    assert svc.recommend_batch(users, k=5, exclude={}) == svc.recommend_batch(users, k=5) == svc.recommend_batch(
+        users, k=5, exclude=None)
+    for exclude, message in (
+            (["i001"], r"exclude: expected a mapping from user id to a list of item ids, like \{\"u001\": "
+                       r"\[\"i042\"\]\} \(got list\)"),
+            ({"u009": ["i001"], "nobody": []}, r"exclude: 'u009', 'nobody' are not among user_ids \(a user's items are "
+                                               r"left out only of that user's answer\)"),
+            ({"u003": "i001"}, r"exclude\['u003'\]: expected a list of item ids \(got str\)"),
+            ({"u003": [7]}, r"exclude\['u003'\]\[0\]: expected a string id \(got int 7\)"),
+            ({"u003": ["i001"], " u003": []}, r"exclude: user 'u003' is given more than once \(as ' u003' too\)"),
+            ({3: ["i001"]}, r"exclude: a user id: expected a string id \(got int 3\)"),
+            ({"u003": ["i001"] * 1001}, r"exclude\['u003'\]: expected at most 1,000 ids \(got 1,001\)")):
+        with pytest.raises(ValueError, match=message):
+            svc.recommend_batch(users, k=5, exclude=exclude)
+
+
+def test_recommend_batch_refuses_more_excluded_ids_than_it_answers(own_run, monkeypatch):
+    import shopgraph.retrieval.service as service_module
+
+    svc = load_service(own_run)
+    monkeypatch.setattr(service_module, "MAX_BATCH_RESULTS", 30)
+    with pytest.raises(ValueError, match=r"exclude: expected at most 30 item ids in all \(got 31\)"):
+        svc.recommend_batch(["u001", "u002"], k=5, exclude={"u001": ["i001"] * 16, "u002": ["i002"] * 15})
+    assert len(svc.recommend_batch(["u001", "u002"], k=5, exclude={"u001": ["i001"] * 15, "u002": ["i002"] * 15})) == 2
+
+
 def test_recommend_category_filter_over_fetches(service):
     cats = np.array(service.categories)
     for cat in ("books", "shoes"):
