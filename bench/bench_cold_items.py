@@ -27,8 +27,10 @@ and the revisit term, the visible purchases excluded). Three views:
   a top-20 list holds on average;
 - **similar items**: a new item's 10 most similar items (cosine over the trained and the new
   items, as ``similar_items`` ranks them): how many are other new items, how many of its own
-  category, and how many of its 10 most similar trained items the warm model's 10 for the same
-  item share.
+  category, and how many the warm model's 10 for the same item share; and a trained item's 10
+  most similar: how many are new items, and how many the warm model's share (``similar_stats``).
+  The served cosine rows (the neighbours' mean unit vector) are compared with the same vectors
+  scaled to length 1, as served before, and with the inductive pass.
 
 The served vectors (the mean of the trained items' vectors nearest in content, when the run has
 text or image vectors) are compared throughout with the model's inductive pass alone (the
@@ -142,26 +144,49 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def similar_stats(svc: ShopService, vecs: np.ndarray, new_pos: list[int], warm_emb: np.ndarray, warm_ids: list[str],
-                  held_ids: list[str], k: int = 10) -> dict[str, float]:
-    """What ``similar_items`` would give for the new items with vectors ``vecs`` (cosine over the
-    trained items and the new ones): the share of a new item's top ``k`` that are new items, the
-    share of its own category, and the share of its top ``k`` among the trained items that the
-    warm model's top ``k`` for the same item also holds."""
+def similar_stats(svc: ShopService, units: np.ndarray, new_pos: list[int], warm_emb: np.ndarray,
+                  warm_ids: list[str], held_ids: list[str], k: int = 10) -> dict[str, float]:
+    """What ``similar_items`` gives when the new items' cosine rows are ``units`` (the served
+    rows, or another way's): cosine over the trained and the new items, every score the product
+    of two rows (a new item's query direction is its row's), against the warm model (trained on
+    all items, unit vectors) as the reference:
+
+    - for the new items' own lists: the share of a top ``k`` that are other new items, of its
+      own category, and the share of its top ``k`` among the trained items that the warm
+      model's top ``k`` among the trained items holds (``warm_overlap``), and among all items
+      (``warm_overlap_all``);
+    - for the trained items' lists: the share of a top ``k`` that are new items (``trained_new_share``;
+      the warm model's share beside it, ``warm_trained_new_share``) and the share the warm model's
+      top ``k`` holds (``trained_warm_overlap``)."""
     n = svc._n_trained
     trained = _unit(np.asarray(svc.item_emb[:n]))
-    sim_new = _unit(vecs) @ _unit(vecs).T
+    queries = _unit(units)
+    sim_new = queries @ units.T
     np.fill_diagonal(sim_new, -np.inf)
-    top = np.argsort(-np.hstack([_unit(vecs) @ trained.T, sim_new]), axis=1)[:, :k]
+    top = np.argsort(-np.hstack([queries @ trained.T, sim_new]), axis=1)[:, :k]
     cats = np.array(list(svc.categories[:n]) + [svc.categories[i] for i in new_pos])
     own = np.array([svc.categories[i] for i in new_pos])
     warm_col = {i: c for c, i in enumerate(warm_ids)}
-    warm_trained = _unit(warm_emb[[warm_col[i] for i in svc.item_ids[:n]]])
-    warm_new = _unit(warm_emb[[warm_col[i] for i in held_ids]])
-    ours = np.argsort(-(_unit(vecs) @ trained.T), axis=1)[:, :k]
-    theirs = np.argsort(-(warm_new @ warm_trained.T), axis=1)[:, :k]
+    warm = _unit(warm_emb[[warm_col[i] for i in list(svc.item_ids[:n]) + held_ids]])  # trained, then new
+    ours = np.argsort(-(queries @ trained.T), axis=1)[:, :k]
+    theirs = np.argsort(-(warm[n:] @ warm[:n].T), axis=1)[:, :k]
+    warm_new = warm[n:] @ warm.T
+    warm_new[np.arange(len(held_ids)), n + np.arange(len(held_ids))] = -np.inf
+    theirs_all = np.argsort(-warm_new, axis=1)[:, :k]
+    # the trained items' own lists, both models (each item itself left out)
+    served_tr = np.hstack([trained @ trained.T, trained @ units.T])
+    warm_tr = warm[:n] @ warm.T
+    for m in (served_tr, warm_tr):
+        m[np.arange(n), np.arange(n)] = -np.inf
+    ours_tr, theirs_tr = (np.argsort(-m, axis=1)[:, :k] for m in (served_tr, warm_tr))
+
+    def shared(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a.tolist(), b.tolist())]))
+
     return {"new_share": float((top >= n).mean()), "same_category": float((cats[top] == own[:, None]).mean()),
-            "warm_overlap": float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ours.tolist(), theirs.tolist())]))}
+            "warm_overlap": shared(ours, theirs), "warm_overlap_all": shared(top, theirs_all),
+            "trained_new_share": float((ours_tr >= n).mean()), "warm_trained_new_share": float((theirs_tr >= n).mean()),
+            "trained_warm_overlap": shared(ours_tr, theirs_tr)}
 
 
 def inductive_embeddings(svc: ShopService, table: pd.DataFrame, held_ids: list[str], shop: Path,
@@ -244,7 +269,10 @@ def one_seed(seed: int, workdir: Path, holdout: float, encoders: bool, train: di
     warm_ids = list(warm_data["item"].ids)
     inductive = inductive_embeddings(svc, table, held_ids, shop, encoders)
     ways = {"served (add_item)": svc.item_emb[np.array(new_pos)], "model's inductive pass alone": inductive}
-    similar = {name: similar_stats(svc, vecs, new_pos, warm_emb, warm_ids, held_ids) for name, vecs in ways.items()}
+    cosine_rows = {"served (add_item)": np.asarray(svc._item_emb_n[np.array(new_pos)]),
+                   "served vectors scaled to length 1": _unit(svc.item_emb[np.array(new_pos)]),
+                   "model's inductive pass alone": _unit(inductive)}
+    similar = {name: similar_stats(svc, rows, new_pos, warm_emb, warm_ids, held_ids) for name, rows in cosine_rows.items()}
     ranked = {name: recall_among(Scorer(svc.model, data, users, extra=vecs, extra_ids=held_ids).among(held_ids)[rows],
                                  truth, K_NEW, np.random.default_rng(seed)) for name, vecs in ways.items()}
     among = {
@@ -270,8 +298,11 @@ def one_seed(seed: int, workdir: Path, holdout: float, encoders: bool, train: di
           + f" | new items per top-{K_ALL} {result['new_items_per_list']:.2f}"
           + f" | add_item {seconds_add / n_new * 1000:.1f} ms an item", flush=True)
     for name, st in similar.items():
-        print(f"  similar@10 of the new items, {name}: new items {st['new_share']:.3f}, their own category "
-              f"{st['same_category']:.3f}, shared with the warm model's {st['warm_overlap']:.3f}", flush=True)
+        print(f"  similar@10, {name}: a new item's list: new items {st['new_share']:.3f}, its own category "
+              f"{st['same_category']:.3f}, shared with the warm model's {st['warm_overlap']:.3f} (trained items), "
+              f"{st['warm_overlap_all']:.3f} (all); a trained item's list: new items {st['trained_new_share']:.3f} "
+              f"(warm model {st['warm_trained_new_share']:.3f}), shared with the warm model's "
+              f"{st['trained_warm_overlap']:.3f}", flush=True)
     return result
 
 
@@ -312,11 +343,12 @@ def main() -> None:
                          + [f"R@{K_ALL} of all purchases: {w}" for w in ("served", "warm model")], rows))
     ways = list(results[0]["similar@10"])
     print()
-    print(markdown_table(["seed"] + [f"{w}: {what}" for w in ways for what in ("new items", "own category",
-                                                                               "shared with warm")],
-                         [[str(r["seed"])] + [f"{r['similar@10'][w][key]:.3f}" for w in ways
-                                              for key in ("new_share", "same_category", "warm_overlap")]
-                          for r in results]))
+    keys = {"new_share": "a new item's list: new items", "same_category": "its own category",
+            "warm_overlap": "shared with warm (trained items)", "warm_overlap_all": "shared with warm (all)",
+            "trained_new_share": "a trained item's list: new items", "trained_warm_overlap": "shared with warm"}
+    print(markdown_table(["seed", "way"] + list(keys.values()) + ["warm model: a trained item's list: new items"],
+                         [[str(r["seed"]), w] + [f"{r['similar@10'][w][key]:.3f}" for key in keys]
+                          + [f"{r['similar@10'][w]['warm_trained_new_share']:.3f}"] for r in results for w in ways]))
     print(f"\n- total {time.perf_counter() - t0:.0f} s; {machine_line()}")
     write_json(args.json, {"results": results, "command": "bench_cold_items.py " + json.dumps(vars(args), default=str)})
 

@@ -371,14 +371,18 @@ class ItemIndex:
         scores[ids < 0] = -np.inf
         return SearchResult(ids, scores)
 
-    def add(self, vectors: np.ndarray, ids: np.ndarray) -> ItemIndex:
+    def add(self, vectors: np.ndarray, ids: np.ndarray, *, as_given: bool = False) -> ItemIndex:
         """Insert vectors under new ids (no retraining; IVF assigns them to the trained lists).
+
+        ``as_given``: a ``"cosine"`` index takes the vectors as they are, not scaled to length 1:
+        a vector shorter than 1 scores its cosines times its length (the service's items added
+        at run time, whose direction is a mean of others': ``ShopService._new_item_embeddings``).
 
         Raises:
             ValueError: an id is already in the index.
         """
         self._check_fitted()
-        x = self._prep(vectors, "vectors", self.dim_)
+        x = _as_matrix(vectors, "vectors", self.dim_) if as_given else self._prep(vectors, "vectors", self.dim_)
         new = _as_ids(ids, len(x))
         if self._id_bound is None:
             present = faiss.vector_to_array(self.index_.id_map)

@@ -1426,7 +1426,7 @@ class ShopService:
         # FAISS computes a batch of 20 queries or more with BLAS and fewer one by one, which
         # round differently: the candidates (a few more than k) are rescored row by row, so an
         # item's answer in a batch is the one it gets alone.
-        hits = self._filtered("gnn_items_cosine", self.item_emb[items], k + RESCORE_MARGIN,
+        hits = self._filtered("gnn_items_cosine", self._item_emb_n[items], k + RESCORE_MARGIN,
                               [np.array([i], dtype=np.int64) for i in items], None)
         out = []
         for i, (ids, _) in zip(items, hits):
@@ -1784,12 +1784,13 @@ class ShopService:
         return np.asarray(emb.float().cpu().numpy(), dtype=np.float32)
 
     def _new_item_embeddings(self, rows: np.ndarray, contents: Sequence[tuple[np.ndarray | None, np.ndarray | None]],
-                             restores: Sequence[bool]) -> np.ndarray:
-        """New items' GNN vectors ``[B, D]``: for an item with a text or image vector (on a run
-        that has them), the mean of the trained items' vectors of its :data:`CONTENT_NEIGHBOURS`
-        nearest trained items in content (the sum of its text and image cosines); for any other,
-        the model's inductive pass over its feature row (:meth:`_inductive_embeddings`). Rows of
-        ``restores`` (ids of removed trained items: :meth:`_restore` serves their trained
+                             restores: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+        """New items' GNN vectors ``[B, D]`` and their rows for cosine similarity ``[B, D]``: for an
+        item with a text or image vector (on a run that has them), the mean of the trained items'
+        vectors of its :data:`CONTENT_NEIGHBOURS` nearest trained items in content (the sum of its
+        text and image cosines), and the mean of their unit vectors; for any other, the model's
+        inductive pass over its feature row (:meth:`_inductive_embeddings`) and its unit vector.
+        Rows of ``restores`` (ids of removed trained items: :meth:`_restore` serves their trained
         vectors) get zeros, and need no model.
 
         The model's own pass puts every new item in one corner of the space, whatever it is (a
@@ -1798,11 +1799,20 @@ class ShopService:
         which a new item lacks. The neighbours' mean sits among items like it, and ranks its
         buyers better. Only trained items are neighbours, removed ones too, by their trained
         content (a restore's new text does not count): an item's vector does not depend on what
-        else was added, removed or restored, so every replay of the journal gives the same."""
+        else was added, removed or restored, so every replay of the journal gives the same.
+
+        The cosine row is the neighbours' mean unit vector as it is, not scaled back to length 1
+        (0.68-0.75 long on the demo shop): its cosine with an item is the mean of the neighbours'
+        cosines with it, and with another new item the mean over both neighbour lists' pairs. A
+        mean of 20 vectors scaled to length 1 is closer to every item of its kind than they are to
+        one another: when 200 items were added, 91% of a trained item's 10 most similar items
+        were new ones, against 10% for a model trained on them all (BENCHMARKS.md, "Items added
+        at run time")."""
         embs = np.zeros((len(rows), self.item_emb.shape[1]), dtype=np.float32)
         todo = [b for b in range(len(rows)) if not restores[b]]
         if todo:  # the model embeds new items (no model: NotAvailableError, as before any change)
             embs[todo] = self._inductive_embeddings(rows[todo])
+        units = _normalised(embs)
         n = self._n_trained
         kinds = [(j, self._content[name].view[:n], list(self._trained_content.get(name, {}).items()))
                  for j, name in enumerate(("text_items", "image_items")) if name in self._content]
@@ -1821,7 +1831,8 @@ class ShopService:
                     sims[[row for row, _ in given]] += part
             top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
             embs[chunk] = self.item_emb[top].mean(axis=1)
-        return embs
+            units[chunk] = self._item_emb_n[top].mean(axis=1)
+        return embs, units
 
     def add_item(self, item_id: str, title: str, category: str = "", description: str = "",
                  price: float | None = None, image: Any = None) -> int:
@@ -1995,12 +2006,12 @@ class ShopService:
             list(pictures.values()), [f"items[{k}]: image" if batch else "image" for k in pictures]))) if pictures else {})
         rows = np.stack([self._feature_row(text_vecs.get(k), image_vecs.get(k), n.price, n.category)
                          for k, n in enumerate(new)])
-        embs = self._new_item_embeddings(rows, [(text_vecs.get(k), image_vecs.get(k)) for k in range(len(new))],
-                                         [n.item_id in self._trained_pos for n in new])
+        embs, units = self._new_item_embeddings(rows, [(text_vecs.get(k), image_vecs.get(k)) for k in range(len(new))],
+                                                [n.item_id in self._trained_pos for n in new])
 
         def insert(images: list[str]) -> list[int]:
             return [self._insert(n.item_id, n.title, n.category, n.description, n.price, image,
-                                 text_vecs.get(k), image_vecs.get(k), embs[k:k + 1])
+                                 text_vecs.get(k), image_vecs.get(k), embs[k:k + 1], units[k:k + 1])
                     for k, (n, image) in enumerate(zip(new, images))]
 
         if self._journal is None:
@@ -2076,15 +2087,17 @@ class ShopService:
         return [self._item_pos[item_id] for item_id in item_ids]
 
     def _insert(self, item_id: str, title: str, category: str, description: str, price: float | None,
-                image: str, text_vec: np.ndarray | None, image_vec: np.ndarray | None, emb: np.ndarray) -> int:
-        """Put a new item into every index and table (its vectors computed by the caller). The id
-        of a trained item that was removed restores that item instead (:meth:`_restore`)."""
+                image: str, text_vec: np.ndarray | None, image_vec: np.ndarray | None, emb: np.ndarray,
+                unit: np.ndarray) -> int:
+        """Put a new item into every index and table (its vectors computed by the caller: ``emb``
+        and its cosine row ``unit``, both ``[1, D]``). The id of a trained item that was removed
+        restores that item instead (:meth:`_restore`)."""
         trained = self._trained_pos.get(item_id)
         if trained is not None:
             return self._restore(trained, title, category, description, price, image, text_vec, image_vec)
         with self._lock.write():
             pos = len(self.item_ids)
-            held = self._add_to_indexes(pos, emb, text_vec, image_vec)
+            held = self._add_to_indexes(pos, emb, unit, text_vec, image_vec)
             for name, member in self._in_index.items():
                 member.append(held[name])
             for name, rows in self._content.items():
@@ -2101,18 +2114,18 @@ class ShopService:
             self._rows["item_cat"].append(code)
             self._rows["active"].append(True)
             self._rows["item_emb"].append(emb[0])
-            self._rows["item_emb_n"].append(_normalised(emb)[0])
+            self._rows["item_emb_n"].append(unit[0])
         logger.info("added item %r (node %d)", item_id, pos)
         return pos
 
-    def _add_to_indexes(self, pos: int, emb: np.ndarray, text_vec: np.ndarray | None,
+    def _add_to_indexes(self, pos: int, emb: np.ndarray, unit: np.ndarray, text_vec: np.ndarray | None,
                         image_vec: np.ndarray | None) -> dict[str, bool]:
-        """Put item ``pos`` into the GNN indexes (``emb``: its ``[1, D]`` vector) and the content
-        indexes it has a vector for; which indexes hold it now, by name (the caller holds
-        ``_lock.write()``)."""
+        """Put item ``pos`` into the GNN indexes (``emb``: its ``[1, D]`` vector, ``unit`` its
+        cosine row, at most 1 long: :meth:`_new_item_embeddings`) and the content indexes it has a
+        vector for; which indexes hold it now, by name (the caller holds ``_lock.write()``)."""
         ids = np.array([pos], dtype=np.int64)
         self.indexes["gnn_items"].add(emb, ids)
-        self.indexes["gnn_items_cosine"].add(emb, ids)
+        self.indexes["gnn_items_cosine"].add(unit, ids, as_given=True)
         for name, vec in (("text_items", text_vec), ("image_items", image_vec)):
             if name in self.indexes and vec is not None:
                 self.indexes[name].add(vec[None, :], ids)
@@ -2126,7 +2139,8 @@ class ShopService:
         revisit term and the "already bought" exclusions, find it again), with the text, image,
         category and price sent (searched by the text and image vectors of what was sent)."""
         with self._lock.write():
-            held = self._add_to_indexes(pos, self.item_emb[pos:pos + 1].copy(), text_vec, image_vec)
+            held = self._add_to_indexes(pos, self.item_emb[pos:pos + 1].copy(), self._item_emb_n[pos:pos + 1].copy(),
+                                        text_vec, image_vec)
             for name, member in self._in_index.items():
                 member.view[pos] = held[name]
             for name, rows in self._content.items():
@@ -2279,13 +2293,14 @@ class ShopService:
                 out[k] = exc
         if rows:
             try:
-                embs = self._new_item_embeddings(np.stack([row for *_, row in rows.values()]),
-                                                 [(text_vec, image_vec) for text_vec, image_vec, *_ in rows.values()],
-                                                 [entries[k]["item_id"] in self._trained_pos for k in rows])
+                embs, units = self._new_item_embeddings(
+                    np.stack([row for *_, row in rows.values()]),
+                    [(text_vec, image_vec) for text_vec, image_vec, *_ in rows.values()],
+                    [entries[k]["item_id"] in self._trained_pos for k in rows])
             except NotAvailableError as exc:
                 return out | dict.fromkeys(rows, exc)
-            for (k, (text_vec, image_vec, image, _)), emb in zip(rows.items(), embs):
-                out[k] = _Prepared(text_vec, image_vec, image, emb[None, :])
+            for (k, (text_vec, image_vec, image, _)), emb, unit in zip(rows.items(), embs, units):
+                out[k] = _Prepared(text_vec, image_vec, image, emb[None, :], unit[None, :])
         return out
 
     def _replay_removal(self, entry: dict[str, Any], pending: list[int]) -> list[int]:
@@ -2311,7 +2326,7 @@ class ShopService:
             raise prepared
         assert prepared is not None
         self._insert(item_id, entry["title"], entry["category"], entry["description"], entry["price"],
-                     prepared.image, prepared.text_vec, prepared.image_vec, prepared.emb)
+                     prepared.image, prepared.text_vec, prepared.image_vec, prepared.emb, prepared.unit)
 
 
 class _RowLayout(NamedTuple):
@@ -2355,6 +2370,7 @@ class _Prepared(NamedTuple):
     image_vec: np.ndarray | None
     image: str
     emb: np.ndarray  # [1, D]
+    unit: np.ndarray  # [1, D], its cosine row (_new_item_embeddings)
 
 
 # The background looks of live services: stopped and joined at interpreter exit (below), before

@@ -72,6 +72,20 @@ def test_small_catalogue_is_exact_and_large_one_is_not():
     assert index.factory_ == f"IVF{int(4 * np.sqrt(2_000))},Flat"
 
 
+def test_a_cosine_index_takes_vectors_as_given_when_asked():
+    """``add(..., as_given=True)``: a vector shorter than 1 scores its cosines times its length
+    (what the service gives items added at run time); without it, every vector is scaled to 1."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(50, 8)).astype(np.float32)
+    index = ItemIndex("cosine", factory="Flat").fit(x, np.arange(50))
+    short = (0.5 * x[7] / np.linalg.norm(x[7]))[None, :]
+    index.add(short, np.array([50]), as_given=True)
+    index.add(short, np.array([51]))
+    res = index.search(x[7:8], 52)
+    score = dict(zip(res.ids[0].tolist(), res.scores[0].tolist()))
+    assert [score[7], score[51], score[50]] == pytest.approx([1.0, 1.0, 0.5], abs=1e-5)
+
+
 @pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat", "HNSW16"])
 def test_add_and_remove_without_rebuild(factory):
     rng = np.random.default_rng(5)
