@@ -10,9 +10,9 @@ added and removed at run time applied).
 
 Input problems are found before anything is written: an output path with another extension, an
 output file that exists (``--overwrite`` replaces it), a ``--users`` file that cannot be read,
-is empty, has an empty line or an id twice (each named by line), or names ids the run does not
-know (all of them named). The file appears whole or not at all (written beside it, then
-renamed).
+holds no ids, has a table row without one (named by its line or row), or names ids the run does
+not know (all of them named); blank lines of a plain list are skipped, and an id listed twice is
+written once. The file appears whole or not at all (written beside it, then renamed).
 """
 
 from __future__ import annotations
@@ -68,9 +68,11 @@ def check_out(out: Path, *, overwrite: bool, run: Path | None = None) -> Path:
 
 
 def read_user_ids(path: Path) -> list[str]:
-    """The user ids of a ``--users`` file: a ``.csv`` or ``.parquet`` table's ``user_id`` column,
-    or one id per line of any other file. Ids are taken as written; an empty one, or one given
-    twice, is refused (named by its line or row), as is a file with none."""
+    """The user ids of a ``--users`` file, in its order, repeats kept: a ``.csv`` or ``.parquet``
+    table's ``user_id`` column, or one id per line of any other file. Ids are taken as written. A
+    blank line of a plain list holds no id and is skipped (an editor's last empty line); a table
+    row without an id is refused (named by its line or row: the row's other values name some
+    account), as is a file with none."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--users: {path} is not a file")
@@ -87,14 +89,13 @@ def read_user_ids(path: Path) -> list[str]:
         # the header is line 1 of a CSV file; a Parquet table is counted by row
         ids = [None if pd.isna(v) else str(v) for v in table["user_id"].tolist()]
         where = (lambda k: _line(k + 1)) if suffix == ".csv" else (lambda k: f"row {k + 1}")
+        return _checked_ids(path, ids, where)
     else:
         try:
             text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first id
         except UnicodeDecodeError as exc:
             raise ValueError(f"--users: {path} is not UTF-8 text ({exc})") from None
-        ids = list(text.splitlines())
-        where = _line
-    return _checked_ids(path, ids, where)
+        return _checked_ids(path, [line for line in text.splitlines() if line.strip()], _line)
 
 
 def _line(k: int) -> str:
@@ -104,14 +105,18 @@ def _line(k: int) -> str:
 def _checked_ids(path: Path, ids: Sequence[str | None], where: Callable[[int], str]) -> list[str]:
     if not ids:
         raise ValueError(f"--users: {path} holds no user ids")
-    first: dict[str, int] = {}
     for k, value in enumerate(ids):
         if value is None or not value.strip():
             raise ValueError(f"--users: {path}, {where(k)}: empty user id")
-        if value in first:
-            raise ValueError(f"--users: {path}, {where(k)}: {value!r} is also on {where(first[value])}")
-        first[value] = k
     return [value for value in ids if value is not None]
+
+
+def _once(user_ids: list[str]) -> tuple[list[str], str]:
+    """``user_ids`` with each id once, in the order first given, and a note on the repeats (an
+    export has one row per account, or one list per user; ``""`` when none was repeated)."""
+    unique = list(dict.fromkeys(user_ids))
+    repeats = len(user_ids) - len(unique)
+    return unique, (f"; {plural(repeats, 'id')} listed more than once in --users, written once" if repeats else "")
 
 
 def _known(service: ShopService, user_ids: list[str]) -> list[str]:
@@ -232,7 +237,7 @@ def cli_recommend(args: argparse.Namespace) -> int:
     """``shopgraph recommend --run RUN --out FILE [--users FILE] [--k K] [--include-seen] [--category C]
     [--overwrite]``."""
     out = check_out(args.out, overwrite=args.overwrite, run=args.run)
-    wanted = None if args.users is None else read_user_ids(args.users)  # before loading the run
+    wanted, repeats = _once(read_user_ids(args.users)) if args.users is not None else (None, "")  # before the run
     t0 = time.perf_counter()
     service = _service(args.run, fraud_reasons=False)
     users = wanted if wanted is not None else list(service.user_ids)
@@ -240,7 +245,7 @@ def cli_recommend(args: argparse.Namespace) -> int:
                                   category=args.category)
     write_table(table, out)
     print(f"wrote {plural(len(table), 'recommendation')} for {plural(len(users), 'user')} (k={args.k}) to {out} in "
-          f"{time.perf_counter() - t0:.1f}s")
+          f"{time.perf_counter() - t0:.1f}s{repeats}")
     return 0
 
 
@@ -248,9 +253,13 @@ def cli_score(args: argparse.Namespace) -> int:
     """``shopgraph score --run RUN --out FILE [--users FILE] [--no-reasons] [--flagged-only | --label-audit]
     [--overwrite]``."""
     out = check_out(args.out, overwrite=args.overwrite, run=args.run)
-    wanted = None if args.users is None else read_user_ids(args.users)  # before loading the run
+    wanted, repeats = _once(read_user_ids(args.users)) if args.users is not None else (None, "")  # before the run
     t0 = time.perf_counter()
     service = _service(args.run, fraud_reasons=not args.no_reasons)
+    if service.fraud.get("kind", "none") == "none":
+        raise ValueError(f"--run: {args.run} has no fraud scorer, nothing was written: its training found no "
+                         f"usable fraud labels (both classes are needed in the training and validation periods; "
+                         f"`shopgraph validate` counts the labels)")
     users = wanted if wanted is not None else list(service.user_ids)
     if not args.no_reasons and service.reasons_per_account_model:
         logger.warning("this run's fraud scorer (%s) works out each account's reasons with the model (75-700 ms an "
@@ -267,5 +276,5 @@ def cli_score(args: argparse.Namespace) -> int:
         kept = f"the {flagged:,} flagged of {plural(len(users), 'account')}"
     else:
         kept = f"{plural(len(users), 'account')} ({flagged:,} flagged)"
-    print(f"wrote the fraud scores of {kept} to {out} in {time.perf_counter() - t0:.1f}s")
+    print(f"wrote the fraud scores of {kept} to {out} in {time.perf_counter() - t0:.1f}s{repeats}")
     return 0

@@ -188,9 +188,7 @@ def _bad_users(tmp_path: Path, name: str, text: str) -> str:
     ("score", lambda t: ["--out", _in_a_file(t / "v.sh")], "v.sh is a file, so "),
     ("recommend", lambda t: ["--users", str(t / "missing.txt")], "missing.txt is not a file"),
     ("score", lambda t: ["--users", _bad_users(t, "u.txt", "")], "holds no user ids"),
-    ("recommend", lambda t: ["--users", _bad_users(t, "u.txt", "u001\n\nu002\n")], "u.txt, line 2: empty user id"),
-    ("recommend", lambda t: ["--users", _bad_users(t, "u.txt", "u001\nu002\nu001\n")],
-     "u.txt, line 3: 'u001' is also on line 1"),
+    ("score", lambda t: ["--users", _bad_users(t, "u.txt", "\n  \n")], "holds no user ids"),
     ("score", lambda t: ["--users", _bad_users(t, "u.txt", "u001\nghost\nu002\nnobody\n")],
      "--users: 2 of the 4 ids are not users of this run (nothing was written): 'ghost', 'nobody'"),
     ("recommend", lambda t: ["--users", _bad_users(t, "u.csv", "id,name\nu001,a\n")],
@@ -253,6 +251,35 @@ def test_a_failed_write_leaves_neither_the_file_nor_a_part_of_it(tmp_path, monke
     with pytest.raises(OSError, match=r"--out: cannot write .*scores.csv \(No space left on device\); nothing"):
         write_table(table, tmp_path / "scores.csv")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_blank_lines_are_skipped_and_repeated_ids_written_once(run, service, tmp_path, capsys):
+    """A plain list's blank lines (an editor's last empty line) hold no id; an id listed twice is
+    one account: one row (score) or one list (recommend), and the message says so."""
+    users = tmp_path / "u.txt"
+    users.write_text("u002\n\nu001\nu002\n\n")
+    out = tmp_path / "s.csv"
+    assert main(["score", "--run", str(run), "--users", str(users), "--out", str(out), "--no-reasons"]) == 0
+    assert "1 id listed more than once in --users, written once" in capsys.readouterr().out
+    assert pd.read_csv(out, dtype={"user_id": str})["user_id"].tolist() == ["u002", "u001"]
+    recs = tmp_path / "r.csv"
+    assert main(["recommend", "--run", str(run), "--users", str(users), "--out", str(recs), "--k", "2"]) == 0
+    assert "for 2 users (k=2)" in capsys.readouterr().out
+    assert pd.read_csv(recs, dtype={"user_id": str})["user_id"].tolist() == ["u002", "u002", "u001", "u001"]
+
+
+def test_a_run_without_a_fraud_scorer_is_named_and_nothing_written(run, tmp_path, capsys):
+    """A run whose training found no usable fraud labels has no scores to write: an empty score
+    column for every account would read as a success."""
+    import shutil
+
+    shutil.copytree(run, tmp_path / "run")
+    RunDir(tmp_path / "run").write_json("fraud.json", {"kind": "none", "threshold": None})
+    out = tmp_path / "s.csv"
+    assert main(["score", "--run", str(tmp_path / "run"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"--run: {tmp_path / 'run'} has no fraud scorer, nothing was written: its training found no usable" in err
+    assert not out.exists()
 
 
 def test_user_id_files_keep_ids_as_written(tmp_path):
