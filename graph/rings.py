@@ -51,7 +51,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from shopgraph.graph.files import as_created, existing_ancestor, listed_names, through_link
-from shopgraph.graph.messages import known_ids, shown
+from shopgraph.graph.messages import known_ids, plural, shown
 from shopgraph.graph.run import RunDir, swap_in
 from shopgraph.graph.schema import HIGH_RISK_CATEGORIES, REV_PREFIX, ShopTables
 from shopgraph.graph.wording import label_words
@@ -601,10 +601,11 @@ def rings_payload(rings: Sequence[Ring], hubs: Sequence[Hub], mode: str, params:
     return doc
 
 
-def _export_problem(out: Path) -> str | None:
+def _export_problem(out: Path, overwrite: bool = True) -> str | None:
     """Why ``out`` cannot take a case export (:func:`export_cases` replaces the whole folder), or
     None: it is a file or below one, it holds something other than a previous export, or a
-    previous export with files added since (an export does not write them, and would delete them)."""
+    previous export with files added since (an export does not write them, and would delete them),
+    or, without ``overwrite``, any previous export."""
     folder = existing_ancestor(out)
     if folder is not None and not folder.is_dir():
         return f"{folder} is a file, not a folder" + ("" if folder == out else f" (got {out})")
@@ -624,7 +625,10 @@ def _export_problem(out: Path) -> str | None:
     elif cases.exists() or cases.is_symlink():
         others.append("cases")
     if not others:
-        return None
+        if overwrite:
+            return None
+        return (f"{out} holds an earlier export of {plural(len(ids), 'ring')}; pass --overwrite to replace it, "
+                "or choose another folder")
     return (f"{out} holds {listed_names(others)}, which a rings export does not write (a new export replaces the whole "
             "folder); choose another folder, or move them out first")
 
@@ -831,7 +835,7 @@ def export_cases(
 
 def rings_run(
     run_dir: str | Path, top: int = 20, export: Path | None = None, *, detector: RingDetector | None = None,
-    explain_members: int = 3,
+    explain_members: int = 3, overwrite: bool = False,
 ) -> list[Ring]:
     """Detect and rank rings for a run folder; store them and optionally export case files.
 
@@ -845,6 +849,7 @@ def rings_run(
         top: how many rings to return and export.
         export: case export folder, or ``None``; checked before anything is written
             (:func:`check_export`: never the run's own folders).
+        overwrite: replace an earlier export in ``export`` (without it, one is refused).
         detector: a configured, unfitted :class:`RingDetector` (default parameters otherwise).
         explain_members: members explained per exported ring.
 
@@ -857,7 +862,7 @@ def rings_run(
 
     run = RunDir(run_dir)
     if export is not None:  # before anything is written: a refused export leaves the run as it was
-        check_export(run, export)
+        check_export(run, export, overwrite=overwrite)
     made_from = run.sources("graph.pt", optional=("embeddings.safetensors",))
     data = run.load_graph()
     tables = load_run_tables(run)
@@ -887,26 +892,34 @@ def rings_run(
     return chosen
 
 
-def check_export(run: RunDir, export: str | Path) -> None:
+def check_export(run: RunDir, export: str | Path, *, overwrite: bool = True) -> None:
     """Refuse a case export folder (``--export``) before anything is computed or written: one that
     would replace the run's own files (the run folder, a folder holding it, or one of its own
     folders such as ``rings/``: an export replaces its folder whole), or that
     :func:`export_cases` would refuse (a file, a folder that is not a previous export or holds
-    files an export does not write). ``RUN/cases`` (what ``shopgraph demo`` writes) is fine."""
+    files an export does not write), or, without ``overwrite``, an earlier export.
+    ``RUN/cases`` (what ``shopgraph demo`` writes) is fine."""
     target = through_link(Path(export))
     clash = run.replaced_by(target)
     if clash is not None:
         raise ValueError(f"--export: {export} {clash}; a case export replaces the folder it is written to, "
                          "so choose a folder outside the run's own files")
-    problem = _export_problem(target)
+    problem = _export_problem(target, overwrite)
     if problem is not None:
         raise FileExistsError(f"--export: {problem}")
 
 
 def cli_rings(args: argparse.Namespace) -> int:
-    """``shopgraph rings --run RUN [--top N] [--export DIR]``."""
-    rings = rings_run(args.run, top=args.top, export=args.export)
-    print(f"{'ring':6} {'score':>6} {'size':>4} {'devices':>7} {'gnn':>5} {'age_d':>7} {'vel/d':>6} {'risk':>5}  members")
+    """``shopgraph rings --run RUN [--top N] [--export DIR [--overwrite]]``."""
+    from shopgraph.graph.fraud_scorer import account_labels
+
+    rings = rings_run(args.run, top=args.top, export=args.export, overwrite=args.overwrite)
+    run = RunDir(args.run)
+    data = run.load_graph()
+    labels, _ = account_labels(data, _load_fraud_scores(run)[0])
+    position = {str(u): n for n, u in enumerate(data["user"].ids)}
+    print(f"{'ring':6} {'score':>6} {'size':>4} {'devices':>7} {'fraud':>5} {'labelled':>8} {'age_d':>7} "
+          f"{'vel/d':>6} {'risk':>5}  members")
     for r in rings:
         ev = r.evidence
 
@@ -914,12 +927,17 @@ def cli_rings(args: argparse.Namespace) -> int:
             value = ev.get(key)
             return format(value, spec) if value is not None else "-"
 
+        flagged = sum(int(labels[position[m]] == 1) for m in r.members if m in position)
         head = ", ".join(r.members[:4]) + (f", +{len(r.members) - 4}" if len(r.members) > 4 else "")
         print(f"{r.ring_id:6} {r.score:6.3f} {len(r.members):4d} {len(r.shared_devices):7d} {fmt('gnn_mean', '.2f'):>5} "
-              f"{fmt('median_account_age_days', '.1f'):>7} {fmt('purchase_velocity', '.2f'):>6} "
-              f"{fmt('high_risk_share', '.2f'):>5}  {head}")
+              f"{f'{flagged}/{len(r.members)}':>8} {fmt('median_account_age_days', '.1f'):>7} "
+              f"{fmt('purchase_velocity', '.2f'):>6} {fmt('high_risk_share', '.2f'):>5}  {head}")
+    print("fraud: the members' mean fraud probability (the served scorer); labelled: members labelled fraud in the "
+          "shop's data; age_d: their median account age in days; vel/d: purchases a day; risk: share of "
+          "high-risk purchases")
     if args.export is not None:
-        print(f"exported {len(rings)} case files to {args.export}")
+        print(f"exported {plural(len(rings), 'ring')} to {args.export} (a JSON case file and a CSV timeline each, "
+              f"in cases/, and the list in rings.json)")
     return 0
 
 

@@ -202,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--top", type=_positive_int, default=20)
     p.add_argument("--export", type=Path, default=None, help="write case files to this folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier case export in --export")
 
     p = sub.add_parser("demo", help="generate, build, train, evaluate, index and serve the demo")
     p.add_argument("--port", type=_port, default=7860, help="1-65535, or 0 for any free port (default 7860)")

@@ -64,7 +64,7 @@ def prepare(workdir: Path, *, users: int = 5000, seed: int = 0) -> Path:
     # ... and the case export only while its case files are of the current version (export_current)
     _step("find fraud rings and export their case files",
           built and run.fresh("rings/rings.json") and export_current(run_path / "cases"),
-          lambda: rings_run(run_path, export=run_path / "cases"))
+          lambda: rings_run(run_path, export=run_path / "cases", overwrite=True))
     return run_path
 
 

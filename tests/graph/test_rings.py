@@ -375,7 +375,7 @@ def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
         assert csv["member_label"].fillna("").tolist() == [words[u] for u in csv["user_id"]]
         assert (csv["member_label"].fillna("") != "").any()
     # a second export replaces the first one
-    rings_run(run_dir, top=1, export=out, detector=RingDetector(hub_threshold=10))
+    rings_run(run_dir, top=1, export=out, detector=RingDetector(hub_threshold=10), overwrite=True)
     assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json"]
     # a ring recomputed since (here: another member score) is not the exported one
     changed = dataclasses.replace(top[0], member_scores={**top[0].member_scores, top[0].members[0]: 0.5})
@@ -417,17 +417,17 @@ def test_export_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(rings_mod, "case_file", failing)
     with pytest.raises(OSError, match="disk full"):
-        rings_run(run_dir, top=3, export=out, detector=RingDetector(hub_threshold=10))
+        rings_run(run_dir, top=3, export=out, detector=RingDetector(hub_threshold=10), overwrite=True)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name != "run"] == []
     # a previous complete export survives a failed one untouched
     monkeypatch.setattr(rings_mod, "case_file", real)
-    rings_run(run_dir, top=3, export=out, detector=RingDetector(hub_threshold=10))
+    rings_run(run_dir, top=3, export=out, detector=RingDetector(hub_threshold=10), overwrite=True)
     before = sorted(p.name for p in (out / "cases").iterdir())
     calls["n"] = 0
     monkeypatch.setattr(rings_mod, "case_file", failing)
     with pytest.raises(OSError):
-        rings_run(run_dir, top=3, export=out, detector=RingDetector(hub_threshold=10))
+        rings_run(run_dir, top=3, export=out, detector=RingDetector(hub_threshold=10), overwrite=True)
     assert sorted(p.name for p in (out / "cases").iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "run"]
 
@@ -450,6 +450,34 @@ def test_cli_rings_prints_table(tmp_path: Path, capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert "R0001" in out and "R0002" in out and "R0003" not in out
     assert (tmp_path / "cases" / "cases" / "R0002.json").is_file()
+    assert f"exported 2 rings to {tmp_path / 'cases'} (a JSON case file and a CSV timeline each" in out
+    # each ring's members labelled fraud in the shop's data, of its size; every column explained
+    header, *rows = [line for line in out.splitlines() if line.startswith(("ring ", "R0"))]
+    assert header.split()[:6] == ["ring", "score", "size", "devices", "fraud", "labelled"]
+    rings = {r.ring_id: r for r in load_rings(run_dir)}
+    data = RunDir(run_dir).load_graph()
+    y = dict(zip(map(str, data["user"].ids), data["user"].y.tolist()))
+    for row in rows:
+        ring = rings[row.split()[0]]
+        assert row.split()[5] == f"{sum(y[m] == 1 for m in ring.members)}/{len(ring.members)}"
+    assert "labelled: members labelled fraud in the shop's data" in out
+
+
+def test_a_re_export_needs_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An earlier export is replaced only when asked, as `shopgraph score --out` is: an export of
+    the top 5 into a folder holding the top 20 would delete 15 cases."""
+    from shopgraph.ui.cli import main
+
+    run_dir = make_run(tmp_path / "run")
+    out = tmp_path / "cases"
+    assert main(["rings", "--run", str(run_dir), "--top", "2", "--export", str(out)]) == 0
+    before = _snapshot(out)
+    assert main(["rings", "--run", str(run_dir), "--top", "1", "--export", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"--export: {out} holds an earlier export of 2 rings; pass --overwrite to replace it" in err
+    assert _snapshot(out) == before
+    assert main(["rings", "--run", str(run_dir), "--top", "1", "--export", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json"]
 
 
 @pytest.mark.slow
@@ -616,7 +644,7 @@ def test_a_re_export_keeps_files_added_to_the_export_folder(tmp_path: Path,
     run_dir = make_run(tmp_path / "run")
     out = tmp_path / "export"
     rings_run(run_dir, top=2, export=out, detector=RingDetector(hub_threshold=10))
-    rings_run(run_dir, top=1, export=out, detector=RingDetector(hub_threshold=10))  # a plain re-export
+    rings_run(run_dir, top=1, export=out, detector=RingDetector(hub_threshold=10), overwrite=True)  # a re-export
     (out / "notes.txt").write_text("mine")
     (out / "evidence").mkdir()
     (out / "evidence" / "photo.txt").write_text("photo")
@@ -633,7 +661,7 @@ def test_a_re_export_keeps_files_added_to_the_export_folder(tmp_path: Path,
     for extra in ("notes.txt", "evidence/photo.txt", "cases/R0001-notes.txt", "cases/R0002.json"):
         (out / extra).unlink()
     (out / "evidence").rmdir()
-    rings_run(run_dir, top=2, export=out, detector=RingDetector(hub_threshold=10))
+    rings_run(run_dir, top=2, export=out, detector=RingDetector(hub_threshold=10), overwrite=True)
     assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json", "R0002.csv", "R0002.json"]
 
 
