@@ -18,6 +18,7 @@ import argparse
 import io
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -270,5 +271,6 @@ def cli_evaluate(args: argparse.Namespace) -> int:
     if f["gnn"].get("kind") != "none":
         print(f"fraud auprc  GNN ({f['gnn']['kind']}) {f['gnn']['auprc']:.4f}  " + "  ".join(
             f"{k} {v['auprc']:.4f}" for k, v in f["baselines"].items()))
-    print(f"report: {args.run}/report.md")
+    print(f"metrics: {Path(args.run) / 'metrics.json'}")
+    print(f"report: {Path(args.run) / 'report.md'}")
     return 0

@@ -1622,8 +1622,8 @@ def train(
         history.append(rec)
         _log_epoch(
             f"epoch {epoch:4d} | loss {rec['loss']:.4f} | rank {rec['rank_loss']:.4f} | "
-            f"fraud {rec['fraud_loss']:.4f} | val recall@20 {rec.get('val_recall@20', float('nan')):.4f} | "
-            f"val auprc {rec.get('val_auprc', float('nan')):.4f} | {seconds:.2f}s"
+            f"fraud {rec['fraud_loss']:.4f} | val recall@20 {_measured(rec, 'val_recall@20', eval_every)} | "
+            f"val auprc {_measured(rec, 'val_auprc', eval_every)} | {seconds:.2f}s"
         )
         if state_path is not None and (epoch % config.checkpoint_every == 0 or stopped or epoch == config.epochs):
             _save_state(state_path, {
@@ -1779,6 +1779,16 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
     return result
 
 
+def _measured(rec: dict[str, float], key: str, every: int) -> str:
+    """An epoch line's validation value: ``-`` on the epochs between validations (not ``nan``,
+    which reads as a failure), ``n/a`` when a validation cannot measure it (no fraud labels)."""
+    if key in rec and not math.isnan(rec[key]):
+        return f"{rec[key]:.4f}"
+    if any(name.startswith("val_") for name in rec):
+        return "n/a"
+    return f"- (every {every} epochs)" if every > 1 else "-"
+
+
 def cli_train(args: argparse.Namespace) -> int:
     """``shopgraph train --run RUN [--epochs N] [--device D] [--seed S] [--conv C]
     [--mini-batch | --full-batch] [--batch-size B] [--item-knn-rank R] [--held-out-folds K] [--resume]``."""
@@ -1799,6 +1809,8 @@ def cli_train(args: argparse.Namespace) -> int:
         "fraud_val_auprc": result.fraud.val_auprc, "fraud_threshold": result.fraud.threshold,
         "item_knn_rank": result.model.config.knn_rank,
         "served_vector_width": int(result.embeddings["item"].size(1)) if "item" in result.embeddings else None,
+        "wrote": [str(Path(args.run) / rel) for rel in (MODEL_DIR, "embeddings.safetensors", "fraud.json")],
+        "next": f"shopgraph evaluate --run {args.run}",
     }
     # valid JSON: what is not a number (no fraud labels: no threshold) is null
     print(json.dumps({k: json_number(v) for k, v in summary.items()}, indent=2, allow_nan=False))

@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -1182,7 +1183,7 @@ def test_train_run_writes_every_file_with_the_umask_mode(tmp_path: Path, data: H
 
 
 def test_a_shop_without_fraud_labels_writes_valid_json_serves_and_finds_rings(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     """No labels.csv: the fraud scorer is ``none``; fraud.json and train's summary are valid JSON
     (null, not NaN), the service reads the null threshold as NaN (nobody flagged), and rings rank
     without fraud probabilities (they used to refuse the all-NaN fraud_prob)."""
@@ -1202,9 +1203,16 @@ def test_a_shop_without_fraud_labels_writes_valid_json_serves_and_finds_rings(
     assert main(["build", "--data", str(tmp_path / "shop"), "--out", str(run), "--no-text", "--no-image",
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     capsys.readouterr()
-    assert main(["train", "--run", str(run), "--epochs", "3"]) == 0
+    with caplog.at_level(logging.INFO, logger="shopgraph.graph.train"):
+        assert main(["train", "--run", str(run), "--epochs", "3"]) == 0
     summary = strict(capsys.readouterr().out)
     assert summary["fraud_scorer"] == "none"
+    assert summary["wrote"] == [str(run / "model"), str(run / "embeddings.safetensors"), str(run / "fraud.json")]
+    assert summary["next"] == f"shopgraph evaluate --run {run}"
+    # no label: validation AUPRC cannot be measured, which the epoch lines say rather than "nan"
+    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert any("val recall@20 0." in line and "val auprc n/a" in line for line in epochs), epochs
+    assert all("nan" not in line for line in epochs), epochs
     assert summary["fraud_threshold"] is None and summary["fraud_val_auprc"] is None
     fraud = strict((run / "fraud.json").read_text())
     assert fraud["kind"] == "none" and fraud["threshold"] is None and fraud["val_auprc"] is None
