@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _NOT_IDENTIFIERS = frozenset({"user", "item"})
+MAX_OTHERS = 10  # other accounts named per shared identifier (NeighbourAttribution.others); the count is whole
+TOP_K = 5  # features and neighbours an explanation lists by default (/fraud/explain, the case files, the demo)
 
 
 class FraudModel(Protocol):
@@ -76,9 +78,21 @@ class FeatureAttribution(NamedTuple):
 
 
 class NeighbourAttribution(NamedTuple):
+    """A neighbour of the explained user.
+
+    Attributes:
+        node_type, node_id: the neighbour (a device, an item, ...).
+        attribution: for the shared identifiers of ``tree_shap+shared_identifiers`` and
+            ``behaviour_zscore``, how many *other* accounts use it (a count); for occlusion, the
+            change of the fraud log-odds when its edges are removed.
+        others: the ids of those other accounts, sorted, the first :data:`MAX_OTHERS` of them
+            (``attribution`` says how many there are in all); ``()`` for occlusion.
+    """
+
     node_type: str
     node_id: str
     attribution: float
+    others: tuple[str, ...] = ()
 
 
 class Explanation(NamedTuple):
@@ -91,10 +105,21 @@ class Explanation(NamedTuple):
             (a GNN that reads no user features), ``"behaviour_zscore"`` (no model) or
             ``"tree_shap+shared_identifiers"`` (the served trees, :class:`ServedTreeExplainer`).
         features: top features by absolute attribution.
-        neighbours: top neighbours by absolute attribution.
+        neighbours: top neighbours by absolute attribution (the shared identifiers: the most
+            shared first).
         base: the served trees' base value (log-odds where every account starts, before any
             fact: with every feature's contribution it makes the log-odds of ``score``);
-            ``None`` for the other methods. Not in :meth:`to_dict` (the case files' schema).
+            ``None`` for the other methods.
+        unlisted: the served trees' contributions of every feature not in ``features``, summed
+            (``base + sum(features) + unlisted`` is the log-odds of ``score``); ``None`` for the
+            other methods.
+        neighbours_total: how many neighbours there were to list before the cut to ``top_k``
+            (the user's identifiers; for occlusion, the neighbours occluded), so that a list
+            shorter than this is known to be cut.
+
+    :meth:`to_dict` (the case files' explanations) gives ``user_id``, ``score``, ``method``,
+    ``features`` (each with its worded ``reason``, :func:`feature_dict`) and ``neighbours`` (each
+    with its ``others``).
     """
 
     user_id: str
@@ -103,13 +128,27 @@ class Explanation(NamedTuple):
     features: list[FeatureAttribution]
     neighbours: list[NeighbourAttribution]
     base: float | None = None
+    unlisted: float | None = None
+    neighbours_total: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "user_id": self.user_id, "score": self.score, "method": self.method,
-            "features": [f._asdict() for f in self.features],
-            "neighbours": [n._asdict() for n in self.neighbours],
+            "features": [feature_dict(f) for f in self.features],
+            "neighbours": [{**n._asdict(), "others": list(n.others)} for n in self.neighbours],
         }
+
+
+def feature_dict(feature: FeatureAttribution) -> dict[str, Any]:
+    """``{name, reason, value, attribution}``: the feature's column name (or group of columns) as
+    the scorer knows it, and in the words the served fraud reasons use for it
+    (:func:`shopgraph.graph.wording.reason_in_words`, e.g. ``quick purchases: mean item image
+    features (87 columns together; value: their norm)`` -> ``items bought right after viewing or
+    carting them: what they are, judged from their pictures``)."""
+    from shopgraph.graph.wording import reason_in_words
+
+    return {"name": feature.name, "reason": reason_in_words(feature.name).text, "value": feature.value,
+            "attribution": feature.attribution}
 
 
 def _check_user(data: HeteroData, user_index: int) -> int:
@@ -291,7 +330,7 @@ def integrated_gradients(
 
 def explain_user(
     model: FraudModel | None, data: HeteroData, user_index: int, feature_names: Sequence[str] | None = None,
-    *, top_k: int = 5, steps: int = 16, max_neighbours: int = 32, fraud_prob: np.ndarray | None = None,
+    *, top_k: int = TOP_K, steps: int = 16, max_neighbours: int = 32, fraud_prob: np.ndarray | None = None,
     use_subgraph: bool = True,
 ) -> Explanation:
     """Explain one user's fraud score.
@@ -376,7 +415,7 @@ def explain_user(
         if was_training and hasattr(model, "train"):
             model.train()  # type: ignore[attr-defined]
     return Explanation(user_id, 1.0 / (1.0 + math.exp(-full)), f"{feature_method}+occlusion",
-                       features, scored[:top_k])
+                       features, scored[:top_k], neighbours_total=len(scored))
 
 
 def _zscore_explanation(
@@ -391,24 +430,32 @@ def _zscore_explanation(
         order = torch.argsort(z.abs(), descending=True, stable=True)[:top_k].tolist()
         features = [FeatureAttribution(names[k], float(x[user_index, k]), float(z[k])) for k in order]
     score = float(fraud_prob[user_index]) if fraud_prob is not None else None
-    return Explanation(user_id, score, "behaviour_zscore", features, _shared_identifiers(data, nbrs, top_k))
+    identifiers = _shared_identifiers(data, user_index, nbrs)
+    return Explanation(user_id, score, "behaviour_zscore", features, identifiers[:top_k],
+                       neighbours_total=len(identifiers))
 
 
-def _shared_identifiers(data: HeteroData, nbrs: list[tuple[str, int, int]], top_k: int) -> list[NeighbourAttribution]:
+def _shared_identifiers(data: HeteroData, user_index: int,
+                        nbrs: list[tuple[str, int, int]]) -> list[NeighbourAttribution]:
     """The user's identifiers (devices, …) among ``nbrs``, each with the number of *other* accounts
-    linked to it as its attribution; most shared first, the ``top_k`` first."""
+    linked to it as its attribution and the first :data:`MAX_OTHERS` of their ids; most shared
+    first."""
+    users = _node_ids(data, "user")
     neighbours: list[NeighbourAttribution] = []
     for nt, v, _ in nbrs:
         if nt in _NOT_IDENTIFIERS:
             continue
-        others = 0
+        linked: set[int] = set()
         for src, _rel, dst in data.edge_types:
             if src == "user" and dst == nt:
                 ei = data[(src, _rel, dst)].edge_index
-                others = max(others, int(torch.unique(ei[0][ei[1] == v]).numel()) - 1)
-        neighbours.append(NeighbourAttribution(nt, _node_ids(data, nt)[v], float(others)))
+                linked.update(ei[0][ei[1] == v].tolist())
+        linked.discard(user_index)
+        others = sorted(users[o] for o in linked)
+        neighbours.append(NeighbourAttribution(nt, _node_ids(data, nt)[v], float(len(others)),
+                                               tuple(others[:MAX_OTHERS])))
     neighbours.sort(key=lambda a: (-a.attribution, a.node_type, a.node_id))
-    return neighbours[:top_k]
+    return neighbours
 
 
 class ServedTreeExplainer:
@@ -431,6 +478,16 @@ class ServedTreeExplainer:
     Only the columns some tree splits on (and the embedding columns) are kept: the others never
     change a prediction or a contribution (TreeSHAP gives them 0), and on a shop with image
     features they are most of the table (the demo run's trees split on 341 of its 7,045 columns).
+
+    An account that shares no device (or no item of a relation: ``other users via <rel> <other>s
+    (log count of paths)`` is 0) has no one else to average over: its ``users sharing a <other>
+    via <rel>: mean f (self included)`` column is its own ``f``, and its ``other users sharing …:
+    mean f`` columns hold 0 for nobody. Reported under those names, they would speak of other
+    accounts that do not exist (and count its own ``f`` twice), so for that account the first
+    are added to its own ``f`` (one fact, one reason) and the second are reported together as
+    ``other users sharing a <other> via <rel>: none`` ("no other account on the same devices");
+    an account with no such link at all (no device) has both added to that one. The sums are
+    unchanged, so the reasons still add up to the score (:meth:`contributions`).
     """
 
     def __init__(self, booster: Any, kind: str, features: np.ndarray, names: Sequence[str],
@@ -452,6 +509,7 @@ class ServedTreeExplainer:
         self.table = np.ascontiguousarray(features[:, self.columns], dtype=np.float32)
         self.names = [names[k] for k in self.columns]
         self.reasons = _reason_groups(self.names, set(range(self.embedding_columns)))
+        self._alone, self._folds = _self_only_columns(self.reasons, features, names)
 
     def _rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of the full-width table (columns no tree reads are 0)."""
@@ -470,7 +528,7 @@ class ServedTreeExplainer:
                                  for a in range(0, n, chunk)]) if n else np.zeros(0)
         return np.asarray(1.0 / (1.0 + np.exp(-margin.astype(np.float64))))
 
-    def explain(self, data: HeteroData, user_index: int, *, top_k: int = 5) -> Explanation:
+    def explain(self, data: HeteroData, user_index: int, *, top_k: int = TOP_K) -> Explanation:
         """The user's top ``top_k`` feature contributions to the trees' log-odds (they sum, with
         the trees' base value, to the log-odds of ``score``) and most-shared identifiers."""
         user_index = _check_user(data, user_index)
@@ -479,9 +537,11 @@ class ServedTreeExplainer:
         items, base = self.contributions(user_index)
         margin = base + sum(f.attribution for f in items)
         items.sort(key=lambda f: -abs(f.attribution))  # stable: ties keep the column order
+        identifiers = _shared_identifiers(data, user_index, direct_neighbours(data, user_index))
         return Explanation(_node_ids(data, "user")[user_index], 1.0 / (1.0 + math.exp(-margin)),
-                           "tree_shap+shared_identifiers", items[:top_k],
-                           _shared_identifiers(data, direct_neighbours(data, user_index), top_k), base)
+                           "tree_shap+shared_identifiers", items[:top_k], identifiers[:top_k], base,
+                           unlisted=float(sum(f.attribution for f in items[top_k:])),
+                           neighbours_total=len(identifiers))
 
     def contributions(self, user_index: int) -> tuple[list[FeatureAttribution], float]:
         """Every reason's TreeSHAP contribution to the trees' log-odds for one user (node index),
@@ -494,7 +554,38 @@ class ServedTreeExplainer:
         items = [FeatureAttribution(name, float(values[cols[0]]) if single else float(np.linalg.norm(values[cols])),
                                     float(per_column[cols].sum()))
                  for name, cols, single in self.reasons]
-        return items, float(contrib[-1])  # the last entry is the base value
+        return self._fold_self_only(items, user_index), float(contrib[-1])  # the last entry is the base value
+
+    def _fold_self_only(self, items: list[FeatureAttribution], user_index: int) -> list[FeatureAttribution]:
+        """``items`` with the neighbourhood means over nobody else (class docstring) folded into
+        the account's own feature, or into one ``… : none`` reason; other reasons as they are."""
+        moved: dict[int, tuple[str, float]] = {}  # reason position -> (reason it joins, that reason's value)
+        for r, (kind, key, own) in self._folds.items():
+            alone, unlinked = self._alone[key]
+            if not alone[user_index]:
+                continue
+            if kind == "self" and not unlinked[user_index]:
+                moved[r] = (own, items[r].value)  # the mean over itself alone: its own value
+            else:
+                moved[r] = (_nobody(key), 0.0)
+        if not moved:
+            return items
+        total: dict[str, float] = {}
+        for r, (target, _) in moved.items():
+            total[target] = total.get(target, 0.0) + items[r].attribution
+        existing = {item.name for r, item in enumerate(items) if r not in moved}
+        out: list[FeatureAttribution] = []
+        for r, item in enumerate(items):
+            if r in moved:  # a reason not reported otherwise is reported where its first column was
+                target, value = moved[r]
+                if target not in existing:
+                    out.append(FeatureAttribution(target, value, total[target]))
+                    existing.add(target)
+            elif item.name in total:  # its own feature: the means over itself alone join it
+                out.append(item._replace(attribution=item.attribution + total[item.name]))
+            else:
+                out.append(item)
+        return out
 
     @classmethod
     def from_run(cls, run: RunDir, data: HeteroData, model: FraudModel | None,
@@ -534,6 +625,50 @@ class ServedTreeExplainer:
 
 
 _EMBEDDING_COLUMN = re.compile(r"^(?P<prefix>.*?)(?P<kind>text|image)_\d+$")
+# graph.baselines.hetero_neighbor_feature_names' user-sharing columns
+_SHARING_SELF = re.compile(r"^users sharing an? (?P<other>\w+) via (?P<rel>\w+): mean (?P<f>.+) \(self included\)$")
+_SHARING_OTHERS = re.compile(r"^other users sharing an? (?P<other>\w+) via (?P<rel>\w+): mean (?P<f>.+)$")
+
+
+def _nobody(key: tuple[str, str]) -> str:
+    """The reason for the means over other accounts of an account that has none: ``other users
+    sharing a device via uses: none`` (``graph.wording``: "no other account on the same devices")."""
+    rel, other = key
+    return f"other users sharing a {other} via {rel}: none"
+
+
+def _self_only_columns(
+    reasons: Sequence[tuple[str, np.ndarray, bool]], features: np.ndarray, names: Sequence[str],
+) -> tuple[dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], dict[int, tuple[str, tuple[str, str], str]]]:
+    """Which users share nothing, and which reasons then speak of nobody (:class:`ServedTreeExplainer`).
+
+    Returns:
+        ``{(rel, other): (alone [U], unlinked [U])}``: the users no other user shares an
+        ``other`` with through ``rel`` (its path count is 0), and those with no such link at all
+        (its distinct count is 0; all ``False`` when the table has no such column); and
+        ``{reason position: ("self" | "others", (rel, other), own feature name)}`` for the kept
+        single-column user-sharing means whose path count the table has.
+    """
+    column = {name: k for k, name in enumerate(names)}
+    alone: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    folds: dict[int, tuple[str, tuple[str, str], str]] = {}
+    for r, (name, _, single) in enumerate(reasons):
+        m = _SHARING_SELF.match(name) if single else None
+        kind = "self"
+        if m is None and single:
+            m, kind = _SHARING_OTHERS.match(name), "others"
+        if m is None:
+            continue
+        key = (m["rel"], m["other"])
+        if key not in alone:
+            paths = column.get(f"other users via {key[0]} {key[1]}s (log count of paths)")
+            if paths is None:
+                continue  # not the baselines' layout: nothing says who shares what
+            links = column.get(f"distinct {key[1]}s via {key[0]} (log count)")
+            unlinked = features[:, links] <= 0 if links is not None else np.zeros(features.shape[0], bool)
+            alone[key] = (np.asarray(features[:, paths] <= 0), np.asarray(unlinked))
+        folds[r] = (kind, key, m["f"])
+    return alone, folds
 
 
 def _reason_groups(names: Sequence[str], embedding: set[int]) -> list[tuple[str, np.ndarray, bool]]:

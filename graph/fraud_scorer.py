@@ -624,14 +624,23 @@ _RING_SUFFIX: dict[str, str] = {"": " (log count)", "_known_fraud": ", labelled 
                                 "_fraud_share": ": share labelled fraud among those labelled in the training data"}
 
 
-def ring_column_text(name: str) -> str:
-    """A :func:`ring_features` column name in words (the name itself when it has none)."""
+# the held-out trees of an account's fold count the labels of the other folds only (held_out_known):
+# their label columns say so, so that the held-out reasons never give another number for the served
+# reasons' "labelled fraud in the training data"
+HELD_OUT_LABELS = "in the training data outside this account's fold"
+
+
+def ring_column_text(name: str, *, held_out: bool = False) -> str:
+    """A :func:`ring_features` column name in words (the name itself when it has none);
+    ``held_out``: as the held-out trees of a fold read it (:func:`held_out_table`: the training
+    labels of the account's own fold hidden, :data:`HELD_OUT_LABELS`)."""
     if name in _RING_TEXT and not name.startswith("co_"):
         return _RING_TEXT[name]
     for suffix in sorted(_RING_SUFFIX, key=len, reverse=True):
         base = name[: len(name) - len(suffix)] if suffix else name
         if name.endswith(suffix) and base in _RING_TEXT:
-            return _RING_TEXT[base] + _RING_SUFFIX[suffix]
+            text = _RING_SUFFIX[suffix]
+            return _RING_TEXT[base] + (text.replace("in the training data", HELD_OUT_LABELS) if held_out else text)
     return name
 
 
@@ -654,13 +663,15 @@ def product_feature_table(data: HeteroData, split: Split | None) -> tuple[np.nda
     return np.concatenate([neigh, ring.x], axis=1), _product_names(data, ring.names)
 
 
-def _product_names(data: HeteroData, ring_names: Sequence[str]) -> list[str]:
-    """The column names of a product feature table whose ring columns are ``ring_names``."""
+def _product_names(data: HeteroData, ring_names: Sequence[str], *, held_out: bool = False) -> list[str]:
+    """The column names of a product feature table whose ring columns are ``ring_names``
+    (``held_out``: of a fold's held-out table, :func:`ring_column_text`)."""
     from shopgraph.graph.baselines import hetero_neighbor_feature_names, node_feature_names
 
     items = node_feature_names(data, "item") if "item" in data.node_types and "x" in data["item"] else []
     worded = [f"quick purchases: mean item {items[int(n[len('quick_item_x'):])]}"
-              if n.startswith("quick_item_x") and items else ring_column_text(n) for n in ring_names]
+              if n.startswith("quick_item_x") and items else ring_column_text(n, held_out=held_out)
+              for n in ring_names]
     return hetero_neighbor_feature_names(data, "user") + worded
 
 
@@ -848,13 +859,15 @@ def held_out_table(data: HeteroData, fold: np.ndarray, k: int, neighbours: np.nd
                    rows: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
     """The feature table fold ``k``'s trees were fitted and scored on (:func:`product_features` on
     every edge, fold ``k``'s labels hidden from the known-label counts) and its column names, for
-    explanations; ``neighbours``: the table's neighbour part when already computed (the same for
-    every fold); ``rows``: only these users' rows (all when ``None``)."""
+    explanations (the known-label columns named as counting the training labels outside the
+    account's fold, :data:`HELD_OUT_LABELS`: they are not the served table's counts);
+    ``neighbours``: the table's neighbour part when already computed (the same for every fold);
+    ``rows``: only these users' rows (all when ``None``)."""
     ring = ring_features(data, None, known=held_out_known(data, fold, k))
     neigh, x = _neighbour_table(data, None) if neighbours is None else neighbours, ring.x
     if rows is not None:
         neigh, x = neigh[rows], x[rows]
-    return np.concatenate([neigh, x], axis=1), _product_names(data, ring.names)
+    return np.concatenate([neigh, x], axis=1), _product_names(data, ring.names, held_out=True)
 
 
 def held_out_probabilities(

@@ -7,8 +7,9 @@ included)``, ``quick purchases: mean item image features (87 columns together; v
 norm)``. :func:`reason_in_words` reads such a name as a sentence and says what kind of number its
 value is (:class:`Reading`); :func:`value_in_words` writes the value so: a count, a share, yes or
 no, or "1.2 SD below the average account" for the standardised behaviour columns. The names
-themselves (``/fraud/explain``, ``metrics.json``) are left as they are; only what the demo shows
-is reworded. A name this module does not know is returned as it is, never guessed at.
+themselves stay as they are (``metrics.json``; ``/fraud/explain`` and the case files give each
+feature's ``name`` and, beside it, its ``reason`` in these words, as ``/fraud/score`` and the demo
+word it). A name this module does not know is returned as it is, never guessed at.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ _ENCODER: dict[str, str] = {"text": "titles and descriptions", "image": "picture
 _GROUP = re.compile(r"^(?P<prefix>.*?)(?P<kind>text|image) features \((?P<n>\d+) columns together; value: their norm\)$")
 _GNN_GROUP = re.compile(r"^GNN embedding \((?P<n>\d+) columns together; value: their norm\)$")
 _OTHER_MEAN = re.compile(r"^(?P<other>\w+)s via (?P<rel>\w+): mean (?P<f>.+)$")
+_NOBODY = re.compile(r"^other users sharing an? (?P<other>\w+) via (?P<rel>\w+): none$")
 _SHARING = re.compile(r"^(?P<others>other )?users sharing an? (?P<other>\w+) via (?P<rel>\w+): mean (?P<f>.+?)"
                       r"(?P<self> \(self included\))?$")
 _EVENT_COUNT = re.compile(r"^(?P<rel>\w+) events \(log count\)$")
@@ -109,6 +111,8 @@ def reason_in_words(name: str) -> Reading:
 
     Examples: ``users sharing a device via uses: mean log_account_age_days (self included)`` ->
     ``accounts on the same devices (this one included): average account age`` (standardised);
+    ``other users sharing a device via uses: none`` (an account that shares no device,
+    :class:`shopgraph.graph.explain.ServedTreeExplainer`) -> ``no other account on the same devices``;
     ``quick purchases: mean item image features (87 columns together; value: their norm)`` ->
     ``items bought right after viewing or carting them: what they are, judged from their pictures`` (no
     value worth showing). Unknown names come back unchanged, with the unit ``raw``.
@@ -129,6 +133,8 @@ def reason_in_words(name: str) -> Reading:
         words, unit = _feature(name[len(_QUICK):])
         average = _average(words, unit)
         return Reading(f"items bought right after viewing or carting them: {average.text}", average.unit)
+    if (m := _NOBODY.match(name)) is not None:  # graph.explain: the means over others of an account with none
+        return Reading(f"no other account {_sharing(m['rel'], m['other'])}", "none")
     if (m := _SHARING.match(name)) is not None:
         words, unit = _feature(m["f"])
         who = ("other accounts " if m["others"] else "accounts ") + _sharing(m["rel"], m["other"])
@@ -176,6 +182,15 @@ def value_in_words(reading: Reading, value: float) -> str:
             return "about average"
         return f"{abs(value):.1f} SD {'above' if value > 0 else 'below'} average"
     return f"{value:.3g}"
+
+
+def cites_training_labels(reason: str) -> bool:
+    """Whether a reason (a column name in words, or a served reason sentence) counts other accounts'
+    labels from the training data (``graph.fraud_scorer.ring_column_text``: "accounts sharing a
+    device (or other identifier), labelled fraud in the training data: 17", "… labelled legitimate
+    …", "… share labelled fraud among those labelled …"): a score driven by it is found with the
+    help of those labels, not from the account's own behaviour alone."""
+    return "labelled" in reason and "in the training data" in reason
 
 
 def label_words(label: bool | None, in_training: bool) -> str:

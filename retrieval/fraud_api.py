@@ -23,7 +23,7 @@ import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from shopgraph.graph.explain import Explanation
+from shopgraph.graph.explain import MAX_OTHERS, TOP_K, Explanation, feature_dict
 from shopgraph.graph.messages import known_ids
 from shopgraph.graph.rings import SCHEMA_VERSION, Ring, find_ring, known_fraud
 from shopgraph.retrieval.params import ErrorOut, strict_query
@@ -102,9 +102,12 @@ class RingCaseOut(RingOut):
 
 
 class FeatureOut(BaseModel):
-    name: str
+    name: str = Field(description="the scorer's column (or group of embedding columns) as it names it, for "
+                                  "integrators")
+    reason: str = Field(description="the same in words, as /fraud/score's reasons name it")
     value: float = Field(description="the value the scorer read (standardised for the user's own behaviour "
-                                     "features; for grouped embedding columns their norm)")
+                                     "features; log1p of a count for the '(log count)' columns; for grouped "
+                                     "embedding columns their norm)")
     attribution: float = Field(description="the feature's contribution to the fraud log-odds (see `method` "
                                            "and `base_value`); for method behaviour_zscore, the z-score")
 
@@ -115,6 +118,9 @@ class NeighbourOut(BaseModel):
     attribution: float = Field(description="method tree_shap+shared_identifiers or behaviour_zscore: how many "
                                            "other accounts share this identifier (a count, not a contribution); "
                                            "occlusion: the change of the fraud log-odds without this neighbour")
+    others: list[str] = Field(default_factory=list, description=(
+        f"the other accounts on this identifier, ids sorted, the first {MAX_OTHERS} of them (`attribution` "
+        "counts them all); empty for occlusion"))
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -136,6 +142,17 @@ class ExplanationOut(BaseModel):
     held_out_probability: float | None = Field(
         None, description="for an account the scorer was trained on: its score from the same trees refitted without "
                           "its label (null for the other accounts, and when the run has no held-out scores)")
+    base_value: float | None = Field(
+        None, description="method tree_shap+shared_identifiers: the trees' base value, the log-odds every account "
+                          "starts from; base_value + the listed attributions + unlisted_attribution = "
+                          "log(score / (1 - score)) (null for the other methods)")
+    unlisted_attribution: float | None = Field(
+        None, description="method tree_shap+shared_identifiers: the contributions of every feature not listed, "
+                          "summed (null for the other methods)")
+    neighbours_total: int | None = Field(
+        None, description="how many neighbours there were before the list was cut to its first "
+                          f"{TOP_K}: the account's identifiers (occlusion: the neighbours occluded); more "
+                          "than the neighbours listed means the list is cut")
 
 
 def _clean(value: Any) -> Any:
@@ -261,9 +278,10 @@ def fraud_router(
                 pass
         return ExplanationOut(
             user_id=ex.user_id, score=ex.score, method=ex.method,
-            features=[FeatureOut(**f._asdict()) for f in ex.features],
-            neighbours=[NeighbourOut(**n._asdict()) for n in ex.neighbours],
+            features=[FeatureOut(**feature_dict(f)) for f in ex.features],
+            neighbours=[NeighbourOut(**{**n._asdict(), "others": list(n.others)}) for n in ex.neighbours],
             label=label, label_in_training=trained, held_out_probability=held,
+            base_value=_clean(ex.base), unlisted_attribution=_clean(ex.unlisted), neighbours_total=ex.neighbours_total,
         )
 
     return router

@@ -775,15 +775,35 @@ def verdict(probability: float | None, threshold: Any, held_out: float | None = 
 _REASON_COLUMNS = ["reason", "value", "contribution"]
 
 
+SHARED_WITH_NAMED = 5  # other accounts named on a shared device's row (the API names up to graph.explain.MAX_OTHERS)
+
+
+def _shared_with(nb: Any) -> str:
+    """A shared identifier in words, naming the other accounts on it: ``shares device d1 with 2
+    other accounts: u7, u9``; the first ``SHARED_WITH_NAMED`` and how many more when there are
+    more."""
+    count = int(nb.attribution)
+    if count <= 0:
+        return f"uses {nb.node_type} {nb.node_id}, which no other account uses"
+    text = f"shares {nb.node_type} {nb.node_id} with {plural(count, 'other account')}"
+    named = list(getattr(nb, "others", ()) or ())[:SHARED_WITH_NAMED]
+    if not named:
+        return text
+    more = count - len(named)
+    return f"{text}: {', '.join(named)}" + (f" and {more:,} more" if more > 0 else "")
+
+
 def _explanation_table(explanation: Any) -> pd.DataFrame:
     """One row per reason, largest contribution first, each fact in words with its value in its
     unit (:mod:`shopgraph.graph.wording`: a count, a share, yes/no, SDs from the average account;
     blank for a group of encoder columns, whose norm means nothing to a reader). For the served
-    trees' explanation the shared identifiers are evidence, not contributions: they come last, with
-    their co-user count."""
+    trees' explanation (and the no-model z-scores) the shared identifiers are evidence, not
+    contributions: they come last, each with its co-user count and the other accounts on it, and a
+    last row says when the account has more identifiers than are listed."""
     from shopgraph.graph.wording import reason_in_words, value_in_words
 
     trees = explanation.method.startswith("tree_shap")
+    counted = trees or explanation.method == "behaviour_zscore"  # neighbours' attribution: other accounts
     features: list[dict[str, Any]] = []
     for f in explanation.features:
         reading = reason_in_words(f.name)
@@ -792,14 +812,17 @@ def _explanation_table(explanation: Any) -> pd.DataFrame:
                          "contribution": round(float(f.attribution), 3)})
     neighbours: list[dict[str, Any]] = []
     for nb in sorted(explanation.neighbours, key=lambda n: -abs(float(n.attribution))):
-        if trees:
-            others = int(nb.attribution)
-            reason = (f"shares {nb.node_type} {nb.node_id} with {plural(others, 'other account')}" if others > 0
-                      else f"uses {nb.node_type} {nb.node_id}, which no other account uses")
-            neighbours.append({"reason": reason, "value": f"{others:,}", "contribution": None})
+        if counted:
+            neighbours.append({"reason": _shared_with(nb), "value": f"{int(nb.attribution):,}", "contribution": None})
         else:
             neighbours.append({"reason": f"linked {nb.node_type}: {nb.node_id}", "value": "",
                                "contribution": round(float(nb.attribution), 3)})
+    total = getattr(explanation, "neighbours_total", None)
+    if counted and total is not None and total > len(explanation.neighbours):
+        types = sorted({nb.node_type for nb in explanation.neighbours}) or ["identifier"]
+        what = types[0] if len(types) == 1 else "identifier"
+        neighbours.append({"reason": f"uses {plural(total, what)} in all: the {len(explanation.neighbours)} most "
+                                     "shared are listed", "value": f"{total:,}", "contribution": None})
 
     def size(row: dict[str, Any]) -> float:
         return -abs(float(row["contribution"] or 0.0))
@@ -819,7 +842,9 @@ def _adding_up(explanation: Any) -> tuple[list[dict[str, Any]], list[dict[str, A
     base, score = getattr(explanation, "base", None), explanation.score
     if base is None or score is None or not 0.0 < score < 1.0:
         return [], []
-    rest = math.log(score / (1.0 - score)) - base - sum(float(f.attribution) for f in explanation.features)
+    rest = getattr(explanation, "unlisted", None)
+    if rest is None:
+        rest = math.log(score / (1.0 - score)) - base - sum(float(f.attribution) for f in explanation.features)
     start = {"reason": "where every account starts: the typical account's score, before any fact about it",
              "value": f"{1.0 / (1.0 + math.exp(-base)):.3f}", "contribution": None}
     others = {"reason": "every other fact about this account, together", "value": "",
@@ -833,8 +858,8 @@ def _explanation_method(method: str) -> str:
         return ("each row is a fact about this account and how much it moved the score away from the typical "
                 "account's: a positive contribution pushes towards fraud, a negative one away from it (log-odds "
                 "of the fraud scorer, by TreeSHAP; together they make the score; the largest are shown). \"SD\" "
-                "means standard deviations from the average account. Last, the account's devices and how many "
-                "other accounts use each")
+                "means standard deviations from the average account. Last, the account's devices, how many "
+                "other accounts use each, and which")
     if method.startswith("integrated_gradients"):
         return ("attribution of the GNN's score to the user's features and linked accounts/devices/items "
                 "(positive pushes towards fraud; the served score may come from another scorer)")
@@ -918,11 +943,22 @@ def _ordinal(n: int) -> str:
 
 
 _HELD_OUT_VERDICT = {  # (labelled fraud, flagged with the label held out) -> what it means
-    (True, True): "the scorer finds this fraud without being told.",
+    (True, True): "the scorer finds this fraud without its own label.",
     (True, False): "the scorer alone would have missed this fraud.",
     (False, True): "it would have been flagged; worth a second look at the label.",
     (False, False): "the scorer agrees with the label.",
 }
+# ... when the strongest reason for flagging it is other accounts' training labels (wording.cites_training_labels):
+# found without its own label, not without labels
+_HELPED = "the strongest of the reasons that follow counts the training labels of accounts tied to it"
+_HELD_OUT_HELPED = {
+    True: f"the scorer finds this fraud without its own label, but with the help of other accounts' labels: {_HELPED}.",
+    False: f"it would have been flagged, with the help of other accounts' labels ({_HELPED}); worth a second look at "
+           "the label.",
+}
+_FOLD_NOTE = (" (This account's fold: the training accounts were dealt into folds, and the trees behind this score "
+              "saw only the other folds' labels, so their counts of labelled accounts can be lower than those of the "
+              "served score's reasons, which count every training label.)")
 
 
 def label_sentence(label: bool | None, in_training: bool, scored: bool = True, *, held_out: float | None = None,
@@ -940,14 +976,20 @@ def label_sentence(label: bool | None, in_training: bool, scored: bool = True, *
         text = (f" The shop's data labels this account **{word}**, and the scorer was trained on that label: "
                 "its probability is fitted to the label, not a prediction.")
         if held_out is not None and held_out == held_out and threshold == threshold:
+            from shopgraph.graph.fraud_scorer import HELD_OUT_LABELS
+            from shopgraph.graph.wording import cites_training_labels
+
             shown_h, shown_t = _compared(held_out, threshold, least=3)
             flagged = held_out >= threshold
+            facts = [r for r in held_out_reasons if r not in HELD_OUT_UNATTRIBUTED]  # not reasons: no attribution
+            helped = flagged and bool(facts) and cites_training_labels(facts[0])
             text += (f" Refitted without that label, the scorer gives it **{shown_h}**, "
                      f"{'at or above' if flagged else 'below'} the validation threshold {shown_t}: "
-                     + _HELD_OUT_VERDICT[(bool(label), flagged)])
-            facts = [r for r in held_out_reasons if r not in HELD_OUT_UNATTRIBUTED]
-            if facts:  # a sentence saying there is no attribution is not a reason
+                     + (_HELD_OUT_HELPED[bool(label)] if helped else _HELD_OUT_VERDICT[(bool(label), flagged)]))
+            if facts:
                 text += " What drives that score: " + "; ".join(_md(r) for r in facts) + "."
+                if any(HELD_OUT_LABELS in r for r in facts):
+                    text += _FOLD_NOTE
         return text
     return (f" The shop's data labels this account **{word}**; the scorer never saw that label, so the "
             "probability is a prediction.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from torch_geometric.data import HeteroData
 from shopgraph.graph.build import build_graph, id_index
 from shopgraph.graph.explain import (
     Explanation,
+    FeatureAttribution,
     computation_subgraph,
     direct_neighbours,
     evidence_edges,
@@ -187,10 +189,18 @@ def test_shopgnn_explanation_subgraph_matches_full_graph(conv: str) -> None:
     assert ex.method == f"{features}+occlusion" and len(ex.features) == 3
     assert 0 < len(ex.neighbours) <= 3 and ex.score is not None and 0 < ex.score < 1
     assert [f.name for f in ex.features] == [f.name for f in ref.features]
-    for a, b in zip(ex.features + ex.neighbours, ref.features + ref.neighbours):  # type: ignore[operator]
-        assert a[:-1] == b[:-1] and a[-1] == pytest.approx(b[-1], abs=1e-4)
+    _same_attributions(ex, ref)
     # explained in eval mode (dropout off: deterministic), then the caller's mode is restored
     assert model.training is True
+
+
+def _same_attributions(ex: Explanation, ref: Explanation) -> None:
+    """The same features and neighbours, in the same order, with attributions within 1e-4."""
+    assert [(f.name, f.value) for f in ex.features] == [(f.name, f.value) for f in ref.features]
+    assert [(n.node_type, n.node_id, n.others) for n in ex.neighbours] == [
+        (n.node_type, n.node_id, n.others) for n in ref.neighbours]
+    assert [a.attribution for a in ex.features + ex.neighbours] == pytest.approx(  # type: ignore[operator]
+        [a.attribution for a in ref.features + ref.neighbours], abs=1e-4)  # type: ignore[operator]
 
 
 @pytest.mark.parametrize("conv", ["sage", "lightgcn"])
@@ -226,8 +236,7 @@ def test_served_scores_spare_the_full_graph_pass(conv: str, monkeypatch: pytest.
         ex = explain_user(model, data, u, top_k=3, steps=4, max_neighbours=4, fraud_prob=served)
         assert (everyone in seen) == full_pass, (conv, seen)
         assert ex.method == ref.method and ex.score == pytest.approx(ref.score, abs=1e-6)
-        for a, b in zip(ex.features + ex.neighbours, ref.features + ref.neighbours):  # type: ignore[operator]
-            assert a[:-1] == b[:-1] and a[-1] == pytest.approx(b[-1], abs=1e-4)
+        _same_attributions(ex, ref)
 
 
 def test_zscore_fallback_without_model(graph: HeteroData) -> None:
@@ -445,3 +454,158 @@ def test_trees_that_do_not_reproduce_the_served_probabilities_fall_back_with_a_w
     with caplog.at_level("WARNING"):
         assert load_served_explainer(run, data, None, np.clip(prob + 0.1, 0, 1)) is None
     assert "fraud_trees.ubj: the trees do not reproduce the run's served fraud probabilities" in caplog.text
+
+
+# -- an account that shares nothing: no reason speaks of other accounts -------------------------
+def _trees_on_sharing_columns(graph: HeteroData, rule: str) -> tuple[object, np.ndarray, list[str]]:
+    """Trees on the product's real feature table of ``graph`` whose label reads the device-sharing
+    means of feature f3, the table and its names: they split on the mean over the users on the
+    same devices and the mean over the other users, with ``rule`` "own" on the user's own f3 too,
+    with "others" not. User u021's row is made that of an account with no device at
+    all (no link, no path, every mean 0)."""
+    xgb = pytest.importorskip("xgboost")
+    from shopgraph.graph.baselines import XGBGraphFraud
+    from shopgraph.graph.fraud_scorer import product_feature_table
+
+    x, names = product_feature_table(graph, None)
+    x = x.copy()
+    col = {n: k for k, n in enumerate(names)}
+    unlinked = id_index(graph, "user")["u021"]
+    for name, k in col.items():
+        if "device" in name and ("sharing" in name or "paths" in name or name.startswith("distinct")):
+            x[unlinked, k] = 0.0
+    mean = x[:, col["users sharing a device via uses: mean f3 (self included)"]]
+    others = x[:, col["other users sharing a device via uses: mean f3"]]
+    y = ((mean > 0.0) & (others < 0.05)) if rule == "own" else ((mean > 0.0) ^ (others > 0.1))
+    booster = xgb.Booster()
+    booster.load_model(bytearray(XGBGraphFraud(n_estimators=40, seed=0).fit(x, y.astype(np.int64)).booster_bytes()))
+    return booster, x, names
+
+
+@pytest.mark.parametrize("rule", ["own", "others"])
+def test_an_account_that_shares_no_device_is_not_told_of_other_accounts(graph: HeteroData, rule: str) -> None:
+    """u020 uses only its own device: its "users sharing a device (self included)" means are its own
+    values and its "other users sharing a device" means are 0 for nobody. Its reasons give the first
+    as its own feature (both contributions together; a reason of its own when the trees never read
+    the feature itself) and the second as "no other account on the same devices"; an account with
+    no device at all has both there; an account that shares a device keeps the means as they are.
+    The contributions still add up to the score."""
+    xgb = pytest.importorskip("xgboost")
+    from shopgraph.graph.explain import ServedTreeExplainer
+    from shopgraph.graph.wording import reason_in_words
+
+    booster, x, names = _trees_on_sharing_columns(graph, rule)
+    explainer = ServedTreeExplainer(booster, "graph_trees", x, names)
+    mean_f3 = "users sharing a device via uses: mean f3 (self included)"
+    assert {mean_f3, "other users sharing a device via uses: mean f3"} <= set(explainer.names)
+    assert ("f3" in explainer.names) == (rule == "own")  # "others": f3 is a reason only through the mean
+    index = id_index(graph, "user")
+    probability = explainer.probabilities()
+
+    def raw(u: int) -> dict[str, float]:  # every column's own TreeSHAP contribution
+        contrib = booster.predict(xgb.DMatrix(x[u:u + 1]), pred_contribs=True)[0]  # type: ignore[attr-defined]
+        return {name: float(contrib[k]) for k, name in enumerate(names)}
+
+    def device_means(items: Sequence[FeatureAttribution]) -> dict[str, float]:
+        return {f.name: f.attribution for f in items if "sharing a device via uses: mean" in f.name}
+
+    for user, linked in (("u020", True), ("u021", False)):
+        u = index[user]
+        items, base = explainer.contributions(u)
+        by_name = {f.name: f for f in items}
+        assert len(by_name) == len(items) and not device_means(items), user  # each reason once; no means
+        assert not any(reason_in_words(f.name).text.startswith(("accounts on the same devices",
+                                                                "other accounts on the same devices")) for f in items)
+        parts = raw(u)
+        others = sum(c for n, c in parts.items() if n.startswith("other users sharing a device via uses: mean"))
+        nobody = by_name.get("other users sharing a device via uses: none")
+        if linked:  # the mean over itself alone is its own f3: one reason, both contributions
+            assert by_name["f3"].attribution == pytest.approx(parts["f3"] + parts[mean_f3], abs=1e-5)
+            assert by_name["f3"].value == pytest.approx(float(x[u, names.index("f3")]))
+            expected = others
+        else:  # no device: nothing was averaged, both kinds of means are "none"
+            assert "f3" not in by_name or by_name["f3"].attribution == pytest.approx(parts["f3"], abs=1e-5)
+            expected = others + sum(c for n, c in parts.items() if n.startswith("users sharing a device via uses"))
+        assert nobody is not None and reason_in_words(nobody.name).text == "no other account on the same devices"
+        assert nobody.attribution == pytest.approx(expected, abs=1e-5)
+        margin = base + sum(f.attribution for f in items)
+        assert 1 / (1 + np.exp(-margin)) == pytest.approx(float(probability[u]), abs=1e-6)
+        ex = explainer.explain(graph, u, top_k=3)
+        assert not device_means(ex.features) and all(n.attribution == 0 for n in ex.neighbours)
+    # ra1 shares dA1 with four accounts: its means are over them, reported as they are
+    shared = explainer.contributions(index["ra1"])[0]
+    assert device_means(shared)[mean_f3] == pytest.approx(raw(index["ra1"])[mean_f3], abs=1e-6)
+    assert "other users sharing a device via uses: none" not in {f.name for f in shared}
+
+
+def test_self_only_columns_reads_the_baselines_layout(graph: HeteroData) -> None:
+    """Every user-sharing mean of the product's table is recognised, with the path count that says
+    who shares nothing: the names graph.baselines writes and the names graph.explain reads agree."""
+    from shopgraph.graph.explain import _reason_groups, _self_only_columns
+    from shopgraph.graph.fraud_scorer import product_feature_table
+
+    x, names = product_feature_table(graph, None)
+    reasons = _reason_groups(names, set())
+    alone, folds = _self_only_columns(reasons, x, names)
+    sharing = [k for k, n in enumerate(names) if " sharing a " in n and ": mean " in n]
+    assert sharing and sorted(folds) == sharing
+    assert set(alone) == {("purchase", "item"), ("view", "item"), ("uses", "device")}
+    index = id_index(graph, "user")
+    devices_alone, no_device = alone[("uses", "device")]
+    assert devices_alone[index["u020"]] and not devices_alone[index["ra1"]] and not devices_alone[index["u000"]]
+    assert not no_device.any()  # everyone here uses a device
+
+
+def test_shared_identifiers_name_the_other_accounts_and_say_when_the_list_is_cut(graph: HeteroData) -> None:
+    """A device's other accounts are named (the first MAX_OTHERS, sorted; the count is all of them),
+    and an explanation says how many identifiers there were when it lists fewer."""
+    from shopgraph.graph.explain import MAX_OTHERS, ServedTreeExplainer
+
+    index = id_index(graph, "user")
+    ex = explain_user(None, graph, index["ra1"])
+    (da1,) = [n for n in ex.neighbours if n.node_id == "dA1"]
+    assert da1.others == ("ra0", "ra2", "ra3", "ra4") and da1.attribution == 4
+    # u000 also uses the Wi-Fi kiosk with 11 other accounts: 10 named, 11 counted
+    ex = explain_user(None, graph, index["u000"])
+    wifi = next(n for n in ex.neighbours if n.node_id == "d_wifi")
+    assert wifi.attribution == 11 and len(wifi.others) == MAX_OTHERS == 10
+    assert list(wifi.others) == sorted(f"u{k:03d}" for k in range(1, 12))[:10]
+    assert ex.neighbours_total == 2 and len(ex.neighbours) == 2
+    cut = explain_user(None, graph, index["u000"], top_k=1)
+    assert [n.node_id for n in cut.neighbours] == ["d_wifi"] and cut.neighbours_total == 2
+    # the served trees' explanation too, and its case-file form
+    booster, x = _planted_trees(graph)
+    served = ServedTreeExplainer(booster, "graph_trees", x, ["a", "b", "planted", "d", "e"]).explain(
+        graph, index["u000"], top_k=1)
+    assert served.neighbours[0].others == wifi.others and served.neighbours_total == 2
+    as_dict = served.to_dict()
+    assert set(as_dict) == {"user_id", "score", "method", "features", "neighbours"}  # the case files' schema
+    assert as_dict["neighbours"][0]["others"] == list(wifi.others)
+
+
+def test_tree_explanation_adds_up_with_its_base_and_unlisted_contributions(graph: HeteroData) -> None:
+    """base + the listed contributions + the unlisted ones is the score's log-odds, whatever top_k."""
+    from shopgraph.graph.explain import ServedTreeExplainer
+
+    booster, x = _planted_trees(graph)
+    explainer = ServedTreeExplainer(booster, "graph_trees", x, ["a", "b", "planted", "d", "e"])
+    u = id_index(graph, "user")["ra1"]
+    for top_k in (1, 2, 5):
+        ex = explainer.explain(graph, u, top_k=top_k)
+        assert ex.base is not None and ex.unlisted is not None and ex.score is not None
+        assert ex.base + sum(f.attribution for f in ex.features) + ex.unlisted == pytest.approx(
+            np.log(ex.score / (1 - ex.score)), abs=1e-6)
+    assert ex.unlisted == 0.0  # all five listed
+    assert explain_user(None, graph, u).unlisted is None  # z-scores add up to nothing
+
+
+def test_case_file_features_give_the_column_and_its_words(graph: HeteroData) -> None:
+    from shopgraph.graph.explain import Explanation, FeatureAttribution
+
+    ex = Explanation("u1", 0.9, "tree_shap+shared_identifiers", [FeatureAttribution(
+        "quick purchases: mean item image features (87 columns together; value: their norm)", 0.25, 1.8)], [])
+    (feature,) = ex.to_dict()["features"]
+    assert feature == {
+        "name": "quick purchases: mean item image features (87 columns together; value: their norm)",
+        "reason": "items bought right after viewing or carting them: what they are, judged from their pictures",
+        "value": 0.25, "attribution": 1.8}

@@ -164,6 +164,40 @@ def test_product_feature_table_names_every_column(setup: tuple) -> None:
     assert ring_column_text("something_else") == "something_else"
 
 
+def test_held_out_tables_name_their_label_counts_for_the_labels_they_count(setup: tuple) -> None:
+    """A fold's held-out trees count the labels of the other folds only: their label columns say so
+    (and are read as such by the served reasons), so that an investigator never reads "labelled
+    fraud in the training data: 10" beside the served "…: 17" for the same account. The other
+    columns keep the served table's names."""
+    from shopgraph.graph.fraud_scorer import HELD_OUT_LABELS, product_feature_table, ring_column_text
+    from shopgraph.graph.wording import cites_training_labels
+    from shopgraph.retrieval.service import describe_user_feature
+
+    _, data, _, _ = setup
+    _, tr, _, _ = _masks(data)
+    fold = np.full(int(data["user"].num_nodes), -1)
+    fold[tr] = np.arange(len(tr)) % 2
+    _, served = product_feature_table(data, None)
+    table, held = held_out_table(data, fold, 0)
+    assert len(held) == len(served) == table.shape[1]
+    changed = [(a, b) for a, b in zip(served, held, strict=True) if a != b]
+    assert changed and all(" labelled " in a for a, _ in changed)
+    assert all(b == a.replace("in the training data", HELD_OUT_LABELS) for a, b in changed)
+    assert not any("in the training data" in a and HELD_OUT_LABELS not in b for a, b in zip(served, held, strict=True))
+    name = ring_column_text("co_users_known_fraud", held_out=True)
+    assert name == ("accounts sharing a device (or other identifier), labelled fraud in the training data outside this "
+                    "account's fold (log count)")
+    assert describe_user_feature(name, None, float(np.log1p(10))) == (
+        "accounts sharing a device (or other identifier), labelled fraud in the training data outside this account's "
+        "fold: 10")
+    share = ring_column_text("co_users_fraud_share", held_out=True)
+    assert describe_user_feature(share, None, 1.0) == (
+        "accounts sharing a device (or other identifier): share labelled fraud among those labelled in the training "
+        "data outside this account's fold: 100%")
+    # every label column, served or held out, is told apart as counting other accounts' labels
+    assert all(cites_training_labels(n) for pair in changed for n in pair)
+
+
 def test_rank_average_serving_matches_a_serving_view_fit(setup: tuple) -> None:
     model, data, train_emb, _ = setup
     serving_emb = embed_graph(model, lean_graph(data), CPU)

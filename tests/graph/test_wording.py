@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from shopgraph.graph.wording import Reading, reason_in_words, value_in_words
+from shopgraph.graph.wording import Reading, cites_training_labels, reason_in_words, value_in_words
 
 
 @pytest.mark.parametrize("name, text, unit", [
@@ -14,6 +14,9 @@ from shopgraph.graph.wording import Reading, reason_in_words, value_in_words
      "other accounts that bought the same items: average share of events at night", "standardised"),
     ("other users sharing a device via uses: mean user_country=DE",
      "other accounts on the same devices: share with country DE", "share"),
+    # an account that shares no device (graph.explain): no average over accounts that do not exist
+    ("other users sharing a device via uses: none", "no other account on the same devices", "none"),
+    ("other users sharing a item via purchase: none", "no other account that bought the same items", "none"),
     ("quick purchases: mean item image features (87 columns together; value: their norm)",
      "items bought right after viewing or carting them: what they are, judged from their pictures", "none"),
     ("items via cart: mean text features (22 columns together; value: their norm)",
@@ -69,3 +72,18 @@ def test_no_technical_token_survives_in_a_shops_feature_names() -> None:
 ])
 def test_values_read_as_their_unit(unit: str, value: float, shown: str) -> None:
     assert value_in_words(Reading("x", unit), value) == shown  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("reason, cites", [
+    ("accounts sharing a device (or other identifier), labelled fraud in the training data: 17 (+2.88 log-odds)", True),
+    ("accounts sharing a device (or other identifier), labelled fraud in the training data outside this account's "
+     "fold: 10 (+3.16 log-odds)", True),
+    ("accounts sharing a device (or other identifier): share labelled fraud among those labelled in the training "
+     "data: 100% (+0.76 log-odds)", True),
+    ("accounts sharing a device that bought within 2 h of this one: 29 (+1.86 log-odds)", False),
+    ("items bought right after viewing or carting them: what they are, judged from their pictures (+1.41 log-odds)",
+     False),
+    ("account age: 3 days (+0.41 log-odds)", False),
+])
+def test_reasons_that_count_other_accounts_labels_are_told_apart(reason: str, cites: bool) -> None:
+    assert cites_training_labels(reason) is cites

@@ -115,6 +115,14 @@ def test_explain_user(client: TestClient, cases: FraudCases) -> None:
     assert 0 < body["score"] < 1 and len(body["features"]) == 5
     assert {n["node_id"] for n in body["neighbours"]} <= {"dA1", "dA2"}
     assert (body["label"], body["label_in_training"]) == cases.labels(["ra2"])["ra2"]
+    # each feature by its column and in the words /fraud/score uses; each device with the accounts on it
+    from shopgraph.graph.wording import reason_in_words
+
+    assert all(f["reason"] == reason_in_words(f["name"]).text for f in body["features"])
+    (da1,) = [n for n in body["neighbours"] if n["node_id"] == "dA1"]
+    assert da1["others"] == ["ra0", "ra1", "ra3", "ra4"] and da1["attribution"] == 4
+    assert body["neighbours_total"] == len(body["neighbours"])
+    assert body["base_value"] is None and body["unlisted_attribution"] is None  # z-scores: nothing adds up
     r = _app(explain=cases.explain).get("/fraud/explain", params={"user_id": "ra2"})
     assert r.status_code == 200 and r.json()["label"] is None and r.json()["label_in_training"] is None
 
@@ -241,3 +249,44 @@ def test_a_user_id_with_surrounding_spaces_names_the_stored_account(client: Test
     r = client.get("/fraud/ring/%20r0002%20")  # ring ids too, in any case
     assert r.status_code == 200 and r.json()["ring_id"] == "R0002"
     assert cases.ring(" R0002 ").ring_id == "R0002"
+
+
+def test_explain_names_the_accounts_an_account_outside_any_ring_is_tied_to(client: TestClient) -> None:
+    """u000 shares the shop's Wi-Fi kiosk with 11 accounts; the kiosk is a hub, left out of the rings,
+    so /fraud/rings has nothing for u000: /fraud/explain names them (the first 10, the count whole)."""
+    assert client.get("/fraud/rings", params={"user_id": "u000"}).json()["total"] == 0
+    body = client.get("/fraud/explain", params={"user_id": "u000"}).json()
+    (wifi,) = [n for n in body["neighbours"] if n["node_id"] == "d_wifi"]
+    assert wifi["attribution"] == 11 and wifi["others"] == [f"u{k:03d}" for k in range(1, 11)]
+    assert body["neighbours_total"] == 2
+
+
+def test_explain_says_when_its_device_list_is_cut() -> None:
+    from shopgraph.graph.explain import NeighbourAttribution
+
+    devices = [NeighbourAttribution("device", f"d{k}", 6.0 - k, ("u1",)) for k in range(5)]
+    client = _app(explain=lambda u: Explanation(u, 0.5, "behaviour_zscore", [], devices, neighbours_total=6))
+    body = client.get("/fraud/explain", params={"user_id": "x"}).json()
+    assert len(body["neighbours"]) == 5 and body["neighbours_total"] == 6
+    assert body["neighbours"][0]["others"] == ["u1"]
+
+
+def test_served_tree_explanation_adds_up_over_http(tmp_path: Path) -> None:
+    """With the served trees, base_value + the listed contributions + unlisted_attribution is the
+    log-odds of the served score: a client can check what /fraud/explain says it explains."""
+    import math
+
+    from tests.graph.test_explain import _run_serving_trees
+
+    run, data, prob = _run_serving_trees(tmp_path)
+    cases = FraudCases.from_run(run.path)
+    assert cases.served is not None
+    app = FastAPI()
+    app.include_router(fraud_router(cases.rings, explain=cases.explain))
+    client = TestClient(app, raise_server_exceptions=False)
+    for user in ("ra1", "u000", "h0"):
+        body = client.get("/fraud/explain", params={"user_id": user}).json()
+        assert body["method"] == "tree_shap+shared_identifiers" and body["base_value"] is not None
+        total = body["base_value"] + sum(f["attribution"] for f in body["features"]) + body["unlisted_attribution"]
+        assert total == pytest.approx(math.log(body["score"] / (1 - body["score"])), abs=1e-5)
+        assert body["score"] == pytest.approx(float(prob[list(data["user"].ids).index(user)]), abs=1e-5)
