@@ -365,18 +365,17 @@ def max_in_window(owner: np.ndarray, time: np.ndarray, window: float, n: int) ->
     return out
 
 
-def _own_timing(g: HeteroData, target: tuple[str, str, str], n: int, buy_window: float,
-                quick_funnel: float) -> dict[str, np.ndarray]:
-    """Per-user timing of the visible target events (bursts, quick funnels); see ring_features."""
+def _quick_buys(g: HeteroData, target: tuple[str, str, str], quick_funnel: float) -> np.ndarray | None:
+    """``bool [E]`` over the target events of ``g``: those within ``quick_funnel`` seconds of the
+    latest earlier event of the same (user, item) pair of another type (a cart, a view); ``None``
+    when ``g`` has no such timed events."""
     bei = g[target].edge_index.long().cpu().numpy()
     bt = g[target].time.cpu().numpy().astype(np.int64)
-    cols = {"own_burst": np.log1p(max_in_window(bei[0], bt, buy_window, n))}
-    # the latest earlier event of the same (user, item) pair of another type (a cart, a view)
     n_items = int(g[target[2]].num_nodes)
     prior = [et for et in g.edge_types if et[0] == target[0] and et[2] == target[2] and et != target
              and not et[1].startswith(REV_PREFIX) and "time" in g[et]]
     if not prior or bt.size == 0:
-        return cols
+        return None
     pe = np.concatenate([g[et].edge_index.long().cpu().numpy() for et in prior], axis=1)
     pt = np.concatenate([g[et].time.cpu().numpy().astype(np.int64) for et in prior])
     t0 = min(int(bt.min()), int(pt.min()) if pt.size else int(bt.min()))
@@ -386,7 +385,40 @@ def _own_timing(g: HeteroData, target: tuple[str, str, str], n: int, buy_window:
     pos = np.searchsorted(pk, bk, side="right") - 1
     same = (pos >= 0) & (pk[np.maximum(pos, 0)] // span == bk // span)
     gap = np.where(same, bk - pk[np.maximum(pos, 0)], np.iinfo(np.int64).max)
-    quick = gap <= quick_funnel
+    return np.asarray(gap <= quick_funnel)
+
+
+def quick_purchases(data: HeteroData, quick_funnel: float = QUICK_FUNNEL_S) -> list[list[int]]:
+    """Per user (node order), the items (node indices) it bought within ``quick_funnel`` seconds of
+    viewing or carting them, over every event of ``data`` (what the served feature table's
+    ``quick_*`` columns read, :func:`product_feature_table` with no split), latest first, each once:
+    the items behind a "quick purchases: mean item …" reason."""
+    n = int(data["user"].num_nodes)
+    out: list[list[int]] = [[] for _ in range(n)]
+    target = ("user", str(getattr(data, "target", "purchase")), "item")
+    if target not in data.edge_types or "time" not in data[target]:
+        return out
+    quick = _quick_buys(data, target, quick_funnel)
+    if quick is None:
+        return out
+    bei = data[target].edge_index.long().cpu().numpy()[:, quick]
+    bt = data[target].time.cpu().numpy().astype(np.int64)[quick]
+    for k in np.lexsort((-bt, bei[0])):  # by user, then latest first
+        items = out[int(bei[0, k])]
+        if int(bei[1, k]) not in items:
+            items.append(int(bei[1, k]))
+    return out
+
+
+def _own_timing(g: HeteroData, target: tuple[str, str, str], n: int, buy_window: float,
+                quick_funnel: float) -> dict[str, np.ndarray]:
+    """Per-user timing of the visible target events (bursts, quick funnels); see ring_features."""
+    bei = g[target].edge_index.long().cpu().numpy()
+    bt = g[target].time.cpu().numpy().astype(np.int64)
+    cols = {"own_burst": np.log1p(max_in_window(bei[0], bt, buy_window, n))}
+    quick = _quick_buys(g, target, quick_funnel)
+    if quick is None:
+        return cols
     n_buy = np.bincount(bei[0], minlength=n).astype(np.float64)
     n_quick = np.bincount(bei[0], weights=quick.astype(np.float64), minlength=n)
     cols["quick_buys"] = np.log1p(n_quick)

@@ -60,6 +60,8 @@ _NO_ITEMS.flags.writeable = False
 RESCORE_MARGIN = 8  # candidates fetched beyond k and rescored exactly (near ties at the k-th place)
 _IMAGE_CHUNK = 32  # images decoded at a time when a batch is encoded (ShopService._encode_images)
 REPLAY_BATCH = 1024  # journal entries whose adds are embedded in one pass
+QUICK_ITEM_REASON = "quick purchases: mean item "  # graph.fraud_scorer: the columns of what quick buys are
+QUICK_ITEMS_NAMED = 3  # items named in such a reason (ShopService._naming_quick_items)
 CONTENT_NEIGHBOURS = 20  # trained items whose vectors make a new item's (_new_item_embeddings)
 # the one-hot flags of the items' category column (encoders/behaviour.py: "item_" + "category=<value>")
 CATEGORY_FLAG = "item_category="
@@ -761,6 +763,7 @@ class ShopService:
         user_raw: dict[str, np.ndarray] | None = None,
         fraud_attribution: FraudAttribution | None = None,
         held_out_attribution: FraudAttribution | None = None,
+        quick_items: Sequence[Sequence[int]] | None = None,
         catalogue: CatalogueJournal | None = None,
         catalogue_sync_s: float = 1.0,
         catalogue_follow: bool = True,
@@ -777,6 +780,9 @@ class ShopService:
         self._user_raw = dict(user_raw or {})
         self._fraud_attribution = fraud_attribution
         self._held_out_attribution = held_out_attribution
+        # per user, the items it bought right after viewing or carting them (graph.fraud_scorer.quick_purchases),
+        # named in a "quick purchases" reason: the items behind it
+        self._quick_items = quick_items
         self._text_encoder = text_encoder
         self._image_encoder = image_encoder
         self._text_model = text_model
@@ -1001,6 +1007,7 @@ class ShopService:
         root = config.get("tables_root")
         prob = embeddings.get("fraud_prob")
         from shopgraph.encoders.cache import MODEL_NAME_SCHEME
+        from shopgraph.graph.fraud_scorer import quick_purchases
 
         features = run.read_json("features.json") if run.has("features.json") else {}
         encoder_models = {}  # only names of the scheme that hashes the weights can be compared
@@ -1023,6 +1030,7 @@ class ShopService:
             if fraud_reasons else None,
             held_out_attribution=held_out_attribution_of(run, data, _held_out(embeddings, len(data["user"].ids)))
             if fraud_reasons else None,
+            quick_items=quick_purchases(data) if fraud_reasons else None,
             catalogue=CatalogueJournal(run.path) if catalogue else None, catalogue_sync_s=catalogue_sync_s,
             catalogue_follow=catalogue_follow, encoder_models=encoder_models,
         )
@@ -1621,12 +1629,32 @@ class ShopService:
                 fact = describe_user_feature(name, self._user_raw[name][u] if name in self._user_raw else None, value)
                 if fact is None and name not in self._user_raw:  # a neighbourhood mean, a group of encoder columns
                     fact = _in_words(name, value)
+                if fact is not None and name.startswith(QUICK_ITEM_REASON):
+                    fact = self._naming_quick_items(fact, u)
                 if fact is not None:
                     facts.append((contribution, fact))
         facts.sort(key=lambda f: -sign * f[0])
         reasons = [f"{fact} ({c:+.2f} log-odds)" for c, fact in facts[:top]]
         return reasons or [f"nothing in the account's own behaviour or shared identifiers "
                            f"{'raised' if raised else 'lowered'} its score"]
+
+    def _naming_quick_items(self, fact: str, u: int) -> str:
+        """A "quick purchases: mean item …" reason with the items it averages named (the latest
+        first, :data:`QUICK_ITEMS_NAMED` of them and how many more), so that an investigator can
+        look at what was bought: ``items bought right after viewing or carting them (i000123 'gift
+        card', …): what they are, judged from their pictures``."""
+        items = self._quick_items[u] if self._quick_items is not None and u < len(self._quick_items) else []
+        if not items:
+            return fact
+        def title(i: int) -> str:
+            text = " ".join(str(self.titles[i]).split())
+            return f"'{text if len(text) <= 48 else text[:47] + '…'}'" if text else "(no title)"
+
+        named = ", ".join(f"{self.item_ids[i]} {title(i)}" for i in items[:QUICK_ITEMS_NAMED])
+        more = len(items) - QUICK_ITEMS_NAMED
+        named += f" and {more:,} more" if more > 0 else ""
+        head, sep, tail = fact.partition(":")
+        return f"{head} ({named}){sep}{tail}"
 
     def score_user(self, user_id: str) -> FraudScore:
         """Fraud probability of a user, the decision, and the behaviour features behind it."""

@@ -435,6 +435,24 @@ def test_ring_features_separate_a_ring_from_a_household() -> None:
     np.testing.assert_allclose(rf.x[:, rf.names.index("quick_item_x1")], [2, 1, 3, 0, 0, 0])
 
 
+def test_quick_purchases_name_the_items_behind_the_quick_item_columns() -> None:
+    """The items a "quick purchases: mean item …" reason averages, per user, latest first, each
+    once, over every event (the served table has no split): user 0 bought items 1 then 0 right
+    after carting them; users 3 and 4 carted 10 minutes before buying (not quick); user 5 never
+    carted."""
+    from shopgraph.graph.fraud_scorer import quick_purchases
+
+    data = _ring_graph()
+    assert quick_purchases(data) == [[1, 0], [0], [1], [], [], []]
+    # a second quick buy of the same item is named once; a user with no cart stays empty
+    data[("user", "purchase", "item")].edge_index = torch.cat(
+        [data[("user", "purchase", "item")].edge_index, torch.tensor([[1], [0]])], dim=1)
+    data[("user", "purchase", "item")].time = torch.cat([data[("user", "purchase", "item")].time,
+                                                         torch.tensor([1130])])
+    assert quick_purchases(data)[1] == [0]
+    assert quick_purchases(_ring_graph(timed=False)) == [[] for _ in range(6)]
+
+
 def test_ring_features_leave_hubs_out() -> None:
     rf = ring_features(_ring_graph(), "test", hub_threshold=2)  # device 0 has 3 users: a hub
     np.testing.assert_allclose(_col(rf, "co_users"), [0, 0, 0, 1, 1, 0], atol=1e-5)
