@@ -1639,22 +1639,35 @@ class ShopService:
                            f"{'raised' if raised else 'lowered'} its score"]
 
     def _naming_quick_items(self, fact: str, u: int) -> str:
-        """A "quick purchases: mean item …" reason with the items it averages named (the latest
-        first, :data:`QUICK_ITEMS_NAMED` of them and how many more), so that an investigator can
-        look at what was bought: ``items bought right after viewing or carting them (i000123 'gift
-        card', …): what they are, judged from their pictures``."""
+        """A "quick purchases: mean item …" reason with the items it averages named
+        (:meth:`quick_items_named`), so that an investigator can look at what was bought: ``items
+        bought right after viewing or carting them (i000123 'gift card', …): what they are,
+        judged from their pictures``."""
+        named = self._quick_named(u)
+        if not named:
+            return fact
+        head, sep, tail = fact.partition(":")
+        return f"{head} ({named}){sep}{tail}"
+
+    def quick_items_named(self, user_id: str) -> str:
+        """The items the account bought right after viewing or carting them, as a "quick purchases"
+        reason names them: the latest first, :data:`QUICK_ITEMS_NAMED` of them with their titles
+        and how many more (``i000123 'gift card', i000045 'drone' and 2 more``); ``""`` when there
+        are none, or the service was loaded without fraud reasons."""
+        return self._quick_named(self._user(user_id))
+
+    def _quick_named(self, u: int) -> str:
         items = self._quick_items[u] if self._quick_items is not None and u < len(self._quick_items) else []
         if not items:
-            return fact
+            return ""
+
         def title(i: int) -> str:
             text = " ".join(str(self.titles[i]).split())
             return f"'{text if len(text) <= 48 else text[:47] + '…'}'" if text else "(no title)"
 
         named = ", ".join(f"{self.item_ids[i]} {title(i)}" for i in items[:QUICK_ITEMS_NAMED])
         more = len(items) - QUICK_ITEMS_NAMED
-        named += f" and {more:,} more" if more > 0 else ""
-        head, sep, tail = fact.partition(":")
-        return f"{head} ({named}){sep}{tail}"
+        return named + (f" and {more:,} more" if more > 0 else "")
 
     def score_user(self, user_id: str) -> FraudScore:
         """Fraud probability of a user, the decision, and the behaviour features behind it."""

@@ -804,6 +804,21 @@ def test_tree_reasons_table_shows_counts_and_shared_devices_last() -> None:
     assert table["contribution"].tolist()[:2] == [-3.0, 2.5] and table["contribution"][2:].isna().all()
 
 
+def test_tree_reasons_table_names_the_items_of_a_quick_purchases_reason() -> None:
+    """A group of picture columns has no value a reader can use (their norm): the row's value is the
+    items bought quickly instead, as the served reasons name them."""
+    from shopgraph.graph.explain import Explanation, FeatureAttribution
+    from shopgraph.ui.app import _explanation_table
+
+    name = "quick purchases: mean item image features (87 columns together; value: their norm)"
+    ex = Explanation("u1", 0.9, "tree_shap+shared_identifiers", [FeatureAttribution(name, 0.27, 2.0)], [])
+    table = _explanation_table(ex, "i1 'drone' and 2 more")
+    assert table["reason"].tolist() == ["items bought right after viewing or carting them: what they are, judged "
+                                        "from their pictures"]
+    assert table["value"].tolist() == ["i1 'drone' and 2 more"]
+    assert _explanation_table(ex)["value"].tolist() == [""]
+
+
 def test_tree_reasons_table_names_who_shares_each_device_and_says_when_devices_are_left_out() -> None:
     """u000113 of the demo shop shares d007400 with one account and is in no ring: the table names
     that account. u000494 uses 6 devices and the explanation lists 5: the table says so."""
