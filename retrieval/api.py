@@ -40,6 +40,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -418,9 +419,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"path: no route {shown(request.url.path)} (the routes are listed at /docs)"
         elif exc.status_code == 405 and detail == "Method Not Allowed":
-            allowed = (exc.headers or {}).get("allow", "")
+            # every route of the path (GET and HEAD /healthz are two), not only the one the router tried
+            methods = {m for route in request.app.routes if isinstance(route, APIRoute)
+                       and route.path_regex.match(request.url.path) for m in route.methods}
+            allowed = ", ".join(sorted(methods))
             detail = f"method: {request.method} is not allowed on {request.url.path}" + (
                 f" (allowed: {allowed})" if allowed else "")
+            if allowed:  # the header says the same
+                return JSONResponse({"detail": detail}, status_code=405, headers={**(exc.headers or {}), "Allow": allowed})
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     app.add_exception_handler(StarletteHTTPException, no_route)

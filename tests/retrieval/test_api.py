@@ -1184,7 +1184,10 @@ def test_json_without_nan_and_routes_that_do_not_exist_are_named(client):
     r = client.get("/recomend", params={"user_id": "u001"})
     assert r.status_code == 404 and r.json()["detail"] == "path: no route '/recomend' (the routes are listed at /docs)"
     r = client.put("/healthz")
-    assert r.status_code == 405 and r.json()["detail"].startswith("method: PUT is not allowed on /healthz")
+    assert r.status_code == 405 and r.json()["detail"] == "method: PUT is not allowed on /healthz (allowed: GET, HEAD)"
+    assert r.headers["allow"] == "GET, HEAD"
+    r = client.post("/similar", params={"item_id": "i001"})
+    assert r.status_code == 405 and r.json()["detail"] == "method: POST is not allowed on /similar (allowed: GET)"
     # a batch too large is said before its unknown ids
     r = client.post("/similar/batch", json={"item_ids": ["i001", "nope"] * 60, "k": 1000})
     assert r.status_code == 422 and r.json()["detail"].startswith("k: 120 item_ids × k=1,000 asks for 120,000 results")
