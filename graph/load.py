@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import posixpath
+import sys
 import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -105,6 +106,21 @@ _DATE_MIN: float = pd.Timestamp.min.value / 1e9
 _DATE_MAX: float = pd.Timestamp.max.value / 1e9
 _EPOCH_MAX: float = 2.0**63
 TIME_RANGE_TEXT = "values are out of range (dates must lie between 1677-09-22 and 2262-04-10, epoch seconds below 9.2e18)"
+# A zone written as a word after an ISO time, as BigQuery's CSV export writes it
+# ("2025-10-03 00:21:10 UTC"): read as +00:00. Tried only on the values ISO-8601 alone rejects.
+_UTC_WORD: str = r"\s*(?:UTC|GMT)$"
+# pyarrow reads a CSV file in blocks of 1 MB, and a row must fit in one: a longer row (a few MB of
+# HTML in one description) is read again with blocks this many times larger, up to _MAX_BLOCK.
+# Only a file that failed is read again, so the common file costs nothing more.
+_BLOCK_GROWTH: int = 4
+_MAX_BLOCK: int = 64 << 20
+# Events dropped for unknown users or items: up to this share of the file's rows is a repair (a few
+# deleted accounts or items); more means the tables do not fit together (ids written differently).
+_MAX_UNKNOWN_SHARE: float = 0.5
+# Separators other than the comma that exports use: a header holding one names the file's format.
+_OTHER_DELIMITERS: dict[str, str] = {";": "semicolons (;)", "\t": "tabs", "|": "pipes (|)"}
+# An items.image value that is a URL (https://, s3://, ...): images are never fetched.
+_URL: str = r"^[A-Za-z][A-Za-z0-9+.\-]*://"
 
 
 @dataclass(frozen=True)
@@ -319,6 +335,9 @@ def _epoch_seconds(dt: pd.Series) -> pd.Series:
 def _parse_times(raw: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
     """Parse ISO-8601 strings or epoch seconds -> (float64 epoch seconds, NaN where unparsable).
 
+    An ISO time may end in the zone as a word, ``UTC`` or ``GMT`` (``2025-10-03 00:21:10 UTC``, as
+    BigQuery exports it), read as ``+00:00``.
+
     Returns:
         The parsed seconds (float64; NaN where missing, unparsable or out of range), a boolean
         mask of values present but unparsable, and one of values parsed but out of range
@@ -341,7 +360,16 @@ def _parse_times(raw: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
         secs = pd.to_numeric(text, errors="coerce").astype(np.float64)
         rest = present & secs.isna()
         if rest.any():
-            iso = _epoch_seconds(pd.to_datetime(text[rest], format="ISO8601", utc=True, errors="coerce"))
+            dt = pd.to_datetime(text[rest], format="ISO8601", utc=True, errors="coerce")
+            if dt.isna().any():  # "2025-10-03 00:21:10 UTC" (BigQuery): the zone as a word
+                again = text[rest][dt.isna()]
+                zoned = again.str.replace(_UTC_WORD, "+00:00", regex=True, case=False)
+                worded = zoned != again
+                if worded.any():
+                    dt = dt.astype("datetime64[us, UTC]")
+                    dt.loc[worded[worded].index] = pd.to_datetime(
+                        zoned[worded], format="ISO8601", utc=True, errors="coerce").astype("datetime64[us, UTC]")
+            iso = _epoch_seconds(dt)
             far.loc[rest] = (iso < _DATE_MIN) | (iso > _DATE_MAX)
             secs.loc[rest] = iso
     far = far | (np.isfinite(secs) & (np.abs(secs) >= _EPOCH_MAX))
@@ -407,11 +435,15 @@ def _locate(root: Path, name: str, entries: list[str], out: _Collector) -> Path 
     """
     usable: list[str] = []
     unread: list[str] = []  # entries named like the table but not in a form that is read
+    broken: list[str] = []  # symbolic links named like the table whose target does not exist
     for entry in entries:
         form = _table_form(name, entry)
         is_dir = (root / entry).is_dir()
         if form is not None and ((root / entry).is_file() or (is_dir and form == ".parquet")):
             usable.append(entry)
+        elif form is not None and (root / entry).is_symlink() and not (root / entry).exists():
+            broken.append(f"{entry} is a broken link: it points to {os.readlink(root / entry)!r}, which does "
+                          "not exist; fix the link or put the file itself in the folder")
         elif form is not None and is_dir:
             unread.append(f"{entry} is a folder, not read: a folder is read only as Parquet ({name}.parquet); "
                           f"write one file {name}{form} or a Parquet folder")
@@ -422,6 +454,14 @@ def _locate(root: Path, name: str, entries: list[str], out: _Collector) -> Path 
         return None
     if usable:
         return root / usable[0]
+    if broken:
+        text = "; ".join(broken)
+        if name in REQUIRED_TABLES:
+            out.add("fatal", name, None, "broken_link", f"{name}: {text}")
+        else:
+            out.add("warning", name, None, "broken_link", f"{name}: {text}; the shop is loaded without {name}",
+                    action="table not loaded")
+        return None
     for entry in entries:
         if _table_form(name, entry) is not None or not _near_name(name, entry):
             continue
@@ -508,13 +548,47 @@ def _open_text(file: Path) -> IO[str]:
     return open(file, encoding="utf-8-sig", errors="replace", newline="")
 
 
-def _csv_header(file: Path) -> list[str]:
-    """The column names of a CSV file's first record, as written (repeats kept).
+class _Head(NamedTuple):
+    """The start of a CSV file (:func:`_csv_head`)."""
 
-    Blank lines before it are skipped, as pyarrow does.
+    header: list[str]  # the column names as written (repeats kept)
+    line: int  # the file line the header ends on
+    sep: str | None  # the separator an Excel "sep=X" first line names (that line is not the header)
+
+
+def _csv_head(file: Path) -> _Head:
+    """The column names of a CSV file's first record, and Excel's ``sep=,`` hint line if line 1 is one.
+
+    Blank lines before the header are skipped, as pyarrow does. Excel writes ``sep=,`` (or ``sep=;``)
+    as line 1 of a CSV file to tell itself the separator; the header is then the next record.
     """
     with _open_text(file) as f:
-        return next((rec for rec in csv.reader(f) if rec), [])
+        reader = csv.reader(f)
+        sep = None
+        for rec in reader:
+            if not rec:
+                continue
+            text = ",".join(rec)
+            if reader.line_num == 1 and sep is None and len(text) == 5 and text[:4].lower() == "sep=":
+                sep = text[4]
+                continue
+            return _Head(rec, reader.line_num, sep)
+    return _Head([], 0, sep)
+
+
+def _other_delimiter(header: list[str], required: tuple[str, ...]) -> str | None:
+    """The separator (``;``, tab, ``|``) a header seems written with, when it lacks the required
+    columns: the header split at it names a required column, or it is one name holding it."""
+    if any(col.strip() in required for col in header):
+        return None
+    line = ",".join(header)
+    for sep in _OTHER_DELIMITERS:
+        if sep not in line:
+            continue
+        names = {part.strip().strip('"') for part in line.split(sep)}
+        if names & set(required) or len(header) == 1:
+            return sep
+    return None
 
 
 def _line_breaks(text: str) -> int:
@@ -547,6 +621,7 @@ class _CsvLayout(NamedTuple):
     ragged: list[tuple[int, int, str, int]]  # the first RAGGED_SHOWN records not of the header's width:
     #                                          (first line, values, their text joined by commas, row)
     n_ragged: int  # how many records are not of the header's width
+    n_trailing: int  # of those, how many have one value more than the header, an empty last one
 
 
 def _looks_merged(value: str, one_line: set[int], width: int) -> bool:
@@ -565,7 +640,7 @@ def _looks_merged(value: str, one_line: set[int], width: int) -> bool:
     return False
 
 
-def _csv_layout(file: Path, one_line: set[int], width: int) -> _CsvLayout | None:
+def _csv_layout(file: Path, one_line: set[int], width: int, skip: int = 0) -> _CsvLayout | None:
     """Map a CSV file's records to row numbers and find the values an unclosed quote merged.
 
     Only called when the file's line count is not its record count plus one (blank lines, quoted
@@ -577,13 +652,14 @@ def _csv_layout(file: Path, one_line: set[int], width: int) -> _CsvLayout | None
     of the file. Found: a line break in a column that never holds one (``one_line``: 0-based header
     positions of ids, times, numbers, paths) and a quote still open at the end of the file (sure);
     a value of free text whose lines look like whole rows of ``width`` fields (probably). Records
-    of another width than ``width`` are counted, the first :data:`RAGGED_SHOWN` kept.
+    of another width than ``width`` are counted, the first :data:`RAGGED_SHOWN` kept. The first
+    ``skip`` records (Excel's ``sep=,`` line) come before the header and are not rows.
     ``None`` when Python's reader fails on the file (the rows are then numbered as pyarrow read them).
     """
     rows: list[int] = []
     merged: list[_Merged] = []
     ragged: list[tuple[int, int, str, int]] = []
-    n_ragged = 0
+    n_ragged = n_trailing = 0
     blank, first_blank = 0, None
     seen_header, row, line = False, 0, 0
     last: tuple[list[str], int, int] | None = None  # the last record, its row and first line
@@ -599,6 +675,9 @@ def _csv_layout(file: Path, one_line: set[int], width: int) -> _CsvLayout | None
                     first_blank = first_blank or start
                     row += seen_header
                     continue
+                if skip:
+                    skip -= 1
+                    continue
                 if not seen_header:
                     seen_header = True
                     continue
@@ -607,6 +686,7 @@ def _csv_layout(file: Path, one_line: set[int], width: int) -> _CsvLayout | None
                 last = (rec, row, start)
                 if len(rec) != width:
                     n_ragged += 1
+                    n_trailing += len(rec) == width + 1 and not rec[-1].strip()
                     if len(ragged) < RAGGED_SHOWN:
                         ragged.append((start, len(rec), ",".join(rec), row))
                 if line > start:  # the record spans lines: which values hold the breaks
@@ -633,7 +713,7 @@ def _csv_layout(file: Path, one_line: set[int], width: int) -> _CsvLayout | None
         return None
     finally:
         csv.field_size_limit(limit)
-    return _CsvLayout(np.asarray(rows, dtype=np.int64), blank, first_blank, merged, ragged, n_ragged)
+    return _CsvLayout(np.asarray(rows, dtype=np.int64), blank, first_blank, merged, ragged, n_ragged, n_trailing)
 
 
 def _report_merged(
@@ -678,11 +758,49 @@ def _report_ragged(layout: _CsvLayout, file: Path, name: str, width: int, out: _
         return False
     named = "; ".join(f"line {line} has {values} ({_cut(text)!r})" for line, values, text, _ in bad)
     more = f"; and {n - len(bad):,} more" if n > len(bad) else ""
+    if layout.n_trailing == n:
+        advice = (f"{'each ends' if n > 1 else 'it ends'} in a comma with nothing after it (a trailing comma, one "
+                  "empty value more than the header names): remove the trailing comma"
+                  f"{'s' if n > 1 else ''}")
+    else:
+        advice = "a value that holds a comma must be in double quotes"
     out.add("fatal", name, None, "ragged_rows",
             f"{name}: {n:,} row{'s' if n > 1 else ''} of {file.name} {'do' if n > 1 else 'does'} not have the "
-            f"header's {width} values: {named}{more}; a value that holds a comma must be in double quotes",
+            f"header's {width} values: {named}{more}; {advice}",
             count=n, first_row=bad[0][3], first_value=bad[0][2])
     return True
+
+
+def _longest_value(file: Path, header: list[str], skip: int) -> tuple[int, str, int, str]:
+    """The longest value of a CSV file: ``(row, column name, length in characters, its start)``.
+
+    Rows are numbered as :func:`_csv_layout` does (blank lines counted). Only called when a row is
+    too long for pyarrow's largest block: a pass of Python's csv reader over the file.
+    """
+    best = (0, "", -1, "")
+    limit = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)
+    try:
+        with _open_text(file) as f:
+            seen_header, row = False, 0
+            for rec in csv.reader(f):
+                if not rec:
+                    row += seen_header
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                if not seen_header:
+                    seen_header = True
+                    continue
+                row += 1
+                k = max(range(len(rec)), key=lambda j: len(rec[j]))
+                if len(rec[k]) > best[2]:
+                    col = header[k].strip() if k < len(header) else f"column {k + 1}"
+                    best = (row, col, len(rec[k]), rec[k][:40])
+    finally:
+        csv.field_size_limit(limit)
+    return best
 
 
 def _cut(text: str, most: int = 60) -> str:
@@ -690,7 +808,10 @@ def _cut(text: str, most: int = 60) -> str:
     return text if len(text) <= most else text[:most - 3] + "..."
 
 
-def _read_csv(file: Path, name: str, header: list[str], quoted: bool = True) -> pd.DataFrame:
+def _read_csv(
+    file: Path, name: str, header: list[str], quoted: bool = True, *, skip: int = 0,
+    names: list[str] | None = None, block_size: int | None = None,
+) -> pd.DataFrame:
     """A CSV file (``.csv.gz`` decompressed) -> frame; only an empty cell is missing.
 
     The table's own columns (all columns of ``users`` and ``devices``) are read as text; the others
@@ -699,16 +820,23 @@ def _read_csv(file: Path, name: str, header: list[str], quoted: bool = True) -> 
     ``newlines_in_values`` such a value failed to parse, and an unclosed quote silently dropped the
     rest of its block. That option costs about half the read time, so a file without any quote is
     read without it.
+
+    ``skip`` lines are skipped before the header (Excel's ``sep=,`` line); with ``names`` the
+    columns are named so and the first ``skip`` lines (the header's included) are skipped instead.
+    ``block_size`` is pyarrow's (default 1 MB): a row must fit in one block.
     """
     text = set(_TEXT_COLUMNS[name])
-    types = {raw: pa.string() for raw in header if name in _FEATURE_TABLES or raw.strip() in text}
+    types = {raw: pa.string() for raw in (names or header) if name in _FEATURE_TABLES or raw.strip() in text}
     convert = pa_csv.ConvertOptions(
         column_types=types, null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True,
     )
     parse = pa_csv.ParseOptions(newlines_in_values=quoted)
+    read = pa_csv.ReadOptions(skip_rows=skip, column_names=names)
+    if block_size is not None:
+        read.block_size = block_size
     gz = file.name.lower().endswith(".gz")
     with pa.input_stream(str(file), compression="gzip" if gz else None) as stream:
-        table = pa_csv.read_csv(stream, convert_options=convert, parse_options=parse)
+        table = pa_csv.read_csv(stream, read_options=read, convert_options=convert, parse_options=parse)
     # columns with no value at all are typed null by pyarrow: float64 NaN, as pandas reads them
     for k, typ in enumerate(table.schema.types):
         if pa.types.is_null(typ):
@@ -716,6 +844,33 @@ def _read_csv(file: Path, name: str, header: list[str], quoted: bool = True) -> 
     # one chunk a column, as pandas' own pyarrow reader gives: the reader's ~1 MB blocks would stay
     # chunks of every string column, and each string operation on them (the id checks) 4x slower
     return table.combine_chunks().to_pandas()
+
+
+def _straddles(exc: BaseException) -> bool:
+    """True for pyarrow's error about a row longer than its block ("straddling object ...")."""
+    return isinstance(exc, pa.ArrowInvalid) and "straddl" in str(exc)
+
+
+def _read_csv_sized(
+    file: Path, name: str, header: list[str], quoted: bool, *, skip: int = 0, names: list[str] | None = None,
+) -> pd.DataFrame:
+    """:func:`_read_csv`, read again with larger blocks (up to :data:`_MAX_BLOCK`) while a row is
+    longer than a block. A file whose rows fit is read once, with pyarrow's default blocks."""
+    block: int | None = None
+    while True:
+        try:
+            return _read_csv(file, name, header, quoted, skip=skip, names=names, block_size=block)
+        except pa.ArrowInvalid as exc:
+            current = block or pa_csv.ReadOptions().block_size
+            if not _straddles(exc) or current >= _MAX_BLOCK:
+                raise
+            block = min(_MAX_BLOCK, current * _BLOCK_GROWTH)
+            logger.debug("%s: a row is longer than pyarrow's block; reading again with %d MB blocks",
+                         file, block >> 20)
+
+
+class _NoParts(Exception):
+    """A Parquet folder without part files (what it holds instead in ``args[0]``)."""
 
 
 def _read_parquet(file: Path, name: str) -> pd.DataFrame:
@@ -728,6 +883,8 @@ def _read_parquet(file: Path, name: str) -> pd.DataFrame:
     parts = [file] if not file.is_dir() else [
         p for p in sorted(file.rglob("*")) if p.is_file()
         and not any(part.startswith(("_", ".")) for part in p.relative_to(file).parts)]
+    if not parts:  # pyarrow reads such a folder as a table without columns
+        raise _NoParts(sorted(str(p.relative_to(file)) for p in file.rglob("*")))
     for part in parts:  # each file's schema (its footer only): a folder's dataset reads one and may drop a repeat
         names = pq.read_schema(part).names
         if len(set(names)) < len(names):
@@ -751,6 +908,7 @@ def _read(file: Path, name: str, out: _Collector) -> pd.DataFrame | None:
     is_csv = _table_form(name, file.name) != ".parquet"
     header: list[str] = []
     layout: _CsvLayout | None = None
+    trailing = False  # every data row ends in an empty value the header does not name
     try:
         if is_csv:
             with _open_bytes(file) as f:
@@ -764,25 +922,74 @@ def _read(file: Path, name: str, out: _Collector) -> pd.DataFrame | None:
                 out.add("fatal", name, None, "unreadable",
                         f"{name}: could not read {file.name} ({scan.problem})")
                 return None
-            header = _csv_header(file)
+            head = _csv_head(file)
+            header, skip = head.header, int(head.sep is not None)
+            if head.sep is not None and head.sep != ",":
+                what = _OTHER_DELIMITERS.get(head.sep, repr(head.sep))
+                out.add("fatal", name, None, "wrong_delimiter",
+                        f"{name}: line 1 of {file.name} is {'sep=' + head.sep!r}, Excel's note that values are "
+                        f"separated by {what}; a table is read with commas between values: save it as "
+                        "comma-separated CSV")
+                return None
+            if head.sep is not None:
+                out.add("repaired", name, None, "excel_sep_line",
+                        f"{name}: line 1 of {file.name} is 'sep=,', Excel's note on the separator, not the header; "
+                        f"skipped it (the header is line {head.line})", count=1, action="skipped the line")
+            sep = _other_delimiter(header, REQUIRED_COLUMNS[name])
+            if sep is not None:
+                out.add("fatal", name, None, "wrong_delimiter",
+                        f"{name}: {file.name} seems to use {_OTHER_DELIMITERS[sep]} between values, not commas "
+                        f"(header: {_cut(','.join(header))!r}); save it as comma-separated CSV")
+                return None
             one_line = {k for k, col in enumerate(header) if col.strip() in _ONE_LINE_COLUMNS[name]}
             try:
-                df = _read_csv(file, name, header, scan.quoted)
-            except Exception:
+                df = _read_csv_sized(file, name, header, scan.quoted, skip=skip)
+            except Exception as exc:
                 # an unclosed quote often ends in a parse error (a row with too few columns): say so
-                layout = _csv_layout(file, one_line, len(header))
+                layout = _csv_layout(file, one_line, len(header), skip)
                 if layout is not None and _report_merged(layout, file, name, header, 0, out):
                     return None
+                if (layout is not None and len(layout.rows) and layout.n_trailing == len(layout.rows)
+                        and not _straddles(exc)):
+                    # every data row ends in a comma: an empty column the header does not name
+                    trailing = True
+                    names = [*header, "\x00trailing"]
+                    df = _read_csv_sized(file, name, header, scan.quoted, skip=head.line, names=names)
+                    df = df.drop(columns="\x00trailing")
                 # else: rows of the wrong width, named, from the same pass over the file
-                if layout is not None and _report_ragged(layout, file, name, len(header), out):
+                elif layout is not None and _report_ragged(layout, file, name, len(header), out):
                     return None
-                raise
-            if scan.lines != len(df) + 1:  # blank lines or values spanning lines: map rows to the file
-                layout = _csv_layout(file, one_line, len(header))
+                elif _straddles(exc):
+                    row, col, size, start = _longest_value(file, header, skip)
+                    out.add("fatal", name, col, "value_too_large",
+                            f"{name}.{col}: the value in row {row} of {file.name} is {size:,} characters long "
+                            f"(first: {start + '...'!r}); a row may hold at most {_MAX_BLOCK >> 20} MB: "
+                            "shorten the value or leave it out", count=1, first_row=row, first_value=start)
+                    return None
+                else:
+                    raise
+            if scan.lines != len(df) + 1 + skip:  # blank lines or values spanning lines: map rows to the file
+                layout = layout or _csv_layout(file, one_line, len(header), skip)
                 if layout is not None and _report_merged(layout, file, name, header, len(df), out):
                     return None
+            if trailing:
+                n = len(df)
+                line, first = (layout.ragged[0][0], layout.ragged[0][3]) if layout is not None else (0, 1)
+                out.add("repaired", name, None, "trailing_comma",
+                        f"{name}: every data row of {file.name} ends in a comma (one empty value more than the "
+                        f"header's {len(header)} names; first: line {line}); dropped those {n:,} empty values",
+                        count=n, total=n, first_row=first, action=f"dropped those {n:,} empty values")
         else:
-            df = _read_parquet(file, name)
+            try:
+                df = _read_parquet(file, name)
+            except _NoParts as none:
+                found = list(none.args[0])
+                held = f"it holds only {', '.join(found[:5])}{', ...' if len(found) > 5 else ''}" if found \
+                    else "it is empty"
+                out.add("fatal", name, None, "no_part_files",
+                        f"{name}: the folder {file.name} has no Parquet part files ({held}); the job that wrote "
+                        "it wrote no data, or its part-*.parquet files were not copied")
+                return None
     except Exception as exc:  # any parser/IO error means the same thing to the user
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         out.add("fatal", name, None, "unreadable",
@@ -879,6 +1086,74 @@ def _clean_ids(
     return df
 
 
+def _hashable(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with the values pandas cannot hash or compare (a Parquet list, struct or map column's
+    arrays and dicts) as their text, so that whole rows can be compared."""
+    cols = {}
+    for col in df.columns:
+        series = df[col]
+        if pd.api.types.is_object_dtype(series) and series.map(
+                lambda v: isinstance(v, (list, tuple, dict, set, np.ndarray))).any():
+            series = series.map(repr)
+        cols[col] = series
+    return pd.DataFrame(cols, index=df.index)
+
+
+def _may_repeat(df: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """A cheap superset of the rows equal to another row: those whose ``columns`` hash alike.
+
+    The values' codes are folded into one uint64 per row (wrapping: unequal rows may collide,
+    equal ones never differ), and a sort finds the keys held more than once. Costs a few tenths of
+    a second for two million events, where comparing every column of every row takes seconds.
+    """
+    key = np.zeros(len(df), dtype=np.uint64)
+    for col in columns:
+        values = df[col]
+        if pd.api.types.is_integer_dtype(values):
+            codes = values.to_numpy(dtype=np.int64).view(np.uint64)
+        else:
+            codes = pd.factorize(values, use_na_sentinel=False)[0].astype(np.uint64)
+        key = key * np.uint64(0x9E3779B97F4A7C15) + codes
+    ordered = np.sort(key)
+    held = ordered[1:][ordered[1:] == ordered[:-1]]
+    if not held.size:
+        return np.zeros(len(df), dtype=bool)
+    return pd.Series(key).isin(np.unique(held)).to_numpy(dtype=bool)
+
+
+def _repeats(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Rows equal in every column to an earlier row: ``(mask, position of that earlier row)``."""
+    group = _hashable(df).groupby(list(df.columns), dropna=False, sort=False).ngroup().to_numpy()
+    first = np.full(int(group.max()) + 1 if len(group) else 0, -1, dtype=np.int64)
+    order = np.arange(len(group))
+    first[group[::-1]] = order[::-1]  # the earliest row of each group
+    earlier = first[group]
+    return pd.Series(earlier != order, index=df.index), pd.Series(earlier, index=df.index)
+
+
+def _drop_repeated_rows(df: pd.DataFrame, table: str, column: str, total: int, out: _Collector) -> pd.DataFrame:
+    """Drop (repaired) rows of ``users`` / ``items`` / ``devices`` equal in every column to an earlier
+    row with the same id: the same record exported twice. Rows that share an id but differ are left
+    to :func:`_check_unique` (fatal). Only rows whose id repeats are compared."""
+    shared = df[column].duplicated(keep=False)
+    if not shared.any():
+        return df
+    same, earlier = _repeats(df.loc[shared])
+    if not same.any():
+        return df
+    count = int(same.sum())
+    pos = int(np.argmax(same.to_numpy()))
+    sub = df.loc[shared]
+    row, first = int(sub.index[pos]) + 1, int(sub.index[int(earlier.iloc[pos])]) + 1
+    value = sub[column].iloc[pos]
+    action = f"dropped those {count:,} repeats"
+    out.add("repaired", table, column, "duplicate_row",
+            f"{table}.{column}: {count:,} of {total:,} rows repeat an earlier row exactly, every column the same "
+            f"(first: {value!r}, row {row}, same as row {first}); {action}",
+            count=count, total=total, first_row=row, first_value=value, action=action)
+    return df.drop(index=same[same].index)
+
+
 def _check_unique(df: pd.DataFrame, table: str, column: str, total: int, out: _Collector) -> None:
     dup = df[column].duplicated(keep="first")
     if not dup.any():
@@ -889,8 +1164,8 @@ def _check_unique(df: pd.DataFrame, table: str, column: str, total: int, out: _C
     first_seen = int(df.index[int(np.argmax((df[column] == value).to_numpy()))]) + 1
     row = int(df.index[pos]) + 1
     out.add("fatal", table, column, "duplicate_id",
-            f"{table}.{column}: {count:,} of {total:,} rows repeat an id (first: {value!r}, row {row}, "
-            f"already at row {first_seen}); ids must be unique",
+            f"{table}.{column}: {count:,} of {total:,} rows repeat an id with other values (first: {value!r}, "
+            f"row {row}, already at row {first_seen}); ids must be unique",
             count=count, total=total, first_row=row, first_value=value)
 
 
@@ -908,6 +1183,12 @@ def _check_not_empty(df: pd.DataFrame, table: str, total: int, out: _Collector) 
 
 def _check_images(items: pd.DataFrame, root: Path, total: int, out: _Collector) -> None:
     """Clear (set to "") image paths that escape the folder, are missing, or are not images."""
+    paths = items["image"]
+    url = paths.str.contains(_URL, regex=True)
+    out.rows("repaired", "items", "image", "image_url", url, paths, total,
+             "image values are URLs", 'set those {n} to "": URLs are not downloaded; an image must be a file '
+             "in the tables folder, given by its path relative to the folder (e.g. img/123.jpg)")
+    items.loc[url, "image"] = ""
     paths = items["image"]
     given = paths != ""
     if not given.any():
@@ -993,6 +1274,26 @@ def _check_time_units(
              "kept as epoch seconds (1970-1973); write dates as ISO-8601, e.g. 2023-02-01")
 
 
+def _nested_columns(df: pd.DataFrame, table: str, total: int, out: _Collector) -> pd.DataFrame:
+    """Drop (warning) the shop's own columns of ``users`` / ``devices`` that hold lists, structs or
+    maps (Parquet nested types) instead of single values: as features they would be one-hot text
+    of each whole list (``"['a' 'b']"``), meaningless."""
+    known = set(REQUIRED_COLUMNS[table] + OPTIONAL_COLUMNS[table])
+    nested = []
+    for col in [c for c in df.columns if c not in known and pd.api.types.is_object_dtype(df[c])]:
+        given = df[col].dropna()
+        if len(given) and isinstance(given.iloc[0], (list, tuple, dict, set, np.ndarray)):
+            nested.append(col)
+    for col in nested:
+        kind = "maps or structs" if isinstance(df[col].dropna().iloc[0], dict) else "lists"
+        action = "dropped the column"
+        out.add("warning", table, col, "nested_column",
+                f"{table}.{col}: the column holds {kind}, several values in each row, not one; {action}, so it "
+                "is left out of the features (flatten it into columns of single values to use it)",
+                count=int(df[col].notna().sum()), total=total, action=action)
+    return df.drop(columns=nested)
+
+
 def _extra_columns(df: pd.DataFrame, table: str, total: int, out: _Collector) -> None:
     """Type the shop's own columns of ``users`` / ``devices`` as the features use them; report the rest.
 
@@ -1057,6 +1358,8 @@ def _extra_columns(df: pd.DataFrame, table: str, total: int, out: _Collector) ->
 
 def _users(df: pd.DataFrame, total: int, out: _Collector) -> pd.DataFrame:
     df = _clean_ids(df, "users", "user_id", total, out, "users")
+    df = _nested_columns(df, "users", total, out)
+    df = _drop_repeated_rows(df, "users", "user_id", total, out)
     _check_unique(df, "users", "user_id", total, out)
     if "created_at" in df.columns:
         secs, bad, far = _parse_times(df["created_at"])
@@ -1074,6 +1377,7 @@ def _users(df: pd.DataFrame, total: int, out: _Collector) -> pd.DataFrame:
 
 def _items(df: pd.DataFrame, root: Path, total: int, out: _Collector) -> pd.DataFrame:
     df = _clean_ids(df, "items", "item_id", total, out, "items")
+    df = _drop_repeated_rows(df, "items", "item_id", total, out)
     _check_unique(df, "items", "item_id", total, out)
     for col in _TEXT_ITEM_COLUMNS:
         df[col] = _as_text(df[col]).fillna("").astype("str") if col in df.columns else ""
@@ -1093,6 +1397,8 @@ def _items(df: pd.DataFrame, root: Path, total: int, out: _Collector) -> pd.Data
 
 def _devices(df: pd.DataFrame, total: int, out: _Collector) -> pd.DataFrame:
     df = _clean_ids(df, "devices", "device_id", total, out, "devices")
+    df = _nested_columns(df, "devices", total, out)
+    df = _drop_repeated_rows(df, "devices", "device_id", total, out)
     _check_unique(df, "devices", "device_id", total, out)
     _extra_columns(df, "devices", total, out)
     return df
@@ -1107,8 +1413,11 @@ def _labels(df: pd.DataFrame, total: int, out: _Collector) -> pd.DataFrame:
         raw.dropna().map(lambda v: isinstance(v, (bool, np.bool_))).all())
     if pd.api.types.is_bool_dtype(raw) or booleans:
         vals = raw.astype("boolean").astype(np.float64)
-    else:
-        vals = pd.to_numeric(_as_text(raw).str.strip(), errors="coerce").astype(np.float64)
+    else:  # 0/1, 0.0/1.0, or true/false in any case (a CSV export of a boolean column)
+        text = _as_text(raw).str.strip()
+        low = text.str.lower()
+        vals = pd.to_numeric(text.where(~low.isin(["true", "false"])), errors="coerce").astype(np.float64)
+        vals = vals.mask(low == "true", 1.0).mask(low == "false", 0.0)
     bad = ~vals.isin([0.0, 1.0])
     out.rows("fatal", "labels", "is_fraud", "not_binary", bad, raw, total,
              "values are not 0/1", "labels must be 0 or 1")
@@ -1136,26 +1445,51 @@ def _events(
     total: int,
     out: _Collector,
 ) -> pd.DataFrame:
-    """Events checks, in order: missing ids, blank event_type, unknown users/items, timestamps."""
+    """Events checks, in order: missing ids, blank event_type, unknown users/items, timestamps;
+    then exact repeats."""
     df = _clean_ids(df, "events", "user_id", total, out, "events")
     df = _clean_ids(df, "events", "item_id", total, out, "events")
-    # event_type keeps its case (a shop's "Purchase" and "purchase" stay distinct edge types);
-    # only surrounding whitespace is removed.
+    # event_type is trimmed and lower-cased: "Purchase", "purchase " and "PURCHASE" are one edge
+    # type, and the one `shopgraph build` recommends by default ("purchase"). Done on the few
+    # distinct values (factorised), not on each of millions of rows.
     etype = _as_text(df["event_type"])
-    stripped = etype.str.strip()
-    blank = stripped.isna() | (stripped == "")
+    codes, uniques = pd.factorize(etype)
+    given = np.asarray(uniques, dtype=object)
+    stripped = np.array([v.strip() for v in given] + [""], dtype=object)  # [-1]: a missing value
+    lower = np.array([v.lower() for v in stripped], dtype=object)
+    index = df.index
+
+    def per_row(flags: list[bool]) -> pd.Series:
+        return pd.Series(np.asarray(flags + [False], dtype=bool)[codes], index=index)
+
+    blank = per_row([not v for v in stripped[:-1]]) | pd.Series(codes < 0, index=index)
     out.rows("repaired", "events", "event_type", "missing_value", blank, None, total,
              "values are blank", "dropped those {n} events")
-    df = df.loc[~blank].copy()
-    df["event_type"] = stripped[~blank].astype("str")
+    out.rows("repaired", "events", "event_type", "whitespace", per_row([bool(b) and a != b for a, b in zip(given, stripped)]),
+             etype, total, "values had leading/trailing spaces", "stripped them")
+    changed = [bool(a) and a != b for a, b in zip(stripped[:-1], lower)]
+    if any(changed):
+        variants = [v for v, c in zip(stripped, changed) if c]
+        shown = ", ".join(f"{v} -> {v.lower()}" for v in variants[:5]) + (", ..." if len(variants) > 5 else "")
+        out.rows("repaired", "events", "event_type", "event_type_case", per_row(changed),
+                 pd.Series(stripped[codes], index=index), total, "values are not in lower case",
+                 f"lower-cased them ({shown}): event types are matched ignoring case")
+    names, renumber = np.unique(lower, return_inverse=True)
+    kept = ~blank.to_numpy()
+    df = df.loc[kept].copy()
+    df["event_type"] = pd.array(names, dtype="str")[renumber[codes[kept]]]
 
+    base = df  # unknown ids are judged on the same events for users and items
     for col, ref, unit in (("user_id", users, "users"), ("item_id", items, "items")):
         if ref is None:
             continue
-        key = _ID_COLUMN[unit]
-        unknown = ~df[col].isin(ref[key])
-        out.rows("repaired", "events", col, "unknown_id", unknown, df[col], total,
-                 f"events reference unknown {unit}", "dropped those {n} events")
+        known = ref[_ID_COLUMN[unit]]
+        unknown = ~base[col].isin(known)
+        fatal = _id_mismatch(base, unknown, col, known, unit, total, out)
+        unknown = unknown.loc[df.index] if len(df) != len(base) else unknown
+        if not fatal:
+            out.rows("repaired", "events", col, "unknown_id", unknown, df[col], total,
+                     f"events reference unknown {unit}", "dropped those {n} events")
         df = df.loc[~unknown]
 
     if "timestamp" in df.columns:
@@ -1188,7 +1522,123 @@ def _events(
         _parse_nonneg(df, "events", "amount", total, out, "amounts")
     else:
         df["amount"] = np.nan
+    return _repeated_events(df, total, out)
+
+
+def _examples(values: pd.Series, most: int = 3) -> str:
+    """``'a', 'b', 'c'``: the first ``most`` distinct values, quoted."""
+    return ", ".join(repr(str(v)) for v in pd.unique(values.to_numpy())[:most])
+
+
+def _id_mismatch(
+    events: pd.DataFrame, unknown: pd.Series, col: str, known: pd.Series, unit: str, total: int, out: _Collector,
+) -> bool:
+    """Fatal (``unknown_id``) when more than :data:`_MAX_UNKNOWN_SHARE` of the file's events name a
+    user (item) the table does not have (``unknown``, aligned with ``events``): the two tables do
+    not fit together, typically because their ids are written differently (``000239`` against
+    ``u000239``). The message shows examples of both side by side. True when so; a smaller share
+    is left to the repair."""
+    count = int(unknown.sum())
+    if not count or count <= _MAX_UNKNOWN_SHARE * total:
+        return False
+    pos = int(np.argmax(unknown.to_numpy()))
+    row, value = int(events.index[pos]) + 1, str(events[col].iloc[pos])
+    key = _ID_COLUMN[unit]
+    hint = ""
+    for example in pd.unique(events.loc[unknown, col].to_numpy())[:3]:
+        # one known id holding the unknown one, or held by it: a prefix or suffix added or lost
+        near = known[known.str.contains(str(example), regex=False)] if len(str(example)) > 1 else known[:0]
+        if not len(near):
+            near = known[known.map(lambda k, e=str(example): len(k) > 1 and k in e).astype(bool)]
+        if len(near):
+            hint = (f"; {unit}.{key} has {str(near.iloc[0])!r} where events.{col} has {str(example)!r}: "
+                    "the ids seem to differ by a prefix or suffix")
+            break
+    out.add("fatal", "events", col, "unknown_id",
+            f"events.{col}: {count:,} of {total:,} events reference unknown {unit} (first: {value!r}, row {row}), "
+            f"more than half, so the tables do not fit together: events.{col} has ids such as "
+            f"{_examples(events.loc[unknown, col])}, {unit}.{key} has {_examples(known)}{hint}; write the same "
+            "ids in both", count=count, total=total, first_row=row, first_value=value)
+    return True
+
+
+def _repeated_events(df: pd.DataFrame, total: int, out: _Collector) -> pd.DataFrame:
+    """Events equal in every column to an earlier event (the file's extra columns included).
+
+    With times of day (a timestamp column whose times are not all midnight), an event repeated
+    to the second, with the same device and amount, is the same event exported twice: dropped,
+    repaired. Without them (no timestamps, or dates only), the same user can view or buy the same
+    item twice in a day: kept, noted (info).
+    """
+    if len(df) < 2:
+        return df
+    may = _may_repeat(df, ["user_id", "timestamp" if "timestamp" in df.columns else "item_id"])
+    if not may.any():
+        return df
+    sub = df.iloc[np.flatnonzero(may)]
+    same_sub, earlier = _repeats(sub)
+    if not same_sub.any():
+        return df
+    keep = np.ones(len(df), dtype=bool)
+    keep[np.flatnonzero(may)[same_sub.to_numpy(dtype=bool)]] = False
+    count = int(same_sub.sum())
+    pos = int(np.argmax(same_sub.to_numpy()))
+    row, first = int(sub.index[pos]) + 1, int(sub.index[int(earlier.iloc[pos])]) + 1
+    timed = "timestamp" in df.columns and bool((df["timestamp"] % 86400 != 0).any())
+    where = f"first: row {row}, same as row {first}"
+    if timed:
+        action = f"dropped those {count:,} repeats"
+        out.add("repaired", "events", None, "duplicate_event",
+                f"events: {count:,} of {total:,} events repeat an earlier event exactly, to the second ({where}); "
+                f"{action} (an event exported twice)", count=count, total=total, first_row=row, action=action)
+        return df.iloc[np.flatnonzero(keep)]
+    action = "kept"
+    why = "events have no timestamps" if "timestamp" not in df.columns else "timestamps are dates only"
+    out.add("info", "events", None, "duplicate_event",
+            f"events: {count:,} of {total:,} events repeat an earlier event exactly ({where}); kept: the {why}, "
+            "so a repeat may be a second view or purchase on the same day", count=count, total=total,
+            first_row=row, action=action)
     return df
+
+
+def _check_target(events: pd.DataFrame, target: str, total: int, out: _Collector) -> None:
+    """Fatal (``no_target_events``) when no event is of type ``target``, the event type
+    ``shopgraph build`` recommends (``purchase`` unless ``--target`` says otherwise); the types
+    found are named with their counts."""
+    types = events["event_type"]
+    if (types == target).any():
+        return
+    counts = types.value_counts()
+    found = ", ".join(f"{t!r} {n:,}" for t, n in counts.head(8).items()) + (", ..." if len(counts) > 8 else "")
+    note = " (event types are lower-cased when loaded: give the target in lower case)" \
+        if target != target.lower() else ""
+    out.add("fatal", "events", "event_type", "no_target_events",
+            f"events.event_type: no events of type {target!r}, the type shopgraph build recommends{note} "
+            f"(found: {found}); "
+            + (f"name the purchases {target!r} in event_type, or build with --target set to one of the types found"
+               if target == "purchase" else "build with --target set to one of the types found"),
+            count=0, total=total)
+
+
+def _check_fraud_labels(labels: pd.DataFrame, total: int, file: str, out: _Collector) -> None:
+    """Warn when the labels (after repairs) lack a class: the fraud scorer needs users labelled 1
+    (fraud) and users labelled 0, and without them the run has no fraud scorer."""
+    n = len(labels)
+    fraud = int((labels["is_fraud"] == 1).sum())
+    why = "the fraud scorer cannot be trained without fraud labels (is_fraud = 1) and is left out"
+    if total == 0:
+        text = f"labels: {file} has no rows; {why}"
+    elif n == 0:
+        text = f"labels: no label is left after the repairs above (all {total:,} dropped); {why}"
+    elif fraud == 0:
+        text = f"labels: none of the {n:,} labels is fraud (is_fraud = 1); {why}"
+    elif fraud == n:
+        text = (f"labels: all {n:,} labels are fraud (is_fraud = 1), none 0; the fraud scorer cannot be trained "
+                "without users labelled 0 (not fraud) and is left out")
+    else:
+        return
+    out.add("warning", "labels", "is_fraud", "no_fraud_labels" if fraud == 0 else "no_clean_labels", text,
+            count=n, total=total, action="none")
 
 
 def _add_event_devices(
@@ -1218,7 +1668,7 @@ def _add_event_devices(
 # public API
 
 
-def _run(path: str | Path) -> tuple[ShopTables | None, ValidationReport]:
+def _run(path: str | Path, target: str | None = None) -> tuple[ShopTables | None, ValidationReport]:
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"data: tables folder not found (got '{root}')")
@@ -1266,12 +1716,16 @@ def _run(path: str | Path) -> tuple[ShopTables | None, ValidationReport]:
             out.rows("repaired", "labels", "user_id", "unknown_id", unknown, labels["user_id"],
                      totals["labels"], "labels name unknown users", "dropped those {n} labels")
             labels = labels.loc[~unknown]
+        if not any(i.fatal for i in out.issues if i.table == "labels"):
+            _check_fraud_labels(labels, totals["labels"], report.files["labels"], out)
         frames["labels"] = labels
     if "events" in raw:
         events = _events(raw["events"], frames.get("users"), frames.get("items"), totals["events"], out)
         frames["events"] = events
         if _check_not_empty(events, "events", totals["events"], out):
             frames["devices"] = _add_event_devices(frames.get("devices"), events, totals["events"], out)
+            if target is not None and not any(i.fatal for i in out.issues if i.table == "events"):
+                _check_target(events, target, totals["events"], out)
 
     for name, df in frames.items():
         frames[name] = df.reset_index(drop=True)
@@ -1288,12 +1742,15 @@ def _run(path: str | Path) -> tuple[ShopTables | None, ValidationReport]:
     return tables, report
 
 
-def validate_tables(path: str | Path) -> ValidationReport:
+def validate_tables(path: str | Path, *, target: str | None = "purchase") -> ValidationReport:
     """Check a tables folder and collect every problem, without raising for data problems.
 
     Args:
         path: folder holding ``users``, ``items``, ``events`` (and optionally ``devices``,
             ``labels``) as ``.csv``, ``.csv.gz`` or ``.parquet`` (file or folder).
+        target: the event type ``shopgraph build`` will recommend (its ``--target``, default
+            ``purchase``): no event of that type is fatal (``no_target_events``). ``None`` skips
+            that check.
 
     Returns:
         The report: every fatal problem, repair, warning and info note, and rows per table.
@@ -1302,10 +1759,10 @@ def validate_tables(path: str | Path) -> ValidationReport:
         FileNotFoundError: the folder does not exist.
         ValueError: the path is a file, not a folder.
     """
-    return _run(path)[1]
+    return _run(path, target)[1]
 
 
-def load_tables(path: str | Path) -> LoadResult:
+def load_tables(path: str | Path, *, target: str | None = None) -> LoadResult:
     """Read, validate and normalise a shop's tables folder.
 
     Repairs are made as documented in ``docs/input_tables.md`` and each one is counted in the
@@ -1315,6 +1772,9 @@ def load_tables(path: str | Path) -> LoadResult:
     Args:
         path: folder holding ``users``, ``items``, ``events`` (and optionally ``devices``,
             ``labels``) as ``.csv``, ``.csv.gz`` or ``.parquet`` (file or folder).
+        target: an event type the events must hold (the one a build recommends), checked as
+            :func:`validate_tables` does; ``None`` (the default) skips that check, for callers that
+            check their own target.
 
     Returns:
         ``LoadResult(tables, report)``.
@@ -1324,7 +1784,7 @@ def load_tables(path: str | Path) -> LoadResult:
         ValueError: the path is not a folder, or the data has fatal problems; the message lists
             every fatal problem, one per line.
     """
-    tables, report = _run(path)
+    tables, report = _run(path, target)
     if tables is None:
         problems = report.fatal
         lines = "\n".join(f"  - {issue.message}" for issue in problems)
@@ -1342,17 +1802,48 @@ def load_tables(path: str | Path) -> LoadResult:
     return LoadResult(tables=tables, report=report)
 
 
+def _data_problem(data: Path) -> str | None:
+    """Why the DATA argument of ``shopgraph validate`` is no tables folder, or ``None``."""
+    if not data.exists():
+        link = ", a broken link" if data.is_symlink() else ""
+        return f"data: tables folder not found (got '{data}'{link})"
+    if not data.is_dir():
+        return f"data: expected a folder of tables (got a file: '{data}')"
+    try:
+        os.listdir(data)
+    except OSError as exc:
+        return f"data: the tables folder cannot be read (got '{data}': {exc.strerror or exc})"
+    return None
+
+
 def cli_validate(args: argparse.Namespace) -> int:
     """``shopgraph validate DATA [--json]``: print the report; exit 1 on fatal problems, else 0.
 
+    A DATA that is no readable folder is a usage error, as argparse reports one: one line on
+    stderr, exit 2 (so that 1 keeps meaning "the tables have fatal problems"); with ``--json``
+    stdout also gets ``{"error": ...}``, so that a script reading it always gets JSON. ``--json``
+    takes no value: a path after it is DATA, and the message says so when that path is missing.
+
     Args:
-        args: ``args.data`` (Path, the tables folder) and ``args.json`` (bool, print JSON).
+        args: ``args.data`` (Path, the tables folder), ``args.json`` (bool, print JSON) and, if the
+            command line has it, ``args.target`` (the build's target event type, default ``purchase``).
 
     Returns:
-        The exit code: 1 when the report has a fatal problem, 0 otherwise.
+        The exit code: 2 when DATA is no readable folder, 1 when the report has a fatal problem,
+        0 otherwise.
     """
-    report = validate_tables(args.data)
-    if getattr(args, "json", False):
+    as_json = bool(getattr(args, "json", False))
+    problem = _data_problem(Path(args.data))
+    if problem is not None:
+        if as_json and not Path(args.data).exists():
+            problem += ("; note that --json takes no path: it prints the report as JSON on standard output "
+                        "(save it with: shopgraph validate FOLDER --json > report.json)")
+        if as_json:
+            print(json.dumps({"error": problem, "root": str(args.data), "has_fatal": True}))
+        print(f"shopgraph validate: error: {problem}", file=sys.stderr)
+        return 2
+    report = validate_tables(args.data, target=getattr(args, "target", "purchase"))
+    if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(report.format())

@@ -201,7 +201,7 @@ def build_run(
     _check_out(Path(data_dir), out, overwrite=overwrite)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    loaded = load_tables(data_dir)
+    loaded = load_tables(data_dir, target=target)  # no events of the target type: said with the loading report
     seconds["validate"] = time.perf_counter() - t0
     tables = loaded.tables
 

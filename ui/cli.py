@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a tables folder; report repairs; exit 1 on fatal problems")
     p.add_argument("data", type=Path, help="folder with users/items/events[/devices/labels], each .csv, .csv.gz or .parquet (a file or a Parquet folder)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--target", default="purchase",
+                   help="the event type build will recommend (its --target; default purchase): there must be some")
 
     p = sub.add_parser("build", help="validate, encode and build the graph into a run folder")
     p.add_argument("--data", type=Path, required=True, help="tables folder")

@@ -251,7 +251,8 @@ def test_duplicate_ids_are_fatal(tmp_path: Path, fmt: str) -> None:
     frames = _frames()
     frames["users"].loc[3, "user_id"] = "u1"
     report = _fatal(_write(tmp_path / "shop", frames, fmt),
-                    r"users\.user_id: 1 of 4 rows repeat an id \(first: 'u1', row 4, already at row 2\)")
+                    r"users\.user_id: 1 of 4 rows repeat an id with other values \(first: 'u1', row 4, "
+                    r"already at row 2\)")
     issue = _issue(report, "duplicate_id")
     assert (issue.count, issue.total, issue.first_row, issue.first_value) == (1, 4, 4, "u1")
 
@@ -259,10 +260,12 @@ def test_duplicate_ids_are_fatal(tmp_path: Path, fmt: str) -> None:
 @pytest.mark.parametrize("table,column", [("items", "item_id"), ("devices", "device_id")])
 def test_duplicate_item_and_device_ids_are_fatal(tmp_path: Path, table: str, column: str) -> None:
     frames = _frames()
-    frames[table] = pd.concat([frames[table], frames[table].iloc[[0]]], ignore_index=True)
+    repeat = frames[table].iloc[[0]].copy()
+    repeat.iloc[0, 1] = "other"  # the same id with another value: which row is right is unknown
+    frames[table] = pd.concat([frames[table], repeat], ignore_index=True)
     n = len(frames[table])
-    _fatal(_write(tmp_path / "shop", frames), rf"{table}\.{column}: 1 of {n} rows repeat an id .*row {n}, "
-                                              r"already at row 1\)")
+    _fatal(_write(tmp_path / "shop", frames), rf"{table}\.{column}: 1 of {n} rows repeat an id with other values "
+                                              rf".*row {n}, already at row 1\)")
 
 
 @pytest.mark.parametrize("header", ["item_id,price,title,price", "item_id, price,title,price "])
@@ -560,13 +563,22 @@ def test_bad_prices_and_amounts_set_to_nan(tmp_path: Path, fmt: str) -> None:
     assert tables.events["amount"].notna().sum() == 2
 
 
-def test_blank_event_type_dropped_and_case_kept(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_blank_event_type_dropped_and_case_and_spaces_normalised(tmp_path: Path, fmt: str) -> None:
+    # "Purchase" and "View" passed validate and build then refused: "no events of type 'purchase'
+    # (found: Purchase, View, cart)"
     frames = _frames()
-    frames["events"]["event_type"] = [" View ", "purchase", "  ", "Purchase", "view", None, "view", "purchase"]
-    tables, report = _repaired(_write(tmp_path / "shop", frames))
+    frames["events"]["event_type"] = [" View ", "purchase", "  ", "Purchase", "view", None, "VIEW", "purchase "]
+    tables, report = _repaired(_write(tmp_path / "shop", frames, fmt))
     issue = _issue(report, "missing_value", "event_type")
     assert issue.message == "events.event_type: 2 of 8 values are blank (first: row 3); dropped those 2 events"
-    assert tables.events["event_type"].tolist() == ["View", "purchase", "Purchase", "view", "view", "purchase"]
+    assert _issue(report, "whitespace", "event_type").message == (
+        "events.event_type: 2 of 8 values had leading/trailing spaces (first: ' View ', row 1); stripped them")
+    assert _issue(report, "event_type_case").message == (
+        "events.event_type: 3 of 8 values are not in lower case (first: 'View', row 1); lower-cased them "
+        "(View -> view, Purchase -> purchase, VIEW -> view): event types are matched ignoring case")
+    assert tables.events["event_type"].tolist() == ["view", "purchase", "purchase", "view", "view", "purchase"]
+    assert pd.api.types.is_string_dtype(tables.events["event_type"])
 
 
 def test_labels_for_unknown_users_dropped(tmp_path: Path) -> None:
@@ -722,8 +734,26 @@ def test_cli_validate_repairs_exit_0(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_cli_validate_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", str(tmp_path / "nope")]) == 1
-    assert "tables folder not found" in capsys.readouterr().err
+    # a usage error, exit 2 as argparse's: exit 1 means "the tables have fatal problems"
+    assert main(["validate", str(tmp_path / "nope")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"shopgraph validate: error: data: tables folder not found (got '{tmp_path / 'nope'}')\n"
+    assert captured.out == ""
+    (tmp_path / "file.csv").write_text("x\n")
+    assert main(["validate", str(tmp_path / "file.csv")]) == 2
+    assert "data: expected a folder of tables (got a file" in capsys.readouterr().err
+
+
+def test_cli_validate_json_with_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `validate --json /nope` printed a plain-text error and no JSON, exit 1
+    nope = tmp_path / "nope"
+    assert main(["validate", "--json", str(nope)]) == 2
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    message = (f"data: tables folder not found (got '{nope}'); note that --json takes no path: it prints the "
+               "report as JSON on standard output (save it with: shopgraph validate FOLDER --json > report.json)")
+    assert data == {"error": message, "root": str(nope), "has_fatal": True}
+    assert captured.err == f"shopgraph validate: error: {message}\n"
 
 
 # ------------------------------------------------------------------- missing-value words are text
@@ -741,7 +771,7 @@ def test_missing_value_words_are_ids_and_text(tmp_path: Path) -> None:
     frames["events"]["device_id"] = frames["events"]["device_id"].replace({"d0": "NA", "d1": "null"})
     frames["items"]["title"] = ["NA", "None", None]
     frames["items"]["category"] = ["null", "books", "N/A"]
-    frames["events"]["event_type"] = frames["events"]["event_type"].replace({"view": "NA"})
+    frames["events"]["event_type"] = frames["events"]["event_type"].replace({"view": "null"})
     frames["labels"]["ring_id"] = ["None", "", "", "None"]
     frames["devices"]["os"] = ["NA", "android"]
     with warnings.catch_warnings():
@@ -753,7 +783,7 @@ def test_missing_value_words_are_ids_and_text(tmp_path: Path) -> None:
     assert tables.devices["device_id"].tolist() == ["NA", "null"]
     assert tables.events["user_id"].tolist()[:2] == ["NA", "null"] and len(tables.events) == 8
     assert tables.events["item_id"].iloc[0] == "n/a" and tables.events["device_id"].iloc[0] == "NA"
-    assert tables.events["event_type"].tolist()[:3] == ["NA", "purchase", "NA"]
+    assert tables.events["event_type"].tolist()[:3] == ["null", "purchase", "null"]
     assert tables.items["title"].tolist() == ["NA", "None", ""]  # only the empty cell is missing
     assert tables.items["category"].tolist() == ["null", "books", "N/A"]
     assert tables.labels is not None and tables.labels["ring_id"].tolist() == ["None", "", "", "None"]
@@ -831,8 +861,8 @@ def test_required_tables_as_parquet_folder_and_csv_gz(tmp_path: Path) -> None:
     (root / "users.parquet" / "part-00001-x.snappy.parquet").unlink()
     frames["users"].iloc[2:].to_parquet(root / "users.parquet" / "part-00001-x.snappy.parquet", index=False)
     report = validate_tables(root)
-    assert _issue(report, "duplicate_id").message.startswith("users.user_id: 1 of 4 rows repeat an id "
-                                                             "(first: 'u1', row 4, already at row 2)")
+    assert _issue(report, "duplicate_id").message.startswith("users.user_id: 1 of 4 rows repeat an id with other "
+                                                             "values (first: 'u1', row 4, already at row 2)")
 
 
 def test_unreadable_gzip_is_fatal(tmp_path: Path) -> None:
@@ -1211,9 +1241,11 @@ def test_free_text_holding_whole_rows_is_a_warning(tmp_path: Path) -> None:
     root = _write(tmp_path / "shop", _frames())
     (root / "items.csv").write_text('item_id,title,category,price\n0001,"red shoe,shoes,10\ni1,book,books,3\n'
                                     'i2,"pen",office,1\n')
-    tables, report = _load_quiet(root)
+    report = validate_tables(root)
     issue = _issue(report, "unclosed_quote")
     assert (issue.severity, issue.column, issue.first_row) == ("warning", "title", 1)
-    assert tables.items["item_id"].tolist() == ["0001"]
+    assert report.counts["items"] == 1
+    # the events of the two items that vanished are 6 of 8: the tables no longer fit together
+    assert [(i.kind, i.column, i.count) for i in report.fatal][0] == ("unknown_id", "item_id", 6)
     assert issue.message.startswith("items.title: a quoted value on lines 2 to 4 of items.csv holds lines that "
                                     'look like whole rows: probably an unclosed quote (") on line 2 merged them')

@@ -50,7 +50,9 @@ def test_build_refuses_to_clobber_and_fails_atomically(shop, tmp_path):
     with pytest.raises(FileExistsError, match="exists and is not empty"):
         build_run(shop, run_dir, use_text=False, use_image=False)
     (run_dir / "manifest.json").write_text("{}")  # a previous run: --overwrite may replace it
-    with pytest.raises(ValueError, match="target: no events of type 'review'"):
+    with pytest.raises(ValueError, match=r"events.event_type: no events of type 'review', the type shopgraph build "
+                                         r"recommends \(found: 'view' [\d,]+, 'cart' [\d,]+, 'purchase' [\d,]+\); build "
+                                         r"with --target set to one of the types found"):
         build_run(shop, run_dir, target="review", use_text=False, use_image=False, overwrite=True)
     # the failed build left the old folder as it was and no temporary folder behind
     assert (run_dir / "mine.txt").read_text() == "keep"
