@@ -421,7 +421,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405 and detail == "Method Not Allowed":
             # every route of the path (GET and HEAD /healthz are two), not only the one the router tried
             methods = {m for route in request.app.routes if isinstance(route, APIRoute)
-                       and route.path_regex.match(request.url.path) for m in route.methods}
+                       and route.path_regex.match(request.url.path) for m in route.methods or ()}
             allowed = ", ".join(sorted(methods))
             detail = f"method: {request.method} is not allowed on {request.url.path}" + (
                 f" (allowed: {allowed})" if allowed else "")
