@@ -1476,8 +1476,9 @@ def _events(
                  f"lower-cased them ({shown}): event types are matched ignoring case")
     names, renumber = np.unique(lower, return_inverse=True)
     kept = ~blank.to_numpy()
-    df = df.loc[kept].copy()
-    df["event_type"] = pd.array(names, dtype="str")[renumber[codes[kept]]]
+    if not kept.all():  # a take of every column: only when some rows go (0.2 s for 3 M events)
+        df = df.loc[kept]
+    df = df.assign(event_type=pd.array(names, dtype="str")[renumber[codes[kept]]])
 
     base = df  # unknown ids are judged on the same events for users and items
     for col, ref, unit in (("user_id", users, "users"), ("item_id", items, "items")):
@@ -1572,7 +1573,9 @@ def _repeated_events(df: pd.DataFrame, total: int, out: _Collector) -> pd.DataFr
     """
     if len(df) < 2:
         return df
-    may = _may_repeat(df, ["user_id", "timestamp" if "timestamp" in df.columns else "item_id"])
+    # items and times: fewer distinct ids to hash than users (0.2 s against 0.5 s on 3.3 M events),
+    # and fewer rows that share both (a user's view, cart and purchase often share a second)
+    may = _may_repeat(df, ["item_id", "timestamp" if "timestamp" in df.columns else "user_id"])
     if not may.any():
         return df
     sub = df.iloc[np.flatnonzero(may)]
