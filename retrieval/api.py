@@ -196,6 +196,9 @@ class FraudOut(BaseModel):
         None, description="for an account the scorer was trained on: its score from the same trees refitted "
                           "without its label (cross-fitting, 5 folds by default), to compare with the threshold; null for "
                           "every other account, and when the run has no held-out scores")
+    held_out_flagged: bool | None = Field(
+        None, description="held_out_probability at or above the threshold (as `shopgraph score` writes it); null "
+                          "without a held_out_probability")
     held_out_reasons: list[str] = Field(
         default_factory=list, description="with a held_out_probability: the reasons for the held-out verdict (its "
                                           "score against the threshold), worded as `reasons`, from the trees that "
@@ -782,7 +785,9 @@ def _fraud_out(service: ShopService, s: FraudScore) -> FraudOut:
     return FraudOut(user_id=s.user_id, probability=None if math.isnan(p) else p, threshold=s.threshold,
                     flagged=s.flagged, scorer=str(service.fraud.get("kind", "none")), reasons=s.reasons,
                     label=s.label, label_in_training=s.label_in_training,
-                    held_out_probability=s.held_out_probability, held_out_reasons=s.held_out_reasons)
+                    held_out_probability=s.held_out_probability,
+                    held_out_flagged=None if s.held_out_probability is None else s.held_out_probability >= s.threshold,
+                    held_out_reasons=s.held_out_reasons)
 
 
 # -- the /items body ------------------------------------------------------------------------------

@@ -31,11 +31,13 @@ def test_fraud_scores_give_a_trained_on_accounts_held_out_score(tmp_path_factory
         trained, other = service.user_ids[train.index(True)], service.user_ids[train.index(False)]
         body = c.get("/fraud/score", params={"user_id": trained}).json()
         assert body["held_out_probability"] == 0.25
+        assert body["held_out_flagged"] is (0.25 >= body["threshold"])  # as `shopgraph score` writes it
         # this run stores no held-out trees: the reasons for the held-out verdict say so
         assert len(body["held_out_reasons"]) == 1 and body["held_out_reasons"][0].startswith(
             "no attribution of the held-out score is available here: the run's held-out trees are missing")
         body = c.get("/fraud/score", params={"user_id": other}).json()
         assert body["held_out_probability"] is None and body["held_out_reasons"] == []
+        assert body["held_out_flagged"] is None
         body = c.post("/fraud/score/batch", json={"user_ids": [other, trained], "reasons": False}).json()
         assert [s["held_out_probability"] for s in body["scores"]] == [None, 0.25]
 
