@@ -1262,16 +1262,27 @@ def _yyyymmdd(secs: pd.Series, raw: pd.Series) -> pd.Series:
 
 def _check_time_units(
     secs: pd.Series, raw: pd.Series, table: str, column: str, total: int, out: _Collector
-) -> None:
-    """Warn about epoch values given in a likely wrong unit (``epoch_milliseconds``: after the year
-    5000 as seconds; ``yyyymmdd``: dates written as 8-digit numbers, 1970-1973 as seconds). The
-    values are kept as given: both are guesses, and a wrong guess would move times silently."""
-    out.rows("warning", table, column, "epoch_milliseconds", secs > _EPOCH_MS_HINT, raw, total,
+) -> pd.Series:
+    """``secs``, read in milliseconds when every one of them lies after the year 5000 as epoch
+    seconds (repaired ``epoch_milliseconds``: a whole column so far out is in milliseconds, and as
+    seconds it would break every time window, account age and temporal split); else as given, with
+    a warning about epoch values in a likely wrong unit (``epoch_milliseconds`` for some of them,
+    ``yyyymmdd``: dates written as 8-digit numbers, 1970-1973 as seconds): a guess about only some
+    values could move times silently."""
+    ms = secs > _EPOCH_MS_HINT
+    given = secs.notna()
+    if given.any() and bool(ms[given].all()):
+        out.rows("repaired", table, column, "epoch_milliseconds", ms, raw, total,
+                 "values lie after year 5000 as epoch seconds, all of them: epoch milliseconds",
+                 "read them as milliseconds (divided by 1,000)")
+        return np.floor(secs / 1000.0)
+    out.rows("warning", table, column, "epoch_milliseconds", ms, raw, total,
              "values lie after year 5000 as epoch seconds (milliseconds?)",
              "kept as given; if they are milliseconds, divide them by 1,000")
     out.rows("warning", table, column, "yyyymmdd", _yyyymmdd(secs, raw), raw, total,
              "values look like yyyymmdd dates, not epoch seconds",
              "kept as epoch seconds (1970-1973); write dates as ISO-8601, e.g. 2023-02-01")
+    return secs
 
 
 def _nested_columns(df: pd.DataFrame, table: str, total: int, out: _Collector) -> pd.DataFrame:
@@ -1367,7 +1378,7 @@ def _users(df: pd.DataFrame, total: int, out: _Collector) -> pd.DataFrame:
                  "values could not be parsed as ISO-8601 or epoch seconds", "set those {n} to NaN")
         out.rows("repaired", "users", "created_at", "out_of_range", far, df["created_at"], total,
                  TIME_RANGE_TEXT, "set those {n} to NaN")
-        _check_time_units(secs, df["created_at"], "users", "created_at", total, out)
+        secs = _check_time_units(secs, df["created_at"], "users", "created_at", total, out)
         df["created_at"] = secs.astype(np.float64)
     else:
         df["created_at"] = np.nan
@@ -1512,7 +1523,7 @@ def _events(
             keep = secs.notna()
             df = df.loc[keep].copy()
             secs = secs[keep]
-            _check_time_units(secs, raw[keep], "events", "timestamp", total, out)
+            secs = _check_time_units(secs, raw[keep], "events", "timestamp", total, out)
             df["timestamp"] = secs.astype(np.int64)
 
     if "device_id" in df.columns:

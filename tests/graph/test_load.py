@@ -527,11 +527,24 @@ def test_entirely_empty_timestamp_column_is_absent(tmp_path: Path) -> None:
     assert not tables.has_timestamps and len(tables.events) == 8
 
 
-def test_millisecond_epochs_are_flagged(tmp_path: Path) -> None:
+def test_millisecond_epochs_are_read_as_milliseconds_when_all_are(tmp_path: Path) -> None:
+    """A whole column after the year 5000 as seconds is in milliseconds: read so (repaired), since
+    as seconds every time window and the temporal split would be 1,000 times too wide."""
     frames = _frames()
-    frames["events"]["timestamp"] = frames["events"]["timestamp"] * 1000
-    _, report = _repaired(_write(tmp_path / "shop", frames))
-    assert _issue(report, "epoch_milliseconds").count == 8
+    seconds = frames["events"]["timestamp"].copy()
+    frames["events"]["timestamp"] = seconds * 1000 + 999  # the milliseconds within the second dropped
+    tables, report = _repaired(_write(tmp_path / "shop", frames))
+    issue = _issue(report, "epoch_milliseconds")
+    assert issue.severity == "repaired" and issue.count == 8
+    assert issue.message.endswith("all of them: epoch milliseconds (first: "
+                                  f"'{seconds.iloc[0] * 1000 + 999}', row 1); read them as milliseconds (divided by "
+                                  "1,000)")
+    assert tables.events["timestamp"].tolist() == seconds.tolist()
+    # some of them only: a guess, kept as given with a warning
+    frames["events"].loc[0, "timestamp"] = seconds.iloc[0]
+    tables, report = _repaired(_write(tmp_path / "shop2", frames))
+    assert _issue(report, "epoch_milliseconds").severity == "warning" and _issue(report, "epoch_milliseconds").count == 7
+    assert tables.events["timestamp"].iloc[1] == seconds.iloc[1] * 1000 + 999
 
 
 def test_unparsable_created_at_set_to_nan(tmp_path: Path) -> None:
