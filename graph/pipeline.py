@@ -123,10 +123,18 @@ def _check_out(data_dir: Path, out: Path, *, overwrite: bool) -> None:
             )
 
 
+FEW_TARGET_EVENTS = 50  # target events of a split under which build warns (_check_trainable)
+
+
 def _check_trainable(data: HeteroData, target: str) -> None:
     """Refuse a graph whose split leaves no target events to train on (`shopgraph train` would fail)."""
     split = {s: int(target_pairs(data, s).size(1)) for s in ("train", "val", "test")}  # type: ignore[arg-type]
     if split["train"] > 0:
+        few = [f"{s} {n:,}" for s, n in split.items() if n < FEW_TARGET_EVENTS]
+        if few:  # buildable, but its metrics and early stopping rest on a handful of events
+            logger.warning("target: few %r events in %s (under %d): the model learns little from them, and "
+                           "validation and test metrics on so few are noise", target, ", ".join(few),
+                           FEW_TARGET_EVENTS)
         return
     total = sum(split.values())
     counts = ", ".join(f"{s} {n:,}" for s, n in split.items())

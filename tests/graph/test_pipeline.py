@@ -161,6 +161,25 @@ def test_build_refuses_data_with_nothing_to_train_on(shop, tmp_path, capsys, cas
     assert not out.exists()
 
 
+def test_build_warns_when_a_split_has_few_target_events(shop, tmp_path, caplog):
+    """Five purchases build (3 / 1 / 1), but nothing learnt or measured on them means much: said."""
+    import logging
+
+    data = tmp_path / "shop"
+    shutil.copytree(shop, data)
+    events = pd.read_csv(data / "events.csv", dtype=str, keep_default_na=False)
+    purchases = events.index[events["event_type"] == "purchase"]
+    events.drop(purchases[5:]).to_csv(data / "events.csv", index=False)
+    with caplog.at_level(logging.WARNING, logger="shopgraph.graph.pipeline"):
+        build_run(data, tmp_path / "run", use_text=False, use_image=False)
+    warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("target: few")]
+    assert len(warned) == 1 and "'purchase' events in train " in warned[0] and "(under 50)" in warned[0], warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="shopgraph.graph.pipeline"):
+        build_run(shop, tmp_path / "whole", use_text=False, use_image=False)
+    assert not [r for r in caplog.records if r.getMessage().startswith("target: few")]
+
+
 def test_cli_build_prints_each_repair_once(shop, tmp_path, capfd):
     data = tmp_path / "shop"
     shutil.copytree(shop, data)
