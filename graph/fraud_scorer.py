@@ -388,25 +388,51 @@ def _quick_buys(g: HeteroData, target: tuple[str, str, str], quick_funnel: float
     return np.asarray(gap <= quick_funnel)
 
 
-def quick_purchases(data: HeteroData, quick_funnel: float = QUICK_FUNNEL_S) -> list[list[int]]:
-    """Per user (node order), the items (node indices) it bought within ``quick_funnel`` seconds of
-    viewing or carting them, over every event of ``data`` (what the served feature table's
-    ``quick_*`` columns read, :func:`product_feature_table` with no split), latest first, each once:
-    the items behind a "quick purchases: mean item …" reason."""
+class QuickPurchases(NamedTuple):
+    """Per user, the items it bought right after viewing or carting them (:func:`quick_purchases`):
+    ``first[u]`` the latest :data:`QUICK_FIRST` of them (item node indices, -1 past the end) and
+    ``total[u]`` how many distinct items in all."""
+
+    first: np.ndarray  # int64 [U, QUICK_FIRST]
+    total: np.ndarray  # int64 [U]
+
+    def items(self, u: int) -> list[int]:
+        """User ``u``'s latest quick-bought items, at most :data:`QUICK_FIRST`."""
+        row = self.first[u]
+        return [int(i) for i in row[row >= 0]]
+
+
+QUICK_FIRST = 3  # quick-bought items kept per user (QuickPurchases.first): what a reason names
+
+
+def quick_purchases(data: HeteroData, quick_funnel: float = QUICK_FUNNEL_S) -> QuickPurchases:
+    """The items each user bought within ``quick_funnel`` seconds of viewing or carting them, over
+    every event of ``data`` (what the served feature table's ``quick_*`` columns read,
+    :func:`product_feature_table` with no split): the latest :data:`QUICK_FIRST` distinct ones and
+    how many distinct ones in all, the items behind a "quick purchases: mean item …" reason. Sorts
+    and ``np.unique`` over the quick buys: no loop over users or events."""
     n = int(data["user"].num_nodes)
-    out: list[list[int]] = [[] for _ in range(n)]
+    out = QuickPurchases(np.full((n, QUICK_FIRST), -1, dtype=np.int64), np.zeros(n, dtype=np.int64))
     target = ("user", str(getattr(data, "target", "purchase")), "item")
     if target not in data.edge_types or "time" not in data[target]:
         return out
     quick = _quick_buys(data, target, quick_funnel)
-    if quick is None:
+    if quick is None or not quick.any():
         return out
-    bei = data[target].edge_index.long().cpu().numpy()[:, quick]
-    bt = data[target].time.cpu().numpy().astype(np.int64)[quick]
-    for k in np.lexsort((-bt, bei[0])):  # by user, then latest first
-        items = out[int(bei[0, k])]
-        if int(bei[1, k]) not in items:
-            items.append(int(bei[1, k]))
+    users, items = data[target].edge_index.long().cpu().numpy()[:, quick]
+    times = data[target].time.cpu().numpy().astype(np.int64)[quick]
+    order = np.lexsort((-times, items, users))  # by (user, item), the latest buy first
+    users, items, times = users[order], items[order], times[order]
+    first = np.ones(len(users), dtype=bool)
+    first[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])  # each (user, item) once: its latest
+    users, items, times = users[first], items[first], times[first]
+    order = np.lexsort((items, -times, users))  # by user, then latest first (ties by item)
+    users, items = users[order], items[order]
+    start = np.searchsorted(users, np.arange(n))
+    rank = np.arange(len(users)) - start[users]  # position within the user's list
+    keep = rank < QUICK_FIRST
+    out.first[users[keep], rank[keep]] = items[keep]
+    out.total[:] = np.bincount(users, minlength=n)
     return out
 
 

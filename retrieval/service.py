@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -45,6 +45,9 @@ from shopgraph.retrieval.catalogue import (
     encode_vector,
 )
 from shopgraph.retrieval.index import INDEX_DIR, INDEX_NAMES, ItemIndex, load_embeddings
+
+if TYPE_CHECKING:  # torch and the fraud scorer load with the run (ShopService.from_run), not on import
+    from shopgraph.graph.fraud_scorer import QuickPurchases
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +64,6 @@ RESCORE_MARGIN = 8  # candidates fetched beyond k and rescored exactly (near tie
 _IMAGE_CHUNK = 32  # images decoded at a time when a batch is encoded (ShopService._encode_images)
 REPLAY_BATCH = 1024  # journal entries whose adds are embedded in one pass
 QUICK_ITEM_REASON = "quick purchases: mean item "  # graph.fraud_scorer: the columns of what quick buys are
-QUICK_ITEMS_NAMED = 3  # items named in such a reason (ShopService._naming_quick_items)
 CONTENT_NEIGHBOURS = 20  # trained items whose vectors make a new item's (_new_item_embeddings)
 # the one-hot flags of the items' category column (encoders/behaviour.py: "item_" + "category=<value>")
 CATEGORY_FLAG = "item_category="
@@ -763,7 +765,7 @@ class ShopService:
         user_raw: dict[str, np.ndarray] | None = None,
         fraud_attribution: FraudAttribution | None = None,
         held_out_attribution: FraudAttribution | None = None,
-        quick_items: Sequence[Sequence[int]] | None = None,
+        quick_items: QuickPurchases | None = None,
         catalogue: CatalogueJournal | None = None,
         catalogue_sync_s: float = 1.0,
         catalogue_follow: bool = True,
@@ -1651,13 +1653,14 @@ class ShopService:
 
     def quick_items_named(self, user_id: str) -> str:
         """The items the account bought right after viewing or carting them, as a "quick purchases"
-        reason names them: the latest first, :data:`QUICK_ITEMS_NAMED` of them with their titles
-        and how many more (``i000123 'gift card', i000045 'drone' and 2 more``); ``""`` when there
+        reason names them: the latest first, three of them (``graph.fraud_scorer.QUICK_FIRST``) with
+        their titles and how many more (``i000123 'gift card', i000045 'drone' and 2 more``); ``""`` when there
         are none, or the service was loaded without fraud reasons."""
         return self._quick_named(self._user(user_id))
 
     def _quick_named(self, u: int) -> str:
-        items = self._quick_items[u] if self._quick_items is not None and u < len(self._quick_items) else []
+        quick = self._quick_items
+        items = quick.items(u) if quick is not None and u < len(quick.total) else []
         if not items:
             return ""
 
@@ -1665,8 +1668,8 @@ class ShopService:
             text = " ".join(str(self.titles[i]).split())
             return f"'{text if len(text) <= 48 else text[:47] + '…'}'" if text else "(no title)"
 
-        named = ", ".join(f"{self.item_ids[i]} {title(i)}" for i in items[:QUICK_ITEMS_NAMED])
-        more = len(items) - QUICK_ITEMS_NAMED
+        named = ", ".join(f"{self.item_ids[i]} {title(i)}" for i in items)
+        more = int(quick.total[u]) - len(items) if quick is not None else 0
         return named + (f" and {more:,} more" if more > 0 else "")
 
     def score_user(self, user_id: str) -> FraudScore:

@@ -442,15 +442,33 @@ def test_quick_purchases_name_the_items_behind_the_quick_item_columns() -> None:
     carted."""
     from shopgraph.graph.fraud_scorer import quick_purchases
 
+    def lists(q) -> list[list[int]]:
+        return [q.items(u) for u in range(len(q.total))]
+
     data = _ring_graph()
-    assert quick_purchases(data) == [[1, 0], [0], [1], [], [], []]
-    # a second quick buy of the same item is named once; a user with no cart stays empty
-    data[("user", "purchase", "item")].edge_index = torch.cat(
-        [data[("user", "purchase", "item")].edge_index, torch.tensor([[1], [0]])], dim=1)
-    data[("user", "purchase", "item")].time = torch.cat([data[("user", "purchase", "item")].time,
-                                                         torch.tensor([1130])])
-    assert quick_purchases(data)[1] == [0]
-    assert quick_purchases(_ring_graph(timed=False)) == [[] for _ in range(6)]
+    quick = quick_purchases(data)
+    assert lists(quick) == [[1, 0], [0], [1], [], [], []] and quick.total.tolist() == [2, 1, 1, 0, 0, 0]
+    # a second quick buy of the same item is named once, at its latest; a user with no cart stays empty
+    buys = data[("user", "purchase", "item")]
+    buys.edge_index = torch.cat([buys.edge_index, torch.tensor([[0], [0]])], dim=1)
+    buys.time = torch.cat([buys.time, torch.tensor([1600])])
+    data[("user", "cart", "item")].edge_index = torch.cat([data[("user", "cart", "item")].edge_index,
+                                                          torch.tensor([[0], [0]])], dim=1)
+    data[("user", "cart", "item")].time = torch.cat([data[("user", "cart", "item")].time, torch.tensor([1590])])
+    quick = quick_purchases(data)
+    assert lists(quick)[0] == [0, 1] and quick.total[0] == 2
+    assert lists(quick_purchases(_ring_graph(timed=False))) == [[] for _ in range(6)]
+    # more than three: the latest three kept, all counted
+    many = _ring_graph()
+    items = torch.arange(5)
+    many[("user", "purchase", "item")].edge_index = torch.stack([torch.zeros(5, dtype=torch.long), items])
+    many[("user", "purchase", "item")].time = 1000 + 100 * items
+    many[("user", "purchase", "item")].split = torch.zeros(5, dtype=torch.uint8)
+    many[("user", "cart", "item")].edge_index = torch.stack([torch.zeros(5, dtype=torch.long), items])
+    many[("user", "cart", "item")].time = 990 + 100 * items
+    many[("user", "cart", "item")].split = torch.zeros(5, dtype=torch.uint8)
+    quick = quick_purchases(many)
+    assert quick.items(0) == [4, 3, 2] and quick.total[0] == 5
 
 
 def test_ring_features_leave_hubs_out() -> None:

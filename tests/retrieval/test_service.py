@@ -877,13 +877,17 @@ def test_fraud_reasons_are_raw_facts_behind_the_verdict(service, run_path, monke
             ("quick purchases: mean item image features (87 columns together; value: their norm)", 0.25, 3.15),
             ("users sharing a device via uses: mean log_account_age_days (self included)", -0.965, 0.43)]
     monkeypatch.setattr(service, "_fraud_attribution", lambda _: fake)
-    monkeypatch.setattr(service, "_quick_items", [[] for _ in service.user_ids])  # no quick buy to name
+    from shopgraph.graph.fraud_scorer import QUICK_FIRST, QuickPurchases
+
+    n_users = len(service.user_ids)
+    none = QuickPurchases(np.full((n_users, QUICK_FIRST), -1, dtype=np.int64), np.zeros(n_users, dtype=np.int64))
+    monkeypatch.setattr(service, "_quick_items", none)  # no quick buy to name
     reasons = service.score_user("u002").reasons
     assert reasons[0] == ("items bought right after viewing or carting them: what they are, judged from their "
                           "pictures (+3.15 log-odds)")
     # the items behind it, latest first: the first three and how many more
-    quick = [[] for _ in service.user_ids]
-    quick[u] = [3, 1, 4, 0]
+    quick = QuickPurchases(none.first.copy(), none.total.copy())
+    quick.first[u], quick.total[u] = [3, 1, 4], 4  # the latest three of four
     monkeypatch.setattr(service, "_quick_items", quick)
     named = ", ".join(f"{service.item_ids[i]} '{service.titles[i]}'" for i in (3, 1, 4))
     assert service.score_user("u002").reasons[0] == (
