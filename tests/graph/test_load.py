@@ -763,10 +763,15 @@ def test_cli_validate_json_with_a_missing_folder(tmp_path: Path, capsys: pytest.
     assert main(["validate", "--json", str(nope)]) == 2
     captured = capsys.readouterr()
     data = json.loads(captured.out)
-    message = (f"data: tables folder not found (got '{nope}'); note that --json takes no path: it prints the "
-               "report as JSON on standard output (save it with: shopgraph validate FOLDER --json > report.json)")
+    message = f"data: tables folder not found (got '{nope}')"
     assert data == {"error": message, "root": str(nope), "has_fatal": True}
     assert captured.err == f"shopgraph validate: error: {message}\n"
+    # a path that looks like the report's file, given as if --json took it: the message says it does not
+    out = tmp_path / "report.json"
+    assert main(["validate", "--json", str(out)]) == 2
+    message = (f"data: tables folder not found (got '{out}'); note that --json takes no path: it prints the "
+               "report as JSON on standard output (save it with: shopgraph validate FOLDER --json > report.json)")
+    assert json.loads(capsys.readouterr().out)["error"] == message
 
 
 # ------------------------------------------------------------------- missing-value words are text

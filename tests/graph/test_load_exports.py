@@ -433,6 +433,25 @@ def test_list_and_struct_columns_are_left_out_with_a_warning(tmp_path: Path) -> 
     assert _issue(report, "duplicate_row").table == "items" and len(tables.items) == 3
 
 
+def test_rows_differing_deep_in_a_long_list_are_not_repeats(tmp_path: Path) -> None:
+    """Two items rows that differ only at element 1,000 of a 2,000-element list are two records
+    with one id (fatal), not one record exported twice: the comparison reads every element (the
+    text of a numpy array elides its middle)."""
+    frames = _frames()
+    frames["items"]["emb"] = [list(range(2000)) for _ in range(len(frames["items"]))]
+    other = frames["items"].iloc[[1]].copy()
+    changed = list(range(2000))
+    changed[1000] = -1
+    other["emb"] = [changed]
+    frames["items"] = pd.concat([frames["items"], other], ignore_index=True)
+    report = validate_tables(_write(tmp_path / "shop", frames, "parquet"))
+    assert report.has_fatal and _issue(report, "duplicate_id").table == "items"
+    assert not [i for i in report.issues if i.kind == "duplicate_row"]
+    frames["items"].at[len(frames["items"]) - 1, "emb"] = list(range(2000))  # now the same: a repeat
+    report = validate_tables(_write(tmp_path / "same", frames, "parquet"))
+    assert not report.has_fatal and _issue(report, "duplicate_row").count == 1
+
+
 def test_report_json_holds_the_new_kinds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     frames = _frames()
     frames["events"]["event_type"] = frames["events"]["event_type"].str.upper()
