@@ -857,6 +857,12 @@ def rings_run(
     Returns:
         The ``top`` highest-ranked rings.
     """
+    return _rings_run(run_dir, top, export, detector, explain_members, overwrite)[0]
+
+
+def _rings_run(run_dir: str | Path, top: int, export: Path | None, detector: RingDetector | None,
+               explain_members: int, overwrite: bool) -> tuple[list[Ring], HeteroData]:
+    """:func:`rings_run`, and the graph it loaded (``shopgraph rings`` counts the members' labels on it)."""
     if top < 1:
         raise ValueError(f"top: expected a positive integer (got {top})")
     from shopgraph.graph.pipeline import load_run_tables
@@ -890,7 +896,7 @@ def rings_run(
                   "made_from": {**made_from, **run.sources(RINGS_FILE, optional=EXPORT_MODEL_FILES)}}
         export_cases(chosen, data, tables, export, hubs=det.hub_devices_, mode=det.mode_, params=params,
                      explanations=explanations, source=source, fraud_prob=prob, held_out=held_out)
-    return chosen
+    return chosen, data
 
 
 def check_export(run: RunDir, export: str | Path, *, overwrite: bool = True) -> None:
@@ -914,10 +920,8 @@ def cli_rings(args: argparse.Namespace) -> int:
     """``shopgraph rings --run RUN [--top N] [--export DIR [--overwrite]]``."""
     from shopgraph.graph.fraud_scorer import account_labels
 
-    rings = rings_run(args.run, top=args.top, export=args.export, overwrite=args.overwrite)
-    run = RunDir(args.run)
-    data = run.load_graph()
-    labels, _ = account_labels(data, _load_fraud_scores(run)[0])
+    rings, data = _rings_run(args.run, args.top, args.export, None, 3, args.overwrite)
+    labels, _ = account_labels(data, None)  # the labels themselves need no scores
     position = {str(u): n for n, u in enumerate(data["user"].ids)}
     print(f"{'ring':6} {'score':>6} {'size':>4} {'devices':>7} {'fraud':>5} {'labelled':>8} {'age_d':>7} "
           f"{'vel/d':>6} {'risk':>5}  members")

@@ -1779,6 +1779,16 @@ def train_run(run_dir: str | Path, *, device: str | None = None, resume: bool = 
     return result
 
 
+def _written(run: RunDir) -> list[str]:
+    """The run files a training wrote (relative paths): the model, the embeddings, fraud.json and
+    the trees it names (the served ones, each fold's held-out ones)."""
+    fraud: dict[str, Any] = run.read_json("fraud.json") if run.has("fraud.json") else {}
+    held: dict[str, Any] = fraud["held_out"] if isinstance(fraud.get("held_out"), dict) else {}
+    folds: dict[str, Any] = held["trees_files"] if isinstance(held.get("trees_files"), dict) else {}
+    return ([MODEL_DIR, "embeddings.safetensors", "fraud.json"] + ([str(fraud["trees_file"])] if fraud.get("trees_file")
+            else []) + [str(folds[k]) for k in sorted(folds, key=int)])
+
+
 def _measured(rec: dict[str, float], key: str, every: int) -> str:
     """An epoch line's validation value: ``-`` on the epochs between validations (not ``nan``,
     which reads as a failure), ``n/a`` when a validation cannot measure it (no fraud labels)."""
@@ -1809,7 +1819,7 @@ def cli_train(args: argparse.Namespace) -> int:
         "fraud_val_auprc": result.fraud.val_auprc, "fraud_threshold": result.fraud.threshold,
         "item_knn_rank": result.model.config.knn_rank,
         "served_vector_width": int(result.embeddings["item"].size(1)) if "item" in result.embeddings else None,
-        "wrote": [str(Path(args.run) / rel) for rel in (MODEL_DIR, "embeddings.safetensors", "fraud.json")],
+        "wrote": [str(Path(args.run) / rel) for rel in _written(RunDir(args.run))],
         "next": f"shopgraph evaluate --run {args.run}",
     }
     # valid JSON: what is not a number (no fraud labels: no threshold) is null

@@ -40,11 +40,11 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.routing import Route
 
 from shopgraph.retrieval.catalogue import CatalogueJournal
 from shopgraph.retrieval.params import ErrorOut, check_fields, parse_int, strict_query
@@ -423,7 +423,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             detail = f"path: no route {shown(request.url.path)} (the routes are listed at /docs)"
         elif exc.status_code == 405 and detail == "Method Not Allowed":
             # every route of the path (GET and HEAD /healthz are two), not only the one the router tried
-            methods = {m for route in request.app.routes if isinstance(route, APIRoute)
+            methods = {m for route in request.app.routes if isinstance(route, Route)  # /docs, /openapi.json too
                        and route.path_regex.match(request.url.path) for m in route.methods or ()}
             allowed = ", ".join(sorted(methods))
             detail = f"method: {request.method} is not allowed on {request.url.path}" + (

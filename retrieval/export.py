@@ -30,7 +30,7 @@ import pandas as pd
 
 from shopgraph.graph.files import existing_ancestor
 from shopgraph.graph.messages import plural
-from shopgraph.graph.run import atomic_write
+from shopgraph.graph.run import RunDir, atomic_write
 from shopgraph.retrieval.service import (
     MAX_BATCH,
     MAX_BATCH_RESULTS,
@@ -255,11 +255,12 @@ def cli_score(args: argparse.Namespace) -> int:
     out = check_out(args.out, overwrite=args.overwrite, run=args.run)
     wanted, repeats = _once(read_user_ids(args.users)) if args.users is not None else (None, "")  # before the run
     t0 = time.perf_counter()
-    service = _service(args.run, fraud_reasons=not args.no_reasons)
-    if service.fraud.get("kind", "none") == "none":
+    run = RunDir(args.run)  # the scorer's kind first: a run without one is not loaded at all
+    if run.has("fraud.json") and run.read_json("fraud.json").get("kind", "none") == "none":
         raise ValueError(f"--run: {args.run} has no fraud scorer, nothing was written: its training found no "
                          f"usable fraud labels (both classes are needed in the training and validation periods; "
                          f"`shopgraph validate` counts the labels)")
+    service = _service(args.run, fraud_reasons=not args.no_reasons)
     users = wanted if wanted is not None else list(service.user_ids)
     if not args.no_reasons and service.reasons_per_account_model:
         logger.warning("this run's fraud scorer (%s) works out each account's reasons with the model (75-700 ms an "

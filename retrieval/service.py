@@ -1712,7 +1712,7 @@ class ShopService:
         k = check_k(k)
         with self._lock.read():
             seeds = np.array(self._many(item_ids, "item_ids", self._item_pos, "item"), dtype=np.int64)
-            q = self._item_emb_n[seeds].mean(axis=0, keepdims=True)
+            q = _normalised(self._item_emb_n[seeds]).mean(axis=0, keepdims=True)  # added items: unit length too
             ids, sc = self._filtered("gnn_items_cosine", q, k, [np.unique(seeds)], None)[0]
             return self._pack(ids, sc, self._seed_reasons(np.unique(seeds), ids))
 
@@ -1728,7 +1728,7 @@ class ShopService:
             seeds, _ = self._content_hits("text_items", q, n_seeds)
             if seeds.size == 0:
                 return Recommendation([], [], [], [])
-            query = self._item_emb_n[seeds].mean(axis=0, keepdims=True)
+            query = _normalised(self._item_emb_n[seeds]).mean(axis=0, keepdims=True)
             ids, sc = self._filtered("gnn_items_cosine", query, k, [np.zeros(0, np.int64)], None)[0]
             return self._pack(ids, sc, self._seed_reasons(seeds, ids, " (matches your text)"))
 
