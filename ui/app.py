@@ -955,15 +955,13 @@ _HELD_OUT_VERDICT = {  # (labelled fraud, flagged with the label held out) -> wh
 }
 # ... when the strongest reason for flagging it is other accounts' training labels (wording.cites_training_labels):
 # found without its own label, not without labels
-_HELPED = "the strongest of the reasons that follow counts the training labels of accounts tied to it"
+_HELPED = "the labels of accounts tied to it (the first reason below)"
 _HELD_OUT_HELPED = {
-    True: f"the scorer finds this fraud without its own label, but with the help of other accounts' labels: {_HELPED}.",
-    False: f"it would have been flagged, with the help of other accounts' labels ({_HELPED}); worth a second look at "
-           "the label.",
+    True: f"the scorer finds this fraud without its own label, helped by {_HELPED}.",
+    False: f"it would have been flagged, helped by {_HELPED}; worth a second look at the label.",
 }
-_FOLD_NOTE = (" (This account's fold: the training accounts were dealt into folds, and the trees behind this score "
-              "saw only the other folds' labels, so their counts of labelled accounts can be lower than those of the "
-              "served score's reasons, which count every training label.)")
+_FOLD_NOTE = (" (\"Outside this account's fold\": those trees never saw the labels of this account's share of the "
+              "training accounts, so they count fewer labelled accounts than the reasons of the served score.)")
 
 
 def label_sentence(label: bool | None, in_training: bool, scored: bool = True, *, held_out: float | None = None,

@@ -471,11 +471,10 @@ LABELS_FIRST = [
 
 
 @pytest.mark.parametrize(("label", "held_out", "says"), [
-    (True, 0.958, "the scorer finds this fraud without its own label, but with the help of other accounts' labels: "
-                  "the strongest of the reasons that follow counts the training labels of accounts tied to it."),
-    (False, 0.958, "it would have been flagged, with the help of other accounts' labels (the strongest of the "
-                   "reasons that follow counts the training labels of accounts tied to it); worth a second look at "
-                   "the label."),
+    (True, 0.958, "the scorer finds this fraud without its own label, helped by the labels of accounts tied to it "
+                  "(the first reason below)."),
+    (False, 0.958, "it would have been flagged, helped by the labels of accounts tied to it (the first reason "
+                   "below); worth a second look at the label."),
     (True, 0.1, "the scorer alone would have missed this fraud."),  # what lowered it is not what found it
 ])
 def test_a_held_out_score_found_through_other_accounts_labels_says_so(label: bool, held_out: float,
@@ -485,11 +484,11 @@ def test_a_held_out_score_found_through_other_accounts_labels_says_so(label: boo
     its own label, with theirs. A fold's label count is explained once."""
     text = label_sentence(label, True, held_out=held_out, threshold=0.209, held_out_reasons=LABELS_FIRST)
     assert says in text and "without being told" not in text
-    assert text.count("This account's fold:") == 1 and "saw only the other folds' labels" in text
+    assert text.count("Outside this account's fold") == 1 and "never saw the labels of this account's share" in text
     own_first = label_sentence(label, True, held_out=held_out, threshold=0.209, held_out_reasons=LABELS_FIRST[::-1])
-    assert "with the help of other accounts' labels" not in own_first  # its own behaviour is the strongest
+    assert "helped by the labels" not in own_first  # its own behaviour is the strongest
     plain = label_sentence(label, True, held_out=held_out, threshold=0.209, held_out_reasons=LABELS_FIRST[1:])
-    assert "This account's fold" not in plain  # no fold count to explain
+    assert "Outside this account's fold" not in plain  # no fold count to explain
 
 
 def test_fraud_view_names_the_rings_an_account_is_in(ui_service: ShopService, ui_cases: FraudCases) -> None:
