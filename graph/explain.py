@@ -116,6 +116,8 @@ class Explanation(NamedTuple):
         neighbours_total: how many neighbours there were to list before the cut to ``top_k``
             (the user's identifiers; for occlusion, the neighbours occluded), so that a list
             shorter than this is known to be cut.
+        neighbour_types: the node types of all of them, sorted (``("device",)``), so that a cut
+            list is worded by what was cut.
 
     :meth:`to_dict` (the case files' explanations) gives ``user_id``, ``score``, ``method``,
     ``features`` (each with its worded ``reason``, :func:`feature_dict`) and ``neighbours`` (each
@@ -130,6 +132,7 @@ class Explanation(NamedTuple):
     base: float | None = None
     unlisted: float | None = None
     neighbours_total: int | None = None
+    neighbour_types: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -415,7 +418,8 @@ def explain_user(
         if was_training and hasattr(model, "train"):
             model.train()  # type: ignore[attr-defined]
     return Explanation(user_id, 1.0 / (1.0 + math.exp(-full)), f"{feature_method}+occlusion",
-                       features, scored[:top_k], neighbours_total=len(scored))
+                       features, scored[:top_k], neighbours_total=len(scored),
+                       neighbour_types=tuple(sorted({nb.node_type for nb in scored})))
 
 
 def _zscore_explanation(
@@ -432,7 +436,8 @@ def _zscore_explanation(
     score = float(fraud_prob[user_index]) if fraud_prob is not None else None
     identifiers = _shared_identifiers(data, user_index, nbrs)
     return Explanation(user_id, score, "behaviour_zscore", features, identifiers[:top_k],
-                       neighbours_total=len(identifiers))
+                       neighbours_total=len(identifiers),
+                       neighbour_types=tuple(sorted({nb.node_type for nb in identifiers})))
 
 
 def _shared_identifiers(data: HeteroData, user_index: int,
@@ -541,7 +546,8 @@ class ServedTreeExplainer:
         return Explanation(_node_ids(data, "user")[user_index], 1.0 / (1.0 + math.exp(-margin)),
                            "tree_shap+shared_identifiers", items[:top_k], identifiers[:top_k], base,
                            unlisted=float(sum(f.attribution for f in items[top_k:])),
-                           neighbours_total=len(identifiers))
+                           neighbours_total=len(identifiers),
+                           neighbour_types=tuple(sorted({nb.node_type for nb in identifiers})))
 
     def contributions(self, user_index: int) -> tuple[list[FeatureAttribution], float]:
         """Every reason's TreeSHAP contribution to the trees' log-odds for one user (node index),

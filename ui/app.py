@@ -824,7 +824,8 @@ def _explanation_table(explanation: Any, quick_items: str = "") -> pd.DataFrame:
                                "contribution": round(float(nb.attribution), 3)})
     total = getattr(explanation, "neighbours_total", None)
     if counted and total is not None and total > len(explanation.neighbours):
-        types = sorted({nb.node_type for nb in explanation.neighbours}) or ["identifier"]
+        # named by the types of all of them, not only of those listed (5 devices listed of 4 devices and 3 cards)
+        types = list(getattr(explanation, "neighbour_types", ())) or ["identifier"]
         what = types[0] if len(types) == 1 else "identifier"
         neighbours.append({"reason": f"uses {plural(total, what)} in all: the {len(explanation.neighbours)} most "
                                      "shared are listed", "value": f"{total:,}", "contribution": None})

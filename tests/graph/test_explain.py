@@ -570,7 +570,7 @@ def test_shared_identifiers_name_the_other_accounts_and_say_when_the_list_is_cut
     wifi = next(n for n in ex.neighbours if n.node_id == "d_wifi")
     assert wifi.attribution == 11 and len(wifi.others) == MAX_OTHERS == 10
     assert list(wifi.others) == sorted(f"u{k:03d}" for k in range(1, 12))[:10]
-    assert ex.neighbours_total == 2 and len(ex.neighbours) == 2
+    assert ex.neighbours_total == 2 and len(ex.neighbours) == 2 and ex.neighbour_types == ("device",)
     cut = explain_user(None, graph, index["u000"], top_k=1)
     assert [n.node_id for n in cut.neighbours] == ["d_wifi"] and cut.neighbours_total == 2
     # the served trees' explanation too, and its case-file form

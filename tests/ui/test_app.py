@@ -829,7 +829,7 @@ def test_tree_reasons_table_names_who_shares_each_device_and_says_when_devices_a
                                                                                            ("u003901",)),
                *(NeighbourAttribution("device", f"d00000{k}", 0.0) for k in range(3))]
     table = _explanation_table(Explanation("u1", 0.9, "tree_shap+shared_identifiers", [], devices,
-                                           neighbours_total=6))
+                                           neighbours_total=6, neighbour_types=("device",)))
     assert table["reason"].tolist() == [
         "shares device d003232 with 27 other accounts: u000001, u000002, u000003, u000004, u000005 and 22 more",
         "shares device d007400 with 1 other account: u003901",
@@ -837,6 +837,10 @@ def test_tree_reasons_table_names_who_shares_each_device_and_says_when_devices_a
         "uses device d000002, which no other account uses",
         "uses 6 devices in all: the 5 most shared are listed"]
     assert table["value"].tolist()[-1] == "6"
+    # five devices listed of devices and cards: the row counts identifiers, not devices
+    mixed = _explanation_table(Explanation("u1", 0.9, "tree_shap+shared_identifiers", [], devices,
+                                           neighbours_total=7, neighbour_types=("card", "device")))
+    assert mixed["reason"].tolist()[-1] == "uses 7 identifiers in all: the 5 most shared are listed"
     whole = _explanation_table(Explanation("u1", 0.9, "tree_shap+shared_identifiers", [], devices[:2],
                                            neighbours_total=2))
     assert not whole["reason"].str.contains("in all").any()  # nothing left out: nothing said
