@@ -1654,9 +1654,10 @@ class ShopService:
     def quick_items_named(self, user_id: str) -> str:
         """The items the account bought right after viewing or carting them, as a "quick purchases"
         reason names them: the latest first, three of them (``graph.fraud_scorer.QUICK_FIRST``) with
-        their titles and how many more (``i000123 'gift card', i000045 'drone' and 2 more``); ``""`` when there
-        are none, or the service was loaded without fraud reasons."""
-        return self._quick_named(self._user(user_id))
+        their titles and how many more (``i000123 'gift card', i000045 'drone' and 2 more``); ``"none"``
+        when it bought none so; ``""`` when the service was loaded without fraud reasons."""
+        u = self._user(user_id)
+        return "" if self._quick_items is None else (self._quick_named(u) or "none")
 
     def _quick_named(self, u: int) -> str:
         quick = self._quick_items

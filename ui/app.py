@@ -957,6 +957,7 @@ _HELD_OUT_VERDICT = {  # (labelled fraud, flagged with the label held out) -> wh
 # ... when the strongest reason for flagging it is other accounts' training labels (wording.cites_training_labels):
 # found without its own label, not without labels
 _HELPED = "the labels of accounts tied to it (the first reason below)"
+_LOG_ODDS = re.compile(r" \([+-]\d+(?:\.\d+)? log-odds\)$")  # a reason's contribution, as the API gives it
 _HELD_OUT_HELPED = {
     True: f"the scorer finds this fraud without its own label, helped by {_HELPED}.",
     False: f"it would have been flagged, helped by {_HELPED}; worth a second look at the label.",
@@ -990,8 +991,9 @@ def label_sentence(label: bool | None, in_training: bool, scored: bool = True, *
             text += (f" Refitted without that label, the scorer gives it **{shown_h}**, "
                      f"{'at or above' if flagged else 'below'} the validation threshold {shown_t}: "
                      + (_HELD_OUT_HELPED[bool(label)] if helped else _HELD_OUT_VERDICT[(bool(label), flagged)]))
-            if facts:
-                text += " What drives that score: " + "; ".join(_md(r) for r in facts) + "."
+            if facts:  # without their log-odds: the table below explains the served score, in other numbers
+                text += (" What drives that score (the table below explains the other one): "
+                         + "; ".join(_md(_LOG_ODDS.sub("", r)) for r in facts) + ".")
                 if any(HELD_OUT_LABELS in r for r in facts):
                     text += _FOLD_NOTE
         return text
@@ -1822,7 +1824,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 fr_method = gr.Markdown()
                 fr_reasons = gr.Dataframe(value=pd.DataFrame(columns=_REASON_COLUMNS), label="Top reasons",
                                           interactive=False, wrap=True, column_widths=["64%", "18%", "18%"],
-                                          elem_id="fraud-reasons")
+                                          max_height=1000, elem_id="fraud-reasons")  # the devices last: unscrolled
 
                 def on_score(user: Any, threshold: Any) -> tuple[Any, ...]:
                     view = fraud_view(service, cases, user)

@@ -893,7 +893,9 @@ def test_fraud_reasons_are_raw_facts_behind_the_verdict(service, run_path, monke
     assert service.score_user("u002").reasons[0] == (
         f"items bought right after viewing or carting them ({named} and 1 more): what they are, judged from "
         "their pictures (+3.15 log-odds)")
-    assert service.quick_items_named(" u002 ") == f"{named} and 1 more" and service.quick_items_named("u001") == ""
+    assert service.quick_items_named(" u002 ") == f"{named} and 1 more" and service.quick_items_named("u001") == "none"
+    monkeypatch.setattr(service, "_quick_items", None)  # loaded without fraud reasons: nothing to say
+    assert service.quick_items_named("u001") == ""
     assert reasons[1] == ("accounts on the same devices (this one included): average account age: 1.0 SD below "
                           "average (+0.43 log-odds)")
     assert reasons[2].startswith("account age: ")
