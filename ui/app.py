@@ -862,10 +862,10 @@ def _explanation_method(method: str) -> str:
     """What the reasons table shows, in words."""
     if method.startswith("tree_shap"):
         return ("each row is a fact about this account and how much it moved the score away from the typical "
-                "account's: a positive contribution pushes towards fraud, a negative one away from it (log-odds "
-                "of the fraud scorer, by TreeSHAP; together they make the score; the largest are shown). \"SD\" "
-                "means standard deviations from the average account. Last, the account's devices, how many "
-                "other accounts use each, and which")
+                "account's: a positive contribution pushes towards fraud, a negative one away from it, and the "
+                "bigger the number the stronger the push; together they make the score (the largest are shown). "
+                "\"SD below average\" means lower than most accounts (standard deviations). Last, the account's "
+                "devices, how many other accounts use each, and which")
     if method.startswith("integrated_gradients"):
         return ("attribution of the GNN's score to the user's features and linked accounts/devices/items "
                 "(positive pushes towards fraud; the served score may come from another scorer)")

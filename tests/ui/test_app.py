@@ -749,7 +749,7 @@ def test_served_trees_explain_the_served_score(ui_run: Path, ui_service: ShopSer
     assert ex.method == "tree_shap+shared_identifiers"
     assert ex.score == pytest.approx(ui_service.score_user(user).probability, abs=1e-5)
     view = fraud_view(ui_service, ui_cases, user)
-    assert "TreeSHAP" in view.method
+    assert "pushes towards fraud" in view.method and "TreeSHAP" not in view.method  # the trees caption, in plain words
     scored = view.reasons["contribution"].dropna().abs().tolist()
     assert scored and scored == sorted(scored, reverse=True)
     # every fact in words, its value in its unit: log-count columns as the counts they are
