@@ -34,7 +34,7 @@ import os
 import posixpath
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple, cast
@@ -645,6 +645,35 @@ def _looks_merged(value: str, one_line: set[int], width: int) -> bool:
     return False
 
 
+def _numbered_records(file: Path, skip: int = 0) -> Iterator[tuple[list[str], int, int, int]]:
+    """A CSV file's records through Python's csv reader (no field size limit), numbered as the
+    report numbers rows: ``(record, row, first line, last line)`` for each record under the header
+    and ``([], row, first line, last line)`` for each blank one, anywhere. ``row`` counts every
+    record under the header, blank lines included, as a spreadsheet shows them (a value with
+    quoted line breaks is one row); the first ``skip`` records (Excel's ``sep=,`` line) come before
+    the header and are not rows. ``csv.Error`` passes to the caller."""
+    limit = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)  # a merged value may be as long as the file
+    try:
+        with _open_text(file) as f:
+            reader = csv.reader(f)
+            seen_header, row, line = False, 0, 0
+            for rec in reader:
+                start, line = line + 1, reader.line_num
+                if not rec:
+                    row += seen_header
+                    yield rec, row, start, line
+                elif skip:
+                    skip -= 1
+                elif not seen_header:
+                    seen_header = True
+                else:
+                    row += 1
+                    yield rec, row, start, line
+    finally:
+        csv.field_size_limit(limit)
+
+
 def _csv_layout(file: Path, one_line: set[int], width: int, skip: int = 0) -> _CsvLayout | None:
     """Map a CSV file's records to row numbers and find the values an unclosed quote merged.
 
@@ -658,49 +687,39 @@ def _csv_layout(file: Path, one_line: set[int], width: int, skip: int = 0) -> _C
     positions of ids, times, numbers, paths) and a quote still open at the end of the file (sure);
     a value of free text whose lines look like whole rows of ``width`` fields (probably). Records
     of another width than ``width`` are counted, the first :data:`RAGGED_SHOWN` kept. The first
-    ``skip`` records (Excel's ``sep=,`` line) come before the header and are not rows.
-    ``None`` when Python's reader fails on the file (the rows are then numbered as pyarrow read them).
+    ``skip`` records (Excel's ``sep=,`` line) come before the header and are not rows
+    (:func:`_numbered_records`). ``None`` when Python's reader fails on the file (the rows are then
+    numbered as pyarrow read them).
     """
     rows: list[int] = []
     merged: list[_Merged] = []
     ragged: list[tuple[int, int, str, int]] = []
     n_ragged = n_trailing = 0
     blank, first_blank = 0, None
-    seen_header, row, line = False, 0, 0
+    line = 0
     last: tuple[list[str], int, int] | None = None  # the last record, its row and first line
     limit = csv.field_size_limit()
-    csv.field_size_limit(2**31 - 1)  # a merged value may be as long as the file
+    csv.field_size_limit(2**31 - 1)  # the last record's check below reads a merged value whole too
     try:
-        with _open_text(file) as f:
-            reader = csv.reader(f)
-            for rec in reader:
-                start, line = line + 1, reader.line_num
-                if not rec:
-                    blank += 1
-                    first_blank = first_blank or start
-                    row += seen_header
-                    continue
-                if skip:
-                    skip -= 1
-                    continue
-                if not seen_header:
-                    seen_header = True
-                    continue
-                row += 1
-                rows.append(row)
-                last = (rec, row, start)
-                if len(rec) != width:
-                    n_ragged += 1
-                    n_trailing += len(rec) == width + 1 and not rec[-1].strip()
-                    if len(ragged) < RAGGED_SHOWN:
-                        ragged.append((start, len(rec), ",".join(rec), row))
-                if line > start:  # the record spans lines: which values hold the breaks
-                    at = start
-                    for k, value in enumerate(rec):
-                        n = _line_breaks(value)
-                        if n and (k in one_line or _looks_merged(value, one_line, width)):
-                            merged.append(_Merged(row, k, at, min(at + n, line), value, False, k in one_line))
-                        at += n
+        for rec, row, start, line in _numbered_records(file, skip):
+            if not rec:
+                blank += 1
+                first_blank = first_blank or start
+                continue
+            rows.append(row)
+            last = (rec, row, start)
+            if len(rec) != width:
+                n_ragged += 1
+                n_trailing += len(rec) == width + 1 and not rec[-1].strip()
+                if len(ragged) < RAGGED_SHOWN:
+                    ragged.append((start, len(rec), ",".join(rec), row))
+            if line > start:  # the record spans lines: which values hold the breaks
+                at = start
+                for k, value in enumerate(rec):
+                    n = _line_breaks(value)
+                    if n and (k in one_line or _looks_merged(value, one_line, width)):
+                        merged.append(_Merged(row, k, at, min(at + n, line), value, False, k in one_line))
+                    at += n
         if last is not None and line > last[2]:
             rec, last_row, start = last
             with _open_text(file) as f:  # is the last record's last quote ever closed?
@@ -783,28 +802,13 @@ def _longest_value(file: Path, header: list[str], skip: int) -> tuple[int, str, 
     too long for pyarrow's largest block: a pass of Python's csv reader over the file.
     """
     best = (0, "", -1, "")
-    limit = csv.field_size_limit()
-    csv.field_size_limit(2**31 - 1)
-    try:
-        with _open_text(file) as f:
-            seen_header, row = False, 0
-            for rec in csv.reader(f):
-                if not rec:
-                    row += seen_header
-                    continue
-                if skip:
-                    skip -= 1
-                    continue
-                if not seen_header:
-                    seen_header = True
-                    continue
-                row += 1
-                k = max(range(len(rec)), key=lambda j: len(rec[j]))
-                if len(rec[k]) > best[2]:
-                    col = header[k].strip() if k < len(header) else f"column {k + 1}"
-                    best = (row, col, len(rec[k]), rec[k][:40])
-    finally:
-        csv.field_size_limit(limit)
+    for rec, row, _, _ in _numbered_records(file, skip):
+        if not rec:
+            continue
+        k = max(range(len(rec)), key=lambda j: len(rec[j]))
+        if len(rec[k]) > best[2]:
+            col = header[k].strip() if k < len(header) else f"column {k + 1}"
+            best = (row, col, len(rec[k]), rec[k][:40])
     return best
 
 
