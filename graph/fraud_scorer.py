@@ -51,6 +51,7 @@ from shopgraph.graph.build import Split
 from shopgraph.graph.model import ShopGNN
 from shopgraph.graph.schema import REV_PREFIX
 from shopgraph.graph.train import FraudScorer, fraud_labels, lean_graph
+from shopgraph.graph.wording import QUICK_ITEM_REASON
 
 logger = logging.getLogger(__name__)
 
@@ -727,7 +728,7 @@ def _product_names(data: HeteroData, ring_names: Sequence[str], *, held_out: boo
     from shopgraph.graph.baselines import hetero_neighbor_feature_names, node_feature_names
 
     items = node_feature_names(data, "item") if "item" in data.node_types and "x" in data["item"] else []
-    worded = [f"quick purchases: mean item {items[int(n[len('quick_item_x'):])]}"
+    worded = [f"{QUICK_ITEM_REASON}{items[int(n[len('quick_item_x'):])]}"
               if n.startswith("quick_item_x") and items else ring_column_text(n, held_out=held_out)
               for n in ring_names]
     return hetero_neighbor_feature_names(data, "user") + worded

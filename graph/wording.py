@@ -67,7 +67,7 @@ _SHARING = re.compile(r"^(?P<others>other )?users sharing an? (?P<other>\w+) via
 _EVENT_COUNT = re.compile(r"^(?P<rel>\w+) events \(log count\)$")
 _DISTINCT = re.compile(r"^distinct (?P<other>\w+)s via (?P<rel>\w+) \(log count\)$")
 _PATHS = re.compile(r"^other users via (?P<rel>\w+) (?P<other>\w+)s \(log count of paths\)$")
-_QUICK = "quick purchases: mean item "
+QUICK_ITEM_REASON = "quick purchases: mean item "  # graph.fraud_scorer names what quick buys are so
 
 
 class Reading(NamedTuple):
@@ -122,15 +122,15 @@ def reason_in_words(name: str) -> Reading:
     if (m := _GROUP.match(name)) is not None:
         prefix = m["prefix"]
         subject = "this account's items"
-        if prefix == _QUICK:
+        if prefix == QUICK_ITEM_REASON:
             subject = "items bought right after viewing or carting them"
         elif (o := re.match(r"^(?P<other>\w+)s via (?P<rel>\w+): mean $", prefix)) is not None:
             subject = f"{_PLURAL.get(o['other'], o['other'] + 's')} {_DID.get(o['rel'], o['rel'])}"
         # no column count: the trees of a fold split on other columns than the served ones, and the
         # same reason with two counts on one screen read as a contradiction
         return Reading(f"{subject}: what they are, judged from their {_ENCODER[m['kind']]}", "none")
-    if name.startswith(_QUICK):
-        words, unit = _feature(name[len(_QUICK):])
+    if name.startswith(QUICK_ITEM_REASON):
+        words, unit = _feature(name[len(QUICK_ITEM_REASON):])
         average = _average(words, unit)
         return Reading(f"items bought right after viewing or carting them: {average.text}", average.unit)
     if (m := _NOBODY.match(name)) is not None:  # graph.explain: the means over others of an account with none

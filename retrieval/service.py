@@ -37,6 +37,7 @@ import numpy as np
 
 from shopgraph.graph.messages import SHOWN_CHARS, listed_ids, shown  # noqa: F401 - re-exported
 from shopgraph.graph.run import RunDir
+from shopgraph.graph.wording import QUICK_ITEM_REASON, reason_in_words, value_in_words
 from shopgraph.retrieval.catalogue import (
     CatalogueError,
     CatalogueJournal,
@@ -63,7 +64,6 @@ _NO_ITEMS.flags.writeable = False
 RESCORE_MARGIN = 8  # candidates fetched beyond k and rescored exactly (near ties at the k-th place)
 _IMAGE_CHUNK = 32  # images decoded at a time when a batch is encoded (ShopService._encode_images)
 REPLAY_BATCH = 1024  # journal entries whose adds are embedded in one pass
-QUICK_ITEM_REASON = "quick purchases: mean item "  # graph.fraud_scorer: the columns of what quick buys are
 CONTENT_NEIGHBOURS = 20  # trained items whose vectors make a new item's (_new_item_embeddings)
 # the one-hot flags of the items' category column (encoders/behaviour.py: "item_" + "category=<value>")
 CATEGORY_FLAG = "item_category="
@@ -445,8 +445,6 @@ def _in_words(name: str, value: float) -> str | None:
     :mod:`shopgraph.graph.wording` words it, with its value where that means something ("accounts on
     the same devices (this one included): average account age: 1.0 SD below average"); ``None`` for
     a name it does not know."""
-    from shopgraph.graph.wording import reason_in_words, value_in_words
-
     reading = reason_in_words(name)
     if reading.text == name and reading.unit == "raw":
         return None

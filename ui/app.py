@@ -38,7 +38,14 @@ import numpy as np
 import pandas as pd
 
 from shopgraph.graph.messages import plural
-from shopgraph.graph.wording import FRAUD_SCORER_NAMES, label_words
+from shopgraph.graph.wording import (
+    FRAUD_SCORER_NAMES,
+    QUICK_ITEM_REASON,
+    cites_training_labels,
+    label_words,
+    reason_in_words,
+    value_in_words,
+)
 from shopgraph.retrieval.export import contradiction
 from shopgraph.retrieval.service import (
     HELD_OUT_UNATTRIBUTED,
@@ -801,9 +808,6 @@ def _explanation_table(explanation: Any, quick_items: str = "") -> pd.DataFrame:
     contributions: they come last, each with its co-user count and the other accounts on it, and a
     last row says when the account has more identifiers than are listed. ``quick_items``: the
     items behind a "quick purchases" reason (:meth:`ShopService.quick_items_named`), its value."""
-    from shopgraph.graph.wording import reason_in_words, value_in_words
-    from shopgraph.retrieval.service import QUICK_ITEM_REASON
-
     trees = explanation.method.startswith("tree_shap")
     counted = trees or explanation.method == "behaviour_zscore"  # neighbours' attribution: other accounts
     features: list[dict[str, Any]] = []
@@ -982,7 +986,6 @@ def label_sentence(label: bool | None, in_training: bool, scored: bool = True, *
                 "its probability is fitted to the label, not a prediction.")
         if held_out is not None and held_out == held_out and threshold == threshold:
             from shopgraph.graph.fraud_scorer import HELD_OUT_LABELS
-            from shopgraph.graph.wording import cites_training_labels
 
             shown_h, shown_t = _compared(held_out, threshold, least=3)
             flagged = held_out >= threshold
