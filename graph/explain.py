@@ -51,6 +51,7 @@ from shopgraph.graph.model import GATHER_CHUNK_VALUES
 from shopgraph.graph.run import ChecksumError, StaleFileError
 from shopgraph.graph.schema import ShopTables
 from shopgraph.graph.train import TREE_KINDS
+from shopgraph.graph.wording import SHARING_MEAN
 
 if TYPE_CHECKING:
     from shopgraph.graph.rings import Ring
@@ -631,9 +632,6 @@ class ServedTreeExplainer:
 
 
 _EMBEDDING_COLUMN = re.compile(r"^(?P<prefix>.*?)(?P<kind>text|image)_\d+$")
-# graph.baselines.hetero_neighbor_feature_names' user-sharing columns
-_SHARING_SELF = re.compile(r"^users sharing an? (?P<other>\w+) via (?P<rel>\w+): mean (?P<f>.+) \(self included\)$")
-_SHARING_OTHERS = re.compile(r"^other users sharing an? (?P<other>\w+) via (?P<rel>\w+): mean (?P<f>.+)$")
 
 
 def _nobody(key: tuple[str, str]) -> str:
@@ -659,12 +657,10 @@ def _self_only_columns(
     alone: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     folds: dict[int, tuple[str, tuple[str, str], str]] = {}
     for r, (name, _, single) in enumerate(reasons):
-        m = _SHARING_SELF.match(name) if single else None
-        kind = "self"
-        if m is None and single:
-            m, kind = _SHARING_OTHERS.match(name), "others"
-        if m is None:
+        m = SHARING_MEAN.match(name) if single else None  # graph.baselines' user-sharing means, as worded
+        if m is None or not (m["self"] or m["others"]):
             continue
+        kind = "self" if m["self"] else "others"
         key = (m["rel"], m["other"])
         if key not in alone:
             paths = column.get(f"other users via {key[0]} {key[1]}s (log count of paths)")

@@ -62,7 +62,7 @@ _GROUP = re.compile(r"^(?P<prefix>.*?)(?P<kind>text|image) features \((?P<n>\d+)
 _GNN_GROUP = re.compile(r"^GNN embedding \((?P<n>\d+) columns together; value: their norm\)$")
 _OTHER_MEAN = re.compile(r"^(?P<other>\w+)s via (?P<rel>\w+): mean (?P<f>.+)$")
 _NOBODY = re.compile(r"^other users sharing an? (?P<other>\w+) via (?P<rel>\w+): none$")
-_SHARING = re.compile(r"^(?P<others>other )?users sharing an? (?P<other>\w+) via (?P<rel>\w+): mean (?P<f>.+?)"
+SHARING_MEAN = re.compile(r"^(?P<others>other )?users sharing an? (?P<other>\w+) via (?P<rel>\w+): mean (?P<f>.+?)"
                       r"(?P<self> \(self included\))?$")
 _EVENT_COUNT = re.compile(r"^(?P<rel>\w+) events \(log count\)$")
 _DISTINCT = re.compile(r"^distinct (?P<other>\w+)s via (?P<rel>\w+) \(log count\)$")
@@ -135,7 +135,7 @@ def reason_in_words(name: str) -> Reading:
         return Reading(f"items bought right after viewing or carting them: {average.text}", average.unit)
     if (m := _NOBODY.match(name)) is not None:  # graph.explain: the means over others of an account with none
         return Reading(f"no other account {_sharing(m['rel'], m['other'])}", "none")
-    if (m := _SHARING.match(name)) is not None:
+    if (m := SHARING_MEAN.match(name)) is not None:
         words, unit = _feature(m["f"])
         who = ("other accounts " if m["others"] else "accounts ") + _sharing(m["rel"], m["other"])
         who += " (this one included)" if m["self"] else ""
