@@ -13,7 +13,11 @@ rings and over all candidates, and the fit time. ``--json`` prints the rows as J
 
 Caveat on the GNN rows: ``fraud_prob`` in ``RUN/embeddings.safetensors`` is the serving scorer's
 output for *every* user, including the 60 % whose labels trained it, so those rows are optimistic
-(the GNN has seen most ring members' labels). The behaviour+structure row uses no labels at all.
+(the GNN has seen most ring members' labels). The "held-out" row replaces each trained-on account's
+score by its held-out one (``fraud_prob_held_out``: scored by the fold of the scorer that did not
+see its label), so no member's own label reaches its score; ring mates' labels still do, through
+the ring features, as they would for a new account of a known ring. The behaviour+structure row
+uses no labels at all.
 """
 
 from __future__ import annotations
@@ -28,23 +32,28 @@ from typing import Any
 
 import numpy as np
 
-from shopgraph.graph.rings import RingDetector, evaluate_rings, load_fraud_prob
+from shopgraph.graph.rings import RingDetector, evaluate_rings, load_fraud_prob, load_held_out
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Any, np.ndarray | None]:
+def _load(args: argparse.Namespace) -> tuple[Any, Any, np.ndarray | None, np.ndarray | None]:
+    """``(graph, tables, served fraud_prob or None, fraud_prob with held-out scores for trained-on
+    accounts or None)``."""
     if args.run is not None:
         from shopgraph.graph.pipeline import load_run_tables
         from shopgraph.graph.run import RunDir
 
         run = RunDir(args.run)
-        return run.load_graph(), load_run_tables(run), load_fraud_prob(run)
+        data, prob = run.load_graph(), load_fraud_prob(run)
+        held = None if prob is None else load_held_out(run, int(data["user"].num_nodes))
+        honest = None if held is None or prob is None else np.where(np.isfinite(held), held, prob)
+        return data, load_run_tables(run), prob, honest
     from shopgraph.graph.build import build_graph
     from shopgraph.graph.load import load_tables
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tables = load_tables(args.data).tables
-        return build_graph(tables), tables, None
+        return build_graph(tables), tables, None, None
 
 
 def _row(name: str, det: RingDetector, data: Any, prob: np.ndarray | None, tables: Any) -> dict[str, Any]:
@@ -68,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    data, tables, prob = _load(args)
+    data, tables, prob, honest = _load(args)
     kw = {"hub_threshold": args.hub_threshold, "max_component": args.max_component, "seed": args.seed}
     rows = [
         _row("structure (baseline)", RingDetector(**kw, use_behaviour=False), data, None, tables),
@@ -77,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if prob is not None:
         rows.append(_row("gnn+behaviour+structure", RingDetector(**kw), data, prob, tables))
         rows.append(_row("gnn only (+structure)", RingDetector(**kw, use_behaviour=False), data, prob, tables))
+    if honest is not None:
+        rows.append(_row("gnn held-out+behav+struct", RingDetector(**kw), data, honest, tables))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
