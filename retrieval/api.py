@@ -518,8 +518,13 @@ async def _capped(request: Request, limit: int, too_big: HTTPException) -> Async
         yield chunk
 
 
-class _RepeatedKey(ValueError):
-    """A JSON object gives a key twice (``json.loads`` would keep the last silently)."""
+class _Repeated(dict):  # type: ignore[type-arg]
+    """A JSON object that gives a key twice (``json.loads`` would keep the last silently):
+    :func:`_check_json` refuses it, naming where it is."""
+
+    def __init__(self, pairs: list[tuple[str, Any]], key: str) -> None:
+        super().__init__(pairs)
+        self.repeated = key
 
 
 def _field_name(key: str) -> str:
@@ -530,22 +535,24 @@ def _field_name(key: str) -> str:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``json.loads``'s ``object_pairs_hook``: the object, or :class:`_RepeatedKey` naming a key
-    given twice, as a repeated form field or query parameter is refused."""
+    """``json.loads``'s ``object_pairs_hook``: the object, or a :class:`_Repeated` one when a key
+    is given twice (refused as a repeated form field or query parameter is, once
+    :func:`_check_json` knows where the object is)."""
     out = dict(pairs)
     if len(out) < len(pairs):
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise _RepeatedKey(f"{_field_name(key)}: given more than once (expected one value)")
+                return _Repeated(pairs, key)
             seen.add(key)
     return out
 
 
 def _check_json(body: Any, example: str) -> None:
-    """Refuse a JSON value nested more than :data:`MAX_JSON_DEPTH` deep, and any string in it (a
-    key too) that is not valid Unicode (a lone surrogate, ``"\\ud800"``), naming where it is
-    (``items[3].title``). Walked without recursion, in the order of the body."""
+    """Refuse a JSON value nested more than :data:`MAX_JSON_DEPTH` deep, an object in it that gives
+    a key twice, and any string in it (a key too) that is not valid Unicode (a lone surrogate,
+    ``"\\ud800"``), naming where it is (``items[3].title``). Walked without recursion, in the order of
+    the body."""
     stack: list[tuple[Any, str, int]] = [(body, "", 0)]
     while stack:
         value, where, depth = stack.pop()
@@ -558,6 +565,9 @@ def _check_json(body: Any, example: str) -> None:
                 raise ValueError(f"body: expected a JSON object like {example} (got JSON nested more than "
                                  f"{MAX_JSON_DEPTH} levels deep)")
             children: list[tuple[Any, str, int]] = []
+            if isinstance(value, _Repeated):  # named as the other checks name where they are: items[0].title
+                name = _field_name(value.repeated)
+                raise ValueError(f"{f'{where}.{name}' if where else name}: given more than once (expected one value)")
             if isinstance(value, dict):
                 for key, item in value.items():
                     at = lone_surrogate(key)
@@ -582,7 +592,7 @@ async def _json_body(request: Request, example: str, limit: int = MAX_JSON_BYTES
     chunks = [chunk async for chunk in _capped(request, limit, too_big)]
     try:
         body = json.loads(b"".join(chunks), object_pairs_hook=_unique_keys, parse_constant=_not_json)
-    except (_RepeatedKey, _NotJson) as exc:
+    except _NotJson as exc:
         raise ValueError(str(exc)) from None
     except RecursionError:  # thousands of [ or {: the parser's own recursion
         raise ValueError(f"body: expected a JSON object like {example} (got JSON nested more than "
