@@ -920,6 +920,9 @@ async def _item_fields_of_form(form: FormData) -> tuple[dict[str, Any], bytes | 
 
 
 DOCS_ASSETS = "/docs-assets"
+REDOC_JS = "redoc.standalone.js"
+REDOC_CDN_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+EMPTY_SVG = b"data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' width='1' height='1'/%3E"
 
 
 def _offline_docs(app: FastAPI) -> None:
@@ -932,6 +935,14 @@ def _offline_docs(app: FastAPI) -> None:
     from starlette.staticfiles import StaticFiles
 
     assets = Path(fastapi_offline.__file__).parent / "static"
+    # ReDoc's footer loads Redocly's logo from their CDN (hidden when that fails): an empty picture in
+    # its place, so that opening the page asks nothing of another host
+    redoc_js = (assets / "redoc.standalone.js").read_bytes().replace(REDOC_CDN_LOGO, EMPTY_SVG)
+
+    @app.get(f"{DOCS_ASSETS}/{REDOC_JS}", include_in_schema=False)  # before the mount, which would serve it as is
+    async def redoc_script() -> Response:
+        return Response(redoc_js, media_type="text/javascript")
+
     app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
     title = f"{app.title} - docs"
 
@@ -945,7 +956,7 @@ def _offline_docs(app: FastAPI) -> None:
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> Response:
         return get_redoc_html(openapi_url=str(app.openapi_url), title=title,
-                              redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_js_url=f"{DOCS_ASSETS}/{REDOC_JS}",
                               redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
 
 
