@@ -610,11 +610,13 @@ async def _json_body(request: Request, example: str, limit: int = MAX_JSON_BYTES
 
 def _json_or_multipart(model: type[BaseModel], form: dict[str, Any], *, required: list[str]) -> dict[str, Any]:
     """The OpenAPI request body of a route that takes ``model`` as JSON or the fields ``form`` as a
-    multipart form (an upload)."""
+    multipart form (an upload; ``required``: its fields that must be there, none for an empty list)."""
+    schema: dict[str, Any] = {"type": "object", "properties": form, "additionalProperties": False}
+    if required:
+        schema["required"] = required
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": model.model_json_schema()},
-        "multipart/form-data": {"schema": {"type": "object", "properties": form, "required": required,
-                                           "additionalProperties": False}},
+        "multipart/form-data": {"schema": schema},
     }}}
 
 
@@ -681,9 +683,9 @@ async def _multipart(request: Request) -> FormData:
     return form
 
 
-async def _search_form(request: Request) -> tuple[str | None, bytes, int]:
-    """``(text, image bytes, k)`` of a multipart search: a file field ``image``, optional ``text``
-    and ``k``, nothing else; 413 when the image is over the limit, 400 when the body is not
+async def _search_form(request: Request) -> tuple[str | None, bytes | None, int]:
+    """``(text, image bytes, k)`` of a multipart search: a file field ``image``, ``text`` or both,
+    optional ``k``, nothing else; 413 when the image is over the limit, 400 when the body is not
     readable multipart."""
     form = await _multipart(request)
     try:
@@ -692,21 +694,36 @@ async def _search_form(request: Request) -> tuple[str | None, bytes, int]:
         await form.close()
 
 
-async def _search_fields(form: FormData) -> tuple[str | None, bytes, int]:
+async def _search_fields(form: FormData) -> tuple[str | None, bytes | None, int]:
+    """As a browser's search form sends them: an image, a text or both; an empty text box or an
+    empty file input (:func:`_form_image`) is none."""
     check_fields([key for key, _ in form.multi_items()], ("image", "text", "k"), "form field")
-    upload = form.get("image")
-    if upload is None or isinstance(upload, str):
-        raise ValueError("image: expected a file field named 'image' in the multipart form (got none)")
-    image = await upload.read(MAX_IMAGE_BYTES + 1)
-    if len(image) > MAX_IMAGE_BYTES:
-        raise HTTPException(413, f"image: upload over the {IMAGE_LIMIT}")
+    image = await _form_image(form)
     raw_text = form.get("text")
     if raw_text is not None and not isinstance(raw_text, str):
         raise ValueError("text: expected a text field, not a file")
+    if image is None and not raw_text:
+        raise ValueError("image, text: expected an image file, a text or both in the form (got neither; an empty "
+                         "file input or text box is none)")
     raw_k = form.get("k", "10")
     if not isinstance(raw_k, str):
         raise ValueError("k: expected a text field, not a file")
     return raw_text or None, image, parse_int("k", raw_k, 1, K_MAX)
+
+
+async def _form_image(form: FormData) -> bytes | None:
+    """The bytes of a form's file field ``image``, or ``None`` when there is none or it is a
+    browser's file input left empty (no file name, no bytes); 413 past :data:`MAX_IMAGE_BYTES`.
+    An empty file that has a name is returned (the image check names it)."""
+    upload = form.get("image")
+    if upload is None or upload == "":  # "": an empty file input, sent without a filename
+        return None
+    if isinstance(upload, str):
+        raise ValueError("image: expected a file, not a text field")
+    image = await upload.read(MAX_IMAGE_BYTES + 1)
+    if len(image) > MAX_IMAGE_BYTES:
+        raise HTTPException(413, f"image: upload over the {IMAGE_LIMIT}")
+    return None if not image and not upload.filename else image
 
 
 # -- the /recommend/cold body ----------------------------------------------------------------------
@@ -906,16 +923,7 @@ async def _item_fields_of_form(form: FormData) -> tuple[dict[str, Any], bytes | 
             fields["price"] = float(raw)  # past a float's range: inf, which the service refuses by name
         else:
             raise ValueError(f"price: expected a number >= 0 (got {shown(raw)})")
-    image: bytes | None = None
-    upload = form.get("image")
-    if upload is not None and upload != "":  # "": an empty file input, sent without a filename
-        if isinstance(upload, str):
-            raise ValueError("image: expected a file, not a text field")
-        image = await upload.read(MAX_IMAGE_BYTES + 1)
-        if len(image) > MAX_IMAGE_BYTES:
-            raise HTTPException(413, f"image: upload over the {IMAGE_LIMIT}")
-        if not image and not upload.filename:  # a browser's empty file input: filename="" and no bytes
-            image = None
+    image = await _form_image(form)
     return _item_fields(fields, "form field"), image
 
 
@@ -1086,17 +1094,17 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
 
     search_body = _json_or_multipart(SearchIn, {
         "image": {"type": "string", "format": "binary",
-                  "description": f"an image file, at most {MAX_IMAGE_BYTES // 2**20} MB"},
-        "text": {"type": "string", "description": "optional text, combined with the image"},
+                  "description": f"an image file, at most {MAX_IMAGE_BYTES // 2**20} MB (an empty file input: none)"},
+        "text": {"type": "string", "description": "text, alone or combined with the image (empty: none)"},
         "k": {"type": "integer", "minimum": 1, "maximum": K_MAX, "default": 10},
-    }, required=["image"])
+    }, required=[])
 
     @app.post("/search", response_model=SearchOut, responses={
         **_ERRORS, 413: {"model": ErrorOut, "description": "upload too large"},
         415: {"model": ErrorOut, "description": "unsupported content type"},
         503: {"model": ErrorOut, "description": "the run has no text or image index"},
         400: {"model": ErrorOut, "description": "a multipart body that cannot be parsed"},
-    }, tags=["search"], summary="Search items by text (JSON) or image (multipart)", openapi_extra=search_body,
+    }, tags=["search"], summary="Search items by text (JSON), or by an image, a text or both (multipart)", openapi_extra=search_body,
         dependencies=[nothing])
     async def search(request: Request) -> SearchOut:
         text: str | None = None

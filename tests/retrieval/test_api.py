@@ -125,6 +125,13 @@ def test_similar_search_fraud_health(client):
     assert [i["item_id"] for i in r.json()["items"]] == client.service.search(image=png, k=4).item_ids
     r = client.post("/search", files={"image": ("red.png", png, "image/png")}, data={"text": "boots", "k": "2"})
     assert r.status_code == 200 and r.json()["text"] == "boots" and len(r.json()["items"]) == 2
+    # a browser's form: its file input left empty searches by the text, its text box left empty by the image
+    r = client.post("/search", **_form(("image", "", b""), ("text", None, b"running shoes"), ("k", None, b"3")))
+    assert r.status_code == 200 and r.json()["text"] == "running shoes" and r.json()["image"] is False
+    assert [i["item_id"] for i in r.json()["items"]] == client.service.search(text="running shoes", k=3).item_ids
+    r = client.post("/search", **_form(("image", "red.png", png), ("text", None, b""), ("k", None, b"4")))
+    assert r.status_code == 200 and r.json()["text"] is None and r.json()["image"] is True
+    assert [i["item_id"] for i in r.json()["items"]] == client.service.search(image=png, k=4).item_ids
     r = client.get("/fraud/score", params={"user_id": "u002"})
     assert r.status_code == 200
     body = r.json()
@@ -294,6 +301,16 @@ def _raw_query(query: str) -> str:
     ("post", "/search", {"files": {"image": ("x.png", b"not an image", "image/png")}}, 422,
      "image: not a readable image (12 bytes; not a format the image library knows; starts with b'not an i')"),
     ("post", "/search", {"files": {"image": ("x.png", b"", "image/png")}}, 422, "image: the upload is empty"),
+    # a browser's form with neither its text box nor its file input filled in
+    ("post", "/search", _form(("image", "", b""), ("text", None, b"")), 422,
+     "image, text: expected an image file, a text or both in the form (got neither; an empty file input or text "
+     "box is none)"),
+    ("post", "/search", _form(("k", None, b"3")), 422, "image, text: expected an image file, a text or both"),
+    ("post", "/search", _form(("image", None, b"a text"), ("k", None, b"3")), 422,
+     "image: expected a file, not a text field"),
+    ("post", "/search", _form(("image", "", b""), ("text", "t.txt", b"shoes")), 422,
+     "text: expected a text field, not a file"),
+    ("post", "/search", _form(("image", "x.png", _PNG), ("k", None, b" 5")), 422, _K + " (got ' 5')"),
     ("post", "/search", {"files": {"other": ("x.png", b"abc", "image/png")}}, 422,
      "other: unknown form field (expected image, text, k)"),
     ("post", "/search", {"files": {"image": ("x.png", b"\x89PNG" + bytes(12 * 2**20), "image/png")}}, 413,
