@@ -339,6 +339,33 @@ def check_single_line(text: str, name: str) -> str:
     return text
 
 
+def check_no_control(text: str, name: str) -> str:
+    """``text`` when its only control characters are tabs and line breaks (a title or description
+    may have paragraphs; a NUL or a bell breaks the databases and CSV files it is copied to), else
+    ``ValueError`` naming ``name`` and the first one."""
+    at = next((k for k, ch in enumerate(text) if ch not in "\t\n\r" and unicodedata.category(ch) == "Cc"), None)
+    if at is not None:
+        raise ValueError(f"{name}: a control character {text[at]!r} at position {at:,} (got {shown(text)}; tabs and "
+                         "line breaks are fine, other control characters are not)")
+    return text
+
+
+def check_plain_id(item_id: str, name: str) -> str:
+    """A new id when it can be told apart from others by eye: no invisible format characters (a
+    zero-width space, a byte-order mark) and in Unicode's composed form (NFC: ``é`` one character,
+    not ``e`` and an accent), else ``ValueError`` naming ``name``. Ids that look alike but differ
+    this way would each pass the check that an id is not served yet."""
+    at = next((k for k, ch in enumerate(item_id) if unicodedata.category(ch) == "Cf"), None)
+    if at is not None:
+        raise ValueError(f"{name}: an invisible character {item_id[at]!r} at position {at:,} (got {shown(item_id)}); "
+                         "an id is characters one can see")
+    composed = unicodedata.normalize("NFC", item_id)
+    if composed != item_id:
+        raise ValueError(f"{name}: not in Unicode's composed form NFC (got {shown(item_id)}, an accent written as a "
+                         f"separate character); send {shown(composed)}, which looks the same")
+    return item_id
+
+
 def _loose(category: str) -> str:
     """A category name as a person reads it: case, runs of spaces and invisible format characters
     (a zero-width space) aside. Two names alike this way are one category spelt twice."""
@@ -1999,10 +2026,14 @@ class ShopService:
             warnings.warn(f"{where}item_id: stripped leading/trailing spaces ({shown(item_id)} -> "
                           f"{shown(item_id.strip())})", stacklevel=4 if where else 3)
             item_id = item_id.strip()
+        if item_id not in self._trained_pos and item_id not in self._item_pos:
+            check_plain_id(item_id, f"{where}item_id")
         for name, value in (("title", title), ("category", category), ("description", description)):
             if not isinstance(value, str):
                 raise ValueError(f"{where}{name}: expected a string (got {type(value).__name__})")
             check_unicode(value, f"{where}{name}")
+            if name != "category":  # a category is one line: checked as such below
+                check_no_control(value, f"{where}{name}")
         if not title.strip():  # an item with no text: nothing to search it by, nothing to show
             raise ValueError(f"{where}title: expected some text (got {shown(title)})")
         category = self._new_category(where, category)

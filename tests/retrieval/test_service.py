@@ -1187,6 +1187,17 @@ def test_add_items_adds_a_batch_as_add_item_adds_each(own_run, tmp_path, monkeyp
      r"items\[0\]: category: 'SHOES' differs from the known category 'shoes' only in case, spacing or invisible "
      r"characters; send 'shoes' to file "
      r"it there"),
+    # ids that look like another: an invisible character, an accent written apart (NFD)
+    ([{"item_id": "new\u200b1", "title": "x"}, {"item_id": "\ufeffnew2", "title": "x"}],
+     r"items\[0\]: item_id: an invisible character '\\u200b' at position 3 \(got 'new\\u200b1'\); an id is "
+     r"characters one can see; items\[1\]: item_id: an invisible character '\\ufeff' at position 0"),
+    ([{"item_id": "cafe\u0301-1", "title": "x"}],
+     r"items\[0\]: item_id: not in Unicode's composed form NFC \(got 'cafe\u0301-1', an accent written as a separate "
+     r"character\); send 'caf\u00e9-1', which looks the same"),
+    # text may have tabs and line breaks, not other control characters
+    ([{"item_id": "new1", "title": "bell\x07"}, {"item_id": "new2", "title": "x", "description": "a\tb\n\x00"}],
+     r"items\[0\]: title: a control character '\\x07' at position 4 \(got 'bell\\x07'; tabs and line breaks are "
+     r"fine, other control characters are not\); items\[1\]: description: a control character '\\x00' at position 4"),
 ])
 def test_add_items_refuses_a_bad_batch_whole_naming_each_item(own_run, items, message):
     svc = load_service(own_run)
@@ -1196,6 +1207,15 @@ def test_add_items_refuses_a_bad_batch_whole_naming_each_item(own_run, items, me
         svc.add_items(items)
     assert len(svc.item_ids) == n and svc.indexes["gnn_items"].count == n
     assert not (own_run / "catalogue.jsonl").exists() and not (own_run / "added_images").exists()
+
+
+def test_add_item_takes_composed_ids_and_text_with_tabs_and_line_breaks(own_run):
+    svc = load_service(own_run)
+    svc.add_item("caf\u00e9-1", "caf\u00e9 au lait\tmug", description="line one\r\nline two")
+    assert svc.has_item("caf\u00e9-1") and svc.item_info("caf\u00e9-1")["description"] == "line one\r\nline two"
+    with pytest.raises(ValueError, match=r"^item_id: not in Unicode's composed form NFC"):
+        svc.add_item("cafe\u0301-1", "the same id, spelt apart")
+    assert not svc.has_item("cafe\u0301-1")
 
 
 def test_add_items_refuses_ids_that_exist_naming_them_all(own_run):
