@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from urllib.parse import unquote_to_bytes
 
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, Field
@@ -42,6 +43,36 @@ def parse_bool(name: str, raw: str) -> bool:
     return low == "true"
 
 
+def check_utf8(query: bytes) -> None:
+    """``ValueError`` naming the first parameter of a raw query string whose name or value does not
+    decode as UTF-8 (``%FF``): Starlette would hand it on with the bytes replaced by "�", and a
+    lookup would answer "unknown user '�'" for what is a client's encoding mistake."""
+    if b"%" not in query:  # only %-escapes can carry bytes that are not UTF-8 (a raw one is refused by the server)
+        return
+    for pair in query.split(b"&"):
+        key, _, value = pair.partition(b"=")
+        for part in (key, value):
+            raw = unquote_to_bytes(part.replace(b"+", b" "))
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                name = unquote_to_bytes(key.replace(b"+", b" ")).decode("utf-8", "replace")
+                raise ValueError(f"{name if len(name) <= 40 else name[:40] + '…'}: not valid UTF-8 "
+                                 f"({'the name' if part is key else 'got'} {shown(raw, 60)})") from None
+
+
+def check_utf8_path(raw_path: bytes, name: str) -> None:
+    """``ValueError`` naming ``name`` (the route's path parameter) when the raw path's %-escapes do
+    not decode as UTF-8 (``/items/%FF``), as :func:`check_utf8` for a query."""
+    if b"%" not in raw_path:
+        return
+    raw = unquote_to_bytes(raw_path)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{name}: not valid UTF-8 (got the path {shown(raw, 60)})") from None
+
+
 def check_fields(present: Sequence[str], allowed: Sequence[str], what: str, repeated: Sequence[str] = ()) -> None:
     """Each of ``present`` (names in the order given) is in ``allowed`` and given once (those of
     ``repeated``, lists, as often as wanted)."""
@@ -70,6 +101,8 @@ def strict_query(
     async def check(request: Request) -> None:
         items = request.query_params.multi_items()
         try:
+            check_utf8(request.scope.get("query_string", b""))
+            check_utf8_path(request.scope.get("raw_path") or b"", next(iter(request.path_params), "path"))
             check_fields([key for key, _ in items], allowed, "parameter", repeated)
             for key, value in items:
                 if key in ints:
