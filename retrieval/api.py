@@ -46,7 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.routing import Route
 
-from shopgraph.retrieval.catalogue import CatalogueJournal
+from shopgraph.retrieval.catalogue import CatalogueError, CatalogueJournal
 from shopgraph.retrieval.params import ErrorOut, check_fields, parse_int, strict_query
 from shopgraph.retrieval.service import (
     IMAGE_LIMIT,
@@ -227,11 +227,15 @@ class CatalogueOut(BaseModel):
     superseded: int = Field(description="journal changes the trained catalogue already reflects (a rebuilt run: "
                                         "an added id its tables hold, a removed id they lack)")
     not_applied: list[str] = Field(description="journal entries that could not be applied, each with why")
+    fault: str | None = Field(description="why the journal cannot be read now (a damaged line): until it is mended "
+                                          "no catalogue change can be saved (503) and `status` is \"degraded\"; "
+                                          "null when it can")
     generation: int = Field(description="how many times the journal was compacted (`shopgraph catalogue --compact`)")
 
 
 class HealthOut(BaseModel):
-    status: str
+    status: str = Field(description="\"ok\", or \"degraded\" while the catalogue journal cannot be read "
+                                    "(`catalogue.fault`): answers are served, catalogue changes refused")
     users: int
     items: int
     indexes: dict[str, int]
@@ -411,6 +415,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def not_available(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": _detail(exc)}, status_code=503)
 
+    async def journal_fault(_: Request, exc: Exception) -> JSONResponse:  # the server's file, not the request
+        return JSONResponse({"detail": "catalogue: the run's journal cannot be read, so no change can be saved until "
+                                       f"it is mended (nothing was changed): {_detail(exc)}"}, status_code=503)
+
     async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
         errors = exc.errors() if isinstance(exc, RequestValidationError | ValidationError) else []
         return JSONResponse({"detail": _validation_message(list(errors))}, status_code=422)
@@ -438,6 +446,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ValueError, bad_value)
     app.add_exception_handler(TypeError, bad_value)
     app.add_exception_handler(NotAvailableError, not_available)
+    app.add_exception_handler(CatalogueError, journal_fault)  # a ValueError too: the more specific wins
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(ValidationError, invalid_request)  # a ValueError: more specific wins
 
@@ -1204,7 +1213,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     @app.get("/healthz", response_model=HealthOut, tags=["ops"], summary="Liveness and what is loaded",
              responses={422: _ERRORS[422]}, dependencies=[nothing])
     def healthz() -> HealthOut:
-        return HealthOut(status="ok", **service.info())
+        info = service.info()
+        return HealthOut(status="degraded" if info["catalogue"]["fault"] else "ok", **info)
 
     @app.head("/healthz", tags=["ops"], summary="Liveness for probes that send HEAD: 200, no body",
               responses={422: _ERRORS[422]}, dependencies=[nothing])

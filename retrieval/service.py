@@ -949,7 +949,8 @@ class ShopService:
         # -- the catalogue journal: replay what was added and removed since training ----------------
         self._journal = catalogue
         self._journal_at = JournalPosition()  # how far the journal is applied
-        self._journal_notes: list[str] = []
+        self._journal_notes: list[str] = []  # entries that could not be applied, for good
+        self._journal_fault: str | None = None  # why the journal cannot be read now (None: it can)
         self._journal_superseded = 0  # journal adds of ids that the trained catalogue holds now
         self._sync_lock = threading.Lock()
         self._sync_every = float(catalogue_sync_s)
@@ -1179,7 +1180,8 @@ class ShopService:
         trained catalogue already reflects (``superseded``: a run rebuilt on tables that hold an
         added id, whose trained item is served, or lack a removed one), the journal entries that
         could not be applied, each with its reason, and the journal's generation (how many times
-        it was compacted)."""
+        it was compacted), and ``fault``: why the journal cannot be read now (a damaged line), so that
+        no catalogue change can be saved until it is mended, or ``None``."""
         self._maybe_sync()
         with self._lock.read():
             return self._catalogue_info()
@@ -1189,7 +1191,7 @@ class ShopService:
         return {"added": int(added.sum()), "removed": int((~self._active[:self._n_trained]).sum()),
                 "journal": str(self._journal.path) if self._journal is not None else None,
                 "superseded": self._journal_superseded, "not_applied": list(self._journal_notes),
-                "generation": self._journal_at.generation}
+                "fault": self._journal_fault, "generation": self._journal_at.generation}
 
     # -- core search ----------------------------------------------------------------------------
     def _filtered(
@@ -2278,17 +2280,15 @@ class ShopService:
         if self._journal is None or time.monotonic() - self._synced_at < self._sync_every:
             return
         self._synced_at = time.monotonic()
-        if self._journal.stat() == (self._journal_at.ino, self._journal_at.offset):
-            return
+        if self._journal_fault is None and self._journal.stat() == (self._journal_at.ino, self._journal_at.offset):
+            return  # (a fault is looked at again: a damaged line cut off leaves the file as it was applied)
         with self._sync_lock:
-            if self._journal.stat() == (self._journal_at.ino, self._journal_at.offset):
+            if self._journal_fault is None and self._journal.stat() == (self._journal_at.ino, self._journal_at.offset):
                 return  # applied by the thread that held the lock
             try:
                 self._sync()
-            except CatalogueError as exc:
-                if str(exc) not in self._journal_notes:
-                    logger.error("catalogue changes from other processes not applied: %s", exc)
-                    self._journal_notes.append(str(exc))
+            except CatalogueError:  # logged and kept in catalogue_info()["fault"] until a sync reads the journal
+                pass
 
     def sync_catalogue(self) -> int:
         """Apply the catalogue changes that other processes wrote to the run's journal since this
@@ -2306,8 +2306,25 @@ class ShopService:
             return self._sync()
 
     def _sync(self) -> int:
+        """Replay the journal past ``_journal_at`` (:meth:`_replay_journal`); a journal that cannot
+        be read is the service's fault (``catalogue_info()["fault"]``) until one can. The caller
+        holds ``_sync_lock``."""
+        try:
+            read = self._replay_journal()
+        except CatalogueError as exc:
+            if str(exc) != self._journal_fault:
+                logger.error("catalogue journal cannot be read; no catalogue change can be saved until it is "
+                             "mended: %s", exc)
+            self._journal_fault = str(exc)
+            raise
+        if self._journal_fault is not None:
+            logger.info("catalogue journal readable again: %d entries applied", read)
+        self._journal_fault = None
+        return read
+
+    def _replay_journal(self) -> int:
         """Replay the journal past ``_journal_at`` (across a compaction), the adds of up to
-        :data:`REPLAY_BATCH` entries embedded in one pass; the caller holds ``_sync_lock``."""
+        :data:`REPLAY_BATCH` entries embedded in one pass."""
         assert self._journal is not None
         entries, at, incomplete = self._journal.follow(self._journal_at)
         superseded = self._journal_superseded

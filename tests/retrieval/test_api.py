@@ -654,6 +654,37 @@ def writable(tmp_path_factory):
         yield c
 
 
+def test_a_damaged_journal_is_the_servers_fault_until_it_is_mended(tmp_path, tmp_path_factory):
+    """A journal line changed behind the server's back: changes are a 503 (not the client's 422),
+    ``/healthz`` says "degraded" with the reason, and both clear once the journal is mended."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(shared_run(tmp_path_factory.getbasetemp()), copy)
+    service = load_service(copy, catalogue_sync_s=0.0)
+    with TestClient(create_app(service, demo=False, fraud_cases=False), raise_server_exceptions=False) as c:
+        assert c.post("/items", json={"item_id": "new1", "title": "glow in the dark frisbee"}).status_code == 201
+        journal = copy / "catalogue.jsonl"
+        good = journal.read_bytes()
+        damaged = good + good.replace(b'"new1"', b'"new3"')  # a second line whose sha256 is new1's
+        journal.write_bytes(damaged)
+        for r in (c.post("/items", json={"item_id": "new2", "title": "t"}), c.delete("/items/new1"),
+                  c.post("/items/remove", json={"item_ids": ["i001"]})):
+            assert r.status_code == 503, r.text
+            assert r.json()["detail"].startswith("catalogue: the run's journal cannot be read, so no change can be "
+                                                 "saved until it is mended (nothing was changed): ")
+            assert "line 2: its sha256 does not match its content" in r.json()["detail"]
+        health = c.get("/healthz").json()
+        assert health["status"] == "degraded" and "line 2: its sha256" in health["catalogue"]["fault"]
+        assert c.get("/recommend", params={"user_id": "u000", "k": 3}).status_code == 200  # answers still served
+        assert journal.read_bytes() == damaged
+        journal.write_bytes(good)
+        health = c.get("/healthz").json()
+        assert health["status"] == "ok" and health["catalogue"]["fault"] is None
+        assert health["catalogue"]["not_applied"] == [] and c.get("/items/new1").status_code == 200
+        assert c.post("/items", json={"item_id": "new2", "title": "t"}).status_code == 201
+
+
 def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
     r = writable.post("/items", json={"item_id": "new1", "title": "glow in the dark frisbee", "category": "toys",
                                       "price": 9.5})
@@ -686,7 +717,8 @@ def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
     assert r.status_code == 404 and r.json()["detail"] == "item_id: unknown item 'i004'"
     health = writable.get("/healthz").json()
     assert health["catalogue"] == {"added": 2, "removed": 1, "journal": str(writable.run / "catalogue.jsonl"),
-                                   "superseded": 0, "not_applied": [], "generation": 0}
+                                   "superseded": 0, "not_applied": [], "fault": None,
+                                   "generation": 0}
     # a restarted server answers the same
     again = create_app(load_service(writable.run), demo=False, fraud_cases=False)
     with TestClient(again) as c:

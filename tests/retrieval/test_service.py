@@ -997,7 +997,7 @@ def test_added_and_removed_items_survive_a_restart(own_run):
     first.add_item("new2", "heavy duty umbrella")
     first.remove_item("i004")
     assert first.catalogue_info() == {"added": 2, "removed": 1, "journal": str(own_run / "catalogue.jsonl"),
-                                      "superseded": 0, "not_applied": [], "generation": 0}
+                                      "superseded": 0, "not_applied": [], "fault": None, "generation": 0}
 
     again = load_service(own_run)  # a restart: the same catalogue, the same answers
     assert again.catalogue_info() == first.catalogue_info()
@@ -1387,16 +1387,28 @@ def test_a_damaged_journal_stops_the_service_naming_the_line(own_run, caplog):
     running = load_service(own_run, catalogue_sync_s=0.0)
     load_service(own_run).add_item("new1", "glow in the dark frisbee")
     path = own_run / "catalogue.jsonl"
-    path.write_bytes(path.read_bytes().replace(b"frisbee", b"frisbeE"))
+    good = path.read_bytes()
+    path.write_bytes(good.replace(b"frisbee", b"frisbeE"))
     with pytest.raises(CatalogueError, match=r"catalogue.jsonl: line 1: its sha256 does not match its content"):
         load_service(own_run)
     # a service already running keeps serving what it had, and says why it applies no more
     with caplog.at_level(logging.ERROR):
         assert not running.has_item("new1") and len(running.recommend("u000", k=3).item_ids) == 3
-    assert "line 1: its sha256 does not match" in running.catalogue_info()["not_applied"][0]
-    assert "catalogue changes from other processes not applied" in caplog.text
+    info = running.catalogue_info()
+    assert "line 1: its sha256 does not match" in info["fault"] and info["not_applied"] == []
+    assert "catalogue journal cannot be read; no catalogue change can be saved" in caplog.text
+    # ... and saves no change on top of it
+    with pytest.raises(CatalogueError, match="line 1: its sha256 does not match"):
+        running.add_item("new2", "a change that cannot be saved")
+    assert not running.has_item("new2") and path.read_bytes() == good.replace(b"frisbee", b"frisbeE")
     # the trained catalogue can still be served while the journal is looked at
     assert load_service(own_run, catalogue=False).catalogue_info()["journal"] is None
+    # mended: the fault is gone at the next look, and what the journal holds is served
+    path.write_bytes(good)
+    info = running.catalogue_info()
+    assert info["fault"] is None and info["not_applied"] == [] and running.has_item("new1")
+    running.add_item("new2", "saved now")
+    assert load_service(own_run).has_item("new2")
 
 
 def test_items_from_other_encoders_are_encoded_again(own_run):
@@ -1522,14 +1534,15 @@ def test_services_follow_a_compaction_without_a_restart(own_run, capsys):
     writer.add_item("new4", "trail running shoes", category="shoes")  # the writer appends to generation 1
 
     assert eager.info()["catalogue"] | {"journal": None} == {
-        "added": 3, "removed": 1, "journal": None, "superseded": 0, "not_applied": [], "generation": 1}
+        "added": 3, "removed": 1, "journal": None, "superseded": 0, "not_applied": [], "fault": None,
+        "generation": 1}
     assert behind.sync_catalogue() == 4  # the rest of generation 0 from the history, then generation 1's own
     fresh = quiet(own_run)
     for svc in (writer, behind, fresh):
         assert [svc.has_item(i) for i in ("new1", "new2", "i004", "new3", "new4")] == [False, True, False, True, True]
         assert svc.catalogue_info() | {"superseded": 0} == {
             "added": 3, "removed": 1, "journal": str(own_run / "catalogue.jsonl"), "superseded": 0,
-            "not_applied": [], "generation": 1}
+            "not_applied": [], "fault": None, "generation": 1}
     for other in (writer, behind):
         _same_answers(fresh.recommend("u000", k=31), other.recommend("u000", k=31))
         _same_answers(fresh.search(text="trail running shoes", k=3), other.search(text="trail running shoes", k=3))
