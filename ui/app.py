@@ -753,9 +753,10 @@ def check_threshold(threshold: Any) -> float:
 def verdict(probability: float | None, threshold: Any, held_out: float | None = None) -> str:
     """Markdown: flagged or not at ``threshold`` (live as the slider moves); a threshold outside
     [0, 1], or none once a user is scored, gives a message (``ERROR_PREFIX``) instead of a verdict.
-    ``held_out``: the score of an account the scorer was trained on, with its label held out: its
-    verdict is a second line (the first is the score fitted to the label, which a sample account
-    picked as "flagged with its label held out" would otherwise seem to contradict)."""
+    ``held_out``: the score of an account the scorer was trained on, with its label held out: the
+    verdict is this prediction's, and a second line gives the score fitted to the label (which
+    only repeats the label: leading with it, a fraud the scorer misses without its label read as
+    caught)."""
     no_score = probability is None or (isinstance(probability, float) and math.isnan(probability))
     if not (no_score and _missing_threshold(threshold)):  # nothing to compare yet: no threshold is fine
         try:
@@ -773,10 +774,14 @@ def verdict(probability: float | None, threshold: Any, held_out: float | None = 
         text = f"**Not flagged**: {p} is below the threshold {t}."
     if held_out is None or not math.isfinite(held_out):
         return text
+    # the prediction leads: the fitted score of an account the scorer was trained on only repeats its label
     h, t = _compared(float(held_out), threshold, least=3)
-    return (text[:-1] + ", a score fitted to this account's own label (the scorer was trained on it).\n\n"
-            + (f"**Without its label: FLAGGED**: {h} is at or above the threshold {t}." if held_out >= threshold
-               else f"**Without its label: not flagged**: {h} is below the threshold {t}."))
+    lead = (f"**FLAGGED for review**: {h} is at or above the threshold {t}" if held_out >= threshold
+            else f"**Not flagged**: {h} is below the threshold {t}")
+    return (lead + ", predicted with this account's own label held out.\n\n"
+            + f"With its label, which the scorer was trained on, the score is {p}, "
+            + f"{'at or above' if probability >= threshold else 'below'} the threshold: fitted to the label, "
+              "not a prediction.")
 
 
 _REASON_COLUMNS = ["reason", "value", "contribution"]
@@ -909,8 +914,14 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
         method = ("the reasons for the verdict at the validation threshold: the facts that raised the score of a "
                   "flagged account most, or lowered that of an unflagged one most (log-odds)")
     p = score.probability
-    if p == p:
-        shown_p, shown_t = _compared(p, score.threshold, least=3)
+    held = score.held_out_probability if score.label_in_training else None
+    if p == p and held is not None and math.isfinite(held):  # the prediction first, as the verdict
+        (shown_h, _), (shown_p, _) = _compared(held, score.threshold, least=3), _compared(p, score.threshold, least=3)
+        status = (f"**{_md(user)}**: fraud probability **{shown_h}** predicted with its own label held out "
+                  f"({shown_p} fitted to that label). The verdict below compares the prediction with the threshold, "
+                  "which starts at the one chosen on validation data to balance missed fraud against false alarms.")
+    elif p == p:
+        shown_p, _ = _compared(p, score.threshold, least=3)
         status = (f"**{_md(user)}**: fraud probability **{shown_p}**. The verdict below compares it with the "
                   "threshold, which starts at the one chosen on validation data to balance missed fraud against "
                   "false alarms.")
@@ -926,7 +937,6 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
         rings = cases.rings_of(user)
         status += _ring_sentence(rings, ranks, len(ranked))
         ring = min((r.ring_id for r in rings), key=lambda r: ranks[r], default=None)
-    held = score.held_out_probability if score.label_in_training else None
     return FraudView(status, p, score.threshold, verdict(p, score.threshold, held), table, method, held, ring)
 
 

@@ -367,10 +367,15 @@ def test_verdict_follows_the_threshold() -> None:
 
 def test_a_trained_on_accounts_verdict_says_what_it_is_without_its_label() -> None:
     # a sample picked as "labelled legitimate, flagged with its label held out" shows both verdicts
+    # the prediction without its label leads; the score fitted to the label follows
     assert verdict(0.123, 0.209, 0.415) == (
-        "**Not flagged**: 0.123 is below the threshold 0.209, a score fitted to this account's own label (the "
-        "scorer was trained on it).\n\n**Without its label: FLAGGED**: 0.415 is at or above the threshold 0.209.")
-    assert verdict(0.99, 0.5, 0.3).endswith("**Without its label: not flagged**: 0.300 is below the threshold 0.500.")
+        "**FLAGGED for review**: 0.415 is at or above the threshold 0.209, predicted with this account's own label "
+        "held out.\n\nWith its label, which the scorer was trained on, the score is 0.123, below the threshold: "
+        "fitted to the label, not a prediction.")
+    assert verdict(0.99, 0.5, 0.3) == (
+        "**Not flagged**: 0.300 is below the threshold 0.500, predicted with this account's own label held out.\n\n"
+        "With its label, which the scorer was trained on, the score is 0.990, at or above the threshold: fitted to "
+        "the label, not a prediction.")
     assert verdict(0.99, 0.5, None) == verdict(0.99, 0.5) == "**FLAGGED for review**: 0.990 is at or above the threshold 0.500."
     assert verdict(0.99, 0.5, float("nan")) == verdict(0.99, 0.5)
 
@@ -406,7 +411,9 @@ def test_fraud_view_with_explanations(ui_service: ShopService, ui_cases: FraudCa
     score = ui_service.score_user(user)
     assert not is_problem(view.status) and f"{score.probability:.3f}" in view.status
     assert view.probability == pytest.approx(score.probability) and view.threshold == score.threshold
-    assert ("FLAGGED" in view.verdict) == score.flagged
+    held = score.held_out_probability if score.label_in_training else None
+    decided = held if held is not None and math.isfinite(held) else score.probability  # what the verdict leads with
+    assert ("FLAGGED" in view.verdict) == (decided >= score.threshold)
     assert len(view.reasons) > 0 and view.method
     contrib = view.reasons["contribution"].dropna().abs().tolist()
     assert contrib == sorted(contrib, reverse=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import socket
@@ -149,6 +150,13 @@ def _default_user(service: ShopService, cases: FraudCases, kind: str) -> str:
     return user
 
 
+def _verdict_score(score: Any) -> float:
+    """The score the Fraud tab's verdict leads with: a trained-on account's held-out prediction, else
+    its probability (``ui.app.verdict``)."""
+    held = score.held_out_probability
+    return held if score.label_in_training and held is not None and math.isfinite(held) else score.probability
+
+
 def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopService, ui_cases: FraudCases,
                                      ui_run: Path, tmp_path: Path) -> None:
     user = _default_user(ui_service, ui_cases, "heavy buyer")
@@ -232,11 +240,13 @@ def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopSer
     page.get_by_role("button", name="Score").click()
     score = ui_service.score_user(user)
     expect(page.locator("#fraud-status")).to_contain_text(f"{score.probability:.3f}")
-    expect(page.locator("#fraud-verdict")).to_contain_text("FLAGGED" if score.flagged else "Not flagged")
+    decided = _verdict_score(score)
+    expect(page.locator("#fraud-verdict")).to_contain_text(
+        "FLAGGED" if decided >= score.threshold else "Not flagged")
     expect(page.locator("#fraud-reasons")).to_contain_text("reason")
     number = page.locator("#fraud-threshold input[type=number]")
-    above = min(1.0, round(score.probability + 0.02, 2))
-    if above > score.probability:
+    above = min(1.0, round(decided + 0.02, 2))
+    if above > decided:
         number.fill(f"{above}")
         number.press("Enter")
         expect(page.locator("#fraud-verdict")).to_contain_text("Not flagged")
@@ -294,7 +304,8 @@ def test_fraud_threshold_out_of_range_is_a_message(page: Any, ui_service: ShopSe
     page.get_by_role("button", name="Score").click()
     score = ui_service.score_user(user)
     expect(page.locator("#fraud-status")).to_contain_text(user)
-    expect(page.locator("#fraud-verdict")).to_contain_text("FLAGGED" if score.flagged else "Not flagged")
+    expect(page.locator("#fraud-verdict")).to_contain_text(
+        "FLAGGED" if _verdict_score(score) >= score.threshold else "Not flagged")
     _close_toasts(page)
     number = page.locator("#fraud-threshold input[type=number]")
     for typed in ("5", "-1"):
