@@ -51,7 +51,7 @@ from shopgraph.graph.model import GATHER_CHUNK_VALUES
 from shopgraph.graph.run import ChecksumError, StaleFileError
 from shopgraph.graph.schema import ShopTables
 from shopgraph.graph.train import TREE_KINDS
-from shopgraph.graph.wording import SHARING_MEAN
+from shopgraph.graph.wording import NONE_LABELLED, SHARE_LABELLED, SHARING_MEAN
 
 if TYPE_CHECKING:
     from shopgraph.graph.rings import Ring
@@ -494,6 +494,10 @@ class ServedTreeExplainer:
     ``other users sharing a <other> via <rel>: none`` ("no other account on the same devices");
     an account with no such link at all (no device) has both added to that one. The sums are
     unchanged, so the reasons still add up to the score (:meth:`contributions`).
+
+    Likewise the share of labelled fraud among an account's labelled co-users is 0 when none of
+    them has a label: for such an account that reason is reported as ``…: none of them labelled
+    in the training data`` (no value), not as a share of 0 %.
     """
 
     def __init__(self, booster: Any, kind: str, features: np.ndarray, names: Sequence[str],
@@ -516,6 +520,7 @@ class ServedTreeExplainer:
         self.names = [names[k] for k in self.columns]
         self.reasons = _reason_groups(self.names, set(range(self.embedding_columns)))
         self._alone, self._folds = _self_only_columns(self.reasons, features, names)
+        self._unlabelled = _unlabelled_shares(self.reasons, features, names)
 
     def _rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of the full-width table (columns no tree reads are 0)."""
@@ -561,6 +566,9 @@ class ServedTreeExplainer:
         items = [FeatureAttribution(name, float(values[cols[0]]) if single else float(np.linalg.norm(values[cols])),
                                     float(per_column[cols].sum()))
                  for name, cols, single in self.reasons]
+        for r, (unlabelled, name) in self._unlabelled.items():
+            if unlabelled[user_index]:
+                items[r] = items[r]._replace(name=name)
         return self._fold_self_only(items, user_index), float(contrib[-1])  # the last entry is the base value
 
     def _fold_self_only(self, items: list[FeatureAttribution], user_index: int) -> list[FeatureAttribution]:
@@ -671,6 +679,30 @@ def _self_only_columns(
             alone[key] = (np.asarray(features[:, paths] <= 0), np.asarray(unlinked))
         folds[r] = (kind, key, m["f"])
     return alone, folds
+
+
+def _unlabelled_shares(reasons: Sequence[tuple[str, np.ndarray, bool]], features: np.ndarray,
+                       names: Sequence[str]) -> dict[int, tuple[np.ndarray, str]]:
+    """``{reason position: (unlabelled [U], name)}`` for the kept ring columns that give the share of
+    labelled fraud among an account's labelled co-users (``graph.fraud_scorer.ring_column_text``):
+    ``unlabelled`` marks the accounts none of whose co-users has a label (the table's fraud and
+    legitimate counts are both 0), for whom that share is 0 of nothing, and ``name`` reports it
+    for them (``accounts sharing a device (or other identifier): none of them labelled in the
+    training data``), as :class:`ServedTreeExplainer` says. Columns whose counts the table lacks
+    are left out."""
+    column = {name: k for k, name in enumerate(names)}
+    out: dict[int, tuple[np.ndarray, str]] = {}
+    for r, (name, _, single) in enumerate(reasons):
+        if not single or SHARE_LABELLED not in name:
+            continue
+        base, _, where = name.partition(SHARE_LABELLED)
+        found = [column.get(f"{base}, labelled {kind} {where} (log count)") for kind in ("fraud", "legitimate")]
+        counts = [k for k in found if k is not None]
+        if len(counts) < len(found):
+            continue
+        unlabelled = np.all(np.asarray(features[:, counts]) <= 0, axis=1)
+        out[r] = (unlabelled, f"{base}{NONE_LABELLED}{where}")
+    return out
 
 
 def _reason_groups(names: Sequence[str], embedding: set[int]) -> list[tuple[str, np.ndarray, bool]]:

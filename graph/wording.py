@@ -106,6 +106,12 @@ def _sharing(rel: str, other: str) -> str:
     return f"that {_DID.get(rel, rel)} the same {_PLURAL.get(other, other + 's')}"
 
 
+# a ring feature's share of labelled fraud, for an account whose co-users have no label at all
+# (:class:`shopgraph.graph.explain.ServedTreeExplainer`): its value, 0, is no share of anything
+SHARE_LABELLED = ": share labelled fraud among those labelled "
+NONE_LABELLED = ": none of them labelled "
+
+
 def reason_in_words(name: str) -> Reading:
     """``name`` (a column of the fraud scorer's features) in words, with its value's unit.
 
@@ -119,6 +125,8 @@ def reason_in_words(name: str) -> Reading:
     """
     if (m := _GNN_GROUP.match(name)) is not None:
         return Reading("the network's summary of the account's activity", "none")
+    if NONE_LABELLED in name:  # no labelled co-user: nothing to write as a value (not "0%")
+        return Reading(name, "none")
     if (m := _GROUP.match(name)) is not None:
         prefix = m["prefix"]
         subject = "this account's items"
@@ -190,7 +198,7 @@ def cites_training_labels(reason: str) -> bool:
     device (or other identifier), labelled fraud in the training data: 17", "… labelled legitimate
     …", "… share labelled fraud among those labelled …"): a score driven by it is found with the
     help of those labels, not from the account's own behaviour alone."""
-    return "labelled" in reason and "in the training data" in reason
+    return "labelled" in reason and "in the training data" in reason and NONE_LABELLED not in reason
 
 
 def label_words(label: bool | None, in_training: bool) -> str:

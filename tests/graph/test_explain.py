@@ -556,6 +556,51 @@ def test_self_only_columns_reads_the_baselines_layout(graph: HeteroData) -> None
     assert not no_device.any()  # everyone here uses a device
 
 
+def test_a_share_of_labelled_fraud_over_no_labelled_account_is_said_so(graph: HeteroData) -> None:
+    """The ring columns' share of labelled fraud among an account's labelled co-users is 0 when none
+    is labelled: found for every such column of the product's table (the served one and a fold's
+    held-out one, whose label columns are named apart), and reported as "none of them labelled"
+    with no value, never as a share of 0 %."""
+    xgb = pytest.importorskip("xgboost")
+    from shopgraph.graph.baselines import XGBGraphFraud
+    from shopgraph.graph.explain import ServedTreeExplainer, _reason_groups, _unlabelled_shares
+    from shopgraph.graph.fraud_scorer import held_out_table, product_feature_table
+    from shopgraph.graph.wording import NONE_LABELLED, SHARE_LABELLED, reason_in_words, value_in_words
+    from shopgraph.retrieval.service import _in_words, describe_user_feature
+
+    fold = np.where(graph["user"].train_mask.numpy(), np.arange(graph["user"].num_nodes) % 2, -1)
+    for x, names in (product_feature_table(graph, None), held_out_table(graph, fold, 0)):
+        found = _unlabelled_shares(_reason_groups(names, set()), x, names)
+        shares = [k for k, n in enumerate(names) if SHARE_LABELLED in n]
+        assert shares and sorted(found) == shares
+        for k, (unlabelled, name) in found.items():
+            base, _, where = names[k].partition(SHARE_LABELLED)
+            counts = [names.index(f"{base}, labelled {kind} {where} (log count)") for kind in ("fraud", "legitimate")]
+            np.testing.assert_array_equal(unlabelled, (x[:, counts] <= 0).all(axis=1))
+            assert unlabelled.any() and not unlabelled.all()  # both kinds of account are there
+            assert np.all(x[unlabelled, k] == 0)
+            assert name == f"{base}{NONE_LABELLED}{where}"
+            reading = reason_in_words(name)
+            assert reading.unit == "none" and value_in_words(reading, 0.0) == ""
+            # the HTTP reasons' words: not a plain user feature, so read as the column is worded
+            assert describe_user_feature(name, None, 0.0) is None and _in_words(name, 0.0) == name
+    # trees that read the share: an account whose co-users have no label is told so
+    x, names = product_feature_table(graph, None)
+    k = next(k for k, n in enumerate(names) if n.startswith("accounts sharing a device") and SHARE_LABELLED in n)
+    y = (x[:, k] > 0.3).astype(np.int64)
+    only = np.zeros_like(x)
+    only[:, k] = x[:, k]  # the trees can split on nothing else
+    booster = xgb.Booster()
+    booster.load_model(bytearray(XGBGraphFraud(n_estimators=20, seed=0).fit(only, y).booster_bytes()))
+    explainer = ServedTreeExplainer(booster, "graph_trees", x, names)
+    assert names[k] in explainer.names
+    found_at = _unlabelled_shares(_reason_groups(names, set()), x, names)[k][0]
+    for u in (int(np.flatnonzero(found_at)[0]), int(np.flatnonzero(~found_at)[0])):
+        items = {f.name: f for f in explainer.contributions(u)[0]}
+        told = f"accounts sharing a device (or other identifier){NONE_LABELLED}in the training data"
+        assert (told in items) == bool(found_at[u]) and (names[k] in items) != bool(found_at[u])
+
+
 def test_shared_identifiers_name_the_other_accounts_and_say_when_the_list_is_cut(graph: HeteroData) -> None:
     """A device's other accounts are named (the first MAX_OTHERS, sorted; the count is all of them),
     and an explanation says how many identifiers there were when it lists fewer."""

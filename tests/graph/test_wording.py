@@ -81,6 +81,9 @@ def test_values_read_as_their_unit(unit: str, value: float, shown: str) -> None:
     ("accounts sharing a device (or other identifier): share labelled fraud among those labelled in the training "
      "data: 100% (+0.76 log-odds)", True),
     ("accounts sharing a device that bought within 2 h of this one: 29 (+1.86 log-odds)", False),
+    # no co-user labelled: no label helped
+    ("accounts sharing a device (or other identifier): none of them labelled in the training data (+0.20 log-odds)",
+     False),
     ("items bought right after viewing or carting them: what they are, judged from their pictures (+1.41 log-odds)",
      False),
     ("account age: 3 days (+0.41 log-odds)", False),
