@@ -849,11 +849,16 @@ def _explanation_table(explanation: Any, quick_items: str = "") -> pd.DataFrame:
     return pd.DataFrame(first + sorted(features, key=size) + last + neighbours, columns=_REASON_COLUMNS)
 
 
+SCORE_ROW = "= the account's score"  # the reasons table's sum row (its contribution: the score's log-odds)
+
+
 def _adding_up(explanation: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The rows that make the trees' contributions add up to the score on screen: where every
     account starts (the trees' base value, as a probability: fraud is rare, so it is low, and an
-    account can have mostly positive contributions and still score low), and the contributions of
-    every fact not listed, together. None without a base value."""
+    account can have mostly positive contributions and still score low; its contribution the base
+    log-odds), the contributions of every fact not listed, together, and the sum: the score, its
+    contribution the score's log-odds, which the contributions above add up to. None without a
+    base value."""
     base, score = getattr(explanation, "base", None), explanation.score
     if base is None or score is None or not 0.0 < score < 1.0:
         return [], []
@@ -861,10 +866,12 @@ def _adding_up(explanation: Any) -> tuple[list[dict[str, Any]], list[dict[str, A
     if rest is None:
         rest = math.log(score / (1.0 - score)) - base - sum(float(f.attribution) for f in explanation.features)
     start = {"reason": "where every account starts: the typical account's score, before any fact about it",
-             "value": f"{1.0 / (1.0 + math.exp(-base)):.3f}", "contribution": None}
+             "value": f"{1.0 / (1.0 + math.exp(-base)):.3f}", "contribution": round(base, 3)}
     others = {"reason": "every other fact about this account, together", "value": "",
               "contribution": round(rest, 3)}
-    return [start], [others] if abs(rest) >= 0.0005 else []
+    total = {"reason": f"{SCORE_ROW}: where it starts plus every contribution above", "value": f"{score:.3f}",
+             "contribution": round(math.log(score / (1.0 - score)), 3)}
+    return [start], ([others] if abs(rest) >= 0.0005 else []) + [total]
 
 
 def _explanation_method(method: str) -> str:
@@ -872,9 +879,11 @@ def _explanation_method(method: str) -> str:
     if method.startswith("tree_shap"):
         return ("each row is a fact about this account and how much it moved the score away from the typical "
                 "account's: a positive contribution pushes towards fraud, a negative one away from it, and the "
-                "bigger the number the stronger the push; together they make the score (the largest are shown). "
-                "\"SD below average\" means lower than most accounts (standard deviations). Last, the account's "
-                "devices, how many other accounts use each, and which")
+                "bigger the number the stronger the push (the largest are shown). Contributions are log-odds, "
+                "which add: the start's plus every contribution is the score's, in the \"= the account's score\" "
+                "row (+0.7 about doubles the odds of fraud, -0.7 halves them). \"SD below average\" means lower "
+                "than most accounts (standard deviations). Last, the account's devices, how many other accounts "
+                "use each, and which")
     if method.startswith("integrated_gradients"):
         return ("attribution of the GNN's score to the user's features and linked accounts/devices/items "
                 "(positive pushes towards fraud; the served score may come from another scorer)")

@@ -415,7 +415,8 @@ def test_fraud_view_with_explanations(ui_service: ShopService, ui_cases: FraudCa
     decided = held if held is not None and math.isfinite(held) else score.probability  # what the verdict leads with
     assert ("FLAGGED" in view.verdict) == (decided >= score.threshold)
     assert len(view.reasons) > 0 and view.method
-    contrib = view.reasons["contribution"].dropna().abs().tolist()
+    facts = ~view.reasons["reason"].str.startswith(("where every account starts", "every other fact", "= the account"))
+    contrib = view.reasons["contribution"][facts].dropna().abs().tolist()
     assert contrib == sorted(contrib, reverse=True)
 
 
@@ -757,7 +758,8 @@ def test_served_trees_explain_the_served_score(ui_run: Path, ui_service: ShopSer
     assert ex.score == pytest.approx(ui_service.score_user(user).probability, abs=1e-5)
     view = fraud_view(ui_service, ui_cases, user)
     assert "pushes towards fraud" in view.method and "TreeSHAP" not in view.method  # the trees caption, in plain words
-    scored = view.reasons["contribution"].dropna().abs().tolist()
+    facts = ~view.reasons["reason"].str.startswith(("where every account starts", "every other fact", "= the account"))
+    scored = view.reasons["contribution"][facts].dropna().abs().tolist()
     assert scored and scored == sorted(scored, reverse=True)
     # every fact in words, its value in its unit: log-count columns as the counts they are
     from shopgraph.graph.wording import reason_in_words
@@ -870,15 +872,22 @@ def test_tree_reasons_add_up_to_the_score_from_where_every_account_starts(ui_cas
     table = _explanation_table(ex)
     assert table["reason"].tolist() == [
         "where every account starts: the typical account's score, before any fact about it",
-        "share of quick purchases", "share of events at night", "every other fact about this account, together"]
-    assert table["value"].iloc[0] == "0.007"  # 1 / (1 + e^5)
-    assert table["contribution"].iloc[-1] == pytest.approx(math.log(0.123 / 0.877) + 5.0 - 3.0, abs=1e-3)
-    # the served trees' own explanation: base + every contribution is the score's log-odds
+        "share of quick purchases", "share of events at night", "every other fact about this account, together",
+        "= the account's score: where it starts plus every contribution above"]
+    assert table["value"].iloc[0] == "0.007" and table["contribution"].iloc[0] == -5.0  # 1 / (1 + e^5), its log-odds
+    assert table["contribution"].iloc[-2] == pytest.approx(math.log(0.123 / 0.877) + 5.0 - 3.0, abs=1e-3)
+    assert table["value"].iloc[-1] == "0.123"
+    assert table["contribution"].iloc[-1] == pytest.approx(math.log(0.123 / 0.877), abs=1e-3)
+    # the served trees' own explanation: the rows above the sum add up to the score's log-odds, in the sum row
     user = next(u for u in ui_cases.data["user"].ids if ui_cases.explain(u).method.startswith("tree_shap"))
     real = ui_cases.explain(user)
     table = _explanation_table(real)
-    parts = table["contribution"].dropna().astype(float).sum() + real.base
+    total = table["reason"].str.startswith("= the account's score").to_numpy()
+    assert total.sum() == 1 and f"{real.score:.3f}" == table["value"][total].iloc[0]
+    parts = table["contribution"][~total].dropna().astype(float).sum()
     assert parts == pytest.approx(math.log(real.score / (1 - real.score)), abs=0.01)
+    assert float(table["contribution"][total].iloc[0]) == pytest.approx(math.log(real.score / (1 - real.score)),
+                                                                        abs=1e-3)
 
 
 def test_reasons_read_as_words_with_their_values_units() -> None:
