@@ -939,7 +939,7 @@ def cli_rings(args: argparse.Namespace) -> int:
               f"{f'{flagged}/{len(r.members)}':>8} {fmt('median_account_age_days', '.1f'):>7} "
               f"{fmt('purchase_velocity', '.2f'):>6} {fmt('high_risk_share', '.2f'):>5}  {head}")
     print("fraud: the members' mean fraud probability (the served scorer); labelled: members labelled fraud in the "
-          "shop's data; age_d: their median account age in days; vel/d: purchases a day; risk: share of "
+          "shop's data; age_d: their median days from sign-up to first activity; vel/d: purchases a day; risk: share of "
           "high-risk purchases")
     if args.export is not None:
         print(f"exported {plural(len(rings), 'ring')} to {args.export} (a JSON case file and a CSV timeline each, "

@@ -1024,18 +1024,22 @@ def label_sentence(label: bool | None, in_training: bool, scored: bool = True, *
 
 
 # -- Rings ------------------------------------------------------------------------------------------
-RING_COLUMNS = ["ring", "score", "members", "known fraud", "trained on", "shared devices", "mean fraud probability",
-                "median account age (days)", "purchases per day", "high-risk share"]
+RING_COLUMNS = ["ring", "score", "members", "flagged", "known fraud", "trained on", "shared devices",
+                "mean fraud probability", "days from sign-up to first activity", "purchases per day", "high-risk share"]
 RING_TOP = 50  # rings listed in the table (the dropdown takes any ring id)
 # room for each header on one or two lines (the short numbers' headers were broken mid-word)
-_RING_WIDTHS: list[str | int] = ["6%", "6%", "8%", "7%", "8%", "25%", "10%", "11%", "9%", "10%"]
+_RING_WIDTHS: list[str | int] = ["6%", "6%", "8%", "7%", "7%", "7%", "20%", "10%", "11%", "9%", "9%"]
 RING_LEGEND = (
-    "**score**: how suspicious the group is, 0 to 1 (the members' fraud probabilities weigh most, then young "
-    "accounts, fast buying, risky categories, size and how tightly they share devices); **known fraud**: members "
+    "**score**: ranks the groups, 0 to 1, most suspicious first; it is not a probability (the members' fraud "
+    "probabilities weigh most, then young accounts, fast buying, risky categories, size and how tightly they share "
+    "devices); **flagged**: members whose fraud probability is at or above the validation threshold, as the fraud "
+    "scorer flags accounts (groups low in the list, with none flagged, are mostly households and shared computers); "
+    "**known fraud**: members "
     "the shop's data already labels fraud; **trained on**: how many of those labels the scorer was trained on "
     "(their probabilities are fitted to the label, not predicted, and count in the mean and the score); **shared "
     "devices**: how many devices two or more members used, with the first ids; **mean fraud probability**: the "
-    "members' average fraud probability; **median account age**: days from account creation to first activity, typical member; "
+    "members' average fraud probability; **days from sign-up to first activity**: the typical member's (fraudsters' "
+    "accounts tend to start buying soon after they are made); "
     "**purchases per day**: typical member's buying speed; **high-risk share**: typical member's share of "
     "spending on easily resold goods (electronics, gift cards).")
 RING_DEVICES_LISTED = 3  # shared device ids written in a table cell
@@ -1048,11 +1052,18 @@ def _id_list(ids: Sequence[str], most: int) -> str:
     return f"{shown} and {len(ids) - most} more" if len(ids) > most else shown
 
 
-def rings_table(cases: FraudCases | None, top: int = RING_TOP) -> pd.DataFrame:
+def rings_table(cases: FraudCases | None, top: int = RING_TOP, threshold: float | None = None) -> pd.DataFrame:
     """The ranked rings, one row each (evidence numbers rounded; "" when unknown); "shared devices" is
-    their count and the first ids (``"2: d0001, d0002"``)."""
+    their count and the first ids (``"2: d0001, d0002"``); "flagged" the members whose fraud
+    probability is at or above ``threshold`` ("" without one, or for rings ranked without fraud
+    probabilities)."""
     if cases is None:
         return pd.DataFrame(columns=RING_COLUMNS)
+
+    def flagged(ring: Ring) -> Any:
+        if threshold is None or not math.isfinite(threshold) or ring.evidence.get("gnn_mean") is None:
+            return ""  # member_scores are then no probabilities (structure or behaviour)
+        return sum(p >= threshold for p in ring.member_scores.values())
 
     def ev(ring: Ring, key: str, digits: int) -> Any:
         value = ring.evidence.get(key)
@@ -1070,7 +1081,7 @@ def rings_table(cases: FraudCases | None, top: int = RING_TOP) -> pd.DataFrame:
         except KeyError:  # a ring of other users than the graph's: no labels to count
             return ["", ""]
 
-    rows = [[r.ring_id, round(r.score, 3), len(r.members), *known(r), devices(r), ev(r, "gnn_mean", 2),
+    rows = [[r.ring_id, round(r.score, 3), len(r.members), flagged(r), *known(r), devices(r), ev(r, "gnn_mean", 2),
              ev(r, "median_account_age_days", 1), ev(r, "purchase_velocity", 2), ev(r, "high_risk_share", 2)]
             for r in cases.rings(top=top)]
     return pd.DataFrame(rows, columns=RING_COLUMNS)
@@ -1880,11 +1891,13 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 fr_threshold.change(on_threshold, [fr_prob, fr_threshold, fr_held], [fr_verdict], preprocess=False)
 
             with gr.Tab("Rings", id="rings"):
-                gr.Markdown("**Groups of accounts that share devices: possible fraud rings**, ranked by a score that "
-                            "combines the members' fraud probabilities, young accounts, fast buying, risky categories "
-                            "and how tightly they share devices. Pick a ring (or click its row) to see the accounts, "
-                            "their devices and the items they bought, and to download the case files.")
-                table = rings_table(cases)
+                gr.Markdown("**Groups of accounts that share devices, most suspicious first**: possible fraud rings "
+                            "at the top, ranked by a score that combines the members' fraud probabilities, young "
+                            "accounts, fast buying, risky categories and how tightly they share devices; lower down, "
+                            "mostly households and shared computers (see the **flagged** column). Pick a ring (or "
+                            "click its row) to see the accounts, their devices and the items they bought, and to "
+                            "download the case files.")
+                table = rings_table(cases, threshold=service.fraud_threshold)
                 ring_ids = table["ring"].tolist()
                 ring_table = gr.Dataframe(value=table, label="Ranked rings", interactive=False, wrap=True,
                                           column_widths=_RING_WIDTHS, elem_id="ring-table")  # wrapped: every column in view, none cut off

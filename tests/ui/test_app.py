@@ -536,6 +536,11 @@ def test_rings_table_is_ranked(ui_cases: FraudCases) -> None:
     assert table["members"].tolist() == [len(r.members) for r in rings]
     assert table["score"].is_monotonic_decreasing
     assert rings_table(None).empty
+    # members the scorer flags, at the validation threshold: none in the households low in the list
+    threshold = 0.5
+    flagged = rings_table(ui_cases, threshold=threshold)["flagged"].tolist()
+    assert flagged == [sum(p >= threshold for p in r.member_scores.values()) for r in rings]
+    assert table["flagged"].eq("").all()  # no threshold: nothing to count
     # labelled fraud members, and how many of those labels were trained on: numbers, so they sort as numbers
     assert [(int(f), int(t)) for f, t in zip(table["known fraud"], table["trained on"])] == [
         known_fraud(ui_cases.labels(r.members)) for r in rings]
