@@ -1686,6 +1686,19 @@ class ShopService:
         u = self._user(user_id)
         return "" if self._quick_items is None else (self._quick_named(u) or "none")
 
+    def user_feature_values(self, user_id: str) -> dict[str, str]:
+        """The account's own features that have a plain reading, by feature name, each value as the
+        reasons write it (``{"log_account_age_days": "14 days", "user_country=DE": "DE"}``): a
+        table of reasons shows these rather than the standardised values the scorer reads ("1.8 SD
+        below average"). Empty when the service was loaded without them."""
+        u = self._user(user_id)
+        out: dict[str, str] = {}
+        for name, column in self._user_raw.items():
+            fact = describe_user_feature(name, float(column[u]), float("nan"))
+            if fact is not None and ": " in fact:
+                out[name] = fact.partition(": ")[2]
+        return out
+
     def _quick_named(self, u: int) -> str:
         quick = self._quick_items
         items = quick.items(u) if quick is not None and u < len(quick.total) else []

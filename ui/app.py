@@ -30,7 +30,7 @@ import threading
 import time
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -805,20 +805,22 @@ def _shared_with(nb: Any) -> str:
     return f"{text}: {', '.join(named)}" + (f" and {more:,} more" if more > 0 else "")
 
 
-def _explanation_table(explanation: Any, quick_items: str = "") -> pd.DataFrame:
+def _explanation_table(explanation: Any, quick_items: str = "", own: Mapping[str, str] | None = None) -> pd.DataFrame:
     """One row per reason, largest contribution first, each fact in words with its value in its
     unit (:mod:`shopgraph.graph.wording`: a count, a share, yes/no, SDs from the average account;
     blank for a group of encoder columns, whose norm means nothing to a reader). For the served
     trees' explanation (and the no-model z-scores) the shared identifiers are evidence, not
     contributions: they come last, each with its co-user count and the other accounts on it, and a
     last row says when the account has more identifiers than are listed. ``quick_items``: the
-    items behind a "quick purchases" reason (:meth:`ShopService.quick_items_named`), its value."""
+    items behind a "quick purchases" reason (:meth:`ShopService.quick_items_named`), its value;
+    ``own``: the account's own feature values as people read them, by feature name
+    (:meth:`ShopService.user_feature_values`: "14 days", not "1.8 SD below average")."""
     trees = explanation.method.startswith("tree_shap")
     counted = trees or explanation.method == "behaviour_zscore"  # neighbours' attribution: other accounts
     features: list[dict[str, Any]] = []
     for f in explanation.features:
         reading = reason_in_words(f.name)
-        value = value_in_words(reading, float(f.value))
+        value = (own or {}).get(f.name) or value_in_words(reading, float(f.value))
         if not value and f.name.startswith(QUICK_ITEM_REASON):  # what was bought, not a norm of columns
             value = quick_items
         features.append({"reason": reading.text if trees else f"behaviour: {reading.text}",
@@ -912,7 +914,7 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
     if cases is not None:
         try:
             explanation = cases.explain(user)
-            table = _explanation_table(explanation, service.quick_items_named(user))
+            table = _explanation_table(explanation, service.quick_items_named(user), service.user_feature_values(user))
             method = _explanation_method(explanation.method)
         except (KeyError, ValueError, RuntimeError) as exc:  # explanation is a bonus; the score stands
             logger.warning("explain(%s) failed: %s", user, exc)

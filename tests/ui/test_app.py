@@ -766,6 +766,16 @@ def test_served_trees_explain_the_served_score(ui_run: Path, ui_service: ShopSer
     facts = ~view.reasons["reason"].str.startswith(("where every account starts", "every other fact", "= the account"))
     scored = view.reasons["contribution"][facts].dropna().abs().tolist()
     assert scored and scored == sorted(scored, reverse=True)
+    # the account's own features as people read them: its age in days, not in SDs from the average
+    from shopgraph.graph.explain import Explanation, FeatureAttribution
+    from shopgraph.ui.app import _explanation_table
+
+    own = ui_service.user_feature_values(user)
+    assert own["log_account_age_days"].endswith(" days") and own["log_n_events"].replace(",", "").isdigit()
+    aged = Explanation(user, 0.5, "tree_shap+shared_identifiers",
+                       [FeatureAttribution("log_account_age_days", -1.8, 0.4)], [], base=0.0)
+    assert _explanation_table(aged, own=own)["value"].tolist()[1] == own["log_account_age_days"]
+    assert _explanation_table(aged)["value"].tolist()[1] == "1.8 SD below average"  # without them: standardised
     # every fact in words, its value in its unit: log-count columns as the counts they are
     from shopgraph.graph.wording import reason_in_words
 
