@@ -221,7 +221,9 @@ def evaluate_run(run_dir: str, *, baselines: bool = True, device: str | None = N
     test_emb, rm = gnn_purchase_test(model, data, dev)
     test = target_pairs(data, "test")
     purchase: dict[str, Any] = {"gnn": {"kind": _model_kind(model), **{k: rm[k] for k in PURCHASE_KEYS}},
-                                "baselines": {}}
+                                "baselines": {},
+                                # what the numbers are measured on: a reader weighs a difference by them
+                                "test": {"users": int(torch.unique(test[0]).numel()), "purchases": int(test.size(1))}}
     if baselines:
         from shopgraph.graph.baselines import purchase_baselines
 
@@ -245,6 +247,7 @@ def evaluate_run(run_dir: str, *, baselines: bool = True, device: str | None = N
             # the demo's name for it, then the baselines); the other candidates are in report.md's table
             served = evals[scorer.kind]
             pr[FRAUD_SCORER_NAMES.get(scorer.kind, scorer.kind)] = (served.y_true, served.prob)
+            fraud["test"] = {"accounts": int(served.y_true.size), "fraud": int(np.asarray(served.y_true).sum())}
         if baselines and "x" in data["user"]:
             from shopgraph.graph.baselines import fraud_baseline_runs
 

@@ -45,7 +45,13 @@ def test_metrics_json_has_the_documented_shape(evaluated: tuple[Path, dict]) -> 
     on_disk = json.loads((path / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
     assert set(on_disk) == {"purchase", "fraud"}
-    assert set(on_disk["purchase"]) == {"gnn", "baselines"}
+    assert set(on_disk["purchase"]) == {"gnn", "baselines", "test"}
+    # what the metrics are measured on: the test period's purchases and the users who made them
+    from shopgraph.graph.build import target_pairs
+    from shopgraph.graph.run import RunDir
+
+    test = target_pairs(RunDir(path).load_graph(), "test")  # distinct (user, item) pairs new to the user
+    assert on_disk["purchase"]["test"] == {"users": int(torch.unique(test[0]).numel()), "purchases": int(test.size(1))}
     gnn = on_disk["purchase"]["gnn"]
     model = load_model(path / "model")  # the calibrated weights name the terms that serve
     terms = [("+groupmix", model.group_weight), ("+itemknn", model.knn_weight), ("+consider", model.consider_weight)]
@@ -130,6 +136,8 @@ def test_the_precision_recall_plot_draws_the_fraud_table_rows(tmp_path: Path, mo
     fraud = metrics["fraud"]
     served = FRAUD_SCORER_NAMES[fraud["gnn"]["kind"]]
     assert list(drawn) == [served, *fraud["baselines"]]
+    y_served = drawn[served][0]
+    assert fraud["test"] == {"accounts": len(y_served), "fraud": int(sum(y_served))} and 0 < fraud["test"]["fraud"]
     for name, row in [(served, fraud["gnn"]), *fraud["baselines"].items()]:
         y, prob = drawn[name]
         assert fraud_metrics(y, prob, row["threshold"])["auprc"] == pytest.approx(row["auprc"])

@@ -703,10 +703,22 @@ def test_model_view_tables_from_metrics_json(ui_run: Path) -> None:
     assert not is_problem(view.status)
     assert view.purchase["model"].iloc[0].startswith("ShopGraph (")
     assert view.purchase["model"].tolist()[1:] == list(metrics["purchase"]["baselines"])
-    assert view.purchase["recall@20"].iloc[0] == pytest.approx(metrics["purchase"]["gnn"]["recall@20"], abs=1e-4)
+    assert view.purchase["recall@20"].iloc[0] == pytest.approx(metrics["purchase"]["gnn"]["recall@20"], abs=5e-4)
     if metrics["fraud"]["gnn"].get("kind", "none") != "none":
-        assert view.fraud["auprc"].iloc[0] == pytest.approx(metrics["fraud"]["gnn"]["auprc"], abs=1e-4)
+        assert view.fraud["auprc"].iloc[0] == pytest.approx(metrics["fraud"]["gnn"]["auprc"], abs=5e-4)
     assert view.plots[0][1] == PLOT_CAPTIONS["training"]  # training curves first
+    # what the numbers are measured on, so that a reader can weigh a difference
+    test = metrics["purchase"]["test"]
+    assert f"recommendations on the {test['users']:,} shoppers who bought something new to them" in view.status
+    if "test" in metrics["fraud"]:
+        fraud = metrics["fraud"]["test"]
+        assert f"fraud on {fraud['accounts']:,} test accounts, {fraud['fraud']:,} of them fraud" in view.status
+    from shopgraph.ui.app import _measured_on
+
+    assert _measured_on(None, None) == "" and _measured_on({"users": "5"}, {"accounts": 9, "fraud": 0}) == ""
+    assert _measured_on(None, {"accounts": 1000, "fraud": 40}) == (
+        " Measured: fraud on 1,000 test accounts, 40 of them fraud (one fraud account more or less found moves recall "
+        "by 0.03: small differences between rows can be chance).")
     assert len(view.plots) == len([f for f in RunDir(ui_run).manifest["files"] if f.startswith("plots/")])
     assert all(isinstance(img, Image.Image) for img, _ in view.plots)
 
@@ -1162,7 +1174,7 @@ def test_model_tab_explains_every_column_and_names_the_model_plainly(ui_run: Pat
     tables = [(view.purchase, view.purchase_legend)]
     if fraud_kind != "none":
         assert fraud_kind not in view.fraud["model"].iloc[0] and fraud_kind in html.unescape(view.technical)
-        assert view.fraud["threshold"].iloc[0] == pytest.approx(metrics["fraud"]["gnn"]["threshold"], abs=1e-4)
+        assert view.fraud["threshold"].iloc[0] == pytest.approx(metrics["fraud"]["gnn"]["threshold"], abs=5e-4)
         tables.append((view.fraud, view.fraud_legend))
         assert "flagged at the model's threshold" in view.fraud_legend  # precision and recall: at which one
     for table, legend in tables:
