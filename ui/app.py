@@ -528,8 +528,8 @@ def visitor_view(service: ShopService, thumbs: Thumbnails, item_ids: Any, k: Any
         return RecommendView(_problem(exc, VISITOR_ITEMS), [], [], _empty_results())
     seen = [(thumbs.get(i, info), _plain(f"{info['title'] or i} · looked at")) for i, info in infos.items()]
     status = (f"A visitor with no account who looked at {plural(len(picked), 'item')}: the model has no history "
-              f"for them, so it averages those items' embeddings and shows the {len(found.table):,} closest items "
-              "(similarity: the cosine, 1 = the same; the items they looked at are left out). Each reason "
+              f"for them, so it shows the {len(found.table):,} items most like those taken together, as the model "
+              "places items (similarity up to 1, 1 = the same; the items they looked at are left out). Each reason "
               "names the looked-at item the result is most like." + found.note())
     return RecommendView(status, seen, found.gallery, found.table)
 
@@ -646,7 +646,7 @@ def text_search_view(service: ShopService, thumbs: Thumbnails, text: Any, k: Any
         found = _results(service, thumbs, rec)
     except (ValueError, NotAvailableError) as exc:
         return SearchView(_problem(exc, TEXT), [], _empty_results())
-    status = (f"Items whose text best matches **{_md(_cut(text))}** (similarity: the cosine, 1 = the same)."
+    status = (f"Items whose text best matches **{_md(_cut(text))}** (similarity up to 1, 1 = the same)."
               + found.note())
     if service.has_item(text):
         status += (f" *{_md(text.strip())} is an item id: the text search reads words, not ids; to see the items "
@@ -662,6 +662,11 @@ def text_search_view(service: ShopService, thumbs: Thumbnails, text: Any, k: Any
 # 'phone case' 0.36; nonsense ('asdfqwerzxcv', 'qwerty uiop', 'zzzz', '42') and item ids 0.21-0.29.
 # Another text encoder (--text-model) has its own scale: the threshold is the bundled one's.
 WEAK_TEXT_MATCH = 0.35
+# An image search's best similarity below this is no real match. Measured on the demo shop with the
+# bundled image encoder (EfficientNet-Lite0): an item's own picture 1.0 and the next items 0.92-0.97;
+# a chart 0.52-0.56, a screenshot of the demo 0.57, a plain colour 0.41-0.42, noise 0.22. Another
+# image encoder has its own scale, as for WEAK_TEXT_MATCH.
+WEAK_IMAGE_MATCH = 0.7
 QUOTED_CHARS = 120  # a typed text quoted back in a status line, at most
 
 
@@ -684,8 +689,12 @@ def image_search_view(service: ShopService, thumbs: Thumbnails, image: Any, k: A
         found = _results(service, thumbs, rec)
     except (ValueError, NotAvailableError) as exc:
         return SearchView(_problem(exc), [], _empty_results())
-    return SearchView("Items whose picture looks most like the uploaded image (similarity: the cosine, 1 = the same)."
-                      + found.note(), found.gallery, found.table)
+    status = "Items whose picture looks most like the uploaded image (similarity up to 1, 1 = the same)." + found.note()
+    if rec.scores and rec.scores[0] < WEAK_IMAGE_MATCH:
+        status += (f" *No item looks much like this picture: the best similarity is {rec.scores[0]:.2f} (a picture "
+                   "of an item of the demo shop scores above 0.9 against the items like it); these are only the "
+                   "nearest items.*")
+    return SearchView(status, found.gallery, found.table)
 
 
 def cleared_image_search() -> tuple[str, list[GalleryItem], pd.DataFrame, None]:

@@ -346,6 +346,25 @@ def test_image_search_view_finds_an_items_own_picture(ui_service: ShopService, t
     assert view.table["item_id"].iloc[0] == item
 
 
+def test_image_search_view_says_when_nothing_looks_like_the_picture(ui_service: ShopService, thumbs: Thumbnails,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chart or a screenshot finds only the nearest items (similarity 0.5 on the demo shop, an
+    item's own picture 1.0 and its look-alikes above 0.9): the status says so."""
+    from PIL import Image
+
+    from shopgraph.ui.app import WEAK_IMAGE_MATCH
+
+    found = ui_service.search(text="running shoes", k=3)
+    picture = Image.new("RGB", (64, 64), (200, 20, 20))
+    for best, weak in ((WEAK_IMAGE_MATCH - 0.2, True), (0.95, False)):
+        scores = [best - 0.01 * k for k in range(len(found.item_ids))]
+        monkeypatch.setattr(ui_service, "search", lambda scores=scores, **_: found._replace(scores=scores))
+        view = image_search_view(ui_service, thumbs, picture, 3)
+        assert not is_problem(view.status) and view.table["item_id"].tolist() == found.item_ids
+        assert ("No item looks much like this picture: the best similarity is "
+                f"{best:.2f}" in view.status) == weak
+
+
 # -- Fraud ------------------------------------------------------------------------------------------
 def test_fraud_view_names_the_best_ranked_ring_of_an_account(ui_service: ShopService, ui_cases: FraudCases) -> None:
     ranked = {r.ring_id: k for k, r in enumerate(ui_cases.rings())}
