@@ -252,9 +252,12 @@ class ItemIn(BaseModel):
     item_id: str = Field(..., description="a new item id")
     title: str = Field(..., description="the item's title", max_length=MAX_TEXT_CHARS)
     category: str | None = Field("", description="its category (a new one is allowed; spaces around it are "
-                                                 "stripped; null: none)", max_length=MAX_TEXT_CHARS)
-    description: str | None = Field("", description="its description (null: none)", max_length=MAX_TEXT_CHARS)
-    price: float | None = Field(None, ge=0, description="its price (null: unknown)")
+                                                 "stripped; null or left out: none, or for a removed item sent "
+                                                 "again what it had)", max_length=MAX_TEXT_CHARS)
+    description: str | None = Field("", description="its description (null or left out: none, or for a removed item "
+                                                    "sent again what it had)", max_length=MAX_TEXT_CHARS)
+    price: float | None = Field(None, ge=0, description="its price (null or left out: unknown, or for a removed item "
+                                                        "sent again what it had)")
 
 
 class BatchItemIn(ItemIn):
@@ -837,9 +840,9 @@ def _item_fields(body: dict[str, Any], what: str, allowed: tuple[str, ...] = _IT
     for name in ("item_id", "title"):
         if name not in body:
             raise ValueError(f"{name}: required")
-    # null for an optional field is the field left out (as price: null is an unknown price): what
-    # generated clients send for an unset field
-    out = {k: body[k] for k in _ITEM_FIELDS if k in body and not (body[k] is None and k in ("category", "description"))}
+    # null for an optional field is the field left out, what generated clients send for an unset field:
+    # none for a new item (no category, an unknown price), what it had for a removed item restored
+    out = {k: body[k] for k in _ITEM_FIELDS if k in body and not (body[k] is None and k in ("category", "description", "price"))}
     for name in ("item_id", "title", "category", "description"):
         if name in out and not isinstance(out[name], str):
             raise ValueError(f"{name}: expected a string (got {type(out[name]).__name__} {shown(out[name])})")
@@ -1155,7 +1158,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
             fields, image = await _item_form(request)
         else:
             fields = _item_fields(await _json_body(request, _ITEM_EXAMPLE), "field")
-        await run_in_threadpool(_changed, lambda: service.add_item(**fields, image=image))
+        given = fields if image is None else {**fields, "image": image}  # no image given: kept on a restore
+        await run_in_threadpool(_changed, lambda: service.add_item(**given))
         return ItemInfoOut(**service.item_info(fields["item_id"].strip()))
 
     batch_item = BatchItemIn.model_json_schema()

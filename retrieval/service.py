@@ -85,6 +85,17 @@ _VERBS = {"purchase": "bought", "view": "viewed", "cart": "added to the cart", "
           "click": "clicked", "wishlist": "wish-listed"}
 
 
+class _Keep:
+    """The type of :data:`KEEP`."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+# an add_item field left out: none for a new item, what it had for a removed item restored (add_item)
+KEEP: Any = _Keep()
+
+
 class Recommendation(NamedTuple):
     """Ranked items, best first (all lists have the same length, at most k).
 
@@ -1160,10 +1171,14 @@ class ShopService:
         with self._lock.read():  # add_item maps the id before it appends the title
             i = self._item(item_id)
             price = self.prices[i]
-            image = self.images[i]
             return {"item_id": self.item_ids[i], "title": self.titles[i], "category": self.categories[i],
                     "description": self.descriptions[i], "price": None if price != price else price,
-                    "image": str(self.tables_root / image) if image and self.tables_root else (image or None)}
+                    "image": self._image_path(i)}
+
+    def _image_path(self, i: int) -> str | None:
+        """Item ``i``'s image file (a trained item's is under the shop's tables), or ``None``."""
+        image = self.images[i]
+        return str(self.tables_root / image) if image and self.tables_root else (image or None)
 
     def info(self) -> dict[str, Any]:
         """Counts for health checks."""
@@ -1919,8 +1934,8 @@ class ShopService:
             units[chunk] = self._item_emb_n[top].mean(axis=1)
         return embs, units
 
-    def add_item(self, item_id: str, title: str, category: str = "", description: str = "",
-                 price: float | None = None, image: Any = None) -> int:
+    def add_item(self, item_id: str, title: str, category: Any = KEEP, description: Any = KEEP,
+                 price: Any = KEEP, image: Any = KEEP) -> int:
         """Add an item without retraining: encode its text and image, give it a GNN vector (the mean
         of the trained items' nearest in content, or the model's inductive pass for an item without
         text or image: :meth:`_new_item_embeddings`), and insert it into every index.
@@ -1936,8 +1951,13 @@ class ShopService:
                 is restored, its trained vector with what is sent (:meth:`_restore`).
             title, category, description: item text (the title must have some: one of only spaces
                 is refused).
-            price: item price (kept for display).
-            image: ``PIL.Image``, bytes or a path, optional.
+            price: item price (kept for display); ``None``: unknown.
+            image: ``PIL.Image``, bytes or a path; ``None``: no image.
+
+        ``category``, ``description``, ``price`` and ``image`` left out (:data:`KEEP`) are, for a
+        new item, none (no category, no description, an unknown price, no image); for a removed
+        item that is restored, what it had when it was removed (an item back in stock sent with
+        its id and title only keeps its category, description, price and picture).
 
         Returns:
             The new item's node index.
@@ -2029,10 +2049,11 @@ class ShopService:
                 problems[k] = str(exc)
         return new, problems
 
-    def _new_item(self, where: str, item_id: Any, title: Any, category: Any = "", description: Any = "",
-                  price: Any = None, image: Any = None) -> _NewItem:
+    def _new_item(self, where: str, item_id: Any, title: Any, category: Any = KEEP, description: Any = KEEP,
+                  price: Any = KEEP, image: Any = KEEP) -> _NewItem:
         """One item to add, checked (errors prefixed with ``where``), its id stripped, its image
-        read once to check it (and again when it is encoded)."""
+        read once to check it (and again when it is encoded); fields left out (:data:`KEEP`) filled
+        in (:meth:`add_item`)."""
         if not isinstance(item_id, str) or not item_id.strip():
             raise ValueError(f"{where}item_id: expected a non-empty string (got {shown(item_id)})")
         check_unicode(item_id, f"{where}item_id")
@@ -2043,6 +2064,7 @@ class ShopService:
             item_id = item_id.strip()
         if item_id not in self._trained_pos and item_id not in self._item_pos:
             check_plain_id(item_id, f"{where}item_id")
+        category, description, price, image = self._kept(item_id, category, description, price, image)
         for name, value in (("title", title), ("category", category), ("description", description)):
             if not isinstance(value, str):
                 raise ValueError(f"{where}{name}: expected a string (got {type(value).__name__})")
@@ -2057,6 +2079,24 @@ class ShopService:
         if image is not None:
             read_image(image, f"{where}image")  # checked now; decoded again when encoded (memory: see _encode_images)
         return _NewItem(item_id, title, category, description, None if price is None else float(price), image)
+
+    def _kept(self, item_id: str, category: Any, description: Any, price: Any, image: Any) -> tuple[Any, ...]:
+        """``(category, description, price, image)`` with each field left out (:data:`KEEP`) filled
+        in: for a removed item that will be restored, what it had when it was removed (its picture
+        only while that file is still there); otherwise none."""
+        pos = self._trained_pos.get(item_id)
+        restored = pos is not None and item_id not in self._item_pos
+        if restored and pos is not None:
+            had = self._image_path(pos)
+            kept_price = float(self.prices[pos])
+            before: tuple[Any, ...] = (self.categories[pos], self.descriptions[pos],
+                                       None if math.isnan(kept_price) else kept_price,
+                                       had if had and Path(had).is_file() else None)
+            if image is KEEP and had and before[3] is None:
+                logger.warning("restoring %r: its picture %s is no longer there; restored without one", item_id, had)
+        else:
+            before = ("", "", None, None)
+        return tuple(b if v is KEEP else v for v, b in zip((category, description, price, image), before))
 
     def _new_category(self, where: str, category: str) -> str:
         """The category of an item to add: stripped (with a warning, as ids), one line, and not a

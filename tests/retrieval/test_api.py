@@ -685,6 +685,31 @@ def test_a_damaged_journal_is_the_servers_fault_until_it_is_mended(tmp_path, tmp
         assert c.post("/items", json={"item_id": "new2", "title": "t"}).status_code == 201
 
 
+def test_an_item_back_in_stock_keeps_what_it_had(tmp_path, tmp_path_factory):
+    """DELETE, then POST with the id and a title only (or null fields, as generated clients send
+    unset ones): the item's category, description, price and picture are the ones it had."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(shared_run(tmp_path_factory.getbasetemp()), copy)
+    with TestClient(create_app(load_service(copy), demo=False, fraud_cases=False)) as c:
+        item = "i003"
+        before = c.get(f"/items/{item}").json()
+        assert before["category"] and before["price"] is not None
+        for body in ({"item_id": item, "title": "back in stock"},
+                     {"item_id": item, "title": "back in stock", "category": None, "description": None,
+                      "price": None}):
+            assert c.delete(f"/items/{item}").status_code == 200
+            r = c.post("/items", json=body)
+            assert r.status_code == 201, r.text
+            kept = {k: r.json()[k] for k in ("category", "description", "price")}
+            assert kept == {k: before[k] for k in ("category", "description", "price")}
+            assert (r.json()["image"] is None) == (before["image"] is None)
+        assert c.delete(f"/items/{item}").status_code == 200
+        r = c.post("/items", json={"item_id": item, "title": "relisted", "category": "", "price": 5})
+        assert (r.json()["category"], r.json()["price"], r.json()["description"]) == ("", 5, before["description"])
+
+
 def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
     r = writable.post("/items", json={"item_id": "new1", "title": "glow in the dark frisbee", "category": "toys",
                                       "price": 9.5})

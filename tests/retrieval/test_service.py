@@ -1044,13 +1044,38 @@ def test_a_removed_trained_item_added_again_is_the_trained_item_restored(own_run
     assert again.catalogue_info() == svc.catalogue_info()
 
 
+def test_a_restored_item_keeps_what_it_had_unless_sent(own_run):
+    """Back in stock with its id and title only: its category, description, price and picture are
+    the ones it had (a restore had wiped them); fields sent, even empty, replace them; a new item
+    left without them has none. A restart replays the same."""
+    svc = load_service(own_run)
+    item = next(i for i in svc.item_ids if svc.item_info(i)["category"] and svc.item_info(i)["price"] is not None)
+    info = svc.item_info(item)
+    svc.remove_item(item)
+    svc.add_item(item, "back in stock")
+    back = svc.item_info(item)
+    assert {**back, "image": info["image"]} == {**info, "title": "back in stock"}
+    # its picture kept: the same file, copied into the run with the change (RUN/added_images)
+    assert Path(back["image"]).read_bytes() == Path(info["image"]).read_bytes()
+    assert Path(back["image"]).parent == own_run / "added_images"
+    svc.remove_item(item)
+    svc.add_item(item, "relisted", category="", description="", price=None, image=None)
+    assert svc.item_info(item) == {**info, "title": "relisted", "category": "", "description": "", "price": None,
+                                   "image": None}
+    svc.add_item("brand-new", "a new item")
+    assert {k: svc.item_info("brand-new")[k] for k in ("category", "description", "price", "image")} == {
+        "category": "", "description": "", "price": None, "image": None}
+    again = load_service(own_run)
+    assert again.item_info(item) == svc.item_info(item) and again.item_info("brand-new") == svc.item_info("brand-new")
+
+
 def test_a_new_items_vector_does_not_depend_on_a_restore_before_it(own_run):
     """New items' neighbours are found by the trained content, so a restore that sends another
     text (changing the served text row) leaves the vectors of later adds as a replay makes them."""
     live = load_service(own_run)
     first = live.add_item("before", "glow in the dark frisbee disc", category="toys")
     live.remove_item("i004")
-    live.add_item("i004", "glow in the dark frisbee")  # restored with another text and no image
+    live.add_item("i004", "glow in the dark frisbee", image=None)  # restored with another text and no image
     after = live.add_item("after", "glow in the dark frisbee disc", category="toys")
     np.testing.assert_allclose(live.item_emb[after], live.item_emb[first], rtol=1e-6, atol=1e-6)
     again = load_service(own_run)  # a replay: one pass over the journal, the restore among the adds
