@@ -34,12 +34,13 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -273,7 +274,16 @@ class ItemInfoOut(BaseModel):
     category: str
     description: str
     price: float | None
-    image: str | None = Field(description="where the service keeps the item's image (null: none)")
+    image: str | None = Field(description="where the service keeps the item's image, a path on the server "
+                                          "(null: none)")
+    image_url: str | None = Field(None, description="the image to fetch over HTTP, `GET /images/{item_id}` "
+                                                    "(null: none)")
+
+
+def _item_out(info: dict[str, Any]) -> ItemInfoOut:
+    """An item as ``/items`` answers it: :meth:`ShopService.item_info` and where to fetch its image."""
+    url = f"/images/{quote(info['item_id'], safe='')}" if info.get("image") else None
+    return ItemInfoOut(**info, image_url=url)
 
 
 class BatchOut(BaseModel):
@@ -1160,7 +1170,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
             fields = _item_fields(await _json_body(request, _ITEM_EXAMPLE), "field")
         given = fields if image is None else {**fields, "image": image}  # no image given: kept on a restore
         await run_in_threadpool(_changed, lambda: service.add_item(**given))
-        return ItemInfoOut(**service.item_info(fields["item_id"].strip()))
+        return _item_out(service.item_info(fields["item_id"].strip()))
 
     batch_item = BatchItemIn.model_json_schema()
     batch_body = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -1177,7 +1187,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         items = await run_in_threadpool(_batch_items, body, service)
         positions = await run_in_threadpool(_changed, lambda: service.add_items(items))
         return BatchOut(added=len(positions),
-                        items=[ItemInfoOut(**service.item_info(service.item_ids[p])) for p in positions])
+                        items=[_item_out(service.item_info(service.item_ids[p])) for p in positions])
 
     @app.post("/items/remove", response_model=RemovedBatchOut, responses=catalogue_errors, tags=["catalogue"],
               summary=f"Remove up to {MAX_BATCH:,} items at once, all or none (JSON)",
@@ -1190,7 +1200,19 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     @app.get("/items/{item_id:path}", response_model=ItemInfoOut, responses=_ERRORS, tags=["catalogue"],
              summary="One served item: title, category, description, price, image", dependencies=[nothing])
     def get_item(item_id: str) -> ItemInfoOut:
-        return ItemInfoOut(**service.item_info(item_id))
+        return _item_out(service.item_info(item_id))
+
+    @app.get("/images/{item_id:path}", response_class=FileResponse, tags=["catalogue"],
+             summary="A served item's image file (the `image_url` of `GET /items/{item_id}`)",
+             responses={**_ERRORS, 200: {"content": {"image/*": {}}, "description": "the image file"}},
+             dependencies=[nothing])
+    def item_image(item_id: str) -> FileResponse:
+        path = service.item_info(item_id)["image"]  # an unknown item: 404
+        if not path:
+            raise UnknownIdError(f"item_id: item {shown(item_id.strip())} has no image")
+        if not Path(path).is_file():
+            raise NotAvailableError(f"item_id: the image file of item {shown(item_id.strip())} is missing on the server")
+        return FileResponse(path)
 
     @app.delete("/items/{item_id:path}", response_model=RemovedOut, responses={
         **_ERRORS, 503: {"model": ErrorOut, "description": "the journal could not be written"},

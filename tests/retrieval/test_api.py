@@ -149,7 +149,7 @@ def test_openapi_docs(client):
     spec = client.get("/openapi.json").json()
     for path in ("/recommend", "/recommend/cold", "/recommend/batch", "/recommend/new", "/similar", "/similar/batch",
                  "/search",
-                 "/items", "/items/{item_id}", "/fraud/score", "/fraud/score/batch", "/healthz", "/metrics"):
+                 "/items", "/items/{item_id}", "/images/{item_id}", "/fraud/score", "/fraud/score/batch", "/healthz", "/metrics"):
         assert path in spec["paths"]
     assert set(spec["paths"]["/items"]["post"]["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
     assert set(spec["paths"]["/search"]["post"]["requestBody"]["content"]) == {
@@ -715,12 +715,20 @@ def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
                                       "price": 9.5})
     assert r.status_code == 201, r.text
     assert r.json() == {"item_id": "new1", "title": "glow in the dark frisbee", "category": "toys",
-                        "description": "", "price": 9.5, "image": None}
+                        "description": "", "price": 9.5, "image": None, "image_url": None}
     png = solid_png((20, 220, 20), seed=5)
     r = writable.post("/items", data={"item_id": "new2", "title": "green disc", "price": "4"},
                       files={"image": ("disc.png", png, "image/png")})
     assert r.status_code == 201, r.text
     assert r.json()["price"] == 4.0 and r.json()["image"].endswith(".png")
+    # the picture over HTTP: image_url, not the server's path
+    assert r.json()["image_url"] == "/images/new2"
+    got = writable.get(r.json()["image_url"])
+    assert got.status_code == 200 and got.content == png and got.headers["content-type"] == "image/png"
+    assert writable.get("/images/new1").json()["detail"] == "item_id: item 'new1' has no image"
+    assert writable.get("/images/new1").status_code == 404
+    assert writable.get("/images/nope").status_code == 404
+    assert writable.get("/images/new2?size=9").status_code == 422
     r = writable.post("/search", files={"image": ("q.png", solid_png((20, 220, 20), seed=6), "image/png")},
                       data={"k": "1"})
     assert [i["item_id"] for i in r.json()["items"]] == ["new2"]
@@ -729,9 +737,11 @@ def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
     r = writable.get("/items/new1")
     assert r.status_code == 200 and r.json()["title"] == "glow in the dark frisbee" and r.json()["price"] == 9.5
     r = writable.get("/items/i003")
-    assert r.status_code == 200 and r.json() == {**writable.service.item_info("i003"), "item_id": "i003"}
+    assert r.status_code == 200 and r.json() == {**writable.service.item_info("i003"), "image_url": "/images/i003"}
     assert writable.get("/items/nope").json() == {"detail": "item_id: unknown item 'nope'"}
     assert writable.get("/items/i003?verbose=1").status_code == 422
+    got = writable.get("/images/i003")  # a trained item's picture, from the shop's tables
+    assert got.status_code == 200 and got.content == Path(writable.service.item_info("i003")["image"]).read_bytes()
     r = writable.post("/items", json={"item_id": "new1", "title": "again"})
     assert r.status_code == 409 and r.json()["detail"] == "item_id: item 'new1' already exists"
     r = writable.delete("/items/i004")
@@ -766,7 +776,8 @@ def test_a_batch_of_items_is_added_over_http_all_at_once(writable):
     body = r.json()
     assert body["added"] == 2 and [i["item_id"] for i in body["items"]] == ["b1", "b2"]  # ids stripped
     assert body["items"][1] == {"item_id": "b2", "title": "heavy duty umbrella", "category": "",
-                                "description": "for storms", "price": None, "image": None}
+                                "description": "for storms", "price": None, "image": None,
+                                "image_url": None}
     assert Path(body["items"][0]["image"]).read_bytes() == png and body["items"][0]["price"] == 9.5
     assert writable.service.item_ids[n:n + 2] == ["b1", "b2"]
     assert writable.get("/items/b2").json() == body["items"][1]
