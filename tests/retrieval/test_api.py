@@ -685,6 +685,13 @@ def test_a_damaged_journal_is_the_servers_fault_until_it_is_mended(tmp_path, tmp
         assert c.post("/items", json={"item_id": "new2", "title": "t"}).status_code == 201
 
 
+def test_an_image_file_missing_on_the_server_is_a_503(writable, monkeypatch, tmp_path):
+    info = writable.service.item_info("i003")
+    monkeypatch.setattr(writable.service, "item_info", lambda _: {**info, "image": str(tmp_path / "gone.png")})
+    r = writable.get("/images/i003")
+    assert r.status_code == 503 and r.json()["detail"] == "item_id: the image file of item 'i003' is missing on the server"
+
+
 def test_an_item_back_in_stock_keeps_what_it_had(tmp_path, tmp_path_factory):
     """DELETE, then POST with the id and a title only (or null fields, as generated clients send
     unset ones): the item's category, description, price and picture are the ones it had."""
