@@ -43,17 +43,21 @@ from shopgraph.retrieval.service import (
 
 logger = logging.getLogger(__name__)
 
-FORMATS = (".csv", ".parquet")
+FORMATS = (".csv", ".parquet")  # the tables --users reads
+OUT_FORMATS = (*FORMATS, ".json")  # ... and the exports --out writes (JSON: an array of row objects)
+# a score that is a prediction, or the served score of an account whose label the scorer was fitted on
+PREDICTION, FITTED = "prediction", "fitted to its label"
 REASON_SEP = " | "  # between an account's reasons in one cell
 
 
 def check_out(out: Path, *, overwrite: bool, run: Path | None = None) -> Path:
-    """``out`` if it can be written as an export: a ``.csv`` or ``.parquet`` path that is not a
+    """``out`` if it can be written as an export: a ``.csv``, ``.parquet`` or ``.json`` path that is not a
     folder, whose parent is not a file, that is not inside the run folder ``run`` (an export
     must never replace one of the run's files) and, without ``overwrite``, not an existing file."""
     out = Path(out)
-    if out.suffix.lower() not in FORMATS:
-        raise ValueError(f"--out: expected a file ending in {' or '.join(FORMATS)} (got {str(out)!r})")
+    if out.suffix.lower() not in OUT_FORMATS:
+        raise ValueError(f"--out: expected a file ending in {', '.join(OUT_FORMATS[:-1])} or {OUT_FORMATS[-1]} "
+                         f"(got {str(out)!r})")
     if out.is_dir():
         raise IsADirectoryError(f"--out: {out} is a folder; give a file path")
     blocking = existing_ancestor(out.absolute().parent)
@@ -174,15 +178,17 @@ def contradiction(held_out: float, threshold: float) -> float:
 
 def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = True,
                  flagged_only: bool = False, label_audit: bool = False) -> pd.DataFrame:
-    """One row per account: ``user_id, probability, threshold, flagged, scorer, label,
+    """One row per account: ``user_id, probability, threshold, flagged, probability_is, scorer, label,
     label_in_training, held_out_probability, held_out_flagged, reasons, held_out_reasons``
+    (``probability_is``: ``"prediction"``, or ``"fitted to its label"`` for an account the scorer
+    was trained on, whose ``held_out_probability`` is the prediction;
     (``held_out_reasons``: the reasons for the held-out verdict, joined as ``reasons``; ``label``: the shop's
     ``is_fraud``, empty when unlabelled; ``label_in_training``: the scorer was fitted on it, and
     ``held_out_probability`` its score with that label held out and ``held_out_flagged`` that
     score at or above the threshold, both empty for the other accounts, :class:`FraudScore`;
     ``flagged`` and the reasons, joined by ``" | "`` and empty without ``reasons``, are those of
     the served ``probability``), in the order of ``user_ids``; ``flagged_only`` keeps the
-    accounts at or above the threshold; ``label_audit`` keeps those whose held-out score
+    accounts at or above the threshold, the highest score first (a work queue); ``label_audit`` keeps those whose held-out score
     contradicts their label (:func:`contradicts_label`), the most contradicted first: the
     held-out score farthest from the threshold in log-odds, the scale of the reasons (in
     probability a labelled fraud can be at most the threshold away, a legitimate account far more).
@@ -201,14 +207,16 @@ def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = T
                 if (s.flagged or not flagged_only) and (contradicts_label(s) or not label_audit)]
         if reasons and kept:  # reasons cost per account: only for the rows kept
             kept = service.score_users([s.user_id for s in kept], reasons=True)
-        rows += [(s.user_id, s.probability, s.threshold, s.flagged, scorer, s.label, s.label_in_training,
-                  s.held_out_probability,
+        rows += [(s.user_id, s.probability, s.threshold, s.flagged, FITTED if s.label_in_training else PREDICTION,
+                  scorer, s.label, s.label_in_training, s.held_out_probability,
                   None if s.held_out_probability is None else s.held_out_probability >= s.threshold,
                   REASON_SEP.join(s.reasons), REASON_SEP.join(s.held_out_reasons)) for s in kept]
     if label_audit:  # the most contradicted first, in log-odds
-        rows.sort(key=lambda row: -contradiction(row[7], row[2]))
-    columns = ["user_id", "probability", "threshold", "flagged", "scorer", "label", "label_in_training",
-               "held_out_probability", "held_out_flagged", "reasons", "held_out_reasons"]
+        rows.sort(key=lambda row: -contradiction(row[8], row[2]))
+    elif flagged_only:  # a work queue: the highest score first (ties in the order given)
+        rows.sort(key=lambda row: -row[1])
+    columns = ["user_id", "probability", "threshold", "flagged", "probability_is", "scorer", "label",
+               "label_in_training", "held_out_probability", "held_out_flagged", "reasons", "held_out_reasons"]
     return pd.DataFrame(rows, columns=columns).astype({"probability": "float64", "threshold": "float64",
                                                        "flagged": "bool", "label": "boolean",
                                                        "label_in_training": "bool",
@@ -217,12 +225,15 @@ def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = T
 
 
 def write_table(table: pd.DataFrame, out: Path) -> None:
-    """``table`` to ``out`` (CSV or Parquet by its extension), whole or not at all. An error of
-    the machine's (a folder without write permission, a full disk) names ``out``, not the
-    temporary file beside it."""
+    """``table`` to ``out`` (CSV, Parquet or JSON, an array of row objects, by its extension), whole
+    or not at all. An error of the machine's (a folder without write permission, a full disk)
+    names ``out``, not the temporary file beside it."""
+    suffix = out.suffix.lower()
     try:
-        if out.suffix.lower() == ".csv":
+        if suffix == ".csv":
             atomic_write(out, lambda p: table.to_csv(p, index=False))
+        elif suffix == ".json":  # missing values as null; text as written, not \u-escaped
+            atomic_write(out, lambda p: table.to_json(p, orient="records", indent=1, force_ascii=False))
         else:
             atomic_write(out, lambda p: table.to_parquet(p, index=False))
     except OSError as exc:
@@ -274,7 +285,10 @@ def cli_score(args: argparse.Namespace) -> int:
         kept = (f"the {plural(len(table), 'account')} of {len(users):,} whose held-out score contradicts "
                 f"{'its' if len(table) == 1 else 'their'} label")
     elif args.flagged_only:
-        kept = f"the {flagged:,} flagged of {plural(len(users), 'account')}"
+        fitted = int(table["label_in_training"].sum())
+        kept = (f"the {flagged:,} flagged of {plural(len(users), 'account')}, highest first"
+                + (f" ({fitted:,} of them with a score fitted to the label the scorer was trained on: "
+                   "probability_is says which; their held_out_probability is the prediction)" if fitted else ""))
     else:
         kept = f"{plural(len(users), 'account')} ({flagged:,} flagged)"
     print(f"wrote the fraud scores of {kept} to {out} in {time.perf_counter() - t0:.1f}s{repeats}")

@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                   "user_id column (default: every user of the run)")
     p = sub.add_parser("recommend", help="write every user's recommendations to a CSV or Parquet file")
     p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True, help="the file to write (.csv or .parquet)")
+    p.add_argument("--out", type=Path, required=True, help="the file to write (.csv, .parquet or .json)")
     p.add_argument("--users", type=Path, default=None, help=users_help)
     p.add_argument("--k", type=_k, default=10, help="recommendations per user, 1-1000 (default 10)")
     p.add_argument("--include-seen", action="store_true", help="keep items the user already purchased")
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="write every account's fraud score and reasons to a CSV or Parquet file")
     p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True, help="the file to write (.csv or .parquet)")
+    p.add_argument("--out", type=Path, required=True, help="the file to write (.csv, .parquet or .json)")
     p.add_argument("--users", type=Path, default=None, help=users_help)
     p.add_argument("--no-reasons", action="store_true", help="scores only, no reasons")
     keep = p.add_mutually_exclusive_group()

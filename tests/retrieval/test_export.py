@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -81,9 +82,9 @@ def test_fraud_scores_of_every_account_and_the_flagged_ones(run, service, tmp_pa
     out = tmp_path / "scores.csv"
     assert main(["score", "--run", str(run), "--out", str(out)]) == 0
     table = pd.read_csv(out, dtype={"user_id": str}, keep_default_na=False)
-    assert list(table.columns) == ["user_id", "probability", "threshold", "flagged", "scorer", "label",
-                                   "label_in_training", "held_out_probability", "held_out_flagged", "reasons",
-                                   "held_out_reasons"]
+    assert list(table.columns) == ["user_id", "probability", "threshold", "flagged", "probability_is", "scorer",
+                                   "label", "label_in_training", "held_out_probability", "held_out_flagged",
+                                   "reasons", "held_out_reasons"]
     assert set(table["held_out_probability"]) == set(table["held_out_flagged"]) == set(table["held_out_reasons"]) == {
         ""}  # a run without held-out scores
     expected = service.score_users(service.user_ids)
@@ -92,6 +93,8 @@ def test_fraud_scores_of_every_account_and_the_flagged_ones(run, service, tmp_pa
     assert table["flagged"].tolist() == [s.flagged for s in expected]
     assert [str(v) for v in table["label"]] == [{None: "", True: "True", False: "False"}[s.label] for s in expected]
     assert table["label_in_training"].tolist() == [s.label_in_training for s in expected]
+    assert table["probability_is"].tolist() == ["fitted to its label" if s.label_in_training else "prediction"
+                                                for s in expected]
     assert table["reasons"].tolist() == [REASON_SEP.join(s.reasons) for s in expected]
     assert set(table["scorer"]) == {"gnn"}
     n_flagged = sum(s.flagged for s in expected)
@@ -100,10 +103,21 @@ def test_fraud_scores_of_every_account_and_the_flagged_ones(run, service, tmp_pa
     flagged = tmp_path / "flagged.parquet"
     assert main(["score", "--run", str(run), "--out", str(flagged), "--flagged-only", "--no-reasons"]) == 0
     table = pd.read_parquet(flagged)
-    assert table["user_id"].tolist() == [s.user_id for s in expected if s.flagged] and table["flagged"].all()
-    assert table["label"].tolist() == [pd.NA if s.label is None else s.label for s in expected if s.flagged]
+    queue = sorted((s for s in expected if s.flagged), key=lambda s: -s.probability)  # a work queue: highest first
+    assert table["user_id"].tolist() == [s.user_id for s in queue] and table["flagged"].all()
+    assert table["label"].tolist() == [pd.NA if s.label is None else s.label for s in queue]
     assert (table["reasons"] == "").all()
-    assert f"the {n_flagged} flagged of {len(expected)} accounts" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    fitted = sum(s.label_in_training for s in queue)
+    assert f"the {n_flagged} flagged of {len(expected)} accounts, highest first" in said
+    assert fitted and f"({fitted} of them with a score fitted to the label the scorer was trained on" in said
+    # ... as JSON, an array of rows: what a case-management tool reads
+    as_json = tmp_path / "flagged.json"
+    assert main(["score", "--run", str(run), "--out", str(as_json), "--flagged-only", "--no-reasons"]) == 0
+    rows = json.loads(as_json.read_text(encoding="utf-8"))
+    assert [r["user_id"] for r in rows] == [s.user_id for s in queue]
+    assert rows[0]["probability"] == pytest.approx(queue[0].probability) and rows[0]["held_out_probability"] is None
+    assert {r["label"] for r in rows} <= {True, False, None}
     # a run with held-out scores: the trained-on accounts' are in the column, the others empty
     held = [0.125 * (k % 8) if s.label_in_training else float("nan") for k, s in enumerate(expected)]
     out = tmp_path / "held.csv"
@@ -183,7 +197,7 @@ def _bad_users(tmp_path: Path, name: str, text: str) -> str:
 
 
 @pytest.mark.parametrize("command, extra, message", [
-    ("recommend", lambda t: ["--out", str(t / "recs.txt")], "--out: expected a file ending in .csv or .parquet"),
+    ("recommend", lambda t: ["--out", str(t / "recs.txt")], "--out: expected a file ending in .csv, .parquet or .json"),
     ("score", lambda t: ["--out", _folder(t / "scores.csv")], "scores.csv is a folder; give a file path"),
     ("score", lambda t: ["--out", _in_a_file(t / "v.sh")], "v.sh is a file, so "),
     ("recommend", lambda t: ["--users", str(t / "missing.txt")], "missing.txt is not a file"),
