@@ -922,9 +922,9 @@ def cli_rings(args: argparse.Namespace) -> int:
     from shopgraph.graph.fraud_scorer import account_labels
 
     rings, data = _rings_run(args.run, args.top, args.export, None, 3, args.overwrite)
-    labels, _ = account_labels(data, None)  # the labels themselves need no scores
+    labels, trained = account_labels(data, load_fraud_prob(RunDir(args.run)))  # trained: a scorer fitted on them
     position = {str(u): n for n, u in enumerate(data["user"].ids)}
-    print(f"{'ring':6} {'score':>6} {'size':>4} {'devices':>7} {'fraud':>5} {'labelled':>8} {'age_d':>7} "
+    print(f"{'ring':6} {'score':>6} {'size':>4} {'devices':>7} {'fraud':>5} {'known':>7} {'trained':>7} {'age_d':>7} "
           f"{'vel/d':>6} {'risk':>5}  members")
     for r in rings:
         ev = r.evidence
@@ -933,14 +933,19 @@ def cli_rings(args: argparse.Namespace) -> int:
             value = ev.get(key)
             return format(value, spec) if value is not None else "-"
 
-        flagged = sum(int(labels[position[m]] == 1) for m in r.members if m in position)
+        known = [position[m] for m in r.members if m in position and labels[position[m]] == 1]
+        fitted = int(sum(bool(trained[u]) for u in known))
         head = ", ".join(r.members[:4]) + (f", +{len(r.members) - 4}" if len(r.members) > 4 else "")
         print(f"{r.ring_id:6} {r.score:6.3f} {len(r.members):4d} {len(r.shared_devices):7d} {fmt('gnn_mean', '.2f'):>5} "
-              f"{f'{flagged}/{len(r.members)}':>8} {fmt('median_account_age_days', '.1f'):>7} "
+              f"{f'{len(known)}/{len(r.members)}':>7} {fitted:7d} {fmt('median_account_age_days', '.1f'):>7} "
               f"{fmt('purchase_velocity', '.2f'):>6} {fmt('high_risk_share', '.2f'):>5}  {head}")
-    print("fraud: the members' mean fraud probability (the served scorer); labelled: members labelled fraud in the "
-          "shop's data; age_d: their median days from sign-up to first activity; vel/d: purchases a day; risk: share of "
-          "high-risk purchases")
+    print("fraud: the members' mean fraud probability (the served scorer); known: members the shop's data labels "
+          "fraud, of all members; trained: how many of those labels the scorer was trained on (their probabilities "
+          "are fitted to the label, not predicted); age_d: their median days from sign-up to first activity; vel/d: "
+          "purchases a day; risk: share of high-risk purchases")
+    total = len(load_rings(args.run))
+    if args.top > total:
+        print(f"(--top {args.top:,}: this run has {plural(total, 'ring')}, all listed)")
     if args.export is not None:
         print(f"exported {plural(len(rings), 'ring')} to {args.export} (a JSON case file and a CSV timeline each, "
               f"in cases/, and the list in rings.json)")

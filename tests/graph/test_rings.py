@@ -453,14 +453,20 @@ def test_cli_rings_prints_table(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert f"exported 2 rings to {tmp_path / 'cases'} (a JSON case file and a CSV timeline each" in out
     # each ring's members labelled fraud in the shop's data, of its size; every column explained
     header, *rows = [line for line in out.splitlines() if line.startswith(("ring ", "R0"))]
-    assert header.split()[:6] == ["ring", "score", "size", "devices", "fraud", "labelled"]
+    assert header.split()[:7] == ["ring", "score", "size", "devices", "fraud", "known", "trained"]
     rings = {r.ring_id: r for r in load_rings(run_dir)}
     data = RunDir(run_dir).load_graph()
     y = dict(zip(map(str, data["user"].ids), data["user"].y.tolist()))
+    in_training = dict(zip(map(str, data["user"].ids), data["user"].train_mask.tolist()))
     for row in rows:
         ring = rings[row.split()[0]]
-        assert row.split()[5] == f"{sum(y[m] == 1 for m in ring.members)}/{len(ring.members)}"
-    assert "labelled: members labelled fraud in the shop's data" in out
+        known = [m for m in ring.members if y[m] == 1]
+        assert row.split()[5] == f"{len(known)}/{len(ring.members)}"
+        assert row.split()[6] == str(sum(in_training[m] for m in known))
+    assert "known: members the shop's data labels fraud, of all members; trained: how many of those labels" in out
+    assert "this run has" not in out  # --top 2 of more
+    assert main(["rings", "--run", str(run_dir), "--top", "100000"]) == 0
+    assert f"(--top 100,000: this run has {len(rings)} rings, all listed)" in capsys.readouterr().out
 
 
 def test_a_re_export_needs_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
