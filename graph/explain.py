@@ -521,6 +521,9 @@ class ServedTreeExplainer:
         self.reasons = _reason_groups(self.names, set(range(self.embedding_columns)))
         self._alone, self._folds = _self_only_columns(self.reasons, features, names)
         self._unlabelled = _unlabelled_shares(self.reasons, features, names)
+        # the probabilities the run serves (stored at training, float32), which the trees reproduce
+        # within 1e-4 (from_run checks): explain() reports the served score, not its own float64 sum
+        self.served: np.ndarray | None = None
 
     def _rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of the full-width table (columns no tree reads are 0)."""
@@ -549,7 +552,8 @@ class ServedTreeExplainer:
         margin = base + sum(f.attribution for f in items)
         items.sort(key=lambda f: -abs(f.attribution))  # stable: ties keep the column order
         identifiers = _shared_identifiers(data, user_index, direct_neighbours(data, user_index))
-        return Explanation(_node_ids(data, "user")[user_index], 1.0 / (1.0 + math.exp(-margin)),
+        score = float(self.served[user_index]) if self.served is not None else 1.0 / (1.0 + math.exp(-margin))
+        return Explanation(_node_ids(data, "user")[user_index], score,
                            "tree_shap+shared_identifiers", items[:top_k], identifiers[:top_k], base,
                            unlisted=float(sum(f.attribution for f in items[top_k:])),
                            neighbours_total=len(identifiers),
@@ -636,6 +640,7 @@ class ServedTreeExplainer:
         if not gap <= 1e-4:
             raise ValueError(f"{rel}: the trees do not reproduce the run's served fraud probabilities "
                              f"(largest difference {gap:.3g}); retrain the run")
+        explainer.served = np.asarray(fraud_prob, dtype=np.float64)  # what every other output says, to the digit
         return explainer
 
 

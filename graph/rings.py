@@ -62,7 +62,8 @@ SCHEMA_VERSION = "1.0"
 # what the case files of an export hold, recorded in its rings.json (``case_version``): 2 added the
 # members' ``label`` and ``label_in_training``, 3 their ``held_out_probability``, 4 each explained
 # feature's worded ``reason`` and each shared identifier's ``others`` (the accounts on it), 5 a share of
-# labelled fraud among co-users none of whom is labelled named so (graph.wording.NONE_LABELLED), not 0 %.
+# labelled fraud among co-users none of whom is labelled named so (graph.wording.NONE_LABELLED), not 0 %,
+# and an explanation's ``score`` the served probability to the digit (not the trees' own float64 sum).
 # An export of another version is never handed out as a ring's case files (:func:`exported_ring`); the
 # demo writes them afresh.
 CASE_VERSION = 5

@@ -426,7 +426,10 @@ def test_a_damaged_or_stale_served_scorer_is_an_error_not_a_fallback(tmp_path, c
     from shopgraph.graph.run import ChecksumError, StaleFileError
 
     run, data, prob = _run_serving_trees(tmp_path)
-    assert load_served_explainer(run, data, None, prob) is not None
+    served = load_served_explainer(run, data, None, prob)
+    assert served is not None
+    # its explanations give the served score to the digit, as /fraud/score does, not the trees' own sum
+    assert all(served.explain(data, u).score == prob[u] for u in range(0, len(prob), max(1, len(prob) // 5)))
     if damage == "trees_bytes":
         raw = bytearray((run.path / "fraud_trees.ubj").read_bytes())
         raw[len(raw) // 2] ^= 0xFF
