@@ -63,7 +63,8 @@ SCHEMA_VERSION = "1.0"
 # members' ``label`` and ``label_in_training``, 3 their ``held_out_probability``, 4 each explained
 # feature's worded ``reason`` and each shared identifier's ``others`` (the accounts on it), 5 a share of
 # labelled fraud among co-users none of whom is labelled named so (graph.wording.NONE_LABELLED), not 0 %,
-# and an explanation's ``score`` the served probability to the digit (not the trees' own float64 sum).
+# an explanation's ``score`` the served probability to the digit (not the trees' own float64 sum), and
+# each explained feature's ``value_in_words``.
 # An export of another version is never handed out as a ring's case files (:func:`exported_ring`); the
 # demo writes them afresh.
 CASE_VERSION = 5

@@ -108,6 +108,9 @@ class FeatureOut(BaseModel):
     value: float = Field(description="the value the scorer read (standardised for the user's own behaviour "
                                      "features; log1p of a count for the '(log count)' columns; for grouped "
                                      "embedding columns their norm)")
+    value_in_words: str = Field(description="the value as people read it: a count (`8` for a log count of "
+                                            "2.197), a share (`100%`), yes/no, `1.4 SD below average`; empty when "
+                                            "it means nothing to a reader (a norm of embedding columns)")
     attribution: float = Field(description="the feature's contribution to the fraud log-odds (see `method` "
                                            "and `base_value`); for method behaviour_zscore, the z-score")
 

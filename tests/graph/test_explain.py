@@ -650,10 +650,15 @@ def test_tree_explanation_adds_up_with_its_base_and_unlisted_contributions(graph
 def test_case_file_features_give_the_column_and_its_words(graph: HeteroData) -> None:
     from shopgraph.graph.explain import Explanation, FeatureAttribution
 
-    ex = Explanation("u1", 0.9, "tree_shap+shared_identifiers", [FeatureAttribution(
-        "quick purchases: mean item image features (87 columns together; value: their norm)", 0.25, 1.8)], [])
-    (feature,) = ex.to_dict()["features"]
-    assert feature == {
+    ex = Explanation("u1", 0.9, "tree_shap+shared_identifiers", [
+        FeatureAttribution("quick purchases: mean item image features (87 columns together; value: their norm)",
+                           0.25, 1.8),
+        FeatureAttribution("accounts sharing a device (or other identifier), labelled fraud in the training data "
+                           "(log count)", float(np.log1p(8)), 2.96),
+        FeatureAttribution("night_share", -1.4, 0.2)], [])
+    norm, count, standardised = ex.to_dict()["features"]
+    assert norm == {  # a norm of embedding columns means nothing to a reader: no value in words
         "name": "quick purchases: mean item image features (87 columns together; value: their norm)",
         "reason": "items bought right after viewing or carting them: what they are, judged from their pictures",
-        "value": 0.25, "attribution": 1.8}
+        "value": 0.25, "value_in_words": "", "attribution": 1.8}
+    assert (count["value_in_words"], standardised["value_in_words"]) == ("8", "1.4 SD below average")
