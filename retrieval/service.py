@@ -85,6 +85,14 @@ _VERBS = {"purchase": "bought", "view": "viewed", "cart": "added to the cart", "
           "click": "clicked", "wishlist": "wish-listed"}
 
 
+def did_you_mean(positions: Mapping[str, int], key: str) -> str:
+    """`` (did you mean 'u000858'? ids are case-sensitive)`` when exactly one known id is ``key`` up
+    to case (``U000858``, as people type ids), else ``""``. A scan of the ids, on the error path only."""
+    folded = key.casefold()
+    same = [k for k in list(positions) if k.casefold() == folded]  # a copy: another thread may add an id
+    return f" (did you mean {shown(same[0])}? ids are case-sensitive)" if len(same) == 1 else ""
+
+
 class _Keep:
     """The type of :data:`KEEP`."""
 
@@ -1095,9 +1103,10 @@ class ShopService:
     # -- lookups --------------------------------------------------------------------------------
     @staticmethod
     def _lookup(positions: dict[str, int], value: Any, name: str, kind: str) -> int:
-        pos = positions.get(_id_text(value, name))
+        key = _id_text(value, name)
+        pos = positions.get(key)
         if pos is None:
-            raise UnknownIdError(f"{name}: unknown {kind} {shown(value)}")
+            raise UnknownIdError(f"{name}: unknown {kind} {shown(value)}{did_you_mean(positions, key)}")
         return pos
 
     def _user(self, user_id: Any, name: str = "user_id") -> int:

@@ -249,6 +249,10 @@ def _raw_query(query: str) -> str:
 
 @pytest.mark.parametrize("method, url, kwargs, status, message", [
     ("get", "/recommend", {"params": {"user_id": "u999"}}, 404, "user_id: unknown user 'u999'"),
+    # an id typed in another case: the one it is like named
+    ("get", "/recommend", {"params": {"user_id": "U001"}}, 404,
+     "user_id: unknown user 'U001' (did you mean 'u001'? ids are case-sensitive)"),
+    ("get", "/similar", {"params": {"item_id": "I003"}}, 404, "item_id: unknown item 'I003' (did you mean 'i003'?"),
     ("get", "/recommend", {"params": {"user_id": "u001", "k": 0}}, 422, _K + " (got '0')"),
     ("get", "/recommend", {"params": {"user_id": "u001", "k": 1001}}, 422, _K + " (got '1001')"),
     ("get", "/recommend", {"params": {"user_id": "u001", "k": "ten"}}, 422, _K + " (got 'ten')"),
