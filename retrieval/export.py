@@ -99,7 +99,11 @@ def read_user_ids(path: Path) -> list[str]:
             text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first id
         except UnicodeDecodeError as exc:
             raise ValueError(f"--users: {path} is not UTF-8 text ({exc})") from None
-        return _checked_ids(path, [line for line in text.splitlines() if line.strip()], _line)
+        lines = [line for line in text.splitlines() if line.strip()]
+        if lines and lines[0].strip().lower() == "user_id":
+            raise ValueError(f"--users: {path}, line 1: 'user_id' is a column header, not an id; name the file "
+                             ".csv to read it as a table, or remove that line")
+        return _checked_ids(path, lines, _line)
 
 
 def _line(k: int) -> str:

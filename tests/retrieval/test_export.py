@@ -203,6 +203,8 @@ def _bad_users(tmp_path: Path, name: str, text: str) -> str:
     ("recommend", lambda t: ["--users", str(t / "missing.txt")], "missing.txt is not a file"),
     ("score", lambda t: ["--users", _bad_users(t, "u.txt", "")], "holds no user ids"),
     ("score", lambda t: ["--users", _bad_users(t, "u.txt", "\n  \n")], "holds no user ids"),
+    ("score", lambda t: ["--users", _bad_users(t, "u.txt", "user_id\nu001\n")],
+     "u.txt, line 1: 'user_id' is a column header, not an id; name the file .csv to read it as a table"),
     ("score", lambda t: ["--users", _bad_users(t, "u.txt", "u001\nghost\nu002\nnobody\n")],
      "--users: 2 of the 4 ids are not users of this run (nothing was written): 'ghost', 'nobody'"),
     ("recommend", lambda t: ["--users", _bad_users(t, "u.csv", "id,name\nu001,a\n")],
