@@ -1204,7 +1204,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
 
     @app.get("/images/{item_id:path}", response_class=FileResponse, tags=["catalogue"],
              summary="A served item's image file (the `image_url` of `GET /items/{item_id}`)",
-             responses={**_ERRORS, 200: {"content": {"image/*": {}}, "description": "the image file"}},
+             responses={**_ERRORS, 200: {"content": {"image/*": {}}, "description": "the image file"},
+                        503: {"model": ErrorOut, "description": "the image file is missing on the server"}},
              dependencies=[nothing])
     def item_image(item_id: str) -> FileResponse:
         path = service.item_info(item_id)["image"]  # an unknown item: 404
