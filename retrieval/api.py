@@ -1032,7 +1032,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     only_recommend = Depends(strict_query(("user_id", "k", "exclude_seen", "category", "exclude"), ints=k_range,
                                           bools=("exclude_seen",), non_empty=("user_id", "category", "exclude"),
                                           repeated=("exclude",)))
-    only_similar = Depends(strict_query(("item_id", "k"), ints=k_range, non_empty=("item_id",)))
+    only_similar = Depends(strict_query(("item_id", "k", "exclude"), ints=k_range, non_empty=("item_id", "exclude"),
+                                        repeated=("exclude",)))
     only_new = Depends(strict_query(("user_id", "k", "category"), ints=k_range, non_empty=("user_id", "category")))
     only_user = Depends(strict_query(("user_id",), non_empty=("user_id",)))
     body_errors: dict[int | str, dict[str, Any]] = {
@@ -1084,8 +1085,12 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
 
     @app.get("/similar", response_model=SimilarOut, responses=_ERRORS, tags=["recommend"],
              summary="Items similar to an item", dependencies=[only_similar])
-    def similar(item_id: str = Query(..., description="external item id"), k: int = k_param) -> SimilarOut:
-        return SimilarOut(item_id=item_id.strip(), k=k, items=_items(service.similar_items(item_id, k)))
+    def similar(item_id: str = Query(..., description="external item id"), k: int = k_param,
+                exclude: list[str] = Query([], description=f"item ids to leave out as well (what is in the cart, "
+                                                           f"say), one parameter each: exclude=i1&exclude=i2; at "
+                                                           f"most {MAX_BATCH:,}; an id that is not served is "
+                                                           "nothing to leave out")) -> SimilarOut:
+        return SimilarOut(item_id=item_id.strip(), k=k, items=_items(service.similar_items(item_id, k, exclude)))
 
     @app.post("/similar/batch", response_model=SimilarBatchOut, responses={**_ERRORS, **body_errors},
               tags=["recommend"], summary=f"Items similar to each of up to {MAX_BATCH:,} items in one search (JSON)",

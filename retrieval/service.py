@@ -1468,12 +1468,14 @@ class ShopService:
             reasons = [f"new since the last training run; {r}" for r in self._user_reasons(u, new[top])]
             return self._pack(new[top], scores[top], reasons)
 
-    def similar_items(self, item_id: str, k: int = 10) -> Recommendation:
-        """Items closest to an item in the GNN space (cosine, ``gnn_items_cosine``), itself excluded."""
+    def similar_items(self, item_id: str, k: int = 10, exclude: Sequence[str] = ()) -> Recommendation:
+        """Items closest to an item in the GNN space (cosine, ``gnn_items_cosine``), itself excluded;
+        ``exclude``: item ids to leave out as well (what is in the cart, say), as
+        :meth:`recommend`'s (an id that is not served is nothing to leave out)."""
         self._maybe_sync()
         k = check_k(k)
         with self._lock.read():
-            return self._similar([self._item(item_id)], k)[0]
+            return self._similar([self._item(item_id)], k, [self._exclusions(exclude, "exclude")])[0]
 
     def similar_items_batch(self, item_ids: Sequence[str], k: int = 10) -> list[Recommendation]:
         """:meth:`similar_items` for many items."""
@@ -1482,13 +1484,14 @@ class ShopService:
         with self._lock.read():
             return self._similar(self._many(item_ids, "item_ids", self._item_pos, "item", k), k)
 
-    def _similar(self, items: list[int], k: int) -> list[Recommendation]:
-        """The caller holds ``_lock.read()``."""
+    def _similar(self, items: list[int], k: int, drop: Sequence[np.ndarray] | None = None) -> list[Recommendation]:
+        """The caller holds ``_lock.read()``; ``drop``: per item, positions to leave out besides itself."""
         # FAISS computes a batch of 20 queries or more with BLAS and fewer one by one, which
         # round differently: the candidates (a few more than k) are rescored row by row, so an
         # item's answer in a batch is the one it gets alone.
-        hits = self._filtered("gnn_items_cosine", self._item_emb_n[items], k + RESCORE_MARGIN,
-                              [np.array([i], dtype=np.int64) for i in items], None)
+        leave = [np.union1d(np.array([i], dtype=np.int64), drop[n]) if drop is not None else np.array([i], np.int64)
+                 for n, i in enumerate(items)]
+        hits = self._filtered("gnn_items_cosine", self._item_emb_n[items], k + RESCORE_MARGIN, leave, None)
         out = []
         for i, (ids, _) in zip(items, hits):
             cand = np.sort(ids)

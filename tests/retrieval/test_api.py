@@ -114,7 +114,14 @@ def test_recommend_batch_leaves_out_each_users_cart(client):
 def test_similar_search_fraud_health(client):
     r = client.get("/similar", params={"item_id": "i003", "k": 4})
     assert r.status_code == 200 and r.json()["item_id"] == "i003"
-    assert [i["item_id"] for i in r.json()["items"]] == client.service.similar_items("i003", 4).item_ids
+    similar = client.service.similar_items("i003", 5).item_ids
+    assert [i["item_id"] for i in r.json()["items"]] == similar[:4]
+    # what is in the cart left out (an id not served is nothing to leave out): still k items
+    r = client.get("/similar", params={"item_id": "i003", "k": 4, "exclude": [similar[0], similar[2], "gone"]})
+    assert [i["item_id"] for i in r.json()["items"]] == [similar[1], similar[3], similar[4], *[
+        i for i in client.service.similar_items("i003", 6).item_ids if i not in similar]][:4]
+    assert [i["item_id"] for i in r.json()["items"]] == client.service.similar_items(
+        "i003", 4, exclude=[similar[0], similar[2]]).item_ids
     r = client.post("/search", json={"text": "running shoes", "k": 3})
     assert r.status_code == 200
     assert r.json()["text"] == "running shoes" and r.json()["image"] is False
@@ -284,7 +291,9 @@ def _raw_query(query: str) -> str:
     ("get", "/similar", {"params": {"item_id": "nope"}}, 404, "item_id: unknown item 'nope'"),
     ("get", "/similar", {"params": {"item_id": "i001", "k": 5000}}, 422, _K + " (got '5000')"),
     ("get", "/similar", {"params": {"item_id": "i001", "user_id": "u001"}}, 422,
-     "user_id: unknown parameter (expected item_id, k)"),
+     "user_id: unknown parameter (expected item_id, k, exclude)"),
+    ("get", _raw_query("x").replace("/recommend?x", "/similar?item_id=i001&exclude="), {}, 422,
+     "exclude: expected a non-empty value (got '')"),
     ("get", "/fraud/score", {"params": {"user_id": "x"}}, 404, "user_id: unknown user 'x'"),
     ("get", "/fraud/score", {"params": {"user_id": "u001", "k": "3"}}, 422, "k: unknown parameter (expected user_id)"),
     ("get", "/healthz", {"params": {"verbose": "1"}}, 422, "verbose: unknown parameter (expected none)"),
