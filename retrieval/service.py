@@ -188,6 +188,9 @@ class ImageEncoderLike(Protocol):
 # user node index -> [(feature name, value, contribution to the fraud log-odds)], or None when
 # this account's served score cannot be attributed
 FraudAttribution = Callable[[int], Sequence[tuple[str, float, float]] | None]
+# user node index -> (the contributions to its held-out score's log-odds, as FraudAttribution's, and the
+# base value they start from), or None when that score cannot be attributed
+HeldOutAttribution = Callable[[int], tuple[Sequence[tuple[str, float, float]], float] | None]
 
 
 class _Growable:
@@ -594,7 +597,7 @@ def fraud_attribution_of(run: RunDir, data: Any, model: Any, fraud: dict[str, An
     return None
 
 
-def held_out_attribution_of(run: RunDir, data: Any, held_out: np.ndarray) -> FraudAttribution | None:
+def held_out_attribution_of(run: RunDir, data: Any, held_out: np.ndarray) -> HeldOutAttribution | None:
     """The held-out scores' per-feature log-odds contributions (TreeSHAP of each fold's trees,
     :class:`shopgraph.graph.explain.HeldOutExplainer`), or ``None`` when the run has no held-out
     trees (trained before they were stored) or they cannot be read (a warning says why)."""
@@ -604,13 +607,12 @@ def held_out_attribution_of(run: RunDir, data: Any, held_out: np.ndarray) -> Fra
     if explainer is None:
         return None
 
-    def attribution(u: int) -> Sequence[tuple[str, float, float]] | None:
+    def attribution(u: int) -> tuple[Sequence[tuple[str, float, float]], float] | None:
         try:
-            got = explainer.contributions(u)
+            return explainer.contributions(u)
         except (ValueError, RuntimeError, MemoryError) as exc:  # a bonus: the held-out score serves without it
             logger.warning("held-out reasons of user %d failed: %s", u, exc)
             return None
-        return None if got is None else got[0]
 
     return attribution
 
@@ -808,7 +810,7 @@ class ShopService:
         model_problem: str = "",
         user_raw: dict[str, np.ndarray] | None = None,
         fraud_attribution: FraudAttribution | None = None,
-        held_out_attribution: FraudAttribution | None = None,
+        held_out_attribution: HeldOutAttribution | None = None,
         quick_items: QuickPurchases | None = None,
         catalogue: CatalogueJournal | None = None,
         catalogue_sync_s: float = 1.0,
@@ -1671,10 +1673,29 @@ class ShopService:
         """The reasons for the held-out verdict of a trained-on account (``held``: its held-out score)."""
         if self._held_out_attribution is None:
             return [HELD_OUT_UNATTRIBUTED[0]]
-        attribution = self._held_out_attribution(u)
-        if attribution is None:
+        got = self._held_out_attribution(u)
+        if got is None:
             return [HELD_OUT_UNATTRIBUTED[1]]
-        return self._facts(u, attribution, top, held >= self.fraud_threshold)
+        return self._facts(u, got[0], top, held >= self.fraud_threshold)
+
+    def held_out_explanation(self, user_id: str, top_k: int = 5) -> Any:
+        """Why a trained-on account's held-out score (its prediction with its own label held out) is
+        what it is: a :class:`shopgraph.graph.explain.Explanation` of the trees of its fold (its
+        ``top_k`` largest contributions, their base value and what the others add), or ``None`` for
+        an account without a held-out score or one that cannot be attributed. Its ``neighbours``
+        are empty: the shared identifiers are the same facts as for the served score."""
+        from shopgraph.graph.explain import Explanation, FeatureAttribution
+
+        u = self._user(user_id)
+        held = float(self.fraud_prob_held_out[u]) if u < len(self.fraud_prob_held_out) else float("nan")
+        if not math.isfinite(held) or self._held_out_attribution is None:
+            return None
+        got = self._held_out_attribution(u)
+        if got is None:
+            return None
+        items = sorted((FeatureAttribution(*f) for f in got[0]), key=lambda f: -abs(f.attribution))
+        return Explanation(self.user_ids[u], held, "tree_shap+shared_identifiers", items[:top_k], [], got[1],
+                           unlisted=float(sum(f.attribution for f in items[top_k:])))
 
     def _facts(self, u: int, attribution: Sequence[tuple[str, float, float]], top: int, raised: bool) -> list[str]:
         """The ``top`` facts of ``attribution`` that raised (``raised``) or lowered the score most, in words."""

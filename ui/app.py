@@ -920,14 +920,26 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
         return FraudView(_problem(exc, ACCOUNT), None, None, verdict(None, None), empty, "")
     table: pd.DataFrame | None = None
     method = ""
+    explains_held_out = False  # the table explains the prediction the verdict leads with, not the fitted score
     if cases is not None:
         try:
             explanation = cases.explain(user)
+            held_ex = service.held_out_explanation(user) if score.label_in_training else None
+            if held_ex is not None:  # the same shared identifiers, the held-out trees' contributions
+                explanation, explains_held_out = held_ex._replace(
+                    neighbours=explanation.neighbours, neighbours_total=explanation.neighbours_total,
+                    neighbour_types=explanation.neighbour_types), True
             table = _explanation_table(explanation, service.quick_items_named(user), service.user_feature_values(user))
             method = _explanation_method(explanation.method)
+            if explains_held_out:
+                from shopgraph.graph.fraud_scorer import HELD_OUT_LABELS
+
+                method = ("the table explains the prediction with this account's own label held out, the score of "
+                          "the verdict; " + method
+                          + (_FOLD_NOTE if table["reason"].str.contains(HELD_OUT_LABELS, regex=False).any() else ""))
         except (KeyError, ValueError, RuntimeError) as exc:  # explanation is a bonus; the score stands
             logger.warning("explain(%s) failed: %s", user, exc)
-            table = None
+            table, explains_held_out = None, False
     if table is None or table.empty:
         table = pd.DataFrame({"reason": score.reasons, _REASON_COLUMNS[1]: [None] * len(score.reasons),
                               "contribution": [None] * len(score.reasons)}, columns=_REASON_COLUMNS)
@@ -949,7 +961,7 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
         status = f"**{_md(user)}**: this run has no fraud scorer."
     status += label_sentence(score.label, score.label_in_training, scored=p == p,
                              held_out=score.held_out_probability, threshold=score.threshold,
-                             held_out_reasons=score.held_out_reasons)
+                             held_out_reasons=() if explains_held_out else score.held_out_reasons)
     ring = None
     if cases is not None and cases.has_user(user):
         ranked = cases.rings()

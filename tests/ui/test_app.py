@@ -466,6 +466,46 @@ def test_fraud_view_says_what_the_shops_label_is_and_whether_it_was_trained_on(u
     assert "Refitted without that label, the scorer gives it **0.062" in view.status
 
 
+def test_a_trained_on_accounts_table_explains_the_prediction_the_verdict_leads_with(
+        ui_service: ShopService, ui_cases: FraudCases, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verdict of an account the scorer was trained on is its held-out prediction: the reasons
+    table explains that score (its fold's trees), with the account's shared devices as ever; the
+    status no longer lists those reasons in a sentence of its own."""
+    from shopgraph.graph.explain import Explanation, FeatureAttribution
+
+    user = next(u for u in ui_service.user_ids if ui_cases.explain(u).method.startswith("tree_shap"))
+    unseen = next(s.user_id for s in ui_service.score_users(ui_service.user_ids[:1000], reasons=False)
+                  if not s.label_in_training)
+    assert ui_service.held_out_explanation(unseen) is None  # no held-out score: nothing to explain
+    trained = [u for u, h in zip(ui_service.user_ids, ui_service.fraud_prob_held_out) if math.isfinite(h)][:3]
+    for u in trained:  # a run with held-out trees: their contributions add up to the held-out score
+        ex = ui_service.held_out_explanation(u)
+        if ex is not None:
+            h = float(ui_service.fraud_prob_held_out[ui_service.user_ids.index(u)])
+            assert ex.score == h and ex.base + sum(f.attribution for f in ex.features) + ex.unlisted == pytest.approx(
+                math.log(h / (1 - h)), abs=1e-3)
+    real = ui_service.score_user
+    monkeypatch.setattr(ui_service, "score_user", lambda u: real(u)._replace(
+        label=True, label_in_training=True, held_out_probability=0.003,
+        held_out_reasons=["account age: 14 days (+0.18 log-odds)"]))
+    held = Explanation(user, 0.003, "tree_shap+shared_identifiers", [
+        FeatureAttribution("night_share", -1.2, -1.7), FeatureAttribution("log_n_events", 0.3, 0.2)], [],
+        base=-3.0, unlisted=-1.3)
+    monkeypatch.setattr(ui_service, "held_out_explanation", lambda u: held)
+    view = fraud_view(ui_service, ui_cases, user)
+    rows = view.reasons.set_index("reason")
+    total = rows.loc["= the account's score: where it starts plus every contribution above"]
+    assert total["value"] == "0.003" and float(total["contribution"]) == pytest.approx(math.log(0.003 / 0.997), abs=1e-3)
+    assert "share of events at night" in rows.index and view.method.startswith(
+        "the table explains the prediction with this account's own label held out, the score of the verdict")
+    shared = [r for r in view.reasons["reason"] if r.startswith(("shares ", "uses "))]
+    assert shared and "What drives that score" not in view.status and view.verdict.startswith("**Not flagged**: 0.003")
+    # without held-out reasons to give, the table explains the served score, as it says
+    monkeypatch.setattr(ui_service, "held_out_explanation", lambda u: None)
+    served = fraud_view(ui_service, ui_cases, user)
+    assert not served.method.startswith("the table explains the prediction") and "What drives that score" in served.status
+
+
 @pytest.mark.parametrize(("label", "held_out", "says"), [
     (True, 0.5, "at or above the validation threshold 0.200: the scorer finds this fraud without its own label."),
     (True, 0.1, "below the validation threshold 0.200: the scorer alone would have missed this fraud."),
