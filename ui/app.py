@@ -1056,7 +1056,8 @@ RING_LEGEND = (
     "**score**: ranks the groups, 0 to 1, most suspicious first; it is not a probability (the members' fraud "
     "probabilities weigh most, then young accounts, fast buying, risky categories, size and how tightly they share "
     "devices); **flagged**: members whose fraud probability is at or above the validation threshold, as the fraud "
-    "scorer flags accounts (groups low in the list, with none flagged, are mostly households and shared computers); "
+    "scorer flags accounts (groups low in the list, with few or none flagged, are mostly households and shared "
+    "computers); "
     "**known fraud**: members "
     "the shop's data already labels fraud; **trained on**: how many of those labels the scorer was trained on "
     "(their probabilities are fitted to the label, not predicted, and count in the mean and the score); **shared "
@@ -1941,8 +1942,10 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                             "download the case files.")
                 table = rings_table(cases, threshold=service.fraud_threshold)
                 ring_ids = table["ring"].tolist()
+                # wrapped: every column in view, none cut off; tall enough to show where the suspicious groups
+                # end and the households begin (16th of the demo shop's 99)
                 ring_table = gr.Dataframe(value=table, label="Ranked rings", interactive=False, wrap=True,
-                                          column_widths=_RING_WIDTHS, elem_id="ring-table")  # wrapped: every column in view, none cut off
+                                          column_widths=_RING_WIDTHS, max_height=900, elem_id="ring-table")
                 gr.Markdown(rings_note(cases), elem_id="ring-count")
                 gr.Markdown(RING_LEGEND, elem_id="ring-legend")
                 with gr.Row():
