@@ -51,14 +51,14 @@ def check_utf8(query: bytes) -> None:
         return
     for pair in query.split(b"&"):
         key, _, value = pair.partition(b"=")
-        for part in (key, value):
+        for part, is_name in ((key, True), (value, False)):
             raw = unquote_to_bytes(part.replace(b"+", b" "))
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError:
                 name = unquote_to_bytes(key.replace(b"+", b" ")).decode("utf-8", "replace")
                 raise ValueError(f"{name if len(name) <= 40 else name[:40] + '…'}: not valid UTF-8 "
-                                 f"({'the name' if part is key else 'got'} {shown(raw, 60)})") from None
+                                 f"({'the name' if is_name else 'got'} {shown(raw, 60)})") from None
 
 
 def check_utf8_path(raw_path: bytes, name: str) -> None:
