@@ -1497,6 +1497,36 @@ PLOT_CAPTIONS = {"training": "Training: loss per epoch and validation metrics (v
                              "table (higher and further right is better)"}
 
 
+def _in_short(purchase: dict[str, Any], fraud: dict[str, Any]) -> str:
+    """One plain sentence per table: ShopGraph's main number beside the best simple method's
+    (``""`` when a table has no baseline to compare with)."""
+    def best(section: dict[str, Any], key: str) -> tuple[str, float, float] | None:
+        ours = section.get("gnn", {}).get(key)
+        rivals = {n: m.get(key) for n, m in section.get("baselines", {}).items()
+                  if isinstance(m.get(key), int | float) and math.isfinite(m.get(key))}
+        if not isinstance(ours, int | float) or not math.isfinite(ours) or not rivals:
+            return None
+        name = max(rivals, key=lambda n: rivals[n])
+        return name, float(ours), float(rivals[name])
+
+    def compared(ours: float, theirs: float) -> str:
+        if theirs <= 0:
+            return "ahead of"
+        change = ours / theirs - 1.0
+        return (f"{change:.0%} more than" if change >= 0.005 else f"{-change:.0%} less than" if change <= -0.005
+                else "about the same as")
+
+    parts = []
+    if (p := best(purchase, "recall@20")) is not None:
+        parts.append(f"ShopGraph's top 20 recommendations hold on average {p[1]:.0%} of the new items a shopper "
+                     "bought next, "
+                     + f"{compared(p[1], p[2])} the best simple method ({_md(p[0])}, {p[2]:.0%})")
+    if (f := best(fraud, "auprc")) is not None:
+        parts.append(f"its fraud ranking scores {f[1]:.2f} AUPRC, {compared(f[1], f[2])} the best simple "
+                     f"method ({_md(f[0])}, {f[2]:.2f})")
+    return (" In short: " + "; ".join(parts) + ".") if parts else ""
+
+
 def _measured_on(purchase: Any, fraud: Any) -> str:
     """A sentence saying how many shoppers, purchases and fraud accounts the metrics are measured on
     (``metrics.json``'s ``test`` counts; ``""`` for a run evaluated before they were written)."""
@@ -1551,7 +1581,8 @@ def model_view(run_dir: Path | None) -> ModelView:
     status = ("Test-period metrics of what ShopGraph serves and of simpler methods (baselines): higher is better, "
               "except for the threshold column. ShopGraph ranks purchases with a graph neural network; its fraud "
               "score comes from the fraud scorer that did best on validation data. What each column means is "
-              "written under its table." + _measured_on(purchase_section.get("test"), fraud_section.get("test")))
+              "written under its table." + _in_short(purchase_section, fraud_section)
+              + _measured_on(purchase_section.get("test"), fraud_section.get("test")))
     names = [f"purchase model {_md(purchase_section.get('gnn', {}).get('kind', '?'))}"]
     if fraud_kind != "none":
         names.append(f"fraud scorer {_md(fraud_kind)}")
