@@ -468,7 +468,7 @@ def item_neighbours(data: HeteroData, split: Split = "val") -> ItemKNN:
 
 def purchase_baselines(
     data: HeteroData, *, split: Split = "test", item_content: Tensor | None = None,
-    bpr_epochs: int = 30,
+    bpr_epochs: int = 30, per_user: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Fit and evaluate every purchase baseline for one split.
 
@@ -489,6 +489,8 @@ def purchase_baselines(
         split: ``"val"`` or ``"test"``.
         item_content: optional ``FloatTensor[I, D]`` item content vectors for ``content_knn``.
         bpr_epochs: training epochs of ``bpr_mf``.
+        per_user: a dict that receives each baseline's per-user recall at 20 (by name, the users
+            in increasing index order: :func:`shopgraph.graph.metrics.ranking_metrics`'s).
 
     Returns:
         ``{name: {metric: value, ..., "seconds": fit + evaluation time}}``.
@@ -528,7 +530,10 @@ def purchase_baselines(
                 raise
             logger.info("purchase_baselines: skipping ease (%s)", err)
             continue
-        metrics = ranking_metrics(model.score, visible, test, num_items)
+        recalls: list[np.ndarray] = []
+        metrics = ranking_metrics(model.score, visible, test, num_items, per_user=recalls)
+        if per_user is not None:
+            per_user[name] = recalls[0]
         metrics["seconds"] = time.perf_counter() - start
         results[name] = metrics
         logger.info("purchase baseline %s: recall@20 %.4f (%.1f s)", name, metrics["recall@20"], metrics["seconds"])

@@ -28,6 +28,7 @@ from torch_geometric.data import HeteroData
 
 from shopgraph.graph.build import message_passing_graph, target_pairs, visible_test_pairs
 from shopgraph.graph.fraud_scorer import evaluate_fraud_candidates
+from shopgraph.graph.metrics import paired_difference
 from shopgraph.graph.model import ShopGNN, purchase_scores
 from shopgraph.graph.run import RunDir
 from shopgraph.graph.train import (
@@ -173,13 +174,15 @@ def _report(metrics: dict[str, Any], data: HeteroData, history: dict[str, Any], 
     return "\n".join(lines) + "\n"
 
 
-def gnn_purchase_test(model: ShopGNN, data: HeteroData, dev: torch.device) -> tuple[dict[str, Tensor], dict[str, float]]:
+def gnn_purchase_test(model: ShopGNN, data: HeteroData, dev: torch.device,
+                      per_user: list[np.ndarray] | None = None) -> tuple[dict[str, Tensor], dict[str, float]]:
     """The model's test-period purchase ranking, as ``shopgraph evaluate`` reports it: embeddings
     (and revisit term) from the graph of train + val events, every item ranked, each user's
     train + val purchases excluded, metrics on the new test pairs.
 
     Returns:
-        ``(test-graph embeddings {node type: [N, D]}, ranking metrics)``.
+        ``(test-graph embeddings {node type: [N, D]}, ranking metrics)``; ``per_user`` receives
+        the per-user recalls at 20 (:func:`shopgraph.graph.metrics.ranking_metrics`).
     """
     from shopgraph.graph.metrics import ranking_metrics
 
@@ -189,7 +192,7 @@ def gnn_purchase_test(model: ShopGNN, data: HeteroData, dev: torch.device) -> tu
     if test.size(1) == 0:
         raise ValueError(f"data: the test period has no new {data.target!r} pairs to evaluate")
     scores = purchase_scores(test_emb["user"], test_emb["item"], revisit_graph(model, test_graph, dev, test_emb))
-    return test_emb, ranking_metrics(scores, exclude, test, int(data["item"].num_nodes))
+    return test_emb, ranking_metrics(scores, exclude, test, int(data["item"].num_nodes), per_user=per_user)
 
 
 def evaluate_run(run_dir: str, *, baselines: bool = True, device: str | None = None) -> dict[str, Any]:
@@ -218,7 +221,8 @@ def evaluate_run(run_dir: str, *, baselines: bool = True, device: str | None = N
     history = run.read_json(f"{MODEL_DIR}/history.json") if run.has(f"{MODEL_DIR}/history.json") else {}
 
     # purchase: message passing on train + val, rank everything, exclude train + val items
-    test_emb, rm = gnn_purchase_test(model, data, dev)
+    ours: list[np.ndarray] = []
+    test_emb, rm = gnn_purchase_test(model, data, dev, per_user=ours)
     test = target_pairs(data, "test")
     purchase: dict[str, Any] = {"gnn": {"kind": _model_kind(model), **{k: rm[k] for k in PURCHASE_KEYS}},
                                 "baselines": {},
@@ -228,7 +232,13 @@ def evaluate_run(run_dir: str, *, baselines: bool = True, device: str | None = N
         from shopgraph.graph.baselines import purchase_baselines
 
         content = data["item"].x if "x" in data["item"] else None
-        purchase["baselines"] = purchase_baselines(data, split="test", item_content=content)
+        theirs: dict[str, np.ndarray] = {}
+        purchase["baselines"] = purchase_baselines(data, split="test", item_content=content, per_user=theirs)
+        if purchase["baselines"] and purchase["test"]["users"] >= 2:
+            # the lead over the best baseline, user by user: how much of it a test set this size leaves to chance
+            best = max(purchase["baselines"], key=lambda name: purchase["baselines"][name]["recall@20"])
+            purchase["test"]["vs_best"] = {"baseline": best, "metric": "recall@20",
+                                           **paired_difference(ours[0], theirs[best])}
 
     # fraud: refit the (deterministic) scorer selection, then score test users on the test graph
     fraud: dict[str, Any] = {"gnn": {"kind": "none"}, "baselines": {}}

@@ -86,6 +86,7 @@ def ranking_metrics(
     num_items: int,
     ks: Sequence[int] = (10, 20),
     batch_size: int = 1024,
+    per_user: list[np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Full-ranking top-K metrics (LightGCN conventions; see the module docstring).
 
@@ -102,13 +103,27 @@ def ranking_metrics(
         num_items: size of the catalogue (second dimension of the scores).
         ks: cut-offs, e.g. ``(10, 20)``; a K above ``num_items`` ranks the whole catalogue.
         batch_size: users scored per call of ``score_fn``.
+        per_user: a list that receives each evaluated user's recall at the largest K (float64
+            ``[users]``, the users in increasing index order), so that two rankings of the same
+            test can be compared user by user (:func:`paired_difference`); ``None``: not kept.
 
     Returns:
         ``{"recall@K", "ndcg@K", "hit@K"}`` for every K, ``"coverage@<max K>"`` and ``"users"``
         (number of evaluated users). All values are floats.
     """
     return ranking_metrics_many(lambda users: (score_fn(users),), 1, exclude_pairs, test_pairs, num_items, ks,
-                                batch_size)[0]
+                                batch_size, per_user)[0]
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """``{"difference", "se"}``: the mean of ``a - b`` over the same users (per-user recalls of two
+    rankings, :func:`ranking_metrics`'s ``per_user``) and its standard error, which says how much of
+    a difference between two rows of a table a test set of this size leaves to chance."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
+        raise ValueError(f"a, b: expected per-user values of the same users, at least 2 (got {a.shape}, {b.shape})")
+    diff = a - b
+    return {"difference": float(diff.mean()), "se": float(diff.std(ddof=1) / np.sqrt(diff.size))}
 
 
 def ranking_metrics_many(
@@ -119,12 +134,14 @@ def ranking_metrics_many(
     num_items: int,
     ks: Sequence[int] = (10, 20),
     batch_size: int = 1024,
+    per_user: list[np.ndarray] | None = None,
 ) -> list[dict[str, float]]:
     """:func:`ranking_metrics` of ``n`` rankings of the same users at once: ``scores_fn(users)``
     yields the ``n`` score matrices of a batch, one after the other (a generator keeps one in
     memory at a time). Rankings that share most of their work (one dot product, then a different
     revisit term or channel weight each) compute it once per batch instead of once per ranking;
-    the test and excluded pairs of a batch are gathered once for all of them."""
+    the test and excluded pairs of a batch are gathered once for all of them; ``per_user`` receives
+    the ``n`` rankings' per-user recalls at the largest K, as :func:`ranking_metrics`'s."""
     if num_items <= 0:
         raise ValueError(f"num_items: expected a positive count (got {num_items})")
     ks = [int(k) for k in ks]
@@ -152,6 +169,7 @@ def ranking_metrics_many(
     discounts = 1.0 / torch.log2(torch.arange(max_k, dtype=torch.float64) + 2.0)
     idcg_prefix = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(discounts, 0)])
     sums = [{f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg", "hit")} for _ in range(n)]
+    recalls = [np.zeros(users.numel(), dtype=np.float64) for _ in range(n)] if per_user is not None else []
     shown = [torch.zeros(num_items, dtype=torch.bool) for _ in range(n)]
     overlap = 0
 
@@ -193,6 +211,8 @@ def ranking_metrics_many(
                 hits = torch.nn.functional.pad(hits, (0, max_k - hits.size(1)))
             shown[v][top_idx[valid].cpu()] = True
             nt = n_test[s:e]
+            if recalls:
+                recalls[v][s:e] = (hits[:, :max_k].sum(1) / nt).numpy()
             for k in ks:
                 h = hits[:, :k]
                 sums[v][f"recall@{k}"] += float((h.sum(1) / nt).sum())
@@ -203,6 +223,8 @@ def ranking_metrics_many(
         if got != n:
             raise ValueError(f"score_fn: gave {got} rankings of a batch, expected {n}")
 
+    if per_user is not None:
+        per_user.extend(recalls)
     if overlap:
         logger.warning("ranking_metrics: %d test pairs are also excluded; they count as misses", overlap)
     n_users = users.numel()

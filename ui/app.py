@@ -1520,11 +1520,25 @@ def _in_short(purchase: dict[str, Any], fraud: dict[str, Any]) -> str:
     if (p := best(purchase, "recall@20")) is not None:
         parts.append(f"ShopGraph's top 20 recommendations hold on average {p[1]:.0%} of the new items a shopper "
                      "bought next, "
-                     + f"{compared(p[1], p[2])} the best simple method ({_md(p[0])}, {p[2]:.0%})")
+                     + f"{compared(p[1], p[2])} the best simple method ({_md(p[0])}, {p[2]:.0%})"
+                     + _chance(purchase.get("test", {}).get("vs_best"), p[0]))
     if (f := best(fraud, "auprc")) is not None:
         parts.append(f"its fraud ranking scores {f[1]:.2f} AUPRC, {compared(f[1], f[2])} the best simple "
                      f"method ({_md(f[0])}, {f[2]:.2f})")
     return (" In short: " + "; ".join(parts) + ".") if parts else ""
+
+
+def _chance(versus: Any, baseline: str) -> str:
+    """How a lead over ``baseline`` compares with chance, from ``metrics.json``'s paired difference
+    (``vs_best``: the mean per-shopper difference and its standard error); ``""`` without one."""
+    if not isinstance(versus, dict) or versus.get("baseline") != baseline:
+        return ""
+    d, se = versus.get("difference"), versus.get("se")
+    if not isinstance(d, int | float) or not isinstance(se, int | float) or not (math.isfinite(d) and se > 0):
+        return ""
+    verdict = ("more than chance would give" if abs(d) >= 2 * se
+               else "within what chance alone can give on this many shoppers")
+    return f"; the difference, {d:+.3f} ± {se:.3f} (standard error, shopper by shopper), is {verdict}"
 
 
 def _measured_on(purchase: Any, fraud: Any) -> str:

@@ -51,6 +51,12 @@ def test_metrics_json_has_the_documented_shape(evaluated: tuple[Path, dict]) -> 
     from shopgraph.graph.run import RunDir
 
     test = target_pairs(RunDir(path).load_graph(), "test")  # distinct (user, item) pairs new to the user
+    versus = on_disk["purchase"]["test"].pop("vs_best")  # the lead over the best baseline, user by user
+    baselines = on_disk["purchase"]["baselines"]
+    assert baselines[versus["baseline"]]["recall@20"] == max(m["recall@20"] for m in baselines.values())
+    assert versus["metric"] == "recall@20" and versus["se"] > 0
+    assert versus["difference"] == pytest.approx(
+        on_disk["purchase"]["gnn"]["recall@20"] - baselines[versus["baseline"]]["recall@20"], abs=1e-9)
     assert on_disk["purchase"]["test"] == {"users": int(torch.unique(test[0]).numel()), "purchases": int(test.size(1))}
     gnn = on_disk["purchase"]["gnn"]
     model = load_model(path / "model")  # the calibrated weights name the terms that serve
@@ -141,3 +147,4 @@ def test_the_precision_recall_plot_draws_the_fraud_table_rows(tmp_path: Path, mo
     for name, row in [(served, fraud["gnn"]), *fraud["baselines"].items()]:
         y, prob = drawn[name]
         assert fraud_metrics(y, prob, row["threshold"])["auprc"] == pytest.approx(row["auprc"])
+

@@ -93,6 +93,37 @@ def test_ranking_matches_brute_force(seed: int, batch_size: int, ks: tuple[int, 
         assert got[key] == pytest.approx(want[key], abs=1e-9), key
 
 
+@pytest.mark.parametrize("batch_size", [1, 4, 1024])
+def test_per_user_recalls_and_their_paired_difference(batch_size: int) -> None:
+    """Each evaluated user's recall at the largest K, in user order, averages to the recall the
+    metrics give; the paired difference of two rankings is the difference of their recalls, with
+    the standard error of the per-user differences."""
+    from shopgraph.graph.metrics import paired_difference
+
+    g = torch.Generator().manual_seed(3)
+    n_users, n_items = 11, 30
+    a, b = torch.rand(n_users, n_items, generator=g), torch.rand(n_users, n_items, generator=g)
+    perm = torch.randperm(n_users * n_items, generator=g)
+    exclude = torch.stack([perm[:60] // n_items, perm[:60] % n_items])
+    test = torch.stack([perm[60:110] // n_items, perm[60:110] % n_items])
+    ra: list[np.ndarray] = []
+    rb: list[np.ndarray] = []
+    ma = ranking_metrics(lambda u: a[u], exclude, test, n_items, ks=(5, 10), batch_size=batch_size, per_user=ra)
+    mb = ranking_metrics(lambda u: b[u], exclude, test, n_items, ks=(5, 10), batch_size=batch_size, per_user=rb)
+    (pa,), (pb,) = ra, rb
+    assert pa.shape == (int(torch.unique(test[0]).numel()),) and pa.mean() == pytest.approx(ma["recall@10"])
+    for k, u in enumerate(torch.unique(test[0]).tolist()):  # in user order, each its own recall
+        row = a[u].clone()
+        row[exclude[1][exclude[0] == u]] = float("-inf")
+        wanted = set(test[1][test[0] == u].tolist())
+        assert pa[k] == pytest.approx(len(wanted & set(torch.topk(row, 10).indices.tolist())) / len(wanted))
+    pair = paired_difference(pa, pb)
+    assert pair["difference"] == pytest.approx(ma["recall@10"] - mb["recall@10"], abs=1e-12)
+    assert pair["se"] == pytest.approx(np.std(pa - pb, ddof=1) / math.sqrt(pa.size))
+    with pytest.raises(ValueError, match="per-user values of the same users"):
+        paired_difference(pa, pb[:-1])
+
+
 def test_exclusion_changes_ranking() -> None:
     # user 0 scores item 0 highest; it is excluded, so the test item 1 moves to rank 1
     scores = torch.tensor([[0.9, 0.8, 0.1, 0.0]])

@@ -781,6 +781,11 @@ def test_model_view_tables_from_metrics_json(ui_run: Path) -> None:
         "7% more than the best simple method (pop, 29%); its fraud ranking scores 0.80 AUPRC, 1% less than the best "
         "simple method (xgb, 0.81).")
     assert _in_short({"gnn": {"recall@20": 0.3}, "baselines": {}}, {"gnn": {"kind": "none"}}) == ""
+    for se, said in ((0.009, "is more than chance would give"), (0.02, "is within what chance alone can give")):
+        lead = {"gnn": {"recall@20": 0.31}, "baselines": {"pop": {"recall@20": 0.289}},
+                "test": {"vs_best": {"baseline": "pop", "metric": "recall@20", "difference": 0.021, "se": se}}}
+        assert f"(pop, 29%); the difference, +0.021 ± {se:.3f} (standard error, shopper by shopper), {said}" in \
+            _in_short(lead, {})
     assert "In short: ShopGraph's top 20 recommendations" in view.status
 
     assert _measured_on(None, None) == "" and _measured_on({"users": "5"}, {"accounts": 9, "fraud": 0}) == ""
