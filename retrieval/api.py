@@ -672,6 +672,22 @@ def _search_json(body: dict[str, Any]) -> tuple[str, int]:
     return text, check_k(body.get("k", 10))
 
 
+class _StrictParser(MultiPartParser):
+    """Starlette's multipart parser, noting the first text field that is not UTF-8 (it would read
+    its bytes as Latin-1 and hand on an id or a title the client never sent: ``x\xff`` as ``xÿ``)."""
+
+    not_utf8: tuple[str, bytes] | None = None
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None and self.not_utf8 is None and self._charset.lower().replace("-", "") == "utf8":
+            try:
+                bytes(part.data).decode("utf-8")
+            except UnicodeDecodeError:
+                self.not_utf8 = (part.field_name, bytes(part.data))
+        super().on_part_end()
+
+
 async def _multipart(request: Request) -> FormData:
     """The parsed multipart form of ``request``, read up to :data:`MAX_MULTIPART_BYTES` (an image
     at most ``MAX_IMAGE_BYTES`` and its fields): 413 when the declared length is over that or, for
@@ -685,8 +701,8 @@ async def _multipart(request: Request) -> FormData:
     too_big = HTTPException(413, f"body: over the {MAX_MULTIPART_BYTES:,}-byte limit of a multipart upload (an "
                                  f"image up to the {IMAGE_LIMIT} and its form fields)")
     # text fields are limited below, by name, rather than by the parser's anonymous 400
-    parser = MultiPartParser(request.headers, _capped(request, MAX_MULTIPART_BYTES, too_big),
-                             max_part_size=MAX_MULTIPART_BYTES)
+    parser = _StrictParser(request.headers, _capped(request, MAX_MULTIPART_BYTES, too_big),
+                           max_part_size=MAX_MULTIPART_BYTES)
     try:
         form = await parser.parse()
     except MultiPartException as exc:
@@ -695,6 +711,10 @@ async def _multipart(request: Request) -> FormData:
                                  f"({detail[:1].lower() + detail[1:]})") from None
     except (ValueError, KeyError, AssertionError) as exc:
         raise HTTPException(400, f"body: not a readable multipart/form-data body ({type(exc).__name__})") from None
+    if parser.not_utf8 is not None:
+        await form.close()
+        name, raw = parser.not_utf8
+        raise ValueError(f"{_field_name(name)}: not valid UTF-8 (got {shown(raw, 60)})")
     for key, value in form.multi_items():
         if isinstance(value, str) and len(value) > MAX_FORM_FIELD_BYTES // 4 and (
                 size := len(value.encode("utf-8", "surrogatepass"))) > MAX_FORM_FIELD_BYTES:

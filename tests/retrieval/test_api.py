@@ -329,6 +329,8 @@ def _raw_query(query: str) -> str:
     ("post", "/search", _form(("image", "", b""), ("text", "t.txt", b"shoes")), 422,
      "text: expected a text field, not a file"),
     ("post", "/search", _form(("image", "x.png", _PNG), ("k", None, b" 5")), 422, _K + " (got ' 5')"),
+    # a text field that is not UTF-8 is named, not read as Latin-1 ('\xff\xfe' as 'ÿþ')
+    ("post", "/search", _form(("text", None, b"\xff\xfe")), 422, "text: not valid UTF-8 (got b'\\xff\\xfe')"),
     ("post", "/search", {"files": {"other": ("x.png", b"abc", "image/png")}}, 422,
      "other: unknown form field (expected image, text, k)"),
     ("post", "/search", {"files": {"image": ("x.png", b"\x89PNG" + bytes(12 * 2**20), "image/png")}}, 413,
@@ -860,6 +862,8 @@ def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):
      "item_id: expected one line of printable text (got 'x\\ny', a control character '\\n' at position 1)"),
     ("post", "/items", {"json": {"item_id": "x\u0000y", "title": "t"}}, 422, "item_id: expected one line"),
     ("post", "/items", {"json": {"item_id": "n1\u200b", "title": "t"}}, 422, "item_id: an invisible character"),
+    ("post", "/items", _form(("item_id", None, b"x\xff"), ("title", None, b"t")), 422,
+     "item_id: not valid UTF-8 (got b'x\\xff')"),
     ("delete", "/items/%FFx", {}, 422, "item_id: not valid UTF-8 (got the path b'/items/\\xffx')"),
     ("get", "/items/caf%E9", {}, 422, "item_id: not valid UTF-8 (got the path b'/items/caf\\xe9')"),
     ("post", "/items", {"json": {"item_id": "n1", "title": "ctrl \u0007 bell"}}, 422,
