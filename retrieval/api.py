@@ -946,8 +946,9 @@ async def _item_form(request: Request) -> tuple[dict[str, Any], bytes | None]:
 
 async def _item_fields_of_form(form: FormData) -> tuple[dict[str, Any], bytes | None]:
     """The fields and the image of a parsed ``POST /items`` form: ``price`` a plain decimal number
-    (spaces around it ignored; no underscores, ``-``, ``inf`` or ``nan``; empty: unknown), and an empty file
-    field (a browser's file input left empty) no image."""
+    (spaces around it ignored; no underscores, ``-``, ``inf`` or ``nan``), and an empty box (price,
+    category, description) or file input left out, as a browser sends a form: none for a new
+    item, what it had for a removed item restored."""
     items = form.multi_items()
     check_fields([key for key, _ in items], _ITEM_FIELDS + ("image",), "form field")
     fields: dict[str, Any] = {}
@@ -957,6 +958,9 @@ async def _item_fields_of_form(form: FormData) -> tuple[dict[str, Any], bytes | 
         if not isinstance(value, str):
             raise ValueError(f"{key}: expected a text field, not a file")
         fields[key] = value
+    for name in ("category", "description"):  # a form sends its empty boxes: left out (kept on a restore)
+        if name in fields and not fields[name].strip():
+            del fields[name]
     if "price" in fields:
         raw = fields["price"].strip()
         if raw == "":

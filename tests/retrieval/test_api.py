@@ -727,6 +727,14 @@ def test_an_item_back_in_stock_keeps_what_it_had(tmp_path, tmp_path_factory):
             kept = {k: r.json()[k] for k in ("category", "description", "price")}
             assert kept == {k: before[k] for k in ("category", "description", "price")}
             assert (r.json()["image"] is None) == (before["image"] is None)
+        # a browser's form sends its empty boxes and file input: left out too
+        assert c.delete(f"/items/{item}").status_code == 200
+        r = c.post("/items", **_form(("item_id", None, item.encode()), ("title", None, b"back"),
+                                     ("category", None, b""), ("description", None, b" "), ("price", None, b""),
+                                     ("image", "", b"")))
+        assert r.status_code == 201, r.text
+        assert {k: r.json()[k] for k in ("category", "description", "price")} == {
+            k: before[k] for k in ("category", "description", "price")}
         assert c.delete(f"/items/{item}").status_code == 200
         r = c.post("/items", json={"item_id": item, "title": "relisted", "category": "", "price": 5})
         assert (r.json()["category"], r.json()["price"], r.json()["description"]) == ("", 5, before["description"])
