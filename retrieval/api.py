@@ -1244,6 +1244,9 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
             raise NotAvailableError(f"item_id: the image file of item {shown(item_id.strip())} is missing on the server")
         return FileResponse(path)
 
+    # HEAD too, as CDNs and link checkers probe a picture (the headers of GET, no body)
+    app.head("/images/{item_id:path}", include_in_schema=False, dependencies=[nothing])(item_image)
+
     @app.delete("/items/{item_id:path}", response_model=RemovedOut, responses={
         **_ERRORS, 503: {"model": ErrorOut, "description": "the journal could not be written"},
     }, tags=["catalogue"],

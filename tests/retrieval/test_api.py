@@ -759,6 +759,9 @@ def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
     assert writable.get("/images/new1").status_code == 404
     assert writable.get("/images/nope").status_code == 404
     assert writable.get("/images/new2?size=9").status_code == 422
+    head = writable.head("/images/new2")  # as CDNs and link checkers probe: the headers, no body
+    assert head.status_code == 200 and head.headers["content-type"] == "image/png" and head.content == b""
+    assert int(head.headers["content-length"]) == len(png)
     r = writable.post("/search", files={"image": ("q.png", solid_png((20, 220, 20), seed=6), "image/png")},
                       data={"k": "1"})
     assert [i["item_id"] for i in r.json()["items"]] == ["new2"]
