@@ -73,8 +73,9 @@ def check_out(out: Path, *, overwrite: bool, run: Path | None = None) -> Path:
 
 def read_user_ids(path: Path) -> list[str]:
     """The user ids of a ``--users`` file, in its order, repeats kept: a ``.csv`` or ``.parquet``
-    table's ``user_id`` column, or one id per line of any other file. Ids are taken as written. A
-    blank line of a plain list holds no id and is skipped (an editor's last empty line); a table
+    table's ``user_id`` column, or one id per line of any other file. Ids are stripped of surrounding
+    spaces, as the shop's tables and the API store them (an export names each account by its stored
+    id). A blank line of a plain list holds no id and is skipped (an editor's last empty line); a table
     row without an id is refused (named by its line or row: the row's other values name some
     account), as is a file with none."""
     path = Path(path)
@@ -116,7 +117,7 @@ def _checked_ids(path: Path, ids: Sequence[str | None], where: Callable[[int], s
     for k, value in enumerate(ids):
         if value is None or not value.strip():
             raise ValueError(f"--users: {path}, {where(k)}: empty user id")
-    return [value for value in ids if value is not None]
+    return [value.strip() for value in ids if value is not None]  # as the tables and the API store ids
 
 
 def _once(user_ids: list[str]) -> tuple[list[str], str]:
@@ -181,7 +182,7 @@ def contradiction(held_out: float, threshold: float) -> float:
 
 
 def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = True,
-                 flagged_only: bool = False, label_audit: bool = False) -> pd.DataFrame:
+                 flagged_only: bool = False, label_audit: bool = False, as_lists: bool = False) -> pd.DataFrame:
     """One row per account: ``user_id, probability, threshold, flagged, probability_is, scorer, label,
     label_in_training, held_out_probability, held_out_flagged, reasons, held_out_reasons``
     (``probability_is``: ``"prediction"``, or ``"fitted to its label"`` for an account the scorer
@@ -193,7 +194,8 @@ def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = T
     ``flagged`` and the reasons, joined by ``" | "`` and empty without ``reasons``, are those of
     the served ``probability``), in the order of ``user_ids``; ``flagged_only`` keeps the
     accounts at or above the threshold, the highest score first (a work queue); ``label_audit`` keeps those whose held-out score
-    contradicts their label (:func:`contradicts_label`), the most contradicted first: the
+    contradicts their label (:func:`contradicts_label`), the most contradicted first (``as_lists``: the
+    reasons as lists, as JSON writes them, not joined into one text cell): the
     held-out score farthest from the threshold in log-odds, the scale of the reasons (in
     probability a labelled fraud can be at most the threshold away, a legitimate account far more).
 
@@ -214,7 +216,8 @@ def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = T
         rows += [(s.user_id, s.probability, s.threshold, s.flagged, FITTED if s.label_in_training else PREDICTION,
                   scorer, s.label, s.label_in_training, s.held_out_probability,
                   None if s.held_out_probability is None else s.held_out_probability >= s.threshold,
-                  REASON_SEP.join(s.reasons), REASON_SEP.join(s.held_out_reasons)) for s in kept]
+                  *((list(s.reasons), list(s.held_out_reasons)) if as_lists
+                    else (REASON_SEP.join(s.reasons), REASON_SEP.join(s.held_out_reasons)))) for s in kept]
     if label_audit:  # the most contradicted first, in log-odds
         rows.sort(key=lambda row: -contradiction(row[8], row[2]))
     elif flagged_only:  # a work queue: the highest score first (ties in the order given)
@@ -282,7 +285,7 @@ def cli_score(args: argparse.Namespace) -> int:
                        "account): %d accounts may take a while; --no-reasons for scores only",
                        service.fraud.get("kind"), len(users))
     table = scores_table(service, users, reasons=not args.no_reasons, flagged_only=args.flagged_only,
-                         label_audit=args.label_audit)
+                         label_audit=args.label_audit, as_lists=out.suffix.lower() == ".json")
     write_table(table, out)
     flagged = int(table["flagged"].sum())
     if args.label_audit:

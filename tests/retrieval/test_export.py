@@ -118,6 +118,10 @@ def test_fraud_scores_of_every_account_and_the_flagged_ones(run, service, tmp_pa
     assert [r["user_id"] for r in rows] == [s.user_id for s in queue]
     assert rows[0]["probability"] == pytest.approx(queue[0].probability) and rows[0]["held_out_probability"] is None
     assert {r["label"] for r in rows} <= {True, False, None}
+    assert all(r["reasons"] == [] and r["held_out_reasons"] == [] for r in rows)  # lists in JSON (none asked for)
+    assert main(["score", "--run", str(run), "--out", str(as_json), "--flagged-only", "--overwrite"]) == 0
+    rows = json.loads(as_json.read_text(encoding="utf-8"))
+    assert rows[0]["reasons"] == service.score_user(rows[0]["user_id"]).reasons  # each reason whole, none split
     # a run with held-out scores: the trained-on accounts' are in the column, the others empty
     held = [0.125 * (k % 8) if s.label_in_training else float("nan") for k, s in enumerate(expected)]
     out = tmp_path / "held.csv"
@@ -298,10 +302,10 @@ def test_a_run_without_a_fraud_scorer_is_named_and_nothing_written(run, tmp_path
     assert not out.exists()
 
 
-def test_user_id_files_keep_ids_as_written(tmp_path):
+def test_user_id_files_give_ids_as_stored(tmp_path):
     path = tmp_path / "u.txt"
-    path.write_text("u001\r\n u002\r\nu003")  # Windows line ends; a leading space is part of an id
-    assert read_user_ids(path) == ["u001", " u002", "u003"]
+    path.write_text("u001\r\n u002 \r\nu003")  # Windows line ends; spaces around an id, as the tables strip them
+    assert read_user_ids(path) == ["u001", "u002", "u003"]
     path.write_text("\ufeffu001\nu002\n")  # a byte-order mark (Windows Notepad) is not part of the first id
     assert read_user_ids(path) == ["u001", "u002"]
     table = tmp_path / "u.csv"
