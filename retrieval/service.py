@@ -88,9 +88,19 @@ _VERBS = {"purchase": "bought", "view": "viewed", "cart": "added to the cart", "
 def did_you_mean(positions: Mapping[str, int], key: str) -> str:
     """`` (did you mean 'u000858'? ids are case-sensitive)`` when exactly one known id is ``key`` up
     to case (``U000858``, as people type ids), else ``""``. A scan of the ids, on the error path only."""
-    folded = key.casefold()
-    same = [k for k in list(positions) if k.casefold() == folded]  # a copy: another thread may add an id
-    return f" (did you mean {shown(same[0])}? ids are case-sensitive)" if len(same) == 1 else ""
+    same = _same_but_case(positions, [key])
+    return f" (did you mean {shown(same[key])}? ids are case-sensitive)" if key in same else ""
+
+
+def _same_but_case(positions: Mapping[str, int], keys: Sequence[str]) -> dict[str, str]:
+    """``{key: the one known id that is it up to case}`` for those of ``keys`` that have one (one scan)."""
+    folded = {key.casefold(): key for key in keys}
+    found: dict[str, list[str]] = {}
+    for known in list(positions):  # a copy: another thread may add an id
+        key = folded.get(known.casefold())
+        if key is not None:
+            found.setdefault(key, []).append(known)
+    return {key: ids[0] for key, ids in found.items() if len(ids) == 1}
 
 
 class _Keep:
@@ -1135,8 +1145,12 @@ class ShopService:
         if unknown:
             names = list(dict.fromkeys(unknown))
             repeats = f", {len(unknown) - len(names):,} of them repeats" if len(names) < len(unknown) else ""
+            typed = {str(v).strip(): v for v in names[:5] if isinstance(v, str)}  # the first five, as listed
+            like = _same_but_case(positions, list(typed))
+            hint = ("; did you mean " + ", ".join(f"{shown(known)} for {shown(typed[key])}" for key, known in like.items())
+                    + "? ids are case-sensitive") if like else ""
             raise UnknownIdError(f"{name}: unknown {kind}{'s' if len(names) > 1 else ''} {listed_ids(names)} "
-                                 f"({len(unknown):,} of the {len(ids):,} ids given{repeats})")
+                                 f"({len(unknown):,} of the {len(ids):,} ids given{repeats}){hint}")
         return [positions[key] for key in keys]
 
     @staticmethod

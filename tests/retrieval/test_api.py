@@ -1173,6 +1173,11 @@ _LONG_IDS = [f"customer-{k:06d}-" + "x" * 60 for k in range(1000)]  # 77 kB of J
 @pytest.mark.parametrize("url, body, status, message", [
     ("/recommend/batch", {"user_ids": ["u001", "nobody", "u002", "ghost", "nobody"]}, 404,
      "user_ids: unknown users 'nobody', 'ghost' (3 of the 5 ids given, 1 of them repeats)"),
+    ("/recommend/batch", {"user_ids": ["U001", "u002", "ghost", " I002"]}, 404,
+     "user_ids: unknown users 'U001', 'ghost', ' I002' (3 of the 4 ids given); did you mean 'u001' for 'U001'? ids "
+     "are case-sensitive"),
+    ("/similar/batch", {"item_ids": ["I002"]}, 404, "item_ids: unknown item 'I002' (1 of the 1 ids given); did you "
+                                                    "mean 'i002' for 'I002'?"),
     ("/recommend/batch", {"user_ids": ["u001"] * 101, "k": 1000}, 422,
      "k: 101 user_ids × k=1,000 asks for 101,000 results, over the 100,000 one batch answers; send at most 100 ids "
      "a batch at this k"),
