@@ -8,7 +8,7 @@ demo quote values alike (``retrieval.service`` re-exports both).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 SHOWN_CHARS = 60  # longest value echoed in an error message
@@ -45,3 +45,21 @@ def known_ids(count: int, noun: str, example: str | None) -> str:
 def plural(n: int, noun: str, many: str | None = None) -> str:
     """``"1 account"``, ``"2 accounts"`` (``many``: the plural when it is not ``noun + "s"``)."""
     return f"{n:,} {noun}" if n == 1 else f"{n:,} {many or noun + 's'}"
+
+
+def did_you_mean(positions: Mapping[str, int], key: str) -> str:
+    """`` (did you mean 'u000858'? ids are case-sensitive)`` when exactly one known id is ``key`` up
+    to case (``U000858``, as people type ids), else ``""``. A scan of the ids, on the error path only."""
+    same = same_but_case(positions, [key])
+    return f" (did you mean {shown(same[key])}? ids are case-sensitive)" if key in same else ""
+
+
+def same_but_case(positions: Mapping[str, int], keys: Sequence[str]) -> dict[str, str]:
+    """``{key: the one known id that is it up to case}`` for those of ``keys`` that have one (one scan)."""
+    folded = {key.casefold(): key for key in keys}
+    found: dict[str, list[str]] = {}
+    for known in list(positions):  # a copy: another thread may add an id
+        key = folded.get(known.casefold())
+        if key is not None:
+            found.setdefault(key, []).append(known)
+    return {key: ids[0] for key, ids in found.items() if len(ids) == 1}

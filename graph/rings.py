@@ -51,7 +51,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from shopgraph.graph.files import as_created, existing_ancestor, listed_names, through_link
-from shopgraph.graph.messages import known_ids, plural, shown
+from shopgraph.graph.messages import did_you_mean, known_ids, plural, shown
 from shopgraph.graph.run import RunDir, swap_in
 from shopgraph.graph.schema import HIGH_RISK_CATEGORIES, REV_PREFIX, ShopTables
 from shopgraph.graph.wording import label_words
@@ -1019,6 +1019,11 @@ class FraudCases:
     def has_user(self, user_id: str) -> bool:
         """Whether ``user_id`` is an account of the run."""
         return isinstance(user_id, str) and user_id in self._user_index
+
+    def user_hint(self, user_id: str) -> str:
+        """`` (did you mean 'u000858'? ...)`` for an unknown id that is an account's in another
+        case (:func:`shopgraph.graph.messages.did_you_mean`), else ``""``."""
+        return did_you_mean(self._user_index, user_id.strip()) if isinstance(user_id, str) else ""
 
     def rings_of(self, user_id: str) -> list[Ring]:
         """The rings ``user_id`` is a member of, ranked (empty: none); ``KeyError`` naming an unknown id."""

@@ -179,6 +179,7 @@ def fraud_router(
     timeline: Callable[[str], pd.DataFrame] | None = None,
     labels: Callable[[Sequence[str]], dict[str, tuple[bool | None, bool]]] | None = None,
     has_user: Callable[[str], bool] | None = None,
+    hint: Callable[[str], str] | None = None,
     held_out: Callable[[Sequence[str]], dict[str, float | None]] | None = None,
     max_top: int = 500,
     prefix: str = "/fraud",
@@ -195,6 +196,8 @@ def fraud_router(
             (:meth:`shopgraph.graph.rings.FraudCases.labels`); ``None``: ``member_labels: null``.
         has_user: whether a user id is known, so that ``/fraud/rings?user_id=`` of an unknown
             account is a 404 rather than no rings (``None``: never a 404).
+        hint: what an unknown user id's 404 adds (the known id it is in another case,
+            :meth:`shopgraph.graph.rings.FraudCases.user_hint`); ``None``: nothing.
         held_out: ``user_ids -> {user_id: held-out score or None}``
             (:meth:`shopgraph.graph.rings.FraudCases.held_out`) for the members' and explained
             accounts' ``held_out_probability``; ``None``: always null.
@@ -217,7 +220,7 @@ def fraud_router(
         if user_id is not None:
             key = user_id.strip()  # ids are stored without surrounding spaces
             if has_user is not None and not has_user(key):
-                raise HTTPException(404, f"user_id: unknown user {shown(user_id)}")
+                raise HTTPException(404, f"user_id: unknown user {shown(user_id)}{hint(key) if hint else ''}")
             ranked = [(k, r) for k, r in ranked if key in r.members]
         chosen = ranked[:top]
         return RingsOut(schema_version=SCHEMA_VERSION, total=len(ranked), count=len(chosen),
@@ -269,7 +272,7 @@ def fraud_router(
         try:
             ex = explain(user_id)
         except KeyError:
-            raise HTTPException(404, f"user_id: unknown user {shown(given)}") from None
+            raise HTTPException(404, f"user_id: unknown user {shown(given)}{hint(user_id) if hint else ''}") from None
         except (ValueError, TypeError) as exc:
             raise HTTPException(422, str(exc)) from exc
         label, trained, held = None, None, None

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
-from shopgraph.graph.messages import SHOWN_CHARS, listed_ids, shown  # noqa: F401 - re-exported
+from shopgraph.graph.messages import SHOWN_CHARS, did_you_mean, listed_ids, same_but_case, shown  # noqa: F401
 from shopgraph.graph.run import RunDir
 from shopgraph.graph.wording import QUICK_ITEM_REASON, reason_in_words, value_in_words
 from shopgraph.retrieval.catalogue import (
@@ -85,22 +85,13 @@ _VERBS = {"purchase": "bought", "view": "viewed", "cart": "added to the cart", "
           "click": "clicked", "wishlist": "wish-listed"}
 
 
-def did_you_mean(positions: Mapping[str, int], key: str) -> str:
-    """`` (did you mean 'u000858'? ids are case-sensitive)`` when exactly one known id is ``key`` up
-    to case (``U000858``, as people type ids), else ``""``. A scan of the ids, on the error path only."""
-    same = _same_but_case(positions, [key])
-    return f" (did you mean {shown(same[key])}? ids are case-sensitive)" if key in same else ""
-
-
-def _same_but_case(positions: Mapping[str, int], keys: Sequence[str]) -> dict[str, str]:
-    """``{key: the one known id that is it up to case}`` for those of ``keys`` that have one (one scan)."""
-    folded = {key.casefold(): key for key in keys}
-    found: dict[str, list[str]] = {}
-    for known in list(positions):  # a copy: another thread may add an id
-        key = folded.get(known.casefold())
-        if key is not None:
-            found.setdefault(key, []).append(known)
-    return {key: ids[0] for key, ids in found.items() if len(ids) == 1}
+def _case_hint(positions: Mapping[str, int], unknown: Sequence[Any]) -> str:
+    """``"; did you mean 'u001' for 'U001'? ids are case-sensitive"`` for those of the first five
+    ``unknown`` ids (as listed) that are a known one in another case, else ``""``."""
+    typed = {str(v).strip(): v for v in unknown[:5] if isinstance(v, str)}
+    like = same_but_case(positions, list(typed))
+    return ("; did you mean " + ", ".join(f"{shown(known)} for {shown(typed[key])}" for key, known in like.items())
+            + "? ids are case-sensitive") if like else ""
 
 
 class _Keep:
@@ -1121,6 +1112,11 @@ class ShopService:
             raise UnknownIdError(f"{name}: unknown {kind} {shown(value)}{did_you_mean(positions, key)}")
         return pos
 
+    def user_ids_hint(self, unknown: Sequence[str]) -> str:
+        """What a list of unknown user ids' error adds: ``"; did you mean 'u001' for 'U001'? ids are
+        case-sensitive"`` for those of the first five that are users in another case, else ``""``."""
+        return _case_hint(self._user_pos, list(unknown))
+
     def _user(self, user_id: Any, name: str = "user_id") -> int:
         return self._lookup(self._user_pos, user_id, name, "user")
 
@@ -1145,10 +1141,7 @@ class ShopService:
         if unknown:
             names = list(dict.fromkeys(unknown))
             repeats = f", {len(unknown) - len(names):,} of them repeats" if len(names) < len(unknown) else ""
-            typed = {str(v).strip(): v for v in names[:5] if isinstance(v, str)}  # the first five, as listed
-            like = _same_but_case(positions, list(typed))
-            hint = ("; did you mean " + ", ".join(f"{shown(known)} for {shown(typed[key])}" for key, known in like.items())
-                    + "? ids are case-sensitive") if like else ""
+            hint = _case_hint(positions, names)
             raise UnknownIdError(f"{name}: unknown {kind}{'s' if len(names) > 1 else ''} {listed_ids(names)} "
                                  f"({len(unknown):,} of the {len(ids):,} ids given{repeats}){hint}")
         return [positions[key] for key in keys]

@@ -211,6 +211,9 @@ def _bad_users(tmp_path: Path, name: str, text: str) -> str:
      "u.txt, line 1: 'user_id' is a column header, not an id; name the file .csv to read it as a table"),
     ("score", lambda t: ["--users", _bad_users(t, "u.txt", "u001\nghost\nu002\nnobody\n")],
      "--users: 2 of the 4 ids are not users of this run (nothing was written): 'ghost', 'nobody'"),
+    ("score", lambda t: ["--users", _bad_users(t, "u.txt", "u001\nU002\n")],
+     "--users: 1 of the 2 ids is not a user of this run (nothing was written): 'U002'; did you mean 'u002' for "
+     "'U002'? ids are case-sensitive"),
     ("recommend", lambda t: ["--users", _bad_users(t, "u.csv", "id,name\nu001,a\n")],
      "u.csv has no user_id column (columns: id, name)"),
     ("recommend", lambda t: ["--users", _bad_users(t, "u.csv", "user_id,name\nu001,a\n,b\n")],

@@ -25,7 +25,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> FraudCases:
 def client(cases: FraudCases) -> TestClient:
     app = FastAPI()
     app.include_router(fraud_router(cases.rings, explain=cases.explain, timeline=cases.timeline, labels=cases.labels,
-                                    has_user=cases.has_user, max_top=50))
+                                    has_user=cases.has_user, hint=cases.user_hint, max_top=50))
     return TestClient(app, raise_server_exceptions=False)
 
 
@@ -65,6 +65,10 @@ def test_rings_of_one_account(client: TestClient, cases: FraudCases) -> None:
     assert r.status_code == 200 and r.json()["rings"] == [] and r.json()["total"] == 0
     r = client.get("/fraud/rings", params={"user_id": "nobody"})
     assert r.status_code == 404 and r.json()["detail"] == "user_id: unknown user 'nobody'"
+    r = client.get("/fraud/rings", params={"user_id": ring.members[0].upper()})  # typed in another case
+    assert r.status_code == 404 and r.json()["detail"] == (
+        f"user_id: unknown user '{ring.members[0].upper()}' (did you mean '{ring.members[0]}'? ids are "
+        "case-sensitive)")
     r = client.get("/fraud/rings", params={"user_id": " "})
     assert r.status_code == 422 and "user_id: expected a non-empty value" in r.json()["detail"]
 
@@ -127,9 +131,12 @@ def test_explain_user(client: TestClient, cases: FraudCases) -> None:
     assert r.status_code == 200 and r.json()["label"] is None and r.json()["label_in_training"] is None
 
 
-def test_explain_errors(client: TestClient) -> None:
+def test_explain_errors(client: TestClient, cases: FraudCases) -> None:
     r = client.get("/fraud/explain", params={"user_id": "nobody"})
     assert r.status_code == 404 and r.json()["detail"] == "user_id: unknown user 'nobody'"
+    user = str(cases.data["user"].ids[0])
+    r = client.get("/fraud/explain", params={"user_id": user.upper()})
+    assert r.status_code == 404 and r.json()["detail"].endswith(f"(did you mean '{user}'? ids are case-sensitive)")
     assert client.get("/fraud/explain").status_code == 422
     r = client.get("/fraud/explain", params={"user_id": ""})
     assert r.status_code == 422 and r.json()["detail"] == "user_id: expected a non-empty value (got '')"
