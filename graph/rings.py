@@ -860,12 +860,21 @@ def rings_run(
     Returns:
         The ``top`` highest-ranked rings.
     """
-    return _rings_run(run_dir, top, export, detector, explain_members, overwrite)[0]
+    return _rings_run(run_dir, top, export, detector, explain_members, overwrite).chosen
+
+
+class _RingsRun(NamedTuple):
+    """What :func:`_rings_run` found and read: ``shopgraph rings`` counts the members' labels on it."""
+
+    chosen: list[Ring]  # the top rings
+    data: HeteroData  # the run's graph
+    prob: np.ndarray | None  # the served fraud probabilities (None: the run has none)
+    total: int  # how many rings were found
 
 
 def _rings_run(run_dir: str | Path, top: int, export: Path | None, detector: RingDetector | None,
-               explain_members: int, overwrite: bool) -> tuple[list[Ring], HeteroData]:
-    """:func:`rings_run`, and the graph it loaded (``shopgraph rings`` counts the members' labels on it)."""
+               explain_members: int, overwrite: bool) -> _RingsRun:
+    """:func:`rings_run`, with the graph and fraud probabilities it loaded and how many rings there are."""
     if top < 1:
         raise ValueError(f"top: expected a positive integer (got {top})")
     from shopgraph.graph.pipeline import load_run_tables
@@ -899,7 +908,7 @@ def _rings_run(run_dir: str | Path, top: int, export: Path | None, detector: Rin
                   "made_from": {**made_from, **run.sources(RINGS_FILE, optional=EXPORT_MODEL_FILES)}}
         export_cases(chosen, data, tables, export, hubs=det.hub_devices_, mode=det.mode_, params=params,
                      explanations=explanations, source=source, fraud_prob=prob, held_out=held_out)
-    return chosen, data
+    return _RingsRun(chosen, data, prob, len(det.rings_))
 
 
 def check_export(run: RunDir, export: str | Path, *, overwrite: bool = True) -> None:
@@ -923,8 +932,8 @@ def cli_rings(args: argparse.Namespace) -> int:
     """``shopgraph rings --run RUN [--top N] [--export DIR [--overwrite]]``."""
     from shopgraph.graph.fraud_scorer import account_labels
 
-    rings, data = _rings_run(args.run, args.top, args.export, None, 3, args.overwrite)
-    labels, trained = account_labels(data, load_fraud_prob(RunDir(args.run)))  # trained: a scorer fitted on them
+    rings, data, prob, total = _rings_run(args.run, args.top, args.export, None, 3, args.overwrite)
+    labels, trained = account_labels(data, prob)  # trained: labels a scorer was fitted on
     position = {str(u): n for n, u in enumerate(data["user"].ids)}
     print(f"{'ring':6} {'score':>6} {'size':>4} {'devices':>7} {'fraud':>5} {'known':>7} {'trained':>7} {'age_d':>7} "
           f"{'vel/d':>6} {'risk':>5}  members")
@@ -945,7 +954,6 @@ def cli_rings(args: argparse.Namespace) -> int:
           "fraud, of all members; trained: how many of those labels the scorer was trained on (their probabilities "
           "are fitted to the label, not predicted); age_d: their median days from sign-up to first activity; vel/d: "
           "purchases a day; risk: share of high-risk purchases")
-    total = len(load_rings(args.run))
     if args.top > total:
         print(f"(--top {args.top:,}: this run has {plural(total, 'ring')}, all listed)")
     if args.export is not None:
