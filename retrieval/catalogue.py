@@ -412,6 +412,8 @@ class CatalogueJournal:
         found = []
         for raw in payload[:end].split(b"\n")[:-1]:
             line += 1
+            if not raw.strip():  # a blank line (one added by hand) holds no change: skipped, still counted
+                continue
             here = f"{where}: line {line}"
             try:
                 entry = json.loads(raw)

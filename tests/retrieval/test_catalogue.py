@@ -77,6 +77,20 @@ def test_a_damaged_line_is_an_error_naming_its_line(tmp_path: Path, damage, mess
         journal.read()
 
 
+def test_blank_lines_added_by_hand_are_skipped_and_still_counted(tmp_path: Path):
+    journal = CatalogueJournal(tmp_path)
+    with journal.locked():
+        journal.append(_add("a"))
+        journal.append(_add("b"))
+    first, second = journal.path.read_bytes().splitlines(keepends=True)
+    journal.path.write_bytes(b"\n" + first + b"  \r\n\n" + second)
+    entries, end, lines, incomplete = journal.read()
+    assert [e["item_id"] for e in entries] == ["a", "b"] and (end, lines, incomplete) == (journal.size(), 5, 0)
+    journal.path.write_bytes(b"\n" + first + b"\n" + second[:-5] + b"\n")
+    with pytest.raises(CatalogueError, match="line 4: not valid JSON"):  # a damaged line is named as an editor counts
+        journal.read()
+
+
 def _signed(entry: dict[str, object]) -> bytes:
     from shopgraph.retrieval.catalogue import _digest
 
