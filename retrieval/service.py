@@ -19,6 +19,7 @@ Conventions:
 from __future__ import annotations
 
 import atexit
+import functools
 import io
 import logging
 import math
@@ -608,9 +609,12 @@ def held_out_attribution_of(run: RunDir, data: Any, held_out: np.ndarray) -> Hel
     if explainer is None:
         return None
 
+    # the latest accounts' attributions are kept: a view of one asks for its reasons and its table
+    contributions = functools.lru_cache(maxsize=64)(explainer.contributions)
+
     def attribution(u: int) -> tuple[Sequence[tuple[str, float, float]], float] | None:
         try:
-            return explainer.contributions(u)
+            return contributions(u)
         except (ValueError, RuntimeError, MemoryError) as exc:  # a bonus: the held-out score serves without it
             logger.warning("held-out reasons of user %d failed: %s", u, exc)
             return None

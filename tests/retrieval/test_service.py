@@ -1903,3 +1903,28 @@ def test_a_query_encoder_retrained_since_the_build_is_refused(run_path, tmp_path
     # a run built before the names identified the weights (no scheme): its names cannot be compared
     run.write_json("features.json", {"text": {"model": "all-MiniLM-L6-v2@000000000000/max128"}})
     assert load_service(tmp_path / "run").search(text="running shoes", k=3).item_ids
+
+
+def test_a_held_out_attribution_is_worked_out_once_per_account(monkeypatch: pytest.MonkeyPatch):
+    """A view of a trained-on account asks for its held-out reasons and for its table: the fold's
+    TreeSHAP is worked out once. A failure is not kept: the next ask tries again."""
+    import shopgraph.graph.explain as explain
+    from shopgraph.retrieval.service import held_out_attribution_of
+
+    calls: list[int] = []
+
+    class Counting:
+        fail = True
+
+        def contributions(self, u: int) -> tuple[list[tuple[str, float, float]], float]:
+            calls.append(u)
+            if u == 7 and Counting.fail:
+                Counting.fail = False
+                raise RuntimeError("out of luck once")
+            return [("night_share", 0.5, 0.25 * u)], -3.0
+
+    monkeypatch.setattr(explain, "load_held_out_explainer", lambda run, data, held: Counting())
+    attribution = held_out_attribution_of(None, None, np.array([0.1, np.nan]))  # type: ignore[arg-type]
+    assert attribution is not None
+    assert attribution(1) == attribution(1) == ([("night_share", 0.5, 0.25)], -3.0) and calls == [1]
+    assert attribution(7) is None and attribution(7) == ([("night_share", 0.5, 1.75)], -3.0) and calls == [1, 7, 7]
