@@ -43,22 +43,29 @@ def parse_bool(name: str, raw: str) -> bool:
     return low == "true"
 
 
-def check_utf8(query: bytes) -> None:
+def check_utf8(query: bytes, allowed: Sequence[str] | None = None) -> None:
     """``ValueError`` naming the first parameter of a raw query string whose name or value does not
     decode as UTF-8 (``%FF``): Starlette would hand it on with the bytes replaced by "�", and a
-    lookup would answer "unknown user '�'" for what is a client's encoding mistake."""
+    lookup would answer "unknown user '�'" for what is a client's encoding mistake. A parameter
+    whose name is not in ``allowed`` is left to the unknown-parameter check (its value does not
+    matter), and a name that is not UTF-8 is shown as its bytes, not with "�"."""
     if b"%" not in query:  # only %-escapes can carry bytes that are not UTF-8 (a raw one is refused by the server)
         return
     for pair in query.split(b"&"):
         key, _, value = pair.partition(b"=")
-        for part, is_name in ((key, True), (value, False)):
-            raw = unquote_to_bytes(part.replace(b"+", b" "))
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                name = unquote_to_bytes(key.replace(b"+", b" ")).decode("utf-8", "replace")
-                raise ValueError(f"{name if len(name) <= 40 else name[:40] + '…'}: not valid UTF-8 "
-                                 f"({'the name' if is_name else 'got'} {shown(raw, 60)})") from None
+        raw_key = unquote_to_bytes(key.replace(b"+", b" "))
+        try:
+            name = raw_key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"a parameter name: not valid UTF-8 (got {shown(raw_key, 60)})") from None
+        if allowed is not None and name not in allowed:
+            continue
+        raw = unquote_to_bytes(value.replace(b"+", b" "))
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{name if len(name) <= 40 else name[:40] + '…'}: not valid UTF-8 "
+                             f"(got {shown(raw, 60)})") from None
 
 
 def check_utf8_path(raw_path: bytes, name: str) -> None:
@@ -101,7 +108,7 @@ def strict_query(
     async def check(request: Request) -> None:
         items = request.query_params.multi_items()
         try:
-            check_utf8(request.scope.get("query_string", b""))
+            check_utf8(request.scope.get("query_string", b""), allowed)
             check_utf8_path(request.scope.get("raw_path") or b"", next(iter(request.path_params), "path"))
             check_fields([key for key, _ in items], allowed, "parameter", repeated)
             for key, value in items:

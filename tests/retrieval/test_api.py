@@ -274,7 +274,8 @@ def _raw_query(query: str) -> str:
     # %-escapes that are not UTF-8: the client's encoding named, not "unknown user '\ufffd'"
     ("get", _raw_query("user_id=%ED%A0%80"), {}, 422, "user_id: not valid UTF-8 (got b'\\xed\\xa0\\x80')"),
     ("get", _raw_query("user_id=u001&k=%FF"), {}, 422, "k: not valid UTF-8 (got b'\\xff')"),
-    ("get", _raw_query("user_id=u001&%FFk=5"), {}, 422, "\ufffdk: not valid UTF-8 (the name b'\\xffk')"),
+    ("get", _raw_query("user_id=u001&%FFk=5"), {}, 422, "a parameter name: not valid UTF-8 (got b'\\xffk')"),
+    ("get", _raw_query("user_id=u001&x=%FF"), {}, 422, "x: unknown parameter"),  # unknown, whatever its value
     ("get", _raw_query("user_id=caf%C3%A9"), {}, 404, "user_id: unknown user 'caf\u00e9'"),
     ("get", _raw_query("user_id="), {}, 422, "user_id: expected a non-empty value (got '')"),
     ("get", "/recommend", {"params": {"user_id": "u001", "category": "toys"}}, 422, "category: unknown category 'toys'"),
