@@ -51,7 +51,14 @@ from shopgraph.graph.model import GATHER_CHUNK_VALUES
 from shopgraph.graph.run import ChecksumError, StaleFileError
 from shopgraph.graph.schema import ShopTables
 from shopgraph.graph.train import TREE_KINDS
-from shopgraph.graph.wording import NONE_LABELLED, SHARE_LABELLED, SHARING_MEAN
+from shopgraph.graph.wording import (
+    NO_QUICK_BUYS,
+    NOBODY_SUFFIX,
+    NONE_LABELLED,
+    QUICK_ITEM_REASON,
+    SHARE_LABELLED,
+    SHARING_MEAN,
+)
 
 if TYPE_CHECKING:
     from shopgraph.graph.rings import Ring
@@ -498,9 +505,13 @@ class ServedTreeExplainer:
     an account with no such link at all (no device) has both added to that one. The sums are
     unchanged, so the reasons still add up to the score (:meth:`contributions`).
 
-    Likewise the share of labelled fraud among an account's labelled co-users is 0 when none of
-    them has a label: for such an account that reason is reported as ``…: none of them labelled
-    in the training data`` (no value), not as a share of 0 %.
+    Likewise the share of labelled fraud among an account's labelled co-users is 0 when it has no
+    co-user, or none of them has a label: for such an account that reason is reported as
+    ``accounts sharing a device (or other identifier): none``, or ``…: none of them labelled in
+    the training data`` (no value), not as a share of 0 %. And an account that bought nothing right
+    after viewing or carting it has its ``quick purchases: mean item …`` reasons (means over no
+    item) reported together as ``quick purchases: none`` ("no purchase made right after viewing or
+    carting the item"), not as what those items are.
     """
 
     def __init__(self, booster: Any, kind: str, features: np.ndarray, names: Sequence[str],
@@ -524,6 +535,7 @@ class ServedTreeExplainer:
         self.reasons = _reason_groups(self.names, set(range(self.embedding_columns)))
         self._alone, self._folds = _self_only_columns(self.reasons, features, names)
         self._unlabelled = _unlabelled_shares(self.reasons, features, names)
+        self._quickless = _without_quick_buys(self.reasons, features, names)
         # the probabilities the run serves (stored at training, float32), which the trees reproduce
         # within 1e-4 (from_run checks): explain() reports the served score, not its own float64 sum
         self.served: np.ndarray | None = None
@@ -573,8 +585,9 @@ class ServedTreeExplainer:
         items = [FeatureAttribution(name, float(values[cols[0]]) if single else float(np.linalg.norm(values[cols])),
                                     float(per_column[cols].sum()))
                  for name, cols, single in self.reasons]
-        for r, (unlabelled, name) in self._unlabelled.items():
-            if unlabelled[user_index]:
+        for r, renamed in self._unlabelled.items():
+            name = next((to.name for to in renamed if to.who[user_index]), None)
+            if name is not None:
                 items[r] = items[r]._replace(name=name)
         return self._fold_self_only(items, user_index), float(contrib[-1])  # the last entry is the base value
 
@@ -582,6 +595,8 @@ class ServedTreeExplainer:
         """``items`` with the neighbourhood means over nobody else (class docstring) folded into
         the account's own feature, or into one ``… : none`` reason; other reasons as they are."""
         moved: dict[int, tuple[str, float]] = {}  # reason position -> (reason it joins, that reason's value)
+        if self._quickless is not None and self._quickless[0][user_index]:
+            moved.update((r, (NO_QUICK_BUYS, 0.0)) for r in self._quickless[1])
         for r, (kind, key, own) in self._folds.items():
             alone, unlinked = self._alone[key]
             if not alone[user_index]:
@@ -689,17 +704,24 @@ def _self_only_columns(
     return alone, folds
 
 
+class _Renamed(NamedTuple):
+    """Who a reason is renamed for (a mask over users) and its name for them."""
+
+    who: np.ndarray
+    name: str
+
+
 def _unlabelled_shares(reasons: Sequence[tuple[str, np.ndarray, bool]], features: np.ndarray,
-                       names: Sequence[str]) -> dict[int, tuple[np.ndarray, str]]:
-    """``{reason position: (unlabelled [U], name)}`` for the kept ring columns that give the share of
-    labelled fraud among an account's labelled co-users (``graph.fraud_scorer.ring_column_text``):
-    ``unlabelled`` marks the accounts none of whose co-users has a label (the table's fraud and
-    legitimate counts are both 0), for whom that share is 0 of nothing, and ``name`` reports it
-    for them (``accounts sharing a device (or other identifier): none of them labelled in the
-    training data``), as :class:`ServedTreeExplainer` says. Columns whose counts the table lacks
-    are left out."""
+                       names: Sequence[str]) -> dict[int, list[_Renamed]]:
+    """``{reason position: renamings, first that applies wins}`` for the kept ring columns that give
+    the share of labelled fraud among an account's labelled co-users
+    (``graph.fraud_scorer.ring_column_text``), for whom that share is 0 of nothing: the accounts
+    with no co-user at all (the table's count of them is 0: ``accounts sharing a device (or other
+    identifier): none``), then those none of whose co-users has a label (the fraud and legitimate
+    counts are both 0: ``…: none of them labelled in the training data``), as
+    :class:`ServedTreeExplainer` says. Columns whose counts the table lacks are left out."""
     column = {name: k for k, name in enumerate(names)}
-    out: dict[int, tuple[np.ndarray, str]] = {}
+    out: dict[int, list[_Renamed]] = {}
     for r, (name, _, single) in enumerate(reasons):
         if not single or SHARE_LABELLED not in name:
             continue
@@ -708,9 +730,28 @@ def _unlabelled_shares(reasons: Sequence[tuple[str, np.ndarray, bool]], features
         counts = [k for k in found if k is not None]
         if len(counts) < len(found):
             continue
-        unlabelled = np.all(np.asarray(features[:, counts]) <= 0, axis=1)
-        out[r] = (unlabelled, f"{base}{NONE_LABELLED}{where}")
+        renamed = []
+        everyone = column.get(f"{base} (log count)")
+        if everyone is not None:
+            renamed.append(_Renamed(np.asarray(features[:, everyone]) <= 0, f"{base}{NOBODY_SUFFIX}"))
+        renamed.append(_Renamed(np.all(np.asarray(features[:, counts]) <= 0, axis=1), f"{base}{NONE_LABELLED}{where}"))
+        out[r] = renamed
     return out
+
+
+def _without_quick_buys(reasons: Sequence[tuple[str, np.ndarray, bool]], features: np.ndarray,
+                        names: Sequence[str]) -> tuple[np.ndarray, list[int]] | None:
+    """``(none [U], reason positions)``: the accounts that bought nothing right after viewing or
+    carting it (the table's quick purchase count is 0), and the kept reasons that describe the
+    items so bought (``quick purchases: mean item …``), which for those accounts describe nothing
+    (their means over no item are 0); ``None`` when the table has no such count or reasons."""
+    from shopgraph.graph.fraud_scorer import ring_column_text
+
+    count = {name: k for k, name in enumerate(names)}.get(ring_column_text("quick_buys"))
+    positions = [r for r, (name, _, _) in enumerate(reasons) if name.startswith(QUICK_ITEM_REASON)]
+    if count is None or not positions:
+        return None
+    return np.asarray(features[:, count]) <= 0, positions
 
 
 def _reason_groups(names: Sequence[str], embedding: set[int]) -> list[tuple[str, np.ndarray, bool]]:

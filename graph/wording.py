@@ -29,9 +29,11 @@ FRAUD_SCORER_NAMES: dict[str, str] = {
     "rank_average": "ShopGraph (network and trees, rankings averaged)",
 }
 
+# encoders.behaviour measures it where the training period ends (the validation period's start)
+ACCOUNT_AGE = "account age at the end of the training period"
 # behaviour and table columns (encoders.behaviour), as a person would name them
 _FEATURES: dict[str, tuple[str, Unit]] = {
-    "log_account_age_days": ("account age", "standardised"),
+    "log_account_age_days": (ACCOUNT_AGE, "standardised"),
     "has_account_age": ("has an account creation date", "flag"),
     "log_n_events": ("number of events", "standardised"),
     "log_n_cart": ("number of cart adds", "standardised"),
@@ -68,6 +70,11 @@ _EVENT_COUNT = re.compile(r"^(?P<rel>\w+) events \(log count\)$")
 _DISTINCT = re.compile(r"^distinct (?P<other>\w+)s via (?P<rel>\w+) \(log count\)$")
 _PATHS = re.compile(r"^other users via (?P<rel>\w+) (?P<other>\w+)s \(log count of paths\)$")
 QUICK_ITEM_REASON = "quick purchases: mean item "  # graph.fraud_scorer names what quick buys are so
+# graph.explain: an account that bought nothing right after viewing or carting it has no quick items
+# to describe; its "what they are" reasons are reported together under this name
+NO_QUICK_BUYS = "quick purchases: none"
+# graph.explain: a reason about an account's co-users (a ring column) for an account that has none
+NOBODY_SUFFIX = ": none"
 
 
 class Reading(NamedTuple):
@@ -121,12 +128,17 @@ def reason_in_words(name: str) -> Reading:
     :class:`shopgraph.graph.explain.ServedTreeExplainer`) -> ``no other account on the same devices``;
     ``quick purchases: mean item image features (87 columns together; value: their norm)`` ->
     ``items bought right after viewing or carting them: what they are, judged from their pictures`` (no
-    value worth showing). Unknown names come back unchanged, with the unit ``raw``.
+    value worth showing); for an account without such purchases, ``quick purchases: none`` -> ``no
+    purchase made right after viewing or carting the item``; ``accounts sharing a device (or other
+    identifier): none`` (an account with no co-user) as it is. Unknown names come back unchanged,
+    with the unit ``raw``.
     """
     if (m := _GNN_GROUP.match(name)) is not None:
         return Reading("the network's summary of the account's activity", "none")
     if NONE_LABELLED in name:  # no labelled co-user: nothing to write as a value (not "0%")
         return Reading(name, "none")
+    if name == NO_QUICK_BUYS:
+        return Reading("no purchase made right after viewing or carting the item", "none")
     if (m := _GROUP.match(name)) is not None:
         prefix = m["prefix"]
         subject = "this account's items"
@@ -143,6 +155,8 @@ def reason_in_words(name: str) -> Reading:
         return Reading(f"items bought right after viewing or carting them: {average.text}", average.unit)
     if (m := _NOBODY.match(name)) is not None:  # graph.explain: the means over others of an account with none
         return Reading(f"no other account {_sharing(m['rel'], m['other'])}", "none")
+    if name.endswith(NOBODY_SUFFIX):  # graph.explain: a co-user count or share of an account with no co-user
+        return Reading(name, "none")
     if (m := SHARING_MEAN.match(name)) is not None:
         words, unit = _feature(m["f"])
         who = ("other accounts " if m["others"] else "accounts ") + _sharing(m["rel"], m["other"])

@@ -38,7 +38,7 @@ import numpy as np
 
 from shopgraph.graph.messages import SHOWN_CHARS, did_you_mean, listed_ids, same_but_case, shown  # noqa: F401
 from shopgraph.graph.run import RunDir
-from shopgraph.graph.wording import QUICK_ITEM_REASON, reason_in_words, value_in_words
+from shopgraph.graph.wording import ACCOUNT_AGE, QUICK_ITEM_REASON, reason_in_words, value_in_words
 from shopgraph.retrieval.catalogue import (
     CatalogueError,
     CatalogueJournal,
@@ -504,7 +504,8 @@ def _in_words(name: str, value: float) -> str | None:
 
 
 def describe_user_feature(name: str, raw: float | None, value: float) -> str | None:
-    """A user feature as a plain fact with its raw value, e.g. ``account age: 3 days``,
+    """A user feature as a plain fact with its raw value, e.g. ``account age at the end of the
+    training period: 3 days``,
     ``country: DE``, ``accounts sharing a device (or other identifier): 4``; ``None`` when the
     feature has no plain reading (neighbourhood means, embedding columns) or says nothing about
     this account (a one-hot flag the account does not have).
@@ -520,7 +521,7 @@ def describe_user_feature(name: str, raw: float | None, value: float) -> str | N
             return f"{column.removeprefix('user_').replace('_', ' ')}: {level}" if raw >= 0.5 else None
         plain = math.expm1(raw) if name.startswith("log_") else raw
         if name == "log_account_age_days":
-            return f"account age: {plain:,.1f} days" if plain < 10 else f"account age: {plain:,.0f} days"
+            return f"{ACCOUNT_AGE}: {plain:,.1f} days" if plain < 10 else f"{ACCOUNT_AGE}: {plain:,.0f} days"
         if name == "has_account_age":
             return "no account creation date" if raw < 0.5 else None
         if name == "log_n_events":
@@ -1768,7 +1769,10 @@ class ShopService:
             text = " ".join(str(self.titles[i]).split())
             return f"'{text if len(text) <= 48 else text[:47] + '…'}'" if text else "(no title)"
 
-        named = ", ".join(f"{self.item_ids[i]} {title(i)}" for i in items)
+        def category(i: int) -> str:  # what the pictures are judged against: checkable in the tables
+            return f" ({self.categories[i]})" if self.categories[i] else ""
+
+        named = ", ".join(f"{self.item_ids[i]} {title(i)}{category(i)}" for i in items)
         more = int(quick.total[u]) - len(items) if quick is not None else 0
         return named + (f" and {more:,} more" if more > 0 else "")
 

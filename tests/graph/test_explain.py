@@ -560,15 +560,15 @@ def test_self_only_columns_reads_the_baselines_layout(graph: HeteroData) -> None
 
 
 def test_a_share_of_labelled_fraud_over_no_labelled_account_is_said_so(graph: HeteroData) -> None:
-    """The ring columns' share of labelled fraud among an account's labelled co-users is 0 when none
-    is labelled: found for every such column of the product's table (the served one and a fold's
-    held-out one, whose label columns are named apart), and reported as "none of them labelled"
-    with no value, never as a share of 0 %."""
+    """The ring columns' share of labelled fraud among an account's labelled co-users is 0 when it
+    has no co-user, or none is labelled: found for every such column of the product's table (the
+    served one and a fold's held-out one, whose label columns are named apart), and reported as
+    "…: none" or "none of them labelled" with no value, never as a share of 0 %."""
     xgb = pytest.importorskip("xgboost")
     from shopgraph.graph.baselines import XGBGraphFraud
     from shopgraph.graph.explain import ServedTreeExplainer, _reason_groups, _unlabelled_shares
     from shopgraph.graph.fraud_scorer import held_out_table, product_feature_table
-    from shopgraph.graph.wording import NONE_LABELLED, SHARE_LABELLED, reason_in_words, value_in_words
+    from shopgraph.graph.wording import NOBODY_SUFFIX, NONE_LABELLED, SHARE_LABELLED, reason_in_words, value_in_words
     from shopgraph.retrieval.service import _in_words, describe_user_feature
 
     fold = np.where(graph["user"].train_mask.numpy(), np.arange(graph["user"].num_nodes) % 2, -1)
@@ -576,18 +576,21 @@ def test_a_share_of_labelled_fraud_over_no_labelled_account_is_said_so(graph: He
         found = _unlabelled_shares(_reason_groups(names, set()), x, names)
         shares = [k for k, n in enumerate(names) if SHARE_LABELLED in n]
         assert shares and sorted(found) == shares
-        for k, (unlabelled, name) in found.items():
+        for k, (alone, unlabelled) in found.items():
             base, _, where = names[k].partition(SHARE_LABELLED)
             counts = [names.index(f"{base}, labelled {kind} {where} (log count)") for kind in ("fraud", "legitimate")]
-            np.testing.assert_array_equal(unlabelled, (x[:, counts] <= 0).all(axis=1))
-            assert unlabelled.any() and not unlabelled.all()  # both kinds of account are there
-            assert np.all(x[unlabelled, k] == 0)
-            assert name == f"{base}{NONE_LABELLED}{where}"
-            reading = reason_in_words(name)
-            assert reading.unit == "none" and value_in_words(reading, 0.0) == ""
-            # the HTTP reasons' words: not a plain user feature, so read as the column is worded
-            assert describe_user_feature(name, None, 0.0) is None and _in_words(name, 0.0) == name
-    # trees that read the share: an account whose co-users have no label is told so
+            np.testing.assert_array_equal(alone.who, x[:, names.index(f"{base} (log count)")] <= 0)
+            np.testing.assert_array_equal(unlabelled.who, (x[:, counts] <= 0).all(axis=1))
+            assert alone.who.any() and not alone.who.all()  # both kinds of account are there
+            assert not (alone.who & ~unlabelled.who).any()  # no co-user: none labelled either
+            assert np.all(x[unlabelled.who, k] == 0)
+            assert alone.name == f"{base}{NOBODY_SUFFIX}" and unlabelled.name == f"{base}{NONE_LABELLED}{where}"
+            for name in (alone.name, unlabelled.name):
+                reading = reason_in_words(name)
+                assert reading.unit == "none" and value_in_words(reading, 0.0) == ""
+                # the HTTP reasons' words: not a plain user feature, so read as the column is worded
+                assert describe_user_feature(name, None, 0.0) is None and _in_words(name, 0.0) == name
+    # trees that read the share: an account with no co-user, or whose co-users have no label, is told so
     x, names = product_feature_table(graph, None)
     k = next(k for k, n in enumerate(names) if n.startswith("accounts sharing a device") and SHARE_LABELLED in n)
     y = (x[:, k] > 0.3).astype(np.int64)
@@ -597,11 +600,47 @@ def test_a_share_of_labelled_fraud_over_no_labelled_account_is_said_so(graph: He
     booster.load_model(bytearray(XGBGraphFraud(n_estimators=20, seed=0).fit(only, y).booster_bytes()))
     explainer = ServedTreeExplainer(booster, "graph_trees", x, names)
     assert names[k] in explainer.names
-    found_at = _unlabelled_shares(_reason_groups(names, set()), x, names)[k][0]
-    for u in (int(np.flatnonzero(found_at)[0]), int(np.flatnonzero(~found_at)[0])):
-        items = {f.name: f for f in explainer.contributions(u)[0]}
-        told = f"accounts sharing a device (or other identifier){NONE_LABELLED}in the training data"
-        assert (told in items) == bool(found_at[u]) and (names[k] in items) != bool(found_at[u])
+    alone, unlabelled = _unlabelled_shares(_reason_groups(names, set()), x, names)[k]
+    nobody = "accounts sharing a device (or other identifier): none"
+    told = f"accounts sharing a device (or other identifier){NONE_LABELLED}in the training data"
+    for who, name in ((alone.who, nobody), (unlabelled.who & ~alone.who, told), (~unlabelled.who, names[k])):
+        if who.any():
+            items = {f.name for f in explainer.contributions(int(np.flatnonzero(who)[0]))[0]}
+            assert name in items and not ({nobody, told, names[k]} - {name}) & items
+
+
+def test_an_account_without_quick_purchases_is_not_told_what_they_are(graph: HeteroData) -> None:
+    """The means over the items an account bought right after viewing or carting them are 0 for an
+    account that bought none so: their reasons are reported together as "no purchase made right
+    after viewing or carting the item" (the contributions still add up), not as what those items are."""
+    xgb = pytest.importorskip("xgboost")
+    from shopgraph.graph.baselines import XGBGraphFraud
+    from shopgraph.graph.explain import ServedTreeExplainer
+    from shopgraph.graph.fraud_scorer import product_feature_table, ring_column_text
+    from shopgraph.graph.wording import NO_QUICK_BUYS, QUICK_ITEM_REASON, reason_in_words
+
+    x, names = product_feature_table(graph, None)
+    quick = [k for k, n in enumerate(names) if n.startswith(QUICK_ITEM_REASON)]
+    count = names.index(ring_column_text("quick_buys"))
+    assert quick and np.all(x[np.ix_(x[:, count] <= 0, quick)] == 0)  # means over no item
+    rng = np.random.default_rng(0)
+    x = x.copy()  # this small shop has too few quick purchases: give every other account some
+    x[::2, count] = np.log1p(2.0)
+    x[::2, quick] = rng.normal(size=(len(x[::2]), len(quick)))
+    none = x[:, count] <= 0
+    y = (x[:, quick].sum(axis=1) > np.median(x[:, quick].sum(axis=1))).astype(np.int64)
+    only = np.zeros_like(x)
+    only[:, quick] = x[:, quick]
+    booster = xgb.Booster()
+    booster.load_model(bytearray(XGBGraphFraud(n_estimators=20, seed=0).fit(only, y).booster_bytes()))
+    explainer = ServedTreeExplainer(booster, "graph_trees", x, names)
+    margin = booster.predict(xgb.DMatrix(x), output_margin=True)
+    for u, bought in ((int(np.flatnonzero(none)[0]), False), (int(np.flatnonzero(~none)[0]), True)):
+        items, base = explainer.contributions(u)
+        found = [f.name for f in items if f.name == NO_QUICK_BUYS or f.name.startswith(QUICK_ITEM_REASON)]
+        assert (found == [NO_QUICK_BUYS]) != bought and (NO_QUICK_BUYS in found) != bought
+        assert base + sum(f.attribution for f in items) == pytest.approx(float(margin[u]), abs=1e-4)
+    assert reason_in_words(NO_QUICK_BUYS).text == "no purchase made right after viewing or carting the item"
 
 
 def test_shared_identifiers_name_the_other_accounts_and_say_when_the_list_is_cut(graph: HeteroData) -> None:

@@ -9,7 +9,7 @@ from shopgraph.graph.wording import Reading, cites_training_labels, reason_in_wo
 
 @pytest.mark.parametrize("name, text, unit", [
     ("users sharing a device via uses: mean log_account_age_days (self included)",
-     "accounts on the same devices (this one included): average account age", "standardised"),
+     "accounts on the same devices (this one included): average account age at the end of the training period", "standardised"),
     ("other users sharing a item via purchase: mean night_share",
      "other accounts that bought the same items: average share of events at night", "standardised"),
     ("other users sharing a device via uses: mean user_country=DE",
@@ -34,7 +34,7 @@ from shopgraph.graph.wording import Reading, cites_training_labels, reason_in_wo
      "accounts sharing a device (or other identifier), labelled fraud in the training data", "log_count"),
     ("share of purchases made within 2 min of carting or viewing the item",
      "share of purchases made within 2 min of carting or viewing the item", "share"),
-    ("log_account_age_days", "account age", "standardised"),
+    ("log_account_age_days", "account age at the end of the training period", "standardised"),
     ("user_signup_channel=ads", "signup channel ads", "flag"),
     ("user_loyalty_score", "loyalty score", "standardised"),
     ("f3", "f3", "raw"),  # unknown: unchanged, never guessed at

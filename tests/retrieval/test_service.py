@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from shopgraph.encoders.image import efficientnet_preprocess, load_rgb
 from shopgraph.graph.build import build_graph
 from shopgraph.graph.run import RunDir
+from shopgraph.graph.wording import ACCOUNT_AGE
 from shopgraph.retrieval.index import index_run
 from shopgraph.retrieval.service import (
     CONTENT_NEIGHBOURS,
@@ -870,7 +871,8 @@ def test_fraud_reasons_are_raw_facts_behind_the_verdict(service, run_path, monke
             ("other users via device: mean log_n_events", 9.9, 1.5)]
     monkeypatch.setattr(service, "_fraud_attribution", lambda _: fake)
     assert service.score_user("u002").reasons == [
-        f"account age: {age:,.0f} days (+0.70 log-odds)" if age >= 10 else f"account age: {age:,.1f} days (+0.70 log-odds)",
+        f"{ACCOUNT_AGE}: {age:,.0f} days (+0.70 log-odds)" if age >= 10
+        else f"{ACCOUNT_AGE}: {age:,.1f} days (+0.70 log-odds)",
         f"events in the training period: {n_events:,} (+0.20 log-odds)"]
     # columns without a raw value are worded (graph.wording), not left out: a flag's main driver can be one
     fake = [("log_account_age_days", 9.9, 0.23),
@@ -889,16 +891,16 @@ def test_fraud_reasons_are_raw_facts_behind_the_verdict(service, run_path, monke
     quick = QuickPurchases(none.first.copy(), none.total.copy())
     quick.first[u], quick.total[u] = [3, 1, 4], 4  # the latest three of four
     monkeypatch.setattr(service, "_quick_items", quick)
-    named = ", ".join(f"{service.item_ids[i]} '{service.titles[i]}'" for i in (3, 1, 4))
+    named = ", ".join(f"{service.item_ids[i]} '{service.titles[i]}' ({service.categories[i]})" for i in (3, 1, 4))
     assert service.score_user("u002").reasons[0] == (
         f"items bought right after viewing or carting them ({named} and 1 more): what they are, judged from "
         "their pictures (+3.15 log-odds)")
     assert service.quick_items_named(" u002 ") == f"{named} and 1 more" and service.quick_items_named("u001") == "none"
     monkeypatch.setattr(service, "_quick_items", None)  # loaded without fraud reasons: nothing to say
     assert service.quick_items_named("u001") == ""
-    assert reasons[1] == ("accounts on the same devices (this one included): average account age: 1.0 SD below "
+    assert reasons[1] == (f"accounts on the same devices (this one included): average {ACCOUNT_AGE}: 1.0 SD below "
                           "average (+0.43 log-odds)")
-    assert reasons[2].startswith("account age: ")
+    assert reasons[2].startswith(f"{ACCOUNT_AGE}: ")
     monkeypatch.setattr(service, "_fraud_attribution", lambda _: [("night_share", 9.9, -0.4)])
     assert service.score_user("u002").reasons == [
         "nothing in the account's own behaviour or shared identifiers raised its score"]
@@ -908,7 +910,8 @@ def test_fraud_reasons_are_raw_facts_behind_the_verdict(service, run_path, monke
     monkeypatch.setattr(service, "_fraud_attribution", lambda _: fake)
     score = service.score_user("u002")
     assert not score.flagged and score.reasons == [
-        f"account age: {age:,.0f} days (-0.70 log-odds)" if age >= 10 else f"account age: {age:,.1f} days (-0.70 log-odds)",
+        f"{ACCOUNT_AGE}: {age:,.0f} days (-0.70 log-odds)" if age >= 10
+        else f"{ACCOUNT_AGE}: {age:,.1f} days (-0.70 log-odds)",
         f"events in the training period: {n_events:,} (-0.20 log-odds)"]
     monkeypatch.setattr(service, "_fraud_attribution", lambda _: [("night_share", 9.9, 0.4)])
     assert service.score_user("u002").reasons == [
@@ -956,7 +959,7 @@ def test_gnn_head_reasons_only_for_what_the_model_reproduces(service, monkeypatc
 
 
 @pytest.mark.parametrize("name, raw, value, fact", [
-    ("log_account_age_days", float(np.log1p(412.0)), -1.3, "account age: 412 days"),
+    ("log_account_age_days", float(np.log1p(412.0)), -1.3, f"{ACCOUNT_AGE}: 412 days"),
     ("user_country=DE", 1.0, 1.0, "country: DE"),
     ("user_country=DE", 0.0, 0.0, None),  # an account not from DE: nothing to say
     ("user_signup_channel=ads", 1.0, 1.0, "signup channel: ads"),

@@ -1003,7 +1003,7 @@ def test_reasons_read_as_words_with_their_values_units() -> None:
     table = _explanation_table(ex)
     assert table["reason"].tolist() == [
         "items bought right after viewing or carting them: what they are, judged from their pictures",
-        "accounts on the same devices (this one included): average account age"]
+        "accounts on the same devices (this one included): average account age at the end of the training period"]
     assert table["value"].tolist() == ["", "1.0 SD below average"]
 
 
