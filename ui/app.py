@@ -1055,9 +1055,9 @@ _RING_WIDTHS: list[str | int] = ["6%", "6%", "8%", "7%", "7%", "7%", "20%", "10%
 RING_LEGEND = (
     "**score**: ranks the groups, 0 to 1, most suspicious first; it is not a probability (the members' fraud "
     "probabilities weigh most, then young accounts, fast buying, risky categories, size and how tightly they share "
-    "devices); **flagged**: members whose fraud probability is at or above the validation threshold, as the fraud "
-    "scorer flags accounts (groups low in the list, with few or none flagged, are mostly households and shared "
-    "computers); "
+    "devices); **flagged**: members whose fraud probability is at or above the validation threshold, as the Fraud "
+    "tab flags them (a member the scorer was trained on by its probability with its own label held out; groups low "
+    "in the list, with few or none flagged, are mostly households and shared computers); "
     "**known fraud**: members "
     "the shop's data already labels fraud; **trained on**: how many of those labels the scorer was trained on "
     "(their probabilities are fitted to the label, not predicted, and count in the mean and the score); **shared "
@@ -1076,18 +1076,31 @@ def _id_list(ids: Sequence[str], most: int) -> str:
     return f"{shown} and {len(ids) - most} more" if len(ids) > most else shown
 
 
+def member_predictions(cases: FraudCases, ring: Ring) -> dict[str, float]:
+    """Each member's fraud probability as the Fraud tab judges the account: the prediction with its
+    own label held out for a member the scorer was trained on (its served score is fitted to that
+    label), else its served score; members without a score are left out."""
+    try:
+        held = cases.held_out(ring.members)
+    except KeyError:  # a ring of other users than the graph's: no held-out scores
+        held = {}
+    out = {u: float(p) for u, p in ring.member_scores.items()}
+    out.update({u: float(h) for u, h in held.items() if h is not None and math.isfinite(h)})
+    return out
+
+
 def rings_table(cases: FraudCases | None, top: int = RING_TOP, threshold: float | None = None) -> pd.DataFrame:
     """The ranked rings, one row each (evidence numbers rounded; "" when unknown); "shared devices" is
     their count and the first ids (``"2: d0001, d0002"``); "flagged" the members whose fraud
-    probability is at or above ``threshold`` ("" without one, or for rings ranked without fraud
-    probabilities)."""
+    probability (:func:`member_predictions`, as the Fraud tab's verdict) is at or above ``threshold``
+    ("" without one, or for rings ranked without fraud probabilities)."""
     if cases is None:
         return pd.DataFrame(columns=RING_COLUMNS)
 
     def flagged(ring: Ring) -> Any:
         if threshold is None or not math.isfinite(threshold) or ring.evidence.get("gnn_mean") is None:
             return ""  # member_scores are then no probabilities (structure or behaviour)
-        return sum(p >= threshold for p in ring.member_scores.values())
+        return sum(p >= threshold for p in member_predictions(cases, ring).values())
 
     def ev(ring: Ring, key: str, digits: int) -> Any:
         value = ring.evidence.get(key)
@@ -1174,7 +1187,8 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILIma
     fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=100)
     nx.draw_networkx_edges(g, pos, ax=ax, edge_color="#b0b0b0", width=0.8)
     users = [n for n in g if n[0] == "user"]
-    scores = [ring.member_scores.get(n[1], float("nan")) for n in users]
+    predicted = member_predictions(cases, ring)  # as the Fraud tab and the Members table give them
+    scores = [predicted.get(n[1], float("nan")) for n in users]
     try:
         known = cases.labels([n[1] for n in users])
     except KeyError:  # a ring of other users than the graph's: no labels to outline
@@ -1316,10 +1330,10 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
     return [str(p) for p in wanted]
 
 
-MEMBER_COLUMNS = ["user_id", "fraud probability", "label", "held-out probability", "devices", "shared devices used",
-                  "purchases"]
+MEMBER_COLUMNS = ["user_id", "fraud probability", "flagged", "label", "fitted to its label", "devices",
+                  "shared devices used", "purchases"]
 # the members table spans the page under the drawing: the device lists get the most room
-_MEMBER_WIDTHS: list[str | int] = ["10%", "11%", "16%", "11%", "8%", "34%", "10%"]
+_MEMBER_WIDTHS: list[str | int] = ["10%", "10%", "7%", "15%", "10%", "7%", "31%", "10%"]
 
 
 def _members_labelled(labels: dict[str, tuple[bool | None, bool]], held_out: dict[str, float | None] | None = None) -> str:
@@ -1348,12 +1362,14 @@ def _members_labelled(labels: dict[str, tuple[bool | None, bool]], held_out: dic
         text += (f" The scorer was trained on {' and '.join(parts)}: those members' "
                  "probabilities are fitted to their labels, not predictions.")
         if any(h is not None for h in (held_out or {}).values()):
-            text += (" The **held-out probability** column gives what the scorer says of them when refitted "
-                     "without their labels.")
+            text += (" For them the **fraud probability** column (and their colour) gives what the scorer says "
+                     "when refitted without their labels, as the Fraud tab does; **fitted to its label** gives the "
+                     "served score.")
     return text
 
 
-def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, work_dir: Path) -> RingView:
+def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, work_dir: Path,
+              threshold: float | None = None) -> RingView:
     """Draw one ring and offer its case files.
 
     Args:
@@ -1361,6 +1377,7 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
         ring_id: e.g. ``"R0001"``.
         export_dir: the run's case export folder (``rings.json`` + ``cases/``), optional.
         work_dir: a temp folder the download copies go to.
+        threshold: the validation threshold, for the members' "flagged" column (empty without it).
     """
     members = pd.DataFrame(columns=MEMBER_COLUMNS)
     if cases is None:
@@ -1383,13 +1400,22 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
     tied = edges[(edges["node_type"] == "device") & edges["node_id"].isin(set(ring.shared_devices))]
     used = tied.groupby("user_id")["node_id"].apply(sorted).to_dict() if len(tied) else {}
     users_of = tied.groupby("node_id")["user_id"].nunique().to_dict() if len(tied) else {}
-    ordered = sorted(ring.members, key=lambda u: (-ring.member_scores.get(u, -1.0), u))
+    predicted = member_predictions(cases, ring)
+    ordered = sorted(ring.members, key=lambda u: (-predicted.get(u, -1.0), u))
     labels, held_out = cases.labels(ordered), cases.held_out(ordered)
+
+    def flagged(u: str) -> str:
+        if threshold is None or not math.isfinite(threshold) or u not in predicted:
+            return ""
+        return "yes" if predicted[u] >= threshold else "no"
+
     members = pd.DataFrame({
         "user_id": ordered,
-        "fraud probability": [round(ring.member_scores[u], 3) if u in ring.member_scores else None for u in ordered],
+        "fraud probability": [round(predicted[u], 3) if u in predicted else None for u in ordered],
+        "flagged": [flagged(u) for u in ordered],
         "label": [label_words(*labels[u]) for u in ordered],
-        "held-out probability": [None if held_out[u] is None else round(float(held_out[u]), 3) for u in ordered],
+        "fitted to its label": [round(ring.member_scores[u], 3) if held_out[u] is not None and u in ring.member_scores
+                                else None for u in ordered],
         "devices": [int(n_dev.get(u, 0)) for u in ordered],
         "shared devices used": [", ".join(used.get(u, [])) for u in ordered],
         "purchases": [int(n_buy.get(u, 0)) for u in ordered],
@@ -2010,7 +2036,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                                             elem_id="ring-members")
 
                 def on_ring(ring_id: Any) -> tuple[Any, ...]:
-                    view = ring_view(cases, ring_id, export_dir, work_dir)
+                    view = ring_view(cases, ring_id, export_dir, work_dir, service.fraud_threshold)
                     _warn(view.status)
                     return view.status, view.image, view.files or None, view.members
 

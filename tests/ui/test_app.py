@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from shopgraph.graph.rings import FraudCases, known_fraud
+from shopgraph.graph.rings import FraudCases, Ring, known_fraud
 from shopgraph.graph.run import RunDir
 from shopgraph.retrieval.service import HELD_OUT_UNATTRIBUTED, ShopService
 from shopgraph.ui.app import (
@@ -595,10 +595,16 @@ def test_rings_table_is_ranked(ui_cases: FraudCases) -> None:
     assert table["members"].tolist() == [len(r.members) for r in rings]
     assert table["score"].is_monotonic_decreasing
     assert rings_table(None).empty
-    # members the scorer flags, at the validation threshold: none in the households low in the list
+    # members the scorer flags, at the validation threshold, as the Fraud tab judges them (a trained-on
+    # member by its held-out probability): none in the households low in the list
     threshold = 0.5
+
+    def predicted(r: Ring) -> list[float]:
+        held = ui_cases.held_out(r.members)
+        return [p if held[u] is None else held[u] for u, p in r.member_scores.items()]
+
     flagged = rings_table(ui_cases, threshold=threshold)["flagged"].tolist()
-    assert flagged == [sum(p >= threshold for p in r.member_scores.values()) for r in rings]
+    assert flagged == [sum(p >= threshold for p in predicted(r)) for r in rings]
     assert table["flagged"].eq("").all()  # no threshold: nothing to count
     # labelled fraud members, and how many of those labels were trained on: numbers, so they sort as numbers
     assert [(int(f), int(t)) for f, t in zip(table["known fraud"], table["trained on"])] == [
@@ -615,7 +621,8 @@ def test_ring_view_draws_and_offers_case_files(ui_run: Path, ui_cases: FraudCase
     if not rings:
         pytest.skip("no rings found in the small run")
     ring = rings[0]
-    view = ring_view(ui_cases, ring.ring_id, ui_run / "cases", tmp_path)
+    threshold = 0.5
+    view = ring_view(ui_cases, ring.ring_id, ui_run / "cases", tmp_path, threshold)
     assert not is_problem(view.status) and ring.ring_id in view.status
     assert view.image is not None and view.image.size[0] > 300
     assert len(np.unique(np.asarray(view.image).reshape(-1, 3), axis=0)) > 10  # not a blank canvas
@@ -633,10 +640,17 @@ def test_ring_view_draws_and_offers_case_files(ui_run: Path, ui_cases: FraudCase
     assert view.members["label"].tolist() == [label_words(*labels[u]) for u in view.members["user_id"]]
     held = ui_cases.held_out(ring.members)
     assert view.status.endswith(_members_labelled(labels, held)) and "(**label** column)" in _members_labelled(labels)
-    # the trained-on members' held-out probabilities, blank for the others
-    assert view.members["held-out probability"].fillna(-1).tolist() == [
-        -1 if held[u] is None else round(held[u], 3) for u in view.members["user_id"]]
-    assert ("**held-out probability** column" in view.status) == any(h is not None for h in held.values())
+    # each member's probability as the Fraud tab judges it: a trained-on member's held-out one (its
+    # served score, fitted to its label, beside it), the served one for the others; highest first
+    served = ring.member_scores
+    predicted = [served[u] if held[u] is None else held[u] for u in view.members["user_id"]]
+    assert view.members["fraud probability"].tolist() == [round(p, 3) for p in predicted]
+    assert predicted == sorted(predicted, reverse=True)
+    assert view.members["flagged"].tolist() == ["yes" if p >= threshold else "no" for p in predicted]
+    assert view.members["fitted to its label"].fillna(-1).tolist() == [
+        -1 if held[u] is None else round(served[u], 3) for u in view.members["user_id"]]
+    assert ("**fitted to its label** gives the served score" in view.status) == any(h is not None for h in held.values())
+    assert set(ring_view(ui_cases, ring.ring_id, None, tmp_path / "none").members["flagged"]) == {""}
     assert ("Account ids are drawn for rings of up to" in view.status) == (len(ring.members) > RING_LABELS)
     # the run's export holds this very ring: its files are the ones handed out
     assert json_path.read_bytes() == (ui_run / "cases" / "cases" / json_path.name).read_bytes()
@@ -668,7 +682,8 @@ def test_members_labelled_counts_the_labels_and_those_trained_on() -> None:
     trained = {"a": (True, True), "b": (False, False)}
     assert "held-out" not in _members_labelled(trained, {"a": None, "b": None})
     assert _members_labelled(trained, {"a": 0.4, "b": None}).endswith(
-        " The **held-out probability** column gives what the scorer says of them when refitted without their labels.")
+        " For them the **fraud probability** column (and their colour) gives what the scorer says when refitted "
+        "without their labels, as the Fraud tab does; **fitted to its label** gives the served score.")
 
 
 def test_ring_view_never_hands_out_a_stale_export(ui_run: Path, ui_cases: FraudCases, tmp_path: Path) -> None:
