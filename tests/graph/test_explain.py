@@ -568,7 +568,13 @@ def test_a_share_of_labelled_fraud_over_no_labelled_account_is_said_so(graph: He
     from shopgraph.graph.baselines import XGBGraphFraud
     from shopgraph.graph.explain import ServedTreeExplainer, _reason_groups, _unlabelled_shares
     from shopgraph.graph.fraud_scorer import held_out_table, product_feature_table
-    from shopgraph.graph.wording import NOBODY_SUFFIX, NONE_LABELLED, SHARE_LABELLED, reason_in_words, value_in_words
+    from shopgraph.graph.wording import (
+        NOBODY_SUFFIX,
+        NONE_LABELLED,
+        SHARE_LABELLED,
+        reason_in_words,
+        value_in_words,
+    )
     from shopgraph.retrieval.service import _in_words, describe_user_feature
 
     fold = np.where(graph["user"].train_mask.numpy(), np.arange(graph["user"].num_nodes) % 2, -1)
