@@ -3,7 +3,8 @@
 ``shopgraph recommend --run RUN --out recs.csv`` writes the table a nightly job loads into a
 mailing or a page cache (one row per user and rank); ``shopgraph score --run RUN --out
 scores.csv`` writes the fraud scores an investigator sorts and filters (one row per account,
-``--flagged-only`` for the work queue, ``--label-audit`` for the labels worth a second look).
+``--flagged-only`` for the work queue, ``--leads`` for the flagged accounts not yet known as fraud,
+``--label-audit`` for the labels worth a second look).
 Both answer exactly as the HTTP API does (the same :class:`~shopgraph.retrieval.service.ShopService`
 calls, in batches of :data:`MAX_BATCH`), over the catalogue as served (the run's journal of items
 added and removed at run time applied).
@@ -181,8 +182,16 @@ def contradiction(held_out: float, threshold: float) -> float:
     return abs(log_odds(held_out) - log_odds(threshold))
 
 
+def is_lead(score: FraudScore) -> bool:
+    """Whether an account is a lead for an investigator: not already labelled fraud, and flagged by
+    its served score or by its held-out one."""
+    held = score.held_out_probability
+    return score.label is not True and (score.flagged or (held is not None and held >= score.threshold))
+
+
 def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = True,
-                 flagged_only: bool = False, label_audit: bool = False, as_lists: bool = False) -> pd.DataFrame:
+                 flagged_only: bool = False, label_audit: bool = False, leads: bool = False,
+                 as_lists: bool = False) -> pd.DataFrame:
     """One row per account: ``user_id, probability, threshold, flagged, probability_is, scorer, label,
     label_in_training, held_out_probability, held_out_flagged, reasons, held_out_reasons``
     (``probability_is``: ``"prediction"``, or ``"fitted to its label"`` for an account the scorer
@@ -193,7 +202,10 @@ def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = T
     score at or above the threshold, both empty for the other accounts, :class:`FraudScore`;
     ``flagged`` and the reasons, joined by ``" | "`` and empty without ``reasons``, are those of
     the served ``probability``), in the order of ``user_ids``; ``flagged_only`` keeps the
-    accounts at or above the threshold, the highest score first (a work queue); ``label_audit`` keeps those whose held-out score
+    accounts at or above the threshold, the highest score first (a work queue); ``leads`` keeps the
+    accounts not labelled fraud that their served or held-out score flags (:func:`is_lead`), the
+    highest prediction first (the held-out score for an account the scorer was trained on, else the
+    served one: the new leads, the known frauds left out); ``label_audit`` keeps those whose held-out score
     contradicts their label (:func:`contradicts_label`), the most contradicted first (``as_lists``: the
     reasons as lists, as JSON writes them, not joined into one text cell): the
     held-out score farthest from the threshold in log-odds, the scale of the reasons (in
@@ -210,7 +222,8 @@ def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = T
     scorer = str(service.fraud.get("kind", "none"))
     for chunk in _chunks(_known(service, user_ids)):
         kept = [s for s in service.score_users(chunk, reasons=False)
-                if (s.flagged or not flagged_only) and (contradicts_label(s) or not label_audit)]
+                if (s.flagged or not flagged_only) and (contradicts_label(s) or not label_audit)
+                and (is_lead(s) or not leads)]
         if reasons and kept:  # reasons cost per account: only for the rows kept
             kept = service.score_users([s.user_id for s in kept], reasons=True)
         rows += [(s.user_id, s.probability, s.threshold, s.flagged, FITTED if s.label_in_training else PREDICTION,
@@ -220,6 +233,8 @@ def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = T
                     else (REASON_SEP.join(s.reasons), REASON_SEP.join(s.held_out_reasons)))) for s in kept]
     if label_audit:  # the most contradicted first, in log-odds
         rows.sort(key=lambda row: -contradiction(row[8], row[2]))
+    elif leads:  # the most likely fraud first, by the prediction (a fitted score predicts nothing)
+        rows.sort(key=lambda row: -(row[8] if row[7] and row[8] is not None else row[1]))
     elif flagged_only:  # a work queue: the highest score first (ties in the order given)
         rows.sort(key=lambda row: -row[1])
     columns = ["user_id", "probability", "threshold", "flagged", "probability_is", "scorer", "label",
@@ -268,8 +283,8 @@ def cli_recommend(args: argparse.Namespace) -> int:
 
 
 def cli_score(args: argparse.Namespace) -> int:
-    """``shopgraph score --run RUN --out FILE [--users FILE] [--no-reasons] [--flagged-only | --label-audit]
-    [--overwrite]``."""
+    """``shopgraph score --run RUN --out FILE [--users FILE] [--no-reasons] [--flagged-only | --leads |
+    --label-audit] [--overwrite]``."""
     out = check_out(args.out, overwrite=args.overwrite, run=args.run)
     wanted, repeats = _once(read_user_ids(args.users)) if args.users is not None else (None, "")  # before the run
     t0 = time.perf_counter()
@@ -285,12 +300,17 @@ def cli_score(args: argparse.Namespace) -> int:
                        "account): %d accounts may take a while; --no-reasons for scores only",
                        service.fraud.get("kind"), len(users))
     table = scores_table(service, users, reasons=not args.no_reasons, flagged_only=args.flagged_only,
-                         label_audit=args.label_audit, as_lists=out.suffix.lower() == ".json")
+                         label_audit=args.label_audit, leads=args.leads, as_lists=out.suffix.lower() == ".json")
     write_table(table, out)
     flagged = int(table["flagged"].sum())
     if args.label_audit:
         kept = (f"the {plural(len(table), 'account')} of {len(users):,} whose held-out score contradicts "
                 f"{'its' if len(table) == 1 else 'their'} label")
+    elif args.leads:
+        held = int((table["held_out_flagged"].fillna(False) & ~table["flagged"]).sum())
+        kept = (f"the {plural(len(table), 'lead')} of {len(users):,} accounts (not labelled fraud, flagged by the "
+                "served score or, for an account the scorer was trained on, by its held-out one), the most likely "
+                "fraud first" + (f" ({held:,} flagged only with the label held out)" if held else ""))
     elif args.flagged_only:
         fitted = int(table["label_in_training"].sum())
         kept = (f"the {flagged:,} flagged of {plural(len(users), 'account')}, highest first"

@@ -192,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reasons", action="store_true", help="scores only, no reasons")
     keep = p.add_mutually_exclusive_group()
     keep.add_argument("--flagged-only", action="store_true", help="only the accounts at or above the threshold")
+    keep.add_argument("--leads", action="store_true",
+                      help="only the accounts not labelled fraud that the scorer flags, by the served score or, for "
+                           "an account it was trained on, by its score with its own label held out: the accounts to "
+                           "look into, the most likely fraud first (by the held-out score where the served one is "
+                           "fitted to a label)")
     keep.add_argument("--label-audit", action="store_true",
                       help="only the accounts the scorer was trained on whose held-out score contradicts their label "
                            "(labelled legitimate but at or above the threshold, or labelled fraud but below it, with "

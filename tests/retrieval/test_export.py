@@ -11,6 +11,7 @@ import pytest
 
 from shopgraph.graph.run import RunDir
 from shopgraph.retrieval.export import REASON_SEP, read_user_ids, write_table
+from shopgraph.retrieval.service import FraudScore
 from shopgraph.ui.cli import main
 from tests.retrieval.test_service import load_service, shared_run, with_held_out
 
@@ -159,6 +160,41 @@ def test_label_audit_lists_the_labels_the_held_out_scores_contradict(run, servic
     assert "--label-audit: this run has no held-out scores" in capsys.readouterr().err and not out.exists()
     with pytest.raises(SystemExit):  # one filter or the other
         main(["score", "--run", str(run), "--out", str(out), "--label-audit", "--flagged-only"])
+
+
+def test_leads_leave_the_known_frauds_out_and_rank_by_the_prediction(run, service, tmp_path, capsys):
+    """--leads: the accounts not labelled fraud that the served score flags, or (trained on) their
+    held-out score does; ranked by the held-out score where the served one is fitted to a label."""
+    scores = service.score_users(service.user_ids, reasons=False)
+    t = scores[0].threshold
+    trained_legit = [s for s in scores if s.label_in_training and s.label is False and not s.flagged]
+    trained_fraud = [s for s in scores if s.label_in_training and s.label]
+    assert len(trained_legit) >= 2 and trained_fraud
+    # two legitimate trained-on accounts the held-out scores flag, one far above; a labelled fraud
+    # flagged too (known already: never a lead); every other held-out score far below
+    held = {s.user_id: 0.0 for s in scores if s.label_in_training}
+    held[trained_legit[0].user_id], held[trained_legit[1].user_id] = min(1.0, t + 0.01), 0.999
+    held[trained_fraud[0].user_id] = 0.999
+    folder = with_held_out(run, tmp_path / "held", [held.get(u, float("nan")) for u in service.user_ids])
+    out = tmp_path / "leads.csv"
+    assert main(["score", "--run", str(folder), "--out", str(out), "--leads", "--no-reasons"]) == 0
+    table = pd.read_csv(out, dtype={"user_id": str})
+
+    def prediction(s: FraudScore) -> float:
+        return held[s.user_id] if s.label_in_training else s.probability
+
+    expected = sorted((s for s in scores if s.label is not True
+                       and (s.flagged or (s.label_in_training and held[s.user_id] >= t))), key=lambda s: -prediction(s))
+    assert table["user_id"].tolist() == [s.user_id for s in expected]
+    assert trained_legit[1].user_id == table["user_id"].iloc[0] and trained_legit[0].user_id in set(table["user_id"])
+    assert trained_fraud[0].user_id not in set(table["user_id"]) and not table["label"].fillna(False).any()
+    held_only = sum(1 for s in expected if not s.flagged)
+    assert held_only >= 2
+    said = capsys.readouterr().out
+    assert f"the {len(expected)} leads of {len(scores)} accounts" in said
+    assert f"({held_only} flagged only with the label held out)" in said
+    with pytest.raises(SystemExit):  # one filter at a time
+        main(["score", "--run", str(run), "--out", str(out), "--leads", "--flagged-only"])
 
 
 def test_messages_count_one_in_the_singular(run, tmp_path, capsys) -> None:
