@@ -64,10 +64,14 @@ SCHEMA_VERSION = "1.0"
 # feature's worded ``reason`` and each shared identifier's ``others`` (the accounts on it), 5 a share of
 # labelled fraud among co-users none of whom is labelled named so (graph.wording.NONE_LABELLED), not 0 %,
 # an explanation's ``score`` the served probability to the digit (not the trees' own float64 sum), and
-# each explained feature's ``value_in_words``.
+# each explained feature's ``value_in_words``, 6 the validation ``threshold``, the ``case_version`` and
+# the export's ``source`` in each case file, each member's ``flagged`` and ``held_out_flagged`` (CSV:
+# ``member_flagged``, ``member_held_out_flagged``), ``days_to_first_activity`` for what was
+# ``account_age_days`` (days from sign-up to the first event, not the fraud reasons' account age), and
+# the reasons' wording of graph.wording (no quick purchase, no co-user, the account age's date).
 # An export of another version is never handed out as a ring's case files (:func:`exported_ring`); the
 # demo writes them afresh.
-CASE_VERSION = 5
+CASE_VERSION = 6
 RINGS_FILE = "rings/rings.json"
 # the model files whose checksums a case export records, when the run has them
 EXPORT_MODEL_FILES = ("model/config.json", "model/model.safetensors", "fraud_trees.ubj")
@@ -559,6 +563,18 @@ def _load_fraud_scores(run: RunDir) -> tuple[np.ndarray | None, bool]:
     return prob, False
 
 
+def load_threshold(run: RunDir) -> float | None:
+    """The served scorer's validation threshold (``RUN/fraud.json``), or ``None`` for a run without
+    a fraud scorer (as :class:`shopgraph.retrieval.service.ShopService` reads it: 0.5 when unsaid)."""
+    if not run.has("fraud.json"):
+        return None
+    info = run.read_json("fraud.json")
+    threshold = info.get("threshold", 0.5)
+    if info.get("kind", "none") == "none" or not isinstance(threshold, int | float) or not math.isfinite(threshold):
+        return None
+    return float(threshold)
+
+
 def load_held_out(run: RunDir, n_users: int) -> np.ndarray | None:
     """The training accounts' held-out fraud scores ``[U]`` (NaN for the other accounts) from
     ``RUN/embeddings.safetensors``, or ``None`` when the run has none (trained before they were
@@ -731,12 +747,15 @@ def _dump(path: Path, obj: Any) -> None:
 
 def case_file(
     ring: Ring, data: HeteroData, tables: ShopTables, explanations: dict[str, Any] | None = None,
-    fraud_prob: np.ndarray | None = None, held_out: np.ndarray | None = None,
+    fraud_prob: np.ndarray | None = None, held_out: np.ndarray | None = None, threshold: float | None = None,
+    source: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """The JSON case document and the CSV timeline of one ring (``docs/fraud_rings.md``);
     ``fraud_prob``: the served probabilities (``None``: no scorer), for the members' labels;
     ``held_out``: the run's held-out scores (:func:`load_held_out`), for the members the scorer
-    was trained on."""
+    was trained on; ``threshold``: the validation threshold (:func:`load_threshold`), for the
+    members' verdicts; ``source``: where the export comes from (as ``rings.json`` records it), so
+    that one case file forwarded on its own can be traced."""
     from shopgraph.graph.explain import evidence_edges, ring_timeline
     from shopgraph.graph.fraud_scorer import account_labels
 
@@ -747,22 +766,27 @@ def case_file(
     labels, in_training = account_labels(data, fraud_prob)
     index = {str(u): n for n, u in enumerate(data["user"].ids)}
     members = []
+    def at_or_above(score: float | None) -> bool | None:
+        return None if threshold is None or score is None or not math.isfinite(score) else bool(score >= threshold)
+
     for k, user in enumerate(ring.members):
         u = index[user]
+        held = _held_out_of(held_out, u) if in_training[u] else None
         members.append({
             "user_id": user, "score": ring.member_scores.get(user),
+            "flagged": at_or_above(ring.member_scores.get(user) if fraud_prob is not None else None),
             "label": None if labels[u] < 0 else bool(labels[u]), "label_in_training": bool(in_training[u]),
-            "held_out_probability": _held_out_of(held_out, u) if in_training[u] else None,
+            "held_out_probability": held, "held_out_flagged": at_or_above(held),
             "created_at": _none_if_nan(float(created.get(user, np.nan))) if created is not None else None,
-            "account_age_days": _none_if_nan(float(behaviour.age_days[k])),
+            "days_to_first_activity": _none_if_nan(float(behaviour.age_days[k])),
             "n_purchases": int(behaviour.n_purchases[k]), "purchase_amount": float(behaviour.amount[k]),
             "purchase_velocity": _none_if_nan(float(behaviour.velocity[k])),
             "high_risk_share": _none_if_nan(float(behaviour.high_risk[k])),
         })
     members.sort(key=lambda m: (-ring.member_scores.get(str(m["user_id"]), -1.0), str(m["user_id"])))
     doc = {
-        "schema_version": SCHEMA_VERSION, "ring_id": ring.ring_id, "score": ring.score,
-        "members": members, "shared_devices": list(ring.shared_devices),
+        "schema_version": SCHEMA_VERSION, "case_version": CASE_VERSION, "source": source, "threshold": threshold,
+        "ring_id": ring.ring_id, "score": ring.score, "members": members, "shared_devices": list(ring.shared_devices),
         "shared_identifiers": ring.evidence.get("shared_identifiers", {"device": list(ring.shared_devices)}),
         "evidence": ring.evidence,
         "evidence_edges": edges.to_dict(orient="records"),
@@ -776,7 +800,7 @@ def export_cases(
     rings: Sequence[Ring], data: HeteroData, tables: ShopTables, out: str | Path, *,
     hubs: Sequence[Hub] = (), mode: str = "", params: dict[str, Any] | None = None,
     explanations: dict[str, dict[str, Any]] | None = None, source: dict[str, Any] | None = None,
-    fraud_prob: np.ndarray | None = None, held_out: np.ndarray | None = None,
+    fraud_prob: np.ndarray | None = None, held_out: np.ndarray | None = None, threshold: float | None = None,
 ) -> Path:
     """Write ``out/rings.json`` and ``out/cases/<ring_id>.{json,csv}`` atomically.
 
@@ -799,6 +823,8 @@ def export_cases(
             members' labels (:func:`case_file`).
         held_out: the run's held-out scores of its training accounts (:func:`load_held_out`), or
             ``None``.
+        threshold: the validation threshold (:func:`load_threshold`), for the members' verdicts,
+            or ``None`` (no scorer: every verdict null).
 
     Returns:
         ``out``.
@@ -817,7 +843,7 @@ def export_cases(
                                    "case_version": CASE_VERSION})
         for ring in rings:
             doc, timeline = case_file(ring, data, tables, (explanations or {}).get(ring.ring_id), fraud_prob,
-                                      held_out)
+                                      held_out, threshold, source)
             _dump(tmp / "cases" / f"{ring.ring_id}.json", doc)
             csv = timeline.copy()
             csv.insert(0, "ring_id", ring.ring_id)
@@ -829,6 +855,11 @@ def export_cases(
             held = {m["user_id"]: m["held_out_probability"] for m in doc["members"]}
             csv.insert(csv.columns.get_loc("member_label") + 1, "member_held_out_probability",
                        csv["user_id"].map(held).astype(float))  # empty for the members not trained on
+            # each verdict after its score; empty where there is none (no scorer, not trained on)
+            for column, key, after in (("member_flagged", "flagged", "member_score"),
+                                       ("member_held_out_flagged", "held_out_flagged", "member_held_out_probability")):
+                verdicts = {m["user_id"]: m[key] for m in doc["members"]}
+                csv.insert(csv.columns.get_loc(after) + 1, column, csv["user_id"].map(verdicts).astype("boolean"))
             csv.to_csv(tmp / "cases" / f"{ring.ring_id}.csv", index=False)
         swap_in(tmp, out)
     except BaseException:
@@ -896,6 +927,7 @@ def _rings_run(run_dir: str | Path, top: int, export: Path | None, detector: Rin
         model = None if no_scorer else load_model(run)
         served = load_served_explainer(run, data, model, prob)
         held_out = load_held_out(run, int(data["user"].num_nodes))
+        threshold = load_threshold(run) if prob is not None else None
     run.write_json(RINGS_FILE, _jsonable(rings_payload(det.rings_, det.hub_devices_, det.mode_, params)),
                    made_from=made_from, stage="shopgraph rings")
     chosen = det.rings_[:top]
@@ -907,7 +939,8 @@ def _rings_run(run_dir: str | Path, top: int, export: Path | None, detector: Rin
         source = {"run": str(run.path.resolve()),
                   "made_from": {**made_from, **run.sources(RINGS_FILE, optional=EXPORT_MODEL_FILES)}}
         export_cases(chosen, data, tables, export, hubs=det.hub_devices_, mode=det.mode_, params=params,
-                     explanations=explanations, source=source, fraud_prob=prob, held_out=held_out)
+                     explanations=explanations, source=source, fraud_prob=prob, held_out=held_out,
+                     threshold=threshold)
     return _RingsRun(chosen, data, prob, len(det.rings_))
 
 
@@ -974,11 +1007,13 @@ class FraudCases:
         served: a :class:`shopgraph.graph.explain.ServedTreeExplainer` when the run serves boosted
             trees: explanations then attribute the served score; else they attribute the GNN's.
         held_out: ``[U]`` the training accounts' held-out fraud scores (:func:`load_held_out`), or ``None``.
+        threshold: the served scorer's validation threshold (:func:`load_threshold`), or ``None``.
     """
 
     def __init__(
         self, rings: Sequence[Ring], data: HeteroData, tables: ShopTables, model: Any = None,
         fraud_prob: np.ndarray | None = None, served: Any = None, held_out: np.ndarray | None = None,
+        threshold: float | None = None,
     ) -> None:
         self._rings = list(rings)
         self.data = data
@@ -987,6 +1022,7 @@ class FraudCases:
         self.fraud_prob = fraud_prob
         self.served = served
         self.held_out_prob = held_out
+        self.threshold = threshold if fraud_prob is not None else None
         self._user_index = {str(u): n for n, u in enumerate(data["user"].ids)}
         self._explained: dict[str, Any] = {}
         self._labels: tuple[np.ndarray, np.ndarray] | None = None
@@ -1008,7 +1044,7 @@ class FraudCases:
             rings = (detector or RingDetector()).fit(data, prob, tables).rings_
         model = None if no_scorer else load_model(run)  # no scorer: the GNN's fraud head was never trained
         return cls(rings, data, tables, model, prob, load_served_explainer(run, data, model, prob),
-                   load_held_out(run, int(data["user"].num_nodes)))
+                   load_held_out(run, int(data["user"].num_nodes)), load_threshold(run))
 
     def rings(self, top: int | None = None) -> list[Ring]:
         """The ranked rings (the first ``top`` when given)."""

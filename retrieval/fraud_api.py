@@ -92,6 +92,12 @@ class MemberLabelOut(BaseModel):
     held_out_probability: float | None = Field(
         None, description="for a member the scorer was trained on: its score from the same trees refitted without "
                           "its label (null for the other members, and when the run has no held-out scores)")
+    flagged: bool | None = Field(
+        None, description="its member score at or above the validation threshold, as /fraud/score's flagged "
+                          "(null without a fraud scorer)")
+    held_out_flagged: bool | None = Field(
+        None, description="its held_out_probability at or above the threshold, as /fraud/score's held_out_flagged "
+                          "(null without one)")
 
 
 class RingCaseOut(RingOut):
@@ -181,6 +187,7 @@ def fraud_router(
     has_user: Callable[[str], bool] | None = None,
     hint: Callable[[str], str] | None = None,
     held_out: Callable[[Sequence[str]], dict[str, float | None]] | None = None,
+    threshold: float | None = None,
     max_top: int = 500,
     prefix: str = "/fraud",
 ) -> APIRouter:
@@ -201,6 +208,8 @@ def fraud_router(
         held_out: ``user_ids -> {user_id: held-out score or None}``
             (:meth:`shopgraph.graph.rings.FraudCases.held_out`) for the members' and explained
             accounts' ``held_out_probability``; ``None``: always null.
+        threshold: the validation threshold, for the members' ``flagged`` and ``held_out_flagged``
+            (:attr:`shopgraph.graph.rings.FraudCases.threshold`); ``None``: both null.
         max_top: largest ``top`` accepted by ``/fraud/rings``.
         prefix: the routes' prefix.
 
@@ -255,8 +264,13 @@ def fraud_router(
             events = [TimelineEvent(**row) for row in json.loads(frame.to_json(orient="records"))]
         got = members_labels(r)
         held = held_out(list(got)) if got is not None and held_out is not None else {}
+        def at_or_above(score: float | None) -> bool | None:
+            return None if threshold is None or score is None or score != score else score >= threshold
+
         member_labels = (None if got is None else
-                         {u: MemberLabelOut(label=label, label_in_training=trained, held_out_probability=held.get(u))
+                         {u: MemberLabelOut(label=label, label_in_training=trained, held_out_probability=held.get(u),
+                                            flagged=at_or_above(r.member_scores.get(u)),
+                                            held_out_flagged=at_or_above(held.get(u)))
                           for u, (label, trained) in got.items()})
         out = _ring_out(r, rank, got)
         return RingCaseOut(**out.model_dump(), schema_version=SCHEMA_VERSION, timeline=events,

@@ -1323,7 +1323,8 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
                                          served=cases.served)
         fresh = Path(tempfile.mkdtemp(prefix=f"{ring.ring_id}-", dir=work_dir)) / "export"
         export_cases([ring], cases.data, cases.tables, fresh, fraud_prob=cases.fraud_prob,
-                     explanations={ring.ring_id: explained}, held_out=cases.held_out_prob)
+                     explanations={ring.ring_id: explained}, held_out=cases.held_out_prob,
+                     threshold=cases.threshold)
         source = fresh / "cases"
     for p in wanted:
         shutil.copyfile(source / p.name, p)

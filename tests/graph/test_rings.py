@@ -21,6 +21,7 @@ from shopgraph.graph import rings as rings_mod
 from shopgraph.graph.build import build_graph
 from shopgraph.graph.pipeline import save_tables
 from shopgraph.graph.rings import (
+    CASE_VERSION,
     SCHEMA_VERSION,
     FraudCases,
     Hub,
@@ -276,7 +277,11 @@ def make_run(path: Path, *, with_prob: bool = True, features: int = 6, seed: int
             tensors[HELD_OUT_KEY] = torch.where(trained, 0.001 * torch.arange(int(users.num_nodes)),
                                                 torch.tensor(float("nan"))).float()
         run.write_with("embeddings.safetensors", lambda p: save_file(tensors, str(p)))
+        run.write_json("fraud.json", {"kind": "gnn", "threshold": THRESHOLD})
     return path
+
+
+THRESHOLD = 0.3  # make_run's validation threshold
 
 
 # The documented case-file schema (docs/fraud_rings.md): key -> type(s).
@@ -291,20 +296,21 @@ EVIDENCE_KEYS = {
     "high_risk_share": OPT_NUM, "n_purchases": (int, type(None)), "purchase_amount": OPT_NUM,
     "gnn_mean": OPT_NUM, "gnn_max": OPT_NUM, "score_terms": dict, "mode": str,
 }
-CASE_KEYS = {"schema_version": str, "ring_id": str, "score": float, "members": list, "shared_devices": list,
+CASE_KEYS = {"schema_version": str, "case_version": int, "source": (dict, type(None)), "threshold": OPT_NUM,
+             "ring_id": str, "score": float, "members": list, "shared_devices": list,
              "shared_identifiers": dict, "evidence": dict, "evidence_edges": list, "timeline": list,
              "explanations": dict}
 OPT_BOOL = (bool, type(None))
-MEMBER_KEYS = {"user_id": str, "score": OPT_NUM, "label": OPT_BOOL, "label_in_training": bool,
-               "held_out_probability": OPT_NUM,
-               "created_at": OPT_NUM, "account_age_days": OPT_NUM, "n_purchases": int, "purchase_amount": NUM,
+MEMBER_KEYS = {"user_id": str, "score": OPT_NUM, "flagged": OPT_BOOL, "label": OPT_BOOL, "label_in_training": bool,
+               "held_out_probability": OPT_NUM, "held_out_flagged": OPT_BOOL,
+               "created_at": OPT_NUM, "days_to_first_activity": OPT_NUM, "n_purchases": int, "purchase_amount": NUM,
                "purchase_velocity": OPT_NUM, "high_risk_share": OPT_NUM}
 EDGE_KEYS = {"user_id": str, "node_type": str, "node_id": str, "first_seen": (int, type(None)), "shared": bool}
 EVENT_KEYS = {"timestamp": (int, type(None)), "time": str, "user_id": str, "event_type": str, "item_id": str,
               "title": str, "category": str, "amount": OPT_NUM, "device_id": str, "shared_device": bool}
 EXPLANATION_KEYS = {"user_id": str, "score": OPT_NUM, "method": str, "features": list, "neighbours": list}
-CSV_COLUMNS = ["ring_id", "timestamp", "time", "user_id", "member_score", "member_label", "member_held_out_probability",
-               "event_type", "item_id", "title", "category", "amount", "device_id", "shared_device"]
+CSV_COLUMNS = ["ring_id", "timestamp", "time", "user_id", "member_score", "member_flagged", "member_label",
+               "member_held_out_probability", "member_held_out_flagged", "event_type", "item_id", "title", "category", "amount", "device_id", "shared_device"]
 
 
 def check_keys(obj: dict[str, Any], spec: dict[str, Any], where: str) -> None:
@@ -351,10 +357,15 @@ def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
         case = json.loads((out / "cases" / f"{ring.ring_id}.json").read_text())
         check_keys(case, CASE_KEYS, "case")
         assert case["ring_id"] == ring.ring_id and {m["user_id"] for m in case["members"]} == set(ring.members)
+        # one case file forwarded on its own says what it is, where it comes from and where the line is
+        assert case["case_version"] == CASE_VERSION and case["source"] == doc["source"]
+        assert case["threshold"] == THRESHOLD == FraudCases.from_run(run_dir).threshold
         labels = FraudCases.from_run(run_dir).labels(ring.members)
         for m in case["members"]:
             check_keys(m, MEMBER_KEYS, "member")
             assert (m["label"], m["label_in_training"]) == labels[m["user_id"]]
+            assert m["flagged"] == (m["score"] >= THRESHOLD) and m["held_out_flagged"] is None  # no held-out scores
+        assert {m["flagged"] for m in case["members"]} <= {True, False}
         assert case["evidence_edges"] and all(e["node_type"] == "device" for e in case["evidence_edges"])
         for e in case["evidence_edges"]:
             check_keys(e, EDGE_KEYS, "edge")
@@ -374,6 +385,9 @@ def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
                  + (" (trained on)" if m["label_in_training"] else "") for m in case["members"]}
         assert csv["member_label"].fillna("").tolist() == [words[u] for u in csv["user_id"]]
         assert (csv["member_label"].fillna("") != "").any()
+        flagged = {m["user_id"]: m["flagged"] for m in case["members"]}
+        assert csv["member_flagged"].tolist() == [flagged[u] for u in csv["user_id"]]
+        assert csv["member_held_out_flagged"].isna().all()
     # a second export replaces the first one
     rings_run(run_dir, top=1, export=out, detector=RingDetector(hub_threshold=10), overwrite=True)
     assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json"]
@@ -399,6 +413,7 @@ def test_rings_run_without_fraud_prob(tmp_path: Path) -> None:
     members = [m for r in top for m in json.loads((tmp_path / "export" / "cases" / f"{r.ring_id}.json")
                                                    .read_text())["members"]]
     assert members and not any(m["label_in_training"] for m in members)
+    assert all(m["flagged"] is None and m["held_out_flagged"] is None for m in members)  # no scorer, no verdict
     assert [m["label"] for m in members] == [None if label_of[m["user_id"]] < 0 else bool(label_of[m["user_id"]])
                                             for m in members]
 
@@ -705,6 +720,9 @@ def test_cases_and_case_files_give_the_trained_on_members_held_out_scores(tmp_pa
         csv = pd.read_csv(out / "cases" / f"{ring.ring_id}.csv", dtype={"user_id": str})
         assert csv["member_held_out_probability"].fillna(-1).tolist() == [
             -1 if held[u] is None else pytest.approx(held[u]) for u in csv["user_id"]]
+        assert csv["member_held_out_flagged"].astype(object).where(csv["member_held_out_flagged"].notna(), None
+                                                                   ).tolist() == [
+            None if held[u] is None else bool(held[u] >= THRESHOLD) for u in csv["user_id"]]
         for m in json.loads((out / "cases" / f"{ring.ring_id}.json").read_text())["members"]:
             check_keys(m, MEMBER_KEYS, "member")
             assert m["held_out_probability"] == pytest.approx(held[m["user_id"]]) if held[m["user_id"]] is not None \

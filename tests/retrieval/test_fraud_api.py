@@ -25,7 +25,8 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> FraudCases:
 def client(cases: FraudCases) -> TestClient:
     app = FastAPI()
     app.include_router(fraud_router(cases.rings, explain=cases.explain, timeline=cases.timeline, labels=cases.labels,
-                                    has_user=cases.has_user, hint=cases.user_hint, max_top=50))
+                                    has_user=cases.has_user, hint=cases.user_hint, threshold=cases.threshold,
+                                    max_top=50))
     return TestClient(app, raise_server_exceptions=False)
 
 
@@ -94,6 +95,11 @@ def test_ring_case_with_timeline(client: TestClient, cases: FraudCases) -> None:
     labels = cases.labels(ring.members)
     assert list(body["member_labels"]) == ring.members
     assert {u: (v["label"], v["label_in_training"]) for u, v in body["member_labels"].items()} == labels
+    # each member's verdict at the validation threshold, as /fraud/score gives it (no held-out scores here)
+    assert cases.threshold is not None
+    assert {u: v["flagged"] for u, v in body["member_labels"].items()} == {
+        u: ring.member_scores[u] >= cases.threshold for u in ring.members}
+    assert {v["held_out_flagged"] for v in body["member_labels"].values()} == {None}
 
 
 def test_a_ring_id_in_any_case_is_that_ring(client: TestClient) -> None:
