@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from shopgraph.retrieval.catalogue import CatalogueError, CatalogueJournal
@@ -364,6 +365,11 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+_CONVERTER = re.compile(r"\{(\w+):\w+\}")  # a path parameter's converter, left out of the route label
+# a request whose client hung up before its body arrived (nginx's code): no answer reaches it
+CLIENT_CLOSED = 499
+
+
 class MetricsMiddleware:
     """Pure ASGI middleware (no per-request task or body copy) feeding :class:`Metrics`.
 
@@ -392,6 +398,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = _CONVERTER.sub(r"{\1}", route)  # "/items/{item_id:path}" as the docs name it
             self.metrics.observe(scope.get("method", ""), route, status, time.perf_counter() - start)
 
 
@@ -534,11 +541,15 @@ async def _capped(request: Request, limit: int, too_big: HTTPException) -> Async
     """The request body's chunks, ``too_big`` raised as soon as more than ``limit`` bytes came:
     a body without a ``Content-Length`` (chunked) is never read past its limit either."""
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        yield chunk
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            yield chunk
+    except ClientDisconnect:  # a client gone mid-upload: its fault, counted apart (nginx's 499), not a 500
+        raise HTTPException(CLIENT_CLOSED, "body: the client closed the connection before the whole body "
+                                           "arrived; nothing was done") from None
 
 
 class _Repeated(dict):  # type: ignore[type-arg]

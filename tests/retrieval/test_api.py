@@ -482,6 +482,44 @@ def test_metrics_count_requests_by_route(client):
     assert count and inf and count[0].split()[-1] == inf[0].split()[-1]
 
 
+@pytest.mark.parametrize(("path", "content_type", "first"), [
+    ("/recommend/batch", b"application/json", b'{"user_ids": ["u004", '),
+    ("/search", b"multipart/form-data; boundary=xyz", b'--xyz\r\nContent-Disposition: form-data; name="image"; '
+                                                       b'filename="a.png"\r\n\r\n\x89PNG'),
+    ("/items", b"multipart/form-data; boundary=xyz", b'--xyz\r\nContent-Disposition: form-data; name="item_id"'),
+])
+def test_a_client_gone_mid_upload_is_counted_apart_not_as_a_server_fault(client, path, content_type, first):
+    """A client that hangs up before its body arrived (a mobile client, a proxy's timeout) is no 500:
+    the request is counted with nginx's 499, the route by its documented name, and nothing is done."""
+    import asyncio
+
+    app = client.app
+    items_before = len(client.service.item_ids)
+    messages = iter([{"type": "http.request", "body": first, "more_body": True}, {"type": "http.disconnect"}])
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return next(messages)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", content_type), (b"host", b"test")], "client": ("127.0.0.1", 1),
+             "server": ("test", 80)}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 499 and b"closed the connection" in sent[1]["body"]
+    assert len(client.service.item_ids) == items_before
+    text = client.get("/metrics").text
+    assert f'method="POST",route="{path}",status="499"' in text and f'route="{path}",status="500"' not in text
+
+
+def test_routes_are_counted_by_their_documented_names(client):
+    client.get("/items/i001")
+    assert 'route="/items/{item_id}",status="200"' in client.get("/metrics").text
+
+
 def test_metrics_histogram_is_cumulative():
     m = Metrics(buckets=(0.01, 0.1))
     for s in (0.005, 0.05, 0.5):
