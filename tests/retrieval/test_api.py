@@ -1113,10 +1113,17 @@ def test_cold_start_over_http_is_the_service_answer(client):
     assert [i["item_id"] for i in r.json()["items"]] == rec.item_ids
     assert all(i["reason"].endswith("(matches your text)") for i in r.json()["items"])
     assert client.post("/recommend/cold", json={"text": "running shoes"}).json()["k"] == 10
+    # the unset one as null, as a client generated from the schema sends it: not given
+    assert client.post("/recommend/cold", json={"item_ids": ["i001", "i002"], "text": None, "k": 5}).json()["items"] \
+        == client.post("/recommend/cold", json={"item_ids": ["i001", "i002"], "k": 5}).json()["items"]
+    assert client.post("/recommend/cold", json={"item_ids": None, "text": "running shoes", "k": 4, "n_seeds": 3}
+                       ).json()["items"] == r.json()["items"]
 
 
 @pytest.mark.parametrize("body, status, message", [
     ({"k": 5}, 422, "item_ids, text: expected one of them (got neither)"),
+    ({"item_ids": None, "text": None}, 422, "item_ids, text: expected one of them (got neither)"),
+    ({"text": None}, 422, "item_ids, text: expected one of them (got neither)"),
     ({"item_ids": ["i001"], "text": "shoes"}, 422, "item_ids, text: expected one of them (got both)"),
     ({"item_ids": []}, 422, "item_ids: expected at least one id (got an empty list)"),
     ({"item_ids": "i001"}, 422, "item_ids: expected a list of ids (got str 'i001')"),
