@@ -1834,7 +1834,11 @@ class ShopService:
                 return Recommendation([], [], [], [])
             query = _normalised(self._item_emb_n[seeds]).mean(axis=0, keepdims=True)
             ids, sc = self._filtered("gnn_items_cosine", query, k, [np.zeros(0, np.int64)], None)[0]
-            return self._pack(ids, sc, self._seed_reasons(seeds, ids, " (matches your text)"))
+            # a text match among the results is there for the text itself, not "similar to" itself
+            own = set(seeds.tolist())
+            reasons = ["matches your text" if int(i) in own else why
+                       for i, why in zip(ids, self._seed_reasons(seeds, ids, " (matches your text)"))]
+            return self._pack(ids, sc, reasons)
 
     # -- catalogue changes ----------------------------------------------------------------------
     def _feature_row(self, text_vec: np.ndarray | None, image_vec: np.ndarray | None,

@@ -478,7 +478,13 @@ def test_cold_start(service):
     assert rec.item_ids == ids
     assert all(r.startswith("similar to '") for r in rec.reasons)
     rec = service.recommend_for_text("leather boots", k=5)
-    assert len(rec.item_ids) == 5 and all(r.endswith("(matches your text)") for r in rec.reasons)
+    assert len(rec.item_ids) == 5 and all(r == "matches your text" or r.endswith("(matches your text)") for r in rec.reasons)
+    # a text match among the results is there for the text, never "similar to" itself
+    seeds = set(service.search(text="leather boots", k=10).item_ids)  # the 10 seeds: the best text matches
+    for item, why in zip(rec.item_ids, rec.reasons):
+        assert (why == "matches your text") == (item in seeds)
+        assert not why.startswith(f"similar to '{service.titles[service.item_ids.index(item)]}'") or item not in seeds
+    assert seeds & set(rec.item_ids)  # the case arises here
 
 
 def test_add_and_remove_item_without_retraining(own_run):
