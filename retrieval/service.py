@@ -374,15 +374,15 @@ def check_no_control(text: str, name: str) -> str:
     return text
 
 
-def check_plain_id(item_id: str, name: str) -> str:
-    """A new id when it can be told apart from others by eye: no invisible format characters (a
-    zero-width space, a byte-order mark) and in Unicode's composed form (NFC: ``é`` one character,
-    not ``e`` and an accent), else ``ValueError`` naming ``name``. Ids that look alike but differ
-    this way would each pass the check that an id is not served yet."""
+def check_plain_id(item_id: str, name: str, what: str = "an id") -> str:
+    """A new id (``what``: or a new category name) when it can be told apart from others by eye: no
+    invisible format characters (a zero-width space, a byte-order mark) and in Unicode's composed
+    form (NFC: ``é`` one character, not ``e`` and an accent), else ``ValueError`` naming ``name``.
+    Ids that look alike but differ this way would each pass the check that an id is not served yet."""
     at = next((k for k, ch in enumerate(item_id) if unicodedata.category(ch) == "Cf"), None)
     if at is not None:
         raise ValueError(f"{name}: an invisible character {item_id[at]!r} at position {at:,} (got {shown(item_id)}); "
-                         "an id is characters one can see")
+                         f"{what} is characters one can see")
     composed = unicodedata.normalize("NFC", item_id)
     if composed != item_id:
         raise ValueError(f"{name}: not in Unicode's composed form NFC (got {shown(item_id)}, an accent written as a "
@@ -393,7 +393,8 @@ def check_plain_id(item_id: str, name: str) -> str:
 def _loose(category: str) -> str:
     """A category name as a person reads it: case, runs of spaces and invisible format characters
     (a zero-width space) aside. Two names alike this way are one category spelt twice."""
-    return " ".join("".join(ch for ch in category if unicodedata.category(ch) != "Cf").casefold().split())
+    visible = "".join(ch for ch in unicodedata.normalize("NFC", category) if unicodedata.category(ch) != "Cf")
+    return " ".join(visible.casefold().split())
 
 
 def check_text(text: Any, name: str = "text") -> str:
@@ -2093,8 +2094,8 @@ class ShopService:
                     name, at = new_categories.setdefault(_loose(one.category), (one.category, k))
                     if name != one.category:
                         raise ValueError(f"{where}: category: {shown(one.category)} differs from items[{at}]'s new "
-                                         f"category {shown(name)} only in case, spacing or invisible characters; "
-                                         "send one spelling for both")
+                                         f"category {shown(name)} only in case, spacing, accents written apart or "
+                                         "invisible characters; send one spelling for both")
                 first[one.item_id] = k
                 new.append(one)
             except ValueError as exc:
@@ -2116,6 +2117,9 @@ class ShopService:
             item_id = item_id.strip()
         if item_id not in self._trained_pos and item_id not in self._item_pos:
             check_plain_id(item_id, f"{where}item_id")
+            if any(part in (".", "..") for part in item_id.split("/")):  # clients rewrite /items/.. before sending
+                raise ValueError(f"{where}item_id: {shown(item_id)} cannot be named in a URL path (browsers and HTTP "
+                                 "clients turn '.' and '..' segments into other paths); choose another id")
         category, description, price, image = self._kept(item_id, category, description, price, image)
         for name, value in (("title", title), ("category", category), ("description", description)):
             if not isinstance(value, str):
@@ -2123,7 +2127,8 @@ class ShopService:
             check_unicode(value, f"{where}{name}")
             if name != "category":  # a category is one line: checked as such below
                 check_no_control(value, f"{where}{name}")
-        if not title.strip():  # an item with no text: nothing to search it by, nothing to show
+        if not "".join(ch for ch in title if unicodedata.category(ch) != "Cf").strip():
+            # an item with no text one can see (spaces, zero-width ones): nothing to search it by, nothing to show
             raise ValueError(f"{where}title: expected some text (got {shown(title)})")
         category = self._new_category(where, category)
         if price is not None and not _is_price(price):
@@ -2160,8 +2165,9 @@ class ShopService:
             same = sorted(c for c in list(self._cat_code) if _loose(c) == key)  # (another thread may add one)
             if same:
                 raise ValueError(f"{where}category: {shown(name)} differs from the known category {shown(same[0])} "
-                                 f"only in case, spacing or invisible characters; send {shown(same[0])} to file it "
-                                 "there")
+                                 f"only in case, spacing, accents written apart or invisible characters; send "
+                                 f"{shown(same[0])} to file it there")
+            check_plain_id(name, f"{where}category", "a category name")  # a new one: as a new id
         if name != category:
             warnings.warn(f"{where}category: stripped leading/trailing spaces ({shown(category)} -> {shown(name)})",
                           stacklevel=5 if where else 4)

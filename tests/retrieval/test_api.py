@@ -921,7 +921,8 @@ def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):
     ("post", "/items", {"json": {"item_id": "n1", "title": "t", "category": "to\tys"}}, 422,
      "category: expected one line of printable text"),
     ("post", "/items", {"json": {"item_id": "n1", "title": "t", "category": " Books "}}, 422,
-     "category: 'Books' differs from the known category 'books' only in case, spacing or invisible characters; send "
+     "category: 'Books' differs from the known category 'books' only in case, spacing, accents written apart or "
+     "invisible characters; send "
      "'books' to file it there"),
     ("post", "/items/batch", {"json": {"items": [{"item_id": "n1", "title": "t"}, {"item_id": "n2\rx", "title": "t"}]}},
      422, "items[1]: item_id: expected one line of printable text"),

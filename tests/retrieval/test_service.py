@@ -1211,15 +1211,15 @@ def test_add_items_adds_a_batch_as_add_item_adds_each(own_run, tmp_path, monkeyp
     ([{"item_id": "new1", "title": "x", "category": "NewC"}, {"item_id": "new2", "title": "y", "category": "NewC"},
       {"item_id": "new3", "title": "z", "category": "newc"}],
      r"1 of 3 items are not valid.*items\[2\]: category: 'newc' differs from items\[0\]'s new category 'NewC' "
-     r"only in case, spacing or invisible characters; send one spelling for both"),
+     r"only in case, spacing, accents written apart or invisible characters; send one spelling for both"),
     ([{"item_id": "new1", "title": "x", "category": "sho\u200bes"}, {"item_id": "new2", "title": "x",
                                                                      "category": "pet  food"},
       {"item_id": "new3", "title": "x", "category": "Pet food"}],
      r"2 of 3 items are not valid.*items\[0\]: category: 'sho\\u200bes' differs from the known category 'shoes'.*"
      r"items\[2\]: category: 'Pet food' differs from items\[1\]'s new category 'pet  food'"),
     ([{"item_id": "new1", "title": "x", "category": "SHOES"}],
-     r"items\[0\]: category: 'SHOES' differs from the known category 'shoes' only in case, spacing or invisible "
-     r"characters; send 'shoes' to file "
+     r"items\[0\]: category: 'SHOES' differs from the known category 'shoes' only in case, spacing, accents "
+     r"written apart or invisible characters; send 'shoes' to file "
      r"it there"),
     # ids that look like another: an invisible character, an accent written apart (NFD)
     ([{"item_id": "new\u200b1", "title": "x"}, {"item_id": "\ufeffnew2", "title": "x"}],
@@ -1228,6 +1228,20 @@ def test_add_items_adds_a_batch_as_add_item_adds_each(own_run, tmp_path, monkeyp
     ([{"item_id": "cafe\u0301-1", "title": "x"}],
      r"items\[0\]: item_id: not in Unicode's composed form NFC \(got 'cafe\u0301-1', an accent written as a separate "
      r"character\); send 'caf\u00e9-1', which looks the same"),
+    # ... and a new category in it: one spelt apart from a known one is that one, a new one must be composed
+    ([{"item_id": "new1", "title": "x", "category": "sho\u200bes"}, {"item_id": "new2", "title": "x",
+                                                                     "category": "cafe\u0301"}],
+     r"items\[1\]: category: not in Unicode's composed form NFC \(got 'cafe\u0301'"),
+    ([{"item_id": "new1", "title": "x", "category": "new\u200bone"}],
+     r"items\[0\]: category: an invisible character '\\u200b' at position 3 \(got 'new\\u200bone'\); a category "
+     r"name is characters one can see"),
+    # an id a URL cannot name: clients rewrite '.' and '..' path segments before sending
+    ([{"item_id": ".", "title": "x"}, {"item_id": "..", "title": "x"}, {"item_id": "a/../b", "title": "x"}],
+     r"3 of 3 items are not valid.*items\[0\]: item_id: '\.' cannot be named in a URL path.*items\[2\]: item_id: "
+     r"'a/\.\./b' cannot be named"),
+    # a title of nothing one can see
+    ([{"item_id": "new1", "title": "\u200b"}, {"item_id": "new2", "title": "\u200b \ufeff"}],
+     r"items\[0\]: title: expected some text \(got '\\u200b'\); items\[1\]: title: expected some text"),
     # text may have tabs and line breaks, not other control characters
     ([{"item_id": "new1", "title": "bell\x07"}, {"item_id": "new2", "title": "x", "description": "a\tb\n\x00"}],
      r"items\[0\]: title: a control character '\\x07' at position 4 \(got 'bell\\x07'; tabs and line breaks are "
@@ -1937,3 +1951,12 @@ def test_a_held_out_attribution_is_worked_out_once_per_account(monkeypatch: pyte
     assert attribution is not None
     assert attribution(1) == attribution(1) == ([("night_share", 0.5, 0.25)], -3.0) and calls == [1]
     assert attribution(7) is None and attribution(7) == ([("night_share", 0.5, 1.75)], -3.0) and calls == [1, 7, 7]
+
+
+def test_category_names_alike_to_the_eye_are_one_category():
+    """A category spelt with an accent written apart (NFD), another case, more spaces or an invisible
+    character reads as the known one: adding it is refused, naming the known spelling."""
+    from shopgraph.retrieval.service import _loose
+
+    assert _loose("cafe\u0301") == _loose("caf\u00e9") == _loose(" Caf\u00e9\u200b ") != _loose("cafe")
+    assert _loose("pet  food") == _loose("Pet food")
