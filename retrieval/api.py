@@ -265,8 +265,29 @@ class ItemIn(BaseModel):
 class BatchItemIn(ItemIn):
     """One item of ``POST /items/batch``."""
 
-    image_base64: str | None = Field(None, description=f"the item's image file (PNG, JPEG, ...), base64-encoded; "
-                                                        f"at most {MAX_IMAGE_BYTES // 2**20} MB once decoded")
+    image_base64: str | None = Field(None, description=f"the item's image file (PNG, JPEG, ...), base64-encoded "
+                                                        "(line breaks and a data: URL's 'data:image/...;base64,' "
+                                                        f"prefix are fine); at most {MAX_IMAGE_BYTES // 2**20} MB "
+                                                        "once decoded")
+
+
+_DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
+
+
+def _base64_image(raw: str) -> bytes:
+    """An image file from its base64 text as clients send it: wrapped in lines (what ``base64``
+    writes by default) or as a data: URL are fine; else ``ValueError`` naming the first character
+    that is not base64 and where it is."""
+    text = "".join(_DATA_URL.sub("", raw.strip(), count=1).split())
+    bad = next(((k, ch) for k, ch in enumerate(text) if not (ch.isascii() and (ch.isalnum() or ch in "+/="))), None)
+    if bad is not None:
+        raise ValueError(f"image_base64: not valid base64 (the character {bad[1]!r} at position {bad[0]:,}, "
+                         "line breaks left out; base64 is A-Z, a-z, 0-9, '+', '/' and '=' at the end)")
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"image_base64: not valid base64 ({exc}; {len(text):,} characters, line breaks left out)"
+                         ) from None
 
 
 class ItemInfoOut(BaseModel):
@@ -921,10 +942,7 @@ def _batch_items(body: dict[str, Any], service: ShopService) -> list[dict[str, A
                 if not isinstance(raw, str) or not raw:
                     raise ValueError(f"image_base64: expected the image file in base64 (got {type(raw).__name__} "
                                      f"{shown(raw)}; null or no field for no image)")
-                try:
-                    fields["image"] = base64.b64decode(raw, validate=True)
-                except binascii.Error as exc:
-                    raise ValueError(f"image_base64: not valid base64 ({exc})") from None
+                fields["image"] = _base64_image(raw)
             out[k] = fields
         except ValueError as exc:
             problems[k] = f"items[{k}]: {exc}"

@@ -857,6 +857,14 @@ def test_a_batch_of_items_is_added_over_http_all_at_once(writable):
                       data={"k": "1"})
     assert [i["item_id"] for i in r.json()["items"]] == ["b1"]
     assert writable.post("/items/batch", json={"items": items[:1]}).status_code == 409
+    # base64 as clients write it: wrapped at 76 columns (GNU base64's default), or as a data: URL
+    wrapped = base64.encodebytes(png).decode()
+    assert "\n" in wrapped.strip()
+    r = writable.post("/items/batch", json={"items": [
+        {"item_id": "b3", "title": "wrapped picture", "image_base64": wrapped},
+        {"item_id": "b4", "title": "data url picture", "image_base64": "data:image/png;base64," + items[0]["image_base64"]}]})
+    assert r.status_code == 201, r.text
+    assert [Path(i["image"]).read_bytes() for i in r.json()["items"]] == [png, png]
     last = (writable.run / "catalogue.jsonl").read_bytes().splitlines()[-1]
     assert json.loads(last)["op"] == "add_batch" and len(json.loads(last)["items"]) == 2
 
@@ -961,7 +969,9 @@ def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):
      "6 of 7 items are not valid, nothing was added: items[1]: expected an object like {\"item_id\": \"i900001\", "
      "\"title\": \"red running shoes\", \"category\": \"shoes\", \"price\": 59.0} (got str); items[2]: title: "
      "required; items[3]: price: expected a finite number >= 0 (got str '3'); items[4]: image_base64: not valid "
-     "base64"),
+     "base64 (the character '@' at position 0, line breaks left out; base64 is A-Z, a-z, 0-9, '+', '/' and '='"),
+    ("post", "/items/batch", {"json": {"items": [{"item_id": "n1", "title": "t", "image_base64": "bm9wZQ="}]}}, 422,
+     "items[0]: image_base64: not valid base64 (Incorrect padding; 7 characters, line breaks left out)"),
     ("post", "/items/batch", {"json": {"items": [{"item_id": "n1", "title": "t", "image_base64": "bm9wZQ=="}]}}, 422,
      "1 of 1 items are not valid, nothing was added: items[0]: image: not a readable image (4 bytes"),
     ("post", "/items/batch", {"json": {"items": [{"item_id": "n1", "title": "t"}, {"item_id": "n1", "title": "u"}]}},
