@@ -1368,7 +1368,9 @@ def app_from_env() -> FastAPI:
     run = os.environ.get(RUN_ENV)
     if not run:
         raise RuntimeError(f"{RUN_ENV} is not set (use `shopgraph serve --run RUN`)")
-    app = create_app(ShopService.from_run(run))
+    service = ShopService.from_run(run)
+    app = create_app(service)
+    logger.info("warmed up in %.1f s (encoders and fraud explainers loaded)", service.warm_up())
     _freeze_heap()
     return app
 
@@ -1425,7 +1427,9 @@ def _serve(run: Path, args: argparse.Namespace, sock: socket.socket) -> int:
                "docs at /docs")
     if workers == 1:
         _serving_threads()
-        app = create_app(ShopService.from_run(run))
+        service = ShopService.from_run(run)
+        app = create_app(service)
+        logger.info("warmed up in %.1f s (encoders and fraud explainers loaded)", service.warm_up())
         _freeze_heap()
         print(serving, flush=True)
         server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=port, access_log=False, log_level="info"))

@@ -1777,6 +1777,32 @@ class ShopService:
         more = int(quick.total[u]) - len(items) if quick is not None else 0
         return named + (f" and {more:,} more" if more > 0 else "")
 
+    def warm_up(self) -> float:
+        """Answer each kind of query once, answers thrown away: a text and an image search, a
+        recommendation and a fraud score with its reasons (a trained-on account's held-out ones
+        too), so that the first callers after a start do not wait for the encoders and the fraud
+        explainers to load (about 3 s on the demo run). What the run cannot do is skipped.
+        ``shopgraph serve`` calls it before it answers anything, ``/healthz`` included.
+
+        Returns:
+            The seconds it took.
+        """
+        from PIL import Image
+
+        t0 = time.perf_counter()
+        jobs: list[Callable[[], Any]] = [lambda: self.search(text="warm up", k=1),
+                                         lambda: self.search(image=Image.new("RGB", (32, 32), (128, 128, 128)), k=1)]
+        if self.user_ids:
+            held = np.flatnonzero(np.isfinite(np.asarray(self.fraud_prob_held_out, dtype=np.float64)))
+            account = self.user_ids[int(held[0])] if held.size else self.user_ids[0]
+            jobs += [lambda: self.recommend(self.user_ids[0], k=1), lambda: self.score_user(account)]
+        for job in jobs:
+            try:
+                job()
+            except (NotAvailableError, ValueError) as exc:  # a run without text or images, say
+                logger.debug("warm-up: skipped (%s)", exc)
+        return time.perf_counter() - t0
+
     def score_user(self, user_id: str) -> FraudScore:
         """Fraud probability of a user, the decision, and the behaviour features behind it."""
         return self._score([self._user(user_id)])[0]

@@ -95,7 +95,9 @@ def _serve_demo(run_path: Path, host: str, sock: socket.socket) -> None:
     from shopgraph.retrieval.service import ShopService
 
     print("[demo] loading the service and the app ...", flush=True)
-    app = create_app(ShopService.from_run(run_path))
+    service = ShopService.from_run(run_path)
+    app = create_app(service)
+    service.warm_up()  # the first visitor's search and fraud score do not wait for the encoders
     app.add_api_route("/", lambda: RedirectResponse("/demo/"), include_in_schema=False)
     port = sock.getsockname()[1]
     # the socket is bound already: this address is ours

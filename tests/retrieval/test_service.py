@@ -1960,3 +1960,14 @@ def test_category_names_alike_to_the_eye_are_one_category():
 
     assert _loose("cafe\u0301") == _loose("caf\u00e9") == _loose(" Caf\u00e9\u200b ") != _loose("cafe")
     assert _loose("pet  food") == _loose("Pet food")
+
+
+def test_warm_up_loads_what_the_first_callers_would_wait_for(own_run):
+    """After warm_up the text and image encoders are loaded and the answers are what they were."""
+    svc = load_service(own_run)
+    before = (svc.recommend("u001", k=3), svc.score_user("u002"))
+    svc._text_encoder = svc._image_encoder = None  # as a service just loaded from its run
+    assert svc.warm_up() > 0
+    assert svc._text_encoder is not None and svc._image_encoder is not None
+    assert (svc.recommend("u001", k=3), svc.score_user("u002")) == before
+    assert not (own_run / "catalogue.jsonl").exists()  # nothing changed
