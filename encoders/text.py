@@ -124,6 +124,22 @@ class TextEncoder:
         self._model = model.eval().to(self.device)
         logger.info("text encoder %s on %s (dim %d)", self.model_name, self.device, self.dim)
 
+    def read_up_to(self, text: str) -> int | None:
+        """Where the model stops reading ``text``: ``None`` when it reads all of it, else how many of
+        its first characters fit its window (``max_length`` tokens, its two special ones included);
+        :meth:`encode` leaves the rest out. A tokenizer without character offsets (not a "fast"
+        one) gives the cut at a word boundary from its tokens."""
+        self._load()
+        ids = self._tokenizer(text, add_special_tokens=True)["input_ids"]
+        if len(ids) <= self.max_length:
+            return None
+        try:
+            kept = self._tokenizer(text, truncation=True, max_length=self.max_length, return_offsets_mapping=True)
+            return max((end for _, end in kept["offset_mapping"]), default=0)
+        except (NotImplementedError, ValueError):  # a slow tokenizer: the kept tokens' text, as long as it is
+            shown = self._tokenizer.decode(ids[1 : self.max_length - 1])
+            return min(len(text), len(shown))
+
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Embed texts.
 

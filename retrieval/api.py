@@ -169,15 +169,21 @@ class ColdIn(BaseModel):
     n_seeds: int = Field(10, ge=1, le=K_MAX, description="with text: the text matches whose embeddings make the query")
 
 
+_TEXT_CUT = ("null when the text model read the whole text; else how many of its first characters it read (it "
+             "reads a window of 128 tokens, about 500 characters of English): the rest did not count")
+
+
 class ColdOut(BaseModel):
     item_ids: list[str] | None
     text: str | None
+    text_cut_at: int | None = Field(None, description=_TEXT_CUT)
     k: int
     items: list[ItemOut]
 
 
 class SearchOut(BaseModel):
     text: str | None
+    text_cut_at: int | None = Field(None, description=_TEXT_CUT)
     image: bool
     k: int
     items: list[ItemOut]
@@ -1173,7 +1179,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
             rec = await run_in_threadpool(service.recommend_for_text, text, k, n_seeds)
         else:
             rec = service.recommend_for_items(ids or [], k)
-        return ColdOut(item_ids=ids, text=text, k=k, items=_items(rec))
+        cut = await run_in_threadpool(service.text_cut_at, text) if text is not None else None
+        return ColdOut(item_ids=ids, text=text, text_cut_at=cut, k=k, items=_items(rec))
 
     search_body = _json_or_multipart(SearchIn, {
         "image": {"type": "string", "format": "binary",
@@ -1197,7 +1204,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         else:
             text, k = _search_json(await _json_body(request, _JSON_EXAMPLE))
         rec = await run_in_threadpool(service.search, text=text, image=image, k=k)
-        return SearchOut(text=text, image=image is not None, k=k, items=_items(rec))
+        cut = await run_in_threadpool(service.text_cut_at, text) if text is not None else None
+        return SearchOut(text=text, text_cut_at=cut, image=image is not None, k=k, items=_items(rec))
 
     item_body = _json_or_multipart(ItemIn, {
         **{name: {"type": "string"} for name in ("item_id", "title", "category", "description")},

@@ -1554,6 +1554,21 @@ class ShopService:
             vectors = np.asarray(self._text_encoder.encode(texts), dtype=np.float32)
         return vectors
 
+    def text_cut_at(self, text: str) -> int | None:
+        """Where the text model stops reading a query (it reads a window of tokens, 128 for the
+        bundled model, about 500 characters of English; :meth:`search` and
+        :meth:`recommend_for_text` match the start only): ``None`` when it reads all of it (or
+        cannot tell), else how many characters of ``text`` as given it reads."""
+        clean = check_text(text)
+        with self._enc_lock:
+            if self._text_encoder is None:
+                from shopgraph.encoders.text import TextEncoder
+
+                self._text_encoder = TextEncoder(self._text_model)
+            read_up_to = getattr(self._text_encoder, "read_up_to", None)
+            cut = read_up_to(clean) if read_up_to is not None else None
+        return None if cut is None else cut + len(text) - len(text.lstrip())  # leading spaces are not read
+
     def _check_encoder(self, kind: str, encoder: Any, path: str | None) -> None:
         """Refuse a query encoder whose model is not the one the run's ``kind`` vectors were made
         with (``encoder_models``); checked once per encoder (the name hashes its weights). The

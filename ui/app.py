@@ -648,6 +648,10 @@ def text_search_view(service: ShopService, thumbs: Thumbnails, text: Any, k: Any
         return SearchView(_problem(exc, TEXT), [], _empty_results())
     status = (f"Items whose text best matches **{_md(_cut(text))}** (similarity up to 1, 1 = the same)."
               + found.note())
+    cut = service.text_cut_at(text)
+    if cut is not None:  # the model read the start only: said, so that words at the end are not thought to count
+        status += (f" *The text is longer than the model reads: only its first {cut:,} characters (to "
+                   f"\"…{_md(text[max(0, cut - 30):cut].strip())}\") counted.*")
     if service.has_item(text):
         status += (f" *{_md(text.strip())} is an item id: the text search reads words, not ids; to see the items "
                    "like it, pick it under Similar items.*")

@@ -101,6 +101,16 @@ def test_truncation_and_empty_input(tiny_bert: Path) -> None:
     assert enc.encode([]).shape == (0, 16)
 
 
+def test_read_up_to_says_where_the_model_stops_reading(tiny_bert: Path) -> None:
+    """A text longer than the window is cut (encode reads its start only): read_up_to says after how
+    many characters, so that a search can say what it did not read; None when all is read."""
+    enc = TextEncoder(tiny_bert, max_length=4)  # [CLS] + 2 tokens + [SEP]
+    assert enc.read_up_to("red shoes") is None and enc.read_up_to("") is None
+    long = "red laptop charger book"
+    assert enc.read_up_to(long) == len("red laptop")
+    np.testing.assert_allclose(enc.encode([long]), enc.encode([long[: enc.read_up_to(long)]]), atol=1e-5)
+
+
 def test_model_name_is_stable_and_tracks_config_and_length(tiny_bert: Path, tmp_path: Path) -> None:
     a, b = TextEncoder(tiny_bert), TextEncoder(str(tiny_bert))
     assert a.model_name == b.model_name and a.model_name.startswith(tiny_bert.name + "@")

@@ -124,8 +124,16 @@ def test_similar_search_fraud_health(client):
         "i003", 4, exclude=[similar[0], similar[2]]).item_ids
     r = client.post("/search", json={"text": "running shoes", "k": 3})
     assert r.status_code == 200
-    assert r.json()["text"] == "running shoes" and r.json()["image"] is False
+    assert r.json()["text"] == "running shoes" and r.json()["image"] is False and r.json()["text_cut_at"] is None
     assert [i["item_id"] for i in r.json()["items"]] == client.service.search(text="running shoes", k=3).item_ids
+    # a text longer than the model reads: the answer says where it stopped reading, not silently
+    long = "  " + "lorem " * 200 + "running shoes"
+    for path, extra in (("/search", {}), ("/recommend/cold", {"n_seeds": 3})):
+        r = client.post(path, json={"text": long, "k": 3, **extra})
+        cut = r.json()["text_cut_at"]
+        assert r.status_code == 200 and 2 < cut < len(long) - 100 and long[cut:].startswith(" lorem")
+        assert r.json()["items"] == client.post(path, json={"text": long[:cut], "k": 3, **extra}).json()["items"]
+    assert client.post("/recommend/cold", json={"text": "running shoes"}).json()["text_cut_at"] is None
     png = solid_png((210, 30, 30), seed=3)
     r = client.post("/search", files={"image": ("red.png", png, "image/png")}, data={"k": "4"})
     assert r.status_code == 200 and r.json()["image"] is True and len(r.json()["items"]) == 4

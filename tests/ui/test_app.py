@@ -302,6 +302,10 @@ def test_text_search_says_when_nothing_matches_and_quotes_a_long_text_by_its_sta
     assert "is an item id: the text search reads words, not ids" in text_search_view(ui_service, thumbs, item, 4).status
     long = text_search_view(ui_service, thumbs, "wireless headphones " * 100, 4)
     assert "wireless headphones " * 100 not in long.status and "… (1,999 characters)" in long.status
+    # ... and says where the model stopped reading it
+    cut = ui_service.text_cut_at("wireless headphones " * 100)
+    assert cut is not None and f"only its first {cut:,} characters" in long.status
+    assert "longer than the model reads" not in good.status
 
 
 @pytest.mark.parametrize("text", ["", "   ", None])
