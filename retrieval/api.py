@@ -257,7 +257,7 @@ class ItemIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    item_id: str = Field(..., description="a new item id")
+    item_id: str = Field(..., description="a new item id", max_length=MAX_TEXT_CHARS)
     title: str = Field(..., description="the item's title", max_length=MAX_TEXT_CHARS)
     category: str | None = Field("", description="its category (a new one is allowed; spaces around it are "
                                                  "stripped; null or left out: none, or for a removed item sent "
@@ -896,7 +896,7 @@ def _fraud_out(service: ShopService, s: FraudScore) -> FraudOut:
                     flagged=s.flagged, scorer=str(service.fraud.get("kind", "none")), reasons=s.reasons,
                     label=s.label, label_in_training=s.label_in_training,
                     held_out_probability=s.held_out_probability,
-                    held_out_flagged=None if s.held_out_probability is None else s.held_out_probability >= s.threshold,
+                    held_out_flagged=s.held_out_flagged,
                     held_out_reasons=s.held_out_reasons)
 
 
@@ -1185,7 +1185,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     search_body = _json_or_multipart(SearchIn, {
         "image": {"type": "string", "format": "binary",
                   "description": f"an image file, at most {MAX_IMAGE_BYTES // 2**20} MB (an empty file input: none)"},
-        "text": {"type": "string", "description": "text, alone or combined with the image (empty: none)"},
+        "text": {"type": "string", "maxLength": MAX_TEXT_CHARS,
+                 "description": "text, alone or combined with the image (empty: none)"},
         "k": {"type": "integer", "minimum": 1, "maximum": K_MAX, "default": 10},
     }, required=[])
 
@@ -1208,7 +1209,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         return SearchOut(text=text, text_cut_at=cut, image=image is not None, k=k, items=_items(rec))
 
     item_body = _json_or_multipart(ItemIn, {
-        **{name: {"type": "string"} for name in ("item_id", "title", "category", "description")},
+        **{name: {"type": "string", "maxLength": MAX_TEXT_CHARS} for name in ("item_id", "title", "category",
+                                                                               "description")},
         "price": {"type": "number", "minimum": 0},
         "image": {"type": "string", "format": "binary",
                   "description": f"the item's image, at most {MAX_IMAGE_BYTES // 2**20} MB"},
@@ -1285,7 +1287,11 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         return FileResponse(path)
 
     # HEAD too, as CDNs and link checkers probe a picture (the headers of GET, no body)
-    app.head("/images/{item_id:path}", include_in_schema=False, dependencies=[nothing])(item_image)
+    app.head("/images/{item_id:path}", response_class=FileResponse, tags=["catalogue"],
+             summary="The headers of `GET /images/{item_id}` (its type and size), without the file",
+             responses={**_ERRORS, 200: {"description": "the image file's headers"},
+                        503: {"model": ErrorOut, "description": "the image file is missing on the server"}},
+             dependencies=[nothing])(item_image)
 
     @app.delete("/items/{item_id:path}", response_model=RemovedOut, responses={
         **_ERRORS, 503: {"model": ErrorOut, "description": "the journal could not be written"},

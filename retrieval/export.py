@@ -185,8 +185,7 @@ def contradiction(held_out: float, threshold: float) -> float:
 def is_lead(score: FraudScore) -> bool:
     """Whether an account is a lead for an investigator: not already labelled fraud, and flagged by
     its served score or by its held-out one."""
-    held = score.held_out_probability
-    return score.label is not True and (score.flagged or (held is not None and held >= score.threshold))
+    return score.label is not True and (score.flagged or bool(score.held_out_flagged))
 
 
 def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = True,
@@ -228,7 +227,7 @@ def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = T
             kept = service.score_users([s.user_id for s in kept], reasons=True)
         rows += [(s.user_id, s.probability, s.threshold, s.flagged, FITTED if s.label_in_training else PREDICTION,
                   scorer, s.label, s.label_in_training, s.held_out_probability,
-                  None if s.held_out_probability is None else s.held_out_probability >= s.threshold,
+                  s.held_out_flagged,
                   *((list(s.reasons), list(s.held_out_reasons)) if as_lists
                     else (REASON_SEP.join(s.reasons), REASON_SEP.join(s.held_out_reasons)))) for s in kept]
     if label_audit:  # the most contradicted first, in log-odds

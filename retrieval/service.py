@@ -166,6 +166,13 @@ class FraudScore(NamedTuple):
     held_out_probability: float | None = None
     held_out_reasons: list[str] = []  # noqa: RUF012 - a NamedTuple default, never mutated
 
+    @property
+    def held_out_flagged(self) -> bool | None:
+        """``held_out_probability >= threshold`` (``None`` without a held-out score), as the HTTP
+        answer and ``shopgraph score`` give it: the verdict on a trained-on account's prediction."""
+        held = self.held_out_probability
+        return None if held is None else held >= self.threshold
+
 
 class UnknownIdError(ValueError):
     """An id that the run does not know (a ``ValueError``; HTTP 404)."""
@@ -2043,8 +2050,9 @@ class ShopService:
             item_id: a new external id (leading and trailing spaces are stripped, with a warning, as
                 loading the shop strips them), or that of a trained item removed since: that item
                 is restored, its trained vector with what is sent (:meth:`_restore`).
-            title, category, description: item text (the title must have some: one of only spaces
-                is refused).
+            title, category, description: item text, each at most ``MAX_TEXT_CHARS`` (2,000)
+                characters (the title must have some: one of only spaces is refused; a
+                ``None`` category or description is one left out, as a JSON ``null`` over HTTP).
             price: item price (kept for display); ``None``: unknown.
             image: ``PIL.Image``, bytes or a path; ``None``: no image.
 
@@ -2150,6 +2158,12 @@ class ShopService:
         in (:meth:`add_item`)."""
         if not isinstance(item_id, str) or not item_id.strip():
             raise ValueError(f"{where}item_id: expected a non-empty string (got {shown(item_id)})")
+        # None for a text field is the field left out, as over HTTP (a null there: what it had, or none)
+        category, description = (KEEP if v is None else v for v in (category, description))
+        for name, value in (("item_id", item_id), ("title", title), ("category", category), ("description", description)):
+            if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:  # as over HTTP, and as queries are
+                raise ValueError(f"{where}{name}: {len(value):,} characters, over the {MAX_TEXT_CHARS:,}-character "
+                                 "limit")
         check_unicode(item_id, f"{where}item_id")
         check_single_line(item_id, f"{where}item_id")  # before the strip below: a trailing newline is refused too
         if item_id != item_id.strip():  # as loading the shop does (graph/load.py): ids are stored stripped

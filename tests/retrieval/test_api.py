@@ -206,6 +206,13 @@ def test_openapi_docs(client):
     assert batch["properties"]["items"]["maxItems"] == 1000 and "$ref" not in json.dumps(batch)
     assert set(batch["properties"]["items"]["items"]["properties"]) == {
         "item_id", "title", "category", "description", "price", "image_base64"}
+    # the 2,000-character limit of every text field, as the server enforces it, in JSON and in forms
+    assert batch["properties"]["items"]["items"]["properties"]["item_id"]["maxLength"] == 2000
+    form = spec["paths"]["/items"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert all(form[name]["maxLength"] == 2000 for name in ("item_id", "title", "category", "description"))
+    form = spec["paths"]["/search"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert form["text"]["maxLength"] == 2000
+    assert set(spec["paths"]["/images/{item_id}"]) == {"get", "head"}  # HEAD is served, so listed
     remove = spec["paths"]["/items/remove"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert remove["properties"]["item_ids"]["maxItems"] == 1000 and remove["required"] == ["item_ids"]
     for path, fields in (("/recommend/batch", {"user_ids", "k", "exclude_seen", "category", "exclude"}),

@@ -1971,3 +1971,25 @@ def test_warm_up_loads_what_the_first_callers_would_wait_for(own_run):
     assert svc._text_encoder is not None and svc._image_encoder is not None
     assert (svc.recommend("u001", k=3), svc.score_user("u002")) == before
     assert not (own_run / "catalogue.jsonl").exists()  # nothing changed
+
+
+def test_the_python_api_checks_items_as_http_does(own_run):
+    """add_item refuses what POST /items refuses (a text over 2,000 characters), and takes None for a
+    category or description as a JSON null: the field left out."""
+    svc = load_service(own_run)
+    n = len(svc.item_ids)
+    for field in ("title", "category", "description"):
+        args = {"item_id": "long1", "title": "ok", field: "x" * 2001}
+        with pytest.raises(ValueError, match=f"^{field}: 2,001 characters, over the 2,000-character limit"):
+            svc.add_item(**args)
+    with pytest.raises(ValueError, match="items\\[0\\]: item_id: 2,001 characters"):
+        svc.add_items([{"item_id": "y" * 2001, "title": "ok"}])
+    assert len(svc.item_ids) == n
+    svc.add_item("none1", "a lamp", category=None, description=None)
+    assert svc.item_info("none1")["category"] == "" and svc.item_info("none1")["description"] == ""
+
+
+def test_a_fraud_score_gives_its_held_out_verdict():
+    score = FraudScore("u1", 0.1, 0.2, False, [], True, True, 0.25)
+    assert score.held_out_flagged is True and score._replace(held_out_probability=0.15).held_out_flagged is False
+    assert score._replace(held_out_probability=None).held_out_flagged is None
