@@ -26,6 +26,7 @@ from shopgraph.graph.build import build_graph, target_pairs
 from shopgraph.graph.files import as_created, through_link
 from shopgraph.graph.run import MANIFEST, RunDir, swap_in
 from shopgraph.graph.schema import TABLE_NAMES, ShopTables
+from shopgraph.graph.synthetic import read_generated_note
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +245,8 @@ def build_run(
             data_fingerprint=data_fingerprint(Path(data_dir)),
             config={
                 "data_dir": str(Path(data_dir).resolve()), "target": target, "seed": seed,
+                # a shop `shopgraph generate` made up (its note), so that what serves the run can say so
+                "generated": read_generated_note(Path(data_dir)),
                 "use_text": use_text, "use_image": use_image, "text_model": text_model,
                 "image_model": image_model, "split_kind": str(data.split_kind),
                 "split_times": list(data.split_times),

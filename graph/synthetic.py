@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import os
 import shutil
@@ -21,7 +22,7 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -309,7 +310,11 @@ def _check_args(n_users: object, seed: object, label_noise: object) -> None:
         raise ValueError(f"label_noise: expected a share in [0, 0.5] (got {label_noise})")
 
 
-SHOP_ENTRIES = frozenset({"users.csv", "items.csv", "devices.csv", "events.csv", "labels.csv", "images"})
+GENERATED_FILE = "generated.json"
+"""What :func:`generate_shop` writes beside the tables to say the shop is made up (how it was
+made); ``shopgraph build`` records it in the run's config, and the demo says so."""
+SHOP_ENTRIES = frozenset({"users.csv", "items.csv", "devices.csv", "events.csv", "labels.csv", "images",
+                          GENERATED_FILE})
 """What :func:`generate_shop` writes into its folder: the only names ``overwrite`` replaces."""
 
 
@@ -325,7 +330,8 @@ def generate_shop(
     """Generate the synthetic shop into ``out`` (atomically).
 
     Writes ``users.csv``, ``items.csv``, ``devices.csv``, ``events.csv`` (sorted by time),
-    ``labels.csv`` and ``images/<item_id>.png`` (64×64 RGB). The folder is built in a hidden
+    ``labels.csv``, ``images/<item_id>.png`` (64×64 RGB) and :data:`GENERATED_FILE` (that the shop
+    is made up, and how). The folder is built in a hidden
     temporary sibling and renamed into place, so ``out`` is either absent, the old folder, or
     complete.
 
@@ -660,9 +666,28 @@ def _generate_into(folder: Path, *, n_users: int, seed: int, label_noise: float,
 
     steps.set_postfix_str("images")
     _write_images(folder / "images", rng, items, progress)
+    (folder / GENERATED_FILE).write_text(json.dumps(generated_note(n_users, seed, label_noise), indent=1) + "\n")
     steps.update()
     steps.close()
     return (n_users, len(items.cat), len(dev.table), len(ev.user), n_fraud, int(roles.ring.max() + 1))
+
+
+def generated_note(n_users: int, seed: int, label_noise: float) -> dict[str, Any]:
+    """The content of :data:`GENERATED_FILE`: that the shop is made up, and the arguments that
+    made it (the same arguments make the same shop)."""
+    return {"generator": "shopgraph generate", "users": int(n_users), "seed": int(seed),
+            "label_noise": float(label_noise),
+            "note": "a made-up shop: its shoppers, devices, product titles and pictures are generated"}
+
+
+def read_generated_note(folder: Path) -> dict[str, Any] | None:
+    """:data:`GENERATED_FILE` of a tables folder when :func:`generate_shop` wrote it (``None``
+    otherwise, or when it is not such a note: a shop's own file of that name says nothing)."""
+    try:
+        note = json.loads((Path(folder) / GENERATED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return note if isinstance(note, dict) and note.get("generator") == "shopgraph generate" else None
 
 
 def _make_items(rng: np.random.Generator, n_items: int) -> _Items:

@@ -1528,7 +1528,7 @@ class ShopService:
 
     def _similar_reasons(self, item: int, ids: np.ndarray) -> list[str]:
         """Per neighbour of ``item``: how many shoppers bought both (when any did), the shared
-        category, else that the two are close in the model's item embedding (how close is the
+        category, else that the model puts them close (liked by the same kind of shopper; how close is the
         result's score, the cosine, so the reason does not repeat it)."""
         buyers = self._buyers_of(item)
         out = []
@@ -1538,7 +1538,7 @@ class ShopService:
             if self.categories[item] and self._item_cat[j] == self._item_cat[item]:
                 parts.append(f"same category '{self.categories[item]}'")
             if not both:
-                parts.append("close in the model's item embedding")
+                parts.append("liked by the same kind of shopper, as the model learnt")
             out.append("; ".join(parts))
         return out
 

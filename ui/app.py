@@ -488,6 +488,13 @@ def recommend_view(service: ShopService, history: UserHistory | None, thumbs: Th
     status = (f"**{_md(user)}**: {n_bought:,} purchases in the data. Top {plural(len(found.table), 'recommendation')} "
               f"(already-bought items left out), best fit first. The fit score column is the model's raw score "
               "for this shopper: only its order matters (higher = better fit)." + found.note())
+    back = sum(1 for why in rec.reasons if why.startswith("you "))  # the revisit reasons: "you viewed it 3 times"
+    if back:
+        status += (f" {'All' if back == len(rec.reasons) else f'{back} of the {len(rec.reasons)}'} are items this "
+                   "shopper looked at without buying (the reason says when): what shoppers here buy next is most "
+                   "often something they came back to, so the model puts those first (the Model tab's "
+                   "itemknn_revisit does the same)" + ("." if back == len(rec.reasons) else "; the others are new to "
+                                                                                   "them."))
     if history is None:
         status += " The history panel is empty: the run's events table could not be read."
     return RecommendView(status, past, found.gallery, found.table)
@@ -606,7 +613,7 @@ def sample_users(service: ShopService, history: UserHistory | None, cases: Fraud
         for u, c in typical.head(n).items():
             add(str(u), f"typical shopper, {int(c)} purchases")
     for u in service.user_ids[:n]:
-        add(u, "first users")
+        add(u, "an example shopper")
     return [(label, user) for user, label in chosen.items()]
 
 
@@ -974,6 +981,35 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
         status += _ring_sentence(rings, ranks, len(ranked))
         ring = min((r.ring_id for r in rings), key=lambda r: ranks[r], default=None)
     return FraudView(status, p, score.threshold, verdict(p, score.threshold, held), table, method, held, ring)
+
+
+def predictions(service: ShopService) -> np.ndarray:
+    """``[U]`` every account's fraud probability as the Fraud tab judges it: the held-out score of an
+    account the scorer was trained on (its served one is fitted to its label), else the served one."""
+    served = np.asarray(service.fraud_prob, dtype=np.float64)
+    held = np.asarray(service.fraud_prob_held_out, dtype=np.float64)
+    return np.where(np.asarray(service.label_in_training, dtype=bool) & np.isfinite(held), held, served)
+
+
+def flagged_at(service: ShopService, threshold: Any) -> str:
+    """Markdown: how many accounts the threshold flags, judged as the verdict judges one account
+    (:func:`predictions`), and how many of those the shop's data labels fraud; ``""`` when there is
+    nothing to count (no scorer, a threshold out of range: the verdict says why)."""
+    try:
+        t = check_threshold(threshold)
+    except ValueError:
+        return ""
+    pred = predictions(service)
+    known = np.isfinite(pred)
+    if not known.any():
+        return ""
+    flagged = known & (pred >= t)
+    fraud = flagged & (np.asarray(service.fraud_labels) == 1)
+    labelled = int((np.asarray(service.fraud_labels)[flagged] >= 0).sum())
+    share = (f"; the shop's data labels {int(fraud.sum()):,} of them fraud" if labelled else "")
+    return (f"*At this threshold {int(flagged.sum()):,} of the {int(known.sum()):,} accounts are flagged{share} "
+            "(each judged as above: by its prediction with its own label held out when the scorer was trained "
+            "on it).*")
 
 
 def _ring_sentence(rings: Sequence[Ring], ranks: dict[str, int], total: int) -> str:
@@ -1697,13 +1733,34 @@ def fraud_scorer(run_dir: Path | None) -> str | None:
     return str(kind) if kind and kind != "none" else None
 
 
-def intro(users: int, items: int, scorer: str | None) -> str:
-    """The page's opening Markdown: what the graph is and which model does what."""
+def generated_shop(run_dir: Path | None) -> dict[str, Any] | None:
+    """The note of a run built from a shop ``shopgraph generate`` made up (its ``generated.json``,
+    recorded in the manifest's config by ``shopgraph build``), or ``None``: a real shop, or a run
+    built before builds recorded it."""
+    if run_dir is None:
+        return None
+    from shopgraph.graph.run import RunDir
+
+    try:
+        note = RunDir(run_dir).manifest.get("config", {}).get("generated")
+    except (FileNotFoundError, ValueError, AttributeError) as exc:
+        logger.info("whether the shop is generated is unknown: %s", exc)
+        return None
+    return note if isinstance(note, dict) else None
+
+
+def intro(users: int, items: int, scorer: str | None, generated: Mapping[str, Any] | None = None) -> str:
+    """The page's opening Markdown: what the graph is and which model does what (and, for a shop
+    ``shopgraph generate`` made up, that it is made up)."""
     fraud = (f" Fraud is scored by {_FRAUD_SCORERS.get(scorer, scorer)}, the method that did best on validation "
              "data." if scorer else "")
+    made_up = ("\n\n*This shop is made up, to try ShopGraph on: `shopgraph generate` invented its shoppers, devices, "
+               "fraud rings, product titles and pictures (so titles such as \"Inkwell Deluxe Green fountain pen 500 "
+               "sheets\" and the simple drawings are odd on purpose). Run it on your own shop's tables to see "
+               "yours.*" if generated else "")
     return (f"# ShopGraph\nA graph of **{users:,} shoppers** and **{items:,} items**, linked by what they viewed and "
             "bought and the devices they used. A graph neural network learns from it to recommend items." + fraud +
-            " Each tab below says what it shows and how to read it.")
+            " Each tab below says what it shows and how to read it." + made_up)
 
 
 def _catalogue_state(service: ShopService) -> tuple[Any, ...]:
@@ -1816,10 +1873,11 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
     rec_default = default_user(shoppers, "heavy buyer")
     fraud_default = default_user(users, "fraud probability")
     scorer = fraud_scorer(run_dir)
+    generated = generated_shop(run_dir)
 
     def current_intro() -> str:  # run on every page load: items added or removed since start-up count
         info = service.info()
-        return intro(info["users"], info["items"], scorer)
+        return intro(info["users"], info["items"], scorer, generated)
 
     with gr.Blocks(title="ShopGraph demo") as app:
         gr.Markdown(current_intro, elem_id="intro")
@@ -1852,7 +1910,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                     rec_gallery = gr.Gallery(label="Recommended", columns=4, height=300, object_fit="contain",
                                              elem_id="rec-gallery")
                 rec_table = gr.Dataframe(value=_empty_results(), label="Recommendations with reasons",
-                                         interactive=False, wrap=True,
+                                         interactive=False, wrap=True, max_height=1400,  # 20 rows unscrolled
                                          column_widths=_RESULT_WIDTHS, elem_id="rec-table")
 
                 def on_recommend(user: Any, k: Any) -> tuple[Any, ...]:
@@ -1966,11 +2024,21 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                     "Open its ring on the Rings tab", visible=False, elem_id="fraud-open-ring")
                 fr_ring = gr.State(None)  # the ring that button opens
                 threshold0 = float(service.fraud_threshold) if math.isfinite(service.fraud_threshold) else 0.5
-                # the validation-chosen threshold as it is (rounding it could flip a verdict near the line)
-                fr_threshold = gr.Slider(0.0, 1.0, value=threshold0, step=0.01, label=THRESHOLD,
+                # the box shows the validation-chosen threshold to 3 decimals, and that value compares as the
+                # threshold itself (0.209 is 0.2089774...): rounded, it could flip a verdict near the line
+                shown0 = round(threshold0, 3)
+
+                def exact(threshold: Any) -> Any:
+                    try:
+                        return threshold0 if float(threshold) == shown0 else threshold
+                    except (TypeError, ValueError):
+                        return threshold  # check_threshold names the problem
+
+                fr_threshold = gr.Slider(0.0, 1.0, value=shown0, step=0.001, label=THRESHOLD,
                                          info="starts at the validation-chosen threshold; kept when you score "
                                               "another account", elem_id="fraud-threshold")
                 fr_verdict = gr.Markdown(verdict(None, None), elem_id="fraud-verdict")
+                fr_count = gr.Markdown(flagged_at(service, threshold0), elem_id="fraud-flagged-count")
                 fr_prob = gr.State(None)
                 fr_held = gr.State(None)  # a trained-on account's held-out score: the verdict's second line
                 fr_method = gr.Markdown()
@@ -1981,7 +2049,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 def on_score(user: Any, threshold: Any) -> tuple[Any, ...]:
                     view = fraud_view(service, cases, user)
                     _warn(view.status)
-                    shown = view.verdict if view.probability is None else verdict(view.probability, threshold,
+                    shown = view.verdict if view.probability is None else verdict(view.probability, exact(threshold),
                                                                                    view.held_out)
                     if view.probability is not None:
                         _warn(shown)  # a threshold out of range typed before scoring
@@ -1989,10 +2057,13 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                     button = gr.Button(f"Open ring {view.ring} on the Rings tab", visible=view.ring is not None)
                     return view.status, view.probability, shown, view.reasons, method, view.held_out, button, view.ring
 
-                def on_threshold(probability: Any, threshold: Any, held_out: Any) -> str:
-                    shown = verdict(probability, threshold, held_out)
+                def verdict_now(probability: Any, threshold: Any, held_out: Any) -> str:
+                    return verdict(probability, exact(threshold), held_out)
+
+                def on_threshold(probability: Any, threshold: Any, held_out: Any) -> tuple[str, str]:
+                    shown = verdict_now(probability, threshold, held_out)
                     _warn(shown)
-                    return shown
+                    return shown, flagged_at(service, exact(threshold))
 
                 # preprocess=False: the handlers get the typed threshold as it is, so one out of the slider's
                 # range gets our message; Gradio's own check would answer with a bare "Error" and a traceback
@@ -2006,8 +2077,9 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                     # on its way was compared with the account scored before, and the score came back with the
                     # verdict at the value it was sent with
                     listen(score_once, [fr_user, fr_threshold], score_outputs, preprocess=False).then(
-                        verdict, [fr_prob, fr_threshold, fr_held], [fr_verdict], preprocess=False)  # warned already
-                fr_threshold.change(on_threshold, [fr_prob, fr_threshold, fr_held], [fr_verdict], preprocess=False)
+                        verdict_now, [fr_prob, fr_threshold, fr_held], [fr_verdict], preprocess=False)  # warned already
+                fr_threshold.change(on_threshold, [fr_prob, fr_threshold, fr_held], [fr_verdict, fr_count],
+                                    preprocess=False)
 
             with gr.Tab("Rings", id="rings"):
                 gr.Markdown("**Groups of accounts that share devices, most suspicious first**: possible fraud rings "

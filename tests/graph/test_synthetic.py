@@ -57,7 +57,7 @@ def test_determinism_byte_identical(shop300: tuple[Path, GenerateSummary], tmp_p
     out, first = shop300
     again = generate_shop(tmp_path / "again", n_users=300, seed=7)
     a, b = _digest(out), _digest(tmp_path / "again")
-    assert len(a) == 5 + first.items
+    assert len(a) == 6 + first.items  # the tables, generated.json and the pictures
     assert a == b
     assert first._replace(seconds=0) == again._replace(seconds=0)
     other = generate_shop(tmp_path / "other", n_users=300, seed=8)
@@ -201,6 +201,7 @@ def test_label_noise_flips_requested_share(shop300: tuple[Path, GenerateSummary]
     # Everything but the labels is unchanged.
     a, b = _digest(out), _digest(tmp_path / "noisy")
     assert a.pop("labels.csv") != b.pop("labels.csv")
+    assert a.pop("generated.json") != b.pop("generated.json")  # it says how much noise was asked for
     assert a == b
 
 

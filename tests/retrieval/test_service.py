@@ -322,7 +322,7 @@ def test_similar_items_is_cosine_and_excludes_itself(service):
                 assert "embedding" not in reason
             else:
                 # how close is the score column's cosine: the reason does not repeat the number
-                assert "bought" not in reason and reason.endswith("close in the model's item embedding"), reason
+                assert "bought" not in reason and reason.endswith("liked by the same kind of shopper, as the model learnt"), reason
                 assert f"{score:.2f}" not in reason
             same = service.categories[i] == service.categories[service.item_ids.index(j)]
             assert (f"same category '{service.categories[i]}'" in reason) == same
@@ -505,7 +505,7 @@ def test_add_and_remove_item_without_retraining(own_run):
     similar = svc.similar_items("new1", k=5)
     assert len(similar.item_ids) == 5
     # nobody has bought a new item: its neighbours are never "bought by the same shoppers"
-    assert all("bought" not in r and "item embedding" in r for r in similar.reasons)
+    assert all("bought" not in r and "as the model learnt" in r for r in similar.reasons)
     # the stored embedding is the mean of the trained items' vectors nearest in content (text + image cosines)
     text_vec = svc._encode_texts(["glow in the dark frisbee. toys"])[0]
     image_vec = svc._encode_image(solid_png((20, 220, 20), seed=5))[0]

@@ -1081,6 +1081,42 @@ def test_intro_names_the_served_fraud_scorer(ui_run: Path, tmp_path: Path) -> No
     assert "Fraud is scored" not in intro(10, 5, None) and "recommend items" in intro(10, 5, None)
 
 
+def test_the_threshold_says_how_many_accounts_it_flags(ui_service: ShopService) -> None:
+    """Under the slider: how many accounts the threshold flags, each judged as the verdict judges one
+    (a trained-on account by its held-out score), and how many of them are labelled fraud."""
+    from shopgraph.ui.app import flagged_at, predictions
+
+    pred = predictions(ui_service)
+    held = np.asarray(ui_service.fraud_prob_held_out, dtype=np.float64)
+    trained = np.asarray(ui_service.label_in_training, dtype=bool) & np.isfinite(held)
+    np.testing.assert_array_equal(pred[trained], held[trained])
+    np.testing.assert_array_equal(pred[~trained], np.asarray(ui_service.fraud_prob, dtype=np.float64)[~trained])
+    t = float(ui_service.fraud_threshold)
+    n, known = int((pred >= t).sum()), int(np.isfinite(pred).sum())
+    fraud = int(((pred >= t) & (np.asarray(ui_service.fraud_labels) == 1)).sum())
+    text = flagged_at(ui_service, t)
+    assert text.startswith(f"*At this threshold {n:,} of the {known:,} accounts are flagged")
+    assert f"labels {fraud:,} of them fraud" in text
+    assert f"{known:,} of the {known:,} accounts are flagged" in flagged_at(ui_service, 0.0)
+    assert flagged_at(ui_service, 5) == "" and flagged_at(ui_service, "x") == ""  # the verdict says why
+
+
+def test_a_made_up_shop_is_said_to_be_made_up(ui_run: Path, tmp_path: Path) -> None:
+    """`shopgraph generate` notes that its shop is made up; `build` records the note; the page says so
+    (its odd titles and drawn pictures are on purpose), and says nothing of the kind for a real shop."""
+    from shopgraph.graph.synthetic import GENERATED_FILE, read_generated_note
+    from shopgraph.ui.app import generated_shop, intro
+
+    note = generated_shop(ui_run)  # built from a generated shop (conftest.build_small_run)
+    assert note is not None and note["generator"] == "shopgraph generate" and note["seed"] == 0
+    assert "This shop is made up" in intro(10, 5, None, note) and "made up" not in intro(10, 5, None, None)
+    assert generated_shop(tmp_path) is None and generated_shop(None) is None
+    (tmp_path / GENERATED_FILE).write_text('{"generator": "our own export"}')  # a shop's own file: no note
+    assert read_generated_note(tmp_path) is None
+    (tmp_path / GENERATED_FILE).write_text("not json")
+    assert read_generated_note(tmp_path) is None
+
+
 # -- the catalogue changing under the app (another process adds and removes items) ------------------
 @pytest.fixture()
 def run_copy(ui_run: Path, tmp_path: Path) -> Path:

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from playwright.sync_api import expect
 
@@ -245,6 +246,8 @@ def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopSer
         "FLAGGED" if decided >= score.threshold else "Not flagged")
     expect(page.locator("#fraud-reasons")).to_contain_text("reason")
     number = page.locator("#fraud-threshold input[type=number]")
+    assert float(number.input_value()) == round(score.threshold, 3)  # to 3 decimals, not 0.2089774
+    expect(page.locator("#fraud-flagged-count")).to_contain_text("accounts are flagged")
     above = min(1.0, round(decided + 0.02, 2))
     if above > decided:
         number.fill(f"{above}")
@@ -253,6 +256,8 @@ def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopSer
     number.fill("0")
     number.press("Enter")
     expect(page.locator("#fraud-verdict")).to_contain_text("FLAGGED for review")
+    n = int(np.isfinite(ui_service.fraud_prob).sum())
+    expect(page.locator("#fraud-flagged-count")).to_contain_text(f"At this threshold {n:,} of the {n:,} accounts")
     number.fill(f"{round(score.threshold, 2)}")
     number.press("Enter")
     _shot(page, shots, "fraud")
