@@ -804,7 +804,20 @@ def verdict(probability: float | None, threshold: Any, held_out: float | None = 
               "not a prediction.")
 
 
-_REASON_COLUMNS = ["reason", "value", "contribution"]
+_REASON_COLUMNS = ["reason", "value", "effect", "contribution"]
+
+
+def effect_words(contribution: Any) -> str:
+    """A contribution (log-odds) in words for the reasons table's "effect" column: which way it
+    pushes the score and how hard (+1 multiplies the odds of fraud by 2.7, +0.3 by 1.35, +0.05 by
+    1.05); ``""`` for no contribution (a shared identifier: evidence, not a push)."""
+    if contribution is None or not isinstance(contribution, int | float) or not math.isfinite(contribution):
+        return ""
+    size = abs(float(contribution))
+    if size < 0.05:
+        return "hardly moves it"
+    way = "raises" if contribution > 0 else "lowers"
+    return f"{way} it {'a lot' if size >= 1.0 else 'clearly' if size >= 0.3 else 'a little'}"
 
 
 SHARED_WITH_NAMED = 5  # other accounts named on a shared device's row (the API names up to graph.explain.MAX_OTHERS)
@@ -844,14 +857,16 @@ def _explanation_table(explanation: Any, quick_items: str = "", own: Mapping[str
         if not value and f.name.startswith(QUICK_ITEM_REASON):  # what was bought, not a norm of columns
             value = quick_items
         features.append({"reason": reading.text if trees else f"behaviour: {reading.text}",
-                         "value": value,
+                         "value": value, "effect": effect_words(float(f.attribution)),
                          "contribution": round(float(f.attribution), 3)})
     neighbours: list[dict[str, Any]] = []
     for nb in sorted(explanation.neighbours, key=lambda n: -abs(float(n.attribution))):
         if counted:
-            neighbours.append({"reason": _shared_with(nb), "value": f"{int(nb.attribution):,}", "contribution": None})
+            neighbours.append({"reason": _shared_with(nb), "value": f"{int(nb.attribution):,}", "effect": "",
+                               "contribution": None})
         else:
             neighbours.append({"reason": f"linked {nb.node_type}: {nb.node_id}", "value": "",
+                               "effect": effect_words(float(nb.attribution)),
                                "contribution": round(float(nb.attribution), 3)})
     total = getattr(explanation, "neighbours_total", None)
     if counted and total is not None and total > len(explanation.neighbours):
@@ -859,7 +874,7 @@ def _explanation_table(explanation: Any, quick_items: str = "", own: Mapping[str
         types = list(getattr(explanation, "neighbour_types", ())) or ["identifier"]
         what = types[0] if len(types) == 1 else "identifier"
         neighbours.append({"reason": f"uses {plural(total, what)} in all: the {len(explanation.neighbours)} most "
-                                     "shared are listed", "value": f"{total:,}", "contribution": None})
+                                     "shared are listed", "value": f"{total:,}", "effect": "", "contribution": None})
 
     def size(row: dict[str, Any]) -> float:
         return -abs(float(row["contribution"] or 0.0))
@@ -888,11 +903,11 @@ def _adding_up(explanation: Any) -> tuple[list[dict[str, Any]], list[dict[str, A
     if rest is None:
         rest = math.log(score / (1.0 - score)) - base - sum(float(f.attribution) for f in explanation.features)
     start = {"reason": "where every account starts: the typical account's score, before any fact about it",
-             "value": f"{1.0 / (1.0 + math.exp(-base)):.3f}", "contribution": round(base, 3)}
-    others = {"reason": "every other fact about this account, together", "value": "",
+             "value": f"{1.0 / (1.0 + math.exp(-base)):.3f}", "effect": "", "contribution": round(base, 3)}
+    others = {"reason": "every other fact about this account, together", "value": "", "effect": effect_words(rest),
               "contribution": round(rest, 3)}
     total = {"reason": f"{SCORE_ROW}: where it starts plus every contribution above", "value": f"{score:.3f}",
-             "contribution": round(math.log(score / (1.0 - score)), 3)}
+             "effect": "", "contribution": round(math.log(score / (1.0 - score)), 3)}
     return [start], ([others] if abs(rest) >= 0.0005 else []) + [total]
 
 
@@ -900,8 +915,9 @@ def _explanation_method(method: str) -> str:
     """What the reasons table shows, in words."""
     if method.startswith("tree_shap"):
         return ("each row is a fact about this account and how much it moved the score away from the typical "
-                "account's: a positive contribution pushes towards fraud, a negative one away from it, and the "
-                "bigger the number the stronger the push (the largest are shown). Contributions are log-odds, "
+                "account's, in words in the effect column (raises it a lot, clearly, a little; or lowers it); the "
+                "largest are shown. For the exact sizes: a positive contribution pushes towards fraud, a negative "
+                "one away from it. Contributions are log-odds, "
                 "which add: the start's plus every contribution is the score's, in the \"= the account's score\" "
                 "row (+0.7 about doubles the odds of fraud, -0.7 halves them). \"SD below average\" means lower "
                 "than most accounts (standard deviations). Last, the account's devices, how many other accounts "
@@ -953,7 +969,8 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
             table, explains_held_out = None, False
     if table is None or table.empty:
         table = pd.DataFrame({"reason": score.reasons, _REASON_COLUMNS[1]: [None] * len(score.reasons),
-                              "contribution": [None] * len(score.reasons)}, columns=_REASON_COLUMNS)
+                              "effect": [""] * len(score.reasons), "contribution": [None] * len(score.reasons)},
+                             columns=_REASON_COLUMNS)
         method = ("the reasons for the verdict at the validation threshold: the facts that raised the score of a "
                   "flagged account most, or lowered that of an unflagged one most (log-odds)")
     p = score.probability
@@ -2043,7 +2060,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 fr_held = gr.State(None)  # a trained-on account's held-out score: the verdict's second line
                 fr_method = gr.Markdown()
                 fr_reasons = gr.Dataframe(value=pd.DataFrame(columns=_REASON_COLUMNS), label="Top reasons",
-                                          interactive=False, wrap=True, column_widths=["64%", "18%", "18%"],
+                                          interactive=False, wrap=True, column_widths=["54%", "18%", "14%", "14%"],
                                           max_height=1000, elem_id="fraud-reasons")  # the devices last: unscrolled
 
                 def on_score(user: Any, threshold: Any) -> tuple[Any, ...]:

@@ -1081,6 +1081,24 @@ def test_intro_names_the_served_fraud_scorer(ui_run: Path, tmp_path: Path) -> No
     assert "Fraud is scored" not in intro(10, 5, None) and "recommend items" in intro(10, 5, None)
 
 
+def test_each_reason_says_its_effect_in_words(ui_service: ShopService, ui_cases: FraudCases) -> None:
+    """Beside its log-odds, each reason's push in words: a stakeholder reads "raises it a lot", not +2.9."""
+    from shopgraph.ui.app import effect_words
+
+    assert [effect_words(c) for c in (2.9, 0.5, 0.1, 0.01, -0.04, -0.2, -0.6, -1.7)] == [
+        "raises it a lot", "raises it clearly", "raises it a little", "hardly moves it", "hardly moves it",
+        "lowers it a little", "lowers it clearly", "lowers it a lot"]
+    assert effect_words(None) == "" and effect_words(float("nan")) == ""
+    user = next(u for u in ui_service.user_ids if ui_cases.explain(u).method.startswith("tree_shap"))
+    table = fraud_view(ui_service, ui_cases, user).reasons
+    assert table.columns.tolist() == ["reason", "value", "effect", "contribution"]
+    for row in table.itertuples(index=False):
+        start_or_sum = row.reason.startswith(("where every account starts", "= the account's score"))
+        assert row.effect == ("" if start_or_sum or row.contribution is None or row.contribution != row.contribution
+                              else effect_words(row.contribution))
+    assert (table["effect"] != "").any()
+
+
 def test_the_threshold_says_how_many_accounts_it_flags(ui_service: ShopService) -> None:
     """Under the slider: how many accounts the threshold flags, each judged as the verdict judges one
     (a trained-on account by its held-out score), and how many of them are labelled fraud."""
