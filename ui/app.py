@@ -1571,6 +1571,13 @@ def metric_legend(table: pd.DataFrame, ratio_key: str) -> str:
     known = [f"{_md(name)} = {BASELINES[name]}" for name in table["model"] if name in BASELINES]
     if known:
         lines.append("- **Baselines** (simpler methods): " + "; ".join(known) + ".")
+    trees = next((name for name in table["model"] if "trees on graph features" in str(name)), None)
+    if trees is not None and "xgb_graph" in set(table["model"]):
+        lines.append(f"- **{_md(trees)}** against xgb_graph: boosted trees too, reading what xgb_graph reads plus "
+                     "ShopGraph's ring features: how many accounts share the account's devices and how many of them "
+                     "the training data labels fraud, buying in step with them, purchases made within 2 minutes of "
+                     "viewing or carting the item, and what the items bought that fast are (from their text and "
+                     "pictures).")
     return "\n".join(lines)
 
 

@@ -1328,6 +1328,12 @@ def test_model_tab_explains_every_column_and_names_the_model_plainly(ui_run: Pat
             assert f"**{column}**" in legend, column
         for baseline in table["model"].iloc[1:]:
             assert f"{baseline} = " in html.unescape(legend), baseline
+    # served trees beside xgb_graph: the legend says what ShopGraph's trees read that xgb_graph's do not
+    from shopgraph.ui.app import metric_legend
+
+    fraud = pd.DataFrame({"model": ["ShopGraph (trees on graph features)", "xgb_graph"], "auprc": [0.8, 0.78]})
+    assert "against xgb_graph: boosted trees too, reading what xgb_graph reads plus" in metric_legend(fraud, "auprc")
+    assert "against xgb_graph" not in metric_legend(fraud.iloc[:1], "auprc")
 
 
 def test_ring_ids_any_case_and_a_long_id_cut(ui_cases: FraudCases, tmp_path: Path) -> None:
