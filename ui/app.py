@@ -699,6 +699,11 @@ def image_search_view(service: ShopService, thumbs: Thumbnails, image: Any, k: A
         rec = service.search(image=image, k=_check_k(k))
         found = _results(service, thumbs, rec)
     except (ValueError, NotAvailableError) as exc:
+        text = str(exc)
+        if ": not a readable image (" in text:  # in words first; the details after, for whoever debugs it
+            detail = text.split(": not a readable image (", 1)[1].rstrip(")")
+            exc = ValueError("Image: that file is not a picture the demo can read (PNG, JPEG, GIF, WebP or BMP "
+                             f"are); it is not a readable image ({detail})")
         return SearchView(_problem(exc), [], _empty_results())
     status = "Items whose picture looks most like the uploaded image (similarity up to 1, 1 = the same)." + found.note()
     if rec.scores and rec.scores[0] < WEAK_IMAGE_MATCH:

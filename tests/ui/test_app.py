@@ -321,6 +321,7 @@ def test_image_search_view_bad_images_are_messages(ui_service: ShopService, thum
     bad.write_bytes(b"\x00\x01 not an image")
     view = image_search_view(ui_service, thumbs, str(bad), 4)
     assert is_problem(view.status) and "not a readable image" in view.status
+    assert "Image: that file is not a picture the demo can read (PNG, JPEG" in view.status  # in words first
     assert "BytesIO" not in view.status and " at 0x" not in view.status  # no Python object's repr
     view = image_search_view(ui_service, thumbs, None, 4)
     assert is_problem(view.status) and "upload a picture" in view.status
