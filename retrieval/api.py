@@ -511,13 +511,13 @@ def mount_demo(app: FastAPI, service: ShopService, path: str = "/demo") -> bool:
     try:
         import gradio
 
-        from shopgraph.ui.app import build_app
+        from shopgraph.ui.app import UI_CSS, build_app
     except ImportError as exc:
         logger.info("Gradio demo not mounted at %s: %s", path, exc)
         return False
     try:
         blocks = build_app(service)
-        gradio.mount_gradio_app(app, blocks, path=path)
+        gradio.mount_gradio_app(app, blocks, path=path, css=UI_CSS)  # UI_CSS: narrow screens readable
     except Exception as exc:  # noqa: BLE001 - the API must come up without the demo
         logger.warning("Gradio demo not mounted at %s: building it failed (%s: %s)", path,
                        type(exc).__name__, exc)

@@ -1778,6 +1778,19 @@ def generated_shop(run_dir: Path | None) -> dict[str, Any] | None:
     return note if isinstance(note, dict) else None
 
 
+# On a phone-sized screen (up to 700 px wide): a row's boxes stack instead of squeezing side by side,
+# and a table keeps columns wide enough to read (640 px in all), scrolling sideways, instead of
+# wrapping ids and headers a letter a line. Pass it as ``css=`` where the app is mounted or launched.
+UI_CSS = """
+@media (max-width: 700px) {
+  .row { flex-direction: column !important; flex-wrap: nowrap !important; }
+  .row > * { width: 100% !important; min-width: 0 !important; max-width: 100% !important; }
+  .table-container { overflow-x: auto !important; }
+  .table-container > .table-wrap { min-width: 640px !important; }
+}
+"""
+
+
 def intro(users: int, items: int, scorer: str | None, generated: Mapping[str, Any] | None = None) -> str:
     """The page's opening Markdown: what the graph is and which model does what (and, for a shop
     ``shopgraph generate`` made up, that it is made up)."""
@@ -1878,7 +1891,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
         run_dir: the run folder (metrics, plots, events, case exports); default ``service.run_path``.
 
     Returns:
-        The app (``.launch()`` it, or mount it with ``gradio.mount_gradio_app``).
+        The app (``.launch(css=UI_CSS)`` it, or mount it with ``gradio.mount_gradio_app(..., css=UI_CSS)``).
     """
     import gradio as gr
 
