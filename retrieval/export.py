@@ -51,10 +51,11 @@ PREDICTION, FITTED = "prediction", "fitted to its label"
 REASON_SEP = " | "  # between an account's reasons in one cell
 
 
-def check_out(out: Path, *, overwrite: bool, run: Path | None = None) -> Path:
+def check_out(out: Path, *, overwrite: bool, run: Path | None = None, users: Path | None = None) -> Path:
     """``out`` if it can be written as an export: a ``.csv``, ``.parquet`` or ``.json`` path that is not a
     folder, whose parent is not a file, that is not inside the run folder ``run`` (an export
-    must never replace one of the run's files) and, without ``overwrite``, not an existing file."""
+    must never replace one of the run's files), not the ``--users`` file it is made from (even
+    with ``overwrite``: the list of ids would be lost) and, without ``overwrite``, not an existing file."""
     out = Path(out)
     if out.suffix.lower() not in OUT_FORMATS:
         raise ValueError(f"--out: expected a file ending in {', '.join(OUT_FORMATS[:-1])} or {OUT_FORMATS[-1]} "
@@ -67,6 +68,9 @@ def check_out(out: Path, *, overwrite: bool, run: Path | None = None) -> Path:
     if run is not None and Path(run).resolve() in out.resolve().parents:
         raise ValueError(f"--out: {out} is inside the run folder {run}; write the export somewhere else "
                          "(it would replace or add to the run's own files)")
+    if users is not None and out.exists() and Path(users).exists() and out.resolve() == Path(users).resolve():
+        raise ValueError(f"--out: {out} is the --users file; write the export to another file (it would replace "
+                         "the list of ids it is made from)")
     if out.exists() and not overwrite:
         raise FileExistsError(f"--out: {out} exists; pass --overwrite to replace it")
     return out
@@ -268,7 +272,7 @@ def _service(run: Path, *, fraud_reasons: bool) -> ShopService:
 def cli_recommend(args: argparse.Namespace) -> int:
     """``shopgraph recommend --run RUN --out FILE [--users FILE] [--k K] [--include-seen] [--category C]
     [--overwrite]``."""
-    out = check_out(args.out, overwrite=args.overwrite, run=args.run)
+    out = check_out(args.out, overwrite=args.overwrite, run=args.run, users=args.users)
     wanted, repeats = _once(read_user_ids(args.users)) if args.users is not None else (None, "")  # before the run
     t0 = time.perf_counter()
     service = _service(args.run, fraud_reasons=False)
@@ -284,7 +288,7 @@ def cli_recommend(args: argparse.Namespace) -> int:
 def cli_score(args: argparse.Namespace) -> int:
     """``shopgraph score --run RUN --out FILE [--users FILE] [--no-reasons] [--flagged-only | --leads |
     --label-audit] [--overwrite]``."""
-    out = check_out(args.out, overwrite=args.overwrite, run=args.run)
+    out = check_out(args.out, overwrite=args.overwrite, run=args.run, users=args.users)
     wanted, repeats = _once(read_user_ids(args.users)) if args.users is not None else (None, "")  # before the run
     t0 = time.perf_counter()
     run = RunDir(args.run)  # the scorer's kind first: a run without one is not loaded at all

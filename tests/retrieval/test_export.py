@@ -278,6 +278,16 @@ def test_an_existing_output_is_kept_unless_overwrite_is_given(run, tmp_path, cap
     assert pd.read_csv(out)["rank"].max() == 2
 
 
+def test_an_export_never_replaces_its_own_users_file(run, tmp_path, capsys):
+    """Not even with --overwrite: the list of ids the export is made from would be lost."""
+    users = tmp_path / "users.csv"
+    users.write_text("user_id\nu001\nu002\n")
+    for command in ("score", "recommend"):
+        assert main([command, "--run", str(run), "--users", str(users), "--out", str(users), "--overwrite"]) == 1
+        assert f"--out: {users} is the --users file; write the export to another file" in capsys.readouterr().err
+    assert users.read_text() == "user_id\nu001\nu002\n"
+
+
 def test_an_export_never_writes_into_the_run(run, capsys):
     """Not even with --overwrite: the run's own tables stay as they were (and keep their checksums)."""
     events = run / "tables" / "events.parquet"
