@@ -1027,6 +1027,7 @@ class FraudCases:
         self._explained: dict[str, Any] = {}
         self._labels: tuple[np.ndarray, np.ndarray] | None = None
         self._member_of: dict[str, list[Ring]] | None = None
+        self._device_rows: dict[str, np.ndarray] | None = None  # device_accounts: each device's event rows
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, detector: RingDetector | None = None) -> FraudCases:
@@ -1115,6 +1116,49 @@ class FraudCases:
         if self._labels is None:
             self._labels = account_labels(self.data, self.fraud_prob)
         return self._labels
+
+    def device_accounts(self, device_id: str) -> pd.DataFrame:
+        """Every account that used a device, first user first: ``user_id, first_seen, last_seen``
+        (epoch seconds; null when the events are untimed), ``events``, ``purchases``, ``label``,
+        ``label_in_training``, ``probability`` (served; NaN without a scorer), ``held_out_probability``
+        (NaN unless trained on): the whole list an explanation's ten ``others`` are the start of.
+        ``KeyError`` naming an unknown device (one of the devices table, or of the events)."""
+        if not isinstance(device_id, str):
+            raise KeyError(f"unknown device {shown(device_id)}")
+        if self._device_rows is None:  # built whole before it is shared, as rings_of's index
+            ev = self.tables.events
+            used = ev["device_id"] != "" if "device_id" in ev.columns else np.zeros(len(ev), dtype=bool)
+            self._device_rows = {str(d): rows for d, rows in ev[used].groupby("device_id").indices.items()} \
+                if used.any() else {}
+        rows = self._device_rows.get(device_id)
+        if rows is None:
+            known = self.tables.devices is not None and device_id in set(self.tables.devices["device_id"])
+            raise KeyError(f"{'no account used device' if known else 'unknown device'} {shown(device_id)}")
+        target = str(getattr(self.data, "target", "purchase"))
+        ev = self.tables.events.iloc[np.sort(rows)]
+        by = ev.groupby("user_id", sort=False)
+        table = pd.DataFrame({"events": by.size(),
+                              "purchases": by["event_type"].apply(lambda t: int((t == target).sum()))})
+        if "timestamp" in ev.columns:
+            table["first_seen"], table["last_seen"] = by["timestamp"].min(), by["timestamp"].max()
+        else:
+            table["first_seen"] = table["last_seen"] = None
+        table = table.reset_index().rename(columns={"index": "user_id"})
+        users = [str(u) for u in table["user_id"]]
+        known_users = [u for u in users if u in self._user_index]
+        labels, held = self.labels(known_users), self.held_out(known_users)
+        table["label"] = [labels[u][0] if u in labels else None for u in users]
+        table["label_in_training"] = [bool(labels[u][1]) if u in labels else False for u in users]
+        prob = self.fraud_prob
+        table["probability"] = [float(prob[self._user_index[u]]) if prob is not None and u in self._user_index
+                                else float("nan") for u in users]
+        held_of = [held.get(u) for u in users]
+        table["held_out_probability"] = [float("nan") if h is None else float(h) for h in held_of]
+        order = table["first_seen"].astype(float).fillna(np.inf) if "timestamp" in ev.columns else None
+        if order is not None:
+            table = table.iloc[np.argsort(order.to_numpy(), kind="stable")]
+        return table[["user_id", "first_seen", "last_seen", "events", "purchases", "label", "label_in_training",
+                      "probability", "held_out_probability"]].reset_index(drop=True)
 
     def timeline(self, ring_id: str) -> pd.DataFrame:
         """The ring's events in time order (:func:`shopgraph.graph.explain.ring_timeline`)."""

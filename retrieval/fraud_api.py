@@ -1,12 +1,13 @@
-"""HTTP endpoints for fraud investigators: ranked rings, one ring's case, one user's explanation.
+"""HTTP endpoints for fraud investigators: ranked rings, one ring's case, one user's explanation,
+every account on one device.
 
 ``fraud_router`` returns a FastAPI ``APIRouter``; the application includes it::
 
     cases = FraudCases.from_run(run_dir)            # shopgraph.graph.rings
     app.include_router(fraud_router(cases.rings, explain=cases.explain, timeline=cases.timeline))
 
-Contract: ``GET /fraud/rings?top=`` (1 <= top <= ``max_top``, else 422), ``GET /fraud/ring/{ring_id}``
-and ``GET /fraud/explain?user_id=`` (unknown ids: 404 naming the id). Errors raised by the
+Contract: ``GET /fraud/rings?top=`` (1 <= top <= ``max_top``, else 422), ``GET /fraud/ring/{ring_id}``,
+``GET /fraud/explain?user_id=`` and ``GET /fraud/device/{device_id}`` (unknown ids: 404 naming the id). Errors raised by the
 callables are mapped to 4xx (``KeyError`` 404, ``ValueError``/``TypeError`` 422) and an absent
 capability to 503, so a client never sees a 500 for bad input.
 """
@@ -107,6 +108,27 @@ class RingCaseOut(RingOut):
         None, description="each member's fraud label (null when the server has no labels to give)")
 
 
+class DeviceAccountOut(BaseModel):
+    user_id: str
+    first_seen: int | None = Field(description="its first event on the device (epoch seconds; null: untimed events)")
+    last_seen: int | None = Field(description="its last event on the device")
+    events: int = Field(description="its events on the device")
+    purchases: int = Field(description="its purchases on the device")
+    label: bool | None = Field(description="its is_fraud label in the shop's data (null: unlabelled)")
+    label_in_training: bool = Field(description="the scorer was trained on that label")
+    probability: float | None = Field(description="its served fraud probability (null: no scorer)")
+    flagged: bool | None = Field(description="that probability at or above the validation threshold")
+    held_out_probability: float | None = Field(description="for an account the scorer was trained on, its score "
+                                                           "with its label held out")
+    held_out_flagged: bool | None = Field(description="that score at or above the threshold")
+
+
+class DeviceOut(BaseModel):
+    device_id: str
+    count: int = Field(description="accounts that used the device")
+    accounts: list[DeviceAccountOut] = Field(description="every one of them, the first to use it first")
+
+
 class FeatureOut(BaseModel):
     name: str = Field(description="the scorer's column (or group of embedding columns) as it names it, for "
                                   "integrators")
@@ -188,6 +210,7 @@ def fraud_router(
     hint: Callable[[str], str] | None = None,
     held_out: Callable[[Sequence[str]], dict[str, float | None]] | None = None,
     threshold: float | None = None,
+    device_accounts: Callable[[str], pd.DataFrame] | None = None,
     max_top: int = 500,
     prefix: str = "/fraud",
 ) -> APIRouter:
@@ -210,6 +233,9 @@ def fraud_router(
             accounts' ``held_out_probability``; ``None``: always null.
         threshold: the validation threshold, for the members' ``flagged`` and ``held_out_flagged``
             (:attr:`shopgraph.graph.rings.FraudCases.threshold`); ``None``: both null.
+        device_accounts: ``device_id -> DataFrame`` of every account on a device
+            (:meth:`shopgraph.graph.rings.FraudCases.device_accounts`; ``KeyError`` for an unknown
+            device); ``None``: ``/fraud/device/{device_id}`` answers 503.
         max_top: largest ``top`` accepted by ``/fraud/rings``.
         prefix: the routes' prefix.
 
@@ -219,6 +245,10 @@ def fraud_router(
     if max_top < 1:
         raise ValueError(f"max_top: expected a positive integer (got {max_top})")
     router = APIRouter(prefix=prefix, tags=["fraud"])
+
+    def at_or_above(score: float | None) -> bool | None:
+        """A score's verdict at the validation threshold (``None``: no threshold, or no score)."""
+        return None if threshold is None or score is None or score != score else score >= threshold
 
     @router.get("/rings", response_model=RingsOut, summary="Ranked fraud rings", responses=_errors(404, 422),
                 dependencies=[Depends(strict_query(("top", "user_id"), ints={"top": (1, max_top)},
@@ -264,9 +294,6 @@ def fraud_router(
             events = [TimelineEvent(**row) for row in json.loads(frame.to_json(orient="records"))]
         got = members_labels(r)
         held = held_out(list(got)) if got is not None and held_out is not None else {}
-        def at_or_above(score: float | None) -> bool | None:
-            return None if threshold is None or score is None or score != score else score >= threshold
-
         member_labels = (None if got is None else
                          {u: MemberLabelOut(label=label, label_in_training=trained, held_out_probability=held.get(u),
                                             flagged=at_or_above(r.member_scores.get(u)),
@@ -275,6 +302,30 @@ def fraud_router(
         out = _ring_out(r, rank, got)
         return RingCaseOut(**out.model_dump(), schema_version=SCHEMA_VERSION, timeline=events,
                            member_labels=member_labels)
+
+    @router.get("/device/{device_id}", response_model=DeviceOut, summary="Every account that used a device",
+                responses=_errors(404, 422, 503), dependencies=[Depends(strict_query(()))])
+    def device(device_id: str) -> DeviceOut:
+        if device_accounts is None:
+            raise HTTPException(503, "device lookups are not available on this server (no tables loaded)")
+        try:
+            table = device_accounts(device_id.strip())  # ids are stored without surrounding spaces
+        except KeyError as exc:
+            raise HTTPException(404, f"device_id: {exc.args[0] if exc.args else 'unknown device'}") from None
+
+        def number(value: Any) -> float | None:
+            return None if value is None or value != value else float(value)
+
+        accounts = []
+        for row in table.itertuples(index=False):
+            p, held = number(row.probability), number(row.held_out_probability)
+            accounts.append(DeviceAccountOut(
+                user_id=row.user_id, first_seen=None if number(row.first_seen) is None else int(row.first_seen),
+                last_seen=None if number(row.last_seen) is None else int(row.last_seen), events=int(row.events),
+                purchases=int(row.purchases), label=None if row.label is None else bool(row.label),
+                label_in_training=bool(row.label_in_training), probability=p, flagged=at_or_above(p),
+                held_out_probability=held, held_out_flagged=at_or_above(held)))
+        return DeviceOut(device_id=device_id.strip(), count=len(accounts), accounts=accounts)
 
     @router.get("/explain", response_model=ExplanationOut, summary="Why a user scores as they do",
                 responses=_errors(404, 422, 503),

@@ -26,7 +26,7 @@ def client(cases: FraudCases) -> TestClient:
     app = FastAPI()
     app.include_router(fraud_router(cases.rings, explain=cases.explain, timeline=cases.timeline, labels=cases.labels,
                                     has_user=cases.has_user, hint=cases.user_hint, threshold=cases.threshold,
-                                    max_top=50))
+                                    device_accounts=cases.device_accounts, max_top=50))
     return TestClient(app, raise_server_exceptions=False)
 
 
@@ -303,3 +303,36 @@ def test_served_tree_explanation_adds_up_over_http(tmp_path: Path) -> None:
         total = body["base_value"] + sum(f["attribution"] for f in body["features"]) + body["unlisted_attribution"]
         assert total == pytest.approx(math.log(body["score"] / (1 - body["score"])), abs=1e-5)
         assert body["score"] == pytest.approx(float(prob[list(data["user"].ids).index(user)]), abs=1e-5)
+
+
+def test_a_device_lists_every_account_on_it(client: TestClient, cases: FraudCases) -> None:
+    """An explanation names the first ten accounts on a shared device: /fraud/device/{id} lists them
+    all, the first to use it first, each with its activity there, label, score and verdicts."""
+    ev = cases.tables.events
+    counts = ev[ev["device_id"] != ""].groupby("device_id")["user_id"].nunique().sort_values(ascending=False)
+    device = str(counts.index[0])
+    r = client.get(f"/fraud/device/{device}")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    users = ev[ev["device_id"] == device]
+    assert body["device_id"] == device and body["count"] == counts.iloc[0] == len(body["accounts"])
+    assert {a["user_id"] for a in body["accounts"]} == set(users["user_id"])
+    firsts = [a["first_seen"] for a in body["accounts"]]
+    assert firsts == sorted(firsts)
+    for a in body["accounts"]:
+        mine = users[users["user_id"] == a["user_id"]]
+        assert a["events"] == len(mine) and a["first_seen"] == int(mine["timestamp"].min())
+        assert a["purchases"] == int((mine["event_type"] == "purchase").sum())
+        assert (a["label"], a["label_in_training"]) == cases.labels([a["user_id"]])[a["user_id"]]
+        assert a["flagged"] == (a["probability"] >= cases.threshold)
+    assert client.get(f"/fraud/device/%20{device}%20").json()["count"] == body["count"]  # spaces aside
+    r = client.get("/fraud/device/nope")
+    assert r.status_code == 404 and r.json()["detail"] == "device_id: unknown device 'nope'"
+    assert client.get(f"/fraud/device/{device}", params={"x": "1"}).status_code == 422
+
+
+def test_device_lookups_without_tables_are_a_503() -> None:
+    app = FastAPI()
+    app.include_router(fraud_router(lambda: []))
+    r = TestClient(app).get("/fraud/device/d1")
+    assert r.status_code == 503 and "device lookups are not available" in r.json()["detail"]
