@@ -656,7 +656,14 @@ def test_cli_serve_says_where_it_serves_once_the_port_is_bound(tmp_path, monkeyp
     from shopgraph.ui.cli import main
 
     RunDir(tmp_path / "run", create=True)
-    monkeypatch.setattr(api.ShopService, "from_run", lambda *a, **k: None)
+    warmed: list[bool] = []
+
+    class Loaded:
+        def warm_up(self) -> float:
+            warmed.append(True)
+            return 0.0
+
+    monkeypatch.setattr(api.ShopService, "from_run", lambda *a, **k: Loaded())
     monkeypatch.setattr(api, "create_app", lambda service: FastAPI())
     monkeypatch.setattr(api, "_serving_threads", lambda: None)
     monkeypatch.setattr(api, "_freeze_heap", lambda: None)
@@ -669,6 +676,7 @@ def test_cli_serve_says_where_it_serves_once_the_port_is_bound(tmp_path, monkeyp
     assert main(["serve", "--run", str(tmp_path / "run"), "--port", "0"]) == 0
     out, port = seen[0]
     assert port > 0 and f"on http://127.0.0.1:{port} (1 worker); docs at /docs" in out  # the port it got
+    assert warmed == [True]  # warmed up before it serves
 
 
 def test_multi_worker_listener_keeps_tcp_nodelay():

@@ -299,26 +299,25 @@ def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopSer
     assert page.get_by_text("Traceback").count() == 0
 
 
-def test_a_phone_sized_screen_stacks_the_boxes_and_scrolls_tables_sideways(server: str) -> None:
+def test_a_phone_sized_screen_stacks_the_boxes_and_scrolls_tables_sideways(page: Any, server: str) -> None:
     """At 400 px wide the boxes of a row stack (the shopper box is not squeezed beside the slider) and
     a table keeps readable columns, scrolling sideways, rather than wrapping ids a letter a line."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(_chromium()), args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 400, "height": 900})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(server)
-        page.get_by_text("Each tab below says what it shows").wait_for()
-        page.locator("#rec-table").wait_for()
-        widths = page.evaluate("""() => {
+    context = page.context.browser.new_context(viewport={"width": 400, "height": 900})  # the page's browser
+    try:
+        phone = context.new_page()
+        phone.set_default_timeout(TIMEOUT_MS)
+        phone.goto(server)
+        phone.get_by_text("Each tab below says what it shows").wait_for()
+        phone.locator("#rec-table").wait_for()
+        widths = phone.evaluate("""() => {
             const wrap = document.querySelector('#rec-table .table-wrap');
             const box = document.querySelector('#rec-table .table-container');
             return [wrap.getBoundingClientRect().width, box.scrollWidth, box.clientWidth]; }""")
         assert widths[0] >= 640 and widths[1] > widths[2], widths  # wider than the screen: it scrolls
-        shopper = page.get_by_label("Shopper").bounding_box()
+        shopper = phone.get_by_label("Shopper").bounding_box()
         assert shopper is not None and shopper["width"] > 250  # the whole width, not half of it
-        browser.close()
+    finally:
+        context.close()
 
 
 def test_fraud_threshold_out_of_range_is_a_message(page: Any, ui_service: ShopService,
