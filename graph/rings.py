@@ -765,10 +765,10 @@ def case_file(
     created = tables.users.set_index("user_id")["created_at"] if "created_at" in tables.users.columns else None
     labels, in_training = account_labels(data, fraud_prob)
     index = {str(u): n for n, u in enumerate(data["user"].ids)}
-    members = []
     def at_or_above(score: float | None) -> bool | None:
         return None if threshold is None or score is None or not math.isfinite(score) else bool(score >= threshold)
 
+    members = []
     for k, user in enumerate(ring.members):
         u = index[user]
         held = _held_out_of(held_out, u) if in_training[u] else None
