@@ -398,8 +398,9 @@ def check_plain_id(item_id: str, name: str, what: str = "an id") -> str:
 
 
 def _loose(category: str) -> str:
-    """A category name as a person reads it: case, runs of spaces and invisible format characters
-    (a zero-width space) aside. Two names alike this way are one category spelt twice."""
+    """A category name as a person reads it: case, runs of spaces, accents written apart (NFD) and
+    invisible format characters (a zero-width space) aside. Two names alike this way are one
+    category spelt twice."""
     visible = "".join(ch for ch in unicodedata.normalize("NFC", category) if unicodedata.category(ch) != "Cf")
     return " ".join(visible.casefold().split())
 
