@@ -1468,7 +1468,8 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
     labels, held_out = cases.labels(ordered), cases.held_out(ordered)
 
     def flagged(u: str) -> str:
-        if threshold is None or not math.isfinite(threshold) or u not in predicted:
+        if threshold is None or not math.isfinite(threshold) or u not in predicted or ring.evidence.get(
+                "gnn_mean") is None:  # member_scores are then no probabilities (structure or behaviour)
             return ""
         return "yes" if predicted[u] >= threshold else "no"
 
