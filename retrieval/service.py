@@ -381,15 +381,37 @@ def check_no_control(text: str, name: str) -> str:
     return text
 
 
+# Characters that show as nothing besides Unicode's format characters (Cf: zero-width spaces, the
+# byte-order mark): the other default-ignorable code points (a combining grapheme joiner, Hangul and
+# Mongolian fillers, variation selectors) and the blank braille pattern
+_SHOWS_NOTHING = frozenset([0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x2800, 0x3164, 0xFFA0,
+                            *range(0x180B, 0x1810), *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)])
+
+
+def invisible(ch: str) -> bool:
+    """Whether a character shows as nothing: a format character (``Cf``) or another default-ignorable
+    code point (:data:`_SHOWS_NOTHING`). Ids, category names and titles are judged by what shows."""
+    return unicodedata.category(ch) == "Cf" or ord(ch) in _SHOWS_NOTHING
+
+
+def _escaped(ch: str) -> str:
+    """A character as a message quotes it: ``'\\u034f'`` for one that shows as nothing (``repr``
+    escapes format characters, not all of those), else as ``repr`` writes it."""
+    if not invisible(ch):
+        return repr(ch)
+    return f"'\\u{ord(ch):04x}'" if ord(ch) <= 0xFFFF else f"'\\U{ord(ch):08x}'"
+
+
 def check_plain_id(item_id: str, name: str, what: str = "an id") -> str:
     """A new id (``what``: or a new category name) when it can be told apart from others by eye: no
     invisible format characters (a zero-width space, a byte-order mark) and in Unicode's composed
     form (NFC: ``é`` one character, not ``e`` and an accent), else ``ValueError`` naming ``name``.
     Ids that look alike but differ this way would each pass the check that an id is not served yet."""
-    at = next((k for k, ch in enumerate(item_id) if unicodedata.category(ch) == "Cf"), None)
+    at = next((k for k, ch in enumerate(item_id) if invisible(ch)), None)
     if at is not None:
-        raise ValueError(f"{name}: an invisible character {item_id[at]!r} at position {at:,} (got {shown(item_id)}); "
-                         f"{what} is characters one can see")
+        quoted = "".join(_escaped(ch)[1:-1] if invisible(ch) else ch for ch in shown(item_id))  # repr left some
+        raise ValueError(f"{name}: an invisible character {_escaped(item_id[at])} at position {at:,} (got "
+                         f"{quoted}); {what} is characters one can see")
     composed = unicodedata.normalize("NFC", item_id)
     if composed != item_id:
         raise ValueError(f"{name}: not in Unicode's composed form NFC (got {shown(item_id)}, an accent written as a "
@@ -398,10 +420,10 @@ def check_plain_id(item_id: str, name: str, what: str = "an id") -> str:
 
 
 def _loose(category: str) -> str:
-    """A category name as a person reads it: case, runs of spaces, accents written apart (NFD) and
-    invisible format characters (a zero-width space) aside. Two names alike this way are one
-    category spelt twice."""
-    visible = "".join(ch for ch in unicodedata.normalize("NFC", category) if unicodedata.category(ch) != "Cf")
+    """A category name as a person reads it: case, runs of spaces, accents written apart (NFD),
+    full-width and other compatibility forms (NFKC: ``ｔｏｙｓ`` is ``toys``) and characters that
+    show as nothing (:func:`invisible`) aside. Two names alike this way are one category spelt twice."""
+    visible = "".join(ch for ch in unicodedata.normalize("NFKC", category) if not invisible(ch))
     return " ".join(visible.casefold().split())
 
 
@@ -2173,6 +2195,11 @@ class ShopService:
             item_id = item_id.strip()
         if item_id not in self._trained_pos and item_id not in self._item_pos:
             check_plain_id(item_id, f"{where}item_id")
+            alike = unicodedata.normalize("NFKC", item_id)
+            if alike != item_id and (alike in self._item_pos or alike in self._trained_pos):
+                raise ValueError(f"{where}item_id: {shown(item_id)} looks like the item {shown(alike)} (full-width or "
+                                 f"other compatibility characters); send {shown(alike)} to change that item, or "
+                                 "choose another id")
             if any(part in (".", "..") for part in item_id.split("/")):  # clients rewrite /items/.. before sending
                 raise ValueError(f"{where}item_id: {shown(item_id)} cannot be named in a URL path (browsers and HTTP "
                                  "clients turn '.' and '..' segments into other paths); choose another id")
@@ -2183,7 +2210,7 @@ class ShopService:
             check_unicode(value, f"{where}{name}")
             if name != "category":  # a category is one line: checked as such below
                 check_no_control(value, f"{where}{name}")
-        if not "".join(ch for ch in title if unicodedata.category(ch) != "Cf").strip():
+        if not "".join(ch for ch in title if not invisible(ch)).strip():
             # an item with no text one can see (spaces, zero-width ones): nothing to search it by, nothing to show
             raise ValueError(f"{where}title: expected some text (got {shown(title)})")
         category = self._new_category(where, category)

@@ -28,7 +28,6 @@ import shutil
 import tempfile
 import threading
 import time
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -52,6 +51,7 @@ from shopgraph.retrieval.service import (
     NotAvailableError,
     ShopService,
     UnknownIdError,
+    invisible,
     listed_ids,
     shown,
 )
@@ -213,7 +213,7 @@ def _plain(text: Any) -> str:
 def _blank(text: str) -> bool:
     """Whether ``text`` shows nothing: only spaces and invisible format characters (zero-width
     spaces and joiners, bidirectional marks, the byte-order mark)."""
-    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in text)
+    return all(c.isspace() or invisible(c) for c in text)
 
 
 # the argument names that the service's and the rings' messages start with ("user_id: unknown user

@@ -1240,8 +1240,19 @@ def test_add_items_adds_a_batch_as_add_item_adds_each(own_run, tmp_path, monkeyp
      r"3 of 3 items are not valid.*items\[0\]: item_id: '\.' cannot be named in a URL path.*items\[2\]: item_id: "
      r"'a/\.\./b' cannot be named"),
     # a title of nothing one can see
-    ([{"item_id": "new1", "title": "\u200b"}, {"item_id": "new2", "title": "\u200b \ufeff"}],
-     r"items\[0\]: title: expected some text \(got '\\u200b'\); items\[1\]: title: expected some text"),
+    ([{"item_id": "new1", "title": "\u200b"}, {"item_id": "new2", "title": "\u200b \ufeff"},
+      {"item_id": "new3", "title": "\u3164"}, {"item_id": "new4", "title": "\u034f\ufe0f\u2800"}],
+     r"items\[0\]: title: expected some text \(got '\\u200b'\); items\[1\]: title: expected some text.*"
+     r"items\[3\]: title: expected some text"),
+    # ... nor an id or a new category with a character that shows as nothing, of any kind
+    ([{"item_id": "i001\u034f", "title": "x"}, {"item_id": "new2", "title": "x", "category": "new\ufe0fone"}],
+     r"items\[0\]: item_id: an invisible character '\\u034f'.*items\[1\]: category: an invisible character"),
+    # a full-width copy of a served id, or of a known category, is that one
+    ([{"item_id": "\uff49\uff10\uff10\uff11", "title": "x"}, {"item_id": "new2", "title": "x",
+                                                             "category": "\uff53\uff48\uff4f\uff45\uff53"}],
+     r"items\[0\]: item_id: 'ｉ００１' looks like the item 'i001' \(full-width or other compatibility characters\); "
+     r"send 'i001' to change that item, or choose another id; items\[1\]: category: 'ｓｈｏｅｓ' differs from the "
+     r"known category 'shoes'"),
     # text may have tabs and line breaks, not other control characters
     ([{"item_id": "new1", "title": "bell\x07"}, {"item_id": "new2", "title": "x", "description": "a\tb\n\x00"}],
      r"items\[0\]: title: a control character '\\x07' at position 4 \(got 'bell\\x07'; tabs and line breaks are "
