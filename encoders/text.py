@@ -130,7 +130,8 @@ class TextEncoder:
         :meth:`encode` leaves the rest out. A tokenizer without character offsets (not a "fast"
         one) gives the cut at a word boundary from its tokens."""
         self._load()
-        ids = self._tokenizer(text, add_special_tokens=True)["input_ids"]
+        # verbose=False: counting the tokens of a long text is not running it through the model (no warning)
+        ids = self._tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"]
         if len(ids) <= self.max_length:
             return None
         try:

@@ -434,8 +434,8 @@ def check_text(text: Any, name: str = "text") -> str:
     stripped = text.strip()
     if not stripped:
         raise ValueError(f"{name}: expected a non-empty query (got {shown(text)})")
-    if len(stripped) > MAX_TEXT_CHARS:
-        raise ValueError(f"{name}: expected at most {MAX_TEXT_CHARS:,} characters (got {len(stripped):,})")
+    if len(text) > MAX_TEXT_CHARS:  # as sent, spaces included: as every text field is counted (and the schema)
+        raise ValueError(f"{name}: expected at most {MAX_TEXT_CHARS:,} characters (got {len(text):,})")
     return stripped
 
 

@@ -316,6 +316,9 @@ def _raw_query(query: str) -> str:
     # echoed values are cut, not repeated whole
     ("get", "/recommend", {"params": {"user_id": "x" * 5000}}, 404, "… (5,000 characters)"),
     ("post", "/search", {"json": {"text": ""}}, 422, "text: expected a non-empty query (got '')"),
+    # counted as sent, spaces included, as every text field and the schema's maxLength count
+    ("post", "/search", {"json": {"text": " " * 10 + "s" * 1995}}, 422,
+     "text: expected at most 2,000 characters (got 2,005)"),
     ("post", "/search", {"json": {"text": "shoes", "k": 0}}, 422, _K + " (got 0)"),
     ("post", "/search", {"json": {"text": "shoes", "k": True}}, 422, _K + " (got True)"),
     ("post", "/search", {"json": {"text": "shoes", "k": "5"}}, 422, _K + " (got '5')"),
