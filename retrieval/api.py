@@ -647,7 +647,9 @@ async def _json_body(request: Request, example: str, limit: int = MAX_JSON_BYTES
                      what: str = "a JSON query") -> dict[str, Any]:
     """The body's JSON object, read up to ``limit`` bytes (413 past it, with or without a
     ``Content-Length``); invalid JSON or another JSON value is a 422 that shows ``example``, and so
-    is a key given twice, JSON nested too deeply or a string that is not valid Unicode."""
+    is a key given twice, JSON nested too deeply or a string that is not valid Unicode. A field
+    whose value is ``null`` is one not given (what a client generated from the schema sends for an
+    optional field it leaves unset): its default, or "required" for one that must be given."""
     too_big = HTTPException(413, f"body: over the {limit:,}-byte limit of {what}")
     if _declared_length(request) > limit:
         raise too_big
@@ -667,7 +669,7 @@ async def _json_body(request: Request, example: str, limit: int = MAX_JSON_BYTES
     if not isinstance(body, dict):
         raise ValueError(f"body: expected a JSON object like {example} (got {type(body).__name__})")
     _check_json(body, example)
-    return body
+    return {key: value for key, value in body.items() if value is not None}
 
 
 def _json_or_multipart(model: type[BaseModel], form: dict[str, Any], *, required: list[str]) -> dict[str, Any]:

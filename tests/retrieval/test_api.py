@@ -1135,6 +1135,27 @@ def test_a_journal_that_cannot_be_written_is_a_503_and_changes_nothing(writable,
 
 
 # -- POST /recommend/cold: visitors the model does not know ---------------------------------------
+def test_a_null_field_is_one_not_given(client):
+    """What a client generated from the schema sends for an optional field it leaves unset: the
+    default (k 10, reasons true, exclude_seen true), never a 422 "got None"."""
+    r = client.post("/search", json={"text": "running shoes", "k": None})
+    assert r.status_code == 200 and r.json()["k"] == 10
+    r = client.post("/recommend/batch", json={"user_ids": ["u001"], "k": None, "exclude_seen": None,
+                                              "category": None, "exclude": None})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["items"] == client.post("/recommend/batch", json={"user_ids": ["u001"]}).json()[
+        "results"][0]["items"]
+    r = client.post("/fraud/score/batch", json={"user_ids": ["u001"], "reasons": None})
+    assert r.status_code == 200 and r.json()["scores"][0]["reasons"]  # reasons by default
+    r = client.post("/recommend/cold", json={"item_ids": ["i001"], "n_seeds": None, "k": None})
+    assert r.status_code == 200 and r.json()["k"] == 10
+    # a required one given as null is missing, and said so
+    r = client.post("/search", json={"text": None})
+    assert r.status_code == 422 and "text" in r.json()["detail"]
+    r = client.post("/recommend/batch", json={"user_ids": None})
+    assert r.status_code == 422 and "user_ids" in r.json()["detail"]
+
+
 def test_cold_start_over_http_is_the_service_answer(client):
     r = client.post("/recommend/cold", json={"item_ids": ["i001", "i002"], "k": 5})
     assert r.status_code == 200, r.text
