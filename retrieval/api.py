@@ -404,9 +404,21 @@ class MetricsMiddleware:
     set stays bounded; unmatched paths count as ``"unmatched"``.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, router: Any = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.router = router  # the app's own routes, for those that do not name themselves in the scope
+
+    def _route(self, scope: Scope) -> str:
+        """The route's path as the docs name it: a mounted app's (the demo's) under its mount path,
+        FastAPI's own pages (``/openapi.json``, ``/docs``) by theirs; ``"unmatched"`` for no route."""
+        path = getattr(scope.get("route"), "path", None)
+        endpoint = scope.get("endpoint")
+        if path is None and endpoint is not None and self.router is not None:  # a plain Starlette route
+            path = next((r.path for r in self.router.routes if getattr(r, "endpoint", None) is endpoint), None)
+        if path is None:
+            return "unmatched"
+        return _CONVERTER.sub(r"{\1}", str(scope.get("root_path") or "") + path)  # "/items/{item_id:path}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -424,9 +436,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            route = _CONVERTER.sub(r"{\1}", route)  # "/items/{item_id:path}" as the docs name it
-            self.metrics.observe(scope.get("method", ""), route, status, time.perf_counter() - start)
+            self.metrics.observe(scope.get("method", ""), self._route(scope), status, time.perf_counter() - start)
 
 
 # -- errors ----------------------------------------------------------------------------------------
@@ -1338,7 +1348,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         include_fraud_cases(app, service.run_path)
     if demo:
         mount_demo(app, service)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # type: ignore[arg-type]
+    app.add_middleware(MetricsMiddleware, metrics=metrics, router=app.router)  # type: ignore[arg-type]
     return app
 
 

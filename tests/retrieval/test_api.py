@@ -535,7 +535,24 @@ def test_a_client_gone_mid_upload_is_counted_apart_not_as_a_server_fault(client,
 
 def test_routes_are_counted_by_their_documented_names(client):
     client.get("/items/i001")
-    assert 'route="/items/{item_id}",status="200"' in client.get("/metrics").text
+    client.get("/openapi.json")
+    text = client.get("/metrics").text
+    assert 'route="/items/{item_id}",status="200"' in text
+    assert 'route="/openapi.json",status="200"' in text  # FastAPI's own page: a route, not "unmatched"
+    # a mounted app's routes (the demo's at /demo) under their mount path, not as the API's own "/"
+    from fastapi import FastAPI
+
+    from shopgraph.retrieval.api import MetricsMiddleware
+
+    inner, outer, metrics = FastAPI(), FastAPI(), Metrics()
+    inner.get("/config")(lambda: {"ok": True})
+    outer.mount("/demo", inner)
+    outer.add_middleware(MetricsMiddleware, metrics=metrics, router=outer.router)  # type: ignore[arg-type]
+    with TestClient(outer) as c:
+        assert c.get("/demo/config").status_code == 200 and c.get("/nowhere").status_code == 404
+    text = metrics.render()
+    assert 'route="/demo/config",status="200"' in text and 'route="unmatched",status="404"' in text
+    assert 'route="/config"' not in text
 
 
 def test_metrics_histogram_is_cumulative():
