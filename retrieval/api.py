@@ -1291,13 +1291,20 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
              responses={**_ERRORS, 200: {"content": {"image/*": {}}, "description": "the image file"},
                         503: {"model": ErrorOut, "description": "the image file is missing on the server"}},
              dependencies=[nothing])
-    def item_image(item_id: str) -> FileResponse:
+    def item_image(item_id: str, request: Request) -> Response:
         path = service.item_info(item_id)["image"]  # an unknown item: 404
         if not path:
             raise UnknownIdError(f"item_id: item {shown(item_id.strip())} has no image")
         if not Path(path).is_file():
             raise NotAvailableError(f"item_id: the image file of item {shown(item_id.strip())} is missing on the server")
-        return FileResponse(path)
+        response = FileResponse(path, stat_result=os.stat(path))  # its headers (ETag) set now, not when sent
+        # a browser or CDN that has this very file (its ETag) gets a 304 and no body
+        etag = response.headers.get("etag")
+        sent = [tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(",")]
+        if etag and (etag in sent or "*" in sent):
+            return Response(status_code=304, headers={k: v for k, v in response.headers.items()
+                                                       if k in ("etag", "last-modified")})
+        return response
 
     # HEAD too, as CDNs and link checkers probe a picture (the headers of GET, no body)
     app.head("/images/{item_id:path}", response_class=FileResponse, tags=["catalogue"],

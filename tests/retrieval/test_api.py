@@ -844,6 +844,12 @@ def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
     head = writable.head("/images/new2")  # as CDNs and link checkers probe: the headers, no body
     assert head.status_code == 200 and head.headers["content-type"] == "image/png" and head.content == b""
     assert int(head.headers["content-length"]) == len(png)
+    # a browser or CDN holding this very file asks again with its ETag: 304, no body
+    etag = got.headers["etag"]
+    again = writable.get("/images/new2", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+    assert writable.get("/images/new2", headers={"If-None-Match": f'W/{etag}, "other"'}).status_code == 304
+    assert writable.get("/images/new2", headers={"If-None-Match": '"stale"'}).content == png
     r = writable.post("/search", files={"image": ("q.png", solid_png((20, 220, 20), seed=6), "image/png")},
                       data={"k": "1"})
     assert [i["item_id"] for i in r.json()["items"]] == ["new2"]
