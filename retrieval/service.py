@@ -1157,7 +1157,21 @@ class ShopService:
         return self._lookup(self._user_pos, user_id, name, "user")
 
     def _item(self, item_id: Any, name: str = "item_id") -> int:
-        return self._lookup(self._item_pos, item_id, name, "item")
+        try:
+            return self._lookup(self._item_pos, item_id, name, "item")
+        except UnknownIdError:
+            if isinstance(item_id, str) and item_id.strip() in self._trained_pos:  # known, not served now
+                raise UnknownIdError(f"{name}: item {shown(item_id)} was removed from the catalogue (adding it "
+                                     "again serves it again)") from None
+            raise
+
+    def _removed_hint(self, names: Sequence[Any]) -> str:
+        """What an error naming unknown item ids adds for those that are trained items removed since:
+        ``"; 'i000010' was removed from the catalogue"`` (else ``""``)."""
+        removed = [n for n in names if isinstance(n, str) and n.strip() in self._trained_pos]
+        if not removed:
+            return ""
+        return f"; {listed_ids(removed)} {'was' if len(removed) == 1 else 'were'} removed from the catalogue"
 
     def _many(self, ids: Any, name: str, positions: dict[str, int], kind: str, k: int | None = None) -> list[int]:
         """The positions of a list of 1 to :data:`MAX_BATCH` ids; the unknown ones are all named
@@ -1177,7 +1191,7 @@ class ShopService:
         if unknown:
             names = list(dict.fromkeys(unknown))
             repeats = f", {len(unknown) - len(names):,} of them repeats" if len(names) < len(unknown) else ""
-            hint = _case_hint(positions, names)
+            hint = _case_hint(positions, names) + (self._removed_hint(names) if positions is self._item_pos else "")
             raise UnknownIdError(f"{name}: unknown {kind}{'s' if len(names) > 1 else ''} {listed_ids(names)} "
                                  f"({len(unknown):,} of the {len(ids):,} ids given{repeats}){hint}")
         return [positions[key] for key in keys]

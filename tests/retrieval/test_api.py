@@ -870,7 +870,8 @@ def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
     assert writable.get("/similar", params={"item_id": "i004"}).status_code == 404
     assert writable.get("/items/i004").status_code == 404
     r = writable.delete("/items/i004")
-    assert r.status_code == 404 and r.json()["detail"] == "item_id: unknown item 'i004'"
+    assert r.status_code == 404 and r.json()["detail"] == ("item_id: item 'i004' was removed from the catalogue "
+                                                           "(adding it again serves it again)")
     health = writable.get("/healthz").json()
     assert health["catalogue"] == {"added": 2, "removed": 1, "journal": str(writable.run / "catalogue.jsonl"),
                                    "superseded": 0, "not_applied": [], "fault": None,

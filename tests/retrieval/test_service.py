@@ -534,8 +534,11 @@ def test_add_and_remove_item_without_retraining(own_run):
     for rec in (svc.recommend("u000", k=31, exclude_seen=False), svc.similar_items("i005", k=31),
                 svc.search(text="running shoes", k=31), svc.recommend_for_items(["i001"], k=31)):
         assert "i004" not in rec.item_ids
-    with pytest.raises(UnknownIdError, match="item_id: unknown item 'i004'"):
+    with pytest.raises(UnknownIdError, match="item_id: item 'i004' was removed from the catalogue"):
         svc.similar_items("i004")
+    with pytest.raises(UnknownIdError, match=r"item_ids: unknown item 'i004' \(1 of the 2 ids given\); 'i004' was "
+                                             r"removed from the catalogue"):
+        svc.recommend_for_items(["i001", "i004"])  # a guest's recently viewed list: the removed one named so
     with pytest.raises(UnknownIdError):
         svc.remove_item("i004")
     assert svc.indexes["gnn_items"].count == n + 1  # +new1 +new2 -i004
