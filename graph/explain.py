@@ -128,8 +128,8 @@ class Explanation(NamedTuple):
             list is worded by what was cut.
 
     :meth:`to_dict` (the case files' explanations) gives ``user_id``, ``score``, ``method``,
-    ``features`` (each with its worded ``reason``, :func:`feature_dict`) and ``neighbours`` (each
-    with its ``others``).
+    ``features`` (each with its worded ``reason``, :func:`feature_dict`), ``neighbours`` (each
+    with its ``others``), ``base_value``, ``unlisted_attribution`` and ``neighbours_total``.
     """
 
     user_id: str
@@ -147,7 +147,25 @@ class Explanation(NamedTuple):
             "user_id": self.user_id, "score": self.score, "method": self.method,
             "features": [feature_dict(f) for f in self.features],
             "neighbours": [{**n._asdict(), "others": list(n.others)} for n in self.neighbours],
+            # as /fraud/explain names them: the sums that make the listed contributions the score's
+            "base_value": _finite(self.base), "unlisted_attribution": _finite(self.unlisted),
+            "neighbours_total": self.neighbours_total,
         }
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def held_out_explanation(user_id: str, score: float, contributions: Sequence[FeatureAttribution], base: float,
+                         top_k: int = TOP_K) -> Explanation:
+    """The explanation of a trained-on account's held-out score from its fold's trees' contributions
+    (:meth:`HeldOutExplainer.contributions`): its ``top_k`` largest, their base value and what the
+    others add. Its ``neighbours`` are empty: the shared identifiers are the same facts as for the
+    served score."""
+    items = sorted((FeatureAttribution(*f) for f in contributions), key=lambda f: -abs(f.attribution))
+    return Explanation(user_id, score, "tree_shap+shared_identifiers", items[:top_k], [], base,
+                       unlisted=float(sum(f.attribution for f in items[top_k:])))
 
 
 def feature_dict(feature: FeatureAttribution) -> dict[str, Any]:
@@ -944,18 +962,32 @@ def _serving_fraud_input(run: RunDir, model: FraudModel | None, n_users: int) ->
 
 def explain_ring_members(
     ring: Ring, data: HeteroData, model: FraudModel | None, *, k: int = 3, fraud_prob: np.ndarray | None = None,
-    served: ServedTreeExplainer | None = None,
+    served: ServedTreeExplainer | None = None, held_out: HeldOutExplainer | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Explanations (as dicts) of the ``k`` highest-scored members of a ring: of the served trees'
-    score when ``served`` is given, else of the GNN's (:func:`explain_user`)."""
+    """Explanations (as dicts) of the ``k`` members of a ring most likely fraud: of the served
+    trees' score when ``served`` is given, else of the GNN's (:func:`explain_user`). With
+    ``held_out``, a member the scorer was trained on is ranked by its held-out score (its served one
+    is fitted to its label) and its explanation carries a ``held_out`` one too (that score's, from
+    its fold's trees: the verdict the demo and a lead list give it)."""
     index = {u: n for n, u in enumerate(_node_ids(data, "user"))}
-    ranked = sorted(ring.member_scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    predicted = dict(ring.member_scores)
+    if held_out is not None:
+        predicted.update({u: float(held_out.held_out[index[u]]) for u in predicted
+                          if u in index and math.isfinite(float(held_out.held_out[index[u]]))})
+    ranked = sorted(predicted.items(), key=lambda kv: (-kv[1], kv[0]))
     chosen = [u for u, _ in ranked][:k] if ranked else ring.members[:k]
 
-    def explain(u: int) -> Explanation:
-        return served.explain(data, u) if served is not None else explain_user(model, data, u, fraud_prob=fraud_prob)
+    def explain(u: str) -> dict[str, Any]:
+        n = index[u]
+        out = (served.explain(data, n) if served is not None
+               else explain_user(model, data, n, fraud_prob=fraud_prob)).to_dict()
+        got = held_out.contributions(n) if held_out is not None else None
+        if held_out is not None and got is not None:
+            held = held_out_explanation(u, float(held_out.held_out[n]), *got).to_dict()
+            out["held_out"] = {key: held[key] for key in ("score", "features", "base_value", "unlisted_attribution")}
+        return out
 
-    return {u: explain(index[u]).to_dict() for u in chosen if u in index}
+    return {u: explain(u) for u in chosen if u in index}
 
 
 def ring_timeline(ring: Ring, tables: ShopTables) -> pd.DataFrame:

@@ -922,18 +922,25 @@ def _rings_run(run_dir: str | Path, top: int, export: Path | None, detector: Rin
     params = {k: getattr(det, k) for k in ("hub_threshold", "min_size", "max_component", "seed",
                                            "use_behaviour", "resolution")}
     if export is not None:  # read (and check) what the explanations need before anything is written
-        from shopgraph.graph.explain import explain_ring_members, load_model, load_served_explainer
+        from shopgraph.graph.explain import (
+            explain_ring_members,
+            load_held_out_explainer,
+            load_model,
+            load_served_explainer,
+        )
 
         model = None if no_scorer else load_model(run)
         served = load_served_explainer(run, data, model, prob)
         held_out = load_held_out(run, int(data["user"].num_nodes))
+        held_out_explainer = load_held_out_explainer(run, data, held_out)
         threshold = load_threshold(run) if prob is not None else None
     run.write_json(RINGS_FILE, _jsonable(rings_payload(det.rings_, det.hub_devices_, det.mode_, params)),
                    made_from=made_from, stage="shopgraph rings")
     chosen = det.rings_[:top]
     if export is not None:
         explanations = {
-            r.ring_id: explain_ring_members(r, data, model, k=explain_members, fraud_prob=prob, served=served)
+            r.ring_id: explain_ring_members(r, data, model, k=explain_members, fraud_prob=prob, served=served,
+                                            held_out=held_out_explainer)
             for r in chosen
         }
         source = {"run": str(run.path.resolve()),
@@ -1008,12 +1015,14 @@ class FraudCases:
             trees: explanations then attribute the served score; else they attribute the GNN's.
         held_out: ``[U]`` the training accounts' held-out fraud scores (:func:`load_held_out`), or ``None``.
         threshold: the served scorer's validation threshold (:func:`load_threshold`), or ``None``.
+        held_out_explainer: a :class:`shopgraph.graph.explain.HeldOutExplainer` of ``held_out``
+            (:func:`shopgraph.graph.explain.load_held_out_explainer`), or ``None``.
     """
 
     def __init__(
         self, rings: Sequence[Ring], data: HeteroData, tables: ShopTables, model: Any = None,
         fraud_prob: np.ndarray | None = None, served: Any = None, held_out: np.ndarray | None = None,
-        threshold: float | None = None,
+        threshold: float | None = None, held_out_explainer: Any = None,
     ) -> None:
         self._rings = list(rings)
         self.data = data
@@ -1023,6 +1032,7 @@ class FraudCases:
         self.served = served
         self.held_out_prob = held_out
         self.threshold = threshold if fraud_prob is not None else None
+        self.held_out_explainer = held_out_explainer
         self._user_index = {str(u): n for n, u in enumerate(data["user"].ids)}
         self._explained: dict[str, Any] = {}
         self._labels: tuple[np.ndarray, np.ndarray] | None = None
@@ -1032,7 +1042,7 @@ class FraudCases:
     @classmethod
     def from_run(cls, run_dir: str | Path, *, detector: RingDetector | None = None) -> FraudCases:
         """Load a run; rings come from ``RUN/rings/rings.json`` when stored, else are detected now."""
-        from shopgraph.graph.explain import load_model, load_served_explainer
+        from shopgraph.graph.explain import load_held_out_explainer, load_model, load_served_explainer
         from shopgraph.graph.pipeline import load_run_tables
 
         run = RunDir(run_dir)
@@ -1044,8 +1054,9 @@ class FraudCases:
         else:
             rings = (detector or RingDetector()).fit(data, prob, tables).rings_
         model = None if no_scorer else load_model(run)  # no scorer: the GNN's fraud head was never trained
-        return cls(rings, data, tables, model, prob, load_served_explainer(run, data, model, prob),
-                   load_held_out(run, int(data["user"].num_nodes)), load_threshold(run))
+        held_out = load_held_out(run, int(data["user"].num_nodes))
+        return cls(rings, data, tables, model, prob, load_served_explainer(run, data, model, prob), held_out,
+                   load_threshold(run), load_held_out_explainer(run, data, held_out))
 
     def rings(self, top: int | None = None) -> list[Ring]:
         """The ranked rings (the first ``top`` when given)."""
@@ -1159,6 +1170,18 @@ class FraudCases:
             table = table.iloc[np.argsort(order.to_numpy(), kind="stable")]
         return table[["user_id", "first_seen", "last_seen", "events", "purchases", "label", "label_in_training",
                       "probability", "held_out_probability"]].reset_index(drop=True)
+
+    def explain_held_out(self, user_id: str) -> Any:
+        """Why a trained-on account's held-out score is what it is (its fold's trees:
+        :func:`shopgraph.graph.explain.held_out_explanation`), or ``None`` for an account without one
+        (not trained on, a run without held-out trees, or trees that do not reproduce it);
+        ``KeyError`` naming an unknown id."""
+        from shopgraph.graph.explain import held_out_explanation
+
+        u = self._position(user_id)
+        held = self.held_out([user_id])[user_id]
+        got = self.held_out_explainer.contributions(u) if self.held_out_explainer is not None else None
+        return None if held is None or got is None else held_out_explanation(user_id, held, *got)
 
     def timeline(self, ring_id: str) -> pd.DataFrame:
         """The ring's events in time order (:func:`shopgraph.graph.explain.ring_timeline`)."""

@@ -555,7 +555,8 @@ def include_fraud_cases(app: FastAPI, run_dir: Path | None) -> bool:
         app.include_router(fraud_router(cases.rings, explain=cases.explain, timeline=cases.timeline,
                                         labels=cases.labels, has_user=cases.has_user, held_out=cases.held_out,
                                         hint=cases.user_hint, threshold=cases.threshold,
-                                        device_accounts=cases.device_accounts))
+                                        device_accounts=cases.device_accounts,
+                                        explain_held_out=cases.explain_held_out))
     except Exception as exc:  # noqa: BLE001 - optional feature; the core API must start
         logger.info("fraud case endpoints not served (%s: %s)", type(exc).__name__, exc)
         return False

@@ -160,6 +160,13 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorOut, "description": what[code]} for code in codes}
 
 
+class HeldOutExplanationOut(BaseModel):
+    score: float = Field(description="the held-out probability")
+    features: list[FeatureOut] = Field(description=f"its {TOP_K} largest contributions, as `features`")
+    base_value: float | None = Field(description="as `base_value`, of the fold's trees")
+    unlisted_attribution: float | None = Field(description="as `unlisted_attribution`")
+
+
 class ExplanationOut(BaseModel):
     user_id: str
     score: float | None
@@ -184,6 +191,15 @@ class ExplanationOut(BaseModel):
         None, description="how many neighbours there were before the list was cut to its first "
                           f"{TOP_K}: the account's identifiers (occlusion: the neighbours occluded); more "
                           "than the neighbours listed means the list is cut")
+    threshold: float | None = Field(None, description="the validation threshold the verdicts compare with")
+    flagged: bool | None = Field(None, description="score at or above the threshold, as /fraud/score's flagged (null: "
+                                                   "no threshold, or a method other than the served trees')")
+    held_out_flagged: bool | None = Field(None, description="held_out_probability at or above the threshold: the "
+                                                            "verdict on a trained-on account's prediction")
+    held_out: HeldOutExplanationOut | None = Field(
+        None, description="for an account the scorer was trained on: why its held_out_probability is what it is "
+                          "(the trees of its fold, which never saw its label), the explanation behind "
+                          "held_out_flagged; null for the other accounts")
 
 
 def _clean(value: Any) -> Any:
@@ -211,6 +227,7 @@ def fraud_router(
     held_out: Callable[[Sequence[str]], dict[str, float | None]] | None = None,
     threshold: float | None = None,
     device_accounts: Callable[[str], pd.DataFrame] | None = None,
+    explain_held_out: Callable[[str], Explanation | None] | None = None,
     max_top: int = 500,
     prefix: str = "/fraud",
 ) -> APIRouter:
@@ -233,6 +250,8 @@ def fraud_router(
             accounts' ``held_out_probability``; ``None``: always null.
         threshold: the validation threshold, for the members' ``flagged`` and ``held_out_flagged``
             (:attr:`shopgraph.graph.rings.FraudCases.threshold`); ``None``: both null.
+        explain_held_out: ``user_id -> Explanation | None`` of a trained-on account's held-out score
+            (:meth:`shopgraph.graph.rings.FraudCases.explain_held_out`); ``None``: ``held_out`` null.
         device_accounts: ``device_id -> DataFrame`` of every account on a device
             (:meth:`shopgraph.graph.rings.FraudCases.device_accounts`; ``KeyError`` for an unknown
             device); ``None``: ``/fraud/device/{device_id}`` answers 503.
@@ -347,12 +366,20 @@ def fraud_router(
                 held = held_out([user_id])[user_id] if held_out is not None else None
             except KeyError:  # explained but not among the labelled graph's users: no label to give
                 pass
+        hx = explain_held_out(user_id) if explain_held_out is not None and held is not None else None
+        held_out_out = None if hx is None else HeldOutExplanationOut(
+            score=hx.score, features=[FeatureOut(**feature_dict(f)) for f in hx.features],
+            base_value=_clean(hx.base), unlisted_attribution=_clean(hx.unlisted))
         return ExplanationOut(
             user_id=ex.user_id, score=ex.score, method=ex.method,
             features=[FeatureOut(**feature_dict(f)) for f in ex.features],
             neighbours=[NeighbourOut(**{**n._asdict(), "others": list(n.others)}) for n in ex.neighbours],
             label=label, label_in_training=trained, held_out_probability=held,
             base_value=_clean(ex.base), unlisted_attribution=_clean(ex.unlisted), neighbours_total=ex.neighbours_total,
+            # the verdict on the served score: only the served trees' explanation has it as its score
+            threshold=threshold, flagged=at_or_above(ex.score) if ex.method.startswith("tree_shap") else None,
+            held_out_flagged=at_or_above(held),
+            held_out=held_out_out,
         )
 
     return router

@@ -1752,11 +1752,10 @@ class ShopService:
 
     def held_out_explanation(self, user_id: str, top_k: int = 5) -> Any:
         """Why a trained-on account's held-out score (its prediction with its own label held out) is
-        what it is: a :class:`shopgraph.graph.explain.Explanation` of the trees of its fold (its
-        ``top_k`` largest contributions, their base value and what the others add), or ``None`` for
-        an account without a held-out score or one that cannot be attributed. Its ``neighbours``
-        are empty: the shared identifiers are the same facts as for the served score."""
-        from shopgraph.graph.explain import Explanation, FeatureAttribution
+        what it is: a :class:`shopgraph.graph.explain.Explanation` of the trees of its fold
+        (:func:`shopgraph.graph.explain.held_out_explanation`), or ``None`` for an account without a
+        held-out score or one that cannot be attributed."""
+        from shopgraph.graph.explain import held_out_explanation
 
         u = self._user(user_id)
         held = float(self.fraud_prob_held_out[u]) if u < len(self.fraud_prob_held_out) else float("nan")
@@ -1765,9 +1764,7 @@ class ShopService:
         got = self._held_out_attribution(u)
         if got is None:
             return None
-        items = sorted((FeatureAttribution(*f) for f in got[0]), key=lambda f: -abs(f.attribution))
-        return Explanation(self.user_ids[u], held, "tree_shap+shared_identifiers", items[:top_k], [], got[1],
-                           unlisted=float(sum(f.attribution for f in items[top_k:])))
+        return held_out_explanation(self.user_ids[u], held, got[0], got[1], top_k)
 
     def _facts(self, u: int, attribution: Sequence[tuple[str, float, float]], top: int, raised: bool) -> list[str]:
         """The ``top`` facts of ``attribution`` that raised (``raised``) or lowered the score most, in words."""

@@ -1382,7 +1382,7 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
         from shopgraph.graph.explain import explain_ring_members
 
         explained = explain_ring_members(ring, cases.data, cases.model, fraud_prob=cases.fraud_prob,
-                                         served=cases.served)
+                                         served=cases.served, held_out=cases.held_out_explainer)
         fresh = Path(tempfile.mkdtemp(prefix=f"{ring.ring_id}-", dir=work_dir)) / "export"
         export_cases([ring], cases.data, cases.tables, fresh, fraud_prob=cases.fraud_prob,
                      explanations={ring.ring_id: explained}, held_out=cases.held_out_prob,

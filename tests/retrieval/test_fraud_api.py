@@ -336,3 +336,26 @@ def test_device_lookups_without_tables_are_a_503() -> None:
     app.include_router(fraud_router(lambda: []))
     r = TestClient(app).get("/fraud/device/d1")
     assert r.status_code == 503 and "device lookups are not available" in r.json()["detail"]
+
+
+def test_a_trained_on_accounts_explanation_carries_the_held_out_one() -> None:
+    """The verdict that makes a trained-on account a lead is its held-out one: /fraud/explain gives
+    its explanation (the fold's trees) beside the served score's, with both verdicts."""
+    from shopgraph.graph.explain import Explanation, FeatureAttribution
+
+    served = Explanation("u1", 0.1, "tree_shap+shared_identifiers", [FeatureAttribution("night_share", -1.0, -0.8)],
+                         [], base=-1.4, unlisted=0.0)
+    held = Explanation("u1", 0.45, "tree_shap+shared_identifiers", [FeatureAttribution("night_share", 1.2, 0.9)],
+                       [], base=-1.4, unlisted=0.3)
+    app = FastAPI()
+    app.include_router(fraud_router(lambda: [], explain=lambda u: served, labels=lambda ids: {u: (False, True) for u in ids},
+                                    held_out=lambda ids: {u: 0.45 for u in ids}, explain_held_out=lambda u: held,
+                                    threshold=0.3))
+    body = TestClient(app).get("/fraud/explain", params={"user_id": "u1"}).json()
+    assert body["threshold"] == 0.3 and body["flagged"] is False and body["held_out_flagged"] is True
+    assert body["held_out"]["score"] == 0.45 and body["held_out"]["base_value"] == -1.4
+    assert body["held_out"]["features"][0]["attribution"] == 0.9 and body["held_out"]["unlisted_attribution"] == 0.3
+    app = FastAPI()
+    app.include_router(fraud_router(lambda: [], explain=lambda u: served))  # no held-out score: no block
+    body = TestClient(app).get("/fraud/explain", params={"user_id": "u1"}).json()
+    assert body["held_out"] is None and body["threshold"] is None and body["flagged"] is None

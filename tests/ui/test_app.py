@@ -1082,6 +1082,36 @@ def test_intro_names_the_served_fraud_scorer(ui_run: Path, tmp_path: Path) -> No
     assert "Fraud is scored" not in intro(10, 5, None) and "recommend items" in intro(10, 5, None)
 
 
+def test_a_rings_case_file_explains_a_trained_on_members_held_out_verdict(ui_cases: FraudCases) -> None:
+    """Members are chosen for explanation by their prediction (a trained-on one's held-out score), and
+    a trained-on member's explanation carries its held-out one: the verdict an investigator defends.
+    Both add up (base + listed + unlisted = the score's log-odds); /fraud/explain gives the same."""
+    from shopgraph.graph.explain import explain_ring_members
+
+    if ui_cases.held_out_explainer is None:
+        pytest.skip("this run has no held-out trees")
+    found = 0
+    for ring in ui_cases.rings():
+        explained = explain_ring_members(ring, ui_cases.data, ui_cases.model, fraud_prob=ui_cases.fraud_prob,
+                                         served=ui_cases.served, held_out=ui_cases.held_out_explainer)
+        held = ui_cases.held_out(ring.members)
+        for user, ex in explained.items():
+            assert {"base_value", "unlisted_attribution", "neighbours_total"} <= set(ex)
+            if held[user] is None:
+                assert "held_out" not in ex
+                continue
+            block = ex["held_out"]
+            assert block["score"] == pytest.approx(held[user])
+            total = block["base_value"] + sum(f["attribution"] for f in block["features"]) + block["unlisted_attribution"]
+            assert total == pytest.approx(math.log(held[user] / (1 - held[user])), abs=1e-3)
+            again = ui_cases.explain_held_out(user)
+            assert again is not None and [f.name for f in again.features] == [f["name"] for f in block["features"]]
+            found += 1
+    assert found  # the case arises in this run
+    unseen = next(u for u in ui_cases.data["user"].ids if ui_cases.held_out([str(u)])[str(u)] is None)
+    assert ui_cases.explain_held_out(str(unseen)) is None
+
+
 def test_each_reason_says_its_effect_in_words(ui_service: ShopService, ui_cases: FraudCases) -> None:
     """Beside its log-odds, each reason's push in words: a stakeholder reads "raises it a lot", not +2.9."""
     from shopgraph.ui.app import effect_words
