@@ -208,7 +208,9 @@ def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = T
     accounts at or above the threshold, the highest score first (a work queue); ``leads`` keeps the
     accounts not labelled fraud that their served or held-out score flags (:func:`is_lead`), the
     highest prediction first (the held-out score for an account the scorer was trained on, else the
-    served one: the new leads, the known frauds left out); ``label_audit`` keeps those whose held-out score
+    served one: the new leads, the known frauds left out), with two more columns after ``user_id``:
+    ``lead_by`` (``served score``, or ``held-out score`` for an account only that one flags) and
+    ``lead_reasons``, the reasons of that verdict; ``label_audit`` keeps those whose held-out score
     contradicts their label (:func:`contradicts_label`), the most contradicted first (``as_lists``: the
     reasons as lists, as JSON writes them, not joined into one text cell): the
     held-out score farthest from the threshold in log-odds, the scale of the reasons (in
@@ -242,11 +244,16 @@ def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = T
         rows.sort(key=lambda row: -row[1])
     columns = ["user_id", "probability", "threshold", "flagged", "probability_is", "scorer", "label",
                "label_in_training", "held_out_probability", "held_out_flagged", "reasons", "held_out_reasons"]
-    return pd.DataFrame(rows, columns=columns).astype({"probability": "float64", "threshold": "float64",
-                                                       "flagged": "bool", "label": "boolean",
-                                                       "label_in_training": "bool",
-                                                       "held_out_probability": "float64",
-                                                       "held_out_flagged": "boolean"})
+    table = pd.DataFrame(rows, columns=columns).astype({"probability": "float64", "threshold": "float64",
+                                                        "flagged": "bool", "label": "boolean",
+                                                        "label_in_training": "bool",
+                                                        "held_out_probability": "float64",
+                                                        "held_out_flagged": "boolean"})
+    if leads:  # which verdict made each a lead, and its reasons first: the served ones may argue against it
+        by_held = ~table["flagged"].to_numpy(dtype=bool)
+        table.insert(1, "lead_by", np.where(by_held, "held-out score", "served score"))
+        table.insert(2, "lead_reasons", table["held_out_reasons"].where(by_held, table["reasons"]))
+    return table
 
 
 def write_table(table: pd.DataFrame, out: Path) -> None:

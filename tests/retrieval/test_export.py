@@ -188,6 +188,12 @@ def test_leads_leave_the_known_frauds_out_and_rank_by_the_prediction(run, servic
     assert table["user_id"].tolist() == [s.user_id for s in expected]
     assert trained_legit[1].user_id == table["user_id"].iloc[0] and trained_legit[0].user_id in set(table["user_id"])
     assert trained_fraud[0].user_id not in set(table["user_id"]) and not table["label"].fillna(False).any()
+    # which verdict made each a lead, and the reasons of that one (the served reasons may argue against it)
+    assert table.columns[:3].tolist() == ["user_id", "lead_by", "lead_reasons"]
+    assert table["lead_by"].tolist() == ["served score" if s.flagged else "held-out score" for s in expected]
+    assert table["lead_reasons"].fillna("").tolist() == [
+        (r if f else h) for r, h, f in zip(table["reasons"].fillna(""), table["held_out_reasons"].fillna(""),
+                                          table["flagged"])]
     held_only = sum(1 for s in expected if not s.flagged)
     assert held_only >= 2
     said = capsys.readouterr().out
