@@ -48,6 +48,7 @@ from shopgraph.graph.wording import (
 from shopgraph.retrieval.export import contradiction
 from shopgraph.retrieval.service import (
     HELD_OUT_UNATTRIBUTED,
+    MAX_TEXT_CHARS,
     NotAvailableError,
     ShopService,
     UnknownIdError,
@@ -490,8 +491,9 @@ def recommend_view(service: ShopService, history: UserHistory | None, thumbs: Th
               "for this shopper: only its order matters (higher = better fit)." + found.note())
     back = sum(1 for why in rec.reasons if why.startswith("you "))  # the revisit reasons: "you viewed it 3 times"
     if back:
-        status += (f" {'All' if back == len(rec.reasons) else f'{back} of the {len(rec.reasons)}'} are items this "
-                   "shopper looked at without buying (the reason says when): what shoppers here buy next is most "
+        which = ("All are items" if back == len(rec.reasons) else f"{back} of the {len(rec.reasons)} "
+                 + ("is an item" if back == 1 else "are items"))
+        status += (f" {which} this shopper looked at without buying (the reason says when): what shoppers here buy next is most "
                    "often something they came back to, so the model puts those first (the Model tab's "
                    "itemknn_revisit does the same)" + ("." if back == len(rec.reasons) else "; the others are new to "
                                                                                    "them."))
@@ -649,6 +651,8 @@ def text_search_view(service: ShopService, thumbs: Thumbnails, text: Any, k: Any
     try:
         if text is None or (isinstance(text, str) and _blank(text)):  # zero-width spaces are nothing too
             raise ValueError(f"{TEXT}: type a few words, e.g. 'running shoes' (got an empty text)")
+        if isinstance(text, str) and len(text) > MAX_TEXT_CHARS:  # a pasted page: its start, as the model reads
+            text = text[:MAX_TEXT_CHARS]  # only ~500 characters anyway; the status says where it stopped
         rec = service.search(text=text, k=_check_k(k))
         found = _results(service, thumbs, rec)
     except (ValueError, NotAvailableError) as exc:
@@ -691,7 +695,8 @@ def image_search_view(service: ShopService, thumbs: Thumbnails, image: Any, k: A
     """Items whose picture looks like an uploaded image (image encoder + ``image_items`` index)."""
     try:
         if image is None or (isinstance(image, str) and not image):
-            raise ValueError("Image: upload a picture first (got nothing)")
+            raise ValueError("Image: upload a picture first (got nothing; a file that is not a picture, such as a "
+                             "text file, is not taken by the upload box)")
         if isinstance(image, np.ndarray):
             from PIL import Image
 
@@ -1122,10 +1127,11 @@ RING_LEGEND = (
     "in the list, with few or none flagged, are mostly households and shared computers); "
     "**known fraud**: members "
     "the shop's data already labels fraud; **trained on**: how many of those labels the scorer was trained on "
-    "(their probabilities are fitted to the label, not predicted, and count in the mean and the score); **shared "
+    "(their served probabilities are fitted to the label, not predicted, and count in the ring's score); **shared "
     "devices**: how many devices two or more members used, with the first ids; **mean fraud probability**: the "
-    "members' average fraud probability; **days from sign-up to first activity**: the typical member's (fraudsters' "
-    "accounts tend to start buying soon after they are made); "
+    "members' average fraud probability, as the flagged column and the members table give them; **days from "
+    "sign-up to first activity**: the typical member's (fraudsters' accounts tend to start buying soon after they "
+    "are made); "
     "**purchases per day**: typical member's buying speed; **high-risk share**: typical member's share of "
     "spending on easily resold goods (electronics, gift cards).")
 RING_DEVICES_LISTED = 3  # shared device ids written in a table cell
@@ -1180,7 +1186,13 @@ def rings_table(cases: FraudCases | None, top: int = RING_TOP, threshold: float 
         except KeyError:  # a ring of other users than the graph's: no labels to count
             return ["", ""]
 
-    rows = [[r.ring_id, round(r.score, 3), len(r.members), flagged(r), *known(r), devices(r), ev(r, "gnn_mean", 2),
+    def mean(ring: Ring) -> Any:  # of the probabilities the flagged column and the members table give
+        if ring.evidence.get("gnn_mean") is None:
+            return ""
+        values = list(member_predictions(cases, ring).values())
+        return round(float(np.mean(values)), 2) if values else ""
+
+    rows = [[r.ring_id, round(r.score, 3), len(r.members), flagged(r), *known(r), devices(r), mean(r),
              ev(r, "median_account_age_days", 1), ev(r, "purchase_velocity", 2), ev(r, "high_risk_share", 2)]
             for r in cases.rings(top=top)]
     return pd.DataFrame(rows, columns=RING_COLUMNS)
@@ -1203,7 +1215,7 @@ def _past(verb: str) -> str:
     return verb + ("d" if verb.endswith("e") else "ed")
 
 
-def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILImage:
+def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase", threshold: float | None = None) -> PILImage:
     """The ring's subgraph drawn to an image: members coloured by fraud score, their devices and other
     identifiers (shared ones dark and outlined), and the items most members bought; legend and colour
     bar included (matplotlib, Agg backend).
@@ -1269,7 +1281,12 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase") -> PILIma
     nx.draw_networkx_nodes(g, pos, nodelist=items, ax=ax, node_shape="^", node_size=140, node_color="#bab0ac",
                            edgecolors="#555555", linewidths=0.6)
     tied = [n for n in ids if n in shared]
-    fig.colorbar(coll, ax=ax, fraction=0.035, pad=0.02, label="member fraud probability")
+    bar = fig.colorbar(coll, ax=ax, fraction=0.035, pad=0.02, label="member fraud probability")
+    if threshold is not None and math.isfinite(threshold) and ring.evidence.get("gnn_mean") is not None:
+        # where flagging starts: a pale yellow-green member above it is flagged all the same
+        bar.ax.axhline(threshold, color="black", linewidth=2.0)
+        bar.ax.text(-0.6, threshold, "flagged\nabove", transform=bar.ax.get_yaxis_transform(), ha="right",
+                    va="center", fontsize=7)
     handles = [
         Line2D([], [], marker="o", ls="", color="white", markeredgecolor="black", markersize=9,
                label="account (colour: fraud probability)"),
@@ -1451,7 +1468,7 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
     except (KeyError, ValueError) as exc:
         return RingView(_problem(exc, RING), None, [], members)
     target = str(getattr(cases.data, "target", "purchase"))
-    image = draw_ring(cases, ring, target)
+    image = draw_ring(cases, ring, target, threshold)
     files = _case_files(cases, ring, export_dir, work_dir)
     ev = cases.tables.events
     mine = ev[ev["user_id"].isin(set(ring.members))]
@@ -1913,7 +1930,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
     export_dir = _export_dir(run_dir)
     users = sample_users(service, history, cases)
     shoppers = sample_users(service, history, cases, fraud=False)
-    rec_default = default_user(shoppers, "heavy buyer")
+    rec_default = default_user(shoppers, "typical shopper")  # a mix of picks came back to and new ones
     fraud_default = default_user(users, "fraud probability")
     scorer = fraud_scorer(run_dir)
     generated = generated_shop(run_dir)
@@ -2141,6 +2158,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 gr.Markdown(RING_LEGEND, elem_id="ring-legend")
                 with gr.Row():
                     ring_pick = gr.Dropdown(choices=with_no_choice(ring_ids), value=None, label=RING, scale=1,
+                                            elem_id="ring-pick",
                                             allow_custom_value=True, info="pick a ring or type its id (e.g. R0001)")
                 ring_status = gr.Markdown("" if cases is not None else
                                           f"{ERROR_PREFIX}no fraud rings in this run (run `shopgraph rings --run RUN`)",
@@ -2172,7 +2190,10 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 def open_ring(ring_id: Any) -> tuple[Any, Any]:  # the Fraud tab's button
                     return gr.Tabs(selected="rings"), ring_id
 
-                fr_ring_btn.click(open_ring, [fr_ring], [tabs, ring_pick])
+                # then to the ring itself, not the top of the ranked list (it may be far below)
+                fr_ring_btn.click(open_ring, [fr_ring], [tabs, ring_pick]).then(
+                    None, None, None, js="() => { setTimeout(() => document.getElementById('ring-pick')"
+                                         "?.scrollIntoView({block: 'start'}), 300); }")
 
             with gr.Tab("Model", id="model"):
                 gr.Markdown("**How good is the model?** Measured on the most recent period, which it never saw in "

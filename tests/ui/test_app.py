@@ -302,6 +302,8 @@ def test_text_search_says_when_nothing_matches_and_quotes_a_long_text_by_its_sta
     assert "is an item id: the text search reads words, not ids" in text_search_view(ui_service, thumbs, item, 4).status
     long = text_search_view(ui_service, thumbs, "wireless headphones " * 100, 4)
     assert "wireless headphones " * 100 not in long.status and "… (1,999 characters)" in long.status
+    pasted = text_search_view(ui_service, thumbs, "wireless headphones " * 400, 4)  # a page pasted: its start
+    assert not is_problem(pasted.status) and "only its first" in pasted.status and len(pasted.table) == 4
     # ... and says where the model stopped reading it
     cut = ui_service.text_cut_at("wireless headphones " * 100)
     assert cut is not None and f"only its first {cut:,} characters" in long.status
@@ -610,6 +612,8 @@ def test_rings_table_is_ranked(ui_cases: FraudCases) -> None:
 
     flagged = rings_table(ui_cases, threshold=threshold)["flagged"].tolist()
     assert flagged == [sum(p >= threshold for p in predicted(r)) for r in rings]
+    # ... and their mean of those same probabilities (not of the fitted ones: 0.02 beside a flagged 0.39)
+    assert table["mean fraud probability"].tolist() == [round(float(np.mean(predicted(r))), 2) for r in rings]
     assert table["flagged"].eq("").all()  # no threshold: nothing to count
     # labelled fraud members, and how many of those labels were trained on: numbers, so they sort as numbers
     assert [(int(f), int(t)) for f, t in zip(table["known fraud"], table["trained on"])] == [
@@ -1315,7 +1319,6 @@ def test_messages_name_the_box_not_the_argument(ui_service: ShopService, history
         (similar_view(ui_service, thumbs, "nope").status, "Item: unknown item 'nope'"),
         (visitor_view(ui_service, thumbs, ["nope"]).status, "Visitor's items: unknown item 'nope'"),
         (ring_view(ui_cases, "nope", None, tmp_path).status, "Ring: unknown ring 'nope'"),
-        (text_search_view(ui_service, thumbs, "x" * 3000).status, "Text: expected at most 2,000 characters"),
     ]
     for status, message in checks:
         assert is_problem(status) and message in html.unescape(status)
@@ -1483,3 +1486,23 @@ def test_ring_layout_pushes_apart_nodes_drawn_on_one_spot() -> None:
     again = app._spread(pos)
     assert all(np.array_equal(spread[k], again[k]) for k in pos)  # the same drawing every time
     assert app._spread({"a": (0.3, 0.3)})["a"].tolist() == [0.3, 0.3]
+
+
+def test_draw_ring_marks_the_threshold_on_its_colour_bar(ui_cases: FraudCases, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member just over the threshold is drawn pale yellow-green: the colour bar marks where flagging
+    starts, so that it is not read as low risk."""
+    from matplotlib.axes import Axes
+
+    ring = next(r for r in ui_cases.rings() if r.evidence.get("gnn_mean") is not None)
+    lines: list[float] = []
+    real = Axes.axhline
+
+    def spy(self: Axes, y: float = 0, *args: Any, **kwargs: Any) -> Any:
+        lines.append(y)
+        return real(self, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "axhline", spy)
+    draw_ring(ui_cases, ring, threshold=0.3)
+    assert lines == [0.3]
+    draw_ring(ui_cases, ring)
+    assert lines == [0.3]  # no threshold given: no mark

@@ -142,11 +142,13 @@ def _tab(page: Any, name: str) -> None:
     page.get_by_role("tab", name=name, exact=True).click()
 
 
-def _default_user(service: ShopService, cases: FraudCases, kind: str) -> str:
-    """The user a tab preselects (as ``build_app`` picks it)."""
+def _default_user(service: ShopService, cases: FraudCases, kind: str, fraud: bool = True) -> str:
+    """The user a tab preselects (as ``build_app`` picks it: the Recommend tab from the shoppers,
+    ``fraud=False``)."""
     from shopgraph.ui.app import UserHistory, default_user, sample_users
 
-    user = default_user(sample_users(service, UserHistory(cases.tables.events, service.target), cases), kind)
+    user = default_user(sample_users(service, UserHistory(cases.tables.events, service.target), cases, fraud=fraud),
+                        kind)
     assert user is not None
     return user
 
@@ -160,9 +162,9 @@ def _verdict_score(score: Any) -> float:
 
 def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopService, ui_cases: FraudCases,
                                      ui_run: Path, tmp_path: Path) -> None:
-    user = _default_user(ui_service, ui_cases, "heavy buyer")
+    user = _default_user(ui_service, ui_cases, "typical shopper", fraud=False)
 
-    # -- Recommend: the default tab, the first sample user preselected
+    # -- Recommend: the default tab, the first typical shopper preselected
     _tab(page, "Recommend")
     expect(page.locator("#rec-status")).to_contain_text(user)  # filled on page load
     k_box = page.locator("#rec-k input[type=number]")
@@ -472,6 +474,7 @@ def test_the_fraud_tab_opens_an_accounts_ring_on_the_rings_tab(page: Any, ui_cas
     expect(page.get_by_role("tab", name="Rings", exact=True)).to_have_attribute("aria-selected", "true")
     expect(page.locator("#ring-status")).to_contain_text(ring.ring_id)
     expect(page.locator("#ring-members")).to_contain_text(member)
+    expect(page.locator("#ring-pick")).to_be_in_viewport()  # the ring itself, not the top of the ranked list
     # an account in no ring has no such button
     _tab(page, "Fraud")
     alone = next(u for u in ui_cases.data["user"].ids if not ui_cases.has_user(u) or not ui_cases.rings_of(u))
