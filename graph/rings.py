@@ -39,6 +39,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -784,8 +785,10 @@ def case_file(
             "high_risk_share": _none_if_nan(float(behaviour.high_risk[k])),
         })
     members.sort(key=lambda m: (-ring.member_scores.get(str(m["user_id"]), -1.0), str(m["user_id"])))
+    times = getattr(data, "split_times", None)  # the fraud features (and the reasons' account age) are as of then
     doc = {
         "schema_version": SCHEMA_VERSION, "case_version": CASE_VERSION, "source": source, "threshold": threshold,
+        "features_as_of": time.strftime("%Y-%m-%d", time.gmtime(float(times[0]))) if times else None,
         "ring_id": ring.ring_id, "score": ring.score, "members": members, "shared_devices": list(ring.shared_devices),
         "shared_identifiers": ring.evidence.get("shared_identifiers", {"device": list(ring.shared_devices)}),
         "evidence": ring.evidence,

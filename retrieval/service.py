@@ -534,9 +534,9 @@ def _in_words(name: str, value: float) -> str | None:
     return f"{reading.text}: {shown_value}" if shown_value else reading.text
 
 
-def describe_user_feature(name: str, raw: float | None, value: float) -> str | None:
+def describe_user_feature(name: str, raw: float | None, value: float, as_of: str | None = None) -> str | None:
     """A user feature as a plain fact with its raw value, e.g. ``account age at the end of the
-    training period: 3 days``,
+    training period (2025-12-19): 3 days``,
     ``country: DE``, ``accounts sharing a device (or other identifier): 4``; ``None`` when the
     feature has no plain reading (neighbourhood means, embedding columns) or says nothing about
     this account (a one-hot flag the account does not have).
@@ -545,6 +545,8 @@ def describe_user_feature(name: str, raw: float | None, value: float) -> str | N
         name: the feature's name (``data["user"].feature_names`` or a served-tree column).
         raw: the value before standardising (``encoders.behaviour.user_feature_columns``), when known.
         value: the value the scorer read (used for the served trees' ring columns, which are raw).
+        as_of: the date the features are measured at (the end of the training period), named in
+            the account age's fact; an account created on or after it is said to be (its age is 0).
     """
     if raw is not None and math.isfinite(raw):
         if "=" in name:  # a one-hot flag: "user_country=DE"
@@ -552,7 +554,10 @@ def describe_user_feature(name: str, raw: float | None, value: float) -> str | N
             return f"{column.removeprefix('user_').replace('_', ' ')}: {level}" if raw >= 0.5 else None
         plain = math.expm1(raw) if name.startswith("log_") else raw
         if name == "log_account_age_days":
-            return f"{ACCOUNT_AGE}: {plain:,.1f} days" if plain < 10 else f"{ACCOUNT_AGE}: {plain:,.0f} days"
+            age = f"{ACCOUNT_AGE} ({as_of})" if as_of else ACCOUNT_AGE
+            if as_of and plain <= 0:  # created then or later: the features count it as 0 days old
+                return f"{age}: 0 days (created on or after {as_of})"
+            return f"{age}: {plain:,.1f} days" if plain < 10 else f"{age}: {plain:,.0f} days"
         if name == "has_account_age":
             return "no account creation date" if raw < 0.5 else None
         if name == "log_n_events":
@@ -863,6 +868,10 @@ class ShopService:
         self.model = model
         self._model_problem = model_problem
         self._user_raw = dict(user_raw or {})
+        # the date the fraud features are measured at (the end of the training period), which reasons name
+        times = getattr(data, "split_times", None)
+        self.features_as_of: str | None = (time.strftime("%Y-%m-%d", time.gmtime(float(times[0]))) if times
+                                           else None)
         self._fraud_attribution = fraud_attribution
         self._held_out_attribution = held_out_attribution
         # per user, the items it bought right after viewing or carting them (graph.fraud_scorer.quick_purchases),
@@ -1772,7 +1781,8 @@ class ShopService:
         facts = []
         for name, value, contribution in attribution:
             if sign * contribution >= 0.005:  # shown to two decimals: no "+0.00"
-                fact = describe_user_feature(name, self._user_raw[name][u] if name in self._user_raw else None, value)
+                fact = describe_user_feature(name, self._user_raw[name][u] if name in self._user_raw else None, value,
+                                             self.features_as_of)
                 if fact is None and name not in self._user_raw:  # a neighbourhood mean, a group of encoder columns
                     fact = _in_words(name, value)
                 if fact is not None and name.startswith(QUICK_ITEM_REASON):
@@ -1811,7 +1821,7 @@ class ShopService:
         u = self._user(user_id)
         out: dict[str, str] = {}
         for name, column in self._user_raw.items():
-            fact = describe_user_feature(name, float(column[u]), float("nan"))
+            fact = describe_user_feature(name, float(column[u]), float("nan"), self.features_as_of)
             if fact is not None and ": " in fact:
                 out[name] = fact.partition(": ")[2]
         return out

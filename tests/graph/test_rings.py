@@ -7,6 +7,7 @@ import json
 import math
 import re
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +298,7 @@ EVIDENCE_KEYS = {
     "gnn_mean": OPT_NUM, "gnn_max": OPT_NUM, "score_terms": dict, "mode": str,
 }
 CASE_KEYS = {"schema_version": str, "case_version": int, "source": (dict, type(None)), "threshold": OPT_NUM,
+             "features_as_of": (str, type(None)),
              "ring_id": str, "score": float, "members": list, "shared_devices": list,
              "shared_identifiers": dict, "evidence": dict, "evidence_edges": list, "timeline": list,
              "explanations": dict}
@@ -308,7 +310,8 @@ MEMBER_KEYS = {"user_id": str, "score": OPT_NUM, "flagged": OPT_BOOL, "label": O
 EDGE_KEYS = {"user_id": str, "node_type": str, "node_id": str, "first_seen": (int, type(None)), "shared": bool}
 EVENT_KEYS = {"timestamp": (int, type(None)), "time": str, "user_id": str, "event_type": str, "item_id": str,
               "title": str, "category": str, "amount": OPT_NUM, "device_id": str, "shared_device": bool}
-EXPLANATION_KEYS = {"user_id": str, "score": OPT_NUM, "method": str, "features": list, "neighbours": list}
+EXPLANATION_KEYS = {"user_id": str, "score": OPT_NUM, "method": str, "features": list, "neighbours": list,
+                    "base_value": OPT_NUM, "unlisted_attribution": OPT_NUM, "neighbours_total": (int, type(None))}
 CSV_COLUMNS = ["ring_id", "timestamp", "time", "user_id", "member_score", "member_flagged", "member_label",
                "member_held_out_probability", "member_held_out_flagged", "event_type", "item_id", "title", "category", "amount", "device_id", "shared_device"]
 
@@ -360,6 +363,8 @@ def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
         # one case file forwarded on its own says what it is, where it comes from and where the line is
         assert case["case_version"] == CASE_VERSION and case["source"] == doc["source"]
         assert case["threshold"] == THRESHOLD == FraudCases.from_run(run_dir).threshold
+        split = RunDir(run_dir).load_graph().split_times[0]  # when the features (the reasons' account age) are as of
+        assert case["features_as_of"] == time.strftime("%Y-%m-%d", time.gmtime(float(split)))
         labels = FraudCases.from_run(run_dir).labels(ring.members)
         for m in case["members"]:
             check_keys(m, MEMBER_KEYS, "member")

@@ -4,6 +4,7 @@ import functools
 import io
 import json
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -871,6 +872,9 @@ def test_fraud_reasons_are_raw_facts_behind_the_verdict(service, run_path, monke
     cut = float(data.split_times[0])
     created = float(tables.users.set_index("user_id").loc["u002", "created_at"])
     age = (cut - created) / 86_400
+    as_of = time.strftime("%Y-%m-%d", time.gmtime(cut))  # the reasons name the date the age is measured at
+    assert service.features_as_of == as_of
+    aged = f"{ACCOUNT_AGE} ({as_of})"
     u = service.user_ids.index("u002")
     n_events = int(np.expm1(service._user_raw["log_n_events"][u]).round())
     # what the scorer read is standardised (9.9 here): the reasons show the raw values, and for a
@@ -880,8 +884,8 @@ def test_fraud_reasons_are_raw_facts_behind_the_verdict(service, run_path, monke
             ("other users via device: mean log_n_events", 9.9, 1.5)]
     monkeypatch.setattr(service, "_fraud_attribution", lambda _: fake)
     assert service.score_user("u002").reasons == [
-        f"{ACCOUNT_AGE}: {age:,.0f} days (+0.70 log-odds)" if age >= 10
-        else f"{ACCOUNT_AGE}: {age:,.1f} days (+0.70 log-odds)",
+        f"{aged}: {age:,.0f} days (+0.70 log-odds)" if age >= 10
+        else f"{aged}: {age:,.1f} days (+0.70 log-odds)",
         f"events in the training period: {n_events:,} (+0.20 log-odds)"]
     # columns without a raw value are worded (graph.wording), not left out: a flag's main driver can be one
     fake = [("log_account_age_days", 9.9, 0.23),
@@ -909,7 +913,7 @@ def test_fraud_reasons_are_raw_facts_behind_the_verdict(service, run_path, monke
     assert service.quick_items_named("u001") == ""
     assert reasons[1] == (f"accounts on the same devices (this one included): average {ACCOUNT_AGE}: 1.0 SD below "
                           "average (+0.43 log-odds)")
-    assert reasons[2].startswith(f"{ACCOUNT_AGE}: ")
+    assert reasons[2].startswith(f"{aged}: ")
     monkeypatch.setattr(service, "_fraud_attribution", lambda _: [("night_share", 9.9, -0.4)])
     assert service.score_user("u002").reasons == [
         "nothing in the account's own behaviour or shared identifiers raised its score"]
@@ -919,8 +923,8 @@ def test_fraud_reasons_are_raw_facts_behind_the_verdict(service, run_path, monke
     monkeypatch.setattr(service, "_fraud_attribution", lambda _: fake)
     score = service.score_user("u002")
     assert not score.flagged and score.reasons == [
-        f"{ACCOUNT_AGE}: {age:,.0f} days (-0.70 log-odds)" if age >= 10
-        else f"{ACCOUNT_AGE}: {age:,.1f} days (-0.70 log-odds)",
+        f"{aged}: {age:,.0f} days (-0.70 log-odds)" if age >= 10
+        else f"{aged}: {age:,.1f} days (-0.70 log-odds)",
         f"events in the training period: {n_events:,} (-0.20 log-odds)"]
     monkeypatch.setattr(service, "_fraud_attribution", lambda _: [("night_share", 9.9, 0.4)])
     assert service.score_user("u002").reasons == [
@@ -983,6 +987,15 @@ def test_describe_user_feature(name, raw, value, fact):
     from shopgraph.retrieval.service import describe_user_feature
 
     assert describe_user_feature(name, raw, value) == fact
+
+
+def test_the_account_age_names_its_date_and_a_later_sign_up():
+    from shopgraph.retrieval.service import describe_user_feature
+
+    assert describe_user_feature("log_account_age_days", float(np.log1p(86.0)), 0.0, "2025-12-19") == (
+        f"{ACCOUNT_AGE} (2025-12-19): 86 days")
+    assert describe_user_feature("log_account_age_days", 0.0, 0.0, "2025-12-19") == (  # clipped at 0
+        f"{ACCOUNT_AGE} (2025-12-19): 0 days (created on or after 2025-12-19)")
 
 
 def test_add_item_strips_the_id_as_loading_the_shop_does(own_run):
