@@ -554,6 +554,7 @@ class ServedTreeExplainer:
         self._alone, self._folds = _self_only_columns(self.reasons, features, names)
         self._unlabelled = _unlabelled_shares(self.reasons, features, names)
         self._quickless = _without_quick_buys(self.reasons, features, names)
+        self._nobody = _nobody_counts(self.reasons, features, names)
         # the probabilities the run serves (stored at training, float32), which the trees reproduce
         # within 1e-4 (from_run checks): explain() reports the served score, not its own float64 sum
         self.served: np.ndarray | None = None
@@ -615,6 +616,9 @@ class ServedTreeExplainer:
         moved: dict[int, tuple[str, float]] = {}  # reason position -> (reason it joins, that reason's value)
         if self._quickless is not None and self._quickless[0][user_index]:
             moved.update((r, (NO_QUICK_BUYS, 0.0)) for r in self._quickless[1])
+        for alone, positions, target in self._nobody:  # no co-user: its counts of them are one fact, "none"
+            if alone[user_index]:
+                moved.update((r, (target, 0.0)) for r in positions)
         for r, (kind, key, own) in self._folds.items():
             alone, unlinked = self._alone[key]
             if not alone[user_index]:
@@ -754,6 +758,31 @@ def _unlabelled_shares(reasons: Sequence[tuple[str, np.ndarray, bool]], features
             renamed.append(_Renamed(np.asarray(features[:, everyone]) <= 0, f"{base}{NOBODY_SUFFIX}"))
         renamed.append(_Renamed(np.all(np.asarray(features[:, counts]) <= 0, axis=1), f"{base}{NONE_LABELLED}{where}"))
         out[r] = renamed
+    return out
+
+
+def _nobody_counts(reasons: Sequence[tuple[str, np.ndarray, bool]], features: np.ndarray,
+                   names: Sequence[str]) -> list[tuple[np.ndarray, list[int], str]]:
+    """``[(alone [U], reason positions, name)]``: for each kind of co-user the ring columns count
+    (``accounts sharing a device (or other identifier)``), the accounts that have none (the table's
+    count of them is 0), the kept reasons about them (that count, how many are labelled fraud or
+    legitimate, the share labelled fraud), and the one reason they make for such an account
+    (``…: none``): "labelled fraud: 0" beside "none" read as co-users that are clean."""
+    column = {name: k for k, name in enumerate(names)}
+    kept = {name: r for r, (name, _, single) in enumerate(reasons) if single}
+    out = []
+    for name in names:
+        if SHARE_LABELLED not in name:
+            continue
+        base, _, where = name.partition(SHARE_LABELLED)
+        everyone = column.get(f"{base} (log count)")
+        if everyone is None:
+            continue
+        about = [f"{base} (log count)", f"{base}, labelled fraud {where} (log count)",
+                 f"{base}, labelled legitimate {where} (log count)", name]
+        positions = [kept[a] for a in about if a in kept]
+        if positions:
+            out.append((np.asarray(features[:, everyone]) <= 0, positions, f"{base}{NOBODY_SUFFIX}"))
     return out
 
 

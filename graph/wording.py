@@ -130,8 +130,9 @@ def reason_in_words(name: str) -> Reading:
     ``items bought right after viewing or carting them: what they are, judged from their pictures`` (no
     value worth showing); for an account without such purchases, ``quick purchases: none`` -> ``no
     purchase made right after viewing or carting the item``; ``accounts sharing a device (or other
-    identifier): none`` (an account with no co-user) as it is. Unknown names come back unchanged,
-    with the unit ``raw``.
+    identifier): none`` (an account with no co-user: its counts of them and share labelled fraud
+    together) -> ``no other accounts sharing a device (or other identifier)``. Unknown names come
+    back unchanged, with the unit ``raw``.
     """
     if (m := _GNN_GROUP.match(name)) is not None:
         return Reading("the network's summary of the account's activity", "none")
@@ -155,8 +156,10 @@ def reason_in_words(name: str) -> Reading:
         return Reading(f"items bought right after viewing or carting them: {average.text}", average.unit)
     if (m := _NOBODY.match(name)) is not None:  # graph.explain: the means over others of an account with none
         return Reading(f"no other account {_sharing(m['rel'], m['other'])}", "none")
-    if name.endswith(NOBODY_SUFFIX):  # graph.explain: a co-user count or share of an account with no co-user
-        return Reading(name, "none")
+    if name.endswith(NOBODY_SUFFIX):  # graph.explain: the co-user counts and share of an account with no co-user
+        base = name[: -len(NOBODY_SUFFIX)]
+        return Reading("no " + (base.replace("accounts ", "other accounts ", 1) if base.startswith("accounts ")
+                                else base), "none")
     if (m := SHARING_MEAN.match(name)) is not None:
         words, unit = _feature(m["f"])
         who = ("other accounts " if m["others"] else "accounts ") + _sharing(m["rel"], m["other"])

@@ -595,7 +595,8 @@ def test_a_share_of_labelled_fraud_over_no_labelled_account_is_said_so(graph: He
                 reading = reason_in_words(name)
                 assert reading.unit == "none" and value_in_words(reading, 0.0) == ""
                 # the HTTP reasons' words: not a plain user feature, so read as the column is worded
-                assert describe_user_feature(name, None, 0.0) is None and _in_words(name, 0.0) == name
+                assert describe_user_feature(name, None, 0.0) is None and _in_words(name, 0.0) == reading.text
+            assert reason_in_words(alone.name).text == "no other " + base
     # trees that read the share: an account with no co-user, or whose co-users have no label, is told so
     x, names = product_feature_table(graph, None)
     k = next(k for k, n in enumerate(names) if n.startswith("accounts sharing a device") and SHARE_LABELLED in n)
@@ -613,6 +614,38 @@ def test_a_share_of_labelled_fraud_over_no_labelled_account_is_said_so(graph: He
         if who.any():
             items = {f.name for f in explainer.contributions(int(np.flatnonzero(who)[0]))[0]}
             assert name in items and not ({nobody, told, names[k]} - {name}) & items
+
+
+def test_an_account_without_co_users_gets_one_reason_for_their_counts(graph: HeteroData) -> None:
+    """Its count of co-users, of those labelled fraud or legitimate and their share labelled fraud are
+    all about nobody: one reason, "no other accounts sharing a device (or other identifier)", their
+    contributions summed ("labelled fraud: 0" beside "none" read as co-users that are clean)."""
+    xgb = pytest.importorskip("xgboost")
+    from shopgraph.graph.baselines import XGBGraphFraud
+    from shopgraph.graph.explain import ServedTreeExplainer
+    from shopgraph.graph.fraud_scorer import product_feature_table
+    from shopgraph.graph.wording import SHARE_LABELLED
+
+    x, names = product_feature_table(graph, None)
+    share = next(n for n in names if n.startswith("accounts sharing a device") and SHARE_LABELLED in n)
+    base, _, where = share.partition(SHARE_LABELLED)
+    about = [f"{base} (log count)", f"{base}, labelled fraud {where} (log count)", share]
+    cols = [names.index(a) for a in about]
+    y = (x[:, cols[0]] > 0).astype(np.int64)
+    only = np.zeros_like(x)
+    only[:, cols] = x[:, cols] + np.random.default_rng(0).normal(0, 0.01, size=(len(x), len(cols)))
+    booster = xgb.Booster()
+    booster.load_model(bytearray(XGBGraphFraud(n_estimators=20, seed=0).fit(only, y).booster_bytes()))
+    explainer = ServedTreeExplainer(booster, "graph_trees", x, names)
+    margin = booster.predict(xgb.DMatrix(x), output_margin=True)
+    alone = np.flatnonzero(x[:, cols[0]] <= 0)
+    shares = np.flatnonzero(x[:, cols[0]] > 0)
+    assert alone.size and shares.size
+    for u, nobody in ((int(alone[0]), True), (int(shares[0]), False)):
+        items, b = explainer.contributions(u)
+        named = {f.name for f in items}
+        assert (f"{base}: none" in named) == nobody and not (named & set(about)) == nobody
+        assert b + sum(f.attribution for f in items) == pytest.approx(float(margin[u]), abs=1e-4)
 
 
 def test_an_account_without_quick_purchases_is_not_told_what_they_are(graph: HeteroData) -> None:
@@ -672,7 +705,8 @@ def test_shared_identifiers_name_the_other_accounts_and_say_when_the_list_is_cut
         graph, index["u000"], top_k=1)
     assert served.neighbours[0].others == wifi.others and served.neighbours_total == 2
     as_dict = served.to_dict()
-    assert set(as_dict) == {"user_id", "score", "method", "features", "neighbours"}  # the case files' schema
+    assert set(as_dict) == {"user_id", "score", "method", "features", "neighbours", "base_value",
+                            "unlisted_attribution", "neighbours_total"}  # the case files' schema
     assert as_dict["neighbours"][0]["others"] == list(wifi.others)
 
 
