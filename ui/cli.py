@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 # subcommand -> "module:function"
 _COMMANDS: dict[str, str] = {
@@ -228,6 +231,14 @@ def _resolve(spec: str) -> Callable[[argparse.Namespace], int]:
     return func
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised where the program is so that the ``except BaseException`` clean-ups run."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -237,6 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.verbose:  # FAISS logs each instruction set it tries when it loads
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    # a job stopped with SIGTERM (a scheduler, `kill`) cleans up as Ctrl-C does: the temporary folders
+    # of a run, an export or a shop being written are removed (the server installs its own handler)
+    previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         try:
             func = _resolve(_COMMANDS[args.command])  # imports torch and friends: seconds, Ctrl-C included
@@ -244,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"shopgraph {args.command}: not available in this build ({exc})", file=sys.stderr)
             return 2
         return func(args)
+    except _Terminated:
+        print(f"\nshopgraph {args.command}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         # Ctrl-C: one line and the shell's usual status; run folders are written atomically, so
         # nothing is half-written (`shopgraph train --resume` continues from the last checkpoint).
@@ -256,6 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # intact (`shopgraph train --resume` continues from the last checkpoint).
         print(f"shopgraph {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:  # main() called from Python (tests, a notebook): its own handler back
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

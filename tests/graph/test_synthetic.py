@@ -429,3 +429,24 @@ def test_session_purchase_probability_checks_arguments() -> None:
         session_purchase_probability(lat, np.array([0]), np.array([300]))
     with pytest.raises(TypeError, match=r"users: expected a 1-d integer array \(got float64"):
         session_purchase_probability(lat, np.array([0.5]), np.array([1]))
+
+
+def test_a_terminated_generate_leaves_nothing_behind(tmp_path: Path) -> None:
+    """SIGTERM (a scheduler, `kill`) cleans up as Ctrl-C does: the hidden folder being written is
+    removed, one line says so, and the status is the shell's 143."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "shopgraph.ui.cli", "generate", "--out", str(tmp_path / "shop"),
+                             "--users", "30000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".shop.tmp-") for p in tmp_path.iterdir()) and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"generate ended before it could be stopped: {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "shopgraph generate: terminated" in err, err
+    assert list(tmp_path.iterdir()) == []
