@@ -975,6 +975,8 @@ def cli_rings(args: argparse.Namespace) -> int:
     """``shopgraph rings --run RUN [--top N] [--export DIR [--overwrite]]``."""
     from shopgraph.graph.fraud_scorer import account_labels
 
+    if args.overwrite and args.export is None:  # it replaces an export: without one it would do nothing, unsaid
+        raise ValueError("--overwrite: only with --export DIR (it replaces an earlier case export there)")
     rings, data, prob, total = _rings_run(args.run, args.top, args.export, None, 3, args.overwrite)
     labels, trained = account_labels(data, prob)  # trained: labels a scorer was fitted on
     position = {str(u): n for n, u in enumerate(data["user"].ids)}

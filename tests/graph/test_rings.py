@@ -487,6 +487,8 @@ def test_cli_rings_prints_table(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "this run has" not in out  # --top 2 of more
     assert main(["rings", "--run", str(run_dir), "--top", "100000"]) == 0
     assert f"(--top 100,000: this run has {len(rings)} rings, all listed)" in capsys.readouterr().out
+    assert main(["rings", "--run", str(run_dir), "--overwrite"]) == 1  # nothing to overwrite: said, not ignored
+    assert "--overwrite: only with --export DIR" in capsys.readouterr().err
 
 
 def test_a_re_export_needs_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
