@@ -1149,7 +1149,8 @@ class FraudCases:
         rows = self._device_rows.get(device_id)
         if rows is None:
             known = self.tables.devices is not None and device_id in set(self.tables.devices["device_id"])
-            raise KeyError(f"{'no account used device' if known else 'unknown device'} {shown(device_id)}")
+            raise KeyError(f"{'no account used device' if known else 'unknown device'} {shown(device_id)}"
+                           f"{'' if known else did_you_mean(self._device_rows, device_id)}")
         target = str(getattr(self.data, "target", "purchase"))
         ev = self.tables.events.iloc[np.sort(rows)]
         by = ev.groupby("user_id", sort=False)
