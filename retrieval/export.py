@@ -276,6 +276,12 @@ def _service(run: Path, *, fraud_reasons: bool) -> ShopService:
     return ShopService.from_run(run, fraud_reasons=fraud_reasons, catalogue_follow=False)
 
 
+def _new_folder(out: Path) -> str:
+    """What the message adds when writing ``out`` creates its folder (a typo in a folder name is seen)."""
+    missing = existing_ancestor(out.absolute().parent)
+    return "" if missing == out.absolute().parent else f" (created the folder {out.parent})"
+
+
 def cli_recommend(args: argparse.Namespace) -> int:
     """``shopgraph recommend --run RUN --out FILE [--users FILE] [--k K] [--include-seen] [--category C]
     [--overwrite]``."""
@@ -286,9 +292,10 @@ def cli_recommend(args: argparse.Namespace) -> int:
     users = wanted if wanted is not None else list(service.user_ids)
     table = recommendations_table(service, users, k=args.k, exclude_seen=not args.include_seen,
                                   category=args.category)
+    made = _new_folder(out)
     write_table(table, out)
     print(f"wrote {plural(len(table), 'recommendation')} for {plural(len(users), 'user')} (k={args.k}) to {out} in "
-          f"{time.perf_counter() - t0:.1f}s{repeats}")
+          f"{time.perf_counter() - t0:.1f}s{repeats}{made}")
     return 0
 
 
@@ -311,6 +318,7 @@ def cli_score(args: argparse.Namespace) -> int:
                        service.fraud.get("kind"), len(users))
     table = scores_table(service, users, reasons=not args.no_reasons, flagged_only=args.flagged_only,
                          label_audit=args.label_audit, leads=args.leads, as_lists=out.suffix.lower() == ".json")
+    made = _new_folder(out)
     write_table(table, out)
     flagged = int(table["flagged"].sum())
     if args.label_audit:
@@ -328,5 +336,5 @@ def cli_score(args: argparse.Namespace) -> int:
                    "probability_is says which; their held_out_probability is the prediction)" if fitted else ""))
     else:
         kept = f"{plural(len(users), 'account')} ({flagged:,} flagged)"
-    print(f"wrote the fraud scores of {kept} to {out} in {time.perf_counter() - t0:.1f}s{repeats}")
+    print(f"wrote the fraud scores of {kept} to {out} in {time.perf_counter() - t0:.1f}s{repeats}{made}")
     return 0

@@ -284,6 +284,15 @@ def test_an_existing_output_is_kept_unless_overwrite_is_given(run, tmp_path, cap
     assert pd.read_csv(out)["rank"].max() == 2
 
 
+def test_an_export_into_a_new_folder_says_it_made_it(run, tmp_path, capsys):
+    """A typo in a folder name is seen: the folder is made, and the message says so."""
+    out = tmp_path / "reprots" / "s.csv"
+    assert main(["score", "--run", str(run), "--out", str(out), "--no-reasons"]) == 0
+    assert out.is_file() and f"(created the folder {out.parent})" in capsys.readouterr().out
+    assert main(["score", "--run", str(run), "--out", str(tmp_path / "t.csv"), "--no-reasons"]) == 0
+    assert "created the folder" not in capsys.readouterr().out
+
+
 def test_an_export_never_replaces_its_own_users_file(run, tmp_path, capsys):
     """Not even with --overwrite: the list of ids the export is made from would be lost."""
     users = tmp_path / "users.csv"
