@@ -827,10 +827,9 @@ _COLD_EXAMPLE = '{"item_ids": ["i000007", "i000100"], "k": 10} or {"text": "gift
 
 def _cold_json(body: dict[str, Any]) -> tuple[list[str] | None, str | None, int, int]:
     """``(item_ids, text, k, n_seeds)`` of a cold-start body: exactly one of ``item_ids`` and
-    ``text``; ``n_seeds`` only with ``text``; nothing else. A ``null`` one of the two is not given
-    (as the schema allows it: a client generated from it sends the unset one as ``null``)."""
+    ``text``; ``n_seeds`` only with ``text``; nothing else (a ``null`` field was dropped already, as
+    not given: :func:`_json_body`)."""
     check_fields(list(body), ("item_ids", "text", "k", "n_seeds"), "field")
-    body = {key: value for key, value in body.items() if not (key in ("item_ids", "text") and value is None)}
     if ("item_ids" in body) == ("text" in body):
         raise ValueError(f"item_ids, text: expected one of them (got {'both' if 'text' in body else 'neither'})")
     k = check_k(body.get("k", 10))
