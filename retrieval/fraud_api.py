@@ -136,9 +136,11 @@ class FeatureOut(BaseModel):
     value: float = Field(description="the value the scorer read (standardised for the user's own behaviour "
                                      "features; log1p of a count for the '(log count)' columns; for grouped "
                                      "embedding columns their norm)")
-    value_in_words: str = Field(description="the value as people read it: a count (`8` for a log count of "
-                                            "2.197), a share (`100%`), yes/no, `1.4 SD below average`; empty when "
-                                            "it means nothing to a reader (a norm of embedding columns)")
+    value_in_words: str = Field(description="the value as people read it: the account's own features as "
+                                            "/fraud/score's reasons give them (`42 days`, `67%`), a count (`8` for "
+                                            "a log count of 2.197), a share (`100%`), yes/no, `1.4 SD below "
+                                            "average` for a mean over other accounts; empty when it means nothing "
+                                            "to a reader (a norm of embedding columns)")
     attribution: float = Field(description="the feature's contribution to the fraud log-odds (see `method` "
                                            "and `base_value`); for method behaviour_zscore, the z-score")
 
@@ -228,6 +230,7 @@ def fraud_router(
     threshold: float | None = None,
     device_accounts: Callable[[str], pd.DataFrame] | None = None,
     explain_held_out: Callable[[str], Explanation | None] | None = None,
+    own_values: Callable[[str], dict[str, str]] | None = None,
     max_top: int = 500,
     prefix: str = "/fraud",
 ) -> APIRouter:
@@ -252,6 +255,10 @@ def fraud_router(
             (:attr:`shopgraph.graph.rings.FraudCases.threshold`); ``None``: both null.
         explain_held_out: ``user_id -> Explanation | None`` of a trained-on account's held-out score
             (:meth:`shopgraph.graph.rings.FraudCases.explain_held_out`); ``None``: ``held_out`` null.
+        own_values: ``user_id -> {feature name: value as people read it}`` for the account's own
+            features (:meth:`shopgraph.retrieval.service.ShopService.user_feature_values`: "86
+            days", as ``/fraud/score``'s reasons give them, not "1.0 SD below average"); ``None``:
+            ``value_in_words`` from the value the scorer read.
         device_accounts: ``device_id -> DataFrame`` of every account on a device
             (:meth:`shopgraph.graph.rings.FraudCases.device_accounts`; ``KeyError`` for an unknown
             device); ``None``: ``/fraud/device/{device_id}`` answers 503.
@@ -366,13 +373,22 @@ def fraud_router(
                 held = held_out([user_id])[user_id] if held_out is not None else None
             except KeyError:  # explained but not among the labelled graph's users: no label to give
                 pass
+        try:
+            own = own_values(user_id) if own_values is not None else {}
+        except (KeyError, ValueError):  # an account the service does not know: the scorer's values in words
+            own = {}
+
+        def feature_out(f: Any) -> FeatureOut:  # the account's own values as /fraud/score reads them
+            out = feature_dict(f)
+            return FeatureOut(**{**out, "value_in_words": own.get(out["name"], out["value_in_words"])})
+
         hx = explain_held_out(user_id) if explain_held_out is not None and held is not None else None
         held_out_out = None if hx is None else HeldOutExplanationOut(
-            score=hx.score, features=[FeatureOut(**feature_dict(f)) for f in hx.features],
+            score=hx.score, features=[feature_out(f) for f in hx.features],
             base_value=_clean(hx.base), unlisted_attribution=_clean(hx.unlisted))
         return ExplanationOut(
             user_id=ex.user_id, score=ex.score, method=ex.method,
-            features=[FeatureOut(**feature_dict(f)) for f in ex.features],
+            features=[feature_out(f) for f in ex.features],
             neighbours=[NeighbourOut(**{**n._asdict(), "others": list(n.others)}) for n in ex.neighbours],
             label=label, label_in_training=trained, held_out_probability=held,
             base_value=_clean(ex.base), unlisted_attribution=_clean(ex.unlisted), neighbours_total=ex.neighbours_total,

@@ -352,8 +352,11 @@ def test_a_trained_on_accounts_explanation_carries_the_held_out_one() -> None:
     app = FastAPI()
     app.include_router(fraud_router(lambda: [], explain=lambda u: served, labels=lambda ids: {u: (False, True) for u in ids},
                                     held_out=lambda ids: {u: 0.45 for u in ids}, explain_held_out=lambda u: held,
-                                    threshold=0.3))
+                                    threshold=0.3, own_values=lambda u: {"night_share": "share of nights: 25%"}))
     body = TestClient(app).get("/fraud/explain", params={"user_id": "u1"}).json()
+    # the account's own values as /fraud/score's reasons read them, not in standard deviations
+    assert body["features"][0]["value_in_words"] == body["held_out"]["features"][0]["value_in_words"] == (
+        "share of nights: 25%")
     assert body["threshold"] == 0.3 and body["flagged"] is False and body["held_out_flagged"] is True
     assert body["held_out"]["score"] == 0.45 and body["held_out"]["base_value"] == -1.4
     assert body["held_out"]["features"][0]["attribution"] == 0.9 and body["held_out"]["unlisted_attribution"] == 0.3
