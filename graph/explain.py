@@ -148,13 +148,10 @@ class Explanation(NamedTuple):
             "features": [feature_dict(f) for f in self.features],
             "neighbours": [{**n._asdict(), "others": list(n.others)} for n in self.neighbours],
             # as /fraud/explain names them: the sums that make the listed contributions the score's
-            "base_value": _finite(self.base), "unlisted_attribution": _finite(self.unlisted),
+            # (written as JSON by graph.rings, which turns a NaN into null as it does the score's)
+            "base_value": self.base, "unlisted_attribution": self.unlisted,
             "neighbours_total": self.neighbours_total,
         }
-
-
-def _finite(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def held_out_explanation(user_id: str, score: float, contributions: Sequence[FeatureAttribution], base: float,

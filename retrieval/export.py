@@ -223,25 +223,25 @@ def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = T
         raise ValueError("--label-audit: this run has no held-out scores (trained before they were stored, with "
                          "--held-out-folds 0, or serving another fraud scorer than graph_trees); retrain it with "
                          "`shopgraph train` to audit its labels")
-    rows = []
-    scorer = str(service.fraud.get("kind", "none"))
+    scores: list[FraudScore] = []
     for chunk in _chunks(_known(service, user_ids)):
         kept = [s for s in service.score_users(chunk, reasons=False)
                 if (s.flagged or not flagged_only) and (contradicts_label(s) or not label_audit)
                 and (is_lead(s) or not leads)]
         if reasons and kept:  # reasons cost per account: only for the rows kept
             kept = service.score_users([s.user_id for s in kept], reasons=True)
-        rows += [(s.user_id, s.probability, s.threshold, s.flagged, FITTED if s.label_in_training else PREDICTION,
-                  scorer, s.label, s.label_in_training, s.held_out_probability,
-                  s.held_out_flagged,
-                  *((list(s.reasons), list(s.held_out_reasons)) if as_lists
-                    else (REASON_SEP.join(s.reasons), REASON_SEP.join(s.held_out_reasons)))) for s in kept]
-    if label_audit:  # the most contradicted first, in log-odds
-        rows.sort(key=lambda row: -contradiction(row[8], row[2]))
+        scores += kept
+    if label_audit:  # the most contradicted first, in log-odds (each has a held-out score: contradicts_label)
+        scores.sort(key=lambda s: -contradiction(s.held_out_probability, s.threshold))
     elif leads:  # the most likely fraud first, by the prediction (a fitted score predicts nothing)
-        rows.sort(key=lambda row: -(row[8] if row[7] and row[8] is not None else row[1]))
+        scores.sort(key=lambda s: -s.prediction)
     elif flagged_only:  # a work queue: the highest score first (ties in the order given)
-        rows.sort(key=lambda row: -row[1])
+        scores.sort(key=lambda s: -s.probability)
+    scorer = str(service.fraud.get("kind", "none"))
+    rows = [(s.user_id, s.probability, s.threshold, s.flagged, FITTED if s.label_in_training else PREDICTION,
+             scorer, s.label, s.label_in_training, s.held_out_probability, s.held_out_flagged,
+             *((list(s.reasons), list(s.held_out_reasons)) if as_lists
+               else (REASON_SEP.join(s.reasons), REASON_SEP.join(s.held_out_reasons)))) for s in scores]
     columns = ["user_id", "probability", "threshold", "flagged", "probability_is", "scorer", "label",
                "label_in_training", "held_out_probability", "held_out_flagged", "reasons", "held_out_reasons"]
     table = pd.DataFrame(rows, columns=columns).astype({"probability": "float64", "threshold": "float64",

@@ -167,6 +167,13 @@ class FraudScore(NamedTuple):
     held_out_reasons: list[str] = []  # noqa: RUF012 - a NamedTuple default, never mutated
 
     @property
+    def prediction(self) -> float:
+        """The account's probability as a prediction: for an account the scorer was trained on, its
+        held-out score when there is one (its ``probability`` is fitted to its label), else ``probability``."""
+        held = self.held_out_probability
+        return held if self.label_in_training and held is not None else self.probability
+
+    @property
     def held_out_flagged(self) -> bool | None:
         """``held_out_probability >= threshold`` (``None`` without a held-out score), as the HTTP
         answer and ``shopgraph score`` give it: the verdict on a trained-on account's prediction."""
@@ -392,6 +399,12 @@ def invisible(ch: str) -> bool:
     """Whether a character shows as nothing: a format character (``Cf``) or another default-ignorable
     code point (:data:`_SHOWS_NOTHING`). Ids, category names and titles are judged by what shows."""
     return unicodedata.category(ch) == "Cf" or ord(ch) in _SHOWS_NOTHING
+
+
+def shows_nothing(text: str) -> bool:
+    """Whether ``text`` shows nothing: only spaces and characters that show as nothing
+    (:func:`invisible`: zero-width spaces and joiners, bidirectional marks, the byte-order mark)."""
+    return all(c.isspace() or invisible(c) for c in text)
 
 
 def _escaped(ch: str) -> str:
@@ -1597,14 +1610,19 @@ class ShopService:
                                     f"(built without {what} features?)")
         return index
 
+    def _loaded_text_encoder(self) -> Any:
+        """The query text encoder, made on first use; the caller holds ``_enc_lock``."""
+        if self._text_encoder is None:
+            from shopgraph.encoders.text import TextEncoder
+
+            self._text_encoder = TextEncoder(self._text_model)
+        return self._text_encoder
+
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
         with self._enc_lock:
-            if self._text_encoder is None:
-                from shopgraph.encoders.text import TextEncoder
-
-                self._text_encoder = TextEncoder(self._text_model)
-            self._check_encoder("text", self._text_encoder, self._text_model)
-            vectors = np.asarray(self._text_encoder.encode(texts), dtype=np.float32)
+            encoder = self._loaded_text_encoder()
+            self._check_encoder("text", encoder, self._text_model)
+            vectors = np.asarray(encoder.encode(texts), dtype=np.float32)
         return vectors
 
     def text_cut_at(self, text: str) -> int | None:
@@ -1614,11 +1632,7 @@ class ShopService:
         cannot tell), else how many characters of ``text`` as given it reads."""
         clean = check_text(text)
         with self._enc_lock:
-            if self._text_encoder is None:
-                from shopgraph.encoders.text import TextEncoder
-
-                self._text_encoder = TextEncoder(self._text_model)
-            read_up_to = getattr(self._text_encoder, "read_up_to", None)
+            read_up_to = getattr(self._loaded_text_encoder(), "read_up_to", None)
             cut = read_up_to(clean) if read_up_to is not None else None
         return None if cut is None else cut + len(text) - len(text.lstrip())  # leading spaces are not read
 
@@ -2231,8 +2245,7 @@ class ShopService:
             check_unicode(value, f"{where}{name}")
             if name != "category":  # a category is one line: checked as such below
                 check_no_control(value, f"{where}{name}")
-        if not "".join(ch for ch in title if not invisible(ch)).strip():
-            # an item with no text one can see (spaces, zero-width ones): nothing to search it by, nothing to show
+        if shows_nothing(title):  # no text one can see (spaces, zero-width ones): nothing to search it by or show
             raise ValueError(f"{where}title: expected some text (got {shown(title)})")
         category = self._new_category(where, category)
         if price is not None and not _is_price(price):

@@ -52,9 +52,9 @@ from shopgraph.retrieval.service import (
     NotAvailableError,
     ShopService,
     UnknownIdError,
-    invisible,
     listed_ids,
     shown,
+    shows_nothing,
 )
 
 if TYPE_CHECKING:
@@ -211,12 +211,6 @@ def _plain(text: Any) -> str:
     return str(text).translate(_PLAIN)
 
 
-def _blank(text: str) -> bool:
-    """Whether ``text`` shows nothing: only spaces and invisible format characters (zero-width
-    spaces and joiners, bidirectional marks, the byte-order mark)."""
-    return all(c.isspace() or invisible(c) for c in text)
-
-
 # the argument names that the service's and the rings' messages start with ("user_id: unknown user
 # 'x'", "item_ids[2]: ...", "unknown ring_id 'R9'"): the app names the box instead
 _INTERNAL_NAME = re.compile(r"^(?:user_id|item_ids?|text|image)(?:\[\d+\])?: |^unknown ring_id ")
@@ -239,7 +233,7 @@ def is_problem(status: str) -> bool:
 
 
 def _clean_id(value: Any, name: str) -> str:
-    if value is None or (isinstance(value, str) and _blank(value)):
+    if value is None or (isinstance(value, str) and shows_nothing(value)):
         raise ValueError(f"{name}: pick one from the list or type an id (got nothing)")
     if not isinstance(value, str):
         raise ValueError(f"{name}: expected a string id (got {type(value).__name__})")
@@ -550,7 +544,7 @@ def _split_ids(service: ShopService, entry: Any) -> list[str]:
     if "," not in item or service.has_item(item):
         return [item]
     parts = [p.strip() for p in item.split(",")]
-    return [p for p in parts if not _blank(p)] or [item]
+    return [p for p in parts if not shows_nothing(p)] or [item]
 
 
 def _items_problem(service: ShopService, missing: Sequence[str]) -> str:
@@ -649,7 +643,7 @@ def similar_view(service: ShopService, thumbs: Thumbnails, item_id: Any, k: Any 
 def text_search_view(service: ShopService, thumbs: Thumbnails, text: Any, k: Any = DEFAULT_K) -> SearchView:
     """Items whose title and description match a text (text encoder + ``text_items`` index)."""
     try:
-        if text is None or (isinstance(text, str) and _blank(text)):  # zero-width spaces are nothing too
+        if text is None or (isinstance(text, str) and shows_nothing(text)):  # zero-width spaces are nothing too
             raise ValueError(f"{TEXT}: type a few words, e.g. 'running shoes' (got an empty text)")
         if isinstance(text, str) and len(text) > MAX_TEXT_CHARS:  # a pasted page: its start, as the model reads
             text = text[:MAX_TEXT_CHARS]  # only ~500 characters anyway; the status says where it stopped
@@ -761,7 +755,7 @@ def _compared(a: float, b: float, least: int = 2) -> tuple[str, str]:
 
 def _missing_threshold(threshold: Any) -> bool:
     """Whether the threshold box is empty (``None``, or the raw "" of a cleared number box)."""
-    return threshold is None or (isinstance(threshold, str) and _blank(threshold))
+    return threshold is None or (isinstance(threshold, str) and shows_nothing(threshold))
 
 
 def check_threshold(threshold: Any) -> float:
