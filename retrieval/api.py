@@ -49,7 +49,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from shopgraph.retrieval.catalogue import CatalogueError, CatalogueJournal
-from shopgraph.retrieval.params import ErrorOut, check_fields, parse_int, strict_query
+from shopgraph.retrieval.params import ErrorOut, check_fields, field_name, parse_int, strict_query
 from shopgraph.retrieval.service import (
     IMAGE_LIMIT,
     K_MAX,
@@ -612,13 +612,6 @@ class _Repeated(dict):  # type: ignore[type-arg]
         self.repeated = key
 
 
-def _field_name(key: str) -> str:
-    """A field name for an error message: cut to 40 characters, escaped when not valid Unicode."""
-    if lone_surrogate(key) is not None:
-        return shown(key, 40)
-    return key if len(key) <= 40 else key[:40] + "…"
-
-
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """``json.loads``'s ``object_pairs_hook``: the object, or a :class:`_Repeated` one when a key
     is given twice (refused as a repeated form field or query parameter is, once
@@ -651,7 +644,7 @@ def _check_json(body: Any, example: str) -> None:
                                  f"{MAX_JSON_DEPTH} levels deep)")
             children: list[tuple[Any, str, int]] = []
             if isinstance(value, _Repeated):  # named as the other checks name where they are: items[0].title
-                name = _field_name(value.repeated)
+                name = field_name(value.repeated)
                 raise ValueError(f"{f'{where}.{name}' if where else name}: given more than once (expected one value)")
             if isinstance(value, dict):
                 for key, item in value.items():
@@ -659,7 +652,7 @@ def _check_json(body: Any, example: str) -> None:
                     if at is not None:
                         raise ValueError(f"{where or 'body'}: the field name {shown(key, 40)} is not valid Unicode "
                                          f"(a lone surrogate at position {at:,})")
-                    name = _field_name(key)
+                    name = field_name(key)
                     children.append((item, f"{where}.{name}" if where else name, depth + 1))
             else:
                 children = [(item, f"{where or 'body'}[{n}]", depth + 1) for n, item in enumerate(value)]
@@ -779,12 +772,12 @@ async def _multipart(request: Request) -> FormData:
     if parser.not_utf8 is not None:
         await form.close()
         name, raw = parser.not_utf8
-        raise ValueError(f"{_field_name(name)}: not valid UTF-8 (got {shown(raw, 60)})")
+        raise ValueError(f"{field_name(name)}: not valid UTF-8 (got {shown(raw, 60)})")
     for key, value in form.multi_items():
         if isinstance(value, str) and len(value) > MAX_FORM_FIELD_BYTES // 4 and (
                 size := len(value.encode("utf-8", "surrogatepass"))) > MAX_FORM_FIELD_BYTES:
             await form.close()
-            raise HTTPException(413, f"{_field_name(key)}: a text field of {size / 2**20:.2f} MB ({size:,} bytes) "
+            raise HTTPException(413, f"{field_name(key)}: a text field of {size / 2**20:.2f} MB ({size:,} bytes) "
                                      f"is over the {MAX_FORM_FIELD_BYTES // 2**20} MB limit "
                                      f"({MAX_FORM_FIELD_BYTES:,} bytes)")
     return form

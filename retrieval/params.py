@@ -16,7 +16,7 @@ from urllib.parse import unquote_to_bytes
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, Field
 
-from shopgraph.retrieval.service import shown
+from shopgraph.retrieval.service import lone_surrogate, shown
 
 _DIGITS = re.compile(r"[0-9]{1,9}")
 
@@ -43,6 +43,14 @@ def parse_bool(name: str, raw: str) -> bool:
     return low == "true"
 
 
+def field_name(key: str) -> str:
+    """A field or parameter name for an error message: cut to 40 characters, escaped when not valid
+    Unicode."""
+    if lone_surrogate(key) is not None:
+        return shown(key, 40)
+    return key if len(key) <= 40 else key[:40] + "…"
+
+
 def check_utf8(query: bytes, allowed: Sequence[str] | None = None) -> None:
     """``ValueError`` naming the first parameter of a raw query string whose name or value does not
     decode as UTF-8 (``%FF``): Starlette would hand it on with the bytes replaced by "�", and a
@@ -64,8 +72,7 @@ def check_utf8(query: bytes, allowed: Sequence[str] | None = None) -> None:
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise ValueError(f"{name if len(name) <= 40 else name[:40] + '…'}: not valid UTF-8 "
-                             f"(got {shown(raw, 60)})") from None
+            raise ValueError(f"{field_name(name)}: not valid UTF-8 (got {shown(raw, 60)})") from None
 
 
 def check_utf8_path(raw_path: bytes, name: str) -> None:
@@ -86,7 +93,7 @@ def check_fields(present: Sequence[str], allowed: Sequence[str], what: str, repe
     seen: set[str] = set()
     for key in present:
         if key not in allowed:
-            raise ValueError(f"{key if len(key) <= 40 else key[:40] + '…'}: unknown {what} "
+            raise ValueError(f"{field_name(key)}: unknown {what} "
                              f"(expected {', '.join(allowed) or 'none'})")
         if key in seen and key not in repeated:
             raise ValueError(f"{key}: given more than once (expected one value)")
