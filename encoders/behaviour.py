@@ -17,6 +17,7 @@ a ``has_*`` flag says so.
 from __future__ import annotations
 
 import logging
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -25,6 +26,7 @@ from torch_geometric.data import HeteroData
 
 from shopgraph.graph.build import train_events
 from shopgraph.graph.schema import HIGH_RISK_CATEGORIES, MAX_CATEGORIES, ShopTables
+from shopgraph.graph.wording import FeatureFacts
 
 logger = logging.getLogger(__name__)
 
@@ -291,3 +293,47 @@ def behaviour_features(tables: ShopTables, data: HeteroData) -> BehaviourFeature
         item=item_features(tables, data, ev),
         device=device_features(tables, data, ev),
     )
+
+
+def affine_fit(raw: np.ndarray, x: np.ndarray) -> tuple[float, float] | None:
+    """``(a, b)`` with ``x == a * raw + b`` (to 1e-3) over the rows, or ``None`` when no such map fits."""
+    if raw.size < 2 or np.ptp(raw) < 1e-12:
+        return None
+    a, b = np.polyfit(raw, x, 1)
+    if np.abs(a * raw + b - x).max() > 1e-3:
+        return None
+    return float(a), float(b)
+
+
+def features_as_of(data: HeteroData) -> str | None:
+    """The date (``YYYY-MM-DD``, UTC) the behaviour features are measured at: the end of the
+    training period (``data.split_times[0]``); ``None`` for a graph without a time split."""
+    times = getattr(data, "split_times", None)
+    return time.strftime("%Y-%m-%d", time.gmtime(float(times[0]))) if times else None
+
+
+def feature_facts(tables: ShopTables, data: HeteroData) -> FeatureFacts:
+    """The user columns of :func:`user_feature_columns` that reproduce the graph's
+    ``data["user"].x`` (the others are left out: a graph built otherwise), with the map of each
+    standardised one, as :class:`shopgraph.graph.wording.FeatureFacts` words them."""
+    as_of = features_as_of(data)
+    if "x" not in data["user"] or "feature_names" not in data["user"]:
+        return FeatureFacts(as_of=as_of)
+    cols, flags = user_feature_columns(tables, data)
+    x = np.asarray(data["user"].x, dtype=np.float64)
+    raw: dict[str, np.ndarray] = {}
+    scales: dict[str, tuple[float, float]] = {}
+    for j, name in enumerate(data["user"].feature_names):
+        column = cols.get(name)
+        if column is None or column.shape != (x.shape[0],):
+            continue
+        v = np.asarray(column, dtype=np.float64)
+        known = np.isfinite(v)
+        if name.startswith("has_") or name in flags:
+            if np.allclose(np.nan_to_num(v, nan=0.0), x[:, j], atol=1e-4):
+                raw[name] = v
+            continue
+        fit = affine_fit(v[known], x[known, j]) if known.sum() >= 2 else None
+        if fit is not None and fit[0] > 0:
+            raw[name], scales[name] = v, fit
+    return FeatureFacts(raw, scales, as_of)

@@ -58,6 +58,8 @@ from shopgraph.graph.wording import (
     QUICK_ITEM_REASON,
     SHARE_LABELLED,
     SHARING_MEAN,
+    FeatureFacts,
+    ValueWords,
 )
 
 if TYPE_CHECKING:
@@ -142,10 +144,11 @@ class Explanation(NamedTuple):
     neighbours_total: int | None = None
     neighbour_types: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, words: ValueWords | None = None) -> dict[str, Any]:
+        """As JSON writes it; ``words``: as :func:`feature_dict` takes it."""
         return {
             "user_id": self.user_id, "score": self.score, "method": self.method,
-            "features": [feature_dict(f) for f in self.features],
+            "features": [feature_dict(f, words) for f in self.features],
             "neighbours": [{**n._asdict(), "others": list(n.others)} for n in self.neighbours],
             # as /fraud/explain names them: the sums that make the listed contributions the score's
             # (written as JSON by graph.rings, which turns a NaN into null as it does the score's)
@@ -165,19 +168,24 @@ def held_out_explanation(user_id: str, score: float, contributions: Sequence[Fea
                        unlisted=float(sum(f.attribution for f in items[top_k:])))
 
 
-def feature_dict(feature: FeatureAttribution) -> dict[str, Any]:
+def feature_dict(feature: FeatureAttribution, words: ValueWords | None = None) -> dict[str, Any]:
     """``{name, reason, value, value_in_words, attribution}``: the feature's column name (or group of
     columns) as the scorer knows it, and in the words the served fraud reasons use for it
     (:func:`shopgraph.graph.wording.reason_in_words`, e.g. ``quick purchases: mean item image
     features (87 columns together; value: their norm)`` -> ``items bought right after viewing or
     carting them: what they are, judged from their pictures``), and its value as the scorer read
     it and as people read it (:func:`shopgraph.graph.wording.value_in_words`: ``8`` for a log
-    count of 2.197, ``1.4 SD below average``, ``100%``; ``""`` when it means nothing to a reader)."""
+    count of 2.197, ``1.4 SD below average``, ``100%``; ``""`` when it means nothing to a reader),
+    or as ``words`` gives it from the feature's name and value where it gives one (the account's
+    raw values, :meth:`shopgraph.graph.wording.FeatureFacts.value`: ``14 days``, not ``1.8 SD below
+    average``)."""
     from shopgraph.graph.wording import reason_in_words, value_in_words
 
     reading = reason_in_words(feature.name)
+    shown = words(feature.name, float(feature.value)) if words is not None else None
     return {"name": feature.name, "reason": reading.text, "value": feature.value,
-            "value_in_words": value_in_words(reading, float(feature.value)), "attribution": feature.attribution}
+            "value_in_words": shown or value_in_words(reading, float(feature.value)),
+            "attribution": feature.attribution}
 
 
 def _check_user(data: HeteroData, user_index: int) -> int:
@@ -989,12 +997,14 @@ def _serving_fraud_input(run: RunDir, model: FraudModel | None, n_users: int) ->
 def explain_ring_members(
     ring: Ring, data: HeteroData, model: FraudModel | None, *, k: int = 3, fraud_prob: np.ndarray | None = None,
     served: ServedTreeExplainer | None = None, held_out: HeldOutExplainer | None = None,
+    facts: FeatureFacts | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Explanations (as dicts) of the ``k`` members of a ring most likely fraud: of the served
     trees' score when ``served`` is given, else of the GNN's (:func:`explain_user`). With
     ``held_out``, a member the scorer was trained on is ranked by its held-out score (its served one
     is fitted to its label) and its explanation carries a ``held_out`` one too (that score's, from
-    its fold's trees: the verdict the demo and a lead list give it)."""
+    its fold's trees: the verdict the demo and a lead list give it). ``facts``: the members' raw
+    feature values, for each feature's ``value_in_words`` (:func:`feature_dict`)."""
     index = {u: n for n, u in enumerate(_node_ids(data, "user"))}
     predicted = dict(ring.member_scores)
     if held_out is not None:
@@ -1005,11 +1015,12 @@ def explain_ring_members(
 
     def explain(u: str) -> dict[str, Any]:
         n = index[u]
+        words = None if facts is None else lambda name, value: facts.value(name, value, n)
         out = (served.explain(data, n) if served is not None
-               else explain_user(model, data, n, fraud_prob=fraud_prob)).to_dict()
+               else explain_user(model, data, n, fraud_prob=fraud_prob)).to_dict(words)
         got = held_out.contributions(n) if held_out is not None else None
         if held_out is not None and got is not None:
-            held = held_out_explanation(u, float(held_out.held_out[n]), *got).to_dict()
+            held = held_out_explanation(u, float(held_out.held_out[n]), *got).to_dict(words)
             out["held_out"] = {key: held[key] for key in ("score", "features", "base_value", "unlisted_attribution")}
         return out
 

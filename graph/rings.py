@@ -55,7 +55,7 @@ from shopgraph.graph.files import as_created, existing_ancestor, listed_names, t
 from shopgraph.graph.messages import did_you_mean, known_ids, plural, shown
 from shopgraph.graph.run import RunDir, swap_in
 from shopgraph.graph.schema import HIGH_RISK_CATEGORIES, REV_PREFIX, ShopTables
-from shopgraph.graph.wording import label_words
+from shopgraph.graph.wording import FeatureFacts, ValueWords, label_words
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +69,12 @@ SCHEMA_VERSION = "1.0"
 # the export's ``source`` in each case file, each member's ``flagged`` and ``held_out_flagged`` (CSV:
 # ``member_flagged``, ``member_held_out_flagged``), ``days_to_first_activity`` for what was
 # ``account_age_days`` (days from sign-up to the first event, not the fraud reasons' account age), and
-# the reasons' wording of graph.wording (no quick purchase, no co-user, the account age's date).
+# the reasons' wording of graph.wording (no quick purchase, no co-user, the account age's date), 7
+# ``value_in_words`` from the accounts' raw values (graph.wording.FeatureFacts: an account's age and
+# the average age of the accounts on its devices in days, not in standard deviations).
 # An export of another version is never handed out as a ring's case files (:func:`exported_ring`); the
 # demo writes them afresh.
-CASE_VERSION = 6
+CASE_VERSION = 7
 RINGS_FILE = "rings/rings.json"
 # the model files whose checksums a case export records, when the run has them
 EXPORT_MODEL_FILES = ("model/config.json", "model/model.safetensors", "fraud_trees.ubj")
@@ -937,13 +939,14 @@ def _rings_run(run_dir: str | Path, top: int, export: Path | None, detector: Rin
         held_out = load_held_out(run, int(data["user"].num_nodes))
         held_out_explainer = load_held_out_explainer(run, data, held_out)
         threshold = load_threshold(run) if prob is not None else None
+        facts = _feature_facts(tables, data)
     run.write_json(RINGS_FILE, _jsonable(rings_payload(det.rings_, det.hub_devices_, det.mode_, params)),
                    made_from=made_from, stage="shopgraph rings")
     chosen = det.rings_[:top]
     if export is not None:
         explanations = {
             r.ring_id: explain_ring_members(r, data, model, k=explain_members, fraud_prob=prob, served=served,
-                                            held_out=held_out_explainer)
+                                            held_out=held_out_explainer, facts=facts)
             for r in chosen
         }
         source = {"run": str(run.path.resolve()),
@@ -952,6 +955,18 @@ def _rings_run(run_dir: str | Path, top: int, export: Path | None, detector: Rin
                      explanations=explanations, source=source, fraud_prob=prob, held_out=held_out,
                      threshold=threshold)
     return _RingsRun(chosen, data, prob, len(det.rings_))
+
+
+def _feature_facts(tables: ShopTables, data: HeteroData) -> FeatureFacts:
+    """:func:`shopgraph.encoders.behaviour.feature_facts`, or none (the standardised values are then
+    worded) when the tables do not give the graph's user columns."""
+    from shopgraph.encoders.behaviour import feature_facts, features_as_of
+
+    try:
+        return feature_facts(tables, data)
+    except (KeyError, ValueError) as exc:
+        logger.warning("explanations without raw values: %s", exc)
+        return FeatureFacts(as_of=features_as_of(data))
 
 
 def check_export(run: RunDir, export: str | Path, *, overwrite: bool = True) -> None:
@@ -1043,6 +1058,24 @@ class FraudCases:
         self._labels: tuple[np.ndarray, np.ndarray] | None = None
         self._member_of: dict[str, list[Ring]] | None = None
         self._device_rows: dict[str, np.ndarray] | None = None  # device_accounts: each device's event rows
+        self._facts: FeatureFacts | None = None
+
+    @property
+    def facts(self) -> FeatureFacts:
+        """The users' behaviour features before standardising (computed on first use, about a
+        second on the demo shop), so that explanations give an account's values as people read them
+        (:class:`shopgraph.graph.wording.FeatureFacts`); empty for a graph built otherwise."""
+        if self._facts is None:
+            self._facts = _feature_facts(self.tables, self.data)
+        return self._facts
+
+    def value_words(self, user_id: str) -> ValueWords:
+        """A feature's value as people read it for ``user_id``, from the feature's name and the value
+        the scorer read (:meth:`shopgraph.graph.wording.FeatureFacts.value`); ``KeyError`` for an
+        unknown account."""
+        u = self._position(user_id)
+        facts = self.facts
+        return lambda name, value: facts.value(name, value, u)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, detector: RingDetector | None = None) -> FraudCases:

@@ -16,9 +16,15 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Mapping
 from typing import Literal, NamedTuple
 
+import numpy as np
+
 Unit = Literal["raw", "count", "log_count", "share", "flag", "standardised", "none"]
+# a feature's value as people read it, from the feature's name and the value the scorer read;
+# None: no better words than value_in_words's (FeatureFacts.value for one account)
+ValueWords = Callable[[str, float], "str | None"]
 
 # the served fraud scorer's name, by its kind (``RUN/fraud.json`` ``kind``), where people read it:
 # the demo's Model table and the precision-recall plot ``shopgraph evaluate`` draws
@@ -224,3 +230,139 @@ def label_words(label: bool | None, in_training: bool) -> str:
     if label is None:
         return ""
     return ("fraud" if label else "legitimate") + (" (trained on)" if in_training else "")
+
+
+def _count(n: float) -> str:
+    return f"{n:,.0f}"
+
+
+def in_words(name: str, value: float) -> str | None:
+    """A scorer column without a raw reading (a neighbourhood mean, a group of encoder columns) as
+    :mod:`shopgraph.graph.wording` words it, with its value where that means something ("accounts on
+    the same devices (this one included): average account age: 1.0 SD below average"); ``None`` for
+    a name it does not know."""
+    reading = reason_in_words(name)
+    if reading.text == name and reading.unit == "raw":
+        return None
+    shown_value = value_in_words(reading, value)
+    return f"{reading.text}: {shown_value}" if shown_value else reading.text
+
+
+def describe_user_feature(name: str, raw: float | None, value: float, as_of: str | None = None) -> str | None:
+    """A user feature as a plain fact with its raw value, e.g. ``account age at the end of the
+    training period (2025-12-19): 3 days``,
+    ``country: DE``, ``accounts sharing a device (or other identifier): 4``; ``None`` when the
+    feature has no plain reading (neighbourhood means, embedding columns) or says nothing about
+    this account (a one-hot flag the account does not have).
+
+    Args:
+        name: the feature's name (``data["user"].feature_names`` or a served-tree column).
+        raw: the value before standardising (``encoders.behaviour.user_feature_columns``), when known.
+        value: the value the scorer read (used for the served trees' ring columns, which are raw).
+        as_of: the date the features are measured at (the end of the training period), named in
+            the account age's fact; an account created on or after it is said to be (its age is 0).
+    """
+    if raw is not None and math.isfinite(raw):
+        if "=" in name:  # a one-hot flag: "user_country=DE"
+            column, _, level = name.partition("=")
+            return f"{column.removeprefix('user_').replace('_', ' ')}: {level}" if raw >= 0.5 else None
+        plain = math.expm1(raw) if name.startswith("log_") else raw
+        if name == "log_account_age_days":
+            age = f"{ACCOUNT_AGE} ({as_of})" if as_of else ACCOUNT_AGE
+            if as_of and plain <= 0:  # created then or later: the features count it as 0 days old
+                return f"{age}: 0 days (created on or after {as_of})"
+            return f"{age}: {plain:,.1f} days" if plain < 10 else f"{age}: {plain:,.0f} days"
+        if name == "has_account_age":
+            return "no account creation date" if raw < 0.5 else None
+        if name == "log_n_events":
+            return f"events in the training period: {_count(plain)}"
+        if name.startswith("log_amount_"):
+            which = {"mean": "average", "max": "largest", "sum": "total"}.get(name[len("log_amount_"):])
+            return f"{which} purchase amount: {plain:,.2f}" if which else None
+        if name == "night_share":
+            return f"share of events at night (00:00-06:00 UTC): {plain:.0%}"
+        if name == "log_purchases_last_24h":
+            return f"purchases in the 24 h before the account's last event: {_count(plain)}"
+        if name == "high_risk_purchase_share":
+            return f"share of purchases in high-risk categories: {plain:.0%}"
+        if name == "log_n_devices":
+            return f"devices used: {_count(plain)}"
+        if name == "log_max_accounts_per_device":
+            return f"most accounts on one of its devices: {_count(plain)}"
+        if name.startswith("log_n_"):
+            return f"{name[len('log_n_'):]} events in the training period: {_count(plain)}"
+        if name.startswith("user_"):
+            return f"{name[len('user_'):].replace('_', ' ')}: {plain:g}"
+        return None
+    # the served trees' ring columns (graph.fraud_scorer.ring_column_text), read as they are
+    if not math.isfinite(value) or " " not in name or ":" in name.split("(")[0]:  # "items via cart: mean ..."
+        return None
+    if name.endswith(" (log count)"):
+        return f"{name[:-len(' (log count)')]}: {_count(math.expm1(value))}"
+    if name.endswith("(log count)"):
+        return f"{name[:-len('(log count)')].rstrip(', ')}: {_count(math.expm1(value))}"
+    if "share" in name:
+        return f"{name}: {value:.0%}"
+    return None
+
+
+class FeatureFacts:
+    """An account's behaviour features written as people read them, from their values before
+    standardising (:func:`shopgraph.encoders.behaviour.user_raw_columns`): its own columns as
+    :func:`describe_user_feature` writes them ("account age …: 14 days", not "1.8 SD below
+    average"), and the means over the accounts sharing its devices (or items) of those columns in
+    the same unit ("accounts on the same devices (this one included): average account age: 12
+    days"). The mean of a ``log_`` column is given back as the geometric mean of ``1 + x``, less
+    one: the typical value, which one account with years of history does not swamp. Everything
+    else (a column without a raw value, a group of encoder columns) is written as
+    :func:`in_words` writes it, from the value the scorer read.
+
+    Args:
+        raw: ``{column: float64 [U]}``, each user column before standardising.
+        scales: ``{column: (a, b)}`` with the standardised column ``x == a * raw + b``.
+        as_of: the date the features are measured at (the end of the training period).
+    """
+
+    def __init__(self, raw: Mapping[str, np.ndarray] | None = None,
+                 scales: Mapping[str, tuple[float, float]] | None = None, as_of: str | None = None) -> None:
+        self.raw = dict(raw or {})
+        self.scales = dict(scales or {})
+        self.as_of = as_of
+
+    def __bool__(self) -> bool:
+        return bool(self.raw)
+
+    def fact(self, name: str, value: float, u: int) -> str | None:
+        """User ``u``'s feature ``name`` (whose value the scorer read is ``value``) as a plain fact,
+        or ``None`` when it has none (a one-hot flag the account does not have, a name no reading
+        knows)."""
+        own = self.raw.get(name)
+        fact = describe_user_feature(name, float(own[u]) if own is not None else None, value, self.as_of)
+        if fact is not None or own is not None:
+            return fact
+        mean = self._mean(name, value)
+        if mean is not None:
+            return f"{reason_in_words(name).text}: {mean}"
+        return in_words(name, value)
+
+    def value(self, name: str, value: float, u: int) -> str | None:
+        """Only the value of :meth:`fact` ("14 days", "12 days", "DE"), for a table with the reason
+        in another column; ``None`` where the raw columns say nothing (the caller words the value
+        the scorer read)."""
+        own = self.raw.get(name)
+        if own is not None:
+            fact = describe_user_feature(name, float(own[u]), value, self.as_of)
+            return fact.partition(": ")[2] if fact is not None and ": " in fact else None
+        return self._mean(name, value)
+
+    def _mean(self, name: str, value: float) -> str | None:
+        """A neighbourhood mean of a standardised user column, back in the column's unit."""
+        m = SHARING_MEAN.match(name) or _OTHER_MEAN.match(name)
+        if m is None or m["f"] not in self.scales or not math.isfinite(value):
+            return None
+        a, b = self.scales[m["f"]]
+        raw = (value - b) / a
+        if m["f"].startswith("log_"):
+            raw = max(raw, 0.0)  # a mean of log1p(count) is never below 0: rounding, or imputed gaps
+        fact = describe_user_feature(m["f"], raw, value)
+        return fact.partition(": ")[2] if fact is not None and ": " in fact else None

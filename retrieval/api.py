@@ -48,6 +48,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
+from shopgraph.graph.wording import ValueWords
 from shopgraph.retrieval.catalogue import CatalogueError, CatalogueJournal
 from shopgraph.retrieval.params import ErrorOut, check_fields, field_name, parse_int, strict_query
 from shopgraph.retrieval.service import (
@@ -538,7 +539,7 @@ def mount_demo(app: FastAPI, service: ShopService, path: str = "/demo") -> bool:
 
 def include_fraud_cases(app: FastAPI, run_dir: Path | None,
                         explain_held_out: Callable[[str], Any] | None = None,
-                        own_values: Callable[[str], dict[str, str]] | None = None) -> bool:
+                        value_words: Callable[[str], ValueWords] | None = None) -> bool:
     """Add the fraud investigators' endpoints (``retrieval/fraud_api.py``) when the run has rings.
 
     Args:
@@ -547,8 +548,9 @@ def include_fraud_cases(app: FastAPI, run_dir: Path | None,
         explain_held_out: the held-out explanation of an account (the service's
             :meth:`ShopService.held_out_explanation`, whose fold tables the warm-up built and whose
             attributions it keeps); default :meth:`shopgraph.graph.rings.FraudCases.explain_held_out`.
-        own_values: the account's own feature values as people read them
-            (:meth:`ShopService.user_feature_values`), for the explanations' ``value_in_words``.
+        value_words: the account's feature values as people read them
+            (:meth:`ShopService.feature_value_words`), for the explanations' ``value_in_words``;
+            default :meth:`shopgraph.graph.rings.FraudCases.value_words`.
 
     Returns:
         Whether the routes were added.
@@ -568,7 +570,7 @@ def include_fraud_cases(app: FastAPI, run_dir: Path | None,
                                         hint=cases.user_hint, threshold=cases.threshold,
                                         device_accounts=cases.device_accounts,
                                         explain_held_out=explain_held_out or cases.explain_held_out,
-                                        own_values=own_values))
+                                        value_words=value_words or cases.value_words))
     except Exception as exc:  # noqa: BLE001 - optional feature; the core API must start
         logger.info("fraud case endpoints not served (%s: %s)", type(exc).__name__, exc)
         return False
@@ -1357,7 +1359,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     if fraud_cases:
-        include_fraud_cases(app, service.run_path, service.held_out_explanation, service.user_feature_values)
+        include_fraud_cases(app, service.run_path, service.held_out_explanation, service.feature_value_words)
     if demo:
         mount_demo(app, service)
     app.add_middleware(MetricsMiddleware, metrics=metrics, router=app.router)  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from shopgraph.graph.explain import MAX_OTHERS, TOP_K, Explanation, feature_dict
 from shopgraph.graph.messages import known_ids
 from shopgraph.graph.rings import SCHEMA_VERSION, Ring, find_ring, known_fraud
+from shopgraph.graph.wording import ValueWords
 from shopgraph.retrieval.params import ErrorOut, strict_query
 from shopgraph.retrieval.service import shown
 
@@ -137,9 +138,11 @@ class FeatureOut(BaseModel):
                                      "features; log1p of a count for the '(log count)' columns; for grouped "
                                      "embedding columns their norm)")
     value_in_words: str = Field(description="the value as people read it: the account's own features as "
-                                            "/fraud/score's reasons give them (`42 days`, `67%`), a count (`8` for "
-                                            "a log count of 2.197), a share (`100%`), yes/no, `1.4 SD below "
-                                            "average` for a mean over other accounts; empty when it means nothing "
+                                            "/fraud/score's reasons give them (`42 days`, `67%`), a mean over the "
+                                            "accounts on its devices in the same units (`12 days`: for a count or "
+                                            "an age, the geometric mean), a count (`8` for a log count of 2.197), "
+                                            "a share (`100%`), yes/no, `1.4 SD below average` for a mean of a "
+                                            "column the server has no raw values for; empty when it means nothing "
                                             "to a reader (a norm of embedding columns)")
     attribution: float = Field(description="the feature's contribution to the fraud log-odds (see `method` "
                                            "and `base_value`); for method behaviour_zscore, the z-score")
@@ -230,7 +233,7 @@ def fraud_router(
     threshold: float | None = None,
     device_accounts: Callable[[str], pd.DataFrame] | None = None,
     explain_held_out: Callable[[str], Explanation | None] | None = None,
-    own_values: Callable[[str], dict[str, str]] | None = None,
+    value_words: Callable[[str], ValueWords] | None = None,
     max_top: int = 500,
     prefix: str = "/fraud",
 ) -> APIRouter:
@@ -255,10 +258,11 @@ def fraud_router(
             (:attr:`shopgraph.graph.rings.FraudCases.threshold`); ``None``: both null.
         explain_held_out: ``user_id -> Explanation | None`` of a trained-on account's held-out score
             (:meth:`shopgraph.graph.rings.FraudCases.explain_held_out`); ``None``: ``held_out`` null.
-        own_values: ``user_id -> {feature name: value as people read it}`` for the account's own
-            features (:meth:`shopgraph.retrieval.service.ShopService.user_feature_values`: "86
-            days", as ``/fraud/score``'s reasons give them, not "1.0 SD below average"); ``None``:
-            ``value_in_words`` from the value the scorer read.
+        value_words: ``user_id -> (feature name, value -> words)``: the account's features as
+            people read them (:meth:`shopgraph.retrieval.service.ShopService.feature_value_words`:
+            "86 days", as ``/fraud/score``'s reasons give them, not "1.0 SD below average"; raises
+            ``KeyError`` for an unknown account); ``None``: ``value_in_words`` from the value the
+            scorer read.
         device_accounts: ``device_id -> DataFrame`` of every account on a device
             (:meth:`shopgraph.graph.rings.FraudCases.device_accounts`; ``KeyError`` for an unknown
             device); ``None``: ``/fraud/device/{device_id}`` answers 503.
@@ -374,13 +378,12 @@ def fraud_router(
             except KeyError:  # explained but not among the labelled graph's users: no label to give
                 pass
         try:
-            own = own_values(user_id) if own_values is not None else {}
+            words = value_words(user_id) if value_words is not None else None
         except (KeyError, ValueError):  # an account the service does not know: the scorer's values in words
-            own = {}
+            words = None
 
         def feature_out(f: Any) -> FeatureOut:  # the account's own values as /fraud/score reads them
-            out = feature_dict(f)
-            return FeatureOut(**{**out, "value_in_words": own.get(out["name"], out["value_in_words"])})
+            return FeatureOut(**feature_dict(f, words))
 
         hx = explain_held_out(user_id) if explain_held_out is not None and held is not None else None
         held_out_out = None if hx is None else HeldOutExplanationOut(

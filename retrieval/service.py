@@ -38,7 +38,7 @@ import numpy as np
 
 from shopgraph.graph.messages import SHOWN_CHARS, did_you_mean, listed_ids, same_but_case, shown  # noqa: F401
 from shopgraph.graph.run import RunDir
-from shopgraph.graph.wording import ACCOUNT_AGE, QUICK_ITEM_REASON, reason_in_words, value_in_words
+from shopgraph.graph.wording import QUICK_ITEM_REASON, FeatureFacts
 from shopgraph.retrieval.catalogue import (
     CatalogueError,
     CatalogueJournal,
@@ -531,80 +531,6 @@ def read_image(image: Any, name: str = "image") -> Any:
         raise ValueError(f"{name}: the image data is corrupt ({exc})") from exc
 
 
-def _count(n: float) -> str:
-    return f"{n:,.0f}"
-
-
-def _in_words(name: str, value: float) -> str | None:
-    """A scorer column without a raw reading (a neighbourhood mean, a group of encoder columns) as
-    :mod:`shopgraph.graph.wording` words it, with its value where that means something ("accounts on
-    the same devices (this one included): average account age: 1.0 SD below average"); ``None`` for
-    a name it does not know."""
-    reading = reason_in_words(name)
-    if reading.text == name and reading.unit == "raw":
-        return None
-    shown_value = value_in_words(reading, value)
-    return f"{reading.text}: {shown_value}" if shown_value else reading.text
-
-
-def describe_user_feature(name: str, raw: float | None, value: float, as_of: str | None = None) -> str | None:
-    """A user feature as a plain fact with its raw value, e.g. ``account age at the end of the
-    training period (2025-12-19): 3 days``,
-    ``country: DE``, ``accounts sharing a device (or other identifier): 4``; ``None`` when the
-    feature has no plain reading (neighbourhood means, embedding columns) or says nothing about
-    this account (a one-hot flag the account does not have).
-
-    Args:
-        name: the feature's name (``data["user"].feature_names`` or a served-tree column).
-        raw: the value before standardising (``encoders.behaviour.user_feature_columns``), when known.
-        value: the value the scorer read (used for the served trees' ring columns, which are raw).
-        as_of: the date the features are measured at (the end of the training period), named in
-            the account age's fact; an account created on or after it is said to be (its age is 0).
-    """
-    if raw is not None and math.isfinite(raw):
-        if "=" in name:  # a one-hot flag: "user_country=DE"
-            column, _, level = name.partition("=")
-            return f"{column.removeprefix('user_').replace('_', ' ')}: {level}" if raw >= 0.5 else None
-        plain = math.expm1(raw) if name.startswith("log_") else raw
-        if name == "log_account_age_days":
-            age = f"{ACCOUNT_AGE} ({as_of})" if as_of else ACCOUNT_AGE
-            if as_of and plain <= 0:  # created then or later: the features count it as 0 days old
-                return f"{age}: 0 days (created on or after {as_of})"
-            return f"{age}: {plain:,.1f} days" if plain < 10 else f"{age}: {plain:,.0f} days"
-        if name == "has_account_age":
-            return "no account creation date" if raw < 0.5 else None
-        if name == "log_n_events":
-            return f"events in the training period: {_count(plain)}"
-        if name.startswith("log_amount_"):
-            which = {"mean": "average", "max": "largest", "sum": "total"}.get(name[len("log_amount_"):])
-            return f"{which} purchase amount: {plain:,.2f}" if which else None
-        if name == "night_share":
-            return f"share of events at night (00:00-06:00 UTC): {plain:.0%}"
-        if name == "log_purchases_last_24h":
-            return f"purchases in the 24 h before the account's last event: {_count(plain)}"
-        if name == "high_risk_purchase_share":
-            return f"share of purchases in high-risk categories: {plain:.0%}"
-        if name == "log_n_devices":
-            return f"devices used: {_count(plain)}"
-        if name == "log_max_accounts_per_device":
-            return f"most accounts on one of its devices: {_count(plain)}"
-        if name.startswith("log_n_"):
-            return f"{name[len('log_n_'):]} events in the training period: {_count(plain)}"
-        if name.startswith("user_"):
-            return f"{name[len('user_'):].replace('_', ' ')}: {plain:g}"
-        return None
-    # the served trees' ring columns (graph.fraud_scorer.ring_column_text), read as they are
-    if not math.isfinite(value) or " " not in name or ":" in name.split("(")[0]:  # "items via cart: mean ..."
-        return None
-    if name.endswith(" (log count)"):
-        return f"{name[:-len(' (log count)')]}: {_count(math.expm1(value))}"
-    if name.endswith("(log count)"):
-        return f"{name[:-len('(log count)')].rstrip(', ')}: {_count(math.expm1(value))}"
-    if "share" in name:
-        return f"{name}: {value:.0%}"
-    return None
-
-
 def fraud_attribution_of(run: RunDir, data: Any, model: Any, fraud: dict[str, Any],
                          fraud_prob: np.ndarray | None) -> FraudAttribution | None:
     """The serving fraud scorer's per-feature log-odds contributions, or ``None`` when none can
@@ -672,35 +598,18 @@ def held_out_attribution_of(run: RunDir, data: Any, held_out: np.ndarray) -> Hel
     return attribution
 
 
-def user_raw_columns(run: RunDir, data: Any) -> dict[str, np.ndarray]:
-    """The run's user behaviour columns before standardising, those that reproduce the graph's
-    ``data["user"].x`` (``{}`` when the tables are missing or the graph was built otherwise)."""
-    from shopgraph.encoders.behaviour import user_feature_columns
+def user_feature_facts(run: RunDir, data: Any) -> FeatureFacts:
+    """The run's user behaviour columns before standardising, as :class:`FeatureFacts` words them
+    (empty when the tables are missing or the graph was built otherwise: the reasons then give the
+    values the scorer read)."""
+    from shopgraph.encoders.behaviour import feature_facts, features_as_of
     from shopgraph.graph.pipeline import load_run_tables
 
-    if "x" not in data["user"] or "feature_names" not in data["user"]:
-        return {}
     try:
-        cols, flags = user_feature_columns(load_run_tables(run), data)
+        return feature_facts(load_run_tables(run), data)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         logger.warning("fraud reasons without raw values: %s", exc)
-        return {}
-    x = np.asarray(data["user"].x, dtype=np.float64)
-    out = {}
-    for j, name in enumerate(data["user"].feature_names):
-        raw = cols.get(name)
-        if raw is None or raw.shape != (x.shape[0],):
-            continue
-        v = np.asarray(raw, dtype=np.float64)
-        known = np.isfinite(v)
-        if name.startswith("has_") or name in flags:
-            ok = np.allclose(np.nan_to_num(v, nan=0.0), x[:, j], atol=1e-4)
-        else:
-            fit = _affine(v[known], x[known, j]) if known.sum() >= 2 else None
-            ok = fit is not None and fit[0] > 0
-        if ok:
-            out[name] = v
-    return out
+        return FeatureFacts(as_of=features_as_of(data))
 
 
 def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -750,16 +659,6 @@ def _revisit_csr(embeddings: dict[str, np.ndarray], n_users: int, n_items: int
     return indptr, items, value[order]
 
 
-def _affine(raw: np.ndarray, x: np.ndarray) -> tuple[float, float] | None:
-    """``(a, b)`` with ``x == a * raw + b`` (to 1e-3) over the rows, or ``None`` when no such map fits."""
-    if raw.size < 2 or np.ptp(raw) < 1e-12:
-        return None
-    a, b = np.polyfit(raw, x, 1)
-    if np.abs(a * raw + b - x).max() > 1e-3:
-        return None
-    return float(a), float(b)
-
-
 def _statistic_maps(data: Any, prices: np.ndarray) -> dict[str, tuple[float, float]]:
     """Affine maps raw value -> stored feature for the item statistics a new item can have computed.
 
@@ -768,6 +667,8 @@ def _statistic_maps(data: Any, prices: np.ndarray) -> dict[str, tuple[float, flo
     graph's split-0 edges, ``log1p(price)`` from the items table) and fitting ``x = a * raw + b``
     recovers the map exactly; a column whose fit is not exact is left at the training mean.
     """
+    from shopgraph.encoders.behaviour import affine_fit
+
     if "x" not in data["item"] or "feature_names" not in data["item"]:
         return {}
     x = np.asarray(data["item"].x, dtype=np.float64)
@@ -793,9 +694,9 @@ def _statistic_maps(data: Any, prices: np.ndarray) -> dict[str, tuple[float, flo
     maps: dict[str, tuple[float, float]] = {}
     for j, name in enumerate(names):
         if name in raw:
-            fit = _affine(raw[name], x[:, j])
+            fit = affine_fit(raw[name], x[:, j])
         elif name == "log_price" and known.sum() >= 2 and prices.size == n_items:
-            fit = _affine(np.log1p(np.clip(prices[known], 0, None)), x[known, j])
+            fit = affine_fit(np.log1p(np.clip(prices[known], 0, None)), x[known, j])
         else:
             continue
         if fit is not None:
@@ -825,8 +726,8 @@ class ShopService:
             run's ``text_model`` / ``image_model`` config).
         text_model, image_model: checkpoint paths for the default encoders (``None``: bundled).
         tables_root: folder that item image paths are relative to.
-        user_raw: the user behaviour columns before standardising (``{name: [U]}``,
-            ``encoders.behaviour.user_feature_columns``), shown in fraud reasons.
+        facts: the user behaviour columns before standardising (:func:`user_feature_facts`), the
+            values fraud reasons give (without them: the standardised values the scorer read).
         fraud_attribution: ``user node index -> [(feature, value, log-odds contribution)]`` of the
             serving fraud scorer (:func:`fraud_attribution_of`); without it ``reasons`` say so.
         held_out_attribution: the same of the held-out scores (:func:`held_out_attribution_of`);
@@ -863,7 +764,7 @@ class ShopService:
         tables_root: Path | None = None,
         run_path: Path | None = None,
         model_problem: str = "",
-        user_raw: dict[str, np.ndarray] | None = None,
+        facts: FeatureFacts | None = None,
         fraud_attribution: FraudAttribution | None = None,
         held_out_attribution: HeldOutAttribution | None = None,
         quick_items: QuickPurchases | None = None,
@@ -880,11 +781,11 @@ class ShopService:
         self.tables_root = tables_root
         self.model = model
         self._model_problem = model_problem
-        self._user_raw = dict(user_raw or {})
         # the date the fraud features are measured at (the end of the training period), which reasons name
-        times = getattr(data, "split_times", None)
-        self.features_as_of: str | None = (time.strftime("%Y-%m-%d", time.gmtime(float(times[0]))) if times
-                                           else None)
+        from shopgraph.encoders.behaviour import features_as_of
+
+        self.features_as_of: str | None = features_as_of(data)
+        self._facts_of = facts if facts is not None else FeatureFacts(as_of=self.features_as_of)
         self._fraud_attribution = fraud_attribution
         self._held_out_attribution = held_out_attribution
         # per user, the items it bought right after viewing or carting them (graph.fraud_scorer.quick_purchases),
@@ -1068,7 +969,7 @@ class ShopService:
             load_model: load ``RUN/model/`` for :meth:`add_item` when it is there.
             use_gpu: FAISS on GPU (``None``: when available).
             fraud_reasons: prepare the fraud reasons' attributions and raw values (:func:`fraud_attribution_of`,
-                :func:`user_raw_columns`; a few seconds on a run that serves boosted trees). Without
+                :func:`user_feature_facts`; a few seconds on a run that serves boosted trees). Without
                 them ``score_user`` says that it has no attribution.
             catalogue: replay and keep the items added and removed at run time in the run's
                 journal (``RUN/catalogue.jsonl``); ``False``: serve the trained catalogue, and keep
@@ -1132,7 +1033,7 @@ class ShopService:
             text_encoder=text_encoder, image_encoder=image_encoder,
             text_model=config.get("text_model"), image_model=config.get("image_model"),
             tables_root=Path(root) if root else None, run_path=run.path, model_problem=model_problem,
-            user_raw=user_raw_columns(run, data) if fraud_reasons else None,
+            facts=user_feature_facts(run, data) if fraud_reasons else None,
             fraud_attribution=fraud_attribution_of(run, data, model, fraud,
                                                    None if prob is None else np.asarray(prob).reshape(-1))
             if fraud_reasons else None,
@@ -1795,10 +1696,7 @@ class ShopService:
         facts = []
         for name, value, contribution in attribution:
             if sign * contribution >= 0.005:  # shown to two decimals: no "+0.00"
-                fact = describe_user_feature(name, self._user_raw[name][u] if name in self._user_raw else None, value,
-                                             self.features_as_of)
-                if fact is None and name not in self._user_raw:  # a neighbourhood mean, a group of encoder columns
-                    fact = _in_words(name, value)
+                fact = self._facts_of.fact(name, value, u)
                 if fact is not None and name.startswith(QUICK_ITEM_REASON):
                     fact = self._naming_quick_items(fact, u)
                 if fact is not None:
@@ -1827,18 +1725,15 @@ class ShopService:
         u = self._user(user_id)
         return "" if self._quick_items is None else (self._quick_named(u) or "none")
 
-    def user_feature_values(self, user_id: str) -> dict[str, str]:
-        """The account's own features that have a plain reading, by feature name, each value as the
-        reasons write it (``{"log_account_age_days": "14 days", "user_country=DE": "DE"}``): a
-        table of reasons shows these rather than the standardised values the scorer reads ("1.8 SD
-        below average"). Empty when the service was loaded without them."""
+    def feature_value_words(self, user_id: str) -> Callable[[str, float], str | None]:
+        """How a table of the account's reasons writes a feature's value, from its name and the value
+        the scorer read: its own features as the reasons write them ("14 days", "DE"), not the
+        standardised values the scorer reads ("1.8 SD below average"), and the means over the
+        accounts on its devices in the same units ("12 days"); ``None`` where the service has no raw
+        value for it (the caller words the value the scorer read: a count, a share, yes or no).
+        ``KeyError`` for an unknown account."""
         u = self._user(user_id)
-        out: dict[str, str] = {}
-        for name, column in self._user_raw.items():
-            fact = describe_user_feature(name, float(column[u]), float("nan"), self.features_as_of)
-            if fact is not None and ": " in fact:
-                out[name] = fact.partition(": ")[2]
-        return out
+        return lambda name, value: self._facts_of.value(name, value, u)
 
     def _quick_named(self, u: int) -> str:
         quick = self._quick_items

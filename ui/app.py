@@ -40,6 +40,7 @@ from shopgraph.graph.messages import plural
 from shopgraph.graph.wording import (
     FRAUD_SCORER_NAMES,
     QUICK_ITEM_REASON,
+    ValueWords,
     cites_training_labels,
     label_words,
     reason_in_words,
@@ -842,7 +843,7 @@ def _shared_with(nb: Any) -> str:
     return f"{text}: {', '.join(named)}" + (f" and {more:,} more" if more > 0 else "")
 
 
-def _explanation_table(explanation: Any, quick_items: str = "", own: Mapping[str, str] | None = None) -> pd.DataFrame:
+def _explanation_table(explanation: Any, quick_items: str = "", words: ValueWords | None = None) -> pd.DataFrame:
     """One row per reason, largest contribution first, each fact in words with its value in its
     unit (:mod:`shopgraph.graph.wording`: a count, a share, yes/no, SDs from the average account;
     blank for a group of encoder columns, whose norm means nothing to a reader). For the served
@@ -850,14 +851,14 @@ def _explanation_table(explanation: Any, quick_items: str = "", own: Mapping[str
     contributions: they come last, each with its co-user count and the other accounts on it, and a
     last row says when the account has more identifiers than are listed. ``quick_items``: the
     items behind a "quick purchases" reason (:meth:`ShopService.quick_items_named`), its value;
-    ``own``: the account's own feature values as people read them, by feature name
-    (:meth:`ShopService.user_feature_values`: "14 days", not "1.8 SD below average")."""
+    ``words``: the account's feature values as people read them, from a feature's name and value
+    (:meth:`ShopService.feature_value_words`: "14 days", not "1.8 SD below average")."""
     trees = explanation.method.startswith("tree_shap")
     counted = trees or explanation.method == "behaviour_zscore"  # neighbours' attribution: other accounts
     features: list[dict[str, Any]] = []
     for f in explanation.features:
         reading = reason_in_words(f.name)
-        value = (own or {}).get(f.name) or value_in_words(reading, float(f.value))
+        value = (words(f.name, float(f.value)) if words is not None else None) or value_in_words(reading, float(f.value))
         if not value and f.name.startswith(QUICK_ITEM_REASON):  # what was bought, not a norm of columns
             value = quick_items
         features.append({"reason": reading.text if trees else f"behaviour: {reading.text}",
@@ -923,8 +924,8 @@ def _explanation_method(method: str) -> str:
                 "largest are shown. For the exact sizes: a positive contribution pushes towards fraud, a negative "
                 "one away from it. Contributions are log-odds, "
                 "which add: the start's plus every contribution is the score's, in the \"= the account's score\" "
-                "row (+0.7 about doubles the odds of fraud, -0.7 halves them). \"SD below average\" means lower "
-                "than most accounts (standard deviations). Last, the account's devices, how many other accounts "
+                "row (+0.7 about doubles the odds of fraud, -0.7 halves them). Where a value has no plainer reading, "
+                "\"SD below average\" means lower than most accounts (standard deviations). Last, the account's devices, how many other accounts "
                 "use each, and which")
     if method.startswith("integrated_gradients"):
         return ("attribution of the GNN's score to the user's features and linked accounts/devices/items "
@@ -960,7 +961,7 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
                 explanation, explains_held_out = held_ex._replace(
                     neighbours=explanation.neighbours, neighbours_total=explanation.neighbours_total,
                     neighbour_types=explanation.neighbour_types), True
-            table = _explanation_table(explanation, service.quick_items_named(user), service.user_feature_values(user))
+            table = _explanation_table(explanation, service.quick_items_named(user), service.feature_value_words(user))
             method = _explanation_method(explanation.method)
             if explains_held_out:
                 from shopgraph.graph.fraud_scorer import HELD_OUT_LABELS
@@ -1393,7 +1394,7 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
         from shopgraph.graph.explain import explain_ring_members
 
         explained = explain_ring_members(ring, cases.data, cases.model, fraud_prob=cases.fraud_prob,
-                                         served=cases.served, held_out=cases.held_out_explainer)
+                                         served=cases.served, held_out=cases.held_out_explainer, facts=cases.facts)
         fresh = Path(tempfile.mkdtemp(prefix=f"{ring.ring_id}-", dir=work_dir)) / "export"
         export_cases([ring], cases.data, cases.tables, fresh, fraud_prob=cases.fraud_prob,
                      explanations={ring.ring_id: explained}, held_out=cases.held_out_prob,

@@ -572,10 +572,11 @@ def test_a_share_of_labelled_fraud_over_no_labelled_account_is_said_so(graph: He
         NOBODY_SUFFIX,
         NONE_LABELLED,
         SHARE_LABELLED,
+        describe_user_feature,
+        in_words,
         reason_in_words,
         value_in_words,
     )
-    from shopgraph.retrieval.service import _in_words, describe_user_feature
 
     fold = np.where(graph["user"].train_mask.numpy(), np.arange(graph["user"].num_nodes) % 2, -1)
     for x, names in (product_feature_table(graph, None), held_out_table(graph, fold, 0)):
@@ -595,7 +596,7 @@ def test_a_share_of_labelled_fraud_over_no_labelled_account_is_said_so(graph: He
                 reading = reason_in_words(name)
                 assert reading.unit == "none" and value_in_words(reading, 0.0) == ""
                 # the HTTP reasons' words: not a plain user feature, so read as the column is worded
-                assert describe_user_feature(name, None, 0.0) is None and _in_words(name, 0.0) == reading.text
+                assert describe_user_feature(name, None, 0.0) is None and in_words(name, 0.0) == reading.text
             assert reason_in_words(alone.name).text == "no other " + base
     # trees that read the share: an account with no co-user, or whose co-users have no label, is told so
     x, names = product_feature_table(graph, None)

@@ -170,8 +170,7 @@ def test_held_out_tables_name_their_label_counts_for_the_labels_they_count(setup
     fraud in the training data: 10" beside the served "…: 17" for the same account. The other
     columns keep the served table's names."""
     from shopgraph.graph.fraud_scorer import HELD_OUT_LABELS, product_feature_table, ring_column_text
-    from shopgraph.graph.wording import cites_training_labels
-    from shopgraph.retrieval.service import describe_user_feature
+    from shopgraph.graph.wording import cites_training_labels, describe_user_feature
 
     _, data, _, _ = setup
     _, tr, _, _ = _masks(data)

@@ -90,3 +90,37 @@ def test_values_read_as_their_unit(unit: str, value: float, shown: str) -> None:
 ])
 def test_reasons_that_count_other_accounts_labels_are_told_apart(reason: str, cites: bool) -> None:
     assert cites_training_labels(reason) is cites
+
+
+def test_feature_facts_give_raw_values_and_neighbour_means_in_the_columns_units() -> None:
+    """An explanation's values as people read them: the account's own age in days, and the mean of
+    the standardised column over the accounts on its devices back in days too (a geometric mean
+    for a log column), not in standard deviations; what there is no raw value for stays unsaid."""
+    import numpy as np
+
+    from shopgraph.graph.wording import FeatureFacts
+
+    ages = np.array([3.0, 31.0, 255.0])  # 1 + age: 4, 32, 256, whose geometric mean is 32
+    logs = np.log1p(ages)
+    a, b = 1 / logs.std(), -logs.mean() / logs.std()  # x = a * raw + b, as encoders.behaviour standardises
+    share = np.array([0.0, 0.5, 1.0])
+    facts = FeatureFacts({"log_account_age_days": logs, "night_share": share},
+                         {"log_account_age_days": (a, b), "night_share": (2.0, -1.0)}, as_of="2025-12-19")
+    assert facts.value("log_account_age_days", a * logs[1] + b, 1) == "31 days"
+    assert facts.fact("log_account_age_days", 0.0, 0) == (
+        "account age at the end of the training period (2025-12-19): 3.0 days")
+    mean = "users sharing a device via uses: mean log_account_age_days (self included)"
+    standardised = float((a * logs + b).mean())
+    assert facts.value(mean, standardised, 0) == "31 days"  # expm1 of the mean of log1p: not 96, the mean
+    assert facts.fact(mean, standardised, 0) == (
+        "accounts on the same devices (this one included): average account age at the end of the training "
+        "period: 31 days")
+    assert facts.value("other users sharing a device via uses: mean night_share", 2.0 * 0.25 - 1.0, 2) == "25%"
+    # a mean below what any account can have (rounding, imputed gaps) is no negative age
+    assert facts.value(mean, b - 1.0, 0) == "0.0 days"
+    # no raw values for it: None, and the caller words the standardised value (or the fact as before)
+    assert facts.value("users sharing a device via uses: mean log_n_view (self included)", -1.0, 0) is None
+    assert facts.fact("users sharing a device via uses: mean log_n_view (self included)", -1.0, 0) == (
+        "accounts on the same devices (this one included): average number of views: 1.0 SD below average")
+    assert facts.value(mean, float("nan"), 0) is None
+    assert FeatureFacts().value("log_account_age_days", -1.0, 0) is None and not FeatureFacts()

@@ -352,7 +352,7 @@ def test_a_trained_on_accounts_explanation_carries_the_held_out_one() -> None:
     app = FastAPI()
     app.include_router(fraud_router(lambda: [], explain=lambda u: served, labels=lambda ids: {u: (False, True) for u in ids},
                                     held_out=lambda ids: {u: 0.45 for u in ids}, explain_held_out=lambda u: held,
-                                    threshold=0.3, own_values=lambda u: {"night_share": "share of nights: 25%"}))
+                                    threshold=0.3, value_words=lambda u: lambda name, value: {"night_share": "share of nights: 25%"}.get(name)))
     body = TestClient(app).get("/fraud/explain", params={"user_id": "u1"}).json()
     # the account's own values as /fraud/score's reasons read them, not in standard deviations
     assert body["features"][0]["value_in_words"] == body["held_out"]["features"][0]["value_in_words"] == (

@@ -876,7 +876,7 @@ def test_fraud_reasons_are_raw_facts_behind_the_verdict(service, run_path, monke
     assert service.features_as_of == as_of
     aged = f"{ACCOUNT_AGE} ({as_of})"
     u = service.user_ids.index("u002")
-    n_events = int(np.expm1(service._user_raw["log_n_events"][u]).round())
+    n_events = int(np.expm1(service._facts_of.raw["log_n_events"][u]).round())
     # what the scorer read is standardised (9.9 here): the reasons show the raw values, and for a
     # flagged account only the features that raised the score, largest first
     monkeypatch.setattr(service, "fraud_threshold", 0.0)
@@ -911,8 +911,11 @@ def test_fraud_reasons_are_raw_facts_behind_the_verdict(service, run_path, monke
     assert service.quick_items_named(" u002 ") == f"{named} and 1 more" and service.quick_items_named("u001") == "none"
     monkeypatch.setattr(service, "_quick_items", None)  # loaded without fraud reasons: nothing to say
     assert service.quick_items_named("u001") == ""
-    assert reasons[1] == (f"accounts on the same devices (this one included): average {ACCOUNT_AGE}: 1.0 SD below "
-                          "average (+0.43 log-odds)")
+    # a mean over the accounts on its devices, back in days (the geometric mean), not "1.0 SD below average"
+    a, b = service._facts_of.scales["log_account_age_days"]
+    days = float(np.expm1(max((-0.965 - b) / a, 0.0)))
+    assert reasons[1] == (f"accounts on the same devices (this one included): average {ACCOUNT_AGE}: "
+                          f"{f'{days:,.0f}' if days >= 10 else f'{days:,.1f}'} days (+0.43 log-odds)")
     assert reasons[2].startswith(f"{aged}: ")
     monkeypatch.setattr(service, "_fraud_attribution", lambda _: [("night_share", 9.9, -0.4)])
     assert service.score_user("u002").reasons == [
@@ -984,13 +987,13 @@ def test_gnn_head_reasons_only_for_what_the_model_reproduces(service, monkeypatc
     ("items via cart: mean log_price", None, 0.7, None),
 ])
 def test_describe_user_feature(name, raw, value, fact):
-    from shopgraph.retrieval.service import describe_user_feature
+    from shopgraph.graph.wording import describe_user_feature
 
     assert describe_user_feature(name, raw, value) == fact
 
 
 def test_the_account_age_names_its_date_and_a_later_sign_up():
-    from shopgraph.retrieval.service import describe_user_feature
+    from shopgraph.graph.wording import describe_user_feature
 
     assert describe_user_feature("log_account_age_days", float(np.log1p(86.0)), 0.0, "2025-12-19") == (
         f"{ACCOUNT_AGE} (2025-12-19): 86 days")

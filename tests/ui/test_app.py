@@ -671,6 +671,17 @@ def test_ring_view_draws_and_offers_case_files(ui_run: Path, ui_cases: FraudCase
     assert written["ring_id"] == ring.ring_id
     # ... with the top members explained, as `shopgraph rings --export` writes them
     assert written["explanations"] == json.loads(json.dumps(exported["explanations"]))
+    # ... each value as people read it (an account's age, and its devices' accounts' average age, in
+    # days: not in standard deviations), as /fraud/explain gives it
+    shown = 0
+    for user, ex in written["explanations"].items():
+        words = ui_cases.value_words(user)
+        for f in ex["features"] + (ex.get("held_out") or {}).get("features", []):
+            said = words(f["name"], f["value"])
+            if said:
+                assert f["value_in_words"] == said and " SD " not in said
+                shown += 1
+    assert shown
 
 
 def test_members_labelled_counts_the_labels_and_those_trained_on() -> None:
@@ -838,6 +849,17 @@ def test_build_app_and_mount_under_the_http_api(ui_service: ShopService) -> None
     with TestClient(create_app(ui_service)) as client:
         page = client.get("/demo/")
         assert page.status_code == 200 and "ShopGraph demo" in page.text
+        # /fraud/explain on the server gives the values as the service's reasons read them (raw, not SDs)
+        shown = 0
+        for user in [str(u) for u in ui_service.user_ids[:40]]:
+            body = client.get("/fraud/explain", params={"user_id": user}).json()
+            words = ui_service.feature_value_words(user)
+            for f in body["features"] + (body["held_out"] or {}).get("features", []):
+                said = words(f["name"], f["value"])
+                if said:
+                    assert f["value_in_words"] == said
+                    shown += 1
+        assert shown
 
 
 def test_empty_tables_start_with_their_column_names(ui_service: ShopService) -> None:
@@ -879,11 +901,12 @@ def test_served_trees_explain_the_served_score(ui_run: Path, ui_service: ShopSer
     from shopgraph.graph.explain import Explanation, FeatureAttribution
     from shopgraph.ui.app import _explanation_table
 
-    own = ui_service.user_feature_values(user)
-    assert own["log_account_age_days"].endswith(" days") and own["log_n_events"].replace(",", "").isdigit()
+    words = ui_service.feature_value_words(user)
+    age, events = words("log_account_age_days", -1.8), words("log_n_events", 0.0)
+    assert age is not None and age.endswith(" days") and events is not None and events.replace(",", "").isdigit()
     aged = Explanation(user, 0.5, "tree_shap+shared_identifiers",
                        [FeatureAttribution("log_account_age_days", -1.8, 0.4)], [], base=0.0)
-    assert _explanation_table(aged, own=own)["value"].tolist()[1] == own["log_account_age_days"]
+    assert _explanation_table(aged, words=words)["value"].tolist()[1] == age
     assert _explanation_table(aged)["value"].tolist()[1] == "1.8 SD below average"  # without them: standardised
     # every fact in words, its value in its unit: log-count columns as the counts they are
     from shopgraph.graph.wording import reason_in_words
