@@ -794,13 +794,17 @@ def _nobody_counts(reasons: Sequence[tuple[str, np.ndarray, bool]], features: np
 def _without_quick_buys(reasons: Sequence[tuple[str, np.ndarray, bool]], features: np.ndarray,
                         names: Sequence[str]) -> tuple[np.ndarray, list[int]] | None:
     """``(none [U], reason positions)``: the accounts that bought nothing right after viewing or
-    carting it (the table's quick purchase count is 0), and the kept reasons that describe the
-    items so bought (``quick purchases: mean item …``), which for those accounts describe nothing
-    (their means over no item are 0); ``None`` when the table has no such count or reasons."""
+    carting it (the table's quick purchase count is 0), and the kept reasons about such purchases:
+    those that describe the items so bought (``quick purchases: mean item …``), which for those
+    accounts describe nothing (their means over no item are 0), and the quick purchases' count,
+    share, burst and hours, which all say the same "none" (a share of 0 % of an account that bought
+    nothing at all is 0 of nothing); ``None`` when the table has no such count or reasons."""
     from shopgraph.graph.fraud_scorer import ring_column_text
 
     count = {name: k for k, name in enumerate(names)}.get(ring_column_text("quick_buys"))
-    positions = [r for r, (name, _, _) in enumerate(reasons) if name.startswith(QUICK_ITEM_REASON)]
+    same = {ring_column_text(c) for c in ("quick_buys", "quick_buy_share", "quick_burst", "quick_hour_share")}
+    positions = [r for r, (name, _, single) in enumerate(reasons)
+                 if name.startswith(QUICK_ITEM_REASON) or (single and name in same)]
     if count is None or not positions:
         return None
     return np.asarray(features[:, count]) <= 0, positions

@@ -669,16 +669,23 @@ def test_an_account_without_quick_purchases_is_not_told_what_they_are(graph: Het
     x[::2, quick] = rng.normal(size=(len(x[::2]), len(quick)))
     none = x[:, count] <= 0
     y = (x[:, quick].sum(axis=1) > np.median(x[:, quick].sum(axis=1))).astype(np.int64)
+    # the share of quick purchases says the same "none" (0 % of an account that bought nothing is 0 of nothing)
+    share = names.index(ring_column_text("quick_buy_share"))
+    x[::2, share] = rng.uniform(0.2, 1.0, size=len(x[::2]))
+    x[1::2, share] = 0.0
     only = np.zeros_like(x)
-    only[:, quick] = x[:, quick]
+    only[:, quick + [share]] = x[:, quick + [share]]
+    y = ((x[:, quick].sum(axis=1) > np.median(x[:, quick].sum(axis=1))) | (x[:, share] > 0.6)).astype(np.int64)
     booster = xgb.Booster()
     booster.load_model(bytearray(XGBGraphFraud(n_estimators=20, seed=0).fit(only, y).booster_bytes()))
     explainer = ServedTreeExplainer(booster, "graph_trees", x, names)
+    assert names[share] in explainer.names  # the trees read it
     margin = booster.predict(xgb.DMatrix(x), output_margin=True)
     for u, bought in ((int(np.flatnonzero(none)[0]), False), (int(np.flatnonzero(~none)[0]), True)):
         items, base = explainer.contributions(u)
-        found = [f.name for f in items if f.name == NO_QUICK_BUYS or f.name.startswith(QUICK_ITEM_REASON)]
+        found = [f.name for f in items if f.name in (NO_QUICK_BUYS, names[share]) or f.name.startswith(QUICK_ITEM_REASON)]
         assert (found == [NO_QUICK_BUYS]) != bought and (NO_QUICK_BUYS in found) != bought
+        assert (names[share] in found) == bought
         assert base + sum(f.attribution for f in items) == pytest.approx(float(margin[u]), abs=1e-4)
     assert reason_in_words(NO_QUICK_BUYS).text == "no purchase made right after viewing or carting the item"
 
