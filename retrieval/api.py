@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import difflib
 import re
 import socket
 import threading
@@ -485,8 +486,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         # the router's own "Not Found" / "Method Not Allowed", in the API's "<argument>: <problem>" form
         assert isinstance(exc, StarletteHTTPException)
         detail = exc.detail
-        if exc.status_code == 404 and detail == "Not Found":
-            detail = f"path: no route {shown(request.url.path)} (the routes are listed at /docs)"
+        if exc.status_code == 404 and detail == "Not Found":  # a misspelt route: the one it is close to
+            paths = sorted({route.path for route in request.app.routes if isinstance(route, Route)})
+            close = difflib.get_close_matches(request.url.path, paths, n=1, cutoff=0.75)
+            hint = f"did you mean {close[0]}? " if close else ""
+            detail = f"path: no route {shown(request.url.path)} ({hint}the routes are listed at /docs)"
         elif exc.status_code == 405 and detail == "Method Not Allowed":
             # every route of the path (GET and HEAD /healthz are two), not only the one the router tried
             methods = {m for route in request.app.routes if isinstance(route, Route)  # /docs, /openapi.json too

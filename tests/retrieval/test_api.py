@@ -1455,7 +1455,13 @@ def test_json_without_nan_and_routes_that_do_not_exist_are_named(client):
                     headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"].startswith("body: Infinity is not JSON")
     r = client.get("/recomend", params={"user_id": "u001"})
-    assert r.status_code == 404 and r.json()["detail"] == "path: no route '/recomend' (the routes are listed at /docs)"
+    assert r.status_code == 404 and r.json()["detail"] == (
+        "path: no route '/recomend' (did you mean /recommend? the routes are listed at /docs)")
+    r = client.get("/health")  # another service's name for it
+    assert r.status_code == 404 and r.json()["detail"] == (
+        "path: no route '/health' (did you mean /healthz? the routes are listed at /docs)")
+    r = client.get("/nothing/like/it")
+    assert r.status_code == 404 and r.json()["detail"] == "path: no route '/nothing/like/it' (the routes are listed at /docs)"
     r = client.put("/healthz")
     assert r.status_code == 405 and r.json()["detail"] == "method: PUT is not allowed on /healthz (allowed: GET, HEAD)"
     assert r.headers["allow"] == "GET, HEAD"
