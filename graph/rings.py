@@ -14,7 +14,7 @@ Detection (:class:`RingDetector`)::
 Scoring: every candidate gets terms in [0, 1] and the score is their weighted mean over the
 terms that are available (a missing term is dropped and the weights renormalised)::
 
-    gnn       = mean of the members' GNN fraud probabilities                       (weight 0.50)
+    gnn       = mean of the members' predicted fraud probabilities                (weight 0.50)
     young     = 1 - ECDF_users(median member account age at first activity)       (weight 0.10)
     velocity  = ECDF_users(median member purchases per active day)                (weight 0.10)
     high_risk = ECDF_users(median member high-risk share of purchase amount)      (weight 0.10)
@@ -22,7 +22,10 @@ terms that are available (a missing term is dropped and the weights renormalised
     density   = 1 - exp(-(n / s - 1) / 3)      s = shared identifiers              (weight 0.10)
 
 ``ECDF_users(v)`` is the mid-rank share of all users whose own value is below ``v``, so the
-behaviour terms are scale-free (a shop of cheap books and one of laptops score alike). Without
+behaviour terms are scale-free (a shop of cheap books and one of laptops score alike). A member
+the scorer was trained on is predicted by its held-out score (``held_out``: the scorer refitted
+without its label), as the demo and a lead list judge it: its served score is fitted to its label,
+and would rank the rings the training data already knows above those holding new leads. Without
 ``fraud_prob`` the ``gnn`` term is absent; with ``use_behaviour=False`` too, the score is
 structure only (``size`` and ``density``): that is the baseline. Households (2-4 people on one
 device, old accounts, ordinary baskets) get low behaviour and GNN terms and rank low.
@@ -315,19 +318,29 @@ class RingDetector:
             )
 
     # -- fitting --------------------------------------------------------------------------------
-    def fit(self, data: HeteroData, fraud_prob: np.ndarray | None, tables: ShopTables | None) -> RingDetector:
+    def fit(self, data: HeteroData, fraud_prob: np.ndarray | None, tables: ShopTables | None,
+            held_out: np.ndarray | None = None) -> RingDetector:
         """Detect, score and rank rings.
 
         Args:
             data: the shop graph (``build_graph`` output; features not needed).
-            fraud_prob: GNN fraud probability per user, ``[U]`` in node order, or ``None``.
+            fraud_prob: the served fraud probability per user, ``[U]`` in node order, or ``None``.
             tables: the normalised tables (behaviour terms); ``None`` drops the behaviour terms.
+            held_out: ``[U]`` the held-out scores of the accounts the scorer was trained on (NaN for
+                the others; :func:`load_held_out`), which stand for their served ones in the ``gnn``
+                term and ``predicted_mean``/``predicted_max``; ``None``: the served scores.
 
         Returns:
             ``self``, with ``rings_`` (ranked), ``hub_devices_``, ``mode_`` and ``n_candidates_``.
         """
         self._validate_params()
         prob = _check_inputs(data, fraud_prob)
+        predicted = prob
+        if prob is not None and held_out is not None:
+            from shopgraph.graph.fraud_scorer import check_held_out
+
+            held = check_held_out(np.asarray(held_out, dtype=np.float64), prob.size)
+            predicted = np.where(np.isfinite(held), held, prob)
         user_ids: list[str] = [str(u) for u in data["user"].ids]
         links = identifier_links(data)
         id_names = {nt: [str(v) for v in data[nt].ids] if "ids" in data[nt] else
@@ -376,7 +389,7 @@ class RingDetector:
         user_links: dict[int, list[tuple[str, int]]] = {
             int(u): list(zip(g["node_type"].tolist(), g["node"].tolist())) for u, g in link_sets
         }
-        scored = [self._score(g, user_ids, id_names, user_links, prob, behaviour) for g in groups]
+        scored = [self._score(g, user_ids, id_names, user_links, prob, behaviour, predicted) for g in groups]
         scored.sort(key=lambda r: (-r.score, -len(r.members), r.members[0]))
         for rank, ring in enumerate(scored, start=1):
             ring.ring_id = f"R{rank:04d}"
@@ -387,6 +400,7 @@ class RingDetector:
     def _score(
         self, group: list[int], user_ids: list[str], id_names: dict[str, list[str]],
         user_links: dict[int, list[tuple[str, int]]], prob: np.ndarray | None, behaviour: UserBehaviour | None,
+        predicted: np.ndarray | None = None,
     ) -> Ring:
         members = np.asarray(group, dtype=np.int64)
         n = members.size
@@ -411,14 +425,15 @@ class RingDetector:
             "accounts_per_identifier": n / s,
             "median_account_age_days": None, "purchase_velocity": None, "high_risk_share": None,
             "n_purchases": None, "purchase_amount": None,
-            "gnn_mean": None, "gnn_max": None,
+            "gnn_mean": None, "gnn_max": None, "predicted_mean": None, "predicted_max": None,
         }
         member_scores: dict[str, float]
         shared_set = set(shared)
         if prob is not None:
-            p = prob[members]
-            terms["gnn"] = float(p.mean())
+            p, q = prob[members], (prob if predicted is None else predicted)[members]
+            terms["gnn"] = float(q.mean())  # predictions: a trained-on member's held-out score
             evidence["gnn_mean"], evidence["gnn_max"] = float(p.mean()), float(p.max())
+            evidence["predicted_mean"], evidence["predicted_max"] = float(q.mean()), float(q.max())
             member_scores = {user_ids[u]: float(prob[u]) for u in group}
         else:
             member_scores = {
@@ -597,6 +612,29 @@ def load_held_out(run: RunDir, n_users: int) -> np.ndarray | None:
             return None
         held = check_held_out(f.get_tensor(HELD_OUT_KEY).float().numpy(), n_users)
     return None if not np.isfinite(held).any() else held
+
+
+def member_predictions(ring: Ring, positions: dict[str, int], held_out: np.ndarray | None) -> dict[str, float]:
+    """Each member's fraud probability as a lead list and the demo judge the account: for a member
+    the scorer was trained on, its held-out score (its served one is fitted to its label), else its
+    member score; members without a score are left out. Only probabilities for a ring ranked with
+    fraud scores (``evidence["gnn_mean"]`` set; otherwise member scores are behaviour or structure)."""
+    out = {u: float(p) for u, p in ring.member_scores.items()}
+    if held_out is not None:
+        for u in ring.members:
+            h = _held_out_of(held_out, positions[u]) if u in positions else None
+            if h is not None:
+                out[u] = h
+    return out
+
+
+def flagged_members(ring: Ring, positions: dict[str, int], held_out: np.ndarray | None,
+                    threshold: float | None) -> int | None:
+    """How many members' predictions (:func:`member_predictions`) are at or above ``threshold``;
+    ``None`` without a threshold or for a ring ranked without fraud scores."""
+    if threshold is None or not math.isfinite(threshold) or ring.evidence.get("gnn_mean") is None:
+        return None
+    return sum(p >= threshold for p in member_predictions(ring, positions, held_out).values())
 
 
 def _held_out_of(held_out: np.ndarray | None, u: int) -> float | None:
@@ -906,6 +944,7 @@ class _RingsRun(NamedTuple):
     data: HeteroData  # the run's graph
     prob: np.ndarray | None  # the served fraud probabilities (None: the run has none)
     total: int  # how many rings were found
+    held_out: np.ndarray | None  # the trained-on accounts' held-out scores (None: the run has none)
 
 
 def _rings_run(run_dir: str | Path, top: int, export: Path | None, detector: RingDetector | None,
@@ -922,8 +961,9 @@ def _rings_run(run_dir: str | Path, top: int, export: Path | None, detector: Rin
     data = run.load_graph()
     tables = load_run_tables(run)
     prob, no_scorer = _load_fraud_scores(run)
+    held_out = load_held_out(run, int(data["user"].num_nodes)) if prob is not None else None
     det = detector or RingDetector()
-    det.fit(data, prob, tables)
+    det.fit(data, prob, tables, held_out)
     params = {k: getattr(det, k) for k in ("hub_threshold", "min_size", "max_component", "seed",
                                            "use_behaviour", "resolution")}
     if export is not None:  # read (and check) what the explanations need before anything is written
@@ -936,7 +976,6 @@ def _rings_run(run_dir: str | Path, top: int, export: Path | None, detector: Rin
 
         model = None if no_scorer else load_model(run)
         served = load_served_explainer(run, data, model, prob)
-        held_out = load_held_out(run, int(data["user"].num_nodes))
         held_out_explainer = load_held_out_explainer(run, data, held_out)
         threshold = load_threshold(run) if prob is not None else None
         facts = _feature_facts(tables, data)
@@ -954,7 +993,7 @@ def _rings_run(run_dir: str | Path, top: int, export: Path | None, detector: Rin
         export_cases(chosen, data, tables, export, hubs=det.hub_devices_, mode=det.mode_, params=params,
                      explanations=explanations, source=source, fraud_prob=prob, held_out=held_out,
                      threshold=threshold)
-    return _RingsRun(chosen, data, prob, len(det.rings_))
+    return _RingsRun(chosen, data, prob, len(det.rings_), held_out)
 
 
 def _feature_facts(tables: ShopTables, data: HeteroData) -> FeatureFacts:
@@ -992,11 +1031,12 @@ def cli_rings(args: argparse.Namespace) -> int:
 
     if args.overwrite and args.export is None:  # it replaces an export: without one it would do nothing, unsaid
         raise ValueError("--overwrite: only with --export DIR (it replaces an earlier case export there)")
-    rings, data, prob, total = _rings_run(args.run, args.top, args.export, None, 3, args.overwrite)
+    rings, data, prob, total, held_out = _rings_run(args.run, args.top, args.export, None, 3, args.overwrite)
     labels, trained = account_labels(data, prob)  # trained: labels a scorer was fitted on
     position = {str(u): n for n, u in enumerate(data["user"].ids)}
-    print(f"{'ring':6} {'score':>6} {'size':>4} {'devices':>7} {'fraud':>5} {'known':>7} {'trained':>7} {'age_d':>7} "
-          f"{'vel/d':>6} {'risk':>5}  members")
+    threshold = load_threshold(RunDir(args.run)) if prob is not None else None
+    print(f"{'ring':6} {'score':>6} {'size':>4} {'devices':>7} {'fraud':>5} {'flagged':>7} {'known':>7} {'trained':>7} "
+          f"{'age_d':>7} {'vel/d':>6} {'risk':>5}  members")
     for r in rings:
         ev = r.evidence
 
@@ -1007,13 +1047,17 @@ def cli_rings(args: argparse.Namespace) -> int:
         known = [position[m] for m in r.members if m in position and labels[position[m]] == 1]
         fitted = int(sum(bool(trained[u]) for u in known))
         head = ", ".join(r.members[:4]) + (f", +{len(r.members) - 4}" if len(r.members) > 4 else "")
-        print(f"{r.ring_id:6} {r.score:6.3f} {len(r.members):4d} {len(r.shared_devices):7d} {fmt('gnn_mean', '.2f'):>5} "
+        flagged = flagged_members(r, position, held_out, threshold)
+        print(f"{r.ring_id:6} {r.score:6.3f} {len(r.members):4d} {len(r.shared_devices):7d} "
+              f"{fmt('predicted_mean', '.2f'):>5} {'-' if flagged is None else f'{flagged}/{len(r.members)}':>7} "
               f"{f'{len(known)}/{len(r.members)}':>7} {fitted:7d} {fmt('median_account_age_days', '.1f'):>7} "
               f"{fmt('purchase_velocity', '.2f'):>6} {fmt('high_risk_share', '.2f'):>5}  {head}")
-    print("fraud: the members' mean fraud probability (the served scorer); known: members the shop's data labels "
-          "fraud, of all members; trained: how many of those labels the scorer was trained on (their probabilities "
-          "are fitted to the label, not predicted); age_d: their median days from sign-up to first activity; vel/d: "
-          "purchases a day; risk: share of high-risk purchases")
+    print("fraud: the members' mean predicted fraud probability (a member the scorer was trained on: its held-out "
+          "score, the scorer refitted without its label, as `score --leads` and the demo judge it), which ranks the "
+          f"rings; flagged: members whose prediction is at or above the validation threshold"
+          f"{f' {threshold:.3f}' if threshold is not None else ''}; known: members the shop's data labels "
+          "fraud, of all members; trained: how many of those labels the scorer was trained on; age_d: their median "
+          "days from sign-up to first activity; vel/d: purchases a day; risk: share of high-risk purchases")
     if args.top > total:
         print(f"(--top {args.top:,}: this run has {plural(total, 'ring')}, all listed)")
     if args.export is not None:
@@ -1087,12 +1131,12 @@ class FraudCases:
         data = run.load_graph()
         tables = load_run_tables(run)
         prob, no_scorer = _load_fraud_scores(run)
+        held_out = load_held_out(run, int(data["user"].num_nodes))
         if run.has(RINGS_FILE) and detector is None:
             rings = load_rings(run_dir)
         else:
-            rings = (detector or RingDetector()).fit(data, prob, tables).rings_
+            rings = (detector or RingDetector()).fit(data, prob, tables, held_out).rings_
         model = None if no_scorer else load_model(run)  # no scorer: the GNN's fraud head was never trained
-        held_out = load_held_out(run, int(data["user"].num_nodes))
         return cls(rings, data, tables, model, prob, load_served_explainer(run, data, model, prob), held_out,
                    load_threshold(run), load_held_out_explainer(run, data, held_out))
 
@@ -1152,6 +1196,16 @@ class FraudCases:
             u = self._position(user)
             out[user] = _held_out_of(self.held_out_prob, u) if in_training[u] else None
         return out
+
+    def predictions(self, ring: Ring) -> dict[str, float]:
+        """The members' fraud probabilities as the Fraud tab and a lead list judge them
+        (:func:`member_predictions`: a trained-on member's held-out score)."""
+        return member_predictions(ring, self._user_index, self.held_out_prob)
+
+    def flagged(self, ring: Ring) -> int | None:
+        """How many members' predictions are at or above the validation threshold
+        (:func:`flagged_members`; ``None`` without a scorer)."""
+        return flagged_members(ring, self._user_index, self.held_out_prob, self.threshold)
 
     def _position(self, user_id: str) -> int:
         """The node index of a known user; ``KeyError`` naming an unknown id."""

@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import difflib
 import errno
 import gc
 import json
 import logging
 import math
 import os
-import difflib
 import re
 import socket
 import threading

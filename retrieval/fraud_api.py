@@ -49,6 +49,8 @@ class RingEvidence(BaseModel):
     purchase_amount: float | None = None
     gnn_mean: float | None = None
     gnn_max: float | None = None
+    predicted_mean: float | None = None
+    predicted_max: float | None = None
     score_terms: dict[str, float] = Field(default_factory=dict)
     mode: str | None = None
 
@@ -65,6 +67,10 @@ class RingOut(BaseModel):
     known_fraud_trained_on: int | None = Field(
         None, description="of those, the ones whose label the scorer was trained on: their member scores are fitted "
                           "to the label, not predicted")
+    flagged: int | None = Field(
+        None, description="members whose prediction is at or above the validation threshold: a member's held-out "
+                          "score where the scorer was trained on it (as /fraud/score's held_out_flagged), its member "
+                          "score otherwise (null without a fraud scorer)")
 
 
 class RingsOut(BaseModel):
@@ -213,12 +219,14 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _ring_out(ring: Ring, rank: int, labels: dict[str, tuple[bool | None, bool]] | None = None) -> RingOut:
+def _ring_out(ring: Ring, rank: int, labels: dict[str, tuple[bool | None, bool]] | None = None,
+              flagged: int | None = None) -> RingOut:
     evidence = {k: _clean(v) for k, v in ring.evidence.items() if k in RingEvidence.model_fields}
     fraud, trained = known_fraud(labels) if labels is not None else (None, None)
     return RingOut(ring_id=ring.ring_id, rank=rank, score=ring.score, members=list(ring.members),
                    shared_devices=list(ring.shared_devices), member_scores=dict(ring.member_scores),
-                   evidence=RingEvidence(**evidence), known_fraud=fraud, known_fraud_trained_on=trained)
+                   evidence=RingEvidence(**evidence), known_fraud=fraud, known_fraud_trained_on=trained,
+                   flagged=flagged)
 
 
 def fraud_router(
@@ -280,6 +288,16 @@ def fraud_router(
         """A score's verdict at the validation threshold (``None``: no threshold, or no score)."""
         return None if threshold is None or score is None or score != score else score >= threshold
 
+    def flagged_members(r: Ring) -> int | None:
+        """Members whose prediction (a trained-on one's held-out score) is at or above the threshold."""
+        if threshold is None or r.evidence.get("gnn_mean") is None:  # member scores are then no probabilities
+            return None
+        try:
+            held = held_out(list(r.member_scores)) if held_out is not None else {}
+        except KeyError:  # a ring of other users than the graph's: their member scores as they are
+            held = {}
+        return sum(bool(at_or_above(h if (h := held.get(u)) is not None else p)) for u, p in r.member_scores.items())
+
     @router.get("/rings", response_model=RingsOut, summary="Ranked fraud rings", responses=_errors(404, 422),
                 dependencies=[Depends(strict_query(("top", "user_id"), ints={"top": (1, max_top)},
                                                    non_empty=("user_id",)))])
@@ -293,7 +311,7 @@ def fraud_router(
             ranked = [(k, r) for k, r in ranked if key in r.members]
         chosen = ranked[:top]
         return RingsOut(schema_version=SCHEMA_VERSION, total=len(ranked), count=len(chosen),
-                        rings=[_ring_out(r, k, members_labels(r)) for k, r in chosen])
+                        rings=[_ring_out(r, k, members_labels(r), flagged_members(r)) for k, r in chosen])
 
     def members_labels(r: Ring) -> dict[str, tuple[bool | None, bool]] | None:
         """The ring members' labels (``None``: none given, or not for these users)."""
@@ -329,7 +347,7 @@ def fraud_router(
                                             flagged=at_or_above(r.member_scores.get(u)),
                                             held_out_flagged=at_or_above(held.get(u)))
                           for u, (label, trained) in got.items()})
-        out = _ring_out(r, rank, got)
+        out = _ring_out(r, rank, got, flagged_members(r))
         return RingCaseOut(**out.model_dump(), schema_version=SCHEMA_VERSION, timeline=events,
                            member_labels=member_labels)
 

@@ -1139,23 +1139,10 @@ def _id_list(ids: Sequence[str], most: int) -> str:
     return f"{shown} and {len(ids) - most} more" if len(ids) > most else shown
 
 
-def member_predictions(cases: FraudCases, ring: Ring) -> dict[str, float]:
-    """Each member's fraud probability as the Fraud tab judges the account: the prediction with its
-    own label held out for a member the scorer was trained on (its served score is fitted to that
-    label), else its served score; members without a score are left out."""
-    try:
-        held = cases.held_out(ring.members)
-    except KeyError:  # a ring of other users than the graph's: no held-out scores
-        held = {}
-    out = {u: float(p) for u, p in ring.member_scores.items()}
-    out.update({u: float(h) for u, h in held.items() if h is not None and math.isfinite(h)})
-    return out
-
-
 def rings_table(cases: FraudCases | None, top: int = RING_TOP, threshold: float | None = None) -> pd.DataFrame:
     """The ranked rings, one row each (evidence numbers rounded; "" when unknown); "shared devices" is
     their count and the first ids (``"2: d0001, d0002"``); "flagged" the members whose fraud
-    probability (:func:`member_predictions`, as the Fraud tab's verdict) is at or above ``threshold``
+    probability (:meth:`FraudCases.predictions`, as the Fraud tab's verdict) is at or above ``threshold``
     ("" without one, or for rings ranked without fraud probabilities)."""
     if cases is None:
         return pd.DataFrame(columns=RING_COLUMNS)
@@ -1163,7 +1150,7 @@ def rings_table(cases: FraudCases | None, top: int = RING_TOP, threshold: float 
     def flagged(ring: Ring) -> Any:
         if threshold is None or not math.isfinite(threshold) or ring.evidence.get("gnn_mean") is None:
             return ""  # member_scores are then no probabilities (structure or behaviour)
-        return sum(p >= threshold for p in member_predictions(cases, ring).values())
+        return sum(p >= threshold for p in cases.predictions(ring).values())
 
     def ev(ring: Ring, key: str, digits: int) -> Any:
         value = ring.evidence.get(key)
@@ -1184,7 +1171,7 @@ def rings_table(cases: FraudCases | None, top: int = RING_TOP, threshold: float 
     def mean(ring: Ring) -> Any:  # of the probabilities the flagged column and the members table give
         if ring.evidence.get("gnn_mean") is None:
             return ""
-        values = list(member_predictions(cases, ring).values())
+        values = list(cases.predictions(ring).values())
         return round(float(np.mean(values)), 2) if values else ""
 
     rows = [[r.ring_id, round(r.score, 3), len(r.members), flagged(r), *known(r), devices(r), mean(r),
@@ -1256,7 +1243,7 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase", threshold
     fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=100)
     nx.draw_networkx_edges(g, pos, ax=ax, edge_color="#b0b0b0", width=0.8)
     users = [n for n in g if n[0] == "user"]
-    predicted = member_predictions(cases, ring)  # as the Fraud tab and the Members table give them
+    predicted = cases.predictions(ring)  # as the Fraud tab and the Members table give them
     scores = [predicted.get(n[1], float("nan")) for n in users]
     try:
         known = cases.labels([n[1] for n in users])
@@ -1475,7 +1462,7 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
     tied = edges[(edges["node_type"] == "device") & edges["node_id"].isin(set(ring.shared_devices))]
     used = tied.groupby("user_id")["node_id"].apply(sorted).to_dict() if len(tied) else {}
     users_of = tied.groupby("node_id")["user_id"].nunique().to_dict() if len(tied) else {}
-    predicted = member_predictions(cases, ring)
+    predicted = cases.predictions(ring)
     ordered = sorted(ring.members, key=lambda u: (-predicted.get(u, -1.0), u))
     labels, held_out = cases.labels(ordered), cases.held_out(ordered)
 

@@ -295,7 +295,8 @@ EVIDENCE_KEYS = {
     "size": int, "shared_device_count": int, "shared_identifier_count": int, "shared_identifiers": dict,
     "accounts_per_identifier": NUM, "median_account_age_days": OPT_NUM, "purchase_velocity": OPT_NUM,
     "high_risk_share": OPT_NUM, "n_purchases": (int, type(None)), "purchase_amount": OPT_NUM,
-    "gnn_mean": OPT_NUM, "gnn_max": OPT_NUM, "score_terms": dict, "mode": str,
+    "gnn_mean": OPT_NUM, "gnn_max": OPT_NUM, "predicted_mean": OPT_NUM, "predicted_max": OPT_NUM,
+    "score_terms": dict, "mode": str,
 }
 CASE_KEYS = {"schema_version": str, "case_version": int, "source": (dict, type(None)), "threshold": OPT_NUM,
              "features_as_of": (str, type(None)),
@@ -473,7 +474,7 @@ def test_cli_rings_prints_table(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert f"exported 2 rings to {tmp_path / 'cases'} (a JSON case file and a CSV timeline each" in out
     # each ring's members labelled fraud in the shop's data, of its size; every column explained
     header, *rows = [line for line in out.splitlines() if line.startswith(("ring ", "R0"))]
-    assert header.split()[:7] == ["ring", "score", "size", "devices", "fraud", "known", "trained"]
+    assert header.split()[:8] == ["ring", "score", "size", "devices", "fraud", "flagged", "known", "trained"]
     rings = {r.ring_id: r for r in load_rings(run_dir)}
     data = RunDir(run_dir).load_graph()
     y = dict(zip(map(str, data["user"].ids), data["user"].y.tolist()))
@@ -481,9 +482,13 @@ def test_cli_rings_prints_table(tmp_path: Path, capsys: pytest.CaptureFixture[st
     for row in rows:
         ring = rings[row.split()[0]]
         known = [m for m in ring.members if y[m] == 1]
-        assert row.split()[5] == f"{len(known)}/{len(ring.members)}"
-        assert row.split()[6] == str(sum(in_training[m] for m in known))
+        flagged = sum(p >= THRESHOLD for p in ring.member_scores.values())  # no held-out scores in this run
+        assert row.split()[4] == f"{ring.evidence['predicted_mean']:.2f}"
+        assert row.split()[5] == f"{flagged}/{len(ring.members)}"
+        assert row.split()[6] == f"{len(known)}/{len(ring.members)}"
+        assert row.split()[7] == str(sum(in_training[m] for m in known))
     assert "known: members the shop's data labels fraud, of all members; trained: how many of those labels" in out
+    assert f"flagged: members whose prediction is at or above the validation threshold {THRESHOLD:.3f}" in out
     assert "this run has" not in out  # --top 2 of more
     assert main(["rings", "--run", str(run_dir), "--top", "100000"]) == 0
     assert f"(--top 100,000: this run has {len(rings)} rings, all listed)" in capsys.readouterr().out
@@ -709,6 +714,35 @@ def test_cases_give_each_member_its_label_and_whether_the_scorer_trained_on_it(t
     no_scorer = FraudCases.from_run(make_run(tmp_path / "bare", with_prob=False),
                                     detector=RingDetector(hub_threshold=10))
     assert not any(t for _, t in no_scorer.labels(ids).values())  # no scorer was fitted on any label
+
+
+def test_rings_are_ranked_on_the_members_predictions_not_on_scores_fitted_to_their_labels(tmp_path: Path) -> None:
+    """A member the scorer was trained on counts in its ring's score by its held-out score (its
+    served one is fitted to its label): rings holding leads are not ranked below those the training
+    data already knows. The served scores stay in ``gnn_mean``/``gnn_max``, and the flagged count
+    is that of the predictions, in the CLI, on the server and in the demo alike."""
+    run_dir = make_run(tmp_path / "run", held_out=True)
+    cases = FraudCases.from_run(run_dir, detector=RingDetector(hub_threshold=10))
+    ids = [str(u) for u in cases.data["user"].ids]
+    held = cases.held_out(ids)
+    seen = 0
+    for ring in cases.rings():
+        predicted = [held[u] if held[u] is not None else ring.member_scores[u] for u in ring.members]
+        assert cases.predictions(ring) == pytest.approx(dict(zip(ring.members, predicted, strict=True)))
+        assert ring.evidence["score_terms"]["gnn"] == pytest.approx(np.mean(predicted))
+        assert ring.evidence["predicted_mean"] == pytest.approx(np.mean(predicted))
+        assert ring.evidence["predicted_max"] == pytest.approx(max(predicted))
+        assert ring.evidence["gnn_mean"] == pytest.approx(np.mean([ring.member_scores[u] for u in ring.members]))
+        assert cases.flagged(ring) == sum(p >= THRESHOLD for p in predicted)
+        seen += any(held[u] is not None for u in ring.members)
+    assert seen  # rings with trained-on members
+    # without held-out scores the predictions are the served scores
+    plain = FraudCases.from_run(make_run(tmp_path / "plain"), detector=RingDetector(hub_threshold=10))
+    for ring in plain.rings():
+        assert ring.evidence["predicted_mean"] == ring.evidence["gnn_mean"]
+    # damaged held-out scores are named
+    with pytest.raises(ValueError, match="has 3 values for the graph's"):
+        RingDetector(hub_threshold=10).fit(cases.data, cases.fraud_prob, cases.tables, held_out=np.zeros(3))
 
 
 def test_cases_and_case_files_give_the_trained_on_members_held_out_scores(tmp_path: Path) -> None:

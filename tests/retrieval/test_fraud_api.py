@@ -230,13 +230,18 @@ def test_ring_cases_and_explanations_give_the_trained_on_members_held_out_scores
     rings_run(run_dir, top=3, detector=RingDetector(hub_threshold=10))
     cases = FraudCases.from_run(run_dir)
     app = FastAPI()
-    app.include_router(fraud_router(cases.rings, explain=cases.explain, labels=cases.labels, held_out=cases.held_out))
+    app.include_router(fraud_router(cases.rings, explain=cases.explain, labels=cases.labels, held_out=cases.held_out,
+                                    threshold=cases.threshold))
     client = TestClient(app, raise_server_exceptions=False)
     seen = 0
+    listed = {r["ring_id"]: r for r in client.get("/fraud/rings", params={"top": 100}).json()["rings"]}
     for ring in cases.rings():
         body = client.get(f"/fraud/ring/{ring.ring_id}").json()
         held = cases.held_out(ring.members)
         assert {u: m["held_out_probability"] for u, m in body["member_labels"].items()} == pytest.approx(held)
+        # flagged: the members' predictions (a trained-on one's held-out score) at or above the threshold
+        assert body["flagged"] == listed[ring.ring_id]["flagged"] == cases.flagged(ring) is not None
+        assert body["evidence"]["predicted_mean"] == pytest.approx(ring.evidence["predicted_mean"])
         seen += sum(h is not None for h in held.values())
         for user in ring.members[:2]:
             ex = client.get("/fraud/explain", params={"user_id": user}).json()
@@ -247,6 +252,7 @@ def test_ring_cases_and_explanations_give_the_trained_on_members_held_out_scores
     app.include_router(fraud_router(cases.rings, labels=cases.labels))
     body = TestClient(app).get(f"/fraud/ring/{cases.rings()[0].ring_id}").json()
     assert {m["held_out_probability"] for m in body["member_labels"].values()} == {None}
+    assert body["flagged"] is None  # no threshold given
 
 
 def test_a_user_id_with_surrounding_spaces_names_the_stored_account(client: TestClient, cases: FraudCases) -> None:
