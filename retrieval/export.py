@@ -331,9 +331,16 @@ def cli_score(args: argparse.Namespace) -> int:
                 "fraud first" + (f" ({held:,} flagged only with the label held out)" if held else ""))
     elif args.flagged_only:
         fitted = int(table["label_in_training"].sum())
+        # the leads this queue cannot hold: accounts whose served score (fitted to a legitimate label)
+        # is below the threshold, flagged with that label held out
+        hidden = sum(not s.flagged and bool(s.held_out_flagged) and s.label is not True
+                     for chunk in _chunks(_known(service, users)) for s in service.score_users(chunk, reasons=False))
         kept = (f"the {flagged:,} flagged of {plural(len(users), 'account')}, highest first"
                 + (f" ({fitted:,} of them with a score fitted to the label the scorer was trained on: "
-                   "probability_is says which; their held_out_probability is the prediction)" if fitted else ""))
+                   "probability_is says which; their held_out_probability is the prediction)" if fitted else "")
+                + (f"; {plural(hidden, 'more account')} not labelled fraud {'is' if hidden == 1 else 'are'} flagged "
+                   "only with the label held out, which the served score does not flag: `--leads` lists "
+                   f"{'it' if hidden == 1 else 'them'}" if hidden else ""))
     else:
         kept = f"{plural(len(users), 'account')} ({flagged:,} flagged)"
     print(f"wrote the fraud scores of {kept} to {out} in {time.perf_counter() - t0:.1f}s{repeats}{made}")

@@ -199,6 +199,12 @@ def test_leads_leave_the_known_frauds_out_and_rank_by_the_prediction(run, servic
     said = capsys.readouterr().out
     assert f"the {len(expected)} leads of {len(scores)} accounts" in said
     assert f"({held_only} flagged only with the label held out)" in said
+    # the work queue of served flags says that it holds none of these, and where they are
+    queue = tmp_path / "queue.csv"
+    assert main(["score", "--run", str(folder), "--out", str(queue), "--flagged-only", "--no-reasons"]) == 0
+    assert not set(pd.read_csv(queue, dtype={"user_id": str})["user_id"]) & {s.user_id for s in expected if not s.flagged}
+    assert (f"; {held_only} more accounts not labelled fraud are flagged only with the label held out, which the "
+            "served score does not flag: `--leads` lists them") in capsys.readouterr().out
     with pytest.raises(SystemExit):  # one filter at a time
         main(["score", "--run", str(run), "--out", str(out), "--leads", "--flagged-only"])
 
