@@ -299,6 +299,34 @@ def cli_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scorer_errors(run: RunDir, service: ShopService, users: list[str]) -> str:
+    """For ``--label-audit``: how many contradictions the scorer's own errors would give among these
+    trained-on accounts with every label right, at the miss and false-flag rates measured on the
+    test accounts (``metrics.json``: labels never used in training); ``""`` without those metrics.
+    A contradiction is a wrong label or a scorer error: the count says which to expect."""
+    try:
+        fraud = run.read_json("metrics.json").get("fraud", {})
+    except (FileNotFoundError, ValueError) as exc:
+        logger.info("--label-audit: no test error rates to compare with (%s)", exc)
+        return ""
+    served, test = fraud.get("gnn", {}), fraud.get("test", {})
+    recall, precision = served.get("recall"), served.get("precision")
+    accounts, frauds = test.get("accounts"), test.get("fraud")
+    numbers = (recall, precision, accounts, frauds)
+    if not all(isinstance(v, int | float) and math.isfinite(v) for v in numbers) or not (
+            0 < precision <= 1 and 0 <= recall <= 1 and 0 < frauds < accounts):
+        return ""
+    caught = recall * frauds
+    missed, false_flags = 1.0 - recall, caught * (1.0 - precision) / precision / (accounts - frauds)
+    trained = [s for chunk in _chunks(_known(service, users)) for s in service.score_users(chunk, reasons=False)
+               if s.label_in_training and s.held_out_probability is not None]
+    expected = sum(missed if s.label else false_flags for s in trained)
+    return (f"On the test accounts the scorer misses {missed:.0%} of fraud and flags {false_flags:.1%} of legitimate "
+            f"accounts (metrics.json): that alone would give about {expected:,.0f} such contradictions among these "
+            f"{plural(len(trained), 'trained-on account')} with every label right. Each is a wrong label or a scorer "
+            "error: check it before changing the label.")
+
+
 def cli_score(args: argparse.Namespace) -> int:
     """``shopgraph score --run RUN --out FILE [--users FILE] [--no-reasons] [--flagged-only | --leads |
     --label-audit] [--overwrite]``."""
@@ -321,9 +349,11 @@ def cli_score(args: argparse.Namespace) -> int:
     made = _new_folder(out)
     write_table(table, out)
     flagged = int(table["flagged"].sum())
+    note = ""
     if args.label_audit:
         kept = (f"the {plural(len(table), 'account')} of {len(users):,} whose held-out score contradicts "
                 f"{'its' if len(table) == 1 else 'their'} label")
+        note = _scorer_errors(run, service, users)
     elif args.leads:
         held = int((table["held_out_flagged"].fillna(False) & ~table["flagged"]).sum())
         kept = (f"the {plural(len(table), 'lead')} of {len(users):,} accounts (not labelled fraud, flagged by the "
@@ -344,4 +374,6 @@ def cli_score(args: argparse.Namespace) -> int:
     else:
         kept = f"{plural(len(users), 'account')} ({flagged:,} flagged)"
     print(f"wrote the fraud scores of {kept} to {out} in {time.perf_counter() - t0:.1f}s{repeats}{made}")
+    if note:
+        print(note)
     return 0

@@ -153,7 +153,21 @@ def test_label_audit_lists_the_labels_the_held_out_scores_contradict(run, servic
     assert table["user_id"].tolist() == [far_fraud.user_id, near_legit.user_id]  # the most contradicted first
     assert table["label"].tolist() == [True, False] and table["label_in_training"].all()
     assert table["held_out_flagged"].tolist() == [False, True]  # the held-out verdicts that contradict the labels
-    assert "the 2 accounts of 40 whose held-out score contradicts their label" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "the 2 accounts of 40 whose held-out score contradicts their label" in said
+    assert "On the test accounts" not in said  # no metrics.json: no error rates to compare with
+    # with the test error rates: how many contradictions the scorer's own errors would give with every label right
+    from shopgraph.graph.run import RunDir
+
+    RunDir(folder).write_json("metrics.json", {"fraud": {"gnn": {"recall": 0.75, "precision": 0.9},
+                                                         "test": {"accounts": 1000, "fraud": 40}}})
+    assert main(["score", "--run", str(folder), "--out", str(out), "--label-audit", "--no-reasons", "--overwrite"]) == 0
+    false_flags = 0.75 * 40 * (1 - 0.9) / 0.9 / 960
+    expected = sum(0.25 if s.label else false_flags for s in trained)
+    assert (f"On the test accounts the scorer misses 25% of fraud and flags {false_flags:.1%} of legitimate accounts "
+            f"(metrics.json): that alone would give about {expected:,.0f} such contradictions among these "
+            f"{len(trained)} trained-on accounts with every label right. Each is a wrong label or a scorer error: "
+            "check it before changing the label.") in capsys.readouterr().out
     # a run without held-out scores has nothing to audit with: said, and nothing written
     out = tmp_path / "none.csv"
     assert main(["score", "--run", str(run), "--out", str(out), "--label-audit"]) == 1
