@@ -400,7 +400,25 @@ class QuickPurchases(NamedTuple):
     def items(self, u: int) -> list[int]:
         """User ``u``'s latest quick-bought items, at most :data:`QUICK_FIRST`."""
         row = self.first[u]
-        return [int(i) for i in row[row >= 0]]
+        return [int(i) for i in row[row >= 0]] if u < len(self.total) else []
+
+    def named(self, u: int, item_ids: Sequence[str], titles: Sequence[str], categories: Sequence[str]) -> str:
+        """User ``u``'s quick-bought items as a "quick purchases" reason names them, so that they can
+        be looked at: the latest first, with their titles and categories (what the pictures are
+        judged against), and how many more (``i000123 'gift card' (gift cards), i000045 'drone'
+        (electronics) and 2 more``); ``""`` for an account that bought none so."""
+        items = self.items(u)
+        if not items:
+            return ""
+
+        def title(i: int) -> str:
+            text = " ".join(str(titles[i]).split())
+            return f"'{text if len(text) <= 48 else text[:47] + '…'}'" if text else "(no title)"
+
+        named = ", ".join(f"{item_ids[i]} {title(i)}" + (f" ({categories[i]})" if categories[i] else "")
+                          for i in items)
+        more = int(self.total[u]) - len(items)
+        return named + (f" and {more:,} more" if more > 0 else "")
 
 
 QUICK_FIRST = 3  # quick-bought items kept per user (QuickPurchases.first): what a reason names

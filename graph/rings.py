@@ -74,7 +74,8 @@ SCHEMA_VERSION = "1.0"
 # ``account_age_days`` (days from sign-up to the first event, not the fraud reasons' account age), and
 # the reasons' wording of graph.wording (no quick purchase, no co-user, the account age's date), 7
 # ``value_in_words`` from the accounts' raw values (graph.wording.FeatureFacts: an account's age and
-# the average age of the accounts on its devices in days, not in standard deviations).
+# the average age of the accounts on its devices in days, not in standard deviations; a "quick
+# purchases" reason's items named).
 # An export of another version is never handed out as a ring's case files (:func:`exported_ring`); the
 # demo writes them afresh.
 CASE_VERSION = 7
@@ -997,15 +998,28 @@ def _rings_run(run_dir: str | Path, top: int, export: Path | None, detector: Rin
 
 
 def _feature_facts(tables: ShopTables, data: HeteroData) -> FeatureFacts:
-    """:func:`shopgraph.encoders.behaviour.feature_facts`, or none (the standardised values are then
-    worded) when the tables do not give the graph's user columns."""
+    """:func:`shopgraph.encoders.behaviour.feature_facts` (or none when the tables do not give the
+    graph's user columns: the standardised values are then worded), with the items each account
+    bought right after viewing or carting them named, as ``/fraud/score``'s reasons name them."""
     from shopgraph.encoders.behaviour import feature_facts, features_as_of
+    from shopgraph.graph.explain import _node_ids
+    from shopgraph.graph.fraud_scorer import quick_purchases
 
     try:
-        return feature_facts(tables, data)
+        facts = feature_facts(tables, data)
     except (KeyError, ValueError) as exc:
         logger.warning("explanations without raw values: %s", exc)
-        return FeatureFacts(as_of=features_as_of(data))
+        facts = FeatureFacts(as_of=features_as_of(data))
+    ids = _node_ids(data, "item")
+    items = tables.items.drop_duplicates("item_id").set_index("item_id").reindex(ids)
+
+    def column(name: str) -> list[str]:
+        return ([""] * len(ids) if name not in items.columns
+                else ["" if pd.isna(v) else str(v) for v in items[name].tolist()])
+
+    quick, titles, categories = quick_purchases(data), column("title"), column("category")
+    facts.quick = lambda u: quick.named(u, ids, titles, categories)
+    return facts
 
 
 def check_export(run: RunDir, export: str | Path, *, overwrite: bool = True) -> None:

@@ -321,16 +321,19 @@ class FeatureFacts:
         raw: ``{column: float64 [U]}``, each user column before standardising.
         scales: ``{column: (a, b)}`` with the standardised column ``x == a * raw + b``.
         as_of: the date the features are measured at (the end of the training period).
+        quick: ``u ->`` the items user ``u`` bought right after viewing or carting them, named
+            (:meth:`shopgraph.graph.fraud_scorer.QuickPurchases.named`), the value of a "quick
+            purchases: mean item …" reason, whose norm of encoder columns means nothing to a reader.
     """
 
     def __init__(self, raw: Mapping[str, np.ndarray] | None = None,
-                 scales: Mapping[str, tuple[float, float]] | None = None, as_of: str | None = None) -> None:
+                 scales: Mapping[str, tuple[float, float]] | None = None, as_of: str | None = None,
+                 quick: Callable[[int], str] | None = None) -> None:
         self.raw = dict(raw or {})
         self.scales = dict(scales or {})
         self.as_of = as_of
+        self.quick = quick
 
-    def __bool__(self) -> bool:
-        return bool(self.raw)
 
     def fact(self, name: str, value: float, u: int) -> str | None:
         """User ``u``'s feature ``name`` (whose value the scorer read is ``value``) as a plain fact,
@@ -347,8 +350,10 @@ class FeatureFacts:
 
     def value(self, name: str, value: float, u: int) -> str | None:
         """Only the value of :meth:`fact` ("14 days", "12 days", "DE"), for a table with the reason
-        in another column; ``None`` where the raw columns say nothing (the caller words the value
-        the scorer read)."""
+        in another column, and for a "quick purchases" reason the items behind it; ``None`` where
+        there is nothing better to say (the caller words the value the scorer read)."""
+        if name.startswith(QUICK_ITEM_REASON):
+            return (self.quick(u) or None) if self.quick is not None else None
         own = self.raw.get(name)
         if own is not None:
             fact = describe_user_feature(name, float(own[u]), value, self.as_of)

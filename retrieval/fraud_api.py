@@ -148,8 +148,9 @@ class FeatureOut(BaseModel):
                                             "accounts on its devices in the same units (`12 days`: for a count or "
                                             "an age, the geometric mean), a count (`8` for a log count of 2.197), "
                                             "a share (`100%`), yes/no, `1.4 SD below average` for a mean of a "
-                                            "column the server has no raw values for; empty when it means nothing "
-                                            "to a reader (a norm of embedding columns)")
+                                            "column the server has no raw values for; for a 'quick purchases' "
+                                            "reason the items behind it, as /fraud/score names them; empty when it "
+                                            "means nothing to a reader (another norm of embedding columns)")
     attribution: float = Field(description="the feature's contribution to the fraud log-odds (see `method` "
                                            "and `base_value`); for method behaviour_zscore, the z-score")
 

@@ -1728,29 +1728,23 @@ class ShopService:
     def feature_value_words(self, user_id: str) -> Callable[[str, float], str | None]:
         """How a table of the account's reasons writes a feature's value, from its name and the value
         the scorer read: its own features as the reasons write them ("14 days", "DE"), not the
-        standardised values the scorer reads ("1.8 SD below average"), and the means over the
-        accounts on its devices in the same units ("12 days"); ``None`` where the service has no raw
+        standardised values the scorer reads ("1.8 SD below average"), the means over the accounts
+        on its devices in the same units ("12 days"), and for a "quick purchases" reason the items
+        behind it (:meth:`quick_items_named`); ``None`` where the service has no raw
         value for it (the caller words the value the scorer read: a count, a share, yes or no).
         ``KeyError`` for an unknown account."""
         u = self._user(user_id)
-        return lambda name, value: self._facts_of.value(name, value, u)
+
+        def words(name: str, value: float) -> str | None:
+            if name.startswith(QUICK_ITEM_REASON):  # what was bought, not a norm of encoder columns
+                return self._quick_named(u) or None
+            return self._facts_of.value(name, value, u)
+
+        return words
 
     def _quick_named(self, u: int) -> str:
         quick = self._quick_items
-        items = quick.items(u) if quick is not None and u < len(quick.total) else []
-        if not items:
-            return ""
-
-        def title(i: int) -> str:
-            text = " ".join(str(self.titles[i]).split())
-            return f"'{text if len(text) <= 48 else text[:47] + '…'}'" if text else "(no title)"
-
-        def category(i: int) -> str:  # what the pictures are judged against: checkable in the tables
-            return f" ({self.categories[i]})" if self.categories[i] else ""
-
-        named = ", ".join(f"{self.item_ids[i]} {title(i)}{category(i)}" for i in items)
-        more = int(quick.total[u]) - len(items) if quick is not None else 0
-        return named + (f" and {more:,} more" if more > 0 else "")
+        return "" if quick is None else quick.named(u, self.item_ids, self.titles, self.categories)
 
     def warm_up(self) -> float:
         """Answer each kind of query once, answers thrown away: a text and an image search, a

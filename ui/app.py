@@ -39,7 +39,6 @@ import pandas as pd
 from shopgraph.graph.messages import plural
 from shopgraph.graph.wording import (
     FRAUD_SCORER_NAMES,
-    QUICK_ITEM_REASON,
     ValueWords,
     cites_training_labels,
     label_words,
@@ -843,24 +842,22 @@ def _shared_with(nb: Any) -> str:
     return f"{text}: {', '.join(named)}" + (f" and {more:,} more" if more > 0 else "")
 
 
-def _explanation_table(explanation: Any, quick_items: str = "", words: ValueWords | None = None) -> pd.DataFrame:
+def _explanation_table(explanation: Any, words: ValueWords | None = None) -> pd.DataFrame:
     """One row per reason, largest contribution first, each fact in words with its value in its
     unit (:mod:`shopgraph.graph.wording`: a count, a share, yes/no, SDs from the average account;
     blank for a group of encoder columns, whose norm means nothing to a reader). For the served
     trees' explanation (and the no-model z-scores) the shared identifiers are evidence, not
     contributions: they come last, each with its co-user count and the other accounts on it, and a
-    last row says when the account has more identifiers than are listed. ``quick_items``: the
-    items behind a "quick purchases" reason (:meth:`ShopService.quick_items_named`), its value;
-    ``words``: the account's feature values as people read them, from a feature's name and value
-    (:meth:`ShopService.feature_value_words`: "14 days", not "1.8 SD below average")."""
+    last row says when the account has more identifiers than are listed. ``words``: the account's
+    feature values as people read them, from a feature's name and value
+    (:meth:`ShopService.feature_value_words`: "14 days", not "1.8 SD below average"; for a "quick
+    purchases" reason the items behind it)."""
     trees = explanation.method.startswith("tree_shap")
     counted = trees or explanation.method == "behaviour_zscore"  # neighbours' attribution: other accounts
     features: list[dict[str, Any]] = []
     for f in explanation.features:
         reading = reason_in_words(f.name)
         value = (words(f.name, float(f.value)) if words is not None else None) or value_in_words(reading, float(f.value))
-        if not value and f.name.startswith(QUICK_ITEM_REASON):  # what was bought, not a norm of columns
-            value = quick_items
         features.append({"reason": reading.text if trees else f"behaviour: {reading.text}",
                          "value": value, "effect": effect_words(float(f.attribution)),
                          "contribution": round(float(f.attribution), 3)})
@@ -961,7 +958,7 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
                 explanation, explains_held_out = held_ex._replace(
                     neighbours=explanation.neighbours, neighbours_total=explanation.neighbours_total,
                     neighbour_types=explanation.neighbour_types), True
-            table = _explanation_table(explanation, service.quick_items_named(user), service.feature_value_words(user))
+            table = _explanation_table(explanation, service.feature_value_words(user))
             method = _explanation_method(explanation.method)
             if explains_held_out:
                 from shopgraph.graph.fraud_scorer import HELD_OUT_LABELS

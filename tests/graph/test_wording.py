@@ -123,4 +123,9 @@ def test_feature_facts_give_raw_values_and_neighbour_means_in_the_columns_units(
     assert facts.fact("users sharing a device via uses: mean log_n_view (self included)", -1.0, 0) == (
         "accounts on the same devices (this one included): average number of views: 1.0 SD below average")
     assert facts.value(mean, float("nan"), 0) is None
-    assert FeatureFacts().value("log_account_age_days", -1.0, 0) is None and not FeatureFacts()
+    assert FeatureFacts().value("log_account_age_days", -1.0, 0) is None
+    # a "quick purchases" reason's value: the items behind it, where they are known
+    quick = "quick purchases: mean item image features (87 columns together; value: their norm)"
+    assert FeatureFacts().value(quick, 0.3, 0) is None
+    named = FeatureFacts(quick=lambda u: "i1 'drone' (electronics)" if u == 0 else "")
+    assert named.value(quick, 0.3, 0) == "i1 'drone' (electronics)" and named.value(quick, 0.0, 1) is None

@@ -968,7 +968,7 @@ def test_tree_reasons_table_names_the_items_of_a_quick_purchases_reason() -> Non
 
     name = "quick purchases: mean item image features (87 columns together; value: their norm)"
     ex = Explanation("u1", 0.9, "tree_shap+shared_identifiers", [FeatureAttribution(name, 0.27, 2.0)], [])
-    table = _explanation_table(ex, "i1 'drone' and 2 more")
+    table = _explanation_table(ex, lambda n, v: "i1 'drone' and 2 more" if n == name else None)
     assert table["reason"].tolist() == ["items bought right after viewing or carting them: what they are, judged "
                                         "from their pictures"]
     assert table["value"].tolist() == ["i1 'drone' and 2 more"]
