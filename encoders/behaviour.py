@@ -312,6 +312,15 @@ def features_as_of(data: HeteroData) -> str | None:
     return time.strftime("%Y-%m-%d", time.gmtime(float(times[0]))) if times else None
 
 
+def activity_until(data: HeteroData) -> str | None:
+    """The date (``YYYY-MM-DD``, UTC) of the graph's last timed event: the fraud scorer's columns
+    counted over the graph (the accounts sharing a device and their labels, purchases right after
+    viewing or carting, event counts) read every event up to it, where the account's own behaviour
+    columns (:func:`features_as_of`) stop at the end of the training period; ``None`` untimed."""
+    last = [float(data[et].time.max()) for et in data.edge_types if "time" in data[et] and data[et].time.numel()]
+    return time.strftime("%Y-%m-%d", time.gmtime(max(last))) if last else None
+
+
 def feature_facts(tables: ShopTables, data: HeteroData) -> FeatureFacts:
     """The user columns of :func:`user_feature_columns` that reproduce the graph's
     ``data["user"].x`` (the others are left out: a graph built otherwise), with the map of each

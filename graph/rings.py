@@ -42,7 +42,6 @@ import math
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,7 +74,8 @@ SCHEMA_VERSION = "1.0"
 # the reasons' wording of graph.wording (no quick purchase, no co-user, the account age's date), 7
 # ``value_in_words`` from the accounts' raw values (graph.wording.FeatureFacts: an account's age and
 # the average age of the accounts on its devices in days, not in standard deviations; a "quick
-# purchases" reason's items named).
+# purchases" reason's items named), and ``activity_until``: the date the columns counted over the
+# graph (shared devices and their accounts' labels, quick purchases) read events up to.
 # An export of another version is never handed out as a ring's case files (:func:`exported_ring`); the
 # demo writes them afresh.
 CASE_VERSION = 7
@@ -826,10 +826,13 @@ def case_file(
             "high_risk_share": _none_if_nan(float(behaviour.high_risk[k])),
         })
     members.sort(key=lambda m: (-ring.member_scores.get(str(m["user_id"]), -1.0), str(m["user_id"])))
-    times = getattr(data, "split_times", None)  # the fraud features (and the reasons' account age) are as of then
+    from shopgraph.encoders.behaviour import activity_until, features_as_of
+
     doc = {
         "schema_version": SCHEMA_VERSION, "case_version": CASE_VERSION, "source": source, "threshold": threshold,
-        "features_as_of": time.strftime("%Y-%m-%d", time.gmtime(float(times[0]))) if times else None,
+        # the account's own behaviour (and the reasons' account age) as of the training period's end;
+        # what is counted over the graph (shared devices, quick purchases) up to the last event
+        "features_as_of": features_as_of(data), "activity_until": activity_until(data),
         "ring_id": ring.ring_id, "score": ring.score, "members": members, "shared_devices": list(ring.shared_devices),
         "shared_identifiers": ring.evidence.get("shared_identifiers", {"device": list(ring.shared_devices)}),
         "evidence": ring.evidence,

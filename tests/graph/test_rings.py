@@ -299,7 +299,7 @@ EVIDENCE_KEYS = {
     "score_terms": dict, "mode": str,
 }
 CASE_KEYS = {"schema_version": str, "case_version": int, "source": (dict, type(None)), "threshold": OPT_NUM,
-             "features_as_of": (str, type(None)),
+             "features_as_of": (str, type(None)), "activity_until": (str, type(None)),
              "ring_id": str, "score": float, "members": list, "shared_devices": list,
              "shared_identifiers": dict, "evidence": dict, "evidence_edges": list, "timeline": list,
              "explanations": dict}
@@ -366,6 +366,10 @@ def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
         assert case["threshold"] == THRESHOLD == FraudCases.from_run(run_dir).threshold
         split = RunDir(run_dir).load_graph().split_times[0]  # when the features (the reasons' account age) are as of
         assert case["features_as_of"] == time.strftime("%Y-%m-%d", time.gmtime(float(split)))
+        # ... and what is counted over the graph (shared devices, quick purchases) up to the last event
+        graph = RunDir(run_dir).load_graph()
+        last = max(float(graph[et].time.max()) for et in graph.edge_types if "time" in graph[et])
+        assert case["activity_until"] == time.strftime("%Y-%m-%d", time.gmtime(last)) > case["features_as_of"]
         labels = FraudCases.from_run(run_dir).labels(ring.members)
         for m in case["members"]:
             check_keys(m, MEMBER_KEYS, "member")
