@@ -917,7 +917,7 @@ def export_cases(
 
 def rings_run(
     run_dir: str | Path, top: int = 20, export: Path | None = None, *, detector: RingDetector | None = None,
-    explain_members: int = 3, overwrite: bool = False,
+    explain_members: int = 3, overwrite: bool = False, ring_ids: Sequence[str] = (),
 ) -> list[Ring]:
     """Detect and rank rings for a run folder; store them and optionally export case files.
 
@@ -934,17 +934,20 @@ def rings_run(
         overwrite: replace an earlier export in ``export`` (without it, one is refused).
         detector: a configured, unfitted :class:`RingDetector` (default parameters otherwise).
         explain_members: members explained per exported ring.
+        ring_ids: these rings instead of the top ``top`` (in rank order, each once; matched as
+            :func:`find_ring` matches them: spaces aside, in any case), to forward a few chosen
+            cases; ``ValueError`` naming every unknown one, before anything is written.
 
     Returns:
-        The ``top`` highest-ranked rings.
+        The ``top`` highest-ranked rings, or those of ``ring_ids``.
     """
-    return _rings_run(run_dir, top, export, detector, explain_members, overwrite).chosen
+    return _rings_run(run_dir, top, export, detector, explain_members, overwrite, ring_ids).chosen
 
 
 class _RingsRun(NamedTuple):
     """What :func:`_rings_run` found and read: ``shopgraph rings`` counts the members' labels on it."""
 
-    chosen: list[Ring]  # the top rings
+    chosen: list[Ring]  # the top rings, or those asked for
     data: HeteroData  # the run's graph
     prob: np.ndarray | None  # the served fraud probabilities (None: the run has none)
     total: int  # how many rings were found
@@ -952,7 +955,7 @@ class _RingsRun(NamedTuple):
 
 
 def _rings_run(run_dir: str | Path, top: int, export: Path | None, detector: RingDetector | None,
-               explain_members: int, overwrite: bool) -> _RingsRun:
+               explain_members: int, overwrite: bool, ring_ids: Sequence[str] = ()) -> _RingsRun:
     """:func:`rings_run`, with the graph and fraud probabilities it loaded and how many rings there are."""
     if top < 1:
         raise ValueError(f"top: expected a positive integer (got {top})")
@@ -970,6 +973,7 @@ def _rings_run(run_dir: str | Path, top: int, export: Path | None, detector: Rin
     det.fit(data, prob, tables, held_out)
     params = {k: getattr(det, k) for k in ("hub_threshold", "min_size", "max_component", "seed",
                                            "use_behaviour", "resolution")}
+    chosen = _chosen(det.rings_, top, ring_ids)
     if export is not None:  # read (and check) what the explanations need before anything is written
         from shopgraph.graph.explain import (
             explain_ring_members,
@@ -985,7 +989,6 @@ def _rings_run(run_dir: str | Path, top: int, export: Path | None, detector: Rin
         facts = _feature_facts(tables, data)
     run.write_json(RINGS_FILE, _jsonable(rings_payload(det.rings_, det.hub_devices_, det.mode_, params)),
                    made_from=made_from, stage="shopgraph rings")
-    chosen = det.rings_[:top]
     if export is not None:
         explanations = {
             r.ring_id: explain_ring_members(r, data, model, k=explain_members, fraud_prob=prob, served=served,
@@ -1025,6 +1028,20 @@ def _feature_facts(tables: ShopTables, data: HeteroData) -> FeatureFacts:
     return facts
 
 
+def _chosen(rings: Sequence[Ring], top: int, ring_ids: Sequence[str]) -> list[Ring]:
+    """The first ``top`` of ``rings``, or those ``ring_ids`` name (in rank order, each once);
+    ``ValueError`` naming every id that names none."""
+    if not ring_ids:
+        return list(rings[:top])
+    found = {ring_id: find_ring(rings, ring_id) for ring_id in ring_ids}
+    unknown = [ring_id for ring_id, at in found.items() if at is None]
+    if unknown:
+        raise ValueError(f"--ring: unknown {'ring' if len(unknown) == 1 else 'rings'} "
+                         f"{', '.join(shown(r) for r in unknown)} "
+                         f"({known_ids(len(rings), 'ring', rings[0].ring_id if rings else None)}); nothing was written")
+    return [rings[at] for at in sorted({at for at in found.values() if at is not None})]
+
+
 def check_export(run: RunDir, export: str | Path, *, overwrite: bool = True) -> None:
     """Refuse a case export folder (``--export``) before anything is computed or written: one that
     would replace the run's own files (the run folder, a folder holding it, or one of its own
@@ -1048,7 +1065,8 @@ def cli_rings(args: argparse.Namespace) -> int:
 
     if args.overwrite and args.export is None:  # it replaces an export: without one it would do nothing, unsaid
         raise ValueError("--overwrite: only with --export DIR (it replaces an earlier case export there)")
-    rings, data, prob, total, held_out = _rings_run(args.run, args.top, args.export, None, 3, args.overwrite)
+    rings, data, prob, total, held_out = _rings_run(args.run, args.top, args.export, None, 3, args.overwrite,
+                                                    args.ring or ())
     labels, trained = account_labels(data, prob)  # trained: labels a scorer was fitted on
     position = {str(u): n for n, u in enumerate(data["user"].ids)}
     threshold = load_threshold(RunDir(args.run)) if prob is not None else None
@@ -1075,7 +1093,7 @@ def cli_rings(args: argparse.Namespace) -> int:
           f"{f' {threshold:.3f}' if threshold is not None else ''}; known: members the shop's data labels "
           "fraud, of all members; trained: how many of those labels the scorer was trained on; age_d: their median "
           "days from sign-up to first activity; vel/d: purchases a day; risk: share of high-risk purchases")
-    if args.top > total:
+    if not args.ring and args.top > total:
         print(f"(--top {args.top:,}: this run has {plural(total, 'ring')}, all listed)")
     if args.export is not None:
         print(f"exported {plural(len(rings), 'ring')} to {args.export} (a JSON case file and a CSV timeline each, "

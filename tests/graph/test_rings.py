@@ -500,6 +500,31 @@ def test_cli_rings_prints_table(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "--overwrite: only with --export DIR" in capsys.readouterr().err
 
 
+def test_chosen_rings_are_listed_and_exported_on_their_own(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An investigator forwards the 3rd and the 1st ring without exporting the ones between them:
+    --ring, repeatable, in rank order; unknown ids are all named and nothing is written."""
+    from shopgraph.ui.cli import main
+
+    run_dir = make_run(tmp_path / "run")
+    out = tmp_path / "cases"
+    assert main(["rings", "--run", str(run_dir), "--ring", "R0003", "--ring", " r0001 ", "--ring", "R0003",
+                 "--export", str(out)]) == 0
+    said = capsys.readouterr().out
+    listed = [line.split()[0] for line in said.splitlines() if line.startswith("R0")]
+    assert listed == ["R0001", "R0003"] and "this run has" not in said
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json", "R0003.csv", "R0003.json"]
+    assert [r["ring_id"] for r in json.loads((out / "rings.json").read_text())["rings"]] == ["R0001", "R0003"]
+    before = _snapshot(run_dir)
+    assert main(["rings", "--run", str(run_dir), "--ring", "R0001", "--ring", "R9999", "--ring", "X",
+                 "--export", str(tmp_path / "other")]) == 1
+    err = capsys.readouterr().err
+    assert "--ring: unknown rings 'R9999', 'X' (" in err and "ring ids look like R0001); nothing was written" in err
+    assert _snapshot(run_dir) == before and not (tmp_path / "other").exists()
+    with pytest.raises(SystemExit):  # the top N or chosen rings, not both
+        main(["rings", "--run", str(run_dir), "--ring", "R0001", "--top", "3"])
+    assert rings_run(run_dir, ring_ids=["R0002"])[0].ring_id == "R0002"
+
+
 def test_a_re_export_needs_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An earlier export is replaced only when asked, as `shopgraph score --out` is: an export of
     the top 5 into a folder holding the top 20 would delete 15 cases."""
