@@ -1776,14 +1776,25 @@ def generated_shop(run_dir: Path | None) -> dict[str, Any] | None:
 
 
 # On a phone-sized screen (up to 700 px wide): a row's boxes stack instead of squeezing side by side,
-# and a table keeps columns wide enough to read (640 px in all), scrolling sideways, instead of
-# wrapping ids and headers a letter a line. Pass it as ``css=`` where the app is mounted or launched.
+# and a table keeps columns wide enough to read, scrolling sideways, instead of wrapping ids and
+# headers a letter a line: Gradio sizes each column as its share of the table's width, so the
+# tables of many columns get more (the ranked rings' 6 % column holds R0001 at 1,100 px), and the
+# tab buttons are narrower, so that all five fit rather than three going behind a "More tabs" button;
+# a gallery shows two pictures a row, all of them (not four a row with the fourth cut off), below its
+# label (which takes two lines there). Pass it as ``css=`` where the app is mounted or launched.
 UI_CSS = """
 @media (max-width: 700px) {
   .row { flex-direction: column !important; flex-wrap: nowrap !important; }
   .row > * { width: 100% !important; min-width: 0 !important; max-width: 100% !important; }
   .table-container { overflow-x: auto !important; }
   .table-container > .table-wrap { min-width: 640px !important; }
+  #rec-table .table-container > .table-wrap, #search-table .table-container > .table-wrap,
+  #ring-members .table-container > .table-wrap { min-width: 1000px !important; }
+  #ring-table .table-container > .table-wrap { min-width: 1100px !important; }
+  [role=tablist] > button, .tab-container > button { padding: 0 5px !important; font-size: 13px !important; }
+  .gallery-container .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+  .gallery-container .grid-container.pt-6 { padding-top: 2.75rem !important; }
+  .gallery-container .grid-wrap { height: auto !important; max-height: none !important; }
 }
 """
 

@@ -318,6 +318,22 @@ def test_a_phone_sized_screen_stacks_the_boxes_and_scrolls_tables_sideways(page:
         assert widths[0] >= 640 and widths[1] > widths[2], widths  # wider than the screen: it scrolls
         shopper = phone.get_by_label("Shopper").bounding_box()
         assert shopper is not None and shopper["width"] > 250  # the whole width, not half of it
+        # every tab is in the tab bar, none behind a "More tabs" button
+        expect(phone.get_by_role("tab")).to_have_count(5)
+        # the pictures: two a row, all of them inside the gallery (none cut off at its right edge)
+        phone.locator("#rec-gallery img").first.wait_for()
+        inside = phone.evaluate("""() => {
+            const box = document.querySelector('#rec-gallery').getBoundingClientRect();
+            return Array.from(document.querySelectorAll('#rec-gallery img')).map(
+                i => i.getBoundingClientRect().right <= box.right + 1); }""")
+        assert inside and all(inside), inside
+        # the ranked rings' narrowest column holds a ring id on one line
+        phone.get_by_role("tab", name="Rings").click()
+        phone.locator("#ring-table").wait_for()
+        cell = phone.locator("#ring-table .body-cell").first
+        cell.wait_for()
+        box = cell.bounding_box()
+        assert box is not None and box["width"] >= 56, box  # R0001 in the table's font and padding
     finally:
         context.close()
 
