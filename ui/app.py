@@ -575,7 +575,7 @@ def sample_users(service: ShopService, history: UserHistory | None, cases: Fraud
         cases: fraud rings, optional.
         n: users of each kind.
         fraud: with the fraud kinds (the Fraud tab); ``False``: shoppers only (the Recommend tab,
-            where "labelled fraud, missed with its label held out" would mean nothing).
+            where "labelled fraud, but the model alone misses it" would mean nothing).
     """
     chosen: dict[str, str] = {}
 
@@ -592,8 +592,8 @@ def sample_users(service: ShopService, history: UserHistory | None, cases: Fraud
     held, threshold = np.asarray(service.fraud_prob_held_out, dtype=np.float64), service.fraud_threshold
     if fraud and np.isfinite(held).any() and math.isfinite(threshold):  # labels the held-out scores contradict
         labels = np.asarray(service.fraud_labels)
-        for label, wrong, words in ((0, held >= threshold, "labelled legitimate, flagged with its label held out"),
-                                    (1, held < threshold, "labelled fraud, missed with its label held out")):
+        for label, wrong, words in ((0, held >= threshold, "labelled legitimate, but the model flags it"),
+                                    (1, held < threshold, "labelled fraud, but the model alone misses it")):
             found = np.flatnonzero(np.isfinite(held) & (labels == label) & wrong)
             far = np.array([contradiction(h, threshold) for h in held[found]])  # as `score --label-audit` orders
             for u in found[np.argsort(-far, kind="stable")][:SAMPLES_DISPUTED]:
@@ -778,9 +778,9 @@ def verdict(probability: float | None, threshold: Any, held_out: float | None = 
     """Markdown: flagged or not at ``threshold`` (live as the slider moves); a threshold outside
     [0, 1], or none once a user is scored, gives a message (``ERROR_PREFIX``) instead of a verdict.
     ``held_out``: the score of an account the scorer was trained on, with its label held out: the
-    verdict is this prediction's, and a second line gives the score fitted to the label (which
-    only repeats the label: leading with it, a fraud the scorer misses without its label read as
-    caught)."""
+    verdict is this prediction's alone (the score fitted to the label only repeats the label:
+    judged by it, a fraud the scorer misses without its label read as caught; the status says
+    where the probability comes from)."""
     no_score = probability is None or (isinstance(probability, float) and math.isnan(probability))
     if not (no_score and _missing_threshold(threshold)):  # nothing to compare yet: no threshold is fine
         try:
@@ -791,21 +791,12 @@ def verdict(probability: float | None, threshold: Any, held_out: float | None = 
         return "Score a user first."
     if isinstance(probability, float) and math.isnan(probability):
         return "This run has no fraud scorer, so nobody is flagged."
+    if held_out is not None and math.isfinite(held_out):  # the prediction, not the score fitted to the label
+        probability = held_out
     p, t = _compared(float(probability), threshold, least=3)  # as the status writes the probability
     if probability >= threshold:
-        text = f"**FLAGGED for review**: {p} is at or above the threshold {t}."
-    else:
-        text = f"**Not flagged**: {p} is below the threshold {t}."
-    if held_out is None or not math.isfinite(held_out):
-        return text
-    # the prediction leads: the fitted score of an account the scorer was trained on only repeats its label
-    h, t = _compared(float(held_out), threshold, least=3)
-    lead = (f"**FLAGGED for review**: {h} is at or above the threshold {t}" if held_out >= threshold
-            else f"**Not flagged**: {h} is below the threshold {t}")
-    return (lead + ", predicted with this account's own label held out.\n\n"
-            + f"With its label, which the scorer was trained on, the score is {p}, "
-            + f"{'at or above' if probability >= threshold else 'below'} the threshold: fitted to the label, "
-              "not a prediction.")
+        return f"**FLAGGED for review**: {p} is at or above the threshold {t}."
+    return f"**Not flagged**: {p} is below the threshold {t}."
 
 
 _REASON_COLUMNS = ["reason", "value", "effect", "contribution"]
@@ -977,13 +968,8 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
                   "flagged account most, or lowered that of an unflagged one most (log-odds)")
     p = score.probability
     held = score.held_out_probability if score.label_in_training else None
-    if p == p and held is not None and math.isfinite(held):  # the prediction first, as the verdict
-        (shown_h, _), (shown_p, _) = _compared(held, score.threshold, least=3), _compared(p, score.threshold, least=3)
-        status = (f"**{_md(user)}**: fraud probability **{shown_h}** predicted with its own label held out "
-                  f"({shown_p} fitted to that label). The verdict below compares the prediction with the threshold, "
-                  "which starts at the one chosen on validation data to balance missed fraud against false alarms.")
-    elif p == p:
-        shown_p, _ = _compared(p, score.threshold, least=3)
+    if p == p:  # a trained-on account's is its prediction with its label held out, as the verdict's
+        shown_p, _ = _compared(held if held is not None and math.isfinite(held) else p, score.threshold, least=3)
         status = (f"**{_md(user)}**: fraud probability **{shown_p}**. The verdict below compares it with the "
                   "threshold, which starts at the one chosen on validation data to balance missed fraud against "
                   "false alarms.")
@@ -991,7 +977,7 @@ def fraud_view(service: ShopService, cases: FraudCases | None, user_id: Any) -> 
         status = f"**{_md(user)}**: this run has no fraud scorer."
     status += label_sentence(score.label, score.label_in_training, scored=p == p,
                              held_out=score.held_out_probability, threshold=score.threshold,
-                             held_out_reasons=() if explains_held_out else score.held_out_reasons)
+                             held_out_reasons=() if explains_held_out else score.held_out_reasons, fitted=p)
     ring = None
     if cases is not None and cases.has_user(user):
         ranked = cases.rings()
@@ -1072,34 +1058,40 @@ _FOLD_NOTE = (" (\"Outside this account's fold\": those trees never saw the labe
 
 
 def label_sentence(label: bool | None, in_training: bool, scored: bool = True, *, held_out: float | None = None,
-                   threshold: float = float("nan"), held_out_reasons: Sequence[str] = ()) -> str:
+                   threshold: float = float("nan"), held_out_reasons: Sequence[str] = (),
+                   fitted: float | None = None) -> str:
     """What the shop's own label says of an account, after its score (``""`` when unlabelled;
     ``scored``: the run has a fraud scorer, so there is a probability to say something of;
     ``held_out``: the account's score with its label held out, compared with the validation
-    ``threshold``, for an account the scorer was trained on, and ``held_out_reasons`` behind it)."""
+    ``threshold``, for an account the scorer was trained on: the probability the status gives,
+    and ``held_out_reasons`` behind it; ``fitted``: its served score, fitted to the label, said once
+    in passing)."""
     if label is None:
         return ""
     word = "fraud" if label else "legitimate"
     if not scored:
         return f" The shop's data labels this account **{word}**."
     if in_training:
-        text = (f" The shop's data labels this account **{word}**, and the scorer was trained on that label: "
-                "its probability is fitted to the label, not a prediction.")
-        if held_out is not None and held_out == held_out and threshold == threshold:
-            from shopgraph.graph.fraud_scorer import HELD_OUT_LABELS
+        if held_out is None or held_out != held_out or threshold != threshold:
+            return (f" The shop's data labels this account **{word}**, and the scorer was trained on that label: "
+                    "its probability is fitted to the label, not a prediction.")
+        from shopgraph.graph.fraud_scorer import HELD_OUT_LABELS
 
-            shown_h, shown_t = _compared(held_out, threshold, least=3)
-            flagged = held_out >= threshold
-            facts = [r for r in held_out_reasons if r not in HELD_OUT_UNATTRIBUTED]  # not reasons: no attribution
-            helped = flagged and bool(facts) and cites_training_labels(facts[0])
-            text += (f" Refitted without that label, the scorer gives it **{shown_h}**, "
-                     f"{'at or above' if flagged else 'below'} the validation threshold {shown_t}: "
-                     + (_HELD_OUT_HELPED[bool(label)] if helped else _HELD_OUT_VERDICT[(bool(label), flagged)]))
-            if facts:  # without their log-odds: the table below explains the served score, in other numbers
-                text += (" What drives that score (the table below explains the other one): "
-                         + "; ".join(_md(_LOG_ODDS.sub("", r)) for r in facts) + ".")
-                if any(HELD_OUT_LABELS in r for r in facts):
-                    text += _FOLD_NOTE
+        _, shown_t = _compared(held_out, threshold, least=3)
+        flagged = held_out >= threshold
+        facts = [r for r in held_out_reasons if r not in HELD_OUT_UNATTRIBUTED]  # not reasons: no attribution
+        helped = flagged and bool(facts) and cites_training_labels(facts[0])
+        repeats = (f" (with the label it gives {_compared(fitted, threshold, least=3)[0]}, which only repeats the "
+                   "label)" if fitted is not None and fitted == fitted else "")
+        text = (f" The shop's data labels this account **{word}**, and the scorer learnt from that label, so the "
+                f"probability above is what it predicts when refitted without it{repeats}. That prediction is "
+                f"{'at or above' if flagged else 'below'} the validation threshold {shown_t}: "
+                + (_HELD_OUT_HELPED[bool(label)] if helped else _HELD_OUT_VERDICT[(bool(label), flagged)]))
+        if facts:  # without their log-odds: the table below explains the served score, in other numbers
+            text += (" What drives that prediction (the table below explains the score fitted to the label): "
+                     + "; ".join(_md(_LOG_ODDS.sub("", r)) for r in facts) + ".")
+            if any(HELD_OUT_LABELS in r for r in facts):
+                text += _FOLD_NOTE
         return text
     return (f" The shop's data labels this account **{word}**; the scorer never saw that label, so the "
             "probability is a prediction.")

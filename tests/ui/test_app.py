@@ -206,13 +206,13 @@ def test_sample_users_cover_fraud_rings_and_buyers(ui_service: ShopService, hist
         "fraud_prob", "fraud_threshold", "fraud_labels", "label_in_training", "user_ids", "has_user")},
         fraud_prob_held_out=held)
     disputed = [(label, u) for label, u in sample_users(with_held, history, ui_cases)  # type: ignore[arg-type]
-                if "held out" in label]
-    assert [label[len(u) + 2:-1] for label, u in disputed] == ["labelled legitimate, flagged with its label held out"] * 2 + [
-        "labelled fraud, missed with its label held out"] * 2
+                if "but the model" in label]
+    assert [label[len(u) + 2:-1] for label, u in disputed] == ["labelled legitimate, but the model flags it"] * 2 + [
+        "labelled fraud, but the model alone misses it"] * 2
     assert all(ui_service.score_user(u).label_in_training for _, u in disputed)
     real = ui_service.fraud_prob_held_out  # the run's own: a sample of each kind it contradicts
     contradicted = np.isfinite(real) & ((real >= ui_service.fraud_threshold) != (ui_service.fraud_labels == 1))
-    assert any("held out" in label for label, _ in choices) == bool(contradicted.any())
+    assert any("but the model" in label for label, _ in choices) == bool(contradicted.any())
 
 
 def test_default_user_by_kind() -> None:
@@ -392,16 +392,10 @@ def test_verdict_follows_the_threshold() -> None:
 
 
 def test_a_trained_on_accounts_verdict_says_what_it_is_without_its_label() -> None:
-    # a sample picked as "labelled legitimate, flagged with its label held out" shows both verdicts
-    # the prediction without its label leads; the score fitted to the label follows
-    assert verdict(0.123, 0.209, 0.415) == (
-        "**FLAGGED for review**: 0.415 is at or above the threshold 0.209, predicted with this account's own label "
-        "held out.\n\nWith its label, which the scorer was trained on, the score is 0.123, below the threshold: "
-        "fitted to the label, not a prediction.")
-    assert verdict(0.99, 0.5, 0.3) == (
-        "**Not flagged**: 0.300 is below the threshold 0.500, predicted with this account's own label held out.\n\n"
-        "With its label, which the scorer was trained on, the score is 0.990, at or above the threshold: fitted to "
-        "the label, not a prediction.")
+    # a sample picked as "labelled legitimate, but the model flags it": the verdict is the
+    # prediction's alone (one probability on the screen; the status gives the fitted one in passing)
+    assert verdict(0.123, 0.209, 0.415) == "**FLAGGED for review**: 0.415 is at or above the threshold 0.209."
+    assert verdict(0.99, 0.5, 0.3) == "**Not flagged**: 0.300 is below the threshold 0.500."
     assert verdict(0.99, 0.5, None) == verdict(0.99, 0.5) == "**FLAGGED for review**: 0.990 is at or above the threshold 0.500."
     assert verdict(0.99, 0.5, float("nan")) == verdict(0.99, 0.5)
 
@@ -451,7 +445,8 @@ def test_fraud_view_says_what_the_shops_label_is_and_whether_it_was_trained_on(u
     trained = next(s for s in scores if s.label and s.label_in_training)
     unseen = next(s for s in scores if s.label is not None and not s.label_in_training)
     view = fraud_view(ui_service, None, trained.user_id)
-    assert "labels this account **fraud**" in view.status and "fitted to the label, not a prediction" in view.status
+    assert "labels this account **fraud**" in view.status and (
+        "fitted to the label, not a prediction" in view.status or "which only repeats the label" in view.status)
     view = fraud_view(ui_service, None, unseen.user_id)
     word = "fraud" if unseen.label else "legitimate"
     assert f"labels this account **{word}**" in view.status and "the probability is a prediction" in view.status
@@ -466,11 +461,15 @@ def test_fraud_view_says_what_the_shops_label_is_and_whether_it_was_trained_on(u
     view = app.fraud_view(bare, None, unseen.user_id)  # type: ignore[arg-type]
     assert "no fraud scorer" in view.status and "prediction" not in view.status and "labels this account" in view.status
     assert label_words(True, True) == "fraud (trained on)" and label_words(False, False) == "legitimate"
-    assert "Refitted" not in view.status  # a run without held-out scores says nothing of them
+    assert "refitted" not in view.status  # a run without held-out scores says nothing of them
     held = SimpleNamespace(**{name: getattr(ui_service, name) for name in ("user_ids", "has_user")},
                            score_user=lambda u: ui_service.score_user(u)._replace(held_out_probability=0.0625))
     view = app.fraud_view(held, None, trained.user_id)  # type: ignore[arg-type]
-    assert "Refitted without that label, the scorer gives it **0.062" in view.status
+    fitted = ui_service.score_user(trained.user_id).probability
+    # one probability leads, the prediction; the score fitted to the label is said once, in passing
+    assert view.status.startswith(f"**{trained.user_id}**: fraud probability **0.062")
+    assert "the probability above is what it predicts when refitted without it (with the label it gives " in view.status
+    assert f"{fitted:.3f}" in view.status and "0.062 is " in view.verdict  # the verdict judges the prediction
 
 
 def test_a_trained_on_accounts_table_explains_the_prediction_the_verdict_leads_with(
@@ -506,11 +505,11 @@ def test_a_trained_on_accounts_table_explains_the_prediction_the_verdict_leads_w
     assert "share of events at night" in rows.index and view.method.startswith(
         "the table explains the prediction with this account's own label held out, the score of the verdict")
     shared = [r for r in view.reasons["reason"] if r.startswith(("shares ", "uses "))]
-    assert shared and "What drives that score" not in view.status and view.verdict.startswith("**Not flagged**: 0.003")
+    assert shared and "What drives that prediction" not in view.status and view.verdict.startswith("**Not flagged**: 0.003")
     # without held-out reasons to give, the table explains the served score, as it says
     monkeypatch.setattr(ui_service, "held_out_explanation", lambda u: None)
     served = fraud_view(ui_service, ui_cases, user)
-    assert not served.method.startswith("the table explains the prediction") and "What drives that score" in served.status
+    assert not served.method.startswith("the table explains the prediction") and "What drives that prediction" in served.status
 
 
 @pytest.mark.parametrize(("label", "held_out", "says"), [
@@ -522,21 +521,23 @@ def test_a_trained_on_accounts_table_explains_the_prediction_the_verdict_leads_w
 def test_label_sentence_compares_the_held_out_score_with_the_threshold(label: bool, held_out: float,
                                                                        says: str) -> None:
     text = label_sentence(label, True, held_out=held_out, threshold=0.2)
-    assert "fitted to the label, not a prediction." in text and says in text
-    assert label_sentence(label, False, held_out=held_out, threshold=0.2).count("Refitted") == 0  # not trained on
-    assert "Refitted" not in label_sentence(label, True, held_out=None, threshold=0.2)
-    assert "Refitted" not in label_sentence(label, True, held_out=held_out)  # no threshold to compare with
+    assert "what it predicts when refitted without it. That prediction is " in text and says in text
+    assert label_sentence(label, False, held_out=held_out, threshold=0.2).count("refitted") == 0  # not trained on
+    assert "fitted to the label, not a prediction" in label_sentence(label, True, held_out=None, threshold=0.2)
+    assert "refitted" not in label_sentence(label, True, held_out=held_out)  # no threshold to compare with
+    assert "(with the label it gives 0.990, which only repeats the label)" in label_sentence(
+        label, True, held_out=held_out, threshold=0.2, fitted=0.99)
     why = label_sentence(label, True, held_out=held_out, threshold=0.2,
                          held_out_reasons=["account age: 3 days (+0.41 log-odds)", "country: DE (+0.12 log-odds)"])
     # without the log-odds: the table explains the served score, whose numbers differ (even in sign)
-    assert why == text + (" What drives that score (the table below explains the other one): account age: 3 days; "
-                          "country: DE.")
+    assert why == text + (" What drives that prediction (the table below explains the score fitted to the label): "
+                          "account age: 3 days; country: DE.")
     # a sentence saying there is no attribution is not given as a reason
     for unattributed in HELD_OUT_UNATTRIBUTED:
         assert label_sentence(label, True, held_out=held_out, threshold=0.2, held_out_reasons=[unattributed]) == text
     nothing = "nothing in the account's own behaviour or shared identifiers raised its score"
     assert label_sentence(label, True, held_out=held_out, threshold=0.2, held_out_reasons=[nothing]).endswith(
-        f" What drives that score (the table below explains the other one): {nothing}.")
+        f" What drives that prediction (the table below explains the score fitted to the label): {nothing}.")
 
 
 LABELS_FIRST = [
