@@ -1171,19 +1171,41 @@ def rings_table(cases: FraudCases | None, top: int = RING_TOP, threshold: float 
 
 
 def rings_note(cases: FraudCases | None, top: int = RING_TOP) -> str:
-    """How many rings the table lists out of how many there are."""
+    """How many rings the table lists out of how many there are, and how many of them have a member
+    flagged at the validation threshold: most groups of accounts sharing a device are households."""
     if cases is None:
         return ""
-    total = len(cases.rings())
-    if total > top:
-        return (f"Showing the top {top} of {total} rings; type any other ring id (R0001 to R{total:04d}) "
-                "in the Ring box.")
-    return f"All {plural(total, 'ring')}."
+    rings = cases.rings()
+    total = len(rings)
+    shown = (f"Showing the top {top} of {total} rings; type any other ring id (R0001 to R{total:04d}) in the Ring box."
+             if total > top else f"All {plural(total, 'ring')}.")
+    counts = [cases.flagged(r) for r in rings]
+    if not total or any(c is None for c in counts):  # no scorer: nothing flagged to count
+        return shown
+    with_flags = sum(bool(c) for c in counts)
+    return (f"{shown} {with_flags:,} of the {total:,} have a member flagged at the validation threshold "
+            f"({cases.threshold:.3f}); the other {total - with_flags:,} have none: mostly households and shared "
+            "computers, listed because they share devices too.")
 
 
 def _past(verb: str) -> str:
     """"purchase" -> "purchased", "view" -> "viewed" (for legends)."""
     return verb + ("d" if verb.endswith("e") else "ed")
+
+
+def _split_at(threshold: float, below: float = 0.42, above: float = 0.62) -> tuple[Any, Any]:
+    """A colour scale's (forward, inverse) on [0, 1]: ``[0, threshold)`` onto ``[0, below)`` and
+    ``[threshold, 1]`` onto ``[above, 1]``, for ``matplotlib.colors.FuncNorm``."""
+    def forward(p: Any) -> Any:
+        p = np.asarray(p, dtype=np.float64)
+        return np.where(p < threshold, below * p / threshold, above + (1.0 - above) * (p - threshold) / (1.0 - threshold))
+
+    def inverse(y: Any) -> Any:
+        y = np.asarray(y, dtype=np.float64)
+        return np.where(y < below, y * threshold / below,
+                        np.where(y < above, threshold, threshold + (y - above) * (1.0 - threshold) / (1.0 - above)))
+
+    return forward, inverse
 
 
 def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase", threshold: float | None = None) -> PILImage:
@@ -1204,6 +1226,8 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase", threshold
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import networkx as nx
+    from matplotlib import colors
+    from matplotlib.cm import ScalarMappable
     from matplotlib.lines import Line2D
     from PIL import Image
 
@@ -1240,9 +1264,14 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase", threshold
         known = {}
     fraud = [bool(known.get(n[1], (None, False))[0]) for n in users]  # labelled fraud: a thick outline
     cmap = plt.get_cmap("RdYlGn_r")
-    coll = nx.draw_networkx_nodes(g, pos, nodelist=users, ax=ax, node_shape="o", node_size=260,
-                                  node_color=[0.0 if s != s else s for s in scores], cmap=cmap, vmin=0.0, vmax=1.0,
-                                  edgecolors="black", linewidths=[2.6 if f else 0.8 for f in fraud])
+    marked = threshold is not None and 0.0 < threshold < 1.0 and ring.evidence.get("gnn_mean") is not None
+    # split at the threshold: below it greens to yellow, above it orange to red (the yellow between
+    # left out), so that a flagged member never looks like an unflagged one
+    norm = (colors.FuncNorm(_split_at(float(threshold)), vmin=0.0, vmax=1.0) if marked and threshold is not None
+            else colors.Normalize(vmin=0.0, vmax=1.0))
+    nx.draw_networkx_nodes(g, pos, nodelist=users, ax=ax, node_shape="o", node_size=260,
+                           node_color=[cmap(norm(0.0 if s != s else s)) for s in scores],
+                           edgecolors="black", linewidths=[2.6 if f else 0.8 for f in fraud])
     ids = [n for n in g if n[0] not in ("user", "item")]
     nx.draw_networkx_nodes(g, pos, nodelist=ids, ax=ax, node_shape="s", node_size=150,
                            node_color=["#1f4e79" if n in shared else "#9ec3e6" for n in ids],
@@ -1252,9 +1281,9 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase", threshold
     nx.draw_networkx_nodes(g, pos, nodelist=items, ax=ax, node_shape="^", node_size=140, node_color="#bab0ac",
                            edgecolors="#555555", linewidths=0.6)
     tied = [n for n in ids if n in shared]
-    bar = fig.colorbar(coll, ax=ax, fraction=0.035, pad=0.02, label="member fraud probability")
-    if threshold is not None and math.isfinite(threshold) and ring.evidence.get("gnn_mean") is not None:
-        # where flagging starts: a pale yellow-green member above it is flagged all the same
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.035, pad=0.02,
+                       label="member fraud probability")
+    if marked and threshold is not None:  # where flagging starts: the yellow in the middle of the bar
         bar.ax.axhline(threshold, color="black", linewidth=2.0)
         bar.ax.text(-0.6, threshold, "flagged\nabove", transform=bar.ax.get_yaxis_transform(), ha="right",
                     va="center", fontsize=7)
@@ -1476,8 +1505,13 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
                for d in ring.shared_devices]
     tie = (f"sharing {plural(len(devices), 'device')}: {_id_list(devices, RING_SHOWN_DEVICES)}" if devices
            else "sharing no device")
+    split = (threshold is not None and 0.0 < threshold < 1.0  # as draw_ring splits its colours
+             and ring.evidence.get("gnn_mean") is not None)
     status = (f"**Ring {ring.ring_id}**: {len(ring.members)} accounts {tie}; ring score {ring.score:.2f}. "
-              "Account colour is the fraud probability (green low, red high); a thick outline marks an account the "
+              + ("Account colour is the fraud probability: green to yellow below the flagging threshold, orange to "
+                 "red at or above it (the black line on the colour bar); " if split
+                 else "Account colour is the fraud probability (green low, red high); ")
+              + "a thick outline marks an account the "
               "shop's data labels fraud; dark outlined squares are the shared devices. The case files hold every "
               "member's evidence and the ring's timeline."
               + (f" Account ids are drawn for rings of up to {RING_LABELS} accounts; the Members table lists "

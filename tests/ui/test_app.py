@@ -621,9 +621,16 @@ def test_rings_table_is_ranked(ui_cases: FraudCases) -> None:
         known_fraud(ui_cases.labels(r.members)) for r in rings]
     for cell, ring in zip(table["shared devices"], rings):  # which devices tie the ring, not only how many
         assert cell.startswith(f"{len(ring.shared_devices)}") and all(d in cell for d in ring.shared_devices[:3])
-    assert rings_note(ui_cases, top=2) == f"Showing the top 2 of {len(ui_cases.rings())} rings; type any other " \
-        f"ring id (R0001 to R{len(ui_cases.rings()):04d}) in the Ring box."
-    assert rings_note(ui_cases, top=10_000) == f"All {len(ui_cases.rings())} rings."
+    assert rings_note(ui_cases, top=2).startswith(f"Showing the top 2 of {len(ui_cases.rings())} rings; type any "
+                                                  f"other ring id (R0001 to R{len(ui_cases.rings()):04d}) in the Ring box.")
+    assert rings_note(ui_cases, top=10_000).startswith(f"All {len(ui_cases.rings())} rings.")
+    # how many have a member flagged: the rest are mostly households
+    every = ui_cases.rings()
+    with_flags = sum(bool(ui_cases.flagged(r)) for r in every)
+    assert rings_note(ui_cases).endswith(
+        f" {with_flags} of the {len(every)} have a member flagged at the validation threshold ({ui_cases.threshold:.3f}); "
+        f"the other {len(every) - with_flags} have none: mostly households and shared computers, listed because they "
+        "share devices too.")
 
 
 def test_ring_view_draws_and_offers_case_files(ui_run: Path, ui_cases: FraudCases, tmp_path: Path) -> None:
@@ -753,6 +760,32 @@ def test_draw_ring_writes_the_shared_device_ids(ui_cases: FraudCases, monkeypatc
     monkeypatch.setattr(app, "_place_labels", spy)
     draw_ring(ui_cases, ring)
     assert set(ring.shared_devices) <= set(written)
+
+
+def test_a_flagged_member_is_drawn_warm_and_an_unflagged_one_cool(ui_cases: FraudCases,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The colours centre on the threshold: a member just above it is orange, not the yellow-green
+    a 0-to-1 scale gives 0.39 beside a threshold of 0.21, and one just below it is green-yellow."""
+    import networkx as nx
+
+    ring = next((r for r in ui_cases.rings() if r.evidence.get("gnn_mean") is not None and len(r.members) >= 2), None)
+    if ring is None:
+        pytest.skip("no scored ring in the small run")
+    first, second = ring.members[:2]
+    monkeypatch.setattr(ui_cases, "predictions", lambda r: {first: 0.39, second: 0.19})
+    drawn: dict[str, Any] = {}
+    real = nx.draw_networkx_nodes
+
+    def spy(g: Any, pos: Any, nodelist: Any = None, **kw: Any) -> Any:
+        if nodelist and nodelist[0][0] == "user":
+            drawn.update({n[1]: c for n, c in zip(nodelist, kw["node_color"], strict=True)})
+        return real(g, pos, nodelist=nodelist, **kw)
+
+    monkeypatch.setattr(nx, "draw_networkx_nodes", spy)
+    draw_ring(ui_cases, ring, threshold=0.21)
+    (r1, g1, *_), (r2, g2, *_) = drawn[first], drawn[second]
+    assert r1 > 0.9 and g1 < 0.75  # orange-red: flagged
+    assert g2 > r2 - 0.05  # yellow-green: not flagged
 
 
 def test_ring_labels_do_not_overlap_when_their_points_crowd() -> None:
