@@ -1014,7 +1014,8 @@ def flagged_at(service: ShopService, threshold: Any) -> str:
     share = (f"; the shop's data labels {int(fraud.sum()):,} of them fraud" if labelled else "")
     return (f"*At this threshold {int(flagged.sum()):,} of the {int(known.sum()):,} accounts are flagged{share} "
             "(each judged as above: by its prediction with its own label held out when the scorer was trained "
-            "on it).*")
+            "on it). These are all the shop's accounts; the Model tab's precision and recall are measured on the "
+            "test accounts alone.*")
 
 
 def _ring_sentence(rings: Sequence[Ring], ranks: dict[str, int], total: int) -> str:
@@ -1538,7 +1539,9 @@ BASELINES = {
     "xgb_graph": "boosted trees on the account's behaviour and its neighbours in the graph",
 }
 PURCHASE_METRICS = ("recall@10", "ndcg@10", "hit@10", "recall@20", "ndcg@20", "coverage@20")
-FRAUD_METRICS = ("auroc", "auprc", "rec@k", "precision", "recall", "threshold")
+# no threshold column: each model's is on its own scale, and ShopGraph's, of a refit measured on the
+# test accounts, read as a second threshold beside the one the Fraud tab starts at
+FRAUD_METRICS = ("auroc", "auprc", "rec@k", "precision", "recall")
 # every column the Model tab shows, in plain words (the ratio column is explained with its metric)
 METRIC_LEGEND = {
     "recall@10": "of the items each shopper really bought in the test period, the share found in their "
@@ -1556,12 +1559,10 @@ METRIC_LEGEND = {
              "guessing gets the share of fraud among the accounts)",
     "rec@k": "the share of fraudsters found if an analyst reviews as many of the top-scored accounts as there "
              "are fraudsters",
-    "precision": "of the accounts flagged at the model's threshold, the share that really are fraud",
-    "recall": "of the real fraudsters, the share flagged at the model's threshold",
-    "threshold": "the model's own flagging threshold (an account is flagged at or above it), chosen on "
-                 "validation data to best balance precision and recall (highest F1); each model's scores are "
-                 "on its own scale. ShopGraph's row is measured on a refit of the served scorer, so its "
-                 "threshold can differ from the one the Fraud tab starts at",
+    "precision": "of the test accounts flagged at the model's threshold (each model chooses its own on validation "
+                 "data, to best balance precision and recall), the share that really are fraud",
+    "recall": "of the real fraudsters among the test accounts, the share flagged at the model's threshold (the "
+              "Fraud tab's counts are of every account, the trained-on ones too, so they differ)",
 }
 
 
@@ -1711,8 +1712,8 @@ def model_view(run_dir: Path | None) -> ModelView:
                 plots.append((img.convert("RGB"), PLOT_CAPTIONS.get(stem, stem.replace("_", " "))))
         except (OSError, ValueError) as exc:
             logger.warning("plot %s unreadable: %s", rel, exc)
-    status = ("Test-period metrics of what ShopGraph serves and of simpler methods (baselines): higher is better, "
-              "except for the threshold column. ShopGraph ranks purchases with a graph neural network; its fraud "
+    status = ("Test-period metrics of what ShopGraph serves and of simpler methods (baselines): higher is better. "
+              "ShopGraph ranks purchases with a graph neural network; its fraud "
               "score comes from the fraud scorer that did best on validation data. What each column means is "
               "written under its table." + _in_short(purchase_section, fraud_section)
               + _measured_on(purchase_section.get("test"), fraud_section.get("test")))
