@@ -493,6 +493,9 @@ def recommend_view(service: ShopService, history: UserHistory | None, thumbs: Th
                                                                                    "them."))
     if history is None:
         status += " The history panel is empty: the run's events table could not be read."
+    elif len(past) >= HISTORY_ITEMS:  # the gallery holds the latest items only
+        status += (f" The history shows the {HISTORY_ITEMS} latest items; a reason can name an older one (its date "
+                   "says when).")
     return RecommendView(status, past, found.gallery, found.table)
 
 

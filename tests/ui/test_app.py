@@ -87,6 +87,8 @@ def test_recommend_view_matches_service_and_shows_history(ui_service: ShopServic
     events = history.recent(user)
     first_title = ui_service.item_info(events["item_id"].iloc[0])["title"]
     assert view.history[0][1].startswith(first_title)
+    # a full history panel says that reasons can name older items than it shows
+    assert ("a reason can name an older one" in view.status) == (len(view.history) == 8)
 
 
 def test_recommend_view_typed_id_is_stripped(ui_service: ShopService, history: UserHistory,
