@@ -639,7 +639,8 @@ def similar_view(service: ShopService, thumbs: Thumbnails, item_id: Any, k: Any 
     except (ValueError, NotAvailableError) as exc:
         return SearchView(_problem(exc, ITEM), [], _empty_results())
     return SearchView(f"Items closest to **{_md(title)}** ({_md(item)}) in the model's item space: the kind of "
-                      "shopper who buys one buys the others. Each row's reason says whether anyone bought both."
+                      "shopper who buys one buys the others, ranked by that closeness (over all shoppers' activity, not "
+                      "only the purchases of both). Each row's reason says whether anyone bought both."
                       + found.note(), found.gallery, found.table)
 
 
