@@ -19,6 +19,7 @@ written once. The file appears whole or not at all (written beside it, then rena
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import time
@@ -256,6 +257,20 @@ def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = T
     return table
 
 
+def _json_rows(table: pd.DataFrame) -> str:
+    """``table`` as a JSON array of row objects: missing values as null, numbers to every digit (as
+    the CSV and the HTTP API give them: pandas' ``to_json`` keeps 10, so a diff against either saw
+    changes that were not there), numpy scalars as plain JSON numbers and booleans."""
+    rows = table.astype(object).where(table.notna(), None).to_dict(orient="records")
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.generic):
+            return value.item()
+        raise TypeError(f"not JSON: {type(value).__name__}")
+
+    return json.dumps(rows, indent=1, ensure_ascii=False, allow_nan=False, default=plain) + "\n"
+
+
 def write_table(table: pd.DataFrame, out: Path) -> None:
     """``table`` to ``out`` (CSV, Parquet or JSON, an array of row objects, by its extension), whole
     or not at all. An error of the machine's (a folder without write permission, a full disk)
@@ -264,8 +279,9 @@ def write_table(table: pd.DataFrame, out: Path) -> None:
     try:
         if suffix == ".csv":
             atomic_write(out, lambda p: table.to_csv(p, index=False))
-        elif suffix == ".json":  # missing values as null; text as written, not \u-escaped
-            atomic_write(out, lambda p: table.to_json(p, orient="records", indent=1, force_ascii=False))
+        elif suffix == ".json":  # missing values as null; text as written, not \u-escaped; every digit
+            text = _json_rows(table)
+            atomic_write(out, lambda p: p.write_text(text, encoding="utf-8"))
         else:
             atomic_write(out, lambda p: table.to_parquet(p, index=False))
     except OSError as exc:
