@@ -1311,6 +1311,20 @@ class FraudCases:
         got = self.held_out_explainer.contributions(u) if self.held_out_explainer is not None else None
         return None if held is None or got is None else held_out_explanation(user_id, held, *got)
 
+    def case(self, ring_id: str, explain_members: int = 3) -> dict[str, Any]:
+        """The ring's case document, as ``shopgraph rings --export`` writes ``cases/<ring_id>.json``
+        (:func:`case_file`: its members, evidence, timeline and its ``explain_members`` most likely
+        fraud members explained), JSON-ready (NaN as ``None``), with ``source`` ``None``: written
+        now, from no export. ``KeyError`` naming an unknown ring (:meth:`ring`)."""
+        from shopgraph.graph.explain import explain_ring_members
+
+        ring = self.ring(ring_id)
+        explained = explain_ring_members(ring, self.data, self.model, k=explain_members, fraud_prob=self.fraud_prob,
+                                         served=self.served, held_out=self.held_out_explainer, facts=self.facts)
+        doc, _ = case_file(ring, self.data, self.tables, explained, self.fraud_prob, self.held_out_prob,
+                           self.threshold)
+        return dict(_jsonable(doc))
+
     def timeline(self, ring_id: str) -> pd.DataFrame:
         """The ring's events in time order (:func:`shopgraph.graph.explain.ring_timeline`)."""
         from shopgraph.graph.explain import ring_timeline

@@ -574,7 +574,7 @@ def include_fraud_cases(app: FastAPI, run_dir: Path | None,
                                         hint=cases.user_hint, threshold=cases.threshold,
                                         device_accounts=cases.device_accounts,
                                         explain_held_out=explain_held_out or cases.explain_held_out,
-                                        value_words=value_words or cases.value_words))
+                                        value_words=value_words or cases.value_words, case=cases.case))
     except Exception as exc:  # noqa: BLE001 - optional feature; the core API must start
         logger.info("fraud case endpoints not served (%s: %s)", type(exc).__name__, exc)
         return False

@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from shopgraph.graph.explain import MAX_OTHERS, TOP_K, Explanation, feature_dict
@@ -243,6 +244,7 @@ def fraud_router(
     device_accounts: Callable[[str], pd.DataFrame] | None = None,
     explain_held_out: Callable[[str], Explanation | None] | None = None,
     value_words: Callable[[str], ValueWords] | None = None,
+    case: Callable[[str], dict[str, Any]] | None = None,
     max_top: int = 500,
     prefix: str = "/fraud",
 ) -> APIRouter:
@@ -275,11 +277,15 @@ def fraud_router(
         device_accounts: ``device_id -> DataFrame`` of every account on a device
             (:meth:`shopgraph.graph.rings.FraudCases.device_accounts`; ``KeyError`` for an unknown
             device); ``None``: ``/fraud/device/{device_id}`` answers 503.
+        case: ``ring_id ->`` the ring's case document, as ``shopgraph rings --export`` writes it
+            (:meth:`shopgraph.graph.rings.FraudCases.case`; ``KeyError`` for an unknown ring);
+            ``None``: ``/fraud/case/{ring_id}`` answers 503.
         max_top: largest ``top`` accepted by ``/fraud/rings``.
         prefix: the routes' prefix.
 
     Returns:
-        An ``APIRouter`` with ``GET {prefix}/rings``, ``{prefix}/ring/{ring_id}`` and ``{prefix}/explain``.
+        An ``APIRouter`` with ``GET {prefix}/rings``, ``{prefix}/ring/{ring_id}``, ``{prefix}/case/{ring_id}``,
+        ``{prefix}/explain`` and ``{prefix}/device/{device_id}``.
     """
     if max_top < 1:
         raise ValueError(f"max_top: expected a positive integer (got {max_top})")
@@ -324,15 +330,31 @@ def fraud_router(
             logger.warning("ring %s: member labels left out (%s)", r.ring_id, exc)
             return None
 
-    @router.get("/ring/{ring_id}", response_model=RingCaseOut, summary="One ring's case", responses=_errors(404, 422),
+    @router.get("/case/{ring_id}", summary="One ring's case file, as `shopgraph rings --export` writes it",
+                responses={200: {"description": "the case document (docs/fraud_rings.md: members, evidence, "
+                                                "timeline, the most likely fraud members explained), written now"},
+                           **_errors(404, 422, 503)},
                 dependencies=[Depends(strict_query(()))])
-    def ring(ring_id: str) -> RingCaseOut:
+    def case_document(ring_id: str) -> JSONResponse:
+        if case is None:
+            raise HTTPException(503, "case files are not available on this server (no tables loaded)")
+        _, r = find(ring_id)
+        return JSONResponse(case(r.ring_id))
+
+    def find(ring_id: str) -> tuple[int, Ring]:
+        """The ring's rank and the ring ``ring_id`` names, as the demo's Ring box takes it (spaces
+        aside, in any case); 404 naming an unknown one and what ring ids look like."""
         ranked = list(get_rings())
-        at = find_ring(ranked, ring_id)  # as the demo's Ring box takes it: spaces aside, in any case
+        at = find_ring(ranked, ring_id)
         if at is None:
             known = known_ids(len(ranked), "ring", ranked[0].ring_id if ranked else None)
             raise HTTPException(404, f"ring_id: unknown ring {shown(ring_id)} ({known})")
-        rank, r = at + 1, ranked[at]
+        return at + 1, ranked[at]
+
+    @router.get("/ring/{ring_id}", response_model=RingCaseOut, summary="One ring's case", responses=_errors(404, 422),
+                dependencies=[Depends(strict_query(()))])
+    def ring(ring_id: str) -> RingCaseOut:
+        rank, r = find(ring_id)
         events: list[TimelineEvent] | None = None
         if timeline is not None:
             try:

@@ -164,7 +164,7 @@ def test_rings_query_is_strict(client: TestClient, query: str, message: str) -> 
 def test_fraud_openapi_lists_the_errors_as_they_are(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     for path, codes in (("/fraud/rings", {"422"}), ("/fraud/ring/{ring_id}", {"404", "422"}),
-                        ("/fraud/explain", {"404", "422", "503"})):
+                        ("/fraud/explain", {"404", "422", "503"}), ("/fraud/case/{ring_id}", {"404", "422", "503"})):
         responses = spec["paths"][path]["get"]["responses"]
         assert codes <= set(responses)
         for code in codes:
@@ -370,3 +370,29 @@ def test_a_trained_on_accounts_explanation_carries_the_held_out_one() -> None:
     app.include_router(fraud_router(lambda: [], explain=lambda u: served))  # no held-out score: no block
     body = TestClient(app).get("/fraud/explain", params={"user_id": "u1"}).json()
     assert body["held_out"] is None and body["threshold"] is None and body["flagged"] is None
+
+
+def test_a_rings_case_file_over_http_is_the_exported_one(tmp_path: Path) -> None:
+    """GET /fraud/case/{ring_id}: the case document `shopgraph rings --export` writes, for a case
+    management tool that cannot read the server's disk (written now: no export's `source`)."""
+    import json
+
+    run_dir = make_run(tmp_path / "run", held_out=True)
+    rings_run(run_dir, top=2, export=tmp_path / "cases", detector=RingDetector(hub_threshold=10))
+    cases = FraudCases.from_run(run_dir)
+    app = FastAPI()
+    app.include_router(fraud_router(cases.rings, case=cases.case))
+    client = TestClient(app, raise_server_exceptions=False)
+    for ring in cases.rings()[:2]:
+        r = client.get(f"/fraud/case/{ring.ring_id.lower()}")  # in any case, as /fraud/ring takes it
+        assert r.status_code == 200
+        exported = json.loads((tmp_path / "cases" / "cases" / f"{ring.ring_id}.json").read_text())
+        assert exported["source"] is not None and r.json() == {**exported, "source": None}
+    r = client.get("/fraud/case/R9999")
+    assert r.status_code == 404 and r.json()["detail"] == (
+        f"ring_id: unknown ring 'R9999' ({len(cases.rings())} rings known; ring ids look like R0001)")
+    assert client.get("/fraud/case/R0001", params={"x": "1"}).status_code == 422
+    app = FastAPI()
+    app.include_router(fraud_router(cases.rings))  # no case files on this server
+    r = TestClient(app).get("/fraud/case/R0001")
+    assert r.status_code == 503 and "case files are not available" in r.json()["detail"]
