@@ -896,6 +896,10 @@ def test_build_app_and_mount_under_the_http_api(ui_service: ShopService) -> None
                     assert f["value_in_words"] == said
                     shown += 1
         assert shown
+        # a ring's case file over HTTP, its members explained
+        ring = client.get("/fraud/rings", params={"top": 1}).json()["rings"][0]["ring_id"]
+        doc = client.get(f"/fraud/case/{ring}").json()
+        assert doc["ring_id"] == ring and doc["explanations"] and doc["case_version"] >= 7
 
 
 def test_empty_tables_start_with_their_column_names(ui_service: ShopService) -> None:
