@@ -238,7 +238,7 @@ def _count(n: float) -> str:
 
 def in_words(name: str, value: float) -> str | None:
     """A scorer column without a raw reading (a neighbourhood mean, a group of encoder columns) as
-    :mod:`shopgraph.graph.wording` words it, with its value where that means something ("accounts on
+    :func:`reason_in_words` words it, with its value where that means something ("accounts on
     the same devices (this one included): average account age: 1.0 SD below average"); ``None`` for
     a name it does not know."""
     reading = reason_in_words(name)
@@ -308,7 +308,7 @@ def describe_user_feature(name: str, raw: float | None, value: float, as_of: str
 
 class FeatureFacts:
     """An account's behaviour features written as people read them, from their values before
-    standardising (:func:`shopgraph.encoders.behaviour.user_raw_columns`): its own columns as
+    standardising (:func:`shopgraph.encoders.behaviour.feature_facts`): its own columns as
     :func:`describe_user_feature` writes them ("account age …: 14 days", not "1.8 SD below
     average"), and the means over the accounts sharing its devices (or items) of those columns in
     the same unit ("accounts on the same devices (this one included): average account age: 12
@@ -333,7 +333,6 @@ class FeatureFacts:
         self.scales = dict(scales or {})
         self.as_of = as_of
         self.quick = quick
-
 
     def fact(self, name: str, value: float, u: int) -> str | None:
         """User ``u``'s feature ``name`` (whose value the scorer read is ``value``) as a plain fact,
