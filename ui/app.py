@@ -1683,6 +1683,26 @@ def _measured_on(purchase: Any, fraud: Any) -> str:
     return (" Measured: " + "; ".join(parts) + ".") if parts else ""
 
 
+# the parts of the served purchase model besides the network (graph.train names them in its kind,
+# "shopgnn-history+revisit+groupmix+itemknn+consider"), in words
+_PURCHASE_PARTS = {
+    "revisit": "the items a shopper viewed or carted and came back to",
+    "groupmix": "the popular items of the categories they shop most",
+    "itemknn": "the items often bought with theirs",
+    "consider": "the few items they keep returning to",
+}
+
+
+def _purchase_parts(kind: str) -> str:
+    """`` that also weighs …`` for the parts of the served purchase model that are not the network
+    itself (the simpler signals it adds), ``""`` for a network alone."""
+    parts = [_PURCHASE_PARTS[p] for p in kind.split("+")[1:] if p in _PURCHASE_PARTS]
+    if not parts:
+        return ""
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f" that also weighs {listed}"
+
+
 def model_view(run_dir: Path | None) -> ModelView:
     """Tables from ``RUN/metrics.json`` (GNN vs each baseline), their legends, the technical names of
     ShopGraph's models, and the images of ``RUN/plots/*.png``."""
@@ -1717,7 +1737,8 @@ def model_view(run_dir: Path | None) -> ModelView:
         except (OSError, ValueError) as exc:
             logger.warning("plot %s unreadable: %s", rel, exc)
     status = ("Test-period metrics of what ShopGraph serves and of simpler methods (baselines): higher is better. "
-              "ShopGraph ranks purchases with a graph neural network; its fraud "
+              "ShopGraph ranks purchases with a graph neural network"
+              + _purchase_parts(str(purchase_section.get("gnn", {}).get("kind", ""))) + "; its fraud "
               "score comes from the fraud scorer that did best on validation data. What each column means is "
               "written under its table." + _in_short(purchase_section, fraud_section)
               + _measured_on(purchase_section.get("test"), fraud_section.get("test")))

@@ -1412,6 +1412,13 @@ def test_model_tab_explains_every_column_and_names_the_model_plainly(ui_run: Pat
     metrics = RunDir(ui_run).read_json("metrics.json")
     purchase_kind, fraud_kind = metrics["purchase"]["gnn"]["kind"], metrics["fraud"]["gnn"]["kind"]
     assert view.purchase["model"].iloc[0] == "ShopGraph (graph neural network)"
+    # the simpler signals the served model adds to the network, in words (its name lists them)
+    from shopgraph.ui.app import _purchase_parts
+
+    assert _purchase_parts("shopgnn-history+revisit+itemknn") == (
+        " that also weighs the items a shopper viewed or carted and came back to and the items often bought with theirs")
+    assert _purchase_parts("shopgnn-sage") == "" and _purchase_parts("") == ""
+    assert _purchase_parts(purchase_kind) in view.status
     assert purchase_kind not in view.purchase["model"].iloc[0] and purchase_kind not in view.status
     assert purchase_kind in html.unescape(view.technical) and view.technical.startswith("<small>")
     tables = [(view.purchase, view.purchase_legend)]
