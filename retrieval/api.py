@@ -105,8 +105,9 @@ class RecommendOut(BaseModel):
 
 
 class RecommendBatchIn(BaseModel):
-    """JSON body of ``POST /recommend/batch`` (its schema; the body is checked by :func:`_recommend_batch_json`)."""
+    """The JSON body of POST /recommend/batch."""
 
+    # its schema, for the OpenAPI document; the body itself is checked by :func:`_recommend_batch_json`
     model_config = ConfigDict(extra="forbid")
 
     user_ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH, description="known user ids (a user may "
@@ -134,8 +135,9 @@ class SimilarOut(BaseModel):
 
 
 class SimilarBatchIn(BaseModel):
-    """JSON body of ``POST /similar/batch`` (its schema; the body is checked by :func:`_similar_batch_json`)."""
+    """The JSON body of POST /similar/batch."""
 
+    # its schema, for the OpenAPI document; the body itself is checked by :func:`_similar_batch_json`
     model_config = ConfigDict(extra="forbid")
 
     item_ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH, description="served item ids (an item "
@@ -150,8 +152,9 @@ class SimilarBatchOut(BaseModel):
 
 
 class SearchIn(BaseModel):
-    """JSON body of ``POST /search`` (its schema; the body is checked by :func:`_search_json`)."""
+    """The JSON body of POST /search."""
 
+    # its schema, for the OpenAPI document; the body itself is checked by :func:`_search_json`
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(..., description="the query text", max_length=MAX_TEXT_CHARS)
@@ -159,8 +162,9 @@ class SearchIn(BaseModel):
 
 
 class ColdIn(BaseModel):
-    """JSON body of ``POST /recommend/cold`` (its schema; the body is checked by :func:`_cold_json`)."""
+    """The JSON body of POST /recommend/cold."""
 
+    # its schema, for the OpenAPI document; the body itself is checked by :func:`_cold_json`
     model_config = ConfigDict(extra="forbid")
 
     item_ids: list[str] | None = Field(None, description="items the visitor looked at or picked (or give text)",
@@ -216,8 +220,9 @@ class FraudOut(BaseModel):
 
 
 class FraudBatchIn(BaseModel):
-    """JSON body of ``POST /fraud/score/batch`` (its schema; the body is checked by :func:`_fraud_batch_json`)."""
+    """The JSON body of POST /fraud/score/batch."""
 
+    # its schema, for the OpenAPI document; the body itself is checked by :func:`_fraud_batch_json`
     model_config = ConfigDict(extra="forbid")
 
     user_ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH, description="known user ids")
@@ -255,8 +260,9 @@ class HealthOut(BaseModel):
 
 
 class ItemIn(BaseModel):
-    """JSON body of ``POST /items`` (its schema; the body is checked by :func:`_item_fields`)."""
+    """The JSON body of POST /items."""
 
+    # its schema, for the OpenAPI document; the body itself is checked by :func:`_item_fields`
     model_config = ConfigDict(extra="forbid")
 
     item_id: str = Field(..., description="a new item id", max_length=MAX_TEXT_CHARS)
@@ -327,9 +333,10 @@ class RemovedOut(BaseModel):
 
 
 class RemoveIn(BaseModel):
-    """JSON body of ``POST /items/remove`` (its schema; the body is checked by :func:`_remove_ids`
-    and :meth:`ShopService.remove_items`)."""
+    """The JSON body of POST /items/remove."""
 
+    # its schema, for the OpenAPI document; the body itself is checked by :func:`_remove_ids` and
+    # :meth:`ShopService.remove_items`
     model_config = ConfigDict(extra="forbid")
 
     item_ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH, description="served item ids, each once")

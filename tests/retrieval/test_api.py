@@ -179,6 +179,10 @@ def test_openapi_docs(client):
             r = client.get(f"/docs-assets/{asset}")
             assert r.status_code == 200 and len(r.content) > 10_000
             assert b"cdn.redoc.ly" not in r.content  # ReDoc's footer logo: an empty picture, not Redocly's CDN
+    # the document speaks to integrators: no reStructuredText roles or names of the code's own functions
+    import re
+
+    assert not re.findall(r":(?:func|meth|class|data|attr):`", json.dumps(spec))
     # every error the routes answer is listed with the body they send ({"detail": str})
     error = {"$ref": "#/components/schemas/ErrorOut"}
     for path, method, codes in (("/recommend", "get", {"404", "422"}), ("/similar", "get", {"404", "422"}),
