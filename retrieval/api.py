@@ -721,7 +721,12 @@ def _json_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 def _media_type(request: Request, accepted: tuple[str, ...]) -> str:
     """The request's media type, one of ``accepted`` (compared case-insensitively, RFC 9110), or
-    ``application/json`` when it names none; 415 naming ``accepted`` otherwise."""
+    ``application/json`` when it names none; 415 naming ``accepted`` otherwise, and for a compressed
+    body (``Content-Encoding: gzip``: read as it is, it would be reported as text that is not UTF-8)."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise HTTPException(415, f"content-encoding: compressed bodies are not supported (got "
+                                 f"{shown(request.headers.get('content-encoding'))}); send the body uncompressed")
     ctype = request.headers.get("content-type", "")
     if not ctype:
         return "application/json"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 from pathlib import Path
@@ -337,6 +338,12 @@ def _raw_query(query: str) -> str:
      "body: expected a JSON object"),
     ("post", "/search", {"content": b"hello", "headers": {"content-type": "text/plain"}}, 415,
      "content-type: expected application/json or multipart/form-data (got 'text/plain')"),
+    # a compressed body is said to be one, not reported as text that is not UTF-8
+    ("post", "/search", {"content": gzip.compress(b'{"text": "shoes"}'),
+                         "headers": {"content-type": "application/json", "content-encoding": "gzip"}}, 415,
+     "content-encoding: compressed bodies are not supported (got 'gzip'); send the body uncompressed"),
+    ("post", "/recommend/batch", {"json": {"user_ids": ["u001"]}, "headers": {"content-encoding": "br"}}, 415,
+     "content-encoding: compressed bodies are not supported (got 'br'); send the body uncompressed"),
     ("post", "/search", {"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data"}}, 400,
      "body: not a readable multipart/form-data body"),
     ("post", "/search", {"files": {"image": ("x.png", b"not an image", "image/png")}}, 422,
