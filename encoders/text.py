@@ -141,6 +141,15 @@ class TextEncoder:
             shown = self._tokenizer.decode(ids[1 : self.max_length - 1])
             return min(len(text), len(shown))
 
+    def knows_a_word(self, text: str) -> bool:
+        """Whether the model's tokenizer reads any of ``text`` as something other than its unknown
+        token: a query made only of what it does not know (``"😀👟"`` for the bundled model) comes
+        out as the vector of that one token, which matches items at random."""
+        self._load()
+        ids = self._tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        unknown = getattr(self._tokenizer, "unk_token_id", None)
+        return any(i != unknown for i in ids)
+
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Embed texts.
 

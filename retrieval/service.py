@@ -415,6 +415,12 @@ def _escaped(ch: str) -> str:
     return f"'\\u{ord(ch):04x}'" if ord(ch) <= 0xFFFF else f"'\\U{ord(ch):08x}'"
 
 
+def _quoted(text: str) -> str:
+    """``text`` as :func:`shown` quotes it, with the characters that show as nothing escaped
+    (``'\\u200b'``): ``repr`` leaves some of them as they are."""
+    return "".join(_escaped(ch)[1:-1] if invisible(ch) else ch for ch in shown(text))
+
+
 def check_plain_id(item_id: str, name: str, what: str = "an id") -> str:
     """A new id (``what``: or a new category name) when it can be told apart from others by eye: no
     invisible format characters (a zero-width space, a byte-order mark) and in Unicode's composed
@@ -422,9 +428,8 @@ def check_plain_id(item_id: str, name: str, what: str = "an id") -> str:
     Ids that look alike but differ this way would each pass the check that an id is not served yet."""
     at = next((k for k, ch in enumerate(item_id) if invisible(ch)), None)
     if at is not None:
-        quoted = "".join(_escaped(ch)[1:-1] if invisible(ch) else ch for ch in shown(item_id))  # repr left some
         raise ValueError(f"{name}: an invisible character {_escaped(item_id[at])} at position {at:,} (got "
-                         f"{quoted}); {what} is characters one can see")
+                         f"{_quoted(item_id)}); {what} is characters one can see")
     composed = unicodedata.normalize("NFC", item_id)
     if composed != item_id:
         raise ValueError(f"{name}: not in Unicode's composed form NFC (got {shown(item_id)}, an accent written as a "
@@ -447,6 +452,9 @@ def check_text(text: Any, name: str = "text") -> str:
     stripped = text.strip()
     if not stripped:
         raise ValueError(f"{name}: expected a non-empty query (got {shown(text)})")
+    if shows_nothing(stripped):  # zero-width spaces, joiners, marks: a query of nothing one can see
+        raise ValueError(f"{name}: expected a query one can see (got {_quoted(stripped)}: characters that show as "
+                         "nothing)")
     if len(text) > MAX_TEXT_CHARS:  # as sent, spaces included: as every text field is counted (and the schema)
         raise ValueError(f"{name}: expected at most {MAX_TEXT_CHARS:,} characters (got {len(text):,})")
     return stripped
@@ -1519,10 +1527,17 @@ class ShopService:
             self._text_encoder = TextEncoder(self._text_model)
         return self._text_encoder
 
-    def _encode_texts(self, texts: list[str]) -> np.ndarray:
+    def _encode_texts(self, texts: list[str], queries: Sequence[str] = ()) -> np.ndarray:
+        """The text model's vectors of ``texts``; ``queries``: their names in messages, when they are
+        queries, each refused (``ValueError``) when the model knows none of its words."""
         with self._enc_lock:
             encoder = self._loaded_text_encoder()
             self._check_encoder("text", encoder, self._text_model)
+            knows = getattr(encoder, "knows_a_word", None)
+            for name, text in zip(queries, texts, strict=False):
+                if knows is not None and not knows(text):
+                    raise ValueError(f"{name}: the text model knows none of its words (got {shown(text)}), so it "
+                                     "would match items at random; use words")
             vectors = np.asarray(encoder.encode(texts), dtype=np.float32)
         return vectors
 
@@ -1606,7 +1621,7 @@ class ShopService:
         k = check_k(k)
         if text is None and image is None:
             raise ValueError("text, image: expected a text query, an image or both (got neither)")
-        q_text = self._encode_texts([check_text(text)]) if text is not None else None
+        q_text = self._encode_texts([check_text(text)], ["text"]) if text is not None else None
         q_img = self._encode_image(image) if image is not None else None
         with self._lock.read():
             if q_img is None and q_text is not None:
@@ -1644,8 +1659,8 @@ class ShopService:
         clean = [check_text(t, f"texts[{n}]") for n, t in enumerate(texts)]
         self._need("text_items")
         out = []
-        for text in clean:
-            q = self._encode_texts([text])
+        for n, text in enumerate(clean):
+            q = self._encode_texts([text], [f"texts[{n}]"])
             with self._lock.read():
                 ids, sc = self._content_hits("text_items", q, k)
                 out.append(self._pack(ids, sc, [f"text match {s:.2f}" for s in sc]))
@@ -1823,7 +1838,7 @@ class ShopService:
         self._maybe_sync()
         k = check_k(k)
         n_seeds = check_k(n_seeds, "n_seeds")
-        q = self._encode_texts([check_text(text)])
+        q = self._encode_texts([check_text(text)], ["text"])
         with self._lock.read():
             seeds, _ = self._content_hits("text_items", q, n_seeds)
             if seeds.size == 0:

@@ -332,6 +332,14 @@ def _raw_query(query: str) -> str:
     ("post", "/search", {"json": {"text": 5}}, 422, "text: expected a string (got int 5)"),
     ("post", "/search", {"json": ["shoes"]}, 422, "body: expected a JSON object"),
     ("post", "/search", {"json": {"k": 3}}, 422, "text: required"),
+    # a query of nothing one can see, or of nothing the text model knows, would match items at random
+    ("post", "/search", {"json": {"text": "\u200b"}}, 422,
+     "text: expected a query one can see (got '\\u200b': characters that show as nothing)"),
+    ("post", "/search", {"json": {"text": "\U0001f600\U0001f45f"}}, 422,
+     "text: the text model knows none of its words (got '\U0001f600\U0001f45f'), so it would match items at "
+     "random; use words"),
+    ("post", "/recommend/cold", {"json": {"text": "\U0001f600"}}, 422,
+     "text: the text model knows none of its words (got '\U0001f600'), so it would match items at random; use words"),
     ("post", "/search", {"json": {"text": "x" * 70_000}}, 413, "body: over the 65,536-byte limit of a JSON query"),
     ("post", "/search?k=3", {"json": {"text": "shoes"}}, 422, "k: unknown parameter (expected none)"),
     ("post", "/search", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422,
