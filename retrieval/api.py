@@ -181,6 +181,9 @@ _TEXT_CUT = ("null when the text model read the whole text; else how many of its
 
 class ColdOut(BaseModel):
     item_ids: list[str] | None
+    left_out: list[str] = Field(default_factory=list, description="those of item_ids removed from the catalogue "
+                                "since (a visitor's recently viewed list can hold them): left out of the query, "
+                                "which the others make; all of them removed is a 404")
     text: str | None
     text_cut_at: int | None = Field(None, description=_TEXT_CUT)
     k: int
@@ -1211,12 +1214,15 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     async def recommend_cold(request: Request) -> ColdOut:
         _media_type(request, ("application/json",))
         ids, text, k, n_seeds = _cold_json(await _json_body(request, _COLD_EXAMPLE))
+        left_out: list[str] = []
         if text is not None:
             rec = await run_in_threadpool(service.recommend_for_text, text, k, n_seeds)
         else:
-            rec = service.recommend_for_items(ids or [], k)
+            left_out = service.removed_items(ids or [])
+            kept = [i for i in ids or [] if i not in left_out]
+            rec = service.recommend_for_items(kept or ids or [], k)  # none left: the 404 names them all
         cut = await run_in_threadpool(service.text_cut_at, text) if text is not None else None
-        return ColdOut(item_ids=ids, text=text, text_cut_at=cut, k=k, items=_items(rec))
+        return ColdOut(item_ids=ids, left_out=left_out, text=text, text_cut_at=cut, k=k, items=_items(rec))
 
     search_body = _json_or_multipart(SearchIn, {
         "image": {"type": "string", "format": "binary",

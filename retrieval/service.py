@@ -1104,6 +1104,14 @@ class ShopService:
             return ""
         return f"; {listed_ids(removed)} {'was' if len(removed) == 1 else 'were'} removed from the catalogue"
 
+    def removed_items(self, item_ids: Sequence[Any]) -> list[str]:
+        """Those of ``item_ids`` (as given, each once) that are trained items removed from the catalogue
+        since: a visitor's list of recently viewed items can hold them, as a cart can
+        (``POST /recommend/cold`` leaves them out of the query and says so)."""
+        with self._lock.read():
+            return list(dict.fromkeys(i for i in item_ids if isinstance(i, str) and i.strip() not in self._item_pos
+                                      and i.strip() in self._trained_pos))
+
     def _many(self, ids: Any, name: str, positions: dict[str, int], kind: str, k: int | None = None) -> list[int]:
         """The positions of a list of 1 to :data:`MAX_BATCH` ids; the unknown ones are all named
         (``UnknownIdError``), so a caller with several new accounts learns of them in one answer.

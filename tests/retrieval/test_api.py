@@ -953,6 +953,22 @@ def test_a_batch_of_items_is_removed_over_http_all_at_once(writable):
     assert writable.get("/healthz").json()["catalogue"]["removed"] == removed + 2  # sku/78 was an added item
 
 
+def test_a_visitors_removed_items_are_left_out_of_the_query_and_named(writable):
+    """A visitor's recently viewed list can hold items removed since, as a cart can: /recommend/cold
+    leaves them out, says which, and answers from the others; all of them removed is a 404."""
+    before = writable.post("/recommend/cold", json={"item_ids": ["i021"], "k": 5}).json()
+    assert writable.delete("/items/i022").status_code == 200
+    r = writable.post("/recommend/cold", json={"item_ids": ["i021", "i022"], "k": 5})
+    assert r.status_code == 200, r.text
+    still = [i["item_id"] for i in before["items"] if i["item_id"] != "i022"]  # the query of i021 alone
+    assert r.json()["left_out"] == ["i022"] and [i["item_id"] for i in r.json()["items"]][:len(still)] == still
+    assert before["left_out"] == []
+    r = writable.post("/recommend/cold", json={"item_ids": ["i022"], "k": 5})
+    assert r.status_code == 404 and "'i022' was removed from the catalogue" in r.json()["detail"]
+    r = writable.post("/recommend/cold", json={"item_ids": ["i021", "nope"], "k": 5})  # never served: not left out
+    assert r.status_code == 404 and "unknown item 'nope'" in r.json()["detail"]
+
+
 def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):
     assert writable.post("/items", json={"item_id": "sku/77", "title": "green disc"}).status_code == 201
     r = writable.delete("/items/sku/77")
