@@ -313,16 +313,34 @@ class ItemInfoOut(BaseModel):
     category: str
     description: str
     price: float | None
-    image: str | None = Field(description="where the service keeps the item's image, a path on the server "
+    image: str | None = Field(description="the item's image file as the shop's items table names it "
+                                          "(`images/i000001.png`), or, for one added at run time, in the run "
+                                          "folder (`added_images/<hash>.png`): never the server's own folders "
                                           "(null: none)")
     image_url: str | None = Field(None, description="the image to fetch over HTTP, `GET /images/{item_id}` "
                                                     "(null: none)")
 
 
-def _item_out(info: dict[str, Any]) -> ItemInfoOut:
-    """An item as ``/items`` answers it: :meth:`ShopService.item_info` and where to fetch its image."""
+def _item_out(info: dict[str, Any], service: ShopService) -> ItemInfoOut:
+    """An item as ``/items`` answers it: :meth:`ShopService.item_info` and where to fetch its image,
+    the image file named relative to the shop's tables or the run folder (a client has no use for
+    the server's paths, and they say how its disk is laid out)."""
     url = f"/images/{quote(info['item_id'], safe='')}" if info.get("image") else None
-    return ItemInfoOut(**info, image_url=url)
+    return ItemInfoOut(**{**info, "image": _relative(info.get("image"), service)}, image_url=url)
+
+
+def _relative(path: str | None, service: ShopService) -> str | None:
+    """``path`` relative to the run folder or the shop's tables (whichever holds it), else its name."""
+    if not path:
+        return None
+    where = Path(path)
+    for root in (service.run_path, service.tables_root):
+        if root is not None and where.is_absolute():
+            try:
+                return where.relative_to(Path(root)).as_posix()
+            except ValueError:
+                continue
+    return where.as_posix() if not where.is_absolute() else where.name
 
 
 class BatchOut(BaseModel):
@@ -1283,7 +1301,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
             fields = _item_fields(await _json_body(request, _ITEM_EXAMPLE), "field")
         given = fields if image is None else {**fields, "image": image}  # no image given: kept on a restore
         await run_in_threadpool(_changed, lambda: service.add_item(**given))
-        return _item_out(service.item_info(fields["item_id"].strip()))
+        return _item_out(service.item_info(fields["item_id"].strip()), service)
 
     batch_item = BatchItemIn.model_json_schema()
     batch_body = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -1300,7 +1318,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         items = await run_in_threadpool(_batch_items, body, service)
         positions = await run_in_threadpool(_changed, lambda: service.add_items(items))
         return BatchOut(added=len(positions),
-                        items=[_item_out(service.item_info(service.item_ids[p])) for p in positions])
+                        items=[_item_out(service.item_info(service.item_ids[p]), service) for p in positions])
 
     @app.post("/items/remove", response_model=RemovedBatchOut, responses=catalogue_errors, tags=["catalogue"],
               summary=f"Remove up to {MAX_BATCH:,} items at once, all or none (JSON)",
@@ -1313,7 +1331,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     @app.get("/items/{item_id:path}", response_model=ItemInfoOut, responses=_ERRORS, tags=["catalogue"],
              summary="One served item: title, category, description, price, image", dependencies=[nothing])
     def get_item(item_id: str) -> ItemInfoOut:
-        return _item_out(service.item_info(item_id))
+        return _item_out(service.item_info(item_id), service)
 
     @app.get("/images/{item_id:path}", response_class=FileResponse, tags=["catalogue"],
              summary="A served item's image file (the `image_url` of `GET /items/{item_id}`)",
