@@ -1160,6 +1160,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         415: {"model": ErrorOut, "description": "unsupported content type"},
     }
     nothing = Depends(strict_query(()))
+    cache_busting = Depends(strict_query(("v",)))  # /images: a version added to its URL, ignored
 
     @app.get("/recommend", response_model=RecommendOut, responses=_ERRORS, tags=["recommend"],
              summary="Top-k items for a user", dependencies=[only_recommend])
@@ -1337,8 +1338,10 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
              summary="A served item's image file (the `image_url` of `GET /items/{item_id}`)",
              responses={**_ERRORS, 200: {"content": {"image/*": {}}, "description": "the image file"},
                         503: {"model": ErrorOut, "description": "the image file is missing on the server"}},
-             dependencies=[nothing])
-    def item_image(item_id: str, request: Request) -> Response:
+             dependencies=[cache_busting])
+    def item_image(item_id: str, request: Request,
+                   v: str | None = Query(None, description="any value, ignored: a version a client or CDN adds to "
+                                                          "the URL to fetch the picture afresh")) -> Response:
         path = service.item_info(item_id)["image"]  # an unknown item: 404
         if not path:
             raise UnknownIdError(f"item_id: item {shown(item_id.strip())} has no image")
@@ -1358,7 +1361,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
              summary="The headers of `GET /images/{item_id}` (its type and size), without the file",
              responses={**_ERRORS, 200: {"description": "the image file's headers"},
                         503: {"model": ErrorOut, "description": "the image file is missing on the server"}},
-             dependencies=[nothing])(item_image)
+             dependencies=[cache_busting])(item_image)
 
     @app.delete("/items/{item_id:path}", response_model=RemovedOut, responses={
         **_ERRORS, 503: {"model": ErrorOut, "description": "the journal could not be written"},

@@ -884,6 +884,10 @@ def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
     assert writable.get("/items/i003?verbose=1").status_code == 422
     got = writable.get("/images/i003")  # a trained item's picture, from the shop's tables
     assert got.status_code == 200 and got.content == Path(writable.service.item_info("i003")["image"]).read_bytes()
+    # a version added to the URL to fetch it afresh (?v=...) is taken and ignored; other parameters are not
+    assert writable.get("/images/i003", params={"v": "20251219"}).content == got.content
+    r = writable.get("/images/i003", params={"size": "64"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("size: unknown parameter")
     r = writable.post("/items", json={"item_id": "new1", "title": "again"})
     assert r.status_code == 409 and r.json()["detail"] == "item_id: item 'new1' already exists"
     r = writable.delete("/items/i004")
