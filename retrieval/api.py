@@ -98,6 +98,12 @@ class ItemOut(BaseModel):
     reason: str
 
 
+_SKIP_UNKNOWN = ("true: answer for the known ids and name the others in `unknown`, rather than a 404 for the whole "
+                 "batch (an account that signed up since training, an item removed since); ids that are not "
+                 "strings are refused all the same")
+_UNKNOWN = "with skip_unknown: every id given that is not known (each once, as given), left out of the answer"
+
+
 class RecommendOut(BaseModel):
     user_id: str
     k: int
@@ -117,6 +123,7 @@ class RecommendBatchIn(BaseModel):
     exclude_seen: bool = Field(True, description="drop items each user already purchased")
     category: str | None = Field(None, min_length=1, description="only items of this category (omit it or null "
                                                                  "for every category)")
+    skip_unknown: bool = Field(False, description=_SKIP_UNKNOWN)
     exclude: dict[str, list[str]] | None = Field(
         None, description=f"per user, item ids to leave out as well (each user's cart, say): "
                           f'{{"u001": ["i042", "i007"]}}; every key one of user_ids, at most {MAX_BATCH:,} ids a '
@@ -125,7 +132,9 @@ class RecommendBatchIn(BaseModel):
 
 class RecommendBatchOut(BaseModel):
     k: int
-    results: list[RecommendOut] = Field(description="one per user id, in the order given")
+    results: list[RecommendOut] = Field(description="one per user id, in the order given (with skip_unknown: "
+                                                    "per known one)")
+    unknown: list[str] = Field(default_factory=list, description=_UNKNOWN)
 
 
 class SimilarOut(BaseModel):
@@ -144,11 +153,14 @@ class SimilarBatchIn(BaseModel):
                                                                                      "may appear more than once)")
     k: int = Field(10, ge=1, le=K_MAX, description=f"results per item, 1..{K_MAX}, and at most "
                                                    f"{MAX_BATCH_RESULTS:,} results in all (item ids × k)")
+    skip_unknown: bool = Field(False, description=_SKIP_UNKNOWN)
 
 
 class SimilarBatchOut(BaseModel):
     k: int
-    results: list[SimilarOut] = Field(description="one per item id, in the order given")
+    results: list[SimilarOut] = Field(description="one per item id, in the order given (with skip_unknown: "
+                                                  "per served one)")
+    unknown: list[str] = Field(default_factory=list, description=_UNKNOWN)
 
 
 class SearchIn(BaseModel):
@@ -230,12 +242,15 @@ class FraudBatchIn(BaseModel):
 
     user_ids: list[str] = Field(..., min_length=1, max_length=MAX_BATCH, description="known user ids")
     reasons: bool = Field(True, description="include each account's reasons (false: scores only)")
+    skip_unknown: bool = Field(False, description=_SKIP_UNKNOWN)
 
 
 class FraudBatchOut(BaseModel):
-    count: int = Field(description="how many accounts were scored (all of those given)")
+    count: int = Field(description="how many accounts were scored (all of those given; with skip_unknown, the "
+                                   "known ones)")
     flagged: int = Field(description="how many of them are at or above the threshold")
     scores: list[FraudOut] = Field(description="one per user id, in the order given")
+    unknown: list[str] = Field(default_factory=list, description=_UNKNOWN)
 
 
 class CatalogueOut(BaseModel):
@@ -917,7 +932,7 @@ def _recommend_batch_json(body: dict[str, Any]) -> tuple[list[Any], int, bool, s
     """``(user_ids, k, exclude_seen, category, exclude)`` of a ``POST /recommend/batch`` body; ``k``
     a JSON integer and ``exclude_seen`` a JSON boolean, as strict as the query of ``GET /recommend``
     (the service checks ``exclude``: a JSON object arrives as the mapping it expects)."""
-    check_fields(list(body), ("user_ids", "k", "exclude_seen", "category", "exclude"), "field")
+    check_fields(list(body), ("user_ids", "k", "exclude_seen", "category", "exclude", "skip_unknown"), "field")
     ids = _id_list(body, "user_ids", _RECOMMEND_BATCH_EXAMPLE)
     category = body.get("category")
     if category is not None and not (isinstance(category, str) and category.strip()):
@@ -928,7 +943,7 @@ def _recommend_batch_json(body: dict[str, Any]) -> tuple[list[Any], int, bool, s
 
 def _similar_batch_json(body: dict[str, Any]) -> tuple[list[Any], int]:
     """``(item_ids, k)`` of a ``POST /similar/batch`` body."""
-    check_fields(list(body), ("item_ids", "k"), "field")
+    check_fields(list(body), ("item_ids", "k", "skip_unknown"), "field")
     return _id_list(body, "item_ids", _SIMILAR_BATCH_EXAMPLE), check_k(body.get("k", 10))
 
 
@@ -936,7 +951,7 @@ def _fraud_batch_json(body: dict[str, Any], service: ShopService) -> tuple[list[
     """``(user_ids, reasons)`` of a ``POST /fraud/score/batch`` body. Reasons that the model works out
     per account (a GNN fraud head) are limited to :data:`MAX_SLOW_REASONS` accounts a request, so a
     request never runs for minutes."""
-    check_fields(list(body), ("user_ids", "reasons"), "field")
+    check_fields(list(body), ("user_ids", "reasons", "skip_unknown"), "field")
     ids = _id_list(body, "user_ids", _FRAUD_BATCH_EXAMPLE)
     reasons = check_bool(body.get("reasons", True), "reasons")
     if reasons and service.reasons_per_account_model and len(ids) > MAX_SLOW_REASONS:
@@ -945,6 +960,18 @@ def _fraud_batch_json(body: dict[str, Any], service: ShopService) -> tuple[list[
                          f"account), so reasons come for at most {MAX_SLOW_REASONS} accounts a request (got "
                          f"{len(ids):,}); send \"reasons\": false for scores only, or fewer accounts")
     return ids, reasons
+
+
+def _known_only(body: dict[str, Any], ids: list[Any], known: Callable[[str], bool]) -> tuple[list[Any], list[str]]:
+    """``(ids to answer, the unknown ones)`` of a batch: with ``"skip_unknown": true`` in ``body``, the
+    string ids ``known`` does not know (spaces aside) are taken out and named, each once, as given;
+    without it, ``(ids, [])`` (the service's 404 names them). Ids that are not strings stay, for the
+    service to refuse."""
+    if not check_bool(body.get("skip_unknown", False), "skip_unknown"):
+        return ids, []
+    unknown = list(dict.fromkeys(i for i in ids if isinstance(i, str) and not known(i.strip())))
+    gone = set(unknown)
+    return [i for i in ids if not (isinstance(i, str) and i in gone)], unknown
 
 
 def _fraud_out(service: ShopService, s: FraudScore) -> FraudOut:
@@ -1195,11 +1222,14 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     async def recommend_batch(request: Request) -> Response:
         body = await _ids_body(request, _RECOMMEND_BATCH_EXAMPLE)
         ids, k, exclude_seen, category, exclude = _recommend_batch_json(body)
+        ids, unknown = _known_only(body, ids, service.has_user)
+        if unknown and isinstance(exclude, dict):  # their carts go with them
+            exclude = {u: v for u, v in exclude.items() if not (isinstance(u, str) and u in set(unknown))}
 
         def answer() -> Response:
-            recs = service.recommend_batch(ids, k, exclude_seen, category, exclude)
+            recs = service.recommend_batch(ids, k, exclude_seen, category, exclude) if ids or not unknown else []
             return _rendered(RecommendBatchOut(k=k, results=[RecommendOut(user_id=u.strip(), k=k, items=_items(rec))
-                                                             for u, rec in zip(ids, recs)]))
+                                                             for u, rec in zip(ids, recs)], unknown=unknown))
 
         return await run_in_threadpool(answer)
 
@@ -1218,11 +1248,12 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     async def similar_batch(request: Request) -> Response:
         body = await _ids_body(request, _SIMILAR_BATCH_EXAMPLE)
         ids, k = _similar_batch_json(body)
+        ids, unknown = _known_only(body, ids, service.has_item)
 
         def answer() -> Response:
-            recs = service.similar_items_batch(ids, k)
+            recs = service.similar_items_batch(ids, k) if ids or not unknown else []
             return _rendered(SimilarBatchOut(k=k, results=[SimilarOut(item_id=i.strip(), k=k, items=_items(rec))
-                                                           for i, rec in zip(ids, recs)]))
+                                                           for i, rec in zip(ids, recs)], unknown=unknown))
 
         return await run_in_threadpool(answer)
 
@@ -1382,8 +1413,10 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     async def fraud_score_batch(request: Request) -> FraudBatchOut:
         body = await _ids_body(request, _FRAUD_BATCH_EXAMPLE)
         ids, reasons = _fraud_batch_json(body, service)
-        scores = [_fraud_out(service, s) for s in await run_in_threadpool(service.score_users, ids, reasons=reasons)]
-        return FraudBatchOut(count=len(scores), flagged=sum(s.flagged for s in scores), scores=scores)
+        ids, unknown = _known_only(body, ids, service.has_user)
+        scored = await run_in_threadpool(service.score_users, ids, reasons=reasons) if ids or not unknown else []
+        scores = [_fraud_out(service, s) for s in scored]
+        return FraudBatchOut(count=len(scores), flagged=sum(s.flagged for s in scores), scores=scores, unknown=unknown)
 
     @app.get("/healthz", response_model=HealthOut, tags=["ops"], summary="Liveness and what is loaded",
              responses={422: _ERRORS[422]}, dependencies=[nothing])

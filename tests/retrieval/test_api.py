@@ -220,8 +220,9 @@ def test_openapi_docs(client):
     assert set(spec["paths"]["/images/{item_id}"]) == {"get", "head"}  # HEAD is served, so listed
     remove = spec["paths"]["/items/remove"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert remove["properties"]["item_ids"]["maxItems"] == 1000 and remove["required"] == ["item_ids"]
-    for path, fields in (("/recommend/batch", {"user_ids", "k", "exclude_seen", "category", "exclude"}),
-                         ("/fraud/score/batch", {"user_ids", "reasons"}), ("/similar/batch", {"item_ids", "k"})):
+    for path, fields in (("/recommend/batch", {"user_ids", "k", "exclude_seen", "category", "exclude", "skip_unknown"}),
+                         ("/fraud/score/batch", {"user_ids", "reasons", "skip_unknown"}),
+                         ("/similar/batch", {"item_ids", "k", "skip_unknown"})):
         schema = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         ids = "item_ids" if "item_ids" in fields else "user_ids"
         assert set(schema["properties"]) == fields and schema["required"] == [ids], path
@@ -1325,6 +1326,32 @@ def test_fraud_score_batch_is_each_accounts_own_score_in_order(client):
     assert [s["probability"] for s in r.json()["scores"]] == [s["probability"] for s in body["scores"]]
 
 
+def test_batches_can_answer_the_known_ids_and_name_the_unknown_ones(client):
+    """An account that signed up since training sinks a whole batch with a 404; with
+    "skip_unknown": true the known ids are answered and every unknown one is named, each once."""
+    users = ["u004", "new-1", "u001", "new-1", "new-2"]
+    r = client.post("/recommend/batch", json={"user_ids": users, "k": 3})
+    assert r.status_code == 404 and "unknown users 'new-1', 'new-2'" in r.json()["detail"]
+    r = client.post("/recommend/batch", json={"user_ids": users, "k": 3, "skip_unknown": True,
+                                              "exclude": {"u001": ["i001"], "new-2": ["i002"]}})
+    assert r.status_code == 200, r.text
+    assert r.json()["unknown"] == ["new-1", "new-2"] and [x["user_id"] for x in r.json()["results"]] == ["u004", "u001"]
+    assert r.json()["results"][1] == client.get("/recommend", params={"user_id": "u001", "k": 3,
+                                                                      "exclude": "i001"}).json()
+    assert client.post("/recommend/batch", json={"user_ids": ["u004"]}).json()["unknown"] == []  # none asked for
+    r = client.post("/recommend/batch", json={"user_ids": ["new-1"], "skip_unknown": True})
+    assert r.status_code == 200 and r.json()["results"] == [] and r.json()["unknown"] == ["new-1"]
+    r = client.post("/similar/batch", json={"item_ids": ["i003", "gone"], "k": 2, "skip_unknown": True})
+    assert r.status_code == 200 and r.json()["unknown"] == ["gone"] and len(r.json()["results"]) == 1
+    r = client.post("/fraud/score/batch", json={"user_ids": ["u002", "new-9"], "reasons": False, "skip_unknown": True})
+    assert r.status_code == 200 and r.json()["unknown"] == ["new-9"] and r.json()["count"] == 1
+    # ids that are not strings are refused all the same; so is a skip_unknown that is no JSON boolean
+    r = client.post("/recommend/batch", json={"user_ids": ["u004", 7], "skip_unknown": True})
+    assert r.status_code == 422
+    r = client.post("/recommend/batch", json={"user_ids": ["u004"], "skip_unknown": "yes"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("skip_unknown:")
+
+
 def test_fraud_score_batch_limits_reasons_the_model_works_out_per_account(client):
     """The shared run's GNN head serves: each account's reasons are integrated gradients, so 21
     accounts with reasons are refused and the same 21 without them are answered."""
@@ -1372,7 +1399,7 @@ _LONG_IDS = [f"customer-{k:06d}-" + "x" * 60 for k in range(1000)]  # 77 kB of J
      "category: expected a category name, or null for every category (got 3)"),
     ("/recommend/batch", {"user_ids": ["u001"], "category": "toys"}, 422, "category: unknown category 'toys'"),
     ("/recommend/batch", {"user_ids": ["u001"], "user_id": "u002"}, 422,
-     "user_id: unknown field (expected user_ids, k, exclude_seen, category, exclude)"),
+     "user_id: unknown field (expected user_ids, k, exclude_seen, category, exclude, skip_unknown)"),
     ("/recommend/batch", ["u001"], 422, "body: expected a JSON object like {\"user_ids\""),
     ("/recommend/batch", {"user_ids": ["u" + "x" * 1100] * 1000}, 413,
      "body: over the 1,048,576-byte limit of a list of ids"),
@@ -1382,15 +1409,15 @@ _LONG_IDS = [f"customer-{k:06d}-" + "x" * 60 for k in range(1000)]  # 77 kB of J
     ("/similar/batch", {"item_ids": []}, 422, "item_ids: expected at least one id (got an empty list)"),
     ("/similar/batch", {"item_ids": "i001"}, 422, "item_ids: expected a list of ids like {\"item_ids\""),
     ("/similar/batch", {"item_ids": ["i001"], "user_ids": ["u001"]}, 422,
-     "user_ids: unknown field (expected item_ids, k)"),
+     "user_ids: unknown field (expected item_ids, k, skip_unknown)"),
     ("/fraud/score/batch", {"user_ids": ["u001", "zz"]}, 404, "user_ids: unknown user 'zz' (1 of the 2 ids given)"),
     ("/fraud/score/batch", {"user_ids": []}, 422, "user_ids: expected at least one id (got an empty list)"),
     ("/fraud/score/batch", {"user_ids": ["u001", ""]}, 422, "user_ids[1]: expected a non-empty id (got '')"),
     ("/recommend/batch", {"user_ids": ["  "]}, 422, "user_ids[0]: expected a non-empty id (got '  ')"),
     ("/fraud/score/batch", {"user_ids": ["u001"], "reasons": "no"}, 422,
      "reasons: expected a boolean, true or false (got str 'no')"),
-    ("/fraud/score/batch", {"user_ids": ["u001"], "k": 3}, 422, "k: unknown field (expected user_ids, reasons)"),
-    ("/fraud/score/batch", {"user_id": "u001"}, 422, "user_id: unknown field (expected user_ids, reasons)"),
+    ("/fraud/score/batch", {"user_ids": ["u001"], "k": 3}, 422, "k: unknown field (expected user_ids, reasons, skip_unknown)"),
+    ("/fraud/score/batch", {"user_id": "u001"}, 422, "user_id: unknown field (expected user_ids, reasons, skip_unknown)"),
     ("/items/remove", {"item_ids": _LONG_IDS}, 404, "item_ids: 1,000 of the 1,000 items are not served"),
 ])
 def test_bad_batch_bodies_are_4xx_naming_the_problem(client, url, body, status, message):
