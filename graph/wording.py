@@ -306,6 +306,13 @@ def describe_user_feature(name: str, raw: float | None, value: float, as_of: str
     return None
 
 
+def names_quick_items(name: str) -> bool:
+    """Whether ``name`` is a "quick purchases" reason about what the items bought so are (a group of
+    their encoder columns, whose value, a norm, means nothing to a reader: the items themselves are
+    its value), not one of their shares (``…: mean item item_category=electronics``, a percentage)."""
+    return name.startswith(QUICK_ITEM_REASON) and _GROUP.match(name) is not None
+
+
 class FeatureFacts:
     """An account's behaviour features written as people read them, from their values before
     standardising (:func:`shopgraph.encoders.behaviour.feature_facts`): its own columns as
@@ -351,7 +358,7 @@ class FeatureFacts:
         """Only the value of :meth:`fact` ("14 days", "12 days", "DE"), for a table with the reason
         in another column, and for a "quick purchases" reason the items behind it; ``None`` where
         there is nothing better to say (the caller words the value the scorer read)."""
-        if name.startswith(QUICK_ITEM_REASON):
+        if names_quick_items(name):
             return (self.quick(u) or None) if self.quick is not None else None
         own = self.raw.get(name)
         if own is not None:

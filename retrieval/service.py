@@ -38,7 +38,7 @@ import numpy as np
 
 from shopgraph.graph.messages import SHOWN_CHARS, did_you_mean, listed_ids, same_but_case, shown  # noqa: F401
 from shopgraph.graph.run import RunDir
-from shopgraph.graph.wording import QUICK_ITEM_REASON, FeatureFacts
+from shopgraph.graph.wording import QUICK_ITEM_REASON, FeatureFacts, names_quick_items
 from shopgraph.retrieval.catalogue import (
     CatalogueError,
     CatalogueJournal,
@@ -1759,7 +1759,7 @@ class ShopService:
         u = self._user(user_id)
 
         def words(name: str, value: float) -> str | None:
-            if name.startswith(QUICK_ITEM_REASON):  # what was bought, not a norm of encoder columns
+            if names_quick_items(name):  # what was bought, not a norm of encoder columns
                 return self._quick_named(u) or None
             return self._facts_of.value(name, value, u)
 

@@ -129,3 +129,6 @@ def test_feature_facts_give_raw_values_and_neighbour_means_in_the_columns_units(
     assert FeatureFacts().value(quick, 0.3, 0) is None
     named = FeatureFacts(quick=lambda u: "i1 'drone' (electronics)" if u == 0 else "")
     assert named.value(quick, 0.3, 0) == "i1 'drone' (electronics)" and named.value(quick, 0.0, 1) is None
+    # a share among the quick-bought items is a share, not the items
+    share = "quick purchases: mean item item_category=electronics"
+    assert named.value(share, 0.333, 0) is None  # the caller words it: 33%
