@@ -337,8 +337,9 @@ def _scorer_errors(run: RunDir, service: ShopService, users: list[str]) -> str:
     trained = [s for chunk in _chunks(_known(service, users)) for s in service.score_users(chunk, reasons=False)
                if s.label_in_training and s.held_out_probability is not None]
     expected = sum(missed if s.label else false_flags for s in trained)
+    about = f"about {expected:,.0f}" if expected >= 0.5 else "fewer than one"
     return (f"On the test accounts the scorer misses {missed:.0%} of fraud and flags {false_flags:.1%} of legitimate "
-            f"accounts (metrics.json): that alone would give about {expected:,.0f} such contradictions among these "
+            f"accounts (metrics.json): that alone would give {about} such contradictions among these "
             f"{plural(len(trained), 'trained-on account')} with every label right. Each is a wrong label or a scorer "
             "error: check it before changing the label.")
 
@@ -383,10 +384,10 @@ def cli_score(args: argparse.Namespace) -> int:
                      for chunk in _chunks(_known(service, users)) for s in service.score_users(chunk, reasons=False))
         kept = (f"the {flagged:,} flagged of {plural(len(users), 'account')}, highest first"
                 + (f" ({fitted:,} of them with a score fitted to the label the scorer was trained on: "
-                   "probability_is says which; their held_out_probability is the prediction)" if fitted else "")
-                + (f"; {plural(hidden, 'more account')} not labelled fraud {'is' if hidden == 1 else 'are'} flagged "
-                   "only with the label held out, which the served score does not flag: `--leads` lists "
-                   f"{'it' if hidden == 1 else 'them'}" if hidden else ""))
+                   "probability_is says which; their held_out_probability is the prediction)" if fitted else ""))
+        note = (f"Not in this file: {plural(hidden, 'more account')} not labelled fraud that only the held-out score "
+                f"flags (the served score, fitted to a legitimate label, does not); `--leads` lists "
+                f"{'it' if hidden == 1 else 'them'}." if hidden else "")
     else:
         kept = f"{plural(len(users), 'account')} ({flagged:,} flagged)"
     print(f"wrote the fraud scores of {kept} to {out} in {time.perf_counter() - t0:.1f}s{repeats}{made}")

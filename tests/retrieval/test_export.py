@@ -219,8 +219,11 @@ def test_leads_leave_the_known_frauds_out_and_rank_by_the_prediction(run, servic
     queue = tmp_path / "queue.csv"
     assert main(["score", "--run", str(folder), "--out", str(queue), "--flagged-only", "--no-reasons"]) == 0
     assert not set(pd.read_csv(queue, dtype={"user_id": str})["user_id"]) & {s.user_id for s in expected if not s.flagged}
-    assert (f"; {held_only} more accounts not labelled fraud are flagged only with the label held out, which the "
-            "served score does not flag: `--leads` lists them") in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert said.splitlines()[-1] == (f"Not in this file: {held_only} more accounts not labelled fraud that only the "
+                                     "held-out score flags (the served score, fitted to a legitimate label, does not); "
+                                     "`--leads` lists them.")
+    assert f"to {queue} in " in said.splitlines()[-2]  # the line saying what was written ends with where
     with pytest.raises(SystemExit):  # one filter at a time
         main(["score", "--run", str(run), "--out", str(out), "--leads", "--flagged-only"])
 
