@@ -41,10 +41,12 @@ ACCOUNT_AGE = "account age at the end of the training period"
 _FEATURES: dict[str, tuple[str, Unit]] = {
     "log_account_age_days": (ACCOUNT_AGE, "standardised"),
     "has_account_age": ("has an account creation date", "flag"),
-    "log_n_events": ("number of events", "standardised"),
-    "log_n_cart": ("number of cart adds", "standardised"),
-    "log_n_purchase": ("number of purchases", "standardised"),
-    "log_n_view": ("number of views", "standardised"),
+    # the account's own counts stop at the end of the training period (encoders.behaviour), where the
+    # counts over the graph's edges ("purchase events (log count)") run to the last event: said apart
+    "log_n_events": ("number of events in the training period", "standardised"),
+    "log_n_cart": ("number of cart adds in the training period", "standardised"),
+    "log_n_purchase": ("number of purchases in the training period", "standardised"),
+    "log_n_view": ("number of views in the training period", "standardised"),
     "log_amount_mean": ("average purchase amount", "standardised"),
     "log_amount_max": ("largest purchase amount", "standardised"),
     "log_amount_sum": ("total purchase amount", "standardised"),
@@ -178,7 +180,7 @@ def reason_in_words(name: str) -> Reading:
         return Reading(f"{_PLURAL.get(m['other'], m['other'] + 's')} {_DID.get(m['rel'], m['rel'])}: {average.text}",
                        average.unit)
     if (m := _EVENT_COUNT.match(name)) is not None:
-        return Reading(f"number of {_EVENTS.get(m['rel'], m['rel'] + ' events')}", "log_count")
+        return Reading(f"number of {_EVENTS.get(m['rel'], m['rel'] + ' events')} (all activity)", "log_count")
     if (m := _DISTINCT.match(name)) is not None:
         return Reading(f"different {_PLURAL.get(m['other'], m['other'] + 's')} {_DID.get(m['rel'], m['rel'])}",
                        "log_count")
@@ -319,8 +321,12 @@ class FeatureFacts:
     :func:`describe_user_feature` writes them ("account age …: 14 days", not "1.8 SD below
     average"), and the means over the accounts sharing its devices (or items) of those columns in
     the same unit ("accounts on the same devices (this one included): average account age: 12
-    days"). The mean of a ``log_`` column is given back as the geometric mean of ``1 + x``, less
-    one: the typical value, which one account with years of history does not swamp. Everything
+    days (typical, averaged device by device, itself included)"). That column is the mean over the
+    account's devices of each device's mean over its accounts, the account itself counted on each of
+    its devices (a device of its own pulls the value to its own), as the words say (the "other
+    accounts" columns average those accounts, once for each device they share); for a ``log_``
+    column it is given back as ``exp`` of that mean of ``log(1 + x)``, less one: a typical value, which
+    one account with years of history does not swamp. Everything
     else (a column without a raw value, a group of encoder columns) is written as
     :func:`in_words` writes it, from the value the scorer read.
 
@@ -373,7 +379,16 @@ class FeatureFacts:
             return None
         a, b = self.scales[m["f"]]
         raw = (value - b) / a
-        if m["f"].startswith("log_"):
+        logged = m["f"].startswith("log_")
+        if logged:
             raw = max(raw, 0.0)  # a mean of log1p(count) is never below 0: rounding, or imputed gaps
         fact = describe_user_feature(m["f"], raw, value)
-        return fact.partition(": ")[2] if fact is not None and ": " in fact else None
+        if fact is None or ": " not in fact:
+            return None
+        # what is averaged (graph.baselines.hetero_neighbor_features): "(self included)", the means of
+        # each device's (item's) accounts, the account on each of its devices too, so one of its own
+        # devices pulls the value to its own; "other users", the other accounts, once per shared device
+        per = m.groupdict().get("other") or "device"
+        how = (f"averaged {per} by {per}, itself included" if m.groupdict().get("self")
+               else f"over the other accounts, once for each {per} shared")
+        return f"{fact.partition(': ')[2]} ({'typical, ' if logged else ''}{how})"

@@ -146,8 +146,9 @@ class FeatureOut(BaseModel):
                                      "embedding columns their norm)")
     value_in_words: str = Field(description="the value as people read it: the account's own features as "
                                             "/fraud/score's reasons give them (`42 days`, `67%`), a mean over the "
-                                            "accounts on its devices in the same units (`12 days`: for a count or "
-                                            "an age, the geometric mean), a count (`8` for a log count of 2.197), "
+                                            "accounts on its devices in the same units, saying what is averaged "
+                                            "(`12 days (typical, averaged device by device, itself included)`), "
+                                            "a count (`8` for a log count of 2.197), "
                                             "a share (`100%`), yes/no, `1.4 SD below average` for a mean of a "
                                             "column the server has no raw values for; for a 'quick purchases' "
                                             "reason the items behind it, as /fraud/score names them; empty when it "

@@ -24,7 +24,8 @@ from shopgraph.graph.wording import Reading, cites_training_labels, reason_in_wo
     ("quick purchases: mean item log_price", "items bought right after viewing or carting them: average price", "standardised"),
     ("items via view: mean item_category=gift cards", "items viewed: share with category gift cards", "share"),
     ("devices via uses: mean log_n_accounts", "devices used: average number of accounts using it", "standardised"),
-    ("purchase events (log count)", "number of purchases", "log_count"),
+    ("purchase events (log count)", "number of purchases (all activity)", "log_count"),
+    ("log_n_view", "number of views in the training period", "standardised"),
     ("distinct devices via uses (log count)", "different devices used", "log_count"),
     ("other users via uses devices (log count of paths)", "links to other accounts through the devices used",
      "log_count"),
@@ -111,17 +112,24 @@ def test_feature_facts_give_raw_values_and_neighbour_means_in_the_columns_units(
         "account age at the end of the training period (2025-12-19): 3.0 days")
     mean = "users sharing a device via uses: mean log_account_age_days (self included)"
     standardised = float((a * logs + b).mean())
-    assert facts.value(mean, standardised, 0) == "31 days"  # expm1 of the mean of log1p: not 96, the mean
+    # expm1 of the mean of log1p (not 96, the mean), and what is averaged: its devices' accounts,
+    # device by device, the account itself on each (one device of its own pulls it to its own age)
+    typical = "31 days (typical, averaged device by device, itself included)"
+    assert facts.value(mean, standardised, 0) == typical
     assert facts.fact(mean, standardised, 0) == (
-        "accounts on the same devices (this one included): average account age at the end of the training "
-        "period: 31 days")
-    assert facts.value("other users sharing a device via uses: mean night_share", 2.0 * 0.25 - 1.0, 2) == "25%"
+        f"accounts on the same devices (this one included): average account age at the end of the training "
+        f"period: {typical}")
+    assert facts.value("other users sharing a device via uses: mean night_share", 2.0 * 0.25 - 1.0, 2) == (
+        "25% (over the other accounts, once for each device shared)")
+    assert facts.value("users sharing a item via view: mean night_share (self included)", 0.0, 2) == (
+        "50% (averaged item by item, itself included)")
     # a mean below what any account can have (rounding, imputed gaps) is no negative age
-    assert facts.value(mean, b - 1.0, 0) == "0.0 days"
+    assert facts.value(mean, b - 1.0, 0).startswith("0.0 days (")
     # no raw values for it: None, and the caller words the standardised value (or the fact as before)
     assert facts.value("users sharing a device via uses: mean log_n_view (self included)", -1.0, 0) is None
     assert facts.fact("users sharing a device via uses: mean log_n_view (self included)", -1.0, 0) == (
-        "accounts on the same devices (this one included): average number of views: 1.0 SD below average")
+        "accounts on the same devices (this one included): average number of views in the training period: 1.0 SD "
+        "below average")
     assert facts.value(mean, float("nan"), 0) is None
     assert FeatureFacts().value("log_account_age_days", -1.0, 0) is None
     # a "quick purchases" reason's value: the items behind it, where they are known

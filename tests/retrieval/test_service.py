@@ -918,7 +918,8 @@ def test_fraud_reasons_are_raw_facts_behind_the_verdict(service, run_path, monke
     a, b = service._facts_of.scales["log_account_age_days"]
     days = float(np.expm1(max((-0.965 - b) / a, 0.0)))
     assert reasons[1] == (f"accounts on the same devices (this one included): average {ACCOUNT_AGE}: "
-                          f"{f'{days:,.0f}' if days >= 10 else f'{days:,.1f}'} days (+0.43 log-odds)")
+                          f"{f'{days:,.0f}' if days >= 10 else f'{days:,.1f}'} days (typical, averaged device by "
+                          "device, itself included) (+0.43 log-odds)")
     assert reasons[2].startswith(f"{aged}: ")
     monkeypatch.setattr(service, "_fraud_attribution", lambda _: [("night_share", 9.9, -0.4)])
     assert service.score_user("u002").reasons == [
