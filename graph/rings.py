@@ -75,7 +75,8 @@ SCHEMA_VERSION = "1.0"
 # ``value_in_words`` from the accounts' raw values (graph.wording.FeatureFacts: an account's age and
 # the average age of the accounts on its devices in days, not in standard deviations; a "quick
 # purchases" reason's items named), and ``activity_until``: the date the columns counted over the
-# graph (shared devices and their accounts' labels, quick purchases) read events up to.
+# graph (shared devices and their accounts' labels, quick purchases) read events up to; the ring's
+# ``flagged``, ``known_fraud`` and ``known_fraud_trained_on``, members in order of prediction.
 # An export of another version is never handed out as a ring's case files (:func:`exported_ring`); the
 # demo writes them afresh.
 CASE_VERSION = 7
@@ -825,7 +826,14 @@ def case_file(
             "purchase_velocity": _none_if_nan(float(behaviour.velocity[k])),
             "high_risk_share": _none_if_nan(float(behaviour.high_risk[k])),
         })
-    members.sort(key=lambda m: (-ring.member_scores.get(str(m["user_id"]), -1.0), str(m["user_id"])))
+    # the most likely fraud first, by prediction (a trained-on member's held-out score), as the
+    # explanations choose them and the demo's members table lists them
+    predicted = member_predictions(ring, index, held_out)
+    members.sort(key=lambda m: (-predicted.get(str(m["user_id"]), -1.0), str(m["user_id"])))
+    rows = [index[u] for u in ring.members]
+    labelled = bool((labels >= 0).any())  # the shop gives labels at all (as /fraud/rings: 0 of none)
+    fraud = int((labels[rows] == 1).sum()) if labelled else None
+    trained_on = int(((labels[rows] == 1) & in_training[rows]).sum()) if labelled else None
     from shopgraph.encoders.behaviour import activity_until, features_as_of
 
     doc = {
@@ -833,7 +841,12 @@ def case_file(
         # the account's own behaviour (and the reasons' account age) as of the training period's end;
         # what is counted over the graph (shared devices, quick purchases) up to the last event
         "features_as_of": features_as_of(data), "activity_until": activity_until(data),
-        "ring_id": ring.ring_id, "score": ring.score, "members": members, "shared_devices": list(ring.shared_devices),
+        "ring_id": ring.ring_id, "score": ring.score,
+        # the ring at a glance, as /fraud/rings and `shopgraph rings` give it: a case file forwarded on
+        # its own says how many members are flagged (by prediction) and known, not only member by member
+        "flagged": flagged_members(ring, index, held_out, threshold),
+        "known_fraud": fraud, "known_fraud_trained_on": trained_on,
+        "members": members, "shared_devices": list(ring.shared_devices),
         "shared_identifiers": ring.evidence.get("shared_identifiers", {"device": list(ring.shared_devices)}),
         "evidence": ring.evidence,
         "evidence_edges": edges.to_dict(orient="records"),

@@ -32,6 +32,7 @@ from shopgraph.graph.rings import (
     export_cases,
     exported_ring,
     identifier_links,
+    known_fraud,
     load_rings,
     rings_run,
 )
@@ -299,6 +300,7 @@ EVIDENCE_KEYS = {
     "score_terms": dict, "mode": str,
 }
 CASE_KEYS = {"schema_version": str, "case_version": int, "source": (dict, type(None)), "threshold": OPT_NUM,
+             "flagged": (int, type(None)), "known_fraud": (int, type(None)), "known_fraud_trained_on": (int, type(None)),
              "features_as_of": (str, type(None)), "activity_until": (str, type(None)),
              "ring_id": str, "score": float, "members": list, "shared_devices": list,
              "shared_identifiers": dict, "evidence": dict, "evidence_edges": list, "timeline": list,
@@ -371,6 +373,11 @@ def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
         last = max(float(graph[et].time.max()) for et in graph.edge_types if "time" in graph[et])
         assert case["activity_until"] == time.strftime("%Y-%m-%d", time.gmtime(last)) > case["features_as_of"]
         labels = FraudCases.from_run(run_dir).labels(ring.members)
+        # the ring at a glance, as /fraud/rings gives it, and the members most likely fraud first
+        assert (case["known_fraud"], case["known_fraud_trained_on"]) == known_fraud(labels)
+        assert case["flagged"] == FraudCases.from_run(run_dir).flagged(ring)
+        scores = [m["score"] if m["held_out_probability"] is None else m["held_out_probability"] for m in case["members"]]
+        assert scores == sorted(scores, reverse=True)
         for m in case["members"]:
             check_keys(m, MEMBER_KEYS, "member")
             assert (m["label"], m["label_in_training"]) == labels[m["user_id"]]
