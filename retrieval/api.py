@@ -248,7 +248,10 @@ class FraudBatchIn(BaseModel):
 class FraudBatchOut(BaseModel):
     count: int = Field(description="how many accounts were scored (all of those given; with skip_unknown, the "
                                    "known ones)")
-    flagged: int = Field(description="how many of them are at or above the threshold")
+    flagged: int = Field(description="how many of them are at or above the threshold (their served scores)")
+    held_out_flagged: int = Field(0, description="how many of those the scorer was trained on have a held-out score "
+                                                 "at or above the threshold: the verdict on their prediction, as "
+                                                 "`shopgraph score --leads` and the demo judge them")
     scores: list[FraudOut] = Field(description="one per user id, in the order given")
     unknown: list[str] = Field(default_factory=list, description=_UNKNOWN)
 
@@ -1416,7 +1419,9 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         ids, unknown = _known_only(body, ids, service.has_user)
         scored = await run_in_threadpool(service.score_users, ids, reasons=reasons) if ids or not unknown else []
         scores = [_fraud_out(service, s) for s in scored]
-        return FraudBatchOut(count=len(scores), flagged=sum(s.flagged for s in scores), scores=scores, unknown=unknown)
+        return FraudBatchOut(count=len(scores), flagged=sum(s.flagged for s in scores),
+                             held_out_flagged=sum(bool(s.held_out_flagged) for s in scores), scores=scores,
+                             unknown=unknown)
 
     @app.get("/healthz", response_model=HealthOut, tags=["ops"], summary="Liveness and what is loaded",
              responses={422: _ERRORS[422]}, dependencies=[nothing])

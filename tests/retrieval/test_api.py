@@ -1321,6 +1321,7 @@ def test_fraud_score_batch_is_each_accounts_own_score_in_order(client):
     assert body["count"] == 3 and [s["user_id"] for s in body["scores"]] == users
     assert body["scores"] == [client.get("/fraud/score", params={"user_id": u}).json() for u in users]
     assert body["flagged"] == sum(s["flagged"] for s in body["scores"])
+    assert body["held_out_flagged"] == sum(bool(s["held_out_flagged"]) for s in body["scores"])
     r = client.post("/fraud/score/batch", json={"user_ids": users, "reasons": False})
     assert r.status_code == 200 and all(s["reasons"] == [] for s in r.json()["scores"])
     assert [s["probability"] for s in r.json()["scores"]] == [s["probability"] for s in body["scores"]]
