@@ -40,6 +40,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -726,13 +727,20 @@ def exported_ring(export: str | Path, ring: Ring) -> bool:
 def find_ring(rings: Sequence[Ring], ring_id: str) -> int | None:
     """The position in ``rings`` of the ring ``ring_id`` names: the ring of that id (surrounding
     spaces aside), else the one ring whose id is the same up to case (``"r0001"``, as people type
-    it); ``None`` when there is none, or several the same up to case."""
+    it), else, for a rank written without the zeros (``"R35"``, ``"35"``), the ring ``R0035`` of
+    the ranked ids; ``None`` when there is none, or several the same up to case."""
     key = ring_id.strip()
     exact = next((k for k, r in enumerate(rings) if r.ring_id == key), None)
     if exact is not None:
         return exact
     folded = [k for k, r in enumerate(rings) if r.ring_id.casefold() == key.casefold()]
-    return folded[0] if len(folded) == 1 else None
+    if len(folded) == 1:
+        return folded[0]
+    rank = re.fullmatch(r"[Rr]?0*(\d{1,9})", key)
+    if not folded and rank is not None:
+        canonical = f"R{int(rank[1]):04d}"
+        return next((k for k, r in enumerate(rings) if r.ring_id == canonical), None)
+    return None
 
 
 def known_fraud(labels: dict[str, tuple[bool | None, bool]]) -> tuple[int, int]:

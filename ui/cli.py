@@ -214,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     chosen.add_argument("--top", type=_positive_int, default=20, help="the N highest-ranked rings (default 20)")
     chosen.add_argument("--ring", action="append", metavar="RING_ID",
                         help="this ring instead of the top N (repeat it for more: --ring R0035 --ring R0041), to "
-                             "list or forward a few chosen cases; ids as the ranked list gives them, in any case")
+                             "list or forward a few chosen cases; ids as the ranked list gives them, in any case, or a rank "
+                             "without its zeros (R35 is R0035)")
     p.add_argument("--export", type=Path, default=None, help="write case files to this folder")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier case export in --export")
 

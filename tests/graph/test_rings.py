@@ -602,6 +602,10 @@ def test_ring_lookup_any_case_and_a_long_id_cut(shop: tuple[ShopTables, HeteroDa
     cases = FraudCases(rings, data, tables)
     first = rings[0].ring_id
     assert cases.ring(first.lower()) is cases.ring(first)  # "r0001" is R0001
+    # a rank written without its zeros, as people type it: R2, 2, r002 are R0002 (no other id looks so)
+    assert cases.ring("R2") is cases.ring("2") is cases.ring(" r002 ") is cases.ring("R0002")
+    with pytest.raises(KeyError, match="unknown ring_id 'R99999'"):
+        cases.ring("R99999")
     with pytest.raises(KeyError) as caught:
         cases.ring("R" * 100_000)
     message = str(caught.value.args[0])
