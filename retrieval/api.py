@@ -32,6 +32,7 @@ import re
 import socket
 import threading
 import time
+import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,11 @@ from shopgraph.retrieval.service import (
 logger = logging.getLogger(__name__)
 
 RUN_ENV = "SHOPGRAPH_RUN"
+ACCESS_LOG_ENV = "SHOPGRAPH_ACCESS_LOG"  # "1": each worker logs one line a request (`serve --access-log`)
+access_logger = logging.getLogger("shopgraph.access")
+# a request id a client sends is echoed when it is short printable ASCII (a log line must not be forged
+# through it); otherwise, and when none is sent, one is made
+_REQUEST_ID = re.compile(rb"[!-~]{1,128}")
 MAX_JSON_BYTES = 64 * 1024  # a JSON query is at most 2,000 characters of text and k
 MAX_BATCH_JSON_BYTES = 32 * 2**20  # POST /items/batch: up to 1,000 items, their images in base64
 MAX_IDS_JSON_BYTES = 2**20  # a list of up to 1,000 ids (the batch routes of /recommend, /similar, /fraud/score, /items)
@@ -452,10 +458,11 @@ class MetricsMiddleware:
     set stays bounded; unmatched paths count as ``"unmatched"``.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, router: Any = None) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, router: Any = None, access_log: bool = False) -> None:
         self.app = app
         self.metrics = metrics
         self.router = router  # the app's own routes, for those that do not name themselves in the scope
+        self.access_log = access_log
 
     def _route(self, scope: Scope) -> str:
         """The route's path as the docs name it: a mounted app's (the demo's) under its mount path,
@@ -474,17 +481,26 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        given = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"")
+        request_id = given.decode("ascii") if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
         async def send_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                # every answer names its request, so a client's report and a log line can be matched
+                message = {**message, "headers": [*message.get("headers", ()),
+                                                  (b"x-request-id", request_id.encode("ascii"))]}
             await send(message)
 
         try:
             await self.app(scope, receive, send_status)
         finally:
-            self.metrics.observe(scope.get("method", ""), self._route(scope), status, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            self.metrics.observe(scope.get("method", ""), self._route(scope), status, seconds)
+            if self.access_log:
+                access_logger.info("%s %s %d %.1f ms request_id=%s", scope.get("method", ""),
+                                   self._route(scope), status, seconds * 1000, request_id)
 
 
 # -- errors ----------------------------------------------------------------------------------------
@@ -1156,13 +1172,16 @@ def _rendered(answer: BaseModel) -> Response:
 
 
 # -- the app ---------------------------------------------------------------------------------------
-def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = True) -> FastAPI:
+def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = True,
+               access_log: bool = False) -> FastAPI:
     """The FastAPI application over ``service``.
 
     Args:
         service: a loaded :class:`ShopService`.
         demo: try to mount the Gradio app at ``/demo`` (:func:`mount_demo`).
         fraud_cases: try to add the ``/fraud/rings|ring|explain`` endpoints (:func:`include_fraud_cases`).
+        access_log: log one line a request to ``shopgraph.access`` (method, route, status,
+            milliseconds, request id); every answer carries its ``X-Request-ID`` either way.
     """
     app = FastAPI(
         title="ShopGraph API",
@@ -1443,7 +1462,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         include_fraud_cases(app, service.run_path, service.held_out_explanation, service.feature_value_words)
     if demo:
         mount_demo(app, service)
-    app.add_middleware(MetricsMiddleware, metrics=metrics, router=app.router)  # type: ignore[arg-type]
+    app.add_middleware(MetricsMiddleware, metrics=metrics, router=app.router,  # type: ignore[arg-type]
+                       access_log=access_log)
     return app
 
 
@@ -1491,7 +1511,7 @@ def app_from_env() -> FastAPI:
     if not run:
         raise RuntimeError(f"{RUN_ENV} is not set (use `shopgraph serve --run RUN`)")
     service = ShopService.from_run(run)
-    app = create_app(service)
+    app = create_app(service, access_log=os.environ.get(ACCESS_LOG_ENV) == "1")
     logger.info("warmed up in %.1f s (encoders and fraud explainers loaded)", service.warm_up())
     _freeze_heap()
     return app
@@ -1550,7 +1570,7 @@ def _serve(run: Path, args: argparse.Namespace, sock: socket.socket) -> int:
     if workers == 1:
         _serving_threads()
         service = ShopService.from_run(run)
-        app = create_app(service)
+        app = create_app(service, access_log=bool(getattr(args, "access_log", False)))
         logger.info("warmed up in %.1f s (encoders and fraud explainers loaded)", service.warm_up())
         _freeze_heap()
         print(serving, flush=True)
@@ -1567,6 +1587,7 @@ def _serve(run: Path, args: argparse.Namespace, sock: socket.socket) -> int:
     gc.collect()
     print(serving, flush=True)
     os.environ[RUN_ENV] = str(run)
+    os.environ[ACCESS_LOG_ENV] = "1" if getattr(args, "access_log", False) else "0"
     config = uvicorn.Config("shopgraph.retrieval.api:app_from_env", factory=True, host=args.host, port=port,
                             workers=workers, access_log=False, log_level="info")
     Multiprocess(config, sockets=[nodelay_listener(sock)]).run()

@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_port, default=8000, help="1-65535, or 0 for any free port (default 8000)")
     p.add_argument("--workers", type=_positive_int, default=1)
+    p.add_argument("--access-log", action="store_true",
+                   help="log one line a request: method, route, status, milliseconds and its request id (the "
+                        "X-Request-ID a client sent, or the one made for it, which every answer carries)")
 
     p = sub.add_parser("catalogue", help="the items added and removed at run time (the run's journal); --compact it")
     p.add_argument("--run", type=Path, required=True)

@@ -1549,3 +1549,19 @@ def test_healthz_answers_head_for_probes(client):
     r = client.head("/healthz")
     assert r.status_code == 200 and r.content == b""
     assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_every_answer_names_its_request_and_an_access_log_can_say_so(client, caplog):
+    """X-Request-ID: a client's own is echoed, so its report and a log line can be matched; one
+    that could forge a log line (spaces, over 128 characters) is replaced, as is none."""
+    r = client.get("/healthz", headers={"x-request-id": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    made = client.get("/recommend", params={"user_id": "nobody"}).headers["x-request-id"]  # errors too
+    assert len(made) == 32 and made != client.get("/healthz").headers["x-request-id"]
+    for bad in ("two words", "x" * 129):
+        assert client.get("/healthz", headers={"x-request-id": bad}).headers["x-request-id"] != bad
+    app = create_app(client.service, demo=False, fraud_cases=False, access_log=True)
+    with TestClient(app) as logged, caplog.at_level("INFO", logger="shopgraph.access"):
+        logged.get("/recommend", params={"user_id": "u001", "k": 2}, headers={"x-request-id": "req-9"})
+    line = [r.getMessage() for r in caplog.records if r.name == "shopgraph.access"]
+    assert len(line) == 1 and line[0].startswith("GET /recommend 200 ") and line[0].endswith(" ms request_id=req-9")
