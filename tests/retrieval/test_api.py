@@ -704,7 +704,7 @@ def test_cli_serve_says_where_it_serves_once_the_port_is_bound(tmp_path, monkeyp
             return 0.0
 
     monkeypatch.setattr(api.ShopService, "from_run", lambda *a, **k: Loaded())
-    monkeypatch.setattr(api, "create_app", lambda service: FastAPI())
+    monkeypatch.setattr(api, "create_app", lambda service, **kw: FastAPI())
     monkeypatch.setattr(api, "_serving_threads", lambda: None)
     monkeypatch.setattr(api, "_freeze_heap", lambda: None)
     seen: list[tuple[str, int]] = []
