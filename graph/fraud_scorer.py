@@ -399,8 +399,10 @@ class QuickPurchases(NamedTuple):
 
     def items(self, u: int) -> list[int]:
         """User ``u``'s latest quick-bought items, at most :data:`QUICK_FIRST`."""
+        if not 0 <= u < len(self.total):  # an account added since (none are, yet): no quick buys known
+            return []
         row = self.first[u]
-        return [int(i) for i in row[row >= 0]] if u < len(self.total) else []
+        return [int(i) for i in row[row >= 0]]
 
     def named(self, u: int, item_ids: Sequence[str], titles: Sequence[str], categories: Sequence[str]) -> str:
         """User ``u``'s quick-bought items as a "quick purchases" reason names them, so that they can
