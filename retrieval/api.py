@@ -753,7 +753,21 @@ async def _json_body(request: Request, example: str, limit: int = MAX_JSON_BYTES
     if not isinstance(body, dict):
         raise ValueError(f"body: expected a JSON object like {example} (got {type(body).__name__})")
     _check_json(body, example)
-    return {key: value for key, value in body.items() if value is not None}
+    given = _Body((key, value) for key, value in body.items() if value is not None)
+    given.nulls = tuple(key for key, value in body.items() if value is None)
+    return given
+
+
+class _Body(dict[str, Any]):
+    """A JSON body without its null fields (not given: their defaults), which remembers their names
+    (``nulls``), so that a misspelt field is refused even when its value is null (:func:`_given`)."""
+
+    nulls: tuple[str, ...] = ()
+
+
+def _given(body: dict[str, Any]) -> list[str]:
+    """Every field a JSON body named, the null ones too (:class:`_Body`), for ``check_fields``."""
+    return [*body, *getattr(body, "nulls", ())]
 
 
 def _json_or_multipart(model: type[BaseModel], form: dict[str, Any], *, required: list[str]) -> dict[str, Any]:
@@ -794,7 +808,7 @@ def _media_type(request: Request, accepted: tuple[str, ...]) -> str:
 def _search_json(body: dict[str, Any]) -> tuple[str, int]:
     """``(text, k)`` of a JSON search body: an object with ``text`` and optional ``k``, nothing else.
     ``k`` must be a JSON integer (not ``true``, ``"5"`` or ``5.0``), as in the query and the form."""
-    check_fields(list(body), ("text", "k"), "field")
+    check_fields(_given(body), ("text", "k"), "field")
     if "text" not in body:
         raise ValueError("text: required")
     text = body["text"]
@@ -907,7 +921,7 @@ def _cold_json(body: dict[str, Any]) -> tuple[list[str] | None, str | None, int,
     """``(item_ids, text, k, n_seeds)`` of a cold-start body: exactly one of ``item_ids`` and
     ``text``; ``n_seeds`` only with ``text``; nothing else (a ``null`` field was dropped already, as
     not given: :func:`_json_body`)."""
-    check_fields(list(body), ("item_ids", "text", "k", "n_seeds"), "field")
+    check_fields(_given(body), ("item_ids", "text", "k", "n_seeds"), "field")
     if ("item_ids" in body) == ("text" in body):
         raise ValueError(f"item_ids, text: expected one of them (got {'both' if 'text' in body else 'neither'})")
     k = check_k(body.get("k", 10))
@@ -951,7 +965,7 @@ def _recommend_batch_json(body: dict[str, Any]) -> tuple[list[Any], int, bool, s
     """``(user_ids, k, exclude_seen, category, exclude)`` of a ``POST /recommend/batch`` body; ``k``
     a JSON integer and ``exclude_seen`` a JSON boolean, as strict as the query of ``GET /recommend``
     (the service checks ``exclude``: a JSON object arrives as the mapping it expects)."""
-    check_fields(list(body), ("user_ids", "k", "exclude_seen", "category", "exclude", "skip_unknown"), "field")
+    check_fields(_given(body), ("user_ids", "k", "exclude_seen", "category", "exclude", "skip_unknown"), "field")
     ids = _id_list(body, "user_ids", _RECOMMEND_BATCH_EXAMPLE)
     category = body.get("category")
     if category is not None and not (isinstance(category, str) and category.strip()):
@@ -962,7 +976,7 @@ def _recommend_batch_json(body: dict[str, Any]) -> tuple[list[Any], int, bool, s
 
 def _similar_batch_json(body: dict[str, Any]) -> tuple[list[Any], int]:
     """``(item_ids, k)`` of a ``POST /similar/batch`` body."""
-    check_fields(list(body), ("item_ids", "k", "skip_unknown"), "field")
+    check_fields(_given(body), ("item_ids", "k", "skip_unknown"), "field")
     return _id_list(body, "item_ids", _SIMILAR_BATCH_EXAMPLE), check_k(body.get("k", 10))
 
 
@@ -970,7 +984,7 @@ def _fraud_batch_json(body: dict[str, Any], service: ShopService) -> tuple[list[
     """``(user_ids, reasons)`` of a ``POST /fraud/score/batch`` body. Reasons that the model works out
     per account (a GNN fraud head) are limited to :data:`MAX_SLOW_REASONS` accounts a request, so a
     request never runs for minutes."""
-    check_fields(list(body), ("user_ids", "reasons", "skip_unknown"), "field")
+    check_fields(_given(body), ("user_ids", "reasons", "skip_unknown"), "field")
     ids = _id_list(body, "user_ids", _FRAUD_BATCH_EXAMPLE)
     reasons = check_bool(body.get("reasons", True), "reasons")
     if reasons and service.reasons_per_account_model and len(ids) > MAX_SLOW_REASONS:
@@ -1010,7 +1024,7 @@ _ITEM_EXAMPLE = '{"item_id": "i900001", "title": "red running shoes", "category"
 
 def _item_fields(body: dict[str, Any], what: str, allowed: tuple[str, ...] = _ITEM_FIELDS) -> dict[str, Any]:
     """The :meth:`ShopService.add_item` arguments of a checked ``/items`` body (JSON or form)."""
-    check_fields(list(body), allowed, what)
+    check_fields(_given(body), allowed, what)
     for name in ("item_id", "title"):
         if name not in body:
             raise ValueError(f"{name}: required")
@@ -1032,7 +1046,7 @@ def _batch_items(body: dict[str, Any], service: ShopService) -> list[dict[str, A
     """The :meth:`ShopService.add_items` argument of a ``POST /items/batch`` body: ``items``, a list
     of ``/items`` objects that may each carry ``image_base64``; every invalid item named (those
     refused here, and what the service would refuse among the others)."""
-    check_fields(list(body), ("items",), "field")
+    check_fields(_given(body), ("items",), "field")
     items = body.get("items")
     if not isinstance(items, list):
         raise ValueError(f"items: expected a list of items like {_BATCH_EXAMPLE} (got "
@@ -1067,7 +1081,7 @@ _REMOVE_EXAMPLE = '{"item_ids": ["i000007", "i000100"]}'
 def _remove_ids(body: dict[str, Any]) -> list[str]:
     """The :meth:`ShopService.remove_items` argument of a ``POST /items/remove`` body (the service
     checks the ids themselves)."""
-    check_fields(list(body), ("item_ids",), "field")
+    check_fields(_given(body), ("item_ids",), "field")
     return _id_list(body, "item_ids", _REMOVE_EXAMPLE)
 
 

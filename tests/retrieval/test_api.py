@@ -1418,6 +1418,9 @@ _LONG_IDS = [f"customer-{k:06d}-" + "x" * 60 for k in range(1000)]  # 77 kB of J
     ("/fraud/score/batch", {"user_ids": ["u001"], "reasons": "no"}, 422,
      "reasons: expected a boolean, true or false (got str 'no')"),
     ("/fraud/score/batch", {"user_ids": ["u001"], "k": 3}, 422, "k: unknown field (expected user_ids, reasons, skip_unknown)"),
+    # null is "not given" for a field the route takes, not a pass for a misspelt one
+    ("/fraud/score/batch", {"user_ids": ["u001"], "reason": None}, 422,
+     "reason: unknown field (expected user_ids, reasons, skip_unknown)"),
     ("/fraud/score/batch", {"user_id": "u001"}, 422, "user_id: unknown field (expected user_ids, reasons, skip_unknown)"),
     ("/items/remove", {"item_ids": _LONG_IDS}, 404, "item_ids: 1,000 of the 1,000 items are not served"),
 ])
