@@ -1260,7 +1260,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         ids, k, exclude_seen, category, exclude = _recommend_batch_json(body)
         ids, unknown = _known_only(body, ids, service.has_user)
         if unknown and isinstance(exclude, dict):  # their carts go with them
-            exclude = {u: v for u, v in exclude.items() if not (isinstance(u, str) and u in set(unknown))}
+            gone = set(unknown)
+            exclude = {u: v for u, v in exclude.items() if not (isinstance(u, str) and u in gone)}
 
         def answer() -> Response:
             recs = service.recommend_batch(ids, k, exclude_seen, category, exclude) if ids or not unknown else []

@@ -1199,6 +1199,15 @@ def _past(verb: str) -> str:
     return verb + ("d" if verb.endswith("e") else "ed")
 
 
+def _colour_split(ring: Ring, threshold: float | None) -> float | None:
+    """The threshold a ring drawing splits its colours at (:func:`_split_at`), or ``None``: no
+    threshold inside (0, 1), or a ring ranked without fraud probabilities (its member scores are
+    behaviour or structure, on a plain 0-1 scale)."""
+    if threshold is None or not 0.0 < threshold < 1.0 or ring.evidence.get("gnn_mean") is None:
+        return None
+    return float(threshold)
+
+
 def _split_at(threshold: float, below: float = 0.42, above: float = 0.62) -> tuple[Any, Any]:
     """A colour scale's (forward, inverse) on [0, 1]: ``[0, threshold)`` onto ``[0, below)`` and
     ``[threshold, 1]`` onto ``[above, 1]``, for ``matplotlib.colors.FuncNorm``."""
@@ -1270,10 +1279,10 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase", threshold
         known = {}
     fraud = [bool(known.get(n[1], (None, False))[0]) for n in users]  # labelled fraud: a thick outline
     cmap = plt.get_cmap("RdYlGn_r")
-    marked = threshold is not None and 0.0 < threshold < 1.0 and ring.evidence.get("gnn_mean") is not None
+    split = _colour_split(ring, threshold)
     # split at the threshold: below it greens to yellow, above it orange to red (the yellow between
     # left out), so that a flagged member never looks like an unflagged one
-    norm = (colors.FuncNorm(_split_at(float(threshold)), vmin=0.0, vmax=1.0) if marked and threshold is not None
+    norm = (colors.FuncNorm(_split_at(split), vmin=0.0, vmax=1.0) if split is not None
             else colors.Normalize(vmin=0.0, vmax=1.0))
     nx.draw_networkx_nodes(g, pos, nodelist=users, ax=ax, node_shape="o", node_size=260,
                            node_color=[cmap(norm(0.0 if s != s else s)) for s in scores],
@@ -1289,9 +1298,9 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase", threshold
     tied = [n for n in ids if n in shared]
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.035, pad=0.02,
                        label="member fraud probability")
-    if marked and threshold is not None:  # where flagging starts: the yellow in the middle of the bar
-        bar.ax.axhline(threshold, color="black", linewidth=2.0)
-        bar.ax.text(-0.6, threshold, "flagged\nabove", transform=bar.ax.get_yaxis_transform(), ha="right",
+    if split is not None:  # where flagging starts: the yellow in the middle of the bar
+        bar.ax.axhline(split, color="black", linewidth=2.0)
+        bar.ax.text(-0.6, split, "flagged\nabove", transform=bar.ax.get_yaxis_transform(), ha="right",
                     va="center", fontsize=7)
     handles = [
         Line2D([], [], marker="o", ls="", color="white", markeredgecolor="black", markersize=9,
@@ -1511,8 +1520,7 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
                for d in ring.shared_devices]
     tie = (f"sharing {plural(len(devices), 'device')}: {_id_list(devices, RING_SHOWN_DEVICES)}" if devices
            else "sharing no device")
-    split = (threshold is not None and 0.0 < threshold < 1.0  # as draw_ring splits its colours
-             and ring.evidence.get("gnn_mean") is not None)
+    split = _colour_split(ring, threshold) is not None  # as draw_ring colours the members
     status = (f"**Ring {ring.ring_id}**: {len(ring.members)} accounts {tie}; ring score {ring.score:.2f}. "
               + ("Account colour is the fraud probability: green to yellow below the flagging threshold, orange to "
                  "red at or above it (the black line on the colour bar); " if split
