@@ -43,7 +43,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -622,22 +622,32 @@ def member_predictions(ring: Ring, positions: dict[str, int], held_out: np.ndarr
     the scorer was trained on, its held-out score (its served one is fitted to its label), else its
     member score; members without a score are left out. Only probabilities for a ring ranked with
     fraud scores (``evidence["gnn_mean"]`` set; otherwise member scores are behaviour or structure)."""
-    out = {u: float(p) for u, p in ring.member_scores.items()}
-    if held_out is not None:
-        for u in ring.members:
-            h = _held_out_of(held_out, positions[u]) if u in positions else None
-            if h is not None:
-                out[u] = h
-    return out
+    return predicted(ring, _members_held_out(ring, positions, held_out))
+
+
+def predicted(ring: Ring, held: Mapping[str, float | None]) -> dict[str, float]:
+    """:func:`member_predictions` from the members' held-out scores by id (``None``: none)."""
+    return {u: float(h) if (h := held.get(u)) is not None else float(p) for u, p in ring.member_scores.items()}
 
 
 def flagged_members(ring: Ring, positions: dict[str, int], held_out: np.ndarray | None,
                     threshold: float | None) -> int | None:
     """How many members' predictions (:func:`member_predictions`) are at or above ``threshold``;
     ``None`` without a threshold or for a ring ranked without fraud scores."""
+    return count_flagged(ring, _members_held_out(ring, positions, held_out), threshold)
+
+
+def count_flagged(ring: Ring, held: Mapping[str, float | None], threshold: float | None) -> int | None:
+    """:func:`flagged_members` from the members' held-out scores by id (as
+    :meth:`FraudCases.held_out` gives them; the HTTP router has only those)."""
     if threshold is None or not math.isfinite(threshold) or ring.evidence.get("gnn_mean") is None:
         return None
-    return sum(p >= threshold for p in member_predictions(ring, positions, held_out).values())
+    return sum(p >= threshold for p in predicted(ring, held).values())
+
+
+def _members_held_out(ring: Ring, positions: dict[str, int], held_out: np.ndarray | None) -> dict[str, float | None]:
+    """The ring members' held-out scores by id (``None``: not trained on, or not a known account)."""
+    return {u: _held_out_of(held_out, positions[u]) if u in positions else None for u in ring.members}
 
 
 def _held_out_of(held_out: np.ndarray | None, u: int) -> float | None:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 
 from shopgraph.graph.explain import MAX_OTHERS, TOP_K, Explanation, feature_dict
 from shopgraph.graph.messages import known_ids
-from shopgraph.graph.rings import SCHEMA_VERSION, Ring, find_ring, known_fraud
+from shopgraph.graph.rings import SCHEMA_VERSION, Ring, count_flagged, find_ring, known_fraud
 from shopgraph.graph.wording import ValueWords
 from shopgraph.retrieval.params import ErrorOut, strict_query
 from shopgraph.retrieval.service import shown
@@ -298,13 +298,11 @@ def fraud_router(
 
     def flagged_members(r: Ring) -> int | None:
         """Members whose prediction (a trained-on one's held-out score) is at or above the threshold."""
-        if threshold is None or r.evidence.get("gnn_mean") is None:  # member scores are then no probabilities
-            return None
         try:
             held = held_out(list(r.member_scores)) if held_out is not None else {}
         except KeyError:  # a ring of other users than the graph's: their member scores as they are
             held = {}
-        return sum(bool(at_or_above(h if (h := held.get(u)) is not None else p)) for u, p in r.member_scores.items())
+        return count_flagged(r, held, threshold)
 
     @router.get("/rings", response_model=RingsOut, summary="Ranked fraud rings", responses=_errors(404, 422),
                 dependencies=[Depends(strict_query(("top", "user_id"), ints={"top": (1, max_top)},
