@@ -952,7 +952,9 @@ def rings_run(
 ) -> list[Ring]:
     """Detect and rank rings for a run folder; store them and optionally export case files.
 
-    Stores every ranked ring in ``RUN/rings/rings.json``; with ``export`` writes the top ``top``
+    Stores every ranked ring in ``RUN/rings/rings.json`` (without ``detector``, a current file found
+    with the default parameters is read instead: neither detected again nor rewritten, so listing
+    rings leaves the run as it was); with ``export`` writes the top ``top``
     rings as case files (:func:`export_cases`) including explanations of each ring's
     ``explain_members`` highest-scored members (GNN attributions when ``RUN/model/`` loads,
     behaviour z-scores otherwise).
@@ -963,7 +965,8 @@ def rings_run(
         export: case export folder, or ``None``; checked before anything is written
             (:func:`check_export`: never the run's own folders).
         overwrite: replace an earlier export in ``export`` (without it, one is refused).
-        detector: a configured, unfitted :class:`RingDetector` (default parameters otherwise).
+        detector: a configured, unfitted :class:`RingDetector`, fitted now (default parameters
+            otherwise).
         explain_members: members explained per exported ring.
         ring_ids: these rings instead of the top ``top`` (in rank order, each once; matched as
             :func:`find_ring` matches them: spaces aside, in any case), to forward a few chosen
@@ -1001,10 +1004,14 @@ def _rings_run(run_dir: str | Path, top: int, export: Path | None, detector: Rin
     prob, no_scorer = _load_fraud_scores(run)
     held_out = load_held_out(run, int(data["user"].num_nodes)) if prob is not None else None
     det = detector or RingDetector()
-    det.fit(data, prob, tables, held_out)
-    params = {k: getattr(det, k) for k in ("hub_threshold", "min_size", "max_component", "seed",
-                                           "use_behaviour", "resolution")}
-    chosen = _chosen(det.rings_, top, ring_ids)
+    params = _params(det)
+    stored = None if detector is not None else _stored(run, params)
+    if stored is None:
+        det.fit(data, prob, tables, held_out)
+        rings, hubs, mode = det.rings_, det.hub_devices_, det.mode_
+    else:  # what an earlier `shopgraph rings` stored from these very files, with these parameters
+        rings, hubs, mode = stored
+    chosen = _chosen(rings, top, ring_ids)
     if export is not None:  # read (and check) what the explanations need before anything is written
         from shopgraph.graph.explain import (
             explain_ring_members,
@@ -1018,8 +1025,9 @@ def _rings_run(run_dir: str | Path, top: int, export: Path | None, detector: Rin
         held_out_explainer = load_held_out_explainer(run, data, held_out)
         threshold = load_threshold(run) if prob is not None else None
         facts = _feature_facts(tables, data)
-    run.write_json(RINGS_FILE, _jsonable(rings_payload(det.rings_, det.hub_devices_, det.mode_, params)),
-                   made_from=made_from, stage="shopgraph rings")
+    if stored is None:
+        run.write_json(RINGS_FILE, _jsonable(rings_payload(rings, hubs, mode, params)),
+                       made_from=made_from, stage="shopgraph rings")
     if export is not None:
         explanations = {
             r.ring_id: explain_ring_members(r, data, model, k=explain_members, fraud_prob=prob, served=served,
@@ -1028,10 +1036,30 @@ def _rings_run(run_dir: str | Path, top: int, export: Path | None, detector: Rin
         }
         source = {"run": str(run.path.resolve()),
                   "made_from": {**made_from, **run.sources(RINGS_FILE, optional=EXPORT_MODEL_FILES)}}
-        export_cases(chosen, data, tables, export, hubs=det.hub_devices_, mode=det.mode_, params=params,
+        export_cases(chosen, data, tables, export, hubs=hubs, mode=mode, params=params,
                      explanations=explanations, source=source, fraud_prob=prob, held_out=held_out,
                      threshold=threshold)
-    return _RingsRun(chosen, data, prob, len(det.rings_), held_out)
+    return _RingsRun(chosen, data, prob, len(rings), held_out)
+
+
+def _params(detector: RingDetector) -> dict[str, Any]:
+    """The detector's parameters, as ``rings.json`` records them."""
+    return {k: getattr(detector, k) for k in ("hub_threshold", "min_size", "max_component", "seed",
+                                              "use_behaviour", "resolution")}
+
+
+def _stored(run: RunDir, params: dict[str, Any]) -> tuple[list[Ring], list[Hub], str] | None:
+    """``(rings, hubs, mode)`` of ``RUN/rings/rings.json`` when it is current (computed from the
+    run's present graph and scores, :meth:`RunDir.fresh`), of this schema and found with ``params``
+    (detection is seeded: fitting again would find the same rings), else None: listing or exporting
+    rings then reads them instead of detecting them again and rewriting the file."""
+    if not run.fresh(RINGS_FILE):
+        return None
+    doc = run.read_json(RINGS_FILE)
+    if doc.get("schema_version") != SCHEMA_VERSION or doc.get("params") != _jsonable(params):
+        return None
+    hubs = [Hub(str(h["node_type"]), str(h["node_id"]), int(h["n_users"])) for h in doc.get("hub_devices", [])]
+    return [Ring.from_dict(r) for r in doc["rings"]], hubs, str(doc["mode"])
 
 
 def _feature_facts(tables: ShopTables, data: HeteroData) -> FeatureFacts:

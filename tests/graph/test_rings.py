@@ -22,6 +22,7 @@ from shopgraph.graph import rings as rings_mod
 from shopgraph.graph.build import build_graph
 from shopgraph.graph.pipeline import save_tables
 from shopgraph.graph.rings import (
+    RINGS_FILE,
     CASE_VERSION,
     SCHEMA_VERSION,
     FraudCases,
@@ -840,3 +841,37 @@ def test_cases_find_the_rings_an_account_is_in(tmp_path: Path) -> None:
     assert not cases.has_user("nobody") and not cases.has_user(None)  # type: ignore[arg-type]
     with pytest.raises(KeyError, match="unknown user_id 'nobody'"):
         cases.rings_of("nobody")
+
+
+def test_listing_rings_again_reads_the_stored_rings_and_writes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`shopgraph rings` rewrote RUN/rings/rings.json (and the manifest) on every listing, while
+    servers may be reading them. Now a current file found with the same parameters is read, not
+    detected again: the listing and a case export from it are those of a fresh detection, and the
+    run is untouched; other parameters, or a file computed from an earlier graph, are detected anew."""
+    from shopgraph.ui.cli import main
+
+    run_dir = make_run(tmp_path / "run", held_out=True)
+    assert main(["rings", "--run", str(run_dir), "--top", "3", "--export", str(tmp_path / "first")]) == 0
+    first = capsys.readouterr().out
+    stamps = {rel: (run_dir / rel).stat().st_mtime_ns for rel in (RINGS_FILE, "manifest.json")}
+    before = _snapshot(run_dir)
+    assert main(["rings", "--run", str(run_dir), "--top", "3", "--export", str(tmp_path / "again")]) == 0
+    assert capsys.readouterr().out == first.replace(str(tmp_path / "first"), str(tmp_path / "again"))
+    assert _snapshot(tmp_path / "again") == _snapshot(tmp_path / "first")
+    assert _snapshot(run_dir) == before
+    assert {rel: (run_dir / rel).stat().st_mtime_ns for rel in stamps} == stamps
+    # another detector's rings are stored; the default listing then detects (and stores) its own again
+    rings_run(run_dir, top=2, detector=RingDetector(hub_threshold=10))
+    assert json.loads((run_dir / RINGS_FILE).read_text())["params"]["hub_threshold"] == 10
+    assert main(["rings", "--run", str(run_dir), "--top", "3"]) == 0
+    assert capsys.readouterr().out.splitlines()[:4] == first.splitlines()[:4]
+    assert _snapshot(run_dir) == before
+    # new scores (`shopgraph train` again) leave rings.json stale: the rings are ranked again, not read
+    tensors = load_file(str(run_dir / "embeddings.safetensors"))
+    tensors["fraud_prob"] = 1.0 - tensors["fraud_prob"]
+    RunDir(run_dir).write_with("embeddings.safetensors", lambda p: save_file(tensors, str(p)))
+    assert "rerun `shopgraph rings" in str(RunDir(run_dir).stale(RINGS_FILE))
+    assert main(["rings", "--run", str(run_dir), "--top", "3"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:4] != first.splitlines()[1:4]
+    assert RunDir(run_dir).fresh(RINGS_FILE)
