@@ -8,6 +8,7 @@ demo quote values alike (``retrieval.service`` re-exports both).
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,19 +48,51 @@ def plural(n: int, noun: str, many: str | None = None) -> str:
     return f"{n:,} {noun}" if n == 1 else f"{n:,} {many or noun + 's'}"
 
 
+# Letters of other scripts that look like Latin ones (an id pasted from a document or typed on a
+# Cyrillic or Greek keyboard): the common ones of Unicode's confusables list, both cases.
+_LOOKALIKES = str.maketrans(
+    "АВЕЅІЈКМНОРСТХУаеіјорсхуѕԁһӏԛԝΑΒΕΖΗΙΚΜΝΟΡΤΥΧαικνορτυχ",
+    "ABESIJKMHOPCTXYaeijopcxysdhlqwABEZHIKMNOPTYXaikvoptux",
+)
+
+
+def _looks(text: str) -> str:
+    """``text`` as a person reads it: compatibility forms (NFKC: full-width ``ｕ００１`` is ``u001``),
+    characters that show as nothing (format characters: zero-width spaces, byte-order marks) and
+    case aside, letters of other scripts that look like Latin ones read as those."""
+    visible = "".join(ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")
+    return visible.translate(_LOOKALIKES).casefold()
+
+
+def how_it_differs(typed: str, known: str) -> str:
+    """Why ``typed`` is not the id ``known`` it looks like: ``"ids are case-sensitive"``, or the first
+    character that only looks like one of ``known`` (``"'о' is U+043E CYRILLIC SMALL LETTER O"``)."""
+    if typed.casefold() == known.casefold():
+        return "ids are case-sensitive"
+    odd = next((ch for ch in typed if ch not in known), None)
+    if odd is None:
+        return "ids must match exactly"
+    name = unicodedata.name(odd, "an unnamed character")
+    return f"ids must match exactly, and {odd!r} is U+{ord(odd):04X} {name}" if unicodedata.category(odd) != "Cf" \
+        else f"ids must match exactly, and the id holds an invisible U+{ord(odd):04X} {name}"
+
+
 def did_you_mean(positions: Mapping[str, int], key: str) -> str:
-    """`` (did you mean 'u000858'? ids are case-sensitive)`` when exactly one known id is ``key`` up
-    to case (``U000858``, as people type ids), else ``""``. A scan of the ids, on the error path only."""
+    """`` (did you mean 'u000858'? ids are case-sensitive)`` when exactly one known id looks like
+    ``key`` (:func:`same_but_case`: ``U000858`` as people type ids, a full-width or Cyrillic letter
+    pasted from a document), else ``""``. A scan of the ids, on the error path only."""
     same = same_but_case(positions, [key])
-    return f" (did you mean {shown(same[key])}? ids are case-sensitive)" if key in same else ""
+    return f" (did you mean {shown(same[key])}? {how_it_differs(key, same[key])})" if key in same else ""
 
 
 def same_but_case(positions: Mapping[str, int], keys: Sequence[str]) -> dict[str, str]:
-    """``{key: the one known id that is it up to case}`` for those of ``keys`` that have one (one scan)."""
-    folded = {key.casefold(): key for key in keys}
+    """``{key: the one known id that looks like it}`` for those of ``keys`` that have one (one scan):
+    the same up to case, compatibility forms, invisible characters and letters of other scripts
+    that look like Latin ones (:func:`_looks`)."""
+    folded = {_looks(key): key for key in keys}
     found: dict[str, list[str]] = {}
     for known in list(positions):  # a copy: another thread may add an id
-        key = folded.get(known.casefold())
-        if key is not None:
+        key = folded.get(_looks(known))
+        if key is not None and key != known:
             found.setdefault(key, []).append(known)
     return {key: ids[0] for key, ids in found.items() if len(ids) == 1}

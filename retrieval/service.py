@@ -36,7 +36,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
-from shopgraph.graph.messages import SHOWN_CHARS, did_you_mean, listed_ids, same_but_case, shown  # noqa: F401
+from shopgraph.graph.messages import (  # noqa: F401
+    SHOWN_CHARS,
+    did_you_mean,
+    how_it_differs,
+    listed_ids,
+    same_but_case,
+    shown,
+)
 from shopgraph.graph.run import RunDir
 from shopgraph.graph.wording import QUICK_ITEM_REASON, FeatureFacts, names_quick_items
 from shopgraph.retrieval.catalogue import (
@@ -88,11 +95,15 @@ _VERBS = {"purchase": "bought", "view": "viewed", "cart": "added to the cart", "
 
 def _case_hint(positions: Mapping[str, int], unknown: Sequence[Any]) -> str:
     """``"; did you mean 'u001' for 'U001'? ids are case-sensitive"`` for those of the first five
-    ``unknown`` ids (as listed) that are a known one in another case, else ``""``."""
+    ``unknown`` ids (as listed) that look like a known one (another case, a Cyrillic letter:
+    :func:`~shopgraph.graph.messages.same_but_case`), else ``""``."""
     typed = {str(v).strip(): v for v in unknown[:5] if isinstance(v, str)}
     like = same_but_case(positions, list(typed))
+    if not like:
+        return ""
+    why = sorted({how_it_differs(key, known) for key, known in like.items()}, key=len)
     return ("; did you mean " + ", ".join(f"{shown(known)} for {shown(typed[key])}" for key, known in like.items())
-            + "? ids are case-sensitive") if like else ""
+            + "? " + "; ".join(why))
 
 
 class _Keep:

@@ -22,8 +22,8 @@ from shopgraph.graph import rings as rings_mod
 from shopgraph.graph.build import build_graph
 from shopgraph.graph.pipeline import save_tables
 from shopgraph.graph.rings import (
-    RINGS_FILE,
     CASE_VERSION,
+    RINGS_FILE,
     SCHEMA_VERSION,
     FraudCases,
     Hub,

@@ -281,6 +281,12 @@ def _raw_query(query: str) -> str:
     ("get", "/recommend", {"params": {"user_id": "U001"}}, 404,
      "user_id: unknown user 'U001' (did you mean 'u001'? ids are case-sensitive)"),
     ("get", "/similar", {"params": {"item_id": "I003"}}, 404, "item_id: unknown item 'I003' (did you mean 'i003'?"),
+    # a letter of another script that looks like a Latin one (pasted from a document): named
+    ("get", "/similar", {"params": {"item_id": "\u0456003"}}, 404,
+     "item_id: unknown item '\u0456003' (did you mean 'i003'? ids must match exactly, and '\u0456' is U+0456 "
+     "CYRILLIC SMALL LETTER BYELORUSSIAN-UKRAINIAN I)"),
+    ("get", "/recommend", {"params": {"user_id": "u\uff10\uff10\uff11"}}, 404,
+     "(did you mean 'u001'? ids must match exactly, and '\uff10' is U+FF10 FULLWIDTH DIGIT ZERO)"),
     ("get", "/recommend", {"params": {"user_id": "u001", "k": 0}}, 422, _K + " (got '0')"),
     ("get", "/recommend", {"params": {"user_id": "u001", "k": 1001}}, 422, _K + " (got '1001')"),
     ("get", "/recommend", {"params": {"user_id": "u001", "k": "ten"}}, 422, _K + " (got 'ten')"),
@@ -1378,6 +1384,10 @@ _LONG_IDS = [f"customer-{k:06d}-" + "x" * 60 for k in range(1000)]  # 77 kB of J
      "are case-sensitive"),
     ("/similar/batch", {"item_ids": ["I002"]}, 404, "item_ids: unknown item 'I002' (1 of the 1 ids given); did you "
                                                     "mean 'i002' for 'I002'?"),
+    ("/similar/batch", {"item_ids": ["I002", "\u0456003"]}, 404,
+     "item_ids: unknown items 'I002', '\u0456003' (2 of the 2 ids given); did you mean 'i002' for 'I002', 'i003' for "
+     "'\u0456003'? ids are case-sensitive; ids must match exactly, and '\u0456' is U+0456 CYRILLIC SMALL LETTER "
+     "BYELORUSSIAN-UKRAINIAN I"),
     ("/recommend/batch", {"user_ids": ["u001"] * 101, "k": 1000}, 422,
      "k: 101 user_ids × k=1,000 asks for 101,000 results, over the 100,000 one batch answers; send at most 100 ids "
      "a batch at this k"),
