@@ -20,7 +20,8 @@ disk whole or not at all; readers see it as its adds or removals, one after the 
 *Compaction* (:meth:`CatalogueJournal.compact`, ``shopgraph catalogue --run RUN --compact``)
 keeps only the lines that still change what is served: an item added and later removed, an add
 of an id the run's tables hold now, a removal of an id they lack and a second add of one id all
-go. The journal is replaced by a new *generation* whose first line says what it was made from,
+go (but for the last item added and removed of a category no other line or trained item has: a
+category stays known once added, and services started after the compaction must know it too). The journal is replaced by a new *generation* whose first line says what it was made from,
 and the one before is kept, byte for byte, as ``RUN/catalogue_history/catalogue.<generation>.jsonl``:
 a running service that had not read all of it yet reads the rest there, then goes on in the new
 one, so services never need a restart and nothing is lost.
@@ -106,12 +107,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _net(entries: list[dict[str, Any]], trained_ids: set[str]) -> tuple[list[int], dict[str, int], int, int, int]:
+def _net(entries: list[dict[str, Any]], trained_ids: set[str],
+         trained_categories: set[str] | frozenset[str] = frozenset()) -> tuple[list[int], dict[str, int], int, int, int]:
     """Which of ``entries`` (in order) still change what a service over tables holding
-    ``trained_ids`` serves, replaying them as :class:`~shopgraph.retrieval.service.ShopService`
-    does: ``(indices kept, lines dropped by reason, ids added, trained ids removed, trained ids
-    restored)`` (a trained id removed and added again is restored: neither added nor removed)."""
+    ``trained_ids`` (of ``trained_categories``) serves, replaying them as
+    :class:`~shopgraph.retrieval.service.ShopService` does: ``(indices kept, lines dropped by
+    reason, ids added, trained ids removed, trained ids restored)`` (a trained id removed and
+    added again is restored: neither added nor removed). A category stays known to a service once
+    an item of it was added (a filter on it is an empty list, not "unknown category"): of the adds
+    removed again, the last one of each category that neither the trained items nor a kept add
+    has is kept with its removal, so that services started later know the category too."""
     dropped = dict.fromkeys(_DROPPED, 0)
+    cancelled: list[tuple[int, int]] = []  # (add, the removal that cancelled it)
     # id -> (served now, the add that made it served, the removal of its trained item)
     state: dict[str, tuple[bool, int | None, int | None]] = {}
     for n, entry in enumerate(entries):
@@ -124,13 +131,21 @@ def _net(entries: list[dict[str, Any]], trained_ids: set[str]) -> tuple[list[int
                 dropped["superseded" if added is None else "not applied"] += 1
         elif not served:  # a removal of an id the tables lack (a rebuilt run)
             dropped["superseded"] += 1
-        elif added is not None:  # an added item removed again: neither line is needed
+        elif added is not None:  # an added item removed again: neither line is needed (but see categories below)
+            cancelled.append((added, n))
             served, added = False, None
             dropped["cancelled"] += 2
         else:
             served, removed = False, n
         state[item_id] = (served, added, removed)
-    keep = sorted(n for _, added, removed in state.values() for n in (added, removed) if n is not None)
+    keep = [n for _, added, removed in state.values() for n in (added, removed) if n is not None]
+    known = set(trained_categories) | {str(entries[n].get("category", "")) for n in keep if entries[n]["op"] == "add"}
+    only = {str(entries[a].get("category", "")): (a, r) for a, r in cancelled}  # the last pair of each category
+    for category, pair in only.items():
+        if category and category not in known:
+            keep += pair
+            dropped["cancelled"] -= 2
+    keep.sort()
     # a trained item removed and added again is restored (ShopService._restore): neither added nor
     # removed, as the service counts it; both lines are kept (the add carries what was sent)
     return (keep, dropped, sum(added is not None and removed is None for _, added, removed in state.values()),
@@ -459,9 +474,11 @@ class CatalogueJournal:
             _fsync_dir(self.run_path)
         return end
 
-    def compact(self, trained_ids: set[str], *, dry_run: bool = False) -> Compaction:
+    def compact(self, trained_ids: set[str], *, dry_run: bool = False,
+                trained_categories: set[str] | frozenset[str] = frozenset()) -> Compaction:
         """Keep only the changes that still change what is served over a run whose tables hold
-        ``trained_ids`` (see :class:`Compaction` for what goes).
+        ``trained_ids`` of ``trained_categories`` (see :class:`Compaction` for what goes; without
+        the categories, one added item removed again is kept for each category added at all).
 
         The journal read is kept as ``RUN/catalogue_history/catalogue.<generation>.jsonl`` (a hard
         link: the same bytes) and replaced, atomically, by the next generation: a first line that
@@ -482,7 +499,8 @@ class CatalogueJournal:
                 size = os.fstat(f.fileno()).st_size
                 generation = self._header(f, str(self.path))[0]
                 found, _, _, incomplete = self._scan(f, 0, 0, str(self.path))
-            keep, dropped, net_added, net_removed, net_restored = _net([entry for _, entry, _ in found], trained_ids)
+            keep, dropped, net_added, net_removed, net_restored = _net([entry for _, entry, _ in found], trained_ids,
+                                                                          trained_categories)
             report = Compaction(generation, len(found), size, len(keep), net_added, net_removed, dropped, incomplete,
                                 net_restored=net_restored)
             if dry_run or not report.changed:
@@ -603,7 +621,15 @@ def cli_catalogue(args: Any) -> int:
     run = RunDir(args.run)
     journal = CatalogueJournal(run.path)
     exists = journal.path.is_file()
-    report = journal.compact(set(run.load_graph()["item"].ids), dry_run=not args.compact) if exists else None
+    report = None
+    if exists:
+        from shopgraph.graph.pipeline import load_run_tables
+
+        trained = set(run.load_graph()["item"].ids)
+        items = load_run_tables(run).items
+        categories = {str(c) for i, c in zip(items["item_id"], items.get("category", [""] * len(items)))
+                      if i in trained and isinstance(c, str)}
+        report = journal.compact(trained, dry_run=not args.compact, trained_categories=categories)
     pruned = journal.prune_history() if exists and args.prune_history else None
     if args.json:
         print(json.dumps({"journal": str(journal.path) if exists else None,

@@ -1601,7 +1601,7 @@ def test_services_follow_a_compaction_without_a_restart(own_run, capsys):
     assert behind.sync_catalogue() == 2
     writer.remove_item("new1")  # not yet read by `behind`
     writer.remove_item("i004")
-    writer.add_item("new3", "wool winter socks")
+    writer.add_item("new3", "wooden toy train", category="toys")  # "toys" is kept by new3: new1 is not needed
     assert main(["catalogue", "--run", str(own_run)]) == 0
     out = capsys.readouterr().out
     assert "generation 0, 5 changes" in out and "served: 2 items added, 1 trained item removed (3 changes)" in out
@@ -2027,3 +2027,36 @@ def test_a_fraud_score_gives_its_held_out_verdict():
     score = FraudScore("u1", 0.1, 0.2, False, [], True, True, 0.25)
     assert score.held_out_flagged is True and score._replace(held_out_probability=0.15).held_out_flagged is False
     assert score._replace(held_out_probability=None).held_out_flagged is None
+
+
+def test_a_category_added_stays_known_after_a_compaction_and_a_restart(own_run, capsys):
+    """A category whose added items were all removed stays known (a filter on it: an empty list),
+    but compacting dropped the lines that made it known, so a service started afterwards answered
+    "unknown category" where the ones running answered []. The last item of such a category is
+    kept with its removal now; a category the trained items or a kept add have needs none."""
+    from shopgraph.retrieval.catalogue import CatalogueJournal
+    from shopgraph.ui.cli import main
+
+    writer = load_service(own_run, catalogue_follow=False)
+    writer.add_item("g1", "pocket drone", category="gadgets")
+    writer.add_item("g2", "smart ring", category="gadgets")
+    writer.add_item("k1", "wooden toy train", category="toys")
+    writer.add_item("k2", "glow in the dark frisbee", category="toys")
+    writer.add_item("t1", "trail running shoes", category=writer.categories[0])  # a trained category
+    for item_id in ("g1", "g2", "k1", "t1"):
+        writer.remove_item(item_id)
+    assert writer.recommend("u000", k=5, category="gadgets").item_ids == []
+    assert main(["catalogue", "--run", str(own_run), "--compact"]) == 0
+    assert "compacted: generation 1 keeps 3 changes" in capsys.readouterr().out
+    # g2 and its removal (the last of "gadgets"), k2 (which keeps "toys"); g1, k1 and t1 went
+    assert [(e["op"], e["item_id"]) for e in CatalogueJournal(own_run).read()[0]] == [
+        ("add", "g2"), ("add", "k2"), ("remove", "g2")]
+    fresh = load_service(own_run, catalogue_follow=False)
+    for svc in (writer, fresh):
+        assert svc.recommend("u000", k=5, category="gadgets").item_ids == []
+        assert svc.recommend("u000", k=5, category="toys").item_ids == ["k2"]
+        assert not any(svc.has_item(i) for i in ("g1", "g2", "k1", "t1"))
+        with pytest.raises(ValueError, match="category: unknown category 'gizmos'"):
+            svc.recommend("u000", category="gizmos")
+    assert main(["catalogue", "--run", str(own_run), "--compact"]) == 0
+    assert "no longer needed: nothing" in capsys.readouterr().out  # the pair kept is still needed
