@@ -51,7 +51,7 @@ from shopgraph.graph.build import Split
 from shopgraph.graph.model import ShopGNN
 from shopgraph.graph.schema import REV_PREFIX
 from shopgraph.graph.train import FraudScorer, fraud_labels, lean_graph
-from shopgraph.graph.wording import QUICK_ITEM_REASON
+from shopgraph.graph.wording import QUICK_ITEM_REASON, WHOLE_HISTORY
 
 logger = logging.getLogger(__name__)
 
@@ -691,11 +691,13 @@ _RING_TEXT: dict[str, str] = {  # ring_features' columns in words (at the defaul
     "co_first_use_sync": f"accounts that took up a shared device within {_span(FIRST_USE_WINDOW_S)} of this one",
     "co_buy_sync": f"accounts sharing a device that bought within {_span(BUY_WINDOW_S)} of this one",
     "co_item_sync": f"accounts that bought an item this one bought within {_span(BUY_WINDOW_S)} of it",
-    "own_burst": f"most purchases within {_span(BUY_WINDOW_S)} (log count)",
-    "quick_buys": f"purchases within {_span(QUICK_FUNNEL_S)} of carting or viewing the item (log count)",
-    "quick_buy_share": f"share of purchases made within {_span(QUICK_FUNNEL_S)} of carting or viewing the item",
-    "quick_burst": f"most such quick purchases within {_span(BUY_WINDOW_S)} (log count)",
-    "quick_hour_share": "how busy the hours of the quick purchases are (share of all purchases)",
+    "own_burst": f"most purchases within {_span(BUY_WINDOW_S)}{WHOLE_HISTORY} (log count)",
+    "quick_buys": (f"purchases within {_span(QUICK_FUNNEL_S)} of carting or viewing the item{WHOLE_HISTORY} "
+                   "(log count)"),
+    "quick_buy_share": (f"share of purchases made within {_span(QUICK_FUNNEL_S)} of carting or viewing the "
+                        f"item{WHOLE_HISTORY}"),
+    "quick_burst": f"most such quick purchases within {_span(BUY_WINDOW_S)}{WHOLE_HISTORY} (log count)",
+    "quick_hour_share": f"how busy the hours of the quick purchases are{WHOLE_HISTORY} (share of all purchases)",
 }
 # "known" is a training label (known_labels): said so, as a ring's "known fraud" counts every fraud label
 _RING_SUFFIX: dict[str, str] = {"": " (log count)", "_known_fraud": ", labelled fraud in the training data (log count)",

@@ -35,6 +35,12 @@ FRAUD_SCORER_NAMES: dict[str, str] = {
     "rank_average": "ShopGraph (network and trees, rankings averaged)",
 }
 
+# what the columns counted over every event the graph holds (graph.fraud_scorer.ring_features: the
+# account's bursts and quick purchases) say, beside the own columns that stop where the training
+# period ends (encoders.behaviour, dated by FeatureFacts.as_of): an account's purchases after that
+# date count in the one and not in the other
+WHOLE_HISTORY = ", over all activity"
+QUICK_ITEMS = "items bought right after viewing or carting them" + WHOLE_HISTORY
 # encoders.behaviour measures it where the training period ends (the validation period's start)
 ACCOUNT_AGE = "account age at the end of the training period"
 # behaviour and table columns (encoders.behaviour), as a person would name them
@@ -135,7 +141,8 @@ def reason_in_words(name: str) -> Reading:
     ``other users sharing a device via uses: none`` (an account that shares no device,
     :class:`shopgraph.graph.explain.ServedTreeExplainer`) -> ``no other account on the same devices``;
     ``quick purchases: mean item image features (87 columns together; value: their norm)`` ->
-    ``items bought right after viewing or carting them: what they are, judged from their pictures`` (no
+    ``items bought right after viewing or carting them, over all activity: what they are, judged from
+    their pictures`` (no
     value worth showing); for an account without such purchases, ``quick purchases: none`` -> ``no
     purchase made right after viewing or carting the item``; ``accounts sharing a device (or other
     identifier): none`` (an account with no co-user: its counts of them and share labelled fraud
@@ -147,12 +154,12 @@ def reason_in_words(name: str) -> Reading:
     if NONE_LABELLED in name:  # no labelled co-user: nothing to write as a value (not "0%")
         return Reading(name, "none")
     if name == NO_QUICK_BUYS:
-        return Reading("no purchase made right after viewing or carting the item", "none")
+        return Reading("no purchase made right after viewing or carting the item" + WHOLE_HISTORY, "none")
     if (m := _GROUP.match(name)) is not None:
         prefix = m["prefix"]
         subject = "this account's items"
         if prefix == QUICK_ITEM_REASON:
-            subject = "items bought right after viewing or carting them"
+            subject = QUICK_ITEMS
         elif (o := re.match(r"^(?P<other>\w+)s via (?P<rel>\w+): mean $", prefix)) is not None:
             subject = f"{_PLURAL.get(o['other'], o['other'] + 's')} {_DID.get(o['rel'], o['rel'])}"
         # no column count: the trees of a fold split on other columns than the served ones, and the
@@ -161,7 +168,7 @@ def reason_in_words(name: str) -> Reading:
     if name.startswith(QUICK_ITEM_REASON):
         words, unit = _feature(name[len(QUICK_ITEM_REASON):])
         average = _average(words, unit)
-        return Reading(f"items bought right after viewing or carting them: {average.text}", average.unit)
+        return Reading(f"{QUICK_ITEMS}: {average.text}", average.unit)
     if (m := _NOBODY.match(name)) is not None:  # graph.explain: the means over others of an account with none
         return Reading(f"no other account {_sharing(m['rel'], m['other'])}", "none")
     if name.endswith(NOBODY_SUFFIX):  # graph.explain: the co-user counts and share of an account with no co-user

@@ -687,7 +687,7 @@ def test_an_account_without_quick_purchases_is_not_told_what_they_are(graph: Het
         assert (found == [NO_QUICK_BUYS]) != bought and (NO_QUICK_BUYS in found) != bought
         assert (names[share] in found) == bought
         assert base + sum(f.attribution for f in items) == pytest.approx(float(margin[u]), abs=1e-4)
-    assert reason_in_words(NO_QUICK_BUYS).text == "no purchase made right after viewing or carting the item"
+    assert reason_in_words(NO_QUICK_BUYS).text == "no purchase made right after viewing or carting the item, over all activity"
 
 
 def test_shared_identifiers_name_the_other_accounts_and_say_when_the_list_is_cut(graph: HeteroData) -> None:
@@ -746,6 +746,6 @@ def test_case_file_features_give_the_column_and_its_words(graph: HeteroData) -> 
     norm, count, standardised = ex.to_dict()["features"]
     assert norm == {  # a norm of embedding columns means nothing to a reader: no value in words
         "name": "quick purchases: mean item image features (87 columns together; value: their norm)",
-        "reason": "items bought right after viewing or carting them: what they are, judged from their pictures",
+        "reason": "items bought right after viewing or carting them, over all activity: what they are, judged from their pictures",
         "value": 0.25, "value_in_words": "", "attribution": 1.8}
     assert (count["value_in_words"], standardised["value_in_words"]) == ("8", "1.4 SD below average")

@@ -901,7 +901,7 @@ def test_fraud_reasons_are_raw_facts_behind_the_verdict(service, run_path, monke
     none = QuickPurchases(np.full((n_users, QUICK_FIRST), -1, dtype=np.int64), np.zeros(n_users, dtype=np.int64))
     monkeypatch.setattr(service, "_quick_items", none)  # no quick buy to name
     reasons = service.score_user("u002").reasons
-    assert reasons[0] == ("items bought right after viewing or carting them: what they are, judged from their "
+    assert reasons[0] == ("items bought right after viewing or carting them, over all activity: what they are, judged from their "
                           "pictures (+3.15 log-odds)")
     # the items behind it, latest first: the first three and how many more
     quick = QuickPurchases(none.first.copy(), none.total.copy())
@@ -909,7 +909,7 @@ def test_fraud_reasons_are_raw_facts_behind_the_verdict(service, run_path, monke
     monkeypatch.setattr(service, "_quick_items", quick)
     named = ", ".join(f"{service.item_ids[i]} '{service.titles[i]}' ({service.categories[i]})" for i in (3, 1, 4))
     assert service.score_user("u002").reasons[0] == (
-        f"items bought right after viewing or carting them ({named} and 1 more): what they are, judged from "
+        f"items bought right after viewing or carting them, over all activity ({named} and 1 more): what they are, judged from "
         "their pictures (+3.15 log-odds)")
     assert service.quick_items_named(" u002 ") == f"{named} and 1 more" and service.quick_items_named("u001") == "none"
     monkeypatch.setattr(service, "_quick_items", None)  # loaded without fraud reasons: nothing to say

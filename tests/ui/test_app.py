@@ -545,7 +545,7 @@ def test_label_sentence_compares_the_held_out_score_with_the_threshold(label: bo
 LABELS_FIRST = [
     "accounts sharing a device (or other identifier), labelled fraud in the training data outside this account's "
     "fold: 10 (+3.16 log-odds)",
-    "items bought right after viewing or carting them: what they are, judged from their pictures (+1.41 log-odds)"]
+    "items bought right after viewing or carting them, over all activity: what they are, judged from their pictures (+1.41 log-odds)"]
 
 
 @pytest.mark.parametrize(("label", "held_out", "says"), [
@@ -1009,7 +1009,7 @@ def test_tree_reasons_table_names_the_items_of_a_quick_purchases_reason() -> Non
     name = "quick purchases: mean item image features (87 columns together; value: their norm)"
     ex = Explanation("u1", 0.9, "tree_shap+shared_identifiers", [FeatureAttribution(name, 0.27, 2.0)], [])
     table = _explanation_table(ex, lambda n, v: "i1 'drone' and 2 more" if n == name else None)
-    assert table["reason"].tolist() == ["items bought right after viewing or carting them: what they are, judged "
+    assert table["reason"].tolist() == ["items bought right after viewing or carting them, over all activity: what they are, judged "
                                         "from their pictures"]
     assert table["value"].tolist() == ["i1 'drone' and 2 more"]
     assert _explanation_table(ex)["value"].tolist() == [""]
@@ -1089,7 +1089,7 @@ def test_reasons_read_as_words_with_their_values_units() -> None:
     ], [])
     table = _explanation_table(ex)
     assert table["reason"].tolist() == [
-        "items bought right after viewing or carting them: what they are, judged from their pictures",
+        "items bought right after viewing or carting them, over all activity: what they are, judged from their pictures",
         "accounts on the same devices (this one included): average account age at the end of the training period"]
     assert table["value"].tolist() == ["", "1.0 SD below average"]
 
