@@ -77,10 +77,13 @@ SCHEMA_VERSION = "1.0"
 # the average age of the accounts on its devices in days, not in standard deviations; a "quick
 # purchases" reason's items named), and ``activity_until``: the date the columns counted over the
 # graph (shared devices and their accounts' labels, quick purchases) read events up to; the ring's
-# ``flagged``, ``known_fraud`` and ``known_fraud_trained_on``, members in order of prediction.
+# ``flagged``, ``known_fraud`` and ``known_fraud_trained_on``, members in order of prediction; 8 each
+# member's ``predicted_flagged`` (CSV: ``member_predicted_flagged``), the verdict the ring's ``flagged``
+# counts (its held-out score's for a trained-on member: its ``flagged`` judges a score fitted to its
+# label), and the reasons about an account's own purchase timing worded "over all activity".
 # An export of another version is never handed out as a ring's case files (:func:`exported_ring`); the
 # demo writes them afresh.
-CASE_VERSION = 7
+CASE_VERSION = 8
 RINGS_FILE = "rings/rings.json"
 # the model files whose checksums a case export records, when the run has them
 EXPORT_MODEL_FILES = ("model/config.json", "model/model.safetensors", "fraud_trees.ubj")
@@ -829,6 +832,8 @@ def case_file(
     def at_or_above(score: float | None) -> bool | None:
         return None if threshold is None or score is None or not math.isfinite(score) else bool(score >= threshold)
 
+    predicted = member_predictions(ring, index, held_out)
+    scored = ring.evidence.get("gnn_mean") is not None  # ranked with fraud scores (as count_flagged)
     members = []
     for k, user in enumerate(ring.members):
         u = index[user]
@@ -838,6 +843,8 @@ def case_file(
             "flagged": at_or_above(ring.member_scores.get(user) if fraud_prob is not None else None),
             "label": None if labels[u] < 0 else bool(labels[u]), "label_in_training": bool(in_training[u]),
             "held_out_probability": held, "held_out_flagged": at_or_above(held),
+            # the verdict on its prediction (held-out where trained on), the one the ring's "flagged" counts
+            "predicted_flagged": at_or_above(predicted.get(user)) if scored else None,
             "created_at": _none_if_nan(float(created.get(user, np.nan))) if created is not None else None,
             "days_to_first_activity": _none_if_nan(float(behaviour.age_days[k])),
             "n_purchases": int(behaviour.n_purchases[k]), "purchase_amount": float(behaviour.amount[k]),
@@ -846,7 +853,6 @@ def case_file(
         })
     # the most likely fraud first, by prediction (a trained-on member's held-out score), as the
     # explanations choose them and the demo's members table lists them
-    predicted = member_predictions(ring, index, held_out)
     members.sort(key=lambda m: (-predicted.get(str(m["user_id"]), -1.0), str(m["user_id"])))
     rows = [index[u] for u in ring.members]
     labelled = bool((labels >= 0).any())  # the shop gives labels at all (as /fraud/rings: 0 of none)
@@ -935,7 +941,8 @@ def export_cases(
                        csv["user_id"].map(held).astype(float))  # empty for the members not trained on
             # each verdict after its score; empty where there is none (no scorer, not trained on)
             for column, key, after in (("member_flagged", "flagged", "member_score"),
-                                       ("member_held_out_flagged", "held_out_flagged", "member_held_out_probability")):
+                                       ("member_held_out_flagged", "held_out_flagged", "member_held_out_probability"),
+                                       ("member_predicted_flagged", "predicted_flagged", "member_held_out_flagged")):
                 verdicts = {m["user_id"]: m[key] for m in doc["members"]}
                 csv.insert(csv.columns.get_loc(after) + 1, column, csv["user_id"].map(verdicts).astype("boolean"))
             csv.to_csv(tmp / "cases" / f"{ring.ring_id}.csv", index=False)

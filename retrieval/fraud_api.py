@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 
 from shopgraph.graph.explain import MAX_OTHERS, TOP_K, Explanation, feature_dict
 from shopgraph.graph.messages import known_ids
-from shopgraph.graph.rings import SCHEMA_VERSION, Ring, count_flagged, find_ring, known_fraud
+from shopgraph.graph.rings import SCHEMA_VERSION, Ring, count_flagged, find_ring, known_fraud, predicted
 from shopgraph.graph.wording import ValueWords
 from shopgraph.retrieval.params import ErrorOut, strict_query
 from shopgraph.retrieval.service import shown
@@ -71,7 +71,8 @@ class RingOut(BaseModel):
     flagged: int | None = Field(
         None, description="members whose prediction is at or above the validation threshold: a member's held-out "
                           "score where the scorer was trained on it (as /fraud/score's held_out_flagged), its member "
-                          "score otherwise (null without a fraud scorer)")
+                          "score otherwise; the members whose predicted_flagged is true (null without a fraud "
+                          "scorer)")
 
 
 class RingsOut(BaseModel):
@@ -107,6 +108,10 @@ class MemberLabelOut(BaseModel):
     held_out_flagged: bool | None = Field(
         None, description="its held_out_probability at or above the threshold, as /fraud/score's held_out_flagged "
                           "(null without one)")
+    predicted_flagged: bool | None = Field(
+        None, description="its prediction at or above the threshold: held_out_flagged for a member the scorer was "
+                          "trained on (its flagged judges a score fitted to its label), flagged otherwise; the "
+                          "verdicts the ring's flagged counts (null without a fraud scorer)")
 
 
 class RingCaseOut(RingOut):
@@ -364,10 +369,12 @@ def fraud_router(
             events = [TimelineEvent(**row) for row in json.loads(frame.to_json(orient="records"))]
         got = members_labels(r)
         held = held_out(list(got)) if got is not None and held_out is not None else {}
+        prediction = predicted(r, held) if r.evidence.get("gnn_mean") is not None else {}  # as count_flagged
         member_labels = (None if got is None else
                          {u: MemberLabelOut(label=label, label_in_training=trained, held_out_probability=held.get(u),
                                             flagged=at_or_above(r.member_scores.get(u)),
-                                            held_out_flagged=at_or_above(held.get(u)))
+                                            held_out_flagged=at_or_above(held.get(u)),
+                                            predicted_flagged=at_or_above(prediction.get(u)))
                           for u, (label, trained) in got.items()})
         out = _ring_out(r, rank, got, flagged_members(r))
         return RingCaseOut(**out.model_dump(), schema_version=SCHEMA_VERSION, timeline=events,

@@ -308,7 +308,7 @@ CASE_KEYS = {"schema_version": str, "case_version": int, "source": (dict, type(N
              "explanations": dict}
 OPT_BOOL = (bool, type(None))
 MEMBER_KEYS = {"user_id": str, "score": OPT_NUM, "flagged": OPT_BOOL, "label": OPT_BOOL, "label_in_training": bool,
-               "held_out_probability": OPT_NUM, "held_out_flagged": OPT_BOOL,
+               "held_out_probability": OPT_NUM, "held_out_flagged": OPT_BOOL, "predicted_flagged": OPT_BOOL,
                "created_at": OPT_NUM, "days_to_first_activity": OPT_NUM, "n_purchases": int, "purchase_amount": NUM,
                "purchase_velocity": OPT_NUM, "high_risk_share": OPT_NUM}
 EDGE_KEYS = {"user_id": str, "node_type": str, "node_id": str, "first_seen": (int, type(None)), "shared": bool}
@@ -317,7 +317,8 @@ EVENT_KEYS = {"timestamp": (int, type(None)), "time": str, "user_id": str, "even
 EXPLANATION_KEYS = {"user_id": str, "score": OPT_NUM, "method": str, "features": list, "neighbours": list,
                     "base_value": OPT_NUM, "unlisted_attribution": OPT_NUM, "neighbours_total": (int, type(None))}
 CSV_COLUMNS = ["ring_id", "timestamp", "time", "user_id", "member_score", "member_flagged", "member_label",
-               "member_held_out_probability", "member_held_out_flagged", "event_type", "item_id", "title", "category", "amount", "device_id", "shared_device"]
+               "member_held_out_probability", "member_held_out_flagged", "member_predicted_flagged", "event_type",
+               "item_id", "title", "category", "amount", "device_id", "shared_device"]
 
 
 def check_keys(obj: dict[str, Any], spec: dict[str, Any], where: str) -> None:
@@ -805,7 +806,14 @@ def test_cases_and_case_files_give_the_trained_on_members_held_out_scores(tmp_pa
         assert csv["member_held_out_flagged"].astype(object).where(csv["member_held_out_flagged"].notna(), None
                                                                    ).tolist() == [
             None if held[u] is None else bool(held[u] >= THRESHOLD) for u in csv["user_id"]]
-        for m in json.loads((out / "cases" / f"{ring.ring_id}.json").read_text())["members"]:
+        case = json.loads((out / "cases" / f"{ring.ring_id}.json").read_text())
+        # the ring's "flagged" counts its members' verdicts on their predictions, named per member
+        assert case["flagged"] == sum(bool(m["predicted_flagged"]) for m in case["members"])
+        for m in case["members"]:
+            prediction = held[m["user_id"]] if held[m["user_id"]] is not None else m["score"]
+            assert m["predicted_flagged"] == (prediction >= THRESHOLD)
+            assert csv.loc[csv["user_id"] == m["user_id"], "member_predicted_flagged"].eq(m["predicted_flagged"]).all()
+        for m in case["members"]:
             check_keys(m, MEMBER_KEYS, "member")
             assert m["held_out_probability"] == pytest.approx(held[m["user_id"]]) if held[m["user_id"]] is not None \
                 else m["held_out_probability"] is None

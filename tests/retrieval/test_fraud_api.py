@@ -100,6 +100,9 @@ def test_ring_case_with_timeline(client: TestClient, cases: FraudCases) -> None:
     assert {u: v["flagged"] for u, v in body["member_labels"].items()} == {
         u: ring.member_scores[u] >= cases.threshold for u in ring.members}
     assert {v["held_out_flagged"] for v in body["member_labels"].values()} == {None}
+    # no held-out scores: each member's prediction is its score
+    assert {u: v["predicted_flagged"] for u, v in body["member_labels"].items()} == {
+        u: v["flagged"] for u, v in body["member_labels"].items()}
 
 
 def test_a_ring_id_in_any_case_is_that_ring(client: TestClient) -> None:
@@ -241,6 +244,10 @@ def test_ring_cases_and_explanations_give_the_trained_on_members_held_out_scores
         assert {u: m["held_out_probability"] for u, m in body["member_labels"].items()} == pytest.approx(held)
         # flagged: the members' predictions (a trained-on one's held-out score) at or above the threshold
         assert body["flagged"] == listed[ring.ring_id]["flagged"] == cases.flagged(ring) is not None
+        # ... each member's verdict named: the ones the count counts
+        assert body["flagged"] == sum(m["predicted_flagged"] for m in body["member_labels"].values())
+        assert {u: m["predicted_flagged"] for u, m in body["member_labels"].items()} == {
+            u: (held[u] if held[u] is not None else ring.member_scores[u]) >= cases.threshold for u in ring.members}
         assert body["evidence"]["predicted_mean"] == pytest.approx(ring.evidence["predicted_mean"])
         seen += sum(h is not None for h in held.values())
         for user in ring.members[:2]:
