@@ -226,7 +226,13 @@ class FraudOut(BaseModel):
     label: bool | None = Field(description="the account's is_fraud label in the shop's data (null: unlabelled)")
     label_in_training: bool = Field(
         description="the scorer was trained on this account's label, so its probability is fitted to that label "
-                    "rather than predicted (labelled accounts of the training period)")
+                    "rather than predicted (an account of the scorer's training sample: a random share of the "
+                    "labelled accounts, not a time period)")
+    probability_is: str = Field(
+        description="what probability is: 'prediction', or 'fitted to its label' for an account the scorer was "
+                    "trained on, whose flagged and reasons then describe how the scorer fits that label (its "
+                    "held_out_probability, held_out_flagged and held_out_reasons are the prediction), as "
+                    "`shopgraph score` writes it")
     held_out_probability: float | None = Field(
         None, description="for an account the scorer was trained on: its score from the same trees refitted "
                           "without its label (cross-fitting, 5 folds by default), to compare with the threshold; null for "
@@ -1011,7 +1017,7 @@ def _fraud_out(service: ShopService, s: FraudScore) -> FraudOut:
     p = s.probability
     return FraudOut(user_id=s.user_id, probability=None if math.isnan(p) else p, threshold=s.threshold,
                     flagged=s.flagged, scorer=str(service.fraud.get("kind", "none")), reasons=s.reasons,
-                    label=s.label, label_in_training=s.label_in_training,
+                    label=s.label, label_in_training=s.label_in_training, probability_is=s.probability_is,
                     held_out_probability=s.held_out_probability,
                     held_out_flagged=s.held_out_flagged,
                     held_out_reasons=s.held_out_reasons)

@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 FORMATS = (".csv", ".parquet")  # the tables --users reads
 OUT_FORMATS = (*FORMATS, ".json")  # ... and the exports --out writes (JSON: an array of row objects)
 # a score that is a prediction, or the served score of an account whose label the scorer was fitted on
-PREDICTION, FITTED = "prediction", "fitted to its label"
 REASON_SEP = " | "  # between an account's reasons in one cell
 
 
@@ -239,7 +238,7 @@ def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = T
     elif flagged_only:  # a work queue: the highest score first (ties in the order given)
         scores.sort(key=lambda s: -s.probability)
     scorer = str(service.fraud.get("kind", "none"))
-    rows = [(s.user_id, s.probability, s.threshold, s.flagged, FITTED if s.label_in_training else PREDICTION,
+    rows = [(s.user_id, s.probability, s.threshold, s.flagged, s.probability_is,
              scorer, s.label, s.label_in_training, s.held_out_probability, s.held_out_flagged,
              *((list(s.reasons), list(s.held_out_reasons)) if as_lists
                else (REASON_SEP.join(s.reasons), REASON_SEP.join(s.held_out_reasons)))) for s in scores]

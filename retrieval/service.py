@@ -134,6 +134,10 @@ class Recommendation(NamedTuple):
     titles: list[str]
 
 
+# what a served fraud probability is (FraudScore.probability_is; `shopgraph score`'s probability_is column)
+PREDICTION, FITTED = "prediction", "fitted to its label"
+
+
 class FraudScore(NamedTuple):
     """Fraud score of one user.
 
@@ -183,6 +187,12 @@ class FraudScore(NamedTuple):
         held-out score when there is one (its ``probability`` is fitted to its label), else ``probability``."""
         held = self.held_out_probability
         return held if self.label_in_training and held is not None else self.probability
+
+    @property
+    def probability_is(self) -> str:
+        """What ``probability`` is: :data:`PREDICTION`, or :data:`FITTED` for an account the scorer was
+        trained on (its ``held_out_probability``, where there is one, is the prediction)."""
+        return FITTED if self.label_in_training else PREDICTION
 
     @property
     def held_out_flagged(self) -> bool | None:

@@ -31,16 +31,17 @@ def test_fraud_scores_give_a_trained_on_accounts_held_out_score(tmp_path_factory
     with TestClient(create_app(load_service(run), demo=False, fraud_cases=False)) as c:
         trained, other = service.user_ids[train.index(True)], service.user_ids[train.index(False)]
         body = c.get("/fraud/score", params={"user_id": trained}).json()
-        assert body["held_out_probability"] == 0.25
+        assert body["held_out_probability"] == 0.25 and body["probability_is"] == "fitted to its label"
         assert body["held_out_flagged"] is (0.25 >= body["threshold"])  # as `shopgraph score` writes it
         # this run stores no held-out trees: the reasons for the held-out verdict say so
         assert len(body["held_out_reasons"]) == 1 and body["held_out_reasons"][0].startswith(
             "no attribution of the held-out score is available here: the run's held-out trees are missing")
         body = c.get("/fraud/score", params={"user_id": other}).json()
         assert body["held_out_probability"] is None and body["held_out_reasons"] == []
-        assert body["held_out_flagged"] is None
+        assert body["held_out_flagged"] is None and body["probability_is"] == "prediction"
         body = c.post("/fraud/score/batch", json={"user_ids": [other, trained], "reasons": False}).json()
         assert [s["held_out_probability"] for s in body["scores"]] == [None, 0.25]
+        assert [s["probability_is"] for s in body["scores"]] == ["prediction", "fitted to its label"]
 
 
 def test_ids_with_surrounding_spaces_are_the_stored_ones(client):
