@@ -337,8 +337,12 @@ def _scorer_errors(run: RunDir, service: ShopService, users: list[str]) -> str:
                if s.label_in_training and s.held_out_probability is not None]
     expected = sum(missed if s.label else false_flags for s in trained)
     about = f"about {expected:,.0f}" if expected >= 0.5 else "fewer than one"
+    cut, served_cut = served.get("threshold"), service.fraud.get("threshold")
+    at = (f"; `shopgraph evaluate` refits it at the test cut and thresholds it at {cut:.3f}, the best F1 of its own "
+          f"validation scores, where the served scorer flags at {served_cut:.3f}" if isinstance(cut, int | float)
+          and isinstance(served_cut, int | float) and math.isfinite(cut) and math.isfinite(served_cut) else "")
     return (f"On the test accounts the scorer misses {missed:.0%} of fraud and flags {false_flags:.1%} of legitimate "
-            f"accounts (metrics.json): that alone would give {about} such contradictions among these "
+            f"accounts (metrics.json{at}): that alone would give {about} such contradictions among these "
             f"{plural(len(trained), 'trained-on account')} with every label right. Each is a wrong label or a scorer "
             "error: check it before changing the label.")
 

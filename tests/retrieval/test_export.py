@@ -170,6 +170,14 @@ def test_label_audit_lists_the_labels_the_held_out_scores_contradict(run, servic
             f"(metrics.json): that alone would give about {expected:,.0f} such contradictions among these "
             f"{len(trained)} trained-on accounts with every label right. Each is a wrong label or a scorer error: "
             "check it before changing the label.") in capsys.readouterr().out
+    # the threshold those rates are at, beside the one that flags (they differ: another fit, its own validation)
+    RunDir(folder).write_json("metrics.json", {"fraud": {"gnn": {"recall": 0.75, "precision": 0.9, "threshold": 0.1225},
+                                                         "test": {"accounts": 1000, "fraud": 40}}})
+    assert main(["score", "--run", str(folder), "--out", str(out), "--label-audit", "--no-reasons", "--overwrite"]) == 0
+    served = load_service(folder).fraud["threshold"]
+    assert (f"(metrics.json; `shopgraph evaluate` refits it at the test cut and thresholds it at 0.122, the best F1 of "
+            f"its own validation scores, where the served scorer flags at {served:.3f}): that alone would give"
+            ) in capsys.readouterr().out
     # a run without held-out scores has nothing to audit with: said, and nothing written
     out = tmp_path / "none.csv"
     assert main(["score", "--run", str(run), "--out", str(out), "--label-audit"]) == 1
