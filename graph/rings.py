@@ -1147,18 +1147,24 @@ def cli_rings(args: argparse.Namespace) -> int:
 
         known = [position[m] for m in r.members if m in position and labels[position[m]] == 1]
         fitted = int(sum(bool(trained[u]) for u in known))
-        head = ", ".join(r.members[:4]) + (f", +{len(r.members) - 4}" if len(r.members) > 4 else "")
+        prediction = predicted(r, _members_held_out(r, position, held_out))  # the likeliest fraud named first
+        order = sorted(r.members, key=lambda u: (-prediction.get(u, -1.0), u))
+        head = ", ".join(order[:4]) + (f", +{len(order) - 4}" if len(order) > 4 else "")
         flagged = flagged_members(r, position, held_out, threshold)
         print(f"{r.ring_id:6} {r.score:6.3f} {len(r.members):4d} {len(r.shared_devices):7d} "
               f"{fmt('predicted_mean', '.2f'):>5} {'-' if flagged is None else f'{flagged}/{len(r.members)}':>7} "
               f"{f'{len(known)}/{len(r.members)}':>7} {fitted:7d} {fmt('median_account_age_days', '.1f'):>7} "
               f"{fmt('purchase_velocity', '.2f'):>6} {fmt('high_risk_share', '.2f'):>5}  {head}")
-    print("fraud: the members' mean predicted fraud probability (a member the scorer was trained on: its held-out "
-          "score, the scorer refitted without its label, as `score --leads` and the demo judge it), which ranks the "
-          f"rings; flagged: members whose prediction is at or above the validation threshold"
+    print("score: what ranks the rings, in [0, 1]: a weighted mean of fraud (half of it), how young, fast-buying "
+          "and high-risk the members are, how many they are and how tightly they share devices; not a probability "
+          "(a household of ordinary accounts on one device scores about 0.3); size: members; devices: devices used "
+          "by at least two of them; "
+          "fraud: the members' mean predicted fraud probability (a member the scorer was trained on: its held-out "
+          "score, the scorer refitted without its label, as `score --leads` and the demo judge it); flagged: members whose prediction is at or above the validation threshold"
           f"{f' {threshold:.3f}' if threshold is not None else ''}; known: members the shop's data labels "
           "fraud, of all members; trained: how many of those labels the scorer was trained on; age_d: their median "
-          "days from sign-up to first activity; vel/d: purchases a day; risk: share of high-risk purchases")
+          "days from sign-up to first activity; vel/d: their median purchases a day; risk: their median share of "
+          "purchase amount in high-risk categories; members: the likeliest fraud first (by prediction)")
     if not args.ring and args.top > total:
         print(f"(--top {args.top:,}: this run has {plural(total, 'ring')}, all listed)")
     if args.export is not None:

@@ -38,31 +38,51 @@ logger = logging.getLogger(__name__)
 class RingEvidence(BaseModel):
     """The numbers behind a ring's score (``docs/fraud_rings.md``); absent values are null."""
 
-    size: int | None = None
-    shared_device_count: int | None = None
-    shared_identifier_count: int | None = None
-    shared_identifiers: dict[str, list[str]] = Field(default_factory=dict)
-    accounts_per_identifier: float | None = None
-    median_account_age_days: float | None = None
-    purchase_velocity: float | None = None
-    high_risk_share: float | None = None
-    n_purchases: int | None = None
-    purchase_amount: float | None = None
-    gnn_mean: float | None = None
-    gnn_max: float | None = None
-    predicted_mean: float | None = None
-    predicted_max: float | None = None
-    score_terms: dict[str, float] = Field(default_factory=dict)
-    mode: str | None = None
+    size: int | None = Field(None, description="members")
+    shared_device_count: int | None = Field(None, description="devices used by at least two members")
+    shared_identifier_count: int | None = Field(None, description="identifiers of every type used by at least two "
+                                                                  "members")
+    shared_identifiers: dict[str, list[str]] = Field(default_factory=dict,
+                                                     description="those identifiers, by node type")
+    accounts_per_identifier: float | None = Field(None, description="members per shared identifier (how tightly "
+                                                                     "they share)")
+    median_account_age_days: float | None = Field(
+        None, description="the members' median days from sign-up to their first event (not the fraud reasons' "
+                          "account age, which is measured at the end of the training period)")
+    purchase_velocity: float | None = Field(None, description="the members' median purchases per active day")
+    high_risk_share: float | None = Field(
+        None, description="the members' median share of purchase amount (not of purchases) in high-risk categories "
+                          "(electronics, gift cards)")
+    n_purchases: int | None = Field(None, description="the members' purchases, all together")
+    purchase_amount: float | None = Field(None, description="the members' purchase amount, all together")
+    gnn_mean: float | None = Field(None, description="the mean of the members' served fraud probabilities (whichever "
+                                                     "scorer serves, despite the name)")
+    gnn_max: float | None = Field(None, description="the highest of them")
+    predicted_mean: float | None = Field(
+        None, description="the same with a trained-on member's held-out score for its served one: the predictions "
+                          "the ring is ranked on")
+    predicted_max: float | None = Field(None, description="the highest of those predictions")
+    score_terms: dict[str, float] = Field(default_factory=dict,
+                                          description="the terms in [0, 1] whose weighted mean is the ring's score "
+                                                      "(gnn: predicted_mean; young, velocity, high_risk: how far "
+                                                      "the members stand out from all accounts; size, density)")
+    mode: str | None = Field(None, description="which terms were available: gnn+behaviour+structure, "
+                                               "behaviour+structure or structure")
 
 
 class RingOut(BaseModel):
-    ring_id: str
+    ring_id: str = Field(description="R0001 for the highest-ranked ring, R0002 next, ...")
     rank: int
-    score: float
-    members: list[str]
-    shared_devices: list[str]
-    member_scores: dict[str, float]
+    score: float = Field(description="the ranking score in [0, 1]: a weighted mean of evidence.score_terms (half of "
+                                     "it the members' predicted fraud probabilities), not a probability; a household "
+                                     "of ordinary accounts sharing a device scores about 0.3")
+    members: list[str] = Field(description="user ids, sorted")
+    shared_devices: list[str] = Field(description="devices used by at least two members")
+    member_scores: dict[str, float] = Field(
+        description="each member's served fraud probability, highest first (without a fraud scorer: the mean of its "
+                    "behaviour terms, or the share of the ring's shared identifiers it uses); for a member the "
+                    "scorer was trained on it is fitted to its label: member_labels' held_out_probability is the "
+                    "prediction")
     evidence: RingEvidence
     known_fraud: int | None = Field(None, description="members the shop's data labels fraud (null: no labels given)")
     known_fraud_trained_on: int | None = Field(

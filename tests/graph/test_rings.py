@@ -500,7 +500,12 @@ def test_cli_rings_prints_table(tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert row.split()[5] == f"{flagged}/{len(ring.members)}"
         assert row.split()[6] == f"{len(known)}/{len(ring.members)}"
         assert row.split()[7] == str(sum(in_training[m] for m in known))
+        # the members named first are the likeliest fraud (by prediction), not the first ids
+        likeliest = sorted(ring.members, key=lambda u: (-ring.member_scores[u], u))[:4]
+        assert row.split("  ")[-1].strip().split(", ")[:len(likeliest)] == likeliest
     assert "known: members the shop's data labels fraud, of all members; trained: how many of those labels" in out
+    assert "score: what ranks the rings, in [0, 1]" in out and "not a probability" in out
+    assert "risk: their median share of purchase amount in high-risk categories" in out
     assert f"flagged: members whose prediction is at or above the validation threshold {THRESHOLD:.3f}" in out
     assert "this run has" not in out  # --top 2 of more
     assert main(["rings", "--run", str(run_dir), "--top", "100000"]) == 0
