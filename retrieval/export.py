@@ -52,11 +52,14 @@ REASON_SEP = " | "  # between an account's reasons in one cell
 
 
 def check_out(out: Path, *, overwrite: bool, run: Path | None = None, users: Path | None = None) -> Path:
-    """``out`` if it can be written as an export: a ``.csv``, ``.parquet`` or ``.json`` path that is not a
+    """``out`` if it can be written as an export (after checking that ``run`` is a run folder: a
+    ``FileNotFoundError`` naming it): a ``.csv``, ``.parquet`` or ``.json`` path that is not a
     folder, whose parent is not a file, that is not inside the run folder ``run`` (an export
     must never replace one of the run's files), not the ``--users`` file it is made from (even
     with ``overwrite``: the list of ids would be lost) and, without ``overwrite``, not an existing file."""
     out = Path(out)
+    if run is not None:  # a wrong --run first: "--out is inside the run folder" of a folder that is none misleads
+        RunDir(run)
     if out.suffix.lower() not in OUT_FORMATS:
         raise ValueError(f"--out: expected a file ending in {', '.join(OUT_FORMATS[:-1])} or {OUT_FORMATS[-1]} "
                          f"(got {str(out)!r})")

@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     users_help = ("only these users: a text file with one id per line, or a .csv / .parquet table with a "
                   "user_id column (default: every user of the run)")
-    p = sub.add_parser("recommend", help="write every user's recommendations to a CSV or Parquet file")
+    p = sub.add_parser("recommend", help="write every user's recommendations to a CSV, Parquet or JSON file")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="the file to write (.csv, .parquet or .json)")
     p.add_argument("--users", type=Path, default=None, help=users_help)
@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", default=None, help="only items of this category")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
-    p = sub.add_parser("score", help="write every account's fraud score and reasons to a CSV or Parquet file")
+    p = sub.add_parser("score", help="write every account's fraud score and reasons to a CSV, Parquet or JSON file")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="the file to write (.csv, .parquet or .json)")
     p.add_argument("--users", type=Path, default=None, help=users_help)

@@ -351,6 +351,11 @@ def test_a_run_that_is_not_one_is_named(tmp_path, capsys):
     assert main(["score", "--run", str(tmp_path / "nowhere"), "--out", str(tmp_path / "s.csv")]) == 1
     assert "shopgraph score: error: " in capsys.readouterr().err
     assert not (tmp_path / "s.csv").exists()
+    # --run given an output folder by mistake: the run is named, not "--out is inside the run folder"
+    (tmp_path / "out").mkdir()
+    assert main(["score", "--run", str(tmp_path / "out"), "--out", str(tmp_path / "out" / "x.csv")]) == 1
+    err = capsys.readouterr().err
+    assert f"run folder {tmp_path / 'out'}: no manifest.json" in err and "inside the run folder" not in err
     for k in ("0", "1001", "ten"):  # refused by the parser, before anything is loaded
         with pytest.raises(SystemExit) as exit_:
             main(["recommend", "--run", str(tmp_path), "--out", str(tmp_path / "r.csv"), "--k", k])
