@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -556,8 +556,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         detail = exc.detail
         if exc.status_code == 404 and detail == "Not Found":  # a misspelt route: the one it is close to
             paths = sorted({route.path for route in request.app.routes if isinstance(route, Route)})
-            close = difflib.get_close_matches(request.url.path, paths, n=1, cutoff=0.75)
-            hint = f"did you mean {close[0]}? " if close else ""
+            close = _nearest_route(request.url.path, paths)
+            hint = f"did you mean {close}? " if close else ""
             detail = f"path: no route {shown(request.url.path)} ({hint}the routes are listed at /docs)"
         elif exc.status_code == 405 and detail == "Method Not Allowed":
             # every route of the path (GET and HEAD /healthz are two), not only the one the router tried
@@ -582,6 +582,28 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 # -- optional mounts -------------------------------------------------------------------------------
+def _nearest_route(path: str, routes: Sequence[str]) -> str | None:
+    """The route a path that matched none was meant for, the closest of them (a similarity of at
+    least 0.75): a route without parameters by the whole path (``/recomend``: ``/recommend``), one
+    with them, of as many segments, by its fixed parts, written with the values the path gave
+    (``/fraud/rings/R0001``: ``/fraud/ring/R0001``); ``None`` when none is close."""
+    parts, best, ratio = path.strip("/").split("/"), None, 0.75
+    for route in routes:
+        fixed = route.strip("/").split("/")
+        if "{" not in route:
+            similar, named = difflib.SequenceMatcher(None, path, route).ratio(), route
+        elif len(fixed) == len(parts):
+            pairs = [(got, want) for got, want in zip(parts, fixed) if not want.startswith("{")]
+            similar = difflib.SequenceMatcher(None, "/".join(g for g, _ in pairs),
+                                              "/".join(w for _, w in pairs)).ratio()
+            named = "/" + "/".join(got if want.startswith("{") else want for got, want in zip(parts, fixed))
+        else:
+            continue
+        if similar >= ratio and (best is None or similar > ratio):
+            best, ratio = named, similar
+    return best
+
+
 def mount_demo(app: FastAPI, service: ShopService, path: str = "/demo") -> bool:
     """Mount the Gradio app (``shopgraph.ui.app.build_app(service)``) at ``path``.
 

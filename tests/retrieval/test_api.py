@@ -1545,6 +1545,15 @@ def test_json_without_nan_and_routes_that_do_not_exist_are_named(client):
     r = client.get("/health")  # another service's name for it
     assert r.status_code == 404 and r.json()["detail"] == (
         "path: no route '/health' (did you mean /healthz? the routes are listed at /docs)")
+    r = client.get("/item/i001")  # a route with a parameter: named with the value given
+    assert r.status_code == 404 and r.json()["detail"] == (
+        "path: no route '/item/i001' (did you mean /items/i001? the routes are listed at /docs)")
+    from shopgraph.retrieval.api import _nearest_route
+
+    routes = ["/fraud/rings", "/fraud/ring/{ring_id}", "/fraud/case/{ring_id}", "/fraud/device/{device_id}"]
+    assert _nearest_route("/fraud/rings/R0001", routes) == "/fraud/ring/R0001"
+    assert _nearest_route("/fraud/devices/d1", routes) == "/fraud/device/d1"
+    assert _nearest_route("/fraud/ring/R0001/members", routes) is None
     r = client.get("/nothing/like/it")
     assert r.status_code == 404 and r.json()["detail"] == "path: no route '/nothing/like/it' (the routes are listed at /docs)"
     r = client.put("/healthz")
