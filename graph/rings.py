@@ -1193,9 +1193,10 @@ class FraudCases:
     def __init__(
         self, rings: Sequence[Ring], data: HeteroData, tables: ShopTables, model: Any = None,
         fraud_prob: np.ndarray | None = None, served: Any = None, held_out: np.ndarray | None = None,
-        threshold: float | None = None, held_out_explainer: Any = None,
+        threshold: float | None = None, held_out_explainer: Any = None, source: dict[str, Any] | None = None,
     ) -> None:
         self._rings = list(rings)
+        self.source = source  # where the rings come from, as a case file records it (case_file's source)
         self.data = data
         self.tables = tables
         self.model = model
@@ -1235,17 +1236,22 @@ class FraudCases:
         from shopgraph.graph.pipeline import load_run_tables
 
         run = RunDir(run_dir)
+        stored = run.has(RINGS_FILE) and detector is None
+        # the checksums of what the cases are made from, taken before it is read (as an export records them)
+        made_from = run.sources("graph.pt", optional=("embeddings.safetensors", *((RINGS_FILE,) if stored else ()),
+                                                      *EXPORT_MODEL_FILES))
         data = run.load_graph()
         tables = load_run_tables(run)
         prob, no_scorer = _load_fraud_scores(run)
         held_out = load_held_out(run, int(data["user"].num_nodes))
-        if run.has(RINGS_FILE) and detector is None:
+        if stored:
             rings = load_rings(run_dir)
         else:
             rings = (detector or RingDetector()).fit(data, prob, tables, held_out).rings_
         model = None if no_scorer else load_model(run)  # no scorer: the GNN's fraud head was never trained
         return cls(rings, data, tables, model, prob, load_served_explainer(run, data, model, prob), held_out,
-                   load_threshold(run), load_held_out_explainer(run, data, held_out))
+                   load_threshold(run), load_held_out_explainer(run, data, held_out),
+                   source={"run": str(run.path.resolve()), "made_from": made_from})
 
     def rings(self, top: int | None = None) -> list[Ring]:
         """The ranked rings (the first ``top`` when given)."""
@@ -1386,15 +1392,17 @@ class FraudCases:
     def case(self, ring_id: str, explain_members: int = 3) -> dict[str, Any]:
         """The ring's case document, as ``shopgraph rings --export`` writes ``cases/<ring_id>.json``
         (:func:`case_file`: its members, evidence, timeline and its ``explain_members`` most likely
-        fraud members explained), JSON-ready (NaN as ``None``), with ``source`` ``None``: written
-        now, from no export. ``KeyError`` naming an unknown ring (:meth:`ring`)."""
+        fraud members explained), JSON-ready (NaN as ``None``), with ``source`` the run it was loaded
+        from and the checksums of the files read (``None`` for cases not loaded from a run folder), so
+        that a case file saved from the demo or the API can be traced as an export's can.
+        ``KeyError`` naming an unknown ring (:meth:`ring`)."""
         from shopgraph.graph.explain import explain_ring_members
 
         ring = self.ring(ring_id)
         explained = explain_ring_members(ring, self.data, self.model, k=explain_members, fraud_prob=self.fraud_prob,
                                          served=self.served, held_out=self.held_out_explainer, facts=self.facts)
         doc, _ = case_file(ring, self.data, self.tables, explained, self.fraud_prob, self.held_out_prob,
-                           self.threshold)
+                           self.threshold, self.source)
         return dict(_jsonable(doc))
 
     def timeline(self, ring_id: str) -> pd.DataFrame:

@@ -381,7 +381,8 @@ def test_a_trained_on_accounts_explanation_carries_the_held_out_one() -> None:
 
 def test_a_rings_case_file_over_http_is_the_exported_one(tmp_path: Path) -> None:
     """GET /fraud/case/{ring_id}: the case document `shopgraph rings --export` writes, for a case
-    management tool that cannot read the server's disk (written now: no export's `source`)."""
+    management tool that cannot read the server's disk, with the same `source` (the run and its files'
+    checksums), so that a case saved from the API can be traced."""
     import json
 
     run_dir = make_run(tmp_path / "run", held_out=True)
@@ -394,7 +395,8 @@ def test_a_rings_case_file_over_http_is_the_exported_one(tmp_path: Path) -> None
         r = client.get(f"/fraud/case/{ring.ring_id.lower()}")  # in any case, as /fraud/ring takes it
         assert r.status_code == 200
         exported = json.loads((tmp_path / "cases" / "cases" / f"{ring.ring_id}.json").read_text())
-        assert exported["source"] is not None and r.json() == {**exported, "source": None}
+        # the same document, its source too: the run and the checksums of the files it is made from
+        assert exported["source"]["made_from"]["rings/rings.json"] and r.json() == exported
     r = client.get("/fraud/case/R9999")
     assert r.status_code == 404 and r.json()["detail"] == (
         f"ring_id: unknown ring 'R9999' ({len(cases.rings())} rings known; ring ids look like R0001)")
