@@ -113,6 +113,8 @@ class _Keep:
         return "KEEP"
 
 
+# the add_item fields that can be left out (KEEP)
+_KEPT_FIELDS = ("category", "description", "price", "image")
 # an add_item field left out: none for a new item, what it had for a removed item restored (add_item)
 KEEP: Any = _Keep()
 
@@ -2171,6 +2173,8 @@ class ShopService:
             if any(part in (".", "..") for part in item_id.split("/")):  # clients rewrite /items/.. before sending
                 raise ValueError(f"{where}item_id: {shown(item_id)} cannot be named in a URL path (browsers and HTTP "
                                  "clients turn '.' and '..' segments into other paths); choose another id")
+        left_out = frozenset(name for name, value in zip(_KEPT_FIELDS, (category, description, price, image))
+                             if value is KEEP)
         category, description, price, image = self._kept(item_id, category, description, price, image)
         for name, value in (("title", title), ("category", category), ("description", description)):
             if not isinstance(value, str):
@@ -2185,7 +2189,24 @@ class ShopService:
             raise ValueError(f"{where}price: expected a finite number >= 0 (got {type(price).__name__} {shown(price)})")
         if image is not None:
             read_image(image, f"{where}image")  # checked now; decoded again when encoded (memory: see _encode_images)
-        return _NewItem(item_id, title, category, description, None if price is None else float(price), image)
+        return _NewItem(item_id, title, category, description, None if price is None else float(price), image,
+                        left_out)
+
+    def _refilled(self, new: list[_NewItem]) -> list[_NewItem] | None:
+        """``new`` with the fields each item left out filled in again from what is served now (the
+        caller holds the catalogue's locks, after a sync), or ``None`` when that changes nothing.
+        They were filled in when the item was checked, before the locks: an item another process
+        removed meanwhile (a worker that has not read its removal yet) would otherwise be restored
+        with the fields of a new item, none, and its category, description, price and picture lost."""
+        again = []
+        for n in new:
+            if n.left_out:
+                given = [KEEP if name in n.left_out else getattr(n, name) for name in _KEPT_FIELDS]
+                category, description, price, image = self._kept(n.item_id, *given)
+                n = n._replace(category=category, description=description,
+                               price=None if price is None else float(price), image=image)
+            again.append(n)
+        return None if again == new else again
 
     def _kept(self, item_id: str, category: Any, description: Any, price: Any, image: Any) -> tuple[Any, ...]:
         """``(category, description, price, image)`` with each field left out (:data:`KEEP`) filled
@@ -2226,7 +2247,6 @@ class ShopService:
     def _add(self, new: list[_NewItem], *, batch: bool) -> list[int]:
         """Encode, embed and insert checked new items (one journal line: an ``add``, or with
         ``batch`` an ``add_batch``)."""
-        from shopgraph.encoders.text import item_text
 
         self._maybe_sync()
         if any(n.item_id in self._item_pos for n in new):
@@ -2236,28 +2256,29 @@ class ShopService:
             # that decides; this one only saves encoding a batch that will be refused)
             self.sync_catalogue()
         self._refuse_known([n.item_id for n in new])
-        texts = {k: text for k, n in enumerate(new) if (text := item_text(n.title, n.category, n.description))}
-        text_vecs = dict(zip(texts, self._encode_texts(list(texts.values())))) if texts else {}
-        pictures = {k: n.image for k, n in enumerate(new) if n.image is not None}
-        image_vecs = (dict(zip(pictures, self._encode_images(
-            list(pictures.values()), [f"items[{k}]: image" if batch else "image" for k in pictures]))) if pictures else {})
-        rows = np.stack([self._feature_row(text_vecs.get(k), image_vecs.get(k), n.price, n.category)
-                         for k, n in enumerate(new)])
-        embs, units = self._new_item_embeddings(rows, [(text_vecs.get(k), image_vecs.get(k)) for k in range(len(new))],
-                                                [n.item_id in self._trained_pos for n in new])
+        text_vecs, image_vecs, embs, units = self._embedded(new, batch)
 
         def insert(images: list[str]) -> list[int]:
             return [self._insert(n.item_id, n.title, n.category, n.description, n.price, image,
                                  text_vecs.get(k), image_vecs.get(k), embs[k:k + 1], units[k:k + 1])
                     for k, (n, image) in enumerate(zip(new, images))]
 
+        def refill() -> None:  # under the locks: fields left out filled in from what is served now (rare: again)
+            nonlocal new, text_vecs, image_vecs, embs, units
+            again = self._refilled(new)
+            if again is not None:
+                new = again
+                text_vecs, image_vecs, embs, units = self._embedded(new, batch)
+
         if self._journal is None:
             with self._sync_lock:  # the id check and the insert as one step: two adds of an id, one refused
                 self._refuse_known([n.item_id for n in new])
+                refill()
                 return insert([str(n.image) if isinstance(n.image, str | Path) else "" for n in new])
         with self._sync_lock, self._journal.locked():
             self._sync()  # what other processes changed, so that the id check below is theirs too
             self._refuse_known([n.item_id for n in new])
+            refill()
             # one image file in memory at a time
             rels = [self._journal.save_image(*_image_file(n.image)) if n.image is not None else "" for n in new]
             adds = [{"item_id": n.item_id, "title": n.title, "category": n.category, "description": n.description,
@@ -2267,6 +2288,23 @@ class ShopService:
                     for k, (n, rel) in enumerate(zip(new, rels))]
             self._append({"op": "add_batch", "items": adds} if batch else {"op": "add", **adds[0]})
             return insert([str(self._journal.run_path / rel) if rel else "" for rel in rels])
+
+    def _embedded(self, new: list[_NewItem], batch: bool) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray],
+                                                                   np.ndarray, np.ndarray]:
+        """``(text vectors, image vectors, embeddings, cosine rows)`` of checked new items, by position
+        (an item without text or a picture has no vector of that kind)."""
+        from shopgraph.encoders.text import item_text
+
+        texts = {k: text for k, n in enumerate(new) if (text := item_text(n.title, n.category, n.description))}
+        text_vecs = dict(zip(texts, self._encode_texts(list(texts.values())))) if texts else {}
+        pictures = {k: n.image for k, n in enumerate(new) if n.image is not None}
+        image_vecs = (dict(zip(pictures, self._encode_images(
+            list(pictures.values()), [f"items[{k}]: image" if batch else "image" for k in pictures]))) if pictures else {})
+        rows = np.stack([self._feature_row(text_vecs.get(k), image_vecs.get(k), n.price, n.category)
+                         for k, n in enumerate(new)])
+        embs, units = self._new_item_embeddings(rows, [(text_vecs.get(k), image_vecs.get(k)) for k in range(len(new))],
+                                                [n.item_id in self._trained_pos for n in new])
+        return text_vecs, image_vecs, embs, units
 
     def remove_item(self, item_id: str) -> None:
         """Take an item out of every index and every answer (its id becomes unknown). On a service
@@ -2613,6 +2651,9 @@ class _NewItem(NamedTuple):
     description: str
     price: float | None
     image: Any  # as given (checked): PIL.Image, bytes or a path; None
+    # the fields left out (KEEP), filled in by ShopService._kept when checked and again under the
+    # journal's lock (ShopService._refilled): another process may have removed the item meanwhile
+    left_out: frozenset[str] = frozenset()
 
 
 class _Prepared(NamedTuple):
