@@ -1332,10 +1332,9 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         left_out: list[str] = []
         if text is not None:
             rec = await run_in_threadpool(service.recommend_for_text, text, k, n_seeds)
-        else:
-            left_out = service.removed_items(ids or [])
-            kept = [i for i in ids or [] if i not in left_out]
-            rec = service.recommend_for_items(kept or ids or [], k)  # none left: the 404 names them all
+        else:  # removed items left out in the same step as the query (none left: the 404 names them all)
+            rec = service.recommend_for_items(ids or [], k, leave_out_removed=True)
+            left_out = rec.left_out
         cut = await run_in_threadpool(service.text_cut_at, text) if text is not None else None
         return ColdOut(item_ids=ids, left_out=left_out, text=text, text_cut_at=cut, k=k, items=_items(rec))
 

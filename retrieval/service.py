@@ -128,12 +128,15 @@ class Recommendation(NamedTuple):
             embeddings, plus the revisit term for items the user already interacted with).
         reasons: a short human-readable reason per item.
         titles: item titles ("" when unknown).
+        left_out: :meth:`ShopService.recommend_for_items` with ``leave_out_removed``: the given ids
+            of items removed from the catalogue since, left out of the query; else empty.
     """
 
     item_ids: list[str]
     scores: list[float]
     reasons: list[str]
     titles: list[str]
+    left_out: list[str] = []  # noqa: RUF012 - a NamedTuple default, never mutated
 
 
 # what a served fraud probability is (FraudScore.probability_is; `shopgraph score`'s probability_is column)
@@ -336,8 +339,15 @@ def _refuse_not_a_list(values: Any, name: str, what: str = "ids") -> None:
     if isinstance(values, str | bytes | bytearray | memoryview):
         raise ValueError(f"{name}: expected a list of {what} (got {type(values).__name__}): {shown(values)} "
                          f"is one value, not a list of them")
+    if _pandas_column(values):  # a DataFrame's column, as integrators hold ids
+        return
     if not isinstance(values, Sequence | np.ndarray) or (isinstance(values, np.ndarray) and values.ndim != 1):
         raise ValueError(f"{name}: expected a list of {what} (got {type(values).__name__})")
+
+
+def _pandas_column(values: Any) -> bool:
+    """Whether ``values`` is a pandas Series or Index (one dimension: read as the list of its values)."""
+    return type(values).__module__.split(".")[0] == "pandas" and getattr(values, "ndim", 0) == 1
 
 
 def _id_text(value: Any, where: str) -> str:
@@ -841,6 +851,8 @@ class ShopService:
         self._item_pos = {i: k for k, i in enumerate(self.item_ids)}
         # the trained items, by id: adding the id of one that was removed restores it (_restore)
         self._trained_pos = dict(self._item_pos)
+        # the ids of items added at run time, served now or removed since (_was_removed)
+        self._added_ids: set[str] = set()
         # the trained content rows a restore replaced ({index name: {position: row}}): new items'
         # neighbours are found by the trained content (_new_item_embeddings)
         self._trained_content: dict[str, dict[int, np.ndarray]] = {}
@@ -1114,26 +1126,34 @@ class ShopService:
         try:
             return self._lookup(self._item_pos, item_id, name, "item")
         except UnknownIdError:
-            if isinstance(item_id, str) and item_id.strip() in self._trained_pos:  # known, not served now
+            if self._was_removed(item_id):  # known, not served now
                 raise UnknownIdError(f"{name}: item {shown(item_id)} was removed from the catalogue (adding it "
                                      "again serves it again)") from None
             raise
 
+    def _was_removed(self, item_id: Any) -> bool:
+        """Whether ``item_id`` (spaces aside) names an item that is not served now but was: a trained
+        item, or one added at run time, removed since. (Once the journal is compacted, an item added
+        and removed again is forgotten by services started afterwards: its id is then unknown.)"""
+        if not isinstance(item_id, str):
+            return False
+        key = item_id.strip()
+        return key not in self._item_pos and (key in self._trained_pos or key in self._added_ids)
+
     def _removed_hint(self, names: Sequence[Any]) -> str:
-        """What an error naming unknown item ids adds for those that are trained items removed since:
-        ``"; 'i000010' was removed from the catalogue"`` (else ``""``)."""
-        removed = [n for n in names if isinstance(n, str) and n.strip() in self._trained_pos]
+        """What an error naming unknown item ids adds for those that are items removed since (trained
+        or added at run time): ``"; 'i000010' was removed from the catalogue"`` (else ``""``)."""
+        removed = [n for n in names if self._was_removed(n)]
         if not removed:
             return ""
         return f"; {listed_ids(removed)} {'was' if len(removed) == 1 else 'were'} removed from the catalogue"
 
     def removed_items(self, item_ids: Sequence[Any]) -> list[str]:
-        """Those of ``item_ids`` (as given, each once) that are trained items removed from the catalogue
-        since: a visitor's list of recently viewed items can hold them, as a cart can
-        (``POST /recommend/cold`` leaves them out of the query and says so)."""
+        """Those of ``item_ids`` (as given, each once) that are items removed from the catalogue since
+        (trained ones, or ones added at run time): a visitor's list of recently viewed items can hold
+        them, as a cart can (:meth:`recommend_for_items` with ``leave_out_removed``)."""
         with self._lock.read():
-            return list(dict.fromkeys(i for i in item_ids if isinstance(i, str) and i.strip() not in self._item_pos
-                                      and i.strip() in self._trained_pos))
+            return list(dict.fromkeys(i for i in item_ids if self._was_removed(i)))
 
     def _many(self, ids: Any, name: str, positions: dict[str, int], kind: str, k: int | None = None) -> list[int]:
         """The positions of a list of 1 to :data:`MAX_BATCH` ids; the unknown ones are all named
@@ -1851,16 +1871,31 @@ class ShopService:
         return out
 
     # -- cold start -----------------------------------------------------------------------------
-    def recommend_for_items(self, item_ids: Sequence[str], k: int = 10) -> Recommendation:
+    def recommend_for_items(self, item_ids: Sequence[str], k: int = 10, *,
+                            leave_out_removed: bool = False) -> Recommendation:
         """For an unknown user who picked a few items: the mean of their (L2-normalised) GNN
-        embeddings, searched by cosine (``gnn_items_cosine``). The given items are excluded."""
+        embeddings, searched by cosine (``gnn_items_cosine``). The given items are excluded.
+
+        ``leave_out_removed``: items removed from the catalogue since (a visitor's recently viewed
+        list holds them, as a cart can) are left out of the query and named in the answer's
+        ``left_out`` (as ``POST /recommend/cold`` does), in the same step as the query, so an item
+        removed meanwhile is one of them too; without it they are unknown ids (``UnknownIdError``
+        saying they were removed). Ids that never were items are unknown either way, and so is a
+        list of removed items only (nothing to recommend from)."""
         self._maybe_sync()
         k = check_k(k)
         with self._lock.read():
+            left_out: list[str] = []
+            if leave_out_removed:
+                _refuse_not_a_list(item_ids, "item_ids")
+                given = list(item_ids)
+                left_out = list(dict.fromkeys(i for i in given if self._was_removed(i)))
+                gone = set(left_out)
+                item_ids = [i for i in given if not (isinstance(i, str) and i in gone)] or given
             seeds = np.array(self._many(item_ids, "item_ids", self._item_pos, "item"), dtype=np.int64)
             q = _normalised(self._item_emb_n[seeds]).mean(axis=0, keepdims=True)  # added items: unit length too
             ids, sc = self._filtered("gnn_items_cosine", q, k, [np.unique(seeds)], None)[0]
-            return self._pack(ids, sc, self._seed_reasons(np.unique(seeds), ids))
+            return self._pack(ids, sc, self._seed_reasons(np.unique(seeds), ids))._replace(left_out=left_out)
 
     def recommend_for_text(self, text: str, k: int = 10, n_seeds: int = 10) -> Recommendation:
         """For an unknown user described by text: the ``n_seeds`` best text matches become seed items,
@@ -2372,6 +2407,7 @@ class ShopService:
             return self._restore(trained, title, category, description, price, image, text_vec, image_vec)
         with self._lock.write():
             pos = len(self.item_ids)
+            self._added_ids.add(item_id)
             held = self._add_to_indexes(pos, emb, unit, text_vec, image_vec)
             for name, member in self._in_index.items():
                 member.append(held[name])

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from shopgraph.retrieval.api import Metrics, create_app
+from shopgraph.retrieval.service import UnknownIdError
 from tests.retrieval.test_service import load_service, shared_run, solid_png, with_held_out
 
 
@@ -983,6 +984,21 @@ def test_a_visitors_removed_items_are_left_out_of_the_query_and_named(writable):
     assert r.status_code == 404 and "'i022' was removed from the catalogue" in r.json()["detail"]
     r = writable.post("/recommend/cold", json={"item_ids": ["i021", "nope"], "k": 5})  # never served: not left out
     assert r.status_code == 404 and "unknown item 'nope'" in r.json()["detail"]
+    # an item added at run time and removed since is one of them too (it was a 404 "unknown item")
+    assert writable.post("/items", json={"item_id": "sku/9", "title": "green frisbee disc"}).status_code == 201
+    assert writable.delete("/items/sku/9").status_code == 200
+    r = writable.post("/recommend/cold", json={"item_ids": ["i021", "sku/9"], "k": 5})
+    assert r.status_code == 200 and r.json()["left_out"] == ["sku/9"], r.text
+    for path, params in (("/similar", {"item_id": "sku/9"}), ("/items/sku/9", {})):
+        r = writable.get(path, params=params)
+        assert r.status_code == 404 and "'sku/9' was removed from the catalogue" in r.json()["detail"], r.text
+    # the Python API gives the same, in one step with the query
+    service = writable.service
+    rec = service.recommend_for_items(["i021", "i022", "sku/9"], k=5, leave_out_removed=True)
+    alone = writable.post("/recommend/cold", json={"item_ids": ["i021"], "k": 5}).json()["items"]
+    assert rec.left_out == ["i022", "sku/9"] and rec.item_ids == [i["item_id"] for i in alone]
+    with pytest.raises(UnknownIdError, match="'i022', 'sku/9' were removed from the catalogue"):
+        service.recommend_for_items(["i021", "i022", "sku/9"], k=5)  # without it: unknown ids, said so
 
 
 def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):

@@ -2068,3 +2068,19 @@ def test_a_category_added_stays_known_after_a_compaction_and_a_restart(own_run, 
             svc.recommend("u000", category="gizmos")
     assert main(["catalogue", "--run", str(own_run), "--compact"]) == 0
     assert "no longer needed: nothing" in capsys.readouterr().out  # the pair kept is still needed
+
+
+def test_batches_take_a_dataframes_column_of_ids(service):
+    """Integrators hold ids in a pandas column: a Series (or Index) is read as the list of its values
+    (it was refused: "expected a list of ids (got Series)"); a DataFrame still is not a list of ids."""
+    import pandas as pd
+
+    users, items = service.user_ids[:3], service.item_ids[:2]
+    frame = pd.DataFrame({"user_id": users}, index=[10, 20, 30])  # an index that is not 0..n-1
+    want = service.recommend_batch(users, k=3)
+    assert service.recommend_batch(frame["user_id"], k=3) == want == service.recommend_batch(pd.Index(users), k=3)
+    assert service.similar_items_batch(pd.Series(items), k=3) == service.similar_items_batch(items, k=3)
+    assert service.score_users(frame["user_id"], reasons=False) == service.score_users(users, reasons=False)
+    assert service.recommend_for_items(pd.Series(items), k=3) == service.recommend_for_items(items, k=3)
+    with pytest.raises(ValueError, match=r"user_ids: expected a list of ids \(got DataFrame\)"):
+        service.recommend_batch(frame, k=3)
