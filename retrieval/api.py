@@ -110,10 +110,18 @@ _SKIP_UNKNOWN = ("true: answer for the known ids and name the others in `unknown
 _UNKNOWN = "with skip_unknown: every id given that is not known (each once, as given), left out of the answer"
 
 
-class RecommendOut(BaseModel):
+class RecommendNewOut(BaseModel):
     user_id: str
     k: int
     items: list[ItemOut]
+
+
+class RecommendOut(RecommendNewOut):
+    exclude_not_served: list[str] = Field(
+        default_factory=list, description="those of the ids given to exclude that are no served item (an unknown "
+                                          "id, one in another case, or an item removed since), each once, as "
+                                          "given: they left nothing out, so a client's id mistake shows here "
+                                          "rather than as a cart item recommended")
 
 
 class RecommendBatchIn(BaseModel):
@@ -1266,9 +1274,10 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
                                                    f"{MAX_BATCH:,}; an id that is not served is nothing to leave out"),
     ) -> RecommendOut:
         rec = service.recommend(user_id, k, exclude_seen=exclude_seen, category=category, exclude=exclude)
-        return RecommendOut(user_id=user_id.strip(), k=k, items=_items(rec))  # the id as stored
+        return RecommendOut(user_id=user_id.strip(), k=k, items=_items(rec),  # the id as stored
+                            exclude_not_served=service.not_served(exclude))
 
-    @app.get("/recommend/new", response_model=RecommendOut, responses=_ERRORS, tags=["recommend"],
+    @app.get("/recommend/new", response_model=RecommendNewOut, responses=_ERRORS, tags=["recommend"],
              summary="Top-k of the items added since training, for a user (a \"new for you\" slot)",
              dependencies=[only_new])
     def recommend_new(
@@ -1276,9 +1285,9 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         k: int = k_param,
         category: str | None = Query(None, description="only new items of this category (omit it for every "
                                                        "category; an empty value is refused)"),
-    ) -> RecommendOut:
+    ) -> RecommendNewOut:
         rec = service.recommend_new(user_id, k, category=category)
-        return RecommendOut(user_id=user_id.strip(), k=k, items=_items(rec))
+        return RecommendNewOut(user_id=user_id.strip(), k=k, items=_items(rec))
 
     @app.post("/recommend/batch", response_model=RecommendBatchOut, responses={**_ERRORS, **body_errors},
               tags=["recommend"], summary=f"Top-k items for up to {MAX_BATCH:,} users in one search (JSON)",
@@ -1293,8 +1302,10 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
 
         def answer() -> Response:
             recs = service.recommend_batch(ids, k, exclude_seen, category, exclude) if ids or not unknown else []
-            return _rendered(RecommendBatchOut(k=k, results=[RecommendOut(user_id=u.strip(), k=k, items=_items(rec))
-                                                             for u, rec in zip(ids, recs)], unknown=unknown))
+            carts = exclude if isinstance(exclude, dict) else {}
+            return _rendered(RecommendBatchOut(k=k, results=[
+                RecommendOut(user_id=u.strip(), k=k, items=_items(rec), exclude_not_served=service.not_served(
+                    carts.get(u, []))) for u, rec in zip(ids, recs)], unknown=unknown))
 
         return await run_in_threadpool(answer)
 

@@ -1148,6 +1148,13 @@ class ShopService:
             return ""
         return f"; {listed_ids(removed)} {'was' if len(removed) == 1 else 'were'} removed from the catalogue"
 
+    def not_served(self, item_ids: Sequence[Any]) -> list[str]:
+        """Those of ``item_ids`` (as given, each once) that name no served item (unknown, in another
+        case, or removed since): in a recommendation's ``exclude`` they leave nothing out, which
+        ``GET /recommend`` says (``exclude_not_served``) so that a client's id mistake is seen."""
+        with self._lock.read():
+            return list(dict.fromkeys(i for i in item_ids if not (isinstance(i, str) and i.strip() in self._item_pos)))
+
     def removed_items(self, item_ids: Sequence[Any]) -> list[str]:
         """Those of ``item_ids`` (as given, each once) that are items removed from the catalogue since
         (trained ones, or ones added at run time): a visitor's list of recently viewed items can hold

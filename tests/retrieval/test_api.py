@@ -79,9 +79,14 @@ def test_recommend_leaves_out_the_items_given_as_exclude(client):
     assert [i["item_id"] for i in r.json()["items"]] == client.service.recommend(
         "u001", 4, exclude=[whole.item_ids[0], whole.item_ids[2]]).item_ids
     assert not {whole.item_ids[0], whole.item_ids[2]} & {i["item_id"] for i in r.json()["items"]}
+    assert r.json()["exclude_not_served"] == []
     r = client.get("/recommend", params=[("user_id", "u001"), ("k", "4"), ("exclude", whole.item_ids[0]),
                                          ("exclude", "ghost")])  # an id not served is nothing to leave out
     assert r.status_code == 200 and [i["item_id"] for i in r.json()["items"]] == whole.item_ids[1:5]
+    assert r.json()["exclude_not_served"] == ["ghost"]  # ... and is said: a client's id mistake is seen
+    upper = whole.item_ids[0].upper()  # an id in another case leaves nothing out either
+    r = client.get("/recommend", params=[("user_id", "u001"), ("k", "4"), ("exclude", upper), ("exclude", upper)])
+    assert r.json()["exclude_not_served"] == [upper] and r.json()["items"][0]["item_id"] == whole.item_ids[0]
     r = client.get("/recommend", params=[("user_id", "u001"), ("exclude", "")])
     assert r.status_code == 422 and r.json()["detail"] == "exclude: expected a non-empty value (got '')"
     r = client.get("/recommend", params=[("user_id", "u001"), ("k", "3"), ("k", "4")])
@@ -95,6 +100,10 @@ def test_recommend_batch_leaves_out_each_users_cart(client):
     got = [[i["item_id"] for i in res["items"]] for res in r.json()["results"]]
     assert got == [client.service.recommend("u001", 4, exclude=cart).item_ids, client.service.recommend("u002", 4).item_ids]
     assert not set(cart) & set(got[0])
+    assert [res["exclude_not_served"] for res in r.json()["results"]] == [[], []]
+    r = client.post("/recommend/batch", json={"user_ids": ["u001", "u002"], "k": 4,
+                                              "exclude": {"u001": cart, "u002": ["nope", cart[0]]}})
+    assert [res["exclude_not_served"] for res in r.json()["results"]] == [[], ["nope"]]
     for exclude, detail in (
             ({"u003": cart}, "exclude: 'u003' is not among user_ids (a user's items are left out only of that "
                              "user's answer)"),
