@@ -110,6 +110,11 @@ _SKIP_UNKNOWN = ("true: answer for the known ids and name the others in `unknown
 _UNKNOWN = "with skip_unknown: every id given that is not known (each once, as given), left out of the answer"
 
 
+_NOT_SERVED = ("those of the ids given to exclude that are no served item (an unknown id, one in another case, or "
+               "an item removed since), each once, as given: they left nothing out, so a client's id mistake shows "
+               "here rather than as a cart item recommended")
+
+
 class RecommendNewOut(BaseModel):
     user_id: str
     k: int
@@ -117,11 +122,7 @@ class RecommendNewOut(BaseModel):
 
 
 class RecommendOut(RecommendNewOut):
-    exclude_not_served: list[str] = Field(
-        default_factory=list, description="those of the ids given to exclude that are no served item (an unknown "
-                                          "id, one in another case, or an item removed since), each once, as "
-                                          "given: they left nothing out, so a client's id mistake shows here "
-                                          "rather than as a cart item recommended")
+    exclude_not_served: list[str] = Field(default_factory=list, description=_NOT_SERVED)
 
 
 class RecommendBatchIn(BaseModel):
@@ -155,6 +156,10 @@ class SimilarOut(BaseModel):
     item_id: str
     k: int
     items: list[ItemOut]
+
+
+class SimilarExcludingOut(SimilarOut):
+    exclude_not_served: list[str] = Field(default_factory=list, description=_NOT_SERVED)
 
 
 class SimilarBatchIn(BaseModel):
@@ -1309,14 +1314,16 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
 
         return await run_in_threadpool(answer)
 
-    @app.get("/similar", response_model=SimilarOut, responses=_ERRORS, tags=["recommend"],
+    @app.get("/similar", response_model=SimilarExcludingOut, responses=_ERRORS, tags=["recommend"],
              summary="Items similar to an item", dependencies=[only_similar])
     def similar(item_id: str = Query(..., description="external item id"), k: int = k_param,
                 exclude: list[str] = Query([], description=f"item ids to leave out as well (what is in the cart, "
                                                            f"say), one parameter each: exclude=i1&exclude=i2; at "
                                                            f"most {MAX_BATCH:,}; an id that is not served is "
-                                                           "nothing to leave out")) -> SimilarOut:
-        return SimilarOut(item_id=item_id.strip(), k=k, items=_items(service.similar_items(item_id, k, exclude)))
+                                                           "nothing to leave out")) -> SimilarExcludingOut:
+        rec = service.similar_items(item_id, k, exclude)
+        return SimilarExcludingOut(item_id=item_id.strip(), k=k, items=_items(rec),
+                                   exclude_not_served=service.not_served(exclude))
 
     @app.post("/similar/batch", response_model=SimilarBatchOut, responses={**_ERRORS, **body_errors},
               tags=["recommend"], summary=f"Items similar to each of up to {MAX_BATCH:,} items in one search (JSON)",

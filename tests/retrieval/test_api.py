@@ -134,6 +134,7 @@ def test_similar_search_fraud_health(client):
         i for i in client.service.similar_items("i003", 6).item_ids if i not in similar]][:4]
     assert [i["item_id"] for i in r.json()["items"]] == client.service.similar_items(
         "i003", 4, exclude=[similar[0], similar[2]]).item_ids
+    assert r.json()["exclude_not_served"] == ["gone"]  # said, as /recommend says it
     r = client.post("/search", json={"text": "running shoes", "k": 3})
     assert r.status_code == 200
     assert r.json()["text"] == "running shoes" and r.json()["image"] is False and r.json()["text_cut_at"] is None
@@ -1341,7 +1342,9 @@ def test_similar_batch_is_each_items_own_answer_in_order(client):
     r = client.post("/similar/batch", json={"item_ids": items, "k": 4})
     assert r.status_code == 200, r.text
     assert r.json()["k"] == 4 and [res["item_id"] for res in r.json()["results"]] == items
-    assert r.json()["results"] == [client.get("/similar", params={"item_id": i, "k": 4}).json() for i in items]
+    # /similar's answers, less its exclude_not_served (the batch takes no exclude)
+    assert r.json()["results"] == [{key: v for key, v in client.get("/similar", params={"item_id": i, "k": 4}).json(
+    ).items() if key != "exclude_not_served"} for i in items]
     assert client.post("/similar/batch", json={"item_ids": ["i002"]}).json()["results"][0]["k"] == 10
 
 
