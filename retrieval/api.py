@@ -83,7 +83,9 @@ access_logger = logging.getLogger("shopgraph.access")
 _REQUEST_ID = re.compile(rb"[!-~]{1,128}")
 MAX_JSON_BYTES = 64 * 1024  # a JSON query is at most 2,000 characters of text and k
 MAX_BATCH_JSON_BYTES = 32 * 2**20  # POST /items/batch: up to 1,000 items, their images in base64
-MAX_IDS_JSON_BYTES = 2**20  # a list of up to 1,000 ids (the batch routes of /recommend, /similar, /fraud/score, /items)
+MAX_IDS_JSON_BYTES = 2**20  # a list of up to 1,000 ids (the batch routes of /similar, /fraud/score, /items)
+# POST /recommend/batch: its ids and their carts, up to 100,000 item ids in all (of 160 bytes each, quoted)
+MAX_CARTS_JSON_BYTES = 16 * 2**20
 MAX_JSON_DEPTH = 32  # lists and objects inside each other (the deepest body, /items/batch, needs 3)
 MAX_FORM_FIELD_BYTES = 2**20  # a multipart text field
 MAX_MULTIPART_BYTES = MAX_IMAGE_BYTES + MAX_FORM_FIELD_BYTES  # a multipart body: its image and its fields
@@ -986,11 +988,12 @@ _SIMILAR_BATCH_EXAMPLE = '{"item_ids": ["i000007", "i000100"], "k": 10}'
 MAX_SLOW_REASONS = 20  # accounts a request when each one's reasons take the model's gradients
 
 
-async def _ids_body(request: Request, example: str) -> dict[str, Any]:
+async def _ids_body(request: Request, example: str, limit: int = MAX_IDS_JSON_BYTES,
+                    what: str = "a list of ids") -> dict[str, Any]:
     """The JSON object of a route that takes a list of up to 1,000 ids (415 for another content
-    type, 413 past :data:`MAX_IDS_JSON_BYTES`)."""
+    type, 413 past ``limit`` bytes, :data:`MAX_IDS_JSON_BYTES` unless the route takes more)."""
     _media_type(request, ("application/json",))
-    return await _json_body(request, example, MAX_IDS_JSON_BYTES, "a list of ids")
+    return await _json_body(request, example, limit, what)
 
 
 def _id_list(body: dict[str, Any], name: str, example: str) -> list[Any]:
@@ -1298,7 +1301,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
               tags=["recommend"], summary=f"Top-k items for up to {MAX_BATCH:,} users in one search (JSON)",
               openapi_extra=_json_schema(RecommendBatchIn), dependencies=[nothing])
     async def recommend_batch(request: Request) -> Response:
-        body = await _ids_body(request, _RECOMMEND_BATCH_EXAMPLE)
+        body = await _ids_body(request, _RECOMMEND_BATCH_EXAMPLE, MAX_CARTS_JSON_BYTES, "a list of ids and their carts")
         ids, k, exclude_seen, category, exclude = _recommend_batch_json(body)
         ids, unknown = _known_only(body, ids, service.has_user)
         if unknown and isinstance(exclude, dict):  # their carts go with them

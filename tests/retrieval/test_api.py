@@ -93,6 +93,17 @@ def test_recommend_leaves_out_the_items_given_as_exclude(client):
     assert r.status_code == 422 and r.json()["detail"] == "k: given more than once (expected one value)"
 
 
+def test_recommend_batch_takes_the_carts_its_limits_allow(client):
+    """The batch allows 1,000 cart items a user and 100,000 in all: 100 users' carts of the demo's
+    short ids are 1.1 MB of JSON, and were a 413 at the 1 MB limit of a list of ids (here the test
+    run's 40 users, with ids long enough for 1.4 MB)."""
+    users = client.service.user_ids
+    carts = {u: [f"sku-{k:06d}-{'x' * 20}" for k in range(1000)] for u in users}
+    r = client.post("/recommend/batch", json={"user_ids": users, "k": 1, "exclude": carts})
+    assert r.status_code == 200, r.text[:300]
+    assert len(r.json()["results"]) == len(users) and len(r.json()["results"][0]["exclude_not_served"]) == 1000
+
+
 def test_recommend_batch_leaves_out_each_users_cart(client):
     cart = client.service.recommend("u001", 3).item_ids[:2]
     r = client.post("/recommend/batch", json={"user_ids": ["u001", "u002"], "k": 4, "exclude": {"u001": cart}})
@@ -1441,7 +1452,9 @@ _LONG_IDS = [f"customer-{k:06d}-" + "x" * 60 for k in range(1000)]  # 77 kB of J
     ("/recommend/batch", {"user_ids": ["u001"], "user_id": "u002"}, 422,
      "user_id: unknown field (expected user_ids, k, exclude_seen, category, exclude, skip_unknown)"),
     ("/recommend/batch", ["u001"], 422, "body: expected a JSON object like {\"user_ids\""),
-    ("/recommend/batch", {"user_ids": ["u" + "x" * 1100] * 1000}, 413,
+    ("/recommend/batch", {"user_ids": ["u" + "x" * 1999] * 8500}, 413,
+     "body: over the 16,777,216-byte limit of a list of ids and their carts"),
+    ("/similar/batch", {"item_ids": ["i" + "x" * 1100] * 1000}, 413,
      "body: over the 1,048,576-byte limit of a list of ids"),
     ("/similar/batch", {"item_ids": ["nope", "i001", "gone"]}, 404,
      "item_ids: unknown items 'nope', 'gone' (2 of the 3 ids given)"),
