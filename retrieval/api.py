@@ -23,6 +23,7 @@ import base64
 import binascii
 import difflib
 import errno
+import functools
 import gc
 import json
 import logging
@@ -35,7 +36,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import uvicorn
@@ -206,6 +207,11 @@ class ColdIn(BaseModel):
                              max_length=MAX_TEXT_CHARS)
     k: int = Field(10, ge=1, le=K_MAX, description=f"results, 1..{K_MAX}")
     n_seeds: int = Field(10, ge=1, le=K_MAX, description="with text: the text matches whose embeddings make the query")
+    category: str | None = Field(None, min_length=1, description="only items of this category (omit it or null "
+                                                                 "for every category)")
+    exclude: list[str] = Field(default_factory=list, max_length=MAX_BATCH,
+                               description="item ids to leave out as well (the visitor's cart, say); an id that is "
+                                           "not served is nothing to leave out (named in exclude_not_served)")
 
 
 _TEXT_CUT = ("null when the text model read the whole text; else how many of its first characters it read (it "
@@ -219,6 +225,7 @@ class ColdOut(BaseModel):
                                 "which the others make; all of them removed is a 404")
     text: str | None
     text_cut_at: int | None = Field(None, description=_TEXT_CUT)
+    exclude_not_served: list[str] = Field(default_factory=list, description=_NOT_SERVED)
     k: int
     items: list[ItemOut]
 
@@ -960,25 +967,42 @@ async def _form_image(form: FormData) -> bytes | None:
 _COLD_EXAMPLE = '{"item_ids": ["i000007", "i000100"], "k": 10} or {"text": "gifts for a runner", "k": 10}'
 
 
-def _cold_json(body: dict[str, Any]) -> tuple[list[str] | None, str | None, int, int]:
-    """``(item_ids, text, k, n_seeds)`` of a cold-start body: exactly one of ``item_ids`` and
-    ``text``; ``n_seeds`` only with ``text``; nothing else (a ``null`` field was dropped already, as
-    not given: :func:`_json_body`)."""
-    check_fields(_given(body), ("item_ids", "text", "k", "n_seeds"), "field")
+class _Cold(NamedTuple):
+    """A checked ``POST /recommend/cold`` body (:func:`_cold_json`)."""
+
+    item_ids: list[str] | None
+    text: str | None
+    k: int
+    n_seeds: int
+    category: str | None
+    exclude: list[Any]
+
+
+def _cold_json(body: dict[str, Any]) -> _Cold:
+    """A cold-start body: exactly one of ``item_ids`` and ``text``; ``n_seeds`` only with ``text``;
+    ``category`` and ``exclude`` as ``GET /recommend`` takes them (the service checks their values);
+    nothing else (a ``null`` field was dropped already, as not given: :func:`_json_body`)."""
+    check_fields(_given(body), ("item_ids", "text", "k", "n_seeds", "category", "exclude"), "field")
     if ("item_ids" in body) == ("text" in body):
         raise ValueError(f"item_ids, text: expected one of them (got {'both' if 'text' in body else 'neither'})")
     k = check_k(body.get("k", 10))
+    category = body.get("category")
+    if category is not None and not (isinstance(category, str) and category.strip()):
+        raise ValueError(f"category: expected a category name, or null for every category (got {shown(category)})")
+    exclude = body.get("exclude", [])
+    if not isinstance(exclude, list):
+        raise ValueError(f"exclude: expected a list of item ids (got {type(exclude).__name__} {shown(exclude)})")
     if "text" in body:
         text = body["text"]
         if not isinstance(text, str):
             raise ValueError(f"text: expected a string (got {type(text).__name__} {shown(text)})")
-        return None, text, k, check_k(body.get("n_seeds", 10), "n_seeds")
+        return _Cold(None, text, k, check_k(body.get("n_seeds", 10), "n_seeds"), category, exclude)
     if "n_seeds" in body:
         raise ValueError("n_seeds: only with text (the item_ids are the seeds)")
     ids = body["item_ids"]
     if not isinstance(ids, list):
         raise ValueError(f"item_ids: expected a list of ids (got {type(ids).__name__} {shown(ids)})")
-    return ids, None, k, 0
+    return _Cold(ids, None, k, 0, category, exclude)
 
 
 # -- the batch bodies of /recommend and /fraud/score ----------------------------------------------
@@ -1349,15 +1373,15 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         openapi_extra=_json_schema(ColdIn), dependencies=[nothing])
     async def recommend_cold(request: Request) -> ColdOut:
         _media_type(request, ("application/json",))
-        ids, text, k, n_seeds = _cold_json(await _json_body(request, _COLD_EXAMPLE))
-        left_out: list[str] = []
+        ids, text, k, n_seeds, category, exclude = _cold_json(await _json_body(request, _COLD_EXAMPLE))
         if text is not None:
-            rec = await run_in_threadpool(service.recommend_for_text, text, k, n_seeds)
+            rec = await run_in_threadpool(functools.partial(service.recommend_for_text, text, k, n_seeds,
+                                                            category=category, exclude=exclude))
         else:  # removed items left out in the same step as the query (none left: the 404 names them all)
-            rec = service.recommend_for_items(ids or [], k, leave_out_removed=True)
-            left_out = rec.left_out
+            rec = service.recommend_for_items(ids or [], k, leave_out_removed=True, category=category, exclude=exclude)
         cut = await run_in_threadpool(service.text_cut_at, text) if text is not None else None
-        return ColdOut(item_ids=ids, left_out=left_out, text=text, text_cut_at=cut, k=k, items=_items(rec))
+        return ColdOut(item_ids=ids, left_out=rec.left_out, text=text, text_cut_at=cut, k=k, items=_items(rec),
+                       exclude_not_served=service.not_served(exclude))
 
     search_body = _json_or_multipart(SearchIn, {
         "image": {"type": "string", "format": "binary",

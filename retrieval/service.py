@@ -1878,8 +1878,8 @@ class ShopService:
         return out
 
     # -- cold start -----------------------------------------------------------------------------
-    def recommend_for_items(self, item_ids: Sequence[str], k: int = 10, *,
-                            leave_out_removed: bool = False) -> Recommendation:
+    def recommend_for_items(self, item_ids: Sequence[str], k: int = 10, *, leave_out_removed: bool = False,
+                            category: str | None = None, exclude: Sequence[str] = ()) -> Recommendation:
         """For an unknown user who picked a few items: the mean of their (L2-normalised) GNN
         embeddings, searched by cosine (``gnn_items_cosine``). The given items are excluded.
 
@@ -1888,7 +1888,8 @@ class ShopService:
         ``left_out`` (as ``POST /recommend/cold`` does), in the same step as the query, so an item
         removed meanwhile is one of them too; without it they are unknown ids (``UnknownIdError``
         saying they were removed). Ids that never were items are unknown either way, and so is a
-        list of removed items only (nothing to recommend from)."""
+        list of removed items only (nothing to recommend from). ``category`` and ``exclude`` (the
+        visitor's cart) as :meth:`recommend` takes them."""
         self._maybe_sync()
         k = check_k(k)
         with self._lock.read():
@@ -1901,13 +1902,16 @@ class ShopService:
                 item_ids = [i for i in given if not (isinstance(i, str) and i in gone)] or given
             seeds = np.array(self._many(item_ids, "item_ids", self._item_pos, "item"), dtype=np.int64)
             q = _normalised(self._item_emb_n[seeds]).mean(axis=0, keepdims=True)  # added items: unit length too
-            ids, sc = self._filtered("gnn_items_cosine", q, k, [np.unique(seeds)], None)[0]
+            drop = np.union1d(seeds, self._exclusions(exclude, "exclude"))
+            ids, sc = self._filtered("gnn_items_cosine", q, k, [drop], self._category(category))[0]
             return self._pack(ids, sc, self._seed_reasons(np.unique(seeds), ids))._replace(left_out=left_out)
 
-    def recommend_for_text(self, text: str, k: int = 10, n_seeds: int = 10) -> Recommendation:
+    def recommend_for_text(self, text: str, k: int = 10, n_seeds: int = 10, *, category: str | None = None,
+                           exclude: Sequence[str] = ()) -> Recommendation:
         """For an unknown user described by text: the ``n_seeds`` best text matches become seed items,
         and the mean of their normalised GNN embeddings is the query against ``gnn_items_cosine``
-        (so results follow shopping behaviour, not only wording)."""
+        (so results follow shopping behaviour, not only wording). ``category`` and ``exclude`` as
+        :meth:`recommend` takes them (the seeds are all the catalogue's text matches)."""
         self._maybe_sync()
         k = check_k(k)
         n_seeds = check_k(n_seeds, "n_seeds")
@@ -1917,7 +1921,8 @@ class ShopService:
             if seeds.size == 0:
                 return Recommendation([], [], [], [])
             query = _normalised(self._item_emb_n[seeds]).mean(axis=0, keepdims=True)
-            ids, sc = self._filtered("gnn_items_cosine", query, k, [np.zeros(0, np.int64)], None)[0]
+            ids, sc = self._filtered("gnn_items_cosine", query, k, [self._exclusions(exclude, "exclude")],
+                                     self._category(category))[0]
             # a text match among the results is there for the text itself, not "similar to" itself
             own = set(seeds.tolist())
             reasons = ["matches your text" if int(i) in own else why

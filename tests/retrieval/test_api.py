@@ -1022,6 +1022,26 @@ def test_a_visitors_removed_items_are_left_out_of_the_query_and_named(writable):
         service.recommend_for_items(["i021", "i022", "sku/9"], k=5)  # without it: unknown ids, said so
 
 
+def test_a_visitors_list_can_be_filtered_by_category_and_cart(client):
+    """A guest gets the filters a known user gets: one category, and the cart left out (it was a
+    422 "unknown field")."""
+    svc = client.service
+    whole = svc.recommend_for_items(["i001", "i002"], k=8).item_ids
+    category = svc.categories[svc.item_ids.index(whole[0])]
+    for body, call in (({"item_ids": ["i001", "i002"]}, lambda **kw: svc.recommend_for_items(["i001", "i002"], 5, **kw)),
+                       ({"text": "running shoes"}, lambda **kw: svc.recommend_for_text("running shoes", 5, **kw))):
+        r = client.post("/recommend/cold", json={**body, "k": 5, "category": category, "exclude": [whole[0], "nope"]})
+        assert r.status_code == 200, r.text
+        got = [i["item_id"] for i in r.json()["items"]]
+        assert got == call(category=category, exclude=[whole[0]]).item_ids and whole[0] not in got
+        assert {svc.categories[svc.item_ids.index(i)] for i in got} <= {category}
+        assert r.json()["exclude_not_served"] == ["nope"]
+    r = client.post("/recommend/cold", json={"item_ids": ["i001"], "category": "toys"})
+    assert r.status_code == 422 and "category: unknown category 'toys'" in r.json()["detail"]
+    r = client.post("/recommend/cold", json={"item_ids": ["i001"], "exclude": "i002"})
+    assert r.status_code == 422 and r.json()["detail"] == "exclude: expected a list of item ids (got str 'i002')"
+
+
 def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):
     assert writable.post("/items", json={"item_id": "sku/77", "title": "green disc"}).status_code == 201
     r = writable.delete("/items/sku/77")
@@ -1307,7 +1327,7 @@ def test_cold_start_over_http_is_the_service_answer(client):
     ({"text": "shoes", "n_seeds": 1.0}, 422, "n_seeds: expected an integer between 1 and 1000 (got 1.0)"),
     ({"text": ""}, 422, "text: expected a non-empty query (got '')"),
     ({"text": ["shoes"]}, 422, "text: expected a string (got list"),
-    ({"user_id": "u001"}, 422, "user_id: unknown field (expected item_ids, text, k, n_seeds)"),
+    ({"user_id": "u001"}, 422, "user_id: unknown field (expected item_ids, text, k, n_seeds, category, exclude)"),
     (["i001"], 422, "body: expected a JSON object like {\"item_ids\""),
 ])
 def test_bad_cold_start_bodies_are_4xx_naming_the_problem(client, body, status, message):
