@@ -118,6 +118,18 @@ _NOT_SERVED = ("those of the ids given to exclude that are no served item (an un
                "here rather than as a cart item recommended")
 
 
+# what an unknown user's /recommend 404 adds: the routes for a visitor the model does not know
+_VISITOR = ("for a visitor the model does not know, POST /recommend/cold takes the items they viewed or their "
+            "words, and GET /recommend/popular serves a first visit")
+
+
+class PopularOut(BaseModel):
+    k: int
+    items: list[ItemOut] = Field(description="the served items most shoppers bought, most first (score: how many "
+                                             "distinct shoppers bought it in the run's data)")
+    exclude_not_served: list[str] = Field(default_factory=list, description=_NOT_SERVED)
+
+
 class RecommendNewOut(BaseModel):
     user_id: str
     k: int
@@ -1285,6 +1297,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     only_similar = Depends(strict_query(("item_id", "k", "exclude"), ints=k_range, non_empty=("item_id", "exclude"),
                                         repeated=("exclude",)))
     only_new = Depends(strict_query(("user_id", "k", "category"), ints=k_range, non_empty=("user_id", "category")))
+    only_popular = Depends(strict_query(("k", "category", "exclude"), ints=k_range, non_empty=("category", "exclude"),
+                                        repeated=("exclude",)))
     only_user = Depends(strict_query(("user_id",), non_empty=("user_id",)))
     body_errors: dict[int | str, dict[str, Any]] = {
         413: {"model": ErrorOut, "description": "body too large"},
@@ -1305,9 +1319,27 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
                                                    f"say), one parameter each: exclude=i1&exclude=i2; at most "
                                                    f"{MAX_BATCH:,}; an id that is not served is nothing to leave out"),
     ) -> RecommendOut:
-        rec = service.recommend(user_id, k, exclude_seen=exclude_seen, category=category, exclude=exclude)
+        try:
+            rec = service.recommend(user_id, k, exclude_seen=exclude_seen, category=category, exclude=exclude)
+        except UnknownIdError as exc:  # a visitor with no account: where to ask instead
+            if not str(exc).startswith("user_id:"):
+                raise
+            raise UnknownIdError(f"{exc}; {_VISITOR}") from None
         return RecommendOut(user_id=user_id.strip(), k=k, items=_items(rec),  # the id as stored
                             exclude_not_served=service.not_served(exclude))
+
+    @app.get("/recommend/popular", response_model=PopularOut, responses=_ERRORS, tags=["recommend"],
+             summary="The items most shoppers bought: for a first visit, with nothing viewed yet",
+             dependencies=[only_popular])
+    def recommend_popular(
+        k: int = k_param,
+        category: str | None = Query(None, description="only items of this category (omit it for every "
+                                                       "category; an empty value is refused)"),
+        exclude: list[str] = Query([], description=f"item ids to leave out (the cart), one parameter each; at most "
+                                                   f"{MAX_BATCH:,}; an id that is not served is nothing to leave out"),
+    ) -> PopularOut:
+        rec = service.popular(k, category=category, exclude=exclude)
+        return PopularOut(k=k, items=_items(rec), exclude_not_served=service.not_served(exclude))
 
     @app.get("/recommend/new", response_model=RecommendNewOut, responses=_ERRORS, tags=["recommend"],
              summary="Top-k of the items added since training, for a user (a \"new for you\" slot)",

@@ -41,6 +41,7 @@ from shopgraph.graph.messages import (  # noqa: F401
     did_you_mean,
     how_it_differs,
     listed_ids,
+    plural,
     same_but_case,
     shown,
 )
@@ -1515,6 +1516,30 @@ class ShopService:
             top = np.argsort(-scores, kind="stable")[:k]
             reasons = [f"new since the last training run; {r}" for r in self._user_reasons(u, new[top])]
             return self._pack(new[top], scores[top], reasons)
+
+    def popular(self, k: int = 10, category: str | None = None, exclude: Sequence[str] = ()) -> Recommendation:
+        """The served items most shoppers bought (distinct buyers in the run's graph, ties by catalogue
+        order): what to show a first visit, with no items viewed and no words yet to go on
+        (:meth:`recommend_for_items` and :meth:`recommend_for_text` take over once there are).
+        Items added at run time have no buyers yet and come last. ``category`` and ``exclude`` as
+        :meth:`recommend` takes them; ``scores`` are the buyer counts."""
+        self._maybe_sync()
+        k = check_k(k)
+        with self._lock.read():
+            cat = self._category(category)
+            served = np.flatnonzero(self._active)
+            if cat is not None:
+                served = served[self._item_cat[served] == cat]
+            served = np.setdiff1d(served, self._exclusions(exclude, "exclude"), assume_unique=True)
+            indptr = self._buyers[0]
+            buyers = np.zeros(len(served), dtype=np.int64)
+            trained = served < len(indptr) - 1
+            buyers[trained] = indptr[served[trained] + 1] - indptr[served[trained]]
+            top = np.argsort(-buyers, kind="stable")[:k]
+            reasons = [f"popular: bought by {plural(int(n), 'shopper')}" if n else
+                       "new since the last training run: no buyers yet" if i >= self._n_trained else "no buyers yet"
+                       for i, n in zip(served[top], buyers[top])]
+            return self._pack(served[top], buyers[top].astype(np.float64), reasons)
 
     def similar_items(self, item_id: str, k: int = 10, exclude: Sequence[str] = ()) -> Recommendation:
         """Items closest to an item in the GNN space (cosine, ``gnn_items_cosine``), itself excluded;

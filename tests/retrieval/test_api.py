@@ -1022,6 +1022,36 @@ def test_a_visitors_removed_items_are_left_out_of_the_query_and_named(writable):
         service.recommend_for_items(["i021", "i022", "sku/9"], k=5)  # without it: unknown ids, said so
 
 
+def test_a_first_visit_gets_the_popular_items(client):
+    """No account, nothing viewed, no words: the items most shoppers bought (the unknown user's 404
+    on /recommend names the routes for a visitor)."""
+    svc = client.service
+    indptr = svc._buyers[0]
+    buyers = {i: int(indptr[n + 1] - indptr[n]) for n, i in enumerate(svc.item_ids)}
+    r = client.get("/recommend/popular", params={"k": 5})
+    assert r.status_code == 200, r.text
+    got = [(i["item_id"], i["score"], i["reason"]) for i in r.json()["items"]]
+    want = sorted(buyers, key=lambda i: (-buyers[i], svc.item_ids.index(i)))[:5]
+    assert [g[0] for g in got] == want and [g[1] for g in got] == [buyers[i] for i in want]
+    assert got[0][2] == f"popular: bought by {buyers[want[0]]} shoppers"
+    assert svc.popular(5).item_ids == want  # the Python API: the same
+    category = svc.categories[svc.item_ids.index(want[0])]
+    r = client.get("/recommend/popular", params=[("k", "3"), ("category", category), ("exclude", want[0]),
+                                                 ("exclude", "nope")])
+    assert r.status_code == 200 and want[0] not in [i["item_id"] for i in r.json()["items"]]
+    assert {svc.categories[svc.item_ids.index(i["item_id"])] for i in r.json()["items"]} == {category}
+    assert r.json()["exclude_not_served"] == ["nope"]
+    for params, message in (({"k": 0}, "k: expected an integer between 1 and 1000"),
+                            ({"category": "toys"}, "category: unknown category 'toys'"),
+                            ({"user_id": "u001"}, "user_id: unknown parameter")):
+        r = client.get("/recommend/popular", params=params)
+        assert r.status_code == 422 and message in r.json()["detail"], r.text
+    r = client.get("/recommend", params={"user_id": "visitor-7"})
+    assert r.status_code == 404 and r.json()["detail"] == (
+        "user_id: unknown user 'visitor-7'; for a visitor the model does not know, POST /recommend/cold takes the "
+        "items they viewed or their words, and GET /recommend/popular serves a first visit")
+
+
 def test_a_visitors_list_can_be_filtered_by_category_and_cart(client):
     """A guest gets the filters a known user gets: one category, and the cart left out (it was a
     422 "unknown field")."""

@@ -2084,3 +2084,14 @@ def test_batches_take_a_dataframes_column_of_ids(service):
     assert service.recommend_for_items(pd.Series(items), k=3) == service.recommend_for_items(items, k=3)
     with pytest.raises(ValueError, match=r"user_ids: expected a list of ids \(got DataFrame\)"):
         service.recommend_batch(frame, k=3)
+
+
+def test_popular_items_rank_an_added_item_last_and_say_why(own_run):
+    svc = load_service(own_run)
+    svc.add_item("new-pop", "glow in the dark frisbee", category="toys")
+    ranked = svc.popular(k=1000)
+    assert ranked.item_ids[-1] == "new-pop" and ranked.scores[-1] == 0.0
+    assert ranked.reasons[-1] == "new since the last training run: no buyers yet"
+    assert ranked.scores == sorted(ranked.scores, reverse=True) and len(ranked.item_ids) == len(svc.item_ids)
+    svc.remove_item(ranked.item_ids[0])
+    assert ranked.item_ids[0] not in svc.popular(k=5).item_ids  # only served items
