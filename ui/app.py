@@ -1014,8 +1014,13 @@ def flagged_at(service: ShopService, threshold: Any) -> str:
         return ""
     flagged = known & (pred >= t)
     fraud = flagged & (np.asarray(service.fraud_labels) == 1)
-    labelled = int((np.asarray(service.fraud_labels)[flagged] >= 0).sum())
-    share = (f"; the shop's data labels {int(fraud.sum()):,} of them fraud" if labelled else "")
+    labels = np.asarray(service.fraud_labels)
+    labelled = int((labels[flagged] >= 0).sum())
+    all_fraud = int((known & (labels == 1)).sum())
+    # and the other way round: of the accounts labelled fraud, how many the threshold catches (the rest it misses)
+    caught = (f", and {int(fraud.sum()):,} of the {all_fraud:,} accounts it labels fraud are flagged "
+              f"({fraud.sum() / all_fraud:.0%}; {all_fraud - int(fraud.sum()):,} missed)" if all_fraud else "")
+    share = (f"; the shop's data labels {int(fraud.sum()):,} of them fraud{caught}" if labelled else "")
     return (f"*At this threshold {int(flagged.sum()):,} of the {int(known.sum()):,} accounts are flagged{share} "
             "(each judged as above: by its prediction with its own label held out when the scorer was trained "
             "on it). These are all the shop's accounts; the Model tab's precision and recall are measured on the "
@@ -1103,8 +1108,9 @@ def label_sentence(label: bool | None, in_training: bool, scored: bool = True, *
 
 
 # -- Rings ------------------------------------------------------------------------------------------
-RING_COLUMNS = ["ring", "score", "members", "flagged", "known fraud", "trained on", "shared devices",
-                "mean fraud probability", "days from sign-up to first activity", "purchases per day", "high-risk share"]
+RING_COLUMNS = ["ring", "score", "members", "flagged", "known fraud", "fraud labels trained on", "shared devices",
+                "mean fraud probability", "days from sign-up to first activity", "purchases a day, first to last buy",
+                "high-risk share"]
 RING_TOP = 50  # rings listed in the table (the dropdown takes any ring id)
 # room for each header on one or two lines (the short numbers' headers were broken mid-word)
 _RING_WIDTHS: list[str | int] = ["6%", "6%", "8%", "7%", "7%", "7%", "20%", "10%", "11%", "9%", "9%"]
@@ -1115,14 +1121,17 @@ RING_LEGEND = (
     "tab flags them (a member the scorer was trained on by its probability with its own label held out; groups low "
     "in the list, with few or none flagged, are mostly households and shared computers); "
     "**known fraud**: members "
-    "the shop's data already labels fraud; **trained on**: how many of those labels the scorer was trained on "
+    "the shop's data already labels fraud; **fraud labels trained on**: how many of those labels the scorer was "
+    "trained on (a ring's page counts its legitimate labels trained on as well) "
     "(their served probabilities are fitted to the label, so the score and the flagged column count their "
     "probabilities with the label held out); **shared "
     "devices**: how many devices two or more members used, with the first ids; **mean fraud probability**: the "
     "members' average fraud probability, as the flagged column and the members table give them; **days from "
     "sign-up to first activity**: the typical member's (fraudsters' accounts tend to start buying soon after they "
     "are made); "
-    "**purchases per day**: typical member's buying speed; **high-risk share**: typical member's share of "
+    "**purchases a day, first to last buy**: the typical member's purchases divided by the days from their first "
+    "purchase to their last (at least one day, so an account with a single purchase counts 1: small households "
+    "of occasional buyers can read as high as bursts of fraud); **high-risk share**: typical member's share of "
     "spending on easily resold goods (electronics, gift cards).")
 RING_DEVICES_LISTED = 3  # shared device ids written in a table cell
 RING_SHOWN_DEVICES = 20  # ... and in a ring's status line
@@ -1450,9 +1459,10 @@ def _members_labelled(labels: dict[str, tuple[bool | None, bool]], held_out: dic
         labelled = f"{share(fraud)} members fraud" if fraud else f"{share(legit)} members legitimate"
     text = f" The shop's data labels {labelled} (**label** column)."
     if trained:
-        # the ranked table's "trained on" counts fraud labels only: the same count, then the legitimate ones
+        # the ranked table's "fraud labels trained on" counts fraud labels only: the same count, then the legitimate ones
         trained_fraud = sum(1 for label, in_training in labels.values() if label and in_training)
-        parts = ([f"{trained_fraud} of the fraud labels (the ranked table's \"trained on\")"] if fraud else []) + (
+        parts = ([f"{trained_fraud} of the fraud labels (the ranked table's \"fraud labels trained on\")"] if fraud
+                 else []) + (
             [f"{trained - trained_fraud} of the legitimate ones"] if trained > trained_fraud else [])
         text += (f" The scorer was trained on {' and '.join(parts)}: those members' "
                  "probabilities are fitted to their labels, not predictions.")

@@ -619,7 +619,7 @@ def test_rings_table_is_ranked(ui_cases: FraudCases) -> None:
     assert table["mean fraud probability"].tolist() == [round(float(np.mean(predicted(r))), 2) for r in rings]
     assert table["flagged"].eq("").all()  # no threshold: nothing to count
     # labelled fraud members, and how many of those labels were trained on: numbers, so they sort as numbers
-    assert [(int(f), int(t)) for f, t in zip(table["known fraud"], table["trained on"])] == [
+    assert [(int(f), int(t)) for f, t in zip(table["known fraud"], table["fraud labels trained on"])] == [
         known_fraud(ui_cases.labels(r.members)) for r in rings]
     for cell, ring in zip(table["shared devices"], rings):  # which devices tie the ring, not only how many
         assert cell.startswith(f"{len(ring.shared_devices)}") and all(d in cell for d in ring.shared_devices[:3])
@@ -699,10 +699,10 @@ def test_members_labelled_counts_the_labels_and_those_trained_on() -> None:
     text = _members_labelled({"a": (True, True), "b": (True, False), "c": (False, True), "d": (None, False)})
     assert text.startswith(" The shop's data labels 2 of the 4 members fraud and 1 legitimate (**label** column).")
     # the ranked table's "trained on" counts the fraud labels: the sentence gives that count first
-    assert ('trained on 1 of the fraud labels (the ranked table\'s "trained on") and 1 of the legitimate ones: '
+    assert ('trained on 1 of the fraud labels (the ranked table\'s "fraud labels trained on") and 1 of the legitimate ones: '
             in text)
     text = _members_labelled({"a": (False, True), "b": (False, True), "c": (True, False)})
-    assert 'trained on 0 of the fraud labels (the ranked table\'s "trained on") and 2 of the legitimate ones' in text
+    assert 'trained on 0 of the fraud labels (the ranked table\'s "fraud labels trained on") and 2 of the legitimate ones' in text
     text = _members_labelled({"a": (True, False), "b": (True, False)})
     assert text == " The shop's data labels all 2 members fraud (**label** column)."
     text = _members_labelled({"a": (False, False), "b": (False, True), "c": (False, False)})
@@ -1213,6 +1213,10 @@ def test_the_threshold_says_how_many_accounts_it_flags(ui_service: ShopService) 
     text = flagged_at(ui_service, t)
     assert text.startswith(f"*At this threshold {n:,} of the {known:,} accounts are flagged")
     assert f"labels {fraud:,} of them fraud" in text
+    # ... and of all the accounts labelled fraud, how many it catches and misses
+    all_fraud = int((np.isfinite(pred) & (np.asarray(ui_service.fraud_labels) == 1)).sum())
+    assert all_fraud and (f", and {fraud:,} of the {all_fraud:,} accounts it labels fraud are flagged "
+                          f"({fraud / all_fraud:.0%}; {all_fraud - fraud:,} missed)") in text
     assert f"{known:,} of the {known:,} accounts are flagged" in flagged_at(ui_service, 0.0)
     assert flagged_at(ui_service, 5) == "" and flagged_at(ui_service, "x") == ""  # the verdict says why
 
