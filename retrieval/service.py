@@ -1115,6 +1115,12 @@ class ShopService:
             raise UnknownIdError(f"{name}: unknown {kind} {shown(value)}{did_you_mean(positions, key)}")
         return pos
 
+    def user_hint(self, user_id: str) -> str:
+        """What an unknown user id's error adds when it looks like one user id (another case, a
+        full-width digit, a Cyrillic letter): `` (did you mean 'u001'? ids are case-sensitive)``;
+        else ``""`` (:func:`~shopgraph.graph.messages.did_you_mean`)."""
+        return did_you_mean(self._user_pos, user_id.strip()) if isinstance(user_id, str) else ""
+
     def user_ids_hint(self, unknown: Sequence[str]) -> str:
         """What a list of unknown user ids' error adds: ``"; did you mean 'u001' for 'U001'? ids are
         case-sensitive"`` for those of the first five that are users in another case, else ``""``."""

@@ -272,8 +272,10 @@ def _need_item(service: ShopService, item_id: str, label: str) -> None:
 
 def _need_user(service: ShopService, user_id: str, label: str, kind: str) -> None:
     if not service.has_user(user_id):
-        raise ValueError(f"{label}: unknown {kind} {shown(user_id)} (pick one from the list or type the user id "
-                         f"of {'an' if kind[0] in 'aeiou' else 'a'} {kind} in the data)")
+        hint = service.user_hint(user_id)  # " (did you mean 'u002002'? ids are case-sensitive)", as the API says
+        raise ValueError(f"{label}: unknown {kind} {shown(user_id)}" + (hint or (
+            f" (pick one from the list or type the user id of {'an' if kind[0] in 'aeiou' else 'a'} {kind} in the "
+            "data)")))
 
 
 def _info(service: ShopService, item_id: str) -> dict[str, Any] | None:
@@ -1491,6 +1493,13 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
     try:
         ring = cases.ring(_clean_id(ring_id, RING))
     except (KeyError, ValueError) as exc:
+        typed = ring_id.strip() if isinstance(ring_id, str) else ""
+        if isinstance(exc, KeyError) and cases.has_user(typed):  # an account's id typed where a ring's goes
+            its = [r.ring_id for r in cases.rings_of(typed)]
+            where = (f"it is in {'ring' if len(its) == 1 else 'rings'} {', '.join(its)}; type "
+                     f"{'that' if len(its) == 1 else 'one'} here" if its else "it shares no device with a ring")
+            return RingView(f"{ERROR_PREFIX}{RING}: {_md(shown(typed))} is an account, not a ring: {where} (the Fraud "
+                            "tab scores the account)", None, [], members)
         return RingView(_problem(exc, RING), None, [], members)
     target = str(getattr(cases.data, "target", "purchase"))
     image = draw_ring(cases, ring, target, threshold)

@@ -1387,8 +1387,20 @@ def test_messages_name_the_box_not_the_argument(ui_service: ShopService, history
         (visitor_view(ui_service, thumbs, ["nope"]).status, "Visitor's items: unknown item 'nope'"),
         (ring_view(ui_cases, "nope", None, tmp_path).status, "Ring: unknown ring 'nope'"),
     ]
+    # an id in another case names the one it is like, as the HTTP API does; an account's id in the Ring box
+    # names the rings it is in
+    user = next(u for u in ui_service.user_ids if u.upper() != u and ui_cases.rings_of(u))
+    rings = [r.ring_id for r in ui_cases.rings_of(user)]
+    checks += [
+        (recommend_view(ui_service, history, thumbs, user.upper()).status,
+         f"Shopper: unknown shopper '{user.upper()}' (did you mean '{user}'? ids are case-sensitive)"),
+        (fraud_view(ui_service, ui_cases, user.upper()).status,
+         f"Account: unknown account '{user.upper()}' (did you mean '{user}'? ids are case-sensitive)"),
+        (ring_view(ui_cases, user, None, tmp_path).status,
+         f"Ring: '{user}' is an account, not a ring: it is in ring{'s' if len(rings) > 1 else ''} {', '.join(rings)}"),
+    ]
     for status, message in checks:
-        assert is_problem(status) and message in html.unescape(status)
+        assert is_problem(status) and message in html.unescape(status), status
         for internal in ("user_id", "item_id", "ring_id", "ids given"):
             assert internal not in html.unescape(status), status
 
