@@ -1643,8 +1643,13 @@ def metric_legend(table: pd.DataFrame, ratio_key: str) -> str:
 
 
 # captions of the plots graph/evaluate.py writes, in display order; other plots follow, named by file
-PLOT_CAPTIONS = {"training": "Training: loss per epoch and validation metrics (val_auprc there is the network's "
-                             "own fraud output while it trains, not the fraud scorer the tables measure)",
+PLOT_CAPTIONS = {"training": "Training, for engineers: on the left the training objective per epoch (no unit; "
+                             "lower is better), on the right what the network scores on the validation weeks "
+                             "while it trains (higher is better). They sit below the tables above because the "
+                             "tables measure the finished model on the test weeks: its recommendations with the "
+                             "terms fitted after training (items revisited, popular in a shopper's categories, "
+                             "kept coming back to), and fraud with the boosted trees that serve, where val_auprc "
+                             "is the network's own fraud output",
                  "fraud_pr": "Fraud: precision-recall curves on the test users, one for each model of the fraud "
                              "table (higher and further right is better)"}
 
