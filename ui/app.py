@@ -535,10 +535,12 @@ def visitor_view(service: ShopService, thumbs: Thumbnails, item_ids: Any, k: Any
     except (ValueError, NotAvailableError) as exc:
         return RecommendView(_problem(exc, VISITOR_ITEMS), [], [], _empty_results())
     seen = [(thumbs.get(i, info), _plain(f"{info['title'] or i} · looked at")) for i, info in infos.items()]
-    status = (f"A visitor with no account who looked at {plural(len(picked), 'item')}: the model has no history "
-              f"for them, so it shows the {len(found.table):,} items most like those taken together, as the model "
-              "places items (similarity up to 1, 1 = the same; the items they looked at are left out). Each reason "
-              "names the looked-at item the result is most like." + found.note())
+    status = (f"**For a visitor, not the shopper above:** someone with no account who looked at "
+              f"{plural(len(picked), 'item')}. The model has no history for them, so it shows the "
+              f"{len(found.table):,} items most like those taken together, as the model places items (a similarity "
+              "up to 1, 1 = the same, where a shopper's list has the fit score, which only orders; the items they "
+              "looked at are left out). Each reason names the looked-at item the result is most like."
+              + found.note())
     return RecommendView(status, seen, found.gallery, found.table)
 
 
@@ -1675,8 +1677,8 @@ def _in_short(purchase: dict[str, Any], fraud: dict[str, Any]) -> str:
 
     parts = []
     if (p := best(purchase, "recall@20")) is not None:
-        parts.append(f"ShopGraph's top 20 recommendations hold on average {p[1]:.0%} of the new items a shopper "
-                     "bought next, "
+        parts.append(f"ShopGraph's top 20 recommendations hold on average {p[1]:.0%} of the items a shopper "
+                     "bought next that they had not bought before (items they had only viewed count), "
                      + f"{compared(p[1], p[2])} the best simple method ({_md(p[0])}, {p[2]:.0%})"
                      + _chance(purchase.get("test", {}).get("vs_best"), p[0]))
     if (f := best(fraud, "auprc")) is not None:
