@@ -287,7 +287,8 @@ def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopSer
     for name in metrics["purchase"]["baselines"]:
         expect(page.locator("#model-purchase")).to_contain_text(name)
     # each plot's caption above it, not a label box drawn over the plot's own title
-    expect(page.locator("#model-plot-0-caption")).to_contain_text("Training: loss per epoch")
+    expect(page.locator("#model-plot-0-caption")).to_contain_text(
+        "Training, for engineers: on the left the training objective per epoch")
     expect(page.locator("#model-plot-0 [data-testid='block-label']")).to_be_hidden()
     _shot(page, shots, "model")
 
