@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -145,6 +146,9 @@ class DeviceAccountOut(BaseModel):
     user_id: str
     first_seen: int | None = Field(description="its first event on the device (epoch seconds; null: untimed events)")
     last_seen: int | None = Field(description="its last event on the device")
+    first_seen_time: str | None = Field(None, description="first_seen in UTC, as a ring timeline's time "
+                                                          "(2025-12-19T08:30:00Z)")
+    last_seen_time: str | None = Field(None, description="last_seen in UTC")
     events: int = Field(description="its events on the device")
     purchases: int = Field(description="its purchases on the device")
     label: bool | None = Field(description="its is_fraud label in the shop's data (null: unlabelled)")
@@ -239,6 +243,11 @@ class ExplanationOut(BaseModel):
         None, description="for an account the scorer was trained on: why its held_out_probability is what it is "
                           "(the trees of its fold, which never saw its label), the explanation behind "
                           "held_out_flagged; null for the other accounts")
+
+
+def _utc(seconds: int | None) -> str | None:
+    """Epoch seconds as a UTC time, as ring timelines write it (``2025-12-19T08:30:00Z``)."""
+    return None if seconds is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def _clean(value: Any) -> Any:
@@ -416,9 +425,11 @@ def fraud_router(
         accounts = []
         for row in table.itertuples(index=False):
             p, held = number(row.probability), number(row.held_out_probability)
+            first = None if number(row.first_seen) is None else int(row.first_seen)
+            last = None if number(row.last_seen) is None else int(row.last_seen)
             accounts.append(DeviceAccountOut(
-                user_id=row.user_id, first_seen=None if number(row.first_seen) is None else int(row.first_seen),
-                last_seen=None if number(row.last_seen) is None else int(row.last_seen), events=int(row.events),
+                user_id=row.user_id, first_seen=first, last_seen=last, first_seen_time=_utc(first),
+                last_seen_time=_utc(last), events=int(row.events),
                 purchases=int(row.purchases), label=None if row.label is None else bool(row.label),
                 label_in_training=bool(row.label_in_training), probability=p, flagged=at_or_above(p),
                 held_out_probability=held, held_out_flagged=at_or_above(held)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -335,6 +336,9 @@ def test_a_device_lists_every_account_on_it(client: TestClient, cases: FraudCase
     for a in body["accounts"]:
         mine = users[users["user_id"] == a["user_id"]]
         assert a["events"] == len(mine) and a["first_seen"] == int(mine["timestamp"].min())
+        # the same times in UTC, as a ring's timeline writes them
+        for key in ("first_seen", "last_seen"):
+            assert a[f"{key}_time"] == pd.Timestamp(a[key], unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
         assert a["purchases"] == int((mine["event_type"] == "purchase").sum())
         assert (a["label"], a["label_in_training"]) == cases.labels([a["user_id"]])[a["user_id"]]
         assert a["flagged"] == (a["probability"] >= cases.threshold)
