@@ -142,9 +142,9 @@ def reason_in_words(name: str) -> Reading:
     :class:`shopgraph.graph.explain.ServedTreeExplainer`) -> ``no other account on the same devices``;
     ``quick purchases: mean item image features (87 columns together; value: their norm)`` ->
     ``items bought right after viewing or carting them, over all activity: what they are, judged from
-    their pictures`` (no
-    value worth showing); for an account without such purchases, ``quick purchases: none`` -> ``no
-    purchase made right after viewing or carting the item``; ``accounts sharing a device (or other
+    their pictures`` (no value worth showing); for an account without such purchases, ``quick
+    purchases: none`` -> ``no purchase made right after viewing or carting the item, over all
+    activity``; ``accounts sharing a device (or other
     identifier): none`` (an account with no co-user: its counts of them and share labelled fraud
     together) -> ``no other accounts sharing a device (or other identifier)``. Unknown names come
     back unchanged, with the unit ``raw``.

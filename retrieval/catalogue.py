@@ -21,8 +21,9 @@ disk whole or not at all; readers see it as its adds or removals, one after the 
 keeps only the lines that still change what is served: an item added and later removed, an add
 of an id the run's tables hold now, a removal of an id they lack and a second add of one id all
 go (but for the last item added and removed of a category no other line or trained item has: a
-category stays known once added, and services started after the compaction must know it too). The journal is replaced by a new *generation* whose first line says what it was made from,
-and the one before is kept, byte for byte, as ``RUN/catalogue_history/catalogue.<generation>.jsonl``:
+category stays known once added, and services started after the compaction must know it too).
+The journal is replaced by a new *generation* whose first line says what it was made from, and
+the one before is kept, byte for byte, as ``RUN/catalogue_history/catalogue.<generation>.jsonl``:
 a running service that had not read all of it yet reads the rest there, then goes on in the new
 one, so services never need a restart and nothing is lost.
 """
@@ -107,8 +108,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _net(entries: list[dict[str, Any]], trained_ids: set[str],
-         trained_categories: set[str] | frozenset[str] = frozenset()) -> tuple[list[int], dict[str, int], int, int, int]:
+def _net(entries: list[dict[str, Any]], trained_ids: set[str], trained_categories: set[str] | frozenset[str] = frozenset(),
+         ) -> tuple[list[int], dict[str, int], int, int, int]:
     """Which of ``entries`` (in order) still change what a service over tables holding
     ``trained_ids`` (of ``trained_categories``) serves, replaying them as
     :class:`~shopgraph.retrieval.service.ShopService` does: ``(indices kept, lines dropped by
