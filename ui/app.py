@@ -182,9 +182,11 @@ class ModelView(NamedTuple):
 # an unscaled inner product (e.g. 1794.17) of which only the order means something
 SIMILARITY = "similarity (1 = same)"
 FIT_SCORE = "fit score (order only)"
-RESULT_COLUMNS = ["rank", "item_id", "title", "category", SIMILARITY, "reason"]
-RECOMMEND_COLUMNS = ["rank", "item_id", "title", "category", FIT_SCORE, "reason"]
-_RESULT_WIDTHS: list[str | int] = ["5%", "9%", "28%", "10%", "11%", "37%"]  # the score header on two lines, not cut mid-word
+# the price as the shop's items table gives it, in the shop's currency ("" when it gives none)
+RESULT_COLUMNS = ["rank", "item_id", "title", "category", "price", SIMILARITY, "reason"]
+RECOMMEND_COLUMNS = ["rank", "item_id", "title", "category", "price", FIT_SCORE, "reason"]
+# the score header on two lines, not cut mid-word
+_RESULT_WIDTHS: list[str | int] = ["5%", "8%", "26%", "10%", "7%", "10%", "34%"]
 
 
 # characters that Markdown or HTML would read as markup on one line (tags, entities, emphasis, code,
@@ -437,7 +439,8 @@ def _results(service: ShopService, thumbs: Thumbnails, rec: Any, ranked: bool = 
             continue
         n = len(rows) + 1
         gallery.append((thumbs.get(i, info), _plain(f"#{n} {t or i}" if ranked else f"{t or i} · {s:.2f}")))
-        rows.append([n, i, t, info["category"], round(float(s), 3), r])
+        price = info.get("price")
+        rows.append([n, i, t, info["category"], "" if price is None else f"{price:,.2f}", round(float(s), 3), r])
     return _Results(gallery, pd.DataFrame(rows, columns=RECOMMEND_COLUMNS if ranked else RESULT_COLUMNS),
                     len(rec.item_ids) - len(rows))
 

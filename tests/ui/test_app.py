@@ -79,6 +79,9 @@ def test_recommend_view_matches_service_and_shows_history(ui_service: ShopServic
     assert view.table["item_id"].tolist() == rec.item_ids
     assert view.table[FIT_SCORE].tolist() == pytest.approx(rec.scores, abs=1e-3)
     assert view.table["reason"].tolist() == rec.reasons
+    # each item's price as the shop's table gives it (people judge a recommendation by it too)
+    prices = [ui_service.item_info(i)["price"] for i in rec.item_ids]
+    assert view.table["price"].tolist() == ["" if p is None else f"{p:,.2f}" for p in prices] and any(prices)
     assert len(view.gallery) == 5 and all(isinstance(img, Image.Image) for img, _ in view.gallery)
     assert view.gallery[0][1] == f"#1 {rec.titles[0]}"  # the rank, not an unscaled score such as 1794.17
     assert "only its order matters" in view.status
