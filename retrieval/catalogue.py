@@ -46,6 +46,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from shopgraph.graph.messages import shown
 from shopgraph.graph.run import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,12 @@ VERSION = 1
 _OPS = ("add", "remove", "add_batch", "remove_batch")
 _BATCHES = {"add_batch": ("add", "items"), "remove_batch": ("remove", "item_ids")}  # op -> (its entries' op, field)
 _HEADER_OP = "compacted"
+# a compaction's first line names the items added at run time and removed since whose lines it
+# dropped (REMOVED_IDS); follow hands them to a service that starts reading as one change of this op,
+# so that it knows those ids as removed ones (a visitor's list may still hold them), as services
+# that read the dropped lines do
+REMOVED_IDS = "removed_ids"
+REMOVED_OP = "removed_since"
 _HEADER_FIELDS = ("generation", "kept", "kept_bytes", "from_lines", "from_bytes")
 _DROPPED = ("cancelled", "superseded", "not applied")  # why compaction drops a line (Compaction.dropped)
 HISTORY_KEEP_S = 600.0  # prune_history keeps generations compacted away more recently than this
@@ -109,12 +116,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _net(entries: list[dict[str, Any]], trained_ids: set[str], trained_categories: set[str] | frozenset[str] = frozenset(),
-         ) -> tuple[list[int], dict[str, int], int, int, int]:
+         ) -> tuple[list[int], dict[str, int], int, int, int, set[str]]:
     """Which of ``entries`` (in order) still change what a service over tables holding
     ``trained_ids`` (of ``trained_categories``) serves, replaying them as
     :class:`~shopgraph.retrieval.service.ShopService` does: ``(indices kept, lines dropped by
-    reason, ids added, trained ids removed, trained ids restored)`` (a trained id removed and
-    added again is restored: neither added nor removed). A category stays known to a service once
+    reason, ids added, trained ids removed, trained ids restored, ids forgotten)`` (a trained id
+    removed and added again is restored: neither added nor removed; ids forgotten: added at run
+    time and removed since, not served at the end, whose lines all go: a compaction's first line
+    names them, :data:`REMOVED_OP`). A category stays known to a service once
     an item of it was added (a filter on it is an empty list, not "unknown category"): of the adds
     removed again, the last one of each category that neither the trained items nor a kept add
     has is kept with its removal, so that services started later know the category too."""
@@ -147,11 +156,14 @@ def _net(entries: list[dict[str, Any]], trained_ids: set[str], trained_categorie
             keep += pair
             dropped["cancelled"] -= 2
     keep.sort()
+    kept = set(keep)
+    forgotten = {str(entries[a]["item_id"]) for a, _ in cancelled if a not in kept} - trained_ids
+    forgotten -= {item_id for item_id, (served, _, _) in state.items() if served}
     # a trained item removed and added again is restored (ShopService._restore): neither added nor
     # removed, as the service counts it; both lines are kept (the add carries what was sent)
     return (keep, dropped, sum(added is not None and removed is None for _, added, removed in state.values()),
             sum(removed is not None and added is None for _, added, removed in state.values()),
-            sum(removed is not None and added is not None for _, added, removed in state.values()))
+            sum(removed is not None and added is not None for _, added, removed in state.values()), forgotten)
 
 
 def _check_entry(entry: Any, where: str) -> dict[str, Any]:
@@ -168,6 +180,9 @@ def _check_entry(entry: Any, where: str) -> dict[str, Any]:
             value = entry.get(name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise CatalogueError(f"{where}: {name} must be an integer >= 0 (got {value!r})")
+        removed = entry.get(REMOVED_IDS, [])  # (absent in a journal compacted before they were kept)
+        if not isinstance(removed, list) or not all(isinstance(i, str) and i for i in removed):
+            raise CatalogueError(f"{where}: {REMOVED_IDS} must be a list of item ids (got {shown(removed)})")
         return entry
     if entry.get("op") not in _OPS:
         raise CatalogueError(f"{where}: op must be one of {', '.join(_OPS)} (got {entry.get('op')!r})")
@@ -357,6 +372,10 @@ class CatalogueJournal:
             found: list[tuple[str, dict[str, Any], bytes]] = []
             if pos.ino == 0:  # nothing read yet: the journal as it stands now says it all
                 pos = JournalPosition(generation)
+                header = self._header_entry(f, str(self.path))[0]
+                if header and header.get(REMOVED_IDS):  # what the compactions forgot, as one change first
+                    found.append((f"{self.path}: line 1", {"op": REMOVED_OP, "item_ids": list(header[REMOVED_IDS])},
+                                  b""))
             elif generation < pos.generation:
                 raise CatalogueError(f"{self.path}: generation {generation}, older than generation "
                                      f"{pos.generation} already applied (replaced by an older copy?); restart the "
@@ -499,9 +518,15 @@ class CatalogueJournal:
             with f:
                 size = os.fstat(f.fileno()).st_size
                 generation = self._header(f, str(self.path))[0]
+                before = self._header_entry(f, str(self.path))[0]
                 found, _, _, incomplete = self._scan(f, 0, 0, str(self.path))
-            keep, dropped, net_added, net_removed, net_restored = _net([entry for _, entry, _ in found], trained_ids,
-                                                                          trained_categories)
+            entries = [entry for _, entry, _ in found]
+            keep, dropped, net_added, net_removed, net_restored, forgotten = _net(entries, trained_ids,
+                                                                                  trained_categories)
+            # the ids an earlier compaction forgot stay forgotten, unless served again (or trained now)
+            kept = set(keep)
+            served_again = {e["item_id"] for n, e in enumerate(entries) if e["op"] == "add" and n in kept}
+            forgotten |= set(before.get(REMOVED_IDS, []) if before else []) - served_again - trained_ids
             report = Compaction(generation, len(found), size, len(keep), net_added, net_removed, dropped, incomplete,
                                 net_restored=net_restored)
             if dry_run or not report.changed:
@@ -516,7 +541,8 @@ class CatalogueJournal:
                                      "changed (move it away to compact)")
             body = b"".join(found[i][2] for i in keep)
             header = _line({"op": _HEADER_OP, "generation": generation + 1, "kept": len(keep), "kept_bytes": len(body),
-                            "from_lines": len(found), "from_bytes": size, "dropped": dropped})
+                            "from_lines": len(found), "from_bytes": size, "dropped": dropped,
+                            REMOVED_IDS: sorted(forgotten)})
             atomic_write(self.path, lambda p: p.write_bytes(header + body))
             _fsync_dir(self.run_path)
             report.archive = str(archive)

@@ -48,6 +48,7 @@ from shopgraph.graph.messages import (  # noqa: F401
 from shopgraph.graph.run import RunDir
 from shopgraph.graph.wording import QUICK_ITEM_REASON, FeatureFacts, names_quick_items
 from shopgraph.retrieval.catalogue import (
+    REMOVED_OP,
     CatalogueError,
     CatalogueJournal,
     JournalPosition,
@@ -852,8 +853,12 @@ class ShopService:
         self._item_pos = {i: k for k, i in enumerate(self.item_ids)}
         # the trained items, by id: adding the id of one that was removed restores it (_restore)
         self._trained_pos = dict(self._item_pos)
-        # the ids of items added at run time, served now or removed since (_was_removed)
-        self._added_ids: set[str] = set()
+        # the items added at run time, served now or removed since, by id: the position each was last
+        # added at (_was_removed; adding a removed one again keeps the fields left out, _kept)
+        self._added_pos: dict[str, int] = {}
+        # items added at run time and removed since whose journal lines a compaction dropped: known
+        # as removed all the same (a visitor's list may hold them), their fields no longer
+        self._forgotten: set[str] = set()
         # the trained content rows a restore replaced ({index name: {position: row}}): new items'
         # neighbours are found by the trained content (_new_item_embeddings)
         self._trained_content: dict[str, dict[int, np.ndarray]] = {}
@@ -1140,12 +1145,13 @@ class ShopService:
 
     def _was_removed(self, item_id: Any) -> bool:
         """Whether ``item_id`` (spaces aside) names an item that is not served now but was: a trained
-        item, or one added at run time, removed since. (Once the journal is compacted, an item added
-        and removed again is forgotten by services started afterwards: its id is then unknown.)"""
+        item, or one added at run time, removed since (after a compaction dropped its lines too: the
+        compaction names it, ``catalogue.REMOVED_IDS``)."""
         if not isinstance(item_id, str):
             return False
         key = item_id.strip()
-        return key not in self._item_pos and (key in self._trained_pos or key in self._added_ids)
+        return key not in self._item_pos and (key in self._trained_pos or key in self._added_pos
+                                               or key in self._forgotten)
 
     def _removed_hint(self, names: Sequence[Any]) -> str:
         """What an error naming unknown item ids adds for those that are items removed since (trained
@@ -1174,15 +1180,7 @@ class ShopService:
         (``UnknownIdError``), so a caller with several new accounts learns of them in one answer.
         ``k``: results asked for each id, checked against :data:`MAX_BATCH_RESULTS` before the ids
         are looked up (a batch too large is said first, not after its ids are mended)."""
-        _refuse_not_a_list(ids, name)
-        ids = list(ids)
-        if not ids:
-            raise ValueError(f"{name}: expected at least one id (got an empty list)")
-        if len(ids) > MAX_BATCH:
-            raise ValueError(f"{name}: expected at most {MAX_BATCH:,} ids (got {len(ids):,})")
-        if k is not None:
-            self._check_results(len(ids), name, k)
-        keys = [_id_text(value, f"{name}[{pos}]") for pos, value in enumerate(ids)]
+        ids, keys = self._id_list(ids, name, k)
         unknown = [value for value, key in zip(ids, keys) if key not in positions]  # named as given
         if unknown:
             names = list(dict.fromkeys(unknown))
@@ -1191,6 +1189,20 @@ class ShopService:
             raise UnknownIdError(f"{name}: unknown {kind}{'s' if len(names) > 1 else ''} {listed_ids(names)} "
                                  f"({len(unknown):,} of the {len(ids):,} ids given{repeats}){hint}")
         return [positions[key] for key in keys]
+
+    def _id_list(self, ids: Any, name: str, k: int | None = None) -> tuple[list[Any], list[str]]:
+        """``(ids as a list, their keys)``: a list of 1 to :data:`MAX_BATCH` ids, each a string that
+        is not blank (its key: stripped), else ``ValueError`` naming the first wrong one by its
+        position in the list as given; ``k`` as :meth:`_many` takes it."""
+        _refuse_not_a_list(ids, name)
+        ids = list(ids)
+        if not ids:
+            raise ValueError(f"{name}: expected at least one id (got an empty list)")
+        if len(ids) > MAX_BATCH:
+            raise ValueError(f"{name}: expected at most {MAX_BATCH:,} ids (got {len(ids):,})")
+        if k is not None:
+            self._check_results(len(ids), name, k)
+        return ids, [_id_text(value, f"{name}[{pos}]") for pos, value in enumerate(ids)]
 
     @staticmethod
     def _check_results(n: int, name: str, k: int) -> None:
@@ -1925,12 +1937,11 @@ class ShopService:
         k = check_k(k)
         with self._lock.read():
             left_out: list[str] = []
-            if leave_out_removed:
-                _refuse_not_a_list(item_ids, "item_ids")
-                given = list(item_ids)
-                left_out = list(dict.fromkeys(i for i in given if self._was_removed(i)))
-                gone = set(left_out)
-                item_ids = [i for i in given if not (isinstance(i, str) and i in gone)] or given
+            if leave_out_removed:  # the list checked as given (types, size), then the removed ones taken out
+                given, keys = self._id_list(item_ids, "item_ids")
+                out = [self._was_removed(key) for key in keys]
+                left_out = list(dict.fromkeys(i for i, removed in zip(given, out) if removed))
+                item_ids = [i for i, removed in zip(given, out) if not removed] or given
             seeds = np.array(self._many(item_ids, "item_ids", self._item_pos, "item"), dtype=np.int64)
             q = _normalised(self._item_emb_n[seeds]).mean(axis=0, keepdims=True)  # added items: unit length too
             drop = np.union1d(seeds, self._exclusions(exclude, "exclude"))
@@ -2289,8 +2300,9 @@ class ShopService:
     def _kept(self, item_id: str, category: Any, description: Any, price: Any, image: Any) -> tuple[Any, ...]:
         """``(category, description, price, image)`` with each field left out (:data:`KEEP`) filled
         in: for a removed item that will be restored, what it had when it was removed (its picture
-        only while that file is still there); otherwise none."""
-        pos = self._trained_pos.get(item_id)
+        only while that file is still there), a trained item or one added at run time alike;
+        otherwise none."""
+        pos = self._trained_pos.get(item_id, self._added_pos.get(item_id))
         restored = pos is not None and item_id not in self._item_pos
         if restored and pos is not None:
             had = self._image_path(pos)
@@ -2450,7 +2462,7 @@ class ShopService:
             return self._restore(trained, title, category, description, price, image, text_vec, image_vec)
         with self._lock.write():
             pos = len(self.item_ids)
-            self._added_ids.add(item_id)
+            self._added_pos[item_id] = pos
             held = self._add_to_indexes(pos, emb, unit, text_vec, image_vec)
             for name, member in self._in_index.items():
                 member.append(held[name])
@@ -2605,6 +2617,10 @@ class ShopService:
         :data:`REPLAY_BATCH` entries embedded in one pass."""
         assert self._journal is not None
         entries, at, incomplete = self._journal.follow(self._journal_at)
+        for _, entry in entries:  # a compaction's record of the added items removed since whose lines it dropped
+            if entry["op"] == REMOVED_OP:
+                self._forgotten.update(entry["item_ids"])
+        entries = [(where, entry) for where, entry in entries if entry["op"] != REMOVED_OP]
         superseded = self._journal_superseded
         for start in range(0, len(entries), REPLAY_BATCH):
             batch = entries[start:start + REPLAY_BATCH]

@@ -207,7 +207,7 @@ def test_compaction_matches_a_full_replay_on_random_journals(tmp_path: Path):
 
 
 def test_a_service_behind_follows_the_journal_across_compactions(tmp_path: Path):
-    from shopgraph.retrieval.catalogue import JournalPosition
+    from shopgraph.retrieval.catalogue import REMOVED_OP, JournalPosition
 
     journal = CatalogueJournal(tmp_path)
     _write(journal, _add("a"), _add("b"))
@@ -226,8 +226,10 @@ def test_a_service_behind_follows_the_journal_across_compactions(tmp_path: Path)
         ("catalogue.jsonl: line 4", "add", "e")]
     assert (pos2.generation, pos2.offset, pos2.line) == (2, journal.size(), 4)
     assert journal.follow(pos2)[0] == []
-    fresh, pos3, _ = journal.follow(JournalPosition())  # a service starting now reads the journal alone
-    assert [e["item_id"] for _, e in fresh] == ["c", "d", "e"] and pos3 == pos2
+    fresh, pos3, _ = journal.follow(JournalPosition())  # a service starting now reads the journal alone,
+    # after what the compactions dropped of the items added and removed since: their ids, as one change
+    assert fresh[0][1] == {"op": REMOVED_OP, "item_ids": ["a", "b"]}
+    assert [e["item_id"] for _, e in fresh[1:]] == ["c", "d", "e"] and pos3 == pos2
 
 
 def test_following_without_the_history_it_needs_is_an_error_naming_it(tmp_path: Path):
@@ -383,3 +385,17 @@ def test_compaction_writes_batches_as_the_changes_still_needed(tmp_path: Path):
     assert [e["item_id"] for e in read] == ["a", "c", "t2", "t3"]
     assert read == [before[i] for i in (0, 3, 7, 8)]  # the batches' changes, as they read before
     assert _served(read, trained) == _served(before, trained) == {"t1": None, "a": "title a", "c": "title c"}
+
+
+def test_a_first_line_naming_removed_ids_wrongly_is_an_error_naming_it(tmp_path: Path):
+    from shopgraph.retrieval.catalogue import REMOVED_IDS, JournalPosition, _line
+
+    journal = CatalogueJournal(tmp_path)
+    header = {"op": "compacted", "generation": 1, "kept": 0, "kept_bytes": 0, "from_lines": 2, "from_bytes": 10,
+              "dropped": {}}
+    for bad in ("a", ["a", 7], [""]):
+        journal.path.write_bytes(_line({**header, REMOVED_IDS: bad}))
+        with pytest.raises(CatalogueError, match=f"line 1: {REMOVED_IDS} must be a list of item ids"):
+            journal.follow(JournalPosition())
+    journal.path.write_bytes(_line(header))  # compacted before the ids were kept: read as none
+    assert journal.follow(JournalPosition())[0] == []

@@ -2095,3 +2095,43 @@ def test_popular_items_rank_an_added_item_last_and_say_why(own_run):
     assert ranked.scores == sorted(ranked.scores, reverse=True) and len(ranked.item_ids) == len(svc.item_ids)
     svc.remove_item(ranked.item_ids[0])
     assert ranked.item_ids[0] not in svc.popular(k=5).item_ids  # only served items
+
+
+def test_an_added_item_removed_is_known_as_removed_after_a_compaction_and_keeps_its_fields(own_run, capsys):
+    """An item added at run time and removed: adding it again with its id and title keeps what it
+    had, as a trained item's restore does (its fields were wiped); and once a compaction drops its
+    lines, services started afterwards still know it as removed (a visitor's list holding it got a
+    404 "unknown item" from them, `left_out` from the ones running), generation after generation."""
+    from shopgraph.retrieval.catalogue import REMOVED_IDS, CatalogueJournal
+    from shopgraph.ui.cli import main
+
+    svc = load_service(own_run, catalogue_follow=False)
+    svc.add_item("new-a", "crimson trail sneakers", category="shoes", description="a red trail runner", price=59.9)
+    had = svc.item_info("new-a")
+    svc.remove_item("new-a")
+    svc.add_item("new-a", "crimson trail sneakers v2")
+    assert svc.item_info("new-a") == {**had, "title": "crimson trail sneakers v2"}
+    svc.add_item("new-c", "glow in the dark frisbee", category="shoes")
+    svc.remove_items(["new-a", "new-c"])
+    seeds = ["new-c", svc.item_ids[0]]
+    assert svc.recommend_for_items(seeds, k=3, leave_out_removed=True).left_out == ["new-c"]
+    assert main(["catalogue", "--run", str(own_run), "--compact"]) == 0
+    capsys.readouterr()
+    journal = CatalogueJournal(own_run)
+    assert journal.read()[0] == []  # every line dropped (the category "shoes" is a trained one) ...
+    with open(journal.path, "rb") as f:
+        assert json.loads(f.readline())[REMOVED_IDS] == ["new-a", "new-c"]  # ... the ids kept in the first line
+    for fresh in (load_service(own_run, catalogue_follow=False), svc):
+        rec = fresh.recommend_for_items(seeds, k=3, leave_out_removed=True)
+        assert rec.left_out == ["new-c"] and rec.item_ids == svc.recommend_for_items(seeds[1:], k=3).item_ids
+        with pytest.raises(UnknownIdError, match="'new-c' was removed from the catalogue"):
+            fresh.similar_items("new-c")
+    # a later compaction keeps them, but for an id served again
+    svc.add_item("new-c", "glow in the dark frisbee", category="shoes")
+    svc.add_item("new-d", "a spare", category="shoes")
+    svc.remove_item("new-d")
+    assert main(["catalogue", "--run", str(own_run), "--compact"]) == 0
+    with open(journal.path, "rb") as f:
+        assert json.loads(f.readline())[REMOVED_IDS] == ["new-a", "new-d"]
+    fresh = load_service(own_run, catalogue_follow=False)
+    assert fresh.has_item("new-c") and fresh.removed_items(["new-a", "new-c", "new-d", "nope"]) == ["new-a", "new-d"]
