@@ -1005,6 +1005,11 @@ def test_a_visitors_removed_items_are_left_out_of_the_query_and_named(writable):
     assert r.status_code == 404 and "'i022' was removed from the catalogue" in r.json()["detail"]
     r = writable.post("/recommend/cold", json={"item_ids": ["i021", "nope"], "k": 5})  # never served: not left out
     assert r.status_code == 404 and "unknown item 'nope'" in r.json()["detail"]
+    # the list is checked as given, before the removed ones are taken out: positions and size as sent
+    r = writable.post("/recommend/cold", json={"item_ids": ["i022", 5], "k": 5})
+    assert r.status_code == 422 and r.json()["detail"] == "item_ids[1]: expected a string id (got int 5)"
+    r = writable.post("/recommend/cold", json={"item_ids": ["i022"] * 1000 + ["i021"], "k": 5})
+    assert r.status_code == 422 and r.json()["detail"] == "item_ids: expected at most 1,000 ids (got 1,001)"
     # an item added at run time and removed since is one of them too (it was a 404 "unknown item")
     assert writable.post("/items", json={"item_id": "sku/9", "title": "green frisbee disc"}).status_code == 201
     assert writable.delete("/items/sku/9").status_code == 200
