@@ -1360,16 +1360,17 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         body = await _ids_body(request, _RECOMMEND_BATCH_EXAMPLE, MAX_CARTS_JSON_BYTES, "a list of ids and their carts")
         ids, k, exclude_seen, category, exclude = _recommend_batch_json(body)
         ids, unknown = _known_only(body, ids, service.has_user)
-        if unknown and isinstance(exclude, dict):  # their carts go with them
-            gone = set(unknown)
-            exclude = {u: v for u, v in exclude.items() if not (isinstance(u, str) and u in gone)}
+        if unknown and isinstance(exclude, dict):  # their carts go with them (keys matched as ids are: spaces aside)
+            gone = {u.strip() for u in unknown}
+            exclude = {u: v for u, v in exclude.items() if not (isinstance(u, str) and u.strip() in gone)}
 
         def answer() -> Response:
             recs = service.recommend_batch(ids, k, exclude_seen, category, exclude) if ids or not unknown else []
-            carts = exclude if isinstance(exclude, dict) else {}
+            # each user's cart by its id as stored (keys and ids are matched spaces aside, as the service does)
+            carts = {str(u).strip(): v for u, v in exclude.items()} if isinstance(exclude, dict) else {}
             return _rendered(RecommendBatchOut(k=k, results=[
                 RecommendOut(user_id=u.strip(), k=k, items=_items(rec), exclude_not_served=service.not_served(
-                    carts.get(u, []))) for u, rec in zip(ids, recs)], unknown=unknown))
+                    carts.get(u.strip(), []))) for u, rec in zip(ids, recs)], unknown=unknown))
 
         return await run_in_threadpool(answer)
 

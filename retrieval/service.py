@@ -103,7 +103,7 @@ def _case_hint(positions: Mapping[str, int], unknown: Sequence[Any]) -> str:
     like = same_but_case(positions, list(typed))
     if not like:
         return ""
-    why = sorted({how_it_differs(key, known) for key, known in like.items()}, key=len)
+    why = list(dict.fromkeys(how_it_differs(key, known) for key, known in like.items()))  # in the ids' order
     return ("; did you mean " + ", ".join(f"{shown(known)} for {shown(typed[key])}" for key, known in like.items())
             + "? " + "; ".join(why))
 

@@ -115,6 +115,13 @@ def test_recommend_batch_leaves_out_each_users_cart(client):
     r = client.post("/recommend/batch", json={"user_ids": ["u001", "u002"], "k": 4,
                                               "exclude": {"u001": cart, "u002": ["nope", cart[0]]}})
     assert [res["exclude_not_served"] for res in r.json()["results"]] == [[], ["nope"]]
+    # ids and keys with stray spaces name the same users, as the service matches them
+    r = client.post("/recommend/batch", json={"user_ids": [" u001", "u002"], "k": 4,
+                                              "exclude": {"u001": cart, "u002 ": ["nope", cart[0]]}})
+    assert [res["exclude_not_served"] for res in r.json()["results"]] == [[], ["nope"]]
+    r = client.post("/recommend/batch", json={"user_ids": ["u001", "ghost"], "k": 4, "skip_unknown": True,
+                                              "exclude": {"u001": cart, "ghost ": ["i001"]}})
+    assert r.status_code == 200 and r.json()["unknown"] == ["ghost"], r.text
     for exclude, detail in (
             ({"u003": cart}, "exclude: 'u003' is not among user_ids (a user's items are left out only of that "
                              "user's answer)"),
