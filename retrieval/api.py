@@ -127,7 +127,7 @@ class PopularOut(BaseModel):
     k: int
     items: list[ItemOut] = Field(description="the served items most shoppers bought, most first (score: how many "
                                              "distinct shoppers bought it in the run's data)")
-    exclude_not_served: list[str] = Field(default_factory=list, description=_NOT_SERVED)
+    exclude_not_served: list[str] = Field(description=_NOT_SERVED)
 
 
 class RecommendNewOut(BaseModel):
@@ -137,7 +137,7 @@ class RecommendNewOut(BaseModel):
 
 
 class RecommendOut(RecommendNewOut):
-    exclude_not_served: list[str] = Field(default_factory=list, description=_NOT_SERVED)
+    exclude_not_served: list[str] = Field(description=_NOT_SERVED)
 
 
 class RecommendBatchIn(BaseModel):
@@ -164,7 +164,7 @@ class RecommendBatchOut(BaseModel):
     k: int
     results: list[RecommendOut] = Field(description="one per user id, in the order given (with skip_unknown: "
                                                     "per known one)")
-    unknown: list[str] = Field(default_factory=list, description=_UNKNOWN)
+    unknown: list[str] = Field(description=_UNKNOWN)
 
 
 class SimilarOut(BaseModel):
@@ -174,7 +174,7 @@ class SimilarOut(BaseModel):
 
 
 class SimilarExcludingOut(SimilarOut):
-    exclude_not_served: list[str] = Field(default_factory=list, description=_NOT_SERVED)
+    exclude_not_served: list[str] = Field(description=_NOT_SERVED)
 
 
 class SimilarBatchIn(BaseModel):
@@ -194,7 +194,7 @@ class SimilarBatchOut(BaseModel):
     k: int
     results: list[SimilarOut] = Field(description="one per item id, in the order given (with skip_unknown: "
                                                   "per served one)")
-    unknown: list[str] = Field(default_factory=list, description=_UNKNOWN)
+    unknown: list[str] = Field(description=_UNKNOWN)
 
 
 class SearchIn(BaseModel):
@@ -232,12 +232,12 @@ _TEXT_CUT = ("null when the text model read the whole text; else how many of its
 
 class ColdOut(BaseModel):
     item_ids: list[str] | None
-    left_out: list[str] = Field(default_factory=list, description="those of item_ids removed from the catalogue "
+    left_out: list[str] = Field(description="those of item_ids removed from the catalogue "
                                 "since (a visitor's recently viewed list can hold them): left out of the query, "
                                 "which the others make; all of them removed is a 404")
     text: str | None
     text_cut_at: int | None = Field(None, description=_TEXT_CUT)
-    exclude_not_served: list[str] = Field(default_factory=list, description=_NOT_SERVED)
+    exclude_not_served: list[str] = Field(description=_NOT_SERVED)
     k: int
     items: list[ItemOut]
 
@@ -299,7 +299,7 @@ class FraudBatchOut(BaseModel):
                                                  "at or above the threshold: the verdict on their prediction, as "
                                                  "`shopgraph score --leads` and the demo judge them")
     scores: list[FraudOut] = Field(description="one per user id, in the order given")
-    unknown: list[str] = Field(default_factory=list, description=_UNKNOWN)
+    unknown: list[str] = Field(description=_UNKNOWN)
 
 
 class CatalogueOut(BaseModel):
