@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import difflib
 import errno
 import functools
@@ -34,7 +35,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import quote
@@ -121,6 +122,19 @@ _NOT_SERVED = ("those of the ids given to exclude that are no served item (an un
 # what an unknown user's /recommend 404 adds: the routes for a visitor the model does not know
 _VISITOR = ("for a visitor the model does not know, POST /recommend/cold takes the items they viewed or their "
             "words, and GET /recommend/popular serves a first visit")
+_VISITORS = "visitors with no account: POST /recommend/cold, GET /recommend/popular"
+
+
+@contextlib.contextmanager
+def _pointing_visitors(name: str, hint: str = _VISITOR) -> Iterator[None]:
+    """An unknown user's 404 (``UnknownIdError`` about ``name``) adds where a visitor with no account
+    is served (``hint``)."""
+    try:
+        yield
+    except UnknownIdError as exc:
+        if not str(exc).startswith(f"{name}:"):
+            raise
+        raise UnknownIdError(f"{exc}; {hint}") from None
 
 
 class PopularOut(BaseModel):
@@ -130,13 +144,10 @@ class PopularOut(BaseModel):
     exclude_not_served: list[str] = Field(description=_NOT_SERVED)
 
 
-class RecommendNewOut(BaseModel):
+class RecommendOut(BaseModel):
     user_id: str
     k: int
     items: list[ItemOut]
-
-
-class RecommendOut(RecommendNewOut):
     exclude_not_served: list[str] = Field(description=_NOT_SERVED)
 
 
@@ -1296,7 +1307,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
                                           repeated=("exclude",)))
     only_similar = Depends(strict_query(("item_id", "k", "exclude"), ints=k_range, non_empty=("item_id", "exclude"),
                                         repeated=("exclude",)))
-    only_new = Depends(strict_query(("user_id", "k", "category"), ints=k_range, non_empty=("user_id", "category")))
+    only_new = Depends(strict_query(("user_id", "k", "category", "exclude"), ints=k_range,
+                                    non_empty=("user_id", "category", "exclude"), repeated=("exclude",)))
     only_popular = Depends(strict_query(("k", "category", "exclude"), ints=k_range, non_empty=("category", "exclude"),
                                         repeated=("exclude",)))
     only_user = Depends(strict_query(("user_id",), non_empty=("user_id",)))
@@ -1319,12 +1331,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
                                                    f"say), one parameter each: exclude=i1&exclude=i2; at most "
                                                    f"{MAX_BATCH:,}; an id that is not served is nothing to leave out"),
     ) -> RecommendOut:
-        try:
+        with _pointing_visitors("user_id"):
             rec = service.recommend(user_id, k, exclude_seen=exclude_seen, category=category, exclude=exclude)
-        except UnknownIdError as exc:  # a visitor with no account: where to ask instead
-            if not str(exc).startswith("user_id:"):
-                raise
-            raise UnknownIdError(f"{exc}; {_VISITOR}") from None
         return RecommendOut(user_id=user_id.strip(), k=k, items=_items(rec),  # the id as stored
                             exclude_not_served=service.not_served(exclude))
 
@@ -1341,7 +1349,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         rec = service.popular(k, category=category, exclude=exclude)
         return PopularOut(k=k, items=_items(rec), exclude_not_served=service.not_served(exclude))
 
-    @app.get("/recommend/new", response_model=RecommendNewOut, responses=_ERRORS, tags=["recommend"],
+    @app.get("/recommend/new", response_model=RecommendOut, responses=_ERRORS, tags=["recommend"],
              summary="Top-k of the items added since training, for a user (a \"new for you\" slot)",
              dependencies=[only_new])
     def recommend_new(
@@ -1349,9 +1357,12 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         k: int = k_param,
         category: str | None = Query(None, description="only new items of this category (omit it for every "
                                                        "category; an empty value is refused)"),
-    ) -> RecommendNewOut:
-        rec = service.recommend_new(user_id, k, category=category)
-        return RecommendNewOut(user_id=user_id.strip(), k=k, items=_items(rec))
+        exclude: list[str] = Query([], description=f"item ids to leave out (the cart), one parameter each; at most "
+                                                   f"{MAX_BATCH:,}; an id that is not served is nothing to leave out"),
+    ) -> RecommendOut:
+        with _pointing_visitors("user_id"):
+            rec = service.recommend_new(user_id, k, category=category, exclude=exclude)
+        return RecommendOut(user_id=user_id.strip(), k=k, items=_items(rec), exclude_not_served=service.not_served(exclude))
 
     @app.post("/recommend/batch", response_model=RecommendBatchOut, responses={**_ERRORS, **body_errors},
               tags=["recommend"], summary=f"Top-k items for up to {MAX_BATCH:,} users in one search (JSON)",
@@ -1365,7 +1376,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
             exclude = {u: v for u, v in exclude.items() if not (isinstance(u, str) and u.strip() in gone)}
 
         def answer() -> Response:
-            recs = service.recommend_batch(ids, k, exclude_seen, category, exclude) if ids or not unknown else []
+            with _pointing_visitors("user_ids", _VISITORS):  # short: the message names up to 10 long ids
+                recs = service.recommend_batch(ids, k, exclude_seen, category, exclude) if ids or not unknown else []
             # each user's cart by its id as stored (keys and ids are matched spaces aside, as the service does)
             carts = {str(u).strip(): v for u, v in exclude.items()} if isinstance(exclude, dict) else {}
             return _rendered(RecommendBatchOut(k=k, results=[

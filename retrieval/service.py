@@ -1507,7 +1507,8 @@ class ShopService:
             out.append(self._pack(cand[top], scores[top], self._user_reasons(u, cand[top])))
         return out
 
-    def recommend_new(self, user_id: str, k: int = 10, category: str | None = None) -> Recommendation:
+    def recommend_new(self, user_id: str, k: int = 10, category: str | None = None,
+                      exclude: Sequence[str] = ()) -> Recommendation:
         """Top-k of the items added since training (:meth:`add_item`) for a known user, by the
         model's score (inner product; nobody has events on them yet, so no revisit term).
 
@@ -1520,6 +1521,7 @@ class ShopService:
             user_id: external user id.
             k: 1..1000.
             category: only new items of this category.
+            exclude: item ids to leave out as well (the cart), as :meth:`recommend` takes them.
         """
         self._maybe_sync()
         k = check_k(k)
@@ -1530,6 +1532,7 @@ class ShopService:
             new = new[self._active[new]]
             if cat is not None:
                 new = new[self._item_cat[new] == cat]
+            new = new[~np.isin(new, self._exclusions(exclude, "exclude"))]
             scores = (self.item_emb[new] * self.user_emb[u]).sum(axis=1)  # as _recommend scores, row by row
             top = np.argsort(-scores, kind="stable")[:k]
             reasons = [f"new since the last training run; {r}" for r in self._user_reasons(u, new[top])]

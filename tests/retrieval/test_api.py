@@ -1059,9 +1059,17 @@ def test_a_first_visit_gets_the_popular_items(client):
         r = client.get("/recommend/popular", params=params)
         assert r.status_code == 422 and message in r.json()["detail"], r.text
     r = client.get("/recommend", params={"user_id": "visitor-7"})
+    visitor = ("for a visitor the model does not know, POST /recommend/cold takes the items they viewed or their "
+               "words, and GET /recommend/popular serves a first visit")
+    assert r.status_code == 404 and r.json()["detail"] == f"user_id: unknown user 'visitor-7'; {visitor}"
+    r = client.get("/recommend/new", params={"user_id": "visitor-7"})
+    assert r.status_code == 404 and r.json()["detail"] == f"user_id: unknown user 'visitor-7'; {visitor}"
+    r = client.post("/recommend/batch", json={"user_ids": ["u001", "visitor-7"]})
     assert r.status_code == 404 and r.json()["detail"] == (
-        "user_id: unknown user 'visitor-7'; for a visitor the model does not know, POST /recommend/cold takes the "
-        "items they viewed or their words, and GET /recommend/popular serves a first visit")
+        "user_ids: unknown user 'visitor-7' (1 of the 2 ids given); visitors with no account: POST /recommend/cold, "
+        "GET /recommend/popular")
+    r = client.get("/recommend/new", params=[("user_id", "u001"), ("exclude", "nope")])  # a cart, as elsewhere
+    assert r.status_code == 200 and r.json()["exclude_not_served"] == ["nope"]
 
 
 def test_a_visitors_list_can_be_filtered_by_category_and_cart(client):
@@ -1559,7 +1567,8 @@ def test_batch_routes_take_json_only_and_no_query(client, url, ids):
 
 def test_recommend_new_ranks_only_the_items_added_since_training(client, writable):
     r = client.get("/recommend/new", params={"user_id": "u001"})
-    assert r.status_code == 200 and r.json() == {"user_id": "u001", "k": 10, "items": []}  # nothing added
+    assert r.status_code == 200 and r.json() == {"user_id": "u001", "k": 10, "items": [],  # nothing added
+                                                 "exclude_not_served": []}
     for item_id, title in (("fresh1", "trail running shoes"), ("fresh2", "a cookbook of soups")):
         assert writable.post("/items", json={"item_id": item_id, "title": title, "category": "books"}).status_code == 201
     r = writable.get("/recommend/new", params={"user_id": "u003", "k": 1000})
@@ -1574,7 +1583,7 @@ def test_recommend_new_ranks_only_the_items_added_since_training(client, writabl
                                      ({"user_id": "u003", "k": "0"}, 422, _K + " (got '0')"),
                                      ({"user_id": "u003", "category": ""}, 422, "category: expected a non-empty value"),
                                      ({"user_id": "u003", "exclude_seen": "true"}, 422,
-                                      "exclude_seen: unknown parameter (expected user_id, k, category)")):
+                                      "exclude_seen: unknown parameter (expected user_id, k, category, exclude)")):
         r = writable.get("/recommend/new", params=params)
         assert r.status_code == status and message in r.json()["detail"], r.text
 
