@@ -80,13 +80,15 @@ SCHEMA_VERSION = "1.0"
 # ``flagged``, ``known_fraud`` and ``known_fraud_trained_on``, members in order of prediction; 8 each
 # member's ``predicted_flagged`` (CSV: ``member_predicted_flagged``), the verdict the ring's ``flagged``
 # counts (its held-out score's for a trained-on member: its ``flagged`` judges a score fitted to its
-# label), and the reasons about an account's own purchase timing worded "over all activity".
+# label; in the CSV ``member_served_flagged``, was ``member_flagged``), the reasons about an account's
+# own purchase timing worded "over all activity" and those about its own behaviour "in the training
+# period", and ``fraud.json`` (the threshold) among the files its ``source`` records.
 # An export of another version is never handed out as a ring's case files (:func:`exported_ring`); the
 # demo writes them afresh.
 CASE_VERSION = 8
 RINGS_FILE = "rings/rings.json"
 # the model files whose checksums a case export records, when the run has them
-EXPORT_MODEL_FILES = ("model/config.json", "model/model.safetensors", "fraud_trees.ubj")
+EXPORT_MODEL_FILES = ("model/config.json", "model/model.safetensors", "fraud_trees.ubj", "fraud.json")
 DAY = 86_400.0
 # Weights of the score terms (see the module docstring); renormalised over the available terms.
 WEIGHTS: dict[str, float] = {
@@ -940,7 +942,7 @@ def export_cases(
             csv.insert(csv.columns.get_loc("member_label") + 1, "member_held_out_probability",
                        csv["user_id"].map(held).astype(float))  # empty for the members not trained on
             # each verdict after its score; empty where there is none (no scorer, not trained on)
-            for column, key, after in (("member_flagged", "flagged", "member_score"),
+            for column, key, after in (("member_served_flagged", "flagged", "member_score"),
                                        ("member_held_out_flagged", "held_out_flagged", "member_held_out_probability"),
                                        ("member_predicted_flagged", "predicted_flagged", "member_held_out_flagged")):
                 verdicts = {m["user_id"]: m[key] for m in doc["members"]}

@@ -53,21 +53,21 @@ _FEATURES: dict[str, tuple[str, Unit]] = {
     "log_n_cart": ("number of cart adds in the training period", "standardised"),
     "log_n_purchase": ("number of purchases in the training period", "standardised"),
     "log_n_view": ("number of views in the training period", "standardised"),
-    "log_amount_mean": ("average purchase amount", "standardised"),
-    "log_amount_max": ("largest purchase amount", "standardised"),
-    "log_amount_sum": ("total purchase amount", "standardised"),
-    "night_share": ("share of events at night", "standardised"),
-    "log_purchases_last_24h": ("purchases in the last 24 hours of activity", "standardised"),
-    "high_risk_purchase_share": ("share of purchases in high-risk categories", "standardised"),
-    "log_n_devices": ("number of devices", "standardised"),
-    "log_max_accounts_per_device": ("most accounts on one device", "standardised"),
+    "log_amount_mean": ("average purchase amount in the training period", "standardised"),
+    "log_amount_max": ("largest purchase amount in the training period", "standardised"),
+    "log_amount_sum": ("total purchase amount in the training period", "standardised"),
+    "night_share": ("share of events at night in the training period", "standardised"),
+    "log_purchases_last_24h": ("purchases in the last 24 hours of activity in the training period", "standardised"),
+    "high_risk_purchase_share": ("share of purchases in high-risk categories in the training period", "standardised"),
+    "log_n_devices": ("number of devices in the training period", "standardised"),
+    "log_max_accounts_per_device": ("most accounts on one device in the training period", "standardised"),
     "log_n_users": ("number of shoppers", "standardised"),
     "log_price": ("price", "standardised"),
     "has_price": ("has a price", "flag"),
     "has_text": ("has a title or description", "flag"),
     "has_image": ("has a picture", "flag"),
-    "log_n_accounts": ("number of accounts using it", "standardised"),
-    "log_n_accounts_created": ("number of accounts created on it", "standardised"),
+    "log_n_accounts": ("number of accounts using it in the training period", "standardised"),
+    "log_n_accounts_created": ("number of accounts created on it in the training period", "standardised"),
 }
 # (user, rel, other) edges: what the account did with the other node
 _DID: dict[str, str] = {"view": "viewed", "cart": "put in the cart", "purchase": "bought", "uses": "used"}
@@ -287,17 +287,17 @@ def describe_user_feature(name: str, raw: float | None, value: float, as_of: str
             return f"events in the training period: {_count(plain)}"
         if name.startswith("log_amount_"):
             which = {"mean": "average", "max": "largest", "sum": "total"}.get(name[len("log_amount_"):])
-            return f"{which} purchase amount: {plain:,.2f}" if which else None
+            return f"{which} purchase amount in the training period: {plain:,.2f}" if which else None
         if name == "night_share":
-            return f"share of events at night (00:00-06:00 UTC): {plain:.0%}"
+            return f"share of events at night (00:00-06:00 UTC) in the training period: {plain:.0%}"
         if name == "log_purchases_last_24h":
-            return f"purchases in the 24 h before the account's last event: {_count(plain)}"
+            return f"purchases in the 24 h before the account's last event in the training period: {_count(plain)}"
         if name == "high_risk_purchase_share":
-            return f"share of purchases in high-risk categories: {plain:.0%}"
+            return f"share of purchases in high-risk categories in the training period: {plain:.0%}"
         if name == "log_n_devices":
-            return f"devices used: {_count(plain)}"
+            return f"devices used in the training period: {_count(plain)}"
         if name == "log_max_accounts_per_device":
-            return f"most accounts on one of its devices: {_count(plain)}"
+            return f"most accounts on one of its devices in the training period: {_count(plain)}"
         if name.startswith("log_n_"):
             return f"{name[len('log_n_'):]} events in the training period: {_count(plain)}"
         if name.startswith("user_"):

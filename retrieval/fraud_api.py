@@ -31,7 +31,7 @@ from shopgraph.graph.messages import known_ids
 from shopgraph.graph.rings import SCHEMA_VERSION, Ring, count_flagged, find_ring, known_fraud, predicted
 from shopgraph.graph.wording import ValueWords
 from shopgraph.retrieval.params import ErrorOut, strict_query
-from shopgraph.retrieval.service import shown
+from shopgraph.retrieval.service import FITTED, PREDICTION, shown
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +158,11 @@ class DeviceAccountOut(BaseModel):
     held_out_probability: float | None = Field(description="for an account the scorer was trained on, its score "
                                                            "with its label held out")
     held_out_flagged: bool | None = Field(description="that score at or above the threshold")
+    probability_is: str = Field(description="what probability is: 'prediction', or 'fitted to its label' for an "
+                                            "account the scorer was trained on, as /fraud/score says")
+    predicted_flagged: bool | None = Field(
+        description="the verdict on its prediction: held_out_flagged for an account the scorer was trained on (with "
+                    "a held-out score), flagged otherwise; as a ring's members' predicted_flagged")
 
 
 class DeviceOut(BaseModel):
@@ -432,7 +437,9 @@ def fraud_router(
                 last_seen_time=_utc(last), events=int(row.events),
                 purchases=int(row.purchases), label=None if row.label is None else bool(row.label),
                 label_in_training=bool(row.label_in_training), probability=p, flagged=at_or_above(p),
-                held_out_probability=held, held_out_flagged=at_or_above(held)))
+                held_out_probability=held, held_out_flagged=at_or_above(held),
+                probability_is=FITTED if row.label_in_training else PREDICTION,
+                predicted_flagged=at_or_above(held if row.label_in_training and held is not None else p)))
         return DeviceOut(device_id=device_id.strip(), count=len(accounts), accounts=accounts)
 
     @router.get("/explain", response_model=ExplanationOut, summary="Why a user scores as they do",

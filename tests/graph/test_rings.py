@@ -316,7 +316,7 @@ EVENT_KEYS = {"timestamp": (int, type(None)), "time": str, "user_id": str, "even
               "title": str, "category": str, "amount": OPT_NUM, "device_id": str, "shared_device": bool}
 EXPLANATION_KEYS = {"user_id": str, "score": OPT_NUM, "method": str, "features": list, "neighbours": list,
                     "base_value": OPT_NUM, "unlisted_attribution": OPT_NUM, "neighbours_total": (int, type(None))}
-CSV_COLUMNS = ["ring_id", "timestamp", "time", "user_id", "member_score", "member_flagged", "member_label",
+CSV_COLUMNS = ["ring_id", "timestamp", "time", "user_id", "member_score", "member_served_flagged", "member_label",
                "member_held_out_probability", "member_held_out_flagged", "member_predicted_flagged", "event_type",
                "item_id", "title", "category", "amount", "device_id", "shared_device"]
 
@@ -405,7 +405,7 @@ def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
         assert csv["member_label"].fillna("").tolist() == [words[u] for u in csv["user_id"]]
         assert (csv["member_label"].fillna("") != "").any()
         flagged = {m["user_id"]: m["flagged"] for m in case["members"]}
-        assert csv["member_flagged"].tolist() == [flagged[u] for u in csv["user_id"]]
+        assert csv["member_served_flagged"].tolist() == [flagged[u] for u in csv["user_id"]]
         assert csv["member_held_out_flagged"].isna().all()
     # a second export replaces the first one
     rings_run(run_dir, top=1, export=out, detector=RingDetector(hub_threshold=10), overwrite=True)

@@ -342,6 +342,10 @@ def test_a_device_lists_every_account_on_it(client: TestClient, cases: FraudCase
         assert a["purchases"] == int((mine["event_type"] == "purchase").sum())
         assert (a["label"], a["label_in_training"]) == cases.labels([a["user_id"]])[a["user_id"]]
         assert a["flagged"] == (a["probability"] >= cases.threshold)
+        # the verdict on its prediction, as a ring's members have it
+        trained = a["label_in_training"] and a["held_out_probability"] is not None
+        assert a["probability_is"] == ("fitted to its label" if a["label_in_training"] else "prediction")
+        assert a["predicted_flagged"] == (a["held_out_flagged"] if trained else a["flagged"])
     assert client.get(f"/fraud/device/%20{device}%20").json()["count"] == body["count"]  # spaces aside
     r = client.get("/fraud/device/nope")
     assert r.status_code == 404 and r.json()["detail"] == "device_id: unknown device 'nope'"

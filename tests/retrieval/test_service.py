@@ -984,7 +984,7 @@ def test_gnn_head_reasons_only_for_what_the_model_reproduces(service, monkeypatc
     ("user_country=DE", 0.0, 0.0, None),  # an account not from DE: nothing to say
     ("user_signup_channel=ads", 1.0, 1.0, "signup channel: ads"),
     ("has_account_age", 0.0, 0.0, "no account creation date"),
-    ("night_share", 0.25, 2.1, "share of events at night (00:00-06:00 UTC): 25%"),
+    ("night_share", 0.25, 2.1, "share of events at night (00:00-06:00 UTC) in the training period: 25%"),
     ("night_share", None, 2.1, None),  # no raw value: the standardised one is never shown
     ("accounts sharing a device (or other identifier), labelled fraud in the training data (log count)", None, float(np.log1p(4)),
      "accounts sharing a device (or other identifier), labelled fraud in the training data: 4"),

@@ -507,7 +507,7 @@ def test_a_trained_on_accounts_table_explains_the_prediction_the_verdict_leads_w
     rows = view.reasons.set_index("reason")
     total = rows.loc["= the account's score: where it starts plus every contribution above"]
     assert total["value"] == "0.003" and float(total["contribution"]) == pytest.approx(math.log(0.003 / 0.997), abs=1e-3)
-    assert "share of events at night" in rows.index and view.method.startswith(
+    assert "share of events at night in the training period" in rows.index and view.method.startswith(
         "the table explains the prediction with this account's own label held out, the score of the verdict")
     shared = [r for r in view.reasons["reason"] if r.startswith(("shares ", "uses "))]
     assert shared and "What drives that prediction" not in view.status and view.verdict.startswith("**Not flagged**: 0.003")
@@ -1062,7 +1062,7 @@ def test_tree_reasons_add_up_to_the_score_from_where_every_account_starts(ui_cas
     table = _explanation_table(ex)
     assert table["reason"].tolist() == [
         "where every account starts: the typical account's score, before any fact about it",
-        "share of quick purchases", "share of events at night", "every other fact about this account, together",
+        "share of quick purchases", "share of events at night in the training period", "every other fact about this account, together",
         "= the account's score: where it starts plus every contribution above"]
     assert table["value"].iloc[0] == "0.007" and table["contribution"].iloc[0] == -5.0  # 1 / (1 + e^5), its log-odds
     assert table["contribution"].iloc[-2] == pytest.approx(math.log(0.123 / 0.877) + 5.0 - 3.0, abs=1e-3)
