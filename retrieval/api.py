@@ -1300,6 +1300,11 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     app.state.service = service
     _install_error_handlers(app)
     k_param = Query(10, ge=1, le=K_MAX, description=f"number of results, 1..{K_MAX}")
+    category_param = Query(None, description="only items of this category (omit it for every category; an empty "
+                                             "value is refused)")
+    exclude_param = Query([], description=f"item ids to leave out as well (what is in the cart, say), one parameter "
+                                          f"each: exclude=i1&exclude=i2; at most {MAX_BATCH:,}; an id that is not "
+                                          "served is nothing to leave out (named in exclude_not_served)")
 
     k_range = {"k": (1, K_MAX)}
     only_recommend = Depends(strict_query(("user_id", "k", "exclude_seen", "category", "exclude"), ints=k_range,
@@ -1325,11 +1330,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         user_id: str = Query(..., description="external user id"),
         k: int = k_param,
         exclude_seen: bool = Query(True, description="drop items the user already purchased: true or false"),
-        category: str | None = Query(None, description="only items of this category (omit it for every "
-                                                       "category; an empty value is refused)"),
-        exclude: list[str] = Query([], description=f"item ids to leave out as well (what is in the cart, "
-                                                   f"say), one parameter each: exclude=i1&exclude=i2; at most "
-                                                   f"{MAX_BATCH:,}; an id that is not served is nothing to leave out"),
+        category: str | None = category_param,
+        exclude: list[str] = exclude_param,
     ) -> RecommendOut:
         with _pointing_visitors("user_id"):
             rec = service.recommend(user_id, k, exclude_seen=exclude_seen, category=category, exclude=exclude)
@@ -1341,10 +1343,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
              dependencies=[only_popular])
     def recommend_popular(
         k: int = k_param,
-        category: str | None = Query(None, description="only items of this category (omit it for every "
-                                                       "category; an empty value is refused)"),
-        exclude: list[str] = Query([], description=f"item ids to leave out (the cart), one parameter each; at most "
-                                                   f"{MAX_BATCH:,}; an id that is not served is nothing to leave out"),
+        category: str | None = category_param,
+        exclude: list[str] = exclude_param,
     ) -> PopularOut:
         rec = service.popular(k, category=category, exclude=exclude)
         return PopularOut(k=k, items=_items(rec), exclude_not_served=service.not_served(exclude))
@@ -1355,10 +1355,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     def recommend_new(
         user_id: str = Query(..., description="external user id"),
         k: int = k_param,
-        category: str | None = Query(None, description="only new items of this category (omit it for every "
-                                                       "category; an empty value is refused)"),
-        exclude: list[str] = Query([], description=f"item ids to leave out (the cart), one parameter each; at most "
-                                                   f"{MAX_BATCH:,}; an id that is not served is nothing to leave out"),
+        category: str | None = category_param,
+        exclude: list[str] = exclude_param,
     ) -> RecommendOut:
         with _pointing_visitors("user_id"):
             rec = service.recommend_new(user_id, k, category=category, exclude=exclude)
@@ -1389,10 +1387,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     @app.get("/similar", response_model=SimilarExcludingOut, responses=_ERRORS, tags=["recommend"],
              summary="Items similar to an item", dependencies=[only_similar])
     def similar(item_id: str = Query(..., description="external item id"), k: int = k_param,
-                exclude: list[str] = Query([], description=f"item ids to leave out as well (what is in the cart, "
-                                                           f"say), one parameter each: exclude=i1&exclude=i2; at "
-                                                           f"most {MAX_BATCH:,}; an id that is not served is "
-                                                           "nothing to leave out")) -> SimilarExcludingOut:
+                exclude: list[str] = exclude_param) -> SimilarExcludingOut:
         rec = service.similar_items(item_id, k, exclude)
         return SimilarExcludingOut(item_id=item_id.strip(), k=k, items=_items(rec),
                                    exclude_not_served=service.not_served(exclude))
