@@ -16,7 +16,7 @@ terms that are available (a missing term is dropped and the weights renormalised
 
     gnn       = mean of the members' predicted fraud probabilities                (weight 0.50)
     young     = 1 - ECDF_users(median member account age at first activity)       (weight 0.10)
-    velocity  = ECDF_users(median member purchases per active day)                (weight 0.10)
+    velocity  = ECDF_users(median member purchases a day, first event to last buy) (weight 0.10)
     high_risk = ECDF_users(median member high-risk share of purchase amount)      (weight 0.10)
     size      = 1 - exp(-(n - 2) / 4)          n = members                         (weight 0.10)
     density   = 1 - exp(-(n / s - 1) / 3)      s = shared identifiers              (weight 0.10)
@@ -152,7 +152,7 @@ class UserBehaviour(NamedTuple):
     """Per-user behaviour statistics, arrays aligned with ``data["user"].ids`` (NaN = unknown)."""
 
     age_days: np.ndarray  # [U] account age at the user's first event, days
-    velocity: np.ndarray  # [U] target events per active day (span floored at one day)
+    velocity: np.ndarray  # [U] target events a day from the first event to the last one (at least a day)
     high_risk: np.ndarray  # [U] share of purchase amount in HIGH_RISK_CATEGORIES
     n_purchases: np.ndarray  # [U] target events
     amount: np.ndarray  # [U] total purchase amount
@@ -212,7 +212,11 @@ def user_behaviour(tables: ShopTables, user_ids: Sequence[str], target: str = "p
         amount[u] = agg["a"].to_numpy()
         high_risk[u] = np.where(agg["w"] > 0, agg["r"] / agg["w"].where(agg["w"] > 0, 1.0), 0.0)
         if has_time:
-            span = np.maximum((agg["t1"] - agg["t0"]).to_numpy() / DAY, 1.0)
+            # from the account's first event of any kind (a view, a sign-up's first look) to its last
+            # purchase: a single purchase weeks after the first visit is slow, not "one a day"
+            start = pd.Series(events["timestamp"].to_numpy(dtype=np.float64)[known]).groupby(urow[known]).min()
+            t0 = np.minimum(start.reindex(u).to_numpy(), agg["t0"].to_numpy())
+            span = np.maximum((agg["t1"].to_numpy() - t0) / DAY, 1.0)
             velocity[:] = 0.0
             velocity[u] = agg["k"].to_numpy() / span
     elif has_time:
@@ -1166,8 +1170,9 @@ def cli_rings(args: argparse.Namespace) -> int:
           "members whose prediction is at or above the validation threshold"
           f"{f' {threshold:.3f}' if threshold is not None else ''}; known: members the shop's data labels "
           "fraud, of all members; trained: how many of those labels the scorer was trained on; age_d: their median "
-          "days from sign-up to first activity; vel/d: their median purchases a day; risk: their median share of "
-          "purchase amount in high-risk categories; members: the likeliest fraud first (by prediction)")
+          "days from sign-up to first activity; vel/d: their median purchases a day from first visit to last "
+          "purchase; risk: their median share of purchase amount in high-risk categories; members: the likeliest "
+          "fraud first (by prediction)")
     if not args.ring and args.top > total:
         print(f"(--top {args.top:,}: this run has {plural(total, 'ring')}, all listed)")
     if args.export is not None:

@@ -51,8 +51,8 @@ class RingEvidence(BaseModel):
         None, description="the members' median days from sign-up to their first event (not the fraud reasons' "
                           "account age, which is measured at the end of the training period)")
     purchase_velocity: float | None = Field(None, description="the members' median purchases a day, from their first "
-                                                              "purchase to their last (at least one day: a single "
-                                                              "purchase counts 1)")
+                                                              "event of any kind to their last purchase (at least one "
+                                                              "day)")
     high_risk_share: float | None = Field(
         None, description="the members' median share of purchase amount (not of purchases) in high-risk categories "
                           "(electronics, gift cards)")

@@ -1116,7 +1116,7 @@ def label_sentence(label: bool | None, in_training: bool, scored: bool = True, *
 
 # -- Rings ------------------------------------------------------------------------------------------
 RING_COLUMNS = ["ring", "score", "members", "flagged", "known fraud", "fraud labels trained on", "shared devices",
-                "mean fraud probability", "days from sign-up to first activity", "purchases a day, first to last buy",
+                "mean fraud probability", "days from sign-up to first activity", "purchases a day since first visit",
                 "high-risk share"]
 RING_TOP = 50  # rings listed in the table (the dropdown takes any ring id)
 # room for each header on one or two lines (the short numbers' headers were broken mid-word)
@@ -1136,9 +1136,9 @@ RING_LEGEND = (
     "members' average fraud probability, as the flagged column and the members table give them; **days from "
     "sign-up to first activity**: the typical member's (fraudsters' accounts tend to start buying soon after they "
     "are made); "
-    "**purchases a day, first to last buy**: the typical member's purchases divided by the days from their first "
-    "purchase to their last (at least one day, so an account with a single purchase counts 1: small households "
-    "of occasional buyers can read as high as bursts of fraud); **high-risk share**: typical member's share of "
+    "**purchases a day since first visit**: the typical member's purchases divided by the days from their first "
+    "visit to their last purchase (at least one day: accounts that buy a lot right after they appear stand out); "
+    "**high-risk share**: typical member's share of "
     "spending on easily resold goods (electronics, gift cards).")
 RING_DEVICES_LISTED = 3  # shared device ids written in a table cell
 RING_SHOWN_DEVICES = 20  # ... and in a ring's status line

@@ -888,3 +888,25 @@ def test_listing_rings_again_reads_the_stored_rings_and_writes_nothing(
     assert main(["rings", "--run", str(run_dir), "--top", "3"]) == 0
     assert capsys.readouterr().out.splitlines()[1:4] != first.splitlines()[1:4]
     assert RunDir(run_dir).fresh(RINGS_FILE)
+
+
+def test_purchase_velocity_counts_from_the_first_visit_to_the_last_purchase() -> None:
+    """A single purchase ten days after an account's first view is slow (0.1 a day), not one a day as
+    when the span ran from the first purchase to the last (households of occasional buyers read as
+    fast as a burst of fraud); five purchases within an hour of a first view are 5 a day (the span
+    is at least a day); no purchase is 0."""
+    from shopgraph.graph.rings import user_behaviour
+
+    tables = ring_tables()
+    users = ["slow", "burst", "none"]
+    events = pd.DataFrame([
+        {"user_id": "slow", "item_id": "i000", "event_type": "view", "timestamp": T0, "device_id": "dS"},
+        {"user_id": "slow", "item_id": "i000", "event_type": "purchase", "timestamp": T0 + 10 * DAY, "device_id": "dS"},
+        *({"user_id": "burst", "item_id": f"i00{k}", "event_type": "view" if k == 0 else "purchase",
+           "timestamp": T0 + 600 * k, "device_id": "dB"} for k in range(6)),
+        {"user_id": "none", "item_id": "i001", "event_type": "view", "timestamp": T0, "device_id": "dN"},
+    ])
+    shop = dataclasses.replace(tables, events=events.assign(amount=10.0))
+    behaviour = user_behaviour(shop, users)
+    assert behaviour.velocity.tolist() == pytest.approx([0.1, 5.0, 0.0])
+    assert behaviour.n_purchases.tolist() == [1, 5, 0]
