@@ -82,7 +82,8 @@ SCHEMA_VERSION = "1.0"
 # counts (its held-out score's for a trained-on member: its ``flagged`` judges a score fitted to its
 # label; in the CSV ``member_served_flagged``, was ``member_flagged``), the reasons about an account's
 # own purchase timing worded "over all activity" and those about its own behaviour "in the training
-# period", and ``fraud.json`` (the threshold) among the files its ``source`` records.
+# period", ``fraud.json`` (the threshold) among the files its ``source`` records, and
+# ``purchase_velocity`` counted from a member's first event (was: its first purchase).
 # An export of another version is never handed out as a ring's case files (:func:`exported_ring`); the
 # demo writes them afresh.
 CASE_VERSION = 8
