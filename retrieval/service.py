@@ -2340,7 +2340,6 @@ class ShopService:
     def _add(self, new: list[_NewItem], *, batch: bool) -> list[int]:
         """Encode, embed and insert checked new items (one journal line: an ``add``, or with
         ``batch`` an ``add_batch``)."""
-
         self._maybe_sync()
         if any(n.item_id in self._item_pos for n in new):
             # another process may have removed it since this one last looked (within the last
