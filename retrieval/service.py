@@ -1168,13 +1168,6 @@ class ShopService:
         with self._lock.read():
             return list(dict.fromkeys(i for i in item_ids if not (isinstance(i, str) and i.strip() in self._item_pos)))
 
-    def removed_items(self, item_ids: Sequence[Any]) -> list[str]:
-        """Those of ``item_ids`` (as given, each once) that are items removed from the catalogue since
-        (trained ones, or ones added at run time): a visitor's list of recently viewed items can hold
-        them, as a cart can (:meth:`recommend_for_items` with ``leave_out_removed``)."""
-        with self._lock.read():
-            return list(dict.fromkeys(i for i in item_ids if self._was_removed(i)))
-
     def _many(self, ids: Any, name: str, positions: dict[str, int], kind: str, k: int | None = None) -> list[int]:
         """The positions of a list of 1 to :data:`MAX_BATCH` ids; the unknown ones are all named
         (``UnknownIdError``), so a caller with several new accounts learns of them in one answer.

@@ -2134,4 +2134,8 @@ def test_an_added_item_removed_is_known_as_removed_after_a_compaction_and_keeps_
     with open(journal.path, "rb") as f:
         assert json.loads(f.readline())[REMOVED_IDS] == ["new-a", "new-d"]
     fresh = load_service(own_run, catalogue_follow=False)
-    assert fresh.has_item("new-c") and fresh.removed_items(["new-a", "new-c", "new-d", "nope"]) == ["new-a", "new-d"]
+    assert fresh.has_item("new-c")
+    assert fresh.recommend_for_items(["new-a", "new-c", "new-d"], k=3, leave_out_removed=True).left_out == [
+        "new-a", "new-d"]
+    with pytest.raises(UnknownIdError, match="unknown item 'nope'"):  # never an item: not one of them
+        fresh.recommend_for_items(["new-a", "new-c", "nope"], k=3, leave_out_removed=True)
