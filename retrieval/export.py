@@ -47,7 +47,6 @@ logger = logging.getLogger(__name__)
 
 FORMATS = (".csv", ".parquet")  # the tables --users reads
 OUT_FORMATS = (*FORMATS, ".json")  # ... and the exports --out writes (JSON: an array of row objects)
-# a score that is a prediction, or the served score of an account whose label the scorer was fitted on
 REASON_SEP = " | "  # between an account's reasons in one cell
 
 

@@ -31,7 +31,7 @@ from shopgraph.graph.messages import known_ids
 from shopgraph.graph.rings import SCHEMA_VERSION, Ring, count_flagged, find_ring, known_fraud, predicted
 from shopgraph.graph.wording import ValueWords
 from shopgraph.retrieval.params import ErrorOut, strict_query
-from shopgraph.retrieval.service import FITTED, PREDICTION, shown
+from shopgraph.retrieval.service import as_prediction, shown, what_probability_is
 
 logger = logging.getLogger(__name__)
 
@@ -440,8 +440,8 @@ def fraud_router(
                 purchases=int(row.purchases), label=None if row.label is None else bool(row.label),
                 label_in_training=bool(row.label_in_training), probability=p, flagged=at_or_above(p),
                 held_out_probability=held, held_out_flagged=at_or_above(held),
-                probability_is=FITTED if row.label_in_training else PREDICTION,
-                predicted_flagged=at_or_above(held if row.label_in_training and held is not None else p)))
+                probability_is=what_probability_is(bool(row.label_in_training)),
+                predicted_flagged=at_or_above(as_prediction(p, held, bool(row.label_in_training)))))
         return DeviceOut(device_id=device_id.strip(), count=len(accounts), accounts=accounts)
 
     @router.get("/explain", response_model=ExplanationOut, summary="Why a user scores as they do",

@@ -145,6 +145,19 @@ class Recommendation(NamedTuple):
 PREDICTION, FITTED = "prediction", "fitted to its label"
 
 
+def what_probability_is(in_training: bool) -> str:
+    """What an account's served fraud probability is: :data:`FITTED` when the scorer was trained on its
+    label, else :data:`PREDICTION` (``FraudScore.probability_is``, ``/fraud/device``)."""
+    return FITTED if in_training else PREDICTION
+
+
+def as_prediction(probability: Any, held_out: float | None, in_training: bool) -> Any:
+    """An account's fraud probability as a prediction: for one the scorer was trained on, its held-out
+    score when there is one (the served ``probability`` is fitted to its label), else ``probability``
+    (``FraudScore.prediction``, ``/fraud/device``'s ``predicted_flagged``)."""
+    return held_out if in_training and held_out is not None else probability
+
+
 class FraudScore(NamedTuple):
     """Fraud score of one user.
 
@@ -192,14 +205,13 @@ class FraudScore(NamedTuple):
     def prediction(self) -> float:
         """The account's probability as a prediction: for an account the scorer was trained on, its
         held-out score when there is one (its ``probability`` is fitted to its label), else ``probability``."""
-        held = self.held_out_probability
-        return held if self.label_in_training and held is not None else self.probability
+        return float(as_prediction(self.probability, self.held_out_probability, self.label_in_training))
 
     @property
     def probability_is(self) -> str:
         """What ``probability`` is: :data:`PREDICTION`, or :data:`FITTED` for an account the scorer was
         trained on (its ``held_out_probability``, where there is one, is the prediction)."""
-        return FITTED if self.label_in_training else PREDICTION
+        return what_probability_is(self.label_in_training)
 
     @property
     def held_out_flagged(self) -> bool | None:
