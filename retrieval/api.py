@@ -1001,6 +1001,14 @@ class _Cold(NamedTuple):
     exclude: list[Any]
 
 
+def _category_field(body: dict[str, Any]) -> str | None:
+    """A JSON body's ``category``: a name that is not blank, or ``None`` (null or left out: every category)."""
+    category = body.get("category")
+    if category is not None and not (isinstance(category, str) and category.strip()):
+        raise ValueError(f"category: expected a category name, or null for every category (got {shown(category)})")
+    return category
+
+
 def _cold_json(body: dict[str, Any]) -> _Cold:
     """A cold-start body: exactly one of ``item_ids`` and ``text``; ``n_seeds`` only with ``text``;
     ``category`` and ``exclude`` as ``GET /recommend`` takes them (the service checks their values);
@@ -1009,9 +1017,7 @@ def _cold_json(body: dict[str, Any]) -> _Cold:
     if ("item_ids" in body) == ("text" in body):
         raise ValueError(f"item_ids, text: expected one of them (got {'both' if 'text' in body else 'neither'})")
     k = check_k(body.get("k", 10))
-    category = body.get("category")
-    if category is not None and not (isinstance(category, str) and category.strip()):
-        raise ValueError(f"category: expected a category name, or null for every category (got {shown(category)})")
+    category = _category_field(body)
     exclude = body.get("exclude", [])
     if not isinstance(exclude, list):
         raise ValueError(f"exclude: expected a list of item ids (got {type(exclude).__name__} {shown(exclude)})")
@@ -1058,9 +1064,7 @@ def _recommend_batch_json(body: dict[str, Any]) -> tuple[list[Any], int, bool, s
     (the service checks ``exclude``: a JSON object arrives as the mapping it expects)."""
     check_fields(_given(body), ("user_ids", "k", "exclude_seen", "category", "exclude", "skip_unknown"), "field")
     ids = _id_list(body, "user_ids", _RECOMMEND_BATCH_EXAMPLE)
-    category = body.get("category")
-    if category is not None and not (isinstance(category, str) and category.strip()):
-        raise ValueError(f"category: expected a category name, or null for every category (got {shown(category)})")
+    category = _category_field(body)
     return (ids, check_k(body.get("k", 10)), check_bool(body.get("exclude_seen", True), "exclude_seen"), category,
             body.get("exclude"))
 
