@@ -39,7 +39,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -116,14 +116,15 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _net(entries: list[dict[str, Any]], trained_ids: set[str], trained_categories: set[str] | frozenset[str] = frozenset(),
-         ) -> tuple[list[int], dict[str, int], int, int, int, set[str]]:
+         forgotten_before: Sequence[str] = ()) -> tuple[list[int], dict[str, int], int, int, int, set[str]]:
     """Which of ``entries`` (in order) still change what a service over tables holding
     ``trained_ids`` (of ``trained_categories``) serves, replaying them as
     :class:`~shopgraph.retrieval.service.ShopService` does: ``(indices kept, lines dropped by
     reason, ids added, trained ids removed, trained ids restored, ids forgotten)`` (a trained id
     removed and added again is restored: neither added nor removed; ids forgotten: added at run
-    time and removed since, not served at the end, whose lines all go: a compaction's first line
-    names them, :data:`REMOVED_OP`). A category stays known to a service once
+    time and removed since, not served at the end, whose lines all go, and those an earlier
+    compaction forgot (``forgotten_before``) unless served again or trained now: a compaction's
+    first line names them, :data:`REMOVED_IDS`). A category stays known to a service once
     an item of it was added (a filter on it is an empty list, not "unknown category"): of the adds
     removed again, the last one of each category that neither the trained items nor a kept add
     has is kept with its removal, so that services started later know the category too."""
@@ -157,7 +158,8 @@ def _net(entries: list[dict[str, Any]], trained_ids: set[str], trained_categorie
             dropped["cancelled"] -= 2
     keep.sort()
     kept = set(keep)
-    forgotten = {str(entries[a]["item_id"]) for a, _ in cancelled if a not in kept} - trained_ids
+    dropped_ids = {str(entries[a]["item_id"]) for a, _ in cancelled if a not in kept}
+    forgotten = (dropped_ids | set(forgotten_before)) - trained_ids
     forgotten -= {item_id for item_id, (served, _, _) in state.items() if served}
     # a trained item removed and added again is restored (ShopService._restore): neither added nor
     # removed, as the service counts it; both lines are kept (the add carries what was sent)
@@ -520,13 +522,9 @@ class CatalogueJournal:
                 generation = self._header(f, str(self.path))[0]
                 before = self._header_entry(f, str(self.path))[0]
                 found, _, _, incomplete = self._scan(f, 0, 0, str(self.path))
-            entries = [entry for _, entry, _ in found]
-            keep, dropped, net_added, net_removed, net_restored, forgotten = _net(entries, trained_ids,
-                                                                                  trained_categories)
-            # the ids an earlier compaction forgot stay forgotten, unless served again (or trained now)
-            kept = set(keep)
-            served_again = {e["item_id"] for n, e in enumerate(entries) if e["op"] == "add" and n in kept}
-            forgotten |= set(before.get(REMOVED_IDS, []) if before else []) - served_again - trained_ids
+            keep, dropped, net_added, net_removed, net_restored, forgotten = _net(
+                [entry for _, entry, _ in found], trained_ids, trained_categories,
+                before.get(REMOVED_IDS, []) if before else [])
             report = Compaction(generation, len(found), size, len(keep), net_added, net_removed, dropped, incomplete,
                                 net_restored=net_restored)
             if dry_run or not report.changed:
