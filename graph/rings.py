@@ -839,7 +839,8 @@ def case_file(
     def at_or_above(score: float | None) -> bool | None:
         return None if threshold is None or score is None or not math.isfinite(score) else bool(score >= threshold)
 
-    predicted = member_predictions(ring, index, held_out)
+    held_of = _members_held_out(ring, index, held_out)
+    prediction = predicted(ring, held_of)  # a trained-on member's held-out score, else its served one
     scored = ring.evidence.get("gnn_mean") is not None  # ranked with fraud scores (as count_flagged)
     members = []
     for k, user in enumerate(ring.members):
@@ -851,7 +852,7 @@ def case_file(
             "label": None if labels[u] < 0 else bool(labels[u]), "label_in_training": bool(in_training[u]),
             "held_out_probability": held, "held_out_flagged": at_or_above(held),
             # the verdict on its prediction (held-out where trained on), the one the ring's "flagged" counts
-            "predicted_flagged": at_or_above(predicted.get(user)) if scored else None,
+            "predicted_flagged": at_or_above(prediction.get(user)) if scored else None,
             "created_at": _none_if_nan(float(created.get(user, np.nan))) if created is not None else None,
             "days_to_first_activity": _none_if_nan(float(behaviour.age_days[k])),
             "n_purchases": int(behaviour.n_purchases[k]), "purchase_amount": float(behaviour.amount[k]),
@@ -860,7 +861,7 @@ def case_file(
         })
     # the most likely fraud first, by prediction (a trained-on member's held-out score), as the
     # explanations choose them and the demo's members table lists them
-    members.sort(key=lambda m: (-predicted.get(str(m["user_id"]), -1.0), str(m["user_id"])))
+    members.sort(key=lambda m: (-prediction.get(str(m["user_id"]), -1.0), str(m["user_id"])))
     rows = [index[u] for u in ring.members]
     labelled = bool((labels >= 0).any())  # the shop gives labels at all (as /fraud/rings: 0 of none)
     fraud = int((labels[rows] == 1).sum()) if labelled else None
@@ -875,7 +876,7 @@ def case_file(
         "ring_id": ring.ring_id, "score": ring.score,
         # the ring at a glance, as /fraud/rings and `shopgraph rings` give it: a case file forwarded on
         # its own says how many members are flagged (by prediction) and known, not only member by member
-        "flagged": flagged_members(ring, index, held_out, threshold),
+        "flagged": count_flagged(ring, held_of, threshold),
         "known_fraud": fraud, "known_fraud_trained_on": trained_on,
         "members": members, "shared_devices": list(ring.shared_devices),
         "shared_identifiers": ring.evidence.get("shared_identifiers", {"device": list(ring.shared_devices)}),
@@ -1154,10 +1155,11 @@ def cli_rings(args: argparse.Namespace) -> int:
 
         known = [position[m] for m in r.members if m in position and labels[position[m]] == 1]
         fitted = int(sum(bool(trained[u]) for u in known))
-        prediction = predicted(r, _members_held_out(r, position, held_out))  # the likeliest fraud named first
+        held_of = _members_held_out(r, position, held_out)
+        prediction = predicted(r, held_of)  # the likeliest fraud named first
         order = sorted(r.members, key=lambda u: (-prediction.get(u, -1.0), u))
         head = ", ".join(order[:4]) + (f", +{len(order) - 4}" if len(order) > 4 else "")
-        flagged = flagged_members(r, position, held_out, threshold)
+        flagged = count_flagged(r, held_of, threshold)
         print(f"{r.ring_id:6} {r.score:6.3f} {len(r.members):4d} {len(r.shared_devices):7d} "
               f"{fmt('predicted_mean', '.2f'):>5} {'-' if flagged is None else f'{flagged}/{len(r.members)}':>7} "
               f"{f'{len(known)}/{len(r.members)}':>7} {fitted:7d} {fmt('median_account_age_days', '.1f'):>7} "
