@@ -2,8 +2,9 @@
 
 ``shown`` cuts a long value (an id of 10,000 characters is named by its start and its length, not
 echoed whole) and never fails on one that ``repr`` cannot write; ``listed_ids`` names a few of
-many ids. Torch-free and import-free, so the loader, the rings, the service, the HTTP API and the
-demo quote values alike (``retrieval.service`` re-exports both).
+many ids; ``invisible`` says which characters show as nothing, and ``did_you_mean`` names the one
+known id an unknown one looks like. Torch-free and import-free, so the loader, the rings, the
+service, the HTTP API and the demo quote values alike (``retrieval.service`` re-exports them).
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ def plural(n: int, noun: str, many: str | None = None) -> str:
     return f"{n:,} {noun}" if n == 1 else f"{n:,} {many or noun + 's'}"
 
 
+# Characters that show as nothing besides Unicode's format characters (Cf: zero-width spaces, the
+# byte-order mark): the other default-ignorable code points (a combining grapheme joiner, Hangul and
+# Mongolian fillers, variation selectors) and the blank braille pattern
+_SHOWS_NOTHING = frozenset([0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x2800, 0x3164, 0xFFA0,
+                            *range(0x180B, 0x1810), *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)])
+
+
+def invisible(ch: str) -> bool:
+    """Whether a character shows as nothing: a format character (``Cf``) or another default-ignorable
+    code point (:data:`_SHOWS_NOTHING`). Ids, category names and titles are judged by what shows."""
+    return unicodedata.category(ch) == "Cf" or ord(ch) in _SHOWS_NOTHING
+
+
 # Letters of other scripts that look like Latin ones (an id pasted from a document or typed on a
 # Cyrillic or Greek keyboard): the common ones of Unicode's confusables list, both cases.
 _LOOKALIKES = str.maketrans(
@@ -58,9 +72,10 @@ _LOOKALIKES = str.maketrans(
 
 def _looks(text: str) -> str:
     """``text`` as a person reads it: compatibility forms (NFKC: full-width ``ｕ００１`` is ``u001``),
-    characters that show as nothing (format characters: zero-width spaces, byte-order marks) and
-    case aside, letters of other scripts that look like Latin ones read as those."""
-    visible = "".join(ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")
+    characters that show as nothing (:func:`invisible`: zero-width spaces, byte-order marks,
+    variation selectors) and case aside, letters of other scripts that look like Latin ones read as
+    those."""
+    visible = "".join(ch for ch in unicodedata.normalize("NFKC", text) if not invisible(ch))
     return visible.translate(_LOOKALIKES).casefold()
 
 
@@ -73,7 +88,7 @@ def how_it_differs(typed: str, known: str) -> str:
     if odd is None:
         return "ids must match exactly"
     name = unicodedata.name(odd, "an unnamed character")
-    return f"ids must match exactly, and {odd!r} is U+{ord(odd):04X} {name}" if unicodedata.category(odd) != "Cf" \
+    return f"ids must match exactly, and {odd!r} is U+{ord(odd):04X} {name}" if not invisible(odd) \
         else f"ids must match exactly, and the id holds an invisible U+{ord(odd):04X} {name}"
 
 

@@ -40,6 +40,7 @@ from shopgraph.graph.messages import (  # noqa: F401
     SHOWN_CHARS,
     did_you_mean,
     how_it_differs,
+    invisible,
     listed_ids,
     plural,
     same_but_case,
@@ -433,19 +434,6 @@ def check_no_control(text: str, name: str) -> str:
         raise ValueError(f"{name}: a control character {text[at]!r} at position {at:,} (got {shown(text)}; tabs and "
                          "line breaks are fine, other control characters are not)")
     return text
-
-
-# Characters that show as nothing besides Unicode's format characters (Cf: zero-width spaces, the
-# byte-order mark): the other default-ignorable code points (a combining grapheme joiner, Hangul and
-# Mongolian fillers, variation selectors) and the blank braille pattern
-_SHOWS_NOTHING = frozenset([0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x2800, 0x3164, 0xFFA0,
-                            *range(0x180B, 0x1810), *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)])
-
-
-def invisible(ch: str) -> bool:
-    """Whether a character shows as nothing: a format character (``Cf``) or another default-ignorable
-    code point (:data:`_SHOWS_NOTHING`). Ids, category names and titles are judged by what shows."""
-    return unicodedata.category(ch) == "Cf" or ord(ch) in _SHOWS_NOTHING
 
 
 def shows_nothing(text: str) -> bool:
