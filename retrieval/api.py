@@ -8,7 +8,8 @@ multipart image upload), ``POST /recommend/cold``, ``GET /fraud/score``, ``POST
 (Prometheus text format), OpenAPI docs at ``/docs``; the Gradio app is mounted at ``/demo`` and
 the fraud-case endpoints (``retrieval/fraud_api.py``) under ``/fraud`` when they are available.
 
-Errors are JSON ``{"detail": "<argument>: <problem> (got <value>)"}``: 404 for an unknown user or
+Errors are JSON ``{"error": "<code>", "detail": "<argument>: <problem> (got <value>)"}`` (the codes:
+``params.ErrorCode``): 404 for an unknown user or
 item id, 409 for an item id the catalogue has, 422 for any other bad input (k not an integer in
 1..1000, an unknown, repeated or empty parameter or field, empty text, unreadable image), 413 for
 an image or JSON body over its size limit, 400 for a multipart body that cannot be parsed, 415
@@ -35,7 +36,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, MutableMapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import quote
@@ -54,7 +55,16 @@ from starlette.routing import Route
 
 from shopgraph.graph.wording import ValueWords
 from shopgraph.retrieval.catalogue import CatalogueError, CatalogueJournal
-from shopgraph.retrieval.params import ErrorOut, check_fields, field_name, parse_int, strict_query
+from shopgraph.retrieval.params import (
+    ERROR_CODES,
+    ApiError,
+    ErrorOut,
+    check_fields,
+    error_code,
+    field_name,
+    parse_int,
+    strict_query,
+)
 from shopgraph.retrieval.service import (
     IMAGE_LIMIT,
     K_MAX,
@@ -134,7 +144,7 @@ def _pointing_visitors(name: str, hint: str = _VISITOR) -> Iterator[None]:
     except UnknownIdError as exc:
         if not str(exc).startswith(f"{name}:"):
             raise
-        raise UnknownIdError(f"{exc}; {hint}") from None
+        raise UnknownIdError(f"{exc}; {hint}", getattr(exc, "kind", "user")) from None
 
 
 class PopularOut(BaseModel):
@@ -574,31 +584,44 @@ def _detail(exc: Exception) -> str:
     return text if lone_surrogate(text) is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _error(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """An error answer: ``{"error": code, "detail": detail}`` (:class:`ErrorOut`)."""
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def _unknown_code(exc: Exception) -> str:
+    """The ``error`` of an unknown id's 404: ``unknown_user``, ``unknown_item``...; ``no_image`` for an
+    item without a picture."""
+    kind = getattr(exc, "kind", "id")
+    code = "no_image" if kind == "image" else f"unknown_{kind}"
+    return code if code in ERROR_CODES else "unknown_item"
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     async def unknown_id(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": _detail(exc)}, status_code=404)
+        return _error(404, _unknown_code(exc), _detail(exc))
 
     async def bad_value(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": _detail(exc)}, status_code=422)
+        return _error(422, "invalid_value", _detail(exc))
 
     async def duplicate_id(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": _detail(exc)}, status_code=409)
+        return _error(409, "duplicate_id", _detail(exc))
 
     async def not_available(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": _detail(exc)}, status_code=503)
+        return _error(503, "not_available", _detail(exc))
 
     async def journal_fault(_: Request, exc: Exception) -> JSONResponse:  # the server's file, not the request
-        return JSONResponse({"detail": "catalogue: the run's journal cannot be read, so no change can be saved until "
-                                       f"it is mended (nothing was changed): {_detail(exc)}"}, status_code=503)
+        return _error(503, "journal_unreadable", "catalogue: the run's journal cannot be read, so no change can be "
+                                                 f"saved until it is mended (nothing was changed): {_detail(exc)}")
 
     async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
         errors = exc.errors() if isinstance(exc, RequestValidationError | ValidationError) else []
-        return JSONResponse({"detail": _validation_message(list(errors))}, status_code=422)
+        return _error(422, "invalid_value", _validation_message(list(errors)))
 
     async def no_route(request: Request, exc: Exception) -> JSONResponse:
         # the router's own "Not Found" / "Method Not Allowed", in the API's "<argument>: <problem>" form
         assert isinstance(exc, StarletteHTTPException)
-        detail = exc.detail
+        detail, code = exc.detail, error_code(exc.status_code, exc)
         if exc.status_code == 404 and detail == "Not Found":  # a misspelt route: the one it is close to
             paths = sorted({route.path for route in request.app.routes if isinstance(route, Route)})
             close = _nearest_route(request.url.path, paths)
@@ -612,8 +635,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             detail = f"method: {request.method} is not allowed on {request.url.path}" + (
                 f" (allowed: {allowed})" if allowed else "")
             if allowed:  # the header says the same
-                return JSONResponse({"detail": detail}, status_code=405, headers={**(exc.headers or {}), "Allow": allowed})
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+                return _error(405, code, detail, {**(exc.headers or {}), "Allow": allowed})
+        return _error(exc.status_code, code, detail, exc.headers)
 
     app.add_exception_handler(StarletteHTTPException, no_route)
     app.add_exception_handler(UnknownIdError, unknown_id)
@@ -1472,8 +1495,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         try:
             return change()
         except OSError as exc:  # the journal write failed: nothing was applied
-            raise HTTPException(503, f"catalogue: the change could not be written to the run's journal "
-                                     f"({exc.strerror or exc}); nothing was changed") from None
+            raise ApiError(503, f"catalogue: the change could not be written to the run's journal "
+                                f"({exc.strerror or exc}); nothing was changed", "journal_unwritable") from None
 
     @app.post("/items", response_model=ItemInfoOut, status_code=201, responses=catalogue_errors, tags=["catalogue"],
               summary="Add an item without retraining (JSON, or multipart with an image)",
@@ -1528,7 +1551,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
                                                           "the URL to fetch the picture afresh")) -> Response:
         path = service.item_info(item_id)["image"]  # an unknown item: 404
         if not path:
-            raise UnknownIdError(f"item_id: item {shown(item_id.strip())} has no image")
+            raise UnknownIdError(f"item_id: item {shown(item_id.strip())} has no image", "image")
         if not Path(path).is_file():
             raise NotAvailableError(f"item_id: the image file of item {shown(item_id.strip())} is missing on the server")
         response = FileResponse(path, stat_result=os.stat(path))  # its headers (ETag) set now, not when sent

@@ -30,7 +30,7 @@ from shopgraph.graph.explain import MAX_OTHERS, TOP_K, Explanation, feature_dict
 from shopgraph.graph.messages import known_ids
 from shopgraph.graph.rings import SCHEMA_VERSION, Ring, count_flagged, find_ring, known_fraud, predicted
 from shopgraph.graph.wording import ValueWords
-from shopgraph.retrieval.params import ErrorOut, strict_query
+from shopgraph.retrieval.params import ApiError, ErrorOut, strict_query
 from shopgraph.retrieval.service import as_prediction, shown, what_probability_is
 
 logger = logging.getLogger(__name__)
@@ -354,7 +354,7 @@ def fraud_router(
         if user_id is not None:
             key = user_id.strip()  # ids are stored without surrounding spaces
             if has_user is not None and not has_user(key):
-                raise HTTPException(404, f"user_id: unknown user {shown(user_id)}{hint(key) if hint else ''}")
+                raise ApiError(404, f"user_id: unknown user {shown(user_id)}{hint(key) if hint else ''}", "unknown_user")
             ranked = [(k, r) for k, r in ranked if key in r.members]
         chosen = ranked[:top]
         return RingsOut(schema_version=SCHEMA_VERSION, total=len(ranked), count=len(chosen),
@@ -388,7 +388,7 @@ def fraud_router(
         at = find_ring(ranked, ring_id)
         if at is None:
             known = known_ids(len(ranked), "ring", ranked[0].ring_id if ranked else None)
-            raise HTTPException(404, f"ring_id: unknown ring {shown(ring_id)} ({known})")
+            raise ApiError(404, f"ring_id: unknown ring {shown(ring_id)} ({known})", "unknown_ring")
         return at + 1, ranked[at]
 
     @router.get("/ring/{ring_id}", response_model=RingCaseOut, summary="One ring's case", responses=_errors(404, 422),
@@ -400,7 +400,7 @@ def fraud_router(
             try:
                 frame = timeline(r.ring_id)
             except KeyError:
-                raise HTTPException(404, f"ring_id: unknown ring {shown(ring_id)} (no timeline)") from None
+                raise ApiError(404, f"ring_id: unknown ring {shown(ring_id)} (no timeline)", "unknown_ring") from None
             # to_json turns NaN into null and numpy scalars into JSON numbers
             events = [TimelineEvent(**row) for row in json.loads(frame.to_json(orient="records"))]
         got = members_labels(r)
@@ -424,7 +424,8 @@ def fraud_router(
         try:
             table = device_accounts(device_id.strip())  # ids are stored without surrounding spaces
         except KeyError as exc:
-            raise HTTPException(404, f"device_id: {exc.args[0] if exc.args else 'unknown device'}") from None
+            raise ApiError(404, f"device_id: {exc.args[0] if exc.args else 'unknown device'}",
+                           "unknown_device") from None
 
         def number(value: Any) -> float | None:
             return None if value is None or value != value else float(value)
@@ -454,7 +455,8 @@ def fraud_router(
         try:
             ex = explain(user_id)
         except KeyError:
-            raise HTTPException(404, f"user_id: unknown user {shown(given)}{hint(user_id) if hint else ''}") from None
+            raise ApiError(404, f"user_id: unknown user {shown(given)}{hint(user_id) if hint else ''}",
+                           "unknown_user") from None
         except (ValueError, TypeError) as exc:
             raise HTTPException(422, str(exc)) from exc
         label, trained, held = None, None, None

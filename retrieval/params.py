@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Literal, get_args
 from urllib.parse import unquote_to_bytes
 
 from fastapi import HTTPException, Request
@@ -21,10 +22,52 @@ from shopgraph.retrieval.service import lone_surrogate, shown
 _DIGITS = re.compile(r"[0-9]{1,9}")
 
 
+# what went wrong, for a program: every error answer's ``error`` (docs/http_api.md, "Errors")
+ErrorCode = Literal[
+    "unreadable_body",  # 400: a multipart body or Content-Length that cannot be parsed
+    "unknown_user", "unknown_item", "unknown_ring", "unknown_device",  # 404: an id the run does not know
+    "no_image",  # 404: a served item without a picture
+    "no_route",  # 404: a path no route has
+    "method_not_allowed",  # 405
+    "duplicate_id",  # 409: an item id the catalogue has
+    "too_large",  # 413: a body, upload or form field over its limit
+    "unsupported_media_type",  # 415: a content type or encoding the route does not take
+    "invalid_value",  # 422: any other invalid parameter or body
+    "client_closed",  # 499: the client left before its body arrived (never received)
+    "not_available",  # 503: the run lacks what the call needs
+    "journal_unwritable", "journal_unreadable",  # 503: the run's catalogue journal
+]
+ERROR_CODES: tuple[str, ...] = get_args(ErrorCode)
+# the code of an error raised without one, by its status
+STATUS_CODES: dict[int, str] = {400: "unreadable_body", 404: "no_route", 405: "method_not_allowed",
+                                409: "duplicate_id", 413: "too_large", 415: "unsupported_media_type",
+                                422: "invalid_value", 499: "client_closed", 503: "not_available"}
+
+
 class ErrorOut(BaseModel):
     """Every error answer of the API (one schema, so generated clients get one ``ErrorOut``)."""
 
-    detail: str = Field(description="<argument>: <problem> (got <value>)")
+    error: ErrorCode = Field(description="what went wrong, for a program: one of a fixed set of codes, which "
+                                         "stay as they are when the wording of `detail` changes")
+    detail: str = Field(description="<argument>: <problem> (got <value>), for a person")
+
+
+class ApiError(HTTPException):
+    """An ``HTTPException`` whose answer carries ``code`` as its ``error`` (else the status's,
+    :data:`STATUS_CODES`)."""
+
+    def __init__(self, status_code: int, detail: str, code: str) -> None:
+        if code not in ERROR_CODES:
+            raise ValueError(f"code: not an error code (got {code!r})")
+        super().__init__(status_code, detail)
+        self.code = code
+
+
+def error_code(status: int, exc: Exception | None = None) -> str:
+    """The ``error`` of an answer with ``status``, raised as ``exc``: its own code where it has one
+    (:class:`ApiError`), else the status's (``"invalid_value"`` for a status not listed)."""
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, str) and code in ERROR_CODES else STATUS_CODES.get(status, "invalid_value")
 
 
 def parse_int(name: str, raw: str, low: int, high: int) -> int:

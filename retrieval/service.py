@@ -223,7 +223,15 @@ class FraudScore(NamedTuple):
 
 
 class UnknownIdError(ValueError):
-    """An id that the run does not know (a ``ValueError``; HTTP 404)."""
+    """An id that the run does not know (a ``ValueError``; HTTP 404).
+
+    ``kind``: what the id names (``"user"``, ``"item"``), which the HTTP answer's ``error`` code
+    carries (``unknown_user``), so a client tells an unknown account from an unknown item in a cart
+    without reading the message."""
+
+    def __init__(self, message: str, kind: str = "id") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class DuplicateIdError(ValueError):
@@ -1117,7 +1125,7 @@ class ShopService:
         key = _id_text(value, name)
         pos = positions.get(key)
         if pos is None:
-            raise UnknownIdError(f"{name}: unknown {kind} {shown(value)}{did_you_mean(positions, key)}")
+            raise UnknownIdError(f"{name}: unknown {kind} {shown(value)}{did_you_mean(positions, key)}", kind)
         return pos
 
     def user_hint(self, user_id: str) -> str:
@@ -1140,7 +1148,7 @@ class ShopService:
         except UnknownIdError:
             if self._was_removed(item_id):  # known, not served now
                 raise UnknownIdError(f"{name}: item {shown(item_id)} was removed from the catalogue (adding it "
-                                     "again serves it again)") from None
+                                     "again serves it again)", "item") from None
             raise
 
     def _was_removed(self, item_id: Any) -> bool:
@@ -1180,7 +1188,7 @@ class ShopService:
             repeats = f", {len(unknown) - len(names):,} of them repeats" if len(names) < len(unknown) else ""
             hint = _case_hint(positions, names) + (self._removed_hint(names) if positions is self._item_pos else "")
             raise UnknownIdError(f"{name}: unknown {kind}{'s' if len(names) > 1 else ''} {listed_ids(names)} "
-                                 f"({len(unknown):,} of the {len(ids):,} ids given{repeats}){hint}")
+                                 f"({len(unknown):,} of the {len(ids):,} ids given{repeats}){hint}", kind)
         return [positions[key] for key in keys]
 
     def _id_list(self, ids: Any, name: str, k: int | None = None) -> tuple[list[Any], list[str]]:
@@ -2443,7 +2451,7 @@ class ShopService:
         unknown = [g for item_id, g in zip(item_ids, given or item_ids) if item_id not in self._item_pos]
         if unknown:
             raise UnknownIdError(f"item_ids: {len(unknown):,} of the {len(item_ids):,} items are not served, nothing "
-                                 f"was removed: {listed_ids(unknown)}")
+                                 f"was removed: {listed_ids(unknown)}", "item")
         return [self._item_pos[item_id] for item_id in item_ids]
 
     def _insert(self, item_id: str, title: str, category: str, description: str, price: float | None,

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from shopgraph.retrieval.api import Metrics, create_app
+from shopgraph.retrieval.params import ERROR_CODES
 from shopgraph.retrieval.service import UnknownIdError
 from tests.retrieval.test_service import load_service, shared_run, solid_png, with_held_out
 
@@ -305,6 +306,39 @@ def _raw_query(query: str) -> str:
     return "/recommend?" + query  # passed as it is, so repeated and odd parameters reach the server
 
 
+def test_errors_name_what_went_wrong_by_a_code_a_program_can_branch_on(client):
+    """An unknown account and an unknown item in its cart are both 404s; the ``error`` code tells
+    them apart, so a client serves the visitor routes or drops the stale item without reading
+    the sentence."""
+    user, item = client.service.user_ids[0], client.service.item_ids[0]
+    cases = [
+        (client.get("/recommend", params={"user_id": "nobody"}), 404, "unknown_user"),
+        (client.get("/recommend", params={"user_id": "U" + user[1:]}), 404, "unknown_user"),  # did-you-mean kept
+        (client.post("/recommend/batch", json={"user_ids": [user, "nobody"]}), 404, "unknown_user"),
+        (client.post("/recommend/cold", json={"item_ids": [item, "nope"]}), 404, "unknown_item"),
+        (client.get("/similar", params={"item_id": "nope"}), 404, "unknown_item"),
+        (client.post("/fraud/score/batch", json={"user_ids": ["nobody"]}), 404, "unknown_user"),
+        (client.get("/recomend", params={"user_id": user}), 404, "no_route"),
+        (client.delete("/recommend"), 405, "method_not_allowed"),
+        (client.get("/recommend", params={"user_id": user, "k": "0"}), 422, "invalid_value"),
+        (client.post("/recommend/cold", content=b"{", headers={"content-type": "application/json"}), 422,
+         "invalid_value"),
+        (client.post("/recommend/cold", content=b"x", headers={"content-type": "text/plain"}), 415,
+         "unsupported_media_type"),
+        (client.post("/recommend/cold", content=b"x" * 70_000, headers={"content-type": "application/json"}), 413,
+         "too_large"),
+    ]
+    for r, status, code in cases:
+        assert (r.status_code, r.json()["error"]) == (status, code), r.json()
+        assert r.json()["detail"] and set(r.json()) == {"error", "detail"}
+    assert "did you mean" in cases[1][0].json()["detail"] and "visitor" in cases[0][0].json()["detail"]
+    # the schema lists the codes, so a generated client gets them as an enum
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["ErrorOut"]
+    assert schema["required"] == ["error", "detail"]
+    assert schema["properties"]["error"]["enum"] == list(ERROR_CODES)
+
+
+
 @pytest.mark.parametrize("method, url, kwargs, status, message", [
     ("get", "/recommend", {"params": {"user_id": "u999"}}, 404, "user_id: unknown user 'u999'"),
     # an id typed in another case: the one it is like named
@@ -552,7 +586,7 @@ def test_metrics_count_requests_by_route(client):
     assert "# TYPE shopgraph_http_request_duration_seconds histogram" in text
     count = [ln for ln in text.splitlines()
              if ln.startswith('shopgraph_http_request_duration_seconds_count{method="GET",route="/recommend"}')]
-    inf = [ln for ln in text.splitlines() if 'route="/recommend",le="+Inf"' in ln]
+    inf = [ln for ln in text.splitlines() if 'method="GET",route="/recommend",le="+Inf"' in ln]
     assert count and inf and count[0].split()[-1] == inf[0].split()[-1]
 
 
@@ -917,7 +951,7 @@ def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
     info = writable.service.item_info("i003")
     assert r.status_code == 200 and r.json() == {**info, "image": "images/i003.png", "image_url": "/images/i003"}
     assert Path(info["image"]).is_absolute() and Path(info["image"]).as_posix().endswith("/images/i003.png")
-    assert writable.get("/items/nope").json() == {"detail": "item_id: unknown item 'nope'"}
+    assert writable.get("/items/nope").json() == {"error": "unknown_item", "detail": "item_id: unknown item 'nope'"}
     assert writable.get("/items/i003?verbose=1").status_code == 422
     got = writable.get("/images/i003")  # a trained item's picture, from the shop's tables
     assert got.status_code == 200 and got.content == Path(writable.service.item_info("i003")["image"]).read_bytes()

@@ -11,8 +11,17 @@ from fastapi.testclient import TestClient
 
 from shopgraph.graph.explain import Explanation
 from shopgraph.graph.rings import SCHEMA_VERSION, FraudCases, Ring, RingDetector, known_fraud, rings_run
+from shopgraph.retrieval.api import _install_error_handlers
 from shopgraph.retrieval.fraud_api import fraud_router
 from tests.graph.test_rings import make_run
+
+
+def _api() -> FastAPI:
+    """An app with the API's error answers (``{"error": ..., "detail": ...}``), which the checks of
+    ``tests/retrieval/conftest.py`` hold every error answer to."""
+    app = FastAPI(title="ShopGraph API")
+    _install_error_handlers(app)
+    return app
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +33,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> FraudCases:
 
 @pytest.fixture(scope="module")
 def client(cases: FraudCases) -> TestClient:
-    app = FastAPI()
+    app = _api()
     app.include_router(fraud_router(cases.rings, explain=cases.explain, timeline=cases.timeline, labels=cases.labels,
                                     has_user=cases.has_user, hint=cases.user_hint, threshold=cases.threshold,
                                     device_accounts=cases.device_accounts, max_top=50))
@@ -114,7 +123,7 @@ def test_a_ring_id_in_any_case_is_that_ring(client: TestClient) -> None:
 
 def test_unknown_ring_is_404_naming_it(client: TestClient) -> None:
     r = client.get("/fraud/ring/R9999")
-    assert r.status_code == 404
+    assert r.status_code == 404 and r.json()["error"] == "unknown_ring"
     assert r.json()["detail"] == "ring_id: unknown ring 'R9999' (3 rings known; ring ids look like R0001)"
     r = _app().get("/fraud/ring/R0002")
     assert r.status_code == 404 and r.json()["detail"] == "ring_id: unknown ring 'R0002' (1 ring known; ring ids " \
@@ -177,7 +186,7 @@ def test_fraud_openapi_lists_the_errors_as_they_are(client: TestClient) -> None:
 
 
 def _app(**kwargs: object) -> TestClient:
-    app = FastAPI()
+    app = _api()
     rings = [Ring("R0001", ["a", "b", "c"], 0.7, ["d1"], {"a": 0.9, "b": 0.5, "c": 0.1},
                   {"size": 3, "median_account_age_days": float("nan"), "unexpected": object()})]
     app.include_router(fraud_router(lambda: rings, **kwargs))  # type: ignore[arg-type]
@@ -233,7 +242,7 @@ def test_ring_cases_and_explanations_give_the_trained_on_members_held_out_scores
     run_dir = make_run(tmp_path / "run", held_out=True)
     rings_run(run_dir, top=3, detector=RingDetector(hub_threshold=10))
     cases = FraudCases.from_run(run_dir)
-    app = FastAPI()
+    app = _api()
     app.include_router(fraud_router(cases.rings, explain=cases.explain, labels=cases.labels, held_out=cases.held_out,
                                     threshold=cases.threshold))
     client = TestClient(app, raise_server_exceptions=False)
@@ -256,7 +265,7 @@ def test_ring_cases_and_explanations_give_the_trained_on_members_held_out_scores
             assert ex["held_out_probability"] == pytest.approx(held[user])
     assert seen
     # a router without held-out scores gives null
-    app = FastAPI()
+    app = _api()
     app.include_router(fraud_router(cases.rings, labels=cases.labels))
     body = TestClient(app).get(f"/fraud/ring/{cases.rings()[0].ring_id}").json()
     assert {m["held_out_probability"] for m in body["member_labels"].values()} == {None}
@@ -308,7 +317,7 @@ def test_served_tree_explanation_adds_up_over_http(tmp_path: Path) -> None:
     run, data, prob = _run_serving_trees(tmp_path)
     cases = FraudCases.from_run(run.path)
     assert cases.served is not None
-    app = FastAPI()
+    app = _api()
     app.include_router(fraud_router(cases.rings, explain=cases.explain))
     client = TestClient(app, raise_server_exceptions=False)
     for user in ("ra1", "u000", "h0"):
@@ -348,14 +357,14 @@ def test_a_device_lists_every_account_on_it(client: TestClient, cases: FraudCase
         assert a["predicted_flagged"] == (a["held_out_flagged"] if trained else a["flagged"])
     assert client.get(f"/fraud/device/%20{device}%20").json()["count"] == body["count"]  # spaces aside
     r = client.get("/fraud/device/nope")
-    assert r.status_code == 404 and r.json()["detail"] == "device_id: unknown device 'nope'"
+    assert r.status_code == 404 and r.json() == {"error": "unknown_device", "detail": "device_id: unknown device 'nope'"}
     r = client.get(f"/fraud/device/{device.upper()}")  # ids are case-sensitive: the known one is named
     assert r.status_code == 404 and f"did you mean '{device}'" in r.json()["detail"]
     assert client.get(f"/fraud/device/{device}", params={"x": "1"}).status_code == 422
 
 
 def test_device_lookups_without_tables_are_a_503() -> None:
-    app = FastAPI()
+    app = _api()
     app.include_router(fraud_router(lambda: []))
     r = TestClient(app).get("/fraud/device/d1")
     assert r.status_code == 503 and "device lookups are not available" in r.json()["detail"]
@@ -370,7 +379,7 @@ def test_a_trained_on_accounts_explanation_carries_the_held_out_one() -> None:
                          [], base=-1.4, unlisted=0.0)
     held = Explanation("u1", 0.45, "tree_shap+shared_identifiers", [FeatureAttribution("night_share", 1.2, 0.9)],
                        [], base=-1.4, unlisted=0.3)
-    app = FastAPI()
+    app = _api()
     app.include_router(fraud_router(lambda: [], explain=lambda u: served, labels=lambda ids: {u: (False, True) for u in ids},
                                     held_out=lambda ids: {u: 0.45 for u in ids}, explain_held_out=lambda u: held,
                                     threshold=0.3, value_words=lambda u: lambda name, value: {"night_share": "share of nights: 25%"}.get(name)))
@@ -381,7 +390,7 @@ def test_a_trained_on_accounts_explanation_carries_the_held_out_one() -> None:
     assert body["threshold"] == 0.3 and body["flagged"] is False and body["held_out_flagged"] is True
     assert body["held_out"]["score"] == 0.45 and body["held_out"]["base_value"] == -1.4
     assert body["held_out"]["features"][0]["attribution"] == 0.9 and body["held_out"]["unlisted_attribution"] == 0.3
-    app = FastAPI()
+    app = _api()
     app.include_router(fraud_router(lambda: [], explain=lambda u: served))  # no held-out score: no block
     body = TestClient(app).get("/fraud/explain", params={"user_id": "u1"}).json()
     assert body["held_out"] is None and body["threshold"] is None and body["flagged"] is None
@@ -396,7 +405,7 @@ def test_a_rings_case_file_over_http_is_the_exported_one(tmp_path: Path) -> None
     run_dir = make_run(tmp_path / "run", held_out=True)
     rings_run(run_dir, top=2, export=tmp_path / "cases", detector=RingDetector(hub_threshold=10))
     cases = FraudCases.from_run(run_dir)
-    app = FastAPI()
+    app = _api()
     app.include_router(fraud_router(cases.rings, case=cases.case))
     client = TestClient(app, raise_server_exceptions=False)
     for ring in cases.rings()[:2]:
@@ -409,7 +418,7 @@ def test_a_rings_case_file_over_http_is_the_exported_one(tmp_path: Path) -> None
     assert r.status_code == 404 and r.json()["detail"] == (
         f"ring_id: unknown ring 'R9999' ({len(cases.rings())} rings known; ring ids look like R0001)")
     assert client.get("/fraud/case/R0001", params={"x": "1"}).status_code == 422
-    app = FastAPI()
+    app = _api()
     app.include_router(fraud_router(cases.rings))  # no case files on this server
     r = TestClient(app).get("/fraud/case/R0001")
     assert r.status_code == 503 and "case files are not available" in r.json()["detail"]
