@@ -337,13 +337,17 @@ def fraud_router(
         """A score's verdict at the validation threshold (``None``: no threshold, or no score)."""
         return None if threshold is None or score is None or score != score else score >= threshold
 
-    def flagged_members(r: Ring) -> int | None:
-        """Members whose prediction (a trained-on one's held-out score) is at or above the threshold."""
+    def held_scores(r: Ring) -> dict[str, float | None]:
+        """The members' held-out scores (those of the accounts trained on; empty without them)."""
         try:
-            held = held_out(list(r.member_scores)) if held_out is not None else {}
+            return held_out(list(r.member_scores)) if held_out is not None else {}
         except KeyError:  # a ring of other users than the graph's: their member scores as they are
-            held = {}
-        return count_flagged(r, held, threshold)
+            return {}
+
+    def flagged_members(r: Ring, held: dict[str, float | None] | None = None) -> int | None:
+        """Members whose prediction (a trained-on one's held-out score, ``held`` when looked up
+        already) is at or above the threshold."""
+        return count_flagged(r, held_scores(r) if held is None else held, threshold)
 
     @router.get("/rings", response_model=RingsOut, summary="Ranked fraud rings", responses=_errors(404, 422),
                 dependencies=[Depends(strict_query(("top", "user_id"), ints={"top": (1, max_top)},
@@ -404,7 +408,7 @@ def fraud_router(
             # to_json turns NaN into null and numpy scalars into JSON numbers
             events = [TimelineEvent(**row) for row in json.loads(frame.to_json(orient="records"))]
         got = members_labels(r)
-        held = held_out(list(got)) if got is not None and held_out is not None else {}
+        held = held_scores(r)  # once: the members' verdicts and the ring's count read the same scores
         prediction = predicted(r, held) if r.evidence.get("gnn_mean") is not None else {}  # as count_flagged
         member_labels = (None if got is None else
                          {u: MemberLabelOut(label=label, label_in_training=trained, held_out_probability=held.get(u),
@@ -412,7 +416,7 @@ def fraud_router(
                                             held_out_flagged=at_or_above(held.get(u)),
                                             predicted_flagged=at_or_above(prediction.get(u)))
                           for u, (label, trained) in got.items()})
-        out = _ring_out(r, rank, got, flagged_members(r))
+        out = _ring_out(r, rank, got, flagged_members(r, held))
         return RingCaseOut(**out.model_dump(), schema_version=SCHEMA_VERSION, timeline=events,
                            member_labels=member_labels)
 

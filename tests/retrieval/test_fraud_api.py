@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -242,10 +243,18 @@ def test_ring_cases_and_explanations_give_the_trained_on_members_held_out_scores
     run_dir = make_run(tmp_path / "run", held_out=True)
     rings_run(run_dir, top=3, detector=RingDetector(hub_threshold=10))
     cases = FraudCases.from_run(run_dir)
+    looked_up: list[list[str]] = []
+
+    def held_out(ids: Sequence[str]) -> dict[str, float | None]:
+        looked_up.append(list(ids))
+        return cases.held_out(ids)
+
     app = _api()
-    app.include_router(fraud_router(cases.rings, explain=cases.explain, labels=cases.labels, held_out=cases.held_out,
+    app.include_router(fraud_router(cases.rings, explain=cases.explain, labels=cases.labels, held_out=held_out,
                                     threshold=cases.threshold))
     client = TestClient(app, raise_server_exceptions=False)
+    client.get(f"/fraud/ring/{cases.rings()[0].ring_id}")
+    assert len(looked_up) == 1  # a ring's case looks its members' held-out scores up once
     seen = 0
     listed = {r["ring_id"]: r for r in client.get("/fraud/rings", params={"top": 100}).json()["rings"]}
     for ring in cases.rings():
