@@ -39,7 +39,7 @@ import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
@@ -89,6 +90,7 @@ logger = logging.getLogger(__name__)
 
 RUN_ENV = "SHOPGRAPH_RUN"
 ACCESS_LOG_ENV = "SHOPGRAPH_ACCESS_LOG"  # "1": each worker logs one line a request (`serve --access-log`)
+CORS_ENV = "SHOPGRAPH_CORS_ORIGINS"  # the origins browsers may call from (`serve --cors-origin`), spaces between
 access_logger = logging.getLogger("shopgraph.access")
 # a request id a client sends is echoed when it is short printable ASCII (a log line must not be forged
 # through it); otherwise, and when none is sent, one is made
@@ -1304,8 +1306,31 @@ def _rendered(answer: BaseModel) -> Response:
 
 
 # -- the app ---------------------------------------------------------------------------------------
+def cors_origin(text: str) -> str:
+    """An origin browsers may call the API from, as a browser sends it: ``scheme://host[:port]``
+    (``https://shop.example``, ``http://localhost:3000``), or ``*`` for any; else ``ValueError``
+    saying what is wrong (a path or trailing slash, which no browser's ``Origin`` has, would never
+    match)."""
+    value = text.strip()
+    if value == "*":
+        return value
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0..65535
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--cors-origin: expected an origin like https://shop.example or http://localhost:3000, "
+                         f"or * for any (got {shown(text)})")
+    if parts.path or parts.query or parts.fragment or parts.username or parts.password:
+        bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+        raise ValueError(f"--cors-origin: an origin is a scheme, host and port only, without a path or trailing "
+                         f"slash: {bare} (got {shown(text)})")
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
 def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = True,
-               access_log: bool = False) -> FastAPI:
+               access_log: bool = False, cors_origins: Sequence[str] = ()) -> FastAPI:
     """The FastAPI application over ``service``.
 
     Args:
@@ -1314,7 +1339,10 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         fraud_cases: try to add the ``/fraud/rings|ring|explain`` endpoints (:func:`include_fraud_cases`).
         access_log: log one line a request to ``shopgraph.access`` (method, route, status,
             milliseconds, request id); every answer carries its ``X-Request-ID`` either way.
+        cors_origins: the origins a browser may call the API from (:func:`cors_origin`; ``*``: any);
+            none (the default): a browser lets no other site's page read the answers.
     """
+    origins = [cors_origin(o) for o in cors_origins]
     app = FastAPI(
         title="ShopGraph API",
         version="0.1.0",
@@ -1616,6 +1644,11 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         include_fraud_cases(app, service.run_path, service.held_out_explanation, service.feature_value_words)
     if demo:
         mount_demo(app, service)
+    if origins:  # inside the metrics: a browser's preflight (OPTIONS) is counted under its route too
+        app.add_middleware(CORSMiddleware, allow_origins=origins,  # type: ignore[arg-type]
+                           allow_methods=["GET", "HEAD", "POST", "DELETE"],
+                           allow_headers=["Content-Type", "X-Request-ID"], expose_headers=["X-Request-ID"],
+                           max_age=600)
     app.add_middleware(MetricsMiddleware, metrics=metrics, router=app.router,  # type: ignore[arg-type]
                        access_log=access_log)
     return app
@@ -1665,7 +1698,8 @@ def app_from_env() -> FastAPI:
     if not run:
         raise RuntimeError(f"{RUN_ENV} is not set (use `shopgraph serve --run RUN`)")
     service = ShopService.from_run(run)
-    app = create_app(service, access_log=os.environ.get(ACCESS_LOG_ENV) == "1")
+    app = create_app(service, access_log=os.environ.get(ACCESS_LOG_ENV) == "1",
+                     cors_origins=os.environ.get(CORS_ENV, "").split())
     logger.info("warmed up in %.1f s (encoders and fraud explainers loaded)", service.warm_up())
     _freeze_heap()
     return app
@@ -1718,13 +1752,14 @@ def _serve(run: Path, args: argparse.Namespace, sock: socket.socket) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: the API has no authentication", flush=True)
     workers = int(getattr(args, "workers", 1) or 1)
+    origins = [cors_origin(o) for o in getattr(args, "cors_origin", None) or ()]
     port = sock.getsockname()[1]
     serving = (f"serving {run} on http://{args.host}:{port} ({workers} worker{'s' if workers > 1 else ''}); "
                "docs at /docs")
     if workers == 1:
         _serving_threads()
         service = ShopService.from_run(run)
-        app = create_app(service, access_log=bool(getattr(args, "access_log", False)))
+        app = create_app(service, access_log=bool(getattr(args, "access_log", False)), cors_origins=origins)
         logger.info("warmed up in %.1f s (encoders and fraud explainers loaded)", service.warm_up())
         _freeze_heap()
         print(serving, flush=True)
@@ -1742,6 +1777,7 @@ def _serve(run: Path, args: argparse.Namespace, sock: socket.socket) -> int:
     print(serving, flush=True)
     os.environ[RUN_ENV] = str(run)
     os.environ[ACCESS_LOG_ENV] = "1" if getattr(args, "access_log", False) else "0"
+    os.environ[CORS_ENV] = " ".join(origins)
     config = uvicorn.Config("shopgraph.retrieval.api:app_from_env", factory=True, host=args.host, port=port,
                             workers=workers, access_log=False, log_level="info")
     Multiprocess(config, sockets=[nodelay_listener(sock)]).run()

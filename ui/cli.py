@@ -51,6 +51,16 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _cors_origin(text: str) -> str:
+    """An argparse ``type``: an origin for ``serve --cors-origin`` (checked before any loading)."""
+    from shopgraph.retrieval.api import cors_origin
+
+    try:
+        return cors_origin(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--cors-origin: ")) from None
+
+
 def _port(text: str) -> int:
     """An argparse ``type``: a TCP port, 1-65535 or 0 (any free port), checked before any loading."""
     rule = "expected a port number from 1 to 65535, or 0 for any free port"
@@ -169,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--access-log", action="store_true",
                    help="log one line a request: method, route, status, milliseconds and its request id (the "
                         "X-Request-ID a client sent, or the one made for it, which every answer carries)")
+    p.add_argument("--cors-origin", type=_cors_origin, action="append", default=None, metavar="ORIGIN",
+                   help="a site whose pages may call the API from the browser (https://shop.example; once for each "
+                        "site, or * for any); without it browsers let no other site read the answers")
 
     p = sub.add_parser("catalogue", help="the items added and removed at run time (the run's journal); --compact it")
     p.add_argument("--run", type=Path, required=True)

@@ -1734,3 +1734,97 @@ def test_every_answer_names_its_request_and_an_access_log_can_say_so(client, cap
         logged.get("/recommend", params={"user_id": "u001", "k": 2}, headers={"x-request-id": "req-9"})
     line = [r.getMessage() for r in caplog.records if r.name == "shopgraph.access"]
     assert len(line) == 1 and line[0].startswith("GET /recommend 200 ") and line[0].endswith(" ms request_id=req-9")
+
+
+def test_a_shop_site_named_by_cors_origin_may_call_the_api_from_the_browser(client):
+    """``--cors-origin``: the named sites' pages read answers (errors and their codes too, and the
+    request id); any other site's, and every site without the option, are not let in."""
+    shop = "https://shop.example"
+    with TestClient(create_app(client.service, demo=False, fraud_cases=False, cors_origins=[shop]),
+                    raise_server_exceptions=False) as c:
+        r = c.get("/recommend", params={"user_id": "u001", "k": 2}, headers={"origin": shop})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == shop
+        assert "x-request-id" in r.headers["access-control-expose-headers"].lower()
+        r = c.get("/recommend", params={"user_id": "nobody"}, headers={"origin": shop})
+        assert r.status_code == 404 and r.headers["access-control-allow-origin"] == shop
+        assert r.json()["error"] == "unknown_user"  # a browser's script can branch on it
+        # the preflight a browser sends before a JSON POST
+        r = c.options("/recommend/cold", headers={"origin": shop, "access-control-request-method": "POST",
+                                                  "access-control-request-headers": "content-type"})
+        assert r.status_code == 200 and "POST" in r.headers["access-control-allow-methods"]
+        assert "content-type" in r.headers["access-control-allow-headers"].lower()
+        r = c.get("/recommend", params={"user_id": "u001"}, headers={"origin": "https://other.example"})
+        assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+        r = c.options("/recommend/cold", headers={"origin": "https://other.example",
+                                                  "access-control-request-method": "POST"})
+        assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
+    r = client.get("/recommend", params={"user_id": "u001"}, headers={"origin": shop})  # no --cors-origin
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
+@pytest.mark.parametrize(("given", "origin"), [
+    ("https://Shop.Example", "https://shop.example"), (" http://localhost:3000 ", "http://localhost:3000"),
+    ("*", "*"),
+])
+def test_cors_origins_are_written_as_browsers_send_them(given, origin):
+    from shopgraph.retrieval.api import cors_origin
+
+    assert cors_origin(given) == origin
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ("https://shop.example/", "without a path or trailing slash: https://shop.example (got 'https://shop.example/')"),
+    ("https://shop.example/app", "without a path or trailing slash: https://shop.example"),
+    ("shop.example", "expected an origin like https://shop.example or http://localhost:3000, or * for any "
+                     "(got 'shop.example')"),
+    ("ftp://shop.example", "expected an origin like"),
+    ("https://shop.example:99999", "expected an origin like"),
+    ("", "expected an origin like"),
+])
+def test_cli_refuses_a_cors_origin_no_browser_sends_before_loading_anything(tmp_path, capsys, given, message):
+    from shopgraph.ui.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--run", str(tmp_path / "nowhere"), "--cors-origin", given])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --cors-origin: " in err and message in err and "Traceback" not in err
+
+
+def test_cli_serve_hands_the_cors_origins_to_every_worker(tmp_path, monkeypatch):
+    import argparse
+
+    import uvicorn.supervisors
+
+    from shopgraph.retrieval import api
+
+    monkeypatch.setattr(api.ShopService, "from_run", lambda *a, **k: None)
+    monkeypatch.setattr(api.CatalogueJournal, "read", lambda self: None)
+    started: list[object] = []
+    monkeypatch.setattr(uvicorn.supervisors, "Multiprocess",
+                        lambda config, sockets: type("Workers", (), {"run": lambda self: started.append(config)})())
+    for name in (api.CORS_ENV, api.RUN_ENV, api.ACCESS_LOG_ENV):  # set by _serve; put back after the test
+        monkeypatch.delenv(name, raising=False)
+    sock = api.listen("127.0.0.1", 0)
+    try:
+        args = argparse.Namespace(run=tmp_path, host="127.0.0.1", port=0, workers=2,
+                                  cors_origin=["https://shop.example", "http://localhost:3000"])
+        assert api._serve(tmp_path, args, sock) == 0
+    finally:
+        sock.close()
+    assert started and api.os.environ[api.CORS_ENV] == "https://shop.example http://localhost:3000"
+
+
+def test_each_worker_lets_in_the_origins_serve_handed_it(client, monkeypatch):
+    from shopgraph.retrieval import api
+
+    monkeypatch.setattr(api.ShopService, "from_run", lambda *a, **k: client.service)
+    monkeypatch.setattr(api, "_serving_threads", lambda: None)
+    monkeypatch.setattr(api, "_freeze_heap", lambda: None)
+    monkeypatch.setenv(api.RUN_ENV, "run")
+    monkeypatch.setenv(api.CORS_ENV, "https://shop.example http://localhost:3000")
+    with TestClient(api.app_from_env()) as c:
+        for origin in ("https://shop.example", "http://localhost:3000"):
+            r = c.get("/healthz", headers={"origin": origin})
+            assert r.headers["access-control-allow-origin"] == origin
+        assert "access-control-allow-origin" not in c.get("/healthz", headers={"origin": "https://x.example"}).headers
