@@ -2,13 +2,14 @@
 
 ``shown`` cuts a long value (an id of 10,000 characters is named by its start and its length, not
 echoed whole) and never fails on one that ``repr`` cannot write; ``listed_ids`` names a few of
-many ids; ``invisible`` says which characters show as nothing, and ``did_you_mean`` names the one
-known id an unknown one looks like. Torch-free and import-free, so the loader, the rings, the
+many ids; ``key_path`` names where in a JSON body a value is; ``invisible`` says which characters
+show as nothing, and ``did_you_mean`` names the one known id an unknown one looks like. Torch-free and import-free, so the loader, the rings, the
 service, the HTTP API and the demo quote values alike (``retrieval.service`` re-exports them).
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,6 +29,19 @@ def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
     size = f" ({len(value):,} characters)" if isinstance(value, str) else (
         f" ({len(value):,} items)" if isinstance(value, Sequence | bytes) else "")
     return text[:limit] + "…" + size
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def key_path(where: str, key: str) -> str:
+    """Where a JSON object's value is, as every error names it: the key after a dot when it is a
+    plain name (``items[3].title``, ``exclude.u001``), else quoted in brackets
+    (``exclude['u 001']``, ``exclude['a.b']``), so a path reads one way whichever layer checks it;
+    a top-level key (``where`` empty) by itself."""
+    if not where:
+        return key if len(key) <= 40 else key[:40] + "…"
+    return f"{where}.{key}" if _PLAIN_KEY.fullmatch(key) else f"{where}[{shown(key, 40)}]"
 
 
 def listed_ids(ids: Sequence[str], at_most: int = 10) -> str:

@@ -82,6 +82,7 @@ from shopgraph.retrieval.service import (
     batch_problems,
     check_bool,
     check_k,
+    key_path,
     lone_surrogate,
     shown,
 )
@@ -810,16 +811,14 @@ def _check_json(body: Any, example: str) -> None:
                                  f"{MAX_JSON_DEPTH} levels deep)")
             children: list[tuple[Any, str, int]] = []
             if isinstance(value, _Repeated):  # named as the other checks name where they are: items[0].title
-                name = field_name(value.repeated)
-                raise ValueError(f"{f'{where}.{name}' if where else name}: given more than once (expected one value)")
+                raise ValueError(f"{key_path(where, value.repeated)}: given more than once (expected one value)")
             if isinstance(value, dict):
                 for key, item in value.items():
                     at = lone_surrogate(key)
                     if at is not None:
                         raise ValueError(f"{where or 'body'}: the field name {shown(key, 40)} is not valid Unicode "
                                          f"(a lone surrogate at position {at:,})")
-                    name = field_name(key)
-                    children.append((item, f"{where}.{name}" if where else name, depth + 1))
+                    children.append((item, key_path(where, key), depth + 1))
             else:
                 children = [(item, f"{where or 'body'}[{n}]", depth + 1) for n, item in enumerate(value)]
             stack.extend(reversed(children))

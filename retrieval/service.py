@@ -41,6 +41,7 @@ from shopgraph.graph.messages import (  # noqa: F401
     did_you_mean,
     how_it_differs,
     invisible,
+    key_path,
     listed_ids,
     plural,
     same_but_case,
@@ -1446,7 +1447,7 @@ class ShopService:
         with self._lock.read():
             drops = None
             if carts:
-                by_key = {key: self._exclusions(items, f"exclude[{shown(key)}]") for key, items in carts.items()}
+                by_key = {key: self._exclusions(items, key_path("exclude", key)) for key, items in carts.items()}
                 drops = [by_key.get(str(value).strip(), _NO_ITEMS) for value in user_ids]
             return self._recommend(users, k, exclude_seen, self._category(category), drops)
 

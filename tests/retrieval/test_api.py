@@ -128,12 +128,15 @@ def test_recommend_batch_leaves_out_each_users_cart(client):
                              "user's answer)"),
             (cart, "exclude: expected a mapping from user id to a list of item ids, like {\"u001\": [\"i042\"]} "
                    "(got list)"),
-            ({"u001": [1]}, "exclude['u001'][0]: expected a string id (got int 1)")):
+            ({"u001": [1]}, "exclude.u001[0]: expected a string id (got int 1)"),
+            ({"u001": ["i001", 2]}, "exclude.u001[1]: expected a string id (got int 2)")):
         r = client.post("/recommend/batch", json={"user_ids": ["u001", "u002"], "exclude": exclude})
         assert r.status_code == 422 and r.json()["detail"] == detail, r.text
     for body, detail in (  # a key given twice is named with where it is
             (b'{"user_ids": ["u001"], "exclude": {"u001": [], "u001": []}}',
              "exclude.u001: given more than once (expected one value)"),
+            (b'{"user_ids": ["u 1"], "exclude": {"u 1": [], "u 1": []}}',  # not a plain name: quoted, as the service names its ids
+             "exclude['u 1']: given more than once (expected one value)"),
             (b'{"user_ids": ["u001"], "user_ids": ["u002"]}', "user_ids: given more than once (expected one value)"),
             (b'[{"user_ids": ["u001"], "user_ids": ["u002"]}]', "body: expected a JSON object like "),
             (b'{"user_ids": ["u001"], "exclude": {"u001": ["i001"]}, "k": 2, "k": 3}',
