@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 import numpy as np
@@ -36,10 +38,13 @@ NIGHT_HOURS = (0, 6)  # [start, end) in UTC
 
 
 class NodeFeatures(NamedTuple):
-    """Features of one node type: ``x`` float32 ``[N, F]`` and ``names`` (``F`` strings)."""
+    """Features of one node type: ``x`` float32 ``[N, F]`` and ``names`` (``F`` strings);
+    ``scales``: ``{name: (a, b)}`` with ``x == a * raw + b`` for each standardised column (not the
+    0/1 flags), so a value the scorer read goes back to the column's unit."""
 
     x: np.ndarray
     names: list[str]
+    scales: Mapping[str, tuple[float, float]] = MappingProxyType({})
 
 
 class BehaviourFeatures(NamedTuple):
@@ -55,6 +60,7 @@ def _standardise(columns: dict[str, np.ndarray], n: int, flags: set[str] | None 
     names = list(columns)
     flags = flags or set()
     x = np.zeros((n, len(names)), dtype=np.float32)
+    scales: dict[str, tuple[float, float]] = {}
     for j, name in enumerate(names):
         v = np.asarray(columns[name], dtype=np.float64)
         if v.shape != (n,):
@@ -67,7 +73,8 @@ def _standardise(columns: dict[str, np.ndarray], n: int, flags: set[str] | None 
             mean = float(v[known].mean())
             std = max(float(v[known].std()), STD_FLOOR)
             x[known, j] = (v[known] - mean) / std
-    return NodeFeatures(x, names)
+            scales[name] = (1.0 / std, -mean / std)
+    return NodeFeatures(x, names, MappingProxyType(scales))
 
 
 def _table_extras(
@@ -345,4 +352,20 @@ def feature_facts(tables: ShopTables, data: HeteroData) -> FeatureFacts:
         fit = affine_fit(v[known], x[known, j]) if known.sum() >= 2 else None
         if fit is not None and fit[0] > 0:
             raw[name], scales[name] = v, fit
-    return FeatureFacts(raw, scales, as_of)
+    ev = train_events(tables, data)
+    node_scales = {nt: _graph_scales(features(tables, data, ev), data, nt)
+                   for nt, features in (("item", item_features), ("device", device_features))}
+    return FeatureFacts(raw, scales, as_of, node_scales=node_scales)
+
+
+def _graph_scales(features: NodeFeatures, data: HeteroData, node_type: str) -> dict[str, tuple[float, float]]:
+    """``features.scales`` of the columns ``data[node_type].x`` holds as ``features`` has them (the
+    others left out: a graph built otherwise)."""
+    if node_type not in data.node_types or "x" not in data[node_type]:
+        return {}
+    names = list(getattr(data[node_type], "feature_names", None) or [])
+    x = np.asarray(data[node_type].x, dtype=np.float64)
+    where = {name: j for j, name in enumerate(names)}
+    return {name: fit for j, name in enumerate(features.names)
+            if (fit := features.scales.get(name)) is not None and name in where
+            and x.shape[0] == features.x.shape[0] and np.allclose(features.x[:, j], x[:, where[name]], atol=1e-4)}

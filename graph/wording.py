@@ -294,6 +294,8 @@ def describe_user_feature(name: str, raw: float | None, value: float, as_of: str
             return f"purchases in the 24 h before the account's last event in the training period: {_count(plain)}"
         if name == "high_risk_purchase_share":
             return f"share of purchases in high-risk categories in the training period: {plain:.0%}"
+        if name == "log_price":  # an item's (a mean over items, FeatureFacts)
+            return f"price: {plain:,.2f}"
         if name == "log_n_devices":
             return f"devices used in the training period: {_count(plain)}"
         if name == "log_max_accounts_per_device":
@@ -348,11 +350,13 @@ class FeatureFacts:
 
     def __init__(self, raw: Mapping[str, np.ndarray] | None = None,
                  scales: Mapping[str, tuple[float, float]] | None = None, as_of: str | None = None,
-                 quick: Callable[[int], str] | None = None) -> None:
+                 quick: Callable[[int], str] | None = None,
+                 node_scales: Mapping[str, Mapping[str, tuple[float, float]]] | None = None) -> None:
         self.raw = dict(raw or {})
         self.scales = dict(scales or {})
         self.as_of = as_of
         self.quick = quick
+        self.node_scales = {nt: dict(s) for nt, s in (node_scales or {}).items()}
 
     def fact(self, name: str, value: float, u: int) -> str | None:
         """User ``u``'s feature ``name`` (whose value the scorer read is ``value``) as a plain fact,
@@ -380,11 +384,16 @@ class FeatureFacts:
         return self._mean(name, value)
 
     def _mean(self, name: str, value: float) -> str | None:
-        """A neighbourhood mean of a standardised user column, back in the column's unit."""
-        m = SHARING_MEAN.match(name) or _OTHER_MEAN.match(name)
-        if m is None or m["f"] not in self.scales or not math.isfinite(value):
+        """A neighbourhood mean of a standardised column, back in the column's unit: a user column
+        over the accounts sharing its devices (items), or an item's (device's) column over the
+        items (devices) the account used, each by its own node type's scale."""
+        m = SHARING_MEAN.match(name)
+        over = None if m is not None else _OTHER_MEAN.match(name)
+        scales = self.scales if over is None else self.node_scales.get(over["other"], {})
+        m = m or over
+        if m is None or m["f"] not in scales or not math.isfinite(value):
             return None
-        a, b = self.scales[m["f"]]
+        a, b = scales[m["f"]]
         raw = (value - b) / a
         logged = m["f"].startswith("log_")
         if logged:
@@ -396,6 +405,10 @@ class FeatureFacts:
         # each device's (item's) accounts, the account on each of its devices too, so one of its own
         # devices pulls the value to its own; "other users", the other accounts, once per shared device
         per = m.groupdict().get("other") or "device"
-        how = (f"averaged {per} by {per}, itself included" if m.groupdict().get("self")
-               else f"over the other accounts, once for each {per} shared")
+        if over is not None:  # the items (devices) themselves, each counted once
+            how = f"over the {_PLURAL.get(per, per + 's')} it {_DID.get(over['rel'], over['rel'])}"
+        elif m.groupdict().get("self"):
+            how = f"averaged {per} by {per}, itself included"
+        else:
+            how = f"over the other accounts, once for each {per} shared"
         return f"{fact.partition(': ')[2]} ({'typical, ' if logged else ''}{how})"

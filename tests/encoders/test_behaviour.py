@@ -241,3 +241,40 @@ def test_loaded_number_column_with_a_bad_value_stays_a_feature(tmp_path: Path) -
     expected = np.zeros(40)  # the bad value becomes unknown: the mean, 0 after standardising
     expected[np.arange(40) != 6] = (known - known.mean()) / known.std()
     np.testing.assert_allclose(column(b.user, "user_age"), expected, atol=1e-5)
+
+
+def test_a_mean_over_the_items_an_account_used_is_told_in_the_items_own_unit(tmp_path: Path) -> None:
+    """"items put in the cart: average number of cart adds": the items' cart adds, typical over the
+    items the account carted (the neighbour mean the fraud scorer read, back in counts by the items'
+    own scale), not the account's cart-add column's scale, nor "over the other accounts"."""
+    from shopgraph.encoders.behaviour import feature_facts
+    from shopgraph.encoders.featurize import featurize
+    from shopgraph.graph.baselines import (
+        hetero_neighbor_feature_names,
+        hetero_neighbor_features,
+        message_passing_graph,
+    )
+    from shopgraph.graph.build import train_events
+
+    tables = make_tables(seed=5)
+    data = featurize(_build(tables), tables, use_text=False, use_image=False, cache_dir=tmp_path).data
+    facts = feature_facts(tables, data)
+    assert "log_n_cart" in facts.node_scales["item"] and "log_n_accounts" in facts.node_scales["device"]
+    names = hetero_neighbor_feature_names(data)
+    x = hetero_neighbor_features(data, split="test")
+    j = names.index("items via cart: mean log_n_cart")
+    # by hand: each item's cart adds in the training period; their mean of log1p over the distinct
+    # items the account carted, as the graph the scorer reads has its carts
+    train = train_events(tables, data)
+    item_carts = train[train["event_type"] == "cart"].groupby("item_id").size()
+    edges = message_passing_graph(data, "test")[("user", "cart", "item")].edge_index
+    item_ids = np.asarray(data["item"].ids)
+    checked = 0
+    for u in sorted(set(edges[0].tolist())):
+        carted = sorted(set(edges[1][edges[0] == u].tolist()))
+        counts = item_carts.reindex(item_ids[carted]).fillna(0.0).to_numpy()
+        typical = float(np.expm1(np.log1p(counts).mean()))
+        assert facts.value(names[j], float(x[u, j]), u) == (
+            f"{typical:,.0f} (typical, over the items it put in the cart)"), (u, counts)
+        checked += 1
+    assert checked

@@ -134,6 +134,22 @@ def test_feature_facts_give_raw_values_and_neighbour_means_in_the_columns_units(
         "below average")
     assert facts.value(mean, float("nan"), 0) is None
     assert FeatureFacts().value("log_account_age_days", -1.0, 0) is None
+    # a mean over the items (devices) the account used is of the items' own column, by the items'
+    # scale: an item column named as a user one (log_n_cart) is not read with the user column's
+    carts = np.log1p(np.array([3.0, 15.0, 63.0]))  # items' cart adds: 1 + x is 4, 16, 64, geometric mean 16
+    ia, ib = 1 / carts.std(), -carts.mean() / carts.std()
+    both = FeatureFacts({"log_n_cart": np.log1p(np.array([1.0, 2.0, 3.0]))}, {"log_n_cart": (5.0, -3.0)},
+                        node_scales={"item": {"log_n_cart": (ia, ib), "log_price": (2.0, -4.0)},
+                                     "device": {"log_n_accounts": (1.0, -1.0)}})
+    assert both.value("items via cart: mean log_n_cart", float((ia * carts + ib).mean()), 0) == (
+        "15 (typical, over the items it put in the cart)")
+    assert both.fact("items via view: mean log_price", 2.0 * math.log1p(19.5) - 4.0, 0) == (
+        "items viewed: average price: 19.50 (typical, over the items it viewed)")
+    assert both.value("devices via uses: mean log_n_accounts", math.log1p(3.0) - 1.0, 0) == (
+        "3 (typical, over the devices it used)")
+    # no item scales (a graph built otherwise): unsaid, as before, never the user column's
+    assert FeatureFacts({"log_n_cart": carts}, {"log_n_cart": (5.0, -3.0)}).value(
+        "items via cart: mean log_n_cart", 0.0, 0) is None
     # a "quick purchases" reason's value: the items behind it, where they are known
     quick = "quick purchases: mean item image features (87 columns together; value: their norm)"
     assert FeatureFacts().value(quick, 0.3, 0) is None
