@@ -254,11 +254,11 @@ def test_recommend_batch_leaves_out_each_users_own_items(own_run):
                        r"\[\"i042\"\]\} \(got list\)"),
             ({"u009": ["i001"], "nobody": []}, r"exclude: 'u009', 'nobody' are not among user_ids \(a user's items are "
                                                r"left out only of that user's answer\)"),
-            ({"u003": "i001"}, r"exclude\['u003'\]: expected a list of item ids \(got str\)"),
-            ({"u003": [7]}, r"exclude\['u003'\]\[0\]: expected a string id \(got int 7\)"),
+            ({"u003": "i001"}, r"exclude\.u003: expected a list of item ids \(got str\)"),
+            ({"u003": [7]}, r"exclude\.u003\[0\]: expected a string id \(got int 7\)"),
             ({"u003": ["i001"], " u003": []}, r"exclude: user 'u003' is given more than once \(as ' u003' too\)"),
             ({3: ["i001"]}, r"exclude: a user id: expected a string id \(got int 3\)"),
-            ({"u003": ["i001"] * 1001}, r"exclude\['u003'\]: expected at most 1,000 ids \(got 1,001\)")):
+            ({"u003": ["i001"] * 1001}, r"exclude\.u003: expected at most 1,000 ids \(got 1,001\)")):
         with pytest.raises(ValueError, match=message):
             svc.recommend_batch(users, k=5, exclude=exclude)
 
@@ -1424,7 +1424,7 @@ def test_a_change_whose_journal_write_fails_is_not_applied(own_run, monkeypatch)
     svc = load_service(own_run)
     n = len(svc.item_ids)
 
-    def full_disk(self, entry):
+    def full_disk(self, entry, digest=None):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(CatalogueJournal, "append", full_disk)
