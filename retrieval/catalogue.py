@@ -239,12 +239,21 @@ def _batch_entries(entry: dict[str, Any], where: str) -> list[tuple[str, dict[st
 @dataclass(frozen=True)
 class JournalPosition:
     """How far a service has applied the journal: the file's generation, the bytes and lines of it
-    applied, and its inode (``0``: no file read yet), by which a replaced journal is noticed."""
+    applied, and its inode (``0``: no file read yet), by which a replaced journal is noticed; its
+    modification time when last read or written (a line edited in place changes it, the size
+    perhaps not), and the sha256 of the bytes applied (``digest``, a running ``hashlib`` object),
+    by which a change to a line already applied is noticed (:meth:`CatalogueJournal.follow`)."""
 
     generation: int = 0
     offset: int = 0
     line: int = 0
     ino: int = 0
+    mtime_ns: int = 0
+    digest: Any = field(default=None, compare=False, repr=False)
+
+    def stamp(self) -> tuple[int, int, int]:
+        """What :meth:`CatalogueJournal.stat` says of the journal when nothing changed it since."""
+        return self.ino, self.offset, self.mtime_ns
 
 
 @dataclass
@@ -297,13 +306,15 @@ class CatalogueJournal:
         self.path = self.run_path / JOURNAL
         self._lock_path = self.run_path / ".catalogue.lock"
 
-    def stat(self) -> tuple[int, int]:
-        """The journal's ``(inode, bytes)`` now (``(0, 0)`` before the first change)."""
+    def stat(self) -> tuple[int, int, int]:
+        """The journal's ``(inode, bytes, modification time in ns)`` now (``(0, 0, 0)`` before the
+        first change): a service compares it with its :meth:`JournalPosition.stamp` to learn,
+        without reading the file, whether anything wrote to it since."""
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            return 0, 0
-        return st.st_ino, st.st_size
+            return 0, 0, 0
+        return st.st_ino, st.st_size, st.st_mtime_ns
 
     def size(self) -> int:
         """Bytes in the journal now (0 before the first change)."""
@@ -369,9 +380,12 @@ class CatalogueJournal:
         if f is None:
             return [], pos, 0
         with f:
-            ino = os.fstat(f.fileno()).st_ino
+            st = os.fstat(f.fileno())
             generation, start, start_line = self._header(f, str(self.path))
             found: list[tuple[str, dict[str, Any], bytes]] = []
+            applied = None  # a running sha256 of the bytes pos applied, once checked
+            if pos.ino and generation == pos.generation and pos.digest is not None:
+                applied = self._check_applied(f, pos)
             if pos.ino == 0:  # nothing read yet: the journal as it stands now says it all
                 pos = JournalPosition(generation)
                 header = self._header_entry(f, str(self.path))[0]
@@ -398,7 +412,40 @@ class CatalogueJournal:
                         found += self._scan(old, offset, line, str(path))[0]
                 pos = JournalPosition(generation, start, start_line)
             got, end, line, incomplete = self._scan(f, pos.offset, pos.line, str(self.path))
-        return [(where, entry) for where, entry, _ in found + got], JournalPosition(generation, end, line, ino), incomplete
+            digest = self._digest_of(f, end, applied, pos.offset)
+        return ([(where, entry) for where, entry, _ in found + got],
+                JournalPosition(generation, end, line, st.st_ino, st.st_mtime_ns, digest), incomplete)
+
+    @staticmethod
+    def _digest_of(f: BinaryIO, size: int, start: Any = None, offset: int = 0) -> Any:
+        """A running sha256 of the first ``size`` bytes of the open file ``f``; ``start``: that of its
+        first ``offset`` bytes, carried on (else the file is read from its start)."""
+        digest, offset = (start.copy(), offset) if start is not None else (hashlib.sha256(), 0)
+        f.seek(offset)
+        left = size - offset
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            digest.update(chunk)
+            left -= len(chunk)
+        return digest
+
+    def _check_applied(self, f: BinaryIO, pos: JournalPosition) -> Any:
+        """The running sha256 of the bytes ``pos`` applied, as the file has them now; ``None`` for a
+        file cut shorter (which :meth:`_scan` names). ``CatalogueError`` when they are not those
+        applied: a line edited in place, or the journal replaced by another file of the same
+        generation (what a service serves was read from the lines as they were, and a restart would
+        read them as they are)."""
+        if os.fstat(f.fileno()).st_size < pos.offset:
+            return None
+        now = self._digest_of(f, pos.offset)
+        if now.digest() == pos.digest.digest():
+            return now
+        raise CatalogueError(f"{self.path}: lines 1 to {pos.line:,}, which this service has applied, were changed "
+                                 "since (edited in place, or the file replaced); nothing is written on top of them. "
+                                 "Put the journal back as it was, or check it (`shopgraph catalogue --run RUN` "
+                                 "names a damaged line) and restart the service to serve what it holds")
 
     def _open(self, applied: int) -> BinaryIO | None:
         """The journal open for reading; ``None`` before the first change. A journal removed after
@@ -467,15 +514,18 @@ class CatalogueJournal:
             found.append((here, entry, raw + b"\n"))
         return found, offset + end, line, len(payload) - end
 
-    def append(self, entry: dict[str, Any]) -> int:
+    def append(self, entry: dict[str, Any], digest: Any = None) -> int:
         """Write ``entry`` (with its sha256, and the UTC time as ``at`` unless it has one) as the
         journal's last line and fsync it; call under :meth:`locked`. An incomplete last line left
-        by a crash is cut off first (logged).
+        by a crash is cut off first (logged). ``digest``: a running sha256 of the journal's bytes
+        before the line (:attr:`JournalPosition.digest`), updated with the line.
 
         Returns:
             The journal's size after the line.
         """
         data = _line(entry)
+        if digest is not None:
+            digest.update(data)
         created = not self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:

@@ -2555,9 +2555,11 @@ class ShopService:
         """Write one change of this process to the journal (the caller holds ``_sync_lock`` and the
         journal's lock, and has applied everything before it: the line is the next one)."""
         assert self._journal is not None
-        end = self._journal.append(entry)
         at = self._journal_at  # the lock is held: the file appended to is the one stat() sees
-        self._journal_at = JournalPosition(at.generation, end, at.line + 1, self._journal.stat()[0])
+        digest = at.digest.copy() if at.digest is not None else None  # the bytes applied, and now the line
+        end = self._journal.append(entry, digest)
+        ino, _, mtime_ns = self._journal.stat()
+        self._journal_at = JournalPosition(at.generation, end, at.line + 1, ino, mtime_ns, digest)
 
     def _encoder_name(self, kind: str) -> str:
         """The encoder that made this run's ``kind`` vectors, as the journal records it."""
@@ -2574,10 +2576,10 @@ class ShopService:
         if self._journal is None or time.monotonic() - self._synced_at < self._sync_every:
             return
         self._synced_at = time.monotonic()
-        if self._journal_fault is None and self._journal.stat() == (self._journal_at.ino, self._journal_at.offset):
+        if self._journal_fault is None and self._journal.stat() == self._journal_at.stamp():
             return  # (a fault is looked at again: a damaged line cut off leaves the file as it was applied)
         with self._sync_lock:
-            if self._journal_fault is None and self._journal.stat() == (self._journal_at.ino, self._journal_at.offset):
+            if self._journal_fault is None and self._journal.stat() == self._journal_at.stamp():
                 return  # applied by the thread that held the lock
             try:
                 self._sync()

@@ -875,6 +875,44 @@ def test_a_damaged_journal_is_the_servers_fault_until_it_is_mended(tmp_path, tmp
         assert c.post("/items", json={"item_id": "new2", "title": "t"}).status_code == 201
 
 
+def test_a_journal_line_the_server_applied_edited_in_place_stops_changes_until_put_back(tmp_path, tmp_path_factory):
+    """A line the server has applied, edited in place (same size) or the file replaced with such an
+    edit: the server goes "degraded" and refuses changes (a 503 naming what happened), rather than
+    writing on top of a journal that a restart would refuse; putting the line back mends it."""
+    import os
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(shared_run(tmp_path_factory.getbasetemp()), copy)
+    service = load_service(copy, catalogue_sync_s=0.0)
+    with TestClient(create_app(service, demo=False, fraud_cases=False), raise_server_exceptions=False) as c:
+        for item in ("new1", "new2"):
+            assert c.post("/items", json={"item_id": item, "title": "glow in the dark frisbee"}).status_code == 201
+        journal = copy / "catalogue.jsonl"
+        good = journal.read_bytes()
+        edited = good.replace(b'"title":"glow in the dark frisbee"', b'"title":"glow in the dark frisbeE"', 1)
+        assert len(edited) == len(good) and edited != good
+        for replace in (False, True):
+            if replace:  # sed -i: a new file by the old name
+                journal.with_suffix(".tmp").write_bytes(edited)
+                os.replace(journal.with_suffix(".tmp"), journal)
+            else:
+                with open(journal, "r+b") as f:  # in place: the same size, the same inode
+                    f.write(edited)
+            health = c.get("/healthz").json()
+            assert health["status"] == "degraded", health
+            assert f"lines 1 to {2 + replace}, which this service has applied, were changed since" in health["catalogue"]["fault"]
+            r = c.post("/items", json={"item_id": "new3", "title": "t"})
+            assert r.status_code == 503 and r.json()["error"] == "journal_unreadable", r.text
+            assert c.delete("/items/new1").json()["error"] == "journal_unreadable"
+            assert journal.read_bytes() == edited  # nothing written on top
+            journal.write_bytes(good)
+            assert c.get("/healthz").json()["status"] == "ok"
+            assert c.post("/items", json={"item_id": f"new{4 + replace}", "title": "t"}).status_code == 201
+            good = journal.read_bytes()
+            edited = good.replace(b'"title":"glow in the dark frisbee"', b'"title":"glow in the dark frisbeE"', 1)
+
+
 def test_an_image_file_missing_on_the_server_is_a_503(writable, monkeypatch, tmp_path):
     info = writable.service.item_info("i003")
     monkeypatch.setattr(writable.service, "item_info", lambda _: {**info, "image": str(tmp_path / "gone.png")})
@@ -1338,7 +1376,7 @@ def test_a_form_price_is_a_plain_number_and_an_empty_file_input_is_no_image(writ
 def test_a_journal_that_cannot_be_written_is_a_503_and_changes_nothing(writable, monkeypatch):
     from shopgraph.retrieval.catalogue import CatalogueJournal
 
-    def full_disk(self, entry):
+    def full_disk(self, entry, digest=None):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(CatalogueJournal, "append", full_disk)
