@@ -147,7 +147,7 @@ def _pointing_visitors(name: str, hint: str = _VISITOR) -> Iterator[None]:
     except UnknownIdError as exc:
         if not str(exc).startswith(f"{name}:"):
             raise
-        raise UnknownIdError(f"{exc}; {hint}", getattr(exc, "kind", "user")) from None
+        raise UnknownIdError(f"{exc}; {hint}", exc.kind, exc.ids) from None
 
 
 class PopularOut(BaseModel):
@@ -587,9 +587,14 @@ def _detail(exc: Exception) -> str:
     return text if lone_surrogate(text) is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _error(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    """An error answer: ``{"error": code, "detail": detail}`` (:class:`ErrorOut`)."""
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+def _error(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None,
+           ids: Sequence[str] = ()) -> JSONResponse:
+    """An error answer: ``{"error": code, "detail": detail}``, with ``"ids"`` when it is about ids
+    (:class:`ErrorOut`)."""
+    body: dict[str, Any] = {"error": code, "detail": detail}
+    if ids:
+        body["ids"] = list(ids)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _unknown_code(exc: Exception) -> str:
@@ -602,13 +607,13 @@ def _unknown_code(exc: Exception) -> str:
 
 def _install_error_handlers(app: FastAPI) -> None:
     async def unknown_id(_: Request, exc: Exception) -> JSONResponse:
-        return _error(404, _unknown_code(exc), _detail(exc))
+        return _error(404, _unknown_code(exc), _detail(exc), ids=getattr(exc, "ids", ()))
 
     async def bad_value(_: Request, exc: Exception) -> JSONResponse:
         return _error(422, "invalid_value", _detail(exc))
 
     async def duplicate_id(_: Request, exc: Exception) -> JSONResponse:
-        return _error(409, "duplicate_id", _detail(exc))
+        return _error(409, "duplicate_id", _detail(exc), ids=getattr(exc, "ids", ()))
 
     async def not_available(_: Request, exc: Exception) -> JSONResponse:
         return _error(503, "not_available", _detail(exc))
@@ -639,7 +644,7 @@ def _install_error_handlers(app: FastAPI) -> None:
                 f" (allowed: {allowed})" if allowed else "")
             if allowed:  # the header says the same
                 return _error(405, code, detail, {**(exc.headers or {}), "Allow": allowed})
-        return _error(exc.status_code, code, detail, exc.headers)
+        return _error(exc.status_code, code, detail, exc.headers, getattr(exc, "ids", ()))
 
     app.add_exception_handler(StarletteHTTPException, no_route)
     app.add_exception_handler(UnknownIdError, unknown_id)
@@ -1579,7 +1584,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
                                                           "the URL to fetch the picture afresh")) -> Response:
         path = service.item_info(item_id)["image"]  # an unknown item: 404
         if not path:
-            raise UnknownIdError(f"item_id: item {shown(item_id.strip())} has no image", "image")
+            raise UnknownIdError(f"item_id: item {shown(item_id.strip())} has no image", "image", [item_id.strip()])
         if not Path(path).is_file():
             raise NotAvailableError(f"item_id: the image file of item {shown(item_id.strip())} is missing on the server")
         response = FileResponse(path, stat_result=os.stat(path))  # its headers (ETag) set now, not when sent

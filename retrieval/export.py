@@ -140,7 +140,8 @@ def _known(service: ShopService, user_ids: list[str]) -> list[str]:
     if unknown:
         raise UnknownIdError(f"--users: {len(unknown):,} of the {plural(len(user_ids), 'id')} "
                              f"{'is not a user' if len(unknown) == 1 else 'are not users'} of this run "
-                             f"(nothing was written): {listed_ids(unknown)}{service.user_ids_hint(unknown)}", "user")
+                             f"(nothing was written): {listed_ids(unknown)}{service.user_ids_hint(unknown)}", "user",
+                             unknown)
     return user_ids
 
 

@@ -358,7 +358,8 @@ def fraud_router(
         if user_id is not None:
             key = user_id.strip()  # ids are stored without surrounding spaces
             if has_user is not None and not has_user(key):
-                raise ApiError(404, f"user_id: unknown user {shown(user_id)}{hint(key) if hint else ''}", "unknown_user")
+                raise ApiError(404, f"user_id: unknown user {shown(user_id)}{hint(key) if hint else ''}", "unknown_user",
+                               [user_id])
             ranked = [(k, r) for k, r in ranked if key in r.members]
         chosen = ranked[:top]
         return RingsOut(schema_version=SCHEMA_VERSION, total=len(ranked), count=len(chosen),
@@ -392,7 +393,7 @@ def fraud_router(
         at = find_ring(ranked, ring_id)
         if at is None:
             known = known_ids(len(ranked), "ring", ranked[0].ring_id if ranked else None)
-            raise ApiError(404, f"ring_id: unknown ring {shown(ring_id)} ({known})", "unknown_ring")
+            raise ApiError(404, f"ring_id: unknown ring {shown(ring_id)} ({known})", "unknown_ring", [ring_id])
         return at + 1, ranked[at]
 
     @router.get("/ring/{ring_id}", response_model=RingCaseOut, summary="One ring's case", responses=_errors(404, 422),
@@ -404,7 +405,8 @@ def fraud_router(
             try:
                 frame = timeline(r.ring_id)
             except KeyError:
-                raise ApiError(404, f"ring_id: unknown ring {shown(ring_id)} (no timeline)", "unknown_ring") from None
+                raise ApiError(404, f"ring_id: unknown ring {shown(ring_id)} (no timeline)", "unknown_ring",
+                               [ring_id]) from None
             # to_json turns NaN into null and numpy scalars into JSON numbers
             events = [TimelineEvent(**row) for row in json.loads(frame.to_json(orient="records"))]
         got = members_labels(r)
@@ -429,7 +431,7 @@ def fraud_router(
             table = device_accounts(device_id.strip())  # ids are stored without surrounding spaces
         except KeyError as exc:
             raise ApiError(404, f"device_id: {exc.args[0] if exc.args else 'unknown device'}",
-                           "unknown_device") from None
+                           "unknown_device", [device_id]) from None
 
         def number(value: Any) -> float | None:
             return None if value is None or value != value else float(value)
@@ -460,7 +462,7 @@ def fraud_router(
             ex = explain(user_id)
         except KeyError:
             raise ApiError(404, f"user_id: unknown user {shown(given)}{hint(user_id) if hint else ''}",
-                           "unknown_user") from None
+                           "unknown_user", [given]) from None
         except (ValueError, TypeError) as exc:
             raise HTTPException(422, str(exc)) from exc
         label, trained, held = None, None, None

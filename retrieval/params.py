@@ -50,17 +50,22 @@ class ErrorOut(BaseModel):
     error: ErrorCode = Field(description="what went wrong, for a program: one of a fixed set of codes, which "
                                          "stay as they are when the wording of `detail` changes")
     detail: str = Field(description="<argument>: <problem> (got <value>), for a person")
+    ids: list[str] | None = Field(None, description="with unknown_user, unknown_item, unknown_ring, unknown_device, "
+                                                    "no_image and duplicate_id: every id the error is about, as "
+                                                    "given, each once (`detail` names the first ten); absent "
+                                                    "otherwise")
 
 
 class ApiError(HTTPException):
     """An ``HTTPException`` whose answer carries ``code`` as its ``error`` (else the status's,
     :data:`STATUS_CODES`)."""
 
-    def __init__(self, status_code: int, detail: str, code: str) -> None:
+    def __init__(self, status_code: int, detail: str, code: str, ids: Sequence[str] = ()) -> None:
         if code not in ERROR_CODES:
             raise ValueError(f"code: not an error code (got {code!r})")
         super().__init__(status_code, detail)
         self.code = code
+        self.ids = list(ids)
 
 
 def error_code(status: int, exc: Exception | None = None) -> str:

@@ -230,13 +230,19 @@ class UnknownIdError(ValueError):
     carries (``unknown_user``), so a client tells an unknown account from an unknown item in a cart
     without reading the message."""
 
-    def __init__(self, message: str, kind: str = "id") -> None:
+    def __init__(self, message: str, kind: str = "id", ids: Sequence[Any] = ()) -> None:
         super().__init__(message)
         self.kind = kind
+        self.ids = [str(i) for i in ids]  # every id the message is about, as given (it names the first ten)
 
 
 class DuplicateIdError(ValueError):
-    """An item id that the catalogue already has, given to :meth:`ShopService.add_item` (HTTP 409)."""
+    """An item id that the catalogue already has, given to :meth:`ShopService.add_item` (HTTP 409);
+    ``ids``: every such id of the call."""
+
+    def __init__(self, message: str, ids: Sequence[Any] = ()) -> None:
+        super().__init__(message)
+        self.ids = [str(i) for i in ids]
 
 
 class NotAvailableError(RuntimeError):
@@ -1126,7 +1132,7 @@ class ShopService:
         key = _id_text(value, name)
         pos = positions.get(key)
         if pos is None:
-            raise UnknownIdError(f"{name}: unknown {kind} {shown(value)}{did_you_mean(positions, key)}", kind)
+            raise UnknownIdError(f"{name}: unknown {kind} {shown(value)}{did_you_mean(positions, key)}", kind, [value])
         return pos
 
     def user_hint(self, user_id: str) -> str:
@@ -1149,7 +1155,7 @@ class ShopService:
         except UnknownIdError:
             if self._was_removed(item_id):  # known, not served now
                 raise UnknownIdError(f"{name}: item {shown(item_id)} was removed from the catalogue (adding it "
-                                     "again serves it again)", "item") from None
+                                     "again serves it again)", "item", [item_id]) from None
             raise
 
     def _was_removed(self, item_id: Any) -> bool:
@@ -1189,7 +1195,7 @@ class ShopService:
             repeats = f", {len(unknown) - len(names):,} of them repeats" if len(names) < len(unknown) else ""
             hint = _case_hint(positions, names) + (self._removed_hint(names) if positions is self._item_pos else "")
             raise UnknownIdError(f"{name}: unknown {kind}{'s' if len(names) > 1 else ''} {listed_ids(names)} "
-                                 f"({len(unknown):,} of the {len(ids):,} ids given{repeats}){hint}", kind)
+                                 f"({len(unknown):,} of the {len(ids):,} ids given{repeats}){hint}", kind, names)
         return [positions[key] for key in keys]
 
     def _id_list(self, ids: Any, name: str, k: int | None = None) -> tuple[list[Any], list[str]]:
@@ -2452,7 +2458,7 @@ class ShopService:
         unknown = [g for item_id, g in zip(item_ids, given or item_ids) if item_id not in self._item_pos]
         if unknown:
             raise UnknownIdError(f"item_ids: {len(unknown):,} of the {len(item_ids):,} items are not served, nothing "
-                                 f"was removed: {listed_ids(unknown)}", "item")
+                                 f"was removed: {listed_ids(unknown)}", "item", unknown)
         return [self._item_pos[item_id] for item_id in item_ids]
 
     def _insert(self, item_id: str, title: str, category: str, description: str, price: float | None,
@@ -2546,10 +2552,10 @@ class ShopService:
     def _refuse_known(self, item_ids: list[str]) -> None:
         known = [item_id for item_id in item_ids if item_id in self._item_pos]
         if len(item_ids) == 1 and known:
-            raise DuplicateIdError(f"item_id: item {shown(known[0])} already exists")
+            raise DuplicateIdError(f"item_id: item {shown(known[0])} already exists", known)
         if known:
             raise DuplicateIdError(f"item_id: {len(known):,} of the {len(item_ids):,} items exist already, nothing "
-                                   f"was added: {listed_ids(known)}")
+                                   f"was added: {listed_ids(known)}", known)
 
     def _append(self, entry: dict[str, Any]) -> None:
         """Write one change of this process to the journal (the caller holds ``_sync_lock`` and the

@@ -24,10 +24,14 @@ CODE_STATUS = {
     "not_available": 503, "journal_unwritable": 503, "journal_unreadable": 503,
 }
 
+# the codes whose answers list the ids they are about ("ids")
+ABOUT_IDS = {"unknown_user", "unknown_item", "unknown_ring", "unknown_device", "no_image", "duplicate_id"}
+
 
 @pytest.fixture(autouse=True)
 def error_answers_carry_their_code(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every JSON error answer a test gets is ``{"error": <a code of its status>, "detail": ...}``."""
+    """Every JSON error answer a test gets is ``{"error": <a code of its status>, "detail": ...}``,
+    with ``"ids"`` (the ids it is about) for the codes of unknown and duplicate ids."""
     request = TestClient.request
 
     def checked(self: TestClient, method: str, url: Any, *args: Any, **kwargs: Any) -> Any:
@@ -36,8 +40,13 @@ def error_answers_carry_their_code(monkeypatch: pytest.MonkeyPatch) -> Iterator[
         ours = getattr(self.app, "title", None) == "ShopGraph API"  # not a bare FastAPI app a test builds
         if ours and r.status_code >= 400 and json_body and not str(url).startswith("/demo"):
             body = r.json()
-            assert list(body) == ["error", "detail"], (method, url, body)
+            about_ids = body.get("error") in ABOUT_IDS
+            assert list(body) == ["error", "detail", *(["ids"] if about_ids else [])], (method, url, body)
             assert CODE_STATUS.get(body["error"]) == r.status_code, (method, url, r.status_code, body)
+            if about_ids:  # every id the error is about, each once; detail names (the first ten of) them
+                ids = body["ids"]
+                assert ids and all(isinstance(i, str) for i in ids) and len(set(ids)) == len(ids), body
+                assert repr(ids[0])[:20] in body["detail"] or repr(ids[0].strip())[:20] in body["detail"], body
         return r
 
     monkeypatch.setattr(TestClient, "request", checked)

@@ -333,11 +333,21 @@ def test_errors_name_what_went_wrong_by_a_code_a_program_can_branch_on(client):
     ]
     for r, status, code in cases:
         assert (r.status_code, r.json()["error"]) == (status, code), r.json()
-        assert r.json()["detail"] and set(r.json()) == {"error", "detail"}
+        assert r.json()["detail"] and set(r.json()) == {"error", "detail", *(["ids"] if status == 404 and
+                                                                             code != "no_route" else [])}
     assert "did you mean" in cases[1][0].json()["detail"] and "visitor" in cases[0][0].json()["detail"]
+    # the ids an error is about, every one of them as given (the sentence names the first ten): a client
+    # drops those from the visitor's cart and asks again, without reading the sentence
+    assert [r.json().get("ids") for r, _, _ in cases[:6]] == [
+        ["nobody"], ["U" + user[1:]], ["nobody"], ["nope"], ["nope"], ["nobody"]]
+    cart = [item, *(f" x{n}" for n in range(12)), " x0"]
+    r = client.post("/recommend/cold", json={"item_ids": cart})
+    assert r.json()["ids"] == [f" x{n}" for n in range(12)] and "and 2 more" in r.json()["detail"]
+    r = client.post("/recommend/cold", json={"item_ids": [i for i in cart if i not in r.json()["ids"]]})
+    assert r.status_code == 200
     # the schema lists the codes, so a generated client gets them as an enum
     schema = client.get("/openapi.json").json()["components"]["schemas"]["ErrorOut"]
-    assert schema["required"] == ["error", "detail"]
+    assert schema["required"] == ["error", "detail"] and "ids" in schema["properties"]
     assert schema["properties"]["error"]["enum"] == list(ERROR_CODES)
 
 
@@ -992,7 +1002,8 @@ def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
     info = writable.service.item_info("i003")
     assert r.status_code == 200 and r.json() == {**info, "image": "images/i003.png", "image_url": "/images/i003"}
     assert Path(info["image"]).is_absolute() and Path(info["image"]).as_posix().endswith("/images/i003.png")
-    assert writable.get("/items/nope").json() == {"error": "unknown_item", "detail": "item_id: unknown item 'nope'"}
+    assert writable.get("/items/nope").json() == {"error": "unknown_item", "detail": "item_id: unknown item 'nope'",
+                                                  "ids": ["nope"]}
     assert writable.get("/items/i003?verbose=1").status_code == 422
     got = writable.get("/images/i003")  # a trained item's picture, from the shop's tables
     assert got.status_code == 200 and got.content == Path(writable.service.item_info("i003")["image"]).read_bytes()

@@ -366,7 +366,8 @@ def test_a_device_lists_every_account_on_it(client: TestClient, cases: FraudCase
         assert a["predicted_flagged"] == (a["held_out_flagged"] if trained else a["flagged"])
     assert client.get(f"/fraud/device/%20{device}%20").json()["count"] == body["count"]  # spaces aside
     r = client.get("/fraud/device/nope")
-    assert r.status_code == 404 and r.json() == {"error": "unknown_device", "detail": "device_id: unknown device 'nope'"}
+    assert r.status_code == 404 and r.json() == {"error": "unknown_device", "detail": "device_id: unknown device 'nope'",
+                                                 "ids": ["nope"]}
     r = client.get(f"/fraud/device/{device.upper()}")  # ids are case-sensitive: the known one is named
     assert r.status_code == 404 and f"did you mean '{device}'" in r.json()["detail"]
     assert client.get(f"/fraud/device/{device}", params={"x": "1"}).status_code == 422
