@@ -703,6 +703,14 @@ def mount_demo(app: FastAPI, service: ShopService, path: str = "/demo") -> bool:
         logger.warning("Gradio demo not mounted at %s: building it failed (%s: %s)", path,
                        type(exc).__name__, exc)
         return False
+
+    # the address people type: to the app's own page (a path, not an absolute URL, so that behind
+    # a TLS proxy it stays https), as the router's own slash redirects are off (create_app)
+    @app.get(path, include_in_schema=False)
+    def demo_page(request: Request) -> Response:
+        query = f"?{request.url.query}" if request.url.query else ""
+        return Response(status_code=307, headers={"Location": f"{request.scope.get('root_path', '')}{path}/{query}"})
+
     logger.info("Gradio demo mounted at %s", path)
     return True
 
@@ -1353,6 +1361,9 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         version="0.1.0",
         description="Recommendations, similar items, text/image search and fraud scores from a ShopGraph run.",
         docs_url=None, redoc_url=None,  # FastAPI's pages load their scripts from a CDN: served offline below
+        # "/recommend/" is a 404 naming /recommend, not a 307 to an absolute http:// URL (wrong behind
+        # a TLS proxy, and a client that does not follow it sees no error code)
+        redirect_slashes=False,
     )
     _offline_docs(app)
     metrics = Metrics()

@@ -322,6 +322,7 @@ def test_errors_name_what_went_wrong_by_a_code_a_program_can_branch_on(client):
         (client.get("/similar", params={"item_id": "nope"}), 404, "unknown_item"),
         (client.post("/fraud/score/batch", json={"user_ids": ["nobody"]}), 404, "unknown_user"),
         (client.get("/recomend", params={"user_id": user}), 404, "no_route"),
+        (client.get("/recommend/", params={"user_id": user}, follow_redirects=False), 404, "no_route"),
         (client.delete("/recommend"), 405, "method_not_allowed"),
         (client.get("/recommend", params={"user_id": user, "k": "0"}), 422, "invalid_value"),
         (client.post("/recommend/cold", content=b"{", headers={"content-type": "application/json"}), 422,
@@ -336,6 +337,7 @@ def test_errors_name_what_went_wrong_by_a_code_a_program_can_branch_on(client):
         assert r.json()["detail"] and set(r.json()) == {"error", "detail", *(["ids"] if status == 404 and
                                                                              code != "no_route" else [])}
     assert "did you mean" in cases[1][0].json()["detail"] and "visitor" in cases[0][0].json()["detail"]
+    assert "did you mean /recommend?" in cases[7][0].json()["detail"]  # a trailing slash: no redirect
     # the ids an error is about, every one of them as given (the sentence names the first ten): a client
     # drops those from the visitor's cart and asks again, without reading the sentence
     assert [r.json().get("ids") for r, _, _ in cases[:6]] == [

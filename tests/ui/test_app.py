@@ -888,6 +888,10 @@ def test_build_app_and_mount_under_the_http_api(ui_service: ShopService) -> None
     with TestClient(create_app(ui_service)) as client:
         page = client.get("/demo/")
         assert page.status_code == 200 and "ShopGraph demo" in page.text
+        # the address people type goes to the page, by a path (https behind a proxy stays https)
+        to = client.get("/demo", follow_redirects=False)
+        assert to.status_code == 307 and to.headers["location"] == "/demo/"
+        assert client.get("/demo").text == page.text
         # /fraud/explain on the server gives the values as the service's reasons read them (raw, not SDs)
         shown = 0
         for user in [str(u) for u in ui_service.user_ids[:40]]:
