@@ -1503,7 +1503,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     }, required=[])
 
     @app.post("/search", response_model=SearchOut, responses={
-        **_ERRORS, 413: {"model": ErrorOut, "description": "upload too large"},
+        422: _ERRORS[422], 413: {"model": ErrorOut, "description": "upload too large"},
         415: {"model": ErrorOut, "description": "unsupported content type"},
         503: {"model": ErrorOut, "description": "the run has no text or image index"},
         400: {"model": ErrorOut, "description": "a multipart body that cannot be parsed"},
@@ -1527,12 +1527,17 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         "image": {"type": "string", "format": "binary",
                   "description": f"the item's image, at most {MAX_IMAGE_BYTES // 2**20} MB"},
     }, required=["item_id", "title"])
-    catalogue_errors: dict[int | str, dict[str, Any]] = {
-        **_ERRORS, 409: {"model": ErrorOut, "description": "the item id exists already"},
+    catalogue_errors: dict[int | str, dict[str, Any]] = {  # adding items: no id to look up, one to refuse
+        422: _ERRORS[422], 409: {"model": ErrorOut, "description": "the item id exists already"},
         413: {"model": ErrorOut, "description": "upload too large"},
         415: {"model": ErrorOut, "description": "unsupported content type"},
         503: {"model": ErrorOut, "description": "no model to embed new items, or the journal could not be written"},
         400: {"model": ErrorOut, "description": "a multipart body that cannot be parsed"},
+    }
+    removal_errors: dict[int | str, dict[str, Any]] = {
+        **_ERRORS, 404: {"model": ErrorOut, "description": "item ids that are not served (all of them in `ids`)"},
+        413: catalogue_errors[413], 415: catalogue_errors[415],
+        503: {"model": ErrorOut, "description": "the journal could not be written, or cannot be read"},
     }
 
     def _changed(change: Callable[[], Any]) -> Any:
@@ -1561,7 +1566,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         "properties": {"items": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": batch_item}},
     }}}}}
 
-    @app.post("/items/batch", response_model=BatchOut, status_code=201, responses=catalogue_errors,
+    @app.post("/items/batch", response_model=BatchOut, status_code=201,
+              responses={c: r for c, r in catalogue_errors.items() if c != 400},  # JSON only
               tags=["catalogue"], summary=f"Add up to {MAX_BATCH:,} items at once, all or none (JSON; images in "
                                           "base64)", openapi_extra=batch_body, dependencies=[nothing])
     async def add_items(request: Request) -> BatchOut:
@@ -1572,7 +1578,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         return BatchOut(added=len(positions),
                         items=[_item_out(service.item_info(service.item_ids[p]), service) for p in positions])
 
-    @app.post("/items/remove", response_model=RemovedBatchOut, responses=catalogue_errors, tags=["catalogue"],
+    @app.post("/items/remove", response_model=RemovedBatchOut, responses=removal_errors, tags=["catalogue"],
               summary=f"Remove up to {MAX_BATCH:,} items at once, all or none (JSON)",
               openapi_extra=_json_schema(RemoveIn), dependencies=[nothing])
     async def remove_items(request: Request) -> RemovedBatchOut:
