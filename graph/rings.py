@@ -83,10 +83,12 @@ SCHEMA_VERSION = "1.0"
 # label; in the CSV ``member_served_flagged``, was ``member_flagged``), the reasons about an account's
 # own purchase timing worded "over all activity" and those about its own behaviour "in the training
 # period", ``fraud.json`` (the threshold) among the files its ``source`` records, and
-# ``purchase_velocity`` counted from a member's first event (was: its first purchase).
+# ``purchase_velocity`` counted from a member's first event (was: its first purchase); 9 an average
+# over the items (devices) a member used worded in the items' own unit and as such ("15 (typical, over
+# the items it put in the cart)"; was: read with the account column's scale, "over the other accounts").
 # An export of another version is never handed out as a ring's case files (:func:`exported_ring`); the
 # demo writes them afresh.
-CASE_VERSION = 8
+CASE_VERSION = 9
 RINGS_FILE = "rings/rings.json"
 # the model files whose checksums a case export records, when the run has them
 EXPORT_MODEL_FILES = ("model/config.json", "model/model.safetensors", "fraud_trees.ubj", "fraud.json")
@@ -650,9 +652,17 @@ def flagged_members(ring: Ring, positions: dict[str, int], held_out: np.ndarray 
 def count_flagged(ring: Ring, held: Mapping[str, float | None], threshold: float | None) -> int | None:
     """:func:`flagged_members` from the members' held-out scores by id (as
     :meth:`FraudCases.held_out` gives them; the HTTP router has only those)."""
+    ids = flagged_ids(ring, held, threshold)
+    return None if ids is None else len(ids)
+
+
+def flagged_ids(ring: Ring, held: Mapping[str, float | None], threshold: float | None) -> list[str] | None:
+    """The members :func:`count_flagged` counts, in the ring's member order; ``None`` without a
+    threshold or for a ring ranked without fraud scores."""
     if threshold is None or not math.isfinite(threshold) or ring.evidence.get("gnn_mean") is None:
         return None
-    return sum(p >= threshold for p in predicted(ring, held).values())
+    prediction = predicted(ring, held)
+    return [u for u in ring.members if prediction.get(u, -math.inf) >= threshold]
 
 
 def _members_held_out(ring: Ring, positions: dict[str, int], held_out: np.ndarray | None) -> dict[str, float | None]:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from shopgraph.graph.explain import MAX_OTHERS, TOP_K, Explanation, feature_dict
 from shopgraph.graph.messages import known_ids
-from shopgraph.graph.rings import SCHEMA_VERSION, Ring, count_flagged, find_ring, known_fraud, predicted
+from shopgraph.graph.rings import SCHEMA_VERSION, Ring, find_ring, flagged_ids, known_fraud, predicted
 from shopgraph.graph.wording import ValueWords
 from shopgraph.retrieval.params import ApiError, ErrorOut, strict_query
 from shopgraph.retrieval.service import as_prediction, shown, what_probability_is
@@ -96,6 +96,10 @@ class RingOut(BaseModel):
                           "score where the scorer was trained on it (as /fraud/score's held_out_flagged), its member "
                           "score otherwise; the members whose predicted_flagged is true (null without a fraud "
                           "scorer)")
+    flagged_members: list[str] | None = Field(
+        None, description="the members flagged counts, in the order of members: a member listed here may have a "
+                          "member score below the threshold when the scorer was trained on its label (its "
+                          "prediction is its held-out score; /fraud/ring/{ring_id} gives it)")
 
 
 class RingsOut(BaseModel):
@@ -264,13 +268,13 @@ def _clean(value: Any) -> Any:
 
 
 def _ring_out(ring: Ring, rank: int, labels: dict[str, tuple[bool | None, bool]] | None = None,
-              flagged: int | None = None) -> RingOut:
+              flagged: list[str] | None = None) -> RingOut:
     evidence = {k: _clean(v) for k, v in ring.evidence.items() if k in RingEvidence.model_fields}
     fraud, trained = known_fraud(labels) if labels is not None else (None, None)
     return RingOut(ring_id=ring.ring_id, rank=rank, score=ring.score, members=list(ring.members),
                    shared_devices=list(ring.shared_devices), member_scores=dict(ring.member_scores),
                    evidence=RingEvidence(**evidence), known_fraud=fraud, known_fraud_trained_on=trained,
-                   flagged=flagged)
+                   flagged=None if flagged is None else len(flagged), flagged_members=flagged)
 
 
 def fraud_router(
@@ -344,10 +348,10 @@ def fraud_router(
         except KeyError:  # a ring of other users than the graph's: their member scores as they are
             return {}
 
-    def flagged_members(r: Ring, held: dict[str, float | None] | None = None) -> int | None:
+    def flagged_members(r: Ring, held: dict[str, float | None] | None = None) -> list[str] | None:
         """Members whose prediction (a trained-on one's held-out score, ``held`` when looked up
         already) is at or above the threshold."""
-        return count_flagged(r, held_scores(r) if held is None else held, threshold)
+        return flagged_ids(r, held_scores(r) if held is None else held, threshold)
 
     @router.get("/rings", response_model=RingsOut, summary="Ranked fraud rings", responses=_errors(404, 422),
                 dependencies=[Depends(strict_query(("top", "user_id"), ints={"top": (1, max_top)},

@@ -263,8 +263,10 @@ def test_ring_cases_and_explanations_give_the_trained_on_members_held_out_scores
         assert {u: m["held_out_probability"] for u, m in body["member_labels"].items()} == pytest.approx(held)
         # flagged: the members' predictions (a trained-on one's held-out score) at or above the threshold
         assert body["flagged"] == listed[ring.ring_id]["flagged"] == cases.flagged(ring) is not None
-        # ... each member's verdict named: the ones the count counts
+        # ... each member's verdict named: the ones the count counts, listed in the list's answer too
         assert body["flagged"] == sum(m["predicted_flagged"] for m in body["member_labels"].values())
+        assert body["flagged_members"] == listed[ring.ring_id]["flagged_members"] == [
+            u for u in ring.members if body["member_labels"][u]["predicted_flagged"]]
         assert {u: m["predicted_flagged"] for u, m in body["member_labels"].items()} == {
             u: (held[u] if held[u] is not None else ring.member_scores[u]) >= cases.threshold for u in ring.members}
         assert body["evidence"]["predicted_mean"] == pytest.approx(ring.evidence["predicted_mean"])
@@ -278,7 +280,7 @@ def test_ring_cases_and_explanations_give_the_trained_on_members_held_out_scores
     app.include_router(fraud_router(cases.rings, labels=cases.labels))
     body = TestClient(app).get(f"/fraud/ring/{cases.rings()[0].ring_id}").json()
     assert {m["held_out_probability"] for m in body["member_labels"].values()} == {None}
-    assert body["flagged"] is None  # no threshold given
+    assert body["flagged"] is None and body["flagged_members"] is None  # no threshold given
 
 
 def test_a_user_id_with_surrounding_spaces_names_the_stored_account(client: TestClient, cases: FraudCases) -> None:
