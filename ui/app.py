@@ -1224,19 +1224,16 @@ def _colour_split(ring: Ring, threshold: float | None) -> float | None:
     return float(threshold)
 
 
-def _split_at(threshold: float, below: float = 0.42, above: float = 0.62) -> tuple[Any, Any]:
-    """A colour scale's (forward, inverse) on [0, 1]: ``[0, threshold)`` onto ``[0, below)`` and
-    ``[threshold, 1]`` onto ``[above, 1]``, for ``matplotlib.colors.FuncNorm``."""
-    def forward(p: Any) -> Any:
-        p = np.asarray(p, dtype=np.float64)
-        return np.where(p < threshold, below * p / threshold, above + (1.0 - above) * (p - threshold) / (1.0 - threshold))
+def _split_colours(cmap: Any, threshold: float, below: float = 0.42, above: float = 0.62) -> Any:
+    """``cmap`` split at ``threshold`` for probabilities on a plain [0, 1] scale: ``[0, threshold)``
+    takes its colours ``[0, below)`` (greens to yellow), ``[threshold, 1]`` its colours
+    ``[above, 1]`` (orange to red), so the colour jumps where flagging starts while the colour bar's
+    axis stays the probability itself (a member at 0.20 sits just under a threshold of 0.21)."""
+    from matplotlib.colors import ListedColormap
 
-    def inverse(y: Any) -> Any:
-        y = np.asarray(y, dtype=np.float64)
-        return np.where(y < below, y * threshold / below,
-                        np.where(y < above, threshold, threshold + (y - above) * (1.0 - threshold) / (1.0 - above)))
-
-    return forward, inverse
+    p = np.linspace(0.0, 1.0, 1001)
+    place = np.where(p < threshold, below * p / threshold, above + (1.0 - above) * (p - threshold) / (1.0 - threshold))
+    return ListedColormap(cmap(place))
 
 
 def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase", threshold: float | None = None) -> PILImage:
@@ -1298,8 +1295,9 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase", threshold
     split = _colour_split(ring, threshold)
     # split at the threshold: below it greens to yellow, above it orange to red (the yellow between
     # left out), so that a flagged member never looks like an unflagged one
-    norm = (colors.FuncNorm(_split_at(split), vmin=0.0, vmax=1.0) if split is not None
-            else colors.Normalize(vmin=0.0, vmax=1.0))
+    if split is not None:
+        cmap = _split_colours(cmap, split)
+    norm = colors.Normalize(vmin=0.0, vmax=1.0)
     nx.draw_networkx_nodes(g, pos, nodelist=users, ax=ax, node_shape="o", node_size=260,
                            node_color=[cmap(norm(0.0 if s != s else s)) for s in scores],
                            edgecolors="black", linewidths=[2.6 if f else 0.8 for f in fraud])

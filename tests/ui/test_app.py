@@ -793,6 +793,32 @@ def test_a_flagged_member_is_drawn_warm_and_an_unflagged_one_cool(ui_cases: Frau
     assert g2 > r2 - 0.05  # yellow-green: not flagged
 
 
+def test_the_colour_bar_reads_the_probability_itself_with_the_threshold_in_its_place(
+        ui_cases: FraudCases, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The colours jump at the threshold, but the colour bar's axis is the probability: its line at
+    0.21 sits just above the 0.2 tick (it sat at 62 % of the bar, the 0.2 tick at 40 %)."""
+    from matplotlib.figure import Figure
+
+    ring = next((r for r in ui_cases.rings() if r.evidence.get("gnn_mean") is not None), None)
+    if ring is None:
+        pytest.skip("no scored ring in the small run")
+    bars: list[Any] = []
+    real = Figure.colorbar
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        bars.append(real(self, *args, **kwargs))
+        return bars[-1]
+
+    monkeypatch.setattr(Figure, "colorbar", spy)
+    draw_ring(ui_cases, ring, threshold=0.21)
+    bar = bars[0]
+    assert bar.ax.get_yscale() == "linear" and bar.ax.get_ylim() == pytest.approx((0.0, 1.0))
+    line = [ln for ln in bar.ax.get_lines() if list(ln.get_ydata()) == [0.21, 0.21]]
+    assert line, [ln.get_ydata() for ln in bar.ax.get_lines()]
+    below, above = bar.cmap(bar.norm(0.20)), bar.cmap(bar.norm(0.22))
+    assert below[1] > below[0] and above[0] > 0.99 and above[1] < 0.85  # yellow-green, then (light) orange
+
+
 def test_ring_labels_do_not_overlap_when_their_points_crowd() -> None:
     """Shared devices sit close together in a ring's layout: their labels used to cover each other."""
     import matplotlib
