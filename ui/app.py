@@ -454,6 +454,9 @@ def _check_k(k: Any) -> int:
 
 
 # -- Recommend --------------------------------------------------------------------------------------
+_DID_IT = {"purchase": "bought", "cart": "carted", "view": "viewed"}  # a history caption's first word
+
+
 def recommend_view(service: ShopService, history: UserHistory | None, thumbs: Thumbnails, user_id: Any,
                    k: Any = DEFAULT_K) -> RecommendView:
     """The user's recent history and their top-k recommendations.
@@ -480,9 +483,11 @@ def recommend_view(service: ShopService, history: UserHistory | None, thumbs: Th
                 info = _info(service, row.item_id)
                 if info is None:  # removed from the catalogue since
                     continue
-                when = f" · {row.time}" if row.time else ""
+                # what they did and when first: a gallery cuts a caption to its first words
+                did = _DID_IT.get(str(row.event_type), str(row.event_type))
+                when = f" {row.time}" if row.time else ""
                 past.append((thumbs.get(row.item_id, info),
-                             _plain(f"{info['title'] or row.item_id} · {row.event_type}{when}")))
+                             _plain(f"{did}{when} · {info['title'] or row.item_id}")))
     except (ValueError, NotAvailableError) as exc:
         return RecommendView(_problem(exc, SHOPPER), [], [], pd.DataFrame(columns=RECOMMEND_COLUMNS))
     status = (f"**{_md(user)}**: {n_bought:,} purchases in the data. Top {plural(len(found.table), 'recommendation')} "
@@ -537,7 +542,7 @@ def visitor_view(service: ShopService, thumbs: Thumbnails, item_ids: Any, k: Any
                              else _problem(exc, VISITOR_ITEMS), [], [], _empty_results())
     except (ValueError, NotAvailableError) as exc:
         return RecommendView(_problem(exc, VISITOR_ITEMS), [], [], _empty_results())
-    seen = [(thumbs.get(i, info), _plain(f"{info['title'] or i} · looked at")) for i, info in infos.items()]
+    seen = [(thumbs.get(i, info), _plain(f"looked at · {info['title'] or i}")) for i, info in infos.items()]
     status = (f"**For a visitor, not the shopper above:** someone with no account who looked at "
               f"{plural(len(picked), 'item')}. The model has no history for them, so it shows the "
               f"{len(found.table):,} items most like those taken together, as the model places items (a similarity "
@@ -1025,9 +1030,12 @@ def flagged_at(service: ShopService, threshold: Any) -> str:
     labelled = int((labels[flagged] >= 0).sum())
     all_fraud = int((known & (labels == 1)).sum())
     # and the other way round: of the accounts labelled fraud, how many the threshold catches (the rest it misses)
-    caught = (f", and {int(fraud.sum()):,} of the {all_fraud:,} accounts it labels fraud are flagged "
+    caught = (f"{int(fraud.sum()):,} of the {all_fraud:,} accounts it labels fraud are flagged "
               f"({fraud.sum() / all_fraud:.0%}; {all_fraud - int(fraud.sum()):,} missed)" if all_fraud else "")
-    share = (f"; the shop's data labels {int(fraud.sum()):,} of them fraud{caught}" if labelled else "")
+    if labelled:
+        share = f"; the shop's data labels {int(fraud.sum()):,} of them fraud" + (f", and {caught}" if caught else "")
+    else:  # none of the flagged labelled (none flagged, say): what it misses is still said
+        share = "; " + caught.replace("it labels", "the shop's data labels") if caught else ""
     return (f"*At this threshold {int(flagged.sum()):,} of the {int(known.sum()):,} accounts are flagged{share} "
             "(each judged as above: by its prediction with its own label held out when the scorer was trained "
             "on it). These are all the shop's accounts; the Model tab's precision and recall are measured on the "
@@ -1669,21 +1677,25 @@ def _in_short(purchase: dict[str, Any], fraud: dict[str, Any]) -> str:
         name = max(rivals, key=lambda n: rivals[n])
         return name, float(ours), float(rivals[name])
 
-    def compared(ours: float, theirs: float) -> str:
+    def compared(ours: float, theirs: float, share: bool) -> str:
+        """``2 percentage points (7%) more than``: the difference itself first (a reader takes "7%
+        more" of 31% against 29% for points), then how large it is beside the rival's value."""
         if theirs <= 0:
             return "ahead of"
         change = ours / theirs - 1.0
-        return (f"{change:.0%} more than" if change >= 0.005 else f"{-change:.0%} less than" if change <= -0.005
-                else "about the same as")
+        gap = abs(ours - theirs)
+        size = f"{gap * 100:.0f} percentage point{'s' if round(gap * 100) != 1 else ''}" if share else f"{gap:.2f}"
+        return (f"{size} ({change:.0%}) more than" if change >= 0.005
+                else f"{size} ({-change:.0%}) less than" if change <= -0.005 else "about the same as")
 
     parts = []
     if (p := best(purchase, "recall@20")) is not None:
         parts.append(f"ShopGraph's top 20 recommendations hold on average {p[1]:.0%} of the items a shopper "
                      "bought next that they had not bought before (items they had only viewed count), "
-                     + f"{compared(p[1], p[2])} the best simple method ({_md(p[0])}, {p[2]:.0%})"
+                     + f"{compared(p[1], p[2], share=True)} the best simple method ({_md(p[0])}, {p[2]:.0%})"
                      + _chance(purchase.get("test", {}).get("vs_best"), p[0]))
     if (f := best(fraud, "auprc")) is not None:
-        parts.append(f"its fraud ranking scores {f[1]:.2f} AUPRC, {compared(f[1], f[2])} the best simple "
+        parts.append(f"its fraud ranking scores {f[1]:.2f} AUPRC, {compared(f[1], f[2], share=False)} the best simple "
                      f"method ({_md(f[0])}, {f[2]:.2f})")
     return (" In short: " + "; ".join(parts) + ".") if parts else ""
 
@@ -1869,7 +1881,8 @@ def generated_shop(run_dir: Path | None) -> dict[str, Any] | None:
 # tables of many columns get more (the ranked rings' 6 % column holds R0001 at 1,100 px), and the
 # tab buttons are narrower, so that all five fit rather than three going behind a "More tabs" button;
 # a gallery shows two pictures a row, all of them (not four a row with the fourth cut off), below its
-# label (which takes two lines there). Pass it as ``css=`` where the app is mounted or launched.
+# label (which takes two lines there); over each wide table a line says it scrolls sideways (a phone
+# shows no scroll bar until it is touched). Pass it as ``css=`` where the app is mounted or launched.
 UI_CSS = """
 @media (max-width: 700px) {
   .row { flex-direction: column !important; flex-wrap: nowrap !important; }
@@ -1879,6 +1892,11 @@ UI_CSS = """
   #rec-table .table-container > .table-wrap, #search-table .table-container > .table-wrap,
   #ring-members .table-container > .table-wrap { min-width: 1000px !important; }
   #ring-table .table-container > .table-wrap { min-width: 1100px !important; }
+  #rec-table::before, #search-table::before, #fraud-reasons::before, #ring-table::before, #ring-members::before,
+  #model-purchase::before, #model-fraud::before {
+    content: "↔ Swipe the table sideways to see all its columns"; display: block; order: -1;
+    font-size: 12px; padding: 0 2px 4px; color: var(--body-text-color-subdued);
+  }
   [role=tablist] > button, .tab-container > button { padding: 0 5px !important; font-size: 13px !important; }
   .gallery-container .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
   .gallery-container .grid-container.pt-6 { padding-top: 2.75rem !important; }
@@ -2023,7 +2041,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
         with gr.Tabs() as tabs:  # a handle, so that a button can open another tab
             with gr.Tab("Recommend", id="recommend"):
                 gr.Markdown("**What the shop would show this shopper next.** Pick a shopper (or type an id): on the left "
-                            "what they recently looked at or bought, on the right the model's top picks, each with a "
+                            "(above, on a phone) what they recently looked at or bought, on the right (below) the model's top picks, each with a "
                             "score (higher = better fit) and the reason (what in their history led to it). A visitor with no "
                             "account works too: pick a few items they looked at.")
                 with gr.Row():
@@ -2045,7 +2063,8 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 with gr.Row():
                     rec_hist = gr.Gallery(label="Recent history (most recent first); for a visitor: what they looked at", columns=4, height=300,
                                           object_fit="contain", elem_id="rec-history")
-                    rec_gallery = gr.Gallery(label="Recommended", columns=4, height=300, object_fit="contain",
+                    rec_gallery = gr.Gallery(label="Recommended, best first (scroll the pictures for more)", columns=4,
+                                             height=300, object_fit="contain",
                                              elem_id="rec-gallery")
                 rec_table = gr.Dataframe(value=_empty_results(), label="Recommendations with reasons",
                                          interactive=False, wrap=True, max_height=1400,  # 20 rows unscrolled

@@ -89,7 +89,10 @@ def test_recommend_view_matches_service_and_shows_history(ui_service: ShopServic
     assert 0 < len(view.history) <= 8
     events = history.recent(user)
     first_title = ui_service.item_info(events["item_id"].iloc[0])["title"]
-    assert view.history[0][1].startswith(first_title)
+    # what they did and when first (a gallery cuts its captions), then the title
+    did = {"purchase": "bought", "cart": "carted", "view": "viewed"}[events["event_type"].iloc[0]]
+    when = f" {events['time'].iloc[0]}" if events["time"].iloc[0] else ""
+    assert view.history[0][1] == f"{did}{when} · {first_title}"
     # a full history panel says that reasons can name older items than it shows
     assert ("a reason can name an older one" in view.status) == (len(view.history) == 8)
 
@@ -154,7 +157,7 @@ def test_visitor_view_is_the_cold_start_answer(ui_service: ShopService, thumbs: 
     assert all(0 < s <= 1 for s in view.table[SIMILARITY])
     assert not set(picked) & set(view.table["item_id"])
     assert [caption for _, caption in view.history] == [
-        f"{ui_service.item_info(i)['title'] or i} · looked at" for i in picked]
+        f"looked at · {ui_service.item_info(i)['title'] or i}" for i in picked]
     assert len(view.gallery) == 6
     one = visitor_view(ui_service, thumbs, picked[0], 3)  # a single typed id
     assert "looked at 1 item." in one.status and one.table["item_id"].tolist() == \
@@ -878,7 +881,8 @@ def test_model_view_tables_from_metrics_json(ui_run: Path) -> None:
     assert _in_short({"gnn": {"recall@20": 0.31}, "baselines": {"itemknn": {"recall@20": 0.2}, "pop": {
         "recall@20": 0.289}}}, {"gnn": {"auprc": 0.8}, "baselines": {"xgb": {"auprc": 0.81}}}) == (
         " In short: ShopGraph's top 20 recommendations hold on average 31% of the items a shopper bought next that "
-        "they had not bought before (items they had only viewed count), 7% more than the best simple method (pop, 29%); its fraud ranking scores 0.80 AUPRC, 1% less than the best "
+        "they had not bought before (items they had only viewed count), 2 percentage points (7%) more than the best "
+        "simple method (pop, 29%); its fraud ranking scores 0.80 AUPRC, 0.01 (1%) less than the best "
         "simple method (xgb, 0.81).")
     assert _in_short({"gnn": {"recall@20": 0.3}, "baselines": {}}, {"gnn": {"kind": "none"}}) == ""
     for se, said in ((0.009, "is more than chance would give"), (0.02, "is within what chance alone can give")):
@@ -1251,6 +1255,9 @@ def test_the_threshold_says_how_many_accounts_it_flags(ui_service: ShopService) 
     assert all_fraud and (f", and {fraud:,} of the {all_fraud:,} accounts it labels fraud are flagged "
                           f"({fraud / all_fraud:.0%}; {all_fraud - fraud:,} missed)") in text
     assert f"{known:,} of the {known:,} accounts are flagged" in flagged_at(ui_service, 0.0)
+    # a threshold that flags none still says how much labelled fraud it misses
+    assert (f"*At this threshold 0 of the {known:,} accounts are flagged; 0 of the {all_fraud:,} accounts the shop's "
+            f"data labels fraud are flagged (0%; {all_fraud:,} missed)") in flagged_at(ui_service, 1.0 - 1e-12)
     assert flagged_at(ui_service, 5) == "" and flagged_at(ui_service, "x") == ""  # the verdict says why
 
 

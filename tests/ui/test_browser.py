@@ -317,6 +317,12 @@ def test_a_phone_sized_screen_stacks_the_boxes_and_scrolls_tables_sideways(page:
             const box = document.querySelector('#rec-table .table-container');
             return [wrap.getBoundingClientRect().width, box.scrollWidth, box.clientWidth]; }""")
         assert widths[0] >= 640 and widths[1] > widths[2], widths  # wider than the screen: it scrolls
+        # ... and says so above it (a phone shows no scroll bar until the table is touched)
+        hint = phone.evaluate("() => getComputedStyle(document.querySelector('#rec-table'), '::before').content")
+        assert "Swipe the table sideways" in hint, hint
+        page.locator("#rec-table").wait_for()  # a desktop's table fits, and says nothing of the kind
+        assert page.evaluate("() => getComputedStyle(document.querySelector('#rec-table'), '::before').content") \
+            in ("none", "normal")
         shopper = phone.get_by_label("Shopper").bounding_box()
         assert shopper is not None and shopper["width"] > 250  # the whole width, not half of it
         # every tab is in the tab bar, none behind a "More tabs" button
