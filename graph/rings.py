@@ -766,11 +766,20 @@ def find_ring(rings: Sequence[Ring], ring_id: str) -> int | None:
     folded = [k for k, r in enumerate(rings) if r.ring_id.casefold() == key.casefold()]
     if len(folded) == 1:
         return folded[0]
-    rank = re.fullmatch(r"[Rr]?0*(\d{1,9})", key)
+    rank = re.fullmatch(r"[Rr]?0*([0-9]{1,9})", key)  # ASCII digits: a full-width one is a look-alike (ring_hint)
     if not folded and rank is not None:
         canonical = f"R{int(rank[1]):04d}"
         return next((k for k, r in enumerate(rings) if r.ring_id == canonical), None)
     return None
+
+
+def ring_hint(rings: Sequence[Ring], ring_id: str) -> str:
+    """What an unknown ring id's error adds when it looks like one ring id (a full-width digit, a
+    Cyrillic letter pasted from a document: ``Р0016``): `` (did you mean 'R0016'? ...)``, as for
+    users and devices; ``""`` otherwise (:func:`~shopgraph.graph.messages.did_you_mean`)."""
+    if not isinstance(ring_id, str):
+        return ""
+    return did_you_mean({r.ring_id: k for k, r in enumerate(rings)}, ring_id.strip())
 
 
 def known_fraud(labels: dict[str, tuple[bool | None, bool]]) -> tuple[int, int]:
@@ -1121,7 +1130,7 @@ def _chosen(rings: Sequence[Ring], top: int, ring_ids: Sequence[str]) -> list[Ri
     unknown = [ring_id for ring_id, at in found.items() if at is None]
     if unknown:
         raise ValueError(f"--ring: unknown {'ring' if len(unknown) == 1 else 'rings'} "
-                         f"{', '.join(shown(r) for r in unknown)} "
+                         f"{', '.join(shown(r) + ring_hint(rings, r) for r in unknown)} "
                          f"({known_ids(len(rings), 'ring', rings[0].ring_id if rings else None)}); nothing was written")
     return [rings[at] for at in sorted({at for at in found.values() if at is not None})]
 
@@ -1285,7 +1294,7 @@ class FraudCases:
         at = find_ring(self._rings, ring_id) if isinstance(ring_id, str) else None
         if at is None:
             known = known_ids(len(self._rings), "ring", self._rings[0].ring_id if self._rings else None)
-            raise KeyError(f"unknown ring_id {shown(ring_id)} ({known})")
+            raise KeyError(f"unknown ring_id {shown(ring_id)}{ring_hint(self._rings, ring_id)} ({known})")
         return self._rings[at]
 
     def has_user(self, user_id: str) -> bool:

@@ -28,7 +28,15 @@ from pydantic import BaseModel, Field
 
 from shopgraph.graph.explain import MAX_OTHERS, TOP_K, Explanation, feature_dict
 from shopgraph.graph.messages import known_ids
-from shopgraph.graph.rings import SCHEMA_VERSION, Ring, find_ring, flagged_ids, known_fraud, predicted
+from shopgraph.graph.rings import (
+    SCHEMA_VERSION,
+    Ring,
+    find_ring,
+    flagged_ids,
+    known_fraud,
+    predicted,
+    ring_hint,
+)
 from shopgraph.graph.wording import ValueWords
 from shopgraph.retrieval.params import ApiError, ErrorOut, strict_query
 from shopgraph.retrieval.service import as_prediction, shown, what_probability_is
@@ -397,7 +405,8 @@ def fraud_router(
         at = find_ring(ranked, ring_id)
         if at is None:
             known = known_ids(len(ranked), "ring", ranked[0].ring_id if ranked else None)
-            raise ApiError(404, f"ring_id: unknown ring {shown(ring_id)} ({known})", "unknown_ring", [ring_id])
+            raise ApiError(404, f"ring_id: unknown ring {shown(ring_id)}{ring_hint(ranked, ring_id)} ({known})",
+                           "unknown_ring", [ring_id])
         return at + 1, ranked[at]
 
     @router.get("/ring/{ring_id}", response_model=RingCaseOut, summary="One ring's case", responses=_errors(404, 422),
