@@ -933,6 +933,11 @@ class _StrictParser(MultiPartParser):
     its bytes as Latin-1 and hand on an id or a title the client never sent: ``x\xff`` as ``xÿ``)."""
 
     not_utf8: tuple[str, bytes] | None = None
+    ended = False  # the closing boundary was read: a body cut off before it is no form at all
+
+    def on_end(self) -> None:
+        self.ended = True
+        super().on_end()
 
     def on_part_end(self) -> None:
         part = self._current_part
@@ -967,6 +972,10 @@ async def _multipart(request: Request) -> FormData:
                                  f"({detail[:1].lower() + detail[1:]})") from None
     except (ValueError, KeyError, AssertionError) as exc:
         raise HTTPException(400, f"body: not a readable multipart/form-data body ({type(exc).__name__})") from None
+    if not parser.ended:  # its last fields would read as missing ("item_id: required"), not as a cut body
+        await form.close()
+        raise HTTPException(400, "body: not a readable multipart/form-data body (it ends before its closing "
+                                 "boundary: cut off?)")
     if parser.not_utf8 is not None:
         await form.close()
         name, raw = parser.not_utf8

@@ -440,6 +440,13 @@ def test_errors_name_what_went_wrong_by_a_code_a_program_can_branch_on(client):
      "content-encoding: compressed bodies are not supported (got 'br'); send the body uncompressed"),
     ("post", "/search", {"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data"}}, 400,
      "body: not a readable multipart/form-data body"),
+    # cut off before its closing boundary: a cut body, not a form without its last fields
+    ("post", "/items", {"content": b'--zz\r\nContent-Disposition: form', "headers": {
+        "content-type": "multipart/form-data; boundary=zz"}}, 400,
+     "body: not a readable multipart/form-data body (it ends before its closing boundary: cut off?)"),
+    ("post", "/search", {"content": b'--zz\r\nContent-Disposition: form-data; name="text"\r\n\r\nshoes\r\n', "headers": {
+        "content-type": "multipart/form-data; boundary=zz"}}, 400,
+     "body: not a readable multipart/form-data body (it ends before its closing boundary: cut off?)"),
     ("post", "/search", {"files": {"image": ("x.png", b"not an image", "image/png")}}, 422,
      "image: not a readable image (12 bytes; not a format the image library knows; starts with b'not an i')"),
     ("post", "/search", {"files": {"image": ("x.png", b"", "image/png")}}, 422, "image: the upload is empty"),
