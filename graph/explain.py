@@ -634,6 +634,14 @@ class ServedTreeExplainer:
                 moved[r] = (_nobody(key), 0.0)
         if not moved:
             return items
+        # no co-user on any identifier says there is none on a device: one reason, not the same fact twice
+        # ("no other accounts sharing a device (or other identifier)" beside "no other account on the same
+        # devices")
+        anyone = next((t for t, _ in moved.values() if t.endswith(NOBODY_SUFFIX) and t.startswith(_ANY_IDENTIFIER)),
+                      None)
+        if anyone is not None:
+            devices = _nobody(("uses", "device"))
+            moved = {r: ((anyone, 0.0) if target == devices else (target, value)) for r, (target, value) in moved.items()}
         total: dict[str, float] = {}
         for r, (target, _) in moved.items():
             total[target] = total.get(target, 0.0) + items[r].attribution
@@ -690,6 +698,10 @@ class ServedTreeExplainer:
 
 
 _EMBEDDING_COLUMN = re.compile(r"^(?P<prefix>.*?)(?P<kind>text|image)_\d+$")
+
+
+# the ring columns' co-users on every identifier (graph.fraud_scorer.ring_column_text), devices among them
+_ANY_IDENTIFIER = "accounts sharing a device (or other identifier)"
 
 
 def _nobody(key: tuple[str, str]) -> str:

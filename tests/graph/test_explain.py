@@ -649,6 +649,39 @@ def test_an_account_without_co_users_gets_one_reason_for_their_counts(graph: Het
         assert b + sum(f.attribution for f in items) == pytest.approx(float(margin[u]), abs=1e-4)
 
 
+def test_an_account_without_any_co_user_is_told_so_once(graph: HeteroData) -> None:
+    """No co-user on any identifier, so none on a device either: one reason, "no other accounts sharing
+    a device (or other identifier)", holding the device means' contributions too (it was given beside
+    "no other account on the same devices", the same fact twice); the contributions still add up."""
+    xgb = pytest.importorskip("xgboost")
+    from shopgraph.graph.baselines import XGBGraphFraud
+    from shopgraph.graph.explain import ServedTreeExplainer
+    from shopgraph.graph.fraud_scorer import product_feature_table
+
+    x, names = product_feature_table(graph, None)
+    x = x.copy()
+    count = names.index("accounts sharing a device (or other identifier) (log count)")
+    others = names.index("other users sharing a device via uses: mean f3")
+    alone = np.flatnonzero(x[:, count] <= 0)
+    assert alone.size and (x[:, count] > 0).any()
+    for k, name in enumerate(names):  # the accounts without co-users: nobody on their devices either
+        if "device" in name and ("sharing" in name or "paths" in name):
+            x[alone, k] = 0.0
+    y = ((x[:, count] > 0) & (x[:, others] > np.median(x[:, others]))).astype(np.int64)
+    only = np.zeros_like(x)
+    only[:, [count, others]] = x[:, [count, others]]
+    booster = xgb.Booster()
+    booster.load_model(bytearray(XGBGraphFraud(n_estimators=20, seed=0).fit(only, y).booster_bytes()))
+    explainer = ServedTreeExplainer(booster, "graph_trees", x, names)
+    margin = booster.predict(xgb.DMatrix(x), output_margin=True)
+    u = int(alone[0])
+    items, base = explainer.contributions(u)
+    named = [f.name for f in items]
+    assert "accounts sharing a device (or other identifier): none" in named
+    assert "other users sharing a device via uses: none" not in named and len(named) == len(set(named))
+    assert base + sum(f.attribution for f in items) == pytest.approx(float(margin[u]), abs=1e-4)
+
+
 def test_an_account_without_quick_purchases_is_not_told_what_they_are(graph: HeteroData) -> None:
     """The means over the items an account bought right after viewing or carting them are 0 for an
     account that bought none so: their reasons are reported together as "no purchase made right
