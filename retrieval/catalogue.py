@@ -443,9 +443,9 @@ class CatalogueJournal:
         if now.digest() == pos.digest.digest():
             return now
         raise CatalogueError(f"{self.path}: lines 1 to {pos.line:,}, which this service has applied, were changed "
-                                 "since (edited in place, or the file replaced); nothing is written on top of them. "
-                                 "Put the journal back as it was, or check it (`shopgraph catalogue --run RUN` "
-                                 "names a damaged line) and restart the service to serve what it holds")
+                             "since (edited in place, or the file replaced); nothing is written on top of them. "
+                             "Put the journal back as it was, or check it (`shopgraph catalogue --run RUN` "
+                             "names a damaged line) and restart the service to serve what it holds")
 
     def _open(self, applied: int) -> BinaryIO | None:
         """The journal open for reading; ``None`` before the first change. A journal removed after
