@@ -911,7 +911,8 @@ def _adding_up(explanation: Any) -> tuple[list[dict[str, Any]], list[dict[str, A
     rest = getattr(explanation, "unlisted", None)
     if rest is None:
         rest = math.log(score / (1.0 - score)) - base - sum(float(f.attribution) for f in explanation.features)
-    start = {"reason": "where every account starts: the typical account's score, before any fact about it",
+    start = {"reason": "where the account starts: the typical account's score, before any fact about it (the trees that scored "
+                        "it set it: a little different for an account whose verdict is its held-out score)",
              "value": f"{1.0 / (1.0 + math.exp(-base)):.3f}", "effect": "", "contribution": round(base, 3)}
     others = {"reason": "every other fact about this account, together", "value": "", "effect": effect_words(rest),
               "contribution": round(rest, 3)}

@@ -443,7 +443,7 @@ def test_fraud_view_with_explanations(ui_service: ShopService, ui_cases: FraudCa
     decided = held if held is not None and math.isfinite(held) else score.probability  # what the verdict leads with
     assert ("FLAGGED" in view.verdict) == (decided >= score.threshold)
     assert len(view.reasons) > 0 and view.method
-    facts = ~view.reasons["reason"].str.startswith(("where every account starts", "every other fact", "= the account"))
+    facts = ~view.reasons["reason"].str.startswith(("where the account starts", "every other fact", "= the account"))
     contrib = view.reasons["contribution"][facts].dropna().abs().tolist()
     assert contrib == sorted(contrib, reverse=True)
 
@@ -971,7 +971,7 @@ def test_served_trees_explain_the_served_score(ui_run: Path, ui_service: ShopSer
     assert ex.score == pytest.approx(ui_service.score_user(user).probability, abs=1e-5)
     view = fraud_view(ui_service, ui_cases, user)
     assert "pushes towards fraud" in view.method and "TreeSHAP" not in view.method  # the trees caption, in plain words
-    facts = ~view.reasons["reason"].str.startswith(("where every account starts", "every other fact", "= the account"))
+    facts = ~view.reasons["reason"].str.startswith(("where the account starts", "every other fact", "= the account"))
     scored = view.reasons["contribution"][facts].dropna().abs().tolist()
     assert scored and scored == sorted(scored, reverse=True)
     # the account's own features as people read them: its age in days, not in SDs from the average
@@ -1095,7 +1095,8 @@ def test_tree_reasons_add_up_to_the_score_from_where_every_account_starts(ui_cas
         base=-5.0)
     table = _explanation_table(ex)
     assert table["reason"].tolist() == [
-        "where every account starts: the typical account's score, before any fact about it",
+        "where the account starts: the typical account's score, before any fact about it (the trees that scored it "
+        "set it: a little different for an account whose verdict is its held-out score)",
         "share of quick purchases", "share of events at night in the training period", "every other fact about this account, together",
         "= the account's score: where it starts plus every contribution above"]
     assert table["value"].iloc[0] == "0.007" and table["contribution"].iloc[0] == -5.0  # 1 / (1 + e^5), its log-odds
@@ -1228,7 +1229,7 @@ def test_each_reason_says_its_effect_in_words(ui_service: ShopService, ui_cases:
     table = fraud_view(ui_service, ui_cases, user).reasons
     assert table.columns.tolist() == ["reason", "value", "effect", "contribution"]
     for row in table.itertuples(index=False):
-        start_or_sum = row.reason.startswith(("where every account starts", "= the account's score"))
+        start_or_sum = row.reason.startswith(("where the account starts", "= the account's score"))
         assert row.effect == ("" if start_or_sum or row.contribution is None or row.contribution != row.contribution
                               else effect_words(row.contribution))
     assert (table["effect"] != "").any()
