@@ -712,7 +712,7 @@ def _export_problem(out: Path, overwrite: bool = True) -> str | None:
     rings: list[Any] = listed if isinstance(listed, list) else []
     ids = {str(r["ring_id"]) for r in rings if isinstance(r, dict) and "ring_id" in r}
     written = {f"{ring_id}.{ext}" for ring_id in ids for ext in ("json", "csv")}
-    others = [p.name for p in sorted(out.iterdir()) if p.name not in ("rings.json", "cases")]
+    others = [p.name for p in sorted(out.iterdir()) if p.name not in ("rings.json", SUMMARY_CSV, "cases")]
     cases = out / "cases"
     if cases.is_dir() and not cases.is_symlink():
         others += [f"cases/{p.name}" for p in sorted(cases.iterdir()) if p.name not in written or not p.is_file()]
@@ -907,13 +907,35 @@ def case_file(
     return doc, timeline
 
 
+SUMMARY_CSV = "rings.csv"  # an export's overview, a ring a row, as `shopgraph rings` lists them
+SUMMARY_COLUMNS = ["ring_id", "score", "members", "flagged", "known_fraud", "known_fraud_trained_on",
+                   "shared_devices", "predicted_mean", "median_account_age_days", "purchase_velocity",
+                   "high_risk_share", "member_ids", "flagged_member_ids", "shared_device_ids"]
+
+
+def _summary_row(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A case file's ring as a row of the export's ``rings.csv`` (ids joined by spaces: none holds
+    one, as the loader strips them; members the most likely fraud first, as the case file has them)."""
+    evidence = doc.get("evidence", {})
+    members = doc.get("members", [])
+    return {"ring_id": doc["ring_id"], "score": doc["score"], "members": len(members), "flagged": doc.get("flagged"),
+            "known_fraud": doc.get("known_fraud"), "known_fraud_trained_on": doc.get("known_fraud_trained_on"),
+            "shared_devices": len(doc.get("shared_devices", [])),
+            **{k: evidence.get(k) for k in ("predicted_mean", "median_account_age_days", "purchase_velocity",
+                                            "high_risk_share")},
+            "member_ids": " ".join(m["user_id"] for m in members),
+            "flagged_member_ids": " ".join(m["user_id"] for m in members if m.get("predicted_flagged")),
+            "shared_device_ids": " ".join(doc.get("shared_devices", []))}
+
+
 def export_cases(
     rings: Sequence[Ring], data: HeteroData, tables: ShopTables, out: str | Path, *,
     hubs: Sequence[Hub] = (), mode: str = "", params: dict[str, Any] | None = None,
     explanations: dict[str, dict[str, Any]] | None = None, source: dict[str, Any] | None = None,
     fraud_prob: np.ndarray | None = None, held_out: np.ndarray | None = None, threshold: float | None = None,
 ) -> Path:
-    """Write ``out/rings.json`` and ``out/cases/<ring_id>.{json,csv}`` atomically.
+    """Write ``out/rings.json``, ``out/rings.csv`` (a ring a row: the overview a spreadsheet opens) and
+    ``out/cases/<ring_id>.{json,csv}`` atomically.
 
     Everything is written into a temporary sibling folder which is renamed to ``out`` only when
     complete; a failure removes it and leaves any previous export untouched. An existing ``out``
@@ -952,10 +974,12 @@ def export_cases(
         (tmp / "cases").mkdir()
         _dump(tmp / "rings.json", {**rings_payload(rings, hubs, mode, params or {}, source),
                                    "case_version": CASE_VERSION})
+        summary: list[dict[str, Any]] = []
         for ring in rings:
             doc, timeline = case_file(ring, data, tables, (explanations or {}).get(ring.ring_id), fraud_prob,
                                       held_out, threshold, source)
             _dump(tmp / "cases" / f"{ring.ring_id}.json", doc)
+            summary.append(_summary_row(doc))
             csv = timeline.copy()
             csv.insert(0, "ring_id", ring.ring_id)
             csv.insert(csv.columns.get_loc("user_id") + 1, "member_score",
@@ -973,6 +997,7 @@ def export_cases(
                 verdicts = {m["user_id"]: m[key] for m in doc["members"]}
                 csv.insert(csv.columns.get_loc(after) + 1, column, csv["user_id"].map(verdicts).astype("boolean"))
             csv.to_csv(tmp / "cases" / f"{ring.ring_id}.csv", index=False)
+        pd.DataFrame(summary, columns=SUMMARY_COLUMNS).to_csv(tmp / SUMMARY_CSV, index=False)
         swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -23,6 +23,7 @@ from shopgraph.graph.build import build_graph
 from shopgraph.graph.pipeline import save_tables
 from shopgraph.graph.rings import (
     CASE_VERSION,
+    SUMMARY_COLUMNS,
     RINGS_FILE,
     SCHEMA_VERSION,
     FraudCases,
@@ -357,6 +358,16 @@ def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
         check_keys(raw, RING_KEYS, "ring")
         check_keys(raw["evidence"], EVIDENCE_KEYS, "evidence")
     assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json", "R0002.csv", "R0002.json"]
+    # the overview an analyst opens first: a ring a row, as the case files give them
+    overview = pd.read_csv(out / "rings.csv", dtype={"member_ids": str, "flagged_member_ids": str})
+    assert list(overview.columns) == SUMMARY_COLUMNS and overview["ring_id"].tolist() == ["R0001", "R0002"]
+    for row in overview.itertuples(index=False):
+        case = json.loads((out / "cases" / f"{row.ring_id}.json").read_text())
+        assert row.members == len(case["members"]) and row.flagged == case["flagged"]
+        assert row.member_ids.split(" ") == [m["user_id"] for m in case["members"]]
+        assert str(row.flagged_member_ids or "").split() == [m["user_id"] for m in case["members"]
+                                                              if m["predicted_flagged"]]
+        assert row.predicted_mean == pytest.approx(case["evidence"]["predicted_mean"])
     # an investigator other than the one who exported can read it, as any new folder (not mkdtemp's 0700)
     from shopgraph.graph.files import umask
 
