@@ -23,9 +23,9 @@ from shopgraph.graph.build import build_graph
 from shopgraph.graph.pipeline import save_tables
 from shopgraph.graph.rings import (
     CASE_VERSION,
-    SUMMARY_COLUMNS,
     RINGS_FILE,
     SCHEMA_VERSION,
+    SUMMARY_COLUMNS,
     FraudCases,
     Hub,
     Ring,
