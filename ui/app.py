@@ -1934,6 +1934,9 @@ def _warn(status: str) -> None:
         gr.Warning(status[len(ERROR_PREFIX):], duration=8)
 
 
+# the Similar & search tab's answer shown where the results begin, on a phone-sized screen (as UI_CSS's)
+_TO_RESULTS = ("() => { if (window.innerWidth <= 700) "
+               "document.querySelector('#search-status')?.scrollIntoView({behavior: 'smooth', block: 'start'}); }")
 DUPLICATE_WINDOW_S = 2.0  # the same request again within this time is the same request (see _Requests)
 MAX_SESSIONS = 10_000  # browser sessions whose last request a tab remembers (the oldest forgotten)
 
@@ -2133,9 +2136,11 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 sim_once = search_requests.once(wrap(similar_view), 3, "similar")
                 txt_once = search_requests.once(wrap(text_search_view), 3, "text")
                 sim_item.change(sim_once, [sim_item, search_k], outputs)
-                sim_btn.click(sim_once, [sim_item, search_k], outputs)
-                txt_btn.click(txt_once, [txt_query, search_k], outputs)
-                txt_query.submit(txt_once, [txt_query, search_k], outputs)
+                # on a phone the three boxes stack, and the results come two screens below the button
+                # pressed: the page goes down to them (a desktop shows them under the boxes already)
+                sim_btn.click(sim_once, [sim_item, search_k], outputs).then(None, js=_TO_RESULTS)
+                txt_btn.click(txt_once, [txt_query, search_k], outputs).then(None, js=_TO_RESULTS)
+                txt_query.submit(txt_once, [txt_query, search_k], outputs).then(None, js=_TO_RESULTS)
 
                 def on_image(path: Any, k: Any) -> tuple[Any, ...]:
                     view = image_search_view(service, thumbs, path, k)
@@ -2150,8 +2155,8 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 # an image search is answered every time (an upload is no repeat of a click), and makes the
                 # tab's next request a new one
                 image_once = search_requests.once(on_image, 4, "image", skip=False)
-                img_btn.click(image_once, [img_query, search_k], [*outputs, img_preview])
-                img_query.upload(image_once, [img_query, search_k], [*outputs, img_preview])
+                img_btn.click(image_once, [img_query, search_k], [*outputs, img_preview]).then(None, js=_TO_RESULTS)
+                img_query.upload(image_once, [img_query, search_k], [*outputs, img_preview]).then(None, js=_TO_RESULTS)
                 # the picture removed (its x): its preview and results go with it
                 img_query.clear(on_clear, None, [*outputs, img_preview])
 

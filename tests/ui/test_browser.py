@@ -334,6 +334,13 @@ def test_a_phone_sized_screen_stacks_the_boxes_and_scrolls_tables_sideways(page:
             return Array.from(document.querySelectorAll('#rec-gallery img')).map(
                 i => i.getBoundingClientRect().right <= box.right + 1); }""")
         assert inside and all(inside), inside
+        # the answer to a search button, two screens below it on a phone, is scrolled to
+        phone.get_by_role("tab", name="Similar & search").click()
+        phone.get_by_role("button", name="Similar items").click()
+        status = phone.locator("#search-status")
+        expect(status).to_contain_text("Items closest to")
+        phone.wait_for_function("() => { const r = document.querySelector('#search-status').getBoundingClientRect();"
+                                " return r.top >= -1 && r.top < window.innerHeight / 2; }")
         # the ranked rings' narrowest column holds a ring id on one line
         phone.get_by_role("tab", name="Rings").click()
         phone.locator("#ring-table").wait_for()
