@@ -320,7 +320,7 @@ def test_a_phone_sized_screen_stacks_the_boxes_and_scrolls_tables_sideways(page:
         # ... and says so above it (a phone shows no scroll bar until the table is touched)
         hint = phone.evaluate("() => getComputedStyle(document.querySelector('#rec-table'), '::before').content")
         assert "Swipe the table sideways" in hint, hint
-        page.locator("#rec-table").wait_for()  # a desktop's table fits, and says nothing of the kind
+        page.locator("#rec-table").wait_for(state="attached")  # a desktop's table fits, and says nothing of the kind
         assert page.evaluate("() => getComputedStyle(document.querySelector('#rec-table'), '::before').content") \
             in ("none", "normal")
         shopper = phone.get_by_label("Shopper").bounding_box()
