@@ -236,13 +236,17 @@ def _batch_entries(entry: dict[str, Any], where: str) -> list[tuple[str, dict[st
     return out
 
 
+TAIL_BYTES = 4096  # the last bytes applied a service keeps, to see a line before them change length
+
+
 @dataclass(frozen=True)
 class JournalPosition:
     """How far a service has applied the journal: the file's generation, the bytes and lines of it
     applied, and its inode (``0``: no file read yet), by which a replaced journal is noticed; its
     modification time when last read or written (a line edited in place changes it, the size
     perhaps not), and the sha256 of the bytes applied (``digest``, a running ``hashlib`` object),
-    by which a change to a line already applied is noticed (:meth:`CatalogueJournal.follow`)."""
+    by which a change to a line already applied is noticed (:meth:`CatalogueJournal.follow`, when
+    the file was replaced or changed without growing)."""
 
     generation: int = 0
     offset: int = 0
@@ -250,6 +254,7 @@ class JournalPosition:
     ino: int = 0
     mtime_ns: int = 0
     digest: Any = field(default=None, compare=False, repr=False)
+    tail: bytes = field(default=b"", compare=False, repr=False)  # the last TAIL_BYTES applied, as they were
 
     def stamp(self) -> tuple[int, int, int]:
         """What :meth:`CatalogueJournal.stat` says of the journal when nothing changed it since."""
@@ -385,7 +390,12 @@ class CatalogueJournal:
             found: list[tuple[str, dict[str, Any], bytes]] = []
             applied = None  # a running sha256 of the bytes pos applied, once checked
             if pos.ino and generation == pos.generation and pos.digest is not None:
-                applied = self._check_applied(f, pos)
+                # read again only a file replaced, or changed without growing (a line edited in place),
+                # or one whose last bytes applied moved (a line edited to another length, then grown);
+                # one that grew past them as they were was appended to, so the check costs nothing on
+                # the usual path: another process's change, or this one's write
+                replaced = st.st_ino != pos.ino or (st.st_size <= pos.offset and st.st_mtime_ns != pos.mtime_ns)
+                applied = self._check_applied(f, pos) if replaced or not self._tail_kept(f, pos) else pos.digest
             if pos.ino == 0:  # nothing read yet: the journal as it stands now says it all
                 pos = JournalPosition(generation)
                 header = self._header_entry(f, str(self.path))[0]
@@ -413,8 +423,28 @@ class CatalogueJournal:
                 pos = JournalPosition(generation, start, start_line)
             got, end, line, incomplete = self._scan(f, pos.offset, pos.line, str(self.path))
             digest = self._digest_of(f, end, applied, pos.offset)
+            tail = self._tail_of(f, end)
         return ([(where, entry) for where, entry, _ in found + got],
-                JournalPosition(generation, end, line, st.st_ino, st.st_mtime_ns, digest), incomplete)
+                JournalPosition(generation, end, line, st.st_ino, st.st_mtime_ns, digest, tail), incomplete)
+
+    def tail(self, end: int) -> bytes:
+        """The journal's last :data:`TAIL_BYTES` before byte ``end`` (a position's ``tail``)."""
+        with open(self.path, "rb") as f:
+            return self._tail_of(f, end)
+
+    @staticmethod
+    def _tail_of(f: BinaryIO, end: int) -> bytes:
+        start = max(0, end - TAIL_BYTES)
+        f.seek(start)
+        return f.read(end - start)
+
+    @staticmethod
+    def _tail_kept(f: BinaryIO, pos: JournalPosition) -> bool:
+        """Whether the last bytes ``pos`` applied are where they were: a line before them edited to
+        another length moves them."""
+        start = max(0, pos.offset - len(pos.tail))
+        f.seek(start)
+        return f.read(pos.offset - start) == pos.tail
 
     @staticmethod
     def _digest_of(f: BinaryIO, size: int, start: Any = None, offset: int = 0) -> Any:

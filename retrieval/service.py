@@ -2565,7 +2565,8 @@ class ShopService:
         digest = at.digest.copy() if at.digest is not None else None  # the bytes applied, and now the line
         end = self._journal.append(entry, digest)
         ino, _, mtime_ns = self._journal.stat()
-        self._journal_at = JournalPosition(at.generation, end, at.line + 1, ino, mtime_ns, digest)
+        self._journal_at = JournalPosition(at.generation, end, at.line + 1, ino, mtime_ns, digest,
+                                           self._journal.tail(end))
 
     def _encoder_name(self, kind: str) -> str:
         """The encoder that made this run's ``kind`` vectors, as the journal records it."""
