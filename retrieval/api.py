@@ -663,7 +663,7 @@ def _nearest_route(path: str, routes: Sequence[str]) -> str | None:
     least 0.75): a route without parameters by the whole path (``/recomend``: ``/recommend``), one
     with them, of as many segments, by its fixed parts, written with the values the path gave
     (``/fraud/rings/R0001``: ``/fraud/ring/R0001``); ``None`` when none is close."""
-    parts, best, ratio = path.strip("/").split("/"), None, 0.75
+    parts, best, ratio = path.lstrip("/").split("/"), None, 0.75  # a trailing "/": an empty last part
     for route in routes:
         fixed = route.strip("/").split("/")
         if "{" not in route:
@@ -672,7 +672,8 @@ def _nearest_route(path: str, routes: Sequence[str]) -> str | None:
             pairs = [(got, want) for got, want in zip(parts, fixed) if not want.startswith("{")]
             similar = difflib.SequenceMatcher(None, "/".join(g for g, _ in pairs),
                                               "/".join(w for _, w in pairs)).ratio()
-            named = "/" + "/".join(got if want.startswith("{") else want for got, want in zip(parts, fixed))
+            # a parameter left empty (/fraud/case/) is named by the route's own placeholder
+            named = "/" + "/".join((got or want) if want.startswith("{") else want for got, want in zip(parts, fixed))
         else:
             continue
         if similar >= ratio and (best is None or similar > ratio):

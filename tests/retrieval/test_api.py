@@ -1761,6 +1761,7 @@ def test_json_without_nan_and_routes_that_do_not_exist_are_named(client):
     assert _nearest_route("/fraud/rings/R0001", routes) == "/fraud/ring/R0001"
     assert _nearest_route("/fraud/devices/d1", routes) == "/fraud/device/d1"
     assert _nearest_route("/fraud/ring/R0001/members", routes) is None
+    assert _nearest_route("/fraud/case/", routes) == "/fraud/case/{ring_id}"  # the id left out: where it goes
     r = client.get("/nothing/like/it")
     assert r.status_code == 404 and r.json()["detail"] == "path: no route '/nothing/like/it' (the routes are listed at /docs)"
     r = client.put("/healthz")
