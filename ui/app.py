@@ -275,9 +275,11 @@ def _need_item(service: ShopService, item_id: str, label: str) -> None:
 def _need_user(service: ShopService, user_id: str, label: str, kind: str) -> None:
     if not service.has_user(user_id):
         hint = service.user_hint(user_id)  # " (did you mean 'u002002'? ids are case-sensitive)", as the API says
+        ids = service.user_ids
+        example = f", such as {ids[0]}" if len(ids) else ""  # what an id here looks like (the Rings box says it too)
         raise ValueError(f"{label}: unknown {kind} {shown(user_id)}" + (hint or (
             f" (pick one from the list or type the user id of {'an' if kind[0] in 'aeiou' else 'a'} {kind} in the "
-            "data)")))
+            f"data{example})")))
 
 
 def _info(service: ShopService, item_id: str) -> dict[str, Any] | None:

@@ -108,6 +108,7 @@ def test_recommend_view_typed_id_is_stripped(ui_service: ShopService, history: U
 
 @pytest.mark.parametrize("user, k, message", [
     ("nobody", 5, "Shopper: unknown shopper 'nobody'"),
+    ("nobody", 5, "in the data, such as u000000)"),  # what an id looks like, as the Rings box says
     ("", 5, "pick one from the list or type an id"),
     (None, 5, "pick one from the list or type an id"),
     ("u0", 0, "expected a whole number from 1 to 20 (got 0)"),
