@@ -605,6 +605,18 @@ def _unknown_code(exc: Exception) -> str:
     return code if code in ERROR_CODES else "unknown_item"
 
 
+def _route_table(app: Any) -> list[tuple[str, re.Pattern[str], set[str]]]:
+    """``(path, its regex, methods)`` of every route of ``app``: its own, and those of the routers
+    it includes (the fraud routes), which FastAPI keeps behind one included-router entry."""
+    table = []
+    for route in app.routes:
+        if isinstance(route, Route):
+            table.append((route.path, route.path_regex, set(route.methods or ())))
+        elif callable(contexts := getattr(route, "effective_route_contexts", None)):
+            table += [(c.path, c.path_regex, set(c.methods or ())) for c in contexts()]
+    return table
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     async def unknown_id(_: Request, exc: Exception) -> JSONResponse:
         return _error(404, _unknown_code(exc), _detail(exc), ids=getattr(exc, "ids", ()))
@@ -631,14 +643,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         detail, code = exc.detail, error_code(exc.status_code, exc)
         if exc.status_code == 404 and detail == "Not Found":  # a misspelt route: the one it is close to
-            paths = sorted({route.path for route in request.app.routes if isinstance(route, Route)})
+            paths = sorted({path for path, _, _ in _route_table(request.app)})
             close = _nearest_route(request.url.path, paths)
             hint = f"did you mean {close}? " if close else ""
             detail = f"path: no route {shown(request.url.path)} ({hint}the routes are listed at /docs)"
         elif exc.status_code == 405 and detail == "Method Not Allowed":
             # every route of the path (GET and HEAD /healthz are two), not only the one the router tried
-            methods = {m for route in request.app.routes if isinstance(route, Route)  # /docs, /openapi.json too
-                       and route.path_regex.match(request.url.path) for m in route.methods or ()}
+            methods = {m for _, regex, route_methods in _route_table(request.app)  # /docs, /openapi.json too
+                       if regex.match(request.url.path) for m in route_methods}
             allowed = ", ".join(sorted(methods))
             detail = f"method: {request.method} is not allowed on {request.url.path}" + (
                 f" (allowed: {allowed})" if allowed else "")

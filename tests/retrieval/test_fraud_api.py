@@ -131,6 +131,19 @@ def test_a_ring_id_that_looks_like_one_is_refused_naming_it(client: TestClient, 
     assert "did you mean 'R0002'?" in r.json()["detail"], r.json()
 
 
+def test_a_mistyped_fraud_path_names_the_fraud_route_it_is_close_to(client: TestClient) -> None:
+    """The fraud routes come in through an included router, which FastAPI keeps behind one entry of
+    the app's routes: they are named all the same (they were left out, /fraud/case/ pointed at
+    /fraud/score), and a wrong method on them says which are allowed."""
+    for path, named in (("/fraud/rings/R0001", "/fraud/ring/R0001"), ("/fraud/case/", "/fraud/case/{ring_id}"),
+                        ("/fraud/devices/d1", "/fraud/device/d1"), ("/fraud/ring", "/fraud/rings")):
+        r = client.get(path)
+        assert r.status_code == 404 and r.json()["error"] == "no_route", (path, r.json())
+        assert f"did you mean {named}?" in r.json()["detail"], (path, r.json())
+    r = client.post("/fraud/rings")
+    assert r.status_code == 405 and r.json()["detail"].endswith("(allowed: GET)") and r.headers["allow"] == "GET"
+
+
 def test_unknown_ring_is_404_naming_it(client: TestClient) -> None:
     r = client.get("/fraud/ring/R9999")
     assert r.status_code == 404 and r.json()["error"] == "unknown_ring"
