@@ -639,9 +639,14 @@ class ServedTreeExplainer:
         # devices")
         anyone = next((t for t, _ in moved.values() if t.endswith(NOBODY_SUFFIX) and t.startswith(_ANY_IDENTIFIER)),
                       None)
-        if anyone is not None:
+        if anyone is not None:  # and so none on a device, nor one that bought within 2 h on a device...
             devices = _nobody(("uses", "device"))
-            moved = {r: ((anyone, 0.0) if target == devices else (target, value)) for r, (target, value) in moved.items()}
+
+            def implied(target: str) -> bool:
+                return target == devices or (target != anyone and target.endswith(NOBODY_SUFFIX)
+                                             and target.startswith(_ANY_DEVICE))
+
+            moved = {r: ((anyone, 0.0) if implied(target) else (target, value)) for r, (target, value) in moved.items()}
         total: dict[str, float] = {}
         for r, (target, _) in moved.items():
             total[target] = total.get(target, 0.0) + items[r].attribution
@@ -702,6 +707,7 @@ _EMBEDDING_COLUMN = re.compile(r"^(?P<prefix>.*?)(?P<kind>text|image)_\d+$")
 
 # the ring columns' co-users on every identifier (graph.fraud_scorer.ring_column_text), devices among them
 _ANY_IDENTIFIER = "accounts sharing a device (or other identifier)"
+_ANY_DEVICE = "accounts sharing a device"  # the ring columns about some of them ("... that bought within 2 h ...")
 
 
 def _nobody(key: tuple[str, str]) -> str:

@@ -651,8 +651,9 @@ def test_an_account_without_co_users_gets_one_reason_for_their_counts(graph: Het
 
 def test_an_account_without_any_co_user_is_told_so_once(graph: HeteroData) -> None:
     """No co-user on any identifier, so none on a device either: one reason, "no other accounts sharing
-    a device (or other identifier)", holding the device means' contributions too (it was given beside
-    "no other account on the same devices", the same fact twice); the contributions still add up."""
+    a device (or other identifier)", holding the device means' and the 2-hour co-buyers' contributions
+    too (they were given beside it, "no other account on the same devices", "no other accounts sharing
+    a device that bought within 2 h of this one": the same fact again); the contributions still add up."""
     xgb = pytest.importorskip("xgboost")
     from shopgraph.graph.baselines import XGBGraphFraud
     from shopgraph.graph.explain import ServedTreeExplainer
@@ -662,14 +663,15 @@ def test_an_account_without_any_co_user_is_told_so_once(graph: HeteroData) -> No
     x = x.copy()
     count = names.index("accounts sharing a device (or other identifier) (log count)")
     others = names.index("other users sharing a device via uses: mean f3")
+    co_buy = names.index("accounts sharing a device that bought within 2 h of this one (log count)")
     alone = np.flatnonzero(x[:, count] <= 0)
     assert alone.size and (x[:, count] > 0).any()
     for k, name in enumerate(names):  # the accounts without co-users: nobody on their devices either
         if "device" in name and ("sharing" in name or "paths" in name):
             x[alone, k] = 0.0
-    y = ((x[:, count] > 0) & (x[:, others] > np.median(x[:, others]))).astype(np.int64)
+    y = ((x[:, count] > 0) & ((x[:, others] > np.median(x[:, others])) | (x[:, co_buy] > 0))).astype(np.int64)
     only = np.zeros_like(x)
-    only[:, [count, others]] = x[:, [count, others]]
+    only[:, [count, others, co_buy]] = x[:, [count, others, co_buy]]
     booster = xgb.Booster()
     booster.load_model(bytearray(XGBGraphFraud(n_estimators=20, seed=0).fit(only, y).booster_bytes()))
     explainer = ServedTreeExplainer(booster, "graph_trees", x, names)
@@ -679,6 +681,8 @@ def test_an_account_without_any_co_user_is_told_so_once(graph: HeteroData) -> No
     named = [f.name for f in items]
     assert "accounts sharing a device (or other identifier): none" in named
     assert "other users sharing a device via uses: none" not in named and len(named) == len(set(named))
+    # ... nor, apart, none of them that bought within 2 h (the same fact again)
+    assert not [n for n in named if n.startswith("accounts sharing a device that bought")], named
     assert base + sum(f.attribution for f in items) == pytest.approx(float(margin[u]), abs=1e-4)
 
 
