@@ -98,7 +98,9 @@ def how_it_differs(typed: str, known: str) -> str:
     character that only looks like one of ``known`` (``"'о' is U+043E CYRILLIC SMALL LETTER O"``)."""
     if typed.casefold() == known.casefold():
         return "ids are case-sensitive"
-    odd = next((ch for ch in typed if ch not in known), None)
+    strays = [ch for ch in typed if ch not in known]
+    # a letter in another case is the lesser difference: the look-alike character is named (U00021３: '３')
+    odd = next((ch for ch in strays if ch.swapcase() not in known), strays[0] if strays else None)
     if odd is None:
         return "ids must match exactly"
     name = unicodedata.name(odd, "an unnamed character")

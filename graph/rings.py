@@ -43,6 +43,7 @@ import os
 import re
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -779,7 +780,19 @@ def ring_hint(rings: Sequence[Ring], ring_id: str) -> str:
     users and devices; ``""`` otherwise (:func:`~shopgraph.graph.messages.did_you_mean`)."""
     if not isinstance(ring_id, str):
         return ""
-    return did_you_mean({r.ring_id: k for k, r in enumerate(rings)}, ring_id.strip())
+    key = ring_id.strip()
+    # in capitals: ring ids are matched in any case, so the character to name is the look-alike one
+    hint = did_you_mean({r.ring_id: k for k, r in enumerate(rings)}, key.upper())
+    if hint:
+        return hint
+    # a rank written short with a look-alike digit (R3５, ３５): the ring its plain form names
+    plain = unicodedata.normalize("NFKC", key)
+    at = find_ring(rings, plain) if plain != key else None
+    if at is None:
+        return ""
+    odd = next((ch for ch in key if unicodedata.normalize("NFKC", ch) != ch), None)
+    which = f", and {odd!r} is U+{ord(odd):04X} {unicodedata.name(odd, 'an unnamed character')}" if odd else ""
+    return f" (did you mean {shown(rings[at].ring_id)}? ring ids are written in plain letters and digits{which})"
 
 
 def known_fraud(labels: dict[str, tuple[bool | None, bool]]) -> tuple[int, int]:

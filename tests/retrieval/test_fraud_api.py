@@ -122,13 +122,17 @@ def test_a_ring_id_in_any_case_is_that_ring(client: TestClient) -> None:
     assert lower.status_code == 200 and lower.json() == exact.json() and lower.json()["ring_id"] == "R0002"
 
 
-@pytest.mark.parametrize("typed", ["R000２", "Ｒ0002", "R0002\u200b"])  # a full-width digit or R, an invisible
-def test_a_ring_id_that_looks_like_one_is_refused_naming_it(client: TestClient, typed: str) -> None:
+@pytest.mark.parametrize(("typed", "odd"), [
+    ("R000２", "'２' is U+FF12 FULLWIDTH DIGIT TWO"), ("Ｒ0002", "'Ｒ' is U+FF32"), ("R0002\u200b", "U+200B"),
+    ("r000２", "'２' is U+FF12"),  # another case is no difference for a ring id: the digit is named
+    ("R２", "'２' is U+FF12"), ("２", "'２' is U+FF12"),  # a rank written short, with a look-alike digit
+])
+def test_a_ring_id_that_looks_like_one_is_refused_naming_it(client: TestClient, typed: str, odd: str) -> None:
     """As for users and devices: an id with a look-alike character is not taken for the ring (a
     full-width digit was, silently), and the error names the ring it looks like and how it differs."""
     r = client.get(f"/fraud/ring/{typed}")
     assert r.status_code == 404 and r.json()["error"] == "unknown_ring" and r.json()["ids"] == [typed]
-    assert "did you mean 'R0002'?" in r.json()["detail"], r.json()
+    assert "did you mean 'R0002'?" in r.json()["detail"] and odd in r.json()["detail"], r.json()
 
 
 def test_a_mistyped_fraud_path_names_the_fraud_route_it_is_close_to(client: TestClient) -> None:
