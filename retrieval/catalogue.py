@@ -368,11 +368,15 @@ class CatalogueJournal:
             found, end, line, incomplete = self._scan(f, offset, line, str(self.path))
         return [entry for _, entry, _ in found], end, line, incomplete
 
-    def follow(self, pos: JournalPosition) -> tuple[list[tuple[str, dict[str, Any]]], JournalPosition, int]:
+    def follow(self, pos: JournalPosition,
+               verify: bool = False) -> tuple[list[tuple[str, dict[str, Any]]], JournalPosition, int]:
         """The changes after ``pos``, each with where it is (file and line), across compactions:
         when the journal was compacted since, the rest of each generation ``pos`` had not finished
         is read from ``RUN/catalogue_history/`` first, then the new journal after the lines that
         stand for the old one.
+
+        ``verify``: read the bytes ``pos`` applied again and check them against its sha256 whatever
+        the file looks like (otherwise only when it looks changed other than by an append).
 
         Returns:
             ``(changes, new_position, incomplete)`` (``incomplete`` as in :meth:`read`).
@@ -390,12 +394,13 @@ class CatalogueJournal:
             found: list[tuple[str, dict[str, Any], bytes]] = []
             applied = None  # a running sha256 of the bytes pos applied, once checked
             if pos.ino and generation == pos.generation and pos.digest is not None:
-                # read again only a file replaced, or changed without growing (a line edited in place),
-                # or one whose last bytes applied moved (a line edited to another length, then grown);
-                # one that grew past them as they were was appended to, so the check costs nothing on
-                # the usual path: another process's change, or this one's write
+                # read again when asked (before a write, a fault's second look, now and then), and for a
+                # file replaced, changed without growing (a line edited in place) or whose last bytes
+                # applied moved (a line edited to another length, then grown); one that grew past them as
+                # they were was appended to, and costs a look no more than its new lines
                 replaced = st.st_ino != pos.ino or (st.st_size <= pos.offset and st.st_mtime_ns != pos.mtime_ns)
-                applied = self._check_applied(f, pos) if replaced or not self._tail_kept(f, pos) else pos.digest
+                check = verify or replaced or not self._tail_kept(f, pos)
+                applied = self._check_applied(f, pos) if check else pos.digest
             if pos.ino == 0:  # nothing read yet: the journal as it stands now says it all
                 pos = JournalPosition(generation)
                 header = self._header_entry(f, str(self.path))[0]

@@ -999,7 +999,7 @@ class ShopService:
         self._journal_superseded = 0  # journal adds of ids that the trained catalogue holds now
         self._sync_lock = threading.Lock()
         self._sync_every = float(catalogue_sync_s)
-        self._synced_at = time.monotonic()
+        self._synced_at = self._verified_at = time.monotonic()
         if self._journal is not None:
             with self._sync_lock:
                 self._sync()
@@ -2376,7 +2376,7 @@ class ShopService:
                 refill()
                 return insert([str(n.image) if isinstance(n.image, str | Path) else "" for n in new])
         with self._sync_lock, self._journal.locked():
-            self._sync()  # what other processes changed, so that the id check below is theirs too
+            self._sync(verify=True)  # what other processes changed (the id check below is theirs too); every byte checked
             self._refuse_known([n.item_id for n in new])
             refill()
             # one image file in memory at a time
@@ -2416,7 +2416,7 @@ class ShopService:
                 self._delete([self._item(item_id)])
             return
         with self._sync_lock, self._journal.locked():
-            self._sync()
+            self._sync(verify=True)  # nothing written on top of a line changed since it was applied
             i = self._item(item_id)
             self._append({"op": "remove", "item_id": self.item_ids[i]})  # as stored: no stray spaces
             self._delete([i])
@@ -2448,7 +2448,7 @@ class ShopService:
                 self._delete(self._served_positions(ids, given))
             return
         with self._sync_lock, self._journal.locked():
-            self._sync()
+            self._sync(verify=True)
             positions = self._served_positions(ids, given)
             self._append({"op": "remove_batch", "item_ids": ids})
             self._delete(positions)
@@ -2588,10 +2588,23 @@ class ShopService:
         with self._sync_lock:
             if self._journal_fault is None and self._journal.stat() == self._journal_at.stamp():
                 return  # applied by the thread that held the lock
-            try:
-                self._sync()
+            try:  # a fault is cleared only by a journal whose every applied byte is as it was
+                self._sync(verify=self._journal_fault is not None)
             except CatalogueError:  # logged and kept in catalogue_info()["fault"] until a sync reads the journal
                 pass
+
+    def _verify_journal(self) -> None:
+        """Read every byte of the journal this service applied and check it (a line changed since by
+        hand, even one whose file kept its size and time, is a fault: :meth:`catalogue_info`);
+        the background look does this every :data:`JOURNAL_VERIFY_S`, off the calls' path."""
+        if self._journal is None:
+            return
+        with self._sync_lock:
+            try:
+                self._sync(verify=True)
+            except CatalogueError:  # logged and kept, as _maybe_sync does
+                pass
+            self._verified_at = time.monotonic()
 
     def sync_catalogue(self) -> int:
         """Apply the catalogue changes that other processes wrote to the run's journal since this
@@ -2608,12 +2621,13 @@ class ShopService:
         with self._sync_lock:
             return self._sync()
 
-    def _sync(self) -> int:
+    def _sync(self, verify: bool = False) -> int:
         """Replay the journal past ``_journal_at`` (:meth:`_replay_journal`); a journal that cannot
-        be read is the service's fault (``catalogue_info()["fault"]``) until one can. The caller
-        holds ``_sync_lock``."""
+        be read is the service's fault (``catalogue_info()["fault"]``) until one can. ``verify``:
+        check every byte applied so far (:meth:`CatalogueJournal.follow`), as before a write. The
+        caller holds ``_sync_lock``."""
         try:
-            read = self._replay_journal()
+            read = self._replay_journal(verify)
         except CatalogueError as exc:
             if str(exc) != self._journal_fault:
                 logger.error("catalogue journal cannot be read; no catalogue change can be saved until it is "
@@ -2625,11 +2639,11 @@ class ShopService:
         self._journal_fault = None
         return read
 
-    def _replay_journal(self) -> int:
+    def _replay_journal(self, verify: bool = False) -> int:
         """Replay the journal past ``_journal_at`` (across a compaction), the adds of up to
         :data:`REPLAY_BATCH` entries embedded in one pass."""
         assert self._journal is not None
-        entries, at, incomplete = self._journal.follow(self._journal_at)
+        entries, at, incomplete = self._journal.follow(self._journal_at, verify)
         for _, entry in entries:  # a compaction's record of the added items removed since whose lines it dropped
             if entry["op"] == REMOVED_OP:
                 self._forgotten.update(entry["item_ids"])
@@ -2776,6 +2790,7 @@ class _Prepared(NamedTuple):
 
 # The background looks of live services: stopped and joined at interpreter exit (below), before
 # daemon threads are frozen mid-call (one frozen inside torch's C++ aborted the process at exit).
+JOURNAL_VERIFY_S = 60.0  # how often the background look checks every byte of the journal applied
 _FOLLOWERS: dict[threading.Thread, threading.Event] = {}
 _FOLLOWERS_LOCK = threading.Lock()
 
@@ -2797,6 +2812,8 @@ def _follow_in_background(service: ShopService, every_s: float) -> None:
                     return
                 try:
                     svc._maybe_sync()  # never raises for a damaged journal: it notes it
+                    if time.monotonic() - svc._verified_at >= JOURNAL_VERIFY_S:
+                        svc._verify_journal()  # every byte applied, now and then, off the calls' path
                     failed = ""
                 except Exception as exc:  # noqa: BLE001 - e.g. a permission error; the calls' own checks go on
                     if repr(exc) != failed:

@@ -932,6 +932,51 @@ def test_a_journal_line_the_server_applied_edited_in_place_stops_changes_until_p
             assert c.post("/items", json={"item_id": f"new{3 + k}", "title": "t"}).status_code == 201
 
 
+def test_an_edit_hidden_by_another_process_s_append_is_still_never_written_over(tmp_path, tmp_path_factory):
+    """A line edited outside the last bytes a server keeps, the file then appended to by another
+    process (or its time put back: `touch -r`): the cheap look takes it for an append, but a write
+    checks every byte first (a 503, nothing written on top), a fault is cleared only by a journal
+    that is whole again, and the background check finds it without a write."""
+    import os
+    import shutil
+
+    from shopgraph.retrieval.catalogue import TAIL_BYTES
+
+    copy = tmp_path / "run"
+    shutil.copytree(shared_run(tmp_path_factory.getbasetemp()), copy)
+    server = load_service(copy, catalogue_sync_s=0.0, catalogue_follow=False)
+    other = load_service(copy, catalogue_sync_s=0.0, catalogue_follow=False)
+    journal = copy / "catalogue.jsonl"
+    with TestClient(create_app(server, demo=False, fraud_cases=False), raise_server_exceptions=False) as c:
+        for k in range(4):  # lines long enough that the first is outside the last 4 KiB kept
+            assert c.post("/items", json={"item_id": f"new{k}", "title": "glow in the dark frisbee " * 40}).status_code == 201
+        assert journal.stat().st_size > 2 * TAIL_BYTES
+        other.sync_catalogue()
+        other.add_item("from-elsewhere", "t")  # another process's append, and right after it, by hand:
+        with open(journal, "r+b") as f:
+            f.write(journal.read_bytes().replace(b"glow in the dark frisbee", b"Glow in the dark frisbee", 1))
+        assert c.get("/healthz").json()["status"] == "ok"  # the look takes it for the append alone
+        r = c.post("/items", json={"item_id": "on-top", "title": "t"})
+        assert r.status_code == 503 and r.json()["error"] == "journal_unreadable", r.text
+        assert b"on-top" not in journal.read_bytes()
+        with pytest.raises(Exception, match="which this service has applied, were changed since"):  # the other checks too
+            other.add_item("from-elsewhere-2", "t")
+        with open(journal, "ab") as f:  # an append by something else: the fault stays until the line is whole
+            f.write(b"\n")
+        assert c.get("/healthz").json()["status"] == "degraded"
+        journal.write_bytes(journal.read_bytes().replace(b"Glow in the dark frisbee", b"glow in the dark frisbee", 1))
+        assert c.get("/healthz").json()["status"] == "ok"
+        assert c.post("/items", json={"item_id": "now", "title": "t"}).status_code == 201
+        # a same-size edit with its time put back: the look sees nothing; the background check does
+        st = journal.stat()
+        with open(journal, "r+b") as f:
+            f.write(journal.read_bytes().replace(b"glow in the dark frisbee", b"Glow in the dark frisbee", 1))
+        os.utime(journal, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert c.get("/healthz").json()["status"] == "ok"
+        server._verify_journal()
+        assert c.get("/healthz").json()["status"] == "degraded"
+
+
 def test_an_image_file_missing_on_the_server_is_a_503(writable, monkeypatch, tmp_path):
     info = writable.service.item_info("i003")
     monkeypatch.setattr(writable.service, "item_info", lambda _: {**info, "image": str(tmp_path / "gone.png")})
