@@ -459,6 +459,15 @@ def _check_k(k: Any) -> int:
 _DID_IT = {"purchase": "bought", "cart": "carted", "view": "viewed"}  # a history caption's first word
 
 
+def _short_date(day: str) -> str:
+    """``"2025-12-31"`` as a picture's caption has room for it, ``"31 Dec"`` (the history is the
+    latest few events); anything else as it is."""
+    try:
+        return time.strftime("%d %b", time.strptime(day, "%Y-%m-%d")).lstrip("0")
+    except ValueError:
+        return day
+
+
 def recommend_view(service: ShopService, history: UserHistory | None, thumbs: Thumbnails, user_id: Any,
                    k: Any = DEFAULT_K) -> RecommendView:
     """The user's recent history and their top-k recommendations.
@@ -487,7 +496,7 @@ def recommend_view(service: ShopService, history: UserHistory | None, thumbs: Th
                     continue
                 # what they did and when first: a gallery cuts a caption to its first words
                 did = _DID_IT.get(str(row.event_type), str(row.event_type))
-                when = f" {row.time}" if row.time else ""
+                when = f" {_short_date(row.time)}" if row.time else ""
                 past.append((thumbs.get(row.item_id, info),
                              _plain(f"{did}{when} · {info['title'] or row.item_id}")))
     except (ValueError, NotAvailableError) as exc:
@@ -1885,8 +1894,15 @@ def generated_shop(run_dir: Path | None) -> dict[str, Any] | None:
 # tab buttons are narrower, so that all five fit rather than three going behind a "More tabs" button;
 # a gallery shows two pictures a row, all of them (not four a row with the fourth cut off), below its
 # label (which takes two lines there); over each wide table a line says it scrolls sideways (a phone
-# shows no scroll bar until it is touched). Pass it as ``css=`` where the app is mounted or launched.
+# shows no scroll bar until it is touched). On every screen a history picture's caption (what the
+# shopper did, when, the title) wraps onto up to three lines instead of being cut after its first
+# words. Pass it as ``css=`` where the app is mounted or launched.
 UI_CSS = """
+#rec-history .caption-label {
+  white-space: normal !important; max-width: calc(100% - 8px) !important; line-height: 1.25;
+  display: -webkit-box !important; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden !important;
+  padding-top: 2px !important; padding-bottom: 0 !important; max-height: calc(3.75em + 2px) !important;
+}
 @media (max-width: 700px) {
   .row { flex-direction: column !important; flex-wrap: nowrap !important; }
   .row > * { width: 100% !important; min-width: 0 !important; max-width: 100% !important; }
@@ -1898,7 +1914,7 @@ UI_CSS = """
   #rec-table::before, #search-table::before, #fraud-reasons::before, #ring-table::before, #ring-members::before,
   #model-purchase::before, #model-fraud::before {
     content: "↔ Swipe the table sideways to see all its columns"; display: block; order: -1;
-    font-size: 12px; padding: 0 2px 4px; color: var(--body-text-color-subdued);
+    font-size: 13px; font-weight: 600; padding: 0 2px 4px; color: var(--body-text-color);
   }
   [role=tablist] > button, .tab-container > button { padding: 0 5px !important; font-size: 13px !important; }
   .gallery-container .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
@@ -1936,9 +1952,14 @@ def _warn(status: str) -> None:
         gr.Warning(status[len(ERROR_PREFIX):], duration=8)
 
 
-# the Similar & search tab's answer shown where the results begin, on a phone-sized screen (as UI_CSS's)
-_TO_RESULTS = ("() => { if (window.innerWidth <= 700) "
-               "document.querySelector('#search-status')?.scrollIntoView({behavior: 'smooth', block: 'start'}); }")
+def _to_answer(elem_id: str) -> str:
+    """Browser code that shows a tab's answer where it begins (``#elem_id``), on a phone-sized screen
+    (as UI_CSS's), where the boxes stack and the answer comes a screen or two below the button."""
+    return ("() => { if (window.innerWidth <= 700) "
+            f"document.querySelector('#{elem_id}')?.scrollIntoView({{behavior: 'smooth', block: 'start'}}); }}")
+
+
+_TO_RESULTS = _to_answer("search-status")
 DUPLICATE_WINDOW_S = 2.0  # the same request again within this time is the same request (see _Requests)
 MAX_SESSIONS = 10_000  # browser sessions whose last request a tab remembers (the oldest forgotten)
 
@@ -2069,7 +2090,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 with gr.Row():
                     rec_hist = gr.Gallery(label="Recent history (most recent first); for a visitor: what they looked at", columns=4, height=300,
                                           object_fit="contain", elem_id="rec-history")
-                    rec_gallery = gr.Gallery(label="Recommended, best first (scroll the pictures for more)", columns=4,
+                    rec_gallery = gr.Gallery(label="Recommended, best first (more than 8: scroll the pictures)", columns=4,
                                              height=300, object_fit="contain",
                                              elem_id="rec-gallery")
                 rec_table = gr.Dataframe(value=_empty_results(), label="Recommendations with reasons",
@@ -2084,14 +2105,15 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 rec_requests = _Requests()
                 rec_once = rec_requests.once(on_recommend, 4, "shopper")
                 rec_outputs = [rec_status, rec_hist, rec_gallery, rec_table]
-                rec_btn.click(rec_once, [rec_user, rec_k], rec_outputs)
+                rec_btn.click(rec_once, [rec_user, rec_k], rec_outputs).then(None, js=_to_answer("rec-status"))
 
                 def on_visitor(picked: Any, k: Any) -> tuple[Any, ...]:
                     view = visitor_view(service, thumbs, picked, k)
                     _warn(view.status)
                     return view.status, view.history, view.gallery, view.table
 
-                visitor_btn.click(rec_requests.once(on_visitor, 4, "visitor"), [visitor_items, rec_k], rec_outputs)
+                visitor_btn.click(rec_requests.once(on_visitor, 4, "visitor"), [visitor_items, rec_k],
+                                  rec_outputs).then(None, js=_to_answer("rec-status"))
                 # .change, not .select: a typed id that matches no entry (kept as typed on Enter or when the
                 # box loses focus) is a change but no select; so is the empty id of NO_CHOICE
                 rec_user.change(rec_once, [rec_user, rec_k], rec_outputs)
@@ -2290,7 +2312,8 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 # the annotation is a string under `from __future__ import annotations`; Gradio needs the class
                 on_row.__annotations__["evt"] = gr.SelectData
                 ring_table.select(on_row, None, [ring_pick])
-                ring_pick.change(on_ring, [ring_pick], [ring_status, ring_image, ring_files, ring_members])
+                ring_pick.change(on_ring, [ring_pick], [ring_status, ring_image, ring_files, ring_members]).then(
+                    None, js=_to_answer("ring-status"))
 
                 def open_ring(ring_id: Any) -> tuple[Any, Any]:  # the Fraud tab's button
                     return gr.Tabs(selected="rings"), ring_id

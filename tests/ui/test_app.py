@@ -91,7 +91,9 @@ def test_recommend_view_matches_service_and_shows_history(ui_service: ShopServic
     first_title = ui_service.item_info(events["item_id"].iloc[0])["title"]
     # what they did and when first (a gallery cuts its captions), then the title
     did = {"purchase": "bought", "cart": "carted", "view": "viewed"}[events["event_type"].iloc[0]]
-    when = f" {events['time'].iloc[0]}" if events["time"].iloc[0] else ""
+    day = events["time"].iloc[0]  # 2025-12-31 as the caption has room for it: 31 Dec
+    when = f" {int(day[8:10])} {['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'][int(day[5:7]) - 1]}" \
+        if day else ""
     assert view.history[0][1] == f"{did}{when} · {first_title}"
     # a full history panel says that reasons can name older items than it shows
     assert ("a reason can name an older one" in view.status) == (len(view.history) == 8)
