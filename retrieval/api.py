@@ -1342,26 +1342,41 @@ def _rendered(answer: BaseModel) -> Response:
 
 # -- the app ---------------------------------------------------------------------------------------
 def cors_origin(text: str) -> str:
-    """An origin browsers may call the API from, as a browser sends it: ``scheme://host[:port]``
-    (``https://shop.example``, ``http://localhost:3000``), or ``*`` for any; else ``ValueError``
-    saying what is wrong (a path or trailing slash, which no browser's ``Origin`` has, would never
-    match)."""
+    """An origin browsers may call the API from, written as a browser sends it: ``scheme://host[:port]``
+    (``https://shop.example``, ``http://localhost:3000``), or ``*`` for any; a default port left out
+    (``:443`` for https), a host of other scripts in its ASCII form (``bücher.example``:
+    ``xn--bcher-kva.example``), in lower case; else ``ValueError`` saying what is wrong (a path, a
+    space, a wildcard: no browser's ``Origin`` has one, so it would never match)."""
     value = text.strip()
     if value == "*":
         return value
+    like = "expected an origin like https://shop.example or http://localhost:3000, or * for any"
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError(f"--cors-origin: {like}; an origin has no spaces (got {shown(text)})")
     try:
         parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0..65535
+        port = parts.port  # raises ValueError for a port that is not a number in 0..65535
     except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"--cors-origin: expected an origin like https://shop.example or http://localhost:3000, "
-                         f"or * for any (got {shown(text)})")
+        parts, port = None, None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--cors-origin: {like} (got {shown(text)})")
     if parts.path or parts.query or parts.fragment or parts.username or parts.password:
         bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
         raise ValueError(f"--cors-origin: an origin is a scheme, host and port only, without a path or trailing "
                          f"slash: {bare} (got {shown(text)})")
-    return f"{parts.scheme}://{parts.netloc}".lower()
+    if "*" in parts.hostname:
+        raise ValueError(f"--cors-origin: a site's name, not a pattern: give each site its own --cors-origin "
+                         f"(got {shown(text)})")
+    scheme = parts.scheme.lower()
+    host = parts.hostname  # lower case; an IPv6 address without its brackets
+    try:
+        host = host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        raise ValueError(f"--cors-origin: {shown(parts.hostname)} is not a host name (got {shown(text)})") from None
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
 
 
 def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = True,

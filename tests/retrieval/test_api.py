@@ -1872,6 +1872,10 @@ def test_a_shop_site_named_by_cors_origin_may_call_the_api_from_the_browser(clie
 @pytest.mark.parametrize(("given", "origin"), [
     ("https://Shop.Example", "https://shop.example"), (" http://localhost:3000 ", "http://localhost:3000"),
     ("*", "*"),
+    # as a browser sends it: no default port, an empty port gone, a host of other scripts in ASCII
+    ("https://shop.example:443", "https://shop.example"), ("http://shop.example:80", "http://shop.example"),
+    ("https://shop.example:8443", "https://shop.example:8443"), ("https://shop.example:", "https://shop.example"),
+    ("https://bücher.example", "https://xn--bcher-kva.example"), ("HTTP://[::1]:3000", "http://[::1]:3000"),
 ])
 def test_cors_origins_are_written_as_browsers_send_them(given, origin):
     from shopgraph.retrieval.api import cors_origin
@@ -1887,6 +1891,8 @@ def test_cors_origins_are_written_as_browsers_send_them(given, origin):
     ("ftp://shop.example", "expected an origin like"),
     ("https://shop.example:99999", "expected an origin like"),
     ("", "expected an origin like"),
+    ("https://ex ample.com", "an origin has no spaces"),  # with --workers, the origins travel space-separated
+    ("https://*.example", "give each site its own --cors-origin"),
 ])
 def test_cli_refuses_a_cors_origin_no_browser_sends_before_loading_anything(tmp_path, capsys, given, message):
     from shopgraph.ui.cli import main
