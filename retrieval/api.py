@@ -719,7 +719,7 @@ def mount_demo(app: FastAPI, service: ShopService, path: str = "/demo") -> bool:
 
     # the address people type: to the app's own page (a path, not an absolute URL, so that behind
     # a TLS proxy it stays https), as the router's own slash redirects are off (create_app)
-    @app.get(path, include_in_schema=False)
+    @app.api_route(path, methods=["GET", "HEAD"], include_in_schema=False)
     def demo_page(request: Request) -> Response:
         query = f"?{request.url.query}" if request.url.query else ""
         return Response(status_code=307, headers={"Location": f"{request.scope.get('root_path', '')}{path}/{query}"})
@@ -1446,7 +1446,7 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         return RecommendOut(user_id=user_id.strip(), k=k, items=_items(rec),  # the id as stored
                             exclude_not_served=service.not_served(exclude))
 
-    @app.get("/recommend/popular", response_model=PopularOut, responses=_ERRORS, tags=["recommend"],
+    @app.get("/recommend/popular", response_model=PopularOut, responses={422: _ERRORS[422]}, tags=["recommend"],
              summary="The items most shoppers bought: for a first visit, with nothing viewed yet",
              dependencies=[only_popular])
     def recommend_popular(
@@ -1703,7 +1703,10 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         include_fraud_cases(app, service.run_path, service.held_out_explanation, service.feature_value_words)
     if demo:
         mount_demo(app, service)
-    if origins:  # inside the metrics: a browser's preflight (OPTIONS) is counted under its route too
+    # inside the metrics (a preflight is counted, as "unmatched": it is answered before any route); a
+    # preflight refused (another site, method or header) is Starlette's plain-text 400, which a
+    # browser never shows to the page's script (it reports a CORS failure)
+    if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins,  # type: ignore[arg-type]
                            allow_methods=["GET", "HEAD", "POST", "DELETE"],
                            allow_headers=["Content-Type", "X-Request-ID"], expose_headers=["X-Request-ID"],

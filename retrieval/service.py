@@ -1953,11 +1953,27 @@ class ShopService:
                 out = [self._was_removed(key) for key in keys]
                 left_out = list(dict.fromkeys(i for i, removed in zip(given, out) if removed))
                 item_ids = [i for i, removed in zip(given, out) if not removed] or given
+                if left_out and len(item_ids) < len(given):
+                    self._refuse_unknown_beside_removed(item_ids, given, left_out)
             seeds = np.array(self._many(item_ids, "item_ids", self._item_pos, "item"), dtype=np.int64)
             q = _normalised(self._item_emb_n[seeds]).mean(axis=0, keepdims=True)  # added items: unit length too
             drop = np.union1d(seeds, self._exclusions(exclude, "exclude"))
             ids, sc = self._filtered("gnn_items_cosine", q, k, [drop], self._category(category))[0]
             return self._pack(ids, sc, self._seed_reasons(np.unique(seeds), ids))._replace(left_out=left_out)
+
+    def _refuse_unknown_beside_removed(self, rest: list[Any], given: list[Any], removed: list[str]) -> None:
+        """``UnknownIdError`` for the ids of ``rest`` (``given`` less the ``removed`` ones) that name no
+        item, counted against all ``given`` and naming the removed ones left out; its ``ids`` the
+        removed ones too when nothing served would be left (the next call would refuse them)."""
+        unknown = list(dict.fromkeys(i for i in rest if not (isinstance(i, str) and i.strip() in self._item_pos)))
+        if not unknown:
+            return
+        served = [i for i in rest if i not in set(unknown)]
+        gone = f"; {listed_ids(removed)} removed from the catalogue since, left out"
+        raise UnknownIdError(f"item_ids: unknown item{'s' if len(unknown) > 1 else ''} {listed_ids(unknown)} "
+                             f"({len(unknown):,} of the {len(given):,} ids given{gone}"
+                             f"{'' if served else ', and no served item would be left'})", "item",
+                             unknown + ([] if served else removed))
 
     def recommend_for_text(self, text: str, k: int = 10, n_seeds: int = 10, *, category: str | None = None,
                            exclude: Sequence[str] = ()) -> Recommendation:

@@ -225,7 +225,7 @@ def test_openapi_docs(client):
                                 ("/search", "post", {"400", "413", "415", "422", "503"}),
                                 ("/recommend/cold", "post", {"404", "413", "415", "422", "503"}),
                                 ("/recommend/batch", "post", {"404", "413", "415", "422"}),
-                                ("/recommend/new", "get", {"404", "422"}),
+                                ("/recommend/new", "get", {"404", "422"}), ("/recommend/popular", "get", {"422"}),
                                 ("/similar/batch", "post", {"404", "413", "415", "422"}),
                                 ("/fraud/score/batch", "post", {"404", "413", "415", "422"}),
                                 ("/items", "post", {"400", "409", "413", "415", "422", "503"}),
@@ -1152,6 +1152,14 @@ def test_a_visitors_removed_items_are_left_out_of_the_query_and_named(writable):
     assert r.status_code == 404 and "'i022' was removed from the catalogue" in r.json()["detail"]
     r = writable.post("/recommend/cold", json={"item_ids": ["i021", "nope"], "k": 5})  # never served: not left out
     assert r.status_code == 404 and "unknown item 'nope'" in r.json()["detail"]
+    # an unknown id beside a removed one: counted against all the ids given, the removed one named; with
+    # nothing served left, "ids" lists the removed one too (dropping "nope" alone would get a second 404)
+    r = writable.post("/recommend/cold", json={"item_ids": ["i022", "nope"], "k": 5})
+    assert r.status_code == 404 and r.json()["ids"] == ["nope", "i022"], r.text
+    assert r.json()["detail"] == ("item_ids: unknown item 'nope' (1 of the 2 ids given; 'i022' removed from the "
+                                  "catalogue since, left out, and no served item would be left)")
+    r = writable.post("/recommend/cold", json={"item_ids": ["i021", "i022", "nope"], "k": 5})
+    assert r.status_code == 404 and r.json()["ids"] == ["nope"] and "1 of the 3 ids given" in r.json()["detail"]
     # the list is checked as given, before the removed ones are taken out: positions and size as sent
     r = writable.post("/recommend/cold", json={"item_ids": ["i022", 5], "k": 5})
     assert r.status_code == 422 and r.json()["detail"] == "item_ids[1]: expected a string id (got int 5)"

@@ -925,6 +925,7 @@ def test_build_app_and_mount_under_the_http_api(ui_service: ShopService) -> None
         to = client.get("/demo", follow_redirects=False)
         assert to.status_code == 307 and to.headers["location"] == "/demo/"
         assert client.get("/demo").text == page.text
+        assert client.head("/demo", follow_redirects=False).headers["location"] == "/demo/"  # a probe's HEAD too
         # /fraud/explain on the server gives the values as the service's reasons read them (raw, not SDs)
         shown = 0
         for user in [str(u) for u in ui_service.user_ids[:40]]:
