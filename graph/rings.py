@@ -658,12 +658,13 @@ def count_flagged(ring: Ring, held: Mapping[str, float | None], threshold: float
 
 
 def flagged_ids(ring: Ring, held: Mapping[str, float | None], threshold: float | None) -> list[str] | None:
-    """The members :func:`count_flagged` counts, in the ring's member order; ``None`` without a
-    threshold or for a ring ranked without fraud scores."""
+    """The members :func:`count_flagged` counts, the most likely fraud first (as the case files list
+    members); ``None`` without a threshold or for a ring ranked without fraud scores."""
     if threshold is None or not math.isfinite(threshold) or ring.evidence.get("gnn_mean") is None:
         return None
     prediction = predicted(ring, held)
-    return [u for u in ring.members if prediction.get(u, -math.inf) >= threshold]
+    flagged = [u for u in ring.members if prediction.get(u, -math.inf) >= threshold]
+    return sorted(flagged, key=lambda u: -prediction[u])
 
 
 def _members_held_out(ring: Ring, positions: dict[str, int], held_out: np.ndarray | None) -> dict[str, float | None]:
@@ -922,8 +923,12 @@ def case_file(
 
 SUMMARY_CSV = "rings.csv"  # an export's overview, a ring a row, as `shopgraph rings` lists them
 SUMMARY_COLUMNS = ["ring_id", "score", "members", "flagged", "known_fraud", "known_fraud_trained_on",
-                   "shared_devices", "predicted_mean", "median_account_age_days", "purchase_velocity",
+                   "shared_devices", "predicted_mean", "median_days_to_first_activity", "purchase_velocity",
                    "high_risk_share", "member_ids", "flagged_member_ids", "shared_device_ids"]
+# the evidence a summary column reads (the evidence's "account age" is days from sign-up to the first
+# event, which the case files' members call days_to_first_activity: the fraud reasons' account age is another)
+_SUMMARY_EVIDENCE = {"predicted_mean": "predicted_mean", "median_days_to_first_activity": "median_account_age_days",
+                     "purchase_velocity": "purchase_velocity", "high_risk_share": "high_risk_share"}
 
 
 def _summary_row(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -931,11 +936,13 @@ def _summary_row(doc: Mapping[str, Any]) -> dict[str, Any]:
     one, as the loader strips them; members the most likely fraud first, as the case file has them)."""
     evidence = doc.get("evidence", {})
     members = doc.get("members", [])
-    return {"ring_id": doc["ring_id"], "score": doc["score"], "members": len(members), "flagged": doc.get("flagged"),
-            "known_fraud": doc.get("known_fraud"), "known_fraud_trained_on": doc.get("known_fraud_trained_on"),
-            "shared_devices": len(doc.get("shared_devices", [])),
-            **{k: evidence.get(k) for k in ("predicted_mean", "median_account_age_days", "purchase_velocity",
-                                            "high_risk_share")},
+    def rounded(value: Any) -> Any:  # a spreadsheet's digits, not a float's seventeen
+        return round(value, 4) if isinstance(value, float) else value
+
+    return {"ring_id": doc["ring_id"], "score": rounded(doc["score"]), "members": len(members),
+            "flagged": doc.get("flagged"), "known_fraud": doc.get("known_fraud"),
+            "known_fraud_trained_on": doc.get("known_fraud_trained_on"), "shared_devices": len(doc.get("shared_devices", [])),
+            **{column: rounded(evidence.get(key)) for column, key in _SUMMARY_EVIDENCE.items()},
             "member_ids": " ".join(m["user_id"] for m in members),
             "flagged_member_ids": " ".join(m["user_id"] for m in members if m.get("predicted_flagged")),
             "shared_device_ids": " ".join(doc.get("shared_devices", []))}

@@ -105,7 +105,7 @@ class RingOut(BaseModel):
                           "score otherwise; the members whose predicted_flagged is true (null without a fraud "
                           "scorer)")
     flagged_members: list[str] | None = Field(
-        None, description="the members flagged counts, in the order of members: a member listed here may have a "
+        None, description="the members flagged counts, the most likely fraud first: a member listed here may have a "
                           "member score below the threshold when the scorer was trained on its label (its "
                           "prediction is its held-out score; /fraud/ring/{ring_id} gives it)")
 

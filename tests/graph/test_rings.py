@@ -367,7 +367,8 @@ def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
         assert row.member_ids.split(" ") == [m["user_id"] for m in case["members"]]
         assert str(row.flagged_member_ids or "").split() == [m["user_id"] for m in case["members"]
                                                               if m["predicted_flagged"]]
-        assert row.predicted_mean == pytest.approx(case["evidence"]["predicted_mean"])
+        assert row.predicted_mean == pytest.approx(case["evidence"]["predicted_mean"], abs=1e-4)  # 4 decimals
+        assert row.median_days_to_first_activity == pytest.approx(case["evidence"]["median_account_age_days"], abs=1e-4)
     # an investigator other than the one who exported can read it, as any new folder (not mkdtemp's 0700)
     from shopgraph.graph.files import umask
 

@@ -291,8 +291,9 @@ def test_ring_cases_and_explanations_give_the_trained_on_members_held_out_scores
         assert body["flagged"] == listed[ring.ring_id]["flagged"] == cases.flagged(ring) is not None
         # ... each member's verdict named: the ones the count counts, listed in the list's answer too
         assert body["flagged"] == sum(m["predicted_flagged"] for m in body["member_labels"].values())
-        assert body["flagged_members"] == listed[ring.ring_id]["flagged_members"] == [
-            u for u in ring.members if body["member_labels"][u]["predicted_flagged"]]
+        prediction = {u: held[u] if held[u] is not None else ring.member_scores[u] for u in ring.members}
+        assert body["flagged_members"] == listed[ring.ring_id]["flagged_members"] == sorted(
+            (u for u in ring.members if body["member_labels"][u]["predicted_flagged"]), key=lambda u: -prediction[u])
         assert {u: m["predicted_flagged"] for u, m in body["member_labels"].items()} == {
             u: (held[u] if held[u] is not None else ring.member_scores[u]) >= cases.threshold for u in ring.members}
         assert body["evidence"]["predicted_mean"] == pytest.approx(ring.evidence["predicted_mean"])
