@@ -61,12 +61,12 @@ _FEATURES: dict[str, tuple[str, Unit]] = {
     "high_risk_purchase_share": ("share of purchases in high-risk categories in the training period", "standardised"),
     "log_n_devices": ("number of devices in the training period", "standardised"),
     "log_max_accounts_per_device": ("most accounts on one device in the training period", "standardised"),
-    "log_n_users": ("number of shoppers", "standardised"),
+    "log_n_users": ("number of shoppers in the training period", "standardised"),  # an item's (encoders.behaviour)
     "log_price": ("price", "standardised"),
     "has_price": ("has a price", "flag"),
     "has_text": ("has a title or description", "flag"),
     "has_image": ("has a picture", "flag"),
-    "log_n_accounts": ("number of accounts using it in the training period", "standardised"),
+    "log_n_accounts": ("number of accounts using each in the training period", "standardised"),  # a device's
     "log_n_accounts_created": ("number of accounts created on it in the training period", "standardised"),
 }
 # (user, rel, other) edges: what the account did with the other node

@@ -8,6 +8,8 @@ from shopgraph.graph.wording import Reading, cites_training_labels, reason_in_wo
 
 
 @pytest.mark.parametrize("name, text, unit", [
+    ("items via view: mean log_n_users", "items viewed: average number of shoppers in the training period",
+     "standardised"),
     ("users sharing a device via uses: mean log_account_age_days (self included)",
      "accounts on the same devices (this one included): average account age at the end of the training period", "standardised"),
     ("other users sharing a item via purchase: mean night_share",
@@ -24,7 +26,7 @@ from shopgraph.graph.wording import Reading, cites_training_labels, reason_in_wo
      "items put in the cart: what they are, judged from their titles and descriptions", "none"),
     ("quick purchases: mean item log_price", "items bought right after viewing or carting them, over all activity: average price", "standardised"),
     ("items via view: mean item_category=gift cards", "items viewed: share with category gift cards", "share"),
-    ("devices via uses: mean log_n_accounts", "devices used: average number of accounts using it in the training period",
+    ("devices via uses: mean log_n_accounts", "devices used: average number of accounts using each in the training period",
      "standardised"),
     ("purchase events (log count)", "number of purchases (all activity)", "log_count"),
     ("log_n_view", "number of views in the training period", "standardised"),
