@@ -1183,19 +1183,27 @@ class ShopService:
         with self._lock.read():
             return list(dict.fromkeys(i for i in item_ids if not (isinstance(i, str) and i.strip() in self._item_pos)))
 
-    def _many(self, ids: Any, name: str, positions: dict[str, int], kind: str, k: int | None = None) -> list[int]:
+    def _many(self, ids: Any, name: str, positions: dict[str, int], kind: str, k: int | None = None, *,
+              left_out: Sequence[str] = (), given: int | None = None) -> list[int]:
         """The positions of a list of 1 to :data:`MAX_BATCH` ids; the unknown ones are all named
         (``UnknownIdError``), so a caller with several new accounts learns of them in one answer.
         ``k``: results asked for each id, checked against :data:`MAX_BATCH_RESULTS` before the ids
-        are looked up (a batch too large is said first, not after its ids are mended)."""
+        are looked up (a batch too large is said first, not after its ids are mended).
+        ``left_out``: removed items the caller took out of the ``given`` ids before (named in the
+        error, counted against all ``given``, and in its ``ids`` too when nothing served would be
+        left: the next call would refuse them)."""
         ids, keys = self._id_list(ids, name, k)
         unknown = [value for value, key in zip(ids, keys) if key not in positions]  # named as given
         if unknown:
             names = list(dict.fromkeys(unknown))
             repeats = f", {len(unknown) - len(names):,} of them repeats" if len(names) < len(unknown) else ""
             hint = _case_hint(positions, names) + (self._removed_hint(names) if positions is self._item_pos else "")
+            served = len(unknown) < len(ids)
+            gone = (f"; {listed_ids(left_out)} removed from the catalogue since, left out"
+                    + ("" if served else ", and no served item would be left")) if left_out else ""
             raise UnknownIdError(f"{name}: unknown {kind}{'s' if len(names) > 1 else ''} {listed_ids(names)} "
-                                 f"({len(unknown):,} of the {len(ids):,} ids given{repeats}){hint}", kind, names)
+                                 f"({len(unknown):,} of the {given or len(ids):,} ids given{repeats}{gone}){hint}",
+                                 kind, names + ([] if served else list(left_out)))
         return [positions[key] for key in keys]
 
     def _id_list(self, ids: Any, name: str, k: int | None = None) -> tuple[list[Any], list[str]]:
@@ -1953,27 +1961,13 @@ class ShopService:
                 out = [self._was_removed(key) for key in keys]
                 left_out = list(dict.fromkeys(i for i, removed in zip(given, out) if removed))
                 item_ids = [i for i, removed in zip(given, out) if not removed] or given
-                if left_out and len(item_ids) < len(given):
-                    self._refuse_unknown_beside_removed(item_ids, given, left_out)
-            seeds = np.array(self._many(item_ids, "item_ids", self._item_pos, "item"), dtype=np.int64)
+            taken = leave_out_removed and len(item_ids) < len(given)  # some removed ones taken out
+            seeds = np.array(self._many(item_ids, "item_ids", self._item_pos, "item", left_out=left_out if taken else (),
+                                        given=len(given) if taken else None), dtype=np.int64)
             q = _normalised(self._item_emb_n[seeds]).mean(axis=0, keepdims=True)  # added items: unit length too
             drop = np.union1d(seeds, self._exclusions(exclude, "exclude"))
             ids, sc = self._filtered("gnn_items_cosine", q, k, [drop], self._category(category))[0]
             return self._pack(ids, sc, self._seed_reasons(np.unique(seeds), ids))._replace(left_out=left_out)
-
-    def _refuse_unknown_beside_removed(self, rest: list[Any], given: list[Any], removed: list[str]) -> None:
-        """``UnknownIdError`` for the ids of ``rest`` (``given`` less the ``removed`` ones) that name no
-        item, counted against all ``given`` and naming the removed ones left out; its ``ids`` the
-        removed ones too when nothing served would be left (the next call would refuse them)."""
-        unknown = list(dict.fromkeys(i for i in rest if not (isinstance(i, str) and i.strip() in self._item_pos)))
-        if not unknown:
-            return
-        served = [i for i in rest if i not in set(unknown)]
-        gone = f"; {listed_ids(removed)} removed from the catalogue since, left out"
-        raise UnknownIdError(f"item_ids: unknown item{'s' if len(unknown) > 1 else ''} {listed_ids(unknown)} "
-                             f"({len(unknown):,} of the {len(given):,} ids given{gone}"
-                             f"{'' if served else ', and no served item would be left'})", "item",
-                             unknown + ([] if served else removed))
 
     def recommend_for_text(self, text: str, k: int = 10, n_seeds: int = 10, *, category: str | None = None,
                            exclude: Sequence[str] = ()) -> Recommendation:
