@@ -38,8 +38,13 @@ def key_path(where: str, key: str) -> str:
     """Where a JSON object's value is, as every error names it: the key after a dot when it is a
     plain name (``items[3].title``, ``exclude.u001``), else quoted in brackets
     (``exclude['u 001']``, ``exclude['a.b']``), so a path reads one way whichever layer checks it;
-    a top-level key (``where`` empty) by itself."""
+    a top-level key (``where`` empty) by itself, cut to 40 characters, escaped when it is not valid
+    Unicode (a lone surrogate: a response body is UTF-8)."""
     if not where:
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            return shown(key, 40)
         return key if len(key) <= 40 else key[:40] + "…"
     return f"{where}.{key}" if _PLAIN_KEY.fullmatch(key) else f"{where}[{shown(key, 40)}]"
 

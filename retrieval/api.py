@@ -837,15 +837,14 @@ def _check_json(body: Any, example: str) -> None:
                                  f"{MAX_JSON_DEPTH} levels deep)")
             children: list[tuple[Any, str, int]] = []
             if isinstance(value, _Repeated):  # named as the other checks name where they are: items[0].title
-                name = key_path(where, value.repeated) if where else field_name(value.repeated)
-                raise ValueError(f"{name}: given more than once (expected one value)")
+                raise ValueError(f"{key_path(where, value.repeated)}: given more than once (expected one value)")
             if isinstance(value, dict):
                 for key, item in value.items():
                     at = lone_surrogate(key)
                     if at is not None:
                         raise ValueError(f"{where or 'body'}: the field name {shown(key, 40)} is not valid Unicode "
                                          f"(a lone surrogate at position {at:,})")
-                    children.append((item, key_path(where, key) if where else field_name(key), depth + 1))
+                    children.append((item, key_path(where, key), depth + 1))
             else:
                 children = [(item, f"{where or 'body'}[{n}]", depth + 1) for n, item in enumerate(value)]
             stack.extend(reversed(children))

@@ -17,7 +17,7 @@ from urllib.parse import unquote_to_bytes
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, Field
 
-from shopgraph.retrieval.service import lone_surrogate, shown
+from shopgraph.retrieval.service import key_path, shown
 
 _DIGITS = re.compile(r"[0-9]{1,9}")
 
@@ -93,10 +93,8 @@ def parse_bool(name: str, raw: str) -> bool:
 
 def field_name(key: str) -> str:
     """A field or parameter name for an error message: cut to 40 characters, escaped when not valid
-    Unicode."""
-    if lone_surrogate(key) is not None:
-        return shown(key, 40)
-    return key if len(key) <= 40 else key[:40] + "…"
+    Unicode (:func:`~shopgraph.graph.messages.key_path` of a top-level key)."""
+    return key_path("", key)
 
 
 def check_utf8(query: bytes, allowed: Sequence[str] | None = None) -> None:

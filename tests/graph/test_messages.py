@@ -16,6 +16,7 @@ from shopgraph.graph.messages import key_path
     ("exclude", "1abc", "exclude['1abc']"),
     ("exclude", "", "exclude['']"),
     ("", "x" * 50, "x" * 40 + "…"),
+    ("", "\ud800", "'\\ud800'"),  # not valid Unicode: escaped, as a response body is UTF-8
 ])
 def test_a_key_is_named_after_a_dot_when_plain_else_quoted_in_brackets(where: str, key: str, path: str) -> None:
     assert key_path(where, key) == path
