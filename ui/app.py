@@ -1042,12 +1042,14 @@ def flagged_at(service: ShopService, threshold: Any) -> str:
     labelled = int((labels[flagged] >= 0).sum())
     all_fraud = int((known & (labels == 1)).sum())
     # and the other way round: of the accounts labelled fraud, how many the threshold catches (the rest it misses)
-    caught = (f"{int(fraud.sum()):,} of the {all_fraud:,} accounts it labels fraud are flagged "
+    # (named "it" after the flagged ones' labels, the shop's data otherwise: none flagged still says what it misses)
+    who = "it" if labelled else "the shop's data"
+    caught = (f"{int(fraud.sum()):,} of the {all_fraud:,} accounts {who} labels fraud are flagged "
               f"({fraud.sum() / all_fraud:.0%}; {all_fraud - int(fraud.sum()):,} missed)" if all_fraud else "")
     if labelled:
         share = f"; the shop's data labels {int(fraud.sum()):,} of them fraud" + (f", and {caught}" if caught else "")
-    else:  # none of the flagged labelled (none flagged, say): what it misses is still said
-        share = "; " + caught.replace("it labels", "the shop's data labels") if caught else ""
+    else:
+        share = f"; {caught}" if caught else ""
     return (f"*At this threshold {int(flagged.sum()):,} of the {int(known.sum()):,} accounts are flagged{share} "
             "(each judged as above: by its prediction with its own label held out when the scorer was trained "
             "on it). These are all the shop's accounts; the Model tab's precision and recall are measured on the "
