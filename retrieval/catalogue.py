@@ -399,7 +399,8 @@ class CatalogueJournal:
                 # applied moved (a line edited to another length, then grown); one that grew past them as
                 # they were was appended to, and costs a look no more than its new lines
                 replaced = st.st_ino != pos.ino or (st.st_size <= pos.offset and st.st_mtime_ns != pos.mtime_ns)
-                check = verify or replaced or not self._tail_kept(f, pos)
+                # (the last bytes applied, where they were: a line before them edited to another length moves them)
+                check = verify or replaced or self._tail_of(f, pos.offset) != pos.tail
                 applied = self._check_applied(f, pos) if check else pos.digest
             if pos.ino == 0:  # nothing read yet: the journal as it stands now says it all
                 pos = JournalPosition(generation)
@@ -443,13 +444,6 @@ class CatalogueJournal:
         f.seek(start)
         return f.read(end - start)
 
-    @staticmethod
-    def _tail_kept(f: BinaryIO, pos: JournalPosition) -> bool:
-        """Whether the last bytes ``pos`` applied are where they were: a line before them edited to
-        another length moves them."""
-        start = max(0, pos.offset - len(pos.tail))
-        f.seek(start)
-        return f.read(pos.offset - start) == pos.tail
 
     @staticmethod
     def _digest_of(f: BinaryIO, size: int, start: Any = None, offset: int = 0) -> Any:
