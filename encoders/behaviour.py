@@ -335,7 +335,8 @@ def feature_facts(tables: ShopTables, data: HeteroData) -> FeatureFacts:
     as_of = features_as_of(data)
     if "x" not in data["user"] or "feature_names" not in data["user"]:
         return FeatureFacts(as_of=as_of)
-    cols, flags = user_feature_columns(tables, data)
+    ev = train_events(tables, data)  # once, for the users' columns and the items' and devices' scales
+    cols, flags = user_feature_columns(tables, data, ev)
     x = np.asarray(data["user"].x, dtype=np.float64)
     raw: dict[str, np.ndarray] = {}
     scales: dict[str, tuple[float, float]] = {}
@@ -352,7 +353,6 @@ def feature_facts(tables: ShopTables, data: HeteroData) -> FeatureFacts:
         fit = affine_fit(v[known], x[known, j]) if known.sum() >= 2 else None
         if fit is not None and fit[0] > 0:
             raw[name], scales[name] = v, fit
-    ev = train_events(tables, data)
     node_scales = {nt: _graph_scales(features(tables, data, ev), data, nt)
                    for nt, features in (("item", item_features), ("device", device_features))}
     return FeatureFacts(raw, scales, as_of, node_scales=node_scales)
