@@ -47,7 +47,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware.cors import CORSMiddleware
@@ -595,6 +595,34 @@ def _error(status: int, code: str, detail: str, headers: Mapping[str, str] | Non
     if ids:
         body["ids"] = list(ids)
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _CorsMiddleware(CORSMiddleware):
+    """Starlette's CORS handling, with a refused preflight answered as every other error is: JSON
+    (``cors_refused``) naming what was not let in. The page's script never sees it (the browser
+    reports a CORS failure), but the browser's network panel and a developer's ``curl`` do."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        answer = super().preflight_response(request_headers)
+        if answer.status_code != 400:
+            return answer
+        origin = request_headers["origin"]
+        method = request_headers["access-control-request-method"]
+        problems = []
+        if not self.is_allowed_origin(origin=origin):
+            problems.append(f"origin: {shown(origin)} is not one of the sites this server lets in "
+                            f"(`serve --cors-origin`)")
+        if method not in self.allow_methods:
+            problems.append(f"method: {shown(method)} is not one of {', '.join(self.allow_methods)}")
+        asked = [h.strip() for h in request_headers.get("access-control-request-headers", "").split(",") if h.strip()]
+        refused = [h for h in asked if h.lower() not in self.allow_headers]
+        if refused:
+            problems.append(f"headers: {', '.join(shown(h) for h in refused)} not allowed (allowed: "
+                            f"{', '.join(self.allow_headers)})")
+        if "access-control-request-private-network" in request_headers:
+            problems.append("private network access: not allowed")
+        headers = {k: v for k, v in answer.headers.items() if k.lower() not in ("content-length", "content-type")}
+        return _error(400, "cors_refused", "preflight refused: " + "; ".join(problems), headers)
 
 
 def _unknown_code(exc: Exception) -> str:
@@ -1703,10 +1731,10 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     if demo:
         mount_demo(app, service)
     # inside the metrics (a preflight is counted, as "unmatched": it is answered before any route); a
-    # preflight refused (another site, method or header) is Starlette's plain-text 400, which a
+    # preflight refused (another site, method or header) is a JSON 400, cors_refused, which a
     # browser never shows to the page's script (it reports a CORS failure)
     if origins:
-        app.add_middleware(CORSMiddleware, allow_origins=origins,  # type: ignore[arg-type]
+        app.add_middleware(_CorsMiddleware, allow_origins=origins,  # type: ignore[arg-type]
                            allow_methods=["GET", "HEAD", "POST", "DELETE"],
                            allow_headers=["Content-Type", "X-Request-ID"], expose_headers=["X-Request-ID"],
                            max_age=600)

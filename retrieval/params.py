@@ -25,6 +25,7 @@ _DIGITS = re.compile(r"[0-9]{1,9}")
 # what went wrong, for a program: every error answer's ``error`` (docs/http_api.md, "Errors")
 ErrorCode = Literal[
     "unreadable_body",  # 400: a multipart body or Content-Length that cannot be parsed
+    "cors_refused",  # 400: a browser's preflight from a site, or for a method or header, not let in
     "unknown_user", "unknown_item", "unknown_ring", "unknown_device",  # 404: an id the run does not know
     "no_image",  # 404: a served item without a picture
     "no_route",  # 404: a path no route has

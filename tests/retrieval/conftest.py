@@ -12,7 +12,7 @@ from shopgraph.retrieval.params import ERROR_CODES
 
 # the status each error code comes with (docs/http_api.md, "Errors")
 CODE_STATUS = {
-    "unreadable_body": 400,
+    "unreadable_body": 400, "cors_refused": 400,
     "unknown_user": 404, "unknown_item": 404, "unknown_ring": 404, "unknown_device": 404, "no_image": 404,
     "no_route": 404,
     "method_not_allowed": 405,

@@ -1873,6 +1873,19 @@ def test_a_shop_site_named_by_cors_origin_may_call_the_api_from_the_browser(clie
         r = c.options("/recommend/cold", headers={"origin": "https://other.example",
                                                   "access-control-request-method": "POST"})
         assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
+        # refused as every other error is: JSON naming what was not let in (a developer's curl sees it)
+        assert r.json() == {"error": "cors_refused", "detail": "preflight refused: origin: 'https://other.example' "
+                                                               "is not one of the sites this server lets in "
+                                                               "(`serve --cors-origin`)"}
+        assert r.headers["x-request-id"]
+        r = c.options("/items/i001", headers={"origin": shop, "access-control-request-method": "PUT",
+                                              "access-control-request-headers": "content-type, X-Api-Key"})
+        assert r.status_code == 400 and r.json()["error"] == "cors_refused"
+        assert r.headers["access-control-allow-origin"] == shop  # the site is let in; the request is not
+        detail = r.json()["detail"]
+        assert "method: 'PUT' is not one of GET, HEAD, POST, DELETE" in detail
+        assert "headers: 'X-Api-Key' not allowed (allowed: " in detail and "x-request-id" in detail
+        assert "origin" not in detail.split(";")[0]
     r = client.get("/recommend", params={"user_id": "u001"}, headers={"origin": shop})  # no --cors-origin
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
 
