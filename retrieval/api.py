@@ -432,8 +432,9 @@ def _relative(path: str | None, service: ShopService) -> str | None:
 
 
 class BatchOut(BaseModel):
-    added: int = Field(description="how many items were added (all of the batch)")
-    items: list[ItemInfoOut] = Field(description="the added items, in the order given")
+    added: int = Field(description="how many items were added: the whole batch, less the items served already "
+                                   "as sent (a retried batch: 0, and the answer is a 200)")
+    items: list[ItemInfoOut] = Field(description="the batch's items as served, in the order given")
 
 
 class RemovedOut(BaseModel):
@@ -1611,18 +1612,33 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
             raise ApiError(503, f"catalogue: the change could not be written to the run's journal "
                                 f"({exc.strerror or exc}); nothing was changed", "journal_unwritable") from None
 
-    @app.post("/items", response_model=ItemInfoOut, status_code=201, responses=catalogue_errors, tags=["catalogue"],
+    retried: dict[int | str, dict[str, Any]] = {200: {
+        "model": ItemInfoOut,
+        "description": "a retry: the item is served with every field sent (and its picture byte for byte); nothing "
+                       "was written again"}}
+
+    @app.post("/items", response_model=ItemInfoOut, status_code=201, responses={**retried, **catalogue_errors},
+              tags=["catalogue"],
               summary="Add an item without retraining (JSON, or multipart with an image)",
               openapi_extra=item_body, dependencies=[nothing])
-    async def add_item(request: Request) -> ItemInfoOut:
+    async def add_item(request: Request, response: Response) -> ItemInfoOut:
         image: bytes | None = None
         if _media_type(request, ("application/json", "multipart/form-data")) == "multipart/form-data":
             fields, image = await _item_form(request)
         else:
             fields = _item_fields(await _json_body(request, _ITEM_EXAMPLE), "field")
         given = fields if image is None else {**fields, "image": image}  # no image given: kept on a restore
-        await run_in_threadpool(_changed, lambda: service.add_item(**given))
-        return _item_out(service.item_info(fields["item_id"].strip()), service)
+        key = fields["item_id"].strip() if isinstance(fields.get("item_id"), str) else None
+
+        def add() -> bool:
+            served = key is not None and service.has_item(key)  # then a success is a retry: nothing added, 200
+            service.add_item(**given)
+            return served
+
+        served = await run_in_threadpool(_changed, add)
+        if served:
+            response.status_code = 200
+        return _item_out(service.item_info(key or ""), service)
 
     batch_item = BatchItemIn.model_json_schema()
     batch_body = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -1631,16 +1647,27 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     }}}}}
 
     @app.post("/items/batch", response_model=BatchOut, status_code=201,
-              responses={c: r for c, r in catalogue_errors.items() if c != 400},  # JSON only
+              responses={200: {"model": BatchOut, "description": "a retry: every item is served as sent; nothing "
+                                                                 "added (`added` 0) or written again"},
+                         **{c: r for c, r in catalogue_errors.items() if c != 400}},  # JSON only
               tags=["catalogue"], summary=f"Add up to {MAX_BATCH:,} items at once, all or none (JSON; images in "
                                           "base64)", openapi_extra=batch_body, dependencies=[nothing])
-    async def add_items(request: Request) -> BatchOut:
+    async def add_items(request: Request, response: Response) -> BatchOut:
         _media_type(request, ("application/json",))
         body = await _json_body(request, _BATCH_EXAMPLE, MAX_BATCH_JSON_BYTES, "a batch of items")
         items = await run_in_threadpool(_batch_items, body, service)
-        positions = await run_in_threadpool(_changed, lambda: service.add_items(items))
-        return BatchOut(added=len(positions),
-                        items=[_item_out(service.item_info(service.item_ids[p]), service) for p in positions])
+
+        def add() -> tuple[list[int], int]:
+            served = sum(isinstance(i.get("item_id"), str) and service.has_item(i["item_id"])
+                         for i in items)  # those a success finds served already: retries, not added
+            return service.add_items(items), served
+
+        positions, served = await run_in_threadpool(_changed, add)
+        out = BatchOut(added=len(positions) - served,
+                       items=[_item_out(service.item_info(service.item_ids[p]), service) for p in positions])
+        if out.added == 0:
+            response.status_code = 200
+        return out
 
     @app.post("/items/remove", response_model=RemovedBatchOut, responses=removal_errors, tags=["catalogue"],
               summary=f"Remove up to {MAX_BATCH:,} items at once, all or none (JSON)",

@@ -2152,7 +2152,10 @@ class ShopService:
         Args:
             item_id: a new external id (leading and trailing spaces are stripped, with a warning, as
                 loading the shop strips them), or that of a trained item removed since: that item
-                is restored, its trained vector with what is sent (:meth:`_restore`).
+                is restored, its trained vector with what is sent (:meth:`_restore`). An id
+                served already is a :class:`DuplicateIdError` (nothing changed), unless every
+                field sent is what that item has (a retried write that went through): then
+                nothing is written and its index is returned.
             title, category, description: item text, each at most ``MAX_TEXT_CHARS`` (2,000)
                 characters (the title must have some: one of only spaces is refused; a
                 ``None`` category or description is one left out, as a JSON ``null`` over HTTP).
@@ -2165,7 +2168,7 @@ class ShopService:
         its id and title only keeps its category, description, price and picture).
 
         Returns:
-            The new item's node index.
+            The item's node index.
         """
         new = self._new_item("", item_id, title, category, description, price, image)
         return self._add([new], batch=False)[0]
@@ -2182,12 +2185,14 @@ class ShopService:
                 required; ``category``, ``description``, ``price`` and ``image`` optional.
 
         Returns:
-            The new items' node indices, in the order given.
+            The items' node indices, in the order given (an item served already as it is sent,
+            a retry, is not added again: its index).
 
         Raises:
             ValueError: items that are not valid, each named (``items[3]: price: ...``), or ids
                 given twice; nothing is added.
-            DuplicateIdError: ids that exist already (all of them named); nothing is added.
+            DuplicateIdError: ids that exist already with other fields than those sent (all of
+                them named); nothing is added.
         """
         if isinstance(items, str | bytes | Mapping) or not isinstance(items, Sequence):
             raise ValueError(f"items: expected a list of items, each a mapping of add_item's arguments "
@@ -2203,14 +2208,16 @@ class ShopService:
     def _with_known_ids(self, keys: list[int], new: list[_NewItem], problems: dict[int, str], *,
                         always: bool = False) -> dict[int, str]:
         """``problems`` of a batch that has invalid items (``always``: the caller found some), and
-        the valid items whose ids exist already (``new``, in the order of the batch positions
-        ``keys`` that have no problem), so that one answer names everything to mend (alone, ids
-        that exist are a :class:`DuplicateIdError`: HTTP 409)."""
+        the valid items whose ids exist already with other fields (``new``, in the order of the
+        batch positions ``keys`` that have no problem), so that one answer names everything to mend
+        (alone, ids that exist are a :class:`DuplicateIdError`: HTTP 409; an item served as it is
+        sent is a retry, no problem)."""
         if not problems and not always:
             return problems
         valid = [k for k in keys if k not in problems]
-        known = {k: f"items[{k}]: item_id {shown(n.item_id)} already exists" for k, n in zip(valid, new)
-                 if n.item_id in self._item_pos}
+        with self._lock.read():
+            known = {k: f"items[{k}]: item_id {shown(n.item_id)} already exists, with another {' and '.join(differ)}"
+                     for k, n in zip(valid, new) if n.item_id in self._item_pos and (differ := self._differs(n))}
         return {**problems, **known}
 
     def item_problems(self, items: Mapping[int, Any]) -> dict[int, str]:
@@ -2359,36 +2366,46 @@ class ShopService:
         """Encode, embed and insert checked new items (one journal line: an ``add``, or with
         ``batch`` an ``add_batch``)."""
         self._maybe_sync()
+        asked = [n.item_id for n in new]
         if any(n.item_id in self._item_pos for n in new):
             # another process may have removed it since this one last looked (within the last
             # second): an item removed by one worker and added again through another is restored,
             # not refused by a copy that is behind (the check under the journal's lock is the one
             # that decides; this one only saves encoding a batch that will be refused)
             self.sync_catalogue()
-        self._refuse_known([n.item_id for n in new])
-        text_vecs, image_vecs, embs, units = self._embedded(new, batch)
+        with self._lock.read():
+            new = self._fresh(new)
+        text_vecs, image_vecs, embs, units = self._embedded(new, batch) if new else ({}, {}, None, None)
 
         def insert(images: list[str]) -> list[int]:
-            return [self._insert(n.item_id, n.title, n.category, n.description, n.price, image,
-                                 text_vecs.get(k), image_vecs.get(k), embs[k:k + 1], units[k:k + 1])
-                    for k, (n, image) in enumerate(zip(new, images))]
+            assert embs is not None and units is not None
+            for k, (n, image) in enumerate(zip(new, images)):
+                self._insert(n.item_id, n.title, n.category, n.description, n.price, image,
+                             text_vecs.get(k), image_vecs.get(k), embs[k:k + 1], units[k:k + 1])
+            return [self._item_pos[item_id] for item_id in asked]  # the repeats too, in the order given
 
-        def refill() -> None:  # under the locks: fields left out filled in from what is served now (rare: again)
+        def fresh() -> bool:
+            """Under the locks: the items still to add, their fields left out filled in from what is
+            served now (rare: another process added or removed one meanwhile, so again); ``False``:
+            none is left to add."""
             nonlocal new, text_vecs, image_vecs, embs, units
-            again = self._refilled(new)
-            if again is not None:
-                new = again
-                text_vecs, image_vecs, embs, units = self._embedded(new, batch)
+            left = self._fresh(new)
+            again = self._refilled(left)
+            if again is not None or len(left) < len(new):
+                new = left if again is None else again
+                if new:
+                    text_vecs, image_vecs, embs, units = self._embedded(new, batch)
+            return bool(new)
 
         if self._journal is None:
             with self._sync_lock:  # the id check and the insert as one step: two adds of an id, one refused
-                self._refuse_known([n.item_id for n in new])
-                refill()
+                if not new or not fresh():
+                    return [self._item_pos[item_id] for item_id in asked]
                 return insert([str(n.image) if isinstance(n.image, str | Path) else "" for n in new])
         with self._sync_lock, self._journal.locked():
             self._sync(verify=True)  # what other processes changed (the id check below is theirs too); every byte checked
-            self._refuse_known([n.item_id for n in new])
-            refill()
+            if not new or not fresh():  # a retry of what is served: nothing to write
+                return [self._item_pos[item_id] for item_id in asked]
             # one image file in memory at a time
             rels = [self._journal.save_image(*_image_file(n.image)) if n.image is not None else "" for n in new]
             adds = [{"item_id": n.item_id, "title": n.title, "category": n.category, "description": n.description,
@@ -2559,13 +2576,46 @@ class ShopService:
             logger.info("removed item %r (node %d)", self.item_ids[i], i)
 
     # -- the catalogue journal ----------------------------------------------------------------
-    def _refuse_known(self, item_ids: list[str]) -> None:
-        known = [item_id for item_id in item_ids if item_id in self._item_pos]
-        if len(item_ids) == 1 and known:
-            raise DuplicateIdError(f"item_id: item {shown(known[0])} already exists", known)
-        if known:
-            raise DuplicateIdError(f"item_id: {len(known):,} of the {len(item_ids):,} items exist already, nothing "
-                                   f"was added: {listed_ids(known)}", known)
+    def _fresh(self, new: list[_NewItem]) -> list[_NewItem]:
+        """The items of ``new`` to add: those whose ids are not served. An item served already with
+        every field it sends (a retried write that went through) is left out, nothing to do; one
+        that sends other fields is refused: :class:`DuplicateIdError` naming them all (and, for one
+        item, the fields that differ), nothing added."""
+        clashes = {n.item_id: differ for n in new if n.item_id in self._item_pos and (differ := self._differs(n))}
+        if clashes:
+            known = list(clashes)
+            if len(new) == 1:
+                raise DuplicateIdError(f"item_id: item {shown(known[0])} already exists, with another "
+                                       f"{' and '.join(clashes[known[0]])} (sending it again as it is, a retry, "
+                                       "adds nothing and is not refused)", known)
+            raise DuplicateIdError(f"item_id: {len(known):,} of the {len(new):,} items exist already with other "
+                                   f"fields, nothing was added: {listed_ids(known)}", known)
+        return [n for n in new if n.item_id not in self._item_pos]
+
+    def _differs(self, n: _NewItem) -> list[str]:
+        """The fields ``n`` sends that its served item (of the same id) does not have as sent; a field
+        left out differs from nothing. A picture is the same when its bytes are (as the journal keeps
+        them: a ``PIL.Image`` as its PNG)."""
+        i = self._item_pos[n.item_id]
+        served = self.prices[i]
+        price = None if served != served else float(served)
+        out = [name for name, sent, has in (("title", n.title, self.titles[i]), ("category", n.category, self.categories[i]),
+                                            ("description", n.description, self.descriptions[i]),
+                                            ("price", n.price, price))
+               if name not in n.left_out and sent != has]
+        if "image" not in n.left_out and not self._same_image(n.image, self._image_path(i)):
+            out.append("image")
+        return out
+
+    @staticmethod
+    def _same_image(sent: Any, path: str | None) -> bool:
+        """Whether an image sent (checked; ``None``: none) has the bytes of the picture at ``path``."""
+        if sent is None or not path:
+            return sent is None and not path
+        try:
+            return _image_file(sent)[0] == Path(path).read_bytes()
+        except OSError:  # the served picture is missing: not the same
+            return False
 
     def _append(self, entry: dict[str, Any]) -> None:
         """Write one change of this process to the journal (the caller holds ``_sync_lock`` and the

@@ -239,6 +239,8 @@ def test_openapi_docs(client):
     # one error schema for the whole API (the fraud routes' too), and no codes a route cannot answer
     assert [name for name in spec["components"]["schemas"] if "ErrorOut" in name] == ["ErrorOut"]
     assert set(spec["paths"]["/items/{item_id}"]["delete"]["responses"]) == {"200", "404", "422", "503"}
+    for path in ("/items", "/items/batch"):  # 201 an add, 200 a retry of one that went through
+        assert {"200", "201"} <= set(spec["paths"][path]["post"]["responses"]), path
     body = spec["paths"]["/search"]["post"]["requestBody"]["content"]
     assert body["application/json"]["schema"]["additionalProperties"] is False
     batch = spec["paths"]["/items/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
@@ -1028,8 +1030,27 @@ def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
                       files={"image": ("disc.png", png, "image/png")})
     assert r.status_code == 201, r.text
     assert r.json()["price"] == 4.0 and r.json()["image"].endswith(".png")
+    added = r.json()
+    # a retried write that went through (a timeout, a lost answer): the same item back, a 200, nothing written again
+    journal = (writable.run / "catalogue.jsonl").read_bytes()
+    r = writable.post("/items", data={"item_id": "new2", "title": "green disc", "price": "4"},
+                      files={"image": ("again.png", png, "image/png")})
+    assert r.status_code == 200 and r.json() == added
+    with pytest.warns(UserWarning, match="stripped leading/trailing spaces"):
+        r = writable.post("/items", json={"item_id": " new1", "title": "glow in the dark frisbee", "price": 9.5})
+    assert r.status_code == 200 and r.json()["category"] == "toys"  # a field left out is not sent: no clash
+    r = writable.post("/items", json={"item_id": "new1", "title": "glow in the dark frisbee", "category": "games",
+                                      "price": 9})
+    assert r.status_code == 409 and r.json() == {
+        "error": "duplicate_id", "ids": ["new1"],
+        "detail": "item_id: item 'new1' already exists, with another category and price (sending it again as it is, "
+                  "a retry, adds nothing and is not refused)"}
+    r = writable.post("/items", json={"item_id": "new2", "title": "green disc", "price": 4})  # no picture: kept
+    assert r.status_code == 200 and r.json() == added
+    assert (writable.run / "catalogue.jsonl").read_bytes() == journal
+    assert writable.service.item_ids.count("new2") == 1
     # the picture over HTTP: image_url, not the server's path
-    assert r.json()["image_url"] == "/images/new2"
+    assert added["image_url"] == "/images/new2"
     got = writable.get(r.json()["image_url"])
     assert got.status_code == 200 and got.content == png and got.headers["content-type"] == "image/png"
     assert writable.get("/images/new1").json()["detail"] == "item_id: item 'new1' has no image"
@@ -1066,7 +1087,8 @@ def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
     r = writable.get("/images/i003", params={"size": "64"})
     assert r.status_code == 422 and r.json()["detail"].startswith("size: unknown parameter")
     r = writable.post("/items", json={"item_id": "new1", "title": "again"})
-    assert r.status_code == 409 and r.json()["detail"] == "item_id: item 'new1' already exists"
+    assert r.status_code == 409 and r.json()["detail"].startswith("item_id: item 'new1' already exists, with another "
+                                                                   "title")
     r = writable.delete("/items/i004")
     assert r.status_code == 200 and r.json() == {"item_id": "i004", "removed": True}
     assert writable.get("/similar", params={"item_id": "i004"}).status_code == 404
@@ -1110,7 +1132,18 @@ def test_a_batch_of_items_is_added_over_http_all_at_once(writable):
     r = writable.post("/search", files={"image": ("q.png", solid_png((20, 220, 20), seed=6), "image/png")},
                       data={"k": "1"})
     assert [i["item_id"] for i in r.json()["items"]] == ["b1"]
-    assert writable.post("/items/batch", json={"items": items[:1]}).status_code == 409
+    # a retry of a batch that went through (the same fields, the same picture): nothing added or written, a 200
+    journal = (writable.run / "catalogue.jsonl").read_bytes()
+    r = writable.post("/items/batch", json={"items": items[:1]})
+    assert r.status_code == 200 and r.json() == {"added": 0, "items": body["items"][:1]}
+    r = writable.post("/items/batch", json={"items": [{**items[0], "price": 8.5}]})  # another price: not a retry
+    assert r.status_code == 409 and r.json()["detail"] == ("item_id: item 'b1' already exists, with another price "
+                                                           "(sending it again as it is, a retry, adds nothing and is "
+                                                           "not refused)")
+    other = base64.b64encode(solid_png((20, 220, 20), seed=6)).decode()
+    r = writable.post("/items/batch", json={"items": [{**items[0], "image_base64": other}]})
+    assert r.status_code == 409 and "with another image" in r.json()["detail"]
+    assert (writable.run / "catalogue.jsonl").read_bytes() == journal
     # base64 as clients write it: wrapped at 76 columns (GNU base64's default), or as a data: URL
     wrapped = base64.encodebytes(png).decode()
     assert "\n" in wrapped.strip()
@@ -1270,7 +1303,9 @@ def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):
     ("post", "/items", {"content": b"n1", "headers": {"content-type": "text/csv"}}, 415,
      "content-type: expected application/json or multipart/form-data (got 'text/csv')"),
     ("post", "/items?dry_run=1", {"json": {"item_id": "n1", "title": "t"}}, 422, "dry_run: unknown parameter"),
-    ("post", "/items", {"json": {"item_id": "i001", "title": "t"}}, 409, "item_id: item 'i001' already exists"),
+    ("post", "/items", {"json": {"item_id": "i001", "title": "t"}}, 409,
+     "item_id: item 'i001' already exists, with another title (sending it again as it is, a retry, adds nothing and is "
+     "not refused)"),
     # an id or a category is one line: an id with a newline could not be named in a URL path again
     ("post", "/items", {"json": {"item_id": "x\ny", "title": "t"}}, 422,
      "item_id: expected one line of printable text (got 'x\\ny', a control character '\\n' at position 1)"),
@@ -1293,8 +1328,8 @@ def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):
     # an invalid item and an id that exists: one answer names both (the id alone is a 409)
     ("post", "/items/batch", {"json": {"items": [{"item_id": "i001", "title": "t"}, {"item_id": "n2", "title": 5},
                                                  {"item_id": "n3", "title": "t"}, {"item_id": "i002", "title": "t"}]}},
-     422, "3 of 4 items are not valid, nothing was added: items[0]: item_id 'i001' already exists; items[1]: title: "
-          "expected a string (got int 5); items[3]: item_id 'i002' already exists"),
+     422, "3 of 4 items are not valid, nothing was added: items[0]: item_id 'i001' already exists, with another title; "
+          "items[1]: title: expected a string (got int 5); items[3]: item_id 'i002' already exists, with another title"),
     ("post", "/items", {"data": {"item_id": "n1", "title": "t", "price": "cheap"}, "files": {"x": ("a", b"a")}}, 422,
      "x: unknown form field (expected item_id, title, category, description, price, image)"),
     ("post", "/items", {"data": {"item_id": "n1", "title": "t", "price": "cheap"},
@@ -1334,7 +1369,7 @@ def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):
      422, "items[1]: item_id 'n1' is also items[0]"),
     ("post", "/items/batch", {"json": {"items": [{"item_id": "i001", "title": "t"}, {"item_id": "n1", "title": "u"},
                                                  {"item_id": "i002", "title": "v"}]}}, 409,
-     "item_id: 2 of the 3 items exist already, nothing was added: 'i001', 'i002'"),
+     "item_id: 2 of the 3 items exist already with other fields, nothing was added: 'i001', 'i002'"),
     ("post", "/items/batch", {"content": b"x" * (32 * 2**20 + 1), "headers": {"content-type": "application/json"}},
      413, "body: over the 33,554,432-byte limit of a batch of items"),
     ("post", "/items/batch", {"data": {"item_id": "n1", "title": "t"}, "files": {"image": ("a.png", _PNG)}}, 415,

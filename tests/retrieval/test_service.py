@@ -1160,13 +1160,21 @@ def test_other_processes_pick_up_changes_and_share_the_id_check(own_run):
     late = load_service(own_run, catalogue_sync_s=3600.0)
     writer.remove_item("new1")
     writer.add_item("new3", "wool winter socks")
-    with pytest.raises(ValueError, match="item_id: item 'new3' already exists"):
+    with pytest.raises(ValueError, match="item_id: item 'new3' already exists, with another title"):
         late.add_item("new3", "wool winter socks, again")
     assert late.has_item("new3") and not late.has_item("new1")
     eager = load_service(own_run, catalogue_sync_s=0.0)
     writer.add_item("new4", "trail running shoes", category="shoes")
     assert "new4" in eager.search(text="trail running shoes", k=3).item_ids  # picked up by the call itself
     assert late.sync_catalogue() == 1 and late.item_ids == writer.item_ids == eager.item_ids
+    # the same item sent again (a retry, through a process behind the other's write): nothing written, its index
+    later = load_service(own_run, catalogue_sync_s=3600.0)
+    writer.add_item("new5", "alpaca scarf", category="clothing", price=30)
+    assert not later.has_item("new5")  # behind: it has not read the add
+    journal = (own_run / "catalogue.jsonl").read_bytes()
+    assert later.add_items([{"item_id": "new5", "title": "alpaca scarf", "price": 30.0}]) == [later.item_ids.index("new5")]
+    assert later.add_item("new5", "alpaca scarf", category="clothing") == later.item_ids.index("new5")
+    assert (own_run / "catalogue.jsonl").read_bytes() == journal and later.item_ids.count("new5") == 1
 
 
 @pytest.mark.parametrize("image_chunk", [1, 32])  # images decoded and encoded one at a time, or all together
@@ -1238,7 +1246,8 @@ def test_add_items_adds_a_batch_as_add_item_adds_each(own_run, tmp_path, monkeyp
     ([{"item_id": "a\u2028b", "title": "x"}], r"items\[0\]: item_id: expected one line of printable text \(got "
                                                r"'a\\u2028b', a line separator '\\u2028' at position 1\)"),
     ([{"item_id": "i001", "title": "x"}, {"item_id": "new2", "title": ""}],
-     r"2 of 2 items are not valid, nothing was added: items\[0\]: item_id 'i001' already exists; items\[1\]: title"),
+     r"2 of 2 items are not valid, nothing was added: items\[0\]: item_id 'i001' already exists, with another title; "
+     r"items\[1\]: title"),
     ([{"item_id": "new1", "title": "x", "category": "NewC"}, {"item_id": "new2", "title": "y", "category": "NewC"},
       {"item_id": "new3", "title": "z", "category": "newc"}],
      r"1 of 3 items are not valid.*items\[2\]: category: 'newc' differs from items\[0\]'s new category 'NewC' "
@@ -1313,15 +1322,16 @@ def test_add_items_refuses_ids_that_exist_naming_them_all(own_run):
 
     svc = load_service(own_run, catalogue_sync_s=3600.0, catalogue_follow=False)
     svc.add_item("new3", "added before")
-    with pytest.raises(DuplicateIdError, match=r"item_id: 2 of the 3 items exist already, nothing was added: "
-                                               r"'i004', 'new3'"):
+    with pytest.raises(DuplicateIdError, match=r"item_id: 2 of the 3 items exist already with other fields, nothing was "
+                                               r"added: 'i004', 'new3'"):
         svc.add_items([{"item_id": "i004", "title": "x"}, {"item_id": "new1", "title": "y"},
                        {"item_id": "new3", "title": "z"}])
     # one added by another process meanwhile: found by the check under the journal's lock
     load_service(own_run).add_item("new2", "added by another process")
     before = (own_run / "catalogue.jsonl").read_bytes()
     assert not svc.has_item("new2")  # this service has not looked yet
-    with pytest.raises(DuplicateIdError, match=r"item_id: 1 of the 2 items exist already, nothing was added: 'new2'"):
+    with pytest.raises(DuplicateIdError, match=r"item_id: 1 of the 2 items exist already with other fields, nothing was "
+                                               r"added: 'new2'"):
         svc.add_items([{"item_id": "new1", "title": "y"}, {"item_id": "new2", "title": "z"}])
     assert svc.has_item("new2") and not svc.has_item("new1") and (own_run / "catalogue.jsonl").read_bytes() == before
 
@@ -1915,8 +1925,12 @@ def test_two_changes_of_one_id_at_once_refuse_the_second_without_the_journal(own
     removed = twice(lambda: svc.remove_item("i004"))
     assert sorted(type(o).__name__ for o in removed) == ["NoneType", "UnknownIdError"], removed
     added = twice(lambda: svc.add_item("new1", "glow in the dark frisbee"))
-    assert [type(o) for o in added].count(DuplicateIdError) == 1 and added.count(None) == 1, added
+    assert added == [None, None], added  # the same item twice: the second is a retry of the first, not added again
     assert svc.item_ids.count("new1") == 1 and not svc.has_item("i004")
+    titles = iter(["glow in the dark frisbee", "glow in the dark frisbee, blue"])
+    added = twice(lambda: svc.add_item("new2", next(titles)))  # two different items under one id: one is refused
+    assert [type(o) for o in added].count(DuplicateIdError) == 1 and added.count(None) == 1, added
+    assert svc.item_ids.count("new2") == 1
 
 
 def test_search_batch_answers_each_query_to_the_last_bit(service):
