@@ -469,6 +469,10 @@ def _items(rec: Recommendation) -> list[ItemOut]:
 
 
 # -- metrics ---------------------------------------------------------------------------------------
+# the methods the metrics name (RFC 9110's, and PATCH); any other is counted as "other"
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
+
+
 class Metrics:
     """Request counts and a latency histogram per route, rendered in Prometheus text format.
 
@@ -482,6 +486,8 @@ class Metrics:
         self._hist: dict[tuple[str, str], list[float]] = {}  # bucket counts..., sum, count
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        # a method name is the client's choice (any token, `FOO1`): each would be a series of its own
+        method = method if method in HTTP_METHODS else "other"
         with self._lock:
             key = (method, route, status)
             self._requests[key] = self._requests.get(key, 0) + 1

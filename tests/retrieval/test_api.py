@@ -602,7 +602,10 @@ def test_metrics_count_requests_by_route(client):
         client.get("/recommend", params={"user_id": "u004"})
     client.get("/recommend", params={"user_id": "nobody"})
     client.get("/no/such/path")
+    for k in range(3):  # methods a client makes up: one series for them all, not one each
+        assert client.request(f"FOO{k}", "/recommend", params={"user_id": "u004"}).status_code == 405
     text = client.get("/metrics").text
+    assert "FOO" not in text and 'shopgraph_http_requests_total{method="other",route="/recommend",status="405"}' in text
     ok = [ln for ln in text.splitlines()
           if ln.startswith('shopgraph_http_requests_total{method="GET",route="/recommend",status="200"}')]
     assert ok and int(ok[0].split()[-1]) >= 3
