@@ -25,7 +25,6 @@ import binascii
 import contextlib
 import difflib
 import errno
-import functools
 import gc
 import json
 import logging
@@ -248,6 +247,9 @@ class ColdIn(BaseModel):
     exclude: list[str] = Field(default_factory=list, max_length=MAX_BATCH,
                                description="item ids to leave out as well (the visitor's cart, say); an id that is "
                                            "not served is nothing to leave out (named in exclude_not_served)")
+    skip_unknown: bool = Field(False, description="with item_ids, true: ids that name no item (a product not sent to "
+                                                  "POST /items yet) are left out of the query and named in `unknown`, "
+                                                  "rather than a 404; none left is a 404 all the same")
 
 
 _TEXT_CUT = ("null when the text model read the whole text; else how many of its first characters it read (it "
@@ -259,6 +261,8 @@ class ColdOut(BaseModel):
     left_out: list[str] = Field(description="those of item_ids removed from the catalogue "
                                 "since (a visitor's recently viewed list can hold them): left out of the query, "
                                 "which the others make; all of them removed is a 404")
+    unknown: list[str] = Field(description="with skip_unknown: those of item_ids that name no item (each once, as "
+                                           "given), left out of the query; else empty")
     text: str | None
     text_cut_at: int | None = Field(None, description=_TEXT_CUT)
     exclude_not_served: list[str] = Field(description=_NOT_SERVED)
@@ -1093,6 +1097,7 @@ class _Cold(NamedTuple):
     n_seeds: int
     category: str | None
     exclude: list[Any]
+    skip_unknown: bool
 
 
 def _category_field(body: dict[str, Any]) -> str | None:
@@ -1107,7 +1112,7 @@ def _cold_json(body: dict[str, Any]) -> _Cold:
     """A cold-start body: exactly one of ``item_ids`` and ``text``; ``n_seeds`` only with ``text``;
     ``category`` and ``exclude`` as ``GET /recommend`` takes them (the service checks their values);
     nothing else (a ``null`` field was dropped already, as not given: :func:`_json_body`)."""
-    check_fields(_given(body), ("item_ids", "text", "k", "n_seeds", "category", "exclude"), "field")
+    check_fields(_given(body), ("item_ids", "text", "k", "n_seeds", "category", "exclude", "skip_unknown"), "field")
     if ("item_ids" in body) == ("text" in body):
         raise ValueError(f"item_ids, text: expected one of them (got {'both' if 'text' in body else 'neither'})")
     k = check_k(body.get("k", 10))
@@ -1119,13 +1124,15 @@ def _cold_json(body: dict[str, Any]) -> _Cold:
         text = body["text"]
         if not isinstance(text, str):
             raise ValueError(f"text: expected a string (got {type(text).__name__} {shown(text)})")
-        return _Cold(None, text, k, check_k(body.get("n_seeds", 10), "n_seeds"), category, exclude)
+        if "skip_unknown" in body:
+            raise ValueError("skip_unknown: only with item_ids (a text has no ids to skip)")
+        return _Cold(None, text, k, check_k(body.get("n_seeds", 10), "n_seeds"), category, exclude, False)
     if "n_seeds" in body:
         raise ValueError("n_seeds: only with text (the item_ids are the seeds)")
     ids = body["item_ids"]
     if not isinstance(ids, list):
         raise ValueError(f"item_ids: expected a list of ids (got {type(ids).__name__} {shown(ids)})")
-    return _Cold(ids, None, k, 0, category, exclude)
+    return _Cold(ids, None, k, 0, category, exclude, check_bool(body.get("skip_unknown", False), "skip_unknown"))
 
 
 # -- the batch bodies of /recommend and /fraud/score ----------------------------------------------
@@ -1555,15 +1562,19 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         openapi_extra=_json_schema(ColdIn), dependencies=[nothing])
     async def recommend_cold(request: Request) -> ColdOut:
         _media_type(request, ("application/json",))
-        ids, text, k, n_seeds, category, exclude = _cold_json(await _json_body(request, _COLD_EXAMPLE))
-        if text is not None:
-            rec = await run_in_threadpool(functools.partial(service.recommend_for_text, text, k, n_seeds,
-                                                            category=category, exclude=exclude))
-        else:  # removed items left out in the same step as the query (none left: the 404 names them all)
-            rec = service.recommend_for_items(ids or [], k, leave_out_removed=True, category=category, exclude=exclude)
-        cut = await run_in_threadpool(service.text_cut_at, text) if text is not None else None
-        return ColdOut(item_ids=ids, left_out=rec.left_out, text=text, text_cut_at=cut, k=k, items=_items(rec),
-                       exclude_not_served=service.not_served(exclude))
+        ids, text, k, n_seeds, category, exclude, skip_unknown = _cold_json(await _json_body(request, _COLD_EXAMPLE))
+
+        def answer() -> ColdOut:  # in a worker thread: a query of 1,000 seeds held every other request up
+            if text is not None:
+                rec = service.recommend_for_text(text, k, n_seeds, category=category, exclude=exclude)
+            else:  # removed items left out in the same step as the query (none left: the 404 names them all)
+                rec = service.recommend_for_items(ids or [], k, leave_out_removed=True, skip_unknown=skip_unknown,
+                                                  category=category, exclude=exclude)
+            cut = service.text_cut_at(text) if text is not None else None
+            return ColdOut(item_ids=ids, left_out=rec.left_out, unknown=rec.unknown, text=text, text_cut_at=cut, k=k,
+                           items=_items(rec), exclude_not_served=service.not_served(exclude))
+
+        return await run_in_threadpool(answer)
 
     search_body = _json_or_multipart(SearchIn, {
         "image": {"type": "string", "format": "binary",

@@ -134,6 +134,9 @@ class Recommendation(NamedTuple):
         titles: item titles ("" when unknown).
         left_out: :meth:`ShopService.recommend_for_items` with ``leave_out_removed``: the given ids
             of items removed from the catalogue since, left out of the query; else empty.
+        unknown: :meth:`ShopService.recommend_for_items` with ``skip_unknown``: the given ids that
+            name no served item (and, with ``leave_out_removed``, no removed one), left out of the
+            query; else empty.
     """
 
     item_ids: list[str]
@@ -141,6 +144,7 @@ class Recommendation(NamedTuple):
     reasons: list[str]
     titles: list[str]
     left_out: list[str] = []  # noqa: RUF012 - a NamedTuple default, never mutated
+    unknown: list[str] = []  # noqa: RUF012 - a NamedTuple default, never mutated
 
 
 # what a served fraud probability is (FraudScore.probability_is; `shopgraph score`'s probability_is column)
@@ -1941,7 +1945,8 @@ class ShopService:
 
     # -- cold start -----------------------------------------------------------------------------
     def recommend_for_items(self, item_ids: Sequence[str], k: int = 10, *, leave_out_removed: bool = False,
-                            category: str | None = None, exclude: Sequence[str] = ()) -> Recommendation:
+                            skip_unknown: bool = False, category: str | None = None,
+                            exclude: Sequence[str] = ()) -> Recommendation:
         """For an unknown user who picked a few items: the mean of their (L2-normalised) GNN
         embeddings, searched by cosine (``gnn_items_cosine``). The given items are excluded.
 
@@ -1950,24 +1955,34 @@ class ShopService:
         ``left_out`` (as ``POST /recommend/cold`` does), in the same step as the query, so an item
         removed meanwhile is one of them too; without it they are unknown ids (``UnknownIdError``
         saying they were removed). Ids that never were items are unknown either way, and so is a
-        list of removed items only (nothing to recommend from). ``category`` and ``exclude`` (the
-        visitor's cart) as :meth:`recommend` takes them."""
+        list of removed items only (nothing to recommend from). ``skip_unknown``: the other ids
+        that name no served item (a storefront's item not sent to :meth:`add_item` yet) are left
+        out too and named in the answer's ``unknown`` (each once, as given), as the batch routes'
+        ``skip_unknown`` does; when no id is left, all of them are unknown ids all the same.
+        ``category`` and ``exclude`` (the visitor's cart) as :meth:`recommend` takes them."""
         self._maybe_sync()
         k = check_k(k)
+        skip_unknown = check_bool(skip_unknown, "skip_unknown")
         with self._lock.read():
             left_out: list[str] = []
-            if leave_out_removed:  # the list checked as given (types, size), then the removed ones taken out
+            unknown: list[str] = []
+            if leave_out_removed or skip_unknown:  # the list checked as given (types, size), then ids taken out
                 given, keys = self._id_list(item_ids, "item_ids")
-                out = [self._was_removed(key) for key in keys]
+                out = [leave_out_removed and self._was_removed(key) for key in keys]
+                never = [skip_unknown and not removed and key not in self._item_pos for key, removed in zip(keys, out)]
                 left_out = list(dict.fromkeys(i for i, removed in zip(given, out) if removed))
-                item_ids = [i for i, removed in zip(given, out) if not removed] or given
+                unknown = list(dict.fromkeys(i for i, no in zip(given, never) if no))
+                item_ids = [i for i, removed, no in zip(given, out, never) if not (removed or no)] or given
+                if item_ids is given:  # nothing left: the error below names them all
+                    left_out, unknown = [], []
             taken = leave_out_removed and len(item_ids) < len(given)  # some removed ones taken out
             seeds = np.array(self._many(item_ids, "item_ids", self._item_pos, "item", left_out=left_out if taken else (),
                                         given=len(given) if taken else None), dtype=np.int64)
             q = _normalised(self._item_emb_n[seeds]).mean(axis=0, keepdims=True)  # added items: unit length too
             drop = np.union1d(seeds, self._exclusions(exclude, "exclude"))
             ids, sc = self._filtered("gnn_items_cosine", q, k, [drop], self._category(category))[0]
-            return self._pack(ids, sc, self._seed_reasons(np.unique(seeds), ids))._replace(left_out=left_out)
+            return self._pack(ids, sc, self._seed_reasons(np.unique(seeds), ids))._replace(left_out=left_out,
+                                                                                            unknown=unknown)
 
     def recommend_for_text(self, text: str, k: int = 10, n_seeds: int = 10, *, category: str | None = None,
                            exclude: Sequence[str] = ()) -> Recommendation:

@@ -1218,6 +1218,31 @@ def test_a_visitors_removed_items_are_left_out_of_the_query_and_named(writable):
         service.recommend_for_items(["i021", "i022", "sku/9"], k=5)  # without it: unknown ids, said so
 
 
+def test_a_visitors_unknown_items_are_skipped_on_request_and_named(writable):
+    """A storefront's recently viewed list can hold products it has not sent to POST /items yet:
+    with "skip_unknown" they are left out of the query and named in "unknown" (each once, as given),
+    the removed ones still in "left_out"; nothing left to recommend from is a 404 all the same."""
+    alone = writable.post("/recommend/cold", json={"item_ids": ["i013"], "k": 5}).json()
+    assert alone["unknown"] == []
+    assert writable.delete("/items/i014").status_code == 200
+    r = writable.post("/recommend/cold", json={"item_ids": ["nope", "i013", "i014", "nope", "sku 7"], "k": 5,
+                                               "skip_unknown": True})
+    assert r.status_code == 200, r.text
+    assert (r.json()["unknown"], r.json()["left_out"]) == (["nope", "sku 7"], ["i014"])
+    assert r.json()["items"] == alone["items"]  # the query of i013 alone
+    for ids in (["nope"], ["nope", "i014"]):  # nothing served left: every one of them named
+        r = writable.post("/recommend/cold", json={"item_ids": ids, "k": 5, "skip_unknown": True})
+        assert r.status_code == 404 and r.json()["ids"] == ids, r.text
+    r = writable.post("/recommend/cold", json={"text": "shoes", "skip_unknown": True})
+    assert r.status_code == 422 and r.json()["detail"] == "skip_unknown: only with item_ids (a text has no ids to skip)"
+    r = writable.post("/recommend/cold", json={"item_ids": ["i013"], "skip_unknown": "yes"})
+    assert r.status_code == 422 and r.json()["detail"] == "skip_unknown: expected a boolean, true or false (got str 'yes')"
+    # the Python API: without leave_out_removed a removed item is one of the unknown ones
+    rec = writable.service.recommend_for_items(["i013", "i014", "nope"], k=5, skip_unknown=True)
+    assert (rec.unknown, rec.left_out) == (["i014", "nope"], [])
+    assert rec.item_ids == [i["item_id"] for i in alone["items"]]
+
+
 def test_a_first_visit_gets_the_popular_items(client):
     """No account, nothing viewed, no words: the items most shoppers bought (the unknown user's 404
     on /recommend names the routes for a visitor)."""
@@ -1563,7 +1588,7 @@ def test_cold_start_over_http_is_the_service_answer(client):
     ({"text": "shoes", "n_seeds": 1.0}, 422, "n_seeds: expected an integer between 1 and 1000 (got 1.0)"),
     ({"text": ""}, 422, "text: expected a non-empty query (got '')"),
     ({"text": ["shoes"]}, 422, "text: expected a string (got list"),
-    ({"user_id": "u001"}, 422, "user_id: unknown field (expected item_ids, text, k, n_seeds, category, exclude)"),
+    ({"user_id": "u001"}, 422, "user_id: unknown field (expected item_ids, text, k, n_seeds, category, exclude, skip_unknown)"),
     (["i001"], 422, "body: expected a JSON object like {\"item_ids\""),
 ])
 def test_bad_cold_start_bodies_are_4xx_naming_the_problem(client, body, status, message):
