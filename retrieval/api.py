@@ -1647,15 +1647,15 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         given = fields if image is None else {**fields, "image": image}  # no image given: kept on a restore
         key = fields["item_id"].strip() if isinstance(fields.get("item_id"), str) else None
 
-        def add() -> bool:
+        def add() -> tuple[bool, ItemInfoOut]:
             served = key is not None and service.has_item(key)  # then a success is a retry: nothing added, 200
             service.add_item(**given)
-            return served
+            return served, _item_out(service.item_info(key or ""), service)
 
-        served = await run_in_threadpool(_changed, add)
+        served, out = await run_in_threadpool(_changed, add)
         if served:
             response.status_code = 200
-        return _item_out(service.item_info(key or ""), service)
+        return out
 
     batch_item = BatchItemIn.model_json_schema()
     batch_body = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -1674,14 +1674,14 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         body = await _json_body(request, _BATCH_EXAMPLE, MAX_BATCH_JSON_BYTES, "a batch of items")
         items = await run_in_threadpool(_batch_items, body, service)
 
-        def add() -> tuple[list[int], int]:
+        def add() -> BatchOut:
             served = sum(isinstance(i.get("item_id"), str) and service.has_item(i["item_id"])
                          for i in items)  # those a success finds served already: retries, not added
-            return service.add_items(items), served
+            positions = service.add_items(items)
+            return BatchOut(added=len(positions) - served,
+                            items=[_item_out(service.item_info(service.item_ids[p]), service) for p in positions])
 
-        positions, served = await run_in_threadpool(_changed, add)
-        out = BatchOut(added=len(positions) - served,
-                       items=[_item_out(service.item_info(service.item_ids[p]), service) for p in positions])
+        out = await run_in_threadpool(_changed, add)
         if out.added == 0:
             response.status_code = 200
         return out
