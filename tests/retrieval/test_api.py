@@ -672,6 +672,22 @@ def test_routes_are_counted_by_their_documented_names(client):
     assert 'route="/config"' not in text
 
 
+def test_answers_of_a_kilobyte_or_more_are_gzipped_for_clients_that_take_it(client):
+    params = {"user_id": "u004", "k": 20}
+    plain = client.get("/recommend", params=params, headers={"accept-encoding": "identity"})
+    packed = client.get("/recommend", params=params, headers={"accept-encoding": "gzip"})
+    assert len(plain.content) >= 1024 and "content-encoding" not in plain.headers
+    assert packed.headers["content-encoding"] == "gzip" and "accept-encoding" in packed.headers["vary"].lower()
+    assert packed.json() == plain.json() and packed.num_bytes_downloaded < len(plain.content) / 2
+    assert packed.headers["x-request-id"]
+    small = client.get("/healthz", headers={"accept-encoding": "gzip"})  # under a kilobyte: as it is
+    assert "content-encoding" not in small.headers
+    picture = client.get("/images/i003", headers={"accept-encoding": "gzip"})  # a PNG does not shrink
+    assert picture.status_code == 200 and "content-encoding" not in picture.headers
+    error = client.get("/recommend", params={"user_id": "x" * 1500}, headers={"accept-encoding": "gzip"})
+    assert error.status_code == 404 and error.json()["error"] == "unknown_user"  # errors read the same
+
+
 def test_metrics_histogram_is_cumulative():
     m = Metrics(buckets=(0.01, 0.1))
     for s in (0.005, 0.05, 0.5):
