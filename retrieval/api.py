@@ -84,6 +84,7 @@ from shopgraph.retrieval.service import (
     check_k,
     key_path,
     lone_surrogate,
+    once_each,
     shown,
 )
 
@@ -903,7 +904,8 @@ async def _json_body(request: Request, example: str, limit: int = MAX_JSON_BYTES
         raise too_big
     chunks = [chunk async for chunk in _capped(request, limit, too_big)]
     try:
-        body = json.loads(b"".join(chunks), object_pairs_hook=_unique_keys, parse_constant=_not_json)
+        body = json.loads(b"".join(chunks), object_pairs_hook=_unique_keys, parse_constant=_not_json,
+                          parse_int=_json_int)
     except _NotJson as exc:
         raise ValueError(str(exc)) from None
     except RecursionError:  # thousands of [ or {: the parser's own recursion
@@ -912,7 +914,7 @@ async def _json_body(request: Request, example: str, limit: int = MAX_JSON_BYTES
     except json.JSONDecodeError as exc:  # where the parser stopped, so a client can find its mistake
         raise ValueError(f"body: expected a JSON object like {example} (got invalid JSON: {exc.msg}: line "
                          f"{exc.lineno} column {exc.colno})") from None
-    except ValueError:  # bytes that are not UTF-8 text
+    except UnicodeDecodeError:  # bytes that are not UTF-8 text
         raise ValueError(f"body: expected a JSON object like {example} (got invalid JSON: not UTF-8 text)") from None
     if not isinstance(body, dict):
         raise ValueError(f"body: expected a JSON object like {example} (got {type(body).__name__})")
@@ -1200,9 +1202,9 @@ def _known_only(body: dict[str, Any], ids: list[Any], known: Callable[[str], boo
     service to refuse."""
     if not check_bool(body.get("skip_unknown", False), "skip_unknown"):
         return ids, []
-    unknown = list(dict.fromkeys(i for i in ids if isinstance(i, str) and not known(i.strip())))
-    gone = set(unknown)
-    return [i for i in ids if not (isinstance(i, str) and i in gone)], unknown
+    unknown = once_each(i for i in ids if isinstance(i, str) and not known(i.strip()))
+    gone = {i.strip() for i in unknown}
+    return [i for i in ids if not (isinstance(i, str) and i.strip() in gone)], unknown
 
 
 def _fraud_out(service: ShopService, s: FraudScore) -> FraudOut:
@@ -1374,6 +1376,19 @@ class _NotJson(ValueError):
 def _not_json(name: str) -> Any:
     """``json.loads``' ``parse_constant``: ``NaN``, ``Infinity`` and ``-Infinity`` are Python's, not JSON."""
     raise _NotJson(f"body: {name} is not JSON (a number must be finite; JSON has no NaN or Infinity)")
+
+
+def _json_int(text: str) -> int:
+    """``json.loads``' ``parse_int``: an integer of more digits than Python turns into a number
+    (4,300) is named as such, not as text that is not UTF-8 (the ``ValueError`` it raised)."""
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise _NotJson(f"body: a number of {digits:,} digits (got {shown(text)}); numbers here have at most "
+                       f"{MAX_INT_DIGITS:,}")
+    return int(text)
+
+
+MAX_INT_DIGITS = 4300  # Python's default limit of int(str)
 
 
 def _rendered(answer: BaseModel) -> Response:

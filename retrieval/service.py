@@ -29,7 +29,7 @@ import time
 import unicodedata
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -401,6 +401,19 @@ def check_k(k: Any, name: str = "k") -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= int(k) <= K_MAX:
         raise ValueError(f"{name}: expected an integer between 1 and {K_MAX} (got {shown(k)})")
     return int(k)
+
+
+def once_each(ids: Iterable[Any]) -> list[Any]:
+    """``ids`` each once, as first given, a string id counted with its surrounding spaces left out
+    (``"nope"``, ``" nope"``: one id, as lookups take them)."""
+    seen: set[Any] = set()
+    out = []
+    for i in ids:
+        key = i.strip() if isinstance(i, str) else i
+        if key not in seen:
+            seen.add(key)
+            out.append(i)
+    return out
 
 
 def check_bool(value: Any, name: str) -> bool:
@@ -1181,11 +1194,12 @@ class ShopService:
         return f"; {listed_ids(removed)} {'was' if len(removed) == 1 else 'were'} removed from the catalogue"
 
     def not_served(self, item_ids: Sequence[Any]) -> list[str]:
-        """Those of ``item_ids`` (as given, each once) that name no served item (unknown, in another
-        case, or removed since): in a recommendation's ``exclude`` they leave nothing out, which
-        ``GET /recommend`` says (``exclude_not_served``) so that a client's id mistake is seen."""
+        """Those of ``item_ids`` (each once, as first given: ``" nope"`` after ``"nope"`` is the same
+        id, as ids are matched spaces aside) that name no served item (unknown, in another case, or
+        removed since): in a recommendation's ``exclude`` they leave nothing out, which ``GET
+        /recommend`` says (``exclude_not_served``) so that a client's id mistake is seen."""
         with self._lock.read():
-            return list(dict.fromkeys(i for i in item_ids if not (isinstance(i, str) and i.strip() in self._item_pos)))
+            return once_each(i for i in item_ids if not (isinstance(i, str) and i.strip() in self._item_pos))
 
     def _many(self, ids: Any, name: str, positions: dict[str, int], kind: str, k: int | None = None, *,
               left_out: Sequence[str] = (), given: int | None = None) -> list[int]:
@@ -1199,7 +1213,7 @@ class ShopService:
         ids, keys = self._id_list(ids, name, k)
         unknown = [value for value, key in zip(ids, keys) if key not in positions]  # named as given
         if unknown:
-            names = list(dict.fromkeys(unknown))
+            names = once_each(unknown)
             repeats = f", {len(unknown) - len(names):,} of them repeats" if len(names) < len(unknown) else ""
             hint = _case_hint(positions, names) + (self._removed_hint(names) if positions is self._item_pos else "")
             served = len(unknown) < len(ids)
@@ -1970,8 +1984,8 @@ class ShopService:
                 given, keys = self._id_list(item_ids, "item_ids")
                 out = [leave_out_removed and self._was_removed(key) for key in keys]
                 never = [skip_unknown and not removed and key not in self._item_pos for key, removed in zip(keys, out)]
-                left_out = list(dict.fromkeys(i for i, removed in zip(given, out) if removed))
-                unknown = list(dict.fromkeys(i for i, no in zip(given, never) if no))
+                left_out = once_each(i for i, removed in zip(given, out) if removed)
+                unknown = once_each(i for i, no in zip(given, never) if no)
                 item_ids = [i for i, removed, no in zip(given, out, never) if not (removed or no)] or given
                 if item_ids is given:  # nothing left: the error below names them all
                     left_out, unknown = [], []
@@ -2321,7 +2335,8 @@ class ShopService:
             raise ValueError(f"{where}price: expected a finite number >= 0 (got {type(price).__name__} {shown(price)})")
         if image is not None:
             read_image(image, f"{where}image")  # checked now; decoded again when encoded (memory: see _encode_images)
-        return _NewItem(item_id, title, category, description, None if price is None else float(price), image,
+        # abs: a price of -0.0 (>= 0, so taken) is kept as 0.0, not shown as a negative zero
+        return _NewItem(item_id, title, category, description, None if price is None else abs(float(price)), image,
                         left_out)
 
     def _refilled(self, new: list[_NewItem]) -> list[_NewItem] | None:
