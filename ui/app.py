@@ -21,6 +21,7 @@ the temp folder); case files are copied into a temp folder before they are offer
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import re
@@ -1446,6 +1447,8 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
     from shopgraph.graph.rings import export_cases, exported_ring
 
     source = export_dir / "cases" if export_dir is not None and exported_ring(export_dir, ring) else None
+    if source is not None and cases.source is not None and _case_source(source / f"{ring.ring_id}.json") != cases.source:
+        source = None  # exported from another folder (a copy of the run) or other files: written afresh, naming this run
     if source is None:  # as `shopgraph rings --export` writes them: the top members explained too
         from shopgraph.graph.explain import explain_ring_members
 
@@ -1454,11 +1457,19 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
         fresh = Path(tempfile.mkdtemp(prefix=f"{ring.ring_id}-", dir=work_dir)) / "export"
         export_cases([ring], cases.data, cases.tables, fresh, fraud_prob=cases.fraud_prob,
                      explanations={ring.ring_id: explained}, held_out=cases.held_out_prob,
-                     threshold=cases.threshold)
+                     threshold=cases.threshold, source=cases.source)
         source = fresh / "cases"
     for p in wanted:
         shutil.copyfile(source / p.name, p)
     return [str(p) for p in wanted]
+
+
+def _case_source(path: Path) -> Any:
+    """The ``source`` a case file records (``None``: none, or a file that cannot be read)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 MEMBER_COLUMNS = ["user_id", "fraud probability", "flagged", "label", "fitted to its label", "devices",

@@ -688,6 +688,18 @@ def test_ring_view_draws_and_offers_case_files(ui_run: Path, ui_cases: FraudCase
     fresh = ring_view(ui_cases, ring.ring_id, None, tmp_path / "other")
     written = json.loads(Path(fresh.files[0]).read_text())
     assert written["ring_id"] == ring.ring_id
+    # ... naming the run it comes from, as `shopgraph rings --export` and /fraud/case do (it was null)
+    assert written["source"] == exported["source"] == json.loads(json.dumps(ui_cases.source))
+    assert written["source"]["run"] == str(ui_run.resolve()) and written["source"]["made_from"]
+    # an export made from another folder (the run copied since) is not handed out as this run's
+    import shutil
+
+    moved = tmp_path / "copied-export"
+    shutil.copytree(ui_run / "cases", moved)
+    case = moved / "cases" / json_path.name
+    case.write_text(json.dumps({**exported, "source": {**exported["source"], "run": "/elsewhere/run"}}))
+    again = json.loads(Path(ring_view(ui_cases, ring.ring_id, moved, tmp_path / "moved").files[0]).read_text())
+    assert again["source"] == written["source"] and again["explanations"] == written["explanations"]
     # ... with the top members explained, as `shopgraph rings --export` writes them
     assert written["explanations"] == json.loads(json.dumps(exported["explanations"]))
     # ... each value as people read it (an account's age, and its devices' accounts' average age, in
