@@ -1906,12 +1906,13 @@ def generated_shop(run_dir: Path | None) -> dict[str, Any] | None:
 # tables of many columns get more (the ranked rings' 6 % column holds R0001 at 1,100 px), and the
 # tab buttons are narrower, so that all five fit rather than three going behind a "More tabs" button;
 # a gallery shows two pictures a row, all of them (not four a row with the fourth cut off), below its
-# label (which takes two lines there); over each wide table a line says it scrolls sideways (a phone
-# shows no scroll bar until it is touched). On every screen a history picture's caption (what the
-# shopper did, when, the title) wraps onto up to three lines instead of being cut after its first
-# words. Pass it as ``css=`` where the app is mounted or launched.
+# label (which takes two lines there; the search gallery, outside a row, grows with them instead of
+# showing the top of two pictures); over each wide table a line says it scrolls sideways (a phone
+# shows no scroll bar until it is touched). On every screen a picture's caption (what the shopper
+# did, when, the title; a result's rank or similarity and title) wraps onto up to three lines instead
+# of being cut after its first words. Pass it as ``css=`` where the app is mounted or launched.
 UI_CSS = """
-#rec-history .caption-label {
+#rec-history .caption-label, #rec-gallery .caption-label, #search-gallery .caption-label {
   white-space: normal !important; max-width: calc(100% - 8px) !important; line-height: 1.25;
   display: -webkit-box !important; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden !important;
   padding-top: 2px !important; padding-bottom: 0 !important; max-height: calc(3.75em + 2px) !important;
@@ -1933,6 +1934,7 @@ UI_CSS = """
   .gallery-container .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
   .gallery-container .grid-container.pt-6 { padding-top: 2.75rem !important; }
   .gallery-container .grid-wrap { height: auto !important; max-height: none !important; }
+  #search-gallery { height: auto !important; }
 }
 """
 
@@ -2156,9 +2158,10 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                                                elem_id="search-image-preview")
                 search_k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="How many results")
                 search_status = gr.Markdown(elem_id="search-status")
-                search_gallery = gr.Gallery(label="Nearest items", columns=8, height=180, object_fit="contain",
-                                            elem_id="search-gallery")
+                search_gallery = gr.Gallery(label="Nearest items (more than 8: scroll the pictures)", columns=8,
+                                            height=180, object_fit="contain", elem_id="search-gallery")
                 search_table = gr.Dataframe(value=_empty_results(), label="Results", interactive=False, wrap=True,
+                                            max_height=1400,  # 20 rows unscrolled, as the Recommend tab's
                                             column_widths=_RESULT_WIDTHS, elem_id="search-table")
                 outputs = [search_status, search_gallery, search_table]
 

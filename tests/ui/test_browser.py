@@ -345,6 +345,13 @@ def test_a_phone_sized_screen_stacks_the_boxes_and_scrolls_tables_sideways(page:
         expect(status).to_contain_text("Items closest to")
         phone.wait_for_function("() => { const r = document.querySelector('#search-status').getBoundingClientRect();"
                                 " return r.top >= -1 && r.top < window.innerHeight / 2; }")
+        # every result's picture is inside the search gallery, none hidden below its box (it showed the top of 2 of 8)
+        phone.locator("#search-gallery img").first.wait_for()
+        shown = phone.evaluate("""() => {
+            const box = document.querySelector('#search-gallery').getBoundingClientRect();
+            return Array.from(document.querySelectorAll('#search-gallery img')).map(
+                i => i.getBoundingClientRect().bottom <= box.bottom + 1); }""")
+        assert len(shown) >= 4 and all(shown), shown
         # the ranked rings' narrowest column holds a ring id on one line
         phone.get_by_role("tab", name="Rings").click()
         phone.locator("#ring-table").wait_for()
