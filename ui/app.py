@@ -1578,7 +1578,9 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
     split = _colour_split(ring, threshold) is not None  # as draw_ring colours the members
     status = (f"**Ring {ring.ring_id}**: {len(ring.members)} accounts {tie}; ring score {ring.score:.2f}. "
               + ("Account colour is the fraud probability: green to yellow below the flagging threshold, orange to "
-                 "red at or above it (the black line on the colour bar); " if split
+                 f"red at or above it ({threshold:.3f}, the black line on the colour bar, the validation threshold: "
+                 "the Members table's **flagged** says the same, whatever the Fraud tab's slider is set to); "
+                 if split and threshold is not None
                  else "Account colour is the fraud probability (green low, red high); ")
               + "a thick outline marks an account the "
               "shop's data labels fraud; dark outlined squares are the shared devices. The case files hold every "

@@ -675,6 +675,9 @@ def test_ring_view_draws_and_offers_case_files(ui_run: Path, ui_cases: FraudCase
     assert view.members["fraud probability"].tolist() == [round(p, 3) for p in predicted]
     assert predicted == sorted(predicted, reverse=True)
     assert view.members["flagged"].tolist() == ["yes" if p >= threshold else "no" for p in predicted]
+    # the threshold it is judged at is named (the Fraud tab's slider, set elsewhere, does not move it)
+    assert "(0.500, the black line on the colour bar, the validation threshold" in view.status
+    assert "whatever the Fraud tab's slider is set to" in view.status
     assert view.members["fitted to its label"].fillna(-1).tolist() == [
         -1 if held[u] is None else round(served[u], 3) for u in view.members["user_id"]]
     assert ("**fitted to its label** gives the served score" in view.status) == any(h is not None for h in held.values())
