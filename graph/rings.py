@@ -841,10 +841,16 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as an export writes it (``rings.json``, a case file): indented, keys sorted, no NaN,
+    ending in a newline. ``GET /fraud/case/{ring_id}`` answers the same text, so that a case saved
+    from the API is the exported file byte for byte."""
+    return json.dumps(_jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
 def _dump(path: Path, obj: Any) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(_jsonable(obj), f, indent=2, sort_keys=True, allow_nan=False)
-        f.write("\n")
+        f.write(json_text(obj))
         f.flush()
         os.fsync(f.fileno())
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from shopgraph.graph.explain import MAX_OTHERS, TOP_K, Explanation, feature_dict
@@ -33,6 +33,7 @@ from shopgraph.graph.rings import (
     Ring,
     find_ring,
     flagged_ids,
+    json_text,
     known_fraud,
     predicted,
     ring_hint,
@@ -392,11 +393,11 @@ def fraud_router(
                                                 "timeline, the most likely fraud members explained), written now"},
                            **_errors(404, 422, 503)},
                 dependencies=[Depends(strict_query(()))])
-    def case_document(ring_id: str) -> JSONResponse:
+    def case_document(ring_id: str) -> Response:
         if case is None:
             raise HTTPException(503, "case files are not available on this server (no tables loaded)")
         _, r = find(ring_id)
-        return JSONResponse(case(r.ring_id))
+        return Response(json_text(case(r.ring_id)), media_type="application/json")  # the exported file's bytes
 
     def find(ring_id: str) -> tuple[int, Ring]:
         """The ring's rank and the ring ``ring_id`` names, as the demo's Ring box takes it (spaces

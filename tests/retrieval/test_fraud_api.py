@@ -450,9 +450,12 @@ def test_a_rings_case_file_over_http_is_the_exported_one(tmp_path: Path) -> None
     for ring in cases.rings()[:2]:
         r = client.get(f"/fraud/case/{ring.ring_id.lower()}")  # in any case, as /fraud/ring takes it
         assert r.status_code == 200
-        exported = json.loads((tmp_path / "cases" / "cases" / f"{ring.ring_id}.json").read_text())
+        file = tmp_path / "cases" / "cases" / f"{ring.ring_id}.json"
+        exported = json.loads(file.read_text())
         # the same document, its source too: the run and the checksums of the files it is made from
         assert exported["source"]["made_from"]["rings/rings.json"] and r.json() == exported
+        assert r.content == file.read_bytes()  # byte for byte: a case saved from the API is the exported file
+        assert r.headers["content-type"] == "application/json"
     r = client.get("/fraud/case/R9999")
     assert r.status_code == 404 and r.json()["detail"] == (
         f"ring_id: unknown ring 'R9999' ({len(cases.rings())} rings known; ring ids look like R0001)")
