@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,11 +195,28 @@ def is_lead(score: FraudScore) -> bool:
     return score.label is not True and (score.flagged or bool(score.held_out_flagged))
 
 
+def ring_ids(run: RunDir) -> dict[str, str] | None:
+    """Each account's fraud ring (:func:`shopgraph.graph.rings.load_rings`): the best-ranked ring it is
+    a member of, by user id; ``None`` when the run has no current rings (``shopgraph rings`` not run
+    since the graph or the scores changed)."""
+    from shopgraph.graph.rings import RINGS_FILE, load_rings
+
+    if not run.fresh(RINGS_FILE):
+        return None
+    out: dict[str, str] = {}
+    for ring in load_rings(run.path):  # ranked: the first ring naming an account is its best-ranked one
+        for user in ring.members:
+            out.setdefault(user, ring.ring_id)
+    return out
+
+
 def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = True,
                  flagged_only: bool = False, label_audit: bool = False, leads: bool = False,
-                 as_lists: bool = False) -> pd.DataFrame:
+                 as_lists: bool = False, rings: Mapping[str, str] | None = None) -> pd.DataFrame:
     """One row per account: ``user_id, probability, threshold, flagged, probability_is, scorer, label,
-    label_in_training, held_out_probability, held_out_flagged, reasons, held_out_reasons``
+    label_in_training, held_out_probability, held_out_flagged, ring_id, reasons, held_out_reasons``
+    (``ring_id``: the best-ranked fraud ring the account is a member of, from ``rings``, :func:`ring_ids`;
+    empty for an account in none, or without ``rings``)
     (``probability_is``: ``"prediction"``, or ``"fitted to its label"`` for an account the scorer
     was trained on, whose ``held_out_probability`` is the prediction;
     (``held_out_reasons``: the reasons for the held-out verdict, joined as ``reasons``; ``label``: the shop's
@@ -241,12 +258,15 @@ def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = T
     elif flagged_only:  # a work queue: the highest score first (ties in the order given)
         scores.sort(key=lambda s: -s.probability)
     scorer = str(service.fraud.get("kind", "none"))
+    ring_of = rings or {}
     rows = [(s.user_id, s.probability, s.threshold, s.flagged, s.probability_is,
              scorer, s.label, s.label_in_training, s.held_out_probability, s.held_out_flagged,
+             ring_of.get(s.user_id, ""),
              *((list(s.reasons), list(s.held_out_reasons)) if as_lists
                else (REASON_SEP.join(s.reasons), REASON_SEP.join(s.held_out_reasons)))) for s in scores]
     columns = ["user_id", "probability", "threshold", "flagged", "probability_is", "scorer", "label",
-               "label_in_training", "held_out_probability", "held_out_flagged", "reasons", "held_out_reasons"]
+               "label_in_training", "held_out_probability", "held_out_flagged", "ring_id", "reasons",
+               "held_out_reasons"]
     table = pd.DataFrame(rows, columns=columns).astype({"probability": "float64", "threshold": "float64",
                                                         "flagged": "bool", "label": "boolean",
                                                         "label_in_training": "bool",
@@ -339,13 +359,14 @@ def _scorer_errors(run: RunDir, service: ShopService, users: list[str]) -> str:
     trained = [s for chunk in _chunks(_known(service, users)) for s in service.score_users(chunk, reasons=False)
                if s.label_in_training and s.held_out_probability is not None]
     expected = sum(missed if s.label else false_flags for s in trained)
-    about = f"about {expected:,.0f}" if expected >= 0.5 else "fewer than one"
+    about = (f"about {expected:,.0f} such contradiction{'' if round(expected) == 1 else 's'}" if expected >= 0.5
+             else "fewer than one such contradiction")
     cut, served_cut = served.get("threshold"), service.fraud.get("threshold")
     at = (f"; `shopgraph evaluate` refits it at the test cut and thresholds it at {cut:.3f}, the best F1 of its own "
           f"validation scores, where the served scorer flags at {served_cut:.3f}" if isinstance(cut, int | float)
           and isinstance(served_cut, int | float) and math.isfinite(cut) and math.isfinite(served_cut) else "")
     return (f"On the test accounts the scorer misses {missed:.0%} of fraud and flags {false_flags:.1%} of legitimate "
-            f"accounts (metrics.json{at}): that alone would give {about} such contradictions among these "
+            f"accounts (metrics.json{at}): that alone would give {about} among these "
             f"{plural(len(trained), 'trained-on account')} with every label right. Each is a wrong label or a scorer "
             "error: check it before changing the label.")
 
@@ -367,8 +388,10 @@ def cli_score(args: argparse.Namespace) -> int:
         logger.warning("this run's fraud scorer (%s) works out each account's reasons with the model (75-700 ms an "
                        "account): %d accounts may take a while; --no-reasons for scores only",
                        service.fraud.get("kind"), len(users))
+    rings = ring_ids(run)
     table = scores_table(service, users, reasons=not args.no_reasons, flagged_only=args.flagged_only,
-                         label_audit=args.label_audit, leads=args.leads, as_lists=out.suffix.lower() == ".json")
+                         label_audit=args.label_audit, leads=args.leads, as_lists=out.suffix.lower() == ".json",
+                         rings=rings)
     made = _new_folder(out)
     write_table(table, out)
     flagged = int(table["flagged"].sum())
@@ -379,7 +402,7 @@ def cli_score(args: argparse.Namespace) -> int:
         note = _scorer_errors(run, service, users)
     elif args.leads:
         held = int((table["held_out_flagged"].fillna(False) & ~table["flagged"]).sum())
-        kept = (f"the {plural(len(table), 'lead')} of {len(users):,} accounts (not labelled fraud, flagged by the "
+        kept = (f"the {plural(len(table), 'lead')} of {plural(len(users), 'account')} (not labelled fraud, flagged by the "
                 "served score or, for an account the scorer was trained on, by its held-out one), the most likely "
                 "fraud first" + (f" ({held:,} flagged only with the label held out)" if held else ""))
     elif args.flagged_only:
@@ -397,6 +420,13 @@ def cli_score(args: argparse.Namespace) -> int:
     else:
         kept = f"{plural(len(users), 'account')} ({flagged:,} flagged)"
     print(f"wrote the fraud scores of {kept} to {out} in {time.perf_counter() - t0:.1f}s{repeats}{made}")
+    if rings is None:
+        print(f"ring_id is empty: this run has no current fraud rings (`shopgraph rings --run {args.run}` finds "
+              "them)")
+    else:
+        ringed = int((table["ring_id"] != "").sum())
+        print(f"ring_id: {plural(ringed, 'account')} of the {len(table):,} written {'is' if ringed == 1 else 'are'} "
+              f"in a fraud ring (`shopgraph rings --run {args.run} --ring ID --export DIR` exports a ring's case)")
     if note:
         print(note)
     return 0

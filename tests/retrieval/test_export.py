@@ -85,7 +85,7 @@ def test_fraud_scores_of_every_account_and_the_flagged_ones(run, service, tmp_pa
     table = pd.read_csv(out, dtype={"user_id": str}, keep_default_na=False)
     assert list(table.columns) == ["user_id", "probability", "threshold", "flagged", "probability_is", "scorer",
                                    "label", "label_in_training", "held_out_probability", "held_out_flagged",
-                                   "reasons", "held_out_reasons"]
+                                   "ring_id", "reasons", "held_out_reasons"]
     assert set(table["held_out_probability"]) == set(table["held_out_flagged"]) == set(table["held_out_reasons"]) == {
         ""}  # a run without held-out scores
     expected = service.score_users(service.user_ids)
@@ -167,7 +167,8 @@ def test_label_audit_lists_the_labels_the_held_out_scores_contradict(run, servic
     false_flags = 0.75 * 40 * (1 - 0.9) / 0.9 / 960
     expected = sum(0.25 if s.label else false_flags for s in trained)
     assert (f"On the test accounts the scorer misses 25% of fraud and flags {false_flags:.1%} of legitimate accounts "
-            f"(metrics.json): that alone would give about {expected:,.0f} such contradictions among these "
+            f"(metrics.json): that alone would give about {expected:,.0f} such contradiction"
+            f"{'' if round(expected) == 1 else 's'} among these "
             f"{len(trained)} trained-on accounts with every label right. Each is a wrong label or a scorer error: "
             "check it before changing the label.") in capsys.readouterr().out
     # the threshold those rates are at, beside the one that flags (they differ: another fit, its own validation)
@@ -231,7 +232,8 @@ def test_leads_leave_the_known_frauds_out_and_rank_by_the_prediction(run, servic
     assert said.splitlines()[-1] == (f"Not in this file: {held_only} more accounts not labelled fraud that only the "
                                      "held-out score flags (the served score, fitted to a legitimate label, does not); "
                                      "`--leads` lists them.")
-    assert f"to {queue} in " in said.splitlines()[-2]  # the line saying what was written ends with where
+    assert f"to {queue} in " in said.splitlines()[-3]  # the line saying what was written ends with where
+    assert said.splitlines()[-2].startswith("ring_id is empty: this run has no current fraud rings")
     with pytest.raises(SystemExit):  # one filter at a time
         main(["score", "--run", str(run), "--out", str(out), "--leads", "--flagged-only"])
 
@@ -424,3 +426,29 @@ def test_a_k_out_of_range_is_one_message_whatever_the_value(run, tmp_path, capsy
         main(["recommend", "--run", str(run), "--out", str(tmp_path / "r.csv"), "--k", k])
     assert f"argument --k: expected an integer from 1 to 1000 (got '{k}')" in capsys.readouterr().err
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_fraud_scores_name_each_accounts_ring(run, tmp_path, capsys):
+    """From "why is this account flagged" to "which ring is it in" without the demo: each row names the
+    best-ranked ring the account is a member of, as `shopgraph rings` stored them."""
+    import shutil
+
+    from shopgraph.graph.rings import RingDetector, load_rings, rings_run
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    rings_run(copy, top=3, detector=RingDetector(hub_threshold=10, min_size=2))  # the small shop's rings: pairs too
+    rings = load_rings(copy)
+    assert rings, "the shared run has no ring to name"
+    out = tmp_path / "scores.csv"
+    capsys.readouterr()
+    assert main(["score", "--run", str(copy), "--out", str(out), "--no-reasons"]) == 0
+    table = pd.read_csv(out, dtype={"user_id": str, "ring_id": str}, keep_default_na=False)
+    best: dict[str, str] = {}
+    for ring in rings:  # ranked: an account's first ring is its best-ranked one
+        for user in ring.members:
+            best.setdefault(user, ring.ring_id)
+    assert table["ring_id"].tolist() == [best.get(u, "") for u in table["user_id"]]
+    assert (table["ring_id"] != "").sum() == len(best) > 0
+    said = capsys.readouterr().out
+    assert f"ring_id: {len(best)} accounts of the {len(table)} written are in a fraud ring" in said
