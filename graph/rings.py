@@ -1249,8 +1249,8 @@ def cli_rings(args: argparse.Namespace) -> int:
     if not args.ring and args.top > total:
         print(f"(--top {args.top:,}: this run has {plural(total, 'ring')}, all listed)")
     if args.export is not None:
-        print(f"exported {plural(len(rings), 'ring')} to {args.export} (a JSON case file and a CSV timeline each, "
-              f"in cases/, and the list in rings.json)")
+        print(f"exported {plural(len(rings), 'ring')} to {args.export}: rings.csv, a ring a row (a spreadsheet opens "
+              f"it), rings.json, the same for a program, and a JSON case file and a CSV timeline each in cases/")
     return 0
 
 

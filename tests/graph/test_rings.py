@@ -496,7 +496,8 @@ def test_cli_rings_prints_table(tmp_path: Path, capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert "R0001" in out and "R0002" in out and "R0003" not in out
     assert (tmp_path / "cases" / "cases" / "R0002.json").is_file()
-    assert f"exported 2 rings to {tmp_path / 'cases'} (a JSON case file and a CSV timeline each" in out
+    assert f"exported 2 rings to {tmp_path / 'cases'}: rings.csv, a ring a row (a spreadsheet opens it)" in out
+    assert (tmp_path / "cases" / "rings.csv").is_file()
     # each ring's members labelled fraud in the shop's data, of its size; every column explained
     header, *rows = [line for line in out.splitlines() if line.startswith(("ring ", "R0"))]
     assert header.split()[:8] == ["ring", "score", "size", "devices", "fraud", "flagged", "known", "trained"]
