@@ -1912,13 +1912,15 @@ def generated_shop(run_dir: Path | None) -> dict[str, Any] | None:
 # showing the top of two pictures); over each wide table a line says it scrolls sideways (a phone
 # shows no scroll bar until it is touched). On every screen a picture's caption (what the shopper
 # did, when, the title; a result's rank or similarity and title) wraps onto up to three lines instead
-# of being cut after its first words. Pass it as ``css=`` where the app is mounted or launched.
+# of being cut after its first words. A ring's case files are downloads: no "remove" cross beside
+# them (it took a file off the list). Pass it as ``css=`` where the app is mounted or launched.
 UI_CSS = """
 #rec-history .caption-label, #rec-gallery .caption-label, #search-gallery .caption-label {
   white-space: normal !important; max-width: calc(100% - 8px) !important; line-height: 1.25;
   display: -webkit-box !important; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden !important;
   padding-top: 2px !important; padding-bottom: 0 !important; max-height: calc(3.75em + 2px) !important;
 }
+#ring-files .label-clear-button { display: none !important; }
 @media (max-width: 700px) {
   .row { flex-direction: column !important; flex-wrap: nowrap !important; }
   .row > * { width: 100% !important; min-width: 0 !important; max-width: 100% !important; }
@@ -2309,8 +2311,9 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                                           f"{ERROR_PREFIX}no fraud rings in this run (run `shopgraph rings --run RUN`)",
                                           elem_id="ring-status")
                 with gr.Row():
-                    ring_image = gr.Image(label="Ring subgraph", type="pil", interactive=False, elem_id="ring-image",
-                                          scale=3, height=520)
+                    # no label over the drawing: it covered the start of the drawing's own title on a phone
+                    ring_image = gr.Image(label="Ring subgraph", show_label=False, type="pil", interactive=False,
+                                          elem_id="ring-image", scale=3, height=520)
                     ring_files = gr.File(label="Case files (JSON + CSV)", file_count="multiple", interactive=False,
                                          elem_id="ring-files", scale=1)
                 # the page's full width: every column's header and values fit on a line or two

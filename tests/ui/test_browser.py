@@ -276,6 +276,7 @@ def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopSer
         expect(page.locator("#ring-members")).to_contain_text(ring.members[0])
         link = page.locator(f"#ring-files a[href$='{ring.ring_id}.json']")
         expect(link).to_have_count(1)
+        expect(page.locator("#ring-files button[aria-label='Remove this file']").first).to_be_hidden()  # downloads
         with urllib.request.urlopen(str(link.get_attribute("href")), timeout=10) as r:  # the download itself
             assert json.loads(r.read())["ring_id"] == ring.ring_id
     _shot(page, shots, "rings")
