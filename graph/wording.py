@@ -196,7 +196,11 @@ def reason_in_words(name: str) -> Reading:
                        f"{_DID.get(m['rel'], m['rel'])}", "log_count")
     if name.endswith("(log count)"):  # the ring columns, in words already (graph.fraud_scorer.ring_column_text)
         return Reading(name[: -len("(log count)")].rstrip(", "), "log_count")
-    if name in _FEATURES or "=" in name or name.startswith(("user_", "item_", "device_")):
+    if "=" in name and name not in _FEATURES:  # the account's own one-hot flag: a sentence, not "signup channel ads"
+        words, unit = _feature(name)
+        column, _, level = name.partition("=")
+        return Reading(f"{words[: -len(level) - 1]} is {level}", unit)
+    if name in _FEATURES or name.startswith(("user_", "item_", "device_")):
         return Reading(*_feature(name))
     if "share" in name:
         return Reading(name, "share")

@@ -883,7 +883,8 @@ def _explanation_table(explanation: Any, words: ValueWords | None = None) -> pd.
     neighbours: list[dict[str, Any]] = []
     for nb in sorted(explanation.neighbours, key=lambda n: -abs(float(n.attribution))):
         if counted:
-            neighbours.append({"reason": _shared_with(nb), "value": f"{int(nb.attribution):,}", "effect": "",
+            count = int(nb.attribution)  # other accounts on it: none is said in the reason, no "0" beside it
+            neighbours.append({"reason": _shared_with(nb), "value": f"{count:,}" if count > 0 else "", "effect": "",
                                "contribution": None})
         else:
             neighbours.append({"reason": f"linked {nb.node_type}: {nb.node_id}", "value": "",

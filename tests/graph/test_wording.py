@@ -40,7 +40,8 @@ from shopgraph.graph.wording import Reading, cites_training_labels, reason_in_wo
     ("share of purchases made within 2 min of carting or viewing the item, over all activity",
      "share of purchases made within 2 min of carting or viewing the item, over all activity", "share"),
     ("log_account_age_days", "account age at the end of the training period", "standardised"),
-    ("user_signup_channel=ads", "signup channel ads", "flag"),
+    ("user_signup_channel=ads", "signup channel is ads", "flag"),
+    ("user_country=DE", "country is DE", "flag"),
     ("user_loyalty_score", "loyalty score", "standardised"),
     ("f3", "f3", "raw"),  # unknown: unchanged, never guessed at
 ])

@@ -1052,7 +1052,7 @@ def test_tree_reasons_table_shows_counts_and_shared_devices_last() -> None:
                                         "shares device d2 with 27 other accounts",
                                         "shares device d1 with 1 other account",
                                         "uses device d3, which no other account uses"]  # not "shares ... with 0"
-    assert table["value"].tolist() == ["100%", "17", "27", "1", "0"]
+    assert table["value"].tolist() == ["100%", "17", "27", "1", ""]  # none: said in the reason, no bare "0"
     assert table["contribution"].tolist()[:2] == [-3.0, 2.5] and table["contribution"][2:].isna().all()
 
 
