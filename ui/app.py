@@ -728,7 +728,8 @@ def image_search_view(service: ShopService, thumbs: Thumbnails, image: Any, k: A
     except (ValueError, NotAvailableError) as exc:
         text = str(exc)
         if ": not a readable image (" in text:  # in words first; the details after, for whoever debugs it
-            detail = text.split(": not a readable image (", 1)[1].rstrip(")")
+            # its first bytes (b'...', for a developer telling an HTML error page from a picture) left out
+            detail = text.split(": not a readable image (", 1)[1].rstrip(")").split("; starts with ")[0]
             exc = ValueError("Image: that file is not a picture the demo can read (PNG, JPEG, GIF, WebP or BMP "
                              f"are); it is not a readable image ({detail})")
         return SearchView(_problem(exc), [], _empty_results())
@@ -1928,7 +1929,7 @@ UI_CSS = """
   .table-container { overflow-x: auto !important; }
   .table-container > .table-wrap { min-width: 640px !important; }
   #rec-table .table-container > .table-wrap, #search-table .table-container > .table-wrap,
-  #ring-members .table-container > .table-wrap { min-width: 1000px !important; }
+  #ring-members .table-container > .table-wrap { min-width: 1150px !important; }
   #ring-table .table-container > .table-wrap { min-width: 1100px !important; }
   #rec-table::before, #search-table::before, #fraud-reasons::before, #ring-table::before, #ring-members::before,
   #model-purchase::before, #model-fraud::before {

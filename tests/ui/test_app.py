@@ -336,6 +336,7 @@ def test_image_search_view_bad_images_are_messages(ui_service: ShopService, thum
     assert is_problem(view.status) and "not a readable image" in view.status
     assert "Image: that file is not a picture the demo can read (PNG, JPEG" in view.status  # in words first
     assert "BytesIO" not in view.status and " at 0x" not in view.status  # no Python object's repr
+    assert "b'" not in view.status and "not a format the image library knows" in view.status  # no bytes literal
     view = image_search_view(ui_service, thumbs, None, 4)
     assert is_problem(view.status) and "upload a picture" in view.status
     assert image_preview(str(bad)) is None and image_preview(None) is None
