@@ -615,7 +615,7 @@ def sample_users(service: ShopService, history: UserHistory | None, cases: Fraud
         predicted = np.where(service.label_in_training, -1.0, np.nan_to_num(prob, nan=-1.0))
         for u in np.argsort(-predicted, kind="stable")[:n]:
             if predicted[u] >= 0:
-                add(service.user_ids[int(u)], f"fraud probability {prob[u]:.2f}")
+                add(service.user_ids[int(u)], f"fraud probability {prob[u]:.3f}")  # as the tab shows it
     held, threshold = np.asarray(service.fraud_prob_held_out, dtype=np.float64), service.fraud_threshold
     if fraud and np.isfinite(held).any() and math.isfinite(threshold):  # labels the held-out scores contradict
         labels = np.asarray(service.fraud_labels)
@@ -2281,12 +2281,14 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
 
                 # the account makes a request new, not the threshold: on_threshold redraws the verdict for it
                 score_once = _Requests().once(on_score, len(score_outputs), "score", used=1)
-                for listen in (fr_btn.click, fr_user.change, app.load):
+                for listen, scroll in ((fr_btn.click, True), (fr_user.change, False), (app.load, False)):
                     # then the verdict again at the slider's value of that moment: one moved while the score was
                     # on its way was compared with the account scored before, and the score came back with the
                     # verdict at the value it was sent with
-                    listen(score_once, [fr_user, fr_threshold], score_outputs, preprocess=False).then(
+                    scored = listen(score_once, [fr_user, fr_threshold], score_outputs, preprocess=False).then(
                         verdict_now, [fr_prob, fr_threshold, fr_held], [fr_verdict], preprocess=False)  # warned already
+                    if scroll:  # on a phone the answer is a screen below the button, as on the other tabs
+                        scored.then(None, js=_to_answer("fraud-status"))
                 fr_threshold.change(on_threshold, [fr_prob, fr_threshold, fr_held], [fr_verdict, fr_count],
                                     preprocess=False)
 

@@ -353,6 +353,12 @@ def test_a_phone_sized_screen_stacks_the_boxes_and_scrolls_tables_sideways(page:
             return Array.from(document.querySelectorAll('#search-gallery img')).map(
                 i => i.getBoundingClientRect().bottom <= box.bottom + 1); }""")
         assert len(shown) >= 4 and all(shown), shown
+        phone.get_by_role("tab", name="Fraud").click()
+        phone.locator("#fraud-status").wait_for()
+        phone.evaluate("window.scrollTo(0, 0)")
+        phone.get_by_role("button", name="Score", exact=True).click()
+        phone.wait_for_function("() => { const r = document.querySelector('#fraud-status').getBoundingClientRect();"
+                                " return r.top >= -1 && r.top < window.innerHeight / 2; }")
         # the ranked rings' narrowest column holds a ring id on one line
         phone.get_by_role("tab", name="Rings").click()
         phone.locator("#ring-table").wait_for()
