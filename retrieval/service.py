@@ -2403,8 +2403,9 @@ class ShopService:
             # not refused by a copy that is behind (the check under the journal's lock is the one
             # that decides; this one only saves encoding a batch that will be refused)
             self.sync_catalogue()
+        checked = new  # every item of the call: which of them to add is decided again under the locks
         with self._lock.read():
-            new = self._fresh(new)
+            new = self._fresh(checked)
         text_vecs, image_vecs, embs, units = self._embedded(new, batch) if new else ({}, {}, None, None)
 
         def insert(images: list[str]) -> list[int]:
@@ -2415,26 +2416,28 @@ class ShopService:
             return [self._item_pos[item_id] for item_id in asked]  # the repeats too, in the order given
 
         def fresh() -> bool:
-            """Under the locks: the items still to add, their fields left out filled in from what is
-            served now (rare: another process added or removed one meanwhile, so again); ``False``:
-            none is left to add."""
+            """Under the locks: the items still to add (of all the call's: another process may have
+            added one meanwhile, a retry then, or removed one found served before, to add after
+            all), their fields left out filled in from what is served now, embedded again when
+            that changed anything (rare); ``False``: none is left to add."""
             nonlocal new, text_vecs, image_vecs, embs, units
-            left = self._fresh(new)
+            left = self._fresh(checked)
             again = self._refilled(left)
-            if again is not None or len(left) < len(new):
-                new = left if again is None else again
+            now = left if again is None else again
+            if now != new:
+                new = now
                 if new:
                     text_vecs, image_vecs, embs, units = self._embedded(new, batch)
             return bool(new)
 
         if self._journal is None:
             with self._sync_lock:  # the id check and the insert as one step: two adds of an id, one refused
-                if not new or not fresh():
+                if not fresh():  # a retry of what is served: nothing to do
                     return [self._item_pos[item_id] for item_id in asked]
                 return insert([str(n.image) if isinstance(n.image, str | Path) else "" for n in new])
         with self._sync_lock, self._journal.locked():
             self._sync(verify=True)  # what other processes changed (the id check below is theirs too); every byte checked
-            if not new or not fresh():  # a retry of what is served: nothing to write
+            if not fresh():  # a retry of what is served: nothing to write
                 return [self._item_pos[item_id] for item_id in asked]
             # one image file in memory at a time
             rels = [self._journal.save_image(*_image_file(n.image)) if n.image is not None else "" for n in new]

@@ -1177,6 +1177,29 @@ def test_other_processes_pick_up_changes_and_share_the_id_check(own_run):
     assert (own_run / "catalogue.jsonl").read_bytes() == journal and later.item_ids.count("new5") == 1
 
 
+def test_a_retry_of_an_item_removed_meanwhile_adds_it_again(own_run, monkeypatch):
+    """A retried add found its item served, then another process removed it before the journal's
+    lock was taken: the item is added again (what the retry asks for), not looked up (KeyError)."""
+    svc = load_service(own_run, catalogue_sync_s=3600.0, catalogue_follow=False)
+    other = load_service(own_run, catalogue_sync_s=0.0, catalogue_follow=False)
+    svc.add_item("new7", "felt slippers", category="clothing")
+    journal = svc._journal
+    assert journal is not None
+    original = journal.locked
+
+    def removed_first() -> Any:  # just before this process takes the journal's lock, the other one removes it
+        if other.has_item("new7"):
+            other.remove_item("new7")
+        return original()
+
+    monkeypatch.setattr(journal, "locked", removed_first)
+    pos = svc.add_item("new7", "felt slippers", category="clothing")
+    assert svc.item_ids[pos] == "new7" and svc.has_item("new7")
+    ops = [(e["op"], e.get("item_id")) for e in map(json.loads, (own_run / "catalogue.jsonl").read_text().splitlines())]
+    assert ops[-3:] == [("add", "new7"), ("remove", "new7"), ("add", "new7")]  # removed meanwhile, then added again
+    assert other.has_item("new7")  # written to the journal: every process serves it again
+
+
 @pytest.mark.parametrize("image_chunk", [1, 32])  # images decoded and encoded one at a time, or all together
 def test_add_items_adds_a_batch_as_add_item_adds_each(own_run, tmp_path, monkeypatch, image_chunk):
     import shutil
