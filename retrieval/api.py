@@ -636,7 +636,7 @@ class _CorsMiddleware(CORSMiddleware):
         if "access-control-request-private-network" in request_headers:
             problems.append("private network access: not allowed")
         headers = {k: v for k, v in answer.headers.items() if k.lower() not in ("content-length", "content-type")}
-        return _error(400, "cors_refused", "preflight refused: " + "; ".join(problems), headers)
+        return _error(400, "cors_refused", "preflight refused: " + ("; ".join(problems) or "not let in"), headers)
 
 
 def _unknown_code(exc: Exception) -> str:
