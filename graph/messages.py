@@ -28,7 +28,9 @@ def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
         return text
     size = f" ({len(value):,} characters)" if isinstance(value, str) else (
         f" ({len(value):,} items)" if isinstance(value, Sequence | bytes) else "")
-    return text[:limit] + "…" + size
+    # a string's (bytes') quote closed after the cut, as it opened: 'xxxx…' (5,000 characters)
+    quote = text[0] if isinstance(value, str) else text[1] if isinstance(value, bytes) else ""
+    return text[:limit] + "…" + quote + size
 
 
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

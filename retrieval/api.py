@@ -50,7 +50,7 @@ from starlette.datastructures import FormData, Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.gzip import GZipMiddleware
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
@@ -611,12 +611,54 @@ def _error(status: int, code: str, detail: str, headers: Mapping[str, str] | Non
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header takes gzip (RFC 9110 12.5.3): named (or ``x-gzip``) with
+    a q-value above 0, or not named and ``*`` with one; ``gzip;q=0`` refuses it."""
+    named: float | None = None
+    star: float | None = None
+    for part in accept_encoding.split(","):
+        coding, _, params = part.strip().partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0  # a q-value that is not a number: not an acceptance
+        coding = coding.strip().lower()
+        if coding in ("gzip", "x-gzip"):
+            named = q if named is None else max(named, q)
+        elif coding == "*":
+            star = q
+    return named > 0 if named is not None else star is not None and star > 0
+
+
+class _GZip(GZipMiddleware):
+    """Starlette's gzip, but a client that refuses gzip (``gzip;q=0``) gets the answer as it is:
+    Starlette looks for "gzip" anywhere in the header."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            header = Headers(scope=scope).get("accept-encoding", "")
+            if "gzip" in header and not accepts_gzip(header):
+                scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]
+                         + [(b"accept-encoding", b"identity")]}
+        await super().__call__(scope, receive, send)
+
+
 class _CorsMiddleware(CORSMiddleware):
     """Starlette's CORS handling, with a refused preflight answered as every other error is: JSON
     (``cors_refused``) naming what was not let in. The page's script never sees it (the browser
     reports a CORS failure), but the browser's network panel and a developer's ``curl`` do."""
 
     def preflight_response(self, request_headers: Headers) -> Response:
+        listed = request_headers.get("access-control-request-headers")
+        if listed is not None:  # empty list elements ("content-type,") are none (RFC 9110 5.6.1): Starlette refused them
+            kept = ", ".join(h.strip() for h in listed.split(",") if h.strip())
+            raw = [(k, v) for k, v in request_headers.raw if k.lower() != b"access-control-request-headers"]
+            request_headers = Headers(raw=raw + ([(b"access-control-request-headers", kept.encode("latin-1"))]
+                                                 if kept else []))
         answer = super().preflight_response(request_headers)
         if answer.status_code != 400:
             return answer
@@ -1128,7 +1170,7 @@ def _cold_json(body: dict[str, Any]) -> _Cold:
         text = body["text"]
         if not isinstance(text, str):
             raise ValueError(f"text: expected a string (got {type(text).__name__} {shown(text)})")
-        if "skip_unknown" in body:
+        if check_bool(body.get("skip_unknown", False), "skip_unknown"):  # false, the default, is fine
             raise ValueError("skip_unknown: only with item_ids (a text has no ids to skip)")
         return _Cold(None, text, k, check_k(body.get("n_seeds", 10), "n_seeds"), category, exclude, False)
     if "n_seeds" in body:
@@ -1288,6 +1330,7 @@ def _remove_ids(body: dict[str, Any]) -> list[str]:
 # a decimal number >= 0 as people type one into a form: "5", "5.", ".5", "+5", "1e2" (not "1_000", "inf",
 # "nan", "0x10" or full-width digits, which float() would take); spaces around it are ignored
 _PRICE = re.compile(r"\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_NEGATIVE_ZERO = re.compile(r"-(0+(\.0*)?|\.0+)([eE][+-]?[0-9]+)?")  # "-0", "-0.00": zero, as JSON's -0.0 is
 
 
 async def _item_form(request: Request) -> tuple[dict[str, Any], bytes | None]:
@@ -1320,7 +1363,7 @@ async def _item_fields_of_form(form: FormData) -> tuple[dict[str, Any], bytes | 
         raw = fields["price"].strip()
         if raw == "":
             fields["price"] = None
-        elif _PRICE.fullmatch(raw):
+        elif _PRICE.fullmatch(raw) or _NEGATIVE_ZERO.fullmatch(raw):
             fields["price"] = float(raw)  # past a float's range: inf, which the service refuses by name
         else:
             raise ValueError(f"price: expected a number >= 0 (got {shown(raw)})")
@@ -1662,15 +1705,13 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         else:
             fields = _item_fields(await _json_body(request, _ITEM_EXAMPLE), "field")
         given = fields if image is None else {**fields, "image": image}  # no image given: kept on a restore
-        key = fields["item_id"].strip() if isinstance(fields.get("item_id"), str) else None
 
         def add() -> tuple[bool, ItemInfoOut]:
-            served = key is not None and service.has_item(key)  # then a success is a retry: nothing added, 200
-            service.add_item(**given)
-            return served, _item_out(service.item_info(key or ""), service)
+            done = service.add_item_outcome(**given)  # decided under the journal's lock, every worker's writes seen
+            return done.added[0], _item_out(service.item_info(service.item_ids[done.positions[0]]), service)
 
-        served, out = await run_in_threadpool(_changed, add)
-        if served:
+        added, out = await run_in_threadpool(_changed, add)
+        if not added:  # a retry of a write that went through (this worker's or another's): nothing written
             response.status_code = 200
         return out
 
@@ -1692,11 +1733,9 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
         items = await run_in_threadpool(_batch_items, body, service)
 
         def add() -> BatchOut:
-            served = sum(isinstance(i.get("item_id"), str) and service.has_item(i["item_id"])
-                         for i in items)  # those a success finds served already: retries, not added
-            positions = service.add_items(items)
-            return BatchOut(added=len(positions) - served,
-                            items=[_item_out(service.item_info(service.item_ids[p]), service) for p in positions])
+            done = service.add_items_outcome(items)  # which were added, decided under the journal's lock
+            return BatchOut(added=sum(done.added),
+                            items=[_item_out(service.item_info(service.item_ids[p]), service) for p in done.positions])
 
         out = await run_in_threadpool(_changed, add)
         if out.added == 0:
@@ -1796,7 +1835,8 @@ def create_app(service: ShopService, *, demo: bool = True, fraud_cases: bool = T
     # browser never shows to the page's script (it reports a CORS failure)
     # answers of 1 KB or more compressed for a client that sends Accept-Encoding: gzip (a batch of 100
     # users at k=1000: 20.8 MB, 3.1 MB gzipped); pictures and event streams are left as they are
-    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=GZIP_LEVEL)
+    app.add_middleware(_GZip, minimum_size=GZIP_MIN_BYTES, compresslevel=GZIP_LEVEL,
+                       exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "image/*"))
     if origins:
         app.add_middleware(_CorsMiddleware, allow_origins=origins,  # type: ignore[arg-type]
                            allow_methods=["GET", "HEAD", "POST", "DELETE"],

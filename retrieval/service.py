@@ -2200,7 +2200,16 @@ class ShopService:
             The item's node index.
         """
         new = self._new_item("", item_id, title, category, description, price, image)
-        return self._add([new], batch=False)[0]
+        return self._add([new], batch=False).positions[0]
+
+    def add_item_outcome(self, item_id: str, title: str, category: Any = KEEP, description: Any = KEEP,
+                         price: Any = KEEP, image: Any = KEEP) -> Added:
+        """:meth:`add_item`, telling also whether this call added the item or found it served as
+        sent (a retry: nothing written), as decided under the journal's lock, so that a retry
+        through another worker, or two identical adds at once, are told apart from the add that
+        wrote it (``POST /items``: 201 or 200)."""
+        new = self._new_item("", item_id, title, category, description, price, image)
+        return self._add([new], batch=False)
 
     def add_items(self, items: Sequence[Mapping[str, Any]]) -> list[int]:
         """Add up to :data:`MAX_BATCH` items at once, as :meth:`add_item` adds one, all or none.
@@ -2223,6 +2232,16 @@ class ShopService:
             DuplicateIdError: ids that exist already with other fields than those sent (all of
                 them named); nothing is added.
         """
+        return self._add(self._batch(items), batch=True).positions
+
+    def add_items_outcome(self, items: Sequence[Mapping[str, Any]]) -> Added:
+        """:meth:`add_items`, telling also which items this call added and which it found served as
+        sent (retries: nothing written), as :meth:`add_item_outcome` does (``POST /items/batch``:
+        its ``added`` count)."""
+        return self._add(self._batch(items), batch=True)
+
+    def _batch(self, items: Sequence[Mapping[str, Any]]) -> list[_NewItem]:
+        """The items of :meth:`add_items`, checked: ``ValueError`` naming every invalid one."""
         if isinstance(items, str | bytes | Mapping) or not isinstance(items, Sequence):
             raise ValueError(f"items: expected a list of items, each a mapping of add_item's arguments "
                              f"(got {type(items).__name__})")
@@ -2232,7 +2251,7 @@ class ShopService:
         if problems:
             problems = self._with_known_ids(list(range(len(items))), new, problems)
             raise ValueError(batch_problems([problems[k] for k in sorted(problems)], len(items)))
-        return self._add(new, batch=True)
+        return new
 
     def _with_known_ids(self, keys: list[int], new: list[_NewItem], problems: dict[int, str], *,
                         always: bool = False) -> dict[int, str]:
@@ -2307,7 +2326,7 @@ class ShopService:
         check_single_line(item_id, f"{where}item_id")  # before the strip below: a trailing newline is refused too
         if item_id != item_id.strip():  # as loading the shop does (graph/load.py): ids are stored stripped
             warnings.warn(f"{where}item_id: stripped leading/trailing spaces ({shown(item_id)} -> "
-                          f"{shown(item_id.strip())})", stacklevel=4 if where else 3)
+                          f"{shown(item_id.strip())})", stacklevel=5 if where else 3)
             item_id = item_id.strip()
         if item_id not in self._trained_pos and item_id not in self._item_pos:
             check_plain_id(item_id, f"{where}item_id")
@@ -2389,10 +2408,10 @@ class ShopService:
             check_plain_id(name, f"{where}category", "a category name")  # a new one: as a new id
         if name != category:
             warnings.warn(f"{where}category: stripped leading/trailing spaces ({shown(category)} -> {shown(name)})",
-                          stacklevel=5 if where else 4)
+                          stacklevel=6 if where else 4)
         return name
 
-    def _add(self, new: list[_NewItem], *, batch: bool) -> list[int]:
+    def _add(self, new: list[_NewItem], *, batch: bool) -> Added:
         """Encode, embed and insert checked new items (one journal line: an ``add``, or with
         ``batch`` an ``add_batch``)."""
         self._maybe_sync()
@@ -2408,12 +2427,14 @@ class ShopService:
             new = self._fresh(checked)
         text_vecs, image_vecs, embs, units = self._embedded(new, batch) if new else ({}, {}, None, None)
 
-        def insert(images: list[str]) -> list[int]:
+        def insert(images: list[str]) -> Added:
             assert embs is not None and units is not None
             for k, (n, image) in enumerate(zip(new, images)):
                 self._insert(n.item_id, n.title, n.category, n.description, n.price, image,
                              text_vecs.get(k), image_vecs.get(k), embs[k:k + 1], units[k:k + 1])
-            return [self._item_pos[item_id] for item_id in asked]  # the repeats too, in the order given
+            written = {n.item_id for n in new}
+            return Added([self._item_pos[item_id] for item_id in asked],  # the repeats too, in the order given
+                         [item_id in written for item_id in asked])
 
         def fresh() -> bool:
             """Under the locks: the items still to add (of all the call's: another process may have
@@ -2433,12 +2454,12 @@ class ShopService:
         if self._journal is None:
             with self._sync_lock:  # the id check and the insert as one step: two adds of an id, one refused
                 if not fresh():  # a retry of what is served: nothing to do
-                    return [self._item_pos[item_id] for item_id in asked]
+                    return Added([self._item_pos[item_id] for item_id in asked], [False] * len(asked))
                 return insert([str(n.image) if isinstance(n.image, str | Path) else "" for n in new])
         with self._sync_lock, self._journal.locked():
             self._sync(verify=True)  # what other processes changed (the id check below is theirs too); every byte checked
             if not fresh():  # a retry of what is served: nothing to write
-                return [self._item_pos[item_id] for item_id in asked]
+                return Added([self._item_pos[item_id] for item_id in asked], [False] * len(asked))
             # one image file in memory at a time
             rels = [self._journal.save_image(*_image_file(n.image)) if n.image is not None else "" for n in new]
             adds = [{"item_id": n.item_id, "title": n.title, "category": n.category, "description": n.description,
@@ -2614,15 +2635,19 @@ class ShopService:
         every field it sends (a retried write that went through) is left out, nothing to do; one
         that sends other fields is refused: :class:`DuplicateIdError` naming them all (and, for one
         item, the fields that differ), nothing added."""
-        clashes = {n.item_id: differ for n in new if n.item_id in self._item_pos and (differ := self._differs(n))}
+        clashes = {k: (n.item_id, differ) for k, n in enumerate(new)
+                   if n.item_id in self._item_pos and (differ := self._differs(n))}
         if clashes:
-            known = list(clashes)
+            known = [item_id for item_id, _ in clashes.values()]
             if len(new) == 1:
                 raise DuplicateIdError(f"item_id: item {shown(known[0])} already exists, with another "
-                                       f"{' and '.join(clashes[known[0]])} (sending it again as it is, a retry, "
+                                       f"{' and '.join(clashes[0][1])} (sending it again as it is, a retry, "
                                        "adds nothing and is not refused)", known)
+            named = [f"items[{k}] {shown(item_id)} (another {' and '.join(differ)})"
+                     for k, (item_id, differ) in list(clashes.items())[:10]]
+            more = f" and {len(clashes) - 10:,} more" if len(clashes) > 10 else ""
             raise DuplicateIdError(f"item_id: {len(known):,} of the {len(new):,} items exist already with other "
-                                   f"fields, nothing was added: {listed_ids(known)}", known)
+                                   f"fields, nothing was added: {', '.join(named)}{more}", known)
         return [n for n in new if n.item_id not in self._item_pos]
 
     def _differs(self, n: _NewItem) -> list[str]:
@@ -2855,6 +2880,13 @@ def _is_price(price: Any) -> bool:
         return bool(math.isfinite(price) and price >= 0)
     except (OverflowError, TypeError):  # 10**400; a complex number
         return False
+
+
+class Added(NamedTuple):
+    """What :meth:`ShopService.add_item_outcome` and :meth:`ShopService.add_items_outcome` did."""
+
+    positions: list[int]  # every item's node index, in the order given
+    added: list[bool]  # whether this call added it (False: it was served already as sent, a retry)
 
 
 class _NewItem(NamedTuple):

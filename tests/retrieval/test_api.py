@@ -407,7 +407,7 @@ def test_errors_name_what_went_wrong_by_a_code_a_program_can_branch_on(client):
     ("get", "/fraud/score", {"params": {"user_id": "u001", "k": "3"}}, 422, "k: unknown parameter (expected user_id)"),
     ("get", "/healthz", {"params": {"verbose": "1"}}, 422, "verbose: unknown parameter (expected none)"),
     # echoed values are cut, not repeated whole
-    ("get", "/recommend", {"params": {"user_id": "x" * 5000}}, 404, "… (5,000 characters)"),
+    ("get", "/recommend", {"params": {"user_id": "x" * 5000}}, 404, "…' (5,000 characters)"),
     ("post", "/search", {"json": {"text": ""}}, 422, "text: expected a non-empty query (got '')"),
     # counted as sent, spaces included, as every text field and the schema's maxLength count
     ("post", "/search", {"json": {"text": " " * 10 + "s" * 1995}}, 422,
@@ -686,6 +686,35 @@ def test_answers_of_a_kilobyte_or_more_are_gzipped_for_clients_that_take_it(clie
     assert picture.status_code == 200 and "content-encoding" not in picture.headers
     error = client.get("/recommend", params={"user_id": "x" * 1500}, headers={"accept-encoding": "gzip"})
     assert error.status_code == 404 and error.json()["error"] == "unknown_user"  # errors read the same
+    refused = client.get("/recommend", params=params, headers={"accept-encoding": "gzip;q=0, identity"})
+    assert "content-encoding" not in refused.headers and refused.json() == plain.json()  # gzip refused: as it is
+
+
+@pytest.mark.parametrize(("header", "takes"), [
+    ("gzip", True), ("gzip, deflate, br", True), ("GZIP;q=0.5", True), ("x-gzip", True), ("*", True),
+    ("gzip;q=0", False), ("gzip;q=0.0, identity", False), ("identity", False), ("", False),
+    ("*;q=0", False), ("*, gzip;q=0", False), ("gzip;q=bad", False), ("deflate", False),
+])
+def test_accept_encoding_is_read_with_its_q_values(header, takes):
+    from shopgraph.retrieval.api import accepts_gzip
+
+    assert accepts_gzip(header) is takes
+
+
+def test_pictures_of_any_format_are_sent_as_they_are(writable):
+    """A BMP or TIFF shrinks under gzip, but a picture's GET must match its HEAD and its ETag."""
+    import io
+
+    from PIL import Image
+
+    bmp = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(bmp, format="BMP")
+    r = writable.post("/items", data={"item_id": "flat-bmp", "title": "flat red tile"},
+                      files={"image": ("tile.bmp", bmp.getvalue(), "image/bmp")})
+    assert r.status_code == 201, r.text
+    got = writable.get("/images/flat-bmp", headers={"accept-encoding": "gzip"})
+    assert got.status_code == 200 and "content-encoding" not in got.headers and got.content == bmp.getvalue()
+    assert writable.delete("/items/flat-bmp").status_code == 200
 
 
 def test_metrics_histogram_is_cumulative():
@@ -1038,6 +1067,35 @@ def test_an_item_back_in_stock_keeps_what_it_had(tmp_path, tmp_path_factory):
         assert (r.json()["category"], r.json()["price"], r.json()["description"]) == ("", 5, before["description"])
 
 
+def test_a_retry_through_another_worker_is_told_from_the_add_that_wrote(tmp_path_factory, tmp_path):
+    """Two workers serve one run, each with its own view of the catalogue (up to a second behind):
+    whether a POST added its item or found it served as sent (a retry: 200) is decided under the
+    journal's lock, not from the worker's own view, and so is a batch's "added" count."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(shared_run(tmp_path_factory.getbasetemp()), copy)
+    first, second = (load_service(copy, catalogue_sync_s=3600.0, catalogue_follow=False) for _ in range(2))
+    item = {"item_id": "r1", "title": "box kite", "category": "toys", "price": 9.5}
+    with TestClient(create_app(first, demo=False, fraud_cases=False), raise_server_exceptions=False) as a, \
+            TestClient(create_app(second, demo=False, fraud_cases=False), raise_server_exceptions=False) as b:
+        assert a.post("/items", json=item).status_code == 201
+        assert not second.has_item("r1")  # the second worker has not looked yet ...
+        r = b.post("/items", json=item)  # ... and its retry is still a retry
+        assert r.status_code == 200 and r.json()["item_id"] == "r1", r.text
+        # removed through one worker, then sent again through the other, which still serves it: added again
+        assert a.delete("/items/r1").status_code == 200
+        assert second.has_item("r1")
+        assert b.post("/items", json=item).status_code == 201
+        batch = [{"item_id": f"b{k}", "title": f"kite {k}"} for k in range(3)]
+        r = a.post("/items/batch", json={"items": batch})
+        assert r.status_code == 201 and r.json()["added"] == 3
+        r = b.post("/items/batch", json={"items": batch + [{"item_id": "b3", "title": "kite 3"}]})
+        assert r.status_code == 201 and r.json()["added"] == 1, r.text  # b0-b2 were the first worker's
+    lines = [json.loads(line)["op"] for line in (copy / "catalogue.jsonl").read_text().splitlines()]
+    assert lines == ["add", "remove", "add", "add_batch", "add_batch"]
+
+
 def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
     r = writable.post("/items", json={"item_id": "new1", "title": "glow in the dark frisbee", "category": "toys",
                                       "price": 9.5})
@@ -1050,9 +1108,11 @@ def test_items_are_added_and_removed_over_http_and_kept_in_the_run(writable):
     assert r.status_code == 201, r.text
     assert r.json()["price"] == 4.0 and r.json()["image"].endswith(".png")
     added = r.json()
-    r = writable.post("/items", json={"item_id": "zero", "title": "free sample", "price": -0.0})
-    assert r.status_code == 201 and json.dumps(r.json()["price"]) == "0.0", r.text  # not a negative zero
-    assert writable.delete("/items/zero").status_code == 200
+    for price in ({"json": {"item_id": "zero", "title": "free sample", "price": -0.0}},
+                  _form(("item_id", None, b"zero"), ("title", None, b"free sample"), ("price", None, b"-0.00"))):
+        r = writable.post("/items", **price)  # a form's "-0" as JSON's -0.0: zero, not a negative zero
+        assert r.status_code == 201 and json.dumps(r.json()["price"]) == "0.0", r.text
+        assert writable.delete("/items/zero").status_code == 200
     # a retried write that went through (a timeout, a lost answer): the same item back, a 200, nothing written again
     journal = (writable.run / "catalogue.jsonl").read_bytes()
     r = writable.post("/items", data={"item_id": "new2", "title": "green disc", "price": "4"},
@@ -1252,6 +1312,8 @@ def test_a_visitors_unknown_items_are_skipped_on_request_and_named(writable):
     for ids in (["nope"], ["nope", "i014"]):  # nothing served left: every one of them named
         r = writable.post("/recommend/cold", json={"item_ids": ids, "k": 5, "skip_unknown": True})
         assert r.status_code == 404 and r.json()["ids"] == ids, r.text
+    r = writable.post("/recommend/cold", json={"text": "shoes", "k": 2, "skip_unknown": False})  # the default: fine
+    assert r.status_code == 200 and r.json()["unknown"] == [], r.text
     r = writable.post("/recommend/cold", json={"text": "shoes", "skip_unknown": True})
     assert r.status_code == 422 and r.json()["detail"] == "skip_unknown: only with item_ids (a text has no ids to skip)"
     r = writable.post("/recommend/cold", json={"item_ids": ["i013"], "skip_unknown": "yes"})
@@ -1416,7 +1478,8 @@ def test_an_item_id_with_a_slash_is_removed_by_its_path(writable):
      422, "items[1]: item_id 'n1' is also items[0]"),
     ("post", "/items/batch", {"json": {"items": [{"item_id": "i001", "title": "t"}, {"item_id": "n1", "title": "u"},
                                                  {"item_id": "i002", "title": "v"}]}}, 409,
-     "item_id: 2 of the 3 items exist already with other fields, nothing was added: 'i001', 'i002'"),
+     "item_id: 2 of the 3 items exist already with other fields, nothing was added: items[0] 'i001' (another title), "
+     "items[2] 'i002' (another title)"),
     ("post", "/items/batch", {"content": b"x" * (32 * 2**20 + 1), "headers": {"content-type": "application/json"}},
      413, "body: over the 33,554,432-byte limit of a batch of items"),
     ("post", "/items/batch", {"data": {"item_id": "n1", "title": "t"}, "files": {"image": ("a.png", _PNG)}}, 415,
@@ -1973,6 +2036,10 @@ def test_a_shop_site_named_by_cors_origin_may_call_the_api_from_the_browser(clie
         assert "method: 'PUT' is not one of GET, HEAD, POST, DELETE" in detail
         assert "headers: 'X-Api-Key' not allowed (allowed: " in detail and "x-request-id" in detail
         assert "origin" not in detail.split(";")[0]
+        # an empty element of the list is none (RFC 9110): "content-type," is content-type
+        r = c.options("/recommend/cold", headers={"origin": shop, "access-control-request-method": "POST",
+                                                  "access-control-request-headers": "content-type,,x-request-id,"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == shop, r.text
     r = client.get("/recommend", params={"user_id": "u001"}, headers={"origin": shop})  # no --cors-origin
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
 

@@ -645,7 +645,7 @@ def test_new_item_features_follow_the_training_layout(service, run_path):
     (lambda s: s.recommend_for_text("boots", n_seeds="a"), r"n_seeds: expected an integer .* \(got 'a'\)"),
     (lambda s: s.recommend_for_text("boots", n_seeds=1.5), r"n_seeds: expected an integer .* \(got 1.5\)"),
     (lambda s: s.add_item("nb", "bool price", price=True), r"price: expected a finite number >= 0 \(got bool True\)"),
-    (lambda s: s.recommend("x" * 5000), r"user_id: unknown user 'x{59}… \(5,000 characters\)$"),
+    (lambda s: s.recommend("x" * 5000), r"user_id: unknown user 'x{59}…' \(5,000 characters\)$"),
     (lambda s: s.search(image=b"junk"), r"^image: not a readable image \(4 bytes; not a format the image library "
                                         r"knows; starts with b'junk'\)$"),
     # an absurd aspect ratio is refused from the header (a 1x3000 image once took ~580 MB to encode)
@@ -1346,7 +1346,8 @@ def test_add_items_refuses_ids_that_exist_naming_them_all(own_run):
     svc = load_service(own_run, catalogue_sync_s=3600.0, catalogue_follow=False)
     svc.add_item("new3", "added before")
     with pytest.raises(DuplicateIdError, match=r"item_id: 2 of the 3 items exist already with other fields, nothing was "
-                                               r"added: 'i004', 'new3'"):
+                                               r"added: items\[0\] 'i004' \(another title\), items\[2\] 'new3' "
+                                               r"\(another title\)"):
         svc.add_items([{"item_id": "i004", "title": "x"}, {"item_id": "new1", "title": "y"},
                        {"item_id": "new3", "title": "z"}])
     # one added by another process meanwhile: found by the check under the journal's lock
@@ -1354,7 +1355,7 @@ def test_add_items_refuses_ids_that_exist_naming_them_all(own_run):
     before = (own_run / "catalogue.jsonl").read_bytes()
     assert not svc.has_item("new2")  # this service has not looked yet
     with pytest.raises(DuplicateIdError, match=r"item_id: 1 of the 2 items exist already with other fields, nothing was "
-                                               r"added: 'new2'"):
+                                               r"added: items\[1\] 'new2' \(another title\)"):
         svc.add_items([{"item_id": "new1", "title": "y"}, {"item_id": "new2", "title": "z"}])
     assert svc.has_item("new2") and not svc.has_item("new1") and (own_run / "catalogue.jsonl").read_bytes() == before
 

@@ -312,7 +312,7 @@ def test_text_search_says_when_nothing_matches_and_quotes_a_long_text_by_its_sta
     item = ui_service.item_ids[3]
     assert "is an item id: the text search reads words, not ids" in text_search_view(ui_service, thumbs, item, 4).status
     long = text_search_view(ui_service, thumbs, "wireless headphones " * 100, 4)
-    assert "wireless headphones " * 100 not in long.status and "… (1,999 characters)" in long.status
+    assert "wireless headphones " * 100 not in long.status and "…' (1,999 characters)" in long.status
     pasted = text_search_view(ui_service, thumbs, "wireless headphones " * 400, 4)  # a page pasted: its start
     assert not is_problem(pasted.status) and "only its first" in pasted.status and len(pasted.table) == 4
     # ... and says where the model stopped reading it
