@@ -812,6 +812,25 @@ def mount_demo(app: FastAPI, service: ShopService, path: str = "/demo") -> bool:
     return True
 
 
+# Gradio keeps a visitor's queued events in the process that took them, and uvicorn's workers share
+# one socket with no sticky sessions: the page's next request, on another connection, often reaches
+# another worker, which answers "session not found" (gradio-app/gradio#10487, #7224)
+DEMO_ONE_WORKER = ("demo: not served with --workers N (Gradio keeps each visitor's events in the worker that took "
+                   "them, and the workers take requests in turn): serve it from `shopgraph serve --run RUN --workers "
+                   "1 --port OTHER` beside this server; the API is served here as usual")
+
+
+def refuse_demo(app: FastAPI, path: str = "/demo") -> None:
+    """``path`` and everything under it answer a 503 ``not_available`` saying why the demo is not
+    here (:data:`DEMO_ONE_WORKER`), not a 404 for a path a visitor was told to open."""
+
+    def no_demo() -> Response:
+        raise NotAvailableError(DEMO_ONE_WORKER)
+
+    app.api_route(path, methods=["GET", "HEAD"], include_in_schema=False)(no_demo)
+    app.api_route(path + "/{rest:path}", methods=["GET", "HEAD", "POST"], include_in_schema=False)(no_demo)
+
+
 def include_fraud_cases(app: FastAPI, run_dir: Path | None,
                         explain_held_out: Callable[[str], Any] | None = None,
                         value_words: Callable[[str], ValueWords] | None = None) -> bool:
@@ -1891,8 +1910,9 @@ def app_from_env() -> FastAPI:
     if not run:
         raise RuntimeError(f"{RUN_ENV} is not set (use `shopgraph serve --run RUN`)")
     service = ShopService.from_run(run)
-    app = create_app(service, access_log=os.environ.get(ACCESS_LOG_ENV) == "1",
+    app = create_app(service, access_log=os.environ.get(ACCESS_LOG_ENV) == "1", demo=False,
                      cors_origins=os.environ.get(CORS_ENV, "").split())
+    refuse_demo(app)  # several workers: a visitor's events would reach workers that never saw them
     logger.info("warmed up in %.1f s (encoders and fraud explainers loaded)", service.warm_up())
     _freeze_heap()
     return app
@@ -1968,6 +1988,8 @@ def _serve(run: Path, args: argparse.Namespace, sock: socket.socket) -> int:
     CatalogueJournal(run).read()
     gc.collect()
     print(serving, flush=True)
+    print("the Gradio demo is not served with several workers: `shopgraph serve --run RUN --workers 1 --port "
+          "OTHER` serves it beside this server", flush=True)
     os.environ[RUN_ENV] = str(run)
     os.environ[ACCESS_LOG_ENV] = "1" if getattr(args, "access_log", False) else "0"
     os.environ[CORS_ENV] = " ".join(origins)

@@ -2116,3 +2116,9 @@ def test_each_worker_lets_in_the_origins_serve_handed_it(client, monkeypatch):
             r = c.get("/healthz", headers={"origin": origin})
             assert r.headers["access-control-allow-origin"] == origin
         assert "access-control-allow-origin" not in c.get("/healthz", headers={"origin": "https://x.example"}).headers
+        # a worker of several serves no demo (a visitor's queued events would reach the other workers): /demo
+        # says why, and where to serve it, rather than a 404 or a page that fails half the time
+        for path in ("/demo", "/demo/", "/demo/gradio_api/queue/join"):
+            r = c.get(path)
+            assert r.status_code == 503 and r.json()["error"] == "not_available", (path, r.text)
+            assert "--workers 1" in r.json()["detail"]
