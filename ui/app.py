@@ -1066,7 +1066,7 @@ def _ring_sentence(rings: Sequence[Ring], ranks: dict[str, int], total: int) -> 
     computers; the ring score and its rank among all ``total`` groups say how suspicious one is."""
     if not rings:
         return ""
-    named = ", ".join(f"**{_md(r.ring_id)}** ({len(r.members)} accounts; ring score {r.score:.2f}, "
+    named = ", ".join(f"**{_md(r.ring_id)}** ({len(r.members)} accounts; ring score {r.score:.3f}, "
                       f"{_ordinal(ranks[r.ring_id])} of {total})" for r in rings)
     several = len(rings) > 1
     first = min(rings, key=lambda r: ranks[r.ring_id]).ring_id
@@ -1578,7 +1578,7 @@ def ring_view(cases: FraudCases | None, ring_id: Any, export_dir: Path | None, w
     tie = (f"sharing {plural(len(devices), 'device')}: {_id_list(devices, RING_SHOWN_DEVICES)}" if devices
            else "sharing no device")
     split = _colour_split(ring, threshold) is not None  # as draw_ring colours the members
-    status = (f"**Ring {ring.ring_id}**: {len(ring.members)} accounts {tie}; ring score {ring.score:.2f}. "
+    status = (f"**Ring {ring.ring_id}**: {len(ring.members)} accounts {tie}; ring score {ring.score:.3f}. "
               + ("Account colour is the fraud probability: green to yellow below the flagging threshold, orange to "
                  f"red at or above it ({threshold:.3f}, the black line on the colour bar, the validation threshold: "
                  "the Members table's **flagged** says the same, whatever the Fraud tab's slider is set to); "
@@ -1910,7 +1910,7 @@ def generated_shop(run_dir: Path | None) -> dict[str, Any] | None:
 # tables of many columns get more (the ranked rings' 6 % column holds R0001 at 1,100 px), and the
 # tab buttons are narrower, so that all five fit rather than three going behind a "More tabs" button;
 # a gallery shows two pictures a row, all of them (not four a row with the fourth cut off), below its
-# label (which takes two lines there; the search gallery, outside a row, grows with them instead of
+# label (on every screen: the label covered the first pictures' tops; it takes two lines there; the search gallery, outside a row, grows with them instead of
 # showing the top of two pictures); over each wide table a line says it scrolls sideways (a phone
 # shows no scroll bar until it is touched). On every screen a picture's caption (what the shopper
 # did, when, the title; a result's rank or similarity and title) wraps onto up to three lines instead
@@ -1923,6 +1923,7 @@ UI_CSS = """
   padding-top: 2px !important; padding-bottom: 0 !important; max-height: calc(3.75em + 2px) !important;
 }
 #ring-files .label-clear-button { display: none !important; }
+.gallery-container .grid-container.pt-6 { padding-top: 2.75rem !important; }
 @media (max-width: 700px) {
   .row { flex-direction: column !important; flex-wrap: nowrap !important; }
   .row > * { width: 100% !important; min-width: 0 !important; max-width: 100% !important; }
@@ -1938,7 +1939,6 @@ UI_CSS = """
   }
   [role=tablist] > button, .tab-container > button { padding: 0 5px !important; font-size: 13px !important; }
   .gallery-container .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
-  .gallery-container .grid-container.pt-6 { padding-top: 2.75rem !important; }
   .gallery-container .grid-wrap { height: auto !important; max-height: none !important; }
   #search-gallery { height: auto !important; }
 }
@@ -1973,10 +1973,13 @@ def _warn(status: str) -> None:
         gr.Warning(status[len(ERROR_PREFIX):], duration=8)
 
 
-def _to_answer(elem_id: str) -> str:
+def _to_answer(elem_id: str, *, every_screen: bool = False) -> str:
     """Browser code that shows a tab's answer where it begins (``#elem_id``), on a phone-sized screen
-    (as UI_CSS's), where the boxes stack and the answer comes a screen or two below the button."""
-    return ("() => { if (window.innerWidth <= 700) "
+    (as UI_CSS's), where the boxes stack and the answer comes a screen or two below the button;
+    ``every_screen``: on a desktop too (a ring picked by its row: the ring comes below the ranked
+    table, a screen and a half down)."""
+    when = "" if every_screen else "if (window.innerWidth <= 700) "
+    return (f"() => {{ {when}"
             f"document.querySelector('#{elem_id}')?.scrollIntoView({{behavior: 'smooth', block: 'start'}}); }}")
 
 
@@ -2109,7 +2112,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                     visitor_btn = gr.Button("Recommend for this visitor", scale=1, elem_id="visitor-btn")
                 rec_status = gr.Markdown(elem_id="rec-status")
                 with gr.Row():
-                    rec_hist = gr.Gallery(label="Recent history (most recent first); for a visitor: what they looked at", columns=4, height=300,
+                    rec_hist = gr.Gallery(label="Recent history, newest first (a visitor: items looked at)", columns=4, height=300,
                                           object_fit="contain", elem_id="rec-history")
                     rec_gallery = gr.Gallery(label="Recommended, best first (more than 8: scroll the pictures)", columns=4,
                                              height=300, object_fit="contain",
@@ -2182,6 +2185,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 sim_once = search_requests.once(wrap(similar_view), 3, "similar")
                 txt_once = search_requests.once(wrap(text_search_view), 3, "text")
                 sim_item.change(sim_once, [sim_item, search_k], outputs)
+                app.load(sim_once, [sim_item, search_k], outputs)  # the tab opens with the picked item's answer
                 # on a phone the three boxes stack, and the results come two screens below the button
                 # pressed: the page goes down to them (a desktop shows them under the boxes already)
                 sim_btn.click(sim_once, [sim_item, search_k], outputs).then(None, js=_TO_RESULTS)
@@ -2323,6 +2327,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 # the page's full width: every column's header and values fit on a line or two
                 ring_members = gr.Dataframe(value=pd.DataFrame(columns=MEMBER_COLUMNS), label="Members",
                                             interactive=False, wrap=True, column_widths=_MEMBER_WIDTHS,
+                                            max_height=2400,  # a ring of 40 (the largest found) unscrolled
                                             elem_id="ring-members")
 
                 def on_ring(ring_id: Any) -> tuple[Any, ...]:
@@ -2338,7 +2343,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 on_row.__annotations__["evt"] = gr.SelectData
                 ring_table.select(on_row, None, [ring_pick])
                 ring_pick.change(on_ring, [ring_pick], [ring_status, ring_image, ring_files, ring_members]).then(
-                    None, js=_to_answer("ring-status"))
+                    None, js=_to_answer("ring-pick", every_screen=True))  # the ring box, its status and drawing
 
                 def open_ring(ring_id: Any) -> tuple[Any, Any]:  # the Fraud tab's button
                     return gr.Tabs(selected="rings"), ring_id

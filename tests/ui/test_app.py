@@ -312,7 +312,7 @@ def test_text_search_says_when_nothing_matches_and_quotes_a_long_text_by_its_sta
     item = ui_service.item_ids[3]
     assert "is an item id: the text search reads words, not ids" in text_search_view(ui_service, thumbs, item, 4).status
     long = text_search_view(ui_service, thumbs, "wireless headphones " * 100, 4)
-    assert "wireless headphones " * 100 not in long.status and "…' (1,999 characters)" in long.status
+    assert "wireless headphones " * 100 not in long.status and "… (1,999 characters)" in long.status
     pasted = text_search_view(ui_service, thumbs, "wireless headphones " * 400, 4)  # a page pasted: its start
     assert not is_problem(pasted.status) and "only its first" in pasted.status and len(pasted.table) == 4
     # ... and says where the model stopped reading it
@@ -586,7 +586,7 @@ def test_fraud_view_names_the_rings_an_account_is_in(ui_service: ShopService, ui
     ring = rings[0]
     view = fraud_view(ui_service, ui_cases, ring.members[0])
     assert (f"Shares devices with the other accounts of group **{ring.ring_id}** ({len(ring.members)} accounts; "
-            f"ring score {ring.score:.2f}, 1st of {len(rings)})") in view.status
+            f"ring score {ring.score:.3f}, 1st of {len(rings)})") in view.status
     loner = next(u for u in ui_service.user_ids if not ui_cases.rings_of(u))
     assert "Shares devices" not in fraud_view(ui_service, ui_cases, loner).status
     assert [_ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111)] == [

@@ -201,6 +201,7 @@ def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopSer
 
     # -- Similar & search: a text query, then an empty one
     _tab(page, "Similar & search")
+    expect(page.locator("#search-status")).to_contain_text("Items closest to")  # opens with the picked item's answer
     query = SEARCH_TEXT
     expected = ui_service.search(text=query, k=8)
     page.locator("#search-text textarea").fill(query)
@@ -271,6 +272,7 @@ def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopSer
         ring = rings[0]
         page.locator("#ring-table [role=gridcell]").filter(has_text=ring.ring_id, visible=True).first.click()
         expect(page.locator("#ring-status")).to_contain_text(f"Ring {ring.ring_id}")
+        expect(page.locator("#ring-pick")).to_be_in_viewport()  # the page goes down to the ring, below the table
         expect(page.locator("#ring-image img")).to_be_visible()
         expect(page.locator(f"#ring-files a[href$='{ring.ring_id}.csv']")).to_have_count(1)
         expect(page.locator("#ring-members")).to_contain_text(ring.members[0])
