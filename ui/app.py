@@ -1449,8 +1449,9 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
     from shopgraph.graph.rings import export_cases, exported_ring
 
     source = export_dir / "cases" if export_dir is not None and exported_ring(export_dir, ring) else None
-    if source is not None and cases.source is not None and _case_source(source / f"{ring.ring_id}.json") != cases.source:
-        source = None  # exported from another folder (a copy of the run) or other files: written afresh, naming this run
+    if (source is not None and cases.source is not None
+            and _case_source(source / f"{ring.ring_id}.json") != cases.source):
+        source = None  # exported from another folder (a run copied since) or other files: written anew, naming this run
     if source is None:  # as `shopgraph rings --export` writes them: the top members explained too
         from shopgraph.graph.explain import explain_ring_members
 
@@ -1909,10 +1910,11 @@ def generated_shop(run_dir: Path | None) -> dict[str, Any] | None:
 # headers a letter a line: Gradio sizes each column as its share of the table's width, so the
 # tables of many columns get more (the ranked rings' 6 % column holds R0001 at 1,100 px), and the
 # tab buttons are narrower, so that all five fit rather than three going behind a "More tabs" button;
-# a gallery shows two pictures a row, all of them (not four a row with the fourth cut off), below its
-# label (on every screen: the label covered the first pictures' tops; it takes two lines there; the search gallery, outside a row, grows with them instead of
-# showing the top of two pictures); over each wide table a line says it scrolls sideways (a phone
-# shows no scroll bar until it is touched). On every screen a picture's caption (what the shopper
+# a gallery shows two pictures a row, all of them (not four a row with the fourth cut off; the search
+# gallery, outside a row, grows with them instead of showing the top of two); the ring members'
+# table is wide enough for "flagged" and "fraud probability" on a line; over each wide table a line
+# says it scrolls sideways (a phone shows no scroll bar until it is touched). On every screen a
+# gallery's pictures start below its label (it covered their tops), and a picture's caption (what the shopper
 # did, when, the title; a result's rank or similarity and title) wraps onto up to three lines instead
 # of being cut after its first words. A ring's case files are downloads: no "remove" cross beside
 # them (it took a file off the list). Pass it as ``css=`` where the app is mounted or launched.
@@ -1929,7 +1931,7 @@ UI_CSS = """
   .row > * { width: 100% !important; min-width: 0 !important; max-width: 100% !important; }
   .table-container { overflow-x: auto !important; }
   .table-container > .table-wrap { min-width: 640px !important; }
-  #rec-table .table-container > .table-wrap, #search-table .table-container > .table-wrap,
+  #rec-table .table-container > .table-wrap, #search-table .table-container > .table-wrap { min-width: 1000px !important; }
   #ring-members .table-container > .table-wrap { min-width: 1150px !important; }
   #ring-table .table-container > .table-wrap { min-width: 1100px !important; }
   #rec-table::before, #search-table::before, #fraud-reasons::before, #ring-table::before, #ring-members::before,
