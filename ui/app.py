@@ -2170,7 +2170,7 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                 search_k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, label="How many results")
                 search_status = gr.Markdown(elem_id="search-status")
                 search_gallery = gr.Gallery(label="Nearest items (more than 8: scroll the pictures)", columns=8,
-                                            height=180, object_fit="contain", elem_id="search-gallery")
+                                            height=230, object_fit="contain", elem_id="search-gallery")
                 search_table = gr.Dataframe(value=_empty_results(), label="Results", interactive=False, wrap=True,
                                             max_height=1400,  # 20 rows unscrolled, as the Recommend tab's
                                             column_widths=_RESULT_WIDTHS, elem_id="search-table")
