@@ -713,7 +713,7 @@ def _export_problem(out: Path, overwrite: bool = True) -> str | None:
     listed = doc.get("rings")
     rings: list[Any] = listed if isinstance(listed, list) else []
     ids = {str(r["ring_id"]) for r in rings if isinstance(r, dict) and "ring_id" in r}
-    written = {f"{ring_id}.{ext}" for ring_id in ids for ext in ("json", "csv")}
+    written = {f"{ring_id}.{ext}" for ring_id in ids for ext in ("json", "csv", "md")}
     others = [p.name for p in sorted(out.iterdir()) if p.name not in ("rings.json", SUMMARY_CSV, "cases")]
     cases = out / "cases"
     if cases.is_dir() and not cases.is_symlink():
@@ -841,6 +841,103 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+CASE_SUMMARY_REASONS = 5  # reasons given for each explained member in a case's Markdown summary
+
+
+def case_markdown(doc: Mapping[str, Any]) -> str:
+    """A case file (:func:`case_file`'s document) as a page a person reads and forwards: what ties
+    the ring, how many members are flagged and labelled, the members with their predictions (the
+    most likely fraud first), why the explained members were flagged, and where it comes from. A
+    function of the document alone, so the export's ``cases/<ring_id>.md`` and the demo's say the
+    same as the JSON beside them."""
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    ring_id = str(doc.get("ring_id", ""))
+    members = [m for m in doc.get("members", []) if isinstance(m, dict)]
+
+    def prediction(m: Mapping[str, Any]) -> float:
+        held = m.get("held_out_probability")
+        value = held if held is not None else m.get("score")
+        return float(value) if isinstance(value, int | float) and math.isfinite(value) else -1.0
+
+    ordered = sorted(members, key=lambda m: -prediction(m))
+    shared = {str(kind): [str(i) for i in ids] for kind, ids in (doc.get("shared_identifiers") or {}).items() if ids}
+    devices = [i for ids in shared.values() for i in ids]
+    evidence = doc.get("evidence") or {}
+    threshold = doc.get("threshold")
+    lines = [f"# Fraud ring {ring_id}", ""]
+    ties = ("sharing " + " and ".join(plural(len(ids), kind) for kind, ids in shared.items()) if shared
+            else "sharing no device")
+    lines.append(f"**{plural(len(members), 'account')} {ties}**" + (f": {', '.join(devices)}" if devices else "")
+                 + f". Ring score {float(doc.get('score') or 0.0):.3f} (0 to 1; rings are ranked by it, the most "
+                   "suspicious first).")
+    lines.append("")
+    flagged = doc.get("flagged")
+    if flagged is not None and isinstance(threshold, int | float):
+        lines.append(f"- **Flagged**: {flagged} of the {len(members)} members at the validation threshold "
+                     f"{threshold:.3f} (for an account the scorer was trained on, its score with its label held out)")
+    else:
+        lines.append("- **Flagged**: not judged (the run has no fraud scorer)")
+    known, trained = doc.get("known_fraud"), doc.get("known_fraud_trained_on")
+    if known is not None:
+        lines.append(f"- **Labelled fraud** in the shop's data: {known}"
+                     + (f" ({trained} of them in the scorer's training labels)" if trained else ""))
+    typical = []
+    if isinstance(evidence.get("median_account_age_days"), int | float):
+        typical.append(f"{evidence['median_account_age_days']:.1f} days from sign-up to first activity (median)")
+    if isinstance(evidence.get("purchase_velocity"), int | float):
+        typical.append(f"{evidence['purchase_velocity']:.2f} purchases a day since first visit")
+    if isinstance(evidence.get("high_risk_share"), int | float):
+        typical.append(f"{evidence['high_risk_share']:.0%} of purchases in high-risk categories")
+    if typical:
+        lines.append("- **Typical member**: " + "; ".join(typical))
+    if isinstance(evidence.get("n_purchases"), int | float):
+        amount = evidence.get("purchase_amount")
+        lines.append(f"- **Purchases**: {int(evidence['n_purchases']):,}"
+                     + (f", {amount:,.2f} in all" if isinstance(amount, int | float) else ""))
+    if doc.get("features_as_of") or doc.get("activity_until"):
+        lines.append(f"- **Dates**: features as of {doc.get('features_as_of') or '-'}; activity up to "
+                     f"{doc.get('activity_until') or '-'}")
+    lines += ["", "## Members, the most likely fraud first", "",
+              "| account | fraud probability | flagged | label | purchases |", "|---|---:|---|---|---:|"]
+    for m in ordered:
+        p = prediction(m)
+        verdict = m.get("predicted_flagged")
+        lines.append(f"| {cell(m.get('user_id'))} | {'' if p < 0 else f'{p:.3f}'} | "
+                     f"{'' if verdict is None else 'yes' if verdict else 'no'} | "
+                     f"{cell(label_words(m.get('label'), bool(m.get('label_in_training'))))} | "
+                     f"{m.get('n_purchases', '')} |")
+    explained = doc.get("explanations") or {}
+    if explained:
+        lines += ["", "## Why the most likely fraud members score so", ""]
+        for user in sorted(explained, key=lambda u: -prediction(next((m for m in members if m.get("user_id") == u),
+                                                                        {}))):
+            ex = explained[user] or {}
+            held = ex.get("held_out") or None
+            basis = held or ex
+            score = basis.get("score")
+            lines.append(f"### {cell(user)}" + (f" ({score:.3f}" + (", its label held out)" if held else ")")
+                                                if isinstance(score, int | float) else ""))
+            features = [f for f in basis.get("features", []) if isinstance(f, dict)]
+            for f in sorted(features, key=lambda f: -abs(float(f.get("attribution") or 0.0)))[:CASE_SUMMARY_REASONS]:
+                a = float(f.get("attribution") or 0.0)
+                value = f.get("value_in_words")
+                lines.append(f"- {cell(f.get('reason') or f.get('name'))}" + (f": {cell(value)}" if value else "")
+                             + f" ({'raises' if a > 0 else 'lowers'} the score, {a:+.2f} log-odds)")
+            lines.append("")
+    lines += ["## Where it comes from", ""]
+    source = doc.get("source") or {}
+    if source.get("run"):
+        lines.append(f"- Run folder: `{source['run']}`")
+    for name, digest in sorted((source.get("made_from") or {}).items()):
+        lines.append(f"- `{name}`: sha256 {str(digest)[:16]}…" if digest else f"- `{name}`: absent")
+    timeline = doc.get("timeline") or []
+    lines.append(f"- The whole case: `{ring_id}.json` (every member's evidence, {plural(len(timeline), 'event')} of "
+                 f"timeline, the evidence edges) and `{ring_id}.csv` (the timeline, an event a row)")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def json_text(obj: Any) -> str:
     """``obj`` as an export writes it (``rings.json``, a case file): indented, keys sorted, no NaN,
     ending in a newline. ``GET /fraud/case/{ring_id}`` answers the same text, so that a case saved
@@ -961,7 +1058,8 @@ def export_cases(
     fraud_prob: np.ndarray | None = None, held_out: np.ndarray | None = None, threshold: float | None = None,
 ) -> Path:
     """Write ``out/rings.json``, ``out/rings.csv`` (a ring a row: the overview a spreadsheet opens) and
-    ``out/cases/<ring_id>.{json,csv}`` atomically.
+    ``out/cases/<ring_id>.{json,csv,md}`` (the case, its timeline, and a page a person reads:
+    :func:`case_markdown`) atomically.
 
     Everything is written into a temporary sibling folder which is renamed to ``out`` only when
     complete; a failure removes it and leaves any previous export untouched. An existing ``out``
@@ -1005,6 +1103,8 @@ def export_cases(
             doc, timeline = case_file(ring, data, tables, (explanations or {}).get(ring.ring_id), fraud_prob,
                                       held_out, threshold, source)
             _dump(tmp / "cases" / f"{ring.ring_id}.json", doc)
+            (tmp / "cases" / f"{ring.ring_id}.md").write_text(case_markdown(json.loads(json_text(doc))),
+                                                               encoding="utf-8")
             summary.append(_summary_row(doc))
             csv = timeline.copy()
             csv.insert(0, "ring_id", ring.ring_id)
@@ -1250,7 +1350,8 @@ def cli_rings(args: argparse.Namespace) -> int:
         print(f"(--top {args.top:,}: this run has {plural(total, 'ring')}, all listed)")
     if args.export is not None:
         print(f"exported {plural(len(rings), 'ring')} to {args.export}: rings.csv, a ring a row (a spreadsheet opens "
-              f"it), rings.json, the same for a program, and a JSON case file and a CSV timeline each in cases/")
+              f"it), rings.json, the same for a program, and in cases/ each ring's summary to read and forward (.md), "
+              f"its case file (.json) and its timeline (.csv)")
     return 0
 
 

@@ -1434,7 +1434,8 @@ def _place_labels(fig: Any, ax: Any, anchors: Sequence[Any], texts: Sequence[str
 
 
 def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir: Path) -> list[str]:
-    """The ring's case JSON and CSV, copied into ``work_dir/<ring_id>/``.
+    """The ring's case summary (Markdown, :func:`shopgraph.graph.rings.case_markdown`), JSON and CSV,
+    in ``work_dir/<ring_id>/``.
 
     Taken from the run's case export (``export_dir/cases/<ring_id>.{json,csv}``) when it holds this
     very ring (:func:`shopgraph.graph.rings.exported_ring`: same members, scores and evidence, so a
@@ -1442,9 +1443,10 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
     :func:`shopgraph.graph.rings.export_cases` (same schema).
     """
     out = work_dir / ring.ring_id
+    summary = out / f"{ring.ring_id}.md"
     wanted = [out / f"{ring.ring_id}.json", out / f"{ring.ring_id}.csv"]
-    if all(p.is_file() for p in wanted):
-        return [str(p) for p in wanted]
+    if all(p.is_file() for p in (summary, *wanted)):
+        return [str(p) for p in (summary, *wanted)]
     out.mkdir(parents=True, exist_ok=True)
     from shopgraph.graph.rings import export_cases, exported_ring
 
@@ -1464,7 +1466,11 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
         source = fresh / "cases"
     for p in wanted:
         shutil.copyfile(source / p.name, p)
-    return [str(p) for p in wanted]
+    from shopgraph.graph.rings import case_markdown
+
+    # the page to read and forward, from the very JSON handed out (an export older than the summaries has none)
+    summary.write_text(case_markdown(json.loads(wanted[0].read_text(encoding="utf-8"))), encoding="utf-8")
+    return [str(p) for p in (summary, *wanted)]
 
 
 def _case_source(path: Path) -> Any:
@@ -2324,7 +2330,8 @@ def build_app(service: ShopService, cases: FraudCases | None = None, run_dir: Pa
                     # no label over the drawing: it covered the start of the drawing's own title on a phone
                     ring_image = gr.Image(label="Ring subgraph", show_label=False, type="pil", interactive=False,
                                           elem_id="ring-image", scale=3, height=520)
-                    ring_files = gr.File(label="Case files (JSON + CSV)", file_count="multiple", interactive=False,
+                    ring_files = gr.File(label="Case files (summary to read, JSON, CSV)", file_count="multiple",
+                                         interactive=False,
                                          elem_id="ring-files", scale=1)
                 # the page's full width: every column's header and values fit on a line or two
                 ring_members = gr.Dataframe(value=pd.DataFrame(columns=MEMBER_COLUMNS), label="Members",

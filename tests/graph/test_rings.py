@@ -30,6 +30,7 @@ from shopgraph.graph.rings import (
     Hub,
     Ring,
     RingDetector,
+    case_markdown,
     evaluate_rings,
     export_cases,
     exported_ring,
@@ -357,7 +358,7 @@ def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
     for raw in doc["rings"]:
         check_keys(raw, RING_KEYS, "ring")
         check_keys(raw["evidence"], EVIDENCE_KEYS, "evidence")
-    assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json", "R0002.csv", "R0002.json"]
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json", "R0001.md", "R0002.csv", "R0002.json", "R0002.md"]
     # the overview an analyst opens first: a ring a row, as the case files give them
     overview = pd.read_csv(out / "rings.csv", dtype={"member_ids": str, "flagged_member_ids": str})
     assert list(overview.columns) == SUMMARY_COLUMNS and overview["ring_id"].tolist() == ["R0001", "R0002"]
@@ -369,6 +370,19 @@ def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
                                                               if m["predicted_flagged"]]
         assert row.predicted_mean == pytest.approx(case["evidence"]["predicted_mean"], abs=1e-4)  # 4 decimals
         assert row.median_days_to_first_activity == pytest.approx(case["evidence"]["median_account_age_days"], abs=1e-4)
+        # the page a person reads and forwards: the case in words, every member, the most likely fraud first
+        page = (out / "cases" / f"{row.ring_id}.md").read_text()
+        assert page == case_markdown(case) and page.startswith(f"# Fraud ring {row.ring_id}\n")
+        assert f"**Flagged**: {case['flagged']} of the {len(case['members'])} members at the validation threshold" in page
+        assert f"Ring score {case['score']:.3f}" in page and str(run_dir.resolve()) in page
+        rows = [line.split(" | ")[0].removeprefix("| ") for line in page.splitlines()
+                if line.startswith("| ") and not line.startswith("| account")]
+        predicted = {m["user_id"]: m["held_out_probability"] if m["held_out_probability"] is not None else m["score"]
+                     for m in case["members"]}
+        assert rows == sorted(predicted, key=lambda u: -predicted[u])
+        for user, ex in case["explanations"].items():  # each explained member's strongest reason, in words
+            top_reason = max(ex["features"], key=lambda f: abs(f["attribution"]))
+            assert f"### {user}" in page and top_reason["reason"] in page
     # an investigator other than the one who exported can read it, as any new folder (not mkdtemp's 0700)
     from shopgraph.graph.files import umask
 
@@ -421,7 +435,7 @@ def test_rings_run_stores_and_exports_documented_schema(tmp_path: Path) -> None:
         assert csv["member_held_out_flagged"].isna().all()
     # a second export replaces the first one
     rings_run(run_dir, top=1, export=out, detector=RingDetector(hub_threshold=10), overwrite=True)
-    assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json"]
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json", "R0001.md"]
     # a ring recomputed since (here: another member score) is not the exported one
     changed = dataclasses.replace(top[0], member_scores={**top[0].member_scores, top[0].members[0]: 0.5})
     assert exported_ring(out, top[0]) and not exported_ring(out, changed)
@@ -539,7 +553,7 @@ def test_chosen_rings_are_listed_and_exported_on_their_own(tmp_path: Path, capsy
     said = capsys.readouterr().out
     listed = [line.split()[0] for line in said.splitlines() if line.startswith("R0")]
     assert listed == ["R0001", "R0003"] and "this run has" not in said
-    assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json", "R0003.csv", "R0003.json"]
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json", "R0001.md", "R0003.csv", "R0003.json", "R0003.md"]
     assert [r["ring_id"] for r in json.loads((out / "rings.json").read_text())["rings"]] == ["R0001", "R0003"]
     before = _snapshot(run_dir)
     assert main(["rings", "--run", str(run_dir), "--ring", "R0001", "--ring", "R9999", "--ring", "X",
@@ -566,7 +580,7 @@ def test_a_re_export_needs_overwrite(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert f"--export: {out} holds an earlier export of 2 rings; pass --overwrite to replace it" in err
     assert _snapshot(out) == before
     assert main(["rings", "--run", str(run_dir), "--top", "1", "--export", str(out), "--overwrite"]) == 0
-    assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json"]
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json", "R0001.md"]
 
 
 @pytest.mark.slow
@@ -755,7 +769,7 @@ def test_a_re_export_keeps_files_added_to_the_export_folder(tmp_path: Path,
         (out / extra).unlink()
     (out / "evidence").rmdir()
     rings_run(run_dir, top=2, export=out, detector=RingDetector(hub_threshold=10), overwrite=True)
-    assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json", "R0002.csv", "R0002.json"]
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["R0001.csv", "R0001.json", "R0001.md", "R0002.csv", "R0002.json", "R0002.md"]
 
 
 def test_cases_give_each_member_its_label_and_whether_the_scorer_trained_on_it(tmp_path: Path) -> None:

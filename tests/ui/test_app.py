@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from shopgraph.graph.rings import FraudCases, Ring, known_fraud
+from shopgraph.graph.rings import FraudCases, Ring, case_markdown, known_fraud
 from shopgraph.graph.run import RunDir
 from shopgraph.retrieval.service import HELD_OUT_UNATTRIBUTED, ShopService
 from shopgraph.ui.app import (
@@ -655,8 +655,11 @@ def test_ring_view_draws_and_offers_case_files(ui_run: Path, ui_cases: FraudCase
     assert not is_problem(view.status) and ring.ring_id in view.status
     assert view.image is not None and view.image.size[0] > 300
     assert len(np.unique(np.asarray(view.image).reshape(-1, 3), axis=0)) > 10  # not a blank canvas
-    json_path, csv_path = (Path(p) for p in view.files)
+    md_path, json_path, csv_path = (Path(p) for p in view.files)
     assert json_path.name == f"{ring.ring_id}.json" and csv_path.name == f"{ring.ring_id}.csv"
+    # first, the page a person reads and forwards: the case in words, from the very JSON beside it
+    assert md_path.name == f"{ring.ring_id}.md"
+    assert md_path.read_text() == case_markdown(json.loads(json_path.read_text()))
     assert json.loads(json_path.read_text())["ring_id"] == ring.ring_id
     assert set(pd.read_csv(csv_path)["user_id"].astype(str)) <= set(ring.members)
     assert sorted(view.members["user_id"]) == sorted(ring.members)
@@ -690,7 +693,7 @@ def test_ring_view_draws_and_offers_case_files(ui_run: Path, ui_cases: FraudCase
     assert exported["explanations"]
     # a run without an export: the case files are written on the fly, same schema
     fresh = ring_view(ui_cases, ring.ring_id, None, tmp_path / "other")
-    written = json.loads(Path(fresh.files[0]).read_text())
+    written = json.loads(Path(fresh.files[1]).read_text())
     assert written["ring_id"] == ring.ring_id
     # ... naming the run it comes from, as `shopgraph rings --export` and /fraud/case do (it was null)
     assert written["source"] == exported["source"] == json.loads(json.dumps(ui_cases.source))
@@ -702,7 +705,7 @@ def test_ring_view_draws_and_offers_case_files(ui_run: Path, ui_cases: FraudCase
     shutil.copytree(ui_run / "cases", moved)
     case = moved / "cases" / json_path.name
     case.write_text(json.dumps({**exported, "source": {**exported["source"], "run": "/elsewhere/run"}}))
-    again = json.loads(Path(ring_view(ui_cases, ring.ring_id, moved, tmp_path / "moved").files[0]).read_text())
+    again = json.loads(Path(ring_view(ui_cases, ring.ring_id, moved, tmp_path / "moved").files[1]).read_text())
     assert again["source"] == written["source"] and again["explanations"] == written["explanations"]
     # ... with the top members explained, as `shopgraph rings --export` writes them
     assert written["explanations"] == json.loads(json.dumps(exported["explanations"]))
@@ -757,7 +760,7 @@ def test_ring_view_never_hands_out_a_stale_export(ui_run: Path, ui_cases: FraudC
     case.write_text(json.dumps({**json.loads(case.read_text()), "stale": True}))
     view = ring_view(ui_cases, ring.ring_id, stale, tmp_path / "work")
     assert not is_problem(view.status)
-    written = json.loads(Path(view.files[0]).read_text())
+    written = json.loads(Path(view.files[1]).read_text())
     assert "stale" not in written and written["ring_id"] == ring.ring_id and written["score"] == ring.score
 
 

@@ -275,6 +275,7 @@ def test_every_tab_in_a_real_browser(page: Any, shots: Path, ui_service: ShopSer
         expect(page.locator("#ring-pick")).to_be_in_viewport()  # the page goes down to the ring, below the table
         expect(page.locator("#ring-image img")).to_be_visible()
         expect(page.locator(f"#ring-files a[href$='{ring.ring_id}.csv']")).to_have_count(1)
+        expect(page.locator(f"#ring-files a[href$='{ring.ring_id}.md']")).to_have_count(1)  # the page to forward
         expect(page.locator("#ring-members")).to_contain_text(ring.members[0])
         link = page.locator(f"#ring-files a[href$='{ring.ring_id}.json']")
         expect(link).to_have_count(1)
