@@ -1354,7 +1354,7 @@ def draw_ring(cases: FraudCases, ring: Ring, target: str = "purchase", threshold
     ]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8, frameon=False)
     ax.set_title(f"Ring {ring.ring_id}: {len(ring.members)} accounts, {plural(len(ring.shared_devices), 'shared device')}"
-                 f", score {ring.score:.2f}", fontsize=10)
+                 f", score {ring.score:.3f}", fontsize=10)
     ax.axis("off")
     # labels last, once the colour bar and legend have fixed where the axes are: each is put
     # where it overlaps no label before it (the shared devices first: the ring's status lists
