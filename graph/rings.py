@@ -945,11 +945,14 @@ def json_text(obj: Any) -> str:
     return json.dumps(_jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
-def _dump(path: Path, obj: Any) -> None:
+def _dump(path: Path, obj: Any) -> str:
+    """Write ``obj`` as :func:`json_text` and fsync it; the text written."""
+    text = json_text(obj)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(json_text(obj))
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    return text
 
 
 def case_file(
@@ -1102,9 +1105,8 @@ def export_cases(
         for ring in rings:
             doc, timeline = case_file(ring, data, tables, (explanations or {}).get(ring.ring_id), fraud_prob,
                                       held_out, threshold, source)
-            _dump(tmp / "cases" / f"{ring.ring_id}.json", doc)
-            (tmp / "cases" / f"{ring.ring_id}.md").write_text(case_markdown(json.loads(json_text(doc))),
-                                                               encoding="utf-8")
+            written = _dump(tmp / "cases" / f"{ring.ring_id}.json", doc)  # the page from that very JSON
+            (tmp / "cases" / f"{ring.ring_id}.md").write_text(case_markdown(json.loads(written)), encoding="utf-8")
             summary.append(_summary_row(doc))
             csv = timeline.copy()
             csv.insert(0, "ring_id", ring.ring_id)
