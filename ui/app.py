@@ -1451,9 +1451,11 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
     from shopgraph.graph.rings import export_cases, exported_ring
 
     source = export_dir / "cases" if export_dir is not None and exported_ring(export_dir, ring) else None
-    if (source is not None and cases.source is not None
-            and _case_source(source / f"{ring.ring_id}.json") != cases.source):
-        source = None  # exported from another folder (a run copied since) or other files: written anew, naming this run
+    doc = None
+    if source is not None and cases.source is not None:
+        doc = _case_doc(source / f"{ring.ring_id}.json")
+        if doc is None or doc.get("source") != cases.source:
+            source = doc = None  # exported from another folder (a run copied since) or other files: written anew
     if source is None:  # as `shopgraph rings --export` writes them: the top members explained too
         from shopgraph.graph.explain import explain_ring_members
 
@@ -1466,19 +1468,24 @@ def _case_files(cases: FraudCases, ring: Ring, export_dir: Path | None, work_dir
         source = fresh / "cases"
     for p in wanted:
         shutil.copyfile(source / p.name, p)
-    from shopgraph.graph.rings import case_markdown
+    if (source / summary.name).is_file():
+        shutil.copyfile(source / summary.name, summary)
+    else:  # an export older than the summaries: the page to read and forward, from the very JSON handed out
+        from shopgraph.graph.rings import case_markdown
 
-    # the page to read and forward, from the very JSON handed out (an export older than the summaries has none)
-    summary.write_text(case_markdown(json.loads(wanted[0].read_text(encoding="utf-8"))), encoding="utf-8")
+        if doc is None:
+            doc = json.loads(wanted[0].read_text(encoding="utf-8"))
+        summary.write_text(case_markdown(doc), encoding="utf-8")
     return [str(p) for p in (summary, *wanted)]
 
 
-def _case_source(path: Path) -> Any:
-    """The ``source`` a case file records (``None``: none, or a file that cannot be read)."""
+def _case_doc(path: Path) -> dict[str, Any] | None:
+    """A case file's document (``None``: a file that cannot be read as a JSON object)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("source")
-    except (OSError, ValueError, AttributeError):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
+    return doc if isinstance(doc, dict) else None
 
 
 MEMBER_COLUMNS = ["user_id", "fraud probability", "flagged", "label", "fitted to its label", "devices",

@@ -707,6 +707,13 @@ def test_ring_view_draws_and_offers_case_files(ui_run: Path, ui_cases: FraudCase
     case.write_text(json.dumps({**exported, "source": {**exported["source"], "run": "/elsewhere/run"}}))
     again = json.loads(Path(ring_view(ui_cases, ring.ring_id, moved, tmp_path / "moved").files[1]).read_text())
     assert again["source"] == written["source"] and again["explanations"] == written["explanations"]
+    # an export older than the summaries (no .md): the page is made from the JSON handed out
+    older = tmp_path / "older-export"
+    shutil.copytree(ui_run / "cases", older)
+    (older / "cases" / f"{ring.ring_id}.md").unlink()
+    page, handed, _ = ring_view(ui_cases, ring.ring_id, older, tmp_path / "older").files
+    assert Path(handed).read_bytes() == json_path.read_bytes()  # the export's own JSON ...
+    assert Path(page).read_text() == case_markdown(json.loads(Path(handed).read_text()))  # ... and its page
     # ... with the top members explained, as `shopgraph rings --export` writes them
     assert written["explanations"] == json.loads(json.dumps(exported["explanations"]))
     # ... each value as people read it (an account's age, and its devices' accounts' average age, in
