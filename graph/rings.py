@@ -814,6 +814,16 @@ def _current_export(doc: dict[str, Any] | None) -> bool:
     return doc is not None and doc["schema_version"] == SCHEMA_VERSION and doc.get("case_version") == CASE_VERSION
 
 
+def rings_by_member(rings: Sequence[Ring]) -> dict[str, list[Ring]]:
+    """``user_id ->`` the rings of ``rings`` that account is a member of, in the order given (ranked
+    rings: its best-ranked first)."""
+    member_of: dict[str, list[Ring]] = {}
+    for ring in rings:
+        for member in ring.members:
+            member_of.setdefault(member, []).append(ring)
+    return member_of
+
+
 def load_rings(run_dir: str | Path) -> list[Ring]:
     """The ranked rings stored by :func:`rings_run` in ``RUN/rings/rings.json``."""
     raw = RunDir(run_dir).read_json(RINGS_FILE)
@@ -1465,11 +1475,7 @@ class FraudCases:
         if not self.has_user(user_id):
             raise KeyError(f"unknown user_id {shown(user_id)}")
         if self._member_of is None:  # built whole before it is shared: another thread never sees it half-built
-            member_of: dict[str, list[Ring]] = {}
-            for ring in self._rings:
-                for member in ring.members:
-                    member_of.setdefault(member, []).append(ring)
-            self._member_of = member_of
+            self._member_of = rings_by_member(self._rings)
         return list(self._member_of.get(user_id, []))
 
     def labels(self, user_ids: Sequence[str]) -> dict[str, tuple[bool | None, bool]]:

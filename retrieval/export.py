@@ -199,15 +199,11 @@ def ring_ids(run: RunDir) -> dict[str, str] | None:
     """Each account's fraud ring (:func:`shopgraph.graph.rings.load_rings`): the best-ranked ring it is
     a member of, by user id; ``None`` when the run has no current rings (``shopgraph rings`` not run
     since the graph or the scores changed)."""
-    from shopgraph.graph.rings import RINGS_FILE, load_rings
+    from shopgraph.graph.rings import RINGS_FILE, load_rings, rings_by_member
 
     if not run.fresh(RINGS_FILE):
         return None
-    out: dict[str, str] = {}
-    for ring in load_rings(run.path):  # ranked: the first ring naming an account is its best-ranked one
-        for user in ring.members:
-            out.setdefault(user, ring.ring_id)
-    return out
+    return {user: rings[0].ring_id for user, rings in rings_by_member(load_rings(run.path)).items()}
 
 
 def scores_table(service: ShopService, user_ids: list[str], *, reasons: bool = True,
