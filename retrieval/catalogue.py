@@ -444,7 +444,6 @@ class CatalogueJournal:
         f.seek(start)
         return f.read(end - start)
 
-
     @staticmethod
     def _digest_of(f: BinaryIO, size: int, start: Any = None, offset: int = 0) -> Any:
         """A running sha256 of the first ``size`` bytes of the open file ``f``; ``start``: that of its
