@@ -921,8 +921,8 @@ def case_markdown(doc: Mapping[str, Any]) -> str:
     explained = doc.get("explanations") or {}
     if explained:
         lines += ["", "## Why the most likely fraud members score so", ""]
-        for user in sorted(explained, key=lambda u: -prediction(next((m for m in members if m.get("user_id") == u),
-                                                                        {}))):
+        by_user = {m.get("user_id"): m for m in members}
+        for user in sorted(explained, key=lambda u: -prediction(by_user.get(u, {}))):
             ex = explained[user] or {}
             held = ex.get("held_out") or None
             basis = held or ex
